@@ -1,0 +1,368 @@
+//! `BufferBuilder` and `BufferConsumer`: one writer and one (or, for broadcast, several)
+//! readers of one segment, coordinated by the segment's position marker (DESIGN.md §4.2).
+//!
+//! ```text
+//!  SegmentControl::position = [FINISHED:1 | pos:31]
+//!
+//!  writer (BufferBuilder)                          reader (BufferConsumer), any process
+//!  write bytes [committed, pos)                    p = position.load(Acquire)
+//!  position.store(pos, Release)  --------------->  read [read_pos, p & POS) in place
+//!  ...                                             ...
+//!  position.store(pos | FINISHED, Release) ----->  finished once read_pos == final pos
+//!                                                  last Lease drop: refcount.fetch_sub(AcqRel)
+//!                                                  == 1 -> ReleaseSink::release(seg, last)
+//! ```
+//!
+//! The writer never writes below its published position and readers never read above it,
+//! so the two never touch the same bytes at once. A segment published on several channels
+//! (broadcast) starts with `refcount = fanout`; each channel's reader drops one, and the one
+//! that reaches zero recycles it.
+
+use crate::error::{Error, Result};
+use crate::memory::{Arena, MemorySegment, SegmentControl, FINISHED, POSITION_MASK};
+use crate::sync::Ordering;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// The writer's cursor over one segment.
+pub struct BufferBuilder {
+    arena: Arc<Arena>,
+    index: u32,
+    size: u32,
+    /// Bytes written, in `committed..=size`.
+    pos: u32,
+    /// Bytes published to readers, in `0..=pos`.
+    committed: u32,
+    finished: bool,
+}
+
+impl std::fmt::Debug for BufferBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BufferBuilder(segment {}, {}/{} committed {})", self.index, self.pos, self.size, self.committed)
+    }
+}
+
+impl BufferBuilder {
+    /// Starts writing into `segment`, to be read by `fanout` readers (1 unless broadcast).
+    /// The control block is reset here and published with the segment's descriptor.
+    pub fn new(segment: MemorySegment, fanout: u32) -> Self {
+        let arena = segment.arena().clone();
+        let index = segment.into_index();
+        let ctl = &arena.controls()[index as usize];
+        // Relaxed (both): published to readers by the Release push of this segment's
+        // descriptor on the data ring, which readers Acquire before looking here.
+        ctl.position.store(0, Ordering::Relaxed);
+        ctl.refcount.store(fanout.max(1), Ordering::Relaxed);
+        let size = arena.segment_size();
+        Self { arena, index, size, pos: 0, committed: 0, finished: false }
+    }
+
+    fn control(&self) -> &SegmentControl {
+        &self.arena.controls()[self.index as usize]
+    }
+
+    /// The segment index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Bytes written so far (committed or not).
+    pub fn position(&self) -> u32 {
+        self.pos
+    }
+
+    /// Bytes published to readers.
+    pub fn committed(&self) -> u32 {
+        self.committed
+    }
+
+    /// Bytes still free.
+    pub fn remaining(&self) -> u32 {
+        self.size - self.pos
+    }
+
+    /// No byte left.
+    pub fn is_full(&self) -> bool {
+        self.pos == self.size
+    }
+
+    /// Whether [`BufferBuilder::finish`] ran.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Writes as much of `data` as fits; returns how many bytes were taken. Not visible to
+    /// readers until [`commit`](Self::commit) or [`finish`](Self::finish).
+    pub fn append(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.remaining() as usize);
+        if n > 0 {
+            self.claim(n as u32).copy_from_slice(&data[..n]);
+            self.pos += n as u32;
+        }
+        n
+    }
+
+    /// The next `len` bytes, for serializing in place; call [`advance`](Self::advance) to
+    /// keep them. `len` must be at most [`remaining`](Self::remaining).
+    ///
+    /// # Panics
+    /// If `len` exceeds the remaining space or the builder is finished.
+    pub fn claim(&mut self, len: u32) -> &mut [u8] {
+        assert!(!self.finished && len <= self.remaining(), "claim of {len} bytes with {} left", self.remaining());
+        // SAFETY: [pos, pos+len) is inside the segment (checked above) and above the
+        // published position, so no reader looks at it; we are the only writer.
+        unsafe { self.arena.segment_bytes_mut(self.index, self.pos, len) }
+    }
+
+    /// Keeps `len` bytes of the last claim.
+    ///
+    /// # Panics
+    /// If `len` exceeds the remaining space.
+    pub fn advance(&mut self, len: u32) {
+        assert!(len <= self.remaining());
+        self.pos += len;
+    }
+
+    /// Publishes everything written so far (Flink's flush of a builder). Returns whether
+    /// anything new became visible.
+    pub fn commit(&mut self) -> bool {
+        debug_assert!(!self.finished);
+        if self.pos == self.committed {
+            return false;
+        }
+        self.committed = self.pos;
+        // Release: pairs with the Acquire load in `BufferConsumer::poll`; publishes the
+        // bytes written below `pos`.
+        self.control().position.store(self.pos, Ordering::Release);
+        true
+    }
+
+    /// Publishes the final position with FINISHED; the writer is done with the segment.
+    /// Returns the final size. Idempotent.
+    pub fn finish(&mut self) -> u32 {
+        if !self.finished {
+            self.finished = true;
+            self.committed = self.pos;
+            // Release: pairs with the Acquire load in `BufferConsumer::poll`; publishes
+            // every byte and the end of the segment.
+            self.control().position.store(self.pos | FINISHED, Ordering::Release);
+        }
+        self.pos
+    }
+}
+
+impl Drop for BufferBuilder {
+    fn drop(&mut self) {
+        // A builder abandoned mid-way still ends its segment, so no reader waits forever.
+        self.finish();
+    }
+}
+
+/// Told when a reader is done with a segment. Implemented by the consumer side of a
+/// channel: it returns a credit, and the segment itself when `last` is true.
+pub trait ReleaseSink {
+    /// Reader of `segment` is done; `last` when it was the last of all readers (refcount
+    /// reached zero), `violation` when the refcount was already zero (a faulty peer).
+    fn release(&self, segment: u32, last: bool, violation: bool);
+}
+
+/// One reader's claim on a segment. The last [`Buffer`] or consumer of this reader to go
+/// drops it, which releases the segment.
+pub struct Lease {
+    arena: Arc<Arena>,
+    index: u32,
+    sink: Rc<dyn ReleaseSink>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let ctl = &self.arena.controls()[self.index as usize];
+        // AcqRel: Release orders this reader's reads of the payload before the decrement;
+        // Acquire (for the last reader) pairs with the other readers' Release decrements,
+        // so recycling happens after every reader is done.
+        let prev = ctl.refcount.fetch_sub(1, Ordering::AcqRel);
+        if prev == 0 {
+            // A faulty peer zeroed it: undo and do not recycle a segment others may use.
+            // Relaxed: restores our own decrement, nothing to order.
+            ctl.refcount.fetch_add(1, Ordering::Relaxed);
+            self.sink.release(self.index, false, true);
+        } else {
+            self.sink.release(self.index, prev == 1, false);
+        }
+    }
+}
+
+/// A read view on `[offset, offset + len)` of a segment, in place in shared memory. The
+/// segment stays valid while any view or its consumer lives.
+pub struct Buffer {
+    lease: Rc<Lease>,
+    offset: u32,
+    len: u32,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer(segment {}, {}..{})", self.lease.index, self.offset, self.offset + self.len)
+    }
+}
+
+impl Buffer {
+    /// The segment index.
+    pub fn segment(&self) -> u32 {
+        self.lease.index
+    }
+
+    /// Offset of the view inside the segment.
+    pub fn offset(&self) -> u32 {
+        self.offset
+    }
+
+    /// A narrower view of the same bytes.
+    ///
+    /// # Panics
+    /// If the range is outside this view.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Buffer {
+        assert!(range.start <= range.end && range.end <= self.len as usize);
+        Buffer { lease: self.lease.clone(), offset: self.offset + range.start as u32, len: (range.end - range.start) as u32 }
+    }
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the range was below a position the writer published (Acquire in poll)
+        // and inside the segment (validated there); the lease keeps the segment from being
+        // recycled, and the writer never writes below its published position.
+        unsafe { self.lease.arena.segment_bytes(self.lease.index, self.offset, self.len) }
+    }
+}
+
+/// The reader's cursor over one segment.
+pub struct BufferConsumer {
+    lease: Rc<Lease>,
+    size: u32,
+    read_pos: u32,
+    finished: bool,
+    place: u32,
+}
+
+impl std::fmt::Debug for BufferConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BufferConsumer(segment {}, read {} finished {})", self.lease.index, self.read_pos, self.finished)
+    }
+}
+
+impl BufferConsumer {
+    /// Starts reading segment `index` (validated by the caller's descriptor check),
+    /// reporting the release to `sink`. `channel` names the place in errors.
+    pub fn new(arena: Arc<Arena>, index: u32, sink: Rc<dyn ReleaseSink>, channel: u32) -> Self {
+        debug_assert!(index < arena.segment_count());
+        let size = arena.segment_size();
+        Self { lease: Rc::new(Lease { arena, index, sink }), size, read_pos: 0, finished: false, place: channel }
+    }
+
+    /// The segment index.
+    pub fn index(&self) -> u32 {
+        self.lease.index
+    }
+
+    /// Bytes read so far.
+    pub fn read_position(&self) -> u32 {
+        self.read_pos
+    }
+
+    /// Loads the writer's position: `(published bytes, finished)`.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] if the position is beyond the segment or went back.
+    pub fn writer_position(&self) -> Result<(u32, bool)> {
+        let ctl = &self.lease.arena.controls()[self.lease.index as usize];
+        // Acquire: pairs with the Release stores in `BufferBuilder::commit` / `finish`.
+        let p = ctl.position.load(Ordering::Acquire);
+        let pos = p & POSITION_MASK;
+        if pos > self.size || pos < self.read_pos {
+            return Err(Error::ProtocolViolation {
+                place: format!("channel {}", self.place),
+                detail: format!(
+                    "segment {} writer position {pos} outside {}..={}",
+                    self.lease.index, self.read_pos, self.size
+                ),
+            });
+        }
+        Ok((pos, p & FINISHED != 0))
+    }
+
+    /// Takes everything published since the last call as an in-place view; `Ok(None)` when
+    /// nothing new. After the writer finished and everything was read,
+    /// [`is_finished`](Self::is_finished) turns true.
+    ///
+    /// # Errors
+    /// As [`writer_position`](Self::writer_position).
+    pub fn poll(&mut self) -> Result<Option<Buffer>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let (pos, fin) = self.writer_position()?;
+        let out = if pos > self.read_pos {
+            let b = Buffer { lease: self.lease.clone(), offset: self.read_pos, len: pos - self.read_pos };
+            self.read_pos = pos;
+            Some(b)
+        } else {
+            None
+        };
+        if fin {
+            self.finished = true;
+        }
+        Ok(out)
+    }
+
+    /// The bytes `[read_pos, published)` without consuming them: lets a record reader look
+    /// at data in place and then [`consume`](Self::consume) what it used.
+    ///
+    /// # Errors
+    /// As [`writer_position`](Self::writer_position).
+    pub fn peek(&mut self) -> Result<&[u8]> {
+        let (pos, fin) = self.writer_position()?;
+        if fin && pos == self.read_pos {
+            self.finished = true;
+        }
+        // SAFETY: [read_pos, pos) is published (Acquire above) and inside the segment
+        // (validated); the lease keeps the segment alive.
+        Ok(unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, pos - self.read_pos) })
+    }
+
+    /// Marks `n` more bytes as read (after [`peek`](Self::peek)).
+    ///
+    /// # Panics
+    /// If more bytes are consumed than were peeked.
+    pub fn consume(&mut self, n: u32) {
+        self.read_pos += n;
+    }
+
+    /// A view of `[offset, offset+len)` that keeps the segment alive (for records that are
+    /// handed out as owned views).
+    ///
+    /// # Panics
+    /// If the range goes beyond what was read.
+    pub fn view(&self, offset: u32, len: u32) -> Buffer {
+        assert!(offset + len <= self.read_pos);
+        Buffer { lease: self.lease.clone(), offset, len }
+    }
+
+    /// The writer finished and every byte was read.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Re-checks for the end of the segment (after a `peek` that consumed everything).
+    ///
+    /// # Errors
+    /// As [`writer_position`](Self::writer_position).
+    pub fn check_finished(&mut self) -> Result<bool> {
+        if !self.finished {
+            let (pos, fin) = self.writer_position()?;
+            self.finished = fin && pos == self.read_pos;
+        }
+        Ok(self.finished)
+    }
+}

@@ -1,0 +1,278 @@
+//! A producer's quota of segments (Flink's LocalBufferPool).
+//!
+//! The pool is process-local: the producer task owns it. Segments leave it for a
+//! [`BufferBuilder`](super::BufferBuilder), travel to readers (maybe in other processes)
+//! and come back by index through a [`RecycleSource`] (the credit rings), which the pool
+//! checks against its own record of what it handed out, so a peer cannot make it recycle a
+//! segment twice or take one it never owned.
+//!
+//! Exhaustion is backpressure: [`LocalBufferPool::request_blocking`] parks on the
+//! source's wake-up until a reader recycles something.
+
+use super::network_pool::NetworkBufferPool;
+use crate::error::{Error, Result};
+use crate::memory::{Arena, MemorySegment, Owner};
+use crate::sync::{EventCount, WaitOutcome, Waiter};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Sizes of a [`LocalBufferPool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalPoolConfig {
+    /// Segments drawn from the network pool at creation and kept until the pool drops.
+    pub min: u32,
+    /// The most segments the pool may hold (cached plus handed out).
+    pub max: u32,
+    /// The most segments one channel may hold at once (Flink's max-buffers-per-channel).
+    pub max_per_channel: u32,
+    /// Number of channels the pool serves.
+    pub channels: u32,
+}
+
+/// Where recycled segments come back from, and the wake-up that announces them.
+pub trait RecycleSource {
+    /// Moves every segment that came back into `pool` (with
+    /// [`LocalBufferPool::recycle_index`]); returns how many.
+    ///
+    /// # Errors
+    /// A protocol violation or a failed peer.
+    fn reclaim(&mut self, pool: &mut LocalBufferPool) -> Result<usize>;
+
+    /// The event count that is notified after something comes back. It must live in the
+    /// arena (not inside the source), since it is used while the source is borrowed.
+    fn wake(&self) -> &EventCount;
+}
+
+/// A quota of segments drawn from the [`NetworkBufferPool`].
+pub struct LocalBufferPool {
+    global: NetworkBufferPool,
+    id: u32,
+    worker: u32,
+    config: LocalPoolConfig,
+    available: Vec<MemorySegment>,
+    /// Bit i set: segment i is handed out by this pool and not back yet.
+    outstanding: Vec<u64>,
+    outstanding_count: u32,
+    per_channel: Vec<u32>,
+    /// Nanoseconds spent blocked in `request_blocking` (back-pressured time).
+    pub blocked_ns: u64,
+}
+
+impl std::fmt::Debug for LocalBufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBufferPool")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .field("available", &self.available.len())
+            .field("outstanding", &self.outstanding_count)
+            .finish()
+    }
+}
+
+impl LocalBufferPool {
+    /// Creates a pool with id `id` for worker slot `worker`, drawing `min` segments now.
+    ///
+    /// # Errors
+    /// [`Error::PoolExhausted`] if the network pool cannot supply `min` segments (they are
+    /// returned), or a config error.
+    pub fn new(arena: Arc<Arena>, id: u32, worker: u32, config: LocalPoolConfig) -> Result<Self> {
+        if config.min > config.max || config.max == 0 || config.max_per_channel == 0 {
+            return Err(Error::Arena(crate::error::ArenaError::Config(format!(
+                "local pool needs 0 < min <= max and max_per_channel > 0, got {config:?}"
+            ))));
+        }
+        let words = (arena.segment_count() as usize).div_ceil(64);
+        let mut pool = Self {
+            global: NetworkBufferPool::new(arena),
+            id,
+            worker,
+            config,
+            available: Vec::with_capacity(config.max as usize),
+            outstanding: vec![0; words],
+            outstanding_count: 0,
+            per_channel: vec![0; config.channels as usize],
+            blocked_ns: 0,
+        };
+        for _ in 0..config.min {
+            match pool.global.request(Owner::Pool { pool: id, worker }, id + 1)? {
+                Some(s) => pool.available.push(s),
+                None => return Err(Error::PoolExhausted),
+            }
+        }
+        Ok(pool)
+    }
+
+    /// The arena.
+    pub fn arena(&self) -> &Arc<Arena> {
+        self.global.arena()
+    }
+
+    /// The pool id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> LocalPoolConfig {
+        self.config
+    }
+
+    /// Segments the pool holds: cached plus handed out.
+    pub fn size(&self) -> u32 {
+        self.available.len() as u32 + self.outstanding_count
+    }
+
+    /// Segments handed out and not back yet.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding_count
+    }
+
+    /// Segments handed out for `channel`.
+    pub fn outstanding_for(&self, channel: u32) -> u32 {
+        self.per_channel.get(channel as usize).copied().unwrap_or(0)
+    }
+
+    /// Flink's outPoolUsage: handed-out segments over the quota, in `0.0..=1.0`.
+    pub fn usage(&self) -> f64 {
+        f64::from(self.outstanding_count) / f64::from(self.config.max)
+    }
+
+    /// Takes a segment for `channel` (or for no channel in particular, e.g. broadcast)
+    /// without blocking. `Ok(None)` means backpressure: the quota or the channel's share
+    /// is used up, or the network pool is empty.
+    ///
+    /// # Errors
+    /// A corrupt network pool.
+    pub fn request(&mut self, channel: Option<u32>) -> Result<Option<MemorySegment>> {
+        if let Some(c) = channel {
+            match self.per_channel.get(c as usize) {
+                Some(&n) if n >= self.config.max_per_channel => return Ok(None),
+                Some(_) => {}
+                None => {
+                    return Err(Error::ProtocolViolation {
+                        place: format!("local buffer pool {}", self.id),
+                        detail: format!("channel {c} outside 0..{}", self.config.channels),
+                    })
+                }
+            }
+        }
+        let seg = match self.available.pop() {
+            Some(s) => s,
+            None if self.size() < self.config.max => {
+                match self.global.request(Owner::Pool { pool: self.id, worker: self.worker }, self.id + 1)? {
+                    Some(s) => s,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
+        };
+        let i = seg.index() as usize;
+        self.outstanding[i / 64] |= 1 << (i % 64);
+        self.outstanding_count += 1;
+        if let Some(c) = channel {
+            self.per_channel[c as usize] += 1;
+        }
+        Ok(Some(seg))
+    }
+
+    /// Takes a segment, parking on `source`'s wake-up until one is recycled; reclaims from
+    /// `source` before each try. Time spent here is added to `blocked_ns`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`, or whatever `source` reports (a failed peer).
+    pub fn request_blocking(
+        &mut self,
+        channel: Option<u32>,
+        source: &mut dyn RecycleSource,
+        waiter: &mut Waiter,
+        timeout: Option<Duration>,
+    ) -> Result<MemorySegment> {
+        if let Some(s) = self.request(channel)? {
+            return Ok(s);
+        }
+        let start = crate::sync::now_nanos();
+        // The wake-up lives in the arena, which outlives this call; take it through our
+        // own Arc so `source` stays free to borrow mutably inside the poll.
+        let arena = self.arena().clone();
+        let wake: *const EventCount = source.wake();
+        // SAFETY: `wake` points into the arena (or into `source`, which outlives this
+        // call and is not moved), kept alive by `arena`/`source` for the whole wait.
+        let wake = unsafe { &*wake };
+        let outcome = waiter.wait(wake, timeout, || {
+            let r: Result<Option<MemorySegment>> = (|| {
+                source.reclaim(self)?;
+                self.request(channel)
+            })();
+            match r {
+                Ok(None) => None,
+                Ok(Some(s)) => Some(Ok(s)),
+                Err(e) => Some(Err(e)),
+            }
+        });
+        drop(arena);
+        self.blocked_ns += crate::sync::now_nanos().saturating_sub(start);
+        match outcome {
+            WaitOutcome::Ready(r) => r,
+            WaitOutcome::TimedOut => Err(Error::Timeout(timeout.unwrap_or_default(), "a buffer from the local pool")),
+        }
+    }
+
+    /// Takes back segment `index` that this pool handed out for `channel` (None: no
+    /// channel), after its last reader released it. The index came from shared memory and
+    /// is checked: a segment this pool does not have outstanding is a protocol violation.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] for an index out of range or not outstanding here.
+    pub fn recycle_index(&mut self, index: u32, channel: Option<u32>) -> Result<()> {
+        let i = index as usize;
+        if index >= self.arena().segment_count() || self.outstanding[i / 64] & (1 << (i % 64)) == 0 {
+            return Err(Error::ProtocolViolation {
+                place: format!("local buffer pool {}", self.id),
+                detail: format!("recycled segment {index} is not one this pool handed out"),
+            });
+        }
+        self.outstanding[i / 64] &= !(1 << (i % 64));
+        self.outstanding_count -= 1;
+        if let Some(c) = channel {
+            if let Some(n) = self.per_channel.get_mut(c as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        // SAFETY: the bit proved the segment was handed out by this pool and not returned
+        // yet; the caller's recycle message says its last reader is done with it.
+        let seg = unsafe { MemorySegment::from_index(self.arena().clone(), index) };
+        let ctl = &self.arena().controls()[i];
+        // Relaxed: bookkeeping, published at the next hand-over.
+        ctl.owner.store(Owner::Pool { pool: self.id, worker: self.worker }.pack(), crate::sync::Ordering::Relaxed);
+        if self.size() > self.config.max {
+            drop(seg); // the quota shrank: back to the network pool
+        } else {
+            self.available.push(seg);
+        }
+        Ok(())
+    }
+
+    /// Marks the handed-out segment `index` as given up for good (its reader died with
+    /// it and recovery returned it to the network pool directly).
+    pub fn forget_outstanding(&mut self, index: u32, channel: Option<u32>) {
+        let i = index as usize;
+        if i / 64 < self.outstanding.len() && self.outstanding[i / 64] & (1 << (i % 64)) != 0 {
+            self.outstanding[i / 64] &= !(1 << (i % 64));
+            self.outstanding_count -= 1;
+            if let Some(n) = channel.and_then(|c| self.per_channel.get_mut(c as usize)) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Changes the quota; segments above a smaller `max` go back to the network pool as
+    /// they come back.
+    pub fn set_max(&mut self, max: u32) {
+        self.config.max = max.max(self.config.min).max(1);
+        while self.size() > self.config.max {
+            if self.available.pop().is_none() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Errors. One enum for arena creation and attach (the things a user gets wrong first), one
+//! crate-wide enum for everything that happens on a live arena.
+
+use thiserror::Error;
+
+/// What went wrong creating or attaching an arena.
+#[derive(Debug, Error)]
+pub enum ArenaError {
+    /// The configuration is out of range.
+    #[error("invalid arena configuration: {0}")]
+    Config(String),
+    /// The file is smaller than a header, or smaller than the size its header claims.
+    #[error("arena is truncated: {what} needs {needed} bytes but the file has {actual}")]
+    Truncated {
+        /// What did not fit.
+        what: &'static str,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// Not an arena at all.
+    #[error("not a shmflow arena: magic bytes are {found:02x?}, expected {expected:02x?}")]
+    BadMagic {
+        /// What the file starts with.
+        found: [u8; 8],
+        /// [`crate::memory::MAGIC`].
+        expected: [u8; 8],
+    },
+    /// An arena of another layout version.
+    #[error("arena layout version {found} is not supported (this build reads version {expected})")]
+    Version {
+        /// Version in the file.
+        found: u32,
+        /// Version of this build.
+        expected: u32,
+    },
+    /// The header checksum does not match: the header was damaged.
+    #[error("arena header checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the header is damaged")]
+    Checksum {
+        /// Stored value.
+        stored: u64,
+        /// Computed value.
+        computed: u64,
+    },
+    /// The header's numbers contradict each other or the file.
+    #[error("arena header is inconsistent: {0}")]
+    Inconsistent(String),
+    /// The creator never finished initializing it.
+    #[error("arena is not ready (its creator is still initializing it, or died while doing so)")]
+    NotReady,
+    /// Created by another user.
+    #[error("arena {name} belongs to uid {owner}, not to this user (uid {me})")]
+    Foreign {
+        /// Arena name.
+        name: String,
+        /// Its owner.
+        owner: u32,
+        /// Our uid.
+        me: u32,
+    },
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What we tried.
+        op: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ArenaError {
+    pub(crate) fn io(op: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
+        ArenaError::Io { op: op.into(), source: source.into() }
+    }
+}
+
+/// Errors on a live arena: protocol, flow control and peers.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Arena creation or attach.
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+    /// A value read from shared memory breaks the protocol (a faulty or hostile peer).
+    #[error("protocol violation in {place}: {detail}")]
+    ProtocolViolation {
+        /// Which structure (names the channel or partition).
+        place: String,
+        /// The offending value and the range it should be in.
+        detail: String,
+    },
+    /// The arena-wide pool has no segment left.
+    #[error("network buffer pool exhausted")]
+    PoolExhausted,
+    /// A bounded wait ran out.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(std::time::Duration, &'static str),
+    /// The producer of a channel failed or died.
+    #[error("producer of channel {channel} failed")]
+    ProducerFailed {
+        /// Channel id.
+        channel: u32,
+    },
+    /// The consumer of a channel went away.
+    #[error("consumer of channel {channel} is gone")]
+    ConsumerGone {
+        /// Channel id.
+        channel: u32,
+    },
+    /// A record or write larger than what the target can hold.
+    #[error("{what} of {len} bytes does not fit (at most {max})")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An arena region is full (no free channel block, directory entry, ...).
+    #[error("no free {0} left in the arena; create it with a larger limit")]
+    OutOfSlots(&'static str),
+    /// An operating-system error.
+    #[error("{op}: {source}")]
+    Io {
+        /// What we tried.
+        op: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Crate result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

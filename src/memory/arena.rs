@@ -1,0 +1,711 @@
+//! The shared arena: one mapping that holds every structure processes share.
+//!
+//! ```text
+//!   creator (coordinator or library user)           attachers (workers)
+//!   Arena::create_memfd / create_named  --fd or name-->  Arena::attach_fd / attach_named
+//!        zero-fill, build structures in place,           copy the header out, validate every
+//!        push every segment on the free stack,           field against the file and the
+//!        write header + checksum, state = READY          layout this build computes
+//! ```
+//!
+//! A memfd arena is sealed against shrinking and growing, so no peer can truncate it under
+//! another process (which would turn reads into SIGBUS). A named arena lives under
+//! `/dev/shm`, is created with `O_EXCL` and mode 0600, and refuses to attach across users.
+//! A heap arena (no sharing) serves unit tests and loom.
+
+use super::blocks::{ChannelBlock, GateBlock, Owner, PartitionEntry, SegmentControl, TaskMetrics, WorkerRecord};
+use super::header::{ArenaHeader, StaticHeader, LAYOUT_VERSION, MAGIC, STATE_READY};
+use super::layout::{ArenaConfig, ArenaLayout, RegionKind, PAGE, RINGS_PER_CHANNEL};
+use super::stack::{SegmentStack, StackHead};
+use crate::error::{ArenaError, Error, Result};
+use crate::sync::{AtomicU32, AtomicU64, CachePadded, Ordering};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::ptr::NonNull;
+
+/// The environment variable that carries an inherited arena fd to a child process.
+pub const ARENA_FD_ENV: &str = "SHMFLOW_ARENA_FD";
+
+/// Which of a channel's three rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingKind {
+    /// Producer to consumer: buffer and event descriptors.
+    Data = 0,
+    /// Consumer to producer: credits and recycled segments.
+    Credit = 1,
+    /// Producer to consumer: priority events that overtake data.
+    Priority = 2,
+}
+
+enum Backing {
+    Map {
+        _map: memmap2::MmapRaw,
+        fd: OwnedFd,
+    },
+    Heap {
+        layout: std::alloc::Layout,
+    },
+}
+
+/// A mapped (or heap) arena and its validated layout. Shared between threads as
+/// `Arc<Arena>`; every access to its contents goes through atomics or through the segment
+/// protocols (BufferBuilder / BufferConsumer).
+pub struct Arena {
+    base: NonNull<u8>,
+    header: StaticHeader,
+    layout: ArenaLayout,
+    backing: Backing,
+    /// Set for a named arena this handle created: unlinked on drop unless kept.
+    unlink: Option<PathBuf>,
+    name: Option<String>,
+    /// Under loom, one access-tracked cell per payload byte, so loom sees the payload
+    /// writes and reads that the position marker must order.
+    #[cfg(loom)]
+    witness: Box<[crate::sync::UnsafeCell<()>]>,
+}
+
+// SAFETY: the arena's memory is only accessed through atomics or through the
+// single-writer/reader segment protocols, whose handles enforce exclusivity; the mapping
+// itself may be used from any thread.
+unsafe impl Send for Arena {}
+// SAFETY: as above; `&Arena` hands out only `&` to atomics and segment access that is
+// `unsafe` with documented preconditions.
+unsafe impl Sync for Arena {}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("name", &self.name)
+            .field("total_size", &self.layout.total_size)
+            .field("segment_size", &self.header.segment_size)
+            .field("segment_count", &self.header.segment_count)
+            .finish()
+    }
+}
+
+/// Start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields restart after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn build_header(layout: &ArenaLayout) -> StaticHeader {
+    let c = layout.config;
+    let pid = std::process::id();
+    let mut h = StaticHeader {
+        magic: MAGIC,
+        version: LAYOUT_VERSION,
+        header_size: std::mem::size_of::<ArenaHeader>() as u32,
+        total_size: layout.total_size,
+        segment_size: c.segment_size,
+        segment_count: c.segment_count,
+        ring_capacity: c.ring_capacity,
+        max_channels: c.max_channels,
+        max_partitions: c.max_partitions,
+        max_gates: c.max_gates,
+        max_channels_per_gate: c.max_channels_per_gate,
+        max_workers: c.max_workers,
+        max_tasks: c.max_tasks,
+        creator_pid: pid,
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        creator_uid: unsafe { libc::geteuid() },
+        reserved: 0,
+        creator_start_ticks: process_start_ticks(pid).unwrap_or(0),
+        regions: layout.regions,
+        checksum: 0,
+    };
+    h.checksum = h.compute_checksum();
+    h
+}
+
+/// Validates a header copied out of a file of `file_len` bytes; returns its layout.
+///
+/// This is the whole trust boundary of attaching: everything later relies on the layout
+/// returned here, never on the header bytes in the mapping.
+///
+/// # Errors
+/// An [`ArenaError`] naming the first thing that is wrong.
+pub fn validate_header(h: &StaticHeader, file_len: u64) -> Result<ArenaLayout, ArenaError> {
+    if h.magic != MAGIC {
+        return Err(ArenaError::BadMagic { found: h.magic, expected: MAGIC });
+    }
+    if h.version != LAYOUT_VERSION {
+        return Err(ArenaError::Version { found: h.version, expected: LAYOUT_VERSION });
+    }
+    let computed = h.compute_checksum();
+    if computed != h.checksum {
+        return Err(ArenaError::Checksum { stored: h.checksum, computed });
+    }
+    if h.header_size as usize != std::mem::size_of::<ArenaHeader>() {
+        return Err(ArenaError::Inconsistent(format!(
+            "header_size is {} but this build's header has {} bytes",
+            h.header_size,
+            std::mem::size_of::<ArenaHeader>()
+        )));
+    }
+    let layout = h.config().layout().map_err(|e| ArenaError::Inconsistent(e.to_string()))?;
+    if layout.regions != h.regions || layout.total_size != h.total_size {
+        return Err(ArenaError::Inconsistent(format!(
+            "the region table (total {} bytes) does not match the sizes it records (total {} bytes)",
+            h.total_size, layout.total_size
+        )));
+    }
+    if file_len < layout.total_size {
+        return Err(ArenaError::Truncated { what: "the arena", needed: layout.total_size, actual: file_len });
+    }
+    Ok(layout)
+}
+
+/// Parses and validates a header from raw bytes (the start of a file). Used by attach and
+/// by the fuzz target.
+///
+/// # Errors
+/// As [`validate_header`], plus [`ArenaError::Truncated`] when `bytes` is shorter than a
+/// header.
+pub fn validate_header_bytes(bytes: &[u8], file_len: u64) -> Result<ArenaLayout, ArenaError> {
+    let need = std::mem::size_of::<StaticHeader>();
+    if bytes.len() < need {
+        return Err(ArenaError::Truncated { what: "the header", needed: need as u64, actual: bytes.len() as u64 });
+    }
+    // SAFETY: `bytes` has at least size_of::<StaticHeader>() bytes and StaticHeader is a
+    // plain repr(C) struct of integers, valid for any bit pattern; read_unaligned copes
+    // with any alignment.
+    let h = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<StaticHeader>()) };
+    validate_header(&h, file_len)
+}
+
+impl Arena {
+    /// Creates an arena in a memfd, sealed against resizing. Hand it to other processes
+    /// with [`Arena::fd`] (fd inheritance, see [`Arena::inherit_fd_into`]) or SCM_RIGHTS.
+    ///
+    /// # Errors
+    /// [`ArenaError::Config`] for a bad config, [`ArenaError::Io`] if the kernel refuses.
+    pub fn create_memfd(config: &ArenaConfig, name: &str) -> Result<Self, ArenaError> {
+        let layout = config.layout()?;
+        let cname = std::ffi::CString::new(format!("shmflow:{name}"))
+            .map_err(|_| ArenaError::Config("arena name contains a NUL byte".into()))?;
+        // SAFETY: `cname` is a valid NUL-terminated string; the flags are valid.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        if raw < 0 {
+            return Err(ArenaError::io("memfd_create", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let file = File::from(fd);
+        file.set_len(layout.total_size).map_err(|e| ArenaError::io("resizing the memfd", e))?;
+        let fd = OwnedFd::from(file);
+        let arena = Self::map(fd, layout, build_header(&layout), None, Some(name.to_string()))?;
+        arena.initialize();
+        // SAFETY: fcntl on our own fd with valid arguments.
+        let rc = unsafe {
+            libc::fcntl(
+                arena.raw_fd().unwrap_or(-1),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
+        if rc < 0 {
+            return Err(ArenaError::io("sealing the memfd", std::io::Error::last_os_error()));
+        }
+        Ok(arena)
+    }
+
+    /// Creates a named arena at `/dev/shm/NAME` (O_EXCL, mode 0600). It is unlinked when
+    /// this handle drops unless [`Arena::keep`] is called.
+    ///
+    /// # Errors
+    /// [`ArenaError::Io`] if the name exists or cannot be created.
+    pub fn create_named(name: &str, config: &ArenaConfig) -> Result<Self, ArenaError> {
+        let layout = config.layout()?;
+        let path = Self::shm_path(name)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode_0600()
+            .open(&path)
+            .map_err(|e| ArenaError::io(format!("creating {}", path.display()), e))?;
+        let fd = OwnedFd::from(file);
+        let cleanup = |e| {
+            let _ = std::fs::remove_file(&path);
+            e
+        };
+        File::from(fd.try_clone().map_err(|e| cleanup(ArenaError::io("dup", e)))?)
+            .set_len(layout.total_size)
+            .map_err(|e| cleanup(ArenaError::io("resizing the arena file", e)))?;
+        let arena = Self::map(fd, layout, build_header(&layout), Some(path.clone()), Some(name.to_string()))
+            .map_err(cleanup)?;
+        arena.initialize();
+        Ok(arena)
+    }
+
+    /// An unshared arena on the heap, for unit tests and loom models.
+    ///
+    /// # Errors
+    /// [`ArenaError::Config`] for a bad config.
+    pub fn heap(config: &ArenaConfig) -> Result<Self, ArenaError> {
+        let layout = config.layout()?;
+        let alloc = std::alloc::Layout::from_size_align(layout.total_size as usize, PAGE as usize)
+            .map_err(|e| ArenaError::Config(e.to_string()))?;
+        // SAFETY: `alloc` has a non-zero size (at least one page of header).
+        let ptr = unsafe { std::alloc::alloc_zeroed(alloc) };
+        let base = NonNull::new(ptr).ok_or_else(|| ArenaError::Config("out of memory".into()))?;
+        let header = build_header(&layout);
+        let arena = Arena {
+            base,
+            header,
+            layout,
+            backing: Backing::Heap { layout: alloc },
+            unlink: None,
+            name: None,
+            #[cfg(loom)]
+            witness: (0..u64::from(config.segment_count) * u64::from(config.segment_size))
+                .map(|_| crate::sync::UnsafeCell::new(()))
+                .collect(),
+        };
+        arena.initialize();
+        Ok(arena)
+    }
+
+    /// Attaches to an arena by fd (inherited or received). Validates everything.
+    ///
+    /// # Errors
+    /// An [`ArenaError`] naming what is wrong with the file.
+    pub fn attach_fd(fd: OwnedFd) -> Result<Self, ArenaError> {
+        let file = File::from(fd);
+        let len = file.metadata().map_err(|e| ArenaError::io("fstat on the arena", e))?.len();
+        let header = Self::read_header(&file, len)?;
+        let layout = validate_header(&header, len)?;
+        let arena = Self::map(OwnedFd::from(file), layout, header, None, None)?;
+        arena.check_ready()?;
+        Ok(arena)
+    }
+
+    /// Attaches to the arena an ancestor passed through [`ARENA_FD_ENV`].
+    ///
+    /// # Errors
+    /// [`ArenaError::Config`] if the variable is missing or not an fd, else as
+    /// [`Arena::attach_fd`].
+    pub fn attach_inherited() -> Result<Self, ArenaError> {
+        let v = std::env::var(ARENA_FD_ENV)
+            .map_err(|_| ArenaError::Config(format!("{ARENA_FD_ENV} is not set: no arena was passed down")))?;
+        let raw: RawFd = v.parse().map_err(|_| ArenaError::Config(format!("{ARENA_FD_ENV}={v} is not an fd number")))?;
+        // SAFETY: fcntl(F_GETFD) on any integer is safe; it just fails for a closed fd.
+        if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(ArenaError::Config(format!("{ARENA_FD_ENV}={v} is not an open fd")));
+        }
+        // SAFETY: the fd is open and was passed to this process for it to own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Self::attach_fd(fd)
+    }
+
+    /// Attaches to `/dev/shm/NAME`, refusing one that belongs to another user.
+    ///
+    /// # Errors
+    /// An [`ArenaError`] naming what is wrong.
+    pub fn attach_named(name: &str) -> Result<Self, ArenaError> {
+        let path = Self::shm_path(name)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ArenaError::io(format!("opening {}", path.display()), e))?;
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().map_err(|e| ArenaError::io("fstat on the arena", e))?;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(ArenaError::Foreign { name: name.into(), owner: meta.uid(), me });
+        }
+        let len = meta.len();
+        let header = Self::read_header(&file, len)?;
+        let layout = validate_header(&header, len)?;
+        let arena = Self::map(OwnedFd::from(file), layout, header, None, Some(name.into()))?;
+        arena.check_ready()?;
+        Ok(arena)
+    }
+
+    /// Attaches to an arena file at any path (for inspection tools and tests).
+    ///
+    /// # Errors
+    /// An [`ArenaError`] naming what is wrong.
+    pub fn attach_path(path: &std::path::Path) -> Result<Self, ArenaError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| ArenaError::io(format!("opening {}", path.display()), e))?;
+        Self::attach_fd(OwnedFd::from(file))
+    }
+
+    fn shm_path(name: &str) -> Result<PathBuf, ArenaError> {
+        if name.is_empty() || name.len() > 200 || name.contains('/') || name.starts_with('.') {
+            return Err(ArenaError::Config(format!("arena name {name:?} must be 1..=200 characters without '/' and not start with '.'")));
+        }
+        Ok(PathBuf::from("/dev/shm").join(name))
+    }
+
+    fn read_header(file: &File, len: u64) -> Result<StaticHeader, ArenaError> {
+        use std::os::unix::fs::FileExt;
+        let need = std::mem::size_of::<StaticHeader>();
+        if len < need as u64 {
+            return Err(ArenaError::Truncated { what: "the header", needed: need as u64, actual: len });
+        }
+        let mut buf = vec![0u8; need];
+        file.read_exact_at(&mut buf, 0).map_err(|e| ArenaError::io("reading the arena header", e))?;
+        // SAFETY: `buf` holds exactly size_of::<StaticHeader>() bytes; any bit pattern is a
+        // valid StaticHeader (integers only).
+        Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<StaticHeader>()) })
+    }
+
+    fn map(
+        fd: OwnedFd,
+        layout: ArenaLayout,
+        header: StaticHeader,
+        unlink: Option<PathBuf>,
+        name: Option<String>,
+    ) -> Result<Self, ArenaError> {
+        let map = memmap2::MmapOptions::new()
+            .len(layout.total_size as usize)
+            .map_raw(&fd)
+            .map_err(|e| ArenaError::io("mapping the arena", e))?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| ArenaError::Config("mmap returned null".into()))?;
+        Ok(Arena {
+            base,
+            header,
+            layout,
+            backing: Backing::Map { _map: map, fd },
+            unlink,
+            name,
+            #[cfg(loom)]
+            witness: Box::new([]),
+        })
+    }
+
+    fn check_ready(&self) -> Result<(), ArenaError> {
+        // Acquire: pairs with the Release store of READY at the end of `initialize`, so
+        // every structure the creator built is visible.
+        if self.header_atomics().state.load(Ordering::Acquire) != STATE_READY {
+            return Err(ArenaError::NotReady);
+        }
+        Ok(())
+    }
+
+    /// Builds every structure in place, fills the free stack, then publishes the header.
+    fn initialize(&self) {
+        let l = &self.layout;
+        // SAFETY (for each `init_region` call): the region lies inside the mapping (computed
+        // by the layout), is aligned for T (128-byte region alignment, T's alignment is at
+        // most 128), and no other process can see the arena before `state` is READY.
+        unsafe {
+            std::ptr::write(self.base.as_ptr().cast::<ArenaHeader>(), ArenaHeader {
+                fixed: self.header,
+                state: CachePadded::new(AtomicU32::new(0)),
+                generation: CachePadded::new(AtomicU64::new(0)),
+                free_stack: CachePadded::new(StackHead::new()),
+            });
+            self.init_region::<SegmentControl>(RegionKind::Control, l.config.segment_count);
+            self.init_region::<ChannelBlock>(RegionKind::Channels, l.config.max_channels);
+            self.init_region::<AtomicU64>(
+                RegionKind::RingSlots,
+                (RINGS_PER_CHANNEL * u64::from(l.config.max_channels) * u64::from(l.config.ring_capacity)) as u32,
+            );
+            self.init_region::<PartitionEntry>(RegionKind::Partitions, l.config.max_partitions);
+            self.init_region::<GateBlock>(RegionKind::Gates, l.config.max_gates);
+            self.init_region::<AtomicU64>(RegionKind::GateBitmaps, l.config.max_gates * (l.config.max_channels_per_gate / 64));
+            self.init_region::<WorkerRecord>(RegionKind::Workers, l.config.max_workers);
+            self.init_region::<TaskMetrics>(RegionKind::Metrics, l.config.max_tasks);
+        }
+        let stack = self.free_stack();
+        for i in (0..l.config.segment_count).rev() {
+            // Relaxed: not yet shared; published by the Release store of READY below.
+            self.controls()[i as usize].owner.store(Owner::Free.pack(), Ordering::Relaxed);
+            stack.push(i);
+        }
+        // Release: pairs with the Acquire load in `check_ready`; publishes every write above.
+        self.header_atomics().state.store(STATE_READY, Ordering::Release);
+    }
+
+    /// # Safety
+    /// The region must be sized for `n` values of `T` and not yet shared.
+    unsafe fn init_region<T: Default>(&self, kind: RegionKind, n: u32) {
+        let r = self.layout.region(kind);
+        debug_assert!(r.len >= n as u64 * std::mem::size_of::<T>() as u64);
+        // SAFETY: by the caller's contract and the layout, `offset` is inside the mapping.
+        let p = unsafe { self.base.as_ptr().add(r.offset as usize) }.cast::<T>();
+        for i in 0..n as usize {
+            // SAFETY: element i is inside the region (n elements fit), aligned (regions
+            // are 128-aligned and T's size is a multiple of its alignment).
+            unsafe { std::ptr::write(p.add(i), T::default()) };
+        }
+    }
+
+    /// # Safety
+    /// `kind`'s region must hold `n` initialized values of `T` (true after `initialize`
+    /// or a successful attach, given the layout was validated).
+    unsafe fn region_slice<T>(&self, kind: RegionKind, n: u64) -> &[T] {
+        let r = self.layout.region(kind);
+        debug_assert!(r.len >= n * std::mem::size_of::<T>() as u64);
+        // SAFETY: by the caller's contract; the slice lives as long as `self` (the mapping).
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(r.offset as usize).cast::<T>(), n as usize) }
+    }
+
+    /// The arena-wide atomics of the header.
+    pub fn header_atomics(&self) -> &ArenaHeader {
+        // SAFETY: offset 0 holds an initialized ArenaHeader (built by `initialize` or
+        // validated on attach); only its atomic fields are read through this reference,
+        // the static part is read from our validated copy.
+        unsafe { &*self.base.as_ptr().cast::<ArenaHeader>() }
+    }
+
+    /// The validated copy of the static header.
+    pub fn static_header(&self) -> &StaticHeader {
+        &self.header
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &ArenaLayout {
+        &self.layout
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ArenaConfig {
+        &self.layout.config
+    }
+
+    /// Segment size in bytes.
+    pub fn segment_size(&self) -> u32 {
+        self.layout.config.segment_size
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> u32 {
+        self.layout.config.segment_count
+    }
+
+    /// The name (named arenas) or the memfd label.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Keeps a named arena's file after this handle drops.
+    pub fn keep(&mut self) {
+        self.unlink = None;
+    }
+
+    /// The arena-wide free stack of segments.
+    pub fn free_stack(&self) -> SegmentStack<'_> {
+        SegmentStack::new(&self.header_atomics().free_stack, self.controls())
+    }
+
+    /// Every segment's control block.
+    pub fn controls(&self) -> &[SegmentControl] {
+        // SAFETY: initialized for `segment_count` control blocks (validated layout).
+        unsafe { self.region_slice(RegionKind::Control, self.layout.config.segment_count.into()) }
+    }
+
+    /// A segment's control block, checking an index that came from shared memory.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] when `index` is out of range.
+    pub fn control(&self, index: u32, place: impl FnOnce() -> String) -> Result<&SegmentControl> {
+        self.controls().get(index as usize).ok_or_else(|| Error::ProtocolViolation {
+            place: place(),
+            detail: format!("segment index {index} is outside 0..{}", self.segment_count()),
+        })
+    }
+
+    /// Every channel block.
+    pub fn channels(&self) -> &[ChannelBlock] {
+        // SAFETY: initialized for `max_channels` blocks.
+        unsafe { self.region_slice(RegionKind::Channels, self.layout.config.max_channels.into()) }
+    }
+
+    /// The slots of one ring of channel `channel` (`ring_capacity` of them).
+    ///
+    /// # Panics
+    /// If `channel` is out of range (callers check channel ids when they take them).
+    pub fn ring_slots(&self, channel: u32, ring: RingKind) -> &[AtomicU64] {
+        let c = &self.layout.config;
+        assert!(channel < c.max_channels, "channel {channel} out of range");
+        let cap = u64::from(c.ring_capacity);
+        // SAFETY: initialized for RINGS_PER_CHANNEL * max_channels * capacity slots.
+        let all: &[AtomicU64] =
+            unsafe { self.region_slice(RegionKind::RingSlots, RINGS_PER_CHANNEL * u64::from(c.max_channels) * cap) };
+        let start = ((u64::from(channel) * RINGS_PER_CHANNEL + ring as u64) * cap) as usize;
+        &all[start..start + cap as usize]
+    }
+
+    /// The partition directory.
+    pub fn partitions(&self) -> &[PartitionEntry] {
+        // SAFETY: initialized for `max_partitions` entries.
+        unsafe { self.region_slice(RegionKind::Partitions, self.layout.config.max_partitions.into()) }
+    }
+
+    /// Every gate block.
+    pub fn gates(&self) -> &[GateBlock] {
+        // SAFETY: initialized for `max_gates` blocks.
+        unsafe { self.region_slice(RegionKind::Gates, self.layout.config.max_gates.into()) }
+    }
+
+    /// The channels-with-data bitmap of gate `gate` (`max_channels_per_gate / 64` words).
+    ///
+    /// # Panics
+    /// If `gate` is out of range.
+    pub fn gate_bitmap(&self, gate: u32) -> &[AtomicU64] {
+        let c = &self.layout.config;
+        assert!(gate < c.max_gates, "gate {gate} out of range");
+        let words = u64::from(c.max_channels_per_gate / 64);
+        // SAFETY: initialized for max_gates * words words.
+        let all: &[AtomicU64] = unsafe { self.region_slice(RegionKind::GateBitmaps, u64::from(c.max_gates) * words) };
+        let s = (u64::from(gate) * words) as usize;
+        &all[s..s + words as usize]
+    }
+
+    /// Every worker liveness record.
+    pub fn workers(&self) -> &[WorkerRecord] {
+        // SAFETY: initialized for `max_workers` records.
+        unsafe { self.region_slice(RegionKind::Workers, self.layout.config.max_workers.into()) }
+    }
+
+    /// Every task metrics block.
+    pub fn task_metrics(&self) -> &[TaskMetrics] {
+        // SAFETY: initialized for `max_tasks` blocks.
+        unsafe { self.region_slice(RegionKind::Metrics, self.layout.config.max_tasks.into()) }
+    }
+
+    /// Pointer to byte `offset` of segment `index`.
+    fn segment_ptr(&self, index: u32, offset: u32) -> *mut u8 {
+        debug_assert!(index < self.segment_count());
+        debug_assert!(offset <= self.segment_size());
+        let data = self.layout.region(RegionKind::Data).offset;
+        let at = data + u64::from(index) * u64::from(self.segment_size()) + u64::from(offset);
+        // SAFETY: index < segment_count and offset <= segment_size keep `at` inside the data
+        // region, which lies inside the mapping.
+        unsafe { self.base.as_ptr().add(at as usize) }
+    }
+
+    /// Bytes `[offset, offset + len)` of segment `index`, for reading in place.
+    ///
+    /// # Safety
+    /// The range must be inside the segment, and no process may write it for as long as
+    /// the slice lives: the caller holds a reader's claim that the protocol published
+    /// (acquired the writer position covering the range).
+    pub unsafe fn segment_bytes(&self, index: u32, offset: u32, len: u32) -> &[u8] {
+        debug_assert!(u64::from(offset) + u64::from(len) <= u64::from(self.segment_size()));
+        #[cfg(loom)]
+        self.witness_range(index, offset, len, false);
+        // SAFETY: by the caller's contract, in bounds and not written concurrently.
+        unsafe { std::slice::from_raw_parts(self.segment_ptr(index, offset), len as usize) }
+    }
+
+    /// Bytes `[offset, offset + len)` of segment `index`, for writing.
+    ///
+    /// # Safety
+    /// The range must be inside the segment, and the caller must be the segment's only
+    /// writer with no reader of this range for as long as the slice lives (a BufferBuilder
+    /// writing above its published position).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn segment_bytes_mut(&self, index: u32, offset: u32, len: u32) -> &mut [u8] {
+        debug_assert!(u64::from(offset) + u64::from(len) <= u64::from(self.segment_size()));
+        #[cfg(loom)]
+        self.witness_range(index, offset, len, true);
+        // SAFETY: by the caller's contract, in bounds and exclusively ours.
+        unsafe { std::slice::from_raw_parts_mut(self.segment_ptr(index, offset), len as usize) }
+    }
+
+    #[cfg(loom)]
+    fn witness_range(&self, index: u32, offset: u32, len: u32, write: bool) {
+        let base = index as usize * self.segment_size() as usize + offset as usize;
+        for cell in &self.witness[base..base + len as usize] {
+            if write {
+                cell.with_mut(|_| ());
+            } else {
+                cell.with(|_| ());
+            }
+        }
+    }
+
+    /// The fd of a mapped arena.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.backing {
+            Backing::Map { fd, .. } => Some(fd.as_fd()),
+            Backing::Heap { .. } => None,
+        }
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        self.fd().map(|f| f.as_raw_fd())
+    }
+
+    /// Prepares `cmd` so the child inherits this arena's fd and finds it through
+    /// [`ARENA_FD_ENV`] (then calls [`Arena::attach_inherited`]).
+    ///
+    /// # Errors
+    /// [`ArenaError::Config`] for a heap arena.
+    pub fn inherit_fd_into(&self, cmd: &mut std::process::Command) -> Result<(), ArenaError> {
+        use std::os::unix::process::CommandExt;
+        let raw = self.raw_fd().ok_or_else(|| ArenaError::Config("a heap arena cannot be shared".into()))?;
+        cmd.env(ARENA_FD_ENV, raw.to_string());
+        // SAFETY: the closure only calls fcntl, which is async-signal-safe, on an fd number
+        // that is open in the parent and therefore in the forked child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = libc::fcntl(raw, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if let Some(p) = self.unlink.take() {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Backing::Heap { layout } = self.backing {
+            // SAFETY: allocated in `heap` with exactly this layout, and no reference into it
+            // outlives `self`. Under loom the structures hold loom objects whose drop must
+            // run; elsewhere they are plain atomics with no drop glue, and the witness cells
+            // are a separate allocation.
+            unsafe {
+                #[cfg(loom)]
+                self.drop_structures();
+                std::alloc::dealloc(self.base.as_ptr(), layout);
+            }
+        }
+    }
+}
+
+#[cfg(loom)]
+impl Arena {
+    unsafe fn drop_structures(&self) {
+        // SAFETY: called once from Drop, after which nothing reads the structures.
+        unsafe {
+            std::ptr::drop_in_place(self.base.as_ptr().cast::<ArenaHeader>());
+            for c in self.channels() {
+                std::ptr::drop_in_place(c as *const ChannelBlock as *mut ChannelBlock);
+            }
+            for g in self.gates() {
+                std::ptr::drop_in_place(g as *const GateBlock as *mut GateBlock);
+            }
+        }
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}

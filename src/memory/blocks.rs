@@ -1,0 +1,259 @@
+//! The fixed-size shared structures that fill the arena's regions.
+//!
+//! All are `#[repr(C)]`, pointer-free, made of atomics only (a peer in another process may
+//! write any of them at any time, so even "plain" fields are atomics: a racy read is then a
+//! stale value, never undefined behaviour), and padded to cache lines where two processes
+//! write. Sizes and offsets are asserted at compile time outside loom.
+
+use crate::sync::{AtomicU32, AtomicU64, CachePadded, EventCount};
+
+/// Bit 31 of [`SegmentControl::position`]: the writer finished the segment.
+pub const FINISHED: u32 = 1 << 31;
+/// Mask of the byte position in [`SegmentControl::position`].
+pub const POSITION_MASK: u32 = FINISHED - 1;
+
+/// One segment's control block (Flink's PositionMarker plus ownership).
+///
+/// ```text
+///  0 position   u32  [FINISHED:1 | bytes written:31], written by the one BufferBuilder
+///  4 refcount   u32  readers still to finish it (broadcast: one per channel), in 0..=channels
+///  8 next_free  u32  link (index+1) while on a free stack
+/// 12 pool       u32  id of the producer's LocalBufferPool that owns it, +1 (0 = global)
+/// 16 owner      u64  who holds it now, see [`Owner`]
+/// 24 seq        u64  hand-over counter (bumped when taken from a free stack)
+/// .. padding to 64 bytes so writers of neighbouring segments never share a line
+/// ```
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct SegmentControl {
+    /// `[FINISHED:1 | position:31]`; position in `0..=segment_size`.
+    pub position: AtomicU32,
+    /// Readers that have not released the segment yet.
+    pub refcount: AtomicU32,
+    /// Free-stack link: index + 1 of the next free segment, 0 at the end.
+    pub next_free: AtomicU32,
+    /// Owning local pool id + 1; 0 while in the global pool.
+    pub pool: AtomicU32,
+    /// Packed [`Owner`].
+    pub owner: AtomicU64,
+    /// Hand-over counter.
+    pub seq: AtomicU64,
+}
+
+/// Who holds a segment; packed into [`SegmentControl::owner`] as `[kind:8 | a:24 | b:32]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// On the arena-wide free stack.
+    Free,
+    /// Cached by local pool `pool`, held by worker `worker`.
+    Pool {
+        /// Pool id.
+        pool: u32,
+        /// Worker slot.
+        worker: u32,
+    },
+    /// Being written by a BufferBuilder of pool `pool`.
+    Writer {
+        /// Pool id.
+        pool: u32,
+        /// Worker slot.
+        worker: u32,
+    },
+    /// Published on channel `channel`; readers hold it until they release it.
+    InFlight {
+        /// Channel id.
+        channel: u32,
+        /// Number of channels it was published on (1 unless broadcast).
+        fanout: u32,
+    },
+    /// A value no version of this layout writes.
+    Invalid(u64),
+}
+
+impl Owner {
+    /// Packs into the shared word.
+    pub fn pack(self) -> u64 {
+        let p = |k: u64, a: u32, b: u32| (k << 56) | (u64::from(a & 0xff_ffff) << 32) | u64::from(b);
+        match self {
+            Owner::Free => 0,
+            Owner::Pool { pool, worker } => p(1, worker, pool),
+            Owner::Writer { pool, worker } => p(2, worker, pool),
+            Owner::InFlight { channel, fanout } => p(3, fanout, channel),
+            Owner::Invalid(v) => v,
+        }
+    }
+
+    /// Unpacks a shared word.
+    pub fn unpack(v: u64) -> Self {
+        let a = ((v >> 32) & 0xff_ffff) as u32;
+        let b = v as u32;
+        match v >> 56 {
+            0 if v == 0 => Owner::Free,
+            1 => Owner::Pool { pool: b, worker: a },
+            2 => Owner::Writer { pool: b, worker: a },
+            3 => Owner::InFlight { channel: b, fanout: a },
+            _ => Owner::Invalid(v),
+        }
+    }
+}
+
+/// The two positions of one single-producer/single-consumer ring, each on its own lines.
+///
+/// Positions count slots and only grow; `tail - head` is in `0..=capacity`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RingHeader {
+    /// Slots consumed; written only by the consumer.
+    pub head: CachePadded<AtomicU64>,
+    /// Slots produced; written only by the producer.
+    pub tail: CachePadded<AtomicU64>,
+}
+
+/// `ChannelBlock::state`: unused.
+pub const CHANNEL_FREE: u32 = 0;
+/// `ChannelBlock::state`: allocated and live.
+pub const CHANNEL_OPEN: u32 = 1;
+/// `ChannelBlock::state`: the producer side failed (its process died or it gave up).
+pub const CHANNEL_PRODUCER_FAILED: u32 = 2;
+/// `ChannelBlock::state`: the consumer side went away.
+pub const CHANNEL_CONSUMER_GONE: u32 = 3;
+
+/// One producer-to-consumer connection: rings, wake-ups, flow-control state and counters.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct ChannelBlock {
+    /// Descriptors, producer to consumer.
+    pub data: RingHeader,
+    /// Credits and recycled segments, consumer to producer.
+    pub credit: RingHeader,
+    /// Priority descriptors (unaligned checkpoint barriers), producer to consumer.
+    pub priority: RingHeader,
+    /// The consumer parks here when no gate is attached; producers notify it.
+    pub consumer_wake: CachePadded<EventCount>,
+    /// The producer parks here for credit or segments; consumers notify it.
+    pub producer_wake: CachePadded<EventCount>,
+    /// One of the `CHANNEL_*` states.
+    pub state: AtomicU32,
+    /// Gate id + 1 the consumer reads this channel through (0 = none).
+    pub gate: AtomicU32,
+    /// Index of this channel inside that gate.
+    pub gate_index: AtomicU32,
+    /// Partition directory slot of the producing partition.
+    pub partition: AtomicU32,
+    /// Subpartition index in the producing partition.
+    pub subpartition: AtomicU32,
+    /// Producer worker slot + 1 (0 unknown).
+    pub producer_worker: AtomicU32,
+    /// Consumer worker slot + 1 (0 unknown).
+    pub consumer_worker: AtomicU32,
+    /// Credit currently granted (exclusive + floating), written by the consumer.
+    pub credit_granted: AtomicU32,
+    /// Segments published but not yet finished-and-released by the consumer (backlog).
+    pub backlog: AtomicU32,
+    /// Spare, zero.
+    pub reserved: AtomicU32,
+    /// Records written into this channel.
+    pub records_out: AtomicU64,
+    /// Bytes written into this channel.
+    pub bytes_out: AtomicU64,
+    /// Segments published on this channel.
+    pub buffers_out: AtomicU64,
+    /// Records read from this channel.
+    pub records_in: AtomicU64,
+    /// Bytes read from this channel.
+    pub bytes_in: AtomicU64,
+    /// Segments released by the consumer.
+    pub buffers_in: AtomicU64,
+}
+
+/// One entry of the partition directory (the ResultPartitionManager).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct PartitionEntry {
+    /// Entry state (free, registering, registered, finished, released, failed).
+    pub state: AtomicU32,
+    /// `ResultPartitionType` code.
+    pub partition_type: AtomicU32,
+    /// Number of subpartitions.
+    pub num_subpartitions: AtomicU32,
+    /// First channel block of its subpartitions (they are contiguous).
+    pub first_channel: AtomicU32,
+    /// Producer worker slot + 1.
+    pub producer_worker: AtomicU32,
+    /// Producer task metrics slot + 1.
+    pub producer_task: AtomicU32,
+    /// Pid of the producing process.
+    pub producer_pid: AtomicU32,
+    /// Spare, zero.
+    pub reserved: AtomicU32,
+    /// ResultPartitionID, high then low 64 bits.
+    pub id: [AtomicU64; 2],
+    /// Producer's pool usage: segments held by its LocalBufferPool.
+    pub pool_segments: AtomicU64,
+    /// Producer's pool quota (max segments).
+    pub pool_max: AtomicU64,
+}
+
+/// One input gate's shared part: its wake-up and who is waiting.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct GateBlock {
+    /// The gate parks here; producers notify it after marking their channel's bit.
+    pub wake: CachePadded<EventCount>,
+    /// Gate state (free, open, closed).
+    pub state: AtomicU32,
+    /// Number of channels (bits used in the bitmap).
+    pub num_channels: AtomicU32,
+    /// Consumer worker slot + 1.
+    pub consumer_worker: AtomicU32,
+    /// Consumer task metrics slot + 1.
+    pub consumer_task: AtomicU32,
+}
+
+/// One process's liveness record.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct WorkerRecord {
+    /// 0 free, 1 alive, 2 exited cleanly, 3 declared dead.
+    pub state: AtomicU32,
+    /// Pid.
+    pub pid: AtomicU32,
+    /// Process start time in clock ticks since boot (tells a recycled pid apart).
+    pub start_ticks: AtomicU64,
+    /// Monotonic nanoseconds of the last heartbeat.
+    pub heartbeat: AtomicU64,
+}
+
+/// Counters of one task, in the arena so `shmflow top` can read them live.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct TaskMetrics {
+    /// 0 free, 1 running, 2 finished, 3 failed.
+    pub state: AtomicU32,
+    /// Worker slot + 1.
+    pub worker: AtomicU32,
+    /// Records read.
+    pub records_in: AtomicU64,
+    /// Records written.
+    pub records_out: AtomicU64,
+    /// Bytes read.
+    pub bytes_in: AtomicU64,
+    /// Bytes written.
+    pub bytes_out: AtomicU64,
+    /// Nanoseconds blocked on an empty pool or missing credit.
+    pub back_pressured_ns: AtomicU64,
+    /// Nanoseconds waiting for input.
+    pub idle_ns: AtomicU64,
+    /// Nanoseconds since the task started (busy = this - idle - back-pressured).
+    pub running_ns: AtomicU64,
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::size_of;
+    assert!(size_of::<SegmentControl>() == 64);
+    assert!(size_of::<RingHeader>() == 256);
+    assert!(size_of::<PartitionEntry>() == 64);
+    assert!(size_of::<WorkerRecord>() == 24);
+    assert!(size_of::<TaskMetrics>() == 64);
+};

@@ -1,0 +1,23 @@
+//! Memory: the shared arena, its layout descriptor and the structures in its regions.
+//!
+//! ```text
+//!   ArenaConfig --layout()--> ArenaLayout --create/attach--> Arena (mapping)
+//!                                                   |-- SegmentControl[]  (position, refcount, owner)
+//!                                                   |-- ChannelBlock[] + ring slots
+//!                                                   |-- partition directory, gates, workers, metrics
+//!                                                   '-- segment data (MemorySegment)
+//! ```
+
+mod arena;
+mod blocks;
+mod header;
+mod layout;
+mod segment;
+mod stack;
+
+pub use arena::{process_start_ticks, validate_header, validate_header_bytes, Arena, RingKind, ARENA_FD_ENV};
+pub use blocks::*;
+pub use header::{fnv1a, ArenaHeader, StaticHeader, LAYOUT_VERSION, MAGIC, STATE_INITIALIZING, STATE_READY};
+pub use layout::{ArenaConfig, ArenaLayout, Region, RegionKind, PAGE, REGION_COUNT, REGION_NAMES, RINGS_PER_CHANNEL};
+pub use segment::MemorySegment;
+pub use stack::{SegmentStack, StackHead};

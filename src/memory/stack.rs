@@ -1,0 +1,136 @@
+//! A lock-free stack of segment indices (Treiber) with a tag against ABA: the arena-wide
+//! free list of the NetworkBufferPool (DESIGN.md §4.1).
+//!
+//! ```text
+//!  head: u64 = [ tag : 32 | index + 1 : 32 ]     index + 1 == 0 means empty
+//!  link: SegmentControl::next_free = index + 1 of the next segment (0 = end)
+//! ```
+//!
+//! Every successful CAS on `head` bumps the tag, so a head value that was popped and pushed
+//! back between another process's load and CAS (ABA) no longer compares equal. The tag wraps
+//! after 2^32 operations; a process would have to stall in the middle of one pop for that
+//! long for ABA to return.
+//!
+//! Indices read from the arena are validated: a link or head out of range (a faulty peer)
+//! is a [`ProtocolViolation`](crate::Error::ProtocolViolation), never an out-of-bounds read.
+
+use super::blocks::SegmentControl;
+use crate::error::{Error, Result};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// The head of a [`SegmentStack`]. `#[repr(C)]`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct StackHead {
+    /// `[tag:32 | index+1:32]`; `index + 1` in `0..=segment_count`.
+    head: AtomicU64,
+    /// Approximate number of segments on the stack (for metrics only).
+    len: AtomicU32,
+}
+
+impl StackHead {
+    /// An empty stack.
+    pub fn new() -> Self {
+        Self { head: AtomicU64::new(0), len: AtomicU32::new(0) }
+    }
+
+    /// Approximate length: exact when nothing is in flight.
+    pub fn len(&self) -> u32 {
+        // Relaxed: a statistic, read without ordering needs.
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the stack looks empty.
+    pub fn is_empty(&self) -> bool {
+        // Acquire: pairs with the Release CAS in `push`, like `pop`'s load.
+        self.head.load(Ordering::Acquire) as u32 == 0
+    }
+}
+
+/// A view of a stack head and the control blocks that hold its links.
+#[derive(Clone, Copy)]
+pub struct SegmentStack<'a> {
+    head: &'a StackHead,
+    controls: &'a [SegmentControl],
+}
+
+impl<'a> SegmentStack<'a> {
+    /// A stack over `controls` (whose `next_free` fields are the links).
+    pub fn new(head: &'a StackHead, controls: &'a [SegmentControl]) -> Self {
+        Self { head, controls }
+    }
+
+    /// Pushes segment `index`, which the caller owns and nobody else can reach.
+    pub fn push(&self, index: u32) {
+        debug_assert!((index as usize) < self.controls.len());
+        let link = &self.controls[index as usize].next_free;
+        // Relaxed: the first load only seeds the CAS loop; the CAS checks it.
+        let mut cur = self.head.head.load(Ordering::Relaxed);
+        loop {
+            // Relaxed: published by the Release CAS below, which orders this store before it.
+            link.store(cur as u32, Ordering::Relaxed);
+            let next = (((cur >> 32) + 1) << 32) | u64::from(index + 1);
+            // Release: pairs with the Acquire load/CAS in `pop`, making the link (and the
+            // caller's last writes to the segment) visible to whoever pops it.
+            match self.head.head.compare_exchange_weak(cur, next, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        // Relaxed: statistic.
+        self.head.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pops a segment index, `Ok(None)` when empty.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] if the head or a link holds an index out of range.
+    pub fn pop(&self) -> Result<Option<u32>> {
+        // Acquire: pairs with the Release CAS in `push`, so the link we read below is the
+        // one written before that push.
+        let mut cur = self.head.head.load(Ordering::Acquire);
+        loop {
+            let top = cur as u32;
+            if top == 0 {
+                return Ok(None);
+            }
+            let idx = top - 1;
+            let Some(ctl) = self.controls.get(idx as usize) else {
+                return Err(self.violation("free-stack head", top));
+            };
+            // Relaxed: ordered by the Acquire load of `cur`; if the segment was popped and
+            // re-pushed meanwhile, the tag makes the CAS below fail and we retry.
+            let next = ctl.next_free.load(Ordering::Relaxed);
+            if next as usize > self.controls.len() {
+                // Possibly a stale read racing with a re-push; only an error if the head
+                // did not move.
+                // Acquire: as above.
+                let again = self.head.head.load(Ordering::Acquire);
+                if again == cur {
+                    return Err(self.violation("free-stack link", next));
+                }
+                cur = again;
+                continue;
+            }
+            let new = (((cur >> 32) + 1) << 32) | u64::from(next);
+            // Acquire on success: pairs with the Release CAS of the push that put `idx`
+            // there (the segment's last writes happen-before our use). Acquire on failure:
+            // as the initial load.
+            match self.head.head.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => {
+                    // Relaxed: statistic.
+                    self.head.len.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(Some(idx));
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn violation(&self, what: &str, value: u32) -> Error {
+        Error::ProtocolViolation {
+            place: "network buffer pool".into(),
+            detail: format!("{what} holds {value}, outside 0..={}", self.controls.len()),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Rings and channels: how descriptors travel from producer to consumer and credits (with
+//! recycled segments) travel back.
+//!
+//! ```text
+//!  ChannelWriter (producer process)                       ChannelReader (consumer process)
+//!   publish(segment) --data ring: Descriptor------------>  next() -> BufferConsumer
+//!   reclaim(pool)   <--credit ring: Credit::Release(seg)--  Lease drop (last reader)
+//!                   <--credit ring: Credit::Grant(n)------  grant(n) (initial / floating)
+//!   parks on producer_wake   <------ notify ------          notify ------>  parks on consumer_wake
+//! ```
+
+mod channel;
+mod descriptor;
+mod spsc;
+
+pub use channel::{ChannelReader, ChannelWriter, CreditReturn};
+pub use descriptor::{Credit, Descriptor, EventCode};
+pub use spsc::{Ring, RingConsumer, RingProducer};

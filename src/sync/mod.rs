@@ -1,0 +1,98 @@
+//! The only home of atomics, cells, padding and the futex.
+//!
+//! Everything else in the crate imports these names from here. Under `cfg(loom)` the same
+//! names resolve to loom's model-checked types, so the code that `loom-tests/` checks is
+//! the code that ships. A `clippy.toml` `disallowed-types` entry keeps `std::sync::atomic`
+//! out of every other module.
+//!
+//! ```text
+//!   std (shipping)                       loom (model checking)
+//!   core::sync::atomic::AtomicU32   <->  loom::sync::atomic::AtomicU32
+//!   futex(2) on a word in the arena <->  a Mutex + Condvar emulation with the same contract
+//!   core::cell::UnsafeCell          <->  loom::cell::UnsafeCell (access-tracked)
+//! ```
+
+mod event_count;
+mod futex;
+mod wait;
+
+pub use event_count::{EventCount, WaitToken};
+pub use futex::{FutexWaitResult, FutexWord};
+pub use wait::{WaitOutcome, WaitPolicy, Waiter};
+
+#[cfg(not(loom))]
+#[allow(clippy::disallowed_types)]
+pub use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+pub use crossbeam_utils::CachePadded;
+
+/// A hint to the CPU that we are in a spin loop (PAUSE on x86).
+#[inline]
+pub fn spin_loop() {
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
+/// Gives the rest of the time slice away.
+#[inline]
+pub fn yield_now() {
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
+/// An `UnsafeCell` with loom's closure-based access API in both builds.
+#[derive(Debug)]
+pub struct UnsafeCell<T>(
+    #[cfg(not(loom))] core::cell::UnsafeCell<T>,
+    #[cfg(loom)] loom::cell::UnsafeCell<T>,
+);
+
+impl<T> UnsafeCell<T> {
+    /// Wraps `value`.
+    pub fn new(value: T) -> Self {
+        #[cfg(not(loom))]
+        return Self(core::cell::UnsafeCell::new(value));
+        #[cfg(loom)]
+        return Self(loom::cell::UnsafeCell::new(value));
+    }
+
+    /// Runs `f` with a shared pointer to the value (a tracked read under loom).
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        #[cfg(not(loom))]
+        return f(self.0.get());
+        #[cfg(loom)]
+        return self.0.with(f);
+    }
+
+    /// Runs `f` with a mutable pointer to the value (a tracked write under loom).
+    #[inline]
+    pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        #[cfg(not(loom))]
+        return f(self.0.get());
+        #[cfg(loom)]
+        return self.0.with_mut(f);
+    }
+}
+
+/// A monotonic clock in nanoseconds since an arbitrary start, cheap enough for hot loops.
+///
+/// Under loom time does not pass: it always answers 0, so spin budgets run out by count.
+#[inline]
+pub fn now_nanos() -> u64 {
+    #[cfg(not(loom))]
+    {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    }
+    #[cfg(loom)]
+    0
+}
