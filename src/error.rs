@@ -36,7 +36,9 @@ pub enum ArenaError {
         expected: u32,
     },
     /// The header checksum does not match: the header was damaged.
-    #[error("arena header checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the header is damaged")]
+    #[error(
+        "arena header checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the header is damaged"
+    )]
     Checksum {
         /// Stored value.
         stored: u64,

@@ -223,7 +223,11 @@ impl Buffer {
     /// If the range is outside this view.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Buffer {
         assert!(range.start <= range.end && range.end <= self.len as usize);
-        Buffer { lease: self.lease.clone(), offset: self.offset + range.start as u32, len: (range.end - range.start) as u32 }
+        Buffer {
+            lease: self.lease.clone(),
+            offset: self.offset + range.start as u32,
+            len: (range.end - range.start) as u32,
+        }
     }
 }
 

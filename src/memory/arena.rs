@@ -39,13 +39,8 @@ pub enum RingKind {
 }
 
 enum Backing {
-    Map {
-        _map: memmap2::MmapRaw,
-        fd: OwnedFd,
-    },
-    Heap {
-        layout: std::alloc::Layout,
-    },
+    Map { _map: memmap2::MmapRaw, fd: OwnedFd },
+    Heap { layout: std::alloc::Layout },
 }
 
 /// A mapped (or heap) arena and its validated layout. Shared between threads as
@@ -292,7 +287,8 @@ impl Arena {
     pub fn attach_inherited() -> Result<Self, ArenaError> {
         let v = std::env::var(ARENA_FD_ENV)
             .map_err(|_| ArenaError::Config(format!("{ARENA_FD_ENV} is not set: no arena was passed down")))?;
-        let raw: RawFd = v.parse().map_err(|_| ArenaError::Config(format!("{ARENA_FD_ENV}={v} is not an fd number")))?;
+        let raw: RawFd =
+            v.parse().map_err(|_| ArenaError::Config(format!("{ARENA_FD_ENV}={v} is not an fd number")))?;
         // SAFETY: fcntl(F_GETFD) on any integer is safe; it just fails for a closed fd.
         if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
             return Err(ArenaError::Config(format!("{ARENA_FD_ENV}={v} is not an open fd")));
@@ -343,7 +339,9 @@ impl Arena {
 
     fn shm_path(name: &str) -> Result<PathBuf, ArenaError> {
         if name.is_empty() || name.len() > 200 || name.contains('/') || name.starts_with('.') {
-            return Err(ArenaError::Config(format!("arena name {name:?} must be 1..=200 characters without '/' and not start with '.'")));
+            return Err(ArenaError::Config(format!(
+                "arena name {name:?} must be 1..=200 characters without '/' and not start with '.'"
+            )));
         }
         Ok(PathBuf::from("/dev/shm").join(name))
     }
@@ -401,12 +399,15 @@ impl Arena {
         // by the layout), is aligned for T (128-byte region alignment, T's alignment is at
         // most 128), and no other process can see the arena before `state` is READY.
         unsafe {
-            std::ptr::write(self.base.as_ptr().cast::<ArenaHeader>(), ArenaHeader {
-                fixed: self.header,
-                state: CachePadded::new(AtomicU32::new(0)),
-                generation: CachePadded::new(AtomicU64::new(0)),
-                free_stack: CachePadded::new(StackHead::new()),
-            });
+            std::ptr::write(
+                self.base.as_ptr().cast::<ArenaHeader>(),
+                ArenaHeader {
+                    fixed: self.header,
+                    state: CachePadded::new(AtomicU32::new(0)),
+                    generation: CachePadded::new(AtomicU64::new(0)),
+                    free_stack: CachePadded::new(StackHead::new()),
+                },
+            );
             self.init_region::<SegmentControl>(RegionKind::Control, l.config.segment_count);
             self.init_region::<ChannelBlock>(RegionKind::Channels, l.config.max_channels);
             self.init_region::<AtomicU64>(
@@ -415,7 +416,10 @@ impl Arena {
             );
             self.init_region::<PartitionEntry>(RegionKind::Partitions, l.config.max_partitions);
             self.init_region::<GateBlock>(RegionKind::Gates, l.config.max_gates);
-            self.init_region::<AtomicU64>(RegionKind::GateBitmaps, l.config.max_gates * (l.config.max_channels_per_gate / 64));
+            self.init_region::<AtomicU64>(
+                RegionKind::GateBitmaps,
+                l.config.max_gates * (l.config.max_channels_per_gate / 64),
+            );
             self.init_region::<WorkerRecord>(RegionKind::Workers, l.config.max_workers);
             self.init_region::<TaskMetrics>(RegionKind::Metrics, l.config.max_tasks);
         }

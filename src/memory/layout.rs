@@ -165,7 +165,10 @@ impl ArenaConfig {
         if self.max_gates == 0 || self.max_gates > 1 << 16 {
             return bad("max_gates (1..=65536)", self.max_gates.into());
         }
-        if self.max_channels_per_gate == 0 || self.max_channels_per_gate % 64 != 0 || self.max_channels_per_gate > 1 << 16 {
+        if self.max_channels_per_gate == 0
+            || self.max_channels_per_gate % 64 != 0
+            || self.max_channels_per_gate > 1 << 16
+        {
             return bad("max_channels_per_gate (a multiple of 64, up to 65536)", self.max_channels_per_gate.into());
         }
         if self.max_workers == 0 || self.max_workers > 4096 {

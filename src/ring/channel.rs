@@ -103,14 +103,21 @@ impl ChannelWriter {
         self.check_consumer()?;
         let takes_credit = !matches!(d, Descriptor::Event(_));
         if takes_credit && self.credit == 0 {
-            return Err(Error::ProtocolViolation { place: self.place.clone(), detail: "publish without credit".into() });
+            return Err(Error::ProtocolViolation {
+                place: self.place.clone(),
+                detail: "publish without credit".into(),
+            });
         }
         let r = ring(&self.arena, self.id, RingKind::Data);
         let place = || self.place.clone();
         if !self.data.push(&r, d.encode(), &place)? {
             return Err(Error::ProtocolViolation {
                 place: self.place.clone(),
-                detail: format!("data ring full with credit {}: the consumer granted more than {} credits", self.credit, r.capacity()),
+                detail: format!(
+                    "data ring full with credit {}: the consumer granted more than {} credits",
+                    self.credit,
+                    r.capacity()
+                ),
             });
         }
         if takes_credit {
@@ -188,7 +195,10 @@ impl ChannelWriter {
             if self.credit + self.in_flight > cap {
                 return Err(Error::ProtocolViolation {
                     place: place(),
-                    detail: format!("credit {} + in flight {} exceeds the ring capacity {cap}", self.credit, self.in_flight),
+                    detail: format!(
+                        "credit {} + in flight {} exceeds the ring capacity {cap}",
+                        self.credit, self.in_flight
+                    ),
                 });
             }
         }
@@ -297,8 +307,12 @@ impl ChannelReader {
         let data = RingConsumer::attach(&ring(&arena, id, RingKind::Data));
         let priority = RingConsumer::attach(&ring(&arena, id, RingKind::Priority));
         let credit_ring = RingProducer::attach(&ring(&arena, id, RingKind::Credit));
-        let credit_return =
-            Rc::new(CreditReturn { arena: arena.clone(), id, ring: RefCell::new(credit_ring), violations: Cell::new(0) });
+        let credit_return = Rc::new(CreditReturn {
+            arena: arena.clone(),
+            id,
+            ring: RefCell::new(credit_ring),
+            violations: Cell::new(0),
+        });
         Ok(Self { arena, id, data, priority, credit_return, place: format!("channel {id}") })
     }
 

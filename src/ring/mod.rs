@@ -12,7 +12,9 @@
 mod channel;
 mod descriptor;
 mod spsc;
+pub mod stream;
 
 pub use channel::{ChannelReader, ChannelWriter, CreditReturn};
 pub use descriptor::{Credit, Descriptor, EventCode};
 pub use spsc::{Ring, RingConsumer, RingProducer};
+pub use stream::{StreamReader, StreamWriter};

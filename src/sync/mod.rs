@@ -48,10 +48,7 @@ pub fn yield_now() {
 
 /// An `UnsafeCell` with loom's closure-based access API in both builds.
 #[derive(Debug)]
-pub struct UnsafeCell<T>(
-    #[cfg(not(loom))] core::cell::UnsafeCell<T>,
-    #[cfg(loom)] loom::cell::UnsafeCell<T>,
-);
+pub struct UnsafeCell<T>(#[cfg(not(loom))] core::cell::UnsafeCell<T>, #[cfg(loom)] loom::cell::UnsafeCell<T>);
 
 impl<T> UnsafeCell<T> {
     /// Wraps `value`.

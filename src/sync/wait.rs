@@ -41,7 +41,12 @@ impl WaitPolicy {
 
     /// Never park: lowest latency, one core busy while waiting.
     pub const fn spin() -> Self {
-        Self { min_spin: Duration::from_secs(3600), max_spin: Duration::from_secs(3600), park: false, park_slice: Duration::from_millis(50) }
+        Self {
+            min_spin: Duration::from_secs(3600),
+            max_spin: Duration::from_secs(3600),
+            park: false,
+            park_slice: Duration::from_millis(50),
+        }
     }
 
     /// Park at once after one check: lowest CPU use.
@@ -105,8 +110,8 @@ impl Waiter {
             if let Some(v) = poll() {
                 if self.policy.park {
                     // Spinning paid off: allow a little more next time.
-                    self.budget_ns = (self.budget_ns + self.budget_ns / 4 + 64)
-                        .min(self.policy.max_spin.as_nanos() as u64);
+                    self.budget_ns =
+                        (self.budget_ns + self.budget_ns / 4 + 64).min(self.policy.max_spin.as_nanos() as u64);
                 }
                 return WaitOutcome::Ready(v);
             }

@@ -1,0 +1,290 @@
+//! A length-prefixed record stream over one channel: the smallest complete use of the
+//! foundation (pool, builder, rings, credits, wake-ups), used by the two-process demo, the
+//! foundation tests and the latency benchmark. The network stack's RecordWriter and
+//! InputGate generalize it to many channels and records that span segments.
+//!
+//! Wire format inside a segment: `[len: u32 LE][payload: len bytes]`, records never span
+//! segments here, so a payload is at most `segment_size - 4` bytes.
+
+use super::channel::{ChannelReader, ChannelWriter};
+use super::descriptor::{Descriptor, EventCode};
+use crate::buffer::{BufferBuilder, BufferConsumer, LocalBufferPool, LocalPoolConfig};
+use crate::error::{Error, Result};
+use crate::memory::Arena;
+use crate::sync::{WaitOutcome, WaitPolicy, Waiter};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// The producer end of a record stream.
+pub struct StreamWriter {
+    pool: LocalBufferPool,
+    channel: ChannelWriter,
+    builder: Option<BufferBuilder>,
+    waiter: Waiter,
+    timeout: Option<Duration>,
+    /// Segments published so far.
+    pub segments: u64,
+    /// The most segments in flight at once that this writer observed.
+    pub max_in_flight: u32,
+}
+
+impl StreamWriter {
+    /// Opens channel `channel` for writing with a pool of `pool_max` segments (pool id =
+    /// channel id). `timeout` bounds every wait (None: wait forever).
+    ///
+    /// # Errors
+    /// Arena or pool errors.
+    pub fn new(
+        arena: Arc<Arena>,
+        channel: u32,
+        pool_max: u32,
+        policy: WaitPolicy,
+        timeout: Option<Duration>,
+    ) -> Result<Self> {
+        let pool = LocalBufferPool::new(
+            arena.clone(),
+            channel,
+            0,
+            LocalPoolConfig { min: 1, max: pool_max, max_per_channel: pool_max, channels: 1 },
+        )?;
+        let channel = ChannelWriter::open(arena, channel)?;
+        Ok(Self { pool, channel, builder: None, waiter: Waiter::new(policy), timeout, segments: 0, max_in_flight: 0 })
+    }
+
+    /// The pool (for its usage and back-pressured time).
+    pub fn pool(&self) -> &LocalBufferPool {
+        &self.pool
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &ChannelWriter {
+        &self.channel
+    }
+
+    /// How often the writer parked.
+    pub fn parks(&self) -> u64 {
+        self.waiter.parks
+    }
+
+    fn next_builder(&mut self) -> Result<()> {
+        let start = crate::sync::now_nanos();
+        let (pool, channel) = (&mut self.pool, &mut self.channel);
+        let wake: *const crate::sync::EventCount = &*channel.block().producer_wake;
+        // SAFETY: the event count lives in the arena, which `channel` keeps alive for the
+        // whole call; it is only read through atomics.
+        let wake = unsafe { &*wake };
+        let outcome = self.waiter.wait(wake, self.timeout, || {
+            let r = (|| -> Result<Option<_>> {
+                channel.reclaim(pool)?;
+                if channel.credit() == 0 {
+                    return Ok(None);
+                }
+                pool.request(Some(0))
+            })();
+            r.transpose()
+        });
+        let waited = crate::sync::now_nanos().saturating_sub(start);
+        if waited > 0 {
+            self.pool.blocked_ns += waited;
+        }
+        let seg = match outcome {
+            WaitOutcome::Ready(r) => r?,
+            WaitOutcome::TimedOut => {
+                return Err(Error::Timeout(self.timeout.unwrap_or_default(), "credit and a free segment"))
+            }
+        };
+        let b = BufferBuilder::new(seg, 1);
+        self.channel.publish(Descriptor::Buffer(b.index()))?;
+        self.segments += 1;
+        self.max_in_flight = self.max_in_flight.max(self.channel.in_flight());
+        self.builder = Some(b);
+        Ok(())
+    }
+
+    /// Writes one record. Not visible to the reader before [`flush`](Self::flush) or until
+    /// its segment fills.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for a payload above `segment_size - 4`; wait errors.
+    pub fn write(&mut self, payload: &[u8]) -> Result<()> {
+        let need = payload.len() + LEN_PREFIX;
+        let size = self.pool.arena().segment_size() as usize;
+        if need > size {
+            return Err(Error::TooLarge { what: "record", len: payload.len(), max: size - LEN_PREFIX });
+        }
+        if self.builder.as_ref().is_some_and(|b| (b.remaining() as usize) < need) {
+            self.end_segment();
+        }
+        if self.builder.is_none() {
+            self.next_builder()?;
+        }
+        let b = self.builder.as_mut().expect("builder present");
+        let dst = b.claim(need as u32);
+        dst[..LEN_PREFIX].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        dst[LEN_PREFIX..].copy_from_slice(payload);
+        b.advance(need as u32);
+        if b.is_full() {
+            self.end_segment();
+        }
+        Ok(())
+    }
+
+    fn end_segment(&mut self) {
+        if let Some(mut b) = self.builder.take() {
+            b.finish();
+            self.channel.notify_consumer();
+        }
+    }
+
+    /// Makes everything written visible and wakes the reader if it sleeps.
+    pub fn flush(&mut self) {
+        if let Some(b) = self.builder.as_mut() {
+            if b.commit() {
+                self.channel.notify_consumer();
+            }
+        }
+    }
+
+    /// Ends the stream: finishes the open segment and sends EndOfPartition.
+    ///
+    /// # Errors
+    /// Wait errors while the data ring is full.
+    pub fn finish(&mut self) -> Result<()> {
+        self.end_segment();
+        let wake: *const crate::sync::EventCount = &*self.channel.block().producer_wake;
+        // SAFETY: as in `next_builder`.
+        let wake = unsafe { &*wake };
+        let (pool, channel) = (&mut self.pool, &mut self.channel);
+        let r = self.waiter.wait(wake, self.timeout, || match channel.reclaim(pool) {
+            Err(e) => Some(Err(e)),
+            Ok(_) if channel.has_room() => Some(channel.publish(Descriptor::Event(EventCode::EndOfPartition))),
+            Ok(_) => None,
+        });
+        match r {
+            WaitOutcome::Ready(r) => r,
+            WaitOutcome::TimedOut => Err(Error::Timeout(self.timeout.unwrap_or_default(), "room for EndOfPartition")),
+        }
+    }
+
+    /// Takes back every segment the reader released (call before dropping the writer if
+    /// the segments should return to the network pool at once).
+    ///
+    /// # Errors
+    /// Protocol violations on the credit ring.
+    pub fn reclaim(&mut self) -> Result<usize> {
+        self.channel.reclaim(&mut self.pool)
+    }
+}
+
+/// The consumer end of a record stream.
+pub struct StreamReader {
+    channel: ChannelReader,
+    current: Option<BufferConsumer>,
+    waiter: Waiter,
+    ended: bool,
+}
+
+impl StreamReader {
+    /// Opens channel `channel` for reading and grants `credit` segments to the writer.
+    ///
+    /// # Errors
+    /// Arena errors, or a credit above the ring capacity.
+    pub fn new(arena: Arc<Arena>, channel: u32, credit: u32, policy: WaitPolicy) -> Result<Self> {
+        let cap = arena.config().ring_capacity;
+        if credit == 0 || credit > cap - 1 {
+            return Err(Error::Arena(crate::error::ArenaError::Config(format!(
+                "credit {credit} must be in 1..={} (ring capacity - 1)",
+                cap - 1
+            ))));
+        }
+        let channel = ChannelReader::open(arena, channel)?;
+        channel.grant(credit)?;
+        Ok(Self { channel, current: None, waiter: Waiter::new(policy), ended: false })
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &ChannelReader {
+        &self.channel
+    }
+
+    /// How often the reader parked.
+    pub fn parks(&self) -> u64 {
+        self.waiter.parks
+    }
+
+    /// Tries to read one record without waiting: `Ok(Some(Some(r)))` a record,
+    /// `Ok(Some(None))` the end of the stream, `Ok(None)` nothing yet.
+    ///
+    /// # Errors
+    /// Protocol violations (malformed record, descriptor or ring), a failed producer.
+    pub fn try_next<R>(&mut self, f: &mut impl FnMut(&[u8]) -> R) -> Result<Option<Option<R>>> {
+        loop {
+            if self.ended {
+                return Ok(Some(None));
+            }
+            if let Some(c) = self.current.as_mut() {
+                let bytes = c.peek()?;
+                let avail = bytes.len();
+                if avail >= LEN_PREFIX {
+                    let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+                    if avail - LEN_PREFIX >= len {
+                        let r = f(&bytes[LEN_PREFIX..LEN_PREFIX + len]);
+                        c.consume((LEN_PREFIX + len) as u32);
+                        return Ok(Some(Some(r)));
+                    }
+                }
+                if c.check_finished()? {
+                    self.current = None; // releases the segment: a credit goes back
+                    continue;
+                }
+                if avail > 0 && c.writer_position()?.1 {
+                    return Err(Error::ProtocolViolation {
+                        place: format!("channel {}", self.channel.id()),
+                        detail: format!("segment {} ends inside a record", c.index()),
+                    });
+                }
+                return Ok(None);
+            }
+            match self.channel.poll()? {
+                Some(Descriptor::Buffer(s)) => self.current = Some(self.channel.consumer(s)),
+                Some(Descriptor::Event(EventCode::EndOfPartition)) => {
+                    self.ended = true;
+                }
+                Some(Descriptor::Event(EventCode::ProducerFailed)) => {
+                    return Err(Error::ProducerFailed { channel: self.channel.id() })
+                }
+                Some(d) => {
+                    return Err(Error::ProtocolViolation {
+                        place: format!("channel {}", self.channel.id()),
+                        detail: format!("unexpected {d:?} in a record stream"),
+                    })
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Reads the next record, waiting by the policy: `Ok(Some(r))` with `f`'s result on the
+    /// payload (borrowed in place from shared memory), `Ok(None)` at the end of the stream.
+    ///
+    /// # Errors
+    /// As [`try_next`](Self::try_next), plus [`Error::Timeout`].
+    pub fn next<R>(&mut self, timeout: Option<Duration>, mut f: impl FnMut(&[u8]) -> R) -> Result<Option<R>> {
+        if let Some(r) = self.try_next(&mut f)? {
+            return Ok(r);
+        }
+        let wake: *const crate::sync::EventCount = self.channel.wake();
+        // SAFETY: the event count lives in the arena, kept alive by `self.channel`.
+        let wake = unsafe { &*wake };
+        let mut waiter = std::mem::replace(&mut self.waiter, Waiter::new(WaitPolicy::park()));
+        let out = waiter.wait(wake, timeout, || self.try_next(&mut f).transpose());
+        self.waiter = waiter;
+        match out {
+            WaitOutcome::Ready(r) => r,
+            WaitOutcome::TimedOut => Err(Error::Timeout(timeout.unwrap_or_default(), "a record")),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The record stream between two threads of one process (the multi-process versions are in
+//! `tests/foundation_processes.rs`).
+
+use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::ring::{StreamReader, StreamWriter};
+use shmflow::sync::WaitPolicy;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn small_arena() -> Arc<Arena> {
+    let cfg = ArenaConfig { segment_size: 4096, segment_count: 64, max_channels: 4, ..ArenaConfig::default() };
+    Arc::new(Arena::heap(&cfg).unwrap())
+}
+
+#[test]
+fn records_arrive_in_order_and_segments_return() {
+    let arena = small_arena();
+    let total_before = arena.header_atomics().free_stack.len();
+    let a2 = arena.clone();
+    let n = 200_000u64;
+    let consumer = std::thread::spawn(move || {
+        let mut r = StreamReader::new(a2, 0, 4, WaitPolicy::adaptive()).unwrap();
+        let mut expect = 0u64;
+        let mut sum = 0u64;
+        while let Some(v) = r
+            .next(Some(Duration::from_secs(20)), |p| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&p[..8]);
+                (u64::from_le_bytes(b), p.len())
+            })
+            .unwrap()
+        {
+            assert_eq!(v.0, expect);
+            assert_eq!(v.1, 8 + (v.0 % 50) as usize);
+            sum += v.0;
+            expect += 1;
+        }
+        (expect, sum)
+    });
+    let mut w = StreamWriter::new(arena.clone(), 0, 4, WaitPolicy::adaptive(), Some(Duration::from_secs(20))).unwrap();
+    let mut buf = vec![0u8; 64];
+    for i in 0..n {
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        w.write(&buf[..8 + (i % 50) as usize]).unwrap();
+        if i % 1000 == 0 {
+            w.flush();
+        }
+    }
+    w.finish().unwrap();
+    let (count, sum) = consumer.join().unwrap();
+    assert_eq!(count, n);
+    assert_eq!(sum, n * (n - 1) / 2);
+    assert!(w.max_in_flight <= 4, "in flight {} above credit", w.max_in_flight);
+    w.reclaim().unwrap();
+    assert_eq!(w.pool().outstanding(), 0);
+    drop(w);
+    assert_eq!(arena.header_atomics().free_stack.len(), total_before);
+}
