@@ -76,6 +76,9 @@ pub struct Waiter {
 #[cfg(loom)]
 const LOOM_SPINS: u32 = 1;
 
+/// In spin mode, how long to spin between two yields of the core.
+const SPIN_YIELD_NS: u64 = 20_000;
+
 impl Waiter {
     /// A waiter following `policy`, starting with its largest spin budget.
     pub fn new(policy: WaitPolicy) -> Self {
@@ -104,6 +107,7 @@ impl Waiter {
         // Spin phase.
         let spin_end = start.saturating_add(self.budget_ns);
         let mut i: u32 = 0;
+        let mut last_yield = start;
         loop {
             spin_loop();
             i = i.wrapping_add(1);
@@ -124,12 +128,17 @@ impl Waiter {
                 if deadline.is_some_and(|d| now >= d) {
                     return WaitOutcome::TimedOut;
                 }
-                if now >= spin_end {
-                    if !self.policy.park {
-                        // Spin mode: yield so a peer on the same core can run, keep going.
+                if !self.policy.park {
+                    // Spin mode: every ~20 µs give the core away once, so a peer that shares
+                    // it (more runnable threads than cores) is not starved; on an idle
+                    // machine sched_yield returns at once.
+                    if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
                         super::yield_now();
-                        continue;
+                        last_yield = super::now_nanos();
                     }
+                    continue;
+                }
+                if now >= spin_end {
                     break;
                 }
             }
