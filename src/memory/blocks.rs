@@ -134,9 +134,10 @@ pub struct ChannelBlock {
     pub producer_wake: CachePadded<EventCount>,
     /// One of the `CHANNEL_*` states.
     pub state: AtomicU32,
-    /// Gate id + 1 the consumer reads this channel through (0 = none).
+    /// Notify-set (gate block) id + 1 the producer marks when data arrives: the consumer
+    /// gate's wake-up (0 = use `consumer_wake`).
     pub gate: AtomicU32,
-    /// Index of this channel inside that gate.
+    /// Index of this channel inside that gate's set.
     pub gate_index: AtomicU32,
     /// Partition directory slot of the producing partition.
     pub partition: AtomicU32,
@@ -150,6 +151,14 @@ pub struct ChannelBlock {
     pub credit_granted: AtomicU32,
     /// Segments published but not yet finished-and-released by the consumer (backlog).
     pub backlog: AtomicU32,
+    /// Set by a producer blocked for want of credit on this channel; the consumer's gate
+    /// grants floating credit to channels that have it set. 0 or 1.
+    pub credit_wanted: AtomicU32,
+    /// Notify-set (gate block) id + 1 that the consumer marks when it returns credit: the
+    /// producer's partition-wide wake-up (0 = use `producer_wake`).
+    pub producer_set: AtomicU32,
+    /// Index of this channel in that set.
+    pub producer_set_index: AtomicU32,
     /// Spare, zero.
     pub reserved: AtomicU32,
     /// Records written into this channel.

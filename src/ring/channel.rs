@@ -8,11 +8,12 @@
 //! gate's wake-up, one level up).
 
 use super::descriptor::{Credit, Descriptor};
+use super::notify::NotifySet;
 use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
 use crate::error::{Error, Result};
 use crate::memory::{Arena, ChannelBlock, RingKind, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_PRODUCER_FAILED};
-use crate::sync::{EventCount, Ordering};
+use crate::sync::{fence, EventCount, Ordering};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -48,6 +49,10 @@ pub struct ChannelWriter {
     /// Segments published and not yet released by the consumer.
     in_flight: u32,
     place: String,
+    /// The consumer gate's notify set and our index in it, once known.
+    gate: Option<(u32, u32)>,
+    /// Whether we told the consumer we want credit.
+    wanted: bool,
 }
 
 impl std::fmt::Debug for ChannelWriter {
@@ -69,7 +74,18 @@ impl ChannelWriter {
         // Release: pairs with Acquire loads of the state by the reader (it sees our
         // attach-time view of the rings).
         arena.channels()[id as usize].state.store(CHANNEL_OPEN, Ordering::Release);
-        Ok(Self { arena, id, data, priority, credits_in, credit: 0, in_flight: 0, place: format!("channel {id}") })
+        Ok(Self {
+            arena,
+            id,
+            data,
+            priority,
+            credits_in,
+            credit: 0,
+            in_flight: 0,
+            place: format!("channel {id}"),
+            gate: None,
+            wanted: false,
+        })
     }
 
     /// The channel id.
@@ -92,25 +108,35 @@ impl ChannelWriter {
         self.in_flight
     }
 
+    /// Routes this channel's "credit came back" wake-ups to member `index` of notify set
+    /// `set` (the partition-wide wake-up of a producer with many channels). Must be called
+    /// before the channel is made known to consumers.
+    pub fn set_producer_set(&self, set: u32, index: u32) {
+        let b = self.block();
+        // Relaxed (both): published to the consumer by the partition directory's Release
+        // (the consumer finds the channel only through it).
+        b.producer_set.store(set + 1, Ordering::Relaxed);
+        b.producer_set_index.store(index, Ordering::Relaxed);
+    }
+
     /// Publishes a descriptor. A segment descriptor takes one credit, which the caller must
-    /// have (see [`credit`](Self::credit) and [`reclaim`](Self::reclaim)).
+    /// have (see [`credit`](Self::credit) and [`reclaim`](Self::reclaim)); payload-free
+    /// events and barriers take none but need room in the ring.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] if there is no credit or the ring is full (the consumer
-    /// granted more credit than the ring holds), or the consumer's ring state is corrupt;
+    /// [`Error::ProtocolViolation`] if there is no credit or no room (the consumer granted
+    /// more credit than the ring holds), or the consumer's ring state is corrupt;
     /// [`Error::ConsumerGone`] if the consumer left.
     pub fn publish(&mut self, d: Descriptor) -> Result<()> {
         self.check_consumer()?;
-        let takes_credit = !matches!(d, Descriptor::Event(_));
+        let takes_credit = matches!(d, Descriptor::Buffer(_) | Descriptor::EventBuffer(_));
         if takes_credit && self.credit == 0 {
-            return Err(Error::ProtocolViolation {
-                place: self.place.clone(),
-                detail: "publish without credit".into(),
-            });
+            return Err(Error::ProtocolViolation { place: self.place.clone(), detail: "publish without credit".into() });
         }
         let r = ring(&self.arena, self.id, RingKind::Data);
         let place = || self.place.clone();
-        if !self.data.push(&r, d.encode(), &place)? {
+        let (slots, n) = d.encode_slots();
+        if !self.data.push_all(&r, &slots[..n], &place)? {
             return Err(Error::ProtocolViolation {
                 place: self.place.clone(),
                 detail: format!(
@@ -128,35 +154,74 @@ impl ChannelWriter {
             b.buffers_out.fetch_add(1, Ordering::Relaxed);
             b.backlog.store(self.in_flight, Ordering::Relaxed);
         }
-        self.notify_consumer();
-        Ok(())
+        self.notify_consumer()
     }
 
-    /// Publishes an event on the priority ring (overtakes data).
+    /// Publishes a barrier or event on the priority ring (it overtakes data).
     ///
     /// # Errors
-    /// As [`publish`](Self::publish); a full priority ring is an error.
+    /// As [`publish`](Self::publish); a full priority ring is [`Error::Timeout`].
     pub fn publish_priority(&mut self, d: Descriptor) -> Result<()> {
         self.check_consumer()?;
         let r = ring(&self.arena, self.id, RingKind::Priority);
         let place = || self.place.clone();
-        if !self.priority.push(&r, d.encode(), &place)? {
+        let (slots, n) = d.encode_slots();
+        if !self.priority.push_all(&r, &slots[..n], &place)? {
             return Err(Error::Timeout(std::time::Duration::ZERO, "room in the priority ring"));
         }
-        self.notify_consumer();
-        Ok(())
+        self.notify_consumer()
     }
 
-    /// Whether the data ring has room for a payload-free event.
-    pub fn has_room(&self) -> bool {
-        ring(&self.arena, self.id, RingKind::Data).len() < self.arena.config().ring_capacity as u64
+    /// Free slots in the data ring beyond what granted credit may need.
+    pub fn has_room(&mut self, slots: u64) -> bool {
+        let r = ring(&self.arena, self.id, RingKind::Data);
+        self.data.free(&r) >= slots + u64::from(self.credit)
     }
 
-    /// Wakes the consumer if it is parked (no system call otherwise). Call after
-    /// committing new bytes into a published segment.
+    /// Wakes the consumer if it is parked (no system call otherwise): marks our bit in its
+    /// gate's notify set, or its channel wake-up when it reads without a gate. Call after
+    /// publishing a descriptor or committing bytes into a published segment.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] if the consumer wrote a gate id out of range.
     #[inline]
-    pub fn notify_consumer(&self) {
-        self.block().consumer_wake.notify();
+    pub fn notify_consumer(&mut self) -> Result<()> {
+        if let Some((set, index)) = self.gate {
+            return NotifySet::new(&self.arena, set)?.mark(index);
+        }
+        self.notify_consumer_slow()
+    }
+
+    #[cold]
+    fn notify_consumer_slow(&mut self) -> Result<()> {
+        // SeqCst fence: pairs with the fence in `ChannelReader::set_gate`: either we see
+        // the gate id, or the gate's first scan (after its fence) sees our data.
+        fence(Ordering::SeqCst);
+        let b = self.block();
+        // Relaxed (both): ordered by the fence above.
+        let g = b.gate.load(Ordering::Relaxed);
+        let index = b.gate_index.load(Ordering::Relaxed);
+        if g == 0 {
+            b.consumer_wake.notify();
+            return Ok(());
+        }
+        self.gate = Some((g - 1, index));
+        NotifySet::new(&self.arena, g - 1)?.mark(index)
+    }
+
+    /// Tells the consumer we are blocked for want of credit on this channel (its gate may
+    /// grant floating credit).
+    ///
+    /// # Errors
+    /// As [`notify_consumer`](Self::notify_consumer).
+    pub fn want_credit(&mut self) -> Result<()> {
+        if !self.wanted {
+            self.wanted = true;
+            // Relaxed: published by the notify below (Release fetch_or / fence).
+            self.block().credit_wanted.store(1, Ordering::Relaxed);
+            self.notify_consumer()?;
+        }
+        Ok(())
     }
 
     /// Drains the credit ring: credits are added, returned segments go back to `pool`.
@@ -175,7 +240,7 @@ impl ChannelWriter {
         while let Some(v) = self.credits_in.pop(&r, &place)? {
             n += 1;
             match Credit::decode(v, count, &place)? {
-                Credit::Release(seg) => {
+                Credit::Release { segment, credit } => {
                     if self.in_flight == 0 {
                         return Err(Error::ProtocolViolation {
                             place: place(),
@@ -183,8 +248,10 @@ impl ChannelWriter {
                         });
                     }
                     self.in_flight -= 1;
-                    self.credit += 1;
-                    if let Some(s) = seg {
+                    if credit {
+                        self.credit += 1;
+                    }
+                    if let Some(s) = segment {
                         pool.recycle_index(s, Some(self.id).filter(|&c| c < pool.config().channels))?;
                     }
                 }
@@ -205,6 +272,11 @@ impl ChannelWriter {
         if n > 0 {
             // Relaxed: statistic.
             self.block().backlog.store(self.in_flight, Ordering::Relaxed);
+            if self.wanted && self.credit > 0 {
+                self.wanted = false;
+                // Relaxed: a hint for the consumer's floating-credit decisions.
+                self.block().credit_wanted.store(0, Ordering::Relaxed);
+            }
         }
         Ok(n)
     }
@@ -231,7 +303,13 @@ impl RecycleSource for ChannelWriter {
     }
 
     fn wake(&self) -> &EventCount {
-        &self.block().producer_wake
+        let b = self.block();
+        // Relaxed: written by ourselves (set_producer_set) before any use.
+        let set = b.producer_set.load(Ordering::Relaxed);
+        match NotifySet::new(&self.arena, set.wrapping_sub(1)) {
+            Ok(s) if set != 0 => s.wake(),
+            _ => &b.producer_wake,
+        }
     }
 }
 
@@ -243,6 +321,10 @@ pub struct CreditReturn {
     ring: RefCell<RingProducer>,
     /// Releases that found the refcount already at zero, or a full/corrupt credit ring.
     violations: Cell<u32>,
+    /// Floating credits to take back with the next releases (set by the gate).
+    revoke: Cell<u32>,
+    /// Where revoked floating credits go (the gate's floating pool).
+    floating: Rc<Cell<u32>>,
 }
 
 impl CreditReturn {
@@ -257,8 +339,25 @@ impl CreditReturn {
         if !self.ring.borrow_mut().push(&r, c.encode(), &place)? {
             return Err(Error::ProtocolViolation { place: place(), detail: "credit ring full".into() });
         }
-        self.arena.channels()[self.id as usize].producer_wake.notify();
-        Ok(())
+        let b = &self.arena.channels()[self.id as usize];
+        // Relaxed (both): written by the producer before the partition was published in
+        // the directory, which we read with Acquire before opening the channel.
+        let set = b.producer_set.load(Ordering::Relaxed);
+        if set == 0 {
+            b.producer_wake.notify();
+            return Ok(());
+        }
+        NotifySet::new(&self.arena, set - 1)?.mark(b.producer_set_index.load(Ordering::Relaxed))
+    }
+
+    /// Asks the next `n` releases to take their floating credit back to the gate.
+    pub fn revoke(&self, n: u32) {
+        self.revoke.set(self.revoke.get() + n);
+    }
+
+    /// Floating credits still to be revoked.
+    pub fn pending_revokes(&self) -> u32 {
+        self.revoke.get()
     }
 
     /// Violations seen so far (reported by the reader's next poll).
@@ -275,7 +374,14 @@ impl ReleaseSink for CreditReturn {
         let b = &self.arena.channels()[self.id as usize];
         // Relaxed: statistic.
         b.buffers_in.fetch_add(1, Ordering::Relaxed);
-        if self.send(Credit::Release(last.then_some(segment))).is_err() {
+        let credit = if self.revoke.get() > 0 {
+            self.revoke.set(self.revoke.get() - 1);
+            self.floating.set(self.floating.get() + 1);
+            false
+        } else {
+            true
+        };
+        if self.send(Credit::Release { segment: last.then_some(segment), credit }).is_err() {
             self.violations.set(self.violations.get() + 1);
         }
     }
@@ -298,11 +404,20 @@ impl std::fmt::Debug for ChannelReader {
 }
 
 impl ChannelReader {
-    /// Takes the consumer end of channel `id`.
+    /// Takes the consumer end of channel `id` with a private floating pool.
     ///
     /// # Errors
     /// [`Error::ProtocolViolation`] for an id out of range.
     pub fn open(arena: Arc<Arena>, id: u32) -> Result<Self> {
+        Self::open_with_floating(arena, id, Rc::new(Cell::new(0)))
+    }
+
+    /// Takes the consumer end of channel `id`; revoked floating credits go to `floating`
+    /// (the gate's pool).
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] for an id out of range.
+    pub fn open_with_floating(arena: Arc<Arena>, id: u32, floating: Rc<Cell<u32>>) -> Result<Self> {
         check_id(&arena, id)?;
         let data = RingConsumer::attach(&ring(&arena, id, RingKind::Data));
         let priority = RingConsumer::attach(&ring(&arena, id, RingKind::Priority));
@@ -312,6 +427,8 @@ impl ChannelReader {
             id,
             ring: RefCell::new(credit_ring),
             violations: Cell::new(0),
+            revoke: Cell::new(0),
+            floating,
         });
         Ok(Self { arena, id, data, priority, credit_return, place: format!("channel {id}") })
     }
@@ -341,6 +458,57 @@ impl ChannelReader {
         self.credit_return.clone()
     }
 
+    /// The credit return (to revoke floating credits).
+    pub fn credit_return(&self) -> &CreditReturn {
+        &self.credit_return
+    }
+
+    /// Routes the producer's wake-ups for this channel to member `index` of notify set
+    /// `set` (the gate). Call before the first grant; the caller scans the channel once
+    /// after this (the fence below pairs with the producer's, see
+    /// `ChannelWriter::notify_consumer`).
+    pub fn set_gate(&self, set: u32, index: u32) {
+        let b = self.block();
+        // Relaxed (both): ordered by the fence below.
+        b.gate_index.store(index, Ordering::Relaxed);
+        b.gate.store(set + 1, Ordering::Relaxed);
+        // SeqCst fence: pairs with the fence in `ChannelWriter::notify_consumer_slow`.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Whether the producer says it is blocked for want of credit here.
+    pub fn credit_wanted(&self) -> bool {
+        // Relaxed: a hint.
+        self.block().credit_wanted.load(Ordering::Relaxed) != 0
+    }
+
+    fn pop_from(
+        ring_state: &mut RingConsumer,
+        r: &Ring<'_>,
+        count: u32,
+        place: &dyn Fn() -> String,
+    ) -> Result<Option<Descriptor>> {
+        let Some(v) = ring_state.pop(r, place)? else {
+            return Ok(None);
+        };
+        if Descriptor::slots_for_header(v) == 3 {
+            let mut slots = [v, 0, 0];
+            for s in &mut slots[1..] {
+                match ring_state.pop(r, place)? {
+                    Some(x) => *s = x,
+                    None => {
+                        return Err(Error::ProtocolViolation {
+                            place: place(),
+                            detail: "barrier published without its payload slots".into(),
+                        })
+                    }
+                }
+            }
+            return Descriptor::decode_barrier(slots, place).map(Some);
+        }
+        Descriptor::decode(v, count, place).map(Some)
+    }
+
     /// Next descriptor, priority ring first; `Ok(None)` when both are empty.
     ///
     /// # Errors
@@ -351,12 +519,23 @@ impl ChannelReader {
         let place = self.place.clone();
         let place = || place.clone();
         let pr = ring(&self.arena, self.id, RingKind::Priority);
-        if let Some(v) = self.priority.pop(&pr, &place)? {
-            return Descriptor::decode(v, count, &place).map(Some);
+        if let Some(d) = Self::pop_from(&mut self.priority, &pr, count, &place)? {
+            return Ok(Some(d));
         }
+        self.poll_data()
+    }
+
+    /// Next descriptor of the data ring only (priority events are left where they are).
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll).
+    pub fn poll_data(&mut self) -> Result<Option<Descriptor>> {
+        let count = self.arena.segment_count();
+        let place = self.place.clone();
+        let place = || place.clone();
         let r = ring(&self.arena, self.id, RingKind::Data);
-        if let Some(v) = self.data.pop(&r, &place)? {
-            return Descriptor::decode(v, count, &place).map(Some);
+        if let Some(d) = Self::pop_from(&mut self.data, &r, count, &place)? {
+            return Ok(Some(d));
         }
         if self.credit_return.violations() > 0 {
             return Err(Error::ProtocolViolation {
@@ -369,6 +548,31 @@ impl ChannelReader {
             return Err(Error::ProducerFailed { channel: self.id });
         }
         Ok(None)
+    }
+
+    /// The descriptors queued in the data ring, without consuming them (what an unaligned
+    /// barrier overtakes). Multi-slot entries are skipped over.
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll).
+    pub fn queued_data(&mut self) -> Result<Vec<Descriptor>> {
+        let count = self.arena.segment_count();
+        let place = self.place.clone();
+        let place = || place.clone();
+        let r = ring(&self.arena, self.id, RingKind::Data);
+        let n = self.data.available(&r, &place)?;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let v = self.data.peek_at(&r, i).unwrap_or(0);
+            if Descriptor::slots_for_header(v) == 3 {
+                i += 3;
+                continue;
+            }
+            out.push(Descriptor::decode(v, count, &place)?);
+            i += 1;
+        }
+        Ok(out)
     }
 
     /// Whether a descriptor is waiting (does not consume it).

@@ -6,8 +6,11 @@
 //!    kind 1  Buffer      segment = data segment index
 //!    kind 2  EventBuffer segment = segment holding a serialized event
 //!    kind 3  Event       arg = EventCode (no payload), segment = 0
+//!    kind 4  Barrier     arg bit 0 = unaligned; the next two slots hold the checkpoint id
+//!                        and the timestamp (pushed and published together)
 //!  Credit:     [ kind : 8 | count : 24 | segment + 1 : 32 ]
-//!    kind 1  Release     one credit back; segment + 1 != 0: that segment is free again
+//!    kind 1  Release     count (0 or 1) credits back; segment + 1 != 0: that segment is
+//!                        free again (count 0 revokes a floating credit)
 //!    kind 2  Grant       count more credits (initial / floating)
 //! ```
 
@@ -24,6 +27,17 @@ pub enum EventCode {
     ProducerFailed = 3,
 }
 
+/// A checkpoint barrier as it travels in a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BarrierDescriptor {
+    /// Checkpoint id.
+    pub checkpoint_id: u64,
+    /// Timestamp (ns since the epoch, or any clock the job uses).
+    pub timestamp: u64,
+    /// Unaligned: travels on the priority ring and overtakes data.
+    pub unaligned: bool,
+}
+
 /// A data-ring entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Descriptor {
@@ -33,16 +47,52 @@ pub enum Descriptor {
     EventBuffer(u32),
     /// A payload-free event.
     Event(EventCode),
+    /// A checkpoint barrier (three slots).
+    Barrier(BarrierDescriptor),
 }
 
+/// Kind code of the barrier header slot.
+pub const BARRIER_KIND: u64 = 4;
+
 impl Descriptor {
-    /// Packs.
+    /// Packs into ring slots; returns the slots and how many are used (1 or 3).
+    pub fn encode_slots(self) -> ([u64; 3], usize) {
+        match self {
+            Descriptor::Barrier(b) => ([(BARRIER_KIND << 56) | (u64::from(b.unaligned) << 32), b.checkpoint_id, b.timestamp], 3),
+            d => ([d.encode(), 0, 0], 1),
+        }
+    }
+
+    /// Packs a one-slot descriptor (a barrier's header slot only).
     pub fn encode(self) -> u64 {
         match self {
             Descriptor::Buffer(s) => (1 << 56) | u64::from(s),
             Descriptor::EventBuffer(s) => (2 << 56) | u64::from(s),
             Descriptor::Event(e) => (3 << 56) | ((e as u64) << 32),
+            Descriptor::Barrier(b) => (BARRIER_KIND << 56) | (u64::from(b.unaligned) << 32),
         }
+    }
+
+    /// Slots this descriptor's header announces (1, or 3 for a barrier).
+    pub fn slots_for_header(v: u64) -> usize {
+        if v >> 56 == BARRIER_KIND {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// Unpacks a barrier from its three slots.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] for stray bits in the header.
+    pub fn decode_barrier(slots: [u64; 3], place: &dyn Fn() -> String) -> Result<Self> {
+        let h = slots[0];
+        let flags = (h >> 32) & 0xff_ffff;
+        if h >> 56 != BARRIER_KIND || flags > 1 || h as u32 != 0 {
+            return Err(Error::ProtocolViolation { place: place(), detail: format!("malformed barrier header {h:#x}") });
+        }
+        Ok(Descriptor::Barrier(BarrierDescriptor { checkpoint_id: slots[1], timestamp: slots[2], unaligned: flags == 1 }))
     }
 
     /// Unpacks and validates a value read from shared memory.
@@ -76,6 +126,7 @@ impl Descriptor {
                     _ => return Err(bad(format!("unknown event code {arg}"))),
                 }))
             }
+            BARRIER_KIND => Err(bad("a barrier header must be decoded with its two payload slots".into())),
             _ => Err(bad(format!("unknown descriptor kind {kind} in {v:#x}"))),
         }
     }
@@ -84,8 +135,14 @@ impl Descriptor {
 /// A credit-ring entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credit {
-    /// One credit back, with the segment when this reader was its last.
-    Release(Option<u32>),
+    /// A reader released a segment: one credit back (unless a floating credit is revoked
+    /// with it), with the segment when this reader was its last.
+    Release {
+        /// The segment, when this reader was its last.
+        segment: Option<u32>,
+        /// Whether the credit is given back (false: a floating credit returns to the gate).
+        credit: bool,
+    },
     /// More credits (initial exclusive credits, floating credits).
     Grant(u32),
 }
@@ -94,7 +151,9 @@ impl Credit {
     /// Packs.
     pub fn encode(self) -> u64 {
         match self {
-            Credit::Release(s) => (1 << 56) | s.map_or(0, |s| u64::from(s) + 1),
+            Credit::Release { segment, credit } => {
+                (1 << 56) | (u64::from(credit) << 32) | segment.map_or(0, |s| u64::from(s) + 1)
+            }
             Credit::Grant(n) => (2 << 56) | (u64::from(n & 0xff_ffff) << 32),
         }
     }
@@ -109,11 +168,12 @@ impl Credit {
         let count = ((v >> 32) & 0xff_ffff) as u32;
         let low = v as u32;
         match v >> 56 {
-            1 if count == 0 => {
+            1 if count <= 1 => {
+                let credit = count == 1;
                 if low == 0 {
-                    Ok(Credit::Release(None))
+                    Ok(Credit::Release { segment: None, credit })
                 } else if low - 1 < segment_count {
-                    Ok(Credit::Release(Some(low - 1)))
+                    Ok(Credit::Release { segment: Some(low - 1), credit })
                 } else {
                     Err(bad(format!("credit returns segment {}, outside 0..{segment_count}", low - 1)))
                 }

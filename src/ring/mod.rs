@@ -11,10 +11,12 @@
 
 mod channel;
 mod descriptor;
+mod notify;
 mod spsc;
 pub mod stream;
 
 pub use channel::{ChannelReader, ChannelWriter, CreditReturn};
 pub use descriptor::{Credit, Descriptor, EventCode};
+pub use notify::NotifySet;
 pub use spsc::{Ring, RingConsumer, RingProducer};
 pub use stream::{StreamReader, StreamWriter};

@@ -104,6 +104,47 @@ impl RingProducer {
         Ok(true)
     }
 
+    /// Pushes `values` together (one publication); `Ok(false)` when they do not all fit.
+    ///
+    /// # Errors
+    /// As [`push`](Self::push).
+    pub fn push_all(&mut self, ring: &Ring<'_>, values: &[u64], place: &dyn Fn() -> String) -> Result<bool> {
+        let cap = ring.capacity();
+        let n = values.len() as u64;
+        if self.tail - self.cached_head + n > cap {
+            // Acquire: as in `push`.
+            let head = ring.header.head.load(Ordering::Acquire);
+            if head < self.cached_head || head > self.tail {
+                return Err(violation(place, format!("ring head {head} outside {}..={}", self.cached_head, self.tail)));
+            }
+            self.cached_head = head;
+            if self.tail - head + n > cap {
+                return Ok(false);
+            }
+        }
+        for (i, v) in values.iter().enumerate() {
+            // Relaxed: published by the Release store of tail below.
+            ring.slots[((self.tail + i as u64) & (cap - 1)) as usize].store(*v, Ordering::Relaxed);
+        }
+        self.tail += n;
+        // Release: pairs with the Acquire load of tail in `RingConsumer::pop`.
+        ring.header.tail.store(self.tail, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Free slots, as far as this side knows (refreshes when it looks full).
+    pub fn free(&mut self, ring: &Ring<'_>) -> u64 {
+        let cap = ring.capacity();
+        if self.tail - self.cached_head >= cap {
+            // Acquire: as in `push`; a bad value is caught by the next push.
+            let head = ring.header.head.load(Ordering::Acquire);
+            if head >= self.cached_head && head <= self.tail {
+                self.cached_head = head;
+            }
+        }
+        cap - (self.tail - self.cached_head)
+    }
+
     /// Entries pushed and (as far as we know) not consumed.
     pub fn pending(&self) -> u64 {
         self.tail - self.cached_head
@@ -136,6 +177,25 @@ impl RingConsumer {
         // of the slot happens-before the producer reuses it.
         ring.header.head.store(self.head, Ordering::Release);
         Ok(Some(v))
+    }
+
+    /// Entries ready to pop (refreshing the cached tail).
+    ///
+    /// # Errors
+    /// As [`pop`](Self::pop).
+    pub fn available(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<u64> {
+        self.refresh(ring, place)?;
+        Ok(self.cached_tail - self.head)
+    }
+
+    /// The `i`-th entry after the head, without consuming (for reporting what a priority
+    /// event overtook). `i` must be below [`available`](Self::available).
+    pub fn peek_at(&self, ring: &Ring<'_>, i: u64) -> Option<u64> {
+        if self.head + i >= self.cached_tail {
+            return None;
+        }
+        // Relaxed: ordered by the Acquire load of tail in `available`.
+        Some(ring.slots[((self.head + i) & (ring.capacity() - 1)) as usize].load(Ordering::Relaxed))
     }
 
     /// Whether an entry is ready (refreshing the cached tail if needed).

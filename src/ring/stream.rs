@@ -116,7 +116,7 @@ impl StreamWriter {
             return Err(Error::TooLarge { what: "record", len: payload.len(), max: size - LEN_PREFIX });
         }
         if self.builder.as_ref().is_some_and(|b| (b.remaining() as usize) < need) {
-            self.end_segment();
+            self.end_segment()?;
         }
         if self.builder.is_none() {
             self.next_builder()?;
@@ -127,25 +127,30 @@ impl StreamWriter {
         dst[LEN_PREFIX..].copy_from_slice(payload);
         b.advance(need as u32);
         if b.is_full() {
-            self.end_segment();
+            self.end_segment()?;
         }
         Ok(())
     }
 
-    fn end_segment(&mut self) {
+    fn end_segment(&mut self) -> Result<()> {
         if let Some(mut b) = self.builder.take() {
             b.finish();
-            self.channel.notify_consumer();
+            self.channel.notify_consumer()?;
         }
+        Ok(())
     }
 
     /// Makes everything written visible and wakes the reader if it sleeps.
-    pub fn flush(&mut self) {
+    ///
+    /// # Errors
+    /// A consumer that wrote a bad gate id into the channel block.
+    pub fn flush(&mut self) -> Result<()> {
         if let Some(b) = self.builder.as_mut() {
             if b.commit() {
-                self.channel.notify_consumer();
+                self.channel.notify_consumer()?;
             }
         }
+        Ok(())
     }
 
     /// Ends the stream: finishes the open segment and sends EndOfPartition.
@@ -153,14 +158,14 @@ impl StreamWriter {
     /// # Errors
     /// Wait errors while the data ring is full.
     pub fn finish(&mut self) -> Result<()> {
-        self.end_segment();
+        self.end_segment()?;
         let wake: *const crate::sync::EventCount = &*self.channel.block().producer_wake;
         // SAFETY: as in `next_builder`.
         let wake = unsafe { &*wake };
         let (pool, channel) = (&mut self.pool, &mut self.channel);
         let r = self.waiter.wait(wake, self.timeout, || match channel.reclaim(pool) {
             Err(e) => Some(Err(e)),
-            Ok(_) if channel.has_room() => Some(channel.publish(Descriptor::Event(EventCode::EndOfPartition))),
+            Ok(_) if channel.has_room(1) => Some(channel.publish(Descriptor::Event(EventCode::EndOfPartition))),
             Ok(_) => None,
         });
         match r {

@@ -1,0 +1,131 @@
+//! A notify set: "these channels have something for you" (DESIGN.md §4.7).
+//!
+//! ```text
+//!  GateBlock.wake + bitmap [AtomicU64; max_channels_per_gate / 64] in the arena
+//!
+//!  marker (producer of channel i)             owner (the gate, or the producing partition)
+//!  publish data (Release)                     token = wake.prepare_wait()
+//!  fence(SeqCst)                              drain: v = word.swap(0); fence(SeqCst)
+//!  if bit i already set: done                 serve the channels whose bits were set
+//!  else fetch_or(bit i); if it was clear:     if nothing was set: re-check, wake.wait(token)
+//!       wake.notify()
+//! ```
+//!
+//! The fence pair makes the "bit already set" shortcut safe: either the marker sees the
+//! owner's swap (bit clear, so it sets it and notifies), or the owner, after its swap, sees
+//! the marker's data. A marker that finds the bit set costs one fence and one load of a line
+//! that only changes when the owner drains, so a busy producer adds no cache traffic.
+//! The owner serves marked channels and never scans the others.
+
+use crate::error::{Error, Result};
+use crate::memory::{Arena, GateBlock};
+use crate::sync::{fence, AtomicU64, EventCount, Ordering};
+
+/// A view of one gate block used as a notify set.
+#[derive(Clone, Copy)]
+pub struct NotifySet<'a> {
+    block: &'a GateBlock,
+    bits: &'a [AtomicU64],
+    id: u32,
+}
+
+impl<'a> NotifySet<'a> {
+    /// The set stored in gate block `id`.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] if `id` is out of range (it may come from shared memory).
+    pub fn new(arena: &'a Arena, id: u32) -> Result<Self> {
+        let Some(block) = arena.gates().get(id as usize) else {
+            return Err(Error::ProtocolViolation {
+                place: "notify set".into(),
+                detail: format!("gate {id} outside 0..{}", arena.config().max_gates),
+            });
+        };
+        Ok(Self { block, bits: arena.gate_bitmap(id), id })
+    }
+
+    /// A set over explicit parts (loom models).
+    pub fn from_parts(block: &'a GateBlock, bits: &'a [AtomicU64], id: u32) -> Self {
+        Self { block, bits, id }
+    }
+
+    /// The wake-up the owner parks on.
+    pub fn wake(&self) -> &'a EventCount {
+        &self.block.wake
+    }
+
+    /// Marks member `index` and wakes the owner if it was not marked yet. Call after
+    /// publishing what the owner should look at.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] if `index` is outside the set (it may come from shared
+    /// memory).
+    #[inline]
+    pub fn mark(&self, index: u32) -> Result<()> {
+        let Some(word) = self.bits.get(index as usize / 64) else {
+            return Err(Error::ProtocolViolation {
+                place: format!("notify set {}", self.id),
+                detail: format!("member {index} outside 0..{}", self.bits.len() * 64),
+            });
+        };
+        let bit = 1u64 << (index % 64);
+        // SeqCst fence: the marker's half of the Dekker pair; pairs with the fence in
+        // `drain`, so a set bit seen here means the owner will see our data.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        if word.load(Ordering::Relaxed) & bit != 0 {
+            return Ok(());
+        }
+        // AcqRel: Release publishes our data to the owner's swap (Acquire); Acquire is not
+        // needed for correctness but keeps the RMW a full barrier for `notify`.
+        if word.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            self.block.wake.notify();
+        }
+        Ok(())
+    }
+
+    /// Takes every mark among the first `members` members, calling `f` with each index, in
+    /// ascending order. Returns how many were marked.
+    pub fn drain(&self, members: u32, mut f: impl FnMut(u32)) -> u32 {
+        let words = (members as usize).div_ceil(64).min(self.bits.len());
+        let mut n = 0;
+        for (w, word) in self.bits[..words].iter().enumerate() {
+            // Relaxed: a cheap look before the swap; the swap is what synchronizes.
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            // AcqRel: Acquire pairs with the markers' fetch_or (their data is visible);
+            // Release keeps our earlier consumption ordered before the clear.
+            let mut v = word.swap(0, Ordering::AcqRel);
+            while v != 0 {
+                let b = v.trailing_zeros();
+                v &= v - 1;
+                let i = w as u32 * 64 + b;
+                if i < members {
+                    f(i);
+                    n += 1;
+                }
+            }
+        }
+        // SeqCst fence: the owner's half of the Dekker pair with `mark`; orders the swaps
+        // above before the caller's reads of channel state.
+        fence(Ordering::SeqCst);
+        n
+    }
+
+    /// Whether any of the first `members` members is marked.
+    pub fn any(&self, members: u32) -> bool {
+        let words = (members as usize).div_ceil(64).min(self.bits.len());
+        // Acquire: pairs with the markers' fetch_or.
+        self.bits[..words].iter().any(|w| w.load(Ordering::Acquire) != 0)
+    }
+
+    /// Clears every mark and resets the block (when a gate is created or released).
+    pub fn reset(&self) {
+        for w in self.bits {
+            // Relaxed: the block is not shared yet (or no longer); publication of the gate
+            // orders it.
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
