@@ -123,6 +123,23 @@ pub enum Error {
     /// An arena region is full (no free channel block, directory entry, ...).
     #[error("no free {0} left in the arena; create it with a larger limit")]
     OutOfSlots(&'static str),
+    /// A partition that no producer registered (after the request backoff ran out).
+    #[error("partition {0} not found (no producer registered it before the request backoff ran out)")]
+    PartitionNotFound(String),
+    /// A partition that was released.
+    #[error("partition {0} was released")]
+    PartitionReleased(String),
+    /// A feature that this build does not support yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+    /// A bad argument or configuration.
+    #[error("invalid {what}: {detail}")]
+    Invalid {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// An operating-system error.
     #[error("{op}: {source}")]
     Io {

@@ -25,7 +25,10 @@
 
 pub mod buffer;
 pub mod error;
+pub mod event;
 pub mod memory;
+pub mod partition;
+pub mod record;
 pub mod ring;
 pub mod sync;
 

@@ -326,13 +326,22 @@ impl BufferConsumer {
     /// # Errors
     /// As [`writer_position`](Self::writer_position).
     pub fn peek(&mut self) -> Result<&[u8]> {
+        Ok(self.peek_final()?.0)
+    }
+
+    /// As [`peek`](Self::peek), also telling whether the writer finished the segment (so
+    /// the bytes returned are all there will ever be).
+    ///
+    /// # Errors
+    /// As [`writer_position`](Self::writer_position).
+    pub fn peek_final(&mut self) -> Result<(&[u8], bool)> {
         let (pos, fin) = self.writer_position()?;
         if fin && pos == self.read_pos {
             self.finished = true;
         }
         // SAFETY: [read_pos, pos) is published (Acquire above) and inside the segment
         // (validated); the lease keeps the segment alive.
-        Ok(unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, pos - self.read_pos) })
+        Ok((unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, pos - self.read_pos) }, fin))
     }
 
     /// Marks `n` more bytes as read (after [`peek`](Self::peek)).
@@ -351,6 +360,17 @@ impl BufferConsumer {
     pub fn view(&self, offset: u32, len: u32) -> Buffer {
         assert!(offset + len <= self.read_pos);
         Buffer { lease: self.lease.clone(), offset, len }
+    }
+
+    /// Bytes `[offset, offset + len)` already read (below the read position), in place.
+    ///
+    /// # Panics
+    /// If the range goes beyond what was read.
+    pub fn bytes_at(&self, offset: u32, len: u32) -> &[u8] {
+        assert!(offset.checked_add(len).is_some_and(|e| e <= self.read_pos), "range beyond the read position");
+        // SAFETY: the range is below the read position, hence published (Acquire when it
+        // was read) and inside the segment; the lease keeps the segment alive.
+        unsafe { self.lease.arena.segment_bytes(self.lease.index, offset, len) }
     }
 
     /// The writer finished and every byte was read.

@@ -117,6 +117,43 @@ pub const CHANNEL_OPEN: u32 = 1;
 pub const CHANNEL_PRODUCER_FAILED: u32 = 2;
 /// `ChannelBlock::state`: the consumer side went away.
 pub const CHANNEL_CONSUMER_GONE: u32 = 3;
+/// `ChannelBlock::state`: claimed by a partition that is being set up.
+pub const CHANNEL_CLAIMED: u32 = 4;
+/// `ChannelBlock::state`: the producer finished and released the channel; its segments
+/// are all back.
+pub const CHANNEL_CLOSED: u32 = 5;
+
+impl ChannelBlock {
+    /// Resets positions, routing and counters of a block its caller just claimed (nobody
+    /// else can be using it).
+    pub fn reset(&self) {
+        use crate::sync::Ordering::Relaxed;
+        // Relaxed (all): the block is claimed and not yet published; the directory's
+        // Release store publishes these values with the partition.
+        for r in [&self.data, &self.credit, &self.priority] {
+            r.head.store(0, Relaxed);
+            r.tail.store(0, Relaxed);
+        }
+        for a in [
+            &self.gate,
+            &self.gate_index,
+            &self.partition,
+            &self.subpartition,
+            &self.producer_worker,
+            &self.consumer_worker,
+            &self.credit_granted,
+            &self.backlog,
+            &self.credit_wanted,
+            &self.producer_set,
+            &self.producer_set_index,
+        ] {
+            a.store(0, Relaxed);
+        }
+        for a in [&self.records_out, &self.bytes_out, &self.buffers_out, &self.records_in, &self.bytes_in, &self.buffers_in] {
+            a.store(0, Relaxed);
+        }
+    }
+}
 
 /// One producer-to-consumer connection: rings, wake-ups, flow-control state and counters.
 #[repr(C)]

@@ -16,7 +16,7 @@ mod spsc;
 pub mod stream;
 
 pub use channel::{ChannelReader, ChannelWriter, CreditReturn};
-pub use descriptor::{Credit, Descriptor, EventCode};
+pub use descriptor::{BarrierDescriptor, Credit, Descriptor, EventCode};
 pub use notify::NotifySet;
 pub use spsc::{Ring, RingConsumer, RingProducer};
 pub use stream::{StreamReader, StreamWriter};

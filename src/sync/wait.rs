@@ -108,7 +108,8 @@ impl Waiter {
         let spin_end = start.saturating_add(self.budget_ns);
         let mut i: u32 = 0;
         let mut last_yield = start;
-        loop {
+        // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
+        while self.budget_ns > 0 || !self.policy.park {
             spin_loop();
             i = i.wrapping_add(1);
             if let Some(v) = poll() {

@@ -1,0 +1,267 @@
+//! The ResultPartitionManager: a directory of partitions inside the arena, so a consumer in
+//! any process finds a partition by its id without asking the producer.
+//!
+//! ```text
+//!  PartitionEntry.state: FREE -> CLAIMED (producer fills it in) -> REGISTERED (Release)
+//!                        -> FINISHED -> RELEASED            (or FAILED at any point)
+//!  lookup: Acquire-load state, read the id, re-check state (an entry being reused changes
+//!          it), validate every field against the arena's limits.
+//! ```
+//!
+//! It also hands out channel blocks (contiguous runs, claimed with CAS per block) and gate
+//! blocks (used as notify sets).
+
+use super::types::{ResultPartitionId, ResultPartitionType};
+use crate::error::{Error, Result};
+use crate::memory::{Arena, PartitionEntry, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE};
+use crate::ring::NotifySet;
+use crate::sync::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Entry unused.
+pub const PARTITION_FREE: u32 = 0;
+/// Entry claimed by a producer filling it in.
+pub const PARTITION_CLAIMED: u32 = 1;
+/// Partition registered: consumers may attach.
+pub const PARTITION_REGISTERED: u32 = 2;
+/// Producer finished writing.
+pub const PARTITION_FINISHED: u32 = 3;
+/// Partition released.
+pub const PARTITION_RELEASED: u32 = 4;
+/// Producer failed.
+pub const PARTITION_FAILED: u32 = 5;
+
+/// Gate block unused.
+pub const GATE_FREE: u32 = 0;
+/// Gate block in use.
+pub const GATE_OPEN: u32 = 1;
+
+/// What a consumer learns about a registered partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Directory slot.
+    pub slot: u32,
+    /// The type.
+    pub partition_type: ResultPartitionType,
+    /// Number of subpartitions.
+    pub num_subpartitions: u32,
+    /// Channel block of subpartition 0; subpartition i uses `first_channel + i`.
+    pub first_channel: u32,
+    /// Directory state when looked up.
+    pub state: u32,
+}
+
+/// Flink's partition request backoff: how long a consumer keeps asking for a partition
+/// that is not registered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBackoff {
+    /// First pause (Flink: taskmanager.network.request-backoff.initial, 100 ms).
+    pub initial: Duration,
+    /// Longest pause; the request fails once a pause would exceed it (Flink: 10 s).
+    pub max: Duration,
+}
+
+impl Default for RequestBackoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(100), max: Duration::from_secs(10) }
+    }
+}
+
+/// The directory, over an arena.
+#[derive(Debug, Clone)]
+pub struct ResultPartitionManager {
+    arena: Arc<Arena>,
+}
+
+fn id_of(e: &PartitionEntry) -> ResultPartitionId {
+    // Relaxed (both): read between two Acquire loads of the state (see `lookup_once`).
+    ResultPartitionId::new(e.id[0].load(Ordering::Relaxed), e.id[1].load(Ordering::Relaxed))
+}
+
+impl ResultPartitionManager {
+    /// The directory of `arena`.
+    pub fn new(arena: Arc<Arena>) -> Self {
+        Self { arena }
+    }
+
+    /// The arena.
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    /// Claims a directory entry for `id` (state CLAIMED). Reuses a released entry when no
+    /// free one is left.
+    ///
+    /// # Errors
+    /// [`Error::OutOfSlots`] when the directory is full; [`Error::Invalid`] if `id` is
+    /// already registered and not released.
+    pub fn claim_entry(&self, id: ResultPartitionId) -> Result<u32> {
+        if let Ok(info) = self.lookup_once(id) {
+            if info.state != PARTITION_RELEASED && info.state != PARTITION_FAILED {
+                return Err(Error::Invalid { what: "partition id", detail: format!("{id} is already registered") });
+            }
+        }
+        for from in [PARTITION_FREE, PARTITION_RELEASED] {
+            for (i, e) in self.arena.partitions().iter().enumerate() {
+                // Acquire on success: we take over the entry after its previous user's last
+                // writes. Relaxed on failure: we just move on.
+                if e.state.compare_exchange(from, PARTITION_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    // Relaxed (both): published by the Release store of REGISTERED.
+                    e.id[0].store(id.partition, Ordering::Relaxed);
+                    e.id[1].store(id.attempt, Ordering::Relaxed);
+                    return Ok(i as u32);
+                }
+            }
+        }
+        Err(Error::OutOfSlots("partition directory entry"))
+    }
+
+    /// Fills in and publishes entry `slot` (claimed by us).
+    pub fn publish(&self, slot: u32, ptype: ResultPartitionType, num_subpartitions: u32, first_channel: u32) {
+        let e = &self.arena.partitions()[slot as usize];
+        // Relaxed (all): published by the Release store below.
+        e.partition_type.store(ptype.code(), Ordering::Relaxed);
+        e.num_subpartitions.store(num_subpartitions, Ordering::Relaxed);
+        e.first_channel.store(first_channel, Ordering::Relaxed);
+        e.producer_pid.store(std::process::id(), Ordering::Relaxed);
+        // Release: pairs with the Acquire load in `lookup_once`; publishes the fields above
+        // and the channel blocks the producer set up.
+        e.state.store(PARTITION_REGISTERED, Ordering::Release);
+    }
+
+    /// Sets entry `slot`'s state (FINISHED, RELEASED, FAILED).
+    pub fn set_state(&self, slot: u32, state: u32) {
+        if let Some(e) = self.arena.partitions().get(slot as usize) {
+            // Release: pairs with the Acquire load in `lookup_once`.
+            e.state.store(state, Ordering::Release);
+        }
+    }
+
+    /// Looks `id` up once.
+    ///
+    /// # Errors
+    /// [`Error::PartitionNotFound`], [`Error::PartitionReleased`], or
+    /// [`Error::ProtocolViolation`] for an entry whose fields break the arena's limits.
+    pub fn lookup_once(&self, id: ResultPartitionId) -> Result<PartitionInfo> {
+        let cfg = self.arena.config();
+        for (i, e) in self.arena.partitions().iter().enumerate() {
+            // Acquire: pairs with the Release store in `publish` / `set_state`.
+            let state = e.state.load(Ordering::Acquire);
+            if state < PARTITION_REGISTERED || state > PARTITION_FAILED || id_of(e) != id {
+                continue;
+            }
+            // Relaxed (all): ordered by the Acquire load above.
+            let ptype = e.partition_type.load(Ordering::Relaxed);
+            let n = e.num_subpartitions.load(Ordering::Relaxed);
+            let first = e.first_channel.load(Ordering::Relaxed);
+            // Acquire: the entry may have been reused while we read it.
+            if e.state.load(Ordering::Acquire) != state || id_of(e) != id {
+                continue;
+            }
+            if state == PARTITION_RELEASED {
+                return Err(Error::PartitionReleased(id.to_string()));
+            }
+            let place = format!("partition directory entry {i}");
+            let Some(partition_type) = ResultPartitionType::from_code(ptype) else {
+                return Err(Error::ProtocolViolation { place, detail: format!("unknown partition type {ptype}") });
+            };
+            if n == 0 || u64::from(first) + u64::from(n) > u64::from(cfg.max_channels) {
+                return Err(Error::ProtocolViolation {
+                    place,
+                    detail: format!("channels {first}..{} outside 0..{}", u64::from(first) + u64::from(n), cfg.max_channels),
+                });
+            }
+            return Ok(PartitionInfo { slot: i as u32, partition_type, num_subpartitions: n, first_channel: first, state });
+        }
+        Err(Error::PartitionNotFound(id.to_string()))
+    }
+
+    /// Looks `id` up, retrying with exponential backoff while it is not registered yet
+    /// (Flink's partition request backoff).
+    ///
+    /// # Errors
+    /// [`Error::PartitionNotFound`] once the backoff runs out; other errors at once.
+    pub fn lookup(&self, id: ResultPartitionId, backoff: RequestBackoff) -> Result<PartitionInfo> {
+        let mut pause = backoff.initial;
+        loop {
+            match self.lookup_once(id) {
+                Err(Error::PartitionNotFound(_)) if pause <= backoff.max => {
+                    std::thread::sleep(pause);
+                    pause = if pause.is_zero() { Duration::from_millis(1) } else { pause * 2 };
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Claims `n` contiguous channel blocks and resets them; returns the first.
+    ///
+    /// # Errors
+    /// [`Error::OutOfSlots`] when no run of `n` free blocks exists.
+    pub fn claim_channels(&self, n: u32) -> Result<u32> {
+        let blocks = self.arena.channels();
+        let n = n as usize;
+        let mut start = 0;
+        'outer: while start + n <= blocks.len() {
+            for j in start..start + n {
+                let st = &blocks[j].state;
+                // Acquire on success: after the previous user's last writes to the block.
+                let ok = st.compare_exchange(CHANNEL_FREE, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                    || st.compare_exchange(CHANNEL_CLOSED, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok();
+                if !ok {
+                    for b in &blocks[start..j] {
+                        // Release: hands the block back unchanged.
+                        b.state.store(CHANNEL_FREE, Ordering::Release);
+                    }
+                    start = j + 1;
+                    continue 'outer;
+                }
+            }
+            for b in &blocks[start..start + n] {
+                b.reset();
+            }
+            return Ok(start as u32);
+        }
+        Err(Error::OutOfSlots("run of channel blocks"))
+    }
+
+    /// Returns channel blocks to the free list (their segments are all back).
+    pub fn release_channels(&self, first: u32, n: u32) {
+        for b in self.arena.channels().iter().skip(first as usize).take(n as usize) {
+            // Release: our last writes to the block happen-before the next claimer's use.
+            b.state.store(CHANNEL_CLOSED, Ordering::Release);
+        }
+    }
+
+    /// Claims a gate block (a notify set), cleared; returns its id.
+    ///
+    /// # Errors
+    /// [`Error::OutOfSlots`] when all are in use.
+    pub fn claim_gate(&self, members: u32) -> Result<u32> {
+        if members > self.arena.config().max_channels_per_gate {
+            return Err(Error::Invalid {
+                what: "gate size",
+                detail: format!("{members} channels, at most {} per gate", self.arena.config().max_channels_per_gate),
+            });
+        }
+        for (i, g) in self.arena.gates().iter().enumerate() {
+            // Acquire on success: after the previous user's release.
+            if g.state.compare_exchange(GATE_FREE, GATE_OPEN, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                NotifySet::new(&self.arena, i as u32)?.reset();
+                // Relaxed: bookkeeping for tools.
+                g.num_channels.store(members, Ordering::Relaxed);
+                return Ok(i as u32);
+            }
+        }
+        Err(Error::OutOfSlots("gate block"))
+    }
+
+    /// Returns a gate block.
+    pub fn release_gate(&self, id: u32) {
+        if let Some(g) = self.arena.gates().get(id as usize) {
+            // Release: our last use happens-before the next claimer's.
+            g.state.store(GATE_FREE, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The producer side of the network stack: partition types, the partition directory,
+//! result partitions with their subpartitions, channel selectors and record writers.
+//!
+//! ```text
+//!  RecordWriter<R, S: ChannelSelector> --emit--> ResultPartition --subpartition c-->
+//!      channel block (rings) in the arena, found by consumers through the
+//!      ResultPartitionManager directory
+//! ```
+
+mod manager;
+mod result_partition;
+mod selector;
+mod types;
+mod writer;
+
+pub use manager::{
+    PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED,
+    PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED, PARTITION_RELEASED,
+};
+pub use result_partition::{PartitionStats, ResultPartition, ResultPartitionConfig};
+pub use selector::{
+    flink_murmur_hash, key_group_for_hash, operator_index_for_key_group, BroadcastPartitioner, ChannelSelector,
+    ForwardPartitioner, GlobalPartitioner, KeyGroupPartitioner, RebalancePartitioner, RescalePartitioner, SelectorKind,
+    DEFAULT_MAX_PARALLELISM,
+};
+pub use types::{ResultPartitionId, ResultPartitionType};
+pub use writer::{BufferTimeout, OutputFlusher, RecordWriter};

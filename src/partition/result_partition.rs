@@ -1,0 +1,721 @@
+//! `ResultPartition`: one producer task's output for one intermediate result, with one
+//! subpartition (channel) per consumer.
+//!
+//! ```text
+//!  emit(record, c) --> subpartition c: BufferBuilder over a segment of the LocalBufferPool
+//!                        published on channel c's data ring when opened; committed per the
+//!                        flush policy; finished when full (the record continues in the next)
+//!  broadcast_emit  --> one BufferBuilder with refcount = n, published on every channel
+//!  credits / recycled segments come back through the credit rings; consumers mark the
+//!  partition's notify set, so the writer drains only channels that have something.
+//! ```
+//!
+//! A writer with no credit on its channel, or an empty pool, blocks (parks on the notify
+//! set's wake-up) after making everything it wrote visible: that is backpressure, and the
+//! time spent there is counted.
+
+use super::manager::{
+    PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED,
+};
+use super::types::{ResultPartitionId, ResultPartitionType};
+use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::memory::Arena;
+use crate::record::{write_record, write_spanning_head, Record, WriteOutcome, DEFAULT_MAX_RECORD, LEN_PREFIX};
+use crate::ring::{ChannelWriter, Descriptor, EventCode, NotifySet};
+use crate::sync::{now_nanos, Ordering, WaitOutcome, WaitPolicy, Waiter};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to create a [`ResultPartition`] (a plain descriptor: a worker needs only this and
+/// the arena).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultPartitionConfig {
+    /// The id consumers look it up by.
+    pub id: ResultPartitionId,
+    /// The type (pipelined types only in this build).
+    pub partition_type: ResultPartitionType,
+    /// One subpartition per consuming channel.
+    pub num_subpartitions: u32,
+    /// Segments kept in the pool at all times (Flink: subpartitions + 1).
+    pub pool_min: u32,
+    /// The pool's quota (Flink: subpartitions * buffers-per-channel + floating per gate).
+    pub pool_max: u32,
+    /// Flink's max-buffers-per-channel: how many segments one channel may hold (10).
+    pub max_buffers_per_channel: u32,
+    /// How a blocked writer waits.
+    pub wait_policy: WaitPolicy,
+    /// The longest a writer blocks before it gives up with [`Error::Timeout`] (None:
+    /// forever; consumers that die are reported by the failure detector instead).
+    pub timeout: Option<Duration>,
+    /// Worker slot of the producing process (for ownership records).
+    pub worker: u32,
+}
+
+impl ResultPartitionConfig {
+    /// Flink's defaults for `n` subpartitions: min n + 1, max n * 2 + 8, 10 per channel.
+    pub fn new(id: ResultPartitionId, partition_type: ResultPartitionType, n: u32) -> Self {
+        Self {
+            id,
+            partition_type,
+            num_subpartitions: n,
+            pool_min: n + 1,
+            pool_max: n * 2 + 8,
+            max_buffers_per_channel: 10,
+            wait_policy: WaitPolicy::adaptive(),
+            timeout: None,
+            worker: 0,
+        }
+    }
+}
+
+/// Counters of one partition (also mirrored in the arena's channel blocks).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Records written (a broadcast record counts once).
+    pub records_out: u64,
+    /// Payload bytes written.
+    pub bytes_out: u64,
+    /// Segments published (a broadcast segment counts once).
+    pub segments_out: u64,
+    /// Nanoseconds blocked for credit or segments.
+    pub back_pressured_ns: u64,
+    /// Times the writer parked.
+    pub parks: u64,
+    /// Records that spanned segments.
+    pub spanning_records: u64,
+}
+
+struct Subpartition {
+    writer: ChannelWriter,
+    builder: Option<BufferBuilder>,
+    dirty: bool,
+    records: u64,
+    bytes: u64,
+}
+
+/// A producer's result partition.
+pub struct ResultPartition {
+    arena: Arc<Arena>,
+    manager: ResultPartitionManager,
+    id: ResultPartitionId,
+    partition_type: ResultPartitionType,
+    slot: u32,
+    first_channel: u32,
+    set_id: u32,
+    pool: LocalBufferPool,
+    subs: Vec<Subpartition>,
+    dirty: Vec<u32>,
+    broadcast: Option<BufferBuilder>,
+    scratch: Vec<u8>,
+    marked: Vec<u32>,
+    waiter: Waiter,
+    timeout: Option<Duration>,
+    finished: bool,
+    released: bool,
+    stats: PartitionStats,
+}
+
+impl std::fmt::Debug for ResultPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ResultPartition({}, {} subpartitions)", self.id, self.subs.len())
+    }
+}
+
+impl ResultPartition {
+    /// Creates and registers a partition: claims a directory entry, channel blocks and a
+    /// notify set, draws the pool's minimum, then publishes the entry.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for blocking types, [`Error::OutOfSlots`] /
+    /// [`Error::PoolExhausted`] when the arena is too small, [`Error::Invalid`] for a bad
+    /// config.
+    pub fn new(arena: Arc<Arena>, cfg: &ResultPartitionConfig) -> Result<Self> {
+        cfg.partition_type.check_supported()?;
+        let n = cfg.num_subpartitions;
+        let ac = arena.config();
+        if n == 0 || n > ac.max_channels_per_gate {
+            return Err(Error::Invalid {
+                what: "subpartition count",
+                detail: format!("{n} not in 1..={} (the arena's max channels per gate)", ac.max_channels_per_gate),
+            });
+        }
+        let manager = ResultPartitionManager::new(arena.clone());
+        let slot = manager.claim_entry(cfg.id)?;
+        let undo_entry = |e: Error| {
+            manager.set_state(slot, PARTITION_RELEASED);
+            e
+        };
+        let first_channel = manager.claim_channels(n).map_err(undo_entry)?;
+        let set_id = match manager.claim_gate(n) {
+            Ok(g) => g,
+            Err(e) => {
+                manager.release_channels(first_channel, n);
+                return Err(undo_entry(e));
+            }
+        };
+        let release_all = |e: Error| {
+            manager.release_gate(set_id);
+            manager.release_channels(first_channel, n);
+            manager.set_state(slot, PARTITION_RELEASED);
+            e
+        };
+        let pool = LocalBufferPool::new(
+            arena.clone(),
+            slot,
+            cfg.worker,
+            LocalPoolConfig {
+                min: cfg.pool_min.min(cfg.pool_max),
+                max: cfg.pool_max,
+                max_per_channel: cfg.max_buffers_per_channel,
+                channels: n,
+            },
+        )
+        .map_err(release_all)?;
+        let mut subs = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let writer = ChannelWriter::open(arena.clone(), first_channel + i).map_err(release_all)?;
+            writer.set_producer_set(set_id, i);
+            let b = writer.block();
+            // Relaxed (all): published by the directory's Release store below.
+            b.partition.store(slot, Ordering::Relaxed);
+            b.subpartition.store(i, Ordering::Relaxed);
+            b.producer_worker.store(cfg.worker + 1, Ordering::Relaxed);
+            subs.push(Subpartition { writer, builder: None, dirty: false, records: 0, bytes: 0 });
+        }
+        let e = &arena.partitions()[slot as usize];
+        // Relaxed (both): statistics, published with the entry.
+        e.pool_max.store(u64::from(cfg.pool_max), Ordering::Relaxed);
+        e.producer_worker.store(cfg.worker + 1, Ordering::Relaxed);
+        manager.publish(slot, cfg.partition_type, n, first_channel);
+        Ok(Self {
+            arena,
+            manager,
+            id: cfg.id,
+            partition_type: cfg.partition_type,
+            slot,
+            first_channel,
+            set_id,
+            pool,
+            subs,
+            dirty: Vec::new(),
+            broadcast: None,
+            scratch: Vec::new(),
+            marked: Vec::new(),
+            waiter: Waiter::new(cfg.wait_policy),
+            timeout: cfg.timeout,
+            finished: false,
+            released: false,
+            stats: PartitionStats::default(),
+        })
+    }
+
+    /// The id.
+    pub fn id(&self) -> ResultPartitionId {
+        self.id
+    }
+
+    /// The type.
+    pub fn partition_type(&self) -> ResultPartitionType {
+        self.partition_type
+    }
+
+    /// Number of subpartitions.
+    pub fn num_subpartitions(&self) -> u32 {
+        self.subs.len() as u32
+    }
+
+    /// Where consumers find it.
+    pub fn info(&self) -> PartitionInfo {
+        PartitionInfo {
+            slot: self.slot,
+            partition_type: self.partition_type,
+            num_subpartitions: self.subs.len() as u32,
+            first_channel: self.first_channel,
+            state: if self.finished { PARTITION_FINISHED } else { super::manager::PARTITION_REGISTERED },
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PartitionStats {
+        let mut s = self.stats;
+        s.parks = self.waiter.parks;
+        s
+    }
+
+    /// The pool (usage, outstanding segments).
+    pub fn pool(&self) -> &LocalBufferPool {
+        &self.pool
+    }
+
+    /// Segments published on subpartition `c` and not yet released by its consumer.
+    pub fn in_flight(&self, c: u32) -> u32 {
+        self.subs.get(c as usize).map_or(0, |s| s.writer.in_flight())
+    }
+
+    /// Credit currently available on subpartition `c`.
+    pub fn credit(&self, c: u32) -> u32 {
+        self.subs.get(c as usize).map_or(0, |s| s.writer.credit())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.finished {
+            return Err(Error::Invalid { what: "write", detail: format!("partition {} is already finished", self.id) });
+        }
+        Ok(())
+    }
+
+    /// Drains the credit rings of channels whose consumers marked the notify set.
+    fn reclaim_marked(&mut self) -> Result<()> {
+        let set = NotifySet::new(&self.arena, self.set_id)?;
+        let mut marked = std::mem::take(&mut self.marked);
+        marked.clear();
+        set.drain(self.subs.len() as u32, |i| marked.push(i));
+        let mut r = Ok(());
+        for &i in &marked {
+            if let Err(e) = self.subs[i as usize].writer.reclaim(&mut self.pool) {
+                r = Err(e);
+                break;
+            }
+        }
+        self.marked = marked;
+        r
+    }
+
+    /// Makes everything written visible (before blocking, so nothing waits on us).
+    fn commit_all(&mut self) -> Result<()> {
+        self.flush_all()
+    }
+
+    /// Waits until `f` yields, parking on the partition's notify set; counts the time as
+    /// back-pressured.
+    fn block_until<T>(&mut self, what: &'static str, mut f: impl FnMut(&mut Self) -> Result<Option<T>>) -> Result<T> {
+        if let Some(v) = f(self)? {
+            return Ok(v);
+        }
+        self.commit_all()?;
+        let arena = self.arena.clone();
+        let set = NotifySet::new(&arena, self.set_id)?;
+        let mut waiter = std::mem::replace(&mut self.waiter, Waiter::new(WaitPolicy::park()));
+        let start = now_nanos();
+        let out = waiter.wait(set.wake(), self.timeout, || f(self).transpose());
+        self.waiter = waiter;
+        self.stats.back_pressured_ns += now_nanos().saturating_sub(start);
+        match out {
+            WaitOutcome::Ready(r) => r,
+            WaitOutcome::TimedOut => Err(Error::Timeout(self.timeout.unwrap_or_default(), what)),
+        }
+    }
+
+    fn open_builder(&mut self, c: usize) -> Result<()> {
+        let seg = self.block_until("credit and a free segment", |p| {
+            p.reclaim_marked()?;
+            if p.subs[c].writer.credit() == 0 {
+                p.subs[c].writer.want_credit()?;
+                return Ok(None);
+            }
+            p.pool.request(Some(c as u32))
+        })?;
+        let b = BufferBuilder::new(seg, 1);
+        let idx = b.index();
+        let sub = &mut self.subs[c];
+        sub.writer.publish(Descriptor::Buffer(idx))?;
+        sub.builder = Some(b);
+        self.stats.segments_out += 1;
+        Ok(())
+    }
+
+    fn close_builder(&mut self, c: usize) -> Result<()> {
+        let sub = &mut self.subs[c];
+        if let Some(mut b) = sub.builder.take() {
+            b.finish();
+            sub.dirty = false;
+            let blk = sub.writer.block();
+            // Relaxed (both): statistics for observers.
+            blk.records_out.store(sub.records, Ordering::Relaxed);
+            blk.bytes_out.store(sub.bytes, Ordering::Relaxed);
+            sub.writer.notify_consumer()?;
+        }
+        Ok(())
+    }
+
+    fn mark_dirty(&mut self, c: usize) {
+        if !self.subs[c].dirty {
+            self.subs[c].dirty = true;
+            self.dirty.push(c as u32);
+        }
+    }
+
+    /// Writes `record` to subpartition `c`, serializing it in place (or across segments
+    /// when it does not fit). Blocks for credit or segments (backpressure).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a channel out of range or a finished partition,
+    /// [`Error::TooLarge`] above 256 MiB, wait and consumer errors.
+    pub fn emit<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
+        let c = c as usize;
+        if c >= self.subs.len() {
+            return Err(Error::Invalid { what: "channel", detail: format!("{c} not in 0..{}", self.subs.len()) });
+        }
+        self.check_open()?;
+        let len = record.serialized_len();
+        if len > DEFAULT_MAX_RECORD {
+            return Err(Error::TooLarge { what: "record", len, max: DEFAULT_MAX_RECORD });
+        }
+        loop {
+            if self.subs[c].builder.is_none() {
+                self.open_builder(c)?;
+            }
+            let b = self.subs[c].builder.as_mut().expect("opened above");
+            match write_record(b, record) {
+                WriteOutcome::Written => break,
+                WriteOutcome::NeedsNewSegment => self.close_builder(c)?,
+                WriteOutcome::Spans => {
+                    self.write_spanning(record, Some(c))?;
+                    break;
+                }
+            }
+        }
+        let sub = &mut self.subs[c];
+        sub.records += 1;
+        sub.bytes += len as u64;
+        self.stats.records_out += 1;
+        self.stats.bytes_out += len as u64;
+        if self.subs[c].builder.as_ref().is_some_and(|b| b.is_full()) {
+            self.close_builder(c)?;
+        } else {
+            self.mark_dirty(c);
+        }
+        Ok(())
+    }
+
+    /// Writes a record that does not fit the current segment of channel `c` (None: the
+    /// broadcast builder) across as many segments as it needs.
+    fn write_spanning<R: Record + ?Sized>(&mut self, record: &R, c: Option<usize>) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.resize(record.serialized_len(), 0);
+        record.serialize_into(&mut scratch);
+        let r = self.write_spanning_bytes(&scratch, c);
+        if scratch.capacity() <= 1 << 20 {
+            self.scratch = scratch;
+        }
+        self.stats.spanning_records += 1;
+        r
+    }
+
+    fn write_spanning_bytes(&mut self, payload: &[u8], c: Option<usize>) -> Result<()> {
+        let mut off = {
+            let b = self.builder_mut(c).expect("caller holds an open builder");
+            debug_assert!(b.remaining() as usize >= LEN_PREFIX);
+            write_spanning_head(b, payload)
+        };
+        while off < payload.len() {
+            self.close(c)?;
+            self.open(c)?;
+            let b = self.builder_mut(c).expect("opened above");
+            off += b.append(&payload[off..]);
+        }
+        Ok(())
+    }
+
+    fn builder_mut(&mut self, c: Option<usize>) -> Option<&mut BufferBuilder> {
+        match c {
+            Some(c) => self.subs[c].builder.as_mut(),
+            None => self.broadcast.as_mut(),
+        }
+    }
+
+    fn open(&mut self, c: Option<usize>) -> Result<()> {
+        match c {
+            Some(c) => self.open_builder(c),
+            None => self.open_broadcast(),
+        }
+    }
+
+    fn close(&mut self, c: Option<usize>) -> Result<()> {
+        match c {
+            Some(c) => self.close_builder(c),
+            None => self.close_broadcast(),
+        }
+    }
+
+    fn open_broadcast(&mut self) -> Result<()> {
+        let seg = self.block_until("credit on every channel and a free segment", |p| {
+            p.reclaim_marked()?;
+            let mut all = true;
+            for s in &mut p.subs {
+                if s.writer.credit() == 0 {
+                    s.writer.want_credit()?;
+                    all = false;
+                }
+            }
+            if !all {
+                return Ok(None);
+            }
+            p.pool.request(None)
+        })?;
+        let b = BufferBuilder::new(seg, self.subs.len() as u32);
+        let idx = b.index();
+        for s in &mut self.subs {
+            s.writer.publish(Descriptor::Buffer(idx))?;
+        }
+        self.broadcast = Some(b);
+        self.stats.segments_out += 1;
+        Ok(())
+    }
+
+    fn close_broadcast(&mut self) -> Result<()> {
+        if let Some(mut b) = self.broadcast.take() {
+            b.finish();
+            for s in &mut self.subs {
+                s.writer.notify_consumer()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `record` once into a segment that every subpartition reads (Flink's
+    /// BroadcastRecordWriter): one copy in memory, reference counted by the readers.
+    ///
+    /// # Errors
+    /// As [`emit`](Self::emit).
+    pub fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()> {
+        self.check_open()?;
+        let len = record.serialized_len();
+        if len > DEFAULT_MAX_RECORD {
+            return Err(Error::TooLarge { what: "record", len, max: DEFAULT_MAX_RECORD });
+        }
+        // Per-channel builders would reorder against the shared one: close them first.
+        if self.subs.iter().any(|s| s.builder.is_some()) {
+            for c in 0..self.subs.len() {
+                self.close_builder(c)?;
+            }
+        }
+        loop {
+            if self.broadcast.is_none() {
+                self.open_broadcast()?;
+            }
+            let b = self.broadcast.as_mut().expect("opened above");
+            match write_record(b, record) {
+                WriteOutcome::Written => break,
+                WriteOutcome::NeedsNewSegment => self.close_broadcast()?,
+                WriteOutcome::Spans => {
+                    self.write_spanning(record, None)?;
+                    break;
+                }
+            }
+        }
+        self.stats.records_out += 1;
+        self.stats.bytes_out += len as u64;
+        if self.broadcast.as_ref().is_some_and(|b| b.is_full()) {
+            self.close_broadcast()?;
+        } else if !self.dirty.contains(&u32::MAX) {
+            self.dirty.push(u32::MAX);
+        }
+        Ok(())
+    }
+
+    /// Makes what was written to subpartition `c` visible and wakes its consumer.
+    ///
+    /// # Errors
+    /// A consumer that corrupted its channel's gate routing.
+    pub fn flush(&mut self, c: u32) -> Result<()> {
+        let c = c as usize;
+        if let Some(sub) = self.subs.get_mut(c) {
+            if let Some(b) = sub.builder.as_mut() {
+                if b.commit() {
+                    sub.writer.notify_consumer()?;
+                }
+            }
+            sub.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written visible (Flink's flushAll).
+    ///
+    /// # Errors
+    /// As [`flush`](Self::flush).
+    pub fn flush_all(&mut self) -> Result<()> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut r = Ok(());
+        for &c in &dirty {
+            let res = if c == u32::MAX { self.flush_broadcast() } else { self.flush(c) };
+            if res.is_err() && r.is_ok() {
+                r = res;
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        r
+    }
+
+    fn flush_broadcast(&mut self) -> Result<()> {
+        if let Some(b) = self.broadcast.as_mut() {
+            if b.commit() {
+                for s in &mut self.subs {
+                    s.writer.notify_consumer()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `event` to every subpartition, after everything written before it.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for a user event above a segment, wait errors.
+    pub fn broadcast_event(&mut self, event: &Event) -> Result<()> {
+        match event {
+            Event::CheckpointBarrier(b) if b.unaligned => {
+                // Overtakes data: open builders stay open; the barrier jumps the queue.
+                self.flush_all()?;
+                let d = Descriptor::Barrier(*b);
+                for c in 0..self.subs.len() {
+                    self.block_until("room in the priority ring", |p| match p.subs[c].writer.publish_priority(d) {
+                        Ok(()) => Ok(Some(())),
+                        Err(Error::Timeout(..)) => Ok(None),
+                        Err(e) => Err(e),
+                    })?;
+                }
+                Ok(())
+            }
+            Event::User(bytes) => self.broadcast_user_event(bytes),
+            _ => {
+                let d = match event {
+                    Event::EndOfPartition => Descriptor::Event(EventCode::EndOfPartition),
+                    Event::EndOfData => Descriptor::Event(EventCode::EndOfData),
+                    Event::CheckpointBarrier(b) => Descriptor::Barrier(*b),
+                    Event::User(_) => unreachable!("handled above"),
+                };
+                self.close_all()?;
+                let slots = d.encode_slots().1 as u64;
+                for c in 0..self.subs.len() {
+                    self.block_until("room in the data ring", |p| {
+                        p.reclaim_marked()?;
+                        if p.subs[c].writer.has_room(slots) {
+                            p.subs[c].writer.publish(d)?;
+                            Ok(Some(()))
+                        } else {
+                            Ok(None)
+                        }
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn close_all(&mut self) -> Result<()> {
+        self.close_broadcast()?;
+        for c in 0..self.subs.len() {
+            self.close_builder(c)?;
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+
+    fn broadcast_user_event(&mut self, bytes: &[u8]) -> Result<()> {
+        let max = self.arena.segment_size() as usize - LEN_PREFIX;
+        if bytes.len() > max {
+            return Err(Error::TooLarge { what: "user event", len: bytes.len(), max });
+        }
+        self.close_all()?;
+        let seg = self.block_until("credit on every channel and a free segment", |p| {
+            p.reclaim_marked()?;
+            if p.subs.iter().any(|s| s.writer.credit() == 0) {
+                for s in &mut p.subs {
+                    if s.writer.credit() == 0 {
+                        s.writer.want_credit()?;
+                    }
+                }
+                return Ok(None);
+            }
+            p.pool.request(None)
+        })?;
+        let mut b = BufferBuilder::new(seg, self.subs.len() as u32);
+        let _ = write_record(&mut b, bytes);
+        b.finish();
+        let idx = b.index();
+        drop(b);
+        for s in &mut self.subs {
+            s.writer.publish(Descriptor::EventBuffer(idx))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the partition: finishes every segment, sends EndOfPartition to every
+    /// subpartition and marks the directory entry finished. Idempotent.
+    ///
+    /// # Errors
+    /// Wait errors while rings are full.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.broadcast_event(&Event::EndOfPartition)?;
+        self.finished = true;
+        self.manager.set_state(self.slot, PARTITION_FINISHED);
+        Ok(())
+    }
+
+    /// Waits until consumers released every segment (all data consumed), then releases the
+    /// partition: its channel blocks and notify set return to the arena and lookups answer
+    /// "released".
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if consumers do not release everything within `timeout`.
+    pub fn release_when_consumed(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let saved = self.timeout;
+        self.timeout = timeout;
+        let r = self.block_until("consumers to release every segment", |p| {
+            p.reclaim_marked()?;
+            Ok((p.pool.outstanding() == 0).then_some(()))
+        });
+        self.timeout = saved;
+        r?;
+        self.release_now();
+        Ok(())
+    }
+
+    fn release_now(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.manager.set_state(self.slot, PARTITION_RELEASED);
+            self.manager.release_gate(self.set_id);
+            self.manager.release_channels(self.first_channel, self.subs.len() as u32);
+        }
+    }
+
+    /// Marks the partition failed and wakes every consumer, which then stops with
+    /// [`Error::ProducerFailed`].
+    pub fn fail(&mut self) {
+        for s in &self.subs {
+            s.writer.fail();
+        }
+        self.finished = true;
+        self.manager.set_state(self.slot, PARTITION_FAILED);
+    }
+}
+
+impl Drop for ResultPartition {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.fail();
+        }
+        // Take back whatever consumers already returned; segments still held by consumers
+        // stay accounted to the channel blocks (reclaimed by recovery).
+        let _ = self.reclaim_marked();
+        for s in &mut self.subs {
+            let _ = s.writer.reclaim(&mut self.pool);
+        }
+        if self.pool.outstanding() == 0 {
+            self.release_now();
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! How values become record payloads and back.
+
+use crate::error::{Error, Result};
+
+/// A value that can be written as one record's payload, in place into shared memory.
+pub trait Record {
+    /// Exact payload length in bytes.
+    fn serialized_len(&self) -> usize;
+    /// Writes the payload into `out`, whose length is exactly `serialized_len()`.
+    fn serialize_into(&self, out: &mut [u8]);
+}
+
+/// A value read back from a record payload that may borrow from it (zero copy).
+pub trait FromRecord<'a>: Sized {
+    /// Decodes a whole payload.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] for a malformed payload.
+    fn from_record(bytes: &'a [u8]) -> Result<Self>;
+}
+
+/// A self-delimiting field inside a tuple record.
+pub trait Field {
+    /// Encoded length.
+    fn field_len(&self) -> usize;
+    /// Writes the field at the start of `out`; returns the bytes written.
+    fn write_field(&self, out: &mut [u8]) -> usize;
+}
+
+/// A field read back from the front of a payload.
+pub trait FromField<'a>: Sized {
+    /// Decodes the field at the start of `bytes`; returns it and the bytes used.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] for a short or malformed field.
+    fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)>;
+}
+
+fn malformed(what: &str) -> Error {
+    Error::ProtocolViolation { place: "record payload".into(), detail: what.into() }
+}
+
+impl Record for [u8] {
+    fn serialized_len(&self) -> usize {
+        self.len()
+    }
+    fn serialize_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
+}
+
+impl Record for str {
+    fn serialized_len(&self) -> usize {
+        self.len()
+    }
+    fn serialize_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(self.as_bytes());
+    }
+}
+
+impl Record for String {
+    fn serialized_len(&self) -> usize {
+        self.len()
+    }
+    fn serialize_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(self.as_bytes());
+    }
+}
+
+impl Record for Vec<u8> {
+    fn serialized_len(&self) -> usize {
+        self.len()
+    }
+    fn serialize_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
+}
+
+impl<T: Record + ?Sized> Record for &T {
+    fn serialized_len(&self) -> usize {
+        (**self).serialized_len()
+    }
+    fn serialize_into(&self, out: &mut [u8]) {
+        (**self).serialize_into(out)
+    }
+}
+
+impl<'a> FromRecord<'a> for &'a [u8] {
+    fn from_record(bytes: &'a [u8]) -> Result<Self> {
+        Ok(bytes)
+    }
+}
+
+impl<'a> FromRecord<'a> for &'a str {
+    fn from_record(bytes: &'a [u8]) -> Result<Self> {
+        std::str::from_utf8(bytes).map_err(|e| malformed(&format!("string record is not UTF-8: {e}")))
+    }
+}
+
+impl<'a> FromRecord<'a> for Vec<u8> {
+    fn from_record(bytes: &'a [u8]) -> Result<Self> {
+        Ok(bytes.to_vec())
+    }
+}
+
+impl<'a> FromRecord<'a> for String {
+    fn from_record(bytes: &'a [u8]) -> Result<Self> {
+        <&str>::from_record(bytes).map(str::to_owned)
+    }
+}
+
+macro_rules! int_impls {
+    ($($t:ty),*) => {$(
+        impl Record for $t {
+            fn serialized_len(&self) -> usize { std::mem::size_of::<$t>() }
+            fn serialize_into(&self, out: &mut [u8]) { out.copy_from_slice(&self.to_le_bytes()); }
+        }
+        impl<'a> FromRecord<'a> for $t {
+            fn from_record(bytes: &'a [u8]) -> Result<Self> {
+                let arr = bytes.try_into().map_err(|_| malformed(concat!("expected ", stringify!($t))))?;
+                Ok(<$t>::from_le_bytes(arr))
+            }
+        }
+        impl Field for $t {
+            fn field_len(&self) -> usize { std::mem::size_of::<$t>() }
+            fn write_field(&self, out: &mut [u8]) -> usize {
+                let n = std::mem::size_of::<$t>();
+                out[..n].copy_from_slice(&self.to_le_bytes());
+                n
+            }
+        }
+        impl<'a> FromField<'a> for $t {
+            fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
+                let n = std::mem::size_of::<$t>();
+                let arr = bytes.get(..n).and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| malformed(concat!("short ", stringify!($t), " field")))?;
+                Ok((<$t>::from_le_bytes(arr), n))
+            }
+        }
+    )*};
+}
+int_impls!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
+
+fn write_bytes_field(b: &[u8], out: &mut [u8]) -> usize {
+    out[..4].copy_from_slice(&(b.len() as u32).to_le_bytes());
+    out[4..4 + b.len()].copy_from_slice(b);
+    4 + b.len()
+}
+
+fn read_bytes_field(bytes: &[u8]) -> Result<(&[u8], usize)> {
+    let len = bytes.get(..4).ok_or_else(|| malformed("short length of a bytes field"))?;
+    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+    let body = bytes.get(4..4 + len).ok_or_else(|| malformed("bytes field longer than its record"))?;
+    Ok((body, 4 + len))
+}
+
+impl Field for [u8] {
+    fn field_len(&self) -> usize {
+        4 + self.len()
+    }
+    fn write_field(&self, out: &mut [u8]) -> usize {
+        write_bytes_field(self, out)
+    }
+}
+
+impl Field for str {
+    fn field_len(&self) -> usize {
+        4 + self.len()
+    }
+    fn write_field(&self, out: &mut [u8]) -> usize {
+        write_bytes_field(self.as_bytes(), out)
+    }
+}
+
+impl Field for String {
+    fn field_len(&self) -> usize {
+        4 + self.len()
+    }
+    fn write_field(&self, out: &mut [u8]) -> usize {
+        write_bytes_field(self.as_bytes(), out)
+    }
+}
+
+impl<T: Field + ?Sized> Field for &T {
+    fn field_len(&self) -> usize {
+        (**self).field_len()
+    }
+    fn write_field(&self, out: &mut [u8]) -> usize {
+        (**self).write_field(out)
+    }
+}
+
+impl<'a> FromField<'a> for &'a [u8] {
+    fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
+        read_bytes_field(bytes)
+    }
+}
+
+impl<'a> FromField<'a> for &'a str {
+    fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
+        let (b, n) = read_bytes_field(bytes)?;
+        let s = std::str::from_utf8(b).map_err(|e| malformed(&format!("string field is not UTF-8: {e}")))?;
+        Ok((s, n))
+    }
+}
+
+impl<'a> FromField<'a> for String {
+    fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
+        <&str>::read_field(bytes).map(|(s, n)| (s.to_owned(), n))
+    }
+}
+
+macro_rules! tuple_impls {
+    ($( ($($n:ident $i:tt),+) ),*) => {$(
+        impl<$($n: Field),+> Record for ($($n,)+) {
+            fn serialized_len(&self) -> usize { 0 $(+ self.$i.field_len())+ }
+            fn serialize_into(&self, out: &mut [u8]) {
+                let mut at = 0;
+                $( at += self.$i.write_field(&mut out[at..]); )+
+                debug_assert_eq!(at, out.len());
+            }
+        }
+        impl<'a, $($n: FromField<'a>),+> FromRecord<'a> for ($($n,)+) {
+            fn from_record(bytes: &'a [u8]) -> Result<Self> {
+                let mut at = 0;
+                let v = ($( { let (x, n) = $n::read_field(&bytes[at..])?; at += n; x }, )+);
+                if at != bytes.len() {
+                    return Err(malformed("trailing bytes after the last tuple field"));
+                }
+                Ok(v)
+            }
+        }
+    )*};
+}
+tuple_impls!((A 0), (A 0, B 1), (A 0, B 1, C 2), (A 0, B 1, C 2, D 3));
+
+/// Java's `String.hashCode` over the UTF-16 code units of `s` — what a Flink key of type
+/// String hashes to, so keyed exchanges route exactly as Flink's KeyGroupStreamPartitioner.
+pub fn java_string_hash(s: &str) -> i32 {
+    let mut h: i32 = 0;
+    for u in s.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(i32::from(u));
+    }
+    h
+}

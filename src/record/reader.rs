@@ -1,0 +1,216 @@
+//! The deserializer: reads records of one channel in place, reassembling only those that
+//! span segments.
+
+use super::{DEFAULT_MAX_RECORD, LEN_PREFIX};
+use crate::buffer::BufferConsumer;
+use crate::error::{Error, Result};
+use crate::ring::{ChannelReader, Descriptor};
+
+/// What [`RecordReader::poll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A record is ready: take it with [`RecordReader::record`].
+    Record,
+    /// A non-buffer descriptor (event or barrier) came next in the data ring.
+    Event(Descriptor),
+    /// Nothing available now.
+    Empty,
+}
+
+enum Last {
+    None,
+    InPlace { offset: u32, len: u32 },
+    Spanned,
+}
+
+/// Reads the records of one channel.
+pub struct RecordReader {
+    channel: ChannelReader,
+    current: Option<BufferConsumer>,
+    /// Reassembly of a record that spans segments: bytes so far, and the payload length.
+    span: Vec<u8>,
+    span_len: Option<usize>,
+    last: Last,
+    max_record: usize,
+    /// Records read.
+    pub records: u64,
+    /// Payload bytes read.
+    pub bytes: u64,
+    /// Records that had to be reassembled.
+    pub spanned: u64,
+}
+
+impl std::fmt::Debug for RecordReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordReader({:?}, {} records)", self.channel, self.records)
+    }
+}
+
+impl RecordReader {
+    /// Reads records from `channel`.
+    pub fn new(channel: ChannelReader) -> Self {
+        Self {
+            channel,
+            current: None,
+            span: Vec::new(),
+            span_len: None,
+            last: Last::None,
+            max_record: DEFAULT_MAX_RECORD,
+            records: 0,
+            bytes: 0,
+            spanned: 0,
+        }
+    }
+
+    /// Sets the largest payload accepted; a longer length prefix is a protocol violation.
+    pub fn set_max_record(&mut self, max: usize) {
+        self.max_record = max;
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &ChannelReader {
+        &self.channel
+    }
+
+    /// The channel, mutably (for priority events).
+    pub fn channel_mut(&mut self) -> &mut ChannelReader {
+        &mut self.channel
+    }
+
+    /// The segment being read and the bytes of it not read yet (what an unaligned barrier
+    /// overtakes in the current segment).
+    ///
+    /// # Errors
+    /// Protocol violations in the segment's position.
+    pub fn unread_in_current(&self) -> Result<Option<(u32, u32, u32)>> {
+        match &self.current {
+            Some(c) => {
+                let (pos, _) = c.writer_position()?;
+                Ok(Some((c.index(), c.read_position(), pos)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a record is half reassembled.
+    pub fn in_span(&self) -> bool {
+        self.span_len.is_some()
+    }
+
+    fn violation(&self, detail: String) -> Error {
+        Error::ProtocolViolation { place: format!("channel {}", self.channel.id()), detail }
+    }
+
+    /// Advances to the next record or event.
+    ///
+    /// # Errors
+    /// Protocol violations (bad lengths, an event inside a spanning record, malformed
+    /// descriptors), a failed producer.
+    pub fn poll(&mut self) -> Result<Step> {
+        if matches!(self.last, Last::Spanned) {
+            self.span.clear();
+        }
+        self.last = Last::None;
+        loop {
+            if let Some(c) = self.current.as_mut() {
+                if let Some(need) = self.span_len {
+                    let bytes = c.peek()?;
+                    let take = (need - self.span.len()).min(bytes.len());
+                    self.span.extend_from_slice(&bytes[..take]);
+                    c.consume(take as u32);
+                    if self.span.len() == need {
+                        self.span_len = None;
+                        self.last = Last::Spanned;
+                        self.records += 1;
+                        self.bytes += need as u64;
+                        self.spanned += 1;
+                        return Ok(Step::Record);
+                    }
+                    if c.check_finished()? {
+                        self.current = None;
+                        continue;
+                    }
+                    return Ok(Step::Empty);
+                }
+                let read_pos = c.read_position();
+                let seg = c.index();
+                let (bytes, fin) = c.peek_final()?;
+                let avail = bytes.len();
+                if avail >= LEN_PREFIX {
+                    let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+                    if len > self.max_record {
+                        let max = self.max_record;
+                        return Err(self.violation(format!("record length {len} above the limit {max}")));
+                    }
+                    if avail - LEN_PREFIX >= len {
+                        c.consume((LEN_PREFIX + len) as u32);
+                        self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
+                        self.records += 1;
+                        self.bytes += len as u64;
+                        return Ok(Step::Record);
+                    }
+                    if fin {
+                        // The record continues in the next segment of this channel.
+                        self.span.clear();
+                        self.span.reserve(len);
+                        self.span.extend_from_slice(&bytes[LEN_PREFIX..]);
+                        c.consume(avail as u32);
+                        self.span_len = Some(len);
+                        self.current = None;
+                        continue;
+                    }
+                    return Ok(Step::Empty);
+                }
+                if avail == 0 && fin {
+                    self.current = None;
+                    continue;
+                }
+                if avail > 0 && fin {
+                    return Err(self.violation(format!("segment {seg} ends inside a length prefix")));
+                }
+                return Ok(Step::Empty);
+            }
+            match self.channel.poll_data()? {
+                Some(Descriptor::Buffer(s)) => self.current = Some(self.channel.consumer(s)),
+                Some(d) => {
+                    if self.span_len.is_some() {
+                        return Err(self.violation(format!("{d:?} inside a record that spans segments")));
+                    }
+                    return Ok(Step::Event(d));
+                }
+                None => return Ok(Step::Empty),
+            }
+        }
+    }
+
+    /// Whether [`poll`](Self::poll) might find something without waiting: a descriptor is
+    /// queued or the current segment has unread published bytes.
+    ///
+    /// # Errors
+    /// Protocol violations.
+    pub fn has_input(&mut self) -> Result<bool> {
+        if let Some(c) = &self.current {
+            let (pos, fin) = c.writer_position()?;
+            if pos > c.read_position() || fin {
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        self.channel.has_next()
+    }
+
+    /// The record [`poll`](Self::poll) just returned: borrowed in place from shared memory,
+    /// or from the reassembly buffer when it spanned segments.
+    ///
+    /// # Panics
+    /// If the last poll did not return [`Step::Record`].
+    pub fn record(&self) -> &[u8] {
+        match self.last {
+            Last::InPlace { offset, len } => {
+                self.current.as_ref().expect("the record's segment is still held").bytes_at(offset, len)
+            }
+            Last::Spanned => &self.span,
+            Last::None => panic!("no record: the last poll did not return Step::Record"),
+        }
+    }
+}
