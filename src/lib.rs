@@ -14,7 +14,9 @@
 //!
 //! Layers, each using only those below it: [`sync`] (atomics, futex, wait policy) ←
 //! [`memory`] (arena, layout, segments) ← [`buffer`] (pools, builder/consumer) ← [`ring`]
-//! (SPSC rings, descriptors, channels).
+//! (SPSC rings, descriptors, channels, notify sets) ← [`record`] (wire format) ←
+//! [`partition`] (ResultPartition, RecordWriter, selectors, directory) ← [`gate`]
+//! (SingleInputGate, UnionInputGate) ← [`environment`] (ShuffleEnvironment).
 //!
 //! Invariants that hold everywhere:
 //! - nothing in the arena is a pointer; every index or offset read from it is validated;
@@ -24,12 +26,15 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+pub mod environment;
 pub mod error;
 pub mod event;
+pub mod gate;
 pub mod memory;
 pub mod partition;
 pub mod record;
 pub mod ring;
 pub mod sync;
 
+pub use environment::ShuffleEnvironment;
 pub use error::{ArenaError, Error, Result};

@@ -338,9 +338,9 @@ impl Arena {
     }
 
     fn shm_path(name: &str) -> Result<PathBuf, ArenaError> {
-        if name.is_empty() || name.len() > 200 || name.contains('/') || name.starts_with('.') {
+        if name.is_empty() || name.len() > 200 || name.contains(['/', '\0']) || name.starts_with('.') {
             return Err(ArenaError::Config(format!(
-                "arena name {name:?} must be 1..=200 characters without '/' and not start with '.'"
+                "arena name {name:?} must be 1..=200 characters without '/' or NUL and not start with '.'"
             )));
         }
         Ok(PathBuf::from("/dev/shm").join(name))

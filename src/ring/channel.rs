@@ -525,6 +525,18 @@ impl ChannelReader {
         self.poll_data()
     }
 
+    /// Next descriptor of the priority ring only.
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll).
+    pub fn poll_priority(&mut self) -> Result<Option<Descriptor>> {
+        let count = self.arena.segment_count();
+        let place = self.place.clone();
+        let place = || place.clone();
+        let pr = ring(&self.arena, self.id, RingKind::Priority);
+        Self::pop_from(&mut self.priority, &pr, count, &place)
+    }
+
     /// Next descriptor of the data ring only (priority events are left where they are).
     ///
     /// # Errors

@@ -1,0 +1,92 @@
+//! `ShuffleEnvironment`: the per-process entry point (Flink's NettyShuffleEnvironment).
+//!
+//! A worker needs only the arena and plain descriptors ([`ResultPartitionConfig`],
+//! [`InputGateConfig`]) to take part: the environment creates partitions and gates from
+//! them; consumers find producers through the directory in the arena.
+
+use crate::error::Result;
+use crate::gate::{InputGateConfig, SingleInputGate, UnionInputGate};
+use crate::memory::Arena;
+use crate::partition::{
+    BufferTimeout, ChannelSelector, RecordWriter, ResultPartition, ResultPartitionConfig, ResultPartitionManager,
+};
+use std::sync::Arc;
+
+/// The shuffle environment of one process.
+#[derive(Debug, Clone)]
+pub struct ShuffleEnvironment {
+    arena: Arc<Arena>,
+    worker: u32,
+    manager: ResultPartitionManager,
+}
+
+impl ShuffleEnvironment {
+    /// An environment over `arena` for worker slot `worker`.
+    pub fn new(arena: Arc<Arena>, worker: u32) -> Self {
+        let manager = ResultPartitionManager::new(arena.clone());
+        Self { arena, worker, manager }
+    }
+
+    /// Attaches to the arena passed down by the parent process (see
+    /// [`Arena::inherit_fd_into`]).
+    ///
+    /// # Errors
+    /// As [`Arena::attach_inherited`].
+    pub fn attach_inherited(worker: u32) -> Result<Self> {
+        Ok(Self::new(Arc::new(Arena::attach_inherited()?), worker))
+    }
+
+    /// The arena.
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    /// This process's worker slot.
+    pub fn worker(&self) -> u32 {
+        self.worker
+    }
+
+    /// The partition directory.
+    pub fn partition_manager(&self) -> &ResultPartitionManager {
+        &self.manager
+    }
+
+    /// Creates and registers a result partition (the ResultPartitionFactory).
+    ///
+    /// # Errors
+    /// As [`ResultPartition::new`].
+    pub fn create_result_partition(&self, cfg: &ResultPartitionConfig) -> Result<ResultPartition> {
+        let mut cfg = cfg.clone();
+        cfg.worker = self.worker;
+        ResultPartition::new(self.arena.clone(), &cfg)
+    }
+
+    /// Creates a partition and a record writer over it.
+    ///
+    /// # Errors
+    /// As [`ResultPartition::new`] and [`RecordWriter::new`].
+    pub fn create_record_writer<R: ?Sized, S: ChannelSelector<R>>(
+        &self,
+        cfg: &ResultPartitionConfig,
+        selector: S,
+        timeout: BufferTimeout,
+    ) -> Result<RecordWriter<S>> {
+        RecordWriter::new(self.create_result_partition(cfg)?, selector, timeout)
+    }
+
+    /// Creates an input gate (the SingleInputGateFactory).
+    ///
+    /// # Errors
+    /// As [`SingleInputGate::new`].
+    pub fn create_input_gate(&self, cfg: &InputGateConfig) -> Result<SingleInputGate> {
+        SingleInputGate::new(self.arena.clone(), cfg)
+    }
+
+    /// Creates a union of gates.
+    ///
+    /// # Errors
+    /// As [`UnionInputGate::new`].
+    pub fn create_union_gate(&self, cfgs: &[InputGateConfig]) -> Result<UnionInputGate> {
+        UnionInputGate::new(self.arena.clone(), cfgs)
+    }
+}

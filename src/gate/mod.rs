@@ -1,0 +1,16 @@
+//! The consumer side of the network stack: input gates and their channels.
+//!
+//! ```text
+//!  producer partitions (other processes)                  this task
+//!  subpartition --channel block--> LocalInputChannel --\
+//!  subpartition --channel block--> LocalInputChannel ---+--> SingleInputGate --> records
+//!  producers mark the gate's notify set and wake it only  |      (&[u8] in place) and events
+//!  when it parks; the gate serves marked channels round-robin and never scans the others
+//!  UnionInputGate: several gates sharing one notify set
+//! ```
+
+mod single;
+mod union;
+
+pub use single::{GateItem, InputGateConfig, InputSpec, Overtaken, SingleInputGate};
+pub use union::UnionInputGate;

@@ -1,0 +1,601 @@
+//! `SingleInputGate` with one local input channel per producer subpartition it reads.
+
+use crate::error::{Error, Result};
+use crate::event::{CheckpointBarrier, Event};
+use crate::memory::Arena;
+use crate::partition::{RequestBackoff, ResultPartitionId, ResultPartitionManager};
+use crate::record::{RecordReader, Step, LEN_PREFIX};
+use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
+use crate::sync::{now_nanos, Ordering, WaitOutcome, WaitPolicy, Waiter};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One channel of a gate: which subpartition of which partition it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSpec {
+    /// The producer's partition.
+    pub partition: ResultPartitionId,
+    /// The subpartition this gate reads.
+    pub subpartition: u32,
+}
+
+/// How to create a gate (a plain descriptor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputGateConfig {
+    /// One channel per entry, in this order.
+    pub inputs: Vec<InputSpec>,
+    /// Exclusive credits per channel (Flink: buffers-per-channel, 2).
+    pub exclusive_credits: u32,
+    /// Floating credits of the gate, granted to channels with the largest backlog (8).
+    pub floating_credits: u32,
+    /// How the gate waits for input.
+    pub wait_policy: WaitPolicy,
+    /// Partition request backoff while producers have not registered yet.
+    pub backoff: RequestBackoff,
+    /// Records served from one channel before moving to the next (fairness).
+    pub batch: u32,
+}
+
+impl InputGateConfig {
+    /// Flink's defaults over `inputs`.
+    pub fn new(inputs: Vec<InputSpec>) -> Self {
+        Self {
+            inputs,
+            exclusive_credits: 2,
+            floating_credits: 8,
+            wait_policy: WaitPolicy::adaptive(),
+            backoff: RequestBackoff::default(),
+            batch: 64,
+        }
+    }
+}
+
+/// Data an unaligned barrier overtook: bytes `[from, to)` of `segment` still unread on
+/// `channel` (the in-flight data a checkpoint must persist as channel state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overtaken {
+    /// Channel index in the gate.
+    pub channel: u32,
+    /// Segment index.
+    pub segment: u32,
+    /// First unread byte.
+    pub from: u32,
+    /// End of the published bytes.
+    pub to: u32,
+}
+
+/// What a gate hands out.
+#[derive(Debug)]
+pub enum GateItem<'a> {
+    /// A record, borrowed from shared memory (or from the reassembly buffer when it spanned
+    /// segments).
+    Record {
+        /// Channel index in the gate.
+        channel: u32,
+        /// Payload.
+        data: &'a [u8],
+    },
+    /// A user event from one channel.
+    Event {
+        /// Channel index.
+        channel: u32,
+        /// The event.
+        event: Event,
+    },
+    /// Every channel sent EndOfData.
+    EndOfData,
+    /// Aligned checkpoint barrier: it arrived on every live channel (each was blocked after
+    /// its barrier until then).
+    Barrier(CheckpointBarrier),
+    /// An unaligned barrier arrived on `channel`, overtaking `overtaken`.
+    UnalignedBarrier {
+        /// Channel index.
+        channel: u32,
+        /// The barrier.
+        barrier: CheckpointBarrier,
+        /// In-flight data it overtook on that channel.
+        overtaken: Vec<Overtaken>,
+    },
+    /// Every channel reached EndOfPartition: the input is over.
+    End,
+}
+
+/// What `advance` prepared, before borrowing.
+pub(crate) enum Ready {
+    Record(u32),
+    Item(GateItem<'static>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelState {
+    Active,
+    Blocked,
+    Finished,
+}
+
+struct InputChannel {
+    reader: RecordReader,
+    state: ChannelState,
+    queued: bool,
+    floating: u32,
+    end_of_data: bool,
+    served: u32,
+}
+
+/// A gate over local input channels.
+pub struct SingleInputGate {
+    arena: Arc<Arena>,
+    manager: ResultPartitionManager,
+    set_id: u32,
+    owns_set: bool,
+    base: u32,
+    channels: Vec<InputChannel>,
+    ready: VecDeque<u32>,
+    floating_free: Rc<Cell<u32>>,
+    waiter: Waiter,
+    batch: u32,
+    finished: u32,
+    end_of_data: u32,
+    end_of_data_sent: bool,
+    ended: bool,
+    aligning: Option<(CheckpointBarrier, u32)>,
+    wanting: Vec<u32>,
+    /// Nanoseconds spent waiting for input.
+    pub idle_ns: u64,
+}
+
+impl std::fmt::Debug for SingleInputGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SingleInputGate(set {}, {} channels)", self.set_id, self.channels.len())
+    }
+}
+
+impl SingleInputGate {
+    /// Creates a gate: looks every partition up (with the request backoff), opens its
+    /// channel, routes its wake-ups here and grants the exclusive credits.
+    ///
+    /// # Errors
+    /// [`Error::PartitionNotFound`] / [`Error::PartitionReleased`], a subpartition out of
+    /// range, [`Error::OutOfSlots`] when no gate block is free.
+    pub fn new(arena: Arc<Arena>, cfg: &InputGateConfig) -> Result<Self> {
+        let manager = ResultPartitionManager::new(arena.clone());
+        let n = cfg.inputs.len() as u32;
+        let set_id = manager.claim_gate(n)?;
+        match Self::with_set(arena, cfg, set_id, 0) {
+            Ok(mut g) => {
+                g.owns_set = true;
+                Ok(g)
+            }
+            Err(e) => {
+                manager.release_gate(set_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// A gate whose channels are members `base..base + n` of notify set `set_id` (shared
+    /// with other gates of a [`UnionInputGate`](super::UnionInputGate)).
+    pub(crate) fn with_set(arena: Arc<Arena>, cfg: &InputGateConfig, set_id: u32, base: u32) -> Result<Self> {
+        if cfg.inputs.is_empty() {
+            return Err(Error::Invalid { what: "input gate", detail: "no input channels".into() });
+        }
+        let cap = arena.config().ring_capacity;
+        let max_credit = cfg.exclusive_credits + cfg.floating_credits;
+        if cfg.exclusive_credits == 0 || max_credit >= cap {
+            return Err(Error::Invalid {
+                what: "credits",
+                detail: format!(
+                    "exclusive {} (at least 1) + floating {} must stay below the ring capacity {cap}",
+                    cfg.exclusive_credits, cfg.floating_credits
+                ),
+            });
+        }
+        let manager = ResultPartitionManager::new(arena.clone());
+        let floating_free = Rc::new(Cell::new(cfg.floating_credits));
+        let mut channels = Vec::with_capacity(cfg.inputs.len());
+        for (i, spec) in cfg.inputs.iter().enumerate() {
+            let info = manager.lookup(spec.partition, cfg.backoff)?;
+            if spec.subpartition >= info.num_subpartitions {
+                return Err(Error::Invalid {
+                    what: "subpartition",
+                    detail: format!(
+                        "{} of partition {} which has {}",
+                        spec.subpartition, spec.partition, info.num_subpartitions
+                    ),
+                });
+            }
+            let reader =
+                ChannelReader::open_with_floating(arena.clone(), info.first_channel + spec.subpartition, floating_free.clone())?;
+            reader.set_gate(set_id, base + i as u32);
+            reader.grant(cfg.exclusive_credits)?;
+            channels.push(InputChannel {
+                reader: RecordReader::new(reader),
+                state: ChannelState::Active,
+                queued: true,
+                floating: 0,
+                end_of_data: false,
+                served: 0,
+            });
+        }
+        let ready = (0..channels.len() as u32).collect();
+        Ok(Self {
+            arena,
+            manager,
+            set_id,
+            owns_set: false,
+            base,
+            channels,
+            ready,
+            floating_free,
+            waiter: Waiter::new(cfg.wait_policy),
+            batch: cfg.batch.max(1),
+            finished: 0,
+            end_of_data: 0,
+            end_of_data_sent: false,
+            ended: false,
+            aligning: None,
+            wanting: Vec::new(),
+            idle_ns: 0,
+        })
+    }
+
+    /// Number of channels.
+    pub fn num_channels(&self) -> u32 {
+        self.channels.len() as u32
+    }
+
+    /// Whether every channel reached EndOfPartition.
+    pub fn is_finished(&self) -> bool {
+        self.ended
+    }
+
+    /// Records read so far on channel `c`.
+    pub fn records_read(&self, c: u32) -> u64 {
+        self.channels.get(c as usize).map_or(0, |ch| ch.reader.records)
+    }
+
+    /// Floating credits not assigned to any channel now.
+    pub fn floating_available(&self) -> u32 {
+        self.floating_free.get()
+    }
+
+    /// Floating credits held by channel `c`.
+    pub fn floating_held(&self, c: u32) -> u32 {
+        self.channels.get(c as usize).map_or(0, |ch| ch.floating)
+    }
+
+    /// Queues member `local` (marked by its producer) for service.
+    pub(crate) fn enqueue(&mut self, local: u32) {
+        if let Some(ch) = self.channels.get_mut(local as usize) {
+            if !ch.queued && ch.state != ChannelState::Finished {
+                ch.queued = true;
+                self.ready.push_back(local);
+            }
+            if ch.reader.channel().credit_wanted() {
+                self.wanting.push(local);
+            }
+        }
+    }
+
+    fn collect_marks(&mut self) -> Result<()> {
+        let set = NotifySet::new(&self.arena, self.set_id)?;
+        let base = self.base;
+        let n = self.channels.len() as u32;
+        let mut marked = Vec::new();
+        set.drain(base + n, |i| {
+            if i >= base {
+                marked.push(i - base)
+            }
+        });
+        for i in marked {
+            self.enqueue(i);
+        }
+        self.grant_floating()
+    }
+
+    /// Grants floating credits to channels whose producers want credit, largest backlog
+    /// first.
+    pub(crate) fn grant_floating(&mut self) -> Result<()> {
+        if self.wanting.is_empty() {
+            return Ok(());
+        }
+        let mut wanting = std::mem::take(&mut self.wanting);
+        wanting.sort_unstable();
+        wanting.dedup();
+        // Relaxed: a statistic written by the producer; only orders our choice.
+        wanting.sort_by_key(|&c| std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed)));
+        for c in wanting.drain(..) {
+            if self.floating_free.get() == 0 {
+                break;
+            }
+            let ch = &mut self.channels[c as usize];
+            if ch.state == ChannelState::Finished || !ch.reader.channel().credit_wanted() {
+                continue;
+            }
+            ch.reader.channel().grant(1)?;
+            ch.floating += 1;
+            self.floating_free.set(self.floating_free.get() - 1);
+        }
+        self.wanting = wanting;
+        Ok(())
+    }
+
+    fn maybe_revoke(&mut self, c: usize) {
+        let ch = &mut self.channels[c];
+        if ch.floating > 0 && !ch.reader.channel().credit_wanted() {
+            ch.reader.channel().credit_return().revoke(ch.floating);
+            ch.floating = 0;
+        }
+    }
+
+    fn live_channels(&self) -> u32 {
+        self.channels.len() as u32 - self.finished
+    }
+
+    fn overtaken(&mut self, c: usize) -> Result<Vec<Overtaken>> {
+        let ch = &mut self.channels[c];
+        let mut out = Vec::new();
+        if let Some((segment, from, to)) = ch.reader.unread_in_current()? {
+            if to > from {
+                out.push(Overtaken { channel: c as u32, segment, from, to });
+            }
+        }
+        for d in ch.reader.channel_mut().queued_data()? {
+            if let Descriptor::Buffer(s) = d {
+                let ctl = self.arena.control(s, || format!("channel {c}"))?;
+                // Acquire: pairs with the writer's Release commit (we report what is there).
+                let to = ctl.position.load(Ordering::Acquire) & crate::memory::POSITION_MASK;
+                out.push(Overtaken { channel: c as u32, segment: s, from: 0, to: to.min(self.arena.segment_size()) });
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_user_event(&self, c: usize, segment: u32) -> Result<Event> {
+        let mut cons = self.channels[c].reader.channel().consumer(segment);
+        let (bytes, fin) = cons.peek_final()?;
+        let bad = |d: &str| Error::ProtocolViolation { place: format!("channel {c}"), detail: d.into() };
+        if !fin || bytes.len() < LEN_PREFIX {
+            return Err(bad("user event segment not finished or too short"));
+        }
+        let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+        let body = bytes.get(LEN_PREFIX..LEN_PREFIX + len).ok_or_else(|| bad("user event longer than its segment"))?;
+        Ok(Event::User(body.to_vec()))
+    }
+
+    fn on_event(&mut self, c: usize, d: Descriptor) -> Result<Option<Ready>> {
+        match d {
+            Descriptor::Event(EventCode::EndOfPartition) => {
+                let ch = &mut self.channels[c];
+                if ch.state != ChannelState::Finished {
+                    ch.state = ChannelState::Finished;
+                    let had_eod = ch.end_of_data;
+                    self.finished += 1;
+                    if !had_eod {
+                        self.end_of_data += 1;
+                    }
+                    let floating = std::mem::take(&mut self.channels[c].floating);
+                    self.floating_free.set(self.floating_free.get() + floating);
+                    self.grant_floating()?;
+                }
+                if let Some(r) = self.check_alignment()? {
+                    return Ok(Some(r));
+                }
+                if self.end_of_data == self.channels.len() as u32 && !self.end_of_data_sent && self.finished < self.channels.len() as u32 {
+                    self.end_of_data_sent = true;
+                    return Ok(Some(Ready::Item(GateItem::EndOfData)));
+                }
+                if self.finished == self.channels.len() as u32 {
+                    self.ended = true;
+                    return Ok(Some(Ready::Item(GateItem::End)));
+                }
+                Ok(None)
+            }
+            Descriptor::Event(EventCode::EndOfData) => {
+                let ch = &mut self.channels[c];
+                if !ch.end_of_data {
+                    ch.end_of_data = true;
+                    self.end_of_data += 1;
+                }
+                if self.end_of_data == self.channels.len() as u32 && !self.end_of_data_sent {
+                    self.end_of_data_sent = true;
+                    return Ok(Some(Ready::Item(GateItem::EndOfData)));
+                }
+                Ok(None)
+            }
+            Descriptor::Event(EventCode::ProducerFailed) => {
+                Err(Error::ProducerFailed { channel: self.channels[c].reader.channel().id() })
+            }
+            Descriptor::EventBuffer(s) => {
+                let event = self.read_user_event(c, s)?;
+                Ok(Some(Ready::Item(GateItem::Event { channel: c as u32, event })))
+            }
+            Descriptor::Barrier(b) if b.unaligned => {
+                // An unaligned barrier that arrived in the data ring (its priority copy is
+                // what counts): nothing to do in order.
+                Ok(None)
+            }
+            Descriptor::Barrier(b) => {
+                match self.aligning {
+                    Some((cur, _)) if cur.checkpoint_id > b.checkpoint_id => return Ok(None), // stale
+                    Some((cur, _)) if cur.checkpoint_id == b.checkpoint_id => {}
+                    _ => {
+                        // A newer checkpoint aborts the alignment in progress.
+                        for ch in &mut self.channels {
+                            if ch.state == ChannelState::Blocked {
+                                ch.state = ChannelState::Active;
+                            }
+                        }
+                        self.aligning = Some((b, 0));
+                    }
+                }
+                self.channels[c].state = ChannelState::Blocked;
+                if let Some((_, n)) = self.aligning.as_mut() {
+                    *n += 1;
+                }
+                self.check_alignment()
+            }
+            Descriptor::Buffer(_) => unreachable!("buffers are read by the record reader"),
+        }
+    }
+
+    fn check_alignment(&mut self) -> Result<Option<Ready>> {
+        if let Some((b, n)) = self.aligning {
+            if n >= self.live_channels() {
+                self.aligning = None;
+                for (i, ch) in self.channels.iter_mut().enumerate() {
+                    if ch.state == ChannelState::Blocked {
+                        ch.state = ChannelState::Active;
+                        if !ch.queued {
+                            ch.queued = true;
+                            self.ready.push_back(i as u32);
+                        }
+                    }
+                }
+                return Ok(Some(Ready::Item(GateItem::Barrier(b))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Serves ready channels until something is ready to hand out.
+    pub(crate) fn advance_ready(&mut self) -> Result<Option<Ready>> {
+        let mut budget = self.ready.len() * 2 + 2;
+        while let Some(&c) = self.ready.front() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let ci = c as usize;
+            let ch = &mut self.channels[ci];
+            if ch.state == ChannelState::Finished {
+                ch.queued = false;
+                self.ready.pop_front();
+                continue;
+            }
+            // Priority events first: unaligned barriers overtake everything, even a
+            // channel blocked by an aligned barrier.
+            let pr = ch.reader.channel_mut().poll_priority()?;
+            if let Some(Descriptor::Barrier(b)) = pr {
+                let overtaken = self.overtaken(ci)?;
+                return Ok(Some(Ready::Item(GateItem::UnalignedBarrier { channel: c, barrier: b, overtaken })));
+            } else if let Some(d) = pr {
+                if let Some(r) = self.on_event(ci, d)? {
+                    return Ok(Some(r));
+                }
+                continue;
+            }
+            let ch = &mut self.channels[ci];
+            if ch.state == ChannelState::Blocked {
+                ch.queued = false;
+                self.ready.pop_front();
+                continue;
+            }
+            match ch.reader.poll()? {
+                Step::Record => {
+                    ch.served += 1;
+                    if ch.served >= self.batch {
+                        ch.served = 0;
+                        self.ready.rotate_left(1);
+                    }
+                    return Ok(Some(Ready::Record(c)));
+                }
+                Step::Event(d) => {
+                    if let Some(r) = self.on_event(ci, d)? {
+                        return Ok(Some(r));
+                    }
+                }
+                Step::Empty => {
+                    ch.queued = false;
+                    ch.served = 0;
+                    let b = ch.reader.channel().block();
+                    // Relaxed (both): statistics for observers.
+                    b.records_in.store(ch.reader.records, Ordering::Relaxed);
+                    b.bytes_in.store(ch.reader.bytes, Ordering::Relaxed);
+                    self.ready.pop_front();
+                    self.maybe_revoke(ci);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn advance(&mut self) -> Result<Option<Ready>> {
+        if self.ended {
+            return Ok(Some(Ready::Item(GateItem::End)));
+        }
+        if let Some(r) = self.advance_ready()? {
+            return Ok(Some(r));
+        }
+        if self.owns_set {
+            self.collect_marks()?;
+            return self.advance_ready();
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn materialize(&self, r: Ready) -> GateItem<'_> {
+        match r {
+            Ready::Record(c) => GateItem::Record { channel: c, data: self.channels[c as usize].reader.record() },
+            Ready::Item(i) => i,
+        }
+    }
+
+    /// The next record or event if one is ready now, without waiting.
+    ///
+    /// # Errors
+    /// Protocol violations, a failed producer.
+    pub fn poll_next(&mut self) -> Result<Option<GateItem<'_>>> {
+        match self.advance()? {
+            Some(r) => Ok(Some(self.materialize(r))),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.ready.is_empty() || self.ended
+    }
+
+    /// The next record or event, parking on the gate's wake-up when there is none (one
+    /// wake-up for all channels). After [`GateItem::End`] it keeps answering `End`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`, protocol violations, a failed producer.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<GateItem<'_>> {
+        let start = now_nanos();
+        let deadline = timeout.map(|t| start + t.as_nanos() as u64);
+        loop {
+            if let Some(r) = self.advance()? {
+                return Ok(self.materialize(r));
+            }
+            let arena = self.arena.clone();
+            let set = NotifySet::new(&arena, self.set_id)?;
+            let members = self.base + self.channels.len() as u32;
+            let remaining = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_nanos())));
+            let t0 = now_nanos();
+            let out = self.waiter.wait(set.wake(), remaining, || set.any(members).then_some(()));
+            self.idle_ns += now_nanos().saturating_sub(t0);
+            if out == WaitOutcome::TimedOut {
+                return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
+            }
+        }
+    }
+}
+
+impl Drop for SingleInputGate {
+    fn drop(&mut self) {
+        if !self.ended {
+            for ch in &self.channels {
+                if ch.state != ChannelState::Finished {
+                    ch.reader.channel().close();
+                }
+            }
+        }
+        if self.owns_set {
+            self.manager.release_gate(self.set_id);
+        }
+    }
+}
