@@ -43,7 +43,7 @@ fn records_arrive_in_order_and_segments_return() {
         buf[..8].copy_from_slice(&i.to_le_bytes());
         w.write(&buf[..8 + (i % 50) as usize]).unwrap();
         if i % 1000 == 0 {
-            w.flush();
+            w.flush().unwrap();
         }
     }
     w.finish().unwrap();

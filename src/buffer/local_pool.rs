@@ -54,6 +54,8 @@ pub struct LocalBufferPool {
     outstanding: Vec<u64>,
     outstanding_count: u32,
     per_channel: Vec<u32>,
+    /// Channel each outstanding segment was requested for (absent: no channel).
+    by_channel: std::collections::HashMap<u32, u32>,
     /// Nanoseconds spent blocked in `request_blocking` (back-pressured time).
     pub blocked_ns: u64,
 }
@@ -91,6 +93,7 @@ impl LocalBufferPool {
             outstanding: vec![0; words],
             outstanding_count: 0,
             per_channel: vec![0; config.channels as usize],
+            by_channel: std::collections::HashMap::new(),
             blocked_ns: 0,
         };
         for _ in 0..config.min {
@@ -171,6 +174,7 @@ impl LocalBufferPool {
         self.outstanding_count += 1;
         if let Some(c) = channel {
             self.per_channel[c as usize] += 1;
+            self.by_channel.insert(seg.index(), c);
         }
         Ok(Some(seg))
     }
@@ -217,13 +221,13 @@ impl LocalBufferPool {
         }
     }
 
-    /// Takes back segment `index` that this pool handed out for `channel` (None: no
-    /// channel), after its last reader released it. The index came from shared memory and
+    /// Takes back segment `index` that this pool handed out, after its last reader
+    /// released it. The index came from shared memory and
     /// is checked: a segment this pool does not have outstanding is a protocol violation.
     ///
     /// # Errors
     /// [`Error::ProtocolViolation`] for an index out of range or not outstanding here.
-    pub fn recycle_index(&mut self, index: u32, channel: Option<u32>) -> Result<()> {
+    pub fn recycle_index(&mut self, index: u32) -> Result<()> {
         let i = index as usize;
         if index >= self.arena().segment_count() || self.outstanding[i / 64] & (1 << (i % 64)) == 0 {
             return Err(Error::ProtocolViolation {
@@ -233,11 +237,7 @@ impl LocalBufferPool {
         }
         self.outstanding[i / 64] &= !(1 << (i % 64));
         self.outstanding_count -= 1;
-        if let Some(c) = channel {
-            if let Some(n) = self.per_channel.get_mut(c as usize) {
-                *n = n.saturating_sub(1);
-            }
-        }
+        self.uncount_channel(index);
         // SAFETY: the bit proved the segment was handed out by this pool and not returned
         // yet; the caller's recycle message says its last reader is done with it.
         let seg = unsafe { MemorySegment::from_index(self.arena().clone(), index) };
@@ -254,12 +254,18 @@ impl LocalBufferPool {
 
     /// Marks the handed-out segment `index` as given up for good (its reader died with
     /// it and recovery returned it to the network pool directly).
-    pub fn forget_outstanding(&mut self, index: u32, channel: Option<u32>) {
+    pub fn forget_outstanding(&mut self, index: u32) {
         let i = index as usize;
         if i / 64 < self.outstanding.len() && self.outstanding[i / 64] & (1 << (i % 64)) != 0 {
             self.outstanding[i / 64] &= !(1 << (i % 64));
             self.outstanding_count -= 1;
-            if let Some(n) = channel.and_then(|c| self.per_channel.get_mut(c as usize)) {
+            self.uncount_channel(index);
+        }
+    }
+
+    fn uncount_channel(&mut self, index: u32) {
+        if let Some(c) = self.by_channel.remove(&index) {
+            if let Some(n) = self.per_channel.get_mut(c as usize) {
                 *n = n.saturating_sub(1);
             }
         }

@@ -252,7 +252,7 @@ impl ChannelWriter {
                         self.credit += 1;
                     }
                     if let Some(s) = segment {
-                        pool.recycle_index(s, Some(self.id).filter(|&c| c < pool.config().channels))?;
+                        pool.recycle_index(s)?;
                     }
                 }
                 Credit::Grant(k) => {

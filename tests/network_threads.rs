@@ -1,0 +1,279 @@
+//! The network stack between threads of one process: partitions, record writers, gates,
+//! spanning records, broadcast, barriers. (Across processes: `tests/network_processes.rs`.)
+
+use shmflow::event::{CheckpointBarrier, Event};
+use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
+use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::partition::{
+    BroadcastPartitioner, BufferTimeout, RebalancePartitioner, RequestBackoff, ResultPartitionConfig, ResultPartitionId,
+    ResultPartitionType,
+};
+use shmflow::ShuffleEnvironment;
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Option<Duration> = Some(Duration::from_secs(30));
+
+fn arena() -> Arc<Arena> {
+    let cfg = ArenaConfig { segment_size: 4096, segment_count: 256, max_channels: 64, max_gates: 16, ..ArenaConfig::default() };
+    Arc::new(Arena::heap(&cfg).unwrap())
+}
+
+fn gate_cfg(producers: u32, sub: u32) -> InputGateConfig {
+    let mut g = InputGateConfig::new(
+        (0..producers).map(|p| InputSpec { partition: ResultPartitionId::new(p as u64, 0), subpartition: sub }).collect(),
+    );
+    g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
+    g
+}
+
+fn payload(p: u32, i: u64) -> Vec<u8> {
+    // Mostly small, sometimes spanning several segments.
+    let len = if i % 97 == 0 { 9000 + (i % 5) as usize * 1000 } else { 12 + (i % 40) as usize };
+    let mut v = vec![(i as u8) ^ (p as u8); len];
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    v[8..12].copy_from_slice(&p.to_le_bytes());
+    v
+}
+
+#[test]
+fn rebalance_two_producers_three_consumers_exactly_once_in_order() {
+    let arena = arena();
+    let n = 20_000u64;
+    let mut producers = Vec::new();
+    for p in 0..2u32 {
+        let a = arena.clone();
+        producers.push(std::thread::spawn(move || {
+            let env = ShuffleEnvironment::new(a, p);
+            let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(p as u64, 0), ResultPartitionType::PipelinedBounded, 3);
+            cfg.timeout = T;
+            let mut w = env
+                .create_record_writer::<[u8], _>(&cfg, RebalancePartitioner::new(p as u64), BufferTimeout::from_millis(1).unwrap())
+                .unwrap();
+            for i in 0..n {
+                w.emit(&payload(p, i)[..]).unwrap();
+            }
+            w.finish().unwrap();
+            let mut part = w.into_partition();
+            part.release_when_consumed(T).unwrap();
+            part.stats()
+        }));
+    }
+    let mut consumers = Vec::new();
+    for c in 0..3u32 {
+        let a = arena.clone();
+        consumers.push(std::thread::spawn(move || {
+            let env = ShuffleEnvironment::new(a, 10 + c);
+            let mut gate = env.create_input_gate(&gate_cfg(2, c)).unwrap();
+            let mut last = [None::<u64>; 2];
+            let mut count = 0u64;
+            loop {
+                match gate.next(T).unwrap() {
+                    GateItem::Record { channel, data } => {
+                        let i = u64::from_le_bytes(data[..8].try_into().unwrap());
+                        let p = u32::from_le_bytes(data[8..12].try_into().unwrap());
+                        assert_eq!(p, channel, "producer id matches the channel");
+                        assert_eq!(data, &payload(p, i)[..]);
+                        if let Some(prev) = last[p as usize] {
+                            assert!(i > prev, "order per channel: {i} after {prev}");
+                        }
+                        last[p as usize] = Some(i);
+                        count += 1;
+                    }
+                    GateItem::End => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            count
+        }));
+    }
+    let total: u64 = consumers.into_iter().map(|h| h.join().unwrap()).sum();
+    let stats: Vec<_> = producers.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(total, 2 * n);
+    assert!(stats.iter().all(|s| s.spanning_records > 0));
+    assert_eq!(arena.header_atomics().free_stack.len(), 256, "every segment is back");
+}
+
+#[test]
+fn broadcast_is_one_copy_read_by_every_consumer() {
+    let arena = arena();
+    let n = 10_000u64;
+    let a = arena.clone();
+    let producer = std::thread::spawn(move || {
+        let env = ShuffleEnvironment::new(a, 0);
+        let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, 3);
+        cfg.timeout = T;
+        let mut w =
+            env.create_record_writer::<[u8], _>(&cfg, BroadcastPartitioner, BufferTimeout::FullSegmentsOnly).unwrap();
+        let mut bytes = 0u64;
+        for i in 0..n {
+            let p = payload(0, i);
+            bytes += p.len() as u64 + 4;
+            w.emit(&p[..]).unwrap();
+        }
+        w.finish().unwrap();
+        let mut part = w.into_partition();
+        part.release_when_consumed(T).unwrap();
+        (part.stats(), bytes)
+    });
+    let mut consumers = Vec::new();
+    for c in 0..3u32 {
+        let a = arena.clone();
+        consumers.push(std::thread::spawn(move || {
+            let env = ShuffleEnvironment::new(a, 10 + c);
+            let mut gate = env.create_input_gate(&gate_cfg(1, c)).unwrap();
+            let mut next = 0u64;
+            loop {
+                match gate.next(T).unwrap() {
+                    GateItem::Record { data, .. } => {
+                        assert_eq!(data, &payload(0, next)[..]);
+                        next += 1;
+                    }
+                    GateItem::End => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            next
+        }));
+    }
+    for h in consumers {
+        assert_eq!(h.join().unwrap(), n);
+    }
+    let (stats, bytes) = producer.join().unwrap();
+    // One copy: the segments used are about bytes / segment size, not three times that.
+    assert!(stats.segments_out <= bytes / 4096 + 2, "{} segments for {bytes} bytes", stats.segments_out);
+    assert_eq!(arena.header_atomics().free_stack.len(), 256);
+}
+
+fn barrier(id: u64, unaligned: bool) -> Event {
+    Event::CheckpointBarrier(CheckpointBarrier { checkpoint_id: id, timestamp: id * 10, unaligned })
+}
+
+#[test]
+fn aligned_barrier_blocks_channels_until_all_arrive() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut parts = Vec::new();
+    for p in 0..2u64 {
+        let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(p, 0), ResultPartitionType::Pipelined, 1);
+        cfg.timeout = T;
+        parts.push(env.create_result_partition(&cfg).unwrap());
+    }
+    let mut gate = env.create_input_gate(&gate_cfg(2, 0)).unwrap();
+    // Producer 0: a, barrier 1, b.  Producer 1: x, y, barrier 1, z.
+    parts[0].emit(&b"a"[..], 0).unwrap();
+    parts[0].broadcast_event(&barrier(1, false)).unwrap();
+    parts[0].emit(&b"b"[..], 0).unwrap();
+    parts[0].flush_all().unwrap();
+    parts[1].emit(&b"x"[..], 0).unwrap();
+    parts[1].emit(&b"y"[..], 0).unwrap();
+    parts[1].flush_all().unwrap();
+    let mut seen = Vec::new();
+    while let Some(item) = gate.poll_next().unwrap() {
+        match item {
+            GateItem::Record { data, .. } => seen.push(String::from_utf8(data.to_vec()).unwrap()),
+            other => seen.push(format!("{other:?}")),
+        }
+    }
+    // Channel 0 is blocked after its barrier: "b" must not come out yet.
+    seen.sort();
+    assert_eq!(seen, vec!["a", "x", "y"]);
+    parts[1].broadcast_event(&barrier(1, false)).unwrap();
+    parts[1].emit(&b"z"[..], 0).unwrap();
+    parts[1].flush_all().unwrap();
+    let mut after = Vec::new();
+    while let Some(item) = gate.poll_next().unwrap() {
+        match item {
+            GateItem::Record { data, .. } => after.push(String::from_utf8(data.to_vec()).unwrap()),
+            GateItem::Barrier(b) => after.push(format!("barrier {}", b.checkpoint_id)),
+            other => after.push(format!("{other:?}")),
+        }
+    }
+    assert_eq!(after[0], "barrier 1", "the barrier comes out once aligned, before later data: {after:?}");
+    let mut rest = after[1..].to_vec();
+    rest.sort();
+    assert_eq!(rest, vec!["b", "z"]);
+    for p in &mut parts {
+        p.finish().unwrap();
+    }
+    assert!(matches!(gate.next(T).unwrap(), GateItem::End));
+}
+
+#[test]
+fn unaligned_barrier_overtakes_queued_data_and_reports_it() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::Pipelined, 1);
+    cfg.timeout = T;
+    let mut part = env.create_result_partition(&cfg).unwrap();
+    let mut gate = env.create_input_gate(&gate_cfg(1, 0)).unwrap();
+    for i in 0..10u64 {
+        part.emit(&i, 0).unwrap();
+    }
+    part.flush_all().unwrap();
+    part.broadcast_event(&barrier(7, true)).unwrap();
+    match gate.next(T).unwrap() {
+        GateItem::UnalignedBarrier { barrier, overtaken, .. } => {
+            assert_eq!(barrier.checkpoint_id, 7);
+            let bytes: u32 = overtaken.iter().map(|o| o.to - o.from).sum();
+            assert_eq!(bytes, 10 * 12, "ten 8-byte records with 4-byte prefixes overtaken");
+        }
+        other => panic!("expected the unaligned barrier first, got {other:?}"),
+    }
+    for i in 0..10u64 {
+        match gate.next(T).unwrap() {
+            GateItem::Record { data, .. } => assert_eq!(data, &i.to_le_bytes()[..]),
+            other => panic!("expected record {i}, got {other:?}"),
+        }
+    }
+    part.finish().unwrap();
+    assert!(matches!(gate.next(T).unwrap(), GateItem::End));
+}
+
+#[test]
+fn user_events_and_end_of_data_reach_the_gate() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::Pipelined, 1);
+    cfg.timeout = T;
+    let mut part = env.create_result_partition(&cfg).unwrap();
+    let mut gate = env.create_input_gate(&gate_cfg(1, 0)).unwrap();
+    part.emit("hello", 0).unwrap();
+    part.broadcast_event(&Event::User(b"tick".to_vec())).unwrap();
+    part.broadcast_event(&Event::EndOfData).unwrap();
+    part.finish().unwrap();
+    assert!(matches!(gate.next(T).unwrap(), GateItem::Record { data, .. } if data == b"hello"));
+    assert!(matches!(gate.next(T).unwrap(), GateItem::Event { event: Event::User(ref b), .. } if b == b"tick"));
+    assert!(matches!(gate.next(T).unwrap(), GateItem::EndOfData));
+    assert!(matches!(gate.next(T).unwrap(), GateItem::End));
+}
+
+#[test]
+fn blocking_partition_types_are_refused_clearly() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena, 0);
+    let cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::Blocking, 1);
+    let err = env.create_result_partition(&cfg).unwrap_err().to_string();
+    assert!(err.contains("not supported yet"), "{err}");
+}
+
+#[test]
+fn missing_partition_is_not_found_after_backoff_and_released_says_released() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut g = gate_cfg(1, 0);
+    g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_millis(8) };
+    let err = env.create_input_gate(&g).unwrap_err().to_string();
+    assert!(err.contains("not found"), "{err}");
+    let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::Pipelined, 1);
+    cfg.timeout = T;
+    let mut part = env.create_result_partition(&cfg).unwrap();
+    part.finish().unwrap();
+    {
+        let mut gate = env.create_input_gate(&g).unwrap();
+        assert!(matches!(gate.next(T).unwrap(), GateItem::End));
+    }
+    part.release_when_consumed(T).unwrap();
+    let err = env.create_input_gate(&g).unwrap_err().to_string();
+    assert!(err.contains("released"), "{err}");
+}
