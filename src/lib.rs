@@ -31,6 +31,7 @@ pub mod error;
 pub mod event;
 pub mod gate;
 pub mod memory;
+pub mod metrics;
 pub mod partition;
 pub mod record;
 pub mod ring;

@@ -277,3 +277,68 @@ fn missing_partition_is_not_found_after_backoff_and_released_says_released() {
     let err = env.create_input_gate(&g).unwrap_err().to_string();
     assert!(err.contains("released"), "{err}");
 }
+
+#[test]
+fn metrics_in_the_arena_show_a_slow_consumer() {
+    use shmflow::metrics::{channel_snapshot, in_pool_usage, out_pool_usage, task_snapshot, TaskMetricsHandle};
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, 1);
+    cfg.timeout = T;
+    let mut part = env.create_result_partition(&cfg).unwrap();
+    let task = TaskMetricsHandle::claim(arena.clone(), 0).unwrap();
+    part.set_task_metrics(task.clone());
+    let slot = part.info().slot;
+    let first = part.info().first_channel;
+    let a = arena.clone();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let consumer = std::thread::spawn(move || {
+        let env = ShuffleEnvironment::new(a.clone(), 1);
+        let mut gate = env.create_input_gate(&gate_cfg(1, 0)).unwrap();
+        go_rx.recv().unwrap(); // stay away until the producer is surely blocked
+        let mut n = 0u64;
+        while let GateItem::Record { .. } = gate.next(T).unwrap() {
+            n += 1;
+        }
+        n
+    });
+    // Fill credit (2 exclusive + floating) and block: a helper thread lets the consumer go
+    // once the producer's in-flight count stops growing.
+    let a2 = arena.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut last = 0;
+        let mut stable = 0;
+        for _ in 0..20_000 {
+            let s = channel_snapshot(&a2, first).unwrap();
+            if s.backlog == last && s.backlog > 0 {
+                stable += 1;
+            } else {
+                stable = 0;
+            }
+            last = s.backlog;
+            if stable > 200 {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let usage = (out_pool_usage(&a2, slot).unwrap(), in_pool_usage(&a2, 1).unwrap_or(0.0), last);
+        go_tx.send(()).unwrap();
+        usage
+    });
+    let rec = vec![7u8; 1000];
+    for _ in 0..2000 {
+        part.emit(&rec[..], 0).unwrap();
+    }
+    part.finish().unwrap();
+    let (out_usage, _in_usage, backlog) = watcher.join().unwrap();
+    assert_eq!(consumer.join().unwrap(), 2000);
+    part.release_when_consumed(T).unwrap();
+    assert!(backlog >= 2 && backlog <= 10, "in flight {backlog} within credit while blocked");
+    assert!(out_usage > 0.0, "the producer pool shows usage while blocked");
+    let snap = task_snapshot(&arena, task.slot()).unwrap();
+    assert!(snap.back_pressured_ns > 0, "back-pressured time is counted in the arena");
+    assert_eq!(snap.records_out, 2000);
+    let ch = channel_snapshot(&arena, first).unwrap();
+    assert_eq!(ch.records_in, 2000);
+    assert!(ch.buffers_in > 0 && ch.buffers_in == ch.buffers_out);
+}

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::event::{CheckpointBarrier, Event};
 use crate::memory::Arena;
+use crate::metrics::TaskMetricsHandle;
 use crate::partition::{RequestBackoff, ResultPartitionId, ResultPartitionManager};
 use crate::record::{RecordReader, Step, LEN_PREFIX};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
@@ -145,6 +146,8 @@ pub struct SingleInputGate {
     wanting: Vec<u32>,
     /// Nanoseconds spent waiting for input.
     pub idle_ns: u64,
+    task: Option<TaskMetricsHandle>,
+    reported: (u64, u64),
 }
 
 impl std::fmt::Debug for SingleInputGate {
@@ -221,6 +224,10 @@ impl SingleInputGate {
             });
         }
         let ready = (0..channels.len() as u32).collect();
+        // Relaxed: a statistic (the denominator of inPoolUsage).
+        arena.gates()[set_id as usize]
+            .credit_capacity
+            .fetch_add(cfg.exclusive_credits * channels.len() as u32 + cfg.floating_credits, Ordering::Relaxed);
         Ok(Self {
             arena,
             manager,
@@ -239,7 +246,24 @@ impl SingleInputGate {
             aligning: None,
             wanting: Vec::new(),
             idle_ns: 0,
+            task: None,
+            reported: (0, 0),
         })
+    }
+
+    /// Reports this gate's input and idle time to a task's metrics block.
+    pub fn set_task_metrics(&mut self, task: TaskMetricsHandle) {
+        // Relaxed: bookkeeping for observers.
+        self.arena.gates()[self.set_id as usize].consumer_task.store(task.slot() + 1, Ordering::Relaxed);
+        self.task = Some(task);
+    }
+
+    fn report(&mut self) {
+        if let Some(t) = &self.task {
+            let (r, b) = self.channels.iter().fold((0, 0), |(r, b), c| (r + c.reader.records, b + c.reader.bytes));
+            t.add_in(r - self.reported.0, b - self.reported.1);
+            self.reported = (r, b);
+        }
     }
 
     /// Number of channels.
@@ -372,6 +396,10 @@ impl SingleInputGate {
                 let ch = &mut self.channels[c];
                 if ch.state != ChannelState::Finished {
                     ch.state = ChannelState::Finished;
+                    let b = ch.reader.channel().block();
+                    // Relaxed (both): statistics for observers.
+                    b.records_in.store(ch.reader.records, Ordering::Relaxed);
+                    b.bytes_in.store(ch.reader.bytes, Ordering::Relaxed);
                     let had_eod = ch.end_of_data;
                     self.finished += 1;
                     if !had_eod {
@@ -390,6 +418,7 @@ impl SingleInputGate {
                 }
                 if self.finished == self.channels.len() as u32 {
                     self.ended = true;
+                    self.report();
                     return Ok(Some(Ready::Item(GateItem::End)));
                 }
                 Ok(None)
@@ -576,8 +605,13 @@ impl SingleInputGate {
             let members = self.base + self.channels.len() as u32;
             let remaining = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_nanos())));
             let t0 = now_nanos();
+            self.report();
             let out = self.waiter.wait(set.wake(), remaining, || set.any(members).then_some(()));
-            self.idle_ns += now_nanos().saturating_sub(t0);
+            let idle = now_nanos().saturating_sub(t0);
+            self.idle_ns += idle;
+            if let Some(t) = &self.task {
+                t.add_idle(idle);
+            }
             if out == WaitOutcome::TimedOut {
                 return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
             }

@@ -254,6 +254,9 @@ pub struct GateBlock {
     pub consumer_worker: AtomicU32,
     /// Consumer task metrics slot + 1.
     pub consumer_task: AtomicU32,
+    /// Credits the gate can hand out in all (exclusive per channel + floating): the
+    /// denominator of inPoolUsage.
+    pub credit_capacity: AtomicU32,
 }
 
 /// One process's liveness record.
@@ -290,8 +293,11 @@ pub struct TaskMetrics {
     pub back_pressured_ns: AtomicU64,
     /// Nanoseconds waiting for input.
     pub idle_ns: AtomicU64,
-    /// Nanoseconds since the task started (busy = this - idle - back-pressured).
-    pub running_ns: AtomicU64,
+    /// Monotonic nanoseconds when the task started (busy = now - start - idle -
+    /// back-pressured).
+    pub started_ns: AtomicU64,
+    /// Monotonic nanoseconds when the task ended (0 while running).
+    pub ended_ns: AtomicU64,
 }
 
 #[cfg(not(loom))]
@@ -301,5 +307,5 @@ const _: () = {
     assert!(size_of::<RingHeader>() == 256);
     assert!(size_of::<PartitionEntry>() == 64);
     assert!(size_of::<WorkerRecord>() == 24);
-    assert!(size_of::<TaskMetrics>() == 64);
+    assert!(size_of::<TaskMetrics>() == 72);
 };

@@ -249,8 +249,10 @@ impl ResultPartitionManager {
             // Acquire on success: after the previous user's release.
             if g.state.compare_exchange(GATE_FREE, GATE_OPEN, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 NotifySet::new(&self.arena, i as u32)?.reset();
-                // Relaxed: bookkeeping for tools.
+                // Relaxed (all): bookkeeping for tools, published with the gate's channels.
                 g.num_channels.store(members, Ordering::Relaxed);
+                g.credit_capacity.store(0, Ordering::Relaxed);
+                g.consumer_task.store(0, Ordering::Relaxed);
                 return Ok(i as u32);
             }
         }

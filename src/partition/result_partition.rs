@@ -22,6 +22,7 @@ use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::memory::Arena;
+use crate::metrics::TaskMetricsHandle;
 use crate::record::{write_record, write_spanning_head, Record, WriteOutcome, DEFAULT_MAX_RECORD, LEN_PREFIX};
 use crate::ring::{ChannelWriter, Descriptor, EventCode, NotifySet};
 use crate::sync::{now_nanos, Ordering, WaitOutcome, WaitPolicy, Waiter};
@@ -115,6 +116,8 @@ pub struct ResultPartition {
     finished: bool,
     released: bool,
     stats: PartitionStats,
+    task: Option<TaskMetricsHandle>,
+    reported: (u64, u64),
 }
 
 impl std::fmt::Debug for ResultPartition {
@@ -208,6 +211,8 @@ impl ResultPartition {
             finished: false,
             released: false,
             stats: PartitionStats::default(),
+            task: None,
+            reported: (0, 0),
         })
     }
 
@@ -234,6 +239,24 @@ impl ResultPartition {
             num_subpartitions: self.subs.len() as u32,
             first_channel: self.first_channel,
             state: if self.finished { PARTITION_FINISHED } else { super::manager::PARTITION_REGISTERED },
+        }
+    }
+
+    /// Reports this partition's output and back-pressured time to a task's metrics block.
+    pub fn set_task_metrics(&mut self, task: TaskMetricsHandle) {
+        // Relaxed: bookkeeping for observers.
+        self.arena.partitions()[self.slot as usize].producer_task.store(task.slot() + 1, Ordering::Relaxed);
+        self.task = Some(task);
+    }
+
+    fn report(&mut self) {
+        let e = &self.arena.partitions()[self.slot as usize];
+        // Relaxed: a statistic (outPoolUsage).
+        e.pool_segments.store(u64::from(self.pool.outstanding()), Ordering::Relaxed);
+        if let Some(t) = &self.task {
+            let (r, b) = self.reported;
+            t.add_out(self.stats.records_out - r, self.stats.bytes_out - b);
+            self.reported = (self.stats.records_out, self.stats.bytes_out);
         }
     }
 
@@ -301,7 +324,11 @@ impl ResultPartition {
         let start = now_nanos();
         let out = waiter.wait(set.wake(), self.timeout, || f(self).transpose());
         self.waiter = waiter;
-        self.stats.back_pressured_ns += now_nanos().saturating_sub(start);
+        let waited = now_nanos().saturating_sub(start);
+        self.stats.back_pressured_ns += waited;
+        if let Some(t) = &self.task {
+            t.add_back_pressured(waited);
+        }
         match out {
             WaitOutcome::Ready(r) => r,
             WaitOutcome::TimedOut => Err(Error::Timeout(self.timeout.unwrap_or_default(), what)),
@@ -317,6 +344,7 @@ impl ResultPartition {
             }
             p.pool.request(Some(c as u32))
         })?;
+        self.report();
         let b = BufferBuilder::new(seg, 1);
         let idx = b.index();
         let sub = &mut self.subs[c];
@@ -660,6 +688,7 @@ impl ResultPartition {
         }
         self.broadcast_event(&Event::EndOfPartition)?;
         self.finished = true;
+        self.report();
         self.manager.set_state(self.slot, PARTITION_FINISHED);
         Ok(())
     }

@@ -132,17 +132,15 @@ impl RingProducer {
         Ok(true)
     }
 
-    /// Free slots, as far as this side knows (refreshes when it looks full).
+    /// Free slots now (refreshes the consumer's head: one cross-core load, so this is for
+    /// slow paths such as events).
     pub fn free(&mut self, ring: &Ring<'_>) -> u64 {
-        let cap = ring.capacity();
-        if self.tail - self.cached_head >= cap {
-            // Acquire: as in `push`; a bad value is caught by the next push.
-            let head = ring.header.head.load(Ordering::Acquire);
-            if head >= self.cached_head && head <= self.tail {
-                self.cached_head = head;
-            }
+        // Acquire: as in `push`; a bad value is ignored here and caught by the next push.
+        let head = ring.header.head.load(Ordering::Acquire);
+        if head >= self.cached_head && head <= self.tail {
+            self.cached_head = head;
         }
-        cap - (self.tail - self.cached_head)
+        ring.capacity() - (self.tail - self.cached_head)
     }
 
     /// Entries pushed and (as far as we know) not consumed.

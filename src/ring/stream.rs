@@ -82,9 +82,7 @@ impl StreamWriter {
                 if channel.credit() == 0 {
                     return Ok(None);
                 }
-                // No per-channel share: the pool serves this one channel, its quota is the
-                // share, and `reclaim` credits returns to the channel id, not to index 0.
-                pool.request(None)
+                pool.request(Some(0))
             })();
             r.transpose()
         });

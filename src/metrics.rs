@@ -1,0 +1,280 @@
+//! Metrics that live in the arena, so any process (`shmflow top`, a test, a user's tool)
+//! can read them live without asking the job.
+//!
+//! ```text
+//!  ChannelBlock   records/bytes/buffers out (producer) and in (consumer), backlog (segments
+//!                 in flight), credit granted, credit wanted
+//!  PartitionEntry pool segments / pool max                      -> outPoolUsage
+//!  GateBlock      credit capacity; sum of its channels' backlog -> inPoolUsage
+//!  TaskMetrics    records/bytes in and out, idle and back-pressured nanoseconds, start
+//!                 -> busy / idle / back-pressured ms per second between two snapshots
+//! ```
+//!
+//! Writers add deltas with Relaxed read-modify-writes once per segment or per wait, never
+//! per record; readers take snapshots with Relaxed loads (counters, not synchronization).
+
+use crate::error::{Error, Result};
+use crate::memory::{Arena, TaskMetrics};
+use crate::sync::{now_nanos, Ordering};
+use std::sync::Arc;
+
+/// Task slot free.
+pub const TASK_FREE: u32 = 0;
+/// Task running.
+pub const TASK_RUNNING: u32 = 1;
+/// Task finished.
+pub const TASK_FINISHED: u32 = 2;
+/// Task failed.
+pub const TASK_FAILED: u32 = 3;
+
+/// A task's metrics block, claimed for as long as the handle lives.
+#[derive(Clone)]
+pub struct TaskMetricsHandle {
+    arena: Arc<Arena>,
+    slot: u32,
+}
+
+impl std::fmt::Debug for TaskMetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TaskMetricsHandle({})", self.slot)
+    }
+}
+
+impl TaskMetricsHandle {
+    /// Claims a free metrics block for a task of worker `worker`.
+    ///
+    /// # Errors
+    /// [`Error::OutOfSlots`] when every block is in use.
+    pub fn claim(arena: Arc<Arena>, worker: u32) -> Result<Self> {
+        for (i, t) in arena.task_metrics().iter().enumerate() {
+            // Acquire on success: after the previous user's last writes.
+            if t.state.compare_exchange(TASK_FREE, TASK_RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                for c in [&t.records_in, &t.records_out, &t.bytes_in, &t.bytes_out, &t.back_pressured_ns, &t.idle_ns] {
+                    // Relaxed: counters.
+                    c.store(0, Ordering::Relaxed);
+                }
+                // Relaxed (all): counters and bookkeeping.
+                t.ended_ns.store(0, Ordering::Relaxed);
+                t.started_ns.store(now_nanos(), Ordering::Relaxed);
+                t.worker.store(worker + 1, Ordering::Relaxed);
+                return Ok(Self { arena, slot: i as u32 });
+            }
+        }
+        Err(Error::OutOfSlots("task metrics block"))
+    }
+
+    /// The slot.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    fn block(&self) -> &TaskMetrics {
+        &self.arena.task_metrics()[self.slot as usize]
+    }
+
+    /// Adds output counts.
+    pub fn add_out(&self, records: u64, bytes: u64) {
+        let b = self.block();
+        // Relaxed (both): counters.
+        b.records_out.fetch_add(records, Ordering::Relaxed);
+        b.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds input counts.
+    pub fn add_in(&self, records: u64, bytes: u64) {
+        let b = self.block();
+        // Relaxed (both): counters.
+        b.records_in.fetch_add(records, Ordering::Relaxed);
+        b.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds back-pressured time.
+    pub fn add_back_pressured(&self, ns: u64) {
+        // Relaxed: counter.
+        self.block().back_pressured_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Adds idle time.
+    pub fn add_idle(&self, ns: u64) {
+        // Relaxed: counter.
+        self.block().idle_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Marks the task finished (or failed); the block stays readable until released.
+    pub fn end(&self, failed: bool) {
+        let b = self.block();
+        // Relaxed: bookkeeping read by observers.
+        b.ended_ns.store(now_nanos(), Ordering::Relaxed);
+        // Release: observers that see the state see the final counters.
+        b.state.store(if failed { TASK_FAILED } else { TASK_FINISHED }, Ordering::Release);
+    }
+
+    /// Returns the block to the arena.
+    pub fn release(self) {
+        // Release: our last writes happen-before the next claimer's.
+        self.block().state.store(TASK_FREE, Ordering::Release);
+    }
+}
+
+/// A task's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskSnapshot {
+    /// When the snapshot was taken (monotonic ns).
+    pub at_ns: u64,
+    /// Task state.
+    pub state: u32,
+    /// Records read.
+    pub records_in: u64,
+    /// Records written.
+    pub records_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Idle nanoseconds so far.
+    pub idle_ns: u64,
+    /// Back-pressured nanoseconds so far.
+    pub back_pressured_ns: u64,
+    /// Start (monotonic ns).
+    pub started_ns: u64,
+    /// End (monotonic ns), 0 while running.
+    pub ended_ns: u64,
+}
+
+/// Reads task block `slot`.
+pub fn task_snapshot(arena: &Arena, slot: u32) -> Option<TaskSnapshot> {
+    let t = arena.task_metrics().get(slot as usize)?;
+    // Relaxed (all): counters, read without ordering needs.
+    Some(TaskSnapshot {
+        at_ns: now_nanos(),
+        state: t.state.load(Ordering::Relaxed),
+        records_in: t.records_in.load(Ordering::Relaxed),
+        records_out: t.records_out.load(Ordering::Relaxed),
+        bytes_in: t.bytes_in.load(Ordering::Relaxed),
+        bytes_out: t.bytes_out.load(Ordering::Relaxed),
+        idle_ns: t.idle_ns.load(Ordering::Relaxed),
+        back_pressured_ns: t.back_pressured_ns.load(Ordering::Relaxed),
+        started_ns: t.started_ns.load(Ordering::Relaxed),
+        ended_ns: t.ended_ns.load(Ordering::Relaxed),
+    })
+}
+
+/// Flink's per-task time metrics between two snapshots, in ms per second, and rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TaskRates {
+    /// busyTimeMsPerSecond.
+    pub busy_ms_per_s: f64,
+    /// idleTimeMsPerSecond.
+    pub idle_ms_per_s: f64,
+    /// backPressuredTimeMsPerSecond.
+    pub back_pressured_ms_per_s: f64,
+    /// numRecordsInPerSecond.
+    pub records_in_per_s: f64,
+    /// numRecordsOutPerSecond.
+    pub records_out_per_s: f64,
+    /// numBytesInPerSecond.
+    pub bytes_in_per_s: f64,
+    /// numBytesOutPerSecond.
+    pub bytes_out_per_s: f64,
+}
+
+impl TaskRates {
+    /// Rates between `a` (earlier) and `b`.
+    pub fn between(a: &TaskSnapshot, b: &TaskSnapshot) -> Self {
+        let wall = b.at_ns.saturating_sub(a.at_ns).max(1) as f64;
+        let per_s = |x: u64, y: u64| y.saturating_sub(x) as f64 * 1e9 / wall;
+        let ms = |x: u64, y: u64| (y.saturating_sub(x) as f64 / wall * 1000.0).min(1000.0);
+        let idle = ms(a.idle_ns, b.idle_ns);
+        let bp = ms(a.back_pressured_ns, b.back_pressured_ns);
+        Self {
+            busy_ms_per_s: (1000.0 - idle - bp).max(0.0),
+            idle_ms_per_s: idle,
+            back_pressured_ms_per_s: bp,
+            records_in_per_s: per_s(a.records_in, b.records_in),
+            records_out_per_s: per_s(a.records_out, b.records_out),
+            bytes_in_per_s: per_s(a.bytes_in, b.bytes_in),
+            bytes_out_per_s: per_s(a.bytes_out, b.bytes_out),
+        }
+    }
+
+    /// Flink's back-pressure status: OK below 10%, LOW up to 50%, HIGH above.
+    pub fn back_pressure_status(&self) -> &'static str {
+        let ratio = self.back_pressured_ms_per_s / 1000.0;
+        if ratio <= 0.10 {
+            "OK"
+        } else if ratio <= 0.5 {
+            "LOW"
+        } else {
+            "HIGH"
+        }
+    }
+}
+
+/// One channel's shared counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    /// Channel block id.
+    pub channel: u32,
+    /// Segments published and not yet released (backlog / in flight).
+    pub backlog: u32,
+    /// Credit granted so far (cumulative grants).
+    pub credit_granted: u32,
+    /// The producer waits for credit here.
+    pub credit_wanted: bool,
+    /// numRecordsOut.
+    pub records_out: u64,
+    /// numBytesOut.
+    pub bytes_out: u64,
+    /// numBuffersOut.
+    pub buffers_out: u64,
+    /// numRecordsIn.
+    pub records_in: u64,
+    /// numBytesIn.
+    pub bytes_in: u64,
+    /// numBuffersIn.
+    pub buffers_in: u64,
+}
+
+/// Reads channel block `id`.
+pub fn channel_snapshot(arena: &Arena, id: u32) -> Option<ChannelSnapshot> {
+    let b = arena.channels().get(id as usize)?;
+    // Relaxed (all): counters.
+    Some(ChannelSnapshot {
+        channel: id,
+        backlog: b.backlog.load(Ordering::Relaxed),
+        credit_granted: b.credit_granted.load(Ordering::Relaxed),
+        credit_wanted: b.credit_wanted.load(Ordering::Relaxed) != 0,
+        records_out: b.records_out.load(Ordering::Relaxed),
+        bytes_out: b.bytes_out.load(Ordering::Relaxed),
+        buffers_out: b.buffers_out.load(Ordering::Relaxed),
+        records_in: b.records_in.load(Ordering::Relaxed),
+        bytes_in: b.bytes_in.load(Ordering::Relaxed),
+        buffers_in: b.buffers_in.load(Ordering::Relaxed),
+    })
+}
+
+/// outPoolUsage of the partition in directory slot `slot`: segments its pool holds out of
+/// its quota, in `0.0..=1.0`.
+pub fn out_pool_usage(arena: &Arena, slot: u32) -> Option<f64> {
+    let e = arena.partitions().get(slot as usize)?;
+    // Relaxed (both): counters.
+    let used = e.pool_segments.load(Ordering::Relaxed) as f64;
+    let max = e.pool_max.load(Ordering::Relaxed).max(1) as f64;
+    Some((used / max).min(1.0))
+}
+
+/// inPoolUsage of gate `gate`: segments in flight on its channels out of the credits it
+/// can grant, in `0.0..=1.0`.
+pub fn in_pool_usage(arena: &Arena, gate: u32) -> Option<f64> {
+    let g = arena.gates().get(gate as usize)?;
+    // Relaxed: a counter.
+    let cap = g.credit_capacity.load(Ordering::Relaxed).max(1) as f64;
+    let mut used = 0u64;
+    for b in arena.channels() {
+        // Relaxed (all): counters and routing read for a statistic.
+        if b.gate.load(Ordering::Relaxed) == gate + 1 {
+            used += u64::from(b.backlog.load(Ordering::Relaxed));
+        }
+    }
+    Some((used as f64 / cap).min(1.0))
+}
