@@ -123,6 +123,9 @@ pub enum Error {
     /// An arena region is full (no free channel block, directory entry, ...).
     #[error("no free {0} left in the arena; create it with a larger limit")]
     OutOfSlots(&'static str),
+    /// The task was cancelled (the job is shutting down).
+    #[error("cancelled")]
+    Cancelled,
     /// A partition that no producer registered (after the request backoff ran out).
     #[error("partition {0} not found (no producer registered it before the request backoff ran out)")]
     PartitionNotFound(String),

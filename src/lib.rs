@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod partition;
 pub mod record;
 pub mod ring;
+pub mod runtime;
 pub mod sync;
 
 pub use environment::ShuffleEnvironment;

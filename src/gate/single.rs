@@ -7,7 +7,7 @@ use crate::metrics::TaskMetricsHandle;
 use crate::partition::{RequestBackoff, ResultPartitionId, ResultPartitionManager};
 use crate::record::{RecordReader, Step, LEN_PREFIX};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
-use crate::sync::{now_nanos, Ordering, WaitOutcome, WaitPolicy, Waiter};
+use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, WaitPolicy, Waiter};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -148,6 +148,7 @@ pub struct SingleInputGate {
     pub idle_ns: u64,
     task: Option<TaskMetricsHandle>,
     reported: (u64, u64),
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for SingleInputGate {
@@ -248,7 +249,13 @@ impl SingleInputGate {
             idle_ns: 0,
             task: None,
             reported: (0, 0),
+            cancel: None,
         })
+    }
+
+    /// A flag that, once set, makes waiting end with [`Error::Cancelled`].
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
     }
 
     /// Reports this gate's input and idle time to a task's metrics block.
@@ -606,7 +613,15 @@ impl SingleInputGate {
             let remaining = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_nanos())));
             let t0 = now_nanos();
             self.report();
-            let out = self.waiter.wait(set.wake(), remaining, || set.any(members).then_some(()));
+            let cancel = self.cancel.clone();
+            let out = self.waiter.wait(set.wake(), remaining, || {
+                // Relaxed: a stop request.
+                (set.any(members) || cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))).then_some(())
+            });
+            // Relaxed: as above.
+            if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(Error::Cancelled);
+            }
             let idle = now_nanos().saturating_sub(t0);
             self.idle_ns += idle;
             if let Some(t) = &self.task {

@@ -25,7 +25,7 @@ use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::record::{write_record, write_spanning_head, Record, WriteOutcome, DEFAULT_MAX_RECORD, LEN_PREFIX};
 use crate::ring::{ChannelWriter, Descriptor, EventCode, NotifySet};
-use crate::sync::{now_nanos, Ordering, WaitOutcome, WaitPolicy, Waiter};
+use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, WaitPolicy, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +118,7 @@ pub struct ResultPartition {
     stats: PartitionStats,
     task: Option<TaskMetricsHandle>,
     reported: (u64, u64),
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for ResultPartition {
@@ -213,6 +214,7 @@ impl ResultPartition {
             stats: PartitionStats::default(),
             task: None,
             reported: (0, 0),
+            cancel: None,
         })
     }
 
@@ -240,6 +242,17 @@ impl ResultPartition {
             first_channel: self.first_channel,
             state: if self.finished { PARTITION_FINISHED } else { super::manager::PARTITION_REGISTERED },
         }
+    }
+
+    /// A flag that, once set, makes every blocking wait of this partition end with
+    /// [`Error::Cancelled`] (checked at least every park slice).
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    fn cancelled(&self) -> bool {
+        // Relaxed: a stop request; acting on it a little late is fine.
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     /// Reports this partition's output and back-pressured time to a task's metrics block.
@@ -322,7 +335,12 @@ impl ResultPartition {
         let set = NotifySet::new(&arena, self.set_id)?;
         let mut waiter = std::mem::replace(&mut self.waiter, Waiter::new(WaitPolicy::park()));
         let start = now_nanos();
-        let out = waiter.wait(set.wake(), self.timeout, || f(self).transpose());
+        let out = waiter.wait(set.wake(), self.timeout, || {
+            if self.cancelled() {
+                return Some(Err(Error::Cancelled));
+            }
+            f(self).transpose()
+        });
         self.waiter = waiter;
         let waited = now_nanos().saturating_sub(start);
         self.stats.back_pressured_ns += waited;

@@ -14,6 +14,18 @@ pub trait ChannelSelector<R: ?Sized> {
     }
 }
 
+impl<R: ?Sized, S: ChannelSelector<R> + ?Sized> ChannelSelector<R> for Box<S> {
+    fn setup(&mut self, n: u32) {
+        (**self).setup(n)
+    }
+    fn select_channel(&mut self, record: &R) -> u32 {
+        (**self).select_channel(record)
+    }
+    fn is_broadcast(&self) -> bool {
+        (**self).is_broadcast()
+    }
+}
+
 /// Everything to channel 0: one-to-one connections (Flink's ForwardPartitioner).
 #[derive(Debug, Default, Clone)]
 pub struct ForwardPartitioner;

@@ -1,0 +1,335 @@
+//! The execution graph: each job vertex of parallelism p becomes p execution vertices
+//! (subtasks); each edge becomes an IntermediateResult with one
+//! IntermediateResultPartition per producer subtask, wired to the consumers' input gates by
+//! the edge's selector.
+//!
+//! ```text
+//!  all-to-all (key-hash, rebalance, broadcast, global): producer i has p_consumer
+//!      subpartitions; consumer j reads subpartition j of every producer
+//!  pointwise (forward, rescale): each consumer reads a contiguous subset of producers, or
+//!      each producer feeds a contiguous subset of consumers
+//! ```
+
+use super::job::{Collector, Data, EdgeSpec, JobGraph, TaskInfo};
+use crate::error::{Error, Result};
+use crate::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};
+use crate::metrics::TaskMetricsHandle;
+use crate::partition::{
+    BufferTimeout, ChannelSelector, RecordWriter, RequestBackoff, ResultPartitionConfig, ResultPartitionId,
+    ResultPartitionType, SelectorKind,
+};
+use crate::sync::{AtomicBool, Ordering, WaitPolicy};
+use crate::ShuffleEnvironment;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The produced side of one subtask: its result partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// Edge index (= producer vertex index).
+    pub edge: usize,
+    /// `ResultPartitionId` as (partition, attempt).
+    pub partition: (u64, u64),
+    /// `ResultPartitionType` code.
+    pub partition_type: u32,
+    /// Subpartitions.
+    pub num_subpartitions: u32,
+}
+
+/// The consumed side of one subtask: its gate's channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSpecs {
+    /// Edge index (= producer vertex index).
+    pub edge: usize,
+    /// (partition, attempt, subpartition) per channel.
+    pub channels: Vec<(u64, u64, u32)>,
+}
+
+/// One execution vertex: what a TaskExecutor needs to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskSpec {
+    /// Job vertex index.
+    pub vertex: usize,
+    /// Subtask index.
+    pub subtask: u32,
+    /// Parallelism of the vertex.
+    pub parallelism: u32,
+    /// Its output partition.
+    pub output: Option<OutputSpec>,
+    /// Its input gate.
+    pub input: Option<InputSpecs>,
+}
+
+/// The expanded job.
+#[derive(Debug, Clone)]
+pub struct ExecutionGraph {
+    /// Every subtask, vertex by vertex.
+    pub subtasks: Vec<SubtaskSpec>,
+}
+
+/// The partition id of producer subtask `i` on edge `edge`.
+pub fn partition_id(edge: usize, i: u32, attempt: u64) -> ResultPartitionId {
+    ResultPartitionId::new(((edge as u64) << 32) | u64::from(i), attempt)
+}
+
+impl ExecutionGraph {
+    /// Expands `job`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a forward edge between different parallelisms.
+    pub fn build(job: &JobGraph, attempt: u64) -> Result<Self> {
+        let mut subtasks = Vec::new();
+        for (v, vx) in job.vertices.iter().enumerate() {
+            let out_edge = job.vertices.get(v + 1).and_then(|n| n.input.map(|e| (e, n.parallelism)));
+            for i in 0..vx.parallelism {
+                let output = out_edge.map(|(e, pc)| OutputSpec {
+                    edge: v,
+                    partition: {
+                        let id = partition_id(v, i, attempt);
+                        (id.partition, id.attempt)
+                    },
+                    partition_type: e.partition_type.code(),
+                    num_subpartitions: Self::subpartitions(&e, vx.parallelism, pc, i),
+                });
+                let input = match (vx.input, v.checked_sub(1).map(|u| &job.vertices[u])) {
+                    (Some(e), Some(prev)) => {
+                        Some(InputSpecs { edge: v - 1, channels: Self::channels(&e, prev.parallelism, vx.parallelism, i, v - 1, attempt)? })
+                    }
+                    _ => None,
+                };
+                subtasks.push(SubtaskSpec { vertex: v, subtask: i, parallelism: vx.parallelism, output, input });
+            }
+        }
+        Ok(Self { subtasks })
+    }
+
+    fn subpartitions(e: &EdgeSpec, pp: u32, pc: u32, i: u32) -> u32 {
+        match e.selector {
+            SelectorKind::Forward => 1,
+            SelectorKind::Rescale if pc >= pp => (0..pc).filter(|j| j * pp / pc == i).count().max(1) as u32,
+            SelectorKind::Rescale => 1,
+            _ => pc,
+        }
+    }
+
+    fn channels(e: &EdgeSpec, pp: u32, pc: u32, j: u32, edge: usize, attempt: u64) -> Result<Vec<(u64, u64, u32)>> {
+        let id = |i: u32| {
+            let p = partition_id(edge, i, attempt);
+            (p.partition, p.attempt)
+        };
+        Ok(match e.selector {
+            SelectorKind::Forward => {
+                if pp != pc {
+                    return Err(Error::Invalid {
+                        what: "forward edge",
+                        detail: format!("parallelism {pp} -> {pc}: forward needs equal parallelism"),
+                    });
+                }
+                let (a, b) = id(j);
+                vec![(a, b, 0)]
+            }
+            SelectorKind::Rescale if pc >= pp => {
+                let i = j * pp / pc;
+                let index = (0..j).filter(|k| k * pp / pc == i).count() as u32;
+                let (a, b) = id(i);
+                vec![(a, b, index)]
+            }
+            SelectorKind::Rescale => (0..pp)
+                .filter(|i| i * pc / pp == j)
+                .map(|i| {
+                    let (a, b) = id(i);
+                    (a, b, 0)
+                })
+                .collect(),
+            _ => (0..pp)
+                .map(|i| {
+                    let (a, b) = id(i);
+                    (a, b, j)
+                })
+                .collect(),
+        })
+    }
+
+    /// Total channels (subpartitions) the job needs.
+    pub fn channels_needed(&self) -> u64 {
+        self.subtasks.iter().filter_map(|s| s.output.as_ref()).map(|o| u64::from(o.num_subpartitions)).sum()
+    }
+
+    /// Gate blocks the job needs (a notify set per partition and per gate).
+    pub fn gates_needed(&self) -> u64 {
+        self.subtasks.iter().map(|s| u64::from(s.output.is_some()) + u64::from(s.input.is_some())).sum()
+    }
+}
+
+/// Runtime settings every task shares.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskSettings {
+    /// Flink's buffer timeout.
+    pub buffer_timeout: BufferTimeout,
+    /// How tasks wait.
+    pub wait_policy: WaitPolicy,
+    /// Partition request backoff.
+    pub backoff: RequestBackoff,
+}
+
+/// Events a task reports to its TaskExecutor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// The first record was written into this partition.
+    PartitionConsumable((u64, u64)),
+}
+
+/// A subtask's access to its input gate and output partition.
+pub struct TaskIo {
+    env: ShuffleEnvironment,
+    spec: SubtaskSpec,
+    settings: TaskSettings,
+    cancel: Arc<AtomicBool>,
+    metrics: Option<TaskMetricsHandle>,
+    events: std::sync::mpsc::Sender<TaskEvent>,
+    idle_hooks: Vec<Box<dyn FnMut() -> Result<()>>>,
+    /// Records read from the input.
+    pub records_in: u64,
+}
+
+impl std::fmt::Debug for TaskIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TaskIo({:?})", self.spec)
+    }
+}
+
+/// A record writer shared between the task's output collector and its idle hook.
+type SharedWriter<T> = std::rc::Rc<std::cell::RefCell<RecordWriter<Box<dyn ChannelSelector<T>>>>>;
+
+/// The output collector of a vertex that ends in an exchange.
+pub struct ExchangeOut<T> {
+    writer: SharedWriter<T>,
+    consumable: Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u64))>,
+}
+
+impl<T: Data> Collector<T> for ExchangeOut<T> {
+    #[inline]
+    fn collect(&mut self, v: T) -> Result<()> {
+        if let Some((tx, id)) = self.consumable.take() {
+            let _ = tx.send(TaskEvent::PartitionConsumable(id));
+        }
+        self.writer.borrow_mut().emit(&v)
+    }
+    fn finish(&mut self) -> Result<()> {
+        let mut w = self.writer.borrow_mut();
+        w.finish()?;
+        Ok(())
+    }
+}
+
+impl TaskIo {
+    /// The I/O of subtask `spec`.
+    pub fn new(
+        env: ShuffleEnvironment,
+        spec: SubtaskSpec,
+        settings: TaskSettings,
+        cancel: Arc<AtomicBool>,
+        metrics: Option<TaskMetricsHandle>,
+        events: std::sync::mpsc::Sender<TaskEvent>,
+    ) -> Self {
+        Self { env, spec, settings, cancel, metrics, events, idle_hooks: Vec::new(), records_in: 0 }
+    }
+
+    /// Creates the subtask's output partition and a writer over it.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the vertex has no output edge; partition creation errors.
+    pub fn record_writer<T: Data>(&mut self, selector: Box<dyn ChannelSelector<T>>) -> Result<ExchangeOut<T>> {
+        let out = self.spec.output.clone().ok_or(Error::Invalid {
+            what: "job graph",
+            detail: format!("vertex {} has no output edge", self.spec.vertex),
+        })?;
+        let ptype = ResultPartitionType::from_code(out.partition_type)
+            .ok_or(Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
+        let id = ResultPartitionId::new(out.partition.0, out.partition.1);
+        let mut cfg = ResultPartitionConfig::new(id, ptype, out.num_subpartitions);
+        cfg.wait_policy = self.settings.wait_policy;
+        let mut part = self.env.create_result_partition(&cfg)?;
+        part.set_cancel_flag(self.cancel.clone());
+        if let Some(m) = &self.metrics {
+            part.set_task_metrics(m.clone());
+        }
+        let writer = std::rc::Rc::new(std::cell::RefCell::new(RecordWriter::new(part, selector, self.settings.buffer_timeout)?));
+        let w2 = writer.clone();
+        self.idle_hooks.push(Box::new(move || w2.borrow_mut().flush_all()));
+        Ok(ExchangeOut { writer, consumable: Some((self.events.clone(), out.partition)) })
+    }
+
+    fn open_gate(&self) -> Result<Option<SingleInputGate>> {
+        let Some(input) = &self.spec.input else {
+            return Ok(None);
+        };
+        let specs = input
+            .channels
+            .iter()
+            .map(|&(p, a, s)| InputSpec { partition: ResultPartitionId::new(p, a), subpartition: s })
+            .collect();
+        let mut cfg = InputGateConfig::new(specs);
+        cfg.wait_policy = self.settings.wait_policy;
+        cfg.backoff = self.settings.backoff;
+        let mut gate = self.env.create_input_gate(&cfg)?;
+        gate.set_cancel_flag(self.cancel.clone());
+        if let Some(m) = &self.metrics {
+            gate.set_task_metrics(m.clone());
+        }
+        Ok(Some(gate))
+    }
+
+    /// Reads the whole input, decoding each record as `T`. Before it waits for input it
+    /// flushes the task's own output, so nothing it wrote waits on its idleness.
+    ///
+    /// # Errors
+    /// A malformed record, a failed producer, cancellation, or `f`'s error.
+    pub fn for_each_input<T: Data>(&mut self, f: &mut dyn FnMut(T) -> Result<()>) -> Result<()> {
+        let Some(mut gate) = self.open_gate()? else {
+            return Ok(());
+        };
+        let mut n = 0u64;
+        let result = loop {
+            let item = match gate.poll_next()? {
+                Some(GateItem::Record { data, .. }) => Some(T::from_record(data)?),
+                Some(GateItem::End) => break Ok(()),
+                Some(_) => None,
+                None => {
+                    for h in &mut self.idle_hooks {
+                        h()?;
+                    }
+                    // Relaxed: a stop request.
+                    if self.cancel.load(Ordering::Relaxed) {
+                        break Err(Error::Cancelled);
+                    }
+                    match gate.next(Some(Duration::from_millis(200))) {
+                        Ok(GateItem::Record { data, .. }) => Some(T::from_record(data)?),
+                        Ok(GateItem::End) => break Ok(()),
+                        Ok(_) => None,
+                        Err(Error::Timeout(..)) => None,
+                        Err(e) => break Err(e),
+                    }
+                }
+            };
+            if let Some(v) = item {
+                n += 1;
+                f(v)?;
+            }
+        };
+        self.records_in += n;
+        result
+    }
+
+    /// The task's info.
+    pub fn info(&self, job: &JobGraph) -> TaskInfo {
+        TaskInfo {
+            job: job.name.clone(),
+            vertex: self.spec.vertex,
+            vertex_name: job.vertices[self.spec.vertex].name.clone(),
+            subtask: self.spec.subtask,
+            parallelism: self.spec.parallelism,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The small job runtime: a job API, the execution graph, a coordinator process
+//! (JobMaster) and worker processes (TaskExecutor) that run subtasks as threads.
+//!
+//! ```text
+//!  JobBuilder -> JobGraph --expand--> ExecutionGraph (subtasks, partitions, gates)
+//!  coordinator: creates the memfd arena, spawns W workers (same binary, arena fd and a
+//!    control socket inherited), deploys subtasks over the socket, collects
+//!    "partition consumable" and task states, cancels everything on the first failure
+//!  worker: attaches to the arena, runs each deployed subtask on a thread
+//! ```
+
+pub mod builtin;
+mod coordinator;
+mod execution;
+mod job;
+mod protocol;
+mod worker;
+
+pub use coordinator::{run_job, EdgeSummary, JobSummary, RuntimeConfig};
+pub use execution::{
+    partition_id, ExchangeOut, ExecutionGraph, InputSpecs, OutputSpec, SubtaskSpec, TaskEvent, TaskIo, TaskSettings,
+};
+pub use job::{
+    BoxCollector, Collector, Data, EdgeSpec, Emitter, JavaHash, JobBuilder, JobGraph, JobVertex, KeyedStream, Stream,
+    TaskInfo, VertexBody,
+};
+pub use worker::{is_worker, run_worker};
+
+/// Runs `job` the way a job binary should: as a worker when started by a coordinator,
+/// else as the coordinator that starts the workers (which re-run this same binary with the
+/// same arguments, so they build the same job).
+///
+/// # Errors
+/// The job's first failure.
+pub fn run(job: JobGraph, config: &RuntimeConfig) -> crate::Result<Option<JobSummary>> {
+    if is_worker() {
+        run_worker(&job, config)?;
+        Ok(None)
+    } else {
+        run_job(&job, config).map(Some)
+    }
+}
