@@ -4,10 +4,14 @@
 //! a memfd arena, spawns itself as the consumer with the arena fd inherited, streams records
 //! through pool, builder, rings, credits and wake-ups, and both sides check a checksum.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::partition::{BufferTimeout, SelectorKind};
 use shmflow::ring::{StreamReader, StreamWriter};
+use shmflow::runtime::builtin::{self, TextSource};
+use shmflow::runtime::{is_worker, run, JobSummary, RuntimeConfig};
 use shmflow::sync::WaitPolicy;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +43,91 @@ impl Mode {
     }
 }
 
+/// Options every job takes.
+#[derive(Args, Clone)]
+struct JobOpts {
+    /// Parallelism of every vertex.
+    #[arg(long, default_value_t = 2)]
+    parallelism: u32,
+    /// Worker processes (each runs several subtasks as threads).
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Flink's buffer timeout in ms: 0 = flush every record, -1 = only full segments.
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    buffer_timeout: i64,
+    /// Segment size in bytes (a power of two, 4 KiB..16 MiB).
+    #[arg(long, default_value_t = 32 * 1024)]
+    segment_size: u32,
+    /// Arena size in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    arena_size: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Flink's WordCount: count every word of the input across worker processes.
+    Wordcount {
+        /// A UTF-8 text file (default: a generated text of --generated-mb MB).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Where to write `word<TAB>count` lines sorted by word.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Size of the generated default text in MB.
+        #[arg(long, default_value_t = 300)]
+        generated_mb: u64,
+        #[command(flatten)]
+        opts: JobOpts,
+    },
+    /// Flink's WindowWordCount: count windows of `--window` words sliding by `--slide`.
+    WindowWordcount {
+        /// A UTF-8 text file (default: a generated text of --generated-mb MB).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Where to write one `word<TAB>sum` line per window firing, sorted by word.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Size of the generated default text in MB.
+        #[arg(long, default_value_t = 300)]
+        generated_mb: u64,
+        /// Window size in words (Flink's example: 250).
+        #[arg(long, default_value_t = 250)]
+        window: u64,
+        /// Slide in words (Flink's example: 150); equal to --window for tumbling windows.
+        #[arg(long, default_value_t = 150)]
+        slide: u64,
+        #[command(flatten)]
+        opts: JobOpts,
+    },
+    /// Capacity planning: generators -> exchange -> counting, checksumming sinks.
+    Shuffle {
+        /// Records in all.
+        #[arg(long, default_value_t = 100_000_000)]
+        records: u64,
+        /// Payload bytes per record (at least 8).
+        #[arg(long, default_value_t = 16)]
+        payload: u32,
+        /// key-hash, rebalance, rescale, broadcast, forward or global.
+        #[arg(long, default_value = "key-hash")]
+        selector: String,
+        #[command(flatten)]
+        opts: JobOpts,
+    },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a built-in job across worker processes.
+    Run {
+        #[command(subcommand)]
+        job: JobCmd,
+    },
     /// Stream records from this process to a child process through a shared arena.
     Demo {
         /// Number of records.
@@ -74,6 +161,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Cmd::Demo { records, payload, mode, segment_size, credit } => demo(records, payload, mode, segment_size, credit),
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
+        Cmd::Run { job } => run_builtin(job),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,4 +253,180 @@ fn demo_consumer(credit: u32, mode: Mode) -> AnyResult<()> {
     }
     println!("{n} {sum}");
     Ok(())
+}
+
+fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
+    if o.parallelism == 0 || o.parallelism > 1024 {
+        return Err(format!("--parallelism {} is out of range (1..=1024)", o.parallelism).into());
+    }
+    if o.workers == 0 || o.workers > 256 {
+        return Err(format!("--workers {} is out of range (1..=256)", o.workers).into());
+    }
+    if o.arena_size < 1 << 20 || o.arena_size > 1 << 40 {
+        return Err(format!("--arena-size {} is out of range (1 MiB..=1 TiB)", o.arena_size).into());
+    }
+    Ok(RuntimeConfig {
+        workers: o.workers,
+        buffer_timeout: BufferTimeout::from_millis(o.buffer_timeout)?,
+        segment_size: o.segment_size,
+        arena_size: o.arena_size,
+        progress: !o.quiet && !o.json,
+        ..RuntimeConfig::default()
+    })
+}
+
+/// The directory the sinks write part files to: made by the coordinator, named to the
+/// workers through the environment. Removed by the coordinator when it drops.
+struct JobDir {
+    path: PathBuf,
+    owned: bool,
+}
+
+impl JobDir {
+    const ENV: &'static str = "SHMFLOW_JOB_DIR";
+
+    fn get() -> AnyResult<Self> {
+        if is_worker() {
+            let p = std::env::var_os(Self::ENV).ok_or("worker started without SHMFLOW_JOB_DIR")?;
+            return Ok(Self { path: PathBuf::from(p), owned: false });
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("shmflow-job-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        // Workers are started from this process and inherit the variable.
+        std::env::set_var(Self::ENV, &path);
+        Ok(Self { path, owned: true })
+    }
+}
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
+    if json {
+        let mut v = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
+        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{}: {} records, {:.1} MB through the first exchange in {:.3} s: {:.2} M records/s ({} workers, {} subtasks)",
+        s.job,
+        s.records,
+        s.bytes as f64 / 1e6,
+        s.elapsed_s,
+        s.records_per_s / 1e6,
+        s.workers,
+        s.subtasks
+    );
+    for e in &s.edges {
+        println!(
+            "  edge {} -> {} [{} {}]: {} records, {:.1} MB, max in flight {} segments ({:.1} MB), back-pressured {:.0} ms ({:.1}%)",
+            e.from,
+            e.to,
+            e.selector,
+            e.partition_type,
+            e.records,
+            e.bytes as f64 / 1e6,
+            e.max_in_flight_segments,
+            e.max_in_flight_bytes as f64 / 1e6,
+            e.back_pressured_ms,
+            e.back_pressured_ratio * 100.0
+        );
+    }
+}
+
+fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
+    let src = match input {
+        Some(p) => TextSource::File(p),
+        None => {
+            if mb == 0 || mb > 100_000 {
+                return Err(format!("--generated-mb {mb} is out of range (1..=100000)").into());
+            }
+            TextSource::generated_mb(mb)
+        }
+    };
+    if !is_worker() {
+        src.validate()?;
+    }
+    Ok(src)
+}
+
+fn run_builtin(job: JobCmd) -> AnyResult<()> {
+    match job {
+        JobCmd::Wordcount { input, output, generated_mb, opts } => {
+            let cfg = runtime_config(&opts)?;
+            let src = text_source(input, generated_mb)?;
+            let dir = JobDir::get()?;
+            let graph = builtin::wordcount_job(src, opts.parallelism, dir.path.clone());
+            if let Some(s) = run(graph, &cfg)? {
+                let lines = builtin::merge_parts(&dir.path, output.as_deref())?;
+                let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
+                print_summary(&s, opts.json, serde_json::json!({ "distinct_words": lines.len(), "words": total }));
+                if output.is_none() && !opts.json {
+                    let mut top: Vec<_> = lines.iter().filter_map(|l| Some((count_of(l)?, l))).collect();
+                    top.sort_by(|a, b| b.0.cmp(&a.0));
+                    println!("{} distinct words, {total} words; the most frequent:", lines.len());
+                    for (_, l) in top.iter().take(10) {
+                        println!("  {}", String::from_utf8_lossy(l));
+                    }
+                }
+            }
+        }
+        JobCmd::WindowWordcount { input, output, generated_mb, window, slide, opts } => {
+            if window == 0 || slide == 0 || slide > window {
+                return Err(format!("--window {window} and --slide {slide} must satisfy 0 < slide <= window").into());
+            }
+            let cfg = runtime_config(&opts)?;
+            let src = text_source(input, generated_mb)?;
+            let dir = JobDir::get()?;
+            let graph = builtin::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
+            if let Some(s) = run(graph, &cfg)? {
+                let lines = builtin::merge_parts(&dir.path, output.as_deref())?;
+                print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
+                if !opts.json {
+                    println!("{} window results", lines.len());
+                }
+            }
+        }
+        JobCmd::Shuffle { records, payload, selector, opts } => {
+            let kind: SelectorKind = selector.parse()?;
+            if payload < 8 || payload > 256 << 20 {
+                return Err(format!("--payload {payload} is out of range (8..=268435456)").into());
+            }
+            let cfg = runtime_config(&opts)?;
+            let dir = JobDir::get()?;
+            let graph = builtin::shuffle_job(records, payload, kind, opts.parallelism, dir.path.clone());
+            if let Some(s) = run(graph, &cfg)? {
+                let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
+                let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
+                let want_sum = (records.wrapping_mul(records.wrapping_sub(1)) / 2).wrapping_mul(fan);
+                if n != records * fan || sum != want_sum || bad != 0 {
+                    return Err(format!(
+                        "shuffle check failed: {n} records (expected {}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes",
+                        records * fan
+                    )
+                    .into());
+                }
+                let mbps = s.records as f64 * f64::from(payload) / s.elapsed_s / 1e6;
+                print_summary(&s, opts.json, serde_json::json!({ "mb_per_s": mbps, "checksum_ok": true }));
+                if !opts.json {
+                    println!("{:.1} MB/s of payload end to end; every record arrived intact", mbps);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count_of(line: &[u8]) -> Option<u64> {
+    let tab = line.iter().rposition(|&c| c == b'\t')?;
+    std::str::from_utf8(&line[tab + 1..]).ok()?.parse().ok()
 }

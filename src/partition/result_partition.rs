@@ -711,18 +711,19 @@ impl ResultPartition {
         Ok(())
     }
 
-    /// Waits until consumers released every segment (all data consumed), then releases the
-    /// partition: its channel blocks and notify set return to the arena and lookups answer
-    /// "released".
+    /// Waits until consumers released every segment and read the end of every subpartition
+    /// (or left), then releases the partition: its channel blocks and notify set return to
+    /// the arena and lookups answer "released". Like Flink's pipelined partition, it stays
+    /// until every subpartition was consumed, so a consumer deployed late still finds it.
     ///
     /// # Errors
-    /// [`Error::Timeout`] if consumers do not release everything within `timeout`.
+    /// [`Error::Timeout`] if consumers do not consume everything within `timeout`.
     pub fn release_when_consumed(&mut self, timeout: Option<Duration>) -> Result<()> {
         let saved = self.timeout;
         self.timeout = timeout;
-        let r = self.block_until("consumers to release every segment", |p| {
+        let r = self.block_until("consumers to consume every subpartition", |p| {
             p.reclaim_marked()?;
-            Ok((p.pool.outstanding() == 0).then_some(()))
+            Ok((p.pool.outstanding() == 0 && p.subs.iter_mut().all(|s| s.writer.consumed())).then_some(()))
         });
         self.timeout = saved;
         r?;

@@ -7,7 +7,7 @@
 //! writer parks on the channel's `producer_wake`, the reader on `consumer_wake` (or on its
 //! gate's wake-up, one level up).
 
-use super::descriptor::{Credit, Descriptor};
+use super::descriptor::{Credit, Descriptor, EventCode};
 use super::notify::NotifySet;
 use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
@@ -235,7 +235,9 @@ impl ChannelWriter {
         let count = self.arena.segment_count();
         let cap = self.arena.config().ring_capacity;
         let mut n = 0;
-        let place = self.place.clone();
+        // Borrowed, not cloned: these run once per record; the String is built only
+        // for an error.
+        let place = &self.place;
         let place = || place.clone();
         while let Some(v) = self.credits_in.pop(&r, &place)? {
             n += 1;
@@ -279,6 +281,17 @@ impl ChannelWriter {
             }
         }
         Ok(n)
+    }
+
+    /// Whether the consumer took everything published (both rings are empty, so it read
+    /// the EndOfPartition after the last segment) or left.
+    pub fn consumed(&mut self) -> bool {
+        // Relaxed: a status flag, as in `check_consumer`.
+        if self.block().state.load(Ordering::Relaxed) == CHANNEL_CONSUMER_GONE {
+            return true;
+        }
+        let (d, p) = (ring(&self.arena, self.id, RingKind::Data), ring(&self.arena, self.id, RingKind::Priority));
+        self.data.free(&d) == d.capacity() && self.priority.free(&p) == p.capacity()
     }
 
     fn check_consumer(&self) -> Result<()> {
@@ -339,6 +352,15 @@ impl CreditReturn {
         if !self.ring.borrow_mut().push(&r, c.encode(), &place)? {
             return Err(Error::ProtocolViolation { place: place(), detail: "credit ring full".into() });
         }
+        self.notify_producer()
+    }
+
+    /// Wakes the producer if it is parked (after a credit, or after the consumer read the
+    /// end of the channel, which a producer waiting to release its partition looks for).
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] if the producer wrote a notify-set id out of range.
+    pub fn notify_producer(&self) -> Result<()> {
         let b = &self.arena.channels()[self.id as usize];
         // Relaxed (both): written by the producer before the partition was published in
         // the directory, which we read with Acquire before opening the channel.
@@ -516,7 +538,9 @@ impl ChannelReader {
     /// [`Error::ProducerFailed`] if the producer failed and nothing is left to read.
     pub fn poll(&mut self) -> Result<Option<Descriptor>> {
         let count = self.arena.segment_count();
-        let place = self.place.clone();
+        // Borrowed, not cloned: these run once per record; the String is built only
+        // for an error.
+        let place = &self.place;
         let place = || place.clone();
         let pr = ring(&self.arena, self.id, RingKind::Priority);
         if let Some(d) = Self::pop_from(&mut self.priority, &pr, count, &place)? {
@@ -531,7 +555,9 @@ impl ChannelReader {
     /// As [`poll`](Self::poll).
     pub fn poll_priority(&mut self) -> Result<Option<Descriptor>> {
         let count = self.arena.segment_count();
-        let place = self.place.clone();
+        // Borrowed, not cloned: these run once per record; the String is built only
+        // for an error.
+        let place = &self.place;
         let place = || place.clone();
         let pr = ring(&self.arena, self.id, RingKind::Priority);
         Self::pop_from(&mut self.priority, &pr, count, &place)
@@ -543,10 +569,16 @@ impl ChannelReader {
     /// As [`poll`](Self::poll).
     pub fn poll_data(&mut self) -> Result<Option<Descriptor>> {
         let count = self.arena.segment_count();
-        let place = self.place.clone();
+        // Borrowed, not cloned: these run once per record; the String is built only
+        // for an error.
+        let place = &self.place;
         let place = || place.clone();
         let r = ring(&self.arena, self.id, RingKind::Data);
         if let Some(d) = Self::pop_from(&mut self.data, &r, count, &place)? {
+            if d == Descriptor::Event(EventCode::EndOfPartition) {
+                // The producer may be waiting for this to release its partition.
+                self.credit_return.notify_producer()?;
+            }
             return Ok(Some(d));
         }
         if self.credit_return.violations() > 0 {
@@ -569,7 +601,9 @@ impl ChannelReader {
     /// As [`poll`](Self::poll).
     pub fn queued_data(&mut self) -> Result<Vec<Descriptor>> {
         let count = self.arena.segment_count();
-        let place = self.place.clone();
+        // Borrowed, not cloned: these run once per record; the String is built only
+        // for an error.
+        let place = &self.place;
         let place = || place.clone();
         let r = ring(&self.arena, self.id, RingKind::Data);
         let n = self.data.available(&r, &place)?;
@@ -592,7 +626,9 @@ impl ChannelReader {
     /// # Errors
     /// As [`poll`](Self::poll).
     pub fn has_next(&mut self) -> Result<bool> {
-        let place = self.place.clone();
+        // Borrowed, not cloned: these run once per record; the String is built only
+        // for an error.
+        let place = &self.place;
         let place = || place.clone();
         let pr = ring(&self.arena, self.id, RingKind::Priority);
         let r = ring(&self.arena, self.id, RingKind::Data);

@@ -1,1 +1,492 @@
-pub fn _x(){}
+//! The built-in jobs (`shmflow run wordcount | window-wordcount | shuffle`), the text they
+//! read, and single-threaded reference implementations the tests compare against.
+//!
+//! Words are split as Flink's WordCount example does: lower-cased, split on every byte
+//! outside `[A-Za-z0-9_]` (so non-ASCII bytes separate words too), empty tokens dropped.
+
+use super::job::{Collector, JobBuilder, JobGraph, TaskInfo};
+use crate::error::{Error, Result};
+use crate::partition::{ResultPartitionType, SelectorKind};
+use crate::record::{FromRecord, Record};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// Where the text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextSource {
+    /// The deterministic generated text: `lines` lines from `seed`.
+    Generated {
+        /// Number of lines.
+        lines: u64,
+        /// Seed.
+        seed: u64,
+    },
+    /// A UTF-8 text file.
+    File(PathBuf),
+}
+
+/// Average bytes per generated line (measured), to size the default text.
+pub const GENERATED_BYTES_PER_LINE: u64 = 66;
+
+impl TextSource {
+    /// The default: about `mb` megabytes of generated text.
+    pub fn generated_mb(mb: u64) -> Self {
+        TextSource::Generated { lines: (mb * 1_000_000 / GENERATED_BYTES_PER_LINE).max(1), seed: 0x5eed }
+    }
+
+    /// Checks a file input before any worker starts: it exists, is readable, not empty
+    /// of meaning, and is valid UTF-8.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the problem (and the byte offset of invalid UTF-8).
+    pub fn validate(&self) -> Result<()> {
+        let TextSource::File(p) = self else {
+            return Ok(());
+        };
+        let bad = |d: String| Error::Invalid { what: "--input", detail: d };
+        let f = std::fs::File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
+        let meta = f.metadata().map_err(|e| bad(format!("{}: {e}", p.display())))?;
+        if !meta.is_file() {
+            return Err(bad(format!("{} is not a regular file", p.display())));
+        }
+        if meta.len() == 0 {
+            return Ok(());
+        }
+        // SAFETY: the mapping is read-only and private to this function; a concurrent
+        // truncation by another program could fault, which is the documented risk of
+        // reading a file that is being rewritten.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(format!("{}: {e}", p.display())))?;
+        if let Err(e) = std::str::from_utf8(&map) {
+            return Err(bad(format!("{} is not valid UTF-8 (first bad byte at offset {})", p.display(), e.valid_up_to())));
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every line of subtask `i`'s share of the text (shares of `p`).
+    ///
+    /// # Errors
+    /// I/O errors reading the file.
+    pub fn for_each_line(&self, i: u32, p: u32, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match self {
+            TextSource::Generated { lines, seed } => {
+                let g = generator();
+                let (from, to) = (lines * u64::from(i) / u64::from(p), lines * u64::from(i + 1) / u64::from(p));
+                let mut buf = String::new();
+                for l in from..to {
+                    buf.clear();
+                    g.line(*seed, l, &mut buf);
+                    f(buf.as_bytes())?;
+                }
+                Ok(())
+            }
+            TextSource::File(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::Io { op: format!("opening {}", path.display()), source: e })?;
+                let len = file.metadata().map_err(|e| Error::Io { op: "stat".into(), source: e })?.len();
+                if len == 0 {
+                    return Ok(());
+                }
+                // SAFETY: read-only private mapping, see `validate`.
+                let map = unsafe { memmap2::Mmap::map(&file) }
+                    .map_err(|e| Error::Io { op: format!("mapping {}", path.display()), source: e })?;
+                let (a, b) = (len * u64::from(i) / u64::from(p), len * u64::from(i + 1) / u64::from(p));
+                // A share starts after the first newline at or after its start (unless it is
+                // the first) and ends with the line that crosses its end.
+                let start = if a == 0 { 0 } else { line_start_at_or_after(&map, a as usize - 1) };
+                let end = if b >= len { len as usize } else { line_start_at_or_after(&map, b as usize - 1) };
+                for line in map[start.min(end)..end].split(|&c| c == b'\n') {
+                    f(line)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn line_start_at_or_after(text: &[u8], at: usize) -> usize {
+    match memchr_newline(&text[at..]) {
+        Some(k) => at + k + 1,
+        None => text.len(),
+    }
+}
+
+fn memchr_newline(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&c| c == b'\n')
+}
+
+/// Splits `line` into lower-cased words of `[a-z0-9_]`, calling `f` with each.
+pub fn tokenize(line: &[u8], buf: &mut String, f: &mut dyn FnMut(&str)) {
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && !is_word_byte(line[i]) {
+            i += 1;
+        }
+        let s = i;
+        while i < line.len() && is_word_byte(line[i]) {
+            i += 1;
+        }
+        if i > s {
+            buf.clear();
+            for &c in &line[s..i] {
+                buf.push(c.to_ascii_lowercase() as char);
+            }
+            f(buf);
+        }
+    }
+}
+
+#[inline]
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// The text generator: a fixed vocabulary drawn with a Zipf-like (s = 1.07) distribution,
+/// capitalized sentence starts, punctuation, digits, and now and then non-ASCII words.
+pub struct Generator {
+    vocab: Vec<String>,
+    cdf: Vec<u64>,
+}
+
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const COMMON: &[&str] = &[
+    "the", "of", "and", "to", "a", "in", "is", "that", "it", "was", "for", "on", "are", "as", "with", "his", "they",
+    "at", "be", "this", "from", "have", "or", "by", "one", "had", "not", "but", "what", "all", "were", "when", "we",
+    "there", "can", "an", "your", "which", "their", "said", "if", "do", "will", "each", "about", "how", "up", "out",
+    "them", "then", "she", "many", "some", "so", "these", "would", "other", "into", "has", "more", "her", "two",
+    "like", "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who", "now", "people",
+    "my", "made", "over", "did", "down", "only", "way", "find", "use", "may", "water", "long", "little", "very",
+    "after", "words", "called", "just", "where", "most", "know", "stream", "flink", "shuffle",
+];
+
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "en", "ar", "is", "on", "qu", "zel", "dra", "pho", "tri", "ul",
+    "bes", "cor", "fin", "gal", "hex", "jun", "kri", "lum", "mor", "nix", "ost", "pra", "ren", "sul", "tem", "vex",
+];
+
+/// The shared generator (built once per process).
+pub fn generator() -> &'static Generator {
+    static G: OnceLock<Generator> = OnceLock::new();
+    G.get_or_init(Generator::new)
+}
+
+impl Generator {
+    fn new() -> Self {
+        let n = 40_000usize;
+        let mut vocab: Vec<String> = COMMON.iter().map(|s| s.to_string()).collect();
+        let mut x = 42u64;
+        let mut seen: std::collections::HashSet<String> = vocab.iter().cloned().collect();
+        while vocab.len() < n {
+            let k = 2 + (splitmix(&mut x) % 3) as usize;
+            let mut w = String::new();
+            for _ in 0..k {
+                w.push_str(SYLLABLES[(splitmix(&mut x) % SYLLABLES.len() as u64) as usize]);
+            }
+            match splitmix(&mut x) % 200 {
+                0 => w.push_str("_id"),
+                1 => w.push_str(&format!("{}", splitmix(&mut x) % 100)),
+                2 => w.push('é'),
+                _ => {}
+            }
+            if seen.insert(w.clone()) {
+                vocab.push(w);
+            }
+        }
+        let mut cdf = Vec::with_capacity(n);
+        let mut acc = 0.0f64;
+        let weights: Vec<f64> = (1..=n).map(|r| 1.0 / (r as f64).powf(1.07)).collect();
+        let total: f64 = weights.iter().sum();
+        for w in weights {
+            acc += w / total;
+            cdf.push((acc * u64::MAX as f64) as u64);
+        }
+        if let Some(l) = cdf.last_mut() {
+            *l = u64::MAX;
+        }
+        Self { vocab, cdf }
+    }
+
+    /// Appends line number `l` of the text seeded by `seed` to `out`.
+    pub fn line(&self, seed: u64, l: u64, out: &mut String) {
+        let mut x = seed ^ l.wrapping_mul(0xd134_2543_de82_ef95);
+        let words = 6 + splitmix(&mut x) % 13;
+        for k in 0..words {
+            let r = splitmix(&mut x);
+            let idx = self.cdf.partition_point(|&c| c < r).min(self.vocab.len() - 1);
+            let w = &self.vocab[idx];
+            if k > 0 {
+                out.push(' ');
+            }
+            if k == 0 {
+                let mut cs = w.chars();
+                if let Some(c) = cs.next() {
+                    out.extend(c.to_uppercase());
+                    out.push_str(cs.as_str());
+                }
+            } else {
+                out.push_str(w);
+            }
+            match r % 23 {
+                0 => out.push(','),
+                1 => out.push_str("; "),
+                2 if k + 1 == words => out.push('.'),
+                3 => out.push_str(" -- "),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Counts words of `source` single-threaded: the reference the tests compare against.
+///
+/// # Errors
+/// I/O errors reading the file.
+pub fn reference_wordcount(source: &TextSource) -> Result<BTreeMap<String, u64>> {
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    let mut buf = String::new();
+    source.for_each_line(0, 1, &mut |line| {
+        tokenize(line, &mut buf, &mut |w| *m.entry(w.to_string()).or_default() += 1);
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+/// Flink's count windows on the counts of each word, all values 1: a tumbling window
+/// (`slide == size`) fires `size` every `size` words; a sliding one fires `min(n, size)`
+/// after every `slide` words (n = words seen). One line per firing, by word then in order.
+pub fn reference_window_lines(counts: &BTreeMap<String, u64>, size: u64, slide: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (w, &c) in counts {
+        let mut n = slide;
+        while n <= c {
+            let v = if slide == size { size } else { n.min(size) };
+            out.push(format!("{w}\t{v}"));
+            n += slide;
+        }
+    }
+    out
+}
+
+fn part_path(dir: &Path, info: &TaskInfo) -> PathBuf {
+    dir.join(format!("part-{:03}", info.subtask))
+}
+
+/// A sink writing `word<TAB>count` lines to a part file of its subtask.
+struct PartSink {
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Collector<(String, u64)> for PartSink {
+    fn collect(&mut self, (w, c): (String, u64)) -> Result<()> {
+        writeln!(self.out, "{w}\t{c}").map_err(|e| Error::Io { op: "writing a part file".into(), source: e })
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| Error::Io { op: "writing a part file".into(), source: e })
+    }
+}
+
+fn part_sink(dir: Arc<PathBuf>) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<(String, u64)>>> + Send + Sync {
+    move |info| {
+        let p = part_path(&dir, info);
+        let f = std::fs::File::create(&p).map_err(|e| Error::Io { op: format!("creating {}", p.display()), source: e })?;
+        Ok(Box::new(PartSink { out: std::io::BufWriter::with_capacity(1 << 16, f) }))
+    }
+}
+
+fn text_stream(
+    name: &str,
+    source: TextSource,
+    parallelism: u32,
+    ptype: ResultPartitionType,
+) -> super::job::KeyedStream<(String, u64), str> {
+    let src = Arc::new(source);
+    JobBuilder::new(name, parallelism)
+        .with_partition_type(ptype)
+        .source("text source", move |info, out: &mut dyn Collector<(String, u64)>| {
+            let mut buf = String::new();
+            src.for_each_line(info.subtask, info.parallelism, &mut |line| {
+                let mut err = None;
+                tokenize(line, &mut buf, &mut |w| {
+                    if err.is_none() {
+                        if let Err(e) = out.collect((w.to_string(), 1)) {
+                            err = Some(e);
+                        }
+                    }
+                });
+                err.map_or(Ok(()), Err)
+            })
+        })
+        .key_by(|t: &(String, u64)| t.0.as_str())
+}
+
+/// Flink's streaming WordCount in batch style: text source + tokenizer, key by word, sum,
+/// one `word<TAB>count` line per word into part files under `dir`.
+pub fn wordcount_job(source: TextSource, parallelism: u32, dir: PathBuf) -> JobGraph {
+    text_stream("wordcount", source, parallelism, ResultPartitionType::PipelinedBounded)
+        .reduce("sum", |acc, v| acc.1 += v.1)
+        .sink("part files", part_sink(Arc::new(dir)))
+}
+
+/// Flink's WindowWordCount: key by word, `countWindow(size, slide)`, sum.
+pub fn window_wordcount_job(source: TextSource, parallelism: u32, size: u64, slide: u64, dir: PathBuf) -> JobGraph {
+    text_stream("window-wordcount", source, parallelism, ResultPartitionType::PipelinedBounded)
+        .count_window("count window sum", size, slide, |w: &[(String, u64)]| {
+            (w[0].0.clone(), w.iter().map(|x| x.1).sum())
+        })
+        .sink("part files", part_sink(Arc::new(dir)))
+}
+
+/// Merges the part files under `dir` into `word<TAB>count` lines sorted by the word's bytes
+/// (stable, so a word's window results keep their order), written to `output` if given.
+/// Returns the lines.
+///
+/// # Errors
+/// I/O errors.
+pub fn merge_parts(dir: &Path, output: Option<&Path>) -> Result<Vec<Vec<u8>>> {
+    let io = |op: &str, e| Error::Io { op: op.to_string(), source: e };
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io("listing part files", e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-")))
+        .collect();
+    parts.sort();
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for p in parts {
+        let data = std::fs::read(&p).map_err(|e| io("reading a part file", e))?;
+        lines.extend(data.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+    }
+    lines.sort_by(|a, b| {
+        let ka = a.split(|&c| c == b'\t').next().unwrap_or(a);
+        let kb = b.split(|&c| c == b'\t').next().unwrap_or(b);
+        ka.cmp(kb)
+    });
+    if let Some(out) = output {
+        let f = std::fs::File::create(out).map_err(|e| io(&format!("creating {}", out.display()), e))?;
+        let mut w = std::io::BufWriter::new(f);
+        for l in &lines {
+            w.write_all(l).and_then(|_| w.write_all(b"\n")).map_err(|e| io("writing the output", e))?;
+        }
+        w.flush().map_err(|e| io("writing the output", e))?;
+    }
+    Ok(lines)
+}
+
+/// A synthetic record of the shuffle job: a sequence number and a payload derived from
+/// it. Serializes in place without allocation; decoding checks every payload byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Synthetic {
+    /// Sequence number (also the key).
+    pub seq: u64,
+    /// Payload bytes (at least 8).
+    pub len: u32,
+    /// Payload bytes that did not match the pattern (after decoding).
+    pub bad: u32,
+}
+
+fn pattern_byte(seq: u64, k: usize) -> u8 {
+    (seq as u8).wrapping_mul(31).wrapping_add(k as u8)
+}
+
+impl Record for Synthetic {
+    fn serialized_len(&self) -> usize {
+        self.len as usize
+    }
+    fn serialize_into(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.seq.to_le_bytes());
+        for (k, b) in out[8..].iter_mut().enumerate() {
+            *b = pattern_byte(self.seq, k);
+        }
+    }
+}
+
+impl<'a> FromRecord<'a> for Synthetic {
+    fn from_record(bytes: &'a [u8]) -> Result<Self> {
+        let head: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or(Error::ProtocolViolation {
+            place: "shuffle record".into(),
+            detail: format!("{} bytes, fewer than 8", bytes.len()),
+        })?;
+        let seq = u64::from_le_bytes(head);
+        let bad = bytes[8..].iter().enumerate().filter(|&(k, &b)| b != pattern_byte(seq, k)).count() as u32;
+        Ok(Synthetic { seq, len: bytes.len() as u32, bad })
+    }
+}
+
+struct ShuffleSink {
+    path: PathBuf,
+    records: u64,
+    seq_sum: u64,
+    bad: u64,
+}
+
+impl Collector<Synthetic> for ShuffleSink {
+    #[inline]
+    fn collect(&mut self, r: Synthetic) -> Result<()> {
+        self.records += 1;
+        self.seq_sum = self.seq_sum.wrapping_add(r.seq);
+        self.bad += u64::from(r.bad);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        std::fs::write(&self.path, format!("{}\t{}\t{}\n", self.records, self.seq_sum, self.bad))
+            .map_err(|e| Error::Io { op: "writing the shuffle result".into(), source: e })
+    }
+}
+
+/// The capacity-planning job: `parallelism` generators of `records` records in all, of
+/// `payload` bytes, through an exchange of `selector` into `parallelism` counting and
+/// checksumming sinks.
+pub fn shuffle_job(records: u64, payload: u32, selector: SelectorKind, parallelism: u32, dir: PathBuf) -> JobGraph {
+    let payload = payload.max(8);
+    let stream = JobBuilder::new("shuffle", parallelism).source("generator", move |info, out: &mut dyn Collector<Synthetic>| {
+        let p = u64::from(info.parallelism);
+        let i = u64::from(info.subtask);
+        for seq in (records * i / p)..(records * (i + 1) / p) {
+            out.collect(Synthetic { seq, len: payload, bad: 0 })?;
+        }
+        Ok(())
+    });
+    let stream = match selector {
+        SelectorKind::KeyHash => {
+            return stream
+                .key_by(|s: &Synthetic| &s.seq)
+                .reduce_passthrough()
+                .sink("count and checksum", shuffle_sink(dir));
+        }
+        SelectorKind::Rebalance => stream.rebalance(None),
+        SelectorKind::Rescale => stream.rescale(None),
+        SelectorKind::Broadcast => stream.broadcast(None),
+        SelectorKind::Forward => stream.forward(),
+        SelectorKind::Global => stream.global(),
+    };
+    stream.sink("count and checksum", shuffle_sink(dir))
+}
+
+fn shuffle_sink(dir: PathBuf) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<Synthetic>>> + Send + Sync {
+    let dir = Arc::new(dir);
+    move |info| Ok(Box::new(ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0 }))
+}
+
+/// Sums the shuffle sinks' part files: (records, sum of sequence numbers, bad bytes).
+///
+/// # Errors
+/// I/O errors or malformed part files.
+pub fn shuffle_totals(dir: &Path) -> Result<(u64, u64, u64)> {
+    let mut t = (0u64, 0u64, 0u64);
+    for l in merge_parts(dir, None)? {
+        let s = String::from_utf8_lossy(&l);
+        let v: Vec<u64> = s.split('\t').filter_map(|x| x.parse().ok()).collect();
+        if v.len() != 3 {
+            return Err(Error::Invalid { what: "shuffle result", detail: format!("malformed line {s:?}") });
+        }
+        t = (t.0 + v[0], t.1.wrapping_add(v[1]), t.2 + v[2]);
+    }
+    Ok(t)
+}

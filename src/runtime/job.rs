@@ -467,7 +467,7 @@ struct CountWindow<T, K: ?Sized + ToOwned, F> {
     out: BoxCollector<T>,
 }
 
-impl<T: Clone, K, F> Collector<T> for CountWindow<T, K, F>
+impl<T, K, F> Collector<T> for CountWindow<T, K, F>
 where
     K: ?Sized + Hash + Eq + ToOwned,
     K::Owned: Hash + Eq,
@@ -486,11 +486,10 @@ where
         *since += 1;
         if *since == self.slide {
             *since = 0;
-            let window: Vec<T> = buf.iter().cloned().collect();
+            let r = (self.f)(buf.make_contiguous());
             if self.slide == self.size {
                 buf.clear(); // tumbling: fire and purge
             }
-            let r = (self.f)(&window);
             self.out.collect(r)?;
         }
         Ok(())
@@ -512,6 +511,11 @@ where
         self.stream.chain(name, move |out| Box::new(Reduce { key: key.clone(), f: f.clone(), state: HashMap::new(), out }))
     }
 
+    /// Passes values on unchanged: a keyed exchange with no keyed operator after it.
+    pub fn reduce_passthrough(self) -> Stream<T> {
+        self.stream
+    }
+
     /// Flink's `countWindow(size, slide)`: per key, every `slide` values fire a window over
     /// the last `size` values, aggregated by `f` (tumbling when `slide == size`).
     ///
@@ -523,10 +527,7 @@ where
         size: u64,
         slide: u64,
         f: impl Fn(&[T]) -> T + Clone + Send + Sync + 'static,
-    ) -> Stream<T>
-    where
-        T: Clone,
-    {
+    ) -> Stream<T> {
         assert!(size > 0 && slide > 0, "count windows need size and slide above 0");
         let key = self.key.clone();
         self.stream.chain(name, move |out| {
