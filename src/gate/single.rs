@@ -403,6 +403,7 @@ impl SingleInputGate {
                 let ch = &mut self.channels[c];
                 if ch.state != ChannelState::Finished {
                     ch.state = ChannelState::Finished;
+                    ch.reader.channel().mark_consumed()?;
                     let b = ch.reader.channel().block();
                     // Relaxed (both): statistics for observers.
                     b.records_in.store(ch.reader.records, Ordering::Relaxed);
@@ -601,12 +602,13 @@ impl SingleInputGate {
     /// # Errors
     /// [`Error::Timeout`] after `timeout`, protocol violations, a failed producer.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<GateItem<'_>> {
-        let start = now_nanos();
-        let deadline = timeout.map(|t| start + t.as_nanos() as u64);
+        let mut deadline = None;
         loop {
             if let Some(r) = self.advance()? {
                 return Ok(self.materialize(r));
             }
+            // The clock is read only once nothing is ready (not once per record).
+            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now_nanos() + t.as_nanos() as u64));
             let arena = self.arena.clone();
             let set = NotifySet::new(&arena, self.set_id)?;
             let members = self.base + self.channels.len() as u32;

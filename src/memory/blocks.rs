@@ -117,6 +117,8 @@ pub const CHANNEL_OPEN: u32 = 1;
 pub const CHANNEL_PRODUCER_FAILED: u32 = 2;
 /// `ChannelBlock::state`: the consumer side went away.
 pub const CHANNEL_CONSUMER_GONE: u32 = 3;
+/// `ChannelBlock::state`: the consumer read EndOfPartition: nothing more to deliver.
+pub const CHANNEL_CONSUMED: u32 = 6;
 /// `ChannelBlock::state`: claimed by a partition that is being set up.
 pub const CHANNEL_CLAIMED: u32 = 4;
 /// `ChannelBlock::state`: the producer finished and released the channel; its segments

@@ -731,6 +731,11 @@ impl ResultPartition {
         Ok(())
     }
 
+    /// Every consumer read EndOfPartition (or left) and every segment is back.
+    pub fn is_consumed(&self) -> bool {
+        self.pool.outstanding() == 0 && self.subs.iter().all(|s| s.writer.is_consumed())
+    }
+
     fn release_now(&mut self) {
         if !self.released {
             self.released = true;
@@ -762,7 +767,7 @@ impl Drop for ResultPartition {
         for s in &mut self.subs {
             let _ = s.writer.reclaim(&mut self.pool);
         }
-        if self.pool.outstanding() == 0 {
+        if self.is_consumed() {
             self.release_now();
         }
     }

@@ -12,7 +12,9 @@ use super::notify::NotifySet;
 use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
 use crate::error::{Error, Result};
-use crate::memory::{Arena, ChannelBlock, RingKind, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_PRODUCER_FAILED};
+use crate::memory::{
+    Arena, ChannelBlock, RingKind, CHANNEL_CONSUMED, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_PRODUCER_FAILED,
+};
 use crate::sync::{fence, EventCount, Ordering};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -300,6 +302,12 @@ impl ChannelWriter {
             return Err(Error::ConsumerGone { channel: self.id });
         }
         Ok(())
+    }
+
+    /// Whether the consumer read everything or left.
+    pub fn is_consumed(&self) -> bool {
+        // Acquire: pairs with the Release store in `ChannelReader::mark_consumed`.
+        matches!(self.block().state.load(Ordering::Acquire), CHANNEL_CONSUMED | CHANNEL_CONSUMER_GONE)
     }
 
     /// Marks the producer failed and wakes the consumer, so it stops with an error.
@@ -638,6 +646,17 @@ impl ChannelReader {
     /// A reader for segment `segment` (from a validated descriptor).
     pub fn consumer(&self, segment: u32) -> BufferConsumer {
         BufferConsumer::new(self.arena.clone(), segment, self.release_sink(), self.id)
+    }
+
+    /// Tells the producer that this consumer read everything (EndOfPartition), so the
+    /// partition may be released once every segment is back.
+    ///
+    /// # Errors
+    /// As [`CreditReturn::notify_producer`].
+    pub fn mark_consumed(&self) -> Result<()> {
+        // Release: pairs with the Acquire load in `ChannelWriter::is_consumed`.
+        self.block().state.store(CHANNEL_CONSUMED, Ordering::Release);
+        self.credit_return.notify_producer()
     }
 
     /// Tells the producer this consumer is gone.

@@ -219,7 +219,9 @@ impl<T: Data> Collector<T> for ExchangeOut<T> {
     fn finish(&mut self) -> Result<()> {
         let mut w = self.writer.borrow_mut();
         w.finish()?;
-        Ok(())
+        // A pipelined partition stays until its consumers read it (they may not even have
+        // attached yet); the task ends after that.
+        w.partition_mut().release_when_consumed(None)
     }
 }
 
