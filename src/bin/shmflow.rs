@@ -174,6 +174,14 @@ fn main() -> ExitCode {
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// `println!` that ignores a closed stdout (`shmflow ... | head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Kills and reaps the child if the parent leaves early.
 struct ChildGuard(Option<std::process::Child>);
 
@@ -225,7 +233,7 @@ fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32
         return Err(format!("consumer saw {n} records with sum {s}, expected {records} with sum {sum}").into());
     }
     let secs = elapsed.as_secs_f64();
-    println!(
+    out!(
         "{records} records of {payload} B across two processes in {secs:.3} s: {:.1} M records/s, {:.2} GB/s; \
          {} segments, producer back-pressured {:.1} ms, checksums match",
         records as f64 / secs / 1e6,
@@ -251,7 +259,7 @@ fn demo_consumer(credit: u32, mode: Mode) -> AnyResult<()> {
         sum = sum.wrapping_add(v);
         n += 1;
     }
-    println!("{n} {sum}");
+    out!("{n} {sum}");
     Ok(())
 }
 
@@ -313,10 +321,10 @@ fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
         if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return;
     }
-    println!(
+    out!(
         "{}: {} records, {:.1} MB through the first exchange in {:.3} s: {:.2} M records/s ({} workers, {} subtasks)",
         s.job,
         s.records,
@@ -327,7 +335,7 @@ fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
         s.subtasks
     );
     for e in &s.edges {
-        println!(
+        out!(
             "  edge {} -> {} [{} {}]: {} records, {:.1} MB, max in flight {} segments ({:.1} MB), back-pressured {:.0} ms ({:.1}%)",
             e.from,
             e.to,
@@ -373,9 +381,9 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 if output.is_none() && !opts.json {
                     let mut top: Vec<_> = lines.iter().filter_map(|l| Some((count_of(l)?, l))).collect();
                     top.sort_by(|a, b| b.0.cmp(&a.0));
-                    println!("{} distinct words, {total} words; the most frequent:", lines.len());
+                    out!("{} distinct words, {total} words; the most frequent:", lines.len());
                     for (_, l) in top.iter().take(10) {
-                        println!("  {}", String::from_utf8_lossy(l));
+                        out!("  {}", String::from_utf8_lossy(l));
                     }
                 }
             }
@@ -392,7 +400,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 let lines = builtin::merge_parts(&dir.path, output.as_deref())?;
                 print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
                 if !opts.json {
-                    println!("{} window results", lines.len());
+                    out!("{} window results", lines.len());
                 }
             }
         }
@@ -418,7 +426,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 let mbps = s.records as f64 * f64::from(payload) / s.elapsed_s / 1e6;
                 print_summary(&s, opts.json, serde_json::json!({ "mb_per_s": mbps, "checksum_ok": true }));
                 if !opts.json {
-                    println!("{:.1} MB/s of payload end to end; every record arrived intact", mbps);
+                    out!("{:.1} MB/s of payload end to end; every record arrived intact", mbps);
                 }
             }
         }

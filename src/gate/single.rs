@@ -515,7 +515,11 @@ impl SingleInputGate {
             }
             // Priority events first: unaligned barriers overtake everything, even a
             // channel blocked by an aligned barrier.
-            let pr = ch.reader.channel_mut().poll_priority()?;
+            let pr = if ch.reader.channel_mut().priority_pending()? {
+                ch.reader.channel_mut().poll_priority()?
+            } else {
+                None
+            };
             if let Some(Descriptor::Barrier(b)) = pr {
                 let overtaken = self.overtaken(ci)?;
                 return Ok(Some(Ready::Item(GateItem::UnalignedBarrier { channel: c, barrier: b, overtaken })));

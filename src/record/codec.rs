@@ -238,6 +238,12 @@ tuple_impls!((A 0), (A 0, B 1), (A 0, B 1, C 2), (A 0, B 1, C 2, D 3));
 /// String hashes to, so keyed exchanges route exactly as Flink's KeyGroupStreamPartitioner.
 pub fn java_string_hash(s: &str) -> i32 {
     let mut h: i32 = 0;
+    if s.is_ascii() {
+        for &b in s.as_bytes() {
+            h = h.wrapping_mul(31).wrapping_add(i32::from(b));
+        }
+        return h;
+    }
     for u in s.encode_utf16() {
         h = h.wrapping_mul(31).wrapping_add(i32::from(u));
     }

@@ -557,6 +557,19 @@ impl ChannelReader {
         self.poll_data()
     }
 
+    /// Whether the priority ring holds something (a cheap check before
+    /// [`poll_priority`](Self::poll_priority) on the per-record path).
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll).
+    #[inline]
+    pub fn priority_pending(&mut self) -> Result<bool> {
+        let place = &self.place;
+        let place = || place.clone();
+        let pr = ring(&self.arena, self.id, RingKind::Priority);
+        self.priority.has_next(&pr, &place)
+    }
+
     /// Next descriptor of the priority ring only.
     ///
     /// # Errors

@@ -147,6 +147,9 @@ fn is_word_byte(c: u8) -> bool {
 pub struct Generator {
     vocab: Vec<String>,
     cdf: Vec<u64>,
+    /// `guide[k]`: the first word whose cumulative probability reaches `k << 48`, so a draw
+    /// starts its search there (a constant-time lookup for all but the rarest words).
+    guide: Vec<u32>,
 }
 
 fn splitmix(x: &mut u64) -> u64 {
@@ -211,7 +214,16 @@ impl Generator {
         if let Some(l) = cdf.last_mut() {
             *l = u64::MAX;
         }
-        Self { vocab, cdf }
+        let guide = (0..1u64 << 16).map(|k| cdf.partition_point(|&c| c < k << 48) as u32).collect();
+        Self { vocab, cdf, guide }
+    }
+
+    fn draw(&self, r: u64) -> usize {
+        let mut i = self.guide[(r >> 48) as usize] as usize;
+        while i + 1 < self.cdf.len() && self.cdf[i] < r {
+            i += 1;
+        }
+        i
     }
 
     /// Appends line number `l` of the text seeded by `seed` to `out`.
@@ -220,7 +232,7 @@ impl Generator {
         let words = 6 + splitmix(&mut x) % 13;
         for k in 0..words {
             let r = splitmix(&mut x);
-            let idx = self.cdf.partition_point(|&c| c < r).min(self.vocab.len() - 1);
+            let idx = self.draw(r).min(self.vocab.len() - 1);
             let w = &self.vocab[idx];
             if k > 0 {
                 out.push(' ');

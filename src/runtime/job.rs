@@ -18,7 +18,7 @@ use crate::partition::{
     RebalancePartitioner, RescalePartitioner, ResultPartitionType, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
 use crate::record::{java_string_hash, FromRecord, Record};
-use std::collections::HashMap;
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -508,7 +508,7 @@ where
     /// ends (a keyed reduce in Flink's batch execution mode).
     pub fn reduce(self, name: &str, f: impl Fn(&mut T, T) + Clone + Send + Sync + 'static) -> Stream<T> {
         let key = self.key.clone();
-        self.stream.chain(name, move |out| Box::new(Reduce { key: key.clone(), f: f.clone(), state: HashMap::new(), out }))
+        self.stream.chain(name, move |out| Box::new(Reduce { key: key.clone(), f: f.clone(), state: HashMap::default(), out }))
     }
 
     /// Passes values on unchanged: a keyed exchange with no keyed operator after it.
@@ -531,7 +531,7 @@ where
         assert!(size > 0 && slide > 0, "count windows need size and slide above 0");
         let key = self.key.clone();
         self.stream.chain(name, move |out| {
-            Box::new(CountWindow { key: key.clone(), size, slide, f: f.clone(), state: HashMap::new(), out })
+            Box::new(CountWindow { key: key.clone(), size, slide, f: f.clone(), state: HashMap::default(), out })
         })
     }
 }
