@@ -158,6 +158,10 @@ impl ChannelBlock {
 }
 
 /// One producer-to-consumer connection: rings, wake-ups, flow-control state and counters.
+///
+/// Fields are grouped by writer: what the producer writes and what the consumer writes sit
+/// on different cache lines (separated by `_producer_end`), so a segment hand-over does not
+/// bounce one line between the two cores.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct ChannelBlock {
@@ -171,24 +175,16 @@ pub struct ChannelBlock {
     pub consumer_wake: CachePadded<EventCount>,
     /// The producer parks here for credit or segments; consumers notify it.
     pub producer_wake: CachePadded<EventCount>,
+    // --- written by the producer (and rarely, for state changes, by the consumer) ---
     /// One of the `CHANNEL_*` states.
     pub state: AtomicU32,
-    /// Notify-set (gate block) id + 1 the producer marks when data arrives: the consumer
-    /// gate's wake-up (0 = use `consumer_wake`).
-    pub gate: AtomicU32,
-    /// Index of this channel inside that gate's set.
-    pub gate_index: AtomicU32,
     /// Partition directory slot of the producing partition.
     pub partition: AtomicU32,
     /// Subpartition index in the producing partition.
     pub subpartition: AtomicU32,
     /// Producer worker slot + 1 (0 unknown).
     pub producer_worker: AtomicU32,
-    /// Consumer worker slot + 1 (0 unknown).
-    pub consumer_worker: AtomicU32,
-    /// Credit currently granted (exclusive + floating), written by the consumer.
-    pub credit_granted: AtomicU32,
-    /// Segments published but not yet finished-and-released by the consumer (backlog).
+    /// Segments published but not yet released by the consumer (backlog).
     pub backlog: AtomicU32,
     /// Set by a producer blocked for want of credit on this channel; the consumer's gate
     /// grants floating credit to channels that have it set. 0 or 1.
@@ -198,20 +194,30 @@ pub struct ChannelBlock {
     pub producer_set: AtomicU32,
     /// Index of this channel in that set.
     pub producer_set_index: AtomicU32,
-    /// Spare, zero.
-    pub reserved: AtomicU32,
     /// Records written into this channel.
     pub records_out: AtomicU64,
     /// Bytes written into this channel.
     pub bytes_out: AtomicU64,
     /// Segments published on this channel.
     pub buffers_out: AtomicU64,
+    _producer_end: CachePadded<()>,
+    // --- written by the consumer ---
+    /// Notify-set (gate block) id + 1 the producer marks when data arrives: the consumer
+    /// gate's wake-up (0 = use `consumer_wake`).
+    pub gate: AtomicU32,
+    /// Index of this channel inside that gate's set.
+    pub gate_index: AtomicU32,
+    /// Consumer worker slot + 1 (0 unknown).
+    pub consumer_worker: AtomicU32,
+    /// Credit granted so far (cumulative grants), written by the consumer.
+    pub credit_granted: AtomicU32,
     /// Records read from this channel.
     pub records_in: AtomicU64,
     /// Bytes read from this channel.
     pub bytes_in: AtomicU64,
     /// Segments released by the consumer.
     pub buffers_in: AtomicU64,
+    _consumer_end: CachePadded<()>,
 }
 
 /// One entry of the partition directory (the ResultPartitionManager).
