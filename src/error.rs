@@ -123,6 +123,9 @@ pub enum Error {
     /// An arena region is full (no free channel block, directory entry, ...).
     #[error("no free {0} left in the arena; create it with a larger limit")]
     OutOfSlots(&'static str),
+    /// A job failed; the message names the first failing task or worker.
+    #[error("job failed: {0}")]
+    JobFailed(String),
     /// The task was cancelled (the job is shutting down).
     #[error("cancelled")]
     Cancelled,

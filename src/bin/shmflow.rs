@@ -166,7 +166,12 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shmflow: error: {e}");
+            // A worker stopped by its coordinator exits quietly: the coordinator reports.
+            if is_worker() && matches!(e.downcast_ref::<shmflow::Error>(), Some(shmflow::Error::Cancelled)) {
+                return ExitCode::from(3);
+            }
+            let who = if is_worker() { format!("shmflow worker {}", std::process::id()) } else { "shmflow".into() };
+            eprintln!("{who}: error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -351,7 +351,7 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
         // Workers are cancelled, given a moment, then killed and reaped by the guard; the
         // arena goes with the last mapping.
         drop(workers);
-        return Err(Error::Invalid { what: "job", detail: f });
+        return Err(Error::JobFailed(f));
     }
     // Everything finished: let the workers exit on their own, bounded.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -360,10 +360,7 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
             loop {
                 match c.try_wait() {
                     Ok(Some(status)) if !status.success() => {
-                        return Err(Error::Invalid {
-                            what: "job",
-                            detail: format!("worker {} (pid {}) exited with {status}", w.slot, w.pid),
-                        });
+                        return Err(Error::JobFailed(format!("worker {} (pid {}) exited with {status}", w.slot, w.pid)));
                     }
                     Ok(Some(_)) => break,
                     _ if Instant::now() > deadline => break,
