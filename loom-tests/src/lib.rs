@@ -1,1 +1,13 @@
-
+//! Loom models of shmflow's shared-memory protocols (DESIGN.md §4), one file per protocol
+//! under `tests/`: the segment free list, BufferBuilder/BufferConsumer, the SPSC ring, the
+//! event-count wake-up and the local-pool recycle path. They check the shipping code: under
+//! `--cfg loom` shmflow's `sync` module hands out loom's atomics and cells, and
+//! `Arena::heap` builds the arena's structures with them.
+//!
+//! ```sh
+//! CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release
+//! ```
+//!
+//! Each model prints how many executions it explored and how long it took (shown with
+//! `-- --nocapture`). `LOOM_MAX_PREEMPTIONS=N` overrides the preemption bound of every
+//! model for a deeper (slower) search. Without `--cfg loom` this crate is empty.

@@ -97,8 +97,8 @@ enum Step {
 /// The reader's side: polls segment `index` until it is finished, checking after every
 /// poll that what arrived so far is a prefix of what the writer writes, and that the end
 /// comes exactly after the last byte. Between empty polls it yields (`wake == None`) or
-/// parks on `wake` with the shipping spin-then-park `Waiter`. Returns the release calls
-/// its sink saw.
+/// parks on `wake` with the shipping `Waiter` (`WaitPolicy::park()`). Returns the release
+/// calls its sink saw.
 fn read_all(arena: &Arc<Arena>, index: u32, wake: Option<&EventCount>) -> Vec<ReleaseCall> {
     let expected: Vec<u8> = FIRST.iter().chain(&SECOND).copied().collect();
     let sink = Rc::new(RecordingSink { arena: Arc::clone(arena), calls: RefCell::new(Vec::new()) });
@@ -171,6 +171,7 @@ fn single_reader() {
         writer.join().unwrap();
         let calls = reader.join().unwrap();
         assert_eq!(calls, vec![(index, true, false)]);
+        // Relaxed: every thread has been joined.
         assert_eq!(arena.controls()[index as usize].refcount.load(shmflow::sync::Ordering::Relaxed), 0);
     });
 }
@@ -178,8 +179,9 @@ fn single_reader() {
 /// Broadcast: one segment, fanout 2, a reader on each of two threads while the model's
 /// main thread writes. The readers park on the channel's consumer wake-up between polls
 /// (two readers spinning on `yield_now` would let loom schedule them against each other
-/// forever), and the writer notifies after each publication. Each reader releases exactly once, exactly one of them is the last,
-/// and the last one's recycling write is ordered after both readers' reads.
+/// forever), and the writer notifies after each publication. Each reader releases exactly
+/// once, exactly one of them is the last, and the last one's recycling write is ordered
+/// after both readers' reads.
 #[test]
 fn broadcast_two_readers_one_last() {
     common::check("builder_consumer::broadcast_two_readers_one_last", Some(3), || {
@@ -200,6 +202,7 @@ fn broadcast_two_readers_one_last() {
         assert_eq!(calls.len(), 2, "each reader releases exactly once: {calls:?}");
         assert!(calls.iter().all(|&(s, _, violation)| s == index && !violation), "{calls:?}");
         assert_eq!(calls.iter().filter(|&&(_, last, _)| last).count(), 1, "exactly one last reader: {calls:?}");
+        // Relaxed: every thread has been joined.
         assert_eq!(arena.controls()[index as usize].refcount.load(shmflow::sync::Ordering::Relaxed), 0);
     });
 }

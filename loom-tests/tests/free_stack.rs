@@ -7,19 +7,25 @@
 //!   back, so the head A read returns to the same index with a different next link; the tag
 //!   must make A's stale CAS fail;
 //! - concurrent pop/push rounds from two threads, where every segment changes hands between
-//!   threads, with a write to the segment's payload after each pop.
+//!   threads, with a write to the segment's payload after each pop;
+//! - the same rounds through `NetworkBufferPool::request` and `MemorySegment`'s drop, which
+//!   add the owner record of each segment's control block.
 //!
 //! What a failure means: a segment handed out twice (two threads hold the same index, or
 //! loom reports a data race on a segment's witness cells: two holders not ordered by a
 //! push/pop hand-over), a segment lost (it never comes back when everything is pushed), or
 //! a hand-over whose Release push / Acquire pop does not order the previous owner's payload
-//! writes before the next owner's (a witness-cell race or causality violation).
+//! writes before the next owner's (a witness-cell race or causality violation), or a
+//! `request` that finds the segment it popped still owned (its owner record is not ordered
+//! by the hand-over).
 #![cfg(loom)]
 
 mod common;
 
 use loom::thread;
-use shmflow::memory::Arena;
+use shmflow::buffer::NetworkBufferPool;
+use shmflow::memory::{Arena, Owner};
+use shmflow::sync::Ordering;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -119,6 +125,42 @@ fn concurrent_pop_push_rounds() {
         let t2 = worker(b'x');
         t1.join().unwrap();
         t2.join().unwrap();
+        assert_all_free(&arena);
+    });
+}
+
+/// The same rounds through the `NetworkBufferPool`, which adds the ownership record of
+/// each control block: `request` claims the segment (and reports a segment on the free
+/// stack that someone still owns), dropping the `MemorySegment` marks it free and pushes
+/// it. No claim may ever find the segment owned, and all segments end free.
+#[test]
+fn network_pool_request_and_recycle() {
+    common::check("free_stack::network_pool_request_and_recycle", Some(3), || {
+        let arena = common::tiny_arena();
+        let worker = |pool_id: u32| {
+            let pool = NetworkBufferPool::new(Arc::clone(&arena));
+            thread::spawn(move || {
+                for round in 0..2u8 {
+                    let tag = (pool_id as u8) * 16 + round;
+                    let mut segment = pool
+                        .request(Owner::Pool { pool: pool_id, worker: 0 }, pool_id + 1)
+                        .expect("never a segment on the free stack that someone owns")
+                        .expect("a segment is free for each thread");
+                    segment.as_mut_slice()[0] = tag;
+                    assert_eq!(segment.as_slice()[0], tag, "written by someone else while held");
+                    pool.recycle(segment);
+                }
+            })
+        };
+        let t1 = worker(1);
+        let t2 = worker(2);
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert_eq!(NetworkBufferPool::new(Arc::clone(&arena)).available(), 2);
+        for control in arena.controls() {
+            // Relaxed: every thread has been joined.
+            assert_eq!(Owner::unpack(control.owner.load(Ordering::Relaxed)), Owner::Free);
+        }
         assert_all_free(&arena);
     });
 }

@@ -13,6 +13,16 @@
 //! slot the consumer had not read yet because the consumer's `head` store or the
 //! producer's cached-head refresh is wrong), or a spurious protocol violation (a side's
 //! validation of the other's index rejected a legal value).
+//!
+//! A second model does the same with `push_all` batches (one value, a pair that wraps
+//! around the end of the slots, one value) against a consumer that looks with `available`
+//! and `peek_at` before popping: the batch must become visible all at once, never before
+//! it fits, and a peeked value must be the one popped next.
+//!
+//! A limit of loom to keep in mind: it never lets a load read from a store that comes later
+//! in program order of another thread (no load buffering), so weakening the consumer's
+//! Release store of `head` to Relaxed goes unnoticed here; the producer's Release store of
+//! `tail` and both Acquire loads are checked.
 #![cfg(loom)]
 
 mod common;
@@ -93,4 +103,54 @@ fn push_pop_wrap_around_full_and_empty() {
     // Relaxed (both): the search is over.
     assert!(FULL_SEEN.load(std::sync::atomic::Ordering::Relaxed) > 0, "no execution found the ring full");
     assert!(EMPTY_SEEN.load(std::sync::atomic::Ordering::Relaxed) > 0, "no execution found the ring empty");
+}
+
+/// The batch path the channel uses for descriptors: `push_all` publishes several values
+/// with one Release store of `tail`, and only when all of them fit. The producer pushes
+/// one value, then a pair (which needs the ring empty and wraps around the end of the
+/// slots), then one more; the consumer checks with `available` / `peek_at` before each pop
+/// that the value it is about to take is the one it then pops.
+#[test]
+fn push_all_batches_wrap_around() {
+    common::check("spsc_ring::push_all_batches_wrap_around", Some(3), || {
+        let arena = common::tiny_arena();
+        let mut producer = RingProducer::attach(&data_ring(&arena));
+        let mut consumer = RingConsumer::attach(&data_ring(&arena));
+
+        let p = {
+            let arena = Arc::clone(&arena);
+            thread::spawn(move || {
+                let ring = data_ring(&arena);
+                let batches: [&[u64]; 3] = [&[value(0)], &[value(1), value(2)], &[value(3)]];
+                for batch in batches {
+                    while !producer.push_all(&ring, batch, &place).expect("the consumer's head is valid") {
+                        thread::yield_now();
+                    }
+                }
+            })
+        };
+        let c = {
+            let arena = Arc::clone(&arena);
+            thread::spawn(move || {
+                let ring = data_ring(&arena);
+                let mut got = Vec::new();
+                while got.len() < VALUES as usize {
+                    let ready = consumer.available(&ring, &place).expect("the producer's tail is valid");
+                    assert!(ready <= ring.capacity());
+                    if ready == 0 {
+                        thread::yield_now();
+                        continue;
+                    }
+                    let peeked = consumer.peek_at(&ring, 0);
+                    let v = consumer.pop(&ring, &place).expect("the producer's tail is valid");
+                    assert!(v.is_some() && v == peeked, "peeked {peeked:?}, popped {v:?}");
+                    got.extend(v);
+                }
+                got
+            })
+        };
+        p.join().unwrap();
+        let got = c.join().unwrap();
+        assert_eq!(got, (0..VALUES).map(value).collect::<Vec<_>>(), "values lost, duplicated or reordered");
+    });
 }

@@ -33,7 +33,8 @@ pub fn tiny_arena() -> Arc<Arena> {
 }
 
 /// Explores every interleaving of `model` (up to `preemption_bound` preemptions per
-/// execution when set) and prints the number of executions and the time taken.
+/// execution when set) and prints the number of executions and the time taken. The
+/// `LOOM_MAX_PREEMPTIONS` environment variable, when set, overrides `preemption_bound`.
 pub fn check<F>(name: &str, preemption_bound: Option<usize>, model: F)
 where
     F: Fn() + Sync + Send + 'static,
