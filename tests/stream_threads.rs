@@ -38,7 +38,7 @@ fn records_arrive_in_order_and_segments_return() {
         (expect, sum)
     });
     let mut w = StreamWriter::new(arena.clone(), 0, 4, WaitPolicy::adaptive(), Some(Duration::from_secs(20))).unwrap();
-    let mut buf = vec![0u8; 64];
+    let mut buf = [0u8; 64];
     for i in 0..n {
         buf[..8].copy_from_slice(&i.to_le_bytes());
         w.write(&buf[..8 + (i % 50) as usize]).unwrap();

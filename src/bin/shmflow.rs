@@ -385,7 +385,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 print_summary(&s, opts.json, serde_json::json!({ "distinct_words": lines.len(), "words": total }));
                 if output.is_none() && !opts.json {
                     let mut top: Vec<_> = lines.iter().filter_map(|l| Some((count_of(l)?, l))).collect();
-                    top.sort_by(|a, b| b.0.cmp(&a.0));
+                    top.sort_by_key(|t| std::cmp::Reverse(t.0));
                     out!("{} distinct words, {total} words; the most frequent:", lines.len());
                     for (_, l) in top.iter().take(10) {
                         out!("  {}", String::from_utf8_lossy(l));
@@ -411,7 +411,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
         }
         JobCmd::Shuffle { records, payload, selector, opts } => {
             let kind: SelectorKind = selector.parse()?;
-            if payload < 8 || payload > 256 << 20 {
+            if !(8..=256 << 20).contains(&payload) {
                 return Err(format!("--payload {payload} is out of range (8..=268435456)").into());
             }
             let cfg = runtime_config(&opts)?;

@@ -248,6 +248,8 @@ pub struct BufferConsumer {
     read_pos: u32,
     finished: bool,
     place: u32,
+    /// The writer position of the last load in `peek_final` (validated there).
+    known: u32,
 }
 
 impl std::fmt::Debug for BufferConsumer {
@@ -262,7 +264,7 @@ impl BufferConsumer {
     pub fn new(arena: Arc<Arena>, index: u32, sink: Rc<dyn ReleaseSink>, channel: u32) -> Self {
         debug_assert!(index < arena.segment_count());
         let size = arena.segment_size();
-        Self { lease: Rc::new(Lease { arena, index, sink }), size, read_pos: 0, finished: false, place: channel }
+        Self { lease: Rc::new(Lease { arena, index, sink }), size, read_pos: 0, finished: false, place: channel, known: 0 }
     }
 
     /// The segment index.
@@ -336,12 +338,25 @@ impl BufferConsumer {
     /// As [`writer_position`](Self::writer_position).
     pub fn peek_final(&mut self) -> Result<(&[u8], bool)> {
         let (pos, fin) = self.writer_position()?;
+        self.known = pos;
         if fin && pos == self.read_pos {
             self.finished = true;
         }
         // SAFETY: [read_pos, pos) is published (Acquire above) and inside the segment
         // (validated); the lease keeps the segment alive.
         Ok((unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, pos - self.read_pos) }, fin))
+    }
+
+    /// The bytes from the read position up to the writer position that the last
+    /// [`peek_final`](Self::peek_final) loaded, without loading it again (a cross-core
+    /// cache miss while the writer commits often). Possibly empty.
+    #[inline]
+    pub fn peek_known(&self) -> &[u8] {
+        let n = self.known.saturating_sub(self.read_pos);
+        // SAFETY: [read_pos, known) lies below a writer position that `peek_final` loaded
+        // with Acquire and validated (inside the segment); the writer never writes below a
+        // published position, and the lease keeps the segment alive.
+        unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, n) }
     }
 
     /// Marks `n` more bytes as read (after [`peek`](Self::peek)).

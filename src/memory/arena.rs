@@ -395,9 +395,10 @@ impl Arena {
     /// Builds every structure in place, fills the free stack, then publishes the header.
     fn initialize(&self) {
         let l = &self.layout;
-        // SAFETY (for each `init_region` call): the region lies inside the mapping (computed
-        // by the layout), is aligned for T (128-byte region alignment, T's alignment is at
-        // most 128), and no other process can see the arena before `state` is READY.
+        // SAFETY: for the header write and each `init_region` call: the region lies inside
+        // the mapping (computed by the layout), is aligned for T (128-byte region alignment,
+        // T's alignment is at most 128), and no other process can see the arena before
+        // `state` is READY.
         unsafe {
             std::ptr::write(
                 self.base.as_ptr().cast::<ArenaHeader>(),

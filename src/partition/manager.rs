@@ -148,7 +148,7 @@ impl ResultPartitionManager {
         for (i, e) in self.arena.partitions().iter().enumerate() {
             // Acquire: pairs with the Release store in `publish` / `set_state`.
             let state = e.state.load(Ordering::Acquire);
-            if state < PARTITION_REGISTERED || state > PARTITION_FAILED || id_of(e) != id {
+            if !(PARTITION_REGISTERED..=PARTITION_FAILED).contains(&state) || id_of(e) != id {
                 continue;
             }
             // Relaxed (all): ordered by the Acquire load above.
@@ -204,7 +204,8 @@ impl ResultPartitionManager {
         let n = n as usize;
         let mut start = 0;
         'outer: while start + n <= blocks.len() {
-            for j in start..start + n {
+            let run = start..start + n;
+            for j in run {
                 let st = &blocks[j].state;
                 // Acquire on success: after the previous user's last writes to the block.
                 let ok = st.compare_exchange(CHANNEL_FREE, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()

@@ -101,6 +101,34 @@ impl RecordReader {
         Error::ProtocolViolation { place: format!("channel {}", self.channel.id()), detail }
     }
 
+    /// The common case of [`poll`](Self::poll), cheap enough to run per record: the next
+    /// record lies whole in the bytes of the current segment known to be published. On
+    /// `true` it is read exactly as `poll` would read it; on `false` nothing changed and
+    /// the caller uses `poll`.
+    #[inline]
+    pub fn poll_known(&mut self) -> bool {
+        if self.span_len.is_some() || matches!(self.last, Last::Spanned) {
+            return false;
+        }
+        let Some(c) = self.current.as_mut() else {
+            return false;
+        };
+        let known = c.peek_known();
+        if known.len() < LEN_PREFIX {
+            return false;
+        }
+        let len = u32::from_le_bytes(known[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+        if len > self.max_record || known.len() - LEN_PREFIX < len {
+            return false;
+        }
+        let read_pos = c.read_position();
+        c.consume((LEN_PREFIX + len) as u32);
+        self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
+        self.records += 1;
+        self.bytes += len as u64;
+        true
+    }
+
     /// Advances to the next record or event.
     ///
     /// # Errors
@@ -134,7 +162,13 @@ impl RecordReader {
                 }
                 let read_pos = c.read_position();
                 let seg = c.index();
-                let (bytes, fin) = c.peek_final()?;
+                // Bytes known published from the last load come first: while they hold a
+                // whole record, the writer's position is not loaded again.
+                let known = c.peek_known();
+                let whole = known.len() >= LEN_PREFIX
+                    && known.len() - LEN_PREFIX
+                        >= u32::from_le_bytes(known[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+                let (bytes, fin) = if whole { (known, false) } else { c.peek_final()? };
                 let avail = bytes.len();
                 if avail >= LEN_PREFIX {
                     let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;

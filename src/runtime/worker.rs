@@ -59,12 +59,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                loop {
-                    match recv::<ToWorker>(&mut reader) {
-                        Ok(Some(ToWorker::Deploy { .. })) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(ToWorker::Deploy { .. })) = recv::<ToWorker>(&mut reader) {}
                 // Relaxed: a stop request, polled by every task.
                 cancel.store(true, Ordering::Relaxed);
             })
