@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::gate::{InputGateConfig, SingleInputGate, UnionInputGate};
-use crate::memory::Arena;
+use crate::memory::{liveness, Arena};
 use crate::partition::{
     BufferTimeout, ChannelSelector, RecordWriter, ResultPartition, ResultPartitionConfig, ResultPartitionManager,
 };
@@ -18,13 +18,42 @@ pub struct ShuffleEnvironment {
     arena: Arc<Arena>,
     worker: u32,
     manager: ResultPartitionManager,
+    _exit: Arc<ExitGuard>,
+}
+
+/// Marks the worker record as left cleanly when the last clone of the environment drops.
+#[derive(Debug)]
+struct ExitGuard {
+    arena: Arc<Arena>,
+    worker: u32,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        liveness::mark_exited(&self.arena, self.worker);
+    }
 }
 
 impl ShuffleEnvironment {
-    /// An environment over `arena` for worker slot `worker`.
+    /// An environment over `arena` for worker slot `worker` (assigned by a coordinator):
+    /// registers this process's pid and start time there, so peers can tell if it dies.
+    /// A slot outside the arena's worker table is not registered (peers then cannot
+    /// detect this process's death).
     pub fn new(arena: Arc<Arena>, worker: u32) -> Self {
+        let _ = liveness::register(&arena, worker);
         let manager = ResultPartitionManager::new(arena.clone());
-        Self { arena, worker, manager }
+        let exit = Arc::new(ExitGuard { arena: arena.clone(), worker });
+        Self { arena, worker, manager, _exit: exit }
+    }
+
+    /// An environment that claims a free worker slot itself (library users without a
+    /// coordinator).
+    ///
+    /// # Errors
+    /// [`crate::Error::OutOfSlots`] when the worker table is full.
+    pub fn join(arena: Arc<Arena>) -> Result<Self> {
+        let worker = liveness::claim(&arena)?;
+        Ok(Self::new(arena, worker))
     }
 
     /// Attaches to the arena passed down by the parent process (see
@@ -79,7 +108,9 @@ impl ShuffleEnvironment {
     /// # Errors
     /// As [`SingleInputGate::new`].
     pub fn create_input_gate(&self, cfg: &InputGateConfig) -> Result<SingleInputGate> {
-        SingleInputGate::new(self.arena.clone(), cfg)
+        let mut cfg = cfg.clone();
+        cfg.worker = Some(self.worker);
+        SingleInputGate::new(self.arena.clone(), &cfg)
     }
 
     /// Creates a union of gates.
@@ -87,6 +118,10 @@ impl ShuffleEnvironment {
     /// # Errors
     /// As [`UnionInputGate::new`].
     pub fn create_union_gate(&self, cfgs: &[InputGateConfig]) -> Result<UnionInputGate> {
-        UnionInputGate::new(self.arena.clone(), cfgs)
+        let cfgs: Vec<InputGateConfig> = cfgs.iter().cloned().map(|mut c| {
+            c.worker = Some(self.worker);
+            c
+        }).collect();
+        UnionInputGate::new(self.arena.clone(), &cfgs)
     }
 }

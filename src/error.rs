@@ -104,6 +104,16 @@ pub enum Error {
         /// Channel id.
         channel: u32,
     },
+    /// A peer process died while this one depended on it.
+    #[error("{role} of {place} (pid {pid}) died")]
+    PeerDied {
+        /// "producer" or "consumer".
+        role: &'static str,
+        /// The partition / channel it served.
+        place: String,
+        /// Its pid.
+        pid: u32,
+    },
     /// The consumer of a channel went away.
     #[error("consumer of channel {channel} is gone")]
     ConsumerGone {

@@ -2,12 +2,13 @@
 
 use crate::error::{Error, Result};
 use crate::event::{CheckpointBarrier, Event};
+use crate::memory::liveness::{self, Liveness, LivenessProbe};
 use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::partition::{RequestBackoff, ResultPartitionId, ResultPartitionManager};
 use crate::record::{RecordReader, Step, LEN_PREFIX};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
-use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, WaitPolicy, Waiter};
+use crate::sync::{now_nanos, AtomicBool, Ordering, WaitPolicy, Waiter};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -38,6 +39,9 @@ pub struct InputGateConfig {
     pub backoff: RequestBackoff,
     /// Records served from one channel before moving to the next (fairness).
     pub batch: u32,
+    /// The consumer's worker slot, recorded in each channel so producers can tell if this
+    /// process dies (set by the ShuffleEnvironment).
+    pub worker: Option<u32>,
 }
 
 impl InputGateConfig {
@@ -50,6 +54,7 @@ impl InputGateConfig {
             wait_policy: WaitPolicy::adaptive(),
             backoff: RequestBackoff::default(),
             batch: 64,
+            worker: None,
         }
     }
 }
@@ -149,6 +154,7 @@ pub struct SingleInputGate {
     task: Option<TaskMetricsHandle>,
     reported: (u64, u64),
     cancel: Option<Arc<AtomicBool>>,
+    probe: LivenessProbe,
 }
 
 impl std::fmt::Debug for SingleInputGate {
@@ -213,6 +219,10 @@ impl SingleInputGate {
             }
             let reader =
                 ChannelReader::open_with_floating(arena.clone(), info.first_channel + spec.subpartition, floating_free.clone())?;
+            if let Some(w) = cfg.worker {
+                // Relaxed: read by the producer's liveness probe, a hint.
+                reader.block().consumer_worker.store(w + 1, Ordering::Relaxed);
+            }
             reader.set_gate(set_id, base + i as u32);
             reader.grant(cfg.exclusive_credits)?;
             channels.push(InputChannel {
@@ -250,6 +260,7 @@ impl SingleInputGate {
             task: None,
             reported: (0, 0),
             cancel: None,
+            probe: LivenessProbe::default(),
         })
     }
 
@@ -626,40 +637,73 @@ impl SingleInputGate {
     /// # Errors
     /// [`Error::Timeout`] after `timeout`, protocol violations, a failed producer.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<GateItem<'_>> {
-        if let Some(c) = self.next_known()? {
-            return Ok(GateItem::Record { channel: c, data: self.channels[c as usize].reader.record() });
-        }
-        let mut deadline = None;
+        let start = now_nanos();
+        let deadline = timeout.map(|t| start + t.as_nanos() as u64);
         loop {
             if let Some(r) = self.advance()? {
                 return Ok(self.materialize(r));
             }
-            // The clock is read only once nothing is ready (not once per record).
-            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now_nanos() + t.as_nanos() as u64));
+            if self.probe.due() {
+                self.check_producers()?;
+            }
             let arena = self.arena.clone();
             let set = NotifySet::new(&arena, self.set_id)?;
             let members = self.base + self.channels.len() as u32;
-            let remaining = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_nanos())));
-            let t0 = now_nanos();
+            let now = now_nanos();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
+            }
+            // Wait at most a liveness-probe interval at a time, so a dead producer is
+            // noticed even when nothing wakes us.
+            let slice = Duration::from_millis(100);
+            let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d - now).min(slice));
             self.report();
             let cancel = self.cancel.clone();
-            let out = self.waiter.wait(set.wake(), remaining, || {
+            let t0 = now_nanos();
+            let _ = self.waiter.wait(set.wake(), Some(remaining), || {
                 // Relaxed: a stop request.
                 (set.any(members) || cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))).then_some(())
             });
-            // Relaxed: as above.
-            if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(Error::Cancelled);
-            }
             let idle = now_nanos().saturating_sub(t0);
             self.idle_ns += idle;
             if let Some(t) = &self.task {
                 t.add_idle(idle);
             }
-            if out == WaitOutcome::TimedOut {
-                return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
+            // Relaxed: as above.
+            if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(Error::Cancelled);
             }
         }
+    }
+
+    /// Fails with [`Error::PeerDied`] if the producer of an unfinished channel with
+    /// nothing left to read died.
+    fn check_producers(&mut self) -> Result<()> {
+        for (i, ch) in self.channels.iter_mut().enumerate() {
+            if ch.state == ChannelState::Finished {
+                continue;
+            }
+            // Relaxed: written by the producer before the partition was published.
+            let w = ch.reader.channel().block().producer_worker.load(Ordering::Relaxed);
+            if w == 0 {
+                continue;
+            }
+            if let Liveness::Dead { pid } = liveness::liveness(&self.arena, w - 1) {
+                if ch.reader.has_input()? {
+                    continue; // read what it left first
+                }
+                liveness::declare_dead(&self.arena, w - 1);
+                let b = ch.reader.channel().block();
+                // Relaxed (both): bookkeeping written before publication.
+                let (p, sp) = (b.partition.load(Ordering::Relaxed), b.subpartition.load(Ordering::Relaxed));
+                return Err(Error::PeerDied {
+                    role: "producer",
+                    place: format!("partition slot {p} subpartition {sp} (gate channel {i})"),
+                    pid,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

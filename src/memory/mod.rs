@@ -12,6 +12,7 @@ mod arena;
 mod blocks;
 mod header;
 mod layout;
+pub mod liveness;
 mod segment;
 mod stack;
 

@@ -21,6 +21,7 @@ use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::memory::liveness::{self, Liveness};
 use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::record::{write_record, write_spanning_head, Record, WriteOutcome, DEFAULT_MAX_RECORD, LEN_PREFIX};
@@ -335,22 +336,57 @@ impl ResultPartition {
         let set = NotifySet::new(&arena, self.set_id)?;
         let mut waiter = std::mem::replace(&mut self.waiter, Waiter::new(WaitPolicy::park()));
         let start = now_nanos();
-        let out = waiter.wait(set.wake(), self.timeout, || {
-            if self.cancelled() {
-                return Some(Err(Error::Cancelled));
+        let deadline = self.timeout.map(|t| start + t.as_nanos() as u64);
+        let result = loop {
+            // Wait at most a liveness-probe interval at a time, so a dead consumer is
+            // noticed even when nothing wakes us.
+            let slice = Duration::from_millis(100);
+            let now = now_nanos();
+            let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d.saturating_sub(now)).min(slice));
+            let out = waiter.wait(set.wake(), Some(remaining), || {
+                if self.cancelled() {
+                    return Some(Err(Error::Cancelled));
+                }
+                f(self).transpose()
+            });
+            match out {
+                WaitOutcome::Ready(r) => break r,
+                WaitOutcome::TimedOut => {
+                    if deadline.is_some_and(|d| now_nanos() >= d) {
+                        break Err(Error::Timeout(self.timeout.unwrap_or_default(), what));
+                    }
+                    if let Err(e) = self.check_consumers() {
+                        break Err(e);
+                    }
+                }
             }
-            f(self).transpose()
-        });
+        };
         self.waiter = waiter;
         let waited = now_nanos().saturating_sub(start);
         self.stats.back_pressured_ns += waited;
         if let Some(t) = &self.task {
             t.add_back_pressured(waited);
         }
-        match out {
-            WaitOutcome::Ready(r) => r,
-            WaitOutcome::TimedOut => Err(Error::Timeout(self.timeout.unwrap_or_default(), what)),
+        result
+    }
+
+    /// Fails with [`Error::PeerDied`] if the consumer of an unconsumed subpartition died.
+    fn check_consumers(&self) -> Result<()> {
+        for (i, s) in self.subs.iter().enumerate() {
+            if s.writer.is_consumed() {
+                continue;
+            }
+            // Relaxed: a hint written by the consumer when it attached.
+            let w = s.writer.block().consumer_worker.load(Ordering::Relaxed);
+            if w == 0 {
+                continue;
+            }
+            if let Liveness::Dead { pid } = liveness::liveness(&self.arena, w - 1) {
+                liveness::declare_dead(&self.arena, w - 1);
+                return Err(Error::PeerDied { role: "consumer", place: format!("partition {} subpartition {i}", self.id), pid });
+            }
         }
+        Ok(())
     }
 
     fn open_builder(&mut self, c: usize) -> Result<()> {
