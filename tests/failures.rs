@@ -1,0 +1,115 @@
+//! A peer that dies (SIGKILL) is noticed: the survivor gets a clear error naming the peer
+//! instead of hanging. The test binary re-executes itself as the peer.
+
+use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
+use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::partition::{RequestBackoff, ResultPartitionConfig, ResultPartitionId, ResultPartitionType};
+use shmflow::{Error, ShuffleEnvironment};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "SHMFLOW_FAILURE_ROLE";
+const ID: ResultPartitionId = ResultPartitionId::new(7, 0);
+
+struct Kill(Option<Child>);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn arena() -> Arc<Arena> {
+    let cfg = ArenaConfig { segment_size: 4096, segment_count: 128, max_channels: 8, max_gates: 8, ..ArenaConfig::default() };
+    Arc::new(Arena::create_memfd(&cfg, "failures").unwrap())
+}
+
+fn spawn(arena: &Arena, role: &str) -> Kill {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "peer_entry", "--nocapture", "--test-threads=1"]).env(ROLE, role).stdout(Stdio::null());
+    arena.inherit_fd_into(&mut cmd).unwrap();
+    Kill(Some(cmd.spawn().unwrap()))
+}
+
+fn gate_cfg() -> InputGateConfig {
+    let mut g = InputGateConfig::new(vec![InputSpec { partition: ID, subpartition: 0 }]);
+    g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(5) };
+    g
+}
+
+/// The peer process: a producer that writes a little and then hangs, or a consumer that
+/// reads a little and then hangs. Either is killed by the test.
+#[test]
+fn peer_entry() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    let env = ShuffleEnvironment::attach_inherited(1).unwrap();
+    match role.as_str() {
+        "producer" => {
+            let mut p = env
+                .create_result_partition(&ResultPartitionConfig::new(ID, ResultPartitionType::PipelinedBounded, 1))
+                .unwrap();
+            for i in 0..100u64 {
+                p.emit(&i, 0).unwrap();
+            }
+            p.flush_all().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "consumer" => {
+            let mut g = env.create_input_gate(&gate_cfg()).unwrap();
+            for _ in 0..10 {
+                let _ = g.next(Some(Duration::from_secs(10))).unwrap();
+            }
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn consumer_sees_a_killed_producer_as_dead() {
+    let arena = arena();
+    let mut peer = spawn(&arena, "producer");
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut gate = env.create_input_gate(&gate_cfg()).unwrap();
+    let mut got = 0;
+    while got < 100 {
+        match gate.next(Some(Duration::from_secs(20))).unwrap() {
+            GateItem::Record { .. } => got += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    peer.0.as_mut().unwrap().kill().unwrap();
+    peer.0.as_mut().unwrap().wait().unwrap();
+    let t = Instant::now();
+    let err = gate.next(Some(Duration::from_secs(20))).unwrap_err();
+    assert!(matches!(err, Error::PeerDied { role: "producer", .. }), "{err}");
+    assert!(err.to_string().contains("producer of partition"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "noticed before the wait's own timeout");
+    drop(peer);
+}
+
+#[test]
+fn producer_sees_a_killed_consumer_as_dead() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut cfg = ResultPartitionConfig::new(ID, ResultPartitionType::PipelinedBounded, 1);
+    cfg.timeout = Some(Duration::from_secs(20));
+    let mut part = env.create_result_partition(&cfg).unwrap();
+    let mut peer = spawn(&arena, "consumer");
+    // Write until blocked: the consumer reads 10 records and stops reading.
+    let rec = vec![1u8; 1000];
+    let err = loop {
+        if let Err(e) = part.emit(&rec[..], 0) {
+            break e;
+        }
+        if part.stats().parks > 0 && peer.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+            // Blocked at least once with the consumer alive: now kill it.
+            let _ = peer.0.as_mut().unwrap().kill();
+        }
+    };
+    assert!(matches!(err, Error::PeerDied { role: "consumer", .. }), "{err}");
+    drop(peer);
+}
