@@ -63,6 +63,14 @@ impl TaskMetricsHandle {
         Err(Error::OutOfSlots("task metrics block"))
     }
 
+    /// Records which task this is (job vertex and subtask), for observers.
+    pub fn set_identity(&self, vertex: u32, subtask: u32) {
+        let b = self.block();
+        // Relaxed (both): labels read by observers.
+        b.vertex.store(vertex, Ordering::Relaxed);
+        b.subtask.store(subtask, Ordering::Relaxed);
+    }
+
     /// The slot.
     pub fn slot(&self) -> u32 {
         self.slot
@@ -123,6 +131,12 @@ pub struct TaskSnapshot {
     pub at_ns: u64,
     /// Task state.
     pub state: u32,
+    /// Worker slot + 1.
+    pub worker: u32,
+    /// Job vertex.
+    pub vertex: u32,
+    /// Subtask.
+    pub subtask: u32,
     /// Records read.
     pub records_in: u64,
     /// Records written.
@@ -148,6 +162,9 @@ pub fn task_snapshot(arena: &Arena, slot: u32) -> Option<TaskSnapshot> {
     Some(TaskSnapshot {
         at_ns: now_nanos(),
         state: t.state.load(Ordering::Relaxed),
+        worker: t.worker.load(Ordering::Relaxed),
+        vertex: t.vertex.load(Ordering::Relaxed),
+        subtask: t.subtask.load(Ordering::Relaxed),
         records_in: t.records_in.load(Ordering::Relaxed),
         records_out: t.records_out.load(Ordering::Relaxed),
         bytes_in: t.bytes_in.load(Ordering::Relaxed),
@@ -277,4 +294,178 @@ pub fn in_pool_usage(arena: &Arena, gate: u32) -> Option<f64> {
         }
     }
     Some((used as f64 / cap).min(1.0))
+}
+
+/// One task as `shmflow top` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskView {
+    /// Metrics slot.
+    pub slot: u32,
+    /// Job vertex.
+    pub vertex: u32,
+    /// Subtask.
+    pub subtask: u32,
+    /// Worker slot.
+    pub worker: u32,
+    /// "running", "finished" or "failed".
+    pub state: &'static str,
+    /// busyTimeMsPerSecond.
+    pub busy_ms_per_s: f64,
+    /// idleTimeMsPerSecond.
+    pub idle_ms_per_s: f64,
+    /// backPressuredTimeMsPerSecond.
+    pub back_pressured_ms_per_s: f64,
+    /// OK / LOW / HIGH.
+    pub back_pressure: &'static str,
+    /// Records in per second.
+    pub records_in_per_s: f64,
+    /// Records out per second.
+    pub records_out_per_s: f64,
+    /// Bytes in per second.
+    pub bytes_in_per_s: f64,
+    /// Bytes out per second.
+    pub bytes_out_per_s: f64,
+    /// Records read so far.
+    pub records_in: u64,
+    /// Records written so far.
+    pub records_out: u64,
+}
+
+/// One channel as `shmflow top` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelView {
+    /// Channel block.
+    pub channel: u32,
+    /// Producing partition's directory slot.
+    pub partition: u32,
+    /// Subpartition.
+    pub subpartition: u32,
+    /// Segments in flight (backlog).
+    pub backlog: u32,
+    /// Bytes those segments can hold.
+    pub in_flight_bytes: u64,
+    /// Credit granted so far.
+    pub credit_granted: u32,
+    /// The producer waits for credit.
+    pub credit_wanted: bool,
+    /// Records written.
+    pub records_out: u64,
+    /// Records read.
+    pub records_in: u64,
+}
+
+/// One partition as `shmflow top` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionView {
+    /// Directory slot.
+    pub slot: u32,
+    /// Partition id.
+    pub id: String,
+    /// Directory state.
+    pub state: u32,
+    /// outPoolUsage.
+    pub out_pool_usage: f64,
+    /// Subpartitions.
+    pub subpartitions: u32,
+}
+
+/// Everything `shmflow top` shows, from two looks at the arena.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArenaView {
+    /// Seconds between the two looks.
+    pub interval_s: f64,
+    /// Segments in the arena.
+    pub segments: u32,
+    /// Segments on the free stack.
+    pub free_segments: u32,
+    /// Tasks.
+    pub tasks: Vec<TaskView>,
+    /// Partitions.
+    pub partitions: Vec<PartitionView>,
+    /// Channels of live partitions.
+    pub channels: Vec<ChannelView>,
+}
+
+fn live_tasks(arena: &Arena) -> Vec<(u32, TaskSnapshot)> {
+    (0..arena.config().max_tasks)
+        .filter_map(|s| task_snapshot(arena, s).map(|t| (s, t)))
+        .filter(|(_, t)| t.state != TASK_FREE)
+        .collect()
+}
+
+/// Looks at `arena` twice, `interval` apart, and describes what moved. Only reads.
+pub fn observe(arena: &Arena, interval: std::time::Duration) -> ArenaView {
+    let before = live_tasks(arena);
+    std::thread::sleep(interval);
+    let after = live_tasks(arena);
+    let mut tasks = Vec::new();
+    for (slot, b) in &after {
+        let a = before.iter().find(|(s, _)| s == slot).map(|(_, t)| *t).unwrap_or(TaskSnapshot { at_ns: b.started_ns, ..*b });
+        let r = TaskRates::between(&a, b);
+        tasks.push(TaskView {
+            slot: *slot,
+            vertex: b.vertex,
+            subtask: b.subtask,
+            worker: b.worker.saturating_sub(1),
+            state: match b.state {
+                TASK_RUNNING => "running",
+                TASK_FINISHED => "finished",
+                _ => "failed",
+            },
+            busy_ms_per_s: r.busy_ms_per_s,
+            idle_ms_per_s: r.idle_ms_per_s,
+            back_pressured_ms_per_s: r.back_pressured_ms_per_s,
+            back_pressure: r.back_pressure_status(),
+            records_in_per_s: r.records_in_per_s,
+            records_out_per_s: r.records_out_per_s,
+            bytes_in_per_s: r.bytes_in_per_s,
+            bytes_out_per_s: r.bytes_out_per_s,
+            records_in: b.records_in,
+            records_out: b.records_out,
+        });
+    }
+    tasks.sort_by_key(|t| (t.vertex, t.subtask));
+    let mut partitions = Vec::new();
+    let mut channels = Vec::new();
+    let seg = u64::from(arena.segment_size());
+    for (i, e) in arena.partitions().iter().enumerate() {
+        // Relaxed (all): an observer's snapshot of counters and states.
+        let state = e.state.load(Ordering::Relaxed);
+        if !(2..=3).contains(&state) {
+            continue;
+        }
+        let n = e.num_subpartitions.load(Ordering::Relaxed);
+        let first = e.first_channel.load(Ordering::Relaxed);
+        let id = format!("{:016x}@{:x}", e.id[0].load(Ordering::Relaxed), e.id[1].load(Ordering::Relaxed));
+        partitions.push(PartitionView {
+            slot: i as u32,
+            id,
+            state,
+            out_pool_usage: out_pool_usage(arena, i as u32).unwrap_or(0.0),
+            subpartitions: n,
+        });
+        for c in first..first.saturating_add(n).min(arena.config().max_channels) {
+            if let Some(s) = channel_snapshot(arena, c) {
+                channels.push(ChannelView {
+                    channel: c,
+                    partition: i as u32,
+                    subpartition: c - first,
+                    backlog: s.backlog,
+                    in_flight_bytes: u64::from(s.backlog) * seg,
+                    credit_granted: s.credit_granted,
+                    credit_wanted: s.credit_wanted,
+                    records_out: s.records_out,
+                    records_in: s.records_in,
+                });
+            }
+        }
+    }
+    ArenaView {
+        interval_s: interval.as_secs_f64(),
+        segments: arena.segment_count(),
+        free_segments: arena.header_atomics().free_stack.len(),
+        tasks,
+        partitions,
+        channels,
+    }
 }

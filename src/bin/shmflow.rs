@@ -116,6 +116,12 @@ enum JobCmd {
         /// key-hash, rebalance, rescale, broadcast, forward or global.
         #[arg(long, default_value = "key-hash")]
         selector: String,
+        /// Busy work per record at the sinks, in ns (plays a slow downstream operator).
+        #[arg(long, default_value_t = 0)]
+        sink_work_ns: u64,
+        /// Busy work per record at the generators, in ns (plays a slow upstream operator).
+        #[arg(long, default_value_t = 0)]
+        source_work_ns: u64,
         #[command(flatten)]
         opts: JobOpts,
     },
@@ -146,6 +152,28 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         credit: u32,
     },
+    /// Show a running job's tasks, partitions and channels, live, from the arena's counters
+    /// (read-only: it never writes to the arena).
+    Top {
+        /// The coordinator's pid (its memfd arena is found through /proc).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// A named arena under /dev/shm.
+        #[arg(long)]
+        name: Option<String>,
+        /// An arena file at any path.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Milliseconds between refreshes (and over which rates are measured).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// The consumer half of `demo` (started by `demo` itself).
     #[command(hide = true)]
     DemoConsumer {
@@ -162,6 +190,7 @@ fn main() -> ExitCode {
         Cmd::Demo { records, payload, mode, segment_size, credit } => demo(records, payload, mode, segment_size, credit),
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
         Cmd::Run { job } => run_builtin(job),
+        Cmd::Top { pid, name, path, once, json, interval_ms } => top(pid, name, path, once, json, interval_ms),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -409,14 +438,14 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 }
             }
         }
-        JobCmd::Shuffle { records, payload, selector, opts } => {
+        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts } => {
             let kind: SelectorKind = selector.parse()?;
             if !(8..=256 << 20).contains(&payload) {
                 return Err(format!("--payload {payload} is out of range (8..=268435456)").into());
             }
             let cfg = runtime_config(&opts)?;
             let dir = JobDir::get()?;
-            let graph = builtin::shuffle_job(records, payload, kind, opts.parallelism, dir.path.clone());
+            let graph = builtin::shuffle_job(records, payload, kind, opts.parallelism, dir.path.clone(), (source_work_ns, sink_work_ns));
             if let Some(s) = run(graph, &cfg)? {
                 let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
                 let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
@@ -442,4 +471,75 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
 fn count_of(line: &[u8]) -> Option<u64> {
     let tab = line.iter().rposition(|&c| c == b'\t')?;
     std::str::from_utf8(&line[tab + 1..]).ok()?.parse().ok()
+}
+
+fn top(
+    pid: Option<u32>,
+    name: Option<String>,
+    path: Option<PathBuf>,
+    once: bool,
+    json: bool,
+    interval_ms: u64,
+) -> AnyResult<()> {
+    let path = match (pid, name, path) {
+        (Some(p), None, None) => Arena::find_memfd_arenas(p)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?,
+        (None, Some(n), None) => PathBuf::from("/dev/shm").join(n),
+        (None, None, Some(p)) => p,
+        _ => return Err("name exactly one of --pid, --name or --path".into()),
+    };
+    if !(10..=60_000).contains(&interval_ms) {
+        return Err(format!("--interval-ms {interval_ms} is out of range (10..=60000)").into());
+    }
+    let arena = Arena::attach_read_only(&path)?;
+    let interval = Duration::from_millis(interval_ms);
+    loop {
+        let view = shmflow::metrics::observe(&arena, interval);
+        if json {
+            out!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            if !once {
+                print!("\x1b[2J\x1b[H");
+            }
+            out!(
+                "shmflow top  {}  segments free {}/{}",
+                path.display(),
+                view.free_segments,
+                view.segments
+            );
+            out!("{:>6} {:>8} {:>7} {:>7} {:>7} {:>5} {:>12} {:>12}", "task", "state", "busy", "idle", "backpr", "bp", "rec in/s", "rec out/s");
+            for t in &view.tasks {
+                out!(
+                    "{:>3}/{:<2} {:>8} {:>7.0} {:>7.0} {:>7.0} {:>5} {:>12.0} {:>12.0}",
+                    t.vertex,
+                    t.subtask,
+                    t.state,
+                    t.busy_ms_per_s,
+                    t.idle_ms_per_s,
+                    t.back_pressured_ms_per_s,
+                    t.back_pressure,
+                    t.records_in_per_s,
+                    t.records_out_per_s
+                );
+            }
+            for p in &view.partitions {
+                out!("partition {} (slot {}): outPoolUsage {:.0}%", p.id, p.slot, p.out_pool_usage * 100.0);
+                for c in view.channels.iter().filter(|c| c.partition == p.slot) {
+                    out!(
+                        "    subpartition {:>3}: backlog {:>3} ({:>8} B in flight), credit granted {:>6}{}",
+                        c.subpartition,
+                        c.backlog,
+                        c.in_flight_bytes,
+                        c.credit_granted,
+                        if c.credit_wanted { ", producer waits for credit" } else { "" }
+                    );
+                }
+            }
+        }
+        if once {
+            return Ok(());
+        }
+    }
 }

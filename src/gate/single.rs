@@ -155,6 +155,7 @@ pub struct SingleInputGate {
     reported: (u64, u64),
     cancel: Option<Arc<AtomicBool>>,
     probe: LivenessProbe,
+    unreported: u32,
 }
 
 impl std::fmt::Debug for SingleInputGate {
@@ -261,6 +262,7 @@ impl SingleInputGate {
             reported: (0, 0),
             cancel: None,
             probe: LivenessProbe::default(),
+            unreported: 0,
         })
     }
 
@@ -589,7 +591,12 @@ impl SingleInputGate {
         Ok(None)
     }
 
-    pub(crate) fn materialize(&self, r: Ready) -> GateItem<'_> {
+    pub(crate) fn materialize(&mut self, r: Ready) -> GateItem<'_> {
+        self.unreported += 1;
+        if self.unreported >= 4096 {
+            self.unreported = 0;
+            self.report();
+        }
         match r {
             Ready::Record(c) => GateItem::Record { channel: c, data: self.channels[c as usize].reader.record() },
             Ready::Item(i) => i,

@@ -337,6 +337,55 @@ impl Arena {
         Self::attach_fd(OwnedFd::from(file))
     }
 
+    /// Attaches read-only to an arena file (a named arena, or a running job's memfd through
+    /// `/proc/PID/fd/N`), for observers such as `shmflow top`. The mapping is read-only:
+    /// any write through this handle would fault, so an observer can never disturb a job.
+    ///
+    /// # Errors
+    /// An [`ArenaError`] naming what is wrong with the file.
+    pub fn attach_read_only(path: &std::path::Path) -> Result<Self, ArenaError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(|e| ArenaError::io(format!("opening {}", path.display()), e))?;
+        let len = file.metadata().map_err(|e| ArenaError::io("fstat on the arena", e))?.len();
+        let header = Self::read_header(&file, len)?;
+        let layout = validate_header(&header, len)?;
+        let map = memmap2::MmapOptions::new()
+            .len(layout.total_size as usize)
+            .map_raw_read_only(&file)
+            .map_err(|e| ArenaError::io("mapping the arena read-only", e))?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| ArenaError::Config("mmap returned null".into()))?;
+        let arena = Arena {
+            base,
+            header,
+            layout,
+            backing: Backing::Map { _map: map, fd: OwnedFd::from(file) },
+            unlink: None,
+            name: Some(path.display().to_string()),
+            #[cfg(loom)]
+            witness: Box::new([]),
+        };
+        arena.check_ready()?;
+        Ok(arena)
+    }
+
+    /// The memfd arenas process `pid` holds open (a running job's coordinator), as paths
+    /// under `/proc/PID/fd` that [`Arena::attach_read_only`] can open.
+    pub fn find_memfd_arenas(pid: u32) -> Vec<PathBuf> {
+        let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmflow:")))
+            .map(|e| e.path())
+            .collect();
+        out.sort();
+        out
+    }
+
     fn shm_path(name: &str) -> Result<PathBuf, ArenaError> {
         if name.is_empty() || name.len() > 200 || name.contains(['/', '\0']) || name.starts_with('.') {
             return Err(ArenaError::Config(format!(

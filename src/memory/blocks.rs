@@ -289,6 +289,10 @@ pub struct TaskMetrics {
     pub state: AtomicU32,
     /// Worker slot + 1.
     pub worker: AtomicU32,
+    /// Job vertex index of the task.
+    pub vertex: AtomicU32,
+    /// Subtask index of the task.
+    pub subtask: AtomicU32,
     /// Records read.
     pub records_in: AtomicU64,
     /// Records written.
@@ -315,5 +319,5 @@ const _: () = {
     assert!(size_of::<RingHeader>() == 256);
     assert!(size_of::<PartitionEntry>() == 64);
     assert!(size_of::<WorkerRecord>() == 24);
-    assert!(size_of::<TaskMetrics>() == 72);
+    assert!(size_of::<TaskMetrics>() == 80);
 };

@@ -343,12 +343,20 @@ impl ResultPartition {
             let slice = Duration::from_millis(100);
             let now = now_nanos();
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d.saturating_sub(now)).min(slice));
+            let slice_start = now_nanos();
             let out = waiter.wait(set.wake(), Some(remaining), || {
                 if self.cancelled() {
                     return Some(Err(Error::Cancelled));
                 }
                 f(self).transpose()
             });
+            // Report back-pressured time slice by slice, so observers see a writer that
+            // stays blocked for a long time.
+            let waited = now_nanos().saturating_sub(slice_start);
+            self.stats.back_pressured_ns += waited;
+            if let Some(t) = &self.task {
+                t.add_back_pressured(waited);
+            }
             match out {
                 WaitOutcome::Ready(r) => break r,
                 WaitOutcome::TimedOut => {
@@ -362,11 +370,6 @@ impl ResultPartition {
             }
         };
         self.waiter = waiter;
-        let waited = now_nanos().saturating_sub(start);
-        self.stats.back_pressured_ns += waited;
-        if let Some(t) = &self.task {
-            t.add_back_pressured(waited);
-        }
         result
     }
 
@@ -784,6 +787,11 @@ impl ResultPartition {
     /// Marks the partition failed and wakes every consumer, which then stops with
     /// [`Error::ProducerFailed`].
     pub fn fail(&mut self) {
+        // End the open segments first: a reader inside one waits for its end and would not
+        // look at the channel's state before.
+        for b in self.subs.iter_mut().filter_map(|s| s.builder.as_mut()).chain(self.broadcast.as_mut()) {
+            b.finish();
+        }
         for s in &self.subs {
             s.writer.fail();
         }

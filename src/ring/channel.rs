@@ -200,8 +200,10 @@ impl ChannelWriter {
         // the gate id, or the gate's first scan (after its fence) sees our data.
         fence(Ordering::SeqCst);
         let b = self.block();
-        // Relaxed (both): ordered by the fence above.
-        let g = b.gate.load(Ordering::Relaxed);
+        // Acquire: pairs with the Release store of `gate` in `ChannelReader::set_gate`, so
+        // the index loaded next is the one stored with it (the fence above orders neither).
+        let g = b.gate.load(Ordering::Acquire);
+        // Relaxed: ordered by the Acquire load above.
         let index = b.gate_index.load(Ordering::Relaxed);
         if g == 0 {
             b.consumer_wake.notify();
@@ -312,9 +314,24 @@ impl ChannelWriter {
 
     /// Marks the producer failed and wakes the consumer, so it stops with an error.
     pub fn fail(&self) {
+        let b = self.block();
         // Release: pairs with the Acquire load in `ChannelReader::poll`.
-        self.block().state.store(CHANNEL_PRODUCER_FAILED, Ordering::Release);
-        self.block().consumer_wake.notify_all_forced();
+        b.state.store(CHANNEL_PRODUCER_FAILED, Ordering::Release);
+        b.consumer_wake.notify_all_forced();
+        // A consumer behind a gate parks on the gate's notify set, not on `consumer_wake`:
+        // mark our member so the gate polls this channel and sees the failure.
+        // SeqCst fence: as in `notify_consumer_slow` (either we see the gate id, or the
+        // gate's first scan of this channel sees the state stored above).
+        fence(Ordering::SeqCst);
+        // Acquire: as in `notify_consumer_slow` (the index loaded next goes with this id).
+        let g = b.gate.load(Ordering::Acquire);
+        if g != 0 {
+            if let Ok(set) = NotifySet::new(&self.arena, g - 1) {
+                // Relaxed: ordered by the Acquire load above. An index out of range (a
+                // corrupt consumer) only loses this wake-up.
+                let _ = set.mark(b.gate_index.load(Ordering::Relaxed));
+            }
+        }
     }
 }
 
@@ -499,9 +516,11 @@ impl ChannelReader {
     /// `ChannelWriter::notify_consumer`).
     pub fn set_gate(&self, set: u32, index: u32) {
         let b = self.block();
-        // Relaxed (both): ordered by the fence below.
+        // Relaxed: published by the Release store of `gate` below.
         b.gate_index.store(index, Ordering::Relaxed);
-        b.gate.store(set + 1, Ordering::Relaxed);
+        // Release: a producer that sees the gate id sees the index too (pairs with the
+        // Acquire load in `ChannelWriter::notify_consumer_slow`).
+        b.gate.store(set + 1, Ordering::Release);
         // SeqCst fence: pairs with the fence in `ChannelWriter::notify_consumer_slow`.
         fence(Ordering::SeqCst);
     }

@@ -436,11 +436,19 @@ struct ShuffleSink {
     records: u64,
     seq_sum: u64,
     bad: u64,
+    /// Busy work per record (to play a slow downstream operator).
+    work_ns: u64,
 }
 
 impl Collector<Synthetic> for ShuffleSink {
     #[inline]
     fn collect(&mut self, r: Synthetic) -> Result<()> {
+        if self.work_ns > 0 {
+            let until = crate::sync::now_nanos() + self.work_ns;
+            while crate::sync::now_nanos() < until {
+                std::hint::spin_loop();
+            }
+        }
         self.records += 1;
         self.seq_sum = self.seq_sum.wrapping_add(r.seq);
         self.bad += u64::from(r.bad);
@@ -455,12 +463,28 @@ impl Collector<Synthetic> for ShuffleSink {
 /// The capacity-planning job: `parallelism` generators of `records` records in all, of
 /// `payload` bytes, through an exchange of `selector` into `parallelism` counting and
 /// checksumming sinks.
-pub fn shuffle_job(records: u64, payload: u32, selector: SelectorKind, parallelism: u32, dir: PathBuf) -> JobGraph {
+/// `work_ns` = (source, sink) busy work per record: plays a slow upstream or downstream
+/// operator.
+pub fn shuffle_job(
+    records: u64,
+    payload: u32,
+    selector: SelectorKind,
+    parallelism: u32,
+    dir: PathBuf,
+    work_ns: (u64, u64),
+) -> JobGraph {
+    let (source_work_ns, sink_work_ns) = work_ns;
     let payload = payload.max(8);
     let stream = JobBuilder::new("shuffle", parallelism).source("generator", move |info, out: &mut dyn Collector<Synthetic>| {
         let p = u64::from(info.parallelism);
         let i = u64::from(info.subtask);
         for seq in (records * i / p)..(records * (i + 1) / p) {
+            if source_work_ns > 0 {
+                let until = crate::sync::now_nanos() + source_work_ns;
+                while crate::sync::now_nanos() < until {
+                    std::hint::spin_loop();
+                }
+            }
             out.collect(Synthetic { seq, len: payload, bad: 0 })?;
         }
         Ok(())
@@ -470,7 +494,7 @@ pub fn shuffle_job(records: u64, payload: u32, selector: SelectorKind, paralleli
             return stream
                 .key_by(|s: &Synthetic| &s.seq)
                 .reduce_passthrough()
-                .sink("count and checksum", shuffle_sink(dir));
+                .sink("count and checksum", shuffle_sink(dir, sink_work_ns));
         }
         SelectorKind::Rebalance => stream.rebalance(None),
         SelectorKind::Rescale => stream.rescale(None),
@@ -478,12 +502,12 @@ pub fn shuffle_job(records: u64, payload: u32, selector: SelectorKind, paralleli
         SelectorKind::Forward => stream.forward(),
         SelectorKind::Global => stream.global(),
     };
-    stream.sink("count and checksum", shuffle_sink(dir))
+    stream.sink("count and checksum", shuffle_sink(dir, sink_work_ns))
 }
 
-fn shuffle_sink(dir: PathBuf) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<Synthetic>>> + Send + Sync {
+fn shuffle_sink(dir: PathBuf, work_ns: u64) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<Synthetic>>> + Send + Sync {
     let dir = Arc::new(dir);
-    move |info| Ok(Box::new(ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0 }))
+    move |info| Ok(Box::new(ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0, work_ns }))
 }
 
 /// Sums the shuffle sinks' part files: (records, sum of sequence numbers, bad bytes).

@@ -207,6 +207,7 @@ fn io(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let graph = ExecutionGraph::build(job, 0)?;
     let arena_cfg = config.arena_config(job, &graph)?;
+    crate::sync::install_stop_handler();
     let arena = Arc::new(Arena::create_memfd(&arena_cfg, &job.name)?);
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<(usize, Option<FromWorker>)>();
@@ -318,6 +319,9 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                     }
                 }
             }
+        }
+        if let Some(sig) = crate::sync::stop_signal() {
+            failure.get_or_insert_with(|| format!("stopped by signal {sig}"));
         }
         if last_sample.elapsed() >= Duration::from_millis(100) {
             last_sample = Instant::now();

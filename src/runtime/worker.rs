@@ -76,6 +76,9 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 let (vertex, subtask) = (spec.vertex, spec.subtask);
                 let metrics = TaskMetricsHandle::claim(env.arena().clone(), env.worker()).ok();
                 if let Some(m) = &metrics {
+                    m.set_identity(vertex as u32, subtask);
+                }
+                if let Some(m) = &metrics {
                     let _ = send(
                         &mut *writer.lock().expect("control socket"),
                         &FromWorker::TaskRunning { vertex, subtask, metrics_slot: m.slot() },

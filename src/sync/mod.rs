@@ -14,10 +14,12 @@
 
 mod event_count;
 mod futex;
+mod signal;
 mod wait;
 
 pub use event_count::{EventCount, WaitToken};
 pub use futex::{FutexWaitResult, FutexWord};
+pub use signal::{install_stop_handler, stop_signal};
 pub use wait::{WaitOutcome, WaitPolicy, Waiter};
 
 #[cfg(not(loom))]
