@@ -113,3 +113,43 @@ fn producer_sees_a_killed_consumer_as_dead() {
     assert!(matches!(err, Error::PeerDied { role: "consumer", .. }), "{err}");
     drop(peer);
 }
+
+#[test]
+fn clean_removes_only_arenas_whose_creator_died_and_check_reports_an_idle_arena() {
+    let name = format!("shmflow-test-clean-{}", std::process::id());
+    // An arena created by a child that then exits: its creator is dead.
+    let status = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        .args(["check", "--name", "definitely-not-there"])
+        .status()
+        .unwrap();
+    assert!(!status.success(), "check of a missing arena fails");
+    let mut a = Arena::create_named(&name, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
+    a.keep();
+    let out = Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["check", "--name", &name, "--idle", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["free_walked"], 16);
+    // Our own arena (creator alive) is kept by clean.
+    let out = Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["clean"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("keep   /dev/shm/{name}")));
+    assert!(std::path::Path::new("/dev/shm").join(&name).exists());
+    // Pretend the creator died: patch the creator pid to one that does not exist.
+    drop(a);
+    let stale = format!("{name}-stale");
+    let mut b = Arena::create_named(&stale, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
+    b.keep();
+    drop(b);
+    let path = std::path::Path::new("/dev/shm").join(&stale);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut h: shmflow::memory::StaticHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    h.creator_pid = 0x7fff_fff0;
+    h.checksum = h.compute_checksum();
+    let raw = unsafe { std::slice::from_raw_parts((&h as *const shmflow::memory::StaticHeader).cast::<u8>(), std::mem::size_of_val(&h)) };
+    bytes[..raw.len()].copy_from_slice(raw);
+    std::fs::write(&path, &bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["clean"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("removed /dev/shm/{stale}")), "{text}");
+    assert!(!path.exists());
+    let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(&name));
+}

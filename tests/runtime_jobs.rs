@@ -96,6 +96,8 @@ fn shuffle_job_delivers_every_record_for_each_selector() {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["checksum_ok"], true, "{sel}");
         assert_eq!(v["records"], 200000, "{sel}");
+        assert_eq!(v["arena_free_after"], v["arena_segments"], "{sel}: every segment is back after the job");
+        assert_eq!(v["arena_problems"].as_array().map(|a| a.len()), Some(0), "{sel}: {v}");
     }
 }
 

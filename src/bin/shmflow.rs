@@ -174,6 +174,30 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+    /// Check an arena's consistency (free stack, segment owners) without writing to it.
+    Check {
+        /// The coordinator's pid of a running job.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// A named arena under /dev/shm.
+        #[arg(long)]
+        name: Option<String>,
+        /// An arena file at any path.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Also fail unless every segment is free (a finished job leaked nothing).
+        #[arg(long)]
+        idle: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove named arenas under /dev/shm whose creator process is dead.
+    Clean {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The consumer half of `demo` (started by `demo` itself).
     #[command(hide = true)]
     DemoConsumer {
@@ -191,6 +215,8 @@ fn main() -> ExitCode {
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
         Cmd::Run { job } => run_builtin(job),
         Cmd::Top { pid, name, path, once, json, interval_ms } => top(pid, name, path, once, json, interval_ms),
+        Cmd::Check { pid, name, path, idle, json } => check(pid, name, path, idle, json),
+        Cmd::Clean { dry_run } => clean(dry_run),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -473,6 +499,70 @@ fn count_of(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&line[tab + 1..]).ok()?.parse().ok()
 }
 
+fn arena_path(pid: Option<u32>, name: Option<String>, path: Option<PathBuf>) -> AnyResult<PathBuf> {
+    Ok(match (pid, name, path) {
+        (Some(p), None, None) => Arena::find_memfd_arenas(p)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?,
+        (None, Some(n), None) => PathBuf::from("/dev/shm").join(n),
+        (None, None, Some(p)) => p,
+        _ => return Err("name exactly one of --pid, --name or --path".into()),
+    })
+}
+
+fn check(pid: Option<u32>, name: Option<String>, path: Option<PathBuf>, idle: bool, json: bool) -> AnyResult<()> {
+    let path = arena_path(pid, name, path)?;
+    let arena = Arena::attach_read_only(&path)?;
+    let r = shmflow::memory::check::check(&arena);
+    if json {
+        out!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        out!(
+            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight",
+            path.display(),
+            r.segments,
+            r.free_walked,
+            r.free_counter,
+            r.owner_free,
+            r.owner_pool,
+            r.owner_writer,
+            r.owner_in_flight
+        );
+        for p in &r.problems {
+            out!("  problem: {p}");
+        }
+    }
+    if !r.problems.is_empty() {
+        return Err(format!("{} problems in the arena", r.problems.len()).into());
+    }
+    if idle && !r.all_free() {
+        return Err(format!("{} of {} segments are not free", r.segments - r.free_walked, r.segments).into());
+    }
+    Ok(())
+}
+
+fn clean(dry_run: bool) -> AnyResult<()> {
+    let mut removed = 0;
+    for a in shmflow::memory::check::list_named(std::path::Path::new("/dev/shm")) {
+        if a.creator_alive {
+            out!("keep   {} (creator pid {} is running)", a.path.display(), a.creator_pid);
+            continue;
+        }
+        if dry_run {
+            out!("stale  {} (creator pid {} is gone)", a.path.display(), a.creator_pid);
+        } else {
+            std::fs::remove_file(&a.path).map_err(|e| format!("removing {}: {e}", a.path.display()))?;
+            out!("removed {} (creator pid {} is gone)", a.path.display(), a.creator_pid);
+            removed += 1;
+        }
+    }
+    if !dry_run {
+        out!("{removed} stale arenas removed");
+    }
+    Ok(())
+}
+
 fn top(
     pid: Option<u32>,
     name: Option<String>,
@@ -481,15 +571,7 @@ fn top(
     json: bool,
     interval_ms: u64,
 ) -> AnyResult<()> {
-    let path = match (pid, name, path) {
-        (Some(p), None, None) => Arena::find_memfd_arenas(p)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?,
-        (None, Some(n), None) => PathBuf::from("/dev/shm").join(n),
-        (None, None, Some(p)) => p,
-        _ => return Err("name exactly one of --pid, --name or --path".into()),
-    };
+    let path = arena_path(pid, name, path)?;
     if !(10..=60_000).contains(&interval_ms) {
         return Err(format!("--interval-ms {interval_ms} is out of range (10..=60000)").into());
     }

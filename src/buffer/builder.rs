@@ -19,7 +19,7 @@
 //! that reaches zero recycles it.
 
 use crate::error::{Error, Result};
-use crate::memory::{Arena, MemorySegment, SegmentControl, FINISHED, POSITION_MASK};
+use crate::memory::{Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSITION_MASK};
 use crate::sync::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -53,6 +53,11 @@ impl BufferBuilder {
         // descriptor on the data ring, which readers Acquire before looking here.
         ctl.position.store(0, Ordering::Relaxed);
         ctl.refcount.store(fanout.max(1), Ordering::Relaxed);
+        // Relaxed (both): ownership bookkeeping, published with the descriptor like the
+        // fields above; read by recovery and `shmflow check`.
+        if let Owner::Pool { pool, worker } = Owner::unpack(ctl.owner.load(Ordering::Relaxed)) {
+            ctl.owner.store(Owner::Writer { pool, worker }.pack(), Ordering::Relaxed);
+        }
         let size = arena.segment_size();
         Self { arena, index, size, pos: 0, committed: 0, finished: false }
     }

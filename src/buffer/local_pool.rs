@@ -11,8 +11,8 @@
 
 use super::network_pool::NetworkBufferPool;
 use crate::error::{Error, Result};
-use crate::memory::{Arena, MemorySegment, Owner};
-use crate::sync::{EventCount, WaitOutcome, Waiter};
+use crate::memory::{Arena, MemorySegment, Owner, FINISHED};
+use crate::sync::{EventCount, Ordering, WaitOutcome, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ pub struct LocalBufferPool {
     per_channel: Vec<u32>,
     /// Channel each outstanding segment was requested for (absent: no channel).
     by_channel: std::collections::HashMap<u32, u32>,
+    /// Outstanding segments whose last reader let go before their writer finished them (a
+    /// consumer that left mid-segment): they come back once finished, never while written.
+    deferred: Vec<u32>,
     /// Nanoseconds spent blocked in `request_blocking` (back-pressured time).
     pub blocked_ns: u64,
 }
@@ -94,6 +97,7 @@ impl LocalBufferPool {
             outstanding_count: 0,
             per_channel: vec![0; config.channels as usize],
             by_channel: std::collections::HashMap::new(),
+            deferred: Vec::new(),
             blocked_ns: 0,
         };
         for _ in 0..config.min {
@@ -147,6 +151,9 @@ impl LocalBufferPool {
     /// # Errors
     /// A corrupt network pool.
     pub fn request(&mut self, channel: Option<u32>) -> Result<Option<MemorySegment>> {
+        if !self.deferred.is_empty() {
+            self.recycle_deferred();
+        }
         if let Some(c) = channel {
             match self.per_channel.get(c as usize) {
                 Some(&n) if n >= self.config.max_per_channel => return Ok(None),
@@ -235,11 +242,47 @@ impl LocalBufferPool {
                 detail: format!("recycled segment {index} is not one this pool handed out"),
             });
         }
+        if !self.is_finished(index) {
+            // Its writer still writes into it: handing it out again now would give it a
+            // second writer (and another channel's reader the first one's bytes).
+            if !self.deferred.contains(&index) {
+                self.deferred.push(index);
+            }
+            return Ok(());
+        }
+        self.recycle_finished(index);
+        Ok(())
+    }
+
+    fn is_finished(&self, index: u32) -> bool {
+        // Acquire: pairs with the Release store of FINISHED in `BufferBuilder::finish` (by
+        // this pool's writer), so reuse comes after its last write.
+        self.arena().controls()[index as usize].position.load(Ordering::Acquire) & FINISHED != 0
+    }
+
+    /// Recycles the deferred segments whose writer has finished them since.
+    fn recycle_deferred(&mut self) {
+        let mut i = 0;
+        while i < self.deferred.len() {
+            let index = self.deferred[i];
+            if self.is_finished(index) {
+                self.deferred.swap_remove(i);
+                self.recycle_finished(index);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Takes back outstanding segment `index`, which no reader or writer uses any more.
+    fn recycle_finished(&mut self, index: u32) {
+        let i = index as usize;
         self.outstanding[i / 64] &= !(1 << (i % 64));
         self.outstanding_count -= 1;
         self.uncount_channel(index);
         // SAFETY: the bit proved the segment was handed out by this pool and not returned
-        // yet; the caller's recycle message says its last reader is done with it.
+        // yet; the recycle message said its last reader is done with it, and its FINISHED
+        // bit that its writer is.
         let seg = unsafe { MemorySegment::from_index(self.arena().clone(), index) };
         let ctl = &self.arena().controls()[i];
         // Relaxed: bookkeeping, published at the next hand-over.
@@ -249,7 +292,6 @@ impl LocalBufferPool {
         } else {
             self.available.push(seg);
         }
-        Ok(())
     }
 
     /// Marks the handed-out segment `index` as given up for good (its reader died with
@@ -257,6 +299,7 @@ impl LocalBufferPool {
     pub fn forget_outstanding(&mut self, index: u32) {
         let i = index as usize;
         if i / 64 < self.outstanding.len() && self.outstanding[i / 64] & (1 << (i % 64)) != 0 {
+            self.deferred.retain(|&s| s != index);
             self.outstanding[i / 64] &= !(1 << (i % 64));
             self.outstanding_count -= 1;
             self.uncount_channel(index);

@@ -644,12 +644,16 @@ impl SingleInputGate {
     /// # Errors
     /// [`Error::Timeout`] after `timeout`, protocol violations, a failed producer.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<GateItem<'_>> {
-        let start = now_nanos();
-        let deadline = timeout.map(|t| start + t.as_nanos() as u64);
+        if let Some(c) = self.next_known()? {
+            return Ok(GateItem::Record { channel: c, data: self.channels[c as usize].reader.record() });
+        }
+        let mut deadline = None;
         loop {
             if let Some(r) = self.advance()? {
                 return Ok(self.materialize(r));
             }
+            // The clock is read only once nothing is ready (not once per record).
+            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now_nanos() + t.as_nanos() as u64));
             if self.probe.due() {
                 self.check_producers()?;
             }

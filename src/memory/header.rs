@@ -126,6 +126,13 @@ pub struct ArenaHeader {
     pub free_stack: CachePadded<StackHead>,
 }
 
+impl ArenaHeader {
+    /// The raw free-stack head word (for the consistency check).
+    pub fn free_stack_head(&self) -> u64 {
+        self.free_stack.raw_head()
+    }
+}
+
 #[cfg(not(loom))]
 const _: () = {
     assert!(std::mem::size_of::<StaticHeader>() == 232);

@@ -10,6 +10,7 @@
 
 mod arena;
 mod blocks;
+pub mod check;
 mod header;
 mod layout;
 pub mod liveness;

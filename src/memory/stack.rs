@@ -40,6 +40,12 @@ impl StackHead {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// The raw head word `[tag | index + 1]` (for observers).
+    pub fn raw_head(&self) -> u64 {
+        // Relaxed: an observer's look.
+        self.head.load(Ordering::Relaxed)
+    }
+
     /// Whether the stack looks empty.
     pub fn is_empty(&self) -> bool {
         // Acquire: pairs with the Release CAS in `push`, like `pop`'s load.

@@ -13,7 +13,7 @@ use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
 use crate::error::{Error, Result};
 use crate::memory::{
-    Arena, ChannelBlock, RingKind, CHANNEL_CONSUMED, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_PRODUCER_FAILED,
+    Arena, ChannelBlock, Owner, RingKind, CHANNEL_CONSUMED, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_PRODUCER_FAILED,
 };
 use crate::sync::{fence, EventCount, Ordering};
 use std::cell::{Cell, RefCell};
@@ -147,6 +147,12 @@ impl ChannelWriter {
                     r.capacity()
                 ),
             });
+        }
+        if let Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg) = d {
+            let ctl = &self.arena.controls()[seg as usize];
+            // Relaxed (both): ownership bookkeeping for recovery and `shmflow check`.
+            let fanout = ctl.refcount.load(Ordering::Relaxed);
+            ctl.owner.store(Owner::InFlight { channel: self.id, fanout }.pack(), Ordering::Relaxed);
         }
         if takes_credit {
             self.credit -= 1;

@@ -156,6 +156,13 @@ pub struct JobSummary {
     pub edges: Vec<EdgeSummary>,
     /// Partitions that announced they are consumable.
     pub consumable_partitions: usize,
+    /// Segments in the arena.
+    pub arena_segments: u32,
+    /// Segments back on the free stack after every worker exited (equal to
+    /// `arena_segments` unless segments leaked).
+    pub arena_free_after: u32,
+    /// Problems `shmflow check` found in the arena after the job (none expected).
+    pub arena_problems: Vec<String>,
 }
 
 struct Worker {
@@ -375,8 +382,12 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     sample_in_flight(job, &graph, &manager, &arena, &mut max_in_flight);
-    let summary = summarize(job, &graph, &arena, &metrics_slots, &max_in_flight, elapsed, config, consumable);
+    let mut summary = summarize(job, &graph, &arena, &metrics_slots, &max_in_flight, elapsed, config, consumable);
     drop(workers);
+    let report = crate::memory::check::check(&arena);
+    summary.arena_segments = report.segments;
+    summary.arena_free_after = report.free_walked;
+    summary.arena_problems = report.problems;
     Ok(summary)
 }
 
@@ -455,5 +466,6 @@ fn summarize(
         records_per_s: records as f64 / elapsed.max(1e-9),
         edges,
         consumable_partitions: consumable,
+        ..JobSummary::default()
     }
 }
