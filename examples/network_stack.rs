@@ -22,7 +22,8 @@ const RECORDS: u64 = 1_000_000;
 
 fn consumer(index: u32) -> shmflow::Result<()> {
     let env = ShuffleEnvironment::attach_inherited(1 + index)?;
-    let mut gate = env.create_input_gate(&InputGateConfig::new(vec![InputSpec { partition: PARTITION, subpartition: index }]))?;
+    let mut gate =
+        env.create_input_gate(&InputGateConfig::new(vec![InputSpec { partition: PARTITION, subpartition: index }]))?;
     let (mut n, mut sum) = (0u64, 0u64);
     loop {
         match gate.next(Some(Duration::from_secs(30)))? {
@@ -48,7 +49,8 @@ fn main() -> shmflow::Result<()> {
     let arena = Arc::new(Arena::create_memfd(&ArenaConfig::default(), "example")?);
     let mut children = Vec::new();
     for i in 0..2 {
-        let mut cmd = Command::new(std::env::current_exe().map_err(|e| shmflow::Error::Io { op: "exe".into(), source: e })?);
+        let mut cmd =
+            Command::new(std::env::current_exe().map_err(|e| shmflow::Error::Io { op: "exe".into(), source: e })?);
         cmd.env("EXAMPLE_CONSUMER", i.to_string());
         arena.inherit_fd_into(&mut cmd)?;
         children.push(cmd.spawn().map_err(|e| shmflow::Error::Io { op: "spawn".into(), source: e })?);

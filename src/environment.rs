@@ -118,10 +118,14 @@ impl ShuffleEnvironment {
     /// # Errors
     /// As [`UnionInputGate::new`].
     pub fn create_union_gate(&self, cfgs: &[InputGateConfig]) -> Result<UnionInputGate> {
-        let cfgs: Vec<InputGateConfig> = cfgs.iter().cloned().map(|mut c| {
-            c.worker = Some(self.worker);
-            c
-        }).collect();
+        let cfgs: Vec<InputGateConfig> = cfgs
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.worker = Some(self.worker);
+                c
+            })
+            .collect();
         UnionInputGate::new(self.arena.clone(), &cfgs)
     }
 }

@@ -400,7 +400,11 @@ pub fn observe(arena: &Arena, interval: std::time::Duration) -> ArenaView {
     let after = live_tasks(arena);
     let mut tasks = Vec::new();
     for (slot, b) in &after {
-        let a = before.iter().find(|(s, _)| s == slot).map(|(_, t)| *t).unwrap_or(TaskSnapshot { at_ns: b.started_ns, ..*b });
+        let a = before
+            .iter()
+            .find(|(s, _)| s == slot)
+            .map(|(_, t)| *t)
+            .unwrap_or(TaskSnapshot { at_ns: b.started_ns, ..*b });
         let r = TaskRates::between(&a, b);
         tasks.push(TaskView {
             slot: *slot,

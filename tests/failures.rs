@@ -23,7 +23,8 @@ impl Drop for Kill {
 }
 
 fn arena() -> Arc<Arena> {
-    let cfg = ArenaConfig { segment_size: 4096, segment_count: 128, max_channels: 8, max_gates: 8, ..ArenaConfig::default() };
+    let cfg =
+        ArenaConfig { segment_size: 4096, segment_count: 128, max_channels: 8, max_gates: 8, ..ArenaConfig::default() };
     Arc::new(Arena::create_memfd(&cfg, "failures").unwrap())
 }
 
@@ -118,14 +119,15 @@ fn producer_sees_a_killed_consumer_as_dead() {
 fn clean_removes_only_arenas_whose_creator_died_and_check_reports_an_idle_arena() {
     let name = format!("shmflow-test-clean-{}", std::process::id());
     // An arena created by a child that then exits: its creator is dead.
-    let status = Command::new(env!("CARGO_BIN_EXE_shmflow"))
-        .args(["check", "--name", "definitely-not-there"])
-        .status()
-        .unwrap();
+    let status =
+        Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["check", "--name", "definitely-not-there"]).status().unwrap();
     assert!(!status.success(), "check of a missing arena fails");
     let mut a = Arena::create_named(&name, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
     a.keep();
-    let out = Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["check", "--name", &name, "--idle", "--json"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        .args(["check", "--name", &name, "--idle", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["free_walked"], 16);
@@ -141,10 +143,16 @@ fn clean_removes_only_arenas_whose_creator_died_and_check_reports_an_idle_arena(
     drop(b);
     let path = std::path::Path::new("/dev/shm").join(&stale);
     let mut bytes = std::fs::read(&path).unwrap();
+    // SAFETY: the file starts with a whole StaticHeader (a plain repr(C) struct of
+    // integers, valid for any bytes); read_unaligned copes with the Vec's alignment.
     let mut h: shmflow::memory::StaticHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     h.creator_pid = 0x7fff_fff0;
     h.checksum = h.compute_checksum();
-    let raw = unsafe { std::slice::from_raw_parts((&h as *const shmflow::memory::StaticHeader).cast::<u8>(), std::mem::size_of_val(&h)) };
+    // SAFETY: `h` is a plain repr(C) struct without padding; its bytes are initialized.
+    // SAFETY: `h` is a plain repr(C) struct without padding; its bytes are initialized.
+    let raw = unsafe {
+        std::slice::from_raw_parts((&h as *const shmflow::memory::StaticHeader).cast::<u8>(), std::mem::size_of_val(&h))
+    };
     bytes[..raw.len()].copy_from_slice(raw);
     std::fs::write(&path, &bytes).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["clean"]).output().unwrap();

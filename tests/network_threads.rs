@@ -5,8 +5,8 @@ use shmflow::event::{CheckpointBarrier, Event};
 use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{
-    BroadcastPartitioner, BufferTimeout, RebalancePartitioner, RequestBackoff, ResultPartitionConfig, ResultPartitionId,
-    ResultPartitionType,
+    BroadcastPartitioner, BufferTimeout, RebalancePartitioner, RequestBackoff, ResultPartitionConfig,
+    ResultPartitionId, ResultPartitionType,
 };
 use shmflow::ShuffleEnvironment;
 use std::sync::Arc;
@@ -15,13 +15,21 @@ use std::time::Duration;
 const T: Option<Duration> = Some(Duration::from_secs(30));
 
 fn arena() -> Arc<Arena> {
-    let cfg = ArenaConfig { segment_size: 4096, segment_count: 256, max_channels: 64, max_gates: 16, ..ArenaConfig::default() };
+    let cfg = ArenaConfig {
+        segment_size: 4096,
+        segment_count: 256,
+        max_channels: 64,
+        max_gates: 16,
+        ..ArenaConfig::default()
+    };
     Arc::new(Arena::heap(&cfg).unwrap())
 }
 
 fn gate_cfg(producers: u32, sub: u32) -> InputGateConfig {
     let mut g = InputGateConfig::new(
-        (0..producers).map(|p| InputSpec { partition: ResultPartitionId::new(p as u64, 0), subpartition: sub }).collect(),
+        (0..producers)
+            .map(|p| InputSpec { partition: ResultPartitionId::new(p as u64, 0), subpartition: sub })
+            .collect(),
     );
     g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
     g
@@ -45,10 +53,18 @@ fn rebalance_two_producers_three_consumers_exactly_once_in_order() {
         let a = arena.clone();
         producers.push(std::thread::spawn(move || {
             let env = ShuffleEnvironment::new(a, p);
-            let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(p as u64, 0), ResultPartitionType::PipelinedBounded, 3);
+            let mut cfg = ResultPartitionConfig::new(
+                ResultPartitionId::new(p as u64, 0),
+                ResultPartitionType::PipelinedBounded,
+                3,
+            );
             cfg.timeout = T;
             let mut w = env
-                .create_record_writer::<[u8], _>(&cfg, RebalancePartitioner::new(p as u64), BufferTimeout::from_millis(1).unwrap())
+                .create_record_writer::<[u8], _>(
+                    &cfg,
+                    RebalancePartitioner::new(p as u64),
+                    BufferTimeout::from_millis(1).unwrap(),
+                )
                 .unwrap();
             for i in 0..n {
                 w.emit(&payload(p, i)[..]).unwrap();
@@ -101,7 +117,8 @@ fn broadcast_is_one_copy_read_by_every_consumer() {
     let a = arena.clone();
     let producer = std::thread::spawn(move || {
         let env = ShuffleEnvironment::new(a, 0);
-        let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, 3);
+        let mut cfg =
+            ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, 3);
         cfg.timeout = T;
         let mut w =
             env.create_record_writer::<[u8], _>(&cfg, BroadcastPartitioner, BufferTimeout::FullSegmentsOnly).unwrap();
@@ -333,7 +350,7 @@ fn metrics_in_the_arena_show_a_slow_consumer() {
     let (out_usage, _in_usage, backlog) = watcher.join().unwrap();
     assert_eq!(consumer.join().unwrap(), 2000);
     part.release_when_consumed(T).unwrap();
-    assert!(backlog >= 2 && backlog <= 10, "in flight {backlog} within credit while blocked");
+    assert!((2..=10).contains(&backlog), "in flight {backlog} within credit while blocked");
     assert!(out_usage > 0.0, "the producer pool shows usage while blocked");
     let snap = task_snapshot(&arena, task.slot()).unwrap();
     assert!(snap.back_pressured_ns > 0, "back-pressured time is counted in the arena");

@@ -2,7 +2,7 @@
 //! outputs compared with single-threaded references, bad input rejected before any worker
 //! starts.
 
-use shmflow::runtime::builtin::{reference_wordcount, reference_window_lines, TextSource};
+use shmflow::runtime::builtin::{reference_window_lines, reference_wordcount, TextSource};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,8 +47,20 @@ fn wordcount_equals_the_reference_for_several_shapes() {
     for (p, w, t) in [("1", "1", "100"), ("2", "2", "0"), ("3", "2", "-1"), ("4", "3", "1")] {
         let out = tmp.0.join(format!("out-{p}-{w}-{t}"));
         run_ok(&[
-            "run", "wordcount", "--generated-mb", "2", "--parallelism", p, "--workers", w, "--buffer-timeout", t,
-            "--output", out.to_str().unwrap(), "--segment-size", "4096",
+            "run",
+            "wordcount",
+            "--generated-mb",
+            "2",
+            "--parallelism",
+            p,
+            "--workers",
+            w,
+            "--buffer-timeout",
+            t,
+            "--output",
+            out.to_str().unwrap(),
+            "--segment-size",
+            "4096",
         ]);
         let got = std::fs::read_to_string(&out).unwrap();
         let got: Vec<&str> = got.lines().collect();
@@ -64,12 +76,23 @@ fn wordcount_reads_a_file_with_non_ascii_and_mixed_case() {
     let text = "Hello, hello WORLD!\nnaïve café_au_lait x1 x1\n\n  trailing_space  \nHELLO";
     std::fs::write(&input, text).unwrap();
     let out = tmp.0.join("out");
-    run_ok(&["run", "wordcount", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--parallelism", "3"]);
+    run_ok(&[
+        "run",
+        "wordcount",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--parallelism",
+        "3",
+    ]);
     let got = std::fs::read_to_string(&out).unwrap();
     let reference = reference_wordcount(&TextSource::File(input)).unwrap();
     let expected: String = reference.iter().map(|(w, c)| format!("{w}\t{c}\n")).collect();
     assert_eq!(got, expected);
-    assert!(got.contains("hello\t3\n") && got.contains("na\t1\n") && got.contains("ve\t1\n") && got.contains("caf\t1\n"));
+    assert!(
+        got.contains("hello\t3\n") && got.contains("na\t1\n") && got.contains("ve\t1\n") && got.contains("caf\t1\n")
+    );
 }
 
 #[test]
@@ -79,8 +102,20 @@ fn window_wordcount_equals_flinks_count_windows() {
     for (size, slide) in [("250", "150"), ("100", "100")] {
         let out = tmp.0.join(format!("out-{size}-{slide}"));
         run_ok(&[
-            "run", "window-wordcount", "--generated-mb", "1", "--parallelism", "3", "--workers", "2", "--window", size,
-            "--slide", slide, "--output", out.to_str().unwrap(),
+            "run",
+            "window-wordcount",
+            "--generated-mb",
+            "1",
+            "--parallelism",
+            "3",
+            "--workers",
+            "2",
+            "--window",
+            size,
+            "--slide",
+            slide,
+            "--output",
+            out.to_str().unwrap(),
         ]);
         let got = std::fs::read_to_string(&out).unwrap();
         let expected = reference_window_lines(&reference, size.parse().unwrap(), slide.parse().unwrap());
@@ -92,7 +127,19 @@ fn window_wordcount_equals_flinks_count_windows() {
 #[test]
 fn shuffle_job_delivers_every_record_for_each_selector() {
     for sel in ["key-hash", "rebalance", "rescale", "broadcast", "forward", "global"] {
-        let s = run_ok(&["run", "shuffle", "--records", "200000", "--payload", "40", "--selector", sel, "--parallelism", "3", "--json"]);
+        let s = run_ok(&[
+            "run",
+            "shuffle",
+            "--records",
+            "200000",
+            "--payload",
+            "40",
+            "--selector",
+            sel,
+            "--parallelism",
+            "3",
+            "--json",
+        ]);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["checksum_ok"], true, "{sel}");
         assert_eq!(v["records"], 200000, "{sel}");

@@ -211,7 +211,9 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Cmd::Demo { records, payload, mode, segment_size, credit } => demo(records, payload, mode, segment_size, credit),
+        Cmd::Demo { records, payload, mode, segment_size, credit } => {
+            demo(records, payload, mode, segment_size, credit)
+        }
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
         Cmd::Run { job } => run_builtin(job),
         Cmd::Top { pid, name, path, once, json, interval_ms } => top(pid, name, path, once, json, interval_ms),
@@ -256,9 +258,12 @@ impl Drop for ChildGuard {
 
 fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32) -> AnyResult<()> {
     if payload < 8 || payload + 4 > segment_size as usize {
-        return Err(format!("--payload must be in 8..={} for a segment of {segment_size} bytes", segment_size - 4).into());
+        return Err(
+            format!("--payload must be in 8..={} for a segment of {segment_size} bytes", segment_size - 4).into()
+        );
     }
-    let cfg = ArenaConfig { segment_size, segment_count: (credit * 2).max(16), max_channels: 2, ..ArenaConfig::default() };
+    let cfg =
+        ArenaConfig { segment_size, segment_count: (credit * 2).max(16), max_channels: 2, ..ArenaConfig::default() };
     let arena = Arc::new(Arena::create_memfd(&cfg, "demo")?);
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["demo-consumer", "--credit", &credit.to_string(), "--mode"]);
@@ -358,7 +363,8 @@ impl JobDir {
             let p = std::env::var_os(Self::ENV).ok_or("worker started without SHMFLOW_JOB_DIR")?;
             return Ok(Self { path: PathBuf::from(p), owned: false });
         }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let path = std::env::temp_dir().join(format!("shmflow-job-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         // Workers are started from this process and inherit the variable.
@@ -471,7 +477,14 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             }
             let cfg = runtime_config(&opts)?;
             let dir = JobDir::get()?;
-            let graph = builtin::shuffle_job(records, payload, kind, opts.parallelism, dir.path.clone(), (source_work_ns, sink_work_ns));
+            let graph = builtin::shuffle_job(
+                records,
+                payload,
+                kind,
+                opts.parallelism,
+                dir.path.clone(),
+                (source_work_ns, sink_work_ns),
+            );
             if let Some(s) = run(graph, &cfg)? {
                 let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
                 let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
@@ -585,13 +598,18 @@ fn top(
             if !once {
                 print!("\x1b[2J\x1b[H");
             }
+            out!("shmflow top  {}  segments free {}/{}", path.display(), view.free_segments, view.segments);
             out!(
-                "shmflow top  {}  segments free {}/{}",
-                path.display(),
-                view.free_segments,
-                view.segments
+                "{:>6} {:>8} {:>7} {:>7} {:>7} {:>5} {:>12} {:>12}",
+                "task",
+                "state",
+                "busy",
+                "idle",
+                "backpr",
+                "bp",
+                "rec in/s",
+                "rec out/s"
             );
-            out!("{:>6} {:>8} {:>7} {:>7} {:>7} {:>5} {:>12} {:>12}", "task", "state", "busy", "idle", "backpr", "bp", "rec in/s", "rec out/s");
             for t in &view.tasks {
                 out!(
                     "{:>3}/{:<2} {:>8} {:>7.0} {:>7.0} {:>7.0} {:>5} {:>12.0} {:>12.0}",

@@ -269,7 +269,14 @@ impl BufferConsumer {
     pub fn new(arena: Arc<Arena>, index: u32, sink: Rc<dyn ReleaseSink>, channel: u32) -> Self {
         debug_assert!(index < arena.segment_count());
         let size = arena.segment_size();
-        Self { lease: Rc::new(Lease { arena, index, sink }), size, read_pos: 0, finished: false, place: channel, known: 0 }
+        Self {
+            lease: Rc::new(Lease { arena, index, sink }),
+            size,
+            read_pos: 0,
+            finished: false,
+            place: channel,
+            known: 0,
+        }
     }
 
     /// The segment index.

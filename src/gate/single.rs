@@ -218,8 +218,11 @@ impl SingleInputGate {
                     ),
                 });
             }
-            let reader =
-                ChannelReader::open_with_floating(arena.clone(), info.first_channel + spec.subpartition, floating_free.clone())?;
+            let reader = ChannelReader::open_with_floating(
+                arena.clone(),
+                info.first_channel + spec.subpartition,
+                floating_free.clone(),
+            )?;
             if let Some(w) = cfg.worker {
                 // Relaxed: read by the producer's liveness probe, a hint.
                 reader.block().consumer_worker.store(w + 1, Ordering::Relaxed);
@@ -350,7 +353,9 @@ impl SingleInputGate {
         wanting.sort_unstable();
         wanting.dedup();
         // Relaxed: a statistic written by the producer; only orders our choice.
-        wanting.sort_by_key(|&c| std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed)));
+        wanting.sort_by_key(|&c| {
+            std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed))
+        });
         for c in wanting.drain(..) {
             if self.floating_free.get() == 0 {
                 break;
@@ -433,7 +438,10 @@ impl SingleInputGate {
                 if let Some(r) = self.check_alignment()? {
                     return Ok(Some(r));
                 }
-                if self.end_of_data == self.channels.len() as u32 && !self.end_of_data_sent && self.finished < self.channels.len() as u32 {
+                if self.end_of_data == self.channels.len() as u32
+                    && !self.end_of_data_sent
+                    && self.finished < self.channels.len() as u32
+                {
                     self.end_of_data_sent = true;
                     return Ok(Some(Ready::Item(GateItem::EndOfData)));
                 }

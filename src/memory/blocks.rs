@@ -151,7 +151,9 @@ impl ChannelBlock {
         ] {
             a.store(0, Relaxed);
         }
-        for a in [&self.records_out, &self.bytes_out, &self.buffers_out, &self.records_in, &self.bytes_in, &self.buffers_in] {
+        for a in
+            [&self.records_out, &self.bytes_out, &self.buffers_out, &self.records_in, &self.bytes_in, &self.buffers_in]
+        {
             a.store(0, Relaxed);
         }
     }

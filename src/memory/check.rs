@@ -41,7 +41,8 @@ impl ArenaReport {
 /// and out-of-range links) and counts segment owners.
 pub fn check(arena: &Arena) -> ArenaReport {
     let n = arena.segment_count();
-    let mut r = ArenaReport { segments: n, free_counter: arena.header_atomics().free_stack.len(), ..Default::default() };
+    let mut r =
+        ArenaReport { segments: n, free_counter: arena.header_atomics().free_stack.len(), ..Default::default() };
     let controls = arena.controls();
     let mut on_stack = vec![false; n as usize];
     // Relaxed: an observer's walk; a concurrent pop/push makes it approximate, which the
@@ -81,7 +82,8 @@ pub fn check(arena: &Arena) -> ArenaReport {
         }
     }
     if r.free_walked != r.free_counter {
-        r.problems.push(format!("the free stack holds {} segments but its counter says {}", r.free_walked, r.free_counter));
+        r.problems
+            .push(format!("the free stack holds {} segments but its counter says {}", r.free_walked, r.free_counter));
     }
     r
 }

@@ -169,10 +169,20 @@ impl ResultPartitionManager {
             if n == 0 || u64::from(first) + u64::from(n) > u64::from(cfg.max_channels) {
                 return Err(Error::ProtocolViolation {
                     place,
-                    detail: format!("channels {first}..{} outside 0..{}", u64::from(first) + u64::from(n), cfg.max_channels),
+                    detail: format!(
+                        "channels {first}..{} outside 0..{}",
+                        u64::from(first) + u64::from(n),
+                        cfg.max_channels
+                    ),
                 });
             }
-            return Ok(PartitionInfo { slot: i as u32, partition_type, num_subpartitions: n, first_channel: first, state });
+            return Ok(PartitionInfo {
+                slot: i as u32,
+                partition_type,
+                num_subpartitions: n,
+                first_channel: first,
+                state,
+            });
         }
         Err(Error::PartitionNotFound(id.to_string()))
     }
@@ -208,8 +218,11 @@ impl ResultPartitionManager {
             for j in run {
                 let st = &blocks[j].state;
                 // Acquire on success: after the previous user's last writes to the block.
-                let ok = st.compare_exchange(CHANNEL_FREE, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
-                    || st.compare_exchange(CHANNEL_CLOSED, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok();
+                let ok =
+                    st.compare_exchange(CHANNEL_FREE, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                        || st
+                            .compare_exchange(CHANNEL_CLOSED, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok();
                 if !ok {
                     for b in &blocks[start..j] {
                         // Release: hands the block back unchanged.

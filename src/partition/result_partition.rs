@@ -14,9 +14,7 @@
 //! set's wake-up) after making everything it wrote visible: that is backpressure, and the
 //! time spent there is counted.
 
-use super::manager::{
-    PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED,
-};
+use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
 use crate::error::{Error, Result};
@@ -386,7 +384,11 @@ impl ResultPartition {
             }
             if let Liveness::Dead { pid } = liveness::liveness(&self.arena, w - 1) {
                 liveness::declare_dead(&self.arena, w - 1);
-                return Err(Error::PeerDied { role: "consumer", place: format!("partition {} subpartition {i}", self.id), pid });
+                return Err(Error::PeerDied {
+                    role: "consumer",
+                    place: format!("partition {} subpartition {i}", self.id),
+                    pid,
+                });
             }
         }
         Ok(())

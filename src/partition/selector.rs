@@ -172,7 +172,10 @@ impl<F> KeyGroupPartitioner<F> {
     /// [`Error::Invalid`] for a max parallelism of 0 or above 32768 (Flink's bound).
     pub fn new(key_hash: F, max_parallelism: u32) -> Result<Self> {
         if max_parallelism == 0 || max_parallelism > 1 << 15 {
-            return Err(Error::Invalid { what: "max parallelism", detail: format!("{max_parallelism} not in 1..=32768") });
+            return Err(Error::Invalid {
+                what: "max parallelism",
+                detail: format!("{max_parallelism} not in 1..=32768"),
+            });
         }
         Ok(Self { key_hash, max_parallelism, n: 1 })
     }
@@ -218,7 +221,9 @@ impl std::str::FromStr for SelectorKind {
             _ => {
                 return Err(Error::Invalid {
                     what: "selector",
-                    detail: format!("unknown selector {s:?} (forward, rebalance, rescale, key-hash, broadcast, global)"),
+                    detail: format!(
+                        "unknown selector {s:?} (forward, rebalance, rescale, key-hash, broadcast, global)"
+                    ),
                 })
             }
         })

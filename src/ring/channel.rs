@@ -13,7 +13,8 @@ use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
 use crate::error::{Error, Result};
 use crate::memory::{
-    Arena, ChannelBlock, Owner, RingKind, CHANNEL_CONSUMED, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_PRODUCER_FAILED,
+    Arena, ChannelBlock, Owner, RingKind, CHANNEL_CONSUMED, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN,
+    CHANNEL_PRODUCER_FAILED,
 };
 use crate::sync::{fence, EventCount, Ordering};
 use std::cell::{Cell, RefCell};
@@ -133,7 +134,10 @@ impl ChannelWriter {
         self.check_consumer()?;
         let takes_credit = matches!(d, Descriptor::Buffer(_) | Descriptor::EventBuffer(_));
         if takes_credit && self.credit == 0 {
-            return Err(Error::ProtocolViolation { place: self.place.clone(), detail: "publish without credit".into() });
+            return Err(Error::ProtocolViolation {
+                place: self.place.clone(),
+                detail: "publish without credit".into(),
+            });
         }
         let r = ring(&self.arena, self.id, RingKind::Data);
         let place = || self.place.clone();

@@ -58,7 +58,9 @@ impl Descriptor {
     /// Packs into ring slots; returns the slots and how many are used (1 or 3).
     pub fn encode_slots(self) -> ([u64; 3], usize) {
         match self {
-            Descriptor::Barrier(b) => ([(BARRIER_KIND << 56) | (u64::from(b.unaligned) << 32), b.checkpoint_id, b.timestamp], 3),
+            Descriptor::Barrier(b) => {
+                ([(BARRIER_KIND << 56) | (u64::from(b.unaligned) << 32), b.checkpoint_id, b.timestamp], 3)
+            }
             d => ([d.encode(), 0, 0], 1),
         }
     }
@@ -90,9 +92,16 @@ impl Descriptor {
         let h = slots[0];
         let flags = (h >> 32) & 0xff_ffff;
         if h >> 56 != BARRIER_KIND || flags > 1 || h as u32 != 0 {
-            return Err(Error::ProtocolViolation { place: place(), detail: format!("malformed barrier header {h:#x}") });
+            return Err(Error::ProtocolViolation {
+                place: place(),
+                detail: format!("malformed barrier header {h:#x}"),
+            });
         }
-        Ok(Descriptor::Barrier(BarrierDescriptor { checkpoint_id: slots[1], timestamp: slots[2], unaligned: flags == 1 }))
+        Ok(Descriptor::Barrier(BarrierDescriptor {
+            checkpoint_id: slots[1],
+            timestamp: slots[2],
+            unaligned: flags == 1,
+        }))
     }
 
     /// Unpacks and validates a value read from shared memory.

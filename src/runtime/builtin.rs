@@ -59,7 +59,11 @@ impl TextSource {
         // reading a file that is being rewritten.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(format!("{}: {e}", p.display())))?;
         if let Err(e) = std::str::from_utf8(&map) {
-            return Err(bad(format!("{} is not valid UTF-8 (first bad byte at offset {})", p.display(), e.valid_up_to())));
+            return Err(bad(format!(
+                "{} is not valid UTF-8 (first bad byte at offset {})",
+                p.display(),
+                e.valid_up_to()
+            )));
         }
         Ok(())
     }
@@ -165,9 +169,9 @@ const COMMON: &[&str] = &[
     "at", "be", "this", "from", "have", "or", "by", "one", "had", "not", "but", "what", "all", "were", "when", "we",
     "there", "can", "an", "your", "which", "their", "said", "if", "do", "will", "each", "about", "how", "up", "out",
     "them", "then", "she", "many", "some", "so", "these", "would", "other", "into", "has", "more", "her", "two",
-    "like", "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who", "now", "people",
-    "my", "made", "over", "did", "down", "only", "way", "find", "use", "may", "water", "long", "little", "very",
-    "after", "words", "called", "just", "where", "most", "know", "stream", "flink", "shuffle",
+    "like", "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who", "now", "people", "my",
+    "made", "over", "did", "down", "only", "way", "find", "use", "may", "water", "long", "little", "very", "after",
+    "words", "called", "just", "where", "most", "know", "stream", "flink", "shuffle",
 ];
 
 const SYLLABLES: &[&str] = &[
@@ -308,7 +312,8 @@ impl Collector<(String, u64)> for PartSink {
 fn part_sink(dir: Arc<PathBuf>) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<(String, u64)>>> + Send + Sync {
     move |info| {
         let p = part_path(&dir, info);
-        let f = std::fs::File::create(&p).map_err(|e| Error::Io { op: format!("creating {}", p.display()), source: e })?;
+        let f =
+            std::fs::File::create(&p).map_err(|e| Error::Io { op: format!("creating {}", p.display()), source: e })?;
         Ok(Box::new(PartSink { out: std::io::BufWriter::with_capacity(1 << 16, f) }))
     }
 }
@@ -475,20 +480,21 @@ pub fn shuffle_job(
 ) -> JobGraph {
     let (source_work_ns, sink_work_ns) = work_ns;
     let payload = payload.max(8);
-    let stream = JobBuilder::new("shuffle", parallelism).source("generator", move |info, out: &mut dyn Collector<Synthetic>| {
-        let p = u64::from(info.parallelism);
-        let i = u64::from(info.subtask);
-        for seq in (records * i / p)..(records * (i + 1) / p) {
-            if source_work_ns > 0 {
-                let until = crate::sync::now_nanos() + source_work_ns;
-                while crate::sync::now_nanos() < until {
-                    std::hint::spin_loop();
+    let stream =
+        JobBuilder::new("shuffle", parallelism).source("generator", move |info, out: &mut dyn Collector<Synthetic>| {
+            let p = u64::from(info.parallelism);
+            let i = u64::from(info.subtask);
+            for seq in (records * i / p)..(records * (i + 1) / p) {
+                if source_work_ns > 0 {
+                    let until = crate::sync::now_nanos() + source_work_ns;
+                    while crate::sync::now_nanos() < until {
+                        std::hint::spin_loop();
+                    }
                 }
+                out.collect(Synthetic { seq, len: payload, bad: 0 })?;
             }
-            out.collect(Synthetic { seq, len: payload, bad: 0 })?;
-        }
-        Ok(())
-    });
+            Ok(())
+        });
     let stream = match selector {
         SelectorKind::KeyHash => {
             return stream
@@ -505,7 +511,10 @@ pub fn shuffle_job(
     stream.sink("count and checksum", shuffle_sink(dir, sink_work_ns))
 }
 
-fn shuffle_sink(dir: PathBuf, work_ns: u64) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<Synthetic>>> + Send + Sync {
+fn shuffle_sink(
+    dir: PathBuf,
+    work_ns: u64,
+) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<Synthetic>>> + Send + Sync {
     let dir = Arc::new(dir);
     move |info| Ok(Box::new(ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0, work_ns }))
 }

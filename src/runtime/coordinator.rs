@@ -91,7 +91,12 @@ impl RuntimeConfig {
         })?;
         // Every partition keeps subpartitions + 1 segments, and needs one more per channel
         // to make progress.
-        let need: u64 = graph.subtasks.iter().filter_map(|s| s.output.as_ref()).map(|o| 2 * u64::from(o.num_subpartitions) + 1).sum();
+        let need: u64 = graph
+            .subtasks
+            .iter()
+            .filter_map(|s| s.output.as_ref())
+            .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
+            .sum();
         if u64::from(cfg.segment_count) < need {
             return Err(Error::Invalid {
                 what: "--arena-size",
@@ -218,7 +223,8 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let arena = Arc::new(Arena::create_memfd(&arena_cfg, &job.name)?);
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<(usize, Option<FromWorker>)>();
-    let args: Vec<std::ffi::OsString> = config.worker_args.clone().unwrap_or_else(|| std::env::args_os().skip(1).collect());
+    let args: Vec<std::ffi::OsString> =
+        config.worker_args.clone().unwrap_or_else(|| std::env::args_os().skip(1).collect());
     let exe = std::env::current_exe().map_err(io("finding the current executable"))?;
     let mut workers = Workers(Vec::new());
     for w in 0..config.workers {
@@ -321,7 +327,10 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                 if let Ok(Some(status)) = c.try_wait() {
                     if !status.success() && remaining.values().any(|&ww| ww == w.slot as usize) {
                         failure.get_or_insert_with(|| {
-                            format!("worker {} (pid {}) exited with {status} while its tasks were running", w.slot, w.pid)
+                            format!(
+                                "worker {} (pid {}) exited with {status} while its tasks were running",
+                                w.slot, w.pid
+                            )
                         });
                     }
                 }
@@ -371,7 +380,10 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
             loop {
                 match c.try_wait() {
                     Ok(Some(status)) if !status.success() => {
-                        return Err(Error::JobFailed(format!("worker {} (pid {}) exited with {status}", w.slot, w.pid)));
+                        return Err(Error::JobFailed(format!(
+                            "worker {} (pid {}) exited with {status}",
+                            w.slot, w.pid
+                        )));
                     }
                     Ok(Some(_)) => break,
                     _ if Instant::now() > deadline => break,

@@ -93,9 +93,10 @@ impl ExecutionGraph {
                     num_subpartitions: Self::subpartitions(&e, vx.parallelism, pc, i),
                 });
                 let input = match (vx.input, v.checked_sub(1).map(|u| &job.vertices[u])) {
-                    (Some(e), Some(prev)) => {
-                        Some(InputSpecs { edge: v - 1, channels: Self::channels(&e, prev.parallelism, vx.parallelism, i, v - 1, attempt)? })
-                    }
+                    (Some(e), Some(prev)) => Some(InputSpecs {
+                        edge: v - 1,
+                        channels: Self::channels(&e, prev.parallelism, vx.parallelism, i, v - 1, attempt)?,
+                    }),
                     _ => None,
                 };
                 subtasks.push(SubtaskSpec { vertex: v, subtask: i, parallelism: vx.parallelism, output, input });
@@ -257,7 +258,8 @@ impl TaskIo {
         if let Some(m) = &self.metrics {
             part.set_task_metrics(m.clone());
         }
-        let writer = std::rc::Rc::new(std::cell::RefCell::new(RecordWriter::new(part, selector, self.settings.buffer_timeout)?));
+        let writer =
+            std::rc::Rc::new(std::cell::RefCell::new(RecordWriter::new(part, selector, self.settings.buffer_timeout)?));
         let w2 = writer.clone();
         self.idle_hooks.push(Box::new(move || w2.borrow_mut().flush_all()));
         Ok(ExchangeOut { writer, consumable: Some((self.events.clone(), out.partition)) })

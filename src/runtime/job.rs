@@ -272,7 +272,11 @@ impl<T, F: FnMut(&T) -> bool> Collector<T> for Filter<F, BoxCollector<T>> {
 }
 
 impl<T: 'static> Stream<T> {
-    fn chain<U: 'static>(self, name: &str, wrap: impl Fn(BoxCollector<U>) -> BoxCollector<T> + Send + Sync + 'static) -> Stream<U> {
+    fn chain<U: 'static>(
+        self,
+        name: &str,
+        wrap: impl Fn(BoxCollector<U>) -> BoxCollector<T> + Send + Sync + 'static,
+    ) -> Stream<U> {
         let head = self.head;
         let new: Head<U> = Arc::new(move |info, out| head(info, wrap(out)));
         Stream {
@@ -344,7 +348,8 @@ impl<T: Data> Stream<T> {
         });
         let mut done = self.done;
         done.push(JobVertex { name: self.name.clone(), parallelism: self.parallelism, input: self.input, body });
-        let edge = EdgeSpec { partition_type: partition_type.unwrap_or(self.job.default_partition_type), selector: kind };
+        let edge =
+            EdgeSpec { partition_type: partition_type.unwrap_or(self.job.default_partition_type), selector: kind };
         let new_head: Head<T> = Arc::new(|_info, mut out| {
             Ok(Box::new(move |io: &mut TaskIo| {
                 io.for_each_input::<T>(&mut |v| out.collect(v))?;
@@ -357,7 +362,12 @@ impl<T: Data> Stream<T> {
 
     /// Round-robin to a new vertex of `parallelism` (Flink's rebalance()).
     pub fn rebalance(self, parallelism: Option<u32>) -> Stream<T> {
-        self.exchange(SelectorKind::Rebalance, parallelism, None, Arc::new(|i| Box::new(RebalancePartitioner::new(u64::from(i)))))
+        self.exchange(
+            SelectorKind::Rebalance,
+            parallelism,
+            None,
+            Arc::new(|i| Box::new(RebalancePartitioner::new(u64::from(i)))),
+        )
     }
 
     /// Round-robin to a local subset of the next vertex (rescale()).
@@ -382,7 +392,12 @@ impl<T: Data> Stream<T> {
 
     /// An exchange with an explicit partition type and selector kind (key-hash needs
     /// [`key_by`](Self::key_by)).
-    pub fn exchange_with(self, kind: SelectorKind, partition_type: ResultPartitionType, parallelism: Option<u32>) -> Stream<T> {
+    pub fn exchange_with(
+        self,
+        kind: SelectorKind,
+        partition_type: ResultPartitionType,
+        parallelism: Option<u32>,
+    ) -> Stream<T> {
         let sel: Arc<dyn Fn(u32) -> Box<dyn ChannelSelector<T>> + Send + Sync> = match kind {
             SelectorKind::Rebalance | SelectorKind::KeyHash => {
                 Arc::new(|i| Box::new(RebalancePartitioner::new(u64::from(i))))
@@ -508,7 +523,8 @@ where
     /// ends (a keyed reduce in Flink's batch execution mode).
     pub fn reduce(self, name: &str, f: impl Fn(&mut T, T) + Clone + Send + Sync + 'static) -> Stream<T> {
         let key = self.key.clone();
-        self.stream.chain(name, move |out| Box::new(Reduce { key: key.clone(), f: f.clone(), state: HashMap::default(), out }))
+        self.stream
+            .chain(name, move |out| Box::new(Reduce { key: key.clone(), f: f.clone(), state: HashMap::default(), out }))
     }
 
     /// Passes values on unchanged: a keyed exchange with no keyed operator after it.

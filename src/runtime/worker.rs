@@ -88,7 +88,10 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 let w2 = writer.clone();
                 let forward = std::thread::spawn(move || {
                     while let Ok(TaskEvent::PartitionConsumable(p)) = rx.recv() {
-                        let _ = send(&mut *w2.lock().expect("control socket"), &FromWorker::PartitionConsumable { partition: p });
+                        let _ = send(
+                            &mut *w2.lock().expect("control socket"),
+                            &FromWorker::PartitionConsumable { partition: p },
+                        );
                     }
                 });
                 let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
@@ -101,7 +104,10 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                         what: "task",
                         detail: format!(
                             "panicked: {}",
-                            p.downcast_ref::<String>().map(String::as_str).or(p.downcast_ref::<&str>().copied()).unwrap_or("?")
+                            p.downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or(p.downcast_ref::<&str>().copied())
+                                .unwrap_or("?")
                         ),
                     }),
                 };
