@@ -188,6 +188,10 @@ enum Cmd {
         /// Also fail unless every segment is free (a finished job leaked nothing).
         #[arg(long)]
         idle: bool,
+        /// When no live process uses the arena any more, return every segment the dead
+        /// left behind to the free list first (needs write access: named arenas).
+        #[arg(long)]
+        recover: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -217,7 +221,7 @@ fn main() -> ExitCode {
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
         Cmd::Run { job } => run_builtin(job),
         Cmd::Top { pid, name, path, once, json, interval_ms } => top(pid, name, path, once, json, interval_ms),
-        Cmd::Check { pid, name, path, idle, json } => check(pid, name, path, idle, json),
+        Cmd::Check { pid, name, path, idle, recover, json } => check(pid, name, path, idle, recover, json),
         Cmd::Clean { dry_run } => clean(dry_run),
     };
     match r {
@@ -524,8 +528,22 @@ fn arena_path(pid: Option<u32>, name: Option<String>, path: Option<PathBuf>) -> 
     })
 }
 
-fn check(pid: Option<u32>, name: Option<String>, path: Option<PathBuf>, idle: bool, json: bool) -> AnyResult<()> {
+fn check(
+    pid: Option<u32>,
+    name: Option<String>,
+    path: Option<PathBuf>,
+    idle: bool,
+    recover: bool,
+    json: bool,
+) -> AnyResult<()> {
     let path = arena_path(pid, name, path)?;
+    if recover {
+        let arena = Arena::attach_path(&path)?;
+        let r = shmflow::memory::recovery::reclaim_quiescent(&arena)?;
+        if !json {
+            out!("recovered {} segments ({} dead processes)", r.segments, r.dead_workers);
+        }
+    }
     let arena = Arena::attach_read_only(&path)?;
     let r = shmflow::memory::check::check(&arena);
     if json {

@@ -14,6 +14,7 @@ pub mod check;
 mod header;
 mod layout;
 pub mod liveness;
+pub mod recovery;
 mod segment;
 mod stack;
 

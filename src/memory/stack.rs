@@ -46,6 +46,13 @@ impl StackHead {
         self.head.load(Ordering::Relaxed)
     }
 
+    /// Empties the stack (recovery of a quiescent arena only: nobody else may use it).
+    pub fn reset(&self) {
+        // Relaxed (both): the arena is quiescent; the pushes that follow publish.
+        self.head.store(0, Ordering::Relaxed);
+        self.len.store(0, Ordering::Relaxed);
+    }
+
     /// Whether the stack looks empty.
     pub fn is_empty(&self) -> bool {
         // Acquire: pairs with the Release CAS in `push`, like `pop`'s load.
