@@ -441,31 +441,35 @@ pub struct KeyedStream<T, K: ?Sized> {
     key: KeyFn<T, K>,
 }
 
-struct Reduce<T, K: ?Sized + ToOwned, F> {
+struct Reduce<T, K: ?Sized, F> {
     key: KeyFn<T, K>,
     f: F,
-    state: HashMap<K::Owned, T>,
+    /// Each key's accumulated value, stored once: the key is borrowed from the value.
+    state: hashbrown::HashTable<T>,
+    hasher: foldhash::fast::RandomState,
     out: BoxCollector<T>,
 }
 
 impl<T, K, F> Collector<T> for Reduce<T, K, F>
 where
-    K: ?Sized + Hash + Eq + ToOwned,
-    K::Owned: Hash + Eq,
+    K: ?Sized + Hash + Eq,
     F: FnMut(&mut T, T),
 {
     fn collect(&mut self, v: T) -> Result<()> {
-        match self.state.get_mut((self.key)(&v)) {
+        use std::hash::BuildHasher;
+        let key = &self.key;
+        let h = self.hasher.hash_one(key(&v));
+        match self.state.find_mut(h, |t| key(t) == key(&v)) {
             Some(acc) => (self.f)(acc, v),
             None => {
-                let k = (self.key)(&v).to_owned();
-                self.state.insert(k, v);
+                let hasher = &self.hasher;
+                self.state.insert_unique(h, v, |t| hasher.hash_one(key(t)));
             }
         }
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {
-        for (_, v) in self.state.drain() {
+        for v in self.state.drain() {
             self.out.collect(v)?;
         }
         self.out.finish()
@@ -524,7 +528,15 @@ where
     pub fn reduce(self, name: &str, f: impl Fn(&mut T, T) + Clone + Send + Sync + 'static) -> Stream<T> {
         let key = self.key.clone();
         self.stream
-            .chain(name, move |out| Box::new(Reduce { key: key.clone(), f: f.clone(), state: HashMap::default(), out }))
+            .chain(name, move |out| {
+                Box::new(Reduce {
+                    key: key.clone(),
+                    f: f.clone(),
+                    state: hashbrown::HashTable::new(),
+                    hasher: foldhash::fast::RandomState::default(),
+                    out,
+                })
+            })
     }
 
     /// Passes values on unchanged: a keyed exchange with no keyed operator after it.
