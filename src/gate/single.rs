@@ -129,6 +129,9 @@ struct InputChannel {
     floating: u32,
     end_of_data: bool,
     served: u32,
+    /// Records read when its producer was last seen dead, and how many looks since.
+    dead_progress: u64,
+    dead_looks: u32,
 }
 
 /// A gate over local input channels.
@@ -236,6 +239,8 @@ impl SingleInputGate {
                 floating: 0,
                 end_of_data: false,
                 served: 0,
+                dead_progress: 0,
+                dead_looks: 0,
             });
         }
         let ready = (0..channels.len() as u32).collect();
@@ -708,8 +713,19 @@ impl SingleInputGate {
                 continue;
             }
             if let Liveness::Dead { pid } = liveness::liveness(&self.arena, w - 1) {
-                if ch.reader.has_input()? {
-                    continue; // read what it left first
+                // Read what it left first: queue the channel, and report the death only once
+                // a few looks in a row found it dead with no progress made.
+                if ch.reader.records != ch.dead_progress {
+                    ch.dead_progress = ch.reader.records;
+                    ch.dead_looks = 0;
+                }
+                if ch.dead_looks < 3 && ch.reader.has_input()? {
+                    ch.dead_looks += 1;
+                    if !ch.queued && ch.state == ChannelState::Active {
+                        ch.queued = true;
+                        self.ready.push_back(i as u32);
+                    }
+                    continue;
                 }
                 liveness::declare_dead(&self.arena, w - 1);
                 let b = ch.reader.channel().block();

@@ -450,6 +450,11 @@ impl ResultPartition {
         if len > DEFAULT_MAX_RECORD {
             return Err(Error::TooLarge { what: "record", len, max: DEFAULT_MAX_RECORD });
         }
+        if self.broadcast.is_some() {
+            // The shared segment comes first on every channel: end it, so what follows is
+            // read after it.
+            self.close_broadcast()?;
+        }
         loop {
             if self.subs[c].builder.is_none() {
                 self.open_builder(c)?;
@@ -480,8 +485,13 @@ impl ResultPartition {
     /// Writes a record that does not fit the current segment of channel `c` (None: the
     /// broadcast builder) across as many segments as it needs.
     fn write_spanning<R: Record + ?Sized>(&mut self, record: &R, c: Option<usize>) -> Result<()> {
+        if let Some(payload) = record.as_serialized() {
+            // Already bytes: copied straight into the segments.
+            self.stats.spanning_records += 1;
+            return self.write_spanning_bytes(payload, c);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
+        // No clear() first: serialize_into overwrites every byte, so only growth is zeroed.
         scratch.resize(record.serialized_len(), 0);
         record.serialize_into(&mut scratch);
         let r = self.write_spanning_bytes(&scratch, c);

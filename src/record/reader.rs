@@ -158,6 +158,9 @@ impl RecordReader {
                         self.current = None;
                         continue;
                     }
+                    if self.next_queued_behind_current()? {
+                        continue;
+                    }
                     return Ok(Step::Empty);
                 }
                 let read_pos = c.read_position();
@@ -193,6 +196,9 @@ impl RecordReader {
                         self.current = None;
                         continue;
                     }
+                    if self.next_queued_behind_current()? {
+                        continue;
+                    }
                     return Ok(Step::Empty);
                 }
                 if avail == 0 && fin {
@@ -201,6 +207,9 @@ impl RecordReader {
                 }
                 if avail > 0 && fin {
                     return Err(self.violation(format!("segment {seg} ends inside a length prefix")));
+                }
+                if self.next_queued_behind_current()? {
+                    continue;
                 }
                 return Ok(Step::Empty);
             }
@@ -215,6 +224,26 @@ impl RecordReader {
                 None => return Ok(Step::Empty),
             }
         }
+    }
+
+    /// The writer finishes a segment before it publishes the next descriptor on the same
+    /// channel. So when a descriptor is queued behind the current, unfinished-looking
+    /// segment, the segment's position is loaded again (after the Acquire of the ring tail
+    /// that saw the descriptor): finished now means "read on" (`true`); still unfinished
+    /// means a peer broke the protocol — without this check the reader would wait forever.
+    fn next_queued_behind_current(&mut self) -> Result<bool> {
+        let Some(c) = self.current.as_ref() else {
+            return Ok(false);
+        };
+        if !self.channel.has_next_data()? {
+            return Ok(false);
+        }
+        let (_, fin) = c.writer_position()?;
+        if fin {
+            return Ok(true);
+        }
+        let seg = c.index();
+        Err(self.violation(format!("segment {seg} is not finished although the next descriptor is already queued")))
     }
 
     /// Whether [`poll`](Self::poll) might find something without waiting: a descriptor is

@@ -671,6 +671,17 @@ impl ChannelReader {
         Ok(out)
     }
 
+    /// Whether a descriptor is waiting in the data ring (does not consume it).
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll).
+    pub fn has_next_data(&mut self) -> Result<bool> {
+        let place = self.place.clone();
+        let place = || place.clone();
+        let r = ring(&self.arena, self.id, RingKind::Data);
+        self.data.has_next(&r, &place)
+    }
+
     /// Whether a descriptor is waiting (does not consume it).
     ///
     /// # Errors
