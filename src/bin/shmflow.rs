@@ -6,7 +6,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shmflow::memory::{Arena, ArenaConfig};
-use shmflow::partition::{BufferTimeout, SelectorKind};
+use shmflow::partition::{BufferTimeout, ResultPartitionType, SelectorKind};
 use shmflow::ring::{StreamReader, StreamWriter};
 use shmflow::runtime::builtin::{self, TextSource};
 use shmflow::runtime::{is_worker, run, JobSummary, RuntimeConfig};
@@ -67,6 +67,17 @@ struct JobOpts {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
+    #[arg(long, value_enum, default_value_t = Exchange::Pipelined)]
+    exchange: Exchange,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Exchange {
+    /// Flink's PIPELINED_BOUNDED: consumed while produced, through the arena.
+    Pipelined,
+    /// Flink's BLOCKING: written completely to files, then read.
+    Blocking,
 }
 
 #[derive(Subcommand)]
@@ -437,13 +448,24 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
     Ok(src)
 }
 
+fn blocking_unsupported(o: &JobOpts, job: &str) -> AnyResult<()> {
+    if o.exchange == Exchange::Blocking {
+        return Err(format!("--exchange blocking is supported by wordcount only, not by {job}").into());
+    }
+    Ok(())
+}
+
 fn run_builtin(job: JobCmd) -> AnyResult<()> {
     match job {
         JobCmd::Wordcount { input, output, generated_mb, opts } => {
             let cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
             let dir = JobDir::get()?;
-            let graph = builtin::wordcount_job(src, opts.parallelism, dir.path.clone());
+            let ptype = match opts.exchange {
+                Exchange::Pipelined => ResultPartitionType::PipelinedBounded,
+                Exchange::Blocking => ResultPartitionType::Blocking,
+            };
+            let graph = builtin::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
             if let Some(s) = run(graph, &cfg)? {
                 let lines = builtin::merge_parts(&dir.path, output.as_deref())?;
                 let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
@@ -459,6 +481,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             }
         }
         JobCmd::WindowWordcount { input, output, generated_mb, window, slide, opts } => {
+            blocking_unsupported(&opts, "window-wordcount")?;
             if window == 0 || slide == 0 || slide > window {
                 return Err(format!("--window {window} and --slide {slide} must satisfy 0 < slide <= window").into());
             }
@@ -475,6 +498,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             }
         }
         JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts } => {
+            blocking_unsupported(&opts, "shuffle")?;
             let kind: SelectorKind = selector.parse()?;
             if !(8..=256 << 20).contains(&payload) {
                 return Err(format!("--payload {payload} is out of range (8..=268435456)").into());

@@ -240,7 +240,7 @@ pub struct PartitionEntry {
     pub producer_task: AtomicU32,
     /// Pid of the producing process.
     pub producer_pid: AtomicU32,
-    /// Spare, zero.
+    /// Blocking partitions: consumers that finished reading a subpartition (else zero).
     pub reserved: AtomicU32,
     /// ResultPartitionID, high then low 64 bits.
     pub id: [AtomicU64; 2],

@@ -110,6 +110,9 @@ impl ResultPartitionManager {
                     // Relaxed (both): published by the Release store of REGISTERED.
                     e.id[0].store(id.partition, Ordering::Relaxed);
                     e.id[1].store(id.attempt, Ordering::Relaxed);
+                    // Relaxed: the consumer-done count of blocking partitions, published
+                    // by the Release store of REGISTERED like the id.
+                    e.reserved.store(0, Ordering::Relaxed);
                     return Ok(i as u32);
                 }
             }
@@ -136,6 +139,17 @@ impl ResultPartitionManager {
             // Release: pairs with the Acquire load in `lookup_once`.
             e.state.store(state, Ordering::Release);
         }
+    }
+
+    /// Counts one consumer that finished reading a subpartition of the blocking partition
+    /// in entry `slot`; returns the count including this one.
+    pub fn consumer_done(&self, slot: u32) -> u32 {
+        self.arena.partitions().get(slot as usize).map_or(0, |e| {
+            // AcqRel: pairs with the other consumers' AcqRel increments, so the one that
+            // sees the last count sees every other consumer's reads done before it
+            // releases the partition.
+            e.reserved.fetch_add(1, Ordering::AcqRel) + 1
+        })
     }
 
     /// Looks `id` up once.

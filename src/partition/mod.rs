@@ -7,12 +7,17 @@
 //!      ResultPartitionManager directory
 //! ```
 
+mod blocking;
 mod manager;
 mod result_partition;
 mod selector;
 mod types;
 mod writer;
 
+pub use blocking::{
+    wait_finished, BlockingPartitionFile, BlockingRecordWriter, BlockingResultPartition, BlockingStats,
+    BlockingSubpartitionReader, FileChannelManager, BLOCKING_DIR_ENV, DEFAULT_REGION_BYTES,
+};
 pub use manager::{
     PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED,
     PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED, PARTITION_RELEASED,

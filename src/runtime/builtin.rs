@@ -347,7 +347,12 @@ fn text_stream(
 /// Flink's streaming WordCount in batch style: text source + tokenizer, key by word, sum,
 /// one `word<TAB>count` line per word into part files under `dir`.
 pub fn wordcount_job(source: TextSource, parallelism: u32, dir: PathBuf) -> JobGraph {
-    text_stream("wordcount", source, parallelism, ResultPartitionType::PipelinedBounded)
+    wordcount_job_with(source, parallelism, dir, ResultPartitionType::PipelinedBounded)
+}
+
+/// [`wordcount_job`] with the exchange's partition type (pipelined or blocking).
+pub fn wordcount_job_with(source: TextSource, parallelism: u32, dir: PathBuf, ptype: ResultPartitionType) -> JobGraph {
+    text_stream("wordcount", source, parallelism, ptype)
         .reduce("sum", |acc, v| acc.1 += v.1)
         .sink("part files", part_sink(Arc::new(dir)))
 }

@@ -207,6 +207,41 @@ impl Drop for Workers {
     }
 }
 
+/// The directory of a job's blocking partition files, named to the workers through
+/// [`crate::partition::BLOCKING_DIR_ENV`]; removed when the job ends if this coordinator
+/// created it.
+struct BlockingDir {
+    path: std::path::PathBuf,
+    owned: bool,
+}
+
+impl BlockingDir {
+    fn for_job(job: &JobGraph) -> Result<Option<Self>> {
+        if job.vertices.iter().filter_map(|v| v.input).all(|e| e.partition_type.is_pipelined()) {
+            return Ok(None);
+        }
+        if let Some(p) = std::env::var_os(crate::partition::BLOCKING_DIR_ENV).filter(|p| !p.is_empty()) {
+            return Ok(Some(Self { path: p.into(), owned: false }));
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("shmflow-blocking-{}-{nanos}", std::process::id());
+        let path = match std::env::var_os("SHMFLOW_JOB_DIR").filter(|p| !p.is_empty()) {
+            Some(d) => std::path::PathBuf::from(d).join(name),
+            None => std::env::temp_dir().join(name),
+        };
+        crate::partition::FileChannelManager::new(&path)?;
+        Ok(Some(Self { path, owned: true }))
+    }
+}
+
+impl Drop for BlockingDir {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 fn io(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io { op: op.to_string(), source: e }
 }
@@ -226,6 +261,7 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let args: Vec<std::ffi::OsString> =
         config.worker_args.clone().unwrap_or_else(|| std::env::args_os().skip(1).collect());
     let exe = std::env::current_exe().map_err(io("finding the current executable"))?;
+    let blocking_dir = BlockingDir::for_job(job)?;
     let mut workers = Workers(Vec::new());
     for w in 0..config.workers {
         let (mine, theirs) = UnixStream::pair().map_err(io("creating a control socket"))?;
@@ -234,6 +270,9 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
         let fd = theirs.as_raw_fd();
         cmd.env(CONTROL_FD_ENV, fd.to_string());
         arena.inherit_fd_into(&mut cmd)?;
+        if let Some(d) = &blocking_dir {
+            cmd.env(crate::partition::BLOCKING_DIR_ENV, &d.path);
+        }
         // SAFETY: the closure only calls fcntl (async-signal-safe) on an fd that is open in
         // the parent, hence in the forked child.
         unsafe {
@@ -414,7 +453,9 @@ fn sample_in_flight(
     let mut per_edge: HashMap<usize, u64> = HashMap::new();
     for s in &graph.subtasks {
         if let Some(o) = &s.output {
-            if let Ok(info) = manager.lookup_once(ResultPartitionId::new(o.partition.0, o.partition.1)) {
+            let id = ResultPartitionId::new(o.partition.0, o.partition.1);
+            // Blocking partitions have no channels in the arena.
+            if let Some(info) = manager.lookup_once(id).ok().filter(|i| i.partition_type.is_pipelined()) {
                 let n: u64 = (0..info.num_subpartitions)
                     .filter_map(|i| channel_snapshot(arena, info.first_channel + i))
                     .map(|c| u64::from(c.backlog))

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};
 use crate::metrics::TaskMetricsHandle;
 use crate::partition::{
-    BufferTimeout, ChannelSelector, RecordWriter, RequestBackoff, ResultPartitionConfig, ResultPartitionId,
+    wait_finished, BlockingPartitionFile, BlockingRecordWriter, BlockingResultPartition, BufferTimeout,
+    ChannelSelector, FileChannelManager, RecordWriter, RequestBackoff, ResultPartitionConfig, ResultPartitionId,
     ResultPartitionType, SelectorKind,
 };
 use crate::sync::{AtomicBool, Ordering, WaitPolicy};
@@ -44,6 +45,9 @@ pub struct InputSpecs {
     pub edge: usize,
     /// (partition, attempt, subpartition) per channel.
     pub channels: Vec<(u64, u64, u32)>,
+    /// `ResultPartitionType` code of the edge (0: pipelined, for older descriptors).
+    #[serde(default)]
+    pub partition_type: u32,
 }
 
 /// One execution vertex: what a TaskExecutor needs to run it.
@@ -96,6 +100,7 @@ impl ExecutionGraph {
                     (Some(e), Some(prev)) => Some(InputSpecs {
                         edge: v - 1,
                         channels: Self::channels(&e, prev.parallelism, vx.parallelism, i, v - 1, attempt)?,
+                        partition_type: e.partition_type.code(),
                     }),
                     _ => None,
                 };
@@ -203,22 +208,43 @@ impl std::fmt::Debug for TaskIo {
 /// A record writer shared between the task's output collector and its idle hook.
 type SharedWriter<T> = std::rc::Rc<std::cell::RefCell<RecordWriter<Box<dyn ChannelSelector<T>>>>>;
 
+/// Where an exchange's records go: shared memory (pipelined) or a file (blocking).
+enum OutTarget<T> {
+    Pipelined(SharedWriter<T>),
+    Blocking(Box<BlockingRecordWriter<Box<dyn ChannelSelector<T>>>>),
+}
+
 /// The output collector of a vertex that ends in an exchange.
 pub struct ExchangeOut<T> {
-    writer: SharedWriter<T>,
+    target: OutTarget<T>,
     consumable: Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u64))>,
 }
 
 impl<T: Data> Collector<T> for ExchangeOut<T> {
     #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
+        let writer = match &mut self.target {
+            OutTarget::Blocking(w) => return w.emit(&v),
+            OutTarget::Pipelined(w) => w,
+        };
         if let Some((tx, id)) = self.consumable.take() {
             let _ = tx.send(TaskEvent::PartitionConsumable(id));
         }
-        self.writer.borrow_mut().emit(&v)
+        writer.borrow_mut().emit(&v)
     }
     fn finish(&mut self) -> Result<()> {
-        let mut w = self.writer.borrow_mut();
+        let writer = match &mut self.target {
+            OutTarget::Blocking(w) => {
+                // A blocking partition is consumable once complete; it outlives the task.
+                w.finish()?;
+                if let Some((tx, id)) = self.consumable.take() {
+                    let _ = tx.send(TaskEvent::PartitionConsumable(id));
+                }
+                return Ok(());
+            }
+            OutTarget::Pipelined(w) => w,
+        };
+        let mut w = writer.borrow_mut();
         w.finish()?;
         // A pipelined partition stays until its consumers read it (they may not even have
         // attached yet); the task ends after that.
@@ -251,6 +277,18 @@ impl TaskIo {
         let ptype = ResultPartitionType::from_code(out.partition_type)
             .ok_or(Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
         let id = ResultPartitionId::new(out.partition.0, out.partition.1);
+        if !ptype.is_pipelined() {
+            let files = FileChannelManager::from_env()?;
+            let mut part = BlockingResultPartition::new(&files, id, ptype, out.num_subpartitions)?;
+            part.register(self.env.partition_manager().clone())?;
+            if let Some(m) = &self.metrics {
+                part.set_task_metrics(m.clone());
+            }
+            return Ok(ExchangeOut {
+                target: OutTarget::Blocking(Box::new(BlockingRecordWriter::new(part, selector))),
+                consumable: Some((self.events.clone(), out.partition)),
+            });
+        }
         let mut cfg = ResultPartitionConfig::new(id, ptype, out.num_subpartitions);
         cfg.wait_policy = self.settings.wait_policy;
         let mut part = self.env.create_result_partition(&cfg)?;
@@ -262,7 +300,7 @@ impl TaskIo {
             std::rc::Rc::new(std::cell::RefCell::new(RecordWriter::new(part, selector, self.settings.buffer_timeout)?));
         let w2 = writer.clone();
         self.idle_hooks.push(Box::new(move || w2.borrow_mut().flush_all()));
-        Ok(ExchangeOut { writer, consumable: Some((self.events.clone(), out.partition)) })
+        Ok(ExchangeOut { target: OutTarget::Pipelined(writer), consumable: Some((self.events.clone(), out.partition)) })
     }
 
     fn open_gate(&self) -> Result<Option<SingleInputGate>> {
@@ -291,6 +329,11 @@ impl TaskIo {
     /// # Errors
     /// A malformed record, a failed producer, cancellation, or `f`'s error.
     pub fn for_each_input<T: Data>(&mut self, f: &mut dyn FnMut(T) -> Result<()>) -> Result<()> {
+        if let Some(input) = &self.spec.input {
+            if ResultPartitionType::from_code(input.partition_type).is_some_and(|t| !t.is_pipelined()) {
+                return self.for_each_blocking_input(f);
+            }
+        }
         let Some(mut gate) = self.open_gate()? else {
             return Ok(());
         };
@@ -324,6 +367,41 @@ impl TaskIo {
         };
         self.records_in += n;
         result
+    }
+
+    /// A blocking input: waits (cancellably) until every input partition is FINISHED,
+    /// then reads each input subpartition's file in turn; a BLOCKING partition is
+    /// released once every one of its subpartitions was read.
+    fn for_each_blocking_input<T: Data>(&mut self, f: &mut dyn FnMut(T) -> Result<()>) -> Result<()> {
+        let Some(input) = self.spec.input.clone() else {
+            return Ok(());
+        };
+        let directory = self.env.partition_manager().clone();
+        let files = FileChannelManager::from_env()?;
+        let ids: Vec<ResultPartitionId> =
+            input.channels.iter().map(|&(p, a, _)| ResultPartitionId::new(p, a)).collect();
+        let hooks = &mut self.idle_hooks;
+        wait_finished(&directory, &ids, &self.cancel, self.settings.backoff.max, || {
+            hooks.iter_mut().try_for_each(|h| h())
+        })?;
+        for (&(_, _, s), &id) in input.channels.iter().zip(&ids) {
+            let file = BlockingPartitionFile::open(&files, id)?;
+            let mut reader = file.subpartition(s)?;
+            for rec in reader.by_ref() {
+                f(T::from_record(rec?)?)?;
+            }
+            self.records_in += reader.records_read();
+            if let Some(m) = &self.metrics {
+                m.add_in(reader.records_read(), reader.bytes_read());
+            }
+            drop(file);
+            files.consumer_done(&directory, id)?;
+            // Relaxed: a stop request.
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(())
     }
 
     /// The task's info.

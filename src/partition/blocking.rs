@@ -1,0 +1,940 @@
+//! Blocking result partitions (Flink's BLOCKING and BLOCKING_PERSISTENT): written completely
+//! to one file per partition, then read by consumers through a read-only memory mapping.
+//!
+//! ```text
+//!  producer: emit(record, s) --> in-memory chunk of subpartition s (bounded, 32 KiB)
+//!            chunk full      --> appended to the data file as one region of s
+//!            finish()        --> last chunks, index, footer; <id>.blk.inprogress renamed
+//!                                to <id>.blk; directory entry FINISHED (type BLOCKING)
+//!  file:     header  [magic "SHMFBLK1"][version u32][subpartitions u32][id u64 x 2]
+//!            regions [u32 len][payload] ... (whole records of one subpartition each)
+//!            index   per subpartition: [records u64][regions u64] then regions x
+//!                    [offset u64][len u64]
+//!            footer  [magic "SHMFEND1"][index offset u64][index len u64]
+//!                    [subpartitions u32][version u32][records u64][checksum u64]
+//!                    (checksum: FNV-1a over the index and the footer fields before it)
+//!  consumer: BlockingPartitionFile::open mmaps <id>.blk read-only and validates footer,
+//!            checksum and every region against the file; BlockingSubpartitionReader
+//!            yields each record as &[u8] borrowed from the mapping (zero copy), checking
+//!            every length prefix against its region. Reading never consumes: a restarted
+//!            consumer reads the same records again (isReconnectable).
+//!  release:  BLOCKING when every subpartition's consumer said done (or on release());
+//!            BLOCKING_PERSISTENT only on an explicit release.
+//! ```
+//!
+//! The final file name appears only once the file is complete (rename), so "the file
+//! exists" already means "the footer is present"; the footer is still checked.
+
+use super::manager::{ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
+use super::selector::ChannelSelector;
+use super::types::{ResultPartitionId, ResultPartitionType};
+use crate::error::{Error, Result};
+use crate::metrics::TaskMetricsHandle;
+use crate::record::{Record, DEFAULT_MAX_RECORD, LEN_PREFIX};
+use crate::sync::{AtomicBool, Ordering};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming the directory of blocking partition files (set by the
+/// coordinator for its workers).
+pub const BLOCKING_DIR_ENV: &str = "SHMFLOW_BLOCKING_DIR";
+/// Bytes a subpartition buffers in memory before they go to the file as one region.
+pub const DEFAULT_REGION_BYTES: usize = 32 << 10;
+
+const HEADER_MAGIC: [u8; 8] = *b"SHMFBLK1";
+const FOOTER_MAGIC: [u8; 8] = *b"SHMFEND1";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 32;
+const FOOTER_LEN: usize = 48;
+const FILE_SUFFIX: &str = "blk";
+
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+const FNV_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn io_err(op: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { op, source }
+}
+
+/// Owns the directory blocking partition files live in (Flink's FileChannelManager): one
+/// file per partition, named after its [`ResultPartitionId`].
+#[derive(Debug, Clone)]
+pub struct FileChannelManager {
+    dir: PathBuf,
+    region_bytes: usize,
+    fsync: bool,
+}
+
+impl FileChannelManager {
+    /// Files under `dir`, created if missing.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `dir` if it cannot be created (a parent is a regular file,
+    /// no permission, full disk).
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(io_err(format!("creating the blocking partition directory {}", dir.display())))?;
+        Ok(Self { dir, region_bytes: DEFAULT_REGION_BYTES, fsync: false })
+    }
+
+    /// `std::env::temp_dir()/shmflow-blocking-<pid>`.
+    pub fn default_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("shmflow-blocking-{}", std::process::id()))
+    }
+
+    /// Files under [`Self::default_dir`].
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn with_default_dir() -> Result<Self> {
+        Self::new(Self::default_dir())
+    }
+
+    /// Files under `$SHMFLOW_BLOCKING_DIR` (set by a coordinator for its workers), else
+    /// under [`Self::default_dir`].
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn from_env() -> Result<Self> {
+        match std::env::var_os(BLOCKING_DIR_ENV) {
+            Some(d) if !d.is_empty() => Self::new(PathBuf::from(d)),
+            _ => Self::with_default_dir(),
+        }
+    }
+
+    /// Sets how many bytes a subpartition buffers before writing a region (at least 64).
+    pub fn with_region_bytes(mut self, n: usize) -> Self {
+        self.region_bytes = n.max(64);
+        self
+    }
+
+    /// Whether `finish` fsyncs the file before publishing it.
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The complete file of partition `id` (present only once its producer finished).
+    pub fn path_of(&self, id: ResultPartitionId) -> PathBuf {
+        self.dir.join(format!("{:016x}-{:016x}.{FILE_SUFFIX}", id.partition, id.attempt))
+    }
+
+    fn in_progress_path(&self, id: ResultPartitionId) -> PathBuf {
+        self.dir.join(format!("{:016x}-{:016x}.{FILE_SUFFIX}.inprogress", id.partition, id.attempt))
+    }
+
+    /// Whether partition `id` has a complete file.
+    pub fn is_finished(&self, id: ResultPartitionId) -> bool {
+        self.path_of(id).is_file()
+    }
+
+    /// Deletes partition `id`'s file (an absent file is fine) and, given the directory,
+    /// marks its entry RELEASED.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file if it exists but cannot be removed.
+    pub fn release(&self, directory: Option<&ResultPartitionManager>, id: ResultPartitionId) -> Result<()> {
+        if let Some(d) = directory {
+            if let Ok(info) = d.lookup_once(id) {
+                d.set_state(info.slot, PARTITION_RELEASED);
+            }
+        }
+        remove_if_present(&self.path_of(id))?;
+        remove_if_present(&self.in_progress_path(id))
+    }
+
+    /// A consumer finished reading one subpartition of `id`. Counts it in the directory
+    /// entry; when every subpartition was read, a BLOCKING partition is released (its file
+    /// deleted). BLOCKING_PERSISTENT stays until [`Self::release`]. Returns whether it
+    /// released the partition.
+    ///
+    /// # Errors
+    /// Directory lookup errors; [`Error::Io`] if the file cannot be removed.
+    pub fn consumer_done(&self, directory: &ResultPartitionManager, id: ResultPartitionId) -> Result<bool> {
+        let info = directory.lookup_once(id)?;
+        if info.state != PARTITION_FINISHED || info.partition_type.is_pipelined() {
+            return Ok(false);
+        }
+        let done = directory.consumer_done(info.slot);
+        if done == info.num_subpartitions && !info.partition_type.is_persistent() {
+            self.release(Some(directory), id)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Removes the directory and everything in it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the directory.
+    pub fn remove_all(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", self.dir.display()))(e)),
+        }
+    }
+}
+
+fn remove_if_present(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("removing {}", p.display()))(e)),
+    }
+}
+
+/// Counters of a blocking partition.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockingStats {
+    /// Records written (a broadcast record counts once).
+    pub records_out: u64,
+    /// Payload bytes written (a broadcast record counts once).
+    pub bytes_out: u64,
+    /// Regions written.
+    pub regions: u64,
+    /// File size once finished.
+    pub file_bytes: u64,
+}
+
+/// A producer's blocking result partition: records go to a file, subpartition by
+/// subpartition, in bounded memory.
+pub struct BlockingResultPartition {
+    files: FileChannelManager,
+    id: ResultPartitionId,
+    partition_type: ResultPartitionType,
+    path: PathBuf,
+    tmp_path: PathBuf,
+    out: Option<BufWriter<File>>,
+    offset: u64,
+    chunks: Vec<Vec<u8>>,
+    regions: Vec<Vec<(u64, u64)>>,
+    records: Vec<u64>,
+    scratch: Vec<u8>,
+    directory: Option<(ResultPartitionManager, u32)>,
+    finished: bool,
+    released: bool,
+    stats: BlockingStats,
+    task: Option<TaskMetricsHandle>,
+    reported: (u64, u64),
+}
+
+impl std::fmt::Debug for BlockingResultPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockingResultPartition({}, {:?}, {} subpartitions)", self.id, self.path, self.chunks.len())
+    }
+}
+
+impl BlockingResultPartition {
+    /// Creates partition `id` with `num_subpartitions` subpartitions in `files`' directory.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a pipelined type or zero subpartitions; [`Error::Io`] naming
+    /// the file if it cannot be created.
+    pub fn new(
+        files: &FileChannelManager,
+        id: ResultPartitionId,
+        partition_type: ResultPartitionType,
+        num_subpartitions: u32,
+    ) -> Result<Self> {
+        if partition_type.is_pipelined() {
+            return Err(Error::Invalid {
+                what: "partition type",
+                detail: format!("{partition_type:?} is pipelined; use ResultPartition"),
+            });
+        }
+        if num_subpartitions == 0 || num_subpartitions > 1 << 20 {
+            return Err(Error::Invalid {
+                what: "subpartition count",
+                detail: format!("{num_subpartitions} not in 1..={}", 1 << 20),
+            });
+        }
+        let path = files.path_of(id);
+        let tmp_path = files.in_progress_path(id);
+        let f = File::create(&tmp_path)
+            .map_err(io_err(format!("creating blocking partition file {}", tmp_path.display())))?;
+        let mut out = BufWriter::with_capacity(256 << 10, f);
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(&HEADER_MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&num_subpartitions.to_le_bytes());
+        header[16..24].copy_from_slice(&id.partition.to_le_bytes());
+        header[24..32].copy_from_slice(&id.attempt.to_le_bytes());
+        let n = num_subpartitions as usize;
+        let mut me = Self {
+            files: files.clone(),
+            id,
+            partition_type,
+            path,
+            tmp_path,
+            out: None,
+            offset: HEADER_LEN as u64,
+            chunks: vec![Vec::new(); n],
+            regions: vec![Vec::new(); n],
+            records: vec![0; n],
+            scratch: Vec::new(),
+            directory: None,
+            finished: false,
+            released: false,
+            stats: BlockingStats::default(),
+            task: None,
+            reported: (0, 0),
+        };
+        out.write_all(&header).map_err(io_err(format!("writing {}", me.tmp_path.display())))?;
+        me.out = Some(out);
+        Ok(me)
+    }
+
+    /// Registers the partition in the arena's directory now (state REGISTERED, type
+    /// BLOCKING): consumers find it and wait for FINISHED, which `finish` sets.
+    ///
+    /// # Errors
+    /// As [`ResultPartitionManager::claim_entry`].
+    pub fn register(&mut self, directory: ResultPartitionManager) -> Result<()> {
+        if self.directory.is_some() {
+            return Ok(());
+        }
+        let slot = directory.claim_entry(self.id)?;
+        // No channel blocks: first_channel 0 is a placeholder consumers of blocking
+        // partitions never use.
+        directory.publish(slot, self.partition_type, self.chunks.len() as u32, 0);
+        self.directory = Some((directory, slot));
+        Ok(())
+    }
+
+    /// Reports records and bytes out to a task's metrics.
+    pub fn set_task_metrics(&mut self, m: TaskMetricsHandle) {
+        self.task = Some(m);
+    }
+
+    /// The id.
+    pub fn id(&self) -> ResultPartitionId {
+        self.id
+    }
+
+    /// The type.
+    pub fn partition_type(&self) -> ResultPartitionType {
+        self.partition_type
+    }
+
+    /// Subpartitions.
+    pub fn num_subpartitions(&self) -> u32 {
+        self.chunks.len() as u32
+    }
+
+    /// The file consumers read (complete once finished).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BlockingStats {
+        self.stats
+    }
+
+    fn check_open(&self, s: u32) -> Result<()> {
+        if self.finished {
+            return Err(Error::Invalid { what: "blocking partition", detail: format!("{} is finished", self.id) });
+        }
+        if s as usize >= self.chunks.len() {
+            return Err(Error::Invalid {
+                what: "subpartition",
+                detail: format!("{s} not in 0..{} of {}", self.chunks.len(), self.id),
+            });
+        }
+        Ok(())
+    }
+
+    fn flush_chunk(&mut self, s: usize) -> Result<()> {
+        let chunk = &mut self.chunks[s];
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let out = self.out.as_mut().ok_or(Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        out.write_all(chunk).map_err(io_err(format!("writing {}", self.tmp_path.display())))?;
+        let len = chunk.len() as u64;
+        self.regions[s].push((self.offset, len));
+        self.offset += len;
+        self.stats.regions += 1;
+        chunk.clear();
+        Ok(())
+    }
+
+    /// Room for `total` framed bytes at the end of subpartition `s`'s chunk.
+    fn reserve(&mut self, s: usize, total: usize) -> Result<&mut [u8]> {
+        let cap = self.files.region_bytes;
+        if !self.chunks[s].is_empty() && self.chunks[s].len() + total > cap {
+            self.flush_chunk(s)?;
+        }
+        let chunk = &mut self.chunks[s];
+        if chunk.capacity() == 0 {
+            chunk.reserve(cap.max(total));
+        }
+        let start = chunk.len();
+        chunk.resize(start + total, 0);
+        Ok(&mut chunk[start..])
+    }
+
+    fn after_append(&mut self, s: usize) -> Result<()> {
+        self.records[s] += 1;
+        if self.chunks[s].len() >= self.files.region_bytes {
+            self.flush_chunk(s)?;
+        }
+        Ok(())
+    }
+
+    fn check_len(len: usize) -> Result<()> {
+        if len > DEFAULT_MAX_RECORD {
+            return Err(Error::TooLarge { what: "record", len, max: DEFAULT_MAX_RECORD });
+        }
+        Ok(())
+    }
+
+    /// Writes `record` to subpartition `s`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad subpartition or a finished partition,
+    /// [`Error::TooLarge`], [`Error::Io`] naming the file.
+    #[inline]
+    pub fn emit<R: Record + ?Sized>(&mut self, record: &R, s: u32) -> Result<()> {
+        self.check_open(s)?;
+        let len = record.serialized_len();
+        Self::check_len(len)?;
+        let dst = self.reserve(s as usize, LEN_PREFIX + len)?;
+        dst[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+        record.serialize_into(&mut dst[LEN_PREFIX..]);
+        self.stats.records_out += 1;
+        self.stats.bytes_out += len as u64;
+        self.after_append(s as usize)
+    }
+
+    /// Writes `record` to every subpartition (serialized once).
+    ///
+    /// # Errors
+    /// As [`Self::emit`].
+    pub fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()> {
+        self.check_open(0)?;
+        let len = record.serialized_len();
+        Self::check_len(len)?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.resize(LEN_PREFIX + len, 0);
+        scratch[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+        record.serialize_into(&mut scratch[LEN_PREFIX..]);
+        let mut r = Ok(());
+        for s in 0..self.chunks.len() {
+            r = self.reserve(s, scratch.len()).map(|d| d.copy_from_slice(&scratch)).and_then(|_| self.after_append(s));
+            if r.is_err() {
+                break;
+            }
+        }
+        self.scratch = scratch;
+        r?;
+        self.stats.records_out += 1;
+        self.stats.bytes_out += len as u64;
+        Ok(())
+    }
+
+    fn report(&mut self) {
+        if let Some(t) = &self.task {
+            let (r, b) = (self.stats.records_out, self.stats.bytes_out);
+            t.add_out(r - self.reported.0, b - self.reported.1);
+            self.reported = (r, b);
+        }
+    }
+
+    /// Writes the last regions, the index and the footer, publishes the file under its
+    /// final name and marks the directory entry FINISHED.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file (full disk, ...); the partition is then failed.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        let r = self.write_tail();
+        if r.is_err() {
+            self.fail();
+            return r;
+        }
+        self.finished = true;
+        self.report();
+        if let Some((d, slot)) = &self.directory {
+            d.set_state(*slot, PARTITION_FINISHED);
+        }
+        Ok(())
+    }
+
+    fn write_tail(&mut self) -> Result<()> {
+        for s in 0..self.chunks.len() {
+            self.flush_chunk(s)?;
+            self.chunks[s] = Vec::new();
+        }
+        let mut index = Vec::new();
+        for (regions, records) in self.regions.iter().zip(&self.records) {
+            index.extend_from_slice(&records.to_le_bytes());
+            index.extend_from_slice(&(regions.len() as u64).to_le_bytes());
+            for (off, len) in regions {
+                index.extend_from_slice(&off.to_le_bytes());
+                index.extend_from_slice(&len.to_le_bytes());
+            }
+        }
+        let mut footer = [0u8; FOOTER_LEN];
+        footer[..8].copy_from_slice(&FOOTER_MAGIC);
+        footer[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        footer[16..24].copy_from_slice(&(index.len() as u64).to_le_bytes());
+        footer[24..28].copy_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        footer[28..32].copy_from_slice(&VERSION.to_le_bytes());
+        footer[32..40].copy_from_slice(&self.records.iter().sum::<u64>().to_le_bytes());
+        let sum = fnv1a(fnv1a(FNV_SEED, &index), &footer[..40]);
+        footer[40..48].copy_from_slice(&sum.to_le_bytes());
+        let what = || format!("writing {}", self.tmp_path.display());
+        let mut out = self.out.take().ok_or(Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        out.write_all(&index).and_then(|_| out.write_all(&footer)).map_err(io_err(what()))?;
+        let f = out.into_inner().map_err(|e| io_err(what())(e.into_error()))?;
+        if self.files.fsync {
+            f.sync_all().map_err(io_err(format!("syncing {}", self.tmp_path.display())))?;
+        }
+        drop(f);
+        self.stats.file_bytes = self.offset + index.len() as u64 + FOOTER_LEN as u64;
+        std::fs::rename(&self.tmp_path, &self.path).map_err(io_err(format!(
+            "renaming {} to {}",
+            self.tmp_path.display(),
+            self.path.display()
+        )))
+    }
+
+    /// Marks the partition failed: removes the unfinished file and the directory entry
+    /// says FAILED.
+    pub fn fail(&mut self) {
+        self.out = None;
+        let _ = std::fs::remove_file(&self.tmp_path);
+        self.finished = true;
+        if let Some((d, slot)) = &self.directory {
+            d.set_state(*slot, PARTITION_FAILED);
+        }
+    }
+
+    /// Releases the partition: deletes its file and marks the entry RELEASED (both types;
+    /// this is the explicit release BLOCKING_PERSISTENT waits for).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be removed.
+    pub fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        if !self.finished {
+            self.fail();
+        }
+        self.released = true;
+        if let Some((d, slot)) = &self.directory {
+            d.set_state(*slot, PARTITION_RELEASED);
+        }
+        remove_if_present(&self.path)
+    }
+}
+
+impl Drop for BlockingResultPartition {
+    fn drop(&mut self) {
+        // A finished partition outlives its producer (consumers read it later); an
+        // unfinished one is failed and its partial file removed.
+        if !self.finished {
+            self.fail();
+        }
+    }
+}
+
+/// Writes records into a [`BlockingResultPartition`], choosing subpartitions with a
+/// selector (the blocking counterpart of `RecordWriter`; no flush policy: nothing is
+/// visible before `finish`).
+pub struct BlockingRecordWriter<S> {
+    partition: BlockingResultPartition,
+    selector: S,
+    broadcast: bool,
+}
+
+impl<S> std::fmt::Debug for BlockingRecordWriter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockingRecordWriter({:?})", self.partition)
+    }
+}
+
+impl<S> BlockingRecordWriter<S> {
+    /// A writer for records of type `R` over `partition`.
+    pub fn new<R: ?Sized>(partition: BlockingResultPartition, mut selector: S) -> Self
+    where
+        S: ChannelSelector<R>,
+    {
+        selector.setup(partition.num_subpartitions());
+        let broadcast = selector.is_broadcast();
+        Self { partition, selector, broadcast }
+    }
+
+    /// Writes `record` to the subpartition the selector picks (to all, for broadcast).
+    ///
+    /// # Errors
+    /// As [`BlockingResultPartition::emit`].
+    #[inline]
+    pub fn emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()>
+    where
+        S: ChannelSelector<R>,
+    {
+        if self.broadcast {
+            return self.partition.broadcast_emit(record);
+        }
+        let c = self.selector.select_channel(record);
+        self.partition.emit(record, c)
+    }
+
+    /// Finishes the partition (see [`BlockingResultPartition::finish`]).
+    ///
+    /// # Errors
+    /// As [`BlockingResultPartition::finish`].
+    pub fn finish(&mut self) -> Result<()> {
+        self.partition.finish()
+    }
+
+    /// The partition.
+    pub fn partition_mut(&mut self) -> &mut BlockingResultPartition {
+        &mut self.partition
+    }
+}
+
+/// A complete blocking partition file, mapped read-only and validated.
+pub struct BlockingPartitionFile {
+    map: memmap2::Mmap,
+    path: PathBuf,
+    id: ResultPartitionId,
+    /// Per subpartition: records and regions (validated against the file).
+    subs: Vec<(u64, Vec<(u64, u64)>)>,
+}
+
+impl std::fmt::Debug for BlockingPartitionFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockingPartitionFile({}, {:?}, {} subpartitions)", self.id, self.path, self.subs.len())
+    }
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+impl BlockingPartitionFile {
+    /// Opens partition `id` in `files`' directory.
+    ///
+    /// # Errors
+    /// [`Error::PartitionNotFound`] if it has no complete file (not finished, or
+    /// released); [`Error::ProtocolViolation`] for a corrupt file; [`Error::Io`].
+    pub fn open(files: &FileChannelManager, id: ResultPartitionId) -> Result<Self> {
+        let path = files.path_of(id);
+        if !path.exists() {
+            let why = if files.in_progress_path(id).exists() { "not finished yet" } else { "no file" };
+            return Err(Error::PartitionNotFound(format!("{id} ({why}: {})", path.display())));
+        }
+        Self::open_path(&path, Some(id))
+    }
+
+    /// Opens the file at `path`, checking it belongs to `expected` if given.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_path(path: &Path, expected: Option<ResultPartitionId>) -> Result<Self> {
+        let f = File::open(path).map_err(io_err(format!("opening blocking partition file {}", path.display())))?;
+        let len = f.metadata().map_err(io_err(format!("reading metadata of {}", path.display())))?.len();
+        let bad = |detail: String| Error::ProtocolViolation {
+            place: format!("blocking partition file {}", path.display()),
+            detail,
+        };
+        if len < (HEADER_LEN + FOOTER_LEN) as u64 {
+            return Err(bad(format!("{len} bytes, shorter than a header and a footer")));
+        }
+        // SAFETY: the file is mapped read-only and private to this process's view; files
+        // under the FileChannelManager's directory are written once under a temporary
+        // name and never modified after the rename that made them visible, so the mapping
+        // does not change under us (the directory is private to the job; truncating a
+        // finished file is outside the protocol). Every value read from it is validated.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err(format!("mapping {}", path.display())))?;
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let b: &[u8] = &map;
+        if b.len() as u64 != len {
+            return Err(bad(format!("mapped {} bytes of a {len}-byte file", b.len())));
+        }
+        if b[..8] != HEADER_MAGIC {
+            return Err(bad(format!("header magic {:02x?}, expected {HEADER_MAGIC:02x?}", &b[..8])));
+        }
+        let foot = &b[b.len() - FOOTER_LEN..];
+        if foot[..8] != FOOTER_MAGIC {
+            return Err(bad(format!(
+                "footer magic {:02x?}, expected {FOOTER_MAGIC:02x?} (incomplete file?)",
+                &foot[..8]
+            )));
+        }
+        let (hv, fv) = (le_u32(b, 8), le_u32(foot, 28));
+        if hv != VERSION || fv != VERSION {
+            return Err(bad(format!("version {hv}/{fv}, this build reads {VERSION}")));
+        }
+        let n = le_u32(b, 12);
+        let id = ResultPartitionId::new(le_u64(b, 16), le_u64(b, 24));
+        if let Some(e) = expected {
+            if e != id {
+                return Err(bad(format!("holds partition {id}, expected {e}")));
+            }
+        }
+        let index_off = le_u64(foot, 8);
+        let index_len = le_u64(foot, 16);
+        let data_end = (b.len() - FOOTER_LEN) as u64;
+        if index_off < HEADER_LEN as u64 || index_off.checked_add(index_len) != Some(data_end) {
+            return Err(bad(format!(
+                "index at {index_off} of {index_len} bytes does not end at the footer ({data_end})"
+            )));
+        }
+        let index = &b[index_off as usize..data_end as usize];
+        let stored = le_u64(foot, 40);
+        let computed = fnv1a(fnv1a(FNV_SEED, index), &foot[..40]);
+        if stored != computed {
+            return Err(bad(format!("index checksum {stored:#018x}, computed {computed:#018x}: the index is damaged")));
+        }
+        if le_u32(foot, 24) != n || n == 0 {
+            return Err(bad(format!("footer says {} subpartitions, header {n}", le_u32(foot, 24))));
+        }
+        let total = le_u64(foot, 32);
+        let mut subs = Vec::with_capacity(n.min(1 << 16) as usize);
+        let mut at = 0usize;
+        let mut sum = 0u64;
+        for s in 0..n {
+            if index.len() - at < 16 {
+                return Err(bad(format!("index ends inside subpartition {s}'s entry")));
+            }
+            let records = le_u64(index, at);
+            let count = le_u64(index, at + 8);
+            at += 16;
+            if count > ((index.len() - at) / 16) as u64 {
+                return Err(bad(format!("subpartition {s} claims {count} regions, more than the index holds")));
+            }
+            let mut regions = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let (off, rl) = (le_u64(index, at), le_u64(index, at + 8));
+                at += 16;
+                if off < HEADER_LEN as u64 || off.checked_add(rl).is_none_or(|e| e > index_off) {
+                    return Err(bad(format!(
+                        "subpartition {s} region at {off} of {rl} bytes outside the data {HEADER_LEN}..{index_off}"
+                    )));
+                }
+                regions.push((off, rl));
+            }
+            sum = sum.wrapping_add(records);
+            subs.push((records, regions));
+        }
+        if at != index.len() {
+            return Err(bad(format!("{} trailing index bytes", index.len() - at)));
+        }
+        if sum != total {
+            return Err(bad(format!("subpartitions hold {sum} records, footer says {total}")));
+        }
+        Ok(Self { map, path: path.to_path_buf(), id, subs })
+    }
+
+    /// The partition id.
+    pub fn id(&self) -> ResultPartitionId {
+        self.id
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Subpartitions.
+    pub fn num_subpartitions(&self) -> u32 {
+        self.subs.len() as u32
+    }
+
+    /// Records in subpartition `s` (per the index).
+    pub fn records(&self, s: u32) -> Option<u64> {
+        self.subs.get(s as usize).map(|x| x.0)
+    }
+
+    /// A reader over subpartition `s`, from its first record.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a subpartition out of range.
+    pub fn subpartition(&self, s: u32) -> Result<BlockingSubpartitionReader<'_>> {
+        let (records, regions) = self.subs.get(s as usize).ok_or(Error::Invalid {
+            what: "subpartition",
+            detail: format!("{s} not in 0..{} of {}", self.subs.len(), self.id),
+        })?;
+        Ok(BlockingSubpartitionReader {
+            data: &self.map,
+            path: &self.path,
+            subpartition: s,
+            regions,
+            next_region: 0,
+            cur: &[],
+            expected: *records,
+            seen: 0,
+            bytes: 0,
+            done: false,
+        })
+    }
+}
+
+/// Iterates one subpartition's records as `&[u8]` borrowed from the mapping (zero copy).
+/// Every length prefix is checked against its region; a record count that disagrees with
+/// the index is reported at the end.
+pub struct BlockingSubpartitionReader<'a> {
+    data: &'a [u8],
+    path: &'a Path,
+    subpartition: u32,
+    regions: &'a [(u64, u64)],
+    next_region: usize,
+    cur: &'a [u8],
+    expected: u64,
+    seen: u64,
+    bytes: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for BlockingSubpartitionReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockingSubpartitionReader({:?}, subpartition {}, {} read)", self.path, self.subpartition, self.seen)
+    }
+}
+
+impl<'a> BlockingSubpartitionReader<'a> {
+    /// Records read so far.
+    pub fn records_read(&self) -> u64 {
+        self.seen
+    }
+
+    /// Payload bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    fn violation(&mut self, detail: String) -> Option<Result<&'a [u8]>> {
+        self.done = true;
+        Some(Err(Error::ProtocolViolation {
+            place: format!("blocking partition file {} subpartition {}", self.path.display(), self.subpartition),
+            detail,
+        }))
+    }
+}
+
+impl<'a> Iterator for BlockingSubpartitionReader<'a> {
+    type Item = Result<&'a [u8]>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let cur = self.cur;
+            if !cur.is_empty() {
+                if cur.len() < LEN_PREFIX {
+                    return self.violation(format!("{} bytes left in a region, less than a length prefix", cur.len()));
+                }
+                let len = le_u32(cur, 0) as usize;
+                if len > cur.len() - LEN_PREFIX {
+                    return self.violation(format!(
+                        "record {} claims {len} bytes, its region has {} left",
+                        self.seen,
+                        cur.len() - LEN_PREFIX
+                    ));
+                }
+                let (rec, rest) = cur[LEN_PREFIX..].split_at(len);
+                self.cur = rest;
+                self.seen += 1;
+                self.bytes += len as u64;
+                return Some(Ok(rec));
+            }
+            let Some(&(off, len)) = self.regions.get(self.next_region) else {
+                if self.seen != self.expected {
+                    return self.violation(format!("{} records, the index says {}", self.seen, self.expected));
+                }
+                self.done = true;
+                return None;
+            };
+            self.next_region += 1;
+            // In range: validated against the file when it was opened.
+            self.cur = &self.data[off as usize..(off + len) as usize];
+        }
+    }
+}
+
+/// Waits until every partition in `ids` is FINISHED in `directory` (Flink schedules the
+/// consumers of blocking results only then). Checks `cancel` at least every 100 ms; a
+/// partition not registered at all within `not_found_for` is an error.
+///
+/// # Errors
+/// [`Error::Cancelled`]; [`Error::PartitionNotFound`]; [`Error::PartitionReleased`];
+/// [`Error::JobFailed`] naming a failed producer; [`Error::Invalid`] for a pipelined
+/// partition.
+pub fn wait_finished(
+    directory: &ResultPartitionManager,
+    ids: &[ResultPartitionId],
+    cancel: &AtomicBool,
+    not_found_for: Duration,
+    mut idle: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut pending: Vec<ResultPartitionId> = ids.to_vec();
+    pending.sort_unstable();
+    pending.dedup();
+    loop {
+        let mut still = Vec::new();
+        for &id in &pending {
+            match directory.lookup_once(id) {
+                Ok(info) if !info.partition_type.is_pipelined() && info.state == PARTITION_FINISHED => {}
+                Ok(info) if info.partition_type.is_pipelined() => {
+                    return Err(Error::Invalid {
+                        what: "blocking input",
+                        detail: format!("partition {id} is {:?}", info.partition_type),
+                    })
+                }
+                Ok(info) if info.state == PARTITION_FAILED => {
+                    return Err(Error::JobFailed(format!("producer of blocking partition {id} failed")))
+                }
+                Ok(_) => still.push(id),
+                Err(Error::PartitionNotFound(_)) if start.elapsed() < not_found_for => still.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        if still.is_empty() {
+            return Ok(());
+        }
+        pending = still;
+        idle()?;
+        // Relaxed: a stop request, polled.
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,341 @@
+//! Blocking (file-backed) result partitions: the wordcount over a blocking exchange equals
+//! the pipelined one, a killed consumer reads everything again, release rules per type,
+//! unwritable directories and corrupt files are clear errors.
+//!
+//! The child processes are `child_entry` run with `--exact`; it does nothing unless
+//! `SHMFLOW_BLOCKING_TEST_ROLE` is set.
+
+use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::partition::{
+    BlockingPartitionFile, BlockingResultPartition, FileChannelManager, ResultPartitionId, ResultPartitionManager,
+    ResultPartitionType, PARTITION_FINISHED, PARTITION_REGISTERED,
+};
+use shmflow::runtime::builtin::{reference_wordcount, TextSource};
+use shmflow::Error;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "SHMFLOW_BLOCKING_TEST_ROLE";
+const DIR: &str = "SHMFLOW_BLOCKING_TEST_DIR";
+const ID: ResultPartitionId = ResultPartitionId::new(0x5eed, 3);
+const RECORDS: u64 = 60_000;
+const SUBS: u32 = 3;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("shmflow-blocking-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Record `i` of subpartition `s`: mostly short, sometimes larger than a region.
+fn payload(s: u32, i: u64) -> Vec<u8> {
+    let len = if i % 5003 == 0 { 40_000 + (i % 7) as usize } else { 4 + (i % 29) as usize };
+    let mut v = vec![(s as u8).wrapping_mul(31) ^ (i as u8); len];
+    v[..4].copy_from_slice(&(i as u32).to_le_bytes());
+    v
+}
+
+fn digest(acc: u64, rec: &[u8]) -> u64 {
+    rec.iter().fold(acc.rotate_left(5) ^ rec.len() as u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+fn expected_digest(s: u32) -> (u64, u64) {
+    let mut d = 0;
+    for i in 0..RECORDS {
+        d = digest(d, &payload(s, i));
+    }
+    d = digest(d, b"broadcast");
+    (RECORDS + 1, d)
+}
+
+fn write_partition(files: &FileChannelManager, directory: Option<ResultPartitionManager>, ptype: ResultPartitionType) {
+    let mut p = BlockingResultPartition::new(files, ID, ptype, SUBS).unwrap();
+    if let Some(d) = directory {
+        p.register(d).unwrap();
+    }
+    for i in 0..RECORDS {
+        for s in 0..SUBS {
+            p.emit(&payload(s, i)[..], s).unwrap();
+        }
+    }
+    p.broadcast_emit(&b"broadcast"[..]).unwrap();
+    p.finish().unwrap();
+    assert_eq!(p.stats().records_out, RECORDS * u64::from(SUBS) + 1);
+}
+
+fn read_all(files: &FileChannelManager, s: u32) -> (u64, u64) {
+    let f = BlockingPartitionFile::open(files, ID).unwrap();
+    let (mut n, mut d) = (0, 0);
+    for r in f.subpartition(s).unwrap() {
+        d = digest(d, r.unwrap());
+        n += 1;
+    }
+    (n, d)
+}
+
+fn child(role: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env(DIR, dir)
+        .stdout(Stdio::piped());
+    cmd
+}
+
+/// The child: `half` reads half of subpartition 1, says so, and waits to be killed;
+/// `all` reads all of it and prints the count and digest.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let files = FileChannelManager::new(std::env::var_os(DIR).unwrap()).unwrap();
+    let f = BlockingPartitionFile::open(&files, ID).unwrap();
+    let mut out = std::io::stdout();
+    if role == "half" {
+        let mut n = 0;
+        for r in f.subpartition(1).unwrap().take((RECORDS / 2) as usize) {
+            r.unwrap();
+            n += 1;
+        }
+        writeln!(out, "RESULT half {n}").unwrap();
+        out.flush().unwrap();
+        std::thread::sleep(Duration::from_secs(600));
+    } else {
+        let (n, d) = read_all(&files, 1);
+        writeln!(out, "RESULT all {n} {d}").unwrap();
+    }
+}
+
+fn result_line(stdout: impl std::io::Read) -> String {
+    BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.trim().to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_consumer_reads_the_whole_partition_again() {
+    let tmp = TempDir::new("restart");
+    let files = FileChannelManager::new(&tmp.0).unwrap();
+    write_partition(&files, None, ResultPartitionType::Blocking);
+    let mut c = child("half", &tmp.0).spawn().unwrap();
+    let line = result_line(c.stdout.take().unwrap());
+    assert_eq!(line, format!("half {}", RECORDS / 2));
+    c.kill().unwrap();
+    c.wait().unwrap();
+    // The restarted consumer (a new process) and this one read every record again.
+    let out = child("all", &tmp.0).output().unwrap();
+    assert!(out.status.success());
+    let (n, d) = expected_digest(1);
+    assert_eq!(result_line(&out.stdout[..]), format!("all {n} {d}"));
+    assert_eq!(read_all(&files, 1), (n, d));
+    for s in [0, 2] {
+        assert_eq!(read_all(&files, s), expected_digest(s));
+    }
+}
+
+fn arena() -> Arc<Arena> {
+    let cfg =
+        ArenaConfig { segment_size: 4096, segment_count: 64, max_channels: 16, max_gates: 8, ..ArenaConfig::default() };
+    Arc::new(Arena::heap(&cfg).unwrap())
+}
+
+#[test]
+fn blocking_is_released_after_consumption_persistent_only_explicitly() {
+    let tmp = TempDir::new("release");
+    let files = FileChannelManager::new(&tmp.0).unwrap();
+    let dir = ResultPartitionManager::new(arena());
+    // Not readable before the producer finished; registered, not finished.
+    let mut p = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap();
+    p.register(dir.clone()).unwrap();
+    p.emit(&b"x"[..], 0).unwrap();
+    assert_eq!(dir.lookup_once(ID).unwrap().state, PARTITION_REGISTERED);
+    let e = BlockingPartitionFile::open(&files, ID).unwrap_err();
+    assert!(e.to_string().contains("not finished"), "{e}");
+    p.finish().unwrap();
+    drop(p);
+    let info = dir.lookup_once(ID).unwrap();
+    assert_eq!((info.state, info.partition_type), (PARTITION_FINISHED, ResultPartitionType::Blocking));
+    let path = files.path_of(ID);
+    assert!(path.is_file());
+    assert!(!files.consumer_done(&dir, ID).unwrap());
+    assert!(path.is_file(), "released before its last consumer was done");
+    assert!(files.consumer_done(&dir, ID).unwrap());
+    assert!(!path.exists(), "BLOCKING must be gone after consumption");
+    assert!(matches!(dir.lookup_once(ID), Err(Error::PartitionReleased(_))));
+
+    // BLOCKING_PERSISTENT: consumed by everyone, still there; gone on explicit release.
+    // (A released id is not registered again: the directory would still report it released.)
+    let id = ResultPartitionId::new(0x5eed, 4);
+    let path = files.path_of(id);
+    let mut p = BlockingResultPartition::new(&files, id, ResultPartitionType::BlockingPersistent, 2).unwrap();
+    p.register(dir.clone()).unwrap();
+    p.emit(&b"y"[..], 1).unwrap();
+    p.finish().unwrap();
+    for _ in 0..2 {
+        assert!(!files.consumer_done(&dir, id).unwrap());
+    }
+    assert!(path.is_file(), "BLOCKING_PERSISTENT must stay until released");
+    let f = BlockingPartitionFile::open(&files, id).unwrap();
+    assert_eq!(f.subpartition(1).unwrap().map(|r| r.unwrap().to_vec()).collect::<Vec<_>>(), vec![b"y".to_vec()]);
+    drop(f);
+    p.release().unwrap();
+    assert!(!path.exists());
+    assert!(matches!(dir.lookup_once(id), Err(Error::PartitionReleased(_))));
+
+    // A producer that never finishes leaves nothing behind and fails its entry.
+    let id2 = ResultPartitionId::new(9, 9);
+    let mut p = BlockingResultPartition::new(&files, id2, ResultPartitionType::Blocking, 1).unwrap();
+    p.register(dir.clone()).unwrap();
+    p.emit(&b"z"[..], 0).unwrap();
+    drop(p);
+    assert_eq!(std::fs::read_dir(&tmp.0).unwrap().count(), 0);
+    assert_eq!(dir.lookup_once(id2).unwrap().state, shmflow::partition::PARTITION_FAILED);
+    // The pipelined constructor still refuses blocking types.
+    assert!(ResultPartitionType::Blocking.check_supported().unwrap_err().to_string().contains("not supported yet"));
+}
+
+#[test]
+fn an_unwritable_directory_is_a_clear_error() {
+    let tmp = TempDir::new("unwritable");
+    let file = tmp.0.join("a-regular-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let bad = file.join("blocking");
+    let e = FileChannelManager::new(&bad).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
+    // The directory disappears (replaced by a file) after the manager was made.
+    let d = tmp.0.join("gone");
+    let files = FileChannelManager::new(&d).unwrap();
+    std::fs::remove_dir(&d).unwrap();
+    std::fs::write(&d, b"x").unwrap();
+    let e = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains(&d.display().to_string()), "{e}");
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error_never_a_panic() {
+    let tmp = TempDir::new("corrupt");
+    let files = FileChannelManager::new(&tmp.0).unwrap().with_region_bytes(64);
+    let mut p = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap();
+    for i in 0..40u64 {
+        p.emit(&format!("record {i:5}")[..], (i % 2) as u32).unwrap();
+    }
+    p.finish().unwrap();
+    drop(p);
+    let path = files.path_of(ID);
+    let good = std::fs::read(&path).unwrap();
+    let index_off = u64::from_le_bytes(good[good.len() - 40..good.len() - 32].try_into().unwrap()) as usize;
+    let write = |b: &[u8]| std::fs::write(&path, b).unwrap();
+    let read = || -> Result<u64, Error> {
+        let f = BlockingPartitionFile::open(&files, ID)?;
+        let mut n = 0;
+        for s in 0..f.num_subpartitions() {
+            for r in f.subpartition(s)? {
+                r?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    };
+    assert_eq!(read().unwrap(), 40);
+    // Flipped index bytes: the checksum catches them.
+    let mut b = good.clone();
+    b[index_off + 3] ^= 0xff;
+    b[index_off + 20] ^= 0x10;
+    write(&b);
+    let e = read().unwrap_err();
+    assert!(matches!(e, Error::ProtocolViolation { .. }), "{e:?}");
+    assert!(e.to_string().contains("checksum"), "{e}");
+    // A damaged record length inside a region: caught while reading.
+    let mut b = good.clone();
+    b[32] = 0xff;
+    write(&b);
+    let e = read().unwrap_err();
+    assert!(matches!(e, Error::ProtocolViolation { .. }) && e.to_string().contains("claims"), "{e}");
+    // Truncated: no footer.
+    write(&good[..good.len() - 10]);
+    assert!(matches!(read().unwrap_err(), Error::ProtocolViolation { .. }));
+    write(&good[..10]);
+    assert!(matches!(read().unwrap_err(), Error::ProtocolViolation { .. }));
+    // Every single-byte flip anywhere: an error or (data bytes) other payloads, never a panic.
+    for at in 0..good.len() {
+        let mut b = good.clone();
+        b[at] ^= 0x5a;
+        write(&b);
+        if let Ok(n) = read() {
+            assert!(at < index_off, "flip at {at} (index or footer) went unnoticed");
+            assert_eq!(n, 40);
+        }
+    }
+}
+
+fn run_wordcount(exchange: &str, p: &str, out: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        .args(["run", "wordcount", "--generated-mb", "3", "--parallelism", p, "--workers", "2", "--exchange"])
+        .arg(exchange)
+        .arg("--output")
+        .arg(out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{exchange} wordcount failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn blocking_wordcount_equals_pipelined() {
+    let tmp = TempDir::new("wc");
+    let reference = reference_wordcount(&TextSource::generated_mb(3)).unwrap();
+    let expected: Vec<String> = reference.iter().map(|(w, c)| format!("{w}\t{c}")).collect();
+    let before: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|n| n.to_string_lossy().starts_with("shmflow-blocking-") && !n.to_string_lossy().contains("test"))
+        .collect();
+    for p in ["2", "3"] {
+        let (a, b) = (tmp.0.join(format!("pipelined-{p}")), tmp.0.join(format!("blocking-{p}")));
+        let start = Instant::now();
+        run_wordcount("pipelined", p, &a);
+        let tp = start.elapsed();
+        let summary = run_wordcount("blocking", p, &b);
+        assert!(summary.contains("Blocking"), "{summary}");
+        let (a, b) = (std::fs::read_to_string(&a).unwrap(), std::fs::read_to_string(&b).unwrap());
+        assert_eq!(a, b, "blocking and pipelined wordcount differ at parallelism {p}");
+        assert_eq!(b.lines().collect::<Vec<_>>(), expected, "blocking wordcount differs from the reference");
+        eprintln!("parallelism {p}: pipelined {tp:?}, total {:?}", start.elapsed());
+    }
+    let after: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|n| n.to_string_lossy().starts_with("shmflow-blocking-") && !n.to_string_lossy().contains("test"))
+        .collect();
+    assert!(after.iter().all(|n| before.contains(n)), "blocking files left behind: {after:?}");
+}
+
+#[test]
+fn blocking_is_refused_where_unsupported() {
+    let o = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        .args(["run", "shuffle", "--records", "1000", "--exchange", "blocking", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wordcount only"));
+}
