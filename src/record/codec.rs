@@ -8,6 +8,12 @@ pub trait Record {
     fn serialized_len(&self) -> usize;
     /// Writes the payload into `out`, whose length is exactly `serialized_len()`.
     fn serialize_into(&self, out: &mut [u8]);
+    /// The payload itself when the value already is its serialized bytes (byte slices and
+    /// strings): a record spanning segments is then copied from here, without first
+    /// serializing it into a scratch buffer.
+    fn as_serialized(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// A value read back from a record payload that may borrow from it (zero copy).
@@ -47,6 +53,9 @@ impl Record for [u8] {
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self);
     }
+    fn as_serialized(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl Record for str {
@@ -55,6 +64,9 @@ impl Record for str {
     }
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self.as_bytes());
+    }
+    fn as_serialized(&self) -> Option<&[u8]> {
+        Some(self.as_bytes())
     }
 }
 
@@ -65,6 +77,9 @@ impl Record for String {
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self.as_bytes());
     }
+    fn as_serialized(&self) -> Option<&[u8]> {
+        Some(self.as_bytes())
+    }
 }
 
 impl Record for Vec<u8> {
@@ -74,6 +89,9 @@ impl Record for Vec<u8> {
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self);
     }
+    fn as_serialized(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl<T: Record + ?Sized> Record for &T {
@@ -82,6 +100,9 @@ impl<T: Record + ?Sized> Record for &T {
     }
     fn serialize_into(&self, out: &mut [u8]) {
         (**self).serialize_into(out)
+    }
+    fn as_serialized(&self) -> Option<&[u8]> {
+        (**self).as_serialized()
     }
 }
 
