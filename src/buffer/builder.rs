@@ -27,6 +27,8 @@ use std::sync::Arc;
 /// The writer's cursor over one segment.
 pub struct BufferBuilder {
     arena: Arc<Arena>,
+    /// Start of the segment's bytes in the mapping (kept alive by `arena`).
+    base: *mut u8,
     index: u32,
     size: u32,
     /// Bytes written, in `committed..=size`.
@@ -35,6 +37,11 @@ pub struct BufferBuilder {
     committed: u32,
     finished: bool,
 }
+
+// SAFETY: `base` points into the arena mapping that the builder's own `Arc<Arena>` keeps
+// alive (and `Arena` is Send + Sync); the builder is its segment's only writer wherever it
+// moves, exactly as when it addressed the segment through the arena.
+unsafe impl Send for BufferBuilder {}
 
 impl std::fmt::Debug for BufferBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,7 +66,8 @@ impl BufferBuilder {
             ctl.owner.store(Owner::Writer { pool, worker }.pack(), Ordering::Relaxed);
         }
         let size = arena.segment_size();
-        Self { arena, index, size, pos: 0, committed: 0, finished: false }
+        let base = arena.segment_ptr(index, 0);
+        Self { arena, base, index, size, pos: 0, committed: 0, finished: false }
     }
 
     fn control(&self) -> &SegmentControl {
@@ -117,6 +125,30 @@ impl BufferBuilder {
         // SAFETY: [pos, pos+len) is inside the segment (checked above) and above the
         // published position, so no reader looks at it; we are the only writer.
         unsafe { self.arena.segment_bytes_mut(self.index, self.pos, len) }
+    }
+
+    /// Writes one framed record (`[len: u32 LE][payload]`) when it fits with room to spare
+    /// (the segment is not full afterwards); returns false, writing nothing, otherwise.
+    /// The per-record fast path of the record writer: no bounds re-checks, no recompute of
+    /// the length.
+    #[inline]
+    pub fn try_write_framed<R: crate::record::Record + ?Sized>(&mut self, record: &R, len: usize) -> bool {
+        let total = len + 4;
+        if self.finished || total >= self.remaining() as usize {
+            return false;
+        }
+        #[cfg(not(loom))]
+        // SAFETY: [pos, pos+total) is inside the segment (total < remaining) and above the
+        // published position, so no reader looks at it; we are the only writer; `base`
+        // points into the mapping that `self.arena` keeps alive.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.pos as usize), total) };
+        #[cfg(loom)]
+        // SAFETY: as above, through the arena so loom's witness cells see the write.
+        let dst = unsafe { self.arena.segment_bytes_mut(self.index, self.pos, total as u32) };
+        dst[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        record.serialize_into(&mut dst[4..]);
+        self.pos += total as u32;
+        true
     }
 
     /// Keeps `len` bytes of the last claim.

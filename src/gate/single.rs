@@ -651,6 +651,35 @@ impl SingleInputGate {
         Ok(Some(c))
     }
 
+    /// The batch path: hands the whole records already published on the channel being
+    /// served (at most `max`) to `f(channel, record)`, in place, without waiting. Returns
+    /// how many; 0 means "nothing in this fast path" — call [`next`](Self::next) (which
+    /// also handles events, barriers, records that span segments, and waiting).
+    ///
+    /// # Errors
+    /// Protocol violations, or `f`'s error.
+    pub fn drain_records(&mut self, max: usize, f: &mut dyn FnMut(u32, &[u8]) -> Result<()>) -> Result<usize> {
+        let Some(&c) = self.ready.front() else {
+            return Ok(0);
+        };
+        let ch = &mut self.channels[c as usize];
+        if ch.state != ChannelState::Active || ch.reader.channel_mut().priority_pending()? {
+            return Ok(0);
+        }
+        let n = ch.reader.drain_whole(max.min(self.batch as usize * 64), &mut |r| f(c, r))?;
+        if n > 0 {
+            // Fairness: the next batch comes from the next ready channel.
+            ch.served = 0;
+            self.ready.rotate_left(1);
+            self.unreported += n as u32;
+            if self.unreported >= 4096 {
+                self.unreported = 0;
+                self.report();
+            }
+        }
+        Ok(n)
+    }
+
     /// The next record or event, parking on the gate's wake-up when there is none (one
     /// wake-up for all channels). After [`GateItem::End`] it keeps answering `End`.
     ///

@@ -631,8 +631,9 @@ impl Arena {
         unsafe { self.region_slice(RegionKind::Metrics, self.layout.config.max_tasks.into()) }
     }
 
-    /// Pointer to byte `offset` of segment `index`.
-    fn segment_ptr(&self, index: u32, offset: u32) -> *mut u8 {
+    /// Pointer to byte `offset` of segment `index` (dereferencing it is the caller's
+    /// business, under the segment protocols).
+    pub(crate) fn segment_ptr(&self, index: u32, offset: u32) -> *mut u8 {
         debug_assert!(index < self.segment_count());
         debug_assert!(offset <= self.segment_size());
         let data = self.layout.region(RegionKind::Data).offset;

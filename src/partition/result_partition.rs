@@ -440,7 +440,31 @@ impl ResultPartition {
     /// # Errors
     /// [`Error::Invalid`] for a channel out of range or a finished partition,
     /// [`Error::TooLarge`] above 256 MiB, wait and consumer errors.
+    #[inline]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
+        // Fast path: the channel's segment is open and has room to spare.
+        if self.broadcast.is_none() {
+            if let Some(sub) = self.subs.get_mut(c as usize) {
+                if let Some(b) = sub.builder.as_mut() {
+                    let len = record.serialized_len();
+                    if len <= DEFAULT_MAX_RECORD && b.try_write_framed(record, len) {
+                        sub.records += 1;
+                        sub.bytes += len as u64;
+                        self.stats.records_out += 1;
+                        self.stats.bytes_out += len as u64;
+                        if !sub.dirty {
+                            sub.dirty = true;
+                            self.dirty.push(c);
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.emit_slow(record, c)
+    }
+
+    fn emit_slow<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
         let c = c as usize;
         if c >= self.subs.len() {
             return Err(Error::Invalid { what: "channel", detail: format!("{c} not in 0..{}", self.subs.len()) });

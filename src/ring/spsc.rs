@@ -74,7 +74,10 @@ impl RingProducer {
         // Relaxed (both): before any exchange on this ring; the first refresh validates.
         let tail = ring.header.tail.load(Ordering::Relaxed);
         let head = ring.header.head.load(Ordering::Relaxed);
-        Self { tail, cached_head: head.min(tail) }
+        // A head ahead of the tail or more than a ring behind it was not written by an
+        // honest consumer: clamp so `tail - cached_head <= capacity` holds from here on (the
+        // ring looks full, and the first push's refresh reports the bad head).
+        Self { tail, cached_head: head.min(tail).max(tail.saturating_sub(ring.capacity())) }
     }
 
     /// Pushes `value`; `Ok(false)` when the ring is full.
@@ -96,9 +99,12 @@ impl RingProducer {
                 return Ok(false);
             }
         }
+        let Some(next) = self.tail.checked_add(1) else {
+            return Err(violation(place, format!("ring tail {} cannot advance", self.tail)));
+        };
         // Relaxed: published by the Release store of tail below.
         ring.slots[(self.tail & (cap - 1)) as usize].store(value, Ordering::Relaxed);
-        self.tail += 1;
+        self.tail = next;
         // Release: pairs with the Acquire load of tail in `RingConsumer::pop`.
         ring.header.tail.store(self.tail, Ordering::Release);
         Ok(true)
@@ -111,6 +117,9 @@ impl RingProducer {
     pub fn push_all(&mut self, ring: &Ring<'_>, values: &[u64], place: &dyn Fn() -> String) -> Result<bool> {
         let cap = ring.capacity();
         let n = values.len() as u64;
+        let Some(end) = self.tail.checked_add(n) else {
+            return Err(violation(place, format!("ring tail {} cannot advance by {n}", self.tail)));
+        };
         if self.tail - self.cached_head + n > cap {
             // Acquire: as in `push`.
             let head = ring.header.head.load(Ordering::Acquire);
@@ -126,7 +135,7 @@ impl RingProducer {
             // Relaxed: published by the Release store of tail below.
             ring.slots[((self.tail + i as u64) & (cap - 1)) as usize].store(*v, Ordering::Relaxed);
         }
-        self.tail += n;
+        self.tail = end;
         // Release: pairs with the Acquire load of tail in `RingConsumer::pop`.
         ring.header.tail.store(self.tail, Ordering::Release);
         Ok(true)
@@ -211,7 +220,11 @@ impl RingConsumer {
         if tail < self.cached_tail || tail - self.head > ring.capacity() {
             return Err(violation(
                 place,
-                format!("ring tail {tail} outside {}..={}", self.cached_tail, self.head + ring.capacity()),
+                format!(
+                    "ring tail {tail} outside {}..={}",
+                    self.cached_tail,
+                    self.head.saturating_add(ring.capacity())
+                ),
             ));
         }
         self.cached_tail = tail;

@@ -339,6 +339,11 @@ impl TaskIo {
         };
         let mut n = 0u64;
         let result = loop {
+            let drained = gate.drain_records(4096, &mut |_, data| f(T::from_record(data)?))?;
+            if drained > 0 {
+                n += drained as u64;
+                continue;
+            }
             let item = match gate.poll_next()? {
                 Some(GateItem::Record { data, .. }) => Some(T::from_record(data)?),
                 Some(GateItem::End) => break Ok(()),
