@@ -142,6 +142,9 @@ pub enum Error {
     /// A partition that no producer registered (after the request backoff ran out).
     #[error("partition {0} not found (no producer registered it before the request backoff ran out)")]
     PartitionNotFound(String),
+    /// A partition whose producer died or gave up.
+    #[error("partition {0} failed (its producer died or gave up)")]
+    PartitionFailed(String),
     /// A partition that was released.
     #[error("partition {0} was released")]
     PartitionReleased(String),

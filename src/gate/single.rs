@@ -760,6 +760,8 @@ impl SingleInputGate {
                 let b = ch.reader.channel().block();
                 // Relaxed (both): bookkeeping written before publication.
                 let (p, sp) = (b.partition.load(Ordering::Relaxed), b.subpartition.load(Ordering::Relaxed));
+                // The partition of a dead producer is failed: later lookups say so.
+                self.manager.set_state(p, crate::partition::PARTITION_FAILED);
                 return Err(Error::PeerDied {
                     role: "producer",
                     place: format!("partition slot {p} subpartition {sp} (gate channel {i})"),

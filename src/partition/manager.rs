@@ -176,6 +176,9 @@ impl ResultPartitionManager {
             if state == PARTITION_RELEASED {
                 return Err(Error::PartitionReleased(id.to_string()));
             }
+            if state == PARTITION_FAILED {
+                return Err(Error::PartitionFailed(id.to_string()));
+            }
             let place = format!("partition directory entry {i}");
             let Some(partition_type) = ResultPartitionType::from_code(ptype) else {
                 return Err(Error::ProtocolViolation { place, detail: format!("unknown partition type {ptype}") });
