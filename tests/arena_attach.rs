@@ -596,3 +596,42 @@ fn a_record_running_past_its_segment_is_a_protocol_violation() {
     let e = r.next(Some(Duration::from_secs(5)), |p| p.len()).unwrap_err();
     assert_violation(e, &format!("channel {CH}"), &[&format!("segment {}", b.index()), "ends inside a record"]);
 }
+
+#[test]
+fn ring_positions_no_honest_peer_writes_are_protocol_violations() {
+    // Found by fuzz/ (ring_values): positions near the end of u64, or a head far behind
+    // the tail, made the ring arithmetic overflow (a panic, not an error).
+    let place = format!("channel {CH}");
+    let max = u64::MAX;
+
+    // The consumer attaches at a head near the end; the tail then goes back to 0.
+    let arena = heap_arena();
+    arena.channels()[CH as usize].data.head.store(max - 3, Ordering::Release);
+    let mut r = ChannelReader::open(arena.clone(), CH).unwrap();
+    assert_violation(r.poll().unwrap_err(), &place, &["ring tail 0 outside", &format!("..={max}")]);
+
+    // The consumer's credit ring ends at u64::MAX: its next grant cannot advance the tail.
+    let arena = heap_arena();
+    let credit = &arena.channels()[CH as usize].credit;
+    credit.tail.store(max, Ordering::Release);
+    credit.head.store(max - 1, Ordering::Release);
+    let r = ChannelReader::open(arena.clone(), CH).unwrap();
+    assert_violation(r.grant(1).unwrap_err(), &format!("channel {CH} credit ring"), &["cannot advance"]);
+
+    // The producer's data ring ends at u64::MAX with a head far behind it.
+    let arena = heap_arena();
+    arena.channels()[CH as usize].data.tail.store(max, Ordering::Release);
+    let (mut w, _pool) = writer_and_pool(&arena);
+    assert!(!w.has_room(1), "a ring whose head is far behind has no room");
+    assert!(!w.consumed());
+    let e = w.publish(Descriptor::Event(shmflow::ring::EventCode::EndOfData)).unwrap_err();
+    assert_violation(e, &place, &["cannot advance"]);
+
+    // A head more than a ring behind the tail: the ring looks full, and the push says why.
+    let arena = heap_arena();
+    arena.channels()[CH as usize].data.tail.store(1000, Ordering::Release);
+    let (mut w, _pool) = writer_and_pool(&arena);
+    assert!(!w.has_room(1));
+    let e = w.publish(Descriptor::Event(shmflow::ring::EventCode::EndOfData)).unwrap_err();
+    assert_violation(e, &place, &["ring head 0 outside"]);
+}

@@ -265,7 +265,7 @@ impl ChannelWriter {
                     }
                     self.in_flight -= 1;
                     if credit {
-                        self.credit += 1;
+                        self.credit = self.credit.saturating_add(1);
                     }
                     if let Some(s) = segment {
                         pool.recycle_index(s)?;
@@ -275,7 +275,7 @@ impl ChannelWriter {
                     self.credit = self.credit.saturating_add(k);
                 }
             }
-            if self.credit + self.in_flight > cap {
+            if u64::from(self.credit) + u64::from(self.in_flight) > u64::from(cap) {
                 return Err(Error::ProtocolViolation {
                     place: place(),
                     detail: format!(

@@ -527,16 +527,15 @@ where
     /// ends (a keyed reduce in Flink's batch execution mode).
     pub fn reduce(self, name: &str, f: impl Fn(&mut T, T) + Clone + Send + Sync + 'static) -> Stream<T> {
         let key = self.key.clone();
-        self.stream
-            .chain(name, move |out| {
-                Box::new(Reduce {
-                    key: key.clone(),
-                    f: f.clone(),
-                    state: hashbrown::HashTable::new(),
-                    hasher: foldhash::fast::RandomState::default(),
-                    out,
-                })
+        self.stream.chain(name, move |out| {
+            Box::new(Reduce {
+                key: key.clone(),
+                f: f.clone(),
+                state: hashbrown::HashTable::new(),
+                hasher: foldhash::fast::RandomState::default(),
+                out,
             })
+        })
     }
 
     /// Passes values on unchanged: a keyed exchange with no keyed operator after it.

@@ -53,7 +53,8 @@ fn machine() -> String {
     let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     let siblings = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
         .map_or("unknown".to_string(), |s| s.trim().to_string());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or("unknown".into(), |s| s.trim().to_string());
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or("unknown".into(), |s| s.trim().to_string());
     format!("- CPU: {model}\n- logical CPUs: {cpus}\n- SMT siblings of cpu0: {siblings}\n- kernel: {kernel}\n")
 }
 
@@ -87,7 +88,12 @@ fn report(dir: &Path) -> Result<(), String> {
             .filter(|(k, _)| !matches!(k.as_str(), "bench" | "metric" | "value"))
             .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_string)))
             .collect();
-        by_bench.entry(bench.clone()).or_default().entry(config.join(" ")).or_default().insert(metric.clone(), r["value"].clone());
+        by_bench
+            .entry(bench.clone())
+            .or_default()
+            .entry(config.join(" "))
+            .or_default()
+            .insert(metric.clone(), r["value"].clone());
         metrics.entry(bench).or_default().insert(metric);
     }
     for (bench, rows) in &by_bench {
