@@ -404,7 +404,18 @@ pub fn observe(arena: &Arena, interval: std::time::Duration) -> ArenaView {
             .iter()
             .find(|(s, _)| s == slot)
             .map(|(_, t)| *t)
-            .unwrap_or(TaskSnapshot { at_ns: b.started_ns, ..*b });
+            // A task that started between the two looks is measured from its start, with
+            // every counter at zero then.
+            .unwrap_or(TaskSnapshot {
+                at_ns: b.started_ns,
+                records_in: 0,
+                records_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                idle_ns: 0,
+                back_pressured_ns: 0,
+                ..*b
+            });
         let r = TaskRates::between(&a, b);
         tasks.push(TaskView {
             slot: *slot,
