@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+mod common;
+use common::{shmflow_exe, Res};
 
 struct Args {
     mb: u64,
@@ -42,23 +43,6 @@ fn parse_args() -> Res<Args> {
         reps: reps.unwrap_or(if full { 3 } else { 1 }).max(1),
         parallelism,
     })
-}
-
-/// `shmflow` of this build: cargo names it for benches; else next to `target/<profile>/`.
-fn shmflow_exe() -> Res<PathBuf> {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_shmflow") {
-        let p = PathBuf::from(p);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    let me = std::env::current_exe()?;
-    let p = me.parent().and_then(|d| d.parent()).ok_or("no parent directory of the bench executable")?.join("shmflow");
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!("{} not found: build it first", p.display()).into())
-    }
 }
 
 struct Run {

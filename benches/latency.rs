@@ -47,14 +47,17 @@ use shmflow::sync::{FutexWord, Ordering, WaitPolicy};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{mpsc, Arc};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod common;
+use common::{
+    accept_within, cpu_model, cpu_pair, die_with_parent, env_var, exit_code, pass_fds, pin_to, spin_until, ChildGuard,
+    Res,
+};
 
 /// The bare peer's word. It is `shmflow::sync`'s atomic, as clippy.toml asks; the allow is
 /// for clippy resolving that re-export to the std type it bans.
@@ -93,13 +96,7 @@ fn main() -> ExitCode {
         Ok(peer) => (format!("latency responder ({peer})"), responder_main(&peer)),
         Err(_) => ("latency".to_string(), requester_main()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{who}: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(&who, result)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -278,9 +275,9 @@ fn run_peer(peer: Peer, counts: Counts, responder_cpu: Option<usize>) -> Res<His
     // On an error the session drops: the requester's ends close, then the guard kills the
     // responder.
     let hist = measure(session.requester.as_mut(), counts)?;
-    let Session { requester, child } = session;
+    let Session { requester, mut child } = session;
     drop(requester);
-    child.finish()?;
+    child.finish(WAIT_TIMEOUT)?;
     Ok(hist)
 }
 
@@ -368,22 +365,6 @@ trait Responder {
     fn serve(&mut self, seq: u64) -> Res<()>;
 }
 
-/// Spins with PAUSE until `ready()` holds; fails after [`WAIT_TIMEOUT`]. The clock is read
-/// only every 1024 spins, so the loop is as tight as the hardware allows.
-#[inline]
-fn spin_until(mut ready: impl FnMut() -> bool, what: &'static str) -> Res<()> {
-    let mut spins = 0u32;
-    let mut since: Option<Instant> = None;
-    while !ready() {
-        std::hint::spin_loop();
-        spins = spins.wrapping_add(1);
-        if spins % 1024 == 0 && since.get_or_insert_with(Instant::now).elapsed() > WAIT_TIMEOUT {
-            return Err(format!("no {what} within {WAIT_TIMEOUT:?}").into());
-        }
-    }
-    Ok(())
-}
-
 /// One page of a memfd, mapped shared in both processes.
 struct SharedPage {
     map: memmap2::MmapRaw,
@@ -446,7 +427,7 @@ impl Requester for BarePeer {
         // Release/Acquire: the usual hand-over; the value itself is all that travels.
         self.page.atomic(PING).store(seq, Ordering::Release);
         let pong = self.page.atomic(PONG);
-        spin_until(|| pong.load(Ordering::Acquire) == seq, "bare pong")
+        spin_until(|| pong.load(Ordering::Acquire) == seq, "bare pong", WAIT_TIMEOUT)
     }
 
     fn echoes(&self) -> bool {
@@ -458,7 +439,7 @@ impl Responder for BarePeer {
     fn serve(&mut self, seq: u64) -> Res<()> {
         let ping = self.page.atomic(PING);
         // Acquire/Release: pairs with the requester's stores and loads.
-        spin_until(|| ping.load(Ordering::Acquire) == seq, "bare ping")?;
+        spin_until(|| ping.load(Ordering::Acquire) == seq, "bare ping", WAIT_TIMEOUT)?;
         self.page.atomic(PONG).store(seq, Ordering::Release);
         Ok(())
     }
@@ -616,8 +597,8 @@ fn start(peer: Peer, count: u64, responder_cpu: Option<usize>) -> Res<Session> {
     match peer {
         Peer::Bare | Peer::Futex => {
             let page = SharedPage::create()?;
-            pass_fds(&mut cmd, &[page.fd.as_raw_fd()]);
-            let child = ChildGuard::spawn(&mut cmd)?;
+            pass_fds(&mut cmd, ENV_FDS, &[page.fd.as_raw_fd()]);
+            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
             let requester: Box<dyn Requester> =
                 if peer == Peer::Bare { Box::new(BarePeer { page }) } else { Box::new(FutexPeer { page }) };
             Ok(Session { requester, child })
@@ -625,24 +606,24 @@ fn start(peer: Peer, count: u64, responder_cpu: Option<usize>) -> Res<Session> {
         Peer::Pipe => {
             let (ping_rx, ping_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             let (pong_rx, pong_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            pass_fds(&mut cmd, &[ping_rx.as_raw_fd(), pong_tx.as_raw_fd()]);
-            let child = ChildGuard::spawn(&mut cmd)?;
+            pass_fds(&mut cmd, ENV_FDS, &[ping_rx.as_raw_fd(), pong_tx.as_raw_fd()]);
+            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
             // Close our copies of the responder's ends, so its death reads as end of file.
             drop((ping_rx, pong_tx));
             Ok(Session { requester: Box::new(IoPeer { rx: File::from(pong_rx), tx: File::from(ping_tx) }), child })
         }
         Peer::Unix => {
             let (mine, theirs) = UnixStream::pair()?;
-            pass_fds(&mut cmd, &[theirs.as_raw_fd()]);
-            let child = ChildGuard::spawn(&mut cmd)?;
+            pass_fds(&mut cmd, ENV_FDS, &[theirs.as_raw_fd()]);
+            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
             drop(theirs);
             Ok(Session { requester: Box::new(IoPeer { rx: mine.try_clone()?, tx: mine }), child })
         }
         Peer::Tcp => {
             let listener = TcpListener::bind("127.0.0.1:0")?;
             cmd.env(ENV_PORT, listener.local_addr()?.port().to_string());
-            let child = ChildGuard::spawn(&mut cmd)?;
-            let stream = accept_within(&listener, WAIT_TIMEOUT)?;
+            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
+            let stream = accept_within(&listener, WAIT_TIMEOUT, "responder")?;
             stream.set_nodelay(true)?;
             Ok(Session { requester: Box::new(IoPeer { rx: stream.try_clone()?, tx: stream }), child })
         }
@@ -651,7 +632,7 @@ fn start(peer: Peer, count: u64, responder_cpu: Option<usize>) -> Res<Session> {
             let arena = Arc::new(Arena::create_memfd(&arena_config(), "latency")?);
             let requester = ShmPeer::open(arena.clone(), 0, 1, policy)?;
             arena.inherit_fd_into(&mut cmd)?;
-            let child = ChildGuard::spawn(&mut cmd)?;
+            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
             Ok(Session { requester: Box::new(requester), child })
         }
     }
@@ -665,117 +646,8 @@ fn responder_command(peer: Peer, count: u64, cpu: Option<usize>) -> Res<Command>
     if let Some(cpu) = cpu {
         cmd.env(ENV_CPU, cpu.to_string());
     }
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-    // is async-signal-safe, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     Ok(cmd)
-}
-
-/// Lets the responder inherit `fds` (clears FD_CLOEXEC in the child, as
-/// `Arena::inherit_fd_into` does) and names them in [`ENV_FDS`].
-fn pass_fds(cmd: &mut Command, fds: &[RawFd]) {
-    let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
-    cmd.env(ENV_FDS, list.join(","));
-    let fds = fds.to_vec();
-    // SAFETY: the closure runs in the forked child before exec; it only calls fcntl, which
-    // is async-signal-safe, on fd numbers open in the parent (hence in the child), and it
-    // allocates nothing (it iterates a Vec built before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &fds {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Accepts one connection, giving up after `timeout` (a responder that died before
-/// connecting must not hang the bench).
-fn accept_within(listener: &TcpListener, timeout: Duration) -> Res<TcpStream> {
-    listener.set_nonblocking(true)?;
-    let start = Instant::now();
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false)?;
-                return Ok(stream);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() > timeout {
-                    return Err(format!("the responder did not connect within {timeout:?}").into());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Owns a responder process. A watchdog thread kills it after [`CHILD_DEADLINE`]; dropping
-/// the guard (on every path, errors and panics included) kills and reaps it.
-struct ChildGuard {
-    child: Child,
-    watchdog: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
-}
-
-impl ChildGuard {
-    fn spawn(cmd: &mut Command) -> Res<Self> {
-        let child = cmd.spawn()?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as libc::pid_t);
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHILD_DEADLINE) {
-                eprintln!("latency: a responder outlived {CHILD_DEADLINE:?}; killing it");
-                // The pid is still the child's: it is reaped only after this thread is joined.
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        });
-        Ok(Self { child, watchdog: Some((stop, thread)) })
-    }
-
-    /// Stops and joins the watchdog; must run before the child is reaped (pid reuse).
-    fn stop_watchdog(&mut self) {
-        if let Some((stop, thread)) = self.watchdog.take() {
-            let _ = stop.send(());
-            let _ = thread.join();
-        }
-    }
-
-    /// Waits (bounded) for the responder to exit after its last answer; an error unless it
-    /// exited successfully.
-    fn finish(mut self) -> Res<()> {
-        self.stop_watchdog();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() { Ok(()) } else { Err(format!("the responder {status}").into()) };
-            }
-            if start.elapsed() > WAIT_TIMEOUT {
-                return Err(format!("the responder did not exit within {WAIT_TIMEOUT:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.stop_watchdog();
-        // Both are no-ops for a child already reaped by `finish` (std remembers its status).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -821,75 +693,13 @@ fn open_responder(peer: Peer) -> Res<Box<dyn Responder>> {
     })
 }
 
-fn env_var(name: &str) -> Res<String> {
-    std::env::var(name).map_err(|_| format!("{name} is not set").into())
-}
-
 /// Takes ownership of the `N` fds the requester passed down in [`ENV_FDS`].
 fn inherited_fds<const N: usize>() -> Res<[OwnedFd; N]> {
-    let list = env_var(ENV_FDS)?;
-    let raws = list.split(',').map(str::parse).collect::<Result<Vec<RawFd>, _>>()?;
-    if raws.len() != N {
-        return Err(format!("{ENV_FDS}={list}: expected {N} fds").into());
-    }
-    let mut fds = Vec::with_capacity(N);
-    for (i, &raw) in raws.iter().enumerate() {
-        // SAFETY: fcntl(F_GETFD) on any number is harmless; it fails for a closed fd.
-        if raw < 0 || raws[..i].contains(&raw) || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-            return Err(format!("{ENV_FDS}={list}: {raw} is not a distinct open fd").into());
-        }
-        // SAFETY: the fd is open, was passed down for this process to own, and appears
-        // once in the list, so nothing else here owns it.
-        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-    }
-    fds.try_into().map_err(|_| "fd count checked above".into())
+    common::inherited_fds(ENV_FDS, N)?.try_into().map_err(|_| "fd count checked above".into())
 }
 
 // ---------------------------------------------------------------------------------------
 // CPUs and the machine
-
-/// The first two CPUs this process may run on, if there are two.
-fn cpu_pair() -> Option<(usize, usize)> {
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a writable cpu_set_t of the size passed; pid 0 is this thread.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return None;
-    }
-    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| {
-        // SAFETY: `c` is below CPU_SETSIZE, the capacity of the set.
-        unsafe { libc::CPU_ISSET(c, &set) }
-    });
-    Some((cpus.next()?, cpus.next()?))
-}
-
-/// Pins the calling thread (and the threads it starts later) to `cpu`.
-fn pin_to(cpu: usize) -> Res<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(format!("CPU {cpu} is out of range").into());
-    }
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(format!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error()).into());
-    }
-    Ok(())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
 
 /// Online CPUs of the machine (not of this process's affinity mask, which pinning narrows).
 fn nproc() -> i64 {

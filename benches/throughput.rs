@@ -50,14 +50,17 @@ use shmflow::ShuffleEnvironment;
 use std::fs::File;
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{ChildStdin, Command, ExitCode, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod common;
+use common::{
+    accept_within, cpu_model, cpu_pair, die_with_parent, env_var, exit_code, inherited_fds, pass_fds, pin_to,
+    spin_until, ChildGuard, Res,
+};
 
 /// `shmflow::sync`'s atomics, as clippy.toml asks; the allows are for clippy resolving the
 /// re-exports to the std types it bans.
@@ -98,13 +101,7 @@ fn main() -> ExitCode {
         Ok(spec) => (format!("throughput producer ({spec})"), producer_main(&spec)),
         Err(_) => ("throughput".to_string(), consumer_main()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{who}: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(&who, result)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -838,7 +835,7 @@ fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(usize, usiz
         let producer = Producer::spawn(&mut cmd)?;
         let mut fds = Vec::new();
         for _ in 0..writers {
-            fds.push(OwnedFd::from(accept_within(&listener, WAIT_TIMEOUT)?));
+            fds.push(OwnedFd::from(accept_within(&listener, WAIT_TIMEOUT, "producer")?));
         }
         (producer, fds)
     } else {
@@ -850,7 +847,7 @@ fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(usize, usiz
             theirs.push(OwnedFd::from(b));
         }
         let raw: Vec<RawFd> = theirs.iter().map(|f| f.as_raw_fd()).collect();
-        pass_fds(&mut cmd, &raw);
+        pass_fds(&mut cmd, ENV_FDS, &raw);
         let producer = Producer::spawn(&mut cmd)?;
         drop(theirs); // the child has its copies; our ends must see EOF when it closes them
         (producer, mine)
@@ -953,7 +950,7 @@ fn bare_rtt_ns(cpus: Option<(usize, usize)>) -> Res<f64> {
         }
         for i in 1..=N {
             // Acquire/Release: a plain hand-off of the counter.
-            spin_until(|| w2[0].load(Ordering::Acquire) == i)?;
+            spin_until(|| w2[0].load(Ordering::Acquire) == i, "answer", WAIT_TIMEOUT)?;
             w2[1].store(i, Ordering::Release);
         }
         Ok(())
@@ -962,7 +959,7 @@ fn bare_rtt_ns(cpus: Option<(usize, usize)>) -> Res<f64> {
     let mut out = Ok(());
     for i in 1..=N {
         words[0].store(i, Ordering::Release);
-        if let Err(e) = spin_until(|| words[1].load(Ordering::Acquire) == i) {
+        if let Err(e) = spin_until(|| words[1].load(Ordering::Acquire) == i, "answer", WAIT_TIMEOUT) {
             out = Err(e);
             break;
         }
@@ -971,20 +968,6 @@ fn bare_rtt_ns(cpus: Option<(usize, usize)>) -> Res<f64> {
     peer.join().map_err(|_| "the ping-pong thread panicked")??;
     out?;
     Ok(ns)
-}
-
-/// Spins with PAUSE until `ready()` holds; fails after [`WAIT_TIMEOUT`].
-fn spin_until(mut ready: impl FnMut() -> bool) -> Res<()> {
-    let mut spins = 0u32;
-    let mut since: Option<Instant> = None;
-    while !ready() {
-        std::hint::spin_loop();
-        spins = spins.wrapping_add(1);
-        if spins % 1024 == 0 && since.get_or_insert_with(Instant::now).elapsed() > WAIT_TIMEOUT {
-            return Err(format!("no answer within {WAIT_TIMEOUT:?}").into());
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1000,60 +983,8 @@ fn producer_command(system: System, case: Case, cpu: Option<usize>) -> Res<Comma
     if let Some(cpu) = cpu {
         cmd.env(ENV_CPU, cpu.to_string());
     }
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-    // is async-signal-safe, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     Ok(cmd)
-}
-
-/// Lets the child inherit `fds` (clears FD_CLOEXEC in the child, as
-/// `Arena::inherit_fd_into` does) and names them in [`ENV_FDS`].
-fn pass_fds(cmd: &mut Command, fds: &[RawFd]) {
-    let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
-    cmd.env(ENV_FDS, list.join(","));
-    let fds = fds.to_vec();
-    // SAFETY: the closure runs in the forked child before exec; it only calls fcntl, which
-    // is async-signal-safe, on fd numbers open in the parent (hence in the child), and it
-    // allocates nothing (it iterates a Vec built before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &fds {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Accepts one connection, giving up after `timeout`.
-fn accept_within(listener: &TcpListener, timeout: Duration) -> Res<TcpStream> {
-    listener.set_nonblocking(true)?;
-    let start = Instant::now();
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false)?;
-                return Ok(stream);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() > timeout {
-                    return Err(format!("the producer did not connect within {timeout:?}").into());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// A running producer: its guard, its stdin, and its stdout as lines.
@@ -1066,7 +997,7 @@ struct Producer {
 
 impl Producer {
     fn spawn(cmd: &mut Command) -> Res<Self> {
-        let mut guard = ChildGuard::spawn(cmd)?;
+        let mut guard = ChildGuard::spawn(cmd, "throughput", "producer", CHILD_DEADLINE)?;
         let stdin = guard.child.stdin.take().ok_or("no stdin pipe")?;
         let stdout = guard.child.stdout.take().ok_or("no stdout pipe")?;
         let (tx, lines) = mpsc::channel();
@@ -1131,66 +1062,11 @@ impl Producer {
             return Err(format!("{} counts for {writers} writers", counts.len()).into());
         }
         drop(self.stdin.take());
-        self.guard.finish()?;
+        self.guard.finish(WAIT_TIMEOUT)?;
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
         Ok(counts)
-    }
-}
-
-/// Owns a producer process. A watchdog thread kills it after [`CHILD_DEADLINE`]; dropping
-/// the guard (on every path, errors and panics included) kills and reaps it.
-struct ChildGuard {
-    child: Child,
-    watchdog: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
-}
-
-impl ChildGuard {
-    fn spawn(cmd: &mut Command) -> Res<Self> {
-        let child = cmd.spawn()?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as libc::pid_t);
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHILD_DEADLINE) {
-                eprintln!("throughput: a producer outlived {CHILD_DEADLINE:?}; killing it");
-                // The pid is still the child's: it is reaped only after this thread is joined.
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        });
-        Ok(Self { child, watchdog: Some((stop, thread)) })
-    }
-
-    /// Stops and joins the watchdog; must run before the child is reaped (pid reuse).
-    fn stop_watchdog(&mut self) {
-        if let Some((stop, thread)) = self.watchdog.take() {
-            let _ = stop.send(());
-            let _ = thread.join();
-        }
-    }
-
-    /// Waits (bounded) for the producer to exit; an error unless it exited successfully.
-    fn finish(&mut self) -> Res<()> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.stop_watchdog();
-                return if status.success() { Ok(()) } else { Err(format!("the producer {status}").into()) };
-            }
-            if start.elapsed() > WAIT_TIMEOUT {
-                return Err(format!("the producer did not exit within {WAIT_TIMEOUT:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.stop_watchdog();
-        // Both are no-ops for a child already reaped by `finish` (std remembers its status).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1239,7 +1115,7 @@ fn producer_main(spec: &str) -> Res<()> {
                 })
                 .collect::<Res<_>>()?
         }
-        System::Unix => inherited_fds(writers as usize)?.into_iter().map(|f| Some(File::from(f))).collect(),
+        System::Unix => inherited_fds(ENV_FDS, writers as usize)?.into_iter().map(|f| Some(File::from(f))).collect(),
         System::Shmflow => (0..writers).map(|_| None).collect(),
         System::Memcpy => return Err("memcpy has no producer process".into()),
     };
@@ -1441,75 +1317,8 @@ fn socket_writer(
     Ok(i)
 }
 
-fn env_var(name: &str) -> Res<String> {
-    std::env::var(name).map_err(|_| format!("{name} is not set").into())
-}
-
-/// Takes ownership of the `n` fds the consumer passed down in [`ENV_FDS`].
-fn inherited_fds(n: usize) -> Res<Vec<OwnedFd>> {
-    let list = env_var(ENV_FDS)?;
-    let raws = list.split(',').map(str::parse).collect::<Result<Vec<RawFd>, _>>()?;
-    if raws.len() != n {
-        return Err(format!("{ENV_FDS}={list}: expected {n} fds").into());
-    }
-    let mut fds = Vec::with_capacity(n);
-    for (i, &raw) in raws.iter().enumerate() {
-        // SAFETY: fcntl(F_GETFD) on any number is harmless; it fails for a closed fd.
-        if raw < 0 || raws[..i].contains(&raw) || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-            return Err(format!("{ENV_FDS}={list}: {raw} is not a distinct open fd").into());
-        }
-        // SAFETY: the fd is open, was passed down for this process to own, and appears
-        // once in the list, so nothing else here owns it.
-        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-    }
-    Ok(fds)
-}
-
 // ---------------------------------------------------------------------------------------
 // CPUs and the machine
-
-/// The first two CPUs this process may run on, if there are two.
-fn cpu_pair() -> Option<(usize, usize)> {
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a writable cpu_set_t of the size passed; pid 0 is this thread.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return None;
-    }
-    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| {
-        // SAFETY: `c` is below CPU_SETSIZE, the capacity of the set.
-        unsafe { libc::CPU_ISSET(c, &set) }
-    });
-    Some((cpus.next()?, cpus.next()?))
-}
-
-/// Pins the calling thread (and the threads it starts later) to `cpu`.
-fn pin_to(cpu: usize) -> Res<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(format!("CPU {cpu} is out of range").into());
-    }
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(format!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error()).into());
-    }
-    Ok(())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
 
 /// The 1, 5 and 15 minute load averages.
 fn load_average() -> String {

@@ -34,7 +34,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+mod common;
+use common::{cpu_pair, pin_to, shmflow_exe, Res};
 /// What the in-process threads return (an error crosses the join as text).
 type ThreadRes<T> = std::result::Result<T, String>;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -138,24 +139,6 @@ fn cpu_seconds(who: libc::c_int) -> f64 {
 
 // ---------------------------------------------------------------------------------------
 // shmflow through its command line
-
-/// `shmflow` of this build: cargo names it for benches; else it sits in the parent of
-/// the directory of this executable (`target/<profile>/deps/..`).
-fn shmflow_exe() -> Res<PathBuf> {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_shmflow") {
-        let p = PathBuf::from(p);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    let me = std::env::current_exe()?;
-    let p = me.parent().and_then(|d| d.parent()).ok_or("no parent directory of the bench executable")?.join("shmflow");
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!("{} not found: build it first (cargo build --release)", p.display()).into())
-    }
-}
 
 fn run_shmflow(exe: &PathBuf, mb: u64, parallelism: u32, workers: u32) -> Res<Run> {
     let cpu0 = cpu_seconds(libc::RUSAGE_CHILDREN);
@@ -332,7 +315,7 @@ fn bare_rtt_ns(budget: Duration) -> Option<f64> {
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut last = 0;
-            if pin_to(b) {
+            if pin_to(b).is_ok() {
                 while let Some(v) = wait_change(&ping, last) {
                     if v == STOP {
                         break;
@@ -345,7 +328,7 @@ fn bare_rtt_ns(budget: Duration) -> Option<f64> {
         // Measured on a helper thread, so this (main) thread's affinity stays as it was.
         s.spawn(|| {
             let mut batches = Vec::new();
-            if pin_to(a) {
+            if pin_to(a).is_ok() {
                 let t0 = Instant::now();
                 let mut i = 0u64;
                 'outer: while t0.elapsed() < budget {
@@ -367,34 +350,6 @@ fn bare_rtt_ns(budget: Duration) -> Option<f64> {
         .ok()
         .flatten()
     })
-}
-
-/// The first two CPUs this process may run on, if there are two.
-fn cpu_pair() -> Option<(usize, usize)> {
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a writable cpu_set_t of the size passed; pid 0 is this thread.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return None;
-    }
-    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| {
-        // SAFETY: `c` is below CPU_SETSIZE, the capacity of the set.
-        unsafe { libc::CPU_ISSET(c, &set) }
-    });
-    Some((cpus.next()?, cpus.next()?))
-}
-
-/// Pins the calling thread to `cpu`; false if that failed.
-fn pin_to(cpu: usize) -> bool {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return false;
-    }
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
 }
 
 // ---------------------------------------------------------------------------------------

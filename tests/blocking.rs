@@ -13,33 +13,19 @@ use shmflow::partition::{
 use shmflow::runtime::builtin::{reference_wordcount, TextSource};
 use shmflow::Error;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{self_command, shmflow, TempDir};
 
 const ROLE: &str = "SHMFLOW_BLOCKING_TEST_ROLE";
 const DIR: &str = "SHMFLOW_BLOCKING_TEST_DIR";
 const ID: ResultPartitionId = ResultPartitionId::new(0x5eed, 3);
 const RECORDS: u64 = 60_000;
 const SUBS: u32 = 3;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("shmflow-blocking-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Record `i` of subpartition `s`: mostly short, sometimes larger than a region.
 fn payload(s: u32, i: u64) -> Vec<u8> {
@@ -88,11 +74,8 @@ fn read_all(files: &FileChannelManager, s: u32) -> (u64, u64) {
 }
 
 fn child(role: &str, dir: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(DIR, dir)
-        .stdout(Stdio::piped());
+    let mut cmd = self_command("child_entry", ROLE, role);
+    cmd.env(DIR, dir).stdout(Stdio::piped());
     cmd
 }
 
@@ -288,7 +271,7 @@ fn a_corrupt_file_is_a_clear_error_never_a_panic() {
 }
 
 fn run_wordcount(exchange: &str, p: &str, out: &Path) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+    let o = shmflow()
         .args(["run", "wordcount", "--generated-mb", "3", "--parallelism", p, "--workers", "2", "--exchange"])
         .arg(exchange)
         .arg("--output")
@@ -332,10 +315,8 @@ fn blocking_wordcount_equals_pipelined() {
 
 #[test]
 fn blocking_is_refused_where_unsupported() {
-    let o = Command::new(env!("CARGO_BIN_EXE_shmflow"))
-        .args(["run", "shuffle", "--records", "1000", "--exchange", "blocking", "--quiet"])
-        .output()
-        .unwrap();
+    let o =
+        shmflow().args(["run", "shuffle", "--records", "1000", "--exchange", "blocking", "--quiet"]).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("wordcount only"));
 }

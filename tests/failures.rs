@@ -5,22 +5,15 @@ use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{RequestBackoff, ResultPartitionConfig, ResultPartitionId, ResultPartitionType};
 use shmflow::{Error, ShuffleEnvironment};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{self_command, shmflow, KillOnDrop};
+
 const ROLE: &str = "SHMFLOW_FAILURE_ROLE";
 const ID: ResultPartitionId = ResultPartitionId::new(7, 0);
-
-struct Kill(Option<Child>);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn arena() -> Arc<Arena> {
     let cfg =
@@ -28,11 +21,11 @@ fn arena() -> Arc<Arena> {
     Arc::new(Arena::create_memfd(&cfg, "failures").unwrap())
 }
 
-fn spawn(arena: &Arena, role: &str) -> Kill {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "peer_entry", "--nocapture", "--test-threads=1"]).env(ROLE, role).stdout(Stdio::null());
+fn spawn(arena: &Arena, role: &str) -> KillOnDrop {
+    let mut cmd = self_command("peer_entry", ROLE, role);
+    cmd.stdout(Stdio::null());
     arena.inherit_fd_into(&mut cmd).unwrap();
-    Kill(Some(cmd.spawn().unwrap()))
+    KillOnDrop(cmd.spawn().unwrap())
 }
 
 fn gate_cfg() -> InputGateConfig {
@@ -82,8 +75,8 @@ fn consumer_sees_a_killed_producer_as_dead() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    peer.0.as_mut().unwrap().kill().unwrap();
-    peer.0.as_mut().unwrap().wait().unwrap();
+    peer.kill().unwrap();
+    peer.wait().unwrap();
     let t = Instant::now();
     let err = gate.next(Some(Duration::from_secs(20))).unwrap_err();
     assert!(matches!(err, Error::PeerDied { role: "producer", .. }), "{err}");
@@ -106,9 +99,9 @@ fn producer_sees_a_killed_consumer_as_dead() {
         if let Err(e) = part.emit(&rec[..], 0) {
             break e;
         }
-        if part.stats().parks > 0 && peer.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+        if part.stats().parks > 0 && peer.try_wait().unwrap().is_none() {
             // Blocked at least once with the consumer alive: now kill it.
-            let _ = peer.0.as_mut().unwrap().kill();
+            let _ = peer.kill();
         }
     };
     assert!(matches!(err, Error::PeerDied { role: "consumer", .. }), "{err}");
@@ -119,20 +112,16 @@ fn producer_sees_a_killed_consumer_as_dead() {
 fn clean_removes_only_arenas_whose_creator_died_and_check_reports_an_idle_arena() {
     let name = format!("shmflow-test-clean-{}", std::process::id());
     // An arena created by a child that then exits: its creator is dead.
-    let status =
-        Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["check", "--name", "definitely-not-there"]).status().unwrap();
+    let status = shmflow().args(["check", "--name", "definitely-not-there"]).status().unwrap();
     assert!(!status.success(), "check of a missing arena fails");
     let mut a = Arena::create_named(&name, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
     a.keep();
-    let out = Command::new(env!("CARGO_BIN_EXE_shmflow"))
-        .args(["check", "--name", &name, "--idle", "--json"])
-        .output()
-        .unwrap();
+    let out = shmflow().args(["check", "--name", &name, "--idle", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["free_walked"], 16);
     // Our own arena (creator alive) is kept by clean.
-    let out = Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["clean"]).output().unwrap();
+    let out = shmflow().args(["clean"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("keep   /dev/shm/{name}")));
     assert!(std::path::Path::new("/dev/shm").join(&name).exists());
     // Pretend the creator died: patch the creator pid to one that does not exist.
@@ -155,7 +144,7 @@ fn clean_removes_only_arenas_whose_creator_died_and_check_reports_an_idle_arena(
     };
     bytes[..raw.len()].copy_from_slice(raw);
     std::fs::write(&path, &bytes).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_shmflow")).args(["clean"]).output().unwrap();
+    let out = shmflow().args(["clean"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("removed /dev/shm/{stale}")), "{text}");
     assert!(!path.exists());

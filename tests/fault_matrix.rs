@@ -31,12 +31,15 @@ use shmflow::partition::{
 use shmflow::sync::Ordering;
 use shmflow::{Error, ShuffleEnvironment};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::{ChildStdin, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{collect_stderr, self_command, serial, shmflow, KillOnDrop, Piped, TempDir};
 
 const ROLE_ENV: &str = "SHMFLOW_FAULT_ROLE";
 /// `k=v,k=v` parameters of a child.
@@ -62,13 +65,6 @@ const BYSTANDER_SLOT: u32 = 6;
 
 /// Trials of each scenario in the matrix.
 const TRIALS_PER_SCENARIO: usize = 8;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One multi-process test at a time (the machine has two vCPUs).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn arena_config() -> ArenaConfig {
     ArenaConfig {
@@ -367,7 +363,7 @@ fn child_bystander(spec: &Spec) {
 /// A child process; dropping it kills and reaps it (the watchdog).
 struct Proc {
     name: String,
-    child: Child,
+    child: KillOnDrop,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     seen: Vec<String>,
@@ -377,31 +373,10 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, role: &str, arena: &Arena, spec: &str) -> Self {
-        let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-        cmd.args(["--exact", "fault_child", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, role)
-            .env(SPEC_ENV, spec)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = self_command("fault_child", ROLE_ENV, role);
+        cmd.env(SPEC_ENV, spec);
         arena.inherit_fd_into(&mut cmd).expect("inherit the arena");
-        let mut child = cmd.spawn().expect("spawn a child");
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut s);
-            s
-        });
-        let stdin = child.stdin.take();
+        let Piped { child, stdin, lines, stderr } = Piped::spawn(&mut cmd);
         Self { name: name.into(), child, stdin, lines, seen: Vec::new(), stderr: Some(stderr), status: None }
     }
 
@@ -461,13 +436,6 @@ impl Proc {
             self.status,
             self.seen.join("\n")
         )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1023,31 +991,18 @@ fn dev_shm() -> std::collections::HashSet<String> {
 #[test]
 fn sigkill_of_a_wordcount_worker_fails_the_job_fast_and_leaves_nothing_behind() {
     let _g = serial();
-    let tmp = std::env::temp_dir().join(format!("shmflow-fault-wc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let tmp = TempDir::new("fault-wc");
     let shm_before = dev_shm();
-    let mut coord = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+    let mut coord = shmflow()
         .args(["run", "wordcount", "--generated-mb", "50", "--quiet"])
-        .env("TMPDIR", &tmp)
+        .env("TMPDIR", &tmp.0)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn shmflow");
     let stderr = coord.stderr.take().expect("piped");
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = BufReader::new(stderr).read_to_string(&mut s);
-        s
-    });
-    struct Guard(Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut coord = Guard(coord);
+    let stderr = collect_stderr(stderr);
+    let mut coord = KillOnDrop(coord);
     let cpid = coord.0.id();
     // The workers: children of the coordinator, once both run.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1094,7 +1049,7 @@ fn sigkill_of_a_wordcount_worker_fails_the_job_fast_and_leaves_nothing_behind() 
         }
     }
     // No temp job dir and no /dev/shm file left behind.
-    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    let left: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "left in the temp dir: {left:?}");
     let ours: Vec<u32> = std::iter::once(cpid).chain(workers.iter().copied()).collect();
     let new: Vec<String> = dev_shm().difference(&shm_before).cloned().collect();
@@ -1108,5 +1063,4 @@ fn sigkill_of_a_wordcount_worker_fails_the_job_fast_and_leaves_nothing_behind() 
         !new.iter().any(|n| ours.iter().any(|p| n.contains(&p.to_string()))),
         "files left in /dev/shm by the job: {new:?}"
     );
-    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -19,12 +19,11 @@ use shmflow::ring::{StreamReader, StreamWriter};
 use shmflow::sync::{EventCount, Ordering, WaitPolicy};
 use shmflow::Error;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{env_u64, self_command, serial, ChildProc};
 
 /// Set in a child: which role `child_entry` plays.
 const ROLE_ENV: &str = "SHMFLOW_TEST_ROLE";
@@ -59,13 +58,6 @@ fn config() -> ArenaConfig {
     }
 }
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One multi-process test at a time (the machine has two vCPUs).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The seed: `SHMFLOW_TEST_SEED` to reproduce a run, else a fresh one (printed).
 fn seed() -> u64 {
     let s = match std::env::var(SEED_ENV) {
@@ -76,24 +68,9 @@ fn seed() -> u64 {
     s
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
-}
-
 // ---------------------------------------------------------------------------------------
 // Child process handling
 // ---------------------------------------------------------------------------------------
-
-/// A child process running `child_entry` in some role. Dropping it kills and reaps it.
-struct ChildProc {
-    role: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    /// Every stdout line received so far.
-    seen: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
-}
 
 /// What a finished child said.
 struct ChildReport {
@@ -113,103 +90,17 @@ impl ChildReport {
 }
 
 impl ChildProc {
+    /// Spawns `child_entry` in `role` with the arena and `env`.
     fn spawn(role: &'static str, arena: &Arena, env: &[(&str, String)]) -> Self {
-        let exe = std::env::current_exe().expect("path of the test binary");
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, role)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        arena.inherit_fd_into(&mut cmd).expect("a memfd arena can be inherited");
-        let mut child = cmd.spawn().expect("spawn the child test process");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut s);
-            s
-        });
-        let stdin = child.stdin.take();
-        Self { role, child, stdin, lines, seen: Vec::new(), stderr: Some(stderr) }
-    }
-
-    /// Kills the child (if still running) and panics with `msg` and what the child said.
-    fn fail(&mut self, msg: impl std::fmt::Display) -> ! {
-        let _ = self.child.kill();
-        let status = self.child.wait();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(l);
-        }
-        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        panic!(
-            "{msg}\n--- child {} ({status:?}) stdout:\n{}\n--- child stderr:\n{stderr}",
-            self.role,
-            self.seen.join("\n")
-        );
+        let mut cmd = self_command("child_entry", ROLE_ENV, role);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        Self::start(role.to_string(), cmd, arena, OP_TIMEOUT)
     }
 
     /// Fails the test if the child has exited already (it should still be working).
     fn check_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             self.fail(format!("the child exited early with {status}"));
-        }
-    }
-
-    /// The rest of the first stdout line holding `prefix`, if one has arrived.
-    fn try_line(&mut self, prefix: &str) -> Option<String> {
-        loop {
-            match self.lines.try_recv() {
-                Ok(l) => {
-                    let hit = after(&l, prefix).map(str::to_string);
-                    self.seen.push(l);
-                    if hit.is_some() {
-                        return hit;
-                    }
-                }
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Disconnected) => self.fail(format!("the child closed stdout before {prefix}")),
-            }
-        }
-    }
-
-    /// Waits (bounded) for a stdout line holding `prefix`; returns the rest of it.
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + OP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let hit = after(&l, prefix).map(str::to_string);
-                    self.seen.push(l);
-                    if let Some(rest) = hit {
-                        return rest;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(format!("no {prefix} line from the child in {OP_TIMEOUT:?}"))
-                }
-                Err(RecvTimeoutError::Disconnected) => self.fail(format!("the child closed stdout before {prefix}")),
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let r = self.stdin.as_mut().map(|s| writeln!(s, "{line}").and_then(|()| s.flush()));
-        if !matches!(r, Some(Ok(()))) {
-            self.fail(format!("could not send {line:?} to the child: {r:?}"));
         }
     }
 
@@ -225,45 +116,11 @@ impl ChildProc {
                 Err(e) => self.fail(format!("waiting for the child: {e}")),
             }
         };
-        // The child has exited, so its stdout reaches EOF and the reader thread ends.
-        let drain_deadline = Instant::now() + OP_TIMEOUT;
-        loop {
-            match self.lines.recv_timeout(drain_deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => self.seen.push(l),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => self.fail("the child's stdout stayed open after it exited"),
-            }
-        }
         if !status.success() {
             self.fail(format!("the child failed: {status}"));
         }
-        if let Some(e) = self.seen.iter().find_map(|l| after(l, "SHMFLOW_ERROR")) {
-            let e = e.to_string();
-            self.fail(format!("the child reported {e}"));
-        }
-        let Some(result) = self.seen.iter().find_map(|l| after(l, "SHMFLOW_RESULT ")) else {
-            self.fail("the child printed no SHMFLOW_RESULT line");
-        };
-        let values = result
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let values = self.result_values();
         ChildReport { lines: std::mem::take(&mut self.seen), values }
-    }
-}
-
-/// The rest of `line` after `marker` (the harness may print "test child_entry ... " before
-/// the child's first line).
-fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
-    line.find(marker).map(|i| &line[i + marker.len()..])
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        // Kill and reap, whatever state the test is in (a no-op kill after a clean exit).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

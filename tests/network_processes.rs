@@ -28,12 +28,11 @@ use shmflow::partition::{
 use shmflow::sync::Ordering;
 use shmflow::{Error, ShuffleEnvironment};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{env_u64, self_command, serial, ChildProc};
 
 /// Set in a child: which role `child_entry` plays.
 const ROLE_ENV: &str = "SHMFLOW_NET_ROLE";
@@ -91,17 +90,6 @@ fn config() -> ArenaConfig {
     }
 }
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One multi-process test at a time (the machine has two vCPUs).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
-}
-
 fn env_req(name: &str) -> u64 {
     env_u64(name).unwrap_or_else(|| panic!("{name} is not set"))
 }
@@ -109,18 +97,6 @@ fn env_req(name: &str) -> u64 {
 // ---------------------------------------------------------------------------------------
 // Child process handling
 // ---------------------------------------------------------------------------------------
-
-/// A child process running `child_entry` in some role. Dropping it kills and reaps it.
-struct ChildProc {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    /// Every stdout line received so far.
-    seen: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
-    exited: Option<std::process::ExitStatus>,
-}
 
 /// What a finished child said on its `SHMFLOW_RESULT k=v ...` line.
 struct Report {
@@ -136,78 +112,11 @@ impl Report {
 }
 
 impl ChildProc {
+    /// Spawns `child_entry` in `role` with the arena and `env`; `name` names it in failures.
     fn spawn(name: String, role: &str, arena: &Arena, env: &[(&str, String)]) -> Self {
-        let exe = std::env::current_exe().expect("path of the test binary");
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, role)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        arena.inherit_fd_into(&mut cmd).expect("a memfd arena can be inherited");
-        let mut child = cmd.spawn().expect("spawn the child test process");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut s);
-            s
-        });
-        let stdin = child.stdin.take();
-        Self { name, child, stdin, lines, seen: Vec::new(), stderr: Some(stderr), exited: None }
-    }
-
-    /// Kills the child (if still running) and panics with `msg` and what the child said.
-    fn fail(&mut self, msg: impl std::fmt::Display) -> ! {
-        panic!("{msg}\n{}", self.output());
-    }
-
-    /// Kills the child (if still running) and returns everything it said.
-    fn output(&mut self) -> String {
-        let _ = self.child.kill();
-        let status = self.child.wait();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(l);
-        }
-        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        format!("--- child {} ({status:?}) stdout:\n{}\n--- child stderr:\n{stderr}", self.name, self.seen.join("\n"))
-    }
-
-    /// Waits (bounded) for a stdout line holding `prefix`; returns the rest of it.
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + OP_TIMEOUT;
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => {
-                    let hit = after(&l, prefix).map(str::to_string);
-                    self.seen.push(l);
-                    if let Some(rest) = hit {
-                        return rest;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => self.fail(format!("no {prefix} line in {OP_TIMEOUT:?}")),
-                Err(RecvTimeoutError::Disconnected) => self.fail(format!("the child closed stdout before {prefix}")),
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let r = self.stdin.as_mut().map(|s| writeln!(s, "{line}").and_then(|()| s.flush()));
-        if !matches!(r, Some(Ok(()))) {
-            self.fail(format!("could not send {line:?} to the child: {r:?}"));
-        }
+        let mut cmd = self_command("child_entry", ROLE_ENV, role);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        Self::start(name, cmd, arena, OP_TIMEOUT)
     }
 
     /// Whether the child has exited; fails the test if it exited unsuccessfully.
@@ -216,17 +125,6 @@ impl ChildProc {
             Some(s) if !s.success() => self.fail(format!("the child failed: {s}")),
             r => r.is_some(),
         }
-    }
-
-    /// The exit status, once the child has exited.
-    fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
-        if self.exited.is_none() {
-            match self.child.try_wait() {
-                Ok(s) => self.exited = s,
-                Err(e) => self.fail(format!("waiting for the child: {e}")),
-            }
-        }
-        self.exited
     }
 
     /// Fails the test if the child has exited early or failed.
@@ -238,42 +136,9 @@ impl ChildProc {
 
     /// After a successful exit: collects the rest of stdout and parses the result line.
     fn report(&mut self) -> Report {
-        let deadline = Instant::now() + OP_TIMEOUT;
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => self.seen.push(l),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => self.fail("the child's stdout stayed open after it exited"),
-            }
-        }
-        if let Some(e) = self.seen.iter().find_map(|l| after(l, "SHMFLOW_ERROR")) {
-            let e = e.to_string();
-            self.fail(format!("the child reported {e}"));
-        }
-        let Some(result) = self.seen.iter().find_map(|l| after(l, "SHMFLOW_RESULT ")) else {
-            self.fail("the child printed no SHMFLOW_RESULT line");
-        };
-        let values = result
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let values = self.result_values();
         Report { name: self.name.clone(), values }
     }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        // Kill and reap, whatever state the test is in (a no-op kill after a clean exit).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The rest of `line` after `marker` (the harness may print "test child_entry ... " before
-/// the child's first line).
-fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
-    line.find(marker).map(|i| &line[i + marker.len()..])
 }
 
 /// Waits (bounded) until every child has exited successfully; the first one to fail fails

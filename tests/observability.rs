@@ -1,8 +1,11 @@
 //! `shmflow top --once --json` against a running job: a slow downstream operator shows as a
 //! back-pressured (HIGH) upstream task; a slow upstream one does not.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::shmflow;
 
 struct Job(Child);
 
@@ -24,7 +27,7 @@ impl Drop for Job {
 }
 
 fn start(extra: &[&str]) -> Job {
-    let child = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+    let child = shmflow()
         .args(["run", "shuffle", "--records", "50000000", "--parallelism", "1", "--workers", "2", "--quiet"])
         .args(extra)
         .stdout(Stdio::null())
@@ -36,7 +39,7 @@ fn start(extra: &[&str]) -> Job {
 fn top(pid: u32) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        let out = shmflow()
             .args(["top", "--pid", &pid.to_string(), "--once", "--json", "--interval-ms", "500"])
             .output()
             .unwrap();
@@ -73,10 +76,7 @@ fn top_shows_back_pressure_from_a_slow_sink_and_none_from_a_slow_source() {
 
 #[test]
 fn top_refuses_a_process_without_an_arena() {
-    let out = Command::new(env!("CARGO_BIN_EXE_shmflow"))
-        .args(["top", "--pid", &std::process::id().to_string(), "--once"])
-        .output()
-        .unwrap();
+    let out = shmflow().args(["top", "--pid", &std::process::id().to_string(), "--once"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no shmflow arena"));
 }

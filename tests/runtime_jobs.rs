@@ -3,29 +3,9 @@
 //! starts.
 
 use shmflow::runtime::builtin::{reference_window_lines, reference_wordcount, TextSource};
-use std::path::PathBuf;
-use std::process::Command;
 
-fn shmflow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shmflow"))
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("shmflow-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{shmflow, TempDir};
 
 fn run_ok(args: &[&str]) -> String {
     let out = shmflow().args(args).arg("--quiet").output().unwrap();

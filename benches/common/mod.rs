@@ -1,0 +1,252 @@
+//! Plumbing shared by the benches: child processes that die with the bench and are killed
+//! and reaped by a guard, fds passed down to a re-executed child, CPU pinning, the machine
+//! description and the `shmflow` binary of this build.
+//!
+//! Each bench is its own crate and uses only some of these, hence `dead_code` is allowed
+//! here.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The error type of the helpers here (converts into a bench's own boxed error with `?`).
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The exit code of a bench process (parent or re-executed child) that ran as `who`: on an
+/// error, prints it to stderr.
+pub fn exit_code(who: &str, result: Res<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{who}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `shmflow` of this build: cargo names it for benches; else it sits in the parent of
+/// the directory of this executable (`target/<profile>/deps/..`).
+pub fn shmflow_exe() -> Res<PathBuf> {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_shmflow") {
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    let me = std::env::current_exe()?;
+    let p = me.parent().and_then(|d| d.parent()).ok_or("no parent directory of the bench executable")?.join("shmflow");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("{} not found: build it first (cargo build --release)", p.display()).into())
+    }
+}
+
+/// The variable `name`, or an error naming it.
+pub fn env_var(name: &str) -> Res<String> {
+    std::env::var(name).map_err(|_| format!("{name} is not set").into())
+}
+
+/// Makes the child of `cmd` die (SIGKILL) with this process (PR_SET_PDEATHSIG).
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
+    // is async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Lets the child inherit `fds` (clears FD_CLOEXEC in the child, as
+/// `Arena::inherit_fd_into` does) and names them, comma-separated, in the variable `env`.
+pub fn pass_fds(cmd: &mut Command, env: &str, fds: &[RawFd]) {
+    let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
+    cmd.env(env, list.join(","));
+    let fds = fds.to_vec();
+    // SAFETY: the closure runs in the forked child before exec; it only calls fcntl, which
+    // is async-signal-safe, on fd numbers open in the parent (hence in the child), and it
+    // allocates nothing (it iterates a Vec built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of the `n` fds the parent passed down in the variable `env` (see
+/// [`pass_fds`]).
+pub fn inherited_fds(env: &str, n: usize) -> Res<Vec<OwnedFd>> {
+    let list = env_var(env)?;
+    let raws = list.split(',').map(str::parse).collect::<Result<Vec<RawFd>, _>>()?;
+    if raws.len() != n {
+        return Err(format!("{env}={list}: expected {n} fds").into());
+    }
+    let mut fds = Vec::with_capacity(n);
+    for (i, &raw) in raws.iter().enumerate() {
+        // SAFETY: fcntl(F_GETFD) on any number is harmless; it fails for a closed fd.
+        if raw < 0 || raws[..i].contains(&raw) || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(format!("{env}={list}: {raw} is not a distinct open fd").into());
+        }
+        // SAFETY: the fd is open, was passed down for this process to own, and appears
+        // once in the list, so nothing else here owns it.
+        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    Ok(fds)
+}
+
+/// Accepts one connection, giving up after `timeout` (a child `who` that died before
+/// connecting must not hang the bench).
+pub fn accept_within(listener: &TcpListener, timeout: Duration, who: &str) -> Res<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > timeout {
+                    return Err(format!("the {who} did not connect within {timeout:?}").into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Owns a child process (`who`, e.g. "producer", of the bench `bench`). A watchdog thread
+/// kills it after `deadline`; dropping the guard (on every path, errors and panics
+/// included) kills and reaps it.
+pub struct ChildGuard {
+    pub child: Child,
+    watchdog: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    who: &'static str,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` and its watchdog.
+    pub fn spawn(cmd: &mut Command, bench: &'static str, who: &'static str, deadline: Duration) -> Res<Self> {
+        let child = cmd.spawn()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as libc::pid_t);
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(deadline) {
+                eprintln!("{bench}: a {who} outlived {deadline:?}; killing it");
+                // The pid is still the child's: it is reaped only after this thread is joined.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+        Ok(Self { child, watchdog: Some((stop, thread)), who })
+    }
+
+    /// Stops and joins the watchdog; must run before the child is reaped (pid reuse).
+    fn stop_watchdog(&mut self) {
+        if let Some((stop, thread)) = self.watchdog.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+
+    /// Waits (at most `timeout`) for the child to exit; an error unless it exited
+    /// successfully.
+    pub fn finish(&mut self, timeout: Duration) -> Res<()> {
+        self.stop_watchdog();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() { Ok(()) } else { Err(format!("the {} {status}", self.who).into()) };
+            }
+            if start.elapsed() > timeout {
+                return Err(format!("the {} did not exit within {timeout:?}", self.who).into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+        // Both are no-ops for a child already reaped by `finish` (std remembers its status).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spins with PAUSE until `ready()` holds; fails ("no `what` within ...") after `timeout`.
+/// The clock is read only every 1024 spins, so the loop is as tight as the hardware allows.
+#[inline]
+pub fn spin_until(mut ready: impl FnMut() -> bool, what: &str, timeout: Duration) -> Res<()> {
+    let mut spins = 0u32;
+    let mut since: Option<Instant> = None;
+    while !ready() {
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins % 1024 == 0 && since.get_or_insert_with(Instant::now).elapsed() > timeout {
+            return Err(format!("no {what} within {timeout:?}").into());
+        }
+    }
+    Ok(())
+}
+
+/// The first two CPUs this process may run on, if there are two.
+pub fn cpu_pair() -> Option<(usize, usize)> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size passed; pid 0 is this thread.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return None;
+    }
+    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| {
+        // SAFETY: `c` is below CPU_SETSIZE, the capacity of the set.
+        unsafe { libc::CPU_ISSET(c, &set) }
+    });
+    Some((cpus.next()?, cpus.next()?))
+}
+
+/// Pins the calling thread (and the threads it starts later) to `cpu`.
+pub fn pin_to(cpu: usize) -> Res<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(format!("CPU {cpu} is out of range").into());
+    }
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(format!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error()).into());
+    }
+    Ok(())
+}
+
+/// The CPU's model name from /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
