@@ -238,6 +238,8 @@ pub struct ChannelSnapshot {
     pub credit_granted: u32,
     /// The producer waits for credit here.
     pub credit_wanted: bool,
+    /// The segment fill the consumer's debloater asks for (0: whole segments).
+    pub debloat_bytes: u32,
     /// numRecordsOut.
     pub records_out: u64,
     /// numBytesOut.
@@ -261,6 +263,7 @@ pub fn channel_snapshot(arena: &Arena, id: u32) -> Option<ChannelSnapshot> {
         backlog: b.backlog.load(Ordering::Relaxed),
         credit_granted: b.credit_granted.load(Ordering::Relaxed),
         credit_wanted: b.credit_wanted.load(Ordering::Relaxed) != 0,
+        debloat_bytes: b.debloat_bytes.load(Ordering::Relaxed),
         records_out: b.records_out.load(Ordering::Relaxed),
         bytes_out: b.bytes_out.load(Ordering::Relaxed),
         buffers_out: b.buffers_out.load(Ordering::Relaxed),
@@ -342,8 +345,10 @@ pub struct ChannelView {
     pub subpartition: u32,
     /// Segments in flight (backlog).
     pub backlog: u32,
-    /// Bytes those segments can hold.
+    /// Bytes those segments can hold (at the debloated fill when debloating is on).
     pub in_flight_bytes: u64,
+    /// The segment fill the consumer's debloater asks for (0: whole segments).
+    pub debloat_bytes: u32,
     /// Credit granted so far.
     pub credit_granted: u32,
     /// The producer waits for credit.
@@ -466,7 +471,9 @@ pub fn observe(arena: &Arena, interval: std::time::Duration) -> ArenaView {
                     partition: i as u32,
                     subpartition: c - first,
                     backlog: s.backlog,
-                    in_flight_bytes: u64::from(s.backlog) * seg,
+                    in_flight_bytes: u64::from(s.backlog)
+                        * if s.debloat_bytes == 0 { seg } else { u64::from(s.debloat_bytes).min(seg) },
+                    debloat_bytes: s.debloat_bytes,
                     credit_granted: s.credit_granted,
                     credit_wanted: s.credit_wanted,
                     records_out: s.records_out,

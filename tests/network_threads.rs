@@ -359,3 +359,59 @@ fn metrics_in_the_arena_show_a_slow_consumer() {
     assert_eq!(ch.records_in, 2000);
     assert!(ch.buffers_in > 0 && ch.buffers_in == ch.buffers_out);
 }
+
+#[test]
+fn debloating_makes_segments_smaller_under_backpressure() {
+    use shmflow::gate::DebloatConfig;
+    let arena = arena();
+    let a = arena.clone();
+    let n = 4000u64;
+    let consumer = std::thread::spawn(move || {
+        let env = ShuffleEnvironment::new(a, 1);
+        let mut cfg = gate_cfg(1, 0);
+        // A tiny target, so that the slow consumer's throughput x target is well below the
+        // credit window of whole 4 KiB segments.
+        cfg.debloat = Some(DebloatConfig {
+            target: Duration::from_millis(1),
+            period: Duration::from_millis(20),
+            ..DebloatConfig::default()
+        });
+        let mut gate = env.create_input_gate(&cfg).unwrap();
+        let (mut got, mut asked) = (0u64, 0u32);
+        loop {
+            match gate.next(T).unwrap() {
+                GateItem::Record { data, .. } => {
+                    assert_eq!(data.len(), 500);
+                    got += 1;
+                    // A slow operator: ~20 µs of work per record.
+                    let until = std::time::Instant::now() + Duration::from_micros(20);
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    if gate.debloat_bytes() != 0 {
+                        asked = gate.debloat_bytes();
+                    }
+                }
+                GateItem::End => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (got, asked)
+    });
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, 1);
+    cfg.timeout = T;
+    let mut part = env.create_result_partition(&cfg).unwrap();
+    let rec = vec![3u8; 500];
+    for _ in 0..n {
+        part.emit(&rec[..], 0).unwrap();
+    }
+    part.finish().unwrap();
+    let (got, asked) = consumer.join().unwrap();
+    part.release_when_consumed(T).unwrap();
+    assert_eq!(got, n);
+    assert!(asked >= shmflow::partition::MIN_DEBLOAT_BYTES && asked < 4096, "the gate asked for {asked}-byte segments");
+    // Whole 4 KiB segments would need about n * 504 / 4096 of them; smaller fills need more.
+    let whole = n * 504 / 4096;
+    assert!(part.stats().segments_out > whole * 5 / 4, "{} segments for {whole} whole ones", part.stats().segments_out);
+}

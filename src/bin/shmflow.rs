@@ -61,6 +61,10 @@ struct JobOpts {
     /// Arena size in bytes.
     #[arg(long, default_value_t = 256 << 20)]
     arena_size: u64,
+    /// Buffer debloating (Flink's FLIP-183): gates keep about `MS` ms of their throughput in
+    /// flight instead of whole segments (1000 is Flink's default target).
+    #[arg(long, value_name = "MS")]
+    debloat: Option<u64>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -359,6 +363,14 @@ fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
         segment_size: o.segment_size,
         arena_size: o.arena_size,
         progress: !o.quiet && !o.json,
+        debloat: match o.debloat {
+            None => None,
+            Some(ms) if (1..=60_000).contains(&ms) => Some(shmflow::gate::DebloatConfig {
+                target: Duration::from_millis(ms),
+                ..shmflow::gate::DebloatConfig::default()
+            }),
+            Some(ms) => return Err(format!("--debloat {ms} is out of range (1..=60000 ms)").into()),
+        },
         ..RuntimeConfig::default()
     })
 }

@@ -89,6 +89,13 @@ impl BufferBuilder {
         self.committed
     }
 
+    /// Shrinks the segment's usable size to `limit` bytes (buffer debloating): the builder
+    /// is full once `limit` bytes are written. Never below what is already written, never
+    /// above the segment.
+    pub fn set_limit(&mut self, limit: u32) {
+        self.size = limit.clamp(self.pos.max(1), self.arena.segment_size());
+    }
+
     /// Bytes still free.
     pub fn remaining(&self) -> u32 {
         self.size - self.pos

@@ -12,5 +12,5 @@
 mod single;
 mod union;
 
-pub use single::{GateItem, InputGateConfig, InputSpec, Overtaken, SingleInputGate};
+pub use single::{DebloatConfig, GateItem, InputGateConfig, InputSpec, Overtaken, SingleInputGate};
 pub use union::UnionInputGate;

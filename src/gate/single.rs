@@ -42,6 +42,42 @@ pub struct InputGateConfig {
     /// The consumer's worker slot, recorded in each channel so producers can tell if this
     /// process dies (set by the ShuffleEnvironment).
     pub worker: Option<u32>,
+    /// Buffer debloating (Flink's FLIP-183), off when `None`.
+    pub debloat: Option<DebloatConfig>,
+}
+
+/// Buffer debloating: keep about `throughput x target` bytes in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebloatConfig {
+    /// In-flight data the gate aims at, in time (Flink: 1 s).
+    pub target: Duration,
+    /// Smallest segment fill asked for (Flink's min buffer size is 256 B; here 1 KiB).
+    pub min_bytes: u32,
+    /// How often the throughput is measured and the size recomputed (Flink: 200 ms).
+    pub period: Duration,
+    /// A new size is announced only when it differs from the last by more than this
+    /// percentage (Flink's threshold: 50%), so the size does not flutter.
+    pub threshold_percent: u32,
+}
+
+impl Default for DebloatConfig {
+    fn default() -> Self {
+        Self {
+            target: Duration::from_secs(1),
+            min_bytes: 1024,
+            period: Duration::from_millis(200),
+            threshold_percent: 50,
+        }
+    }
+}
+
+/// The debloater's state in a gate.
+#[derive(Debug, Clone)]
+struct Debloater {
+    cfg: DebloatConfig,
+    last_ns: u64,
+    last_bytes: u64,
+    announced: u32,
 }
 
 impl InputGateConfig {
@@ -55,6 +91,7 @@ impl InputGateConfig {
             backoff: RequestBackoff::default(),
             batch: 64,
             worker: None,
+            debloat: None,
         }
     }
 }
@@ -159,6 +196,8 @@ pub struct SingleInputGate {
     cancel: Option<Arc<AtomicBool>>,
     probe: LivenessProbe,
     unreported: u32,
+    debloater: Option<Debloater>,
+    credits_total: u32,
 }
 
 impl std::fmt::Debug for SingleInputGate {
@@ -271,6 +310,8 @@ impl SingleInputGate {
             cancel: None,
             probe: LivenessProbe::default(),
             unreported: 0,
+            debloater: cfg.debloat.map(|c| Debloater { cfg: c, last_ns: now_nanos(), last_bytes: 0, announced: 0 }),
+            credits_total: cfg.exclusive_credits * cfg.inputs.len() as u32 + cfg.floating_credits,
         })
     }
 
@@ -286,7 +327,44 @@ impl SingleInputGate {
         self.task = Some(task);
     }
 
+    /// Buffer debloating: every period, measure the bytes read per second and ask every
+    /// channel's producer to fill segments with `throughput x target / credits` bytes, so
+    /// that about `throughput x target` bytes are in flight when every credit is used.
+    fn debloat(&mut self) {
+        let Some(d) = self.debloater.as_mut() else {
+            return;
+        };
+        let now = now_nanos();
+        let elapsed = now.saturating_sub(d.last_ns);
+        if elapsed < d.cfg.period.as_nanos() as u64 {
+            return;
+        }
+        let bytes: u64 = self.channels.iter().map(|c| c.reader.bytes).sum();
+        let rate = (bytes - d.last_bytes) as f64 * 1e9 / elapsed as f64;
+        d.last_ns = now;
+        d.last_bytes = bytes;
+        let want_total = rate * d.cfg.target.as_secs_f64();
+        let per = (want_total / f64::from(self.credits_total.max(1)))
+            .clamp(f64::from(d.cfg.min_bytes), f64::from(self.arena.segment_size())) as u32;
+        let old = d.announced;
+        if old != 0 && u64::from(per.abs_diff(old)) * 100 <= u64::from(old) * u64::from(d.cfg.threshold_percent) {
+            return;
+        }
+        d.announced = per;
+        for ch in &self.channels {
+            // Relaxed: a size hint the producer reads when it opens its next segment.
+            ch.reader.channel().block().debloat_bytes.store(per, Ordering::Relaxed);
+        }
+    }
+
+    /// The segment fill this gate last asked its producers for (0: debloating off or not
+    /// decided yet).
+    pub fn debloat_bytes(&self) -> u32 {
+        self.debloater.as_ref().map_or(0, |d| d.announced)
+    }
+
     fn report(&mut self) {
+        self.debloat();
         if let Some(t) = &self.task {
             let (r, b) = self.channels.iter().fold((0, 0), |(r, b), c| (r + c.reader.records, b + c.reader.bytes));
             t.add_in(r - self.reported.0, b - self.reported.1);

@@ -148,6 +148,7 @@ impl ChannelBlock {
             &self.credit_wanted,
             &self.producer_set,
             &self.producer_set_index,
+            &self.debloat_bytes,
         ] {
             a.store(0, Relaxed);
         }
@@ -219,6 +220,9 @@ pub struct ChannelBlock {
     pub bytes_in: AtomicU64,
     /// Segments released by the consumer.
     pub buffers_in: AtomicU64,
+    /// Buffer debloating: the bytes the consumer wants per segment on this channel (the
+    /// producer finishes segments at that fill); 0 = whole segments.
+    pub debloat_bytes: AtomicU32,
     _consumer_end: CachePadded<()>,
 }
 

@@ -22,7 +22,7 @@ pub use manager::{
     PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED,
     PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED, PARTITION_RELEASED,
 };
-pub use result_partition::{PartitionStats, ResultPartition, ResultPartitionConfig};
+pub use result_partition::{PartitionStats, ResultPartition, ResultPartitionConfig, MIN_DEBLOAT_BYTES};
 pub use selector::{
     flink_murmur_hash, key_group_for_hash, operator_index_for_key_group, BroadcastPartitioner, ChannelSelector,
     ForwardPartitioner, GlobalPartitioner, KeyGroupPartitioner, RebalancePartitioner, RescalePartitioner, SelectorKind,

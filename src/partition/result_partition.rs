@@ -28,6 +28,10 @@ use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, WaitPolicy, Wait
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The smallest segment fill buffer debloating may ask for (a record larger than that
+/// still spans segments correctly).
+pub const MIN_DEBLOAT_BYTES: u32 = 1024;
+
 /// How to create a [`ResultPartition`] (a plain descriptor: a worker needs only this and
 /// the arena).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,7 +408,13 @@ impl ResultPartition {
             p.pool.request(Some(c as u32))
         })?;
         self.report();
-        let b = BufferBuilder::new(seg, 1);
+        let mut b = BufferBuilder::new(seg, 1);
+        // Relaxed: a size hint from the consumer's buffer debloater; any value is safe
+        // (clamped to the segment), it only changes where segments end.
+        let want = self.subs[c].writer.block().debloat_bytes.load(Ordering::Relaxed);
+        if want != 0 {
+            b.set_limit(want.max(MIN_DEBLOAT_BYTES));
+        }
         let idx = b.index();
         let sub = &mut self.subs[c];
         sub.writer.publish(Descriptor::Buffer(idx))?;

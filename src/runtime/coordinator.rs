@@ -40,6 +40,8 @@ pub struct RuntimeConfig {
     pub progress: bool,
     /// Arguments the workers are started with (default: this process's own).
     pub worker_args: Option<Vec<std::ffi::OsString>>,
+    /// Buffer debloating on every gate (off when `None`).
+    pub debloat: Option<crate::gate::DebloatConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -53,6 +55,7 @@ impl Default for RuntimeConfig {
             backoff: RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(10) },
             progress: false,
             worker_args: None,
+            debloat: None,
         }
     }
 }
@@ -60,7 +63,12 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// The settings every task gets.
     pub fn task_settings(&self) -> TaskSettings {
-        TaskSettings { buffer_timeout: self.buffer_timeout, wait_policy: self.wait_policy, backoff: self.backoff }
+        TaskSettings {
+            buffer_timeout: self.buffer_timeout,
+            wait_policy: self.wait_policy,
+            backoff: self.backoff,
+            debloat: self.debloat,
+        }
     }
 
     /// The arena this job needs, or a clear error saying why the sizes do not fit.

@@ -177,6 +177,8 @@ pub struct TaskSettings {
     pub wait_policy: WaitPolicy,
     /// Partition request backoff.
     pub backoff: RequestBackoff,
+    /// Buffer debloating on every gate (off when `None`).
+    pub debloat: Option<crate::gate::DebloatConfig>,
 }
 
 /// Events a task reports to its TaskExecutor.
@@ -315,6 +317,7 @@ impl TaskIo {
         let mut cfg = InputGateConfig::new(specs);
         cfg.wait_policy = self.settings.wait_policy;
         cfg.backoff = self.settings.backoff;
+        cfg.debloat = self.settings.debloat;
         let mut gate = self.env.create_input_gate(&cfg)?;
         gate.set_cancel_flag(self.cancel.clone());
         if let Some(m) = &self.metrics {
