@@ -86,6 +86,34 @@ fn child_entry() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
     };
+    if role == "full" {
+        // A full disk, simulated: files of this process may not grow past 64 KiB.
+        let limit = libc::rlimit { rlim_cur: 64 << 10, rlim_max: 64 << 10 };
+        // SAFETY: plain system calls on this process: ignore SIGXFSZ so the write fails
+        // with EFBIG instead of killing us, and lower our own file-size limit.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+        }
+        let files = FileChannelManager::new(std::env::var_os(DIR).unwrap()).unwrap();
+        let mut p = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap();
+        let rec = vec![7u8; 1000];
+        let mut err = None;
+        for i in 0..1000u32 {
+            if let Err(e) = p.emit(&rec[..], i % 2) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = match err {
+            Some(e) => e,
+            None => p.finish().expect_err("1 MB cannot fit in 64 KiB"),
+        };
+        let mut out = std::io::stdout();
+        writeln!(out, "RESULT full {}", matches!(err, Error::Io { .. })).unwrap();
+        writeln!(out, "RESULT-MESSAGE {err}").unwrap();
+        return;
+    }
     let files = FileChannelManager::new(std::env::var_os(DIR).unwrap()).unwrap();
     let f = BlockingPartitionFile::open(&files, ID).unwrap();
     let mut out = std::io::stdout();
@@ -211,6 +239,16 @@ fn an_unwritable_directory_is_a_clear_error() {
     let e = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e:?}");
     assert!(e.to_string().contains(&d.display().to_string()), "{e}");
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error() {
+    let tmp = TempDir::new("full");
+    let out = self_command("child_entry", ROLE, "full").env(DIR, &tmp.0).stdout(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "the child failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RESULT full true"), "a write error is Error::Io: {text}");
+    assert!(text.contains(&tmp.0.display().to_string()), "the error names the file: {text}");
 }
 
 #[test]
