@@ -410,7 +410,7 @@ fn debloating_makes_segments_smaller_under_backpressure() {
     let (got, asked) = consumer.join().unwrap();
     part.release_when_consumed(T).unwrap();
     assert_eq!(got, n);
-    assert!(asked >= shmflow::partition::MIN_DEBLOAT_BYTES && asked < 4096, "the gate asked for {asked}-byte segments");
+    assert!((shmflow::partition::MIN_DEBLOAT_BYTES..4096).contains(&asked), "the gate asked for {asked}-byte segments");
     // Whole 4 KiB segments would need about n * 504 / 4096 of them; smaller fills need more.
     let whole = n * 504 / 4096;
     assert!(part.stats().segments_out > whole * 5 / 4, "{} segments for {whole} whole ones", part.stats().segments_out);

@@ -683,6 +683,9 @@ impl SingleInputGate {
     }
 
     pub(crate) fn materialize(&mut self, r: Ready) -> GateItem<'_> {
+        // Once per batch of records (the per-record fast path of `next` skips this), so the
+        // debloater keeps its period under sustained load; a no-op when debloating is off.
+        self.debloat();
         self.unreported += 1;
         if self.unreported >= 4096 {
             self.unreported = 0;
@@ -749,6 +752,7 @@ impl SingleInputGate {
             // Fairness: the next batch comes from the next ready channel.
             ch.served = 0;
             self.ready.rotate_left(1);
+            self.debloat();
             self.unreported += n as u32;
             if self.unreported >= 4096 {
                 self.unreported = 0;
