@@ -23,10 +23,12 @@ struct Args {
     mb: u64,
     reps: usize,
     parallelism: u32,
+    json: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Res<Args> {
     let mut full = false;
+    let mut json = None;
     let (mut mb, mut reps, mut parallelism) = (None, None, 2);
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -35,6 +37,7 @@ fn parse_args() -> Res<Args> {
             "--mb" => mb = Some(it.next().ok_or("--mb needs a number")?.parse()?),
             "--reps" => reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
             "--parallelism" => parallelism = it.next().ok_or("--parallelism needs a number")?.parse()?,
+            "--json" => json = Some(it.next().ok_or("--json needs a path")?.into()),
             _ => {} // libtest's own flags when run by `cargo test --benches`
         }
     }
@@ -42,6 +45,7 @@ fn parse_args() -> Res<Args> {
         mb: mb.unwrap_or(if full { 50 } else { 2 }),
         reps: reps.unwrap_or(if full { 3 } else { 1 }).max(1),
         parallelism,
+        json,
     })
 }
 
@@ -105,5 +109,14 @@ fn main() -> Res<()> {
     println!("  pipelined: {:>8.2} M words/s", p / 1e6);
     println!("  blocking : {:>8.2} M words/s  ({:.2}x pipelined)", b / 1e6, b / p);
     println!("  ({:.1} s in all)", t0.elapsed().as_secs_f64());
+    if let Some(path) = &a.json {
+        let rec = |exchange: &str, v: f64| {
+            format!(
+                "  {{\"bench\":\"blocking\",\"system\":\"shmflow\",\"exchange\":\"{exchange}\",\"text_mb\":{},\"parallelism\":{},\"metric\":\"words_per_s\",\"value\":{v:.1}}}",
+                a.mb, a.parallelism
+            )
+        };
+        std::fs::write(path, format!("[\n{},\n{}\n]\n", rec("pipelined", p), rec("blocking", b)))?;
+    }
     Ok(())
 }
