@@ -44,6 +44,9 @@ pub struct InputGateConfig {
     pub worker: Option<u32>,
     /// Buffer debloating (Flink's FLIP-183), off when `None`.
     pub debloat: Option<DebloatConfig>,
+    /// How often a waiting gate checks that its producers are alive: a dead producer is
+    /// reported within about this long (default 100 ms).
+    pub liveness_interval: Duration,
 }
 
 /// Buffer debloating: keep about `throughput x target` bytes in flight.
@@ -92,6 +95,7 @@ impl InputGateConfig {
             batch: 64,
             worker: None,
             debloat: None,
+            liveness_interval: Duration::from_millis(100),
         }
     }
 }
@@ -195,6 +199,7 @@ pub struct SingleInputGate {
     reported: (u64, u64),
     cancel: Option<Arc<AtomicBool>>,
     probe: LivenessProbe,
+    liveness_interval: Duration,
     unreported: u32,
     debloater: Option<Debloater>,
     credits_total: u32,
@@ -308,7 +313,8 @@ impl SingleInputGate {
             task: None,
             reported: (0, 0),
             cancel: None,
-            probe: LivenessProbe::default(),
+            probe: LivenessProbe::new(cfg.liveness_interval.max(Duration::from_millis(1))),
+            liveness_interval: cfg.liveness_interval.max(Duration::from_millis(1)),
             unreported: 0,
             debloater: cfg.debloat.map(|c| Debloater { cfg: c, last_ns: now_nanos(), last_bytes: 0, announced: 0 }),
             credits_total: cfg.exclusive_credits * cfg.inputs.len() as u32 + cfg.floating_credits,
@@ -790,7 +796,7 @@ impl SingleInputGate {
             }
             // Wait at most a liveness-probe interval at a time, so a dead producer is
             // noticed even when nothing wakes us.
-            let slice = Duration::from_millis(100);
+            let slice = self.liveness_interval;
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d - now).min(slice));
             self.report();
             let cancel = self.cancel.clone();

@@ -55,6 +55,9 @@ pub struct ResultPartitionConfig {
     pub timeout: Option<Duration>,
     /// Worker slot of the producing process (for ownership records).
     pub worker: u32,
+    /// How often a blocked writer checks that its consumers are alive: a dead consumer is
+    /// reported within about this long (default 100 ms).
+    pub liveness_interval: Duration,
 }
 
 impl ResultPartitionConfig {
@@ -70,6 +73,7 @@ impl ResultPartitionConfig {
             wait_policy: WaitPolicy::adaptive(),
             timeout: None,
             worker: 0,
+            liveness_interval: Duration::from_millis(100),
         }
     }
 }
@@ -122,6 +126,7 @@ pub struct ResultPartition {
     task: Option<TaskMetricsHandle>,
     reported: (u64, u64),
     cancel: Option<Arc<AtomicBool>>,
+    liveness_interval: Duration,
 }
 
 impl std::fmt::Debug for ResultPartition {
@@ -218,6 +223,7 @@ impl ResultPartition {
             task: None,
             reported: (0, 0),
             cancel: None,
+            liveness_interval: cfg.liveness_interval.max(Duration::from_millis(1)),
         })
     }
 
@@ -342,7 +348,7 @@ impl ResultPartition {
         let result = loop {
             // Wait at most a liveness-probe interval at a time, so a dead consumer is
             // noticed even when nothing wakes us.
-            let slice = Duration::from_millis(100);
+            let slice = self.liveness_interval;
             let now = now_nanos();
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d.saturating_sub(now)).min(slice));
             let slice_start = now_nanos();
