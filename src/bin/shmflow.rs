@@ -142,6 +142,20 @@ enum JobCmd {
     },
 }
 
+/// Which arena a tool looks at: exactly one of these.
+#[derive(Args, Clone)]
+struct ArenaSel {
+    /// The coordinator's pid of a running job (its memfd arena is found through /proc).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// A named arena under /dev/shm.
+    #[arg(long)]
+    name: Option<String>,
+    /// An arena file at any path.
+    #[arg(long)]
+    path: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a built-in job across worker processes.
@@ -170,15 +184,8 @@ enum Cmd {
     /// Show a running job's tasks, partitions and channels, live, from the arena's counters
     /// (read-only: it never writes to the arena).
     Top {
-        /// The coordinator's pid (its memfd arena is found through /proc).
-        #[arg(long)]
-        pid: Option<u32>,
-        /// A named arena under /dev/shm.
-        #[arg(long)]
-        name: Option<String>,
-        /// An arena file at any path.
-        #[arg(long)]
-        path: Option<PathBuf>,
+        #[command(flatten)]
+        arena: ArenaSel,
         /// Print one snapshot and exit.
         #[arg(long)]
         once: bool,
@@ -191,15 +198,8 @@ enum Cmd {
     },
     /// Check an arena's consistency (free stack, segment owners) without writing to it.
     Check {
-        /// The coordinator's pid of a running job.
-        #[arg(long)]
-        pid: Option<u32>,
-        /// A named arena under /dev/shm.
-        #[arg(long)]
-        name: Option<String>,
-        /// An arena file at any path.
-        #[arg(long)]
-        path: Option<PathBuf>,
+        #[command(flatten)]
+        arena: ArenaSel,
         /// Also fail unless every segment is free (a finished job leaked nothing).
         #[arg(long)]
         idle: bool,
@@ -235,8 +235,8 @@ fn main() -> ExitCode {
         }
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
         Cmd::Run { job } => run_builtin(job),
-        Cmd::Top { pid, name, path, once, json, interval_ms } => top(pid, name, path, once, json, interval_ms),
-        Cmd::Check { pid, name, path, idle, recover, json } => check(pid, name, path, idle, recover, json),
+        Cmd::Top { arena, once, json, interval_ms } => top(arena, once, json, interval_ms),
+        Cmd::Check { arena, idle, recover, json } => check(arena, idle, recover, json),
         Cmd::Clean { dry_run } => clean(dry_run),
     };
     match r {
@@ -552,8 +552,8 @@ fn count_of(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&line[tab + 1..]).ok()?.parse().ok()
 }
 
-fn arena_path(pid: Option<u32>, name: Option<String>, path: Option<PathBuf>) -> AnyResult<PathBuf> {
-    Ok(match (pid, name, path) {
+fn arena_path(sel: ArenaSel) -> AnyResult<PathBuf> {
+    Ok(match (sel.pid, sel.name, sel.path) {
         (Some(p), None, None) => Arena::find_memfd_arenas(p)
             .into_iter()
             .next()
@@ -564,15 +564,8 @@ fn arena_path(pid: Option<u32>, name: Option<String>, path: Option<PathBuf>) -> 
     })
 }
 
-fn check(
-    pid: Option<u32>,
-    name: Option<String>,
-    path: Option<PathBuf>,
-    idle: bool,
-    recover: bool,
-    json: bool,
-) -> AnyResult<()> {
-    let path = arena_path(pid, name, path)?;
+fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> {
+    let path = arena_path(sel)?;
     if recover {
         let arena = Arena::attach_path(&path)?;
         let r = shmflow::memory::recovery::reclaim_quiescent(&arena)?;
@@ -630,15 +623,8 @@ fn clean(dry_run: bool) -> AnyResult<()> {
     Ok(())
 }
 
-fn top(
-    pid: Option<u32>,
-    name: Option<String>,
-    path: Option<PathBuf>,
-    once: bool,
-    json: bool,
-    interval_ms: u64,
-) -> AnyResult<()> {
-    let path = arena_path(pid, name, path)?;
+fn top(sel: ArenaSel, once: bool, json: bool, interval_ms: u64) -> AnyResult<()> {
+    let path = arena_path(sel)?;
     if !(10..=60_000).contains(&interval_ms) {
         return Err(format!("--interval-ms {interval_ms} is out of range (10..=60000)").into());
     }
