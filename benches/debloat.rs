@@ -32,12 +32,12 @@ use shmflow::sync::{now_nanos, Ordering};
 use shmflow::ShuffleEnvironment;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::process::{ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_model, cpu_pair, die_with_parent, exit_code, pin_to, ChildGuard, Res};
+use common::{cpu_model, cpu_pair, die_with_parent, exit_code, pin_to, Producer, Res};
 
 /// `shmflow::sync`'s atomics, as clippy.toml asks; the allow is for clippy resolving the
 /// re-export to the std type it bans.
@@ -244,7 +244,7 @@ fn run(mode: Mode, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Outcome> {
     let arena = Arc::new(Arena::create_memfd(&arena_config(), "debloat")?);
     let mut cmd = producer_command(cpus.map(|c| c.1))?;
     arena.inherit_fd_into(&mut cmd)?;
-    let mut producer = Producer::spawn(&mut cmd)?;
+    let mut producer = Producer::spawn(&mut cmd, "debloat", CHILD_DEADLINE, WAIT_TIMEOUT, POLL_SLICE)?;
     producer.expect_line("ready")?;
     let env = ShuffleEnvironment::new(arena.clone(), 0);
     let inputs =
@@ -334,7 +334,7 @@ fn run(mode: Mode, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Outcome> {
     let (inflight, fills) = sampler.join().map_err(|_| "the sampler panicked")?;
     result?;
     producer.expect_line("done")?;
-    producer.finish()?;
+    producer.close_and_wait()?;
     let records_per_s = match (window_start, window_end) {
         (Some((t0, r0)), Some((t1, r1))) => (r1 - r0) as f64 / t1.duration_since(t0).as_secs_f64(),
         _ => return Err("the stream ended before the window closed".into()),
@@ -355,81 +355,6 @@ fn producer_command(cpu: Option<usize>) -> Res<Command> {
     }
     die_with_parent(&mut cmd);
     Ok(cmd)
-}
-
-/// A running producer: its guard, its stdin, and its stdout as lines.
-struct Producer {
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    guard: ChildGuard,
-}
-
-impl Producer {
-    fn spawn(cmd: &mut Command) -> Res<Self> {
-        let mut guard = ChildGuard::spawn(cmd, "debloat", "producer", CHILD_DEADLINE)?;
-        let stdin = guard.child.stdin.take().ok_or("no stdin pipe")?;
-        let stdout = guard.child.stdout.take().ok_or("no stdout pipe")?;
-        let (tx, lines) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(l) = line else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self { stdin: Some(stdin), lines, reader: Some(reader), guard })
-    }
-
-    fn send(&mut self, line: &str) -> Res<()> {
-        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
-        stdin.write_all(format!("{line}\n").as_bytes())?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Waits (bounded) for a line that starts with `prefix`; returns the rest.
-    fn expect_line(&mut self, prefix: &str) -> Res<String> {
-        let deadline = Instant::now() + WAIT_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(POLL_SLICE)) {
-                Ok(l) => {
-                    return l
-                        .strip_prefix(prefix)
-                        .map(|rest| rest.trim().to_string())
-                        .ok_or_else(|| format!("expected {prefix:?} from the producer, got {l:?}").into())
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.check_alive()?;
-                    if left.is_zero() {
-                        return Err(format!("no {prefix:?} from the producer within {WAIT_TIMEOUT:?}").into());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(format!("the producer closed its output before {prefix:?}").into())
-                }
-            }
-        }
-    }
-
-    fn check_alive(&mut self) -> Res<()> {
-        match self.guard.child.try_wait()? {
-            Some(status) => Err(format!("the producer exited early ({status})").into()),
-            None => Ok(()),
-        }
-    }
-
-    /// Closes its stdin and waits (bounded) for a successful exit.
-    fn finish(&mut self) -> Res<()> {
-        drop(self.stdin.take());
-        self.guard.finish(WAIT_TIMEOUT)?;
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -52,14 +52,14 @@ use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::process::{ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{
     accept_within, cpu_model, cpu_pair, die_with_parent, env_var, exit_code, inherited_fds, pass_fds, pin_to,
-    spin_until, ChildGuard, Res,
+    spin_until, Producer, Res,
 };
 
 /// `shmflow::sync`'s atomics, as clippy.toml asks; the allows are for clippy resolving the
@@ -637,7 +637,7 @@ fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Rat
     let arena = Arc::new(Arena::create_memfd(&arena_config(case.shape), "throughput")?);
     let mut cmd = producer_command(System::Shmflow, case, cpus.map(|c| c.1))?;
     arena.inherit_fd_into(&mut cmd)?;
-    let mut producer = Producer::spawn(&mut cmd)?;
+    let mut producer = Producer::spawn(&mut cmd, "throughput", CHILD_DEADLINE, WAIT_TIMEOUT, POLL_SLICE)?;
     producer.expect_line("ready")?;
     let env = ShuffleEnvironment::new(arena.clone(), 0);
     let Shape { writers, channels } = case.shape;
@@ -832,7 +832,7 @@ fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(usize, usiz
     let (mut producer, fds) = if system == System::Tcp {
         let listener = TcpListener::bind(("127.0.0.1", 0))?;
         cmd.env(ENV_PORT, listener.local_addr()?.port().to_string());
-        let producer = Producer::spawn(&mut cmd)?;
+        let producer = Producer::spawn(&mut cmd, "throughput", CHILD_DEADLINE, WAIT_TIMEOUT, POLL_SLICE)?;
         let mut fds = Vec::new();
         for _ in 0..writers {
             fds.push(OwnedFd::from(accept_within(&listener, WAIT_TIMEOUT, "producer")?));
@@ -848,7 +848,7 @@ fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(usize, usiz
         }
         let raw: Vec<RawFd> = theirs.iter().map(|f| f.as_raw_fd()).collect();
         pass_fds(&mut cmd, ENV_FDS, &raw);
-        let producer = Producer::spawn(&mut cmd)?;
+        let producer = Producer::spawn(&mut cmd, "throughput", CHILD_DEADLINE, WAIT_TIMEOUT, POLL_SLICE)?;
         drop(theirs); // the child has its copies; our ends must see EOF when it closes them
         (producer, mine)
     };
@@ -987,73 +987,7 @@ fn producer_command(system: System, case: Case, cpu: Option<usize>) -> Res<Comma
     Ok(cmd)
 }
 
-/// A running producer: its guard, its stdin, and its stdout as lines.
-struct Producer {
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    guard: ChildGuard,
-}
-
 impl Producer {
-    fn spawn(cmd: &mut Command) -> Res<Self> {
-        let mut guard = ChildGuard::spawn(cmd, "throughput", "producer", CHILD_DEADLINE)?;
-        let stdin = guard.child.stdin.take().ok_or("no stdin pipe")?;
-        let stdout = guard.child.stdout.take().ok_or("no stdout pipe")?;
-        let (tx, lines) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                match line {
-                    Ok(l) => {
-                        if tx.send(l).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        Ok(Self { stdin: Some(stdin), lines, reader: Some(reader), guard })
-    }
-
-    fn send(&mut self, line: &str) -> Res<()> {
-        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
-        stdin.write_all(format!("{line}\n").as_bytes())?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Waits (bounded) for a line that starts with `prefix`; returns the rest.
-    fn expect_line(&mut self, prefix: &str) -> Res<String> {
-        let deadline = Instant::now() + WAIT_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(POLL_SLICE)) {
-                Ok(l) => match l.strip_prefix(prefix) {
-                    Some(rest) => return Ok(rest.trim().to_string()),
-                    None => return Err(format!("expected {prefix:?} from the producer, got {l:?}").into()),
-                },
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.check_alive()?;
-                    if left.is_zero() {
-                        return Err(format!("no {prefix:?} from the producer within {WAIT_TIMEOUT:?}").into());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.check_alive()?;
-                    return Err(format!("the producer closed its output before {prefix:?}").into());
-                }
-            }
-        }
-    }
-
-    fn check_alive(&mut self) -> Res<()> {
-        match self.guard.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => Err(format!("the producer exited early: {status}").into()),
-        }
-    }
-
     /// Reads the per-writer counts, then waits (bounded) for a clean exit.
     fn finish(mut self, writers: u32) -> Res<Vec<u64>> {
         let rest = self.expect_line("sent")?;
@@ -1061,11 +995,7 @@ impl Producer {
         if counts.len() != writers as usize {
             return Err(format!("{} counts for {writers} writers", counts.len()).into());
         }
-        drop(self.stdin.take());
-        self.guard.finish(WAIT_TIMEOUT)?;
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.close_and_wait()?;
         Ok(counts)
     }
 }

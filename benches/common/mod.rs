@@ -250,3 +250,96 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }
+
+/// A child process driven by lines: commands on its stdin, status lines from its stdout
+/// (read by a thread), watched by a [`ChildGuard`]. The producer side of the
+/// cross-process benchmarks.
+pub struct Producer {
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// The guard (and the child in it).
+    pub guard: ChildGuard,
+    wait: Duration,
+    poll: Duration,
+}
+
+impl Producer {
+    /// Spawns `cmd` (stdin and stdout piped) under a guard with `deadline`; waits for lines
+    /// at most `wait`, checking the child every `poll`.
+    pub fn spawn(
+        cmd: &mut Command,
+        bench: &'static str,
+        deadline: Duration,
+        wait: Duration,
+        poll: Duration,
+    ) -> Res<Self> {
+        use std::io::BufRead;
+        let mut guard = ChildGuard::spawn(cmd, bench, "producer", deadline)?;
+        let stdin = guard.child.stdin.take().ok_or("no stdin pipe")?;
+        let stdout = guard.child.stdout.take().ok_or("no stdout pipe")?;
+        let (tx, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { stdin: Some(stdin), lines, reader: Some(reader), guard, wait, poll })
+    }
+
+    /// Sends one command line.
+    pub fn send(&mut self, line: &str) -> Res<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits (bounded) for a line that starts with `prefix`; returns the rest.
+    pub fn expect_line(&mut self, prefix: &str) -> Res<String> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(self.poll)) {
+                Ok(l) => {
+                    return l
+                        .strip_prefix(prefix)
+                        .map(|rest| rest.trim().to_string())
+                        .ok_or_else(|| format!("expected {prefix:?} from the producer, got {l:?}").into())
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.check_alive()?;
+                    if left.is_zero() {
+                        return Err(format!("no {prefix:?} from the producer within {:?}", self.wait).into());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.check_alive()?;
+                    return Err(format!("the producer closed its output before {prefix:?}").into());
+                }
+            }
+        }
+    }
+
+    /// Fails if the producer exited.
+    pub fn check_alive(&mut self) -> Res<()> {
+        match self.guard.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(format!("the producer exited early: {status}").into()),
+        }
+    }
+
+    /// Closes its stdin and waits (bounded) for a successful exit.
+    pub fn close_and_wait(&mut self) -> Res<()> {
+        drop(self.stdin.take());
+        self.guard.finish(self.wait)?;
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        Ok(())
+    }
+}
