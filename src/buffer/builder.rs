@@ -398,6 +398,19 @@ impl BufferConsumer {
         Ok((unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, pos - self.read_pos) }, fin))
     }
 
+    /// Prefetches the cache lines at the read position that the writer fills next (see
+    /// [`prefetch_line`](crate::sync::prefetch_line)): called by a reader that found
+    /// nothing new and is about to poll again, so the data arrives with the position.
+    #[inline]
+    pub fn prefetch_unread(&self) {
+        if self.read_pos < self.size {
+            let p = self.lease.arena.segment_ptr(self.lease.index, self.read_pos);
+            crate::sync::prefetch_line(p);
+            // The second line: a small record with its prefix often straddles two.
+            crate::sync::prefetch_line(p.wrapping_add(64));
+        }
+    }
+
     /// The bytes from the read position up to the writer position that the last
     /// [`peek_final`](Self::peek_final) loaded, without loading it again (a cross-core
     /// cache miss while the writer commits often). Possibly empty.

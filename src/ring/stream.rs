@@ -251,6 +251,7 @@ impl StreamReader {
                         detail: format!("segment {} ends inside a record", c.index()),
                     });
                 }
+                c.prefetch_unread();
                 return Ok(None);
             }
             match self.channel.poll()? {
