@@ -11,6 +11,7 @@ pub trait Record {
     /// The payload itself when the value already is its serialized bytes (byte slices and
     /// strings): a record spanning segments is then copied from here, without first
     /// serializing it into a scratch buffer.
+    #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
         None
     }
@@ -47,84 +48,103 @@ fn malformed(what: &str) -> Error {
 }
 
 impl Record for [u8] {
+    #[inline]
     fn serialized_len(&self) -> usize {
         self.len()
     }
+    #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self);
     }
+    #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
         Some(self)
     }
 }
 
 impl Record for str {
+    #[inline]
     fn serialized_len(&self) -> usize {
         self.len()
     }
+    #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self.as_bytes());
     }
+    #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
         Some(self.as_bytes())
     }
 }
 
 impl Record for String {
+    #[inline]
     fn serialized_len(&self) -> usize {
         self.len()
     }
+    #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self.as_bytes());
     }
+    #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
         Some(self.as_bytes())
     }
 }
 
 impl Record for Vec<u8> {
+    #[inline]
     fn serialized_len(&self) -> usize {
         self.len()
     }
+    #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
         out.copy_from_slice(self);
     }
+    #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
         Some(self)
     }
 }
 
 impl<T: Record + ?Sized> Record for &T {
+    #[inline]
     fn serialized_len(&self) -> usize {
         (**self).serialized_len()
     }
+    #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
         (**self).serialize_into(out)
     }
+    #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
         (**self).as_serialized()
     }
 }
 
 impl<'a> FromRecord<'a> for &'a [u8] {
+    #[inline]
     fn from_record(bytes: &'a [u8]) -> Result<Self> {
         Ok(bytes)
     }
 }
 
 impl<'a> FromRecord<'a> for &'a str {
+    #[inline]
     fn from_record(bytes: &'a [u8]) -> Result<Self> {
         std::str::from_utf8(bytes).map_err(|e| malformed(&format!("string record is not UTF-8: {e}")))
     }
 }
 
 impl<'a> FromRecord<'a> for Vec<u8> {
+    #[inline]
     fn from_record(bytes: &'a [u8]) -> Result<Self> {
         Ok(bytes.to_vec())
     }
 }
 
 impl<'a> FromRecord<'a> for String {
+    #[inline]
     fn from_record(bytes: &'a [u8]) -> Result<Self> {
         <&str>::from_record(bytes).map(str::to_owned)
     }
@@ -133,17 +153,22 @@ impl<'a> FromRecord<'a> for String {
 macro_rules! int_impls {
     ($($t:ty),*) => {$(
         impl Record for $t {
+            #[inline]
             fn serialized_len(&self) -> usize { std::mem::size_of::<$t>() }
+            #[inline]
             fn serialize_into(&self, out: &mut [u8]) { out.copy_from_slice(&self.to_le_bytes()); }
         }
         impl<'a> FromRecord<'a> for $t {
+            #[inline]
             fn from_record(bytes: &'a [u8]) -> Result<Self> {
                 let arr = bytes.try_into().map_err(|_| malformed(concat!("expected ", stringify!($t))))?;
                 Ok(<$t>::from_le_bytes(arr))
             }
         }
         impl Field for $t {
+            #[inline]
             fn field_len(&self) -> usize { std::mem::size_of::<$t>() }
+            #[inline]
             fn write_field(&self, out: &mut [u8]) -> usize {
                 let n = std::mem::size_of::<$t>();
                 out[..n].copy_from_slice(&self.to_le_bytes());
@@ -151,6 +176,7 @@ macro_rules! int_impls {
             }
         }
         impl<'a> FromField<'a> for $t {
+            #[inline]
             fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
                 let n = std::mem::size_of::<$t>();
                 let arr = bytes.get(..n).and_then(|b| b.try_into().ok())
@@ -176,48 +202,58 @@ fn read_bytes_field(bytes: &[u8]) -> Result<(&[u8], usize)> {
 }
 
 impl Field for [u8] {
+    #[inline]
     fn field_len(&self) -> usize {
         4 + self.len()
     }
+    #[inline]
     fn write_field(&self, out: &mut [u8]) -> usize {
         write_bytes_field(self, out)
     }
 }
 
 impl Field for str {
+    #[inline]
     fn field_len(&self) -> usize {
         4 + self.len()
     }
+    #[inline]
     fn write_field(&self, out: &mut [u8]) -> usize {
         write_bytes_field(self.as_bytes(), out)
     }
 }
 
 impl Field for String {
+    #[inline]
     fn field_len(&self) -> usize {
         4 + self.len()
     }
+    #[inline]
     fn write_field(&self, out: &mut [u8]) -> usize {
         write_bytes_field(self.as_bytes(), out)
     }
 }
 
 impl<T: Field + ?Sized> Field for &T {
+    #[inline]
     fn field_len(&self) -> usize {
         (**self).field_len()
     }
+    #[inline]
     fn write_field(&self, out: &mut [u8]) -> usize {
         (**self).write_field(out)
     }
 }
 
 impl<'a> FromField<'a> for &'a [u8] {
+    #[inline]
     fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
         read_bytes_field(bytes)
     }
 }
 
 impl<'a> FromField<'a> for &'a str {
+    #[inline]
     fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
         let (b, n) = read_bytes_field(bytes)?;
         let s = std::str::from_utf8(b).map_err(|e| malformed(&format!("string field is not UTF-8: {e}")))?;
@@ -226,6 +262,7 @@ impl<'a> FromField<'a> for &'a str {
 }
 
 impl<'a> FromField<'a> for String {
+    #[inline]
     fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
         <&str>::read_field(bytes).map(|(s, n)| (s.to_owned(), n))
     }
@@ -234,7 +271,9 @@ impl<'a> FromField<'a> for String {
 macro_rules! tuple_impls {
     ($( ($($n:ident $i:tt),+) ),*) => {$(
         impl<$($n: Field),+> Record for ($($n,)+) {
+            #[inline]
             fn serialized_len(&self) -> usize { 0 $(+ self.$i.field_len())+ }
+            #[inline]
             fn serialize_into(&self, out: &mut [u8]) {
                 let mut at = 0;
                 $( at += self.$i.write_field(&mut out[at..]); )+
@@ -242,6 +281,7 @@ macro_rules! tuple_impls {
             }
         }
         impl<'a, $($n: FromField<'a>),+> FromRecord<'a> for ($($n,)+) {
+            #[inline]
             fn from_record(bytes: &'a [u8]) -> Result<Self> {
                 let mut at = 0;
                 let v = ($( { let (x, n) = $n::read_field(&bytes[at..])?; at += n; x }, )+);
