@@ -40,12 +40,25 @@ fn records_arrive_in_order_and_segments_return() {
     let mut w = StreamWriter::new(arena.clone(), 0, 4, WaitPolicy::adaptive(), Some(Duration::from_secs(20))).unwrap();
     let mut buf = [0u8; 64];
     for i in 0..n {
-        buf[..8].copy_from_slice(&i.to_le_bytes());
-        w.write(&buf[..8 + (i % 50) as usize]).unwrap();
+        let len = 8 + (i % 50) as usize;
+        if i % 2 == 0 {
+            buf[..8].copy_from_slice(&i.to_le_bytes());
+            w.write(&buf[..len]).unwrap();
+        } else {
+            // In place: the closure gets exactly the record's bytes in the segment.
+            w.write_with(len, |dst| {
+                assert_eq!(dst.len(), len);
+                dst[..8].copy_from_slice(&i.to_le_bytes());
+                dst[8..].fill(0xAB);
+            })
+            .unwrap();
+        }
         if i % 1000 == 0 {
             w.flush().unwrap();
         }
     }
+    let too_big = w.write_with(4096 - 3, |_| unreachable!("a record that cannot fit is never filled"));
+    assert!(matches!(too_big, Err(shmflow::Error::TooLarge { .. })), "{too_big:?}");
     w.finish().unwrap();
     let (count, sum) = consumer.join().unwrap();
     assert_eq!(count, n);

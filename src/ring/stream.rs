@@ -110,10 +110,21 @@ impl StreamWriter {
     /// # Errors
     /// [`Error::TooLarge`] for a payload above `segment_size - 4`; wait errors.
     pub fn write(&mut self, payload: &[u8]) -> Result<()> {
-        let need = payload.len() + LEN_PREFIX;
+        self.write_with(payload.len(), |dst| dst.copy_from_slice(payload))
+    }
+
+    /// Writes a record of `len` bytes that `fill` produces straight into the segment (no
+    /// staging copy): `fill` gets exactly `len` bytes of shared memory, which the reader
+    /// sees only after the next flush (or when the segment fills). Whatever `fill` leaves
+    /// in them is the record.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for `len` above `segment_size - 4`; wait errors.
+    pub fn write_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+        let need = len + LEN_PREFIX;
         let size = self.pool.arena().segment_size() as usize;
         if need > size {
-            return Err(Error::TooLarge { what: "record", len: payload.len(), max: size - LEN_PREFIX });
+            return Err(Error::TooLarge { what: "record", len, max: size - LEN_PREFIX });
         }
         if self.builder.as_ref().is_some_and(|b| (b.remaining() as usize) < need) {
             self.end_segment()?;
@@ -123,8 +134,8 @@ impl StreamWriter {
         }
         let b = self.builder.as_mut().expect("builder present");
         let dst = b.claim(need as u32);
-        dst[..LEN_PREFIX].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        dst[LEN_PREFIX..].copy_from_slice(payload);
+        dst[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+        fill(&mut dst[LEN_PREFIX..]);
         b.advance(need as u32);
         if b.is_full() {
             self.end_segment()?;
