@@ -1,47 +1,70 @@
-//! Round-trip latency of one 64-byte record between two processes: shmflow next to the
-//! hardware limit, the parking limit and the kernel's IPC, all measured in the same run.
+//! Latency of one record between two processes, sent and echoed (ping-pong), at payloads of
+//! 8 B, 64 B, 1 KiB, 32 KiB and 1 MiB: shmflow next to the hardware limit, the parking limit
+//! and the kernel's IPC, all measured in the same run. Reported as one-way latency, RTT / 2.
 //!
 //! ```text
 //!  requester (this process, CPU a)                  responder (this binary re-executed with
 //!                                                   SHMFLOW_LATENCY_PEER=<peer>, CPU b)
+//!  request n: seq n, then a fixed pattern
 //!  t0 = now
-//!  64 B, seq n  ---- ping: shared page | pipe | ---> wait for request n, read its 64 bytes,
-//!                    socket | shmflow channel 0      checksum them, echo 64 bytes
-//!  wait for echo <--- pong: the same kind of path, --'
-//!                     shmflow channel 1
+//!  write N bytes ---- ping: shared page | pipe | ---> wait for request n, read all N bytes
+//!                    socket | shmflow channel 0      (checksum), answer N bytes: the request
+//!                                                    with its last 8 bytes replaced by the
+//!  read the answer, <--- pong: the same kind of --'   checksum
+//!  compare all N bytes   path, shmflow channel 1
 //!  rtt = now - t0 -> hdrhistogram (after a warm-up); one-way = rtt / 2
 //! ```
 //!
-//! Peers, in table order:
-//! - `bare-atomic`: one atomic `u64` per direction on a shared memfd page, spinning with PAUSE:
-//!   the hardware limit (one cache line each way; carries no payload);
-//! - `futex`: the same two words as [`FutexWord`]s; a waiter parks at once and a sender
-//!   always calls FUTEX_WAKE: the parking limit (carries no payload);
-//! - `pipe`, `unix-socket`, `tcp-nodelay` (127.0.0.1, TCP_NODELAY): blocking reads and writes;
-//! - `shmflow-spin`, `shmflow-adaptive`, `shmflow-park`: a [`StreamWriter`] on channel 0 and a
+//! Both receivers touch every byte inside the timed part: the responder checksums each
+//! request word by word (xor and sum of 64-bit words) and the requester compares each answer
+//! with the one it expects (prepared before `t0`). The kernel peers copy through a buffer of
+//! their own; shmflow reads and compares in place in the arena, but its responder copies the
+//! request (fused with the checksum) straight into its answer's place with `StreamWriter::write_with`.
+//!
+//! Peers (system, mode), in table order:
+//! - `bare-atomic` (spin): one atomic `u64` per direction on a shared memfd page, spinning
+//!   with PAUSE: the hardware limit, one cache line each way. It carries no payload and is
+//!   measured once per round, reported as `payload_bytes: 0`;
+//! - `futex` (park): the same two words as [`FutexWord`]s; a waiter parks at once and a
+//!   sender always calls FUTEX_WAKE: the parking limit (no payload either, `payload_bytes: 0`);
+//! - `pipe`, `unix-socket`, `tcp-nodelay` (127.0.0.1, TCP_NODELAY), mode park: blocking reads
+//!   and writes (pipes are enlarged to 1 MiB for payloads above 64 KiB, best effort);
+//! - `shmflow` in modes `spin`, `adaptive` and `park`: a [`StreamWriter`] on channel 0 and a
 //!   [`StreamReader`] on channel 1 of one memfd arena (mirrored in the responder), a flush
 //!   after every record, waiting with [`WaitPolicy::spin`], [`WaitPolicy::adaptive`] or
-//!   [`WaitPolicy::park`]. The responder checksums the payload in place and echoes it.
+//!   [`WaitPolicy::park`]. Segments are 32 KiB (as the rest of the suite uses) up to 1 KiB
+//!   payloads; above, the smallest power of two that holds the framed record (a record never
+//!   spans segments in a stream): 64 KiB for 32 KiB, 2 MiB for 1 MiB. Each such segment holds
+//!   one record, so every round trip also hands segments over (finish, credit back, next
+//!   descriptor) in both directions.
+//!
+//! Ratios (per payload size, over all samples and as the median of per-round ratios): shmflow
+//! spin / bare-atomic (at 64 B the headline figure), shmflow adaptive / bare-atomic and shmflow
+//! park / futex; the denominators are the payload-less limits.
 //!
 //! The vCPUs of our machines move between "near" and "far" placement within minutes, which
-//! changes every cross-core figure 3-4x (MACHINE.md). So each peer's samples are spread over
-//! several rounds that interleave all peers, and the ratios are also given round by round.
+//! changes every cross-core figure 3-4x (MACHINE.md). So each case's samples are spread over
+//! several rounds that interleave all cases, and the ratios are also given round by round.
 //! Requester and responder are pinned to two different CPUs when there are two
-//! (`--no-pin` turns that off).
+//! (`--no-pin` turns that off). Kernel and parking peers and large payloads get fewer samples,
+//! so that the full run stays within a few minutes.
 //!
 //! Reading the shmflow rows: the reader of a record fetches the segment's position word and
 //! then the bytes, two cache-line transfers in turn where the bare peer moves one, so expect
-//! shmflow-spin at up to 2x bare at p50. With 32 KiB segments every 481st round trip also
-//! hands segments over in both directions (finish, credit back, next descriptor), about
-//! 1.4 us more on the machine this was written on: that is what shows at p99.9.
+//! shmflow spin at up to 2x bare at p50. With 32 KiB segments every 481st round trip of 64 B
+//! also hands segments over in both directions, about 1.4 us more on the machine this was
+//! written on: that is what shows at p99.9.
 //!
-//! `cargo bench --bench latency [-- --json PATH]` (argv holds `--bench`) does the full run;
-//! without `--bench` (as `cargo test --benches` runs it) a quick smoke exercises every peer.
-//! Every wait is bounded, a watchdog kills a responder that outlives its deadline, a guard
-//! kills and reaps responders on every exit path, and nothing goes to /dev/shm (memfds only).
+//! `cargo bench --bench latency [-- --json PATH] [--sizes 64,1024] [--no-pin]` (argv holds
+//! `--bench`) does the full run; without `--bench` (as `cargo test --benches` runs it) a quick
+//! smoke exercises every peer at every size and checks every answer, but asserts nothing on
+//! time. Every wait is bounded, a watchdog kills a responder that outlives its deadline, a
+//! guard kills and reaps responders on every exit path, and nothing goes to /dev/shm (memfds
+//! only).
 
 use hdrhistogram::Histogram;
 use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::ring::stream::LEN_PREFIX;
 use shmflow::ring::{StreamReader, StreamWriter};
 use shmflow::sync::{FutexWord, Ordering, WaitPolicy};
 use std::fs::File;
@@ -64,12 +87,24 @@ use common::{
 #[allow(clippy::disallowed_types)]
 type Word = shmflow::sync::AtomicU64;
 
-/// Bytes per record.
-const PAYLOAD: usize = 64;
+/// Payload sizes, in bytes: multiples of 8 (the checksum reads 64-bit words), at least 8
+/// (the sequence number).
+const SIZES: [usize; 5] = [8, 64, 1024, 32 * 1024, 1024 * 1024];
+const _: () = {
+    let mut i = 0;
+    while i < SIZES.len() {
+        assert!(SIZES[i] >= 8 && SIZES[i] % 8 == 0);
+        i += 1;
+    }
+};
+/// The payload of the headline ratio (shmflow spin / bare-atomic).
+const HEADLINE: usize = 64;
 /// Names the peer a re-executed child serves; its presence makes the process a responder.
 const ENV_PEER: &str = "SHMFLOW_LATENCY_PEER";
 /// How many requests the responder answers before it exits.
 const ENV_COUNT: &str = "SHMFLOW_LATENCY_COUNT";
+/// Bytes per request and per answer.
+const ENV_PAYLOAD: &str = "SHMFLOW_LATENCY_PAYLOAD";
 /// Inherited fd numbers, comma-separated.
 const ENV_FDS: &str = "SHMFLOW_LATENCY_FDS";
 /// The TCP port on 127.0.0.1 to connect to.
@@ -90,6 +125,14 @@ const PING: usize = 0;
 const PONG: usize = 128;
 /// Credit the shmflow reader grants and segments the writer's pool may hold.
 const CREDIT: u32 = 4;
+/// The shmflow segment size for small payloads (the suite's usual size).
+const SMALL_SEGMENT: usize = 32 * 1024;
+/// Payloads above this get pipes enlarged to [`BIG_PIPE`].
+const PIPE_DEFAULT: usize = 64 * 1024;
+/// The pipe size asked for large payloads (the default `/proc/sys/fs/pipe-max-size`).
+const BIG_PIPE: usize = 1024 * 1024;
+/// Percentiles of the one-way curve points in the JSON output.
+const CURVE: [f64; 7] = [50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0];
 
 fn main() -> ExitCode {
     let (who, result) = match std::env::var(ENV_PEER) {
@@ -100,7 +143,7 @@ fn main() -> ExitCode {
 }
 
 // ---------------------------------------------------------------------------------------
-// Peers, plan and arguments
+// Peers, cases, plan and arguments
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -118,6 +161,7 @@ impl Peer {
     const ALL: [Peer; 8] =
         [Peer::Bare, Peer::Futex, Peer::Pipe, Peer::Unix, Peer::Tcp, Peer::ShmSpin, Peer::ShmAdaptive, Peer::ShmPark];
 
+    /// A unique name: passed to the responder, and the label of the stdout tables.
     fn name(self) -> &'static str {
         match self {
             Peer::Bare => "bare-atomic",
@@ -133,6 +177,28 @@ impl Peer {
 
     fn from_name(name: &str) -> Option<Peer> {
         Peer::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The `system` of the JSON records.
+    fn system(self) -> &'static str {
+        match self {
+            Peer::ShmSpin | Peer::ShmAdaptive | Peer::ShmPark => "shmflow",
+            p => p.name(),
+        }
+    }
+
+    /// The `mode` of the JSON records: how the peer waits.
+    fn mode(self) -> &'static str {
+        match self {
+            Peer::Bare | Peer::ShmSpin => "spin",
+            Peer::ShmAdaptive => "adaptive",
+            Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark => "park",
+        }
+    }
+
+    /// Peers that move a payload (the others move one word).
+    fn carries_payload(self) -> bool {
+        !matches!(self, Peer::Bare | Peer::Futex)
     }
 
     /// Peers whose round trip sleeps (tens of microseconds here): they get fewer samples.
@@ -151,7 +217,32 @@ impl Peer {
     }
 }
 
-/// Round trips of one peer in one round.
+/// One measured case: a peer and its payload size (0 for the payload-less peers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Case {
+    peer: Peer,
+    payload: usize,
+}
+
+impl Case {
+    /// The shmflow segment size of this case, if it is a shmflow case.
+    fn segment_bytes(self) -> Option<usize> {
+        self.peer.policy().map(|_| segment_size_for(self.payload))
+    }
+}
+
+/// The cases of a run, in the order each round runs them: the two limits, then every
+/// payload peer at each size, smallest size first.
+fn cases(sizes: &[usize]) -> Vec<Case> {
+    let mut v: Vec<Case> =
+        Peer::ALL.iter().filter(|p| !p.carries_payload()).map(|&peer| Case { peer, payload: 0 }).collect();
+    for &payload in sizes {
+        v.extend(Peer::ALL.iter().filter(|p| p.carries_payload()).map(|&peer| Case { peer, payload }));
+    }
+    v
+}
+
+/// Round trips of one case in one round.
 #[derive(Debug, Clone, Copy)]
 struct Counts {
     warmup: u64,
@@ -159,40 +250,37 @@ struct Counts {
 }
 
 /// How much to measure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Plan {
     full: bool,
     rounds: u32,
-    spinning: Counts,
-    sleeping: Counts,
+    sizes: Vec<usize>,
 }
 
 impl Plan {
-    /// Full: 200k samples per spinning peer and 20k per sleeping one (about 50 us each),
-    /// over 4 rounds. Quick: 2k each in one round, a few seconds in all.
-    fn new(full: bool) -> Self {
-        if full {
-            Plan {
-                full,
-                rounds: 4,
-                spinning: Counts { warmup: 10_000, measured: 50_000 },
-                sleeping: Counts { warmup: 500, measured: 5_000 },
-            }
-        } else {
-            let c = Counts { warmup: 200, measured: 2_000 };
-            Plan { full, rounds: 1, spinning: c, sleeping: c }
-        }
+    /// Measured samples per round, spinning / parking peers: up to 1 KiB 50k / 10k; 32 KiB
+    /// 10k / 2k; 1 MiB 2k / 500, each after a tenth as many warm-up round trips (at least
+    /// enough to fault in every segment of the pools). Full runs have 4 rounds (about a
+    /// minute on a quiet machine); quick ones 1 round of 1k samples (20 at 1 MiB): a few
+    /// seconds, even unoptimized.
+    fn counts(&self, case: Case) -> Counts {
+        let sleeps = case.peer.sleeps();
+        let measured = match (self.full, case.payload) {
+            (true, 0..=1024) if sleeps => 10_000,
+            (true, 0..=1024) => 50_000,
+            (true, 1025..=65536) if sleeps => 2_000,
+            (true, 1025..=65536) => 10_000,
+            (true, _) if sleeps => 500,
+            (true, _) => 2_000,
+            (false, 0..=1024) => 1_000,
+            (false, 1025..=65536) => 200,
+            (false, _) => 20,
+        };
+        let warmup = (measured / 10).max(4 * u64::from(CREDIT));
+        Counts { warmup, measured }
     }
 
-    fn counts(&self, peer: Peer) -> Counts {
-        if peer.sleeps() {
-            self.sleeping
-        } else {
-            self.spinning
-        }
-    }
-
-    fn mode(&self) -> &'static str {
+    fn run(&self) -> &'static str {
         if self.full {
             "full"
         } else {
@@ -205,56 +293,78 @@ struct Args {
     full: bool,
     pin: bool,
     json: Option<std::path::PathBuf>,
+    sizes: Vec<usize>,
 }
 
-/// `--bench` (added by `cargo bench`), `--no-pin`, `--json PATH`; anything else (test
-/// filters cargo may pass along) is ignored.
+/// `--bench` (added by `cargo bench`), `--no-pin`, `--json PATH`, `--sizes A,B,..` (a
+/// subset of [`SIZES`]); anything else (test filters cargo may pass along) is ignored.
 fn parse_args() -> Res<Args> {
-    let mut args = Args { full: false, pin: true, json: None };
+    let mut args = Args { full: false, pin: true, json: None, sizes: SIZES.to_vec() };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--bench" => args.full = true,
             "--no-pin" => args.pin = false,
             "--json" => args.json = Some(it.next().ok_or("--json needs a path")?.into()),
+            "--sizes" => {
+                let list = it.next().ok_or("--sizes needs a list, such as 64,1024")?;
+                args.sizes = list.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>()?;
+                if let Some(s) = args.sizes.iter().find(|s| !SIZES.contains(s)) {
+                    return Err(format!("--sizes: {s} is not one of {SIZES:?}").into());
+                }
+            }
             _ => {}
         }
     }
     Ok(args)
 }
 
-// ---------------------------------------------------------------------------------------
-// The requester: runs every peer, prints the table
+/// "8 B", "1 KiB", "1 MiB"; "-" for no payload.
+fn size_label(bytes: usize) -> String {
+    match bytes {
+        0 => "-".into(),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
 
-/// One peer's samples: merged over rounds, and the p50 of each round.
-struct PeerResult {
-    peer: Peer,
+// ---------------------------------------------------------------------------------------
+// The requester: runs every case, prints the tables
+
+/// One case's samples: merged over rounds, and the p50 of each round.
+struct CaseResult {
+    case: Case,
     merged: Histogram<u64>,
     round_p50: Vec<u64>,
 }
 
 fn requester_main() -> Res<()> {
     let args = parse_args()?;
-    let plan = Plan::new(args.full);
+    let plan = Plan { full: args.full, rounds: if args.full { 4 } else { 1 }, sizes: args.sizes.clone() };
     let cpus = if args.pin { cpu_pair() } else { None };
     if let Some((mine, _)) = cpus {
         pin_to(mine)?;
     }
     print_machine(&plan, cpus);
     let mut results = Vec::new();
-    for peer in Peer::ALL {
-        results.push(PeerResult { peer, merged: new_histogram()?, round_p50: Vec::new() });
+    for case in cases(&plan.sizes) {
+        results.push(CaseResult { case, merged: new_histogram()?, round_p50: Vec::new() });
     }
+    let start = Instant::now();
     for round in 0..plan.rounds {
         for r in results.iter_mut() {
-            let h = run_peer(r.peer, plan.counts(r.peer), cpus.map(|c| c.1))
-                .map_err(|e| format!("{} (round {}): {e}", r.peer.name(), round + 1))?;
+            let h = run_case(r.case, plan.counts(r.case), cpus.map(|c| c.1)).map_err(|e| {
+                format!("{} at {} (round {}): {e}", r.case.peer.name(), size_label(r.case.payload), round + 1)
+            })?;
             r.round_p50.push(h.value_at_quantile(0.5));
             r.merged.add(&h).map_err(|e| format!("merging histograms: {e:?}"))?;
         }
+        println!("- round {}/{} done, {:.1} s in all", round + 1, plan.rounds, start.elapsed().as_secs_f64());
     }
+    println!();
     print_table(&results);
-    let ratios = ratios(&results);
+    let ratios = ratios(&results, &plan.sizes);
     print_ratios(&results, &ratios);
     if let Some(path) = &args.json {
         std::fs::write(path, json_records(&plan, &results, &ratios))
@@ -269,12 +379,12 @@ fn new_histogram() -> Res<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000_000, 3)?)
 }
 
-/// Starts a responder for `peer`, measures, and checks that the responder exits cleanly.
-fn run_peer(peer: Peer, counts: Counts, responder_cpu: Option<usize>) -> Res<Histogram<u64>> {
-    let mut session = start(peer, counts.warmup + counts.measured, responder_cpu)?;
+/// Starts a responder for `case`, measures, and checks that the responder exits cleanly.
+fn run_case(case: Case, counts: Counts, responder_cpu: Option<usize>) -> Res<Histogram<u64>> {
+    let mut session = start(case, counts.warmup + counts.measured, responder_cpu)?;
     // On an error the session drops: the requester's ends close, then the guard kills the
     // responder.
-    let hist = measure(session.requester.as_mut(), counts)?;
+    let hist = measure(session.requester.as_mut(), case.payload, counts)?;
     let Session { requester, mut child } = session;
     drop(requester);
     child.finish(WAIT_TIMEOUT)?;
@@ -282,22 +392,21 @@ fn run_peer(peer: Peer, counts: Counts, responder_cpu: Option<usize>) -> Res<His
 }
 
 /// Runs `warmup + measured` round trips with sequence numbers from 1 and records the
-/// measured ones. The echo is verified outside the timed part.
-fn measure(req: &mut dyn Requester, counts: Counts) -> Res<Histogram<u64>> {
+/// measured ones. Each request and the answer it must get are prepared before the clock
+/// starts; reading and checking the answer is part of the round trip.
+fn measure(req: &mut dyn Requester, payload: usize, counts: Counts) -> Res<Histogram<u64>> {
     let mut hist = new_histogram()?;
-    let mut msg = [0u8; PAYLOAD];
-    for (i, b) in msg.iter_mut().enumerate() {
-        *b = i as u8 ^ 0x5a;
-    }
-    let mut reply = [0u8; PAYLOAD];
+    let mut msg: Vec<u8> = (0..payload).map(|i| (i as u8) ^ 0x5a).collect();
+    let mut want = msg.clone();
     for seq in 1..=counts.warmup + counts.measured {
-        msg[..8].copy_from_slice(&seq.to_le_bytes());
-        let t0 = Instant::now();
-        req.round_trip(&msg, &mut reply)?;
-        let rtt = t0.elapsed();
-        if req.echoes() {
-            verify(&msg, &reply)?;
+        if payload > 0 {
+            msg[..8].copy_from_slice(&seq.to_le_bytes());
+            want[..8].copy_from_slice(&seq.to_le_bytes());
+            want[payload - 8..].copy_from_slice(&checksum(&msg).to_le_bytes());
         }
+        let t0 = Instant::now();
+        req.round_trip(seq, &msg, &want)?;
+        let rtt = t0.elapsed();
         if seq > counts.warmup {
             hist.saturating_record(rtt.as_nanos().min(u128::from(u64::MAX)) as u64);
         }
@@ -306,7 +415,7 @@ fn measure(req: &mut dyn Requester, counts: Counts) -> Res<Histogram<u64>> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Payload: sequence number, checksum, echo
+// Payload: sequence number, checksum, answer
 
 fn seq_of(msg: &[u8]) -> u64 {
     let mut b = [0u8; 8];
@@ -314,35 +423,57 @@ fn seq_of(msg: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// A cheap checksum that reads every byte (eight words, rotate and xor).
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.chunks_exact(8).fold(0u64, |acc, w| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        acc.rotate_left(7) ^ u64::from_le_bytes(b)
-    })
+/// Folds the xor and the wrapping sum of 64-bit words into one checksum.
+fn fold(xor: u64, sum: u64) -> u64 {
+    xor ^ sum.rotate_left(32)
 }
 
-/// The responder's answer to request `seq`: the first 56 bytes echoed, then the checksum
-/// of all 64.
-fn answer(msg: &[u8], seq: u64) -> Res<[u8; PAYLOAD]> {
-    if msg.len() != PAYLOAD {
-        return Err(format!("request of {} bytes, expected {PAYLOAD}", msg.len()).into());
+/// A cheap checksum that reads every byte, word by word: the xor and the sum of the
+/// 64-bit words (independent per word, so the compiler vectorizes it). `bytes.len()` is a
+/// multiple of 8.
+fn checksum(bytes: &[u8]) -> u64 {
+    debug_assert!(bytes.len() % 8 == 0);
+    let (mut xor, mut sum) = (0u64, 0u64);
+    for w in bytes.chunks_exact(8) {
+        let v = u64::from_le_bytes(w.try_into().expect("chunks of 8"));
+        xor ^= v;
+        sum = sum.wrapping_add(v);
+    }
+    fold(xor, sum)
+}
+
+/// Copies `src` into `dst` (same length) and returns [`checksum`]`(src)`, in one pass.
+fn copy_checksum(src: &[u8], dst: &mut [u8]) -> u64 {
+    debug_assert!(src.len() == dst.len() && src.len() % 8 == 0);
+    let (mut xor, mut sum) = (0u64, 0u64);
+    for (w, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        let v = u64::from_le_bytes(w.try_into().expect("chunks of 8"));
+        xor ^= v;
+        sum = sum.wrapping_add(v);
+        d.copy_from_slice(w);
+    }
+    fold(xor, sum)
+}
+
+/// Checks that request `msg` is request `seq` of `payload` bytes.
+fn check_request(msg: &[u8], seq: u64, payload: usize) -> Res<()> {
+    if msg.len() != payload {
+        return Err(format!("request of {} bytes, expected {payload}", msg.len()).into());
     }
     if seq_of(msg) != seq {
         return Err(format!("request {} arrived where {seq} was expected", seq_of(msg)).into());
     }
-    let mut out = [0u8; PAYLOAD];
-    out[..PAYLOAD - 8].copy_from_slice(&msg[..PAYLOAD - 8]);
-    out[PAYLOAD - 8..].copy_from_slice(&checksum(msg).to_le_bytes());
-    Ok(out)
+    Ok(())
 }
 
-fn verify(msg: &[u8; PAYLOAD], reply: &[u8; PAYLOAD]) -> Res<()> {
-    if reply[..PAYLOAD - 8] != msg[..PAYLOAD - 8] || reply[PAYLOAD - 8..] != checksum(msg).to_le_bytes() {
-        return Err(format!("wrong echo for request {}", seq_of(msg)).into());
-    }
-    Ok(())
+/// Turns the request in `buf` into its answer: the last 8 bytes become `sum`.
+fn seal_answer(buf: &mut [u8], sum: u64) {
+    let n = buf.len();
+    buf[n - 8..].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn wrong_answer(seq: u64) -> Box<dyn std::error::Error + Send + Sync> {
+    format!("wrong answer to request {seq}").into()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -350,13 +481,9 @@ fn verify(msg: &[u8; PAYLOAD], reply: &[u8; PAYLOAD]) -> Res<()> {
 
 /// The requester's end of one peer.
 trait Requester {
-    /// Sends `msg` and waits for the answer, which lands in `reply`.
-    fn round_trip(&mut self, msg: &[u8; PAYLOAD], reply: &mut [u8; PAYLOAD]) -> Res<()>;
-
-    /// Whether the answer carries the echo (the bare and futex peers carry only `seq`).
-    fn echoes(&self) -> bool {
-        true
-    }
+    /// Sends request `seq` (`msg`, empty for the peers that carry no payload) and waits for
+    /// the answer, which must equal `want` byte for byte.
+    fn round_trip(&mut self, seq: u64, msg: &[u8], want: &[u8]) -> Res<()>;
 }
 
 /// The responder's end of one peer.
@@ -416,36 +543,34 @@ impl SharedPage {
     }
 }
 
-/// The hardware limit: one atomic word per direction, spinning.
+/// The hardware limit: one atomic word per direction, spinning. Carries only `seq`.
 struct BarePeer {
     page: SharedPage,
 }
 
 impl Requester for BarePeer {
-    fn round_trip(&mut self, msg: &[u8; PAYLOAD], _reply: &mut [u8; PAYLOAD]) -> Res<()> {
-        let seq = seq_of(msg);
-        // Release/Acquire: the usual hand-over; the value itself is all that travels.
+    fn round_trip(&mut self, seq: u64, _msg: &[u8], _want: &[u8]) -> Res<()> {
+        // Release: pairs with the responder's Acquire load of PING; the value itself is
+        // all that travels.
         self.page.atomic(PING).store(seq, Ordering::Release);
         let pong = self.page.atomic(PONG);
+        // Acquire: pairs with the responder's Release store of PONG.
         spin_until(|| pong.load(Ordering::Acquire) == seq, "bare pong", WAIT_TIMEOUT)
-    }
-
-    fn echoes(&self) -> bool {
-        false
     }
 }
 
 impl Responder for BarePeer {
     fn serve(&mut self, seq: u64) -> Res<()> {
         let ping = self.page.atomic(PING);
-        // Acquire/Release: pairs with the requester's stores and loads.
+        // Acquire: pairs with the requester's Release store of PING.
         spin_until(|| ping.load(Ordering::Acquire) == seq, "bare ping", WAIT_TIMEOUT)?;
+        // Release: pairs with the requester's Acquire load of PONG.
         self.page.atomic(PONG).store(seq, Ordering::Release);
         Ok(())
     }
 }
 
-/// The parking limit: the same words as futexes; a waiter never spins.
+/// The parking limit: the same words as futexes; a waiter never spins. Carries only `seq`.
 struct FutexPeer {
     page: SharedPage,
 }
@@ -453,7 +578,7 @@ struct FutexPeer {
 impl FutexPeer {
     fn signal(&self, offset: usize, seq: u64) {
         let w = self.page.futex(offset);
-        // Release: publishes the value before the wake-up.
+        // Release: pairs with the Acquire load in `await_value` on the other side.
         w.atomic().store(seq as u32, Ordering::Release);
         w.wake(1);
     }
@@ -477,14 +602,9 @@ impl FutexPeer {
 }
 
 impl Requester for FutexPeer {
-    fn round_trip(&mut self, msg: &[u8; PAYLOAD], _reply: &mut [u8; PAYLOAD]) -> Res<()> {
-        let seq = seq_of(msg);
+    fn round_trip(&mut self, seq: u64, _msg: &[u8], _want: &[u8]) -> Res<()> {
         self.signal(PING, seq);
         self.await_value(PONG, seq)
-    }
-
-    fn echoes(&self) -> bool {
-        false
     }
 }
 
@@ -496,62 +616,71 @@ impl Responder for FutexPeer {
     }
 }
 
-/// A blocking byte stream each way: two pipes, a Unix socket or a TCP connection.
+/// A blocking byte stream each way (two pipes, a Unix socket or a TCP connection) and a
+/// buffer of one payload.
 struct IoPeer<R, W> {
     rx: R,
     tx: W,
+    buf: Vec<u8>,
+}
+
+impl<R: Read, W: Write> IoPeer<R, W> {
+    fn new(rx: R, tx: W, payload: usize) -> Self {
+        Self { rx, tx, buf: vec![0; payload] }
+    }
 }
 
 impl<R: Read, W: Write> Requester for IoPeer<R, W> {
-    fn round_trip(&mut self, msg: &[u8; PAYLOAD], reply: &mut [u8; PAYLOAD]) -> Res<()> {
+    fn round_trip(&mut self, seq: u64, msg: &[u8], want: &[u8]) -> Res<()> {
         self.tx.write_all(msg)?;
-        self.rx.read_exact(reply)?;
+        self.rx.read_exact(&mut self.buf)?;
+        if self.buf != want {
+            return Err(wrong_answer(seq));
+        }
         Ok(())
     }
 }
 
 impl<R: Read, W: Write> Responder for IoPeer<R, W> {
     fn serve(&mut self, seq: u64) -> Res<()> {
-        let mut buf = [0u8; PAYLOAD];
-        self.rx.read_exact(&mut buf)?;
-        self.tx.write_all(&answer(&buf, seq)?)?;
+        self.rx.read_exact(&mut self.buf)?;
+        check_request(&self.buf, seq, self.buf.len())?;
+        let sum = checksum(&self.buf);
+        seal_answer(&mut self.buf, sum);
+        self.tx.write_all(&self.buf)?;
         Ok(())
     }
 }
 
-/// A shmflow record stream each way over one arena.
+/// A shmflow record stream each way over one arena, and (in the responder) a buffer the
+/// answer is built in.
 struct ShmPeer {
     writer: StreamWriter,
     reader: StreamReader,
+    buf: Vec<u8>,
 }
 
 impl ShmPeer {
-    fn open(arena: Arc<Arena>, out_channel: u32, in_channel: u32, policy: WaitPolicy) -> Res<Self> {
+    fn open(arena: Arc<Arena>, out_channel: u32, in_channel: u32, policy: WaitPolicy, buf: usize) -> Res<Self> {
         let reader = StreamReader::new(arena.clone(), in_channel, CREDIT, policy)?;
         let writer = StreamWriter::new(arena, out_channel, CREDIT, policy, Some(WAIT_TIMEOUT))?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, buf: vec![0; buf] })
     }
 
-    fn send(&mut self, record: &[u8]) -> Res<()> {
-        self.writer.write(record)?;
-        self.writer.flush()?;
+    fn send(writer: &mut StreamWriter, record: &[u8]) -> Res<()> {
+        writer.write(record)?;
+        writer.flush()?;
         Ok(())
     }
 }
 
 impl Requester for ShmPeer {
-    fn round_trip(&mut self, msg: &[u8; PAYLOAD], reply: &mut [u8; PAYLOAD]) -> Res<()> {
-        self.send(msg)?;
-        let got = self.reader.next(Some(WAIT_TIMEOUT), |p| {
-            let fits = p.len() == PAYLOAD;
-            if fits {
-                reply.copy_from_slice(p);
-            }
-            fits
-        })?;
-        match got {
+    fn round_trip(&mut self, seq: u64, msg: &[u8], want: &[u8]) -> Res<()> {
+        Self::send(&mut self.writer, msg)?;
+        // The answer is compared in place, in the arena.
+        match self.reader.next(Some(WAIT_TIMEOUT), |p| p == want)? {
             Some(true) => Ok(()),
-            Some(false) => Err(format!("a reply that is not {PAYLOAD} bytes").into()),
+            Some(false) => Err(wrong_answer(seq)),
             None => Err("the responder ended its stream".into()),
         }
     }
@@ -559,16 +688,34 @@ impl Requester for ShmPeer {
 
 impl Responder for ShmPeer {
     fn serve(&mut self, seq: u64) -> Res<()> {
-        // The payload is checksummed in place, in the arena.
-        let out =
-            self.reader.next(Some(WAIT_TIMEOUT), |p| answer(p, seq))?.ok_or("the requester ended its stream")??;
-        self.send(&out)
+        let (writer, len) = (&mut self.writer, self.buf.len());
+        // The request is read in place, in the arena, and copied with its checksum in one
+        // pass straight into the answer's place in the outgoing segment.
+        self.reader
+            .next(Some(WAIT_TIMEOUT), |p| -> Res<()> {
+                check_request(p, seq, len)?;
+                writer.write_with(len, |dst| {
+                    let sum = copy_checksum(p, dst);
+                    seal_answer(dst, sum);
+                })?;
+                Ok(())
+            })?
+            .ok_or("the requester ended its stream")??;
+        self.writer.flush()?;
+        Ok(())
     }
 }
 
-fn arena_config() -> ArenaConfig {
-    ArenaConfig {
-        segment_size: 32 * 1024,
+/// The shmflow segment size for `payload`: [`SMALL_SEGMENT`], or the smallest power of
+/// two that holds the framed record (a stream's records never span segments).
+fn segment_size_for(payload: usize) -> usize {
+    (payload + LEN_PREFIX).next_power_of_two().max(SMALL_SEGMENT)
+}
+
+fn arena_config(payload: usize) -> Res<ArenaConfig> {
+    Ok(ArenaConfig {
+        segment_size: u32::try_from(segment_size_for(payload))?,
+        // Two pools of CREDIT segments, with room to spare.
         segment_count: 16,
         ring_capacity: 16,
         max_channels: 2,
@@ -577,7 +724,7 @@ fn arena_config() -> ArenaConfig {
         max_channels_per_gate: 64,
         max_workers: 2,
         max_tasks: 2,
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -590,15 +737,24 @@ struct Session {
     child: ChildGuard,
 }
 
-/// Creates the shared resources of `peer`, spawns its responder (to answer `count`
+/// Asks for a pipe of [`BIG_PIPE`] bytes; a refusal (a lower pipe-max-size) is not an error,
+/// the pipe keeps its size.
+fn enlarge_pipe(fd: &OwnedFd) {
+    // SAFETY: fcntl on an open fd we own, with a valid command and size.
+    let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, BIG_PIPE as libc::c_int) };
+}
+
+/// Creates the shared resources of `case`, spawns its responder (to answer `count`
 /// requests) and returns the requester's end.
-fn start(peer: Peer, count: u64, responder_cpu: Option<usize>) -> Res<Session> {
-    let mut cmd = responder_command(peer, count, responder_cpu)?;
+fn start(case: Case, count: u64, responder_cpu: Option<usize>) -> Res<Session> {
+    let Case { peer, payload } = case;
+    let mut cmd = responder_command(case, count, responder_cpu)?;
+    let spawn = |cmd: &mut Command| ChildGuard::spawn(cmd, "latency", "responder", CHILD_DEADLINE);
     match peer {
         Peer::Bare | Peer::Futex => {
             let page = SharedPage::create()?;
             pass_fds(&mut cmd, ENV_FDS, &[page.fd.as_raw_fd()]);
-            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
+            let child = spawn(&mut cmd)?;
             let requester: Box<dyn Requester> =
                 if peer == Peer::Bare { Box::new(BarePeer { page }) } else { Box::new(FutexPeer { page }) };
             Ok(Session { requester, child })
@@ -606,43 +762,52 @@ fn start(peer: Peer, count: u64, responder_cpu: Option<usize>) -> Res<Session> {
         Peer::Pipe => {
             let (ping_rx, ping_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             let (pong_rx, pong_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            if payload > PIPE_DEFAULT {
+                enlarge_pipe(&ping_tx);
+                enlarge_pipe(&pong_tx);
+            }
             pass_fds(&mut cmd, ENV_FDS, &[ping_rx.as_raw_fd(), pong_tx.as_raw_fd()]);
-            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
+            let child = spawn(&mut cmd)?;
             // Close our copies of the responder's ends, so its death reads as end of file.
             drop((ping_rx, pong_tx));
-            Ok(Session { requester: Box::new(IoPeer { rx: File::from(pong_rx), tx: File::from(ping_tx) }), child })
+            let io = IoPeer::new(File::from(pong_rx), File::from(ping_tx), payload);
+            Ok(Session { requester: Box::new(io), child })
         }
         Peer::Unix => {
             let (mine, theirs) = UnixStream::pair()?;
             pass_fds(&mut cmd, ENV_FDS, &[theirs.as_raw_fd()]);
-            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
+            let child = spawn(&mut cmd)?;
             drop(theirs);
-            Ok(Session { requester: Box::new(IoPeer { rx: mine.try_clone()?, tx: mine }), child })
+            Ok(Session { requester: Box::new(IoPeer::new(mine.try_clone()?, mine, payload)), child })
         }
         Peer::Tcp => {
             let listener = TcpListener::bind("127.0.0.1:0")?;
             cmd.env(ENV_PORT, listener.local_addr()?.port().to_string());
-            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
+            let child = spawn(&mut cmd)?;
             let stream = accept_within(&listener, WAIT_TIMEOUT, "responder")?;
             stream.set_nodelay(true)?;
-            Ok(Session { requester: Box::new(IoPeer { rx: stream.try_clone()?, tx: stream }), child })
+            Ok(Session { requester: Box::new(IoPeer::new(stream.try_clone()?, stream, payload)), child })
         }
         Peer::ShmSpin | Peer::ShmAdaptive | Peer::ShmPark => {
             let policy = peer.policy().ok_or("a shmflow peer has a policy")?;
-            let arena = Arc::new(Arena::create_memfd(&arena_config(), "latency")?);
-            let requester = ShmPeer::open(arena.clone(), 0, 1, policy)?;
+            let arena = Arc::new(Arena::create_memfd(&arena_config(payload)?, "latency")?);
+            // The requester compares answers in place: it needs no buffer.
+            let requester = ShmPeer::open(arena.clone(), 0, 1, policy, 0)?;
             arena.inherit_fd_into(&mut cmd)?;
-            let child = ChildGuard::spawn(&mut cmd, "latency", "responder", CHILD_DEADLINE)?;
+            let child = spawn(&mut cmd)?;
             Ok(Session { requester: Box::new(requester), child })
         }
     }
 }
 
-/// The command that re-executes this binary as the responder of `peer`. The responder
+/// The command that re-executes this binary as the responder of `case`. The responder
 /// dies with the requester (PR_SET_PDEATHSIG).
-fn responder_command(peer: Peer, count: u64, cpu: Option<usize>) -> Res<Command> {
+fn responder_command(case: Case, count: u64, cpu: Option<usize>) -> Res<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.env(ENV_PEER, peer.name()).env(ENV_COUNT, count.to_string()).stdin(Stdio::null());
+    cmd.env(ENV_PEER, case.peer.name())
+        .env(ENV_COUNT, count.to_string())
+        .env(ENV_PAYLOAD, case.payload.to_string())
+        .stdin(Stdio::null());
     if let Some(cpu) = cpu {
         cmd.env(ENV_CPU, cpu.to_string());
     }
@@ -656,39 +821,47 @@ fn responder_command(peer: Peer, count: u64, cpu: Option<usize>) -> Res<Command>
 fn responder_main(peer: &str) -> Res<()> {
     let peer = Peer::from_name(peer).ok_or_else(|| format!("unknown peer {peer:?}"))?;
     let count: u64 = env_var(ENV_COUNT)?.parse()?;
+    let payload: usize = env_var(ENV_PAYLOAD)?.parse()?;
+    if peer.carries_payload() != (payload >= 8 && payload % 8 == 0) {
+        return Err(format!("{} with a payload of {payload} bytes", peer.name()).into());
+    }
     if let Ok(cpu) = std::env::var(ENV_CPU) {
         pin_to(cpu.parse()?)?;
     }
-    let mut responder = open_responder(peer)?;
+    let mut responder = open_responder(peer, payload)?;
     for seq in 1..=count {
         responder.serve(seq)?;
     }
     Ok(())
 }
 
-fn open_responder(peer: Peer) -> Res<Box<dyn Responder>> {
+fn open_responder(peer: Peer, payload: usize) -> Res<Box<dyn Responder>> {
     Ok(match peer {
         Peer::Bare => Box::new(BarePeer { page: SharedPage::inherited()? }),
         Peer::Futex => Box::new(FutexPeer { page: SharedPage::inherited()? }),
         Peer::Pipe => {
             let [rx, tx] = inherited_fds::<2>()?;
-            Box::new(IoPeer { rx: File::from(rx), tx: File::from(tx) })
+            Box::new(IoPeer::new(File::from(rx), File::from(tx), payload))
         }
         Peer::Unix => {
             let [fd] = inherited_fds::<1>()?;
             let stream = UnixStream::from(fd);
-            Box::new(IoPeer { rx: stream.try_clone()?, tx: stream })
+            Box::new(IoPeer::new(stream.try_clone()?, stream, payload))
         }
         Peer::Tcp => {
             let port: u16 = env_var(ENV_PORT)?.parse()?;
             let stream = TcpStream::connect(("127.0.0.1", port))?;
             stream.set_nodelay(true)?;
-            Box::new(IoPeer { rx: stream.try_clone()?, tx: stream })
+            Box::new(IoPeer::new(stream.try_clone()?, stream, payload))
         }
         Peer::ShmSpin | Peer::ShmAdaptive | Peer::ShmPark => {
             let policy = peer.policy().ok_or("a shmflow peer has a policy")?;
             let arena = Arc::new(Arena::attach_inherited()?);
-            Box::new(ShmPeer::open(arena, 1, 0, policy)?)
+            let want = segment_size_for(payload);
+            if arena.segment_size() as usize != want {
+                return Err(format!("arena segments of {} bytes, expected {want}", arena.segment_size()).into());
+            }
+            Box::new(ShmPeer::open(arena, 1, 0, policy, payload)?)
         }
     })
 }
@@ -719,51 +892,89 @@ fn timer_overhead_ns() -> u64 {
 }
 
 fn print_machine(plan: &Plan, cpus: Option<(usize, usize)>) {
-    println!("# latency: one {PAYLOAD}-byte record, round trip between two processes\n");
+    let sizes: Vec<String> = plan.sizes.iter().map(|&s| size_label(s)).collect();
+    println!("# latency: one record ({}), sent and echoed between two processes\n", sizes.join(", "));
     println!("- machine: {}, nproc {}", cpu_model(), nproc());
     match cpus {
         Some((a, b)) => println!("- requester pinned to CPU {a}, responders to CPU {b}"),
         None => println!("- not pinned"),
     }
-    let per_round = |c: Counts| format!("{} warm-up + {} measured", c.warmup, c.measured);
-    println!(
-        "- mode {}: {} round(s) x (spinning peers {}, sleeping peers {}) per peer",
-        plan.mode(),
-        plan.rounds,
-        per_round(plan.spinning),
-        per_round(plan.sleeping)
-    );
+    println!("- run {}: {} round(s); measured samples per case and round:", plan.run(), plan.rounds);
+    let describe = |peer: Peer, payload: usize| {
+        let c = plan.counts(Case { peer, payload });
+        format!("{} + {} warm-up", c.measured, c.warmup)
+    };
+    println!("  - no payload (bare-atomic, futex): {}", describe(Peer::Bare, 0));
+    for &payload in &plan.sizes {
+        println!(
+            "  - {}: spinning peers {}, parking peers {}",
+            size_label(payload),
+            describe(Peer::ShmSpin, payload),
+            describe(Peer::ShmPark, payload)
+        );
+    }
     println!("- timer overhead (Instant::now pair, min): {} ns, included in every RTT\n", timer_overhead_ns());
 }
 
 // ---------------------------------------------------------------------------------------
 // Report
 
-fn find(results: &[PeerResult], peer: Peer) -> Option<&PeerResult> {
-    results.iter().find(|r| r.peer == peer)
+fn find(results: &[CaseResult], case: Case) -> Option<&CaseResult> {
+    results.iter().find(|r| r.case == case)
 }
 
-/// p50, p99, p99.9 and max of a histogram.
-fn quantiles(h: &Histogram<u64>) -> [u64; 4] {
-    [h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max()]
-}
-
-fn print_table(results: &[PeerResult]) {
-    println!("| peer | samples | RTT p50 | RTT p99 | RTT p99.9 | RTT max | one-way p50 | one-way p99 | one-way p99.9 | one-way max |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in results {
-        let q = quantiles(&r.merged);
-        let rtt: Vec<String> = q.iter().map(|v| v.to_string()).collect();
-        let one: Vec<String> = q.iter().map(|v| (v / 2).to_string()).collect();
-        println!("| {} | {} | {} | {} |", r.peer.name(), r.merged.len(), rtt.join(" | "), one.join(" | "));
+/// The RTT at percentile `p` (0..=100).
+fn rtt_at(h: &Histogram<u64>, p: f64) -> u64 {
+    if p >= 100.0 {
+        h.max()
+    } else {
+        h.value_at_percentile(p)
     }
-    println!("\n(all figures in ns; one-way = RTT / 2)");
 }
 
-/// A ratio of two peers' p50s: over all samples, and round by round.
+/// One-way latency at percentile `p`: RTT / 2.
+fn oneway_at(h: &Histogram<u64>, p: f64) -> f64 {
+    rtt_at(h, p) as f64 / 2.0
+}
+
+/// The one-way percentiles of the table and the JSON records, with their metric names.
+const ONEWAY: [(&str, f64); 5] = [
+    ("oneway_p50_ns", 50.0),
+    ("oneway_p90_ns", 90.0),
+    ("oneway_p99_ns", 99.0),
+    ("oneway_p999_ns", 99.9),
+    ("oneway_max_ns", 100.0),
+];
+
+fn print_table(results: &[CaseResult]) {
+    println!(
+        "| system | mode | payload | samples | RTT p50 | one-way p50 | one-way p90 | one-way p99 | one-way p99.9 | \
+         one-way max |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let h = &r.merged;
+        let one: Vec<String> = ONEWAY.iter().map(|&(_, p)| format!("{:.0}", oneway_at(h, p))).collect();
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.case.peer.system(),
+            r.case.peer.mode(),
+            size_label(r.case.payload),
+            h.len(),
+            rtt_at(h, 50.0),
+            one.join(" | ")
+        );
+    }
+    println!(
+        "\n(all figures in ns; one-way = RTT / 2; bare-atomic and futex carry no payload; shmflow segments are \
+         32 KiB up to 1 KiB payloads, then the smallest power of two that holds the record)"
+    );
+}
+
+/// A ratio of two cases' p50s: over all samples, and round by round.
 struct Ratio {
-    num: Peer,
-    den: Peer,
+    num: Case,
+    den: Case,
     overall: f64,
     per_round: Vec<f64>,
 }
@@ -779,9 +990,15 @@ impl Ratio {
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
     }
+
+    /// The `system` of its JSON records, such as "shmflow/bare-atomic" (the `mode` is the
+    /// numerator's).
+    fn system(&self) -> String {
+        format!("{}/{}", self.num.peer.system(), self.den.peer.system())
+    }
 }
 
-fn ratio(results: &[PeerResult], num: Peer, den: Peer) -> Option<Ratio> {
+fn ratio(results: &[CaseResult], num: Case, den: Case) -> Option<Ratio> {
     let (n, d) = (find(results, num)?, find(results, den)?);
     let div = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     Some(Ratio {
@@ -792,58 +1009,112 @@ fn ratio(results: &[PeerResult], num: Peer, den: Peer) -> Option<Ratio> {
     })
 }
 
-fn ratios(results: &[PeerResult]) -> Vec<Ratio> {
-    [(Peer::ShmSpin, Peer::Bare), (Peer::ShmPark, Peer::Futex), (Peer::ShmAdaptive, Peer::Bare)]
-        .into_iter()
-        .filter_map(|(n, d)| ratio(results, n, d))
-        .collect()
+/// The numerator and denominator peers of the ratios, in print order.
+const RATIOS: [(Peer, Peer); 3] =
+    [(Peer::ShmSpin, Peer::Bare), (Peer::ShmAdaptive, Peer::Bare), (Peer::ShmPark, Peer::Futex)];
+
+/// Every ratio of [`RATIOS`] at every size (the denominators carry no payload).
+fn ratios(results: &[CaseResult], sizes: &[usize]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for &payload in sizes {
+        for (n, d) in RATIOS {
+            out.extend(ratio(results, Case { peer: n, payload }, Case { peer: d, payload: 0 }));
+        }
+    }
+    out
 }
 
-fn print_ratios(results: &[PeerResult], ratios: &[Ratio]) {
+fn print_ratios(results: &[CaseResult], ratios: &[Ratio]) {
+    println!("\np50 ratios, over all samples (median of the per-round ratios):\n");
+    let head: Vec<String> = RATIOS.iter().map(|(n, d)| format!("{} / {}", n.name(), d.name())).collect();
+    println!("| payload | {} |", head.join(" | "));
+    println!("|---:|{}", "---:|".repeat(RATIOS.len()));
+    let mut sizes: Vec<usize> = ratios.iter().map(|r| r.num.payload).collect();
+    sizes.dedup();
+    for payload in sizes {
+        let cells: Vec<String> = RATIOS
+            .iter()
+            .map(|&(n, d)| {
+                ratios
+                    .iter()
+                    .find(|r| r.num == Case { peer: n, payload } && r.den.peer == d)
+                    .map_or("-".into(), |r| format!("{:.2} ({:.2})", r.overall, r.round_median()))
+            })
+            .collect();
+        println!("| {} | {} |", size_label(payload), cells.join(" | "));
+    }
     println!();
-    for r in ratios {
+    if let Some(r) = ratios.iter().find(|r| r.num == Case { peer: Peer::ShmSpin, payload: HEADLINE }) {
         let rounds: Vec<String> = r.per_round.iter().map(|x| format!("{x:.2}")).collect();
         println!(
-            "- {} p50 / {} p50: {:.2} over all samples; median of rounds {:.2} (per round: {})",
-            r.num.name(),
-            r.den.name(),
+            "- headline: shmflow spin at {} / bare-atomic, p50: {:.2} over all samples; median of rounds {:.2} \
+             (per round: {})",
+            size_label(HEADLINE),
             r.overall,
             r.round_median(),
             rounds.join(", ")
         );
     }
-    if let Some(bare) = find(results, Peer::Bare) {
+    if let Some(bare) = find(results, Case { peer: Peer::Bare, payload: 0 }) {
         let p: Vec<String> = bare.round_p50.iter().map(|v| v.to_string()).collect();
         println!(
-            "- bare-atomic p50 per round: {} ns (a shift between rounds means the vCPUs moved; \
+            "- bare-atomic RTT p50 per round: {} ns (a shift between rounds means the vCPUs moved; \
              MACHINE.md: near ~120, far ~410 on its EPYC)",
             p.join(", ")
         );
     }
 }
 
-/// Flat JSON records, one per figure.
-fn json_records(plan: &Plan, results: &[PeerResult], ratios: &[Ratio]) -> String {
-    let record = |system: &str, metric: &str, value: String| {
-        format!(
-            "  {{\"bench\":\"latency\",\"system\":\"{system}\",\"mode\":\"{}\",\"payload_bytes\":{PAYLOAD},\
-             \"metric\":\"{metric}\",\"value\":{value}}}",
-            plan.mode()
-        )
-    };
+/// One flat JSON record. `extra` holds further `"key":value` fields, already encoded.
+fn json_record(
+    run: &str,
+    system: &str,
+    mode: &str,
+    payload: usize,
+    extra: &[String],
+    metric: &str,
+    value: String,
+) -> String {
+    let mut fields = vec![
+        "\"bench\":\"latency\"".to_string(),
+        format!("\"system\":\"{system}\""),
+        format!("\"mode\":\"{mode}\""),
+        format!("\"payload_bytes\":{payload}"),
+    ];
+    fields.extend(extra.iter().cloned());
+    fields.push(format!("\"metric\":\"{metric}\""));
+    fields.push(format!("\"value\":{value}"));
+    fields.push(format!("\"run\":\"{run}\""));
+    format!("  {{{}}}", fields.join(","))
+}
+
+/// Flat JSON records, one per figure: per case the one-way percentiles, the RTT p50, the
+/// sample count and the one-way curve points; per ratio its two figures.
+fn json_records(plan: &Plan, results: &[CaseResult], ratios: &[Ratio]) -> String {
+    let run = plan.run();
     let mut out = Vec::new();
     for r in results {
-        let q = quantiles(&r.merged);
-        for (metric, v) in ["p50_ns", "p99_ns", "p999_ns", "max_ns"].iter().zip(q) {
-            out.push(record(r.peer.name(), metric, v.to_string()));
+        let (peer, h) = (r.case.peer, &r.merged);
+        let seg: Vec<String> = r.case.segment_bytes().map(|s| format!("\"segment_bytes\":{s}")).into_iter().collect();
+        let rec = |extra: &[String], metric: &str, value: String| {
+            json_record(run, peer.system(), peer.mode(), r.case.payload, extra, metric, value)
+        };
+        for (metric, p) in ONEWAY {
+            out.push(rec(&seg, metric, format!("{:.1}", oneway_at(h, p))));
         }
-        out.push(record(r.peer.name(), "oneway_p50_ns", (q[0] / 2).to_string()));
-        out.push(record(r.peer.name(), "samples", r.merged.len().to_string()));
+        out.push(rec(&seg, "rtt_p50_ns", rtt_at(h, 50.0).to_string()));
+        out.push(rec(&seg, "samples", h.len().to_string()));
+        for p in CURVE {
+            let mut extra = seg.clone();
+            extra.push(format!("\"percentile\":{p}"));
+            out.push(rec(&extra, "curve_oneway_ns", format!("{:.1}", oneway_at(h, p))));
+        }
     }
     for r in ratios {
-        let system = format!("{}/{}", r.num.name(), r.den.name());
-        out.push(record(&system, "p50_ratio", format!("{:.3}", r.overall)));
-        out.push(record(&system, "p50_ratio_round_median", format!("{:.3}", r.round_median())));
+        let (system, mode) = (r.system(), r.num.peer.mode());
+        out.push(json_record(run, &system, mode, r.num.payload, &[], "p50_ratio", format!("{:.3}", r.overall)));
+        let median = format!("{:.3}", r.round_median());
+        out.push(json_record(run, &system, mode, r.num.payload, &[], "p50_ratio_round_median", median));
     }
     format!("[\n{}\n]\n", out.join(",\n"))
 }
