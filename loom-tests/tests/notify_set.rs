@@ -14,6 +14,9 @@
 //!   `fetch_add`): the second marker finds the bit set (in `mark`'s load or its `fetch_or`)
 //!   and neither sets it nor notifies. The test asserts that the search reached executions
 //!   where the two marks were coalesced into one;
+//! - one marker that publishes on two members, issues one `fence(SeqCst)` and then
+//!   `mark_fenced` for both (the batched flush of `ResultPartition::flush_all`), twice,
+//!   racing a plain `mark` on one of the members;
 //! - the gate-attach handshake: the producer's `ChannelWriter` publishes two payload-free
 //!   `EndOfData` events (they take no credit) and calls `notify_consumer` after each, while
 //!   the consumer thread builds its `ChannelReader`, calls `set_gate(0, 1)` (member 1, so a
@@ -37,8 +40,9 @@
 //! makes all three models deadlock (the handshake model's second event takes the cached-gate
 //! `mark` path); removing the fence in `set_gate` or the one in `notify_consumer_slow`, or
 //! making the store of `gate` in `set_gate` or its load in `notify_consumer_slow` Relaxed,
-//! makes the handshake model deadlock. The last one is a bug this model found: with both
-//! Relaxed (and the fences on the wrong side of them to order them), a producer could see
+//! makes the handshake model deadlock; dropping the one fence of the batched marker
+//! (leaving `mark_fenced` unfenced) makes the batched model deadlock. The Relaxed
+//! `gate` store and load is a bug this model found: with both Relaxed (and the fences on the wrong side of them to order them), a producer could see
 //! the gate id but the old member index, mark (and cache) the wrong member, and the
 //! consumer's channel was never served again.
 //!
@@ -120,6 +124,45 @@ fn distinct_members_no_lost_item() {
         for m in markers {
             m.join().unwrap();
         }
+    });
+}
+
+/// One marker publishing an item on each of members 0 and 1, then one `fence(SeqCst)` and
+/// `mark_fenced` for both (what `ResultPartition::flush_all` does for many channels), twice,
+/// while a second marker uses `mark` on member 1: the shared fence must stand for the
+/// per-mark fences.
+#[test]
+fn batched_marks_one_fence_no_lost_item() {
+    common::check("notify_set::batched_marks_one_fence_no_lost_item", Some(3), || {
+        let arena = common::tiny_arena();
+        let data: Arc<[AtomicU32; 2]> = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let batch = {
+            let (arena, data) = (Arc::clone(&arena), Arc::clone(&data));
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    for d in data.iter() {
+                        // Release: publishes the item, as a builder's commit does.
+                        d.fetch_add(1, Ordering::Release);
+                    }
+                    // SeqCst fence: the one fence of the batch, as in `flush_all`.
+                    shmflow::sync::fence(Ordering::SeqCst);
+                    for member in 0..2 {
+                        set(&arena).mark_fenced(member).expect("member inside the set");
+                    }
+                }
+            })
+        };
+        let single = {
+            let (arena, data) = (Arc::clone(&arena), Arc::clone(&data));
+            thread::spawn(move || {
+                // Release: publishes the item.
+                data[1].fetch_add(1, Ordering::Release);
+                set(&arena).mark(1).expect("member inside the set");
+            })
+        };
+        own(&arena, &data[..], &[2, 3]);
+        batch.join().unwrap();
+        single.join().unwrap();
     });
 }
 

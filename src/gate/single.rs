@@ -433,7 +433,8 @@ impl SingleInputGate {
     }
 
     /// Grants floating credits to channels whose producers want credit, largest backlog
-    /// first.
+    /// first. Channels left without one stay in the wanting list, and the gate takes
+    /// floating credits back from channels that ran dry so they can be granted next.
     pub(crate) fn grant_floating(&mut self) -> Result<()> {
         if self.wanting.is_empty() {
             return Ok(());
@@ -445,23 +446,48 @@ impl SingleInputGate {
         wanting.sort_by_key(|&c| {
             std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed))
         });
+        let mut unserved = Vec::new();
         for c in wanting.drain(..) {
-            if self.floating_free.get() == 0 {
-                break;
-            }
             let ch = &mut self.channels[c as usize];
             if ch.state == ChannelState::Finished || !ch.reader.channel().credit_wanted() {
+                continue;
+            }
+            if self.floating_free.get() == 0 {
+                unserved.push(c);
                 continue;
             }
             ch.reader.channel().grant(1)?;
             ch.floating += 1;
             self.floating_free.set(self.floating_free.get() - 1);
         }
+        let short = !unserved.is_empty();
+        // The emptied list keeps its allocation for the next round.
+        wanting.extend(unserved);
         self.wanting = wanting;
+        if short {
+            self.revoke_idle_floating();
+        }
         Ok(())
     }
 
+    /// Takes the floating credits back from every channel that ran dry and whose producer
+    /// does not ask for credit (they return to the pool as its segments are released).
+    fn revoke_idle_floating(&mut self) {
+        for ch in self.channels.iter_mut() {
+            if ch.floating > 0 && !ch.queued && !ch.reader.channel().credit_wanted() {
+                ch.reader.channel().credit_return().revoke(ch.floating);
+                ch.floating = 0;
+            }
+        }
+    }
+
+    /// Channel `c` ran dry. Its floating credits stay with it unless another channel is
+    /// waiting for one and the pool has none left: taking them back at every dry moment
+    /// made a fast channel fall back to its exclusive credits and stall half the time.
     fn maybe_revoke(&mut self, c: usize) {
+        if self.floating_free.get() > 0 || self.wanting.is_empty() {
+            return;
+        }
         let ch = &mut self.channels[c];
         if ch.floating > 0 && !ch.reader.channel().credit_wanted() {
             ch.reader.channel().credit_return().revoke(ch.floating);

@@ -24,7 +24,7 @@ use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::record::{write_record, write_spanning_head, Record, WriteOutcome, DEFAULT_MAX_RECORD, LEN_PREFIX};
 use crate::ring::{ChannelWriter, Descriptor, EventCode, NotifySet};
-use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, WaitPolicy, Waiter};
+use crate::sync::{fence, now_nanos, AtomicBool, Ordering, WaitOutcome, WaitPolicy, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -676,15 +676,34 @@ impl ResultPartition {
     /// # Errors
     /// As [`flush`](Self::flush).
     pub fn flush_all(&mut self) -> Result<()> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
         let mut r = Ok(());
-        for &c in &dirty {
-            let res = if c == u32::MAX { self.flush_broadcast() } else { self.flush(c) };
-            if res.is_err() && r.is_ok() {
-                r = res;
+        if dirty.len() > 1 && !dirty.contains(&u32::MAX) {
+            // Many channels: commit them all, one fence, then notify them all (one fence
+            // for the lot instead of one per channel; consumers in other processes see
+            // the positions as soon as each commit's store lands).
+            dirty.retain(|&c| {
+                let sub = &mut self.subs[c as usize];
+                sub.dirty = false;
+                sub.builder.as_mut().is_some_and(|b| b.commit())
+            });
+            // SeqCst fence: stands for the fence of every `NotifySet::mark` below (see
+            // `mark_fenced`); pairs with the fence in `NotifySet::drain`.
+            fence(Ordering::SeqCst);
+            for &c in &dirty {
+                let res = self.subs[c as usize].writer.notify_consumer_fenced();
+                if res.is_err() && r.is_ok() {
+                    r = res;
+                }
+            }
+        } else {
+            for &c in &dirty {
+                let res = if c == u32::MAX { self.flush_broadcast() } else { self.flush(c) };
+                if res.is_err() && r.is_ok() {
+                    r = res;
+                }
             }
         }
-        let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;

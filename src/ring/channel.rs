@@ -204,6 +204,21 @@ impl ChannelWriter {
         self.notify_consumer_slow()
     }
 
+    /// [`notify_consumer`](Self::notify_consumer) for a caller that issued
+    /// `fence(SeqCst)` after publishing (its commits or descriptors) and before this call:
+    /// a flush of many channels pays one fence for all of them. Without that fence a
+    /// parked consumer can miss the wake-up.
+    ///
+    /// # Errors
+    /// As [`notify_consumer`](Self::notify_consumer).
+    #[inline]
+    pub fn notify_consumer_fenced(&mut self) -> Result<()> {
+        if let Some((set, index)) = self.gate {
+            return NotifySet::new(&self.arena, set)?.mark_fenced(index);
+        }
+        self.notify_consumer_slow()
+    }
+
     #[cold]
     fn notify_consumer_slow(&mut self) -> Result<()> {
         // SeqCst fence: pairs with the fence in `ChannelReader::set_gate`: either we see

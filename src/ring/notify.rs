@@ -62,6 +62,22 @@ impl<'a> NotifySet<'a> {
     /// memory).
     #[inline]
     pub fn mark(&self, index: u32) -> Result<()> {
+        // SeqCst fence: the marker's half of the Dekker pair; pairs with the fence in
+        // `drain`, so a set bit seen by `mark_fenced` means the owner will see our data.
+        fence(Ordering::SeqCst);
+        self.mark_fenced(index)
+    }
+
+    /// [`mark`](Self::mark) without its fence, for a caller that published the data of
+    /// several members and then issued one `fence(SeqCst)` itself before marking them all
+    /// (a partition flushing many channels at once pays one fence, not one per channel).
+    /// Without that fence between the caller's publishing stores and this call, the
+    /// "already marked" shortcut can lose a wake-up.
+    ///
+    /// # Errors
+    /// As [`mark`](Self::mark).
+    #[inline]
+    pub fn mark_fenced(&self, index: u32) -> Result<()> {
         let Some(word) = self.bits.get(index as usize / 64) else {
             return Err(Error::ProtocolViolation {
                 place: format!("notify set {}", self.id),
@@ -69,10 +85,8 @@ impl<'a> NotifySet<'a> {
             });
         };
         let bit = 1u64 << (index % 64);
-        // SeqCst fence: the marker's half of the Dekker pair; pairs with the fence in
-        // `drain`, so a set bit seen here means the owner will see our data.
-        fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fence above.
+        // Relaxed: ordered after the caller's publication by the SeqCst fence that `mark`
+        // (or the batching caller) issued; pairs with the fence in `drain`.
         if word.load(Ordering::Relaxed) & bit != 0 {
             return Ok(());
         }
