@@ -262,6 +262,9 @@ pub struct Producer {
     pub guard: ChildGuard,
     wait: Duration,
     poll: Duration,
+    /// What the child is called in messages ("producer" unless spawned with
+    /// [`Producer::spawn_as`]).
+    who: &'static str,
 }
 
 impl Producer {
@@ -274,8 +277,21 @@ impl Producer {
         wait: Duration,
         poll: Duration,
     ) -> Res<Self> {
+        Self::spawn_as(cmd, bench, "producer", deadline, wait, poll)
+    }
+
+    /// As [`Producer::spawn`], for a line-driven child called `who` in messages (e.g. a
+    /// consumer process).
+    pub fn spawn_as(
+        cmd: &mut Command,
+        bench: &'static str,
+        who: &'static str,
+        deadline: Duration,
+        wait: Duration,
+        poll: Duration,
+    ) -> Res<Self> {
         use std::io::BufRead;
-        let mut guard = ChildGuard::spawn(cmd, bench, "producer", deadline)?;
+        let mut guard = ChildGuard::spawn(cmd, bench, who, deadline)?;
         let stdin = guard.child.stdin.take().ok_or("no stdin pipe")?;
         let stdout = guard.child.stdout.take().ok_or("no stdout pipe")?;
         let (tx, lines) = mpsc::channel();
@@ -287,7 +303,7 @@ impl Producer {
                 }
             }
         });
-        Ok(Self { stdin: Some(stdin), lines, reader: Some(reader), guard, wait, poll })
+        Ok(Self { stdin: Some(stdin), lines, reader: Some(reader), guard, wait, poll, who })
     }
 
     /// Sends one command line.
@@ -309,17 +325,17 @@ impl Producer {
                     return l
                         .strip_prefix(prefix)
                         .map(|rest| rest.trim().to_string())
-                        .ok_or_else(|| format!("expected {prefix:?} from the producer, got {l:?}").into())
+                        .ok_or_else(|| format!("expected {prefix:?} from the {}, got {l:?}", self.who).into())
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.check_alive()?;
                     if left.is_zero() {
-                        return Err(format!("no {prefix:?} from the producer within {:?}", self.wait).into());
+                        return Err(format!("no {prefix:?} from the {} within {:?}", self.who, self.wait).into());
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.check_alive()?;
-                    return Err(format!("the producer closed its output before {prefix:?}").into());
+                    return Err(format!("the {} closed its output before {prefix:?}", self.who).into());
                 }
             }
         }
@@ -329,7 +345,7 @@ impl Producer {
     pub fn check_alive(&mut self) -> Res<()> {
         match self.guard.child.try_wait()? {
             None => Ok(()),
-            Some(status) => Err(format!("the producer exited early: {status}").into()),
+            Some(status) => Err(format!("the {} exited early: {status}", self.who).into()),
         }
     }
 
@@ -342,4 +358,138 @@ impl Producer {
         }
         Ok(())
     }
+}
+
+/// A type that may live in a [`Shared`] block: `#[repr(C)]`, made only of atomics (and
+/// padding around them), so that all-zero bytes are a valid value and other processes may
+/// read and write it concurrently.
+///
+/// # Safety
+/// The implementor must be valid for all-zero bytes, have an alignment of at most 4096,
+/// and be safe to access concurrently from several processes through `&Self` (atomics
+/// only: no pointers, no non-atomic data written after creation).
+pub unsafe trait SharedBlock: Sync {}
+
+/// A block of atomics of type `T` in its own memfd, mapped shared: how a bench's processes
+/// exchange counters, commands and timestamps outside the arena. Created zeroed by the
+/// parent, inherited by children (see [`Shared::inherit_into`], [`Shared::attach_inherited`]).
+pub struct Shared<T: SharedBlock> {
+    map: memmap2::MmapMut,
+    fd: OwnedFd,
+    _block: std::marker::PhantomData<T>,
+}
+
+impl<T: SharedBlock> Shared<T> {
+    /// A new zeroed block in a memfd named `name` (close-on-exec; nothing in /dev/shm).
+    pub fn create(name: &str) -> Res<Self> {
+        let cname = std::ffi::CString::new(format!("shmflow-bench:{name}"))?;
+        // SAFETY: `cname` is a valid NUL-terminated string; the flags are valid.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(format!("memfd_create: {}", std::io::Error::last_os_error()).into());
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let file = std::fs::File::from(fd);
+        // A fresh memfd reads as zeroes: the block starts all-zero, a valid `T`.
+        file.set_len(std::mem::size_of::<T>().max(1) as u64)?;
+        Self::map(OwnedFd::from(file))
+    }
+
+    fn map(fd: OwnedFd) -> Res<Self> {
+        if std::mem::align_of::<T>() > 4096 {
+            return Err("a shared block must not need more than page alignment".into());
+        }
+        let file = std::fs::File::from(fd);
+        let len = file.metadata()?.len();
+        if len < std::mem::size_of::<T>() as u64 {
+            return Err(format!("the shared block is {len} bytes, {} expected", std::mem::size_of::<T>()).into());
+        }
+        // SAFETY: the memfd is private to this bench's processes, which access the mapping
+        // only through `T`'s atomics (the SharedBlock contract), so no reference to plain
+        // bytes in it is ever invalidated by another process's writes.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        Ok(Self { map, fd: OwnedFd::from(file), _block: std::marker::PhantomData })
+    }
+
+    /// Lets the child of `cmd` inherit the block; it finds it through the variable `env`.
+    pub fn inherit_into(&self, cmd: &mut Command, env: &str) {
+        use std::os::fd::AsRawFd;
+        pass_fds(cmd, env, &[self.fd.as_raw_fd()]);
+    }
+
+    /// The block the parent passed down in the variable `env`.
+    pub fn attach_inherited(env: &str) -> Res<Self> {
+        let fd = inherited_fds(env, 1)?.pop().ok_or("no fd")?;
+        Self::map(fd)
+    }
+}
+
+impl<T: SharedBlock> std::ops::Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the mapping is page aligned (at least `T`'s alignment, checked in `map`),
+        // at least `size_of::<T>()` bytes long (checked in `map`), starts all-zero (a valid
+        // `T`), is accessed by every process only through `T`'s atomics (SharedBlock), and
+        // lives as long as `self`, which the returned reference borrows.
+        unsafe { &*(self.map.as_ptr() as *const T) }
+    }
+}
+
+/// Peak resident set and CPU time (user + system) of a process or of its reaped children.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// ru_maxrss in KiB (for RUSAGE_CHILDREN: the largest reaped child).
+    pub maxrss_kib: u64,
+    /// ru_utime + ru_stime in nanoseconds.
+    pub cpu_ns: u64,
+}
+
+/// getrusage(`who`): `libc::RUSAGE_SELF` (every thread of this process) or
+/// `libc::RUSAGE_CHILDREN` (every child reaped so far, and their reaped descendants).
+pub fn rusage(who: libc::c_int) -> Res<Usage> {
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a writable rusage; `who` is passed through to the kernel, which
+    // rejects an invalid one with EINVAL.
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return Err(format!("getrusage: {}", std::io::Error::last_os_error()).into());
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    Ok(Usage { maxrss_kib: ru.ru_maxrss as u64, cpu_ns: ns(ru.ru_utime) + ns(ru.ru_stime) })
+}
+
+/// CPU time so far of every thread of live process `pid`, in nanoseconds, from
+/// /proc/PID/task/*/schedstat (nanosecond resolution, unlike the tick counts of
+/// /proc/PID/stat); `None` if the process is gone. Threads that already exited are not
+/// counted.
+pub fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+        total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// The machine's CPU time so far from the first line of /proc/stat, in clock ticks:
+/// (busy, total), busy including time stolen by the hypervisor. Two looks give how many
+/// CPUs were busy in between: `Δbusy / Δtotal x CPUs`.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let idle = get(3) + get(4);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Some((busy, busy + idle))
+}
+
+/// The 1-minute load average, as /proc/loadavg says.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
