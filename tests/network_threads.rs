@@ -415,3 +415,41 @@ fn debloating_makes_segments_smaller_under_backpressure() {
     let whole = n * 504 / 4096;
     assert!(part.stats().segments_out > whole * 5 / 4, "{} segments for {whole} whole ones", part.stats().segments_out);
 }
+
+/// Ten claimers racing for runs of channel blocks that fill the arena exactly: every one
+/// gets its run (a claimer that finds another's half-claimed run starts over instead of
+/// failing with blocks free), the runs never overlap, and all come back.
+#[test]
+fn racing_channel_claims_fill_the_arena_exactly() {
+    use shmflow::partition::ResultPartitionManager;
+    const CLAIMERS: u32 = 10;
+    const RUN: u32 = 4;
+    let cfg =
+        ArenaConfig { segment_size: 4096, segment_count: 16, max_channels: CLAIMERS * RUN, ..ArenaConfig::default() };
+    let arena = Arc::new(Arena::heap(&cfg).unwrap());
+    for round in 0..50 {
+        let barrier = Arc::new(std::sync::Barrier::new(CLAIMERS as usize));
+        let claimers: Vec<_> = (0..CLAIMERS)
+            .map(|_| {
+                let (arena, barrier) = (arena.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let m = ResultPartitionManager::new(arena);
+                    barrier.wait();
+                    m.claim_channels(RUN)
+                })
+            })
+            .collect();
+        let mut firsts: Vec<u32> = claimers
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap_or_else(|e| panic!("round {round}: a claim failed: {e}")))
+            .collect();
+        firsts.sort_unstable();
+        let expected: Vec<u32> = (0..CLAIMERS).map(|i| i * RUN).collect();
+        assert_eq!(firsts, expected, "round {round}: runs overlap or leave gaps");
+        let m = ResultPartitionManager::new(arena.clone());
+        assert!(m.claim_channels(1).is_err(), "round {round}: a block beyond the full arena");
+        for f in firsts {
+            m.release_channels(f, RUN);
+        }
+    }
+}

@@ -224,11 +224,35 @@ impl ResultPartitionManager {
 
     /// Claims `n` contiguous channel blocks and resets them; returns the first.
     ///
+    /// Claimers in other processes may hold blocks for a moment while they try a run of
+    /// their own and hand them back when it fails, so a scan that finds no run starts over
+    /// (a bounded number of times) before it gives up; otherwise two partitions created at
+    /// once could both fail with enough blocks free.
+    ///
     /// # Errors
     /// [`Error::OutOfSlots`] when no run of `n` free blocks exists.
     pub fn claim_channels(&self, n: u32) -> Result<u32> {
+        /// Scans before giving up; between two, other claimers get the CPU.
+        const SCANS: u32 = 64;
+        for scan in 0..SCANS {
+            let mut contended = false;
+            if let Some(first) = self.claim_channels_once(n as usize, &mut contended) {
+                return Ok(first);
+            }
+            if !contended {
+                break;
+            }
+            if scan + 1 < SCANS {
+                std::thread::yield_now();
+            }
+        }
+        Err(Error::OutOfSlots("run of channel blocks"))
+    }
+
+    /// One scan for a run of `n` free blocks; `contended` tells whether a block that
+    /// stopped the scan was claimed by someone else (it may come back).
+    fn claim_channels_once(&self, n: usize, contended: &mut bool) -> Option<u32> {
         let blocks = self.arena.channels();
-        let n = n as usize;
         let mut start = 0;
         'outer: while start + n <= blocks.len() {
             let run = start..start + n;
@@ -241,6 +265,10 @@ impl ResultPartitionManager {
                             .compare_exchange(CHANNEL_CLOSED, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed)
                             .is_ok();
                 if !ok {
+                    // Relaxed: a hint for the retry decision only.
+                    if st.load(Ordering::Relaxed) == CHANNEL_CLAIMED {
+                        *contended = true;
+                    }
                     for b in &blocks[start..j] {
                         // Release: hands the block back unchanged.
                         b.state.store(CHANNEL_FREE, Ordering::Release);
@@ -252,9 +280,9 @@ impl ResultPartitionManager {
             for b in &blocks[start..start + n] {
                 b.reset();
             }
-            return Ok(start as u32);
+            return Some(start as u32);
         }
-        Err(Error::OutOfSlots("run of channel blocks"))
+        None
     }
 
     /// Returns channel blocks to the free list (their segments are all back).
