@@ -121,6 +121,9 @@ pub const CHANNEL_CONSUMER_GONE: u32 = 3;
 pub const CHANNEL_CONSUMED: u32 = 6;
 /// `ChannelBlock::state`: claimed by a partition that is being set up.
 pub const CHANNEL_CLAIMED: u32 = 4;
+/// `ChannelBlock::state`: held for a moment by a claimer that scans for a run of free
+/// blocks; it becomes `CHANNEL_CLAIMED` when the run is complete, `CHANNEL_FREE` when not.
+pub const CHANNEL_PROBING: u32 = 7;
 /// `ChannelBlock::state`: the producer finished and released the channel; its segments
 /// are all back.
 pub const CHANNEL_CLOSED: u32 = 5;

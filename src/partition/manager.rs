@@ -13,7 +13,7 @@
 
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::error::{Error, Result};
-use crate::memory::{Arena, PartitionEntry, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE};
+use crate::memory::{Arena, PartitionEntry, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE, CHANNEL_PROBING};
 use crate::ring::NotifySet;
 use crate::sync::Ordering;
 use std::sync::Arc;
@@ -225,32 +225,33 @@ impl ResultPartitionManager {
     /// Claims `n` contiguous channel blocks and resets them; returns the first.
     ///
     /// Claimers in other processes may hold blocks for a moment while they try a run of
-    /// their own and hand them back when it fails, so a scan that finds no run starts over
-    /// (a bounded number of times) before it gives up; otherwise two partitions created at
-    /// once could both fail with enough blocks free.
+    /// their own and hand them back when it fails, so a scan that finds no run but met such
+    /// blocks starts over (for at most half a second) before it gives up; otherwise two
+    /// partitions created at once could both fail with enough blocks free.
     ///
     /// # Errors
     /// [`Error::OutOfSlots`] when no run of `n` free blocks exists.
     pub fn claim_channels(&self, n: u32) -> Result<u32> {
-        /// Scans before giving up; between two, other claimers get the CPU.
-        const SCANS: u32 = 64;
-        for scan in 0..SCANS {
+        /// How long scans go on while other claimers hold blocks (a claimer that was
+        /// descheduled mid-run holds its blocks until it runs again).
+        const PATIENCE: Duration = Duration::from_millis(500);
+        let mut deadline = None;
+        loop {
             let mut contended = false;
             if let Some(first) = self.claim_channels_once(n as usize, &mut contended) {
                 return Ok(first);
             }
-            if !contended {
-                break;
+            let now = crate::sync::now_nanos();
+            let end = *deadline.get_or_insert(now + PATIENCE.as_nanos() as u64);
+            if !contended || now >= end {
+                return Err(Error::OutOfSlots("run of channel blocks"));
             }
-            if scan + 1 < SCANS {
-                std::thread::yield_now();
-            }
+            std::thread::yield_now();
         }
-        Err(Error::OutOfSlots("run of channel blocks"))
     }
 
     /// One scan for a run of `n` free blocks; `contended` tells whether a block that
-    /// stopped the scan was claimed by someone else (it may come back).
+    /// stopped the scan was only held by another scanner (it may come back).
     fn claim_channels_once(&self, n: usize, contended: &mut bool) -> Option<u32> {
         let blocks = self.arena.channels();
         let mut start = 0;
@@ -260,13 +261,13 @@ impl ResultPartitionManager {
                 let st = &blocks[j].state;
                 // Acquire on success: after the previous user's last writes to the block.
                 let ok =
-                    st.compare_exchange(CHANNEL_FREE, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                    st.compare_exchange(CHANNEL_FREE, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed).is_ok()
                         || st
-                            .compare_exchange(CHANNEL_CLOSED, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                            .compare_exchange(CHANNEL_CLOSED, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed)
                             .is_ok();
                 if !ok {
                     // Relaxed: a hint for the retry decision only.
-                    if st.load(Ordering::Relaxed) == CHANNEL_CLAIMED {
+                    if st.load(Ordering::Relaxed) == CHANNEL_PROBING {
                         *contended = true;
                     }
                     for b in &blocks[start..j] {
@@ -279,6 +280,9 @@ impl ResultPartitionManager {
             }
             for b in &blocks[start..start + n] {
                 b.reset();
+                // Relaxed: the run is ours (PROBING); the partition's publication orders
+                // its use.
+                b.state.store(CHANNEL_CLAIMED, Ordering::Relaxed);
             }
             return Some(start as u32);
         }
