@@ -110,9 +110,11 @@ fn main() -> Res<()> {
     println!("  blocking : {:>8.2} M words/s  ({:.2}x pipelined)", b / 1e6, b / p);
     println!("  ({:.1} s in all)", t0.elapsed().as_secs_f64());
     if let Some(path) = &a.json {
+        // The run kind: argv holds --bench in the full run.
+        let run = if std::env::args().any(|x| x == "--bench") { "full" } else { "quick" };
         let rec = |exchange: &str, v: f64| {
             format!(
-                "  {{\"bench\":\"blocking\",\"system\":\"shmflow\",\"exchange\":\"{exchange}\",\"text_mb\":{},\"parallelism\":{},\"metric\":\"words_per_s\",\"value\":{v:.1}}}",
+                "  {{\"bench\":\"blocking\",\"run\":\"{run}\",\"system\":\"shmflow\",\"exchange\":\"{exchange}\",\"text_mb\":{},\"parallelism\":{},\"metric\":\"words_per_s\",\"value\":{v:.1}}}",
                 a.mb, a.parallelism
             )
         };

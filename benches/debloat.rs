@@ -501,7 +501,8 @@ fn json_records(plan: &Plan, outcomes: &[Outcome]) -> String {
             out.push(format!(
                 "  {{\"bench\":\"debloat\",\"system\":\"shmflow\",\"run\":\"{}\",\"mode\":\"{}\",\"metric\":\"{metric}\",\
                  \"value\":{v}}}",
-                plan.mode(),
+                // The run kind as every benchmark writes it (the console says "smoke").
+                if plan.full { "full" } else { "quick" },
                 o.mode.name
             ));
         }

@@ -545,7 +545,7 @@ fn main() -> Res<()> {
 
     if let Some(path) = &args.json {
         let mut out = Vec::new();
-        let mode = if args.full { "full" } else { "quick" };
+        let run = if args.full { "full" } else { "quick" };
         for r in &rows {
             let mut metrics = vec![
                 ("records_per_s", r.records_per_s),
@@ -560,7 +560,7 @@ fn main() -> Res<()> {
             for (metric, value) in metrics {
                 let v = if value.is_finite() { format!("{value:.4}") } else { "null".into() };
                 out.push(format!(
-                    "  {{\"bench\":\"wordcount\",\"mode\":\"{mode}\",\"system\":\"{}\",\"parallelism\":{},\"workers\":{},\
+                    "  {{\"bench\":\"wordcount\",\"run\":\"{run}\",\"system\":\"{}\",\"parallelism\":{},\"workers\":{},\
                      \"text_mb\":{mb},\"metric\":\"{metric}\",\"value\":{v}}}",
                     r.cfg.system.name(),
                     r.cfg.parallelism,
@@ -570,7 +570,7 @@ fn main() -> Res<()> {
         }
         if let Some(r) = rtt {
             out.push(format!(
-                "  {{\"bench\":\"wordcount\",\"mode\":\"{mode}\",\"system\":\"bare-atomic\",\"parallelism\":null,\
+                "  {{\"bench\":\"wordcount\",\"run\":\"{run}\",\"system\":\"bare-atomic\",\"parallelism\":null,\
                  \"workers\":null,\"text_mb\":null,\"metric\":\"rtt_ns\",\"value\":{r:.1}}}"
             ));
         }
