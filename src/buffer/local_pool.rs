@@ -49,7 +49,7 @@ pub struct LocalBufferPool {
     id: u32,
     worker: u32,
     config: LocalPoolConfig,
-    available: Vec<MemorySegment>,
+    available: std::collections::VecDeque<MemorySegment>,
     /// Bit i set: segment i is handed out by this pool and not back yet.
     outstanding: Vec<u64>,
     outstanding_count: u32,
@@ -92,7 +92,7 @@ impl LocalBufferPool {
             id,
             worker,
             config,
-            available: Vec::with_capacity(config.max as usize),
+            available: std::collections::VecDeque::with_capacity(config.max as usize),
             outstanding: vec![0; words],
             outstanding_count: 0,
             per_channel: vec![0; config.channels as usize],
@@ -102,7 +102,7 @@ impl LocalBufferPool {
         };
         for _ in 0..config.min {
             match pool.global.request(Owner::Pool { pool: id, worker }, id + 1)? {
-                Some(s) => pool.available.push(s),
+                Some(s) => pool.available.push_back(s),
                 None => return Err(Error::PoolExhausted),
             }
         }
@@ -166,7 +166,7 @@ impl LocalBufferPool {
                 }
             }
         }
-        let seg = match self.available.pop() {
+        let seg = match self.available.pop_front() {
             Some(s) => s,
             None if self.size() < self.config.max => {
                 match self.global.request(Owner::Pool { pool: self.id, worker: self.worker }, self.id + 1)? {
@@ -290,7 +290,7 @@ impl LocalBufferPool {
         if self.size() > self.config.max {
             drop(seg); // the quota shrank: back to the network pool
         } else {
-            self.available.push(seg);
+            self.available.push_back(seg);
         }
     }
 
@@ -319,7 +319,7 @@ impl LocalBufferPool {
     pub fn set_max(&mut self, max: u32) {
         self.config.max = max.max(self.config.min).max(1);
         while self.size() > self.config.max {
-            if self.available.pop().is_none() {
+            if self.available.pop_back().is_none() {
                 break;
             }
         }

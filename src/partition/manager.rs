@@ -224,51 +224,45 @@ impl ResultPartitionManager {
 
     /// Claims `n` contiguous channel blocks and resets them; returns the first.
     ///
-    /// Claimers in other processes may hold blocks for a moment while they try a run of
-    /// their own and hand them back when it fails, so a scan that finds no run but met such
-    /// blocks starts over (for at most half a second) before it gives up; otherwise two
-    /// partitions created at once could both fail with enough blocks free.
+    /// First fit, without a lock: a scan holds the blocks of the run it tries (PROBING).
+    /// A scan that meets a block another scan holds waits for it to settle (claimed or
+    /// handed back, for at most half a second) instead of skipping it: skipping made
+    /// concurrent creators leave gaps, so partitions created at once in an arena sized for
+    /// exactly them could fail with enough blocks free. A scan only ever waits for a block
+    /// above the ones it holds, so two scans cannot wait for each other.
     ///
     /// # Errors
     /// [`Error::OutOfSlots`] when no run of `n` free blocks exists.
     pub fn claim_channels(&self, n: u32) -> Result<u32> {
-        /// How long scans go on while other claimers hold blocks (a claimer that was
-        /// descheduled mid-run holds its blocks until it runs again).
+        /// How long a scan waits for another scan's block (a scanner descheduled mid-run
+        /// holds its blocks until it runs again).
         const PATIENCE: Duration = Duration::from_millis(500);
-        let mut deadline = None;
-        loop {
-            let mut contended = false;
-            if let Some(first) = self.claim_channels_once(n as usize, &mut contended) {
-                return Ok(first);
-            }
-            let now = crate::sync::now_nanos();
-            let end = *deadline.get_or_insert(now + PATIENCE.as_nanos() as u64);
-            if !contended || now >= end {
-                return Err(Error::OutOfSlots("run of channel blocks"));
-            }
-            std::thread::yield_now();
-        }
+        let deadline = crate::sync::now_nanos() + PATIENCE.as_nanos() as u64;
+        self.claim_channels_until(n as usize, deadline).ok_or(Error::OutOfSlots("run of channel blocks"))
     }
 
-    /// One scan for a run of `n` free blocks; `contended` tells whether a block that
-    /// stopped the scan was only held by another scanner (it may come back).
-    fn claim_channels_once(&self, n: usize, contended: &mut bool) -> Option<u32> {
+    fn claim_channels_until(&self, n: usize, deadline: u64) -> Option<u32> {
         let blocks = self.arena.channels();
         let mut start = 0;
         'outer: while start + n <= blocks.len() {
             let run = start..start + n;
             for j in run {
                 let st = &blocks[j].state;
-                // Acquire on success: after the previous user's last writes to the block.
-                let ok =
-                    st.compare_exchange(CHANNEL_FREE, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                loop {
+                    // Acquire on success: after the previous user's last writes to the block.
+                    let ok = st
+                        .compare_exchange(CHANNEL_FREE, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
                         || st
                             .compare_exchange(CHANNEL_CLOSED, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed)
                             .is_ok();
-                if !ok {
-                    // Relaxed: a hint for the retry decision only.
-                    if st.load(Ordering::Relaxed) == CHANNEL_PROBING {
-                        *contended = true;
+                    if ok {
+                        break;
+                    }
+                    // Relaxed: only decides whether to wait; the CAS above synchronizes.
+                    if st.load(Ordering::Relaxed) == CHANNEL_PROBING && crate::sync::now_nanos() < deadline {
+                        crate::sync::yield_now();
+                        continue;
                     }
                     for b in &blocks[start..j] {
                         // Release: hands the block back unchanged.

@@ -28,6 +28,7 @@ pub fn tiny_config() -> ArenaConfig {
 
 /// A fresh heap arena with [`tiny_config`]. Must be called inside the model closure: its
 /// atomics are loom objects that belong to one execution.
+#[allow(dead_code)] // each test file compiles this module; not every model uses it
 pub fn tiny_arena() -> Arc<Arena> {
     Arc::new(Arena::heap(&tiny_config()).expect("the tiny loom config is valid"))
 }
