@@ -583,18 +583,41 @@ fn a_segment_position_beyond_the_segment_is_a_protocol_violation() {
 
 #[test]
 fn a_record_running_past_its_segment_is_a_protocol_violation() {
-    // The length prefix promises 100 bytes; the writer finishes the segment after 10.
+    use shmflow::buffer::SLOT_VALID;
+    // A stream segment whose first slot promises a record as long as the whole segment.
+    let arena = heap_arena();
+    let mut r = StreamReader::new(arena.clone(), CH, 2, WaitPolicy::park()).unwrap();
+    let (mut w, mut pool) = writer_and_pool(&arena);
+    w.reclaim(&mut pool).unwrap();
+    let b = BufferBuilder::new(pool.request(None).unwrap().unwrap(), 1);
+    arena.segment_word(b.index(), 0).store(SLOT_VALID | arena.segment_size(), Ordering::Release);
+    w.publish(Descriptor::Buffer(b.index())).unwrap();
+    let e = r.next(Some(Duration::from_secs(5)), |p| p.len()).unwrap_err();
+    assert_violation(e, &format!("channel {CH}"), &[&format!("segment {}", b.index()), "not a record"]);
+
+    // A slot without the valid bit is garbage too.
+    let arena = heap_arena();
+    let mut r = StreamReader::new(arena.clone(), CH, 2, WaitPolicy::park()).unwrap();
+    let (mut w, mut pool) = writer_and_pool(&arena);
+    w.reclaim(&mut pool).unwrap();
+    let b = BufferBuilder::new(pool.request(None).unwrap().unwrap(), 1);
+    arena.segment_word(b.index(), 0).store(12, Ordering::Release);
+    w.publish(Descriptor::Buffer(b.index())).unwrap();
+    let e = r.next(Some(Duration::from_secs(5)), |p| p.len()).unwrap_err();
+    assert_violation(e, &format!("channel {CH}"), &["slot 0xc", "not a record"]);
+
+    // The writer ends the segment after 10 bytes but never published a record in them.
     let arena = heap_arena();
     let mut r = StreamReader::new(arena.clone(), CH, 2, WaitPolicy::park()).unwrap();
     let (mut w, mut pool) = writer_and_pool(&arena);
     w.reclaim(&mut pool).unwrap();
     let mut b = BufferBuilder::new(pool.request(None).unwrap().unwrap(), 1);
-    b.append(&100u32.to_le_bytes());
-    b.append(&[1u8; 10]);
+    b.append(&[0u8; 4]); // a clear slot, then bytes no slot announces
+    b.append(&[1u8; 6]);
     b.finish();
     w.publish(Descriptor::Buffer(b.index())).unwrap();
     let e = r.next(Some(Duration::from_secs(5)), |p| p.len()).unwrap_err();
-    assert_violation(e, &format!("channel {CH}"), &[&format!("segment {}", b.index()), "ends inside a record"]);
+    assert_violation(e, &format!("channel {CH}"), &[&format!("segment {}", b.index()), "ends at 10 with no record"]);
 }
 
 #[test]

@@ -13,6 +13,23 @@
 //!                                                  == 1 -> ReleaseSink::release(seg, last)
 //! ```
 //!
+//! Slot-framed records (the record stream's format, used where one reader spins on one
+//! writer and every cache line counts): each record is `[slot: u32][payload][pad to 4]`,
+//! and the slot is an atomic word the writer stores last, `len | SLOT_VALID` with
+//! Release, after clearing the next record's slot. The reader polls the slot at its read
+//! position (Acquire) and reads the payload when it turns valid: the record's own cache
+//! line carries its publication, so the reader does not wait for the position word's line
+//! as well. The position marker still ends the segment (FINISHED) and still serves the
+//! commits of `flush`.
+//!
+//! ```text
+//!  writer (write_slotted)                          reader (slot_record)
+//!  payload -> [pos+4, pos+4+len)                   v = slot(read_pos).load(Acquire)
+//!  slot(next).store(0, Relaxed)                    v == 0: nothing yet (or the end:
+//!  slot(pos).store(len | VALID, Release) ------->      look for FINISHED at read_pos)
+//!                                                  else read [read_pos+4, +len), advance
+//! ```
+//!
 //! The writer never writes below its published position and readers never read above it,
 //! so the two never touch the same bytes at once. A segment published on several channels
 //! (broadcast) starts with `refcount = fanout`; each channel's reader drops one, and the one
@@ -23,6 +40,18 @@ use crate::memory::{Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSIT
 use crate::sync::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// Marks a published slot of a slot-framed record (the other 31 bits are the length).
+pub const SLOT_VALID: u32 = 1 << 31;
+
+/// Bytes of a slot.
+pub const SLOT_BYTES: u32 = 4;
+
+/// Bytes a slot-framed record of `len` payload bytes takes in a segment: its slot, the
+/// payload, and padding to the next multiple of 4 (slots are aligned words).
+pub const fn slot_framed_len(len: usize) -> usize {
+    (SLOT_BYTES as usize + len + 3) & !3
+}
 
 /// The writer's cursor over one segment.
 pub struct BufferBuilder {
@@ -155,6 +184,42 @@ impl BufferBuilder {
         dst[..4].copy_from_slice(&(len as u32).to_le_bytes());
         record.serialize_into(&mut dst[4..]);
         self.pos += total as u32;
+        true
+    }
+
+    /// Clears the slot at the start of the segment, for a segment that will carry
+    /// slot-framed records: call before the segment is handed to its reader (its
+    /// descriptor's Release publication orders this store before the reader's first poll).
+    pub fn clear_first_slot(&self) {
+        // Relaxed: published with the segment's descriptor (see above).
+        self.arena.segment_word(self.index, 0).store(0, Ordering::Relaxed);
+    }
+
+    /// Writes a slot-framed record of `len` bytes that `fill` produces in place, and
+    /// publishes it at once (no commit needed for a slot-polling reader). Returns false,
+    /// writing nothing, when it does not fit in the rest of the segment.
+    pub fn write_slotted(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
+        let need = slot_framed_len(len);
+        if self.finished || need > self.remaining() as usize || len >= SLOT_VALID as usize {
+            return false;
+        }
+        let pos = self.pos;
+        debug_assert!(pos % SLOT_BYTES == 0, "slot-framed records stay 4-byte aligned");
+        // SAFETY: [pos + 4, pos + 4 + len) is inside the segment (need <= remaining) and
+        // above every published position and slot, so no reader looks at it; we are the
+        // only writer. The slot word itself is not part of the slice.
+        let dst = unsafe { self.arena.segment_bytes_mut(self.index, pos + SLOT_BYTES, len as u32) };
+        fill(dst);
+        let next = pos + need as u32;
+        if u64::from(next) + u64::from(SLOT_BYTES) <= u64::from(self.arena.segment_size()) {
+            // Relaxed: ordered before the reader's look at it by the Release store below,
+            // which the reader Acquires before it moves on to `next`.
+            self.arena.segment_word(self.index, next).store(0, Ordering::Relaxed);
+        }
+        // Release: pairs with the Acquire load in `BufferConsumer::slot_record`; publishes
+        // the payload and the cleared next slot.
+        self.arena.segment_word(self.index, pos).store(len as u32 | SLOT_VALID, Ordering::Release);
+        self.pos = next;
         true
     }
 
@@ -396,6 +461,62 @@ impl BufferConsumer {
         // SAFETY: [read_pos, pos) is published (Acquire above) and inside the segment
         // (validated); the lease keeps the segment alive.
         Ok((unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, pos - self.read_pos) }, fin))
+    }
+
+    /// The slot-framed record at the read position, in place, once its writer published
+    /// it (`Ok(None)` while its slot is clear, or when no slot fits before the end of the
+    /// segment). After using it, [`consume`](Self::consume) its
+    /// [`slot_framed_len`].
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] for a slot that is neither clear nor valid, or whose
+    /// length runs past the segment.
+    pub fn slot_record(&self) -> Result<Option<&[u8]>> {
+        if u64::from(self.read_pos) + u64::from(SLOT_BYTES) > u64::from(self.size) {
+            return Ok(None);
+        }
+        // Acquire: pairs with the Release store in `BufferBuilder::write_slotted`.
+        let v = self.lease.arena.segment_word(self.lease.index, self.read_pos).load(Ordering::Acquire);
+        if v == 0 {
+            return Ok(None);
+        }
+        let len = v & !SLOT_VALID;
+        if v & SLOT_VALID == 0
+            || u64::from(self.read_pos) + u64::from(SLOT_BYTES) + u64::from(len) > u64::from(self.size)
+        {
+            return Err(Error::ProtocolViolation {
+                place: format!("channel {}", self.place),
+                detail: format!(
+                    "segment {} slot {v:#x} at {} is not a record of this segment",
+                    self.lease.index, self.read_pos
+                ),
+            });
+        }
+        // SAFETY: inside the segment (checked above); published by the writer's Release
+        // store of the slot that we Acquired, and the writer never writes a published
+        // record again; the lease keeps the segment alive.
+        Ok(Some(unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos + SLOT_BYTES, len) }))
+    }
+
+    /// Where the writer ended the segment, once it did (`None` before). Unlike
+    /// [`writer_position`](Self::writer_position) this does not require the position to
+    /// be at or above the read position: a slot-framed reader runs ahead of the commits.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolViolation`] for a position beyond the segment.
+    pub fn finished_at(&self) -> Result<Option<u32>> {
+        let ctl = &self.lease.arena.controls()[self.lease.index as usize];
+        // Acquire: pairs with the Release store in `BufferBuilder::finish` (every slot
+        // written before it is visible after it).
+        let p = ctl.position.load(Ordering::Acquire);
+        let pos = p & POSITION_MASK;
+        if pos > self.size {
+            return Err(Error::ProtocolViolation {
+                place: format!("channel {}", self.place),
+                detail: format!("segment {} writer position {pos} beyond {}", self.lease.index, self.size),
+            });
+        }
+        Ok((p & FINISHED != 0).then_some(pos))
     }
 
     /// Prefetches the cache lines at the read position that the writer fills next (see

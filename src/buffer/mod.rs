@@ -14,6 +14,6 @@ mod builder;
 mod local_pool;
 mod network_pool;
 
-pub use builder::{Buffer, BufferBuilder, BufferConsumer, Lease, ReleaseSink};
+pub use builder::{slot_framed_len, Buffer, BufferBuilder, BufferConsumer, Lease, ReleaseSink, SLOT_BYTES, SLOT_VALID};
 pub use local_pool::{LocalBufferPool, LocalPoolConfig, RecycleSource};
 pub use network_pool::NetworkBufferPool;

@@ -58,6 +58,10 @@ pub struct Arena {
     /// writes and reads that the position marker must order.
     #[cfg(loom)]
     witness: Box<[crate::sync::UnsafeCell<()>]>,
+    /// Under loom, the atomic words `segment_word` hands out (loom atomics cannot live in
+    /// raw memory): one per 4 bytes of every segment.
+    #[cfg(loom)]
+    slot_words: Box<[AtomicU32]>,
 }
 
 // SAFETY: the arena's memory is only accessed through atomics or through the
@@ -260,6 +264,10 @@ impl Arena {
             witness: (0..u64::from(config.segment_count) * u64::from(config.segment_size))
                 .map(|_| crate::sync::UnsafeCell::new(()))
                 .collect(),
+            #[cfg(loom)]
+            slot_words: (0..u64::from(config.segment_count) * u64::from(config.segment_size) / 4)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
         };
         arena.initialize();
         Ok(arena)
@@ -365,6 +373,8 @@ impl Arena {
             name: Some(path.display().to_string()),
             #[cfg(loom)]
             witness: Box::new([]),
+            #[cfg(loom)]
+            slot_words: Box::new([]),
         };
         arena.check_ready()?;
         Ok(arena)
@@ -429,6 +439,8 @@ impl Arena {
             name,
             #[cfg(loom)]
             witness: Box::new([]),
+            #[cfg(loom)]
+            slot_words: Box::new([]),
         })
     }
 
@@ -641,6 +653,30 @@ impl Arena {
         // SAFETY: index < segment_count and offset <= segment_size keep `at` inside the data
         // region, which lies inside the mapping.
         unsafe { self.base.as_ptr().add(at as usize) }
+    }
+
+    /// The 4-byte word at `offset` of segment `index` as an atomic: the slot of a
+    /// slot-framed record (the record stream's format, `BufferBuilder::write_slotted`),
+    /// which its writer publishes with a Release store and its reader polls.
+    ///
+    /// # Panics
+    /// If `index` or `offset` is out of range or `offset` is not a multiple of 4 (callers
+    /// pass positions they validated against the segment size).
+    pub fn segment_word(&self, index: u32, offset: u32) -> &AtomicU32 {
+        assert!(
+            index < self.segment_count() && offset % 4 == 0 && u64::from(offset) + 4 <= u64::from(self.segment_size()),
+            "segment word {index}:{offset} out of range"
+        );
+        #[cfg(not(loom))]
+        // SAFETY: in bounds (checked above) of the data region, which lives as long as
+        // `self`; 4-byte aligned (segments start on page boundaries and `offset` is a
+        // multiple of 4). While a segment carries slot-framed records its slot words are
+        // only accessed atomically; the segment changes hands (pool, descriptor ring,
+        // recycling) only through Release/Acquire pairs, which order any plain access of
+        // another use before or after.
+        return unsafe { AtomicU32::from_ptr(self.segment_ptr(index, offset).cast()) };
+        #[cfg(loom)]
+        return &self.slot_words[(index as usize * self.segment_size() as usize + offset as usize) / 4];
     }
 
     /// Bytes `[offset, offset + len)` of segment `index`, for reading in place.

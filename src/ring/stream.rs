@@ -3,12 +3,16 @@
 //! foundation tests and the latency benchmark. The network stack's RecordWriter and
 //! InputGate generalize it to many channels and records that span segments.
 //!
-//! Wire format inside a segment: `[len: u32 LE][payload: len bytes]`, records never span
-//! segments here, so a payload is at most `segment_size - 4` bytes.
+//! Wire format inside a segment: slot-framed records (`crate::buffer::builder`'s module
+//! doc): `[slot: u32 = len | SLOT_VALID][payload: len bytes][pad to 4]`. The writer
+//! publishes each record by storing its slot (Release) and the reader polls the slot at its
+//! read position, so a record is visible as soon as it is written, and a spinning reader
+//! waits on the record's own cache line rather than on the segment's position word.
+//! Records never span segments here, so a payload is at most `segment_size - 4` bytes.
 
 use super::channel::{ChannelReader, ChannelWriter};
 use super::descriptor::{Descriptor, EventCode};
-use crate::buffer::{BufferBuilder, BufferConsumer, LocalBufferPool, LocalPoolConfig};
+use crate::buffer::{slot_framed_len, BufferBuilder, BufferConsumer, LocalBufferPool, LocalPoolConfig};
 use crate::error::{Error, Result};
 use crate::memory::Arena;
 use crate::sync::{WaitOutcome, WaitPolicy, Waiter};
@@ -29,6 +33,8 @@ pub struct StreamWriter {
     pub segments: u64,
     /// The most segments in flight at once that this writer observed.
     pub max_in_flight: u32,
+    /// Position in the open segment at the last flush.
+    flushed: u32,
 }
 
 impl StreamWriter {
@@ -51,7 +57,16 @@ impl StreamWriter {
             LocalPoolConfig { min: 1, max: pool_max, max_per_channel: pool_max, channels: 1 },
         )?;
         let channel = ChannelWriter::open(arena, channel)?;
-        Ok(Self { pool, channel, builder: None, waiter: Waiter::new(policy), timeout, segments: 0, max_in_flight: 0 })
+        Ok(Self {
+            pool,
+            channel,
+            builder: None,
+            waiter: Waiter::new(policy),
+            timeout,
+            segments: 0,
+            max_in_flight: 0,
+            flushed: 0,
+        })
     }
 
     /// The pool (for its usage and back-pressured time).
@@ -97,15 +112,18 @@ impl StreamWriter {
             }
         };
         let b = BufferBuilder::new(seg, 1);
+        // The reader polls this slot first: clear what a previous use left there.
+        b.clear_first_slot();
         self.channel.publish(Descriptor::Buffer(b.index()))?;
         self.segments += 1;
         self.max_in_flight = self.max_in_flight.max(self.channel.in_flight());
         self.builder = Some(b);
+        self.flushed = 0;
         Ok(())
     }
 
-    /// Writes one record. Not visible to the reader before [`flush`](Self::flush) or until
-    /// its segment fills.
+    /// Writes one record. A reader that polls sees it at once; [`flush`](Self::flush)
+    /// wakes a reader that parked.
     ///
     /// # Errors
     /// [`Error::TooLarge`] for a payload above `segment_size - 4`; wait errors.
@@ -114,18 +132,17 @@ impl StreamWriter {
     }
 
     /// Writes a record of `len` bytes that `fill` produces straight into the segment (no
-    /// staging copy): `fill` gets exactly `len` bytes of shared memory, which the reader
-    /// sees only after the next flush (or when the segment fills). Whatever `fill` leaves
-    /// in them is the record.
+    /// staging copy): `fill` gets exactly `len` bytes of shared memory, and the record is
+    /// published when it returns. Whatever `fill` leaves in them is the record.
     ///
     /// # Errors
     /// [`Error::TooLarge`] for `len` above `segment_size - 4`; wait errors.
     pub fn write_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
-        let need = len + LEN_PREFIX;
         let size = self.pool.arena().segment_size() as usize;
-        if need > size {
+        if len + LEN_PREFIX > size {
             return Err(Error::TooLarge { what: "record", len, max: size - LEN_PREFIX });
         }
+        let need = slot_framed_len(len);
         if self.builder.as_ref().is_some_and(|b| (b.remaining() as usize) < need) {
             self.end_segment()?;
         }
@@ -133,11 +150,9 @@ impl StreamWriter {
             self.next_builder()?;
         }
         let b = self.builder.as_mut().expect("builder present");
-        let dst = b.claim(need as u32);
-        dst[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
-        fill(&mut dst[LEN_PREFIX..]);
-        b.advance(need as u32);
-        if b.is_full() {
+        let written = b.write_slotted(len, fill);
+        debug_assert!(written, "a fresh segment holds any record up to segment_size - 4");
+        if (b.remaining() as usize) < slot_framed_len(0) {
             self.end_segment()?;
         }
         Ok(())
@@ -151,13 +166,18 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Makes everything written visible and wakes the reader if it sleeps.
+    /// Wakes the reader if it sleeps and something was written since the last flush
+    /// (records are visible to a polling reader as soon as they are written).
     ///
     /// # Errors
     /// A consumer that wrote a bad gate id into the channel block.
     pub fn flush(&mut self) -> Result<()> {
-        if let Some(b) = self.builder.as_mut() {
-            if b.commit() {
+        // No commit of the segment's position: the reader polls the records' slots, and a
+        // position store per flush would move the position word's cache line to the reader
+        // and back on every record. The position is stored once, when the segment ends.
+        if let Some(b) = self.builder.as_ref() {
+            if b.position() != self.flushed {
+                self.flushed = b.position();
                 self.channel.notify_consumer()?;
             }
         }
@@ -242,28 +262,40 @@ impl StreamReader {
                 return Ok(Some(None));
             }
             if let Some(c) = self.current.as_mut() {
-                let bytes = c.peek()?;
-                let avail = bytes.len();
-                if avail >= LEN_PREFIX {
-                    let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
-                    if avail - LEN_PREFIX >= len {
-                        let r = f(&bytes[LEN_PREFIX..LEN_PREFIX + len]);
-                        c.consume((LEN_PREFIX + len) as u32);
-                        return Ok(Some(Some(r)));
+                if let Some(r) = Self::take_slotted(c, f)? {
+                    return Ok(Some(Some(r)));
+                }
+                match c.finished_at()? {
+                    Some(end) if end == c.read_position() => {
+                        self.current = None; // releases the segment: a credit goes back
+                        continue;
+                    }
+                    Some(end) if end > c.read_position() => {
+                        // Finished after a record we had not seen yet: its slot is
+                        // visible now (it was stored before the finish).
+                        if let Some(r) = Self::take_slotted(c, f)? {
+                            return Ok(Some(Some(r)));
+                        }
+                        return Err(Error::ProtocolViolation {
+                            place: format!("channel {}", self.channel.id()),
+                            detail: format!(
+                                "segment {} ends at {end} with no record at {}",
+                                c.index(),
+                                c.read_position()
+                            ),
+                        });
+                    }
+                    Some(end) => {
+                        return Err(Error::ProtocolViolation {
+                            place: format!("channel {}", self.channel.id()),
+                            detail: format!("segment {} ends at {end}, below what was read", c.index()),
+                        });
+                    }
+                    None => {
+                        c.prefetch_unread();
+                        return Ok(None);
                     }
                 }
-                if c.check_finished()? {
-                    self.current = None; // releases the segment: a credit goes back
-                    continue;
-                }
-                if avail > 0 && c.writer_position()?.1 {
-                    return Err(Error::ProtocolViolation {
-                        place: format!("channel {}", self.channel.id()),
-                        detail: format!("segment {} ends inside a record", c.index()),
-                    });
-                }
-                c.prefetch_unread();
-                return Ok(None);
             }
             match self.channel.poll()? {
                 Some(Descriptor::Buffer(s)) => self.current = Some(self.channel.consumer(s)),
@@ -282,6 +314,18 @@ impl StreamReader {
                 None => return Ok(None),
             }
         }
+    }
+
+    /// Hands the record at `c`'s read position to `f` if its slot is published, and
+    /// moves past it.
+    fn take_slotted<R>(c: &mut BufferConsumer, f: &mut impl FnMut(&[u8]) -> R) -> Result<Option<R>> {
+        let Some(payload) = c.slot_record()? else {
+            return Ok(None);
+        };
+        let n = slot_framed_len(payload.len()) as u32;
+        let r = f(payload);
+        c.consume(n);
+        Ok(Some(r))
     }
 
     /// Reads the next record, waiting by the policy: `Ok(Some(r))` with `f`'s result on the
