@@ -49,21 +49,19 @@ use shmflow::partition::{
 use shmflow::record::LEN_PREFIX;
 use shmflow::sync::{now_nanos, spin_loop, CachePadded, Ordering};
 use shmflow::ShuffleEnvironment;
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    cpu_model, cpu_pair, die_with_parent, exit_code, load_average, pin_to, rusage, Producer, Res, Shared, SharedBlock,
+    cpu_model, cpu_pair, die_with_parent, exit_code, load_average, pin_to, ready_go_stop, rusage, say, stdin_lines,
+    Producer, Res, Shared, SharedBlock,
 };
 
-/// `shmflow::sync`'s atomics, as the project asks of code outside src/sync; the allows are
-/// for clippy resolving the re-exports to the std types.
-#[allow(clippy::disallowed_types)]
-type Flag = shmflow::sync::AtomicBool;
+/// `shmflow::sync`'s atomic, as the project asks of code outside src/sync; the allow is
+/// for clippy resolving the re-export to the std type.
 #[allow(clippy::disallowed_types)]
 type Word = shmflow::sync::AtomicU64;
 
@@ -544,27 +542,6 @@ fn stop_restart(arena: &Arena, board: &Board, ids: &Ids, children: &mut [&mut Pr
 // ---------------------------------------------------------------------------------------
 // The children
 
-/// Lines from stdin, read by a thread (EOF or a closed receiver ends it).
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(l) = line else { return };
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn say(line: &str) -> Res<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()?;
-    Ok(())
-}
-
 fn pin_from_env() -> Res<()> {
     if let Ok(cpu) = std::env::var(ENV_CPU) {
         pin_to(cpu.parse()?)?;
@@ -584,22 +561,12 @@ fn producer_main() -> Res<()> {
     let task = TaskMetricsHandle::claim(env.arena().clone(), env.worker())?;
     writer.partition_mut().set_task_metrics(task.clone());
     let info = writer.partition().info();
-    let cmds = stdin_lines();
-    say(&format!("ready task={} partition={} channel={}", task.slot(), info.slot, info.first_channel))?;
-    match cmds.recv_timeout(CHILD_DEADLINE) {
-        Ok(l) if l == "go" => {}
-        other => return Err(format!("expected go, got {other:?}").into()),
-    }
-    let stop = Arc::new(Flag::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            // "stop", EOF or the deadline: the parent decides the length.
-            let _ = cmds.recv_timeout(CHILD_DEADLINE);
-            // Relaxed: a stop request, read between records.
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    let stop = ready_go_stop(
+        stdin_lines(),
+        &format!("ready task={} partition={} channel={}", task.slot(), info.slot, info.first_channel),
+        CHILD_DEADLINE,
+        CHILD_DEADLINE,
+    )?;
     let long = LONG_STALL.as_nanos() as u64;
     let mut rec = [0u8; RECORD];
     let mut i = 0u64;

@@ -30,14 +30,13 @@ use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{ResultPartitionConfig, ResultPartitionId, ResultPartitionType};
 use shmflow::sync::{now_nanos, Ordering};
 use shmflow::ShuffleEnvironment;
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_model, cpu_pair, die_with_parent, exit_code, pin_to, Producer, Res};
+use common::{cpu_model, cpu_pair, die_with_parent, exit_code, pin_to, ready_go_stop, say, stdin_lines, Producer, Res};
 
 /// `shmflow::sync`'s atomics, as clippy.toml asks; the allow is for clippy resolving the
 /// re-export to the std type it bans.
@@ -369,32 +368,8 @@ fn producer_main() -> Res<()> {
         ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, CHANNELS);
     cfg.timeout = Some(WAIT_TIMEOUT);
     let mut part = env.create_result_partition(&cfg)?;
-    // Commands from the consumer, line by line; EOF ends the run.
-    let (cmd_tx, cmds) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(l) = line else { return };
-            if cmd_tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    println!("ready");
-    std::io::stdout().flush()?;
-    match cmds.recv_timeout(WAIT_TIMEOUT) {
-        Ok(l) if l == "go" => {}
-        other => return Err(format!("expected go, got {other:?}").into()),
-    }
-    let stop = Arc::new(Flag::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            // "stop", EOF or the deadline: the consumer decides the length.
-            let _ = cmds.recv_timeout(CHILD_DEADLINE);
-            // Relaxed: a stop request, read between records.
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    // Commands from the consumer, line by line; "stop", EOF or the deadline ends the run.
+    let stop = ready_go_stop(stdin_lines(), "ready", WAIT_TIMEOUT, CHILD_DEADLINE)?;
     let mut rec = [0u8; RECORD];
     let mut i = 0u64;
     let mut checkpoint = 0u64;
@@ -415,9 +390,7 @@ fn producer_main() -> Res<()> {
     part.flush_all()?;
     part.finish()?;
     part.release_when_consumed(Some(WAIT_TIMEOUT))?;
-    println!("done {i} records {checkpoint} barriers");
-    std::io::stdout().flush()?;
-    Ok(())
+    say(&format!("done {i} records {checkpoint} barriers"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -53,22 +53,19 @@ use shmflow::partition::{
 };
 use shmflow::sync::{now_nanos, CachePadded, Ordering};
 use shmflow::ShuffleEnvironment;
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    cpu_model, die_with_parent, exit_code, load_average, machine_cpu_ticks, proc_cpu_ns, rusage, Producer, Res, Shared,
-    SharedBlock,
+    cpu_model, die_with_parent, exit_code, load_average, machine_cpu_ticks, proc_cpu_ns, ready_go_stop, rusage, say,
+    stdin_lines, Producer, Res, Shared, SharedBlock,
 };
 
-/// `shmflow::sync`'s atomics, as the project asks of code outside src/sync; the allows are
-/// for clippy resolving the re-exports to the std types.
-#[allow(clippy::disallowed_types)]
-type Flag = shmflow::sync::AtomicBool;
+/// `shmflow::sync`'s atomic, as the project asks of code outside src/sync; the allow is
+/// for clippy resolving the re-export to the std type.
 #[allow(clippy::disallowed_types)]
 type Word = shmflow::sync::AtomicU64;
 
@@ -488,27 +485,6 @@ fn child_main(role: &str) -> Res<()> {
     }
 }
 
-/// Lines from stdin, read by a thread (EOF or a closed receiver ends it).
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(l) = line else { return };
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn say(line: &str) -> Res<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()?;
-    Ok(())
-}
-
 fn producer_main(index: u32, p: u32) -> Res<()> {
     // Worker slots: 0 is the parent, 1..=P the producers, P+1..=2P the consumers.
     let env = ShuffleEnvironment::attach_inherited(1 + index)?;
@@ -524,22 +500,7 @@ fn producer_main(index: u32, p: u32) -> Res<()> {
         RebalancePartitioner::new(0),
         BufferTimeout::from_millis(TIMEOUT_MS)?,
     )?;
-    let cmds = stdin_lines();
-    say("ready")?;
-    match cmds.recv_timeout(CHILD_DEADLINE) {
-        Ok(l) if l == "go" => {}
-        other => return Err(format!("expected go, got {other:?}").into()),
-    }
-    let stop = Arc::new(Flag::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            // "stop", EOF or the deadline: the parent decides the length.
-            let _ = cmds.recv_timeout(CHILD_DEADLINE);
-            // Relaxed: a stop request, read between records.
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    let stop = ready_go_stop(stdin_lines(), "ready", CHILD_DEADLINE, CHILD_DEADLINE)?;
     let mut rec = [0u8; STAMPED];
     rec[8..12].copy_from_slice(&index.to_le_bytes());
     let mut i = 0u64;

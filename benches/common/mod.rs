@@ -493,3 +493,54 @@ pub fn load_average() -> String {
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
+
+// ---------------------------------------------------------------------------------------
+// The child side of a line-driven run (the parent's side is `Producer`)
+
+/// Lines from stdin, read by a thread (EOF or a closed receiver ends it).
+pub fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(l) = line else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Writes one line to stdout and flushes it (the parent reads line by line).
+pub fn say(line: &str) -> Res<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Says `ready_line` (which starts with "ready"), waits (at most `go_within`) for "go",
+/// and returns a flag that turns true when the next line ("stop"), EOF or `deadline`
+/// comes: the parent decides the length.
+pub fn ready_go_stop(
+    cmds: mpsc::Receiver<String>,
+    ready_line: &str,
+    go_within: Duration,
+    deadline: Duration,
+) -> Res<std::sync::Arc<shmflow::sync::AtomicBool>> {
+    say(ready_line)?;
+    match cmds.recv_timeout(go_within) {
+        Ok(l) if l == "go" => {}
+        other => return Err(format!("expected go, got {other:?}").into()),
+    }
+    let stop = std::sync::Arc::new(shmflow::sync::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let _ = cmds.recv_timeout(deadline);
+        // Relaxed: a stop request, read between records.
+        flag.store(true, shmflow::sync::Ordering::Relaxed);
+    });
+    Ok(stop)
+}
