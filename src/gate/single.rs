@@ -442,10 +442,23 @@ impl SingleInputGate {
         let mut wanting = std::mem::take(&mut self.wanting);
         wanting.sort_unstable();
         wanting.dedup();
+        // Each backlog is read once: producers change them while we sort, and a sort whose
+        // keys move under it may panic (the order would not be total).
         // Relaxed: a statistic written by the producer; only orders our choice.
-        wanting.sort_by_key(|&c| {
-            std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed))
-        });
+        let mut by_backlog: Vec<(std::cmp::Reverse<u32>, u32)> = wanting
+            .iter()
+            .map(|&c| {
+                (
+                    std::cmp::Reverse(
+                        self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed),
+                    ),
+                    c,
+                )
+            })
+            .collect();
+        by_backlog.sort_unstable();
+        wanting.clear();
+        wanting.extend(by_backlog.into_iter().map(|(_, c)| c));
         let mut unserved = Vec::new();
         for c in wanting.drain(..) {
             let ch = &mut self.channels[c as usize];
