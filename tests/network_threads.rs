@@ -453,3 +453,21 @@ fn racing_channel_claims_fill_the_arena_exactly() {
         }
     }
 }
+
+/// Recovery of a quiescent arena hands back channel blocks a dead claimer left mid-scan:
+/// afterwards a run over them is claimed at once.
+#[test]
+fn recovery_frees_blocks_left_mid_scan() {
+    use shmflow::memory::{recovery::reclaim_quiescent, CHANNEL_FREE, CHANNEL_PROBING};
+    use shmflow::partition::ResultPartitionManager;
+    use shmflow::sync::Ordering;
+    let cfg = ArenaConfig { segment_size: 4096, segment_count: 16, max_channels: 4, ..ArenaConfig::default() };
+    let arena = Arc::new(Arena::heap(&cfg).unwrap());
+    for b in &arena.channels()[1..3] {
+        b.state.store(CHANNEL_PROBING, Ordering::Release);
+    }
+    let r = reclaim_quiescent(&arena).unwrap();
+    assert_eq!(r.channel_blocks, 2);
+    assert!(arena.channels().iter().all(|b| b.state.load(Ordering::Acquire) == CHANNEL_FREE));
+    assert_eq!(ResultPartitionManager::new(arena).claim_channels(4).unwrap(), 0);
+}

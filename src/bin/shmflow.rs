@@ -570,7 +570,12 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
         let arena = Arena::attach_path(&path)?;
         let r = shmflow::memory::recovery::reclaim_quiescent(&arena)?;
         if !json {
-            out!("recovered {} segments ({} dead processes)", r.segments, r.dead_workers);
+            out!(
+                "recovered {} segments and {} channel blocks ({} dead processes)",
+                r.segments,
+                r.channel_blocks,
+                r.dead_workers
+            );
         }
     }
     let arena = Arena::attach_read_only(&path)?;

@@ -8,7 +8,7 @@
 //! peer fails its job, and the job's arena goes with it.
 
 use super::arena::Arena;
-use super::blocks::Owner;
+use super::blocks::{Owner, CHANNEL_FREE, CHANNEL_PROBING};
 use super::liveness::{self, Liveness, WORKER_ALIVE};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
@@ -20,6 +20,8 @@ pub struct Recovered {
     pub segments: u32,
     /// Worker records found dead and marked so.
     pub dead_workers: u32,
+    /// Channel blocks a dead process held mid-scan for a run (PROBING), handed back.
+    pub channel_blocks: u32,
 }
 
 /// Returns every segment not on the free stack to it, after checking that no other live
@@ -90,6 +92,16 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
         c.pool.store(0, Ordering::Relaxed);
         stack.push(i);
         out.segments += 1;
+    }
+    // A process that died while scanning for a run of channel blocks left them PROBING;
+    // nobody else will hand them back (claimed and open blocks belong to partitions, which
+    // the directory accounts for).
+    for b in arena.channels() {
+        // Relaxed (both): quiescent arena; the next claimer's CAS (Acquire) reads it.
+        if b.state.load(Ordering::Relaxed) == CHANNEL_PROBING {
+            b.state.store(CHANNEL_FREE, Ordering::Relaxed);
+            out.channel_blocks += 1;
+        }
     }
     Ok(out)
 }
