@@ -859,6 +859,7 @@ impl SingleInputGate {
     /// Fails with [`Error::PeerDied`] if the producer of an unfinished channel with
     /// nothing left to read died.
     fn check_producers(&mut self) -> Result<()> {
+        let mut memo = liveness::LivenessMemo::new();
         for (i, ch) in self.channels.iter_mut().enumerate() {
             if ch.state == ChannelState::Finished {
                 continue;
@@ -868,7 +869,7 @@ impl SingleInputGate {
             if w == 0 {
                 continue;
             }
-            if let Liveness::Dead { pid } = liveness::liveness(&self.arena, w - 1) {
+            if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
                 // Read what it left first: queue the channel, and report the death only once
                 // a few looks in a row found it dead with no progress made.
                 if ch.reader.records != ch.dead_progress {

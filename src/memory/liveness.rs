@@ -34,6 +34,31 @@ pub enum Liveness {
     },
 }
 
+/// [`liveness`] asked once per worker slot during one pass over many channels: a gate
+/// over thousands of channels has a handful of producer processes, and each look at a
+/// process reads its `/proc` files.
+#[derive(Debug, Default)]
+pub struct LivenessMemo {
+    seen: Vec<(u32, Liveness)>,
+}
+
+impl LivenessMemo {
+    /// An empty memo (one per pass).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`liveness`] of `slot`, looked up only the first time in this memo.
+    pub fn liveness(&mut self, arena: &Arena, slot: u32) -> Liveness {
+        if let Some(&(_, l)) = self.seen.iter().find(|(s, _)| *s == slot) {
+            return l;
+        }
+        let l = liveness(arena, slot);
+        self.seen.push((slot, l));
+        l
+    }
+}
+
 fn record(arena: &Arena, slot: u32) -> Result<&WorkerRecord> {
     arena.workers().get(slot as usize).ok_or(Error::ProtocolViolation {
         place: "worker table".into(),

@@ -383,6 +383,7 @@ impl ResultPartition {
 
     /// Fails with [`Error::PeerDied`] if the consumer of an unconsumed subpartition died.
     fn check_consumers(&self) -> Result<()> {
+        let mut memo = liveness::LivenessMemo::new();
         for (i, s) in self.subs.iter().enumerate() {
             if s.writer.is_consumed() {
                 continue;
@@ -392,7 +393,7 @@ impl ResultPartition {
             if w == 0 {
                 continue;
             }
-            if let Liveness::Dead { pid } = liveness::liveness(&self.arena, w - 1) {
+            if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
                 liveness::declare_dead(&self.arena, w - 1);
                 return Err(Error::PeerDied {
                     role: "consumer",
