@@ -262,6 +262,9 @@ impl StreamReader {
                 return Ok(Some(None));
             }
             if let Some(c) = self.current.as_mut() {
+                // The record's second line is asked for together with its slot's line, so a
+                // record that straddles two lines crosses cores in one trip, not two.
+                c.prefetch_unread();
                 if let Some(r) = Self::take_slotted(c, f)? {
                     return Ok(Some(Some(r)));
                 }
@@ -291,10 +294,7 @@ impl StreamReader {
                             detail: format!("segment {} ends at {end}, below what was read", c.index()),
                         });
                     }
-                    None => {
-                        c.prefetch_unread();
-                        return Ok(None);
-                    }
+                    None => return Ok(None),
                 }
             }
             match self.channel.poll()? {
