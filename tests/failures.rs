@@ -92,27 +92,43 @@ fn producer_sees_a_killed_consumer_as_dead() {
     let mut cfg = ResultPartitionConfig::new(ID, ResultPartitionType::PipelinedBounded, 1);
     cfg.timeout = Some(Duration::from_secs(20));
     let mut part = env.create_result_partition(&cfg).unwrap();
-    let mut peer = spawn(&arena, "consumer");
-    // Write until blocked: the consumer reads 10 records and stops reading.
-    let rec = vec![1u8; 1000];
-    let err = loop {
-        if let Err(e) = part.emit(&rec[..], 0) {
-            break e;
-        }
-        // Relaxed: a test's look at who attached.
-        let attached = arena.channels()[part.info().first_channel as usize]
-            .consumer_worker
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != 0;
-        if attached && part.stats().parks > 0 && peer.try_wait().unwrap().is_none() {
-            // Blocked at least once with the consumer attached and alive: now kill it. (A
-            // consumer that dies before it attaches is unknown to the producer, which then
-            // waits for its partition to be requested until its own timeout.)
+    let peer = spawn(&arena, "consumer");
+    // The consumer reads 10 records and stops reading, so the writer below blocks. A thread
+    // kills the consumer once it has attached (a consumer that dies before it attaches is
+    // unknown to the producer, which then waits for its partition to be requested until its
+    // own timeout) and had time to read; the kill may land before or while the writer is
+    // blocked, and the writer must notice it either way. (Killing from the writing thread
+    // between two writes missed the moment when the first block was the last one.)
+    let channel = part.info().first_channel as usize;
+    let killer = {
+        let arena = arena.clone();
+        std::thread::spawn(move || {
+            let mut peer = peer;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            // Relaxed: a test's look at who attached.
+            while arena.channels()[channel].consumer_worker.load(std::sync::atomic::Ordering::Relaxed) == 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let alive_at_kill = peer.try_wait().unwrap().is_none();
             let _ = peer.kill();
+            let _ = peer.wait();
+            alive_at_kill
+        })
+    };
+    let rec = vec![1u8; 1000];
+    let mut written = 0u64;
+    let err = loop {
+        match part.emit(&rec[..], 0) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
         }
     };
+    assert!(killer.join().unwrap(), "the consumer died before it was killed");
+    assert!(written >= 10, "only {written} records were written before the error");
     assert!(matches!(err, Error::PeerDied { role: "consumer", .. }), "{err}");
-    drop(peer);
 }
 
 #[test]
