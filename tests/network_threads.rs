@@ -471,3 +471,37 @@ fn recovery_frees_blocks_left_mid_scan() {
     assert!(arena.channels().iter().all(|b| b.state.load(Ordering::Acquire) == CHANNEL_FREE));
     assert_eq!(ResultPartitionManager::new(arena).claim_channels(4).unwrap(), 0);
 }
+
+#[test]
+fn waiting_for_a_late_consumer_is_not_back_pressure() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, 1);
+    cfg.timeout = T;
+    let mut part = env.create_result_partition(&cfg).unwrap();
+    let a = arena.clone();
+    let consumer = std::thread::spawn(move || {
+        // Attach late: the writer waits for its first credit meanwhile.
+        std::thread::sleep(Duration::from_millis(150));
+        let env = ShuffleEnvironment::new(a, 1);
+        let mut gate = env.create_input_gate(&gate_cfg(1, 0)).unwrap();
+        let mut n = 0u64;
+        while let GateItem::Record { .. } = gate.next(T).unwrap() {
+            n += 1;
+        }
+        n
+    });
+    // A few records that fit the consumer's credit: once it attached, nothing blocks.
+    for i in 0..10u64 {
+        part.emit(&i, 0).unwrap();
+    }
+    part.finish().unwrap();
+    assert_eq!(consumer.join().unwrap(), 10);
+    let s = part.stats();
+    assert!(s.awaiting_consumer_ns >= 100_000_000, "the wait for the consumer was counted: {s:?}");
+    assert!(
+        s.back_pressured_ns < s.awaiting_consumer_ns / 10,
+        "waiting for a consumer to attach is not back-pressure: {s:?}"
+    );
+    part.release_when_consumed(T).unwrap();
+}

@@ -88,7 +88,8 @@ enum Exchange {
 enum JobCmd {
     /// Flink's WordCount: count every word of the input across worker processes.
     Wordcount {
-        /// A UTF-8 text file (default: a generated text of --generated-mb MB).
+        /// A text file, UTF-8 (other bytes outside ASCII separate words; default: a generated
+        /// text of --generated-mb MB).
         #[arg(long)]
         input: Option<PathBuf>,
         /// Where to write `word<TAB>count` lines sorted by word.
@@ -102,7 +103,8 @@ enum JobCmd {
     },
     /// Flink's WindowWordCount: count windows of `--window` words sliding by `--slide`.
     WindowWordcount {
-        /// A UTF-8 text file (default: a generated text of --generated-mb MB).
+        /// A text file, UTF-8 (other bytes outside ASCII separate words; default: a generated
+        /// text of --generated-mb MB).
         #[arg(long)]
         input: Option<PathBuf>,
         /// Where to write one `word<TAB>sum` line per window firing, sorted by word.
@@ -455,7 +457,9 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
         }
     };
     if !is_worker() {
-        src.validate()?;
+        if let Some(note) = src.validate()? {
+            eprintln!("shmflow: note: {note}");
+        }
     }
     Ok(src)
 }

@@ -87,12 +87,28 @@ pub struct PartitionStats {
     pub bytes_out: u64,
     /// Segments published (a broadcast segment counts once).
     pub segments_out: u64,
-    /// Nanoseconds blocked for credit or segments.
+    /// Nanoseconds blocked for credit or segments on channels whose consumer had attached
+    /// (Flink's back-pressured time).
     pub back_pressured_ns: u64,
+    /// Nanoseconds blocked for the first credit of a channel whose consumer had not attached
+    /// yet, or for consumers to finish reading a finished partition (a consumer still
+    /// starting up, or one reading the last data, is not back-pressure).
+    pub awaiting_consumer_ns: u64,
     /// Times the writer parked.
     pub parks: u64,
     /// Records that spanned segments.
     pub spanning_records: u64,
+}
+
+/// What a blocked writer waits on (decides how its waiting time is counted).
+#[derive(Clone, Copy)]
+enum WaitOn {
+    /// One channel's credit or ring room.
+    Channel(usize),
+    /// Every channel's credit (broadcast).
+    Every,
+    /// Consumers finishing the partition.
+    Drain,
 }
 
 struct Subpartition {
@@ -333,9 +349,29 @@ impl ResultPartition {
         self.flush_all()
     }
 
+    /// Whether a wait on `on` is for consumers (to attach, or to finish reading) rather than
+    /// back-pressure.
+    fn awaits_attach(&self, on: WaitOn) -> bool {
+        // Relaxed: a hint written by the consumer when it attached; it only decides which
+        // counter the waited time goes to.
+        let unattached = |s: &Subpartition| s.writer.block().consumer_worker.load(Ordering::Relaxed) == 0;
+        match on {
+            WaitOn::Channel(c) => unattached(&self.subs[c]),
+            WaitOn::Every => self.subs.iter().any(unattached),
+            // Everything is written: waiting for consumers to finish is not back-pressure.
+            WaitOn::Drain => true,
+        }
+    }
+
     /// Waits until `f` yields, parking on the partition's notify set; counts the time as
-    /// back-pressured.
-    fn block_until<T>(&mut self, what: &'static str, mut f: impl FnMut(&mut Self) -> Result<Option<T>>) -> Result<T> {
+    /// back-pressured, or as awaiting a consumer while the consumer of `on` has not
+    /// attached yet.
+    fn block_until<T>(
+        &mut self,
+        what: &'static str,
+        on: WaitOn,
+        mut f: impl FnMut(&mut Self) -> Result<Option<T>>,
+    ) -> Result<T> {
         if let Some(v) = f(self)? {
             return Ok(v);
         }
@@ -352,6 +388,7 @@ impl ResultPartition {
             let now = now_nanos();
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d.saturating_sub(now)).min(slice));
             let slice_start = now_nanos();
+            let awaiting = self.awaits_attach(on);
             let out = waiter.wait(set.wake(), Some(remaining), || {
                 if self.cancelled() {
                     return Some(Err(Error::Cancelled));
@@ -361,9 +398,13 @@ impl ResultPartition {
             // Report back-pressured time slice by slice, so observers see a writer that
             // stays blocked for a long time.
             let waited = now_nanos().saturating_sub(slice_start);
-            self.stats.back_pressured_ns += waited;
-            if let Some(t) = &self.task {
-                t.add_back_pressured(waited);
+            if awaiting {
+                self.stats.awaiting_consumer_ns += waited;
+            } else {
+                self.stats.back_pressured_ns += waited;
+                if let Some(t) = &self.task {
+                    t.add_back_pressured(waited);
+                }
             }
             match out {
                 WaitOutcome::Ready(r) => break r,
@@ -406,7 +447,7 @@ impl ResultPartition {
     }
 
     fn open_builder(&mut self, c: usize) -> Result<()> {
-        let seg = self.block_until("credit and a free segment", |p| {
+        let seg = self.block_until("credit and a free segment", WaitOn::Channel(c), |p| {
             p.reclaim_marked()?;
             if p.subs[c].writer.credit() == 0 {
                 p.subs[c].writer.want_credit()?;
@@ -580,7 +621,7 @@ impl ResultPartition {
     }
 
     fn open_broadcast(&mut self) -> Result<()> {
-        let seg = self.block_until("credit on every channel and a free segment", |p| {
+        let seg = self.block_until("credit on every channel and a free segment", WaitOn::Every, |p| {
             p.reclaim_marked()?;
             let mut all = true;
             for s in &mut p.subs {
@@ -734,10 +775,12 @@ impl ResultPartition {
                 self.flush_all()?;
                 let d = Descriptor::Barrier(*b);
                 for c in 0..self.subs.len() {
-                    self.block_until("room in the priority ring", |p| match p.subs[c].writer.publish_priority(d) {
-                        Ok(()) => Ok(Some(())),
-                        Err(Error::Timeout(..)) => Ok(None),
-                        Err(e) => Err(e),
+                    self.block_until("room in the priority ring", WaitOn::Channel(c), |p| {
+                        match p.subs[c].writer.publish_priority(d) {
+                            Ok(()) => Ok(Some(())),
+                            Err(Error::Timeout(..)) => Ok(None),
+                            Err(e) => Err(e),
+                        }
                     })?;
                 }
                 Ok(())
@@ -753,7 +796,7 @@ impl ResultPartition {
                 self.close_all()?;
                 let slots = d.encode_slots().1 as u64;
                 for c in 0..self.subs.len() {
-                    self.block_until("room in the data ring", |p| {
+                    self.block_until("room in the data ring", WaitOn::Channel(c), |p| {
                         p.reclaim_marked()?;
                         if p.subs[c].writer.has_room(slots) {
                             p.subs[c].writer.publish(d)?;
@@ -783,7 +826,7 @@ impl ResultPartition {
             return Err(Error::TooLarge { what: "user event", len: bytes.len(), max });
         }
         self.close_all()?;
-        let seg = self.block_until("credit on every channel and a free segment", |p| {
+        let seg = self.block_until("credit on every channel and a free segment", WaitOn::Every, |p| {
             p.reclaim_marked()?;
             if p.subs.iter().any(|s| s.writer.credit() == 0) {
                 for s in &mut p.subs {
@@ -832,7 +875,7 @@ impl ResultPartition {
     pub fn release_when_consumed(&mut self, timeout: Option<Duration>) -> Result<()> {
         let saved = self.timeout;
         self.timeout = timeout;
-        let r = self.block_until("consumers to consume every subpartition", |p| {
+        let r = self.block_until("consumers to consume every subpartition", WaitOn::Drain, |p| {
             p.reclaim_marked()?;
             Ok((p.pool.outstanding() == 0 && p.subs.iter_mut().all(|s| s.writer.consumed())).then_some(()))
         });

@@ -23,7 +23,7 @@ pub enum TextSource {
         /// Seed.
         seed: u64,
     },
-    /// A UTF-8 text file.
+    /// A text file (UTF-8 expected; other bytes outside ASCII separate words).
     File(PathBuf),
 }
 
@@ -36,14 +36,16 @@ impl TextSource {
         TextSource::Generated { lines: (mb * 1_000_000 / GENERATED_BYTES_PER_LINE).max(1), seed: 0x5eed }
     }
 
-    /// Checks a file input before any worker starts: it exists, is readable, not empty
-    /// of meaning, and is valid UTF-8.
+    /// Checks a file input before any worker starts: it exists and is a readable regular
+    /// file. Text that is not valid UTF-8 is read anyway (its bytes outside ASCII separate
+    /// words, as the replacement characters of Flink's UTF-8 decoder would): the returned
+    /// note says where the first bad byte is, for the caller to show.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the problem (and the byte offset of invalid UTF-8).
-    pub fn validate(&self) -> Result<()> {
+    /// [`Error::Invalid`] naming the problem.
+    pub fn validate(&self) -> Result<Option<String>> {
         let TextSource::File(p) = self else {
-            return Ok(());
+            return Ok(None);
         };
         let bad = |d: String| Error::Invalid { what: "--input", detail: d };
         let f = std::fs::File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
@@ -52,20 +54,19 @@ impl TextSource {
             return Err(bad(format!("{} is not a regular file", p.display())));
         }
         if meta.len() == 0 {
-            return Ok(());
+            return Ok(None);
         }
         // SAFETY: the mapping is read-only and private to this function; a concurrent
         // truncation by another program could fault, which is the documented risk of
         // reading a file that is being rewritten.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(format!("{}: {e}", p.display())))?;
-        if let Err(e) = std::str::from_utf8(&map) {
-            return Err(bad(format!(
-                "{} is not valid UTF-8 (first bad byte at offset {})",
+        Ok(std::str::from_utf8(&map).err().map(|e| {
+            format!(
+                "{} is not valid UTF-8 (first bad byte at offset {}); bytes outside ASCII separate words",
                 p.display(),
                 e.valid_up_to()
-            )));
-        }
-        Ok(())
+            )
+        }))
     }
 
     /// Calls `f` with every line of subtask `i`'s share of the text (shares of `p`).
