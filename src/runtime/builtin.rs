@@ -121,26 +121,47 @@ fn memchr_newline(s: &[u8]) -> Option<usize> {
     s.iter().position(|&c| c == b'\n')
 }
 
-/// Splits `line` into lower-cased words of `[a-z0-9_]`, calling `f` with each.
+/// Splits `line` into lower-cased words of `[a-z0-9_]`, calling `f` with each, as Flink's
+/// WordCount does (`toLowerCase()`, then split on `\W+`): besides ASCII, the two characters
+/// whose lower case holds a word character count, KELVIN SIGN (lower case `k`) and LATIN
+/// CAPITAL LETTER I WITH DOT ABOVE (lower case `i` and a combining dot, which ends the word).
 pub fn tokenize(line: &[u8], buf: &mut String, f: &mut dyn FnMut(&str)) {
+    buf.clear();
     let mut i = 0;
     while i < line.len() {
-        while i < line.len() && !is_word_byte(line[i]) {
+        let c = line[i];
+        if is_word_byte(c) {
+            buf.push(c.to_ascii_lowercase() as char);
+            i += 1;
+            continue;
+        }
+        let rest = &line[i..];
+        if rest.starts_with(KELVIN_SIGN) {
+            buf.push('k');
+            i += KELVIN_SIGN.len();
+            continue;
+        }
+        if rest.starts_with(CAPITAL_I_WITH_DOT) {
+            buf.push('i');
+            i += CAPITAL_I_WITH_DOT.len();
+        } else {
             i += 1;
         }
-        let s = i;
-        while i < line.len() && is_word_byte(line[i]) {
-            i += 1;
-        }
-        if i > s {
-            buf.clear();
-            for &c in &line[s..i] {
-                buf.push(c.to_ascii_lowercase() as char);
-            }
+        if !buf.is_empty() {
             f(buf);
+            buf.clear();
         }
     }
+    if !buf.is_empty() {
+        f(buf);
+        buf.clear();
+    }
 }
+
+/// U+212A in UTF-8.
+const KELVIN_SIGN: &[u8] = b"\xe2\x84\xaa";
+/// U+0130 in UTF-8.
+const CAPITAL_I_WITH_DOT: &[u8] = b"\xc4\xb0";
 
 #[inline]
 fn is_word_byte(c: u8) -> bool {
@@ -540,4 +561,27 @@ pub fn shuffle_totals(dir: &Path) -> Result<(u64, u64, u64)> {
         t = (t.0 + v[0], t.1.wrapping_add(v[1]), t.2 + v[2]);
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokenize;
+
+    fn words(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        tokenize(text.as_bytes(), &mut String::new(), &mut |w| out.push(w.to_string()));
+        out
+    }
+
+    #[test]
+    fn splits_like_flinks_wordcount() {
+        assert_eq!(words("To be, or NOT to_be: 42!"), ["to", "be", "or", "not", "to_be", "42"]);
+        assert_eq!(words("  caf\u{e9} na\u{ef}ve  "), ["caf", "na", "ve"]);
+        assert_eq!(words(""), Vec::<String>::new());
+        assert_eq!(words("...---..."), Vec::<String>::new());
+        // Java's toLowerCase maps KELVIN SIGN to 'k' and U+0130 to "i" + U+0307.
+        assert_eq!(words("5 \u{212a}elvin"), ["5", "kelvin"]);
+        assert_eq!(words("\u{130}stanbul \u{130}I"), ["i", "stanbul", "i", "i"]);
+        assert_eq!(words("x\u{130}"), ["xi"]);
+    }
 }
