@@ -76,7 +76,28 @@ fn top_shows_back_pressure_from_a_slow_sink_and_none_from_a_slow_source() {
 
 #[test]
 fn top_refuses_a_process_without_an_arena() {
-    let out = shmflow().args(["top", "--pid", &std::process::id().to_string(), "--once"]).output().unwrap();
+    // A process that surely holds no arena (this test binary may: other tests create some).
+    let sleeper = common::KillOnDrop(std::process::Command::new("sleep").arg("30").spawn().unwrap());
+    let out = shmflow().args(["top", "--pid", &sleeper.id().to_string(), "--once"]).output().unwrap();
+    drop(sleeper);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no shmflow arena"));
+}
+
+#[test]
+fn running_arenas_are_found_without_a_pid() {
+    use shmflow::memory::{Arena, ArenaConfig};
+    let arena = Arena::create_memfd(&ArenaConfig { segment_count: 16, ..ArenaConfig::default() }, "find-me").unwrap();
+    let me = std::process::id();
+    let found = Arena::find_all_memfd_arenas();
+    let mine: Vec<_> = found.iter().filter(|(pid, _)| *pid == me).collect();
+    assert!(!mine.is_empty(), "our own memfd arena is among {found:?}");
+    // Each is listed once, and what is listed attaches read-only as an arena.
+    let ours: Vec<_> = mine
+        .iter()
+        .filter(|(_, p)| std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().contains("find-me")))
+        .collect();
+    assert_eq!(ours.len(), 1, "{found:?}");
+    let seen = Arena::attach_read_only(&ours[0].1).unwrap();
+    assert_eq!(seen.segment_count(), arena.segment_count());
 }

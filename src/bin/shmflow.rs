@@ -144,7 +144,7 @@ enum JobCmd {
     },
 }
 
-/// Which arena a tool looks at: exactly one of these.
+/// Which arena a tool looks at: at most one of these (none: the one running job's).
 #[derive(Args, Clone)]
 struct ArenaSel {
     /// The coordinator's pid of a running job (its memfd arena is found through /proc).
@@ -564,7 +564,25 @@ fn arena_path(sel: ArenaSel) -> AnyResult<PathBuf> {
             .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?,
         (None, Some(n), None) => PathBuf::from("/dev/shm").join(n),
         (None, None, Some(p)) => p,
-        _ => return Err("name exactly one of --pid, --name or --path".into()),
+        (None, None, None) => {
+            // No arena named: the one running job's, if there is exactly one.
+            let mut found = Arena::find_all_memfd_arenas();
+            match found.len() {
+                0 => return Err("no running shmflow job found; name an arena with --pid, --name or --path".into()),
+                1 => found.remove(0).1,
+                _ => {
+                    let list: Vec<String> = found
+                        .iter()
+                        .map(|(pid, p)| {
+                            let label = std::fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default();
+                            format!("--pid {pid} ({label})")
+                        })
+                        .collect();
+                    return Err(format!("several shmflow jobs are running; pick one: {}", list.join(", ")).into());
+                }
+            }
+        }
+        _ => return Err("name at most one of --pid, --name or --path".into()),
     })
 }
 

@@ -396,6 +396,33 @@ impl Arena {
         out
     }
 
+    /// Every memfd arena some process on this host holds open, once each (a job's
+    /// coordinator and its workers share one): the lowest pid holding it (the coordinator,
+    /// which starts first, unless pids wrapped) and a path [`Arena::attach_read_only`] can
+    /// open. Processes whose descriptors we may not read are skipped.
+    pub fn find_all_memfd_arenas() -> Vec<(u32, PathBuf)> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut by_inode: std::collections::BTreeMap<(u64, u64), (u32, PathBuf)> = Default::default();
+        for e in procs.filter_map(|e| e.ok()) {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            for path in Self::find_memfd_arenas(pid) {
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                let entry = by_inode.entry((meta.dev(), meta.ino())).or_insert((pid, path.clone()));
+                if pid < entry.0 {
+                    *entry = (pid, path);
+                }
+            }
+        }
+        let mut out: Vec<(u32, PathBuf)> = by_inode.into_values().collect();
+        out.sort();
+        out
+    }
+
     fn shm_path(name: &str) -> Result<PathBuf, ArenaError> {
         if name.is_empty() || name.len() > 200 || name.contains(['/', '\0']) || name.starts_with('.') {
             return Err(ArenaError::Config(format!(
