@@ -464,7 +464,10 @@ pub fn observe(arena: &Arena, interval: std::time::Duration) -> ArenaView {
             out_pool_usage: out_pool_usage(arena, i as u32).unwrap_or(0.0),
             subpartitions: n,
         });
-        for c in first..first.saturating_add(n).min(arena.config().max_channels) {
+        // Live partitions own disjoint runs of channel blocks, so there are at most
+        // `max_channels` views; a garbage directory (overlapping or huge runs) stops there.
+        let room = (arena.config().max_channels as usize).saturating_sub(channels.len()) as u32;
+        for c in first..first.saturating_add(n.min(room)).min(arena.config().max_channels) {
             if let Some(s) = channel_snapshot(arena, c) {
                 channels.push(ChannelView {
                     channel: c,

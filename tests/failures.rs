@@ -86,6 +86,26 @@ fn consumer_sees_a_killed_producer_as_dead() {
 }
 
 #[test]
+fn union_gate_sees_a_killed_producer_as_dead() {
+    let arena = arena();
+    let mut peer = spawn(&arena, "producer");
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut union = env.create_union_gate(&[gate_cfg()]).unwrap();
+    let mut got = 0;
+    while got < 100 {
+        match union.next(Some(Duration::from_secs(20))).unwrap() {
+            (0, GateItem::Record { .. }) => got += 1,
+            (g, other) => panic!("unexpected {other:?} from gate {g}"),
+        }
+    }
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    let err = union.next(Some(Duration::from_secs(20))).unwrap_err();
+    assert!(matches!(err, Error::PeerDied { role: "producer", .. }), "{err}");
+    drop(peer);
+}
+
+#[test]
 fn producer_sees_a_killed_consumer_as_dead() {
     let arena = arena();
     let env = ShuffleEnvironment::new(arena.clone(), 0);

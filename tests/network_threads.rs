@@ -505,3 +505,114 @@ fn waiting_for_a_late_consumer_is_not_back_pressure() {
     );
     part.release_when_consumed(T).unwrap();
 }
+
+#[test]
+fn union_gate_reads_every_input_and_ends_when_all_end() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut parts: Vec<_> = (0..2u64)
+        .map(|p| {
+            let mut cfg =
+                ResultPartitionConfig::new(ResultPartitionId::new(p, 0), ResultPartitionType::PipelinedBounded, 1);
+            cfg.timeout = T;
+            env.create_result_partition(&cfg).unwrap()
+        })
+        .collect();
+    let a = arena.clone();
+    let consumer = std::thread::spawn(move || {
+        let env = ShuffleEnvironment::new(a, 1);
+        let cfgs: Vec<InputGateConfig> = (0..2u64)
+            .map(|p| {
+                let mut g =
+                    InputGateConfig::new(vec![InputSpec { partition: ResultPartitionId::new(p, 0), subpartition: 0 }]);
+                g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
+                g
+            })
+            .collect();
+        let mut union = env.create_union_gate(&cfgs).unwrap();
+        let mut sums = [0u64; 2];
+        let mut counts = [0u64; 2];
+        loop {
+            match union.next(T).unwrap() {
+                (g, GateItem::Record { data, .. }) => {
+                    sums[g] += u64::from_le_bytes(data[..8].try_into().unwrap());
+                    counts[g] += 1;
+                }
+                (_, GateItem::End) => break,
+                (_, other) => panic!("unexpected {other:?}"),
+            }
+        }
+        (counts, sums)
+    });
+    for i in 0..5000u64 {
+        parts[(i % 2) as usize].emit(&i, 0).unwrap();
+    }
+    for p in &mut parts {
+        p.finish().unwrap();
+    }
+    let (counts, sums) = consumer.join().unwrap();
+    assert_eq!(counts, [2500, 2500]);
+    assert_eq!(sums, [(0..5000u64).step_by(2).sum::<u64>(), (1..5000u64).step_by(2).sum::<u64>()]);
+    for p in &mut parts {
+        p.release_when_consumed(T).unwrap();
+    }
+}
+
+#[test]
+fn union_gate_with_one_input_ended_and_one_silent_times_out() {
+    // One input ends, the other stays open and silent: `next` must wait and time out, not
+    // spin on the ended gate forever.
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut parts: Vec<_> = (0..2u64)
+        .map(|p| {
+            let mut cfg =
+                ResultPartitionConfig::new(ResultPartitionId::new(p, 0), ResultPartitionType::PipelinedBounded, 1);
+            cfg.timeout = T;
+            env.create_result_partition(&cfg).unwrap()
+        })
+        .collect();
+    let cfgs: Vec<InputGateConfig> = (0..2u64)
+        .map(|p| {
+            let mut g =
+                InputGateConfig::new(vec![InputSpec { partition: ResultPartitionId::new(p, 0), subpartition: 0 }]);
+            g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
+            g
+        })
+        .collect();
+    let env1 = ShuffleEnvironment::new(arena.clone(), 1);
+    let mut union = env1.create_union_gate(&cfgs).unwrap();
+    parts[0].emit(&7u64, 0).unwrap();
+    parts[0].finish().unwrap();
+    match union.next(T).unwrap() {
+        (0, GateItem::Record { data, .. }) => assert_eq!(data, 7u64.to_le_bytes()),
+        (g, other) => panic!("unexpected {other:?} from gate {g}"),
+    }
+    let err = union.next(Some(Duration::from_millis(200))).unwrap_err();
+    assert!(matches!(err, shmflow::Error::Timeout(..)), "{err}");
+    // The silent input speaks and ends: the union ends.
+    parts[1].emit(&8u64, 0).unwrap();
+    parts[1].finish().unwrap();
+    match union.next(T).unwrap() {
+        (1, GateItem::Record { data, .. }) => assert_eq!(data, 8u64.to_le_bytes()),
+        (g, other) => panic!("unexpected {other:?} from gate {g}"),
+    }
+    assert!(matches!(union.next(T).unwrap(), (_, GateItem::End)));
+}
+
+#[test]
+fn a_buffer_descriptor_in_the_priority_ring_is_a_protocol_violation() {
+    use shmflow::ring::{ChannelWriter, Descriptor};
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut cfg = ResultPartitionConfig::new(ResultPartitionId::new(0, 0), ResultPartitionType::PipelinedBounded, 1);
+    cfg.timeout = T;
+    let part = env.create_result_partition(&cfg).unwrap();
+    let env1 = ShuffleEnvironment::new(arena.clone(), 1);
+    let mut gate = env1.create_input_gate(&gate_cfg(1, 0)).unwrap();
+    // A faulty producer end of the same channel puts a buffer where only events go.
+    let mut rogue = ChannelWriter::open(arena.clone(), part.info().first_channel).unwrap();
+    rogue.publish_priority(Descriptor::Buffer(0)).unwrap();
+    let err = gate.next(T).unwrap_err();
+    assert!(err.to_string().contains("priority ring"), "{err}");
+}

@@ -335,10 +335,11 @@ fn demo_consumer(credit: u32, mode: Mode) -> AnyResult<()> {
     let mut r = StreamReader::new(arena, 0, credit, mode.policy())?;
     let (mut n, mut sum) = (0u64, 0u64);
     while let Some(v) = r.next(Some(Duration::from_secs(30)), |p| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&p[..8]);
-        u64::from_le_bytes(b)
+        p.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes)
     })? {
+        let Some(v) = v else {
+            return Err(format!("record {n} is shorter than its 8-byte sequence number").into());
+        };
         if v != n {
             return Err(format!("record {n} carried sequence number {v}").into());
         }

@@ -624,7 +624,12 @@ impl SingleInputGate {
                 }
                 self.check_alignment()
             }
-            Descriptor::Buffer(_) => unreachable!("buffers are read by the record reader"),
+            // Buffers travel in the data ring, where the record reader takes them; one in the
+            // priority ring is a producer's mistake.
+            Descriptor::Buffer(i) => Err(Error::ProtocolViolation {
+                place: format!("channel {}", self.channels[c].reader.channel_mut().id()),
+                detail: format!("buffer descriptor (segment {i}) in the priority ring"),
+            }),
         }
     }
 
@@ -753,8 +758,25 @@ impl SingleInputGate {
         }
     }
 
+    /// Channels queued for service (an ended gate has none to serve).
     pub(crate) fn has_pending(&self) -> bool {
-        !self.ready.is_empty() || self.ended
+        !self.ended && !self.ready.is_empty()
+    }
+
+    /// Runs the producer liveness check when its interval is due.
+    ///
+    /// # Errors
+    /// [`Error::PeerDied`] for a dead producer of an unfinished channel.
+    pub(crate) fn probe_liveness(&mut self) -> Result<()> {
+        if self.probe.due() {
+            self.check_producers()?;
+        }
+        Ok(())
+    }
+
+    /// How long a wait may last before the liveness check runs again.
+    pub(crate) fn liveness_interval(&self) -> Duration {
+        self.liveness_interval
     }
 
     /// The per-record fast path of [`advance_ready`](Self::advance_ready): the channel at

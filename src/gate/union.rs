@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::memory::Arena;
 use crate::partition::ResultPartitionManager;
 use crate::ring::NotifySet;
-use crate::sync::{now_nanos, WaitOutcome, Waiter};
+use crate::sync::{now_nanos, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,16 +121,29 @@ impl UnionInputGate {
             if let Some((g, r)) = self.advance()? {
                 return Ok((g, self.gates[g].materialize(r)));
             }
+            let now = now_nanos();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the union gate"));
+            }
+            // A gate that still has channels queued (its service budget ran out) goes on
+            // at once; an ended gate has nothing queued, so a union with one input ended
+            // and another silent waits below instead of spinning here.
             if self.gates.iter().any(|g| g.has_pending()) {
                 continue;
+            }
+            for g in &mut self.gates {
+                if !g.is_finished() {
+                    g.probe_liveness()?;
+                }
             }
             let arena = self.arena.clone();
             let set = NotifySet::new(&arena, self.set_id)?;
             let members = self.members;
-            let remaining = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_nanos())));
-            if self.waiter.wait(set.wake(), remaining, || set.any(members).then_some(())) == WaitOutcome::TimedOut {
-                return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the union gate"));
-            }
+            // Wait at most a liveness-probe interval at a time, so a dead producer is
+            // noticed even when nothing wakes us.
+            let slice = self.gates.iter().map(|g| g.liveness_interval()).min().unwrap_or(Duration::from_millis(100));
+            let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d.saturating_sub(now)).min(slice));
+            let _ = self.waiter.wait(set.wake(), Some(remaining), || set.any(members).then_some(()));
         }
     }
 }

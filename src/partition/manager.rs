@@ -148,7 +148,9 @@ impl ResultPartitionManager {
             // AcqRel: pairs with the other consumers' AcqRel increments, so the one that
             // sees the last count sees every other consumer's reads done before it
             // releases the partition.
-            e.reserved.fetch_add(1, Ordering::AcqRel) + 1
+            // Wrapping: the word is shared, and a peer's garbage must not panic us (a wrong
+            // count only means the partition is not released by this count).
+            e.reserved.fetch_add(1, Ordering::AcqRel).wrapping_add(1)
         })
     }
 
@@ -322,5 +324,21 @@ impl ResultPartitionManager {
             // Release: our last use happens-before the next claimer's.
             g.state.store(GATE_FREE, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::ArenaConfig;
+
+    #[test]
+    fn a_garbage_consumer_count_does_not_panic() {
+        let arena = Arc::new(Arena::heap(&ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap());
+        let m = ResultPartitionManager::new(arena.clone());
+        // Relaxed: single-threaded test; a peer's scribble on the shared word.
+        arena.partitions()[0].reserved.store(u32::MAX, Ordering::Relaxed);
+        assert_eq!(m.consumer_done(0), 0, "the count wraps instead of panicking");
+        assert_eq!(m.consumer_done(u32::MAX), 0, "a slot beyond the directory counts nothing");
     }
 }

@@ -240,7 +240,9 @@ impl RecordReader {
                     if fin {
                         // The record continues in the next segment of this channel.
                         self.span.clear();
-                        self.span.reserve(len);
+                        // At most 8 MiB up front: the length is the peer's word (checked
+                        // against `max_record` only); the buffer grows as bytes arrive.
+                        self.span.reserve(len.min(8 << 20));
                         self.span.extend_from_slice(&bytes[LEN_PREFIX..]);
                         c.consume(avail as u32);
                         self.span_len = Some(len);

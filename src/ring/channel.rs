@@ -441,7 +441,7 @@ impl CreditReturn {
 impl ReleaseSink for CreditReturn {
     fn release(&self, segment: u32, last: bool, violation: bool) {
         if violation {
-            self.violations.set(self.violations.get() + 1);
+            self.violations.set(self.violations.get().saturating_add(1));
         }
         let b = &self.arena.channels()[self.id as usize];
         // Relaxed: statistic.
@@ -454,7 +454,7 @@ impl ReleaseSink for CreditReturn {
             true
         };
         if self.send(Credit::Release { segment: last.then_some(segment), credit }).is_err() {
-            self.violations.set(self.violations.get() + 1);
+            self.violations.set(self.violations.get().saturating_add(1));
         }
     }
 }

@@ -375,7 +375,8 @@ pub fn wordcount_job(source: TextSource, parallelism: u32, dir: PathBuf) -> JobG
 /// [`wordcount_job`] with the exchange's partition type (pipelined or blocking).
 pub fn wordcount_job_with(source: TextSource, parallelism: u32, dir: PathBuf, ptype: ResultPartitionType) -> JobGraph {
     text_stream("wordcount", source, parallelism, ptype)
-        .reduce("sum", |acc, v| acc.1 += v.1)
+        // Saturating: the counts arrive from other processes.
+        .reduce("sum", |acc, v| acc.1 = acc.1.saturating_add(v.1))
         .sink("part files", part_sink(Arc::new(dir)))
 }
 
@@ -383,7 +384,8 @@ pub fn wordcount_job_with(source: TextSource, parallelism: u32, dir: PathBuf, pt
 pub fn window_wordcount_job(source: TextSource, parallelism: u32, size: u64, slide: u64, dir: PathBuf) -> JobGraph {
     text_stream("window-wordcount", source, parallelism, ResultPartitionType::PipelinedBounded)
         .count_window("count window sum", size, slide, |w: &[(String, u64)]| {
-            (w[0].0.clone(), w.iter().map(|x| x.1).sum())
+            // Saturating: the counts arrive from other processes.
+            (w[0].0.clone(), w.iter().fold(0u64, |a, x| a.saturating_add(x.1)))
         })
         .sink("part files", part_sink(Arc::new(dir)))
 }

@@ -345,11 +345,11 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                     remaining.remove(&(vertex, subtask));
                 }
                 FromWorker::TaskFailed { vertex, subtask, error } => {
+                    let (name, parallelism) =
+                        job.vertices.get(vertex).map_or(("an unknown vertex", 0), |v| (v.name.as_str(), v.parallelism));
                     failure = Some(format!(
-                        "task {} ({}/{}) on worker {w} (pid {}) failed: {error}",
-                        job.vertices[vertex].name,
-                        subtask + 1,
-                        job.vertices[vertex].parallelism,
+                        "task {name} ({}/{parallelism}) on worker {w} (pid {}) failed: {error}",
+                        subtask.saturating_add(1),
                         workers.0[w].pid
                     ));
                 }
@@ -400,7 +400,8 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                     let r = TaskRates::between(a, b);
                     rin += r.records_in_per_s;
                     bp = bp.max(r.back_pressured_ms_per_s);
-                    bytes += b.bytes_out;
+                    // Saturating: the counters are workers' words in the arena.
+                    bytes = bytes.saturating_add(b.bytes_out);
                 }
                 eprintln!(
                     "[{:>6.1}s] {:>12.0} records/s in, {:>8.1} MB out so far, max back-pressure {:>5.0} ms/s, {} tasks left",
@@ -493,13 +494,14 @@ fn summarize(
     let mut edges = Vec::new();
     for (v, vx) in job.vertices.iter().enumerate().skip(1) {
         let e = vx.input.expect("every vertex after the first has an input edge");
-        let (mut records, mut bytes, mut bp, mut run) = (0, 0, 0u64, 0u64);
+        let (mut records, mut bytes, mut bp, mut run) = (0u64, 0u64, 0u64, 0u64);
         for i in 0..job.vertices[v - 1].parallelism {
             if let Some(s) = snap(v - 1, i) {
-                records += s.records_out;
-                bytes += s.bytes_out;
-                bp += s.back_pressured_ns;
-                run += s.ended_ns.max(s.started_ns) - s.started_ns;
+                // Saturating: the counters are workers' words in the arena.
+                records = records.saturating_add(s.records_out);
+                bytes = bytes.saturating_add(s.bytes_out);
+                bp = bp.saturating_add(s.back_pressured_ns);
+                run = run.saturating_add(s.ended_ns.max(s.started_ns) - s.started_ns);
             }
         }
         let segs = max_in_flight.get(&(v - 1)).copied().unwrap_or(0);
@@ -511,7 +513,7 @@ fn summarize(
             records,
             bytes,
             max_in_flight_segments: segs,
-            max_in_flight_bytes: segs * u64::from(config.segment_size),
+            max_in_flight_bytes: segs.saturating_mul(u64::from(config.segment_size)),
             back_pressured_ms: bp as f64 / 1e6,
             back_pressured_ratio: if run > 0 { bp as f64 / run as f64 } else { 0.0 },
         });
