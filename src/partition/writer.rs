@@ -9,7 +9,10 @@
 //!                  -1    : only full segments become visible (plus explicit flushes)
 //! ```
 //! A writer that blocks on backpressure always makes everything visible first, so data
-//! is never late because its writer is waiting.
+//! is never late because its writer is waiting. The flusher never touches the partition
+//! itself (that would take a lock, or a read-modify-write, on every record): a writer
+//! whose thread waits elsewhere (a source waiting for the outside world) calls
+//! [`RecordWriter::flush_all`] before it waits, or its last records wait with it.
 
 use super::result_partition::ResultPartition;
 use super::selector::ChannelSelector;

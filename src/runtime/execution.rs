@@ -252,6 +252,13 @@ impl<T: Data> Collector<T> for ExchangeOut<T> {
         // attached yet); the task ends after that.
         w.partition_mut().release_when_consumed(None)
     }
+    fn flush(&mut self) -> Result<()> {
+        match &mut self.target {
+            // A blocking partition is read once complete: nothing to publish early.
+            OutTarget::Blocking(_) => Ok(()),
+            OutTarget::Pipelined(w) => w.borrow_mut().flush_all(),
+        }
+    }
 }
 
 impl TaskIo {

@@ -92,6 +92,17 @@ pub trait Collector<T> {
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Publishes what was collected so far to the consumers now, without waiting for the
+    /// buffer timeout. A task flushes its output at each buffer timeout only from its own
+    /// thread (at its next record, or when it waits for input); a source that waits for
+    /// the outside world between records calls this before it waits, so its last records
+    /// do not wait with it. Operators pass it on; keyed state is not emitted by it.
+    ///
+    /// # Errors
+    /// As [`collect`](Self::collect).
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A boxed collector.
@@ -215,6 +226,9 @@ impl<T, U, F: FnMut(T) -> U> Collector<T> for Map<F, BoxCollector<U>> {
     fn finish(&mut self) -> Result<()> {
         self.out.finish()
     }
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush()
+    }
 }
 
 struct FlatMap<F, C> {
@@ -251,6 +265,9 @@ impl<T, U, F: FnMut(T, &mut Emitter<'_, U>)> Collector<T> for FlatMap<F, BoxColl
     fn finish(&mut self) -> Result<()> {
         self.out.finish()
     }
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush()
+    }
 }
 
 struct Filter<F, C> {
@@ -268,6 +285,9 @@ impl<T, F: FnMut(&T) -> bool> Collector<T> for Filter<F, BoxCollector<T>> {
     }
     fn finish(&mut self) -> Result<()> {
         self.out.finish()
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush()
     }
 }
 
@@ -474,6 +494,9 @@ where
         }
         self.out.finish()
     }
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush()
+    }
 }
 
 struct CountWindow<T, K: ?Sized + ToOwned, F> {
@@ -515,6 +538,9 @@ where
     }
     fn finish(&mut self) -> Result<()> {
         self.out.finish()
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush()
     }
 }
 
