@@ -496,7 +496,7 @@ impl SingleInputGate {
 
     /// Channel `c` ran dry. Its floating credits stay with it unless another channel is
     /// waiting for one and the pool has none left: taking them back at every dry moment
-    /// made a fast channel fall back to its exclusive credits and stall half the time.
+    /// made a fast channel fall back to its exclusive credits and stall ~40% of the time.
     fn maybe_revoke(&mut self, c: usize) {
         if self.floating_free.get() > 0 || self.wanting.is_empty() {
             return;

@@ -286,7 +286,8 @@ pub struct WorkerRecord {
     pub pid: AtomicU32,
     /// Process start time in clock ticks since boot (tells a recycled pid apart).
     pub start_ticks: AtomicU64,
-    /// Monotonic nanoseconds of the last heartbeat.
+    /// Monotonic nanoseconds of registration (liveness itself is read from `/proc`:
+    /// pid plus start time, so a frozen process is alive and a dead one is seen at once).
     pub heartbeat: AtomicU64,
 }
 

@@ -120,7 +120,8 @@ pub struct ArenaHeader {
     pub fixed: StaticHeader,
     /// [`STATE_INITIALIZING`] then [`STATE_READY`]; written once by the creator.
     pub state: CachePadded<AtomicU32>,
-    /// Bumped by the coordinator on every job (re)start; lets stale handles notice.
+    /// Reserved for a job-restart generation (zero today: an arena serves one job attempt,
+    /// and a restarted job gets a fresh arena).
     pub generation: CachePadded<AtomicU64>,
     /// The NetworkBufferPool's free stack of segments.
     pub free_stack: CachePadded<StackHead>,

@@ -117,7 +117,7 @@ pub enum RegionKind {
 /// Number of regions after the header.
 pub const REGION_COUNT: usize = 9;
 
-/// Region names, for error messages and `shmflow inspect`.
+/// Region names, for error messages and `shmflow check`.
 pub const REGION_NAMES: [&str; REGION_COUNT] =
     ["control", "channels", "ring slots", "partitions", "gates", "gate bitmaps", "workers", "metrics", "data"];
 

@@ -2,10 +2,10 @@
 //! registered process exited or died), every segment that is not on the free stack can be
 //! returned to it, exactly once, whatever state the dead processes left it in.
 //!
-//! This is what a coordinator runs after a failed job before it reuses the arena, and what
-//! `shmflow check --recover` runs on a named arena. Reclaiming the segments of one dead
-//! peer while the others keep running (online recovery) is not done here: today a dead
-//! peer fails its job, and the job's arena goes with it.
+//! This is what a program that reuses an arena runs after a failed job, and what
+//! `shmflow check --recover` runs on a named arena. The runtime's coordinator needs none:
+//! a dead peer fails its job, and the job's memfd arena goes with it. Reclaiming the
+//! segments of one dead peer while the others keep running (online recovery) is not done.
 
 use super::arena::Arena;
 use super::blocks::{Owner, CHANNEL_FREE, CHANNEL_PROBING};

@@ -46,15 +46,18 @@ impl ResultPartitionType {
         matches!(self, Self::PipelinedApproximate | Self::Blocking | Self::BlockingPersistent)
     }
 
-    /// Whether this build can create partitions of this type.
+    /// Whether a partition of this type lives in the arena (a [`ResultPartition`](super::ResultPartition)).
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for the blocking types (they come with file-backed partitions).
+    /// [`Error::Unsupported`] for the blocking types: they are files, written by a
+    /// [`BlockingResultPartition`](super::BlockingResultPartition).
     pub fn check_supported(self) -> Result<()> {
         if self.is_pipelined() {
             Ok(())
         } else {
-            Err(Error::Unsupported(format!("{self:?} result partitions (file-backed blocking partitions)")))
+            Err(Error::Unsupported(format!(
+                "{self:?} result partitions in the arena (blocking partitions are files: use BlockingResultPartition)"
+            )))
         }
     }
 
