@@ -8,7 +8,9 @@ use crate::error::Result;
 use crate::gate::{InputGateConfig, SingleInputGate, UnionInputGate};
 use crate::memory::{liveness, Arena};
 use crate::partition::{
-    BufferTimeout, ChannelSelector, RecordWriter, ResultPartition, ResultPartitionConfig, ResultPartitionManager,
+    wait_finished, BlockingPartitionFile, BlockingResultPartition, BufferTimeout, ChannelSelector, FileChannelManager,
+    RecordWriter, ResultPartition, ResultPartitionConfig, ResultPartitionId, ResultPartitionManager,
+    ResultPartitionType,
 };
 use std::sync::Arc;
 
@@ -101,6 +103,48 @@ impl ShuffleEnvironment {
         timeout: BufferTimeout,
     ) -> Result<RecordWriter<S>> {
         RecordWriter::new(self.create_result_partition(cfg)?, selector, timeout)
+    }
+
+    /// Creates a BLOCKING or BLOCKING_PERSISTENT partition (a file under `files`) and
+    /// registers it in the arena's directory, where consumers find it once it is finished
+    /// (the ResultPartitionFactory for the blocking types).
+    ///
+    /// # Errors
+    /// As [`BlockingResultPartition::new`] and [`BlockingResultPartition::register`].
+    pub fn create_blocking_partition(
+        &self,
+        files: &FileChannelManager,
+        id: ResultPartitionId,
+        partition_type: ResultPartitionType,
+        num_subpartitions: u32,
+    ) -> Result<BlockingResultPartition> {
+        let mut p = BlockingResultPartition::new(files, id, partition_type, num_subpartitions)?;
+        p.register(self.manager.clone())?;
+        Ok(p)
+    }
+
+    /// Opens a finished blocking partition for reading (waiting, at most `timeout`, until
+    /// its producer finished it, as Flink schedules consumers of blocking results).
+    ///
+    /// # Errors
+    /// As [`wait_finished`] and [`BlockingPartitionFile::open`];
+    /// [`crate::Error::Timeout`] when it is not finished within `timeout`.
+    pub fn open_blocking_partition(
+        &self,
+        files: &FileChannelManager,
+        id: ResultPartitionId,
+        timeout: std::time::Duration,
+    ) -> Result<BlockingPartitionFile> {
+        let never = crate::sync::AtomicBool::new(false);
+        let deadline = std::time::Instant::now() + timeout;
+        wait_finished(&self.manager, &[id], &never, timeout, || {
+            if std::time::Instant::now() >= deadline {
+                Err(crate::Error::Timeout(timeout, "a finished blocking partition"))
+            } else {
+                Ok(())
+            }
+        })?;
+        BlockingPartitionFile::open(files, id)
     }
 
     /// Creates an input gate (the SingleInputGateFactory).

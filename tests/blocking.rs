@@ -358,3 +358,26 @@ fn blocking_is_refused_where_unsupported() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("wordcount only"));
 }
+
+#[test]
+fn the_environment_creates_and_opens_blocking_partitions() {
+    let tmp = TempDir::new("env");
+    let files = FileChannelManager::new(&tmp.0).unwrap();
+    let arena = Arc::new(Arena::heap(&ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap());
+    let env = shmflow::ShuffleEnvironment::new(arena.clone(), 0);
+    // The pipelined factory refuses the blocking types and says where to go.
+    let e = env
+        .create_result_partition(&shmflow::partition::ResultPartitionConfig::new(ID, ResultPartitionType::Blocking, 2))
+        .unwrap_err();
+    assert!(e.to_string().contains("BlockingResultPartition"), "{e}");
+    let mut p = env.create_blocking_partition(&files, ID, ResultPartitionType::Blocking, 2).unwrap();
+    p.emit(&b"one"[..], 0).unwrap();
+    p.emit(&b"two"[..], 1).unwrap();
+    // Not finished yet: a consumer waits, and here times out.
+    let e = env.open_blocking_partition(&files, ID, Duration::from_millis(50)).unwrap_err();
+    assert!(matches!(e, Error::Timeout(..)), "{e}");
+    p.finish().unwrap();
+    let f = env.open_blocking_partition(&files, ID, Duration::from_secs(10)).unwrap();
+    let got: Vec<Vec<u8>> = f.subpartition(1).unwrap().map(|r| r.unwrap().to_vec()).collect();
+    assert_eq!(got, vec![b"two".to_vec()]);
+}
