@@ -1,6 +1,7 @@
 //! Latency of one record between two processes, sent and echoed (ping-pong), at payloads of
-//! 8 B, 64 B, 1 KiB, 32 KiB and 1 MiB: shmflow next to the hardware limit, the parking limit
-//! and the kernel's IPC, all measured in the same run. Reported as one-way latency, RTT / 2.
+//! 8 B, 64 B, 1 KiB, 32 KiB and 1 MiB: shmflow (its record stream, and the network stack
+//! jobs run on) next to the hardware limit, the parking limit and the kernel's IPC, all
+//! measured in the same run. Reported as one-way latency, RTT / 2.
 //!
 //! ```text
 //!  requester (this process, CPU a)                  responder (this binary re-executed with
@@ -8,10 +9,10 @@
 //!  request n: seq n, then a fixed pattern
 //!  t0 = now
 //!  write N bytes ---- ping: shared page | pipe | ---> wait for request n, read all N bytes
-//!                    socket | shmflow channel 0      (checksum), answer N bytes: the request
-//!                                                    with its last 8 bytes replaced by the
+//!                    socket | shmflow channel 0 |     (checksum), answer N bytes: the request
+//!                    partition 1 -> gate             with its last 8 bytes replaced by the
 //!  read the answer, <--- pong: the same kind of --'   checksum
-//!  compare all N bytes   path, shmflow channel 1
+//!  compare all N bytes   path, shmflow channel 1 | partition 2 -> gate
 //!  rtt = now - t0 -> hdrhistogram (after a warm-up); one-way = rtt / 2
 //! ```
 //!
@@ -19,7 +20,9 @@
 //! request word by word (xor and sum of 64-bit words) and the requester compares each answer
 //! with the one it expects (prepared before `t0`). The kernel peers copy through a buffer of
 //! their own; shmflow reads and compares in place in the arena, but its responder copies the
-//! request (fused with the checksum) straight into its answer's place with `StreamWriter::write_with`.
+//! request (fused with the checksum) straight into its answer's place with `StreamWriter::write_with`
+//! (the network stack: a `Record` whose `serialize_into` does the same, written in place by
+//! `ResultPartition::emit`).
 //!
 //! Peers (system, mode), in table order:
 //! - `bare-atomic` (spin): one atomic `u64` per direction on a shared memfd page, spinning
@@ -36,11 +39,25 @@
 //!   payloads; above, the smallest power of two that holds the framed record (a record never
 //!   spans segments in a stream): 64 KiB for 32 KiB, 2 MiB for 1 MiB. Each such segment holds
 //!   one record, so every round trip also hands segments over (finish, credit back, next
-//!   descriptor) in both directions.
+//!   descriptor) in both directions;
+//! - `shmflow-netstack` in modes `spin` and `park`: the job runtime's network stack, set up
+//!   through a [`ShuffleEnvironment`] in each process (worker slots 0 and 1 of one memfd
+//!   arena): the requester's [`RecordWriter`] (forward partitioner,
+//!   `BufferTimeout::EveryRecord`, Flink's buffer timeout 0: every `emit` commits the segment
+//!   and notifies the consumer) over a `ResultPartition` of one subpartition, read by the
+//!   responder's [`SingleInputGate`] of one channel (`next`, records in place); the answer
+//!   goes back through a second partition/gate pair. Both gates wait with
+//!   [`WaitPolicy::spin`] or [`WaitPolicy::park`] (`InputGateConfig::wait_policy`; the
+//!   partitions' writers use the same policy when they block for credit). Otherwise Flink's
+//!   defaults: 2 exclusive + 8 floating credits, pools of 2..10 segments. Same segment sizes
+//!   as the stream rows, but here a record that does not fit the rest of a segment spans
+//!   into the next (as in Flink) and the gate reassembles it into a buffer of its own: at
+//!   32 KiB and 1 MiB most records span two segments.
 //!
 //! Ratios (per payload size, over all samples and as the median of per-round ratios): shmflow
-//! spin / bare-atomic (at 64 B the headline figure), shmflow adaptive / bare-atomic and shmflow
-//! park / futex; the denominators are the payload-less limits.
+//! spin / bare-atomic (at 64 B the headline figure), shmflow adaptive / bare-atomic, shmflow
+//! park / futex, shmflow-netstack spin / bare-atomic and shmflow-netstack park / futex; the
+//! denominators are the payload-less limits.
 //!
 //! The vCPUs of our machines move between "near" and "far" placement within minutes, which
 //! changes every cross-core figure 3-4x (MACHINE.md). So each case's samples are spread over
@@ -49,24 +66,43 @@
 //! (`--no-pin` turns that off). Kernel and parking peers and large payloads get fewer samples,
 //! so that the full run stays within a few minutes.
 //!
-//! Reading the shmflow rows: the reader of a record fetches the segment's position word and
-//! then the bytes, two cache-line transfers in turn where the bare peer moves one, so expect
-//! shmflow spin at up to 2x bare at p50. With 32 KiB segments every 481st round trip of 64 B
-//! also hands segments over in both directions, about 1.4 us more on the machine this was
-//! written on: that is what shows at p99.9.
+//! Reading the shmflow rows: the stream is slot-framed, each record `[slot][payload]`, and the
+//! writer stores the record's slot word last (Release) while the spinning reader polls that
+//! word (Acquire) at its read position. The record's own cache line carries its publication,
+//! so a 64 B record (68 bytes framed, always across two lines) costs the bare peer's one
+//! line transfer plus the rest of the payload: expect shmflow spin a little above bare at
+//! p50. With 32 KiB segments every 482nd round trip of 64 B also hands segments over in
+//! both directions: that is what shows at p99.9.
 //!
-//! `cargo bench --bench latency [-- --json PATH] [--sizes 64,1024] [--no-pin]` (argv holds
-//! `--bench`) does the full run; without `--bench` (as `cargo test --benches` runs it) a quick
-//! smoke exercises every peer at every size and checks every answer, but asserts nothing on
-//! time. Every wait is bounded, a watchdog kills a responder that outlives its deadline, a
-//! guard kills and reaps responders on every exit path, and nothing goes to /dev/shm (memfds
-//! only).
+//! The network stack's rows pay for its generality in dependent cache-line transfers: the
+//! writer commits by storing the segment's position word (Release), then marks the gate's
+//! notify set (a SeqCst fence and a fetch_or) and checks for a parked waiter; the gate
+//! spins on the notify set, takes the mark (a swap), and only then reads the position word
+//! and the record, with its ready-queue and statistics bookkeeping around them. Expect
+//! shmflow-netstack spin at a few times the stream's p50 for small records; in park mode
+//! both sit on the futex wake-up, which dominates. Its 482nd record of 64 B spans two
+//! segments and is copied into the gate's reassembly buffer.
+//!
+//! `cargo bench --bench latency [-- --json PATH] [--sizes 64,1024] [--peers NAME,..]
+//! [--no-pin]` (argv holds `--bench`) does the full run (`--peers` keeps only the named
+//! peers, such as `bare-atomic,futex,shmflow-spin,shmflow-netstack-spin`); without `--bench`
+//! (as `cargo test --benches` runs it) a quick smoke exercises every peer at every size and
+//! checks every answer, but asserts nothing on time. Every wait is bounded, a watchdog kills
+//! a responder that outlives its deadline, a guard kills and reaps responders on every exit
+//! path, and nothing goes to /dev/shm (memfds only).
 
 use hdrhistogram::Histogram;
+use shmflow::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};
 use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::partition::{
+    BufferTimeout, ForwardPartitioner, RecordWriter, RequestBackoff, ResultPartitionConfig, ResultPartitionId,
+    ResultPartitionType,
+};
+use shmflow::record::Record;
 use shmflow::ring::stream::LEN_PREFIX;
 use shmflow::ring::{StreamReader, StreamWriter};
 use shmflow::sync::{FutexWord, Ordering, WaitPolicy};
+use shmflow::ShuffleEnvironment;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -155,11 +191,23 @@ enum Peer {
     ShmSpin,
     ShmAdaptive,
     ShmPark,
+    NetSpin,
+    NetPark,
 }
 
 impl Peer {
-    const ALL: [Peer; 8] =
-        [Peer::Bare, Peer::Futex, Peer::Pipe, Peer::Unix, Peer::Tcp, Peer::ShmSpin, Peer::ShmAdaptive, Peer::ShmPark];
+    const ALL: [Peer; 10] = [
+        Peer::Bare,
+        Peer::Futex,
+        Peer::Pipe,
+        Peer::Unix,
+        Peer::Tcp,
+        Peer::ShmSpin,
+        Peer::ShmAdaptive,
+        Peer::ShmPark,
+        Peer::NetSpin,
+        Peer::NetPark,
+    ];
 
     /// A unique name: passed to the responder, and the label of the stdout tables.
     fn name(self) -> &'static str {
@@ -172,6 +220,8 @@ impl Peer {
             Peer::ShmSpin => "shmflow-spin",
             Peer::ShmAdaptive => "shmflow-adaptive",
             Peer::ShmPark => "shmflow-park",
+            Peer::NetSpin => "shmflow-netstack-spin",
+            Peer::NetPark => "shmflow-netstack-park",
         }
     }
 
@@ -183,6 +233,7 @@ impl Peer {
     fn system(self) -> &'static str {
         match self {
             Peer::ShmSpin | Peer::ShmAdaptive | Peer::ShmPark => "shmflow",
+            Peer::NetSpin | Peer::NetPark => "shmflow-netstack",
             p => p.name(),
         }
     }
@@ -190,9 +241,9 @@ impl Peer {
     /// The `mode` of the JSON records: how the peer waits.
     fn mode(self) -> &'static str {
         match self {
-            Peer::Bare | Peer::ShmSpin => "spin",
+            Peer::Bare | Peer::ShmSpin | Peer::NetSpin => "spin",
             Peer::ShmAdaptive => "adaptive",
-            Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark => "park",
+            Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark | Peer::NetPark => "park",
         }
     }
 
@@ -203,15 +254,15 @@ impl Peer {
 
     /// Peers whose round trip sleeps (tens of microseconds here): they get fewer samples.
     fn sleeps(self) -> bool {
-        matches!(self, Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark)
+        matches!(self, Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark | Peer::NetPark)
     }
 
-    /// The wait policy of a shmflow peer.
+    /// The wait policy of a shmflow peer (stream or network stack).
     fn policy(self) -> Option<WaitPolicy> {
         match self {
-            Peer::ShmSpin => Some(WaitPolicy::spin()),
+            Peer::ShmSpin | Peer::NetSpin => Some(WaitPolicy::spin()),
             Peer::ShmAdaptive => Some(WaitPolicy::adaptive()),
-            Peer::ShmPark => Some(WaitPolicy::park()),
+            Peer::ShmPark | Peer::NetPark => Some(WaitPolicy::park()),
             _ => None,
         }
     }
@@ -232,12 +283,12 @@ impl Case {
 }
 
 /// The cases of a run, in the order each round runs them: the two limits, then every
-/// payload peer at each size, smallest size first.
-fn cases(sizes: &[usize]) -> Vec<Case> {
-    let mut v: Vec<Case> =
-        Peer::ALL.iter().filter(|p| !p.carries_payload()).map(|&peer| Case { peer, payload: 0 }).collect();
+/// payload peer at each size, smallest size first (only the peers in `peers`).
+fn cases(sizes: &[usize], peers: &[Peer]) -> Vec<Case> {
+    let chosen = || Peer::ALL.into_iter().filter(|p| peers.contains(p));
+    let mut v: Vec<Case> = chosen().filter(|p| !p.carries_payload()).map(|peer| Case { peer, payload: 0 }).collect();
     for &payload in sizes {
-        v.extend(Peer::ALL.iter().filter(|p| p.carries_payload()).map(|&peer| Case { peer, payload }));
+        v.extend(chosen().filter(|p| p.carries_payload()).map(|peer| Case { peer, payload }));
     }
     v
 }
@@ -294,12 +345,15 @@ struct Args {
     pin: bool,
     json: Option<std::path::PathBuf>,
     sizes: Vec<usize>,
+    peers: Vec<Peer>,
 }
 
 /// `--bench` (added by `cargo bench`), `--no-pin`, `--json PATH`, `--sizes A,B,..` (a
-/// subset of [`SIZES`]); anything else (test filters cargo may pass along) is ignored.
+/// subset of [`SIZES`]), `--peers NAME,..` (peer names as in the tables' first column plus
+/// mode, such as `bare-atomic,shmflow-spin,shmflow-netstack-park`; a ratio whose peers were
+/// left out is not printed); anything else (test filters cargo may pass along) is ignored.
 fn parse_args() -> Res<Args> {
-    let mut args = Args { full: false, pin: true, json: None, sizes: SIZES.to_vec() };
+    let mut args = Args { full: false, pin: true, json: None, sizes: SIZES.to_vec(), peers: Peer::ALL.to_vec() };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -312,6 +366,18 @@ fn parse_args() -> Res<Args> {
                 if let Some(s) = args.sizes.iter().find(|s| !SIZES.contains(s)) {
                     return Err(format!("--sizes: {s} is not one of {SIZES:?}").into());
                 }
+            }
+            "--peers" => {
+                let list = it.next().ok_or("--peers needs a list, such as bare-atomic,shmflow-spin")?;
+                args.peers = list
+                    .split(',')
+                    .map(|n| {
+                        Peer::from_name(n).ok_or_else(|| {
+                            let names: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
+                            format!("--peers: {n:?} is not one of {}", names.join(", "))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             _ => {}
         }
@@ -348,7 +414,7 @@ fn requester_main() -> Res<()> {
     }
     print_machine(&plan, cpus);
     let mut results = Vec::new();
-    for case in cases(&plan.sizes) {
+    for case in cases(&plan.sizes, &args.peers) {
         results.push(CaseResult { case, merged: new_histogram()?, round_p50: Vec::new() });
     }
     let start = Instant::now();
@@ -728,6 +794,122 @@ fn arena_config(payload: usize) -> Res<ArenaConfig> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The network-stack peer: ResultPartition / RecordWriter -> SingleInputGate each way
+
+/// The partition the requester writes its requests to (read by the responder's gate).
+const NET_REQUESTS: ResultPartitionId = ResultPartitionId::new(1, 0);
+/// The partition the responder writes its answers to (read by the requester's gate).
+const NET_ANSWERS: ResultPartitionId = ResultPartitionId::new(2, 0);
+/// Worker slots of the two processes in the arena's liveness table.
+const REQUESTER_WORKER: u32 = 0;
+const RESPONDER_WORKER: u32 = 1;
+
+/// The partition config of either direction: Flink's defaults for one subpartition
+/// (pool 2..10 segments, gate credits 2 exclusive + 8 floating), the peer's wait policy for
+/// a writer blocked on credit, and bounded waits.
+fn net_partition_config(id: ResultPartitionId, policy: WaitPolicy) -> ResultPartitionConfig {
+    let mut cfg = ResultPartitionConfig::new(id, ResultPartitionType::PipelinedBounded, 1);
+    cfg.wait_policy = policy;
+    cfg.timeout = Some(WAIT_TIMEOUT);
+    cfg
+}
+
+/// The stream peers' arena (same segment sizes, so the rows compare like for like) with
+/// room for two partitions, each with its notify set, and two gates.
+fn net_arena_config(payload: usize) -> Res<ArenaConfig> {
+    let pool_max = net_partition_config(NET_REQUESTS, WaitPolicy::spin()).pool_max;
+    Ok(ArenaConfig {
+        // Both pools at their quota, with room to spare (a round trip uses a few).
+        segment_count: 2 * pool_max + 4,
+        max_partitions: 2,
+        max_gates: 4,
+        ..arena_config(payload)?
+    })
+}
+
+/// Creates and registers this side's partition `id` of one subpartition, written through a
+/// record writer with Flink's buffer timeout 0: every `emit` commits the record and
+/// notifies the consumer's gate (the job runtime's write path at that setting).
+fn net_writer(env: &ShuffleEnvironment, id: ResultPartitionId, policy: WaitPolicy) -> Res<NetWriter> {
+    let cfg = net_partition_config(id, policy);
+    Ok(env.create_record_writer::<[u8], _>(&cfg, ForwardPartitioner, BufferTimeout::EveryRecord)?)
+}
+
+/// Creates a gate of one channel over subpartition 0 of `id`, waiting with `policy`. It
+/// looks the partition up with a short request backoff, so it waits (bounded) while the
+/// other process has not registered it yet.
+fn net_gate(env: &ShuffleEnvironment, id: ResultPartitionId, policy: WaitPolicy) -> Res<SingleInputGate> {
+    let mut cfg = InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]);
+    cfg.wait_policy = policy;
+    cfg.backoff = RequestBackoff { initial: Duration::from_millis(1), max: WAIT_TIMEOUT };
+    Ok(env.create_input_gate(&cfg)?)
+}
+
+type NetWriter = RecordWriter<ForwardPartitioner>;
+
+/// The network stack each way over one arena: a [`RecordWriter`] (forward partitioner,
+/// buffer timeout 0) over a `ResultPartition` of one subpartition, read by a
+/// [`SingleInputGate`] of one channel in the other process.
+struct NetPeer {
+    writer: NetWriter,
+    gate: SingleInputGate,
+    /// Bytes per request (checked by the responder).
+    payload: usize,
+    /// Dropped last: marks this worker as having left cleanly.
+    _env: ShuffleEnvironment,
+}
+
+/// The answer to the request it holds, as a record: serializing it copies the request (read in
+/// place in the arena) straight into the answer's place in the outgoing segment, fused
+/// with the checksum, then seals it ([`ShmPeer`]'s `write_with`, through the [`Record`]
+/// trait). Were it to span segments, the partition serializes it into a scratch buffer
+/// first.
+struct Answer<'a>(&'a [u8]);
+
+impl Record for Answer<'_> {
+    fn serialized_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn serialize_into(&self, out: &mut [u8]) {
+        let sum = copy_checksum(self.0, out);
+        seal_answer(out, sum);
+    }
+}
+
+/// An item other than a record where the record of request `seq` was expected.
+fn not_a_record(item: &GateItem<'_>, seq: u64) -> Box<dyn std::error::Error + Send + Sync> {
+    format!("{item:?} on the gate where a record of round trip {seq} was expected").into()
+}
+
+impl Requester for NetPeer {
+    fn round_trip(&mut self, seq: u64, msg: &[u8], want: &[u8]) -> Res<()> {
+        // Buffer timeout 0: the emit commits the record and notifies the responder's gate.
+        self.writer.emit(msg)?;
+        // The answer is compared in place, in the arena (or in the gate's reassembly
+        // buffer, when it spanned segments).
+        match self.gate.next(Some(WAIT_TIMEOUT))? {
+            GateItem::Record { data, .. } if data == want => Ok(()),
+            GateItem::Record { .. } => Err(wrong_answer(seq)),
+            other => Err(not_a_record(&other, seq)),
+        }
+    }
+}
+
+impl Responder for NetPeer {
+    fn serve(&mut self, seq: u64) -> Res<()> {
+        match self.gate.next(Some(WAIT_TIMEOUT))? {
+            GateItem::Record { data, .. } => {
+                check_request(data, seq, self.payload)?;
+                self.writer.emit(&Answer(data))?;
+                Ok(())
+            }
+            other => Err(not_a_record(&other, seq)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Setting a peer up: the requester's side
 
 /// A running responder and the requester's end of its peer. Fields drop in order: the
@@ -797,6 +979,19 @@ fn start(case: Case, count: u64, responder_cpu: Option<usize>) -> Res<Session> {
             let child = spawn(&mut cmd)?;
             Ok(Session { requester: Box::new(requester), child })
         }
+        Peer::NetSpin | Peer::NetPark => {
+            let policy = peer.policy().ok_or("a shmflow peer has a policy")?;
+            let arena = Arc::new(Arena::create_memfd(&net_arena_config(payload)?, "latency-netstack")?);
+            let env = ShuffleEnvironment::new(arena.clone(), REQUESTER_WORKER);
+            // Registered before the responder starts, so its gate finds it at once.
+            let writer = net_writer(&env, NET_REQUESTS, policy)?;
+            arena.inherit_fd_into(&mut cmd)?;
+            let child = spawn(&mut cmd)?;
+            // Waits (request backoff) until the responder has registered its partition; on
+            // an error the guard kills the responder.
+            let gate = net_gate(&env, NET_ANSWERS, policy)?;
+            Ok(Session { requester: Box::new(NetPeer { writer, gate, payload, _env: env }), child })
+        }
     }
 }
 
@@ -862,6 +1057,19 @@ fn open_responder(peer: Peer, payload: usize) -> Res<Box<dyn Responder>> {
                 return Err(format!("arena segments of {} bytes, expected {want}", arena.segment_size()).into());
             }
             Box::new(ShmPeer::open(arena, 1, 0, policy, payload)?)
+        }
+        Peer::NetSpin | Peer::NetPark => {
+            let policy = peer.policy().ok_or("a shmflow peer has a policy")?;
+            let env = ShuffleEnvironment::attach_inherited(RESPONDER_WORKER)?;
+            let want = segment_size_for(payload);
+            if env.arena().segment_size() as usize != want {
+                return Err(format!("arena segments of {} bytes, expected {want}", env.arena().segment_size()).into());
+            }
+            // The requester registered its partition before it started us: the gate finds
+            // it at once, while the requester's gate waits for ours.
+            let writer = net_writer(&env, NET_ANSWERS, policy)?;
+            let gate = net_gate(&env, NET_REQUESTS, policy)?;
+            Box::new(NetPeer { writer, gate, payload, _env: env })
         }
     })
 }
@@ -967,7 +1175,8 @@ fn print_table(results: &[CaseResult]) {
     }
     println!(
         "\n(all figures in ns; one-way = RTT / 2; bare-atomic and futex carry no payload; shmflow segments are \
-         32 KiB up to 1 KiB payloads, then the smallest power of two that holds the record)"
+         32 KiB up to 1 KiB payloads, then the smallest power of two that holds the record, for the stream and \
+         the network stack alike)"
     );
 }
 
@@ -1010,8 +1219,13 @@ fn ratio(results: &[CaseResult], num: Case, den: Case) -> Option<Ratio> {
 }
 
 /// The numerator and denominator peers of the ratios, in print order.
-const RATIOS: [(Peer, Peer); 3] =
-    [(Peer::ShmSpin, Peer::Bare), (Peer::ShmAdaptive, Peer::Bare), (Peer::ShmPark, Peer::Futex)];
+const RATIOS: [(Peer, Peer); 5] = [
+    (Peer::ShmSpin, Peer::Bare),
+    (Peer::ShmAdaptive, Peer::Bare),
+    (Peer::ShmPark, Peer::Futex),
+    (Peer::NetSpin, Peer::Bare),
+    (Peer::NetPark, Peer::Futex),
+];
 
 /// Every ratio of [`RATIOS`] at every size (the denominators carry no payload).
 fn ratios(results: &[CaseResult], sizes: &[usize]) -> Vec<Ratio> {
@@ -1025,14 +1239,19 @@ fn ratios(results: &[CaseResult], sizes: &[usize]) -> Vec<Ratio> {
 }
 
 fn print_ratios(results: &[CaseResult], ratios: &[Ratio]) {
-    println!("\np50 ratios, over all samples (median of the per-round ratios):\n");
-    let head: Vec<String> = RATIOS.iter().map(|(n, d)| format!("{} / {}", n.name(), d.name())).collect();
-    println!("| payload | {} |", head.join(" | "));
-    println!("|---:|{}", "---:|".repeat(RATIOS.len()));
+    // Only the ratios whose peers ran (`--peers` may leave some out).
+    let columns: Vec<(Peer, Peer)> =
+        RATIOS.into_iter().filter(|&(n, d)| ratios.iter().any(|r| r.num.peer == n && r.den.peer == d)).collect();
+    if !columns.is_empty() {
+        println!("\np50 ratios, over all samples (median of the per-round ratios):\n");
+        let head: Vec<String> = columns.iter().map(|(n, d)| format!("{} / {}", n.name(), d.name())).collect();
+        println!("| payload | {} |", head.join(" | "));
+        println!("|---:|{}", "---:|".repeat(columns.len()));
+    }
     let mut sizes: Vec<usize> = ratios.iter().map(|r| r.num.payload).collect();
     sizes.dedup();
     for payload in sizes {
-        let cells: Vec<String> = RATIOS
+        let cells: Vec<String> = columns
             .iter()
             .map(|&(n, d)| {
                 ratios
@@ -1044,11 +1263,14 @@ fn print_ratios(results: &[CaseResult], ratios: &[Ratio]) {
         println!("| {} | {} |", size_label(payload), cells.join(" | "));
     }
     println!();
-    if let Some(r) = ratios.iter().find(|r| r.num == Case { peer: Peer::ShmSpin, payload: HEADLINE }) {
+    for (peer, label) in [(Peer::ShmSpin, "headline: shmflow spin"), (Peer::NetSpin, "shmflow-netstack spin")] {
+        let Some(r) = ratios.iter().find(|r| r.num == Case { peer, payload: HEADLINE } && r.den.peer == Peer::Bare)
+        else {
+            continue;
+        };
         let rounds: Vec<String> = r.per_round.iter().map(|x| format!("{x:.2}")).collect();
         println!(
-            "- headline: shmflow spin at {} / bare-atomic, p50: {:.2} over all samples; median of rounds {:.2} \
-             (per round: {})",
+            "- {label} at {} / bare-atomic, p50: {:.2} over all samples; median of rounds {:.2} (per round: {})",
             size_label(HEADLINE),
             r.overall,
             r.round_median(),
