@@ -89,10 +89,12 @@ enum JobCmd {
     /// Flink's WordCount: count every word of the input across worker processes.
     Wordcount {
         /// A text file, UTF-8 (other bytes outside ASCII separate words; default: a generated
-        /// text of --generated-mb MB).
+        /// text of --generated-mb MB). It is memory-mapped: truncating it while the job reads
+        /// it can kill the job (SIGBUS); a file whose length changes fails the job.
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Where to write `word<TAB>count` lines sorted by word.
+        /// Where to write `word<TAB>count` lines sorted by word (checked before the job runs;
+        /// written to `<output>.tmp-<pid>` and renamed when complete).
         #[arg(long)]
         output: Option<PathBuf>,
         /// Size of the generated default text in MB.
@@ -104,10 +106,12 @@ enum JobCmd {
     /// Flink's WindowWordCount: count windows of `--window` words sliding by `--slide`.
     WindowWordcount {
         /// A text file, UTF-8 (other bytes outside ASCII separate words; default: a generated
-        /// text of --generated-mb MB).
+        /// text of --generated-mb MB). It is memory-mapped: truncating it while the job reads
+        /// it can kill the job (SIGBUS); a file whose length changes fails the job.
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Where to write one `word<TAB>sum` line per window firing, sorted by word.
+        /// Where to write one `word<TAB>sum` line per window firing, sorted by word (checked
+        /// before the job runs; written to `<output>.tmp-<pid>` and renamed when complete).
         #[arg(long)]
         output: Option<PathBuf>,
         /// Size of the generated default text in MB.
@@ -124,7 +128,7 @@ enum JobCmd {
     },
     /// Capacity planning: generators -> exchange -> counting, checksumming sinks.
     Shuffle {
-        /// Records in all.
+        /// Records in all (at most 10^12).
         #[arg(long, default_value_t = 100_000_000)]
         records: u64,
         /// Payload bytes per record (at least 8).
@@ -133,10 +137,12 @@ enum JobCmd {
         /// key-hash, rebalance, rescale, broadcast, forward or global.
         #[arg(long, default_value = "key-hash")]
         selector: String,
-        /// Busy work per record at the sinks, in ns (plays a slow downstream operator).
+        /// Busy work per record at the sinks, in ns (plays a slow downstream operator; at most
+        /// 1 s).
         #[arg(long, default_value_t = 0)]
         sink_work_ns: u64,
-        /// Busy work per record at the generators, in ns (plays a slow upstream operator).
+        /// Busy work per record at the generators, in ns (plays a slow upstream operator; at
+        /// most 1 s).
         #[arg(long, default_value_t = 0)]
         source_work_ns: u64,
         #[command(flatten)]
@@ -167,7 +173,7 @@ enum Cmd {
     },
     /// Stream records from this process to a child process through a shared arena.
     Demo {
-        /// Number of records.
+        /// Number of records (at most 10^12).
         #[arg(long, default_value_t = 20_000_000)]
         records: u64,
         /// Payload bytes per record (at least 8, at most segment size - 4).
@@ -213,7 +219,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove named arenas under /dev/shm whose creator process is dead.
+    /// Remove named arenas under /dev/shm whose creator process is dead, and job
+    /// directories (`shmflow-job-<pid>-*`, `shmflow-blocking-<pid>-*`) under the temp dir
+    /// ($TMPDIR or /tmp) whose coordinator pid is gone. A directory whose pid belongs to a
+    /// live process is kept even if that process is not shmflow (the pid may have been
+    /// reused): stop it or remove the directory by hand.
     Clean {
         /// Only list what would be removed.
         #[arg(long)]
@@ -277,11 +287,35 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The most records a job or the demo takes: far more than a run of days moves, and small
+/// enough that no count or share computed from it wraps.
+const MAX_RECORDS: u64 = 1_000_000_000_000;
+
+/// The most busy work per record: one second.
+const MAX_WORK_NS: u64 = 1_000_000_000;
+
+fn check_records(records: u64) -> AnyResult<()> {
+    if records > MAX_RECORDS {
+        return Err(format!("--records {records} is out of range (0..={MAX_RECORDS})").into());
+    }
+    Ok(())
+}
+
 fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32) -> AnyResult<()> {
-    if payload < 8 || payload + 4 > segment_size as usize {
+    check_records(records)?;
+    if !segment_size.is_power_of_two() || !(4096..=16 << 20).contains(&segment_size) {
+        return Err(format!("--segment-size {segment_size} must be a power of two in 4096..=16777216").into());
+    }
+    // `segment_size >= 4096` from here on: no subtraction below wraps.
+    let max_payload = segment_size as usize - 4;
+    if !(8..=max_payload).contains(&payload) {
         return Err(
-            format!("--payload must be in 8..={} for a segment of {segment_size} bytes", segment_size - 4).into()
+            format!("--payload {payload} must be in 8..={max_payload} for a segment of {segment_size} bytes").into()
         );
+    }
+    let ring_capacity = ArenaConfig::default().ring_capacity;
+    if credit == 0 || credit >= ring_capacity {
+        return Err(format!("--credit {credit} is out of range (1..={})", ring_capacity - 1).into());
     }
     let cfg =
         ArenaConfig { segment_size, segment_count: (credit * 2).max(16), max_channels: 2, ..ArenaConfig::default() };
@@ -378,8 +412,10 @@ fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
     })
 }
 
-/// The directory the sinks write part files to: made by the coordinator, named to the
-/// workers through the environment. Removed by the coordinator when it drops.
+/// The directory the sinks write part files to: made by the coordinator (mode 0700, named
+/// `shmflow-job-<pid>-<nanos>` under the temp dir; `shmflow clean` removes it once that pid
+/// is gone), named to the workers through the environment. Removed by the coordinator when
+/// it drops.
 struct JobDir {
     path: PathBuf,
     owned: bool,
@@ -395,8 +431,14 @@ impl JobDir {
         }
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("shmflow-job-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let path = std::env::temp_dir().join(format!("{JOB_DIR_PREFIX}{}-{nanos}", std::process::id()));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        }
         // Workers are started from this process and inherit the variable.
         std::env::set_var(Self::ENV, &path);
         Ok(Self { path, owned: true })
@@ -447,9 +489,13 @@ fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
     }
 }
 
+/// The input file's length as the coordinator saw it, handed to the workers so that every
+/// subtask reads the same text (see [`TextSource::File`]).
+const INPUT_LEN_ENV: &str = "SHMFLOW_INPUT_LEN";
+
 fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
-    let src = match input {
-        Some(p) => TextSource::File(p),
+    let mut src = match input {
+        Some(p) => TextSource::file(p),
         None => {
             if mb == 0 || mb > 100_000 {
                 return Err(format!("--generated-mb {mb} is out of range (1..=100000)").into());
@@ -457,12 +503,30 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
             TextSource::generated_mb(mb)
         }
     };
-    if !is_worker() {
+    if is_worker() {
+        if let TextSource::File { len, .. } = &mut src {
+            let v = std::env::var(INPUT_LEN_ENV).map_err(|_| format!("worker started without {INPUT_LEN_ENV}"))?;
+            *len = Some(v.parse().map_err(|_| format!("{INPUT_LEN_ENV}={v:?} is not a length"))?);
+        }
+    } else {
         if let Some(note) = src.validate()? {
             eprintln!("shmflow: note: {note}");
         }
+        if let TextSource::File { len: Some(n), .. } = &src {
+            // Workers are started from this process and inherit the variable.
+            std::env::set_var(INPUT_LEN_ENV, n.to_string());
+        }
     }
     Ok(src)
+}
+
+/// `--output`, checked and created (as a temp file) by the coordinator before the job runs;
+/// workers do not write it.
+fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<builtin::OutputFile>> {
+    match output {
+        Some(p) if !is_worker() => Ok(Some(builtin::OutputFile::create(p)?)),
+        _ => Ok(None),
+    }
 }
 
 fn blocking_unsupported(o: &JobOpts, job: &str) -> AnyResult<()> {
@@ -477,6 +541,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
         JobCmd::Wordcount { input, output, generated_mb, opts } => {
             let cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
             let ptype = match opts.exchange {
                 Exchange::Pipelined => ResultPartitionType::PipelinedBounded,
@@ -484,7 +549,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             };
             let graph = builtin::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
             if let Some(s) = run(graph, &cfg)? {
-                let lines = builtin::merge_parts(&dir.path, output.as_deref())?;
+                let lines = builtin::merge_parts(&dir.path, out_file)?;
                 let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
                 print_summary(&s, opts.json, serde_json::json!({ "distinct_words": lines.len(), "words": total }));
                 if output.is_none() && !opts.json {
@@ -504,10 +569,11 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             }
             let cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
             let graph = builtin::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
             if let Some(s) = run(graph, &cfg)? {
-                let lines = builtin::merge_parts(&dir.path, output.as_deref())?;
+                let lines = builtin::merge_parts(&dir.path, out_file)?;
                 print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
                 if !opts.json {
                     out!("{} window results", lines.len());
@@ -519,6 +585,12 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             let kind: SelectorKind = selector.parse()?;
             if !(8..=256 << 20).contains(&payload) {
                 return Err(format!("--payload {payload} is out of range (8..=268435456)").into());
+            }
+            check_records(records)?;
+            for (flag, ns) in [("--sink-work-ns", sink_work_ns), ("--source-work-ns", source_work_ns)] {
+                if ns > MAX_WORK_NS {
+                    return Err(format!("{flag} {ns} is out of range (0..={MAX_WORK_NS})").into());
+                }
             }
             let cfg = runtime_config(&opts)?;
             let dir = JobDir::get()?;
@@ -533,11 +605,15 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             if let Some(s) = run(graph, &cfg)? {
                 let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
                 let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
-                let want_sum = (records.wrapping_mul(records.wrapping_sub(1)) / 2).wrapping_mul(fan);
-                if n != records * fan || sum != want_sum || bad != 0 {
+                // Within bounds (records <= 10^12, fan <= 1024); checked all the same.
+                let want = records.checked_mul(fan).ok_or("--records times --parallelism overflows")?;
+                // The sinks sum sequence numbers with wrapping_add: the exact sum (u128, no
+                // wrap before the halving) modulo 2^64.
+                let seq_sum = u128::from(records) * u128::from(records.saturating_sub(1)) / 2;
+                let want_sum = (seq_sum as u64).wrapping_mul(fan);
+                if n != want || sum != want_sum || bad != 0 {
                     return Err(format!(
-                        "shuffle check failed: {n} records (expected {}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes",
-                        records * fan
+                        "shuffle check failed: {n} records (expected {want}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes"
                     )
                     .into());
                 }
@@ -630,6 +706,63 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
     Ok(())
 }
 
+/// Prefix of the CLI's job directories under the temp dir: `shmflow-job-<pid>-<nanos>`.
+const JOB_DIR_PREFIX: &str = "shmflow-job-";
+
+/// Prefix of the blocking partition directories a coordinator makes directly under the temp
+/// dir when it runs without a job directory (`shmflow-blocking-<pid>-<nanos>`, or
+/// `shmflow-blocking-<pid>` from `FileChannelManager::default_dir`).
+const BLOCKING_DIR_PREFIX: &str = "shmflow-blocking-";
+
+/// The pid in a job directory's name, `<prefix><pid>` or `<prefix><pid>-<rest>` with a
+/// canonical decimal pid; `None` for any other name (such a directory is left alone).
+fn job_dir_pid(name: &str) -> Option<u32> {
+    let rest = [JOB_DIR_PREFIX, BLOCKING_DIR_PREFIX].iter().find_map(|p| name.strip_prefix(p))?;
+    let digits = rest.split_once('-').map_or(rest, |(d, _)| d);
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let pid: u32 = digits.parse().ok()?;
+    (pid <= i32::MAX as u32).then_some(pid)
+}
+
+/// Whether a process `pid` exists. Anything but "no such process" counts as alive (the
+/// safe side: the directory is kept).
+fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // SAFETY: signal 0 sends nothing: kill only checks that the process exists.
+    let r = unsafe { libc::kill(p, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The job directories under `tmp` owned by this user: (path, pid), sorted. Symlinks and
+/// other users' directories are never touched.
+fn job_dirs(tmp: &std::path::Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(tmp) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(job_dir_pid) else {
+            continue;
+        };
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() && meta.uid() == me {
+            out.push((path, pid));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn clean(dry_run: bool) -> AnyResult<()> {
     let mut removed = 0;
     for a in shmflow::memory::check::list_named(std::path::Path::new("/dev/shm")) {
@@ -647,6 +780,30 @@ fn clean(dry_run: bool) -> AnyResult<()> {
     }
     if !dry_run {
         out!("{removed} stale arenas removed");
+    }
+    // Job directories a killed coordinator left behind (part and blocking partition files).
+    // A live pid keeps its directory even if it now belongs to another program.
+    let (mut removed, mut failed) = (0, Vec::new());
+    for (path, pid) in job_dirs(&std::env::temp_dir()) {
+        if pid_alive(pid) {
+            out!("keep   {} (pid {pid} is running)", path.display());
+        } else if dry_run {
+            out!("stale  {} (pid {pid} is gone)", path.display());
+        } else {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    out!("removed {} (pid {pid} is gone)", path.display());
+                    removed += 1;
+                }
+                Err(e) => failed.push(format!("removing {}: {e}", path.display())),
+            }
+        }
+    }
+    if !dry_run {
+        out!("{removed} stale job directories removed");
+    }
+    if !failed.is_empty() {
+        return Err(failed.join("; ").into());
     }
     Ok(())
 }

@@ -24,42 +24,90 @@ pub enum TextSource {
         seed: u64,
     },
     /// A text file (UTF-8 expected; other bytes outside ASCII separate words).
-    File(PathBuf),
+    ///
+    /// The file is memory-mapped while it is read: truncating it while a job reads it can
+    /// kill the reading process with SIGBUS. A file whose length differs from `len` is an
+    /// error rather than a silently different count.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The length the job expects: set by [`TextSource::validate`] (the coordinator's
+        /// look at the file) and handed to the workers, so that every subtask splits the
+        /// same text and one that finds the file grown or shrunk fails instead of losing
+        /// or double counting lines. `None`: each reader takes the length it sees.
+        len: Option<u64>,
+    },
 }
 
 /// Average bytes per generated line (measured), to size the default text.
 pub const GENERATED_BYTES_PER_LINE: u64 = 66;
 
+/// Opens `path` for reading if it is a regular file. Checked before opening (opening a FIFO
+/// waits for a writer) and again on the opened file, which is opened non-blocking so that a
+/// path swapped for a FIFO in between cannot block either. Returns the file and its length.
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |d: String| Error::Invalid { what: "--input", detail: d };
+    let not_regular = || bad(format!("{} is not a regular file", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let meta = f.metadata().map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((f, meta.len()))
+}
+
+/// Maps the first `len` bytes of `f` (at least 1) read-only.
+fn map_text(f: &std::fs::File, path: &Path, len: u64) -> Result<memmap2::Mmap> {
+    let n = usize::try_from(len).map_err(|_| Error::Invalid {
+        what: "--input",
+        detail: format!("{} is too large to map ({len} bytes)", path.display()),
+    })?;
+    // SAFETY: the mapping is read-only and private to the caller; a concurrent truncation by
+    // another program could fault (SIGBUS), which is the documented risk of reading a file
+    // that is being rewritten (see `TextSource::File`).
+    unsafe { memmap2::MmapOptions::new().len(n).map(f) }
+        .map_err(|e| Error::Io { op: format!("mapping {}", path.display()), source: e })
+}
+
 impl TextSource {
     /// The default: about `mb` megabytes of generated text.
     pub fn generated_mb(mb: u64) -> Self {
-        TextSource::Generated { lines: (mb * 1_000_000 / GENERATED_BYTES_PER_LINE).max(1), seed: 0x5eed }
+        TextSource::Generated { lines: (mb.saturating_mul(1_000_000) / GENERATED_BYTES_PER_LINE).max(1), seed: 0x5eed }
     }
 
-    /// Checks a file input before any worker starts: it exists and is a readable regular
-    /// file. Text that is not valid UTF-8 is read anyway (its bytes outside ASCII separate
-    /// words, as the replacement characters of Flink's UTF-8 decoder would): the returned
-    /// note says where the first bad byte is, for the caller to show.
+    /// A text file, its length taken when it is read (see [`TextSource::File`]).
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        TextSource::File { path: path.into(), len: None }
+    }
+
+    /// Checks a file input before any worker starts: it is a readable regular file (a FIFO
+    /// or a directory is refused without opening it). Records the file's length in `len`,
+    /// which every subtask then insists on. Text that is not valid UTF-8 is read anyway
+    /// (its bytes outside ASCII separate words, as the replacement characters of Flink's
+    /// UTF-8 decoder would): the returned note says where the first bad byte is, for the
+    /// caller to show.
     ///
     /// # Errors
     /// [`Error::Invalid`] naming the problem.
-    pub fn validate(&self) -> Result<Option<String>> {
-        let TextSource::File(p) = self else {
+    pub fn validate(&mut self) -> Result<Option<String>> {
+        let TextSource::File { path: p, len } = self else {
             return Ok(None);
         };
-        let bad = |d: String| Error::Invalid { what: "--input", detail: d };
-        let f = std::fs::File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
-        let meta = f.metadata().map_err(|e| bad(format!("{}: {e}", p.display())))?;
-        if !meta.is_file() {
-            return Err(bad(format!("{} is not a regular file", p.display())));
-        }
-        if meta.len() == 0 {
+        let (f, n) = open_regular(p)?;
+        *len = Some(n);
+        if n == 0 {
             return Ok(None);
         }
-        // SAFETY: the mapping is read-only and private to this function; a concurrent
-        // truncation by another program could fault, which is the documented risk of
-        // reading a file that is being rewritten.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(format!("{}: {e}", p.display())))?;
+        let map = map_text(&f, p, n)?;
         Ok(std::str::from_utf8(&map).err().map(|e| {
             format!(
                 "{} is not valid UTF-8 (first bad byte at offset {}); bytes outside ASCII separate words",
@@ -72,7 +120,9 @@ impl TextSource {
     /// Calls `f` with every line of subtask `i`'s share of the text (shares of `p`).
     ///
     /// # Errors
-    /// I/O errors reading the file.
+    /// I/O errors reading the file; [`Error::Invalid`] if the file is not a regular file or
+    /// its length is not the expected one (before or after reading the share: the file
+    /// changed while the job ran).
     pub fn for_each_line(&self, i: u32, p: u32, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         match self {
             TextSource::Generated { lines, seed } => {
@@ -86,23 +136,43 @@ impl TextSource {
                 }
                 Ok(())
             }
-            TextSource::File(path) => {
-                let file = std::fs::File::open(path)
-                    .map_err(|e| Error::Io { op: format!("opening {}", path.display()), source: e })?;
-                let len = file.metadata().map_err(|e| Error::Io { op: "stat".into(), source: e })?.len();
+            TextSource::File { path, len: expected } => {
+                let changed = |now: u64, want: u64| Error::Invalid {
+                    what: "--input",
+                    detail: format!(
+                        "{} changed while the job read it: {now} bytes now, {want} bytes when the job started",
+                        path.display()
+                    ),
+                };
+                let (file, len) = open_regular(path)?;
+                if let Some(want) = *expected {
+                    if len != want {
+                        return Err(changed(len, want));
+                    }
+                }
                 if len == 0 {
                     return Ok(());
                 }
-                // SAFETY: read-only private mapping, see `validate`.
-                let map = unsafe { memmap2::Mmap::map(&file) }
-                    .map_err(|e| Error::Io { op: format!("mapping {}", path.display()), source: e })?;
-                let (a, b) = (len * u64::from(i) / u64::from(p), len * u64::from(i + 1) / u64::from(p));
+                let map = map_text(&file, path, len)?;
+                // u128: `len * p` must not wrap for the largest files.
+                let share = |k: u32| (u128::from(len) * u128::from(k) / u128::from(p)) as usize;
+                let (a, b) = (share(i), share(i + 1));
                 // A share starts after the first newline at or after its start (unless it is
-                // the first) and ends with the line that crosses its end.
-                let start = if a == 0 { 0 } else { line_start_at_or_after(&map, a as usize - 1) };
-                let end = if b >= len { len as usize } else { line_start_at_or_after(&map, b as usize - 1) };
+                // the first) and ends with the line that crosses its end (an empty share of a
+                // file shorter than `p` bytes ends at 0).
+                let start = if a == 0 { 0 } else { line_start_at_or_after(&map, a - 1) };
+                let end = match b {
+                    0 => 0,
+                    b if b >= map.len() => map.len(),
+                    b => line_start_at_or_after(&map, b - 1),
+                };
                 for line in map[start.min(end)..end].split(|&c| c == b'\n') {
                     f(line)?;
+                }
+                let now =
+                    file.metadata().map_err(|e| Error::Io { op: format!("stat {}", path.display()), source: e })?;
+                if now.len() != len {
+                    return Err(changed(now.len(), len));
                 }
                 Ok(())
             }
@@ -390,13 +460,118 @@ pub fn window_wordcount_job(source: TextSource, parallelism: u32, size: u64, sli
         .sink("part files", part_sink(Arc::new(dir)))
 }
 
+/// A job's output file, checked and created before the job runs and replaced atomically
+/// when it is complete. Lines go to a temp file `<output>.tmp-<pid>` next to the output
+/// (following a symlink to its target), which [`OutputFile::write_lines`] renames over the
+/// output; dropped before that, the temp file is removed, and an existing output is left as
+/// it was. An output that exists and is not a regular file (`/dev/null`, a FIFO, a
+/// terminal) is written in place, opened here.
+#[derive(Debug)]
+pub struct OutputFile {
+    /// The path as given, for messages.
+    path: PathBuf,
+    /// The file renamed to `target` at the end; `None` when writing in place or once renamed.
+    tmp: Option<PathBuf>,
+    /// What the temp file replaces.
+    target: PathBuf,
+    file: std::fs::File,
+}
+
+impl OutputFile {
+    /// Checks `path` and creates the temp file: fails at once if `path` is a directory,
+    /// its directory does not exist or cannot be written.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `path` and the problem.
+    pub fn create(path: &Path) -> Result<Self> {
+        let bad = |d: String| Error::Invalid { what: "--output", detail: d };
+        let existing = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return Err(bad(format!("{} is a directory", path.display()))),
+            Ok(m) if !m.is_file() => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                return Ok(Self { path: path.to_path_buf(), tmp: None, target: path.to_path_buf(), file });
+            }
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
+        };
+        // A symlink is replaced by the file it points to, not by a regular file of its own.
+        let target = if existing.is_some() { std::fs::canonicalize(path).ok() } else { None };
+        let target = target.unwrap_or_else(|| path.to_path_buf());
+        let Some(name) = target.file_name() else {
+            return Err(bad(format!("{} names no file", path.display())));
+        };
+        let mut tmp_name = name.to_os_string();
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = target.with_file_name(tmp_name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| bad(format!("{}: cannot create {}: {e}", path.display(), tmp.display())))?;
+        let this = Self { path: path.to_path_buf(), tmp: Some(tmp), target, file };
+        if let Some(m) = existing {
+            // The replacement keeps the mode of the file it replaces (best effort).
+            let _ = this.file.set_permissions(m.permissions());
+        }
+        Ok(this)
+    }
+
+    /// Writes `lines`, each followed by a newline, and renames the temp file over the
+    /// output.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file (a full disk, say); the temp file is removed and the
+    /// output left as it was.
+    pub fn write_lines(mut self, lines: &[Vec<u8>]) -> Result<()> {
+        let tmp = self.tmp.clone();
+        let shown = tmp.as_deref().unwrap_or(&self.target).display().to_string();
+        let failed = |e| Error::Io {
+            op: if tmp.is_some() {
+                format!("writing {shown} (--output {} is left as it was)", self.path.display())
+            } else {
+                format!("writing {shown}")
+            },
+            source: e,
+        };
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &self.file);
+        for l in lines {
+            w.write_all(l).and_then(|_| w.write_all(b"\n")).map_err(failed)?;
+        }
+        w.flush().map_err(failed)?;
+        drop(w);
+        if let Some(t) = &tmp {
+            // Durable before it replaces the old output; also surfaces late write errors.
+            self.file.sync_all().map_err(failed)?;
+            std::fs::rename(t, &self.target).map_err(|e| Error::Io {
+                op: format!("renaming {} to {}", t.display(), self.target.display()),
+                source: e,
+            })?;
+            self.tmp = None;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        if let Some(t) = self.tmp.take() {
+            let _ = std::fs::remove_file(t);
+        }
+    }
+}
+
 /// Merges the part files under `dir` into `word<TAB>count` lines sorted by the word's bytes
 /// (stable, so a word's window results keep their order), written to `output` if given.
 /// Returns the lines.
 ///
 /// # Errors
-/// I/O errors.
-pub fn merge_parts(dir: &Path, output: Option<&Path>) -> Result<Vec<Vec<u8>>> {
+/// I/O errors; on a failure `output`'s temp file is removed (see [`OutputFile`]).
+pub fn merge_parts(dir: &Path, output: Option<OutputFile>) -> Result<Vec<Vec<u8>>> {
     let io = |op: &str, e| Error::Io { op: op.to_string(), source: e };
     let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io("listing part files", e))?
@@ -415,12 +590,7 @@ pub fn merge_parts(dir: &Path, output: Option<&Path>) -> Result<Vec<Vec<u8>>> {
         ka.cmp(kb)
     });
     if let Some(out) = output {
-        let f = std::fs::File::create(out).map_err(|e| io(&format!("creating {}", out.display()), e))?;
-        let mut w = std::io::BufWriter::new(f);
-        for l in &lines {
-            w.write_all(l).and_then(|_| w.write_all(b"\n")).map_err(|e| io("writing the output", e))?;
-        }
-        w.flush().map_err(|e| io("writing the output", e))?;
+        out.write_lines(&lines)?;
     }
     Ok(lines)
 }
@@ -478,7 +648,7 @@ impl Collector<Synthetic> for ShuffleSink {
     #[inline]
     fn collect(&mut self, r: Synthetic) -> Result<()> {
         if self.work_ns > 0 {
-            let until = crate::sync::now_nanos() + self.work_ns;
+            let until = crate::sync::now_nanos().saturating_add(self.work_ns);
             while crate::sync::now_nanos() < until {
                 std::hint::spin_loop();
             }
@@ -511,11 +681,11 @@ pub fn shuffle_job(
     let payload = payload.max(8);
     let stream =
         JobBuilder::new("shuffle", parallelism).source("generator", move |info, out: &mut dyn Collector<Synthetic>| {
-            let p = u64::from(info.parallelism);
-            let i = u64::from(info.subtask);
-            for seq in (records * i / p)..(records * (i + 1) / p) {
+            // u128: `records * p` must not wrap.
+            let share = |k: u32| (u128::from(records) * u128::from(k) / u128::from(info.parallelism)) as u64;
+            for seq in share(info.subtask)..share(info.subtask + 1) {
                 if source_work_ns > 0 {
-                    let until = crate::sync::now_nanos() + source_work_ns;
+                    let until = crate::sync::now_nanos().saturating_add(source_work_ns);
                     while crate::sync::now_nanos() < until {
                         std::hint::spin_loop();
                     }
@@ -560,7 +730,7 @@ pub fn shuffle_totals(dir: &Path) -> Result<(u64, u64, u64)> {
         if v.len() != 3 {
             return Err(Error::Invalid { what: "shuffle result", detail: format!("malformed line {s:?}") });
         }
-        t = (t.0 + v[0], t.1.wrapping_add(v[1]), t.2 + v[2]);
+        t = (t.0.saturating_add(v[0]), t.1.wrapping_add(v[1]), t.2.saturating_add(v[2]));
     }
     Ok(t)
 }

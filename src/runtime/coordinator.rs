@@ -1,24 +1,31 @@
 //! The coordinator (JobMaster): creates the arena, spawns the workers, deploys subtasks,
 //! tracks their state and "partition consumable" notifications, watches the children and
 //! cancels everything on the first failure.
+//!
+//! Workers are watched Flink-style: each sends a heartbeat every
+//! [`RuntimeConfig::heartbeat_interval`] from a thread of its own, and a worker the
+//! coordinator has heard nothing from for [`RuntimeConfig::heartbeat_timeout`] (its first
+//! message included) fails the job. Writes to a worker give up after the same time without
+//! progress, and every message a worker sends is checked: a malformed one, or a report about
+//! a task that was not deployed to it, fails the job naming the worker.
 
 use super::execution::{ExecutionGraph, SubtaskSpec, TaskSettings};
 use super::job::JobGraph;
-use super::protocol::{recv, send, FromWorker, ToWorker};
-use super::worker::CONTROL_FD_ENV;
+use super::protocol::{encode, recv, FromWorker, ToWorker};
+use super::worker::{CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
 use crate::error::{Error, Result};
 use crate::memory::{Arena, ArenaConfig};
 use crate::metrics::{channel_snapshot, task_snapshot, TaskRates, TaskSnapshot};
 use crate::partition::{BufferTimeout, RequestBackoff, ResultPartitionId, ResultPartitionManager};
 use crate::sync::WaitPolicy;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::io::BufReader;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How to run a job.
@@ -42,6 +49,31 @@ pub struct RuntimeConfig {
     pub worker_args: Option<Vec<std::ffi::OsString>>,
     /// Buffer debloating on every gate (off when `None`).
     pub debloat: Option<crate::gate::DebloatConfig>,
+    /// How long the coordinator waits without hearing from a worker (its first message, a
+    /// heartbeat or any other message) before it fails the job, and how long a write to a
+    /// worker may make no progress. Workers send heartbeats every
+    /// [`RuntimeConfig::heartbeat_interval`]. Default 30 s, or the milliseconds in the
+    /// environment variable [`HEARTBEAT_TIMEOUT_ENV`] (`SHMFLOW_HEARTBEAT_TIMEOUT_MS`) when
+    /// it is set ([`run_job`] refuses a value that is not a number in 1..=86400000).
+    pub heartbeat_timeout: Duration,
+}
+
+/// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
+/// milliseconds (1..=86400000).
+pub const HEARTBEAT_TIMEOUT_ENV: &str = "SHMFLOW_HEARTBEAT_TIMEOUT_MS";
+
+/// The heartbeat timeout named by [`HEARTBEAT_TIMEOUT_ENV`], if set.
+fn heartbeat_timeout_from_env() -> Result<Option<Duration>> {
+    let Some(v) = std::env::var_os(HEARTBEAT_TIMEOUT_ENV) else {
+        return Ok(None);
+    };
+    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(ms) if (1..=86_400_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(Error::Invalid {
+            what: HEARTBEAT_TIMEOUT_ENV,
+            detail: format!("{v:?} is not a number of milliseconds in 1..=86400000"),
+        }),
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -56,11 +88,20 @@ impl Default for RuntimeConfig {
             progress: false,
             worker_args: None,
             debloat: None,
+            heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
         }
     }
 }
 
 impl RuntimeConfig {
+    /// How often workers send a heartbeat: a tenth of [`RuntimeConfig::heartbeat_timeout`],
+    /// at least 50 ms (never more than the timeout) and at most 1 s.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.heartbeat_timeout / 10)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+            .min(self.heartbeat_timeout)
+    }
+
     /// The settings every task gets.
     pub fn task_settings(&self) -> TaskSettings {
         TaskSettings {
@@ -93,6 +134,16 @@ impl RuntimeConfig {
             max_workers: self.workers.max(1) + 1,
             max_tasks: (graph.subtasks.len() + 8) as u32,
         };
+        if !self.segment_size.is_power_of_two() || !(4096..=16 << 20).contains(&self.segment_size) {
+            return Err(Error::Invalid {
+                what: "--segment-size",
+                detail: format!("{} is not a power of two between 4096 and 16 MiB", self.segment_size),
+            });
+        }
+        base.validate().map_err(|e| Error::Invalid {
+            what: "job size",
+            detail: format!("{e} (the job has {} subtasks and {channels} channels)", graph.subtasks.len()),
+        })?;
         let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
             what: "--arena-size",
             detail: format!("{e} (the job has {channels} channels)"),
@@ -178,17 +229,70 @@ pub struct JobSummary {
     pub arena_problems: Vec<String>,
 }
 
+/// Blocking writes to a worker's socket wake this often to check for a stop signal and the
+/// write deadline.
+const WRITE_SLICE: Duration = Duration::from_millis(100);
+
+/// When the coordinator last heard from a worker (its start time until its first message),
+/// and whether it has heard anything; updated by the worker's reader thread.
+type Heard = Arc<Mutex<(Instant, bool)>>;
+
 struct Worker {
     slot: u32,
     child: Option<Child>,
     sock: UnixStream,
     pid: u32,
+    heard: Heard,
+    /// Its reader thread ended (socket closed or a malformed message): no more heartbeats.
+    closed: bool,
+    /// A write to it failed (it may hold half a message): nothing more is sent.
+    broken: bool,
 }
 
 impl Worker {
     fn cancel(&mut self) {
-        let _ = send(&mut self.sock, &ToWorker::Cancel);
+        if !self.broken {
+            // Short: a worker that does not read is killed soon anyway.
+            if let Ok(line) = encode(&ToWorker::Cancel) {
+                self.broken = write_bounded(&mut self.sock, &line, Duration::from_millis(200)).is_err();
+            }
+        }
     }
+}
+
+/// Writes `line` to a worker's socket (whose write timeout is [`WRITE_SLICE`]), giving up
+/// when the worker has taken no byte for `patience` or a stop signal arrived.
+fn write_bounded(sock: &mut UnixStream, line: &[u8], patience: Duration) -> std::io::Result<()> {
+    let mut done = 0;
+    let mut progress = Instant::now();
+    while done < line.len() {
+        match sock.write(&line[done..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                done += n;
+                progress = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if let Some(sig) = crate::sync::stop_signal() {
+                    return Err(std::io::Error::other(format!("stopped by signal {sig}")));
+                }
+                if progress.elapsed() >= patience {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the worker read nothing for {} ({done} of {} bytes sent)", secs(patience), line.len()),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `d` for a message: "30 s", "1.5 s".
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// Kills and reaps every worker still running when the coordinator leaves.
@@ -237,6 +341,15 @@ impl BlockingDir {
             Some(d) => std::path::PathBuf::from(d).join(name),
             None => std::env::temp_dir().join(name),
         };
+        // Private (0700): the partition files hold the job's records. `shmflow clean`
+        // removes the directory if this process dies without removing it.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| Error::Io {
+                op: format!("creating the blocking partition directory {}", path.display()),
+                source: e,
+            })?;
+        }
         crate::partition::FileChannelManager::new(&path)?;
         Ok(Some(Self { path, owned: true }))
     }
@@ -254,6 +367,95 @@ fn io(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io { op: op.to_string(), source: e }
 }
 
+/// What a worker's reader thread passes on (heartbeats only update [`Worker::heard`]).
+enum ReaderEvent {
+    Msg(FromWorker),
+    /// End of stream (the worker exited, or died while writing).
+    Closed,
+    /// A line that is not a message, or one over the size limit; nothing more is read.
+    Malformed(String),
+}
+
+/// A report about a task's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Running,
+    /// Finished or failed.
+    Ended,
+}
+
+/// Which worker each task was deployed to and where it stands: a worker may report only on
+/// its own tasks, running at most once and before it ended, and ended once.
+#[derive(Debug)]
+struct TaskTable {
+    owner: HashMap<(usize, u32), usize>,
+    running: HashSet<(usize, u32)>,
+    ended: HashSet<(usize, u32)>,
+}
+
+impl TaskTable {
+    fn new(owner: HashMap<(usize, u32), usize>) -> Self {
+        Self { owner, running: HashSet::new(), ended: HashSet::new() }
+    }
+
+    /// Records worker `w`'s report on `task`, or says why it is a protocol violation.
+    fn report(&mut self, w: usize, task: (usize, u32), report: Report) -> std::result::Result<(), String> {
+        match self.owner.get(&task) {
+            None => return Err("which is not a task of this job".into()),
+            Some(&o) if o != w => return Err(format!("which was deployed to worker {o}")),
+            Some(_) => {}
+        }
+        if self.ended.contains(&task) {
+            return Err("which had already ended".into());
+        }
+        match report {
+            Report::Running if !self.running.insert(task) => Err("which was already reported running".into()),
+            Report::Running => Ok(()),
+            Report::Ended => {
+                self.ended.insert(task);
+                Ok(())
+            }
+        }
+    }
+
+    /// Tasks not ended yet.
+    fn left(&self) -> usize {
+        self.owner.len() - self.ended.len()
+    }
+
+    /// Whether worker `w` has tasks not ended yet.
+    fn left_on(&self, w: usize) -> bool {
+        self.owner.iter().any(|(t, &o)| o == w && !self.ended.contains(t))
+    }
+}
+
+/// "wordcount-map (2/4)", or the raw indices of a task the job does not have.
+fn task_label(job: &JobGraph, vertex: usize, subtask: u32) -> String {
+    match job.vertices.get(vertex) {
+        Some(v) => format!("{} ({}/{})", v.name, subtask.saturating_add(1), v.parallelism),
+        None => format!("vertex {vertex} subtask {subtask}"),
+    }
+}
+
+/// Why worker `w`'s control socket closed while it had tasks: its exit status if it exits
+/// within a second (never blocks longer).
+fn closed_early(w: &mut Worker) -> String {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let status = loop {
+        match w.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(s))) => break Some(s),
+            Some(Ok(None)) if Instant::now() < deadline && crate::sync::stop_signal().is_none() => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => break None,
+        }
+    };
+    match status {
+        Some(s) => format!("worker {} (pid {}) died with {s} while its tasks were running", w.slot, w.pid),
+        None => format!("worker {} (pid {}) closed its control socket while its tasks were running", w.slot, w.pid),
+    }
+}
+
 /// Runs `job` across worker processes and waits for it.
 ///
 /// # Errors
@@ -262,21 +464,43 @@ fn io(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let graph = ExecutionGraph::build(job, 0)?;
     let arena_cfg = config.arena_config(job, &graph)?;
+    heartbeat_timeout_from_env()?;
+    if config.heartbeat_timeout.is_zero() {
+        return Err(Error::Invalid { what: "heartbeat timeout", detail: "0: it must be above zero".into() });
+    }
+    // Deploy: subtask k goes to worker k mod W. Encoded before any worker starts, so a
+    // deployment too large for the control protocol is refused up front.
+    let mut per_worker: Vec<Vec<SubtaskSpec>> = vec![Vec::new(); config.workers as usize];
+    for (k, s) in graph.subtasks.iter().enumerate() {
+        per_worker[k % config.workers as usize].push(s.clone());
+    }
+    let deployments = per_worker
+        .into_iter()
+        .enumerate()
+        .map(|(w, subtasks)| {
+            encode(&ToWorker::Deploy { worker: w as u32, subtasks }).map_err(|e| Error::Invalid {
+                what: "deployment",
+                detail: format!("the subtasks of worker {w}: {e}; use more --workers or a lower --parallelism"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     crate::sync::install_stop_handler();
     let arena = Arc::new(Arena::create_memfd(&arena_cfg, &job.name)?);
     let start = Instant::now();
-    let (tx, rx) = mpsc::channel::<(usize, Option<FromWorker>)>();
+    let (tx, rx) = mpsc::channel::<(usize, ReaderEvent)>();
     let args: Vec<std::ffi::OsString> =
         config.worker_args.clone().unwrap_or_else(|| std::env::args_os().skip(1).collect());
     let exe = std::env::current_exe().map_err(io("finding the current executable"))?;
     let blocking_dir = BlockingDir::for_job(job)?;
     let mut workers = Workers(Vec::new());
+    let interval_ms = config.heartbeat_interval().as_millis().max(1).to_string();
     for w in 0..config.workers {
         let (mine, theirs) = UnixStream::pair().map_err(io("creating a control socket"))?;
+        mine.set_write_timeout(Some(WRITE_SLICE)).map_err(io("setting a control socket's write timeout"))?;
         let mut cmd = Command::new(&exe);
         cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null());
         let fd = theirs.as_raw_fd();
-        cmd.env(CONTROL_FD_ENV, fd.to_string());
+        cmd.env(CONTROL_FD_ENV, fd.to_string()).env(HEARTBEAT_INTERVAL_ENV, &interval_ms);
         arena.inherit_fd_into(&mut cmd)?;
         if let Some(d) = &blocking_dir {
             cmd.env(crate::partition::BLOCKING_DIR_ENV, &d.path);
@@ -297,71 +521,98 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
         drop(theirs);
         let pid = child.id();
         let mut reader = BufReader::new(mine.try_clone().map_err(io("cloning a control socket"))?);
-        let txw = tx.clone();
+        let heard: Heard = Arc::new(Mutex::new((Instant::now(), false)));
+        let (txw, heard_w) = (tx.clone(), heard.clone());
         let idx = w as usize;
-        std::thread::spawn(move || loop {
-            match recv::<FromWorker>(&mut reader) {
+        let spawned = std::thread::Builder::new().name(format!("control-{w}")).spawn(move || loop {
+            let event = match recv::<FromWorker>(&mut reader) {
                 Ok(Some(m)) => {
-                    if txw.send((idx, Some(m))).is_err() {
-                        break;
+                    // Any message shows the worker is alive.
+                    *heard_w.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (Instant::now(), true);
+                    if matches!(m, FromWorker::Heartbeat) {
+                        continue;
                     }
+                    ReaderEvent::Msg(m)
                 }
-                _ => {
-                    let _ = txw.send((idx, None));
-                    break;
-                }
+                Ok(None) => ReaderEvent::Closed,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ReaderEvent::Closed,
+                Err(e) => ReaderEvent::Malformed(e.to_string()),
+            };
+            let last = !matches!(event, ReaderEvent::Msg(_));
+            if txw.send((idx, event)).is_err() || last {
+                break;
             }
         });
-        workers.0.push(Worker { slot: w, child: Some(child), sock: mine, pid });
+        workers.0.push(Worker { slot: w, child: Some(child), sock: mine, pid, heard, closed: false, broken: false });
+        spawned.map_err(io("starting a control socket reader"))?;
     }
     drop(tx);
-    // Deploy: subtask k goes to worker k mod W.
-    let mut per_worker: Vec<Vec<SubtaskSpec>> = vec![Vec::new(); config.workers as usize];
-    for (k, s) in graph.subtasks.iter().enumerate() {
-        per_worker[k % config.workers as usize].push(s.clone());
+    let mut failure: Option<String> = None;
+    for (w, line) in workers.0.iter_mut().zip(&deployments) {
+        if let Err(e) = write_bounded(&mut w.sock, line, config.heartbeat_timeout) {
+            w.broken = true;
+            failure = Some(format!("deploying subtasks to worker {} (pid {}) failed: {e}", w.slot, w.pid));
+            break;
+        }
     }
-    for (w, subtasks) in workers.0.iter_mut().zip(per_worker) {
-        send(&mut w.sock, &ToWorker::Deploy { worker: w.slot, subtasks }).map_err(io("deploying subtasks"))?;
-    }
-    let mut remaining: HashMap<(usize, u32), usize> =
-        graph.subtasks.iter().enumerate().map(|(k, s)| ((s.vertex, s.subtask), k % config.workers as usize)).collect();
+    drop(deployments);
+    let mut tasks = TaskTable::new(
+        graph.subtasks.iter().enumerate().map(|(k, s)| ((s.vertex, s.subtask), k % config.workers as usize)).collect(),
+    );
     let mut metrics_slots: HashMap<(usize, u32), u32> = HashMap::new();
     let mut consumable = 0usize;
     let mut max_in_flight: HashMap<usize, u64> = HashMap::new();
     let mut last_sample = Instant::now();
     let mut last_progress = Instant::now();
-    let mut prev_snaps: Option<(Vec<TaskSnapshot>, Instant)> = None;
-    let mut failure: Option<String> = None;
+    let mut prev_snaps: Option<HashMap<(usize, u32), TaskSnapshot>> = None;
+    let mut last_turn = Instant::now();
     let manager = ResultPartitionManager::new(arena.clone());
-    while !remaining.is_empty() && failure.is_none() {
+    while tasks.left() > 0 && failure.is_none() {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok((w, Some(msg))) => match msg {
-                FromWorker::Hello { .. } => {}
-                FromWorker::TaskRunning { vertex, subtask, metrics_slot } => {
-                    metrics_slots.insert((vertex, subtask), metrics_slot);
+            Ok((w, ReaderEvent::Msg(msg))) => {
+                let pid = workers.0[w].pid;
+                let violation = |what: &str, vertex: usize, subtask: u32, why: String| {
+                    format!(
+                        "worker {w} (pid {pid}) broke the control protocol: it reported task {} {what}, {why}",
+                        task_label(job, vertex, subtask)
+                    )
+                };
+                match msg {
+                    FromWorker::Hello { .. } | FromWorker::Heartbeat => {}
+                    FromWorker::TaskRunning { vertex, subtask, metrics_slot } => {
+                        match tasks.report(w, (vertex, subtask), Report::Running) {
+                            Ok(()) => {
+                                metrics_slots.insert((vertex, subtask), metrics_slot);
+                            }
+                            Err(why) => failure = Some(violation("running", vertex, subtask, why)),
+                        }
+                    }
+                    FromWorker::PartitionConsumable { .. } => consumable += 1,
+                    FromWorker::TaskFinished { vertex, subtask } => {
+                        if let Err(why) = tasks.report(w, (vertex, subtask), Report::Ended) {
+                            failure = Some(violation("finished", vertex, subtask, why));
+                        }
+                    }
+                    FromWorker::TaskFailed { vertex, subtask, error } => {
+                        failure = Some(match tasks.report(w, (vertex, subtask), Report::Ended) {
+                            Ok(()) => format!(
+                                "task {} on worker {w} (pid {pid}) failed: {error}",
+                                task_label(job, vertex, subtask)
+                            ),
+                            Err(why) => violation("failed", vertex, subtask, format!("{why} (its error: {error})")),
+                        });
+                    }
                 }
-                FromWorker::PartitionConsumable { .. } => consumable += 1,
-                FromWorker::TaskFinished { vertex, subtask } => {
-                    remaining.remove(&(vertex, subtask));
-                }
-                FromWorker::TaskFailed { vertex, subtask, error } => {
-                    let (name, parallelism) =
-                        job.vertices.get(vertex).map_or(("an unknown vertex", 0), |v| (v.name.as_str(), v.parallelism));
-                    failure = Some(format!(
-                        "task {name} ({}/{parallelism}) on worker {w} (pid {}) failed: {error}",
-                        subtask.saturating_add(1),
-                        workers.0[w].pid
-                    ));
-                }
-            },
-            Ok((w, None)) => {
-                if remaining.values().any(|&ww| ww == w) {
-                    let status = workers.0[w].child.as_mut().and_then(|c| c.wait().ok());
-                    failure = Some(format!(
-                        "worker {w} (pid {}) died with {} while its tasks were running",
-                        workers.0[w].pid,
-                        status.map_or("an unknown status".to_string(), |s| s.to_string())
-                    ));
+            }
+            Ok((w, ReaderEvent::Malformed(e))) => {
+                workers.0[w].closed = true;
+                // The worker may still be running: the guard below cancels, then kills it.
+                failure = Some(format!("worker {w} (pid {}) sent a malformed control message: {e}", workers.0[w].pid));
+            }
+            Ok((w, ReaderEvent::Closed)) => {
+                workers.0[w].closed = true;
+                if tasks.left_on(w) {
+                    failure = Some(closed_early(&mut workers.0[w]));
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -372,7 +623,7 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
         for w in &mut workers.0 {
             if let Some(c) = w.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    if !status.success() && remaining.values().any(|&ww| ww == w.slot as usize) {
+                    if !status.success() && tasks.left_on(w.slot as usize) {
                         failure.get_or_insert_with(|| {
                             format!(
                                 "worker {} (pid {}) exited with {status} while its tasks were running",
@@ -386,22 +637,49 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
         if let Some(sig) = crate::sync::stop_signal() {
             failure.get_or_insert_with(|| format!("stopped by signal {sig}"));
         }
+        let now = Instant::now();
+        if now.saturating_duration_since(last_turn) > (config.heartbeat_timeout / 2).max(Duration::from_secs(1)) {
+            // This process itself was stopped or starved: what it did not hear meanwhile is
+            // not the workers' fault.
+            for w in &workers.0 {
+                w.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = now;
+            }
+        }
+        last_turn = now;
+        for w in workers.0.iter().filter(|w| !w.closed) {
+            let (at, any) = *w.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if failure.is_none() && now.saturating_duration_since(at) > config.heartbeat_timeout {
+                let t = secs(config.heartbeat_timeout);
+                failure = Some(if any {
+                    format!("worker {} (pid {}) sent no heartbeat for {t}: is it stopped or hung?", w.slot, w.pid)
+                } else {
+                    format!(
+                        "worker {} (pid {}) sent no first message within {t} of its start: is it stopped or hung?",
+                        w.slot, w.pid
+                    )
+                });
+            }
+        }
         if last_sample.elapsed() >= Duration::from_millis(100) {
             last_sample = Instant::now();
             sample_in_flight(job, &graph, &manager, &arena, &mut max_in_flight);
         }
         if config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
-            let snaps: Vec<TaskSnapshot> = metrics_slots.values().filter_map(|&s| task_snapshot(&arena, s)).collect();
-            if let Some((prev, _)) = &prev_snaps {
+            let snaps: HashMap<(usize, u32), TaskSnapshot> =
+                metrics_slots.iter().filter_map(|(&k, &s)| Some((k, task_snapshot(&arena, s)?))).collect();
+            if let Some(prev) = &prev_snaps {
                 let (mut rin, mut bp) = (0.0, 0.0f64);
                 let mut bytes = 0u64;
-                for (a, b) in prev.iter().zip(&snaps) {
-                    let r = TaskRates::between(a, b);
-                    rin += r.records_in_per_s;
-                    bp = bp.max(r.back_pressured_ms_per_s);
+                for (k, b) in &snaps {
                     // Saturating: the counters are workers' words in the arena.
                     bytes = bytes.saturating_add(b.bytes_out);
+                    // A task that started since the last line has no rate yet.
+                    if let Some(a) = prev.get(k) {
+                        let r = TaskRates::between(a, b);
+                        rin += r.records_in_per_s;
+                        bp = bp.max(r.back_pressured_ms_per_s);
+                    }
                 }
                 eprintln!(
                     "[{:>6.1}s] {:>12.0} records/s in, {:>8.1} MB out so far, max back-pressure {:>5.0} ms/s, {} tasks left",
@@ -409,10 +687,10 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                     rin,
                     bytes as f64 / 1e6,
                     bp,
-                    remaining.len()
+                    tasks.left()
                 );
             }
-            prev_snaps = Some((snaps, Instant::now()));
+            prev_snaps = Some(snaps);
         }
     }
     if let Some(f) = failure {
@@ -530,5 +808,48 @@ fn summarize(
         edges,
         consumable_partitions: consumable,
         ..JobSummary::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_reports_only_on_its_own_tasks_each_state_once() {
+        let mut t = TaskTable::new([((0, 0), 0), ((1, 0), 1), ((1, 1), 0)].into_iter().collect());
+        assert_eq!(t.left(), 3);
+        let e = t.report(0, (1, 0), Report::Ended).unwrap_err();
+        assert!(e.contains("deployed to worker 1"), "{e}");
+        let e = t.report(0, (5, 0), Report::Running).unwrap_err();
+        assert!(e.contains("not a task of this job"), "{e}");
+        let e = t.report(0, (0, 7), Report::Ended).unwrap_err();
+        assert!(e.contains("not a task of this job"), "{e}");
+        assert_eq!(t.left(), 3, "refused reports change nothing");
+        t.report(0, (0, 0), Report::Running).unwrap();
+        let e = t.report(0, (0, 0), Report::Running).unwrap_err();
+        assert!(e.contains("already reported running"), "{e}");
+        t.report(0, (0, 0), Report::Ended).unwrap();
+        assert_eq!(t.left(), 2);
+        assert!(t.left_on(0), "(1, 1) is still on worker 0");
+        let e = t.report(0, (0, 0), Report::Ended).unwrap_err();
+        assert!(e.contains("already ended"), "{e}");
+        let e = t.report(0, (0, 0), Report::Running).unwrap_err();
+        assert!(e.contains("already ended"), "{e}");
+        // A task may end without a running report (its metrics block was not claimed).
+        t.report(0, (1, 1), Report::Ended).unwrap();
+        assert!(!t.left_on(0));
+        assert!(t.left_on(1));
+        t.report(1, (1, 0), Report::Ended).unwrap();
+        assert_eq!(t.left(), 0);
+    }
+
+    #[test]
+    fn the_heartbeat_interval_is_a_tenth_of_the_timeout_within_bounds() {
+        let c = |ms| RuntimeConfig { heartbeat_timeout: Duration::from_millis(ms), ..RuntimeConfig::default() };
+        assert_eq!(c(30_000).heartbeat_interval(), Duration::from_secs(1));
+        assert_eq!(c(2_000).heartbeat_interval(), Duration::from_millis(200));
+        assert_eq!(c(100).heartbeat_interval(), Duration::from_millis(50));
+        assert_eq!(c(20).heartbeat_interval(), Duration::from_millis(20));
     }
 }

@@ -1,8 +1,9 @@
 //! The TaskExecutor: a worker process that attaches to the arena, receives its subtasks over
-//! the control socket and runs each on its own thread.
+//! the control socket and runs each on its own thread. A thread of its own sends the
+//! coordinator a heartbeat every heartbeat interval, busy tasks or not.
 
 use super::coordinator::RuntimeConfig;
-use super::execution::{TaskEvent, TaskIo};
+use super::execution::{SubtaskSpec, TaskEvent, TaskIo};
 use super::job::JobGraph;
 use super::protocol::{recv, send, FromWorker, ToWorker};
 use crate::error::{Error, Result};
@@ -13,9 +14,34 @@ use std::io::BufReader;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Environment variable naming the worker's control socket fd.
 pub const CONTROL_FD_ENV: &str = "SHMFLOW_CONTROL_FD";
+
+/// Environment variable in which the coordinator passes its workers the heartbeat interval
+/// in milliseconds (a worker without it derives one from its own [`RuntimeConfig`]).
+pub const HEARTBEAT_INTERVAL_ENV: &str = "SHMFLOW_HEARTBEAT_INTERVAL_MS";
+
+/// Why the coordinator's `spec` cannot be run by this job, if it cannot.
+fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
+    let Some(v) = job.vertices.get(spec.vertex) else {
+        return Some(format!("vertex {} is out of range: the job has {} vertices", spec.vertex, job.vertices.len()));
+    };
+    if spec.parallelism == 0 || spec.parallelism != v.parallelism {
+        return Some(format!(
+            "vertex {} ({}) was deployed with parallelism {}, but its parallelism is {}",
+            spec.vertex, v.name, spec.parallelism, v.parallelism
+        ));
+    }
+    if spec.subtask >= spec.parallelism {
+        return Some(format!(
+            "subtask {} of vertex {} ({}) is out of range: its parallelism is {}",
+            spec.subtask, spec.vertex, v.name, spec.parallelism
+        ));
+    }
+    None
+}
 
 /// Whether this process was started as a worker by a coordinator.
 pub fn is_worker() -> bool {
@@ -47,10 +73,42 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     let arena = Arc::new(crate::memory::Arena::attach_inherited()?);
     send(&mut *writer.lock().expect("control socket"), &FromWorker::Hello { pid: std::process::id() })
         .map_err(io_err("writing to the coordinator"))?;
+    // Heartbeats, from a thread of their own so busy tasks do not hold them up; they end
+    // with the process (or when the coordinator is gone).
+    let interval = std::env::var(HEARTBEAT_INTERVAL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or_else(|| config.heartbeat_interval(), Duration::from_millis)
+        .max(Duration::from_millis(1));
+    {
+        let writer = writer.clone();
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let mut w = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if send(&mut *w, &FromWorker::Heartbeat).is_err() {
+                    break;
+                }
+            })
+            .map_err(io_err("starting the heartbeat thread"))?;
+    }
     let (worker, subtasks) = match recv::<ToWorker>(&mut reader).map_err(io_err("reading the deployment"))? {
         Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
         Some(ToWorker::Cancel) | None => return Err(Error::Cancelled),
     };
+    // A bad deployment is refused as a whole, before any task starts.
+    if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
+        let _ = send(
+            &mut *writer.lock().expect("control socket"),
+            &FromWorker::TaskFailed {
+                vertex: spec.vertex,
+                subtask: spec.subtask,
+                error: format!("bad deployment: {why}"),
+            },
+        );
+        return Err(Error::Invalid { what: "deployment", detail: why });
+    }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
     let cancel = Arc::new(AtomicBool::new(false));
     // The coordinator's messages: a Cancel, or the socket closing (it died), stop us.
@@ -67,13 +125,15 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     }
     let settings = config.task_settings();
     let mut handles = Vec::new();
+    let mut first_err = None;
     for spec in subtasks {
-        let (job, env, cancel, writer) = (job.clone(), env.clone(), cancel.clone(), writer.clone());
+        let (vertex, subtask) = (spec.vertex, spec.subtask);
+        let (job, env, task_cancel, task_writer) = (job.clone(), env.clone(), cancel.clone(), writer.clone());
         let name = format!("{}-{}", spec.vertex, spec.subtask);
-        let h = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let (vertex, subtask) = (spec.vertex, spec.subtask);
+                let (cancel, writer) = (task_cancel, task_writer);
                 let metrics = TaskMetricsHandle::claim(env.arena().clone(), env.worker()).ok();
                 if let Some(m) = &metrics {
                     m.set_identity(vertex as u32, subtask);
@@ -86,7 +146,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 }
                 let (tx, rx) = std::sync::mpsc::channel();
                 let w2 = writer.clone();
-                let forward = std::thread::spawn(move || {
+                let forward = std::thread::Builder::new().name(format!("{vertex}-{subtask}-events")).spawn(move || {
                     while let Ok(TaskEvent::PartitionConsumable(p)) = rx.recv() {
                         let _ = send(
                             &mut *w2.lock().expect("control socket"),
@@ -94,25 +154,31 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                         );
                     }
                 });
-                let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
-                let info = io.info(&job);
-                let body = job.vertices[vertex].body.clone();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
-                let r = match r {
-                    Ok(r) => r,
-                    Err(p) => Err(Error::Invalid {
-                        what: "task",
-                        detail: format!(
-                            "panicked: {}",
-                            p.downcast_ref::<String>()
-                                .map(String::as_str)
-                                .or(p.downcast_ref::<&str>().copied())
-                                .unwrap_or("?")
-                        ),
-                    }),
+                let r = match forward {
+                    Err(e) => Err(Error::Io { op: "starting a task's event thread".into(), source: e }),
+                    Ok(forward) => {
+                        let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
+                        let info = io.info(&job);
+                        let body = job.vertices[vertex].body.clone();
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
+                        let r = match r {
+                            Ok(r) => r,
+                            Err(p) => Err(Error::Invalid {
+                                what: "task",
+                                detail: format!(
+                                    "panicked: {}",
+                                    p.downcast_ref::<String>()
+                                        .map(String::as_str)
+                                        .or(p.downcast_ref::<&str>().copied())
+                                        .unwrap_or("?")
+                                ),
+                            }),
+                        };
+                        drop(io);
+                        let _ = forward.join();
+                        r
+                    }
                 };
-                drop(io);
-                let _ = forward.join();
                 if let Some(m) = &metrics {
                     m.end(r.is_err());
                 }
@@ -127,10 +193,21 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 let _ = send(&mut *writer.lock().expect("control socket"), &msg);
                 r
             })
-            .map_err(io_err("starting a task thread"))?;
-        handles.push(h);
+            .map_err(io_err("starting a task thread"));
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Relaxed: a stop request for the tasks already started.
+                cancel.store(true, Ordering::Relaxed);
+                let _ = send(
+                    &mut *writer.lock().expect("control socket"),
+                    &FromWorker::TaskFailed { vertex, subtask, error: e.to_string() },
+                );
+                first_err = Some(e);
+                break;
+            }
+        }
     }
-    let mut first_err = None;
     for h in handles {
         match h.join() {
             Ok(Ok(())) => {}
