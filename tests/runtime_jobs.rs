@@ -323,6 +323,8 @@ fn numeric_edge_cases_are_errors_not_panics() {
     assert!(e.contains("--sink-work-ns 18446744073709551615") && e.contains("out of range"), "{e}");
     let e = fails_cleanly(&["run", "shuffle", "--source-work-ns", "1000000001"]);
     assert!(e.contains("--source-work-ns 1000000001") && e.contains("out of range"), "{e}");
+    let e = fails_cleanly(&["run", "wordcount", "--heartbeat-timeout-ms", "5"]);
+    assert!(e.contains("--heartbeat-timeout-ms 5") && e.contains("out of range"), "{e}");
 }
 
 /// A pid that is not running: a child that exited and was reaped.

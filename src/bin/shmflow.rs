@@ -65,6 +65,10 @@ struct JobOpts {
     /// flight instead of whole segments (1000 is Flink's default target).
     #[arg(long, value_name = "MS")]
     debloat: Option<u64>,
+    /// Fail the job when a worker sends nothing (not even a heartbeat) for this long: a
+    /// stopped or hung worker (default 30000, or SHMFLOW_HEARTBEAT_TIMEOUT_MS).
+    #[arg(long, value_name = "MS")]
+    heartbeat_timeout_ms: Option<u64>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -394,8 +398,15 @@ fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
     if o.arena_size < 1 << 20 || o.arena_size > 1 << 40 {
         return Err(format!("--arena-size {} is out of range (1 MiB..=1 TiB)", o.arena_size).into());
     }
+    let defaults = RuntimeConfig::default();
+    let heartbeat_timeout = match o.heartbeat_timeout_ms {
+        None => defaults.heartbeat_timeout,
+        Some(ms) if (100..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => return Err(format!("--heartbeat-timeout-ms {ms} is out of range (100..=3600000)").into()),
+    };
     Ok(RuntimeConfig {
         workers: o.workers,
+        heartbeat_timeout,
         buffer_timeout: BufferTimeout::from_millis(o.buffer_timeout)?,
         segment_size: o.segment_size,
         arena_size: o.arena_size,
@@ -408,7 +419,7 @@ fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
             }),
             Some(ms) => return Err(format!("--debloat {ms} is out of range (1..=60000 ms)").into()),
         },
-        ..RuntimeConfig::default()
+        ..defaults
     })
 }
 
