@@ -79,7 +79,7 @@ fn a_stopped_worker_fails_the_job_with_a_heartbeat_error() {
         shmflow()
             .args(["run", "wordcount", "--generated-mb", "300", "--workers", "2", "--output"])
             .arg(&out)
-            .env("SHMFLOW_HEARTBEAT_TIMEOUT_MS", "1500")
+            .env("SHMFLOW_HEARTBEAT_TIMEOUT_MS", "3000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -126,7 +126,7 @@ fn a_stopped_worker_fails_the_job_with_a_heartbeat_error() {
     }
     let said = said.join("\n");
     assert!(!status.success(), "the job succeeded with a stopped worker:\n{said}");
-    let expected = format!("(pid {}) sent no heartbeat for 1.5 s: is it stopped or hung?", stopped.pid);
+    let expected = format!("(pid {}) sent no heartbeat for 3 s: is it stopped or hung?", stopped.pid);
     assert!(said.contains(&expected), "no {expected:?} in:\n{said}");
     // The coordinator killed and reaped the stopped worker.
     assert!(
