@@ -285,12 +285,13 @@ fn a_corrupt_file_is_a_clear_error_never_a_panic() {
     let e = read().unwrap_err();
     assert!(matches!(e, Error::ProtocolViolation { .. }), "{e:?}");
     assert!(e.to_string().contains("checksum"), "{e}");
-    // A damaged record length inside a region: caught while reading.
+    // A damaged record length inside a region: caught while reading (by the region's
+    // checksum, before the length is looked at).
     let mut b = good.clone();
     b[32] = 0xff;
     write(&b);
     let e = read().unwrap_err();
-    assert!(matches!(e, Error::ProtocolViolation { .. }) && e.to_string().contains("claims"), "{e}");
+    assert!(matches!(e, Error::ProtocolViolation { .. }) && e.to_string().contains("region 0 of"), "{e}");
     // Truncated: no footer.
     write(&good[..good.len() - 10]);
     assert!(matches!(read().unwrap_err(), Error::ProtocolViolation { .. }));
@@ -380,4 +381,166 @@ fn the_environment_creates_and_opens_blocking_partitions() {
     let f = env.open_blocking_partition(&files, ID, Duration::from_secs(10)).unwrap();
     let got: Vec<Vec<u8>> = f.subpartition(1).unwrap().map(|r| r.unwrap().to_vec()).collect();
     assert_eq!(got, vec![b"two".to_vec()]);
+}
+
+/// The regions of every subpartition of a finished file, from its index (format version 2:
+/// per subpartition [records][regions], then per region [offset][len][checksum]).
+fn regions_of(file: &[u8]) -> Vec<Vec<(usize, usize)>> {
+    let u64_at = |at: usize| u64::from_le_bytes(file[at..at + 8].try_into().unwrap()) as usize;
+    let n = u32::from_le_bytes(file[12..16].try_into().unwrap());
+    let mut at = u64_at(file.len() - 40);
+    let mut subs = Vec::new();
+    for _ in 0..n {
+        let count = u64_at(at + 8);
+        at += 16;
+        subs.push((0..count).map(|r| (u64_at(at + 24 * r), u64_at(at + 24 * r + 8))).collect());
+        at += 24 * count;
+    }
+    subs
+}
+
+/// The records of one region: its length-prefixed payloads.
+fn records_in(mut region: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !region.is_empty() {
+        let len = u32::from_le_bytes(region[..4].try_into().unwrap()) as usize;
+        out.push(region[4..4 + len].to_vec());
+        region = &region[4 + len..];
+    }
+    out
+}
+
+#[test]
+fn a_flipped_byte_in_a_data_region_is_an_error_naming_the_region_and_no_record_of_it_is_read() {
+    let tmp = TempDir::new("region-checksum");
+    let files = FileChannelManager::new(&tmp.0).unwrap().with_region_bytes(256);
+    let mut p = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, SUBS).unwrap();
+    for i in 0..600u64 {
+        for s in 0..SUBS {
+            p.emit(&payload(s, i % 5003 + 1)[..], s).unwrap();
+        }
+    }
+    p.finish().unwrap();
+    drop(p);
+    let path = files.path_of(ID);
+    let good = std::fs::read(&path).unwrap();
+    let regions = regions_of(&good);
+    assert!(regions[1].len() > 3, "{:?}", regions[1]);
+    let all = |s: u32| -> Vec<Vec<u8>> {
+        let f = BlockingPartitionFile::open(&files, ID).unwrap();
+        f.subpartition(s).unwrap().map(|r| r.unwrap().to_vec()).collect()
+    };
+    let expected: Vec<Vec<Vec<u8>>> = (0..SUBS).map(all).collect();
+    assert_eq!(expected[1].len(), 600);
+
+    // A payload byte in the middle of subpartition 1's region 2 (not a length prefix, so
+    // only the checksum can notice).
+    let (off, len) = regions[1][2];
+    let before: usize = regions[1][..2].iter().map(|&(o, l)| records_in(&good[o..o + l]).len()).sum();
+    let mut at = off + len / 2;
+    let mut walk = off;
+    while walk <= at {
+        let rec = u32::from_le_bytes(good[walk..walk + 4].try_into().unwrap()) as usize;
+        if at < walk + 4 {
+            at = walk + 4; // the first payload byte instead of a length byte
+        }
+        walk += 4 + rec;
+    }
+    let mut bad = good.clone();
+    bad[at] ^= 0x01;
+    std::fs::write(&path, &bad).unwrap();
+
+    let f = BlockingPartitionFile::open(&files, ID).unwrap();
+    let mut got = Vec::new();
+    let mut err = None;
+    for r in f.subpartition(1).unwrap() {
+        match r {
+            Ok(rec) => got.push(rec.to_vec()),
+            Err(e) => err = Some(e),
+        }
+    }
+    let e = err.expect("a flipped payload byte must not go unnoticed");
+    assert!(matches!(e, Error::ProtocolViolation { .. }), "{e:?}");
+    let msg = e.to_string();
+    for part in [&path.display().to_string(), "subpartition 1", "region 2 of", "checksum"] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    assert_eq!(got, expected[1][..before], "only the records of the regions before the damaged one");
+    // The other subpartitions are intact and read in full.
+    for s in [0, 2] {
+        let read: Vec<Vec<u8>> = f.subpartition(s).unwrap().map(|r| r.unwrap().to_vec()).collect();
+        assert_eq!(read, expected[s as usize], "subpartition {s}");
+    }
+}
+
+#[test]
+fn every_flipped_data_byte_is_caught_by_a_region_checksum() {
+    let tmp = TempDir::new("every-flip");
+    let files = FileChannelManager::new(&tmp.0).unwrap().with_region_bytes(64);
+    let mut p = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap();
+    for i in 0..40u64 {
+        p.emit(&format!("record {i:5}")[..], (i % 2) as u32).unwrap();
+    }
+    p.finish().unwrap();
+    drop(p);
+    let path = files.path_of(ID);
+    let good = std::fs::read(&path).unwrap();
+    let data_end = u64::from_le_bytes(good[good.len() - 40..good.len() - 32].try_into().unwrap()) as usize;
+    for at in 32..data_end {
+        for flip in [0x01u8, 0x80] {
+            let mut b = good.clone();
+            b[at] ^= flip;
+            std::fs::write(&path, &b).unwrap();
+            let f = BlockingPartitionFile::open(&files, ID).unwrap();
+            let errors: Vec<String> = (0..2)
+                .flat_map(|s| f.subpartition(s).unwrap().filter_map(|r| r.err().map(|e| e.to_string())))
+                .collect();
+            assert_eq!(errors.len(), 1, "flip {flip:#x} at byte {at}: {errors:?}");
+            assert!(errors[0].contains("checksum"), "flip at {at}: {}", errors[0]);
+        }
+    }
+}
+
+#[test]
+fn a_version_1_file_is_refused_naming_both_versions() {
+    fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(seed, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    }
+    // What the version 1 writer made of one record "hello" in one subpartition: no region
+    // checksums in the index, a valid index checksum.
+    let mut file = Vec::new();
+    file.extend_from_slice(b"SHMFBLK1");
+    file.extend_from_slice(&1u32.to_le_bytes());
+    file.extend_from_slice(&1u32.to_le_bytes());
+    file.extend_from_slice(&ID.partition.to_le_bytes());
+    file.extend_from_slice(&ID.attempt.to_le_bytes());
+    file.extend_from_slice(&5u32.to_le_bytes());
+    file.extend_from_slice(b"hello");
+    let index_off = file.len() as u64;
+    let mut index = Vec::new();
+    for v in [1u64, 1, 32, 9] {
+        index.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut footer = Vec::new();
+    footer.extend_from_slice(b"SHMFEND1");
+    footer.extend_from_slice(&index_off.to_le_bytes());
+    footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
+    footer.extend_from_slice(&1u32.to_le_bytes());
+    footer.extend_from_slice(&1u32.to_le_bytes());
+    footer.extend_from_slice(&1u64.to_le_bytes());
+    let sum = fnv1a(fnv1a(0xcbf2_9ce4_8422_2325, &index), &footer);
+    footer.extend_from_slice(&sum.to_le_bytes());
+    file.extend_from_slice(&index);
+    file.extend_from_slice(&footer);
+
+    let tmp = TempDir::new("old-version");
+    let files = FileChannelManager::new(&tmp.0).unwrap();
+    let path = files.path_of(ID);
+    std::fs::write(&path, &file).unwrap();
+    let e = BlockingPartitionFile::open(&files, ID).unwrap_err();
+    assert!(matches!(e, Error::ProtocolViolation { .. }), "{e:?}");
+    let msg = e.to_string();
+    for part in [&path.display().to_string(), "version 1", "only version 2"] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
 }

@@ -8,6 +8,8 @@
 //!                positions, segment controls and channel fields the input scribbles on
 //!                while a ChannelReader/RecordReader and a ChannelWriter use the channel
 //!  records       payload bytes -> FromRecord (&str, tuples, integers, Synthetic)
+//!  blocking_file file bytes -> BlockingPartitionFile::open_path (a memfd), every
+//!                subpartition read to the end
 //! ```
 //!
 //! The harnesses live here (not in `fuzz_targets/`) so `tests/corpus.rs` replays the
@@ -16,11 +18,13 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod arena_header;
+mod blocking_file;
 mod records;
 mod ring_values;
 pub mod seeds;
 
 pub use arena_header::arena_header;
+pub use blocking_file::blocking_file;
 pub use records::records;
 pub use ring_values::ring_values;
 

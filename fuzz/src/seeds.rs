@@ -3,7 +3,9 @@
 //! `fuzz/corpus/<target>/seed-<name>` (the files are committed; the fuzzer adds its own).
 
 use crate::arena_header::reseal;
+use crate::blocking_file::reseal as reseal_blocking;
 use shmflow::memory::{Arena, ArenaConfig, StaticHeader};
+use shmflow::partition::{BlockingResultPartition, FileChannelManager, ResultPartitionId, ResultPartitionType};
 use shmflow::record::Record;
 use shmflow::ring::{BarrierDescriptor, Credit, Descriptor, EventCode};
 use shmflow::runtime::builtin::Synthetic;
@@ -19,6 +21,7 @@ pub fn all() -> Vec<Seed> {
     out.extend(arena_header().into_iter().map(|(n, b)| ("arena_header", n, b)));
     out.extend(ring_values().into_iter().map(|(n, b)| ("ring_values", n, b)));
     out.extend(records().into_iter().map(|(n, b)| ("records", n, b)));
+    out.extend(blocking_file().into_iter().map(|(n, b)| ("blocking_file", n, b)));
     out
 }
 
@@ -310,4 +313,78 @@ pub fn records() -> Vec<(String, Vec<u8>)> {
             v
         }),
     ]
+}
+
+/// A finished blocking partition file: `records` records spread over `subs` subpartitions
+/// (record `i` to subpartition `i % subs`, none to the last of three or more), then one
+/// broadcast record, written with regions of `region_bytes`.
+fn blocking_bytes(subs: u32, records: u64, record_len: usize, region_bytes: usize) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("shmflow-fuzz-seeds-{}", std::process::id()));
+    let files = FileChannelManager::new(&dir).expect("a temporary directory").with_region_bytes(region_bytes);
+    let id = ResultPartitionId::new(7, 1);
+    let mut p = BlockingResultPartition::new(&files, id, ResultPartitionType::Blocking, subs).expect("a partition");
+    let targets = if subs >= 3 { subs - 1 } else { subs };
+    for i in 0..records {
+        let rec = vec![i as u8; record_len + (i % 5) as usize];
+        p.emit(&rec[..], (i % u64::from(targets)) as u32).expect("emit");
+    }
+    p.broadcast_emit(&b"all"[..]).expect("broadcast");
+    p.finish().expect("finish");
+    let bytes = std::fs::read(files.path_of(id)).expect("read the file");
+    files.remove_all().expect("remove the temporary directory");
+    bytes
+}
+
+fn flagged(flags: u8, bytes: &[u8]) -> Vec<u8> {
+    [&[flags][..], bytes].concat()
+}
+
+/// `blocking_file` seeds: real files, then damaged ones (flags 1: checksums recomputed
+/// after the damage, so the checks behind them are reached).
+pub fn blocking_file() -> Vec<(String, Vec<u8>)> {
+    let small = blocking_bytes(2, 20, 6, 64);
+    let three = blocking_bytes(3, 12, 3, 64);
+    let large = blocking_bytes(1, 2, 150, 64);
+    let empty = blocking_bytes(1, 0, 0, 64);
+    let index_off = |b: &[u8]| u64::from_le_bytes(b[b.len() - 40..b.len() - 32].try_into().expect("8 bytes")) as usize;
+    let mut out = vec![
+        ("two-subs".to_string(), flagged(0, &small)),
+        ("two-subs-resealed".into(), flagged(1, &small)),
+        ("empty-sub".into(), flagged(0, &three)),
+        ("large-record".into(), flagged(0, &large)),
+        ("broadcast-only".into(), flagged(0, &empty)),
+        ("truncated".into(), flagged(0, &small[..small.len() - 10])),
+        ("tiny".into(), flagged(0, &small[..40])),
+    ];
+    let mut damaged = |name: &str, base: &[u8], f: &dyn Fn(&mut Vec<u8>, usize), flags: u8| {
+        let mut b = base.to_vec();
+        let ix = index_off(&b);
+        f(&mut b, ix);
+        if flags & 1 != 0 {
+            // Stored resealed too, so the seed shows the state the harness reads.
+            reseal_blocking(&mut b);
+        }
+        out.push((name.to_string(), flagged(flags, &b)));
+    };
+    damaged("data-byte", &small, &|b, _| b[40] ^= 1, 0);
+    damaged("record-length", &small, &|b, _| b[32] = 0xff, 1);
+    damaged("record-length-short", &small, &|b, _| b[32] = 3, 1);
+    damaged("index-byte", &small, &|b, ix| b[ix + 3] ^= 0x10, 0);
+    damaged("region-count", &three, &|b, ix| b[ix + 8] = 9, 1);
+    damaged("record-count", &three, &|b, ix| b[ix] += 1, 1);
+    damaged("region-offset", &large, &|b, ix| b[ix + 16] = 0, 1);
+    damaged("region-len", &large, &|b, ix| b[ix + 24] = 0xf0, 1);
+    damaged(
+        "version-1",
+        &small,
+        &|b, _| {
+            b[8] = 1;
+            let at = b.len() - 20;
+            b[at] = 1;
+        },
+        1,
+    );
+    damaged("versions-differ", &small, &|b, _| b[8] = 3, 1);
+    damaged("subpartitions", &small, &|b, _| b[12] = 0xff, 1);
+    out
 }

@@ -37,6 +37,11 @@ fn records_inputs() {
 }
 
 #[test]
+fn blocking_file_inputs() {
+    replay("blocking_file", shmflow_fuzz::blocking_file);
+}
+
+#[test]
 fn seeds_are_what_the_generator_makes() {
     // A seed generator that panics (a changed API, a config the arena refuses) shows here.
     assert!(shmflow_fuzz::seeds::all().len() > 30);

@@ -6,24 +6,35 @@
 //!            chunk full      --> appended to the data file as one region of s
 //!            finish()        --> last chunks, index, footer; <id>.blk.inprogress renamed
 //!                                to <id>.blk; directory entry FINISHED (type BLOCKING)
-//!  file:     header  [magic "SHMFBLK1"][version u32][subpartitions u32][id u64 x 2]
+//!  file:     header  [magic "SHMFBLK1"][version u32 = 2][subpartitions u32][id u64 x 2]
 //!            regions [u32 len][payload] ... (whole records of one subpartition each)
 //!            index   per subpartition: [records u64][regions u64] then regions x
-//!                    [offset u64][len u64]
+//!                    [offset u64][len u64][checksum u64]
+//!                    (checksum: BlockingPartitionFile::region_checksum of its bytes)
 //!            footer  [magic "SHMFEND1"][index offset u64][index len u64]
 //!                    [subpartitions u32][version u32][records u64][checksum u64]
 //!                    (checksum: FNV-1a over the index and the footer fields before it)
 //!  consumer: BlockingPartitionFile::open mmaps <id>.blk read-only and validates footer,
-//!            checksum and every region against the file; BlockingSubpartitionReader
-//!            yields each record as &[u8] borrowed from the mapping (zero copy), checking
-//!            every length prefix against its region. Reading never consumes: a restarted
-//!            consumer reads the same records again (isReconnectable).
+//!            index checksum and every region's bounds; BlockingSubpartitionReader
+//!            checks a region's checksum when it reaches the region, before it yields any
+//!            of its records, then yields each record as &[u8] borrowed from the mapping
+//!            (zero copy), checking every length prefix against its region. Reading never
+//!            consumes: a restarted consumer reads the same records again (isReconnectable).
 //!  release:  BLOCKING when every subpartition's consumer said done (or on release());
 //!            BLOCKING_PERSISTENT only on an explicit release.
 //! ```
 //!
 //! The final file name appears only once the file is complete (rename), so "the file
-//! exists" already means "the footer is present"; the footer is still checked.
+//! exists" already means "the footer is present"; the footer is still checked. Version 1
+//! files (no region checksums) are refused.
+//!
+//! A damaged region (a flipped bit on disk, a stray write) is an
+//! [`Error::ProtocolViolation`] naming the file, the subpartition and the region; the
+//! other subpartitions still read. A file *truncated* while a consumer has it mapped is
+//! not an error but a `SIGBUS` that kills the consumer when it touches a page past the new
+//! end: nothing here handles that signal. The files live in a directory private to the job
+//! (see [`FileChannelManager`]), written once under a temporary name and never modified
+//! after the rename; only something outside the protocol can truncate them.
 
 use super::manager::{ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::selector::ChannelSelector;
@@ -45,9 +56,12 @@ pub const DEFAULT_REGION_BYTES: usize = 32 << 10;
 
 const HEADER_MAGIC: [u8; 8] = *b"SHMFBLK1";
 const FOOTER_MAGIC: [u8; 8] = *b"SHMFEND1";
-const VERSION: u32 = 1;
+/// Version 2 added a checksum per region to the index.
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 32;
 const FOOTER_LEN: usize = 48;
+/// Bytes of one region's index entry: offset, length, checksum.
+const REGION_ENTRY: usize = 24;
 const FILE_SUFFIX: &str = "blk";
 
 fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
@@ -59,6 +73,60 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     h
 }
 const FNV_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+const P1: u64 = 0x9e37_79b1_85eb_ca87;
+const P2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+const P3: u64 = 0x1656_67b1_9e37_79f9;
+
+/// xxHash64's round: a bijection of `acc` for a fixed `word` and of `word` for a fixed
+/// `acc`, so a change confined to one word always changes the result.
+#[inline(always)]
+fn round(acc: u64, word: u64) -> u64 {
+    acc.wrapping_add(word.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1)
+}
+
+/// The checksum of a region's bytes (xxHash64-like, not compatible with it): four
+/// independent lanes of 8-byte words (several GB/s, so the writer hardly notices), merged,
+/// then the tail words, the length and a final mix. Any change within one 8-byte word is
+/// always detected; other changes with probability about 1 - 2^-64.
+fn region_checksum(bytes: &[u8]) -> u64 {
+    let mut lanes = [P1.wrapping_add(P2), P2, 0, P1.wrapping_neg()];
+    let mut blocks = bytes.chunks_exact(32);
+    for b in &mut blocks {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            *lane = round(*lane, le_u64(b, 8 * i));
+        }
+    }
+    let mut h = lanes[0]
+        .rotate_left(1)
+        .wrapping_add(lanes[1].rotate_left(7))
+        .wrapping_add(lanes[2].rotate_left(12))
+        .wrapping_add(lanes[3].rotate_left(18))
+        .wrapping_add(bytes.len() as u64);
+    let mut words = blocks.remainder().chunks_exact(8);
+    for w in &mut words {
+        h = round(h, le_u64(w, 0));
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut x = [0u8; 8];
+        x[..tail.len()].copy_from_slice(tail);
+        h = round(h, u64::from_le_bytes(x));
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
+}
+
+/// One region of a subpartition in the file, as the index describes it.
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    offset: u64,
+    len: u64,
+    checksum: u64,
+}
 
 fn io_err(op: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { op, source }
@@ -222,7 +290,7 @@ pub struct BlockingResultPartition {
     out: Option<BufWriter<File>>,
     offset: u64,
     chunks: Vec<Vec<u8>>,
-    regions: Vec<Vec<(u64, u64)>>,
+    regions: Vec<Vec<Region>>,
     records: Vec<u64>,
     scratch: Vec<u8>,
     directory: Option<(ResultPartitionManager, u32)>,
@@ -367,7 +435,9 @@ impl BlockingResultPartition {
         let out = self.out.as_mut().ok_or(Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
         out.write_all(chunk).map_err(io_err(format!("writing {}", self.tmp_path.display())))?;
         let len = chunk.len() as u64;
-        self.regions[s].push((self.offset, len));
+        // The chunk was just written, so it is still in cache.
+        let checksum = region_checksum(chunk);
+        self.regions[s].push(Region { offset: self.offset, len, checksum });
         self.offset += len;
         self.stats.regions += 1;
         chunk.clear();
@@ -488,9 +558,10 @@ impl BlockingResultPartition {
         for (regions, records) in self.regions.iter().zip(&self.records) {
             index.extend_from_slice(&records.to_le_bytes());
             index.extend_from_slice(&(regions.len() as u64).to_le_bytes());
-            for (off, len) in regions {
-                index.extend_from_slice(&off.to_le_bytes());
-                index.extend_from_slice(&len.to_le_bytes());
+            for r in regions {
+                index.extend_from_slice(&r.offset.to_le_bytes());
+                index.extend_from_slice(&r.len.to_le_bytes());
+                index.extend_from_slice(&r.checksum.to_le_bytes());
             }
         }
         let mut footer = [0u8; FOOTER_LEN];
@@ -615,13 +686,19 @@ impl<S> BlockingRecordWriter<S> {
     }
 }
 
-/// A complete blocking partition file, mapped read-only and validated.
+/// A complete blocking partition file, mapped read-only and validated (header, footer,
+/// index checksum, region bounds; each region's checksum when a reader reaches it).
+///
+/// The file is memory-mapped: if it is truncated while mapped (by something outside the
+/// protocol: the files live in a directory private to the job and are never modified once
+/// finished), touching a page past the new end raises `SIGBUS`, which kills the process.
+/// That signal is not handled.
 pub struct BlockingPartitionFile {
     map: memmap2::Mmap,
     path: PathBuf,
     id: ResultPartitionId,
-    /// Per subpartition: records and regions (validated against the file).
-    subs: Vec<(u64, Vec<(u64, u64)>)>,
+    /// Per subpartition: records and regions (bounds validated against the file).
+    subs: Vec<(u64, Vec<Region>)>,
 }
 
 impl std::fmt::Debug for BlockingPartitionFile {
@@ -675,7 +752,8 @@ impl BlockingPartitionFile {
         // under the FileChannelManager's directory are written once under a temporary
         // name and never modified after the rename that made them visible, so the mapping
         // does not change under us (the directory is private to the job; truncating a
-        // finished file is outside the protocol). Every value read from it is validated.
+        // finished file is outside the protocol, and would raise SIGBUS on access, as the
+        // type's docs say). Every value read from it is validated.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err(format!("mapping {}", path.display())))?;
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
@@ -694,8 +772,15 @@ impl BlockingPartitionFile {
             )));
         }
         let (hv, fv) = (le_u32(b, 8), le_u32(foot, 28));
-        if hv != VERSION || fv != VERSION {
-            return Err(bad(format!("version {hv}/{fv}, this build reads {VERSION}")));
+        if hv != fv {
+            return Err(bad(format!(
+                "header says format version {hv}, footer {fv}; this build reads only version {VERSION}"
+            )));
+        }
+        if hv != VERSION {
+            return Err(bad(format!(
+                "file format version {hv}, this build reads only version {VERSION} (written by another build)"
+            )));
         }
         let n = le_u32(b, 12);
         let id = ResultPartitionId::new(le_u64(b, 16), le_u64(b, 24));
@@ -732,19 +817,19 @@ impl BlockingPartitionFile {
             let records = le_u64(index, at);
             let count = le_u64(index, at + 8);
             at += 16;
-            if count > ((index.len() - at) / 16) as u64 {
+            if count > ((index.len() - at) / REGION_ENTRY) as u64 {
                 return Err(bad(format!("subpartition {s} claims {count} regions, more than the index holds")));
             }
             let mut regions = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                let (off, rl) = (le_u64(index, at), le_u64(index, at + 8));
-                at += 16;
-                if off < HEADER_LEN as u64 || off.checked_add(rl).is_none_or(|e| e > index_off) {
+            for r in 0..count {
+                let (offset, len, checksum) = (le_u64(index, at), le_u64(index, at + 8), le_u64(index, at + 16));
+                at += REGION_ENTRY;
+                if offset < HEADER_LEN as u64 || offset.checked_add(len).is_none_or(|e| e > index_off) {
                     return Err(bad(format!(
-                        "subpartition {s} region at {off} of {rl} bytes outside the data {HEADER_LEN}..{index_off}"
+                        "subpartition {s} region {r} at {offset} of {len} bytes outside the data {HEADER_LEN}..{index_off}"
                     )));
                 }
-                regions.push((off, rl));
+                regions.push(Region { offset, len, checksum });
             }
             sum = sum.wrapping_add(records);
             subs.push((records, regions));
@@ -778,6 +863,12 @@ impl BlockingPartitionFile {
         self.subs.get(s as usize).map(|x| x.0)
     }
 
+    /// The checksum the index stores for a region holding `bytes` (for tools and tests
+    /// that build or repair files).
+    pub fn region_checksum(bytes: &[u8]) -> u64 {
+        region_checksum(bytes)
+    }
+
     /// A reader over subpartition `s`, from its first record.
     ///
     /// # Errors
@@ -803,13 +894,18 @@ impl BlockingPartitionFile {
 }
 
 /// Iterates one subpartition's records as `&[u8]` borrowed from the mapping (zero copy).
-/// Every length prefix is checked against its region; a record count that disagrees with
-/// the index is reported at the end.
+/// Each region's checksum is verified when the reader reaches the region, before it yields
+/// any record of it: a damaged region is an [`Error::ProtocolViolation`] naming the file,
+/// subpartition and region, and ends the iteration. Every length prefix is checked against
+/// its region; a record count that disagrees with the index is reported at the end.
+///
+/// Reads the mapping of its [`BlockingPartitionFile`]: a file truncated underneath raises
+/// `SIGBUS` (see there).
 pub struct BlockingSubpartitionReader<'a> {
     data: &'a [u8],
     path: &'a Path,
     subpartition: u32,
-    regions: &'a [(u64, u64)],
+    regions: &'a [Region],
     next_region: usize,
     cur: &'a [u8],
     expected: u64,
@@ -872,16 +968,29 @@ impl<'a> Iterator for BlockingSubpartitionReader<'a> {
                 self.bytes += len as u64;
                 return Some(Ok(rec));
             }
-            let Some(&(off, len)) = self.regions.get(self.next_region) else {
+            let Some(&r) = self.regions.get(self.next_region) else {
                 if self.seen != self.expected {
                     return self.violation(format!("{} records, the index says {}", self.seen, self.expected));
                 }
                 self.done = true;
                 return None;
             };
+            let i = self.next_region;
             self.next_region += 1;
             // In range: validated against the file when it was opened.
-            self.cur = &self.data[off as usize..(off + len) as usize];
+            let bytes = &self.data[r.offset as usize..(r.offset + r.len) as usize];
+            let computed = region_checksum(bytes);
+            if computed != r.checksum {
+                return self.violation(format!(
+                    "region {i} of {} (bytes {}..{}) has checksum {computed:#018x}, the index says {:#018x}: \
+                     the region is damaged",
+                    self.regions.len(),
+                    r.offset,
+                    r.offset + r.len,
+                    r.checksum
+                ));
+            }
+            self.cur = bytes;
         }
     }
 }
