@@ -191,6 +191,10 @@ fn fake_worker(mode: &str) {
     if mode != "mute" {
         say(format!("{{\"Hello\":{{\"pid\":{}}}}}", std::process::id()).as_bytes());
     }
+    if mode == "exits" {
+        // Gone before it read its deployment: the coordinator sees a reset socket.
+        std::process::exit(7);
+    }
     if mode == "deaf" {
         // Never reads; killed by the coordinator, or gone once it is (bounded).
         // SAFETY: getppid has no preconditions.
@@ -266,6 +270,18 @@ fn fake_worker_mute() {
 #[test]
 fn fake_worker_deaf() {
     fake_worker("deaf");
+}
+
+#[test]
+fn fake_worker_exits() {
+    fake_worker("exits");
+}
+
+#[test]
+fn a_worker_that_exits_at_startup_is_reported_with_its_exit_status() {
+    let _serial = serial();
+    let e = run_against("exits", 1, 1, 10_000);
+    assert!(e.contains("exit status: 7") && !e.contains("malformed"), "{e}");
 }
 
 #[test]

@@ -464,3 +464,44 @@ fn a_sigkilled_coordinators_private_job_dir_is_removed_by_clean() {
     assert!(out.contains(&format!("removed {} (pid {cpid} is gone)", dir.display())), "{out}");
     assert!(!dir.exists());
 }
+
+#[test]
+fn outputs_that_must_not_be_replaced_are_refused_or_written_in_place() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("outkinds");
+    let input = tmp.0.join("in.txt");
+    std::fs::write(&input, b"b a b\n").unwrap();
+    let input = input.to_str().unwrap();
+    // A read-only output is refused, and stays as it was.
+    let ro = tmp.0.join("ro.txt");
+    std::fs::write(&ro, b"keep\n").unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let e = fails_cleanly(&["run", "wordcount", "--input", input, "--output", ro.to_str().unwrap()]);
+    assert!(e.contains("read-only"), "{e}");
+    assert_eq!(std::fs::read(&ro).unwrap(), b"keep\n");
+    // A symbolic link to nothing is refused (not replaced by a file of its own).
+    let dangling = tmp.0.join("dangling");
+    std::os::unix::fs::symlink(tmp.0.join("nowhere/at/all"), &dangling).unwrap();
+    let e = fails_cleanly(&["run", "wordcount", "--input", input, "--output", dangling.to_str().unwrap()]);
+    assert!(e.contains("symbolic link to nothing"), "{e}");
+    // A FIFO nobody reads is an error at once, not a hang.
+    let fifo = tmp.0.join("out.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = fails_cleanly(&["run", "wordcount", "--input", input, "--output", fifo.to_str().unwrap()]);
+    assert!(e.contains("nothing reads"), "{e}");
+    // `--output /dev/stdout` with stdout appending to a file: the counts are appended, the
+    // file's earlier content stays (it is not renamed over).
+    let log = tmp.0.join("log.txt");
+    std::fs::write(&log, b"EARLIER\n").unwrap();
+    let out = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let status = shmflow()
+        .args(["run", "wordcount", "--quiet", "--input", input, "--output", "/dev/stdout"])
+        .stdout(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("EARLIER\na\t1\nb\t2\n"), "{text}");
+}

@@ -477,6 +477,24 @@ pub struct OutputFile {
     file: std::fs::File,
 }
 
+/// Which of this process's stdout (1) or stderr (2) is the file `m`, if one is.
+fn std_stream(m: &std::fs::Metadata) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    [(1, "/proc/self/fd/1"), (2, "/proc/self/fd/2")]
+        .into_iter()
+        .find(|(_, p)| std::fs::metadata(p).is_ok_and(|s| s.dev() == m.dev() && s.ino() == m.ino()))
+        .map(|(fd, _)| fd)
+}
+
+/// Clears `O_NONBLOCK` on `file`.
+fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let flags = OFlag::from_bits_truncate(fcntl(file.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
 impl OutputFile {
     /// Checks `path` and creates the temp file: fails at once if `path` is a directory,
     /// its directory does not exist or cannot be written.
@@ -484,18 +502,48 @@ impl OutputFile {
     /// # Errors
     /// [`Error::Invalid`] naming `path` and the problem.
     pub fn create(path: &Path) -> Result<Self> {
+        use std::os::fd::AsFd;
         let bad = |d: String| Error::Invalid { what: "--output", detail: d };
+        let in_place = |path: &Path| -> Result<Self> {
+            // Opened without blocking (a FIFO with no reader yet must not hang us here),
+            // then switched back to blocking writes.
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(
+                |e| match e.raw_os_error() {
+                    Some(libc::ENXIO) => bad(format!("{} is a FIFO that nothing reads yet", path.display())),
+                    _ => bad(format!("{}: {e}", path.display())),
+                },
+            )?;
+            set_blocking(&file).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            Ok(Self { path: path.to_path_buf(), tmp: None, target: path.to_path_buf(), file })
+        };
         let existing = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return Err(bad(format!("{} is a directory", path.display()))),
-            Ok(m) if !m.is_file() => {
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            // A device, FIFO or socket is written in place.
+            Ok(m) if !m.is_file() => return in_place(path),
+            // So is our own stdout or stderr (`--output /dev/stdout >> log`): renaming over
+            // it would unlink the file the shell opened.
+            Ok(m) if std_stream(&m).is_some() => {
+                // Written through our own descriptor, at its offset (`>>` appends).
+                let fd = match std_stream(&m) {
+                    Some(1) => std::io::stdout().as_fd().try_clone_to_owned(),
+                    _ => std::io::stderr().as_fd().try_clone_to_owned(),
+                }
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                let file = std::fs::File::from(fd);
                 return Ok(Self { path: path.to_path_buf(), tmp: None, target: path.to_path_buf(), file });
             }
+            Ok(_) if path.starts_with("/dev") || path.starts_with("/proc") => return in_place(path),
+            Ok(m) if m.permissions().readonly() => {
+                return Err(bad(format!("{} is read-only", path.display())));
+            }
             Ok(m) => Some(m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(path).is_ok() {
+                    return Err(bad(format!("{} is a symbolic link to nothing", path.display())));
+                }
+                None
+            }
             Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
         };
         // A symlink is replaced by the file it points to, not by a regular file of its own.
@@ -507,10 +555,14 @@ impl OutputFile {
         let mut tmp_name = name.to_os_string();
         tmp_name.push(format!(".tmp-{}", std::process::id()));
         let tmp = target.with_file_name(tmp_name);
+        // A leftover temp file of a killed run with our pid is ours to replace, but never
+        // through a link someone planted there: it is removed, then created anew.
+        if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file() || m.file_type().is_symlink()) {
+            let _ = std::fs::remove_file(&tmp);
+        }
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
             .map_err(|e| bad(format!("{}: cannot create {}: {e}", path.display(), tmp.display())))?;
         let this = Self { path: path.to_path_buf(), tmp: Some(tmp), target, file };

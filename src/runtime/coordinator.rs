@@ -535,8 +535,11 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                     ReaderEvent::Msg(m)
                 }
                 Ok(None) => ReaderEvent::Closed,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ReaderEvent::Closed,
-                Err(e) => ReaderEvent::Malformed(e.to_string()),
+                // Only a line that does not parse is the worker's fault; a reset or any other
+                // I/O error means its end went away (a worker that exits with our deployment
+                // unread resets the socket), and its exit status says why.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => ReaderEvent::Malformed(e.to_string()),
+                Err(_) => ReaderEvent::Closed,
             };
             let last = !matches!(event, ReaderEvent::Msg(_));
             if txw.send((idx, event)).is_err() || last {
