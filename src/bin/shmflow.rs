@@ -227,7 +227,9 @@ enum Cmd {
     /// directories (`shmflow-job-<pid>-*`, `shmflow-blocking-<pid>-*`) under the temp dir
     /// ($TMPDIR or /tmp) whose coordinator pid is gone. A directory whose pid belongs to a
     /// live process is kept even if that process is not shmflow (the pid may have been
-    /// reused): stop it or remove the directory by hand.
+    /// reused): stop it or remove the directory by hand. Pids are this PID namespace's: a
+    /// job in another container that shares /dev/shm or the temp dir looks dead here, so
+    /// run clean where the jobs run.
     Clean {
         /// Only list what would be removed.
         #[arg(long)]
