@@ -251,10 +251,10 @@ fn a_full_disk_is_a_clear_error() {
     assert!(text.contains(&tmp.0.display().to_string()), "the error names the file: {text}");
 }
 
-#[test]
-fn a_corrupt_file_is_a_clear_error_never_a_panic() {
-    let tmp = TempDir::new("corrupt");
-    let files = FileChannelManager::new(&tmp.0).unwrap().with_region_bytes(64);
+/// A finished 2-subpartition file of 40 short records in 64-byte regions under `dir`:
+/// its manager, path and bytes.
+fn small_finished_file(dir: &Path) -> (FileChannelManager, std::path::PathBuf, Vec<u8>) {
+    let files = FileChannelManager::new(dir).unwrap().with_region_bytes(64);
     let mut p = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap();
     for i in 0..40u64 {
         p.emit(&format!("record {i:5}")[..], (i % 2) as u32).unwrap();
@@ -263,6 +263,13 @@ fn a_corrupt_file_is_a_clear_error_never_a_panic() {
     drop(p);
     let path = files.path_of(ID);
     let good = std::fs::read(&path).unwrap();
+    (files, path, good)
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error_never_a_panic() {
+    let tmp = TempDir::new("corrupt");
+    let (files, path, good) = small_finished_file(&tmp.0);
     let index_off = u64::from_le_bytes(good[good.len() - 40..good.len() - 32].try_into().unwrap()) as usize;
     let write = |b: &[u8]| std::fs::write(&path, b).unwrap();
     let read = || -> Result<u64, Error> {
@@ -476,15 +483,7 @@ fn a_flipped_byte_in_a_data_region_is_an_error_naming_the_region_and_no_record_o
 #[test]
 fn every_flipped_data_byte_is_caught_by_a_region_checksum() {
     let tmp = TempDir::new("every-flip");
-    let files = FileChannelManager::new(&tmp.0).unwrap().with_region_bytes(64);
-    let mut p = BlockingResultPartition::new(&files, ID, ResultPartitionType::Blocking, 2).unwrap();
-    for i in 0..40u64 {
-        p.emit(&format!("record {i:5}")[..], (i % 2) as u32).unwrap();
-    }
-    p.finish().unwrap();
-    drop(p);
-    let path = files.path_of(ID);
-    let good = std::fs::read(&path).unwrap();
+    let (files, path, good) = small_finished_file(&tmp.0);
     let data_end = u64::from_le_bytes(good[good.len() - 40..good.len() - 32].try_into().unwrap()) as usize;
     for at in 32..data_end {
         for flip in [0x01u8, 0x80] {

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{collect_stderr, self_command, serial, shmflow, KillOnDrop, Piped, TempDir};
+use common::{children_of, collect_stderr, self_command, serial, shmflow, KillOnDrop, Piped, TempDir};
 
 const ROLE_ENV: &str = "SHMFLOW_FAULT_ROLE";
 /// `k=v,k=v` parameters of a child.
@@ -968,19 +968,6 @@ fn a_rogue_peer_scribbling_over_a_live_channel_gets_protocol_violations_not_cras
 // ---------------------------------------------------------------------------------------
 // SIGKILL a worker of a real job
 // ---------------------------------------------------------------------------------------
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in rd.flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
 
 fn dev_shm() -> std::collections::HashSet<String> {
     std::fs::read_dir("/dev/shm")

@@ -506,29 +506,38 @@ fn waiting_for_a_late_consumer_is_not_back_pressure() {
     part.release_when_consumed(T).unwrap();
 }
 
-#[test]
-fn union_gate_reads_every_input_and_ends_when_all_end() {
-    let arena = arena();
-    let env = ShuffleEnvironment::new(arena.clone(), 0);
-    let mut parts: Vec<_> = (0..2u64)
+/// Partitions (0, 0) and (1, 0), one subpartition each.
+fn two_partitions(env: &ShuffleEnvironment) -> Vec<shmflow::partition::ResultPartition> {
+    (0..2u64)
         .map(|p| {
             let mut cfg =
                 ResultPartitionConfig::new(ResultPartitionId::new(p, 0), ResultPartitionType::PipelinedBounded, 1);
             cfg.timeout = T;
             env.create_result_partition(&cfg).unwrap()
         })
-        .collect();
+        .collect()
+}
+
+/// One gate per partition of [`two_partitions`], for a union.
+fn one_gate_per_partition() -> Vec<InputGateConfig> {
+    (0..2).map(|p| gate_cfg_of(ResultPartitionId::new(p, 0))).collect()
+}
+
+fn gate_cfg_of(partition: ResultPartitionId) -> InputGateConfig {
+    let mut g = InputGateConfig::new(vec![InputSpec { partition, subpartition: 0 }]);
+    g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
+    g
+}
+
+#[test]
+fn union_gate_reads_every_input_and_ends_when_all_end() {
+    let arena = arena();
+    let env = ShuffleEnvironment::new(arena.clone(), 0);
+    let mut parts = two_partitions(&env);
     let a = arena.clone();
     let consumer = std::thread::spawn(move || {
         let env = ShuffleEnvironment::new(a, 1);
-        let cfgs: Vec<InputGateConfig> = (0..2u64)
-            .map(|p| {
-                let mut g =
-                    InputGateConfig::new(vec![InputSpec { partition: ResultPartitionId::new(p, 0), subpartition: 0 }]);
-                g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
-                g
-            })
-            .collect();
+        let cfgs = one_gate_per_partition();
         let mut union = env.create_union_gate(&cfgs).unwrap();
         let mut sums = [0u64; 2];
         let mut counts = [0u64; 2];
@@ -564,22 +573,8 @@ fn union_gate_with_one_input_ended_and_one_silent_times_out() {
     // spin on the ended gate forever.
     let arena = arena();
     let env = ShuffleEnvironment::new(arena.clone(), 0);
-    let mut parts: Vec<_> = (0..2u64)
-        .map(|p| {
-            let mut cfg =
-                ResultPartitionConfig::new(ResultPartitionId::new(p, 0), ResultPartitionType::PipelinedBounded, 1);
-            cfg.timeout = T;
-            env.create_result_partition(&cfg).unwrap()
-        })
-        .collect();
-    let cfgs: Vec<InputGateConfig> = (0..2u64)
-        .map(|p| {
-            let mut g =
-                InputGateConfig::new(vec![InputSpec { partition: ResultPartitionId::new(p, 0), subpartition: 0 }]);
-            g.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
-            g
-        })
-        .collect();
+    let mut parts = two_partitions(&env);
+    let cfgs = one_gate_per_partition();
     let env1 = ShuffleEnvironment::new(arena.clone(), 1);
     let mut union = env1.create_union_gate(&cfgs).unwrap();
     parts[0].emit(&7u64, 0).unwrap();

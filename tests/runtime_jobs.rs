@@ -5,7 +5,7 @@
 use shmflow::runtime::builtin::{reference_window_lines, reference_wordcount, TextSource};
 
 mod common;
-use common::{shmflow, TempDir};
+use common::{children_of, shmflow, TempDir};
 
 fn run_ok(args: &[&str]) -> String {
     let out = shmflow().args(args).arg("--quiet").output().unwrap();
@@ -380,18 +380,6 @@ fn clean_removes_job_dirs_whose_pid_is_gone_and_keeps_the_rest() {
         assert!(d.join("part-000").exists() && !out.contains(&format!("{} (", d.display())), "{}: {out}", d.display());
     }
     assert!(std::fs::symlink_metadata(&link).is_ok() && outside.0.join("keep.txt").exists(), "{out}");
-}
-
-/// The children of `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in rd.flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
 }
 
 /// Whether `pid` has exited (gone, or a zombie waiting for its reaper).
