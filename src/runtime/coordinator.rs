@@ -53,7 +53,7 @@ pub struct RuntimeConfig {
     /// heartbeat or any other message) before it fails the job, and how long a write to a
     /// worker may make no progress. Workers send heartbeats every
     /// [`RuntimeConfig::heartbeat_interval`]. Default 30 s, or the milliseconds in the
-    /// environment variable [`HEARTBEAT_TIMEOUT_ENV`] (`SHMFLOW_HEARTBEAT_TIMEOUT_MS`) when
+    /// environment variable `SHMFLOW_HEARTBEAT_TIMEOUT_MS` when
     /// it is set ([`run_job`] refuses a value that is not a number in 1..=86400000).
     pub heartbeat_timeout: Duration,
 }
