@@ -1,8 +1,8 @@
 //! Loom models of shmflow's shared-memory protocols (DESIGN.md §4), one file per protocol
 //! under `tests/`: the segment free list (ABA), BufferBuilder/BufferConsumer (single and
 //! broadcast), the SPSC ring, the event-count wake-up, the local-pool recycle path with a
-//! parked writer, notify sets (gate wake-ups, batched flush marks), channel-block claims
-//! and the slot-framed record stream. They check the shipping code: under
+//! parked writer, notify sets (gate wake-ups, batched flush marks), channel-block claims,
+//! the slot-framed record stream, and the output flusher's handoff (`flush_handoff`). They check the shipping code: under
 //! `--cfg loom` shmflow's `sync` module hands out loom's atomics and cells, and
 //! `Arena::heap` builds the arena's structures with them.
 //!

@@ -8,6 +8,7 @@
 //! ```
 
 mod blocking;
+mod flush_handoff;
 mod manager;
 mod result_partition;
 mod selector;
@@ -18,6 +19,7 @@ pub use blocking::{
     wait_finished, BlockingPartitionFile, BlockingRecordWriter, BlockingResultPartition, BlockingStats,
     BlockingSubpartitionReader, FileChannelManager, BLOCKING_DIR_ENV, DEFAULT_REGION_BYTES,
 };
+pub use flush_handoff::{FlushHandoff, HandoffSlot};
 pub use manager::{
     PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED,
     PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED, PARTITION_RELEASED,

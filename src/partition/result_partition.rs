@@ -14,6 +14,7 @@
 //! set's wake-up) after making everything it wrote visible: that is backpressure, and the
 //! time spent there is counted.
 
+use super::flush_handoff::{FlushHandoff, HandoffSlot};
 use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
@@ -114,6 +115,10 @@ enum WaitOn {
 struct Subpartition {
     writer: ChannelWriter,
     builder: Option<BufferBuilder>,
+    /// The open builder's number in the flush handoff (see [`FlushHandoff`]).
+    epoch: u32,
+    /// This subpartition's slot in the flush handoff, when there is one.
+    slot: Option<Arc<HandoffSlot>>,
     dirty: bool,
     records: u64,
     bytes: u64,
@@ -132,6 +137,11 @@ pub struct ResultPartition {
     subs: Vec<Subpartition>,
     dirty: Vec<u32>,
     broadcast: Option<BufferBuilder>,
+    /// The broadcast builder's number in the flush handoff.
+    broadcast_epoch: u32,
+    /// Set when a flusher thread may commit idle builders (see [`FlushHandoff`]): slot `c`
+    /// is subpartition `c`'s builder, slot `subs.len()` the broadcast builder.
+    handoff: Option<Arc<FlushHandoff>>,
     scratch: Vec<u8>,
     marked: Vec<u32>,
     waiter: Waiter,
@@ -210,7 +220,7 @@ impl ResultPartition {
             b.partition.store(slot, Ordering::Relaxed);
             b.subpartition.store(i, Ordering::Relaxed);
             b.producer_worker.store(cfg.worker + 1, Ordering::Relaxed);
-            subs.push(Subpartition { writer, builder: None, dirty: false, records: 0, bytes: 0 });
+            subs.push(Subpartition { writer, builder: None, epoch: 0, slot: None, dirty: false, records: 0, bytes: 0 });
         }
         let e = &arena.partitions()[slot as usize];
         // Relaxed (both): statistics, published with the entry.
@@ -229,6 +239,8 @@ impl ResultPartition {
             subs,
             dirty: Vec::new(),
             broadcast: None,
+            broadcast_epoch: 0,
+            handoff: None,
             scratch: Vec::new(),
             marked: Vec::new(),
             waiter: Waiter::new(cfg.wait_policy),
@@ -466,14 +478,53 @@ impl ResultPartition {
         let idx = b.index();
         let sub = &mut self.subs[c];
         sub.writer.publish(Descriptor::Buffer(idx))?;
+        if let Some(h) = &self.handoff {
+            sub.epoch = next_epoch(sub.epoch);
+            h.open(c, sub.epoch, idx);
+        }
         sub.builder = Some(b);
         self.stats.segments_out += 1;
         Ok(())
     }
 
+    /// The arena this partition lives in.
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    /// Lets a flusher thread commit this partition's open builders while its writer is
+    /// away (the buffer timeout of a writer whose thread waits elsewhere): returns the
+    /// handoff to pass to [`FlushHandoff::flush`] (slot `c`: subpartition `c`, slot
+    /// [`num_subpartitions`](Self::num_subpartitions): the broadcast builder). Builders
+    /// already open take part from now on.
+    pub fn flush_handoff(&mut self) -> Arc<FlushHandoff> {
+        if let Some(h) = &self.handoff {
+            return h.clone();
+        }
+        let h = Arc::new(FlushHandoff::new(self.subs.len() + 1));
+        for (c, s) in self.subs.iter_mut().enumerate() {
+            s.slot = Some(h.slot(c));
+            if let Some(b) = &s.builder {
+                s.epoch = next_epoch(s.epoch);
+                h.open(c, s.epoch, b.index());
+                h.stage(c, s.epoch, b.position());
+            }
+        }
+        if let Some(b) = &self.broadcast {
+            self.broadcast_epoch = next_epoch(self.broadcast_epoch);
+            h.open(self.subs.len(), self.broadcast_epoch, b.index());
+            h.stage(self.subs.len(), self.broadcast_epoch, b.position());
+        }
+        self.handoff = Some(h.clone());
+        h
+    }
+
     fn close_builder(&mut self, c: usize) -> Result<()> {
         let sub = &mut self.subs[c];
         if let Some(mut b) = sub.builder.take() {
+            if let Some(h) = &self.handoff {
+                h.retire(c, sub.epoch);
+            }
             b.finish();
             sub.dirty = false;
             let blk = sub.writer.block();
@@ -506,6 +557,9 @@ impl ResultPartition {
                 if let Some(b) = sub.builder.as_mut() {
                     let len = record.serialized_len();
                     if len <= DEFAULT_MAX_RECORD && b.try_write_framed(record, len) {
+                        if let Some(slot) = &sub.slot {
+                            slot.stage(sub.epoch, b.position());
+                        }
                         sub.records += 1;
                         sub.bytes += len as u64;
                         self.stats.records_out += 1;
@@ -560,6 +614,9 @@ impl ResultPartition {
             self.close_builder(c)?;
         } else {
             self.mark_dirty(c);
+            if let (Some(h), Some(b)) = (&self.handoff, &self.subs[c].builder) {
+                h.stage(c, self.subs[c].epoch, b.position());
+            }
         }
         Ok(())
     }
@@ -640,6 +697,10 @@ impl ResultPartition {
         for s in &mut self.subs {
             s.writer.publish(Descriptor::Buffer(idx))?;
         }
+        if let Some(h) = &self.handoff {
+            self.broadcast_epoch = next_epoch(self.broadcast_epoch);
+            h.open(self.subs.len(), self.broadcast_epoch, idx);
+        }
         self.broadcast = Some(b);
         self.stats.segments_out += 1;
         Ok(())
@@ -647,6 +708,9 @@ impl ResultPartition {
 
     fn close_broadcast(&mut self) -> Result<()> {
         if let Some(mut b) = self.broadcast.take() {
+            if let Some(h) = &self.handoff {
+                h.retire(self.subs.len(), self.broadcast_epoch);
+            }
             b.finish();
             for s in &mut self.subs {
                 s.writer.notify_consumer()?;
@@ -690,8 +754,13 @@ impl ResultPartition {
         self.stats.bytes_out += len as u64;
         if self.broadcast.as_ref().is_some_and(|b| b.is_full()) {
             self.close_broadcast()?;
-        } else if !self.dirty.contains(&u32::MAX) {
-            self.dirty.push(u32::MAX);
+        } else {
+            if !self.dirty.contains(&u32::MAX) {
+                self.dirty.push(u32::MAX);
+            }
+            if let (Some(h), Some(b)) = (&self.handoff, &self.broadcast) {
+                h.stage(self.subs.len(), self.broadcast_epoch, b.position());
+            }
         }
         Ok(())
     }
@@ -904,6 +973,14 @@ impl ResultPartition {
     pub fn fail(&mut self) {
         // End the open segments first: a reader inside one waits for its end and would not
         // look at the channel's state before.
+        if let Some(h) = &self.handoff {
+            for (c, s) in self.subs.iter().enumerate().filter(|(_, s)| s.builder.is_some()) {
+                h.retire(c, s.epoch);
+            }
+            if self.broadcast.is_some() {
+                h.retire(self.subs.len(), self.broadcast_epoch);
+            }
+        }
         for b in self.subs.iter_mut().filter_map(|s| s.builder.as_mut()).chain(self.broadcast.as_mut()) {
             b.finish();
         }
@@ -930,4 +1007,9 @@ impl Drop for ResultPartition {
             self.release_now();
         }
     }
+}
+
+/// The next builder number of a handoff slot (never 0, which marks "none open").
+fn next_epoch(e: u32) -> u32 {
+    e.wrapping_add(1).max(1)
 }

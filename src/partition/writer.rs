@@ -5,15 +5,17 @@
 //!  buffer timeout   0 ms : every record is visible at once (commit + wake per record)
 //!                   N ms : an OutputFlusher thread raises a flag every N ms; the writer
 //!                          commits everything on the next record, and a task that goes
-//!                          idle calls flush_if_requested / flush_all before it blocks
+//!                          idle calls flush_if_requested / flush_all before it blocks;
+//!                          a flag still up at the next tick means the writer's thread is
+//!                          away (a source waiting for the outside world): the flusher
+//!                          then commits the staged positions itself (FlushHandoff)
 //!                  -1    : only full segments become visible (plus explicit flushes)
 //! ```
 //! A writer that blocks on backpressure always makes everything visible first, so data
-//! is never late because its writer is waiting. The flusher never touches the partition
-//! itself (that would take a lock, or a read-modify-write, on every record): a writer
-//! whose thread waits elsewhere (a source waiting for the outside world) calls
-//! [`RecordWriter::flush_all`] before it waits, or its last records wait with it.
+//! is never late because its writer is waiting. A record written by a writer that then
+//! goes away is visible within two intervals.
 
+use super::flush_handoff::FlushHandoff;
 use super::result_partition::ResultPartition;
 use super::selector::ChannelSelector;
 use crate::error::{Error, Result};
@@ -78,6 +80,25 @@ impl OutputFlusher {
     /// # Errors
     /// [`Error::Io`] if the thread cannot start.
     pub fn start(interval: Duration) -> Result<Self> {
+        Self::start_with(interval, None)
+    }
+
+    /// Starts a flusher for `partition`: it raises its flag every `interval`, and when the
+    /// flag it raised last is still up (the writer's thread did not write since), it
+    /// commits the partition's staged positions itself and wakes their consumers.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the thread cannot start.
+    pub fn start_for(interval: Duration, partition: &mut ResultPartition) -> Result<Self> {
+        let handoff = partition.flush_handoff();
+        let info = partition.info();
+        Self::start_with(interval, Some((partition.arena().clone(), handoff, info.first_channel)))
+    }
+
+    fn start_with(
+        interval: Duration,
+        idle: Option<(Arc<crate::memory::Arena>, Arc<FlushHandoff>, u32)>,
+    ) -> Result<Self> {
         let flag = Arc::new(AtomicBool::new(false));
         let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
         let (f2, s2) = (flag.clone(), stop.clone());
@@ -89,8 +110,23 @@ impl OutputFlusher {
                 while !*stopped {
                     if cv.wait_for(&mut stopped, interval).timed_out() {
                         // Relaxed: a hint; the writer acts on it at its next record, and
-                        // the data it flushes is published by the commit's Release store.
-                        f2.store(true, Ordering::Relaxed);
+                        // the data it flushes is published by the commit's Release store
+                        // (ours by the handoff's Release CAS).
+                        let idle_writer = f2.swap(true, Ordering::Relaxed);
+                        if let (true, Some((arena, handoff, first))) = (idle_writer, &idle) {
+                            let subs = handoff.slots() as u32 - 1;
+                            handoff.flush(arena, |slot| {
+                                // A wake-up error (a consumer's bad gate id) is the
+                                // writer's to report at its next flush.
+                                if slot as u32 == subs {
+                                    for c in 0..subs {
+                                        let _ = crate::ring::notify_channel(arena, first + c);
+                                    }
+                                } else {
+                                    let _ = crate::ring::notify_channel(arena, first + slot as u32);
+                                }
+                            });
+                        }
                     }
                 }
             })
@@ -119,10 +155,11 @@ impl Drop for OutputFlusher {
 
 /// Writes records into a [`ResultPartition`], choosing channels with a selector `S`.
 pub struct RecordWriter<S> {
+    /// First, so it stops (and joins its thread) before the partition drops.
+    flusher: Option<OutputFlusher>,
     partition: ResultPartition,
     selector: S,
     timeout: BufferTimeout,
-    flusher: Option<OutputFlusher>,
     broadcast: bool,
 }
 
@@ -137,17 +174,17 @@ impl<S> RecordWriter<S> {
     ///
     /// # Errors
     /// [`Error::Io`] if the output flusher cannot start.
-    pub fn new<R: ?Sized>(partition: ResultPartition, mut selector: S, timeout: BufferTimeout) -> Result<Self>
+    pub fn new<R: ?Sized>(mut partition: ResultPartition, mut selector: S, timeout: BufferTimeout) -> Result<Self>
     where
         S: ChannelSelector<R>,
     {
         selector.setup(partition.num_subpartitions());
         let broadcast = selector.is_broadcast();
         let flusher = match timeout {
-            BufferTimeout::Interval(d) => Some(OutputFlusher::start(d)?),
+            BufferTimeout::Interval(d) => Some(OutputFlusher::start_for(d, &mut partition)?),
             _ => None,
         };
-        Ok(Self { partition, selector, timeout, flusher, broadcast })
+        Ok(Self { flusher, partition, selector, timeout, broadcast })
     }
 
     /// Writes `record` to the channel the selector picks (to all, for broadcast).

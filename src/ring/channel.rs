@@ -221,21 +221,10 @@ impl ChannelWriter {
 
     #[cold]
     fn notify_consumer_slow(&mut self) -> Result<()> {
-        // SeqCst fence: pairs with the fence in `ChannelReader::set_gate`: either we see
-        // the gate id, or the gate's first scan (after its fence) sees our data.
-        fence(Ordering::SeqCst);
-        let b = self.block();
-        // Acquire: pairs with the Release store of `gate` in `ChannelReader::set_gate`, so
-        // the index loaded next is the one stored with it (the fence above orders neither).
-        let g = b.gate.load(Ordering::Acquire);
-        // Relaxed: ordered by the Acquire load above.
-        let index = b.gate_index.load(Ordering::Relaxed);
-        if g == 0 {
-            b.consumer_wake.notify();
-            return Ok(());
+        if let Some(gate) = notify_channel(&self.arena, self.id)? {
+            self.gate = Some(gate);
         }
-        self.gate = Some((g - 1, index));
-        NotifySet::new(&self.arena, g - 1)?.mark(index)
+        Ok(())
     }
 
     /// Tells the consumer we are blocked for want of credit on this channel (its gate may
@@ -738,4 +727,30 @@ impl ChannelReader {
     pub fn wake(&self) -> &EventCount {
         &self.block().consumer_wake
     }
+}
+
+/// Wakes the consumer of channel `id` (its gate's notify set, or the channel's own wake-up
+/// before a gate attached): what [`ChannelWriter::notify_consumer`] does, for a thread
+/// that does not own the channel's writer (the output flusher). Returns the gate routing
+/// it found, if any.
+///
+/// # Errors
+/// [`Error::ProtocolViolation`] for an id out of range or a bad gate id in the block.
+pub fn notify_channel(arena: &Arena, id: u32) -> Result<Option<(u32, u32)>> {
+    check_id(arena, id)?;
+    // SeqCst fence: pairs with the fence in `ChannelReader::set_gate`: either we see
+    // the gate id, or the gate's first scan (after its fence) sees our data.
+    fence(Ordering::SeqCst);
+    let b = &arena.channels()[id as usize];
+    // Acquire: pairs with the Release store of `gate` in `ChannelReader::set_gate`, so
+    // the index loaded next is the one stored with it (the fence above orders neither).
+    let g = b.gate.load(Ordering::Acquire);
+    // Relaxed: ordered by the Acquire load above.
+    let index = b.gate_index.load(Ordering::Relaxed);
+    if g == 0 {
+        b.consumer_wake.notify();
+        return Ok(None);
+    }
+    NotifySet::new(arena, g - 1)?.mark(index)?;
+    Ok(Some((g - 1, index)))
 }
