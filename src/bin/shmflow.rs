@@ -225,7 +225,8 @@ enum Cmd {
     },
     /// Remove named arenas under /dev/shm whose creator process is dead, and job
     /// directories (`shmflow-job-<pid>-*`, `shmflow-blocking-<pid>-*`) under the temp dir
-    /// ($TMPDIR or /tmp) whose coordinator pid is gone. A directory whose pid belongs to a
+    /// ($TMPDIR or /tmp) whose coordinator pid is gone, with the temp output
+    /// (`<output>.tmp-<pid>`) such a coordinator left. A directory whose pid belongs to a
     /// live process is kept even if that process is not shmflow (the pid may have been
     /// reused): stop it or remove the directory by hand. Pids are this PID namespace's: a
     /// job in another container that shares /dev/shm or the temp dir looks dead here, so
@@ -247,6 +248,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Run { .. }) && !is_worker() {
+        // From the start: a Ctrl-C (or SIGTERM, SIGHUP) at any moment of a run, also before
+        // the workers start or while the output is merged, stops it and cleans up.
+        shmflow::sync::install_stop_handler();
+    }
     let r = match cli.command {
         Cmd::Demo { records, payload, mode, segment_size, credit } => {
             demo(records, payload, mode, segment_size, credit)
@@ -260,6 +266,11 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(&shmflow::Error::Interrupted { signal }) = e.downcast_ref::<shmflow::Error>() {
+                // One line; the workers were stopped quietly.
+                eprintln!("shmflow: interrupted");
+                return ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(0)));
+            }
             // A worker stopped by its coordinator exits quietly: the coordinator reports.
             if is_worker() && matches!(e.downcast_ref::<shmflow::Error>(), Some(shmflow::Error::Cancelled)) {
                 return ExitCode::from(3);
@@ -458,6 +469,22 @@ impl JobDir {
     }
 }
 
+impl JobDir {
+    /// The file in the job directory that names the run's temp output, for `shmflow clean`
+    /// after a coordinator killed before it could remove either.
+    const OUTPUT_NOTE: &'static str = "output-temp";
+
+    /// Notes where the temp output is (coordinator only).
+    fn note_output(&self, out: Option<&builtin::OutputFile>) -> AnyResult<()> {
+        if let (true, Some(tmp)) = (self.owned, out.and_then(builtin::OutputFile::temp_path)) {
+            let note = self.path.join(Self::OUTPUT_NOTE);
+            std::fs::write(&note, tmp.as_os_str().as_encoded_bytes())
+                .map_err(|e| format!("writing {}: {e}", note.display()))?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for JobDir {
     fn drop(&mut self) {
         if self.owned {
@@ -537,8 +564,51 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
 /// workers do not write it.
 fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<builtin::OutputFile>> {
     match output {
-        Some(p) if !is_worker() => Ok(Some(builtin::OutputFile::create(p)?)),
+        Some(p) if !is_worker() => {
+            remove_stale_temps(p);
+            Ok(Some(builtin::OutputFile::create(p)?))
+        }
         _ => Ok(None),
+    }
+}
+
+/// The pid in `<name>.tmp-<pid>` (the temp file of `--output <name>`), canonical decimal.
+fn temp_pid(file_name: &str, name: &str) -> Option<u32> {
+    let digits = file_name.strip_prefix(name)?.strip_prefix(".tmp-")?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&p| p <= i32::MAX as u32)
+}
+
+/// Whether `path` is a regular file (not a link) of this user.
+fn own_regular_file(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == me)
+}
+
+/// Removes the temp files `<output>.tmp-<pid>` that runs killed before they finished left
+/// beside `output` (their pid is gone; a live pid's file is kept, it may be writing it).
+fn remove_stale_temps(output: &std::path::Path) {
+    // The temp file sits beside the file a symlink points to (as `OutputFile` does).
+    let target = std::fs::canonicalize(output).unwrap_or_else(|_| output.to_path_buf());
+    let (Some(name), Some(dir)) = (target.file_name().and_then(|n| n.to_str()), target.parent()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|f| temp_pid(f, name)) else {
+            continue;
+        };
+        let stale = pid != std::process::id() && !pid_alive(pid) && own_regular_file(&e.path());
+        if stale && std::fs::remove_file(e.path()).is_ok() {
+            eprintln!("shmflow: note: removed {}, left by a run (pid {pid}) that died", e.path().display());
+        }
     }
 }
 
@@ -556,13 +626,14 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             let src = text_source(input, generated_mb)?;
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
+            dir.note_output(out_file.as_ref())?;
             let ptype = match opts.exchange {
                 Exchange::Pipelined => ResultPartitionType::PipelinedBounded,
                 Exchange::Blocking => ResultPartitionType::Blocking,
             };
             let graph = builtin::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
             if let Some(s) = run(graph, &cfg)? {
-                let lines = builtin::merge_parts(&dir.path, out_file)?;
+                let lines = merge_interruptibly(&dir.path, out_file)?;
                 let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
                 print_summary(&s, opts.json, serde_json::json!({ "distinct_words": lines.len(), "words": total }));
                 if output.is_none() && !opts.json {
@@ -584,9 +655,10 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             let src = text_source(input, generated_mb)?;
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
+            dir.note_output(out_file.as_ref())?;
             let graph = builtin::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
             if let Some(s) = run(graph, &cfg)? {
-                let lines = builtin::merge_parts(&dir.path, out_file)?;
+                let lines = merge_interruptibly(&dir.path, out_file)?;
                 print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
                 if !opts.json {
                     out!("{} window results", lines.len());
@@ -639,6 +711,33 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
         }
     }
     Ok(())
+}
+
+/// [`builtin::merge_parts`] on a thread of its own, so that a stop signal ends the run at
+/// once, however large the output: the temp output is removed (the job directory goes when
+/// the caller's [`JobDir`] drops) and the run ends with [`shmflow::Error::Interrupted`].
+fn merge_interruptibly(dir: &std::path::Path, out: Option<builtin::OutputFile>) -> AnyResult<Vec<Vec<u8>>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let tmp = out.as_ref().and_then(|o| o.temp_path().map(std::path::Path::to_path_buf));
+    let dir = dir.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("merge".into()).spawn(move || {
+        let _ = tx.send(builtin::merge_parts(&dir, out));
+    })?;
+    // Ends when the merge thread sends its result or ends without one.
+    loop {
+        if let Some(signal) = shmflow::sync::stop_signal() {
+            if let Some(t) = &tmp {
+                let _ = std::fs::remove_file(t);
+            }
+            return Err(shmflow::Error::Interrupted { signal }.into());
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(r) => return Ok(r?),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err("merging the part files failed (a panic)".into()),
+        }
+    }
 }
 
 fn count_of(line: &[u8]) -> Option<u64> {
@@ -776,6 +875,17 @@ fn job_dirs(tmp: &std::path::Path) -> Vec<(PathBuf, u32)> {
     out
 }
 
+/// The temp output `<output>.tmp-<pid>` a job directory of coordinator `pid` names, if it
+/// is still there: a regular file of this user whose name carries that same pid.
+fn noted_temp_output(dir: &std::path::Path, pid: u32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let note = std::fs::read(dir.join(JobDir::OUTPUT_NOTE)).ok()?;
+    let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&note));
+    let file = tmp.file_name()?.to_str()?;
+    let (name, _) = file.rsplit_once(".tmp-")?;
+    (temp_pid(file, name) == Some(pid) && own_regular_file(&tmp)).then_some(tmp)
+}
+
 fn clean(dry_run: bool) -> AnyResult<()> {
     let mut removed = 0;
     for a in shmflow::memory::check::list_named(std::path::Path::new("/dev/shm")) {
@@ -802,7 +912,16 @@ fn clean(dry_run: bool) -> AnyResult<()> {
             out!("keep   {} (pid {pid} is running)", path.display());
         } else if dry_run {
             out!("stale  {} (pid {pid} is gone)", path.display());
+            if let Some(t) = noted_temp_output(&path, pid) {
+                out!("stale  {} (pid {pid} is gone)", t.display());
+            }
         } else {
+            if let Some(t) = noted_temp_output(&path, pid) {
+                match std::fs::remove_file(&t) {
+                    Ok(()) => out!("removed {} (pid {pid} is gone)", t.display()),
+                    Err(e) => failed.push(format!("removing {}: {e}", t.display())),
+                }
+            }
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => {
                     out!("removed {} (pid {pid} is gone)", path.display());

@@ -696,6 +696,11 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
             prev_snaps = Some(snaps);
         }
     }
+    if let Some(signal) = crate::sync::stop_signal() {
+        // A stop signal outranks what it caused (workers killed by the same Ctrl-C, ...).
+        drop(workers);
+        return Err(Error::Interrupted { signal });
+    }
     if let Some(f) = failure {
         // Workers are cancelled, given a moment, then killed and reaped by the guard; the
         // arena goes with the last mapping.

@@ -93,9 +93,13 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
             })
             .map_err(io_err("starting the heartbeat thread"))?;
     }
+    // The coordinator: this process's parent (its pid is gone from getppid once it dies).
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let coordinator = unsafe { libc::getppid() } as u32;
     let (worker, subtasks) = match recv::<ToWorker>(&mut reader).map_err(io_err("reading the deployment"))? {
         Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
-        Some(ToWorker::Cancel) | None => return Err(Error::Cancelled),
+        Some(ToWorker::Cancel) => return Err(Error::Cancelled),
+        None => return Err(Error::CoordinatorDied { pid: coordinator }),
     };
     // A bad deployment is refused as a whole, before any task starts.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
@@ -111,13 +115,22 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
     let cancel = Arc::new(AtomicBool::new(false));
-    // The coordinator's messages: a Cancel, or the socket closing (it died), stop us.
+    // Why the coordinator stopped us, once it did: a Cancel (the job failed elsewhere or was
+    // interrupted, and the coordinator reports it) or the socket closing (it died).
+    let stopped: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     {
-        let cancel = cancel.clone();
+        let (cancel, stopped) = (cancel.clone(), stopped.clone());
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                while let Ok(Some(ToWorker::Deploy { .. })) = recv::<ToWorker>(&mut reader) {}
+                let why = loop {
+                    match recv::<ToWorker>(&mut reader) {
+                        Ok(Some(ToWorker::Deploy { .. })) => {}
+                        Ok(Some(ToWorker::Cancel)) => break Error::Cancelled,
+                        Ok(None) | Err(_) => break Error::CoordinatorDied { pid: coordinator },
+                    }
+                };
+                *stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
                 // Relaxed: a stop request, polled by every task.
                 cancel.store(true, Ordering::Relaxed);
             })
@@ -221,6 +234,21 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     }
     match first_err {
         None => Ok(()),
-        Some(e) => Err(e),
+        // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
+        // consequence; the coordinator's Cancel (quiet: it reports) or its death is the cause.
+        // A task may see the consequence (its consumer in another worker stopped) before
+        // the Cancel arrives: the coordinator's verdict is awaited a moment (bounded).
+        Some(e) => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                    return Err(why);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! A process-wide "stop" flag raised by SIGINT / SIGTERM, so a coordinator can stop its
+//! A process-wide "stop" flag raised by SIGINT / SIGTERM / SIGHUP, so a coordinator can stop its
 //! workers and clean up instead of dying with them still running.
 //!
 //! The flag is a plain std atomic even under loom: signal handlers are not modelled, and
@@ -12,7 +12,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
     STOP.store(sig, core::sync::atomic::Ordering::Relaxed);
 }
 
-/// Installs the handler for SIGINT and SIGTERM (idempotent).
+/// Installs the handler for SIGINT, SIGTERM and SIGHUP (a closed terminal) (idempotent).
 pub fn install_stop_handler() {
     let handler = on_signal as extern "C" fn(libc::c_int);
     // SAFETY: `on_signal` only stores to an atomic, which is async-signal-safe; the
@@ -20,6 +20,7 @@ pub fn install_stop_handler() {
     unsafe {
         libc::signal(libc::SIGINT, handler as libc::sighandler_t);
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, handler as libc::sighandler_t);
     }
 }
 

@@ -1,0 +1,223 @@
+//! The rough edges of the command line an operator meets (issue 15): stop signals, a
+//! coordinator killed by SIGKILL and what it leaves behind, a stale temp output. Every run
+//! gets a temp dir of its own (`TMPDIR`), so the job directories checked are its own.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{children_of, serial, shmflow, KillOnDrop, TempDir};
+
+/// Bound of every wait here.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A `shmflow` run whose stderr arrives line by line.
+struct Run {
+    child: KillOnDrop,
+    lines: Receiver<String>,
+    said: Vec<String>,
+}
+
+impl Run {
+    /// `shmflow args...` with `TMPDIR=tmp`.
+    fn start(tmp: &Path, args: &[&str]) -> Self {
+        let mut child = KillOnDrop(
+            shmflow()
+                .args(args)
+                .env("TMPDIR", tmp)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start shmflow"),
+        );
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines, said: Vec::new() }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line holding `text`.
+    fn wait_line(&mut self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.said.last().is_some_and(|l| l.contains(text)) {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => self.said.push(l),
+                Err(e) => panic!("no {text:?} line from shmflow ({e:?}); it said:\n{}", self.said.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) has no memory effects; the pid is our child's (not reaped yet).
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits (bounded) for the exit; returns it with every stderr line but the progress
+    /// lines. Stderr is read to its end, which comes when every process holding it (the
+    /// workers too) is gone.
+    fn finish(&mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait for shmflow") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "shmflow still runs after {PATIENCE:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(l) => self.said.push(l),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("shmflow's stderr stayed open: {:?}", self.said),
+            }
+        }
+        (status, self.said.iter().filter(|l| !l.contains("records/s in")).cloned().collect())
+    }
+}
+
+/// Everything under `dir` but `keep`, by name.
+fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A pid that no process has (a child that already exited and was reaped).
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().expect("spawn true");
+    let pid = c.id();
+    c.wait().expect("reap true");
+    pid
+}
+
+/// A wordcount that runs for minutes unless stopped (the text is generated as it is read).
+fn long_wordcount(tmp: &Path, out: &Path) -> Run {
+    Run::start(tmp, &["run", "wordcount", "--generated-mb", "100000", "--output", out.to_str().unwrap()])
+}
+
+#[test]
+fn sigint_sigterm_and_sighup_stop_a_running_job_with_one_line_and_status_128_plus_the_signal() {
+    let _serial = serial();
+    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
+        let tmp = TempDir::new(&format!("sig{sig}"));
+        let out = tmp.0.join("counts");
+        let mut run = long_wordcount(&tmp.0, &out);
+        // Progress: the workers run their tasks.
+        run.wait_line("records/s in");
+        let workers = children_of(run.pid());
+        assert_eq!(workers.len(), 2, "{name}: the coordinator's children: {workers:?}");
+        run.signal(sig);
+        let (status, said) = run.finish();
+        assert_eq!(status.code(), Some(128 + sig), "{name}: {status:?}, said {said:?}");
+        assert_eq!(said, ["shmflow: interrupted"], "{name}: one line, none from the workers");
+        assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new(), "{name}: no job dir, no temp output");
+        for w in workers {
+            assert!(!Path::new(&format!("/proc/{w}")).exists(), "{name}: worker {w} still exists");
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_while_the_output_is_merged_ends_the_run_and_leaves_nothing() {
+    let _serial = serial();
+    let tmp = TempDir::new("sigmerge");
+    // Distinct words make a long merge: the part files hold one line per word.
+    let input = tmp.0.join("words.txt");
+    let text: String = (0..500_000).map(|i| format!("w{i}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let out = tmp.0.join("counts");
+    let mut run = Run::start(
+        &tmp.0,
+        &["run", "wordcount", "--quiet", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()],
+    );
+    // The merge starts once the workers have exited: wait until they came and went.
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = false;
+    loop {
+        let now = children_of(run.pid());
+        if !now.is_empty() {
+            seen = true;
+        } else if seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workers did not come and go within {PATIENCE:?}");
+        assert!(run.child.try_wait().unwrap().is_none(), "the run ended before its merge was seen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    run.signal(libc::SIGINT);
+    let (status, said) = run.finish();
+    assert_eq!(status.code(), Some(130), "{status:?}, said {said:?}");
+    assert_eq!(said, ["shmflow: interrupted"]);
+    assert_eq!(leftovers(&tmp.0, &["words.txt"]), Vec::<String>::new(), "no output, temp output or job dir");
+}
+
+#[test]
+fn a_sigkilled_coordinators_workers_say_it_died_and_clean_removes_what_it_left() {
+    let _serial = serial();
+    let tmp = TempDir::new("sigkill");
+    let out = tmp.0.join("counts");
+    let mut run = long_wordcount(&tmp.0, &out);
+    run.wait_line("records/s in");
+    let pid = run.pid();
+    run.signal(libc::SIGKILL);
+    // Stderr ends when the orphaned workers have exited too.
+    let (status, said) = run.finish();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let died = format!("the coordinator (pid {pid}) died");
+    assert_eq!(said.iter().filter(|l| l.contains(&died)).count(), 2, "each worker says why it stops: {said:?}");
+    assert!(said.iter().all(|l| l.contains(&died)), "nothing else: {said:?}");
+    let temp_output = format!("counts.tmp-{pid}");
+    let left = leftovers(&tmp.0, &[]);
+    assert!(left.contains(&temp_output), "the killed run's temp output: {left:?}");
+    assert!(left.iter().any(|n| n.starts_with(&format!("shmflow-job-{pid}-"))), "its job dir: {left:?}");
+    // A temp output of a live process (this test) is kept.
+    let live = tmp.0.join(format!("counts.tmp-{}", std::process::id()));
+    std::fs::write(&live, "").unwrap();
+    let clean = shmflow().arg("clean").env("TMPDIR", &tmp.0).output().expect("run shmflow clean");
+    let text = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));
+    assert_eq!(leftovers(&tmp.0, &[]), [format!("counts.tmp-{}", std::process::id())], "clean said:\n{text}");
+}
+
+#[test]
+fn the_next_run_of_an_output_removes_a_stale_temp_file_and_keeps_a_live_ones() {
+    let _serial = serial();
+    let tmp = TempDir::new("staletmp");
+    let out: PathBuf = tmp.0.join("counts");
+    let stale = tmp.0.join(format!("counts.tmp-{}", dead_pid()));
+    let live = tmp.0.join(format!("counts.tmp-{}", std::process::id()));
+    let other = tmp.0.join(format!("other.tmp-{}", dead_pid()));
+    for f in [&stale, &live, &other] {
+        std::fs::write(f, "partial").unwrap();
+    }
+    let mut run =
+        Run::start(&tmp.0, &["run", "wordcount", "--quiet", "--generated-mb", "1", "--output", out.to_str().unwrap()]);
+    let (status, said) = run.finish();
+    assert!(status.success(), "{said:?}");
+    assert!(!stale.exists(), "the dead run's temp file is gone");
+    assert!(live.exists() && other.exists(), "a live pid's temp file and another output's stay");
+    assert!(out.exists());
+    assert!(said.iter().any(|l| l.contains("removed") && l.contains(&stale.display().to_string())), "{said:?}");
+}
