@@ -221,3 +221,128 @@ fn the_next_run_of_an_output_removes_a_stale_temp_file_and_keeps_a_live_ones() {
     assert!(out.exists());
     assert!(said.iter().any(|l| l.contains("removed") && l.contains(&stale.display().to_string())), "{said:?}");
 }
+
+/// Waits (bounded) for `child` to exit.
+fn exit_of(child: &mut KillOnDrop, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} still runs after {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `shmflow args...` with stdout and stderr piped; its stdout arrives as lines.
+fn observer(args: &[&str]) -> (KillOnDrop, Receiver<String>, std::thread::JoinHandle<String>) {
+    let mut child = KillOnDrop(
+        shmflow().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let stderr = common::collect_stderr(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx, stderr)
+}
+
+#[test]
+fn top_and_check_refuse_a_fifo_or_directory_instead_of_hanging() {
+    let _serial = serial();
+    let tmp = TempDir::new("fifo");
+    let fifo = tmp.0.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    for (args, what) in [
+        (vec!["check", "--path"], "a FIFO"),
+        (vec!["top", "--once", "--path"], "a FIFO"),
+        (vec!["check", "--path"], "a directory"),
+    ] {
+        let target = if what == "a FIFO" { &fifo } else { &tmp.0 };
+        let (mut child, _, stderr) = observer(&[args.as_slice(), &[target.to_str().unwrap()]].concat());
+        let status = exit_of(&mut child, "shmflow on a FIFO");
+        let err = stderr.join().unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("is {what}, not an arena file")), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn top_survives_a_named_arena_truncated_under_it_with_an_error() {
+    use shmflow::memory::{Arena, ArenaConfig};
+    let _serial = serial();
+    let name = format!("shmflow-test-truncated-{}", std::process::id());
+    // Removed from /dev/shm when it drops.
+    let _arena = Arena::create_named(&name, &ArenaConfig::default()).expect("a named arena");
+    let (mut top, lines, stderr) = observer(&["top", "--json", "--interval-ms", "20", "--name", &name]);
+    lines.recv_timeout(PATIENCE).expect("a first view from top");
+    std::fs::OpenOptions::new().write(true).open(Path::new("/dev/shm").join(&name)).unwrap().set_len(0).unwrap();
+    let status = exit_of(&mut top, "top on a truncated arena");
+    let err = stderr.join().unwrap();
+    assert_eq!(status.signal(), None, "top was killed: {err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("was truncated under us"), "{err}");
+}
+
+#[test]
+fn top_on_a_job_exits_when_the_job_ends() {
+    let _serial = serial();
+    let tmp = TempDir::new("topend");
+    let mut run = long_wordcount(&tmp.0, &tmp.0.join("counts"));
+    run.wait_line("records/s in");
+    let pid = run.pid().to_string();
+    let (mut top, lines, stderr) = observer(&["top", "--json", "--interval-ms", "20", "--pid", &pid]);
+    lines.recv_timeout(PATIENCE).expect("a first view from top");
+    run.signal(libc::SIGINT);
+    let (status, _) = run.finish();
+    assert_eq!(status.code(), Some(130));
+    let status = exit_of(&mut top, "top --pid after its job ended");
+    let said: Vec<String> = lines.try_iter().collect();
+    assert!(status.success(), "{status:?}: {}", stderr.join().unwrap());
+    assert!(said.iter().any(|l| l.contains(&format!("the job of process {pid} ended"))), "{said:?}");
+}
+
+#[test]
+fn top_and_check_say_permission_denied_for_another_users_arena_or_job() {
+    use shmflow::memory::{Arena, ArenaConfig};
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    let name = format!("shmflow-test-foreign-{}", std::process::id());
+    let _named = Arena::create_named(&name, &ArenaConfig::default()).expect("a named arena");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let as_other = |args: &[&str]| {
+        let mut cmd = shmflow();
+        cmd.args(args);
+        if root {
+            // Another user: nobody.
+            cmd.uid(65534).gid(65534);
+        }
+        let out = cmd.output().expect("run shmflow");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    if !root {
+        // Not root: the owner is locked out by the mode instead.
+        use std::os::unix::fs::PermissionsExt;
+        let p = Path::new("/dev/shm").join(&name);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let (status, err) = as_other(&["check", "--name", &name]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("permission denied") && err.contains(&name), "{err}");
+    if root {
+        assert!(err.contains("belongs to uid 0"), "{err}");
+        // A job of another user picked by pid: this test process, holding a memfd arena.
+        let _memfd = Arena::create_memfd(&ArenaConfig::default(), "foreign").unwrap();
+        let (status, err) = as_other(&["top", "--once", "--pid", &std::process::id().to_string()]);
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("permission denied") && err.contains("belongs to uid 0"), "{err}");
+    }
+}
