@@ -346,3 +346,98 @@ fn top_and_check_say_permission_denied_for_another_users_arena_or_job() {
         assert!(err.contains("permission denied") && err.contains("belongs to uid 0"), "{err}");
     }
 }
+
+/// `shmflow args...` with `envs`, in `TMPDIR=tmp`, to its end: (exit code, stdout, stderr).
+fn cli(tmp: &Path, envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let out = shmflow().args(args).envs(envs.iter().copied()).env("TMPDIR", tmp).output().expect("run shmflow");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SMALL_WORDCOUNT: [&str; 5] = ["run", "wordcount", "--quiet", "--generated-mb", "1"];
+
+#[test]
+fn an_input_the_kernel_sizes_as_empty_but_with_content_is_refused_not_counted_as_nothing() {
+    let _serial = serial();
+    let tmp = TempDir::new("procinput");
+    let (code, out, err) = cli(&tmp.0, &[], &["run", "wordcount", "--quiet", "--input", "/proc/version"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("reports a size of 0 bytes but has content"), "{err}");
+    // A file that really is empty still counts zero words.
+    let empty = tmp.0.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let (code, out, err) = cli(&tmp.0, &[], &["run", "wordcount", "--quiet", "--input", empty.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("0 distinct words, 0 words"), "{out}");
+}
+
+#[test]
+fn environment_variables_are_checked_with_the_ranges_of_their_flags() {
+    let _serial = serial();
+    let tmp = TempDir::new("envrange");
+    for (env, flag) in [(Some("50"), None), (None, Some("50")), (Some("3600001"), None), (None, Some("3600001"))] {
+        let mut args = SMALL_WORDCOUNT.to_vec();
+        if let Some(f) = flag {
+            args.extend(["--heartbeat-timeout-ms", f]);
+        }
+        let envs: Vec<(&str, &str)> = env.map(|v| ("SHMFLOW_HEARTBEAT_TIMEOUT_MS", v)).into_iter().collect();
+        let (code, _, err) = cli(&tmp.0, &envs, &args);
+        assert_eq!(code, Some(1), "env {env:?} flag {flag:?}: {err}");
+        assert!(err.contains("100..=3600000"), "env {env:?} flag {flag:?}: {err}");
+    }
+    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_HEARTBEAT_TIMEOUT_MS", "100")], &SMALL_WORDCOUNT);
+    assert_eq!(code, Some(0), "the lowest value of the range is taken: {err}");
+}
+
+#[test]
+fn a_missing_blocking_dir_is_an_error_and_not_created() {
+    let _serial = serial();
+    let tmp = TempDir::new("blockdir");
+    let missing = tmp.0.join("typo");
+    let mut args = SMALL_WORDCOUNT.to_vec();
+    args.extend(["--exchange", "blocking"]);
+    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_BLOCKING_DIR", missing.to_str().unwrap())], &args);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("SHMFLOW_BLOCKING_DIR") && err.contains("it is not created"), "{err}");
+    assert!(!missing.exists(), "the directory was created");
+    // An existing one is used.
+    std::fs::create_dir(&missing).unwrap();
+    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_BLOCKING_DIR", missing.to_str().unwrap())], &args);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn an_inherited_control_fd_variable_does_not_make_a_command_a_worker() {
+    let _serial = serial();
+    let tmp = TempDir::new("controlfd");
+    // fd 0 (stdin) and fd 2 (a pipe): open descriptors, but no coordinator's socket.
+    for fd in ["0", "2", "999"] {
+        let (code, out, err) = cli(&tmp.0, &[("SHMFLOW_CONTROL_FD", fd)], &SMALL_WORDCOUNT);
+        assert_eq!(code, Some(0), "SHMFLOW_CONTROL_FD={fd}: {err}");
+        assert!(out.contains("distinct words"), "SHMFLOW_CONTROL_FD={fd} ran as the coordinator: {out}");
+    }
+}
+
+#[test]
+fn the_arena_size_an_error_suggests_runs_the_job() {
+    let _serial = serial();
+    let tmp = TempDir::new("arenasize");
+    // 64 x 64 channels: their control regions alone take more than 8 MiB.
+    let job = ["run", "shuffle", "--quiet", "--records", "1000", "--parallelism", "64", "--segment-size", "4096"];
+    for small in ["16777216", "1048576"] {
+        let (code, _, err) = cli(&tmp.0, &[], &[&job[..], &["--arena-size", small]].concat());
+        assert_eq!(code, Some(1), "{err}");
+        let suggested = err
+            .split("use --arena-size ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no suggestion in {err}"))
+            .to_string();
+        let (code, out, err) = cli(&tmp.0, &[], &[&job[..], &["--arena-size", &suggested]].concat());
+        assert_eq!(code, Some(0), "--arena-size {suggested} (suggested for {small}): {err}");
+        assert!(out.contains("every record arrived intact"), "{out}");
+    }
+}

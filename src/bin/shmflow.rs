@@ -549,6 +549,9 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
             *len = Some(v.parse().map_err(|_| format!("{INPUT_LEN_ENV}={v:?} is not a length"))?);
         }
     } else {
+        if let TextSource::File { path, .. } = &src {
+            refuse_unsized(path)?;
+        }
         if let Some(note) = src.validate()? {
             eprintln!("shmflow: note: {note}");
         }
@@ -558,6 +561,28 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
         }
     }
     Ok(src)
+}
+
+/// Refuses an input whose size the kernel reports as 0 although it has content (files of
+/// /proc and /sys): the input is memory-mapped by its length, so it would count no words.
+fn refuse_unsized(path: &std::path::Path) -> AnyResult<()> {
+    use std::io::Read;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(()); // `validate` says what is wrong with it.
+    };
+    if m.is_file() && m.len() == 0 {
+        let mut byte = [0u8; 1];
+        let has_content = std::fs::File::open(path).and_then(|mut f| f.read(&mut byte)).is_ok_and(|n| n > 0);
+        if has_content {
+            return Err(format!(
+                "--input {} reports a size of 0 bytes but has content (a file of /proc or /sys?); \
+                 shmflow maps its input by its size: copy it to a regular file first",
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `--output`, checked and created (as a temp file) by the coordinator before the job runs;

@@ -43,9 +43,27 @@ fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
     None
 }
 
-/// Whether this process was started as a worker by a coordinator.
+/// Whether this process was started as a worker by a coordinator: [`CONTROL_FD_ENV`] names
+/// an open Unix socket whose other end belongs to this process's parent (the coordinator
+/// that created the pair and started us). A variable inherited further down (a command a
+/// task runs, a shell that exported it) names no such socket, and that process is no
+/// worker. Decided once per process.
 pub fn is_worker() -> bool {
-    std::env::var_os(CONTROL_FD_ENV).is_some()
+    static IS_WORKER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS_WORKER.get_or_init(|| {
+        let Some(fd) = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else {
+            return false;
+        };
+        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred; on a
+        // descriptor that is not an open socket it fails and writes nothing.
+        let r = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        };
+        // SAFETY: getppid has no preconditions and cannot fail.
+        r == 0 && cred.pid > 0 && cred.pid == unsafe { libc::getppid() }
+    })
 }
 
 fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -66,6 +84,9 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
         return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
     }
+    // Not inherited by the commands tasks run (they are no workers).
+    // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the fd is open and was passed to this process to own.
     let sock = unsafe { UnixStream::from_raw_fd(raw) };
     let mut reader = BufReader::new(sock.try_clone().map_err(io_err("cloning the control socket"))?);
