@@ -441,3 +441,32 @@ fn the_arena_size_an_error_suggests_runs_the_job() {
         assert!(out.contains("every record arrived intact"), "{out}");
     }
 }
+
+#[test]
+fn demo_notices_a_dead_consumer_or_producer_and_names_it() {
+    let _serial = serial();
+    let tmp = TempDir::new("demopeer");
+    let demo = ["demo", "--records", "1000000000000", "--mode", "park"];
+    for kill_consumer in [true, false] {
+        let mut run = Run::start(&tmp.0, &demo);
+        // The consumer runs: the demo's one child.
+        let deadline = Instant::now() + PATIENCE;
+        let consumer = loop {
+            if let [c] = children_of(run.pid())[..] {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "the demo started no consumer");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let (victim, survivor, role) =
+            if kill_consumer { (consumer, run.pid(), "consumer") } else { (run.pid(), consumer, "producer") };
+        // SAFETY: kill(2) has no memory effects; the victim is our child or its child.
+        unsafe {
+            libc::kill(victim as libc::pid_t, libc::SIGKILL);
+        }
+        // Stderr ends once both are gone: the survivor noticed and said so.
+        let (_, said) = run.finish();
+        let expected = format!("the {role} (pid {victim}) died");
+        assert!(said.iter().any(|l| l.contains(&expected)), "no {expected:?} from pid {survivor}: {said:?}");
+    }
+}

@@ -347,17 +347,19 @@ fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32
     cmd.stdout(Stdio::piped());
     arena.inherit_fd_into(&mut cmd)?;
     let mut child = ChildGuard(Some(cmd.spawn()?));
-    let timeout = Some(Duration::from_secs(30));
-    let mut w = StreamWriter::new(arena.clone(), 0, credit, mode.policy(), timeout)?;
+    let consumer = child.0.as_ref().map_or(0, std::process::Child::id);
+    // Waits end every liveness interval to look at the consumer.
+    let mut w = StreamWriter::new(arena.clone(), 0, credit, mode.policy(), Some(LIVENESS_INTERVAL))?;
+    let consumer_alive = || !child_exited(consumer);
     let mut buf = vec![0u8; payload];
     let mut sum = 0u64;
     let start = Instant::now();
     for i in 0..records {
         buf[..8].copy_from_slice(&i.to_le_bytes());
         sum = sum.wrapping_add(i);
-        w.write(&buf)?;
+        while_peer_lives(|| w.write(&buf), &consumer_alive, "consumer", consumer)?;
     }
-    w.finish()?;
+    while_peer_lives(|| w.finish(), &consumer_alive, "consumer", consumer)?;
     let out = child.0.take().expect("child").wait_with_output()?;
     let elapsed = start.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -381,13 +383,62 @@ fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32
     Ok(())
 }
 
+/// How often the demo's two sides look at each other while they wait (as the gates do by
+/// default): a dead peer is noticed within about this long.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the demo's sides wait without progress for a peer that lives.
+const DEMO_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether child `pid` has exited (without reaping it).
+fn child_exited(pid: u32) -> bool {
+    // SAFETY: a zeroed siginfo_t is valid; waitid writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: WNOWAIT leaves the child to be reaped by its owner; WNOHANG never blocks.
+    let r = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    // SAFETY: waitid filled `info` (si_pid stays 0 while the child runs).
+    r == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// Runs `op`, whose waits end after [`LIVENESS_INTERVAL`], again after each timeout while
+/// the peer lives, for at most [`DEMO_PATIENCE`]; a dead peer ends it with an error
+/// naming it.
+fn while_peer_lives<T>(
+    mut op: impl FnMut() -> shmflow::Result<T>,
+    alive: &dyn Fn() -> bool,
+    role: &str,
+    pid: u32,
+) -> AnyResult<T> {
+    let deadline = Instant::now() + DEMO_PATIENCE;
+    loop {
+        match op() {
+            Err(shmflow::Error::Timeout(..)) => {
+                if !alive() {
+                    return Err(format!("the {role} (pid {pid}) died").into());
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("the {role} (pid {pid}) made no progress for {DEMO_PATIENCE:?}").into());
+                }
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 fn demo_consumer(credit: u32, mode: Mode) -> AnyResult<()> {
     let arena = Arc::new(Arena::attach_inherited()?);
     let mut r = StreamReader::new(arena, 0, credit, mode.policy())?;
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let producer = unsafe { libc::getppid() };
+    // SAFETY: as above; a dead parent leaves us to another (init or a subreaper).
+    let producer_alive = || unsafe { libc::getppid() } == producer;
     let (mut n, mut sum) = (0u64, 0u64);
-    while let Some(v) = r.next(Some(Duration::from_secs(30)), |p| {
-        p.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes)
-    })? {
+    let seq = |p: &[u8]| p.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
+    while let Some(v) =
+        while_peer_lives(|| r.next(Some(LIVENESS_INTERVAL), seq), &producer_alive, "producer", producer as u32)?
+    {
         let Some(v) = v else {
             return Err(format!("record {n} is shorter than its 8-byte sequence number").into());
         };
