@@ -411,14 +411,15 @@ fn while_peer_lives<T>(
     role: &str,
     pid: u32,
 ) -> AnyResult<T> {
-    let deadline = Instant::now() + DEMO_PATIENCE;
+    // Read the clock only once a wait timed out: this wraps every record.
+    let mut deadline = None;
     loop {
         match op() {
             Err(shmflow::Error::Timeout(..)) => {
                 if !alive() {
                     return Err(format!("the {role} (pid {pid}) died").into());
                 }
-                if Instant::now() >= deadline {
+                if Instant::now() >= *deadline.get_or_insert_with(|| Instant::now() + DEMO_PATIENCE) {
                     return Err(format!("the {role} (pid {pid}) made no progress for {DEMO_PATIENCE:?}").into());
                 }
             }
