@@ -412,7 +412,7 @@ impl Arena {
             };
             for path in Self::find_memfd_arenas(pid) {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                let entry = by_inode.entry((meta.dev(), meta.ino())).or_insert((pid, path.clone()));
+                let entry = by_inode.entry((meta.dev(), meta.ino())).or_insert_with(|| (pid, path.clone()));
                 if pid < entry.0 {
                     *entry = (pid, path);
                 }

@@ -279,12 +279,12 @@ impl TaskIo {
     /// # Errors
     /// [`Error::Invalid`] if the vertex has no output edge; partition creation errors.
     pub fn record_writer<T: Data>(&mut self, selector: Box<dyn ChannelSelector<T>>) -> Result<ExchangeOut<T>> {
-        let out = self.spec.output.clone().ok_or(Error::Invalid {
+        let out = self.spec.output.clone().ok_or_else(|| Error::Invalid {
             what: "job graph",
             detail: format!("vertex {} has no output edge", self.spec.vertex),
         })?;
         let ptype = ResultPartitionType::from_code(out.partition_type)
-            .ok_or(Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
+            .ok_or_else(|| Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
         let id = ResultPartitionId::new(out.partition.0, out.partition.1);
         if !ptype.is_pipelined() {
             let files = FileChannelManager::from_env()?;
