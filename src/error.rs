@@ -170,5 +170,13 @@ pub enum Error {
     },
 }
 
+impl From<std::io::Error> for Error {
+    /// An I/O error of the caller's own (`?` on `std::fs` or `std::process` calls in a
+    /// function returning [`Result`]); shmflow's own I/O errors say what they tried.
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { op: "I/O".into(), source }
+    }
+}
+
 /// Crate result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -176,6 +176,11 @@ struct InputChannel {
 }
 
 /// A gate over local input channels.
+///
+/// Dropping it before it handed out [`GateItem::End`] closes every channel not finished
+/// yet: their producers stop with [`crate::Error::ConsumerGone`] (a partition waiting in
+/// `release_when_consumed` counts a closed channel as consumed). Its gate block returns to
+/// the arena.
 pub struct SingleInputGate {
     arena: Arc<Arena>,
     manager: ResultPartitionManager,

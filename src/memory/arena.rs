@@ -46,6 +46,10 @@ enum Backing {
 /// A mapped (or heap) arena and its validated layout. Shared between threads as
 /// `Arc<Arena>`; every access to its contents goes through atomics or through the segment
 /// protocols (BufferBuilder / BufferConsumer).
+///
+/// Dropping the last handle unmaps it. A memfd arena is freed by the kernel once no
+/// process maps it or holds its fd; a named arena's file is removed by the handle that
+/// created it (unless kept), never by one that attached it; a heap arena is freed.
 pub struct Arena {
     base: NonNull<u8>,
     header: StaticHeader,

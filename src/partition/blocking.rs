@@ -281,6 +281,9 @@ pub struct BlockingStats {
 
 /// A producer's blocking result partition: records go to a file, subpartition by
 /// subpartition, in bounded memory.
+///
+/// Dropping a finished partition leaves its file for the consumers (it outlives its
+/// producer, as in Flink); dropping an unfinished one fails it and removes its partial file.
 pub struct BlockingResultPartition {
     files: FileChannelManager,
     id: ResultPartitionId,
@@ -635,6 +638,9 @@ impl Drop for BlockingResultPartition {
 /// Writes records into a [`BlockingResultPartition`], choosing subpartitions with a
 /// selector (the blocking counterpart of `RecordWriter`; no flush policy: nothing is
 /// visible before `finish`).
+///
+/// Dropping it drops its partition (see [`BlockingResultPartition`]: unfinished means
+/// failed and its partial file removed).
 pub struct BlockingRecordWriter<S> {
     partition: BlockingResultPartition,
     selector: S,
@@ -695,6 +701,8 @@ impl<S> BlockingRecordWriter<S> {
 /// protocol: the files live in a directory private to the job and are never modified once
 /// finished), touching a page past the new end raises `SIGBUS`, which kills the process.
 /// That signal is not handled.
+///
+/// Dropping it unmaps the file (the file is not removed).
 pub struct BlockingPartitionFile {
     map: memmap2::Mmap,
     path: PathBuf,
