@@ -416,7 +416,7 @@ impl Arena {
             };
             for path in Self::find_memfd_arenas(pid) {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                let entry = by_inode.entry((meta.dev(), meta.ino())).or_insert((pid, path.clone()));
+                let entry = by_inode.entry((meta.dev(), meta.ino())).or_insert_with(|| (pid, path.clone()));
                 if pid < entry.0 {
                     *entry = (pid, path);
                 }
@@ -672,6 +672,17 @@ impl Arena {
     pub fn task_metrics(&self) -> &[TaskMetrics] {
         // SAFETY: initialized for `max_tasks` blocks.
         unsafe { self.region_slice(RegionKind::Metrics, self.layout.config.max_tasks.into()) }
+    }
+
+    /// The start and length in bytes of the data region (every segment, contiguous, in
+    /// index order: segment `i` starts at `i * segment_size`). For foreign-language
+    /// bindings that copy into and out of segments themselves (the JNI side of `ffi/`
+    /// wraps it as one direct `ByteBuffer`); dereferencing the pointer is the caller's
+    /// business, under the segment protocols.
+    pub fn data_region(&self) -> (*mut u8, u64) {
+        let r = self.layout.region(RegionKind::Data);
+        // SAFETY: the data region lies inside the mapping (validated layout).
+        (unsafe { self.base.as_ptr().add(r.offset as usize) }, r.len)
     }
 
     /// Pointer to byte `offset` of segment `index` (dereferencing it is the caller's

@@ -452,7 +452,8 @@ impl BlockingResultPartition {
         if chunk.is_empty() {
             return Ok(());
         }
-        let out = self.out.as_mut().ok_or(Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        let out =
+            self.out.as_mut().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
         out.write_all(chunk).map_err(io_err(format!("writing {}", self.tmp_path.display())))?;
         let len = chunk.len() as u64;
         // The chunk was just written, so it is still in cache.
@@ -594,7 +595,8 @@ impl BlockingResultPartition {
         let sum = fnv1a(fnv1a(FNV_SEED, &index), &footer[..40]);
         footer[40..48].copy_from_slice(&sum.to_le_bytes());
         let what = || format!("writing {}", self.tmp_path.display());
-        let mut out = self.out.take().ok_or(Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        let mut out =
+            self.out.take().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
         out.write_all(&index).and_then(|_| out.write_all(&footer)).map_err(io_err(what()))?;
         let f = out.into_inner().map_err(|e| io_err(what())(e.into_error()))?;
         if self.files.fsync {
@@ -899,7 +901,7 @@ impl BlockingPartitionFile {
     /// # Errors
     /// [`Error::Invalid`] for a subpartition out of range.
     pub fn subpartition(&self, s: u32) -> Result<BlockingSubpartitionReader<'_>> {
-        let (records, regions) = self.subs.get(s as usize).ok_or(Error::Invalid {
+        let (records, regions) = self.subs.get(s as usize).ok_or_else(|| Error::Invalid {
             what: "subpartition",
             detail: format!("{s} not in 0..{} of {}", self.subs.len(), self.id),
         })?;

@@ -21,8 +21,9 @@ pub use execution::{
     partition_id, ExchangeOut, ExecutionGraph, InputSpecs, OutputSpec, SubtaskSpec, TaskEvent, TaskIo, TaskSettings,
 };
 pub use job::{
-    BoxCollector, Collector, Data, EdgeSpec, Emitter, JavaHash, JobBuilder, JobGraph, JobVertex, KeyedStream, Stream,
-    TaskInfo, VertexBody,
+    BoxCollector, Chain, Collector, CountWindow, CountWindowOp, Data, EdgeSpec, Emitter, FilterOp, FlatMapOp, FnSource,
+    InputChain, JavaHash, JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp,
+    Source, SourceChain, Stream, TaskInfo, Then, VertexBody,
 };
 pub use worker::{is_worker, run_worker};
 

@@ -76,10 +76,10 @@ fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// A missing or bad control fd or arena, or a broken control socket. Task failures are
 /// reported to the coordinator, and make this return an error too.
 pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
-    let raw: i32 = std::env::var(CONTROL_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV} is not an fd number") })?;
+    let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| Error::Invalid {
+        what: "worker start",
+        detail: format!("{CONTROL_FD_ENV} is not an fd number"),
+    })?;
     // SAFETY: fcntl(F_GETFD) on any integer is harmless; it fails for a closed fd.
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
         return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
@@ -203,7 +203,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                                     "panicked: {}",
                                     p.downcast_ref::<String>()
                                         .map(String::as_str)
-                                        .or(p.downcast_ref::<&str>().copied())
+                                        .or_else(|| p.downcast_ref::<&str>().copied())
                                         .unwrap_or("?")
                                 ),
                             }),
@@ -249,7 +249,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 first_err.get_or_insert(e);
             }
             Err(_) => {
-                first_err.get_or_insert(Error::Invalid { what: "task", detail: "task thread panicked".into() });
+                first_err.get_or_insert_with(|| Error::Invalid { what: "task", detail: "task thread panicked".into() });
             }
         }
     }
