@@ -25,15 +25,15 @@ struct Run {
 impl Run {
     /// `shmflow args...` with `TMPDIR=tmp`.
     fn start(tmp: &Path, args: &[&str]) -> Self {
+        let mut cmd = shmflow();
+        cmd.args(args).env("TMPDIR", tmp);
+        Self::spawn(cmd)
+    }
+
+    /// `cmd` with stdin and stdout null, stderr piped.
+    fn spawn(mut cmd: std::process::Command) -> Self {
         let mut child = KillOnDrop(
-            shmflow()
-                .args(args)
-                .env("TMPDIR", tmp)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start shmflow"),
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start shmflow"),
         );
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
@@ -137,6 +137,29 @@ fn sigint_sigterm_and_sighup_stop_a_running_job_with_one_line_and_status_128_plu
             assert!(!Path::new(&format!("/proc/{w}")).exists(), "{name}: worker {w} still exists");
         }
     }
+}
+
+#[test]
+fn ctrl_c_at_a_terminal_which_signals_the_whole_process_group_says_one_line() {
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    let tmp = TempDir::new("sigpgrp");
+    let out = tmp.0.join("counts");
+    let mut cmd = shmflow();
+    // A process group of its own, as a shell gives a foreground job.
+    cmd.process_group(0)
+        .args(["run", "wordcount", "--generated-mb", "100000", "--output", out.to_str().unwrap()])
+        .env("TMPDIR", &tmp.0);
+    let mut run = Run::spawn(cmd);
+    run.wait_line("records/s in");
+    // SAFETY: kill(2) has no memory effects; the group is the coordinator's and its workers'.
+    unsafe {
+        libc::kill(-(run.pid() as libc::pid_t), libc::SIGINT);
+    }
+    let (status, said) = run.finish();
+    assert_eq!(status.code(), Some(130), "{status:?}, said {said:?}");
+    assert_eq!(said, ["shmflow: interrupted"]);
+    assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new());
 }
 
 #[test]
