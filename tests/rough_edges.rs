@@ -493,3 +493,54 @@ fn demo_notices_a_dead_consumer_or_producer_and_names_it() {
         assert!(said.iter().any(|l| l.contains(&expected)), "no {expected:?} from pid {survivor}: {said:?}");
     }
 }
+
+/// Set in the child that plays a coordinator which dies while its worker starts.
+const DYING_CREATOR: &str = "SHMFLOW_TEST_DYING_CREATOR";
+
+/// The child role: makes a control socket, starts `shmflow run wordcount` on it as a
+/// coordinator starts a worker (through a shell that waits a moment first, so that this
+/// process is gone before the worker looks), and exits at once.
+#[test]
+fn dying_creator_entry() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(DYING_CREATOR).is_none() {
+        return;
+    }
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "sleep 0.3; exec \"$0\" run wordcount --quiet --generated-mb 1", env!("CARGO_BIN_EXE_shmflow")])
+        .env("SHMFLOW_CONTROL_FD", fd.to_string())
+        .env_remove(DYING_CREATOR);
+    // SAFETY: only fcntl (async-signal-safe) on an fd open in the parent, hence the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap();
+    drop((mine, theirs));
+    println!("SHMFLOW_CREATOR {}", std::process::id());
+    std::process::exit(0);
+}
+
+#[test]
+fn a_worker_whose_coordinator_died_before_it_started_says_so_instead_of_running_the_job() {
+    let _serial = serial();
+    let mut cmd = common::self_command("dying_creator_entry", DYING_CREATOR, "1");
+    // Stdout and stderr stay open until the would-be worker exits too.
+    let out = cmd.stdin(Stdio::null()).output().expect("run the creator");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let creator = stdout
+        .lines()
+        .find_map(|l| common::after(l, "SHMFLOW_CREATOR "))
+        .unwrap_or_else(|| panic!("the creator said {stdout}{stderr}"));
+    let expected = format!("the coordinator (pid {creator}) died");
+    assert!(stderr.contains(&expected), "no {expected:?}: {stdout}{stderr}");
+    assert!(!stdout.contains("distinct words"), "the worker ran the job as a coordinator: {stdout}");
+}

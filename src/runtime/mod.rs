@@ -25,7 +25,7 @@ pub use job::{
     InputChain, JavaHash, JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp,
     Source, SourceChain, Stream, TaskInfo, Then, VertexBody,
 };
-pub use worker::{is_worker, run_worker};
+pub use worker::{check_coordinator, is_worker, run_worker};
 
 /// Runs `job` the way a job binary should: as a worker when started by a coordinator,
 /// else as the coordinator that starts the workers (which re-run this same binary with the
