@@ -493,3 +493,18 @@ fn outputs_that_must_not_be_replaced_are_refused_or_written_in_place() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.starts_with("EARLIER\na\t1\nb\t2\n"), "{text}");
 }
+
+#[test]
+fn progress_is_plain_lines_with_percent_off_a_terminal_and_quiet_silences_it() {
+    // 3000 records at 1 ms of busy work each in 2 sinks: the job runs at least 1.5 s, so
+    // the coordinator's one-a-second progress line comes while it runs.
+    let args = ["run", "shuffle", "--records", "3000", "--sink-work-ns", "1000000", "--parallelism", "2"];
+    let out = shmflow().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("% of the input")).unwrap_or_else(|| panic!("no progress line: {err}"));
+    assert!(line.contains("records/s in") && !line.contains('\r'), "a plain line: {line:?}");
+    let out = shmflow().args(args).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "--quiet prints nothing on stderr");
+}

@@ -9,7 +9,7 @@ use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{BufferTimeout, ResultPartitionType, SelectorKind};
 use shmflow::ring::{StreamReader, StreamWriter};
 use shmflow::runtime::builtin::{self, TextSource};
-use shmflow::runtime::{is_worker, run, JobSummary, RuntimeConfig};
+use shmflow::runtime::{is_worker, run, JobSummary, ProgressTotal, RuntimeConfig};
 use shmflow::sync::WaitPolicy;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -72,7 +72,8 @@ struct JobOpts {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// No progress lines on stderr.
+    /// No progress on stderr (by default a bar with percent and ETA on a terminal, a plain
+    /// line a second otherwise).
     #[arg(long)]
     quiet: bool,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
@@ -533,6 +534,15 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
     Ok(src)
 }
 
+/// The input of a text job for the progress bar: the file's bytes, or about
+/// `generated_mb` MB of generated text.
+fn text_total(src: &TextSource, generated_mb: u64) -> ProgressTotal {
+    match src {
+        TextSource::File { len: Some(n), .. } => ProgressTotal::SourceInputBytes(*n),
+        _ => ProgressTotal::SourceInputBytes(generated_mb.saturating_mul(1_000_000)),
+    }
+}
+
 /// `--output`, checked and created (as a temp file) by the coordinator before the job runs;
 /// workers do not write it.
 fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<builtin::OutputFile>> {
@@ -552,8 +562,9 @@ fn blocking_unsupported(o: &JobOpts, job: &str) -> AnyResult<()> {
 fn run_builtin(job: JobCmd) -> AnyResult<()> {
     match job {
         JobCmd::Wordcount { input, output, generated_mb, opts } => {
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
             let ptype = match opts.exchange {
@@ -580,8 +591,9 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             if window == 0 || slide == 0 || slide > window {
                 return Err(format!("--window {window} and --slide {slide} must satisfy 0 < slide <= window").into());
             }
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
             let graph = builtin::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
@@ -605,7 +617,8 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                     return Err(format!("{flag} {ns} is out of range (0..={MAX_WORK_NS})").into());
                 }
             }
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
+            cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
             let dir = JobDir::get()?;
             let graph = builtin::shuffle_job(
                 records,

@@ -4,7 +4,7 @@
 //! Words are split as Flink's WordCount example does: lower-cased, split on every byte
 //! outside `[A-Za-z0-9_]` (so non-ASCII bytes separate words too), empty tokens dropped.
 
-use super::job::{Collector, JobBuilder, JobGraph, KeyedStream, Source, TaskInfo};
+use super::job::{Collector, JobBuilder, JobGraph, KeyedStream, Source, SourceContext, TaskInfo};
 use crate::error::{Error, Result};
 use crate::partition::{ResultPartitionType, SelectorKind};
 use crate::record::{FromRecord, Record};
@@ -522,9 +522,16 @@ impl<'a> crate::record::FromField<'a> for Word {
 struct WordSource(Arc<TextSource>);
 
 impl Source<(Word, u64)> for WordSource {
-    fn run<C: Collector<(Word, u64)>>(&self, info: &TaskInfo, out: &mut C) -> Result<()> {
+    fn run<C: Collector<(Word, u64)>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
         let mut buf = String::new();
-        self.0.for_each_line(info.subtask, info.parallelism, &mut |line| {
+        // Input bytes read, reported every megabyte (the progress bar's percent).
+        let mut unreported = 0u64;
+        let r = self.0.for_each_line(ctx.info.subtask, ctx.info.parallelism, &mut |line| {
+            unreported += line.len() as u64 + 1;
+            if unreported >= 1 << 20 {
+                ctx.read(unreported);
+                unreported = 0;
+            }
             let mut err = None;
             tokenize(line, &mut buf, &mut |w| {
                 if err.is_none() {
@@ -534,7 +541,9 @@ impl Source<(Word, u64)> for WordSource {
                 }
             });
             err.map_or(Ok(()), Err)
-        })
+        });
+        ctx.read(unreported);
+        r
     }
 }
 
@@ -913,7 +922,8 @@ struct ShuffleSource {
 }
 
 impl Source<Synthetic> for ShuffleSource {
-    fn run<C: Collector<Synthetic>>(&self, info: &TaskInfo, out: &mut C) -> Result<()> {
+    fn run<C: Collector<Synthetic>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        let info = ctx.info;
         // u128: `records * p` must not wrap.
         let share = |k: u32| (u128::from(self.records) * u128::from(k) / u128::from(info.parallelism)) as u64;
         for seq in share(info.subtask)..share(info.subtask + 1) {
