@@ -508,3 +508,36 @@ fn progress_is_plain_lines_with_percent_off_a_terminal_and_quiet_silences_it() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "--quiet prints nothing on stderr");
 }
+
+#[test]
+fn latency_shuffle_stamps_every_record_after_warm_up_and_reports_percentiles() {
+    for selector in ["key-hash", "rebalance"] {
+        let out = run_ok(&[
+            "run",
+            "shuffle",
+            "--latency",
+            "--rate",
+            "20000",
+            "--records",
+            "2000",
+            "--selector",
+            selector,
+            "--buffer-timeout",
+            "0",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["records"], 2000, "{out}");
+        assert_eq!(v["checksum_ok"], true, "{out}");
+        // Two generators of 1000 records, the first 100 of each warm-up.
+        assert_eq!(v["latency_us"]["samples"], 1800, "{out}");
+        let (p50, p99, max) = (
+            v["latency_us"]["p50"].as_f64().unwrap(),
+            v["latency_us"]["p99"].as_f64().unwrap(),
+            v["latency_us"]["max"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{out}");
+    }
+    let err = run_err(&["run", "shuffle", "--latency", "--rate", "10", "--payload", "8"]);
+    assert!(err.contains("--payload 8"), "{err}");
+}

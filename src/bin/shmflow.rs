@@ -76,6 +76,10 @@ struct JobOpts {
     /// line a second otherwise).
     #[arg(long)]
     quiet: bool,
+    /// How tasks wait for input and for buffers: spin (lowest latency, a core busy per
+    /// waiting task), adaptive (spin briefly, then park) or park.
+    #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
+    wait: Mode,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
     #[arg(long, value_enum, default_value_t = Exchange::Pipelined)]
     exchange: Exchange,
@@ -150,6 +154,15 @@ enum JobCmd {
         /// most 1 s).
         #[arg(long, default_value_t = 0)]
         source_work_ns: u64,
+        /// Measure record latency instead of throughput: rate-limited generators (--rate)
+        /// stamp each record, the sinks report percentiles of arrival minus stamp (the first
+        /// tenth of each generator's records is warm-up). Payload at least 16 bytes; key-hash
+        /// or rebalance.
+        #[arg(long, requires = "rate")]
+        latency: bool,
+        /// Records per second in all, for --latency (1..=100000000).
+        #[arg(long)]
+        rate: Option<u64>,
         #[command(flatten)]
         opts: JobOpts,
     },
@@ -414,6 +427,7 @@ fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
         segment_size: o.segment_size,
         arena_size: o.arena_size,
         progress: !o.quiet && !o.json,
+        wait_policy: o.wait.policy(),
         debloat: match o.debloat {
             None => None,
             Some(ms) if (1..=60_000).contains(&ms) => Some(shmflow::gate::DebloatConfig {
@@ -605,7 +619,10 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 }
             }
         }
-        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts } => {
+        JobCmd::Shuffle { records, payload, selector, latency: true, rate, opts, .. } => {
+            shuffle_latency(records, payload, &selector, rate.unwrap_or(0), opts)?;
+        }
+        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts, .. } => {
             blocking_unsupported(&opts, "shuffle")?;
             let kind: SelectorKind = selector.parse()?;
             if !(8..=256 << 20).contains(&payload) {
@@ -650,6 +667,58 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `run shuffle --latency --rate N`.
+fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: u64, opts: JobOpts) -> AnyResult<()> {
+    blocking_unsupported(&opts, "shuffle --latency")?;
+    let kind: SelectorKind = selector.parse()?;
+    if !matches!(kind, SelectorKind::KeyHash | SelectorKind::Rebalance) {
+        return Err(format!("--latency takes --selector key-hash or rebalance, not {selector}").into());
+    }
+    if !(16..=256 << 20).contains(&payload) {
+        return Err(format!("--payload {payload} is out of range for --latency (16..=268435456)").into());
+    }
+    if !(1..=100_000_000).contains(&rate) {
+        return Err(format!("--rate {rate} is out of range (1..=100000000)").into());
+    }
+    check_records(records)?;
+    let mut cfg = runtime_config(&opts)?;
+    cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
+    let dir = JobDir::get()?;
+    let graph = builtin::shuffle_latency_job(records, payload, kind, opts.parallelism, dir.path.clone(), rate);
+    let Some(s) = run(graph, &cfg)? else {
+        return Ok(());
+    };
+    let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
+    let want_sum = (u128::from(records) * u128::from(records.saturating_sub(1)) / 2) as u64;
+    if n != records || sum != want_sum || bad != 0 {
+        return Err(format!(
+            "shuffle check failed: {n} records (expected {records}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes"
+        )
+        .into());
+    }
+    let h = builtin::latency_histogram(&dir.path)?;
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let lat = serde_json::json!({
+        "samples": h.len(),
+        "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p99_9": us(0.999), "p99_99": us(0.9999),
+        "max": h.max() as f64 / 1e3,
+    });
+    print_summary(&s, opts.json, serde_json::json!({ "rate": rate, "latency_us": lat, "checksum_ok": true }));
+    if !opts.json {
+        out!(
+            "record latency at {rate} records/s over {} samples: p50 {:.2} us, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, p99.99 {:.2}, max {:.2}",
+            h.len(),
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            us(0.9999),
+            h.max() as f64 / 1e3
+        );
     }
     Ok(())
 }
