@@ -236,6 +236,11 @@ pub struct JobSummary {
     pub arena_problems: Vec<String>,
 }
 
+/// How long the coordinator waits, after a task failed as a consequence of another failure,
+/// for the cause to be reported (by another worker, over another socket) before it reports
+/// the consequence.
+const ROOT_CAUSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Blocking writes to a worker's socket wake this often to check for a stop signal and the
 /// write deadline.
 const WRITE_SLICE: Duration = Duration::from_millis(100);
@@ -576,7 +581,17 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let mut progress = config.progress.then(|| ProgressReporter::new(config.progress_total));
     let mut last_turn = Instant::now();
     let manager = ResultPartitionManager::new(arena.clone());
+    // The first failure that was a consequence of another (a cancellation, a consumer gone,
+    // a producer failed), and when it came: the job fails with it only if no cause is
+    // reported within ROOT_CAUSE_GRACE (or before every task ended).
+    let mut consequence: Option<(String, Instant)> = None;
     while tasks.left() > 0 && failure.is_none() {
+        if let Some((f, at)) = &consequence {
+            if at.elapsed() >= ROOT_CAUSE_GRACE {
+                failure = Some(f.clone());
+                break;
+            }
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok((w, ReaderEvent::Msg(msg))) => {
                 let pid = workers.0[w].pid;
@@ -602,14 +617,26 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                             failure = Some(violation("finished", vertex, subtask, why));
                         }
                     }
-                    FromWorker::TaskFailed { vertex, subtask, error } => {
-                        failure = Some(match tasks.report(w, (vertex, subtask), Report::Ended) {
-                            Ok(()) => format!(
-                                "task {} on worker {w} (pid {pid}) failed: {error}",
-                                task_label(job, vertex, subtask)
-                            ),
-                            Err(why) => violation("failed", vertex, subtask, format!("{why} (its error: {error})")),
-                        });
+                    FromWorker::TaskFailed { vertex, subtask, error, symptom } => {
+                        match tasks.report(w, (vertex, subtask), Report::Ended) {
+                            Ok(()) => {
+                                let f = format!(
+                                    "task {} on worker {w} (pid {pid}) failed: {error}",
+                                    task_label(job, vertex, subtask)
+                                );
+                                if symptom {
+                                    // A consequence: the cause may still be on its way from
+                                    // another worker. Reported if none comes.
+                                    consequence.get_or_insert_with(|| (f, Instant::now()));
+                                } else {
+                                    failure = Some(f);
+                                }
+                            }
+                            Err(why) => {
+                                failure =
+                                    Some(violation("failed", vertex, subtask, format!("{why} (its error: {error})")))
+                            }
+                        }
                     }
                 }
             }
@@ -680,6 +707,9 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     }
     if let Some(p) = progress.as_mut() {
         p.finish();
+    }
+    if failure.is_none() {
+        failure = consequence.map(|(f, _)| f);
     }
     if let Some(f) = failure {
         // Workers are cancelled, given a moment, then killed and reaped by the guard; the
