@@ -283,8 +283,16 @@ pub struct Lease {
     sink: Rc<dyn ReleaseSink>,
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
+/// [`Lease::index`] of a lease whose segment was released (a [`SpareLease`]).
+const RELEASED: u32 = u32::MAX;
+
+impl Lease {
+    /// Releases the segment (once): the reader's decrement of its refcount, and the report
+    /// to the sink.
+    fn release(&mut self) {
+        if self.index == RELEASED {
+            return;
+        }
         let ctl = &self.arena.controls()[self.index as usize];
         // AcqRel: Release orders this reader's reads of the payload before the decrement;
         // Acquire (for the last reader) pairs with the other readers' Release decrements,
@@ -298,6 +306,24 @@ impl Drop for Lease {
         } else {
             self.sink.release(self.index, prev == 1, false);
         }
+        self.index = RELEASED;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The allocation of a consumer's lease after its segment was released
+/// ([`BufferConsumer::recycle`]), to read the channel's next segment without allocating
+/// ([`BufferConsumer::reuse`]). Holds no segment.
+pub struct SpareLease(Rc<Lease>);
+
+impl std::fmt::Debug for SpareLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpareLease")
     }
 }
 
@@ -368,6 +394,33 @@ impl std::fmt::Debug for BufferConsumer {
 }
 
 impl BufferConsumer {
+    /// Releases the segment now, as dropping the consumer would; when no [`Buffer`] view
+    /// shares its lease any more, hands back the lease's allocation for the next segment
+    /// of the same channel ([`BufferConsumer::reuse`]). Otherwise the last view releases
+    /// the segment, as usual.
+    pub fn recycle(self) -> Option<SpareLease> {
+        let mut lease = self.lease;
+        let l = Rc::get_mut(&mut lease)?;
+        l.release();
+        Some(SpareLease(lease))
+    }
+
+    /// [`BufferConsumer::new`] in a spare lease of the same channel (same arena and sink).
+    pub fn reuse(spare: SpareLease, index: u32, channel: u32) -> Self {
+        let mut lease = spare.0;
+        let size = match Rc::get_mut(&mut lease) {
+            Some(l) => {
+                debug_assert!(index < l.arena.segment_count());
+                debug_assert_eq!(l.index, RELEASED, "a spare lease holds no segment");
+                l.index = index;
+                l.arena.segment_size()
+            }
+            // A SpareLease is made only from an unshared lease and never cloned.
+            None => unreachable!("a spare lease is not shared"),
+        };
+        Self { lease, size, read_pos: 0, finished: false, place: channel, known: 0 }
+    }
+
     /// Starts reading segment `index` (validated by the caller's descriptor check),
     /// reporting the release to `sink`. `channel` names the place in errors.
     pub fn new(arena: Arc<Arena>, index: u32, sink: Rc<dyn ReleaseSink>, channel: u32) -> Self {

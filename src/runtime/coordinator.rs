@@ -11,11 +11,12 @@
 
 use super::execution::{ExecutionGraph, SubtaskSpec, TaskSettings};
 use super::job::JobGraph;
+use super::progress::{ProgressReporter, ProgressTotal};
 use super::protocol::{encode, recv, FromWorker, ToWorker};
 use super::worker::{CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
 use crate::error::{Error, Result};
 use crate::memory::{Arena, ArenaConfig};
-use crate::metrics::{channel_snapshot, task_snapshot, TaskRates, TaskSnapshot};
+use crate::metrics::{channel_snapshot, task_snapshot};
 use crate::partition::{BufferTimeout, RequestBackoff, ResultPartitionId, ResultPartitionManager};
 use crate::sync::WaitPolicy;
 use serde::Serialize;
@@ -43,8 +44,13 @@ pub struct RuntimeConfig {
     pub wait_policy: WaitPolicy,
     /// Partition request backoff.
     pub backoff: RequestBackoff,
-    /// Print progress to stderr every second.
+    /// Show the job's progress on stderr: a bar with percent and ETA on a terminal when
+    /// [`RuntimeConfig::progress_total`] is known, else a plain line every second. Default
+    /// off.
     pub progress: bool,
+    /// How much input the job has, for the percent and ETA of the progress bar. Default
+    /// `None` (no bar: plain lines).
+    pub progress_total: Option<ProgressTotal>,
     /// Arguments the workers are started with (default: this process's own).
     pub worker_args: Option<Vec<std::ffi::OsString>>,
     /// Buffer debloating on every gate (off when `None`).
@@ -86,6 +92,7 @@ impl Default for RuntimeConfig {
             wait_policy: WaitPolicy::adaptive(),
             backoff: RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(10) },
             progress: false,
+            progress_total: None,
             worker_args: None,
             debloat: None,
             heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
@@ -228,6 +235,11 @@ pub struct JobSummary {
     /// Problems `shmflow check` found in the arena after the job (none expected).
     pub arena_problems: Vec<String>,
 }
+
+/// How long the coordinator waits, after a task failed as a consequence of another failure,
+/// for the cause to be reported (by another worker, over another socket) before it reports
+/// the consequence.
+const ROOT_CAUSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Blocking writes to a worker's socket wake this often to check for a stop signal and the
 /// write deadline.
@@ -566,11 +578,20 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let mut consumable = 0usize;
     let mut max_in_flight: HashMap<usize, u64> = HashMap::new();
     let mut last_sample = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut prev_snaps: Option<HashMap<(usize, u32), TaskSnapshot>> = None;
+    let mut progress = config.progress.then(|| ProgressReporter::new(config.progress_total));
     let mut last_turn = Instant::now();
     let manager = ResultPartitionManager::new(arena.clone());
+    // The first failure that was a consequence of another (a cancellation, a consumer gone,
+    // a producer failed), and when it came: the job fails with it only if no cause is
+    // reported within ROOT_CAUSE_GRACE (or before every task ended).
+    let mut consequence: Option<(String, Instant)> = None;
     while tasks.left() > 0 && failure.is_none() {
+        if let Some((f, at)) = &consequence {
+            if at.elapsed() >= ROOT_CAUSE_GRACE {
+                failure = Some(f.clone());
+                break;
+            }
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok((w, ReaderEvent::Msg(msg))) => {
                 let pid = workers.0[w].pid;
@@ -596,14 +617,26 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                             failure = Some(violation("finished", vertex, subtask, why));
                         }
                     }
-                    FromWorker::TaskFailed { vertex, subtask, error } => {
-                        failure = Some(match tasks.report(w, (vertex, subtask), Report::Ended) {
-                            Ok(()) => format!(
-                                "task {} on worker {w} (pid {pid}) failed: {error}",
-                                task_label(job, vertex, subtask)
-                            ),
-                            Err(why) => violation("failed", vertex, subtask, format!("{why} (its error: {error})")),
-                        });
+                    FromWorker::TaskFailed { vertex, subtask, error, symptom } => {
+                        match tasks.report(w, (vertex, subtask), Report::Ended) {
+                            Ok(()) => {
+                                let f = format!(
+                                    "task {} on worker {w} (pid {pid}) failed: {error}",
+                                    task_label(job, vertex, subtask)
+                                );
+                                if symptom {
+                                    // A consequence: the cause may still be on its way from
+                                    // another worker. Reported if none comes.
+                                    consequence.get_or_insert_with(|| (f, Instant::now()));
+                                } else {
+                                    failure = Some(f);
+                                }
+                            }
+                            Err(why) => {
+                                failure =
+                                    Some(violation("failed", vertex, subtask, format!("{why} (its error: {error})")))
+                            }
+                        }
                     }
                 }
             }
@@ -667,34 +700,16 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
             last_sample = Instant::now();
             sample_in_flight(job, &graph, &manager, &arena, &mut max_in_flight);
         }
-        if config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            let snaps: HashMap<(usize, u32), TaskSnapshot> =
-                metrics_slots.iter().filter_map(|(&k, &s)| Some((k, task_snapshot(&arena, s)?))).collect();
-            if let Some(prev) = &prev_snaps {
-                let (mut rin, mut bp) = (0.0, 0.0f64);
-                let mut bytes = 0u64;
-                for (k, b) in &snaps {
-                    // Saturating: the counters are workers' words in the arena.
-                    bytes = bytes.saturating_add(b.bytes_out);
-                    // A task that started since the last line has no rate yet.
-                    if let Some(a) = prev.get(k) {
-                        let r = TaskRates::between(a, b);
-                        rin += r.records_in_per_s;
-                        bp = bp.max(r.back_pressured_ms_per_s);
-                    }
-                }
-                eprintln!(
-                    "[{:>6.1}s] {:>12.0} records/s in, {:>8.1} MB out so far, max back-pressure {:>5.0} ms/s, {} tasks left",
-                    start.elapsed().as_secs_f64(),
-                    rin,
-                    bytes as f64 / 1e6,
-                    bp,
-                    tasks.left()
-                );
-            }
-            prev_snaps = Some(snaps);
+        if let Some(p) = progress.as_mut().filter(|p| p.due()) {
+            let snaps = metrics_slots.iter().filter_map(|(&k, &s)| Some((k, task_snapshot(&arena, s)?))).collect();
+            p.update(snaps, tasks.left());
         }
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    if failure.is_none() {
+        failure = consequence.map(|(f, _)| f);
     }
     if let Some(f) = failure {
         // Workers are cancelled, given a moment, then killed and reaped by the guard; the

@@ -131,12 +131,30 @@ pub trait Chain<T>: Send + Sync + 'static {
 /// A source that sees the concrete downstream chain (no dynamic dispatch per record), for
 /// sources on a hot path; [`JobBuilder::source`] takes a plain closure instead.
 pub trait Source<T>: Send + Sync + 'static {
-    /// Emits subtask `info`'s share of the input into `out` (do not finish it: the runtime
-    /// does).
+    /// Emits subtask `ctx.info`'s share of the input into `out` (do not finish it: the
+    /// runtime does).
     ///
     /// # Errors
     /// The source's own errors, or what `out` reports.
-    fn run<C: Collector<T>>(&self, info: &TaskInfo, out: &mut C) -> Result<()>;
+    fn run<C: Collector<T>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()>;
+}
+
+/// What a [`Source`] subtask knows about itself, and where it reports how much input it
+/// has read (the progress bar's percent, see [`super::ProgressTotal::SourceInputBytes`]).
+pub struct SourceContext<'a> {
+    /// Which subtask this is.
+    pub info: &'a TaskInfo,
+    metrics: Option<&'a crate::metrics::TaskMetricsHandle>,
+}
+
+impl SourceContext<'_> {
+    /// Adds `bytes` of input read (report in batches, say every megabyte: it is a counter
+    /// in shared memory).
+    pub fn read(&self, bytes: u64) {
+        if let Some(m) = self.metrics {
+            m.add_in(0, bytes);
+        }
+    }
 }
 
 /// A [`Source`] made of a closure that gets a `&mut dyn Collector<T>`.
@@ -146,8 +164,8 @@ impl<T, F> Source<T> for FnSource<F>
 where
     F: Fn(&TaskInfo, &mut dyn Collector<T>) -> Result<()> + Send + Sync + 'static,
 {
-    fn run<C: Collector<T>>(&self, info: &TaskInfo, out: &mut C) -> Result<()> {
-        (self.0)(info, out)
+    fn run<C: Collector<T>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        (self.0)(ctx.info, out)
     }
 }
 
@@ -158,8 +176,8 @@ pub struct SourceChain<S, T> {
 }
 
 impl<T: 'static, S: Source<T>> Chain<T> for SourceChain<S, T> {
-    fn run<C: Collector<T>>(&self, info: &TaskInfo, _io: &mut TaskIo, mut out: C) -> Result<()> {
-        self.source.run(info, &mut out)?;
+    fn run<C: Collector<T>>(&self, info: &TaskInfo, io: &mut TaskIo, mut out: C) -> Result<()> {
+        self.source.run(&SourceContext { info, metrics: io.metrics() }, &mut out)?;
         out.finish()
     }
 }

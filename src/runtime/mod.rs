@@ -13,6 +13,7 @@ pub mod builtin;
 mod coordinator;
 mod execution;
 mod job;
+mod progress;
 mod protocol;
 mod worker;
 
@@ -25,6 +26,7 @@ pub use job::{
     InputChain, JavaHash, JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp,
     Source, SourceChain, Stream, TaskInfo, Then, VertexBody,
 };
+pub use progress::ProgressTotal;
 pub use worker::{is_worker, run_worker};
 
 /// Runs `job` the way a job binary should: as a worker when started by a coordinator,
