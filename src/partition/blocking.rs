@@ -167,14 +167,31 @@ impl FileChannelManager {
         Self::new(Self::default_dir())
     }
 
-    /// Files under `$SHMFLOW_BLOCKING_DIR` (set by a coordinator for its workers), else
-    /// under [`Self::default_dir`].
+    /// Files under `$SHMFLOW_BLOCKING_DIR` (set by a coordinator for its workers, or by the
+    /// user), which must be an existing directory (a typo is not created), else under
+    /// [`Self::default_dir`].
     ///
     /// # Errors
-    /// As [`Self::new`].
+    /// [`Error::Invalid`] when the variable names no directory; else as [`Self::new`].
     pub fn from_env() -> Result<Self> {
         match std::env::var_os(BLOCKING_DIR_ENV) {
-            Some(d) if !d.is_empty() => Self::new(PathBuf::from(d)),
+            Some(d) if !d.is_empty() => {
+                let dir = PathBuf::from(d);
+                match std::fs::metadata(&dir) {
+                    Ok(m) if m.is_dir() => Self::new(dir),
+                    Ok(_) => Err(Error::Invalid {
+                        what: BLOCKING_DIR_ENV,
+                        detail: format!("{} is not a directory", dir.display()),
+                    }),
+                    Err(e) => Err(Error::Invalid {
+                        what: BLOCKING_DIR_ENV,
+                        detail: format!(
+                            "{}: {e} (it is not created: name an existing directory, or unset it)",
+                            dir.display()
+                        ),
+                    }),
+                }
+            }
             _ => Self::with_default_dir(),
         }
     }
