@@ -283,6 +283,12 @@ fn set_id(slot: u32, side: Side) -> u32 {
     2 * slot + side as u32
 }
 
+/// The notify-set member that [`ArenaCtx::wake`] marks: the last channel block, which
+/// `connect` never hands out.
+fn wake_member(arena: &Arena) -> u32 {
+    arena.config().max_channels - 1
+}
+
 fn segments_wake(arena: &Arena) -> &EventCount {
     // The last gate block is the arena-wide "a segment came back" wake-up.
     &arena.gates()[arena.gates().len() - 1].wake
@@ -495,11 +501,9 @@ impl ArenaCtx {
         if lock.is_ok() && live_entries(&self.opts.registry_dir, &self.opts.name).is_empty() {
             let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.opts.name));
         }
-        for side in [Side::Consumer, Side::Producer] {
-            if let Ok(s) = NotifySet::new(&self.arena, set_id(self.slot, side)) {
-                s.wake().notify_all_forced();
-            }
-        }
+        drop(closed);
+        self.wake(Side::Consumer);
+        self.wake(Side::Producer);
     }
 
     /// The worker slot of TaskManager `tm_id` if it is registered on this arena and alive.
@@ -556,10 +560,17 @@ impl ArenaCtx {
         let spin_until = Instant::now() + Duration::from_nanos(self.opts.spin_ns);
         // Bounded: each round either returns or waits until the deadline, which is finite.
         for round in 0u64.. {
+            let mut woken = false;
             if pending.is_empty() {
-                set.drain(members, |i| pending.push_back(i));
+                set.drain(members, |i| {
+                    if i == wake_member(&self.arena) {
+                        woken = true;
+                    } else {
+                        pending.push_back(i);
+                    }
+                });
             }
-            if !pending.is_empty() || *self.closed.lock() {
+            if woken || !pending.is_empty() || *self.closed.lock() {
                 let n = out.len().min(pending.len());
                 for (o, id) in out.iter_mut().zip(pending.drain(..n)) {
                     *o = id as i32;
@@ -584,10 +595,12 @@ impl ArenaCtx {
         Ok(0)
     }
 
-    /// Wakes our own dispatcher of side `side` (shutdown).
+    /// Wakes our own dispatcher of side `side` (it has work from this process, or must
+    /// stop). Marks a member no channel uses, so the wake-up is not lost when the
+    /// dispatcher is between its last check and its sleep.
     pub fn wake(&self, side: Side) {
         if let Ok(s) = NotifySet::new(&self.arena, set_id(self.slot, side)) {
-            s.wake().notify_all_forced();
+            let _ = s.mark(wake_member(&self.arena));
         }
     }
 
@@ -662,7 +675,8 @@ impl ChannelCtx {
             return Err(FfiError::new(code::EPEER, format!("the TaskManager in slot {producer} is not alive")));
         }
         let arena = &ctx.arena;
-        for (i, b) in arena.channels().iter().enumerate() {
+        let usable = wake_member(arena) as usize;
+        for (i, b) in arena.channels().iter().enumerate().take(usable) {
             // Acquire on success: after the previous user's last writes to the block.
             if b.state.compare_exchange(CHANNEL_FREE, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 continue;
