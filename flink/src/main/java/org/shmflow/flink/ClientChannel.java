@@ -181,6 +181,9 @@ final class ClientChannel {
     }
 
     private void failPeer(boolean died) {
+        if (died) {
+            t.reclaimDead();
+        }
         String msg = died
                 ? "Lost connection to task manager '" + remote + "' (its process died; noticed through shared memory). "
                         + "This indicates that the remote task manager was lost."

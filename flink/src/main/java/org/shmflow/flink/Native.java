@@ -144,5 +144,8 @@ final class Native {
 
     static native int addCredit(long channel, int n, int timeoutMs);
 
+    /** Online reclamation of dead TaskManagers; out: processes, segments freed, orphaned, channels failed. */
+    static native int reclaim(long arena, long[] out);
+
     static native String lastError();
 }

@@ -146,6 +146,21 @@ final class ShmTransport implements AutoCloseable {
         return Native.info(arena, info) < 0 ? -1 : info[2];
     }
 
+    /**
+     * Reclaims what dead TaskManagers left in the arena (exactly once per dead process,
+     * whichever TaskManager calls it first); called when a peer is seen dead.
+     */
+    void reclaimDead() {
+        long[] r = new long[4];
+        int rc = Native.reclaim(arena, r);
+        if (rc < 0) {
+            LOG.warn("shmflow: reclaiming dead TaskManagers failed: {}", Native.lastError());
+        } else if (r[0] > 0) {
+            LOG.info("shmflow: reclaimed {} dead TaskManager process(es): {} segments freed, {} left to their live readers, {} channels failed",
+                    r[0], r[1], r[2], r[3]);
+        }
+    }
+
     /** Copies {@code len} bytes of segment {@code seg} into a fresh array. */
     byte[] readSegment(int seg, int len) {
         byte[] b = new byte[len];
@@ -266,6 +281,9 @@ final class ShmTransport implements AutoCloseable {
                         int s = Native.status(x.channel);
                         if (s != 0) {
                             // The consumer closed its end or its process died.
+                            if (s == 2) {
+                                reclaimDead();
+                            }
                             releaseReader(x);
                         }
                     }
