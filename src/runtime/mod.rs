@@ -9,6 +9,7 @@
 //!  worker: attaches to the arena, runs each deployed subtask on a thread
 //! ```
 
+pub mod accumulators;
 pub mod builtin;
 mod coordinator;
 mod execution;

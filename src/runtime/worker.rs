@@ -162,6 +162,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                         let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
                         let info = io.info(&job);
                         let body = job.vertices[vertex].body.clone();
+                        let _ = super::accumulators::take();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
                         drop(io);
                         let _ = forward.join();
@@ -175,7 +176,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                     m.end(r.is_err());
                 }
                 let msg = match &r {
-                    Ok(()) => FromWorker::TaskFinished { vertex, subtask },
+                    Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators: super::accumulators::take() },
                     Err(e) => {
                         // Relaxed: a stop request for the other tasks of this worker.
                         cancel.store(true, Ordering::Relaxed);
