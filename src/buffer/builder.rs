@@ -36,7 +36,9 @@
 //! that reaches zero recycles it.
 
 use crate::error::{Error, Result};
-use crate::memory::{Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSITION_MASK};
+use crate::memory::{
+    Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSITION_MASK, REFCOUNT_MASK, REFCOUNT_ORPHANED,
+};
 use crate::sync::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -268,7 +270,9 @@ impl Drop for BufferBuilder {
 }
 
 /// Told when a reader is done with a segment. Implemented by the consumer side of a
-/// channel: it returns a credit, and the segment itself when `last` is true.
+/// channel: it returns a credit and names the segment (the producer checks that it was in
+/// flight on that channel, and takes it back once every reader released it). Not told
+/// about orphaned segments (their producer is gone; the last reader frees them).
 pub trait ReleaseSink {
     /// Reader of `segment` is done; `last` when it was the last of all readers (refcount
     /// reached zero), `violation` when the refcount was already zero (a faulty peer).
@@ -296,15 +300,25 @@ impl Lease {
         let ctl = &self.arena.controls()[self.index as usize];
         // AcqRel: Release orders this reader's reads of the payload before the decrement;
         // Acquire (for the last reader) pairs with the other readers' Release decrements,
-        // so recycling happens after every reader is done.
+        // so recycling happens after every reader is done. Also pairs with the reclaimer's
+        // AcqRel `fetch_or` in `orphan_segment`: one of the two sees the other.
         let prev = ctl.refcount.fetch_sub(1, Ordering::AcqRel);
-        if prev == 0 {
+        if prev & REFCOUNT_MASK == 0 {
             // A faulty peer zeroed it: undo and do not recycle a segment others may use.
             // Relaxed: restores our own decrement, nothing to order.
             ctl.refcount.fetch_add(1, Ordering::Relaxed);
             self.sink.release(self.index, false, true);
+        } else if prev & REFCOUNT_ORPHANED != 0 {
+            // The producer's pool is gone (its process died and was reclaimed): nobody
+            // reads the credit ring; the last reader puts the segment back itself.
+            if prev & REFCOUNT_MASK == 1 {
+                // Relaxed: the owner word is stable while readers hold the segment; the
+                // CAS in `free_segment_if` decides.
+                let owner = ctl.owner.load(Ordering::Relaxed);
+                crate::memory::recovery::free_segment_if(&self.arena, self.index, owner);
+            }
         } else {
-            self.sink.release(self.index, prev == 1, false);
+            self.sink.release(self.index, prev & REFCOUNT_MASK == 1, false);
         }
         self.index = RELEASED;
     }

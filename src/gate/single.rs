@@ -176,6 +176,11 @@ struct InputChannel {
 }
 
 /// A gate over local input channels.
+///
+/// Dropping it before it handed out [`GateItem::End`] closes every channel not finished
+/// yet: their producers stop with [`crate::Error::ConsumerGone`] (a partition waiting in
+/// `release_when_consumed` counts a closed channel as consumed). Its gate block returns to
+/// the arena.
 pub struct SingleInputGate {
     arena: Arc<Arena>,
     manager: ResultPartitionManager,
@@ -893,10 +898,21 @@ impl SingleInputGate {
             }
             // Relaxed: written by the producer before the partition was published.
             let w = ch.reader.channel().block().producer_worker.load(Ordering::Relaxed);
-            if w == 0 {
-                continue;
-            }
-            if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
+            // Acquire: pairs with the reclaimer's AcqRel CAS to PRODUCER_DIED (the pid
+            // stored before it).
+            let st = ch.reader.channel().block().state.load(Ordering::Acquire);
+            let dead = if st == crate::memory::CHANNEL_PRODUCER_DIED {
+                // A reclaimer found the producer dead (its slot may be free again by now).
+                // Relaxed: ordered by the Acquire above.
+                Some(ch.reader.channel().block().peer_pid.load(Ordering::Relaxed))
+            } else if w == 0 {
+                None
+            } else if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
+                Some(pid)
+            } else {
+                None
+            };
+            if let Some(pid) = dead {
                 // Read what it left first: queue the channel, and report the death only once
                 // a few looks in a row found it dead with no progress made.
                 if ch.reader.records != ch.dead_progress {
@@ -911,12 +927,28 @@ impl SingleInputGate {
                     }
                     continue;
                 }
-                liveness::declare_dead(&self.arena, w - 1);
+                if st != crate::memory::CHANNEL_PRODUCER_DIED && w != 0 {
+                    liveness::declare_dead(&self.arena, w - 1);
+                    // The first live process to notice reclaims it (exactly once).
+                    crate::partition::reclaim::reclaim_slot(&self.arena, w - 1);
+                }
                 let b = ch.reader.channel().block();
                 // Relaxed (both): bookkeeping written before publication.
                 let (p, sp) = (b.partition.load(Ordering::Relaxed), b.subpartition.load(Ordering::Relaxed));
-                // The partition of a dead producer is failed: later lookups say so.
-                self.manager.set_state(p, crate::partition::PARTITION_FAILED);
+                // The partition of a dead producer is failed: later lookups say so (unless
+                // its reclamation released the entry already).
+                if let Some(e) = self.arena.partitions().get(p as usize) {
+                    for from in [crate::partition::PARTITION_REGISTERED, crate::partition::PARTITION_FINISHED] {
+                        // AcqRel: as `set_state`'s Release (pairs with lookups' Acquire);
+                        // only an entry still in use is marked.
+                        let _ = e.state.compare_exchange(
+                            from,
+                            crate::partition::PARTITION_FAILED,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
                 return Err(Error::PeerDied {
                     role: "producer",
                     place: format!("partition slot {p} subpartition {sp} (gate channel {i})"),
@@ -930,11 +962,20 @@ impl SingleInputGate {
 
 impl Drop for SingleInputGate {
     fn drop(&mut self) {
-        if !self.ended {
-            for ch in &self.channels {
-                if ch.state != ChannelState::Finished {
-                    ch.reader.channel().close();
-                }
+        // Let go of every reader (and so of every lease on a segment) before telling the
+        // producers: a dead producer's channel is settled (its segments freed) as soon as
+        // its reader left, so nothing may still be held then.
+        let ended = self.ended;
+        let ids: Vec<(u32, bool)> =
+            self.channels.drain(..).map(|ch| (ch.reader.channel().id(), ch.state == ChannelState::Finished)).collect();
+        for (id, finished) in ids {
+            let producer_died = {
+                // Relaxed: a first look; `close_channel` decides by CAS.
+                let st = self.arena.channels()[id as usize].state.load(Ordering::Relaxed);
+                st == crate::memory::CHANNEL_PRODUCER_DIED
+            };
+            if ((!ended && !finished) || producer_died) && crate::ring::close_channel(&self.arena, id) {
+                crate::partition::reclaim::settle_if_orphaned(&self.arena, id);
             }
         }
         if self.owns_set {

@@ -167,14 +167,31 @@ impl FileChannelManager {
         Self::new(Self::default_dir())
     }
 
-    /// Files under `$SHMFLOW_BLOCKING_DIR` (set by a coordinator for its workers), else
-    /// under [`Self::default_dir`].
+    /// Files under `$SHMFLOW_BLOCKING_DIR` (set by a coordinator for its workers, or by the
+    /// user), which must be an existing directory (a typo is not created), else under
+    /// [`Self::default_dir`].
     ///
     /// # Errors
-    /// As [`Self::new`].
+    /// [`Error::Invalid`] when the variable names no directory; else as [`Self::new`].
     pub fn from_env() -> Result<Self> {
         match std::env::var_os(BLOCKING_DIR_ENV) {
-            Some(d) if !d.is_empty() => Self::new(PathBuf::from(d)),
+            Some(d) if !d.is_empty() => {
+                let dir = PathBuf::from(d);
+                match std::fs::metadata(&dir) {
+                    Ok(m) if m.is_dir() => Self::new(dir),
+                    Ok(_) => Err(Error::Invalid {
+                        what: BLOCKING_DIR_ENV,
+                        detail: format!("{} is not a directory", dir.display()),
+                    }),
+                    Err(e) => Err(Error::Invalid {
+                        what: BLOCKING_DIR_ENV,
+                        detail: format!(
+                            "{}: {e} (it is not created: name an existing directory, or unset it)",
+                            dir.display()
+                        ),
+                    }),
+                }
+            }
             _ => Self::with_default_dir(),
         }
     }
@@ -281,6 +298,9 @@ pub struct BlockingStats {
 
 /// A producer's blocking result partition: records go to a file, subpartition by
 /// subpartition, in bounded memory.
+///
+/// Dropping a finished partition leaves its file for the consumers (it outlives its
+/// producer, as in Flink); dropping an unfinished one fails it and removes its partial file.
 pub struct BlockingResultPartition {
     files: FileChannelManager,
     id: ResultPartitionId,
@@ -635,6 +655,9 @@ impl Drop for BlockingResultPartition {
 /// Writes records into a [`BlockingResultPartition`], choosing subpartitions with a
 /// selector (the blocking counterpart of `RecordWriter`; no flush policy: nothing is
 /// visible before `finish`).
+///
+/// Dropping it drops its partition (see [`BlockingResultPartition`]: unfinished means
+/// failed and its partial file removed).
 pub struct BlockingRecordWriter<S> {
     partition: BlockingResultPartition,
     selector: S,
@@ -695,6 +718,8 @@ impl<S> BlockingRecordWriter<S> {
 /// protocol: the files live in a directory private to the job and are never modified once
 /// finished), touching a page past the new end raises `SIGBUS`, which kills the process.
 /// That signal is not handled.
+///
+/// Dropping it unmaps the file (the file is not removed).
 pub struct BlockingPartitionFile {
     map: memmap2::Mmap,
     path: PathBuf,

@@ -702,6 +702,12 @@ impl OutputFile {
         Ok(this)
     }
 
+    /// The temp file written and renamed over the output at the end (`<output>.tmp-<pid>`),
+    /// if the output is not written in place.
+    pub fn temp_path(&self) -> Option<&Path> {
+        self.tmp.as_deref()
+    }
+
     /// Writes `lines`, each followed by a newline, and renames the temp file over the
     /// output.
     ///

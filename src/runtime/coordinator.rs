@@ -65,12 +65,13 @@ pub struct RuntimeConfig {
     /// worker may make no progress. Workers send heartbeats every
     /// [`RuntimeConfig::heartbeat_interval`]. Default 30 s, or the milliseconds in the
     /// environment variable `SHMFLOW_HEARTBEAT_TIMEOUT_MS` when
-    /// it is set ([`run_job`] refuses a value that is not a number in 1..=86400000).
+    /// it is set ([`run_job`] refuses a value that is not a number in 100..=3600000, the range
+    /// of `shmflow run --heartbeat-timeout-ms`).
     pub heartbeat_timeout: Duration,
 }
 
 /// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
-/// milliseconds (1..=86400000).
+/// milliseconds (100..=3600000, as `--heartbeat-timeout-ms`).
 pub const HEARTBEAT_TIMEOUT_ENV: &str = "SHMFLOW_HEARTBEAT_TIMEOUT_MS";
 
 /// The heartbeat timeout named by [`HEARTBEAT_TIMEOUT_ENV`], if set.
@@ -79,10 +80,12 @@ fn heartbeat_timeout_from_env() -> Result<Option<Duration>> {
         return Ok(None);
     };
     match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
-        Some(ms) if (1..=86_400_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        Some(ms) if (100..=3_600_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
         _ => Err(Error::Invalid {
             what: HEARTBEAT_TIMEOUT_ENV,
-            detail: format!("{v:?} is not a number of milliseconds in 1..=86400000"),
+            detail: format!(
+                "{v:?} is not a number of milliseconds in 100..=3600000 (the range of --heartbeat-timeout-ms)"
+            ),
         }),
     }
 }
@@ -156,10 +159,6 @@ impl RuntimeConfig {
             what: "job size",
             detail: format!("{e} (the job has {} subtasks and {channels} channels)", graph.subtasks.len()),
         })?;
-        let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
-            what: "--arena-size",
-            detail: format!("{e} (the job has {channels} channels)"),
-        })?;
         // Every partition keeps subpartitions + 1 segments, and needs one more per channel
         // to make progress.
         let need: u64 = graph
@@ -168,6 +167,13 @@ impl RuntimeConfig {
             .filter_map(|s| s.output.as_ref())
             .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
             .sum();
+        let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
+            what: "--arena-size",
+            detail: format!(
+                "{e} (the job has {channels} channels); use --arena-size {} or more",
+                arena_size_for(&base, need)
+            ),
+        })?;
         if u64::from(cfg.segment_count) < need {
             return Err(Error::Invalid {
                 what: "--arena-size",
@@ -178,12 +184,31 @@ impl RuntimeConfig {
                     cfg.segment_count,
                     self.segment_size,
                     channels,
-                    (need + 64) * u64::from(self.segment_size) + (8 << 20)
+                    arena_size_for(&base, need)
                 ),
             });
         }
         Ok(cfg)
     }
+}
+
+/// The smallest arena size, in whole MiB, whose segments (after the control regions this
+/// job's `base` configuration needs, which grow with its channels, gates and tasks) number
+/// at least `need`: the size an `--arena-size` error suggests.
+fn arena_size_for(base: &ArenaConfig, need: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let exact =
+        ArenaConfig { segment_count: need.clamp(2, 1 << 24) as u32, ..*base }.layout().map_or(0, |l| l.total_size);
+    let mut size = exact.div_ceil(MIB).max(1) * MIB;
+    // `with_arena_size` sizes the control regions for one segment and rounds: a few more
+    // MiB settle that (bounded).
+    for _ in 0..64 {
+        if base.with_arena_size(size).is_ok_and(|c| u64::from(c.segment_count) >= need) {
+            break;
+        }
+        size += MIB;
+    }
+    size
 }
 
 /// Figures for one edge of the job.
@@ -352,6 +377,8 @@ impl BlockingDir {
             return Ok(None);
         }
         if let Some(p) = std::env::var_os(crate::partition::BLOCKING_DIR_ENV).filter(|p| !p.is_empty()) {
+            // An existing directory, or an error before any worker starts.
+            crate::partition::FileChannelManager::from_env()?;
             return Ok(Some(Self { path: p.into(), owned: false }));
         }
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -716,6 +743,11 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     }
     if let Some(p) = progress.as_mut() {
         p.finish();
+    }
+    if let Some(signal) = crate::sync::stop_signal() {
+        // A stop signal outranks what it caused (workers killed by the same Ctrl-C, ...).
+        drop(workers);
+        return Err(Error::Interrupted { signal });
     }
     if failure.is_none() {
         failure = consequence.map(|(f, _)| f);

@@ -27,7 +27,7 @@ use crate::partition::{
     BroadcastPartitioner, ChannelSelector, ForwardPartitioner, GlobalPartitioner, KeyGroupPartitioner,
     RebalancePartitioner, RescalePartitioner, ResultPartitionType, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
-use crate::record::{java_string_hash, FromRecord, Record};
+use crate::record::{FromRecord, Record};
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -37,42 +37,8 @@ use std::sync::Arc;
 pub trait Data: Record + for<'a> FromRecord<'a> + Send + 'static {}
 impl<T: Record + for<'a> FromRecord<'a> + Send + 'static> Data for T {}
 
-/// A key whose Java `hashCode` routes it exactly as Flink's key groups do.
-pub trait JavaHash {
-    /// Java's `hashCode` of the equivalent Java value.
-    fn java_hash(&self) -> i32;
-}
-
-impl JavaHash for String {
-    fn java_hash(&self) -> i32 {
-        java_string_hash(self)
-    }
-}
-impl JavaHash for str {
-    fn java_hash(&self) -> i32 {
-        java_string_hash(self)
-    }
-}
-impl JavaHash for u64 {
-    fn java_hash(&self) -> i32 {
-        (*self ^ (*self >> 32)) as i32
-    }
-}
-impl JavaHash for i64 {
-    fn java_hash(&self) -> i32 {
-        (*self as u64).java_hash()
-    }
-}
-impl JavaHash for u32 {
-    fn java_hash(&self) -> i32 {
-        *self as i32
-    }
-}
-impl JavaHash for i32 {
-    fn java_hash(&self) -> i32 {
-        *self
-    }
-}
+/// Keys are hashed as Flink hashes the equivalent Java key (defined in [`crate::partition`]).
+pub use crate::partition::JavaHash;
 
 /// Which subtask of which vertex a task is.
 #[derive(Debug, Clone, PartialEq, Eq)]

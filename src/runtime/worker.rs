@@ -43,9 +43,27 @@ fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
     None
 }
 
-/// Whether this process was started as a worker by a coordinator.
+/// Whether this process was started as a worker by a coordinator: [`CONTROL_FD_ENV`] names
+/// an open Unix socket whose other end belongs to this process's parent (the coordinator
+/// that created the pair and started us). A variable inherited further down (a command a
+/// task runs, a shell that exported it) names no such socket, and that process is no
+/// worker. Decided once per process.
 pub fn is_worker() -> bool {
-    std::env::var_os(CONTROL_FD_ENV).is_some()
+    static IS_WORKER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS_WORKER.get_or_init(|| {
+        let Some(fd) = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else {
+            return false;
+        };
+        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred; on a
+        // descriptor that is not an open socket it fails and writes nothing.
+        let r = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        };
+        // SAFETY: getppid has no preconditions and cannot fail.
+        r == 0 && cred.pid > 0 && cred.pid == unsafe { libc::getppid() }
+    })
 }
 
 fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -66,6 +84,9 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
         return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
     }
+    // Not inherited by the commands tasks run (they are no workers).
+    // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the fd is open and was passed to this process to own.
     let sock = unsafe { UnixStream::from_raw_fd(raw) };
     let mut reader = BufReader::new(sock.try_clone().map_err(io_err("cloning the control socket"))?);
@@ -93,9 +114,13 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
             })
             .map_err(io_err("starting the heartbeat thread"))?;
     }
+    // The coordinator: this process's parent (its pid is gone from getppid once it dies).
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let coordinator = unsafe { libc::getppid() } as u32;
     let (worker, subtasks) = match recv::<ToWorker>(&mut reader).map_err(io_err("reading the deployment"))? {
         Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
-        Some(ToWorker::Cancel) | None => return Err(Error::Cancelled),
+        Some(ToWorker::Cancel) => return Err(Error::Cancelled),
+        None => return Err(Error::CoordinatorDied { pid: coordinator }),
     };
     // A bad deployment is refused as a whole, before any task starts.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
@@ -112,13 +137,22 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
     let cancel = Arc::new(AtomicBool::new(false));
-    // The coordinator's messages: a Cancel, or the socket closing (it died), stop us.
+    // Why the coordinator stopped us, once it did: a Cancel (the job failed elsewhere or was
+    // interrupted, and the coordinator reports it) or the socket closing (it died).
+    let stopped: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     {
-        let cancel = cancel.clone();
+        let (cancel, stopped) = (cancel.clone(), stopped.clone());
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                while let Ok(Some(ToWorker::Deploy { .. })) = recv::<ToWorker>(&mut reader) {}
+                let why = loop {
+                    match recv::<ToWorker>(&mut reader) {
+                        Ok(Some(ToWorker::Deploy { .. })) => {}
+                        Ok(Some(ToWorker::Cancel)) => break Error::Cancelled,
+                        Ok(None) | Err(_) => break Error::CoordinatorDied { pid: coordinator },
+                    }
+                };
+                *stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
                 // Relaxed: a stop request, polled by every task.
                 cancel.store(true, Ordering::Relaxed);
             })
@@ -209,7 +243,22 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     }
     match first_err {
         None => Ok(()),
-        Some(e) => Err(e),
+        // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
+        // consequence; the coordinator's Cancel (quiet: it reports) or its death is the cause.
+        // A task may see the consequence (its consumer in another worker stopped) before
+        // the Cancel arrives: the coordinator's verdict is awaited a moment (bounded).
+        Some(e) => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                    return Err(why);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
 
