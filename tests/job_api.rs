@@ -83,3 +83,35 @@ fn exchange_with_refuses_a_key_hash_exchange_it_cannot_route() {
     let stream = JobBuilder::new("x", 2).source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()));
     assert!(stream.exchange_with(SelectorKind::Rebalance, ResultPartitionType::Blocking, Some(3)).is_ok());
 }
+
+/// Sums what it receives into accumulator `name`.
+struct SumInto(&'static str);
+
+impl Collector<u64> for SumInto {
+    fn collect(&mut self, v: u64) -> shmflow::Result<()> {
+        accumulators::add(self.0, v as i64);
+        Ok(())
+    }
+}
+
+#[test]
+fn two_sinks_on_one_stream_both_get_every_value() {
+    const NAME: &str = "two_sinks_on_one_stream_both_get_every_value";
+    let job = JobBuilder::new("two-sinks", 2)
+        .source("numbers", |info: &TaskInfo, out: &mut dyn Collector<u64>| {
+            for i in 0..1000u64 {
+                out.collect(i * 2 + u64::from(info.subtask))?;
+            }
+            Ok(())
+        })
+        .rebalance(None)
+        .sink_both("sum twice", |_: &TaskInfo| Ok(SumInto("a")), |_: &TaskInfo| Ok(SumInto("b")));
+    if is_worker() {
+        let _ = run_as(NAME, job);
+        return;
+    }
+    let s = run_as(NAME, job).unwrap().expect("the coordinator's summary");
+    let want = Accumulator::Sum((0..2000).sum());
+    assert_eq!(s.accumulators["a"], want);
+    assert_eq!(s.accumulators["b"], want);
+}

@@ -502,6 +502,45 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
     }
 }
 
+/// Two collectors fed the same values (a clone to the first, the value to the second): the
+/// sinks of [`Stream::sink_both`].
+pub struct Tee<A, B> {
+    a: A,
+    b: B,
+}
+
+impl<T: Clone, A: Collector<T>, B: Collector<T>> Collector<T> for Tee<A, B> {
+    #[inline]
+    fn collect(&mut self, v: T) -> Result<()> {
+        self.a.collect(v.clone())?;
+        self.b.collect(v)
+    }
+    fn finish(&mut self) -> Result<()> {
+        let a = self.a.finish();
+        let b = self.b.finish();
+        a.and(b)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.a.flush()?;
+        self.b.flush()
+    }
+}
+
+impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
+    /// Ends the job in two sinks that both receive every value (Flink's two sinks on one
+    /// stream, chained into the same task); `Tee`s nest for more. Each subtask builds
+    /// both sinks.
+    pub fn sink_both<CA, CB, MA, MB>(self, name: &str, make_a: MA, make_b: MB) -> JobGraph
+    where
+        CA: Collector<T>,
+        CB: Collector<T>,
+        MA: Fn(&TaskInfo) -> Result<CA> + Send + Sync + 'static,
+        MB: Fn(&TaskInfo) -> Result<CB> + Send + Sync + 'static,
+    {
+        self.sink(name, move |info| Ok(Tee { a: make_a(info)?, b: make_b(info)? }))
+    }
+}
+
 impl<T: Data, H: Chain<T>> Stream<T, H> {
     /// Ends this vertex with an exchange of `kind` into a new vertex of `parallelism`;
     /// `selector(i)` makes producer subtask `i`'s channel selector.

@@ -25,7 +25,7 @@ pub use execution::{
 pub use job::{
     BoxCollector, Chain, Collector, CountWindow, CountWindowOp, Data, EdgeSpec, Emitter, FilterOp, FlatMapOp, FnSource,
     InputChain, JavaHash, JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp,
-    Source, SourceChain, Stream, TaskInfo, Then, VertexBody,
+    Source, SourceChain, SourceContext, Stream, TaskInfo, Tee, Then, VertexBody,
 };
 pub use progress::ProgressTotal;
 pub use worker::{is_worker, run_worker};

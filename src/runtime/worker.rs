@@ -43,7 +43,7 @@ fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
     None
 }
 
-/// Whether this process was started as a worker by a coordinator: [`CONTROL_FD_ENV`] names
+/// Whether this process was started as a worker by a coordinator: `SHMFLOW_CONTROL_FD` names
 /// an open Unix socket whose other end belongs to this process's parent (the coordinator
 /// that created the pair and started us). A variable inherited further down (a command a
 /// task runs, a shell that exported it) names no such socket, and that process is no
