@@ -579,6 +579,12 @@ fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
         s.workers,
         s.subtasks
     );
+    for (name, a) in &s.accumulators {
+        match a {
+            shmflow::runtime::accumulators::Accumulator::Sum(v) => out!("  accumulator {name}: {v}"),
+            shmflow::runtime::accumulators::Accumulator::List(l) => out!("  accumulator {name}: {l:?}"),
+        }
+    }
     for e in &s.edges {
         out!(
             "  edge {} -> {} [{} {}]: {} records, {:.1} MB, max in flight {} segments ({:.1} MB), back-pressured {:.0} ms ({:.1}%)",

@@ -32,17 +32,21 @@ use std::time::{Duration, Instant};
 /// How to run a job.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Worker processes.
+    /// Worker processes; subtasks are dealt to them round-robin. Default 2.
     pub workers: u32,
-    /// Flink's buffer timeout.
+    /// Flink's buffer timeout: how long a record may wait in a partly filled segment.
+    /// Default 100 ms (Flink's default).
     pub buffer_timeout: BufferTimeout,
-    /// Segment size in bytes.
+    /// Segment size in bytes (a power of two, 4 KiB..16 MiB). Default 32 KiB (Flink's).
     pub segment_size: u32,
-    /// Arena size in bytes.
+    /// Arena size in bytes: every segment and channel of the job lives in it. Default
+    /// 64 MiB (the command line's default is 256 MiB).
     pub arena_size: u64,
-    /// How tasks wait.
+    /// How tasks wait for input and buffers. Default [`WaitPolicy::adaptive`] (spin
+    /// briefly, then park on a futex).
     pub wait_policy: WaitPolicy,
-    /// Partition request backoff.
+    /// Partition request backoff: how long a consumer retries a partition not registered
+    /// yet. Default 1 ms doubling up to 10 s (Flink's defaults are 100 ms and 10 s).
     pub backoff: RequestBackoff,
     /// Show the job's progress on stderr: a bar with percent and ETA on a terminal when
     /// [`RuntimeConfig::progress_total`] is known, else a plain line every second. Default
@@ -51,9 +55,10 @@ pub struct RuntimeConfig {
     /// How much input the job has, for the percent and ETA of the progress bar. Default
     /// `None` (no bar: plain lines).
     pub progress_total: Option<ProgressTotal>,
-    /// Arguments the workers are started with (default: this process's own).
+    /// Arguments the workers are started with. Default `None`: this process's own, so a
+    /// job binary's workers build the same job.
     pub worker_args: Option<Vec<std::ffi::OsString>>,
-    /// Buffer debloating on every gate (off when `None`).
+    /// Buffer debloating on every gate. Default `None` (off).
     pub debloat: Option<crate::gate::DebloatConfig>,
     /// How long the coordinator waits without hearing from a worker (its first message, a
     /// heartbeat or any other message) before it fails the job, and how long a write to a
@@ -259,6 +264,8 @@ pub struct JobSummary {
     pub arena_free_after: u32,
     /// Problems `shmflow check` found in the arena after the job (none expected).
     pub arena_problems: Vec<String>,
+    /// The tasks' accumulators, merged (see [`super::accumulators`]).
+    pub accumulators: super::accumulators::Accumulators,
 }
 
 /// How long the coordinator waits, after a task failed as a consequence of another failure,
@@ -612,6 +619,7 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     // a producer failed), and when it came: the job fails with it only if no cause is
     // reported within ROOT_CAUSE_GRACE (or before every task ended).
     let mut consequence: Option<(String, Instant)> = None;
+    let mut job_accumulators = super::accumulators::Accumulators::new();
     while tasks.left() > 0 && failure.is_none() {
         if let Some((f, at)) = &consequence {
             if at.elapsed() >= ROOT_CAUSE_GRACE {
@@ -639,9 +647,10 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                         }
                     }
                     FromWorker::PartitionConsumable { .. } => consumable += 1,
-                    FromWorker::TaskFinished { vertex, subtask } => {
-                        if let Err(why) = tasks.report(w, (vertex, subtask), Report::Ended) {
-                            failure = Some(violation("finished", vertex, subtask, why));
+                    FromWorker::TaskFinished { vertex, subtask, accumulators } => {
+                        match tasks.report(w, (vertex, subtask), Report::Ended) {
+                            Ok(()) => super::accumulators::merge_into(&mut job_accumulators, accumulators),
+                            Err(why) => failure = Some(violation("finished", vertex, subtask, why)),
                         }
                     }
                     FromWorker::TaskFailed { vertex, subtask, error, symptom } => {
@@ -776,6 +785,7 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     summary.arena_segments = report.segments;
     summary.arena_free_after = report.free_walked;
     summary.arena_problems = report.problems;
+    summary.accumulators = job_accumulators;
     Ok(summary)
 }
 

@@ -48,6 +48,9 @@ pub enum FromWorker {
         vertex: usize,
         /// Subtask.
         subtask: u32,
+        /// Its accumulators.
+        #[serde(default)]
+        accumulators: super::accumulators::Accumulators,
     },
     /// A subtask failed.
     TaskFailed {

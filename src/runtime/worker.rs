@@ -196,6 +196,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                         let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
                         let info = io.info(&job);
                         let body = job.vertices[vertex].body.clone();
+                        let _ = super::accumulators::take();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
                         drop(io);
                         let _ = forward.join();
@@ -209,7 +210,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                     m.end(r.is_err());
                 }
                 let msg = match &r {
-                    Ok(()) => FromWorker::TaskFinished { vertex, subtask },
+                    Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators: super::accumulators::take() },
                     Err(e) => {
                         // Relaxed: a stop request for the other tasks of this worker.
                         cancel.store(true, Ordering::Relaxed);
@@ -235,29 +236,30 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
         }
     }
     // Task failures were reported to the coordinator, which reports the job's error: the
-    // worker itself ends quietly, so a job binary's `main` prints one error (the
-    // coordinator's), not one per worker.
+    // worker itself ends quietly (run() returns Ok(None) after a Cancel), so a job
+    // binary's `main` prints one error (the coordinator's), not one per worker.
+    let mut failed = false;
     for h in handles {
-        let _ = h.join();
+        failed |= !matches!(h.join(), Ok(Ok(())));
     }
-    match first_err {
-        None => Ok(()),
-        // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
-        // consequence; the coordinator's Cancel (quiet: it reports) or its death is the cause.
-        // A task may see the consequence (its consumer in another worker stopped) before
-        // the Cancel arrives: the coordinator's verdict is awaited a moment (bounded).
-        Some(e) => {
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            loop {
-                if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                    return Err(why);
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+    if first_err.is_none() && !failed {
+        return Ok(());
+    }
+    // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
+    // consequence; the coordinator's Cancel (quiet: it reports) or its death (said by
+    // every worker, as nobody else can) is the cause. A task may see the consequence (its
+    // consumer in another worker stopped) before the Cancel arrives: the coordinator's
+    // verdict is awaited a moment (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            return Err(why);
         }
+        if std::time::Instant::now() >= deadline {
+            // No verdict: the failures were reported, the coordinator says the rest.
+            return first_err.map_or(Ok(()), Err);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
