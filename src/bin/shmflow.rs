@@ -1060,7 +1060,8 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
         out!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         out!(
-            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight",
+            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight; \
+             {} held by dead processes",
             path.display(),
             r.segments,
             r.free_walked,
@@ -1068,7 +1069,8 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
             r.owner_free,
             r.owner_pool,
             r.owner_writer,
-            r.owner_in_flight
+            r.owner_in_flight,
+            r.owner_dead
         );
         for p in &r.problems {
             out!("  problem: {p}");
