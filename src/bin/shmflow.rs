@@ -272,7 +272,11 @@ fn main() -> ExitCode {
             demo(records, payload, mode, segment_size, credit)
         }
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
-        Cmd::Run { job } => run_builtin(job),
+        // A worker whose coordinator is gone already says so before anything else.
+        Cmd::Run { job } => {
+            if is_worker() { shmflow::runtime::check_coordinator().map_err(Into::into) } else { Ok(()) }
+                .and_then(|()| run_builtin(job))
+        }
         Cmd::Top { arena, once, json, interval_ms } => top(arena, once, json, interval_ms),
         Cmd::Check { arena, idle, recover, json } => check(arena, idle, recover, json),
         Cmd::Clean { dry_run } => clean(dry_run),
