@@ -50,14 +50,48 @@ impl Drop for ExitGuard {
 
 impl ShuffleEnvironment {
     /// An environment over `arena` for worker slot `worker` (assigned by a coordinator):
-    /// registers this process's pid and start time there, so peers can tell if it dies.
-    /// A slot outside the arena's worker table is not registered (peers then cannot
-    /// detect this process's death).
+    /// registers this process's pid and start time there, so peers can tell if it dies
+    /// (a dead previous holder of the slot is reclaimed first). A slot outside the arena's
+    /// worker table, or one a live process holds, is not registered (peers then cannot
+    /// detect this process's death): [`ShuffleEnvironment::register`] reports that instead.
     pub fn new(arena: Arc<Arena>, worker: u32) -> Self {
-        let _ = liveness::register(&arena, worker);
+        let _ = crate::partition::reclaim::register_worker(&arena, worker);
+        Self::registered(arena, worker)
+    }
+
+    /// An environment over `arena` for worker slot `worker`, registered there (refused if
+    /// the slot is held by a live process; a dead holder is reclaimed first, see
+    /// [`crate::partition::reclaim`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::SlotHeld`] naming the live holder's pid;
+    /// [`crate::Error::ProtocolViolation`] for a slot outside the worker table.
+    pub fn register(arena: Arc<Arena>, worker: u32) -> Result<Self> {
+        crate::partition::reclaim::register_worker(&arena, worker)?;
+        Ok(Self::registered(arena, worker))
+    }
+
+    fn registered(arena: Arc<Arena>, worker: u32) -> Self {
         let manager = ResultPartitionManager::new(arena.clone());
         let exit = Arc::new(ExitGuard { arena: arena.clone(), worker });
         Self { arena, worker, manager, _exit: exit }
+    }
+
+    /// Reclaims every process attached to the arena that died (see
+    /// [`crate::partition::reclaim_dead_peers`]): their segments return to the pool, their
+    /// channel and gate blocks and directory entries become free, and the live peers of
+    /// their channels fail those channels with [`crate::Error::PeerDied`]. Idempotent;
+    /// callable from any live process.
+    ///
+    /// # Errors
+    /// As [`crate::partition::reclaim_dead_peers`].
+    pub fn reclaim_dead_peers(&self) -> Result<crate::partition::ReclaimReport> {
+        crate::partition::reclaim_dead_peers(&self.arena)
+    }
+
+    /// Whether the process in worker slot `slot` is alive, left cleanly, or died.
+    pub fn peer_liveness(&self, slot: u32) -> crate::memory::liveness::Liveness {
+        crate::partition::peer_liveness(&self.arena, slot)
     }
 
     /// An environment that claims a free worker slot itself (library users without a

@@ -114,6 +114,27 @@ pub enum Error {
         /// Its pid.
         pid: u32,
     },
+    /// A worker slot that another process holds (a live one, or a dead one whose
+    /// reclamation has not run yet).
+    #[error("worker slot {slot} is held by {holder} (pid {pid})")]
+    SlotHeld {
+        /// The slot.
+        slot: u32,
+        /// Pid of the holder.
+        pid: u32,
+        /// What kind of holder.
+        holder: &'static str,
+    },
+    /// A producer waited for a consumer that never attached to a subpartition.
+    #[error("no consumer attached to subpartition {subpartition} of partition {partition} within {waited:?}")]
+    NoConsumer {
+        /// The partition id.
+        partition: String,
+        /// The subpartition.
+        subpartition: u32,
+        /// How long the producer waited.
+        waited: std::time::Duration,
+    },
     /// The consumer of a channel went away.
     #[error("consumer of channel {channel} is gone")]
     ConsumerGone {

@@ -531,7 +531,7 @@ fn garbage_in_the_credit_ring_is_a_protocol_violation() {
     let foreign = (0..SEGMENTS).find(|&s| s != mine).unwrap();
     inject(&arena, CH, RingKind::Credit, &[release(1, u64::from(foreign) + 1)]);
     let e = w.reclaim(&mut pool).unwrap_err();
-    assert_violation(e, &format!("local buffer pool {CH}"), &[&format!("recycled segment {foreign}"), "not one"]);
+    assert_violation(e, &format!("channel {CH}"), &[&format!("release of segment {foreign}"), "not in flight"]);
 }
 
 /// A writer and a reader on channel `CH` with one published segment holding `bytes`

@@ -106,6 +106,12 @@ int32_t shmflow_send(uint64_t channel, const shmflow_msg *msg, int32_t timeout_m
 int32_t shmflow_poll(uint64_t channel, shmflow_msg *out, int32_t max, int32_t *out_n);
 int32_t shmflow_add_credit(uint64_t channel, int32_t n, int32_t timeout_ms);
 
+/* Online reclamation (shmflow::partition::reclaim): frees what dead TaskManagers left
+ * (segments, channels, slots), exactly once per dead process whoever calls it. out: processes
+ * reclaimed, segments freed, segments orphaned (their live reader frees them), channels
+ * failed. Call it when a peer was seen dead (shmflow_channel_status == 2). */
+int32_t shmflow_reclaim(uint64_t arena, uint64_t out[4]);
+
 #ifdef __cplusplus
 }
 #endif

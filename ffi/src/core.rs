@@ -33,17 +33,23 @@
 //! sender marks the receiver's set after publishing, and one dispatcher thread per side
 //! and TaskManager waits on it (spinning for a budget, then parking on the futex).
 //!
-//! Segment ownership (`SegmentControl::owner`) is kept exact at every hand-over, so a
-//! checker or an online reclaimer can tell who holds what: acquire = `Writer { worker }`,
-//! send = `InFlight { channel }`, release = `Free` (a compare-and-swap from one of those
-//! two, so a segment is freed once).
+//! Segment ownership (`SegmentControl::owner`, `holder_pid`, `refcount`) is kept exact at
+//! every hand-over, so `shmflow check` and the online reclaimer (`shmflow::partition::
+//! reclaim`, run through [`reclaim`] when a peer is seen dead) can tell who holds what:
+//! acquire = `Writer { worker }` held by our pid, send = `InFlight { channel }` with one
+//! reader, release = `Free` (a compare-and-swap on the owner word, so a segment is freed
+//! once, by us or by a reclaimer). A channel block records the producer's pid as its
+//! `claim_pid` and the consumer's as `consumer_pid`, as the reclaimer expects.
 
 use parking_lot::Mutex;
 use shmflow::memory::liveness::{self, Liveness};
+use shmflow::memory::recovery::free_segment_if;
 use shmflow::memory::{
-    process_start_ticks, Arena, ArenaConfig, ChannelBlock, Owner, RingKind, CHANNEL_CLAIMED, CHANNEL_CONSUMER_GONE,
-    CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_PRODUCER_FAILED,
+    process_start_ticks, Arena, ArenaConfig, ChannelBlock, Owner, RingKind, CHANNEL_CLAIMED, CHANNEL_CLOSED,
+    CHANNEL_CONSUMER_DIED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED,
+    CHANNEL_PRODUCER_FAILED, REFCOUNT_MASK,
 };
+use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
 use shmflow::sync::{spin_loop, EventCount, Ordering};
 use shmflow::ArenaError;
@@ -283,6 +289,12 @@ fn set_id(slot: u32, side: Side) -> u32 {
     2 * slot + side as u32
 }
 
+/// The notify-set member that [`ArenaCtx::wake`] marks: the last channel block, which
+/// `connect` never hands out.
+fn wake_member(arena: &Arena) -> u32 {
+    arena.config().max_channels - 1
+}
+
 fn segments_wake(arena: &Arena) -> &EventCount {
     // The last gate block is the arena-wide "a segment came back" wake-up.
     &arena.gates()[arena.gates().len() - 1].wake
@@ -453,6 +465,9 @@ impl ArenaCtx {
                 format!("arena {} was not made by this module (geometry {c:?})", opts.name),
             ));
         }
+        // What TaskManagers that died on this arena left behind comes back first (a
+        // replacement TaskManager joining after a kill), exactly once whoever runs it.
+        let _ = reclaim_dead_peers(&arena);
         let slot = liveness::claim(&arena).map_err(from_lib)?;
         for side in [Side::Consumer, Side::Producer] {
             NotifySet::new(&arena, set_id(slot, side)).map_err(from_lib)?.reset();
@@ -495,11 +510,9 @@ impl ArenaCtx {
         if lock.is_ok() && live_entries(&self.opts.registry_dir, &self.opts.name).is_empty() {
             let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.opts.name));
         }
-        for side in [Side::Consumer, Side::Producer] {
-            if let Ok(s) = NotifySet::new(&self.arena, set_id(self.slot, side)) {
-                s.wake().notify_all_forced();
-            }
-        }
+        drop(closed);
+        self.wake(Side::Consumer);
+        self.wake(Side::Producer);
     }
 
     /// The worker slot of TaskManager `tm_id` if it is registered on this arena and alive.
@@ -556,10 +569,17 @@ impl ArenaCtx {
         let spin_until = Instant::now() + Duration::from_nanos(self.opts.spin_ns);
         // Bounded: each round either returns or waits until the deadline, which is finite.
         for round in 0u64.. {
+            let mut woken = false;
             if pending.is_empty() {
-                set.drain(members, |i| pending.push_back(i));
+                set.drain(members, |i| {
+                    if i == wake_member(&self.arena) {
+                        woken = true;
+                    } else {
+                        pending.push_back(i);
+                    }
+                });
             }
-            if !pending.is_empty() || *self.closed.lock() {
+            if woken || !pending.is_empty() || *self.closed.lock() {
                 let n = out.len().min(pending.len());
                 for (o, id) in out.iter_mut().zip(pending.drain(..n)) {
                     *o = id as i32;
@@ -584,10 +604,12 @@ impl ArenaCtx {
         Ok(0)
     }
 
-    /// Wakes our own dispatcher of side `side` (shutdown).
+    /// Wakes our own dispatcher of side `side` (it has work from this process, or must
+    /// stop). Marks a member no channel uses, so the wake-up is not lost when the
+    /// dispatcher is between its last check and its sleep.
     pub fn wake(&self, side: Side) {
         if let Ok(s) = NotifySet::new(&self.arena, set_id(self.slot, side)) {
-            s.wake().notify_all_forced();
+            let _ = s.mark(wake_member(&self.arena));
         }
     }
 
@@ -662,13 +684,24 @@ impl ChannelCtx {
             return Err(FfiError::new(code::EPEER, format!("the TaskManager in slot {producer} is not alive")));
         }
         let arena = &ctx.arena;
-        for (i, b) in arena.channels().iter().enumerate() {
-            // Acquire on success: after the previous user's last writes to the block.
-            if b.state.compare_exchange(CHANNEL_FREE, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        let usable = wake_member(arena) as usize;
+        // Relaxed: the producer's pid for the reclaimer, from a record we just saw alive.
+        let producer_pid = arena.workers()[producer as usize].pid.load(Ordering::Relaxed);
+        for (i, b) in arena.channels().iter().enumerate().take(usable) {
+            // Acquire on success: after the previous user's (or reclaimer's) last writes.
+            let claimed = [CHANNEL_FREE, CHANNEL_CLOSED].into_iter().any(|from| {
+                b.state.compare_exchange(from, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            });
+            if !claimed {
                 continue;
             }
             let id = i as u32;
             b.reset();
+            // Relaxed (both): published by the Release store of OPEN below. The online
+            // reclaimer (partition::reclaim) reads claim_pid as the producer's pid and
+            // consumer_pid as the reader's.
+            b.claim_pid.store(producer_pid, Ordering::Relaxed);
+            b.consumer_pid.store(std::process::id(), Ordering::Relaxed);
             // Relaxed (all): published by the Release store of OPEN below.
             b.producer_worker.store(producer + 1, Ordering::Relaxed);
             b.consumer_worker.store(ctx.slot + 1, Ordering::Relaxed);
@@ -757,10 +790,12 @@ impl ChannelCtx {
         // Bounded by the deadline: every round parks for the rest of it at most.
         loop {
             if let Some(s) = arena.free_stack().pop().map_err(from_lib)? {
-                // Relaxed: bookkeeping for checkers; the segment is ours alone now.
-                arena.controls()[s as usize]
-                    .owner
-                    .store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
+                let ctl = &arena.controls()[s as usize];
+                // Relaxed (all): bookkeeping for checkers and the reclaimer; the segment is
+                // ours alone now.
+                ctl.holder_pid.store(std::process::id(), Ordering::Relaxed);
+                ctl.refcount.store(0, Ordering::Relaxed);
+                ctl.owner.store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
                 return Ok(s);
             }
             let token = segments_wake(arena).prepare_wait();
@@ -818,19 +853,21 @@ impl ChannelCtx {
         loop {
             self.peer_gone()?;
             if msg.segment >= 0 {
-                // Relaxed: the Release store of the ring tail in push_all publishes it.
-                arena.controls()[msg.segment as usize]
-                    .owner
-                    .store(Owner::InFlight { channel: self.id, fanout: 1 }.pack(), Ordering::Relaxed);
+                let ctl = &arena.controls()[msg.segment as usize];
+                // Relaxed (both): the Release store of the ring tail in push_all publishes
+                // them. One reader holds it until it releases (the reclaimer's orphaning
+                // works on this count).
+                ctl.refcount.store(1, Ordering::Relaxed);
+                ctl.owner.store(Owner::InFlight { channel: self.id, fanout: 1 }.pack(), Ordering::Relaxed);
             }
             if out.push_all(&ring, &slots, &place).map_err(from_lib)? {
                 break;
             }
             if msg.segment >= 0 {
-                // Relaxed: as above; not published.
-                arena.controls()[msg.segment as usize]
-                    .owner
-                    .store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
+                let ctl = &arena.controls()[msg.segment as usize];
+                // Relaxed (both): as above; not published.
+                ctl.refcount.store(0, Ordering::Relaxed);
+                ctl.owner.store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
             }
             if Instant::now() >= deadline {
                 return Err(FfiError::new(
@@ -909,9 +946,17 @@ impl ChannelCtx {
             Side::Consumer => CHANNEL_PRODUCER_FAILED,
             Side::Producer => CHANNEL_CONSUMER_GONE,
         };
-        // Acquire: pairs with the Release CAS in `close`.
-        if self.block().state.load(Ordering::Acquire) == gone_mark {
+        let died_mark = match self.side {
+            Side::Consumer => CHANNEL_PRODUCER_DIED,
+            Side::Producer => CHANNEL_CONSUMER_DIED,
+        };
+        // Acquire: pairs with the Release CAS in `close` and the reclaimer's AcqRel CAS.
+        let st = self.block().state.load(Ordering::Acquire);
+        if st == gone_mark {
             return 1;
+        }
+        if st == died_mark || st == CHANNEL_ORPHANED {
+            return 2;
         }
         match liveness::liveness(&self.ctx.arena, self.peer) {
             Liveness::Alive => 0,
@@ -1000,33 +1045,102 @@ impl ChannelCtx {
                 // Release: pairs with the Acquire CAS in `connect` of the next user.
                 b.state.store(CHANNEL_FREE, Ordering::Release);
             }
+            Err(CHANNEL_CONSUMER_DIED) if self.side == Side::Producer => {
+                // The reclaimer failed the channel of our dead consumer and freed what it
+                // held; what we published there is ours to take back: the dead reader
+                // cannot release it.
+                let me = std::process::id();
+                for (i, ctl) in arena.controls().iter().enumerate() {
+                    // Relaxed (both): re-checked by the owner CAS in free_segment_if.
+                    let owner = ctl.owner.load(Ordering::Relaxed);
+                    if ctl.holder_pid.load(Ordering::Relaxed) == me
+                        && owner == (Owner::InFlight { channel: self.id, fanout: 1 }).pack()
+                    {
+                        free_segment_if(arena, i as u32, owner);
+                    }
+                }
+                segments_wake(arena).notify();
+                // Release: pairs with the Acquire CAS in `connect` of the next user.
+                let _ = b.state.compare_exchange(
+                    CHANNEL_CONSUMER_DIED,
+                    CHANNEL_CLOSED,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
+            }
+            Err(CHANNEL_PRODUCER_DIED) if self.side == Side::Consumer => {
+                // Our dead producer's segments still queued to us were orphaned by the
+                // reclaimer: releasing them (the last reader) frees them.
+                let mut inn = self.inn.lock();
+                let ring = ring_of(arena, self.id, self.in_kind());
+                let place = || format!("channel {}", self.id);
+                for _ in 0..ring.capacity() / SLOTS {
+                    if inn.available(&ring, &place).unwrap_or(0) < SLOTS {
+                        break;
+                    }
+                    let mut s = [0u64; 4];
+                    for v in &mut s {
+                        *v = inn.pop(&ring, &place).ok().flatten().unwrap_or(0);
+                    }
+                    if let Ok(m) = Msg::decode(s, arena.segment_size(), arena.segment_count()) {
+                        if m.segment >= 0 {
+                            let _ = release_segment(&self.ctx, self.id, m.segment, true);
+                        }
+                    }
+                }
+                // AcqRel: hands the block to the reclaimer's settling pass (its Acquire CAS).
+                let _ = b.state.compare_exchange(
+                    CHANNEL_PRODUCER_DIED,
+                    CHANNEL_ORPHANED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+                let _ = reclaim_dead_peers(arena);
+            }
             Err(_) => {}
         }
     }
 }
 
-/// Frees `segment` (held by this TaskManager as a writer, or in flight on `channel`).
+/// Reclaims what dead TaskManagers (of any process attached to `ctx`'s arena) left
+/// behind: the online reclamation of `shmflow::partition::reclaim`, exactly once per dead
+/// process whoever calls it.
+pub fn reclaim(ctx: &ArenaCtx) -> FResult<ReclaimReport> {
+    reclaim_dead_peers(&ctx.arena).map_err(from_lib)
+}
+
+/// Frees `segment`: one this end `received` on `channel` (its one reader lets go; when the
+/// reclaimer orphaned it because its producer died, this release frees it all the same), or
+/// one this TaskManager acquired and never sent.
 fn release_segment(ctx: &ArenaCtx, channel: u32, segment: i32, received: bool) -> FResult<()> {
     let arena = &ctx.arena;
     if segment < 0 || segment as u32 >= arena.segment_count() {
         return Err(inval(format!("segment {segment} is outside 0..{}", arena.segment_count())));
     }
     let ctl = &arena.controls()[segment as usize];
-    let free = Owner::Free.pack();
     let held = if received {
         Owner::InFlight { channel, fanout: 1 }.pack()
     } else {
         Owner::Writer { pool: 0, worker: ctx.slot }.pack()
     };
-    {
-        let h = held;
-        // AcqRel: exactly one release wins (no double push onto the free stack); the
-        // stack's Release push publishes the segment to its next user.
-        if ctl.owner.compare_exchange(h, free, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            arena.free_stack().push(segment as u32);
-            segments_wake(arena).notify();
-            return Ok(());
+    // Relaxed: a first look; the CAS in free_segment_if decides.
+    if ctl.owner.load(Ordering::Relaxed) != held {
+        return Err(inval(format!("segment {segment} is not held by this end of channel {channel}")));
+    }
+    if received {
+        // AcqRel: pairs with the reclaimer's fetch_or in `orphan_segment`: exactly one of
+        // us sees "orphaned and zero"; our reads of the payload come before its reuse.
+        let prev = ctl.refcount.fetch_sub(1, Ordering::AcqRel);
+        if prev & REFCOUNT_MASK != 1 {
+            return Err(FfiError::new(
+                code::EPROTO,
+                format!("segment {segment} had {} readers, not 1", prev & REFCOUNT_MASK),
+            ));
         }
     }
-    Err(inval(format!("segment {segment} is not held by this end of channel {channel}")))
+    // The owner CAS inside decides between us and a reclaimer that saw the count at zero:
+    // one of us pushes the segment.
+    free_segment_if(arena, segment as u32, held);
+    segments_wake(arena).notify();
+    Ok(())
 }

@@ -420,3 +420,25 @@ pub extern "system" fn Java_org_shmflow_flink_Native_lastError<'l>(env: JNIEnv<'
     }))
     .unwrap_or(std::ptr::null_mut())
 }
+
+/// `Native.reclaim(arena, long[4] out)`: processes reclaimed, segments freed, segments
+/// orphaned, channels failed.
+#[no_mangle]
+pub extern "system" fn Java_org_shmflow_flink_Native_reclaim<'l>(
+    mut env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    arena: jlong,
+    out: JLongArray<'l>,
+) -> jint {
+    entry(|| {
+        let a = arena_of(arena as u64)?;
+        let r = crate::core::reclaim(&a)?;
+        let v = [
+            r.reclaimed.len() as i64,
+            i64::from(r.segments_freed),
+            i64::from(r.segments_orphaned),
+            i64::from(r.channels_failed),
+        ];
+        put_longs(&mut env, &out, &v)
+    })
+}

@@ -527,3 +527,30 @@ pub extern "C" fn shmflow_add_credit(channel: u64, n: i32, timeout_ms: i32) -> i
         c.send(&m, timeout(timeout_ms)?)
     })
 }
+
+/// Reclaims what dead TaskManagers left in the arena (their segments, channels, slots):
+/// `shmflow::partition::reclaim::reclaim_dead_peers`, exactly once per dead process
+/// whoever calls it. `out` receives: processes reclaimed, segments freed, segments left to
+/// their live readers (orphaned), channels failed.
+///
+/// # Safety
+/// `out` must have room for 4 u64.
+#[no_mangle]
+pub unsafe extern "C" fn shmflow_reclaim(arena: u64, out: *mut u64) -> i32 {
+    entry(|| {
+        if out.is_null() {
+            return Err(FfiError::new(code::EINVAL, "out is a null pointer"));
+        }
+        let a = arena_of(arena)?;
+        let r = crate::core::reclaim(&a)?;
+        let v = [
+            r.reclaimed.len() as u64,
+            u64::from(r.segments_freed),
+            u64::from(r.segments_orphaned),
+            u64::from(r.channels_failed),
+        ];
+        // SAFETY: `out` has room for 4 u64 by the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, 4) };
+        Ok(())
+    })
+}

@@ -101,6 +101,8 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         assert_inval(shmflow_channel_connect(BOGUS, 0, &mut u, &mut i), "not a live handle");
         assert_inval(shmflow_channel_accept(BOGUS, 0, &mut u), "not a live handle");
         assert_inval(shmflow_segment_ptr(BOGUS, 0, &mut p), "not a live handle");
+        assert_inval(shmflow_reclaim(BOGUS, counters.as_mut_ptr()), "not a live handle");
+        assert_inval(shmflow_reclaim(a, null_mut()), "out");
         assert_inval(shmflow_channel_close(a), "not a channel");
         assert_inval(shmflow_channel_status(a, &mut i), "not a channel");
         assert_inval(shmflow_channel_counters(a, counters.as_mut_ptr()), "not a channel");
@@ -339,4 +341,124 @@ fn a_waiting_dispatcher_times_out_empty_and_wakes_on_request() {
     assert_eq!(shmflow_arena_close(a), 0);
     let (rc, n) = t.join().unwrap();
     assert_eq!((rc, n), (0, 0), "the closed arena's dispatcher returns empty");
+}
+
+/// The producer half of `a_killed_producer_fails_its_channels_and_reclaim_frees_its_segments`,
+/// run in a child process (a no-op in a normal test run).
+#[test]
+fn child_producer() {
+    let (Ok(name), Ok(dir)) = (std::env::var("SHMFLOW_FFI_CHILD_NAME"), std::env::var("SHMFLOW_FFI_CHILD_DIR")) else {
+        return;
+    };
+    let s = Scratch { dir: dir.into(), name };
+    let a = s.open("tm-doomed").expect("child open");
+    let mut ids = [0i32; 4];
+    let mut n = 0;
+    // SAFETY: valid pointers.
+    unsafe {
+        let mut waited = 0;
+        while n == 0 && waited < 100 {
+            assert_eq!(shmflow_wait(a, 1, ids.as_mut_ptr(), 4, 100, &mut n), 0);
+            waited += 1;
+        }
+        assert_eq!(n, 1, "a consumer connected");
+        let mut prod = 0;
+        assert_eq!(shmflow_channel_accept(a, ids[0], &mut prod), 0, "{}", err_text());
+        for k in 0..3 {
+            let mut seg = -1;
+            assert_eq!(shmflow_segment_acquire(prod, 1000, &mut seg), 0);
+            assert_eq!(
+                shmflow_send(prod, &Msg { kind: 16, segment: seg, size: 100, seq: k, ..Msg::default() }, 1000),
+                0
+            );
+        }
+        let mut held = -1;
+        assert_eq!(shmflow_segment_acquire(prod, 1000, &mut held), 0);
+    }
+    println!("child-ready");
+    // Killed by the parent; never leaves on its own before 60 s.
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    std::mem::forget(s);
+}
+
+/// Kills the child when dropped (also when an assertion fails).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_killed_producer_fails_its_channels_and_reclaim_frees_its_segments() {
+    use std::io::BufRead;
+    let s = Scratch::new("kill");
+    let b = s.open("tm-survivor").expect("open");
+    let mut child = Child(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_producer", "--nocapture", "--test-threads", "1"])
+            .env("SHMFLOW_FFI_CHILD_NAME", &s.name)
+            .env("SHMFLOW_FFI_CHILD_DIR", &s.dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the child"),
+    );
+    let tm = CString::new("tm-doomed").unwrap();
+    let mut slot = -1;
+    let mut info = ArenaInfo::default();
+    // SAFETY: valid pointers.
+    unsafe {
+        for _ in 0..500 {
+            if shmflow_peer_lookup(b, tm.as_ptr(), &mut slot) == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(slot >= 0, "the child registered: {}", err_text());
+        let (mut cons, mut id) = (0u64, -1);
+        assert_eq!(shmflow_channel_connect(b, slot, &mut cons, &mut id), 0, "{}", err_text());
+        // The harness prints its own lines first; the reader stays open so the child can
+        // keep printing.
+        let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+        let mut line = String::new();
+        for _ in 0..20 {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 || line.contains("child-ready") {
+                break;
+            }
+        }
+        assert!(line.contains("child-ready"), "child said {line:?}");
+        assert_eq!(shmflow_arena_info(b, &mut info), 0);
+        assert_eq!(info.free_segments, info.segment_count - 4, "3 in flight, 1 being written");
+        // Read one; the other two stay queued.
+        let mut msgs = [Msg::default(); 1];
+        let mut n = 0;
+        assert_eq!(shmflow_poll(cons, msgs.as_mut_ptr(), 1, &mut n), 0);
+        assert_eq!(n, 1);
+        let mut st = -1;
+        assert_eq!(shmflow_channel_status(cons, &mut st), 0);
+        assert_eq!(st, 0, "producer alive");
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        assert_eq!(shmflow_channel_status(cons, &mut st), 0);
+        assert_eq!(st, 2, "a dead producer is seen at once");
+        let mut r = [0u64; 4];
+        assert_eq!(shmflow_reclaim(b, r.as_mut_ptr()), 0, "{}", err_text());
+        assert_eq!(r[0], 1, "one dead process reclaimed: {r:?}");
+        let mut again = [0u64; 4];
+        assert_eq!(shmflow_reclaim(b, again.as_mut_ptr()), 0);
+        assert_eq!(again[0], 0, "exactly once");
+        assert_eq!(shmflow_channel_status(cons, &mut st), 0);
+        assert_eq!(st, 2);
+        // The survivor lets go of what it read and leaves; everything is free again.
+        assert_eq!(shmflow_segment_release(cons, msgs[0].segment), 0, "{}", err_text());
+        assert_eq!(shmflow_channel_close(cons), 0);
+        assert_eq!(shmflow_reclaim(b, r.as_mut_ptr()), 0);
+        assert_eq!(shmflow_arena_info(b, &mut info), 0);
+        assert_eq!(info.free_segments, info.segment_count, "no segment held by the dead process");
+        assert_eq!(shmflow_peer_lookup(b, tm.as_ptr(), &mut slot), code::ENOENT);
+    }
+    assert_eq!(shmflow_arena_close(b), 0);
 }

@@ -9,7 +9,7 @@ use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{BufferTimeout, ResultPartitionType, SelectorKind};
 use shmflow::ring::{StreamReader, StreamWriter};
 use shmflow::runtime::builtin::{self, TextSource};
-use shmflow::runtime::{is_worker, run, JobSummary, RuntimeConfig};
+use shmflow::runtime::{is_worker, run, JobSummary, ProgressTotal, RuntimeConfig};
 use shmflow::sync::WaitPolicy;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -72,9 +72,14 @@ struct JobOpts {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// No progress lines on stderr.
+    /// No progress on stderr (by default a bar with percent and ETA on a terminal, a plain
+    /// line a second otherwise).
     #[arg(long)]
     quiet: bool,
+    /// How tasks wait for input and for buffers: spin (lowest latency, a core busy per
+    /// waiting task), adaptive (spin briefly, then park) or park.
+    #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
+    wait: Mode,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
     #[arg(long, value_enum, default_value_t = Exchange::Pipelined)]
     exchange: Exchange,
@@ -149,6 +154,15 @@ enum JobCmd {
         /// most 1 s).
         #[arg(long, default_value_t = 0)]
         source_work_ns: u64,
+        /// Measure record latency instead of throughput: rate-limited generators (--rate)
+        /// stamp each record, the sinks report percentiles of arrival minus stamp (the first
+        /// tenth of each generator's records is warm-up). Payload at least 16 bytes; key-hash
+        /// or rebalance.
+        #[arg(long, requires = "rate")]
+        latency: bool,
+        /// Records per second in all, for --latency (1..=100000000).
+        #[arg(long)]
+        rate: Option<u64>,
         #[command(flatten)]
         opts: JobOpts,
     },
@@ -480,6 +494,7 @@ fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
         segment_size: o.segment_size,
         arena_size: o.arena_size,
         progress: !o.quiet && !o.json,
+        wait_policy: o.wait.policy(),
         debloat: match o.debloat {
             None => None,
             Some(ms) if (1..=60_000).contains(&ms) => Some(shmflow::gate::DebloatConfig {
@@ -568,6 +583,12 @@ fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
         s.workers,
         s.subtasks
     );
+    for (name, a) in &s.accumulators {
+        match a {
+            shmflow::runtime::accumulators::Accumulator::Sum(v) => out!("  accumulator {name}: {v}"),
+            shmflow::runtime::accumulators::Accumulator::List(l) => out!("  accumulator {name}: {l:?}"),
+        }
+    }
     for e in &s.edges {
         out!(
             "  edge {} -> {} [{} {}]: {} records, {:.1} MB, max in flight {} segments ({:.1} MB), back-pressured {:.0} ms ({:.1}%)",
@@ -617,6 +638,15 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
         }
     }
     Ok(src)
+}
+
+/// The input of a text job for the progress bar: the file's bytes, or about
+/// `generated_mb` MB of generated text.
+fn text_total(src: &TextSource, generated_mb: u64) -> ProgressTotal {
+    match src {
+        TextSource::File { len: Some(n), .. } => ProgressTotal::SourceInputBytes(*n),
+        _ => ProgressTotal::SourceInputBytes(generated_mb.saturating_mul(1_000_000)),
+    }
 }
 
 /// Refuses an input whose size the kernel reports as 0 although it has content (files of
@@ -703,8 +733,9 @@ fn blocking_unsupported(o: &JobOpts, job: &str) -> AnyResult<()> {
 fn run_builtin(job: JobCmd) -> AnyResult<()> {
     match job {
         JobCmd::Wordcount { input, output, generated_mb, opts } => {
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
             dir.note_output(out_file.as_ref())?;
@@ -732,8 +763,9 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             if window == 0 || slide == 0 || slide > window {
                 return Err(format!("--window {window} and --slide {slide} must satisfy 0 < slide <= window").into());
             }
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
             dir.note_output(out_file.as_ref())?;
@@ -746,7 +778,10 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 }
             }
         }
-        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts } => {
+        JobCmd::Shuffle { records, payload, selector, latency: true, rate, opts, .. } => {
+            shuffle_latency(records, payload, &selector, rate.unwrap_or(0), opts)?;
+        }
+        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts, .. } => {
             blocking_unsupported(&opts, "shuffle")?;
             let kind: SelectorKind = selector.parse()?;
             if !(8..=256 << 20).contains(&payload) {
@@ -758,7 +793,8 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                     return Err(format!("{flag} {ns} is out of range (0..={MAX_WORK_NS})").into());
                 }
             }
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
+            cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
             let dir = JobDir::get()?;
             let graph = builtin::shuffle_job(
                 records,
@@ -790,6 +826,58 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `run shuffle --latency --rate N`.
+fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: u64, opts: JobOpts) -> AnyResult<()> {
+    blocking_unsupported(&opts, "shuffle --latency")?;
+    let kind: SelectorKind = selector.parse()?;
+    if !matches!(kind, SelectorKind::KeyHash | SelectorKind::Rebalance) {
+        return Err(format!("--latency takes --selector key-hash or rebalance, not {selector}").into());
+    }
+    if !(16..=256 << 20).contains(&payload) {
+        return Err(format!("--payload {payload} is out of range for --latency (16..=268435456)").into());
+    }
+    if !(1..=100_000_000).contains(&rate) {
+        return Err(format!("--rate {rate} is out of range (1..=100000000)").into());
+    }
+    check_records(records)?;
+    let mut cfg = runtime_config(&opts)?;
+    cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
+    let dir = JobDir::get()?;
+    let graph = builtin::shuffle_latency_job(records, payload, kind, opts.parallelism, dir.path.clone(), rate);
+    let Some(s) = run(graph, &cfg)? else {
+        return Ok(());
+    };
+    let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
+    let want_sum = (u128::from(records) * u128::from(records.saturating_sub(1)) / 2) as u64;
+    if n != records || sum != want_sum || bad != 0 {
+        return Err(format!(
+            "shuffle check failed: {n} records (expected {records}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes"
+        )
+        .into());
+    }
+    let h = builtin::latency_histogram(&dir.path)?;
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let lat = serde_json::json!({
+        "samples": h.len(),
+        "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p99_9": us(0.999), "p99_99": us(0.9999),
+        "max": h.max() as f64 / 1e3,
+    });
+    print_summary(&s, opts.json, serde_json::json!({ "rate": rate, "latency_us": lat, "checksum_ok": true }));
+    if !opts.json {
+        out!(
+            "record latency at {rate} records/s over {} samples: p50 {:.2} us, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, p99.99 {:.2}, max {:.2}",
+            h.len(),
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            us(0.9999),
+            h.max() as f64 / 1e3
+        );
     }
     Ok(())
 }
@@ -976,7 +1064,8 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
         out!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         out!(
-            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight",
+            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight; \
+             {} held by dead processes",
             path.display(),
             r.segments,
             r.free_walked,
@@ -984,7 +1073,8 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
             r.owner_free,
             r.owner_pool,
             r.owner_writer,
-            r.owner_in_flight
+            r.owner_in_flight,
+            r.owner_dead
         );
         for p in &r.problems {
             out!("  problem: {p}");

@@ -36,7 +36,9 @@
 //! that reaches zero recycles it.
 
 use crate::error::{Error, Result};
-use crate::memory::{Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSITION_MASK};
+use crate::memory::{
+    Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSITION_MASK, REFCOUNT_MASK, REFCOUNT_ORPHANED,
+};
 use crate::sync::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -271,7 +273,9 @@ impl Drop for BufferBuilder {
 }
 
 /// Told when a reader is done with a segment. Implemented by the consumer side of a
-/// channel: it returns a credit, and the segment itself when `last` is true.
+/// channel: it returns a credit and names the segment (the producer checks that it was in
+/// flight on that channel, and takes it back once every reader released it). Not told
+/// about orphaned segments (their producer is gone; the last reader frees them).
 pub trait ReleaseSink {
     /// Reader of `segment` is done; `last` when it was the last of all readers (refcount
     /// reached zero), `violation` when the refcount was already zero (a faulty peer).
@@ -286,21 +290,57 @@ pub struct Lease {
     sink: Rc<dyn ReleaseSink>,
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
+/// [`Lease::index`] of a lease whose segment was released (a [`SpareLease`]).
+const RELEASED: u32 = u32::MAX;
+
+impl Lease {
+    /// Releases the segment (once): the reader's decrement of its refcount, and the report
+    /// to the sink.
+    fn release(&mut self) {
+        if self.index == RELEASED {
+            return;
+        }
         let ctl = &self.arena.controls()[self.index as usize];
         // AcqRel: Release orders this reader's reads of the payload before the decrement;
         // Acquire (for the last reader) pairs with the other readers' Release decrements,
-        // so recycling happens after every reader is done.
+        // so recycling happens after every reader is done. Also pairs with the reclaimer's
+        // AcqRel `fetch_or` in `orphan_segment`: one of the two sees the other.
         let prev = ctl.refcount.fetch_sub(1, Ordering::AcqRel);
-        if prev == 0 {
+        if prev & REFCOUNT_MASK == 0 {
             // A faulty peer zeroed it: undo and do not recycle a segment others may use.
             // Relaxed: restores our own decrement, nothing to order.
             ctl.refcount.fetch_add(1, Ordering::Relaxed);
             self.sink.release(self.index, false, true);
+        } else if prev & REFCOUNT_ORPHANED != 0 {
+            // The producer's pool is gone (its process died and was reclaimed): nobody
+            // reads the credit ring; the last reader puts the segment back itself.
+            if prev & REFCOUNT_MASK == 1 {
+                // Relaxed: the owner word is stable while readers hold the segment; the
+                // CAS in `free_segment_if` decides.
+                let owner = ctl.owner.load(Ordering::Relaxed);
+                crate::memory::recovery::free_segment_if(&self.arena, self.index, owner);
+            }
         } else {
-            self.sink.release(self.index, prev == 1, false);
+            self.sink.release(self.index, prev & REFCOUNT_MASK == 1, false);
         }
+        self.index = RELEASED;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The allocation of a consumer's lease after its segment was released
+/// ([`BufferConsumer::recycle`]), to read the channel's next segment without allocating
+/// ([`BufferConsumer::reuse`]). Holds no segment.
+pub struct SpareLease(Rc<Lease>);
+
+impl std::fmt::Debug for SpareLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpareLease")
     }
 }
 
@@ -377,6 +417,33 @@ impl std::fmt::Debug for BufferConsumer {
 }
 
 impl BufferConsumer {
+    /// Releases the segment now, as dropping the consumer would; when no [`Buffer`] view
+    /// shares its lease any more, hands back the lease's allocation for the next segment
+    /// of the same channel ([`BufferConsumer::reuse`]). Otherwise the last view releases
+    /// the segment, as usual.
+    pub fn recycle(self) -> Option<SpareLease> {
+        let mut lease = self.lease;
+        let l = Rc::get_mut(&mut lease)?;
+        l.release();
+        Some(SpareLease(lease))
+    }
+
+    /// [`BufferConsumer::new`] in a spare lease of the same channel (same arena and sink).
+    pub fn reuse(spare: SpareLease, index: u32, channel: u32) -> Self {
+        let mut lease = spare.0;
+        let size = match Rc::get_mut(&mut lease) {
+            Some(l) => {
+                debug_assert!(index < l.arena.segment_count());
+                debug_assert_eq!(l.index, RELEASED, "a spare lease holds no segment");
+                l.index = index;
+                l.arena.segment_size()
+            }
+            // A SpareLease is made only from an unshared lease and never cloned.
+            None => unreachable!("a spare lease is not shared"),
+        };
+        Self { lease, size, read_pos: 0, finished: false, place: channel, known: 0 }
+    }
+
     /// Starts reading segment `index` (validated by the caller's descriptor check),
     /// reporting the release to `sink`. `channel` names the place in errors.
     pub fn new(arena: Arc<Arena>, index: u32, sink: Rc<dyn ReleaseSink>, channel: u32) -> Self {

@@ -43,6 +43,17 @@ pub trait RecycleSource {
     fn wake(&self) -> &EventCount;
 }
 
+/// Releases still expected for a broadcast segment.
+#[derive(Debug, Clone, Copy)]
+struct Shares {
+    /// Readers that have not released it, in `1..=fanout`.
+    left: u32,
+    /// A reader reported that its release took the refcount to zero.
+    last_seen: bool,
+    /// A release was taken for a dead reader (the refcount may be one off).
+    lenient: bool,
+}
+
 /// A quota of segments drawn from the [`NetworkBufferPool`].
 ///
 /// Dropping it returns the segments it holds available to the arena-wide free stack;
@@ -62,6 +73,9 @@ pub struct LocalBufferPool {
     /// Outstanding segments whose last reader let go before their writer finished them (a
     /// consumer that left mid-segment): they come back once finished, never while written.
     deferred: Vec<u32>,
+    /// Segments published on more than one channel (broadcast): releases still to come,
+    /// and whether the reader that took the refcount to zero was among those seen.
+    shares: std::collections::HashMap<u32, Shares>,
     /// Nanoseconds spent blocked in `request_blocking` (back-pressured time).
     pub blocked_ns: u64,
 }
@@ -101,6 +115,7 @@ impl LocalBufferPool {
             per_channel: vec![0; config.channels as usize],
             by_channel: std::collections::HashMap::new(),
             deferred: Vec::new(),
+            shares: std::collections::HashMap::new(),
             blocked_ns: 0,
         };
         for _ in 0..config.min {
@@ -297,12 +312,64 @@ impl LocalBufferPool {
         }
     }
 
+    /// Segment `index`, handed out by this pool, was published to `readers` channels
+    /// (broadcast): it comes back once each of them released it
+    /// ([`release_share`](Self::release_share)). One reader needs no call.
+    pub fn expect_readers(&mut self, index: u32, readers: u32) {
+        if readers > 1 {
+            self.shares.insert(index, Shares { left: readers, last_seen: false, lenient: false });
+        }
+    }
+
+    /// One channel's reader released segment `index` (`last`: its decrement took the
+    /// shared refcount to zero; `dead_reader`: the release is taken on behalf of a reader
+    /// whose process died, which may or may not have decremented the refcount). The
+    /// segment is recycled once every reader released it: the count this pool keeps
+    /// decides, never the shared refcount, so a peer that inflates or deflates the
+    /// refcount causes neither a leak nor a double free, only an error.
+    ///
+    /// # Errors
+    /// A description of the violation (the caller names the peer): a refcount that did not
+    /// reach zero with the last reader (inflated above the fanout; the segment is recycled
+    /// anyway), one that reached zero twice (deflated; the segment is kept until every
+    /// reader released it), or a segment this pool did not hand out.
+    pub fn release_share(&mut self, index: u32, last: bool, dead_reader: bool) -> std::result::Result<(), String> {
+        let mut problem = None;
+        if let Some(sh) = self.shares.get_mut(&index) {
+            sh.left -= 1;
+            let twice = last && sh.last_seen;
+            sh.last_seen |= last;
+            sh.lenient |= dead_reader;
+            if twice && !sh.lenient {
+                // Two readers each took the count to zero: someone decremented it for a
+                // reader it is not (below the fanout). Keep it until every reader released.
+                problem = Some(format!("segment {index}'s refcount reached zero twice (below its fanout)"));
+            }
+            if sh.left > 0 {
+                return problem.map_or(Ok(()), Err);
+            }
+            let sh = self.shares.remove(&index).expect("looked up above");
+            if !sh.last_seen && !sh.lenient {
+                problem = Some(format!(
+                    "segment {index}'s refcount stayed above zero after all of its readers released it (above its fanout)"
+                ));
+            }
+        } else if !last && !dead_reader {
+            problem = Some(format!(
+                "segment {index}'s refcount stayed above zero after its one reader released it (above its fanout of 1)"
+            ));
+        }
+        self.recycle_index(index).map_err(|e| e.to_string())?;
+        problem.map_or(Ok(()), Err)
+    }
+
     /// Marks the handed-out segment `index` as given up for good (its reader died with
     /// it and recovery returned it to the network pool directly).
     pub fn forget_outstanding(&mut self, index: u32) {
         let i = index as usize;
         if i / 64 < self.outstanding.len() && self.outstanding[i / 64] & (1 << (i % 64)) != 0 {
             self.deferred.retain(|&s| s != index);
+            self.shares.remove(&index);
             self.outstanding[i / 64] &= !(1 << (i % 64));
             self.outstanding_count -= 1;
             self.uncount_channel(index);

@@ -58,6 +58,9 @@ impl NetworkBufferPool {
         ctl.pool.store(pool_id, Ordering::Relaxed);
         // Relaxed: as above.
         ctl.seq.fetch_add(1, Ordering::Relaxed);
+        // Relaxed: who holds it, for the reclamation of a dead holder; ordered for the
+        // reclaimer by its death (a dead process's stores are all done).
+        ctl.holder_pid.store(std::process::id(), Ordering::Relaxed);
         // SAFETY: popped from the free stack, so exclusively ours; index validated by pop.
         Ok(Some(unsafe { MemorySegment::from_index(self.arena.clone(), idx) }))
     }

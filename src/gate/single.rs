@@ -198,6 +198,11 @@ pub struct SingleInputGate {
     ended: bool,
     aligning: Option<(CheckpointBarrier, u32)>,
     wanting: Vec<u32>,
+    /// Scratch lists reused by `collect_marks` and `grant_floating`, so the per-segment
+    /// path allocates nothing once they have grown.
+    marked: Vec<u32>,
+    by_backlog: Vec<(std::cmp::Reverse<u32>, u32)>,
+    unserved: Vec<u32>,
     /// Nanoseconds spent waiting for input.
     pub idle_ns: u64,
     task: Option<TaskMetricsHandle>,
@@ -314,6 +319,9 @@ impl SingleInputGate {
             ended: false,
             aligning: None,
             wanting: Vec::new(),
+            marked: Vec::new(),
+            by_backlog: Vec::new(),
+            unserved: Vec::new(),
             idle_ns: 0,
             task: None,
             reported: (0, 0),
@@ -425,15 +433,17 @@ impl SingleInputGate {
         let set = NotifySet::new(&self.arena, self.set_id)?;
         let base = self.base;
         let n = self.channels.len() as u32;
-        let mut marked = Vec::new();
+        let mut marked = std::mem::take(&mut self.marked);
         set.drain(base + n, |i| {
             if i >= base {
                 marked.push(i - base)
             }
         });
-        for i in marked {
+        for &i in &marked {
             self.enqueue(i);
         }
+        marked.clear();
+        self.marked = marked;
         self.grant_floating()
     }
 
@@ -450,21 +460,15 @@ impl SingleInputGate {
         // Each backlog is read once: producers change them while we sort, and a sort whose
         // keys move under it may panic (the order would not be total).
         // Relaxed: a statistic written by the producer; only orders our choice.
-        let mut by_backlog: Vec<(std::cmp::Reverse<u32>, u32)> = wanting
-            .iter()
-            .map(|&c| {
-                (
-                    std::cmp::Reverse(
-                        self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed),
-                    ),
-                    c,
-                )
-            })
-            .collect();
+        let mut by_backlog = std::mem::take(&mut self.by_backlog);
+        by_backlog.extend(wanting.iter().map(|&c| {
+            (std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed)), c)
+        }));
         by_backlog.sort_unstable();
         wanting.clear();
-        wanting.extend(by_backlog.into_iter().map(|(_, c)| c));
-        let mut unserved = Vec::new();
+        wanting.extend(by_backlog.drain(..).map(|(_, c)| c));
+        self.by_backlog = by_backlog;
+        let mut unserved = std::mem::take(&mut self.unserved);
         for c in wanting.drain(..) {
             let ch = &mut self.channels[c as usize];
             if ch.state == ChannelState::Finished || !ch.reader.channel().credit_wanted() {
@@ -479,8 +483,9 @@ impl SingleInputGate {
             self.floating_free.set(self.floating_free.get() - 1);
         }
         let short = !unserved.is_empty();
-        // The emptied list keeps its allocation for the next round.
-        wanting.extend(unserved);
+        // The emptied lists keep their allocations for the next round.
+        wanting.append(&mut unserved);
+        self.unserved = unserved;
         self.wanting = wanting;
         if short {
             self.revoke_idle_floating();
@@ -893,10 +898,21 @@ impl SingleInputGate {
             }
             // Relaxed: written by the producer before the partition was published.
             let w = ch.reader.channel().block().producer_worker.load(Ordering::Relaxed);
-            if w == 0 {
-                continue;
-            }
-            if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
+            // Acquire: pairs with the reclaimer's AcqRel CAS to PRODUCER_DIED (the pid
+            // stored before it).
+            let st = ch.reader.channel().block().state.load(Ordering::Acquire);
+            let dead = if st == crate::memory::CHANNEL_PRODUCER_DIED {
+                // A reclaimer found the producer dead (its slot may be free again by now).
+                // Relaxed: ordered by the Acquire above.
+                Some(ch.reader.channel().block().peer_pid.load(Ordering::Relaxed))
+            } else if w == 0 {
+                None
+            } else if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
+                Some(pid)
+            } else {
+                None
+            };
+            if let Some(pid) = dead {
                 // Read what it left first: queue the channel, and report the death only once
                 // a few looks in a row found it dead with no progress made.
                 if ch.reader.records != ch.dead_progress {
@@ -911,12 +927,28 @@ impl SingleInputGate {
                     }
                     continue;
                 }
-                liveness::declare_dead(&self.arena, w - 1);
+                if st != crate::memory::CHANNEL_PRODUCER_DIED && w != 0 {
+                    liveness::declare_dead(&self.arena, w - 1);
+                    // The first live process to notice reclaims it (exactly once).
+                    crate::partition::reclaim::reclaim_slot(&self.arena, w - 1);
+                }
                 let b = ch.reader.channel().block();
                 // Relaxed (both): bookkeeping written before publication.
                 let (p, sp) = (b.partition.load(Ordering::Relaxed), b.subpartition.load(Ordering::Relaxed));
-                // The partition of a dead producer is failed: later lookups say so.
-                self.manager.set_state(p, crate::partition::PARTITION_FAILED);
+                // The partition of a dead producer is failed: later lookups say so (unless
+                // its reclamation released the entry already).
+                if let Some(e) = self.arena.partitions().get(p as usize) {
+                    for from in [crate::partition::PARTITION_REGISTERED, crate::partition::PARTITION_FINISHED] {
+                        // AcqRel: as `set_state`'s Release (pairs with lookups' Acquire);
+                        // only an entry still in use is marked.
+                        let _ = e.state.compare_exchange(
+                            from,
+                            crate::partition::PARTITION_FAILED,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
                 return Err(Error::PeerDied {
                     role: "producer",
                     place: format!("partition slot {p} subpartition {sp} (gate channel {i})"),
@@ -930,11 +962,20 @@ impl SingleInputGate {
 
 impl Drop for SingleInputGate {
     fn drop(&mut self) {
-        if !self.ended {
-            for ch in &self.channels {
-                if ch.state != ChannelState::Finished {
-                    ch.reader.channel().close();
-                }
+        // Let go of every reader (and so of every lease on a segment) before telling the
+        // producers: a dead producer's channel is settled (its segments freed) as soon as
+        // its reader left, so nothing may still be held then.
+        let ended = self.ended;
+        let ids: Vec<(u32, bool)> =
+            self.channels.drain(..).map(|ch| (ch.reader.channel().id(), ch.state == ChannelState::Finished)).collect();
+        for (id, finished) in ids {
+            let producer_died = {
+                // Relaxed: a first look; `close_channel` decides by CAS.
+                let st = self.arena.channels()[id as usize].state.load(Ordering::Relaxed);
+                st == crate::memory::CHANNEL_PRODUCER_DIED
+            };
+            if ((!ended && !finished) || producer_died) && crate::ring::close_channel(&self.arena, id) {
+                crate::partition::reclaim::settle_if_orphaned(&self.arena, id);
             }
         }
         if self.owns_set {

@@ -21,8 +21,13 @@ pub const POSITION_MASK: u32 = FINISHED - 1;
 /// 12 pool       u32  id of the producer's LocalBufferPool that owns it, +1 (0 = global)
 /// 16 owner      u64  who holds it now, see [`Owner`]
 /// 24 seq        u64  hand-over counter (bumped when taken from a free stack)
+/// 32 holder_pid  u32  pid of the process whose pool took it off the free stack (0: free)
 /// .. padding to 64 bytes so writers of neighbouring segments never share a line
 /// ```
+///
+/// `refcount` is `[ORPHANED:1 | readers:31]` (see [`REFCOUNT_ORPHANED`]): the flag says
+/// that the pool which owns the segment is gone (its process died and was reclaimed), so
+/// the reader that drops the count to zero puts the segment on the free stack itself.
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub struct SegmentControl {
@@ -38,7 +43,18 @@ pub struct SegmentControl {
     pub owner: AtomicU64,
     /// Hand-over counter.
     pub seq: AtomicU64,
+    /// Pid of the process whose pool holds the segment (set when it leaves the free stack);
+    /// reclamation returns the segments of a dead pid.
+    pub holder_pid: AtomicU32,
 }
+
+/// Bit 31 of [`SegmentControl::refcount`]: the owning pool is gone (set once, by the
+/// reclaimer of its dead process, with a `fetch_or`). Whoever takes the count to zero with
+/// this bit set frees the segment: the reader's last release, or the reclaimer itself when
+/// the count was already zero. The read-modify-writes on the one word decide which.
+pub const REFCOUNT_ORPHANED: u32 = 1 << 31;
+/// Mask of the reader count in [`SegmentControl::refcount`].
+pub const REFCOUNT_MASK: u32 = REFCOUNT_ORPHANED - 1;
 
 /// Who holds a segment; packed into [`SegmentControl::owner`] as `[kind:8 | a:24 | b:32]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +143,19 @@ pub const CHANNEL_PROBING: u32 = 7;
 /// `ChannelBlock::state`: the producer finished and released the channel; its segments
 /// are all back.
 pub const CHANNEL_CLOSED: u32 = 5;
+/// `ChannelBlock::state`: the producer's process died and was reclaimed while a live
+/// consumer still read the channel; its segments are orphaned (the reader frees them).
+/// The consumer reads what is left, fails with `PeerDied`, and hands the block on as
+/// [`CHANNEL_ORPHANED`] when it leaves.
+pub const CHANNEL_PRODUCER_DIED: u32 = 8;
+/// `ChannelBlock::state`: the consumer's process died; the live producer takes back the
+/// segments it had in flight here and releases the block with its partition.
+pub const CHANNEL_CONSUMER_DIED: u32 = 9;
+/// `ChannelBlock::state`: both ends are gone (a dead producer's consumer left): the next
+/// reclamation pass frees what is still in flight here and closes the block.
+pub const CHANNEL_ORPHANED: u32 = 10;
+/// `ChannelBlock::state`: one reclaimer is settling the block (exclusive, by CAS).
+pub const CHANNEL_SETTLING: u32 = 11;
 
 impl ChannelBlock {
     /// Resets positions, routing and counters of a block its caller just claimed (nobody
@@ -146,6 +175,8 @@ impl ChannelBlock {
             &self.subpartition,
             &self.producer_worker,
             &self.consumer_worker,
+            &self.consumer_pid,
+            &self.peer_pid,
             &self.credit_granted,
             &self.backlog,
             &self.credit_wanted,
@@ -200,6 +231,12 @@ pub struct ChannelBlock {
     pub producer_set: AtomicU32,
     /// Index of this channel in that set.
     pub producer_set_index: AtomicU32,
+    /// Pid of the process that claimed the block (the producer), written while it is
+    /// PROBING; reclamation releases the blocks of a dead pid.
+    pub claim_pid: AtomicU32,
+    /// Pid of the peer whose death failed the channel (`CHANNEL_PRODUCER_DIED` /
+    /// `CHANNEL_CONSUMER_DIED`), for the `PeerDied` error of the survivor.
+    pub peer_pid: AtomicU32,
     /// Records written into this channel.
     pub records_out: AtomicU64,
     /// Bytes written into this channel.
@@ -215,6 +252,8 @@ pub struct ChannelBlock {
     pub gate_index: AtomicU32,
     /// Consumer worker slot + 1 (0 unknown).
     pub consumer_worker: AtomicU32,
+    /// Pid of the consumer process (0 until one attached).
+    pub consumer_pid: AtomicU32,
     /// Credit granted so far (cumulative grants), written by the consumer.
     pub credit_granted: AtomicU32,
     /// Records read from this channel.
@@ -274,13 +313,16 @@ pub struct GateBlock {
     /// Credits the gate can hand out in all (exclusive per channel + floating): the
     /// denominator of inPoolUsage.
     pub credit_capacity: AtomicU32,
+    /// Pid of the process that claimed the block; reclamation frees the blocks of a dead pid.
+    pub owner_pid: AtomicU32,
 }
 
 /// One process's liveness record.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct WorkerRecord {
-    /// 0 free, 1 alive, 2 exited cleanly, 3 declared dead.
+    /// 0 free, 1 alive, 2 exited cleanly, 3 declared dead, bit 31 + reclaimer pid: being
+    /// reclaimed (see [`liveness`](super::liveness)).
     pub state: AtomicU32,
     /// Pid.
     pub pid: AtomicU32,

@@ -5,11 +5,30 @@
 //! pid is gone, or belongs to a process that started at another time (a recycled pid). A
 //! process that leaves cleanly marks its record EXITED, so its peers can still read what it
 //! published without calling it dead.
+//!
+//! ```text
+//!  FREE --register/claim--> ALIVE --mark_exited--> EXITED
+//!                             |  declare_dead (a peer saw it die)
+//!                             v
+//!                           DEAD
+//!  ALIVE | DEAD | EXITED, process gone --begin_reclaim (CAS, one winner)--> RECLAIMING|pid
+//!  RECLAIMING|pid of a dead reclaimer --begin_reclaim (CAS)--> RECLAIMING|my pid
+//!  RECLAIMING|pid --finish_reclaim--> FREE   (the slot may be registered again)
+//! ```
+//!
+//! A slot is taken only from FREE, from EXITED, or from a record of this very process:
+//! [`register`] refuses a slot whose holder still runs, and one whose dead holder was not
+//! reclaimed yet (its segments and channels would be charged to the newcomer).
+//! `partition::reclaim` runs the reclamation that makes such a slot FREE.
 
 use super::arena::{process_start_ticks, Arena};
 use super::blocks::WorkerRecord;
 use crate::error::{Error, Result};
 use crate::sync::{now_nanos, Ordering};
+
+/// [`Error::SlotHeld`]'s holder while another live process reclaims (or registers in)
+/// the slot: a transient state worth waiting for.
+pub const BEING_RECLAIMED: &str = "a dead process being reclaimed";
 
 /// Record unused.
 pub const WORKER_FREE: u32 = 0;
@@ -19,6 +38,11 @@ pub const WORKER_ALIVE: u32 = 1;
 pub const WORKER_EXITED: u32 = 2;
 /// Process declared dead by a peer.
 pub const WORKER_DEAD: u32 = 3;
+/// Flag of the state word while a live process owns the reclamation of the dead process
+/// that held the record: the state is `WORKER_RECLAIMING | reclaimer pid` (pids are below
+/// 2^22), so taking the reclamation and naming the reclaimer is one CAS. The dead
+/// process's pid stays in `pid`.
+pub const WORKER_RECLAIMING: u32 = 1 << 31;
 
 /// What a peer looks like from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,20 +90,133 @@ fn record(arena: &Arena, slot: u32) -> Result<&WorkerRecord> {
     })
 }
 
-/// Registers this process in worker slot `slot` (overwriting what was there).
+/// Registers this process in worker slot `slot`.
+///
+/// The slot is taken when it is free, was left cleanly (EXITED), or already holds this
+/// process; a slot whose holder still runs is refused, and so is one whose holder died and
+/// was not reclaimed yet (`partition::reclaim::reclaim_dead_peers` makes it free, and
+/// `partition::reclaim::register_worker` does both in one call).
 ///
 /// # Errors
-/// [`Error::ProtocolViolation`] for a slot out of range.
+/// [`Error::SlotHeld`] naming the holder's pid; [`Error::ProtocolViolation`] for a slot out
+/// of range.
 pub fn register(arena: &Arena, slot: u32) -> Result<()> {
     let r = record(arena, slot)?;
-    let pid = std::process::id();
-    // Relaxed (all but the state): published by the Release store of the state.
-    r.pid.store(pid, Ordering::Relaxed);
-    r.start_ticks.store(process_start_ticks(pid).unwrap_or(0), Ordering::Relaxed);
-    r.heartbeat.store(now_nanos(), Ordering::Relaxed);
-    // Release: pairs with the Acquire load in `liveness`.
-    r.state.store(WORKER_ALIVE, Ordering::Release);
-    Ok(())
+    let me = std::process::id();
+    // Bounded: each failed CAS means another process changed the record; a few rounds.
+    for _ in 0..64 {
+        // Acquire: pairs with the Release stores of the state (register, mark_exited,
+        // finish_reclaim): we take over after the previous holder's last writes.
+        let st = r.state.load(Ordering::Acquire);
+        // Relaxed: ordered by the Acquire above.
+        let pid = r.pid.load(Ordering::Relaxed);
+        let takeable = match st {
+            WORKER_FREE => true,
+            // Pids are below 2^22: a state with the flag is a reclamation (or a register).
+            _ if st & WORKER_RECLAIMING != 0 => return Err(Error::SlotHeld { slot, pid, holder: BEING_RECLAIMED }),
+            _ if pid == me => true,
+            WORKER_EXITED if process_running(pid, r) => true,
+            WORKER_ALIVE if process_running(pid, r) => {
+                return Err(Error::SlotHeld { slot, pid, holder: "a live process" });
+            }
+            _ => return Err(Error::SlotHeld { slot, pid, holder: "a dead process not reclaimed yet" }),
+        };
+        if !takeable {
+            continue;
+        }
+        // Acquire on success: after the previous holder's (or reclaimer's) last writes.
+        // Relaxed on failure: we look again.
+        if r.state.compare_exchange(st, WORKER_RECLAIMING | me, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            continue;
+        }
+        // The record is ours: RECLAIMING with our pid keeps everyone else off it while we
+        // fill it in, and lets a reclaimer take it over if we die right here.
+        // Relaxed (all): published by the Release store of ALIVE below.
+        r.pid.store(me, Ordering::Relaxed);
+        r.start_ticks.store(process_start_ticks(me).unwrap_or(0), Ordering::Relaxed);
+        r.heartbeat.store(now_nanos(), Ordering::Relaxed);
+        // Release: pairs with the Acquire loads in `liveness` and `begin_reclaim`.
+        r.state.store(WORKER_ALIVE, Ordering::Release);
+        return Ok(());
+    }
+    Err(Error::SlotHeld { slot, pid: r.pid.load(Ordering::Relaxed), holder: "a process that keeps changing it" })
+}
+
+/// Whether the process `pid` recorded in `r` still runs (same start time, not a zombie).
+fn process_running(pid: u32, r: &WorkerRecord) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    if pid == std::process::id() {
+        return true;
+    }
+    // Relaxed: read after the caller's Acquire load of the state.
+    let ticks = r.start_ticks.load(Ordering::Relaxed);
+    match process_start_ticks(pid) {
+        Some(t) if ticks == 0 || t == ticks => !process_is_zombie(pid),
+        _ => false,
+    }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie). Without a start time to
+/// compare, a recycled pid counts as running.
+pub fn pid_running(pid: u32) -> bool {
+    pid != 0 && (pid == std::process::id() || (process_start_ticks(pid).is_some() && !process_is_zombie(pid)))
+}
+
+/// A dead process's record, owned by the caller for reclamation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadProcess {
+    /// Its worker slot.
+    pub slot: u32,
+    /// Its pid.
+    pub pid: u32,
+    /// Whether it had left cleanly (EXITED) before it ended.
+    pub exited: bool,
+}
+
+/// Takes ownership of reclaiming slot `slot` when its process is gone: the one CAS that
+/// makes exactly one live process its reclaimer (ALIVE, DEAD or EXITED to RECLAIMING). A
+/// record left RECLAIMING by a reclaimer that died itself is taken over. `None` when the
+/// holder runs, the slot is free, or another live process reclaims it.
+pub fn begin_reclaim(arena: &Arena, slot: u32) -> Option<DeadProcess> {
+    let r = record(arena, slot).ok()?;
+    let me = std::process::id();
+    // Acquire: pairs with the Release stores of the state; the holder's records are read
+    // after this.
+    let st = r.state.load(Ordering::Acquire);
+    // Relaxed: ordered by the Acquire above.
+    let pid = r.pid.load(Ordering::Relaxed);
+    match st {
+        WORKER_ALIVE | WORKER_DEAD | WORKER_EXITED => {
+            if pid == me || process_running(pid, r) {
+                return None;
+            }
+            // AcqRel: exactly one caller wins (pairs with the other reclaimers' CAS and with
+            // `register`'s); Acquire orders the reclamation after the holder's registration.
+            r.state.compare_exchange(st, WORKER_RECLAIMING | me, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+            Some(DeadProcess { slot, pid, exited: st == WORKER_EXITED })
+        }
+        _ if st & WORKER_RECLAIMING != 0 => {
+            let by = st & !WORKER_RECLAIMING;
+            if by == me || pid_running(by) {
+                return None; // being registered or reclaimed by a live process
+            }
+            // AcqRel: one taker-over wins (the steps of reclamation are idempotent).
+            r.state.compare_exchange(st, WORKER_RECLAIMING | me, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+            Some(DeadProcess { slot, pid, exited: false })
+        }
+        _ => None,
+    }
+}
+
+/// Ends a reclamation begun with [`begin_reclaim`]: the slot is free again.
+pub fn finish_reclaim(arena: &Arena, dead: DeadProcess) {
+    if let Ok(r) = record(arena, dead.slot) {
+        // Release: pairs with the Acquire load in `register`/`claim`: the next holder comes
+        // after every write of the reclamation.
+        r.state.store(WORKER_FREE, Ordering::Release);
+    }
 }
 
 /// Claims a free worker slot for this process (library users without a coordinator).
@@ -88,9 +225,8 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
 /// [`Error::OutOfSlots`] when every record is taken.
 pub fn claim(arena: &Arena) -> Result<u32> {
     for (i, r) in arena.workers().iter().enumerate() {
-        // Acquire on success: after the previous holder's last writes.
-        if r.state.compare_exchange(WORKER_FREE, WORKER_ALIVE, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            register(arena, i as u32)?;
+        // Relaxed: a first look; `register` takes the slot with its own CAS.
+        if r.state.load(Ordering::Relaxed) == WORKER_FREE && register(arena, i as u32).is_ok() {
             return Ok(i as u32);
         }
     }
@@ -109,7 +245,8 @@ pub fn mark_exited(arena: &Arena, slot: u32) {
 }
 
 /// Whether the process in slot `slot` is alive, left, or died. A slot nobody registered
-/// counts as alive (we cannot tell).
+/// counts as alive (we cannot tell); so does a freed slot (a reclaimed process's peers
+/// learn of its death from their channels' states instead).
 pub fn liveness(arena: &Arena, slot: u32) -> Liveness {
     let Ok(r) = record(arena, slot) else {
         return Liveness::Alive;
@@ -117,7 +254,11 @@ pub fn liveness(arena: &Arena, slot: u32) -> Liveness {
     // Acquire: pairs with the Release stores in `register` / `mark_exited`.
     match r.state.load(Ordering::Acquire) {
         WORKER_EXITED => return Liveness::Exited,
-        WORKER_DEAD => {
+        st if st & WORKER_RECLAIMING != 0 && st & !WORKER_RECLAIMING == r.pid.load(Ordering::Relaxed) => {
+            // Being registered by the process it names (see `register`).
+            return Liveness::Alive;
+        }
+        st if st == WORKER_DEAD || st & WORKER_RECLAIMING != 0 => {
             // Relaxed: written before the state.
             return Liveness::Dead { pid: r.pid.load(Ordering::Relaxed) };
         }

@@ -2,13 +2,20 @@
 //! registered process exited or died), every segment that is not on the free stack can be
 //! returned to it, exactly once, whatever state the dead processes left it in.
 //!
-//! This is what a program that reuses an arena runs after a failed job, and what
-//! `shmflow check --recover` runs on a named arena. The runtime's coordinator needs none:
-//! a dead peer fails its job, and the job's memfd arena goes with it. Reclaiming the
-//! segments of one dead peer while the others keep running (online recovery) is not done.
+//! This is what `shmflow check --recover` runs on a named arena. Reclaiming one dead
+//! process while the others keep running is `partition::reclaim`; the two segment
+//! hand-overs it is built from live here, next to the free stack they end on:
+//!
+//! ```text
+//!  free_segment_if(i, owner)   CAS owner: owner -> Free, then push        (one winner)
+//!  orphan_segment(i, owner)    refcount.fetch_or(ORPHANED)
+//!                                count was 0  -> the reclaimer frees it
+//!                                count was >0 -> the reader whose release takes the count
+//!                                                to 0 frees it (`Lease` drop)
+//! ```
 
 use super::arena::Arena;
-use super::blocks::{Owner, CHANNEL_FREE, CHANNEL_PROBING};
+use super::blocks::{Owner, CHANNEL_FREE, CHANNEL_PROBING, REFCOUNT_MASK, REFCOUNT_ORPHANED};
 use super::liveness::{self, Liveness, WORKER_ALIVE};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
@@ -90,6 +97,7 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
         c.owner.store(Owner::Free.pack(), Ordering::Relaxed);
         c.refcount.store(0, Ordering::Relaxed);
         c.pool.store(0, Ordering::Relaxed);
+        c.holder_pid.store(0, Ordering::Relaxed);
         stack.push(i);
         out.segments += 1;
     }
@@ -104,4 +112,60 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
         }
     }
     Ok(out)
+}
+
+/// Returns segment `index` to the free stack if its owner word still reads `owner`: the CAS
+/// on the owner word makes exactly one of several would-be freers (a reclaimer, the last
+/// reader of an orphaned segment, a settling pass) push it. Returns whether this call did.
+pub fn free_segment_if(arena: &Arena, index: u32, owner: u64) -> bool {
+    let Some(c) = arena.controls().get(index as usize) else {
+        return false;
+    };
+    if owner == Owner::Free.pack() {
+        return false;
+    }
+    // AcqRel: Acquire pairs with the readers' Release decrements of the refcount (their
+    // reads of the payload come before the segment's reuse); one CAS wins.
+    if c.owner.compare_exchange(owner, Owner::Free.pack(), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    // Relaxed (all): the segment is ours alone now; the push's Release CAS publishes them.
+    c.refcount.store(0, Ordering::Relaxed);
+    c.pool.store(0, Ordering::Relaxed);
+    c.holder_pid.store(0, Ordering::Relaxed);
+    arena.free_stack().push(index);
+    true
+}
+
+/// What [`orphan_segment`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphaned {
+    /// No reader held it any more: this call freed it.
+    Freed,
+    /// Readers still hold it: the last one frees it.
+    ReaderFrees,
+    /// It was orphaned before (a reclamation taken over), or freed by someone else.
+    Already,
+}
+
+/// Marks segment `index` (owner word `owner`, whose pool is gone) orphaned: the hand-over
+/// between a reclaimer and the live readers of a dead producer's segment. The `fetch_or`
+/// and the readers' `fetch_sub` on the same word are ordered one way or the other: if the
+/// count was already zero the last reader released it the old way (towards the dead
+/// pool) and this call frees it; otherwise the flag is seen by the reader that takes the
+/// count to zero, which frees it (see `Lease`'s drop).
+pub fn orphan_segment(arena: &Arena, index: u32, owner: u64) -> Orphaned {
+    let Some(c) = arena.controls().get(index as usize) else {
+        return Orphaned::Already;
+    };
+    // AcqRel: pairs with the readers' AcqRel `fetch_sub` in `Lease::drop`: whichever comes
+    // second sees the other's effect, so exactly one of us sees "orphaned and zero".
+    let prev = c.refcount.fetch_or(REFCOUNT_ORPHANED, Ordering::AcqRel);
+    if prev & REFCOUNT_ORPHANED != 0 {
+        return Orphaned::Already;
+    }
+    if prev & REFCOUNT_MASK == 0 {
+        return if free_segment_if(arena, index, owner) { Orphaned::Freed } else { Orphaned::Already };
+    }
+    Orphaned::ReaderFrees
 }

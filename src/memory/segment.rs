@@ -80,6 +80,8 @@ impl Drop for MemorySegment {
         ctl.owner.store(Owner::Free.pack(), Ordering::Relaxed);
         // Relaxed: same.
         ctl.pool.store(0, Ordering::Relaxed);
+        // Relaxed: same.
+        ctl.holder_pid.store(0, Ordering::Relaxed);
         self.arena.free_stack().push(self.index);
     }
 }

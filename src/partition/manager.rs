@@ -102,8 +102,16 @@ impl ResultPartitionManager {
                 return Err(Error::Invalid { what: "partition id", detail: format!("{id} is already registered") });
             }
         }
-        for from in [PARTITION_FREE, PARTITION_RELEASED] {
+        for from in [PARTITION_FREE, PARTITION_RELEASED, PARTITION_FAILED] {
             for (i, e) in self.arena.partitions().iter().enumerate() {
+                // A failed entry is reused only once its producer is gone (a live one may
+                // still release it).
+                // Relaxed: the claimer's pid, a hint; the CAS below decides.
+                if from == PARTITION_FAILED
+                    && crate::memory::liveness::pid_running(e.producer_pid.load(Ordering::Relaxed))
+                {
+                    continue;
+                }
                 // Acquire on success: we take over the entry after its previous user's last
                 // writes. Relaxed on failure: we just move on.
                 if e.state.compare_exchange(from, PARTITION_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok() {
@@ -113,6 +121,9 @@ impl ResultPartitionManager {
                     // Relaxed: the consumer-done count of blocking partitions, published
                     // by the Release store of REGISTERED like the id.
                     e.reserved.store(0, Ordering::Relaxed);
+                    // Relaxed: who claimed it, for the reclamation of a dead producer
+                    // (read only once this process is gone).
+                    e.producer_pid.store(std::process::id(), Ordering::Relaxed);
                     return Ok(i as u32);
                 }
             }
@@ -259,6 +270,9 @@ impl ResultPartitionManager {
                             .compare_exchange(CHANNEL_CLOSED, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed)
                             .is_ok();
                     if ok {
+                        // Relaxed: who holds the block, for the reclamation of a dead
+                        // claimer (read only once this process is gone).
+                        blocks[j].claim_pid.store(std::process::id(), Ordering::Relaxed);
                         break;
                     }
                     // Relaxed: only decides whether to wait; the CAS above synchronizes.
@@ -312,6 +326,7 @@ impl ResultPartitionManager {
                 g.num_channels.store(members, Ordering::Relaxed);
                 g.credit_capacity.store(0, Ordering::Relaxed);
                 g.consumer_task.store(0, Ordering::Relaxed);
+                g.owner_pid.store(std::process::id(), Ordering::Relaxed);
                 return Ok(i as u32);
             }
         }

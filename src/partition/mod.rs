@@ -10,6 +10,7 @@
 mod blocking;
 mod flush_handoff;
 mod manager;
+pub mod reclaim;
 mod result_partition;
 mod selector;
 mod types;
@@ -24,7 +25,10 @@ pub use manager::{
     PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED,
     PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED, PARTITION_RELEASED,
 };
-pub use result_partition::{PartitionStats, ResultPartition, ResultPartitionConfig, MIN_DEBLOAT_BYTES};
+pub use reclaim::{peer_liveness, reclaim_dead_peers, register_worker, ReclaimReport};
+pub use result_partition::{
+    PartitionStats, ResultPartition, ResultPartitionConfig, DEFAULT_ATTACH_TIMEOUT, MIN_DEBLOAT_BYTES,
+};
 pub use selector::{
     flink_murmur_hash, key_group_for_hash, operator_index_for_key_group, BroadcastPartitioner, ByKey, ChannelSelector,
     ForwardPartitioner, GlobalPartitioner, JavaHash, KeyGroupPartitioner, RebalancePartitioner, RecordKeyHash,

@@ -33,6 +33,10 @@ use std::time::Duration;
 /// still spans segments correctly).
 pub const MIN_DEBLOAT_BYTES: u32 = 1024;
 
+/// [`ResultPartitionConfig::attach_timeout`]'s default: 60 s, six times Flink's partition
+/// request backoff (10 s), so a consumer still being deployed is not cut short.
+pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How to create a [`ResultPartition`] (a plain descriptor: a worker needs only this and
 /// the arena).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +56,15 @@ pub struct ResultPartitionConfig {
     /// How a blocked writer waits.
     pub wait_policy: WaitPolicy,
     /// The longest a writer blocks before it gives up with [`Error::Timeout`] (None:
-    /// forever; consumers that die are reported by the failure detector instead).
+    /// forever, as Flink's back-pressure; consumers that die are reported by the failure
+    /// detector instead).
     pub timeout: Option<Duration>,
+    /// The longest a writer waits for the consumer of a subpartition that never attached
+    /// (a consumer that failed before it came, asked for the wrong subpartition or
+    /// partition, or was never deployed) before it gives up with [`Error::NoConsumer`]
+    /// naming the subpartition (default [`DEFAULT_ATTACH_TIMEOUT`]). Liveness covers
+    /// consumers once they attached; this covers the ones that never do.
+    pub attach_timeout: Duration,
     /// Worker slot of the producing process (for ownership records).
     pub worker: u32,
     /// How often a blocked writer checks that its consumers are alive: a dead consumer is
@@ -73,6 +84,7 @@ impl ResultPartitionConfig {
             max_buffers_per_channel: 10,
             wait_policy: WaitPolicy::adaptive(),
             timeout: None,
+            attach_timeout: DEFAULT_ATTACH_TIMEOUT,
             worker: 0,
             liveness_interval: Duration::from_millis(100),
         }
@@ -122,6 +134,8 @@ struct Subpartition {
     dirty: bool,
     records: u64,
     bytes: u64,
+    /// The consumer died and the segments it held were taken back.
+    settled: bool,
 }
 
 /// A producer's result partition.
@@ -155,6 +169,7 @@ pub struct ResultPartition {
     marked: Vec<u32>,
     waiter: Waiter,
     timeout: Option<Duration>,
+    attach_timeout: Duration,
     finished: bool,
     released: bool,
     stats: PartitionStats,
@@ -229,7 +244,16 @@ impl ResultPartition {
             b.partition.store(slot, Ordering::Relaxed);
             b.subpartition.store(i, Ordering::Relaxed);
             b.producer_worker.store(cfg.worker + 1, Ordering::Relaxed);
-            subs.push(Subpartition { writer, builder: None, epoch: 0, slot: None, dirty: false, records: 0, bytes: 0 });
+            subs.push(Subpartition {
+                writer,
+                builder: None,
+                epoch: 0,
+                slot: None,
+                dirty: false,
+                records: 0,
+                bytes: 0,
+                settled: false,
+            });
         }
         let e = &arena.partitions()[slot as usize];
         // Relaxed (both): statistics, published with the entry.
@@ -254,6 +278,7 @@ impl ResultPartition {
             marked: Vec::new(),
             waiter: Waiter::new(cfg.wait_policy),
             timeout: cfg.timeout,
+            attach_timeout: cfg.attach_timeout,
             finished: false,
             released: false,
             stats: PartitionStats::default(),
@@ -373,9 +398,7 @@ impl ResultPartition {
     /// Whether a wait on `on` is for consumers (to attach, or to finish reading) rather than
     /// back-pressure.
     fn awaits_attach(&self, on: WaitOn) -> bool {
-        // Relaxed: a hint written by the consumer when it attached; it only decides which
-        // counter the waited time goes to.
-        let unattached = |s: &Subpartition| s.writer.block().consumer_worker.load(Ordering::Relaxed) == 0;
+        let unattached = |s: &Subpartition| !s.writer.consumer_attached();
         match on {
             WaitOn::Channel(c) => unattached(&self.subs[c]),
             WaitOn::Every => self.subs.iter().any(unattached),
@@ -408,6 +431,9 @@ impl ResultPartition {
             let slice = self.liveness_interval;
             let now = now_nanos();
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d.saturating_sub(now)).min(slice));
+            // Never sleep past the attach deadline of a consumer that has not come.
+            let attach_left = Duration::from_nanos((start + self.attach_timeout.as_nanos() as u64).saturating_sub(now));
+            let remaining = if self.unattached_on(on).is_some() { remaining.min(attach_left) } else { remaining };
             let slice_start = now_nanos();
             let awaiting = self.awaits_attach(on);
             let out = waiter.wait(set.wake(), Some(remaining), || {
@@ -433,6 +459,16 @@ impl ResultPartition {
                     if deadline.is_some_and(|d| now_nanos() >= d) {
                         break Err(Error::Timeout(self.timeout.unwrap_or_default(), what));
                     }
+                    let waited = Duration::from_nanos(now_nanos().saturating_sub(start));
+                    if waited >= self.attach_timeout {
+                        if let Some(c) = self.unattached_on(on) {
+                            break Err(Error::NoConsumer {
+                                partition: self.id.to_string(),
+                                subpartition: c as u32,
+                                waited,
+                            });
+                        }
+                    }
                     if let Err(e) = self.check_consumers() {
                         break Err(e);
                     }
@@ -443,8 +479,24 @@ impl ResultPartition {
         result
     }
 
-    /// Fails with [`Error::PeerDied`] if the consumer of an unconsumed subpartition died.
-    fn check_consumers(&self) -> Result<()> {
+    /// The subpartition whose consumer has not attached that a wait on `on` waits for.
+    fn unattached_on(&self, on: WaitOn) -> Option<usize> {
+        let unattached = |s: &Subpartition| !s.writer.consumer_attached();
+        match on {
+            WaitOn::Channel(c) => unattached(&self.subs[c]).then_some(c),
+            WaitOn::Every => self.subs.iter().position(unattached),
+            WaitOn::Drain => self.subs.iter().position(|s| unattached(s) && !s.writer.is_consumed()),
+        }
+    }
+
+    /// Fails with [`Error::PeerDied`] if the consumer of an unconsumed subpartition died:
+    /// one that a reclaimer marked dead, or one this check finds dead itself (it then
+    /// reclaims the dead process: the first live process to notice does). Either way the
+    /// segments the dead consumer held come back to the pool first.
+    fn check_consumers(&mut self) -> Result<()> {
+        if let Some(e) = self.settle_dead_consumers() {
+            return Err(e);
+        }
         let mut memo = liveness::LivenessMemo::new();
         for (i, s) in self.subs.iter().enumerate() {
             if s.writer.is_consumed() {
@@ -457,6 +509,10 @@ impl ResultPartition {
             }
             if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
                 liveness::declare_dead(&self.arena, w - 1);
+                super::reclaim::reclaim_slot(&self.arena, w - 1);
+                if let Some(e) = self.settle_dead_consumers() {
+                    return Err(e);
+                }
                 return Err(Error::PeerDied {
                     role: "consumer",
                     place: format!("partition {} subpartition {i}", self.id),
@@ -465,6 +521,36 @@ impl ResultPartition {
             }
         }
         Ok(())
+    }
+
+    /// Takes back the segments in flight to consumers that a reclaimer found dead (they
+    /// will never release them); returns the error for the first such subpartition.
+    fn settle_dead_consumers(&mut self) -> Option<Error> {
+        let mut first = None;
+        for (i, s) in self.subs.iter_mut().enumerate() {
+            if !s.writer.consumer_is_dead() {
+                continue;
+            }
+            if !s.settled {
+                s.settled = true;
+                // What the reader released before it died is in the credit ring.
+                let _ = s.writer.reclaim(&mut self.pool);
+                for seg in s.writer.take_in_flight() {
+                    // Errors only for a segment not ours: nothing to take back then.
+                    let _ = self.pool.release_share(seg, false, true);
+                }
+            }
+            if first.is_none() {
+                first = Some(Error::PeerDied {
+                    role: "consumer",
+                    place: format!("partition {} subpartition {i}", self.id),
+                    // Relaxed: written by the reclaimer before its Release CAS, which
+                    // `consumer_is_dead` Acquired.
+                    pid: s.writer.block().peer_pid.load(Ordering::Relaxed),
+                });
+            }
+        }
+        first
     }
 
     fn open_builder(&mut self, c: usize) -> Result<()> {
@@ -703,6 +789,7 @@ impl ResultPartition {
         })?;
         let b = BufferBuilder::new(seg, self.subs.len() as u32);
         let idx = b.index();
+        self.pool.expect_readers(idx, self.subs.len() as u32);
         for s in &mut self.subs {
             s.writer.publish(Descriptor::Buffer(idx))?;
         }
@@ -921,6 +1008,7 @@ impl ResultPartition {
         b.finish();
         let idx = b.index();
         drop(b);
+        self.pool.expect_readers(idx, self.subs.len() as u32);
         for s in &mut self.subs {
             s.writer.publish(Descriptor::EventBuffer(idx))?;
         }
@@ -955,6 +1043,7 @@ impl ResultPartition {
         self.timeout = timeout;
         let r = self.block_until("consumers to consume every subpartition", WaitOn::Drain, |p| {
             p.reclaim_marked()?;
+            p.settle_dead_consumers();
             Ok((p.pool.outstanding() == 0 && p.subs.iter_mut().all(|s| s.writer.consumed())).then_some(()))
         });
         self.timeout = saved;
@@ -1006,9 +1095,10 @@ impl Drop for ResultPartition {
         if !self.finished {
             self.fail();
         }
-        // Take back whatever consumers already returned; segments still held by consumers
-        // stay accounted to the channel blocks (reclaimed by recovery).
+        // Take back whatever consumers already returned, and what dead consumers held;
+        // segments still held by live consumers stay accounted to the channel blocks.
         let _ = self.reclaim_marked();
+        self.settle_dead_consumers();
         for s in &mut self.subs {
             let _ = s.writer.reclaim(&mut self.pool);
         }

@@ -13,8 +13,9 @@ use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
 use crate::error::{Error, Result};
 use crate::memory::{
-    Arena, ChannelBlock, Owner, RingKind, CHANNEL_CONSUMED, CHANNEL_CONSUMER_GONE, CHANNEL_OPEN,
-    CHANNEL_PRODUCER_FAILED,
+    Arena, ChannelBlock, Owner, RingKind, CHANNEL_CLAIMED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED,
+    CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
+    REFCOUNT_MASK,
 };
 use crate::sync::{fence, EventCount, Ordering};
 use std::cell::{Cell, RefCell};
@@ -52,8 +53,9 @@ pub struct ChannelWriter {
     priority: RingProducer,
     credits_in: RingConsumer,
     credit: u32,
-    /// Segments published and not yet released by the consumer.
-    in_flight: u32,
+    /// Segments published here and not yet released by this channel's reader (at most
+    /// the ring's capacity): a release must name one of them.
+    held: Vec<u32>,
     place: String,
     /// The consumer gate's notify set and our index in it, once known.
     gate: Option<(u32, u32)>,
@@ -63,7 +65,7 @@ pub struct ChannelWriter {
 
 impl std::fmt::Debug for ChannelWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChannelWriter({}, credit {}, in flight {})", self.id, self.credit, self.in_flight)
+        write!(f, "ChannelWriter({}, credit {}, in flight {})", self.id, self.credit, self.held.len())
     }
 }
 
@@ -80,6 +82,7 @@ impl ChannelWriter {
         // Release: pairs with Acquire loads of the state by the reader (it sees our
         // attach-time view of the rings).
         arena.channels()[id as usize].state.store(CHANNEL_OPEN, Ordering::Release);
+        let held = Vec::with_capacity(arena.config().ring_capacity.min(1024) as usize);
         Ok(Self {
             arena,
             id,
@@ -87,7 +90,7 @@ impl ChannelWriter {
             priority,
             credits_in,
             credit: 0,
-            in_flight: 0,
+            held,
             place: format!("channel {id}"),
             gate: None,
             wanted: false,
@@ -111,7 +114,23 @@ impl ChannelWriter {
 
     /// Segments published and not released yet.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight
+        self.held.len() as u32
+    }
+
+    /// Hands over the segments in flight here, forgetting them: for a producer whose
+    /// consumer died (`CHANNEL_CONSUMER_DIED`), which takes back the dead reader's shares
+    /// itself. Drain the credit ring first ([`reclaim`](Self::reclaim)).
+    pub fn take_in_flight(&mut self) -> Vec<u32> {
+        let held = std::mem::take(&mut self.held);
+        // Relaxed: statistic.
+        self.block().backlog.store(0, Ordering::Relaxed);
+        held
+    }
+
+    /// Pid of the consumer process (0 before one attached; a hint read from the block).
+    pub fn consumer_pid(&self) -> u32 {
+        // Relaxed: a hint for error messages and liveness checks.
+        self.block().consumer_pid.load(Ordering::Relaxed)
     }
 
     /// Routes this channel's "credit came back" wake-ups to member `index` of notify set
@@ -145,7 +164,28 @@ impl ChannelWriter {
         let r = ring(&self.arena, self.id, RingKind::Data);
         let place = || self.place.clone();
         let (slots, n) = d.encode_slots();
-        if !self.data.push_all(&r, &slots[..n], &place)? {
+        // The owner word says "in flight" before a reader can see the descriptor, so a
+        // reclaimer of this process never takes a segment a live reader may be reading for
+        // one that only this process holds.
+        let prev_owner = match d {
+            Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg) => {
+                let ctl = &self.arena.controls()[seg as usize];
+                // Relaxed (all): ownership bookkeeping for reclamation and `shmflow check`;
+                // published to readers by the Release push below, read by a reclaimer
+                // only after this process died.
+                let fanout = ctl.refcount.load(Ordering::Relaxed) & REFCOUNT_MASK;
+                Some(ctl.owner.swap(Owner::InFlight { channel: self.id, fanout }.pack(), Ordering::Relaxed))
+            }
+            _ => None,
+        };
+        let pushed = self.data.push_all(&r, &slots[..n], &place);
+        if !matches!(pushed, Ok(true)) {
+            if let (Some(prev), Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg)) = (prev_owner, d) {
+                // Relaxed: not published after all; back to what it was.
+                self.arena.controls()[seg as usize].owner.store(prev, Ordering::Relaxed);
+            }
+        }
+        if !pushed? {
             return Err(Error::ProtocolViolation {
                 place: self.place.clone(),
                 detail: format!(
@@ -156,18 +196,14 @@ impl ChannelWriter {
             });
         }
         if let Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg) = d {
-            let ctl = &self.arena.controls()[seg as usize];
-            // Relaxed (both): ownership bookkeeping for recovery and `shmflow check`.
-            let fanout = ctl.refcount.load(Ordering::Relaxed);
-            ctl.owner.store(Owner::InFlight { channel: self.id, fanout }.pack(), Ordering::Relaxed);
+            self.held.push(seg);
         }
         if takes_credit {
             self.credit -= 1;
-            self.in_flight += 1;
             let b = self.block();
             // Relaxed (both): statistics for observers.
             b.buffers_out.fetch_add(1, Ordering::Relaxed);
-            b.backlog.store(self.in_flight, Ordering::Relaxed);
+            b.backlog.store(self.held.len() as u32, Ordering::Relaxed);
         }
         self.notify_consumer()
     }
@@ -245,12 +281,14 @@ impl ChannelWriter {
         Ok(())
     }
 
-    /// Drains the credit ring: credits are added, returned segments go back to `pool`.
-    /// Returns the number of entries taken.
+    /// Drains the credit ring: credits are added, released segments go back to `pool`
+    /// once every reader released them. Returns the number of entries taken.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] for a malformed entry, a segment the pool did not hand
-    /// out, or more credit than the ring can carry.
+    /// [`Error::ProtocolViolation`] naming the consumer's pid for a malformed entry, the
+    /// release of a segment that is not in flight on this channel, a refcount that does
+    /// not match the readers (see [`LocalBufferPool::release_share`]), or more credit than
+    /// the ring can carry.
     pub fn reclaim(&mut self, pool: &mut LocalBufferPool) -> Result<usize> {
         let r = ring(&self.arena, self.id, RingKind::Credit);
         let count = self.arena.segment_count();
@@ -263,38 +301,48 @@ impl ChannelWriter {
         while let Some(v) = self.credits_in.pop(&r, &place)? {
             n += 1;
             match Credit::decode(v, count, &place)? {
-                Credit::Release { segment, credit } => {
-                    if self.in_flight == 0 {
-                        return Err(Error::ProtocolViolation {
-                            place: place(),
-                            detail: "release with no segment in flight".into(),
-                        });
+                Credit::Release { segment, credit, last } => {
+                    let arena = &self.arena;
+                    let id = self.id as usize;
+                    // The peer named in a violation: the channel's consumer.
+                    let peer = |detail: String| {
+                        // Relaxed: a hint for the message.
+                        let pid = arena.channels()[id].consumer_pid.load(Ordering::Relaxed);
+                        Error::ProtocolViolation { place: place(), detail: format!("{detail} (consumer pid {pid})") }
+                    };
+                    if self.held.is_empty() {
+                        return Err(peer("release with no segment in flight".into()));
                     }
-                    self.in_flight -= 1;
+                    let Some(at) = segment.and_then(|s| self.held.iter().position(|&h| h == s)) else {
+                        return Err(peer(match segment {
+                            Some(s) => format!("release of segment {s}, which is not in flight on this channel"),
+                            None => "release without a segment".into(),
+                        }));
+                    };
+                    let s = self.held.swap_remove(at);
                     if credit {
                         self.credit = self.credit.saturating_add(1);
                     }
-                    if let Some(s) = segment {
-                        pool.recycle_index(s)?;
-                    }
+                    pool.release_share(s, last, false).map_err(peer)?;
                 }
                 Credit::Grant(k) => {
                     self.credit = self.credit.saturating_add(k);
                 }
             }
-            if u64::from(self.credit) + u64::from(self.in_flight) > u64::from(cap) {
+            if u64::from(self.credit) + self.held.len() as u64 > u64::from(cap) {
                 return Err(Error::ProtocolViolation {
                     place: place(),
                     detail: format!(
                         "credit {} + in flight {} exceeds the ring capacity {cap}",
-                        self.credit, self.in_flight
+                        self.credit,
+                        self.held.len()
                     ),
                 });
             }
         }
         if n > 0 {
             // Relaxed: statistic.
-            self.block().backlog.store(self.in_flight, Ordering::Relaxed);
+            self.block().backlog.store(self.held.len() as u32, Ordering::Relaxed);
             if self.wanted && self.credit > 0 {
                 self.wanted = false;
                 // Relaxed: a hint for the consumer's floating-credit decisions.
@@ -305,10 +353,10 @@ impl ChannelWriter {
     }
 
     /// Whether the consumer took everything published (both rings are empty, so it read
-    /// the EndOfPartition after the last segment) or left.
+    /// the EndOfPartition after the last segment), left, or died.
     pub fn consumed(&mut self) -> bool {
         // Relaxed: a status flag, as in `check_consumer`.
-        if self.block().state.load(Ordering::Relaxed) == CHANNEL_CONSUMER_GONE {
+        if matches!(self.block().state.load(Ordering::Relaxed), CHANNEL_CONSUMER_GONE | CHANNEL_CONSUMER_DIED) {
             return true;
         }
         let (d, p) = (ring(&self.arena, self.id, RingKind::Data), ring(&self.arena, self.id, RingKind::Priority));
@@ -317,23 +365,54 @@ impl ChannelWriter {
 
     fn check_consumer(&self) -> Result<()> {
         // Relaxed: a status flag; acting on it late is fine.
-        if self.block().state.load(Ordering::Relaxed) == CHANNEL_CONSUMER_GONE {
-            return Err(Error::ConsumerGone { channel: self.id });
+        match self.block().state.load(Ordering::Relaxed) {
+            CHANNEL_CONSUMER_GONE => Err(Error::ConsumerGone { channel: self.id }),
+            CHANNEL_CONSUMER_DIED => Err(self.consumer_died()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// Whether the consumer read everything or left.
+    /// The error for a consumer that a reclaimer found dead.
+    pub fn consumer_died(&self) -> Error {
+        Error::PeerDied {
+            role: "consumer",
+            place: self.place.clone(),
+            // Relaxed: written by the reclaimer before its Release CAS of the state.
+            pid: self.block().peer_pid.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a consumer attached to this channel (opened its reader).
+    pub fn consumer_attached(&self) -> bool {
+        let b = self.block();
+        // Relaxed (both): hints written by the consumer when it attached.
+        b.consumer_pid.load(Ordering::Relaxed) != 0 || b.consumer_worker.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether a reclaimer found this channel's consumer dead (its process is gone).
+    pub fn consumer_is_dead(&self) -> bool {
+        // Acquire: pairs with the reclaimer's AcqRel CAS to CONSUMER_DIED (the peer pid
+        // stored before it is visible).
+        self.block().state.load(Ordering::Acquire) == CHANNEL_CONSUMER_DIED
+    }
+
+    /// Whether the consumer read everything, left, or died.
     pub fn is_consumed(&self) -> bool {
         // Acquire: pairs with the Release store in `ChannelReader::mark_consumed`.
-        matches!(self.block().state.load(Ordering::Acquire), CHANNEL_CONSUMED | CHANNEL_CONSUMER_GONE)
+        matches!(
+            self.block().state.load(Ordering::Acquire),
+            CHANNEL_CONSUMED | CHANNEL_CONSUMER_GONE | CHANNEL_CONSUMER_DIED
+        )
     }
 
-    /// Marks the producer failed and wakes the consumer, so it stops with an error.
+    /// Marks the producer failed and wakes the consumer, so it stops with an error. A
+    /// channel whose consumer already left, read everything or died keeps that state.
     pub fn fail(&self) {
         let b = self.block();
-        // Release: pairs with the Acquire load in `ChannelReader::poll`.
-        b.state.store(CHANNEL_PRODUCER_FAILED, Ordering::Release);
+        for from in [CHANNEL_OPEN, CHANNEL_CLAIMED] {
+            // Release: pairs with the Acquire load in `ChannelReader::poll`.
+            let _ = b.state.compare_exchange(from, CHANNEL_PRODUCER_FAILED, Ordering::Release, Ordering::Relaxed);
+        }
         b.consumer_wake.notify_all_forced();
         // A consumer behind a gate parks on the gate's notify set, not on `consumer_wake`:
         // mark our member so the gate polls this channel and sees the failure.
@@ -445,7 +524,7 @@ impl ReleaseSink for CreditReturn {
         } else {
             true
         };
-        if self.send(Credit::Release { segment: last.then_some(segment), credit }).is_err() {
+        if self.send(Credit::Release { segment: Some(segment), credit, last }).is_err() {
             self.violations.set(self.violations.get().saturating_add(1));
         }
     }
@@ -488,6 +567,9 @@ impl ChannelReader {
         let data = RingConsumer::attach(&ring(&arena, id, RingKind::Data));
         let priority = RingConsumer::attach(&ring(&arena, id, RingKind::Priority));
         let credit_ring = RingProducer::attach(&ring(&arena, id, RingKind::Credit));
+        // Relaxed: who reads this channel, for reclamation and the producer's messages;
+        // published with the first grant (a Release push) like the gate routing.
+        arena.channels()[id as usize].consumer_pid.store(std::process::id(), Ordering::Relaxed);
         let credit_return = Rc::new(CreditReturn {
             arena: arena.clone(),
             id,
@@ -646,11 +728,18 @@ impl ChannelReader {
                 detail: format!("{} bad segment releases or credit-ring failures", self.credit_return.violations()),
             });
         }
-        // Acquire: pairs with the Release store in `ChannelWriter::fail`.
-        if self.block().state.load(Ordering::Acquire) == CHANNEL_PRODUCER_FAILED {
-            return Err(Error::ProducerFailed { channel: self.id });
+        // Acquire: pairs with the Release store in `ChannelWriter::fail` and the
+        // reclaimer's AcqRel CAS to PRODUCER_DIED (the peer pid stored before it).
+        match self.block().state.load(Ordering::Acquire) {
+            CHANNEL_PRODUCER_FAILED => Err(Error::ProducerFailed { channel: self.id }),
+            CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED => Err(Error::PeerDied {
+                role: "producer",
+                place: self.place.clone(),
+                // Relaxed: ordered by the Acquire load above.
+                pid: self.block().peer_pid.load(Ordering::Relaxed),
+            }),
+            _ => Ok(None),
         }
-        Ok(None)
     }
 
     /// The descriptors queued in the data ring, without consuming them (what an unaligned
@@ -685,7 +774,9 @@ impl ChannelReader {
     /// # Errors
     /// As [`poll`](Self::poll).
     pub fn has_next_data(&mut self) -> Result<bool> {
-        let place = self.place.clone();
+        // Borrowed, not cloned: this runs once per segment; the String is built only for
+        // an error.
+        let place = &self.place;
         let place = || place.clone();
         let r = ring(&self.arena, self.id, RingKind::Data);
         self.data.has_next(&r, &place)
@@ -710,6 +801,12 @@ impl ChannelReader {
         BufferConsumer::new(self.arena.clone(), segment, self.release_sink(), self.id)
     }
 
+    /// [`consumer`](Self::consumer) in `spare`, a lease recycled from this channel's
+    /// previous consumer (no allocation).
+    pub fn consumer_reusing(&self, spare: crate::buffer::SpareLease, segment: u32) -> BufferConsumer {
+        BufferConsumer::reuse(spare, segment, self.id)
+    }
+
     /// Tells the producer that this consumer read everything (EndOfPartition), so the
     /// partition may be released once every segment is back.
     ///
@@ -721,11 +818,13 @@ impl ChannelReader {
         self.credit_return.notify_producer()
     }
 
-    /// Tells the producer this consumer is gone.
-    pub fn close(&self) {
-        // Relaxed: a status flag; the producer's wake-up below makes it look.
-        self.block().state.store(CHANNEL_CONSUMER_GONE, Ordering::Relaxed);
-        self.block().producer_wake.notify_all_forced();
+    /// Tells the producer this consumer is gone. Returns true when the producer had
+    /// died and was reclaimed (`CHANNEL_PRODUCER_DIED`): the block is then handed on as
+    /// `CHANNEL_ORPHANED` for settling (see `partition::reclaim`). Call it after every
+    /// segment of the channel was let go (no lease left), so settling frees nothing a
+    /// reader still holds.
+    pub fn close(&self) -> bool {
+        close_channel(&self.arena, self.id)
     }
 
     /// The wake-up this reader parks on when it has no gate.
@@ -758,4 +857,29 @@ pub fn notify_channel(arena: &Arena, id: u32) -> Result<Option<(u32, u32)>> {
     }
     NotifySet::new(arena, g - 1)?.mark(index)?;
     Ok(Some((g - 1, index)))
+}
+
+/// [`ChannelReader::close`] for channel `id`, for a reader that was already dropped (a gate
+/// lets go of its readers, and so of their leases, first).
+pub fn close_channel(arena: &Arena, id: u32) -> bool {
+    let Some(b) = arena.channels().get(id as usize) else {
+        return false;
+    };
+    // Bounded: the state changes at most a few times (producer fails, a reclaimer marks it).
+    for _ in 0..16 {
+        // Relaxed: the CAS below decides.
+        let st = b.state.load(Ordering::Relaxed);
+        let to = match st {
+            CHANNEL_OPEN | CHANNEL_CLAIMED | CHANNEL_PRODUCER_FAILED => CHANNEL_CONSUMER_GONE,
+            CHANNEL_PRODUCER_DIED => CHANNEL_ORPHANED,
+            _ => return false,
+        };
+        // AcqRel: Release publishes our last use of the block (every lease let go) to the
+        // producer or the settling reclaimer; Acquire pairs with the reclaimer's CAS.
+        if b.state.compare_exchange(st, to, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            b.producer_wake.notify_all_forced();
+            return to == CHANNEL_ORPHANED;
+        }
+    }
+    false
 }

@@ -9,8 +9,10 @@
 //!    kind 4  Barrier     arg bit 0 = unaligned; the next two slots hold the checkpoint id
 //!                        and the timestamp (pushed and published together)
 //!  Credit:     [ kind : 8 | count : 24 | segment + 1 : 32 ]
-//!    kind 1  Release     count (0 or 1) credits back; segment + 1 != 0: that segment is
-//!                        free again (count 0 revokes a floating credit)
+//!    kind 1  Release     count bit 0: a credit back (0 revokes a floating credit);
+//!                        count bit 1: this reader was the segment's last (its refcount
+//!                        reached zero); segment + 1: the segment this channel's reader
+//!                        released (0: none, refused by the producer)
 //!    kind 2  Grant       count more credits (initial / floating)
 //! ```
 
@@ -147,10 +149,12 @@ pub enum Credit {
     /// A reader released a segment: one credit back (unless a floating credit is revoked
     /// with it), with the segment when this reader was its last.
     Release {
-        /// The segment, when this reader was its last.
+        /// The segment this channel's reader released.
         segment: Option<u32>,
         /// Whether the credit is given back (false: a floating credit returns to the gate).
         credit: bool,
+        /// Whether the reader's decrement took the segment's refcount to zero.
+        last: bool,
     },
     /// More credits (initial exclusive credits, floating credits).
     Grant(u32),
@@ -160,8 +164,11 @@ impl Credit {
     /// Packs.
     pub fn encode(self) -> u64 {
         match self {
-            Credit::Release { segment, credit } => {
-                (1 << 56) | (u64::from(credit) << 32) | segment.map_or(0, |s| u64::from(s) + 1)
+            Credit::Release { segment, credit, last } => {
+                (1 << 56)
+                    | (u64::from(credit) << 32)
+                    | (u64::from(last) << 33)
+                    | segment.map_or(0, |s| u64::from(s) + 1)
             }
             Credit::Grant(n) => (2 << 56) | (u64::from(n & 0xff_ffff) << 32),
         }
@@ -177,12 +184,12 @@ impl Credit {
         let count = ((v >> 32) & 0xff_ffff) as u32;
         let low = v as u32;
         match v >> 56 {
-            1 if count <= 1 => {
-                let credit = count == 1;
+            1 if count <= 3 => {
+                let (credit, last) = (count & 1 != 0, count & 2 != 0);
                 if low == 0 {
-                    Ok(Credit::Release { segment: None, credit })
+                    Ok(Credit::Release { segment: None, credit, last })
                 } else if low - 1 < segment_count {
-                    Ok(Credit::Release { segment: Some(low - 1), credit })
+                    Ok(Credit::Release { segment: Some(low - 1), credit, last })
                 } else {
                     Err(bad(format!("credit returns segment {}, outside 0..{segment_count}", low - 1)))
                 }

@@ -4,7 +4,7 @@
 //! Words are split as Flink's WordCount example does: lower-cased, split on every byte
 //! outside `[A-Za-z0-9_]` (so non-ASCII bytes separate words too), empty tokens dropped.
 
-use super::job::{Collector, JobBuilder, JobGraph, KeyedStream, Source, TaskInfo};
+use super::job::{Collector, JobBuilder, JobGraph, KeyedStream, Source, SourceContext, TaskInfo};
 use crate::error::{Error, Result};
 use crate::partition::{ResultPartitionType, SelectorKind};
 use crate::record::{FromRecord, Record};
@@ -522,9 +522,16 @@ impl<'a> crate::record::FromField<'a> for Word {
 struct WordSource(Arc<TextSource>);
 
 impl Source<(Word, u64)> for WordSource {
-    fn run<C: Collector<(Word, u64)>>(&self, info: &TaskInfo, out: &mut C) -> Result<()> {
+    fn run<C: Collector<(Word, u64)>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
         let mut buf = String::new();
-        self.0.for_each_line(info.subtask, info.parallelism, &mut |line| {
+        // Input bytes read, reported every megabyte (the progress bar's percent).
+        let mut unreported = 0u64;
+        let r = self.0.for_each_line(ctx.info.subtask, ctx.info.parallelism, &mut |line| {
+            unreported += line.len() as u64 + 1;
+            if unreported >= 1 << 20 {
+                ctx.read(unreported);
+                unreported = 0;
+            }
             let mut err = None;
             tokenize(line, &mut buf, &mut |w| {
                 if err.is_none() {
@@ -534,7 +541,9 @@ impl Source<(Word, u64)> for WordSource {
                 }
             });
             err.map_or(Ok(()), Err)
-        })
+        });
+        ctx.read(unreported);
+        r
     }
 }
 
@@ -919,7 +928,8 @@ struct ShuffleSource {
 }
 
 impl Source<Synthetic> for ShuffleSource {
-    fn run<C: Collector<Synthetic>>(&self, info: &TaskInfo, out: &mut C) -> Result<()> {
+    fn run<C: Collector<Synthetic>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        let info = ctx.info;
         // u128: `records * p` must not wrap.
         let share = |k: u32| (u128::from(self.records) * u128::from(k) / u128::from(info.parallelism)) as u64;
         for seq in share(info.subtask)..share(info.subtask + 1) {
@@ -938,6 +948,180 @@ impl Source<Synthetic> for ShuffleSource {
 fn shuffle_sink(dir: PathBuf, work_ns: u64) -> impl Fn(&TaskInfo) -> Result<ShuffleSink> + Send + Sync + Clone {
     let dir = Arc::new(dir);
     move |info| Ok(ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0, work_ns })
+}
+
+/// A stamped record of the latency shuffle (`run shuffle --latency`): a sequence number,
+/// the generator's monotonic clock when it emitted the record (0: a warm-up record, not
+/// measured), then the payload pattern of [`Synthetic`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamped {
+    /// Sequence number (also the key).
+    pub seq: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at emission (one clock for every process of the host);
+    /// 0 for warm-up records.
+    pub stamp: u64,
+    /// Record bytes (at least 16).
+    pub len: u32,
+    /// Payload bytes that did not match the pattern (after decoding).
+    pub bad: u32,
+}
+
+impl Record for Stamped {
+    fn serialized_len(&self) -> usize {
+        self.len as usize
+    }
+    #[inline]
+    fn serialize_into(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.seq.to_le_bytes());
+        out[8..16].copy_from_slice(&self.stamp.to_le_bytes());
+        write_pattern(self.seq, &mut out[16..]);
+    }
+}
+
+impl<'a> FromRecord<'a> for Stamped {
+    #[inline]
+    fn from_record(bytes: &'a [u8]) -> Result<Self> {
+        let Some((head, payload)) = bytes.split_first_chunk::<16>() else {
+            return Err(Error::ProtocolViolation {
+                place: "latency shuffle record".into(),
+                detail: format!("{} bytes, fewer than 16", bytes.len()),
+            });
+        };
+        let (seq, stamp) = head.split_at(8);
+        let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());
+        let stamp = u64::from_le_bytes(stamp.try_into().unwrap_or_default());
+        Ok(Stamped { seq, stamp, len: bytes.len() as u32, bad: pattern_mismatches(seq, payload) })
+    }
+}
+
+/// The latency shuffle's generator: subtask `i` emits its share of `0..records` at
+/// `rate / parallelism` records per second, each stamped right before it is emitted. It
+/// sleeps while the next record is more than 200 µs away (after flushing what it wrote, so
+/// nothing waits for the buffer timeout while it sleeps) and spins for the rest. The first
+/// tenth of each share is warm-up (stamp 0).
+struct RateSource {
+    records: u64,
+    payload: u32,
+    rate: u64,
+}
+
+impl Source<Stamped> for RateSource {
+    fn run<C: Collector<Stamped>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        let info = ctx.info;
+        // u128: `records * p` must not wrap.
+        let share = |k: u32| (u128::from(self.records) * u128::from(k) / u128::from(info.parallelism)) as u64;
+        let (from, to) = (share(info.subtask), share(info.subtask + 1));
+        let warm = (to - from) / 10;
+        // Nanoseconds between two records of this subtask.
+        let interval = u64::from(info.parallelism).saturating_mul(1_000_000_000) / self.rate.max(1);
+        let start = crate::sync::now_nanos();
+        for (k, seq) in (from..to).enumerate() {
+            let due = start.saturating_add((k as u64).saturating_mul(interval));
+            let mut flushed = false;
+            loop {
+                let now = crate::sync::now_nanos();
+                if now >= due {
+                    break;
+                }
+                if due - now > 200_000 {
+                    if !flushed {
+                        out.flush()?;
+                        flushed = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_nanos(due - now - 100_000));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            let stamp = if (k as u64) < warm { 0 } else { crate::sync::now_nanos() };
+            out.collect(Stamped { seq, stamp, len: self.payload, bad: 0 })?;
+        }
+        Ok(())
+    }
+}
+
+/// The latency shuffle's sink: counts and checks like the throughput sink, and records each
+/// measured record's latency (its arrival minus its stamp) in a histogram, written next to
+/// the part file as `lat-NNN.hdr` (hdrhistogram's V2 format) when the input ends.
+struct LatencySink {
+    sink: ShuffleSink,
+    hist: hdrhistogram::Histogram<u64>,
+    hist_path: PathBuf,
+}
+
+impl Collector<Stamped> for LatencySink {
+    #[inline]
+    fn collect(&mut self, r: Stamped) -> Result<()> {
+        if r.stamp != 0 {
+            // A stamp from the future (a peer's bad clock word) counts as 0 ns.
+            self.hist.saturating_record(crate::sync::now_nanos().saturating_sub(r.stamp));
+        }
+        self.sink.collect(Synthetic { seq: r.seq, len: r.len, bad: r.bad })
+    }
+    fn finish(&mut self) -> Result<()> {
+        let mut bytes = Vec::new();
+        use hdrhistogram::serialization::Serializer;
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&self.hist, &mut bytes)
+            .map_err(|e| Error::Invalid { what: "latency histogram", detail: format!("serializing: {e}") })?;
+        std::fs::write(&self.hist_path, bytes)
+            .map_err(|e| Error::Io { op: format!("writing {}", self.hist_path.display()), source: e })?;
+        self.sink.finish()
+    }
+}
+
+/// The latency shuffle (`run shuffle --latency --rate N`): generators emit `records` stamped
+/// records of `payload` bytes (at least 16) at `rate` records per second in all, through an
+/// exchange of `selector` (key hash or rebalance) into sinks that histogram each record's
+/// latency across the exchange (Flink's latency markers, ShuffleBench `--latency true
+/// --rate N`). Read the result with [`latency_histogram`] and [`shuffle_totals`].
+pub fn shuffle_latency_job(
+    records: u64,
+    payload: u32,
+    selector: SelectorKind,
+    parallelism: u32,
+    dir: PathBuf,
+    rate: u64,
+) -> JobGraph {
+    let source = RateSource { records, payload: payload.max(16), rate: rate.max(1) };
+    let stream = JobBuilder::new("shuffle-latency", parallelism).source_with("rate-limited generator", source);
+    let dir = Arc::new(dir);
+    let sink = move |info: &TaskInfo| -> Result<LatencySink> {
+        let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(|e| Error::Invalid { what: "latency histogram", detail: e.to_string() })?;
+        Ok(LatencySink {
+            sink: ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0, work_ns: 0 },
+            hist,
+            hist_path: dir.join(format!("lat-{:03}.hdr", info.subtask)),
+        })
+    };
+    match selector {
+        SelectorKind::KeyHash => stream.key_by(|s: &Stamped| &s.seq).into_stream().sink("latency histogram", sink),
+        _ => stream.rebalance(None).sink("latency histogram", sink),
+    }
+}
+
+/// The latency histograms of every sink under `dir`, merged (nanoseconds).
+///
+/// # Errors
+/// I/O errors, or a histogram file that does not decode.
+pub fn latency_histogram(dir: &Path) -> Result<hdrhistogram::Histogram<u64>> {
+    let mut all = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| Error::Invalid { what: "latency histogram", detail: e.to_string() })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::Io { op: format!("listing {}", dir.display()), source: e })?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("lat-")) {
+            continue;
+        }
+        let bytes = std::fs::read(&p).map_err(|e| Error::Io { op: format!("reading {}", p.display()), source: e })?;
+        let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| Error::Invalid { what: "latency histogram", detail: format!("{}: {e:?}", p.display()) })?;
+        all.add(&h).map_err(|e| Error::Invalid { what: "latency histogram", detail: format!("merging: {e:?}") })?;
+    }
+    Ok(all)
 }
 
 /// Sums the shuffle sinks' part files: (records, sum of sequence numbers, bad bytes).

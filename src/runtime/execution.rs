@@ -423,6 +423,11 @@ impl TaskIo {
         Ok(())
     }
 
+    /// The task's counters in the arena, if it has a block.
+    pub(crate) fn metrics(&self) -> Option<&TaskMetricsHandle> {
+        self.metrics.as_ref()
+    }
+
     /// The task's info.
     pub fn info(&self, job: &JobGraph) -> TaskInfo {
         TaskInfo {

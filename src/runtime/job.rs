@@ -131,12 +131,30 @@ pub trait Chain<T>: Send + Sync + 'static {
 /// A source that sees the concrete downstream chain (no dynamic dispatch per record), for
 /// sources on a hot path; [`JobBuilder::source`] takes a plain closure instead.
 pub trait Source<T>: Send + Sync + 'static {
-    /// Emits subtask `info`'s share of the input into `out` (do not finish it: the runtime
-    /// does).
+    /// Emits subtask `ctx.info`'s share of the input into `out` (do not finish it: the
+    /// runtime does).
     ///
     /// # Errors
     /// The source's own errors, or what `out` reports.
-    fn run<C: Collector<T>>(&self, info: &TaskInfo, out: &mut C) -> Result<()>;
+    fn run<C: Collector<T>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()>;
+}
+
+/// What a [`Source`] subtask knows about itself, and where it reports how much input it
+/// has read (the progress bar's percent, see [`super::ProgressTotal::SourceInputBytes`]).
+pub struct SourceContext<'a> {
+    /// Which subtask this is.
+    pub info: &'a TaskInfo,
+    metrics: Option<&'a crate::metrics::TaskMetricsHandle>,
+}
+
+impl SourceContext<'_> {
+    /// Adds `bytes` of input read (report in batches, say every megabyte: it is a counter
+    /// in shared memory).
+    pub fn read(&self, bytes: u64) {
+        if let Some(m) = self.metrics {
+            m.add_in(0, bytes);
+        }
+    }
 }
 
 /// A [`Source`] made of a closure that gets a `&mut dyn Collector<T>`.
@@ -146,8 +164,8 @@ impl<T, F> Source<T> for FnSource<F>
 where
     F: Fn(&TaskInfo, &mut dyn Collector<T>) -> Result<()> + Send + Sync + 'static,
 {
-    fn run<C: Collector<T>>(&self, info: &TaskInfo, out: &mut C) -> Result<()> {
-        (self.0)(info, out)
+    fn run<C: Collector<T>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        (self.0)(ctx.info, out)
     }
 }
 
@@ -158,8 +176,8 @@ pub struct SourceChain<S, T> {
 }
 
 impl<T: 'static, S: Source<T>> Chain<T> for SourceChain<S, T> {
-    fn run<C: Collector<T>>(&self, info: &TaskInfo, _io: &mut TaskIo, mut out: C) -> Result<()> {
-        self.source.run(info, &mut out)?;
+    fn run<C: Collector<T>>(&self, info: &TaskInfo, io: &mut TaskIo, mut out: C) -> Result<()> {
+        self.source.run(&SourceContext { info, metrics: io.metrics() }, &mut out)?;
         out.finish()
     }
 }
@@ -428,6 +446,15 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
         }
     }
 
+    /// Sets the parallelism of the vertex this stream is in (Flink's `setParallelism`):
+    /// every operator chained into it runs with `n` subtasks (at least 1). Its input
+    /// exchange adapts (a forward exchange needs equal parallelism on both sides; the job
+    /// fails to start otherwise).
+    pub fn parallelism(mut self, n: u32) -> Self {
+        self.parallelism = n.max(1);
+        self
+    }
+
     /// Applies `f` to every value (chained into the same vertex, no exchange).
     pub fn map<U, F>(self, name: &str, f: F) -> Stream<U, Then<H, MapOp<F>, T>>
     where
@@ -472,6 +499,45 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
             body,
         });
         JobGraph { name: self.job.name, vertices }
+    }
+}
+
+/// Two collectors fed the same values (a clone to the first, the value to the second): the
+/// sinks of [`Stream::sink_both`].
+pub struct Tee<A, B> {
+    a: A,
+    b: B,
+}
+
+impl<T: Clone, A: Collector<T>, B: Collector<T>> Collector<T> for Tee<A, B> {
+    #[inline]
+    fn collect(&mut self, v: T) -> Result<()> {
+        self.a.collect(v.clone())?;
+        self.b.collect(v)
+    }
+    fn finish(&mut self) -> Result<()> {
+        let a = self.a.finish();
+        let b = self.b.finish();
+        a.and(b)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.a.flush()?;
+        self.b.flush()
+    }
+}
+
+impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
+    /// Ends the job in two sinks that both receive every value (Flink's two sinks on one
+    /// stream, chained into the same task); `Tee`s nest for more. Each subtask builds
+    /// both sinks.
+    pub fn sink_both<CA, CB, MA, MB>(self, name: &str, make_a: MA, make_b: MB) -> JobGraph
+    where
+        CA: Collector<T>,
+        CB: Collector<T>,
+        MA: Fn(&TaskInfo) -> Result<CA> + Send + Sync + 'static,
+        MB: Fn(&TaskInfo) -> Result<CB> + Send + Sync + 'static,
+    {
+        self.sink(name, move |info| Ok(Tee { a: make_a(info)?, b: make_b(info)? }))
     }
 }
 
@@ -535,23 +601,32 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
         self.exchange(SelectorKind::Global, Some(1), None, |_| GlobalPartitioner)
     }
 
-    /// An exchange with an explicit partition type and selector kind (key-hash needs
-    /// [`key_by`](Self::key_by)).
+    /// An exchange with an explicit partition type and selector kind.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] for [`SelectorKind::KeyHash`]: a key-hash exchange needs
+    /// the key, so it is made by [`key_by`](Self::key_by) (then
+    /// [`KeyedStream::partition_type`] for the partition type).
     pub fn exchange_with(
         self,
         kind: SelectorKind,
         partition_type: ResultPartitionType,
         parallelism: Option<u32>,
-    ) -> Stream<T, InputChain<T>> {
+    ) -> Result<Stream<T, InputChain<T>>> {
         let sel: fn(u32) -> Box<dyn ChannelSelector<T>> = match kind {
-            SelectorKind::Rebalance | SelectorKind::KeyHash => |i| Box::new(RebalancePartitioner::new(u64::from(i))),
+            SelectorKind::KeyHash => {
+                return Err(crate::Error::Invalid {
+                    what: "exchange_with",
+                    detail: "a key-hash exchange needs a key: use key_by(..) instead".into(),
+                })
+            }
+            SelectorKind::Rebalance => |i| Box::new(RebalancePartitioner::new(u64::from(i))),
             SelectorKind::Rescale => |_| Box::<RescalePartitioner>::default(),
             SelectorKind::Broadcast => |_| Box::new(BroadcastPartitioner),
             SelectorKind::Forward => |_| Box::new(ForwardPartitioner),
             SelectorKind::Global => |_| Box::new(GlobalPartitioner),
         };
-        let kind = if kind == SelectorKind::KeyHash { SelectorKind::Rebalance } else { kind };
-        self.exchange(kind, parallelism, Some(partition_type), sel)
+        Ok(self.exchange(kind, parallelism, Some(partition_type), sel))
     }
 
     /// Partitions by key into a new vertex (keyBy()): every value of one key reaches the
@@ -743,6 +818,21 @@ where
         F: Fn(&mut T, T) + Clone + Send + Sync + 'static,
     {
         self.stream.then(name, ReduceOp { key: self.key, f, _k: PhantomData })
+    }
+
+    /// Sets the parallelism of the keyed vertex (the consumers of the key-hash exchange), as
+    /// Flink's `keyBy(..)...setParallelism(n)` does.
+    pub fn parallelism(mut self, n: u32) -> Self {
+        self.stream = self.stream.parallelism(n);
+        self
+    }
+
+    /// Sets the partition type of the key-hash exchange (default: the job's).
+    pub fn partition_type(mut self, t: ResultPartitionType) -> Self {
+        if let Some(e) = self.stream.input.as_mut() {
+            e.partition_type = t;
+        }
+        self
     }
 
     /// The keyed stream as a plain stream: the values of each key arrive at one subtask, in

@@ -169,6 +169,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 vertex: spec.vertex,
                 subtask: spec.subtask,
                 error: format!("bad deployment: {why}"),
+                symptom: false,
             },
         );
         return Err(Error::Invalid { what: "deployment", detail: why });
@@ -197,6 +198,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
             .map_err(io_err("starting the control thread"))?;
     }
     let settings = config.task_settings();
+    install_panic_hook();
     let mut handles = Vec::new();
     let mut first_err = None;
     for spec in subtasks {
@@ -227,40 +229,31 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                         );
                     }
                 });
-                let r = match forward {
-                    Err(e) => Err(Error::Io { op: "starting a task's event thread".into(), source: e }),
+                let r: std::result::Result<(), TaskError> = match forward {
+                    Err(e) => Err(Error::Io { op: "starting a task's event thread".into(), source: e }.into()),
                     Ok(forward) => {
                         let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
                         let info = io.info(&job);
                         let body = job.vertices[vertex].body.clone();
+                        let _ = super::accumulators::take();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
-                        let r = match r {
-                            Ok(r) => r,
-                            Err(p) => Err(Error::Invalid {
-                                what: "task",
-                                detail: format!(
-                                    "panicked: {}",
-                                    p.downcast_ref::<String>()
-                                        .map(String::as_str)
-                                        .or_else(|| p.downcast_ref::<&str>().copied())
-                                        .unwrap_or("?")
-                                ),
-                            }),
-                        };
                         drop(io);
                         let _ = forward.join();
-                        r
+                        match r {
+                            Ok(r) => r.map_err(TaskError::from),
+                            Err(p) => Err(TaskError::panicked(p.as_ref())),
+                        }
                     }
                 };
                 if let Some(m) = &metrics {
                     m.end(r.is_err());
                 }
                 let msg = match &r {
-                    Ok(()) => FromWorker::TaskFinished { vertex, subtask },
+                    Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators: super::accumulators::take() },
                     Err(e) => {
                         // Relaxed: a stop request for the other tasks of this worker.
                         cancel.store(true, Ordering::Relaxed);
-                        FromWorker::TaskFailed { vertex, subtask, error: e.to_string() }
+                        FromWorker::TaskFailed { vertex, subtask, error: e.message.clone(), symptom: e.symptom }
                     }
                 };
                 let _ = send(&mut *writer.lock().expect("control socket"), &msg);
@@ -274,41 +267,99 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 cancel.store(true, Ordering::Relaxed);
                 let _ = send(
                     &mut *writer.lock().expect("control socket"),
-                    &FromWorker::TaskFailed { vertex, subtask, error: e.to_string() },
+                    &FromWorker::TaskFailed { vertex, subtask, error: e.to_string(), symptom: false },
                 );
                 first_err = Some(e);
                 break;
             }
         }
     }
+    // Task failures were reported to the coordinator, which reports the job's error: the
+    // worker itself ends quietly (run() returns Ok(None) after a Cancel), so a job
+    // binary's `main` prints one error (the coordinator's), not one per worker.
+    let mut failed = false;
     for h in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(_) => {
-                first_err.get_or_insert_with(|| Error::Invalid { what: "task", detail: "task thread panicked".into() });
-            }
-        }
+        failed |= !matches!(h.join(), Ok(Ok(())));
     }
-    match first_err {
-        None => Ok(()),
-        // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
-        // consequence; the coordinator's Cancel (quiet: it reports) or its death is the cause.
-        // A task may see the consequence (its consumer in another worker stopped) before
-        // the Cancel arrives: the coordinator's verdict is awaited a moment (bounded).
-        Some(e) => {
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            loop {
-                if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                    return Err(why);
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+    if first_err.is_none() && !failed {
+        return Ok(());
     }
+    // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
+    // consequence; the coordinator's Cancel (quiet: it reports) or its death (said by
+    // every worker, as nobody else can) is the cause. A task may see the consequence (its
+    // consumer in another worker stopped) before the Cancel arrives: the coordinator's
+    // verdict is awaited a moment (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            return Err(why);
+        }
+        if std::time::Instant::now() >= deadline {
+            // No verdict: the failures were reported, the coordinator says the rest.
+            return first_err.map_or(Ok(()), Err);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Why a task failed, as the coordinator is told.
+#[derive(Debug)]
+struct TaskError {
+    message: String,
+    /// A consequence of a failure elsewhere (see [`is_symptom`]).
+    symptom: bool,
+}
+
+impl From<Error> for TaskError {
+    fn from(e: Error) -> Self {
+        TaskError { symptom: is_symptom(&e), message: e.to_string() }
+    }
+}
+
+impl TaskError {
+    /// A panic of the task's code: its message and where it happened (recorded by the
+    /// panic hook [`install_panic_hook`] sets).
+    fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("(a panic payload that is not a string)");
+        let at = PANIC_LOCATION.with(|l| l.borrow_mut().take());
+        let message = match at {
+            Some(at) => format!("panicked at {at}: {msg}"),
+            None => format!("panicked: {msg}"),
+        };
+        TaskError { message, symptom: false }
+    }
+}
+
+/// Whether `e` is a consequence of a failure elsewhere in the job rather than a cause: a
+/// cancellation, a consumer that went away or a producer that failed.
+pub(crate) fn is_symptom(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Cancelled | Error::ConsumerGone { .. } | Error::ProducerFailed { .. } | Error::PartitionFailed(_)
+    )
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (`file:line:column`).
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records each panic's location for [`TaskError::panicked`], then runs the hook that was
+/// installed before (which prints it to stderr as usual). Installed once per process.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(l) = info.location() {
+                let at = format!("{}:{}:{}", l.file(), l.line(), l.column());
+                PANIC_LOCATION.with(|p| *p.borrow_mut() = Some(at));
+            }
+            previous(info);
+        }));
+    });
 }

@@ -1,0 +1,389 @@
+//! Online reclamation: the segments, channel blocks, directory entries and gate blocks of a
+//! process that died come back while every other process keeps running.
+//!
+//! ```text
+//!  any live process: reclaim_dead_peers(arena)
+//!    for each worker record whose process is gone:
+//!      begin_reclaim: CAS ALIVE|DEAD|EXITED -> RECLAIMING     (exactly one reclaimer)
+//!      1. segments it holds (SegmentControl::holder_pid):
+//!           in its pool or being written            -> free        (CAS on the owner word)
+//!           in flight, reader alive and attached    -> orphan      (the last reader frees it)
+//!           in flight, reader dead, gone or absent  -> free
+//!      2. channels it produced (ChannelBlock::claim_pid):
+//!           live reader: -> PRODUCER_DIED, reader woken; it reads what is left, fails
+//!                           with PeerDied, and hands the block on as ORPHANED
+//!           otherwise:   -> CLOSED (claimable again)
+//!         channels it consumed (ChannelBlock::consumer_pid):
+//!           live producer: -> CONSUMER_DIED, producer woken; it takes back the segments
+//!                             it had in flight there and fails that subpartition
+//!           producer died before (PRODUCER_DIED / ORPHANED): settled here -> CLOSED
+//!      3. its directory entries -> RELEASED, its gate blocks -> FREE
+//!      finish_reclaim: RECLAIMING -> FREE                     (the slot may be taken again)
+//!    then settles ORPHANED blocks (a dead producer's consumer left): SETTLING -> CLOSED
+//! ```
+//!
+//! Who frees a segment is decided by one atomic word each time: the owner word's CAS
+//! ([`free_segment_if`]) between a reclaimer and a settling pass, the refcount's
+//! `fetch_or(ORPHANED)` against the readers' `fetch_sub` ([`orphan_segment`]) between a
+//! reclaimer and a live reader. Channel blocks change hands by CAS on their state, so a
+//! block is released by exactly one party: its live producer, or else its live consumer
+//! leaving, or else a reclaimer. Every step can be taken again by a reclaimer that takes
+//! over from one that died (`begin_reclaim` hands the record on).
+//!
+//! Not covered: a broadcast segment of a dead producer whose readers include both a live
+//! one and a dead one that had not released it keeps the dead reader's share (nobody can
+//! tell whether it had); it comes back with `shmflow check --recover` once the arena is
+//! quiescent. A `Buffer` view kept after its gate was dropped may see its bytes reused once
+//! its producer died.
+
+use super::manager::{GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED, PARTITION_RELEASED};
+use crate::error::Result;
+use crate::memory::liveness::{self, DeadProcess, Liveness};
+use crate::memory::recovery::{free_segment_if, orphan_segment, Orphaned};
+use crate::memory::{
+    Arena, Owner, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED, CHANNEL_CONSUMER_GONE,
+    CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
+    CHANNEL_SETTLING,
+};
+use crate::ring::NotifySet;
+use crate::sync::{fence, Ordering};
+
+/// What one reclamation pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// The dead processes reclaimed in this pass (slot and pid).
+    pub reclaimed: Vec<DeadProcess>,
+    /// Segments put back on the free stack.
+    pub segments_freed: u32,
+    /// Segments still held by live readers, marked so that the last of them frees it.
+    pub segments_orphaned: u32,
+    /// Channels whose live peer was told that the dead process died (`PeerDied`).
+    pub channels_failed: u32,
+    /// Channel blocks made claimable again.
+    pub channels_closed: u32,
+    /// Partition directory entries released.
+    pub partitions_released: u32,
+    /// Gate blocks (notify sets) released.
+    pub gates_released: u32,
+}
+
+impl ReclaimReport {
+    fn add(&mut self, o: &ReclaimReport) {
+        self.reclaimed.extend_from_slice(&o.reclaimed);
+        self.segments_freed += o.segments_freed;
+        self.segments_orphaned += o.segments_orphaned;
+        self.channels_failed += o.channels_failed;
+        self.channels_closed += o.channels_closed;
+        self.partitions_released += o.partitions_released;
+        self.gates_released += o.gates_released;
+    }
+}
+
+/// Reclaims every process registered in `arena` whose process is gone (killed, crashed, or
+/// exited leaving things behind), and settles the channel blocks that dead producers' live
+/// consumers have let go since. Callable from any live process at any time, as often as
+/// wanted: a dead process is reclaimed exactly once (the first caller to see it wins a CAS
+/// on its liveness record; the others skip it), and a pass with nothing to do only reads.
+///
+/// Costs one walk over the worker records (with a `/proc` look per registered process)
+/// and, per dead process, one walk over the segment control blocks, channel blocks,
+/// directory and gates: call it when a peer was seen dying, or every few hundred
+/// milliseconds from a supervisor, not per record.
+///
+/// # Errors
+/// None today; the `Result` leaves room for a corrupt record to be reported.
+pub fn reclaim_dead_peers(arena: &Arena) -> Result<ReclaimReport> {
+    let mut report = ReclaimReport::default();
+    for slot in 0..arena.workers().len() as u32 {
+        report.add(&reclaim_slot(arena, slot));
+    }
+    settle_orphaned(arena, &mut report);
+    Ok(report)
+}
+
+/// Reclaims the process of worker slot `slot` if it is gone and nobody else reclaims it
+/// (see [`reclaim_dead_peers`]); an empty report otherwise.
+pub fn reclaim_slot(arena: &Arena, slot: u32) -> ReclaimReport {
+    let mut report = ReclaimReport::default();
+    if let Some(dead) = liveness::begin_reclaim(arena, slot) {
+        reclaim_process(arena, dead, &mut report);
+        liveness::finish_reclaim(arena, dead);
+        report.reclaimed.push(dead);
+    }
+    report
+}
+
+/// Registers this process in worker slot `slot`, reclaiming the slot's previous holder
+/// first if it died (the slot of a dead process is taken only as part of its reclamation).
+///
+/// # Errors
+/// [`crate::Error::SlotHeld`] naming the holder when it still runs (or another live process
+/// is reclaiming it right now); [`crate::Error::ProtocolViolation`] for a slot out of range.
+pub fn register_worker(arena: &Arena, slot: u32) -> Result<()> {
+    // Bounded: a live process reclaiming the slot right now finishes within a pass; wait
+    // for it at most a second.
+    let deadline = crate::sync::now_nanos() + 1_000_000_000;
+    loop {
+        reclaim_slot(arena, slot);
+        match liveness::register(arena, slot) {
+            Err(crate::Error::SlotHeld { holder, .. })
+                if holder == liveness::BEING_RECLAIMED && crate::sync::now_nanos() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether the process in worker slot `slot` is alive, left cleanly, or died (from its
+/// liveness record and `/proc`; a free or reclaimed slot counts as alive: nothing to wait
+/// for there). Cheap enough for a wait loop's slow path.
+pub fn peer_liveness(arena: &Arena, slot: u32) -> Liveness {
+    liveness::liveness(arena, slot)
+}
+
+/// Whether the process reading or writing a channel runs (`pid` from the block; 0 is
+/// "nobody attached").
+fn running(pid: u32) -> bool {
+    liveness::pid_running(pid)
+}
+
+/// What becomes of a channel the dead process produced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Produced {
+    /// A live reader still uses it: fail it (PRODUCER_DIED) and orphan its segments.
+    Fail,
+    /// Nobody reads it any more: free its segments and close it.
+    Close,
+}
+
+fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
+    let pid = dead.pid;
+    let channels = arena.channels();
+    // Which channels it produced, and whether a live reader still uses each (decided once,
+    // before any segment or state changes, so both passes below agree).
+    let mut produced: Vec<(u32, u32, Produced)> = Vec::new();
+    for (c, b) in channels.iter().enumerate() {
+        // Relaxed (both): the claimer's pid is stable while its block is in use; the state
+        // is re-read by the CAS that acts on it.
+        if b.claim_pid.load(Ordering::Relaxed) != pid {
+            continue;
+        }
+        let st = b.state.load(Ordering::Relaxed);
+        if st == CHANNEL_PROBING {
+            // It died scanning for a run of blocks: hand this one back.
+            // Release: pairs with the Acquire CAS of the next claimer.
+            if b.state.compare_exchange(st, CHANNEL_FREE, Ordering::Release, Ordering::Relaxed).is_ok() {
+                report.channels_closed += 1;
+            }
+            continue;
+        }
+        if !matches!(st, CHANNEL_OPEN | CHANNEL_CLAIMED | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED)
+            && !matches!(st, CHANNEL_CONSUMER_GONE | CHANNEL_CONSUMER_DIED)
+        {
+            continue; // free, closed, or already handed on by an earlier reclaimer
+        }
+        // Relaxed: the reader's pid, a hint checked against /proc.
+        let reader = b.consumer_pid.load(Ordering::Relaxed);
+        let live_reader =
+            matches!(st, CHANNEL_OPEN | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED) && reader != pid && running(reader);
+        produced.push((c as u32, st, if live_reader { Produced::Fail } else { Produced::Close }));
+    }
+    let any_live_reader = produced.iter().any(|p| p.2 == Produced::Fail);
+
+    // 1. Its segments.
+    for (i, ctl) in arena.controls().iter().enumerate() {
+        // Relaxed: a segment's holder changes only when it leaves the free stack; a stale
+        // value is re-checked by the owner CAS below.
+        if ctl.holder_pid.load(Ordering::Relaxed) != pid {
+            continue;
+        }
+        // Relaxed: the dead holder's last stores are complete; the CASes below decide.
+        let owner = ctl.owner.load(Ordering::Relaxed);
+        let live = match Owner::unpack(owner) {
+            Owner::Pool { .. } | Owner::Writer { .. } => false,
+            Owner::InFlight { channel, fanout } => {
+                if fanout > 1 {
+                    any_live_reader
+                } else {
+                    produced.iter().any(|p| p.0 == channel && p.2 == Produced::Fail)
+                }
+            }
+            Owner::Free | Owner::Invalid(_) => continue,
+        };
+        if live {
+            match orphan_segment(arena, i as u32, owner) {
+                Orphaned::Freed => report.segments_freed += 1,
+                Orphaned::ReaderFrees => report.segments_orphaned += 1,
+                Orphaned::Already => {}
+            }
+        } else if free_segment_if(arena, i as u32, owner) {
+            report.segments_freed += 1;
+        }
+    }
+
+    // 2. Channels it produced.
+    for &(c, st, what) in &produced {
+        let b = &channels[c as usize];
+        match what {
+            Produced::Fail => {
+                // Relaxed: published by the AcqRel CAS below.
+                b.peer_pid.store(pid, Ordering::Relaxed);
+                // AcqRel: Release publishes the orphan flags and the pid to the reader
+                // (its Acquire load in `poll_data`); Acquire pairs with its close.
+                match b.state.compare_exchange(st, CHANNEL_PRODUCER_DIED, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        report.channels_failed += 1;
+                        wake_consumer(arena, c);
+                    }
+                    Err(CHANNEL_CONSUMER_GONE) => {
+                        // The reader left meanwhile (after letting go of every lease).
+                        close_block(arena, c, CHANNEL_CONSUMER_GONE, pid, report);
+                    }
+                    Err(_) => {}
+                }
+            }
+            Produced::Close => close_block(arena, c, st, pid, report),
+        }
+    }
+
+    // Channels it consumed.
+    for (c, b) in channels.iter().enumerate() {
+        // Relaxed: a hint, acted on by CAS.
+        if b.consumer_pid.load(Ordering::Relaxed) != pid || b.claim_pid.load(Ordering::Relaxed) == pid {
+            continue;
+        }
+        // Relaxed: the CAS below decides.
+        let st = b.state.load(Ordering::Relaxed);
+        match st {
+            CHANNEL_OPEN | CHANNEL_CONSUMED | CHANNEL_PRODUCER_FAILED => {
+                // Relaxed: published by the AcqRel CAS below.
+                b.peer_pid.store(pid, Ordering::Relaxed);
+                // AcqRel: Release publishes the pid to the producer (its Acquire load in
+                // `consumer_is_dead`); Acquire pairs with its state changes.
+                if b.state.compare_exchange(st, CHANNEL_CONSUMER_DIED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    report.channels_failed += 1;
+                    wake_producer(arena, c as u32);
+                }
+            }
+            CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED => settle(arena, c as u32, st, report),
+            _ => {}
+        }
+    }
+
+    // 3. Its directory entries and gate blocks.
+    for e in arena.partitions() {
+        // Relaxed: the claimer's pid (see `claim_entry`); the CAS below decides.
+        if e.producer_pid.load(Ordering::Relaxed) != pid {
+            continue;
+        }
+        // Relaxed: as above.
+        let st = e.state.load(Ordering::Relaxed);
+        if (PARTITION_CLAIMED..=PARTITION_FAILED).contains(&st) && st != PARTITION_RELEASED {
+            // AcqRel: Release pairs with the Acquire of lookups and of the next claimer.
+            if e.state.compare_exchange(st, PARTITION_RELEASED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                report.partitions_released += 1;
+            }
+        }
+    }
+    for g in arena.gates() {
+        // Relaxed: the claimer's pid (see `claim_gate`); the CAS below decides.
+        if g.owner_pid.load(Ordering::Relaxed) == pid
+            // Release: pairs with the Acquire CAS of the next claimer.
+            && g.state.compare_exchange(GATE_OPEN, GATE_FREE, Ordering::Release, Ordering::Relaxed).is_ok()
+        {
+            report.gates_released += 1;
+        }
+    }
+}
+
+/// Frees what the dead producer `pid` still has in flight on channel `c` (nobody reads it:
+/// its reader left, died or never came) and closes the block, taking it from state `from`.
+fn close_block(arena: &Arena, c: u32, from: u32, pid: u32, report: &mut ReclaimReport) {
+    let b = &arena.channels()[c as usize];
+    // Acquire on success: after the reader's last use (its Release when it left). Release:
+    // the block goes to the next claimer after our frees (its Acquire CAS).
+    if b.state.compare_exchange(from, CHANNEL_SETTLING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return;
+    }
+    report.segments_freed += free_in_flight(arena, c, pid);
+    // Release: pairs with the Acquire CAS of the next claimer.
+    b.state.store(CHANNEL_CLOSED, Ordering::Release);
+    report.channels_closed += 1;
+}
+
+/// Frees the one-reader segments of producer `pid` still in flight on channel `c`.
+fn free_in_flight(arena: &Arena, c: u32, pid: u32) -> u32 {
+    let mut n = 0;
+    for (i, ctl) in arena.controls().iter().enumerate() {
+        // Relaxed (both): re-checked by the owner CAS in `free_segment_if`.
+        if ctl.holder_pid.load(Ordering::Relaxed) != pid {
+            continue;
+        }
+        let owner = ctl.owner.load(Ordering::Relaxed);
+        if matches!(Owner::unpack(owner), Owner::InFlight { channel, fanout: 1 } if channel == c)
+            && free_segment_if(arena, i as u32, owner)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Settles channel `c`, whose producer died and was reclaimed, once its reader is gone too
+/// (state `from`: PRODUCER_DIED with a dead reader, or ORPHANED after the reader left).
+fn settle(arena: &Arena, c: u32, from: u32, report: &mut ReclaimReport) {
+    // Relaxed: stable while the block is not closed.
+    let producer = arena.channels()[c as usize].claim_pid.load(Ordering::Relaxed);
+    close_block(arena, c, from, producer, report);
+}
+
+/// Settles every ORPHANED channel block (a dead producer's consumer has left it).
+fn settle_orphaned(arena: &Arena, report: &mut ReclaimReport) {
+    for (c, b) in arena.channels().iter().enumerate() {
+        // Relaxed: the CAS in `close_block` decides.
+        if b.state.load(Ordering::Relaxed) == CHANNEL_ORPHANED {
+            settle(arena, c as u32, CHANNEL_ORPHANED, report);
+        }
+    }
+}
+
+/// Settles channel `c` if its reader just left a dead producer's channel (see
+/// [`ChannelReader::close`](crate::ring::ChannelReader::close)).
+pub fn settle_if_orphaned(arena: &Arena, c: u32) {
+    let mut report = ReclaimReport::default();
+    settle(arena, c, CHANNEL_ORPHANED, &mut report);
+}
+
+/// Wakes the reader of channel `c`: its channel wake-up and its gate's notify set.
+fn wake_consumer(arena: &Arena, c: u32) {
+    let b = &arena.channels()[c as usize];
+    b.consumer_wake.notify_all_forced();
+    // SeqCst fence: as in `ChannelWriter::fail` (either we see the gate id, or the gate's
+    // first scan of the channel sees the state we stored).
+    fence(Ordering::SeqCst);
+    // Acquire: pairs with the Release store of `gate` in `ChannelReader::set_gate`.
+    let g = b.gate.load(Ordering::Acquire);
+    if g != 0 {
+        if let Ok(set) = NotifySet::new(arena, g - 1) {
+            // Relaxed: ordered by the Acquire above; a bad index only loses this wake-up.
+            let _ = set.mark(b.gate_index.load(Ordering::Relaxed));
+            set.wake().notify_all_forced();
+        }
+    }
+}
+
+/// Wakes the producer of channel `c`: its channel wake-up and its partition's notify set.
+fn wake_producer(arena: &Arena, c: u32) {
+    let b = &arena.channels()[c as usize];
+    b.producer_wake.notify_all_forced();
+    // Relaxed (both): written by the producer before the partition was published.
+    let set = b.producer_set.load(Ordering::Relaxed);
+    if set != 0 {
+        if let Ok(s) = NotifySet::new(arena, set - 1) {
+            let _ = s.mark(b.producer_set_index.load(Ordering::Relaxed));
+            s.wake().notify_all_forced();
+        }
+    }
+}
