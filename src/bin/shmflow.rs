@@ -1279,3 +1279,41 @@ fn top(sel: ArenaSel, once: bool, json: bool, interval_ms: u64) -> AnyResult<()>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_temp_file_of_this_output_with_a_canonical_pid_is_a_temp_output() {
+        assert_eq!(temp_pid("counts.tmp-123", "counts"), Some(123));
+        assert_eq!(temp_pid("counts.txt.tmp-7", "counts.txt"), Some(7));
+        // Another output's, or not a temp file at all.
+        assert_eq!(temp_pid("counts2.tmp-123", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-123", "counts2"), None);
+        assert_eq!(temp_pid("counts", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-", "counts"), None);
+        // Not the pid a run writes: leading zero, sign, letters, out of range.
+        assert_eq!(temp_pid("counts.tmp-0123", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-+12", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-12x", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-4294967295", "counts"), None);
+    }
+
+    #[test]
+    fn a_job_dir_names_its_temp_output_only_if_the_pids_match() {
+        let dir = std::env::temp_dir().join(format!("shmflow-unit-note-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join("out.tmp-4242");
+        std::fs::write(&tmp, "partial").unwrap();
+        std::fs::write(dir.join(JobDir::OUTPUT_NOTE), tmp.to_str().unwrap()).unwrap();
+        let noted = noted_temp_output(&dir, 4242);
+        let other_pid = noted_temp_output(&dir, 4243);
+        std::fs::write(dir.join(JobDir::OUTPUT_NOTE), "/etc/passwd").unwrap();
+        let foreign = noted_temp_output(&dir, 4242);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(noted, Some(tmp));
+        assert_eq!(other_pid, None, "a note naming another pid's file is ignored");
+        assert_eq!(foreign, None, "a note naming any other file is ignored");
+    }
+}
