@@ -237,19 +237,22 @@ pub struct JobVertex {
     pub name: String,
     /// Parallelism.
     pub parallelism: u32,
-    /// The edge from the previous vertex (none for a source).
-    pub input: Option<EdgeSpec>,
+    /// The edges into this vertex: (producer vertex, edge), none for a source, two or more
+    /// for a union (its gate reads the channels of every producer).
+    pub inputs: Vec<(usize, EdgeSpec)>,
     /// Runs one subtask.
     pub body: VertexBody,
 }
 
 impl std::fmt::Debug for JobVertex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JobVertex({}, p={}, input {:?})", self.name, self.parallelism, self.input)
+        write!(f, "JobVertex({}, p={}, inputs {:?})", self.name, self.parallelism, self.inputs)
     }
 }
 
-/// A finished job: a pipeline of vertices, each fed by the one before it.
+/// A finished job: vertices in topological order, each fed by the producers its
+/// [`JobVertex::inputs`] name (the vertex before it, or several for a union), each feeding
+/// at most one consumer (several sinks on one stream are chained: [`Stream::sink_both`]).
 #[derive(Clone, Debug)]
 pub struct JobGraph {
     /// Job name.
@@ -272,7 +275,7 @@ pub struct Stream<T, H> {
     done: Vec<JobVertex>,
     name: String,
     parallelism: u32,
-    input: Option<EdgeSpec>,
+    inputs: Vec<(usize, EdgeSpec)>,
     head: H,
     _t: PhantomData<fn() -> T>,
 }
@@ -310,7 +313,7 @@ impl JobBuilder {
             done: Vec::new(),
             name: name.to_string(),
             parallelism,
-            input: None,
+            inputs: Vec::new(),
             head: SourceChain { source, _t: PhantomData },
             _t: PhantomData,
         }
@@ -440,7 +443,7 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
             done: self.done,
             name: format!("{} -> {name}", self.name),
             parallelism: self.parallelism,
-            input: self.input,
+            inputs: self.inputs,
             head: Then { prev: self.head, op, _t: PhantomData },
             _t: PhantomData,
         }
@@ -495,7 +498,7 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
         vertices.push(JobVertex {
             name: format!("{} -> {name}", self.name),
             parallelism: self.parallelism,
-            input: self.input,
+            inputs: self.inputs,
             body,
         });
         JobGraph { name: self.job.name, vertices }
@@ -561,7 +564,8 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
             head.run(info, io, out)
         });
         let mut done = self.done;
-        done.push(JobVertex { name: self.name.clone(), parallelism: self.parallelism, input: self.input, body });
+        done.push(JobVertex { name: self.name.clone(), parallelism: self.parallelism, inputs: self.inputs, body });
+        let producer = done.len() - 1;
         let edge =
             EdgeSpec { partition_type: partition_type.unwrap_or(self.job.default_partition_type), selector: kind };
         let parallelism = parallelism.unwrap_or(self.parallelism).max(1);
@@ -570,10 +574,34 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
             done,
             name: format!("{kind:?}"),
             parallelism,
-            input: Some(edge),
+            inputs: vec![(producer, edge)],
             head: InputChain(PhantomData),
             _t: PhantomData,
         }
+    }
+
+    /// Both streams into one (Flink's `union`): each ends its vertex with a round-robin
+    /// exchange into a new vertex of this stream's parallelism, whose gate reads the
+    /// channels of both (values of the two interleave in arrival order). Both exchanges
+    /// take the partition type of this stream's job.
+    pub fn union<H2: Chain<T>>(self, other: Stream<T, H2>) -> Stream<T, InputChain<T>> {
+        let ptype = self.job.default_partition_type;
+        let name = format!("Union({}, {})", self.name, other.name);
+        let mut mine = self.rebalance(None);
+        let theirs =
+            other.exchange(SelectorKind::Rebalance, None, Some(ptype), |i| RebalancePartitioner::new(u64::from(i)));
+        let offset = mine.done.len();
+        for mut v in theirs.done {
+            for (u, _) in &mut v.inputs {
+                *u += offset;
+            }
+            mine.done.push(v);
+        }
+        for &(u, e) in &theirs.inputs {
+            mine.inputs.push((u + offset, e));
+        }
+        mine.name = name;
+        mine
     }
 
     /// Round-robin to a new vertex of `parallelism` (Flink's rebalance()).
@@ -829,7 +857,7 @@ where
 
     /// Sets the partition type of the key-hash exchange (default: the job's).
     pub fn partition_type(mut self, t: ResultPartitionType) -> Self {
-        if let Some(e) = self.stream.input.as_mut() {
+        for (_, e) in &mut self.stream.inputs {
             e.partition_type = t;
         }
         self
