@@ -84,7 +84,7 @@ impl LivenessMemo {
 }
 
 fn record(arena: &Arena, slot: u32) -> Result<&WorkerRecord> {
-    arena.workers().get(slot as usize).ok_or(Error::ProtocolViolation {
+    arena.workers().get(slot as usize).ok_or_else(|| Error::ProtocolViolation {
         place: "worker table".into(),
         detail: format!("worker slot {slot} outside 0..{}", arena.config().max_workers),
     })

@@ -1,0 +1,1146 @@
+//! The transport behind the C ABI: arenas shared by TaskManagers, channels between them,
+//! segments and messages. Everything here returns [`FfiError`]; `lib.rs` turns that into
+//! error codes at the boundary.
+//!
+//! ```text
+//!  TaskManager A (producer side)                        TaskManager B (consumer side)
+//!  wait(PRODUCER) <- notify set 2*slotA+1 <-- mark --   connect(slotA) claims channel c
+//!  accept(c)                                            send(REQUEST, segment)  -- credit ring -->
+//!  send(BUFFER, segment, seq, backlog, ...) -- data ring --> wait(CONSUMER) <- notify set 2*slotB
+//!                                                       poll(c) -> copy out, release(segment)
+//!  poll(c): CREDIT n, RESUME, TASK_EVENT ... <-- credit ring -- send(CREDIT n) ...
+//! ```
+//!
+//! A channel is one [`ChannelBlock`] of the arena: its data ring carries messages from the
+//! producer, its credit ring messages from the consumer. A message is four ring slots
+//! pushed together (one publication):
+//!
+//! ```text
+//!  slot 0  [ kind : 8 | data type : 8 | flags : 8 | 0 : 8 | size : 32 ]
+//!  slot 1  [ segment + 1 : 32 | subpartition : 32 ]     segment + 1 == 0: no payload
+//!  slot 2  [ sequence number : 32 | backlog : 32 ]
+//!  slot 3  [ arg : 64 ]                                 (CREDIT: the number of credits)
+//! ```
+//!
+//! Kind 1 ([`KIND_CREDIT`]) is the transport's own credit announcement; kinds 2..=255 are
+//! the caller's (the Flink module's BUFFER, ERROR, REQUEST, RESUME, ...). Credit travels
+//! in order with the other messages (not in a shared counter) because Flink's
+//! resume-consumption resets the producer's credit to zero: credit announced before the
+//! resume must be dropped, credit announced after it kept.
+//!
+//! Each TaskManager holds one worker slot of the arena (`liveness`) and two notify sets
+//! (gate blocks `2*slot` for what it consumes and `2*slot+1` for what it produces): a
+//! sender marks the receiver's set after publishing, and one dispatcher thread per side
+//! and TaskManager waits on it (spinning for a budget, then parking on the futex).
+//!
+//! Segment ownership (`SegmentControl::owner`, `holder_pid`, `refcount`) is kept exact at
+//! every hand-over, so `shmflow check` and the online reclaimer (`shmflow::partition::
+//! reclaim`, run through [`reclaim`] when a peer is seen dead) can tell who holds what:
+//! acquire = `Writer { worker }` held by our pid, send = `InFlight { channel }` with one
+//! reader, release = `Free` (a compare-and-swap on the owner word, so a segment is freed
+//! once, by us or by a reclaimer). A channel block records the producer's pid as its
+//! `claim_pid` and the consumer's as `consumer_pid`, as the reclaimer expects.
+
+use parking_lot::Mutex;
+use shmflow::memory::liveness::{self, Liveness};
+use shmflow::memory::recovery::free_segment_if;
+use shmflow::memory::{
+    process_start_ticks, Arena, ArenaConfig, ChannelBlock, Owner, RingKind, CHANNEL_CLAIMED, CHANNEL_CLOSED,
+    CHANNEL_CONSUMER_DIED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED,
+    CHANNEL_PRODUCER_FAILED, REFCOUNT_MASK,
+};
+use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
+use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
+use shmflow::sync::{spin_loop, EventCount, Ordering};
+use shmflow::ArenaError;
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Error codes of the C ABI (negative; 0 is success). Mirrored in `include/shmflow.h`.
+pub mod code {
+    /// An argument is invalid (null pointer, out of range, wrong handle, bad string).
+    pub const EINVAL: i32 = -1;
+    /// Would block: nothing arrived, no segment or ring room before the timeout.
+    pub const EAGAIN: i32 = -2;
+    /// The peer closed its end of the channel, or its process died.
+    pub const EPEER: i32 = -3;
+    /// A system call failed (arena file, registry directory).
+    pub const EIO: i32 = -4;
+    /// The peer broke the protocol (a malformed message in shared memory).
+    pub const EPROTO: i32 = -5;
+    /// A panic was caught at the boundary (a bug in shmflow).
+    pub const EPANIC: i32 = -6;
+    /// Not found (a TaskManager not registered, or not alive).
+    pub const ENOENT: i32 = -7;
+    /// The arena cannot be had with these settings (too small, other segment size).
+    pub const ECONFIG: i32 = -8;
+}
+
+/// An error code and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FfiError {
+    /// One of [`code`].
+    pub code: i32,
+    /// What went wrong, for the caller's log.
+    pub msg: String,
+}
+
+impl FfiError {
+    /// An error with code `code`.
+    pub fn new(code: i32, msg: impl Into<String>) -> Self {
+        Self { code, msg: msg.into() }
+    }
+}
+
+/// Result of every operation here.
+pub type FResult<T> = Result<T, FfiError>;
+
+fn inval(msg: impl Into<String>) -> FfiError {
+    FfiError::new(code::EINVAL, msg)
+}
+
+fn from_lib(e: shmflow::Error) -> FfiError {
+    let c = match &e {
+        shmflow::Error::ProtocolViolation { .. } => code::EPROTO,
+        shmflow::Error::OutOfSlots(_) => code::ECONFIG,
+        shmflow::Error::Io { .. } => code::EIO,
+        _ => code::EIO,
+    };
+    FfiError::new(c, e.to_string())
+}
+
+fn from_arena(e: ArenaError) -> FfiError {
+    let c = match &e {
+        ArenaError::Config(_) => code::ECONFIG,
+        ArenaError::Io { .. } => code::EIO,
+        _ => code::ECONFIG,
+    };
+    FfiError::new(c, e.to_string())
+}
+
+/// The transport's own message kind: `arg` more credits (consumer to producer).
+pub const KIND_CREDIT: u8 = 1;
+/// Flag bit: the payload is compressed (Flink's `Buffer.isCompressed`).
+pub const FLAG_COMPRESSED: u8 = 1;
+/// Ring slots per message.
+const SLOTS: u64 = 4;
+/// Longest wait any single call accepts (one hour), so every loop is bounded.
+pub const MAX_TIMEOUT_MS: i32 = 3_600_000;
+
+/// One message, as the caller sees it (`shmflow_msg` in the header).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Msg {
+    /// Message kind, 1..=255 ([`KIND_CREDIT`] is the transport's).
+    pub kind: i32,
+    /// Segment carrying the payload, or -1 for none.
+    pub segment: i32,
+    /// Payload bytes in the segment (0 without a segment).
+    pub size: i32,
+    /// Flink: subpartition index of the buffer.
+    pub subpartition: i32,
+    /// Flink: sequence number.
+    pub seq: i32,
+    /// Flink: the sender's backlog.
+    pub backlog: i32,
+    /// Flink: `Buffer.DataType` ordinal, 0..=255.
+    pub data_type: i32,
+    /// Bit 0: compressed.
+    pub flags: i32,
+    /// Free argument (credits for CREDIT, a buffer size, ...).
+    pub arg: i64,
+}
+
+impl Msg {
+    fn encode(&self, segment_size: u32) -> FResult<[u64; 4]> {
+        if !(1..=255).contains(&self.kind) {
+            return Err(inval(format!("message kind {} is outside 1..=255", self.kind)));
+        }
+        if !(0..=255).contains(&self.data_type) {
+            return Err(inval(format!("data type {} is outside 0..=255", self.data_type)));
+        }
+        if !(0..=1).contains(&self.flags) {
+            return Err(inval(format!("flags {:#x}: only bit 0 (compressed) is defined", self.flags)));
+        }
+        if self.size < 0 || self.size as u32 > segment_size {
+            return Err(inval(format!("size {} is outside 0..={segment_size}", self.size)));
+        }
+        if self.segment < 0 && (self.segment != -1 || self.size != 0) {
+            return Err(inval(format!(
+                "segment {} with size {}: a message without a segment has size 0",
+                self.segment, self.size
+            )));
+        }
+        if self.kind == i32::from(KIND_CREDIT) && !(1..=i64::from(i32::MAX)).contains(&self.arg) {
+            return Err(inval(format!("a credit message must carry 1..=2^31-1 credits, not {}", self.arg)));
+        }
+        let s0 = ((self.kind as u64) << 56)
+            | ((self.data_type as u64) << 48)
+            | ((self.flags as u64) << 40)
+            | self.size as u32 as u64;
+        let s1 = (((self.segment + 1) as u32 as u64) << 32) | self.subpartition as u32 as u64;
+        let s2 = ((self.seq as u32 as u64) << 32) | self.backlog as u32 as u64;
+        Ok([s0, s1, s2, self.arg as u64])
+    }
+
+    fn decode(s: [u64; 4], segment_size: u32, segment_count: u32) -> FResult<Self> {
+        let bad = |d: String| FfiError::new(code::EPROTO, d);
+        let kind = (s[0] >> 56) as i32;
+        let flags = ((s[0] >> 40) & 0xff) as i32;
+        let size = s[0] as u32;
+        if kind == 0 || (s[0] >> 32) & 0xff != 0 || flags > 1 || size > segment_size {
+            return Err(bad(format!("malformed message header {:#x}", s[0])));
+        }
+        let seg1 = (s[1] >> 32) as u32;
+        if seg1 > segment_count || (seg1 == 0 && size != 0) {
+            return Err(bad(format!(
+                "message names segment {} with size {size} (segments 0..{segment_count})",
+                seg1 as i64 - 1
+            )));
+        }
+        if kind == i32::from(KIND_CREDIT) && !(1..=u64::from(i32::MAX as u32)).contains(&s[3]) {
+            return Err(bad(format!("credit message with {} credits", s[3])));
+        }
+        Ok(Msg {
+            kind,
+            segment: seg1 as i32 - 1,
+            size: size as i32,
+            subpartition: s[1] as u32 as i32,
+            seq: (s[2] >> 32) as u32 as i32,
+            backlog: s[2] as u32 as i32,
+            data_type: ((s[0] >> 48) & 0xff) as i32,
+            flags,
+            arg: s[3] as i64,
+        })
+    }
+}
+
+/// Settings of [`ArenaCtx::open`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Name under /dev/shm.
+    pub name: String,
+    /// Registry directory: one entry per attached TaskManager.
+    pub registry_dir: PathBuf,
+    /// The TaskManager's id (Flink's ResourceID), any bytes but NUL, 1..=1024 of them.
+    pub tm_id: String,
+    /// Arena size in bytes (used when this call creates it).
+    pub arena_bytes: u64,
+    /// Segment size (Flink's memory segment size; must match an existing arena's).
+    pub segment_size: u32,
+    /// How long a dispatcher spins before it parks.
+    pub spin_ns: u64,
+}
+
+/// Geometry of every arena this module creates, apart from the size and segment size.
+pub fn arena_config(segment_size: u32, arena_bytes: u64) -> FResult<ArenaConfig> {
+    let base = ArenaConfig {
+        segment_size,
+        segment_count: 2,
+        // 64 messages of 4 slots each way per channel: Flink's credit (at most
+        // max-buffers-per-channel data buffers in flight) plus events.
+        ring_capacity: 256,
+        max_channels: 1024,
+        max_partitions: 1,
+        // Two notify sets per TaskManager, one more for "a segment came back".
+        max_gates: 2 * 64 + 1,
+        max_channels_per_gate: 1024,
+        max_workers: 64,
+        max_tasks: 1,
+    };
+    base.with_arena_size(arena_bytes).map_err(|e| {
+        FfiError::new(code::ECONFIG, format!("arena of {arena_bytes} bytes with {segment_size}-byte segments: {e}"))
+    })
+}
+
+/// One TaskManager's attachment to the host's arena.
+pub struct ArenaCtx {
+    /// The mapping.
+    pub arena: Arc<Arena>,
+    /// Our worker slot.
+    pub slot: u32,
+    opts: OpenOptions,
+    entry: PathBuf,
+    accepted: Mutex<HashSet<u32>>,
+    pending: [Mutex<VecDeque<u32>>; 2],
+    closed: Mutex<bool>,
+}
+
+impl std::fmt::Debug for ArenaCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArenaCtx({:?}, slot {})", self.opts.name, self.slot)
+    }
+}
+
+/// Which of a TaskManager's two notify sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Channels this TaskManager consumes.
+    Consumer = 0,
+    /// Channels this TaskManager produces.
+    Producer = 1,
+}
+
+fn set_id(slot: u32, side: Side) -> u32 {
+    2 * slot + side as u32
+}
+
+/// The notify-set member that [`ArenaCtx::wake`] marks: the last channel block, which
+/// `connect` never hands out.
+fn wake_member(arena: &Arena) -> u32 {
+    arena.config().max_channels - 1
+}
+
+fn segments_wake(arena: &Arena) -> &EventCount {
+    // The last gate block is the arena-wide "a segment came back" wake-up.
+    &arena.gates()[arena.gates().len() - 1].wake
+}
+
+/// A registry entry: which slot of which arena a TaskManager holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Worker slot.
+    pub slot: u32,
+    /// Pid of the TaskManager's process.
+    pub pid: u32,
+    /// Its start time in clock ticks.
+    pub start: u64,
+    /// The arena name.
+    pub arena: String,
+}
+
+fn entry_name(tm_id: &str) -> String {
+    let mut s = String::with_capacity(3 + 2 * tm_id.len());
+    s.push_str("tm-");
+    for b in tm_id.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn read_entry(path: &Path) -> Option<Entry> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut e = Entry { slot: u32::MAX, pid: 0, start: 0, arena: String::new() };
+    for line in text.lines().take(16) {
+        let (k, v) = line.split_once('=')?;
+        match k {
+            "slot" => e.slot = v.parse().ok()?,
+            "pid" => e.pid = v.parse().ok()?,
+            "start" => e.start = v.parse().ok()?,
+            "arena" => e.arena = v.to_string(),
+            _ => {}
+        }
+    }
+    (e.slot != u32::MAX && e.pid != 0).then_some(e)
+}
+
+fn pid_alive(pid: u32, start: u64) -> bool {
+    match process_start_ticks(pid) {
+        Some(t) => start == 0 || t == start,
+        None => false,
+    }
+}
+
+struct DirLock(std::fs::File);
+
+impl DirLock {
+    fn take(dir: &Path) -> FResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            FfiError::new(code::EIO, format!("registry directory {} cannot be created: {e}", dir.display()))
+        })?;
+        let path = dir.join(".lock");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
+            FfiError::new(code::EIO, format!("registry directory {} is not writable: {e}", dir.display()))
+        })?;
+        // SAFETY: flock on an fd we own; blocks until the other holder (a TaskManager
+        // attaching or leaving, a few milliseconds) unlocks or dies.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(FfiError::new(
+                code::EIO,
+                format!("locking {}: {}", path.display(), std::io::Error::last_os_error()),
+            ));
+        }
+        Ok(DirLock(f))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking our own fd (closing it would unlock too).
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// The live entries of `dir` for arena `name`, removing the files of dead processes.
+fn live_entries(dir: &Path, name: &str) -> Vec<(PathBuf, Entry)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for d in rd.flatten().take(100_000) {
+        let p = d.path();
+        if !d.file_name().to_string_lossy().starts_with("tm-") {
+            continue;
+        }
+        match read_entry(&p) {
+            Some(e) if pid_alive(e.pid, e.start) => {
+                if e.arena == name {
+                    out.push((p, e));
+                }
+            }
+            _ => {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    out
+}
+
+impl ArenaCtx {
+    /// Creates the host's arena (O_EXCL, 0600) or attaches to it, claims a worker slot and
+    /// registers this TaskManager in the registry directory.
+    ///
+    /// # Errors
+    /// [`code::EIO`] for an unusable registry directory or arena file, [`code::ECONFIG`]
+    /// for an arena too small or with another segment size, [`code::EINVAL`] for bad
+    /// options.
+    pub fn open(opts: OpenOptions) -> FResult<Arc<Self>> {
+        if opts.tm_id.is_empty() || opts.tm_id.len() > 1024 || opts.tm_id.contains('\0') {
+            return Err(inval("the TaskManager id must be 1..=1024 bytes without NUL"));
+        }
+        if opts.name.is_empty()
+            || opts.name.len() > 200
+            || opts.name.contains(['/', '\0'])
+            || opts.name.starts_with('.')
+        {
+            return Err(inval(format!(
+                "arena name {:?} must be 1..=200 characters without '/' and not start with '.'",
+                opts.name
+            )));
+        }
+        if opts.spin_ns > 1_000_000_000 {
+            return Err(inval(format!("spin budget {} ns is above one second", opts.spin_ns)));
+        }
+        let config = arena_config(opts.segment_size, opts.arena_bytes)?;
+        let _lock = DirLock::take(&opts.registry_dir)?;
+        let live = live_entries(&opts.registry_dir, &opts.name);
+        let shm = Path::new("/dev/shm").join(&opts.name);
+        let mut arena = if live.is_empty() {
+            // Nobody alive uses it: whatever is there is left over from a dead cluster.
+            let _ = std::fs::remove_file(&shm);
+            None
+        } else {
+            match Arena::attach_named(&opts.name) {
+                Ok(a) => Some(a),
+                Err(ArenaError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(from_arena(e)),
+            }
+        };
+        if arena.is_none() {
+            let mut a = Arena::create_named(&opts.name, &config).map_err(from_arena)?;
+            a.keep();
+            arena = Some(a);
+        }
+        let arena = Arc::new(arena.expect("set above"));
+        if arena.segment_size() != opts.segment_size {
+            return Err(FfiError::new(
+                code::ECONFIG,
+                format!(
+                    "arena {} has segments of {} bytes, this TaskManager uses {}",
+                    opts.name,
+                    arena.segment_size(),
+                    opts.segment_size
+                ),
+            ));
+        }
+        let c = arena.config();
+        if c.max_gates < 2 * c.max_workers + 1
+            || c.max_channels_per_gate < c.max_channels
+            || c.ring_capacity < 2 * SLOTS as u32
+        {
+            return Err(FfiError::new(
+                code::ECONFIG,
+                format!("arena {} was not made by this module (geometry {c:?})", opts.name),
+            ));
+        }
+        // What TaskManagers that died on this arena left behind comes back first (a
+        // replacement TaskManager joining after a kill), exactly once whoever runs it.
+        let _ = reclaim_dead_peers(&arena);
+        let slot = liveness::claim(&arena).map_err(from_lib)?;
+        for side in [Side::Consumer, Side::Producer] {
+            NotifySet::new(&arena, set_id(slot, side)).map_err(from_lib)?.reset();
+        }
+        let entry = opts.registry_dir.join(entry_name(&opts.tm_id));
+        let pid = std::process::id();
+        let text =
+            format!("slot={slot}\npid={pid}\nstart={}\narena={}\n", process_start_ticks(pid).unwrap_or(0), opts.name);
+        let tmp = opts.registry_dir.join(format!(".{}.tmp", entry_name(&opts.tm_id)));
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &entry));
+        if let Err(e) = written {
+            liveness::mark_exited(&arena, slot);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(FfiError::new(code::EIO, format!("registry directory {}: {e}", opts.registry_dir.display())));
+        }
+        Ok(Arc::new(ArenaCtx {
+            arena,
+            slot,
+            opts,
+            entry,
+            accepted: Mutex::new(HashSet::new()),
+            pending: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
+            closed: Mutex::new(false),
+        }))
+    }
+
+    /// Leaves: removes our registry entry, marks our slot exited, and unlinks the arena
+    /// file when no other live TaskManager is registered. Idempotent.
+    pub fn close(&self) {
+        let mut closed = self.closed.lock();
+        if *closed {
+            return;
+        }
+        *closed = true;
+        let lock = DirLock::take(&self.opts.registry_dir);
+        let _ = std::fs::remove_file(&self.entry);
+        liveness::mark_exited(&self.arena, self.slot);
+        if lock.is_ok() && live_entries(&self.opts.registry_dir, &self.opts.name).is_empty() {
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.opts.name));
+        }
+        drop(closed);
+        self.wake(Side::Consumer);
+        self.wake(Side::Producer);
+    }
+
+    /// The worker slot of TaskManager `tm_id` if it is registered on this arena and alive.
+    ///
+    /// # Errors
+    /// [`code::ENOENT`] when it is not.
+    pub fn lookup(&self, tm_id: &str) -> FResult<u32> {
+        if tm_id.is_empty() || tm_id.len() > 1024 || tm_id.contains('\0') {
+            return Err(inval("the TaskManager id must be 1..=1024 bytes without NUL"));
+        }
+        let p = self.opts.registry_dir.join(entry_name(tm_id));
+        let not = |why: &str| FfiError::new(code::ENOENT, format!("TaskManager {tm_id:?}: {why}"));
+        let e = read_entry(&p).ok_or_else(|| not("not registered on this host"))?;
+        if e.arena != self.opts.name || e.slot >= self.arena.config().max_workers {
+            return Err(not("registered on another arena"));
+        }
+        if !pid_alive(e.pid, e.start) {
+            return Err(not("its process is gone"));
+        }
+        let w = &self.arena.workers()[e.slot as usize];
+        // Relaxed: the worker record's pid is published with its state; a stale value only
+        // makes us refuse (and fall back to Netty).
+        if w.pid.load(Ordering::Relaxed) != e.pid || liveness::liveness(&self.arena, e.slot) != Liveness::Alive {
+            return Err(not("its arena slot is not alive"));
+        }
+        Ok(e.slot)
+    }
+
+    /// Whether the TaskManager in `slot` is alive (1), left cleanly (0) or died (-1).
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] for a slot out of range.
+    pub fn peer_state(&self, slot: u32) -> FResult<i32> {
+        if slot >= self.arena.config().max_workers {
+            return Err(inval(format!("worker slot {slot} is outside 0..{}", self.arena.config().max_workers)));
+        }
+        Ok(match liveness::liveness(&self.arena, slot) {
+            Liveness::Alive => 1,
+            Liveness::Exited => 0,
+            Liveness::Dead { .. } => -1,
+        })
+    }
+
+    /// Waits until channels of side `side` were marked (or `timeout`): writes up to
+    /// `out.len()` channel ids, returns how many. Spins for the spin budget first.
+    ///
+    /// # Errors
+    /// [`code::EPROTO`] for a corrupt notify set.
+    pub fn wait(&self, side: Side, out: &mut [i32], timeout: Duration) -> FResult<usize> {
+        let set = NotifySet::new(&self.arena, set_id(self.slot, side)).map_err(from_lib)?;
+        let members = self.arena.config().max_channels;
+        let mut pending = self.pending[side as usize].lock();
+        let deadline = Instant::now() + timeout;
+        let spin_until = Instant::now() + Duration::from_nanos(self.opts.spin_ns);
+        // Bounded: each round either returns or waits until the deadline, which is finite.
+        for round in 0u64.. {
+            let mut woken = false;
+            if pending.is_empty() {
+                set.drain(members, |i| {
+                    if i == wake_member(&self.arena) {
+                        woken = true;
+                    } else {
+                        pending.push_back(i);
+                    }
+                });
+            }
+            if woken || !pending.is_empty() || *self.closed.lock() {
+                let n = out.len().min(pending.len());
+                for (o, id) in out.iter_mut().zip(pending.drain(..n)) {
+                    *o = id as i32;
+                }
+                return Ok(n);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(0);
+            }
+            if now < spin_until && round < 1 << 24 {
+                spin_loop();
+                continue;
+            }
+            let token = set.wake().prepare_wait();
+            if set.any(members) || *self.closed.lock() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            set.wake().wait(token, Some(left.min(Duration::from_millis(500))));
+        }
+        Ok(0)
+    }
+
+    /// Wakes our own dispatcher of side `side` (it has work from this process, or must
+    /// stop). Marks a member no channel uses, so the wake-up is not lost when the
+    /// dispatcher is between its last check and its sleep.
+    pub fn wake(&self, side: Side) {
+        if let Ok(s) = NotifySet::new(&self.arena, set_id(self.slot, side)) {
+            let _ = s.mark(wake_member(&self.arena));
+        }
+    }
+
+    /// Segments on the free stack, and in all.
+    pub fn segment_counts(&self) -> (u32, u32) {
+        (self.arena.header_atomics().free_stack.len(), self.arena.segment_count())
+    }
+}
+
+/// One end of a channel.
+pub struct ChannelCtx {
+    /// The TaskManager's arena.
+    pub ctx: Arc<ArenaCtx>,
+    /// Channel block index.
+    pub id: u32,
+    /// Which end.
+    pub side: Side,
+    /// The other end's worker slot.
+    pub peer: u32,
+    peer_set: u32,
+    out: Mutex<RingProducer>,
+    inn: Mutex<RingConsumer>,
+    /// Segments this end received and has not released yet (only these, and segments it
+    /// acquired itself, may it release).
+    held: Mutex<HashSet<u32>>,
+    closed: Mutex<bool>,
+}
+
+impl std::fmt::Debug for ChannelCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChannelCtx({}, {:?}, peer {})", self.id, self.side, self.peer)
+    }
+}
+
+fn ring_of(arena: &Arena, id: u32, kind: RingKind) -> Ring<'_> {
+    let b = &arena.channels()[id as usize];
+    let h = match kind {
+        RingKind::Data => &b.data,
+        RingKind::Credit => &b.credit,
+        RingKind::Priority => &b.priority,
+    };
+    Ring::new(h, arena.ring_slots(id, kind))
+}
+
+impl ChannelCtx {
+    fn block(&self) -> &ChannelBlock {
+        &self.ctx.arena.channels()[self.id as usize]
+    }
+
+    fn out_kind(&self) -> RingKind {
+        match self.side {
+            Side::Producer => RingKind::Data,
+            Side::Consumer => RingKind::Credit,
+        }
+    }
+
+    fn in_kind(&self) -> RingKind {
+        match self.side {
+            Side::Producer => RingKind::Credit,
+            Side::Consumer => RingKind::Data,
+        }
+    }
+
+    /// Consumer side: claims a free channel block towards the TaskManager in worker slot
+    /// `producer` and wakes that TaskManager's producer dispatcher.
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] for a slot out of range or not alive, [`code::ECONFIG`] when
+    /// every channel block is taken.
+    pub fn connect(ctx: &Arc<ArenaCtx>, producer: u32) -> FResult<Arc<Self>> {
+        if ctx.peer_state(producer)? != 1 {
+            return Err(FfiError::new(code::EPEER, format!("the TaskManager in slot {producer} is not alive")));
+        }
+        let arena = &ctx.arena;
+        let usable = wake_member(arena) as usize;
+        // Relaxed: the producer's pid for the reclaimer, from a record we just saw alive.
+        let producer_pid = arena.workers()[producer as usize].pid.load(Ordering::Relaxed);
+        for (i, b) in arena.channels().iter().enumerate().take(usable) {
+            // Acquire on success: after the previous user's (or reclaimer's) last writes.
+            let claimed = [CHANNEL_FREE, CHANNEL_CLOSED].into_iter().any(|from| {
+                b.state.compare_exchange(from, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            });
+            if !claimed {
+                continue;
+            }
+            let id = i as u32;
+            b.reset();
+            // Relaxed (both): published by the Release store of OPEN below. The online
+            // reclaimer (partition::reclaim) reads claim_pid as the producer's pid and
+            // consumer_pid as the reader's.
+            b.claim_pid.store(producer_pid, Ordering::Relaxed);
+            b.consumer_pid.store(std::process::id(), Ordering::Relaxed);
+            // Relaxed (all): published by the Release store of OPEN below.
+            b.producer_worker.store(producer + 1, Ordering::Relaxed);
+            b.consumer_worker.store(ctx.slot + 1, Ordering::Relaxed);
+            b.gate_index.store(id, Ordering::Relaxed);
+            b.gate.store(set_id(ctx.slot, Side::Consumer) + 1, Ordering::Relaxed);
+            b.producer_set.store(set_id(producer, Side::Producer) + 1, Ordering::Relaxed);
+            b.producer_set_index.store(id, Ordering::Relaxed);
+            // Release: pairs with the Acquire load in `accept`: the producer sees the
+            // routing above and the empty rings.
+            b.state.store(CHANNEL_OPEN, Ordering::Release);
+            let ch = Arc::new(ChannelCtx {
+                ctx: ctx.clone(),
+                id,
+                side: Side::Consumer,
+                peer: producer,
+                peer_set: set_id(producer, Side::Producer),
+                out: Mutex::new(RingProducer::attach(&ring_of(arena, id, RingKind::Credit))),
+                inn: Mutex::new(RingConsumer::attach(&ring_of(arena, id, RingKind::Data))),
+                held: Mutex::new(HashSet::new()),
+                closed: Mutex::new(false),
+            });
+            ch.notify_peer()?;
+            return Ok(ch);
+        }
+        Err(FfiError::new(code::ECONFIG, "every channel block of the arena is taken"))
+    }
+
+    /// Producer side: takes channel `id`, which our producer dispatcher saw marked.
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] for an id out of range, a channel that is not open towards us, or
+    /// one we already accepted.
+    pub fn accept(ctx: &Arc<ArenaCtx>, id: u32) -> FResult<Arc<Self>> {
+        let arena = &ctx.arena;
+        let Some(b) = arena.channels().get(id as usize) else {
+            return Err(inval(format!("channel {id} is outside 0..{}", arena.config().max_channels)));
+        };
+        // Acquire: pairs with the Release store of OPEN in `connect`.
+        if b.state.load(Ordering::Acquire) != CHANNEL_OPEN {
+            return Err(inval(format!("channel {id} is not open")));
+        }
+        // Relaxed (both): ordered by the Acquire above.
+        if b.producer_worker.load(Ordering::Relaxed) != ctx.slot + 1 {
+            return Err(inval(format!("channel {id} is not addressed to this TaskManager")));
+        }
+        let consumer = b.consumer_worker.load(Ordering::Relaxed).wrapping_sub(1);
+        if consumer >= arena.config().max_workers {
+            return Err(FfiError::new(code::EPROTO, format!("channel {id} names consumer slot {consumer}")));
+        }
+        if !ctx.accepted.lock().insert(id) {
+            return Err(inval(format!("channel {id} is already accepted")));
+        }
+        Ok(Arc::new(ChannelCtx {
+            ctx: ctx.clone(),
+            id,
+            side: Side::Producer,
+            peer: consumer,
+            peer_set: set_id(consumer, Side::Consumer),
+            out: Mutex::new(RingProducer::attach(&ring_of(arena, id, RingKind::Data))),
+            inn: Mutex::new(RingConsumer::attach(&ring_of(arena, id, RingKind::Credit))),
+            held: Mutex::new(HashSet::new()),
+            closed: Mutex::new(false),
+        }))
+    }
+
+    fn check_open(&self) -> FResult<()> {
+        if *self.closed.lock() {
+            return Err(inval(format!("channel {} is closed", self.id)));
+        }
+        Ok(())
+    }
+
+    fn notify_peer(&self) -> FResult<()> {
+        NotifySet::new(&self.ctx.arena, self.peer_set).and_then(|s| s.mark(self.id)).map_err(from_lib)
+    }
+
+    /// Takes a free segment for writing, waiting up to `timeout` for one to come back.
+    ///
+    /// # Errors
+    /// [`code::EAGAIN`] when none came back in time; [`code::EPROTO`] for a corrupt free
+    /// stack.
+    pub fn acquire(&self, timeout: Duration) -> FResult<u32> {
+        self.check_open()?;
+        let arena = &self.ctx.arena;
+        let deadline = Instant::now() + timeout;
+        // Bounded by the deadline: every round parks for the rest of it at most.
+        loop {
+            if let Some(s) = arena.free_stack().pop().map_err(from_lib)? {
+                let ctl = &arena.controls()[s as usize];
+                // Relaxed (all): bookkeeping for checkers and the reclaimer; the segment is
+                // ours alone now.
+                ctl.holder_pid.store(std::process::id(), Ordering::Relaxed);
+                ctl.refcount.store(0, Ordering::Relaxed);
+                ctl.owner.store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
+                return Ok(s);
+            }
+            let token = segments_wake(arena).prepare_wait();
+            if !arena.header_atomics().free_stack.is_empty() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FfiError::new(code::EAGAIN, format!("no free segment within {timeout:?}")));
+            }
+            segments_wake(arena).wait(token, Some(left.min(Duration::from_millis(100))));
+        }
+    }
+
+    /// Returns a segment to the free stack: one this end received, or one it acquired and
+    /// did not send.
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] for an index out of range or a segment this end does not hold.
+    pub fn release(&self, segment: i32) -> FResult<()> {
+        let received = segment >= 0 && self.held.lock().remove(&(segment as u32));
+        let r = release_segment(&self.ctx, self.id, segment, received);
+        if r.is_err() && received {
+            self.held.lock().insert(segment as u32);
+        }
+        r
+    }
+
+    /// Publishes `msg` (with its segment, if any) to the other end, waiting up to
+    /// `timeout` for room in the ring.
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] for a bad message or a segment we do not hold; [`code::EPEER`]
+    /// when the other end closed or died; [`code::EAGAIN`] when the ring stayed full.
+    pub fn send(&self, msg: &Msg, timeout: Duration) -> FResult<()> {
+        self.check_open()?;
+        let arena = &self.ctx.arena;
+        let slots = msg.encode(arena.segment_size())?;
+        if msg.segment >= 0 {
+            let s = msg.segment as u32;
+            let Some(ctl) = arena.controls().get(s as usize) else {
+                return Err(inval(format!("segment {s} is outside 0..{}", arena.segment_count())));
+            };
+            // Relaxed: only we write the owner of a segment we hold.
+            if ctl.owner.load(Ordering::Relaxed) != (Owner::Writer { pool: 0, worker: self.ctx.slot }).pack() {
+                return Err(inval(format!("segment {s} is not held by this TaskManager for writing")));
+            }
+        }
+        let ring = ring_of(arena, self.id, self.out_kind());
+        let place = || format!("channel {}", self.id);
+        let deadline = Instant::now() + timeout;
+        let mut out = self.out.lock();
+        let mut pause = Duration::from_micros(20);
+        // Bounded by the deadline.
+        loop {
+            self.peer_gone()?;
+            if msg.segment >= 0 {
+                let ctl = &arena.controls()[msg.segment as usize];
+                // Relaxed (both): the Release store of the ring tail in push_all publishes
+                // them. One reader holds it until it releases (the reclaimer's orphaning
+                // works on this count).
+                ctl.refcount.store(1, Ordering::Relaxed);
+                ctl.owner.store(Owner::InFlight { channel: self.id, fanout: 1 }.pack(), Ordering::Relaxed);
+            }
+            if out.push_all(&ring, &slots, &place).map_err(from_lib)? {
+                break;
+            }
+            if msg.segment >= 0 {
+                let ctl = &arena.controls()[msg.segment as usize];
+                // Relaxed (both): as above; not published.
+                ctl.refcount.store(0, Ordering::Relaxed);
+                ctl.owner.store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
+            }
+            if Instant::now() >= deadline {
+                return Err(FfiError::new(
+                    code::EAGAIN,
+                    format!("channel {}: the ring stayed full for {timeout:?}", self.id),
+                ));
+            }
+            // The ring is full only when the other side stopped reading (64 messages):
+            // a rare, slow path; sleep with a growing pause instead of a second wake-up word.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        drop(out);
+        if self.side == Side::Producer && msg.size > 0 {
+            let b = self.block();
+            // Relaxed (both): statistics.
+            b.buffers_out.fetch_add(1, Ordering::Relaxed);
+            b.bytes_out.fetch_add(msg.size as u64, Ordering::Relaxed);
+        }
+        self.notify_peer()
+    }
+
+    /// Takes up to `out.len()` messages; returns how many.
+    ///
+    /// # Errors
+    /// [`code::EPROTO`] for a malformed message; [`code::EPEER`] when nothing is left and
+    /// the other end closed or died.
+    pub fn poll(&self, out: &mut [Msg]) -> FResult<usize> {
+        self.check_open()?;
+        let arena = &self.ctx.arena;
+        let ring = ring_of(arena, self.id, self.in_kind());
+        let place = || format!("channel {}", self.id);
+        let mut inn = self.inn.lock();
+        let mut n = 0;
+        let (mut bytes, mut bufs) = (0u64, 0u64);
+        while n < out.len() {
+            if inn.available(&ring, &place).map_err(from_lib)? < SLOTS {
+                break;
+            }
+            let mut s = [0u64; 4];
+            for v in &mut s {
+                *v = inn.pop(&ring, &place).map_err(from_lib)?.unwrap_or(0);
+            }
+            let m = Msg::decode(s, arena.segment_size(), arena.segment_count())?;
+            if m.segment >= 0 {
+                let ctl = &arena.controls()[m.segment as usize];
+                // Relaxed: ordered after the sender's store by the ring's Acquire.
+                if ctl.owner.load(Ordering::Relaxed) != (Owner::InFlight { channel: self.id, fanout: 1 }).pack() {
+                    return Err(FfiError::new(
+                        code::EPROTO,
+                        format!("channel {}: message names segment {} that is not in flight here", self.id, m.segment),
+                    ));
+                }
+                self.held.lock().insert(m.segment as u32);
+                bufs += 1;
+                bytes += m.size as u64;
+            }
+            out[n] = m;
+            n += 1;
+        }
+        drop(inn);
+        if n == 0 {
+            self.peer_gone()?;
+        } else if self.side == Side::Consumer {
+            let b = self.block();
+            // Relaxed (both): statistics.
+            b.buffers_in.fetch_add(bufs, Ordering::Relaxed);
+            b.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    /// 0 open, 1 the other end closed, 2 the other end's process died.
+    pub fn peer_status(&self) -> i32 {
+        let gone_mark = match self.side {
+            Side::Consumer => CHANNEL_PRODUCER_FAILED,
+            Side::Producer => CHANNEL_CONSUMER_GONE,
+        };
+        let died_mark = match self.side {
+            Side::Consumer => CHANNEL_PRODUCER_DIED,
+            Side::Producer => CHANNEL_CONSUMER_DIED,
+        };
+        // Acquire: pairs with the Release CAS in `close` and the reclaimer's AcqRel CAS.
+        let st = self.block().state.load(Ordering::Acquire);
+        if st == gone_mark {
+            return 1;
+        }
+        if st == died_mark || st == CHANNEL_ORPHANED {
+            return 2;
+        }
+        match liveness::liveness(&self.ctx.arena, self.peer) {
+            Liveness::Alive => 0,
+            Liveness::Exited => 1,
+            Liveness::Dead { .. } => 2,
+        }
+    }
+
+    fn peer_gone(&self) -> FResult<()> {
+        match self.peer_status() {
+            0 => Ok(()),
+            1 => Err(FfiError::new(code::EPEER, format!("channel {}: the other end closed it", self.id))),
+            _ => Err(FfiError::new(code::EPEER, format!("channel {}: the other end's process died", self.id))),
+        }
+    }
+
+    /// Buffers and bytes that went out (producer) and came in (consumer) on this channel.
+    pub fn counters(&self) -> [u64; 4] {
+        let b = self.block();
+        // Relaxed (all): statistics.
+        [
+            b.buffers_out.load(Ordering::Relaxed),
+            b.bytes_out.load(Ordering::Relaxed),
+            b.buffers_in.load(Ordering::Relaxed),
+            b.bytes_in.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Closes this end. The first end to close marks the block and wakes the other; the
+    /// second frees every segment still queued in either ring and frees the block.
+    /// Idempotent.
+    pub fn close(&self) {
+        let mut closed = self.closed.lock();
+        if *closed {
+            return;
+        }
+        *closed = true;
+        let arena = &self.ctx.arena;
+        // Segments we received and the caller never released (a cancelled task).
+        for s in std::mem::take(&mut *self.held.lock()) {
+            let _ = release_segment(&self.ctx, self.id, s as i32, true);
+        }
+        let b = self.block();
+        let (mine, theirs) = match self.side {
+            Side::Consumer => (CHANNEL_CONSUMER_GONE, CHANNEL_PRODUCER_FAILED),
+            Side::Producer => (CHANNEL_PRODUCER_FAILED, CHANNEL_CONSUMER_GONE),
+        };
+        if self.side == Side::Producer {
+            self.ctx.accepted.lock().remove(&self.id);
+        }
+        // AcqRel: Release publishes our last ring writes to the other end's Acquire load;
+        // Acquire (on failure too) orders the other end's last writes before our drain.
+        match b.state.compare_exchange(CHANNEL_OPEN, mine, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let _ = self.notify_peer();
+            }
+            Err(s) if s == theirs => {
+                // The other end is done: segments still queued either way are ours to free.
+                let mut inn = self.inn.lock();
+                let place = || format!("channel {}", self.id);
+                for (kind, consumer) in [(self.in_kind(), Some(&mut *inn)), (self.out_kind(), None)] {
+                    let ring = ring_of(arena, self.id, kind);
+                    let mut fresh;
+                    let c = match consumer {
+                        Some(c) => c,
+                        None => {
+                            fresh = RingConsumer::attach(&ring);
+                            &mut fresh
+                        }
+                    };
+                    for _ in 0..ring.capacity() / SLOTS {
+                        if c.available(&ring, &place).unwrap_or(0) < SLOTS {
+                            break;
+                        }
+                        let mut s = [0u64; 4];
+                        for v in &mut s {
+                            *v = c.pop(&ring, &place).ok().flatten().unwrap_or(0);
+                        }
+                        if let Ok(m) = Msg::decode(s, arena.segment_size(), arena.segment_count()) {
+                            if m.segment >= 0 {
+                                let _ = release_segment(&self.ctx, self.id, m.segment, true);
+                            }
+                        }
+                    }
+                }
+                // Release: pairs with the Acquire CAS in `connect` of the next user.
+                b.state.store(CHANNEL_FREE, Ordering::Release);
+            }
+            Err(CHANNEL_CONSUMER_DIED) if self.side == Side::Producer => {
+                // The reclaimer failed the channel of our dead consumer and freed what it
+                // held; what we published there is ours to take back: the dead reader
+                // cannot release it.
+                let me = std::process::id();
+                for (i, ctl) in arena.controls().iter().enumerate() {
+                    // Relaxed (both): re-checked by the owner CAS in free_segment_if.
+                    let owner = ctl.owner.load(Ordering::Relaxed);
+                    if ctl.holder_pid.load(Ordering::Relaxed) == me
+                        && owner == (Owner::InFlight { channel: self.id, fanout: 1 }).pack()
+                    {
+                        free_segment_if(arena, i as u32, owner);
+                    }
+                }
+                segments_wake(arena).notify();
+                // Release: pairs with the Acquire CAS in `connect` of the next user.
+                let _ = b.state.compare_exchange(
+                    CHANNEL_CONSUMER_DIED,
+                    CHANNEL_CLOSED,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
+            }
+            Err(CHANNEL_PRODUCER_DIED) if self.side == Side::Consumer => {
+                // Our dead producer's segments still queued to us were orphaned by the
+                // reclaimer: releasing them (the last reader) frees them.
+                let mut inn = self.inn.lock();
+                let ring = ring_of(arena, self.id, self.in_kind());
+                let place = || format!("channel {}", self.id);
+                for _ in 0..ring.capacity() / SLOTS {
+                    if inn.available(&ring, &place).unwrap_or(0) < SLOTS {
+                        break;
+                    }
+                    let mut s = [0u64; 4];
+                    for v in &mut s {
+                        *v = inn.pop(&ring, &place).ok().flatten().unwrap_or(0);
+                    }
+                    if let Ok(m) = Msg::decode(s, arena.segment_size(), arena.segment_count()) {
+                        if m.segment >= 0 {
+                            let _ = release_segment(&self.ctx, self.id, m.segment, true);
+                        }
+                    }
+                }
+                // AcqRel: hands the block to the reclaimer's settling pass (its Acquire CAS).
+                let _ = b.state.compare_exchange(
+                    CHANNEL_PRODUCER_DIED,
+                    CHANNEL_ORPHANED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+                let _ = reclaim_dead_peers(arena);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Reclaims what dead TaskManagers (of any process attached to `ctx`'s arena) left
+/// behind: the online reclamation of `shmflow::partition::reclaim`, exactly once per dead
+/// process whoever calls it.
+pub fn reclaim(ctx: &ArenaCtx) -> FResult<ReclaimReport> {
+    reclaim_dead_peers(&ctx.arena).map_err(from_lib)
+}
+
+/// Frees `segment`: one this end `received` on `channel` (its one reader lets go; when the
+/// reclaimer orphaned it because its producer died, this release frees it all the same), or
+/// one this TaskManager acquired and never sent.
+fn release_segment(ctx: &ArenaCtx, channel: u32, segment: i32, received: bool) -> FResult<()> {
+    let arena = &ctx.arena;
+    if segment < 0 || segment as u32 >= arena.segment_count() {
+        return Err(inval(format!("segment {segment} is outside 0..{}", arena.segment_count())));
+    }
+    let ctl = &arena.controls()[segment as usize];
+    let held = if received {
+        Owner::InFlight { channel, fanout: 1 }.pack()
+    } else {
+        Owner::Writer { pool: 0, worker: ctx.slot }.pack()
+    };
+    // Relaxed: a first look; the CAS in free_segment_if decides.
+    if ctl.owner.load(Ordering::Relaxed) != held {
+        return Err(inval(format!("segment {segment} is not held by this end of channel {channel}")));
+    }
+    if received {
+        // AcqRel: pairs with the reclaimer's fetch_or in `orphan_segment`: exactly one of
+        // us sees "orphaned and zero"; our reads of the payload come before its reuse.
+        let prev = ctl.refcount.fetch_sub(1, Ordering::AcqRel);
+        if prev & REFCOUNT_MASK != 1 {
+            return Err(FfiError::new(
+                code::EPROTO,
+                format!("segment {segment} had {} readers, not 1", prev & REFCOUNT_MASK),
+            ));
+        }
+    }
+    // The owner CAS inside decides between us and a reclaimer that saw the count at zero:
+    // one of us pushes the segment.
+    free_segment_if(arena, segment as u32, held);
+    segments_wake(arena).notify();
+    Ok(())
+}

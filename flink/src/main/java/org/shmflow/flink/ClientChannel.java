@@ -1,0 +1,263 @@
+/*
+ * Consumer end of one shared-memory channel: what Netty's CreditBasedPartitionRequestClientHandler
+ * does for one RemoteInputChannel.
+ */
+package org.shmflow.flink;
+
+import org.apache.flink.core.memory.MemorySegmentFactory;
+import org.apache.flink.runtime.io.network.buffer.Buffer;
+import org.apache.flink.runtime.io.network.buffer.FreeingBufferRecycler;
+import org.apache.flink.runtime.io.network.buffer.NetworkBuffer;
+import org.apache.flink.runtime.io.network.netty.exception.RemoteTransportException;
+import org.apache.flink.runtime.io.network.partition.consumer.RemoteInputChannel;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.io.ByteArrayInputStream;
+import java.io.ObjectInputStream;
+import java.net.SocketAddress;
+import java.nio.ByteBuffer;
+
+/**
+ * Delivers what the producer sent on one channel to its {@link RemoteInputChannel}: each
+ * buffer is copied once from the arena into a buffer of the channel's own pool
+ * ({@code requestBuffer()}, which is what carries Flink's credit), then the arena segment is
+ * released at once. All deliveries hold this object's lock, as does {@link #close}, so no
+ * buffer reaches a channel after it was closed.
+ */
+final class ClientChannel {
+    private static final Logger LOG = LoggerFactory.getLogger(ClientChannel.class);
+    private static final Buffer.DataType[] TYPES = Buffer.DataType.values();
+
+    final ShmTransport t;
+    final long handle;
+    final int id;
+    final RemoteInputChannel input;
+    final SocketAddress remote;
+    private boolean closed;
+
+    ClientChannel(ShmTransport t, long handle, int id, RemoteInputChannel input, SocketAddress remote) {
+        this.t = t;
+        this.handle = handle;
+        this.id = id;
+        this.input = input;
+        this.remote = remote;
+    }
+
+    /** Consumer dispatcher: takes everything queued and hands it to the input channel. */
+    synchronized void drain(int[] msgs) {
+        if (closed) {
+            return;
+        }
+        // Bounded: each round takes up to 64 messages; the producer can queue at most a
+        // ring's worth (64) plus what it publishes meanwhile, which its credit limits.
+        for (int round = 0; round < 1_000_000 && !closed; round++) {
+            int k = Native.poll(handle, msgs);
+            if (k < 0) {
+                if (k == Native.EPEER) {
+                    failPeer(Native.status(handle) == 2);
+                } else {
+                    fail(new RemoteTransportException("shmflow: channel from '" + remote + "' failed: " + Native.lastError(), remote));
+                }
+                return;
+            }
+            if (k == 0) {
+                return;
+            }
+            for (int i = 0; i < k; i++) {
+                int o = i * Native.MSG_INTS;
+                if (closed) {
+                    // Closed by a callback below: give the remaining segments back.
+                    if (msgs[o + 1] >= 0) {
+                        Native.release(handle, msgs[o + 1]);
+                    }
+                    continue;
+                }
+                try {
+                    onMessage(msgs, o);
+                } catch (Throwable e) {
+                    fail(e);
+                }
+            }
+        }
+    }
+
+    private void onMessage(int[] m, int o) throws Exception {
+        int kind = m[o];
+        int seg = m[o + 1];
+        int size = m[o + 2];
+        switch (kind) {
+            case Native.KIND_BUFFER:
+                onBuffer(seg, size, m[o + 3], m[o + 4], m[o + 5], m[o + 6], m[o + 7] != 0);
+                break;
+            case Native.KIND_BACKLOG:
+                input.onSenderBacklog(m[o + 8]);
+                break;
+            case Native.KIND_ERROR:
+                {
+                    Throwable cause;
+                    try {
+                        byte[] b = t.readSegment(seg, size);
+                        Native.release(handle, seg);
+                        try (ObjectInputStream in = new ObjectInputStream(new ByteArrayInputStream(b))) {
+                            cause = (Throwable) in.readObject();
+                        }
+                    } catch (Exception e) {
+                        cause = new java.io.IOException("shmflow: the producer reported an error that could not be read", e);
+                    }
+                    if (m[o + 8] == 1) {
+                        input.onFailedPartitionRequest();
+                    } else {
+                        fail(new RemoteTransportException("Error at remote task manager '" + remote + "'.", remote, cause));
+                    }
+                    break;
+                }
+            default:
+                if (seg >= 0) {
+                    Native.release(handle, seg);
+                }
+                fail(new RemoteTransportException("shmflow: unknown message kind " + kind + " from '" + remote + "'", remote));
+        }
+    }
+
+    private void onBuffer(int seg, int size, int subpartition, int seq, int backlog, int dataType, boolean compressed)
+            throws Exception {
+        if (dataType < 0 || dataType >= TYPES.length) {
+            if (seg >= 0) {
+                Native.release(handle, seg);
+            }
+            throw new IllegalStateException("shmflow: unknown buffer data type " + dataType);
+        }
+        Buffer.DataType dt = TYPES[dataType];
+        if (dt.isBuffer() && size == 0) {
+            input.onEmptyBuffer(seq, backlog);
+            return;
+        }
+        Buffer b;
+        if (dt.isBuffer()) {
+            b = input.requestBuffer();
+            if (b == null) {
+                Native.release(handle, seg);
+                if (input.isReleased()) {
+                    return;
+                }
+                throw new IllegalStateException("No buffer available in credit-based input channel.");
+            }
+        } else {
+            b = new NetworkBuffer(MemorySegmentFactory.wrap(new byte[size]), FreeingBufferRecycler.INSTANCE, dt, size);
+        }
+        try {
+            ByteBuffer src = t.data.duplicate();
+            int at = seg * t.segmentSize;
+            src.limit(at + size).position(at);
+            b.asByteBuf().setBytes(0, src);
+        } catch (RuntimeException e) {
+            b.recycleBuffer();
+            Native.release(handle, seg);
+            throw e;
+        }
+        Native.release(handle, seg);
+        b.setSize(size);
+        b.setDataType(dt);
+        b.setCompressed(compressed);
+        t.metrics.received(size);
+        input.onBuffer(b, seq, backlog, subpartition);
+    }
+
+    /** Consumer dispatcher, every liveness period: a dead producer fails the channel. */
+    synchronized void checkPeer(int[] msgs) {
+        if (closed) {
+            return;
+        }
+        int s = Native.status(handle);
+        if (s != 0) {
+            // Deliver what it published before it left; then the poll reports EPEER.
+            drain(msgs);
+            if (!closed) {
+                failPeer(s == 2);
+            }
+        }
+    }
+
+    private void failPeer(boolean died) {
+        if (died) {
+            t.reclaimDead();
+        }
+        String msg = died
+                ? "Lost connection to task manager '" + remote + "' (its process died; noticed through shared memory). "
+                        + "This indicates that the remote task manager was lost."
+                : "Connection unexpectedly closed by remote task manager '" + remote + "'. "
+                        + "This might indicate that the remote task manager was lost.";
+        fail(new RemoteTransportException(msg, remote));
+    }
+
+    private void fail(Throwable e) {
+        if (closed) {
+            return;
+        }
+        LOG.debug("shmflow: channel {} fails", id, e);
+        close(false);
+        input.onError(e);
+    }
+
+    /** Closes this end (telling the producer to cancel first when {@code cancel}). */
+    synchronized void close(boolean cancel) {
+        if (closed) {
+            return;
+        }
+        closed = true;
+        t.clientById.remove(id, this);
+        t.clientByInput.remove(input.getInputChannelId(), this);
+        if (cancel) {
+            Native.send(handle, Native.KIND_CANCEL, -1, 0, 0, 0, 0, 0, 0, 0L, 0);
+        }
+        Native.closeChannel(handle);
+    }
+
+    synchronized boolean isClosed() {
+        return closed;
+    }
+
+    /** Sends a message without payload; false (and the channel failed) when it cannot. */
+    synchronized boolean sendSimple(int kind, int subpartition, long arg) {
+        if (closed) {
+            return false;
+        }
+        int rc = Native.send(handle, kind, -1, 0, subpartition, 0, 0, 0, 0, arg, t.timeoutMs);
+        if (rc < 0) {
+            fail(new org.apache.flink.runtime.io.network.netty.exception.LocalTransportException(
+                    "shmflow: sending to '" + remote + "' failed: " + Native.lastError(), remote));
+            return false;
+        }
+        return true;
+    }
+
+    /** Announces credit; false when closed or failed. */
+    synchronized boolean addCredit(int credit) {
+        if (closed) {
+            return false;
+        }
+        int rc = Native.addCredit(handle, credit, t.timeoutMs);
+        if (rc < 0) {
+            fail(new org.apache.flink.runtime.io.network.netty.exception.LocalTransportException(
+                    "shmflow: announcing credit to '" + remote + "' failed: " + Native.lastError(), remote));
+            return false;
+        }
+        return true;
+    }
+
+    /** Sends a message with {@code payload} in a segment. */
+    synchronized void sendPayload(int kind, byte[] payload, long arg) throws java.io.IOException {
+        if (closed) {
+            throw new java.io.IOException("shmflow: channel to '" + remote + "' is closed");
+        }
+        int seg = t.writeSegment(handle, payload);
+        int rc = Native.send(handle, kind, seg, payload.length, 0, 0, 0, 0, 0, arg, t.timeoutMs);
+        if (rc < 0) {
+            java.io.IOException e = Native.error("sending to '" + remote + "'", rc);
+            Native.release(handle, seg);
+            throw e;
+        }
+    }
+}

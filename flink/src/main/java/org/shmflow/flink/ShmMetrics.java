@@ -1,0 +1,79 @@
+/*
+ * Counters of the transport, registered in the TaskManager's metric group.
+ */
+package org.shmflow.flink;
+
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.MetricGroup;
+import org.apache.flink.metrics.SimpleCounter;
+
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.LongSupplier;
+
+/**
+ * Metrics under the TaskManager's group {@code shmflow}: buffers and bytes that went out and
+ * came in through shared memory, channels connected through shared memory and partition
+ * request clients handed to Netty (TaskManagers on other hosts, or the fallback), and the
+ * arena's free segments. Process-wide totals are kept too (all TaskManagers of a MiniCluster
+ * live in one JVM), for tests.
+ */
+final class ShmMetrics {
+    static final AtomicLong TOTAL_BUFFERS_OUT = new AtomicLong();
+    static final AtomicLong TOTAL_BYTES_OUT = new AtomicLong();
+    static final AtomicLong TOTAL_BUFFERS_IN = new AtomicLong();
+    static final AtomicLong TOTAL_BYTES_IN = new AtomicLong();
+    static final AtomicLong TOTAL_SHM_CHANNELS = new AtomicLong();
+    static final AtomicLong TOTAL_NETTY_CLIENTS = new AtomicLong();
+
+    private final Counter buffersOut = new SimpleCounter();
+    private final Counter bytesOut = new SimpleCounter();
+    private final Counter buffersIn = new SimpleCounter();
+    private final Counter bytesIn = new SimpleCounter();
+    private final Counter shmChannels = new SimpleCounter();
+    private final Counter nettyClients = new SimpleCounter();
+
+    ShmMetrics(MetricGroup parent) {
+        if (parent != null) {
+            MetricGroup g = parent.addGroup("shmflow");
+            g.counter("buffersOutShm", buffersOut);
+            g.counter("bytesOutShm", bytesOut);
+            g.counter("buffersInShm", buffersIn);
+            g.counter("bytesInShm", bytesIn);
+            g.counter("channelsShm", shmChannels);
+            g.counter("clientsNetty", nettyClients);
+        }
+    }
+
+    /** Registers the arena's free-segment gauge once the arena is open. */
+    void arenaGauges(MetricGroup parent, LongSupplier free, LongSupplier total) {
+        if (parent != null) {
+            MetricGroup g = parent.addGroup("shmflow");
+            g.gauge("arenaFreeSegments", free::getAsLong);
+            g.gauge("arenaSegments", total::getAsLong);
+        }
+    }
+
+    void sent(int bytes) {
+        buffersOut.inc();
+        bytesOut.inc(bytes);
+        TOTAL_BUFFERS_OUT.incrementAndGet();
+        TOTAL_BYTES_OUT.addAndGet(bytes);
+    }
+
+    void received(int bytes) {
+        buffersIn.inc();
+        bytesIn.inc(bytes);
+        TOTAL_BUFFERS_IN.incrementAndGet();
+        TOTAL_BYTES_IN.addAndGet(bytes);
+    }
+
+    void channelOpened() {
+        shmChannels.inc();
+        TOTAL_SHM_CHANNELS.incrementAndGet();
+    }
+
+    void nettyClient() {
+        nettyClients.inc();
+        TOTAL_NETTY_CLIENTS.incrementAndGet();
+    }
+}

@@ -1,0 +1,194 @@
+/*
+ * The consumer-side client for one producer TaskManager on this host.
+ */
+package org.shmflow.flink;
+
+import org.apache.flink.runtime.event.TaskEvent;
+import org.apache.flink.runtime.io.network.PartitionRequestClient;
+import org.apache.flink.runtime.io.network.api.serialization.EventSerializer;
+import org.apache.flink.runtime.io.network.netty.exception.LocalTransportException;
+import org.apache.flink.runtime.io.network.partition.ResultPartitionID;
+import org.apache.flink.runtime.io.network.partition.ResultSubpartitionIndexSet;
+import org.apache.flink.runtime.io.network.partition.consumer.RemoteInputChannel;
+
+import java.io.ByteArrayOutputStream;
+import java.io.DataOutputStream;
+import java.io.IOException;
+import java.net.SocketAddress;
+import java.nio.ByteBuffer;
+import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Flink's {@link PartitionRequestClient} over the arena, with the semantics of Netty's
+ * {@code NettyPartitionRequestClient}: every outgoing message of a channel goes through one
+ * outbound thread in call order (Netty's event loop), credit is read with
+ * {@code getAndResetUnannouncedCredit()} when the announcement is sent, failures end in
+ * {@code RemoteInputChannel.onError}.
+ */
+final class ShmPartitionRequestClient implements PartitionRequestClient {
+    private final ShmTransport t;
+    private final int producerSlot;
+    private final SocketAddress remote;
+
+    ShmPartitionRequestClient(ShmTransport t, int producerSlot, SocketAddress remote) {
+        this.t = t;
+        this.producerSlot = producerSlot;
+        this.remote = remote;
+    }
+
+    private void onOutbound(RemoteInputChannel ch, Runnable r) {
+        try {
+            t.outbound.execute(r);
+        } catch (RejectedExecutionException e) {
+            ch.onError(new LocalTransportException("shmflow: the transport is shut down", remote, e));
+        }
+    }
+
+    private ClientChannel of(RemoteInputChannel ch) {
+        return t.clientByInput.get(ch.getInputChannelId());
+    }
+
+    @Override
+    public void requestSubpartition(
+            ResultPartitionID partitionId, ResultSubpartitionIndexSet indexSet, RemoteInputChannel ch, int delayMs)
+            throws IOException {
+        Runnable send = () -> onOutbound(ch, () -> doRequest(partitionId, indexSet, ch));
+        if (delayMs == 0) {
+            send.run();
+        } else {
+            try {
+                t.delayed.schedule(send, delayMs, TimeUnit.MILLISECONDS);
+            } catch (RejectedExecutionException e) {
+                throw new IOException("shmflow: the transport is shut down", e);
+            }
+        }
+    }
+
+    private void doRequest(ResultPartitionID partitionId, ResultSubpartitionIndexSet indexSet, RemoteInputChannel ch) {
+        ClientChannel old = t.clientByInput.get(ch.getInputChannelId());
+        if (old != null) {
+            old.close(true);
+        }
+        if (ch.isReleased()) {
+            return;
+        }
+        long[] out = new long[2];
+        int rc = Native.connect(t.arena, producerSlot, out);
+        if (rc < 0) {
+            ch.onError(new LocalTransportException(
+                    "shmflow: connecting to '" + remote + "' through shared memory failed: " + Native.lastError(), remote));
+            return;
+        }
+        ClientChannel c = new ClientChannel(t, out[0], (int) out[1], ch, remote);
+        t.clientById.put(c.id, c);
+        t.clientByInput.put(ch.getInputChannelId(), c);
+        t.metrics.channelOpened();
+        try {
+            ByteArrayOutputStream bo = new ByteArrayOutputStream(128);
+            DataOutputStream o = new DataOutputStream(bo);
+            byte[] pid = partitionId.getBytes();
+            o.writeInt(pid.length);
+            o.write(pid);
+            o.writeInt(indexSet.getStartIndex());
+            o.writeInt(indexSet.getEndIndex());
+            o.writeLong(ch.getInputChannelId().getUpperPart());
+            o.writeLong(ch.getInputChannelId().getLowerPart());
+            o.flush();
+            c.sendPayload(Native.KIND_REQUEST, bo.toByteArray(), ch.getInitialCredit());
+        } catch (IOException e) {
+            c.close(false);
+            ch.onError(new LocalTransportException(
+                    String.format("Sending the partition request to '%s' failed.", remote), remote, e));
+        }
+    }
+
+    @Override
+    public void notifyCreditAvailable(RemoteInputChannel ch) {
+        onOutbound(ch, () -> {
+            ClientChannel c = of(ch);
+            if (c == null || ch.isReleased()) {
+                return;
+            }
+            int credit = ch.getAndResetUnannouncedCredit();
+            if (credit > 0) {
+                c.addCredit(credit);
+            }
+        });
+    }
+
+    @Override
+    public void notifyNewBufferSize(RemoteInputChannel ch, int bufferSize) {
+        onOutbound(ch, () -> {
+            ClientChannel c = of(ch);
+            if (c != null) {
+                c.sendSimple(Native.KIND_BUFFER_SIZE, 0, bufferSize);
+            }
+        });
+    }
+
+    @Override
+    public void notifyRequiredSegmentId(RemoteInputChannel ch, int subpartitionId, int segmentId) {
+        onOutbound(ch, () -> {
+            ClientChannel c = of(ch);
+            if (c != null) {
+                c.sendSimple(Native.KIND_SEGMENT_ID, subpartitionId, segmentId);
+            }
+        });
+    }
+
+    @Override
+    public void resumeConsumption(RemoteInputChannel ch) {
+        onOutbound(ch, () -> {
+            ClientChannel c = of(ch);
+            if (c != null) {
+                c.sendSimple(Native.KIND_RESUME, 0, 0);
+            }
+        });
+    }
+
+    @Override
+    public void acknowledgeAllRecordsProcessed(RemoteInputChannel ch) {
+        onOutbound(ch, () -> {
+            ClientChannel c = of(ch);
+            if (c != null) {
+                c.sendSimple(Native.KIND_ACK_ALL, 0, 0);
+            }
+        });
+    }
+
+    @Override
+    public void sendTaskEvent(ResultPartitionID partitionId, TaskEvent event, RemoteInputChannel ch) throws IOException {
+        ByteBuffer ev = EventSerializer.toSerializedEvent(event);
+        byte[] pid = partitionId.getBytes();
+        ByteArrayOutputStream bo = new ByteArrayOutputStream(8 + pid.length + ev.remaining());
+        DataOutputStream o = new DataOutputStream(bo);
+        o.writeInt(pid.length);
+        o.write(pid);
+        byte[] evb = new byte[ev.remaining()];
+        ev.get(evb);
+        o.write(evb);
+        o.flush();
+        byte[] payload = bo.toByteArray();
+        onOutbound(ch, () -> {
+            ClientChannel c = of(ch);
+            try {
+                if (c == null) {
+                    throw new IOException("shmflow: no open channel for this input channel");
+                }
+                c.sendPayload(Native.KIND_TASK_EVENT, payload, 0);
+            } catch (IOException e) {
+                ch.onError(new LocalTransportException(
+                        String.format("Sending the task event to '%s' failed.", remote), remote, e));
+            }
+        });
+    }
+
+    @Override
+    public void close(RemoteInputChannel ch) throws IOException {
+        ClientChannel c = of(ch);
+        if (c != null) {
+            c.close(true);
+        }
+    }
+}

@@ -1,0 +1,419 @@
+/*
+ * One TaskManager's attachment to the host's shared arena: the consumer and producer
+ * dispatcher threads that stand where Netty's client and server event loops stand.
+ */
+package org.shmflow.flink;
+
+import org.apache.flink.runtime.clusterframework.types.ResourceID;
+import org.apache.flink.runtime.io.network.TaskEventPublisher;
+import org.apache.flink.runtime.io.network.partition.ResultPartitionProvider;
+import org.apache.flink.runtime.io.network.partition.consumer.InputChannelID;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ConcurrentLinkedQueue;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The shared-memory transport of one TaskManager.
+ *
+ * <pre>
+ *  consumer side (this TM reads)                 producer side (this TM writes)
+ *  ShmPartitionRequestClient --outbound thread--> [credit ring] --> producer dispatcher
+ *     requestSubpartition / credit / resume ...                     ShmViewReader per channel
+ *  consumer dispatcher <-- [data ring] <------------------------------ (Netty's PartitionRequestQueue)
+ *     RemoteInputChannel.onBuffer / onEmptyBuffer / onSenderBacklog / onError
+ * </pre>
+ *
+ * Both dispatchers block in {@code Native.await} (a spin budget, then the futex) when idle.
+ * Everything that touches a producer-side reader runs on the producer dispatcher, as
+ * everything on a Netty server channel runs on its event loop.
+ */
+final class ShmTransport implements AutoCloseable {
+    private static final Logger LOG = LoggerFactory.getLogger(ShmTransport.class);
+    /** How often dispatchers look at their peers' processes. */
+    static final long LIVENESS_NANOS = TimeUnit.MILLISECONDS.toNanos(200);
+
+    final long arena;
+    final ByteBuffer data;
+    final int segmentSize;
+    final int slot;
+    final int timeoutMs;
+    final String arenaName;
+    final ResourceID self;
+    final ResultPartitionProvider partitionProvider;
+    final TaskEventPublisher taskEventPublisher;
+    final ShmMetrics metrics;
+
+    // --- consumer side ---
+    final ConcurrentHashMap<Integer, ClientChannel> clientById = new ConcurrentHashMap<>();
+    final ConcurrentHashMap<InputChannelID, ClientChannel> clientByInput = new ConcurrentHashMap<>();
+    /** Outgoing consumer messages, in order (Netty's client event loop). */
+    final ExecutorService outbound;
+    final ScheduledExecutorService delayed;
+
+    // --- producer side (dispatcher thread only, except the queues) ---
+    private final Map<Integer, ShmViewReader> readers = new HashMap<>();
+    private final ArrayDeque<ShmViewReader> availableReaders = new ArrayDeque<>();
+    /** Readers whose view announced data, from task threads. */
+    final ConcurrentLinkedQueue<ShmViewReader> notified = new ConcurrentLinkedQueue<>();
+    /** Work for the producer dispatcher from other threads. */
+    final ConcurrentLinkedQueue<Runnable> producerTasks = new ConcurrentLinkedQueue<>();
+    private volatile boolean producerParked;
+
+    /** Transports of this JVM that are attached (all TaskManagers of a MiniCluster; tests). */
+    private static final java.util.Set<ShmTransport> LIVE = ConcurrentHashMap.newKeySet();
+
+    private volatile boolean running = true;
+    private final Thread consumerThread;
+    private final Thread producerThread;
+
+    ShmTransport(
+            long arena,
+            String arenaName,
+            ResourceID self,
+            int timeoutMs,
+            ResultPartitionProvider partitionProvider,
+            TaskEventPublisher taskEventPublisher,
+            ShmMetrics metrics)
+            throws IOException {
+        this.arena = arena;
+        this.arenaName = arenaName;
+        this.self = self;
+        this.timeoutMs = timeoutMs;
+        this.partitionProvider = partitionProvider;
+        this.taskEventPublisher = taskEventPublisher;
+        this.metrics = metrics;
+        long[] info = new long[5];
+        int rc = Native.info(arena, info);
+        if (rc < 0) {
+            throw Native.error("arena info", rc);
+        }
+        this.slot = (int) info[0];
+        this.segmentSize = (int) info[1];
+        ByteBuffer d = Native.data(arena);
+        if (d == null) {
+            throw new IOException("shmflow: mapping the data region failed: " + Native.lastError());
+        }
+        this.data = d;
+        String tag = self.getResourceIdString();
+        this.outbound = Executors.newSingleThreadExecutor(r -> daemon(r, "shmflow-client-out " + tag));
+        this.delayed = Executors.newSingleThreadScheduledExecutor(r -> daemon(r, "shmflow-delay " + tag));
+        this.consumerThread = daemon(this::consumerLoop, "shmflow-consumer " + tag);
+        this.producerThread = daemon(this::producerLoop, "shmflow-producer " + tag);
+        consumerThread.start();
+        producerThread.start();
+        LIVE.add(this);
+    }
+
+    /** A live transport of this JVM on arena {@code name}, or null (tests). */
+    static ShmTransport anyLive(String name) {
+        for (ShmTransport t : LIVE) {
+            if (t.arenaName.equals(name)) {
+                return t;
+            }
+        }
+        return null;
+    }
+
+    private static Thread daemon(Runnable r, String name) {
+        Thread t = new Thread(r, name);
+        t.setDaemon(true);
+        return t;
+    }
+
+    /** Free segments of the arena now (a gauge, and what tests check after a cancel). */
+    long freeSegments() {
+        long[] info = new long[5];
+        return Native.info(arena, info) < 0 ? -1 : info[3];
+    }
+
+    /** Total segments of the arena. */
+    long totalSegments() {
+        long[] info = new long[5];
+        return Native.info(arena, info) < 0 ? -1 : info[2];
+    }
+
+    /**
+     * Reclaims what dead TaskManagers left in the arena (exactly once per dead process,
+     * whichever TaskManager calls it first); called when a peer is seen dead.
+     */
+    void reclaimDead() {
+        long[] r = new long[4];
+        int rc = Native.reclaim(arena, r);
+        if (rc < 0) {
+            LOG.warn("shmflow: reclaiming dead TaskManagers failed: {}", Native.lastError());
+        } else if (r[0] > 0) {
+            LOG.info("shmflow: reclaimed {} dead TaskManager process(es): {} segments freed, {} left to their live readers, {} channels failed",
+                    r[0], r[1], r[2], r[3]);
+        }
+    }
+
+    /** Copies {@code len} bytes of segment {@code seg} into a fresh array. */
+    byte[] readSegment(int seg, int len) {
+        byte[] b = new byte[len];
+        ByteBuffer src = data.duplicate();
+        src.position(seg * segmentSize);
+        src.get(b, 0, len);
+        return b;
+    }
+
+    /** Acquires a segment on {@code channel} and fills it with {@code bytes}. */
+    int writeSegment(long channel, byte[] bytes) throws IOException {
+        if (bytes.length > segmentSize) {
+            throw new IOException("shmflow: a message of " + bytes.length + " bytes exceeds a segment (" + segmentSize + ")");
+        }
+        int seg = Native.acquire(channel, timeoutMs);
+        if (seg < 0) {
+            throw Native.error("acquiring a segment", seg);
+        }
+        ByteBuffer dst = data.duplicate();
+        dst.position(seg * segmentSize);
+        dst.put(bytes);
+        return seg;
+    }
+
+    // ------------------------------------------------------------------ consumer side
+
+    private void consumerLoop() {
+        int[] ids = new int[1024];
+        int[] msgs = new int[64 * Native.MSG_INTS];
+        long nextLiveness = System.nanoTime() + LIVENESS_NANOS;
+        while (running) {
+            int n = Native.await(arena, Native.CONSUMER, ids, 100);
+            if (n < 0) {
+                LOG.error("shmflow: consumer wait failed: {}", Native.lastError());
+                sleepQuietly(10);
+                continue;
+            }
+            for (int i = 0; i < n; i++) {
+                ClientChannel c = clientById.get(ids[i]);
+                if (c != null) {
+                    c.drain(msgs);
+                }
+            }
+            long now = System.nanoTime();
+            if (now >= nextLiveness) {
+                nextLiveness = now + LIVENESS_NANOS;
+                for (ClientChannel c : clientById.values()) {
+                    c.checkPeer(msgs);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ producer side
+
+    /** From any thread: a reader's view has data (or an event). */
+    void notifyReaderNonEmpty(ShmViewReader r) {
+        notified.add(r);
+        wakeProducer();
+    }
+
+    /** From any thread: run {@code task} on the producer dispatcher. */
+    void runOnProducer(Runnable task) {
+        producerTasks.add(task);
+        wakeProducer();
+    }
+
+    private void wakeProducer() {
+        if (producerParked) {
+            Native.wake(arena, Native.PRODUCER);
+        }
+    }
+
+    private void producerLoop() {
+        int[] ids = new int[1024];
+        int[] msgs = new int[64 * Native.MSG_INTS];
+        long nextLiveness = System.nanoTime() + LIVENESS_NANOS;
+        while (running) {
+            try {
+                boolean idle = producerTasks.isEmpty() && notified.isEmpty() && availableReaders.isEmpty();
+                int n;
+                if (idle) {
+                    producerParked = true;
+                    // Re-check after announcing: a notifier that missed the flag left its work here.
+                    if (producerTasks.isEmpty() && notified.isEmpty()) {
+                        n = Native.await(arena, Native.PRODUCER, ids, 100);
+                    } else {
+                        n = 0;
+                    }
+                    producerParked = false;
+                } else {
+                    n = Native.await(arena, Native.PRODUCER, ids, 0);
+                }
+                if (n < 0) {
+                    LOG.error("shmflow: producer wait failed: {}", Native.lastError());
+                    sleepQuietly(10);
+                    continue;
+                }
+                for (int i = 0; i < n; i++) {
+                    incoming(ids[i], msgs);
+                }
+                Runnable t;
+                while ((t = producerTasks.poll()) != null) {
+                    t.run();
+                }
+                ShmViewReader r;
+                while ((r = notified.poll()) != null) {
+                    enqueueAvailableReader(r);
+                }
+                // A round of at most one buffer per available reader (Netty's fairness).
+                for (int k = availableReaders.size(); k > 0 && !availableReaders.isEmpty(); k--) {
+                    writeNext(availableReaders.poll());
+                }
+                long now = System.nanoTime();
+                if (now >= nextLiveness) {
+                    nextLiveness = now + LIVENESS_NANOS;
+                    for (ShmViewReader x : new ArrayList<>(readers.values())) {
+                        int s = Native.status(x.channel);
+                        if (s != 0) {
+                            // The consumer closed its end or its process died.
+                            if (s == 2) {
+                                reclaimDead();
+                            }
+                            releaseReader(x);
+                        }
+                    }
+                }
+            } catch (Throwable e) {
+                LOG.error("shmflow: producer dispatcher error", e);
+                sleepQuietly(10);
+            }
+        }
+    }
+
+    private void incoming(int id, int[] msgs) {
+        ShmViewReader r = readers.get(id);
+        if (r == null) {
+            long[] out = new long[1];
+            int rc = Native.accept(arena, id, out);
+            if (rc < 0) {
+                // A stale mark of a channel that was closed (and maybe reused) meanwhile.
+                LOG.debug("shmflow: not accepting channel {}: {}", id, Native.lastError());
+                return;
+            }
+            r = new ShmViewReader(this, out[0], id);
+            readers.put(id, r);
+        }
+        int k;
+        do {
+            k = Native.poll(r.channel, msgs);
+            if (k < 0) {
+                if (k != Native.EPEER) {
+                    LOG.warn("shmflow: channel {} failed: {}", id, Native.lastError());
+                }
+                releaseReader(r);
+                return;
+            }
+            for (int i = 0; i < k && !r.isClosed(); i++) {
+                r.onMessage(msgs, i * Native.MSG_INTS);
+            }
+        } while (k > 0 && !r.isClosed());
+    }
+
+    /** Netty's PartitionRequestQueue.enqueueAvailableReader. */
+    void enqueueAvailableReader(ShmViewReader reader) {
+        reader.clearNotified();
+        if (reader.isClosed() || reader.isRegisteredAsAvailable()) {
+            return;
+        }
+        if (!reader.hasView()) {
+            return;
+        }
+        org.apache.flink.runtime.io.network.partition.ResultSubpartitionView.AvailabilityWithBacklog a =
+                reader.getAvailabilityAndBacklog();
+        if (!a.isAvailable()) {
+            int backlog = a.getBacklog();
+            if (backlog > 0 && reader.needAnnounceBacklog()) {
+                reader.announceBacklog(backlog);
+            }
+            return;
+        }
+        availableReaders.add(reader);
+        reader.setRegisteredAsAvailable(true);
+    }
+
+    private void writeNext(ShmViewReader reader) {
+        reader.setRegisteredAsAvailable(false);
+        if (reader.isClosed()) {
+            return;
+        }
+        try {
+            switch (reader.writeNextBuffer()) {
+                case MORE:
+                    availableReaders.add(reader);
+                    reader.setRegisteredAsAvailable(true);
+                    break;
+                case RELEASED:
+                    releaseReader(reader);
+                    break;
+                default:
+                    break;
+            }
+        } catch (Throwable e) {
+            LOG.warn("shmflow: serving channel {} failed", reader.channelId, e);
+            reader.sendError(e, false);
+            releaseReader(reader);
+        }
+    }
+
+    /** Releases a reader's view and closes its channel end (dispatcher thread). */
+    void releaseReader(ShmViewReader r) {
+        readers.remove(r.channelId);
+        availableReaders.remove(r);
+        r.close();
+    }
+
+    // ------------------------------------------------------------------ lifecycle
+
+    static void sleepQuietly(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    @Override
+    public void close() {
+        if (!running) {
+            return;
+        }
+        running = false;
+        LIVE.remove(this);
+        Native.wake(arena, Native.CONSUMER);
+        Native.wake(arena, Native.PRODUCER);
+        try {
+            consumerThread.join(5000);
+            producerThread.join(5000);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        outbound.shutdownNow();
+        delayed.shutdownNow();
+        for (ClientChannel c : new ArrayList<>(clientById.values())) {
+            c.close(false);
+        }
+        List<ShmViewReader> rs = new ArrayList<>(readers.values());
+        for (ShmViewReader r : rs) {
+            releaseReader(r);
+        }
+        int rc = Native.close(arena);
+        if (rc < 0) {
+            LOG.warn("shmflow: leaving the arena failed: {}", Native.lastError());
+        }
+    }
+}

@@ -1,0 +1,458 @@
+/*
+ * Producer end of one shared-memory channel: Netty's CreditBasedSequenceNumberingViewReader
+ * plus the part of PartitionRequestServerHandler / PartitionRequestQueue that serves it.
+ */
+package org.shmflow.flink;
+
+import org.apache.flink.runtime.event.TaskEvent;
+import org.apache.flink.runtime.io.network.NetworkSequenceViewReader;
+import org.apache.flink.runtime.io.network.api.serialization.EventSerializer;
+import org.apache.flink.runtime.io.network.buffer.Buffer;
+import org.apache.flink.runtime.io.network.buffer.FullyFilledBuffer;
+import org.apache.flink.runtime.io.network.netty.NettyPartitionRequestListener;
+import org.apache.flink.runtime.io.network.partition.BufferAvailabilityListener;
+import org.apache.flink.runtime.io.network.partition.PartitionNotFoundException;
+import org.apache.flink.runtime.io.network.partition.PartitionRequestListener;
+import org.apache.flink.runtime.io.network.partition.ProducerFailedException;
+import org.apache.flink.runtime.io.network.partition.ResultPartition;
+import org.apache.flink.runtime.io.network.partition.ResultPartitionID;
+import org.apache.flink.runtime.io.network.partition.ResultPartitionProvider;
+import org.apache.flink.runtime.io.network.partition.ResultSubpartitionIndexSet;
+import org.apache.flink.runtime.io.network.partition.ResultSubpartitionView;
+import org.apache.flink.runtime.io.network.partition.consumer.InputChannel.BufferAndAvailability;
+import org.apache.flink.runtime.io.network.partition.consumer.InputChannelID;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.io.ByteArrayOutputStream;
+import java.io.DataInputStream;
+import java.io.ByteArrayInputStream;
+import java.io.IOException;
+import java.io.ObjectOutputStream;
+import java.nio.ByteBuffer;
+import java.util.Optional;
+import java.util.concurrent.atomic.AtomicBoolean;
+
+/**
+ * Serves one subpartition view (or index set) to one consumer through the arena, with
+ * Flink 2.3's credit rules: only data buffers consume a credit, events do not; the backlog
+ * is announced when the initial credit is 0 and no credit is left; resume-consumption resets
+ * the credit to 0 when the initial credit is 0. Everything but the two listener callbacks
+ * runs on the producer dispatcher.
+ */
+final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabilityListener {
+    private static final Logger LOG = LoggerFactory.getLogger(ShmViewReader.class);
+
+    enum Outcome {
+        NONE,
+        MORE,
+        RELEASED
+    }
+
+    final ShmTransport t;
+    final long channel;
+    final int channelId;
+    private final Object requestLock = new Object();
+    private final AtomicBoolean notifyPending = new AtomicBoolean();
+    private volatile ResultSubpartitionView view;
+    private volatile PartitionRequestListener listener;
+    private InputChannelID receiverId;
+    private ResultPartitionID partitionId;
+    /** The one subpartition of a one-element index set (-1: ask the view, as Netty does). */
+    private volatile int subpartitionId = -1;
+    private int initialCredit;
+    private int numCreditsAvailable;
+    private boolean registeredAsAvailable;
+    private boolean closed;
+
+    ShmViewReader(ShmTransport t, long channel, int channelId) {
+        this.t = t;
+        this.channel = channel;
+        this.channelId = channelId;
+    }
+
+    boolean isClosed() {
+        return closed;
+    }
+
+    boolean hasView() {
+        return view != null;
+    }
+
+    void clearNotified() {
+        notifyPending.set(false);
+    }
+
+    // ------------------------------------------------------------ messages from the consumer
+
+    void onMessage(int[] m, int o) {
+        int kind = m[o];
+        int seg = m[o + 1];
+        int size = m[o + 2];
+        long arg = (m[o + 8] & 0xffffffffL) | ((long) m[o + 9] << 32);
+        try {
+            switch (kind) {
+                case Native.KIND_REQUEST:
+                    onRequest(payload(seg, size), (int) arg);
+                    break;
+                case Native.KIND_CREDIT:
+                    addCredit((int) arg);
+                    t.enqueueAvailableReader(this);
+                    break;
+                case Native.KIND_RESUME:
+                    resumeConsumption();
+                    t.enqueueAvailableReader(this);
+                    break;
+                case Native.KIND_ACK_ALL:
+                    acknowledgeAllRecordsProcessed();
+                    break;
+                case Native.KIND_BUFFER_SIZE:
+                    notifyNewBufferSize((int) arg);
+                    break;
+                case Native.KIND_SEGMENT_ID:
+                    notifyRequiredSegmentId(m[o + 3], (int) arg);
+                    break;
+                case Native.KIND_TASK_EVENT:
+                    onTaskEvent(payload(seg, size));
+                    break;
+                case Native.KIND_CANCEL:
+                    t.releaseReader(this);
+                    break;
+                default:
+                    if (seg >= 0) {
+                        Native.release(channel, seg);
+                    }
+                    throw new IOException("shmflow: unknown message kind " + kind);
+            }
+        } catch (PartitionNotFoundException e) {
+            sendError(e, true);
+        } catch (Throwable e) {
+            LOG.warn("shmflow: channel {}: {}", channelId, e.toString());
+            sendError(e, false);
+            t.releaseReader(this);
+        }
+    }
+
+    private byte[] payload(int seg, int size) throws IOException {
+        if (seg < 0) {
+            throw new IOException("shmflow: message without its payload");
+        }
+        byte[] b = t.readSegment(seg, size);
+        Native.release(channel, seg);
+        return b;
+    }
+
+    private void onRequest(byte[] p, int credit) throws IOException {
+        DataInputStream in = new DataInputStream(new ByteArrayInputStream(p));
+        byte[] pid = new byte[in.readInt()];
+        in.readFully(pid);
+        int start = in.readInt();
+        int end = in.readInt();
+        long upper = in.readLong();
+        long lower = in.readLong();
+        this.partitionId = new ResultPartitionID(pid);
+        this.receiverId = new InputChannelID(lower, upper);
+        this.initialCredit = credit;
+        this.numCreditsAvailable = credit;
+        requestSubpartitionViewOrRegisterListener(t.partitionProvider, partitionId, new ResultSubpartitionIndexSet(start, end));
+    }
+
+    private void onTaskEvent(byte[] p) throws IOException {
+        DataInputStream in = new DataInputStream(new ByteArrayInputStream(p));
+        byte[] pid = new byte[in.readInt()];
+        in.readFully(pid);
+        byte[] ev = new byte[p.length - 4 - pid.length];
+        in.readFully(ev);
+        TaskEvent event = (TaskEvent) EventSerializer.fromSerializedEvent(ByteBuffer.wrap(ev), getClass().getClassLoader());
+        if (!t.taskEventPublisher.publish(new ResultPartitionID(pid), event)) {
+            sendError(new IllegalArgumentException("Task event receiver not found."), false);
+        }
+    }
+
+    // ------------------------------------------------------------ writing to the consumer
+
+    /** Writes the next buffer of the view (one copy into the arena). */
+    Outcome writeNextBuffer() throws IOException {
+        int subpartition = peekNextBufferSubpartitionId();
+        BufferAndAvailability next = getNextBuffer();
+        if (next == null) {
+            if (isReleased()) {
+                Throwable cause = getFailureCause();
+                if (cause != null) {
+                    sendError(new ProducerFailedException(cause), false);
+                }
+                return Outcome.RELEASED;
+            }
+            return Outcome.NONE;
+        }
+        Buffer b = next.buffer();
+        try {
+            if (b instanceof FullyFilledBuffer) {
+                throw new IOException("shmflow: hybrid shuffle's partial buffers are not supported; use Netty");
+            }
+            int size = b.readableBytes();
+            int seg = -1;
+            if (size > 0) {
+                seg = Native.acquire(channel, t.timeoutMs);
+                if (seg < 0) {
+                    throw Native.error("acquiring a segment", seg);
+                }
+                ByteBuffer dst = t.data.duplicate();
+                dst.position(seg * t.segmentSize);
+                dst.put(b.getNioBufferReadable());
+            }
+            int rc = Native.send(
+                    channel,
+                    Native.KIND_BUFFER,
+                    seg,
+                    size,
+                    subpartition,
+                    next.getSequenceNumber(),
+                    next.buffersInBacklog(),
+                    b.getDataType().ordinal(),
+                    b.isCompressed() ? 1 : 0,
+                    0L,
+                    t.timeoutMs);
+            if (rc < 0) {
+                IOException e = Native.error("sending a buffer", rc);
+                if (seg >= 0) {
+                    Native.release(channel, seg);
+                }
+                if (rc == Native.EPEER) {
+                    return Outcome.RELEASED;
+                }
+                throw e;
+            }
+            t.metrics.sent(size);
+        } finally {
+            b.recycleBuffer();
+        }
+        return next.moreAvailable() ? Outcome.MORE : Outcome.NONE;
+    }
+
+    void announceBacklog(int backlog) {
+        int rc = Native.send(channel, Native.KIND_BACKLOG, -1, 0, 0, 0, 0, 0, 0, backlog, t.timeoutMs);
+        if (rc < 0 && rc != Native.EPEER) {
+            LOG.warn("shmflow: announcing the backlog on channel {} failed: {}", channelId, Native.lastError());
+        }
+    }
+
+    /** Sends {@code e} to the consumer (Netty's ErrorResponse). */
+    void sendError(Throwable e, boolean notFound) {
+        if (closed) {
+            return;
+        }
+        try {
+            byte[] b = serialize(e);
+            if (b.length > t.segmentSize) {
+                b = serialize(new IOException(e.toString()));
+            }
+            int seg = t.writeSegment(channel, b);
+            int rc = Native.send(channel, Native.KIND_ERROR, seg, b.length, 0, 0, 0, 0, 0, notFound ? 1 : 0, t.timeoutMs);
+            if (rc < 0) {
+                Native.release(channel, seg);
+            }
+        } catch (IOException x) {
+            LOG.warn("shmflow: could not report {} to the consumer of channel {}: {}", e, channelId, x.toString());
+        }
+    }
+
+    private static byte[] serialize(Throwable e) throws IOException {
+        ByteArrayOutputStream bo = new ByteArrayOutputStream();
+        try (ObjectOutputStream o = new ObjectOutputStream(bo)) {
+            o.writeObject(e);
+        }
+        return bo.toByteArray();
+    }
+
+    /** Releases the view and closes this end (producer dispatcher). */
+    void close() {
+        if (closed) {
+            return;
+        }
+        closed = true;
+        try {
+            releaseAllResources();
+        } catch (IOException e) {
+            LOG.warn("shmflow: releasing the view of channel {} failed", channelId, e);
+        }
+        Native.closeChannel(channel);
+    }
+
+    // ------------------------------------------------------------ NetworkSequenceViewReader
+
+    @Override
+    public void requestSubpartitionViewOrRegisterListener(
+            ResultPartitionProvider provider, ResultPartitionID id, ResultSubpartitionIndexSet indexSet)
+            throws IOException {
+        ResultSubpartitionView v;
+        synchronized (requestLock) {
+            if (view != null || listener != null) {
+                throw new IllegalStateException("Subpartitions already requested");
+            }
+            listener = new NettyPartitionRequestListener(provider, this, indexSet, id);
+            Optional<ResultSubpartitionView> o = provider.createSubpartitionViewOrRegisterListener(id, indexSet, this, listener);
+            if (!o.isPresent()) {
+                return;
+            }
+            v = o.get();
+            view = v;
+            rememberSingle(indexSet);
+        }
+        notifyDataAvailable(v);
+    }
+
+    @Override
+    public void notifySubpartitionsCreated(ResultPartition partition, ResultSubpartitionIndexSet indexSet) throws IOException {
+        ResultSubpartitionView v;
+        synchronized (requestLock) {
+            if (view != null) {
+                throw new IllegalStateException("Subpartitions already requested");
+            }
+            v = partition.createSubpartitionView(indexSet, this);
+            view = v;
+            rememberSingle(indexSet);
+        }
+        notifyDataAvailable(v);
+    }
+
+    private void rememberSingle(ResultSubpartitionIndexSet indexSet) {
+        if (indexSet.size() == 1) {
+            subpartitionId = indexSet.values().iterator().next();
+        }
+    }
+
+    @Override
+    public int peekNextBufferSubpartitionId() throws IOException {
+        int id = subpartitionId;
+        return id >= 0 ? id : view.peekNextBufferSubpartitionId();
+    }
+
+    @Override
+    public BufferAndAvailability getNextBuffer() throws IOException {
+        org.apache.flink.runtime.io.network.partition.ResultSubpartition.BufferAndBacklog next = view.getNextBuffer();
+        if (next == null) {
+            return null;
+        }
+        if (next.buffer().isBuffer() && --numCreditsAvailable < 0) {
+            throw new IllegalStateException("no credit available");
+        }
+        Buffer.DataType nextType = next.getNextDataType();
+        if (!(numCreditsAvailable > 0 || nextType.isEvent())) {
+            nextType = Buffer.DataType.NONE;
+        }
+        return new BufferAndAvailability(next.buffer(), nextType, next.buffersInBacklog(), next.getSequenceNumber());
+    }
+
+    @Override
+    public boolean needAnnounceBacklog() {
+        return initialCredit == 0 && numCreditsAvailable == 0;
+    }
+
+    @Override
+    public void addCredit(int creditDeltas) {
+        numCreditsAvailable += creditDeltas;
+    }
+
+    @Override
+    public void notifyRequiredSegmentId(int subpartitionId, int segmentId) {
+        ResultSubpartitionView v = view;
+        if (v != null) {
+            v.notifyRequiredSegmentId(subpartitionId, segmentId);
+        }
+    }
+
+    @Override
+    public void resumeConsumption() {
+        if (initialCredit == 0) {
+            numCreditsAvailable = 0;
+        }
+        ResultSubpartitionView v = view;
+        if (v != null) {
+            v.resumeConsumption();
+        }
+    }
+
+    @Override
+    public void acknowledgeAllRecordsProcessed() {
+        ResultSubpartitionView v = view;
+        if (v != null) {
+            v.acknowledgeAllDataProcessed();
+        }
+    }
+
+    @Override
+    public ResultSubpartitionView.AvailabilityWithBacklog getAvailabilityAndBacklog() {
+        return view.getAvailabilityAndBacklog(numCreditsAvailable > 0);
+    }
+
+    @Override
+    public boolean isRegisteredAsAvailable() {
+        return registeredAsAvailable;
+    }
+
+    @Override
+    public void setRegisteredAsAvailable(boolean isRegisteredAvailable) {
+        this.registeredAsAvailable = isRegisteredAvailable;
+    }
+
+    @Override
+    public boolean isReleased() {
+        ResultSubpartitionView v = view;
+        return v != null && v.isReleased();
+    }
+
+    @Override
+    public void releaseAllResources() throws IOException {
+        PartitionRequestListener l = listener;
+        if (l != null) {
+            t.partitionProvider.releasePartitionRequestListener(l);
+        }
+        ResultSubpartitionView v = view;
+        if (v != null) {
+            v.releaseAllResources();
+        }
+    }
+
+    @Override
+    public Throwable getFailureCause() {
+        ResultSubpartitionView v = view;
+        return v == null ? null : v.getFailureCause();
+    }
+
+    @Override
+    public InputChannelID getReceiverId() {
+        return receiverId;
+    }
+
+    @Override
+    public void notifyNewBufferSize(int newBufferSize) {
+        ResultSubpartitionView v = view;
+        if (v != null) {
+            v.notifyNewBufferSize(newBufferSize);
+        }
+    }
+
+    @Override
+    public void notifyPartitionRequestTimeout(PartitionRequestListener l) {
+        t.runOnProducer(() -> {
+            sendError(new PartitionNotFoundException(l.getResultPartitionId()), true);
+            t.releaseReader(this);
+        });
+    }
+
+    // ------------------------------------------------------------ BufferAvailabilityListener
+
+    @Override
+    public void notifyDataAvailable(ResultSubpartitionView v) {
+        if (notifyPending.compareAndSet(false, true)) {
+            t.notifyReaderNonEmpty(this);
+        }
+    }
+
+    @Override
+    public void notifyPriorityEvent(int prioritySequenceNumber) {
+        notifyDataAvailable(view);
+    }
+}

@@ -1,0 +1,67 @@
+/*
+ * Settings of the shared-memory transport, under shmflow.* in Flink's configuration.
+ */
+package org.shmflow.flink;
+
+import org.apache.flink.configuration.ConfigOption;
+import org.apache.flink.configuration.ConfigOptions;
+import org.apache.flink.configuration.MemorySize;
+
+/** The {@code shmflow.*} options (documented in the README's Flink section). */
+public final class ShmflowOptions {
+    private ShmflowOptions() {}
+
+    /** Whether TaskManagers on one host exchange data through shared memory at all. */
+    public static final ConfigOption<Boolean> ENABLED =
+            ConfigOptions.key("shmflow.enabled")
+                    .booleanType()
+                    .defaultValue(true)
+                    .withDescription("Exchange data between TaskManagers of one host through shared memory; false: Netty only.");
+
+    /** Size of the host's arena (created by the first TaskManager that starts). */
+    public static final ConfigOption<MemorySize> ARENA_SIZE =
+            ConfigOptions.key("shmflow.arena.size")
+                    .memoryType()
+                    .defaultValue(MemorySize.parse("64m"))
+                    .withDescription("Size of the shared arena under /dev/shm (segments of taskmanager.memory.segment-size).");
+
+    /** Name of the arena under /dev/shm; default shmflow-flink-USER. */
+    public static final ConfigOption<String> ARENA_NAME =
+            ConfigOptions.key("shmflow.arena.name")
+                    .stringType()
+                    .noDefaultValue()
+                    .withDescription("Name of the arena file under /dev/shm (default shmflow-flink-<user>).");
+
+    /** Directory where each TaskManager records its id, arena slot and pid. */
+    public static final ConfigOption<String> REGISTRY_DIR =
+            ConfigOptions.key("shmflow.registry.dir")
+                    .stringType()
+                    .noDefaultValue()
+                    .withDescription("Registry directory of the TaskManagers attached to the arena (default /dev/shm/shmflow-flink-<user>.registry).");
+
+    /** How long an idle dispatcher thread spins before it parks on the futex. */
+    public static final ConfigOption<Long> SPIN_NS =
+            ConfigOptions.key("shmflow.spin-ns")
+                    .longType()
+                    .defaultValue(20_000L)
+                    .withDescription("Spin budget in nanoseconds of an idle dispatcher before it blocks (0..1e9).");
+
+    /** Longest wait for a free segment or ring room before the channel fails. */
+    public static final ConfigOption<Integer> TIMEOUT_MS =
+            ConfigOptions.key("shmflow.timeout-ms")
+                    .intType()
+                    .defaultValue(30_000)
+                    .withDescription("Longest wait for a free segment or room in a ring before the channel fails.");
+
+    /** Path of libshmflow_ffi.so; default: the copy packed in the jar. */
+    public static final ConfigOption<String> NATIVE_LIBRARY =
+            ConfigOptions.key("shmflow.native-library")
+                    .stringType()
+                    .noDefaultValue()
+                    .withDescription("Path of libshmflow_ffi.so (default: the copy inside the plugin jar).");
+
+    static String user() {
+        String u = System.getProperty("user.name", "user");
+        return u.replaceAll("[^A-Za-z0-9_.-]", "_");
+    }
+}

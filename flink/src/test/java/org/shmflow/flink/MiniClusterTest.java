@@ -1,0 +1,312 @@
+/*
+ * End-to-end tests of the transport in a Flink MiniCluster of 2 TaskManagers (one JVM).
+ * Run by flink/build.sh --test (so by tools/test); exits non-zero on the first failure.
+ */
+package org.shmflow.flink;
+
+import org.apache.flink.api.common.JobID;
+import org.apache.flink.api.common.JobStatus;
+import org.apache.flink.api.common.functions.RichMapFunction;
+import org.apache.flink.api.common.state.CheckpointListener;
+import org.apache.flink.api.java.tuple.Tuple2;
+import org.apache.flink.configuration.CheckpointingOptions;
+import org.apache.flink.configuration.ConfigOption;
+import org.apache.flink.configuration.ConfigOptions;
+import org.apache.flink.configuration.Configuration;
+import org.apache.flink.configuration.MemorySize;
+import org.apache.flink.configuration.TaskManagerOptions;
+import org.apache.flink.runtime.minicluster.MiniCluster;
+import org.apache.flink.runtime.minicluster.MiniClusterConfiguration;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
+
+import java.io.File;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/** The Flink-side tests of issue 11 (see the README's Flink section). */
+public final class MiniClusterTest {
+    static final int KEYS = 13;
+    /** Largest running sum seen per key (sums only grow, so replays after a restore do not matter). */
+    static final ConcurrentHashMap<Long, Long> MAX = new ConcurrentHashMap<>();
+    static final AtomicBoolean CHECKPOINT_DONE = new AtomicBoolean();
+    static final AtomicBoolean THROWN = new AtomicBoolean();
+    static final AtomicInteger RESTARTED_ATTEMPTS = new AtomicInteger();
+
+    private static int failures;
+    private static final String RUN = System.getProperty("shmflow.it.run", "shmflow-it-" + ProcessHandle.current().pid());
+
+    private MiniClusterTest() {}
+
+    public static void main(String[] args) throws Exception {
+        String only = args.length > 0 ? args[0] : "";
+        run(only, "keyby_unaligned_exact_through_shared_memory", MiniClusterTest::keyByUnaligned);
+        run(only, "a_failing_task_restarts_from_its_checkpoint_exactly", MiniClusterTest::failureRestart);
+        run(only, "a_cancelled_job_leaves_no_segment_held", MiniClusterTest::cancelFreesSegments);
+        run(only, "arena_too_small_falls_back_to_netty", MiniClusterTest::tooSmall);
+        run(only, "unwritable_registry_dir_falls_back_to_netty", MiniClusterTest::badRegistry);
+        System.out.println(failures == 0 ? "flink tests: all passed" : "flink tests: " + failures + " failed");
+        System.exit(failures == 0 ? 0 : 1);
+    }
+
+    interface Case {
+        void run() throws Exception;
+    }
+
+    private static void run(String only, String name, Case c) {
+        if (!only.isEmpty() && !name.contains(only)) {
+            return;
+        }
+        long t0 = System.nanoTime();
+        try {
+            c.run();
+            System.out.printf("test %s ... ok (%.1f s)%n", name, (System.nanoTime() - t0) / 1e9);
+        } catch (Throwable e) {
+            failures++;
+            System.out.printf("test %s ... FAILED%n", name);
+            e.printStackTrace(System.out);
+        } finally {
+            cleanup(name);
+        }
+    }
+
+    static void check(boolean ok, String what) {
+        if (!ok) {
+            throw new AssertionError(what);
+        }
+    }
+
+    private static String arenaName(String tag) {
+        return RUN + "-" + tag;
+    }
+
+    private static String registryDir(String tag) {
+        return System.getenv().getOrDefault("TMPDIR", "/tmp") + File.separator + arenaName(tag) + ".registry";
+    }
+
+    private static void cleanup(String tag) {
+        try {
+            Files.deleteIfExists(Path.of("/dev/shm", arenaName(tag)));
+            File d = new File(registryDir(tag));
+            File[] fs = d.listFiles();
+            if (fs != null) {
+                for (File f : fs) {
+                    Files.deleteIfExists(f.toPath());
+                }
+            }
+            Files.deleteIfExists(d.toPath());
+        } catch (Exception e) {
+            System.out.println("cleanup of " + tag + ": " + e);
+        }
+    }
+
+    static Configuration conf(String tag) {
+        Configuration c = new Configuration();
+        c.set(TaskManagerOptions.MINI_CLUSTER_NUM_TASK_MANAGERS, 2);
+        c.set(TaskManagerOptions.NUM_TASK_SLOTS, 1);
+        c.set(str("shuffle-service-factory.class"), ShmflowShuffleServiceFactory.class.getName());
+        c.set(ShmflowOptions.ARENA_NAME, arenaName(tag));
+        c.set(ShmflowOptions.REGISTRY_DIR, registryDir(tag));
+        c.set(ShmflowOptions.ARENA_SIZE, MemorySize.parse("16m"));
+        c.set(CheckpointingOptions.CHECKPOINTING_INTERVAL, Duration.ofMillis(100));
+        c.set(CheckpointingOptions.ENABLE_UNALIGNED, true);
+        c.set(str("restart-strategy.type"), "fixed-delay");
+        c.set(str("restart-strategy.fixed-delay.attempts"), "3");
+        c.set(str("restart-strategy.fixed-delay.delay"), "100 ms");
+        return c;
+    }
+
+    private static ConfigOption<String> str(String key) {
+        return ConfigOptions.key(key).stringType().noDefaultValue();
+    }
+
+    /** Sum of x in 1..n with x % KEYS == k, for every k. */
+    static Map<Long, Long> expected(long n) {
+        Map<Long, Long> m = new TreeMap<>();
+        for (long x = 1; x <= n; x++) {
+            m.merge(x % KEYS, x, Long::sum);
+        }
+        return m;
+    }
+
+    /** Source 1..n -> (x % KEYS, x) -> keyBy -> running sum -> max per key. */
+    static void job(StreamExecutionEnvironment env, long n, boolean failOnce) {
+        DataStream<Tuple2<Long, Long>> pairs = env.fromSequence(1, n)
+                .map(new Throttle(failOnce))
+                .returns(org.apache.flink.api.common.typeinfo.Types.TUPLE(
+                        org.apache.flink.api.common.typeinfo.Types.LONG, org.apache.flink.api.common.typeinfo.Types.LONG));
+        pairs.keyBy(p -> p.f0)
+                .reduce((a, b) -> Tuple2.of(a.f0, a.f1 + b.f1))
+                .map(new RecordMax())
+                .sinkTo(new DiscardingSink<>());
+    }
+
+    /** Slows the source a little (so checkpoints complete mid-job) and may fail once. */
+    static final class Throttle extends RichMapFunction<Long, Tuple2<Long, Long>> implements CheckpointListener {
+        private static final long serialVersionUID = 1L;
+        private final boolean failOnce;
+        private long seen;
+
+        Throttle(boolean failOnce) {
+            this.failOnce = failOnce;
+        }
+
+        @Override
+        public Tuple2<Long, Long> map(Long x) throws Exception {
+            if (getRuntimeContext().getTaskInfo().getAttemptNumber() > 0) {
+                RESTARTED_ATTEMPTS.incrementAndGet();
+            }
+            if (++seen % 2000 == 0) {
+                Thread.sleep(1);
+            }
+            if (failOnce && CHECKPOINT_DONE.get() && seen > 5000 && THROWN.compareAndSet(false, true)) {
+                throw new RuntimeException("planned failure of the test (after a completed checkpoint)");
+            }
+            return Tuple2.of(x % KEYS, x);
+        }
+
+        @Override
+        public void notifyCheckpointComplete(long checkpointId) {
+            CHECKPOINT_DONE.set(true);
+        }
+    }
+
+    static final class RecordMax extends RichMapFunction<Tuple2<Long, Long>, Long> {
+        private static final long serialVersionUID = 1L;
+
+        @Override
+        public Long map(Tuple2<Long, Long> p) {
+            MAX.merge(p.f0, p.f1, Math::max);
+            return p.f1;
+        }
+    }
+
+    static StreamExecutionEnvironment env(Configuration c) {
+        StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(2, c);
+        return env;
+    }
+
+    static void reset() {
+        MAX.clear();
+        CHECKPOINT_DONE.set(false);
+        THROWN.set(false);
+        RESTARTED_ATTEMPTS.set(0);
+    }
+
+    static long shmBuffersIn() {
+        return ShmMetrics.TOTAL_BUFFERS_IN.get();
+    }
+
+    // ------------------------------------------------------------------ cases
+
+    static void keyByUnaligned() throws Exception {
+        reset();
+        long n = 400_000;
+        long before = shmBuffersIn();
+        long channelsBefore = ShmMetrics.TOTAL_SHM_CHANNELS.get();
+        StreamExecutionEnvironment env = env(conf("keyby"));
+        job(env, n, false);
+        env.execute("shmflow keyBy unaligned");
+        check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key, got " + new TreeMap<>(MAX));
+        long in = shmBuffersIn() - before;
+        check(ShmConnectionManager.lastFallback == null, "no fallback, got " + ShmConnectionManager.lastFallback);
+        check(ShmMetrics.TOTAL_SHM_CHANNELS.get() - channelsBefore > 0, "channels through shared memory");
+        check(in > 0, "buffers through shared memory: " + in);
+        System.out.printf("  %d buffers, %d bytes out through shared memory%n", in, ShmMetrics.TOTAL_BYTES_OUT.get());
+        check(!Files.exists(Path.of("/dev/shm", arenaName("keyby"))), "the last TaskManager out unlinks the arena");
+    }
+
+    static void failureRestart() throws Exception {
+        reset();
+        long n = 600_000;
+        long before = shmBuffersIn();
+        StreamExecutionEnvironment env = env(conf("restart"));
+        job(env, n, true);
+        env.execute("shmflow restart");
+        check(THROWN.get(), "the planned failure happened");
+        check(RESTARTED_ATTEMPTS.get() > 0, "a second attempt ran");
+        check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key after the restart, got " + new TreeMap<>(MAX));
+        check(shmBuffersIn() - before > 0, "buffers through shared memory");
+    }
+
+    static void cancelFreesSegments() throws Exception {
+        reset();
+        Configuration c = conf("cancel");
+        // A cluster that outlives the job, so its TaskManagers are still attached after the cancel.
+        MiniCluster mc = new MiniCluster(new MiniClusterConfiguration.Builder()
+                .setConfiguration(c)
+                .setNumTaskManagers(2)
+                .setNumSlotsPerTaskManager(1)
+                .build());
+        mc.start();
+        try {
+            StreamExecutionEnvironment env = env(c);
+            job(env, Long.MAX_VALUE / 4, false);
+            long before = shmBuffersIn();
+            JobID id = mc.submitJob(env.getStreamGraph().getJobGraph()).get().getJobID();
+            // Bounded wait for traffic through shared memory (60 s at most).
+            for (int i = 0; i < 600 && shmBuffersIn() - before < 50; i++) {
+                Thread.sleep(100);
+            }
+            check(shmBuffersIn() - before >= 50, "traffic through shared memory before the cancel");
+            mc.cancelJob(id).get();
+            for (int i = 0; i < 600 && mc.getJobStatus(id).get() != JobStatus.CANCELED; i++) {
+                Thread.sleep(100);
+            }
+            check(mc.getJobStatus(id).get() == JobStatus.CANCELED, "the job is cancelled");
+            // Both TaskManagers are still attached: every segment must be back on the free stack.
+            long free = -1;
+            long total = -2;
+            for (int i = 0; i < 200; i++) {
+                ShmTransport t = ShmTransport.anyLive(arenaName("cancel"));
+                check(t != null, "a live transport on the test's arena");
+                free = t.freeSegments();
+                total = t.totalSegments();
+                if (free == total) {
+                    break;
+                }
+                Thread.sleep(50);
+            }
+            check(free == total, "no segment held after the cancel: " + free + " of " + total + " free");
+            System.out.printf("  %d of %d segments free after the cancel%n", free, total);
+        } finally {
+            mc.closeAsync().get();
+        }
+        check(ShmTransport.anyLive(arenaName("cancel")) == null, "the TaskManagers left the arena");
+        check(!Files.exists(Path.of("/dev/shm", arenaName("cancel"))), "the last TaskManager out unlinks the arena");
+    }
+
+    static void fallback(String tag, Configuration c, String needle) throws Exception {
+        reset();
+        long n = 100_000;
+        long before = shmBuffersIn();
+        long nettyBefore = ShmMetrics.TOTAL_NETTY_CLIENTS.get();
+        StreamExecutionEnvironment env = env(c);
+        job(env, n, false);
+        env.execute("shmflow fallback " + tag);
+        check(new TreeMap<>(MAX).equals(expected(n)), "exact sums through Netty, got " + new TreeMap<>(MAX));
+        String why = ShmConnectionManager.lastFallback;
+        check(why != null && why.contains(needle), "fallback reason mentions '" + needle + "': " + why);
+        check(shmBuffersIn() == before, "nothing through shared memory");
+        check(ShmMetrics.TOTAL_NETTY_CLIENTS.get() > nettyBefore, "Netty clients were used");
+    }
+
+    static void tooSmall() throws Exception {
+        Configuration c = conf("small");
+        c.set(ShmflowOptions.ARENA_SIZE, MemorySize.parse("64k"));
+        fallback("small", c, "segments");
+    }
+
+    static void badRegistry() throws Exception {
+        Configuration c = conf("registry");
+        c.set(ShmflowOptions.REGISTRY_DIR, "/proc/shmflow-registry-not-writable");
+        fallback("registry", c, "registry directory");
+    }
+}
