@@ -778,11 +778,11 @@ fn figures(o: &Outcome) -> Vec<(&'static str, String, Option<f64>)> {
 }
 
 fn kib(b: Option<u64>) -> String {
-    b.map_or("-".into(), |b| format!("{:.0} KiB", b as f64 / 1024.0))
+    b.map_or_else(|| "-".into(), |b| format!("{:.0} KiB", b as f64 / 1024.0))
 }
 
 fn us(ns: Option<u64>) -> String {
-    ns.map_or("-".into(), |n| format!("{:.1} us", n as f64 / 1e3))
+    ns.map_or_else(|| "-".into(), |n| format!("{:.1} us", n as f64 / 1e3))
 }
 
 fn print_report(o: &Outcome) {
@@ -801,7 +801,7 @@ fn print_report(o: &Outcome) {
             kib(quantile(&ph.inflight_bytes, 0.5)),
             kib(quantile(&ph.inflight_bytes, 1.0)),
             kib(quantile(&ph.inflight_record_bytes, 0.5)),
-            quantile(&ph.pool_usage, 0.5).map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
+            quantile(&ph.pool_usage, 0.5).map_or_else(|| "-".into(), |u| format!("{:.0}%", u * 100.0)),
         );
     }
     println!(

@@ -426,11 +426,11 @@ fn figures(o: &Outcome) -> Vec<(&'static str, Option<f64>)> {
 }
 
 fn kib(b: Option<f64>) -> String {
-    b.map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0))
+    b.map_or_else(|| "-".into(), |b| format!("{:.1} KiB", b / 1024.0))
 }
 
 fn millis(m: Option<f64>) -> String {
-    m.map_or("-".into(), |m| format!("{m:.1} ms"))
+    m.map_or_else(|| "-".into(), |m| format!("{m:.1} ms"))
 }
 
 fn print_table(outcomes: &[Outcome]) {
@@ -470,7 +470,7 @@ fn json_records(plan: &Plan, outcomes: &[Outcome]) -> String {
     let mut out = Vec::new();
     for o in outcomes {
         for (metric, value) in figures(o) {
-            let v = value.filter(|v| v.is_finite()).map_or("null".into(), |v| format!("{v:.4}"));
+            let v = value.filter(|v| v.is_finite()).map_or_else(|| "null".into(), |v| format!("{v:.4}"));
             out.push(format!(
                 "  {{\"bench\":\"debloat\",\"system\":\"shmflow\",\"run\":\"{}\",\"mode\":\"{}\",\"metric\":\"{metric}\",\
                  \"value\":{v}}}",

@@ -1257,7 +1257,7 @@ fn print_ratios(results: &[CaseResult], ratios: &[Ratio]) {
                 ratios
                     .iter()
                     .find(|r| r.num == Case { peer: n, payload } && r.den.peer == d)
-                    .map_or("-".into(), |r| format!("{:.2} ({:.2})", r.overall, r.round_median()))
+                    .map_or_else(|| "-".into(), |r| format!("{:.2} ({:.2})", r.overall, r.round_median()))
             })
             .collect();
         println!("| {} | {} |", size_label(payload), cells.join(" | "));

@@ -287,7 +287,7 @@ fn parent_main() -> Res<()> {
                 o.records_per_s() / 1e6,
                 o.total_records,
                 o.window_cpu_ns as f64 / o.window_records.max(1) as f64,
-                o.other_cores_busy().map_or("?".into(), |c| format!("{c:.2}"))
+                o.other_cores_busy().map_or_else(|| "?".into(), |c| format!("{c:.2}"))
             );
             match outcomes.iter_mut().find(|x| x.p == p) {
                 Some(x) => x.merge(o)?,
@@ -683,7 +683,7 @@ fn p1_rate(outcomes: &[Outcome]) -> Option<f64> {
 }
 
 fn micros(ns: Option<u64>) -> String {
-    ns.map_or("-".into(), |n| format!("{:.1} us", n as f64 / 1e3))
+    ns.map_or_else(|| "-".into(), |n| format!("{:.1} us", n as f64 / 1e3))
 }
 
 fn print_table(outcomes: &[Outcome]) {
@@ -704,12 +704,12 @@ fn print_table(outcomes: &[Outcome]) {
             o.p,
             2 * o.p,
             rate / 1e6,
-            p1.map_or("-".into(), |r| format!("{:.2}", rate / r)),
+            p1.map_or_else(|| "-".into(), |r| format!("{:.2}", rate / r)),
             o.window_cpu_ns as f64 / o.window_records.max(1) as f64,
             o.window_cpu_ns as f64 / 1e9 / o.window_s,
             o.window_cpu_ns_by_role.0 as f64 / 1e9 / o.window_s,
             o.window_cpu_ns_by_role.1 as f64 / 1e9 / o.window_s,
-            o.other_cores_busy().map_or("-".into(), |c| format!("{c:.2}")),
+            o.other_cores_busy().map_or_else(|| "-".into(), |c| format!("{c:.2}")),
             o.run_cpu_ns as f64 / o.total_records.max(1) as f64,
             o.idle_cpu_ms_per_s.0,
             o.idle_cpu_ms_per_s.1,

@@ -2975,7 +2975,7 @@ fn print_table(plan: &Plan, results: &[CaseResult], limits: &[Limit]) {
         peers.iter().map(|p| format!("shmflow/{p}")).collect::<Vec<_>>().join(" | "),
     );
     println!("|---|---|---:|---:|---:|{}---:|---:|---:|", "---:|".repeat(2 * PEERS.len()));
-    let rate = |m: Option<Rate>| m.map_or("-".into(), |m| fmt_rate(m.records_per_s));
+    let rate = |m: Option<Rate>| m.map_or_else(|| "-".into(), |m| fmt_rate(m.records_per_s));
     let ratio_cell = |x: f64| if x.is_finite() { format!("{x:.2}") } else { "-".into() };
     for r in results {
         let c = r.case;
@@ -2985,7 +2985,7 @@ fn print_table(plan: &Plan, results: &[CaseResult], limits: &[Limit]) {
             c.shape_name(),
             format!("{} ms", c.timeout_ms),
             rate(shm),
-            shm.map_or("-".into(), |m| format!("{:.3}", m.gb_per_s)),
+            shm.map_or_else(|| "-".into(), |m| format!("{:.3}", m.gb_per_s)),
         ];
         cells.extend(PEERS.iter().map(|&p| rate(r.median(p))));
         cells.extend(PEERS.iter().map(|&p| ratio_cell(ratio(shm, r.median(p)))));
@@ -3005,14 +3005,14 @@ fn print_table(plan: &Plan, results: &[CaseResult], limits: &[Limit]) {
         cells.extend(
             std::iter::once(System::Shmflow)
                 .chain(PEERS)
-                .map(|s| r.median(s).map_or("-".into(), |m| fmt_ns(m.cpu_ns_per_record))),
+                .map(|s| r.median(s).map_or_else(|| "-".into(), |m| fmt_ns(m.cpu_ns_per_record))),
         );
         println!("| {} |", cells.join(" | "));
     }
     println!();
     println!("| record | memcpy rec/s | memcpy GB/s | memread rec/s | memread GB/s |");
     println!("|---|---:|---:|---:|---:|");
-    let gb = |m: Option<Rate>| m.map_or("-".into(), |m| format!("{:.2}", m.gb_per_s));
+    let gb = |m: Option<Rate>| m.map_or_else(|| "-".into(), |m| format!("{:.2}", m.gb_per_s));
     for l in limits {
         println!(
             "| {} | {} | {} | {} | {} |",
@@ -3090,11 +3090,11 @@ fn print_summary(results: &[CaseResult], limits: &[Limit]) {
         let gb = spread(results, keep, |r| shm(r).map_or(f64::NAN, |m| m.gb_per_s));
         let to = |l: System| {
             spread(results, keep, |r| ratio(shm(r), limit_of(limits, MIB, l)))
-                .map_or("-".into(), |[_, m, _]| format!("{m:.2}"))
+                .map_or_else(|| "-".into(), |[_, m, _]| format!("{m:.2}"))
         };
         println!(
             "- 1 MiB records, {what}: shmflow {} GB/s, {} x memcpy, {} x memread; goal >= 0.5 x memcpy{}",
-            gb.map_or("-".into(), |[_, m, _]| format!("{m:.2}")),
+            gb.map_or_else(|| "-".into(), |[_, m, _]| format!("{m:.2}")),
             to(System::Memcpy),
             to(System::Memread),
             if segment == SEGMENT { " (issue 6)" } else { " (the default segments hold it; this is a tuning)" }
@@ -3105,7 +3105,7 @@ fn print_summary(results: &[CaseResult], limits: &[Limit]) {
             .iter()
             .map(|&s| {
                 let v = spread(results, keep, |r| r.median(s).map_or(f64::NAN, f));
-                format!("{} {}", s.short(), v.map_or("-".into(), |[_, med, _]| format!("{med:.digits$}")))
+                format!("{} {}", s.short(), v.map_or_else(|| "-".into(), |[_, med, _]| format!("{med:.digits$}")))
             })
             .collect::<Vec<_>>()
             .join(", ")

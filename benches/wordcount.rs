@@ -405,7 +405,7 @@ fn main() -> Res<()> {
         "wordcount: {} mode, {mb} MB of generated text, {reps} repetition(s), buffer timeout {BUFFER_TIMEOUT_MS} ms, \
          in-process batches of {BATCH_WORDS} words, {CHANNEL_BATCHES} per channel; bare cache-line round trip {}",
         if args.full { "full" } else { "quick" },
-        rtt.map_or("n/a".to_string(), |r| format!("{r:.0} ns ({})", if r < 250.0 { "near" } else { "far" }))
+        rtt.map_or_else(|| "n/a".to_string(), |r| format!("{r:.0} ns ({})", if r < 250.0 { "near" } else { "far" }))
     );
     println!("shmflow: {}", exe.display());
 

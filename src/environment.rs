@@ -14,7 +14,19 @@ use crate::partition::{
 };
 use std::sync::Arc;
 
-/// The shuffle environment of one process.
+/// The shuffle environment of one process: its worker slot in the arena (pid and start
+/// time, so peers can tell when it dies) and the partition directory.
+///
+/// Build it in one of three ways:
+/// - [`ShuffleEnvironment::join_inherited`] in a child process the parent prepared with
+///   [`Arena::inherit_fd_into`] (claims a free slot);
+/// - [`ShuffleEnvironment::join`] over an arena you already hold (the creator, or a process
+///   that attached a named arena);
+/// - [`ShuffleEnvironment::new`] with a slot a coordinator assigned (the job runtime).
+///
+/// Dropping the last clone marks the slot as left cleanly (peers then see "exited", not
+/// "died") and drops this process's reference to the arena. Partitions and gates created
+/// from it keep the arena mapped until they drop.
 #[derive(Debug, Clone)]
 pub struct ShuffleEnvironment {
     arena: Arc<Arena>,
@@ -92,8 +104,20 @@ impl ShuffleEnvironment {
         Ok(Self::new(arena, worker))
     }
 
+    /// Attaches to the arena the parent process passed down (see
+    /// [`Arena::inherit_fd_into`]) and claims a free worker slot there: the partner of
+    /// `inherit_fd_into` for programs without a coordinator.
+    ///
+    /// # Errors
+    /// As [`Arena::attach_inherited`] (no arena was passed down) and
+    /// [`ShuffleEnvironment::join`] (the worker table is full).
+    pub fn join_inherited() -> Result<Self> {
+        Self::join(Arc::new(Arena::attach_inherited()?))
+    }
+
     /// Attaches to the arena passed down by the parent process (see
-    /// [`Arena::inherit_fd_into`]).
+    /// [`Arena::inherit_fd_into`]) as worker slot `worker`, which a coordinator assigned to
+    /// this process. Without a coordinator, use [`ShuffleEnvironment::join_inherited`].
     ///
     /// # Errors
     /// As [`Arena::attach_inherited`].

@@ -160,6 +160,20 @@ pub enum Error {
     /// The task was cancelled (the job is shutting down).
     #[error("cancelled")]
     Cancelled,
+    /// A stop signal (SIGINT, SIGTERM or SIGHUP) arrived; the work was stopped and cleaned
+    /// up. A command line exits with status 128 + `signal`.
+    #[error("interrupted")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+    /// A worker's coordinator died (its control socket closed before the job ended); the
+    /// worker stopped its tasks.
+    #[error("the coordinator (pid {pid}) died; this worker stopped its tasks")]
+    CoordinatorDied {
+        /// The coordinator's pid.
+        pid: u32,
+    },
     /// A partition that no producer registered (after the request backoff ran out).
     #[error("partition {0} not found (no producer registered it before the request backoff ran out)")]
     PartitionNotFound(String),
@@ -189,6 +203,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<std::io::Error> for Error {
+    /// An I/O error of the caller's own (`?` on `std::fs` or `std::process` calls in a
+    /// function returning [`Result`]); shmflow's own I/O errors say what they tried.
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { op: "I/O".into(), source }
+    }
 }
 
 /// Crate result type.

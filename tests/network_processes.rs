@@ -515,7 +515,7 @@ fn child_consumer() -> Result<(), String> {
         } else {
             let want = fill(p, seq, &mut buf);
             if data != want {
-                let at = data.iter().zip(want).position(|(a, b)| a != b).unwrap_or(data.len().min(want.len()));
+                let at = data.iter().zip(want).position(|(a, b)| a != b).unwrap_or_else(|| data.len().min(want.len()));
                 return Err(format!(
                     "record {seq} of producer {p} is corrupt: {} bytes (expected {}), first difference at byte {at}",
                     data.len(),

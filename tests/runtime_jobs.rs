@@ -493,3 +493,51 @@ fn outputs_that_must_not_be_replaced_are_refused_or_written_in_place() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.starts_with("EARLIER\na\t1\nb\t2\n"), "{text}");
 }
+
+#[test]
+fn progress_is_plain_lines_with_percent_off_a_terminal_and_quiet_silences_it() {
+    // 3000 records at 1 ms of busy work each in 2 sinks: the job runs at least 1.5 s, so
+    // the coordinator's one-a-second progress line comes while it runs.
+    let args = ["run", "shuffle", "--records", "3000", "--sink-work-ns", "1000000", "--parallelism", "2"];
+    let out = shmflow().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("% of the input")).unwrap_or_else(|| panic!("no progress line: {err}"));
+    assert!(line.contains("records/s in") && !line.contains('\r'), "a plain line: {line:?}");
+    let out = shmflow().args(args).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "--quiet prints nothing on stderr");
+}
+
+#[test]
+fn latency_shuffle_stamps_every_record_after_warm_up_and_reports_percentiles() {
+    for selector in ["key-hash", "rebalance"] {
+        let out = run_ok(&[
+            "run",
+            "shuffle",
+            "--latency",
+            "--rate",
+            "20000",
+            "--records",
+            "2000",
+            "--selector",
+            selector,
+            "--buffer-timeout",
+            "0",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["records"], 2000, "{out}");
+        assert_eq!(v["checksum_ok"], true, "{out}");
+        // Two generators of 1000 records, the first 100 of each warm-up.
+        assert_eq!(v["latency_us"]["samples"], 1800, "{out}");
+        let (p50, p99, max) = (
+            v["latency_us"]["p50"].as_f64().unwrap(),
+            v["latency_us"]["p99"].as_f64().unwrap(),
+            v["latency_us"]["max"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{out}");
+    }
+    let err = run_err(&["run", "shuffle", "--latency", "--rate", "10", "--payload", "8"]);
+    assert!(err.contains("--payload 8"), "{err}");
+}

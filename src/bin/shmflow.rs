@@ -9,7 +9,7 @@ use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{BufferTimeout, ResultPartitionType, SelectorKind};
 use shmflow::ring::{StreamReader, StreamWriter};
 use shmflow::runtime::builtin::{self, TextSource};
-use shmflow::runtime::{is_worker, run, JobSummary, RuntimeConfig};
+use shmflow::runtime::{is_worker, run, JobSummary, ProgressTotal, RuntimeConfig};
 use shmflow::sync::WaitPolicy;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -72,9 +72,14 @@ struct JobOpts {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// No progress lines on stderr.
+    /// No progress on stderr (by default a bar with percent and ETA on a terminal, a plain
+    /// line a second otherwise).
     #[arg(long)]
     quiet: bool,
+    /// How tasks wait for input and for buffers: spin (lowest latency, a core busy per
+    /// waiting task), adaptive (spin briefly, then park) or park.
+    #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
+    wait: Mode,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
     #[arg(long, value_enum, default_value_t = Exchange::Pipelined)]
     exchange: Exchange,
@@ -149,6 +154,15 @@ enum JobCmd {
         /// most 1 s).
         #[arg(long, default_value_t = 0)]
         source_work_ns: u64,
+        /// Measure record latency instead of throughput: rate-limited generators (--rate)
+        /// stamp each record, the sinks report percentiles of arrival minus stamp (the first
+        /// tenth of each generator's records is warm-up). Payload at least 16 bytes; key-hash
+        /// or rebalance.
+        #[arg(long, requires = "rate")]
+        latency: bool,
+        /// Records per second in all, for --latency (1..=100000000).
+        #[arg(long)]
+        rate: Option<u64>,
         #[command(flatten)]
         opts: JobOpts,
     },
@@ -225,7 +239,8 @@ enum Cmd {
     },
     /// Remove named arenas under /dev/shm whose creator process is dead, and job
     /// directories (`shmflow-job-<pid>-*`, `shmflow-blocking-<pid>-*`) under the temp dir
-    /// ($TMPDIR or /tmp) whose coordinator pid is gone. A directory whose pid belongs to a
+    /// ($TMPDIR or /tmp) whose coordinator pid is gone, with the temp output
+    /// (`<output>.tmp-<pid>`) such a coordinator left. A directory whose pid belongs to a
     /// live process is kept even if that process is not shmflow (the pid may have been
     /// reused): stop it or remove the directory by hand. Pids are this PID namespace's: a
     /// job in another container that shares /dev/shm or the temp dir looks dead here, so
@@ -247,12 +262,21 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Run { .. }) && !is_worker() {
+        // From the start: a Ctrl-C (or SIGTERM, SIGHUP) at any moment of a run, also before
+        // the workers start or while the output is merged, stops it and cleans up.
+        shmflow::sync::install_stop_handler();
+    }
     let r = match cli.command {
         Cmd::Demo { records, payload, mode, segment_size, credit } => {
             demo(records, payload, mode, segment_size, credit)
         }
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
-        Cmd::Run { job } => run_builtin(job),
+        // A worker whose coordinator is gone already says so before anything else.
+        Cmd::Run { job } => {
+            if is_worker() { shmflow::runtime::check_coordinator().map_err(Into::into) } else { Ok(()) }
+                .and_then(|()| run_builtin(job))
+        }
         Cmd::Top { arena, once, json, interval_ms } => top(arena, once, json, interval_ms),
         Cmd::Check { arena, idle, recover, json } => check(arena, idle, recover, json),
         Cmd::Clean { dry_run } => clean(dry_run),
@@ -260,6 +284,11 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(&shmflow::Error::Interrupted { signal }) = e.downcast_ref::<shmflow::Error>() {
+                // One line; the workers were stopped quietly.
+                eprintln!("shmflow: interrupted");
+                return ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(0)));
+            }
             // A worker stopped by its coordinator exits quietly: the coordinator reports.
             if is_worker() && matches!(e.downcast_ref::<shmflow::Error>(), Some(shmflow::Error::Cancelled)) {
                 return ExitCode::from(3);
@@ -336,17 +365,19 @@ fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32
     cmd.stdout(Stdio::piped());
     arena.inherit_fd_into(&mut cmd)?;
     let mut child = ChildGuard(Some(cmd.spawn()?));
-    let timeout = Some(Duration::from_secs(30));
-    let mut w = StreamWriter::new(arena.clone(), 0, credit, mode.policy(), timeout)?;
+    let consumer = child.0.as_ref().map_or(0, std::process::Child::id);
+    // Waits end every liveness interval to look at the consumer.
+    let mut w = StreamWriter::new(arena.clone(), 0, credit, mode.policy(), Some(LIVENESS_INTERVAL))?;
+    let consumer_alive = || !child_exited(consumer);
     let mut buf = vec![0u8; payload];
     let mut sum = 0u64;
     let start = Instant::now();
     for i in 0..records {
         buf[..8].copy_from_slice(&i.to_le_bytes());
         sum = sum.wrapping_add(i);
-        w.write(&buf)?;
+        while_peer_lives(|| w.write(&buf), &consumer_alive, "consumer", consumer)?;
     }
-    w.finish()?;
+    while_peer_lives(|| w.finish(), &consumer_alive, "consumer", consumer)?;
     let out = child.0.take().expect("child").wait_with_output()?;
     let elapsed = start.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -370,13 +401,63 @@ fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32
     Ok(())
 }
 
+/// How often the demo's two sides look at each other while they wait (as the gates do by
+/// default): a dead peer is noticed within about this long.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the demo's sides wait without progress for a peer that lives.
+const DEMO_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether child `pid` has exited (without reaping it).
+fn child_exited(pid: u32) -> bool {
+    // SAFETY: a zeroed siginfo_t is valid; waitid writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: WNOWAIT leaves the child to be reaped by its owner; WNOHANG never blocks.
+    let r = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    // SAFETY: waitid filled `info` (si_pid stays 0 while the child runs).
+    r == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// Runs `op`, whose waits end after [`LIVENESS_INTERVAL`], again after each timeout while
+/// the peer lives, for at most [`DEMO_PATIENCE`]; a dead peer ends it with an error
+/// naming it.
+fn while_peer_lives<T>(
+    mut op: impl FnMut() -> shmflow::Result<T>,
+    alive: &dyn Fn() -> bool,
+    role: &str,
+    pid: u32,
+) -> AnyResult<T> {
+    // Read the clock only once a wait timed out: this wraps every record.
+    let mut deadline = None;
+    loop {
+        match op() {
+            Err(shmflow::Error::Timeout(..)) => {
+                if !alive() {
+                    return Err(format!("the {role} (pid {pid}) died").into());
+                }
+                if Instant::now() >= *deadline.get_or_insert_with(|| Instant::now() + DEMO_PATIENCE) {
+                    return Err(format!("the {role} (pid {pid}) made no progress for {DEMO_PATIENCE:?}").into());
+                }
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 fn demo_consumer(credit: u32, mode: Mode) -> AnyResult<()> {
     let arena = Arc::new(Arena::attach_inherited()?);
     let mut r = StreamReader::new(arena, 0, credit, mode.policy())?;
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let producer = unsafe { libc::getppid() };
+    // SAFETY: as above; a dead parent leaves us to another (init or a subreaper).
+    let producer_alive = || unsafe { libc::getppid() } == producer;
     let (mut n, mut sum) = (0u64, 0u64);
-    while let Some(v) = r.next(Some(Duration::from_secs(30)), |p| {
-        p.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes)
-    })? {
+    let seq = |p: &[u8]| p.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
+    while let Some(v) =
+        while_peer_lives(|| r.next(Some(LIVENESS_INTERVAL), seq), &producer_alive, "producer", producer as u32)?
+    {
         let Some(v) = v else {
             return Err(format!("record {n} is shorter than its 8-byte sequence number").into());
         };
@@ -413,6 +494,7 @@ fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
         segment_size: o.segment_size,
         arena_size: o.arena_size,
         progress: !o.quiet && !o.json,
+        wait_policy: o.wait.policy(),
         debloat: match o.debloat {
             None => None,
             Some(ms) if (1..=60_000).contains(&ms) => Some(shmflow::gate::DebloatConfig {
@@ -458,6 +540,22 @@ impl JobDir {
     }
 }
 
+impl JobDir {
+    /// The file in the job directory that names the run's temp output, for `shmflow clean`
+    /// after a coordinator killed before it could remove either.
+    const OUTPUT_NOTE: &'static str = "output-temp";
+
+    /// Notes where the temp output is (coordinator only).
+    fn note_output(&self, out: Option<&builtin::OutputFile>) -> AnyResult<()> {
+        if let (true, Some(tmp)) = (self.owned, out.and_then(builtin::OutputFile::temp_path)) {
+            let note = self.path.join(Self::OUTPUT_NOTE);
+            std::fs::write(&note, tmp.as_os_str().as_encoded_bytes())
+                .map_err(|e| format!("writing {}: {e}", note.display()))?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for JobDir {
     fn drop(&mut self) {
         if self.owned {
@@ -485,6 +583,12 @@ fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
         s.workers,
         s.subtasks
     );
+    for (name, a) in &s.accumulators {
+        match a {
+            shmflow::runtime::accumulators::Accumulator::Sum(v) => out!("  accumulator {name}: {v}"),
+            shmflow::runtime::accumulators::Accumulator::List(l) => out!("  accumulator {name}: {l:?}"),
+        }
+    }
     for e in &s.edges {
         out!(
             "  edge {} -> {} [{} {}]: {} records, {:.1} MB, max in flight {} segments ({:.1} MB), back-pressured {:.0} ms ({:.1}%)",
@@ -522,6 +626,9 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
             *len = Some(v.parse().map_err(|_| format!("{INPUT_LEN_ENV}={v:?} is not a length"))?);
         }
     } else {
+        if let TextSource::File { path, .. } = &src {
+            refuse_unsized(path)?;
+        }
         if let Some(note) = src.validate()? {
             eprintln!("shmflow: note: {note}");
         }
@@ -533,12 +640,86 @@ fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
     Ok(src)
 }
 
+/// The input of a text job for the progress bar: the file's bytes, or about
+/// `generated_mb` MB of generated text.
+fn text_total(src: &TextSource, generated_mb: u64) -> ProgressTotal {
+    match src {
+        TextSource::File { len: Some(n), .. } => ProgressTotal::SourceInputBytes(*n),
+        _ => ProgressTotal::SourceInputBytes(generated_mb.saturating_mul(1_000_000)),
+    }
+}
+
+/// Refuses an input whose size the kernel reports as 0 although it has content (files of
+/// /proc and /sys): the input is memory-mapped by its length, so it would count no words.
+fn refuse_unsized(path: &std::path::Path) -> AnyResult<()> {
+    use std::io::Read;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(()); // `validate` says what is wrong with it.
+    };
+    if m.is_file() && m.len() == 0 {
+        let mut byte = [0u8; 1];
+        let has_content = std::fs::File::open(path).and_then(|mut f| f.read(&mut byte)).is_ok_and(|n| n > 0);
+        if has_content {
+            return Err(format!(
+                "--input {} reports a size of 0 bytes but has content (a file of /proc or /sys?); \
+                 shmflow maps its input by its size: copy it to a regular file first",
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// `--output`, checked and created (as a temp file) by the coordinator before the job runs;
 /// workers do not write it.
 fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<builtin::OutputFile>> {
     match output {
-        Some(p) if !is_worker() => Ok(Some(builtin::OutputFile::create(p)?)),
+        Some(p) if !is_worker() => {
+            remove_stale_temps(p);
+            Ok(Some(builtin::OutputFile::create(p)?))
+        }
         _ => Ok(None),
+    }
+}
+
+/// The pid in `<name>.tmp-<pid>` (the temp file of `--output <name>`), canonical decimal.
+fn temp_pid(file_name: &str, name: &str) -> Option<u32> {
+    let digits = file_name.strip_prefix(name)?.strip_prefix(".tmp-")?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&p| p <= i32::MAX as u32)
+}
+
+/// Whether `path` is a regular file (not a link) of this user.
+fn own_regular_file(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == me)
+}
+
+/// Removes the temp files `<output>.tmp-<pid>` that runs killed before they finished left
+/// beside `output` (their pid is gone; a live pid's file is kept, it may be writing it).
+fn remove_stale_temps(output: &std::path::Path) {
+    // The temp file sits beside the file a symlink points to (as `OutputFile` does).
+    let target = std::fs::canonicalize(output).unwrap_or_else(|_| output.to_path_buf());
+    let (Some(name), Some(dir)) = (target.file_name().and_then(|n| n.to_str()), target.parent()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|f| temp_pid(f, name)) else {
+            continue;
+        };
+        let stale = pid != std::process::id() && !pid_alive(pid) && own_regular_file(&e.path());
+        if stale && std::fs::remove_file(e.path()).is_ok() {
+            eprintln!("shmflow: note: removed {}, left by a run (pid {pid}) that died", e.path().display());
+        }
     }
 }
 
@@ -552,17 +733,19 @@ fn blocking_unsupported(o: &JobOpts, job: &str) -> AnyResult<()> {
 fn run_builtin(job: JobCmd) -> AnyResult<()> {
     match job {
         JobCmd::Wordcount { input, output, generated_mb, opts } => {
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
+            dir.note_output(out_file.as_ref())?;
             let ptype = match opts.exchange {
                 Exchange::Pipelined => ResultPartitionType::PipelinedBounded,
                 Exchange::Blocking => ResultPartitionType::Blocking,
             };
             let graph = builtin::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
             if let Some(s) = run(graph, &cfg)? {
-                let lines = builtin::merge_parts(&dir.path, out_file)?;
+                let lines = merge_interruptibly(&dir.path, out_file)?;
                 let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
                 print_summary(&s, opts.json, serde_json::json!({ "distinct_words": lines.len(), "words": total }));
                 if output.is_none() && !opts.json {
@@ -580,20 +763,25 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             if window == 0 || slide == 0 || slide > window {
                 return Err(format!("--window {window} and --slide {slide} must satisfy 0 < slide <= window").into());
             }
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
+            dir.note_output(out_file.as_ref())?;
             let graph = builtin::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
             if let Some(s) = run(graph, &cfg)? {
-                let lines = builtin::merge_parts(&dir.path, out_file)?;
+                let lines = merge_interruptibly(&dir.path, out_file)?;
                 print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
                 if !opts.json {
                     out!("{} window results", lines.len());
                 }
             }
         }
-        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts } => {
+        JobCmd::Shuffle { records, payload, selector, latency: true, rate, opts, .. } => {
+            shuffle_latency(records, payload, &selector, rate.unwrap_or(0), opts)?;
+        }
+        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts, .. } => {
             blocking_unsupported(&opts, "shuffle")?;
             let kind: SelectorKind = selector.parse()?;
             if !(8..=256 << 20).contains(&payload) {
@@ -605,7 +793,8 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                     return Err(format!("{flag} {ns} is out of range (0..={MAX_WORK_NS})").into());
                 }
             }
-            let cfg = runtime_config(&opts)?;
+            let mut cfg = runtime_config(&opts)?;
+            cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
             let dir = JobDir::get()?;
             let graph = builtin::shuffle_job(
                 records,
@@ -641,25 +830,132 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
     Ok(())
 }
 
+/// `run shuffle --latency --rate N`.
+fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: u64, opts: JobOpts) -> AnyResult<()> {
+    blocking_unsupported(&opts, "shuffle --latency")?;
+    let kind: SelectorKind = selector.parse()?;
+    if !matches!(kind, SelectorKind::KeyHash | SelectorKind::Rebalance) {
+        return Err(format!("--latency takes --selector key-hash or rebalance, not {selector}").into());
+    }
+    if !(16..=256 << 20).contains(&payload) {
+        return Err(format!("--payload {payload} is out of range for --latency (16..=268435456)").into());
+    }
+    if !(1..=100_000_000).contains(&rate) {
+        return Err(format!("--rate {rate} is out of range (1..=100000000)").into());
+    }
+    check_records(records)?;
+    let mut cfg = runtime_config(&opts)?;
+    cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
+    let dir = JobDir::get()?;
+    let graph = builtin::shuffle_latency_job(records, payload, kind, opts.parallelism, dir.path.clone(), rate);
+    let Some(s) = run(graph, &cfg)? else {
+        return Ok(());
+    };
+    let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
+    let want_sum = (u128::from(records) * u128::from(records.saturating_sub(1)) / 2) as u64;
+    if n != records || sum != want_sum || bad != 0 {
+        return Err(format!(
+            "shuffle check failed: {n} records (expected {records}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes"
+        )
+        .into());
+    }
+    let h = builtin::latency_histogram(&dir.path)?;
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let lat = serde_json::json!({
+        "samples": h.len(),
+        "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p99_9": us(0.999), "p99_99": us(0.9999),
+        "max": h.max() as f64 / 1e3,
+    });
+    print_summary(&s, opts.json, serde_json::json!({ "rate": rate, "latency_us": lat, "checksum_ok": true }));
+    if !opts.json {
+        out!(
+            "record latency at {rate} records/s over {} samples: p50 {:.2} us, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, p99.99 {:.2}, max {:.2}",
+            h.len(),
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            us(0.9999),
+            h.max() as f64 / 1e3
+        );
+    }
+    Ok(())
+}
+
+/// [`builtin::merge_parts`] on a thread of its own, so that a stop signal ends the run at
+/// once, however large the output: the temp output is removed (the job directory goes when
+/// the caller's [`JobDir`] drops) and the run ends with [`shmflow::Error::Interrupted`].
+fn merge_interruptibly(dir: &std::path::Path, out: Option<builtin::OutputFile>) -> AnyResult<Vec<Vec<u8>>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let tmp = out.as_ref().and_then(|o| o.temp_path().map(std::path::Path::to_path_buf));
+    let dir = dir.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("merge".into()).spawn(move || {
+        let _ = tx.send(builtin::merge_parts(&dir, out));
+    })?;
+    // Ends when the merge thread sends its result or ends without one.
+    loop {
+        if let Some(signal) = shmflow::sync::stop_signal() {
+            if let Some(t) = &tmp {
+                let _ = std::fs::remove_file(t);
+            }
+            return Err(shmflow::Error::Interrupted { signal }.into());
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(r) => return Ok(r?),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err("merging the part files failed (a panic)".into()),
+        }
+    }
+}
+
 fn count_of(line: &[u8]) -> Option<u64> {
     let tab = line.iter().rposition(|&c| c == b'\t')?;
     std::str::from_utf8(&line[tab + 1..]).ok()?.parse().ok()
 }
 
-fn arena_path(sel: ArenaSel) -> AnyResult<PathBuf> {
+/// The uid owning `path`, for messages.
+fn owner_of(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or_else(|_| "another user".into(), |m| format!("uid {}", m.uid()))
+}
+
+/// The arena a tool looks at, and the pid of the job's coordinator when it was picked by
+/// pid (so `top` can stop when that job ends).
+fn arena_path(sel: ArenaSel) -> AnyResult<(PathBuf, Option<u32>)> {
     Ok(match (sel.pid, sel.name, sel.path) {
-        (Some(p), None, None) => Arena::find_memfd_arenas(p)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?,
-        (None, Some(n), None) => PathBuf::from("/dev/shm").join(n),
-        (None, None, Some(p)) => p,
+        (Some(p), None, None) => {
+            let fds = PathBuf::from(format!("/proc/{p}/fd"));
+            match std::fs::read_dir(&fds) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(format!(
+                        "permission denied: process {p} belongs to {} and this user may not read its                          descriptors (run as that user)",
+                        owner_of(std::path::Path::new(&format!("/proc/{p}")))
+                    )
+                    .into());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(format!("no process {p} is running").into());
+                }
+                _ => {}
+            }
+            let path = Arena::find_memfd_arenas(p)
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?;
+            (path, Some(p))
+        }
+        (None, Some(n), None) => (PathBuf::from("/dev/shm").join(n), None),
+        (None, None, Some(p)) => (p, None),
         (None, None, None) => {
             // No arena named: the one running job's, if there is exactly one.
             let mut found = Arena::find_all_memfd_arenas();
             match found.len() {
                 0 => return Err("no running shmflow job found; name an arena with --pid, --name or --path".into()),
-                1 => found.remove(0).1,
+                1 => {
+                    let (pid, path) = found.remove(0);
+                    (path, Some(pid))
+                }
                 _ => {
                     let list: Vec<String> = found
                         .iter()
@@ -676,10 +972,79 @@ fn arena_path(sel: ArenaSel) -> AnyResult<PathBuf> {
     })
 }
 
+/// Refuses what cannot be an arena before opening it: opening a FIFO would wait for a
+/// writer, a device or directory is no arena. Names permission problems as such.
+fn check_arena_file(path: &std::path::Path) -> AnyResult<()> {
+    let m = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(format!("permission denied: {} (this user may not look it up)", path.display()).into());
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+    };
+    if !m.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!("{} is {what}, not an arena file", path.display()).into());
+    }
+    Ok(())
+}
+
+/// Attaches read-only, as an observer that survives the file being truncated under it
+/// (see [`shmflow::sync::guard_read_only_mapping`]).
+fn observe_arena(path: &std::path::Path) -> AnyResult<Arena> {
+    check_arena_file(path)?;
+    let arena = Arena::attach_read_only(path).map_err(|e| permission_said(e, path))?;
+    let len = usize::try_from(arena.layout().total_size)?;
+    shmflow::sync::guard_read_only_mapping((arena.header_atomics() as *const _) as *const u8, len)?;
+    Ok(arena)
+}
+
+/// An attach error, with a permission problem said as one (naming the file's owner).
+fn permission_said(e: shmflow::ArenaError, path: &std::path::Path) -> Box<dyn std::error::Error> {
+    match &e {
+        shmflow::ArenaError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "permission denied: {} belongs to {} and this user may not open it (run as that user)",
+            path.display(),
+            owner_of(path)
+        )
+        .into(),
+        _ => e.into(),
+    }
+}
+
+/// Why the arena an observer maps is gone, if it is: truncated under it (a read hit a page
+/// past the end, or the file is now shorter than the mapping).
+fn arena_truncated(arena: &Arena, path: &std::path::Path) -> Option<String> {
+    let len = arena.fd().and_then(|fd| fd.try_clone_to_owned().ok()).map(std::fs::File::from);
+    let size = len.and_then(|f| f.metadata().ok()).map(|m| m.len());
+    let want = arena.layout().total_size;
+    if shmflow::sync::mapping_truncated() || size.is_some_and(|n| n < want) {
+        return Some(format!(
+            "{} was truncated under us (it now has {} bytes, the arena {want}); what it showed since is void",
+            path.display(),
+            size.map_or_else(|| "?".into(), |n| n.to_string())
+        ));
+    }
+    None
+}
+
 fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> {
-    let path = arena_path(sel)?;
+    let (path, _) = arena_path(sel)?;
+    check_arena_file(&path)?;
     if recover {
-        let arena = Arena::attach_path(&path)?;
+        let arena = Arena::attach_path(&path).map_err(|e| permission_said(e, &path))?;
         let r = shmflow::memory::recovery::reclaim_quiescent(&arena)?;
         if !json {
             out!(
@@ -690,13 +1055,17 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
             );
         }
     }
-    let arena = Arena::attach_read_only(&path)?;
+    let arena = observe_arena(&path)?;
     let r = shmflow::memory::check::check(&arena);
+    if let Some(why) = arena_truncated(&arena, &path) {
+        return Err(why.into());
+    }
     if json {
         out!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         out!(
-            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight",
+            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight; \
+             {} held by dead processes",
             path.display(),
             r.segments,
             r.free_walked,
@@ -704,7 +1073,8 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
             r.owner_free,
             r.owner_pool,
             r.owner_writer,
-            r.owner_in_flight
+            r.owner_in_flight,
+            r.owner_dead
         );
         for p in &r.problems {
             out!("  problem: {p}");
@@ -776,6 +1146,17 @@ fn job_dirs(tmp: &std::path::Path) -> Vec<(PathBuf, u32)> {
     out
 }
 
+/// The temp output `<output>.tmp-<pid>` a job directory of coordinator `pid` names, if it
+/// is still there: a regular file of this user whose name carries that same pid.
+fn noted_temp_output(dir: &std::path::Path, pid: u32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let note = std::fs::read(dir.join(JobDir::OUTPUT_NOTE)).ok()?;
+    let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&note));
+    let file = tmp.file_name()?.to_str()?;
+    let (name, _) = file.rsplit_once(".tmp-")?;
+    (temp_pid(file, name) == Some(pid) && own_regular_file(&tmp)).then_some(tmp)
+}
+
 fn clean(dry_run: bool) -> AnyResult<()> {
     let mut removed = 0;
     for a in shmflow::memory::check::list_named(std::path::Path::new("/dev/shm")) {
@@ -802,7 +1183,16 @@ fn clean(dry_run: bool) -> AnyResult<()> {
             out!("keep   {} (pid {pid} is running)", path.display());
         } else if dry_run {
             out!("stale  {} (pid {pid} is gone)", path.display());
+            if let Some(t) = noted_temp_output(&path, pid) {
+                out!("stale  {} (pid {pid} is gone)", t.display());
+            }
         } else {
+            if let Some(t) = noted_temp_output(&path, pid) {
+                match std::fs::remove_file(&t) {
+                    Ok(()) => out!("removed {} (pid {pid} is gone)", t.display()),
+                    Err(e) => failed.push(format!("removing {}: {e}", t.display())),
+                }
+            }
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => {
                     out!("removed {} (pid {pid} is gone)", path.display());
@@ -822,14 +1212,22 @@ fn clean(dry_run: bool) -> AnyResult<()> {
 }
 
 fn top(sel: ArenaSel, once: bool, json: bool, interval_ms: u64) -> AnyResult<()> {
-    let path = arena_path(sel)?;
+    let (path, job) = arena_path(sel)?;
     if !(10..=60_000).contains(&interval_ms) {
         return Err(format!("--interval-ms {interval_ms} is out of range (10..=60000)").into());
     }
-    let arena = Arena::attach_read_only(&path)?;
+    let arena = observe_arena(&path)?;
     let interval = Duration::from_millis(interval_ms);
     loop {
         let view = shmflow::metrics::observe(&arena, interval);
+        if let Some(why) = arena_truncated(&arena, &path) {
+            return Err(why.into());
+        }
+        // The job ended (its coordinator holds the arena no more): so does top.
+        if let Some(pid) = job.filter(|&p| Arena::find_memfd_arenas(p).is_empty()) {
+            out!("the job of process {pid} ended");
+            return Ok(());
+        }
         if json {
             out!("{}", serde_json::to_string_pretty(&view)?);
         } else {

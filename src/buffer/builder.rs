@@ -56,6 +56,9 @@ pub const fn slot_framed_len(len: usize) -> usize {
 }
 
 /// The writer's cursor over one segment.
+///
+/// Dropping it finishes its segment (readers see the end of what was written; none waits
+/// forever for a builder that was abandoned).
 pub struct BufferBuilder {
     arena: Arc<Arena>,
     /// Start of the segment's bytes in the mapping (kept alive by `arena`).
@@ -287,8 +290,16 @@ pub struct Lease {
     sink: Rc<dyn ReleaseSink>,
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
+/// [`Lease::index`] of a lease whose segment was released (a [`SpareLease`]).
+const RELEASED: u32 = u32::MAX;
+
+impl Lease {
+    /// Releases the segment (once): the reader's decrement of its refcount, and the report
+    /// to the sink.
+    fn release(&mut self) {
+        if self.index == RELEASED {
+            return;
+        }
         let ctl = &self.arena.controls()[self.index as usize];
         // AcqRel: Release orders this reader's reads of the payload before the decrement;
         // Acquire (for the last reader) pairs with the other readers' Release decrements,
@@ -312,11 +323,32 @@ impl Drop for Lease {
         } else {
             self.sink.release(self.index, prev & REFCOUNT_MASK == 1, false);
         }
+        self.index = RELEASED;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The allocation of a consumer's lease after its segment was released
+/// ([`BufferConsumer::recycle`]), to read the channel's next segment without allocating
+/// ([`BufferConsumer::reuse`]). Holds no segment.
+pub struct SpareLease(Rc<Lease>);
+
+impl std::fmt::Debug for SpareLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpareLease")
     }
 }
 
 /// A read view on `[offset, offset + len)` of a segment, in place in shared memory. The
 /// segment stays valid while any view or its consumer lives.
+///
+/// Dropping the last view and the consumer releases this reader's claim on the segment;
+/// the last reader's release hands it back to its producer through the credit ring.
 pub struct Buffer {
     lease: Rc<Lease>,
     offset: u32,
@@ -365,6 +397,9 @@ impl std::ops::Deref for Buffer {
 }
 
 /// The reader's cursor over one segment.
+///
+/// Dropping it (once no [`Buffer`] view of it is left either) releases this reader's claim
+/// on the segment; the last reader's release hands it back to its producer.
 pub struct BufferConsumer {
     lease: Rc<Lease>,
     size: u32,
@@ -382,6 +417,33 @@ impl std::fmt::Debug for BufferConsumer {
 }
 
 impl BufferConsumer {
+    /// Releases the segment now, as dropping the consumer would; when no [`Buffer`] view
+    /// shares its lease any more, hands back the lease's allocation for the next segment
+    /// of the same channel ([`BufferConsumer::reuse`]). Otherwise the last view releases
+    /// the segment, as usual.
+    pub fn recycle(self) -> Option<SpareLease> {
+        let mut lease = self.lease;
+        let l = Rc::get_mut(&mut lease)?;
+        l.release();
+        Some(SpareLease(lease))
+    }
+
+    /// [`BufferConsumer::new`] in a spare lease of the same channel (same arena and sink).
+    pub fn reuse(spare: SpareLease, index: u32, channel: u32) -> Self {
+        let mut lease = spare.0;
+        let size = match Rc::get_mut(&mut lease) {
+            Some(l) => {
+                debug_assert!(index < l.arena.segment_count());
+                debug_assert_eq!(l.index, RELEASED, "a spare lease holds no segment");
+                l.index = index;
+                l.arena.segment_size()
+            }
+            // A SpareLease is made only from an unshared lease and never cloned.
+            None => unreachable!("a spare lease is not shared"),
+        };
+        Self { lease, size, read_pos: 0, finished: false, place: channel, known: 0 }
+    }
+
     /// Starts reading segment `index` (validated by the caller's descriptor check),
     /// reporting the release to `sink`. `channel` names the place in errors.
     pub fn new(arena: Arc<Arena>, index: u32, sink: Rc<dyn ReleaseSink>, channel: u32) -> Self {

@@ -176,6 +176,11 @@ struct InputChannel {
 }
 
 /// A gate over local input channels.
+///
+/// Dropping it before it handed out [`GateItem::End`] closes every channel not finished
+/// yet: their producers stop with [`crate::Error::ConsumerGone`] (a partition waiting in
+/// `release_when_consumed` counts a closed channel as consumed). Its gate block returns to
+/// the arena.
 pub struct SingleInputGate {
     arena: Arc<Arena>,
     manager: ResultPartitionManager,
@@ -193,6 +198,11 @@ pub struct SingleInputGate {
     ended: bool,
     aligning: Option<(CheckpointBarrier, u32)>,
     wanting: Vec<u32>,
+    /// Scratch lists reused by `collect_marks` and `grant_floating`, so the per-segment
+    /// path allocates nothing once they have grown.
+    marked: Vec<u32>,
+    by_backlog: Vec<(std::cmp::Reverse<u32>, u32)>,
+    unserved: Vec<u32>,
     /// Nanoseconds spent waiting for input.
     pub idle_ns: u64,
     task: Option<TaskMetricsHandle>,
@@ -309,6 +319,9 @@ impl SingleInputGate {
             ended: false,
             aligning: None,
             wanting: Vec::new(),
+            marked: Vec::new(),
+            by_backlog: Vec::new(),
+            unserved: Vec::new(),
             idle_ns: 0,
             task: None,
             reported: (0, 0),
@@ -420,15 +433,17 @@ impl SingleInputGate {
         let set = NotifySet::new(&self.arena, self.set_id)?;
         let base = self.base;
         let n = self.channels.len() as u32;
-        let mut marked = Vec::new();
+        let mut marked = std::mem::take(&mut self.marked);
         set.drain(base + n, |i| {
             if i >= base {
                 marked.push(i - base)
             }
         });
-        for i in marked {
+        for &i in &marked {
             self.enqueue(i);
         }
+        marked.clear();
+        self.marked = marked;
         self.grant_floating()
     }
 
@@ -445,21 +460,15 @@ impl SingleInputGate {
         // Each backlog is read once: producers change them while we sort, and a sort whose
         // keys move under it may panic (the order would not be total).
         // Relaxed: a statistic written by the producer; only orders our choice.
-        let mut by_backlog: Vec<(std::cmp::Reverse<u32>, u32)> = wanting
-            .iter()
-            .map(|&c| {
-                (
-                    std::cmp::Reverse(
-                        self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed),
-                    ),
-                    c,
-                )
-            })
-            .collect();
+        let mut by_backlog = std::mem::take(&mut self.by_backlog);
+        by_backlog.extend(wanting.iter().map(|&c| {
+            (std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed)), c)
+        }));
         by_backlog.sort_unstable();
         wanting.clear();
-        wanting.extend(by_backlog.into_iter().map(|(_, c)| c));
-        let mut unserved = Vec::new();
+        wanting.extend(by_backlog.drain(..).map(|(_, c)| c));
+        self.by_backlog = by_backlog;
+        let mut unserved = std::mem::take(&mut self.unserved);
         for c in wanting.drain(..) {
             let ch = &mut self.channels[c as usize];
             if ch.state == ChannelState::Finished || !ch.reader.channel().credit_wanted() {
@@ -474,8 +483,9 @@ impl SingleInputGate {
             self.floating_free.set(self.floating_free.get() - 1);
         }
         let short = !unserved.is_empty();
-        // The emptied list keeps its allocation for the next round.
-        wanting.extend(unserved);
+        // The emptied lists keep their allocations for the next round.
+        wanting.append(&mut unserved);
+        self.unserved = unserved;
         self.wanting = wanting;
         if short {
             self.revoke_idle_floating();

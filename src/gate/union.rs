@@ -12,6 +12,10 @@ use std::time::Duration;
 
 /// A union of gates (Flink's UnionInputGate). Items carry the index of the gate they came
 /// from.
+///
+/// Dropping it drops every gate in it (see [`crate::gate::SingleInputGate`]: channels not
+/// at their end are closed, their producers told the consumer is gone) and returns its
+/// gate block to the arena.
 pub struct UnionInputGate {
     arena: Arc<Arena>,
     manager: ResultPartitionManager,

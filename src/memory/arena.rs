@@ -46,6 +46,10 @@ enum Backing {
 /// A mapped (or heap) arena and its validated layout. Shared between threads as
 /// `Arc<Arena>`; every access to its contents goes through atomics or through the segment
 /// protocols (BufferBuilder / BufferConsumer).
+///
+/// Dropping the last handle unmaps it. A memfd arena is freed by the kernel once no
+/// process maps it or holds its fd; a named arena's file is removed by the handle that
+/// created it (unless kept), never by one that attached it; a heap arena is freed.
 pub struct Arena {
     base: NonNull<u8>,
     header: StaticHeader,
@@ -412,7 +416,7 @@ impl Arena {
             };
             for path in Self::find_memfd_arenas(pid) {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                let entry = by_inode.entry((meta.dev(), meta.ino())).or_insert((pid, path.clone()));
+                let entry = by_inode.entry((meta.dev(), meta.ino())).or_insert_with(|| (pid, path.clone()));
                 if pid < entry.0 {
                     *entry = (pid, path);
                 }

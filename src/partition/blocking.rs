@@ -167,14 +167,31 @@ impl FileChannelManager {
         Self::new(Self::default_dir())
     }
 
-    /// Files under `$SHMFLOW_BLOCKING_DIR` (set by a coordinator for its workers), else
-    /// under [`Self::default_dir`].
+    /// Files under `$SHMFLOW_BLOCKING_DIR` (set by a coordinator for its workers, or by the
+    /// user), which must be an existing directory (a typo is not created), else under
+    /// [`Self::default_dir`].
     ///
     /// # Errors
-    /// As [`Self::new`].
+    /// [`Error::Invalid`] when the variable names no directory; else as [`Self::new`].
     pub fn from_env() -> Result<Self> {
         match std::env::var_os(BLOCKING_DIR_ENV) {
-            Some(d) if !d.is_empty() => Self::new(PathBuf::from(d)),
+            Some(d) if !d.is_empty() => {
+                let dir = PathBuf::from(d);
+                match std::fs::metadata(&dir) {
+                    Ok(m) if m.is_dir() => Self::new(dir),
+                    Ok(_) => Err(Error::Invalid {
+                        what: BLOCKING_DIR_ENV,
+                        detail: format!("{} is not a directory", dir.display()),
+                    }),
+                    Err(e) => Err(Error::Invalid {
+                        what: BLOCKING_DIR_ENV,
+                        detail: format!(
+                            "{}: {e} (it is not created: name an existing directory, or unset it)",
+                            dir.display()
+                        ),
+                    }),
+                }
+            }
             _ => Self::with_default_dir(),
         }
     }
@@ -281,6 +298,9 @@ pub struct BlockingStats {
 
 /// A producer's blocking result partition: records go to a file, subpartition by
 /// subpartition, in bounded memory.
+///
+/// Dropping a finished partition leaves its file for the consumers (it outlives its
+/// producer, as in Flink); dropping an unfinished one fails it and removes its partial file.
 pub struct BlockingResultPartition {
     files: FileChannelManager,
     id: ResultPartitionId,
@@ -432,7 +452,8 @@ impl BlockingResultPartition {
         if chunk.is_empty() {
             return Ok(());
         }
-        let out = self.out.as_mut().ok_or(Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        let out =
+            self.out.as_mut().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
         out.write_all(chunk).map_err(io_err(format!("writing {}", self.tmp_path.display())))?;
         let len = chunk.len() as u64;
         // The chunk was just written, so it is still in cache.
@@ -574,7 +595,8 @@ impl BlockingResultPartition {
         let sum = fnv1a(fnv1a(FNV_SEED, &index), &footer[..40]);
         footer[40..48].copy_from_slice(&sum.to_le_bytes());
         let what = || format!("writing {}", self.tmp_path.display());
-        let mut out = self.out.take().ok_or(Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        let mut out =
+            self.out.take().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
         out.write_all(&index).and_then(|_| out.write_all(&footer)).map_err(io_err(what()))?;
         let f = out.into_inner().map_err(|e| io_err(what())(e.into_error()))?;
         if self.files.fsync {
@@ -633,6 +655,9 @@ impl Drop for BlockingResultPartition {
 /// Writes records into a [`BlockingResultPartition`], choosing subpartitions with a
 /// selector (the blocking counterpart of `RecordWriter`; no flush policy: nothing is
 /// visible before `finish`).
+///
+/// Dropping it drops its partition (see [`BlockingResultPartition`]: unfinished means
+/// failed and its partial file removed).
 pub struct BlockingRecordWriter<S> {
     partition: BlockingResultPartition,
     selector: S,
@@ -693,6 +718,8 @@ impl<S> BlockingRecordWriter<S> {
 /// protocol: the files live in a directory private to the job and are never modified once
 /// finished), touching a page past the new end raises `SIGBUS`, which kills the process.
 /// That signal is not handled.
+///
+/// Dropping it unmaps the file (the file is not removed).
 pub struct BlockingPartitionFile {
     map: memmap2::Mmap,
     path: PathBuf,
@@ -874,7 +901,7 @@ impl BlockingPartitionFile {
     /// # Errors
     /// [`Error::Invalid`] for a subpartition out of range.
     pub fn subpartition(&self, s: u32) -> Result<BlockingSubpartitionReader<'_>> {
-        let (records, regions) = self.subs.get(s as usize).ok_or(Error::Invalid {
+        let (records, regions) = self.subs.get(s as usize).ok_or_else(|| Error::Invalid {
             what: "subpartition",
             detail: format!("{s} not in 0..{} of {}", self.subs.len(), self.id),
         })?;

@@ -30,9 +30,9 @@ pub use result_partition::{
     PartitionStats, ResultPartition, ResultPartitionConfig, DEFAULT_ATTACH_TIMEOUT, MIN_DEBLOAT_BYTES,
 };
 pub use selector::{
-    flink_murmur_hash, key_group_for_hash, operator_index_for_key_group, BroadcastPartitioner, ChannelSelector,
-    ForwardPartitioner, GlobalPartitioner, KeyGroupPartitioner, RebalancePartitioner, RescalePartitioner, SelectorKind,
-    DEFAULT_MAX_PARALLELISM,
+    flink_murmur_hash, key_group_for_hash, operator_index_for_key_group, BroadcastPartitioner, ByKey, ChannelSelector,
+    ForwardPartitioner, GlobalPartitioner, JavaHash, KeyGroupPartitioner, RebalancePartitioner, RecordKeyHash,
+    RescalePartitioner, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
 pub use types::{ResultPartitionId, ResultPartitionType};
 pub use writer::{BufferTimeout, OutputFlusher, RecordWriter};

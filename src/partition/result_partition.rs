@@ -139,6 +139,14 @@ struct Subpartition {
 }
 
 /// A producer's result partition.
+///
+/// Teardown: [`ResultPartition::finish`] (every subpartition ends, consumers see
+/// `GateItem::End`), then [`ResultPartition::release_when_consumed`] (waits until the
+/// consumers read everything), then drop. Dropping a partition that was not finished
+/// fails it: its consumers stop with [`crate::Error::ProducerFailed`]. Dropping a finished
+/// one that was not released yet releases it if its consumers already read everything;
+/// otherwise it stays in the directory, its segments held by consumers, until they are
+/// done (or the arena goes).
 pub struct ResultPartition {
     arena: Arc<Arena>,
     manager: ResultPartitionManager,

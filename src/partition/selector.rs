@@ -149,9 +149,189 @@ pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_
     (u64::from(key_group) * u64::from(parallelism) / u64::from(max_parallelism)) as u32
 }
 
+/// A key whose Java `hashCode` routes it exactly as Flink's key groups do: the value of
+/// `hashCode()` of the equivalent boxed Java value (`Long`, `Integer`, `String`, ...).
+///
+/// Unsigned integers are Java's signed type of the same width and bits (`u64` is a `Long`,
+/// `u8` a `Byte`), `char` is a `Character` (a code point above U+FFFF, which no Java `char`
+/// holds, hashes as its `Integer`), a pair is Flink's `Tuple2` and `Option::None` is
+/// `null` (0).
+///
+/// ```
+/// use shmflow::partition::JavaHash;
+/// assert_eq!(42u64.java_hash(), 42); // Long.valueOf(42).hashCode()
+/// assert_eq!((-1i64).java_hash(), 0); // Long.valueOf(-1).hashCode()
+/// assert_eq!("abc".java_hash(), 96354); // "abc".hashCode()
+/// assert_eq!(true.java_hash(), 1231); // Boolean.TRUE.hashCode()
+/// ```
+pub trait JavaHash {
+    /// Java's `hashCode` of the equivalent Java value.
+    fn java_hash(&self) -> i32;
+}
+
+impl JavaHash for str {
+    fn java_hash(&self) -> i32 {
+        crate::record::java_string_hash(self)
+    }
+}
+impl JavaHash for String {
+    fn java_hash(&self) -> i32 {
+        self.as_str().java_hash()
+    }
+}
+impl JavaHash for i64 {
+    /// `Long.hashCode`: the two halves xor'ed.
+    fn java_hash(&self) -> i32 {
+        let v = *self as u64;
+        (v ^ (v >> 32)) as i32
+    }
+}
+impl JavaHash for u64 {
+    fn java_hash(&self) -> i32 {
+        (*self as i64).java_hash()
+    }
+}
+impl JavaHash for isize {
+    fn java_hash(&self) -> i32 {
+        (*self as i64).java_hash()
+    }
+}
+impl JavaHash for usize {
+    fn java_hash(&self) -> i32 {
+        (*self as i64).java_hash()
+    }
+}
+impl JavaHash for i32 {
+    /// `Integer.hashCode`: the value.
+    fn java_hash(&self) -> i32 {
+        *self
+    }
+}
+impl JavaHash for u32 {
+    fn java_hash(&self) -> i32 {
+        *self as i32
+    }
+}
+impl JavaHash for i16 {
+    /// `Short.hashCode`: the value.
+    fn java_hash(&self) -> i32 {
+        i32::from(*self)
+    }
+}
+impl JavaHash for u16 {
+    fn java_hash(&self) -> i32 {
+        i32::from(*self as i16)
+    }
+}
+impl JavaHash for i8 {
+    /// `Byte.hashCode`: the value.
+    fn java_hash(&self) -> i32 {
+        i32::from(*self)
+    }
+}
+impl JavaHash for u8 {
+    fn java_hash(&self) -> i32 {
+        i32::from(*self as i8)
+    }
+}
+impl JavaHash for bool {
+    /// `Boolean.hashCode`: 1231 or 1237.
+    fn java_hash(&self) -> i32 {
+        if *self {
+            1231
+        } else {
+            1237
+        }
+    }
+}
+impl JavaHash for char {
+    /// `Character.hashCode`: the UTF-16 code unit.
+    fn java_hash(&self) -> i32 {
+        *self as i32
+    }
+}
+impl JavaHash for f64 {
+    /// `Double.hashCode`: `doubleToLongBits` (one canonical NaN), halves xor'ed.
+    fn java_hash(&self) -> i32 {
+        let bits = if self.is_nan() { 0x7ff8_0000_0000_0000 } else { self.to_bits() };
+        (bits as i64).java_hash()
+    }
+}
+impl JavaHash for f32 {
+    /// `Float.hashCode`: `floatToIntBits` (one canonical NaN).
+    fn java_hash(&self) -> i32 {
+        (if self.is_nan() { 0x7fc0_0000 } else { self.to_bits() }) as i32
+    }
+}
+impl<T: JavaHash> JavaHash for Option<T> {
+    /// `None` is Java's `null`, which Flink's tuples hash as 0.
+    fn java_hash(&self) -> i32 {
+        self.as_ref().map_or(0, JavaHash::java_hash)
+    }
+}
+impl<A: JavaHash, B: JavaHash> JavaHash for (A, B) {
+    /// Flink's `Tuple2.hashCode`: `31 * f0.hashCode() + f1.hashCode()`.
+    fn java_hash(&self) -> i32 {
+        self.0.java_hash().wrapping_mul(31).wrapping_add(self.1.java_hash())
+    }
+}
+impl<T: JavaHash + ?Sized> JavaHash for &T {
+    fn java_hash(&self) -> i32 {
+        (**self).java_hash()
+    }
+}
+impl<T: JavaHash + ?Sized> JavaHash for Box<T> {
+    fn java_hash(&self) -> i32 {
+        (**self).java_hash()
+    }
+}
+
+/// How a [`KeyGroupPartitioner`] gets the Java `hashCode` of a record's key: any
+/// `FnMut(&R) -> i32`, or [`ByKey`] (a key borrowed from the record, hashed by [`JavaHash`]).
+pub trait RecordKeyHash<R: ?Sized> {
+    /// The Java `hashCode` of `record`'s key.
+    fn key_hash(&mut self, record: &R) -> i32;
+}
+
+impl<R: ?Sized, F: FnMut(&R) -> i32> RecordKeyHash<R> for F {
+    fn key_hash(&mut self, record: &R) -> i32 {
+        self(record)
+    }
+}
+
+/// A key extractor whose key is hashed by [`JavaHash`] (made by [`KeyGroupPartitioner::by_key`]).
+pub struct ByKey<G, K: ?Sized> {
+    key: G,
+    _key: std::marker::PhantomData<fn(&K)>,
+}
+
+impl<G: Clone, K: ?Sized> Clone for ByKey<G, K> {
+    fn clone(&self) -> Self {
+        Self { key: self.key.clone(), _key: std::marker::PhantomData }
+    }
+}
+
+impl<R: ?Sized, K: JavaHash + ?Sized, G: Fn(&R) -> &K> RecordKeyHash<R> for ByKey<G, K> {
+    fn key_hash(&mut self, record: &R) -> i32 {
+        (self.key)(record).java_hash()
+    }
+}
+
 /// Routes by key: key hash -> key group -> channel, exactly as Flink's
-/// KeyGroupStreamPartitioner, given a function returning the key's Java `hashCode`
-/// (see [`crate::record::java_string_hash`] for string keys).
+/// KeyGroupStreamPartitioner. Built from a key extractor with [`KeyGroupPartitioner::by_key`]
+/// (keys of any [`JavaHash`] type), or from a function returning the key's Java `hashCode`
+/// with [`KeyGroupPartitioner::new`].
+///
+/// ```
+/// use shmflow::partition::{ChannelSelector, KeyGroupPartitioner};
+/// // Records (key, value), routed by the key as Flink routes a `Long` key.
+/// let mut by_key = KeyGroupPartitioner::by_key(|r: &(u64, u64)| &r.0);
+/// by_key.setup(4);
+/// let channel = by_key.select_channel(&(7, 100));
+/// assert!(channel < 4);
+/// // Every record of one key goes to one channel.
+/// assert_eq!(by_key.select_channel(&(7, 200)), channel);
+/// ```
 #[derive(Clone)]
 pub struct KeyGroupPartitioner<F> {
     key_hash: F,
@@ -165,28 +345,58 @@ impl<F> std::fmt::Debug for KeyGroupPartitioner<F> {
     }
 }
 
+/// `max_parallelism` if it is in Flink's bounds.
+fn check_max_parallelism(max_parallelism: u32) -> Result<u32> {
+    if max_parallelism == 0 || max_parallelism > 1 << 15 {
+        return Err(Error::Invalid { what: "max parallelism", detail: format!("{max_parallelism} not in 1..=32768") });
+    }
+    Ok(max_parallelism)
+}
+
 impl<F> KeyGroupPartitioner<F> {
-    /// A key-group selector over `max_parallelism` key groups.
+    /// A key-group selector over `max_parallelism` key groups; `key_hash` returns the Java
+    /// `hashCode` of a record's key (see [`KeyGroupPartitioner::by_key`] for keys that
+    /// implement [`JavaHash`]).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a max parallelism of 0 or above 32768 (Flink's bound).
     pub fn new(key_hash: F, max_parallelism: u32) -> Result<Self> {
-        if max_parallelism == 0 || max_parallelism > 1 << 15 {
-            return Err(Error::Invalid {
-                what: "max parallelism",
-                detail: format!("{max_parallelism} not in 1..=32768"),
-            });
-        }
-        Ok(Self { key_hash, max_parallelism, n: 1 })
+        Ok(Self { key_hash, max_parallelism: check_max_parallelism(max_parallelism)?, n: 1 })
+    }
+
+    /// The same selector over `max_parallelism` key groups.
+    ///
+    /// # Errors
+    /// As [`KeyGroupPartitioner::new`].
+    pub fn with_max_parallelism(self, max_parallelism: u32) -> Result<Self> {
+        Ok(Self { max_parallelism: check_max_parallelism(max_parallelism)?, ..self })
+    }
+
+    /// The number of key groups.
+    pub fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
     }
 }
 
-impl<R: ?Sized, F: FnMut(&R) -> i32> ChannelSelector<R> for KeyGroupPartitioner<F> {
+impl<G, K: ?Sized> KeyGroupPartitioner<ByKey<G, K>> {
+    /// Routes each record by the key `key` borrows from it, hashed as Flink hashes the
+    /// equivalent Java key ([`JavaHash`]), over [`DEFAULT_MAX_PARALLELISM`] key groups
+    /// (change it with [`KeyGroupPartitioner::with_max_parallelism`]).
+    pub fn by_key<R: ?Sized>(key: G) -> Self
+    where
+        G: Fn(&R) -> &K,
+        K: JavaHash,
+    {
+        Self { key_hash: ByKey { key, _key: std::marker::PhantomData }, max_parallelism: DEFAULT_MAX_PARALLELISM, n: 1 }
+    }
+}
+
+impl<R: ?Sized, F: RecordKeyHash<R>> ChannelSelector<R> for KeyGroupPartitioner<F> {
     fn setup(&mut self, n: u32) {
         self.n = n.max(1);
     }
     fn select_channel(&mut self, record: &R) -> u32 {
-        let kg = key_group_for_hash((self.key_hash)(record), self.max_parallelism);
+        let kg = key_group_for_hash(self.key_hash.key_hash(record), self.max_parallelism);
         operator_index_for_key_group(self.max_parallelism, self.n, kg)
     }
 }
@@ -227,5 +437,56 @@ impl std::str::FromStr for SelectorKind {
                 })
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn java_hash_is_javas_hash_code_of_the_boxed_value() {
+        // Values from the JDK: Long.valueOf(1L << 32).hashCode() and so on.
+        assert_eq!((1u64 << 32).java_hash(), 1);
+        assert_eq!((-1i64).java_hash(), 0);
+        assert_eq!(i64::MIN.java_hash(), i32::MIN);
+        assert_eq!((-5i32).java_hash(), -5);
+        assert_eq!(u32::MAX.java_hash(), -1);
+        assert_eq!(200u8.java_hash(), -56);
+        assert_eq!(40_000u16.java_hash(), -25_536);
+        assert_eq!("hello".java_hash(), 99_162_322);
+        assert_eq!(String::from("hello").java_hash(), 99_162_322);
+        assert_eq!((false).java_hash(), 1237);
+        assert_eq!('a'.java_hash(), 97);
+        assert_eq!(1.0f64.java_hash(), 1_072_693_248);
+        assert_eq!(f64::NAN.java_hash(), (-f64::NAN).java_hash());
+        assert_eq!(1.0f32.java_hash(), 1_065_353_216);
+        assert_eq!((1i32, 2i32).java_hash(), 33);
+        assert_eq!(None::<i32>.java_hash(), 0);
+        assert_eq!(Some(7i32).java_hash(), 7);
+        assert_eq!((&&"hello").java_hash(), 99_162_322);
+    }
+
+    #[test]
+    fn by_key_routes_as_the_hash_function_it_replaces() {
+        let mut by_key = KeyGroupPartitioner::by_key(|r: &(u64, u64)| &r.0);
+        let mut by_hash =
+            KeyGroupPartitioner::new(|r: &(u64, u64)| (r.0 ^ (r.0 >> 32)) as i32, DEFAULT_MAX_PARALLELISM).unwrap();
+        by_key.setup(7);
+        by_hash.setup(7);
+        let mut seen = [0u32; 7];
+        for k in (0..10_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            let c = by_key.select_channel(&(k, 0));
+            assert_eq!(c, by_hash.select_channel(&(k, 0)), "key {k}");
+            seen[c as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 0), "every channel gets keys: {seen:?}");
+        let mut strings =
+            KeyGroupPartitioner::by_key(|r: &(String, u64)| r.0.as_str()).with_max_parallelism(4).unwrap();
+        strings.setup(4);
+        // 4 key groups over 4 channels: the channel is the key group.
+        let word = "flink".to_string();
+        assert_eq!(strings.select_channel(&(word, 1)), key_group_for_hash("flink".java_hash(), 4));
+        assert!(KeyGroupPartitioner::by_key(|r: &(u64, u64)| &r.0).with_max_parallelism(0).is_err());
     }
 }

@@ -154,6 +154,10 @@ impl Drop for OutputFlusher {
 }
 
 /// Writes records into a [`ResultPartition`], choosing channels with a selector `S`.
+///
+/// Dropping it drops its partition (see [`ResultPartition`]: unfinished means failed; call
+/// [`RecordWriter::finish`] and then `partition_mut().release_when_consumed(..)` first)
+/// and stops its flusher thread, if it has one.
 pub struct RecordWriter<S> {
     /// First, so it stops (and joins its thread) before the partition drops.
     flusher: Option<OutputFlusher>,

@@ -27,6 +27,8 @@ enum Last {
 pub struct RecordReader {
     channel: ChannelReader,
     current: Option<BufferConsumer>,
+    /// The lease of the last segment read, kept to read the next one without allocating.
+    spare: Option<crate::buffer::SpareLease>,
     /// Reassembly of a record that spans segments: bytes so far, and the payload length.
     span: Vec<u8>,
     span_len: Option<usize>,
@@ -47,11 +49,20 @@ impl std::fmt::Debug for RecordReader {
 }
 
 impl RecordReader {
+    /// Done with the current segment: releases it (now, as dropping it would) and keeps
+    /// its lease for the next one.
+    fn retire_current(&mut self) {
+        if let Some(c) = self.current.take() {
+            self.spare = c.recycle();
+        }
+    }
+
     /// Reads records from `channel`.
     pub fn new(channel: ChannelReader) -> Self {
         Self {
             channel,
             current: None,
+            spare: None,
             span: Vec::new(),
             span_len: None,
             last: Last::None,
@@ -206,7 +217,7 @@ impl RecordReader {
                         return Ok(Step::Record);
                     }
                     if c.check_finished()? {
-                        self.current = None;
+                        self.retire_current();
                         continue;
                     }
                     if self.next_queued_behind_current()? {
@@ -246,7 +257,7 @@ impl RecordReader {
                         self.span.extend_from_slice(&bytes[LEN_PREFIX..]);
                         c.consume(avail as u32);
                         self.span_len = Some(len);
-                        self.current = None;
+                        self.retire_current();
                         continue;
                     }
                     if self.next_queued_behind_current()? {
@@ -255,7 +266,7 @@ impl RecordReader {
                     return Ok(Step::Empty);
                 }
                 if avail == 0 && fin {
-                    self.current = None;
+                    self.retire_current();
                     continue;
                 }
                 if avail > 0 && fin {
@@ -267,7 +278,12 @@ impl RecordReader {
                 return Ok(Step::Empty);
             }
             match self.channel.poll_data()? {
-                Some(Descriptor::Buffer(s)) => self.current = Some(self.channel.consumer(s)),
+                Some(Descriptor::Buffer(s)) => {
+                    self.current = Some(match self.spare.take() {
+                        Some(spare) => self.channel.consumer_reusing(spare, s),
+                        None => self.channel.consumer(s),
+                    })
+                }
                 Some(d) => {
                     if self.span_len.is_some() {
                         return Err(self.violation(format!("{d:?} inside a record that spans segments")));

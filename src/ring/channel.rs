@@ -43,6 +43,9 @@ fn check_id(arena: &Arena, id: u32) -> Result<()> {
 }
 
 /// The producer's end of a channel.
+///
+/// Dropping it changes nothing in the channel block: the consumer sees an end only once
+/// one was published (a `ResultPartition` dropped unfinished fails its consumers instead).
 pub struct ChannelWriter {
     arena: Arc<Arena>,
     id: u32,
@@ -528,6 +531,8 @@ impl ReleaseSink for CreditReturn {
 }
 
 /// The consumer's end of a channel.
+///
+/// Dropping it changes nothing in the channel block (a gate closes its channels on drop).
 pub struct ChannelReader {
     arena: Arc<Arena>,
     id: u32,
@@ -769,7 +774,9 @@ impl ChannelReader {
     /// # Errors
     /// As [`poll`](Self::poll).
     pub fn has_next_data(&mut self) -> Result<bool> {
-        let place = self.place.clone();
+        // Borrowed, not cloned: this runs once per segment; the String is built only for
+        // an error.
+        let place = &self.place;
         let place = || place.clone();
         let r = ring(&self.arena, self.id, RingKind::Data);
         self.data.has_next(&r, &place)
@@ -792,6 +799,12 @@ impl ChannelReader {
     /// A reader for segment `segment` (from a validated descriptor).
     pub fn consumer(&self, segment: u32) -> BufferConsumer {
         BufferConsumer::new(self.arena.clone(), segment, self.release_sink(), self.id)
+    }
+
+    /// [`consumer`](Self::consumer) in `spare`, a lease recycled from this channel's
+    /// previous consumer (no allocation).
+    pub fn consumer_reusing(&self, spare: crate::buffer::SpareLease, segment: u32) -> BufferConsumer {
+        BufferConsumer::reuse(spare, segment, self.id)
     }
 
     /// Tells the producer that this consumer read everything (EndOfPartition), so the

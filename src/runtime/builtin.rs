@@ -4,7 +4,7 @@
 //! Words are split as Flink's WordCount example does: lower-cased, split on every byte
 //! outside `[A-Za-z0-9_]` (so non-ASCII bytes separate words too), empty tokens dropped.
 
-use super::job::{Collector, JobBuilder, JobGraph, TaskInfo};
+use super::job::{Collector, JobBuilder, JobGraph, KeyedStream, Source, SourceContext, TaskInfo};
 use crate::error::{Error, Result};
 use crate::partition::{ResultPartitionType, SelectorKind};
 use crate::record::{FromRecord, Record};
@@ -392,8 +392,8 @@ struct PartSink {
     out: std::io::BufWriter<std::fs::File>,
 }
 
-impl Collector<(String, u64)> for PartSink {
-    fn collect(&mut self, (w, c): (String, u64)) -> Result<()> {
+impl Collector<(Word, u64)> for PartSink {
+    fn collect(&mut self, (w, c): (Word, u64)) -> Result<()> {
         writeln!(self.out, "{w}\t{c}").map_err(|e| Error::Io { op: "writing a part file".into(), source: e })
     }
     fn finish(&mut self) -> Result<()> {
@@ -401,39 +401,168 @@ impl Collector<(String, u64)> for PartSink {
     }
 }
 
-fn part_sink(dir: Arc<PathBuf>) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<(String, u64)>>> + Send + Sync {
+fn part_sink(dir: Arc<PathBuf>) -> impl Fn(&TaskInfo) -> Result<PartSink> + Send + Sync {
     move |info| {
         let p = part_path(&dir, info);
         let f =
             std::fs::File::create(&p).map_err(|e| Error::Io { op: format!("creating {}", p.display()), source: e })?;
-        Ok(Box::new(PartSink { out: std::io::BufWriter::with_capacity(1 << 16, f) }))
+        Ok(PartSink { out: std::io::BufWriter::with_capacity(1 << 16, f) })
     }
 }
+
+/// A word of the WordCount jobs: the bytes of words up to [`Word::INLINE`] bytes are kept
+/// inline (no allocation to make, copy or drop one: the common case of the per-record path),
+/// longer ones on the heap. Derefs to `str`, hashes and compares as its `str`, and crosses an
+/// exchange as a string field.
+#[derive(Clone)]
+pub struct Word(WordRepr);
+
+#[derive(Clone)]
+enum WordRepr {
+    /// `len` bytes of `buf`, valid UTF-8 (copied from a `&str` whole).
+    Inline {
+        len: u8,
+        buf: [u8; Word::INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl Word {
+    /// The longest word kept inline.
+    pub const INLINE: usize = 30;
+
+    /// A word with the text of `s`.
+    #[inline]
+    pub fn new(s: &str) -> Self {
+        if s.len() <= Self::INLINE {
+            let mut buf = [0u8; Self::INLINE];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            Word(WordRepr::Inline { len: s.len() as u8, buf })
+        } else {
+            Word(WordRepr::Heap(s.into()))
+        }
+    }
+
+    /// The word's text.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            WordRepr::Inline { len, buf } => {
+                let b = &buf[..usize::from(*len)];
+                debug_assert!(std::str::from_utf8(b).is_ok());
+                // SAFETY: an inline word's first `len` bytes are a whole `&str` copied in
+                // `Word::new`, and nothing else writes them: valid UTF-8.
+                unsafe { std::str::from_utf8_unchecked(b) }
+            }
+            WordRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Word {
+    type Target = str;
+    #[inline]
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Word {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Word {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Word {}
+
+impl std::hash::Hash for Word {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::fmt::Debug for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl crate::record::Field for Word {
+    #[inline]
+    fn field_len(&self) -> usize {
+        self.as_str().field_len()
+    }
+    #[inline]
+    fn write_field(&self, out: &mut [u8]) -> usize {
+        self.as_str().write_field(out)
+    }
+}
+
+impl<'a> crate::record::FromField<'a> for Word {
+    #[inline]
+    fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)> {
+        <&str>::read_field(bytes).map(|(s, n)| (Word::new(s), n))
+    }
+}
+
+/// The text source of the WordCount jobs: tokenizes its share of the text and emits
+/// `(word, 1)` straight into the chain after it.
+struct WordSource(Arc<TextSource>);
+
+impl Source<(Word, u64)> for WordSource {
+    fn run<C: Collector<(Word, u64)>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        let mut buf = String::new();
+        // Input bytes read, reported every megabyte (the progress bar's percent).
+        let mut unreported = 0u64;
+        let r = self.0.for_each_line(ctx.info.subtask, ctx.info.parallelism, &mut |line| {
+            unreported += line.len() as u64 + 1;
+            if unreported >= 1 << 20 {
+                ctx.read(unreported);
+                unreported = 0;
+            }
+            let mut err = None;
+            tokenize(line, &mut buf, &mut |w| {
+                if err.is_none() {
+                    if let Err(e) = out.collect((Word::new(w), 1)) {
+                        err = Some(e);
+                    }
+                }
+            });
+            err.map_or(Ok(()), Err)
+        });
+        ctx.read(unreported);
+        r
+    }
+}
+
+fn word_key(t: &(Word, u64)) -> &str {
+    t.0.as_str()
+}
+
+type WordKey = for<'a> fn(&'a (Word, u64)) -> &'a str;
 
 fn text_stream(
     name: &str,
     source: TextSource,
     parallelism: u32,
     ptype: ResultPartitionType,
-) -> super::job::KeyedStream<(String, u64), str> {
-    let src = Arc::new(source);
+) -> KeyedStream<(Word, u64), str, WordKey> {
     JobBuilder::new(name, parallelism)
         .with_partition_type(ptype)
-        .source("text source", move |info, out: &mut dyn Collector<(String, u64)>| {
-            let mut buf = String::new();
-            src.for_each_line(info.subtask, info.parallelism, &mut |line| {
-                let mut err = None;
-                tokenize(line, &mut buf, &mut |w| {
-                    if err.is_none() {
-                        if let Err(e) = out.collect((w.to_string(), 1)) {
-                            err = Some(e);
-                        }
-                    }
-                });
-                err.map_or(Ok(()), Err)
-            })
-        })
-        .key_by(|t: &(String, u64)| t.0.as_str())
+        .source_with("text source", WordSource(Arc::new(source)))
+        .key_by(word_key as WordKey)
 }
 
 /// Flink's streaming WordCount in batch style: text source + tokenizer, key by word, sum,
@@ -453,7 +582,7 @@ pub fn wordcount_job_with(source: TextSource, parallelism: u32, dir: PathBuf, pt
 /// Flink's WindowWordCount: key by word, `countWindow(size, slide)`, sum.
 pub fn window_wordcount_job(source: TextSource, parallelism: u32, size: u64, slide: u64, dir: PathBuf) -> JobGraph {
     text_stream("window-wordcount", source, parallelism, ResultPartitionType::PipelinedBounded)
-        .count_window("count window sum", size, slide, |w: &[(String, u64)]| {
+        .count_window("count window sum", size, slide, |w: &[(Word, u64)]| {
             // Saturating: the counts arrive from other processes.
             (w[0].0.clone(), w.iter().fold(0u64, |a, x| a.saturating_add(x.1)))
         })
@@ -573,6 +702,12 @@ impl OutputFile {
         Ok(this)
     }
 
+    /// The temp file written and renamed over the output at the end (`<output>.tmp-<pid>`),
+    /// if the output is not written in place.
+    pub fn temp_path(&self) -> Option<&Path> {
+        self.tmp.as_deref()
+    }
+
     /// Writes `lines`, each followed by a newline, and renames the temp file over the
     /// output.
     ///
@@ -659,31 +794,72 @@ pub struct Synthetic {
     pub bad: u32,
 }
 
-fn pattern_byte(seq: u64, k: usize) -> u8 {
-    (seq as u8).wrapping_mul(31).wrapping_add(k as u8)
+/// The payload pattern after the sequence number: byte `k` is `31 * seq + k` (mod 256), so
+/// the payload is a run of the byte cycle 0, 1, .., 255 starting at `31 * seq`. Written and
+/// checked by copying and comparing slices of [`CYCLE`] (memcpy and memcmp speed), not
+/// byte by byte.
+fn pattern_start(seq: u64) -> usize {
+    usize::from((seq as u8).wrapping_mul(31))
+}
+
+/// Two rounds of the byte cycle: any 256 consecutive pattern bytes are one slice of it.
+static CYCLE: [u8; 512] = {
+    let mut t = [0u8; 512];
+    let mut i = 0;
+    while i < 512 {
+        t[i] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The pattern bytes of `seq` for `out` (the bytes after the sequence number).
+#[inline]
+fn write_pattern(seq: u64, out: &mut [u8]) {
+    let s = pattern_start(seq);
+    for chunk in out.chunks_mut(256) {
+        chunk.copy_from_slice(&CYCLE[s..s + chunk.len()]);
+    }
+}
+
+/// How many bytes of `payload` (the bytes after the sequence number) differ from `seq`'s
+/// pattern: a slice comparison per 256 bytes, a count only for a chunk that differs.
+#[inline]
+fn pattern_mismatches(seq: u64, payload: &[u8]) -> u32 {
+    let s = pattern_start(seq);
+    let mut bad = 0u32;
+    for chunk in payload.chunks(256) {
+        let want = &CYCLE[s..s + chunk.len()];
+        if chunk != want {
+            bad = bad.saturating_add(chunk.iter().zip(want).filter(|(a, b)| a != b).count() as u32);
+        }
+    }
+    bad
 }
 
 impl Record for Synthetic {
     fn serialized_len(&self) -> usize {
         self.len as usize
     }
+    #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
         out[..8].copy_from_slice(&self.seq.to_le_bytes());
-        for (k, b) in out[8..].iter_mut().enumerate() {
-            *b = pattern_byte(self.seq, k);
-        }
+        write_pattern(self.seq, &mut out[8..]);
     }
 }
 
 impl<'a> FromRecord<'a> for Synthetic {
+    #[inline]
     fn from_record(bytes: &'a [u8]) -> Result<Self> {
-        let head: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or(Error::ProtocolViolation {
-            place: "shuffle record".into(),
-            detail: format!("{} bytes, fewer than 8", bytes.len()),
-        })?;
-        let seq = u64::from_le_bytes(head);
-        let bad = bytes[8..].iter().enumerate().filter(|&(k, &b)| b != pattern_byte(seq, k)).count() as u32;
-        Ok(Synthetic { seq, len: bytes.len() as u32, bad })
+        // The error value is built only when the record is short.
+        let Some((head, payload)) = bytes.split_first_chunk::<8>() else {
+            return Err(Error::ProtocolViolation {
+                place: "shuffle record".into(),
+                detail: format!("{} bytes, fewer than 8", bytes.len()),
+            });
+        };
+        let seq = u64::from_le_bytes(*head);
+        Ok(Synthetic { seq, len: bytes.len() as u32, bad: pattern_mismatches(seq, payload) })
     }
 }
 
@@ -731,43 +907,221 @@ pub fn shuffle_job(
 ) -> JobGraph {
     let (source_work_ns, sink_work_ns) = work_ns;
     let payload = payload.max(8);
-    let stream =
-        JobBuilder::new("shuffle", parallelism).source("generator", move |info, out: &mut dyn Collector<Synthetic>| {
-            // u128: `records * p` must not wrap.
-            let share = |k: u32| (u128::from(records) * u128::from(k) / u128::from(info.parallelism)) as u64;
-            for seq in share(info.subtask)..share(info.subtask + 1) {
-                if source_work_ns > 0 {
-                    let until = crate::sync::now_nanos().saturating_add(source_work_ns);
-                    while crate::sync::now_nanos() < until {
-                        std::hint::spin_loop();
-                    }
-                }
-                out.collect(Synthetic { seq, len: payload, bad: 0 })?;
-            }
-            Ok(())
-        });
-    let stream = match selector {
-        SelectorKind::KeyHash => {
-            return stream
-                .key_by(|s: &Synthetic| &s.seq)
-                .reduce_passthrough()
-                .sink("count and checksum", shuffle_sink(dir, sink_work_ns));
-        }
-        SelectorKind::Rebalance => stream.rebalance(None),
-        SelectorKind::Rescale => stream.rescale(None),
-        SelectorKind::Broadcast => stream.broadcast(None),
-        SelectorKind::Forward => stream.forward(),
-        SelectorKind::Global => stream.global(),
-    };
-    stream.sink("count and checksum", shuffle_sink(dir, sink_work_ns))
+    let stream = JobBuilder::new("shuffle", parallelism)
+        .source_with("generator", ShuffleSource { records, payload, work_ns: source_work_ns });
+    let sink = shuffle_sink(dir, sink_work_ns);
+    match selector {
+        SelectorKind::KeyHash => stream.key_by(|s: &Synthetic| &s.seq).into_stream().sink("count and checksum", sink),
+        SelectorKind::Rebalance => stream.rebalance(None).sink("count and checksum", sink),
+        SelectorKind::Rescale => stream.rescale(None).sink("count and checksum", sink),
+        SelectorKind::Broadcast => stream.broadcast(None).sink("count and checksum", sink),
+        SelectorKind::Forward => stream.forward().sink("count and checksum", sink),
+        SelectorKind::Global => stream.global().sink("count and checksum", sink),
+    }
 }
 
-fn shuffle_sink(
-    dir: PathBuf,
+/// The shuffle job's generator: subtask `i` emits its share of `0..records`.
+struct ShuffleSource {
+    records: u64,
+    payload: u32,
     work_ns: u64,
-) -> impl Fn(&TaskInfo) -> Result<Box<dyn Collector<Synthetic>>> + Send + Sync {
+}
+
+impl Source<Synthetic> for ShuffleSource {
+    fn run<C: Collector<Synthetic>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        let info = ctx.info;
+        // u128: `records * p` must not wrap.
+        let share = |k: u32| (u128::from(self.records) * u128::from(k) / u128::from(info.parallelism)) as u64;
+        for seq in share(info.subtask)..share(info.subtask + 1) {
+            if self.work_ns > 0 {
+                let until = crate::sync::now_nanos().saturating_add(self.work_ns);
+                while crate::sync::now_nanos() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            out.collect(Synthetic { seq, len: self.payload, bad: 0 })?;
+        }
+        Ok(())
+    }
+}
+
+fn shuffle_sink(dir: PathBuf, work_ns: u64) -> impl Fn(&TaskInfo) -> Result<ShuffleSink> + Send + Sync + Clone {
     let dir = Arc::new(dir);
-    move |info| Ok(Box::new(ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0, work_ns }))
+    move |info| Ok(ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0, work_ns })
+}
+
+/// A stamped record of the latency shuffle (`run shuffle --latency`): a sequence number,
+/// the generator's monotonic clock when it emitted the record (0: a warm-up record, not
+/// measured), then the payload pattern of [`Synthetic`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamped {
+    /// Sequence number (also the key).
+    pub seq: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at emission (one clock for every process of the host);
+    /// 0 for warm-up records.
+    pub stamp: u64,
+    /// Record bytes (at least 16).
+    pub len: u32,
+    /// Payload bytes that did not match the pattern (after decoding).
+    pub bad: u32,
+}
+
+impl Record for Stamped {
+    fn serialized_len(&self) -> usize {
+        self.len as usize
+    }
+    #[inline]
+    fn serialize_into(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.seq.to_le_bytes());
+        out[8..16].copy_from_slice(&self.stamp.to_le_bytes());
+        write_pattern(self.seq, &mut out[16..]);
+    }
+}
+
+impl<'a> FromRecord<'a> for Stamped {
+    #[inline]
+    fn from_record(bytes: &'a [u8]) -> Result<Self> {
+        let Some((head, payload)) = bytes.split_first_chunk::<16>() else {
+            return Err(Error::ProtocolViolation {
+                place: "latency shuffle record".into(),
+                detail: format!("{} bytes, fewer than 16", bytes.len()),
+            });
+        };
+        let (seq, stamp) = head.split_at(8);
+        let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());
+        let stamp = u64::from_le_bytes(stamp.try_into().unwrap_or_default());
+        Ok(Stamped { seq, stamp, len: bytes.len() as u32, bad: pattern_mismatches(seq, payload) })
+    }
+}
+
+/// The latency shuffle's generator: subtask `i` emits its share of `0..records` at
+/// `rate / parallelism` records per second, each stamped right before it is emitted. It
+/// sleeps while the next record is more than 200 µs away (after flushing what it wrote, so
+/// nothing waits for the buffer timeout while it sleeps) and spins for the rest. The first
+/// tenth of each share is warm-up (stamp 0).
+struct RateSource {
+    records: u64,
+    payload: u32,
+    rate: u64,
+}
+
+impl Source<Stamped> for RateSource {
+    fn run<C: Collector<Stamped>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        let info = ctx.info;
+        // u128: `records * p` must not wrap.
+        let share = |k: u32| (u128::from(self.records) * u128::from(k) / u128::from(info.parallelism)) as u64;
+        let (from, to) = (share(info.subtask), share(info.subtask + 1));
+        let warm = (to - from) / 10;
+        // Nanoseconds between two records of this subtask.
+        let interval = u64::from(info.parallelism).saturating_mul(1_000_000_000) / self.rate.max(1);
+        let start = crate::sync::now_nanos();
+        for (k, seq) in (from..to).enumerate() {
+            let due = start.saturating_add((k as u64).saturating_mul(interval));
+            let mut flushed = false;
+            loop {
+                let now = crate::sync::now_nanos();
+                if now >= due {
+                    break;
+                }
+                if due - now > 200_000 {
+                    if !flushed {
+                        out.flush()?;
+                        flushed = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_nanos(due - now - 100_000));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            let stamp = if (k as u64) < warm { 0 } else { crate::sync::now_nanos() };
+            out.collect(Stamped { seq, stamp, len: self.payload, bad: 0 })?;
+        }
+        Ok(())
+    }
+}
+
+/// The latency shuffle's sink: counts and checks like the throughput sink, and records each
+/// measured record's latency (its arrival minus its stamp) in a histogram, written next to
+/// the part file as `lat-NNN.hdr` (hdrhistogram's V2 format) when the input ends.
+struct LatencySink {
+    sink: ShuffleSink,
+    hist: hdrhistogram::Histogram<u64>,
+    hist_path: PathBuf,
+}
+
+impl Collector<Stamped> for LatencySink {
+    #[inline]
+    fn collect(&mut self, r: Stamped) -> Result<()> {
+        if r.stamp != 0 {
+            // A stamp from the future (a peer's bad clock word) counts as 0 ns.
+            self.hist.saturating_record(crate::sync::now_nanos().saturating_sub(r.stamp));
+        }
+        self.sink.collect(Synthetic { seq: r.seq, len: r.len, bad: r.bad })
+    }
+    fn finish(&mut self) -> Result<()> {
+        let mut bytes = Vec::new();
+        use hdrhistogram::serialization::Serializer;
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&self.hist, &mut bytes)
+            .map_err(|e| Error::Invalid { what: "latency histogram", detail: format!("serializing: {e}") })?;
+        std::fs::write(&self.hist_path, bytes)
+            .map_err(|e| Error::Io { op: format!("writing {}", self.hist_path.display()), source: e })?;
+        self.sink.finish()
+    }
+}
+
+/// The latency shuffle (`run shuffle --latency --rate N`): generators emit `records` stamped
+/// records of `payload` bytes (at least 16) at `rate` records per second in all, through an
+/// exchange of `selector` (key hash or rebalance) into sinks that histogram each record's
+/// latency across the exchange (Flink's latency markers, ShuffleBench `--latency true
+/// --rate N`). Read the result with [`latency_histogram`] and [`shuffle_totals`].
+pub fn shuffle_latency_job(
+    records: u64,
+    payload: u32,
+    selector: SelectorKind,
+    parallelism: u32,
+    dir: PathBuf,
+    rate: u64,
+) -> JobGraph {
+    let source = RateSource { records, payload: payload.max(16), rate: rate.max(1) };
+    let stream = JobBuilder::new("shuffle-latency", parallelism).source_with("rate-limited generator", source);
+    let dir = Arc::new(dir);
+    let sink = move |info: &TaskInfo| -> Result<LatencySink> {
+        let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(|e| Error::Invalid { what: "latency histogram", detail: e.to_string() })?;
+        Ok(LatencySink {
+            sink: ShuffleSink { path: part_path(&dir, info), records: 0, seq_sum: 0, bad: 0, work_ns: 0 },
+            hist,
+            hist_path: dir.join(format!("lat-{:03}.hdr", info.subtask)),
+        })
+    };
+    match selector {
+        SelectorKind::KeyHash => stream.key_by(|s: &Stamped| &s.seq).into_stream().sink("latency histogram", sink),
+        _ => stream.rebalance(None).sink("latency histogram", sink),
+    }
+}
+
+/// The latency histograms of every sink under `dir`, merged (nanoseconds).
+///
+/// # Errors
+/// I/O errors, or a histogram file that does not decode.
+pub fn latency_histogram(dir: &Path) -> Result<hdrhistogram::Histogram<u64>> {
+    let mut all = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| Error::Invalid { what: "latency histogram", detail: e.to_string() })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::Io { op: format!("listing {}", dir.display()), source: e })?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("lat-")) {
+            continue;
+        }
+        let bytes = std::fs::read(&p).map_err(|e| Error::Io { op: format!("reading {}", p.display()), source: e })?;
+        let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| Error::Invalid { what: "latency histogram", detail: format!("{}: {e:?}", p.display()) })?;
+        all.add(&h).map_err(|e| Error::Invalid { what: "latency histogram", detail: format!("merging: {e:?}") })?;
+    }
+    Ok(all)
 }
 
 /// Sums the shuffle sinks' part files: (records, sum of sequence numbers, bad bytes).
@@ -789,7 +1143,31 @@ pub fn shuffle_totals(dir: &Path) -> Result<(u64, u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::tokenize;
+    use super::{tokenize, Synthetic};
+    use crate::record::{FromRecord, Record};
+
+    #[test]
+    fn synthetic_records_round_trip_and_count_each_corrupted_byte() {
+        for len in [8u32, 9, 16, 255, 264, 1024, 1031, 4096] {
+            for seq in [0u64, 1, 7, 255, 256, 1 << 40, u64::MAX] {
+                let r = Synthetic { seq, len, bad: 0 };
+                let mut buf = vec![0u8; r.serialized_len()];
+                r.serialize_into(&mut buf);
+                for (k, &b) in buf[8..].iter().enumerate() {
+                    assert_eq!(b, (seq as u8).wrapping_mul(31).wrapping_add(k as u8), "len {len} seq {seq} byte {k}");
+                }
+                assert_eq!(Synthetic::from_record(&buf).unwrap(), r);
+                if len > 8 {
+                    let last = buf.len() - 1;
+                    buf[last] ^= 1;
+                    buf[8] ^= 0x80;
+                    let bad = if last == 8 { 1 } else { 2 };
+                    assert_eq!(Synthetic::from_record(&buf).unwrap().bad, bad, "len {len} seq {seq}");
+                }
+            }
+        }
+        assert!(Synthetic::from_record(&[1, 2, 3]).is_err(), "a record shorter than its sequence number");
+    }
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();

@@ -11,11 +11,12 @@
 
 use super::execution::{ExecutionGraph, SubtaskSpec, TaskSettings};
 use super::job::JobGraph;
+use super::progress::{ProgressReporter, ProgressTotal};
 use super::protocol::{encode, recv, FromWorker, ToWorker};
 use super::worker::{CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
 use crate::error::{Error, Result};
 use crate::memory::{Arena, ArenaConfig};
-use crate::metrics::{channel_snapshot, task_snapshot, TaskRates, TaskSnapshot};
+use crate::metrics::{channel_snapshot, task_snapshot};
 use crate::partition::{BufferTimeout, RequestBackoff, ResultPartitionId, ResultPartitionManager};
 use crate::sync::WaitPolicy;
 use serde::Serialize;
@@ -31,35 +32,46 @@ use std::time::{Duration, Instant};
 /// How to run a job.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Worker processes.
+    /// Worker processes; subtasks are dealt to them round-robin. Default 2.
     pub workers: u32,
-    /// Flink's buffer timeout.
+    /// Flink's buffer timeout: how long a record may wait in a partly filled segment.
+    /// Default 100 ms (Flink's default).
     pub buffer_timeout: BufferTimeout,
-    /// Segment size in bytes.
+    /// Segment size in bytes (a power of two, 4 KiB..16 MiB). Default 32 KiB (Flink's).
     pub segment_size: u32,
-    /// Arena size in bytes.
+    /// Arena size in bytes: every segment and channel of the job lives in it. Default
+    /// 64 MiB (the command line's default is 256 MiB).
     pub arena_size: u64,
-    /// How tasks wait.
+    /// How tasks wait for input and buffers. Default [`WaitPolicy::adaptive`] (spin
+    /// briefly, then park on a futex).
     pub wait_policy: WaitPolicy,
-    /// Partition request backoff.
+    /// Partition request backoff: how long a consumer retries a partition not registered
+    /// yet. Default 1 ms doubling up to 10 s (Flink's defaults are 100 ms and 10 s).
     pub backoff: RequestBackoff,
-    /// Print progress to stderr every second.
+    /// Show the job's progress on stderr: a bar with percent and ETA on a terminal when
+    /// [`RuntimeConfig::progress_total`] is known, else a plain line every second. Default
+    /// off.
     pub progress: bool,
-    /// Arguments the workers are started with (default: this process's own).
+    /// How much input the job has, for the percent and ETA of the progress bar. Default
+    /// `None` (no bar: plain lines).
+    pub progress_total: Option<ProgressTotal>,
+    /// Arguments the workers are started with. Default `None`: this process's own, so a
+    /// job binary's workers build the same job.
     pub worker_args: Option<Vec<std::ffi::OsString>>,
-    /// Buffer debloating on every gate (off when `None`).
+    /// Buffer debloating on every gate. Default `None` (off).
     pub debloat: Option<crate::gate::DebloatConfig>,
     /// How long the coordinator waits without hearing from a worker (its first message, a
     /// heartbeat or any other message) before it fails the job, and how long a write to a
     /// worker may make no progress. Workers send heartbeats every
     /// [`RuntimeConfig::heartbeat_interval`]. Default 30 s, or the milliseconds in the
     /// environment variable `SHMFLOW_HEARTBEAT_TIMEOUT_MS` when
-    /// it is set ([`run_job`] refuses a value that is not a number in 1..=86400000).
+    /// it is set ([`run_job`] refuses a value that is not a number in 100..=3600000, the range
+    /// of `shmflow run --heartbeat-timeout-ms`).
     pub heartbeat_timeout: Duration,
 }
 
 /// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
-/// milliseconds (1..=86400000).
+/// milliseconds (100..=3600000, as `--heartbeat-timeout-ms`).
 pub const HEARTBEAT_TIMEOUT_ENV: &str = "SHMFLOW_HEARTBEAT_TIMEOUT_MS";
 
 /// The heartbeat timeout named by [`HEARTBEAT_TIMEOUT_ENV`], if set.
@@ -68,10 +80,12 @@ fn heartbeat_timeout_from_env() -> Result<Option<Duration>> {
         return Ok(None);
     };
     match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
-        Some(ms) if (1..=86_400_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        Some(ms) if (100..=3_600_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
         _ => Err(Error::Invalid {
             what: HEARTBEAT_TIMEOUT_ENV,
-            detail: format!("{v:?} is not a number of milliseconds in 1..=86400000"),
+            detail: format!(
+                "{v:?} is not a number of milliseconds in 100..=3600000 (the range of --heartbeat-timeout-ms)"
+            ),
         }),
     }
 }
@@ -86,6 +100,7 @@ impl Default for RuntimeConfig {
             wait_policy: WaitPolicy::adaptive(),
             backoff: RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(10) },
             progress: false,
+            progress_total: None,
             worker_args: None,
             debloat: None,
             heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
@@ -144,10 +159,6 @@ impl RuntimeConfig {
             what: "job size",
             detail: format!("{e} (the job has {} subtasks and {channels} channels)", graph.subtasks.len()),
         })?;
-        let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
-            what: "--arena-size",
-            detail: format!("{e} (the job has {channels} channels)"),
-        })?;
         // Every partition keeps subpartitions + 1 segments, and needs one more per channel
         // to make progress.
         let need: u64 = graph
@@ -156,6 +167,13 @@ impl RuntimeConfig {
             .filter_map(|s| s.output.as_ref())
             .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
             .sum();
+        let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
+            what: "--arena-size",
+            detail: format!(
+                "{e} (the job has {channels} channels); use --arena-size {} or more",
+                arena_size_for(&base, need)
+            ),
+        })?;
         if u64::from(cfg.segment_count) < need {
             return Err(Error::Invalid {
                 what: "--arena-size",
@@ -166,12 +184,31 @@ impl RuntimeConfig {
                     cfg.segment_count,
                     self.segment_size,
                     channels,
-                    (need + 64) * u64::from(self.segment_size) + (8 << 20)
+                    arena_size_for(&base, need)
                 ),
             });
         }
         Ok(cfg)
     }
+}
+
+/// The smallest arena size, in whole MiB, whose segments (after the control regions this
+/// job's `base` configuration needs, which grow with its channels, gates and tasks) number
+/// at least `need`: the size an `--arena-size` error suggests.
+fn arena_size_for(base: &ArenaConfig, need: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let exact =
+        ArenaConfig { segment_count: need.clamp(2, 1 << 24) as u32, ..*base }.layout().map_or(0, |l| l.total_size);
+    let mut size = exact.div_ceil(MIB).max(1) * MIB;
+    // `with_arena_size` sizes the control regions for one segment and rounds: a few more
+    // MiB settle that (bounded).
+    for _ in 0..64 {
+        if base.with_arena_size(size).is_ok_and(|c| u64::from(c.segment_count) >= need) {
+            break;
+        }
+        size += MIB;
+    }
+    size
 }
 
 /// Figures for one edge of the job.
@@ -227,7 +264,14 @@ pub struct JobSummary {
     pub arena_free_after: u32,
     /// Problems `shmflow check` found in the arena after the job (none expected).
     pub arena_problems: Vec<String>,
+    /// The tasks' accumulators, merged (see [`super::accumulators`]).
+    pub accumulators: super::accumulators::Accumulators,
 }
+
+/// How long the coordinator waits, after a task failed as a consequence of another failure,
+/// for the cause to be reported (by another worker, over another socket) before it reports
+/// the consequence.
+const ROOT_CAUSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Blocking writes to a worker's socket wake this often to check for a stop signal and the
 /// write deadline.
@@ -333,6 +377,8 @@ impl BlockingDir {
             return Ok(None);
         }
         if let Some(p) = std::env::var_os(crate::partition::BLOCKING_DIR_ENV).filter(|p| !p.is_empty()) {
+            // An existing directory, or an error before any worker starts.
+            crate::partition::FileChannelManager::from_env()?;
             return Ok(Some(Self { path: p.into(), owned: false }));
         }
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -566,11 +612,21 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let mut consumable = 0usize;
     let mut max_in_flight: HashMap<usize, u64> = HashMap::new();
     let mut last_sample = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut prev_snaps: Option<HashMap<(usize, u32), TaskSnapshot>> = None;
+    let mut progress = config.progress.then(|| ProgressReporter::new(config.progress_total));
     let mut last_turn = Instant::now();
     let manager = ResultPartitionManager::new(arena.clone());
+    // The first failure that was a consequence of another (a cancellation, a consumer gone,
+    // a producer failed), and when it came: the job fails with it only if no cause is
+    // reported within ROOT_CAUSE_GRACE (or before every task ended).
+    let mut consequence: Option<(String, Instant)> = None;
+    let mut job_accumulators = super::accumulators::Accumulators::new();
     while tasks.left() > 0 && failure.is_none() {
+        if let Some((f, at)) = &consequence {
+            if at.elapsed() >= ROOT_CAUSE_GRACE {
+                failure = Some(f.clone());
+                break;
+            }
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok((w, ReaderEvent::Msg(msg))) => {
                 let pid = workers.0[w].pid;
@@ -591,19 +647,32 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
                         }
                     }
                     FromWorker::PartitionConsumable { .. } => consumable += 1,
-                    FromWorker::TaskFinished { vertex, subtask } => {
-                        if let Err(why) = tasks.report(w, (vertex, subtask), Report::Ended) {
-                            failure = Some(violation("finished", vertex, subtask, why));
+                    FromWorker::TaskFinished { vertex, subtask, accumulators } => {
+                        match tasks.report(w, (vertex, subtask), Report::Ended) {
+                            Ok(()) => super::accumulators::merge_into(&mut job_accumulators, accumulators),
+                            Err(why) => failure = Some(violation("finished", vertex, subtask, why)),
                         }
                     }
-                    FromWorker::TaskFailed { vertex, subtask, error } => {
-                        failure = Some(match tasks.report(w, (vertex, subtask), Report::Ended) {
-                            Ok(()) => format!(
-                                "task {} on worker {w} (pid {pid}) failed: {error}",
-                                task_label(job, vertex, subtask)
-                            ),
-                            Err(why) => violation("failed", vertex, subtask, format!("{why} (its error: {error})")),
-                        });
+                    FromWorker::TaskFailed { vertex, subtask, error, symptom } => {
+                        match tasks.report(w, (vertex, subtask), Report::Ended) {
+                            Ok(()) => {
+                                let f = format!(
+                                    "task {} on worker {w} (pid {pid}) failed: {error}",
+                                    task_label(job, vertex, subtask)
+                                );
+                                if symptom {
+                                    // A consequence: the cause may still be on its way from
+                                    // another worker. Reported if none comes.
+                                    consequence.get_or_insert_with(|| (f, Instant::now()));
+                                } else {
+                                    failure = Some(f);
+                                }
+                            }
+                            Err(why) => {
+                                failure =
+                                    Some(violation("failed", vertex, subtask, format!("{why} (its error: {error})")))
+                            }
+                        }
                     }
                 }
             }
@@ -667,34 +736,21 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
             last_sample = Instant::now();
             sample_in_flight(job, &graph, &manager, &arena, &mut max_in_flight);
         }
-        if config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            let snaps: HashMap<(usize, u32), TaskSnapshot> =
-                metrics_slots.iter().filter_map(|(&k, &s)| Some((k, task_snapshot(&arena, s)?))).collect();
-            if let Some(prev) = &prev_snaps {
-                let (mut rin, mut bp) = (0.0, 0.0f64);
-                let mut bytes = 0u64;
-                for (k, b) in &snaps {
-                    // Saturating: the counters are workers' words in the arena.
-                    bytes = bytes.saturating_add(b.bytes_out);
-                    // A task that started since the last line has no rate yet.
-                    if let Some(a) = prev.get(k) {
-                        let r = TaskRates::between(a, b);
-                        rin += r.records_in_per_s;
-                        bp = bp.max(r.back_pressured_ms_per_s);
-                    }
-                }
-                eprintln!(
-                    "[{:>6.1}s] {:>12.0} records/s in, {:>8.1} MB out so far, max back-pressure {:>5.0} ms/s, {} tasks left",
-                    start.elapsed().as_secs_f64(),
-                    rin,
-                    bytes as f64 / 1e6,
-                    bp,
-                    tasks.left()
-                );
-            }
-            prev_snaps = Some(snaps);
+        if let Some(p) = progress.as_mut().filter(|p| p.due()) {
+            let snaps = metrics_slots.iter().filter_map(|(&k, &s)| Some((k, task_snapshot(&arena, s)?))).collect();
+            p.update(snaps, tasks.left());
         }
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    if let Some(signal) = crate::sync::stop_signal() {
+        // A stop signal outranks what it caused (workers killed by the same Ctrl-C, ...).
+        drop(workers);
+        return Err(Error::Interrupted { signal });
+    }
+    if failure.is_none() {
+        failure = consequence.map(|(f, _)| f);
     }
     if let Some(f) = failure {
         // Workers are cancelled, given a moment, then killed and reaped by the guard; the
@@ -707,6 +763,10 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     for w in &mut workers.0 {
         if let Some(c) = w.child.as_mut() {
             loop {
+                if let Some(signal) = crate::sync::stop_signal() {
+                    // A Ctrl-C now also hit the workers: it is the cause of their exits.
+                    return Err(Error::Interrupted { signal });
+                }
                 match c.try_wait() {
                     Ok(Some(status)) if !status.success() => {
                         return Err(Error::JobFailed(format!(
@@ -729,6 +789,7 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     summary.arena_segments = report.segments;
     summary.arena_free_after = report.free_walked;
     summary.arena_problems = report.problems;
+    summary.accumulators = job_accumulators;
     Ok(summary)
 }
 

@@ -196,7 +196,6 @@ pub struct TaskIo {
     cancel: Arc<AtomicBool>,
     metrics: Option<TaskMetricsHandle>,
     events: std::sync::mpsc::Sender<TaskEvent>,
-    idle_hooks: Vec<Box<dyn FnMut() -> Result<()>>>,
     /// Records read from the input.
     pub records_in: u64,
 }
@@ -207,56 +206,63 @@ impl std::fmt::Debug for TaskIo {
     }
 }
 
-/// A record writer shared between the task's output collector and its idle hook.
-type SharedWriter<T> = std::rc::Rc<std::cell::RefCell<RecordWriter<Box<dyn ChannelSelector<T>>>>>;
-
 /// Where an exchange's records go: shared memory (pipelined) or a file (blocking).
-enum OutTarget<T> {
-    Pipelined(SharedWriter<T>),
-    Blocking(Box<BlockingRecordWriter<Box<dyn ChannelSelector<T>>>>),
+enum OutTarget<S> {
+    Pipelined(Box<RecordWriter<S>>),
+    Blocking(Box<BlockingRecordWriter<S>>),
 }
 
-/// The output collector of a vertex that ends in an exchange.
-pub struct ExchangeOut<T> {
-    target: OutTarget<T>,
+/// The output collector of a vertex that ends in an exchange: owns its record writer (no
+/// shared cell), which serializes each record in place into the channel's segment. The
+/// task flushes it through [`Collector::flush`] when it waits for input.
+pub struct ExchangeOut<T, S> {
+    target: OutTarget<S>,
     consumable: Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u64))>,
+    _t: std::marker::PhantomData<fn(T)>,
 }
 
-impl<T: Data> Collector<T> for ExchangeOut<T> {
+/// Tells the TaskExecutor that the partition is consumable (once).
+#[cold]
+fn announce(consumable: &mut Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u64))>) {
+    if let Some((tx, id)) = consumable.take() {
+        let _ = tx.send(TaskEvent::PartitionConsumable(id));
+    }
+}
+
+impl<T: Data, S: ChannelSelector<T>> Collector<T> for ExchangeOut<T, S> {
     #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
-        let writer = match &mut self.target {
-            OutTarget::Blocking(w) => return w.emit(&v),
-            OutTarget::Pipelined(w) => w,
-        };
-        if let Some((tx, id)) = self.consumable.take() {
-            let _ = tx.send(TaskEvent::PartitionConsumable(id));
+        match &mut self.target {
+            OutTarget::Pipelined(w) => {
+                if self.consumable.is_some() {
+                    announce(&mut self.consumable);
+                }
+                w.emit(&v)
+            }
+            OutTarget::Blocking(w) => w.emit(&v),
         }
-        writer.borrow_mut().emit(&v)
     }
     fn finish(&mut self) -> Result<()> {
-        let writer = match &mut self.target {
+        match &mut self.target {
             OutTarget::Blocking(w) => {
                 // A blocking partition is consumable once complete; it outlives the task.
                 w.finish()?;
-                if let Some((tx, id)) = self.consumable.take() {
-                    let _ = tx.send(TaskEvent::PartitionConsumable(id));
-                }
-                return Ok(());
+                announce(&mut self.consumable);
+                Ok(())
             }
-            OutTarget::Pipelined(w) => w,
-        };
-        let mut w = writer.borrow_mut();
-        w.finish()?;
-        // A pipelined partition stays until its consumers read it (they may not even have
-        // attached yet); the task ends after that.
-        w.partition_mut().release_when_consumed(None)
+            OutTarget::Pipelined(w) => {
+                w.finish()?;
+                // A pipelined partition stays until its consumers read it (they may not
+                // even have attached yet); the task ends after that.
+                w.partition_mut().release_when_consumed(None)
+            }
+        }
     }
     fn flush(&mut self) -> Result<()> {
         match &mut self.target {
             // A blocking partition is read once complete: nothing to publish early.
             OutTarget::Blocking(_) => Ok(()),
-            OutTarget::Pipelined(w) => w.borrow_mut().flush_all(),
+            OutTarget::Pipelined(w) => w.flush_all(),
         }
     }
 }
@@ -271,20 +277,20 @@ impl TaskIo {
         metrics: Option<TaskMetricsHandle>,
         events: std::sync::mpsc::Sender<TaskEvent>,
     ) -> Self {
-        Self { env, spec, settings, cancel, metrics, events, idle_hooks: Vec::new(), records_in: 0 }
+        Self { env, spec, settings, cancel, metrics, events, records_in: 0 }
     }
 
     /// Creates the subtask's output partition and a writer over it.
     ///
     /// # Errors
     /// [`Error::Invalid`] if the vertex has no output edge; partition creation errors.
-    pub fn record_writer<T: Data>(&mut self, selector: Box<dyn ChannelSelector<T>>) -> Result<ExchangeOut<T>> {
-        let out = self.spec.output.clone().ok_or(Error::Invalid {
+    pub fn record_writer<T: Data, S: ChannelSelector<T>>(&mut self, selector: S) -> Result<ExchangeOut<T, S>> {
+        let out = self.spec.output.clone().ok_or_else(|| Error::Invalid {
             what: "job graph",
             detail: format!("vertex {} has no output edge", self.spec.vertex),
         })?;
         let ptype = ResultPartitionType::from_code(out.partition_type)
-            .ok_or(Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
+            .ok_or_else(|| Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
         let id = ResultPartitionId::new(out.partition.0, out.partition.1);
         if !ptype.is_pipelined() {
             let files = FileChannelManager::from_env()?;
@@ -296,6 +302,7 @@ impl TaskIo {
             return Ok(ExchangeOut {
                 target: OutTarget::Blocking(Box::new(BlockingRecordWriter::new(part, selector))),
                 consumable: Some((self.events.clone(), out.partition)),
+                _t: std::marker::PhantomData,
             });
         }
         let mut cfg = ResultPartitionConfig::new(id, ptype, out.num_subpartitions);
@@ -305,11 +312,12 @@ impl TaskIo {
         if let Some(m) = &self.metrics {
             part.set_task_metrics(m.clone());
         }
-        let writer =
-            std::rc::Rc::new(std::cell::RefCell::new(RecordWriter::new(part, selector, self.settings.buffer_timeout)?));
-        let w2 = writer.clone();
-        self.idle_hooks.push(Box::new(move || w2.borrow_mut().flush_all()));
-        Ok(ExchangeOut { target: OutTarget::Pipelined(writer), consumable: Some((self.events.clone(), out.partition)) })
+        let writer = RecordWriter::new(part, selector, self.settings.buffer_timeout)?;
+        Ok(ExchangeOut {
+            target: OutTarget::Pipelined(Box::new(writer)),
+            consumable: Some((self.events.clone(), out.partition)),
+            _t: std::marker::PhantomData,
+        })
     }
 
     fn open_gate(&self) -> Result<Option<SingleInputGate>> {
@@ -333,15 +341,16 @@ impl TaskIo {
         Ok(Some(gate))
     }
 
-    /// Reads the whole input, decoding each record as `T`. Before it waits for input it
-    /// flushes the task's own output, so nothing it wrote waits on its idleness.
+    /// Reads the whole input, decoding each record as `T` into `out` (without finishing
+    /// it). Before it waits for input it flushes `out` (the task's chain, down to its own
+    /// output), so nothing it wrote waits on its idleness.
     ///
     /// # Errors
-    /// A malformed record, a failed producer, cancellation, or `f`'s error.
-    pub fn for_each_input<T: Data>(&mut self, f: &mut dyn FnMut(T) -> Result<()>) -> Result<()> {
+    /// A malformed record, a failed producer, cancellation, or `out`'s error.
+    pub fn run_input<T: Data, C: Collector<T>>(&mut self, out: &mut C) -> Result<()> {
         if let Some(input) = &self.spec.input {
             if ResultPartitionType::from_code(input.partition_type).is_some_and(|t| !t.is_pipelined()) {
-                return self.for_each_blocking_input(f);
+                return self.for_each_blocking_input(out);
             }
         }
         let Some(mut gate) = self.open_gate()? else {
@@ -349,7 +358,7 @@ impl TaskIo {
         };
         let mut n = 0u64;
         let result = loop {
-            let drained = gate.drain_records(4096, &mut |_, data| f(T::from_record(data)?))?;
+            let drained = gate.drain_records(4096, &mut |_, data| out.collect(T::from_record(data)?))?;
             if drained > 0 {
                 n += drained as u64;
                 continue;
@@ -359,9 +368,7 @@ impl TaskIo {
                 Some(GateItem::End) => break Ok(()),
                 Some(_) => None,
                 None => {
-                    for h in &mut self.idle_hooks {
-                        h()?;
-                    }
+                    out.flush()?;
                     // Relaxed: a stop request.
                     if self.cancel.load(Ordering::Relaxed) {
                         break Err(Error::Cancelled);
@@ -377,7 +384,7 @@ impl TaskIo {
             };
             if let Some(v) = item {
                 n += 1;
-                f(v)?;
+                out.collect(v)?;
             }
         };
         self.records_in += n;
@@ -387,7 +394,7 @@ impl TaskIo {
     /// A blocking input: waits (cancellably) until every input partition is FINISHED,
     /// then reads each input subpartition's file in turn; a BLOCKING partition is
     /// released once every one of its subpartitions was read.
-    fn for_each_blocking_input<T: Data>(&mut self, f: &mut dyn FnMut(T) -> Result<()>) -> Result<()> {
+    fn for_each_blocking_input<T: Data, C: Collector<T>>(&mut self, out: &mut C) -> Result<()> {
         let Some(input) = self.spec.input.clone() else {
             return Ok(());
         };
@@ -395,15 +402,12 @@ impl TaskIo {
         let files = FileChannelManager::from_env()?;
         let ids: Vec<ResultPartitionId> =
             input.channels.iter().map(|&(p, a, _)| ResultPartitionId::new(p, a)).collect();
-        let hooks = &mut self.idle_hooks;
-        wait_finished(&directory, &ids, &self.cancel, self.settings.backoff.max, || {
-            hooks.iter_mut().try_for_each(|h| h())
-        })?;
+        wait_finished(&directory, &ids, &self.cancel, self.settings.backoff.max, || out.flush())?;
         for (&(_, _, s), &id) in input.channels.iter().zip(&ids) {
             let file = BlockingPartitionFile::open(&files, id)?;
             let mut reader = file.subpartition(s)?;
             for rec in reader.by_ref() {
-                f(T::from_record(rec?)?)?;
+                out.collect(T::from_record(rec?)?)?;
             }
             self.records_in += reader.records_read();
             if let Some(m) = &self.metrics {
@@ -417,6 +421,11 @@ impl TaskIo {
             }
         }
         Ok(())
+    }
+
+    /// The task's counters in the arena, if it has a block.
+    pub(crate) fn metrics(&self) -> Option<&TaskMetricsHandle> {
+        self.metrics.as_ref()
     }
 
     /// The task's info.

@@ -2,11 +2,21 @@
 //! sinks, built as ordinary Rust closures.
 //!
 //! ```text
-//!  JobBuilder::source(..)  -> Stream<T> --map/flat_map/filter (chained)--> Stream<U>
+//!  JobBuilder::source(..)  -> Stream<T, H> --map/flat_map/filter (chained)--> Stream<U, H'>
 //!     --key_by / rebalance / rescale / broadcast / forward / global (an exchange: a new
 //!       job vertex, with its ResultPartitionType and ChannelSelector)-->
-//!  KeyedStream<T, K> --reduce / count_window--> Stream<T> ... --sink--> JobGraph
+//!  KeyedStream<T, K, H> --reduce / count_window--> Stream<T, H''> ... --sink--> JobGraph
 //! ```
+//!
+//! Operator chaining is static, as Flink's chained operators are plain method calls: a
+//! stream's second type parameter is its operator chain (a [`Chain`]), one type per vertex
+//! built up operator by operator, so when the vertex's end is known (a sink or an exchange)
+//! the whole chain is one monomorphized function: no dynamic dispatch between chained
+//! operators, no shared cell borrowed per record, and the exchange's record writer (with
+//! its concrete selector) serializes each record straight into the segment. The only
+//! indirections left per record are at a vertex's edges: a source written as a closure
+//! receives a `&mut dyn Collector` (a [`Source`] implementation gets the concrete chain), and
+//! the gate hands records to the chain through its drain callback.
 //!
 //! Worker processes run the same binary and build the same job from the same arguments, so
 //! closures are never serialized: a vertex is identified by its position in the graph.
@@ -17,51 +27,18 @@ use crate::partition::{
     BroadcastPartitioner, ChannelSelector, ForwardPartitioner, GlobalPartitioner, KeyGroupPartitioner,
     RebalancePartitioner, RescalePartitioner, ResultPartitionType, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
-use crate::record::{java_string_hash, FromRecord, Record};
+use crate::record::{FromRecord, Record};
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// A value that can cross an exchange: serialized in place, decoded on the other side.
 pub trait Data: Record + for<'a> FromRecord<'a> + Send + 'static {}
 impl<T: Record + for<'a> FromRecord<'a> + Send + 'static> Data for T {}
 
-/// A key whose Java `hashCode` routes it exactly as Flink's key groups do.
-pub trait JavaHash {
-    /// Java's `hashCode` of the equivalent Java value.
-    fn java_hash(&self) -> i32;
-}
-
-impl JavaHash for String {
-    fn java_hash(&self) -> i32 {
-        java_string_hash(self)
-    }
-}
-impl JavaHash for str {
-    fn java_hash(&self) -> i32 {
-        java_string_hash(self)
-    }
-}
-impl JavaHash for u64 {
-    fn java_hash(&self) -> i32 {
-        (*self ^ (*self >> 32)) as i32
-    }
-}
-impl JavaHash for i64 {
-    fn java_hash(&self) -> i32 {
-        (*self as u64).java_hash()
-    }
-}
-impl JavaHash for u32 {
-    fn java_hash(&self) -> i32 {
-        *self as i32
-    }
-}
-impl JavaHash for i32 {
-    fn java_hash(&self) -> i32 {
-        *self
-    }
-}
+/// Keys are hashed as Flink hashes the equivalent Java key (defined in [`crate::partition`]).
+pub use crate::partition::JavaHash;
 
 /// Which subtask of which vertex a task is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,12 +85,134 @@ pub trait Collector<T> {
 /// A boxed collector.
 pub type BoxCollector<T> = Box<dyn Collector<T>>;
 
+impl<T, C: Collector<T> + ?Sized> Collector<T> for Box<C> {
+    #[inline]
+    fn collect(&mut self, value: T) -> Result<()> {
+        (**self).collect(value)
+    }
+    fn finish(&mut self) -> Result<()> {
+        (**self).finish()
+    }
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+}
+
+impl<T, C: Collector<T> + ?Sized> Collector<T> for &mut C {
+    #[inline]
+    fn collect(&mut self, value: T) -> Result<()> {
+        (**self).collect(value)
+    }
+    fn finish(&mut self) -> Result<()> {
+        (**self).finish()
+    }
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+}
+
 /// Runs one subtask of a vertex, given its input and output (see [`TaskIo`]).
 pub type VertexBody = Arc<dyn Fn(&TaskInfo, &mut TaskIo) -> Result<()> + Send + Sync>;
 
-type Head<T> = Arc<dyn Fn(&TaskInfo, BoxCollector<T>) -> Result<Runner> + Send + Sync>;
-/// Drives a subtask once its output chain is built.
-pub(crate) type Runner = Box<dyn FnOnce(&mut TaskIo) -> Result<()>>;
+/// The operator chain of a vertex up to a stream of `T`: from the vertex's input (a source,
+/// or the gate of the exchange that feeds it) through its chained operators. Running it
+/// with the collector the vertex ends in (a sink or an exchange's writer) runs the subtask.
+/// Each operator wraps the chain before it in a new type, so the whole chain is one
+/// statically dispatched function once `C` is known.
+pub trait Chain<T>: Send + Sync + 'static {
+    /// Runs the subtask: reads the input, pushes every value through the chain into `out`,
+    /// then finishes `out`.
+    ///
+    /// # Errors
+    /// The first error of the input, an operator or `out`.
+    fn run<C: Collector<T>>(&self, info: &TaskInfo, io: &mut TaskIo, out: C) -> Result<()>;
+}
+
+/// A source that sees the concrete downstream chain (no dynamic dispatch per record), for
+/// sources on a hot path; [`JobBuilder::source`] takes a plain closure instead.
+pub trait Source<T>: Send + Sync + 'static {
+    /// Emits subtask `ctx.info`'s share of the input into `out` (do not finish it: the
+    /// runtime does).
+    ///
+    /// # Errors
+    /// The source's own errors, or what `out` reports.
+    fn run<C: Collector<T>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()>;
+}
+
+/// What a [`Source`] subtask knows about itself, and where it reports how much input it
+/// has read (the progress bar's percent, see [`super::ProgressTotal::SourceInputBytes`]).
+pub struct SourceContext<'a> {
+    /// Which subtask this is.
+    pub info: &'a TaskInfo,
+    metrics: Option<&'a crate::metrics::TaskMetricsHandle>,
+}
+
+impl SourceContext<'_> {
+    /// Adds `bytes` of input read (report in batches, say every megabyte: it is a counter
+    /// in shared memory).
+    pub fn read(&self, bytes: u64) {
+        if let Some(m) = self.metrics {
+            m.add_in(0, bytes);
+        }
+    }
+}
+
+/// A [`Source`] made of a closure that gets a `&mut dyn Collector<T>`.
+pub struct FnSource<F>(F);
+
+impl<T, F> Source<T> for FnSource<F>
+where
+    F: Fn(&TaskInfo, &mut dyn Collector<T>) -> Result<()> + Send + Sync + 'static,
+{
+    fn run<C: Collector<T>>(&self, ctx: &SourceContext<'_>, out: &mut C) -> Result<()> {
+        (self.0)(ctx.info, out)
+    }
+}
+
+/// The head of a source vertex's chain.
+pub struct SourceChain<S, T> {
+    source: S,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static, S: Source<T>> Chain<T> for SourceChain<S, T> {
+    fn run<C: Collector<T>>(&self, info: &TaskInfo, io: &mut TaskIo, mut out: C) -> Result<()> {
+        self.source.run(&SourceContext { info, metrics: io.metrics() }, &mut out)?;
+        out.finish()
+    }
+}
+
+/// The head of a vertex fed by an exchange: the records of its input gate, decoded as `T`.
+pub struct InputChain<T>(PhantomData<fn() -> T>);
+
+impl<T: Data> Chain<T> for InputChain<T> {
+    fn run<C: Collector<T>>(&self, _info: &TaskInfo, io: &mut TaskIo, mut out: C) -> Result<()> {
+        io.run_input(&mut out)?;
+        out.finish()
+    }
+}
+
+/// One chained operator from `T` to `U`: wraps the collector of `U`s it feeds.
+pub trait Operator<T, U>: Send + Sync + 'static {
+    /// The operator in front of a downstream collector `C`.
+    type With<C: Collector<U>>: Collector<T>;
+    /// A fresh instance (one per subtask) in front of `out`.
+    fn with<C: Collector<U>>(&self, out: C) -> Self::With<C>;
+}
+
+/// A chain `H` of `T`s followed by operator `O` (to `U`s).
+pub struct Then<H, O, T> {
+    prev: H,
+    op: O,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static, U, H: Chain<T>, O: Operator<T, U>> Chain<U> for Then<H, O, T> {
+    #[inline]
+    fn run<C: Collector<U>>(&self, info: &TaskInfo, io: &mut TaskIo, out: C) -> Result<()> {
+        self.prev.run(info, io, self.op.with(out))
+    }
+}
 
 /// How two vertices are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +237,7 @@ pub struct JobVertex {
     pub name: String,
     /// Parallelism.
     pub parallelism: u32,
-    /// The edge from the previous vertex (None for the source).
+    /// The edge from the previous vertex (none for a source).
     pub input: Option<EdgeSpec>,
     /// Runs one subtask.
     pub body: VertexBody,
@@ -167,14 +266,15 @@ pub struct JobBuilder {
     default_partition_type: ResultPartitionType,
 }
 
-/// A stream of `T` inside the vertex being built.
-pub struct Stream<T> {
+/// A stream of `T` inside the vertex being built, `H` its operator chain so far.
+pub struct Stream<T, H> {
     job: JobBuilder,
     done: Vec<JobVertex>,
     name: String,
     parallelism: u32,
     input: Option<EdgeSpec>,
-    head: Head<T>,
+    head: H,
+    _t: PhantomData<fn() -> T>,
 }
 
 impl JobBuilder {
@@ -195,31 +295,40 @@ impl JobBuilder {
     }
 
     /// A parallel source: `f` runs once per subtask and emits into the collector.
-    pub fn source<T: 'static>(
-        self,
-        name: &str,
-        f: impl Fn(&TaskInfo, &mut dyn Collector<T>) -> Result<()> + Send + Sync + 'static,
-    ) -> Stream<T> {
-        let f = Arc::new(f);
-        let head: Head<T> = Arc::new(move |info, mut out| {
-            let f = f.clone();
-            let info = info.clone();
-            Ok(Box::new(move |_io: &mut TaskIo| {
-                f(&info, &mut *out)?;
-                out.finish()
-            }) as Runner)
-        });
+    pub fn source<T: 'static, F>(self, name: &str, f: F) -> Stream<T, SourceChain<FnSource<F>, T>>
+    where
+        F: Fn(&TaskInfo, &mut dyn Collector<T>) -> Result<()> + Send + Sync + 'static,
+    {
+        self.source_with(name, FnSource(f))
+    }
+
+    /// A parallel source that emits into the concrete chain after it (see [`Source`]).
+    pub fn source_with<T: 'static, S: Source<T>>(self, name: &str, source: S) -> Stream<T, SourceChain<S, T>> {
         let parallelism = self.default_parallelism;
-        Stream { job: self, done: Vec::new(), name: name.to_string(), parallelism, input: None, head }
+        Stream {
+            job: self,
+            done: Vec::new(),
+            name: name.to_string(),
+            parallelism,
+            input: None,
+            head: SourceChain { source, _t: PhantomData },
+            _t: PhantomData,
+        }
     }
 }
 
-struct Map<F, C> {
+/// The operator of [`Stream::map`].
+#[derive(Clone)]
+pub struct MapOp<F>(F);
+
+/// A running map.
+pub struct Map<F, C> {
     f: F,
     out: C,
 }
 
-impl<T, U, F: FnMut(T) -> U> Collector<T> for Map<F, BoxCollector<U>> {
+impl<T, U, F: FnMut(T) -> U, C: Collector<U>> Collector<T> for Map<F, C> {
+    #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
         self.out.collect((self.f)(v))
     }
@@ -231,36 +340,49 @@ impl<T, U, F: FnMut(T) -> U> Collector<T> for Map<F, BoxCollector<U>> {
     }
 }
 
-struct FlatMap<F, C> {
-    f: F,
-    out: C,
-}
-
-/// Receives the outputs of a flat_map function.
-pub struct Emitter<'a, U> {
-    out: &'a mut dyn Collector<U>,
-    err: Option<crate::Error>,
-}
-
-impl<U> Emitter<'_, U> {
-    /// Emits one value downstream (errors are reported when the function returns).
-    pub fn emit(&mut self, v: U) {
-        if self.err.is_none() {
-            if let Err(e) = self.out.collect(v) {
-                self.err = Some(e);
-            }
-        }
+impl<T, U, F: Fn(T) -> U + Clone + Send + Sync + 'static> Operator<T, U> for MapOp<F> {
+    type With<C: Collector<U>> = Map<F, C>;
+    fn with<C: Collector<U>>(&self, out: C) -> Map<F, C> {
+        Map { f: self.0.clone(), out }
     }
 }
 
-impl<T, U, F: FnMut(T, &mut Emitter<'_, U>)> Collector<T> for FlatMap<F, BoxCollector<U>> {
+/// Receives the outputs of a flat_map function: they are buffered (the buffer is reused,
+/// so it allocates only while it grows) and pushed downstream when the function returns.
+pub struct Emitter<'a, U> {
+    buf: &'a mut Vec<U>,
+}
+
+impl<U> Emitter<'_, U> {
+    /// Emits one value downstream.
+    #[inline]
+    pub fn emit(&mut self, v: U) {
+        self.buf.push(v);
+    }
+}
+
+/// The operator of [`Stream::flat_map`].
+#[derive(Clone)]
+pub struct FlatMapOp<F>(F);
+
+/// A running flat_map.
+pub struct FlatMap<F, U, C> {
+    f: F,
+    buf: Vec<U>,
+    out: C,
+}
+
+impl<T, U, F: FnMut(T, &mut Emitter<'_, U>), C: Collector<U>> Collector<T> for FlatMap<F, U, C> {
+    #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
-        let mut e = Emitter { out: &mut *self.out, err: None };
-        (self.f)(v, &mut e);
-        match e.err {
-            Some(err) => Err(err),
-            None => Ok(()),
+        (self.f)(v, &mut Emitter { buf: &mut self.buf });
+        let mut r = Ok(());
+        for u in self.buf.drain(..) {
+            if r.is_ok() {
+                r = self.out.collect(u);
+            }
         }
+        r
     }
     fn finish(&mut self) -> Result<()> {
         self.out.finish()
@@ -270,12 +392,25 @@ impl<T, U, F: FnMut(T, &mut Emitter<'_, U>)> Collector<T> for FlatMap<F, BoxColl
     }
 }
 
-struct Filter<F, C> {
+impl<T, U: 'static, F: Fn(T, &mut Emitter<'_, U>) + Clone + Send + Sync + 'static> Operator<T, U> for FlatMapOp<F> {
+    type With<C: Collector<U>> = FlatMap<F, U, C>;
+    fn with<C: Collector<U>>(&self, out: C) -> FlatMap<F, U, C> {
+        FlatMap { f: self.0.clone(), buf: Vec::new(), out }
+    }
+}
+
+/// The operator of [`Stream::filter`].
+#[derive(Clone)]
+pub struct FilterOp<F>(F);
+
+/// A running filter.
+pub struct Filter<F, C> {
     f: F,
     out: C,
 }
 
-impl<T, F: FnMut(&T) -> bool> Collector<T> for Filter<F, BoxCollector<T>> {
+impl<T, F: FnMut(&T) -> bool, C: Collector<T>> Collector<T> for Filter<F, C> {
+    #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
         if (self.f)(&v) {
             self.out.collect(v)
@@ -291,54 +426,70 @@ impl<T, F: FnMut(&T) -> bool> Collector<T> for Filter<F, BoxCollector<T>> {
     }
 }
 
-impl<T: 'static> Stream<T> {
-    fn chain<U: 'static>(
-        self,
-        name: &str,
-        wrap: impl Fn(BoxCollector<U>) -> BoxCollector<T> + Send + Sync + 'static,
-    ) -> Stream<U> {
-        let head = self.head;
-        let new: Head<U> = Arc::new(move |info, out| head(info, wrap(out)));
+impl<T, F: Fn(&T) -> bool + Clone + Send + Sync + 'static> Operator<T, T> for FilterOp<F> {
+    type With<C: Collector<T>> = Filter<F, C>;
+    fn with<C: Collector<T>>(&self, out: C) -> Filter<F, C> {
+        Filter { f: self.0.clone(), out }
+    }
+}
+
+impl<T: 'static, H: Chain<T>> Stream<T, H> {
+    fn then<U, O: Operator<T, U>>(self, name: &str, op: O) -> Stream<U, Then<H, O, T>> {
         Stream {
             job: self.job,
             done: self.done,
             name: format!("{} -> {name}", self.name),
             parallelism: self.parallelism,
             input: self.input,
-            head: new,
+            head: Then { prev: self.head, op, _t: PhantomData },
+            _t: PhantomData,
         }
     }
 
+    /// Sets the parallelism of the vertex this stream is in (Flink's `setParallelism`):
+    /// every operator chained into it runs with `n` subtasks (at least 1). Its input
+    /// exchange adapts (a forward exchange needs equal parallelism on both sides; the job
+    /// fails to start otherwise).
+    pub fn parallelism(mut self, n: u32) -> Self {
+        self.parallelism = n.max(1);
+        self
+    }
+
     /// Applies `f` to every value (chained into the same vertex, no exchange).
-    pub fn map<U: 'static>(self, name: &str, f: impl Fn(T) -> U + Clone + Send + Sync + 'static) -> Stream<U> {
-        self.chain(name, move |out| Box::new(Map { f: f.clone(), out }))
+    pub fn map<U, F>(self, name: &str, f: F) -> Stream<U, Then<H, MapOp<F>, T>>
+    where
+        F: Fn(T) -> U + Clone + Send + Sync + 'static,
+    {
+        self.then(name, MapOp(f))
     }
 
     /// Emits zero or more values per value (chained).
-    pub fn flat_map<U: 'static>(
-        self,
-        name: &str,
-        f: impl Fn(T, &mut Emitter<'_, U>) + Clone + Send + Sync + 'static,
-    ) -> Stream<U> {
-        self.chain(name, move |out| Box::new(FlatMap { f: f.clone(), out }))
+    pub fn flat_map<U: 'static, F>(self, name: &str, f: F) -> Stream<U, Then<H, FlatMapOp<F>, T>>
+    where
+        F: Fn(T, &mut Emitter<'_, U>) + Clone + Send + Sync + 'static,
+    {
+        self.then(name, FlatMapOp(f))
     }
 
     /// Keeps the values for which `f` is true (chained).
-    pub fn filter(self, name: &str, f: impl Fn(&T) -> bool + Clone + Send + Sync + 'static) -> Stream<T> {
-        self.chain(name, move |out| Box::new(Filter { f: f.clone(), out }))
+    pub fn filter<F>(self, name: &str, f: F) -> Stream<T, Then<H, FilterOp<F>, T>>
+    where
+        F: Fn(&T) -> bool + Clone + Send + Sync + 'static,
+    {
+        self.then(name, FilterOp(f))
     }
 
-    /// Ends the job: `make` builds one sink collector per subtask (chained).
-    pub fn sink(
-        self,
-        name: &str,
-        make: impl Fn(&TaskInfo) -> Result<BoxCollector<T>> + Send + Sync + 'static,
-    ) -> JobGraph {
+    /// Ends the job: `make` builds one sink collector per subtask (chained). A sink may be
+    /// any collector type (called statically) or a [`BoxCollector`].
+    pub fn sink<C, M>(self, name: &str, make: M) -> JobGraph
+    where
+        C: Collector<T>,
+        M: Fn(&TaskInfo) -> Result<C> + Send + Sync + 'static,
+    {
         let head = self.head;
         let body: VertexBody = Arc::new(move |info, io| {
             let sink = make(info)?;
-            let run = head(info, sink)?;
-            run(io)
+            head.run(info, io, sink)
         });
         let mut vertices = self.done;
         vertices.push(JobVertex {
@@ -351,130 +502,188 @@ impl<T: 'static> Stream<T> {
     }
 }
 
-impl<T: Data> Stream<T> {
-    /// Ends this vertex with an exchange of `kind` into a new vertex of `parallelism`.
-    fn exchange(
+/// Two collectors fed the same values (a clone to the first, the value to the second): the
+/// sinks of [`Stream::sink_both`].
+pub struct Tee<A, B> {
+    a: A,
+    b: B,
+}
+
+impl<T: Clone, A: Collector<T>, B: Collector<T>> Collector<T> for Tee<A, B> {
+    #[inline]
+    fn collect(&mut self, v: T) -> Result<()> {
+        self.a.collect(v.clone())?;
+        self.b.collect(v)
+    }
+    fn finish(&mut self) -> Result<()> {
+        let a = self.a.finish();
+        let b = self.b.finish();
+        a.and(b)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.a.flush()?;
+        self.b.flush()
+    }
+}
+
+impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
+    /// Ends the job in two sinks that both receive every value (Flink's two sinks on one
+    /// stream, chained into the same task); `Tee`s nest for more. Each subtask builds
+    /// both sinks.
+    pub fn sink_both<CA, CB, MA, MB>(self, name: &str, make_a: MA, make_b: MB) -> JobGraph
+    where
+        CA: Collector<T>,
+        CB: Collector<T>,
+        MA: Fn(&TaskInfo) -> Result<CA> + Send + Sync + 'static,
+        MB: Fn(&TaskInfo) -> Result<CB> + Send + Sync + 'static,
+    {
+        self.sink(name, move |info| Ok(Tee { a: make_a(info)?, b: make_b(info)? }))
+    }
+}
+
+impl<T: Data, H: Chain<T>> Stream<T, H> {
+    /// Ends this vertex with an exchange of `kind` into a new vertex of `parallelism`;
+    /// `selector(i)` makes producer subtask `i`'s channel selector.
+    fn exchange<S, M>(
         self,
         kind: SelectorKind,
         parallelism: Option<u32>,
         partition_type: Option<ResultPartitionType>,
-        selector: Arc<dyn Fn(u32) -> Box<dyn ChannelSelector<T>> + Send + Sync>,
-    ) -> Stream<T> {
+        selector: M,
+    ) -> Stream<T, InputChain<T>>
+    where
+        S: ChannelSelector<T> + 'static,
+        M: Fn(u32) -> S + Send + Sync + 'static,
+    {
         let head = self.head;
         let body: VertexBody = Arc::new(move |info, io| {
-            let out = io.record_writer::<T>(selector(info.subtask))?;
-            let run = head(info, Box::new(out))?;
-            run(io)
+            let out = io.record_writer::<T, S>(selector(info.subtask))?;
+            head.run(info, io, out)
         });
         let mut done = self.done;
         done.push(JobVertex { name: self.name.clone(), parallelism: self.parallelism, input: self.input, body });
         let edge =
             EdgeSpec { partition_type: partition_type.unwrap_or(self.job.default_partition_type), selector: kind };
-        let new_head: Head<T> = Arc::new(|_info, mut out| {
-            Ok(Box::new(move |io: &mut TaskIo| {
-                io.for_each_input::<T>(&mut |v| out.collect(v))?;
-                out.finish()
-            }) as Runner)
-        });
         let parallelism = parallelism.unwrap_or(self.parallelism).max(1);
-        Stream { job: self.job, done, name: format!("{kind:?}"), parallelism, input: Some(edge), head: new_head }
+        Stream {
+            job: self.job,
+            done,
+            name: format!("{kind:?}"),
+            parallelism,
+            input: Some(edge),
+            head: InputChain(PhantomData),
+            _t: PhantomData,
+        }
     }
 
     /// Round-robin to a new vertex of `parallelism` (Flink's rebalance()).
-    pub fn rebalance(self, parallelism: Option<u32>) -> Stream<T> {
-        self.exchange(
-            SelectorKind::Rebalance,
-            parallelism,
-            None,
-            Arc::new(|i| Box::new(RebalancePartitioner::new(u64::from(i)))),
-        )
+    pub fn rebalance(self, parallelism: Option<u32>) -> Stream<T, InputChain<T>> {
+        self.exchange(SelectorKind::Rebalance, parallelism, None, |i| RebalancePartitioner::new(u64::from(i)))
     }
 
     /// Round-robin to a local subset of the next vertex (rescale()).
-    pub fn rescale(self, parallelism: Option<u32>) -> Stream<T> {
-        self.exchange(SelectorKind::Rescale, parallelism, None, Arc::new(|_| Box::<RescalePartitioner>::default()))
+    pub fn rescale(self, parallelism: Option<u32>) -> Stream<T, InputChain<T>> {
+        self.exchange(SelectorKind::Rescale, parallelism, None, |_| RescalePartitioner::default())
     }
 
     /// Every value to every subtask of the next vertex (broadcast()).
-    pub fn broadcast(self, parallelism: Option<u32>) -> Stream<T> {
-        self.exchange(SelectorKind::Broadcast, parallelism, None, Arc::new(|_| Box::new(BroadcastPartitioner)))
+    pub fn broadcast(self, parallelism: Option<u32>) -> Stream<T, InputChain<T>> {
+        self.exchange(SelectorKind::Broadcast, parallelism, None, |_| BroadcastPartitioner)
     }
 
     /// One-to-one to a new vertex of the same parallelism (forward()).
-    pub fn forward(self) -> Stream<T> {
-        self.exchange(SelectorKind::Forward, None, None, Arc::new(|_| Box::new(ForwardPartitioner)))
+    pub fn forward(self) -> Stream<T, InputChain<T>> {
+        self.exchange(SelectorKind::Forward, None, None, |_| ForwardPartitioner)
     }
 
     /// Everything to subtask 0 of a new vertex (global()).
-    pub fn global(self) -> Stream<T> {
-        self.exchange(SelectorKind::Global, Some(1), None, Arc::new(|_| Box::new(GlobalPartitioner)))
+    pub fn global(self) -> Stream<T, InputChain<T>> {
+        self.exchange(SelectorKind::Global, Some(1), None, |_| GlobalPartitioner)
     }
 
-    /// An exchange with an explicit partition type and selector kind (key-hash needs
-    /// [`key_by`](Self::key_by)).
+    /// An exchange with an explicit partition type and selector kind.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] for [`SelectorKind::KeyHash`]: a key-hash exchange needs
+    /// the key, so it is made by [`key_by`](Self::key_by) (then
+    /// [`KeyedStream::partition_type`] for the partition type).
     pub fn exchange_with(
         self,
         kind: SelectorKind,
         partition_type: ResultPartitionType,
         parallelism: Option<u32>,
-    ) -> Stream<T> {
-        let sel: Arc<dyn Fn(u32) -> Box<dyn ChannelSelector<T>> + Send + Sync> = match kind {
-            SelectorKind::Rebalance | SelectorKind::KeyHash => {
-                Arc::new(|i| Box::new(RebalancePartitioner::new(u64::from(i))))
+    ) -> Result<Stream<T, InputChain<T>>> {
+        let sel: fn(u32) -> Box<dyn ChannelSelector<T>> = match kind {
+            SelectorKind::KeyHash => {
+                return Err(crate::Error::Invalid {
+                    what: "exchange_with",
+                    detail: "a key-hash exchange needs a key: use key_by(..) instead".into(),
+                })
             }
-            SelectorKind::Rescale => Arc::new(|_| Box::<RescalePartitioner>::default()),
-            SelectorKind::Broadcast => Arc::new(|_| Box::new(BroadcastPartitioner)),
-            SelectorKind::Forward => Arc::new(|_| Box::new(ForwardPartitioner)),
-            SelectorKind::Global => Arc::new(|_| Box::new(GlobalPartitioner)),
+            SelectorKind::Rebalance => |i| Box::new(RebalancePartitioner::new(u64::from(i))),
+            SelectorKind::Rescale => |_| Box::<RescalePartitioner>::default(),
+            SelectorKind::Broadcast => |_| Box::new(BroadcastPartitioner),
+            SelectorKind::Forward => |_| Box::new(ForwardPartitioner),
+            SelectorKind::Global => |_| Box::new(GlobalPartitioner),
         };
-        let kind = if kind == SelectorKind::KeyHash { SelectorKind::Rebalance } else { kind };
-        self.exchange(kind, parallelism, Some(partition_type), sel)
+        Ok(self.exchange(kind, parallelism, Some(partition_type), sel))
     }
 
     /// Partitions by key into a new vertex (keyBy()): every value of one key reaches the
     /// same subtask, chosen by Flink's key-group assignment (max parallelism 128). `key`
     /// borrows the key from the value, so routing and keyed state look keys up without
     /// copying them.
-    pub fn key_by<K>(self, key: impl for<'a> Fn(&'a T) -> &'a K + Clone + Send + Sync + 'static) -> KeyedStream<T, K>
+    pub fn key_by<K, KF>(self, key: KF) -> KeyedStream<T, K, KF>
     where
         K: ?Sized + JavaHash + Hash + Eq + ToOwned + 'static,
         K::Owned: Hash + Eq + Send + 'static,
+        KF: for<'a> Fn(&'a T) -> &'a K + Clone + Send + Sync + 'static,
     {
         let k2 = key.clone();
-        let sel: Arc<dyn Fn(u32) -> Box<dyn ChannelSelector<T>> + Send + Sync> = Arc::new(move |_| {
+        let stream = self.exchange(SelectorKind::KeyHash, None, None, move |_| {
             let k = k2.clone();
-            Box::new(
-                KeyGroupPartitioner::new(move |t: &T| k(t).java_hash(), DEFAULT_MAX_PARALLELISM)
-                    .expect("128 is a valid max parallelism"),
-            )
+            KeyGroupPartitioner::new(move |t: &T| k(t).java_hash(), DEFAULT_MAX_PARALLELISM)
+                .expect("128 is a valid max parallelism")
         });
-        let stream = self.exchange(SelectorKind::KeyHash, None, None, sel);
-        KeyedStream { stream, key: Arc::new(key) }
+        KeyedStream { stream, key, _k: PhantomData }
     }
 }
 
-type KeyFn<T, K> = Arc<dyn for<'a> Fn(&'a T) -> &'a K + Send + Sync>;
+/// The chain of a keyed operator `O` right after a keyed exchange of `T`s.
+pub type Keyed<T, O> = Then<InputChain<T>, O, T>;
 
-/// A stream partitioned by key `K`.
-pub struct KeyedStream<T, K: ?Sized> {
-    stream: Stream<T>,
-    key: KeyFn<T, K>,
+/// A stream partitioned by key `K` (borrowed from each value by `KF`).
+pub struct KeyedStream<T, K: ?Sized, KF> {
+    stream: Stream<T, InputChain<T>>,
+    key: KF,
+    _k: PhantomData<fn() -> Box<K>>,
 }
 
-struct Reduce<T, K: ?Sized, F> {
-    key: KeyFn<T, K>,
+/// The operator of [`KeyedStream::reduce`].
+pub struct ReduceOp<KF, F, K: ?Sized> {
+    key: KF,
+    f: F,
+    _k: PhantomData<fn() -> Box<K>>,
+}
+
+/// A running keyed reduce.
+pub struct Reduce<T, KF, F, C> {
+    key: KF,
     f: F,
     /// Each key's accumulated value, stored once: the key is borrowed from the value.
     state: hashbrown::HashTable<T>,
     hasher: foldhash::fast::RandomState,
-    out: BoxCollector<T>,
+    out: C,
 }
 
-impl<T, K, F> Collector<T> for Reduce<T, K, F>
+impl<T, K, KF, F, C> Collector<T> for Reduce<T, KF, F, C>
 where
     K: ?Sized + Hash + Eq,
+    KF: for<'a> Fn(&'a T) -> &'a K,
     F: FnMut(&mut T, T),
+    C: Collector<T>,
 {
+    #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
         use std::hash::BuildHasher;
         let key = &self.key;
@@ -499,21 +708,52 @@ where
     }
 }
 
-struct CountWindow<T, K: ?Sized + ToOwned, F> {
-    key: KeyFn<T, K>,
+impl<T, K, KF, F> Operator<T, T> for ReduceOp<KF, F, K>
+where
+    T: 'static,
+    K: ?Sized + Hash + Eq + 'static,
+    KF: for<'a> Fn(&'a T) -> &'a K + Clone + Send + Sync + 'static,
+    F: Fn(&mut T, T) + Clone + Send + Sync + 'static,
+{
+    type With<C: Collector<T>> = Reduce<T, KF, F, C>;
+    fn with<C: Collector<T>>(&self, out: C) -> Reduce<T, KF, F, C> {
+        Reduce {
+            key: self.key.clone(),
+            f: self.f.clone(),
+            state: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            out,
+        }
+    }
+}
+
+/// The operator of [`KeyedStream::count_window`].
+pub struct CountWindowOp<KF, F, K: ?Sized> {
+    key: KF,
+    size: u64,
+    slide: u64,
+    f: F,
+    _k: PhantomData<fn() -> Box<K>>,
+}
+
+/// A running count window.
+pub struct CountWindow<T, K: ?Sized + ToOwned, KF, F, C> {
+    key: KF,
     size: u64,
     slide: u64,
     f: F,
     /// Per key: the last `size` values and how many arrived since the last firing.
     state: HashMap<K::Owned, (std::collections::VecDeque<T>, u64)>,
-    out: BoxCollector<T>,
+    out: C,
 }
 
-impl<T, K, F> Collector<T> for CountWindow<T, K, F>
+impl<T, K, KF, F, C> Collector<T> for CountWindow<T, K, KF, F, C>
 where
     K: ?Sized + Hash + Eq + ToOwned,
     K::Owned: Hash + Eq,
+    KF: for<'a> Fn(&'a T) -> &'a K,
     F: FnMut(&[T]) -> T,
+    C: Collector<T>,
 {
     fn collect(&mut self, v: T) -> Result<()> {
         if !self.state.contains_key((self.key)(&v)) {
@@ -544,28 +784,61 @@ where
     }
 }
 
-impl<T: Data, K> KeyedStream<T, K>
+impl<T, K, KF, F> Operator<T, T> for CountWindowOp<KF, F, K>
+where
+    T: 'static,
+    K: ?Sized + Hash + Eq + ToOwned + 'static,
+    K::Owned: Hash + Eq + Send + 'static,
+    KF: for<'a> Fn(&'a T) -> &'a K + Clone + Send + Sync + 'static,
+    F: Fn(&[T]) -> T + Clone + Send + Sync + 'static,
+{
+    type With<C: Collector<T>> = CountWindow<T, K, KF, F, C>;
+    fn with<C: Collector<T>>(&self, out: C) -> CountWindow<T, K, KF, F, C> {
+        CountWindow {
+            key: self.key.clone(),
+            size: self.size,
+            slide: self.slide,
+            f: self.f.clone(),
+            state: HashMap::default(),
+            out,
+        }
+    }
+}
+
+impl<T: Data, K, KF> KeyedStream<T, K, KF>
 where
     K: ?Sized + Hash + Eq + ToOwned + 'static,
     K::Owned: Hash + Eq + Send + 'static,
+    KF: for<'a> Fn(&'a T) -> &'a K + Clone + Send + Sync + 'static,
 {
     /// Combines all values of a key with `f` and emits one value per key when the input
     /// ends (a keyed reduce in Flink's batch execution mode).
-    pub fn reduce(self, name: &str, f: impl Fn(&mut T, T) + Clone + Send + Sync + 'static) -> Stream<T> {
-        let key = self.key.clone();
-        self.stream.chain(name, move |out| {
-            Box::new(Reduce {
-                key: key.clone(),
-                f: f.clone(),
-                state: hashbrown::HashTable::new(),
-                hasher: foldhash::fast::RandomState::default(),
-                out,
-            })
-        })
+    pub fn reduce<F>(self, name: &str, f: F) -> Stream<T, Keyed<T, ReduceOp<KF, F, K>>>
+    where
+        F: Fn(&mut T, T) + Clone + Send + Sync + 'static,
+    {
+        self.stream.then(name, ReduceOp { key: self.key, f, _k: PhantomData })
     }
 
-    /// Passes values on unchanged: a keyed exchange with no keyed operator after it.
-    pub fn reduce_passthrough(self) -> Stream<T> {
+    /// Sets the parallelism of the keyed vertex (the consumers of the key-hash exchange), as
+    /// Flink's `keyBy(..)...setParallelism(n)` does.
+    pub fn parallelism(mut self, n: u32) -> Self {
+        self.stream = self.stream.parallelism(n);
+        self
+    }
+
+    /// Sets the partition type of the key-hash exchange (default: the job's).
+    pub fn partition_type(mut self, t: ResultPartitionType) -> Self {
+        if let Some(e) = self.stream.input.as_mut() {
+            e.partition_type = t;
+        }
+        self
+    }
+
+    /// The keyed stream as a plain stream: the values of each key arrive at one subtask, in
+    /// order per producer, with no keyed operator applied (Flink's `keyBy(..)` followed
+    /// directly by a sink or a stateless operator).
+    pub fn into_stream(self) -> Stream<T, InputChain<T>> {
         self.stream
     }
 
@@ -574,17 +847,17 @@ where
     ///
     /// # Panics
     /// If `size` or `slide` is 0.
-    pub fn count_window(
+    pub fn count_window<F>(
         self,
         name: &str,
         size: u64,
         slide: u64,
-        f: impl Fn(&[T]) -> T + Clone + Send + Sync + 'static,
-    ) -> Stream<T> {
+        f: F,
+    ) -> Stream<T, Keyed<T, CountWindowOp<KF, F, K>>>
+    where
+        F: Fn(&[T]) -> T + Clone + Send + Sync + 'static,
+    {
         assert!(size > 0 && slide > 0, "count windows need size and slide above 0");
-        let key = self.key.clone();
-        self.stream.chain(name, move |out| {
-            Box::new(CountWindow { key: key.clone(), size, slide, f: f.clone(), state: HashMap::default(), out })
-        })
+        self.stream.then(name, CountWindowOp { key: self.key, size, slide, f, _k: PhantomData })
     }
 }

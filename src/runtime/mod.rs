@@ -9,10 +9,12 @@
 //!  worker: attaches to the arena, runs each deployed subtask on a thread
 //! ```
 
+pub mod accumulators;
 pub mod builtin;
 mod coordinator;
 mod execution;
 mod job;
+mod progress;
 mod protocol;
 mod worker;
 
@@ -21,21 +23,30 @@ pub use execution::{
     partition_id, ExchangeOut, ExecutionGraph, InputSpecs, OutputSpec, SubtaskSpec, TaskEvent, TaskIo, TaskSettings,
 };
 pub use job::{
-    BoxCollector, Collector, Data, EdgeSpec, Emitter, JavaHash, JobBuilder, JobGraph, JobVertex, KeyedStream, Stream,
-    TaskInfo, VertexBody,
+    BoxCollector, Chain, Collector, CountWindow, CountWindowOp, Data, EdgeSpec, Emitter, FilterOp, FlatMapOp, FnSource,
+    InputChain, JavaHash, JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp,
+    Source, SourceChain, SourceContext, Stream, TaskInfo, Tee, Then, VertexBody,
 };
-pub use worker::{is_worker, run_worker};
+pub use progress::ProgressTotal;
+pub use worker::{check_coordinator, is_worker, run_worker};
 
 /// Runs `job` the way a job binary should: as a worker when started by a coordinator,
 /// else as the coordinator that starts the workers (which re-run this same binary with the
 /// same arguments, so they build the same job).
 ///
+/// In a worker it returns `Ok(None)` when its tasks ended, or were cancelled by the
+/// coordinator after a failure (the coordinator reports the job's error, so a `main` that
+/// prints the error prints it once); it returns an error only for what the coordinator
+/// cannot report itself, such as its own death.
+///
 /// # Errors
-/// The job's first failure.
+/// The job's first failure (the cause, not what it caused downstream).
 pub fn run(job: JobGraph, config: &RuntimeConfig) -> crate::Result<Option<JobSummary>> {
     if is_worker() {
-        run_worker(&job, config)?;
-        Ok(None)
+        match run_worker(&job, config) {
+            Ok(()) | Err(crate::Error::Cancelled) => Ok(None),
+            Err(e) => Err(e),
+        }
     } else {
         run_job(&job, config).map(Some)
     }

@@ -48,6 +48,9 @@ pub enum FromWorker {
         vertex: usize,
         /// Subtask.
         subtask: u32,
+        /// Its accumulators.
+        #[serde(default)]
+        accumulators: super::accumulators::Accumulators,
     },
     /// A subtask failed.
     TaskFailed {
@@ -57,6 +60,11 @@ pub enum FromWorker {
         subtask: u32,
         /// Why.
         error: String,
+        /// Whether the error is a consequence of a failure elsewhere (cancelled, consumer
+        /// gone, producer failed) rather than a cause: the coordinator reports a cause
+        /// first.
+        #[serde(default)]
+        symptom: bool,
     },
     /// The worker is alive: sent every heartbeat interval by a thread of its own, so a
     /// busy worker still sends it and a stopped or hung one does not.
@@ -154,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_message_over_the_limit_is_refused_before_anything_is_written() {
-        let msg = FromWorker::TaskFailed { vertex: 0, subtask: 0, error: "e".repeat(MAX_MESSAGE) };
+        let msg = FromWorker::TaskFailed { vertex: 0, subtask: 0, error: "e".repeat(MAX_MESSAGE), symptom: false };
         let mut out = Vec::new();
         let e = send(&mut out, &msg).unwrap_err();
         assert!(e.to_string().contains("control message exceeds 16 MiB"), "{e}");

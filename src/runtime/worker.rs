@@ -43,9 +43,65 @@ fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
     None
 }
 
-/// Whether this process was started as a worker by a coordinator.
+/// Whether this process was started as a worker by a coordinator: `SHMFLOW_CONTROL_FD` names
+/// an open Unix socket whose other end belongs to this process's parent (the coordinator
+/// that created the pair and started us). A variable inherited further down (a command a
+/// task runs, a shell that exported it) names no such socket, and that process is no
+/// worker. A socket made by a process that is gone counts as a coordinator's that died (the
+/// worker then says so instead of running the job as a coordinator of its own). Decided
+/// once per process.
 pub fn is_worker() -> bool {
-    std::env::var_os(CONTROL_FD_ENV).is_some()
+    static IS_WORKER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS_WORKER.get_or_init(|| {
+        let Some(peer) = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()).and_then(socket_peer)
+        else {
+            return false;
+        };
+        // Our parent made the socket: its worker. Or the one who made it is gone already
+        // (a worker whose coordinator died while it started): still a worker, which then
+        // says the coordinator died, rather than running the job again as a coordinator.
+        // SAFETY: getppid has no preconditions and cannot fail.
+        peer == unsafe { libc::getppid() } || !process_lives(peer)
+    })
+}
+
+/// The pid of the process that made the Unix socket `fd` (its peer), if `fd` is one.
+fn socket_peer(fd: i32) -> Option<libc::pid_t> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred; on a
+    // descriptor that is not an open socket it fails and writes nothing.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
+/// In a worker: [`Error::CoordinatorDied`] if the coordinator that started it is gone
+/// already (a worker checks before it does anything else; later it notices its control
+/// socket closing).
+///
+/// # Errors
+/// [`Error::CoordinatorDied`].
+pub fn check_coordinator() -> Result<()> {
+    let peer = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()).and_then(socket_peer);
+    match peer {
+        Some(p) if !process_lives(p) => Err(Error::CoordinatorDied { pid: p as u32 }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn process_lives(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 sends nothing: kill only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    // "pid (comm) S ...": the state follows the last ')'.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_none_or(|state| state != 'Z' && state != 'X')
 }
 
 fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -58,14 +114,18 @@ fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// A missing or bad control fd or arena, or a broken control socket. Task failures are
 /// reported to the coordinator, and make this return an error too.
 pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
-    let raw: i32 = std::env::var(CONTROL_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV} is not an fd number") })?;
+    let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| Error::Invalid {
+        what: "worker start",
+        detail: format!("{CONTROL_FD_ENV} is not an fd number"),
+    })?;
     // SAFETY: fcntl(F_GETFD) on any integer is harmless; it fails for a closed fd.
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
         return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
     }
+    check_coordinator()?;
+    // Not inherited by the commands tasks run (they are no workers).
+    // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the fd is open and was passed to this process to own.
     let sock = unsafe { UnixStream::from_raw_fd(raw) };
     let mut reader = BufReader::new(sock.try_clone().map_err(io_err("cloning the control socket"))?);
@@ -93,9 +153,13 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
             })
             .map_err(io_err("starting the heartbeat thread"))?;
     }
+    // The coordinator: this process's parent (its pid is gone from getppid once it dies).
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let coordinator = unsafe { libc::getppid() } as u32;
     let (worker, subtasks) = match recv::<ToWorker>(&mut reader).map_err(io_err("reading the deployment"))? {
         Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
-        Some(ToWorker::Cancel) | None => return Err(Error::Cancelled),
+        Some(ToWorker::Cancel) => return Err(Error::Cancelled),
+        None => return Err(Error::CoordinatorDied { pid: coordinator }),
     };
     // A bad deployment is refused as a whole, before any task starts.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
@@ -105,25 +169,36 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 vertex: spec.vertex,
                 subtask: spec.subtask,
                 error: format!("bad deployment: {why}"),
+                symptom: false,
             },
         );
         return Err(Error::Invalid { what: "deployment", detail: why });
     }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
     let cancel = Arc::new(AtomicBool::new(false));
-    // The coordinator's messages: a Cancel, or the socket closing (it died), stop us.
+    // Why the coordinator stopped us, once it did: a Cancel (the job failed elsewhere or was
+    // interrupted, and the coordinator reports it) or the socket closing (it died).
+    let stopped: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     {
-        let cancel = cancel.clone();
+        let (cancel, stopped) = (cancel.clone(), stopped.clone());
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                while let Ok(Some(ToWorker::Deploy { .. })) = recv::<ToWorker>(&mut reader) {}
+                let why = loop {
+                    match recv::<ToWorker>(&mut reader) {
+                        Ok(Some(ToWorker::Deploy { .. })) => {}
+                        Ok(Some(ToWorker::Cancel)) => break Error::Cancelled,
+                        Ok(None) | Err(_) => break Error::CoordinatorDied { pid: coordinator },
+                    }
+                };
+                *stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
                 // Relaxed: a stop request, polled by every task.
                 cancel.store(true, Ordering::Relaxed);
             })
             .map_err(io_err("starting the control thread"))?;
     }
     let settings = config.task_settings();
+    install_panic_hook();
     let mut handles = Vec::new();
     let mut first_err = None;
     for spec in subtasks {
@@ -154,40 +229,31 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                         );
                     }
                 });
-                let r = match forward {
-                    Err(e) => Err(Error::Io { op: "starting a task's event thread".into(), source: e }),
+                let r: std::result::Result<(), TaskError> = match forward {
+                    Err(e) => Err(Error::Io { op: "starting a task's event thread".into(), source: e }.into()),
                     Ok(forward) => {
                         let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
                         let info = io.info(&job);
                         let body = job.vertices[vertex].body.clone();
+                        let _ = super::accumulators::take();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
-                        let r = match r {
-                            Ok(r) => r,
-                            Err(p) => Err(Error::Invalid {
-                                what: "task",
-                                detail: format!(
-                                    "panicked: {}",
-                                    p.downcast_ref::<String>()
-                                        .map(String::as_str)
-                                        .or(p.downcast_ref::<&str>().copied())
-                                        .unwrap_or("?")
-                                ),
-                            }),
-                        };
                         drop(io);
                         let _ = forward.join();
-                        r
+                        match r {
+                            Ok(r) => r.map_err(TaskError::from),
+                            Err(p) => Err(TaskError::panicked(p.as_ref())),
+                        }
                     }
                 };
                 if let Some(m) = &metrics {
                     m.end(r.is_err());
                 }
                 let msg = match &r {
-                    Ok(()) => FromWorker::TaskFinished { vertex, subtask },
+                    Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators: super::accumulators::take() },
                     Err(e) => {
                         // Relaxed: a stop request for the other tasks of this worker.
                         cancel.store(true, Ordering::Relaxed);
-                        FromWorker::TaskFailed { vertex, subtask, error: e.to_string() }
+                        FromWorker::TaskFailed { vertex, subtask, error: e.message.clone(), symptom: e.symptom }
                     }
                 };
                 let _ = send(&mut *writer.lock().expect("control socket"), &msg);
@@ -201,26 +267,99 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                 cancel.store(true, Ordering::Relaxed);
                 let _ = send(
                     &mut *writer.lock().expect("control socket"),
-                    &FromWorker::TaskFailed { vertex, subtask, error: e.to_string() },
+                    &FromWorker::TaskFailed { vertex, subtask, error: e.to_string(), symptom: false },
                 );
                 first_err = Some(e);
                 break;
             }
         }
     }
+    // Task failures were reported to the coordinator, which reports the job's error: the
+    // worker itself ends quietly (run() returns Ok(None) after a Cancel), so a job
+    // binary's `main` prints one error (the coordinator's), not one per worker.
+    let mut failed = false;
     for h in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(_) => {
-                first_err.get_or_insert(Error::Invalid { what: "task", detail: "task thread panicked".into() });
-            }
+        failed |= !matches!(h.join(), Ok(Ok(())));
+    }
+    if first_err.is_none() && !failed {
+        return Ok(());
+    }
+    // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
+    // consequence; the coordinator's Cancel (quiet: it reports) or its death (said by
+    // every worker, as nobody else can) is the cause. A task may see the consequence (its
+    // consumer in another worker stopped) before the Cancel arrives: the coordinator's
+    // verdict is awaited a moment (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            return Err(why);
         }
+        if std::time::Instant::now() >= deadline {
+            // No verdict: the failures were reported, the coordinator says the rest.
+            return first_err.map_or(Ok(()), Err);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    match first_err {
-        None => Ok(()),
-        Some(e) => Err(e),
+}
+
+/// Why a task failed, as the coordinator is told.
+#[derive(Debug)]
+struct TaskError {
+    message: String,
+    /// A consequence of a failure elsewhere (see [`is_symptom`]).
+    symptom: bool,
+}
+
+impl From<Error> for TaskError {
+    fn from(e: Error) -> Self {
+        TaskError { symptom: is_symptom(&e), message: e.to_string() }
     }
+}
+
+impl TaskError {
+    /// A panic of the task's code: its message and where it happened (recorded by the
+    /// panic hook [`install_panic_hook`] sets).
+    fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("(a panic payload that is not a string)");
+        let at = PANIC_LOCATION.with(|l| l.borrow_mut().take());
+        let message = match at {
+            Some(at) => format!("panicked at {at}: {msg}"),
+            None => format!("panicked: {msg}"),
+        };
+        TaskError { message, symptom: false }
+    }
+}
+
+/// Whether `e` is a consequence of a failure elsewhere in the job rather than a cause: a
+/// cancellation, a consumer that went away or a producer that failed.
+pub(crate) fn is_symptom(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Cancelled | Error::ConsumerGone { .. } | Error::ProducerFailed { .. } | Error::PartitionFailed(_)
+    )
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (`file:line:column`).
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records each panic's location for [`TaskError::panicked`], then runs the hook that was
+/// installed before (which prints it to stderr as usual). Installed once per process.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(l) = info.location() {
+                let at = format!("{}:{}:{}", l.file(), l.line(), l.column());
+                PANIC_LOCATION.with(|p| *p.borrow_mut() = Some(at));
+            }
+            previous(info);
+        }));
+    });
 }

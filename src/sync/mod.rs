@@ -19,7 +19,7 @@ mod wait;
 
 pub use event_count::{EventCount, WaitToken};
 pub use futex::{FutexWaitResult, FutexWord};
-pub use signal::{install_stop_handler, stop_signal};
+pub use signal::{guard_read_only_mapping, install_stop_handler, mapping_truncated, stop_signal};
 pub use wait::{WaitOutcome, WaitPolicy, Waiter};
 
 #[cfg(not(loom))]

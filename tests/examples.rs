@@ -1,0 +1,75 @@
+//! The examples a user copies keep working: each runs as a program (with a small record
+//! count) and must report totals that match. `cargo test --all-targets` (tools/test) builds
+//! the examples before any test runs; these tests run the binaries it built.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{collect_stderr, serial, KillOnDrop};
+
+/// The binary of example `name` of this build (`target/<profile>/examples/<name>`).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").join("examples");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --all-targets` (as tools/test does) or \
+         `cargo build --example {name}` first",
+        path.display()
+    );
+    path
+}
+
+/// Runs example `name` with `args`, bounded; returns its stdout, panics with its output if
+/// it fails.
+fn run_example(name: &str, args: &[&str]) -> String {
+    let _serial = serial();
+    let mut child = KillOnDrop(
+        std::process::Command::new(example(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the example"),
+    );
+    let stdout = collect_stderr(child.stdout.take().expect("piped stdout"));
+    let stderr = collect_stderr(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for the example") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "example {name} still runs after 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (out, err) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    assert!(status.success(), "example {name} {args:?} failed ({status}):\n{out}\n{err}");
+    out
+}
+
+#[test]
+fn keyed_numbers_moves_every_record_to_the_consumer_of_its_key() {
+    let out = run_example("keyed_numbers", &["300000"]);
+    assert!(out.contains("300000 records through the network stack"), "{out}");
+    assert!(out.contains("totals match"), "{out}");
+    // Both consumers got a share: the keys are spread by Flink's key groups.
+    for i in 0..2 {
+        let n: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("consumer {i}: "))?.strip_suffix(" records")?.parse().ok())
+            .unwrap_or_else(|| panic!("no count from consumer {i} in:\n{out}"));
+        assert!(n > 0, "consumer {i} got nothing:\n{out}");
+    }
+}
+
+#[test]
+fn keyed_numbers_job_sums_every_key_exactly() {
+    let out = run_example("keyed_numbers_job", &["300000"]);
+    assert!(out.contains("300000 records through the runtime"), "{out}");
+    assert!(out.contains("every key's sum matches"), "{out}");
+}

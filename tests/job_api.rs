@@ -1,0 +1,117 @@
+//! The job API across worker processes: parallelism per operator, accumulators back in the
+//! job summary, `exchange_with` refusing a key-hash exchange it cannot route.
+//!
+//! The jobs run across worker processes that re-run this test binary on the test that
+//! started them (`--exact NAME`): in a worker, `run` runs the deployed tasks and the test
+//! returns.
+
+use shmflow::partition::{ResultPartitionType, SelectorKind};
+use shmflow::runtime::accumulators::{self, Accumulator};
+use shmflow::runtime::{is_worker, run, Collector, JobBuilder, JobGraph, JobSummary, RuntimeConfig, TaskInfo};
+
+fn run_as(test: &str, job: JobGraph) -> shmflow::Result<Option<JobSummary>> {
+    let config = RuntimeConfig {
+        workers: 2,
+        worker_args: Some(["--exact", test, "--nocapture", "--test-threads=1"].map(Into::into).to_vec()),
+        ..RuntimeConfig::default()
+    };
+    run(job, &config)
+}
+
+/// Counts the (key, count) pairs it receives; reports its subtask once per key.
+struct KeyedSink {
+    subtask: u32,
+}
+
+impl Collector<(u64, u64)> for KeyedSink {
+    fn collect(&mut self, (k, c): (u64, u64)) -> shmflow::Result<()> {
+        accumulators::add("keys", 1);
+        accumulators::add("count", c as i64);
+        if k < 3 {
+            accumulators::collect("first keys at", format!("{k}@{}", self.subtask));
+        }
+        Ok(())
+    }
+}
+
+/// One generator subtask of 0..100000 (as (i % 100, 1)), key_by at parallelism 3, a sum per
+/// key, sinks at the keyed vertex's parallelism.
+fn keyed_job() -> JobGraph {
+    JobBuilder::new("per-operator", 2)
+        .source("numbers", |_: &TaskInfo, out: &mut dyn Collector<(u64, u64)>| {
+            for i in 0..100_000u64 {
+                out.collect((i % 100, 1))?;
+            }
+            accumulators::add("emitted", 100_000);
+            Ok(())
+        })
+        .parallelism(1)
+        .key_by(|t: &(u64, u64)| &t.0)
+        .parallelism(3)
+        .reduce("sum", |acc, v| acc.1 += v.1)
+        .sink("count", |info: &TaskInfo| Ok(KeyedSink { subtask: info.subtask }))
+}
+
+#[test]
+fn parallelism_per_operator_and_accumulators_come_back_in_the_summary() {
+    const NAME: &str = "parallelism_per_operator_and_accumulators_come_back_in_the_summary";
+    let job = keyed_job();
+    if is_worker() {
+        let _ = run_as(NAME, job);
+        return;
+    }
+    let p: Vec<u32> = job.vertices.iter().map(|v| v.parallelism).collect();
+    assert_eq!(p, [1, 3], "source at 1, the keyed vertex at 3");
+    let s = run_as(NAME, job).unwrap().expect("the coordinator's summary");
+    assert_eq!(s.subtasks, 4);
+    assert_eq!(s.accumulators["emitted"], Accumulator::Sum(100_000));
+    assert_eq!(s.accumulators["keys"], Accumulator::Sum(100));
+    assert_eq!(s.accumulators["count"], Accumulator::Sum(100_000));
+    let Accumulator::List(firsts) = &s.accumulators["first keys at"] else { panic!("a list: {:?}", s.accumulators) };
+    let mut keys: Vec<&str> = firsts.iter().map(|x| x.split('@').next().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, ["0", "1", "2"], "each key once, at one of the 3 sinks: {firsts:?}");
+    assert!(firsts.iter().all(|x| ["@0", "@1", "@2"].iter().any(|s| x.ends_with(s))), "{firsts:?}");
+}
+
+#[test]
+fn exchange_with_refuses_a_key_hash_exchange_it_cannot_route() {
+    let stream = JobBuilder::new("x", 2).source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()));
+    let e = stream.exchange_with(SelectorKind::KeyHash, ResultPartitionType::PipelinedBounded, None).err();
+    let e = e.expect("key hash through exchange_with is an error").to_string();
+    assert!(e.contains("key_by"), "{e}");
+    let stream = JobBuilder::new("x", 2).source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()));
+    assert!(stream.exchange_with(SelectorKind::Rebalance, ResultPartitionType::Blocking, Some(3)).is_ok());
+}
+
+/// Sums what it receives into accumulator `name`.
+struct SumInto(&'static str);
+
+impl Collector<u64> for SumInto {
+    fn collect(&mut self, v: u64) -> shmflow::Result<()> {
+        accumulators::add(self.0, v as i64);
+        Ok(())
+    }
+}
+
+#[test]
+fn two_sinks_on_one_stream_both_get_every_value() {
+    const NAME: &str = "two_sinks_on_one_stream_both_get_every_value";
+    let job = JobBuilder::new("two-sinks", 2)
+        .source("numbers", |info: &TaskInfo, out: &mut dyn Collector<u64>| {
+            for i in 0..1000u64 {
+                out.collect(i * 2 + u64::from(info.subtask))?;
+            }
+            Ok(())
+        })
+        .rebalance(None)
+        .sink_both("sum twice", |_: &TaskInfo| Ok(SumInto("a")), |_: &TaskInfo| Ok(SumInto("b")));
+    if is_worker() {
+        let _ = run_as(NAME, job);
+        return;
+    }
+    let s = run_as(NAME, job).unwrap().expect("the coordinator's summary");
+    let want = Accumulator::Sum((0..2000).sum());
+    assert_eq!(s.accumulators["a"], want);
+    assert_eq!(s.accumulators["b"], want);
+}

@@ -1,0 +1,547 @@
+//! The rough edges of the command line an operator meets (issue 15): stop signals, a
+//! coordinator killed by SIGKILL and what it leaves behind, a stale temp output. Every run
+//! gets a temp dir of its own (`TMPDIR`), so the job directories checked are its own.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{children_of, serial, shmflow, KillOnDrop, TempDir};
+
+/// Bound of every wait here.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A `shmflow` run whose stderr arrives line by line.
+struct Run {
+    child: KillOnDrop,
+    lines: Receiver<String>,
+    said: Vec<String>,
+}
+
+impl Run {
+    /// `shmflow args...` with `TMPDIR=tmp`.
+    fn start(tmp: &Path, args: &[&str]) -> Self {
+        let mut cmd = shmflow();
+        cmd.args(args).env("TMPDIR", tmp);
+        Self::spawn(cmd)
+    }
+
+    /// `cmd` with stdin and stdout null, stderr piped.
+    fn spawn(mut cmd: std::process::Command) -> Self {
+        let mut child = KillOnDrop(
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start shmflow"),
+        );
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines, said: Vec::new() }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line holding `text`.
+    fn wait_line(&mut self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.said.last().is_some_and(|l| l.contains(text)) {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => self.said.push(l),
+                Err(e) => panic!("no {text:?} line from shmflow ({e:?}); it said:\n{}", self.said.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) has no memory effects; the pid is our child's (not reaped yet).
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits (bounded) for the exit; returns it with every stderr line but the progress
+    /// lines. Stderr is read to its end, which comes when every process holding it (the
+    /// workers too) is gone.
+    fn finish(&mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait for shmflow") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "shmflow still runs after {PATIENCE:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(l) => self.said.push(l),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("shmflow's stderr stayed open: {:?}", self.said),
+            }
+        }
+        (status, self.said.iter().filter(|l| !l.contains("records/s in")).cloned().collect())
+    }
+}
+
+/// Everything under `dir` but `keep`, by name.
+fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A pid that no process has (a child that already exited and was reaped).
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().expect("spawn true");
+    let pid = c.id();
+    c.wait().expect("reap true");
+    pid
+}
+
+/// A wordcount that runs for minutes unless stopped (the text is generated as it is read).
+fn long_wordcount(tmp: &Path, out: &Path) -> Run {
+    Run::start(tmp, &["run", "wordcount", "--generated-mb", "100000", "--output", out.to_str().unwrap()])
+}
+
+#[test]
+fn sigint_sigterm_and_sighup_stop_a_running_job_with_one_line_and_status_128_plus_the_signal() {
+    let _serial = serial();
+    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
+        let tmp = TempDir::new(&format!("sig{sig}"));
+        let out = tmp.0.join("counts");
+        let mut run = long_wordcount(&tmp.0, &out);
+        // Progress: the workers run their tasks.
+        run.wait_line("records/s in");
+        let workers = children_of(run.pid());
+        assert_eq!(workers.len(), 2, "{name}: the coordinator's children: {workers:?}");
+        run.signal(sig);
+        let (status, said) = run.finish();
+        assert_eq!(status.code(), Some(128 + sig), "{name}: {status:?}, said {said:?}");
+        assert_eq!(said, ["shmflow: interrupted"], "{name}: one line, none from the workers");
+        assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new(), "{name}: no job dir, no temp output");
+        for w in workers {
+            assert!(!Path::new(&format!("/proc/{w}")).exists(), "{name}: worker {w} still exists");
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_at_a_terminal_which_signals_the_whole_process_group_says_one_line() {
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    let tmp = TempDir::new("sigpgrp");
+    let out = tmp.0.join("counts");
+    let mut cmd = shmflow();
+    // A process group of its own, as a shell gives a foreground job.
+    cmd.process_group(0)
+        .args(["run", "wordcount", "--generated-mb", "100000", "--output", out.to_str().unwrap()])
+        .env("TMPDIR", &tmp.0);
+    let mut run = Run::spawn(cmd);
+    run.wait_line("records/s in");
+    // SAFETY: kill(2) has no memory effects; the group is the coordinator's and its workers'.
+    unsafe {
+        libc::kill(-(run.pid() as libc::pid_t), libc::SIGINT);
+    }
+    let (status, said) = run.finish();
+    assert_eq!(status.code(), Some(130), "{status:?}, said {said:?}");
+    assert_eq!(said, ["shmflow: interrupted"]);
+    assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_while_the_output_is_merged_ends_the_run_and_leaves_nothing() {
+    let _serial = serial();
+    let tmp = TempDir::new("sigmerge");
+    // Distinct words make a long merge: the part files hold one line per word.
+    let input = tmp.0.join("words.txt");
+    let text: String = (0..500_000).map(|i| format!("w{i}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let out = tmp.0.join("counts");
+    let mut run = Run::start(
+        &tmp.0,
+        &["run", "wordcount", "--quiet", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()],
+    );
+    // The merge starts once the workers have exited: wait until they came and went.
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = false;
+    loop {
+        let now = children_of(run.pid());
+        if !now.is_empty() {
+            seen = true;
+        } else if seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workers did not come and go within {PATIENCE:?}");
+        assert!(run.child.try_wait().unwrap().is_none(), "the run ended before its merge was seen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    run.signal(libc::SIGINT);
+    let (status, said) = run.finish();
+    assert_eq!(status.code(), Some(130), "{status:?}, said {said:?}");
+    assert_eq!(said, ["shmflow: interrupted"]);
+    assert_eq!(leftovers(&tmp.0, &["words.txt"]), Vec::<String>::new(), "no output, temp output or job dir");
+}
+
+#[test]
+fn a_sigkilled_coordinators_workers_say_it_died_and_clean_removes_what_it_left() {
+    let _serial = serial();
+    let tmp = TempDir::new("sigkill");
+    let out = tmp.0.join("counts");
+    let mut run = long_wordcount(&tmp.0, &out);
+    run.wait_line("records/s in");
+    let pid = run.pid();
+    run.signal(libc::SIGKILL);
+    // Stderr ends when the orphaned workers have exited too.
+    let (status, said) = run.finish();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let died = format!("the coordinator (pid {pid}) died");
+    assert_eq!(said.iter().filter(|l| l.contains(&died)).count(), 2, "each worker says why it stops: {said:?}");
+    assert!(said.iter().all(|l| l.contains(&died)), "nothing else: {said:?}");
+    let temp_output = format!("counts.tmp-{pid}");
+    let left = leftovers(&tmp.0, &[]);
+    assert!(left.contains(&temp_output), "the killed run's temp output: {left:?}");
+    assert!(left.iter().any(|n| n.starts_with(&format!("shmflow-job-{pid}-"))), "its job dir: {left:?}");
+    // A temp output of a live process (this test) is kept.
+    let live = tmp.0.join(format!("counts.tmp-{}", std::process::id()));
+    std::fs::write(&live, "").unwrap();
+    let clean = shmflow().arg("clean").env("TMPDIR", &tmp.0).output().expect("run shmflow clean");
+    let text = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));
+    assert_eq!(leftovers(&tmp.0, &[]), [format!("counts.tmp-{}", std::process::id())], "clean said:\n{text}");
+}
+
+#[test]
+fn the_next_run_of_an_output_removes_a_stale_temp_file_and_keeps_a_live_ones() {
+    let _serial = serial();
+    let tmp = TempDir::new("staletmp");
+    let out: PathBuf = tmp.0.join("counts");
+    let stale = tmp.0.join(format!("counts.tmp-{}", dead_pid()));
+    let live = tmp.0.join(format!("counts.tmp-{}", std::process::id()));
+    let other = tmp.0.join(format!("other.tmp-{}", dead_pid()));
+    for f in [&stale, &live, &other] {
+        std::fs::write(f, "partial").unwrap();
+    }
+    let mut run =
+        Run::start(&tmp.0, &["run", "wordcount", "--quiet", "--generated-mb", "1", "--output", out.to_str().unwrap()]);
+    let (status, said) = run.finish();
+    assert!(status.success(), "{said:?}");
+    assert!(!stale.exists(), "the dead run's temp file is gone");
+    assert!(live.exists() && other.exists(), "a live pid's temp file and another output's stay");
+    assert!(out.exists());
+    assert!(said.iter().any(|l| l.contains("removed") && l.contains(&stale.display().to_string())), "{said:?}");
+}
+
+/// Waits (bounded) for `child` to exit.
+fn exit_of(child: &mut KillOnDrop, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} still runs after {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `shmflow args...` with stdout and stderr piped; its stdout arrives as lines.
+fn observer(args: &[&str]) -> (KillOnDrop, Receiver<String>, std::thread::JoinHandle<String>) {
+    let mut child = KillOnDrop(
+        shmflow().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let stderr = common::collect_stderr(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx, stderr)
+}
+
+#[test]
+fn top_and_check_refuse_a_fifo_or_directory_instead_of_hanging() {
+    let _serial = serial();
+    let tmp = TempDir::new("fifo");
+    let fifo = tmp.0.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    for (args, what) in [
+        (vec!["check", "--path"], "a FIFO"),
+        (vec!["top", "--once", "--path"], "a FIFO"),
+        (vec!["check", "--path"], "a directory"),
+    ] {
+        let target = if what == "a FIFO" { &fifo } else { &tmp.0 };
+        let (mut child, _, stderr) = observer(&[args.as_slice(), &[target.to_str().unwrap()]].concat());
+        let status = exit_of(&mut child, "shmflow on a FIFO");
+        let err = stderr.join().unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("is {what}, not an arena file")), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn top_survives_a_named_arena_truncated_under_it_with_an_error() {
+    use shmflow::memory::{Arena, ArenaConfig};
+    let _serial = serial();
+    let name = format!("shmflow-test-truncated-{}", std::process::id());
+    // Removed from /dev/shm when it drops.
+    let _arena = Arena::create_named(&name, &ArenaConfig::default()).expect("a named arena");
+    let (mut top, lines, stderr) = observer(&["top", "--json", "--interval-ms", "20", "--name", &name]);
+    lines.recv_timeout(PATIENCE).expect("a first view from top");
+    std::fs::OpenOptions::new().write(true).open(Path::new("/dev/shm").join(&name)).unwrap().set_len(0).unwrap();
+    let status = exit_of(&mut top, "top on a truncated arena");
+    let err = stderr.join().unwrap();
+    assert_eq!(status.signal(), None, "top was killed: {err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("was truncated under us"), "{err}");
+}
+
+#[test]
+fn top_on_a_job_exits_when_the_job_ends() {
+    let _serial = serial();
+    let tmp = TempDir::new("topend");
+    let mut run = long_wordcount(&tmp.0, &tmp.0.join("counts"));
+    run.wait_line("records/s in");
+    let pid = run.pid().to_string();
+    let (mut top, lines, stderr) = observer(&["top", "--json", "--interval-ms", "20", "--pid", &pid]);
+    lines.recv_timeout(PATIENCE).expect("a first view from top");
+    run.signal(libc::SIGINT);
+    let (status, _) = run.finish();
+    assert_eq!(status.code(), Some(130));
+    let status = exit_of(&mut top, "top --pid after its job ended");
+    let said: Vec<String> = lines.try_iter().collect();
+    assert!(status.success(), "{status:?}: {}", stderr.join().unwrap());
+    assert!(said.iter().any(|l| l.contains(&format!("the job of process {pid} ended"))), "{said:?}");
+}
+
+#[test]
+fn top_and_check_say_permission_denied_for_another_users_arena_or_job() {
+    use shmflow::memory::{Arena, ArenaConfig};
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    let name = format!("shmflow-test-foreign-{}", std::process::id());
+    let _named = Arena::create_named(&name, &ArenaConfig::default()).expect("a named arena");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let as_other = |args: &[&str]| {
+        let mut cmd = shmflow();
+        cmd.args(args);
+        if root {
+            // Another user: nobody.
+            cmd.uid(65534).gid(65534);
+        }
+        let out = cmd.output().expect("run shmflow");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    if !root {
+        // Not root: the owner is locked out by the mode instead.
+        use std::os::unix::fs::PermissionsExt;
+        let p = Path::new("/dev/shm").join(&name);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let (status, err) = as_other(&["check", "--name", &name]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("permission denied") && err.contains(&name), "{err}");
+    if root {
+        assert!(err.contains("belongs to uid 0"), "{err}");
+        // A job of another user picked by pid: this test process, holding a memfd arena.
+        let _memfd = Arena::create_memfd(&ArenaConfig::default(), "foreign").unwrap();
+        let (status, err) = as_other(&["top", "--once", "--pid", &std::process::id().to_string()]);
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("permission denied") && err.contains("belongs to uid 0"), "{err}");
+    }
+}
+
+/// `shmflow args...` with `envs`, in `TMPDIR=tmp`, to its end: (exit code, stdout, stderr).
+fn cli(tmp: &Path, envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let out = shmflow().args(args).envs(envs.iter().copied()).env("TMPDIR", tmp).output().expect("run shmflow");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SMALL_WORDCOUNT: [&str; 5] = ["run", "wordcount", "--quiet", "--generated-mb", "1"];
+
+#[test]
+fn an_input_the_kernel_sizes_as_empty_but_with_content_is_refused_not_counted_as_nothing() {
+    let _serial = serial();
+    let tmp = TempDir::new("procinput");
+    let (code, out, err) = cli(&tmp.0, &[], &["run", "wordcount", "--quiet", "--input", "/proc/version"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("reports a size of 0 bytes but has content"), "{err}");
+    // A file that really is empty still counts zero words.
+    let empty = tmp.0.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let (code, out, err) = cli(&tmp.0, &[], &["run", "wordcount", "--quiet", "--input", empty.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("0 distinct words, 0 words"), "{out}");
+}
+
+#[test]
+fn environment_variables_are_checked_with_the_ranges_of_their_flags() {
+    let _serial = serial();
+    let tmp = TempDir::new("envrange");
+    for (env, flag) in [(Some("50"), None), (None, Some("50")), (Some("3600001"), None), (None, Some("3600001"))] {
+        let mut args = SMALL_WORDCOUNT.to_vec();
+        if let Some(f) = flag {
+            args.extend(["--heartbeat-timeout-ms", f]);
+        }
+        let envs: Vec<(&str, &str)> = env.map(|v| ("SHMFLOW_HEARTBEAT_TIMEOUT_MS", v)).into_iter().collect();
+        let (code, _, err) = cli(&tmp.0, &envs, &args);
+        assert_eq!(code, Some(1), "env {env:?} flag {flag:?}: {err}");
+        assert!(err.contains("100..=3600000"), "env {env:?} flag {flag:?}: {err}");
+    }
+    // The top of the range is taken (the bottom, 100 ms, would fail a job on a loaded machine).
+    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_HEARTBEAT_TIMEOUT_MS", "3600000")], &SMALL_WORDCOUNT);
+    assert_eq!(code, Some(0), "the highest value of the range is taken: {err}");
+}
+
+#[test]
+fn a_missing_blocking_dir_is_an_error_and_not_created() {
+    let _serial = serial();
+    let tmp = TempDir::new("blockdir");
+    let missing = tmp.0.join("typo");
+    let mut args = SMALL_WORDCOUNT.to_vec();
+    args.extend(["--exchange", "blocking"]);
+    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_BLOCKING_DIR", missing.to_str().unwrap())], &args);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("SHMFLOW_BLOCKING_DIR") && err.contains("it is not created"), "{err}");
+    assert!(!missing.exists(), "the directory was created");
+    // An existing one is used.
+    std::fs::create_dir(&missing).unwrap();
+    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_BLOCKING_DIR", missing.to_str().unwrap())], &args);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn an_inherited_control_fd_variable_does_not_make_a_command_a_worker() {
+    let _serial = serial();
+    let tmp = TempDir::new("controlfd");
+    // fd 0 (stdin) and fd 2 (a pipe): open descriptors, but no coordinator's socket.
+    for fd in ["0", "2", "999"] {
+        let (code, out, err) = cli(&tmp.0, &[("SHMFLOW_CONTROL_FD", fd)], &SMALL_WORDCOUNT);
+        assert_eq!(code, Some(0), "SHMFLOW_CONTROL_FD={fd}: {err}");
+        assert!(out.contains("distinct words"), "SHMFLOW_CONTROL_FD={fd} ran as the coordinator: {out}");
+    }
+}
+
+#[test]
+fn the_arena_size_an_error_suggests_runs_the_job() {
+    let _serial = serial();
+    let tmp = TempDir::new("arenasize");
+    // 64 x 64 channels: their control regions alone take more than 8 MiB.
+    let job = ["run", "shuffle", "--quiet", "--records", "1000", "--parallelism", "64", "--segment-size", "4096"];
+    for small in ["16777216", "1048576"] {
+        let (code, _, err) = cli(&tmp.0, &[], &[&job[..], &["--arena-size", small]].concat());
+        assert_eq!(code, Some(1), "{err}");
+        let suggested = err
+            .split("use --arena-size ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no suggestion in {err}"))
+            .to_string();
+        let (code, out, err) = cli(&tmp.0, &[], &[&job[..], &["--arena-size", &suggested]].concat());
+        assert_eq!(code, Some(0), "--arena-size {suggested} (suggested for {small}): {err}");
+        assert!(out.contains("every record arrived intact"), "{out}");
+    }
+}
+
+#[test]
+fn demo_notices_a_dead_consumer_or_producer_and_names_it() {
+    let _serial = serial();
+    let tmp = TempDir::new("demopeer");
+    let demo = ["demo", "--records", "1000000000000", "--mode", "park"];
+    for kill_consumer in [true, false] {
+        let mut run = Run::start(&tmp.0, &demo);
+        // The consumer runs: the demo's one child.
+        let deadline = Instant::now() + PATIENCE;
+        let consumer = loop {
+            if let [c] = children_of(run.pid())[..] {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "the demo started no consumer");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let (victim, survivor, role) =
+            if kill_consumer { (consumer, run.pid(), "consumer") } else { (run.pid(), consumer, "producer") };
+        // SAFETY: kill(2) has no memory effects; the victim is our child or its child.
+        unsafe {
+            libc::kill(victim as libc::pid_t, libc::SIGKILL);
+        }
+        // Stderr ends once both are gone: the survivor noticed and said so.
+        let (_, said) = run.finish();
+        let expected = format!("the {role} (pid {victim}) died");
+        assert!(said.iter().any(|l| l.contains(&expected)), "no {expected:?} from pid {survivor}: {said:?}");
+    }
+}
+
+/// Set in the child that plays a coordinator which dies while its worker starts.
+const DYING_CREATOR: &str = "SHMFLOW_TEST_DYING_CREATOR";
+
+/// The child role: makes a control socket, starts `shmflow run wordcount` on it as a
+/// coordinator starts a worker (through a shell that waits a moment first, so that this
+/// process is gone before the worker looks), and exits at once.
+#[test]
+fn dying_creator_entry() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(DYING_CREATOR).is_none() {
+        return;
+    }
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "sleep 0.3; exec \"$0\" run wordcount --quiet --generated-mb 1", env!("CARGO_BIN_EXE_shmflow")])
+        .env("SHMFLOW_CONTROL_FD", fd.to_string())
+        .env_remove(DYING_CREATOR);
+    // SAFETY: only fcntl (async-signal-safe) on an fd open in the parent, hence the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap();
+    drop((mine, theirs));
+    println!("SHMFLOW_CREATOR {}", std::process::id());
+    std::process::exit(0);
+}
+
+#[test]
+fn a_worker_whose_coordinator_died_before_it_started_says_so_instead_of_running_the_job() {
+    let _serial = serial();
+    let mut cmd = common::self_command("dying_creator_entry", DYING_CREATOR, "1");
+    // Stdout and stderr stay open until the would-be worker exits too.
+    let out = cmd.stdin(Stdio::null()).output().expect("run the creator");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let creator = stdout
+        .lines()
+        .find_map(|l| common::after(l, "SHMFLOW_CREATOR "))
+        .unwrap_or_else(|| panic!("the creator said {stdout}{stderr}"));
+    let expected = format!("the coordinator (pid {creator}) died");
+    assert!(stderr.contains(&expected), "no {expected:?}: {stdout}{stderr}");
+    assert!(!stdout.contains("distinct words"), "the worker ran the job as a coordinator: {stdout}");
+}
