@@ -965,8 +965,25 @@ impl ChannelCtx {
         }
     }
 
+    /// 0 open, 1 the other end closed, 2 it died, from the block's state word alone (no
+    /// look at `/proc`): what the per-message paths check. A peer that died without anybody
+    /// noticing yet is found by [`peer_status`](Self::peer_status), which the caller's
+    /// liveness tick runs (every 200 ms in the Flink module), and which reclaims it.
+    pub fn peer_mark(&self) -> i32 {
+        let (gone_mark, died_mark) = match self.side {
+            Side::Consumer => (CHANNEL_PRODUCER_FAILED, CHANNEL_PRODUCER_DIED),
+            Side::Producer => (CHANNEL_CONSUMER_GONE, CHANNEL_CONSUMER_DIED),
+        };
+        // Acquire: pairs with the Release CAS in `close` and the reclaimer's AcqRel CAS.
+        match self.block().state.load(Ordering::Acquire) {
+            s if s == gone_mark => 1,
+            s if s == died_mark || s == CHANNEL_ORPHANED => 2,
+            _ => 0,
+        }
+    }
+
     fn peer_gone(&self) -> FResult<()> {
-        match self.peer_status() {
+        match self.peer_mark() {
             0 => Ok(()),
             1 => Err(FfiError::new(code::EPEER, format!("channel {}: the other end closed it", self.id))),
             _ => Err(FfiError::new(code::EPEER, format!("channel {}: the other end's process died", self.id))),

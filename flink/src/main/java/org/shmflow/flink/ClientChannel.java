@@ -233,6 +233,17 @@ final class ClientChannel {
         return true;
     }
 
+    /** Announces the input channel's unannounced credit, read now, under this lock. */
+    synchronized void announceCredit() {
+        if (closed || input.isReleased()) {
+            return;
+        }
+        int credit = input.getAndResetUnannouncedCredit();
+        if (credit > 0) {
+            addCredit(credit);
+        }
+    }
+
     /** Announces credit; false when closed or failed. */
     synchronized boolean addCredit(int credit) {
         if (closed) {

@@ -21,8 +21,8 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * Flink's {@link PartitionRequestClient} over the arena, with the semantics of Netty's
- * {@code NettyPartitionRequestClient}: every outgoing message of a channel goes through one
- * outbound thread in call order (Netty's event loop), credit is read with
+ * {@code NettyPartitionRequestClient}: the outgoing messages of a channel reach the producer in
+ * call order (as through Netty's pipeline), credit is read with
  * {@code getAndResetUnannouncedCredit()} when the announcement is sent, failures end in
  * {@code RemoteInputChannel.onError}.
  */
@@ -37,14 +37,6 @@ final class ShmPartitionRequestClient implements PartitionRequestClient {
         this.remote = remote;
     }
 
-    private void onOutbound(RemoteInputChannel ch, Runnable r) {
-        try {
-            t.outbound.execute(r);
-        } catch (RejectedExecutionException e) {
-            ch.onError(new LocalTransportException("shmflow: the transport is shut down", remote, e));
-        }
-    }
-
     private ClientChannel of(RemoteInputChannel ch) {
         return t.clientByInput.get(ch.getInputChannelId());
     }
@@ -53,15 +45,14 @@ final class ShmPartitionRequestClient implements PartitionRequestClient {
     public void requestSubpartition(
             ResultPartitionID partitionId, ResultSubpartitionIndexSet indexSet, RemoteInputChannel ch, int delayMs)
             throws IOException {
-        Runnable send = () -> onOutbound(ch, () -> doRequest(partitionId, indexSet, ch));
         if (delayMs == 0) {
-            send.run();
-        } else {
-            try {
-                t.delayed.schedule(send, delayMs, TimeUnit.MILLISECONDS);
-            } catch (RejectedExecutionException e) {
-                throw new IOException("shmflow: the transport is shut down", e);
-            }
+            doRequest(partitionId, indexSet, ch);
+            return;
+        }
+        try {
+            t.delayed.schedule(() -> doRequest(partitionId, indexSet, ch), delayMs, TimeUnit.MILLISECONDS);
+        } catch (RejectedExecutionException e) {
+            throw new IOException("shmflow: the transport is shut down", e);
         }
     }
 
@@ -100,61 +91,55 @@ final class ShmPartitionRequestClient implements PartitionRequestClient {
             c.close(false);
             ch.onError(new LocalTransportException(
                     String.format("Sending the partition request to '%s' failed.", remote), remote, e));
+            return;
+        }
+        // Credit that became available while the request was on its way.
+        c.announceCredit();
+    }
+
+    // Every message below is sent from the calling thread under the channel's lock, so the
+    // producer sees them in call order, as Netty's pipeline delivers them (a resume after
+    // which credit is announced must not be overtaken by that credit). Credit is read with
+    // getAndResetUnannouncedCredit() under the same lock, when it is sent.
+
+    @Override
+    public void notifyCreditAvailable(RemoteInputChannel ch) {
+        ClientChannel c = of(ch);
+        if (c != null) {
+            c.announceCredit();
         }
     }
 
     @Override
-    public void notifyCreditAvailable(RemoteInputChannel ch) {
-        onOutbound(ch, () -> {
-            ClientChannel c = of(ch);
-            if (c == null || ch.isReleased()) {
-                return;
-            }
-            int credit = ch.getAndResetUnannouncedCredit();
-            if (credit > 0) {
-                c.addCredit(credit);
-            }
-        });
-    }
-
-    @Override
     public void notifyNewBufferSize(RemoteInputChannel ch, int bufferSize) {
-        onOutbound(ch, () -> {
-            ClientChannel c = of(ch);
-            if (c != null) {
-                c.sendSimple(Native.KIND_BUFFER_SIZE, 0, bufferSize);
-            }
-        });
+        ClientChannel c = of(ch);
+        if (c != null) {
+            c.sendSimple(Native.KIND_BUFFER_SIZE, 0, bufferSize);
+        }
     }
 
     @Override
     public void notifyRequiredSegmentId(RemoteInputChannel ch, int subpartitionId, int segmentId) {
-        onOutbound(ch, () -> {
-            ClientChannel c = of(ch);
-            if (c != null) {
-                c.sendSimple(Native.KIND_SEGMENT_ID, subpartitionId, segmentId);
-            }
-        });
+        ClientChannel c = of(ch);
+        if (c != null) {
+            c.sendSimple(Native.KIND_SEGMENT_ID, subpartitionId, segmentId);
+        }
     }
 
     @Override
     public void resumeConsumption(RemoteInputChannel ch) {
-        onOutbound(ch, () -> {
-            ClientChannel c = of(ch);
-            if (c != null) {
-                c.sendSimple(Native.KIND_RESUME, 0, 0);
-            }
-        });
+        ClientChannel c = of(ch);
+        if (c != null) {
+            c.sendSimple(Native.KIND_RESUME, 0, 0);
+        }
     }
 
     @Override
     public void acknowledgeAllRecordsProcessed(RemoteInputChannel ch) {
-        onOutbound(ch, () -> {
-            ClientChannel c = of(ch);
-            if (c != null) {
-                c.sendSimple(Native.KIND_ACK_ALL, 0, 0);
-            }
-        });
+        ClientChannel c = of(ch);
+        if (c != null) {
+            c.sendSimple(Native.KIND_ACK_ALL, 0, 0);
+        }
     }
 
     @Override
@@ -169,19 +154,16 @@ final class ShmPartitionRequestClient implements PartitionRequestClient {
         ev.get(evb);
         o.write(evb);
         o.flush();
-        byte[] payload = bo.toByteArray();
-        onOutbound(ch, () -> {
-            ClientChannel c = of(ch);
-            try {
-                if (c == null) {
-                    throw new IOException("shmflow: no open channel for this input channel");
-                }
-                c.sendPayload(Native.KIND_TASK_EVENT, payload, 0);
-            } catch (IOException e) {
-                ch.onError(new LocalTransportException(
-                        String.format("Sending the task event to '%s' failed.", remote), remote, e));
+        ClientChannel c = of(ch);
+        try {
+            if (c == null) {
+                throw new IOException("shmflow: no open channel for this input channel");
             }
-        });
+            c.sendPayload(Native.KIND_TASK_EVENT, bo.toByteArray(), 0);
+        } catch (IOException e) {
+            ch.onError(new LocalTransportException(
+                    String.format("Sending the task event to '%s' failed.", remote), remote, e));
+        }
     }
 
     @Override

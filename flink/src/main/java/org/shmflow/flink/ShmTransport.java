@@ -21,7 +21,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ConcurrentLinkedQueue;
-import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
@@ -31,7 +30,7 @@ import java.util.concurrent.TimeUnit;
  *
  * <pre>
  *  consumer side (this TM reads)                 producer side (this TM writes)
- *  ShmPartitionRequestClient --outbound thread--> [credit ring] --> producer dispatcher
+ *  ShmPartitionRequestClient --(caller thread)--> [credit ring] --> producer dispatcher
  *     requestSubpartition / credit / resume ...                     ShmViewReader per channel
  *  consumer dispatcher <-- [data ring] <------------------------------ (Netty's PartitionRequestQueue)
  *     RemoteInputChannel.onBuffer / onEmptyBuffer / onSenderBacklog / onError
@@ -60,8 +59,7 @@ final class ShmTransport implements AutoCloseable {
     // --- consumer side ---
     final ConcurrentHashMap<Integer, ClientChannel> clientById = new ConcurrentHashMap<>();
     final ConcurrentHashMap<InputChannelID, ClientChannel> clientByInput = new ConcurrentHashMap<>();
-    /** Outgoing consumer messages, in order (Netty's client event loop). */
-    final ExecutorService outbound;
+    /** Partition requests with a delay (retriggered requests). */
     final ScheduledExecutorService delayed;
 
     // --- producer side (dispatcher thread only, except the queues) ---
@@ -109,7 +107,6 @@ final class ShmTransport implements AutoCloseable {
         }
         this.data = d;
         String tag = self.getResourceIdString();
-        this.outbound = Executors.newSingleThreadExecutor(r -> daemon(r, "shmflow-client-out " + tag));
         this.delayed = Executors.newSingleThreadScheduledExecutor(r -> daemon(r, "shmflow-delay " + tag));
         this.consumerThread = daemon(this::consumerLoop, "shmflow-consumer " + tag);
         this.producerThread = daemon(this::producerLoop, "shmflow-producer " + tag);
@@ -402,7 +399,6 @@ final class ShmTransport implements AutoCloseable {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
-        outbound.shutdownNow();
         delayed.shutdownNow();
         for (ClientChannel c : new ArrayList<>(clientById.values())) {
             c.close(false);

@@ -220,6 +220,10 @@ public final class MiniClusterTest {
         check(ShmMetrics.TOTAL_SHM_CHANNELS.get() - channelsBefore > 0, "channels through shared memory");
         check(in > 0, "buffers through shared memory: " + in);
         System.out.printf("  %d buffers, %d bytes out through shared memory%n", in, ShmMetrics.TOTAL_BYTES_OUT.get());
+        // The per-job MiniCluster shuts its TaskManagers down after execute() returns.
+        for (int i = 0; i < 200 && Files.exists(Path.of("/dev/shm", arenaName("keyby"))); i++) {
+            Thread.sleep(50);
+        }
         check(!Files.exists(Path.of("/dev/shm", arenaName("keyby"))), "the last TaskManager out unlinks the arena");
     }
 
