@@ -6,13 +6,7 @@
 //! cargo run --release --example network_stack
 //! ```
 
-use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
-use shmflow::memory::{Arena, ArenaConfig};
-use shmflow::partition::{
-    BufferTimeout, KeyGroupPartitioner, ResultPartitionConfig, ResultPartitionId, ResultPartitionType,
-};
-use shmflow::record::{java_string_hash, FromRecord};
-use shmflow::ShuffleEnvironment;
+use shmflow::prelude::*;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +15,7 @@ const PARTITION: ResultPartitionId = ResultPartitionId::new(1, 0);
 const RECORDS: u64 = 1_000_000;
 
 fn consumer(index: u32) -> shmflow::Result<()> {
-    let env = ShuffleEnvironment::attach_inherited(1 + index)?;
+    let env = ShuffleEnvironment::join_inherited()?;
     let mut gate =
         env.create_input_gate(&InputGateConfig::new(vec![InputSpec { partition: PARTITION, subpartition: index }]))?;
     let (mut n, mut sum) = (0u64, 0u64);
@@ -49,15 +43,15 @@ fn main() -> shmflow::Result<()> {
     let arena = Arc::new(Arena::create_memfd(&ArenaConfig::default(), "example")?);
     let mut children = Vec::new();
     for i in 0..2 {
-        let mut cmd =
-            Command::new(std::env::current_exe().map_err(|e| shmflow::Error::Io { op: "exe".into(), source: e })?);
+        let mut cmd = Command::new(std::env::current_exe()?);
         cmd.env("EXAMPLE_CONSUMER", i.to_string());
         arena.inherit_fd_into(&mut cmd)?;
-        children.push(cmd.spawn().map_err(|e| shmflow::Error::Io { op: "spawn".into(), source: e })?);
+        children.push(cmd.spawn()?);
     }
-    let env = ShuffleEnvironment::new(arena, 0);
+    let env = ShuffleEnvironment::join(arena)?;
     let cfg = ResultPartitionConfig::new(PARTITION, ResultPartitionType::PipelinedBounded, 2);
-    let selector = KeyGroupPartitioner::new(|r: &(String, u64)| java_string_hash(&r.0), 128)?;
+    // Routed by the key as Flink routes a String key.
+    let selector = KeyGroupPartitioner::by_key(|r: &(String, u64)| r.0.as_str());
     let mut writer = env.create_record_writer(&cfg, selector, BufferTimeout::from_millis(100)?)?;
     let start = std::time::Instant::now();
     for i in 0..RECORDS {

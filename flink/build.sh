@@ -33,13 +33,18 @@ else
 fi
 so="$target/$profile/libshmflow_ffi.so"
 out="$target/flink"
-rm -rf "$out/classes" "$out/test-classes"
+rm -rf "$out/classes" "$out/test-classes" "$out/demo-classes"
 mkdir -p "$out/classes/native" "$out/test-classes"
 cp "$so" "$out/classes/native/libshmflow_ffi.so"
 cp=("$FLINK_HOME/lib/*")
 javac --release 11 -Xlint:all -Werror -encoding UTF-8 -cp "${cp[0]}" -d "$out/classes" \
   $(find flink/src/main/java -name '*.java' | sort)
 jar --create --file "$out/shmflow-flink.jar" -C "$out/classes" .
+# The demo job (flink/demo): compiled the same way, in its own jar.
+mkdir -p "$out/demo-classes"
+javac --release 11 -Xlint:all -Werror -encoding UTF-8 -cp "${cp[0]}" -d "$out/demo-classes" \
+  $(find flink/src/demo/java -name '*.java' | sort)
+jar --create --file "$out/shmflow-flink-demo.jar" -C "$out/demo-classes" .
 echo "flink/build.sh: $out/shmflow-flink.jar (Flink $(basename "$(ls "$FLINK_HOME"/lib/flink-dist-*.jar)" .jar | sed 's/flink-dist-//'), $profile library)"
 if $test; then
   javac --release 11 -Xlint:all -Werror -encoding UTF-8 -cp "$out/shmflow-flink.jar:${cp[0]}" -d "$out/test-classes" \

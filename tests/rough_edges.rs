@@ -25,15 +25,15 @@ struct Run {
 impl Run {
     /// `shmflow args...` with `TMPDIR=tmp`.
     fn start(tmp: &Path, args: &[&str]) -> Self {
+        let mut cmd = shmflow();
+        cmd.args(args).env("TMPDIR", tmp);
+        Self::spawn(cmd)
+    }
+
+    /// `cmd` with stdin and stdout null, stderr piped.
+    fn spawn(mut cmd: std::process::Command) -> Self {
         let mut child = KillOnDrop(
-            shmflow()
-                .args(args)
-                .env("TMPDIR", tmp)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start shmflow"),
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start shmflow"),
         );
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
@@ -137,6 +137,29 @@ fn sigint_sigterm_and_sighup_stop_a_running_job_with_one_line_and_status_128_plu
             assert!(!Path::new(&format!("/proc/{w}")).exists(), "{name}: worker {w} still exists");
         }
     }
+}
+
+#[test]
+fn ctrl_c_at_a_terminal_which_signals_the_whole_process_group_says_one_line() {
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    let tmp = TempDir::new("sigpgrp");
+    let out = tmp.0.join("counts");
+    let mut cmd = shmflow();
+    // A process group of its own, as a shell gives a foreground job.
+    cmd.process_group(0)
+        .args(["run", "wordcount", "--generated-mb", "100000", "--output", out.to_str().unwrap()])
+        .env("TMPDIR", &tmp.0);
+    let mut run = Run::spawn(cmd);
+    run.wait_line("records/s in");
+    // SAFETY: kill(2) has no memory effects; the group is the coordinator's and its workers'.
+    unsafe {
+        libc::kill(-(run.pid() as libc::pid_t), libc::SIGINT);
+    }
+    let (status, said) = run.finish();
+    assert_eq!(status.code(), Some(130), "{status:?}, said {said:?}");
+    assert_eq!(said, ["shmflow: interrupted"]);
+    assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new());
 }
 
 #[test]
@@ -388,8 +411,9 @@ fn environment_variables_are_checked_with_the_ranges_of_their_flags() {
         assert_eq!(code, Some(1), "env {env:?} flag {flag:?}: {err}");
         assert!(err.contains("100..=3600000"), "env {env:?} flag {flag:?}: {err}");
     }
-    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_HEARTBEAT_TIMEOUT_MS", "100")], &SMALL_WORDCOUNT);
-    assert_eq!(code, Some(0), "the lowest value of the range is taken: {err}");
+    // The top of the range is taken (the bottom, 100 ms, would fail a job on a loaded machine).
+    let (code, _, err) = cli(&tmp.0, &[("SHMFLOW_HEARTBEAT_TIMEOUT_MS", "3600000")], &SMALL_WORDCOUNT);
+    assert_eq!(code, Some(0), "the highest value of the range is taken: {err}");
 }
 
 #[test]
@@ -469,4 +493,55 @@ fn demo_notices_a_dead_consumer_or_producer_and_names_it() {
         let expected = format!("the {role} (pid {victim}) died");
         assert!(said.iter().any(|l| l.contains(&expected)), "no {expected:?} from pid {survivor}: {said:?}");
     }
+}
+
+/// Set in the child that plays a coordinator which dies while its worker starts.
+const DYING_CREATOR: &str = "SHMFLOW_TEST_DYING_CREATOR";
+
+/// The child role: makes a control socket, starts `shmflow run wordcount` on it as a
+/// coordinator starts a worker (through a shell that waits a moment first, so that this
+/// process is gone before the worker looks), and exits at once.
+#[test]
+fn dying_creator_entry() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(DYING_CREATOR).is_none() {
+        return;
+    }
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "sleep 0.3; exec \"$0\" run wordcount --quiet --generated-mb 1", env!("CARGO_BIN_EXE_shmflow")])
+        .env("SHMFLOW_CONTROL_FD", fd.to_string())
+        .env_remove(DYING_CREATOR);
+    // SAFETY: only fcntl (async-signal-safe) on an fd open in the parent, hence the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap();
+    drop((mine, theirs));
+    println!("SHMFLOW_CREATOR {}", std::process::id());
+    std::process::exit(0);
+}
+
+#[test]
+fn a_worker_whose_coordinator_died_before_it_started_says_so_instead_of_running_the_job() {
+    let _serial = serial();
+    let mut cmd = common::self_command("dying_creator_entry", DYING_CREATOR, "1");
+    // Stdout and stderr stay open until the would-be worker exits too.
+    let out = cmd.stdin(Stdio::null()).output().expect("run the creator");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let creator = stdout
+        .lines()
+        .find_map(|l| common::after(l, "SHMFLOW_CREATOR "))
+        .unwrap_or_else(|| panic!("the creator said {stdout}{stderr}"));
+    let expected = format!("the coordinator (pid {creator}) died");
+    assert!(stderr.contains(&expected), "no {expected:?}: {stdout}{stderr}");
+    assert!(!stdout.contains("distinct words"), "the worker ran the job as a coordinator: {stdout}");
 }

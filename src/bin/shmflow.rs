@@ -272,7 +272,11 @@ fn main() -> ExitCode {
             demo(records, payload, mode, segment_size, credit)
         }
         Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
-        Cmd::Run { job } => run_builtin(job),
+        // A worker whose coordinator is gone already says so before anything else.
+        Cmd::Run { job } => {
+            if is_worker() { shmflow::runtime::check_coordinator().map_err(Into::into) } else { Ok(()) }
+                .and_then(|()| run_builtin(job))
+        }
         Cmd::Top { arena, once, json, interval_ms } => top(arena, once, json, interval_ms),
         Cmd::Check { arena, idle, recover, json } => check(arena, idle, recover, json),
         Cmd::Clean { dry_run } => clean(dry_run),
@@ -1060,7 +1064,8 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
         out!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         out!(
-            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight",
+            "{}: {} segments, {} free (counter {}), owners: {} free, {} in pools, {} being written, {} in flight; \
+             {} held by dead processes",
             path.display(),
             r.segments,
             r.free_walked,
@@ -1068,7 +1073,8 @@ fn check(sel: ArenaSel, idle: bool, recover: bool, json: bool) -> AnyResult<()> 
             r.owner_free,
             r.owner_pool,
             r.owner_writer,
-            r.owner_in_flight
+            r.owner_in_flight,
+            r.owner_dead
         );
         for p in &r.problems {
             out!("  problem: {p}");

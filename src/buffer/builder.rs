@@ -56,6 +56,9 @@ pub const fn slot_framed_len(len: usize) -> usize {
 }
 
 /// The writer's cursor over one segment.
+///
+/// Dropping it finishes its segment (readers see the end of what was written; none waits
+/// forever for a builder that was abandoned).
 pub struct BufferBuilder {
     arena: Arc<Arena>,
     /// Start of the segment's bytes in the mapping (kept alive by `arena`).
@@ -343,6 +346,9 @@ impl std::fmt::Debug for SpareLease {
 
 /// A read view on `[offset, offset + len)` of a segment, in place in shared memory. The
 /// segment stays valid while any view or its consumer lives.
+///
+/// Dropping the last view and the consumer releases this reader's claim on the segment;
+/// the last reader's release hands it back to its producer through the credit ring.
 pub struct Buffer {
     lease: Rc<Lease>,
     offset: u32,
@@ -391,6 +397,9 @@ impl std::ops::Deref for Buffer {
 }
 
 /// The reader's cursor over one segment.
+///
+/// Dropping it (once no [`Buffer`] view of it is left either) releases this reader's claim
+/// on the segment; the last reader's release hands it back to its producer.
 pub struct BufferConsumer {
     lease: Rc<Lease>,
     size: u32,

@@ -55,6 +55,9 @@ struct Shares {
 }
 
 /// A quota of segments drawn from the [`NetworkBufferPool`].
+///
+/// Dropping it returns the segments it holds available to the arena-wide free stack;
+/// segments it handed out stay with their holders (builders, consumers) until released.
 pub struct LocalBufferPool {
     global: NetworkBufferPool,
     id: u32,

@@ -321,16 +321,15 @@ pub struct GateBlock {
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct WorkerRecord {
-    /// 0 free, 1 alive, 2 exited cleanly, 3 declared dead, 4 being reclaimed (see
-    /// [`liveness`](super::liveness)).
+    /// 0 free, 1 alive, 2 exited cleanly, 3 declared dead, bit 31 + reclaimer pid: being
+    /// reclaimed (see [`liveness`](super::liveness)).
     pub state: AtomicU32,
     /// Pid.
     pub pid: AtomicU32,
     /// Process start time in clock ticks since boot (tells a recycled pid apart).
     pub start_ticks: AtomicU64,
     /// Monotonic nanoseconds of registration (liveness itself is read from `/proc`:
-    /// pid plus start time, so a frozen process is alive and a dead one is seen at once);
-    /// while the record is being reclaimed: the reclaimer's pid.
+    /// pid plus start time, so a frozen process is alive and a dead one is seen at once).
     pub heartbeat: AtomicU64,
 }
 

@@ -26,6 +26,10 @@ pub struct ArenaReport {
     pub owner_in_flight: u32,
     /// Segments with an owner word no layout writes.
     pub owner_invalid: u32,
+    /// Segments off the free stack whose holder process is gone (not reclaimed yet:
+    /// `partition::reclaim_dead_peers` returns them). Every other segment off the stack is
+    /// held by a live process.
+    pub owner_dead: u32,
     /// Problems found (empty: consistent).
     pub problems: Vec<String>,
 }
@@ -64,7 +68,23 @@ pub fn check(arena: &Arena) -> ArenaReport {
         // Relaxed: as above.
         cur = controls[idx as usize].next_free.load(Ordering::Relaxed);
     }
+    let mut alive: Vec<(u32, bool)> = Vec::new();
     for (i, c) in controls.iter().enumerate() {
+        // Relaxed: as above.
+        let holder = c.holder_pid.load(Ordering::Relaxed);
+        if holder != 0 && !on_stack[i] {
+            let running = match alive.iter().find(|(p, _)| *p == holder) {
+                Some(&(_, r)) => r,
+                None => {
+                    let r = super::liveness::pid_running(holder);
+                    alive.push((holder, r));
+                    r
+                }
+            };
+            if !running {
+                r.owner_dead += 1;
+            }
+        }
         // Relaxed: as above.
         let owner = Owner::unpack(c.owner.load(Ordering::Relaxed));
         match owner {

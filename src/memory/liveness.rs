@@ -11,8 +11,9 @@
 //!                             |  declare_dead (a peer saw it die)
 //!                             v
 //!                           DEAD
-//!  ALIVE | DEAD | EXITED, process gone --begin_reclaim (CAS, one winner)--> RECLAIMING
-//!  RECLAIMING --finish_reclaim--> FREE   (the slot may be registered again)
+//!  ALIVE | DEAD | EXITED, process gone --begin_reclaim (CAS, one winner)--> RECLAIMING|pid
+//!  RECLAIMING|pid of a dead reclaimer --begin_reclaim (CAS)--> RECLAIMING|my pid
+//!  RECLAIMING|pid --finish_reclaim--> FREE   (the slot may be registered again)
 //! ```
 //!
 //! A slot is taken only from FREE, from EXITED, or from a record of this very process:
@@ -25,6 +26,10 @@ use super::blocks::WorkerRecord;
 use crate::error::{Error, Result};
 use crate::sync::{now_nanos, Ordering};
 
+/// [`Error::SlotHeld`]'s holder while another live process reclaims (or registers in)
+/// the slot: a transient state worth waiting for.
+pub const BEING_RECLAIMED: &str = "a dead process being reclaimed";
+
 /// Record unused.
 pub const WORKER_FREE: u32 = 0;
 /// Process registered and (as far as it knows) running.
@@ -33,9 +38,11 @@ pub const WORKER_ALIVE: u32 = 1;
 pub const WORKER_EXITED: u32 = 2;
 /// Process declared dead by a peer.
 pub const WORKER_DEAD: u32 = 3;
-/// A live process owns the reclamation of the dead process that held the record (its
-/// pid stays in `pid`; the reclaimer's pid is in `heartbeat`).
-pub const WORKER_RECLAIMING: u32 = 4;
+/// Flag of the state word while a live process owns the reclamation of the dead process
+/// that held the record: the state is `WORKER_RECLAIMING | reclaimer pid` (pids are below
+/// 2^22), so taking the reclamation and naming the reclaimer is one CAS. The dead
+/// process's pid stays in `pid`.
+pub const WORKER_RECLAIMING: u32 = 1 << 31;
 
 /// What a peer looks like from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,12 +112,13 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
         let pid = r.pid.load(Ordering::Relaxed);
         let takeable = match st {
             WORKER_FREE => true,
-            _ if pid == me && st != WORKER_RECLAIMING => true,
+            // Pids are below 2^22: a state with the flag is a reclamation (or a register).
+            _ if st & WORKER_RECLAIMING != 0 => return Err(Error::SlotHeld { slot, pid, holder: BEING_RECLAIMED }),
+            _ if pid == me => true,
             WORKER_EXITED if process_running(pid, r) => true,
             WORKER_ALIVE if process_running(pid, r) => {
                 return Err(Error::SlotHeld { slot, pid, holder: "a live process" });
             }
-            WORKER_RECLAIMING => return Err(Error::SlotHeld { slot, pid, holder: "a dead process being reclaimed" }),
             _ => return Err(Error::SlotHeld { slot, pid, holder: "a dead process not reclaimed yet" }),
         };
         if !takeable {
@@ -118,10 +126,11 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
         }
         // Acquire on success: after the previous holder's (or reclaimer's) last writes.
         // Relaxed on failure: we look again.
-        if r.state.compare_exchange(st, WORKER_RECLAIMING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if r.state.compare_exchange(st, WORKER_RECLAIMING | me, Ordering::Acquire, Ordering::Relaxed).is_err() {
             continue;
         }
-        // The record is ours (RECLAIMING keeps everyone else off it while we fill it in).
+        // The record is ours: RECLAIMING with our pid keeps everyone else off it while we
+        // fill it in, and lets a reclaimer take it over if we die right here.
         // Relaxed (all): published by the Release store of ALIVE below.
         r.pid.store(me, Ordering::Relaxed);
         r.start_ticks.store(process_start_ticks(me).unwrap_or(0), Ordering::Relaxed);
@@ -185,19 +194,16 @@ pub fn begin_reclaim(arena: &Arena, slot: u32) -> Option<DeadProcess> {
             }
             // AcqRel: exactly one caller wins (pairs with the other reclaimers' CAS and with
             // `register`'s); Acquire orders the reclamation after the holder's registration.
-            r.state.compare_exchange(st, WORKER_RECLAIMING, Ordering::AcqRel, Ordering::Relaxed).ok()?;
-            // Relaxed: a hint for takers-over; the state word is what excludes.
-            r.heartbeat.store(u64::from(me), Ordering::Relaxed);
+            r.state.compare_exchange(st, WORKER_RECLAIMING | me, Ordering::AcqRel, Ordering::Relaxed).ok()?;
             Some(DeadProcess { slot, pid, exited: st == WORKER_EXITED })
         }
-        WORKER_RECLAIMING => {
-            // Relaxed: the reclaimer's pid, a hint (see above).
-            let by = r.heartbeat.load(Ordering::Relaxed);
-            if by == u64::from(me) || pid_running(by as u32) {
-                return None;
+        _ if st & WORKER_RECLAIMING != 0 => {
+            let by = st & !WORKER_RECLAIMING;
+            if by == me || pid_running(by) {
+                return None; // being registered or reclaimed by a live process
             }
             // AcqRel: one taker-over wins (the steps of reclamation are idempotent).
-            r.heartbeat.compare_exchange(by, u64::from(me), Ordering::AcqRel, Ordering::Relaxed).ok()?;
+            r.state.compare_exchange(st, WORKER_RECLAIMING | me, Ordering::AcqRel, Ordering::Relaxed).ok()?;
             Some(DeadProcess { slot, pid, exited: false })
         }
         _ => None,
@@ -248,7 +254,11 @@ pub fn liveness(arena: &Arena, slot: u32) -> Liveness {
     // Acquire: pairs with the Release stores in `register` / `mark_exited`.
     match r.state.load(Ordering::Acquire) {
         WORKER_EXITED => return Liveness::Exited,
-        WORKER_DEAD | WORKER_RECLAIMING => {
+        st if st & WORKER_RECLAIMING != 0 && st & !WORKER_RECLAIMING == r.pid.load(Ordering::Relaxed) => {
+            // Being registered by the process it names (see `register`).
+            return Liveness::Alive;
+        }
+        st if st == WORKER_DEAD || st & WORKER_RECLAIMING != 0 => {
             // Relaxed: written before the state.
             return Liveness::Dead { pid: r.pid.load(Ordering::Relaxed) };
         }

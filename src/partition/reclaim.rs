@@ -120,8 +120,20 @@ pub fn reclaim_slot(arena: &Arena, slot: u32) -> ReclaimReport {
 /// [`crate::Error::SlotHeld`] naming the holder when it still runs (or another live process
 /// is reclaiming it right now); [`crate::Error::ProtocolViolation`] for a slot out of range.
 pub fn register_worker(arena: &Arena, slot: u32) -> Result<()> {
-    reclaim_slot(arena, slot);
-    liveness::register(arena, slot)
+    // Bounded: a live process reclaiming the slot right now finishes within a pass; wait
+    // for it at most a second.
+    let deadline = crate::sync::now_nanos() + 1_000_000_000;
+    loop {
+        reclaim_slot(arena, slot);
+        match liveness::register(arena, slot) {
+            Err(crate::Error::SlotHeld { holder, .. })
+                if holder == liveness::BEING_RECLAIMED && crate::sync::now_nanos() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Whether the process in worker slot `slot` is alive, left cleanly, or died (from its

@@ -43,6 +43,9 @@ fn check_id(arena: &Arena, id: u32) -> Result<()> {
 }
 
 /// The producer's end of a channel.
+///
+/// Dropping it changes nothing in the channel block: the consumer sees an end only once
+/// one was published (a `ResultPartition` dropped unfinished fails its consumers instead).
 pub struct ChannelWriter {
     arena: Arc<Arena>,
     id: u32,
@@ -528,6 +531,8 @@ impl ReleaseSink for CreditReturn {
 }
 
 /// The consumer's end of a channel.
+///
+/// Dropping it changes nothing in the channel block (a gate closes its channels on drop).
 pub struct ChannelReader {
     arena: Arc<Arena>,
     id: u32,

@@ -23,6 +23,9 @@ use std::time::Duration;
 pub const LEN_PREFIX: usize = 4;
 
 /// The producer end of a record stream.
+///
+/// Dropping it without [`StreamWriter::finish`] leaves the stream without its end (the
+/// reader waits until its timeout); the pool's free segments go back to the arena.
 pub struct StreamWriter {
     pool: LocalBufferPool,
     channel: ChannelWriter,
@@ -216,6 +219,8 @@ impl StreamWriter {
 }
 
 /// The consumer end of a record stream.
+///
+/// Dropping it releases the segment it was reading; the channel is not closed.
 pub struct StreamReader {
     channel: ChannelReader,
     current: Option<BufferConsumer>,

@@ -763,6 +763,10 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     for w in &mut workers.0 {
         if let Some(c) = w.child.as_mut() {
             loop {
+                if let Some(signal) = crate::sync::stop_signal() {
+                    // A Ctrl-C now also hit the workers: it is the cause of their exits.
+                    return Err(Error::Interrupted { signal });
+                }
                 match c.try_wait() {
                     Ok(Some(status)) if !status.success() => {
                         return Err(Error::JobFailed(format!(

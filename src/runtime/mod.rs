@@ -28,7 +28,7 @@ pub use job::{
     Source, SourceChain, SourceContext, Stream, TaskInfo, Tee, Then, VertexBody,
 };
 pub use progress::ProgressTotal;
-pub use worker::{is_worker, run_worker};
+pub use worker::{check_coordinator, is_worker, run_worker};
 
 /// Runs `job` the way a job binary should: as a worker when started by a coordinator,
 /// else as the coordinator that starts the workers (which re-run this same binary with the

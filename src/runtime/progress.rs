@@ -14,7 +14,7 @@ pub enum ProgressTotal {
     /// Records the sources emit in all (`run shuffle --records`).
     SourceRecords(u64),
     /// Bytes of input the sources read, as they report them through
-    /// [`super::SourceContext::read`] (`run wordcount --input`: the file's size).
+    /// `SourceContext::read` (`run wordcount --input`: the file's size).
     SourceInputBytes(u64),
 }
 

@@ -47,23 +47,61 @@ fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
 /// an open Unix socket whose other end belongs to this process's parent (the coordinator
 /// that created the pair and started us). A variable inherited further down (a command a
 /// task runs, a shell that exported it) names no such socket, and that process is no
-/// worker. Decided once per process.
+/// worker. A socket made by a process that is gone counts as a coordinator's that died (the
+/// worker then says so instead of running the job as a coordinator of its own). Decided
+/// once per process.
 pub fn is_worker() -> bool {
     static IS_WORKER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *IS_WORKER.get_or_init(|| {
-        let Some(fd) = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else {
+        let Some(peer) = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()).and_then(socket_peer)
+        else {
             return false;
         };
-        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred; on a
-        // descriptor that is not an open socket it fails and writes nothing.
-        let r = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
-        };
+        // Our parent made the socket: its worker. Or the one who made it is gone already
+        // (a worker whose coordinator died while it started): still a worker, which then
+        // says the coordinator died, rather than running the job again as a coordinator.
         // SAFETY: getppid has no preconditions and cannot fail.
-        r == 0 && cred.pid > 0 && cred.pid == unsafe { libc::getppid() }
+        peer == unsafe { libc::getppid() } || !process_lives(peer)
     })
+}
+
+/// The pid of the process that made the Unix socket `fd` (its peer), if `fd` is one.
+fn socket_peer(fd: i32) -> Option<libc::pid_t> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred; on a
+    // descriptor that is not an open socket it fails and writes nothing.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
+/// In a worker: [`Error::CoordinatorDied`] if the coordinator that started it is gone
+/// already (a worker checks before it does anything else; later it notices its control
+/// socket closing).
+///
+/// # Errors
+/// [`Error::CoordinatorDied`].
+pub fn check_coordinator() -> Result<()> {
+    let peer = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()).and_then(socket_peer);
+    match peer {
+        Some(p) if !process_lives(p) => Err(Error::CoordinatorDied { pid: p as u32 }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn process_lives(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 sends nothing: kill only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    // "pid (comm) S ...": the state follows the last ')'.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_none_or(|state| state != 'Z' && state != 'X')
 }
 
 fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -84,6 +122,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
         return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
     }
+    check_coordinator()?;
     // Not inherited by the commands tasks run (they are no workers).
     // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
     unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };

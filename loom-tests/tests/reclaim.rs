@@ -1,0 +1,177 @@
+//! Loom models of online reclamation (`partition::reclaim`): the two races the design
+//! names, on the shipping code.
+//!
+//! 1. `reclaimer_and_live_reader_free_a_segment_once`: a producer process "dies" (the model
+//!    thread that plays it stops without cleaning up, and its liveness record names a pid
+//!    that does not exist) after publishing one segment to a consumer that is alive. A
+//!    reclaimer thread runs `reclaim_dead_peers` while the consumer thread reads the
+//!    segment and lets go of it. The reclaimer orphans the segment (`fetch_or` on its
+//!    refcount) and the reader's release (`fetch_sub`) frees it when it comes second; when
+//!    the reader came first, the reclaimer frees it. Afterwards the reclaimer reuses
+//!    whatever it can pop from the free stack, writing every byte.
+//! 2. `two_reclaimers_reclaim_once`: two threads run `reclaim_dead_peers` at once over a
+//!    dead producer that held one segment in its pool and one in flight to a consumer that
+//!    never attached.
+//!
+//! What a failure means: in model 1, a witness-cell race is a segment freed (and reused by
+//! the reclaimer) while the reader still reads it; a free stack without the segment is a
+//! leak (neither side freed it), one with it twice a double free. In model 2, both or
+//! neither reporting the dead process means the liveness CAS does not make exactly one
+//! reclaimer; a wrong free-stack content means a segment freed twice or not at all.
+//!
+//! Weakenings checked by editing the shipped code (see the commit message): removing the
+//! orphan hand-off from `Lease`'s drop (the last reader does not free) leaks in model 1;
+//! deciding in `orphan_segment` from a load instead of the `fetch_or` leaks in model 1;
+//! replacing `begin_reclaim`'s CAS with a load and a store lets both reclaimers report the
+//! process in model 2.
+#![cfg(loom)]
+
+mod common;
+
+use loom::thread;
+use shmflow::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
+use shmflow::memory::{liveness, Arena, Owner};
+use shmflow::partition::reclaim_dead_peers;
+use shmflow::ring::{ChannelReader, ChannelWriter, Descriptor};
+use shmflow::sync::Ordering;
+use std::sync::Arc;
+
+/// A pid above Linux's largest (`pid_max` is at most 2^22): no such process runs.
+const DEAD_PID: u32 = 0x3fff_fff0;
+
+const PAYLOAD: [u8; 6] = [1, 2, 3, 4, 5, 6];
+
+/// Plays the producer process in slot 0 up to its death: registers, takes `segments` from
+/// its pool, publishes the first on channel 0 (granted one credit by a reader that then
+/// goes away without reading), keeps the others cached, and "dies": nothing of its
+/// process-local state is dropped, and every record that names its pid names `DEAD_PID`.
+/// Returns the published segment.
+fn dead_producer(arena: &Arc<Arena>, segments: u32) -> u32 {
+    liveness::register(arena, 0).expect("slot 0 is free");
+    let config = LocalPoolConfig { min: segments, max: segments, max_per_channel: segments, channels: 1 };
+    let mut pool = LocalBufferPool::new(Arc::clone(arena), 0, 0, config).expect("the arena has the segments");
+    let mut writer = ChannelWriter::open(Arc::clone(arena), 0).expect("channel 0 exists");
+    {
+        let granter = ChannelReader::open(Arc::clone(arena), 0).expect("channel 0 exists");
+        granter.grant(1).expect("room in the credit ring");
+    }
+    writer.reclaim(&mut pool).expect("a well-formed grant");
+    let segment = pool.request(Some(0)).expect("pool not corrupt").expect("a cached segment");
+    let index = segment.index();
+    let mut builder = BufferBuilder::new(segment, 1);
+    assert_eq!(builder.append(&PAYLOAD), PAYLOAD.len());
+    builder.finish();
+    writer.publish(Descriptor::Buffer(index)).expect("credit and room");
+    // Death: no destructor runs.
+    std::mem::forget(builder);
+    std::mem::forget(writer);
+    std::mem::forget(pool);
+    // Relaxed (all): set-up before any model thread starts (spawn orders it).
+    arena.workers()[0].pid.store(DEAD_PID, Ordering::Relaxed);
+    arena.channels()[0].claim_pid.store(DEAD_PID, Ordering::Relaxed);
+    arena.channels()[0].consumer_pid.store(0, Ordering::Relaxed);
+    for c in arena.controls() {
+        if c.holder_pid.load(Ordering::Relaxed) != 0 {
+            c.holder_pid.store(DEAD_PID, Ordering::Relaxed);
+        }
+    }
+    index
+}
+
+// Count, outside the model (plain std atomics, not loom's), the executions in which the
+// reclaimer freed the segment itself (the reader had let go first) and those in which it
+// left that to the reader, to prove the search reached both orders.
+#[allow(clippy::disallowed_types)]
+static RECLAIMER_FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[allow(clippy::disallowed_types)]
+static READER_FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Pops everything on the free stack (sorted).
+fn drain_free(arena: &Arena) -> Vec<u32> {
+    let mut out = Vec::new();
+    while let Some(i) = arena.free_stack().pop().expect("an intact free stack") {
+        assert!(out.len() < 8, "a cycle on the free stack: {out:?}");
+        out.push(i);
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn reclaimer_and_live_reader_free_a_segment_once() {
+    common::check("reclaim::reclaimer_and_live_reader_free_a_segment_once", Some(3), || {
+        let arena = common::tiny_arena();
+        let index = dead_producer(&arena, 1);
+        // The consumer is alive (this process) and attached.
+        // Relaxed: set-up before the threads start.
+        arena.channels()[0].consumer_pid.store(std::process::id(), Ordering::Relaxed);
+
+        let reader = {
+            let arena = Arc::clone(&arena);
+            thread::spawn(move || {
+                let mut reader = ChannelReader::open(arena, 0).expect("channel 0 exists");
+                let Some(Descriptor::Buffer(i)) = reader.poll().expect("a valid descriptor") else {
+                    panic!("the published segment's descriptor is in the ring")
+                };
+                assert_eq!(i, index);
+                let mut consumer = reader.consumer(i);
+                let view = consumer.poll().expect("a valid position").expect("published bytes");
+                assert_eq!(&view[..], &PAYLOAD, "read in place while the reclaimer runs");
+                drop(view);
+                drop(consumer); // the release: frees the segment when orphaned and last
+            })
+        };
+        let reclaimer = {
+            let arena = Arc::clone(&arena);
+            thread::spawn(move || {
+                let report = reclaim_dead_peers(&arena).expect("reclamation");
+                assert_eq!(report.reclaimed.len(), 1, "the dead producer is reclaimed: {report:?}");
+                assert_eq!(report.segments_freed + report.segments_orphaned, 1, "{report:?}");
+                let order = if report.segments_freed == 1 { &RECLAIMER_FREED } else { &READER_FREED };
+                // Relaxed: a statistic outside the model.
+                order.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A live process reuses what came back at once: the witness cells see a
+                // write racing with the reader's reads if the segment came back too early.
+                if let Some(i) = arena.free_stack().pop().expect("an intact free stack") {
+                    // SAFETY: popped from the free stack, so no one else may use it.
+                    let mut seg = unsafe { shmflow::memory::MemorySegment::from_index(Arc::clone(&arena), i) };
+                    seg.as_mut_slice().fill(0xEE);
+                    drop(seg); // back again
+                }
+            })
+        };
+        reader.join().unwrap();
+        reclaimer.join().unwrap();
+        assert_eq!(drain_free(&arena), vec![0, 1], "each segment on the free stack exactly once");
+        // Relaxed: after the joins.
+        assert_eq!(Owner::unpack(arena.controls()[index as usize].owner.load(Ordering::Relaxed)), Owner::Free);
+    });
+    // Relaxed (both): the search is over.
+    assert!(RECLAIMER_FREED.load(std::sync::atomic::Ordering::Relaxed) > 0, "no execution had the reclaimer free it");
+    assert!(READER_FREED.load(std::sync::atomic::Ordering::Relaxed) > 0, "no execution had the reader free it");
+}
+
+#[test]
+fn two_reclaimers_reclaim_once() {
+    common::check("reclaim::two_reclaimers_reclaim_once", Some(3), || {
+        let arena = common::tiny_arena();
+        let published = dead_producer(&arena, 2);
+        let reclaimers: Vec<_> = (0..2)
+            .map(|_| {
+                let arena = Arc::clone(&arena);
+                thread::spawn(move || reclaim_dead_peers(&arena).expect("reclamation"))
+            })
+            .collect();
+        let reports: Vec<_> = reclaimers.into_iter().map(|t| t.join().unwrap()).collect();
+        let winners = reports.iter().filter(|r| r.reclaimed.len() == 1).count();
+        assert_eq!(winners, 1, "exactly one reclaimer: {reports:?}");
+        assert!(reports.iter().all(|r| r.reclaimed.len() <= 1), "{reports:?}");
+        let freed: u32 = reports.iter().map(|r| r.segments_freed).sum();
+        assert_eq!(freed, 2, "the cached and the in-flight segment, once each: {reports:?}");
+        assert_eq!(drain_free(&arena), vec![0, 1], "each segment on the free stack exactly once");
+        // Relaxed (both): after the joins.
+        assert_eq!(arena.workers()[0].state.load(Ordering::Relaxed), liveness::WORKER_FREE);
+        assert_eq!(arena.channels()[0].state.load(Ordering::Relaxed), shmflow::memory::CHANNEL_CLOSED);
+        let _ = published;
+    });
+}

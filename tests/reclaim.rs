@@ -1,0 +1,294 @@
+//! Online reclamation and the checks around it (issue 15 items 1-3, issue 16's slot
+//! refusal), in one process on heap arenas; the multi-process side is `fault_matrix`
+//! (every SIGKILL trial ends with every segment free after online reclamation) and the
+//! kill soak (`tests/soak.rs`).
+
+mod common;
+
+use shmflow::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
+use shmflow::gate::{InputGateConfig, InputSpec, SingleInputGate};
+use shmflow::memory::{
+    check, liveness, process_start_ticks, Arena, ArenaConfig, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE,
+    CHANNEL_PROBING,
+};
+use shmflow::partition::{
+    reclaim_dead_peers, register_worker, ResultPartition, ResultPartitionConfig, ResultPartitionId,
+    ResultPartitionType, GATE_FREE, PARTITION_RELEASED,
+};
+use shmflow::ring::{ChannelReader, ChannelWriter, Descriptor};
+use shmflow::sync::Ordering;
+use shmflow::{Error, ShuffleEnvironment};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn arena() -> Arc<Arena> {
+    Arc::new(
+        Arena::heap(&ArenaConfig {
+            segment_size: 4096,
+            segment_count: 32,
+            ring_capacity: 16,
+            max_channels: 8,
+            max_partitions: 4,
+            max_gates: 4,
+            max_channels_per_gate: 64,
+            max_workers: 4,
+            max_tasks: 4,
+        })
+        .unwrap(),
+    )
+}
+
+/// The pid of a process that ran and was reaped: nothing runs under it (short of pid
+/// reuse within this test).
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().expect("`true` runs");
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// Makes every record of this process in `arena` name `pid` instead, as if this process
+/// were `pid` and had died: its liveness record (slot `slot`), segments, channel blocks it
+/// claimed, directory entries and gate blocks (but gate block `keep_gate`, a gate of the
+/// live consumer played by this test).
+fn die_as(arena: &Arena, slot: u32, pid: u32, keep_gate: Option<usize>) {
+    let me = std::process::id();
+    // Relaxed (all): single-threaded test set-up.
+    arena.workers()[slot as usize].pid.store(pid, Ordering::Relaxed);
+    arena.workers()[slot as usize].start_ticks.store(0, Ordering::Relaxed);
+    for c in arena.controls() {
+        if c.holder_pid.load(Ordering::Relaxed) == me {
+            c.holder_pid.store(pid, Ordering::Relaxed);
+        }
+    }
+    for b in arena.channels() {
+        if b.claim_pid.load(Ordering::Relaxed) == me {
+            b.claim_pid.store(pid, Ordering::Relaxed);
+        }
+    }
+    for e in arena.partitions() {
+        if e.producer_pid.load(Ordering::Relaxed) == me {
+            e.producer_pid.store(pid, Ordering::Relaxed);
+        }
+    }
+    for (i, g) in arena.gates().iter().enumerate() {
+        if g.owner_pid.load(Ordering::Relaxed) == me && Some(i) != keep_gate {
+            g.owner_pid.store(pid, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn a_slot_held_by_a_live_process_is_refused_naming_it_and_a_dead_ones_only_after_reclamation() {
+    let _serial = common::serial();
+    let arena = arena();
+    let holder = common::KillOnDrop(Command::new("sleep").arg("30").spawn().expect("`sleep` runs"));
+    let pid = holder.id();
+    let r = &arena.workers()[1];
+    // Relaxed (all but the state): published by the Release store of the state.
+    r.pid.store(pid, Ordering::Relaxed);
+    r.start_ticks.store(process_start_ticks(pid).expect("a running process"), Ordering::Relaxed);
+    r.state.store(liveness::WORKER_ALIVE, Ordering::Release);
+
+    let e = liveness::register(&arena, 1).unwrap_err();
+    assert!(matches!(e, Error::SlotHeld { slot: 1, pid: p, .. } if p == pid), "{e}");
+    let e = ShuffleEnvironment::register(arena.clone(), 1).unwrap_err();
+    assert!(e.to_string().contains(&format!("pid {pid}")) && e.to_string().contains("live"), "{e}");
+    // Relaxed: the record still names the live holder.
+    assert_eq!(r.pid.load(Ordering::Relaxed), pid, "a refused register must not touch the record");
+
+    drop(holder); // killed and reaped
+    let e = liveness::register(&arena, 1).unwrap_err();
+    assert!(e.to_string().contains("not reclaimed"), "a dead holder's slot is taken only by reclamation: {e}");
+    register_worker(&arena, 1).expect("reclaimed, then registered");
+    // Relaxed: read back after our own registration.
+    assert_eq!(r.pid.load(Ordering::Relaxed), std::process::id());
+    assert_eq!(liveness::liveness(&arena, 1), liveness::Liveness::Alive);
+    liveness::register(&arena, 1).expect("registering again in our own slot");
+}
+
+#[test]
+fn a_dead_producers_segments_blocks_entries_and_gates_come_back_online() {
+    let arena = arena();
+    liveness::register(&arena, 0).unwrap();
+    let id = ResultPartitionId::new(7, 0);
+    let cfg = ResultPartitionConfig::new(id, ResultPartitionType::Pipelined, 2);
+    let mut p = ResultPartition::new(arena.clone(), &cfg).unwrap(); // notify set: gate block 0
+                                                                    // A live consumer of subpartition 0 (this process; gate block 1); nobody reads 1.
+    let mut gate =
+        SingleInputGate::new(arena.clone(), &InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]))
+            .unwrap();
+    p.emit(&b"left behind"[..], 0).unwrap();
+    p.flush_all().unwrap(); // a segment in flight to the live reader
+                            // It died mid-way through creating a second partition: one block PROBING, one CLAIMED.
+                            // Relaxed: single-threaded test.
+    let free: Vec<usize> = (0..arena.channels().len())
+        .filter(|&c| arena.channels()[c].state.load(Ordering::Relaxed) == CHANNEL_FREE)
+        .collect();
+    for (k, &c) in free.iter().take(2).enumerate() {
+        let b = &arena.channels()[c];
+        // Relaxed (both): test set-up, single-threaded.
+        b.state.store(if k == 0 { CHANNEL_PROBING } else { CHANNEL_CLAIMED }, Ordering::Relaxed);
+        b.claim_pid.store(std::process::id(), Ordering::Relaxed);
+    }
+    std::mem::forget(p); // death: nothing of the process-local state is dropped
+    let dead = dead_pid();
+    die_as(&arena, 0, dead, Some(1));
+    assert!(check::check(&arena).owner_dead > 0, "check sees segments of a dead process");
+
+    let report = reclaim_dead_peers(&arena).unwrap();
+    assert_eq!(report.reclaimed.len(), 1, "{report:?}");
+    assert_eq!(report.reclaimed[0].pid, dead);
+    assert_eq!((report.segments_orphaned, report.channels_failed), (1, 1), "the live reader's: {report:?}");
+    assert!(report.segments_freed > 0 && report.channels_closed >= 3, "{report:?}");
+    let c = check::check(&arena);
+    assert_eq!(c.segments - c.free_walked, 1, "only the segment the live reader holds: {c:?}");
+    // The live reader reads what was left, then learns that its producer died.
+    let mut records = 0;
+    let err = loop {
+        match gate.next(Some(Duration::from_secs(10))) {
+            Ok(shmflow::gate::GateItem::Record { .. }) => records += 1,
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(records, 1);
+    assert!(matches!(err, Error::PeerDied { role: "producer", pid, .. } if pid == dead), "{err}");
+    drop(gate); // hands the channel on: settled, its segment freed
+    let c = check::check(&arena);
+    assert!(c.all_free() && c.owner_dead == 0, "{c:?}");
+    for b in arena.channels() {
+        // Relaxed: after the reclamation, single-threaded.
+        let st = b.state.load(Ordering::Relaxed);
+        assert!(st == CHANNEL_FREE || st == CHANNEL_CLOSED, "channel state {st} left behind");
+    }
+    // Relaxed (all): as above.
+    assert!(arena.partitions().iter().all(|e| matches!(e.state.load(Ordering::Relaxed), 0 | PARTITION_RELEASED)));
+    assert!(arena.gates().iter().all(|g| g.state.load(Ordering::Relaxed) == GATE_FREE));
+    assert_eq!(arena.workers()[0].state.load(Ordering::Relaxed), liveness::WORKER_FREE);
+    // A second pass finds nothing; the same partition id can be registered again.
+    let again = reclaim_dead_peers(&arena).unwrap();
+    assert_eq!(again, Default::default(), "reclamation is idempotent");
+    ResultPartition::new(arena.clone(), &cfg).expect("the directory entry and channel blocks are free again");
+}
+
+/// A producer with one broadcast segment published on channels 0 and 1 of `arena`, and the
+/// two readers; returns (pool, writers, readers, segment).
+fn broadcast_one(arena: &Arc<Arena>) -> (LocalBufferPool, Vec<ChannelWriter>, Vec<ChannelReader>, u32) {
+    let config = LocalPoolConfig { min: 1, max: 4, max_per_channel: 4, channels: 2 };
+    let mut pool = LocalBufferPool::new(arena.clone(), 0, 0, config).unwrap();
+    let mut writers: Vec<ChannelWriter> = (0..2).map(|c| ChannelWriter::open(arena.clone(), c).unwrap()).collect();
+    let readers: Vec<ChannelReader> = (0..2).map(|c| ChannelReader::open(arena.clone(), c).unwrap()).collect();
+    for (w, r) in writers.iter_mut().zip(&readers) {
+        r.grant(2).unwrap();
+        w.reclaim(&mut pool).unwrap();
+    }
+    let mut b = BufferBuilder::new(pool.request(None).unwrap().unwrap(), 2);
+    b.append(b"for everyone");
+    b.finish();
+    let idx = b.index();
+    drop(b);
+    pool.expect_readers(idx, 2);
+    for w in &mut writers {
+        w.publish(Descriptor::Buffer(idx)).unwrap();
+    }
+    (pool, writers, readers, idx)
+}
+
+/// Reader `r` reads its descriptor and lets go of the segment.
+fn read_and_release(r: &mut ChannelReader) {
+    let Some(Descriptor::Buffer(i)) = r.poll().unwrap() else { panic!("a buffer descriptor") };
+    drop(r.consumer(i));
+}
+
+#[test]
+fn a_broadcast_refcount_above_its_fanout_is_a_violation_naming_the_peer_not_a_leak() {
+    let arena = arena();
+    let (mut pool, mut writers, mut readers, idx) = broadcast_one(&arena);
+    read_and_release(&mut readers[0]);
+    // A faulty peer adds a reader that does not exist.
+    // Relaxed: the peer's scribble.
+    arena.controls()[idx as usize].refcount.fetch_add(1, Ordering::Relaxed);
+    read_and_release(&mut readers[1]);
+    writers[0].reclaim(&mut pool).expect("the first release is in order");
+    assert_eq!(pool.outstanding(), 1, "one reader still to release");
+    let e = writers[1].reclaim(&mut pool).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, Error::ProtocolViolation { .. })
+            && text.contains("above its fanout")
+            && text.contains("consumer pid"),
+        "{text}"
+    );
+    assert_eq!(pool.outstanding(), 0, "the segment came back all the same (no leak)");
+}
+
+#[test]
+fn a_broadcast_refcount_below_its_fanout_is_reported_and_the_segment_waits_for_every_reader() {
+    let arena = arena();
+    let (mut pool, mut writers, mut readers, idx) = broadcast_one(&arena);
+    // A faulty peer drops a reader's share: the count reaches zero one release early.
+    // Relaxed: the peer's scribble.
+    arena.controls()[idx as usize].refcount.fetch_sub(1, Ordering::Relaxed);
+    read_and_release(&mut readers[0]);
+    writers[0].reclaim(&mut pool).unwrap();
+    assert_eq!(pool.outstanding(), 1, "not recycled while reader 1 still holds it (no early reuse)");
+    read_and_release(&mut readers[1]);
+    let e = readers[1].poll().unwrap_err();
+    assert!(matches!(e, Error::ProtocolViolation { .. }), "the reader that found the count at zero says so: {e}");
+    writers[1].reclaim(&mut pool).unwrap();
+    assert_eq!(pool.outstanding(), 0, "recycled once, after both readers (no double free)");
+}
+
+#[test]
+fn a_release_of_a_segment_not_in_flight_on_the_channel_names_the_consumer() {
+    let arena = arena();
+    let (mut pool, mut writers, mut readers, idx) = broadcast_one(&arena);
+    read_and_release(&mut readers[0]);
+    writers[0].reclaim(&mut pool).unwrap();
+    // Another segment in flight on channel 0, then its consumer releases the first again.
+    let mut b = BufferBuilder::new(pool.request(Some(0)).unwrap().unwrap(), 1);
+    b.finish();
+    writers[0].publish(Descriptor::Buffer(b.index())).unwrap();
+    let mut c = readers[0].consumer(idx);
+    drop(c.poll());
+    drop(c);
+    let e = writers[0].reclaim(&mut pool).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("not in flight") && text.contains(&format!("consumer pid {}", std::process::id())), "{text}");
+}
+
+#[test]
+fn a_producer_whose_consumer_never_attaches_fails_naming_the_subpartition() {
+    let arena = arena();
+    let id = ResultPartitionId::new(9, 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = arena.clone();
+    // A thread, so that a producer that blocks forever fails the test instead of hanging it.
+    std::thread::spawn(move || {
+        let mut cfg = ResultPartitionConfig::new(id, ResultPartitionType::PipelinedBounded, 2);
+        cfg.attach_timeout = Duration::from_millis(300);
+        let mut p = ResultPartition::new(a.clone(), &cfg).unwrap();
+        // A consumer for subpartition 0 only (the one for 1 asked for the wrong one).
+        let gate =
+            SingleInputGate::new(a, &InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }])).unwrap();
+        let r = (|| {
+            for _ in 0..10_000 {
+                p.emit(&b"to the one who came"[..], 0)?;
+                p.emit(&b"to the one who did not"[..], 1)?;
+            }
+            Ok::<(), Error>(())
+        })();
+        drop(gate);
+        let _ = tx.send(r);
+    });
+    let r = rx.recv_timeout(Duration::from_secs(60)).expect("the producer gave up instead of blocking forever");
+    match r {
+        Err(Error::NoConsumer { partition, subpartition: 1, waited }) => {
+            assert_eq!(partition, id.to_string());
+            assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        }
+        other => panic!("expected NoConsumer for subpartition 1, got {other:?}"),
+    }
+}
