@@ -150,6 +150,22 @@ pub enum GateItem<'a> {
     End,
 }
 
+/// What [`SingleInputGate::next_view`] hands out: records as their chunks in place, anything
+/// else as [`GateItem`].
+#[derive(Debug)]
+pub enum GateView<'a> {
+    /// A record, as the chunks of the segments it covers (one chunk unless it spans
+    /// segments and the gate reads spans in place, [`SingleInputGate::set_spans_in_place`]).
+    Record {
+        /// Channel index in the gate.
+        channel: u32,
+        /// Payload, borrowed from shared memory.
+        record: crate::record::RecordChunks<'a>,
+    },
+    /// Anything but a record ([`GateItem::Record`] never appears here).
+    Item(GateItem<'a>),
+}
+
 /// What `advance` prepared, before borrowing.
 pub(crate) enum Ready {
     Record(u32),
@@ -741,7 +757,8 @@ impl SingleInputGate {
         Ok(None)
     }
 
-    pub(crate) fn materialize(&mut self, r: Ready) -> GateItem<'_> {
+    /// Per handed-out item off the per-record fast path.
+    fn account_item(&mut self) {
         // Once per batch of records (the per-record fast path of `next` skips this), so the
         // debloater keeps its period under sustained load; a no-op when debloating is off.
         self.debloat();
@@ -750,10 +767,34 @@ impl SingleInputGate {
             self.unreported = 0;
             self.report();
         }
+    }
+
+    pub(crate) fn materialize(&mut self, r: Ready) -> GateItem<'_> {
+        self.account_item();
         match r {
-            Ready::Record(c) => GateItem::Record { channel: c, data: self.channels[c as usize].reader.record() },
+            // Contiguous: a record read in place across segments is copied here, once.
+            Ready::Record(c) => {
+                GateItem::Record { channel: c, data: self.channels[c as usize].reader.record_contiguous() }
+            }
             Ready::Item(i) => i,
         }
+    }
+
+    /// Reads records that span segments in place (`true`) or reassembled (`false`, the
+    /// default) on every channel ([`RecordReader::set_spans_in_place`]). In place, take
+    /// records with [`next_view`](Self::next_view) to read them as chunks without a copy;
+    /// [`next`](Self::next) and [`poll_next`](Self::poll_next) still hand out one slice
+    /// (copying such a record once).
+    pub fn set_spans_in_place(&mut self, on: bool) {
+        for ch in &mut self.channels {
+            ch.reader.set_spans_in_place(on);
+        }
+    }
+
+    /// Records that spanned segments: (reassembled, read in place as chunks), over all
+    /// channels.
+    pub fn spanned_records(&self) -> (u64, u64) {
+        self.channels.iter().fold((0, 0), |(r, p), ch| (r + ch.reader.spanned, p + ch.reader.spanned_in_place))
     }
 
     /// The next record or event if one is ready now, without waiting.
@@ -847,10 +888,36 @@ impl SingleInputGate {
         if let Some(c) = self.next_known()? {
             return Ok(GateItem::Record { channel: c, data: self.channels[c as usize].reader.record() });
         }
+        let r = self.wait_ready(timeout)?;
+        Ok(self.materialize(r))
+    }
+
+    /// As [`next`](Self::next), with records handed out as their chunks in place
+    /// ([`GateView::Record`]): a record that spans segments is not copied when the gate
+    /// reads spans in place ([`set_spans_in_place`](Self::set_spans_in_place)).
+    ///
+    /// # Errors
+    /// As [`next`](Self::next).
+    pub fn next_view(&mut self, timeout: Option<Duration>) -> Result<GateView<'_>> {
+        if let Some(c) = self.next_known()? {
+            return Ok(GateView::Record { channel: c, record: self.channels[c as usize].reader.record_chunks() });
+        }
+        match self.wait_ready(timeout)? {
+            Ready::Record(c) => {
+                self.account_item();
+                Ok(GateView::Record { channel: c, record: self.channels[c as usize].reader.record_chunks() })
+            }
+            r @ Ready::Item(_) => Ok(GateView::Item(self.materialize(r))),
+        }
+    }
+
+    /// The waiting loop of [`next`](Self::next): what is ready next, parking on the gate's
+    /// wake-up until something is.
+    fn wait_ready(&mut self, timeout: Option<Duration>) -> Result<Ready> {
         let mut deadline = None;
         loop {
             if let Some(r) = self.advance()? {
-                return Ok(self.materialize(r));
+                return Ok(r);
             }
             // The clock is read only once nothing is ready (not once per record).
             let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now_nanos() + t.as_nanos() as u64));

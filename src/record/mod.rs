@@ -8,7 +8,8 @@
 //!  writer: fits?  claim(4 + len) and serialize in place (no intermediate copy)
 //!          spans? serialize once into a scratch buffer, append it across segments
 //!  reader: fits?  &[u8] borrowed from shared memory (zero copy)
-//!          spans? reassembled into a per-channel buffer
+//!          spans? reassembled into a per-channel buffer, or (set_spans_in_place) read in
+//!                 place as chunks, one per segment, while its segments arrive without waiting
 //! ```
 //!
 //! Payload encodings ([`Record`] / [`FromRecord`]): a top-level byte slice or string is its
@@ -20,7 +21,7 @@ mod reader;
 mod writer;
 
 pub use codec::{java_string_hash, Field, FromField, FromRecord, Record};
-pub use reader::{RecordReader, Step};
+pub use reader::{ChunkCursor, ChunkIter, RecordChunks, RecordReader, Step};
 pub use writer::{write_record, write_spanning_head, WriteOutcome};
 
 /// Bytes of the length prefix.

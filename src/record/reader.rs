@@ -1,8 +1,9 @@
 //! The deserializer: reads records of one channel in place, reassembling only those that
-//! span segments.
+//! span segments — or, with [`RecordReader::set_spans_in_place`], reading those in place
+//! too, as a chain of chunks ([`RecordChunks`]) over the segments they cover.
 
 use super::{DEFAULT_MAX_RECORD, LEN_PREFIX};
-use crate::buffer::BufferConsumer;
+use crate::buffer::{BufferConsumer, SpareLease};
 use crate::error::{Error, Result};
 use crate::ring::{ChannelReader, Descriptor};
 
@@ -19,8 +20,17 @@ pub enum Step {
 
 enum Last {
     None,
-    InPlace { offset: u32, len: u32 },
+    InPlace {
+        offset: u32,
+        len: u32,
+    },
     Spanned,
+    /// A record that spans segments, read in place: the chunks in `held`, then
+    /// `[offset, offset + len)` of the current segment.
+    Chunked {
+        offset: u32,
+        len: u32,
+    },
 }
 
 /// Reads the records of one channel.
@@ -32,6 +42,15 @@ pub struct RecordReader {
     /// Reassembly of a record that spans segments: bytes so far, and the payload length.
     span: Vec<u8>,
     span_len: Option<usize>,
+    /// Whether spanning records are read in place ([`Self::set_spans_in_place`]).
+    in_place: bool,
+    /// The record being read spans segments and is read in place so far: its earlier
+    /// segments, each with the chunk of the record it holds, and its bytes so far.
+    held: Vec<(BufferConsumer, u32, u32)>,
+    held_bytes: usize,
+    /// Leases of released held segments, reused for the next segments (no allocation once
+    /// the list has grown to the longest record's segment count).
+    spares: Vec<SpareLease>,
     last: Last,
     max_record: usize,
     /// Records read.
@@ -40,6 +59,9 @@ pub struct RecordReader {
     pub bytes: u64,
     /// Records that had to be reassembled.
     pub spanned: u64,
+    /// Records that spanned segments and were handed out in place, as chunks (never
+    /// copied unless the caller asked for [`RecordReader::record_contiguous`]).
+    pub spanned_in_place: u64,
 }
 
 impl std::fmt::Debug for RecordReader {
@@ -65,12 +87,66 @@ impl RecordReader {
             spare: None,
             span: Vec::new(),
             span_len: None,
+            in_place: false,
+            held: Vec::new(),
+            held_bytes: 0,
+            spares: Vec::new(),
             last: Last::None,
             max_record: DEFAULT_MAX_RECORD,
             records: 0,
             bytes: 0,
             spanned: 0,
+            spanned_in_place: 0,
         }
+    }
+
+    /// Reads records that span segments in place (`true`) instead of reassembling them
+    /// (`false`, the default). In place, the segments a record covers stay held until the
+    /// next poll, and the record is read with [`record_chunks`](Self::record_chunks) (or
+    /// copied once by [`record_contiguous`](Self::record_contiguous));
+    /// [`record`](Self::record) then panics for such a record.
+    ///
+    /// A record is kept in place only while its segments arrive without waiting: when the
+    /// reader would wait in the middle of one (its producer may need the held segments back
+    /// as credit to write the rest), the chunks so far are copied to the reassembly buffer,
+    /// the segments released, and that record is reassembled ([`Self::spanned`]) — so
+    /// holding segments never deadlocks a producer short of credit.
+    pub fn set_spans_in_place(&mut self, on: bool) {
+        self.in_place = on;
+    }
+
+    /// Releases the segments held for the last record (their leases kept for reuse).
+    fn release_held(&mut self) {
+        for (c, _, _) in self.held.drain(..) {
+            if let Some(s) = c.recycle() {
+                self.spares.push(s);
+            }
+        }
+        self.held_bytes = 0;
+    }
+
+    /// Forgets the last record: its reassembly buffer and the segments held for it.
+    fn release_last(&mut self) {
+        match self.last {
+            Last::Spanned => self.span.clear(),
+            Last::Chunked { .. } => self.release_held(),
+            Last::None | Last::InPlace { .. } => {}
+        }
+        self.last = Last::None;
+    }
+
+    /// Copies a record read in place so far (held chunks, then `tail` of the current
+    /// segment) into the reassembly buffer and releases the held segments.
+    fn spill_held(&mut self, tail: Option<(u32, u32)>) {
+        self.span.clear();
+        self.span.reserve(self.span_len.unwrap_or(self.held_bytes).min(8 << 20));
+        for (c, off, len) in &self.held {
+            self.span.extend_from_slice(c.bytes_at(*off, *len));
+        }
+        if let (Some((off, len)), Some(c)) = (tail, self.current.as_ref()) {
+            self.span.extend_from_slice(c.bytes_at(off, len));
+        }
+        self.release_held();
     }
 
     /// Sets the largest payload accepted; a longer length prefix is a protocol violation.
@@ -118,7 +194,7 @@ impl RecordReader {
     /// the caller uses `poll`.
     #[inline]
     pub fn poll_known(&mut self) -> bool {
-        if self.span_len.is_some() || matches!(self.last, Last::Spanned) {
+        if self.span_len.is_some() || matches!(self.last, Last::Spanned | Last::Chunked { .. }) {
             return false;
         }
         let Some(c) = self.current.as_mut() else {
@@ -152,10 +228,7 @@ impl RecordReader {
         if self.span_len.is_some() {
             return Ok(0);
         }
-        if matches!(self.last, Last::Spanned) {
-            self.span.clear();
-        }
-        self.last = Last::None;
+        self.release_last();
         let max_record = self.max_record;
         let place = self.channel.id();
         let Some(c) = self.current.as_mut() else {
@@ -197,12 +270,37 @@ impl RecordReader {
     /// Protocol violations (bad lengths, an event inside a spanning record, malformed
     /// descriptors), a failed producer.
     pub fn poll(&mut self) -> Result<Step> {
-        if matches!(self.last, Last::Spanned) {
-            self.span.clear();
-        }
-        self.last = Last::None;
+        self.release_last();
         loop {
             if let Some(c) = self.current.as_mut() {
+                if let (Some(need), false) = (self.span_len, self.held.is_empty()) {
+                    // A spanning record read in place: this segment's part is a chunk.
+                    let off = c.read_position();
+                    let bytes = c.peek()?;
+                    let take = (need - self.held_bytes).min(bytes.len());
+                    c.consume(take as u32);
+                    self.held_bytes += take;
+                    if self.held_bytes == need {
+                        self.span_len = None;
+                        self.last = Last::Chunked { offset: off, len: take as u32 };
+                        self.records += 1;
+                        self.bytes += need as u64;
+                        self.spanned_in_place += 1;
+                        return Ok(Step::Record);
+                    }
+                    if c.check_finished()? {
+                        let c = self.current.take().expect("current segment");
+                        self.held.push((c, off, take as u32));
+                        continue;
+                    }
+                    // The rest is not there yet: reassemble this record instead of holding
+                    // segments its producer may need to write the rest.
+                    self.spill_held(Some((off, take as u32)));
+                    if self.next_queued_behind_current()? {
+                        continue;
+                    }
+                    return Ok(Step::Empty);
+                }
                 if let Some(need) = self.span_len {
                     let bytes = c.peek()?;
                     let take = (need - self.span.len()).min(bytes.len());
@@ -250,6 +348,16 @@ impl RecordReader {
                     }
                     if fin {
                         // The record continues in the next segment of this channel.
+                        // (In place only with payload bytes in this segment: a record whose
+                        // prefix ends the segment is reassembled.)
+                        if self.in_place && avail > LEN_PREFIX {
+                            c.consume(avail as u32);
+                            self.span_len = Some(len);
+                            self.held_bytes = avail - LEN_PREFIX;
+                            let c = self.current.take().expect("current segment");
+                            self.held.push((c, read_pos + LEN_PREFIX as u32, self.held_bytes as u32));
+                            continue;
+                        }
                         self.span.clear();
                         // At most 8 MiB up front: the length is the peer's word (checked
                         // against `max_record` only); the buffer grows as bytes arrive.
@@ -279,18 +387,26 @@ impl RecordReader {
             }
             match self.channel.poll_data()? {
                 Some(Descriptor::Buffer(s)) => {
-                    self.current = Some(match self.spare.take() {
+                    self.current = Some(match self.spare.take().or_else(|| self.spares.pop()) {
                         Some(spare) => self.channel.consumer_reusing(spare, s),
                         None => self.channel.consumer(s),
                     })
                 }
                 Some(d) => {
                     if self.span_len.is_some() {
+                        self.release_held();
                         return Err(self.violation(format!("{d:?} inside a record that spans segments")));
                     }
                     return Ok(Step::Event(d));
                 }
-                None => return Ok(Step::Empty),
+                None => {
+                    if !self.held.is_empty() {
+                        // The next segment of a record held in place is not there yet:
+                        // reassemble it instead (see `set_spans_in_place`).
+                        self.spill_held(None);
+                    }
+                    return Ok(Step::Empty);
+                }
             }
         }
     }
@@ -335,14 +451,205 @@ impl RecordReader {
     /// or from the reassembly buffer when it spanned segments.
     ///
     /// # Panics
-    /// If the last poll did not return [`Step::Record`].
+    /// If the last poll did not return [`Step::Record`], or the record spans segments and
+    /// was read in place ([`set_spans_in_place`](Self::set_spans_in_place); use
+    /// [`record_chunks`](Self::record_chunks) or [`record_contiguous`](Self::record_contiguous)).
     pub fn record(&self) -> &[u8] {
         match self.last {
             Last::InPlace { offset, len } => {
                 self.current.as_ref().expect("the record's segment is still held").bytes_at(offset, len)
             }
             Last::Spanned => &self.span,
+            Last::Chunked { .. } => {
+                panic!("the record spans segments in place: use record_chunks or record_contiguous")
+            }
             Last::None => panic!("no record: the last poll did not return Step::Record"),
         }
+    }
+
+    /// The record [`poll`](Self::poll) just returned as one contiguous slice: as
+    /// [`record`](Self::record), except that a record read in place across segments is
+    /// copied into the reassembly buffer now (once; its segments are released then).
+    ///
+    /// # Panics
+    /// If the last poll did not return [`Step::Record`].
+    pub fn record_contiguous(&mut self) -> &[u8] {
+        if let Last::Chunked { offset, len } = self.last {
+            self.spill_held(Some((offset, len)));
+            self.last = Last::Spanned;
+        }
+        self.record()
+    }
+
+    /// The record [`poll`](Self::poll) just returned as its chunks, in order, without
+    /// copying: one chunk for a record in one segment (or a reassembled one), one per
+    /// segment it covers for a record read in place across segments.
+    ///
+    /// # Panics
+    /// If the last poll did not return [`Step::Record`].
+    pub fn record_chunks(&self) -> RecordChunks<'_> {
+        let (held, tail): (&[(BufferConsumer, u32, u32)], &[u8]) = match self.last {
+            Last::Chunked { offset, len } => (
+                &self.held,
+                self.current.as_ref().expect("the record's last segment is still held").bytes_at(offset, len),
+            ),
+            _ => (&[], self.record()),
+        };
+        let len = held.iter().map(|(_, _, l)| *l as usize).sum::<usize>() + tail.len();
+        RecordChunks { held, tail, len }
+    }
+}
+
+/// A record as the chunks of the segments it covers, in order (from
+/// [`RecordReader::record_chunks`]): iterate it for `&[u8]` chunks, or read it as a byte
+/// stream with [`RecordChunks::cursor`]. Borrowed from shared memory; nothing is copied.
+#[derive(Clone, Copy)]
+pub struct RecordChunks<'a> {
+    held: &'a [(BufferConsumer, u32, u32)],
+    tail: &'a [u8],
+    len: usize,
+}
+
+impl std::fmt::Debug for RecordChunks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordChunks({} bytes in {} chunks)", self.len, self.held.len() + 1)
+    }
+}
+
+impl<'a> RecordChunks<'a> {
+    /// Payload bytes in all chunks.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many chunks (1 for a record that lies in one segment).
+    pub fn chunk_count(&self) -> usize {
+        self.held.len() + 1
+    }
+
+    /// The chunks, in order.
+    pub fn iter(&self) -> ChunkIter<'a> {
+        ChunkIter { held: self.held, tail: Some(self.tail) }
+    }
+
+    /// A reader over the payload that walks the chunks in place.
+    pub fn cursor(&self) -> ChunkCursor<'a> {
+        let mut c = ChunkCursor { held: self.held, tail: self.tail, chunk: &[], remaining: self.len };
+        c.load_next();
+        c
+    }
+
+    /// Appends the whole payload to `out` (the one copy, when a contiguous copy is wanted).
+    pub fn copy_to_vec(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len);
+        for c in self.iter() {
+            out.extend_from_slice(c);
+        }
+    }
+}
+
+impl<'a> IntoIterator for RecordChunks<'a> {
+    type Item = &'a [u8];
+    type IntoIter = ChunkIter<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// The chunks of a record, in order ([`RecordChunks::iter`]).
+#[derive(Debug, Clone)]
+pub struct ChunkIter<'a> {
+    held: &'a [(BufferConsumer, u32, u32)],
+    tail: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for ChunkIter<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if let Some(((c, off, len), rest)) = self.held.split_first() {
+            self.held = rest;
+            return Some(c.bytes_at(*off, *len));
+        }
+        self.tail.take()
+    }
+}
+
+/// A `Buf`-like reader over a record's chunks ([`RecordChunks::cursor`]): the unread part
+/// of the current chunk ([`chunk`](Self::chunk)), [`advance`](Self::advance), and copies
+/// that cross chunk boundaries ([`copy_to_slice`](Self::copy_to_slice), [`std::io::Read`]).
+#[derive(Debug, Clone)]
+pub struct ChunkCursor<'a> {
+    held: &'a [(BufferConsumer, u32, u32)],
+    tail: &'a [u8],
+    chunk: &'a [u8],
+    remaining: usize,
+}
+
+impl<'a> ChunkCursor<'a> {
+    /// Makes `chunk` the next non-empty chunk when the current one is used up.
+    fn load_next(&mut self) {
+        while self.chunk.is_empty() {
+            if let Some(((c, off, len), rest)) = self.held.split_first() {
+                self.chunk = c.bytes_at(*off, *len);
+                self.held = rest;
+            } else if !self.tail.is_empty() {
+                self.chunk = std::mem::take(&mut self.tail);
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// The unread bytes of the current chunk (empty only at the end).
+    pub fn chunk(&self) -> &'a [u8] {
+        self.chunk
+    }
+
+    /// Skips `n` bytes (at most [`remaining`](Self::remaining); more stops at the end).
+    pub fn advance(&mut self, mut n: usize) {
+        n = n.min(self.remaining);
+        self.remaining -= n;
+        while n > 0 {
+            let k = n.min(self.chunk.len());
+            self.chunk = &self.chunk[k..];
+            n -= k;
+            self.load_next();
+        }
+        self.load_next();
+    }
+
+    /// Fills `out` from the record, across chunks; `false` (and nothing read) when fewer
+    /// than `out.len()` bytes remain.
+    pub fn copy_to_slice(&mut self, out: &mut [u8]) -> bool {
+        if out.len() > self.remaining {
+            return false;
+        }
+        let mut done = 0;
+        while done < out.len() {
+            let k = (out.len() - done).min(self.chunk.len());
+            out[done..done + k].copy_from_slice(&self.chunk[..k]);
+            done += k;
+            self.advance(k);
+        }
+        true
+    }
+}
+
+impl std::io::Read for ChunkCursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = buf.len().min(self.chunk.len());
+        buf[..k].copy_from_slice(&self.chunk[..k]);
+        self.advance(k);
+        Ok(k)
     }
 }
