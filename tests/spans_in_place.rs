@@ -158,17 +158,18 @@ fn contiguous_slice_only_when_asked_and_reassembly_by_default() {
     }
 }
 
-#[test]
-fn a_record_longer_than_the_credit_falls_back_to_reassembly_without_deadlock() {
-    // 20000 B records cover 5+ segments of 4 KiB, the channel has 2 credits: holding the
-    // segments would starve the producer, so the reader copies what it holds and releases
-    // it whenever it would wait, and the records still arrive intact.
+/// Streams `n` records of 20000 B (each covers 5 or 6 segments of 4 KiB) through a channel
+/// with `exclusive` credits and no floating ones, reading them in place while they are
+/// written, holding up to `hold_budget` segments while waiting; returns (reassembled, in
+/// place).
+fn stream_in_place(exclusive: u32, hold_budget: u32) -> (u64, u64) {
     let arena = arena();
     let n = 40usize;
     let rec = |i: usize| -> Vec<u8> { (0..20_000usize).map(|j| (j * 13 + i) as u8).collect() };
     let producer = spawn_producer(&arena, (0..n).map(rec).collect(), mpsc::channel().0);
-    let mut gate = gate(&arena, 2, 0);
+    let mut gate = gate(&arena, exclusive, 0);
     gate.set_spans_in_place(true);
+    gate.set_span_hold_budget(hold_budget);
     let mut got = 0;
     let mut copy = Vec::new();
     for _ in 0..n + 8 {
@@ -184,10 +185,27 @@ fn a_record_longer_than_the_credit_falls_back_to_reassembly_without_deadlock() {
         }
     }
     assert_eq!(got, n);
-    let (reassembled, in_place) = gate.spanned_records();
-    assert_eq!(reassembled + in_place, n as u64);
-    assert!(reassembled > 0, "records longer than the credit were reassembled");
+    let spanned = gate.spanned_records();
+    assert_eq!(spanned.0 + spanned.1, n as u64);
     drop(gate);
     producer.join().unwrap();
     assert_eq!(arena.header_atomics().free_stack.len(), 64, "every segment is back");
+    spanned
+}
+
+#[test]
+fn a_record_longer_than_the_credit_falls_back_to_reassembly_without_deadlock() {
+    // 2 credits: holding the segments would starve the producer, so the reader copies what
+    // it holds and releases it whenever it would wait; the records still arrive intact.
+    assert_eq!(stream_in_place(2, 0), (40, 0), "every record reassembled");
+    // 4 credits: 2 segments may stay held while waiting, fewer than a record needs.
+    assert_eq!(stream_in_place(4, 2), (40, 0), "every record reassembled");
+}
+
+#[test]
+fn records_within_the_credit_stay_in_place_while_the_reader_waits_for_them() {
+    // 10 exclusive credits (and the producer's default 10 per channel): a record may hold
+    // 8 segments while waiting (it needs 6), so every record is read in place however the
+    // reader and writer interleave.
+    assert_eq!(stream_in_place(10, 8), (0, 40), "every record in place");
 }

@@ -781,13 +781,29 @@ impl SingleInputGate {
     }
 
     /// Reads records that span segments in place (`true`) or reassembled (`false`, the
-    /// default) on every channel ([`RecordReader::set_spans_in_place`]). In place, take
+    /// default) on every channel ([`RecordReader::set_spans_in_place`]). A record stays in
+    /// place when all its segments are published by the time it is read, or while it holds
+    /// no more than [`set_span_hold_budget`](Self::set_span_hold_budget) segments (default
+    /// 0) when the gate has to wait for its rest; otherwise it is copied once and its
+    /// segments released. In place, take
     /// records with [`next_view`](Self::next_view) to read them as chunks without a copy;
     /// [`next`](Self::next) and [`poll_next`](Self::poll_next) still hand out one slice
     /// (copying such a record once).
     pub fn set_spans_in_place(&mut self, on: bool) {
         for ch in &mut self.channels {
             ch.reader.set_spans_in_place(on);
+        }
+    }
+
+    /// How many segments a record read in place may keep held while the gate waits for its
+    /// rest, on every channel ([`RecordReader::set_hold_budget`]; default 0: copy and
+    /// release at the first wait). Its producer must still be able to write the rest: keep
+    /// it at most 2 below the smallest of the channel's exclusive credits and the
+    /// producer's `max_buffers_per_channel` (and pool); above that a producer can block on
+    /// segments the gate holds, and both wait until their timeouts.
+    pub fn set_span_hold_budget(&mut self, segments: u32) {
+        for ch in &mut self.channels {
+            ch.reader.set_hold_budget(segments as usize);
         }
     }
 

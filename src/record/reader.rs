@@ -48,6 +48,9 @@ pub struct RecordReader {
     /// segments, each with the chunk of the record it holds, and its bytes so far.
     held: Vec<(BufferConsumer, u32, u32)>,
     held_bytes: usize,
+    /// Segments of a record read in place that may stay held while the reader waits for
+    /// the rest ([`RecordReader::set_hold_budget`]).
+    hold_budget: usize,
     /// Leases of released held segments, reused for the next segments (no allocation once
     /// the list has grown to the longest record's segment count).
     spares: Vec<SpareLease>,
@@ -90,6 +93,7 @@ impl RecordReader {
             in_place: false,
             held: Vec::new(),
             held_bytes: 0,
+            hold_budget: 0,
             spares: Vec::new(),
             last: Last::None,
             max_record: DEFAULT_MAX_RECORD,
@@ -106,13 +110,22 @@ impl RecordReader {
     /// copied once by [`record_contiguous`](Self::record_contiguous));
     /// [`record`](Self::record) then panics for such a record.
     ///
-    /// A record is kept in place only while its segments arrive without waiting: when the
-    /// reader would wait in the middle of one (its producer may need the held segments back
-    /// as credit to write the rest), the chunks so far are copied to the reassembly buffer,
+    /// When the reader would wait in the middle of such a record holding more segments
+    /// than the [hold budget](Self::set_hold_budget) (its producer may need them back as
+    /// credit to write the rest), the chunks so far are copied to the reassembly buffer,
     /// the segments released, and that record is reassembled ([`Self::spanned`]) — so
     /// holding segments never deadlocks a producer short of credit.
     pub fn set_spans_in_place(&mut self, on: bool) {
         self.in_place = on;
+    }
+
+    /// How many segments of a record read in place may stay held while the reader waits
+    /// for the rest (default 0: any wait with a segment held reassembles the record). Safe
+    /// up to 2 below the segments its producer can have in flight on the channel (the
+    /// channel's credit, the producer's per-channel and pool limits): the producer then
+    /// keeps one to write on. More can block the producer on segments held here.
+    pub fn set_hold_budget(&mut self, segments: usize) {
+        self.hold_budget = segments;
     }
 
     /// Releases the segments held for the last record (their leases kept for reuse).
@@ -274,13 +287,14 @@ impl RecordReader {
         loop {
             if let Some(c) = self.current.as_mut() {
                 if let (Some(need), false) = (self.span_len, self.held.is_empty()) {
-                    // A spanning record read in place: this segment's part is a chunk.
+                    // A spanning record read in place: this segment's part is a chunk,
+                    // consumed once the record ends in it or the segment is finished.
                     let off = c.read_position();
-                    let bytes = c.peek()?;
+                    let (bytes, fin) = c.peek_final()?;
                     let take = (need - self.held_bytes).min(bytes.len());
-                    c.consume(take as u32);
-                    self.held_bytes += take;
-                    if self.held_bytes == need {
+                    if self.held_bytes + take == need {
+                        c.consume(take as u32);
+                        self.held_bytes = need;
                         self.span_len = None;
                         self.last = Last::Chunked { offset: off, len: take as u32 };
                         self.records += 1;
@@ -288,14 +302,24 @@ impl RecordReader {
                         self.spanned_in_place += 1;
                         return Ok(Step::Record);
                     }
-                    if c.check_finished()? {
-                        let c = self.current.take().expect("current segment");
-                        self.held.push((c, off, take as u32));
+                    if fin && take == bytes.len() {
+                        c.consume(take as u32);
+                        self.held_bytes += take;
+                        if take == 0 {
+                            self.retire_current();
+                        } else {
+                            let c = self.current.take().expect("current segment");
+                            self.held.push((c, off, take as u32));
+                        }
                         continue;
                     }
-                    // The rest is not there yet: reassemble this record instead of holding
-                    // segments its producer may need to write the rest.
-                    self.spill_held(Some((off, take as u32)));
+                    // The rest is not there yet.
+                    if self.held.len() > self.hold_budget {
+                        // Its producer may need the held segments back to write the rest:
+                        // reassemble this record instead (from the current read position on).
+                        self.spill_held(None);
+                        continue;
+                    }
                     if self.next_queued_behind_current()? {
                         continue;
                     }
@@ -400,7 +424,7 @@ impl RecordReader {
                     return Ok(Step::Event(d));
                 }
                 None => {
-                    if !self.held.is_empty() {
+                    if self.held.len() > self.hold_budget {
                         // The next segment of a record held in place is not there yet:
                         // reassemble it instead (see `set_spans_in_place`).
                         self.spill_held(None);

@@ -1,0 +1,209 @@
+//! 1 MiB records over 32 KiB segments (each covers 33 segments), read reassembled (the
+//! default: `SingleInputGate::next`, one copy into the reassembly buffer) against read in
+//! place as chunks (`set_spans_in_place` + `next_view`, issue 14 item 3), A/B interleaved in
+//! one run, plus a memcpy of the same bytes for scale. The consumer "deserializes" each
+//! record by summing its bytes (one pass, as a decoder would); the checksums of both modes
+//! must agree.
+//!
+//! A record read in place holds its segments until the next one is read: the channel gets
+//! 40 exclusive credits and the producer 40 segments per channel (a 1 MiB record needs
+//! 33), in both modes alike, and the gate may hold 38 while it waits for a record's rest.
+//! With Flink's defaults (2 + 8 floating credits, 10 per channel) such a record is copied
+//! once the reader has to wait for it.
+//!
+//! `cargo bench --bench spans [-- --rounds N --records N]` (argv holds `--bench`) is the
+//! full run; without `--bench` (as `cargo test --benches` runs it) a smoke run of a few
+//! records checks that both modes deliver the same bytes.
+
+use shmflow::gate::{GateItem, GateView, InputGateConfig, InputSpec};
+use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::partition::{
+    BroadcastPartitioner, BufferTimeout, RequestBackoff, ResultPartitionConfig, ResultPartitionId, ResultPartitionType,
+};
+use shmflow::ShuffleEnvironment;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+const SEG: u32 = 32 << 10;
+const T: Option<Duration> = Some(Duration::from_secs(60));
+type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Reassembled,
+    Chunked,
+}
+
+/// What one round measured.
+struct Round {
+    gbps: f64,
+    checksum: u64,
+    /// (reassembled, in place) spanning records.
+    spanned: (u64, u64),
+}
+
+fn sum(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| b as u64).sum()
+}
+
+fn round(mode: Mode, records: usize, record: &Arc<Vec<u8>>) -> Res<Round> {
+    let cfg =
+        ArenaConfig { segment_size: SEG, segment_count: 128, max_channels: 4, max_gates: 2, ..ArenaConfig::default() };
+    let arena = Arc::new(Arena::heap(&cfg)?);
+    let id = ResultPartitionId::new(1, 0);
+    let (a, rec) = (arena.clone(), record.clone());
+    let producer = std::thread::spawn(move || -> shmflow::Result<()> {
+        let env = ShuffleEnvironment::new(a, 0);
+        let mut cfg = ResultPartitionConfig::new(id, ResultPartitionType::PipelinedBounded, 1);
+        cfg.timeout = T;
+        cfg.max_buffers_per_channel = 40;
+        cfg.pool_max = cfg.pool_max.max(48);
+        let mut w =
+            env.create_record_writer::<[u8], _>(&cfg, BroadcastPartitioner, BufferTimeout::from_millis(1).unwrap())?;
+        for _ in 0..records {
+            w.emit(&rec[..])?;
+        }
+        w.finish()?;
+        w.into_partition().release_when_consumed(T)
+    });
+    let env = ShuffleEnvironment::new(arena.clone(), 1);
+    let mut gcfg = InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]);
+    gcfg.backoff = RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(2) };
+    gcfg.exclusive_credits = 40;
+    let mut gate = env.create_input_gate(&gcfg)?;
+    gate.set_spans_in_place(mode == Mode::Chunked);
+    // 2 below the channel's 40 credits and the producer's 40 per channel.
+    gate.set_span_hold_budget(38);
+    let (mut checksum, mut n) = (0u64, 0usize);
+    let t0 = Instant::now();
+    // Bounded: the records and the end.
+    for _ in 0..records + 2 {
+        match mode {
+            Mode::Reassembled => match gate.next(T)? {
+                GateItem::Record { data, .. } => {
+                    checksum = checksum.wrapping_add(sum(data));
+                    n += 1;
+                }
+                GateItem::End => break,
+                other => return Err(format!("unexpected {other:?}").into()),
+            },
+            Mode::Chunked => match gate.next_view(T)? {
+                GateView::Record { record, .. } => {
+                    for c in record.iter() {
+                        checksum = checksum.wrapping_add(sum(c));
+                    }
+                    n += 1;
+                }
+                GateView::Item(GateItem::End) => break,
+                GateView::Item(other) => return Err(format!("unexpected {other:?}").into()),
+            },
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let spanned = gate.spanned_records();
+    drop(gate);
+    producer.join().map_err(|_| "producer panicked")??;
+    if n != records {
+        return Err(format!("{mode:?}: read {n} of {records} records").into());
+    }
+    Ok(Round { gbps: (records * record.len()) as f64 / secs / 1e9, checksum, spanned })
+}
+
+/// memcpy of the same bytes record by record into a 4 MiB ring, for scale.
+fn memcpy_round(records: usize, record: &[u8]) -> f64 {
+    let mut ring = vec![0u8; 4 * MIB];
+    let t0 = Instant::now();
+    for i in 0..records {
+        let at = (i % 3) * record.len();
+        ring[at..at + record.len()].copy_from_slice(record);
+        std::hint::black_box(&ring);
+    }
+    (records * record.len()) as f64 / t0.elapsed().as_secs_f64() / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spans: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let arg = |name: &str| -> Res<Option<usize>> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => Ok(Some(args.get(i + 1).ok_or_else(|| format!("{name} needs a number"))?.parse()?)),
+            None => Ok(None),
+        }
+    };
+    let rounds = arg("--rounds")?.unwrap_or(if full { 7 } else { 1 });
+    let records = arg("--records")?.unwrap_or(if full { 256 } else { 4 });
+    let record: Arc<Vec<u8>> = Arc::new((0..MIB).map(|i| (i * 31 + (i >> 12)) as u8).collect());
+    let want = sum(&record).wrapping_mul(records as u64);
+    let (mut re, mut ch, mut ratio, mut mc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut spanned = (0, 0, 0, 0);
+    for r in 0..rounds {
+        // A/B, alternating which goes first.
+        let order = if r % 2 == 0 { [Mode::Reassembled, Mode::Chunked] } else { [Mode::Chunked, Mode::Reassembled] };
+        let mut pair = [0.0; 2];
+        for mode in order {
+            let x = round(mode, records, &record)?;
+            if x.checksum != want {
+                return Err(format!("{mode:?}: checksum {} != {want}", x.checksum).into());
+            }
+            let i = (mode == Mode::Chunked) as usize;
+            pair[i] = x.gbps;
+            if i == 0 {
+                spanned.0 += x.spanned.0;
+                spanned.1 += x.spanned.1;
+            } else {
+                spanned.2 += x.spanned.0;
+                spanned.3 += x.spanned.1;
+            }
+        }
+        mc.push(memcpy_round(records, &record));
+        println!(
+            "round {r}: reassembled {:.2} GB/s, chunked {:.2} GB/s, ratio {:.2}, memcpy {:.2} GB/s",
+            pair[0],
+            pair[1],
+            pair[1] / pair[0],
+            mc[r]
+        );
+        re.push(pair[0]);
+        ch.push(pair[1]);
+        ratio.push(pair[1] / pair[0]);
+    }
+    let (m_re, m_ch, m_mc) = (median(re), median(ch), median(mc));
+    println!(
+        "1 MiB records, 32 KiB segments, {records} records x {rounds} rounds (medians): reassembled {m_re:.2} GB/s \
+         ({:.2}x memcpy), chunked in place {m_ch:.2} GB/s ({:.2}x memcpy), chunked/reassembled {:.2}x (median of \
+         per-round ratios); memcpy {m_mc:.2} GB/s",
+        m_re / m_mc,
+        m_ch / m_mc,
+        median(ratio)
+    );
+    println!(
+        "spanning records: reassembled mode {} reassembled / {} in place; chunked mode {} reassembled / {} in place",
+        spanned.0, spanned.1, spanned.2, spanned.3
+    );
+    let all = (records * rounds) as u64;
+    if spanned.1 != 0 || spanned.0 != all {
+        return Err("the default mode read a record in place".into());
+    }
+    // Within the hold budget every record stays in place, however the threads interleave.
+    if spanned.2 != 0 || spanned.3 != all {
+        return Err("the chunked mode copied a record".into());
+    }
+    Ok(())
+}
