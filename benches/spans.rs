@@ -1,7 +1,8 @@
 //! 1 MiB records over 32 KiB segments (each covers 33 segments), read reassembled (the
 //! default: `SingleInputGate::next`, one copy into the reassembly buffer) against read in
 //! place as chunks (`set_spans_in_place` + `next_view`, issue 14 item 3), A/B interleaved in
-//! one run, plus a memcpy of the same bytes for scale. The consumer "deserializes" each
+//! one run, plus a cache-hot memcpy of one record for scale (not the throughput bench's
+//! memcpy bar, which the 1 MiB goal is measured against). The consumer "deserializes" each
 //! record by summing its bytes (one pass, as a decoder would); the checksums of both modes
 //! must agree.
 //!
@@ -111,7 +112,7 @@ fn round(mode: Mode, records: usize, record: &Arc<Vec<u8>>) -> Res<Round> {
     Ok(Round { gbps: (records * record.len()) as f64 / secs / 1e9, checksum, spanned })
 }
 
-/// memcpy of the same bytes record by record into a 4 MiB ring, for scale.
+/// memcpy of the record, record by record, into a 4 MiB ring (cache-hot), for scale.
 fn memcpy_round(records: usize, record: &[u8]) -> f64 {
     let mut ring = vec![0u8; 4 * MIB];
     let t0 = Instant::now();
@@ -186,11 +187,9 @@ fn run() -> Res<()> {
     }
     let (m_re, m_ch, m_mc) = (median(re), median(ch), median(mc));
     println!(
-        "1 MiB records, 32 KiB segments, {records} records x {rounds} rounds (medians): reassembled {m_re:.2} GB/s \
-         ({:.2}x memcpy), chunked in place {m_ch:.2} GB/s ({:.2}x memcpy), chunked/reassembled {:.2}x (median of \
-         per-round ratios); memcpy {m_mc:.2} GB/s",
-        m_re / m_mc,
-        m_ch / m_mc,
+        "1 MiB records, 32 KiB segments, {records} records x {rounds} rounds (medians): reassembled {m_re:.2} GB/s, \
+         chunked in place {m_ch:.2} GB/s, chunked/reassembled {:.2}x (median of per-round ratios); memcpy of one \
+         cache-hot record {m_mc:.2} GB/s (scale only: not the throughput bench's memcpy bar)",
         median(ratio)
     );
     println!(
