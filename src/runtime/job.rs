@@ -157,6 +157,14 @@ impl SourceContext<'_> {
     }
 }
 
+#[cfg(test)]
+impl<'a> SourceContext<'a> {
+    /// A context without task metrics, for unit tests of sources.
+    pub(crate) fn for_test(info: &'a TaskInfo) -> Self {
+        Self { info, metrics: None }
+    }
+}
+
 /// A [`Source`] made of a closure that gets a `&mut dyn Collector<T>`.
 pub struct FnSource<F>(F);
 
