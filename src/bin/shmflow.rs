@@ -945,7 +945,9 @@ fn arena_path(sel: ArenaSel) -> AnyResult<(PathBuf, Option<u32>)> {
                 .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?;
             (path, Some(p))
         }
-        (None, Some(n), None) => (PathBuf::from("/dev/shm").join(n), None),
+        // The library's rule for arena names: `--name ../x` or `--name /x` named a file
+        // outside /dev/shm (that is what --path is for).
+        (None, Some(n), None) => (Arena::named_path(&n).map_err(|e| format!("--name: {e}"))?, None),
         (None, None, Some(p)) => (p, None),
         (None, None, None) => {
             // No arena named: the one running job's, if there is exactly one.
@@ -1312,6 +1314,16 @@ mod tests {
         for extra in ["--sink-work-ns", "--source-work-ns"] {
             let e = parse(&["--latency", "--rate", "10", extra, "5"]).unwrap_err().to_string();
             assert!(e.contains(extra), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_arena_name_names_a_file_in_dev_shm_only() {
+        let name = |n: &str| arena_path(ArenaSel { pid: None, name: Some(n.into()), path: None });
+        assert_eq!(name("job-1").unwrap().0, PathBuf::from("/dev/shm/job-1"));
+        for bad in ["../../etc/passwd", "/etc/passwd", ".hidden", ""] {
+            let e = name(bad).unwrap_err().to_string();
+            assert!(e.contains("--name"), "{bad:?}: {e}");
         }
     }
 
