@@ -8,6 +8,7 @@
 //! ```sh
 //! cargo run --release --example keyed_numbers            # 5 M records
 //! cargo run --release --example keyed_numbers -- 100000  # any count
+//! cargo run --release --example keyed_numbers -- 5000000 next  # consumers read with next() only
 //! ```
 
 use shmflow::prelude::*;
@@ -20,6 +21,8 @@ const KEYS: u64 = 1000;
 const CONSUMERS: u32 = 2;
 /// Set in the consumer processes: the subpartition they read.
 const ROLE_ENV: &str = "KEYED_NUMBERS_CONSUMER";
+/// Set in the consumer processes to read with `next()` only (to compare with the batch path).
+const NEXT_ONLY_ENV: &str = "KEYED_NUMBERS_NEXT_ONLY";
 
 /// Routes by key as Flink routes a `Long` key, over the two consumers.
 fn by_key() -> impl ChannelSelector<(u64, u64)> {
@@ -41,13 +44,16 @@ fn consumer(index: u32) -> shmflow::Result<()> {
         n += 1;
         sum = sum.wrapping_add(record.1);
     };
+    let next_only = std::env::var_os(NEXT_ONLY_ENV).is_some();
     loop {
-        let drained = gate.drain_records(4096, &mut |_, bytes| {
-            take(FromRecord::from_record(bytes)?);
-            Ok(())
-        })?;
-        if drained > 0 {
-            continue;
+        if !next_only {
+            let drained = gate.drain_records(4096, &mut |_, bytes| {
+                take(FromRecord::from_record(bytes)?);
+                Ok(())
+            })?;
+            if drained > 0 {
+                continue;
+            }
         }
         match gate.next(Some(Duration::from_secs(60)))? {
             GateItem::Record { data, .. } => take(FromRecord::from_record(data)?),
@@ -72,6 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..CONSUMERS {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.env(ROLE_ENV, i.to_string()).stdout(Stdio::piped());
+        if std::env::args().nth(2).as_deref() == Some("next") {
+            cmd.env(NEXT_ONLY_ENV, "1");
+        }
         arena.inherit_fd_into(&mut cmd)?;
         children.push(cmd.spawn()?);
     }

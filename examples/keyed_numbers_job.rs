@@ -1,7 +1,8 @@
 //! The `keyed_numbers` exchange through the job runtime: sources emit `(i % 1000, i)`, a
 //! keyed reduce sums the values per key, and each sink subtask checks, when its input ends,
-//! that every key routed to it arrived with its exact sum (and no other key did). A wrong
-//! total fails the job; the coordinator prints the summary.
+//! that every key routed to it arrived with its exact sum (and no other key did), and hands
+//! its keys' sums back to the coordinator as accumulators, which checks the grand total. A
+//! wrong total fails the job.
 //!
 //! ```sh
 //! cargo run --release --example keyed_numbers_job            # 5 M records
@@ -9,6 +10,7 @@
 //! ```
 
 use shmflow::partition::{ChannelSelector, KeyGroupPartitioner};
+use shmflow::runtime::accumulators::{self, Accumulator};
 use shmflow::runtime::{run, Collector, JobBuilder, RuntimeConfig, TaskInfo};
 use std::collections::HashMap;
 
@@ -22,7 +24,8 @@ fn expected_sum(records: u64, key: u64) -> u64 {
     key * count + KEYS * (count * count.saturating_sub(1) / 2)
 }
 
-/// Keeps the last running sum per key; checks them all when the input ends.
+/// Keeps the sum of each key (the reduce emits one per key when its input ends); checks
+/// them all when its own input ends.
 struct CheckSums {
     records: u64,
     subtask: u32,
@@ -42,7 +45,11 @@ impl Collector<(u64, u64)> for CheckSums {
         for key in (0..KEYS.min(self.records)).filter(|k| route.select_channel(k) == self.subtask) {
             let want = expected_sum(self.records, key);
             match self.last.remove(&key) {
-                Some(got) if got == want => {}
+                Some(got) if got == want => {
+                    // Back to the coordinator, summed over every subtask.
+                    accumulators::add("keys", 1);
+                    accumulators::add("value sum", i64::try_from(got).unwrap_or(i64::MAX));
+                }
                 got => {
                     return Err(shmflow::Error::JobFailed(format!(
                         "key {key}: sum {got:?}, expected {want} (subtask {})",
@@ -77,8 +84,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if s.records != records {
             return Err(format!("{} records crossed the key-by exchange, expected {records}", s.records).into());
         }
+        let want = (u128::from(records) * u128::from(records.saturating_sub(1)) / 2) as i64;
+        let got = (s.accumulators.get("keys"), s.accumulators.get("value sum"));
+        let keys = KEYS.min(records) as i64;
+        if got != (Some(&Accumulator::Sum(keys)), Some(&Accumulator::Sum(want))) {
+            return Err(format!("the sinks handed back {got:?}, expected {keys} keys summing to {want}").into());
+        }
         println!(
-            "{records} records through the runtime in {:.3} s ({:.1} M records/s); every key's sum matches",
+            "{records} records through the runtime in {:.3} s ({:.1} M records/s); every key's sum matches, \
+             and so does their total in the accumulators",
             s.elapsed_s,
             s.records_per_s / 1e6
         );

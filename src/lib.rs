@@ -128,14 +128,17 @@
 //! returns the summary in the coordinator and `None` in a worker.
 //!
 //! ```
+//! use shmflow::runtime::accumulators::{self, Accumulator};
 //! use shmflow::runtime::{run, Collector, JobBuilder, RuntimeConfig};
 //!
-//! /// The sink: one per subtask, in a worker process.
-//! struct CheckKeys;
+//! /// The sink: one per subtask, in a worker process. Results go back to the coordinator
+//! /// as accumulators.
+//! struct Totals;
 //!
-//! impl Collector<(u64, u64)> for CheckKeys {
-//!     fn collect(&mut self, (key, _sum): (u64, u64)) -> shmflow::Result<()> {
-//!         assert!(key < 10);
+//! impl Collector<(u64, u64)> for Totals {
+//!     fn collect(&mut self, (_key, sum): (u64, u64)) -> shmflow::Result<()> {
+//!         accumulators::add("keys", 1);
+//!         accumulators::add("total", sum as i64);
 //!         Ok(())
 //!     }
 //! }
@@ -151,11 +154,15 @@
 //!         })
 //!         .key_by(|r: &(u64, u64)| &r.0)
 //!         .reduce("sum", |acc, r| acc.1 += r.1)
-//!         .sink("check", |_info| Ok(Box::new(CheckKeys)));
+//!         // One (key, sum) per key once the input ended.
+//!         .sink("totals", |_info| Ok(Box::new(Totals)));
 //!     let config = RuntimeConfig { workers: 2, ..RuntimeConfig::default() };
+//!     // In a worker process `run` runs its tasks and returns `None`; in the coordinator,
+//!     // the summary once every task finished.
 //!     if let Some(summary) = run(graph, &config)? {
-//!         // In the coordinator: every record crossed the first exchange.
-//!         assert_eq!(summary.records, 10_000);
+//!         assert_eq!(summary.records, 10_000, "every record crossed the first exchange");
+//!         assert_eq!(summary.accumulators.get("keys"), Some(&Accumulator::Sum(10)));
+//!         assert_eq!(summary.accumulators.get("total"), Some(&Accumulator::Sum(10_000 * 9_999 / 2)));
 //!         assert_eq!(summary.arena_free_after, summary.arena_segments, "no segment leaked");
 //!     }
 //!     Ok(())

@@ -27,7 +27,11 @@ pub const TASK_FINISHED: u32 = 2;
 /// Task failed.
 pub const TASK_FAILED: u32 = 3;
 
-/// A task's metrics block, claimed for as long as the handle lives.
+/// A task's metrics block, claimed until [`TaskMetricsHandle::release`].
+///
+/// Dropping a handle (it is `Clone`: every clone names the same block) does not return the
+/// block: a finished task's counters stay readable for observers (`shmflow top`, the job
+/// summary) until `release`, or until the arena goes.
 #[derive(Clone)]
 pub struct TaskMetricsHandle {
     arena: Arc<Arena>,

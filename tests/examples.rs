@@ -68,6 +68,12 @@ fn keyed_numbers_moves_every_record_to_the_consumer_of_its_key() {
 }
 
 #[test]
+fn keyed_numbers_reading_with_next_only_gets_the_same_totals() {
+    let out = run_example("keyed_numbers", &["100000", "next"]);
+    assert!(out.contains("100000 records through the network stack") && out.contains("totals match"), "{out}");
+}
+
+#[test]
 fn keyed_numbers_job_sums_every_key_exactly() {
     let out = run_example("keyed_numbers_job", &["300000"]);
     assert!(out.contains("300000 records through the runtime"), "{out}");

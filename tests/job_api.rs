@@ -115,3 +115,29 @@ fn two_sinks_on_one_stream_both_get_every_value() {
     assert_eq!(s.accumulators["a"], want);
     assert_eq!(s.accumulators["b"], want);
 }
+
+#[test]
+fn a_union_of_two_streams_reads_both() {
+    const NAME: &str = "a_union_of_two_streams_reads_both";
+    let job = JobBuilder::new("union", 2);
+    let evens = job
+        .clone()
+        .source("evens", |_: &TaskInfo, out: &mut dyn Collector<u64>| (0..1000u64).try_for_each(|i| out.collect(2 * i)))
+        .parallelism(1);
+    let odds = job
+        .source("odds", |info: &TaskInfo, out: &mut dyn Collector<u64>| {
+            (0..500u64).try_for_each(|i| out.collect(4 * i + 1 + 2 * u64::from(info.subtask)))
+        })
+        .map("+0", |v| v);
+    let job = evens.union(odds).filter("all", |_| true).sink("sum", |_: &TaskInfo| Ok(SumInto("sum")));
+    if is_worker() {
+        let _ = run_as(NAME, job);
+        return;
+    }
+    let ins: Vec<usize> = job.vertices.iter().map(|v| v.inputs.len()).collect();
+    assert_eq!(ins, [0, 0, 2], "two sources, one vertex reading both");
+    let s = run_as(NAME, job).unwrap().expect("the coordinator's summary");
+    assert_eq!(s.accumulators["sum"], Accumulator::Sum((0..2000).sum()), "every even and odd number below 2000");
+    assert_eq!(s.edges.len(), 2, "{:?}", s.edges);
+    assert_eq!(s.records, 2000, "records from both sources");
+}

@@ -9,11 +9,11 @@ use shmflow::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
 use shmflow::gate::{InputGateConfig, InputSpec, SingleInputGate};
 use shmflow::memory::{
     check, liveness, process_start_ticks, Arena, ArenaConfig, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE,
-    CHANNEL_PROBING,
+    CHANNEL_PROBING_BY,
 };
 use shmflow::partition::{
     reclaim_dead_peers, register_worker, ResultPartition, ResultPartitionConfig, ResultPartitionId,
-    ResultPartitionType, GATE_FREE, PARTITION_RELEASED,
+    ResultPartitionType, GATE_FREE, GATE_OWNED_BY, PARTITION_RELEASED,
 };
 use shmflow::ring::{ChannelReader, ChannelWriter, Descriptor};
 use shmflow::sync::Ordering;
@@ -66,6 +66,9 @@ fn die_as(arena: &Arena, slot: u32, pid: u32, keep_gate: Option<usize>) {
         if b.claim_pid.load(Ordering::Relaxed) == me {
             b.claim_pid.store(pid, Ordering::Relaxed);
         }
+        if b.state.load(Ordering::Relaxed) == CHANNEL_PROBING_BY | me {
+            b.state.store(CHANNEL_PROBING_BY | pid, Ordering::Relaxed);
+        }
     }
     for e in arena.partitions() {
         if e.producer_pid.load(Ordering::Relaxed) == me {
@@ -73,8 +76,8 @@ fn die_as(arena: &Arena, slot: u32, pid: u32, keep_gate: Option<usize>) {
         }
     }
     for (i, g) in arena.gates().iter().enumerate() {
-        if g.owner_pid.load(Ordering::Relaxed) == me && Some(i) != keep_gate {
-            g.owner_pid.store(pid, Ordering::Relaxed);
+        if g.state.load(Ordering::Relaxed) == GATE_OWNED_BY | me && Some(i) != keep_gate {
+            g.state.store(GATE_OWNED_BY | pid, Ordering::Relaxed);
         }
     }
 }
@@ -129,7 +132,8 @@ fn a_dead_producers_segments_blocks_entries_and_gates_come_back_online() {
     for (k, &c) in free.iter().take(2).enumerate() {
         let b = &arena.channels()[c];
         // Relaxed (both): test set-up, single-threaded.
-        b.state.store(if k == 0 { CHANNEL_PROBING } else { CHANNEL_CLAIMED }, Ordering::Relaxed);
+        b.state
+            .store(if k == 0 { CHANNEL_PROBING_BY | std::process::id() } else { CHANNEL_CLAIMED }, Ordering::Relaxed);
         b.claim_pid.store(std::process::id(), Ordering::Relaxed);
     }
     std::mem::forget(p); // death: nothing of the process-local state is dropped

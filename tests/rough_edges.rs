@@ -51,14 +51,21 @@ impl Run {
         self.child.id()
     }
 
-    /// Waits for a stderr line holding `text`.
-    fn wait_line(&mut self, text: &str) {
+    /// Waits until the job runs: both workers started their task threads (a worker runs
+    /// its main, heartbeat and control threads, then a thread and an event thread per task).
+    fn wait_running(&mut self) {
         let deadline = Instant::now() + PATIENCE;
-        while !self.said.last().is_some_and(|l| l.contains(text)) {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => self.said.push(l),
-                Err(e) => panic!("no {text:?} line from shmflow ({e:?}); it said:\n{}", self.said.join("\n")),
+        loop {
+            let workers = children_of(self.pid());
+            let threads = |w: &u32| std::fs::read_dir(format!("/proc/{w}/task")).map_or(0, Iterator::count);
+            if workers.len() == 2 && workers.iter().all(|w| threads(w) >= 5) {
+                return;
             }
+            if let Some(s) = self.child.try_wait().expect("wait for shmflow") {
+                panic!("shmflow ended ({s}) before its job ran: {:?}", self.finish().1);
+            }
+            assert!(Instant::now() < deadline, "the job was not running within {PATIENCE:?}");
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -125,7 +132,7 @@ fn sigint_sigterm_and_sighup_stop_a_running_job_with_one_line_and_status_128_plu
         let out = tmp.0.join("counts");
         let mut run = long_wordcount(&tmp.0, &out);
         // Progress: the workers run their tasks.
-        run.wait_line("records/s in");
+        run.wait_running();
         let workers = children_of(run.pid());
         assert_eq!(workers.len(), 2, "{name}: the coordinator's children: {workers:?}");
         run.signal(sig);
@@ -151,7 +158,7 @@ fn ctrl_c_at_a_terminal_which_signals_the_whole_process_group_says_one_line() {
         .args(["run", "wordcount", "--generated-mb", "100000", "--output", out.to_str().unwrap()])
         .env("TMPDIR", &tmp.0);
     let mut run = Run::spawn(cmd);
-    run.wait_line("records/s in");
+    run.wait_running();
     // SAFETY: kill(2) has no memory effects; the group is the coordinator's and its workers'.
     unsafe {
         libc::kill(-(run.pid() as libc::pid_t), libc::SIGINT);
@@ -202,7 +209,7 @@ fn a_sigkilled_coordinators_workers_say_it_died_and_clean_removes_what_it_left()
     let tmp = TempDir::new("sigkill");
     let out = tmp.0.join("counts");
     let mut run = long_wordcount(&tmp.0, &out);
-    run.wait_line("records/s in");
+    run.wait_running();
     let pid = run.pid();
     run.signal(libc::SIGKILL);
     // Stderr ends when the orphaned workers have exited too.
@@ -319,7 +326,7 @@ fn top_on_a_job_exits_when_the_job_ends() {
     let _serial = serial();
     let tmp = TempDir::new("topend");
     let mut run = long_wordcount(&tmp.0, &tmp.0.join("counts"));
-    run.wait_line("records/s in");
+    run.wait_running();
     let pid = run.pid().to_string();
     let (mut top, lines, stderr) = observer(&["top", "--json", "--interval-ms", "20", "--pid", &pid]);
     lines.recv_timeout(PATIENCE).expect("a first view from top");

@@ -99,7 +99,7 @@ fn drain_free(arena: &Arena) -> Vec<u32> {
 
 #[test]
 fn reclaimer_and_live_reader_free_a_segment_once() {
-    common::check("reclaim::reclaimer_and_live_reader_free_a_segment_once", Some(3), || {
+    common::check("reclaim::reclaimer_and_live_reader_free_a_segment_once", None, || {
         let arena = common::tiny_arena();
         let index = dead_producer(&arena, 1);
         // The consumer is alive (this process) and attached.
@@ -153,7 +153,7 @@ fn reclaimer_and_live_reader_free_a_segment_once() {
 
 #[test]
 fn two_reclaimers_reclaim_once() {
-    common::check("reclaim::two_reclaimers_reclaim_once", Some(3), || {
+    common::check("reclaim::two_reclaimers_reclaim_once", None, || {
         let arena = common::tiny_arena();
         let published = dead_producer(&arena, 2);
         let reclaimers: Vec<_> = (0..2)

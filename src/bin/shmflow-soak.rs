@@ -91,6 +91,8 @@ fn worker(args: &[String]) -> i32 {
             let mut cfg =
                 ResultPartitionConfig::new(ResultPartitionId::new(out, 0), ResultPartitionType::PipelinedBounded, 1);
             cfg.attach_timeout = Duration::from_secs(2);
+            // A wait this long is a bug: an error says where, instead of a hang.
+            cfg.timeout = Some(Duration::from_secs(30));
             cfg.liveness_interval = LIVENESS;
             let r = (|| {
                 let mut w =
@@ -172,7 +174,7 @@ fn run(args: &[String]) -> i32 {
     let mut failures: Vec<String> = Vec::new();
     let (mut next_id, mut kills, mut spawned) = (1u64, 0u64, 0u64);
     let (mut streams, mut records) = (0u64, 0u64);
-    let mut errors: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+    let mut errors: std::collections::BTreeMap<String, (u32, String)> = std::collections::BTreeMap::new();
     let mut rng = now_nanos() | 1;
     let mut next_kill = now_nanos() + interval.as_nanos() as u64;
     // Bounded: each kill takes one interval; 4x that, plus a minute, is a hang.
@@ -207,8 +209,14 @@ fn run(args: &[String]) -> i32 {
                             records += n.parse::<u64>().unwrap_or(0);
                         }
                         ["ERR", what, rest @ ..] => {
-                            let kind = rest.iter().take(3).copied().collect::<Vec<_>>().join(" ");
-                            *errors.entry(format!("{what}: {kind}")).or_insert(0u32) += 1;
+                            // Grouped by the words that are not ids; one example kept.
+                            let kind: Vec<&str> = rest.iter().copied().filter(|w| !w.contains('@')).take(4).collect();
+                            let e =
+                                errors.entry(format!("{what}: {}", kind.join(" "))).or_insert((0u32, String::new()));
+                            e.0 += 1;
+                            if e.1.is_empty() {
+                                e.1 = line.to_string();
+                            }
                         }
                         _ => {}
                     }
@@ -293,8 +301,8 @@ fn run(args: &[String]) -> i32 {
         bound.as_millis(),
         if failures.is_empty() { "ok" } else { "FAILED" }
     );
-    for (e, n) in &errors {
-        println!("  other endings: {n} x {e}");
+    for (n, example) in errors.values() {
+        println!("  other endings: {n} x, e.g. {example}");
     }
     for f in failures.iter().take(10) {
         println!("FAIL {f}");

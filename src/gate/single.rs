@@ -263,18 +263,17 @@ impl SingleInputGate {
         }
         let manager = ResultPartitionManager::new(arena.clone());
         let floating_free = Rc::new(Cell::new(cfg.floating_credits));
-        let mut channels = Vec::with_capacity(cfg.inputs.len());
+        let mut channels: Vec<InputChannel> = Vec::with_capacity(cfg.inputs.len());
         for (i, spec) in cfg.inputs.iter().enumerate() {
-            let info = manager.lookup(spec.partition, cfg.backoff)?;
-            if spec.subpartition >= info.num_subpartitions {
-                return Err(Error::Invalid {
-                    what: "subpartition",
-                    detail: format!(
-                        "{} of partition {} which has {}",
-                        spec.subpartition, spec.partition, info.num_subpartitions
-                    ),
-                });
-            }
+            let info = match attach_consumer(&arena, &manager, spec, cfg.backoff) {
+                Ok(info) => info,
+                Err(e) => {
+                    for ch in &channels {
+                        detach_consumer(&arena, ch.reader.channel().id());
+                    }
+                    return Err(e);
+                }
+            };
             let reader = ChannelReader::open_with_floating(
                 arena.clone(),
                 info.first_channel + spec.subpartition,
@@ -937,7 +936,11 @@ impl SingleInputGate {
                 let (p, sp) = (b.partition.load(Ordering::Relaxed), b.subpartition.load(Ordering::Relaxed));
                 // The partition of a dead producer is failed: later lookups say so (unless
                 // its reclamation released the entry already).
-                if let Some(e) = self.arena.partitions().get(p as usize) {
+                // Relaxed: the entry's producer pid, compared so that an entry reused by a
+                // new partition since is left alone.
+                if let Some(e) =
+                    self.arena.partitions().get(p as usize).filter(|e| e.producer_pid.load(Ordering::Relaxed) == pid)
+                {
                     for from in [crate::partition::PARTITION_REGISTERED, crate::partition::PARTITION_FINISHED] {
                         // AcqRel: as `set_state`'s Release (pairs with lookups' Acquire);
                         // only an entry still in use is marked.
@@ -957,6 +960,94 @@ impl SingleInputGate {
             }
         }
         Ok(())
+    }
+}
+
+/// Looks up `spec`'s partition and becomes the one consumer of its channel: a CAS of the
+/// channel's consumer pid from 0 to ours, then a second look that the block still belongs
+/// to that partition. A lookup can be stale by the time the channel is opened (the producer
+/// died, was reclaimed, and its block went to a new partition with a consumer of its own):
+/// reading it then would make two consumers of one ring.
+fn attach_consumer(
+    arena: &Arena,
+    manager: &ResultPartitionManager,
+    spec: &InputSpec,
+    backoff: RequestBackoff,
+) -> Result<crate::partition::PartitionInfo> {
+    let me = std::process::id();
+    // Bounded: another consumer's claim is either ours to wait out briefly (it undoes a
+    // stale one at once) or an error after about 200 ms.
+    for _ in 0..200 {
+        let info = manager.lookup(spec.partition, backoff)?;
+        if spec.subpartition >= info.num_subpartitions {
+            return Err(Error::Invalid {
+                what: "subpartition",
+                detail: format!(
+                    "{} of partition {} which has {}",
+                    spec.subpartition, spec.partition, info.num_subpartitions
+                ),
+            });
+        }
+        let id = info.first_channel + spec.subpartition;
+        let b = &arena.channels()[id as usize];
+        // AcqRel: one consumer wins the channel; Acquire orders our look at the block
+        // after the producer's set-up (published with the directory entry we read).
+        match b.consumer_pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {}
+            Err(other) if other == me => {} // this process read it before (a gate dropped and made again)
+            Err(other) => {
+                if liveness::pid_running(other) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                return Err(Error::PartitionFailed(format!(
+                    "{} (subpartition {}: its consumer pid {other} died)",
+                    spec.partition, spec.subpartition
+                )));
+            }
+        }
+        // The block must still be this partition's: same directory slot and subpartition,
+        // the entry still registered under the id, the channel open.
+        // Relaxed (all): ordered by the Acquire of the lookup below and the CAS above.
+        let producer = arena.partitions()[info.slot as usize].producer_pid.load(Ordering::Relaxed);
+        let same_block = b.partition.load(Ordering::Relaxed) == info.slot
+            && b.subpartition.load(Ordering::Relaxed) == spec.subpartition
+            && b.claim_pid.load(Ordering::Relaxed) == producer;
+        let open = matches!(
+            b.state.load(Ordering::Acquire),
+            crate::memory::CHANNEL_OPEN | crate::memory::CHANNEL_PRODUCER_FAILED | crate::memory::CHANNEL_PRODUCER_DIED
+        );
+        let still = manager.lookup_once(spec.partition);
+        if same_block
+            && open
+            && still.as_ref().is_ok_and(|i| i.slot == info.slot && i.first_channel == info.first_channel)
+        {
+            return Ok(info);
+        }
+        detach_consumer(arena, id);
+        // The partition moved on: the next lookup says how (released, failed, not found).
+        still?;
+    }
+    let holder = manager.lookup_once(spec.partition).ok().map(|i| {
+        // Relaxed: for the message.
+        arena.channels()[(i.first_channel + spec.subpartition) as usize].consumer_pid.load(Ordering::Relaxed)
+    });
+    Err(Error::Invalid {
+        what: "input channel",
+        detail: format!(
+            "subpartition {} of partition {} is read by another consumer (pid {})",
+            spec.subpartition,
+            spec.partition,
+            holder.unwrap_or(0)
+        ),
+    })
+}
+
+/// Gives up this process's claim on channel `id` (see [`attach_consumer`]).
+fn detach_consumer(arena: &Arena, id: u32) {
+    if let Some(b) = arena.channels().get(id as usize) {
+        // AcqRel: pairs with the next consumer's CAS; only our own claim is given up.
+        let _ = b.consumer_pid.compare_exchange(std::process::id(), 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 }
 

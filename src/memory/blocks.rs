@@ -139,7 +139,17 @@ pub const CHANNEL_CONSUMED: u32 = 6;
 pub const CHANNEL_CLAIMED: u32 = 4;
 /// `ChannelBlock::state`: held for a moment by a claimer that scans for a run of free
 /// blocks; it becomes `CHANNEL_CLAIMED` when the run is complete, `CHANNEL_FREE` when not.
+/// A scan writes [`CHANNEL_PROBING_BY`] with its pid; this value is a prober not known.
 pub const CHANNEL_PROBING: u32 = 7;
+/// Flag of `ChannelBlock::state`: `CHANNEL_PROBING_BY | pid` is a block held by the scan
+/// of process `pid` (pids are below 2^22), so the block and its prober are taken in one
+/// CAS and a reclaimer never mistakes a live prober's block for a dead one's.
+pub const CHANNEL_PROBING_BY: u32 = 1 << 30;
+
+/// Whether a channel state is a scan's hold ([`CHANNEL_PROBING`] or [`CHANNEL_PROBING_BY`]).
+pub fn channel_probing(state: u32) -> bool {
+    state == CHANNEL_PROBING || state & CHANNEL_PROBING_BY != 0
+}
 /// `ChannelBlock::state`: the producer finished and released the channel; its segments
 /// are all back.
 pub const CHANNEL_CLOSED: u32 = 5;
@@ -313,8 +323,6 @@ pub struct GateBlock {
     /// Credits the gate can hand out in all (exclusive per channel + floating): the
     /// denominator of inPoolUsage.
     pub credit_capacity: AtomicU32,
-    /// Pid of the process that claimed the block; reclamation frees the blocks of a dead pid.
-    pub owner_pid: AtomicU32,
 }
 
 /// One process's liveness record.

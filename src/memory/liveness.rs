@@ -192,6 +192,11 @@ pub fn begin_reclaim(arena: &Arena, slot: u32) -> Option<DeadProcess> {
             if pid == me || process_running(pid, r) {
                 return None;
             }
+            if pid_running(pid) {
+                // Its pid was recycled by another process that runs now: the records that
+                // name the pid could be either's. Reclaimed once that process is gone too.
+                return None;
+            }
             // AcqRel: exactly one caller wins (pairs with the other reclaimers' CAS and with
             // `register`'s); Acquire orders the reclamation after the holder's registration.
             r.state.compare_exchange(st, WORKER_RECLAIMING | me, Ordering::AcqRel, Ordering::Relaxed).ok()?;

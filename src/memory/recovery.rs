@@ -15,7 +15,7 @@
 //! ```
 
 use super::arena::Arena;
-use super::blocks::{Owner, CHANNEL_FREE, CHANNEL_PROBING, REFCOUNT_MASK, REFCOUNT_ORPHANED};
+use super::blocks::{channel_probing, Owner, CHANNEL_FREE, REFCOUNT_MASK, REFCOUNT_ORPHANED};
 use super::liveness::{self, Liveness, WORKER_ALIVE};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
@@ -106,7 +106,7 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
     // the directory accounts for).
     for b in arena.channels() {
         // Relaxed (both): quiescent arena; the next claimer's CAS (Acquire) reads it.
-        if b.state.load(Ordering::Relaxed) == CHANNEL_PROBING {
+        if channel_probing(b.state.load(Ordering::Relaxed)) {
             b.state.store(CHANNEL_FREE, Ordering::Relaxed);
             out.channel_blocks += 1;
         }

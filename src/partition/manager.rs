@@ -13,7 +13,9 @@
 
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::error::{Error, Result};
-use crate::memory::{Arena, PartitionEntry, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE, CHANNEL_PROBING};
+use crate::memory::{
+    channel_probing, Arena, PartitionEntry, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE, CHANNEL_PROBING_BY,
+};
 use crate::ring::NotifySet;
 use crate::sync::Ordering;
 use std::sync::Arc;
@@ -21,8 +23,12 @@ use std::time::Duration;
 
 /// Entry unused.
 pub const PARTITION_FREE: u32 = 0;
-/// Entry claimed by a producer filling it in.
+/// Entry claimed by a producer filling it in (an unknown one; a producer writes
+/// [`PARTITION_CLAIMED_BY`] with its pid).
 pub const PARTITION_CLAIMED: u32 = 1;
+/// Flag of an entry's state: `PARTITION_CLAIMED_BY | pid` is an entry process `pid` is
+/// filling in (claim and claimer in one CAS, for the reclamation of a dead claimer).
+pub const PARTITION_CLAIMED_BY: u32 = 1 << 30;
 /// Partition registered: consumers may attach.
 pub const PARTITION_REGISTERED: u32 = 2;
 /// Producer finished writing.
@@ -34,8 +40,11 @@ pub const PARTITION_FAILED: u32 = 5;
 
 /// Gate block unused.
 pub const GATE_FREE: u32 = 0;
-/// Gate block in use.
+/// Gate block in use (by a process not known; a claimer writes [`GATE_OWNED_BY`] with its
+/// pid).
 pub const GATE_OPEN: u32 = 1;
+/// Flag of a gate block's state: `GATE_OWNED_BY | pid` is a block process `pid` uses.
+pub const GATE_OWNED_BY: u32 = 1 << 30;
 
 /// What a consumer learns about a registered partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +123,8 @@ impl ResultPartitionManager {
                 }
                 // Acquire on success: we take over the entry after its previous user's last
                 // writes. Relaxed on failure: we just move on.
-                if e.state.compare_exchange(from, PARTITION_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                let claimed = PARTITION_CLAIMED_BY | std::process::id();
+                if e.state.compare_exchange(from, claimed, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     // Relaxed (both): published by the Release store of REGISTERED.
                     e.id[0].store(id.partition, Ordering::Relaxed);
                     e.id[1].store(id.attempt, Ordering::Relaxed);
@@ -263,12 +273,9 @@ impl ResultPartitionManager {
                 let st = &blocks[j].state;
                 loop {
                     // Acquire on success: after the previous user's last writes to the block.
-                    let ok = st
-                        .compare_exchange(CHANNEL_FREE, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                        || st
-                            .compare_exchange(CHANNEL_CLOSED, CHANNEL_PROBING, Ordering::Acquire, Ordering::Relaxed)
-                            .is_ok();
+                    let probing = CHANNEL_PROBING_BY | std::process::id();
+                    let ok = st.compare_exchange(CHANNEL_FREE, probing, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                        || st.compare_exchange(CHANNEL_CLOSED, probing, Ordering::Acquire, Ordering::Relaxed).is_ok();
                     if ok {
                         // Relaxed: who holds the block, for the reclamation of a dead
                         // claimer (read only once this process is gone).
@@ -276,7 +283,7 @@ impl ResultPartitionManager {
                         break;
                     }
                     // Relaxed: only decides whether to wait; the CAS above synchronizes.
-                    if st.load(Ordering::Relaxed) == CHANNEL_PROBING && crate::sync::now_nanos() < deadline {
+                    if channel_probing(st.load(Ordering::Relaxed)) && crate::sync::now_nanos() < deadline {
                         crate::sync::yield_now();
                         continue;
                     }
@@ -290,9 +297,9 @@ impl ResultPartitionManager {
             }
             for b in &blocks[start..start + n] {
                 b.reset();
-                // Relaxed: the run is ours (PROBING); the partition's publication orders
-                // its use.
-                b.state.store(CHANNEL_CLAIMED, Ordering::Relaxed);
+                // Release: the run is ours (PROBING); publishes `claim_pid` to a reclaimer
+                // that Acquires the state (the partition's publication orders the rest).
+                b.state.store(CHANNEL_CLAIMED, Ordering::Release);
             }
             return Some(start as u32);
         }
@@ -320,13 +327,13 @@ impl ResultPartitionManager {
         }
         for (i, g) in self.arena.gates().iter().enumerate() {
             // Acquire on success: after the previous user's release.
-            if g.state.compare_exchange(GATE_FREE, GATE_OPEN, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            let owned = GATE_OWNED_BY | std::process::id();
+            if g.state.compare_exchange(GATE_FREE, owned, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 NotifySet::new(&self.arena, i as u32)?.reset();
                 // Relaxed (all): bookkeeping for tools, published with the gate's channels.
                 g.num_channels.store(members, Ordering::Relaxed);
                 g.credit_capacity.store(0, Ordering::Relaxed);
                 g.consumer_task.store(0, Ordering::Relaxed);
-                g.owner_pid.store(std::process::id(), Ordering::Relaxed);
                 return Ok(i as u32);
             }
         }

@@ -22,8 +22,9 @@ pub use blocking::{
 };
 pub use flush_handoff::{FlushHandoff, HandoffSlot};
 pub use manager::{
-    PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED,
-    PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED, PARTITION_RELEASED,
+    PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, GATE_OWNED_BY, PARTITION_CLAIMED,
+    PARTITION_CLAIMED_BY, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED,
+    PARTITION_RELEASED,
 };
 pub use reclaim::{peer_liveness, reclaim_dead_peers, register_worker, ReclaimReport};
 pub use result_partition::{

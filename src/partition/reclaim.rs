@@ -36,13 +36,15 @@
 //! quiescent. A `Buffer` view kept after its gate was dropped may see its bytes reused once
 //! its producer died.
 
-use super::manager::{GATE_FREE, GATE_OPEN, PARTITION_CLAIMED, PARTITION_FAILED, PARTITION_RELEASED};
+use super::manager::{
+    GATE_FREE, GATE_OWNED_BY, PARTITION_CLAIMED_BY, PARTITION_FAILED, PARTITION_REGISTERED, PARTITION_RELEASED,
+};
 use crate::error::Result;
 use crate::memory::liveness::{self, DeadProcess, Liveness};
 use crate::memory::recovery::{free_segment_if, orphan_segment, Orphaned};
 use crate::memory::{
     Arena, Owner, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED, CHANNEL_CONSUMER_GONE,
-    CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
+    CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING_BY, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
     CHANNEL_SETTLING,
 };
 use crate::ring::NotifySet;
@@ -158,6 +160,13 @@ enum Produced {
     Close,
 }
 
+/// Whether a worker-slot field (`slot + 1`, 0 unknown) may name the dead process: its
+/// records are matched by pid and, where they say, by slot (a process that took a recycled
+/// pid meanwhile is in another slot: the dead one's is ours while we reclaim it).
+fn slot_matches(field: u32, dead: DeadProcess) -> bool {
+    field == 0 || field == dead.slot + 1
+}
+
 fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
     let pid = dead.pid;
     let channels = arena.channels();
@@ -165,18 +174,24 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
     // before any segment or state changes, so both passes below agree).
     let mut produced: Vec<(u32, u32, Produced)> = Vec::new();
     for (c, b) in channels.iter().enumerate() {
-        // Relaxed (both): the claimer's pid is stable while its block is in use; the state
-        // is re-read by the CAS that acts on it.
-        if b.claim_pid.load(Ordering::Relaxed) != pid {
-            continue;
-        }
-        let st = b.state.load(Ordering::Relaxed);
-        if st == CHANNEL_PROBING {
-            // It died scanning for a run of blocks: hand this one back.
+        // Acquire: pairs with the Release stores of CLAIMED (`claim_channels`) and OPEN
+        // (`ChannelWriter::open`), which publish the claimer's pid read next; the state is
+        // re-checked by the CAS that acts on it.
+        let st = b.state.load(Ordering::Acquire);
+        if st == CHANNEL_PROBING_BY | pid {
+            // It died scanning for a run of blocks: hand this one back (the state names the
+            // prober, so a live scan's block is never taken for a dead one's).
             // Release: pairs with the Acquire CAS of the next claimer.
             if b.state.compare_exchange(st, CHANNEL_FREE, Ordering::Release, Ordering::Relaxed).is_ok() {
                 report.channels_closed += 1;
             }
+            continue;
+        }
+        // Relaxed (both): ordered by the Acquire above (the claimer wrote them before
+        // leaving PROBING / publishing); stable while the block is the dead claimer's,
+        // which only we release.
+        if b.claim_pid.load(Ordering::Relaxed) != pid || !slot_matches(b.producer_worker.load(Ordering::Relaxed), dead)
+        {
             continue;
         }
         if !matches!(st, CHANNEL_OPEN | CHANNEL_CLAIMED | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED)
@@ -184,13 +199,41 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
         {
             continue; // free, closed, or already handed on by an earlier reclaimer
         }
-        // Relaxed: the reader's pid, a hint checked against /proc.
-        let reader = b.consumer_pid.load(Ordering::Relaxed);
-        let live_reader =
-            matches!(st, CHANNEL_OPEN | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED) && reader != pid && running(reader);
+        let live_reader = matches!(st, CHANNEL_OPEN | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED)
+            && reader_alive(arena, b)
+            // Relaxed: a hint.
+            && b.consumer_pid.load(Ordering::Relaxed) != pid;
         produced.push((c as u32, st, if live_reader { Produced::Fail } else { Produced::Close }));
     }
     let any_live_reader = produced.iter().any(|p| p.2 == Produced::Fail);
+
+    // Its directory entries and gate blocks first: a consumer that looked an entry up
+    // before is refused when it attaches (see the gate's `attach_consumer`), not handed a
+    // block that is closed below and claimed again.
+    for e in arena.partitions() {
+        // Acquire: pairs with the Release store of REGISTERED in `publish` (the producer's
+        // pid read next was written before it); the CAS below decides.
+        let st = e.state.load(Ordering::Acquire);
+        // Relaxed: ordered by the Acquire above.
+        let theirs = st == PARTITION_CLAIMED_BY | pid
+            || ((PARTITION_REGISTERED..=PARTITION_FAILED).contains(&st)
+                && st != PARTITION_RELEASED
+                && e.producer_pid.load(Ordering::Relaxed) == pid
+                && slot_matches(e.producer_worker.load(Ordering::Relaxed), dead));
+        if theirs {
+            // AcqRel: Release pairs with the Acquire of lookups and of the next claimer.
+            if e.state.compare_exchange(st, PARTITION_RELEASED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                report.partitions_released += 1;
+            }
+        }
+    }
+    for g in arena.gates() {
+        // Release: pairs with the Acquire CAS of the next claimer. The state names the
+        // claimer (see `claim_gate`), so only a dead claimer's block matches.
+        if g.state.compare_exchange(GATE_OWNED_BY | pid, GATE_FREE, Ordering::Release, Ordering::Relaxed).is_ok() {
+            report.gates_released += 1;
+        }
+    }
 
     // 1. Its segments.
     for (i, ctl) in arena.controls().iter().enumerate() {
@@ -202,7 +245,22 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
         // Relaxed: the dead holder's last stores are complete; the CASes below decide.
         let owner = ctl.owner.load(Ordering::Relaxed);
         let live = match Owner::unpack(owner) {
-            Owner::Pool { .. } | Owner::Writer { .. } => false,
+            Owner::Pool { worker, .. } | Owner::Writer { worker, .. } if worker == dead.slot => false,
+            Owner::Pool { .. } | Owner::Writer { .. } => continue, // a recycled pid's
+            Owner::InFlight { channel, .. } if !produced.iter().any(|p| p.0 == channel) => {
+                // On a channel that is not the dead process's (a recycled pid's), or that
+                // an earlier reclaimer already handed on.
+                match channels.get(channel as usize) {
+                    // Relaxed (both): as in the channel pass above.
+                    Some(b)
+                        if b.claim_pid.load(Ordering::Relaxed) == pid
+                            && slot_matches(b.producer_worker.load(Ordering::Relaxed), dead) =>
+                    {
+                        false
+                    }
+                    _ => continue,
+                }
+            }
             Owner::InFlight { channel, fanout } => {
                 if fanout > 1 {
                     any_live_reader
@@ -250,8 +308,11 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
 
     // Channels it consumed.
     for (c, b) in channels.iter().enumerate() {
-        // Relaxed: a hint, acted on by CAS.
-        if b.consumer_pid.load(Ordering::Relaxed) != pid || b.claim_pid.load(Ordering::Relaxed) == pid {
+        // Relaxed (all): hints, acted on by CAS.
+        if b.consumer_pid.load(Ordering::Relaxed) != pid
+            || !slot_matches(b.consumer_worker.load(Ordering::Relaxed), dead)
+            || b.claim_pid.load(Ordering::Relaxed) == pid
+        {
             continue;
         }
         // Relaxed: the CAS below decides.
@@ -269,31 +330,6 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
             }
             CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED => settle(arena, c as u32, st, report),
             _ => {}
-        }
-    }
-
-    // 3. Its directory entries and gate blocks.
-    for e in arena.partitions() {
-        // Relaxed: the claimer's pid (see `claim_entry`); the CAS below decides.
-        if e.producer_pid.load(Ordering::Relaxed) != pid {
-            continue;
-        }
-        // Relaxed: as above.
-        let st = e.state.load(Ordering::Relaxed);
-        if (PARTITION_CLAIMED..=PARTITION_FAILED).contains(&st) && st != PARTITION_RELEASED {
-            // AcqRel: Release pairs with the Acquire of lookups and of the next claimer.
-            if e.state.compare_exchange(st, PARTITION_RELEASED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                report.partitions_released += 1;
-            }
-        }
-    }
-    for g in arena.gates() {
-        // Relaxed: the claimer's pid (see `claim_gate`); the CAS below decides.
-        if g.owner_pid.load(Ordering::Relaxed) == pid
-            // Release: pairs with the Acquire CAS of the next claimer.
-            && g.state.compare_exchange(GATE_OPEN, GATE_FREE, Ordering::Release, Ordering::Relaxed).is_ok()
-        {
-            report.gates_released += 1;
         }
     }
 }
@@ -339,14 +375,38 @@ fn settle(arena: &Arena, c: u32, from: u32, report: &mut ReclaimReport) {
     close_block(arena, c, from, producer, report);
 }
 
-/// Settles every ORPHANED channel block (a dead producer's consumer has left it).
+/// Settles every ORPHANED channel block (a dead producer's consumer has left it), and every
+/// PRODUCER_DIED block whose reader has died since without being reclaimed as its reader.
 fn settle_orphaned(arena: &Arena, report: &mut ReclaimReport) {
     for (c, b) in arena.channels().iter().enumerate() {
         // Relaxed: the CAS in `close_block` decides.
-        if b.state.load(Ordering::Relaxed) == CHANNEL_ORPHANED {
-            settle(arena, c as u32, CHANNEL_ORPHANED, report);
+        match b.state.load(Ordering::Relaxed) {
+            CHANNEL_ORPHANED => settle(arena, c as u32, CHANNEL_ORPHANED, report),
+            CHANNEL_PRODUCER_DIED if !reader_alive(arena, b) => settle(arena, c as u32, CHANNEL_PRODUCER_DIED, report),
+            _ => {}
         }
     }
+}
+
+/// Whether the reader of channel block `b` runs: by its worker slot's record when it gave
+/// one (pid and start time: a recycled pid is not mistaken for it), else by its pid.
+fn reader_alive(arena: &Arena, b: &crate::memory::ChannelBlock) -> bool {
+    // Relaxed (both): hints written when the reader attached.
+    let pid = b.consumer_pid.load(Ordering::Relaxed);
+    let w = b.consumer_worker.load(Ordering::Relaxed);
+    if pid == 0 {
+        return false;
+    }
+    if w != 0 {
+        if let Some(r) = arena.workers().get(w as usize - 1) {
+            // Relaxed: compared with the reader's pid; `liveness` Acquires the state.
+            if r.pid.load(Ordering::Relaxed) != pid {
+                return false; // its slot was reclaimed: it is gone
+            }
+            return liveness::liveness(arena, w - 1) == Liveness::Alive;
+        }
+    }
+    running(pid)
 }
 
 /// Settles channel `c` if its reader just left a dead producer's channel (see

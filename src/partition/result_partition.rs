@@ -145,8 +145,9 @@ struct Subpartition {
 /// consumers read everything), then drop. Dropping a partition that was not finished
 /// fails it: its consumers stop with [`crate::Error::ProducerFailed`]. Dropping a finished
 /// one that was not released yet releases it if its consumers already read everything;
-/// otherwise it stays in the directory, its segments held by consumers, until they are
-/// done (or the arena goes).
+/// otherwise its directory entry stays "finished" and consumers can still read what was
+/// published, but the segments they hold then come back to the arena only through
+/// recovery ([`crate::memory::recovery`]): call `release_when_consumed` first.
 pub struct ResultPartition {
     arena: Arc<Arena>,
     manager: ResultPartitionManager,

@@ -373,7 +373,7 @@ struct BlockingDir {
 
 impl BlockingDir {
     fn for_job(job: &JobGraph) -> Result<Option<Self>> {
-        if job.vertices.iter().filter_map(|v| v.input).all(|e| e.partition_type.is_pipelined()) {
+        if job.vertices.iter().flat_map(|v| &v.inputs).all(|(_, e)| e.partition_type.is_pipelined()) {
             return Ok(None);
         }
         if let Some(p) = std::env::var_os(crate::partition::BLOCKING_DIR_ENV).filter(|p| !p.is_empty()) {
@@ -834,33 +834,40 @@ fn summarize(
 ) -> JobSummary {
     let snap = |v: usize, i: u32| slots.get(&(v, i)).and_then(|&s| task_snapshot(arena, s));
     let mut edges = Vec::new();
-    for (v, vx) in job.vertices.iter().enumerate().skip(1) {
-        let e = vx.input.expect("every vertex after the first has an input edge");
-        let (mut records, mut bytes, mut bp, mut run) = (0u64, 0u64, 0u64, 0u64);
-        for i in 0..job.vertices[v - 1].parallelism {
-            if let Some(s) = snap(v - 1, i) {
-                // Saturating: the counters are workers' words in the arena.
-                records = records.saturating_add(s.records_out);
-                bytes = bytes.saturating_add(s.bytes_out);
-                bp = bp.saturating_add(s.back_pressured_ns);
-                run = run.saturating_add(s.ended_ns.max(s.started_ns) - s.started_ns);
+    // Records and bytes the sources (vertices without inputs) wrote into their exchanges.
+    let (mut source_records, mut source_bytes) = (0u64, 0u64);
+    for vx in &job.vertices {
+        for &(u, e) in &vx.inputs {
+            let (mut records, mut bytes, mut bp, mut run) = (0u64, 0u64, 0u64, 0u64);
+            for i in 0..job.vertices[u].parallelism {
+                if let Some(s) = snap(u, i) {
+                    // Saturating: the counters are workers' words in the arena.
+                    records = records.saturating_add(s.records_out);
+                    bytes = bytes.saturating_add(s.bytes_out);
+                    bp = bp.saturating_add(s.back_pressured_ns);
+                    run = run.saturating_add(s.ended_ns.max(s.started_ns) - s.started_ns);
+                }
             }
+            if job.vertices[u].inputs.is_empty() {
+                source_records = source_records.saturating_add(records);
+                source_bytes = source_bytes.saturating_add(bytes);
+            }
+            let segs = max_in_flight.get(&u).copied().unwrap_or(0);
+            edges.push(EdgeSummary {
+                from: job.vertices[u].name.clone(),
+                to: vx.name.clone(),
+                selector: format!("{:?}", e.selector),
+                partition_type: format!("{:?}", e.partition_type),
+                records,
+                bytes,
+                max_in_flight_segments: segs,
+                max_in_flight_bytes: segs.saturating_mul(u64::from(config.segment_size)),
+                back_pressured_ms: bp as f64 / 1e6,
+                back_pressured_ratio: if run > 0 { bp as f64 / run as f64 } else { 0.0 },
+            });
         }
-        let segs = max_in_flight.get(&(v - 1)).copied().unwrap_or(0);
-        edges.push(EdgeSummary {
-            from: job.vertices[v - 1].name.clone(),
-            to: vx.name.clone(),
-            selector: format!("{:?}", e.selector),
-            partition_type: format!("{:?}", e.partition_type),
-            records,
-            bytes,
-            max_in_flight_segments: segs,
-            max_in_flight_bytes: segs.saturating_mul(u64::from(config.segment_size)),
-            back_pressured_ms: bp as f64 / 1e6,
-            back_pressured_ratio: if run > 0 { bp as f64 / run as f64 } else { 0.0 },
-        });
     }
-    let (records, bytes) = edges.first().map_or((0, 0), |e| (e.records, e.bytes));
+    let (records, bytes) = (source_records, source_bytes);
     JobSummary {
         job: job.name.clone(),
         workers: config.workers,

@@ -1,7 +1,8 @@
 //! The execution graph: each job vertex of parallelism p becomes p execution vertices
 //! (subtasks); each edge becomes an IntermediateResult with one
 //! IntermediateResultPartition per producer subtask, wired to the consumers' input gates by
-//! the edge's selector.
+//! the edge's selector. A vertex with several inputs (a union) has one gate over the
+//! channels of all of them.
 //!
 //! ```text
 //!  all-to-all (key-hash, rebalance, broadcast, global): producer i has p_consumer
@@ -85,7 +86,27 @@ impl ExecutionGraph {
     pub fn build(job: &JobGraph, attempt: u64) -> Result<Self> {
         let mut subtasks = Vec::new();
         for (v, vx) in job.vertices.iter().enumerate() {
-            let out_edge = job.vertices.get(v + 1).and_then(|n| n.input.map(|e| (e, n.parallelism)));
+            // The consumer of this vertex's output, and the edge to it.
+            let out_edge = job
+                .vertices
+                .iter()
+                .find_map(|n| n.inputs.iter().find(|(u, _)| *u == v).map(|&(_, e)| (e, n.parallelism)));
+            if let Some(&(u, _)) = vx.inputs.iter().find(|(u, _)| *u >= v) {
+                return Err(Error::Invalid {
+                    what: "job graph",
+                    detail: format!("vertex {v} reads vertex {u}, which does not come before it"),
+                });
+            }
+            if vx
+                .inputs
+                .windows(2)
+                .any(|w| w[0].1.partition_type.is_pipelined() != w[1].1.partition_type.is_pipelined())
+            {
+                return Err(Error::Invalid {
+                    what: "job graph",
+                    detail: format!("the inputs of vertex {v} ({}) mix pipelined and blocking exchanges", vx.name),
+                });
+            }
             for i in 0..vx.parallelism {
                 let output = out_edge.map(|(e, pc)| OutputSpec {
                     edge: v,
@@ -96,13 +117,16 @@ impl ExecutionGraph {
                     partition_type: e.partition_type.code(),
                     num_subpartitions: Self::subpartitions(&e, vx.parallelism, pc, i),
                 });
-                let input = match (vx.input, v.checked_sub(1).map(|u| &job.vertices[u])) {
-                    (Some(e), Some(prev)) => Some(InputSpecs {
-                        edge: v - 1,
-                        channels: Self::channels(&e, prev.parallelism, vx.parallelism, i, v - 1, attempt)?,
-                        partition_type: e.partition_type.code(),
-                    }),
-                    _ => None,
+                let input = match vx.inputs.first() {
+                    None => None,
+                    Some(&(first, e)) => {
+                        let mut channels = Vec::new();
+                        for &(u, e) in &vx.inputs {
+                            let pp = job.vertices[u].parallelism;
+                            channels.extend(Self::channels(&e, pp, vx.parallelism, i, u, attempt)?);
+                        }
+                        Some(InputSpecs { edge: first, channels, partition_type: e.partition_type.code() })
+                    }
                 };
                 subtasks.push(SubtaskSpec { vertex: v, subtask: i, parallelism: vx.parallelism, output, input });
             }

@@ -157,6 +157,14 @@ impl SourceContext<'_> {
     }
 }
 
+#[cfg(test)]
+impl<'a> SourceContext<'a> {
+    /// A context without task metrics, for unit tests of sources.
+    pub(crate) fn for_test(info: &'a TaskInfo) -> Self {
+        Self { info, metrics: None }
+    }
+}
+
 /// A [`Source`] made of a closure that gets a `&mut dyn Collector<T>`.
 pub struct FnSource<F>(F);
 
@@ -237,19 +245,22 @@ pub struct JobVertex {
     pub name: String,
     /// Parallelism.
     pub parallelism: u32,
-    /// The edge from the previous vertex (none for a source).
-    pub input: Option<EdgeSpec>,
+    /// The edges into this vertex: (producer vertex, edge), none for a source, two or more
+    /// for a union (its gate reads the channels of every producer).
+    pub inputs: Vec<(usize, EdgeSpec)>,
     /// Runs one subtask.
     pub body: VertexBody,
 }
 
 impl std::fmt::Debug for JobVertex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JobVertex({}, p={}, input {:?})", self.name, self.parallelism, self.input)
+        write!(f, "JobVertex({}, p={}, inputs {:?})", self.name, self.parallelism, self.inputs)
     }
 }
 
-/// A finished job: a pipeline of vertices, each fed by the one before it.
+/// A finished job: vertices in topological order, each fed by the producers its
+/// [`JobVertex::inputs`] name (the vertex before it, or several for a union), each feeding
+/// at most one consumer (several sinks on one stream are chained: [`Stream::sink_both`]).
 #[derive(Clone, Debug)]
 pub struct JobGraph {
     /// Job name.
@@ -272,7 +283,7 @@ pub struct Stream<T, H> {
     done: Vec<JobVertex>,
     name: String,
     parallelism: u32,
-    input: Option<EdgeSpec>,
+    inputs: Vec<(usize, EdgeSpec)>,
     head: H,
     _t: PhantomData<fn() -> T>,
 }
@@ -310,7 +321,7 @@ impl JobBuilder {
             done: Vec::new(),
             name: name.to_string(),
             parallelism,
-            input: None,
+            inputs: Vec::new(),
             head: SourceChain { source, _t: PhantomData },
             _t: PhantomData,
         }
@@ -440,7 +451,7 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
             done: self.done,
             name: format!("{} -> {name}", self.name),
             parallelism: self.parallelism,
-            input: self.input,
+            inputs: self.inputs,
             head: Then { prev: self.head, op, _t: PhantomData },
             _t: PhantomData,
         }
@@ -495,7 +506,7 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
         vertices.push(JobVertex {
             name: format!("{} -> {name}", self.name),
             parallelism: self.parallelism,
-            input: self.input,
+            inputs: self.inputs,
             body,
         });
         JobGraph { name: self.job.name, vertices }
@@ -507,6 +518,36 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
 pub struct Tee<A, B> {
     a: A,
     b: B,
+}
+
+impl<A, B> Tee<A, B> {
+    /// Feeds every value to both `a` and `b`; nest them for three sinks or more, e.g. as the
+    /// second sink of [`Stream::sink_both`]: `|info| Ok(Tee::new(make_b(info)?, make_c(info)?))`.
+    ///
+    /// ```
+    /// use shmflow::runtime::{Collector, Tee};
+    ///
+    /// struct Sum<'a>(&'a mut u64);
+    /// impl Collector<u64> for Sum<'_> {
+    ///     fn collect(&mut self, v: u64) -> shmflow::Result<()> {
+    ///         *self.0 += v;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let (mut a, mut b, mut c) = (0, 0, 0);
+    /// let mut three = Tee::new(Sum(&mut a), Tee::new(Sum(&mut b), Sum(&mut c)));
+    /// for v in 1..=4 {
+    ///     three.collect(v)?;
+    /// }
+    /// three.finish()?;
+    /// drop(three);
+    /// assert_eq!((a, b, c), (10, 10, 10));
+    /// # Ok::<(), shmflow::Error>(())
+    /// ```
+    pub fn new(a: A, b: B) -> Self {
+        Self { a, b }
+    }
 }
 
 impl<T: Clone, A: Collector<T>, B: Collector<T>> Collector<T> for Tee<A, B> {
@@ -528,8 +569,8 @@ impl<T: Clone, A: Collector<T>, B: Collector<T>> Collector<T> for Tee<A, B> {
 
 impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
     /// Ends the job in two sinks that both receive every value (Flink's two sinks on one
-    /// stream, chained into the same task); `Tee`s nest for more. Each subtask builds
-    /// both sinks.
+    /// stream, chained into the same task); for more, make the second sink a [`Tee::new`]
+    /// of two. Each subtask builds both sinks.
     pub fn sink_both<CA, CB, MA, MB>(self, name: &str, make_a: MA, make_b: MB) -> JobGraph
     where
         CA: Collector<T>,
@@ -537,7 +578,7 @@ impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
         MA: Fn(&TaskInfo) -> Result<CA> + Send + Sync + 'static,
         MB: Fn(&TaskInfo) -> Result<CB> + Send + Sync + 'static,
     {
-        self.sink(name, move |info| Ok(Tee { a: make_a(info)?, b: make_b(info)? }))
+        self.sink(name, move |info| Ok(Tee::new(make_a(info)?, make_b(info)?)))
     }
 }
 
@@ -561,7 +602,8 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
             head.run(info, io, out)
         });
         let mut done = self.done;
-        done.push(JobVertex { name: self.name.clone(), parallelism: self.parallelism, input: self.input, body });
+        done.push(JobVertex { name: self.name.clone(), parallelism: self.parallelism, inputs: self.inputs, body });
+        let producer = done.len() - 1;
         let edge =
             EdgeSpec { partition_type: partition_type.unwrap_or(self.job.default_partition_type), selector: kind };
         let parallelism = parallelism.unwrap_or(self.parallelism).max(1);
@@ -570,10 +612,34 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
             done,
             name: format!("{kind:?}"),
             parallelism,
-            input: Some(edge),
+            inputs: vec![(producer, edge)],
             head: InputChain(PhantomData),
             _t: PhantomData,
         }
+    }
+
+    /// Both streams into one (Flink's `union`): each ends its vertex with a round-robin
+    /// exchange into a new vertex of this stream's parallelism, whose gate reads the
+    /// channels of both (values of the two interleave in arrival order). Both exchanges
+    /// take the partition type of this stream's job.
+    pub fn union<H2: Chain<T>>(self, other: Stream<T, H2>) -> Stream<T, InputChain<T>> {
+        let ptype = self.job.default_partition_type;
+        let name = format!("Union({}, {})", self.name, other.name);
+        let mut mine = self.rebalance(None);
+        let theirs =
+            other.exchange(SelectorKind::Rebalance, None, Some(ptype), |i| RebalancePartitioner::new(u64::from(i)));
+        let offset = mine.done.len();
+        for mut v in theirs.done {
+            for (u, _) in &mut v.inputs {
+                *u += offset;
+            }
+            mine.done.push(v);
+        }
+        for &(u, e) in &theirs.inputs {
+            mine.inputs.push((u + offset, e));
+        }
+        mine.name = name;
+        mine
     }
 
     /// Round-robin to a new vertex of `parallelism` (Flink's rebalance()).
@@ -829,7 +895,7 @@ where
 
     /// Sets the partition type of the key-hash exchange (default: the job's).
     pub fn partition_type(mut self, t: ResultPartitionType) -> Self {
-        if let Some(e) = self.stream.input.as_mut() {
+        for (_, e) in &mut self.stream.inputs {
             e.partition_type = t;
         }
         self
