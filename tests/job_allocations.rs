@@ -119,15 +119,28 @@ fn wordcount(lines: u64, dir: &std::path::Path) -> (u64, JobGraph) {
     (words, builtin::wordcount_job(src, 2, dir.to_path_buf()))
 }
 
+/// Removes the test's temp directory however `main` ends (a panicking job included).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn main() -> ExitCode {
-    let dir = std::env::temp_dir().join(format!("shmflow-alloc-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let guard = TempDir(std::env::temp_dir().join(format!("shmflow-alloc-test-{}", std::process::id())));
+    let dir = guard.0.clone();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
     let (s1, s2) = (100_000, 800_000);
     let shuffle_per = per_10k("shuffle (16 B, key hash, p=2)", (s1, &shuffle(s1, &dir)), (s2, &shuffle(s2, &dir)));
     let (w1, g1) = wordcount(10_000, &dir);
     let (w2, g2) = wordcount(80_000, &dir);
     let wordcount_per = per_10k("wordcount (generated text, p=2)", (w1, &g1), (w2, &g2));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(guard);
     let mut failed = 0;
     for (name, r) in [("shuffle", shuffle_per), ("wordcount", wordcount_per)] {
         match r {

@@ -45,8 +45,8 @@ use parking_lot::Mutex;
 use shmflow::memory::liveness::{self, Liveness};
 use shmflow::memory::recovery::free_segment_if;
 use shmflow::memory::{
-    process_start_ticks, Arena, ArenaConfig, ChannelBlock, Owner, RingKind, CHANNEL_CLAIMED, CHANNEL_CLOSED,
-    CHANNEL_CONSUMER_DIED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED,
+    process_start_ticks, Arena, ArenaConfig, ChannelBlock, Owner, RingKind, CHANNEL_CLOSED, CHANNEL_CONSUMER_DIED,
+    CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING_BY, CHANNEL_PRODUCER_DIED,
     CHANNEL_PRODUCER_FAILED, REFCOUNT_MASK,
 };
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
@@ -689,9 +689,13 @@ impl ChannelCtx {
         let producer_pid = arena.workers()[producer as usize].pid.load(Ordering::Relaxed);
         for (i, b) in arena.channels().iter().enumerate().take(usable) {
             // Acquire on success: after the previous user's (or reclaimer's) last writes.
-            let claimed = [CHANNEL_FREE, CHANNEL_CLOSED].into_iter().any(|from| {
-                b.state.compare_exchange(from, CHANNEL_CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok()
-            });
+            // The block is taken as PROBING by our pid (not CLAIMED): the state itself names
+            // the claimer until OPEN, so a reclaimer never reads the previous owner's
+            // `claim_pid` for a block that is already ours.
+            let probing = CHANNEL_PROBING_BY | std::process::id();
+            let claimed = [CHANNEL_FREE, CHANNEL_CLOSED]
+                .into_iter()
+                .any(|from| b.state.compare_exchange(from, probing, Ordering::Acquire, Ordering::Relaxed).is_ok());
             if !claimed {
                 continue;
             }

@@ -14,8 +14,13 @@ use crate::{
 use jni::objects::{JClass, JIntArray, JLongArray, JString};
 use jni::sys::{jint, jlong, jobject, jstring};
 use jni::JNIEnv;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
+
+thread_local! {
+    /// `Native.wait`'s channel ids, reused across calls on the same thread.
+    static WAIT_IDS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+}
 
 fn jerr(e: jni::errors::Error) -> FfiError {
     FfiError::new(code::EINVAL, format!("JNI: {e}"))
@@ -210,10 +215,13 @@ pub extern "system" fn Java_org_shmflow_flink_Native_await<'l>(
         if !(1..=1 << 20).contains(&len) {
             return Err(FfiError::new(code::EINVAL, format!("ids has {len} entries (1..=2^20)")));
         }
-        let mut buf = vec![0i32; len as usize];
-        let n = a.wait(s, &mut buf, t)?;
-        env.set_int_array_region(&ids, 0, &buf[..n]).map_err(jerr)?;
-        Ok(n as i32)
+        // One buffer per thread, reused: the dispatcher calls this on every wake-up.
+        WAIT_IDS.with_borrow_mut(|buf| {
+            buf.resize(len as usize, 0);
+            let n = a.wait(s, &mut buf[..], t)?;
+            env.set_int_array_region(&ids, 0, &buf[..n]).map_err(jerr)?;
+            Ok(n as i32)
+        })
     })
 }
 

@@ -158,10 +158,10 @@ enum JobCmd {
         /// stamp each record, the sinks report percentiles of arrival minus stamp (the first
         /// tenth of each generator's records is warm-up). Payload at least 16 bytes; key-hash
         /// or rebalance.
-        #[arg(long, requires = "rate")]
+        #[arg(long, requires = "rate", conflicts_with_all = ["sink_work_ns", "source_work_ns"])]
         latency: bool,
         /// Records per second in all, for --latency (1..=100000000).
-        #[arg(long)]
+        #[arg(long, requires = "latency")]
         rate: Option<u64>,
         #[command(flatten)]
         opts: JobOpts,
@@ -945,7 +945,9 @@ fn arena_path(sel: ArenaSel) -> AnyResult<(PathBuf, Option<u32>)> {
                 .ok_or_else(|| format!("process {p} holds no shmflow arena (is it a running job's coordinator?)"))?;
             (path, Some(p))
         }
-        (None, Some(n), None) => (PathBuf::from("/dev/shm").join(n), None),
+        // The library's rule for arena names: `--name ../x` or `--name /x` named a file
+        // outside /dev/shm (that is what --path is for).
+        (None, Some(n), None) => (Arena::named_path(&n).map_err(|e| format!("--name: {e}"))?, None),
         (None, None, Some(p)) => (p, None),
         (None, None, None) => {
             // No arena named: the one running job's, if there is exactly one.
@@ -1298,6 +1300,31 @@ mod tests {
         assert_eq!(temp_pid("counts.tmp-+12", "counts"), None);
         assert_eq!(temp_pid("counts.tmp-12x", "counts"), None);
         assert_eq!(temp_pid("counts.tmp-4294967295", "counts"), None);
+    }
+
+    #[test]
+    fn shuffle_options_that_latency_mode_would_ignore_are_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()).map(|_| ());
+        assert!(parse(&["--latency", "--rate", "10"]).is_ok());
+        assert!(parse(&["--source-work-ns", "5"]).is_ok());
+        // --rate alone would run the throughput shuffle at full speed.
+        let e = parse(&["--rate", "10"]).unwrap_err().to_string();
+        assert!(e.contains("--latency"), "{e}");
+        // The latency shuffle has no busy work per record.
+        for extra in ["--sink-work-ns", "--source-work-ns"] {
+            let e = parse(&["--latency", "--rate", "10", extra, "5"]).unwrap_err().to_string();
+            assert!(e.contains(extra), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_arena_name_names_a_file_in_dev_shm_only() {
+        let name = |n: &str| arena_path(ArenaSel { pid: None, name: Some(n.into()), path: None });
+        assert_eq!(name("job-1").unwrap().0, PathBuf::from("/dev/shm/job-1"));
+        for bad in ["../../etc/passwd", "/etc/passwd", ".hidden", ""] {
+            let e = name(bad).unwrap_err().to_string();
+            assert!(e.contains("--name"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

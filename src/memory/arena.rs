@@ -427,6 +427,16 @@ impl Arena {
         out
     }
 
+    /// The file of the named arena `name` ([`create_named`](Self::create_named),
+    /// [`attach_named`](Self::attach_named)): `/dev/shm/<name>`.
+    ///
+    /// # Errors
+    /// [`ArenaError::Config`] for a name that is empty, longer than 200 bytes, contains
+    /// '/' or NUL, or starts with '.' (it would name a file outside `/dev/shm`).
+    pub fn named_path(name: &str) -> Result<PathBuf, ArenaError> {
+        Self::shm_path(name)
+    }
+
     fn shm_path(name: &str) -> Result<PathBuf, ArenaError> {
         if name.is_empty() || name.len() > 200 || name.contains(['/', '\0']) || name.starts_with('.') {
             return Err(ArenaError::Config(format!(

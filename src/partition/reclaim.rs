@@ -410,8 +410,12 @@ fn reader_alive(arena: &Arena, b: &crate::memory::ChannelBlock) -> bool {
 }
 
 /// Settles channel `c` if its reader just left a dead producer's channel (see
-/// [`ChannelReader::close`](crate::ring::ChannelReader::close)).
+/// [`ChannelReader::close`](crate::ring::ChannelReader::close)). A channel id outside the
+/// arena's channel blocks is ignored (there is nothing to settle).
 pub fn settle_if_orphaned(arena: &Arena, c: u32) {
+    if c as usize >= arena.channels().len() {
+        return;
+    }
     let mut report = ReclaimReport::default();
     settle(arena, c, CHANNEL_ORPHANED, &mut report);
 }

@@ -73,8 +73,12 @@ pub fn add(name: &str, v: i64) {
 pub fn collect(name: &str, item: impl std::fmt::Display) {
     TASK.with(|t| {
         let mut t = t.borrow_mut();
-        if matches!(t.get(name), Some(Accumulator::List(l)) if l.len() >= MAX_LIST) {
-            return;
+        // A full list, or a name used as a sum: ignored before the item is formatted (a
+        // sink may call this for every record).
+        match t.get(name) {
+            Some(Accumulator::List(l)) if l.len() >= MAX_LIST => return,
+            Some(Accumulator::Sum(_)) => return,
+            _ => {}
         }
         let mut s = item.to_string();
         if s.len() > MAX_ITEM {

@@ -157,6 +157,14 @@ impl SourceContext<'_> {
     }
 }
 
+#[cfg(test)]
+impl<'a> SourceContext<'a> {
+    /// A context without task metrics, for unit tests of sources.
+    pub(crate) fn for_test(info: &'a TaskInfo) -> Self {
+        Self { info, metrics: None }
+    }
+}
+
 /// A [`Source`] made of a closure that gets a `&mut dyn Collector<T>`.
 pub struct FnSource<F>(F);
 
@@ -512,6 +520,36 @@ pub struct Tee<A, B> {
     b: B,
 }
 
+impl<A, B> Tee<A, B> {
+    /// Feeds every value to both `a` and `b`; nest them for three sinks or more, e.g. as the
+    /// second sink of [`Stream::sink_both`]: `|info| Ok(Tee::new(make_b(info)?, make_c(info)?))`.
+    ///
+    /// ```
+    /// use shmflow::runtime::{Collector, Tee};
+    ///
+    /// struct Sum<'a>(&'a mut u64);
+    /// impl Collector<u64> for Sum<'_> {
+    ///     fn collect(&mut self, v: u64) -> shmflow::Result<()> {
+    ///         *self.0 += v;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let (mut a, mut b, mut c) = (0, 0, 0);
+    /// let mut three = Tee::new(Sum(&mut a), Tee::new(Sum(&mut b), Sum(&mut c)));
+    /// for v in 1..=4 {
+    ///     three.collect(v)?;
+    /// }
+    /// three.finish()?;
+    /// drop(three);
+    /// assert_eq!((a, b, c), (10, 10, 10));
+    /// # Ok::<(), shmflow::Error>(())
+    /// ```
+    pub fn new(a: A, b: B) -> Self {
+        Self { a, b }
+    }
+}
+
 impl<T: Clone, A: Collector<T>, B: Collector<T>> Collector<T> for Tee<A, B> {
     #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
@@ -531,8 +569,8 @@ impl<T: Clone, A: Collector<T>, B: Collector<T>> Collector<T> for Tee<A, B> {
 
 impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
     /// Ends the job in two sinks that both receive every value (Flink's two sinks on one
-    /// stream, chained into the same task); `Tee`s nest for more. Each subtask builds
-    /// both sinks.
+    /// stream, chained into the same task); for more, make the second sink a [`Tee::new`]
+    /// of two. Each subtask builds both sinks.
     pub fn sink_both<CA, CB, MA, MB>(self, name: &str, make_a: MA, make_b: MB) -> JobGraph
     where
         CA: Collector<T>,
@@ -540,7 +578,7 @@ impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
         MA: Fn(&TaskInfo) -> Result<CA> + Send + Sync + 'static,
         MB: Fn(&TaskInfo) -> Result<CB> + Send + Sync + 'static,
     {
-        self.sink(name, move |info| Ok(Tee { a: make_a(info)?, b: make_b(info)? }))
+        self.sink(name, move |info| Ok(Tee::new(make_a(info)?, make_b(info)?)))
     }
 }
 

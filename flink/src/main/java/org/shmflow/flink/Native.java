@@ -74,6 +74,7 @@ final class Native {
                     }
                     tmp.toFile().deleteOnExit();
                     System.load(tmp.toAbsolutePath().toString());
+                    Files.deleteIfExists(tmp); // mapped now; a SIGKILLed JVM never runs deleteOnExit
                 } else {
                     System.loadLibrary("shmflow_ffi");
                 }
