@@ -25,9 +25,9 @@ impl Scratch {
         let dir = CString::new(self.dir.to_str().unwrap()).unwrap();
         let tm = CString::new(tm).unwrap();
         let mut h = 0;
+        let (size, segment) = (8 << 20, 32 << 10);
         // SAFETY: valid strings and out pointer.
-        let rc =
-            unsafe { shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), 8 << 20, 32 << 10, 10_000, &mut h) };
+        let rc = unsafe { shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), size, segment, 10_000, &mut h) };
         if rc == 0 {
             Ok(h)
         } else {
