@@ -1,6 +1,6 @@
 //! The examples a user copies keep working: each runs as a program (with a small record
-//! count) and must report totals that match. `cargo test --all-targets` (tools/test) builds
-//! the examples before any test runs; these tests run the binaries it built.
+//! count) and must report totals that match. tools/test builds the example
+//! binaries (`cargo build --examples`) before `cargo test`; these tests run those binaries.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,7 +17,7 @@ fn example(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built: run the tests with `cargo test --all-targets` (as tools/test does) or \
+        "{} is not built: run tools/test (it builds the examples first) or \
          `cargo build --example {name}` first",
         path.display()
     );
