@@ -14,15 +14,17 @@ pub mod builtin;
 mod config;
 mod coordinator;
 mod execution;
+mod failure;
 mod graph;
 mod job;
 mod progress;
 mod protocol;
+mod summary;
 mod task;
 mod worker;
 
 pub use config::RuntimeConfig;
-pub use coordinator::{run_job, EdgeSummary, JobSummary};
+pub use coordinator::run_job;
 pub use execution::{ExchangeOut, TaskEvent, TaskIo, TaskSettings};
 pub use graph::{partition_id, ExecutionGraph};
 pub use job::{
@@ -32,6 +34,7 @@ pub use job::{
 };
 pub use progress::ProgressTotal;
 pub use protocol::{InputSpecs, OutputSpec, SubtaskSpec};
+pub use summary::{EdgeSummary, JobSummary};
 pub use task::{BoxCollector, Collector, Data, TaskInfo};
 pub use worker::{check_coordinator, is_worker, run_worker};
 
