@@ -26,10 +26,15 @@
 //! `--parallelism P` run a subset (for profiling). Without `--bench` (as
 //! `cargo test --benches` runs it): quick mode, 1 MB, one repetition.
 
+/// The command line's built-in jobs (they live next to the binary, not in the library).
+#[path = "../src/bin/shmflow/jobs/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod jobs;
+
 use crossbeam_channel::{bounded, Receiver, Sender};
+use jobs::{generator, reference_wordcount, tokenize, TextSource};
 use shmflow::partition::{key_group_for_hash, operator_index_for_key_group, DEFAULT_MAX_PARALLELISM};
 use shmflow::record::java_string_hash;
-use shmflow::runtime::builtin::{generator, reference_wordcount, tokenize, TextSource};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
