@@ -113,6 +113,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{
     accept_within, cpu_model, cpu_pair, die_with_parent, env_var, exit_code, pass_fds, pin_to, spin_until, ChildGuard,
     Res,
@@ -348,39 +350,45 @@ struct Args {
     peers: Vec<Peer>,
 }
 
-/// `--bench` (added by `cargo bench`), `--no-pin`, `--json PATH`, `--sizes A,B,..` (a
-/// subset of [`SIZES`]), `--peers NAME,..` (peer names as in the tables' first column plus
-/// mode, such as `bare-atomic,shmflow-spin,shmflow-netstack-park`; a ratio whose peers were
-/// left out is not printed); anything else (test filters cargo may pass along) is ignored.
+/// The latency bench's flags.
+#[derive(Parser)]
+#[command(name = "latency", about = "Cross-process ping-pong latency of shmflow and its peers")]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Do not pin the two processes to CPUs.
+    #[arg(long = "no-pin", action = clap::ArgAction::SetFalse)]
+    pin: bool,
+    /// Payload sizes, a subset of SIZES (such as 64,1024).
+    #[arg(long, value_name = "A,B,..")]
+    sizes: Option<String>,
+    /// Peers by name as in the tables' first column plus mode (such as
+    /// bare-atomic,shmflow-spin,shmflow-netstack-park); a ratio whose peers were left out is
+    /// not printed.
+    #[arg(long, value_name = "NAME,..")]
+    peers: Option<String>,
+}
+
 fn parse_args() -> Res<Args> {
-    let mut args = Args { full: false, pin: true, json: None, sizes: SIZES.to_vec(), peers: Peer::ALL.to_vec() };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => args.full = true,
-            "--no-pin" => args.pin = false,
-            "--json" => args.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            "--sizes" => {
-                let list = it.next().ok_or("--sizes needs a list, such as 64,1024")?;
-                args.sizes = list.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>()?;
-                if let Some(s) = args.sizes.iter().find(|s| !SIZES.contains(s)) {
-                    return Err(format!("--sizes: {s} is not one of {SIZES:?}").into());
-                }
-            }
-            "--peers" => {
-                let list = it.next().ok_or("--peers needs a list, such as bare-atomic,shmflow-spin")?;
-                args.peers = list
-                    .split(',')
-                    .map(|n| {
-                        Peer::from_name(n).ok_or_else(|| {
-                            let names: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
-                            format!("--peers: {n:?} is not one of {}", names.join(", "))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            _ => {}
+    let c = Cli::parse();
+    let mut args =
+        Args { full: c.bench.full, pin: c.pin, json: c.bench.json, sizes: SIZES.to_vec(), peers: Peer::ALL.to_vec() };
+    if let Some(list) = c.sizes {
+        args.sizes = common::args::list(&list).map_err(|e| format!("--sizes: {e}"))?;
+        if let Some(s) = args.sizes.iter().find(|s| !SIZES.contains(s)) {
+            return Err(format!("--sizes: {s} is not one of {SIZES:?}").into());
         }
+    }
+    if let Some(list) = c.peers {
+        args.peers = list
+            .split(',')
+            .map(|n| {
+                Peer::from_name(n).ok_or_else(|| {
+                    let names: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
+                    format!("--peers: {n:?} is not one of {}", names.join(", "))
+                })
+            })
+            .collect::<Result<_, _>>()?;
     }
     Ok(args)
 }

@@ -148,6 +148,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{
     accept_within, cpu_model, cpu_pair, die_with_parent, env_var, exit_code, inherited_fds, pass_fds, pin_to,
     proc_cpu_ns, rusage, spin_until, Producer, Res,
@@ -545,41 +547,55 @@ struct Args {
     only_system: Option<System>,
 }
 
-/// `--bench` (added by `cargo bench`), `--no-pin`, `--rounds N`, `--measure-ms MS`,
-/// `--json PATH`, and filters on the full plan `--size BYTES`, `--shape NAME` (e.g.
-/// `4x1000`, `10x1000-skew`), `--timeout MS`, `--system NAME`; anything else (filters cargo
-/// may pass along) is ignored.
+/// The throughput bench's flags.
+#[derive(Parser)]
+#[command(
+    name = "throughput",
+    about = "Throughput of shmflow and its peers: writers x channels x flush timeout x record size"
+)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Do not pin the processes to CPUs.
+    #[arg(long = "no-pin", action = clap::ArgAction::SetFalse)]
+    pin: bool,
+    /// Rounds per case.
+    #[arg(long, value_name = "N")]
+    rounds: Option<u32>,
+    /// Measurement window per case in ms.
+    #[arg(long, value_name = "MS")]
+    measure_ms: Option<u64>,
+    /// Only cases of this record size (a filter on the full plan).
+    #[arg(long, value_name = "BYTES")]
+    size: Option<usize>,
+    /// Only cases of this shape, such as 4x1000 or 10x1000-skew.
+    #[arg(long, value_name = "NAME")]
+    shape: Option<String>,
+    /// Only cases of this flush timeout in ms.
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    timeout: Option<i64>,
+    /// Only this system.
+    #[arg(long, value_name = "NAME")]
+    system: Option<String>,
+}
+
 fn parse_args() -> Res<Args> {
-    let mut args = Args {
-        full: false,
-        pin: true,
-        rounds: None,
-        measure_ms: None,
-        json: None,
-        only_size: None,
-        only_shape: None,
-        only_timeout: None,
-        only_system: None,
+    let c = Cli::parse();
+    let only_system = match c.system {
+        None => None,
+        Some(name) => Some(System::from_name(&name).ok_or_else(|| format!("unknown system {name:?}"))?),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => args.full = true,
-            "--no-pin" => args.pin = false,
-            "--rounds" => args.rounds = Some(it.next().ok_or("--rounds needs a number")?.parse()?),
-            "--measure-ms" => args.measure_ms = Some(it.next().ok_or("--measure-ms needs a number")?.parse()?),
-            "--json" => args.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            "--size" => args.only_size = Some(it.next().ok_or("--size needs a number")?.parse()?),
-            "--shape" => args.only_shape = Some(it.next().ok_or("--shape needs a name")?),
-            "--timeout" => args.only_timeout = Some(it.next().ok_or("--timeout needs a number")?.parse()?),
-            "--system" => {
-                let name = it.next().ok_or("--system needs a name")?;
-                args.only_system = Some(System::from_name(&name).ok_or_else(|| format!("unknown system {name:?}"))?);
-            }
-            _ => {}
-        }
-    }
-    Ok(args)
+    Ok(Args {
+        full: c.bench.full,
+        pin: c.pin,
+        rounds: c.rounds,
+        measure_ms: c.measure_ms,
+        json: c.bench.json,
+        only_size: c.size,
+        only_shape: c.shape,
+        only_timeout: c.timeout,
+        only_system,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
