@@ -1,5 +1,18 @@
-//! Errors. One enum for arena creation and attach (the things a user gets wrong first), one
-//! crate-wide enum for everything that happens on a live arena.
+//! Errors. Each layer says what went wrong in its own terms; the crate-wide [`Error`](enum@Error) is what
+//! the API returns, and every layer's error converts into it (`From`), so `?` carries it up
+//! and a caller matches one enum.
+//!
+//! ```text
+//!  layer          its error           becomes (From)
+//!  memory         ArenaError          Error::Arena(..)        creation and attach
+//!  ring, buffer,  Violation           Error::ProtocolViolation  a value from shared memory
+//!  memory, record                                             breaks the protocol
+//!  ring (push)    PushError::Full     (not converted: the pusher decides what a full ring
+//!                                      means; a channel reports Error::RingFull)
+//! ```
+//!
+//! Errors are built only on the path that returns them (clippy's `or_fun_call` is denied):
+//! a per-record call passes a closure that names the place, called only for an error.
 
 use thiserror::Error;
 
@@ -78,6 +91,39 @@ impl ArenaError {
     }
 }
 
+/// A value read from shared memory that breaks the protocol: a faulty or hostile peer (or
+/// a bug). Never a panic: the value is checked before use and reported with its place.
+#[derive(Debug, Error)]
+#[error("protocol violation in {place}: {detail}")]
+pub struct Violation {
+    /// Which structure (names the channel, ring or segment).
+    pub place: String,
+    /// The offending value and the range it should be in.
+    pub detail: String,
+}
+
+impl From<Violation> for Error {
+    fn from(v: Violation) -> Self {
+        Error::ProtocolViolation { place: v.place, detail: v.detail }
+    }
+}
+
+/// Why a push onto a ring did not happen ([`crate::ring::RingProducer::push`]).
+///
+/// There is deliberately no `From<PushError> for Error`: a full ring is back-pressure, and
+/// only the pusher knows what it means there (wait for room, report [`Error::RingFull`], or
+/// call it a [`Violation`] when credit promised room).
+#[derive(Debug, Error)]
+pub enum PushError {
+    /// No room for the values now; nothing was pushed. Push again once the consumer made
+    /// room.
+    #[error("the ring is full")]
+    Full,
+    /// The consumer's head breaks the ring invariant, or the tail cannot advance.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+}
+
 /// Errors on a live arena: protocol, flow control and peers.
 #[derive(Debug, Error)]
 pub enum Error {
@@ -91,6 +137,15 @@ pub enum Error {
         place: String,
         /// The offending value and the range it should be in.
         detail: String,
+    },
+    /// A ring has no room now (back-pressure, not a fault): retry once the consumer made
+    /// room. The one way a full ring is reported above the ring itself.
+    #[error("the {ring} ring of channel {channel} is full")]
+    RingFull {
+        /// Which ring of the channel ("priority", ...).
+        ring: &'static str,
+        /// Channel id.
+        channel: u32,
     },
     /// The arena-wide pool has no segment left.
     #[error("network buffer pool exhausted")]

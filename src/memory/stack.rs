@@ -12,10 +12,11 @@
 //! long for ABA to return.
 //!
 //! Indices read from the arena are validated: a link or head out of range (a faulty peer)
-//! is a [`ProtocolViolation`](crate::Error::ProtocolViolation), never an out-of-bounds read.
+//! is a [`Violation`] (an [`Error::ProtocolViolation`](crate::Error::ProtocolViolation) at the
+//! API), never an out-of-bounds read.
 
 use super::blocks::SegmentControl;
-use crate::error::{Error, Result};
+use crate::error::Violation;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// The head of a [`SegmentStack`]. `#[repr(C)]`.
@@ -97,8 +98,8 @@ impl<'a> SegmentStack<'a> {
     /// Pops a segment index, `Ok(None)` when empty.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] if the head or a link holds an index out of range.
-    pub fn pop(&self) -> Result<Option<u32>> {
+    /// [`Violation`] if the head or a link holds an index out of range.
+    pub fn pop(&self) -> Result<Option<u32>, Violation> {
         // Acquire: pairs with the Release CAS in `push`, so the link we read below is the
         // one written before that push.
         let mut cur = self.head.head.load(Ordering::Acquire);
@@ -140,8 +141,9 @@ impl<'a> SegmentStack<'a> {
         }
     }
 
-    fn violation(&self, what: &str, value: u32) -> Error {
-        Error::ProtocolViolation {
+    #[cold]
+    fn violation(&self, what: &str, value: u32) -> Violation {
+        Violation {
             place: "network buffer pool".into(),
             detail: format!("{what} holds {value}, outside 0..={}", self.controls.len()),
         }

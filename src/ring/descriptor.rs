@@ -16,7 +16,7 @@
 //!    kind 2  Grant       count more credits (initial / floating)
 //! ```
 
-use crate::error::{Error, Result};
+use crate::error::Violation;
 
 /// Events small enough to travel inside a descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,15 +89,12 @@ impl Descriptor {
     /// Unpacks a barrier from its three slots.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] for stray bits in the header.
-    pub fn decode_barrier(slots: [u64; 3], place: &dyn Fn() -> String) -> Result<Self> {
+    /// [`Violation`] for another kind or stray bits in the header.
+    pub fn decode_barrier(slots: [u64; 3], place: &dyn Fn() -> String) -> Result<Self, Violation> {
         let h = slots[0];
         let flags = (h >> 32) & 0xff_ffff;
         if h >> 56 != BARRIER_KIND || flags > 1 || h as u32 != 0 {
-            return Err(Error::ProtocolViolation {
-                place: place(),
-                detail: format!("malformed barrier header {h:#x}"),
-            });
+            return Err(Violation { place: place(), detail: format!("malformed barrier header {h:#x}") });
         }
         Ok(Descriptor::Barrier(BarrierDescriptor {
             checkpoint_id: slots[1],
@@ -109,10 +106,10 @@ impl Descriptor {
     /// Unpacks and validates a value read from shared memory.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] naming `place` for an unknown kind or event, a segment
-    /// index `>= segment_count`, or stray bits.
-    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self> {
-        let bad = |d: String| Error::ProtocolViolation { place: place(), detail: d };
+    /// [`Violation`] naming `place` for an unknown kind or event, a segment index
+    /// `>= segment_count`, or stray bits.
+    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self, Violation> {
+        let bad = |d: String| Violation { place: place(), detail: d };
         let kind = v >> 56;
         let arg = ((v >> 32) & 0xff_ffff) as u32;
         let seg = v as u32;
@@ -177,10 +174,10 @@ impl Credit {
     /// Unpacks and validates a value read from shared memory.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] for an unknown kind, a segment out of range, or a
-    /// grant of zero or stray bits.
-    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self> {
-        let bad = |d: String| Error::ProtocolViolation { place: place(), detail: d };
+    /// [`Violation`] for an unknown kind, a segment out of range, or a grant of zero or
+    /// stray bits.
+    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self, Violation> {
+        let bad = |d: String| Violation { place: place(), detail: d };
         let count = ((v >> 32) & 0xff_ffff) as u32;
         let low = v as u32;
         match v >> 56 {
