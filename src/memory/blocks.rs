@@ -472,3 +472,72 @@ const _: () = {
         assert!(offset_of!(B, debloat_bytes) == 1200);
     }
 };
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_owner_round_trips_through_its_packed_word() {
+        let max24 = 0xff_ffff;
+        for o in [
+            Owner::Free,
+            Owner::Pool { pool: 0, worker: 0 },
+            Owner::Pool { pool: u32::MAX, worker: max24 },
+            Owner::Writer { pool: 7, worker: 3 },
+            Owner::Writer { pool: u32::MAX, worker: max24 },
+            Owner::InFlight { channel: 0, fanout: 1 },
+            Owner::InFlight { channel: u32::MAX, fanout: max24 },
+        ] {
+            assert_eq!(Owner::unpack(o.pack()), o, "{o:?} packs to {:#x}", o.pack());
+        }
+    }
+
+    #[test]
+    fn owner_fields_sit_where_the_layout_says() {
+        assert_eq!(Owner::Free.pack(), 0);
+        assert_eq!(Owner::Pool { pool: 5, worker: 2 }.pack(), (1 << 56) | (2 << 32) | 5);
+        assert_eq!(Owner::Writer { pool: 5, worker: 2 }.pack(), (2 << 56) | (2 << 32) | 5);
+        assert_eq!(Owner::InFlight { channel: 9, fanout: 4 }.pack(), (3 << 56) | (4 << 32) | 9);
+    }
+
+    #[test]
+    fn a_worker_or_fanout_above_24_bits_is_cut_to_its_field_not_spilled_into_the_kind() {
+        let o = Owner::Pool { pool: 1, worker: 0x0100_0001 };
+        assert_eq!(o.pack() >> 56, 1, "the kind is intact");
+        assert_eq!(Owner::unpack(o.pack()), Owner::Pool { pool: 1, worker: 1 });
+    }
+
+    #[test]
+    fn words_no_layout_writes_unpack_as_invalid_and_keep_their_value() {
+        for v in [1, u64::from(u32::MAX), 4 << 56, u64::MAX, (0xff << 56) | 3] {
+            assert_eq!(Owner::unpack(v), Owner::Invalid(v));
+            assert_eq!(Owner::Invalid(v).pack(), v);
+        }
+    }
+
+    #[test]
+    fn a_reset_channel_block_has_zero_positions_routing_and_counters() {
+        let b = ChannelBlock::default();
+        b.data.tail.store(5, crate::sync::Ordering::Relaxed);
+        b.gate.store(3, crate::sync::Ordering::Relaxed);
+        b.buffers_in.store(8, crate::sync::Ordering::Relaxed);
+        b.debloat_bytes.store(100, crate::sync::Ordering::Relaxed);
+        b.state.store(CHANNEL_CLAIMED, crate::sync::Ordering::Relaxed);
+        b.reset();
+        assert_eq!(b.data.tail.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.gate.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.buffers_in.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.debloat_bytes.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.state.load(crate::sync::Ordering::Relaxed), CHANNEL_CLAIMED, "the claimer's state stays");
+    }
+
+    #[test]
+    fn probing_states_are_recognized_with_or_without_a_pid() {
+        assert!(channel_probing(CHANNEL_PROBING));
+        assert!(channel_probing(CHANNEL_PROBING_BY | 4_194_303));
+        for s in [CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_CLAIMED, CHANNEL_SETTLING, CHANNEL_ORPHANED] {
+            assert!(!channel_probing(s), "state {s}");
+        }
+    }
+}
