@@ -9,6 +9,8 @@
 //!  memory, record                                             breaks the protocol
 //!  ring (push)    PushError::Full     (not converted: the pusher decides what a full ring
 //!                                      means; a channel reports Error::RingFull)
+//!  any            ConfigError         Error::Config(..)       a setting or argument out
+//!                                                             of range, before any sharing
 //! ```
 //!
 //! Errors are built only on the path that returns them (clippy's `or_fun_call` is denied):
@@ -124,12 +126,64 @@ pub enum PushError {
     Violation(#[from] Violation),
 }
 
+/// A setting or argument out of its range, refused before anything is shared or started.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// A number outside the range it must be in.
+    #[error("invalid {what}: {value} not in {min}..={max}")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: i64,
+        /// The smallest value allowed.
+        min: i64,
+        /// The largest value allowed.
+        max: i64,
+    },
+    /// Settings that contradict each other.
+    #[error("invalid {what}: {detail}")]
+    Conflict {
+        /// Which settings.
+        what: &'static str,
+        /// How they contradict each other (the values given and the rule).
+        detail: String,
+    },
+    /// A name that is none of the known ones.
+    #[error("invalid {what}: unknown {name:?} (known: {known})")]
+    Unknown {
+        /// What kind of name.
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names allowed.
+        known: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// [`ConfigError::OutOfRange`] unless `value` is in `min..=max`.
+    ///
+    /// # Errors
+    /// As said.
+    pub fn check_range(what: &'static str, value: i64, min: i64, max: i64) -> Result<(), Self> {
+        if (min..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError::OutOfRange { what, value, min, max })
+        }
+    }
+}
+
 /// Errors on a live arena: protocol, flow control and peers.
 #[derive(Debug, Error)]
 pub enum Error {
     /// Arena creation or attach.
     #[error(transparent)]
     Arena(#[from] ArenaError),
+    /// A setting or argument out of its range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A value read from shared memory breaks the protocol (a faulty or hostile peer).
     #[error("protocol violation in {place}: {detail}")]
     ProtocolViolation {
@@ -270,3 +324,40 @@ impl From<std::io::Error> for Error {
 
 /// Crate result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_range_accepts_both_ends_and_refuses_one_past_them() {
+        assert_eq!(ConfigError::check_range("credit", 1, 1, 3), Ok(()));
+        assert_eq!(ConfigError::check_range("credit", 3, 1, 3), Ok(()));
+        for v in [0, 4, i64::MIN, i64::MAX] {
+            assert_eq!(
+                ConfigError::check_range("credit", v, 1, 3),
+                Err(ConfigError::OutOfRange { what: "credit", value: v, min: 1, max: 3 })
+            );
+        }
+        assert!(ConfigError::check_range("empty", 0, 1, 0).is_err(), "an empty range takes nothing");
+    }
+
+    #[test]
+    fn layer_errors_keep_their_message_at_the_api_and_can_be_matched_there() {
+        let e: Error = ConfigError::OutOfRange { what: "credit", value: 0, min: 1, max: 3 }.into();
+        assert_eq!(e.to_string(), "invalid credit: 0 not in 1..=3");
+        assert!(matches!(e, Error::Config(ConfigError::OutOfRange { value: 0, .. })));
+        let e: Error =
+            ConfigError::Unknown { what: "selector", name: "hash".into(), known: "forward, rebalance" }.into();
+        assert_eq!(e.to_string(), "invalid selector: unknown \"hash\" (known: forward, rebalance)");
+        let e: Error = ConfigError::Conflict { what: "pool", detail: "min 3 > max 2".into() }.into();
+        assert_eq!(e.to_string(), "invalid pool: min 3 > max 2");
+        let e: Error = Violation { place: "channel 4".into(), detail: "ring tail 9 outside 0..=8".into() }.into();
+        assert_eq!(e.to_string(), "protocol violation in channel 4: ring tail 9 outside 0..=8");
+        assert!(matches!(e, Error::ProtocolViolation { ref place, .. } if place == "channel 4"));
+        let e = Error::RingFull { ring: "priority", channel: 7 };
+        assert_eq!(e.to_string(), "the priority ring of channel 7 is full");
+        let p = PushError::Violation(Violation { place: "r".into(), detail: "d".into() });
+        assert_eq!(p.to_string(), "protocol violation in r: d");
+    }
+}

@@ -108,6 +108,7 @@ fn from_lib(e: impl Into<shmflow::Error>) -> FfiError {
     let c = match &e {
         shmflow::Error::ProtocolViolation { .. } => code::EPROTO,
         shmflow::Error::RingFull { .. } => code::EAGAIN,
+        shmflow::Error::Config(_) => code::EINVAL,
         shmflow::Error::OutOfSlots(_) => code::ECONFIG,
         shmflow::Error::Io { .. } => code::EIO,
         _ => code::EIO,
