@@ -6,7 +6,8 @@ use crate::memory::liveness::{self, Liveness, LivenessProbe};
 use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::partition::{RequestBackoff, ResultPartitionId, ResultPartitionManager};
-use crate::record::{RecordReader, Step, LEN_PREFIX};
+use crate::record::frame::{self, Frame};
+use crate::record::{RecordReader, Step};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
 use crate::sync::{now_nanos, AtomicBool, Ordering, WaitPolicy, Waiter};
 use std::cell::Cell;
@@ -560,12 +561,14 @@ impl SingleInputGate {
         let mut cons = self.channels[c].reader.channel().consumer(segment);
         let (bytes, fin) = cons.peek_final()?;
         let bad = |d: &str| Error::ProtocolViolation { place: format!("channel {c}"), detail: d.into() };
-        if !fin || bytes.len() < LEN_PREFIX {
-            return Err(bad("user event segment not finished or too short"));
+        if !fin {
+            return Err(bad("user event segment not finished"));
         }
-        let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
-        let body = bytes.get(LEN_PREFIX..LEN_PREFIX + len).ok_or_else(|| bad("user event longer than its segment"))?;
-        Ok(Event::User(body.to_vec()))
+        match frame::decode(bytes) {
+            Frame::Whole { payload, .. } => Ok(Event::User(payload.to_vec())),
+            Frame::Partial { .. } => Err(bad("user event longer than its segment")),
+            Frame::NoPrefix => Err(bad("user event segment too short")),
+        }
     }
 
     fn on_event(&mut self, c: usize, d: Descriptor) -> Result<Option<Ready>> {
