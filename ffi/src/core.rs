@@ -709,13 +709,11 @@ impl ChannelCtx {
             // consumer_pid as the reader's.
             b.claim_pid.store(producer_pid, Ordering::Relaxed);
             b.consumer_pid.store(std::process::id(), Ordering::Relaxed);
-            // Relaxed (all): published by the Release store of OPEN below.
-            b.producer_worker.store(producer + 1, Ordering::Relaxed);
-            b.consumer_worker.store(ctx.slot + 1, Ordering::Relaxed);
-            b.gate_index.store(id, Ordering::Relaxed);
-            b.gate.store(set_id(ctx.slot, Side::Consumer) + 1, Ordering::Relaxed);
-            b.producer_set.store(set_id(producer, Side::Producer) + 1, Ordering::Relaxed);
-            b.producer_set_index.store(id, Ordering::Relaxed);
+            // Published by the Release store of OPEN below.
+            b.set_producer_worker(producer);
+            b.set_consumer_worker(ctx.slot);
+            b.route_consumer_wakeups(set_id(ctx.slot, Side::Consumer), id);
+            b.route_producer_wakeups(set_id(producer, Side::Producer), id);
             // Release: pairs with the Acquire load in `accept`: the producer sees the
             // routing above and the empty rings.
             b.state.store(CHANNEL_OPEN, Ordering::Release);
@@ -750,11 +748,11 @@ impl ChannelCtx {
         if b.state.load(Ordering::Acquire) != CHANNEL_OPEN {
             return Err(inval(format!("channel {id} is not open")));
         }
-        // Relaxed (both): ordered by the Acquire above.
-        if b.producer_worker.load(Ordering::Relaxed) != ctx.slot + 1 {
+        // Ordered by the Acquire above.
+        if b.producer_worker() != Some(ctx.slot) {
             return Err(inval(format!("channel {id} is not addressed to this TaskManager")));
         }
-        let consumer = b.consumer_worker.load(Ordering::Relaxed).wrapping_sub(1);
+        let consumer = b.consumer_worker().unwrap_or(u32::MAX);
         if consumer >= arena.config().max_workers {
             return Err(FfiError::new(code::EPROTO, format!("channel {id} names consumer slot {consumer}")));
         }
