@@ -100,7 +100,7 @@ impl HugePages {
 /// not 2 MiB.
 fn free_huge_pages(meminfo: &str) -> Result<u64, String> {
     let field = |name: &str| -> Option<u64> {
-        meminfo.lines().find_map(|l| l.strip_prefix(name)?.trim().split_whitespace().next()?.parse().ok())
+        meminfo.lines().find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
     };
     let size_kib = field("Hugepagesize:").ok_or("/proc/meminfo has no Hugepagesize (no hugetlb support)")?;
     if size_kib * 1024 != HUGE_PAGE {
