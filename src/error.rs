@@ -327,7 +327,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::error::{ConfigError, Error, PushError, Violation};
 
     #[test]
     fn check_range_accepts_both_ends_and_refuses_one_past_them() {
