@@ -5,7 +5,7 @@
 //! stale value, never undefined behaviour), and padded to cache lines where two processes
 //! write. Sizes and offsets are asserted at compile time outside loom.
 
-use crate::sync::{AtomicU32, AtomicU64, CachePadded, EventCount};
+use crate::sync::{AtomicU32, AtomicU64, CachePadded, EventCount, Ordering};
 
 /// Bit 31 of [`SegmentControl::position`]: the writer finished the segment.
 pub const FINISHED: u32 = 1 << 31;
@@ -204,6 +204,167 @@ impl ChannelBlock {
     }
 }
 
+/// The producer/consumer protocol of a channel block, one method per meaning: the fields
+/// behind these are private, so the partition, the gate, the reclaimer and the tools say
+/// what they mean ("route my wake-ups here", "I want credit") instead of storing raw words.
+/// Stored ids are `value + 1` with 0 for "none"; the methods hide that.
+impl ChannelBlock {
+    // --- where the block belongs (producer, before the partition is published) ---
+
+    /// Records the partition directory slot and subpartition this block serves.
+    pub fn set_origin(&self, partition_slot: u32, subpartition: u32) {
+        // Relaxed (both): published by the directory's Release store (consumers find the
+        // block only through it).
+        self.partition.store(partition_slot, Ordering::Relaxed);
+        self.subpartition.store(subpartition, Ordering::Relaxed);
+    }
+
+    /// The partition directory slot and subpartition this block serves (the peer's word:
+    /// validate before indexing with it).
+    pub fn origin(&self) -> (u32, u32) {
+        // Relaxed (both): written before publication; callers that need them current
+        // order this after an Acquire of the directory entry or of the block's state.
+        (self.partition.load(Ordering::Relaxed), self.subpartition.load(Ordering::Relaxed))
+    }
+
+    /// Records the producing worker's slot (for ownership and liveness checks).
+    pub fn set_producer_worker(&self, slot: u32) {
+        // Relaxed: published with the partition (the directory's Release store).
+        self.producer_worker.store(slot.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// The producing worker's slot, if it gave one.
+    pub fn producer_worker(&self) -> Option<u32> {
+        // Relaxed: a hint written before publication; liveness checks act on it by CAS.
+        self.producer_worker.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Records the consuming worker's slot (the producer's liveness probe reads it).
+    pub fn set_consumer_worker(&self, slot: u32) {
+        // Relaxed: a hint for the producer's liveness probe.
+        self.consumer_worker.store(slot.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// The consuming worker's slot, if one attached and gave it.
+    pub fn consumer_worker(&self) -> Option<u32> {
+        // Relaxed: a hint (see `set_consumer_worker`).
+        self.consumer_worker.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    // --- wake-up routing ---
+
+    /// Routes "credit came back" wake-ups to member `index` of notify set `set` (the
+    /// producing partition's). Call before the partition is published.
+    pub fn route_producer_wakeups(&self, set: u32, index: u32) {
+        // Relaxed (both): published to the consumer by the partition directory's Release
+        // (the consumer finds the channel only through it).
+        self.producer_set.store(set.wrapping_add(1), Ordering::Relaxed);
+        self.producer_set_index.store(index, Ordering::Relaxed);
+    }
+
+    /// Where "credit came back" wake-ups go: (notify set, member), or `None` for the
+    /// block's own `producer_wake`.
+    pub fn producer_wakeups(&self) -> Option<(u32, u32)> {
+        // Relaxed (both): written by the producer before the partition was published in
+        // the directory, which a consumer reads with Acquire before opening the channel.
+        let set = self.producer_set.load(Ordering::Relaxed).checked_sub(1)?;
+        Some((set, self.producer_set_index.load(Ordering::Relaxed)))
+    }
+
+    /// Routes "data arrived" wake-ups to member `index` of the consumer gate's notify set
+    /// `set`. The caller fences after this (see `ChannelReader::set_gate`).
+    pub fn route_consumer_wakeups(&self, set: u32, index: u32) {
+        // Relaxed: published by the Release store of `gate` below.
+        self.gate_index.store(index, Ordering::Relaxed);
+        // Release: a producer that sees the gate id sees the index too (pairs with the
+        // Acquire load in `consumer_wakeups`).
+        self.gate.store(set.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Where "data arrived" wake-ups go: (the gate's notify set, member), or `None` for
+    /// the block's own `consumer_wake` (no gate attached).
+    pub fn consumer_wakeups(&self) -> Option<(u32, u32)> {
+        // Acquire: pairs with the Release store of `gate` in `route_consumer_wakeups`, so
+        // the index loaded next is the one stored with it.
+        let set = self.gate.load(Ordering::Acquire).checked_sub(1)?;
+        // Relaxed: ordered by the Acquire load above.
+        Some((set, self.gate_index.load(Ordering::Relaxed)))
+    }
+
+    // --- flow control ---
+
+    /// Publishes the producer's backlog: segments published and not yet released.
+    pub fn set_backlog(&self, segments: u32) {
+        // Relaxed: a statistic the gate orders its floating credits by (any value is safe).
+        self.backlog.store(segments, Ordering::Relaxed);
+    }
+
+    /// The producer's backlog (see [`set_backlog`](Self::set_backlog)).
+    pub fn backlog(&self) -> u32 {
+        // Relaxed: as in `set_backlog`.
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The producer says it is (or no longer is) blocked for want of credit here; the
+    /// gate grants floating credit to channels that say so.
+    pub fn set_credit_wanted(&self, wanted: bool) {
+        // Relaxed: a hint, published by the producer's notify that follows a raise
+        // (Release fetch_or / fence); a stale value only delays a floating credit.
+        self.credit_wanted.store(u32::from(wanted), Ordering::Relaxed);
+    }
+
+    /// Whether the producer says it is blocked for want of credit here.
+    pub fn credit_wanted(&self) -> bool {
+        // Relaxed: a hint (see `set_credit_wanted`).
+        self.credit_wanted.load(Ordering::Relaxed) != 0
+    }
+
+    /// Counts `n` more credits granted by the consumer.
+    pub fn count_credit_granted(&self, n: u32) {
+        // Relaxed: a statistic for observers (the credit itself travels in the credit ring).
+        self.credit_granted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Credits granted so far (cumulative).
+    pub fn credit_granted(&self) -> u32 {
+        // Relaxed: a statistic.
+        self.credit_granted.load(Ordering::Relaxed)
+    }
+
+    /// Buffer debloating: the consumer asks the producer to finish segments at about
+    /// `bytes` (0: whole segments).
+    pub fn ask_segment_fill(&self, bytes: u32) {
+        // Relaxed: a size hint the producer reads when it opens its next segment.
+        self.debloat_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The segment fill the consumer asked for, `None` for whole segments. Any value is
+    /// safe: the producer clamps it.
+    pub fn segment_fill_wanted(&self) -> Option<u32> {
+        // Relaxed: a size hint (see `ask_segment_fill`); it only moves where segments end.
+        match self.debloat_bytes.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    // --- failure ---
+
+    /// Records the pid of the peer whose death fails the channel. The caller publishes it
+    /// with its CAS of `state` to `CHANNEL_PRODUCER_DIED` / `CHANNEL_CONSUMER_DIED`.
+    pub fn record_dead_peer(&self, pid: u32) {
+        // Relaxed: published by the caller's AcqRel CAS of the state.
+        self.peer_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// The pid of the peer whose death failed the channel (read after an Acquire load of
+    /// `state` that saw a *_DIED state).
+    pub fn dead_peer(&self) -> u32 {
+        // Relaxed: ordered by the caller's Acquire load of the state.
+        self.peer_pid.load(Ordering::Relaxed)
+    }
+}
+
 /// One producer-to-consumer connection: rings, wake-ups, flow-control state and counters.
 ///
 /// Fields are grouped by writer: what the producer writes and what the consumer writes sit
@@ -279,27 +440,27 @@ pub struct ChannelBlock {
     /// One of the `CHANNEL_*` states.
     pub state: AtomicU32,
     /// Partition directory slot of the producing partition.
-    pub partition: AtomicU32,
+    partition: AtomicU32,
     /// Subpartition index in the producing partition.
-    pub subpartition: AtomicU32,
+    subpartition: AtomicU32,
     /// Producer worker slot + 1 (0 unknown).
-    pub producer_worker: AtomicU32,
+    producer_worker: AtomicU32,
     /// Segments published but not yet released by the consumer (backlog).
-    pub backlog: AtomicU32,
+    backlog: AtomicU32,
     /// Set by a producer blocked for want of credit on this channel; the consumer's gate
     /// grants floating credit to channels that have it set. 0 or 1.
-    pub credit_wanted: AtomicU32,
+    credit_wanted: AtomicU32,
     /// Notify-set (gate block) id + 1 that the consumer marks when it returns credit: the
     /// producer's partition-wide wake-up (0 = use `producer_wake`).
-    pub producer_set: AtomicU32,
+    producer_set: AtomicU32,
     /// Index of this channel in that set.
-    pub producer_set_index: AtomicU32,
+    producer_set_index: AtomicU32,
     /// Pid of the process that claimed the block (the producer), written while it is
     /// PROBING; reclamation releases the blocks of a dead pid.
     pub claim_pid: AtomicU32,
     /// Pid of the peer whose death failed the channel (`CHANNEL_PRODUCER_DIED` /
     /// `CHANNEL_CONSUMER_DIED`), for the `PeerDied` error of the survivor.
-    pub peer_pid: AtomicU32,
+    peer_pid: AtomicU32,
     /// Records written into this channel.
     pub records_out: AtomicU64,
     /// Bytes written into this channel.
@@ -310,15 +471,15 @@ pub struct ChannelBlock {
     // --- written by the consumer ---
     /// Notify-set (gate block) id + 1 the producer marks when data arrives: the consumer
     /// gate's wake-up (0 = use `consumer_wake`).
-    pub gate: AtomicU32,
+    gate: AtomicU32,
     /// Index of this channel inside that gate's set.
-    pub gate_index: AtomicU32,
+    gate_index: AtomicU32,
     /// Consumer worker slot + 1 (0 unknown).
-    pub consumer_worker: AtomicU32,
+    consumer_worker: AtomicU32,
     /// Pid of the consumer process (0 until one attached).
     pub consumer_pid: AtomicU32,
     /// Credit granted so far (cumulative grants), written by the consumer.
-    pub credit_granted: AtomicU32,
+    credit_granted: AtomicU32,
     /// Records read from this channel.
     pub records_in: AtomicU64,
     /// Bytes read from this channel.
@@ -327,7 +488,7 @@ pub struct ChannelBlock {
     pub buffers_in: AtomicU64,
     /// Buffer debloating: the bytes the consumer wants per segment on this channel (the
     /// producer finishes segments at that fill); 0 = whole segments.
-    pub debloat_bytes: AtomicU32,
+    debloat_bytes: AtomicU32,
     _consumer_end: CachePadded<()>,
 }
 

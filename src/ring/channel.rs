@@ -122,8 +122,7 @@ impl ChannelWriter {
     /// itself. Drain the credit ring first ([`reclaim`](Self::reclaim)).
     pub fn take_in_flight(&mut self) -> Vec<u32> {
         let held = std::mem::take(&mut self.held);
-        // Relaxed: statistic.
-        self.block().backlog.store(0, Ordering::Relaxed);
+        self.block().set_backlog(0);
         held
     }
 
@@ -137,11 +136,7 @@ impl ChannelWriter {
     /// `set` (the partition-wide wake-up of a producer with many channels). Must be called
     /// before the channel is made known to consumers.
     pub fn set_producer_set(&self, set: u32, index: u32) {
-        let b = self.block();
-        // Relaxed (both): published to the consumer by the partition directory's Release
-        // (the consumer finds the channel only through it).
-        b.producer_set.store(set + 1, Ordering::Relaxed);
-        b.producer_set_index.store(index, Ordering::Relaxed);
+        self.block().route_producer_wakeups(set, index);
     }
 
     /// Publishes a descriptor. A segment descriptor takes one credit, which the caller must
@@ -202,9 +197,9 @@ impl ChannelWriter {
         if takes_credit {
             self.credit -= 1;
             let b = self.block();
-            // Relaxed (both): statistics for observers.
+            // Relaxed: a statistic for observers.
             b.buffers_out.fetch_add(1, Ordering::Relaxed);
-            b.backlog.store(self.held.len() as u32, Ordering::Relaxed);
+            b.set_backlog(self.held.len() as u32);
         }
         self.notify_consumer()
     }
@@ -277,8 +272,8 @@ impl ChannelWriter {
     pub fn want_credit(&mut self) -> Result<()> {
         if !self.wanted {
             self.wanted = true;
-            // Relaxed: published by the notify below (Release fetch_or / fence).
-            self.block().credit_wanted.store(1, Ordering::Relaxed);
+            // Published by the notify below (Release fetch_or / fence).
+            self.block().set_credit_wanted(true);
             self.notify_consumer()?;
         }
         Ok(())
@@ -344,12 +339,10 @@ impl ChannelWriter {
             }
         }
         if n > 0 {
-            // Relaxed: statistic.
-            self.block().backlog.store(self.held.len() as u32, Ordering::Relaxed);
+            self.block().set_backlog(self.held.len() as u32);
             if self.wanted && self.credit > 0 {
                 self.wanted = false;
-                // Relaxed: a hint for the consumer's floating-credit decisions.
-                self.block().credit_wanted.store(0, Ordering::Relaxed);
+                self.block().set_credit_wanted(false);
             }
         }
         Ok(n)
@@ -380,16 +373,16 @@ impl ChannelWriter {
         Error::PeerDied {
             role: "consumer",
             place: self.place.clone(),
-            // Relaxed: written by the reclaimer before its Release CAS of the state.
-            pid: self.block().peer_pid.load(Ordering::Relaxed),
+            // Written by the reclaimer before its Release CAS of the state.
+            pid: self.block().dead_peer(),
         }
     }
 
     /// Whether a consumer attached to this channel (opened its reader).
     pub fn consumer_attached(&self) -> bool {
         let b = self.block();
-        // Relaxed (both): hints written by the consumer when it attached.
-        b.consumer_pid.load(Ordering::Relaxed) != 0 || b.consumer_worker.load(Ordering::Relaxed) != 0
+        // Relaxed: a hint written by the consumer when it attached.
+        b.consumer_pid.load(Ordering::Relaxed) != 0 || b.consumer_worker().is_some()
     }
 
     /// Whether a reclaimer found this channel's consumer dead (its process is gone).
@@ -422,13 +415,10 @@ impl ChannelWriter {
         // SeqCst fence: as in `notify_consumer_slow` (either we see the gate id, or the
         // gate's first scan of this channel sees the state stored above).
         fence(Ordering::SeqCst);
-        // Acquire: as in `notify_consumer_slow` (the index loaded next goes with this id).
-        let g = b.gate.load(Ordering::Acquire);
-        if g != 0 {
-            if let Ok(set) = NotifySet::new(&self.arena, g - 1) {
-                // Relaxed: ordered by the Acquire load above. An index out of range (a
-                // corrupt consumer) only loses this wake-up.
-                let _ = set.mark(b.gate_index.load(Ordering::Relaxed));
+        if let Some((g, index)) = b.consumer_wakeups() {
+            if let Ok(set) = NotifySet::new(&self.arena, g) {
+                // An index out of range (a corrupt consumer) only loses this wake-up.
+                let _ = set.mark(index);
             }
         }
     }
@@ -441,10 +431,9 @@ impl RecycleSource for ChannelWriter {
 
     fn wake(&self) -> &EventCount {
         let b = self.block();
-        // Relaxed: written by ourselves (set_producer_set) before any use.
-        let set = b.producer_set.load(Ordering::Relaxed);
-        match NotifySet::new(&self.arena, set.wrapping_sub(1)) {
-            Ok(s) if set != 0 => s.wake(),
+        // Written by ourselves (set_producer_set) before any use.
+        match b.producer_wakeups().map(|(set, _)| NotifySet::new(&self.arena, set)) {
+            Some(Ok(s)) => s.wake(),
             _ => &b.producer_wake,
         }
     }
@@ -489,14 +478,11 @@ impl CreditReturn {
     /// [`Error::ProtocolViolation`] if the producer wrote a notify-set id out of range.
     pub fn notify_producer(&self) -> Result<()> {
         let b = &self.arena.channels()[self.id as usize];
-        // Relaxed (both): written by the producer before the partition was published in
-        // the directory, which we read with Acquire before opening the channel.
-        let set = b.producer_set.load(Ordering::Relaxed);
-        if set == 0 {
+        let Some((set, index)) = b.producer_wakeups() else {
             b.producer_wake.notify();
             return Ok(());
-        }
-        Ok(NotifySet::new(&self.arena, set - 1)?.mark(b.producer_set_index.load(Ordering::Relaxed))?)
+        };
+        Ok(NotifySet::new(&self.arena, set)?.mark(index)?)
     }
 
     /// Asks the next `n` releases to take their floating credit back to the gate.
@@ -602,8 +588,7 @@ impl ChannelReader {
     /// # Errors
     /// As [`CreditReturn::send`].
     pub fn grant(&self, n: u32) -> Result<()> {
-        // Relaxed: statistic for observers.
-        self.block().credit_granted.fetch_add(n, Ordering::Relaxed);
+        self.block().count_credit_granted(n);
         self.credit_return.send(Credit::Grant(n))
     }
 
@@ -622,20 +607,15 @@ impl ChannelReader {
     /// after this (the fence below pairs with the producer's, see
     /// `ChannelWriter::notify_consumer`).
     pub fn set_gate(&self, set: u32, index: u32) {
-        let b = self.block();
-        // Relaxed: published by the Release store of `gate` below.
-        b.gate_index.store(index, Ordering::Relaxed);
-        // Release: a producer that sees the gate id sees the index too (pairs with the
-        // Acquire load in `ChannelWriter::notify_consumer_slow`).
-        b.gate.store(set + 1, Ordering::Release);
+        // A producer that sees the gate id sees the index too.
+        self.block().route_consumer_wakeups(set, index);
         // SeqCst fence: pairs with the fence in `ChannelWriter::notify_consumer_slow`.
         fence(Ordering::SeqCst);
     }
 
     /// Whether the producer says it is blocked for want of credit here.
     pub fn credit_wanted(&self) -> bool {
-        // Relaxed: a hint.
-        self.block().credit_wanted.load(Ordering::Relaxed) != 0
+        self.block().credit_wanted()
     }
 
     fn pop_from(
@@ -741,8 +721,8 @@ impl ChannelReader {
             CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED => Err(Error::PeerDied {
                 role: "producer",
                 place: self.place.clone(),
-                // Relaxed: ordered by the Acquire load above.
-                pid: self.block().peer_pid.load(Ordering::Relaxed),
+                // Ordered by the Acquire load above.
+                pid: self.block().dead_peer(),
             }),
             _ => Ok(None),
         }
@@ -852,17 +832,13 @@ pub fn notify_channel(arena: &Arena, id: u32) -> Result<Option<(u32, u32)>> {
     // the gate id, or the gate's first scan (after its fence) sees our data.
     fence(Ordering::SeqCst);
     let b = &arena.channels()[id as usize];
-    // Acquire: pairs with the Release store of `gate` in `ChannelReader::set_gate`, so
-    // the index loaded next is the one stored with it (the fence above orders neither).
-    let g = b.gate.load(Ordering::Acquire);
-    // Relaxed: ordered by the Acquire load above.
-    let index = b.gate_index.load(Ordering::Relaxed);
-    if g == 0 {
+    // The index comes with the gate id it was stored with (the fence above orders neither).
+    let Some((g, index)) = b.consumer_wakeups() else {
         b.consumer_wake.notify();
         return Ok(None);
-    }
-    NotifySet::new(arena, g - 1)?.mark(index)?;
-    Ok(Some((g - 1, index)))
+    };
+    NotifySet::new(arena, g)?.mark(index)?;
+    Ok(Some((g, index)))
 }
 
 /// [`ChannelReader::close`] for channel `id`, for a reader that was already dropped (a gate
