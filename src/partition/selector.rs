@@ -1,6 +1,6 @@
 //! Channel selectors (Flink's StreamPartitioners): which subpartition a record goes to.
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// Chooses the channel (subpartition) of each record.
 pub trait ChannelSelector<R: ?Sized> {
@@ -347,9 +347,7 @@ impl<F> std::fmt::Debug for KeyGroupPartitioner<F> {
 
 /// `max_parallelism` if it is in Flink's bounds.
 fn check_max_parallelism(max_parallelism: u32) -> Result<u32> {
-    if max_parallelism == 0 || max_parallelism > 1 << 15 {
-        return Err(Error::Invalid { what: "max parallelism", detail: format!("{max_parallelism} not in 1..=32768") });
-    }
+    ConfigError::check_range("max parallelism", max_parallelism.into(), 1, 1 << 15)?;
     Ok(max_parallelism)
 }
 
@@ -359,7 +357,7 @@ impl<F> KeyGroupPartitioner<F> {
     /// implement [`JavaHash`]).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a max parallelism of 0 or above 32768 (Flink's bound).
+    /// [`ConfigError::OutOfRange`] for a max parallelism of 0 or above 32768 (Flink's bound).
     pub fn new(key_hash: F, max_parallelism: u32) -> Result<Self> {
         Ok(Self { key_hash, max_parallelism: check_max_parallelism(max_parallelism)?, n: 1 })
     }
@@ -429,12 +427,12 @@ impl std::str::FromStr for SelectorKind {
             "broadcast" => Self::Broadcast,
             "global" => Self::Global,
             _ => {
-                return Err(Error::Invalid {
+                return Err(ConfigError::Unknown {
                     what: "selector",
-                    detail: format!(
-                        "unknown selector {s:?} (forward, rebalance, rescale, key-hash, broadcast, global)"
-                    ),
-                })
+                    name: s.into(),
+                    known: "forward, rebalance, rescale, key-hash, broadcast, global",
+                }
+                .into())
             }
         })
     }
