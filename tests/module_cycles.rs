@@ -237,6 +237,44 @@ fn split_top(s: &str) -> Vec<&str> {
     parts
 }
 
+/// `code` with every `#[cfg(test)] mod name { ... }` blanked: a unit-test module is not
+/// shipped, and its `use super::*` names the file's own module, not its parent.
+fn without_test_modules(code: &str) -> String {
+    let mut out = code.to_string();
+    let mut from = 0;
+    while let Some(at) = out[from..].find("#[cfg(test)]").map(|i| i + from) {
+        let rest = out[at + "#[cfg(test)]".len()..].trim_start();
+        let Some(open) = rest.strip_prefix("mod ").and_then(|r| r.find(['{', ';'])) else {
+            from = at + 1;
+            continue;
+        };
+        let open = out.len() - rest.len() + 4 + open;
+        if out.as_bytes()[open] == b';' {
+            from = open;
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut end = out.len();
+        for (i, c) in out[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let blank: String = out[at..end].chars().map(|c| if c == '\n' { '\n' } else { ' ' }).collect();
+        out.replace_range(at..end, &blank);
+        from = end;
+    }
+    out
+}
+
 /// Inline paths outside `use` statements: `crate::a::b`, `super::c`, `self::d::e`.
 fn inline_paths(code: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
@@ -285,7 +323,7 @@ fn load(krate: &CrateRoot) -> Vec<ModFile> {
         if file == krate.root {
             path.clear();
         }
-        let code = strip(&std::fs::read_to_string(&file).expect("read source"));
+        let code = without_test_modules(&strip(&std::fs::read_to_string(&file).expect("read source")));
         let children: BTreeSet<String> = words_after(&code, "mod").into_iter().collect();
         let mut items = BTreeSet::new();
         for kw in ["struct", "enum", "fn", "const", "static", "type", "trait", "union"] {
