@@ -6,6 +6,12 @@
 //!                                 request is `attach_consumer` (look the partition up with
 //!                                 backoff, claim the channel block's consumer side), then
 //!                                 records are read in place by a RecordReader
+//!         | File(FileChannel)     a subpartition of a blocking partition's file: the
+//!                                 partition request is the wait until the directory says
+//!                                 FINISHED (polled with backoff while the gate waits), then
+//!                                 records are read in place from the file's mapping; its
+//!                                 end is EndOfPartition, after which the subpartition
+//!                                 counts as consumed (a BLOCKING file goes when all are)
 //!  state: Active -> (aligned barrier) Blocked -> Active ... -> Finished (EndOfPartition)
 //! ```
 //!
@@ -16,9 +22,12 @@ use super::single::InputSpec;
 use crate::error::{Error, Result};
 use crate::memory::liveness;
 use crate::memory::Arena;
-use crate::partition::{RequestBackoff, ResultPartitionManager};
+use crate::partition::{
+    BlockingPartitionFile, FileChannelManager, RequestBackoff, ResultPartitionId, ResultPartitionManager,
+    SubpartitionCursor, PARTITION_FINISHED,
+};
 use crate::record::{RecordChunks, RecordReader};
-use crate::sync::Ordering;
+use crate::sync::{now_nanos, Ordering};
 use std::time::Duration;
 
 /// Where a channel is in its life.
@@ -41,10 +50,160 @@ pub(super) struct LocalChannel {
     pub(super) dead_looks: u32,
 }
 
+/// A channel reading one subpartition of a blocking partition's file.
+pub(super) struct FileChannel {
+    id: ResultPartitionId,
+    subpartition: u32,
+    files: FileChannelManager,
+    directory: ResultPartitionManager,
+    /// `None` until the partition is finished and its file open.
+    file: Option<(BlockingPartitionFile, SubpartitionCursor)>,
+    /// The last record handed out, as a range of the file's mapping.
+    last: std::ops::Range<usize>,
+    /// When to look at the directory next (`now_nanos`), and the pause after that.
+    next_check_ns: u64,
+    pause: Duration,
+    records: u64,
+    bytes: u64,
+}
+
+/// What a file channel has next.
+pub(super) enum FileStep {
+    /// A record ([`InputChannel::record`]).
+    Record,
+    /// The subpartition's end.
+    End,
+    /// The partition is not finished yet.
+    NotYet,
+}
+
+impl FileChannel {
+    /// A channel over subpartition `subpartition` of blocking partition `id`, whose files
+    /// are in `files` (nothing is opened before the partition is finished).
+    pub(super) fn new(
+        id: ResultPartitionId,
+        subpartition: u32,
+        files: FileChannelManager,
+        directory: ResultPartitionManager,
+    ) -> Self {
+        Self {
+            id,
+            subpartition,
+            files,
+            directory,
+            file: None,
+            last: 0..0,
+            next_check_ns: 0,
+            pause: Duration::from_millis(1),
+            records: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The partition request: whether the partition is finished (and its file is open now).
+    /// Looks at the directory at most once per pause (1 ms doubling to 50 ms).
+    ///
+    /// # Errors
+    /// A partition that failed or was released, a corrupt file.
+    fn request(&mut self) -> Result<bool> {
+        if self.file.is_some() {
+            return Ok(true);
+        }
+        let now = now_nanos();
+        if now < self.next_check_ns {
+            return Ok(false);
+        }
+        let info = self.directory.lookup_once(self.id)?;
+        if info.state != PARTITION_FINISHED {
+            self.next_check_ns = now + self.pause.as_nanos() as u64;
+            self.pause = (self.pause * 2).min(Duration::from_millis(50));
+            return Ok(false);
+        }
+        let file = BlockingPartitionFile::open(&self.files, self.id)?;
+        let cursor = file.cursor(self.subpartition)?;
+        self.file = Some((file, cursor));
+        Ok(true)
+    }
+
+    /// When the next look at the directory is due, while the partition is not finished.
+    pub(super) fn next_check(&self) -> Option<u64> {
+        self.file.is_none().then_some(self.next_check_ns)
+    }
+
+    /// The next record, the end, or "not finished yet".
+    ///
+    /// # Errors
+    /// As [`request`](Self::request); a damaged region ([`BlockingPartitionFile::next_record`]).
+    #[inline]
+    pub(super) fn poll(&mut self) -> Result<FileStep> {
+        if self.file.is_none() && !self.request()? {
+            return Ok(FileStep::NotYet);
+        }
+        let (file, cursor) = self.file.as_mut().expect("requested above");
+        match file.next_record(cursor) {
+            Some(Ok(rec)) => {
+                let end = cursor.position();
+                self.last = end - rec.len()..end;
+                self.records += 1;
+                self.bytes += rec.len() as u64;
+                Ok(FileStep::Record)
+            }
+            Some(Err(e)) => Err(e),
+            None => Ok(FileStep::End),
+        }
+    }
+
+    /// Hands the next records (at most `max`, none past the end) to `f`, in place;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll), or `f`'s error (records before it count as read).
+    pub(super) fn drain(&mut self, max: usize, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+        if self.file.is_none() && !self.request()? {
+            return Ok(0);
+        }
+        let (file, cursor) = self.file.as_mut().expect("requested above");
+        let mut n = 0;
+        while n < max {
+            match file.next_record(cursor) {
+                Some(Ok(rec)) => {
+                    n += 1;
+                    self.records += 1;
+                    self.bytes += rec.len() as u64;
+                    f(rec)?;
+                }
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// The last record handed out.
+    #[inline]
+    fn record(&self) -> &[u8] {
+        self.file.as_ref().map_or(&[], |(f, _)| &f.data()[self.last.clone()])
+    }
+
+    /// The subpartition was read to its end: unmaps the file and counts the subpartition
+    /// as consumed (a BLOCKING partition is released once every one was).
+    ///
+    /// # Errors
+    /// Directory lookup errors; [`Error::Io`] if the released file cannot be removed.
+    pub(super) fn finish(&mut self) -> Result<()> {
+        if self.file.take().is_some() {
+            self.files.consumer_done(&self.directory, self.id)?;
+        }
+        Ok(())
+    }
+}
+
 /// What a channel reads.
 pub(super) enum ChannelKind {
     /// Shared memory (pipelined partitions).
     Local(LocalChannel),
+    /// A blocking partition's file.
+    File(FileChannel),
 }
 
 /// One channel of a gate.
@@ -70,6 +229,7 @@ impl InputChannel {
     pub(super) fn local(&self) -> Option<&LocalChannel> {
         match &self.kind {
             ChannelKind::Local(l) => Some(l),
+            ChannelKind::File(_) => None,
         }
     }
 
@@ -78,6 +238,7 @@ impl InputChannel {
     pub(super) fn local_mut(&mut self) -> Option<&mut LocalChannel> {
         match &mut self.kind {
             ChannelKind::Local(l) => Some(l),
+            ChannelKind::File(_) => None,
         }
     }
 
@@ -85,6 +246,7 @@ impl InputChannel {
     pub(super) fn records(&self) -> u64 {
         match &self.kind {
             ChannelKind::Local(l) => l.reader.records,
+            ChannelKind::File(f) => f.records,
         }
     }
 
@@ -92,6 +254,7 @@ impl InputChannel {
     pub(super) fn bytes(&self) -> u64 {
         match &self.kind {
             ChannelKind::Local(l) => l.reader.bytes,
+            ChannelKind::File(f) => f.bytes,
         }
     }
 
@@ -100,6 +263,7 @@ impl InputChannel {
     pub(super) fn record(&self) -> &[u8] {
         match &self.kind {
             ChannelKind::Local(l) => l.reader.record(),
+            ChannelKind::File(f) => f.record(),
         }
     }
 
@@ -109,6 +273,7 @@ impl InputChannel {
     pub(super) fn record_contiguous(&mut self) -> &[u8] {
         match &mut self.kind {
             ChannelKind::Local(l) => l.reader.record_contiguous(),
+            ChannelKind::File(f) => f.record(),
         }
     }
 
@@ -117,6 +282,7 @@ impl InputChannel {
     pub(super) fn record_chunks(&self) -> RecordChunks<'_> {
         match &self.kind {
             ChannelKind::Local(l) => l.reader.record_chunks(),
+            ChannelKind::File(f) => RecordChunks::contiguous(f.record()),
         }
     }
 
@@ -124,6 +290,7 @@ impl InputChannel {
     pub(super) fn spanned(&self) -> (u64, u64) {
         match &self.kind {
             ChannelKind::Local(l) => (l.reader.spanned, l.reader.spanned_in_place),
+            ChannelKind::File(_) => (0, 0),
         }
     }
 }
@@ -134,6 +301,20 @@ pub(super) fn publish_read_counters(l: &LocalChannel) {
     // Relaxed (both): statistics for observers.
     b.records_in.store(l.reader.records, Ordering::Relaxed);
     b.bytes_in.store(l.reader.bytes, Ordering::Relaxed);
+}
+
+/// Fails unless `spec`'s subpartition is one of `info`'s.
+pub(super) fn check_subpartition(spec: &InputSpec, info: &crate::partition::PartitionInfo) -> Result<()> {
+    if spec.subpartition >= info.num_subpartitions {
+        return Err(Error::Invalid {
+            what: "subpartition",
+            detail: format!(
+                "{} of partition {} which has {}",
+                spec.subpartition, spec.partition, info.num_subpartitions
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Looks up `spec`'s partition and becomes the one consumer of its channel: a CAS of the
@@ -152,15 +333,7 @@ pub(super) fn attach_consumer(
     // stale one at once) or an error after about 200 ms.
     for _ in 0..200 {
         let info = manager.lookup(spec.partition, backoff)?;
-        if spec.subpartition >= info.num_subpartitions {
-            return Err(Error::Invalid {
-                what: "subpartition",
-                detail: format!(
-                    "{} of partition {} which has {}",
-                    spec.subpartition, spec.partition, info.num_subpartitions
-                ),
-            });
-        }
+        check_subpartition(spec, &info)?;
         let id = info.first_channel + spec.subpartition;
         let b = &arena.channels()[id as usize];
         // AcqRel: one consumer wins the channel; Acquire orders our look at the block

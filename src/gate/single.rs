@@ -10,7 +10,8 @@
 
 use super::align::{self, Arrival, BarrierAligner};
 use super::channel::{
-    attach_consumer, detach_consumer, publish_read_counters, ChannelKind, ChannelState, InputChannel, LocalChannel,
+    attach_consumer, check_subpartition, detach_consumer, publish_read_counters, ChannelKind, ChannelState,
+    FileChannel, FileStep, InputChannel, LocalChannel,
 };
 use super::credit::FloatingCredits;
 use super::debloat::{DebloatConfig, Debloater};
@@ -19,7 +20,7 @@ use crate::event::{CheckpointBarrier, Event};
 use crate::memory::liveness::LivenessProbe;
 use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
-use crate::partition::{RequestBackoff, ResultPartitionId, ResultPartitionManager};
+use crate::partition::{FileChannelManager, RequestBackoff, ResultPartitionId, ResultPartitionManager};
 use crate::record::frame::{self, Frame};
 use crate::record::{RecordReader, Step};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
@@ -62,6 +63,9 @@ pub struct InputGateConfig {
     /// How often a waiting gate checks that its producers are alive: a dead producer is
     /// reported within about this long (default 100 ms).
     pub liveness_interval: Duration,
+    /// Where the files of blocking input partitions are (`None`: from the environment,
+    /// [`FileChannelManager::from_env`], when the gate meets a blocking partition).
+    pub blocking_files: Option<FileChannelManager>,
 }
 
 impl InputGateConfig {
@@ -77,6 +81,7 @@ impl InputGateConfig {
             worker: None,
             debloat: None,
             liveness_interval: Duration::from_millis(100),
+            blocking_files: None,
         }
     }
 }
@@ -175,6 +180,9 @@ pub struct SingleInputGate {
     unreported: u32,
     debloater: Option<Debloater>,
     credits_total: u32,
+    /// Some channels read blocking partitions' files (which nobody marks: the gate polls
+    /// their partition requests while it waits).
+    has_files: bool,
 }
 
 impl std::fmt::Debug for SingleInputGate {
@@ -226,9 +234,11 @@ impl SingleInputGate {
         let manager = ResultPartitionManager::new(arena.clone());
         let credits = FloatingCredits::new(cfg.floating_credits, cfg.inputs.len());
         let mut channels: Vec<InputChannel> = Vec::with_capacity(cfg.inputs.len());
+        let mut files = cfg.blocking_files.clone();
         for (i, spec) in cfg.inputs.iter().enumerate() {
-            let info = match attach_consumer(&arena, &manager, spec, cfg.backoff) {
-                Ok(info) => info,
+            let member = base + i as u32;
+            let kind = match Self::request_channel(&arena, &manager, cfg, spec, &mut files, &credits, set_id, member) {
+                Ok(kind) => kind,
                 Err(e) => {
                     for l in channels.iter().filter_map(InputChannel::local) {
                         detach_consumer(&arena, l.reader.channel().id());
@@ -236,19 +246,9 @@ impl SingleInputGate {
                     return Err(e);
                 }
             };
-            let reader = ChannelReader::open_with_floating(
-                arena.clone(),
-                info.first_channel + spec.subpartition,
-                credits.pool(),
-            )?;
-            if let Some(w) = cfg.worker {
-                reader.block().set_consumer_worker(w);
-            }
-            reader.set_gate(set_id, base + i as u32);
-            reader.grant(cfg.exclusive_credits)?;
-            let local = LocalChannel { reader: RecordReader::new(reader), dead_progress: 0, dead_looks: 0 };
-            channels.push(InputChannel::new(ChannelKind::Local(local)));
+            channels.push(InputChannel::new(kind));
         }
+        let has_files = channels.iter().any(|c| c.local().is_none());
         let ready = (0..channels.len() as u32).collect();
         // Relaxed: a statistic (the denominator of inPoolUsage).
         arena.gates()[set_id as usize]
@@ -279,8 +279,55 @@ impl SingleInputGate {
             liveness_interval: cfg.liveness_interval.max(Duration::from_millis(1)),
             unreported: 0,
             debloater: cfg.debloat.map(|c| Debloater::new(c, now_nanos())),
+            has_files,
             credits_total: cfg.exclusive_credits * cfg.inputs.len() as u32 + cfg.floating_credits,
         })
+    }
+
+    /// The partition request of channel `spec`, member `member` of notify set `set_id`:
+    /// looks the partition up (with the request backoff); a blocking one becomes a file
+    /// channel (read once it is finished), a pipelined one a local channel (attached as
+    /// its consumer, routed here, granted its exclusive credits).
+    #[allow(clippy::too_many_arguments)]
+    fn request_channel(
+        arena: &Arc<Arena>,
+        manager: &ResultPartitionManager,
+        cfg: &InputGateConfig,
+        spec: &InputSpec,
+        files: &mut Option<FileChannelManager>,
+        credits: &FloatingCredits,
+        set_id: u32,
+        member: u32,
+    ) -> Result<ChannelKind> {
+        let info = manager.lookup(spec.partition, cfg.backoff)?;
+        if !info.partition_type.is_pipelined() {
+            check_subpartition(spec, &info)?;
+            let files = match files {
+                Some(f) => f.clone(),
+                None => files.insert(FileChannelManager::from_env()?).clone(),
+            };
+            return Ok(ChannelKind::File(FileChannel::new(spec.partition, spec.subpartition, files, manager.clone())));
+        }
+        let info = attach_consumer(arena, manager, spec, cfg.backoff)?;
+        let id = info.first_channel + spec.subpartition;
+        let opened = ChannelReader::open_with_floating(arena.clone(), id, credits.pool()).and_then(|reader| {
+            if let Some(w) = cfg.worker {
+                reader.block().set_consumer_worker(w);
+            }
+            reader.set_gate(set_id, member);
+            reader.grant(cfg.exclusive_credits)?;
+            Ok(reader)
+        });
+        match opened {
+            Ok(reader) => {
+                let local = LocalChannel { reader: RecordReader::new(reader), dead_progress: 0, dead_looks: 0 };
+                Ok(ChannelKind::Local(local))
+            }
+            Err(e) => {
+                detach_consumer(arena, id);
+                Err(e)
+            }
+        }
     }
 
     /// A flag that, once set, makes waiting end with [`Error::Cancelled`].
@@ -471,9 +518,12 @@ impl SingleInputGate {
         let ch = &mut self.channels[c];
         if ch.state != ChannelState::Finished {
             ch.state = ChannelState::Finished;
-            if let Some(l) = ch.local() {
-                l.reader.channel().mark_consumed()?;
-                publish_read_counters(l);
+            match &mut ch.kind {
+                ChannelKind::Local(l) => {
+                    l.reader.channel().mark_consumed()?;
+                    publish_read_counters(l);
+                }
+                ChannelKind::File(f) => f.finish()?,
             }
             let had_eod = ch.end_of_data;
             self.finished += 1;
@@ -538,6 +588,9 @@ impl SingleInputGate {
 
     /// Serves ready channels until something is ready to hand out.
     pub(crate) fn advance_ready(&mut self) -> Result<Option<Ready>> {
+        if self.has_files {
+            self.requeue_files();
+        }
         let mut budget = self.ready.len() * 2 + 2;
         while let Some(&c) = self.ready.front() {
             if budget == 0 {
@@ -564,6 +617,11 @@ impl SingleInputGate {
             }
             let step = match &mut ch.kind {
                 ChannelKind::Local(l) => l.reader.poll()?,
+                ChannelKind::File(f) => match f.poll()? {
+                    FileStep::Record => Step::Record,
+                    FileStep::End => Step::Event(Descriptor::Event(EventCode::EndOfPartition)),
+                    FileStep::NotYet => Step::Empty,
+                },
             };
             match step {
                 Step::Record => {
@@ -605,6 +663,27 @@ impl SingleInputGate {
             return self.advance_ready();
         }
         Ok(None)
+    }
+
+    /// Queues the file channels whose partition request is due for another look, and
+    /// returns when the next one is due (`now_nanos`), if any still waits.
+    fn requeue_files(&mut self) -> Option<u64> {
+        let now = now_nanos();
+        let mut next: Option<u64> = None;
+        for (i, ch) in self.channels.iter_mut().enumerate() {
+            let ChannelKind::File(f) = &ch.kind else { continue };
+            let Some(at) = f.next_check() else { continue };
+            if ch.state == ChannelState::Finished || ch.queued {
+                continue;
+            }
+            if at <= now {
+                ch.queued = true;
+                self.ready.push_back(i as u32);
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        next
     }
 
     /// Per handed-out item off the per-record fast path.
@@ -690,7 +769,12 @@ impl SingleInputGate {
 
     /// How long a wait may last before the liveness check runs again.
     pub(crate) fn liveness_interval(&self) -> Duration {
-        self.liveness_interval
+        if self.has_files {
+            // Unfinished blocking partitions are looked at at least this often.
+            self.liveness_interval.min(Duration::from_millis(50))
+        } else {
+            self.liveness_interval
+        }
     }
 
     /// The per-record fast path of [`advance_ready`](Self::advance_ready): the channel at
@@ -708,6 +792,7 @@ impl SingleInputGate {
         }
         let known = match &mut ch.kind {
             ChannelKind::Local(l) => !l.reader.channel_mut().priority_pending()? && l.reader.poll_known(),
+            ChannelKind::File(_) => false,
         };
         if !known {
             return Ok(None);
@@ -739,6 +824,7 @@ impl SingleInputGate {
                 }
                 l.reader.drain_whole(max, &mut |r| f(c, r))?
             }
+            ChannelKind::File(file) => file.drain(max, &mut |r| f(c, r))?,
         };
         if n > 0 {
             // Fairness: the next batch comes from the next ready channel.
@@ -807,8 +893,20 @@ impl SingleInputGate {
                 return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
             }
             // Wait at most a liveness-probe interval at a time, so a dead producer is
-            // noticed even when nothing wakes us.
-            let slice = self.liveness_interval;
+            // noticed even when nothing wakes us; and no longer than until the next look
+            // at an unfinished blocking partition (nobody wakes us for those).
+            let mut slice = self.liveness_interval;
+            if self.has_files {
+                if !self.ready.is_empty() {
+                    continue;
+                }
+                if let Some(at) = self.requeue_files() {
+                    slice = slice.min(Duration::from_nanos(at.saturating_sub(now)));
+                }
+                if !self.ready.is_empty() {
+                    continue;
+                }
+            }
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d - now).min(slice));
             self.report();
             let cancel = self.cancel.clone();
