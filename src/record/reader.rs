@@ -540,6 +540,11 @@ impl std::fmt::Debug for RecordChunks<'_> {
 }
 
 impl<'a> RecordChunks<'a> {
+    /// A record that lies in one slice (one chunk).
+    pub fn contiguous(bytes: &'a [u8]) -> Self {
+        Self { held: &[], tail: bytes, len: bytes.len() }
+    }
+
     /// Payload bytes in all chunks.
     pub fn len(&self) -> usize {
         self.len
