@@ -194,33 +194,12 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The header of an arena this process creates (see [`StaticHeader::new`]).
 fn build_header(layout: &ArenaLayout) -> StaticHeader {
-    let c = layout.config;
     let pid = std::process::id();
-    let mut h = StaticHeader {
-        magic: MAGIC,
-        version: LAYOUT_VERSION,
-        header_size: std::mem::size_of::<ArenaHeader>() as u32,
-        total_size: layout.total_size,
-        segment_size: c.segment_size,
-        segment_count: c.segment_count,
-        ring_capacity: c.ring_capacity,
-        max_channels: c.max_channels,
-        max_partitions: c.max_partitions,
-        max_gates: c.max_gates,
-        max_channels_per_gate: c.max_channels_per_gate,
-        max_workers: c.max_workers,
-        max_tasks: c.max_tasks,
-        creator_pid: pid,
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        creator_uid: unsafe { libc::geteuid() },
-        reserved: 0,
-        creator_start_ticks: process_start_ticks(pid).unwrap_or(0),
-        regions: layout.regions,
-        checksum: 0,
-    };
-    h.checksum = h.compute_checksum();
-    h
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    StaticHeader::new(layout, pid, uid, process_start_ticks(pid).unwrap_or(0))
 }
 
 /// Validates a header copied out of a file of `file_len` bytes; returns its layout.
