@@ -11,7 +11,9 @@
 //!
 //! A preempted batch only gets slower, so the figure is the fastest batches (p10 and the
 //! minimum, with the median beside them) in ns per record. Records: 8 B (`u64`, Flink's
-//! LongValue) and 16 B (`[u8]`, as `shmflow run shuffle --payload 16` sends).
+//! LongValue), 16 B (`[u8]`, as `shmflow run shuffle --payload 16` sends) and 1 MiB (`[u8]`,
+//! across 33 segments, 40 segments of credit), the last beside a memcpy of the record into
+//! 32 KiB pieces of a ring of 40 (the producer's copy without the protocol).
 //!
 //! `cargo bench --bench emit [-- --batches N]` (argv holds `--bench`) is the full run;
 //! without `--bench` (as `cargo test --benches` runs it) a few batches check that every
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SEG: u32 = 32 << 10;
+const MIB: usize = 1 << 20;
 const T: Option<Duration> = Some(Duration::from_secs(10));
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -42,12 +45,14 @@ impl Figures {
     }
 }
 
-/// Emits `batches` batches of `batch` records of `record_len` bytes through `emit`,
-/// reading each back; returns the timed ns per record of each batch.
+/// Emits `batches` batches of `batch` records of `record_len` bytes through `emit`, with
+/// `window` segments of credit (a batch must fit), reading each back; returns the timed ns
+/// per record of each batch.
 fn run_kind<R: shmflow::record::Record + ?Sized>(
     batches: usize,
     batch: usize,
     record_len: u64,
+    window: u32,
     emit: &mut dyn FnMut(&mut RecordWriter<RebalancePartitioner>, u64) -> shmflow::Result<()>,
     sum_of: fn(&[u8]) -> u64,
     expected_sum: fn(u64) -> u64,
@@ -55,19 +60,24 @@ fn run_kind<R: shmflow::record::Record + ?Sized>(
 where
     RebalancePartitioner: shmflow::partition::ChannelSelector<R>,
 {
-    let cfg =
-        ArenaConfig { segment_size: SEG, segment_count: 64, max_channels: 4, max_gates: 2, ..ArenaConfig::default() };
+    let cfg = ArenaConfig {
+        segment_size: SEG,
+        segment_count: 2 * window + 16,
+        max_channels: 4,
+        max_gates: 2,
+        ..ArenaConfig::default()
+    };
     let arena = Arc::new(Arena::heap(&cfg)?);
     let env = ShuffleEnvironment::new(arena, 0);
     let id = ResultPartitionId::new(1, 0);
     let mut pcfg = ResultPartitionConfig::new(id, ResultPartitionType::PipelinedBounded, 1);
     pcfg.timeout = T;
-    pcfg.max_buffers_per_channel = 16;
-    pcfg.pool_max = pcfg.pool_max.max(20);
+    pcfg.max_buffers_per_channel = window;
+    pcfg.pool_max = pcfg.pool_max.max(window + 4);
     let mut w =
         env.create_record_writer::<R, _>(&pcfg, RebalancePartitioner::new(1), BufferTimeout::from_millis(100)?)?;
     let mut gcfg = InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]);
-    gcfg.exclusive_credits = 16;
+    gcfg.exclusive_credits = window;
     let mut gate = env.create_input_gate(&gcfg)?;
     let mut ns = Vec::with_capacity(batches);
     let mut i = 0u64;
@@ -112,6 +122,28 @@ where
     Ok(Figures { ns })
 }
 
+/// memcpy of `rec` into a ring of 40 32 KiB pieces, piece by piece, as the producer copies
+/// a record across its segments: ns per record of each round, sorted.
+fn memcpy_segments(rounds: usize, rec: &[u8]) -> Figures {
+    let mut ring = vec![0u8; 40 * SEG as usize];
+    let mut at = 0usize;
+    let mut ns = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for piece in rec.chunks(SEG as usize) {
+            if at + piece.len() > ring.len() {
+                at = 0;
+            }
+            ring[at..at + piece.len()].copy_from_slice(piece);
+            at += SEG as usize;
+        }
+        std::hint::black_box(&ring);
+        ns.push(t0.elapsed().as_nanos() as f64);
+    }
+    ns.sort_by(f64::total_cmp);
+    Figures { ns }
+}
+
 fn u64_of(d: &[u8]) -> u64 {
     d.get(..8).and_then(|b| b.try_into().ok()).map_or(u64::MAX, u64::from_le_bytes)
 }
@@ -128,11 +160,12 @@ fn run() -> Res<()> {
     let batch = 12 * (SEG as usize / 12) - 16;
     println!("# emit: the producer's ns per record in one thread ({batches} batches of {batch} records)");
     println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
-    let long = run_kind::<u64>(batches, batch, 8, &mut |w, i| w.emit(&i), u64_of, |k| k)?;
+    let long = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k)?;
     let mut rec = [0u8; 16];
     let bytes = run_kind::<[u8]>(
         batches,
         batch * 12 / 20,
+        16,
         16,
         &mut |w, i| {
             rec[..8].copy_from_slice(&i.to_le_bytes());
@@ -141,11 +174,54 @@ fn run() -> Res<()> {
         u64_of,
         |k| k,
     )?;
+    // 1 MiB records: 33 segments each, written across them (one record a batch).
+    let mut big = vec![7u8; MIB];
+    let large = run_kind::<[u8]>(
+        batches,
+        1,
+        MIB as u64,
+        40,
+        &mut |w, i| {
+            big[..8].copy_from_slice(&i.to_le_bytes());
+            w.emit(&big[..])
+        },
+        u64_of,
+        |k| k,
+    )?;
+    // The same from a page-aligned source (an mmap'd file, an aligned allocation): the
+    // segment's copy then lands a few bytes above the source modulo 4 KiB.
+    let mut backing = vec![7u8; MIB + 4096];
+    let skip = (4096 - backing.as_ptr() as usize % 4096) % 4096;
+    let aligned = &mut backing[skip..skip + MIB];
+    let large_aligned = run_kind::<[u8]>(
+        batches,
+        1,
+        MIB as u64,
+        40,
+        &mut |w, i| {
+            aligned[..8].copy_from_slice(&i.to_le_bytes());
+            w.emit(&aligned[..])
+        },
+        u64_of,
+        |k| k,
+    )?;
+    let copy = memcpy_segments(batches, &big);
     println!("| record | min ns | p10 ns | median ns | p10 M rec/s |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, f) in [("8 B (u64)", &long), ("16 B ([u8])", &bytes)] {
-        println!("| {name} | {:.2} | {:.2} | {:.2} | {:.0} |", f.at(0.0), f.at(0.1), f.at(0.5), 1e3 / f.at(0.1));
+    for (name, f) in [
+        ("8 B (u64)", &long),
+        ("16 B ([u8])", &bytes),
+        ("1 MiB ([u8])", &large),
+        ("1 MiB, page-aligned source", &large_aligned),
+        ("1 MiB memcpy", &copy),
+    ] {
+        println!("| {name} | {:.2} | {:.2} | {:.2} | {:.3} |", f.at(0.0), f.at(0.1), f.at(0.5), 1e3 / f.at(0.1));
     }
+    println!(
+        "1 MiB records: the producer at {:.2}x memcpy's rate into 32 KiB pieces (p10 over p10), {:.2}x from a page-aligned source",
+        copy.at(0.1) / large.at(0.1),
+        copy.at(0.1) / large_aligned.at(0.1)
+    );
     Ok(())
 }
 
