@@ -220,8 +220,8 @@ fn inflight(arena: &Arena) -> u64 {
         .iter()
         .map(|c| {
             // Relaxed (both): a sample for a statistic.
-            let backlog = u64::from(c.backlog.load(Ordering::Relaxed));
-            let fill = match c.debloat_bytes.load(Ordering::Relaxed) {
+            let backlog = u64::from(c.backlog());
+            let fill = match c.segment_fill_wanted().unwrap_or(0) {
                 0 => SEGMENT,
                 n => n.min(SEGMENT),
             };
@@ -268,7 +268,7 @@ fn run(mode: Mode, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Outcome> {
                     samples.push(inflight(&arena));
                 }
                 // Relaxed: a sample. The fill asked of the first channel, when it changes.
-                let fill = arena.channels().iter().map(|c| c.debloat_bytes.load(Ordering::Relaxed)).max().unwrap_or(0);
+                let fill = arena.channels().iter().map(|c| c.segment_fill_wanted().unwrap_or(0)).max().unwrap_or(0);
                 if fills.last().map_or(fill != 0, |&(_, f)| f != fill) {
                     fills.push((begin.elapsed(), fill));
                 }

@@ -264,10 +264,10 @@ pub fn channel_snapshot(arena: &Arena, id: u32) -> Option<ChannelSnapshot> {
     // Relaxed (all): counters.
     Some(ChannelSnapshot {
         channel: id,
-        backlog: b.backlog.load(Ordering::Relaxed),
-        credit_granted: b.credit_granted.load(Ordering::Relaxed),
-        credit_wanted: b.credit_wanted.load(Ordering::Relaxed) != 0,
-        debloat_bytes: b.debloat_bytes.load(Ordering::Relaxed),
+        backlog: b.backlog(),
+        credit_granted: b.credit_granted(),
+        credit_wanted: b.credit_wanted(),
+        debloat_bytes: b.segment_fill_wanted().unwrap_or(0),
         records_out: b.records_out.load(Ordering::Relaxed),
         bytes_out: b.bytes_out.load(Ordering::Relaxed),
         buffers_out: b.buffers_out.load(Ordering::Relaxed),
@@ -295,9 +295,8 @@ pub fn in_pool_usage(arena: &Arena, gate: u32) -> Option<f64> {
     let cap = g.credit_capacity.load(Ordering::Relaxed).max(1) as f64;
     let mut used = 0u64;
     for b in arena.channels() {
-        // Relaxed (all): counters and routing read for a statistic.
-        if b.gate.load(Ordering::Relaxed) == gate + 1 {
-            used += u64::from(b.backlog.load(Ordering::Relaxed));
+        if b.consumer_wakeups().is_some_and(|(g, _)| g == gate) {
+            used += u64::from(b.backlog());
         }
     }
     Some((used as f64 / cap).min(1.0))

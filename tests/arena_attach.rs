@@ -583,7 +583,7 @@ fn a_segment_position_beyond_the_segment_is_a_protocol_violation() {
 
 #[test]
 fn a_record_running_past_its_segment_is_a_protocol_violation() {
-    use shmflow::buffer::SLOT_VALID;
+    use shmflow::record::frame::SLOT_VALID;
     // A stream segment whose first slot promises a record as long as the whole segment.
     let arena = heap_arena();
     let mut r = StreamReader::new(arena.clone(), CH, 2, WaitPolicy::park()).unwrap();

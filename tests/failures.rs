@@ -126,9 +126,7 @@ fn producer_sees_a_killed_consumer_as_dead() {
             let mut peer = peer;
             let deadline = Instant::now() + Duration::from_secs(20);
             // Relaxed: a test's look at who attached.
-            while arena.channels()[channel].consumer_worker.load(std::sync::atomic::Ordering::Relaxed) == 0
-                && Instant::now() < deadline
-            {
+            while arena.channels()[channel].consumer_worker().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
             std::thread::sleep(Duration::from_millis(300));

@@ -673,7 +673,7 @@ fn stalled(arena: &Arc<Arena>) -> bool {
     let mut last = (u64::MAX, Instant::now());
     while Instant::now() < deadline {
         // Relaxed (both): statistics.
-        let now = (block.records_out.load(Ordering::Relaxed), block.backlog.load(Ordering::Relaxed));
+        let now = (block.records_out.load(Ordering::Relaxed), block.backlog());
         if now.0 != last.0 {
             last = (now.0, Instant::now());
         } else if now.1 > 0 && last.1.elapsed() >= Duration::from_millis(30) {
@@ -858,8 +858,8 @@ fn dump(arena: &Arena, ch: u32) -> String {
         b.credit.tail.load(Ordering::Relaxed),
         b.priority.head.load(Ordering::Relaxed),
         b.priority.tail.load(Ordering::Relaxed),
-        b.backlog.load(Ordering::Relaxed),
-        b.credit_wanted.load(Ordering::Relaxed),
+        b.backlog(),
+        u32::from(b.credit_wanted()),
         b.state.load(Ordering::Relaxed),
     );
     for (i, c) in arena.controls().iter().enumerate() {

@@ -760,7 +760,7 @@ fn backpressure_run(
         let mut stable = 0;
         while stable < 100 {
             // Relaxed (both): counters.
-            let now = (block.backlog.load(Ordering::Relaxed), block.buffers_out.load(Ordering::Relaxed));
+            let now = (block.backlog(), block.buffers_out.load(Ordering::Relaxed));
             stable = if now == last { stable + 1 } else { 0 };
             last = now;
             if Instant::now() > deadline {

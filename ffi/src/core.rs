@@ -52,7 +52,7 @@ use shmflow::memory::{
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
 use shmflow::sync::{spin_loop, EventCount, Ordering};
-use shmflow::ArenaError;
+use shmflow::{ArenaError, PushError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -103,9 +103,12 @@ fn inval(msg: impl Into<String>) -> FfiError {
     FfiError::new(code::EINVAL, msg)
 }
 
-fn from_lib(e: shmflow::Error) -> FfiError {
+fn from_lib(e: impl Into<shmflow::Error>) -> FfiError {
+    let e = e.into();
     let c = match &e {
         shmflow::Error::ProtocolViolation { .. } => code::EPROTO,
+        shmflow::Error::RingFull { .. } => code::EAGAIN,
+        shmflow::Error::Config(_) => code::EINVAL,
         shmflow::Error::OutOfSlots(_) => code::ECONFIG,
         shmflow::Error::Io { .. } => code::EIO,
         _ => code::EIO,
@@ -872,8 +875,10 @@ impl ChannelCtx {
                 ctl.refcount.store(1, Ordering::Relaxed);
                 ctl.owner.store(Owner::InFlight { channel: self.id, fanout: 1 }.pack(), Ordering::Relaxed);
             }
-            if out.push_all(&ring, &slots, &place).map_err(from_lib)? {
-                break;
+            match out.push_all(&ring, &slots, &place) {
+                Ok(()) => break,
+                Err(PushError::Full) => {}
+                Err(PushError::Violation(v)) => return Err(from_lib(v)),
             }
             if msg.segment >= 0 {
                 let ctl = &arena.controls()[msg.segment as usize];

@@ -73,12 +73,10 @@ pub fn open(b: &ChannelBlock, route: &Route) {
     // Relaxed (all): published by the Release store of OPEN below.
     b.claim_pid.store(route.producer_pid, Ordering::Relaxed);
     b.consumer_pid.store(route.consumer_pid, Ordering::Relaxed);
-    b.producer_worker.store(route.producer_slot + 1, Ordering::Relaxed);
-    b.consumer_worker.store(route.consumer_slot + 1, Ordering::Relaxed);
-    b.gate_index.store(route.member, Ordering::Relaxed);
-    b.gate.store(route.consumer_set + 1, Ordering::Relaxed);
-    b.producer_set.store(route.producer_set + 1, Ordering::Relaxed);
-    b.producer_set_index.store(route.member, Ordering::Relaxed);
+    b.set_producer_worker(route.producer_slot);
+    b.set_consumer_worker(route.consumer_slot);
+    b.route_consumer_wakeups(route.consumer_set, route.member);
+    b.route_producer_wakeups(route.producer_set, route.member);
     // Release: pairs with the Acquire load in `take`: the producer sees the route and the
     // empty rings.
     b.state.store(CHANNEL_OPEN, Ordering::Release);
@@ -107,12 +105,12 @@ pub fn take(b: &ChannelBlock, slot: u32, pid: u32, max_slots: u32) -> Take {
     // Acquire: pairs with the Release store of OPEN in `open`, and with the consumer's
     // AcqRel CAS to CONSUMER_GONE in `close` (its last ring writes come before our drain).
     let st = b.state.load(Ordering::Acquire);
-    // Relaxed: ordered by the Acquire above.
-    let ours = b.producer_worker.load(Ordering::Relaxed) == slot + 1;
+    // Ordered by the Acquire above.
+    let ours = b.producer_worker() == Some(slot);
     match st {
         CHANNEL_OPEN if ours => {
-            // Relaxed: ordered by the Acquire above.
-            let consumer = b.consumer_worker.load(Ordering::Relaxed).wrapping_sub(1);
+            // Ordered by the Acquire above.
+            let consumer = b.consumer_worker().unwrap_or(u32::MAX);
             if consumer < max_slots {
                 Take::Open { consumer_slot: consumer }
             } else {

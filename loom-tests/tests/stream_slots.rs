@@ -27,8 +27,9 @@
 mod common;
 
 use loom::thread;
-use shmflow::buffer::{slot_framed_len, BufferBuilder, BufferConsumer, NetworkBufferPool, ReleaseSink, SLOT_VALID};
+use shmflow::buffer::{BufferBuilder, BufferConsumer, NetworkBufferPool, ReleaseSink};
 use shmflow::memory::{Arena, ArenaConfig, Owner};
+use shmflow::record::frame::{slot_framed_len, SLOT_VALID};
 use shmflow::sync::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;

@@ -13,6 +13,9 @@
 //!                                                  == 1 -> ReleaseSink::release(seg, last)
 //! ```
 //!
+//! Both record formats are defined in [`crate::record::frame`]; this module writes and
+//! reads them in place.
+//!
 //! Slot-framed records (the record stream's format, used where one reader spins on one
 //! writer and every cache line counts): each record is `[slot: u32][payload][pad to 4]`,
 //! and the slot is an atomic word the writer stores last, `len | SLOT_VALID` with
@@ -39,21 +42,13 @@ use crate::error::{Error, Result};
 use crate::memory::{
     Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSITION_MASK, REFCOUNT_MASK, REFCOUNT_ORPHANED,
 };
+use crate::record::frame::{self, slot_framed_len, LEN_PREFIX};
 use crate::sync::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Marks a published slot of a slot-framed record (the other 31 bits are the length).
-pub const SLOT_VALID: u32 = 1 << 31;
-
-/// Bytes of a slot.
-pub const SLOT_BYTES: u32 = 4;
-
-/// Bytes a slot-framed record of `len` payload bytes takes in a segment: its slot, the
-/// payload, and padding to the next multiple of 4 (slots are aligned words).
-pub const fn slot_framed_len(len: usize) -> usize {
-    (SLOT_BYTES as usize + len + 3) & !3
-}
+/// Bytes of a slot (the slot-framed format is defined in [`crate::record::frame`]).
+const SLOT_BYTES: u32 = LEN_PREFIX as u32;
 
 /// The writer's cursor over one segment.
 ///
@@ -168,13 +163,13 @@ impl BufferBuilder {
         unsafe { self.arena.segment_bytes_mut(self.index, self.pos, len) }
     }
 
-    /// Writes one framed record (`[len: u32 LE][payload]`) when it fits with room to spare
+    /// Writes one length-prefixed record ([`frame::encode`]) when it fits with room to spare
     /// (the segment is not full afterwards); returns false, writing nothing, otherwise.
     /// The per-record fast path of the record writer: no bounds re-checks, no recompute of
     /// the length.
     #[inline]
     pub fn try_write_framed<R: crate::record::Record + ?Sized>(&mut self, record: &R, len: usize) -> bool {
-        let total = len + 4;
+        let total = frame::framed_len(len);
         if self.finished || total >= self.remaining() as usize {
             return false;
         }
@@ -186,8 +181,7 @@ impl BufferBuilder {
         #[cfg(loom)]
         // SAFETY: as above, through the arena so loom's witness cells see the write.
         let dst = unsafe { self.arena.segment_bytes_mut(self.index, self.pos, total as u32) };
-        dst[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        record.serialize_into(&mut dst[4..]);
+        frame::encode(dst, len, |out| record.serialize_into(out));
         self.pos += total as u32;
         true
     }
@@ -205,7 +199,7 @@ impl BufferBuilder {
     /// writing nothing, when it does not fit in the rest of the segment.
     pub fn write_slotted(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
         let need = slot_framed_len(len);
-        if self.finished || need > self.remaining() as usize || len >= SLOT_VALID as usize {
+        if self.finished || need > self.remaining() as usize || len > frame::MAX_SLOT_PAYLOAD {
             return false;
         }
         let pos = self.pos;
@@ -223,7 +217,7 @@ impl BufferBuilder {
         }
         // Release: pairs with the Acquire load in `BufferConsumer::slot_record`; publishes
         // the payload and the cleared next slot.
-        self.arena.segment_word(self.index, pos).store(len as u32 | SLOT_VALID, Ordering::Release);
+        self.arena.segment_word(self.index, pos).store(frame::slot_word(len), Ordering::Release);
         self.pos = next;
         true
     }
@@ -556,10 +550,8 @@ impl BufferConsumer {
         if v == 0 {
             return Ok(None);
         }
-        let len = v & !SLOT_VALID;
-        if v & SLOT_VALID == 0
-            || u64::from(self.read_pos) + u64::from(SLOT_BYTES) + u64::from(len) > u64::from(self.size)
-        {
+        let len = frame::slot_len(v).unwrap_or(u32::MAX);
+        if len == u32::MAX || u64::from(self.read_pos) + u64::from(SLOT_BYTES) + u64::from(len) > u64::from(self.size) {
             return Err(Error::ProtocolViolation {
                 place: format!("channel {}", self.place),
                 detail: format!(

@@ -14,8 +14,6 @@ mod builder;
 mod local_pool;
 mod network_pool;
 
-pub use builder::{
-    slot_framed_len, Buffer, BufferBuilder, BufferConsumer, Lease, ReleaseSink, SpareLease, SLOT_BYTES, SLOT_VALID,
-};
+pub use builder::{Buffer, BufferBuilder, BufferConsumer, Lease, ReleaseSink, SpareLease};
 pub use local_pool::{LocalBufferPool, LocalPoolConfig, RecycleSource};
 pub use network_pool::NetworkBufferPool;

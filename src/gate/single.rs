@@ -6,7 +6,8 @@ use crate::memory::liveness::{self, Liveness, LivenessProbe};
 use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::partition::{RequestBackoff, ResultPartitionId, ResultPartitionManager};
-use crate::record::{RecordReader, Step, LEN_PREFIX};
+use crate::record::frame::{self, Frame};
+use crate::record::{RecordReader, Step};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
 use crate::sync::{now_nanos, AtomicBool, Ordering, WaitPolicy, Waiter};
 use std::cell::Cell;
@@ -296,8 +297,7 @@ impl SingleInputGate {
                 floating_free.clone(),
             )?;
             if let Some(w) = cfg.worker {
-                // Relaxed: read by the producer's liveness probe, a hint.
-                reader.block().consumer_worker.store(w + 1, Ordering::Relaxed);
+                reader.block().set_consumer_worker(w);
             }
             reader.set_gate(set_id, base + i as u32);
             reader.grant(cfg.exclusive_credits)?;
@@ -386,8 +386,7 @@ impl SingleInputGate {
         }
         d.announced = per;
         for ch in &self.channels {
-            // Relaxed: a size hint the producer reads when it opens its next segment.
-            ch.reader.channel().block().debloat_bytes.store(per, Ordering::Relaxed);
+            ch.reader.channel().block().ask_segment_fill(per);
         }
     }
 
@@ -474,11 +473,13 @@ impl SingleInputGate {
         wanting.dedup();
         // Each backlog is read once: producers change them while we sort, and a sort whose
         // keys move under it may panic (the order would not be total).
-        // Relaxed: a statistic written by the producer; only orders our choice.
+        // The backlog is a statistic written by the producer; it only orders our choice.
         let mut by_backlog = std::mem::take(&mut self.by_backlog);
-        by_backlog.extend(wanting.iter().map(|&c| {
-            (std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog.load(Ordering::Relaxed)), c)
-        }));
+        by_backlog.extend(
+            wanting
+                .iter()
+                .map(|&c| (std::cmp::Reverse(self.channels[c as usize].reader.channel().block().backlog()), c)),
+        );
         by_backlog.sort_unstable();
         wanting.clear();
         wanting.extend(by_backlog.drain(..).map(|(_, c)| c));
@@ -560,12 +561,14 @@ impl SingleInputGate {
         let mut cons = self.channels[c].reader.channel().consumer(segment);
         let (bytes, fin) = cons.peek_final()?;
         let bad = |d: &str| Error::ProtocolViolation { place: format!("channel {c}"), detail: d.into() };
-        if !fin || bytes.len() < LEN_PREFIX {
-            return Err(bad("user event segment not finished or too short"));
+        if !fin {
+            return Err(bad("user event segment not finished"));
         }
-        let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
-        let body = bytes.get(LEN_PREFIX..LEN_PREFIX + len).ok_or_else(|| bad("user event longer than its segment"))?;
-        Ok(Event::User(body.to_vec()))
+        match frame::decode(bytes) {
+            Frame::Whole { payload, .. } => Ok(Event::User(payload.to_vec())),
+            Frame::Partial { .. } => Err(bad("user event longer than its segment")),
+            Frame::NoPrefix => Err(bad("user event segment too short")),
+        }
     }
 
     fn on_event(&mut self, c: usize, d: Descriptor) -> Result<Option<Ready>> {
@@ -978,18 +981,15 @@ impl SingleInputGate {
             if ch.state == ChannelState::Finished {
                 continue;
             }
-            // Relaxed: written by the producer before the partition was published.
-            let w = ch.reader.channel().block().producer_worker.load(Ordering::Relaxed);
+            let w = ch.reader.channel().block().producer_worker();
             // Acquire: pairs with the reclaimer's AcqRel CAS to PRODUCER_DIED (the pid
             // stored before it).
             let st = ch.reader.channel().block().state.load(Ordering::Acquire);
             let dead = if st == crate::memory::CHANNEL_PRODUCER_DIED {
                 // A reclaimer found the producer dead (its slot may be free again by now).
-                // Relaxed: ordered by the Acquire above.
-                Some(ch.reader.channel().block().peer_pid.load(Ordering::Relaxed))
-            } else if w == 0 {
-                None
-            } else if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
+                // Ordered by the Acquire above.
+                Some(ch.reader.channel().block().dead_peer())
+            } else if let Some(Liveness::Dead { pid }) = w.map(|w| memo.liveness(&self.arena, w)) {
                 Some(pid)
             } else {
                 None
@@ -1009,14 +1009,14 @@ impl SingleInputGate {
                     }
                     continue;
                 }
-                if st != crate::memory::CHANNEL_PRODUCER_DIED && w != 0 {
-                    liveness::declare_dead(&self.arena, w - 1);
+                if let (false, Some(w)) = (st == crate::memory::CHANNEL_PRODUCER_DIED, w) {
+                    liveness::declare_dead(&self.arena, w);
                     // The first live process to notice reclaims it (exactly once).
-                    crate::partition::reclaim::reclaim_slot(&self.arena, w - 1);
+                    crate::partition::reclaim::reclaim_slot(&self.arena, w);
                 }
                 let b = ch.reader.channel().block();
-                // Relaxed (both): bookkeeping written before publication.
-                let (p, sp) = (b.partition.load(Ordering::Relaxed), b.subpartition.load(Ordering::Relaxed));
+                // Bookkeeping written before publication.
+                let (p, sp) = b.origin();
                 // The partition of a dead producer is failed: later lookups say so (unless
                 // its reclamation released the entry already).
                 // Relaxed: the entry's producer pid, compared so that an entry reused by a
@@ -1093,9 +1093,8 @@ fn attach_consumer(
         // the entry still registered under the id, the channel open.
         // Relaxed (all): ordered by the Acquire of the lookup below and the CAS above.
         let producer = arena.partitions()[info.slot as usize].producer_pid.load(Ordering::Relaxed);
-        let same_block = b.partition.load(Ordering::Relaxed) == info.slot
-            && b.subpartition.load(Ordering::Relaxed) == spec.subpartition
-            && b.claim_pid.load(Ordering::Relaxed) == producer;
+        let same_block =
+            b.origin() == (info.slot, spec.subpartition) && b.claim_pid.load(Ordering::Relaxed) == producer;
         let open = matches!(
             b.state.load(Ordering::Acquire),
             crate::memory::CHANNEL_OPEN | crate::memory::CHANNEL_PRODUCER_FAILED | crate::memory::CHANNEL_PRODUCER_DIED

@@ -5,7 +5,7 @@
 //! stale value, never undefined behaviour), and padded to cache lines where two processes
 //! write. Sizes and offsets are asserted at compile time outside loom.
 
-use crate::sync::{AtomicU32, AtomicU64, CachePadded, EventCount};
+use crate::sync::{AtomicU32, AtomicU64, CachePadded, EventCount, Ordering};
 
 /// Bit 31 of [`SegmentControl::position`]: the writer finished the segment.
 pub const FINISHED: u32 = 1 << 31;
@@ -204,11 +204,225 @@ impl ChannelBlock {
     }
 }
 
+/// The producer/consumer protocol of a channel block, one method per meaning: the fields
+/// behind these are private, so the partition, the gate, the reclaimer and the tools say
+/// what they mean ("route my wake-ups here", "I want credit") instead of storing raw words.
+/// Stored ids are `value + 1` with 0 for "none"; the methods hide that.
+impl ChannelBlock {
+    // --- where the block belongs (producer, before the partition is published) ---
+
+    /// Records the partition directory slot and subpartition this block serves.
+    pub fn set_origin(&self, partition_slot: u32, subpartition: u32) {
+        // Relaxed (both): published by the directory's Release store (consumers find the
+        // block only through it).
+        self.partition.store(partition_slot, Ordering::Relaxed);
+        self.subpartition.store(subpartition, Ordering::Relaxed);
+    }
+
+    /// The partition directory slot and subpartition this block serves (the peer's word:
+    /// validate before indexing with it).
+    pub fn origin(&self) -> (u32, u32) {
+        // Relaxed (both): written before publication; callers that need them current
+        // order this after an Acquire of the directory entry or of the block's state.
+        (self.partition.load(Ordering::Relaxed), self.subpartition.load(Ordering::Relaxed))
+    }
+
+    /// Records the producing worker's slot (for ownership and liveness checks).
+    pub fn set_producer_worker(&self, slot: u32) {
+        // Relaxed: published with the partition (the directory's Release store).
+        self.producer_worker.store(slot.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// The producing worker's slot, if it gave one.
+    pub fn producer_worker(&self) -> Option<u32> {
+        // Relaxed: a hint written before publication; liveness checks act on it by CAS.
+        self.producer_worker.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Records the consuming worker's slot (the producer's liveness probe reads it).
+    pub fn set_consumer_worker(&self, slot: u32) {
+        // Relaxed: a hint for the producer's liveness probe.
+        self.consumer_worker.store(slot.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// The consuming worker's slot, if one attached and gave it.
+    pub fn consumer_worker(&self) -> Option<u32> {
+        // Relaxed: a hint (see `set_consumer_worker`).
+        self.consumer_worker.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    // --- wake-up routing ---
+
+    /// Routes "credit came back" wake-ups to member `index` of notify set `set` (the
+    /// producing partition's). Call before the partition is published.
+    pub fn route_producer_wakeups(&self, set: u32, index: u32) {
+        // Relaxed (both): published to the consumer by the partition directory's Release
+        // (the consumer finds the channel only through it).
+        self.producer_set.store(set.wrapping_add(1), Ordering::Relaxed);
+        self.producer_set_index.store(index, Ordering::Relaxed);
+    }
+
+    /// Where "credit came back" wake-ups go: (notify set, member), or `None` for the
+    /// block's own `producer_wake`.
+    pub fn producer_wakeups(&self) -> Option<(u32, u32)> {
+        // Relaxed (both): written by the producer before the partition was published in
+        // the directory, which a consumer reads with Acquire before opening the channel.
+        let set = self.producer_set.load(Ordering::Relaxed).checked_sub(1)?;
+        Some((set, self.producer_set_index.load(Ordering::Relaxed)))
+    }
+
+    /// Routes "data arrived" wake-ups to member `index` of the consumer gate's notify set
+    /// `set`. The caller fences after this (see `ChannelReader::set_gate`).
+    pub fn route_consumer_wakeups(&self, set: u32, index: u32) {
+        // Relaxed: published by the Release store of `gate` below.
+        self.gate_index.store(index, Ordering::Relaxed);
+        // Release: a producer that sees the gate id sees the index too (pairs with the
+        // Acquire load in `consumer_wakeups`).
+        self.gate.store(set.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Where "data arrived" wake-ups go: (the gate's notify set, member), or `None` for
+    /// the block's own `consumer_wake` (no gate attached).
+    pub fn consumer_wakeups(&self) -> Option<(u32, u32)> {
+        // Acquire: pairs with the Release store of `gate` in `route_consumer_wakeups`, so
+        // the index loaded next is the one stored with it.
+        let set = self.gate.load(Ordering::Acquire).checked_sub(1)?;
+        // Relaxed: ordered by the Acquire load above.
+        Some((set, self.gate_index.load(Ordering::Relaxed)))
+    }
+
+    // --- flow control ---
+
+    /// Publishes the producer's backlog: segments published and not yet released.
+    pub fn set_backlog(&self, segments: u32) {
+        // Relaxed: a statistic the gate orders its floating credits by (any value is safe).
+        self.backlog.store(segments, Ordering::Relaxed);
+    }
+
+    /// The producer's backlog (see [`set_backlog`](Self::set_backlog)).
+    pub fn backlog(&self) -> u32 {
+        // Relaxed: as in `set_backlog`.
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The producer says it is (or no longer is) blocked for want of credit here; the
+    /// gate grants floating credit to channels that say so.
+    pub fn set_credit_wanted(&self, wanted: bool) {
+        // Relaxed: a hint, published by the producer's notify that follows a raise
+        // (Release fetch_or / fence); a stale value only delays a floating credit.
+        self.credit_wanted.store(u32::from(wanted), Ordering::Relaxed);
+    }
+
+    /// Whether the producer says it is blocked for want of credit here.
+    pub fn credit_wanted(&self) -> bool {
+        // Relaxed: a hint (see `set_credit_wanted`).
+        self.credit_wanted.load(Ordering::Relaxed) != 0
+    }
+
+    /// Counts `n` more credits granted by the consumer.
+    pub fn count_credit_granted(&self, n: u32) {
+        // Relaxed: a statistic for observers (the credit itself travels in the credit ring).
+        self.credit_granted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Credits granted so far (cumulative).
+    pub fn credit_granted(&self) -> u32 {
+        // Relaxed: a statistic.
+        self.credit_granted.load(Ordering::Relaxed)
+    }
+
+    /// Buffer debloating: the consumer asks the producer to finish segments at about
+    /// `bytes` (0: whole segments).
+    pub fn ask_segment_fill(&self, bytes: u32) {
+        // Relaxed: a size hint the producer reads when it opens its next segment.
+        self.debloat_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The segment fill the consumer asked for, `None` for whole segments. Any value is
+    /// safe: the producer clamps it.
+    pub fn segment_fill_wanted(&self) -> Option<u32> {
+        // Relaxed: a size hint (see `ask_segment_fill`); it only moves where segments end.
+        match self.debloat_bytes.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    // --- failure ---
+
+    /// Records the pid of the peer whose death fails the channel. The caller publishes it
+    /// with its CAS of `state` to `CHANNEL_PRODUCER_DIED` / `CHANNEL_CONSUMER_DIED`.
+    pub fn record_dead_peer(&self, pid: u32) {
+        // Relaxed: published by the caller's AcqRel CAS of the state.
+        self.peer_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// The pid of the peer whose death failed the channel (read after an Acquire load of
+    /// `state` that saw a *_DIED state).
+    pub fn dead_peer(&self) -> u32 {
+        // Relaxed: ordered by the caller's Acquire load of the state.
+        self.peer_pid.load(Ordering::Relaxed)
+    }
+}
+
 /// One producer-to-consumer connection: rings, wake-ups, flow-control state and counters.
 ///
 /// Fields are grouped by writer: what the producer writes and what the consumer writes sit
 /// on different cache lines (separated by `_producer_end`), so a segment hand-over does not
 /// bounce one line between the two cores.
+///
+/// # Memory layout
+///
+/// Offsets in bytes on x86_64 and aarch64, where [`CachePadded`] aligns to 128 bytes (a
+/// pair of 64-byte lines, the unit the adjacent-line prefetcher pulls in). "P" is the
+/// producer's process, "C" the consumer's, "R" a reclaimer (any live process, after the
+/// other one died).
+///
+/// ```text
+///  offset  line  field                  writer  meaning
+///     0     0    data.head        u64   C       descriptors consumed        (one 128 B pair each)
+///   128     2    data.tail        u64   P       descriptors published
+///   256     4    credit.head      u64   P       credit entries consumed
+///   384     6    credit.tail      u64   C       credit entries published
+///   512     8    priority.head    u64   C       priority descriptors consumed
+///   640    10    priority.tail    u64   P       priority descriptors published
+///   768    12    consumer_wake    u32   C+P     C parks (WAITING bit), P notifies (epoch)
+///   896    14    producer_wake    u32   P+C     P parks, C notifies
+///  --- producer words: lines 16-17 ---------------------------------------------------
+///  1024    16    state            u32   P (C, R: state changes; CAS)
+///  1028          partition        u32   P       directory slot of the partition
+///  1032          subpartition     u32   P
+///  1036          producer_worker  u32   P       worker slot + 1
+///  1040          backlog          u32   P       segments in flight
+///  1044          credit_wanted    u32   P       0 or 1
+///  1048          producer_set     u32   P       notify set id + 1 (0: producer_wake)
+///  1052          producer_set_index u32 P
+///  1056          claim_pid        u32   P       written while PROBING
+///  1060          peer_pid         u32   R       the dead peer, for PeerDied
+///  1064          records_out      u64   P       counters
+///  1072          bytes_out        u64   P
+///  1080          buffers_out      u64   P
+///  1088..1152    (padding: _producer_end aligns the next field to 128)
+///  --- consumer words: lines 18-19 ---------------------------------------------------
+///  1152    18    gate             u32   C       gate notify set id + 1 (0: consumer_wake)
+///  1156          gate_index       u32   C
+///  1160          consumer_worker  u32   C       worker slot + 1
+///  1164          consumer_pid     u32   C
+///  1168          credit_granted   u32   C       cumulative grants
+///  1176          records_in       u64   C       counters
+///  1184          bytes_in         u64   C
+///  1192          buffers_in       u64   C
+///  1200          debloat_bytes    u32   C       wanted bytes per segment (0: whole)
+///  1204..1280    (padding: _consumer_end rounds the size to 128)
+///  size 1280, align 128
+/// ```
+///
+/// Every ring position and wake-up word has a 128-byte pair of lines to itself; the
+/// producer's words and the consumer's words each share one pair, written by one process
+/// (`state` is the exception: the consumer and a reclaimer change it rarely, by CAS or a
+/// Release store). The layout is checked at compile time below the type definitions
+/// (offsets where padding is 128 bytes, the grouping on every target), outside loom, where
+/// atomics are bigger.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct ChannelBlock {
@@ -226,27 +440,27 @@ pub struct ChannelBlock {
     /// One of the `CHANNEL_*` states.
     pub state: AtomicU32,
     /// Partition directory slot of the producing partition.
-    pub partition: AtomicU32,
+    partition: AtomicU32,
     /// Subpartition index in the producing partition.
-    pub subpartition: AtomicU32,
+    subpartition: AtomicU32,
     /// Producer worker slot + 1 (0 unknown).
-    pub producer_worker: AtomicU32,
+    producer_worker: AtomicU32,
     /// Segments published but not yet released by the consumer (backlog).
-    pub backlog: AtomicU32,
+    backlog: AtomicU32,
     /// Set by a producer blocked for want of credit on this channel; the consumer's gate
     /// grants floating credit to channels that have it set. 0 or 1.
-    pub credit_wanted: AtomicU32,
+    credit_wanted: AtomicU32,
     /// Notify-set (gate block) id + 1 that the consumer marks when it returns credit: the
     /// producer's partition-wide wake-up (0 = use `producer_wake`).
-    pub producer_set: AtomicU32,
+    producer_set: AtomicU32,
     /// Index of this channel in that set.
-    pub producer_set_index: AtomicU32,
+    producer_set_index: AtomicU32,
     /// Pid of the process that claimed the block (the producer), written while it is
     /// PROBING; reclamation releases the blocks of a dead pid.
     pub claim_pid: AtomicU32,
     /// Pid of the peer whose death failed the channel (`CHANNEL_PRODUCER_DIED` /
     /// `CHANNEL_CONSUMER_DIED`), for the `PeerDied` error of the survivor.
-    pub peer_pid: AtomicU32,
+    peer_pid: AtomicU32,
     /// Records written into this channel.
     pub records_out: AtomicU64,
     /// Bytes written into this channel.
@@ -257,15 +471,15 @@ pub struct ChannelBlock {
     // --- written by the consumer ---
     /// Notify-set (gate block) id + 1 the producer marks when data arrives: the consumer
     /// gate's wake-up (0 = use `consumer_wake`).
-    pub gate: AtomicU32,
+    gate: AtomicU32,
     /// Index of this channel inside that gate's set.
-    pub gate_index: AtomicU32,
+    gate_index: AtomicU32,
     /// Consumer worker slot + 1 (0 unknown).
-    pub consumer_worker: AtomicU32,
+    consumer_worker: AtomicU32,
     /// Pid of the consumer process (0 until one attached).
     pub consumer_pid: AtomicU32,
     /// Credit granted so far (cumulative grants), written by the consumer.
-    pub credit_granted: AtomicU32,
+    credit_granted: AtomicU32,
     /// Records read from this channel.
     pub records_in: AtomicU64,
     /// Bytes read from this channel.
@@ -274,7 +488,7 @@ pub struct ChannelBlock {
     pub buffers_in: AtomicU64,
     /// Buffer debloating: the bytes the consumer wants per segment on this channel (the
     /// producer finishes segments at that fill); 0 = whole segments.
-    pub debloat_bytes: AtomicU32,
+    debloat_bytes: AtomicU32,
     _consumer_end: CachePadded<()>,
 }
 
@@ -381,3 +595,110 @@ const _: () = {
     assert!(size_of::<WorkerRecord>() == 24);
     assert!(size_of::<TaskMetrics>() == 80);
 };
+
+/// [`ChannelBlock`]'s layout: each writer's words together, away from the other's.
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    type B = ChannelBlock;
+    // The padding unit (128 bytes on x86_64 and aarch64, other sizes elsewhere).
+    const PAD: usize = align_of::<CachePadded<u64>>();
+    // Any target: the rings and wake-ups come first, each on its own padded unit; the
+    // producer's words start a unit, the consumer's start a later one.
+    assert!(align_of::<B>() == PAD);
+    assert!(offset_of!(B, consumer_wake) == 6 * PAD);
+    assert!(offset_of!(B, producer_wake) == 7 * PAD);
+    assert!(offset_of!(B, state) == 8 * PAD);
+    assert!(offset_of!(B, gate) % PAD == 0);
+    assert!(offset_of!(B, gate) >= offset_of!(B, buffers_out) + size_of::<AtomicU64>());
+    // The diagram's numbers, where it applies.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        assert!(size_of::<B>() == 1280);
+        assert!(offset_of!(B, data) == 0);
+        assert!(offset_of!(B, credit) == 256);
+        assert!(offset_of!(B, priority) == 512);
+        assert!(offset_of!(B, consumer_wake) == 768);
+        assert!(offset_of!(B, producer_wake) == 896);
+        assert!(offset_of!(B, state) == 1024);
+        assert!(offset_of!(B, claim_pid) == 1056);
+        assert!(offset_of!(B, peer_pid) == 1060);
+        assert!(offset_of!(B, records_out) == 1064);
+        assert!(offset_of!(B, buffers_out) == 1080);
+        assert!(offset_of!(B, gate) == 1152);
+        assert!(offset_of!(B, consumer_pid) == 1164);
+        assert!(offset_of!(B, credit_granted) == 1168);
+        assert!(offset_of!(B, records_in) == 1176);
+        assert!(offset_of!(B, buffers_in) == 1192);
+        assert!(offset_of!(B, debloat_bytes) == 1200);
+    }
+};
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_owner_round_trips_through_its_packed_word() {
+        let max24 = 0xff_ffff;
+        for o in [
+            Owner::Free,
+            Owner::Pool { pool: 0, worker: 0 },
+            Owner::Pool { pool: u32::MAX, worker: max24 },
+            Owner::Writer { pool: 7, worker: 3 },
+            Owner::Writer { pool: u32::MAX, worker: max24 },
+            Owner::InFlight { channel: 0, fanout: 1 },
+            Owner::InFlight { channel: u32::MAX, fanout: max24 },
+        ] {
+            assert_eq!(Owner::unpack(o.pack()), o, "{o:?} packs to {:#x}", o.pack());
+        }
+    }
+
+    #[test]
+    fn owner_fields_sit_where_the_layout_says() {
+        assert_eq!(Owner::Free.pack(), 0);
+        assert_eq!(Owner::Pool { pool: 5, worker: 2 }.pack(), (1 << 56) | (2 << 32) | 5);
+        assert_eq!(Owner::Writer { pool: 5, worker: 2 }.pack(), (2 << 56) | (2 << 32) | 5);
+        assert_eq!(Owner::InFlight { channel: 9, fanout: 4 }.pack(), (3 << 56) | (4 << 32) | 9);
+    }
+
+    #[test]
+    fn a_worker_or_fanout_above_24_bits_is_cut_to_its_field_not_spilled_into_the_kind() {
+        let o = Owner::Pool { pool: 1, worker: 0x0100_0001 };
+        assert_eq!(o.pack() >> 56, 1, "the kind is intact");
+        assert_eq!(Owner::unpack(o.pack()), Owner::Pool { pool: 1, worker: 1 });
+    }
+
+    #[test]
+    fn words_no_layout_writes_unpack_as_invalid_and_keep_their_value() {
+        for v in [1, u64::from(u32::MAX), 4 << 56, u64::MAX, (0xff << 56) | 3] {
+            assert_eq!(Owner::unpack(v), Owner::Invalid(v));
+            assert_eq!(Owner::Invalid(v).pack(), v);
+        }
+    }
+
+    #[test]
+    fn a_reset_channel_block_has_zero_positions_routing_and_counters() {
+        let b = ChannelBlock::default();
+        b.data.tail.store(5, crate::sync::Ordering::Relaxed);
+        b.gate.store(3, crate::sync::Ordering::Relaxed);
+        b.buffers_in.store(8, crate::sync::Ordering::Relaxed);
+        b.debloat_bytes.store(100, crate::sync::Ordering::Relaxed);
+        b.state.store(CHANNEL_CLAIMED, crate::sync::Ordering::Relaxed);
+        b.reset();
+        assert_eq!(b.data.tail.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.gate.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.buffers_in.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.debloat_bytes.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.state.load(crate::sync::Ordering::Relaxed), CHANNEL_CLAIMED, "the claimer's state stays");
+    }
+
+    #[test]
+    fn probing_states_are_recognized_with_or_without_a_pid() {
+        assert!(channel_probing(CHANNEL_PROBING));
+        assert!(channel_probing(CHANNEL_PROBING_BY | 4_194_303));
+        for s in [CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_CLAIMED, CHANNEL_SETTLING, CHANNEL_ORPHANED] {
+            assert!(!channel_probing(s), "state {s}");
+        }
+    }
+}

@@ -41,7 +41,8 @@ use super::selector::ChannelSelector;
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::error::{Error, Result};
 use crate::metrics::TaskMetricsHandle;
-use crate::record::{Record, DEFAULT_MAX_RECORD, LEN_PREFIX};
+use crate::record::frame::{self, Frame};
+use crate::record::{Record, DEFAULT_MAX_RECORD};
 use crate::sync::{AtomicBool, Ordering};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -505,9 +506,8 @@ impl BlockingResultPartition {
         self.check_open(s)?;
         let len = record.serialized_len();
         Self::check_len(len)?;
-        let dst = self.reserve(s as usize, LEN_PREFIX + len)?;
-        dst[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
-        record.serialize_into(&mut dst[LEN_PREFIX..]);
+        let dst = self.reserve(s as usize, frame::framed_len(len))?;
+        frame::encode(dst, len, |out| record.serialize_into(out));
         self.stats.records_out += 1;
         self.stats.bytes_out += len as u64;
         self.after_append(s as usize)
@@ -523,9 +523,8 @@ impl BlockingResultPartition {
         Self::check_len(len)?;
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        scratch.resize(LEN_PREFIX + len, 0);
-        scratch[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
-        record.serialize_into(&mut scratch[LEN_PREFIX..]);
+        scratch.resize(frame::framed_len(len), 0);
+        frame::encode(&mut scratch[..], len, |out| record.serialize_into(out));
         let mut r = Ok(());
         for s in 0..self.chunks.len() {
             r = self.reserve(s, scratch.len()).map(|d| d.copy_from_slice(&scratch)).and_then(|_| self.after_append(s));
@@ -978,21 +977,23 @@ impl<'a> Iterator for BlockingSubpartitionReader<'a> {
         loop {
             let cur = self.cur;
             if !cur.is_empty() {
-                if cur.len() < LEN_PREFIX {
-                    return self.violation(format!("{} bytes left in a region, less than a length prefix", cur.len()));
-                }
-                let len = le_u32(cur, 0) as usize;
-                if len > cur.len() - LEN_PREFIX {
-                    return self.violation(format!(
-                        "record {} claims {len} bytes, its region has {} left",
-                        self.seen,
-                        cur.len() - LEN_PREFIX
-                    ));
-                }
-                let (rec, rest) = cur[LEN_PREFIX..].split_at(len);
-                self.cur = rest;
+                let (rec, framed) = match frame::decode(cur) {
+                    Frame::Whole { payload, framed } => (payload, framed),
+                    Frame::NoPrefix => {
+                        return self
+                            .violation(format!("{} bytes left in a region, less than a length prefix", cur.len()))
+                    }
+                    Frame::Partial { len } => {
+                        return self.violation(format!(
+                            "record {} claims {len} bytes, its region has {} left",
+                            self.seen,
+                            cur.len() - frame::LEN_PREFIX
+                        ))
+                    }
+                };
+                self.cur = &cur[framed..];
                 self.seen += 1;
-                self.bytes += len as u64;
+                self.bytes += rec.len() as u64;
                 return Some(Ok(rec));
             }
             let Some(&r) = self.regions.get(self.next_region) else {

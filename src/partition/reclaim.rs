@@ -163,8 +163,9 @@ enum Produced {
 /// Whether a worker-slot field (`slot + 1`, 0 unknown) may name the dead process: its
 /// records are matched by pid and, where they say, by slot (a process that took a recycled
 /// pid meanwhile is in another slot: the dead one's is ours while we reclaim it).
-fn slot_matches(field: u32, dead: DeadProcess) -> bool {
-    field == 0 || field == dead.slot + 1
+/// Whether a worker slot a block records (`None`: not recorded) can be the dead one's.
+fn slot_matches(slot: Option<u32>, dead: DeadProcess) -> bool {
+    slot.is_none_or(|s| s == dead.slot)
 }
 
 fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
@@ -190,8 +191,7 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
         // Relaxed (both): ordered by the Acquire above (the claimer wrote them before
         // leaving PROBING / publishing); stable while the block is the dead claimer's,
         // which only we release.
-        if b.claim_pid.load(Ordering::Relaxed) != pid || !slot_matches(b.producer_worker.load(Ordering::Relaxed), dead)
-        {
+        if b.claim_pid.load(Ordering::Relaxed) != pid || !slot_matches(b.producer_worker(), dead) {
             continue;
         }
         if !matches!(st, CHANNEL_OPEN | CHANNEL_CLAIMED | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED)
@@ -219,7 +219,7 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
             || ((PARTITION_REGISTERED..=PARTITION_FAILED).contains(&st)
                 && st != PARTITION_RELEASED
                 && e.producer_pid.load(Ordering::Relaxed) == pid
-                && slot_matches(e.producer_worker.load(Ordering::Relaxed), dead));
+                && slot_matches(e.producer_worker.load(Ordering::Relaxed).checked_sub(1), dead));
         if theirs {
             // AcqRel: Release pairs with the Acquire of lookups and of the next claimer.
             if e.state.compare_exchange(st, PARTITION_RELEASED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
@@ -253,8 +253,7 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
                 match channels.get(channel as usize) {
                     // Relaxed (both): as in the channel pass above.
                     Some(b)
-                        if b.claim_pid.load(Ordering::Relaxed) == pid
-                            && slot_matches(b.producer_worker.load(Ordering::Relaxed), dead) =>
+                        if b.claim_pid.load(Ordering::Relaxed) == pid && slot_matches(b.producer_worker(), dead) =>
                     {
                         false
                     }
@@ -286,8 +285,8 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
         let b = &channels[c as usize];
         match what {
             Produced::Fail => {
-                // Relaxed: published by the AcqRel CAS below.
-                b.peer_pid.store(pid, Ordering::Relaxed);
+                // Published by the AcqRel CAS below.
+                b.record_dead_peer(pid);
                 // AcqRel: Release publishes the orphan flags and the pid to the reader
                 // (its Acquire load in `poll_data`); Acquire pairs with its close.
                 match b.state.compare_exchange(st, CHANNEL_PRODUCER_DIED, Ordering::AcqRel, Ordering::Acquire) {
@@ -310,7 +309,7 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
     for (c, b) in channels.iter().enumerate() {
         // Relaxed (all): hints, acted on by CAS.
         if b.consumer_pid.load(Ordering::Relaxed) != pid
-            || !slot_matches(b.consumer_worker.load(Ordering::Relaxed), dead)
+            || !slot_matches(b.consumer_worker(), dead)
             || b.claim_pid.load(Ordering::Relaxed) == pid
         {
             continue;
@@ -319,8 +318,8 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
         let st = b.state.load(Ordering::Relaxed);
         match st {
             CHANNEL_OPEN | CHANNEL_CONSUMED | CHANNEL_PRODUCER_FAILED => {
-                // Relaxed: published by the AcqRel CAS below.
-                b.peer_pid.store(pid, Ordering::Relaxed);
+                // Published by the AcqRel CAS below.
+                b.record_dead_peer(pid);
                 // AcqRel: Release publishes the pid to the producer (its Acquire load in
                 // `consumer_is_dead`); Acquire pairs with its state changes.
                 if b.state.compare_exchange(st, CHANNEL_CONSUMER_DIED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
@@ -391,19 +390,18 @@ fn settle_orphaned(arena: &Arena, report: &mut ReclaimReport) {
 /// Whether the reader of channel block `b` runs: by its worker slot's record when it gave
 /// one (pid and start time: a recycled pid is not mistaken for it), else by its pid.
 fn reader_alive(arena: &Arena, b: &crate::memory::ChannelBlock) -> bool {
-    // Relaxed (both): hints written when the reader attached.
+    // Relaxed: a hint written when the reader attached (as its worker slot).
     let pid = b.consumer_pid.load(Ordering::Relaxed);
-    let w = b.consumer_worker.load(Ordering::Relaxed);
     if pid == 0 {
         return false;
     }
-    if w != 0 {
-        if let Some(r) = arena.workers().get(w as usize - 1) {
+    if let Some(w) = b.consumer_worker() {
+        if let Some(r) = arena.workers().get(w as usize) {
             // Relaxed: compared with the reader's pid; `liveness` Acquires the state.
             if r.pid.load(Ordering::Relaxed) != pid {
                 return false; // its slot was reclaimed: it is gone
             }
-            return liveness::liveness(arena, w - 1) == Liveness::Alive;
+            return liveness::liveness(arena, w) == Liveness::Alive;
         }
     }
     running(pid)
@@ -427,12 +425,10 @@ fn wake_consumer(arena: &Arena, c: u32) {
     // SeqCst fence: as in `ChannelWriter::fail` (either we see the gate id, or the gate's
     // first scan of the channel sees the state we stored).
     fence(Ordering::SeqCst);
-    // Acquire: pairs with the Release store of `gate` in `ChannelReader::set_gate`.
-    let g = b.gate.load(Ordering::Acquire);
-    if g != 0 {
-        if let Ok(set) = NotifySet::new(arena, g - 1) {
-            // Relaxed: ordered by the Acquire above; a bad index only loses this wake-up.
-            let _ = set.mark(b.gate_index.load(Ordering::Relaxed));
+    if let Some((g, index)) = b.consumer_wakeups() {
+        if let Ok(set) = NotifySet::new(arena, g) {
+            // A bad index only loses this wake-up.
+            let _ = set.mark(index);
             set.wake().notify_all_forced();
         }
     }
@@ -442,11 +438,9 @@ fn wake_consumer(arena: &Arena, c: u32) {
 fn wake_producer(arena: &Arena, c: u32) {
     let b = &arena.channels()[c as usize];
     b.producer_wake.notify_all_forced();
-    // Relaxed (both): written by the producer before the partition was published.
-    let set = b.producer_set.load(Ordering::Relaxed);
-    if set != 0 {
-        if let Ok(s) = NotifySet::new(arena, set - 1) {
-            let _ = s.mark(b.producer_set_index.load(Ordering::Relaxed));
+    if let Some((set, index)) = b.producer_wakeups() {
+        if let Ok(s) = NotifySet::new(arena, set) {
+            let _ = s.mark(index);
             s.wake().notify_all_forced();
         }
     }

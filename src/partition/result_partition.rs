@@ -240,10 +240,9 @@ impl ResultPartition {
             let writer = ChannelWriter::open(arena.clone(), first_channel + i).map_err(release_all)?;
             writer.set_producer_set(set_id, i);
             let b = writer.block();
-            // Relaxed (all): published by the directory's Release store below.
-            b.partition.store(slot, Ordering::Relaxed);
-            b.subpartition.store(i, Ordering::Relaxed);
-            b.producer_worker.store(cfg.worker + 1, Ordering::Relaxed);
+            // Published by the directory's Release store below.
+            b.set_origin(slot, i);
+            b.set_producer_worker(cfg.worker);
             subs.push(Subpartition {
                 writer,
                 builder: None,
@@ -502,14 +501,12 @@ impl ResultPartition {
             if s.writer.is_consumed() {
                 continue;
             }
-            // Relaxed: a hint written by the consumer when it attached.
-            let w = s.writer.block().consumer_worker.load(Ordering::Relaxed);
-            if w == 0 {
+            let Some(w) = s.writer.block().consumer_worker() else {
                 continue;
-            }
-            if let Liveness::Dead { pid } = memo.liveness(&self.arena, w - 1) {
-                liveness::declare_dead(&self.arena, w - 1);
-                super::reclaim::reclaim_slot(&self.arena, w - 1);
+            };
+            if let Liveness::Dead { pid } = memo.liveness(&self.arena, w) {
+                liveness::declare_dead(&self.arena, w);
+                super::reclaim::reclaim_slot(&self.arena, w);
                 if let Some(e) = self.settle_dead_consumers() {
                     return Err(e);
                 }
@@ -544,9 +541,9 @@ impl ResultPartition {
                 first = Some(Error::PeerDied {
                     role: "consumer",
                     place: format!("partition {} subpartition {i}", self.id),
-                    // Relaxed: written by the reclaimer before its Release CAS, which
+                    // Written by the reclaimer before its Release CAS, which
                     // `consumer_is_dead` Acquired.
-                    pid: s.writer.block().peer_pid.load(Ordering::Relaxed),
+                    pid: s.writer.block().dead_peer(),
                 });
             }
         }
@@ -564,10 +561,9 @@ impl ResultPartition {
         })?;
         self.report();
         let mut b = BufferBuilder::new(seg, 1);
-        // Relaxed: a size hint from the consumer's buffer debloater; any value is safe
-        // (clamped to the segment), it only changes where segments end.
-        let want = self.subs[c].writer.block().debloat_bytes.load(Ordering::Relaxed);
-        if want != 0 {
+        // A size hint from the consumer's buffer debloater; any value is safe (clamped to
+        // the segment), it only changes where segments end.
+        if let Some(want) = self.subs[c].writer.block().segment_fill_wanted() {
             b.set_limit(want.max(MIN_DEBLOAT_BYTES));
         }
         let idx = b.index();
@@ -943,7 +939,7 @@ impl ResultPartition {
                     self.block_until("room in the priority ring", WaitOn::Channel(c), |p| {
                         match p.subs[c].writer.publish_priority(d) {
                             Ok(()) => Ok(Some(())),
-                            Err(Error::Timeout(..)) => Ok(None),
+                            Err(Error::RingFull { .. }) => Ok(None),
                             Err(e) => Err(e),
                         }
                     })?;

@@ -1,5 +1,6 @@
 //! How values become record payloads and back.
 
+use super::frame;
 use crate::error::{Error, Result};
 
 /// A value that can be written as one record's payload, in place into shared memory.
@@ -188,23 +189,25 @@ macro_rules! int_impls {
 }
 int_impls!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
 
+/// A byte or string field inside a tuple: length-prefixed, as a record is ([`frame`]).
 fn write_bytes_field(b: &[u8], out: &mut [u8]) -> usize {
-    out[..4].copy_from_slice(&(b.len() as u32).to_le_bytes());
-    out[4..4 + b.len()].copy_from_slice(b);
-    4 + b.len()
+    frame::put_len(out, b.len());
+    out[frame::LEN_PREFIX..frame::framed_len(b.len())].copy_from_slice(b);
+    frame::framed_len(b.len())
 }
 
 fn read_bytes_field(bytes: &[u8]) -> Result<(&[u8], usize)> {
-    let len = bytes.get(..4).ok_or_else(|| malformed("short length of a bytes field"))?;
-    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-    let body = bytes.get(4..4 + len).ok_or_else(|| malformed("bytes field longer than its record"))?;
-    Ok((body, 4 + len))
+    match frame::decode(bytes) {
+        frame::Frame::Whole { payload, framed } => Ok((payload, framed)),
+        frame::Frame::Partial { .. } => Err(malformed("bytes field longer than its record")),
+        frame::Frame::NoPrefix => Err(malformed("short length of a bytes field")),
+    }
 }
 
 impl Field for [u8] {
     #[inline]
     fn field_len(&self) -> usize {
-        4 + self.len()
+        frame::framed_len(self.len())
     }
     #[inline]
     fn write_field(&self, out: &mut [u8]) -> usize {
@@ -215,7 +218,7 @@ impl Field for [u8] {
 impl Field for str {
     #[inline]
     fn field_len(&self) -> usize {
-        4 + self.len()
+        frame::framed_len(self.len())
     }
     #[inline]
     fn write_field(&self, out: &mut [u8]) -> usize {
@@ -226,7 +229,7 @@ impl Field for str {
 impl Field for String {
     #[inline]
     fn field_len(&self) -> usize {
-        4 + self.len()
+        frame::framed_len(self.len())
     }
     #[inline]
     fn write_field(&self, out: &mut [u8]) -> usize {

@@ -1,4 +1,5 @@
-//! The wire format of records, serializer and deserializer side by side.
+//! The wire format of records, serializer and deserializer side by side; the framing
+//! itself (both formats: length-prefixed and slot-framed) is defined once in [`frame`].
 //!
 //! ```text
 //!  record  = [ len : u32 LE ][ payload : len bytes ]
@@ -17,6 +18,7 @@
 //! byte and string fields carry their own u32 length prefix ([`Field`]).
 
 mod codec;
+pub mod frame;
 mod reader;
 mod writer;
 
@@ -24,8 +26,8 @@ pub use codec::{java_string_hash, Field, FromField, FromRecord, Record};
 pub use reader::{ChunkCursor, ChunkIter, RecordChunks, RecordReader, Step};
 pub use writer::{write_record, write_spanning_head, WriteOutcome};
 
-/// Bytes of the length prefix.
-pub const LEN_PREFIX: usize = 4;
+/// Bytes of the length prefix (defined in [`frame`]).
+pub use frame::LEN_PREFIX;
 
 /// The largest record payload a reader accepts by default (a peer claiming more is a
 /// protocol violation, not an allocation).

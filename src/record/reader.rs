@@ -2,7 +2,8 @@
 //! span segments — or, with [`RecordReader::set_spans_in_place`], reading those in place
 //! too, as a chain of chunks ([`RecordChunks`]) over the segments they cover.
 
-use super::{DEFAULT_MAX_RECORD, LEN_PREFIX};
+use super::frame::{self, Frame, LEN_PREFIX};
+use super::DEFAULT_MAX_RECORD;
 use crate::buffer::{BufferConsumer, SpareLease};
 use crate::error::{Error, Result};
 use crate::ring::{ChannelReader, Descriptor};
@@ -213,16 +214,15 @@ impl RecordReader {
         let Some(c) = self.current.as_mut() else {
             return false;
         };
-        let known = c.peek_known();
-        if known.len() < LEN_PREFIX {
+        let Frame::Whole { payload, framed } = frame::decode(c.peek_known()) else {
             return false;
-        }
-        let len = u32::from_le_bytes(known[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
-        if len > self.max_record || known.len() - LEN_PREFIX < len {
+        };
+        let len = payload.len();
+        if len > self.max_record {
             return false;
         }
         let read_pos = c.read_position();
-        c.consume((LEN_PREFIX + len) as u32);
+        c.consume(framed as u32);
         self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
         self.records += 1;
         self.bytes += len as u64;
@@ -250,8 +250,11 @@ impl RecordReader {
         let (bytes, _) = c.peek_final()?;
         let (mut off, mut n, mut payload) = (0usize, 0usize, 0u64);
         let mut result = Ok(());
-        while n < max && bytes.len() - off >= LEN_PREFIX {
-            let len = u32::from_le_bytes(bytes[off..off + LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+        while n < max {
+            let rest = &bytes[off..];
+            let Some(len) = frame::peek_len(rest) else {
+                break;
+            };
             if len > max_record {
                 result = Err(Error::ProtocolViolation {
                     place: format!("channel {place}"),
@@ -259,11 +262,10 @@ impl RecordReader {
                 });
                 break;
             }
-            if bytes.len() - off - LEN_PREFIX < len {
+            let Frame::Whole { payload: rec, framed } = frame::decode(rest) else {
                 break;
-            }
-            let rec = &bytes[off + LEN_PREFIX..off + LEN_PREFIX + len];
-            off += LEN_PREFIX + len;
+            };
+            off += framed;
             n += 1;
             payload += len as u64;
             if let Err(e) = f(rec) {
@@ -352,19 +354,16 @@ impl RecordReader {
                 // Bytes known published from the last load come first: while they hold a
                 // whole record, the writer's position is not loaded again.
                 let known = c.peek_known();
-                let whole = known.len() >= LEN_PREFIX
-                    && known.len() - LEN_PREFIX
-                        >= u32::from_le_bytes(known[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+                let whole = matches!(frame::decode(known), Frame::Whole { .. });
                 let (bytes, fin) = if whole { (known, false) } else { c.peek_final()? };
                 let avail = bytes.len();
-                if avail >= LEN_PREFIX {
-                    let len = u32::from_le_bytes(bytes[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+                if let Some(len) = frame::peek_len(bytes) {
                     if len > self.max_record {
                         let max = self.max_record;
                         return Err(self.violation(format!("record length {len} above the limit {max}")));
                     }
-                    if avail - LEN_PREFIX >= len {
-                        c.consume((LEN_PREFIX + len) as u32);
+                    if let Frame::Whole { framed, .. } = frame::decode(bytes) {
+                        c.consume(framed as u32);
                         self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
                         self.records += 1;
                         self.bytes += len as u64;

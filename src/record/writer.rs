@@ -1,7 +1,7 @@
 //! The serializer: writes a record into a segment in place, or says it must span.
 
 use super::codec::Record;
-use super::LEN_PREFIX;
+use super::frame::{self, LEN_PREFIX};
 use crate::buffer::BufferBuilder;
 
 /// What [`write_record`] did.
@@ -26,10 +26,8 @@ pub fn write_record<R: Record + ?Sized>(b: &mut BufferBuilder, record: &R) -> Wr
     if rem - LEN_PREFIX < len {
         return WriteOutcome::Spans;
     }
-    let total = (LEN_PREFIX + len) as u32;
-    let dst = b.claim(total);
-    dst[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
-    record.serialize_into(&mut dst[LEN_PREFIX..]);
+    let total = frame::framed_len(len) as u32;
+    frame::encode(b.claim(total), len, |out| record.serialize_into(out));
     b.advance(total);
     WriteOutcome::Written
 }
@@ -39,7 +37,9 @@ pub fn write_record<R: Record + ?Sized>(b: &mut BufferBuilder, record: &R) -> Wr
 /// [`LEN_PREFIX`] bytes left.
 pub fn write_spanning_head(b: &mut BufferBuilder, payload: &[u8]) -> usize {
     debug_assert!(b.remaining() as usize >= LEN_PREFIX);
-    let n = b.append(&(payload.len() as u32).to_le_bytes());
+    let mut prefix = [0u8; LEN_PREFIX];
+    frame::put_len(&mut prefix, payload.len());
+    let n = b.append(&prefix);
     debug_assert_eq!(n, LEN_PREFIX);
     b.append(payload)
 }

@@ -11,7 +11,7 @@ use super::descriptor::{Credit, Descriptor, EventCode};
 use super::notify::NotifySet;
 use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
-use crate::error::{Error, Result};
+use crate::error::{Error, PushError, Result};
 use crate::memory::{
     Arena, ChannelBlock, Owner, RingKind, CHANNEL_CLAIMED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED,
     CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
@@ -122,8 +122,7 @@ impl ChannelWriter {
     /// itself. Drain the credit ring first ([`reclaim`](Self::reclaim)).
     pub fn take_in_flight(&mut self) -> Vec<u32> {
         let held = std::mem::take(&mut self.held);
-        // Relaxed: statistic.
-        self.block().backlog.store(0, Ordering::Relaxed);
+        self.block().set_backlog(0);
         held
     }
 
@@ -137,11 +136,7 @@ impl ChannelWriter {
     /// `set` (the partition-wide wake-up of a producer with many channels). Must be called
     /// before the channel is made known to consumers.
     pub fn set_producer_set(&self, set: u32, index: u32) {
-        let b = self.block();
-        // Relaxed (both): published to the consumer by the partition directory's Release
-        // (the consumer finds the channel only through it).
-        b.producer_set.store(set + 1, Ordering::Relaxed);
-        b.producer_set_index.store(index, Ordering::Relaxed);
+        self.block().route_producer_wakeups(set, index);
     }
 
     /// Publishes a descriptor. A segment descriptor takes one credit, which the caller must
@@ -178,21 +173,22 @@ impl ChannelWriter {
             }
             _ => None,
         };
-        let pushed = self.data.push_all(&r, &slots[..n], &place);
-        if !matches!(pushed, Ok(true)) {
+        if let Err(e) = self.data.push_all(&r, &slots[..n], &place) {
             if let (Some(prev), Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg)) = (prev_owner, d) {
                 // Relaxed: not published after all; back to what it was.
                 self.arena.controls()[seg as usize].owner.store(prev, Ordering::Relaxed);
             }
-        }
-        if !pushed? {
-            return Err(Error::ProtocolViolation {
-                place: self.place.clone(),
-                detail: format!(
-                    "data ring full with credit {}: the consumer granted more than {} credits",
-                    self.credit,
-                    r.capacity()
-                ),
+            return Err(match e {
+                // Credit promised room: a full data ring means the consumer broke it.
+                PushError::Full => Error::ProtocolViolation {
+                    place: self.place.clone(),
+                    detail: format!(
+                        "data ring full with credit {}: the consumer granted more than {} credits",
+                        self.credit,
+                        r.capacity()
+                    ),
+                },
+                PushError::Violation(v) => v.into(),
             });
         }
         if let Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg) = d {
@@ -201,9 +197,9 @@ impl ChannelWriter {
         if takes_credit {
             self.credit -= 1;
             let b = self.block();
-            // Relaxed (both): statistics for observers.
+            // Relaxed: a statistic for observers.
             b.buffers_out.fetch_add(1, Ordering::Relaxed);
-            b.backlog.store(self.held.len() as u32, Ordering::Relaxed);
+            b.set_backlog(self.held.len() as u32);
         }
         self.notify_consumer()
     }
@@ -211,16 +207,18 @@ impl ChannelWriter {
     /// Publishes a barrier or event on the priority ring (it overtakes data).
     ///
     /// # Errors
-    /// As [`publish`](Self::publish); a full priority ring is [`Error::Timeout`].
+    /// As [`publish`](Self::publish); a full priority ring (nothing published: try again
+    /// once the consumer took some) is [`Error::RingFull`].
     pub fn publish_priority(&mut self, d: Descriptor) -> Result<()> {
         self.check_consumer()?;
         let r = ring(&self.arena, self.id, RingKind::Priority);
         let place = || self.place.clone();
         let (slots, n) = d.encode_slots();
-        if !self.priority.push_all(&r, &slots[..n], &place)? {
-            return Err(Error::Timeout(std::time::Duration::ZERO, "room in the priority ring"));
+        match self.priority.push_all(&r, &slots[..n], &place) {
+            Ok(()) => self.notify_consumer(),
+            Err(PushError::Full) => Err(Error::RingFull { ring: "priority", channel: self.id }),
+            Err(PushError::Violation(v)) => Err(v.into()),
         }
-        self.notify_consumer()
     }
 
     /// Free slots in the data ring beyond what granted credit may need.
@@ -238,7 +236,7 @@ impl ChannelWriter {
     #[inline]
     pub fn notify_consumer(&mut self) -> Result<()> {
         if let Some((set, index)) = self.gate {
-            return NotifySet::new(&self.arena, set)?.mark(index);
+            return Ok(NotifySet::new(&self.arena, set)?.mark(index)?);
         }
         self.notify_consumer_slow()
     }
@@ -253,7 +251,7 @@ impl ChannelWriter {
     #[inline]
     pub fn notify_consumer_fenced(&mut self) -> Result<()> {
         if let Some((set, index)) = self.gate {
-            return NotifySet::new(&self.arena, set)?.mark_fenced(index);
+            return Ok(NotifySet::new(&self.arena, set)?.mark_fenced(index)?);
         }
         self.notify_consumer_slow()
     }
@@ -274,8 +272,8 @@ impl ChannelWriter {
     pub fn want_credit(&mut self) -> Result<()> {
         if !self.wanted {
             self.wanted = true;
-            // Relaxed: published by the notify below (Release fetch_or / fence).
-            self.block().credit_wanted.store(1, Ordering::Relaxed);
+            // Published by the notify below (Release fetch_or / fence).
+            self.block().set_credit_wanted(true);
             self.notify_consumer()?;
         }
         Ok(())
@@ -341,12 +339,10 @@ impl ChannelWriter {
             }
         }
         if n > 0 {
-            // Relaxed: statistic.
-            self.block().backlog.store(self.held.len() as u32, Ordering::Relaxed);
+            self.block().set_backlog(self.held.len() as u32);
             if self.wanted && self.credit > 0 {
                 self.wanted = false;
-                // Relaxed: a hint for the consumer's floating-credit decisions.
-                self.block().credit_wanted.store(0, Ordering::Relaxed);
+                self.block().set_credit_wanted(false);
             }
         }
         Ok(n)
@@ -377,16 +373,16 @@ impl ChannelWriter {
         Error::PeerDied {
             role: "consumer",
             place: self.place.clone(),
-            // Relaxed: written by the reclaimer before its Release CAS of the state.
-            pid: self.block().peer_pid.load(Ordering::Relaxed),
+            // Written by the reclaimer before its Release CAS of the state.
+            pid: self.block().dead_peer(),
         }
     }
 
     /// Whether a consumer attached to this channel (opened its reader).
     pub fn consumer_attached(&self) -> bool {
         let b = self.block();
-        // Relaxed (both): hints written by the consumer when it attached.
-        b.consumer_pid.load(Ordering::Relaxed) != 0 || b.consumer_worker.load(Ordering::Relaxed) != 0
+        // Relaxed: a hint written by the consumer when it attached.
+        b.consumer_pid.load(Ordering::Relaxed) != 0 || b.consumer_worker().is_some()
     }
 
     /// Whether a reclaimer found this channel's consumer dead (its process is gone).
@@ -419,13 +415,10 @@ impl ChannelWriter {
         // SeqCst fence: as in `notify_consumer_slow` (either we see the gate id, or the
         // gate's first scan of this channel sees the state stored above).
         fence(Ordering::SeqCst);
-        // Acquire: as in `notify_consumer_slow` (the index loaded next goes with this id).
-        let g = b.gate.load(Ordering::Acquire);
-        if g != 0 {
-            if let Ok(set) = NotifySet::new(&self.arena, g - 1) {
-                // Relaxed: ordered by the Acquire load above. An index out of range (a
-                // corrupt consumer) only loses this wake-up.
-                let _ = set.mark(b.gate_index.load(Ordering::Relaxed));
+        if let Some((g, index)) = b.consumer_wakeups() {
+            if let Ok(set) = NotifySet::new(&self.arena, g) {
+                // An index out of range (a corrupt consumer) only loses this wake-up.
+                let _ = set.mark(index);
             }
         }
     }
@@ -438,10 +431,9 @@ impl RecycleSource for ChannelWriter {
 
     fn wake(&self) -> &EventCount {
         let b = self.block();
-        // Relaxed: written by ourselves (set_producer_set) before any use.
-        let set = b.producer_set.load(Ordering::Relaxed);
-        match NotifySet::new(&self.arena, set.wrapping_sub(1)) {
-            Ok(s) if set != 0 => s.wake(),
+        // Written by ourselves (set_producer_set) before any use.
+        match b.producer_wakeups().map(|(set, _)| NotifySet::new(&self.arena, set)) {
+            Some(Ok(s)) => s.wake(),
             _ => &b.producer_wake,
         }
     }
@@ -470,10 +462,13 @@ impl CreditReturn {
     pub fn send(&self, c: Credit) -> Result<()> {
         let r = ring(&self.arena, self.id, RingKind::Credit);
         let place = || format!("channel {} credit ring", self.id);
-        if !self.ring.borrow_mut().push(&r, c.encode(), &place)? {
-            return Err(Error::ProtocolViolation { place: place(), detail: "credit ring full".into() });
+        match self.ring.borrow_mut().push(&r, c.encode(), &place) {
+            Ok(()) => self.notify_producer(),
+            // The entries answer credit and segments the producer has out, which the ring's
+            // capacity bounds (see `ChannelWriter::reclaim`): the producer let more pile up.
+            Err(PushError::Full) => Err(Error::ProtocolViolation { place: place(), detail: "credit ring full".into() }),
+            Err(PushError::Violation(v)) => Err(v.into()),
         }
-        self.notify_producer()
     }
 
     /// Wakes the producer if it is parked (after a credit, or after the consumer read the
@@ -483,14 +478,11 @@ impl CreditReturn {
     /// [`Error::ProtocolViolation`] if the producer wrote a notify-set id out of range.
     pub fn notify_producer(&self) -> Result<()> {
         let b = &self.arena.channels()[self.id as usize];
-        // Relaxed (both): written by the producer before the partition was published in
-        // the directory, which we read with Acquire before opening the channel.
-        let set = b.producer_set.load(Ordering::Relaxed);
-        if set == 0 {
+        let Some((set, index)) = b.producer_wakeups() else {
             b.producer_wake.notify();
             return Ok(());
-        }
-        NotifySet::new(&self.arena, set - 1)?.mark(b.producer_set_index.load(Ordering::Relaxed))
+        };
+        Ok(NotifySet::new(&self.arena, set)?.mark(index)?)
     }
 
     /// Asks the next `n` releases to take their floating credit back to the gate.
@@ -596,8 +588,7 @@ impl ChannelReader {
     /// # Errors
     /// As [`CreditReturn::send`].
     pub fn grant(&self, n: u32) -> Result<()> {
-        // Relaxed: statistic for observers.
-        self.block().credit_granted.fetch_add(n, Ordering::Relaxed);
+        self.block().count_credit_granted(n);
         self.credit_return.send(Credit::Grant(n))
     }
 
@@ -616,20 +607,15 @@ impl ChannelReader {
     /// after this (the fence below pairs with the producer's, see
     /// `ChannelWriter::notify_consumer`).
     pub fn set_gate(&self, set: u32, index: u32) {
-        let b = self.block();
-        // Relaxed: published by the Release store of `gate` below.
-        b.gate_index.store(index, Ordering::Relaxed);
-        // Release: a producer that sees the gate id sees the index too (pairs with the
-        // Acquire load in `ChannelWriter::notify_consumer_slow`).
-        b.gate.store(set + 1, Ordering::Release);
+        // A producer that sees the gate id sees the index too.
+        self.block().route_consumer_wakeups(set, index);
         // SeqCst fence: pairs with the fence in `ChannelWriter::notify_consumer_slow`.
         fence(Ordering::SeqCst);
     }
 
     /// Whether the producer says it is blocked for want of credit here.
     pub fn credit_wanted(&self) -> bool {
-        // Relaxed: a hint.
-        self.block().credit_wanted.load(Ordering::Relaxed) != 0
+        self.block().credit_wanted()
     }
 
     fn pop_from(
@@ -654,9 +640,9 @@ impl ChannelReader {
                     }
                 }
             }
-            return Descriptor::decode_barrier(slots, place).map(Some);
+            return Ok(Some(Descriptor::decode_barrier(slots, place)?));
         }
-        Descriptor::decode(v, count, place).map(Some)
+        Ok(Some(Descriptor::decode(v, count, place)?))
     }
 
     /// Next descriptor, priority ring first; `Ok(None)` when both are empty.
@@ -687,7 +673,7 @@ impl ChannelReader {
         let place = &self.place;
         let place = || place.clone();
         let pr = ring(&self.arena, self.id, RingKind::Priority);
-        self.priority.has_next(&pr, &place)
+        Ok(self.priority.has_next(&pr, &place)?)
     }
 
     /// Next descriptor of the priority ring only.
@@ -735,8 +721,8 @@ impl ChannelReader {
             CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED => Err(Error::PeerDied {
                 role: "producer",
                 place: self.place.clone(),
-                // Relaxed: ordered by the Acquire load above.
-                pid: self.block().peer_pid.load(Ordering::Relaxed),
+                // Ordered by the Acquire load above.
+                pid: self.block().dead_peer(),
             }),
             _ => Ok(None),
         }
@@ -779,7 +765,7 @@ impl ChannelReader {
         let place = &self.place;
         let place = || place.clone();
         let r = ring(&self.arena, self.id, RingKind::Data);
-        self.data.has_next(&r, &place)
+        Ok(self.data.has_next(&r, &place)?)
     }
 
     /// Whether a descriptor is waiting (does not consume it).
@@ -846,17 +832,13 @@ pub fn notify_channel(arena: &Arena, id: u32) -> Result<Option<(u32, u32)>> {
     // the gate id, or the gate's first scan (after its fence) sees our data.
     fence(Ordering::SeqCst);
     let b = &arena.channels()[id as usize];
-    // Acquire: pairs with the Release store of `gate` in `ChannelReader::set_gate`, so
-    // the index loaded next is the one stored with it (the fence above orders neither).
-    let g = b.gate.load(Ordering::Acquire);
-    // Relaxed: ordered by the Acquire load above.
-    let index = b.gate_index.load(Ordering::Relaxed);
-    if g == 0 {
+    // The index comes with the gate id it was stored with (the fence above orders neither).
+    let Some((g, index)) = b.consumer_wakeups() else {
         b.consumer_wake.notify();
         return Ok(None);
-    }
-    NotifySet::new(arena, g - 1)?.mark(index)?;
-    Ok(Some((g - 1, index)))
+    };
+    NotifySet::new(arena, g)?.mark(index)?;
+    Ok(Some((g, index)))
 }
 
 /// [`ChannelReader::close`] for channel `id`, for a reader that was already dropped (a gate

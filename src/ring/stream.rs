@@ -3,8 +3,8 @@
 //! foundation tests and the latency benchmark. The network stack's RecordWriter and
 //! InputGate generalize it to many channels and records that span segments.
 //!
-//! Wire format inside a segment: slot-framed records (`crate::buffer::builder`'s module
-//! doc): `[slot: u32 = len | SLOT_VALID][payload: len bytes][pad to 4]`. The writer
+//! Wire format inside a segment: slot-framed records (defined in [`crate::record::frame`];
+//! the publication protocol is `crate::buffer::builder`'s): `[slot: u32 = len | SLOT_VALID][payload: len bytes][pad to 4]`. The writer
 //! publishes each record by storing its slot (Release) and the reader polls the slot at its
 //! read position, so a record is visible as soon as it is written, and a spinning reader
 //! waits on the record's own cache line rather than on the segment's position word.
@@ -12,15 +12,16 @@
 
 use super::channel::{ChannelReader, ChannelWriter};
 use super::descriptor::{Descriptor, EventCode};
-use crate::buffer::{slot_framed_len, BufferBuilder, BufferConsumer, LocalBufferPool, LocalPoolConfig};
-use crate::error::{Error, Result};
+use crate::buffer::{BufferBuilder, BufferConsumer, LocalBufferPool, LocalPoolConfig};
+use crate::error::{ConfigError, Error, Result};
 use crate::memory::Arena;
+use crate::record::frame::slot_framed_len;
 use crate::sync::{WaitOutcome, WaitPolicy, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bytes of the length prefix.
-pub const LEN_PREFIX: usize = 4;
+/// Bytes of the slot in front of each record (defined in [`crate::record::frame`]).
+pub use crate::record::frame::LEN_PREFIX;
 
 /// The producer end of a record stream.
 ///
@@ -232,15 +233,11 @@ impl StreamReader {
     /// Opens channel `channel` for reading and grants `credit` segments to the writer.
     ///
     /// # Errors
-    /// Arena errors, or a credit above the ring capacity.
+    /// [`ConfigError::OutOfRange`] for a credit of 0 or not below the ring capacity; arena
+    /// errors.
     pub fn new(arena: Arc<Arena>, channel: u32, credit: u32, policy: WaitPolicy) -> Result<Self> {
         let cap = arena.config().ring_capacity;
-        if credit == 0 || credit > cap - 1 {
-            return Err(Error::Arena(crate::error::ArenaError::Config(format!(
-                "credit {credit} must be in 1..={} (ring capacity - 1)",
-                cap - 1
-            ))));
-        }
+        ConfigError::check_range("credit (at most the ring capacity - 1)", credit.into(), 1, i64::from(cap) - 1)?;
         let channel = ChannelReader::open(arena, channel)?;
         channel.grant(credit)?;
         Ok(Self { channel, current: None, waiter: Waiter::new(policy), ended: false })
