@@ -150,7 +150,7 @@ pub enum ConfigError {
         detail: String,
     },
     /// A name that is none of the known ones.
-    #[error("invalid {what}: unknown {name:?} (known: {known})")]
+    #[error("invalid {what}: unknown {what} {name:?} (known: {known})")]
     Unknown {
         /// What kind of name.
         what: &'static str,
@@ -289,6 +289,9 @@ pub enum Error {
     /// A partition whose producer died or gave up.
     #[error("partition {0} failed (its producer died or gave up)")]
     PartitionFailed(String),
+    /// A partition id that is registered already (and neither released nor failed).
+    #[error("partition {0} is already registered")]
+    PartitionExists(String),
     /// A partition that was released.
     #[error("partition {0} was released")]
     PartitionReleased(String),
@@ -327,7 +330,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::error::{ConfigError, Error, PushError, Violation};
 
     #[test]
     fn check_range_accepts_both_ends_and_refuses_one_past_them() {
@@ -349,7 +352,7 @@ mod tests {
         assert!(matches!(e, Error::Config(ConfigError::OutOfRange { value: 0, .. })));
         let e: Error =
             ConfigError::Unknown { what: "selector", name: "hash".into(), known: "forward, rebalance" }.into();
-        assert_eq!(e.to_string(), "invalid selector: unknown \"hash\" (known: forward, rebalance)");
+        assert_eq!(e.to_string(), "invalid selector: unknown selector \"hash\" (known: forward, rebalance)");
         let e: Error = ConfigError::Conflict { what: "pool", detail: "min 3 > max 2".into() }.into();
         assert_eq!(e.to_string(), "invalid pool: min 3 > max 2");
         let e: Error = Violation { place: "channel 4".into(), detail: "ring tail 9 outside 0..=8".into() }.into();
