@@ -245,5 +245,9 @@ pub(crate) enum Cmd {
         credit: u32,
         #[arg(long, value_enum)]
         mode: Mode,
+        /// The producer's pid (this process's parent when it started): given on the
+        /// command line, so a producer that dies before we look is not mistaken for init.
+        #[arg(long)]
+        producer: u32,
     },
 }

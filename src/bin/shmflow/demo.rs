@@ -28,7 +28,14 @@ pub(crate) fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, 
         ArenaConfig { segment_size, segment_count: (credit * 2).max(16), max_channels: 2, ..ArenaConfig::default() };
     let arena = Arc::new(Arena::create_memfd(&cfg, "demo")?);
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["demo-consumer", "--credit", &credit.to_string(), "--mode"]);
+    cmd.args([
+        "demo-consumer",
+        "--producer",
+        &std::process::id().to_string(),
+        "--credit",
+        &credit.to_string(),
+        "--mode",
+    ]);
     cmd.arg(match mode {
         Mode::Spin => "spin",
         Mode::Adaptive => "adaptive",
@@ -118,17 +125,16 @@ pub(crate) fn while_peer_lives<T>(
     }
 }
 
-pub(crate) fn demo_consumer(credit: u32, mode: Mode) -> AnyResult<()> {
+pub(crate) fn demo_consumer(credit: u32, mode: Mode, producer: u32) -> AnyResult<()> {
     let arena = Arc::new(Arena::attach_inherited()?);
     let mut r = StreamReader::new(arena, 0, credit, mode.policy())?;
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let producer = unsafe { libc::getppid() };
-    // SAFETY: as above; a dead parent leaves us to another (init or a subreaper).
-    let producer_alive = || unsafe { libc::getppid() } == producer;
+    // SAFETY: getppid has no preconditions and cannot fail; a dead parent leaves us to
+    // another (init or a subreaper), also when it died before we first looked.
+    let producer_alive = || unsafe { libc::getppid() } as u32 == producer;
     let (mut n, mut sum) = (0u64, 0u64);
     let seq = |p: &[u8]| p.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
     while let Some(v) =
-        while_peer_lives(|| r.next(Some(LIVENESS_INTERVAL), seq), &producer_alive, "producer", producer as u32)?
+        while_peer_lives(|| r.next(Some(LIVENESS_INTERVAL), seq), &producer_alive, "producer", producer)?
     {
         let Some(v) = v else {
             return Err(format!("record {n} is shorter than its 8-byte sequence number").into());

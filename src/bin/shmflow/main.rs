@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Cmd::Demo { records, payload, mode, segment_size, credit } => {
             demo(records, payload, mode, segment_size, credit)
         }
-        Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
+        Cmd::DemoConsumer { credit, mode, producer } => demo_consumer(credit, mode, producer),
         // A worker whose coordinator is gone already says so before anything else.
         Cmd::Run { job } => {
             if is_worker() { shmflow::runtime::check_coordinator().map_err(Into::into) } else { Ok(()) }
