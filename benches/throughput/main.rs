@@ -150,12 +150,15 @@ use std::time::{Duration, Instant};
 #[path = "../common/mod.rs"]
 mod common;
 mod consumer;
+mod local;
 mod machine;
 mod plan;
 mod producer;
 mod records;
 mod report;
 mod spawn;
+mod stream_in;
+mod stream_out;
 use clap::Parser;
 use common::args::BenchArgs;
 use common::{
@@ -163,12 +166,15 @@ use common::{
     proc_cpu_ns, rusage, spin_until, Producer, Res,
 };
 use consumer::*;
+use local::*;
 use machine::*;
 use plan::*;
 use producer::*;
 use records::*;
 use report::*;
 use spawn::*;
+use stream_in::*;
+use stream_out::*;
 
 /// `shmflow::sync`'s atomics, as clippy.toml asks; the allows are for clippy resolving the
 /// re-exports to the std types it bans.
