@@ -31,6 +31,7 @@ mod single;
 mod union;
 
 pub use align::Overtaken;
+pub use channel::InputSpec;
 pub use debloat::DebloatConfig;
-pub use single::{GateItem, GateView, InputGateConfig, InputSpec, SingleInputGate};
+pub use single::{GateItem, GateView, InputGateConfig, SingleInputGate};
 pub use union::UnionInputGate;

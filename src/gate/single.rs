@@ -11,7 +11,7 @@
 use super::align::{self, Arrival, BarrierAligner};
 use super::channel::{
     attach_consumer, check_subpartition, detach_consumer, publish_read_counters, ChannelKind, ChannelState,
-    FileChannel, FileStep, InputChannel, LocalChannel,
+    FileChannel, FileStep, InputChannel, InputSpec, LocalChannel,
 };
 use super::credit::FloatingCredits;
 use super::debloat::{DebloatConfig, Debloater};
@@ -20,7 +20,7 @@ use crate::event::{CheckpointBarrier, Event};
 use crate::memory::liveness::LivenessProbe;
 use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
-use crate::partition::{FileChannelManager, RequestBackoff, ResultPartitionId, ResultPartitionManager};
+use crate::partition::{FileChannelManager, RequestBackoff, ResultPartitionManager};
 use crate::record::frame::{self, Frame};
 use crate::record::{RecordReader, Step};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
@@ -30,15 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::align::Overtaken;
-
-/// One channel of a gate: which subpartition of which partition it reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputSpec {
-    /// The producer's partition.
-    pub partition: ResultPartitionId,
-    /// The subpartition this gate reads.
-    pub subpartition: u32,
-}
 
 /// How to create a gate (a plain descriptor).
 #[derive(Debug, Clone, PartialEq, Eq)]
