@@ -289,6 +289,9 @@ pub enum Error {
     /// A partition whose producer died or gave up.
     #[error("partition {0} failed (its producer died or gave up)")]
     PartitionFailed(String),
+    /// A write to a partition after its `finish` (or after it failed).
+    #[error("partition {0} is already finished")]
+    PartitionFinished(String),
     /// A partition id that is registered already (and neither released nor failed).
     #[error("partition {0} is already registered")]
     PartitionExists(String),
