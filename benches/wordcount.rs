@@ -26,15 +26,22 @@
 //! `--parallelism P` run a subset (for profiling). Without `--bench` (as
 //! `cargo test --benches` runs it): quick mode, 1 MB, one repetition.
 
+/// The command line's built-in jobs (they live next to the binary, not in the library).
+#[path = "../src/bin/shmflow/jobs/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod jobs;
+
 use crossbeam_channel::{bounded, Receiver, Sender};
+use jobs::{generator, reference_wordcount, tokenize, TextSource};
 use shmflow::partition::{key_group_for_hash, operator_index_for_key_group, DEFAULT_MAX_PARALLELISM};
 use shmflow::record::java_string_hash;
-use shmflow::runtime::builtin::{generator, reference_wordcount, tokenize, TextSource};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{cpu_pair, pin_to, shmflow_exe, Res};
 /// What the in-process threads return (an error crosses the join as text).
 type ThreadRes<T> = std::result::Result<T, String>;
@@ -64,29 +71,48 @@ struct Args {
     only_parallelism: Option<u32>,
 }
 
+/// The wordcount bench's flags.
+#[derive(Parser)]
+#[command(
+    name = "wordcount",
+    about = "WordCount: the shmflow job against an in-process channel pipeline on the same text"
+)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Generated text in MB.
+    #[arg(long, value_name = "N")]
+    mb: Option<u64>,
+    /// Repetitions.
+    #[arg(long, value_name = "N")]
+    reps: Option<usize>,
+    /// Only this system: shmflow or in-process-channel (for profiling).
+    #[arg(long, value_name = "NAME")]
+    system: Option<String>,
+    /// Only this parallelism (for profiling).
+    #[arg(long, value_name = "P")]
+    parallelism: Option<u32>,
+}
+
 fn parse_args() -> Res<Args> {
-    let mut a = Args { full: false, json: None, mb: None, reps: None, only_system: None, only_parallelism: None };
-    let mut it = std::env::args().skip(1);
-    while let Some(x) = it.next() {
-        match x.as_str() {
-            "--bench" => a.full = true,
-            "--json" => a.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            "--mb" => a.mb = Some(it.next().ok_or("--mb needs a number")?.parse()?),
-            "--reps" => a.reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
-            "--system" => {
-                let n = it.next().ok_or("--system needs a name")?;
-                a.only_system = Some(
-                    [System::Shmflow, System::InProcess]
-                        .into_iter()
-                        .find(|s| s.name() == n)
-                        .ok_or_else(|| format!("unknown system {n:?} (shmflow or in-process-channel)"))?,
-                );
-            }
-            "--parallelism" => a.only_parallelism = Some(it.next().ok_or("--parallelism needs a number")?.parse()?),
-            _ => {} // libtest-style flags cargo may pass (e.g. a filter): ignored
-        }
-    }
-    Ok(a)
+    let c = Cli::parse();
+    let only_system = match c.system {
+        None => None,
+        Some(n) => Some(
+            [System::Shmflow, System::InProcess]
+                .into_iter()
+                .find(|s| s.name() == n)
+                .ok_or_else(|| format!("unknown system {n:?} (shmflow or in-process-channel)"))?,
+        ),
+    };
+    Ok(Args {
+        full: c.bench.full,
+        json: c.bench.json,
+        mb: c.mb,
+        reps: c.reps,
+        only_system,
+        only_parallelism: c.parallelism,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{BufferTimeout, ResultPartitionType, SelectorKind};
 use shmflow::ring::{StreamReader, StreamWriter};
-use shmflow::runtime::builtin::{self, TextSource};
+mod jobs;
+
+use jobs::TextSource;
 use shmflow::runtime::{is_worker, run, JobSummary, ProgressTotal, RuntimeConfig};
 use shmflow::sync::WaitPolicy;
 use std::path::PathBuf;
@@ -546,8 +548,8 @@ impl JobDir {
     const OUTPUT_NOTE: &'static str = "output-temp";
 
     /// Notes where the temp output is (coordinator only).
-    fn note_output(&self, out: Option<&builtin::OutputFile>) -> AnyResult<()> {
-        if let (true, Some(tmp)) = (self.owned, out.and_then(builtin::OutputFile::temp_path)) {
+    fn note_output(&self, out: Option<&jobs::OutputFile>) -> AnyResult<()> {
+        if let (true, Some(tmp)) = (self.owned, out.and_then(jobs::OutputFile::temp_path)) {
             let note = self.path.join(Self::OUTPUT_NOTE);
             std::fs::write(&note, tmp.as_os_str().as_encoded_bytes())
                 .map_err(|e| format!("writing {}: {e}", note.display()))?;
@@ -673,11 +675,11 @@ fn refuse_unsized(path: &std::path::Path) -> AnyResult<()> {
 
 /// `--output`, checked and created (as a temp file) by the coordinator before the job runs;
 /// workers do not write it.
-fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<builtin::OutputFile>> {
+fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<jobs::OutputFile>> {
     match output {
         Some(p) if !is_worker() => {
             remove_stale_temps(p);
-            Ok(Some(builtin::OutputFile::create(p)?))
+            Ok(Some(jobs::OutputFile::create(p)?))
         }
         _ => Ok(None),
     }
@@ -743,7 +745,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 Exchange::Pipelined => ResultPartitionType::PipelinedBounded,
                 Exchange::Blocking => ResultPartitionType::Blocking,
             };
-            let graph = builtin::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
+            let graph = jobs::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
             if let Some(s) = run(graph, &cfg)? {
                 let lines = merge_interruptibly(&dir.path, out_file)?;
                 let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
@@ -769,7 +771,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             let out_file = output_file(output.as_deref())?;
             let dir = JobDir::get()?;
             dir.note_output(out_file.as_ref())?;
-            let graph = builtin::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
+            let graph = jobs::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
             if let Some(s) = run(graph, &cfg)? {
                 let lines = merge_interruptibly(&dir.path, out_file)?;
                 print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
@@ -796,7 +798,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
             let mut cfg = runtime_config(&opts)?;
             cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
             let dir = JobDir::get()?;
-            let graph = builtin::shuffle_job(
+            let graph = jobs::shuffle_job(
                 records,
                 payload,
                 kind,
@@ -805,7 +807,7 @@ fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 (source_work_ns, sink_work_ns),
             );
             if let Some(s) = run(graph, &cfg)? {
-                let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
+                let (n, sum, bad) = jobs::shuffle_totals(&dir.path)?;
                 let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
                 // Within bounds (records <= 10^12, fan <= 1024); checked all the same.
                 let want = records.checked_mul(fan).ok_or("--records times --parallelism overflows")?;
@@ -847,11 +849,11 @@ fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: u64, opts: 
     let mut cfg = runtime_config(&opts)?;
     cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
     let dir = JobDir::get()?;
-    let graph = builtin::shuffle_latency_job(records, payload, kind, opts.parallelism, dir.path.clone(), rate);
+    let graph = jobs::shuffle_latency_job(records, payload, kind, opts.parallelism, dir.path.clone(), rate);
     let Some(s) = run(graph, &cfg)? else {
         return Ok(());
     };
-    let (n, sum, bad) = builtin::shuffle_totals(&dir.path)?;
+    let (n, sum, bad) = jobs::shuffle_totals(&dir.path)?;
     let want_sum = (u128::from(records) * u128::from(records.saturating_sub(1)) / 2) as u64;
     if n != records || sum != want_sum || bad != 0 {
         return Err(format!(
@@ -859,7 +861,7 @@ fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: u64, opts: 
         )
         .into());
     }
-    let h = builtin::latency_histogram(&dir.path)?;
+    let h = jobs::latency_histogram(&dir.path)?;
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
     let lat = serde_json::json!({
         "samples": h.len(),
@@ -882,16 +884,16 @@ fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: u64, opts: 
     Ok(())
 }
 
-/// [`builtin::merge_parts`] on a thread of its own, so that a stop signal ends the run at
+/// [`jobs::merge_parts`] on a thread of its own, so that a stop signal ends the run at
 /// once, however large the output: the temp output is removed (the job directory goes when
 /// the caller's [`JobDir`] drops) and the run ends with [`shmflow::Error::Interrupted`].
-fn merge_interruptibly(dir: &std::path::Path, out: Option<builtin::OutputFile>) -> AnyResult<Vec<Vec<u8>>> {
+fn merge_interruptibly(dir: &std::path::Path, out: Option<jobs::OutputFile>) -> AnyResult<Vec<Vec<u8>>> {
     use std::sync::mpsc::RecvTimeoutError;
     let tmp = out.as_ref().and_then(|o| o.temp_path().map(std::path::Path::to_path_buf));
     let dir = dir.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("merge".into()).spawn(move || {
-        let _ = tx.send(builtin::merge_parts(&dir, out));
+        let _ = tx.send(jobs::merge_parts(&dir, out));
     })?;
     // Ends when the merge thread sends its result or ends without one.
     loop {
