@@ -601,7 +601,14 @@ impl ArenaCtx {
                 return Ok(0);
             }
             if now < spin_until && round < 1 << 24 {
-                spin_loop();
+                // Every 8th round gives the core away: on a host with fewer cores than busy
+                // threads (the TaskManager's task threads, the other side's dispatcher), a
+                // pure spin takes the time slice the thread that would mark us needs.
+                if round % 8 == 7 {
+                    std::thread::yield_now();
+                } else {
+                    spin_loop();
+                }
                 continue;
             }
             let token = set.wake().prepare_wait();

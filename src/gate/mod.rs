@@ -9,9 +9,28 @@
 //!  records that span segments: reassembled, or read in place as chunks (next_view)
 //!  UnionInputGate: several gates sharing one notify set
 //! ```
+//!
+//! One file per concern, each with its state documented at its top:
+//!
+//! | file | holds (Flink) |
+//! |---|---|
+//! | `single.rs` | `SingleInputGate`: scheduling (ready queue, batches), events, waiting |
+//! | `channel.rs` | `InputChannel` (`LocalInputChannel`): what a channel reads, its partition request |
+//! | `credit.rs` | floating credit (`BufferManager`'s floating buffers) |
+//! | `align.rs` | aligned / unaligned barrier handling (`CheckpointBarrierHandler`) |
+//! | `debloat.rs` | buffer debloating (`BufferDebloater`) |
+//! | `liveness.rs` | producer liveness: a dead producer becomes `PeerDied` |
+//! | `union.rs` | `UnionInputGate` |
 
+mod align;
+mod channel;
+mod credit;
+mod debloat;
+mod liveness;
 mod single;
 mod union;
 
-pub use single::{DebloatConfig, GateItem, GateView, InputGateConfig, InputSpec, Overtaken, SingleInputGate};
+pub use align::Overtaken;
+pub use debloat::DebloatConfig;
+pub use single::{GateItem, GateView, InputGateConfig, InputSpec, SingleInputGate};
 pub use union::UnionInputGate;

@@ -132,10 +132,30 @@ struct Subpartition {
     /// This subpartition's slot in the flush handoff, when there is one.
     slot: Option<Arc<HandoffSlot>>,
     dirty: bool,
+    /// Records and payload bytes written, up to the last fold (see `pending`).
     records: u64,
     bytes: u64,
+    /// Records the per-record fast path framed into the open builder since the last fold:
+    /// the only counter it touches. Folded into `records`, `bytes` and the partition's
+    /// stats (the bytes from the builder's position) when the segment closes and before
+    /// any other write into it, so counters are published per segment, not per record.
+    pending: u32,
+    /// The open builder's position at the last fold.
+    folded_at: u32,
     /// The consumer died and the segments it held were taken back.
     settled: bool,
+}
+
+impl Subpartition {
+    /// The records and payload bytes the fast path wrote since the last fold: each took
+    /// its payload and a length prefix of the open builder.
+    fn unfolded(&self) -> (u64, u64) {
+        let n = u64::from(self.pending);
+        let Some(b) = &self.builder else { return (0, 0) };
+        debug_assert!(b.position() >= self.folded_at);
+        let framed = u64::from(b.position().saturating_sub(self.folded_at));
+        (n, framed.saturating_sub(LEN_PREFIX as u64 * n))
+    }
 }
 
 /// A producer's result partition.
@@ -253,6 +273,8 @@ impl ResultPartition {
                 slot: None,
                 dirty: false,
                 records: 0,
+                pending: 0,
+                folded_at: 0,
                 bytes: 0,
                 settled: false,
             });
@@ -350,7 +372,27 @@ impl ResultPartition {
     pub fn stats(&self) -> PartitionStats {
         let mut s = self.stats;
         s.parks = self.waiter.parks;
+        // The records of open segments not folded yet.
+        for sub in &self.subs {
+            let (n, bytes) = sub.unfolded();
+            s.records_out += n;
+            s.bytes_out += bytes;
+        }
         s
+    }
+
+    /// Moves subpartition `c`'s fast-path count into its counters and the partition's.
+    fn fold(&mut self, c: usize) {
+        let sub = &mut self.subs[c];
+        let (n, bytes) = sub.unfolded();
+        if n != 0 {
+            sub.records += n;
+            sub.bytes += bytes;
+            self.stats.records_out += n;
+            self.stats.bytes_out += bytes;
+        }
+        sub.pending = 0;
+        sub.folded_at = sub.builder.as_ref().map_or(0, |b| b.position());
     }
 
     /// The pool (usage, outstanding segments).
@@ -576,6 +618,8 @@ impl ResultPartition {
             sub.epoch = next_epoch(sub.epoch);
             h.open(c, sub.epoch, idx);
         }
+        sub.pending = 0;
+        sub.folded_at = b.position();
         sub.builder = Some(b);
         self.stats.segments_out += 1;
         Ok(())
@@ -614,6 +658,7 @@ impl ResultPartition {
     }
 
     fn close_builder(&mut self, c: usize) -> Result<()> {
+        self.fold(c);
         let sub = &mut self.subs[c];
         if let Some(mut b) = sub.builder.take() {
             if let Some(h) = &self.handoff {
@@ -654,10 +699,8 @@ impl ResultPartition {
                         if let Some(slot) = &sub.slot {
                             slot.stage(sub.epoch, b.position());
                         }
-                        sub.records += 1;
-                        sub.bytes += len as u64;
-                        self.stats.records_out += 1;
-                        self.stats.bytes_out += len as u64;
+                        // The one counter per record; folded per segment (`fold`).
+                        sub.pending += 1;
                         if !sub.dirty {
                             sub.dirty = true;
                             self.dirty.push(c);
@@ -691,6 +734,8 @@ impl ResultPartition {
             // read after it.
             self.close_broadcast()?;
         }
+        // This record is counted below, not by the position: fold what came before it.
+        self.fold(c);
         loop {
             if self.subs[c].builder.is_none() {
                 self.open_builder(c)?;
@@ -708,6 +753,8 @@ impl ResultPartition {
         let sub = &mut self.subs[c];
         sub.records += 1;
         sub.bytes += len as u64;
+        sub.pending = 0;
+        sub.folded_at = sub.builder.as_ref().map_or(0, |b| b.position());
         self.stats.records_out += 1;
         self.stats.bytes_out += len as u64;
         if self.subs[c].builder.as_ref().is_some_and(|b| b.is_full()) {

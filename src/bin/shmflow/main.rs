@@ -259,6 +259,10 @@ enum Cmd {
         credit: u32,
         #[arg(long, value_enum)]
         mode: Mode,
+        /// The producer's pid (this process's parent when it started): given on the
+        /// command line, so a producer that dies before we look is not mistaken for init.
+        #[arg(long)]
+        producer: u32,
     },
 }
 
@@ -273,7 +277,7 @@ fn main() -> ExitCode {
         Cmd::Demo { records, payload, mode, segment_size, credit } => {
             demo(records, payload, mode, segment_size, credit)
         }
-        Cmd::DemoConsumer { credit, mode } => demo_consumer(credit, mode),
+        Cmd::DemoConsumer { credit, mode, producer } => demo_consumer(credit, mode, producer),
         // A worker whose coordinator is gone already says so before anything else.
         Cmd::Run { job } => {
             if is_worker() { shmflow::runtime::check_coordinator().map_err(Into::into) } else { Ok(()) }
@@ -358,7 +362,14 @@ fn demo(records: u64, payload: usize, mode: Mode, segment_size: u32, credit: u32
         ArenaConfig { segment_size, segment_count: (credit * 2).max(16), max_channels: 2, ..ArenaConfig::default() };
     let arena = Arc::new(Arena::create_memfd(&cfg, "demo")?);
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["demo-consumer", "--credit", &credit.to_string(), "--mode"]);
+    cmd.args([
+        "demo-consumer",
+        "--producer",
+        &std::process::id().to_string(),
+        "--credit",
+        &credit.to_string(),
+        "--mode",
+    ]);
     cmd.arg(match mode {
         Mode::Spin => "spin",
         Mode::Adaptive => "adaptive",
@@ -448,17 +459,16 @@ fn while_peer_lives<T>(
     }
 }
 
-fn demo_consumer(credit: u32, mode: Mode) -> AnyResult<()> {
+fn demo_consumer(credit: u32, mode: Mode, producer: u32) -> AnyResult<()> {
     let arena = Arc::new(Arena::attach_inherited()?);
     let mut r = StreamReader::new(arena, 0, credit, mode.policy())?;
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let producer = unsafe { libc::getppid() };
-    // SAFETY: as above; a dead parent leaves us to another (init or a subreaper).
-    let producer_alive = || unsafe { libc::getppid() } == producer;
+    // SAFETY: getppid has no preconditions and cannot fail; a dead parent leaves us to
+    // another (init or a subreaper), also when it died before we first looked.
+    let producer_alive = || unsafe { libc::getppid() } as u32 == producer;
     let (mut n, mut sum) = (0u64, 0u64);
     let seq = |p: &[u8]| p.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
     while let Some(v) =
-        while_peer_lives(|| r.next(Some(LIVENESS_INTERVAL), seq), &producer_alive, "producer", producer as u32)?
+        while_peer_lives(|| r.next(Some(LIVENESS_INTERVAL), seq), &producer_alive, "producer", producer)?
     {
         let Some(v) = v else {
             return Err(format!("record {n} is shorter than its 8-byte sequence number").into());
