@@ -1,5 +1,20 @@
-//! Errors. One enum for arena creation and attach (the things a user gets wrong first), one
-//! crate-wide enum for everything that happens on a live arena.
+//! Errors. Each layer says what went wrong in its own terms; the crate-wide [`Error`](enum@Error) is what
+//! the API returns, and every layer's error converts into it (`From`), so `?` carries it up
+//! and a caller matches one enum.
+//!
+//! ```text
+//!  layer          its error           becomes (From)
+//!  memory         ArenaError          Error::Arena(..)        creation and attach
+//!  ring, buffer,  Violation           Error::ProtocolViolation  a value from shared memory
+//!  memory, record                                             breaks the protocol
+//!  ring (push)    PushError::Full     (not converted: the pusher decides what a full ring
+//!                                      means; a channel reports Error::RingFull)
+//!  any            ConfigError         Error::Config(..)       a setting or argument out
+//!                                                             of range, before any sharing
+//! ```
+//!
+//! Errors are built only on the path that returns them (clippy's `or_fun_call` is denied):
+//! a per-record call passes a closure that names the place, called only for an error.
 
 use thiserror::Error;
 
@@ -78,12 +93,97 @@ impl ArenaError {
     }
 }
 
+/// A value read from shared memory that breaks the protocol: a faulty or hostile peer (or
+/// a bug). Never a panic: the value is checked before use and reported with its place.
+#[derive(Debug, Error)]
+#[error("protocol violation in {place}: {detail}")]
+pub struct Violation {
+    /// Which structure (names the channel, ring or segment).
+    pub place: String,
+    /// The offending value and the range it should be in.
+    pub detail: String,
+}
+
+impl From<Violation> for Error {
+    fn from(v: Violation) -> Self {
+        Error::ProtocolViolation { place: v.place, detail: v.detail }
+    }
+}
+
+/// Why a push onto a ring did not happen ([`crate::ring::RingProducer::push`]).
+///
+/// There is deliberately no `From<PushError> for Error`: a full ring is back-pressure, and
+/// only the pusher knows what it means there (wait for room, report [`Error::RingFull`], or
+/// call it a [`Violation`] when credit promised room).
+#[derive(Debug, Error)]
+pub enum PushError {
+    /// No room for the values now; nothing was pushed. Push again once the consumer made
+    /// room.
+    #[error("the ring is full")]
+    Full,
+    /// The consumer's head breaks the ring invariant, or the tail cannot advance.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+}
+
+/// A setting or argument out of its range, refused before anything is shared or started.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// A number outside the range it must be in.
+    #[error("invalid {what}: {value} not in {min}..={max}")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: i64,
+        /// The smallest value allowed.
+        min: i64,
+        /// The largest value allowed.
+        max: i64,
+    },
+    /// Settings that contradict each other.
+    #[error("invalid {what}: {detail}")]
+    Conflict {
+        /// Which settings.
+        what: &'static str,
+        /// How they contradict each other (the values given and the rule).
+        detail: String,
+    },
+    /// A name that is none of the known ones.
+    #[error("invalid {what}: unknown {name:?} (known: {known})")]
+    Unknown {
+        /// What kind of name.
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names allowed.
+        known: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// [`ConfigError::OutOfRange`] unless `value` is in `min..=max`.
+    ///
+    /// # Errors
+    /// As said.
+    pub fn check_range(what: &'static str, value: i64, min: i64, max: i64) -> Result<(), Self> {
+        if (min..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError::OutOfRange { what, value, min, max })
+        }
+    }
+}
+
 /// Errors on a live arena: protocol, flow control and peers.
 #[derive(Debug, Error)]
 pub enum Error {
     /// Arena creation or attach.
     #[error(transparent)]
     Arena(#[from] ArenaError),
+    /// A setting or argument out of its range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A value read from shared memory breaks the protocol (a faulty or hostile peer).
     #[error("protocol violation in {place}: {detail}")]
     ProtocolViolation {
@@ -91,6 +191,15 @@ pub enum Error {
         place: String,
         /// The offending value and the range it should be in.
         detail: String,
+    },
+    /// A ring has no room now (back-pressure, not a fault): retry once the consumer made
+    /// room. The one way a full ring is reported above the ring itself.
+    #[error("the {ring} ring of channel {channel} is full")]
+    RingFull {
+        /// Which ring of the channel ("priority", ...).
+        ring: &'static str,
+        /// Channel id.
+        channel: u32,
     },
     /// The arena-wide pool has no segment left.
     #[error("network buffer pool exhausted")]
@@ -215,3 +324,40 @@ impl From<std::io::Error> for Error {
 
 /// Crate result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_range_accepts_both_ends_and_refuses_one_past_them() {
+        assert_eq!(ConfigError::check_range("credit", 1, 1, 3), Ok(()));
+        assert_eq!(ConfigError::check_range("credit", 3, 1, 3), Ok(()));
+        for v in [0, 4, i64::MIN, i64::MAX] {
+            assert_eq!(
+                ConfigError::check_range("credit", v, 1, 3),
+                Err(ConfigError::OutOfRange { what: "credit", value: v, min: 1, max: 3 })
+            );
+        }
+        assert!(ConfigError::check_range("empty", 0, 1, 0).is_err(), "an empty range takes nothing");
+    }
+
+    #[test]
+    fn layer_errors_keep_their_message_at_the_api_and_can_be_matched_there() {
+        let e: Error = ConfigError::OutOfRange { what: "credit", value: 0, min: 1, max: 3 }.into();
+        assert_eq!(e.to_string(), "invalid credit: 0 not in 1..=3");
+        assert!(matches!(e, Error::Config(ConfigError::OutOfRange { value: 0, .. })));
+        let e: Error =
+            ConfigError::Unknown { what: "selector", name: "hash".into(), known: "forward, rebalance" }.into();
+        assert_eq!(e.to_string(), "invalid selector: unknown \"hash\" (known: forward, rebalance)");
+        let e: Error = ConfigError::Conflict { what: "pool", detail: "min 3 > max 2".into() }.into();
+        assert_eq!(e.to_string(), "invalid pool: min 3 > max 2");
+        let e: Error = Violation { place: "channel 4".into(), detail: "ring tail 9 outside 0..=8".into() }.into();
+        assert_eq!(e.to_string(), "protocol violation in channel 4: ring tail 9 outside 0..=8");
+        assert!(matches!(e, Error::ProtocolViolation { ref place, .. } if place == "channel 4"));
+        let e = Error::RingFull { ring: "priority", channel: 7 };
+        assert_eq!(e.to_string(), "the priority ring of channel 7 is full");
+        let p = PushError::Violation(Violation { place: "r".into(), detail: "d".into() });
+        assert_eq!(p.to_string(), "protocol violation in r: d");
+    }
+}

@@ -199,4 +199,4 @@ pub mod prelude {
     pub use crate::record::{FromRecord, Record};
     pub use crate::ShuffleEnvironment;
 }
-pub use error::{ArenaError, Error, Result};
+pub use error::{ArenaError, ConfigError, Error, PushError, Result, Violation};

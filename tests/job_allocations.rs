@@ -72,7 +72,7 @@ fn run_in_process(job: &JobGraph) -> Result<u64, String> {
             std::thread::spawn(move || {
                 let (tx, rx) = std::sync::mpsc::channel::<TaskEvent>();
                 let mut io = TaskIo::new(env, spec.clone(), settings, cancel.clone(), None, tx);
-                let info = io.info(&job);
+                let info = job.task_info(io.spec());
                 let r = (job.vertices[spec.vertex].body)(&info, &mut io);
                 drop(rx);
                 if r.is_err() {

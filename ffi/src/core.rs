@@ -41,18 +41,18 @@
 //! once, by us or by a reclaimer). A channel block records the producer's pid as its
 //! `claim_pid` and the consumer's as `consumer_pid`, as the reclaimer expects.
 
+use crate::handshake;
 use parking_lot::Mutex;
 use shmflow::memory::liveness::{self, Liveness};
 use shmflow::memory::recovery::free_segment_if;
 use shmflow::memory::{
     process_start_ticks, Arena, ArenaConfig, ChannelBlock, Owner, RingKind, CHANNEL_CLOSED, CHANNEL_CONSUMER_DIED,
-    CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING_BY, CHANNEL_PRODUCER_DIED,
-    CHANNEL_PRODUCER_FAILED, REFCOUNT_MASK,
+    CHANNEL_CONSUMER_GONE, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED, REFCOUNT_MASK,
 };
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
 use shmflow::sync::{spin_loop, EventCount, Ordering};
-use shmflow::ArenaError;
+use shmflow::{ArenaError, PushError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -103,9 +103,12 @@ fn inval(msg: impl Into<String>) -> FfiError {
     FfiError::new(code::EINVAL, msg)
 }
 
-fn from_lib(e: shmflow::Error) -> FfiError {
+fn from_lib(e: impl Into<shmflow::Error>) -> FfiError {
+    let e = e.into();
     let c = match &e {
         shmflow::Error::ProtocolViolation { .. } => code::EPROTO,
+        shmflow::Error::RingFull { .. } => code::EAGAIN,
+        shmflow::Error::Config(_) => code::EINVAL,
         shmflow::Error::OutOfSlots(_) => code::ECONFIG,
         shmflow::Error::Io { .. } => code::EIO,
         _ => code::EIO,
@@ -687,33 +690,25 @@ impl ChannelCtx {
         let usable = wake_member(arena) as usize;
         // Relaxed: the producer's pid for the reclaimer, from a record we just saw alive.
         let producer_pid = arena.workers()[producer as usize].pid.load(Ordering::Relaxed);
+        let me = std::process::id();
         for (i, b) in arena.channels().iter().enumerate().take(usable) {
-            // Acquire on success: after the previous user's (or reclaimer's) last writes.
-            // The block is taken as PROBING by our pid (not CLAIMED): the state itself names
-            // the claimer until OPEN, so a reclaimer never reads the previous owner's
-            // `claim_pid` for a block that is already ours.
-            let probing = CHANNEL_PROBING_BY | std::process::id();
-            let claimed = [CHANNEL_FREE, CHANNEL_CLOSED]
-                .into_iter()
-                .any(|from| b.state.compare_exchange(from, probing, Ordering::Acquire, Ordering::Relaxed).is_ok());
-            if !claimed {
+            // Taken as PROBING by our pid (not CLAIMED) until OPEN: the state itself names
+            // the claimer, so a reclaimer never reads the previous owner's `claim_pid` for
+            // a block that is already ours (see `handshake`).
+            if !handshake::claim(b, me) {
                 continue;
             }
             let id = i as u32;
-            b.reset();
-            // Relaxed (both): published by the Release store of OPEN below. The online
-            // reclaimer (partition::reclaim) reads claim_pid as the producer's pid and
-            // consumer_pid as the reader's.
-            b.claim_pid.store(producer_pid, Ordering::Relaxed);
-            b.consumer_pid.store(std::process::id(), Ordering::Relaxed);
-            // Published by the Release store of OPEN below.
-            b.set_producer_worker(producer);
-            b.set_consumer_worker(ctx.slot);
-            b.route_consumer_wakeups(set_id(ctx.slot, Side::Consumer), id);
-            b.route_producer_wakeups(set_id(producer, Side::Producer), id);
-            // Release: pairs with the Acquire load in `accept`: the producer sees the
-            // routing above and the empty rings.
-            b.state.store(CHANNEL_OPEN, Ordering::Release);
+            let route = handshake::Route {
+                producer_pid,
+                consumer_pid: me,
+                producer_slot: producer,
+                consumer_slot: ctx.slot,
+                consumer_set: set_id(ctx.slot, Side::Consumer),
+                producer_set: set_id(producer, Side::Producer),
+                member: id,
+            };
+            handshake::open(b, &route);
             let ch = Arc::new(ChannelCtx {
                 ctx: ctx.clone(),
                 id,
@@ -741,18 +736,29 @@ impl ChannelCtx {
         let Some(b) = arena.channels().get(id as usize) else {
             return Err(inval(format!("channel {id} is outside 0..{}", arena.config().max_channels)));
         };
-        // Acquire: pairs with the Release store of OPEN in `connect`.
-        if b.state.load(Ordering::Acquire) != CHANNEL_OPEN {
-            return Err(inval(format!("channel {id} is not open")));
+        if ctx.accepted.lock().contains(&id) {
+            return Err(inval(format!("channel {id} is already accepted")));
         }
-        // Ordered by the Acquire above.
-        if b.producer_worker() != Some(ctx.slot) {
-            return Err(inval(format!("channel {id} is not addressed to this TaskManager")));
-        }
-        let consumer = b.consumer_worker().unwrap_or(u32::MAX);
-        if consumer >= arena.config().max_workers {
-            return Err(FfiError::new(code::EPROTO, format!("channel {id} names consumer slot {consumer}")));
-        }
+        let max = arena.config().max_workers;
+        let consumer = match handshake::take(b, ctx.slot, std::process::id(), max) {
+            handshake::Take::Open { consumer_slot } => consumer_slot,
+            handshake::Take::Abandoned => {
+                // Its consumer left before we took it (a task cancelled right after its
+                // partition request): the request it queued is ours to release, and the
+                // block goes back (it would stay CONSUMER_GONE for good otherwise).
+                drain_segments(ctx, id, RingKind::Credit, None);
+                drain_segments(ctx, id, RingKind::Data, None);
+                handshake::free(b);
+                return Err(FfiError::new(
+                    code::EPEER,
+                    format!("channel {id}: its consumer closed it before it was accepted"),
+                ));
+            }
+            handshake::Take::NotOurs => {
+                return Err(inval(format!("channel {id} is not addressed to this TaskManager")));
+            }
+            handshake::Take::NotOpen(_) => return Err(inval(format!("channel {id} is not open"))),
+        };
         if !ctx.accepted.lock().insert(id) {
             return Err(inval(format!("channel {id} is already accepted")));
         }
@@ -862,8 +868,10 @@ impl ChannelCtx {
                 ctl.refcount.store(1, Ordering::Relaxed);
                 ctl.owner.store(Owner::InFlight { channel: self.id, fanout: 1 }.pack(), Ordering::Relaxed);
             }
-            if out.push_all(&ring, &slots, &place).map_err(from_lib)? {
-                break;
+            match out.push_all(&ring, &slots, &place) {
+                Ok(()) => break,
+                Err(PushError::Full) => {}
+                Err(PushError::Violation(v)) => return Err(from_lib(v)),
             }
             if msg.segment >= 0 {
                 let ctl = &arena.controls()[msg.segment as usize];
@@ -1013,58 +1021,40 @@ impl ChannelCtx {
             return;
         }
         *closed = true;
-        let arena = &self.ctx.arena;
         // Segments we received and the caller never released (a cancelled task).
         for s in std::mem::take(&mut *self.held.lock()) {
             let _ = release_segment(&self.ctx, self.id, s as i32, true);
         }
         let b = self.block();
-        let (mine, theirs) = match self.side {
-            Side::Consumer => (CHANNEL_CONSUMER_GONE, CHANNEL_PRODUCER_FAILED),
-            Side::Producer => (CHANNEL_PRODUCER_FAILED, CHANNEL_CONSUMER_GONE),
-        };
         if self.side == Side::Producer {
             self.ctx.accepted.lock().remove(&self.id);
         }
-        // AcqRel: Release publishes our last ring writes to the other end's Acquire load;
-        // Acquire (on failure too) orders the other end's last writes before our drain.
-        match b.state.compare_exchange(CHANNEL_OPEN, mine, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
+        let end = match self.side {
+            Side::Consumer => handshake::End::Consumer,
+            Side::Producer => handshake::End::Producer,
+        };
+        match handshake::close(b, end) {
+            handshake::Closed::First => {
                 let _ = self.notify_peer();
             }
-            Err(s) if s == theirs => {
+            handshake::Closed::Last => {
                 // The other end is done: segments still queued either way are ours to free.
                 let mut inn = self.inn.lock();
-                let place = || format!("channel {}", self.id);
-                for (kind, consumer) in [(self.in_kind(), Some(&mut *inn)), (self.out_kind(), None)] {
-                    let ring = ring_of(arena, self.id, kind);
-                    let mut fresh;
-                    let c = match consumer {
-                        Some(c) => c,
-                        None => {
-                            fresh = RingConsumer::attach(&ring);
-                            &mut fresh
-                        }
-                    };
-                    for _ in 0..ring.capacity() / SLOTS {
-                        if c.available(&ring, &place).unwrap_or(0) < SLOTS {
-                            break;
-                        }
-                        let mut s = [0u64; 4];
-                        for v in &mut s {
-                            *v = c.pop(&ring, &place).ok().flatten().unwrap_or(0);
-                        }
-                        if let Ok(m) = Msg::decode(s, arena.segment_size(), arena.segment_count()) {
-                            if m.segment >= 0 {
-                                let _ = release_segment(&self.ctx, self.id, m.segment, true);
-                            }
-                        }
-                    }
-                }
-                // Release: pairs with the Acquire CAS in `connect` of the next user.
-                b.state.store(CHANNEL_FREE, Ordering::Release);
+                drain_segments(&self.ctx, self.id, self.in_kind(), Some(&mut inn));
+                drain_segments(&self.ctx, self.id, self.out_kind(), None);
+                handshake::free(b);
             }
-            Err(CHANNEL_CONSUMER_DIED) if self.side == Side::Producer => {
+            handshake::Closed::Other(st) => self.close_dead_peer(st),
+        }
+    }
+
+    /// The rest of `close` when the block was not open: the reclaimer marked it because
+    /// the other end's process died.
+    fn close_dead_peer(&self, st: u32) {
+        let arena = &self.ctx.arena;
+        let b = self.block();
+        match st {
+            CHANNEL_CONSUMER_DIED if self.side == Side::Producer => {
                 // The reclaimer failed the channel of our dead consumer and freed what it
                 // held; what we published there is ours to take back: the dead reader
                 // cannot release it.
@@ -1087,26 +1077,11 @@ impl ChannelCtx {
                     Ordering::Relaxed,
                 );
             }
-            Err(CHANNEL_PRODUCER_DIED) if self.side == Side::Consumer => {
+            CHANNEL_PRODUCER_DIED if self.side == Side::Consumer => {
                 // Our dead producer's segments still queued to us were orphaned by the
                 // reclaimer: releasing them (the last reader) frees them.
                 let mut inn = self.inn.lock();
-                let ring = ring_of(arena, self.id, self.in_kind());
-                let place = || format!("channel {}", self.id);
-                for _ in 0..ring.capacity() / SLOTS {
-                    if inn.available(&ring, &place).unwrap_or(0) < SLOTS {
-                        break;
-                    }
-                    let mut s = [0u64; 4];
-                    for v in &mut s {
-                        *v = inn.pop(&ring, &place).ok().flatten().unwrap_or(0);
-                    }
-                    if let Ok(m) = Msg::decode(s, arena.segment_size(), arena.segment_count()) {
-                        if m.segment >= 0 {
-                            let _ = release_segment(&self.ctx, self.id, m.segment, true);
-                        }
-                    }
-                }
+                drain_segments(&self.ctx, self.id, self.in_kind(), Some(&mut inn));
                 // AcqRel: hands the block to the reclaimer's settling pass (its Acquire CAS).
                 let _ = b.state.compare_exchange(
                     CHANNEL_PRODUCER_DIED,
@@ -1116,7 +1091,38 @@ impl ChannelCtx {
                 );
                 let _ = reclaim_dead_peers(arena);
             }
-            Err(_) => {}
+            _ => {}
+        }
+    }
+}
+
+/// Takes every message still queued in ring `kind` of channel `id` (through `consumer`, the
+/// end's own ring consumer, or a fresh one) and releases the segments they carry. Bounded
+/// by the ring's capacity.
+fn drain_segments(ctx: &ArenaCtx, id: u32, kind: RingKind, consumer: Option<&mut RingConsumer>) {
+    let arena = &ctx.arena;
+    let ring = ring_of(arena, id, kind);
+    let place = || format!("channel {id}");
+    let mut fresh;
+    let c = match consumer {
+        Some(c) => c,
+        None => {
+            fresh = RingConsumer::attach(&ring);
+            &mut fresh
+        }
+    };
+    for _ in 0..ring.capacity() / SLOTS {
+        if c.available(&ring, &place).unwrap_or(0) < SLOTS {
+            break;
+        }
+        let mut s = [0u64; 4];
+        for v in &mut s {
+            *v = c.pop(&ring, &place).ok().flatten().unwrap_or(0);
+        }
+        if let Ok(m) = Msg::decode(s, arena.segment_size(), arena.segment_count()) {
+            if m.segment >= 0 {
+                let _ = release_segment(ctx, id, m.segment, true);
+            }
         }
     }
 }

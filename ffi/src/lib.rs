@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod handshake;
 mod jni_api;
 
 pub use crate::core::{code, ArenaCtx, ChannelCtx, FfiError, Msg, OpenOptions, Side, KIND_CREDIT};

@@ -318,6 +318,45 @@ fn segments_queued_when_both_ends_close_go_back_to_the_free_stack() {
 }
 
 #[test]
+fn a_channel_its_consumer_closed_before_the_accept_comes_back_with_its_request() {
+    let s = Scratch::new("abandon");
+    let a = s.open("tm-producer").expect("open a");
+    let b = s.open("tm-consumer").expect("open b");
+    let tm = CString::new("tm-producer").unwrap();
+    let mut info = ArenaInfo::default();
+    // SAFETY: valid pointers throughout.
+    unsafe {
+        assert_eq!(shmflow_arena_info(a, &mut info), 0);
+        let total = info.free_segments;
+        let mut slot = -1;
+        assert_eq!(shmflow_peer_lookup(b, tm.as_ptr(), &mut slot), 0, "{}", err_text());
+        let (mut cons, mut id) = (0u64, -1);
+        assert_eq!(shmflow_channel_connect(b, slot, &mut cons, &mut id), 0, "{}", err_text());
+        // A partition request with a payload, then the task is cancelled at once.
+        let mut seg = -1;
+        assert_eq!(shmflow_segment_acquire(cons, 100, &mut seg), 0, "{}", err_text());
+        assert_eq!(shmflow_send(cons, &Msg { kind: 2, segment: seg, size: 16, ..Msg::default() }, 100), 0);
+        assert_eq!(shmflow_channel_close(cons), 0);
+        // The producer's dispatcher gets to the channel only now: it is refused, its
+        // request's segment goes back, and the block is free for the next connect.
+        let mut prod = 0u64;
+        assert_eq!(shmflow_channel_accept(a, id, &mut prod), code::EPEER, "{}", err_text());
+        assert!(err_text().contains("before it was accepted"), "{}", err_text());
+        assert_inval(shmflow_channel_accept(a, id, &mut prod), "not open");
+        assert_eq!(shmflow_arena_info(a, &mut info), 0);
+        assert_eq!(info.free_segments, total, "the request's segment is back");
+        let (mut again, mut id2) = (0u64, -1);
+        assert_eq!(shmflow_channel_connect(b, slot, &mut again, &mut id2), 0, "{}", err_text());
+        assert_eq!(id2, id, "the first block is free again (not left CONSUMER_GONE)");
+        assert_eq!(shmflow_channel_accept(a, id2, &mut prod), 0, "{}", err_text());
+        assert_eq!(shmflow_channel_close(again), 0);
+        assert_eq!(shmflow_channel_close(prod), 0);
+    }
+    assert_eq!(shmflow_arena_close(b), 0);
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
+#[test]
 fn a_waiting_dispatcher_times_out_empty_and_wakes_on_request() {
     let s = Scratch::new("wait");
     let a = s.open("tm-w").expect("open");

@@ -2,7 +2,9 @@
 //! under `tests/`: the segment free list (ABA), BufferBuilder/BufferConsumer (single and
 //! broadcast), the SPSC ring, the event-count wake-up, the local-pool recycle path with a
 //! parked writer, notify sets (gate wake-ups, batched flush marks), channel-block claims,
-//! the slot-framed record stream, and the output flusher's handoff (`flush_handoff`). They check the shipping code: under
+//! the slot-framed record stream, the output flusher's handoff (`flush_handoff`), and the
+//! Flink transport's channel claim/close handshake (`ffi_channel_handshake`, which compiles
+//! `ffi/src/handshake.rs` by path). They check the shipping code: under
 //! `--cfg loom` shmflow's `sync` module hands out loom's atomics and cells, and
 //! `Arena::heap` builds the arena's structures with them.
 //!

@@ -181,7 +181,7 @@ impl BufferBuilder {
         #[cfg(loom)]
         // SAFETY: as above, through the arena so loom's witness cells see the write.
         let dst = unsafe { self.arena.segment_bytes_mut(self.index, self.pos, total as u32) };
-        frame::encode(dst, record, len);
+        frame::encode(dst, len, |out| record.serialize_into(out));
         self.pos += total as u32;
         true
     }

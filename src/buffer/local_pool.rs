@@ -10,7 +10,7 @@
 //! source's wake-up until a reader recycles something.
 
 use super::network_pool::NetworkBufferPool;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::memory::{Arena, MemorySegment, Owner, FINISHED};
 use crate::sync::{EventCount, Ordering, WaitOutcome, Waiter};
 use std::sync::Arc;
@@ -96,12 +96,14 @@ impl LocalBufferPool {
     ///
     /// # Errors
     /// [`Error::PoolExhausted`] if the network pool cannot supply `min` segments (they are
-    /// returned), or a config error.
+    /// returned); [`ConfigError::Conflict`] for bounds that contradict each other.
     pub fn new(arena: Arc<Arena>, id: u32, worker: u32, config: LocalPoolConfig) -> Result<Self> {
         if config.min > config.max || config.max == 0 || config.max_per_channel == 0 {
-            return Err(Error::Arena(crate::error::ArenaError::Config(format!(
-                "local pool needs 0 < min <= max and max_per_channel > 0, got {config:?}"
-            ))));
+            return Err(ConfigError::Conflict {
+                what: "local pool config",
+                detail: format!("needs 0 < min <= max and max_per_channel > 0, got {config:?}"),
+            }
+            .into());
         }
         let words = (arena.segment_count() as usize).div_ceil(64);
         let mut pool = Self {

@@ -15,6 +15,7 @@
 //! | file | holds (Flink) |
 //! |---|---|
 //! | `single.rs` | `SingleInputGate`: scheduling (ready queue, batches), events, waiting |
+//! | `config.rs` | `InputSpec`, `InputGateConfig` (what the gate factory is given) |
 //! | `channel.rs` | `InputChannel` (`LocalInputChannel`): what a channel reads, its partition request |
 //! | `credit.rs` | floating credit (`BufferManager`'s floating buffers) |
 //! | `align.rs` | aligned / unaligned barrier handling (`CheckpointBarrierHandler`) |
@@ -24,6 +25,7 @@
 
 mod align;
 mod channel;
+mod config;
 mod credit;
 mod debloat;
 mod liveness;
@@ -31,6 +33,7 @@ mod single;
 mod union;
 
 pub use align::Overtaken;
+pub use config::{InputGateConfig, InputSpec};
 pub use debloat::DebloatConfig;
-pub use single::{GateItem, GateView, InputGateConfig, InputSpec, SingleInputGate};
+pub use single::{GateItem, GateView, SingleInputGate};
 pub use union::UnionInputGate;

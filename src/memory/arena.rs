@@ -12,6 +12,14 @@
 //! another process (which would turn reads into SIGBUS). A named arena lives under
 //! `/dev/shm`, is created with `O_EXCL` and mode 0600, and refuses to attach across users.
 //! A heap arena (no sharing) serves unit tests and loom.
+//!
+//! A memfd arena can sit on 2 MiB huge pages ([`HugePages`], [`Arena::create_memfd_with`],
+//! or `SHMFLOW_HUGE_PAGES` for [`Arena::create_memfd`]): `MFD_HUGETLB | MFD_HUGE_2MB`, when
+//! the host has enough of them reserved (`HugePages_Free` less `HugePages_Rsvd` in
+//! `/proc/meminfo`; root reserves them with `echo N > /proc/sys/vm/nr_hugepages`). The file
+//! is then a whole number of huge pages; attachers map whole pages of whatever the file is
+//! made of (its `st_blksize`), so they need not be told. [`Arena::page_size`] says what
+//! backs an arena and [`Arena::huge_page_note`] why huge pages were asked for and not used.
 
 use super::blocks::{ChannelBlock, GateBlock, Owner, PartitionEntry, SegmentControl, TaskMetrics, WorkerRecord};
 use super::header::{ArenaHeader, StaticHeader, LAYOUT_VERSION, MAGIC, STATE_READY};
@@ -38,6 +46,93 @@ pub enum RingKind {
     Priority = 2,
 }
 
+/// The environment variable [`Arena::create_memfd`] reads for its [`HugePages`] choice:
+/// `off` (or unset, `0`, empty), `if-reserved` (or `1`, `auto`), `required`.
+pub const HUGE_PAGES_ENV: &str = "SHMFLOW_HUGE_PAGES";
+
+/// The size of the huge pages a memfd arena asks for.
+pub const HUGE_PAGE: u64 = 2 * 1024 * 1024;
+
+/// Whether a memfd arena is put on 2 MiB huge pages.
+///
+/// Huge pages cut the TLB misses of walking a large arena (a 1 MiB record in 32 KiB segments
+/// touches 256 4 KiB pages, 1 huge page); they must be reserved by the host beforehand
+/// (`/proc/sys/vm/nr_hugepages`), so they are off unless asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HugePages {
+    /// 4 KiB pages (the default).
+    #[default]
+    Off,
+    /// 2 MiB pages when the host has enough reserved and free, else 4 KiB pages with a note
+    /// ([`Arena::huge_page_note`]) that says why.
+    IfReserved,
+    /// 2 MiB pages, or an error that says why not.
+    Required,
+}
+
+impl HugePages {
+    /// Parses a [`HUGE_PAGES_ENV`] value; `None` for an unknown one.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "0" | "off" | "no" => Some(HugePages::Off),
+            "1" | "auto" | "if-reserved" | "yes" => Some(HugePages::IfReserved),
+            "required" | "require" => Some(HugePages::Required),
+            _ => None,
+        }
+    }
+
+    /// The choice [`HUGE_PAGES_ENV`] makes ([`HugePages::Off`] when it is unset).
+    ///
+    /// # Errors
+    /// [`ArenaError::Config`] for a value [`HugePages::parse`] does not know.
+    pub fn from_env() -> Result<Self, ArenaError> {
+        match std::env::var(HUGE_PAGES_ENV) {
+            Err(_) => Ok(HugePages::Off),
+            Ok(v) => Self::parse(&v).ok_or_else(|| {
+                ArenaError::Config(format!("{HUGE_PAGES_ENV}={v:?}: expected off, if-reserved or required"))
+            }),
+        }
+    }
+}
+
+/// The 2 MiB huge pages the host can still hand out (free and not reserved by a mapping),
+/// from `/proc/meminfo`; an error text when it cannot tell or the default huge page size is
+/// not 2 MiB.
+fn free_huge_pages(meminfo: &str) -> Result<u64, String> {
+    let field = |name: &str| -> Option<u64> {
+        meminfo.lines().find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
+    };
+    let size_kib = field("Hugepagesize:").ok_or("/proc/meminfo has no Hugepagesize (no hugetlb support)")?;
+    if size_kib * 1024 != HUGE_PAGE {
+        return Err(format!("the host's huge pages are {size_kib} kB, not 2048 kB"));
+    }
+    let free = field("HugePages_Free:").ok_or("/proc/meminfo has no HugePages_Free")?;
+    let rsvd = field("HugePages_Rsvd:").unwrap_or(0);
+    Ok(free.saturating_sub(rsvd))
+}
+
+/// The page size of an open arena file: its `st_blksize` (2 MiB on hugetlbfs, 4 KiB on
+/// tmpfs), or [`PAGE`] when that is not a plausible page size.
+fn page_size_of(file: &File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    match file.metadata().map(|m| m.blksize()) {
+        Ok(b) if b.is_power_of_two() && (PAGE..=(1 << 30)).contains(&b) => b,
+        _ => PAGE,
+    }
+}
+
+/// How many bytes to map of an arena of `total` bytes in a file of `file_len` bytes with
+/// pages of `page`: whole pages where the file has them (hugetlbfs maps and unmaps only
+/// whole huge pages).
+fn map_len(total: u64, file_len: u64, page: u64) -> u64 {
+    let whole = total.div_ceil(page) * page;
+    if whole <= file_len {
+        whole
+    } else {
+        total
+    }
+}
+
 enum Backing {
     Map { _map: memmap2::MmapRaw, fd: OwnedFd },
     Heap { layout: std::alloc::Layout },
@@ -58,6 +153,10 @@ pub struct Arena {
     /// Set for a named arena this handle created: unlinked on drop unless kept.
     unlink: Option<PathBuf>,
     name: Option<String>,
+    /// The page size of the mapping (4 KiB, or 2 MiB on huge pages).
+    page_size: u64,
+    /// Why huge pages were asked for and not used.
+    huge_page_note: Option<String>,
     /// Under loom, one access-tracked cell per payload byte, so loom sees the payload
     /// writes and reads that the position marker must order.
     #[cfg(loom)]
@@ -95,33 +194,12 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The header of an arena this process creates (see [`StaticHeader::new`]).
 fn build_header(layout: &ArenaLayout) -> StaticHeader {
-    let c = layout.config;
     let pid = std::process::id();
-    let mut h = StaticHeader {
-        magic: MAGIC,
-        version: LAYOUT_VERSION,
-        header_size: std::mem::size_of::<ArenaHeader>() as u32,
-        total_size: layout.total_size,
-        segment_size: c.segment_size,
-        segment_count: c.segment_count,
-        ring_capacity: c.ring_capacity,
-        max_channels: c.max_channels,
-        max_partitions: c.max_partitions,
-        max_gates: c.max_gates,
-        max_channels_per_gate: c.max_channels_per_gate,
-        max_workers: c.max_workers,
-        max_tasks: c.max_tasks,
-        creator_pid: pid,
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        creator_uid: unsafe { libc::geteuid() },
-        reserved: 0,
-        creator_start_ticks: process_start_ticks(pid).unwrap_or(0),
-        regions: layout.regions,
-        checksum: 0,
-    };
-    h.checksum = h.compute_checksum();
-    h
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    StaticHeader::new(layout, pid, uid, process_start_ticks(pid).unwrap_or(0))
 }
 
 /// Validates a header copied out of a file of `file_len` bytes; returns its layout.
@@ -184,23 +262,76 @@ impl Arena {
     /// Creates an arena in a memfd, sealed against resizing. Hand it to other processes
     /// with [`Arena::fd`] (fd inheritance, see [`Arena::inherit_fd_into`]) or SCM_RIGHTS.
     ///
+    /// Its pages are what [`HUGE_PAGES_ENV`] asks for (4 KiB when it is unset); when it asks
+    /// for huge pages and they are not used, the reason goes to stderr once per arena and to
+    /// [`Arena::huge_page_note`]. [`Arena::create_memfd_with`] chooses in code instead.
+    ///
     /// # Errors
-    /// [`ArenaError::Config`] for a bad config, [`ArenaError::Io`] if the kernel refuses.
+    /// [`ArenaError::Config`] for a bad config or a bad [`HUGE_PAGES_ENV`] value,
+    /// [`ArenaError::Io`] if the kernel refuses.
     pub fn create_memfd(config: &ArenaConfig, name: &str) -> Result<Self, ArenaError> {
+        let huge = HugePages::from_env()?;
+        let arena = Self::create_memfd_with(config, name, huge)?;
+        if let Some(note) = arena.huge_page_note() {
+            eprintln!("shmflow: arena {name:?}: {HUGE_PAGES_ENV}: {note}");
+        }
+        Ok(arena)
+    }
+
+    /// As [`Arena::create_memfd`], on the pages `huge` asks for.
+    ///
+    /// # Errors
+    /// As [`Arena::create_memfd`]; with [`HugePages::Required`], [`ArenaError::Io`] when the
+    /// host has too few 2 MiB pages reserved (the message says how many it has and needs).
+    pub fn create_memfd_with(config: &ArenaConfig, name: &str, huge: HugePages) -> Result<Self, ArenaError> {
         let layout = config.layout()?;
         let cname = std::ffi::CString::new(format!("shmflow:{name}"))
             .map_err(|_| ArenaError::Config("arena name contains a NUL byte".into()))?;
+        let mut note = None;
+        if huge != HugePages::Off {
+            match Self::create_memfd_on(&cname, layout, name, HUGE_PAGE) {
+                Ok(arena) => return Ok(arena),
+                Err(e) if huge == HugePages::Required => return Err(e),
+                Err(e) => note = Some(format!("on 4 KiB pages, not 2 MiB huge pages: {e}")),
+            }
+        }
+        let mut arena = Self::create_memfd_on(&cname, layout, name, PAGE)?;
+        arena.huge_page_note = note;
+        Ok(arena)
+    }
+
+    /// Creates, sizes, maps, initializes and seals a memfd of `page`-sized pages (4 KiB, or
+    /// 2 MiB from the hugetlb pool).
+    fn create_memfd_on(cname: &std::ffi::CStr, layout: ArenaLayout, name: &str, page: u64) -> Result<Self, ArenaError> {
+        let huge = page == HUGE_PAGE;
+        let file_len = layout.total_size.div_ceil(page) * page;
+        if huge {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+            let unavailable = |why: String| ArenaError::io("2 MiB huge pages", std::io::Error::other(why));
+            let free = free_huge_pages(&meminfo).map_err(unavailable)?;
+            let need = file_len / HUGE_PAGE;
+            if free < need {
+                return Err(unavailable(format!(
+                    "the arena needs {need} and the host has {free} free (HugePages_Free less HugePages_Rsvd in \
+                     /proc/meminfo); root can reserve them with `echo N > /proc/sys/vm/nr_hugepages`"
+                )));
+            }
+        }
+        let flags =
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | if huge { libc::MFD_HUGETLB | libc::MFD_HUGE_2MB } else { 0 };
         // SAFETY: `cname` is a valid NUL-terminated string; the flags are valid.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
         if raw < 0 {
             return Err(ArenaError::io("memfd_create", std::io::Error::last_os_error()));
         }
         // SAFETY: `raw` is a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let file = File::from(fd);
-        file.set_len(layout.total_size).map_err(|e| ArenaError::io("resizing the memfd", e))?;
+        file.set_len(file_len).map_err(|e| ArenaError::io("resizing the memfd", e))?;
         let fd = OwnedFd::from(file);
-        let arena = Self::map(fd, layout, build_header(&layout), None, Some(name.to_string()))?;
+        // Mapping a hugetlb file reserves its pages; it fails (ENOMEM) when another process
+        // took them since we looked, so the caller can still fall back.
+        let arena = Self::map(fd, layout, build_header(&layout), None, Some(name.to_string()), page, file_len)?;
         arena.initialize();
         // SAFETY: fcntl on our own fd with valid arguments.
         let rc = unsafe {
@@ -239,7 +370,7 @@ impl Arena {
         File::from(fd.try_clone().map_err(|e| cleanup(ArenaError::io("dup", e)))?)
             .set_len(layout.total_size)
             .map_err(|e| cleanup(ArenaError::io("resizing the arena file", e)))?;
-        let arena = Self::map(fd, layout, build_header(&layout), Some(path.clone()), Some(name.to_string()))
+        let arena = Self::map(fd, layout, build_header(&layout), Some(path.clone()), Some(name.to_string()), PAGE, 0)
             .map_err(cleanup)?;
         arena.initialize();
         Ok(arena)
@@ -264,6 +395,8 @@ impl Arena {
             backing: Backing::Heap { layout: alloc },
             unlink: None,
             name: None,
+            page_size: PAGE,
+            huge_page_note: None,
             #[cfg(loom)]
             witness: (0..u64::from(config.segment_count) * u64::from(config.segment_size))
                 .map(|_| crate::sync::UnsafeCell::new(()))
@@ -286,7 +419,8 @@ impl Arena {
         let len = file.metadata().map_err(|e| ArenaError::io("fstat on the arena", e))?.len();
         let header = Self::read_header(&file, len)?;
         let layout = validate_header(&header, len)?;
-        let arena = Self::map(OwnedFd::from(file), layout, header, None, None)?;
+        let page = page_size_of(&file);
+        let arena = Self::map(OwnedFd::from(file), layout, header, None, None, page, len)?;
         arena.check_ready()?;
         Ok(arena)
     }
@@ -331,7 +465,8 @@ impl Arena {
         let len = meta.len();
         let header = Self::read_header(&file, len)?;
         let layout = validate_header(&header, len)?;
-        let arena = Self::map(OwnedFd::from(file), layout, header, None, Some(name.into()))?;
+        let page = page_size_of(&file);
+        let arena = Self::map(OwnedFd::from(file), layout, header, None, Some(name.into()), page, len)?;
         arena.check_ready()?;
         Ok(arena)
     }
@@ -363,8 +498,9 @@ impl Arena {
         let len = file.metadata().map_err(|e| ArenaError::io("fstat on the arena", e))?.len();
         let header = Self::read_header(&file, len)?;
         let layout = validate_header(&header, len)?;
+        let page = page_size_of(&file);
         let map = memmap2::MmapOptions::new()
-            .len(layout.total_size as usize)
+            .len(map_len(layout.total_size, len, page) as usize)
             .map_raw_read_only(&file)
             .map_err(|e| ArenaError::io("mapping the arena read-only", e))?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| ArenaError::Config("mmap returned null".into()))?;
@@ -375,6 +511,8 @@ impl Arena {
             backing: Backing::Map { _map: map, fd: OwnedFd::from(file) },
             unlink: None,
             name: Some(path.display().to_string()),
+            page_size: page,
+            huge_page_note: None,
             #[cfg(loom)]
             witness: Box::new([]),
             #[cfg(loom)]
@@ -459,15 +597,19 @@ impl Arena {
         Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<StaticHeader>()) })
     }
 
+    /// Maps `layout` from `fd`, a file of `file_len` bytes (0: exactly the layout) of
+    /// `page`-sized pages.
     fn map(
         fd: OwnedFd,
         layout: ArenaLayout,
         header: StaticHeader,
         unlink: Option<PathBuf>,
         name: Option<String>,
+        page: u64,
+        file_len: u64,
     ) -> Result<Self, ArenaError> {
         let map = memmap2::MmapOptions::new()
-            .len(layout.total_size as usize)
+            .len(map_len(layout.total_size, file_len, page) as usize)
             .map_raw(&fd)
             .map_err(|e| ArenaError::io("mapping the arena", e))?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| ArenaError::Config("mmap returned null".into()))?;
@@ -478,6 +620,8 @@ impl Arena {
             backing: Backing::Map { _map: map, fd },
             unlink,
             name,
+            page_size: page,
+            huge_page_note: None,
             #[cfg(loom)]
             witness: Box::new([]),
             #[cfg(loom)]
@@ -596,6 +740,18 @@ impl Arena {
     /// The name (named arenas) or the memfd label.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    /// The size of the pages the arena's memory is made of: [`HUGE_PAGE`] on huge pages,
+    /// else 4 KiB.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// Why this arena is on 4 KiB pages though huge pages were asked for
+    /// ([`HugePages::IfReserved`]); `None` when they were not asked for or are used.
+    pub fn huge_page_note(&self) -> Option<&str> {
+        self.huge_page_note.as_deref()
     }
 
     /// Keeps a named arena's file after this handle drops.
@@ -850,5 +1006,38 @@ impl Mode0600 for std::fs::OpenOptions {
     fn mode_0600(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
         self.mode(0o600)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_page_choices_parse_and_unknown_ones_are_refused() {
+        assert_eq!(HugePages::parse(""), Some(HugePages::Off));
+        assert_eq!(HugePages::parse("off"), Some(HugePages::Off));
+        assert_eq!(HugePages::parse("1"), Some(HugePages::IfReserved));
+        assert_eq!(HugePages::parse(" If-Reserved "), Some(HugePages::IfReserved));
+        assert_eq!(HugePages::parse("required"), Some(HugePages::Required));
+        assert_eq!(HugePages::parse("2MB"), None);
+    }
+
+    #[test]
+    fn free_huge_pages_are_free_less_reserved_and_only_of_2_mib() {
+        let info = "MemTotal: 1 kB\nHugePages_Total:      64\nHugePages_Free:       60\nHugePages_Rsvd:        8\nHugePages_Surp: 0\nHugepagesize:       2048 kB\n";
+        assert_eq!(free_huge_pages(info), Ok(52));
+        let gig = info.replace("2048 kB", "1048576 kB");
+        assert!(free_huge_pages(&gig).unwrap_err().contains("1048576 kB"));
+        assert!(free_huge_pages("MemTotal: 1 kB\n").is_err());
+    }
+
+    #[test]
+    fn whole_pages_are_mapped_where_the_file_has_them() {
+        let mib = 1024 * 1024;
+        assert_eq!(map_len(3 * mib, 4 * mib, HUGE_PAGE), 4 * mib);
+        // A file shorter than the whole pages (a 4 KiB arena file) maps the layout only.
+        assert_eq!(map_len(3 * mib, 3 * mib, HUGE_PAGE), 3 * mib);
+        assert_eq!(map_len(3 * mib, 3 * mib, PAGE), 3 * mib);
     }
 }

@@ -370,6 +370,59 @@ impl ChannelBlock {
 /// Fields are grouped by writer: what the producer writes and what the consumer writes sit
 /// on different cache lines (separated by `_producer_end`), so a segment hand-over does not
 /// bounce one line between the two cores.
+///
+/// # Memory layout
+///
+/// Offsets in bytes on x86_64 and aarch64, where [`CachePadded`] aligns to 128 bytes (a
+/// pair of 64-byte lines, the unit the adjacent-line prefetcher pulls in). "P" is the
+/// producer's process, "C" the consumer's, "R" a reclaimer (any live process, after the
+/// other one died).
+///
+/// ```text
+///  offset  line  field                  writer  meaning
+///     0     0    data.head        u64   C       descriptors consumed        (one 128 B pair each)
+///   128     2    data.tail        u64   P       descriptors published
+///   256     4    credit.head      u64   P       credit entries consumed
+///   384     6    credit.tail      u64   C       credit entries published
+///   512     8    priority.head    u64   C       priority descriptors consumed
+///   640    10    priority.tail    u64   P       priority descriptors published
+///   768    12    consumer_wake    u32   C+P     C parks (WAITING bit), P notifies (epoch)
+///   896    14    producer_wake    u32   P+C     P parks, C notifies
+///  --- producer words: lines 16-17 ---------------------------------------------------
+///  1024    16    state            u32   P (C, R: state changes; CAS)
+///  1028          partition        u32   P       directory slot of the partition
+///  1032          subpartition     u32   P
+///  1036          producer_worker  u32   P       worker slot + 1
+///  1040          backlog          u32   P       segments in flight
+///  1044          credit_wanted    u32   P       0 or 1
+///  1048          producer_set     u32   P       notify set id + 1 (0: producer_wake)
+///  1052          producer_set_index u32 P
+///  1056          claim_pid        u32   P       written while PROBING
+///  1060          peer_pid         u32   R       the dead peer, for PeerDied
+///  1064          records_out      u64   P       counters
+///  1072          bytes_out        u64   P
+///  1080          buffers_out      u64   P
+///  1088..1152    (padding: _producer_end aligns the next field to 128)
+///  --- consumer words: lines 18-19 ---------------------------------------------------
+///  1152    18    gate             u32   C       gate notify set id + 1 (0: consumer_wake)
+///  1156          gate_index       u32   C
+///  1160          consumer_worker  u32   C       worker slot + 1
+///  1164          consumer_pid     u32   C
+///  1168          credit_granted   u32   C       cumulative grants
+///  1176          records_in       u64   C       counters
+///  1184          bytes_in         u64   C
+///  1192          buffers_in       u64   C
+///  1200          debloat_bytes    u32   C       wanted bytes per segment (0: whole)
+///  1204..1280    (padding: _consumer_end rounds the size to 128)
+///  size 1280, align 128
+/// ```
+///
+/// Every ring position and wake-up word has a 128-byte pair of lines to itself; the
+/// producer's words and the consumer's words each share one pair, written by one process
+/// (`state` is the exception: the consumer and a reclaimer change it rarely, by CAS or a
+/// Release store). The layout is checked at compile time below the type definitions
+/// (offsets where padding is 128 bytes, the grouping on every target), outside loom, where
+/// atomics are bigger.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct ChannelBlock {
@@ -542,3 +595,110 @@ const _: () = {
     assert!(size_of::<WorkerRecord>() == 24);
     assert!(size_of::<TaskMetrics>() == 80);
 };
+
+/// [`ChannelBlock`]'s layout: each writer's words together, away from the other's.
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    type B = ChannelBlock;
+    // The padding unit (128 bytes on x86_64 and aarch64, other sizes elsewhere).
+    const PAD: usize = align_of::<CachePadded<u64>>();
+    // Any target: the rings and wake-ups come first, each on its own padded unit; the
+    // producer's words start a unit, the consumer's start a later one.
+    assert!(align_of::<B>() == PAD);
+    assert!(offset_of!(B, consumer_wake) == 6 * PAD);
+    assert!(offset_of!(B, producer_wake) == 7 * PAD);
+    assert!(offset_of!(B, state) == 8 * PAD);
+    assert!(offset_of!(B, gate) % PAD == 0);
+    assert!(offset_of!(B, gate) >= offset_of!(B, buffers_out) + size_of::<AtomicU64>());
+    // The diagram's numbers, where it applies.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        assert!(size_of::<B>() == 1280);
+        assert!(offset_of!(B, data) == 0);
+        assert!(offset_of!(B, credit) == 256);
+        assert!(offset_of!(B, priority) == 512);
+        assert!(offset_of!(B, consumer_wake) == 768);
+        assert!(offset_of!(B, producer_wake) == 896);
+        assert!(offset_of!(B, state) == 1024);
+        assert!(offset_of!(B, claim_pid) == 1056);
+        assert!(offset_of!(B, peer_pid) == 1060);
+        assert!(offset_of!(B, records_out) == 1064);
+        assert!(offset_of!(B, buffers_out) == 1080);
+        assert!(offset_of!(B, gate) == 1152);
+        assert!(offset_of!(B, consumer_pid) == 1164);
+        assert!(offset_of!(B, credit_granted) == 1168);
+        assert!(offset_of!(B, records_in) == 1176);
+        assert!(offset_of!(B, buffers_in) == 1192);
+        assert!(offset_of!(B, debloat_bytes) == 1200);
+    }
+};
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_owner_round_trips_through_its_packed_word() {
+        let max24 = 0xff_ffff;
+        for o in [
+            Owner::Free,
+            Owner::Pool { pool: 0, worker: 0 },
+            Owner::Pool { pool: u32::MAX, worker: max24 },
+            Owner::Writer { pool: 7, worker: 3 },
+            Owner::Writer { pool: u32::MAX, worker: max24 },
+            Owner::InFlight { channel: 0, fanout: 1 },
+            Owner::InFlight { channel: u32::MAX, fanout: max24 },
+        ] {
+            assert_eq!(Owner::unpack(o.pack()), o, "{o:?} packs to {:#x}", o.pack());
+        }
+    }
+
+    #[test]
+    fn owner_fields_sit_where_the_layout_says() {
+        assert_eq!(Owner::Free.pack(), 0);
+        assert_eq!(Owner::Pool { pool: 5, worker: 2 }.pack(), (1 << 56) | (2 << 32) | 5);
+        assert_eq!(Owner::Writer { pool: 5, worker: 2 }.pack(), (2 << 56) | (2 << 32) | 5);
+        assert_eq!(Owner::InFlight { channel: 9, fanout: 4 }.pack(), (3 << 56) | (4 << 32) | 9);
+    }
+
+    #[test]
+    fn a_worker_or_fanout_above_24_bits_is_cut_to_its_field_not_spilled_into_the_kind() {
+        let o = Owner::Pool { pool: 1, worker: 0x0100_0001 };
+        assert_eq!(o.pack() >> 56, 1, "the kind is intact");
+        assert_eq!(Owner::unpack(o.pack()), Owner::Pool { pool: 1, worker: 1 });
+    }
+
+    #[test]
+    fn words_no_layout_writes_unpack_as_invalid_and_keep_their_value() {
+        for v in [1, u64::from(u32::MAX), 4 << 56, u64::MAX, (0xff << 56) | 3] {
+            assert_eq!(Owner::unpack(v), Owner::Invalid(v));
+            assert_eq!(Owner::Invalid(v).pack(), v);
+        }
+    }
+
+    #[test]
+    fn a_reset_channel_block_has_zero_positions_routing_and_counters() {
+        let b = ChannelBlock::default();
+        b.data.tail.store(5, crate::sync::Ordering::Relaxed);
+        b.gate.store(3, crate::sync::Ordering::Relaxed);
+        b.buffers_in.store(8, crate::sync::Ordering::Relaxed);
+        b.debloat_bytes.store(100, crate::sync::Ordering::Relaxed);
+        b.state.store(CHANNEL_CLAIMED, crate::sync::Ordering::Relaxed);
+        b.reset();
+        assert_eq!(b.data.tail.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.gate.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.buffers_in.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.debloat_bytes.load(crate::sync::Ordering::Relaxed), 0);
+        assert_eq!(b.state.load(crate::sync::Ordering::Relaxed), CHANNEL_CLAIMED, "the claimer's state stays");
+    }
+
+    #[test]
+    fn probing_states_are_recognized_with_or_without_a_pid() {
+        assert!(channel_probing(CHANNEL_PROBING));
+        assert!(channel_probing(CHANNEL_PROBING_BY | 4_194_303));
+        for s in [CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_CLAIMED, CHANNEL_SETTLING, CHANNEL_ORPHANED] {
+            assert!(!channel_probing(s), "state {s}");
+        }
+    }
+}

@@ -17,7 +17,7 @@
 //! read it from the mapping again, so a peer that scribbles on it later cannot change what
 //! an attached process believes about the layout.
 
-use super::layout::{ArenaConfig, Region, REGION_COUNT};
+use super::layout::{ArenaConfig, ArenaLayout, Region, HEADER_BYTES, REGION_COUNT};
 use super::stack::StackHead;
 use crate::sync::{AtomicU32, AtomicU64, CachePadded};
 
@@ -77,6 +77,35 @@ pub struct StaticHeader {
 }
 
 impl StaticHeader {
+    /// The header of a new arena with `layout`, created by process `creator_pid` (user
+    /// `creator_uid`, started at `creator_start_ticks`), checksum included.
+    pub fn new(layout: &ArenaLayout, creator_pid: u32, creator_uid: u32, creator_start_ticks: u64) -> Self {
+        let c = layout.config;
+        let mut h = StaticHeader {
+            magic: MAGIC,
+            version: LAYOUT_VERSION,
+            header_size: std::mem::size_of::<ArenaHeader>() as u32,
+            total_size: layout.total_size,
+            segment_size: c.segment_size,
+            segment_count: c.segment_count,
+            ring_capacity: c.ring_capacity,
+            max_channels: c.max_channels,
+            max_partitions: c.max_partitions,
+            max_gates: c.max_gates,
+            max_channels_per_gate: c.max_channels_per_gate,
+            max_workers: c.max_workers,
+            max_tasks: c.max_tasks,
+            creator_pid,
+            creator_uid,
+            reserved: 0,
+            creator_start_ticks,
+            regions: layout.regions,
+            checksum: 0,
+        };
+        h.checksum = h.compute_checksum();
+        h
+    }
+
     /// The configuration recorded in the header.
     pub fn config(&self) -> ArenaConfig {
         ArenaConfig {
@@ -140,5 +169,8 @@ const _: () = {
     assert!(std::mem::offset_of!(StaticHeader, regions) == 80);
     assert!(std::mem::offset_of!(StaticHeader, checksum) == 224);
     assert!(std::mem::offset_of!(ArenaHeader, state) == 256);
-    assert!(std::mem::size_of::<ArenaHeader>() <= 4096);
 };
+
+// The layout reserves HEADER_BYTES for the header without naming it (the layout is below the
+// header): checked in every build, loom's bigger atomics included.
+const _: () = assert!(std::mem::size_of::<ArenaHeader>() as u64 <= HEADER_BYTES);

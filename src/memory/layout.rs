@@ -23,7 +23,6 @@
 //! lines, the unit the adjacent-line prefetcher moves), the data region on a page.
 
 use super::blocks::{ChannelBlock, GateBlock, PartitionEntry, SegmentControl, TaskMetrics, WorkerRecord};
-use super::header::ArenaHeader;
 use crate::error::ArenaError;
 use std::mem::size_of;
 
@@ -31,6 +30,9 @@ use std::mem::size_of;
 pub const REGION_ALIGN: u64 = 128;
 /// Alignment of the data region and of the whole arena.
 pub const PAGE: u64 = 4096;
+/// Bytes reserved for the [`ArenaHeader`](super::ArenaHeader) at offset 0: one page (the
+/// header module checks at compile time that the header fits).
+pub const HEADER_BYTES: u64 = PAGE;
 /// Number of rings in one channel: data, credit and priority.
 pub const RINGS_PER_CHANNEL: u64 = 3;
 
@@ -199,7 +201,7 @@ impl ArenaConfig {
             u64::from(c.segment_size) * u64::from(c.segment_count),
         ];
         let mut regions = [Region::default(); REGION_COUNT];
-        let mut at = align_up(size_of::<ArenaHeader>() as u64, PAGE);
+        let mut at = HEADER_BYTES;
         for (i, len) in sizes.iter().enumerate() {
             let align = if i == RegionKind::Data as usize { PAGE } else { REGION_ALIGN };
             at = align_up(at, align);

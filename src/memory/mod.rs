@@ -18,7 +18,10 @@ pub mod recovery;
 mod segment;
 mod stack;
 
-pub use arena::{process_start_ticks, validate_header, validate_header_bytes, Arena, RingKind, ARENA_FD_ENV};
+pub use arena::{
+    process_start_ticks, validate_header, validate_header_bytes, Arena, HugePages, RingKind, ARENA_FD_ENV, HUGE_PAGE,
+    HUGE_PAGES_ENV,
+};
 pub use blocks::*;
 pub use header::{fnv1a, ArenaHeader, StaticHeader, LAYOUT_VERSION, MAGIC, STATE_INITIALIZING, STATE_READY};
 pub use layout::{ArenaConfig, ArenaLayout, Region, RegionKind, PAGE, REGION_COUNT, REGION_NAMES, RINGS_PER_CHANNEL};

@@ -36,7 +36,7 @@ pub struct Recovered {
 /// partition, gate or pool of its own on this arena).
 ///
 /// # Errors
-/// [`Error::Invalid`] naming a live process that still uses the arena.
+/// [`Error::SlotHeld`] naming a live process that may still use the arena.
 pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
     let me = std::process::id();
     let mut out = Recovered::default();
@@ -52,9 +52,10 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
         }
         match liveness::liveness(arena, slot as u32) {
             Liveness::Alive => {
-                return Err(Error::Invalid {
-                    what: "recovery",
-                    detail: format!("process {pid} (worker slot {slot}) is still alive and may use the arena"),
+                return Err(Error::SlotHeld {
+                    slot: slot as u32,
+                    pid,
+                    holder: "a live process that may still use the arena",
                 })
             }
             Liveness::Dead { .. } => {

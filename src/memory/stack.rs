@@ -12,10 +12,11 @@
 //! long for ABA to return.
 //!
 //! Indices read from the arena are validated: a link or head out of range (a faulty peer)
-//! is a [`ProtocolViolation`](crate::Error::ProtocolViolation), never an out-of-bounds read.
+//! is a [`Violation`] (an [`Error::ProtocolViolation`](crate::Error::ProtocolViolation) at the
+//! API), never an out-of-bounds read.
 
 use super::blocks::SegmentControl;
-use crate::error::{Error, Result};
+use crate::error::Violation;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// The head of a [`SegmentStack`]. `#[repr(C)]`.
@@ -97,8 +98,8 @@ impl<'a> SegmentStack<'a> {
     /// Pops a segment index, `Ok(None)` when empty.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] if the head or a link holds an index out of range.
-    pub fn pop(&self) -> Result<Option<u32>> {
+    /// [`Violation`] if the head or a link holds an index out of range.
+    pub fn pop(&self) -> Result<Option<u32>, Violation> {
         // Acquire: pairs with the Release CAS in `push`, so the link we read below is the
         // one written before that push.
         let mut cur = self.head.head.load(Ordering::Acquire);
@@ -140,10 +141,94 @@ impl<'a> SegmentStack<'a> {
         }
     }
 
-    fn violation(&self, what: &str, value: u32) -> Error {
-        Error::ProtocolViolation {
+    #[cold]
+    fn violation(&self, what: &str, value: u32) -> Violation {
+        Violation {
             place: "network buffer pool".into(),
             detail: format!("{what} holds {value}, outside 0..={}", self.controls.len()),
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn controls(n: usize) -> Vec<SegmentControl> {
+        (0..n).map(|_| SegmentControl::default()).collect()
+    }
+
+    #[test]
+    fn pops_in_reverse_push_order_and_every_operation_bumps_the_tag() {
+        let head = StackHead::new();
+        let ctl = controls(4);
+        let s = SegmentStack::new(&head, &ctl);
+        assert!(head.is_empty());
+        assert_eq!(s.pop().unwrap(), None);
+        for i in [0, 3, 1] {
+            s.push(i);
+        }
+        assert_eq!(head.len(), 3);
+        assert_eq!(head.raw_head(), (3 << 32) | 2, "tag 3 after three pushes, top is segment 1");
+        assert_eq!(ctl[1].next_free.load(Ordering::Relaxed), 4, "the link names segment 3 as index + 1");
+        assert_eq!(ctl[0].next_free.load(Ordering::Relaxed), 0, "the bottom links to nothing");
+        let popped: Vec<u32> = std::iter::from_fn(|| s.pop().unwrap()).collect();
+        assert_eq!(popped, [1, 3, 0]);
+        assert_eq!(head.raw_head() >> 32, 6, "pops bump the tag too");
+        assert!(head.is_empty());
+        assert_eq!(head.len(), 0);
+    }
+
+    #[test]
+    fn the_last_segment_index_round_trips() {
+        let head = StackHead::new();
+        let ctl = controls(3);
+        let s = SegmentStack::new(&head, &ctl);
+        s.push(2);
+        assert_eq!(s.pop().unwrap(), Some(2));
+    }
+
+    #[test]
+    fn a_head_out_of_range_is_a_violation_not_a_panic() {
+        let head = StackHead::new();
+        let ctl = controls(2);
+        let s = SegmentStack::new(&head, &ctl);
+        // index + 1 == 3 names segment 2 of 2.
+        head.head.store((7 << 32) | 3, Ordering::Relaxed);
+        let v = s.pop().unwrap_err();
+        assert_eq!(v.place, "network buffer pool");
+        assert_eq!(v.detail, "free-stack head holds 3, outside 0..=2");
+        head.head.store(u64::from(u32::MAX), Ordering::Relaxed);
+        assert!(s.pop().is_err());
+    }
+
+    #[test]
+    fn a_link_out_of_range_is_a_violation_and_the_stack_is_left_as_it_was() {
+        let head = StackHead::new();
+        let ctl = controls(2);
+        let s = SegmentStack::new(&head, &ctl);
+        s.push(0);
+        s.push(1);
+        let before = head.raw_head();
+        ctl[1].next_free.store(9, Ordering::Relaxed);
+        let v = s.pop().unwrap_err();
+        assert_eq!(v.detail, "free-stack link holds 9, outside 0..=2");
+        assert_eq!(head.raw_head(), before, "nothing was taken");
+        // Repaired, it pops again.
+        ctl[1].next_free.store(1, Ordering::Relaxed);
+        assert_eq!(s.pop().unwrap(), Some(1));
+        assert_eq!(s.pop().unwrap(), Some(0));
+    }
+
+    #[test]
+    fn reset_empties_it() {
+        let head = StackHead::new();
+        let ctl = controls(2);
+        let s = SegmentStack::new(&head, &ctl);
+        s.push(1);
+        head.reset();
+        assert!(head.is_empty());
+        assert_eq!(head.len(), 0);
+        assert_eq!(s.pop().unwrap(), None);
     }
 }

@@ -506,7 +506,7 @@ impl BlockingResultPartition {
         let len = record.serialized_len();
         Self::check_len(len)?;
         let dst = self.reserve(s as usize, frame::framed_len(len))?;
-        frame::encode(dst, record, len);
+        frame::encode(dst, len, |out| record.serialize_into(out));
         self.stats.records_out += 1;
         self.stats.bytes_out += len as u64;
         self.after_append(s as usize)
@@ -523,7 +523,7 @@ impl BlockingResultPartition {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.resize(frame::framed_len(len), 0);
-        frame::encode(&mut scratch[..], record, len);
+        frame::encode(&mut scratch[..], len, |out| record.serialize_into(out));
         let mut r = Ok(());
         for s in 0..self.chunks.len() {
             r = self.reserve(s, scratch.len()).map(|d| d.copy_from_slice(&scratch)).and_then(|_| self.after_append(s));

@@ -939,7 +939,7 @@ impl ResultPartition {
                     self.block_until("room in the priority ring", WaitOn::Channel(c), |p| {
                         match p.subs[c].writer.publish_priority(d) {
                             Ok(()) => Ok(Some(())),
-                            Err(Error::Timeout(..)) => Ok(None),
+                            Err(Error::RingFull { .. }) => Ok(None),
                             Err(e) => Err(e),
                         }
                     })?;

@@ -15,11 +15,9 @@
 //!    `buffer::builder` (write_slotted / slot_record), the word's encoding is here
 //! ```
 //!
-//! This module is a leaf: it depends on nothing but [`Record`] (which only serializes into
-//! a byte slice), so the buffer layer may encode with it without depending on the rest of
-//! `record`. Everything here is pure and checked by the unit tests below.
-
-use super::codec::Record;
+//! This module is a leaf: it depends on nothing (a record's serializer is passed in as a
+//! closure), so the buffer layer and the codec may both use it. Everything here is pure and
+//! checked by the unit tests below.
 
 /// Bytes of a record's length prefix, and of a slot (the one constant for both: a `u32`).
 pub const LEN_PREFIX: usize = 4;
@@ -46,13 +44,14 @@ pub fn put_len(dst: &mut [u8], len: usize) {
     dst[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
 }
 
-/// Encodes `record` (of `len = record.serialized_len()` payload bytes) length-prefixed into
-/// `dst`, which must be exactly [`framed_len`]`(len)` bytes.
+/// Encodes a payload of `len` bytes length-prefixed into `dst`, which must be exactly
+/// [`framed_len`]`(len)` bytes: the prefix, then `serialize` fills the `len` payload bytes
+/// (for a record: `|out| record.serialize_into(out)` with `len = record.serialized_len()`).
 #[inline(always)]
-pub fn encode<R: Record + ?Sized>(dst: &mut [u8], record: &R, len: usize) {
+pub fn encode(dst: &mut [u8], len: usize, serialize: impl FnOnce(&mut [u8])) {
     debug_assert_eq!(dst.len(), framed_len(len));
     put_len(dst, len);
-    record.serialize_into(&mut dst[LEN_PREFIX..]);
+    serialize(&mut dst[LEN_PREFIX..]);
 }
 
 /// Encodes `payload` length-prefixed into a new vector (events and tests; not the record
@@ -130,6 +129,7 @@ pub const fn slot_len(word: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Record;
 
     #[test]
     fn a_length_prefixed_record_round_trips_and_reports_its_framed_size() {
@@ -145,11 +145,11 @@ mod tests {
     fn encode_writes_the_prefix_then_the_serialized_record_in_place() {
         let rec: &[u8] = b"abc";
         let mut dst = [0xffu8; 7];
-        encode(&mut dst[..], rec, 3);
+        encode(&mut dst[..], 3, |out| rec.serialize_into(out));
         assert_eq!(dst, [3, 0, 0, 0, b'a', b'b', b'c']);
         let s = "hé";
         let mut dst = vec![0u8; framed_len(s.serialized_len())];
-        encode(&mut dst[..], s, s.serialized_len());
+        encode(&mut dst[..], s.serialized_len(), |out| s.serialize_into(out));
         assert_eq!(decode(&dst), Frame::Whole { payload: s.as_bytes(), framed: dst.len() });
     }
 

@@ -27,7 +27,7 @@ pub fn write_record<R: Record + ?Sized>(b: &mut BufferBuilder, record: &R) -> Wr
         return WriteOutcome::Spans;
     }
     let total = frame::framed_len(len) as u32;
-    frame::encode(b.claim(total), record, len);
+    frame::encode(b.claim(total), len, |out| record.serialize_into(out));
     b.advance(total);
     WriteOutcome::Written
 }

@@ -11,7 +11,7 @@ use super::descriptor::{Credit, Descriptor, EventCode};
 use super::notify::NotifySet;
 use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
-use crate::error::{Error, Result};
+use crate::error::{Error, PushError, Result};
 use crate::memory::{
     Arena, ChannelBlock, Owner, RingKind, CHANNEL_CLAIMED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED,
     CHANNEL_CONSUMER_GONE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
@@ -173,21 +173,22 @@ impl ChannelWriter {
             }
             _ => None,
         };
-        let pushed = self.data.push_all(&r, &slots[..n], &place);
-        if !matches!(pushed, Ok(true)) {
+        if let Err(e) = self.data.push_all(&r, &slots[..n], &place) {
             if let (Some(prev), Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg)) = (prev_owner, d) {
                 // Relaxed: not published after all; back to what it was.
                 self.arena.controls()[seg as usize].owner.store(prev, Ordering::Relaxed);
             }
-        }
-        if !pushed? {
-            return Err(Error::ProtocolViolation {
-                place: self.place.clone(),
-                detail: format!(
-                    "data ring full with credit {}: the consumer granted more than {} credits",
-                    self.credit,
-                    r.capacity()
-                ),
+            return Err(match e {
+                // Credit promised room: a full data ring means the consumer broke it.
+                PushError::Full => Error::ProtocolViolation {
+                    place: self.place.clone(),
+                    detail: format!(
+                        "data ring full with credit {}: the consumer granted more than {} credits",
+                        self.credit,
+                        r.capacity()
+                    ),
+                },
+                PushError::Violation(v) => v.into(),
             });
         }
         if let Descriptor::Buffer(seg) | Descriptor::EventBuffer(seg) = d {
@@ -206,16 +207,18 @@ impl ChannelWriter {
     /// Publishes a barrier or event on the priority ring (it overtakes data).
     ///
     /// # Errors
-    /// As [`publish`](Self::publish); a full priority ring is [`Error::Timeout`].
+    /// As [`publish`](Self::publish); a full priority ring (nothing published: try again
+    /// once the consumer took some) is [`Error::RingFull`].
     pub fn publish_priority(&mut self, d: Descriptor) -> Result<()> {
         self.check_consumer()?;
         let r = ring(&self.arena, self.id, RingKind::Priority);
         let place = || self.place.clone();
         let (slots, n) = d.encode_slots();
-        if !self.priority.push_all(&r, &slots[..n], &place)? {
-            return Err(Error::Timeout(std::time::Duration::ZERO, "room in the priority ring"));
+        match self.priority.push_all(&r, &slots[..n], &place) {
+            Ok(()) => self.notify_consumer(),
+            Err(PushError::Full) => Err(Error::RingFull { ring: "priority", channel: self.id }),
+            Err(PushError::Violation(v)) => Err(v.into()),
         }
-        self.notify_consumer()
     }
 
     /// Free slots in the data ring beyond what granted credit may need.
@@ -233,7 +236,7 @@ impl ChannelWriter {
     #[inline]
     pub fn notify_consumer(&mut self) -> Result<()> {
         if let Some((set, index)) = self.gate {
-            return NotifySet::new(&self.arena, set)?.mark(index);
+            return Ok(NotifySet::new(&self.arena, set)?.mark(index)?);
         }
         self.notify_consumer_slow()
     }
@@ -248,7 +251,7 @@ impl ChannelWriter {
     #[inline]
     pub fn notify_consumer_fenced(&mut self) -> Result<()> {
         if let Some((set, index)) = self.gate {
-            return NotifySet::new(&self.arena, set)?.mark_fenced(index);
+            return Ok(NotifySet::new(&self.arena, set)?.mark_fenced(index)?);
         }
         self.notify_consumer_slow()
     }
@@ -459,10 +462,13 @@ impl CreditReturn {
     pub fn send(&self, c: Credit) -> Result<()> {
         let r = ring(&self.arena, self.id, RingKind::Credit);
         let place = || format!("channel {} credit ring", self.id);
-        if !self.ring.borrow_mut().push(&r, c.encode(), &place)? {
-            return Err(Error::ProtocolViolation { place: place(), detail: "credit ring full".into() });
+        match self.ring.borrow_mut().push(&r, c.encode(), &place) {
+            Ok(()) => self.notify_producer(),
+            // The entries answer credit and segments the producer has out, which the ring's
+            // capacity bounds (see `ChannelWriter::reclaim`): the producer let more pile up.
+            Err(PushError::Full) => Err(Error::ProtocolViolation { place: place(), detail: "credit ring full".into() }),
+            Err(PushError::Violation(v)) => Err(v.into()),
         }
-        self.notify_producer()
     }
 
     /// Wakes the producer if it is parked (after a credit, or after the consumer read the
@@ -476,7 +482,7 @@ impl CreditReturn {
             b.producer_wake.notify();
             return Ok(());
         };
-        NotifySet::new(&self.arena, set)?.mark(index)
+        Ok(NotifySet::new(&self.arena, set)?.mark(index)?)
     }
 
     /// Asks the next `n` releases to take their floating credit back to the gate.
@@ -634,9 +640,9 @@ impl ChannelReader {
                     }
                 }
             }
-            return Descriptor::decode_barrier(slots, place).map(Some);
+            return Ok(Some(Descriptor::decode_barrier(slots, place)?));
         }
-        Descriptor::decode(v, count, place).map(Some)
+        Ok(Some(Descriptor::decode(v, count, place)?))
     }
 
     /// Next descriptor, priority ring first; `Ok(None)` when both are empty.
@@ -667,7 +673,7 @@ impl ChannelReader {
         let place = &self.place;
         let place = || place.clone();
         let pr = ring(&self.arena, self.id, RingKind::Priority);
-        self.priority.has_next(&pr, &place)
+        Ok(self.priority.has_next(&pr, &place)?)
     }
 
     /// Next descriptor of the priority ring only.
@@ -759,7 +765,7 @@ impl ChannelReader {
         let place = &self.place;
         let place = || place.clone();
         let r = ring(&self.arena, self.id, RingKind::Data);
-        self.data.has_next(&r, &place)
+        Ok(self.data.has_next(&r, &place)?)
     }
 
     /// Whether a descriptor is waiting (does not consume it).

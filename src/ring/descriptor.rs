@@ -16,7 +16,7 @@
 //!    kind 2  Grant       count more credits (initial / floating)
 //! ```
 
-use crate::error::{Error, Result};
+use crate::error::Violation;
 
 /// Events small enough to travel inside a descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,15 +89,12 @@ impl Descriptor {
     /// Unpacks a barrier from its three slots.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] for stray bits in the header.
-    pub fn decode_barrier(slots: [u64; 3], place: &dyn Fn() -> String) -> Result<Self> {
+    /// [`Violation`] for another kind or stray bits in the header.
+    pub fn decode_barrier(slots: [u64; 3], place: &dyn Fn() -> String) -> Result<Self, Violation> {
         let h = slots[0];
         let flags = (h >> 32) & 0xff_ffff;
         if h >> 56 != BARRIER_KIND || flags > 1 || h as u32 != 0 {
-            return Err(Error::ProtocolViolation {
-                place: place(),
-                detail: format!("malformed barrier header {h:#x}"),
-            });
+            return Err(Violation { place: place(), detail: format!("malformed barrier header {h:#x}") });
         }
         Ok(Descriptor::Barrier(BarrierDescriptor {
             checkpoint_id: slots[1],
@@ -109,10 +106,10 @@ impl Descriptor {
     /// Unpacks and validates a value read from shared memory.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] naming `place` for an unknown kind or event, a segment
-    /// index `>= segment_count`, or stray bits.
-    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self> {
-        let bad = |d: String| Error::ProtocolViolation { place: place(), detail: d };
+    /// [`Violation`] naming `place` for an unknown kind or event, a segment index
+    /// `>= segment_count`, or stray bits.
+    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self, Violation> {
+        let bad = |d: String| Violation { place: place(), detail: d };
         let kind = v >> 56;
         let arg = ((v >> 32) & 0xff_ffff) as u32;
         let seg = v as u32;
@@ -177,10 +174,10 @@ impl Credit {
     /// Unpacks and validates a value read from shared memory.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] for an unknown kind, a segment out of range, or a
-    /// grant of zero or stray bits.
-    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self> {
-        let bad = |d: String| Error::ProtocolViolation { place: place(), detail: d };
+    /// [`Violation`] for an unknown kind, a segment out of range, or a grant of zero or
+    /// stray bits.
+    pub fn decode(v: u64, segment_count: u32, place: &dyn Fn() -> String) -> Result<Self, Violation> {
+        let bad = |d: String| Violation { place: place(), detail: d };
         let count = ((v >> 32) & 0xff_ffff) as u32;
         let low = v as u32;
         match v >> 56 {
@@ -196,6 +193,124 @@ impl Credit {
             }
             2 if low == 0 && count > 0 => Ok(Credit::Grant(count)),
             _ => Err(bad(format!("malformed credit {v:#x}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place() -> String {
+        "channel 3".into()
+    }
+
+    fn round_trip(d: Descriptor, segments: u32) -> Descriptor {
+        let (slots, n) = d.encode_slots();
+        assert_eq!(Descriptor::slots_for_header(slots[0]), n, "{d:?}");
+        if n == 3 {
+            Descriptor::decode_barrier(slots, &place).unwrap()
+        } else {
+            Descriptor::decode(slots[0], segments, &place).unwrap()
+        }
+    }
+
+    #[test]
+    fn every_descriptor_round_trips_including_the_last_segment() {
+        let max_seg = u32::MAX - 1;
+        for d in [
+            Descriptor::Buffer(0),
+            Descriptor::Buffer(max_seg),
+            Descriptor::EventBuffer(0),
+            Descriptor::EventBuffer(max_seg),
+            Descriptor::Event(EventCode::EndOfPartition),
+            Descriptor::Event(EventCode::EndOfData),
+            Descriptor::Event(EventCode::ProducerFailed),
+            Descriptor::Barrier(BarrierDescriptor { checkpoint_id: 0, timestamp: 0, unaligned: false }),
+            Descriptor::Barrier(BarrierDescriptor { checkpoint_id: u64::MAX, timestamp: u64::MAX, unaligned: true }),
+        ] {
+            assert_eq!(round_trip(d, u32::MAX), d);
+        }
+    }
+
+    #[test]
+    fn the_packed_fields_sit_where_the_diagram_says() {
+        assert_eq!(Descriptor::Buffer(7).encode(), (1 << 56) | 7);
+        assert_eq!(Descriptor::EventBuffer(7).encode(), (2 << 56) | 7);
+        assert_eq!(Descriptor::Event(EventCode::EndOfData).encode(), (3 << 56) | (2 << 32));
+        let b = BarrierDescriptor { checkpoint_id: 11, timestamp: 12, unaligned: true };
+        assert_eq!(Descriptor::Barrier(b).encode_slots(), ([(4 << 56) | (1 << 32), 11, 12], 3));
+    }
+
+    #[test]
+    fn a_segment_at_or_past_the_count_is_refused() {
+        let v = Descriptor::decode(Descriptor::Buffer(8).encode(), 8, &place).unwrap_err();
+        assert_eq!(v.place, "channel 3");
+        assert_eq!(v.detail, "descriptor names segment 8, outside 0..8");
+        assert!(Descriptor::decode(Descriptor::EventBuffer(u32::MAX).encode(), 8, &place).is_err());
+        assert_eq!(Descriptor::decode(Descriptor::Buffer(7).encode(), 8, &place).unwrap(), Descriptor::Buffer(7));
+        assert!(Descriptor::decode(Descriptor::Buffer(0).encode(), 0, &place).is_err(), "no segments at all");
+    }
+
+    #[test]
+    fn malformed_words_from_a_peer_are_violations_not_panics() {
+        for (v, why) in [
+            (0, "unknown descriptor kind 0"),
+            (u64::MAX, "unknown descriptor kind 255"),
+            ((1 << 56) | (1 << 32) | 2, "has stray bits"),
+            ((3 << 56) | (1 << 32) | 1, "event descriptor"),
+            ((3 << 56) | (9 << 32), "unknown event code 9"),
+            (4 << 56, "must be decoded with its two payload slots"),
+        ] {
+            let e = Descriptor::decode(v, 16, &place).unwrap_err();
+            assert!(e.detail.contains(why), "{v:#x}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_barrier_header_with_stray_bits_or_another_kind_is_refused() {
+        for h in [(4 << 56) | (2 << 32), (4 << 56) | 1, (1 << 56) | 1, (4 << 56) | (0xff_ffff << 32)] {
+            let e = Descriptor::decode_barrier([h, 1, 2], &place).unwrap_err();
+            assert!(e.detail.contains("malformed barrier header"), "{h:#x}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_credit_round_trips() {
+        for c in [
+            Credit::Release { segment: None, credit: false, last: false },
+            Credit::Release { segment: Some(0), credit: true, last: false },
+            Credit::Release { segment: Some(9), credit: false, last: true },
+            Credit::Release { segment: Some(9), credit: true, last: true },
+            Credit::Grant(1),
+            Credit::Grant(0xff_ffff),
+        ] {
+            assert_eq!(Credit::decode(c.encode(), 10, &place).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn a_grant_above_24_bits_is_cut_and_a_cut_to_zero_is_refused() {
+        assert_eq!(Credit::decode(Credit::Grant(0x0100_0002).encode(), 1, &place).unwrap(), Credit::Grant(2));
+        let e = Credit::decode(Credit::Grant(0x0100_0000).encode(), 1, &place).unwrap_err();
+        assert!(e.detail.contains("malformed credit"), "{e}");
+    }
+
+    #[test]
+    fn malformed_credits_from_a_peer_are_violations_not_panics() {
+        let release = |seg: Option<u32>| Credit::Release { segment: seg, credit: true, last: false }.encode();
+        let e = Credit::decode(release(Some(10)), 10, &place).unwrap_err();
+        assert_eq!(e.detail, "credit returns segment 10, outside 0..10");
+        for v in [
+            0,
+            u64::MAX,
+            (1 << 56) | (4 << 32),
+            (2 << 56) | (1 << 32) | 5,
+            2 << 56,
+            (3 << 56) | (1 << 32),
+            release(Some(u32::MAX - 1)),
+        ] {
+            assert!(Credit::decode(v, 10, &place).is_err(), "{v:#x}");
         }
     }
 }

@@ -17,7 +17,7 @@
 //! that only changes when the owner drains, so a busy producer adds no cache traffic.
 //! The owner serves marked channels and never scans the others.
 
-use crate::error::{Error, Result};
+use crate::error::Violation;
 use crate::memory::{Arena, GateBlock};
 use crate::sync::{fence, AtomicU64, EventCount, Ordering};
 
@@ -33,10 +33,10 @@ impl<'a> NotifySet<'a> {
     /// The set stored in gate block `id`.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] if `id` is out of range (it may come from shared memory).
-    pub fn new(arena: &'a Arena, id: u32) -> Result<Self> {
+    /// [`Violation`] if `id` is out of range (it may come from shared memory).
+    pub fn new(arena: &'a Arena, id: u32) -> Result<Self, Violation> {
         let Some(block) = arena.gates().get(id as usize) else {
-            return Err(Error::ProtocolViolation {
+            return Err(Violation {
                 place: "notify set".into(),
                 detail: format!("gate {id} outside 0..{}", arena.config().max_gates),
             });
@@ -58,10 +58,9 @@ impl<'a> NotifySet<'a> {
     /// publishing what the owner should look at.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] if `index` is outside the set (it may come from shared
-    /// memory).
+    /// [`Violation`] if `index` is outside the set (it may come from shared memory).
     #[inline]
-    pub fn mark(&self, index: u32) -> Result<()> {
+    pub fn mark(&self, index: u32) -> Result<(), Violation> {
         // SeqCst fence: the marker's half of the Dekker pair; pairs with the fence in
         // `drain`, so a set bit seen by `mark_fenced` means the owner will see our data.
         fence(Ordering::SeqCst);
@@ -77,9 +76,9 @@ impl<'a> NotifySet<'a> {
     /// # Errors
     /// As [`mark`](Self::mark).
     #[inline]
-    pub fn mark_fenced(&self, index: u32) -> Result<()> {
+    pub fn mark_fenced(&self, index: u32) -> Result<(), Violation> {
         let Some(word) = self.bits.get(index as usize / 64) else {
-            return Err(Error::ProtocolViolation {
+            return Err(Violation {
                 place: format!("notify set {}", self.id),
                 detail: format!("member {index} outside 0..{}", self.bits.len() * 64),
             });

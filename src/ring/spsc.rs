@@ -13,7 +13,7 @@
 //! a wrong value (validated by the caller), never undefined behaviour. Positions read from
 //! the peer are validated against the invariant.
 
-use crate::error::{Error, Result};
+use crate::error::{PushError, Violation};
 use crate::memory::RingHeader;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -64,8 +64,9 @@ pub struct RingConsumer {
     cached_tail: u64,
 }
 
-fn violation(place: &dyn Fn() -> String, detail: String) -> Error {
-    Error::ProtocolViolation { place: place(), detail }
+#[cold]
+fn violation(place: &dyn Fn() -> String, detail: String) -> Violation {
+    Violation { place: place(), detail }
 }
 
 impl RingProducer {
@@ -80,55 +81,61 @@ impl RingProducer {
         Self { tail, cached_head: head.min(tail).max(tail.saturating_sub(ring.capacity())) }
     }
 
-    /// Pushes `value`; `Ok(false)` when the ring is full.
+    /// Pushes `value`.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] if the consumer's head breaks the invariant.
+    /// [`PushError::Full`] when the ring has no room (nothing is pushed);
+    /// [`PushError::Violation`] if the consumer's head breaks the invariant.
     #[inline]
-    pub fn push(&mut self, ring: &Ring<'_>, value: u64, place: &dyn Fn() -> String) -> Result<bool> {
+    pub fn push(&mut self, ring: &Ring<'_>, value: u64, place: &dyn Fn() -> String) -> Result<(), PushError> {
         let cap = ring.capacity();
         if self.tail - self.cached_head >= cap {
             // Acquire: pairs with the Release store of head in `RingConsumer::pop`: the
             // consumer's read of a slot happens-before we overwrite it.
             let head = ring.header.head.load(Ordering::Acquire);
             if head < self.cached_head || head > self.tail {
-                return Err(violation(place, format!("ring head {head} outside {}..={}", self.cached_head, self.tail)));
+                return Err(
+                    violation(place, format!("ring head {head} outside {}..={}", self.cached_head, self.tail)).into()
+                );
             }
             self.cached_head = head;
             if self.tail - head >= cap {
-                return Ok(false);
+                return Err(PushError::Full);
             }
         }
         let Some(next) = self.tail.checked_add(1) else {
-            return Err(violation(place, format!("ring tail {} cannot advance", self.tail)));
+            return Err(violation(place, format!("ring tail {} cannot advance", self.tail)).into());
         };
         // Relaxed: published by the Release store of tail below.
         ring.slots[(self.tail & (cap - 1)) as usize].store(value, Ordering::Relaxed);
         self.tail = next;
         // Release: pairs with the Acquire load of tail in `RingConsumer::pop`.
         ring.header.tail.store(self.tail, Ordering::Release);
-        Ok(true)
+        Ok(())
     }
 
-    /// Pushes `values` together (one publication); `Ok(false)` when they do not all fit.
+    /// Pushes `values` together (one publication).
     ///
     /// # Errors
-    /// As [`push`](Self::push).
-    pub fn push_all(&mut self, ring: &Ring<'_>, values: &[u64], place: &dyn Fn() -> String) -> Result<bool> {
+    /// [`PushError::Full`] when they do not all fit (nothing is pushed); else as
+    /// [`push`](Self::push).
+    pub fn push_all(&mut self, ring: &Ring<'_>, values: &[u64], place: &dyn Fn() -> String) -> Result<(), PushError> {
         let cap = ring.capacity();
         let n = values.len() as u64;
         let Some(end) = self.tail.checked_add(n) else {
-            return Err(violation(place, format!("ring tail {} cannot advance by {n}", self.tail)));
+            return Err(violation(place, format!("ring tail {} cannot advance by {n}", self.tail)).into());
         };
         if self.tail - self.cached_head + n > cap {
             // Acquire: as in `push`.
             let head = ring.header.head.load(Ordering::Acquire);
             if head < self.cached_head || head > self.tail {
-                return Err(violation(place, format!("ring head {head} outside {}..={}", self.cached_head, self.tail)));
+                return Err(
+                    violation(place, format!("ring head {head} outside {}..={}", self.cached_head, self.tail)).into()
+                );
             }
             self.cached_head = head;
             if self.tail - head + n > cap {
-                return Ok(false);
+                return Err(PushError::Full);
             }
         }
         for (i, v) in values.iter().enumerate() {
@@ -138,7 +145,7 @@ impl RingProducer {
         self.tail = end;
         // Release: pairs with the Acquire load of tail in `RingConsumer::pop`.
         ring.header.tail.store(self.tail, Ordering::Release);
-        Ok(true)
+        Ok(())
     }
 
     /// Free slots now (refreshes the consumer's head: one cross-core load, so this is for
@@ -169,9 +176,9 @@ impl RingConsumer {
     /// Pops a value; `Ok(None)` when empty.
     ///
     /// # Errors
-    /// [`Error::ProtocolViolation`] if the producer's tail breaks the invariant.
+    /// [`Violation`] if the producer's tail breaks the invariant.
     #[inline]
-    pub fn pop(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<Option<u64>> {
+    pub fn pop(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<Option<u64>, Violation> {
         if self.head == self.cached_tail && !self.refresh(ring, place)? {
             return Ok(None);
         }
@@ -190,7 +197,7 @@ impl RingConsumer {
     ///
     /// # Errors
     /// As [`pop`](Self::pop).
-    pub fn available(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<u64> {
+    pub fn available(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<u64, Violation> {
         self.refresh(ring, place)?;
         Ok(self.cached_tail - self.head)
     }
@@ -210,11 +217,11 @@ impl RingConsumer {
     /// # Errors
     /// As [`pop`](Self::pop).
     #[inline]
-    pub fn has_next(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<bool> {
+    pub fn has_next(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<bool, Violation> {
         Ok(self.head != self.cached_tail || self.refresh(ring, place)?)
     }
 
-    fn refresh(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<bool> {
+    fn refresh(&mut self, ring: &Ring<'_>, place: &dyn Fn() -> String) -> Result<bool, Violation> {
         // Acquire: pairs with the Release store of tail in `RingProducer::push`.
         let tail = ring.header.tail.load(Ordering::Acquire);
         if tail < self.cached_tail || tail - self.head > ring.capacity() {
@@ -229,5 +236,124 @@ impl RingConsumer {
         }
         self.cached_tail = tail;
         Ok(tail != self.head)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn place() -> String {
+        "test ring".into()
+    }
+
+    /// A heap ring of `cap` slots.
+    fn parts(cap: usize) -> (RingHeader, Vec<AtomicU64>) {
+        (RingHeader::default(), (0..cap).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    #[test]
+    fn a_full_ring_says_full_and_pushes_nothing_until_a_pop_makes_room() {
+        let (h, slots) = parts(4);
+        let ring = Ring::new(&h, &slots);
+        let mut p = RingProducer::attach(&ring);
+        let mut c = RingConsumer::attach(&ring);
+        for v in 10..14 {
+            p.push(&ring, v, &place).unwrap();
+        }
+        assert!(matches!(p.push(&ring, 99, &place), Err(PushError::Full)));
+        assert!(matches!(p.push_all(&ring, &[99], &place), Err(PushError::Full)));
+        assert_eq!(ring.len(), 4);
+        assert_eq!(c.pop(&ring, &place).unwrap(), Some(10));
+        p.push(&ring, 14, &place).unwrap();
+        let got: Vec<u64> = (0..4).map(|_| c.pop(&ring, &place).unwrap().unwrap()).collect();
+        assert_eq!(got, [11, 12, 13, 14], "the refused 99 never went in");
+        assert_eq!(c.pop(&ring, &place).unwrap(), None);
+    }
+
+    #[test]
+    fn push_all_is_all_or_nothing() {
+        let (h, slots) = parts(4);
+        let ring = Ring::new(&h, &slots);
+        let mut p = RingProducer::attach(&ring);
+        let mut c = RingConsumer::attach(&ring);
+        p.push_all(&ring, &[1, 2, 3], &place).unwrap();
+        assert!(matches!(p.push_all(&ring, &[4, 5], &place), Err(PushError::Full)));
+        assert_eq!(c.available(&ring, &place).unwrap(), 3, "nothing of the refused batch is visible");
+        assert_eq!(c.peek_at(&ring, 2), Some(3));
+        assert_eq!(c.peek_at(&ring, 3), None);
+        assert!(matches!(p.push_all(&ring, &[1, 2, 3, 4, 5], &place), Err(PushError::Full)));
+        p.push_all(&ring, &[4], &place).unwrap();
+        assert_eq!(p.free(&ring), 0);
+    }
+
+    #[test]
+    fn positions_wrap_around_the_slots_many_times() {
+        let (h, slots) = parts(2);
+        let ring = Ring::new(&h, &slots);
+        let mut p = RingProducer::attach(&ring);
+        let mut c = RingConsumer::attach(&ring);
+        for v in 0..1000u64 {
+            p.push(&ring, v, &place).unwrap();
+            assert_eq!(c.pop(&ring, &place).unwrap(), Some(v));
+        }
+        assert_eq!(h.tail.load(Ordering::Relaxed), 1000);
+        assert_eq!(h.head.load(Ordering::Relaxed), 1000);
+    }
+
+    #[test]
+    fn a_head_from_a_rogue_consumer_is_a_violation_not_a_panic() {
+        let (h, slots) = parts(2);
+        let ring = Ring::new(&h, &slots);
+        let mut p = RingProducer::attach(&ring);
+        p.push(&ring, 1, &place).unwrap();
+        p.push(&ring, 2, &place).unwrap();
+        // Ahead of the tail: the producer refreshes it only when the ring looks full.
+        h.head.store(u64::MAX, Ordering::Relaxed);
+        match p.push(&ring, 3, &place) {
+            Err(PushError::Violation(v)) => {
+                assert_eq!(v.place, "test ring");
+                assert!(v.detail.contains("ring head 18446744073709551615 outside 0..=2"), "{v}");
+            }
+            other => panic!("expected a violation, got {other:?}"),
+        }
+        // A producer attaching to such a header clamps the head to its tail instead of
+        // trusting it, and reports the head at its first refresh.
+        let mut q = RingProducer::attach(&ring);
+        assert_eq!(q.pending(), 0);
+        q.push_all(&ring, &[3, 4], &place).unwrap();
+        assert!(matches!(q.push_all(&ring, &[5], &place), Err(PushError::Violation(_))));
+    }
+
+    #[test]
+    fn a_tail_from_a_rogue_producer_is_a_violation_not_a_panic() {
+        let (h, slots) = parts(4);
+        let ring = Ring::new(&h, &slots);
+        let mut c = RingConsumer::attach(&ring);
+        // More than a ring ahead of the head.
+        h.tail.store(5, Ordering::Relaxed);
+        let v = c.pop(&ring, &place).unwrap_err();
+        assert!(v.detail.contains("ring tail 5 outside 0..=4"), "{v}");
+        assert!(c.has_next(&ring, &place).is_err());
+        // Going back is as bad.
+        h.tail.store(2, Ordering::Relaxed);
+        assert_eq!(c.pop(&ring, &place).unwrap(), Some(0));
+        h.tail.store(0, Ordering::Relaxed);
+        assert!(c.available(&ring, &place).is_err());
+        // The violation becomes the crate's ProtocolViolation at the API.
+        let e: crate::Error = c.available(&ring, &place).unwrap_err().into();
+        assert!(matches!(e, crate::Error::ProtocolViolation { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_tail_at_the_end_of_the_position_space_cannot_advance() {
+        let (h, slots) = parts(2);
+        h.tail.store(u64::MAX, Ordering::Relaxed);
+        h.head.store(u64::MAX, Ordering::Relaxed);
+        let ring = Ring::new(&h, &slots);
+        let mut p = RingProducer::attach(&ring);
+        assert!(matches!(p.push(&ring, 1, &place), Err(PushError::Violation(_))));
+        assert!(matches!(p.push_all(&ring, &[1], &place), Err(PushError::Violation(_))));
+        assert_eq!(h.tail.load(Ordering::Relaxed), u64::MAX, "nothing was published");
     }
 }

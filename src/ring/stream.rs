@@ -13,7 +13,7 @@
 use super::channel::{ChannelReader, ChannelWriter};
 use super::descriptor::{Descriptor, EventCode};
 use crate::buffer::{BufferBuilder, BufferConsumer, LocalBufferPool, LocalPoolConfig};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::memory::Arena;
 use crate::record::frame::slot_framed_len;
 use crate::sync::{WaitOutcome, WaitPolicy, Waiter};
@@ -233,15 +233,11 @@ impl StreamReader {
     /// Opens channel `channel` for reading and grants `credit` segments to the writer.
     ///
     /// # Errors
-    /// Arena errors, or a credit above the ring capacity.
+    /// [`ConfigError::OutOfRange`] for a credit of 0 or not below the ring capacity; arena
+    /// errors.
     pub fn new(arena: Arc<Arena>, channel: u32, credit: u32, policy: WaitPolicy) -> Result<Self> {
         let cap = arena.config().ring_capacity;
-        if credit == 0 || credit > cap - 1 {
-            return Err(Error::Arena(crate::error::ArenaError::Config(format!(
-                "credit {credit} must be in 1..={} (ring capacity - 1)",
-                cap - 1
-            ))));
-        }
+        ConfigError::check_range("credit (at most the ring capacity - 1)", credit.into(), 1, i64::from(cap) - 1)?;
         let channel = ChannelReader::open(arena, channel)?;
         channel.grant(credit)?;
         Ok(Self { channel, current: None, waiter: Waiter::new(policy), ended: false })

@@ -4,7 +4,7 @@
 //! Words are split as Flink's WordCount example does: lower-cased, split on every byte
 //! outside `[A-Za-z0-9_]` (so non-ASCII bytes separate words too), empty tokens dropped.
 
-use super::job::{Collector, JobBuilder, JobGraph, KeyedStream, Source, SourceContext, TaskInfo};
+use super::{Collector, JobBuilder, JobGraph, KeyedStream, Source, SourceContext, TaskInfo};
 use crate::error::{Error, Result};
 use crate::partition::{ResultPartitionType, SelectorKind};
 use crate::record::{FromRecord, Record};

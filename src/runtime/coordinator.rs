@@ -9,264 +9,26 @@
 //! progress, and every message a worker sends is checked: a malformed one, or a report about
 //! a task that was not deployed to it, fails the job naming the worker.
 
-use super::execution::{ExecutionGraph, SubtaskSpec, TaskSettings};
+use super::accumulators::Accumulators;
+use super::config::{heartbeat_timeout_from_env, RuntimeConfig};
+use super::failure::{secs, JobFailure, Reported, WorkerId};
+use super::graph::ExecutionGraph;
 use super::job::JobGraph;
-use super::progress::{ProgressReporter, ProgressTotal};
-use super::protocol::{encode, recv, FromWorker, ToWorker};
-use super::worker::{CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
+use super::progress::ProgressReporter;
+use super::protocol::{encode, recv, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
+use super::summary::{sample_in_flight, summarize, JobSummary};
 use crate::error::{Error, Result};
 use crate::memory::{Arena, ArenaConfig};
-use crate::metrics::{channel_snapshot, task_snapshot};
-use crate::partition::{BufferTimeout, RequestBackoff, ResultPartitionId, ResultPartitionManager};
-use crate::sync::WaitPolicy;
-use serde::Serialize;
+use crate::metrics::task_snapshot;
+use crate::partition::ResultPartitionManager;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// How to run a job.
-#[derive(Debug, Clone)]
-pub struct RuntimeConfig {
-    /// Worker processes; subtasks are dealt to them round-robin. Default 2.
-    pub workers: u32,
-    /// Flink's buffer timeout: how long a record may wait in a partly filled segment.
-    /// Default 100 ms (Flink's default).
-    pub buffer_timeout: BufferTimeout,
-    /// Segment size in bytes (a power of two, 4 KiB..16 MiB). Default 32 KiB (Flink's).
-    pub segment_size: u32,
-    /// Arena size in bytes: every segment and channel of the job lives in it. Default
-    /// 64 MiB (the command line's default is 256 MiB).
-    pub arena_size: u64,
-    /// How tasks wait for input and buffers. Default [`WaitPolicy::adaptive`] (spin
-    /// briefly, then park on a futex).
-    pub wait_policy: WaitPolicy,
-    /// Partition request backoff: how long a consumer retries a partition not registered
-    /// yet. Default 1 ms doubling up to 10 s (Flink's defaults are 100 ms and 10 s).
-    pub backoff: RequestBackoff,
-    /// Show the job's progress on stderr: a bar with percent and ETA on a terminal when
-    /// [`RuntimeConfig::progress_total`] is known, else a plain line every second. Default
-    /// off.
-    pub progress: bool,
-    /// How much input the job has, for the percent and ETA of the progress bar. Default
-    /// `None` (no bar: plain lines).
-    pub progress_total: Option<ProgressTotal>,
-    /// Arguments the workers are started with. Default `None`: this process's own, so a
-    /// job binary's workers build the same job.
-    pub worker_args: Option<Vec<std::ffi::OsString>>,
-    /// Buffer debloating on every gate. Default `None` (off).
-    pub debloat: Option<crate::gate::DebloatConfig>,
-    /// How long the coordinator waits without hearing from a worker (its first message, a
-    /// heartbeat or any other message) before it fails the job, and how long a write to a
-    /// worker may make no progress. Workers send heartbeats every
-    /// [`RuntimeConfig::heartbeat_interval`]. Default 30 s, or the milliseconds in the
-    /// environment variable `SHMFLOW_HEARTBEAT_TIMEOUT_MS` when
-    /// it is set ([`run_job`] refuses a value that is not a number in 100..=3600000, the range
-    /// of `shmflow run --heartbeat-timeout-ms`).
-    pub heartbeat_timeout: Duration,
-}
-
-/// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
-/// milliseconds (100..=3600000, as `--heartbeat-timeout-ms`).
-pub const HEARTBEAT_TIMEOUT_ENV: &str = "SHMFLOW_HEARTBEAT_TIMEOUT_MS";
-
-/// The heartbeat timeout named by [`HEARTBEAT_TIMEOUT_ENV`], if set.
-fn heartbeat_timeout_from_env() -> Result<Option<Duration>> {
-    let Some(v) = std::env::var_os(HEARTBEAT_TIMEOUT_ENV) else {
-        return Ok(None);
-    };
-    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
-        Some(ms) if (100..=3_600_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
-        _ => Err(Error::Invalid {
-            what: HEARTBEAT_TIMEOUT_ENV,
-            detail: format!(
-                "{v:?} is not a number of milliseconds in 100..=3600000 (the range of --heartbeat-timeout-ms)"
-            ),
-        }),
-    }
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            workers: 2,
-            buffer_timeout: BufferTimeout::Interval(Duration::from_millis(100)),
-            segment_size: 32 * 1024,
-            arena_size: 64 << 20,
-            wait_policy: WaitPolicy::adaptive(),
-            backoff: RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(10) },
-            progress: false,
-            progress_total: None,
-            worker_args: None,
-            debloat: None,
-            heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
-        }
-    }
-}
-
-impl RuntimeConfig {
-    /// How often workers send a heartbeat: a tenth of [`RuntimeConfig::heartbeat_timeout`],
-    /// at least 50 ms (never more than the timeout) and at most 1 s.
-    pub fn heartbeat_interval(&self) -> Duration {
-        (self.heartbeat_timeout / 10)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1))
-            .min(self.heartbeat_timeout)
-    }
-
-    /// The settings every task gets.
-    pub fn task_settings(&self) -> TaskSettings {
-        TaskSettings {
-            buffer_timeout: self.buffer_timeout,
-            wait_policy: self.wait_policy,
-            backoff: self.backoff,
-            debloat: self.debloat,
-        }
-    }
-
-    /// The arena this job needs, or a clear error saying why the sizes do not fit.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] when the arena is too small for the job's channels and pools.
-    pub fn arena_config(&self, job: &JobGraph, graph: &ExecutionGraph) -> Result<ArenaConfig> {
-        if self.workers == 0 || self.workers > 256 {
-            return Err(Error::Invalid { what: "--workers", detail: format!("{} not in 1..=256", self.workers) });
-        }
-        let max_p = job.vertices.iter().map(|v| v.parallelism).max().unwrap_or(1);
-        let channels = graph.channels_needed();
-        let per_gate = u64::from(max_p).div_ceil(64) * 64;
-        let base = ArenaConfig {
-            segment_size: self.segment_size,
-            segment_count: 1,
-            ring_capacity: 64,
-            max_channels: (channels + 8).min(1 << 20) as u32,
-            max_partitions: (graph.subtasks.len() + 8) as u32,
-            max_gates: (graph.gates_needed() + 8).min(65536) as u32,
-            max_channels_per_gate: per_gate.max(64) as u32,
-            max_workers: self.workers.max(1) + 1,
-            max_tasks: (graph.subtasks.len() + 8) as u32,
-        };
-        if !self.segment_size.is_power_of_two() || !(4096..=16 << 20).contains(&self.segment_size) {
-            return Err(Error::Invalid {
-                what: "--segment-size",
-                detail: format!("{} is not a power of two between 4096 and 16 MiB", self.segment_size),
-            });
-        }
-        base.validate().map_err(|e| Error::Invalid {
-            what: "job size",
-            detail: format!("{e} (the job has {} subtasks and {channels} channels)", graph.subtasks.len()),
-        })?;
-        // Every partition keeps subpartitions + 1 segments, and needs one more per channel
-        // to make progress.
-        let need: u64 = graph
-            .subtasks
-            .iter()
-            .filter_map(|s| s.output.as_ref())
-            .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
-            .sum();
-        let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
-            what: "--arena-size",
-            detail: format!(
-                "{e} (the job has {channels} channels); use --arena-size {} or more",
-                arena_size_for(&base, need)
-            ),
-        })?;
-        if u64::from(cfg.segment_count) < need {
-            return Err(Error::Invalid {
-                what: "--arena-size",
-                detail: format!(
-                    "an arena of {} bytes holds {} segments of {} bytes, but this job's {} channels need at least {need}; \
-                     use --arena-size {} or more",
-                    self.arena_size,
-                    cfg.segment_count,
-                    self.segment_size,
-                    channels,
-                    arena_size_for(&base, need)
-                ),
-            });
-        }
-        Ok(cfg)
-    }
-}
-
-/// The smallest arena size, in whole MiB, whose segments (after the control regions this
-/// job's `base` configuration needs, which grow with its channels, gates and tasks) number
-/// at least `need`: the size an `--arena-size` error suggests.
-fn arena_size_for(base: &ArenaConfig, need: u64) -> u64 {
-    const MIB: u64 = 1 << 20;
-    let exact =
-        ArenaConfig { segment_count: need.clamp(2, 1 << 24) as u32, ..*base }.layout().map_or(0, |l| l.total_size);
-    let mut size = exact.div_ceil(MIB).max(1) * MIB;
-    // `with_arena_size` sizes the control regions for one segment and rounds: a few more
-    // MiB settle that (bounded).
-    for _ in 0..64 {
-        if base.with_arena_size(size).is_ok_and(|c| u64::from(c.segment_count) >= need) {
-            break;
-        }
-        size += MIB;
-    }
-    size
-}
-
-/// Figures for one edge of the job.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct EdgeSummary {
-    /// Producer vertex.
-    pub from: String,
-    /// Consumer vertex.
-    pub to: String,
-    /// Selector.
-    pub selector: String,
-    /// Partition type.
-    pub partition_type: String,
-    /// Records that crossed it.
-    pub records: u64,
-    /// Bytes that crossed it.
-    pub bytes: u64,
-    /// The most segments seen in flight on it at once (sampled).
-    pub max_in_flight_segments: u64,
-    /// The most bytes that could have been in flight (segments x segment size).
-    pub max_in_flight_bytes: u64,
-    /// Milliseconds its producers spent back-pressured, summed over subtasks.
-    pub back_pressured_ms: f64,
-    /// That time as a share of the producers' run time.
-    pub back_pressured_ratio: f64,
-}
-
-/// The outcome of a job.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct JobSummary {
-    /// Job name.
-    pub job: String,
-    /// Worker processes.
-    pub workers: u32,
-    /// Subtasks.
-    pub subtasks: usize,
-    /// Records the sources produced.
-    pub records: u64,
-    /// Bytes the sources produced into the first exchange.
-    pub bytes: u64,
-    /// Wall-clock seconds.
-    pub elapsed_s: f64,
-    /// Records per second (sources).
-    pub records_per_s: f64,
-    /// Per edge.
-    pub edges: Vec<EdgeSummary>,
-    /// Partitions that announced they are consumable.
-    pub consumable_partitions: usize,
-    /// Segments in the arena.
-    pub arena_segments: u32,
-    /// Segments back on the free stack after every worker exited (equal to
-    /// `arena_segments` unless segments leaked).
-    pub arena_free_after: u32,
-    /// Problems `shmflow check` found in the arena after the job (none expected).
-    pub arena_problems: Vec<String>,
-    /// The tasks' accumulators, merged (see [`super::accumulators`]).
-    pub accumulators: super::accumulators::Accumulators,
-}
 
 /// How long the coordinator waits, after a task failed as a consequence of another failure,
 /// for the cause to be reported (by another worker, over another socket) before it reports
@@ -294,6 +56,23 @@ struct Worker {
 }
 
 impl Worker {
+    /// Its exit status if it exits within `patience` (polled; `None` otherwise).
+    fn exit_status_within(&mut self, patience: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + patience;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => return None,
+            }
+        }
+    }
+
+    fn id(&self) -> WorkerId {
+        WorkerId { slot: self.slot as usize, pid: self.pid }
+    }
+
     fn cancel(&mut self) {
         if !self.broken {
             // Short: a worker that does not read is killed soon anyway.
@@ -332,11 +111,6 @@ fn write_bounded(sock: &mut UnixStream, line: &[u8], patience: Duration) -> std:
         }
     }
     Ok(())
-}
-
-/// `d` for a message: "30 s", "1.5 s".
-fn secs(d: Duration) -> String {
-    format!("{} s", d.as_secs_f64())
 }
 
 /// Kills and reaps every worker still running when the coordinator leaves.
@@ -485,7 +259,7 @@ fn task_label(job: &JobGraph, vertex: usize, subtask: u32) -> String {
 
 /// Why worker `w`'s control socket closed while it had tasks: its exit status if it exits
 /// within a second (never blocks longer).
-fn closed_early(w: &mut Worker) -> String {
+fn closed_early(w: &mut Worker) -> JobFailure {
     let deadline = Instant::now() + Duration::from_secs(1);
     let status = loop {
         match w.child.as_mut().map(Child::try_wait) {
@@ -496,59 +270,383 @@ fn closed_early(w: &mut Worker) -> String {
             _ => break None,
         }
     };
-    match status {
-        Some(s) => format!("worker {} (pid {}) died with {s} while its tasks were running", w.slot, w.pid),
-        None => format!("worker {} (pid {}) closed its control socket while its tasks were running", w.slot, w.pid),
-    }
+    JobFailure::Died { worker: w.id(), status }
 }
 
 /// Runs `job` across worker processes and waits for it.
+///
+/// The coordinator goes through four phases, each a method of a private `JobRun`:
+///
+/// ```text
+///  Plan::new   expand the graph, size the arena, encode each worker's deployment
+///     |        (a bad job fails here, before any process starts)
+///  spawn       create the arena, start the workers and their socket readers
+///  deploy      send each worker its subtasks                  --failure--.
+///  event loop  task states, heartbeats, exits, stop signals  --failure--+
+///  finish      wait for the workers to exit, summarize; or stop them and  <'
+///              report the failure (a stop signal outranks it)
+/// ```
 ///
 /// # Errors
 /// A bad configuration (before any worker starts), or the first failure of any task or
 /// worker (after every worker was stopped and the arena released).
 pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
-    let graph = ExecutionGraph::build(job, 0)?;
-    let arena_cfg = config.arena_config(job, &graph)?;
-    heartbeat_timeout_from_env()?;
-    if config.heartbeat_timeout.is_zero() {
-        return Err(Error::Invalid { what: "heartbeat timeout", detail: "0: it must be above zero".into() });
-    }
-    // Deploy: subtask k goes to worker k mod W. Encoded before any worker starts, so a
-    // deployment too large for the control protocol is refused up front.
-    let mut per_worker: Vec<Vec<SubtaskSpec>> = vec![Vec::new(); config.workers as usize];
-    for (k, s) in graph.subtasks.iter().enumerate() {
-        per_worker[k % config.workers as usize].push(s.clone());
-    }
-    let deployments = per_worker
-        .into_iter()
-        .enumerate()
-        .map(|(w, subtasks)| {
-            encode(&ToWorker::Deploy { worker: w as u32, subtasks }).map_err(|e| Error::Invalid {
-                what: "deployment",
-                detail: format!("the subtasks of worker {w}: {e}; use more --workers or a lower --parallelism"),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan::new(job, config)?;
     crate::sync::install_stop_handler();
-    let arena = Arc::new(Arena::create_memfd(&arena_cfg, &job.name)?);
-    let start = Instant::now();
-    let (tx, rx) = mpsc::channel::<(usize, ReaderEvent)>();
-    let args: Vec<std::ffi::OsString> =
-        config.worker_args.clone().unwrap_or_else(|| std::env::args_os().skip(1).collect());
-    let exe = std::env::current_exe().map_err(io("finding the current executable"))?;
-    let blocking_dir = BlockingDir::for_job(job)?;
-    let mut workers = Workers(Vec::new());
-    let interval_ms = config.heartbeat_interval().as_millis().max(1).to_string();
-    for w in 0..config.workers {
+    let mut run = JobRun::spawn(job, config, plan.graph, &plan.arena)?;
+    let outcome = run.deploy(plan.deployments).and_then(|()| run.event_loop());
+    run.finish(outcome)
+}
+
+/// A job that passed every check that needs no process: its execution graph, its arena and
+/// each worker's deployment, encoded.
+struct Plan {
+    graph: ExecutionGraph,
+    arena: ArenaConfig,
+    deployments: Vec<Vec<u8>>,
+}
+
+impl Plan {
+    fn new(job: &JobGraph, config: &RuntimeConfig) -> Result<Self> {
+        let graph = ExecutionGraph::build(job, 0)?;
+        let arena = config.arena_config(job, &graph)?;
+        heartbeat_timeout_from_env()?;
+        if config.heartbeat_timeout.is_zero() {
+            return Err(Error::Invalid { what: "heartbeat timeout", detail: "0: it must be above zero".into() });
+        }
+        // Deploy: subtask k goes to worker k mod W. Encoded before any worker starts, so a
+        // deployment too large for the control protocol is refused up front.
+        let mut per_worker: Vec<Vec<SubtaskSpec>> = vec![Vec::new(); config.workers as usize];
+        for (k, s) in graph.subtasks.iter().enumerate() {
+            per_worker[k % config.workers as usize].push(s.clone());
+        }
+        let deployments = per_worker
+            .into_iter()
+            .enumerate()
+            .map(|(w, subtasks)| {
+                encode(&ToWorker::Deploy { worker: w as u32, subtasks }).map_err(|e| Error::Invalid {
+                    what: "deployment",
+                    detail: format!("the subtasks of worker {w}: {e}; use more --workers or a lower --parallelism"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { graph, arena, deployments })
+    }
+}
+
+/// A running job: what the coordinator knows from spawn to finish.
+struct JobRun<'a> {
+    job: &'a JobGraph,
+    config: &'a RuntimeConfig,
+    graph: ExecutionGraph,
+    start: Instant,
+    /// Dropped first: cancels, then kills and reaps every worker still running.
+    workers: Workers,
+    /// Removed after the workers are gone.
+    _blocking_dir: Option<BlockingDir>,
+    arena: Arc<Arena>,
+    manager: ResultPartitionManager,
+    /// What the workers' socket readers pass on.
+    events: mpsc::Receiver<(usize, ReaderEvent)>,
+    tasks: TaskTable,
+    metrics_slots: HashMap<(usize, u32), u32>,
+    consumable: usize,
+    max_in_flight: HashMap<usize, u64>,
+    last_sample: Instant,
+    progress: Option<ProgressReporter>,
+    /// When the event loop last came round (a long gap means this process was stopped).
+    last_turn: Instant,
+    /// The first failure that was a consequence of another (a cancellation, a consumer
+    /// gone, a producer failed), and when it came: the job fails with it only if no cause is
+    /// reported within [`ROOT_CAUSE_GRACE`] (or before every task ended).
+    consequence: Option<(JobFailure, Instant)>,
+    accumulators: Accumulators,
+}
+
+impl<'a> JobRun<'a> {
+    /// Spawn: creates the arena and starts every worker with a reader thread on its socket.
+    fn spawn(job: &'a JobGraph, config: &'a RuntimeConfig, graph: ExecutionGraph, arena: &ArenaConfig) -> Result<Self> {
+        let arena = Arc::new(Arena::create_memfd(arena, &job.name)?);
+        let start = Instant::now();
+        let (tx, events) = mpsc::channel::<(usize, ReaderEvent)>();
+        let blocking_dir = BlockingDir::for_job(job)?;
+        let mut workers = Workers(Vec::new());
+        let launcher = Launcher::new(config, &arena, blocking_dir.as_ref())?;
+        for w in 0..config.workers {
+            launcher.start(w, &tx, &mut workers)?;
+        }
+        let tasks = TaskTable::new(
+            graph
+                .subtasks
+                .iter()
+                .enumerate()
+                .map(|(k, s)| ((s.vertex, s.subtask), k % config.workers as usize))
+                .collect(),
+        );
+        Ok(Self {
+            job,
+            config,
+            graph,
+            start,
+            workers,
+            _blocking_dir: blocking_dir,
+            manager: ResultPartitionManager::new(arena.clone()),
+            arena,
+            events,
+            tasks,
+            metrics_slots: HashMap::new(),
+            consumable: 0,
+            max_in_flight: HashMap::new(),
+            last_sample: Instant::now(),
+            progress: None,
+            last_turn: Instant::now(),
+            consequence: None,
+            accumulators: Accumulators::new(),
+        })
+    }
+
+    /// Deploy: sends each worker its subtasks.
+    fn deploy(&mut self, deployments: Vec<Vec<u8>>) -> std::result::Result<(), JobFailure> {
+        for (w, line) in self.workers.0.iter_mut().zip(&deployments) {
+            if let Err(e) = write_bounded(&mut w.sock, line, self.config.heartbeat_timeout) {
+                w.broken = true;
+                // A worker that exited before reading its deployment closed the socket
+                // (EPIPE or a reset): its exit status says why, if it comes within a moment.
+                if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                    if let Some(status) = w.exit_status_within(Duration::from_secs(1)) {
+                        return Err(JobFailure::Exited { worker: w.id(), status, running: true });
+                    }
+                }
+                return Err(JobFailure::Deploy { worker: w.id(), error: e.to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    /// The event loop: until every task ended or something failed.
+    fn event_loop(&mut self) -> std::result::Result<(), JobFailure> {
+        self.progress = self.config.progress.then(|| ProgressReporter::new(self.config.progress_total));
+        while self.tasks.left() > 0 {
+            if let Some((f, at)) = &self.consequence {
+                if at.elapsed() >= ROOT_CAUSE_GRACE {
+                    return Err(f.clone());
+                }
+            }
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok((w, event)) => self.on_event(w, event)?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(JobFailure::AllSocketsClosed),
+            }
+            self.check_workers()?;
+            self.observe();
+        }
+        // Every task ended; a consequence no cause came for is the failure.
+        self.consequence.take().map_or(Ok(()), |(f, _)| Err(f))
+    }
+
+    fn on_event(&mut self, w: usize, event: ReaderEvent) -> std::result::Result<(), JobFailure> {
+        match event {
+            ReaderEvent::Msg(msg) => self.on_message(w, msg),
+            ReaderEvent::Malformed(error) => {
+                self.workers.0[w].closed = true;
+                // The worker may still be running: the guard cancels, then kills it.
+                Err(JobFailure::Malformed { worker: self.workers.0[w].id(), error })
+            }
+            ReaderEvent::Closed => {
+                self.workers.0[w].closed = true;
+                if self.tasks.left_on(w) {
+                    return Err(closed_early(&mut self.workers.0[w]));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_message(&mut self, w: usize, msg: FromWorker) -> std::result::Result<(), JobFailure> {
+        let worker = self.workers.0[w].id();
+        match msg {
+            FromWorker::Hello { .. } | FromWorker::Heartbeat => {}
+            FromWorker::TaskRunning { vertex, subtask, metrics_slot } => {
+                self.report(worker, (vertex, subtask), Reported::Running, None)?;
+                self.metrics_slots.insert((vertex, subtask), metrics_slot);
+            }
+            FromWorker::PartitionConsumable { .. } => self.consumable += 1,
+            FromWorker::TaskFinished { vertex, subtask, accumulators } => {
+                self.report(worker, (vertex, subtask), Reported::Finished, None)?;
+                super::accumulators::merge_into(&mut self.accumulators, accumulators);
+            }
+            FromWorker::TaskFailed { vertex, subtask, error, symptom } => {
+                self.report(worker, (vertex, subtask), Reported::Failed, Some(&error))?;
+                let task = task_label(self.job, vertex, subtask);
+                let failure = JobFailure::Task { task, worker, error, symptom };
+                if !symptom {
+                    return Err(failure);
+                }
+                // A consequence: the cause may still be on its way from another worker.
+                // Reported if none comes.
+                self.consequence.get_or_insert_with(|| (failure, Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `worker`'s report on `task`, or fails the job for a report that is not its
+    /// to make (`error`: the error it reported with it).
+    fn report(
+        &mut self,
+        worker: WorkerId,
+        task: (usize, u32),
+        reported: Reported,
+        error: Option<&str>,
+    ) -> std::result::Result<(), JobFailure> {
+        let report = if reported == Reported::Running { Report::Running } else { Report::Ended };
+        self.tasks.report(worker.slot, task, report).map_err(|why| JobFailure::Protocol {
+            worker,
+            task: task_label(self.job, task.0, task.1),
+            reported,
+            why: match error {
+                Some(e) => format!("{why} (its error: {e})"),
+                None => why,
+            },
+        })
+    }
+
+    /// Exits of workers with tasks, stop signals and silent workers.
+    fn check_workers(&mut self) -> std::result::Result<(), JobFailure> {
+        for w in &mut self.workers.0 {
+            if let Some(Ok(Some(status))) = w.child.as_mut().map(Child::try_wait) {
+                if !status.success() && self.tasks.left_on(w.slot as usize) {
+                    return Err(JobFailure::Exited { worker: w.id(), status, running: true });
+                }
+            }
+        }
+        if let Some(signal) = crate::sync::stop_signal() {
+            return Err(JobFailure::Stopped { signal });
+        }
+        let now = Instant::now();
+        let timeout = self.config.heartbeat_timeout;
+        if now.saturating_duration_since(self.last_turn) > (timeout / 2).max(Duration::from_secs(1)) {
+            // This process itself was stopped or starved: what it did not hear meanwhile is
+            // not the workers' fault.
+            for w in &self.workers.0 {
+                w.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = now;
+            }
+        }
+        self.last_turn = now;
+        for w in self.workers.0.iter().filter(|w| !w.closed) {
+            let (at, any) = *w.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if now.saturating_duration_since(at) > timeout {
+                return Err(JobFailure::Silent { worker: w.id(), timeout, first: !any });
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples segments in flight (every 100 ms) and updates the progress display.
+    fn observe(&mut self) {
+        if self.last_sample.elapsed() >= Duration::from_millis(100) {
+            self.last_sample = Instant::now();
+            sample_in_flight(&self.graph, &self.manager, &self.arena, &mut self.max_in_flight);
+        }
+        if let Some(p) = self.progress.as_mut().filter(|p| p.due()) {
+            let snaps =
+                self.metrics_slots.iter().filter_map(|(&k, &s)| Some((k, task_snapshot(&self.arena, s)?))).collect();
+            p.update(snaps, self.tasks.left());
+        }
+    }
+
+    /// Finish: on success waits for the workers to exit and summarizes the job; on failure
+    /// (or a stop signal, which outranks what it caused) stops the workers and reports it.
+    fn finish(mut self, outcome: std::result::Result<(), JobFailure>) -> Result<JobSummary> {
+        if let Some(p) = self.progress.as_mut() {
+            p.finish();
+        }
+        if let Some(signal) = crate::sync::stop_signal() {
+            // Workers killed by the same Ctrl-C report what the signal caused.
+            return Err(Error::Interrupted { signal });
+        }
+        // On a failure, dropping `self` cancels the workers, gives them a moment, then kills
+        // and reaps them; the arena goes with the last mapping.
+        outcome?;
+        self.wait_for_exits()?;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        sample_in_flight(&self.graph, &self.manager, &self.arena, &mut self.max_in_flight);
+        let mut summary = summarize(
+            self.job,
+            &self.graph,
+            &self.arena,
+            &self.metrics_slots,
+            &self.max_in_flight,
+            elapsed,
+            self.config,
+            self.consumable,
+        );
+        drop(self.workers);
+        let report = crate::memory::check::check(&self.arena);
+        summary.arena_segments = report.segments;
+        summary.arena_free_after = report.free_walked;
+        summary.arena_problems = report.problems;
+        summary.accumulators = self.accumulators;
+        Ok(summary)
+    }
+
+    /// Every task finished: lets the workers exit on their own (bounded).
+    fn wait_for_exits(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for w in &mut self.workers.0 {
+            let Some(c) = w.child.as_mut() else { continue };
+            loop {
+                if let Some(signal) = crate::sync::stop_signal() {
+                    // A Ctrl-C now also hit the workers: it is the cause of their exits.
+                    return Err(Error::Interrupted { signal });
+                }
+                match c.try_wait() {
+                    Ok(Some(status)) if !status.success() => {
+                        let worker = WorkerId { slot: w.slot as usize, pid: w.pid };
+                        return Err(JobFailure::Exited { worker, status, running: false }.into());
+                    }
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => break,
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How workers are started: this executable with the job's arguments, the arena fd, a
+/// control socket and the job's environment.
+struct Launcher<'a> {
+    exe: std::path::PathBuf,
+    args: Vec<std::ffi::OsString>,
+    arena: &'a Arena,
+    blocking_dir: Option<&'a BlockingDir>,
+    interval_ms: String,
+}
+
+impl<'a> Launcher<'a> {
+    fn new(config: &'a RuntimeConfig, arena: &'a Arena, blocking_dir: Option<&'a BlockingDir>) -> Result<Self> {
+        Ok(Self {
+            exe: std::env::current_exe().map_err(io("finding the current executable"))?,
+            args: config.worker_args.clone().unwrap_or_else(|| std::env::args_os().skip(1).collect()),
+            arena,
+            blocking_dir,
+            interval_ms: config.heartbeat_interval().as_millis().max(1).to_string(),
+        })
+    }
+
+    /// Starts worker `w` into `workers` (whose guard stops it whatever happens next), and a
+    /// thread that passes what it sends on to `tx`.
+    fn start(&self, w: u32, tx: &mpsc::Sender<(usize, ReaderEvent)>, workers: &mut Workers) -> Result<()> {
         let (mine, theirs) = UnixStream::pair().map_err(io("creating a control socket"))?;
         mine.set_write_timeout(Some(WRITE_SLICE)).map_err(io("setting a control socket's write timeout"))?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null());
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(Stdio::null());
         let fd = theirs.as_raw_fd();
-        cmd.env(CONTROL_FD_ENV, fd.to_string()).env(HEARTBEAT_INTERVAL_ENV, &interval_ms);
-        arena.inherit_fd_into(&mut cmd)?;
-        if let Some(d) = &blocking_dir {
+        cmd.env(CONTROL_FD_ENV, fd.to_string()).env(HEARTBEAT_INTERVAL_ENV, &self.interval_ms);
+        self.arena.inherit_fd_into(&mut cmd)?;
+        if let Some(d) = self.blocking_dir {
             cmd.env(crate::partition::BLOCKING_DIR_ENV, &d.path);
         }
         // SAFETY: the closure only calls fcntl (async-signal-safe) on an fd that is open in
@@ -566,319 +664,48 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
         let child = cmd.spawn().map_err(io("starting a worker"))?;
         drop(theirs);
         let pid = child.id();
-        let mut reader = BufReader::new(mine.try_clone().map_err(io("cloning a control socket"))?);
+        let reader = BufReader::new(mine.try_clone().map_err(io("cloning a control socket"))?);
         let heard: Heard = Arc::new(Mutex::new((Instant::now(), false)));
-        let (txw, heard_w) = (tx.clone(), heard.clone());
-        let idx = w as usize;
-        let spawned = std::thread::Builder::new().name(format!("control-{w}")).spawn(move || loop {
-            let event = match recv::<FromWorker>(&mut reader) {
-                Ok(Some(m)) => {
-                    // Any message shows the worker is alive.
-                    *heard_w.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (Instant::now(), true);
-                    if matches!(m, FromWorker::Heartbeat) {
-                        continue;
-                    }
-                    ReaderEvent::Msg(m)
-                }
-                Ok(None) => ReaderEvent::Closed,
-                // Only a line that does not parse is the worker's fault; a reset or any other
-                // I/O error means its end went away (a worker that exits with our deployment
-                // unread resets the socket), and its exit status says why.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => ReaderEvent::Malformed(e.to_string()),
-                Err(_) => ReaderEvent::Closed,
-            };
-            let last = !matches!(event, ReaderEvent::Msg(_));
-            if txw.send((idx, event)).is_err() || last {
-                break;
-            }
-        });
+        let (tx, heard_w) = (tx.clone(), heard.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("control-{w}"))
+            .spawn(move || read_worker(w as usize, reader, &heard_w, &tx));
+        // Kept (and so killed and reaped) even if its reader could not start.
         workers.0.push(Worker { slot: w, child: Some(child), sock: mine, pid, heard, closed: false, broken: false });
         spawned.map_err(io("starting a control socket reader"))?;
+        Ok(())
     }
-    drop(tx);
-    let mut failure: Option<String> = None;
-    for (w, line) in workers.0.iter_mut().zip(&deployments) {
-        if let Err(e) = write_bounded(&mut w.sock, line, config.heartbeat_timeout) {
-            w.broken = true;
-            failure = Some(format!("deploying subtasks to worker {} (pid {}) failed: {e}", w.slot, w.pid));
+}
+
+/// A worker's reader thread: passes on each message (a heartbeat only refreshes `heard`)
+/// until the socket closes, a line does not parse or the coordinator is gone.
+fn read_worker(
+    idx: usize,
+    mut reader: BufReader<UnixStream>,
+    heard: &Mutex<(Instant, bool)>,
+    tx: &mpsc::Sender<(usize, ReaderEvent)>,
+) {
+    loop {
+        let event = match recv::<FromWorker>(&mut reader) {
+            Ok(Some(m)) => {
+                // Any message shows the worker is alive.
+                *heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (Instant::now(), true);
+                if matches!(m, FromWorker::Heartbeat) {
+                    continue;
+                }
+                ReaderEvent::Msg(m)
+            }
+            Ok(None) => ReaderEvent::Closed,
+            // Only a line that does not parse is the worker's fault; a reset or any other
+            // I/O error means its end went away (a worker that exits with our deployment
+            // unread resets the socket), and its exit status says why.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => ReaderEvent::Malformed(e.to_string()),
+            Err(_) => ReaderEvent::Closed,
+        };
+        let last = !matches!(event, ReaderEvent::Msg(_));
+        if tx.send((idx, event)).is_err() || last {
             break;
         }
-    }
-    drop(deployments);
-    let mut tasks = TaskTable::new(
-        graph.subtasks.iter().enumerate().map(|(k, s)| ((s.vertex, s.subtask), k % config.workers as usize)).collect(),
-    );
-    let mut metrics_slots: HashMap<(usize, u32), u32> = HashMap::new();
-    let mut consumable = 0usize;
-    let mut max_in_flight: HashMap<usize, u64> = HashMap::new();
-    let mut last_sample = Instant::now();
-    let mut progress = config.progress.then(|| ProgressReporter::new(config.progress_total));
-    let mut last_turn = Instant::now();
-    let manager = ResultPartitionManager::new(arena.clone());
-    // The first failure that was a consequence of another (a cancellation, a consumer gone,
-    // a producer failed), and when it came: the job fails with it only if no cause is
-    // reported within ROOT_CAUSE_GRACE (or before every task ended).
-    let mut consequence: Option<(String, Instant)> = None;
-    let mut job_accumulators = super::accumulators::Accumulators::new();
-    while tasks.left() > 0 && failure.is_none() {
-        if let Some((f, at)) = &consequence {
-            if at.elapsed() >= ROOT_CAUSE_GRACE {
-                failure = Some(f.clone());
-                break;
-            }
-        }
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok((w, ReaderEvent::Msg(msg))) => {
-                let pid = workers.0[w].pid;
-                let violation = |what: &str, vertex: usize, subtask: u32, why: String| {
-                    format!(
-                        "worker {w} (pid {pid}) broke the control protocol: it reported task {} {what}, {why}",
-                        task_label(job, vertex, subtask)
-                    )
-                };
-                match msg {
-                    FromWorker::Hello { .. } | FromWorker::Heartbeat => {}
-                    FromWorker::TaskRunning { vertex, subtask, metrics_slot } => {
-                        match tasks.report(w, (vertex, subtask), Report::Running) {
-                            Ok(()) => {
-                                metrics_slots.insert((vertex, subtask), metrics_slot);
-                            }
-                            Err(why) => failure = Some(violation("running", vertex, subtask, why)),
-                        }
-                    }
-                    FromWorker::PartitionConsumable { .. } => consumable += 1,
-                    FromWorker::TaskFinished { vertex, subtask, accumulators } => {
-                        match tasks.report(w, (vertex, subtask), Report::Ended) {
-                            Ok(()) => super::accumulators::merge_into(&mut job_accumulators, accumulators),
-                            Err(why) => failure = Some(violation("finished", vertex, subtask, why)),
-                        }
-                    }
-                    FromWorker::TaskFailed { vertex, subtask, error, symptom } => {
-                        match tasks.report(w, (vertex, subtask), Report::Ended) {
-                            Ok(()) => {
-                                let f = format!(
-                                    "task {} on worker {w} (pid {pid}) failed: {error}",
-                                    task_label(job, vertex, subtask)
-                                );
-                                if symptom {
-                                    // A consequence: the cause may still be on its way from
-                                    // another worker. Reported if none comes.
-                                    consequence.get_or_insert_with(|| (f, Instant::now()));
-                                } else {
-                                    failure = Some(f);
-                                }
-                            }
-                            Err(why) => {
-                                failure =
-                                    Some(violation("failed", vertex, subtask, format!("{why} (its error: {error})")))
-                            }
-                        }
-                    }
-                }
-            }
-            Ok((w, ReaderEvent::Malformed(e))) => {
-                workers.0[w].closed = true;
-                // The worker may still be running: the guard below cancels, then kills it.
-                failure = Some(format!("worker {w} (pid {}) sent a malformed control message: {e}", workers.0[w].pid));
-            }
-            Ok((w, ReaderEvent::Closed)) => {
-                workers.0[w].closed = true;
-                if tasks.left_on(w) {
-                    failure = Some(closed_early(&mut workers.0[w]));
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                failure.get_or_insert_with(|| "every worker closed its control socket".into());
-            }
-        }
-        for w in &mut workers.0 {
-            if let Some(c) = w.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    if !status.success() && tasks.left_on(w.slot as usize) {
-                        failure.get_or_insert_with(|| {
-                            format!(
-                                "worker {} (pid {}) exited with {status} while its tasks were running",
-                                w.slot, w.pid
-                            )
-                        });
-                    }
-                }
-            }
-        }
-        if let Some(sig) = crate::sync::stop_signal() {
-            failure.get_or_insert_with(|| format!("stopped by signal {sig}"));
-        }
-        let now = Instant::now();
-        if now.saturating_duration_since(last_turn) > (config.heartbeat_timeout / 2).max(Duration::from_secs(1)) {
-            // This process itself was stopped or starved: what it did not hear meanwhile is
-            // not the workers' fault.
-            for w in &workers.0 {
-                w.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = now;
-            }
-        }
-        last_turn = now;
-        for w in workers.0.iter().filter(|w| !w.closed) {
-            let (at, any) = *w.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if failure.is_none() && now.saturating_duration_since(at) > config.heartbeat_timeout {
-                let t = secs(config.heartbeat_timeout);
-                failure = Some(if any {
-                    format!("worker {} (pid {}) sent no heartbeat for {t}: is it stopped or hung?", w.slot, w.pid)
-                } else {
-                    format!(
-                        "worker {} (pid {}) sent no first message within {t} of its start: is it stopped or hung?",
-                        w.slot, w.pid
-                    )
-                });
-            }
-        }
-        if last_sample.elapsed() >= Duration::from_millis(100) {
-            last_sample = Instant::now();
-            sample_in_flight(job, &graph, &manager, &arena, &mut max_in_flight);
-        }
-        if let Some(p) = progress.as_mut().filter(|p| p.due()) {
-            let snaps = metrics_slots.iter().filter_map(|(&k, &s)| Some((k, task_snapshot(&arena, s)?))).collect();
-            p.update(snaps, tasks.left());
-        }
-    }
-    if let Some(p) = progress.as_mut() {
-        p.finish();
-    }
-    if let Some(signal) = crate::sync::stop_signal() {
-        // A stop signal outranks what it caused (workers killed by the same Ctrl-C, ...).
-        drop(workers);
-        return Err(Error::Interrupted { signal });
-    }
-    if failure.is_none() {
-        failure = consequence.map(|(f, _)| f);
-    }
-    if let Some(f) = failure {
-        // Workers are cancelled, given a moment, then killed and reaped by the guard; the
-        // arena goes with the last mapping.
-        drop(workers);
-        return Err(Error::JobFailed(f));
-    }
-    // Everything finished: let the workers exit on their own, bounded.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for w in &mut workers.0 {
-        if let Some(c) = w.child.as_mut() {
-            loop {
-                if let Some(signal) = crate::sync::stop_signal() {
-                    // A Ctrl-C now also hit the workers: it is the cause of their exits.
-                    return Err(Error::Interrupted { signal });
-                }
-                match c.try_wait() {
-                    Ok(Some(status)) if !status.success() => {
-                        return Err(Error::JobFailed(format!(
-                            "worker {} (pid {}) exited with {status}",
-                            w.slot, w.pid
-                        )));
-                    }
-                    Ok(Some(_)) => break,
-                    _ if Instant::now() > deadline => break,
-                    _ => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    sample_in_flight(job, &graph, &manager, &arena, &mut max_in_flight);
-    let mut summary = summarize(job, &graph, &arena, &metrics_slots, &max_in_flight, elapsed, config, consumable);
-    drop(workers);
-    let report = crate::memory::check::check(&arena);
-    summary.arena_segments = report.segments;
-    summary.arena_free_after = report.free_walked;
-    summary.arena_problems = report.problems;
-    summary.accumulators = job_accumulators;
-    Ok(summary)
-}
-
-fn sample_in_flight(
-    job: &JobGraph,
-    graph: &ExecutionGraph,
-    manager: &ResultPartitionManager,
-    arena: &Arena,
-    max: &mut HashMap<usize, u64>,
-) {
-    let _ = job;
-    let mut per_edge: HashMap<usize, u64> = HashMap::new();
-    for s in &graph.subtasks {
-        if let Some(o) = &s.output {
-            let id = ResultPartitionId::new(o.partition.0, o.partition.1);
-            // Blocking partitions have no channels in the arena.
-            if let Some(info) = manager.lookup_once(id).ok().filter(|i| i.partition_type.is_pipelined()) {
-                let n: u64 = (0..info.num_subpartitions)
-                    .filter_map(|i| channel_snapshot(arena, info.first_channel + i))
-                    .map(|c| u64::from(c.backlog))
-                    .sum();
-                *per_edge.entry(o.edge).or_default() += n;
-            }
-        }
-    }
-    for (e, n) in per_edge {
-        let m = max.entry(e).or_default();
-        *m = (*m).max(n);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn summarize(
-    job: &JobGraph,
-    graph: &ExecutionGraph,
-    arena: &Arena,
-    slots: &HashMap<(usize, u32), u32>,
-    max_in_flight: &HashMap<usize, u64>,
-    elapsed: f64,
-    config: &RuntimeConfig,
-    consumable: usize,
-) -> JobSummary {
-    let snap = |v: usize, i: u32| slots.get(&(v, i)).and_then(|&s| task_snapshot(arena, s));
-    let mut edges = Vec::new();
-    // Records and bytes the sources (vertices without inputs) wrote into their exchanges.
-    let (mut source_records, mut source_bytes) = (0u64, 0u64);
-    for vx in &job.vertices {
-        for &(u, e) in &vx.inputs {
-            let (mut records, mut bytes, mut bp, mut run) = (0u64, 0u64, 0u64, 0u64);
-            for i in 0..job.vertices[u].parallelism {
-                if let Some(s) = snap(u, i) {
-                    // Saturating: the counters are workers' words in the arena.
-                    records = records.saturating_add(s.records_out);
-                    bytes = bytes.saturating_add(s.bytes_out);
-                    bp = bp.saturating_add(s.back_pressured_ns);
-                    run = run.saturating_add(s.ended_ns.max(s.started_ns) - s.started_ns);
-                }
-            }
-            if job.vertices[u].inputs.is_empty() {
-                source_records = source_records.saturating_add(records);
-                source_bytes = source_bytes.saturating_add(bytes);
-            }
-            let segs = max_in_flight.get(&u).copied().unwrap_or(0);
-            edges.push(EdgeSummary {
-                from: job.vertices[u].name.clone(),
-                to: vx.name.clone(),
-                selector: format!("{:?}", e.selector),
-                partition_type: format!("{:?}", e.partition_type),
-                records,
-                bytes,
-                max_in_flight_segments: segs,
-                max_in_flight_bytes: segs.saturating_mul(u64::from(config.segment_size)),
-                back_pressured_ms: bp as f64 / 1e6,
-                back_pressured_ratio: if run > 0 { bp as f64 / run as f64 } else { 0.0 },
-            });
-        }
-    }
-    let (records, bytes) = (source_records, source_bytes);
-    JobSummary {
-        job: job.name.clone(),
-        workers: config.workers,
-        subtasks: graph.subtasks.len(),
-        records,
-        bytes,
-        elapsed_s: elapsed,
-        records_per_s: records as f64 / elapsed.max(1e-9),
-        edges,
-        consumable_partitions: consumable,
-        ..JobSummary::default()
     }
 }
 
@@ -913,14 +740,5 @@ mod tests {
         assert!(t.left_on(1));
         t.report(1, (1, 0), Report::Ended).unwrap();
         assert_eq!(t.left(), 0);
-    }
-
-    #[test]
-    fn the_heartbeat_interval_is_a_tenth_of_the_timeout_within_bounds() {
-        let c = |ms| RuntimeConfig { heartbeat_timeout: Duration::from_millis(ms), ..RuntimeConfig::default() };
-        assert_eq!(c(30_000).heartbeat_interval(), Duration::from_secs(1));
-        assert_eq!(c(2_000).heartbeat_interval(), Duration::from_millis(200));
-        assert_eq!(c(100).heartbeat_interval(), Duration::from_millis(50));
-        assert_eq!(c(20).heartbeat_interval(), Duration::from_millis(20));
     }
 }

@@ -22,94 +22,20 @@
 //! closures are never serialized: a vertex is identified by its position in the graph.
 
 use super::execution::TaskIo;
+use super::protocol::SubtaskSpec;
+use super::task::{Collector, Data, TaskInfo};
 use crate::error::Result;
 use crate::partition::{
     BroadcastPartitioner, ChannelSelector, ForwardPartitioner, GlobalPartitioner, KeyGroupPartitioner,
     RebalancePartitioner, RescalePartitioner, ResultPartitionType, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
-use crate::record::{FromRecord, Record};
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// A value that can cross an exchange: serialized in place, decoded on the other side.
-pub trait Data: Record + for<'a> FromRecord<'a> + Send + 'static {}
-impl<T: Record + for<'a> FromRecord<'a> + Send + 'static> Data for T {}
-
 /// Keys are hashed as Flink hashes the equivalent Java key (defined in [`crate::partition`]).
 pub use crate::partition::JavaHash;
-
-/// Which subtask of which vertex a task is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskInfo {
-    /// Job name.
-    pub job: String,
-    /// Vertex index in the job graph.
-    pub vertex: usize,
-    /// Vertex name.
-    pub vertex_name: String,
-    /// Subtask index, `0..parallelism`.
-    pub subtask: u32,
-    /// The vertex's parallelism.
-    pub parallelism: u32,
-}
-
-/// Where a stream's values go: the next operator of the chain, an exchange or a sink.
-pub trait Collector<T> {
-    /// Takes one value.
-    ///
-    /// # Errors
-    /// Whatever the downstream reports (backpressure waits, a failed peer, user errors).
-    fn collect(&mut self, value: T) -> Result<()>;
-    /// The input ended: emit what is buffered, then pass the end on.
-    ///
-    /// # Errors
-    /// As [`collect`](Self::collect).
-    fn finish(&mut self) -> Result<()> {
-        Ok(())
-    }
-    /// Publishes what was collected so far to the consumers now, without waiting for the
-    /// buffer timeout. A task flushes its output at each buffer timeout only from its own
-    /// thread (at its next record, or when it waits for input); a source that waits for
-    /// the outside world between records calls this before it waits, so its last records
-    /// do not wait with it. Operators pass it on; keyed state is not emitted by it.
-    ///
-    /// # Errors
-    /// As [`collect`](Self::collect).
-    fn flush(&mut self) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A boxed collector.
-pub type BoxCollector<T> = Box<dyn Collector<T>>;
-
-impl<T, C: Collector<T> + ?Sized> Collector<T> for Box<C> {
-    #[inline]
-    fn collect(&mut self, value: T) -> Result<()> {
-        (**self).collect(value)
-    }
-    fn finish(&mut self) -> Result<()> {
-        (**self).finish()
-    }
-    fn flush(&mut self) -> Result<()> {
-        (**self).flush()
-    }
-}
-
-impl<T, C: Collector<T> + ?Sized> Collector<T> for &mut C {
-    #[inline]
-    fn collect(&mut self, value: T) -> Result<()> {
-        (**self).collect(value)
-    }
-    fn finish(&mut self) -> Result<()> {
-        (**self).finish()
-    }
-    fn flush(&mut self) -> Result<()> {
-        (**self).flush()
-    }
-}
 
 /// Runs one subtask of a vertex, given its input and output (see [`TaskIo`]).
 pub type VertexBody = Arc<dyn Fn(&TaskInfo, &mut TaskIo) -> Result<()> + Send + Sync>;
@@ -267,6 +193,19 @@ pub struct JobGraph {
     pub name: String,
     /// Vertices in topological order.
     pub vertices: Vec<JobVertex>,
+}
+
+impl JobGraph {
+    /// Which subtask `spec` is: its vertex's name and the job's.
+    pub fn task_info(&self, spec: &SubtaskSpec) -> TaskInfo {
+        TaskInfo {
+            job: self.name.clone(),
+            vertex: spec.vertex,
+            vertex_name: self.vertices[spec.vertex].name.clone(),
+            subtask: spec.subtask,
+            parallelism: spec.parallelism,
+        }
+    }
 }
 
 /// Starts a job.
@@ -491,7 +430,7 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
     }
 
     /// Ends the job: `make` builds one sink collector per subtask (chained). A sink may be
-    /// any collector type (called statically) or a [`BoxCollector`].
+    /// any collector type (called statically) or a [`BoxCollector`](super::BoxCollector).
     pub fn sink<C, M>(self, name: &str, make: M) -> JobGraph
     where
         C: Collector<T>,

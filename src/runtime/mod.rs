@@ -11,23 +11,31 @@
 
 pub mod accumulators;
 pub mod builtin;
+mod config;
 mod coordinator;
 mod execution;
+mod failure;
+mod graph;
 mod job;
 mod progress;
 mod protocol;
+mod summary;
+mod task;
 mod worker;
 
-pub use coordinator::{run_job, EdgeSummary, JobSummary, RuntimeConfig};
-pub use execution::{
-    partition_id, ExchangeOut, ExecutionGraph, InputSpecs, OutputSpec, SubtaskSpec, TaskEvent, TaskIo, TaskSettings,
-};
+pub use config::RuntimeConfig;
+pub use coordinator::run_job;
+pub use execution::{ExchangeOut, TaskEvent, TaskIo, TaskSettings};
+pub use graph::{partition_id, ExecutionGraph};
 pub use job::{
-    BoxCollector, Chain, Collector, CountWindow, CountWindowOp, Data, EdgeSpec, Emitter, FilterOp, FlatMapOp, FnSource,
-    InputChain, JavaHash, JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp,
-    Source, SourceChain, SourceContext, Stream, TaskInfo, Tee, Then, VertexBody,
+    Chain, CountWindow, CountWindowOp, EdgeSpec, Emitter, FilterOp, FlatMapOp, FnSource, InputChain, JavaHash,
+    JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp, Source, SourceChain,
+    SourceContext, Stream, Tee, Then, VertexBody,
 };
 pub use progress::ProgressTotal;
+pub use protocol::{InputSpecs, OutputSpec, SubtaskSpec};
+pub use summary::{EdgeSummary, JobSummary};
+pub use task::{BoxCollector, Collector, Data, TaskInfo};
 pub use worker::{check_coordinator, is_worker, run_worker};
 
 /// Runs `job` the way a job binary should: as a worker when started by a coordinator,

@@ -2,9 +2,56 @@
 //! over a Unix socket pair the worker inherits. A line (newline included) is at most
 //! [`MAX_MESSAGE`] bytes; both sides refuse longer ones.
 
-use super::execution::SubtaskSpec;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
+
+/// Environment variable naming the worker's control socket fd.
+pub const CONTROL_FD_ENV: &str = "SHMFLOW_CONTROL_FD";
+
+/// Environment variable in which the coordinator passes its workers the heartbeat interval
+/// in milliseconds (a worker without it derives one from its own
+/// [`RuntimeConfig`](super::RuntimeConfig)).
+pub const HEARTBEAT_INTERVAL_ENV: &str = "SHMFLOW_HEARTBEAT_INTERVAL_MS";
+
+/// The produced side of one subtask: its result partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// Edge index (= producer vertex index).
+    pub edge: usize,
+    /// `ResultPartitionId` as (partition, attempt).
+    pub partition: (u64, u64),
+    /// `ResultPartitionType` code.
+    pub partition_type: u32,
+    /// Subpartitions.
+    pub num_subpartitions: u32,
+}
+
+/// The consumed side of one subtask: its gate's channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSpecs {
+    /// Edge index (= producer vertex index).
+    pub edge: usize,
+    /// (partition, attempt, subpartition) per channel.
+    pub channels: Vec<(u64, u64, u32)>,
+    /// `ResultPartitionType` code of the edge (0: pipelined, for older descriptors).
+    #[serde(default)]
+    pub partition_type: u32,
+}
+
+/// One execution vertex: what a TaskExecutor needs to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskSpec {
+    /// Job vertex index.
+    pub vertex: usize,
+    /// Subtask index.
+    pub subtask: u32,
+    /// Parallelism of the vertex.
+    pub parallelism: u32,
+    /// Its output partition.
+    pub output: Option<OutputSpec>,
+    /// Its input gate.
+    pub input: Option<InputSpecs>,
+}
 
 /// Coordinator to worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,10 +2,10 @@
 //! the control socket and runs each on its own thread. A thread of its own sends the
 //! coordinator a heartbeat every heartbeat interval, busy tasks or not.
 
-use super::coordinator::RuntimeConfig;
-use super::execution::{SubtaskSpec, TaskEvent, TaskIo};
+use super::config::RuntimeConfig;
+use super::execution::{TaskEvent, TaskIo};
 use super::job::JobGraph;
-use super::protocol::{recv, send, FromWorker, ToWorker};
+use super::protocol::{recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
 use crate::error::{Error, Result};
 use crate::metrics::TaskMetricsHandle;
 use crate::sync::{AtomicBool, Ordering};
@@ -15,13 +15,6 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Environment variable naming the worker's control socket fd.
-pub const CONTROL_FD_ENV: &str = "SHMFLOW_CONTROL_FD";
-
-/// Environment variable in which the coordinator passes its workers the heartbeat interval
-/// in milliseconds (a worker without it derives one from its own [`RuntimeConfig`]).
-pub const HEARTBEAT_INTERVAL_ENV: &str = "SHMFLOW_HEARTBEAT_INTERVAL_MS";
 
 /// Why the coordinator's `spec` cannot be run by this job, if it cannot.
 fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
@@ -233,7 +226,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
                     Err(e) => Err(Error::Io { op: "starting a task's event thread".into(), source: e }.into()),
                     Ok(forward) => {
                         let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
-                        let info = io.info(&job);
+                        let info = job.task_info(io.spec());
                         let body = job.vertices[vertex].body.clone();
                         let _ = super::accumulators::take();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));

@@ -1,4 +1,4 @@
-//! The goals of the benchmark suite (issue 6), checked against the figures of one run.
+//! The goals of the benchmark suite (issues 6 and 14), checked against the figures of one run.
 //!
 //! Each goal compares shmflow with a peer or a hardware limit measured in the same run. A
 //! goal whose figures are missing is "not measured", never met. Where several records fit a
@@ -129,6 +129,52 @@ fn is_tcp(s: &str) -> bool {
 fn is_memcpy(s: &str) -> bool {
     s.starts_with("memcpy")
 }
+fn is_netstack(s: &str) -> bool {
+    s == "shmflow-netstack"
+}
+
+/// The many-channel goals: (goal, shape, record bytes, factor over TCP at 1 ms). The skew
+/// shapes must stay where the run before issue 14 had them (docs/bench at commit cda3e34:
+/// shmflow/TCP 1.08× with 8 B records, 2.98× with 1 KiB), less 10% for run-to-run noise.
+const MANY_CHANNELS: [(&str, &str, u64, f64); 4] = [
+    ("4×1000, 8 B records, 1 ms buffer timeout: ≥ TCP with credits", "4x1000", 8, 1.0),
+    ("4×1000, 1 KiB records, 1 ms buffer timeout: ≥ TCP with credits", "4x1000", 1024, 1.0),
+    (
+        "10×1000 skew, 8 B records, 1 ms: unchanged or better (≥ 0.97× TCP: 0.9 × the 1.08× before issue 14)",
+        "10x1000-skew",
+        8,
+        0.97,
+    ),
+    (
+        "10×1000 skew, 1 KiB records, 1 ms: unchanged or better (≥ 2.68× TCP: 0.9 × the 2.98× before issue 14)",
+        "10x1000-skew",
+        1024,
+        2.68,
+    ),
+];
+
+/// The p99 bound of the network stack's spin latency, in nanoseconds.
+const NETSTACK_P99_NS: f64 = 2000.0;
+
+fn netstack_p99_goal(recs: &[Record]) -> Goal {
+    const GOAL: &str = "Network stack, 64 B one-way p99, spin: ≤ 2 µs";
+    let q = Query {
+        bench: Some("latency"),
+        system: is_netstack,
+        metrics: &["oneway_p99_ns"],
+        fields: vec![vec![("payload_bytes", json!(64))]],
+        mode: Some("spin"),
+    };
+    let c = q.find(recs);
+    match best(&c, plain, Best::Lowest) {
+        Some((r, v)) => Goal::new(
+            GOAL,
+            format!("shmflow-netstack p99 {}{}", time_ns(v), which(&c, r)),
+            if v <= NETSTACK_P99_NS { Verdict::Met } else { Verdict::NotMet },
+        ),
+        None => Goal::new(GOAL, "not measured (no shmflow-netstack p99 figure)".into(), Verdict::NotMeasured),
+    }
+}
 
 /// The figure of a record, converted (for bandwidths: to bytes/s).
 type Conv = fn(&Record) -> Option<f64>;
@@ -187,13 +233,13 @@ enum Tie {
     None,
     /// Prefer the peer records measured by the same benchmark binary (`source`).
     SameSource,
-    /// Only peer records equal to the shmflow record on these fields.
-    Fields(&'static [&'static str]),
 }
 
 /// One comparison goal: shmflow's figure against `factor` × the peer's.
 struct Versus {
     goal: &'static str,
+    /// The name shmflow's side goes by in the text (`shmflow`, `shmflow-netstack`).
+    ours_name: &'static str,
     ours: Query,
     peer: Query,
     peer_name: &'static str,
@@ -221,7 +267,6 @@ impl Versus {
                         pc = same;
                     }
                 }
-                Tie::Fields(fields) => pc.retain(|r| fields.iter().all(|f| r.get(*f) == orec.get(*f))),
             }
         }
         let p = best(&pc, self.conv, self.how);
@@ -233,7 +278,8 @@ impl Versus {
                     Best::Highest => ratio >= self.factor,
                 };
                 let measured = format!(
-                    "shmflow {}{} vs {} {}{}: {}",
+                    "{} {}{} vs {} {}{}: {}",
+                    self.ours_name,
                     (self.fmt)(ov),
                     which(&oc, orec),
                     self.peer_name,
@@ -246,7 +292,7 @@ impl Versus {
             _ => {
                 let mut missing = Vec::new();
                 if o.is_none() {
-                    missing.push("shmflow");
+                    missing.push(self.ours_name);
                 }
                 if p.is_none() {
                     missing.push(self.peer_name);
@@ -265,19 +311,6 @@ fn bare_of(recs: &[Record], source: Option<&Value>) -> Option<f64> {
         .filter(|r| r.get("source") == source)
         .filter_map(value_of)
         .reduce(f64::min)
-}
-
-/// The record size shmflow's throughput records use near `want` (within `slack` bytes
-/// below it: a record that fills a 32 KiB segment with its 4-byte length is 32764 B).
-fn size_near(recs: &[Record], want: u64, slack: u64) -> u64 {
-    let sizes: Vec<u64> = recs
-        .iter()
-        .filter(|r| bench_of(r) == "throughput" && is_shmflow(system_of(r)))
-        .filter_map(|r| num_of(r, "record_bytes"))
-        .map(|x| x as u64)
-        .filter(|&x| x <= want && x + slack >= want)
-        .collect();
-    sizes.iter().copied().max().unwrap_or(want)
 }
 
 fn scaling_goal(recs: &[Record]) -> Goal {
@@ -442,6 +475,7 @@ pub fn check(recs: &[Record]) -> Vec<Goal> {
 
     let ice = Versus {
         goal: "64 B one-way p50, spin: shmflow ≤ iceoryx2",
+        ours_name: "shmflow",
         ours: latency(is_shmflow, "spin", false),
         peer: latency(is_iceoryx2, "spin", false),
         peer_name: "iceoryx2",
@@ -471,6 +505,7 @@ pub fn check(recs: &[Record]) -> Vec<Goal> {
     goals.push(
         Versus {
             goal: "64 B one-way p50, spin: shmflow ≤ 1.5× bare atomic ping-pong",
+            ours_name: "shmflow",
             ours: latency(is_shmflow, "spin", false),
             peer: latency(is_bare, "spin", true),
             peer_name: "bare atomic",
@@ -486,10 +521,46 @@ pub fn check(recs: &[Record]) -> Vec<Goal> {
     goals.push(
         Versus {
             goal: "64 B one-way p50, park: shmflow ≤ 1.5× futex ping-pong",
+            ours_name: "shmflow",
             ours: latency(is_shmflow, "park", false),
             peer: latency(is_futex, "park", true),
             peer_name: "futex",
             factor: 1.5,
+            how: Best::Lowest,
+            conv: plain,
+            fmt: time_ns,
+            tie: Tie::SameSource,
+        }
+        .check(recs)
+        .0,
+    );
+
+    // The network stack (RecordWriter -> ResultPartition -> SingleInputGate, issue 14).
+    goals.push(
+        Versus {
+            goal: "Network stack, 64 B one-way p50, spin: ≤ 2× bare atomic ping-pong",
+            ours_name: "shmflow-netstack",
+            ours: latency(is_netstack, "spin", false),
+            peer: latency(is_bare, "spin", true),
+            peer_name: "bare atomic",
+            factor: 2.0,
+            how: Best::Lowest,
+            conv: plain,
+            fmt: time_ns,
+            tie: Tie::SameSource,
+        }
+        .check(recs)
+        .0,
+    );
+    goals.push(netstack_p99_goal(recs));
+    goals.push(
+        Versus {
+            goal: "Network stack, 64 B one-way p50, park: ≤ 1.1× futex ping-pong",
+            ours_name: "shmflow-netstack",
+            ours: latency(is_netstack, "park", false),
+            peer: latency(is_futex, "park", true),
+            peer_name: "futex",
+            factor: 1.1,
             how: Best::Lowest,
             conv: plain,
             fmt: time_ns,
@@ -519,68 +590,57 @@ pub fn check(recs: &[Record]) -> Vec<Goal> {
         fields: small(),
         mode: None,
     };
-    const SMALL_GOAL: &str = "1×1, 8 B records, 100 ms buffer timeout: ≥ 100 M records/s";
+    const SMALL_GOAL: &str = "1×1, 8 B records, 100 ms buffer timeout: ≥ 200 M records/s";
     let oc = tp(is_shmflow).find(recs);
     let rate = Unit::Rate("rec".into());
     goals.push(match best(&oc, plain, Best::Highest) {
         Some((r, v)) => Goal::new(
             SMALL_GOAL,
             format!("shmflow {}{}", format(&rate, v), which(&oc, r)),
-            if v >= 100e6 { Verdict::Met } else { Verdict::NotMet },
+            if v >= 200e6 { Verdict::Met } else { Verdict::NotMet },
         ),
         None => Goal::new(SMALL_GOAL, "not measured (no shmflow 1x1 figure)".into(), Verdict::NotMeasured),
     });
-    goals.push(
-        Versus {
-            goal: "1×1, 8 B records, 100 ms buffer timeout: ≥ 10× TCP loopback",
-            ours: tp(is_shmflow),
-            peer: tp(is_tcp),
-            peer_name: "TCP",
-            factor: 10.0,
-            how: Best::Highest,
-            conv: plain,
-            fmt: |v| format(&Unit::Rate("rec".into()), v),
-            tie: Tie::Fields(&["record_bytes", "payload_bytes", "shape", "timeout_ms"]),
-        }
-        .check(recs)
-        .0,
-    );
 
-    let seg = json!(size_near(recs, 32768, 64));
-    goals.push(
-        Versus {
-            goal: "Streaming 32 KiB records, every byte read: shmflow ≥ 2× iceoryx2 32 KiB samples",
-            ours: bw(
-                is_shmflow,
-                vec![vec![("record_bytes", seg.clone()), ("shape", json!("1x1"))], vec![("record_bytes", seg)]],
-            ),
-            peer: Query {
-                bench: None,
-                system: is_iceoryx2,
-                metrics: BANDWIDTH_METRICS,
-                fields: vec![
-                    vec![("batch", json!("32k-batch")), ("record_bytes", json!(32768))],
-                    vec![("batch", json!("32k-batch"))],
-                ],
-                mode: None,
-            },
-            peer_name: "iceoryx2",
-            factor: 2.0,
-            how: Best::Highest,
-            conv: bytes_per_s,
-            fmt: bandwidth,
-            tie: Tie::None,
-        }
-        .check(recs)
-        .0,
-    );
+    // Many channels, flushed every millisecond, against TCP with credits in the same run.
+    for (goal, shape, bytes, factor) in MANY_CHANNELS {
+        let q = |system: fn(&str) -> bool| Query {
+            bench: Some("throughput"),
+            system,
+            metrics: RECORDS_PER_S,
+            fields: vec![vec![("shape", json!(shape)), ("timeout_ms", json!(1)), ("record_bytes", json!(bytes))]],
+            mode: None,
+        };
+        goals.push(
+            Versus {
+                goal,
+                ours_name: "shmflow",
+                ours: q(is_shmflow),
+                peer: q(is_tcp),
+                peer_name: "TCP",
+                factor,
+                how: Best::Highest,
+                conv: plain,
+                fmt: |v| format(&Unit::Rate("rec".into()), v),
+                tie: Tie::None,
+            }
+            .check(recs)
+            .0,
+        );
+    }
+
     let mib = json!(1048576);
     goals.push(
         Versus {
-            goal: "1 MiB records: ≥ 0.5× memcpy bandwidth",
+            goal: "1 MiB records, 32 KiB segments: ≥ 0.8× memcpy bandwidth",
+            ours_name: "shmflow",
             ours: bw(
                 is_shmflow,
-                vec![vec![("record_bytes", mib.clone()), ("shape", json!("1x1"))], vec![("record_bytes", mib.clone())]],
+                vec![
+                    vec![("record_bytes", mib.clone()), ("shape", json!("1x1")), ("segment_bytes", json!(32768))],
+                    // Older runs did not record the segment size; their 1x1 shape used 32 KiB.
+                    vec![("record_bytes", mib.clone()), ("shape", json!("1x1"))],
+                ],
             ),
             peer: Query {
                 bench: None,
@@ -590,7 +650,7 @@ pub fn check(recs: &[Record]) -> Vec<Goal> {
                 mode: None,
             },
             peer_name: "memcpy",
-            factor: 0.5,
+            factor: 0.8,
             how: Best::Highest,
             conv: bytes_per_s,
             fmt: bandwidth,
@@ -650,7 +710,17 @@ mod tests {
       {"bench":"scaling","system":"shmflow","processes":16,"metric":"records_per_s","value":40e6},
       {"bench":"scaling","system":"shmflow","processes":1,"metric":"cpu_ns_per_record","value":20},
       {"bench":"scaling","system":"shmflow","processes":16,"metric":"cpu_ns_per_record","value":25},
-      {"bench":"backpressure","system":"shmflow","arena_bytes":67108864,"metric":"peak_rss_bytes","value":83886080}
+      {"bench":"backpressure","system":"shmflow","arena_bytes":67108864,"metric":"peak_rss_bytes","value":83886080},
+      {"bench":"latency","system":"shmflow-netstack","mode":"spin","payload_bytes":64,"metric":"oneway_p50_ns","value":270},
+      {"bench":"latency","system":"shmflow-netstack","mode":"spin","payload_bytes":64,"metric":"oneway_p99_ns","value":2500},
+      {"bench":"latency","system":"shmflow-netstack","mode":"park","payload_bytes":64,"metric":"oneway_p50_ns","value":17000},
+      {"bench":"throughput","system":"shmflow","shape":"4x1000","timeout_ms":1,"record_bytes":8,"metric":"records_per_s","value":70e6},
+      {"bench":"throughput","system":"tcp","shape":"4x1000","timeout_ms":1,"record_bytes":8,"metric":"records_per_s","value":60e6},
+      {"bench":"throughput","system":"shmflow","shape":"4x1000","timeout_ms":100,"record_bytes":1024,"metric":"records_per_s","value":4e6},
+      {"bench":"throughput","system":"shmflow","shape":"4x1000","timeout_ms":1,"record_bytes":1024,"metric":"records_per_s","value":1.5e6},
+      {"bench":"throughput","system":"tcp","shape":"4x1000","timeout_ms":1,"record_bytes":1024,"metric":"records_per_s","value":2e6},
+      {"bench":"throughput","system":"shmflow","shape":"10x1000-skew","timeout_ms":1,"record_bytes":8,"metric":"records_per_s","value":80e6},
+      {"bench":"throughput","system":"tcp","shape":"10x1000-skew","timeout_ms":1,"record_bytes":8,"metric":"records_per_s","value":80e6}
     ]"#;
 
     #[test]
@@ -666,19 +736,33 @@ mod tests {
         let futex = goal(&g, "64 B one-way p50, park");
         assert_eq!(futex.measured, "shmflow 30.0 µs vs futex 16.0 µs: 1.88×");
         assert_eq!(futex.verdict, Verdict::NotMet);
-        let m = goal(&g, "1×1, 8 B records, 100 ms buffer timeout: ≥ 100 M");
+        let m = goal(&g, "1×1, 8 B records, 100 ms buffer timeout: ≥ 200 M");
         assert_eq!(m.measured, "shmflow 120 M rec/s (mode spin)");
-        assert_eq!(m.verdict, Verdict::Met);
-        let tcp = goal(&g, "1×1, 8 B records, 100 ms buffer timeout: ≥ 10× TCP");
-        assert_eq!(tcp.measured, "shmflow 120 M rec/s (mode spin) vs TCP 40.0 M rec/s: 3.00×");
-        assert_eq!(tcp.verdict, Verdict::NotMet);
-        // The 1x1 shape is the streaming one, though 4x100 moves more; iceoryx2 in 32 KiB
-        // batches, converted from records/s.
-        let s = goal(&g, "Streaming 32 KiB");
-        assert_eq!(s.measured, "shmflow 9.00 GB/s vs iceoryx2 3.28 GB/s: 2.75×");
-        assert_eq!(s.verdict, Verdict::Met);
+        assert_eq!(m.verdict, Verdict::NotMet);
+        // The reframed goals are gone (issue 14).
+        assert!(!g.iter().any(|x| x.goal.contains("10× TCP") || x.goal.contains("Streaming 32 KiB")));
+        // The network stack: against the same bare and futex ping-pongs; p99 is absolute.
+        let n = goal(&g, "Network stack, 64 B one-way p50, spin");
+        assert_eq!(n.measured, "shmflow-netstack 270 ns vs bare atomic 140 ns: 1.93×");
+        assert_eq!(n.verdict, Verdict::Met);
+        let n99 = goal(&g, "Network stack, 64 B one-way p99");
+        assert_eq!(n99.measured, "shmflow-netstack p99 2.50 µs");
+        assert_eq!(n99.verdict, Verdict::NotMet);
+        let np = goal(&g, "Network stack, 64 B one-way p50, park");
+        assert_eq!(np.measured, "shmflow-netstack 17.0 µs vs futex 16.0 µs: 1.06×");
+        assert_eq!(np.verdict, Verdict::Met);
+        // Many channels at 1 ms only (the 100 ms record is not taken though it is higher).
+        let c8 = goal(&g, "4×1000, 8 B");
+        assert_eq!(c8.measured, "shmflow 70.0 M rec/s vs TCP 60.0 M rec/s: 1.17×");
+        assert_eq!(c8.verdict, Verdict::Met);
+        let c1k = goal(&g, "4×1000, 1 KiB");
+        assert_eq!(c1k.measured, "shmflow 1.50 M rec/s vs TCP 2.00 M rec/s: 0.750×");
+        assert_eq!(c1k.verdict, Verdict::NotMet);
+        assert_eq!(goal(&g, "10×1000 skew, 8 B").verdict, Verdict::Met);
+        assert_eq!(goal(&g, "10×1000 skew, 1 KiB").verdict, Verdict::NotMeasured);
         let mc = goal(&g, "1 MiB records");
         assert_eq!(mc.measured, "shmflow 5.00 GB/s vs memcpy 47.0 GB/s: 0.106×");
+        assert!(mc.goal.contains("32 KiB segments"));
         assert_eq!(mc.verdict, Verdict::NotMet);
         let sc = goal(&g, "All-to-all");
         assert_eq!(sc.measured, "P = 16 40.0 M rec/s vs P = 1 50.0 M rec/s: 0.800×");
@@ -726,11 +810,6 @@ mod tests {
             "shmflow 300 ns vs iceoryx2 330 ns: 0.909×; each over the bare atomic of its own run: shmflow 2.00×, iceoryx2 5.50×"
         );
         assert_eq!(goal(&g, "64 B one-way p50, park").measured, "shmflow 21.0 µs vs futex 20.0 µs: 1.05×");
-        // The 32 KiB stream is 32764-byte records (one fills a segment with its length);
-        // iceoryx2 in 32 KiB batches, its best record size.
-        let s = goal(&g, "Streaming 32 KiB");
-        assert_eq!(s.measured, "shmflow 6.00 GB/s vs iceoryx2 2.50 GB/s (record 1 KiB): 2.40×");
-        assert_eq!(s.verdict, Verdict::Met);
         // P is the producer count.
         assert_eq!(
             goal(&g, "All-to-all").measured,
@@ -749,7 +828,7 @@ mod tests {
         assert_eq!(ice.verdict, Verdict::NotMeasured);
         assert_eq!(goal(&g, "64 B one-way p50, park").measured, "not measured (no shmflow or futex figure)");
         assert!(g.iter().all(|x| x.verdict == Verdict::NotMeasured));
-        assert!(markdown(&g).ends_with("0 met, 0 not met, 9 not measured.\n"));
+        assert!(markdown(&g).ends_with("0 met, 0 not met, 14 not measured.\n"));
     }
 
     #[test]
@@ -769,6 +848,6 @@ mod tests {
             goal(&g, "64 B one-way p50, spin: shmflow ≤ 1.5× bare").measured,
             "shmflow 233 ns vs bare atomic 140 ns: 1.66×"
         );
-        assert_eq!(goal(&g, "1×1, 8 B records, 100 ms buffer timeout: ≥ 100 M").measured, "shmflow 35.3 M rec/s");
+        assert_eq!(goal(&g, "1×1, 8 B records, 100 ms buffer timeout: ≥ 200 M").measured, "shmflow 35.3 M rec/s");
     }
 }

@@ -2,8 +2,10 @@
 //! - `latency-<size>-<mode>.svg`: one-way latency by percentile, a line per system, in the
 //!   HdrHistogram style (the x axis spreads the tail: 50%, 90%, 99%, 99.9%, ... max at equal
 //!   steps, i.e. log10 of 1/(1-p); the y axis is logarithmic), from `curve_oneway_ns` records;
-//! - `throughput-<size>.svg`: records/s per shape (and buffer timeout), systems side by side,
-//!   a log y axis when the bars span more than 10×;
+//! - `throughput-<size>-<group>.svg`: records/s per shape (and buffer timeout), systems side
+//!   by side, one chart per group of shapes (one channel with the single-core limits, 2x2,
+//!   many channels, broadcast) so that each stays legible at the README's width; a log y
+//!   axis when the bars span more than 10×;
 //! - `scaling.svg`: aggregate records/s against P (P producer and P consumer processes), a
 //!   line per system.
 //!
@@ -331,6 +333,22 @@ struct Bars {
     series: Vec<(String, Vec<Option<f64>>)>,
 }
 
+/// A chart of throughput shapes: (file suffix, title words, order).
+type Family = (&'static str, &'static str, u8);
+
+/// The chart a throughput shape is drawn in. One chart per
+/// group of shapes keeps each readable at the README's width: one channel (with the
+/// single-core limits beside it), 2x2, many channels, broadcast.
+fn shape_family(shape: Option<&str>) -> Family {
+    match shape {
+        None | Some("single-thread") => ("1x1", "one channel (1x1) and single-core limits", 0),
+        Some(s) if s.starts_with("1x1") => ("1x1", "one channel (1x1) and single-core limits", 0),
+        Some(s) if s.contains("broadcast") => ("broadcast", "broadcast", 3),
+        Some(s) if s.starts_with("2x2") => ("2x2", "2x2", 1),
+        Some(_) => ("many", "many channels", 2),
+    }
+}
+
 fn throughput_bars(recs: &[Record]) -> Vec<(Plot, Data)> {
     let tp: Vec<&Record> = recs
         .iter()
@@ -338,16 +356,23 @@ fn throughput_bars(recs: &[Record]) -> Vec<(Plot, Data)> {
         .filter(|r| value_of(r).is_some_and(|v| v > 0.0))
         .collect();
     let size_of = |r: &Record| num_of(r, "record_bytes").or_else(|| num_of(r, "payload_bytes"));
-    let mut sizes: Vec<Option<f64>> = Vec::new();
+    let family_of = |r: &Record| shape_family(str_of(r, "shape"));
+    // (size, family) in size order, then family order.
+    let mut charts: Vec<(Option<f64>, Family)> = Vec::new();
     for r in &tp {
-        if !sizes.contains(&size_of(r)) {
-            sizes.push(size_of(r));
+        let key = (size_of(r), family_of(r));
+        if !charts.contains(&key) {
+            charts.push(key);
         }
     }
-    sizes.sort_by(|a, b| a.unwrap_or(0.0).total_cmp(&b.unwrap_or(0.0)));
+    charts.sort_by(|a, b| a.0.unwrap_or(0.0).total_cmp(&b.0.unwrap_or(0.0)).then(a.1 .2.cmp(&b.1 .2)));
+    // Limits alone (memcpy with no shmflow bar beside it) make no chart.
+    charts.retain(|(size, fam)| {
+        tp.iter().any(|r| size_of(r) == *size && family_of(r) == *fam && system_rank(&series_label(r)) < 7)
+    });
     let mut plots = Vec::new();
-    for size in sizes {
-        let these: Vec<&Record> = tp.iter().copied().filter(|r| size_of(r) == size).collect();
+    for (size, family) in charts {
+        let these: Vec<&Record> = tp.iter().copied().filter(|r| size_of(r) == size && family_of(r) == family).collect();
         // A group per shape and timeout (the fields that vary among these records).
         let group_fields: Vec<&str> = ["shape", "timeout_ms"]
             .into_iter()
@@ -387,8 +412,8 @@ fn throughput_bars(recs: &[Record]) -> Vec<(Plot, Data)> {
         }
         bars.series.sort_by_key(|(l, _)| system_rank(l));
         let size_s = size.map_or("any size".to_string(), |x| field_cell("record_bytes", Some(&x.into())));
-        let file = format!("plots/throughput-{}.svg", slug(&size_s));
-        let title = format!("Throughput, {size_s} records (records/s)");
+        let file = format!("plots/throughput-{}-{}.svg", slug(&size_s), family.0);
+        let title = format!("Throughput, {size_s} records, {} (records/s)", family.1);
         plots.push((Plot { bench: "throughput".into(), title, file }, Data::Bars(bars)));
     }
     plots
@@ -400,9 +425,10 @@ fn draw_bars(path: &Path, title: &str, bars: &Bars) -> Result<(), String> {
     let labels: Vec<String> = bars.series.iter().map(|(l, _)| l.clone()).collect();
     let cs = colors(&labels);
     let legend: Vec<_> = labels.iter().zip(&cs).map(|(l, c)| (l.clone(), *c, Key::Box)).collect();
-    // Room for every bar and for the group's label under it.
-    let group_w = (24 * bars.series.len() as u32 + 20).max(90);
-    let width = (110 + group_w * bars.groups.len() as u32).max(SIZE.0 - 200);
+    // Room for every bar and for the group's label under it (8 px a character at 15 px).
+    let longest = bars.groups.iter().map(|g| g.chars().count()).max().unwrap_or(0) as u32;
+    let group_w = (14 * bars.series.len() as u32 + 24).max(8 * longest + 16).max(90);
+    let width = (110 + group_w * bars.groups.len() as u32).max(SIZE.0 - 280);
     let root = frame(path, width, title, &legend)?;
     // A log axis (y = log10 of the value) when the bars span more than 10x.
     let log = hi / lo > 10.0;
@@ -428,7 +454,7 @@ fn draw_bars(path: &Path, title: &str, bars: &Bars) -> Result<(), String> {
         .y_desc("records/s")
         .x_label_formatter(&group_label)
         .y_label_formatter(&y_label)
-        .label_style((FONT, 12))
+        .label_style((FONT, 15))
         .draw()
         .map_err(err)?;
     let k = bars.series.len().max(1) as f64;
@@ -610,12 +636,23 @@ mod tests {
         text.push(']');
         let plots = draw_all(&parse(&text).unwrap(), &dir).unwrap();
         let files: Vec<&str> = plots.iter().map(|p| p.file.as_str()).collect();
-        assert_eq!(files, ["plots/latency-64B-spin.svg", "plots/throughput-8B.svg", "plots/scaling.svg"]);
+        assert_eq!(
+            files,
+            [
+                "plots/latency-64B-spin.svg",
+                "plots/throughput-8B-1x1.svg",
+                "plots/throughput-8B-many.svg",
+                "plots/scaling.svg"
+            ]
+        );
         for p in &plots {
             let svg = std::fs::read_to_string(dir.join(&p.file)).unwrap();
             assert!(svg.starts_with("<svg"), "{}", p.file);
             assert!(svg.contains(&p.title), "{} lacks its title", p.file);
         }
+        // The one-channel chart carries the single-core limit beside it; 4x100 is elsewhere.
+        let one = std::fs::read_to_string(dir.join("plots/throughput-8B-1x1.svg")).unwrap();
+        assert!(one.contains("memcpy") && !one.contains("4x100"));
         let lat = std::fs::read_to_string(dir.join("plots/latency-64B-spin.svg")).unwrap();
         for label in ["99.99%", "max", "shmflow", "iceoryx2", "bare-atomic"] {
             assert!(lat.contains(label), "latency plot lacks {label}");

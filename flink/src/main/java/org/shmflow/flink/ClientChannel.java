@@ -4,8 +4,10 @@
  */
 package org.shmflow.flink;
 
+import org.apache.flink.core.memory.MemorySegment;
 import org.apache.flink.core.memory.MemorySegmentFactory;
 import org.apache.flink.runtime.io.network.buffer.Buffer;
+import org.apache.flink.runtime.io.network.buffer.BufferRecycler;
 import org.apache.flink.runtime.io.network.buffer.FreeingBufferRecycler;
 import org.apache.flink.runtime.io.network.buffer.NetworkBuffer;
 import org.apache.flink.runtime.io.network.netty.exception.RemoteTransportException;
@@ -18,13 +20,23 @@ import java.io.ByteArrayInputStream;
 import java.io.ObjectInputStream;
 import java.net.SocketAddress;
 import java.nio.ByteBuffer;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
- * Delivers what the producer sent on one channel to its {@link RemoteInputChannel}: each
- * buffer is copied once from the arena into a buffer of the channel's own pool
- * ({@code requestBuffer()}, which is what carries Flink's credit), then the arena segment is
- * released at once. All deliveries hold this object's lock, as does {@link #close}, so no
- * buffer reaches a channel after it was closed.
+ * Delivers what the producer sent on one channel to its {@link RemoteInputChannel}. A data
+ * buffer takes a buffer of the channel's own pool ({@code requestBuffer()}, which is what
+ * carries Flink's credit), then either
+ * <ul>
+ *   <li>zero copy ({@code shmflow.consumer.zero-copy}, the default): the arena segment itself
+ *       is handed to Flink, wrapped as a {@link NetworkBuffer} whose recycler releases the
+ *       segment and then recycles the pool buffer it held as its credit token (so Flink
+ *       announces the credit exactly when it would have for its own buffer); or
+ *   <li>one copy: the segment is copied into the pool buffer and released at once.
+ * </ul>
+ * All deliveries hold this object's lock, as does {@link #close}, so no buffer reaches a
+ * channel after it was closed. The native channel end is closed when this end is closed
+ * and every zero-copy buffer handed out was recycled ({@link #refs}), so no segment Flink
+ * still reads goes back to the producer, and none stays held once Flink let go of them.
  */
 final class ClientChannel {
     private static final Logger LOG = LoggerFactory.getLogger(ClientChannel.class);
@@ -36,6 +48,8 @@ final class ClientChannel {
     final RemoteInputChannel input;
     final SocketAddress remote;
     private boolean closed;
+    /** One for the open channel plus one per zero-copy buffer not yet recycled. */
+    private final AtomicInteger refs = new AtomicInteger(1);
 
     ClientChannel(ShmTransport t, long handle, int id, RemoteInputChannel input, SocketAddress remote) {
         this.t = t;
@@ -144,6 +158,19 @@ final class ClientChannel {
                 }
                 throw new IllegalStateException("No buffer available in credit-based input channel.");
             }
+            if (t.zeroCopy) {
+                Buffer slice;
+                try {
+                    slice = arenaBuffer(seg, size, dt, compressed, b);
+                } catch (RuntimeException e) {
+                    b.recycleBuffer();
+                    Native.release(handle, seg);
+                    throw e;
+                }
+                t.metrics.received(size, true);
+                input.onBuffer(slice, seq, backlog, subpartition);
+                return;
+            }
         } else {
             b = new NetworkBuffer(MemorySegmentFactory.wrap(new byte[size]), FreeingBufferRecycler.INSTANCE, dt, size);
         }
@@ -161,8 +188,55 @@ final class ClientChannel {
         b.setSize(size);
         b.setDataType(dt);
         b.setCompressed(compressed);
-        t.metrics.received(size);
+        t.metrics.received(size, false);
         input.onBuffer(b, seq, backlog, subpartition);
+    }
+
+    /** Segment {@code seg} as a Flink buffer that holds {@code token} until it is recycled. */
+    private Buffer arenaBuffer(int seg, int size, Buffer.DataType dt, boolean compressed, Buffer token) {
+        ByteBuffer d = t.data.duplicate();
+        int at = seg * t.segmentSize;
+        d.limit(at + t.segmentSize).position(at);
+        MemorySegment ms = MemorySegmentFactory.wrapOffHeapMemory(d.slice());
+        refs.incrementAndGet();
+        return new NetworkBuffer(ms, new SegmentRecycler(seg, token), dt, compressed, size);
+    }
+
+    /**
+     * Recycler of one zero-copy buffer: releases the arena segment, then the credit token.
+     * Called once (NetworkBuffer's reference count), from whichever thread lets go last (the
+     * task thread, the channel-state writer for unaligned checkpoints, a release); it takes
+     * no lock of ours, so it cannot deadlock with a delivery that holds Flink's locks.
+     */
+    private final class SegmentRecycler implements BufferRecycler {
+        private final int seg;
+        private final Buffer token;
+
+        SegmentRecycler(int seg, Buffer token) {
+            this.seg = seg;
+            this.token = token;
+        }
+
+        @Override
+        public void recycle(MemorySegment memorySegment) {
+            try {
+                int rc = Native.release(handle, seg);
+                if (rc < 0) {
+                    LOG.warn("shmflow: releasing segment {} of channel {} failed: {}", seg, id, Native.lastError());
+                }
+            } finally {
+                // After the segment: the credit this announces lets the producer send again.
+                token.recycleBuffer();
+                unref();
+            }
+        }
+    }
+
+    /** Drops one reference; the last closes the native channel end. */
+    private void unref() {
+        if (refs.decrementAndGet() == 0) {
+            Native.closeChannel(handle);
+        }
     }
 
     /** Consumer dispatcher, every liveness period: a dead producer fails the channel. */
@@ -212,7 +286,8 @@ final class ClientChannel {
         if (cancel) {
             Native.send(handle, Native.KIND_CANCEL, -1, 0, 0, 0, 0, 0, 0, 0L, 0);
         }
-        Native.closeChannel(handle);
+        // The native end closes now, or when the last zero-copy buffer comes back.
+        unref();
     }
 
     synchronized boolean isClosed() {

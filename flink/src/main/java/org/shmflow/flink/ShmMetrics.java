@@ -12,7 +12,7 @@ import java.util.function.LongSupplier;
 
 /**
  * Metrics under the TaskManager's group {@code shmflow}: buffers and bytes that went out and
- * came in through shared memory, channels connected through shared memory and partition
+ * came in through shared memory (and how many of those reached Flink without a copy), channels connected through shared memory and partition
  * request clients handed to Netty (TaskManagers on other hosts, or the fallback), and the
  * arena's free segments. Process-wide totals are kept too (all TaskManagers of a MiniCluster
  * live in one JVM), for tests.
@@ -22,6 +22,8 @@ final class ShmMetrics {
     static final AtomicLong TOTAL_BYTES_OUT = new AtomicLong();
     static final AtomicLong TOTAL_BUFFERS_IN = new AtomicLong();
     static final AtomicLong TOTAL_BYTES_IN = new AtomicLong();
+    /** Of TOTAL_BUFFERS_IN: handed to Flink as arena slices (zero copy). */
+    static final AtomicLong TOTAL_ZERO_COPY_IN = new AtomicLong();
     static final AtomicLong TOTAL_SHM_CHANNELS = new AtomicLong();
     static final AtomicLong TOTAL_NETTY_CLIENTS = new AtomicLong();
 
@@ -29,6 +31,7 @@ final class ShmMetrics {
     private final Counter bytesOut = new SimpleCounter();
     private final Counter buffersIn = new SimpleCounter();
     private final Counter bytesIn = new SimpleCounter();
+    private final Counter zeroCopyIn = new SimpleCounter();
     private final Counter shmChannels = new SimpleCounter();
     private final Counter nettyClients = new SimpleCounter();
 
@@ -39,6 +42,7 @@ final class ShmMetrics {
             g.counter("bytesOutShm", bytesOut);
             g.counter("buffersInShm", buffersIn);
             g.counter("bytesInShm", bytesIn);
+            g.counter("buffersInZeroCopy", zeroCopyIn);
             g.counter("channelsShm", shmChannels);
             g.counter("clientsNetty", nettyClients);
         }
@@ -60,7 +64,11 @@ final class ShmMetrics {
         TOTAL_BYTES_OUT.addAndGet(bytes);
     }
 
-    void received(int bytes) {
+    void received(int bytes, boolean zeroCopy) {
+        if (zeroCopy) {
+            zeroCopyIn.inc();
+            TOTAL_ZERO_COPY_IN.incrementAndGet();
+        }
         buffersIn.inc();
         bytesIn.inc(bytes);
         TOTAL_BUFFERS_IN.incrementAndGet();

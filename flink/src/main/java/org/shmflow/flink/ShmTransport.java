@@ -50,6 +50,8 @@ final class ShmTransport implements AutoCloseable {
     final int segmentSize;
     final int slot;
     final int timeoutMs;
+    /** Consumer side: deliver arena slices to Flink instead of copying (shmflow.consumer.zero-copy). */
+    final boolean zeroCopy;
     final String arenaName;
     final ResourceID self;
     final ResultPartitionProvider partitionProvider;
@@ -83,6 +85,7 @@ final class ShmTransport implements AutoCloseable {
             String arenaName,
             ResourceID self,
             int timeoutMs,
+            boolean zeroCopy,
             ResultPartitionProvider partitionProvider,
             TaskEventPublisher taskEventPublisher,
             ShmMetrics metrics)
@@ -91,6 +94,7 @@ final class ShmTransport implements AutoCloseable {
         this.arenaName = arenaName;
         this.self = self;
         this.timeoutMs = timeoutMs;
+        this.zeroCopy = zeroCopy;
         this.partitionProvider = partitionProvider;
         this.taskEventPublisher = taskEventPublisher;
         this.metrics = metrics;

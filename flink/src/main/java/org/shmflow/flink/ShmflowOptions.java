@@ -46,6 +46,17 @@ public final class ShmflowOptions {
                     .defaultValue(20_000L)
                     .withDescription("Spin budget in nanoseconds of an idle dispatcher before it blocks (0..1e9).");
 
+    /**
+     * Consumer side: hand the arena segment itself to Flink (a slice wrapped as a Flink
+     * buffer, holding a buffer of the input channel's own pool as its credit token until
+     * Flink recycles it) instead of copying it into that buffer.
+     */
+    public static final ConfigOption<Boolean> ZERO_COPY =
+            ConfigOptions.key("shmflow.consumer.zero-copy")
+                    .booleanType()
+                    .defaultValue(true)
+                    .withDescription("Consumer side: deliver arena segments to Flink without a copy (each holds one of the channel's buffers as its credit token until recycled); false: copy each into a buffer of the channel's pool.");
+
     /** Longest wait for a free segment or ring room before the channel fails. */
     public static final ConfigOption<Integer> TIMEOUT_MS =
             ConfigOptions.key("shmflow.timeout-ms")

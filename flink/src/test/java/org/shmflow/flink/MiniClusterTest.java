@@ -211,6 +211,7 @@ public final class MiniClusterTest {
         long n = 400_000;
         long before = shmBuffersIn();
         long channelsBefore = ShmMetrics.TOTAL_SHM_CHANNELS.get();
+        long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
         StreamExecutionEnvironment env = env(conf("keyby"));
         job(env, n, false);
         env.execute("shmflow keyBy unaligned");
@@ -219,7 +220,9 @@ public final class MiniClusterTest {
         check(ShmConnectionManager.lastFallback == null, "no fallback, got " + ShmConnectionManager.lastFallback);
         check(ShmMetrics.TOTAL_SHM_CHANNELS.get() - channelsBefore > 0, "channels through shared memory");
         check(in > 0, "buffers through shared memory: " + in);
-        System.out.printf("  %d buffers, %d bytes out through shared memory%n", in, ShmMetrics.TOTAL_BYTES_OUT.get());
+        long zc = ShmMetrics.TOTAL_ZERO_COPY_IN.get() - zeroCopyBefore;
+        check(zc > 0, "buffers delivered as arena slices (zero copy, the default): " + zc);
+        System.out.printf("  %d buffers (%d zero copy), %d bytes out through shared memory%n", in, zc, ShmMetrics.TOTAL_BYTES_OUT.get());
         // The per-job MiniCluster shuts its TaskManagers down after execute() returns.
         for (int i = 0; i < 200 && Files.exists(Path.of("/dev/shm", arenaName("keyby"))); i++) {
             Thread.sleep(50);
@@ -231,13 +234,18 @@ public final class MiniClusterTest {
         reset();
         long n = 600_000;
         long before = shmBuffersIn();
-        StreamExecutionEnvironment env = env(conf("restart"));
+        long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
+        // The one-copy consumer path (the keyBy case runs the zero-copy default).
+        Configuration c = conf("restart");
+        c.set(ShmflowOptions.ZERO_COPY, false);
+        StreamExecutionEnvironment env = env(c);
         job(env, n, true);
         env.execute("shmflow restart");
         check(THROWN.get(), "the planned failure happened");
         check(RESTARTED_ATTEMPTS.get() > 0, "a second attempt ran");
         check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key after the restart, got " + new TreeMap<>(MAX));
         check(shmBuffersIn() - before > 0, "buffers through shared memory");
+        check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "shmflow.consumer.zero-copy: false copies every buffer");
     }
 
     static void cancelFreesSegments() throws Exception {

@@ -1,0 +1,174 @@
+//! The lock-free part of a channel's life: how the two ends (a consumer TaskManager and a
+//! producer TaskManager, two processes) take a channel block, open it, and give it back.
+//! `core.rs` runs these functions; the loom model `loom-tests/tests/ffi_channel_handshake.rs`
+//! compiles this very file (by path) against shmflow built with `--cfg loom` and explores
+//! their interleavings. It uses nothing but the channel block and `shmflow::sync`.
+//!
+//! ```text
+//!                 claim (consumer, CAS)          open (Release)
+//!  FREE / CLOSED -----------------------> PROBING_BY|pid ----------> OPEN
+//!       ^                                                            |  \
+//!       | free (Release, the last end: it                close (CAS) |   \ close (CAS)
+//!       | drained what was queued)                        consumer   |    \ producer
+//!       |                                                            v     v
+//!       +---------- PROBING_BY|pid <---- take: abandoned ---- CONSUMER_GONE  PRODUCER_FAILED
+//!       |           (producer, CAS; the consumer left        |                |
+//!       |            before the producer took the channel)   | close of the other end:
+//!       +----------------------------------------------------+----------------+ Last
+//! ```
+//!
+//! A block held as `PROBING_BY | pid` names its holder, so the online reclaimer
+//! (`shmflow::partition::reclaim`) frees it when that process dies and never mistakes it
+//! for a block of the previous user, whose `claim_pid` may still be in it.
+
+use shmflow::memory::{
+    ChannelBlock, CHANNEL_CLOSED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_PROBING_BY,
+    CHANNEL_PRODUCER_FAILED,
+};
+use shmflow::sync::Ordering;
+
+/// Which end of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Reads the data ring, writes the credit ring; claims and opens the block.
+    Consumer,
+    /// Writes the data ring, reads the credit ring; takes the block once it is open.
+    Producer,
+}
+
+/// Where a channel goes: written into the block between [`claim`] and [`open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The producer's process (the block's `claim_pid`, as the reclaimer expects).
+    pub producer_pid: u32,
+    /// The consumer's process.
+    pub consumer_pid: u32,
+    /// The producer's worker slot.
+    pub producer_slot: u32,
+    /// The consumer's worker slot.
+    pub consumer_slot: u32,
+    /// The notify set the producer marks (the consumer's), and the member it marks.
+    pub consumer_set: u32,
+    /// The notify set the consumer marks (the producer's).
+    pub producer_set: u32,
+    /// The member of either notify set: the channel block's index.
+    pub member: u32,
+}
+
+/// Consumer: takes block `b` if it is free (or closed by its last users) as
+/// `PROBING_BY | pid`. False when somebody else has it.
+pub fn claim(b: &ChannelBlock, pid: u32) -> bool {
+    let probing = CHANNEL_PROBING_BY | pid;
+    [CHANNEL_FREE, CHANNEL_CLOSED].into_iter().any(|from| {
+        // Acquire on success: pairs with the Release store of FREE in `free` (or of CLOSED
+        // by the reclaimer): the previous users' last reads and writes of the block and of
+        // its rings come before our reset.
+        b.state.compare_exchange(from, probing, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    })
+}
+
+/// Consumer: fills the block we [`claim`]ed with empty rings and `route`, then opens it.
+pub fn open(b: &ChannelBlock, route: &Route) {
+    b.reset();
+    // Relaxed (all): published by the Release store of OPEN below.
+    b.claim_pid.store(route.producer_pid, Ordering::Relaxed);
+    b.consumer_pid.store(route.consumer_pid, Ordering::Relaxed);
+    b.set_producer_worker(route.producer_slot);
+    b.set_consumer_worker(route.consumer_slot);
+    b.route_consumer_wakeups(route.consumer_set, route.member);
+    b.route_producer_wakeups(route.producer_set, route.member);
+    // Release: pairs with the Acquire load in `take`: the producer sees the route and the
+    // empty rings.
+    b.state.store(CHANNEL_OPEN, Ordering::Release);
+}
+
+/// What [`take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Open towards us: the consumer is in this worker slot.
+    Open {
+        /// The consumer's worker slot.
+        consumer_slot: u32,
+    },
+    /// Its consumer opened it towards us and closed it before we took it: we hold it now
+    /// (as `PROBING_BY | pid`), must release whatever is queued in it, then [`free`] it.
+    Abandoned,
+    /// Open, but towards another worker slot, or a consumer slot out of range.
+    NotOurs,
+    /// Not open (the state found): a stale notification, or not published yet.
+    NotOpen(u32),
+}
+
+/// Producer in worker slot `slot` (process `pid`): takes block `b`, which a consumer
+/// opened towards us. `max_slots` bounds the consumer slot read from the block.
+pub fn take(b: &ChannelBlock, slot: u32, pid: u32, max_slots: u32) -> Take {
+    // Acquire: pairs with the Release store of OPEN in `open`, and with the consumer's
+    // AcqRel CAS to CONSUMER_GONE in `close` (its last ring writes come before our drain).
+    let st = b.state.load(Ordering::Acquire);
+    // Ordered by the Acquire above.
+    let ours = b.producer_worker() == Some(slot);
+    match st {
+        CHANNEL_OPEN if ours => {
+            // Ordered by the Acquire above.
+            let consumer = b.consumer_worker().unwrap_or(u32::MAX);
+            if consumer < max_slots {
+                Take::Open { consumer_slot: consumer }
+            } else {
+                Take::NotOurs
+            }
+        }
+        CHANNEL_OPEN => Take::NotOurs,
+        // Relaxed: ordered by the Acquire above; the CAS decides.
+        CHANNEL_CONSUMER_GONE if ours && b.claim_pid.load(Ordering::Relaxed) == pid => {
+            // AcqRel: Acquire as above (the consumer's last writes before our drain);
+            // Release: our hold is published before the reclaimer may look at it.
+            match b.state.compare_exchange(
+                CHANNEL_CONSUMER_GONE,
+                CHANNEL_PROBING_BY | pid,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => Take::Abandoned,
+                Err(now) => Take::NotOpen(now),
+            }
+        }
+        s => Take::NotOpen(s),
+    }
+}
+
+/// What [`close`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The other end is still there: the block is marked, the other end must be woken;
+    /// the other end's close frees it.
+    First,
+    /// The other end had closed: what is still queued either way is ours to release, then
+    /// we [`free`] the block.
+    Last,
+    /// The block was in another state (the other end's process died and the reclaimer
+    /// marked it; the caller handles those states).
+    Other(u32),
+}
+
+/// Closes `end` of the open channel in block `b`.
+pub fn close(b: &ChannelBlock, end: End) -> Closed {
+    let (mine, theirs) = match end {
+        End::Consumer => (CHANNEL_CONSUMER_GONE, CHANNEL_PRODUCER_FAILED),
+        End::Producer => (CHANNEL_PRODUCER_FAILED, CHANNEL_CONSUMER_GONE),
+    };
+    // AcqRel: Release publishes our last ring writes to the other end's Acquire (its close
+    // or `take`); Acquire (on failure too) orders the other end's last writes before our
+    // drain.
+    match b.state.compare_exchange(CHANNEL_OPEN, mine, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Closed::First,
+        Err(s) if s == theirs => Closed::Last,
+        Err(s) => Closed::Other(s),
+    }
+}
+
+/// The last end (or the producer that took an abandoned block) gives the block back, after
+/// it released what was queued in it.
+pub fn free(b: &ChannelBlock) {
+    // Release: pairs with the Acquire CAS in `claim` of the next consumer.
+    b.state.store(CHANNEL_FREE, Ordering::Release);
+}

@@ -1,0 +1,208 @@
+//! How to run a job: the coordinator's and the workers' settings ([`RuntimeConfig`]), and the
+//! arena a job needs under them.
+
+use super::execution::TaskSettings;
+use super::graph::ExecutionGraph;
+use super::job::JobGraph;
+use super::progress::ProgressTotal;
+use crate::error::{Error, Result};
+use crate::memory::ArenaConfig;
+use crate::partition::{BufferTimeout, RequestBackoff};
+use crate::sync::WaitPolicy;
+use std::time::Duration;
+
+/// How to run a job.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Worker processes; subtasks are dealt to them round-robin. Default 2.
+    pub workers: u32,
+    /// Flink's buffer timeout: how long a record may wait in a partly filled segment.
+    /// Default 100 ms (Flink's default).
+    pub buffer_timeout: BufferTimeout,
+    /// Segment size in bytes (a power of two, 4 KiB..16 MiB). Default 32 KiB (Flink's).
+    pub segment_size: u32,
+    /// Arena size in bytes: every segment and channel of the job lives in it. Default
+    /// 64 MiB (the command line's default is 256 MiB).
+    pub arena_size: u64,
+    /// How tasks wait for input and buffers. Default [`WaitPolicy::adaptive`] (spin
+    /// briefly, then park on a futex).
+    pub wait_policy: WaitPolicy,
+    /// Partition request backoff: how long a consumer retries a partition not registered
+    /// yet. Default 1 ms doubling up to 10 s (Flink's defaults are 100 ms and 10 s).
+    pub backoff: RequestBackoff,
+    /// Show the job's progress on stderr: a bar with percent and ETA on a terminal when
+    /// [`RuntimeConfig::progress_total`] is known, else a plain line every second. Default
+    /// off.
+    pub progress: bool,
+    /// How much input the job has, for the percent and ETA of the progress bar. Default
+    /// `None` (no bar: plain lines).
+    pub progress_total: Option<ProgressTotal>,
+    /// Arguments the workers are started with. Default `None`: this process's own, so a
+    /// job binary's workers build the same job.
+    pub worker_args: Option<Vec<std::ffi::OsString>>,
+    /// Buffer debloating on every gate. Default `None` (off).
+    pub debloat: Option<crate::gate::DebloatConfig>,
+    /// How long the coordinator waits without hearing from a worker (its first message, a
+    /// heartbeat or any other message) before it fails the job, and how long a write to a
+    /// worker may make no progress. Workers send heartbeats every
+    /// [`RuntimeConfig::heartbeat_interval`]. Default 30 s, or the milliseconds in the
+    /// environment variable `SHMFLOW_HEARTBEAT_TIMEOUT_MS` when
+    /// it is set ([`run_job`](super::run_job) refuses a value that is not a number in 100..=3600000, the range
+    /// of `shmflow run --heartbeat-timeout-ms`).
+    pub heartbeat_timeout: Duration,
+}
+
+/// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
+/// milliseconds (100..=3600000, as `--heartbeat-timeout-ms`).
+pub const HEARTBEAT_TIMEOUT_ENV: &str = "SHMFLOW_HEARTBEAT_TIMEOUT_MS";
+
+/// The heartbeat timeout named by [`HEARTBEAT_TIMEOUT_ENV`], if set.
+pub(super) fn heartbeat_timeout_from_env() -> Result<Option<Duration>> {
+    let Some(v) = std::env::var_os(HEARTBEAT_TIMEOUT_ENV) else {
+        return Ok(None);
+    };
+    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(ms) if (100..=3_600_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(Error::Invalid {
+            what: HEARTBEAT_TIMEOUT_ENV,
+            detail: format!(
+                "{v:?} is not a number of milliseconds in 100..=3600000 (the range of --heartbeat-timeout-ms)"
+            ),
+        }),
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            buffer_timeout: BufferTimeout::Interval(Duration::from_millis(100)),
+            segment_size: 32 * 1024,
+            arena_size: 64 << 20,
+            wait_policy: WaitPolicy::adaptive(),
+            backoff: RequestBackoff { initial: Duration::from_millis(1), max: Duration::from_secs(10) },
+            progress: false,
+            progress_total: None,
+            worker_args: None,
+            debloat: None,
+            heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// How often workers send a heartbeat: a tenth of [`RuntimeConfig::heartbeat_timeout`],
+    /// at least 50 ms (never more than the timeout) and at most 1 s.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.heartbeat_timeout / 10)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+            .min(self.heartbeat_timeout)
+    }
+
+    /// The settings every task gets.
+    pub fn task_settings(&self) -> TaskSettings {
+        TaskSettings {
+            buffer_timeout: self.buffer_timeout,
+            wait_policy: self.wait_policy,
+            backoff: self.backoff,
+            debloat: self.debloat,
+        }
+    }
+
+    /// The arena this job needs, or a clear error saying why the sizes do not fit.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the arena is too small for the job's channels and pools.
+    pub fn arena_config(&self, job: &JobGraph, graph: &ExecutionGraph) -> Result<ArenaConfig> {
+        if self.workers == 0 || self.workers > 256 {
+            return Err(Error::Invalid { what: "--workers", detail: format!("{} not in 1..=256", self.workers) });
+        }
+        let max_p = job.vertices.iter().map(|v| v.parallelism).max().unwrap_or(1);
+        let channels = graph.channels_needed();
+        let per_gate = u64::from(max_p).div_ceil(64) * 64;
+        let base = ArenaConfig {
+            segment_size: self.segment_size,
+            segment_count: 1,
+            ring_capacity: 64,
+            max_channels: (channels + 8).min(1 << 20) as u32,
+            max_partitions: (graph.subtasks.len() + 8) as u32,
+            max_gates: (graph.gates_needed() + 8).min(65536) as u32,
+            max_channels_per_gate: per_gate.max(64) as u32,
+            max_workers: self.workers.max(1) + 1,
+            max_tasks: (graph.subtasks.len() + 8) as u32,
+        };
+        if !self.segment_size.is_power_of_two() || !(4096..=16 << 20).contains(&self.segment_size) {
+            return Err(Error::Invalid {
+                what: "--segment-size",
+                detail: format!("{} is not a power of two between 4096 and 16 MiB", self.segment_size),
+            });
+        }
+        base.validate().map_err(|e| Error::Invalid {
+            what: "job size",
+            detail: format!("{e} (the job has {} subtasks and {channels} channels)", graph.subtasks.len()),
+        })?;
+        // Every partition keeps subpartitions + 1 segments, and needs one more per channel
+        // to make progress.
+        let need: u64 = graph
+            .subtasks
+            .iter()
+            .filter_map(|s| s.output.as_ref())
+            .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
+            .sum();
+        let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
+            what: "--arena-size",
+            detail: format!(
+                "{e} (the job has {channels} channels); use --arena-size {} or more",
+                arena_size_for(&base, need)
+            ),
+        })?;
+        if u64::from(cfg.segment_count) < need {
+            return Err(Error::Invalid {
+                what: "--arena-size",
+                detail: format!(
+                    "an arena of {} bytes holds {} segments of {} bytes, but this job's {} channels need at least {need}; \
+                     use --arena-size {} or more",
+                    self.arena_size,
+                    cfg.segment_count,
+                    self.segment_size,
+                    channels,
+                    arena_size_for(&base, need)
+                ),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+/// The smallest arena size, in whole MiB, whose segments (after the control regions this
+/// job's `base` configuration needs, which grow with its channels, gates and tasks) number
+/// at least `need`: the size an `--arena-size` error suggests.
+fn arena_size_for(base: &ArenaConfig, need: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let exact =
+        ArenaConfig { segment_count: need.clamp(2, 1 << 24) as u32, ..*base }.layout().map_or(0, |l| l.total_size);
+    let mut size = exact.div_ceil(MIB).max(1) * MIB;
+    // `with_arena_size` sizes the control regions for one segment and rounds: a few more
+    // MiB settle that (bounded).
+    for _ in 0..64 {
+        if base.with_arena_size(size).is_ok_and(|c| u64::from(c.segment_count) >= need) {
+            break;
+        }
+        size += MIB;
+    }
+    size
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_interval_is_a_tenth_of_the_timeout_within_bounds() {
+        let c = |ms| RuntimeConfig { heartbeat_timeout: Duration::from_millis(ms), ..RuntimeConfig::default() };
+        assert_eq!(c(30_000).heartbeat_interval(), Duration::from_secs(1));
+        assert_eq!(c(2_000).heartbeat_interval(), Duration::from_millis(200));
+        assert_eq!(c(100).heartbeat_interval(), Duration::from_millis(50));
+        assert_eq!(c(20).heartbeat_interval(), Duration::from_millis(20));
+    }
+}
