@@ -7,6 +7,8 @@
 //!  producers mark the gate's notify set and wake it only  |      (&[u8] in place) and events
 //!  when it parks; the gate serves marked channels round-robin and never scans the others
 //!  records that span segments: reassembled, or read in place as chunks (next_view)
+//!  blocking partition's file --FileChannel (mmap, in place) --/   (polled: nobody marks it;
+//!      its partition request is the wait until the directory says FINISHED)
 //!  UnionInputGate: several gates sharing one notify set
 //! ```
 //!
@@ -16,7 +18,7 @@
 //! |---|---|
 //! | `single.rs` | `SingleInputGate`: scheduling (ready queue, batches), events, waiting |
 //! | `config.rs` | `InputSpec`, `InputGateConfig` (what the gate factory is given) |
-//! | `channel.rs` | `InputChannel` (`LocalInputChannel`): what a channel reads, its partition request |
+//! | `channel.rs` | `InputChannel`: `LocalInputChannel` or a file channel (blocking partitions), and each one's partition request |
 //! | `credit.rs` | floating credit (`BufferManager`'s floating buffers) |
 //! | `align.rs` | aligned / unaligned barrier handling (`CheckpointBarrierHandler`) |
 //! | `debloat.rs` | buffer debloating (`BufferDebloater`) |
