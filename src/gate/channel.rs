@@ -18,6 +18,7 @@
 //! Scheduling (`queued`, `served`) belongs to the gate, which keeps the ready queue; the
 //! channel only records whether it is in it.
 
+use super::config::InputSpec;
 use crate::error::{Error, Result};
 use crate::memory::liveness;
 use crate::memory::Arena;
@@ -28,15 +29,6 @@ use crate::partition::{
 use crate::record::{RecordChunks, RecordReader};
 use crate::sync::{now_nanos, Ordering};
 use std::time::Duration;
-
-/// One channel of a gate: which subpartition of which partition it reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputSpec {
-    /// The producer's partition.
-    pub partition: ResultPartitionId,
-    /// The subpartition this gate reads.
-    pub subpartition: u32,
-}
 
 /// Where a channel is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

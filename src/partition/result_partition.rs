@@ -18,7 +18,7 @@ use super::flush_handoff::{FlushHandoff, HandoffSlot};
 use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;
 use crate::memory::liveness::{self, Liveness};
 use crate::memory::Arena;
@@ -211,17 +211,20 @@ impl ResultPartition {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for blocking types, [`Error::OutOfSlots`] /
-    /// [`Error::PoolExhausted`] when the arena is too small, [`Error::Invalid`] for a bad
-    /// config.
+    /// [`Error::PoolExhausted`] when the arena is too small, [`ConfigError::OutOfRange`]
+    /// for a subpartition count of 0 or above the arena's channels per gate.
     pub fn new(arena: Arc<Arena>, cfg: &ResultPartitionConfig) -> Result<Self> {
         cfg.partition_type.check_supported()?;
         let n = cfg.num_subpartitions;
         let ac = arena.config();
         if n == 0 || n > ac.max_channels_per_gate {
-            return Err(Error::Invalid {
-                what: "subpartition count",
-                detail: format!("{n} not in 1..={} (the arena's max channels per gate)", ac.max_channels_per_gate),
-            });
+            return Err(ConfigError::OutOfRange {
+                what: "subpartition count (at most the arena's max channels per gate)",
+                value: n.into(),
+                min: 1,
+                max: ac.max_channels_per_gate.into(),
+            }
+            .into());
         }
         let manager = ResultPartitionManager::new(arena.clone());
         let slot = manager.claim_entry(cfg.id)?;
@@ -409,7 +412,7 @@ impl ResultPartition {
 
     fn check_open(&self) -> Result<()> {
         if self.finished {
-            return Err(Error::Invalid { what: "write", detail: format!("partition {} is already finished", self.id) });
+            return Err(Error::PartitionFinished(self.id.to_string()));
         }
         Ok(())
     }
@@ -683,7 +686,7 @@ impl ResultPartition {
     /// when it does not fit). Blocks for credit or segments (backpressure).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a channel out of range or a finished partition,
+    /// [`ConfigError::OutOfRange`] for a channel out of range, [`Error::PartitionFinished`],
     /// [`Error::TooLarge`] above 256 MiB, wait and consumer errors.
     #[inline]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
@@ -713,7 +716,13 @@ impl ResultPartition {
     fn emit_slow<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
         let c = c as usize;
         if c >= self.subs.len() {
-            return Err(Error::Invalid { what: "channel", detail: format!("{c} not in 0..{}", self.subs.len()) });
+            return Err(ConfigError::OutOfRange {
+                what: "channel",
+                value: c as i64,
+                min: 0,
+                max: self.subs.len() as i64 - 1,
+            }
+            .into());
         }
         self.check_open()?;
         let len = record.serialized_len();
