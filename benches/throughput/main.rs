@@ -128,6 +128,11 @@
 //! kills a producer that outlives its deadline, a guard kills and reaps it on every exit
 //! path, in-process writers are stopped and joined on every exit path, and nothing goes to
 //! /dev/shm (memfd arenas only).
+//!
+//! Modules: `plan` (systems, cases, flags), `records` (record bytes and checksums),
+//! `consumer` (the run of every case, shmflow's consumer), `stream_in` / `stream_out` (the
+//! stream peers' two ends with Flink's credits), `local` (the in-process peer and the
+//! limits), `spawn` and `producer` (the producer process), `machine`, `report`.
 
 use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
 use shmflow::memory::{Arena, ArenaConfig};
