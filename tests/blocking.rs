@@ -5,12 +5,17 @@
 //! The child processes are `child_entry` run with `--exact`; it does nothing unless
 //! `SHMFLOW_BLOCKING_TEST_ROLE` is set.
 
+/// The command line's built-in jobs (they live next to the binary, not in the library).
+#[path = "../src/bin/shmflow/jobs/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod jobs;
+
+use jobs::{reference_wordcount, TextSource};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{
     BlockingPartitionFile, BlockingResultPartition, FileChannelManager, ResultPartitionId, ResultPartitionManager,
     ResultPartitionType, PARTITION_FINISHED, PARTITION_REGISTERED,
 };
-use shmflow::runtime::builtin::{reference_wordcount, TextSource};
 use shmflow::Error;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

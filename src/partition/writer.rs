@@ -30,7 +30,7 @@ use super::flush_handoff::FlushHandoff;
 use super::result_partition::ResultPartition;
 use super::selector::ChannelSelector;
 use super::types::{ResultPartitionId, ResultPartitionType};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;
 use crate::record::Record;
 use crate::sync::{AtomicBool, Ordering};
@@ -52,13 +52,19 @@ impl BufferTimeout {
     /// From Flink's millisecond convention: 0, N > 0, or -1.
     ///
     /// # Errors
-    /// [`Error::Invalid`] below -1 or above one hour.
+    /// [`ConfigError::OutOfRange`] below -1 or above one hour.
     pub fn from_millis(ms: i64) -> Result<Self> {
         match ms {
             -1 => Ok(Self::FullSegmentsOnly),
             0 => Ok(Self::EveryRecord),
             1..=3_600_000 => Ok(Self::Interval(Duration::from_millis(ms as u64))),
-            _ => Err(Error::Invalid { what: "buffer timeout", detail: format!("{ms} ms (use -1, 0 or 1..=3600000)") }),
+            _ => Err(ConfigError::OutOfRange {
+                what: "buffer timeout in ms (-1: full segments only, 0: every record)",
+                value: ms,
+                min: -1,
+                max: 3_600_000,
+            }
+            .into()),
         }
     }
 

@@ -155,10 +155,10 @@ impl RecordReader {
         self.span.clear();
         self.span.reserve(self.span_len.unwrap_or(self.held_bytes).min(8 << 20));
         for (c, off, len) in &self.held {
-            self.span.extend_from_slice(c.bytes_at(*off, *len));
+            crate::buffer::extend_bytes(&mut self.span, c.bytes_at(*off, *len));
         }
         if let (Some((off, len)), Some(c)) = (tail, self.current.as_ref()) {
-            self.span.extend_from_slice(c.bytes_at(off, len));
+            crate::buffer::extend_bytes(&mut self.span, c.bytes_at(off, len));
         }
         self.release_held();
     }
@@ -386,7 +386,7 @@ impl RecordReader {
         let c = self.current.as_mut().expect("current segment");
         let bytes = c.peek()?;
         let take = (need - self.span.len()).min(bytes.len());
-        self.span.extend_from_slice(&bytes[..take]);
+        crate::buffer::extend_bytes(&mut self.span, &bytes[..take]);
         c.consume(take as u32);
         if self.span.len() == need {
             self.span_len = None;
@@ -455,7 +455,7 @@ impl RecordReader {
         // At most 8 MiB up front: the length is the peer's word (checked against
         // `max_record` only); the buffer grows as bytes arrive.
         self.span.reserve(len.min(8 << 20));
-        self.span.extend_from_slice(&bytes[LEN_PREFIX..]);
+        crate::buffer::extend_bytes(&mut self.span, &bytes[LEN_PREFIX..]);
         c.consume(avail as u32);
         self.span_len = Some(len);
         self.retire_current();

@@ -34,7 +34,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  *   <li>one copy: the segment is copied into the pool buffer and released at once.
  * </ul>
  * All deliveries hold this object's lock, as does {@link #close}, so no buffer reaches a
- * channel after it was closed. The native channel end is closed when this end is closed
+ * channel after it was closed; messages to the producer go out under their own lock (see
+ * {@link #sendSimple}). The native channel end is closed when this end is closed
  * and every zero-copy buffer handed out was recycled ({@link #refs}), so no segment Flink
  * still reads goes back to the producer, and none stays held once Flink let go of them.
  */
@@ -47,7 +48,10 @@ final class ClientChannel {
     final int id;
     final RemoteInputChannel input;
     final SocketAddress remote;
-    private boolean closed;
+    /** Set under this object's lock; read by senders under {@link #sendLock}. */
+    private volatile boolean closed;
+    /** Orders the messages this end sends (credit, resume, ...) as they were called. */
+    private final Object sendLock = new Object();
     /** One for the open channel plus one per zero-copy buffer not yet recycled. */
     private final AtomicInteger refs = new AtomicInteger(1);
 
@@ -266,7 +270,7 @@ final class ClientChannel {
         fail(new RemoteTransportException(msg, remote));
     }
 
-    private void fail(Throwable e) {
+    private synchronized void fail(Throwable e) {
         if (closed) {
             return;
         }
@@ -283,67 +287,75 @@ final class ClientChannel {
         closed = true;
         t.clientById.remove(id, this);
         t.clientByInput.remove(input.getInputChannelId(), this);
-        if (cancel) {
-            Native.send(handle, Native.KIND_CANCEL, -1, 0, 0, 0, 0, 0, 0, 0L, 0);
+        // After a sender that saw the channel open is done (lock order: this, then sendLock).
+        synchronized (sendLock) {
+            if (cancel) {
+                Native.send(handle, Native.KIND_CANCEL, -1, 0, 0, 0, 0, 0, 0, 0L, 0);
+            }
         }
         // The native end closes now, or when the last zero-copy buffer comes back.
         unref();
     }
 
-    synchronized boolean isClosed() {
+    boolean isClosed() {
         return closed;
     }
 
+    // Messages to the producer go out under sendLock, not this object's lock: a task thread
+    // announcing credit (Flink calls notifyCreditAvailable when it recycles a buffer) does
+    // not wait for the dispatcher to finish delivering a batch. A failure is reported after
+    // sendLock is let go (fail takes this object's lock).
+
     /** Sends a message without payload; false (and the channel failed) when it cannot. */
-    synchronized boolean sendSimple(int kind, int subpartition, long arg) {
-        if (closed) {
-            return false;
+    boolean sendSimple(int kind, int subpartition, long arg) {
+        String err;
+        synchronized (sendLock) {
+            if (closed) {
+                return false;
+            }
+            int rc = Native.send(handle, kind, -1, 0, subpartition, 0, 0, 0, 0, arg, t.timeoutMs);
+            if (rc >= 0) {
+                return true;
+            }
+            err = "shmflow: sending to '" + remote + "' failed: " + Native.lastError();
         }
-        int rc = Native.send(handle, kind, -1, 0, subpartition, 0, 0, 0, 0, arg, t.timeoutMs);
-        if (rc < 0) {
-            fail(new org.apache.flink.runtime.io.network.netty.exception.LocalTransportException(
-                    "shmflow: sending to '" + remote + "' failed: " + Native.lastError(), remote));
-            return false;
-        }
-        return true;
+        fail(new org.apache.flink.runtime.io.network.netty.exception.LocalTransportException(err, remote));
+        return false;
     }
 
-    /** Announces the input channel's unannounced credit, read now, under this lock. */
-    synchronized void announceCredit() {
-        if (closed || input.isReleased()) {
-            return;
+    /** Announces the input channel's unannounced credit, read when it is sent. */
+    void announceCredit() {
+        String err;
+        synchronized (sendLock) {
+            if (closed || input.isReleased()) {
+                return;
+            }
+            int credit = input.getAndResetUnannouncedCredit();
+            if (credit <= 0) {
+                return;
+            }
+            int rc = Native.addCredit(handle, credit, t.timeoutMs);
+            if (rc >= 0) {
+                return;
+            }
+            err = "shmflow: announcing credit to '" + remote + "' failed: " + Native.lastError();
         }
-        int credit = input.getAndResetUnannouncedCredit();
-        if (credit > 0) {
-            addCredit(credit);
-        }
-    }
-
-    /** Announces credit; false when closed or failed. */
-    synchronized boolean addCredit(int credit) {
-        if (closed) {
-            return false;
-        }
-        int rc = Native.addCredit(handle, credit, t.timeoutMs);
-        if (rc < 0) {
-            fail(new org.apache.flink.runtime.io.network.netty.exception.LocalTransportException(
-                    "shmflow: announcing credit to '" + remote + "' failed: " + Native.lastError(), remote));
-            return false;
-        }
-        return true;
+        fail(new org.apache.flink.runtime.io.network.netty.exception.LocalTransportException(err, remote));
     }
 
     /** Sends a message with {@code payload} in a segment. */
-    synchronized void sendPayload(int kind, byte[] payload, long arg) throws java.io.IOException {
-        if (closed) {
-            throw new java.io.IOException("shmflow: channel to '" + remote + "' is closed");
-        }
-        int seg = t.writeSegment(handle, payload);
-        int rc = Native.send(handle, kind, seg, payload.length, 0, 0, 0, 0, 0, arg, t.timeoutMs);
-        if (rc < 0) {
-            java.io.IOException e = Native.error("sending to '" + remote + "'", rc);
-            Native.release(handle, seg);
-            throw e;
+    void sendPayload(int kind, byte[] payload, long arg) throws java.io.IOException {
+        synchronized (sendLock) {
+            if (closed) {
+                throw new java.io.IOException("shmflow: channel to '" + remote + "' is closed");
+            }
+            int seg = t.writeSegment(handle, payload);
+            int rc = Native.send(handle, kind, seg, payload.length, 0, 0, 0, 0, 0, arg, t.timeoutMs);
+            if (rc < 0) {
+                java.io.IOException e = Native.error("sending to '" + remote + "'", rc);
+                Native.release(handle, seg);
+                throw e;
+            }
         }
     }
 }
