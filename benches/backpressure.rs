@@ -49,12 +49,13 @@ use shmflow::partition::{
 use shmflow::record::LEN_PREFIX;
 use shmflow::sync::{now_nanos, spin_loop, CachePadded, Ordering};
 use shmflow::ShuffleEnvironment;
-use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{
     cpu_model, cpu_pair, die_with_parent, exit_code, load_average, pin_to, ready_go_stop, rusage, say, stdin_lines,
     Producer, Res, Shared, SharedBlock,
@@ -140,30 +141,24 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------
 // Plan and arguments
 
+/// The backpressure bench's flags.
+#[derive(Parser)]
+#[command(name = "backpressure", about = "Backpressure: a producer paced against a slow consumer")]
 struct Args {
-    full: bool,
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Cycles of the pace pattern (default 10 in a full run, 1 in a quick one).
+    #[arg(long, value_name = "N")]
     cycles: Option<u32>,
+    /// Pin the consumer and the producer to one CPU each (off by default: on a shared
+    /// machine a pinned, busy-waiting consumer loses its CPU to other load and misses its
+    /// pace).
+    #[arg(long)]
     pin: bool,
 }
 
-/// `--bench` (added by `cargo bench`), `--json PATH`, `--cycles N`, `--pin` (pin the
-/// consumer and the producer to one CPU each; off by default: on a shared machine a pinned,
-/// busy-waiting consumer loses its CPU to other load and misses its pace); anything else
-/// (flags and filters cargo passes along) is ignored.
 fn parse_args() -> Res<Args> {
-    let mut args = Args { full: false, json: None, cycles: None, pin: false };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => args.full = true,
-            "--json" => args.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            "--cycles" => args.cycles = Some(it.next().ok_or("--cycles needs a number")?.parse()?),
-            "--pin" => args.pin = true,
-            _ => {}
-        }
-    }
-    Ok(args)
+    Ok(Args::parse())
 }
 
 struct Plan {
@@ -179,7 +174,7 @@ struct Plan {
 impl Plan {
     fn new(args: &Args) -> Self {
         let ms = Duration::from_millis;
-        if args.full {
+        if args.bench.full {
             Plan {
                 full: true,
                 warm: ms(300),
@@ -281,7 +276,7 @@ fn parent_main() -> Res<()> {
     );
     let o = run(&plan, cpus)?;
     print_report(&o);
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.bench.json {
         std::fs::write(path, json_records(&plan, &o)?).map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("\nwrote {}", path.display());
     }

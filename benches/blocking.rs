@@ -17,9 +17,29 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{shmflow_exe, Res};
 
+/// The blocking bench's flags.
+#[derive(Parser)]
+#[command(name = "blocking", about = "Blocking vs pipelined exchange through `shmflow run wordcount`")]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Generated text in MB (default 50 in a full run, 2 in a quick one).
+    #[arg(long, value_name = "N")]
+    mb: Option<u64>,
+    /// Repetitions of each exchange (default 3 in a full run, 1 in a quick one).
+    #[arg(long, value_name = "N")]
+    reps: Option<usize>,
+    /// Parallelism of the job.
+    #[arg(long, value_name = "P", default_value_t = 2)]
+    parallelism: u32,
+}
+
 struct Args {
+    full: bool,
     mb: u64,
     reps: usize,
     parallelism: u32,
@@ -27,25 +47,14 @@ struct Args {
 }
 
 fn parse_args() -> Res<Args> {
-    let mut full = false;
-    let mut json = None;
-    let (mut mb, mut reps, mut parallelism) = (None, None, 2);
-    let mut it = std::env::args().skip(1);
-    while let Some(x) = it.next() {
-        match x.as_str() {
-            "--bench" => full = true,
-            "--mb" => mb = Some(it.next().ok_or("--mb needs a number")?.parse()?),
-            "--reps" => reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
-            "--parallelism" => parallelism = it.next().ok_or("--parallelism needs a number")?.parse()?,
-            "--json" => json = Some(it.next().ok_or("--json needs a path")?.into()),
-            _ => {} // libtest's own flags when run by `cargo test --benches`
-        }
-    }
+    let c = Cli::parse();
+    let full = c.bench.full;
     Ok(Args {
-        mb: mb.unwrap_or(if full { 50 } else { 2 }),
-        reps: reps.unwrap_or(if full { 3 } else { 1 }).max(1),
-        parallelism,
-        json,
+        full,
+        mb: c.mb.unwrap_or(if full { 50 } else { 2 }),
+        reps: c.reps.unwrap_or(if full { 3 } else { 1 }).max(1),
+        parallelism: c.parallelism,
+        json: c.bench.json,
     })
 }
 
@@ -110,8 +119,7 @@ fn main() -> Res<()> {
     println!("  blocking : {:>8.2} M words/s  ({:.2}x pipelined)", b / 1e6, b / p);
     println!("  ({:.1} s in all)", t0.elapsed().as_secs_f64());
     if let Some(path) = &a.json {
-        // The run kind: argv holds --bench in the full run.
-        let run = if std::env::args().any(|x| x == "--bench") { "full" } else { "quick" };
+        let run = if a.full { "full" } else { "quick" };
         let rec = |exchange: &str, v: f64| {
             format!(
                 "  {{\"bench\":\"blocking\",\"run\":\"{run}\",\"system\":\"shmflow\",\"exchange\":\"{exchange}\",\"text_mb\":{},\"parallelism\":{},\"metric\":\"words_per_s\",\"value\":{v:.1}}}",

@@ -30,12 +30,13 @@ use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{ResultPartitionConfig, ResultPartitionId, ResultPartitionType};
 use shmflow::sync::{now_nanos, Ordering};
 use shmflow::ShuffleEnvironment;
-use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{cpu_model, cpu_pair, die_with_parent, exit_code, pin_to, ready_go_stop, say, stdin_lines, Producer, Res};
 
 /// `shmflow::sync`'s atomics, as clippy.toml asks; the allow is for clippy resolving the
@@ -75,25 +76,19 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------
 // The plan
 
+/// The debloat bench's flags.
+#[derive(Parser)]
+#[command(name = "debloat", about = "Buffer debloating: in-flight bytes and barrier alignment with and without it")]
 struct Args {
-    full: bool,
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Do not pin the consumer and the producer to CPUs.
+    #[arg(long = "no-pin", action = clap::ArgAction::SetFalse)]
     pin: bool,
 }
 
 fn parse_args() -> Res<Args> {
-    let mut args = Args { full: false, json: None, pin: true };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => args.full = true,
-            "--json" => args.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            "--no-pin" => args.pin = false,
-            // cargo test / cargo bench pass their own flags and filters: ignore them.
-            _ => {}
-        }
-    }
-    Ok(args)
+    Ok(Args::parse())
 }
 
 /// One configuration of the run.
@@ -160,7 +155,7 @@ fn consumer_main() -> Res<()> {
         )
         .into());
     }
-    let plan = if args.full {
+    let plan = if args.bench.full {
         Plan { full: true, warm: Duration::from_millis(1500), window: Duration::from_secs(4) }
     } else {
         Plan { full: false, warm: Duration::from_millis(300), window: Duration::from_millis(350) }
@@ -193,7 +188,7 @@ fn consumer_main() -> Res<()> {
         outcomes.push(o);
     }
     print_table(&outcomes);
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.bench.json {
         std::fs::write(path, json_records(&plan, &outcomes)).map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("\nwrote {}", path.display());
     }

@@ -59,6 +59,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{
     cpu_model, die_with_parent, exit_code, load_average, machine_cpu_ticks, proc_cpu_ns, ready_go_stop, rusage, say,
     stdin_lines, Producer, Res, Shared, SharedBlock,
@@ -131,30 +133,42 @@ struct Args {
     procs: Option<Vec<u32>>,
 }
 
-/// `--bench` (added by `cargo bench`), `--json PATH`, `--window-ms MS`, `--rounds N`,
-/// `--procs 1,2,4`;
-/// anything else (flags and filters cargo passes along) is ignored.
+/// The scaling bench's flags.
+#[derive(Parser)]
+#[command(name = "scaling", about = "Scaling: aggregate throughput of P producer-consumer process pairs")]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Measurement window in ms.
+    #[arg(long, value_name = "MS")]
+    window_ms: Option<u64>,
+    /// Rounds per P.
+    #[arg(long, value_name = "N")]
+    rounds: Option<u32>,
+    /// The P values (such as 1,2,4).
+    #[arg(long, value_name = "P,..")]
+    procs: Option<String>,
+}
+
 fn parse_args() -> Res<Args> {
-    let mut args = Args { full: false, json: None, window_ms: None, rounds: None, procs: None };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => args.full = true,
-            "--json" => args.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            "--window-ms" => args.window_ms = Some(it.next().ok_or("--window-ms needs a number")?.parse()?),
-            "--rounds" => args.rounds = Some(it.next().ok_or("--rounds needs a number")?.parse::<u32>()?.max(1)),
-            "--procs" => {
-                let list = it.next().ok_or("--procs needs a list such as 1,2,4")?;
-                let ps = list.split(',').map(str::parse).collect::<Result<Vec<u32>, _>>()?;
-                if ps.iter().any(|&p| p == 0 || p as usize > MAX_P) {
-                    return Err(format!("--procs: every P must be in 1..={MAX_P}").into());
-                }
-                args.procs = Some(ps);
+    let c = Cli::parse();
+    let procs = match c.procs {
+        None => None,
+        Some(list) => {
+            let ps: Vec<u32> = common::args::list(&list).map_err(|e| format!("--procs: {e}"))?;
+            if ps.iter().any(|&p| p == 0 || p as usize > MAX_P) {
+                return Err(format!("--procs: every P must be in 1..={MAX_P}").into());
             }
-            _ => {}
+            Some(ps)
         }
-    }
-    Ok(args)
+    };
+    Ok(Args {
+        full: c.bench.full,
+        json: c.bench.json,
+        window_ms: c.window_ms,
+        rounds: c.rounds.map(|r| r.max(1)),
+        procs,
+    })
 }
 
 struct Plan {

@@ -23,6 +23,25 @@ use shmflow::partition::{
 };
 use shmflow::ShuffleEnvironment;
 use std::process::ExitCode;
+
+#[path = "common/args.rs"]
+mod args;
+use args::BenchArgs;
+use clap::Parser;
+
+/// The spans bench's flags.
+#[derive(Parser)]
+#[command(name = "spans", about = "1 MiB records over 32 KiB segments: reassembled vs chunked in place")]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Rounds (A/B pairs; default 7 in a full run, 1 in a quick one).
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// Records per round (default 256 in a full run, 4 in a quick one).
+    #[arg(long, value_name = "N")]
+    records: Option<usize>,
+}
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,16 +159,10 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let arg = |name: &str| -> Res<Option<usize>> {
-        match args.iter().position(|a| a == name) {
-            Some(i) => Ok(Some(args.get(i + 1).ok_or_else(|| format!("{name} needs a number"))?.parse()?)),
-            None => Ok(None),
-        }
-    };
-    let rounds = arg("--rounds")?.unwrap_or(if full { 7 } else { 1 });
-    let records = arg("--records")?.unwrap_or(if full { 256 } else { 4 });
+    let c = Cli::parse();
+    let full = c.bench.full;
+    let rounds = c.rounds.unwrap_or(if full { 7 } else { 1 });
+    let records = c.records.unwrap_or(if full { 256 } else { 4 });
     let record: Arc<Vec<u8>> = Arc::new((0..MIB).map(|i| (i * 31 + (i >> 12)) as u8).collect());
     let want = sum(&record).wrapping_mul(records as u64);
     let (mut re, mut ch, mut ratio, mut mc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -196,6 +209,17 @@ fn run() -> Res<()> {
         "spanning records: reassembled mode {} reassembled / {} in place; chunked mode {} reassembled / {} in place",
         spanned.0, spanned.1, spanned.2, spanned.3
     );
+    if let Some(path) = &c.bench.json {
+        let run = if full { "full" } else { "quick" };
+        let rec = |system: &str, mode: &str, v: f64| {
+            format!(
+                "  {{\"bench\":\"spans\",\"run\":\"{run}\",\"system\":\"{system}\",\"mode\":\"{mode}\",\"record_bytes\":{MIB},\"metric\":\"gb_per_s\",\"value\":{v:.3}}}"
+            )
+        };
+        let lines =
+            [rec("shmflow", "reassembled", m_re), rec("shmflow", "chunked", m_ch), rec("memcpy", "cache-hot", m_mc)];
+        std::fs::write(path, format!("[\n{}\n]\n", lines.join(",\n")))?;
+    }
     let all = (records * rounds) as u64;
     if spanned.1 != 0 || spanned.0 != all {
         return Err("the default mode read a record in place".into());

@@ -1,17 +1,25 @@
-//! Errors. Each layer says what went wrong in its own terms; the crate-wide [`Error`](enum@Error) is what
-//! the API returns, and every layer's error converts into it (`From`), so `?` carries it up
-//! and a caller matches one enum.
+//! Errors. Each layer says what went wrong in its own terms; the crate-wide
+//! [`Error`](enum@Error) is what the API returns, and every layer's error converts into it
+//! (`From`), so `?` carries it up and a caller matches one enum.
 //!
 //! ```text
-//!  layer          its error           becomes (From)
-//!  memory         ArenaError          Error::Arena(..)        creation and attach
-//!  ring, buffer,  Violation           Error::ProtocolViolation  a value from shared memory
-//!  memory, record                                             breaks the protocol
-//!  ring (push)    PushError::Full     (not converted: the pusher decides what a full ring
-//!                                      means; a channel reports Error::RingFull)
-//!  any            ConfigError         Error::Config(..)       a setting or argument out
-//!                                                             of range, before any sharing
+//!  layer           its error          at the API                what went wrong
+//!  memory          ArenaError         Error::Arena(..)          creating or attaching an arena
+//!  ring, memory    Violation          Error::ProtocolViolation  a value from shared memory
+//!                                                               breaks the protocol
+//!  ring (push)     PushError::Full    (not converted: the pusher decides what a full ring
+//!                                     means; a channel reports Error::RingFull)
+//!  any             ConfigError        Error::Config(..)         a setting or argument out of
+//!                                                               range, before any sharing
+//!  ring, buffer    Error::{RingFull, PoolExhausted, Timeout}    flow control
+//!  ring, gate      Error::{ProducerFailed, ConsumerGone, PeerDied}  the other end
+//!  partition       Error::{PartitionNotFound, PartitionExists, PartitionFinished,
+//!                         PartitionFailed, PartitionReleased}  the partition's life cycle
+//!  runtime         Error::{JobFailed, Cancelled, Interrupted, CoordinatorDied}
 //! ```
+//!
+//! [`Error::Invalid`] (a `what` and a formatted detail) is what is left for the runtime and
+//! the command line.
 //!
 //! Errors are built only on the path that returns them (clippy's `or_fun_call` is denied):
 //! a per-record call passes a closure that names the place, called only for an error.
@@ -150,7 +158,7 @@ pub enum ConfigError {
         detail: String,
     },
     /// A name that is none of the known ones.
-    #[error("invalid {what}: unknown {name:?} (known: {known})")]
+    #[error("invalid {what}: unknown {what} {name:?} (known: {known})")]
     Unknown {
         /// What kind of name.
         what: &'static str,
@@ -289,13 +297,20 @@ pub enum Error {
     /// A partition whose producer died or gave up.
     #[error("partition {0} failed (its producer died or gave up)")]
     PartitionFailed(String),
+    /// A write to a partition after its `finish` (or after it failed).
+    #[error("partition {0} is already finished")]
+    PartitionFinished(String),
+    /// A partition id that is registered already (and neither released nor failed).
+    #[error("partition {0} is already registered")]
+    PartitionExists(String),
     /// A partition that was released.
     #[error("partition {0} was released")]
     PartitionReleased(String),
     /// A feature that this build does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
-    /// A bad argument or configuration.
+    /// A bad argument or configuration that no typed error above describes (the runtime's
+    /// and the command line's; the lower layers use [`ConfigError`]).
     #[error("invalid {what}: {detail}")]
     Invalid {
         /// What was invalid.
@@ -327,7 +342,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::error::{ConfigError, Error, PushError, Violation};
 
     #[test]
     fn check_range_accepts_both_ends_and_refuses_one_past_them() {
@@ -349,7 +364,7 @@ mod tests {
         assert!(matches!(e, Error::Config(ConfigError::OutOfRange { value: 0, .. })));
         let e: Error =
             ConfigError::Unknown { what: "selector", name: "hash".into(), known: "forward, rebalance" }.into();
-        assert_eq!(e.to_string(), "invalid selector: unknown \"hash\" (known: forward, rebalance)");
+        assert_eq!(e.to_string(), "invalid selector: unknown selector \"hash\" (known: forward, rebalance)");
         let e: Error = ConfigError::Conflict { what: "pool", detail: "min 3 > max 2".into() }.into();
         assert_eq!(e.to_string(), "invalid pool: min 3 > max 2");
         let e: Error = Violation { place: "channel 4".into(), detail: "ring tail 9 outside 0..=8".into() }.into();

@@ -5,12 +5,17 @@
 //! The child processes are `child_entry` run with `--exact`; it does nothing unless
 //! `SHMFLOW_BLOCKING_TEST_ROLE` is set.
 
+/// The command line's built-in jobs (they live next to the binary, not in the library).
+#[path = "../src/bin/shmflow/jobs/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod jobs;
+
+use jobs::{reference_wordcount, TextSource};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{
     BlockingPartitionFile, BlockingResultPartition, FileChannelManager, ResultPartitionId, ResultPartitionManager,
     ResultPartitionType, PARTITION_FINISHED, PARTITION_REGISTERED,
 };
-use shmflow::runtime::builtin::{reference_wordcount, TextSource};
 use shmflow::Error;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -542,4 +547,61 @@ fn a_version_1_file_is_refused_naming_both_versions() {
     for part in [&path.display().to_string(), "version 1", "only version 2"] {
         assert!(msg.contains(part), "{part:?} missing from: {msg}");
     }
+}
+
+/// The gate reads blocking partitions through file channels: the partition request is the
+/// wait for FINISHED (the gate polls it while it waits), records come from the file in
+/// order per channel, a RecordWriter over the blocking partition chooses subpartitions
+/// like over a pipelined one, and the file is released once the gate read every
+/// subpartition.
+#[test]
+fn a_gate_reads_blocking_partitions_once_their_producers_finished_and_releases_them() {
+    use shmflow::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};
+    use shmflow::partition::{BufferTimeout, RecordWriter, RescalePartitioner};
+    let tmp = TempDir::new("gate");
+    let files = FileChannelManager::new(&tmp.0).unwrap();
+    let arena = arena();
+    let dir = ResultPartitionManager::new(arena.clone());
+    let ids = [ResultPartitionId::new(0x6a7e, 1), ResultPartitionId::new(0x6a7e, 2)];
+    let mut writers = Vec::new();
+    for id in ids {
+        let mut p = BlockingResultPartition::new(&files, id, ResultPartitionType::Blocking, 2).unwrap();
+        p.register(dir.clone()).unwrap();
+        // Round robin over both subpartitions: records 0, 2, 4 go to subpartition 0.
+        writers.push(RecordWriter::new::<u64>(p, RescalePartitioner::default(), BufferTimeout::EveryRecord).unwrap());
+    }
+    let mut cfg = InputGateConfig::new(ids.iter().map(|&partition| InputSpec { partition, subpartition: 0 }).collect());
+    cfg.blocking_files = Some(files.clone());
+    let mut gate = SingleInputGate::new(arena.clone(), &cfg).unwrap();
+    // Registered, not finished: nothing to read yet, and the gate says so without blocking.
+    assert!(gate.poll_next().unwrap().is_none());
+    for (k, w) in writers.iter_mut().enumerate() {
+        for i in 0..6u64 {
+            w.emit(&(100 * k as u64 + i)).unwrap();
+        }
+    }
+    assert!(gate.poll_next().unwrap().is_none(), "not finished: not readable");
+    for w in &mut writers {
+        w.finish().unwrap();
+    }
+    let mut got = [Vec::new(), Vec::new()];
+    loop {
+        match gate.next(Some(Duration::from_secs(10))).unwrap() {
+            GateItem::Record { channel, data } => {
+                got[channel as usize].push(u64::from_le_bytes(data.try_into().unwrap()))
+            }
+            GateItem::End => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, [vec![0, 2, 4], vec![100, 102, 104]]);
+    assert_eq!((gate.records_read(0), gate.records_read(1)), (3, 3));
+    // Subpartition 1 of each is still unread: the files stay until it is.
+    for id in ids {
+        assert!(files.path_of(id).is_file());
+        assert!(files.consumer_done(&dir, id).unwrap(), "the second consumer releases it");
+        assert!(!files.path_of(id).exists());
+    }
+    drop(gate);
+    drop(writers);
 }

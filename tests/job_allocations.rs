@@ -7,8 +7,13 @@
 //!
 //! Runs without the test harness, so no harness thread allocates while the jobs run.
 
+/// The command line's built-in jobs (they live next to the binary, not in the library).
+#[path = "../src/bin/shmflow/jobs/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod jobs;
+
+use jobs::TextSource;
 use shmflow::memory::Arena;
-use shmflow::runtime::builtin::{self, TextSource};
 use shmflow::runtime::{ExecutionGraph, JobGraph, RuntimeConfig, TaskEvent, TaskIo};
 use shmflow::sync::AtomicBool;
 use shmflow::ShuffleEnvironment;
@@ -110,13 +115,13 @@ fn per_10k(name: &str, small: (u64, &JobGraph), large: (u64, &JobGraph)) -> Resu
 }
 
 fn shuffle(records: u64, dir: &std::path::Path) -> JobGraph {
-    builtin::shuffle_job(records, 16, shmflow::partition::SelectorKind::KeyHash, 2, dir.to_path_buf(), (0, 0))
+    jobs::shuffle_job(records, 16, shmflow::partition::SelectorKind::KeyHash, 2, dir.to_path_buf(), (0, 0))
 }
 
 fn wordcount(lines: u64, dir: &std::path::Path) -> (u64, JobGraph) {
     let src = TextSource::Generated { lines, seed: 7 };
-    let words = builtin::reference_wordcount(&src).map(|m| m.values().sum::<u64>()).unwrap_or(0);
-    (words, builtin::wordcount_job(src, 2, dir.to_path_buf()))
+    let words = jobs::reference_wordcount(&src).map(|m| m.values().sum::<u64>()).unwrap_or(0);
+    (words, jobs::wordcount_job(src, 2, dir.to_path_buf()))
 }
 
 /// Removes the test's temp directory however `main` ends (a panicking job included).

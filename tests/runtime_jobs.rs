@@ -2,7 +2,12 @@
 //! outputs compared with single-threaded references, bad input rejected before any worker
 //! starts.
 
-use shmflow::runtime::builtin::{reference_window_lines, reference_wordcount, TextSource};
+/// The command line's built-in jobs (they live next to the binary, not in the library).
+#[path = "../src/bin/shmflow/jobs/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod jobs;
+
+use jobs::{reference_window_lines, reference_wordcount, TextSource};
 
 mod common;
 use common::{children_of, shmflow, TempDir};

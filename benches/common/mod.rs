@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod args;
+
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;

@@ -104,25 +104,32 @@ fn inval(msg: impl Into<String>) -> FfiError {
 }
 
 fn from_lib(e: impl Into<shmflow::Error>) -> FfiError {
+    use shmflow::Error as E;
     let e = e.into();
     let c = match &e {
-        shmflow::Error::ProtocolViolation { .. } => code::EPROTO,
-        shmflow::Error::RingFull { .. } => code::EAGAIN,
-        shmflow::Error::Config(_) => code::EINVAL,
-        shmflow::Error::OutOfSlots(_) => code::ECONFIG,
-        shmflow::Error::Io { .. } => code::EIO,
+        E::Arena(a) => return from_arena_ref(a, e.to_string()),
+        E::ProtocolViolation { .. } => code::EPROTO,
+        E::RingFull { .. } | E::Timeout(..) | E::PoolExhausted => code::EAGAIN,
+        E::PeerDied { .. } | E::ConsumerGone { .. } | E::ProducerFailed { .. } => code::EPEER,
+        E::Config(_) | E::Invalid { .. } | E::TooLarge { .. } => code::EINVAL,
+        E::OutOfSlots(_) => code::ECONFIG,
+        E::PartitionNotFound(_) => code::ENOENT,
         _ => code::EIO,
     };
     FfiError::new(c, e.to_string())
 }
 
-fn from_arena(e: ArenaError) -> FfiError {
-    let c = match &e {
-        ArenaError::Config(_) => code::ECONFIG,
+fn from_arena_ref(e: &ArenaError, msg: String) -> FfiError {
+    let c = match e {
         ArenaError::Io { .. } => code::EIO,
         _ => code::ECONFIG,
     };
-    FfiError::new(c, e.to_string())
+    FfiError::new(c, msg)
+}
+
+fn from_arena(e: ArenaError) -> FfiError {
+    let msg = e.to_string();
+    from_arena_ref(&e, msg)
 }
 
 /// The transport's own message kind: `arg` more credits (consumer to producer).

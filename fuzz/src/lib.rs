@@ -22,6 +22,9 @@ mod blocking_file;
 mod records;
 mod ring_values;
 pub mod seeds;
+/// The shuffle job's record, from the command line's built-in jobs (not part of the library).
+#[path = "../../src/bin/shmflow/jobs/synthetic.rs"]
+pub mod synthetic;
 
 pub use arena_header::arena_header;
 pub use blocking_file::blocking_file;

@@ -2,7 +2,7 @@
 //! re-encoding an accepted payload must give back exactly its bytes.
 
 use shmflow::record::{FromRecord, Record};
-use shmflow::runtime::builtin::Synthetic;
+use crate::synthetic::Synthetic;
 
 fn encode<R: Record + ?Sized>(r: &R) -> Vec<u8> {
     let mut out = vec![0u8; r.serialized_len()];

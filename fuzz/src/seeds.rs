@@ -8,7 +8,7 @@ use shmflow::memory::{Arena, ArenaConfig, StaticHeader};
 use shmflow::partition::{BlockingResultPartition, FileChannelManager, ResultPartitionId, ResultPartitionType};
 use shmflow::record::Record;
 use shmflow::ring::{BarrierDescriptor, Credit, Descriptor, EventCode};
-use shmflow::runtime::builtin::Synthetic;
+use crate::synthetic::Synthetic;
 use std::mem::offset_of;
 use std::os::fd::AsRawFd;
 

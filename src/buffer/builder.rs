@@ -50,6 +50,51 @@ use std::sync::Arc;
 /// Bytes of a slot (the slot-framed format is defined in [`crate::record::frame`]).
 const SLOT_BYTES: u32 = LEN_PREFIX as u32;
 
+/// The piece size [`copy_bytes`] splits a copy into when it must: below the size from which
+/// glibc's `memcpy` moves data with `rep movsb` (between 2 and 4 KiB here).
+const COPY_PIECE: usize = 2048;
+
+/// Copies `src` into `dst` (of the same length), steering clear of a slow case of
+/// `rep movsb`: on AMD Zen 4 a copy whose destination lies 1 to 63 bytes above its source
+/// modulo 4 KiB runs 14-16x slower (32 KiB in 9.4 us instead of 0.6 us; a 1 MiB record
+/// written across 32 KiB segments from such a source in 310 us instead of 29 us,
+/// `benches/emit`). Whether a record's bytes land there depends on where the caller's
+/// buffer sits and on the segment's fill, so such copies go in pieces small enough for
+/// `memcpy`'s vector loop; every other copy is one `memcpy`.
+#[inline]
+fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
+    if needs_pieces(dst.as_ptr() as usize, src) {
+        for (d, s) in dst.chunks_mut(COPY_PIECE).zip(src.chunks(COPY_PIECE)) {
+            d.copy_from_slice(s);
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Appends `src` to `v` as [`copy_bytes`] copies (a reader reassembling a record that
+/// spans segments meets the same slow case).
+#[inline]
+pub(crate) fn extend_bytes(v: &mut Vec<u8>, src: &[u8]) {
+    v.reserve(src.len());
+    // After the reserve the buffer stays put, so every piece keeps this distance.
+    if needs_pieces(v.as_ptr() as usize + v.len(), src) {
+        for piece in src.chunks(COPY_PIECE) {
+            v.extend_from_slice(piece);
+        }
+    } else {
+        v.extend_from_slice(src);
+    }
+}
+
+/// Whether a copy of `src` to address `dst` falls in `rep movsb`'s slow case (see
+/// [`copy_bytes`]).
+#[inline]
+fn needs_pieces(dst: usize, src: &[u8]) -> bool {
+    src.len() > COPY_PIECE && (1..64).contains(&(dst.wrapping_sub(src.as_ptr() as usize) % 4096))
+}
+
 /// The writer's cursor over one segment.
 ///
 /// Dropping it finishes its segment (readers see the end of what was written; none waits
@@ -145,7 +190,7 @@ impl BufferBuilder {
     pub fn append(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.remaining() as usize);
         if n > 0 {
-            self.claim(n as u32).copy_from_slice(&data[..n]);
+            copy_bytes(self.claim(n as u32), &data[..n]);
             self.pos += n as u32;
         }
         n
@@ -656,5 +701,39 @@ impl BufferConsumer {
             self.finished = fin && pos == self.read_pos;
         }
         Ok(self.finished)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// `src`'s offset whose bytes sit `distance` below `dst` modulo 4 KiB.
+    fn offset_for(src: &[u8], dst: usize, distance: usize) -> usize {
+        (dst.wrapping_sub(distance).wrapping_sub(src.as_ptr() as usize)) % 4096
+    }
+
+    #[test]
+    fn copies_a_few_bytes_above_their_source_go_in_pieces_and_arrive_whole() {
+        let src: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for distance in [0, 4, 8, 63, 64, 4095] {
+            let mut v: Vec<u8> = Vec::with_capacity(12_000);
+            v.push(0xee);
+            let dst = v.as_ptr() as usize + v.len();
+            let o = offset_for(&src, dst, distance);
+            let part = &src[o..o + 10_000];
+            assert_eq!(needs_pieces(dst, part), (1..64).contains(&distance), "distance {distance}");
+            extend_bytes(&mut v, part);
+            assert_eq!(v.len(), 10_001);
+            assert_eq!(&v[1..], part, "distance {distance}");
+
+            let mut out = vec![0u8; 12_000];
+            let at = 100;
+            let o = offset_for(&src, out.as_ptr() as usize + at, distance);
+            copy_bytes(&mut out[at..at + 10_000], &src[o..o + 10_000]);
+            assert_eq!(&out[at..at + 10_000], &src[o..o + 10_000], "distance {distance}");
+        }
+        // Short copies never go in pieces.
+        assert!(!needs_pieces(src.as_ptr() as usize + 8, &src[..COPY_PIECE]));
     }
 }

@@ -14,6 +14,7 @@ mod builder;
 mod local_pool;
 mod network_pool;
 
+pub(crate) use builder::extend_bytes;
 pub use builder::{Buffer, BufferBuilder, BufferConsumer, Lease, ReleaseSink, SpareLease};
 pub use local_pool::{LocalBufferPool, LocalPoolConfig, RecycleSource};
 pub use network_pool::NetworkBufferPool;

@@ -174,3 +174,33 @@ const _: () = {
 // The layout reserves HEADER_BYTES for the header without naming it (the layout is below the
 // header): checked in every build, loom's bigger atomics included.
 const _: () = assert!(std::mem::size_of::<ArenaHeader>() as u64 <= HEADER_BYTES);
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_published_64_bit_vectors() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn the_checksum_covers_every_byte_before_it_and_nothing_after() {
+        let layout = ArenaConfig::default().layout().unwrap();
+        let h = StaticHeader::new(&layout, 7, 1000, 12345);
+        assert_eq!(h.checksum, h.compute_checksum());
+        assert_eq!(h.config(), layout.config);
+        let n = std::mem::offset_of!(StaticHeader, checksum);
+        for i in 0..n {
+            let mut c = StaticHeader { ..h };
+            // SAFETY: `c` is a plain repr(C) struct of integers and `i` is inside it; any
+            // bit pattern is a valid value.
+            unsafe { *(&mut c as *mut StaticHeader).cast::<u8>().add(i) ^= 1 };
+            assert_ne!(c.compute_checksum(), h.checksum, "byte {i} is not covered");
+        }
+        let c = StaticHeader { checksum: 0, ..h };
+        assert_eq!(c.compute_checksum(), h.checksum, "the checksum field itself is not covered");
+    }
+}

@@ -243,3 +243,106 @@ impl ArenaLayout {
         self.regions[kind as usize]
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_follow_the_header_in_order_aligned_and_without_overlap() {
+        for c in [
+            ArenaConfig::default(),
+            ArenaConfig {
+                segment_count: 1,
+                ring_capacity: 2,
+                max_channels: 1,
+                max_partitions: 1,
+                max_gates: 1,
+                max_channels_per_gate: 64,
+                max_workers: 1,
+                max_tasks: 1,
+                ..ArenaConfig::default()
+            },
+        ] {
+            let l = c.layout().unwrap();
+            let mut end = HEADER_BYTES;
+            for (i, r) in l.regions.iter().enumerate() {
+                assert!(r.offset >= end, "{} overlaps what precedes it", REGION_NAMES[i]);
+                let align = if i == RegionKind::Data as usize { PAGE } else { REGION_ALIGN };
+                assert_eq!(r.offset % align, 0, "{}", REGION_NAMES[i]);
+                assert!(r.offset - end < align, "{} starts past the next boundary", REGION_NAMES[i]);
+                end = r.end();
+            }
+            assert_eq!(l.total_size % PAGE, 0);
+            assert!(l.total_size >= end && l.total_size - end < PAGE);
+            let data = l.region(RegionKind::Data);
+            assert_eq!(data.len, u64::from(c.segment_size) * u64::from(c.segment_count));
+            assert_eq!(
+                l.region(RegionKind::Channels).len,
+                size_of::<ChannelBlock>() as u64 * u64::from(c.max_channels)
+            );
+            assert_eq!(l.region(RegionKind::RingSlots).len, 8 * 3 * u64::from(c.max_channels * c.ring_capacity));
+        }
+    }
+
+    #[test]
+    fn every_field_is_refused_one_past_each_end_of_its_range() {
+        let ok = ArenaConfig::default();
+        let bad: [(&str, ArenaConfig); 16] = [
+            ("segment_size", ArenaConfig { segment_size: 2048, ..ok }),
+            ("segment_size", ArenaConfig { segment_size: 32 << 20, ..ok }),
+            ("segment_size", ArenaConfig { segment_size: 4096 + 4096 / 2, ..ok }),
+            ("segment_count", ArenaConfig { segment_count: 0, ..ok }),
+            ("segment_count", ArenaConfig { segment_count: (1 << 24) + 1, ..ok }),
+            ("ring_capacity", ArenaConfig { ring_capacity: 1, ..ok }),
+            ("ring_capacity", ArenaConfig { ring_capacity: 1 << 17, ..ok }),
+            ("ring_capacity", ArenaConfig { ring_capacity: 48, ..ok }),
+            ("max_channels", ArenaConfig { max_channels: 0, ..ok }),
+            ("max_channels", ArenaConfig { max_channels: (1 << 20) + 1, ..ok }),
+            ("max_partitions", ArenaConfig { max_partitions: 0, ..ok }),
+            ("max_gates", ArenaConfig { max_gates: (1 << 16) + 1, ..ok }),
+            ("max_channels_per_gate", ArenaConfig { max_channels_per_gate: 65, ..ok }),
+            ("max_channels_per_gate", ArenaConfig { max_channels_per_gate: 0, ..ok }),
+            ("max_workers", ArenaConfig { max_workers: 4097, ..ok }),
+            ("max_tasks", ArenaConfig { max_tasks: 0, ..ok }),
+        ];
+        for (field, c) in bad {
+            let e = c.layout().unwrap_err();
+            assert!(matches!(e, ArenaError::Config(_)), "{e:?}");
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+        // The ends themselves are accepted (validated only: the sizes would be huge).
+        for c in [
+            ArenaConfig { segment_size: 4096, segment_count: 1 << 24, ..ok },
+            ArenaConfig { segment_size: 16 << 20, segment_count: 1, ring_capacity: 65536, ..ok },
+            ArenaConfig { max_channels: 1 << 20, max_gates: 1 << 16, max_channels_per_gate: 1 << 16, ..ok },
+            ArenaConfig { max_workers: 4096, max_tasks: 1 << 16, max_partitions: 1 << 16, ..ok },
+        ] {
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_arena_above_one_tib_is_refused() {
+        let c = ArenaConfig { segment_size: 16 << 20, segment_count: 1 << 24, ..ArenaConfig::default() };
+        c.validate().unwrap();
+        let e = c.layout().unwrap_err();
+        assert!(e.to_string().contains("larger than 1 TiB"), "{e}");
+    }
+
+    #[test]
+    fn with_arena_size_fills_the_size_and_refuses_one_with_room_for_less_than_two_segments() {
+        let c = ArenaConfig::default();
+        let sized = c.with_arena_size(64 << 20).unwrap();
+        let l = sized.layout().unwrap();
+        // "About": the estimate sizes the control region for one segment, so the arena may
+        // exceed the size by the other segments' control blocks (and a page of rounding).
+        let slack = u64::from(sized.segment_count) * size_of::<SegmentControl>() as u64 + PAGE;
+        assert!(l.total_size <= (64 << 20) + slack, "{} bytes", l.total_size);
+        assert!(l.total_size + 2 * u64::from(c.segment_size) > 64 << 20, "room for more segments was left");
+        assert!(c.with_arena_size(0).is_err());
+        let fixed = ArenaConfig { segment_count: 1, ..c }.layout().unwrap().total_size;
+        let e = c.with_arena_size(fixed).unwrap_err();
+        assert!(e.to_string().contains("leaves room for"), "{e}");
+    }
+}

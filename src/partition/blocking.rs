@@ -37,7 +37,6 @@
 //! after the rename; only something outside the protocol can truncate them.
 
 use super::manager::{ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
-use super::selector::ChannelSelector;
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::error::{Error, Result};
 use crate::metrics::TaskMetricsHandle;
@@ -135,7 +134,7 @@ fn io_err(op: String) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Owns the directory blocking partition files live in (Flink's FileChannelManager): one
 /// file per partition, named after its [`ResultPartitionId`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileChannelManager {
     dir: PathBuf,
     region_bytes: usize,
@@ -651,65 +650,6 @@ impl Drop for BlockingResultPartition {
     }
 }
 
-/// Writes records into a [`BlockingResultPartition`], choosing subpartitions with a
-/// selector (the blocking counterpart of `RecordWriter`; no flush policy: nothing is
-/// visible before `finish`).
-///
-/// Dropping it drops its partition (see [`BlockingResultPartition`]: unfinished means
-/// failed and its partial file removed).
-pub struct BlockingRecordWriter<S> {
-    partition: BlockingResultPartition,
-    selector: S,
-    broadcast: bool,
-}
-
-impl<S> std::fmt::Debug for BlockingRecordWriter<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlockingRecordWriter({:?})", self.partition)
-    }
-}
-
-impl<S> BlockingRecordWriter<S> {
-    /// A writer for records of type `R` over `partition`.
-    pub fn new<R: ?Sized>(partition: BlockingResultPartition, mut selector: S) -> Self
-    where
-        S: ChannelSelector<R>,
-    {
-        selector.setup(partition.num_subpartitions());
-        let broadcast = selector.is_broadcast();
-        Self { partition, selector, broadcast }
-    }
-
-    /// Writes `record` to the subpartition the selector picks (to all, for broadcast).
-    ///
-    /// # Errors
-    /// As [`BlockingResultPartition::emit`].
-    #[inline]
-    pub fn emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()>
-    where
-        S: ChannelSelector<R>,
-    {
-        if self.broadcast {
-            return self.partition.broadcast_emit(record);
-        }
-        let c = self.selector.select_channel(record);
-        self.partition.emit(record, c)
-    }
-
-    /// Finishes the partition (see [`BlockingResultPartition::finish`]).
-    ///
-    /// # Errors
-    /// As [`BlockingResultPartition::finish`].
-    pub fn finish(&mut self) -> Result<()> {
-        self.partition.finish()
-    }
-
-    /// The partition.
-    pub fn partition_mut(&mut self) -> &mut BlockingResultPartition {
-        &mut self.partition
-    }
-}
-
 /// A complete blocking partition file, mapped read-only and validated (header, footer,
 /// index checksum, region bounds; each region's checksum when a reader reaches it).
 ///
@@ -889,6 +829,11 @@ impl BlockingPartitionFile {
         self.subs.get(s as usize).map(|x| x.0)
     }
 
+    /// The whole mapping (records handed out by [`Self::next_record`] borrow from it).
+    pub fn data(&self) -> &[u8] {
+        &self.map
+    }
+
     /// The checksum the index stores for a region holding `bytes` (for tools and tests
     /// that build or repair files).
     pub fn region_checksum(bytes: &[u8]) -> u64 {
@@ -900,53 +845,123 @@ impl BlockingPartitionFile {
     /// # Errors
     /// [`Error::Invalid`] for a subpartition out of range.
     pub fn subpartition(&self, s: u32) -> Result<BlockingSubpartitionReader<'_>> {
-        let (records, regions) = self.subs.get(s as usize).ok_or_else(|| Error::Invalid {
+        Ok(BlockingSubpartitionReader { file: self, cursor: self.cursor(s)? })
+    }
+
+    /// A cursor at the first record of subpartition `s`, for [`Self::next_record`] (owned:
+    /// a gate channel keeps it beside the file instead of borrowing it).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a subpartition out of range.
+    pub fn cursor(&self, s: u32) -> Result<SubpartitionCursor> {
+        let (records, _) = self.subs.get(s as usize).ok_or_else(|| Error::Invalid {
             what: "subpartition",
             detail: format!("{s} not in 0..{} of {}", self.subs.len(), self.id),
         })?;
-        Ok(BlockingSubpartitionReader {
-            data: &self.map,
-            path: &self.path,
+        Ok(SubpartitionCursor {
             subpartition: s,
-            regions,
             next_region: 0,
-            cur: &[],
+            cur: 0..0,
             expected: *records,
             seen: 0,
             bytes: 0,
             done: false,
         })
     }
+
+    /// The next record at `cursor`, as `&[u8]` borrowed from the mapping (zero copy), and
+    /// moves past it; `None` at the end. Each region's checksum is verified when the cursor
+    /// reaches the region, before any record of it is handed out: a damaged region is an
+    /// [`Error::ProtocolViolation`] naming the file, subpartition and region, and ends the
+    /// subpartition. Every length prefix is checked against its region; a record count that
+    /// disagrees with the index is reported at the end.
+    #[inline]
+    pub fn next_record(&self, cursor: &mut SubpartitionCursor) -> Option<Result<&[u8]>> {
+        if cursor.done {
+            return None;
+        }
+        let regions = &self.subs[cursor.subpartition as usize].1;
+        loop {
+            let cur = &self.map[cursor.cur.clone()];
+            if !cur.is_empty() {
+                let (rec, framed) = match frame::decode(cur) {
+                    Frame::Whole { payload, framed } => (payload, framed),
+                    Frame::NoPrefix => {
+                        let detail = format!("{} bytes left in a region, less than a length prefix", cur.len());
+                        return self.violation(cursor, detail);
+                    }
+                    Frame::Partial { len } => {
+                        let detail = format!(
+                            "record {} claims {len} bytes, its region has {} left",
+                            cursor.seen,
+                            cur.len() - frame::LEN_PREFIX
+                        );
+                        return self.violation(cursor, detail);
+                    }
+                };
+                cursor.cur.start += framed;
+                cursor.seen += 1;
+                cursor.bytes += rec.len() as u64;
+                return Some(Ok(rec));
+            }
+            let Some(&r) = regions.get(cursor.next_region) else {
+                if cursor.seen != cursor.expected {
+                    let detail = format!("{} records, the index says {}", cursor.seen, cursor.expected);
+                    return self.violation(cursor, detail);
+                }
+                cursor.done = true;
+                return None;
+            };
+            let i = cursor.next_region;
+            cursor.next_region += 1;
+            // In range: validated against the file when it was opened.
+            let range = r.offset as usize..(r.offset + r.len) as usize;
+            let computed = region_checksum(&self.map[range.clone()]);
+            if computed != r.checksum {
+                let detail = format!(
+                    "region {i} of {} (bytes {}..{}) has checksum {computed:#018x}, the index says {:#018x}: \
+                     the region is damaged",
+                    regions.len(),
+                    r.offset,
+                    r.offset + r.len,
+                    r.checksum
+                );
+                return self.violation(cursor, detail);
+            }
+            cursor.cur = range;
+        }
+    }
+
+    fn violation<'a>(&self, cursor: &mut SubpartitionCursor, detail: String) -> Option<Result<&'a [u8]>> {
+        cursor.done = true;
+        Some(Err(Error::ProtocolViolation {
+            place: format!("blocking partition file {} subpartition {}", self.path.display(), cursor.subpartition),
+            detail,
+        }))
+    }
 }
 
-/// Iterates one subpartition's records as `&[u8]` borrowed from the mapping (zero copy).
-/// Each region's checksum is verified when the reader reaches the region, before it yields
-/// any record of it: a damaged region is an [`Error::ProtocolViolation`] naming the file,
-/// subpartition and region, and ends the iteration. Every length prefix is checked against
-/// its region; a record count that disagrees with the index is reported at the end.
-///
-/// Reads the mapping of its [`BlockingPartitionFile`]: a file truncated underneath raises
-/// `SIGBUS` (see there).
-pub struct BlockingSubpartitionReader<'a> {
-    data: &'a [u8],
-    path: &'a Path,
+/// Where a reader is in one subpartition of a [`BlockingPartitionFile`] (see
+/// [`BlockingPartitionFile::next_record`]).
+#[derive(Debug, Clone)]
+pub struct SubpartitionCursor {
     subpartition: u32,
-    regions: &'a [Region],
     next_region: usize,
-    cur: &'a [u8],
+    /// The unread rest of the current region, as a range of the mapping.
+    cur: std::ops::Range<usize>,
     expected: u64,
     seen: u64,
     bytes: u64,
     done: bool,
 }
 
-impl std::fmt::Debug for BlockingSubpartitionReader<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlockingSubpartitionReader({:?}, subpartition {}, {} read)", self.path, self.subpartition, self.seen)
+impl SubpartitionCursor {
+    /// The offset in the file's mapping of the next unread byte (the end of the record
+    /// read last, while inside its region).
+    pub fn position(&self) -> usize {
+        self.cur.start
     }
-}
 
-impl<'a> BlockingSubpartitionReader<'a> {
     /// Records read so far.
     pub fn records_read(&self) -> u64 {
         self.seen
@@ -956,13 +971,37 @@ impl<'a> BlockingSubpartitionReader<'a> {
     pub fn bytes_read(&self) -> u64 {
         self.bytes
     }
+}
 
-    fn violation(&mut self, detail: String) -> Option<Result<&'a [u8]>> {
-        self.done = true;
-        Some(Err(Error::ProtocolViolation {
-            place: format!("blocking partition file {} subpartition {}", self.path.display(), self.subpartition),
-            detail,
-        }))
+/// Iterates one subpartition's records as `&[u8]` borrowed from the mapping (zero copy),
+/// with the checks of [`BlockingPartitionFile::next_record`].
+///
+/// Reads the mapping of its [`BlockingPartitionFile`]: a file truncated underneath raises
+/// `SIGBUS` (see there).
+pub struct BlockingSubpartitionReader<'a> {
+    file: &'a BlockingPartitionFile,
+    cursor: SubpartitionCursor,
+}
+
+impl std::fmt::Debug for BlockingSubpartitionReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BlockingSubpartitionReader({:?}, subpartition {}, {} read)",
+            self.file.path, self.cursor.subpartition, self.cursor.seen
+        )
+    }
+}
+
+impl BlockingSubpartitionReader<'_> {
+    /// Records read so far.
+    pub fn records_read(&self) -> u64 {
+        self.cursor.records_read()
+    }
+
+    /// Payload bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.cursor.bytes_read()
     }
 }
 
@@ -971,55 +1010,7 @@ impl<'a> Iterator for BlockingSubpartitionReader<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        loop {
-            let cur = self.cur;
-            if !cur.is_empty() {
-                let (rec, framed) = match frame::decode(cur) {
-                    Frame::Whole { payload, framed } => (payload, framed),
-                    Frame::NoPrefix => {
-                        return self
-                            .violation(format!("{} bytes left in a region, less than a length prefix", cur.len()))
-                    }
-                    Frame::Partial { len } => {
-                        return self.violation(format!(
-                            "record {} claims {len} bytes, its region has {} left",
-                            self.seen,
-                            cur.len() - frame::LEN_PREFIX
-                        ))
-                    }
-                };
-                self.cur = &cur[framed..];
-                self.seen += 1;
-                self.bytes += rec.len() as u64;
-                return Some(Ok(rec));
-            }
-            let Some(&r) = self.regions.get(self.next_region) else {
-                if self.seen != self.expected {
-                    return self.violation(format!("{} records, the index says {}", self.seen, self.expected));
-                }
-                self.done = true;
-                return None;
-            };
-            let i = self.next_region;
-            self.next_region += 1;
-            // In range: validated against the file when it was opened.
-            let bytes = &self.data[r.offset as usize..(r.offset + r.len) as usize];
-            let computed = region_checksum(bytes);
-            if computed != r.checksum {
-                return self.violation(format!(
-                    "region {i} of {} (bytes {}..{}) has checksum {computed:#018x}, the index says {:#018x}: \
-                     the region is damaged",
-                    self.regions.len(),
-                    r.offset,
-                    r.offset + r.len,
-                    r.checksum
-                ));
-            }
-            self.cur = bytes;
-        }
+        self.file.next_record(&mut self.cursor)
     }
 }
 
@@ -1029,8 +1020,8 @@ impl<'a> Iterator for BlockingSubpartitionReader<'a> {
 ///
 /// # Errors
 /// [`Error::Cancelled`]; [`Error::PartitionNotFound`]; [`Error::PartitionReleased`];
-/// [`Error::JobFailed`] naming a failed producer; [`Error::Invalid`] for a pipelined
-/// partition.
+/// [`Error::PartitionFailed`] naming a partition whose producer failed;
+/// [`Error::Invalid`] for a pipelined partition.
 pub fn wait_finished(
     directory: &ResultPartitionManager,
     ids: &[ResultPartitionId],
@@ -1053,9 +1044,6 @@ pub fn wait_finished(
                         what: "blocking input",
                         detail: format!("partition {id} is {:?}", info.partition_type),
                     })
-                }
-                Ok(info) if info.state == PARTITION_FAILED => {
-                    return Err(Error::JobFailed(format!("producer of blocking partition {id} failed")))
                 }
                 Ok(_) => still.push(id),
                 Err(Error::PartitionNotFound(_)) if start.elapsed() < not_found_for => still.push(id),

@@ -12,7 +12,7 @@
 //! blocks (used as notify sets).
 
 use super::types::{ResultPartitionId, ResultPartitionType};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::memory::{
     channel_probing, Arena, PartitionEntry, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_FREE, CHANNEL_PROBING_BY,
 };
@@ -103,12 +103,12 @@ impl ResultPartitionManager {
     /// free one is left.
     ///
     /// # Errors
-    /// [`Error::OutOfSlots`] when the directory is full; [`Error::Invalid`] if `id` is
-    /// already registered and not released.
+    /// [`Error::OutOfSlots`] when the directory is full; [`Error::PartitionExists`] if `id`
+    /// is already registered and neither released nor failed.
     pub fn claim_entry(&self, id: ResultPartitionId) -> Result<u32> {
         if let Ok(info) = self.lookup_once(id) {
             if info.state != PARTITION_RELEASED && info.state != PARTITION_FAILED {
-                return Err(Error::Invalid { what: "partition id", detail: format!("{id} is already registered") });
+                return Err(Error::PartitionExists(id.to_string()));
             }
         }
         for from in [PARTITION_FREE, PARTITION_RELEASED, PARTITION_FAILED] {
@@ -320,10 +320,13 @@ impl ResultPartitionManager {
     /// [`Error::OutOfSlots`] when all are in use.
     pub fn claim_gate(&self, members: u32) -> Result<u32> {
         if members > self.arena.config().max_channels_per_gate {
-            return Err(Error::Invalid {
-                what: "gate size",
-                detail: format!("{members} channels, at most {} per gate", self.arena.config().max_channels_per_gate),
-            });
+            return Err(ConfigError::OutOfRange {
+                what: "gate size in channels (the arena's max_channels_per_gate)",
+                value: members.into(),
+                min: 0,
+                max: self.arena.config().max_channels_per_gate.into(),
+            }
+            .into());
         }
         for (i, g) in self.arena.gates().iter().enumerate() {
             // Acquire on success: after the previous user's release.

@@ -2,9 +2,11 @@
 //! result partitions with their subpartitions, channel selectors and record writers.
 //!
 //! ```text
-//!  RecordWriter<R, S: ChannelSelector> --emit--> ResultPartition --subpartition c-->
-//!      channel block (rings) in the arena, found by consumers through the
-//!      ResultPartitionManager directory
+//!  RecordWriter<S: ChannelSelector, W: PartitionWriter> --emit-->
+//!      ResultPartition (pipelined) --subpartition c--> channel block (rings) in the arena,
+//!          found by consumers through the ResultPartitionManager directory
+//!      BlockingResultPartition (blocking) --subpartition s--> regions of one file, read
+//!          by consumers once the directory says FINISHED
 //! ```
 
 mod blocking;
@@ -17,8 +19,8 @@ mod types;
 mod writer;
 
 pub use blocking::{
-    wait_finished, BlockingPartitionFile, BlockingRecordWriter, BlockingResultPartition, BlockingStats,
-    BlockingSubpartitionReader, FileChannelManager, BLOCKING_DIR_ENV, DEFAULT_REGION_BYTES,
+    wait_finished, BlockingPartitionFile, BlockingResultPartition, BlockingStats, BlockingSubpartitionReader,
+    FileChannelManager, SubpartitionCursor, BLOCKING_DIR_ENV, DEFAULT_REGION_BYTES,
 };
 pub use flush_handoff::{FlushHandoff, HandoffSlot};
 pub use manager::{
@@ -36,4 +38,4 @@ pub use selector::{
     RescalePartitioner, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
 pub use types::{ResultPartitionId, ResultPartitionType};
-pub use writer::{BufferTimeout, OutputFlusher, RecordWriter};
+pub use writer::{AnyPartition, BufferTimeout, OutputFlusher, PartitionWriter, RecordWriter};

@@ -18,7 +18,7 @@ use super::flush_handoff::{FlushHandoff, HandoffSlot};
 use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;
 use crate::memory::liveness::{self, Liveness};
 use crate::memory::Arena;
@@ -132,10 +132,30 @@ struct Subpartition {
     /// This subpartition's slot in the flush handoff, when there is one.
     slot: Option<Arc<HandoffSlot>>,
     dirty: bool,
+    /// Records and payload bytes written, up to the last fold (see `pending`).
     records: u64,
     bytes: u64,
+    /// Records the per-record fast path framed into the open builder since the last fold:
+    /// the only counter it touches. Folded into `records`, `bytes` and the partition's
+    /// stats (the bytes from the builder's position) when the segment closes and before
+    /// any other write into it, so counters are published per segment, not per record.
+    pending: u32,
+    /// The open builder's position at the last fold.
+    folded_at: u32,
     /// The consumer died and the segments it held were taken back.
     settled: bool,
+}
+
+impl Subpartition {
+    /// The records and payload bytes the fast path wrote since the last fold: each took
+    /// its payload and a length prefix of the open builder.
+    fn unfolded(&self) -> (u64, u64) {
+        let n = u64::from(self.pending);
+        let Some(b) = &self.builder else { return (0, 0) };
+        debug_assert!(b.position() >= self.folded_at);
+        let framed = u64::from(b.position().saturating_sub(self.folded_at));
+        (n, framed.saturating_sub(LEN_PREFIX as u64 * n))
+    }
 }
 
 /// A producer's result partition.
@@ -191,17 +211,20 @@ impl ResultPartition {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for blocking types, [`Error::OutOfSlots`] /
-    /// [`Error::PoolExhausted`] when the arena is too small, [`Error::Invalid`] for a bad
-    /// config.
+    /// [`Error::PoolExhausted`] when the arena is too small, [`ConfigError::OutOfRange`]
+    /// for a subpartition count of 0 or above the arena's channels per gate.
     pub fn new(arena: Arc<Arena>, cfg: &ResultPartitionConfig) -> Result<Self> {
         cfg.partition_type.check_supported()?;
         let n = cfg.num_subpartitions;
         let ac = arena.config();
         if n == 0 || n > ac.max_channels_per_gate {
-            return Err(Error::Invalid {
-                what: "subpartition count",
-                detail: format!("{n} not in 1..={} (the arena's max channels per gate)", ac.max_channels_per_gate),
-            });
+            return Err(ConfigError::OutOfRange {
+                what: "subpartition count (at most the arena's max channels per gate)",
+                value: n.into(),
+                min: 1,
+                max: ac.max_channels_per_gate.into(),
+            }
+            .into());
         }
         let manager = ResultPartitionManager::new(arena.clone());
         let slot = manager.claim_entry(cfg.id)?;
@@ -250,6 +273,8 @@ impl ResultPartition {
                 slot: None,
                 dirty: false,
                 records: 0,
+                pending: 0,
+                folded_at: 0,
                 bytes: 0,
                 settled: false,
             });
@@ -347,7 +372,27 @@ impl ResultPartition {
     pub fn stats(&self) -> PartitionStats {
         let mut s = self.stats;
         s.parks = self.waiter.parks;
+        // The records of open segments not folded yet.
+        for sub in &self.subs {
+            let (n, bytes) = sub.unfolded();
+            s.records_out += n;
+            s.bytes_out += bytes;
+        }
         s
+    }
+
+    /// Moves subpartition `c`'s fast-path count into its counters and the partition's.
+    fn fold(&mut self, c: usize) {
+        let sub = &mut self.subs[c];
+        let (n, bytes) = sub.unfolded();
+        if n != 0 {
+            sub.records += n;
+            sub.bytes += bytes;
+            self.stats.records_out += n;
+            self.stats.bytes_out += bytes;
+        }
+        sub.pending = 0;
+        sub.folded_at = sub.builder.as_ref().map_or(0, |b| b.position());
     }
 
     /// The pool (usage, outstanding segments).
@@ -367,7 +412,7 @@ impl ResultPartition {
 
     fn check_open(&self) -> Result<()> {
         if self.finished {
-            return Err(Error::Invalid { what: "write", detail: format!("partition {} is already finished", self.id) });
+            return Err(Error::PartitionFinished(self.id.to_string()));
         }
         Ok(())
     }
@@ -573,6 +618,8 @@ impl ResultPartition {
             sub.epoch = next_epoch(sub.epoch);
             h.open(c, sub.epoch, idx);
         }
+        sub.pending = 0;
+        sub.folded_at = b.position();
         sub.builder = Some(b);
         self.stats.segments_out += 1;
         Ok(())
@@ -611,6 +658,7 @@ impl ResultPartition {
     }
 
     fn close_builder(&mut self, c: usize) -> Result<()> {
+        self.fold(c);
         let sub = &mut self.subs[c];
         if let Some(mut b) = sub.builder.take() {
             if let Some(h) = &self.handoff {
@@ -638,7 +686,7 @@ impl ResultPartition {
     /// when it does not fit). Blocks for credit or segments (backpressure).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a channel out of range or a finished partition,
+    /// [`ConfigError::OutOfRange`] for a channel out of range, [`Error::PartitionFinished`],
     /// [`Error::TooLarge`] above 256 MiB, wait and consumer errors.
     #[inline]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
@@ -651,10 +699,8 @@ impl ResultPartition {
                         if let Some(slot) = &sub.slot {
                             slot.stage(sub.epoch, b.position());
                         }
-                        sub.records += 1;
-                        sub.bytes += len as u64;
-                        self.stats.records_out += 1;
-                        self.stats.bytes_out += len as u64;
+                        // The one counter per record; folded per segment (`fold`).
+                        sub.pending += 1;
                         if !sub.dirty {
                             sub.dirty = true;
                             self.dirty.push(c);
@@ -670,7 +716,13 @@ impl ResultPartition {
     fn emit_slow<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
         let c = c as usize;
         if c >= self.subs.len() {
-            return Err(Error::Invalid { what: "channel", detail: format!("{c} not in 0..{}", self.subs.len()) });
+            return Err(ConfigError::OutOfRange {
+                what: "channel",
+                value: c as i64,
+                min: 0,
+                max: self.subs.len() as i64 - 1,
+            }
+            .into());
         }
         self.check_open()?;
         let len = record.serialized_len();
@@ -682,6 +734,8 @@ impl ResultPartition {
             // read after it.
             self.close_broadcast()?;
         }
+        // This record is counted below, not by the position: fold what came before it.
+        self.fold(c);
         loop {
             if self.subs[c].builder.is_none() {
                 self.open_builder(c)?;
@@ -699,6 +753,8 @@ impl ResultPartition {
         let sub = &mut self.subs[c];
         sub.records += 1;
         sub.bytes += len as u64;
+        sub.pending = 0;
+        sub.folded_at = sub.builder.as_ref().map_or(0, |b| b.position());
         self.stats.records_out += 1;
         self.stats.bytes_out += len as u64;
         if self.subs[c].builder.as_ref().is_some_and(|b| b.is_full()) {

@@ -1,6 +1,6 @@
 //! Channel selectors (Flink's StreamPartitioners): which subpartition a record goes to.
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// Chooses the channel (subpartition) of each record.
 pub trait ChannelSelector<R: ?Sized> {
@@ -347,9 +347,7 @@ impl<F> std::fmt::Debug for KeyGroupPartitioner<F> {
 
 /// `max_parallelism` if it is in Flink's bounds.
 fn check_max_parallelism(max_parallelism: u32) -> Result<u32> {
-    if max_parallelism == 0 || max_parallelism > 1 << 15 {
-        return Err(Error::Invalid { what: "max parallelism", detail: format!("{max_parallelism} not in 1..=32768") });
-    }
+    ConfigError::check_range("max parallelism", max_parallelism.into(), 1, 1 << 15)?;
     Ok(max_parallelism)
 }
 
@@ -359,7 +357,7 @@ impl<F> KeyGroupPartitioner<F> {
     /// implement [`JavaHash`]).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a max parallelism of 0 or above 32768 (Flink's bound).
+    /// [`ConfigError::OutOfRange`] for a max parallelism of 0 or above 32768 (Flink's bound).
     pub fn new(key_hash: F, max_parallelism: u32) -> Result<Self> {
         Ok(Self { key_hash, max_parallelism: check_max_parallelism(max_parallelism)?, n: 1 })
     }
@@ -429,12 +427,12 @@ impl std::str::FromStr for SelectorKind {
             "broadcast" => Self::Broadcast,
             "global" => Self::Global,
             _ => {
-                return Err(Error::Invalid {
+                return Err(ConfigError::Unknown {
                     what: "selector",
-                    detail: format!(
-                        "unknown selector {s:?} (forward, rebalance, rescale, key-hash, broadcast, global)"
-                    ),
-                })
+                    name: s.into(),
+                    known: "forward, rebalance, rescale, key-hash, broadcast, global",
+                }
+                .into())
             }
         })
     }
@@ -488,5 +486,129 @@ mod tests {
         let word = "flink".to_string();
         assert_eq!(strings.select_channel(&(word, 1)), key_group_for_hash("flink".java_hash(), 4));
         assert!(KeyGroupPartitioner::by_key(|r: &(u64, u64)| &r.0).with_max_parallelism(0).is_err());
+    }
+}
+
+/// Edge cases of the selectors and of the key-group arithmetic, next to the code.
+#[cfg(test)]
+mod selector_tests {
+    use super::*;
+
+    fn channels<S: ChannelSelector<u64>>(s: &mut S, n: u32, records: u64) -> Vec<u32> {
+        s.setup(n);
+        (0..records).map(|r| s.select_channel(&r)).collect()
+    }
+
+    #[test]
+    fn forward_global_and_broadcast_always_name_channel_0() {
+        assert!(channels(&mut ForwardPartitioner, 5, 20).iter().all(|&c| c == 0));
+        assert!(channels(&mut GlobalPartitioner, 5, 20).iter().all(|&c| c == 0));
+        assert!(channels(&mut BroadcastPartitioner, 5, 20).iter().all(|&c| c == 0));
+        assert!(ChannelSelector::<u64>::is_broadcast(&BroadcastPartitioner));
+        assert!(!ChannelSelector::<u64>::is_broadcast(&ForwardPartitioner));
+        assert!(!ChannelSelector::<u64>::is_broadcast(&RebalancePartitioner::new(0)));
+        // Through a Box, as the runtime holds them.
+        let b: Box<dyn ChannelSelector<u64>> = Box::new(BroadcastPartitioner);
+        assert!(b.is_broadcast());
+    }
+
+    #[test]
+    fn rebalance_visits_every_channel_once_per_round_from_a_seeded_start() {
+        let mut r = RebalancePartitioner::new(42);
+        let got = channels(&mut r, 5, 10);
+        let first = got[0];
+        let want: Vec<u32> = (0..10).map(|i| (first + i) % 5).collect();
+        assert_eq!(got, want);
+        // The same seed starts at the same channel; setup starts over.
+        assert_eq!(channels(&mut RebalancePartitioner::new(42), 5, 1)[0], first);
+        assert_eq!(channels(&mut r, 5, 1)[0], first);
+        // Some seed starts elsewhere (the start is not always channel 0).
+        assert!((0..16).any(|seed| channels(&mut RebalancePartitioner::new(seed), 5, 1)[0] != 0));
+    }
+
+    #[test]
+    fn rescale_starts_at_0_and_wraps() {
+        assert_eq!(channels(&mut RescalePartitioner::default(), 3, 7), [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn zero_channels_are_taken_as_one_not_a_division_by_zero() {
+        assert!(channels(&mut RebalancePartitioner::new(u64::MAX), 0, 3).iter().all(|&c| c == 0));
+        assert!(channels(&mut RescalePartitioner::default(), 0, 3).iter().all(|&c| c == 0));
+        let mut k = KeyGroupPartitioner::new(|r: &u64| *r as i32, 1).unwrap();
+        assert!(channels(&mut k, 0, 3).iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn one_channel_and_u32_max_channels_stay_in_range() {
+        assert!(channels(&mut RebalancePartitioner::new(7), 1, 4).iter().all(|&c| c == 0));
+        let got = channels(&mut RebalancePartitioner::new(7), u32::MAX, 3);
+        assert!(got.iter().all(|&c| c < u32::MAX), "{got:?}");
+        assert_eq!(channels(&mut RescalePartitioner::default(), u32::MAX, 2), [0, 1]);
+    }
+
+    #[test]
+    fn the_murmur_finalizer_matches_murmur3_on_one_block_and_is_never_negative() {
+        // MurmurHash3_x86_32 of the 4 little-endian bytes with seed 0 (the published test
+        // vectors), then Flink's absolute value.
+        assert_eq!(flink_murmur_hash(0), 0x2362_f9de);
+        assert_eq!(flink_murmur_hash(-1), 0x7629_3b50);
+        assert_eq!(flink_murmur_hash(0x8765_4321_u32 as i32), -(0xf55b_516b_u32 as i32));
+        for code in [i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX] {
+            assert!(flink_murmur_hash(code) >= 0, "{code}");
+        }
+    }
+
+    #[test]
+    fn key_groups_and_operator_indexes_stay_in_range_at_the_bounds() {
+        for maxp in [1, 2, 128, 1 << 15] {
+            for code in [i32::MIN, -1, 0, 1, i32::MAX] {
+                assert!(key_group_for_hash(code, maxp) < maxp);
+            }
+            for p in [1, maxp / 2 + 1, maxp] {
+                assert_eq!(operator_index_for_key_group(maxp, p, 0), 0);
+                assert_eq!(operator_index_for_key_group(maxp, p, maxp - 1), p - 1, "maxp {maxp} p {p}");
+            }
+        }
+        // As many channels as key groups: the channel is the key group.
+        assert!((0..1u32 << 15).all(|kg| operator_index_for_key_group(1 << 15, 1 << 15, kg) == kg));
+        // Flink's contiguous ranges: 128 groups over 3 channels split 43/43/42.
+        let mut sizes = [0; 3];
+        for kg in 0..128 {
+            sizes[operator_index_for_key_group(128, 3, kg) as usize] += 1;
+        }
+        assert_eq!(sizes, [43, 43, 42]);
+    }
+
+    #[test]
+    fn max_parallelism_is_refused_outside_1_to_32768_with_the_value_in_the_message() {
+        assert!(KeyGroupPartitioner::new(|r: &u64| *r as i32, 1).is_ok());
+        assert_eq!(KeyGroupPartitioner::new(|r: &u64| *r as i32, 1 << 15).unwrap().max_parallelism(), 1 << 15);
+        for bad in [0, (1 << 15) + 1, u32::MAX] {
+            let e = KeyGroupPartitioner::new(|r: &u64| *r as i32, bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad} not in 1..=32768")), "{e}");
+        }
+    }
+
+    #[test]
+    fn selector_names_parse_with_their_aliases_in_any_case() {
+        for (name, kind) in [
+            ("forward", SelectorKind::Forward),
+            ("REBALANCE", SelectorKind::Rebalance),
+            ("round-robin", SelectorKind::Rebalance),
+            ("Rescale", SelectorKind::Rescale),
+            ("key-hash", SelectorKind::KeyHash),
+            ("keyhash", SelectorKind::KeyHash),
+            ("hash", SelectorKind::KeyHash),
+            ("key-group", SelectorKind::KeyHash),
+            ("broadcast", SelectorKind::Broadcast),
+            ("global", SelectorKind::Global),
+        ] {
+            assert_eq!(name.parse::<SelectorKind>().unwrap(), kind, "{name}");
+        }
+        for bad in ["", "forwards", "key hash", "\u{0}"] {
+            let e = bad.parse::<SelectorKind>().unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `ResultPartitionType` and `ResultPartitionId`.
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// How a result partition behaves, with Flink's five flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,7 +88,14 @@ impl std::str::FromStr for ResultPartitionType {
             "pipelined_approximate" => Self::PipelinedApproximate,
             "blocking" => Self::Blocking,
             "blocking_persistent" => Self::BlockingPersistent,
-            _ => return Err(Error::Invalid { what: "result partition type", detail: format!("unknown type {s:?}") }),
+            _ => {
+                return Err(ConfigError::Unknown {
+                    what: "result partition type",
+                    name: s.into(),
+                    known: "pipelined, pipelined_bounded, pipelined_approximate, blocking, blocking_persistent",
+                }
+                .into())
+            }
         })
     }
 }

@@ -1,5 +1,15 @@
-//! `RecordWriter`: the API a producing task writes records through, with Flink's buffer
-//! timeout (flush policy) and its output flusher.
+//! `PartitionWriter` (Flink's ResultPartitionWriter): what every partition type implements
+//! (the pipelined [`ResultPartition`] in shared memory, the blocking
+//! [`BlockingResultPartition`] in a file, and [`AnyPartition`], either chosen at run
+//! time); and `RecordWriter<S, W>`, the one API a producing task writes records through,
+//! with a channel selector, Flink's buffer timeout (flush policy) and its output flusher.
+//!
+//! ```text
+//!  RecordWriter<S, W: PartitionWriter> --select--> W::emit(record, subpartition)
+//!                                       broadcast: W::broadcast_emit(record)
+//!  flush policy (below) -> W::flush / W::flush_all;  events -> W::broadcast_event
+//!  end: W::finish (EndOfPartition / the file's footer), or W::fail
+//! ```
 //!
 //! ```text
 //!  buffer timeout   0 ms : every record is visible at once (commit + wake per record)
@@ -15,10 +25,12 @@
 //! is never late because its writer is waiting. A record written by a writer that then
 //! goes away is visible within two intervals.
 
+use super::blocking::BlockingResultPartition;
 use super::flush_handoff::FlushHandoff;
 use super::result_partition::ResultPartition;
 use super::selector::ChannelSelector;
-use crate::error::{Error, Result};
+use super::types::{ResultPartitionId, ResultPartitionType};
+use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;
 use crate::record::Record;
 use crate::sync::{AtomicBool, Ordering};
@@ -40,13 +52,19 @@ impl BufferTimeout {
     /// From Flink's millisecond convention: 0, N > 0, or -1.
     ///
     /// # Errors
-    /// [`Error::Invalid`] below -1 or above one hour.
+    /// [`ConfigError::OutOfRange`] below -1 or above one hour.
     pub fn from_millis(ms: i64) -> Result<Self> {
         match ms {
             -1 => Ok(Self::FullSegmentsOnly),
             0 => Ok(Self::EveryRecord),
             1..=3_600_000 => Ok(Self::Interval(Duration::from_millis(ms as u64))),
-            _ => Err(Error::Invalid { what: "buffer timeout", detail: format!("{ms} ms (use -1, 0 or 1..=3600000)") }),
+            _ => Err(ConfigError::OutOfRange {
+                what: "buffer timeout in ms (-1: full segments only, 0: every record)",
+                value: ms,
+                min: -1,
+                max: 3_600_000,
+            }
+            .into()),
         }
     }
 
@@ -153,39 +171,105 @@ impl Drop for OutputFlusher {
     }
 }
 
-/// Writes records into a [`ResultPartition`], choosing channels with a selector `S`.
+/// What every result partition implements (Flink's ResultPartitionWriter): the record
+/// writer and the runtime see partitions only through it. Methods are generic over the
+/// record type and called with static dispatch (the per-record path stays inlined); for a
+/// type chosen at run time use [`AnyPartition`].
+pub trait PartitionWriter {
+    /// The partition's id.
+    fn id(&self) -> ResultPartitionId;
+
+    /// Its type.
+    fn partition_type(&self) -> ResultPartitionType;
+
+    /// Subpartitions (consuming channels).
+    fn num_subpartitions(&self) -> u32;
+
+    /// Writes `record` to subpartition `subpartition`.
+    ///
+    /// # Errors
+    /// A subpartition out of range, a finished partition, a record above the limit,
+    /// wait, consumer or I/O errors (per implementation).
+    fn emit<R: Record + ?Sized>(&mut self, record: &R, subpartition: u32) -> Result<()>;
+
+    /// Writes `record` to every subpartition (serialized once).
+    ///
+    /// # Errors
+    /// As [`emit`](Self::emit).
+    fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()>;
+
+    /// Sends `event` to every subpartition, after the records written before it.
+    ///
+    /// # Errors
+    /// Per implementation (a partition type that cannot carry the event says so).
+    fn broadcast_event(&mut self, event: &Event) -> Result<()>;
+
+    /// Makes what was written to `subpartition` visible to its consumer now.
+    ///
+    /// # Errors
+    /// Per implementation.
+    fn flush(&mut self, subpartition: u32) -> Result<()>;
+
+    /// Makes everything written visible now (Flink's flushAll).
+    ///
+    /// # Errors
+    /// Per implementation.
+    fn flush_all(&mut self) -> Result<()>;
+
+    /// Ends the output: consumers see the end of every subpartition. Idempotent.
+    ///
+    /// # Errors
+    /// Per implementation; a partition that cannot finish is failed.
+    fn finish(&mut self) -> Result<()>;
+
+    /// Fails the partition: its consumers stop with an error instead of waiting.
+    fn fail(&mut self);
+
+    /// A flusher thread for buffer timeout `interval`, or `None` when the partition has
+    /// nothing to make visible before it finishes (the default).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the thread cannot start.
+    fn start_flusher(&mut self, interval: Duration) -> Result<Option<OutputFlusher>> {
+        let _ = interval;
+        Ok(None)
+    }
+}
+
+/// Writes records into a partition `W` (by default a pipelined [`ResultPartition`]),
+/// choosing subpartitions with a selector `S`.
 ///
-/// Dropping it drops its partition (see [`ResultPartition`]: unfinished means failed; call
-/// [`RecordWriter::finish`] and then `partition_mut().release_when_consumed(..)` first)
-/// and stops its flusher thread, if it has one.
-pub struct RecordWriter<S> {
+/// Dropping it drops its partition (unfinished means failed; for a pipelined partition
+/// call [`RecordWriter::finish`] and then `partition_mut().release_when_consumed(..)`
+/// first) and stops its flusher thread, if it has one.
+pub struct RecordWriter<S, W = ResultPartition> {
     /// First, so it stops (and joins its thread) before the partition drops.
     flusher: Option<OutputFlusher>,
-    partition: ResultPartition,
+    partition: W,
     selector: S,
     timeout: BufferTimeout,
     broadcast: bool,
 }
 
-impl<S> std::fmt::Debug for RecordWriter<S> {
+impl<S, W: std::fmt::Debug> std::fmt::Debug for RecordWriter<S, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "RecordWriter({:?}, {:?})", self.partition, self.timeout)
     }
 }
 
-impl<S> RecordWriter<S> {
+impl<S, W: PartitionWriter> RecordWriter<S, W> {
     /// A writer for records of type `R` over `partition`.
     ///
     /// # Errors
     /// [`Error::Io`] if the output flusher cannot start.
-    pub fn new<R: ?Sized>(mut partition: ResultPartition, mut selector: S, timeout: BufferTimeout) -> Result<Self>
+    pub fn new<R: ?Sized>(mut partition: W, mut selector: S, timeout: BufferTimeout) -> Result<Self>
     where
         S: ChannelSelector<R>,
     {
         selector.setup(partition.num_subpartitions());
         let broadcast = selector.is_broadcast();
         let flusher = match timeout {
-            BufferTimeout::Interval(d) => Some(OutputFlusher::start_for(d, &mut partition)?),
+            BufferTimeout::Interval(d) => partition.start_flusher(d)?,
             _ => None,
         };
         Ok(Self { flusher, partition, selector, timeout, broadcast })
@@ -194,7 +278,7 @@ impl<S> RecordWriter<S> {
     /// Writes `record` to the channel the selector picks (to all, for broadcast).
     ///
     /// # Errors
-    /// As [`ResultPartition::emit`].
+    /// As [`PartitionWriter::emit`].
     #[inline]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()>
     where
@@ -211,7 +295,7 @@ impl<S> RecordWriter<S> {
     /// Writes `record` to channel `c`, bypassing the selector.
     ///
     /// # Errors
-    /// As [`ResultPartition::emit`].
+    /// As [`PartitionWriter::emit`].
     pub fn emit_to<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
         self.partition.emit(record, c)?;
         self.after_record(Some(c))
@@ -220,7 +304,7 @@ impl<S> RecordWriter<S> {
     /// Writes `record` once for every channel (one shared segment).
     ///
     /// # Errors
-    /// As [`ResultPartition::broadcast_emit`].
+    /// As [`PartitionWriter::broadcast_emit`].
     pub fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()> {
         self.partition.broadcast_emit(record)?;
         self.after_record(None)
@@ -242,7 +326,7 @@ impl<S> RecordWriter<S> {
     /// its input, so nothing it wrote waits longer than the buffer timeout.
     ///
     /// # Errors
-    /// As [`ResultPartition::flush_all`].
+    /// As [`PartitionWriter::flush_all`].
     #[inline]
     pub fn flush_if_requested(&mut self) -> Result<()> {
         if self.flusher.as_ref().is_some_and(|f| f.take()) {
@@ -254,7 +338,7 @@ impl<S> RecordWriter<S> {
     /// Makes everything written visible now.
     ///
     /// # Errors
-    /// As [`ResultPartition::flush_all`].
+    /// As [`PartitionWriter::flush_all`].
     pub fn flush_all(&mut self) -> Result<()> {
         self.partition.flush_all()
     }
@@ -263,7 +347,7 @@ impl<S> RecordWriter<S> {
     /// (unaligned barriers overtake them).
     ///
     /// # Errors
-    /// As [`ResultPartition::broadcast_event`].
+    /// As [`PartitionWriter::broadcast_event`].
     pub fn broadcast_event(&mut self, event: &Event) -> Result<()> {
         self.partition.broadcast_event(event)
     }
@@ -271,9 +355,14 @@ impl<S> RecordWriter<S> {
     /// Ends the output: EndOfPartition on every channel.
     ///
     /// # Errors
-    /// As [`ResultPartition::finish`].
+    /// As [`PartitionWriter::finish`].
     pub fn finish(&mut self) -> Result<()> {
         self.partition.finish()
+    }
+
+    /// Fails the output (see [`PartitionWriter::fail`]).
+    pub fn fail(&mut self) {
+        self.partition.fail()
     }
 
     /// The buffer timeout.
@@ -282,17 +371,206 @@ impl<S> RecordWriter<S> {
     }
 
     /// The partition.
-    pub fn partition(&self) -> &ResultPartition {
+    pub fn partition(&self) -> &W {
         &self.partition
     }
 
     /// The partition, mutably.
-    pub fn partition_mut(&mut self) -> &mut ResultPartition {
+    pub fn partition_mut(&mut self) -> &mut W {
         &mut self.partition
     }
 
     /// Gives the partition back (stops the flusher).
-    pub fn into_partition(self) -> ResultPartition {
+    pub fn into_partition(self) -> W {
         self.partition
+    }
+}
+
+impl PartitionWriter for ResultPartition {
+    fn id(&self) -> ResultPartitionId {
+        ResultPartition::id(self)
+    }
+
+    fn partition_type(&self) -> ResultPartitionType {
+        ResultPartition::partition_type(self)
+    }
+
+    fn num_subpartitions(&self) -> u32 {
+        ResultPartition::num_subpartitions(self)
+    }
+
+    #[inline]
+    fn emit<R: Record + ?Sized>(&mut self, record: &R, subpartition: u32) -> Result<()> {
+        ResultPartition::emit(self, record, subpartition)
+    }
+
+    fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()> {
+        ResultPartition::broadcast_emit(self, record)
+    }
+
+    fn broadcast_event(&mut self, event: &Event) -> Result<()> {
+        ResultPartition::broadcast_event(self, event)
+    }
+
+    #[inline]
+    fn flush(&mut self, subpartition: u32) -> Result<()> {
+        ResultPartition::flush(self, subpartition)
+    }
+
+    fn flush_all(&mut self) -> Result<()> {
+        ResultPartition::flush_all(self)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        ResultPartition::finish(self)
+    }
+
+    fn fail(&mut self) {
+        ResultPartition::fail(self)
+    }
+
+    /// An [`OutputFlusher`] that also commits the staged positions of a writer that went
+    /// away ([`OutputFlusher::start_for`]).
+    fn start_flusher(&mut self, interval: Duration) -> Result<Option<OutputFlusher>> {
+        OutputFlusher::start_for(interval, self).map(Some)
+    }
+}
+
+/// A blocking partition makes nothing visible before it finishes: flushes are no-ops and
+/// it needs no flusher. Of the events, EndOfPartition finishes it; EndOfData and
+/// checkpoint barriers carry nothing a later reader of the file needs (a blocking exchange
+/// is not checkpointed; its end is the file's end) and are dropped; user events cannot be
+/// stored in its file format ([`Error::Unsupported`]).
+impl PartitionWriter for BlockingResultPartition {
+    fn id(&self) -> ResultPartitionId {
+        BlockingResultPartition::id(self)
+    }
+
+    fn partition_type(&self) -> ResultPartitionType {
+        BlockingResultPartition::partition_type(self)
+    }
+
+    fn num_subpartitions(&self) -> u32 {
+        BlockingResultPartition::num_subpartitions(self)
+    }
+
+    #[inline]
+    fn emit<R: Record + ?Sized>(&mut self, record: &R, subpartition: u32) -> Result<()> {
+        BlockingResultPartition::emit(self, record, subpartition)
+    }
+
+    fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()> {
+        BlockingResultPartition::broadcast_emit(self, record)
+    }
+
+    fn broadcast_event(&mut self, event: &Event) -> Result<()> {
+        match event {
+            Event::EndOfPartition => BlockingResultPartition::finish(self),
+            Event::EndOfData | Event::CheckpointBarrier(_) => Ok(()),
+            Event::User(_) => Err(Error::Unsupported("user events in a blocking partition".into())),
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self, _subpartition: u32) -> Result<()> {
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        BlockingResultPartition::finish(self)
+    }
+
+    fn fail(&mut self) {
+        BlockingResultPartition::fail(self)
+    }
+}
+
+/// A partition whose type is chosen at run time (the runtime's output of a task): one
+/// predictable branch per call, then the partition's own inlined path.
+// Not boxed: the enum is built once per task and stays in its writer; a box would add a
+// pointer hop to every record.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum AnyPartition {
+    /// In shared memory (PIPELINED, PIPELINED_BOUNDED).
+    Pipelined(ResultPartition),
+    /// In a file (BLOCKING, BLOCKING_PERSISTENT).
+    Blocking(BlockingResultPartition),
+}
+
+/// Evaluates `$e` with `$x` bound to whichever partition `$p` holds.
+macro_rules! either {
+    ($p:expr, $x:ident => $e:expr) => {
+        match $p {
+            AnyPartition::Pipelined($x) => $e,
+            AnyPartition::Blocking($x) => $e,
+        }
+    };
+}
+
+impl AnyPartition {
+    /// The pipelined partition stays until its consumers read it: waits for that, then
+    /// releases it ([`ResultPartition::release_when_consumed`]). A blocking partition
+    /// outlives its producer (its consumers release it): nothing to wait for.
+    ///
+    /// # Errors
+    /// As [`ResultPartition::release_when_consumed`].
+    pub fn release_when_consumed(&mut self, timeout: Option<Duration>) -> Result<()> {
+        match self {
+            Self::Pipelined(p) => p.release_when_consumed(timeout),
+            Self::Blocking(_) => Ok(()),
+        }
+    }
+}
+
+impl PartitionWriter for AnyPartition {
+    fn id(&self) -> ResultPartitionId {
+        either!(self, p => PartitionWriter::id(p))
+    }
+
+    fn partition_type(&self) -> ResultPartitionType {
+        either!(self, p => PartitionWriter::partition_type(p))
+    }
+
+    fn num_subpartitions(&self) -> u32 {
+        either!(self, p => PartitionWriter::num_subpartitions(p))
+    }
+
+    #[inline]
+    fn emit<R: Record + ?Sized>(&mut self, record: &R, subpartition: u32) -> Result<()> {
+        either!(self, p => PartitionWriter::emit(p, record, subpartition))
+    }
+
+    fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()> {
+        either!(self, p => PartitionWriter::broadcast_emit(p, record))
+    }
+
+    fn broadcast_event(&mut self, event: &Event) -> Result<()> {
+        either!(self, p => PartitionWriter::broadcast_event(p, event))
+    }
+
+    #[inline]
+    fn flush(&mut self, subpartition: u32) -> Result<()> {
+        either!(self, p => PartitionWriter::flush(p, subpartition))
+    }
+
+    fn flush_all(&mut self) -> Result<()> {
+        either!(self, p => PartitionWriter::flush_all(p))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        either!(self, p => PartitionWriter::finish(p))
+    }
+
+    fn fail(&mut self) {
+        either!(self, p => PartitionWriter::fail(p))
+    }
+
+    fn start_flusher(&mut self, interval: Duration) -> Result<Option<OutputFlusher>> {
+        either!(self, p => PartitionWriter::start_flusher(p, interval))
     }
 }

@@ -155,10 +155,10 @@ impl RecordReader {
         self.span.clear();
         self.span.reserve(self.span_len.unwrap_or(self.held_bytes).min(8 << 20));
         for (c, off, len) in &self.held {
-            self.span.extend_from_slice(c.bytes_at(*off, *len));
+            crate::buffer::extend_bytes(&mut self.span, c.bytes_at(*off, *len));
         }
         if let (Some((off, len)), Some(c)) = (tail, self.current.as_ref()) {
-            self.span.extend_from_slice(c.bytes_at(off, len));
+            crate::buffer::extend_bytes(&mut self.span, c.bytes_at(off, len));
         }
         self.release_held();
     }
@@ -330,7 +330,7 @@ impl RecordReader {
                 if let Some(need) = self.span_len {
                     let bytes = c.peek()?;
                     let take = (need - self.span.len()).min(bytes.len());
-                    self.span.extend_from_slice(&bytes[..take]);
+                    crate::buffer::extend_bytes(&mut self.span, &bytes[..take]);
                     c.consume(take as u32);
                     if self.span.len() == need {
                         self.span_len = None;
@@ -385,7 +385,7 @@ impl RecordReader {
                         // At most 8 MiB up front: the length is the peer's word (checked
                         // against `max_record` only); the buffer grows as bytes arrive.
                         self.span.reserve(len.min(8 << 20));
-                        self.span.extend_from_slice(&bytes[LEN_PREFIX..]);
+                        crate::buffer::extend_bytes(&mut self.span, &bytes[LEN_PREFIX..]);
                         c.consume(avail as u32);
                         self.span_len = Some(len);
                         self.retire_current();
@@ -540,6 +540,11 @@ impl std::fmt::Debug for RecordChunks<'_> {
 }
 
 impl<'a> RecordChunks<'a> {
+    /// A record that lies in one slice (one chunk).
+    pub fn contiguous(bytes: &'a [u8]) -> Self {
+        Self { held: &[], tail: bytes, len: bytes.len() }
+    }
+
     /// Payload bytes in all chunks.
     pub fn len(&self) -> usize {
         self.len

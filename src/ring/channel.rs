@@ -865,3 +865,78 @@ pub fn close_channel(arena: &Arena, id: u32) -> bool {
     }
     false
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::memory::ArenaConfig;
+    use crate::ring::BarrierDescriptor;
+
+    fn arena() -> Arc<Arena> {
+        let cfg = ArenaConfig {
+            segment_size: 4096,
+            segment_count: 4,
+            ring_capacity: 4,
+            max_channels: 2,
+            max_partitions: 1,
+            max_gates: 1,
+            max_channels_per_gate: 64,
+            max_workers: 1,
+            max_tasks: 1,
+        };
+        Arc::new(Arena::heap(&cfg).unwrap())
+    }
+
+    fn barrier(id: u64) -> Descriptor {
+        Descriptor::Barrier(BarrierDescriptor { checkpoint_id: id, timestamp: 0, unaligned: true })
+    }
+
+    #[test]
+    fn a_full_priority_ring_is_ring_full_and_publishes_nothing() {
+        let arena = arena();
+        let mut w = ChannelWriter::open(arena.clone(), 1).unwrap();
+        let mut r = ChannelReader::open(arena, 1).unwrap();
+        // A barrier takes three of the four slots: the second does not fit.
+        w.publish_priority(barrier(1)).unwrap();
+        match w.publish_priority(barrier(2)) {
+            Err(Error::RingFull { ring: "priority", channel: 1 }) => {}
+            other => panic!("expected RingFull, got {other:?}"),
+        }
+        assert_eq!(r.poll_priority().unwrap(), Some(barrier(1)));
+        assert_eq!(r.poll_priority().unwrap(), None, "the refused barrier left no slot behind");
+        w.publish_priority(barrier(3)).unwrap();
+        assert_eq!(r.poll_priority().unwrap(), Some(barrier(3)));
+    }
+
+    #[test]
+    fn publishing_a_segment_without_credit_is_a_violation() {
+        let arena = arena();
+        let mut w = ChannelWriter::open(arena, 0).unwrap();
+        let e = w.publish(Descriptor::Buffer(0)).unwrap_err();
+        assert!(matches!(&e, Error::ProtocolViolation { detail, .. } if detail == "publish without credit"), "{e}");
+        // An event takes no credit.
+        w.publish(Descriptor::Event(EventCode::EndOfData)).unwrap();
+    }
+
+    #[test]
+    fn a_channel_id_out_of_range_is_refused_at_open() {
+        let arena = arena();
+        for id in [2, u32::MAX] {
+            let e = ChannelWriter::open(arena.clone(), id).unwrap_err();
+            assert!(e.to_string().contains(&format!("channel {id} outside 0..2")), "{e}");
+            assert!(ChannelReader::open(arena.clone(), id).is_err());
+            assert!(notify_channel(&arena, id).is_err());
+            assert!(!close_channel(&arena, id));
+        }
+    }
+
+    #[test]
+    fn a_writer_sees_the_consumer_leave() {
+        let arena = arena();
+        let mut w = ChannelWriter::open(arena.clone(), 0).unwrap();
+        let r = ChannelReader::open(arena, 0).unwrap();
+        assert!(!r.close(), "the producer is alive: nothing to hand on");
+        let e = w.publish(Descriptor::Event(EventCode::EndOfData)).unwrap_err();
+        assert!(matches!(e, Error::ConsumerGone { channel: 0 }), "{e}");
+    }
+}

@@ -142,3 +142,74 @@ impl<'a> NotifySet<'a> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::memory::ArenaConfig;
+
+    fn arena() -> Arena {
+        Arena::heap(&ArenaConfig {
+            segment_count: 2,
+            max_channels: 1,
+            max_gates: 2,
+            max_channels_per_gate: 128,
+            ..ArenaConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn drained(set: &NotifySet<'_>, members: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let n = set.drain(members, |i| out.push(i));
+        assert_eq!(n as usize, out.len());
+        out
+    }
+
+    #[test]
+    fn marks_across_words_drain_in_ascending_order_once() {
+        let arena = arena();
+        let set = NotifySet::new(&arena, 1).unwrap();
+        for i in [127, 64, 0, 63, 64] {
+            set.mark(i).unwrap();
+        }
+        assert!(set.any(128));
+        assert!(!set.any(0));
+        assert_eq!(drained(&set, 128), [0, 63, 64, 127]);
+        assert!(drained(&set, 128).is_empty(), "a drain takes the marks");
+        assert!(!set.any(128));
+    }
+
+    #[test]
+    fn a_drain_of_fewer_members_reports_only_those() {
+        let arena = arena();
+        let set = NotifySet::new(&arena, 0).unwrap();
+        set.mark(1).unwrap();
+        set.mark(5).unwrap();
+        set.mark(70).unwrap();
+        assert_eq!(drained(&set, 3), [1], "5 shares the word and is cleared with it; 70 is in another word");
+        assert_eq!(drained(&set, 128), [70]);
+    }
+
+    #[test]
+    fn ids_and_members_from_shared_memory_out_of_range_are_violations() {
+        let arena = arena();
+        let Err(e) = NotifySet::new(&arena, 2) else { panic!("gate 2 of 2 was accepted") };
+        assert_eq!((e.place.as_str(), e.detail.as_str()), ("notify set", "gate 2 outside 0..2"));
+        assert!(NotifySet::new(&arena, u32::MAX).is_err());
+        let set = NotifySet::new(&arena, 0).unwrap();
+        let e = set.mark(128).unwrap_err();
+        assert_eq!((e.place.as_str(), e.detail.as_str()), ("notify set 0", "member 128 outside 0..128"));
+        assert!(set.mark_fenced(u32::MAX).is_err());
+        assert!(!set.any(128), "a refused mark sets nothing");
+    }
+
+    #[test]
+    fn reset_clears_the_marks() {
+        let arena = arena();
+        let set = NotifySet::new(&arena, 0).unwrap();
+        set.mark(9).unwrap();
+        set.reset();
+        assert!(drained(&set, 128).is_empty());
+    }
+}

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +56,19 @@ struct Worker {
 }
 
 impl Worker {
+    /// Its exit status if it exits within `patience` (polled; `None` otherwise).
+    fn exit_status_within(&mut self, patience: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + patience;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => return None,
+            }
+        }
+    }
+
     fn id(&self) -> WorkerId {
         WorkerId { slot: self.slot as usize, pid: self.pid }
     }
@@ -397,6 +410,13 @@ impl<'a> JobRun<'a> {
         for (w, line) in self.workers.0.iter_mut().zip(&deployments) {
             if let Err(e) = write_bounded(&mut w.sock, line, self.config.heartbeat_timeout) {
                 w.broken = true;
+                // A worker that exited before reading its deployment closed the socket
+                // (EPIPE or a reset): its exit status says why, if it comes within a moment.
+                if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                    if let Some(status) = w.exit_status_within(Duration::from_secs(1)) {
+                        return Err(JobFailure::Exited { worker: w.id(), status, running: true });
+                    }
+                }
                 return Err(JobFailure::Deploy { worker: w.id(), error: e.to_string() });
             }
         }

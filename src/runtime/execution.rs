@@ -7,9 +7,8 @@ use crate::error::{Error, Result};
 use crate::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};
 use crate::metrics::TaskMetricsHandle;
 use crate::partition::{
-    wait_finished, BlockingPartitionFile, BlockingRecordWriter, BlockingResultPartition, BufferTimeout,
-    ChannelSelector, FileChannelManager, RecordWriter, RequestBackoff, ResultPartitionConfig, ResultPartitionId,
-    ResultPartitionType,
+    AnyPartition, BlockingResultPartition, BufferTimeout, ChannelSelector, FileChannelManager, RecordWriter,
+    RequestBackoff, ResultPartitionConfig, ResultPartitionId, ResultPartitionType,
 };
 use crate::sync::{AtomicBool, Ordering, WaitPolicy};
 use crate::ShuffleEnvironment;
@@ -54,18 +53,16 @@ impl std::fmt::Debug for TaskIo {
     }
 }
 
-/// Where an exchange's records go: shared memory (pipelined) or a file (blocking).
-enum OutTarget<S> {
-    Pipelined(Box<RecordWriter<S>>),
-    Blocking(Box<BlockingRecordWriter<S>>),
-}
-
 /// The output collector of a vertex that ends in an exchange: owns its record writer (no
-/// shared cell), which serializes each record in place into the channel's segment. The
-/// task flushes it through [`Collector::flush`] when it waits for input.
+/// shared cell) over the partition the edge asks for, pipelined or blocking
+/// ([`AnyPartition`]), which serializes each record in place. The task flushes it through
+/// [`Collector::flush`] when it waits for input.
 pub struct ExchangeOut<T, S> {
-    target: OutTarget<S>,
-    consumable: Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u64))>,
+    writer: RecordWriter<S, AnyPartition>,
+    /// Told at the first record (a pipelined partition is consumable once it has data).
+    at_first_record: Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u64))>,
+    /// Told once finished (a blocking partition is consumable once complete).
+    at_finish: Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u64))>,
     _t: std::marker::PhantomData<fn(T)>,
 }
 
@@ -80,38 +77,21 @@ fn announce(consumable: &mut Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u
 impl<T: Data, S: ChannelSelector<T>> Collector<T> for ExchangeOut<T, S> {
     #[inline]
     fn collect(&mut self, v: T) -> Result<()> {
-        match &mut self.target {
-            OutTarget::Pipelined(w) => {
-                if self.consumable.is_some() {
-                    announce(&mut self.consumable);
-                }
-                w.emit(&v)
-            }
-            OutTarget::Blocking(w) => w.emit(&v),
+        if self.at_first_record.is_some() {
+            announce(&mut self.at_first_record);
         }
+        self.writer.emit(&v)
     }
     fn finish(&mut self) -> Result<()> {
-        match &mut self.target {
-            OutTarget::Blocking(w) => {
-                // A blocking partition is consumable once complete; it outlives the task.
-                w.finish()?;
-                announce(&mut self.consumable);
-                Ok(())
-            }
-            OutTarget::Pipelined(w) => {
-                w.finish()?;
-                // A pipelined partition stays until its consumers read it (they may not
-                // even have attached yet); the task ends after that.
-                w.partition_mut().release_when_consumed(None)
-            }
-        }
+        self.writer.finish()?;
+        announce(&mut self.at_finish);
+        // A pipelined partition stays until its consumers read it (they may not even have
+        // attached yet); the task ends after that. A blocking one outlives the task.
+        self.writer.partition_mut().release_when_consumed(None)
     }
     fn flush(&mut self) -> Result<()> {
-        match &mut self.target {
-            // A blocking partition is read once complete: nothing to publish early.
-            OutTarget::Blocking(_) => Ok(()),
-            OutTarget::Pipelined(w) => w.flush_all(),
-        }
+        // A blocking partition is read once complete: its flush does nothing.
+        self.writer.flush_all()
     }
 }
 
@@ -140,32 +120,28 @@ impl TaskIo {
         let ptype = ResultPartitionType::from_code(out.partition_type)
             .ok_or_else(|| Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
         let id = ResultPartitionId::new(out.partition.0, out.partition.1);
-        if !ptype.is_pipelined() {
+        let part = if ptype.is_pipelined() {
+            let mut cfg = ResultPartitionConfig::new(id, ptype, out.num_subpartitions);
+            cfg.wait_policy = self.settings.wait_policy;
+            let mut part = self.env.create_result_partition(&cfg)?;
+            part.set_cancel_flag(self.cancel.clone());
+            if let Some(m) = &self.metrics {
+                part.set_task_metrics(m.clone());
+            }
+            AnyPartition::Pipelined(part)
+        } else {
             let files = FileChannelManager::from_env()?;
             let mut part = BlockingResultPartition::new(&files, id, ptype, out.num_subpartitions)?;
             part.register(self.env.partition_manager().clone())?;
             if let Some(m) = &self.metrics {
                 part.set_task_metrics(m.clone());
             }
-            return Ok(ExchangeOut {
-                target: OutTarget::Blocking(Box::new(BlockingRecordWriter::new(part, selector))),
-                consumable: Some((self.events.clone(), out.partition)),
-                _t: std::marker::PhantomData,
-            });
-        }
-        let mut cfg = ResultPartitionConfig::new(id, ptype, out.num_subpartitions);
-        cfg.wait_policy = self.settings.wait_policy;
-        let mut part = self.env.create_result_partition(&cfg)?;
-        part.set_cancel_flag(self.cancel.clone());
-        if let Some(m) = &self.metrics {
-            part.set_task_metrics(m.clone());
-        }
+            AnyPartition::Blocking(part)
+        };
+        let consumable = Some((self.events.clone(), out.partition));
+        let (at_first_record, at_finish) = if ptype.is_pipelined() { (consumable, None) } else { (None, consumable) };
         let writer = RecordWriter::new(part, selector, self.settings.buffer_timeout)?;
-        Ok(ExchangeOut {
-            target: OutTarget::Pipelined(Box::new(writer)),
-            consumable: Some((self.events.clone(), out.partition)),
-            _t: std::marker::PhantomData,
-        })
+        Ok(ExchangeOut { writer, at_first_record, at_finish, _t: std::marker::PhantomData })
     }
 
     fn open_gate(&self) -> Result<Option<SingleInputGate>> {
@@ -196,11 +172,6 @@ impl TaskIo {
     /// # Errors
     /// A malformed record, a failed producer, cancellation, or `out`'s error.
     pub fn run_input<T: Data, C: Collector<T>>(&mut self, out: &mut C) -> Result<()> {
-        if let Some(input) = &self.spec.input {
-            if ResultPartitionType::from_code(input.partition_type).is_some_and(|t| !t.is_pipelined()) {
-                return self.for_each_blocking_input(out);
-            }
-        }
         let Some(mut gate) = self.open_gate()? else {
             return Ok(());
         };
@@ -237,38 +208,6 @@ impl TaskIo {
         };
         self.records_in += n;
         result
-    }
-
-    /// A blocking input: waits (cancellably) until every input partition is FINISHED,
-    /// then reads each input subpartition's file in turn; a BLOCKING partition is
-    /// released once every one of its subpartitions was read.
-    fn for_each_blocking_input<T: Data, C: Collector<T>>(&mut self, out: &mut C) -> Result<()> {
-        let Some(input) = self.spec.input.clone() else {
-            return Ok(());
-        };
-        let directory = self.env.partition_manager().clone();
-        let files = FileChannelManager::from_env()?;
-        let ids: Vec<ResultPartitionId> =
-            input.channels.iter().map(|&(p, a, _)| ResultPartitionId::new(p, a)).collect();
-        wait_finished(&directory, &ids, &self.cancel, self.settings.backoff.max, || out.flush())?;
-        for (&(_, _, s), &id) in input.channels.iter().zip(&ids) {
-            let file = BlockingPartitionFile::open(&files, id)?;
-            let mut reader = file.subpartition(s)?;
-            for rec in reader.by_ref() {
-                out.collect(T::from_record(rec?)?)?;
-            }
-            self.records_in += reader.records_read();
-            if let Some(m) = &self.metrics {
-                m.add_in(reader.records_read(), reader.bytes_read());
-            }
-            drop(file);
-            files.consumer_done(&directory, id)?;
-            // Relaxed: a stop request.
-            if self.cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-        }
-        Ok(())
     }
 
     /// The task's counters in the arena, if it has a block.

@@ -83,10 +83,10 @@ impl SourceContext<'_> {
     }
 }
 
-#[cfg(test)]
 impl<'a> SourceContext<'a> {
-    /// A context without task metrics, for unit tests of sources.
-    pub(crate) fn for_test(info: &'a TaskInfo) -> Self {
+    /// A context without task metrics, for running a source outside a job (unit tests of
+    /// sources, benches).
+    pub fn for_test(info: &'a TaskInfo) -> Self {
         Self { info, metrics: None }
     }
 }

@@ -10,7 +10,6 @@
 //! ```
 
 pub mod accumulators;
-pub mod builtin;
 mod config;
 mod coordinator;
 mod execution;

@@ -3,7 +3,7 @@
 //! coordinator a heartbeat every heartbeat interval, busy tasks or not.
 
 use super::config::RuntimeConfig;
-use super::execution::{TaskEvent, TaskIo};
+use super::execution::{TaskEvent, TaskIo, TaskSettings};
 use super::job::JobGraph;
 use super::protocol::{recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
 use crate::error::{Error, Result};
@@ -101,51 +101,29 @@ fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io { op: op.to_string(), source: e }
 }
 
+/// The worker's end of the control socket, shared by the tasks, the heartbeat and the
+/// event threads (one message at a time).
+type Control = Arc<Mutex<UnixStream>>;
+
+/// Sends `msg` to the coordinator; a failure is left to the control thread, which sees the
+/// socket close.
+fn tell(control: &Control, msg: &FromWorker) {
+    let _ = send(&mut *control.lock().unwrap_or_else(std::sync::PoisonError::into_inner), msg);
+}
+
 /// Runs the worker side: attach, receive the deployment, run the subtasks, report.
 ///
 /// # Errors
 /// A missing or bad control fd or arena, or a broken control socket. Task failures are
 /// reported to the coordinator, and make this return an error too.
 pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
-    let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| Error::Invalid {
-        what: "worker start",
-        detail: format!("{CONTROL_FD_ENV} is not an fd number"),
-    })?;
-    // SAFETY: fcntl(F_GETFD) on any integer is harmless; it fails for a closed fd.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-        return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
-    }
-    check_coordinator()?;
-    // Not inherited by the commands tasks run (they are no workers).
-    // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
-    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: the fd is open and was passed to this process to own.
-    let sock = unsafe { UnixStream::from_raw_fd(raw) };
+    let sock = control_socket()?;
     let mut reader = BufReader::new(sock.try_clone().map_err(io_err("cloning the control socket"))?);
-    let writer = Arc::new(Mutex::new(sock));
+    let control: Control = Arc::new(Mutex::new(sock));
     let arena = Arc::new(crate::memory::Arena::attach_inherited()?);
-    send(&mut *writer.lock().expect("control socket"), &FromWorker::Hello { pid: std::process::id() })
+    send(&mut *control.lock().expect("control socket"), &FromWorker::Hello { pid: std::process::id() })
         .map_err(io_err("writing to the coordinator"))?;
-    // Heartbeats, from a thread of their own so busy tasks do not hold them up; they end
-    // with the process (or when the coordinator is gone).
-    let interval = std::env::var(HEARTBEAT_INTERVAL_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or_else(|| config.heartbeat_interval(), Duration::from_millis)
-        .max(Duration::from_millis(1));
-    {
-        let writer = writer.clone();
-        std::thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                let mut w = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if send(&mut *w, &FromWorker::Heartbeat).is_err() {
-                    break;
-                }
-            })
-            .map_err(io_err("starting the heartbeat thread"))?;
-    }
+    start_heartbeats(&control, config)?;
     // The coordinator: this process's parent (its pid is gone from getppid once it dies).
     // SAFETY: getppid has no preconditions and cannot fail.
     let coordinator = unsafe { libc::getppid() } as u32;
@@ -156,112 +134,31 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     };
     // A bad deployment is refused as a whole, before any task starts.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
-        let _ = send(
-            &mut *writer.lock().expect("control socket"),
-            &FromWorker::TaskFailed {
-                vertex: spec.vertex,
-                subtask: spec.subtask,
-                error: format!("bad deployment: {why}"),
-                symptom: false,
-            },
-        );
+        let error = format!("bad deployment: {why}");
+        tell(&control, &FromWorker::TaskFailed { vertex: spec.vertex, subtask: spec.subtask, error, symptom: false });
         return Err(Error::Invalid { what: "deployment", detail: why });
     }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
     let cancel = Arc::new(AtomicBool::new(false));
-    // Why the coordinator stopped us, once it did: a Cancel (the job failed elsewhere or was
-    // interrupted, and the coordinator reports it) or the socket closing (it died).
-    let stopped: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
-    {
-        let (cancel, stopped) = (cancel.clone(), stopped.clone());
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                let why = loop {
-                    match recv::<ToWorker>(&mut reader) {
-                        Ok(Some(ToWorker::Deploy { .. })) => {}
-                        Ok(Some(ToWorker::Cancel)) => break Error::Cancelled,
-                        Ok(None) | Err(_) => break Error::CoordinatorDied { pid: coordinator },
-                    }
-                };
-                *stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
-                // Relaxed: a stop request, polled by every task.
-                cancel.store(true, Ordering::Relaxed);
-            })
-            .map_err(io_err("starting the control thread"))?;
-    }
+    let stopped = watch_coordinator(reader, coordinator, &cancel)?;
     let settings = config.task_settings();
     install_panic_hook();
     let mut handles = Vec::new();
     let mut first_err = None;
     for spec in subtasks {
         let (vertex, subtask) = (spec.vertex, spec.subtask);
-        let (job, env, task_cancel, task_writer) = (job.clone(), env.clone(), cancel.clone(), writer.clone());
-        let name = format!("{}-{}", spec.vertex, spec.subtask);
+        let task =
+            Task { job: job.clone(), env: env.clone(), cancel: cancel.clone(), control: control.clone(), settings };
         let spawned = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                let (cancel, writer) = (task_cancel, task_writer);
-                let metrics = TaskMetricsHandle::claim(env.arena().clone(), env.worker()).ok();
-                if let Some(m) = &metrics {
-                    m.set_identity(vertex as u32, subtask);
-                }
-                if let Some(m) = &metrics {
-                    let _ = send(
-                        &mut *writer.lock().expect("control socket"),
-                        &FromWorker::TaskRunning { vertex, subtask, metrics_slot: m.slot() },
-                    );
-                }
-                let (tx, rx) = std::sync::mpsc::channel();
-                let w2 = writer.clone();
-                let forward = std::thread::Builder::new().name(format!("{vertex}-{subtask}-events")).spawn(move || {
-                    while let Ok(TaskEvent::PartitionConsumable(p)) = rx.recv() {
-                        let _ = send(
-                            &mut *w2.lock().expect("control socket"),
-                            &FromWorker::PartitionConsumable { partition: p },
-                        );
-                    }
-                });
-                let r: std::result::Result<(), TaskError> = match forward {
-                    Err(e) => Err(Error::Io { op: "starting a task's event thread".into(), source: e }.into()),
-                    Ok(forward) => {
-                        let mut io = TaskIo::new(env, spec, settings, cancel.clone(), metrics.clone(), tx);
-                        let info = job.task_info(io.spec());
-                        let body = job.vertices[vertex].body.clone();
-                        let _ = super::accumulators::take();
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
-                        drop(io);
-                        let _ = forward.join();
-                        match r {
-                            Ok(r) => r.map_err(TaskError::from),
-                            Err(p) => Err(TaskError::panicked(p.as_ref())),
-                        }
-                    }
-                };
-                if let Some(m) = &metrics {
-                    m.end(r.is_err());
-                }
-                let msg = match &r {
-                    Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators: super::accumulators::take() },
-                    Err(e) => {
-                        // Relaxed: a stop request for the other tasks of this worker.
-                        cancel.store(true, Ordering::Relaxed);
-                        FromWorker::TaskFailed { vertex, subtask, error: e.message.clone(), symptom: e.symptom }
-                    }
-                };
-                let _ = send(&mut *writer.lock().expect("control socket"), &msg);
-                r
-            })
+            .name(format!("{vertex}-{subtask}"))
+            .spawn(move || task.run(spec))
             .map_err(io_err("starting a task thread"));
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
                 // Relaxed: a stop request for the tasks already started.
                 cancel.store(true, Ordering::Relaxed);
-                let _ = send(
-                    &mut *writer.lock().expect("control socket"),
-                    &FromWorker::TaskFailed { vertex, subtask, error: e.to_string(), symptom: false },
-                );
+                tell(&control, &FromWorker::TaskFailed { vertex, subtask, error: e.to_string(), symptom: false });
                 first_err = Some(e);
                 break;
             }
@@ -277,11 +174,82 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     if first_err.is_none() && !failed {
         return Ok(());
     }
-    // Stopped by the coordinator: what the tasks saw then (a consumer gone, ...) is a
-    // consequence; the coordinator's Cancel (quiet: it reports) or its death (said by
-    // every worker, as nobody else can) is the cause. A task may see the consequence (its
-    // consumer in another worker stopped) before the Cancel arrives: the coordinator's
-    // verdict is awaited a moment (bounded).
+    await_verdict(&stopped, first_err)
+}
+
+/// The control socket this worker inherited, checked and made close-on-exec.
+fn control_socket() -> Result<UnixStream> {
+    let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| Error::Invalid {
+        what: "worker start",
+        detail: format!("{CONTROL_FD_ENV} is not an fd number"),
+    })?;
+    // SAFETY: fcntl(F_GETFD) on any integer is harmless; it fails for a closed fd.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
+    }
+    check_coordinator()?;
+    // Not inherited by the commands tasks run (they are no workers).
+    // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the fd is open and was passed to this process to own.
+    Ok(unsafe { UnixStream::from_raw_fd(raw) })
+}
+
+/// Heartbeats, from a thread of their own so busy tasks do not hold them up; they end with
+/// the process (or when the coordinator is gone).
+fn start_heartbeats(control: &Control, config: &RuntimeConfig) -> Result<()> {
+    let interval = std::env::var(HEARTBEAT_INTERVAL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or_else(|| config.heartbeat_interval(), Duration::from_millis)
+        .max(Duration::from_millis(1));
+    let control = control.clone();
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let mut w = control.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if send(&mut *w, &FromWorker::Heartbeat).is_err() {
+                break;
+            }
+        })
+        .map_err(io_err("starting the heartbeat thread"))?;
+    Ok(())
+}
+
+/// Why the coordinator stopped us, once it did: a Cancel (the job failed elsewhere or was
+/// interrupted, and the coordinator reports it) or the socket closing (it died).
+type Stopped = Arc<Mutex<Option<Error>>>;
+
+/// Reads the control socket after the deployment on a thread of its own: a Cancel or the
+/// coordinator's death sets `cancel` for every task and is kept as the verdict.
+fn watch_coordinator(mut reader: BufReader<UnixStream>, coordinator: u32, cancel: &Arc<AtomicBool>) -> Result<Stopped> {
+    let stopped: Stopped = Arc::new(Mutex::new(None));
+    let (cancel, verdict) = (cancel.clone(), stopped.clone());
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let why = loop {
+                match recv::<ToWorker>(&mut reader) {
+                    Ok(Some(ToWorker::Deploy { .. })) => {}
+                    Ok(Some(ToWorker::Cancel)) => break Error::Cancelled,
+                    Ok(None) | Err(_) => break Error::CoordinatorDied { pid: coordinator },
+                }
+            };
+            *verdict.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+            // Relaxed: a stop request, polled by every task.
+            cancel.store(true, Ordering::Relaxed);
+        })
+        .map_err(io_err("starting the control thread"))?;
+    Ok(stopped)
+}
+
+/// After a failure: stopped by the coordinator, what the tasks saw then (a consumer gone,
+/// ...) is a consequence; the coordinator's Cancel (quiet: it reports) or its death (said by
+/// every worker, as nobody else can) is the cause. A task may see the consequence (its
+/// consumer in another worker stopped) before the Cancel arrives: the coordinator's verdict
+/// is awaited a moment (bounded).
+fn await_verdict(stopped: &Stopped, first_err: Option<Error>) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         if let Some(why) = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
@@ -292,6 +260,68 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
             return first_err.map_or(Ok(()), Err);
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What a task thread needs from its worker.
+struct Task {
+    job: JobGraph,
+    env: ShuffleEnvironment,
+    cancel: Arc<AtomicBool>,
+    control: Control,
+    settings: TaskSettings,
+}
+
+impl Task {
+    /// Runs subtask `spec` on this thread and reports how it ended.
+    fn run(self, spec: SubtaskSpec) -> std::result::Result<(), TaskError> {
+        let (vertex, subtask) = (spec.vertex, spec.subtask);
+        let metrics = TaskMetricsHandle::claim(self.env.arena().clone(), self.env.worker()).ok();
+        if let Some(m) = &metrics {
+            m.set_identity(vertex as u32, subtask);
+            tell(&self.control, &FromWorker::TaskRunning { vertex, subtask, metrics_slot: m.slot() });
+        }
+        let r = self.run_body(spec, metrics.clone());
+        if let Some(m) = &metrics {
+            m.end(r.is_err());
+        }
+        let msg = match &r {
+            Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators: super::accumulators::take() },
+            Err(e) => {
+                // Relaxed: a stop request for the other tasks of this worker.
+                self.cancel.store(true, Ordering::Relaxed);
+                FromWorker::TaskFailed { vertex, subtask, error: e.message.clone(), symptom: e.symptom }
+            }
+        };
+        tell(&self.control, &msg);
+        r
+    }
+
+    /// The vertex's body over the subtask's I/O, a panic caught as a failure; its
+    /// "partition consumable" events are forwarded from a thread of their own.
+    fn run_body(&self, spec: SubtaskSpec, metrics: Option<TaskMetricsHandle>) -> std::result::Result<(), TaskError> {
+        let (vertex, subtask) = (spec.vertex, spec.subtask);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let control = self.control.clone();
+        let forward = std::thread::Builder::new()
+            .name(format!("{vertex}-{subtask}-events"))
+            .spawn(move || {
+                while let Ok(TaskEvent::PartitionConsumable(p)) = rx.recv() {
+                    tell(&control, &FromWorker::PartitionConsumable { partition: p });
+                }
+            })
+            .map_err(|e| TaskError::from(Error::Io { op: "starting a task's event thread".into(), source: e }))?;
+        let mut io = TaskIo::new(self.env.clone(), spec, self.settings, self.cancel.clone(), metrics, tx);
+        let info = self.job.task_info(io.spec());
+        let body = self.job.vertices[vertex].body.clone();
+        let _ = super::accumulators::take();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&info, &mut io)));
+        drop(io);
+        let _ = forward.join();
+        match r {
+            Ok(r) => r.map_err(TaskError::from),
+            Err(p) => Err(TaskError::panicked(p.as_ref())),
+        }
     }
 }
 

@@ -90,6 +90,8 @@ use std::time::{Duration, Instant};
 #[allow(clippy::manual_is_multiple_of)]
 #[path = "../../common/mod.rs"]
 mod common;
+use clap::Parser;
+use common::args::BenchArgs;
 use common::{cpu_model, cpu_pair, die_with_parent, env_var, exit_code, pass_fds, pin_to, ChildGuard, Producer, Res};
 
 /// The bare peer's word. It is `shmflow::sync`'s atomic, as the project asks; the allow is for
@@ -760,26 +762,19 @@ impl Plan {
     }
 }
 
+/// The iceoryx2 bench's flags.
+#[derive(Parser)]
+#[command(name = "iceoryx2", about = "iceoryx2 as a peer: cross-process latency and throughput")]
 struct Args {
-    full: bool,
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Do not pin the two processes to CPUs.
+    #[arg(long = "no-pin", action = clap::ArgAction::SetFalse)]
     pin: bool,
-    json: Option<PathBuf>,
 }
 
-/// `--bench` (added by `cargo bench`), `--no-pin`, `--json PATH`; anything else (test
-/// filters cargo may pass along) is ignored.
 fn parse_args() -> Res<Args> {
-    let mut args = Args { full: false, pin: true, json: None };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => args.full = true,
-            "--no-pin" => args.pin = false,
-            "--json" => args.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            _ => {}
-        }
-    }
-    Ok(args)
+    Ok(Args::parse())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1096,7 +1091,7 @@ fn throughput(ctx: &mut Ctx, plan: &Plan) -> Res<Vec<TputResult>> {
 
 fn parent_main() -> Res<()> {
     let args = parse_args()?;
-    let plan = Plan { full: args.full, rounds: if args.full { 5 } else { 1 } };
+    let plan = Plan { full: args.bench.full, rounds: if args.bench.full { 5 } else { 1 } };
     let cpus = if args.pin { cpu_pair() } else { None };
     if let Some((mine, _)) = cpus {
         pin_to(mine)?;
@@ -1134,7 +1129,7 @@ fn parent_main() -> Res<()> {
             println!("- {}", p.display());
         }
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.bench.json {
         let text = serde_json::to_string_pretty(&json_records(&plan, &series, &tput))?;
         std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("\nwrote {}", path.display());

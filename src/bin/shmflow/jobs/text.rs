@@ -1,0 +1,405 @@
+//! The text the wordcount jobs read (a file, or generated lines), Flink's WordCount
+//! tokenizer, and single-threaded reference results the tests compare the jobs against.
+//!
+//! Words are split as Flink's WordCount example does: lower-cased, split on every byte
+//! outside `[A-Za-z0-9_]` (so non-ASCII bytes separate words too), empty tokens dropped.
+
+use shmflow::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Where the text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextSource {
+    /// The deterministic generated text: `lines` lines from `seed`.
+    Generated {
+        /// Number of lines.
+        lines: u64,
+        /// Seed.
+        seed: u64,
+    },
+    /// A text file (UTF-8 expected; other bytes outside ASCII separate words).
+    ///
+    /// The file is memory-mapped while it is read: truncating it while a job reads it can
+    /// kill the reading process with SIGBUS. A file whose length differs from `len` is an
+    /// error rather than a silently different count.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The length the job expects: set by [`TextSource::validate`] (the coordinator's
+        /// look at the file) and handed to the workers, so that every subtask splits the
+        /// same text and one that finds the file grown or shrunk fails instead of losing
+        /// or double counting lines. `None`: each reader takes the length it sees.
+        len: Option<u64>,
+    },
+}
+
+/// Average bytes per generated line (measured), to size the default text.
+pub const GENERATED_BYTES_PER_LINE: u64 = 66;
+
+/// Opens `path` for reading if it is a regular file. Checked before opening (opening a FIFO
+/// waits for a writer) and again on the opened file, which is opened non-blocking so that a
+/// path swapped for a FIFO in between cannot block either. Returns the file and its length.
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |d: String| Error::Invalid { what: "--input", detail: d };
+    let not_regular = || bad(format!("{} is not a regular file", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let meta = f.metadata().map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((f, meta.len()))
+}
+
+/// Maps the first `len` bytes of `f` (at least 1) read-only.
+fn map_text(f: &std::fs::File, path: &Path, len: u64) -> Result<memmap2::Mmap> {
+    let n = usize::try_from(len).map_err(|_| Error::Invalid {
+        what: "--input",
+        detail: format!("{} is too large to map ({len} bytes)", path.display()),
+    })?;
+    // SAFETY: the mapping is read-only and private to the caller; a concurrent truncation by
+    // another program could fault (SIGBUS), which is the documented risk of reading a file
+    // that is being rewritten (see `TextSource::File`).
+    unsafe { memmap2::MmapOptions::new().len(n).map(f) }
+        .map_err(|e| Error::Io { op: format!("mapping {}", path.display()), source: e })
+}
+
+impl TextSource {
+    /// The default: about `mb` megabytes of generated text.
+    pub fn generated_mb(mb: u64) -> Self {
+        TextSource::Generated { lines: (mb.saturating_mul(1_000_000) / GENERATED_BYTES_PER_LINE).max(1), seed: 0x5eed }
+    }
+
+    /// A text file, its length taken when it is read (see [`TextSource::File`]).
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        TextSource::File { path: path.into(), len: None }
+    }
+
+    /// Checks a file input before any worker starts: it is a readable regular file (a FIFO
+    /// or a directory is refused without opening it). Records the file's length in `len`,
+    /// which every subtask then insists on. Text that is not valid UTF-8 is read anyway
+    /// (its bytes outside ASCII separate words, as the replacement characters of Flink's
+    /// UTF-8 decoder would): the returned note says where the first bad byte is, for the
+    /// caller to show.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the problem.
+    pub fn validate(&mut self) -> Result<Option<String>> {
+        let TextSource::File { path: p, len } = self else {
+            return Ok(None);
+        };
+        let (f, n) = open_regular(p)?;
+        *len = Some(n);
+        if n == 0 {
+            return Ok(None);
+        }
+        let map = map_text(&f, p, n)?;
+        Ok(std::str::from_utf8(&map).err().map(|e| {
+            format!(
+                "{} is not valid UTF-8 (first bad byte at offset {}); bytes outside ASCII separate words",
+                p.display(),
+                e.valid_up_to()
+            )
+        }))
+    }
+
+    /// Calls `f` with every line of subtask `i`'s share of the text (shares of `p`).
+    ///
+    /// # Errors
+    /// I/O errors reading the file; [`Error::Invalid`] if the file is not a regular file or
+    /// its length is not the expected one (before or after reading the share: the file
+    /// changed while the job ran).
+    pub fn for_each_line(&self, i: u32, p: u32, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match self {
+            TextSource::Generated { lines, seed } => {
+                let g = generator();
+                let (from, to) = (lines * u64::from(i) / u64::from(p), lines * u64::from(i + 1) / u64::from(p));
+                let mut buf = String::new();
+                for l in from..to {
+                    buf.clear();
+                    g.line(*seed, l, &mut buf);
+                    f(buf.as_bytes())?;
+                }
+                Ok(())
+            }
+            TextSource::File { path, len: expected } => {
+                let changed = |now: u64, want: u64| Error::Invalid {
+                    what: "--input",
+                    detail: format!(
+                        "{} changed while the job read it: {now} bytes now, {want} bytes when the job started",
+                        path.display()
+                    ),
+                };
+                let (file, len) = open_regular(path)?;
+                if let Some(want) = *expected {
+                    if len != want {
+                        return Err(changed(len, want));
+                    }
+                }
+                if len == 0 {
+                    return Ok(());
+                }
+                let map = map_text(&file, path, len)?;
+                // u128: `len * p` must not wrap for the largest files.
+                let share = |k: u32| (u128::from(len) * u128::from(k) / u128::from(p)) as usize;
+                let (a, b) = (share(i), share(i + 1));
+                // A share starts after the first newline at or after its start (unless it is
+                // the first) and ends with the line that crosses its end (an empty share of a
+                // file shorter than `p` bytes ends at 0).
+                let start = if a == 0 { 0 } else { line_start_at_or_after(&map, a - 1) };
+                let end = match b {
+                    0 => 0,
+                    b if b >= map.len() => map.len(),
+                    b => line_start_at_or_after(&map, b - 1),
+                };
+                for line in map[start.min(end)..end].split(|&c| c == b'\n') {
+                    f(line)?;
+                }
+                let now =
+                    file.metadata().map_err(|e| Error::Io { op: format!("stat {}", path.display()), source: e })?;
+                if now.len() != len {
+                    return Err(changed(now.len(), len));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn line_start_at_or_after(text: &[u8], at: usize) -> usize {
+    match memchr_newline(&text[at..]) {
+        Some(k) => at + k + 1,
+        None => text.len(),
+    }
+}
+
+fn memchr_newline(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&c| c == b'\n')
+}
+
+/// Splits `line` into lower-cased words of `[a-z0-9_]`, calling `f` with each, as Flink's
+/// WordCount does (`toLowerCase()`, then split on `\W+`): besides ASCII, the two characters
+/// whose lower case holds a word character count, KELVIN SIGN (lower case `k`) and LATIN
+/// CAPITAL LETTER I WITH DOT ABOVE (lower case `i` and a combining dot, which ends the word).
+pub fn tokenize(line: &[u8], buf: &mut String, f: &mut dyn FnMut(&str)) {
+    buf.clear();
+    let mut i = 0;
+    while i < line.len() {
+        let c = line[i];
+        if is_word_byte(c) {
+            buf.push(c.to_ascii_lowercase() as char);
+            i += 1;
+            continue;
+        }
+        let rest = &line[i..];
+        if rest.starts_with(KELVIN_SIGN) {
+            buf.push('k');
+            i += KELVIN_SIGN.len();
+            continue;
+        }
+        if rest.starts_with(CAPITAL_I_WITH_DOT) {
+            buf.push('i');
+            i += CAPITAL_I_WITH_DOT.len();
+        } else {
+            i += 1;
+        }
+        if !buf.is_empty() {
+            f(buf);
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        f(buf);
+        buf.clear();
+    }
+}
+
+/// U+212A in UTF-8.
+const KELVIN_SIGN: &[u8] = b"\xe2\x84\xaa";
+/// U+0130 in UTF-8.
+const CAPITAL_I_WITH_DOT: &[u8] = b"\xc4\xb0";
+
+#[inline]
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// The text generator: a fixed vocabulary drawn with a Zipf-like (s = 1.07) distribution,
+/// capitalized sentence starts, punctuation, digits, and now and then non-ASCII words.
+pub struct Generator {
+    vocab: Vec<String>,
+    cdf: Vec<u64>,
+    /// `guide[k]`: the first word whose cumulative probability reaches `k << 48`, so a draw
+    /// starts its search there (a constant-time lookup for all but the rarest words).
+    guide: Vec<u32>,
+}
+
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const COMMON: &[&str] = &[
+    "the", "of", "and", "to", "a", "in", "is", "that", "it", "was", "for", "on", "are", "as", "with", "his", "they",
+    "at", "be", "this", "from", "have", "or", "by", "one", "had", "not", "but", "what", "all", "were", "when", "we",
+    "there", "can", "an", "your", "which", "their", "said", "if", "do", "will", "each", "about", "how", "up", "out",
+    "them", "then", "she", "many", "some", "so", "these", "would", "other", "into", "has", "more", "her", "two",
+    "like", "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who", "now", "people", "my",
+    "made", "over", "did", "down", "only", "way", "find", "use", "may", "water", "long", "little", "very", "after",
+    "words", "called", "just", "where", "most", "know", "stream", "flink", "shuffle",
+];
+
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "en", "ar", "is", "on", "qu", "zel", "dra", "pho", "tri", "ul",
+    "bes", "cor", "fin", "gal", "hex", "jun", "kri", "lum", "mor", "nix", "ost", "pra", "ren", "sul", "tem", "vex",
+];
+
+/// The shared generator (built once per process).
+pub fn generator() -> &'static Generator {
+    static G: OnceLock<Generator> = OnceLock::new();
+    G.get_or_init(Generator::new)
+}
+
+impl Generator {
+    fn new() -> Self {
+        let n = 40_000usize;
+        let mut vocab: Vec<String> = COMMON.iter().map(|s| s.to_string()).collect();
+        let mut x = 42u64;
+        let mut seen: std::collections::HashSet<String> = vocab.iter().cloned().collect();
+        while vocab.len() < n {
+            let k = 2 + (splitmix(&mut x) % 3) as usize;
+            let mut w = String::new();
+            for _ in 0..k {
+                w.push_str(SYLLABLES[(splitmix(&mut x) % SYLLABLES.len() as u64) as usize]);
+            }
+            match splitmix(&mut x) % 200 {
+                0 => w.push_str("_id"),
+                1 => w.push_str(&format!("{}", splitmix(&mut x) % 100)),
+                2 => w.push('é'),
+                _ => {}
+            }
+            if seen.insert(w.clone()) {
+                vocab.push(w);
+            }
+        }
+        let mut cdf = Vec::with_capacity(n);
+        let mut acc = 0.0f64;
+        let weights: Vec<f64> = (1..=n).map(|r| 1.0 / (r as f64).powf(1.07)).collect();
+        let total: f64 = weights.iter().sum();
+        for w in weights {
+            acc += w / total;
+            cdf.push((acc * u64::MAX as f64) as u64);
+        }
+        if let Some(l) = cdf.last_mut() {
+            *l = u64::MAX;
+        }
+        let guide = (0..1u64 << 16).map(|k| cdf.partition_point(|&c| c < k << 48) as u32).collect();
+        Self { vocab, cdf, guide }
+    }
+
+    fn draw(&self, r: u64) -> usize {
+        let mut i = self.guide[(r >> 48) as usize] as usize;
+        while i + 1 < self.cdf.len() && self.cdf[i] < r {
+            i += 1;
+        }
+        i
+    }
+
+    /// Appends line number `l` of the text seeded by `seed` to `out`.
+    pub fn line(&self, seed: u64, l: u64, out: &mut String) {
+        let mut x = seed ^ l.wrapping_mul(0xd134_2543_de82_ef95);
+        let words = 6 + splitmix(&mut x) % 13;
+        for k in 0..words {
+            let r = splitmix(&mut x);
+            let idx = self.draw(r).min(self.vocab.len() - 1);
+            let w = &self.vocab[idx];
+            if k > 0 {
+                out.push(' ');
+            }
+            if k == 0 {
+                let mut cs = w.chars();
+                if let Some(c) = cs.next() {
+                    out.extend(c.to_uppercase());
+                    out.push_str(cs.as_str());
+                }
+            } else {
+                out.push_str(w);
+            }
+            match r % 23 {
+                0 => out.push(','),
+                1 => out.push_str("; "),
+                2 if k + 1 == words => out.push('.'),
+                3 => out.push_str(" -- "),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Counts words of `source` single-threaded: the reference the tests compare against.
+///
+/// # Errors
+/// I/O errors reading the file.
+#[allow(dead_code)] // for the tests that include this module by path
+pub fn reference_wordcount(source: &TextSource) -> Result<BTreeMap<String, u64>> {
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    let mut buf = String::new();
+    source.for_each_line(0, 1, &mut |line| {
+        tokenize(line, &mut buf, &mut |w| *m.entry(w.to_string()).or_default() += 1);
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+/// Flink's count windows on the counts of each word, all values 1: a tumbling window
+/// (`slide == size`) fires `size` every `size` words; a sliding one fires `min(n, size)`
+/// after every `slide` words (n = words seen). One line per firing, by word then in order.
+#[allow(dead_code)] // for the tests that include this module by path
+pub fn reference_window_lines(counts: &BTreeMap<String, u64>, size: u64, slide: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (w, &c) in counts {
+        let mut n = slide;
+        while n <= c {
+            let v = if slide == size { size } else { n.min(size) };
+            out.push(format!("{w}\t{v}"));
+            n += slide;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokenize;
+
+    fn words(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        tokenize(text.as_bytes(), &mut String::new(), &mut |w| out.push(w.to_string()));
+        out
+    }
+
+    #[test]
+    fn splits_like_flinks_wordcount() {
+        assert_eq!(words("To be, or NOT to_be: 42!"), ["to", "be", "or", "not", "to_be", "42"]);
+        assert_eq!(words("  caf\u{e9} na\u{ef}ve  "), ["caf", "na", "ve"]);
+        assert_eq!(words(""), Vec::<String>::new());
+        assert_eq!(words("...---..."), Vec::<String>::new());
+        // Java's toLowerCase maps KELVIN SIGN to 'k' and U+0130 to "i" + U+0307.
+        assert_eq!(words("5 \u{212a}elvin"), ["5", "kelvin"]);
+        assert_eq!(words("\u{130}stanbul \u{130}I"), ["i", "stanbul", "i", "i"]);
+        assert_eq!(words("x\u{130}"), ["xi"]);
+    }
+}

@@ -1,0 +1,141 @@
+//! The `shmflow` command line.
+//!
+//! `shmflow demo` runs the foundation end to end across two processes: this process creates
+//! a memfd arena, spawns itself as the consumer with the arena fd inherited, streams records
+//! through pool, builder, rings, credits and wake-ups, and both sides check a checksum.
+
+use clap::Parser;
+mod jobs;
+
+use shmflow::runtime::is_worker;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Run { .. }) && !is_worker() {
+        // From the start: a Ctrl-C (or SIGTERM, SIGHUP) at any moment of a run, also before
+        // the workers start or while the output is merged, stops it and cleans up.
+        shmflow::sync::install_stop_handler();
+    }
+    let r = match cli.command {
+        Cmd::Demo { records, payload, mode, segment_size, credit } => {
+            demo(records, payload, mode, segment_size, credit)
+        }
+        Cmd::DemoConsumer { credit, mode, producer } => demo_consumer(credit, mode, producer),
+        // A worker whose coordinator is gone already says so before anything else.
+        Cmd::Run { job } => {
+            if is_worker() { shmflow::runtime::check_coordinator().map_err(Into::into) } else { Ok(()) }
+                .and_then(|()| run_builtin(job))
+        }
+        Cmd::Top { arena, once, json, interval_ms } => top(arena, once, json, interval_ms),
+        Cmd::Check { arena, idle, recover, json } => check(arena, idle, recover, json),
+        Cmd::Clean { dry_run } => clean(dry_run),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(&shmflow::Error::Interrupted { signal }) = e.downcast_ref::<shmflow::Error>() {
+                // One line; the workers were stopped quietly.
+                eprintln!("shmflow: interrupted");
+                return ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(0)));
+            }
+            // A worker stopped by its coordinator exits quietly: the coordinator reports.
+            if is_worker() && matches!(e.downcast_ref::<shmflow::Error>(), Some(shmflow::Error::Cancelled)) {
+                return ExitCode::from(3);
+            }
+            let who = if is_worker() { format!("shmflow worker {}", std::process::id()) } else { "shmflow".into() };
+            eprintln!("{who}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `println!` that ignores a closed stdout (`shmflow ... | head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+mod clean;
+mod cli;
+mod common;
+mod demo;
+mod inspect;
+mod jobdir;
+mod run;
+
+use clean::clean;
+use cli::{Cli, Cmd};
+use demo::{demo, demo_consumer};
+use inspect::{check, top};
+use run::run_builtin;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clean::*;
+    use crate::cli::*;
+    use crate::inspect::*;
+    use crate::jobdir::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn only_a_temp_file_of_this_output_with_a_canonical_pid_is_a_temp_output() {
+        assert_eq!(temp_pid("counts.tmp-123", "counts"), Some(123));
+        assert_eq!(temp_pid("counts.txt.tmp-7", "counts.txt"), Some(7));
+        // Another output's, or not a temp file at all.
+        assert_eq!(temp_pid("counts2.tmp-123", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-123", "counts2"), None);
+        assert_eq!(temp_pid("counts", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-", "counts"), None);
+        // Not the pid a run writes: leading zero, sign, letters, out of range.
+        assert_eq!(temp_pid("counts.tmp-0123", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-+12", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-12x", "counts"), None);
+        assert_eq!(temp_pid("counts.tmp-4294967295", "counts"), None);
+    }
+
+    #[test]
+    fn shuffle_options_that_latency_mode_would_ignore_are_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()).map(|_| ());
+        assert!(parse(&["--latency", "--rate", "10"]).is_ok());
+        assert!(parse(&["--source-work-ns", "5"]).is_ok());
+        // --rate alone would run the throughput shuffle at full speed.
+        let e = parse(&["--rate", "10"]).unwrap_err().to_string();
+        assert!(e.contains("--latency"), "{e}");
+        // The latency shuffle has no busy work per record.
+        for extra in ["--sink-work-ns", "--source-work-ns"] {
+            let e = parse(&["--latency", "--rate", "10", extra, "5"]).unwrap_err().to_string();
+            assert!(e.contains(extra), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_arena_name_names_a_file_in_dev_shm_only() {
+        let name = |n: &str| arena_path(ArenaSel { pid: None, name: Some(n.into()), path: None });
+        assert_eq!(name("job-1").unwrap().0, PathBuf::from("/dev/shm/job-1"));
+        for bad in ["../../etc/passwd", "/etc/passwd", ".hidden", ""] {
+            let e = name(bad).unwrap_err().to_string();
+            assert!(e.contains("--name"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_job_dir_names_its_temp_output_only_if_the_pids_match() {
+        let dir = std::env::temp_dir().join(format!("shmflow-unit-note-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join("out.tmp-4242");
+        std::fs::write(&tmp, "partial").unwrap();
+        std::fs::write(dir.join(JobDir::OUTPUT_NOTE), tmp.to_str().unwrap()).unwrap();
+        let noted = noted_temp_output(&dir, 4242);
+        let other_pid = noted_temp_output(&dir, 4243);
+        std::fs::write(dir.join(JobDir::OUTPUT_NOTE), "/etc/passwd").unwrap();
+        let foreign = noted_temp_output(&dir, 4242);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(noted, Some(tmp));
+        assert_eq!(other_pid, None, "a note naming another pid's file is ignored");
+        assert_eq!(foreign, None, "a note naming any other file is ignored");
+    }
+}
