@@ -38,7 +38,7 @@
 
 use super::manager::{ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::metrics::TaskMetricsHandle;
 use crate::record::frame::{self, Frame};
 use crate::record::{Record, DEFAULT_MAX_RECORD};
@@ -172,23 +172,25 @@ impl FileChannelManager {
     /// [`Self::default_dir`].
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the variable names no directory; else as [`Self::new`].
+    /// [`ConfigError::Conflict`] when the variable names something other than a directory,
+    /// [`Error::Io`] when it names nothing readable; else as [`Self::new`].
     pub fn from_env() -> Result<Self> {
         match std::env::var_os(BLOCKING_DIR_ENV) {
             Some(d) if !d.is_empty() => {
                 let dir = PathBuf::from(d);
                 match std::fs::metadata(&dir) {
                     Ok(m) if m.is_dir() => Self::new(dir),
-                    Ok(_) => Err(Error::Invalid {
+                    Ok(_) => Err(ConfigError::Conflict {
                         what: BLOCKING_DIR_ENV,
                         detail: format!("{} is not a directory", dir.display()),
-                    }),
-                    Err(e) => Err(Error::Invalid {
-                        what: BLOCKING_DIR_ENV,
-                        detail: format!(
-                            "{}: {e} (it is not created: name an existing directory, or unset it)",
+                    }
+                    .into()),
+                    Err(source) => Err(Error::Io {
+                        op: format!(
+                            "{BLOCKING_DIR_ENV}={} (it is not created: name an existing directory, or unset it)",
                             dir.display()
                         ),
+                        source,
                     }),
                 }
             }
@@ -331,8 +333,9 @@ impl BlockingResultPartition {
     /// Creates partition `id` with `num_subpartitions` subpartitions in `files`' directory.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a pipelined type or zero subpartitions; [`Error::Io`] naming
-    /// the file if it cannot be created.
+    /// [`ConfigError::Conflict`] for a pipelined type, [`ConfigError::OutOfRange`] for a
+    /// subpartition count of 0 or above 2^20; [`Error::Io`] naming the file if it cannot be
+    /// created.
     pub fn new(
         files: &FileChannelManager,
         id: ResultPartitionId,
@@ -340,16 +343,20 @@ impl BlockingResultPartition {
         num_subpartitions: u32,
     ) -> Result<Self> {
         if partition_type.is_pipelined() {
-            return Err(Error::Invalid {
+            return Err(ConfigError::Conflict {
                 what: "partition type",
                 detail: format!("{partition_type:?} is pipelined; use ResultPartition"),
-            });
+            }
+            .into());
         }
         if num_subpartitions == 0 || num_subpartitions > 1 << 20 {
-            return Err(Error::Invalid {
+            return Err(ConfigError::OutOfRange {
                 what: "subpartition count",
-                detail: format!("{num_subpartitions} not in 1..={}", 1 << 20),
-            });
+                value: num_subpartitions.into(),
+                min: 1,
+                max: 1 << 20,
+            }
+            .into());
         }
         let path = files.path_of(id);
         let tmp_path = files.in_progress_path(id);
@@ -436,12 +443,13 @@ impl BlockingResultPartition {
 
     fn check_open(&self, s: u32) -> Result<()> {
         if self.finished {
-            return Err(Error::Invalid { what: "blocking partition", detail: format!("{} is finished", self.id) });
+            return Err(Error::PartitionFinished(self.id.to_string()));
         }
         if s as usize >= self.chunks.len() {
-            return Err(Error::Invalid {
-                what: "subpartition",
-                detail: format!("{s} not in 0..{} of {}", self.chunks.len(), self.id),
+            return Err(Error::NoSuchSubpartition {
+                partition: self.id.to_string(),
+                subpartition: s,
+                count: self.chunks.len() as u32,
             });
         }
         Ok(())
@@ -452,8 +460,8 @@ impl BlockingResultPartition {
         if chunk.is_empty() {
             return Ok(());
         }
-        let out =
-            self.out.as_mut().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        // The file is let go only by `finish`.
+        let out = self.out.as_mut().ok_or_else(|| Error::PartitionFinished(self.id.to_string()))?;
         out.write_all(chunk).map_err(io_err(format!("writing {}", self.tmp_path.display())))?;
         let len = chunk.len() as u64;
         // The chunk was just written, so it is still in cache.
@@ -498,8 +506,8 @@ impl BlockingResultPartition {
     /// Writes `record` to subpartition `s`.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a bad subpartition or a finished partition,
-    /// [`Error::TooLarge`], [`Error::Io`] naming the file.
+    /// [`Error::NoSuchSubpartition`], [`Error::PartitionFinished`], [`Error::TooLarge`],
+    /// [`Error::Io`] naming the file.
     #[inline]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R, s: u32) -> Result<()> {
         self.check_open(s)?;
@@ -593,8 +601,7 @@ impl BlockingResultPartition {
         let sum = fnv1a(fnv1a(FNV_SEED, &index), &footer[..40]);
         footer[40..48].copy_from_slice(&sum.to_le_bytes());
         let what = || format!("writing {}", self.tmp_path.display());
-        let mut out =
-            self.out.take().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        let mut out = self.out.take().ok_or_else(|| Error::PartitionFinished(self.id.to_string()))?;
         out.write_all(&index).and_then(|_| out.write_all(&footer)).map_err(io_err(what()))?;
         let f = out.into_inner().map_err(|e| io_err(what())(e.into_error()))?;
         if self.files.fsync {
@@ -843,7 +850,7 @@ impl BlockingPartitionFile {
     /// A reader over subpartition `s`, from its first record.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a subpartition out of range.
+    /// [`Error::NoSuchSubpartition`] for a subpartition out of range.
     pub fn subpartition(&self, s: u32) -> Result<BlockingSubpartitionReader<'_>> {
         Ok(BlockingSubpartitionReader { file: self, cursor: self.cursor(s)? })
     }
@@ -852,11 +859,12 @@ impl BlockingPartitionFile {
     /// a gate channel keeps it beside the file instead of borrowing it).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a subpartition out of range.
+    /// [`Error::NoSuchSubpartition`] for a subpartition out of range.
     pub fn cursor(&self, s: u32) -> Result<SubpartitionCursor> {
-        let (records, _) = self.subs.get(s as usize).ok_or_else(|| Error::Invalid {
-            what: "subpartition",
-            detail: format!("{s} not in 0..{} of {}", self.subs.len(), self.id),
+        let (records, _) = self.subs.get(s as usize).ok_or_else(|| Error::NoSuchSubpartition {
+            partition: self.id.to_string(),
+            subpartition: s,
+            count: self.subs.len() as u32,
         })?;
         Ok(SubpartitionCursor {
             subpartition: s,
@@ -1021,7 +1029,7 @@ impl<'a> Iterator for BlockingSubpartitionReader<'a> {
 /// # Errors
 /// [`Error::Cancelled`]; [`Error::PartitionNotFound`]; [`Error::PartitionReleased`];
 /// [`Error::PartitionFailed`] naming a partition whose producer failed;
-/// [`Error::Invalid`] for a pipelined partition.
+/// [`ConfigError::Conflict`] for a pipelined partition.
 pub fn wait_finished(
     directory: &ResultPartitionManager,
     ids: &[ResultPartitionId],
@@ -1040,10 +1048,11 @@ pub fn wait_finished(
             match directory.lookup_once(id) {
                 Ok(info) if !info.partition_type.is_pipelined() && info.state == PARTITION_FINISHED => {}
                 Ok(info) if info.partition_type.is_pipelined() => {
-                    return Err(Error::Invalid {
+                    return Err(ConfigError::Conflict {
                         what: "blocking input",
                         detail: format!("partition {id} is {:?}", info.partition_type),
-                    })
+                    }
+                    .into())
                 }
                 Ok(_) => still.push(id),
                 Err(Error::PartitionNotFound(_)) if start.elapsed() < not_found_for => still.push(id),
