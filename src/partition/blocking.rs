@@ -591,15 +591,14 @@ impl BlockingResultPartition {
                 index.extend_from_slice(&r.checksum.to_le_bytes());
             }
         }
-        let mut footer = [0u8; FOOTER_LEN];
-        footer[..8].copy_from_slice(&FOOTER_MAGIC);
-        footer[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        footer[16..24].copy_from_slice(&(index.len() as u64).to_le_bytes());
-        footer[24..28].copy_from_slice(&(self.chunks.len() as u32).to_le_bytes());
-        footer[28..32].copy_from_slice(&VERSION.to_le_bytes());
-        footer[32..40].copy_from_slice(&self.records.iter().sum::<u64>().to_le_bytes());
-        let sum = fnv1a(fnv1a(FNV_SEED, &index), &footer[..40]);
-        footer[40..48].copy_from_slice(&sum.to_le_bytes());
+        let footer = Footer {
+            index_offset: self.offset,
+            index_len: index.len() as u64,
+            subpartitions: self.chunks.len() as u32,
+            version: VERSION,
+            records: self.records.iter().sum(),
+        }
+        .encode(&index);
         let what = || format!("writing {}", self.tmp_path.display());
         let mut out = self.out.take().ok_or_else(|| Error::PartitionFinished(self.id.to_string()))?;
         out.write_all(&index).and_then(|_| out.write_all(&footer)).map_err(io_err(what()))?;
@@ -680,6 +679,75 @@ impl std::fmt::Debug for BlockingPartitionFile {
     }
 }
 
+/// The file's footer (see the module doc): where the index is and what it holds, with a
+/// checksum over the index and these fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Footer {
+    /// Where the index starts (it ends where the footer starts).
+    index_offset: u64,
+    /// Bytes of the index.
+    index_len: u64,
+    /// Subpartitions of the partition.
+    subpartitions: u32,
+    /// File format version.
+    version: u32,
+    /// Records of all subpartitions.
+    records: u64,
+}
+
+impl Footer {
+    /// The footer's bytes, checksummed together with `index`.
+    fn encode(&self, index: &[u8]) -> [u8; FOOTER_LEN] {
+        let mut f = [0u8; FOOTER_LEN];
+        f[..8].copy_from_slice(&FOOTER_MAGIC);
+        f[8..16].copy_from_slice(&self.index_offset.to_le_bytes());
+        f[16..24].copy_from_slice(&self.index_len.to_le_bytes());
+        f[24..28].copy_from_slice(&self.subpartitions.to_le_bytes());
+        f[28..32].copy_from_slice(&self.version.to_le_bytes());
+        f[32..40].copy_from_slice(&self.records.to_le_bytes());
+        let sum = Self::checksum(index, &f);
+        f[40..48].copy_from_slice(&sum.to_le_bytes());
+        f
+    }
+
+    /// FNV-1a over `index` and the footer's fields before the checksum.
+    fn checksum(index: &[u8], footer: &[u8; FOOTER_LEN]) -> u64 {
+        fnv1a(fnv1a(FNV_SEED, index), &footer[..40])
+    }
+
+    /// The fields of `footer` (read from a file: not trusted); its checksum is checked by
+    /// [`Self::verify`] once the index it names is at hand.
+    ///
+    /// # Errors
+    /// What is wrong, for a [`Error::ProtocolViolation`] naming the file: a magic that is
+    /// not [`FOOTER_MAGIC`] (an incomplete or foreign file).
+    fn decode(footer: &[u8; FOOTER_LEN]) -> std::result::Result<Self, String> {
+        if footer[..8] != FOOTER_MAGIC {
+            return Err(format!("footer magic {:02x?}, expected {FOOTER_MAGIC:02x?} (incomplete file?)", &footer[..8]));
+        }
+        Ok(Footer {
+            index_offset: le_u64(footer, 8),
+            index_len: le_u64(footer, 16),
+            subpartitions: le_u32(footer, 24),
+            version: le_u32(footer, 28),
+            records: le_u64(footer, 32),
+        })
+    }
+
+    /// Checks the stored checksum of `footer` against `index`.
+    ///
+    /// # Errors
+    /// What is wrong: the index or the footer was damaged.
+    fn verify(footer: &[u8; FOOTER_LEN], index: &[u8]) -> std::result::Result<(), String> {
+        let stored = le_u64(footer, 40);
+        let computed = Self::checksum(index, footer);
+        if stored != computed {
+            return Err(format!("index checksum {stored:#018x}, computed {computed:#018x}: the index is damaged"));
+        }
+        Ok(())
+    }
+}
+
 fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
@@ -737,14 +805,12 @@ impl BlockingPartitionFile {
         if b[..8] != HEADER_MAGIC {
             return Err(bad(format!("header magic {:02x?}, expected {HEADER_MAGIC:02x?}", &b[..8])));
         }
-        let foot = &b[b.len() - FOOTER_LEN..];
-        if foot[..8] != FOOTER_MAGIC {
-            return Err(bad(format!(
-                "footer magic {:02x?}, expected {FOOTER_MAGIC:02x?} (incomplete file?)",
-                &foot[..8]
-            )));
-        }
-        let (hv, fv) = (le_u32(b, 8), le_u32(foot, 28));
+        // The length was checked above: this is the last FOOTER_LEN bytes.
+        let Ok(foot) = <&[u8; FOOTER_LEN]>::try_from(&b[b.len() - FOOTER_LEN..]) else {
+            return Err(bad(format!("{len} bytes, shorter than a footer")));
+        };
+        let footer = Footer::decode(foot).map_err(bad)?;
+        let (hv, fv) = (le_u32(b, 8), footer.version);
         if hv != fv {
             return Err(bad(format!(
                 "header says format version {hv}, footer {fv}; this build reads only version {VERSION}"
@@ -762,8 +828,7 @@ impl BlockingPartitionFile {
                 return Err(bad(format!("holds partition {id}, expected {e}")));
             }
         }
-        let index_off = le_u64(foot, 8);
-        let index_len = le_u64(foot, 16);
+        let (index_off, index_len) = (footer.index_offset, footer.index_len);
         let data_end = (b.len() - FOOTER_LEN) as u64;
         if index_off < HEADER_LEN as u64 || index_off.checked_add(index_len) != Some(data_end) {
             return Err(bad(format!(
@@ -771,15 +836,11 @@ impl BlockingPartitionFile {
             )));
         }
         let index = &b[index_off as usize..data_end as usize];
-        let stored = le_u64(foot, 40);
-        let computed = fnv1a(fnv1a(FNV_SEED, index), &foot[..40]);
-        if stored != computed {
-            return Err(bad(format!("index checksum {stored:#018x}, computed {computed:#018x}: the index is damaged")));
+        Footer::verify(foot, index).map_err(bad)?;
+        if footer.subpartitions != n || n == 0 {
+            return Err(bad(format!("footer says {} subpartitions, header {n}", footer.subpartitions)));
         }
-        if le_u32(foot, 24) != n || n == 0 {
-            return Err(bad(format!("footer says {} subpartitions, header {n}", le_u32(foot, 24))));
-        }
-        let total = le_u64(foot, 32);
+        let total = footer.records;
         let mut subs = Vec::with_capacity(n.min(1 << 16) as usize);
         let mut at = 0usize;
         let mut sum = 0u64;
@@ -1070,5 +1131,73 @@ pub fn wait_finished(
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// The footer codec, next to it.
+#[cfg(test)]
+mod footer_tests {
+    use super::*;
+
+    fn footer() -> Footer {
+        Footer { index_offset: 32, index_len: 40, subpartitions: 2, version: VERSION, records: 7 }
+    }
+
+    #[test]
+    fn a_footer_round_trips_with_its_index_including_the_largest_values() {
+        let index = [5u8; 40];
+        for f in [
+            footer(),
+            Footer {
+                index_offset: u64::MAX,
+                index_len: u64::MAX,
+                subpartitions: u32::MAX,
+                version: 0,
+                records: u64::MAX,
+            },
+        ] {
+            let bytes = f.encode(&index);
+            assert_eq!(&bytes[..8], &FOOTER_MAGIC);
+            assert_eq!(Footer::decode(&bytes), Ok(f));
+            assert_eq!(Footer::verify(&bytes, &index), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_fields_sit_where_the_module_doc_says() {
+        let bytes = footer().encode(&[]);
+        assert_eq!(le_u64(&bytes, 8), 32);
+        assert_eq!(le_u64(&bytes, 16), 40);
+        assert_eq!(le_u32(&bytes, 24), 2);
+        assert_eq!(le_u32(&bytes, 28), VERSION);
+        assert_eq!(le_u64(&bytes, 32), 7);
+        assert_eq!(le_u64(&bytes, 40), fnv1a(fnv1a(FNV_SEED, &[]), &bytes[..40]));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_index_or_any_field_fails_the_checksum() {
+        let index: Vec<u8> = (0..48).collect();
+        let good = footer().encode(&index);
+        for i in 0..index.len() {
+            let mut bad = index.clone();
+            bad[i] ^= 0x10;
+            let e = Footer::verify(&good, &bad).unwrap_err();
+            assert!(e.contains("the index is damaged"), "{e}");
+        }
+        for i in 8..FOOTER_LEN {
+            let mut bad = good;
+            bad[i] ^= 1;
+            assert!(Footer::verify(&bad, &index).is_err(), "byte {i} of the footer is not covered");
+        }
+        assert!(Footer::verify(&good, &index[..47]).is_err(), "a shorter index");
+    }
+
+    #[test]
+    fn a_foreign_or_incomplete_footer_is_refused_not_read() {
+        let mut bytes = footer().encode(&[]);
+        bytes[0] = b'X';
+        let e = Footer::decode(&bytes).unwrap_err();
+        assert!(e.contains("footer magic") && e.contains("incomplete file?"), "{e}");
+        assert!(Footer::decode(&[0u8; FOOTER_LEN]).is_err());
     }
 }
