@@ -413,19 +413,7 @@ fn main() -> Res<()> {
     let exe = shmflow_exe()?;
     let src = TextSource::generated_mb(mb);
     generator(); // build the vocabulary once, outside every timed run of this process
-
-    let mut configs = Vec::new();
-    for p in [1u32, 2, 4] {
-        configs.push(Config { system: System::InProcess, parallelism: p, workers: 1 });
-        configs.push(Config { system: System::Shmflow, parallelism: p, workers: p });
-        if p == 4 {
-            configs.push(Config { system: System::Shmflow, parallelism: p, workers: 1 });
-        }
-    }
-    configs.retain(|c| {
-        args.only_system.iter().all(|&s| s == c.system) && args.only_parallelism.iter().all(|&p| p == c.parallelism)
-    });
-
+    let configs = configs(&args);
     let rtt = bare_rtt_ns(Duration::from_millis(if args.full { 100 } else { 20 }));
     println!(
         "wordcount: {} mode, {mb} MB of generated text, {reps} repetition(s), buffer timeout {BUFFER_TIMEOUT_MS} ms, \
@@ -435,54 +423,9 @@ fn main() -> Res<()> {
     );
     println!("shmflow: {}", exe.display());
 
-    // Repetitions interleave the configurations, so slow phases of the noisy machine
-    // spread over all of them rather than one.
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); configs.len()];
-    let mut text_bytes: Option<u64> = None;
-    let mut expect: Option<(u64, u64)> = None;
     let t_all = Instant::now();
-    for rep in 0..reps {
-        for (k, cfg) in configs.iter().enumerate() {
-            let run = match cfg.system {
-                System::InProcess => {
-                    let (r, bytes) = run_in_process(&src, cfg.parallelism)?;
-                    if *text_bytes.get_or_insert(bytes) != bytes {
-                        return Err(format!("text bytes differ between runs: {bytes} vs {text_bytes:?}").into());
-                    }
-                    r
-                }
-                System::Shmflow => run_shmflow(&exe, mb, cfg.parallelism, cfg.workers)?,
-            };
-            let got = (run.words, run.distinct);
-            let want = *expect.get_or_insert(got);
-            if got != want {
-                return Err(format!(
-                    "{} p={} workers={}: {} words, {} distinct; expected {} words, {} distinct",
-                    cfg.system.name(),
-                    cfg.parallelism,
-                    cfg.workers,
-                    got.0,
-                    got.1,
-                    want.0,
-                    want.1
-                )
-                .into());
-            }
-            eprintln!(
-                "  rep {}/{reps} {:>18} p={} workers={}: {:.3} s, {:.2} M words/s, {:.0} CPU ns/word",
-                rep + 1,
-                cfg.system.name(),
-                cfg.parallelism,
-                cfg.workers,
-                run.elapsed_s,
-                run.words as f64 / run.elapsed_s / 1e6,
-                run.cpu_s * 1e9 / run.words as f64
-            );
-            runs[k].push(run);
-        }
-    }
+    let (runs, text_bytes, (words, distinct)) = run_all(&configs, reps, &src, &exe, mb)?;
     let total_s = t_all.elapsed().as_secs_f64();
-    let (words, distinct) = expect.ok_or("no runs")?;
     // Without an in-process run (filtered out), the text is measured once more, untimed.
     let text_bytes = match text_bytes {
         Some(b) => b,
@@ -505,39 +448,7 @@ fn main() -> Res<()> {
         }
     }
 
-    let rows: Vec<Row> = configs
-        .iter()
-        .zip(&runs)
-        .map(|(cfg, rs)| {
-            let rates: Vec<f64> = rs.iter().map(|r| r.words as f64 / r.elapsed_s).collect();
-            let records_per_s = median(rates);
-            let elapsed_s = median(rs.iter().map(|r| r.elapsed_s).collect());
-            Row {
-                cfg: *cfg,
-                records_per_s,
-                mb_per_s: median(rs.iter().map(|r| text_bytes as f64 / r.elapsed_s / 1e6).collect()),
-                elapsed_s,
-                wall_s: median(rs.iter().map(|r| r.wall_s).collect()),
-                cpu_ns_per_record: median(rs.iter().map(|r| r.cpu_s * 1e9 / r.words as f64).collect()),
-                ratio: f64::NAN,
-                cpu_ratio: f64::NAN,
-            }
-        })
-        .collect();
-    // Ratios pair each shmflow run with the in-process run of the same parallelism in the
-    // same repetition (minutes apart at most, so under similar load), then take the median.
-    let per_run = |rs: &[Run], f: fn(&Run) -> f64| rs.iter().map(f).collect::<Vec<f64>>();
-    let rate = |r: &Run| r.words as f64 / r.elapsed_s;
-    let cpu = |r: &Run| r.cpu_s * 1e9 / r.words as f64;
-    let baseline = |p: u32| configs.iter().position(|c| c.system == System::InProcess && c.parallelism == p);
-    let paired = |k: usize, f: fn(&Run) -> f64| {
-        baseline(configs[k].parallelism).map_or(f64::NAN, |b| {
-            median(per_run(&runs[k], f).iter().zip(per_run(&runs[b], f)).map(|(x, y)| x / y).collect())
-        })
-    };
-    let rows: Vec<Row> =
-        rows.iter().enumerate().map(|(k, r)| Row { ratio: paired(k, rate), cpu_ratio: paired(k, cpu), ..*r }).collect();
-
+    let rows = rows(&configs, &runs, text_bytes);
     println!();
     println!(
         "{words} words, {distinct} distinct, {:.1} MB of text; medians of {reps} (ratios: median of the ratios \
@@ -570,38 +481,158 @@ fn main() -> Res<()> {
     }
 
     if let Some(path) = &args.json {
-        let mut out = Vec::new();
-        let run = if args.full { "full" } else { "quick" };
-        for r in &rows {
-            let mut metrics = vec![
-                ("records_per_s", r.records_per_s),
-                ("mb_per_s", r.mb_per_s),
-                ("elapsed_s", r.elapsed_s),
-                ("cpu_ns_per_record", r.cpu_ns_per_record),
-            ];
-            if r.cfg.system == System::Shmflow {
-                metrics.push(("records_per_s_ratio", r.ratio));
-                metrics.push(("cpu_ns_per_record_ratio", r.cpu_ratio));
-            }
-            for (metric, value) in metrics {
-                let v = if value.is_finite() { format!("{value:.4}") } else { "null".into() };
-                out.push(format!(
-                    "  {{\"bench\":\"wordcount\",\"run\":\"{run}\",\"system\":\"{}\",\"parallelism\":{},\"workers\":{},\
-                     \"text_mb\":{mb},\"metric\":\"{metric}\",\"value\":{v}}}",
-                    r.cfg.system.name(),
-                    r.cfg.parallelism,
-                    r.cfg.workers
-                ));
-            }
+        write_json(path, &rows, rtt, mb, args.full)?;
+    }
+    Ok(())
+}
+
+/// The configurations to run: in-process and shmflow at parallelism 1, 2 and 4 (and shmflow
+/// with 4 subtasks in one worker), as far as `--system` and `--parallelism` keep them.
+fn configs(args: &Args) -> Vec<Config> {
+    let mut configs = Vec::new();
+    for p in [1u32, 2, 4] {
+        configs.push(Config { system: System::InProcess, parallelism: p, workers: 1 });
+        configs.push(Config { system: System::Shmflow, parallelism: p, workers: p });
+        if p == 4 {
+            configs.push(Config { system: System::Shmflow, parallelism: p, workers: 1 });
         }
-        if let Some(r) = rtt {
+    }
+    configs.retain(|c| {
+        args.only_system.iter().all(|&s| s == c.system) && args.only_parallelism.iter().all(|&p| p == c.parallelism)
+    });
+    configs
+}
+
+/// Runs every configuration `reps` times, interleaved, checking that all count the same;
+/// returns the runs per configuration, the text's bytes (if an in-process run measured
+/// them) and the (words, distinct words) every run counted.
+#[allow(clippy::type_complexity)]
+fn run_all(
+    configs: &[Config],
+    reps: usize,
+    src: &TextSource,
+    exe: &PathBuf,
+    mb: u64,
+) -> Res<(Vec<Vec<Run>>, Option<u64>, (u64, u64))> {
+    // Repetitions interleave the configurations, so slow phases of the noisy machine
+    // spread over all of them rather than one.
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); configs.len()];
+    let mut text_bytes: Option<u64> = None;
+    let mut expect: Option<(u64, u64)> = None;
+    for rep in 0..reps {
+        for (k, cfg) in configs.iter().enumerate() {
+            let run = match cfg.system {
+                System::InProcess => {
+                    let (r, bytes) = run_in_process(src, cfg.parallelism)?;
+                    if *text_bytes.get_or_insert(bytes) != bytes {
+                        return Err(format!("text bytes differ between runs: {bytes} vs {text_bytes:?}").into());
+                    }
+                    r
+                }
+                System::Shmflow => run_shmflow(exe, mb, cfg.parallelism, cfg.workers)?,
+            };
+            let got = (run.words, run.distinct);
+            let want = *expect.get_or_insert(got);
+            if got != want {
+                return Err(format!(
+                    "{} p={} workers={}: {} words, {} distinct; expected {} words, {} distinct",
+                    cfg.system.name(),
+                    cfg.parallelism,
+                    cfg.workers,
+                    got.0,
+                    got.1,
+                    want.0,
+                    want.1
+                )
+                .into());
+            }
+            eprintln!(
+                "  rep {}/{reps} {:>18} p={} workers={}: {:.3} s, {:.2} M words/s, {:.0} CPU ns/word",
+                rep + 1,
+                cfg.system.name(),
+                cfg.parallelism,
+                cfg.workers,
+                run.elapsed_s,
+                run.words as f64 / run.elapsed_s / 1e6,
+                run.cpu_s * 1e9 / run.words as f64
+            );
+            runs[k].push(run);
+        }
+    }
+    Ok((runs, text_bytes, expect.ok_or("no runs")?))
+}
+
+/// Medians per configuration, with each shmflow configuration's ratios to the in-process
+/// run of the same parallelism.
+fn rows(configs: &[Config], runs: &[Vec<Run>], text_bytes: u64) -> Vec<Row> {
+    let rows: Vec<Row> = configs
+        .iter()
+        .zip(runs)
+        .map(|(cfg, rs)| {
+            let rates: Vec<f64> = rs.iter().map(|r| r.words as f64 / r.elapsed_s).collect();
+            let records_per_s = median(rates);
+            let elapsed_s = median(rs.iter().map(|r| r.elapsed_s).collect());
+            Row {
+                cfg: *cfg,
+                records_per_s,
+                mb_per_s: median(rs.iter().map(|r| text_bytes as f64 / r.elapsed_s / 1e6).collect()),
+                elapsed_s,
+                wall_s: median(rs.iter().map(|r| r.wall_s).collect()),
+                cpu_ns_per_record: median(rs.iter().map(|r| r.cpu_s * 1e9 / r.words as f64).collect()),
+                ratio: f64::NAN,
+                cpu_ratio: f64::NAN,
+            }
+        })
+        .collect();
+    // Ratios pair each shmflow run with the in-process run of the same parallelism in the
+    // same repetition (minutes apart at most, so under similar load), then take the median.
+    let per_run = |rs: &[Run], f: fn(&Run) -> f64| rs.iter().map(f).collect::<Vec<f64>>();
+    let rate = |r: &Run| r.words as f64 / r.elapsed_s;
+    let cpu = |r: &Run| r.cpu_s * 1e9 / r.words as f64;
+    let baseline = |p: u32| configs.iter().position(|c| c.system == System::InProcess && c.parallelism == p);
+    let paired = |k: usize, f: fn(&Run) -> f64| {
+        baseline(configs[k].parallelism).map_or(f64::NAN, |b| {
+            median(per_run(&runs[k], f).iter().zip(per_run(&runs[b], f)).map(|(x, y)| x / y).collect())
+        })
+    };
+    let rows: Vec<Row> =
+        rows.iter().enumerate().map(|(k, r)| Row { ratio: paired(k, rate), cpu_ratio: paired(k, cpu), ..*r }).collect();
+    rows
+}
+
+/// Writes the rows (and the bare round trip) as the bench report's JSON records.
+fn write_json(path: &std::path::Path, rows: &[Row], rtt: Option<f64>, mb: u64, full: bool) -> Res<()> {
+    let mut out = Vec::new();
+    let run = if full { "full" } else { "quick" };
+    for r in rows {
+        let mut metrics = vec![
+            ("records_per_s", r.records_per_s),
+            ("mb_per_s", r.mb_per_s),
+            ("elapsed_s", r.elapsed_s),
+            ("cpu_ns_per_record", r.cpu_ns_per_record),
+        ];
+        if r.cfg.system == System::Shmflow {
+            metrics.push(("records_per_s_ratio", r.ratio));
+            metrics.push(("cpu_ns_per_record_ratio", r.cpu_ratio));
+        }
+        for (metric, value) in metrics {
+            let v = if value.is_finite() { format!("{value:.4}") } else { "null".into() };
             out.push(format!(
-                "  {{\"bench\":\"wordcount\",\"run\":\"{run}\",\"system\":\"bare-atomic\",\"parallelism\":null,\
-                 \"workers\":null,\"text_mb\":null,\"metric\":\"rtt_ns\",\"value\":{r:.1}}}"
+                "  {{\"bench\":\"wordcount\",\"run\":\"{run}\",\"system\":\"{}\",\"parallelism\":{},\"workers\":{},\
+                     \"text_mb\":{mb},\"metric\":\"{metric}\",\"value\":{v}}}",
+                r.cfg.system.name(),
+                r.cfg.parallelism,
+                r.cfg.workers
             ));
         }
-        std::fs::write(path, format!("[\n{}\n]\n", out.join(",\n")))?;
-        println!("\nwrote {}", path.display());
     }
+    if let Some(r) = rtt {
+        out.push(format!(
+            "  {{\"bench\":\"wordcount\",\"run\":\"{run}\",\"system\":\"bare-atomic\",\"parallelism\":null,\
+                 \"workers\":null,\"text_mb\":null,\"metric\":\"rtt_ns\",\"value\":{r:.1}}}"
+        ));
+    }
+    std::fs::write(path, format!("[\n{}\n]\n", out.join(",\n")))?;
+    println!("\nwrote {}", path.display());
     Ok(())
 }

@@ -657,12 +657,14 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> Res<bool> {
     Ok(rc > 0)
 }
 
-/// The stream peers: TCP, a Unix socket or a pipe per writer, with Flink's credit protocol.
-pub(crate) fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Rate> {
-    let Shape { writers, channels, .. } = case.shape;
+/// One writer's stream: (data in, credits out, is a socket).
+type Link = (OwnedFd, OwnedFd, bool);
+
+/// Starts the producer of a stream peer and connects one stream per writer to it.
+fn connect_streams(system: System, case: Case, cpus: Option<(usize, usize)>) -> Res<(Producer, Vec<Link>)> {
+    let writers = case.shape.writers;
     let mut cmd = producer_command(system, case, cpus.map(|c| c.1))?;
-    // Per writer: (data in, credits out, is a socket).
-    let (mut producer, links) = match system {
+    Ok(match system {
         System::Tcp => {
             let listener = TcpListener::bind(("127.0.0.1", 0))?;
             cmd.env(ENV_PORT, listener.local_addr()?.port().to_string());
@@ -714,7 +716,13 @@ pub(crate) fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(
             (producer, links)
         }
         _ => return Err(format!("{} is not a stream peer", system.name()).into()),
-    };
+    })
+}
+
+/// The stream peers: TCP, a Unix socket or a pipe per writer, with Flink's credit protocol.
+pub(crate) fn run_socket(system: System, case: Case, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Rate> {
+    let Shape { writers, channels, .. } = case.shape;
+    let (mut producer, links) = connect_streams(system, case, cpus)?;
     producer.expect_line("ready")?;
     let mut conns = links
         .into_iter()

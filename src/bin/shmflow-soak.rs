@@ -166,154 +166,216 @@ fn run(args: &[String]) -> i32 {
             return 1;
         }
     };
-    let exe = std::env::current_exe().expect("own executable");
-    let mut slots: Vec<Option<Running>> = (0..WORKERS).map(|_| None).collect();
-    let mut unread: VecDeque<u64> = VecDeque::new();
-    let mut killed_at: HashMap<u32, u64> = HashMap::new();
-    let mut waits: Vec<u64> = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
-    let (mut next_id, mut kills, mut spawned) = (1u64, 0u64, 0u64);
-    let (mut streams, mut records) = (0u64, 0u64);
-    let mut errors: std::collections::BTreeMap<String, (u32, String)> = std::collections::BTreeMap::new();
-    let mut rng = now_nanos() | 1;
-    let mut next_kill = now_nanos() + interval.as_nanos() as u64;
-    // Bounded: each kill takes one interval; 4x that, plus a minute, is a hang.
-    let deadline = now_nanos() + 4 * kills_wanted * interval.as_nanos() as u64 + 60_000_000_000;
-    loop {
-        let stopping = kills >= kills_wanted;
-        // Reap the workers that ended and read what they said.
-        for s in slots.iter_mut() {
-            let done = match s {
-                Some(r) => matches!(r.child.try_wait(), Ok(Some(_))),
-                None => false,
-            };
-            if done {
-                let mut r = s.take().expect("checked above");
-                let mut text = String::new();
-                if let Some(mut o) = r.child.stdout.take() {
-                    let _ = o.read_to_string(&mut text);
-                }
-                unread.retain(|&id| id != r.out);
-                for line in text.lines() {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    match f.as_slice() {
-                        ["DIED", pid, at] => {
-                            let (pid, at) = (pid.parse().unwrap_or(0), at.parse().unwrap_or(0u64));
-                            if let Some(&k) = killed_at.get(&pid) {
-                                waits.push(at.saturating_sub(k));
-                            }
-                        }
-                        ["ERR", "register", ..] | ["ERR", "attach", ..] => failures.push(line.to_string()),
-                        ["OK", "read", n] => {
-                            streams += 1;
-                            records += n.parse::<u64>().unwrap_or(0);
-                        }
-                        ["ERR", what, rest @ ..] => {
-                            // Grouped by the words that are not ids; one example kept.
-                            let kind: Vec<&str> = rest.iter().copied().filter(|w| !w.contains('@')).take(4).collect();
-                            let e =
-                                errors.entry(format!("{what}: {}", kind.join(" "))).or_insert((0u32, String::new()));
-                            e.0 += 1;
-                            if e.1.is_empty() {
-                                e.1 = line.to_string();
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        // Keep 8 workers: a new one reads the oldest partition nobody reads yet.
-        if !stopping {
-            for (slot, s) in slots.iter_mut().enumerate() {
-                if s.is_none() {
-                    let inp = unread.pop_front().unwrap_or(0);
-                    let out = next_id;
-                    next_id += 1;
-                    let child = Command::new(&exe)
-                        .args(["worker", "--arena", &name, "--slot", &slot.to_string()])
-                        .args(["--out", &out.to_string(), "--in", &inp.to_string(), "--records", "20000"])
-                        .stdout(Stdio::piped())
-                        .spawn();
-                    match child {
-                        Ok(child) => {
-                            unread.push_back(out);
-                            *s = Some(Running { child, out });
-                            spawned += 1;
-                        }
-                        Err(e) => failures.push(format!("spawn: {e}")),
-                    }
-                }
-            }
-        }
-        let now = now_nanos();
-        if !stopping && now >= next_kill {
-            next_kill = now + interval.as_nanos() as u64;
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let live: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
-            if !live.is_empty() {
-                let r = slots[live[(rng % live.len() as u64) as usize]].as_mut().expect("live");
-                if r.child.kill().is_ok() {
-                    killed_at.insert(r.child.id(), now_nanos());
-                    kills += 1;
-                }
-            }
-        }
-        if stopping && slots.iter().all(Option::is_none) {
-            break;
-        }
-        if now > deadline {
-            failures.push("the soak did not end in time".into());
-            for r in slots.iter_mut().flatten() {
-                let _ = r.child.kill();
-                let _ = r.child.wait();
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // Everyone is gone: reclaim what the last victims left, then check.
-    let reclaimed = shmflow::partition::reclaim_dead_peers(&arena);
-    let report = check::check(&arena);
-    let worst = waits.iter().copied().max().unwrap_or(0);
-    let bound = LIVENESS + Duration::from_secs(1);
-    let mut sorted = waits.clone();
-    sorted.sort_unstable();
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
-    if !(report.all_free() && report.problems.is_empty()) {
-        failures.push(format!("segments left over after {reclaimed:?}: {report:?}"));
-    }
-    if worst > bound.as_nanos() as u64 {
-        failures.push(format!(
-            "a survivor waited {} ms on a dead peer (bound {} ms)",
-            worst / 1_000_000,
-            bound.as_millis()
-        ));
-    }
-    println!(
-        "SOAK kills={kills} workers={spawned} streams_completed={streams} records_read={records} waits={} \
-         median_wait_ms={:.1} worst_wait_ms={:.1} bound_ms={} check={}",
-        waits.len(),
-        median as f64 / 1e6,
-        worst as f64 / 1e6,
-        bound.as_millis(),
-        if failures.is_empty() { "ok" } else { "FAILED" }
-    );
-    for (n, example) in errors.values() {
-        println!("  other endings: {n} x, e.g. {example}");
-    }
-    for f in failures.iter().take(10) {
-        println!("FAIL {f}");
-    }
-    if failures.len() > 10 {
-        println!("FAIL ... and {} more", failures.len() - 10);
-    }
+    let mut soak = Soak {
+        exe: std::env::current_exe().expect("own executable"),
+        name,
+        slots: (0..WORKERS).map(|_| None).collect(),
+        unread: VecDeque::new(),
+        killed_at: HashMap::new(),
+        waits: Vec::new(),
+        failures: Vec::new(),
+        errors: std::collections::BTreeMap::new(),
+        next_id: 1,
+        kills: 0,
+        spawned: 0,
+        streams: 0,
+        records: 0,
+    };
+    soak.drive(kills_wanted, interval);
+    soak.report(&arena);
     if keep {
         if let Some(a) = Arc::get_mut(&mut arena) {
             a.keep(); // for `shmflow check` (tools/soak removes it)
         }
     }
-    i32::from(!failures.is_empty())
+    i32::from(!soak.failures.is_empty())
+}
+
+/// The soak's state: the worker slots, the partitions nobody reads yet, and what the
+/// workers reported.
+struct Soak {
+    exe: std::path::PathBuf,
+    name: String,
+    slots: Vec<Option<Running>>,
+    unread: VecDeque<u64>,
+    killed_at: HashMap<u32, u64>,
+    waits: Vec<u64>,
+    failures: Vec<String>,
+    /// Other endings, grouped by the words that are not ids: count and one example.
+    errors: std::collections::BTreeMap<String, (u32, String)>,
+    next_id: u64,
+    kills: u64,
+    spawned: u64,
+    streams: u64,
+    records: u64,
+}
+
+impl Soak {
+    /// Keeps the workers going and kills one every `interval` until `kills_wanted`, then
+    /// lets the rest end.
+    fn drive(&mut self, kills_wanted: u64, interval: Duration) {
+        let mut rng = now_nanos() | 1;
+        let mut next_kill = now_nanos() + interval.as_nanos() as u64;
+        // Bounded: each kill takes one interval; 4x that, plus a minute, is a hang.
+        let deadline = now_nanos() + 4 * kills_wanted * interval.as_nanos() as u64 + 60_000_000_000;
+        loop {
+            let stopping = self.kills >= kills_wanted;
+            self.reap();
+            if !stopping {
+                self.respawn();
+            }
+            let now = now_nanos();
+            if !stopping && now >= next_kill {
+                next_kill = now + interval.as_nanos() as u64;
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                self.kill_one(rng);
+            }
+            if stopping && self.slots.iter().all(Option::is_none) {
+                break;
+            }
+            if now > deadline {
+                self.failures.push("the soak did not end in time".into());
+                for r in self.slots.iter_mut().flatten() {
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Reaps the workers that ended and reads what they said.
+    fn reap(&mut self) {
+        for i in 0..self.slots.len() {
+            let done = match &mut self.slots[i] {
+                Some(r) => matches!(r.child.try_wait(), Ok(Some(_))),
+                None => false,
+            };
+            if !done {
+                continue;
+            }
+            let mut r = self.slots[i].take().expect("checked above");
+            let mut text = String::new();
+            if let Some(mut o) = r.child.stdout.take() {
+                let _ = o.read_to_string(&mut text);
+            }
+            self.unread.retain(|&id| id != r.out);
+            for line in text.lines() {
+                self.note(line);
+            }
+        }
+    }
+
+    /// Takes in one line of a worker's report.
+    fn note(&mut self, line: &str) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["DIED", pid, at] => {
+                let (pid, at) = (pid.parse().unwrap_or(0), at.parse().unwrap_or(0u64));
+                if let Some(&k) = self.killed_at.get(&pid) {
+                    self.waits.push(at.saturating_sub(k));
+                }
+            }
+            ["ERR", "register", ..] | ["ERR", "attach", ..] => self.failures.push(line.to_string()),
+            ["OK", "read", n] => {
+                self.streams += 1;
+                self.records += n.parse::<u64>().unwrap_or(0);
+            }
+            ["ERR", what, rest @ ..] => {
+                // Grouped by the words that are not ids; one example kept.
+                let kind: Vec<&str> = rest.iter().copied().filter(|w| !w.contains('@')).take(4).collect();
+                let e = self.errors.entry(format!("{what}: {}", kind.join(" "))).or_insert((0u32, String::new()));
+                e.0 += 1;
+                if e.1.is_empty() {
+                    e.1 = line.to_string();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps 8 workers: a new one reads the oldest partition nobody reads yet.
+    fn respawn(&mut self) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].is_some() {
+                continue;
+            }
+            let inp = self.unread.pop_front().unwrap_or(0);
+            let out = self.next_id;
+            self.next_id += 1;
+            let child = Command::new(&self.exe)
+                .args(["worker", "--arena", &self.name, "--slot", &slot.to_string()])
+                .args(["--out", &out.to_string(), "--in", &inp.to_string(), "--records", "20000"])
+                .stdout(Stdio::piped())
+                .spawn();
+            match child {
+                Ok(child) => {
+                    self.unread.push_back(out);
+                    self.slots[slot] = Some(Running { child, out });
+                    self.spawned += 1;
+                }
+                Err(e) => self.failures.push(format!("spawn: {e}")),
+            }
+        }
+    }
+
+    /// Kills the live worker `pick` chooses (SIGKILL).
+    fn kill_one(&mut self, pick: u64) {
+        let live: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].is_some()).collect();
+        if live.is_empty() {
+            return;
+        }
+        let r = self.slots[live[(pick % live.len() as u64) as usize]].as_mut().expect("live");
+        if r.child.kill().is_ok() {
+            self.killed_at.insert(r.child.id(), now_nanos());
+            self.kills += 1;
+        }
+    }
+
+    /// Everyone is gone: reclaims what the last victims left, checks the arena, prints the
+    /// summary line and the failures.
+    fn report(&mut self, arena: &Arena) {
+        let reclaimed = shmflow::partition::reclaim_dead_peers(arena);
+        let report = check::check(arena);
+        let worst = self.waits.iter().copied().max().unwrap_or(0);
+        let bound = LIVENESS + Duration::from_secs(1);
+        let mut sorted = self.waits.clone();
+        sorted.sort_unstable();
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+        if !(report.all_free() && report.problems.is_empty()) {
+            self.failures.push(format!("segments left over after {reclaimed:?}: {report:?}"));
+        }
+        if worst > bound.as_nanos() as u64 {
+            self.failures.push(format!(
+                "a survivor waited {} ms on a dead peer (bound {} ms)",
+                worst / 1_000_000,
+                bound.as_millis()
+            ));
+        }
+        println!(
+            "SOAK kills={} workers={} streams_completed={} records_read={} waits={} \
+             median_wait_ms={:.1} worst_wait_ms={:.1} bound_ms={} check={}",
+            self.kills,
+            self.spawned,
+            self.streams,
+            self.records,
+            self.waits.len(),
+            median as f64 / 1e6,
+            worst as f64 / 1e6,
+            bound.as_millis(),
+            if self.failures.is_empty() { "ok" } else { "FAILED" }
+        );
+        for (n, example) in self.errors.values() {
+            println!("  other endings: {n} x, e.g. {example}");
+        }
+        for f in self.failures.iter().take(10) {
+            println!("FAIL {f}");
+        }
+        if self.failures.len() > 10 {
+            println!("FAIL ... and {} more", self.failures.len() - 10);
+        }
+    }
 }

@@ -18,7 +18,7 @@
 //! Scheduling (`queued`, `served`) belongs to the gate, which keeps the ready queue; the
 //! channel only records whether it is in it.
 
-use super::single::InputSpec;
+use super::config::InputSpec;
 use crate::error::{Error, Result};
 use crate::memory::liveness;
 use crate::memory::Arena;

@@ -7,6 +7,8 @@
 //!  producers mark the gate's notify set and wake it only  |      (&[u8] in place) and events
 //!  when it parks; the gate serves marked channels round-robin and never scans the others
 //!  records that span segments: reassembled, or read in place as chunks (next_view)
+//!  blocking partition's file --FileChannel (mmap, in place) --/   (polled: nobody marks it;
+//!      its partition request is the wait until the directory says FINISHED)
 //!  UnionInputGate: several gates sharing one notify set
 //! ```
 //!
@@ -15,7 +17,8 @@
 //! | file | holds (Flink) |
 //! |---|---|
 //! | `single.rs` | `SingleInputGate`: scheduling (ready queue, batches), events, waiting |
-//! | `channel.rs` | `InputChannel` (`LocalInputChannel`): what a channel reads, its partition request |
+//! | `config.rs` | `InputSpec`, `InputGateConfig` (what the gate factory is given) |
+//! | `channel.rs` | `InputChannel`: `LocalInputChannel` or a file channel (blocking partitions), and each one's partition request |
 //! | `credit.rs` | floating credit (`BufferManager`'s floating buffers) |
 //! | `align.rs` | aligned / unaligned barrier handling (`CheckpointBarrierHandler`) |
 //! | `debloat.rs` | buffer debloating (`BufferDebloater`) |
@@ -24,6 +27,7 @@
 
 mod align;
 mod channel;
+mod config;
 mod credit;
 mod debloat;
 mod liveness;
@@ -31,6 +35,7 @@ mod single;
 mod union;
 
 pub use align::Overtaken;
+pub use config::{InputGateConfig, InputSpec};
 pub use debloat::DebloatConfig;
-pub use single::{GateItem, GateView, InputGateConfig, InputSpec, SingleInputGate};
+pub use single::{GateItem, GateView, SingleInputGate};
 pub use union::UnionInputGate;

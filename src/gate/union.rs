@@ -1,7 +1,8 @@
 //! `UnionInputGate`: several gates read as one, sharing one notify set so the task parks
 //! on a single wake-up.
 
-use super::single::{GateItem, InputGateConfig, Ready, SingleInputGate};
+use super::config::InputGateConfig;
+use super::single::{GateItem, Ready, SingleInputGate};
 use crate::error::{ConfigError, Error, Result};
 use crate::memory::Arena;
 use crate::partition::ResultPartitionManager;

@@ -1,0 +1,379 @@
+//! `shmflow run`: the built-in jobs with their options, job directory, input, output and summary.
+
+use crate::cli::*;
+use crate::common::*;
+use crate::jobdir::*;
+use crate::jobs::{self, TextSource};
+use shmflow::partition::{BufferTimeout, ResultPartitionType, SelectorKind};
+use shmflow::runtime::{is_worker, run, JobSummary, ProgressTotal, RuntimeConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub(crate) fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
+    if o.parallelism == 0 || o.parallelism > 1024 {
+        return Err(format!("--parallelism {} is out of range (1..=1024)", o.parallelism).into());
+    }
+    if o.workers == 0 || o.workers > 256 {
+        return Err(format!("--workers {} is out of range (1..=256)", o.workers).into());
+    }
+    if o.arena_size < 1 << 20 || o.arena_size > 1 << 40 {
+        return Err(format!("--arena-size {} is out of range (1 MiB..=1 TiB)", o.arena_size).into());
+    }
+    let defaults = RuntimeConfig::default();
+    let heartbeat_timeout = match o.heartbeat_timeout_ms {
+        None => defaults.heartbeat_timeout,
+        Some(ms) if (100..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => return Err(format!("--heartbeat-timeout-ms {ms} is out of range (100..=3600000)").into()),
+    };
+    Ok(RuntimeConfig {
+        workers: o.workers,
+        heartbeat_timeout,
+        buffer_timeout: BufferTimeout::from_millis(o.buffer_timeout)?,
+        segment_size: o.segment_size,
+        arena_size: o.arena_size,
+        progress: !o.quiet && !o.json,
+        wait_policy: o.wait.policy(),
+        debloat: match o.debloat {
+            None => None,
+            Some(ms) if (1..=60_000).contains(&ms) => Some(shmflow::gate::DebloatConfig {
+                target: Duration::from_millis(ms),
+                ..shmflow::gate::DebloatConfig::default()
+            }),
+            Some(ms) => return Err(format!("--debloat {ms} is out of range (1..=60000 ms)").into()),
+        },
+        ..defaults
+    })
+}
+
+pub(crate) fn print_summary(s: &JobSummary, json: bool, extra: serde_json::Value) {
+    if json {
+        let mut v = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
+        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    out!(
+        "{}: {} records, {:.1} MB through the first exchange in {:.3} s: {:.2} M records/s ({} workers, {} subtasks)",
+        s.job,
+        s.records,
+        s.bytes as f64 / 1e6,
+        s.elapsed_s,
+        s.records_per_s / 1e6,
+        s.workers,
+        s.subtasks
+    );
+    for (name, a) in &s.accumulators {
+        match a {
+            shmflow::runtime::accumulators::Accumulator::Sum(v) => out!("  accumulator {name}: {v}"),
+            shmflow::runtime::accumulators::Accumulator::List(l) => out!("  accumulator {name}: {l:?}"),
+        }
+    }
+    for e in &s.edges {
+        out!(
+            "  edge {} -> {} [{} {}]: {} records, {:.1} MB, max in flight {} segments ({:.1} MB), back-pressured {:.0} ms ({:.1}%)",
+            e.from,
+            e.to,
+            e.selector,
+            e.partition_type,
+            e.records,
+            e.bytes as f64 / 1e6,
+            e.max_in_flight_segments,
+            e.max_in_flight_bytes as f64 / 1e6,
+            e.back_pressured_ms,
+            e.back_pressured_ratio * 100.0
+        );
+    }
+}
+
+/// The input file's length as the coordinator saw it, handed to the workers so that every
+/// subtask reads the same text (see [`TextSource::File`]).
+pub(crate) const INPUT_LEN_ENV: &str = "SHMFLOW_INPUT_LEN";
+
+pub(crate) fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSource> {
+    let mut src = match input {
+        Some(p) => TextSource::file(p),
+        None => {
+            if mb == 0 || mb > 100_000 {
+                return Err(format!("--generated-mb {mb} is out of range (1..=100000)").into());
+            }
+            TextSource::generated_mb(mb)
+        }
+    };
+    if is_worker() {
+        if let TextSource::File { len, .. } = &mut src {
+            let v = std::env::var(INPUT_LEN_ENV).map_err(|_| format!("worker started without {INPUT_LEN_ENV}"))?;
+            *len = Some(v.parse().map_err(|_| format!("{INPUT_LEN_ENV}={v:?} is not a length"))?);
+        }
+    } else {
+        if let TextSource::File { path, .. } = &src {
+            refuse_unsized(path)?;
+        }
+        if let Some(note) = src.validate()? {
+            eprintln!("shmflow: note: {note}");
+        }
+        if let TextSource::File { len: Some(n), .. } = &src {
+            // Workers are started from this process and inherit the variable.
+            std::env::set_var(INPUT_LEN_ENV, n.to_string());
+        }
+    }
+    Ok(src)
+}
+
+/// The input of a text job for the progress bar: the file's bytes, or about
+/// `generated_mb` MB of generated text.
+pub(crate) fn text_total(src: &TextSource, generated_mb: u64) -> ProgressTotal {
+    match src {
+        TextSource::File { len: Some(n), .. } => ProgressTotal::SourceInputBytes(*n),
+        _ => ProgressTotal::SourceInputBytes(generated_mb.saturating_mul(1_000_000)),
+    }
+}
+
+/// Refuses an input whose size the kernel reports as 0 although it has content (files of
+/// /proc and /sys): the input is memory-mapped by its length, so it would count no words.
+pub(crate) fn refuse_unsized(path: &std::path::Path) -> AnyResult<()> {
+    use std::io::Read;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(()); // `validate` says what is wrong with it.
+    };
+    if m.is_file() && m.len() == 0 {
+        let mut byte = [0u8; 1];
+        let has_content = std::fs::File::open(path).and_then(|mut f| f.read(&mut byte)).is_ok_and(|n| n > 0);
+        if has_content {
+            return Err(format!(
+                "--input {} reports a size of 0 bytes but has content (a file of /proc or /sys?); \
+                 shmflow maps its input by its size: copy it to a regular file first",
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// `--output`, checked and created (as a temp file) by the coordinator before the job runs;
+/// workers do not write it.
+pub(crate) fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<jobs::OutputFile>> {
+    match output {
+        Some(p) if !is_worker() => {
+            remove_stale_temps(p);
+            Ok(Some(jobs::OutputFile::create(p)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Removes the temp files `<output>.tmp-<pid>` that runs killed before they finished left
+/// beside `output` (their pid is gone; a live pid's file is kept, it may be writing it).
+pub(crate) fn remove_stale_temps(output: &std::path::Path) {
+    // The temp file sits beside the file a symlink points to (as `OutputFile` does).
+    let target = std::fs::canonicalize(output).unwrap_or_else(|_| output.to_path_buf());
+    let (Some(name), Some(dir)) = (target.file_name().and_then(|n| n.to_str()), target.parent()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|f| temp_pid(f, name)) else {
+            continue;
+        };
+        let stale = pid != std::process::id() && !pid_alive(pid) && own_regular_file(&e.path());
+        if stale && std::fs::remove_file(e.path()).is_ok() {
+            eprintln!("shmflow: note: removed {}, left by a run (pid {pid}) that died", e.path().display());
+        }
+    }
+}
+
+pub(crate) fn blocking_unsupported(o: &JobOpts, job: &str) -> AnyResult<()> {
+    if o.exchange == Exchange::Blocking {
+        return Err(format!("--exchange blocking is supported by wordcount only, not by {job}").into());
+    }
+    Ok(())
+}
+
+pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
+    match job {
+        JobCmd::Wordcount { input, output, generated_mb, opts } => {
+            let mut cfg = runtime_config(&opts)?;
+            let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
+            let out_file = output_file(output.as_deref())?;
+            let dir = JobDir::get()?;
+            dir.note_output(out_file.as_ref())?;
+            let ptype = match opts.exchange {
+                Exchange::Pipelined => ResultPartitionType::PipelinedBounded,
+                Exchange::Blocking => ResultPartitionType::Blocking,
+            };
+            let graph = jobs::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
+            if let Some(s) = run(graph, &cfg)? {
+                let lines = merge_interruptibly(&dir.path, out_file)?;
+                let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
+                print_summary(&s, opts.json, serde_json::json!({ "distinct_words": lines.len(), "words": total }));
+                if output.is_none() && !opts.json {
+                    let mut top: Vec<_> = lines.iter().filter_map(|l| Some((count_of(l)?, l))).collect();
+                    top.sort_by_key(|t| std::cmp::Reverse(t.0));
+                    out!("{} distinct words, {total} words; the most frequent:", lines.len());
+                    for (_, l) in top.iter().take(10) {
+                        out!("  {}", String::from_utf8_lossy(l));
+                    }
+                }
+            }
+        }
+        JobCmd::WindowWordcount { input, output, generated_mb, window, slide, opts } => {
+            blocking_unsupported(&opts, "window-wordcount")?;
+            if window == 0 || slide == 0 || slide > window {
+                return Err(format!("--window {window} and --slide {slide} must satisfy 0 < slide <= window").into());
+            }
+            let mut cfg = runtime_config(&opts)?;
+            let src = text_source(input, generated_mb)?;
+            cfg.progress_total = Some(text_total(&src, generated_mb));
+            let out_file = output_file(output.as_deref())?;
+            let dir = JobDir::get()?;
+            dir.note_output(out_file.as_ref())?;
+            let graph = jobs::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
+            if let Some(s) = run(graph, &cfg)? {
+                let lines = merge_interruptibly(&dir.path, out_file)?;
+                print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
+                if !opts.json {
+                    out!("{} window results", lines.len());
+                }
+            }
+        }
+        JobCmd::Shuffle { records, payload, selector, latency: true, rate, opts, .. } => {
+            shuffle_latency(records, payload, &selector, rate.unwrap_or(0), opts)?;
+        }
+        JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts, .. } => {
+            blocking_unsupported(&opts, "shuffle")?;
+            let kind: SelectorKind = selector.parse()?;
+            if !(8..=256 << 20).contains(&payload) {
+                return Err(format!("--payload {payload} is out of range (8..=268435456)").into());
+            }
+            check_records(records)?;
+            for (flag, ns) in [("--sink-work-ns", sink_work_ns), ("--source-work-ns", source_work_ns)] {
+                if ns > MAX_WORK_NS {
+                    return Err(format!("{flag} {ns} is out of range (0..={MAX_WORK_NS})").into());
+                }
+            }
+            let mut cfg = runtime_config(&opts)?;
+            cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
+            let dir = JobDir::get()?;
+            let graph = jobs::shuffle_job(
+                records,
+                payload,
+                kind,
+                opts.parallelism,
+                dir.path.clone(),
+                (source_work_ns, sink_work_ns),
+            );
+            if let Some(s) = run(graph, &cfg)? {
+                let (n, sum, bad) = jobs::shuffle_totals(&dir.path)?;
+                let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
+                // Within bounds (records <= 10^12, fan <= 1024); checked all the same.
+                let want = records.checked_mul(fan).ok_or("--records times --parallelism overflows")?;
+                // The sinks sum sequence numbers with wrapping_add: the exact sum (u128, no
+                // wrap before the halving) modulo 2^64.
+                let seq_sum = u128::from(records) * u128::from(records.saturating_sub(1)) / 2;
+                let want_sum = (seq_sum as u64).wrapping_mul(fan);
+                if n != want || sum != want_sum || bad != 0 {
+                    return Err(format!(
+                        "shuffle check failed: {n} records (expected {want}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes"
+                    )
+                    .into());
+                }
+                let mbps = s.records as f64 * f64::from(payload) / s.elapsed_s / 1e6;
+                print_summary(&s, opts.json, serde_json::json!({ "mb_per_s": mbps, "checksum_ok": true }));
+                if !opts.json {
+                    out!("{:.1} MB/s of payload end to end; every record arrived intact", mbps);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `run shuffle --latency --rate N`.
+pub(crate) fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: u64, opts: JobOpts) -> AnyResult<()> {
+    blocking_unsupported(&opts, "shuffle --latency")?;
+    let kind: SelectorKind = selector.parse()?;
+    if !matches!(kind, SelectorKind::KeyHash | SelectorKind::Rebalance) {
+        return Err(format!("--latency takes --selector key-hash or rebalance, not {selector}").into());
+    }
+    if !(16..=256 << 20).contains(&payload) {
+        return Err(format!("--payload {payload} is out of range for --latency (16..=268435456)").into());
+    }
+    if !(1..=100_000_000).contains(&rate) {
+        return Err(format!("--rate {rate} is out of range (1..=100000000)").into());
+    }
+    check_records(records)?;
+    let mut cfg = runtime_config(&opts)?;
+    cfg.progress_total = Some(ProgressTotal::SourceRecords(records));
+    let dir = JobDir::get()?;
+    let graph = jobs::shuffle_latency_job(records, payload, kind, opts.parallelism, dir.path.clone(), rate);
+    let Some(s) = run(graph, &cfg)? else {
+        return Ok(());
+    };
+    let (n, sum, bad) = jobs::shuffle_totals(&dir.path)?;
+    let want_sum = (u128::from(records) * u128::from(records.saturating_sub(1)) / 2) as u64;
+    if n != records || sum != want_sum || bad != 0 {
+        return Err(format!(
+            "shuffle check failed: {n} records (expected {records}), sequence sum {sum} (expected {want_sum}), {bad} bad bytes"
+        )
+        .into());
+    }
+    let h = jobs::latency_histogram(&dir.path)?;
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let lat = serde_json::json!({
+        "samples": h.len(),
+        "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p99_9": us(0.999), "p99_99": us(0.9999),
+        "max": h.max() as f64 / 1e3,
+    });
+    print_summary(&s, opts.json, serde_json::json!({ "rate": rate, "latency_us": lat, "checksum_ok": true }));
+    if !opts.json {
+        out!(
+            "record latency at {rate} records/s over {} samples: p50 {:.2} us, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, p99.99 {:.2}, max {:.2}",
+            h.len(),
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            us(0.9999),
+            h.max() as f64 / 1e3
+        );
+    }
+    Ok(())
+}
+
+/// [`jobs::merge_parts`] on a thread of its own, so that a stop signal ends the run at
+/// once, however large the output: the temp output is removed (the job directory goes when
+/// the caller's [`JobDir`] drops) and the run ends with [`shmflow::Error::Interrupted`].
+pub(crate) fn merge_interruptibly(dir: &std::path::Path, out: Option<jobs::OutputFile>) -> AnyResult<Vec<Vec<u8>>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let tmp = out.as_ref().and_then(|o| o.temp_path().map(std::path::Path::to_path_buf));
+    let dir = dir.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("merge".into()).spawn(move || {
+        let _ = tx.send(jobs::merge_parts(&dir, out));
+    })?;
+    // Ends when the merge thread sends its result or ends without one.
+    loop {
+        if let Some(signal) = shmflow::sync::stop_signal() {
+            if let Some(t) = &tmp {
+                let _ = std::fs::remove_file(t);
+            }
+            return Err(shmflow::Error::Interrupted { signal }.into());
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(r) => return Ok(r?),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err("merging the part files failed (a panic)".into()),
+        }
+    }
+}
+
+pub(crate) fn count_of(line: &[u8]) -> Option<u64> {
+    let tab = line.iter().rposition(|&c| c == b'\t')?;
+    std::str::from_utf8(&line[tab + 1..]).ok()?.parse().ok()
+}
