@@ -9,8 +9,8 @@
 //!                                                               breaks the protocol
 //!  ring (push)     PushError::Full    (not converted: the pusher decides what a full ring
 //!                                     means; a channel reports Error::RingFull)
-//!  any             ConfigError        Error::Config(..)         a setting or argument out of
-//!                                                               range, before any sharing
+//!  any             ConfigError        Error::Config(..)         a setting or argument that
+//!                                                               cannot be used
 //!  ring, buffer    Error::{RingFull, PoolExhausted, Timeout}    flow control
 //!  ring, gate      Error::{ProducerFailed, ConsumerGone, PeerDied}  the other end
 //!  partition       Error::{PartitionNotFound, PartitionExists, PartitionFinished,
@@ -134,7 +134,8 @@ pub enum PushError {
     Violation(#[from] Violation),
 }
 
-/// A setting or argument out of its range, refused before anything is shared or started.
+/// A setting or argument that cannot be used (out of its range, contradicting another, an
+/// unknown name), refused before it has any effect.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
     /// A number outside the range it must be in.
