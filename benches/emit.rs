@@ -27,6 +27,22 @@ use shmflow::partition::{
 use shmflow::ShuffleEnvironment;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+#[path = "common/args.rs"]
+mod args;
+use args::BenchArgs;
+use clap::Parser;
+
+/// The emit bench's flags.
+#[derive(Parser)]
+#[command(name = "emit", about = "The producer's ns per record in one thread")]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Timed batches per record kind (default 400 in a full run, 4 in a quick one).
+    #[arg(long, value_name = "N")]
+    batches: Option<usize>,
+}
 use std::time::{Duration, Instant};
 
 const SEG: u32 = 32 << 10;
@@ -149,13 +165,11 @@ fn u64_of(d: &[u8]) -> u64 {
 }
 
 fn run() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let batches = match args.iter().position(|a| a == "--batches") {
-        Some(i) => args.get(i + 1).ok_or("--batches needs a number")?.parse()?,
-        None if full => 400,
-        None => 4,
-    };
+    let cli = Cli::parse();
+    if cli.bench.json.is_some() {
+        return Err("--json: this bench prints its table only".into());
+    }
+    let batches = cli.batches.unwrap_or(if cli.bench.full { 400 } else { 4 });
     // 12 segments' worth of 8-byte records with their 4-byte length.
     let batch = 12 * (SEG as usize / 12) - 16;
     println!("# emit: the producer's ns per record in one thread ({batches} batches of {batch} records)");

@@ -419,10 +419,39 @@ fn run_case(p: u32, plan: &Plan) -> Res<Outcome> {
         pr.send("stop")?;
     }
 
-    // Every producer's count, then every consumer's counts per producer.
+    let (total_sent, rss, latency) = collect_counts(&mut producers, &mut consumers, p)?;
+    for child in producers.iter_mut().chain(consumers.iter_mut()) {
+        child.close_and_wait()?;
+    }
+    let usage1 = rusage(libc::RUSAGE_CHILDREN)?;
+    Ok(Outcome {
+        p,
+        arena_kib,
+        window_s,
+        window_records: r1.saturating_sub(r0),
+        window_cpu_ns: by_role.0 + by_role.1,
+        window_cpu_ns_by_role: by_role,
+        other_cpu_s,
+        total_records: total_sent,
+        run_cpu_ns: usage1.cpu_ns.saturating_sub(usage0.cpu_ns),
+        idle_cpu_ms_per_s,
+        latency,
+        peak_rss_kib: rss,
+        rates: vec![r1.saturating_sub(r0) as f64 / window_s],
+    })
+}
+
+/// Every producer's count, then every consumer's counts per producer, checked against each
+/// other; returns the records sent, the peak RSS (producers, consumers) and the merged
+/// latency histogram.
+fn collect_counts(
+    producers: &mut [Producer],
+    consumers: &mut [Producer],
+    p: u32,
+) -> Res<(u64, (u64, u64), Histogram<u64>)> {
     let mut sent = Vec::new();
     let mut rss = (0u64, 0u64);
-    for pr in &mut producers {
+    for pr in producers.iter_mut() {
         let line = pr.expect_line("done")?;
         sent.push(field(&line, "sent")?.parse::<u64>()?);
         rss.0 = rss.0.max(field(&line, "rss_kib")?.parse()?);
@@ -454,25 +483,7 @@ fn run_case(p: u32, plan: &Plan) -> Res<Outcome> {
     if total_received != total_sent {
         return Err(format!("{total_received} records received, {total_sent} sent").into());
     }
-    for child in producers.iter_mut().chain(consumers.iter_mut()) {
-        child.close_and_wait()?;
-    }
-    let usage1 = rusage(libc::RUSAGE_CHILDREN)?;
-    Ok(Outcome {
-        p,
-        arena_kib,
-        window_s,
-        window_records: r1.saturating_sub(r0),
-        window_cpu_ns: by_role.0 + by_role.1,
-        window_cpu_ns_by_role: by_role,
-        other_cpu_s,
-        total_records: total_sent,
-        run_cpu_ns: usage1.cpu_ns.saturating_sub(usage0.cpu_ns),
-        idle_cpu_ms_per_s,
-        latency,
-        peak_rss_kib: rss,
-        rates: vec![r1.saturating_sub(r0) as f64 / window_s],
-    })
+    Ok((total_sent, rss, latency))
 }
 
 fn new_histogram() -> Res<Histogram<u64>> {

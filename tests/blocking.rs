@@ -605,3 +605,25 @@ fn a_gate_reads_blocking_partitions_once_their_producers_finished_and_releases_t
     drop(gate);
     drop(writers);
 }
+
+/// A blocking producer that fails while the gate waits for its partition is the
+/// partition's error (PartitionFailed from the directory), not the runtime's JobFailed.
+#[test]
+fn a_gate_waiting_for_a_failed_blocking_partition_gets_partition_failed() {
+    use shmflow::gate::{InputGateConfig, InputSpec, SingleInputGate};
+    let tmp = TempDir::new("gatefail");
+    let files = FileChannelManager::new(&tmp.0).unwrap();
+    let arena = arena();
+    let dir = ResultPartitionManager::new(arena.clone());
+    let id = ResultPartitionId::new(0xfa11, 1);
+    let mut p = BlockingResultPartition::new(&files, id, ResultPartitionType::Blocking, 1).unwrap();
+    p.register(dir).unwrap();
+    p.emit(&b"lost"[..], 0).unwrap();
+    let mut cfg = InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]);
+    cfg.blocking_files = Some(files);
+    let mut gate = SingleInputGate::new(arena, &cfg).unwrap();
+    assert!(gate.poll_next().unwrap().is_none());
+    p.fail();
+    let e = gate.next(Some(Duration::from_secs(10))).unwrap_err();
+    assert!(matches!(e, Error::PartitionFailed(_)), "{e}");
+}

@@ -90,6 +90,10 @@
 //! checks every answer, but asserts nothing on time. Every wait is bounded, a watchdog kills
 //! a responder that outlives its deadline, a guard kills and reaps responders on every exit
 //! path, and nothing goes to /dev/shm (memfds only).
+//!
+//! Modules: `plan` (peers, cases, flags), `requester` (runs every case), `payload`, `ends`
+//! (the two ends of each peer), `netstack` (the network-stack peer), `setup` (a peer from
+//! the requester's side), `responder` (the child process), `machine`, `report`.
 
 use hdrhistogram::Histogram;
 use shmflow::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};

@@ -128,6 +128,11 @@
 //! kills a producer that outlives its deadline, a guard kills and reaps it on every exit
 //! path, in-process writers are stopped and joined on every exit path, and nothing goes to
 //! /dev/shm (memfd arenas only).
+//!
+//! Modules: `plan` (systems, cases, flags), `records` (record bytes and checksums),
+//! `consumer` (the run of every case, shmflow's consumer), `stream_in` / `stream_out` (the
+//! stream peers' two ends with Flink's credits), `local` (the in-process peer and the
+//! limits), `spawn` and `producer` (the producer process), `machine`, `report`.
 
 use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
 use shmflow::memory::{Arena, ArenaConfig};
@@ -150,12 +155,15 @@ use std::time::{Duration, Instant};
 #[path = "../common/mod.rs"]
 mod common;
 mod consumer;
+mod local;
 mod machine;
 mod plan;
 mod producer;
 mod records;
 mod report;
 mod spawn;
+mod stream_in;
+mod stream_out;
 use clap::Parser;
 use common::args::BenchArgs;
 use common::{
@@ -163,12 +171,15 @@ use common::{
     proc_cpu_ns, rusage, spin_until, Producer, Res,
 };
 use consumer::*;
+use local::*;
 use machine::*;
 use plan::*;
 use producer::*;
 use records::*;
 use report::*;
 use spawn::*;
+use stream_in::*;
+use stream_out::*;
 
 /// `shmflow::sync`'s atomics, as clippy.toml asks; the allows are for clippy resolving the
 /// re-exports to the std types it bans.

@@ -157,7 +157,7 @@ fn a_claim_during_the_close_gets_the_block_only_after_the_free() {
             assert_eq!(frees.load(Ordering::Relaxed), 1, "block freed once");
             assert_eq!(b.state.load(Ordering::Relaxed), CHANNEL_OPEN, "the next channel is open");
             assert_eq!(b.consumer_pid.load(Ordering::Relaxed), CONSUMER_PID + 1, "the next consumer's route survived");
-            assert_eq!(b.consumer_worker(), Some(3), "the next consumer's route survived");
+            assert_eq!(b.consumer_worker(), Some(3), "the next consumer's route survived (slot 3)");
         },
     );
 }

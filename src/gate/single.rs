@@ -90,7 +90,8 @@ pub(crate) enum Ready {
     Item(GateItem<'static>),
 }
 
-/// A gate over local input channels.
+/// A gate over input channels: local ones (pipelined partitions in shared memory) and file
+/// ones (blocking partitions, read once finished); see `channel.rs`.
 ///
 /// Dropping it before it handed out [`GateItem::End`] closes every channel not finished
 /// yet: their producers stop with [`crate::Error::ConsumerGone`] (a partition waiting in

@@ -60,13 +60,26 @@ pub enum Liveness {
 
 /// [`liveness`] asked once per worker slot during one pass over many channels: a gate
 /// over thousands of channels has a handful of producer processes, and each look at a
-/// process reads its `/proc` files.
-#[derive(Debug, Default)]
+/// process reads its `/proc` files. The first [`LivenessMemo::INLINE`] slots are kept
+/// without allocating (a waiting gate makes one memo per liveness interval, and a job's
+/// steady state allocates nothing); more spill into a vector.
+#[derive(Debug)]
 pub struct LivenessMemo {
-    seen: Vec<(u32, Liveness)>,
+    inline: [(u32, Liveness); LivenessMemo::INLINE],
+    len: usize,
+    more: Vec<(u32, Liveness)>,
+}
+
+impl Default for LivenessMemo {
+    fn default() -> Self {
+        Self { inline: [(0, Liveness::Alive); Self::INLINE], len: 0, more: Vec::new() }
+    }
 }
 
 impl LivenessMemo {
+    /// Worker slots remembered without allocating.
+    pub const INLINE: usize = 16;
+
     /// An empty memo (one per pass).
     pub fn new() -> Self {
         Self::default()
@@ -74,11 +87,17 @@ impl LivenessMemo {
 
     /// [`liveness`] of `slot`, looked up only the first time in this memo.
     pub fn liveness(&mut self, arena: &Arena, slot: u32) -> Liveness {
-        if let Some(&(_, l)) = self.seen.iter().find(|(s, _)| *s == slot) {
+        let seen = self.inline[..self.len].iter().chain(&self.more).find(|(s, _)| *s == slot);
+        if let Some(&(_, l)) = seen {
             return l;
         }
         let l = liveness(arena, slot);
-        self.seen.push((slot, l));
+        if self.len < Self::INLINE {
+            self.inline[self.len] = (slot, l);
+            self.len += 1;
+        } else {
+            self.more.push((slot, l));
+        }
         l
     }
 }

@@ -18,8 +18,11 @@
 //!            index checksum and every region's bounds; BlockingSubpartitionReader
 //!            checks a region's checksum when it reaches the region, before it yields any
 //!            of its records, then yields each record as &[u8] borrowed from the mapping
-//!            (zero copy), checking every length prefix against its region. Reading never
-//!            consumes: a restarted consumer reads the same records again (isReconnectable).
+//!            (zero copy), checking every length prefix against its region (the cursor,
+//!            SubpartitionCursor, is owned: the gate's file channel keeps it beside the
+//!            file; the gate's partition request for a file is the wait for FINISHED).
+//!            Reading never consumes: a restarted consumer reads the same records again
+//!            (isReconnectable).
 //!  release:  BLOCKING when every subpartition's consumer said done (or on release());
 //!            BLOCKING_PERSISTENT only on an explicit release.
 //! ```

@@ -106,7 +106,7 @@ impl ResultPartitionManager {
     /// [`Error::OutOfSlots`] when the directory is full; [`Error::PartitionExists`] if `id`
     /// is already registered and neither released nor failed.
     pub fn claim_entry(&self, id: ResultPartitionId) -> Result<u32> {
-        if let Ok(info) = self.lookup_once(id) {
+        if let Ok(Some(info)) = self.find(id) {
             if info.state != PARTITION_RELEASED && info.state != PARTITION_FAILED {
                 return Err(Error::PartitionExists(id.to_string()));
             }
@@ -181,6 +181,12 @@ impl ResultPartitionManager {
     /// [`Error::PartitionNotFound`], [`Error::PartitionReleased`], or
     /// [`Error::ProtocolViolation`] for an entry whose fields break the arena's limits.
     pub fn lookup_once(&self, id: ResultPartitionId) -> Result<PartitionInfo> {
+        self.find(id)?.ok_or_else(|| Error::PartitionNotFound(id.to_string()))
+    }
+
+    /// [`Self::lookup_once`], with "not registered" as `Ok(None)`: no error value is built
+    /// while a consumer waits for its producer.
+    fn find(&self, id: ResultPartitionId) -> Result<Option<PartitionInfo>> {
         let cfg = self.arena.config();
         for (i, e) in self.arena.partitions().iter().enumerate() {
             // Acquire: pairs with the Release store in `publish` / `set_state`.
@@ -216,15 +222,15 @@ impl ResultPartitionManager {
                     ),
                 });
             }
-            return Ok(PartitionInfo {
+            return Ok(Some(PartitionInfo {
                 slot: i as u32,
                 partition_type,
                 num_subpartitions: n,
                 first_channel: first,
                 state,
-            });
+            }));
         }
-        Err(Error::PartitionNotFound(id.to_string()))
+        Ok(None)
     }
 
     /// Looks `id` up, retrying with exponential backoff while it is not registered yet
@@ -235,12 +241,13 @@ impl ResultPartitionManager {
     pub fn lookup(&self, id: ResultPartitionId, backoff: RequestBackoff) -> Result<PartitionInfo> {
         let mut pause = backoff.initial;
         loop {
-            match self.lookup_once(id) {
-                Err(Error::PartitionNotFound(_)) if pause <= backoff.max => {
+            match self.find(id)? {
+                Some(info) => return Ok(info),
+                None if pause <= backoff.max => {
                     std::thread::sleep(pause);
                     pause = if pause.is_zero() { Duration::from_millis(1) } else { pause * 2 };
                 }
-                r => return r,
+                None => return Err(Error::PartitionNotFound(id.to_string())),
             }
         }
     }

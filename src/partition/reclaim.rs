@@ -169,10 +169,22 @@ fn slot_matches(slot: Option<u32>, dead: DeadProcess) -> bool {
 }
 
 fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
+    let produced = produced_channels(arena, dead, report);
+    release_entries_and_gates(arena, dead, report);
+    reclaim_segments(arena, dead, &produced, report);
+    fail_or_close_produced(arena, dead, &produced, report);
+    fail_consumed(arena, dead, report);
+}
+
+/// The channels a dead process produced: (channel, state, what to do with it).
+type ProducedChannels = Vec<(u32, u32, Produced)>;
+
+/// Which channels `dead` produced, and whether a live reader still uses each (decided
+/// once, before any segment or state changes, so the passes after agree). Blocks it held
+/// while scanning for a run are handed back here.
+fn produced_channels(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) -> ProducedChannels {
     let pid = dead.pid;
     let channels = arena.channels();
-    // Which channels it produced, and whether a live reader still uses each (decided once,
-    // before any segment or state changes, so both passes below agree).
     let mut produced: Vec<(u32, u32, Produced)> = Vec::new();
     for (c, b) in channels.iter().enumerate() {
         // Acquire: pairs with the Release stores of CLAIMED (`claim_channels`) and OPEN
@@ -205,11 +217,14 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
             && b.consumer_pid.load(Ordering::Relaxed) != pid;
         produced.push((c as u32, st, if live_reader { Produced::Fail } else { Produced::Close }));
     }
-    let any_live_reader = produced.iter().any(|p| p.2 == Produced::Fail);
+    produced
+}
 
-    // Its directory entries and gate blocks first: a consumer that looked an entry up
-    // before is refused when it attaches (see the gate's `attach_consumer`), not handed a
-    // block that is closed below and claimed again.
+/// Its directory entries and gate blocks first: a consumer that looked an entry up before
+/// is refused when it attaches (see the gate's `attach_consumer`), not handed a block that
+/// is closed below and claimed again.
+fn release_entries_and_gates(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
+    let pid = dead.pid;
     for e in arena.partitions() {
         // Acquire: pairs with the Release store of REGISTERED in `publish` (the producer's
         // pid read next was written before it); the CAS below decides.
@@ -234,8 +249,13 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
             report.gates_released += 1;
         }
     }
+}
 
-    // 1. Its segments.
+/// First, its segments: freed, or orphaned to the live reader that still holds them.
+fn reclaim_segments(arena: &Arena, dead: DeadProcess, produced: &ProducedChannels, report: &mut ReclaimReport) {
+    let pid = dead.pid;
+    let channels = arena.channels();
+    let any_live_reader = produced.iter().any(|p| p.2 == Produced::Fail);
     for (i, ctl) in arena.controls().iter().enumerate() {
         // Relaxed: a segment's holder changes only when it leaves the free stack; a stale
         // value is re-checked by the owner CAS below.
@@ -279,9 +299,13 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
             report.segments_freed += 1;
         }
     }
+}
 
-    // 2. Channels it produced.
-    for &(c, st, what) in &produced {
+/// Second, the channels it produced: failed towards a live reader, else closed.
+fn fail_or_close_produced(arena: &Arena, dead: DeadProcess, produced: &ProducedChannels, report: &mut ReclaimReport) {
+    let pid = dead.pid;
+    let channels = arena.channels();
+    for &(c, st, what) in produced {
         let b = &channels[c as usize];
         match what {
             Produced::Fail => {
@@ -304,8 +328,13 @@ fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport)
             Produced::Close => close_block(arena, c, st, pid, report),
         }
     }
+}
 
-    // Channels it consumed.
+/// Third, the channels it consumed: failed towards their live producers, settled when
+/// both ends are gone.
+fn fail_consumed(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
+    let pid = dead.pid;
+    let channels = arena.channels();
     for (c, b) in channels.iter().enumerate() {
         // Relaxed (all): hints, acted on by CAS.
         if b.consumer_pid.load(Ordering::Relaxed) != pid

@@ -287,151 +287,179 @@ impl RecordReader {
     pub fn poll(&mut self) -> Result<Step> {
         self.release_last();
         loop {
-            if let Some(c) = self.current.as_mut() {
-                if let (Some(need), false) = (self.span_len, self.held.is_empty()) {
-                    // A spanning record read in place: this segment's part is a chunk,
-                    // consumed once the record ends in it or the segment is finished.
-                    let off = c.read_position();
-                    let (bytes, fin) = c.peek_final()?;
-                    let take = (need - self.held_bytes).min(bytes.len());
-                    if self.held_bytes + take == need {
-                        c.consume(take as u32);
-                        self.held_bytes = need;
-                        self.span_len = None;
-                        self.last = Last::Chunked { offset: off, len: take as u32 };
-                        self.records += 1;
-                        self.bytes += need as u64;
-                        self.spanned_in_place += 1;
-                        return Ok(Step::Record);
-                    }
-                    if fin && take == bytes.len() {
-                        c.consume(take as u32);
-                        self.held_bytes += take;
-                        if take == 0 {
-                            self.retire_current();
-                        } else {
-                            let c = self.current.take().expect("current segment");
-                            self.held.push((c, off, take as u32));
-                        }
-                        continue;
-                    }
-                    // The rest is not there yet.
-                    if self.held.len() > self.hold_budget {
-                        // Its producer may need the held segments back to write the rest:
-                        // reassemble this record instead (from the current read position on).
-                        self.spill_held(None);
-                        continue;
-                    }
-                    if self.next_queued_behind_current()? {
-                        continue;
-                    }
-                    return Ok(Step::Empty);
-                }
-                if let Some(need) = self.span_len {
-                    let bytes = c.peek()?;
-                    let take = (need - self.span.len()).min(bytes.len());
-                    crate::buffer::extend_bytes(&mut self.span, &bytes[..take]);
-                    c.consume(take as u32);
-                    if self.span.len() == need {
-                        self.span_len = None;
-                        self.last = Last::Spanned;
-                        self.records += 1;
-                        self.bytes += need as u64;
-                        self.spanned += 1;
-                        return Ok(Step::Record);
-                    }
-                    if c.check_finished()? {
-                        self.retire_current();
-                        continue;
-                    }
-                    if self.next_queued_behind_current()? {
-                        continue;
-                    }
-                    return Ok(Step::Empty);
-                }
-                let read_pos = c.read_position();
-                let seg = c.index();
-                // Bytes known published from the last load come first: while they hold a
-                // whole record, the writer's position is not loaded again.
-                let known = c.peek_known();
-                let whole = matches!(frame::decode(known), Frame::Whole { .. });
-                let (bytes, fin) = if whole { (known, false) } else { c.peek_final()? };
-                let avail = bytes.len();
-                if let Some(len) = frame::peek_len(bytes) {
-                    if len > self.max_record {
-                        let max = self.max_record;
-                        return Err(self.violation(format!("record length {len} above the limit {max}")));
-                    }
-                    if let Frame::Whole { framed, .. } = frame::decode(bytes) {
-                        c.consume(framed as u32);
-                        self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
-                        self.records += 1;
-                        self.bytes += len as u64;
-                        return Ok(Step::Record);
-                    }
-                    if fin {
-                        // The record continues in the next segment of this channel.
-                        // (In place only with payload bytes in this segment: a record whose
-                        // prefix ends the segment is reassembled.)
-                        if self.in_place && avail > LEN_PREFIX {
-                            c.consume(avail as u32);
-                            self.span_len = Some(len);
-                            self.held_bytes = avail - LEN_PREFIX;
-                            let c = self.current.take().expect("current segment");
-                            self.held.push((c, read_pos + LEN_PREFIX as u32, self.held_bytes as u32));
-                            continue;
-                        }
-                        self.span.clear();
-                        // At most 8 MiB up front: the length is the peer's word (checked
-                        // against `max_record` only); the buffer grows as bytes arrive.
-                        self.span.reserve(len.min(8 << 20));
-                        crate::buffer::extend_bytes(&mut self.span, &bytes[LEN_PREFIX..]);
-                        c.consume(avail as u32);
-                        self.span_len = Some(len);
-                        self.retire_current();
-                        continue;
-                    }
-                    if self.next_queued_behind_current()? {
-                        continue;
-                    }
-                    return Ok(Step::Empty);
-                }
-                if avail == 0 && fin {
-                    self.retire_current();
-                    continue;
-                }
-                if avail > 0 && fin {
-                    return Err(self.violation(format!("segment {seg} ends inside a length prefix")));
-                }
-                if self.next_queued_behind_current()? {
-                    continue;
-                }
-                return Ok(Step::Empty);
-            }
-            match self.channel.poll_data()? {
-                Some(Descriptor::Buffer(s)) => {
-                    self.current = Some(match self.spare.take().or_else(|| self.spares.pop()) {
-                        Some(spare) => self.channel.consumer_reusing(spare, s),
-                        None => self.channel.consumer(s),
-                    })
-                }
-                Some(d) => {
-                    if self.span_len.is_some() {
-                        self.release_held();
-                        return Err(self.violation(format!("{d:?} inside a record that spans segments")));
-                    }
-                    return Ok(Step::Event(d));
-                }
-                None => {
-                    if self.held.len() > self.hold_budget {
-                        // The next segment of a record held in place is not there yet:
-                        // reassemble it instead (see `set_spans_in_place`).
-                        self.spill_held(None);
-                    }
-                    return Ok(Step::Empty);
-                }
+            let flow = if self.current.is_none() {
+                self.poll_descriptor()?
+            } else if self.span_len.is_some() && !self.held.is_empty() {
+                self.poll_span_in_place()?
+            } else if self.span_len.is_some() {
+                self.poll_span_reassembling()?
+            } else {
+                self.poll_current()?
+            };
+            if let Flow::Return(step) = flow {
+                return Ok(step);
             }
         }
+    }
+
+    /// No current segment: the next descriptor of the data ring.
+    #[inline]
+    fn poll_descriptor(&mut self) -> Result<Flow> {
+        match self.channel.poll_data()? {
+            Some(Descriptor::Buffer(s)) => {
+                self.current = Some(match self.spare.take().or_else(|| self.spares.pop()) {
+                    Some(spare) => self.channel.consumer_reusing(spare, s),
+                    None => self.channel.consumer(s),
+                });
+                Ok(Flow::Continue)
+            }
+            Some(d) => {
+                if self.span_len.is_some() {
+                    self.release_held();
+                    return Err(self.violation(format!("{d:?} inside a record that spans segments")));
+                }
+                Ok(Flow::Return(Step::Event(d)))
+            }
+            None => {
+                if self.held.len() > self.hold_budget {
+                    // The next segment of a record held in place is not there yet:
+                    // reassemble it instead (see `set_spans_in_place`).
+                    self.spill_held(None);
+                }
+                Ok(Flow::Return(Step::Empty))
+            }
+        }
+    }
+
+    /// Nothing more in the current segment for now: read on behind it if a descriptor is
+    /// queued and it turned out finished, else "empty".
+    #[inline]
+    fn empty_or_next(&mut self) -> Result<Flow> {
+        if self.next_queued_behind_current()? {
+            return Ok(Flow::Continue);
+        }
+        Ok(Flow::Return(Step::Empty))
+    }
+
+    /// A spanning record read in place: this segment's part is a chunk, consumed once the
+    /// record ends in it or the segment is finished.
+    fn poll_span_in_place(&mut self) -> Result<Flow> {
+        let need = self.span_len.expect("a record spans");
+        let c = self.current.as_mut().expect("current segment");
+        let off = c.read_position();
+        let (bytes, fin) = c.peek_final()?;
+        let take = (need - self.held_bytes).min(bytes.len());
+        if self.held_bytes + take == need {
+            c.consume(take as u32);
+            self.held_bytes = need;
+            self.span_len = None;
+            self.last = Last::Chunked { offset: off, len: take as u32 };
+            self.records += 1;
+            self.bytes += need as u64;
+            self.spanned_in_place += 1;
+            return Ok(Flow::Return(Step::Record));
+        }
+        if fin && take == bytes.len() {
+            c.consume(take as u32);
+            self.held_bytes += take;
+            if take == 0 {
+                self.retire_current();
+            } else {
+                let c = self.current.take().expect("current segment");
+                self.held.push((c, off, take as u32));
+            }
+            return Ok(Flow::Continue);
+        }
+        // The rest is not there yet.
+        if self.held.len() > self.hold_budget {
+            // Its producer may need the held segments back to write the rest: reassemble
+            // this record instead (from the current read position on).
+            self.spill_held(None);
+            return Ok(Flow::Continue);
+        }
+        self.empty_or_next()
+    }
+
+    /// A spanning record being reassembled: append this segment's part.
+    fn poll_span_reassembling(&mut self) -> Result<Flow> {
+        let need = self.span_len.expect("a record spans");
+        let c = self.current.as_mut().expect("current segment");
+        let bytes = c.peek()?;
+        let take = (need - self.span.len()).min(bytes.len());
+        crate::buffer::extend_bytes(&mut self.span, &bytes[..take]);
+        c.consume(take as u32);
+        if self.span.len() == need {
+            self.span_len = None;
+            self.last = Last::Spanned;
+            self.records += 1;
+            self.bytes += need as u64;
+            self.spanned += 1;
+            return Ok(Flow::Return(Step::Record));
+        }
+        if c.check_finished()? {
+            self.retire_current();
+            return Ok(Flow::Continue);
+        }
+        self.empty_or_next()
+    }
+
+    /// The next record of the current segment: whole in place, or the start of one that
+    /// spans into the next segment.
+    #[inline]
+    fn poll_current(&mut self) -> Result<Flow> {
+        let c = self.current.as_mut().expect("current segment");
+        let read_pos = c.read_position();
+        let seg = c.index();
+        // Bytes known published from the last load come first: while they hold a whole
+        // record, the writer's position is not loaded again.
+        let known = c.peek_known();
+        let whole = matches!(frame::decode(known), Frame::Whole { .. });
+        let (bytes, fin) = if whole { (known, false) } else { c.peek_final()? };
+        let avail = bytes.len();
+        let Some(len) = frame::peek_len(bytes) else {
+            if avail == 0 && fin {
+                self.retire_current();
+                return Ok(Flow::Continue);
+            }
+            if avail > 0 && fin {
+                return Err(self.violation(format!("segment {seg} ends inside a length prefix")));
+            }
+            return self.empty_or_next();
+        };
+        if len > self.max_record {
+            let max = self.max_record;
+            return Err(self.violation(format!("record length {len} above the limit {max}")));
+        }
+        if let Frame::Whole { framed, .. } = frame::decode(bytes) {
+            c.consume(framed as u32);
+            self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
+            self.records += 1;
+            self.bytes += len as u64;
+            return Ok(Flow::Return(Step::Record));
+        }
+        if !fin {
+            return self.empty_or_next();
+        }
+        // The record continues in the next segment of this channel. (In place only with
+        // payload bytes in this segment: a record whose prefix ends the segment is
+        // reassembled.)
+        if self.in_place && avail > LEN_PREFIX {
+            c.consume(avail as u32);
+            self.span_len = Some(len);
+            self.held_bytes = avail - LEN_PREFIX;
+            let c = self.current.take().expect("current segment");
+            self.held.push((c, read_pos + LEN_PREFIX as u32, self.held_bytes as u32));
+            return Ok(Flow::Continue);
+        }
+        self.span.clear();
+        // At most 8 MiB up front: the length is the peer's word (checked against
+        // `max_record` only); the buffer grows as bytes arrive.
+        self.span.reserve(len.min(8 << 20));
+        crate::buffer::extend_bytes(&mut self.span, &bytes[LEN_PREFIX..]);
+        c.consume(avail as u32);
+        self.span_len = Some(len);
+        self.retire_current();
+        Ok(Flow::Continue)
     }
 
     /// The writer finishes a segment before it publishes the next descriptor on the same
@@ -521,6 +549,14 @@ impl RecordReader {
         let len = held.iter().map(|(_, _, l)| *l as usize).sum::<usize>() + tail.len();
         RecordChunks { held, tail, len }
     }
+}
+
+/// What one step of [`RecordReader::poll`] decided.
+enum Flow {
+    /// Look again (the state moved on).
+    Continue,
+    /// Hand this out.
+    Return(Step),
 }
 
 /// A record as the chunks of the segments it covers, in order (from

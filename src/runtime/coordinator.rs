@@ -2,6 +2,19 @@
 //! tracks their state and "partition consumable" notifications, watches the children and
 //! cancels everything on the first failure.
 //!
+//! ```text
+//!  Plan::new ──> JobRun::spawn ──> deploy ──> event_loop ──> finish ──> JobSummary
+//!  (no process     (arena, workers,   (each worker's   (task states,     (exits awaited,
+//!   started yet)    socket readers)    subtasks)        heartbeats,       summary, arena
+//!                                         │             exits, signals)   check)
+//!                                         └── JobFailure ──┴──────────> finish: workers
+//!                                                                stopped, Error::JobFailed
+//! ```
+//!
+//! A failure is a [`JobFailure`](super::failure::JobFailure) (which task or worker, and
+//! what it did); a task's failure that is only a consequence of another (a cancelled
+//! consumer, a producer gone) waits a grace period for its cause.
+//!
 //! Workers are watched Flink-style: each sends a heartbeat every
 //! [`RuntimeConfig::heartbeat_interval`] from a thread of its own, and a worker the
 //! coordinator has heard nothing from for [`RuntimeConfig::heartbeat_timeout`] (its first

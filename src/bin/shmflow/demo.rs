@@ -1,4 +1,6 @@
-//! `shmflow demo`: the foundation end to end across two processes.
+//! `shmflow demo`: the foundation end to end across two processes. This process creates a
+//! memfd arena, spawns itself as the consumer with the arena fd inherited, streams records
+//! through pool, builder, rings, credits and wake-ups, and both sides check a checksum.
 
 use crate::cli::*;
 use crate::common::*;

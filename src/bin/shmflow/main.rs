@@ -1,8 +1,16 @@
-//! The `shmflow` command line.
+//! The `shmflow` command line: `main` parses ([`cli`]) and dispatches to a module per
+//! command.
 //!
-//! `shmflow demo` runs the foundation end to end across two processes: this process creates
-//! a memfd arena, spawns itself as the consumer with the arena fd inherited, streams records
-//! through pool, builder, rings, credits and wake-ups, and both sides check a checksum.
+//! ```text
+//!  cli      the flags and subcommands (clap)
+//!  run      shmflow run wordcount | window-wordcount | shuffle: options, input, output, summary
+//!  jobs/    the built-in jobs themselves (tests and benches include them by path)
+//!  jobdir   the job directory and temp output that run makes and clean finds
+//!  inspect  shmflow check, shmflow top (read-only attach)
+//!  clean    shmflow clean
+//!  demo     shmflow demo (and its consumer process)
+//!  common   the error type, a child guard, the bounds on records
+//! ```
 
 use clap::Parser;
 mod jobs;
