@@ -15,16 +15,23 @@
 //! loop by hand over a `RecordReader` on a `ChannelReader` routed to the notify set: poll
 //! the channel; when empty drain the set and poll again if anything was marked; otherwise
 //! wait with the shipped `Waiter` (park policy) on the set's wake-up with the gate's
-//! condition: the channel's data first (`has_input`), then the set (`any`).
+//! condition: the channel's data first (`has_input`), then the set (`any`). The shipped
+//! gate polls the data only in spin mode, where it never parks; the model parks as well
+//! (the stronger case: there a coalesced mark would be a lost wake-up).
 //!
 //! What a failure means: a deadlock is a lost wake-up (the consumer found A in the data,
 //! B's mark took the shortcut on A's undrained bit, and the consumer's drain and re-poll
 //! missed B); a witness-cell race or a wrong record is a torn or unpublished record (the
 //! data poll read payload bytes its Acquire of the position did not publish).
 //!
-//! Which weakenings it catches (checked on a scratch copy): the Acquire load of the
-//! position in `BufferConsumer::writer_position` made Relaxed (a witness-cell race on the
-//! payload), and removing the SeqCst fence in `NotifySet::drain` or in `mark` (deadlock).
+//! Which weakenings it catches (each checked by editing the crate, preemption bound 3): the
+//! Acquire load of the position in `BufferConsumer::writer_position` made Relaxed (loom:
+//! causality violation on the payload's witness cells), and removing the SeqCst fence in
+//! `NotifySet::mark` (deadlock: B's mark coalesced, the consumer parked). Removing the
+//! fence in `NotifySet::drain` is not caught here, and is not a bug of this composition:
+//! the gate re-checks the channel's data after `prepare_wait`, whose SeqCst fence then
+//! pairs with `mark`'s (the `notify_set.rs` models, which read only marked members, do
+//! catch it).
 #![cfg(loom)]
 
 mod common;
