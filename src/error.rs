@@ -11,6 +11,9 @@
 //!                                     means; a channel reports Error::RingFull)
 //!  any             ConfigError        Error::Config(..)         a setting or argument that
 //!                                                               cannot be used
+//!  runtime         GraphError         Error::Graph(..)          a job graph that cannot run
+//!                                                               as built, a deployment that
+//!                                                               does not match it
 //!  ring, buffer    Error::{RingFull, PoolExhausted, Timeout}    flow control
 //!  ring, gate      Error::{ProducerFailed, ConsumerGone, PeerDied}  the other end
 //!  partition       Error::{PartitionNotFound, PartitionExists, PartitionFinished,
@@ -18,8 +21,11 @@
 //!  runtime         Error::{JobFailed, Cancelled, Interrupted, CoordinatorDied}
 //! ```
 //!
-//! [`Error::Invalid`] (a `what` and a formatted detail) is what is left for the runtime and
-//! the command line.
+//! [`Error::Invalid`] (a `what` and a formatted detail) is what is left for what no typed
+//! error describes: a job's own operators and sources refusing their data (user code has
+//! no error type of its own in this crate), and the command line's own checks of files and
+//! results (a `--input` file that changed while the job read it, a malformed result line,
+//! a latency histogram that does not decode). The library itself returns it nowhere.
 //!
 //! Errors are built only on the path that returns them (clippy's `or_fun_call` is denied):
 //! a per-record call passes a closure that names the place, called only for an error.
@@ -193,6 +199,9 @@ pub enum Error {
     /// A setting or argument out of its range.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A job graph that cannot run as built (or a deployment that does not match it).
+    #[error(transparent)]
+    Graph(#[from] crate::runtime::GraphError),
     /// A value read from shared memory breaks the protocol (a faulty or hostile peer).
     #[error("protocol violation in {place}: {detail}")]
     ProtocolViolation {
@@ -330,8 +339,10 @@ pub enum Error {
     /// A feature that this build does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
-    /// A bad argument or configuration that no typed error above describes (the runtime's
-    /// and the command line's; the lower layers use [`ConfigError`]).
+    /// Something invalid that no typed error above describes: what a job's own operators
+    /// and sources return for data they refuse, and the command line's own checks. The
+    /// library returns [`ConfigError`] for settings and [`GraphError`](crate::runtime::GraphError)
+    /// for job graphs instead.
     #[error("invalid {what}: {detail}")]
     Invalid {
         /// What was invalid.

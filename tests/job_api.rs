@@ -78,7 +78,9 @@ fn parallelism_per_operator_and_accumulators_come_back_in_the_summary() {
 fn exchange_with_refuses_a_key_hash_exchange_it_cannot_route() {
     let stream = JobBuilder::new("x", 2).source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()));
     let e = stream.exchange_with(SelectorKind::KeyHash, ResultPartitionType::PipelinedBounded, None).err();
-    let e = e.expect("key hash through exchange_with is an error").to_string();
+    let e = e.expect("key hash through exchange_with is an error");
+    assert!(matches!(e, shmflow::Error::Graph(shmflow::runtime::GraphError::KeyHashWithoutKey)), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("key_by"), "{e}");
     let stream = JobBuilder::new("x", 2).source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()));
     assert!(stream.exchange_with(SelectorKind::Rebalance, ResultPartitionType::Blocking, Some(3)).is_ok());
@@ -140,4 +142,26 @@ fn a_union_of_two_streams_reads_both() {
     assert_eq!(s.accumulators["sum"], Accumulator::Sum((0..2000).sum()), "every even and odd number below 2000");
     assert_eq!(s.edges.len(), 2, "{:?}", s.edges);
     assert_eq!(s.records, 2000, "records from both sources");
+}
+
+#[test]
+fn a_bad_graph_and_a_bad_setting_are_refused_with_typed_errors_before_anything_runs() {
+    use shmflow::error::ConfigError;
+    use shmflow::runtime::{ExecutionGraph, GraphError};
+    let job = JobBuilder::new("x", 2)
+        .source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()))
+        .forward()
+        .parallelism(3)
+        .sink("k", |_: &TaskInfo| Ok(SumInto("k")));
+    let e = ExecutionGraph::build(&job, 0).expect_err("forward 2 -> 3");
+    assert!(matches!(e, shmflow::Error::Graph(GraphError::ForwardParallelism { producer: 2, consumer: 3 })), "{e:?}");
+    assert_eq!(e.to_string(), "invalid forward edge: parallelism 2 -> 3: forward needs equal parallelism");
+    let job = JobBuilder::new("y", 2)
+        .source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()))
+        .sink("k", |_: &TaskInfo| Ok(SumInto("k")));
+    let graph = ExecutionGraph::build(&job, 0).expect("a one-vertex job");
+    let config = RuntimeConfig { workers: 0, ..RuntimeConfig::default() };
+    let e = config.arena_config(&job, &graph).expect_err("0 workers");
+    assert!(matches!(e, shmflow::Error::Config(ConfigError::OutOfRange { what: "--workers", value: 0, .. })), "{e:?}");
+    assert_eq!(e.to_string(), "invalid --workers: 0 not in 1..=256");
 }

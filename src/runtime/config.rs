@@ -5,7 +5,7 @@ use super::execution::TaskSettings;
 use super::graph::ExecutionGraph;
 use super::job::JobGraph;
 use super::progress::ProgressTotal;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 use crate::memory::ArenaConfig;
 use crate::partition::{BufferTimeout, RequestBackoff};
 use crate::sync::WaitPolicy;
@@ -63,12 +63,13 @@ pub(super) fn heartbeat_timeout_from_env() -> Result<Option<Duration>> {
     };
     match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
         Some(ms) if (100..=3_600_000).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
-        _ => Err(Error::Invalid {
+        _ => Err(ConfigError::Conflict {
             what: HEARTBEAT_TIMEOUT_ENV,
             detail: format!(
                 "{v:?} is not a number of milliseconds in 100..=3600000 (the range of --heartbeat-timeout-ms)"
             ),
-        }),
+        }
+        .into()),
     }
 }
 
@@ -112,11 +113,11 @@ impl RuntimeConfig {
     /// The arena this job needs, or a clear error saying why the sizes do not fit.
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the arena is too small for the job's channels and pools.
+    /// [`ConfigError::OutOfRange`] for `workers` not in 1..=256; [`ConfigError::Conflict`]
+    /// for a segment size that is not a power of two in 4096..=16 MiB, a job too large for
+    /// any arena, or an arena too small for the job's channels and pools.
     pub fn arena_config(&self, job: &JobGraph, graph: &ExecutionGraph) -> Result<ArenaConfig> {
-        if self.workers == 0 || self.workers > 256 {
-            return Err(Error::Invalid { what: "--workers", detail: format!("{} not in 1..=256", self.workers) });
-        }
+        ConfigError::check_range("--workers", self.workers.into(), 1, 256)?;
         let max_p = job.vertices.iter().map(|v| v.parallelism).max().unwrap_or(1);
         let channels = graph.channels_needed();
         let per_gate = u64::from(max_p).div_ceil(64) * 64;
@@ -132,12 +133,13 @@ impl RuntimeConfig {
             max_tasks: (graph.subtasks.len() + 8) as u32,
         };
         if !self.segment_size.is_power_of_two() || !(4096..=16 << 20).contains(&self.segment_size) {
-            return Err(Error::Invalid {
+            return Err(ConfigError::Conflict {
                 what: "--segment-size",
                 detail: format!("{} is not a power of two between 4096 and 16 MiB", self.segment_size),
-            });
+            }
+            .into());
         }
-        base.validate().map_err(|e| Error::Invalid {
+        base.validate().map_err(|e| ConfigError::Conflict {
             what: "job size",
             detail: format!("{e} (the job has {} subtasks and {channels} channels)", graph.subtasks.len()),
         })?;
@@ -149,7 +151,7 @@ impl RuntimeConfig {
             .filter_map(|s| s.output.as_ref())
             .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
             .sum();
-        let cfg = base.with_arena_size(self.arena_size).map_err(|e| Error::Invalid {
+        let cfg = base.with_arena_size(self.arena_size).map_err(|e| ConfigError::Conflict {
             what: "--arena-size",
             detail: format!(
                 "{e} (the job has {channels} channels); use --arena-size {} or more",
@@ -157,7 +159,7 @@ impl RuntimeConfig {
             ),
         })?;
         if u64::from(cfg.segment_count) < need {
-            return Err(Error::Invalid {
+            return Err(ConfigError::Conflict {
                 what: "--arena-size",
                 detail: format!(
                     "an arena of {} bytes holds {} segments of {} bytes, but this job's {} channels need at least {need}; \
@@ -168,7 +170,8 @@ impl RuntimeConfig {
                     channels,
                     arena_size_for(&base, need)
                 ),
-            });
+            }
+            .into());
         }
         Ok(cfg)
     }

@@ -30,7 +30,7 @@ use super::job::JobGraph;
 use super::progress::ProgressReporter;
 use super::protocol::{encode, recv, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
 use super::summary::{sample_in_flight, summarize, JobSummary};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::memory::{Arena, ArenaConfig};
 use crate::metrics::task_snapshot;
 use crate::partition::ResultPartitionManager;
@@ -325,7 +325,9 @@ impl Plan {
         let arena = config.arena_config(job, &graph)?;
         heartbeat_timeout_from_env()?;
         if config.heartbeat_timeout.is_zero() {
-            return Err(Error::Invalid { what: "heartbeat timeout", detail: "0: it must be above zero".into() });
+            return Err(
+                ConfigError::Conflict { what: "heartbeat timeout", detail: "0: it must be above zero".into() }.into()
+            );
         }
         // Deploy: subtask k goes to worker k mod W. Encoded before any worker starts, so a
         // deployment too large for the control protocol is refused up front.
@@ -337,9 +339,11 @@ impl Plan {
             .into_iter()
             .enumerate()
             .map(|(w, subtasks)| {
-                encode(&ToWorker::Deploy { worker: w as u32, subtasks }).map_err(|e| Error::Invalid {
-                    what: "deployment",
-                    detail: format!("the subtasks of worker {w}: {e}; use more --workers or a lower --parallelism"),
+                encode(&ToWorker::Deploy { worker: w as u32, subtasks }).map_err(|e| {
+                    Error::from(ConfigError::Conflict {
+                        what: "deployment",
+                        detail: format!("the subtasks of worker {w}: {e}; use more --workers or a lower --parallelism"),
+                    })
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -1,6 +1,7 @@
 //! A running subtask's I/O ([`TaskIo`]): its output partition and record writer
 //! ([`ExchangeOut`]), and its input gate, read into the vertex's operator chain.
 
+use super::graph::GraphError;
 use super::protocol::SubtaskSpec;
 use super::task::{Collector, Data};
 use crate::error::{Error, Result};
@@ -111,14 +112,12 @@ impl TaskIo {
     /// Creates the subtask's output partition and a writer over it.
     ///
     /// # Errors
-    /// [`Error::Invalid`] if the vertex has no output edge; partition creation errors.
+    /// [`GraphError::NoOutput`] if the vertex has no output edge, [`GraphError::Deployment`]
+    /// for an unknown partition type code; partition creation errors.
     pub fn record_writer<T: Data, S: ChannelSelector<T>>(&mut self, selector: S) -> Result<ExchangeOut<T, S>> {
-        let out = self.spec.output.clone().ok_or_else(|| Error::Invalid {
-            what: "job graph",
-            detail: format!("vertex {} has no output edge", self.spec.vertex),
-        })?;
+        let out = self.spec.output.clone().ok_or(GraphError::NoOutput { vertex: self.spec.vertex })?;
         let ptype = ResultPartitionType::from_code(out.partition_type)
-            .ok_or_else(|| Error::Invalid { what: "partition type", detail: format!("code {}", out.partition_type) })?;
+            .ok_or_else(|| GraphError::Deployment(format!("unknown partition type code {}", out.partition_type)))?;
         let id = ResultPartitionId::new(out.partition.0, out.partition.1);
         let part = if ptype.is_pipelined() {
             let mut cfg = ResultPartitionConfig::new(id, ptype, out.num_subpartitions);

@@ -13,8 +13,52 @@
 
 use super::job::{EdgeSpec, JobGraph};
 use super::protocol::{InputSpecs, OutputSpec, SubtaskSpec};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::partition::{ResultPartitionId, SelectorKind};
+
+/// A job graph that cannot run as built, or a deployment that does not match the job this
+/// process built. Converts into [`crate::Error::Graph`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    /// A vertex reads a vertex that is not built before it (vertices are in build order).
+    #[error("invalid job graph: vertex {vertex} reads vertex {input}, which does not come before it")]
+    InputOrder {
+        /// The reading vertex.
+        vertex: usize,
+        /// The vertex it reads.
+        input: usize,
+    },
+    /// A vertex whose inputs mix pipelined and blocking exchanges (one gate reads them all).
+    #[error("invalid job graph: the inputs of vertex {vertex} ({name}) mix pipelined and blocking exchanges")]
+    MixedInputs {
+        /// The vertex.
+        vertex: usize,
+        /// Its name.
+        name: String,
+    },
+    /// A forward edge between different parallelisms.
+    #[error("invalid forward edge: parallelism {producer} -> {consumer}: forward needs equal parallelism")]
+    ForwardParallelism {
+        /// The producer's parallelism.
+        producer: u32,
+        /// The consumer's parallelism.
+        consumer: u32,
+    },
+    /// [`SelectorKind::KeyHash`] given to
+    /// [`Stream::exchange_with`](super::Stream::exchange_with), which has no key to hash.
+    #[error("invalid exchange_with: a key-hash exchange needs a key: use key_by(..) instead")]
+    KeyHashWithoutKey,
+    /// A task asked for the output of a vertex that has no output edge.
+    #[error("invalid job graph: vertex {vertex} has no output edge")]
+    NoOutput {
+        /// The vertex.
+        vertex: usize,
+    },
+    /// A deployment that does not fit the job this worker built (another binary, or a job
+    /// built from other arguments), or that names an unknown partition type.
+    #[error("invalid deployment: {0}")]
+    Deployment(String),
+}
 
 /// The expanded job.
 #[derive(Debug, Clone)]
@@ -32,7 +76,8 @@ impl ExecutionGraph {
     /// Expands `job`.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a forward edge between different parallelisms.
+    /// [`GraphError`] for a vertex reading a later one, mixed pipelined and blocking inputs,
+    /// or a forward edge between different parallelisms.
     pub fn build(job: &JobGraph, attempt: u64) -> Result<Self> {
         let mut subtasks = Vec::new();
         for (v, vx) in job.vertices.iter().enumerate() {
@@ -42,20 +87,14 @@ impl ExecutionGraph {
                 .iter()
                 .find_map(|n| n.inputs.iter().find(|(u, _)| *u == v).map(|&(_, e)| (e, n.parallelism)));
             if let Some(&(u, _)) = vx.inputs.iter().find(|(u, _)| *u >= v) {
-                return Err(Error::Invalid {
-                    what: "job graph",
-                    detail: format!("vertex {v} reads vertex {u}, which does not come before it"),
-                });
+                return Err(GraphError::InputOrder { vertex: v, input: u }.into());
             }
             if vx
                 .inputs
                 .windows(2)
                 .any(|w| w[0].1.partition_type.is_pipelined() != w[1].1.partition_type.is_pipelined())
             {
-                return Err(Error::Invalid {
-                    what: "job graph",
-                    detail: format!("the inputs of vertex {v} ({}) mix pipelined and blocking exchanges", vx.name),
-                });
+                return Err(GraphError::MixedInputs { vertex: v, name: vx.name.clone() }.into());
             }
             for i in 0..vx.parallelism {
                 let output = out_edge.map(|(e, pc)| OutputSpec {
@@ -101,10 +140,7 @@ impl ExecutionGraph {
         Ok(match e.selector {
             SelectorKind::Forward => {
                 if pp != pc {
-                    return Err(Error::Invalid {
-                        what: "forward edge",
-                        detail: format!("parallelism {pp} -> {pc}: forward needs equal parallelism"),
-                    });
+                    return Err(GraphError::ForwardParallelism { producer: pp, consumer: pc }.into());
                 }
                 let (a, b) = id(j);
                 vec![(a, b, 0)]

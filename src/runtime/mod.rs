@@ -25,7 +25,7 @@ mod worker;
 pub use config::RuntimeConfig;
 pub use coordinator::run_job;
 pub use execution::{ExchangeOut, TaskEvent, TaskIo, TaskSettings};
-pub use graph::{partition_id, ExecutionGraph};
+pub use graph::{partition_id, ExecutionGraph, GraphError};
 pub use job::{
     Chain, CountWindow, CountWindowOp, EdgeSpec, Emitter, FilterOp, FlatMapOp, FnSource, InputChain, JavaHash,
     JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp, Source, SourceChain,

@@ -4,9 +4,10 @@
 
 use super::config::RuntimeConfig;
 use super::execution::{TaskEvent, TaskIo, TaskSettings};
+use super::graph::GraphError;
 use super::job::JobGraph;
 use super::protocol::{recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::metrics::TaskMetricsHandle;
 use crate::sync::{AtomicBool, Ordering};
 use crate::ShuffleEnvironment;
@@ -136,7 +137,7 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
         let error = format!("bad deployment: {why}");
         tell(&control, &FromWorker::TaskFailed { vertex: spec.vertex, subtask: spec.subtask, error, symptom: false });
-        return Err(Error::Invalid { what: "deployment", detail: why });
+        return Err(GraphError::Deployment(why).into());
     }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
     let cancel = Arc::new(AtomicBool::new(false));
@@ -179,13 +180,16 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
 
 /// The control socket this worker inherited, checked and made close-on-exec.
 fn control_socket() -> Result<UnixStream> {
-    let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| Error::Invalid {
-        what: "worker start",
-        detail: format!("{CONTROL_FD_ENV} is not an fd number"),
+    let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+        ConfigError::Conflict { what: "worker start", detail: format!("{CONTROL_FD_ENV} is not an fd number") }
     })?;
     // SAFETY: fcntl(F_GETFD) on any integer is harmless; it fails for a closed fd.
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-        return Err(Error::Invalid { what: "worker start", detail: format!("{CONTROL_FD_ENV}={raw} is not open") });
+        return Err(ConfigError::Conflict {
+            what: "worker start",
+            detail: format!("{CONTROL_FD_ENV}={raw} is not open"),
+        }
+        .into());
     }
     check_coordinator()?;
     // Not inherited by the commands tasks run (they are no workers).
