@@ -1,6 +1,6 @@
 //! The `--output` file of the built-in jobs: written whole or not at all.
 
-use shmflow::{Error, Result};
+use shmflow::{ConfigError, Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -44,10 +44,10 @@ impl OutputFile {
     /// its directory does not exist or cannot be written.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming `path` and the problem.
+    /// [`ConfigError::Conflict`] for `--output`, naming `path` and the problem.
     pub fn create(path: &Path) -> Result<Self> {
         use std::os::fd::AsFd;
-        let bad = |d: String| Error::Invalid { what: "--output", detail: d };
+        let bad = |d: String| Error::from(ConfigError::Conflict { what: "--output", detail: d });
         let in_place = |path: &Path| -> Result<Self> {
             // Opened without blocking (a FIFO with no reader yet must not hang us here),
             // then switched back to blocking writes.

@@ -4,7 +4,7 @@
 //! Words are split as Flink's WordCount example does: lower-cased, split on every byte
 //! outside `[A-Za-z0-9_]` (so non-ASCII bytes separate words too), empty tokens dropped.
 
-use shmflow::{Error, Result};
+use shmflow::{ConfigError, Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -43,7 +43,7 @@ pub const GENERATED_BYTES_PER_LINE: u64 = 66;
 /// path swapped for a FIFO in between cannot block either. Returns the file and its length.
 fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let bad = |d: String| Error::Invalid { what: "--input", detail: d };
+    let bad = |d: String| Error::from(ConfigError::Conflict { what: "--input", detail: d });
     let not_regular = || bad(format!("{} is not a regular file", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     if !meta.is_file() {
@@ -63,7 +63,7 @@ fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
 
 /// Maps the first `len` bytes of `f` (at least 1) read-only.
 fn map_text(f: &std::fs::File, path: &Path, len: u64) -> Result<memmap2::Mmap> {
-    let n = usize::try_from(len).map_err(|_| Error::Invalid {
+    let n = usize::try_from(len).map_err(|_| ConfigError::Conflict {
         what: "--input",
         detail: format!("{} is too large to map ({len} bytes)", path.display()),
     })?;
@@ -93,7 +93,7 @@ impl TextSource {
     /// caller to show.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the problem.
+    /// [`ConfigError::Conflict`] for `--input`, naming the problem.
     pub fn validate(&mut self) -> Result<Option<String>> {
         let TextSource::File { path: p, len } = self else {
             return Ok(None);
@@ -116,9 +116,9 @@ impl TextSource {
     /// Calls `f` with every line of subtask `i`'s share of the text (shares of `p`).
     ///
     /// # Errors
-    /// I/O errors reading the file; [`Error::Invalid`] if the file is not a regular file or
-    /// its length is not the expected one (before or after reading the share: the file
-    /// changed while the job ran).
+    /// I/O errors reading the file; [`ConfigError::Conflict`] if the file is not a regular
+    /// file; [`Error::Invalid`] if its length is not the expected one (before or after
+    /// reading the share: the file changed while the job ran).
     pub fn for_each_line(&self, i: u32, p: u32, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         match self {
             TextSource::Generated { lines, seed } => {
