@@ -9,8 +9,8 @@
 //!                                                               breaks the protocol
 //!  ring (push)     PushError::Full    (not converted: the pusher decides what a full ring
 //!                                     means; a channel reports Error::RingFull)
-//!  any             ConfigError        Error::Config(..)         a setting or argument out of
-//!                                                               range, before any sharing
+//!  any             ConfigError        Error::Config(..)         a setting or argument that
+//!                                                               cannot be used
 //!  ring, buffer    Error::{RingFull, PoolExhausted, Timeout}    flow control
 //!  ring, gate      Error::{ProducerFailed, ConsumerGone, PeerDied}  the other end
 //!  partition       Error::{PartitionNotFound, PartitionExists, PartitionFinished,
@@ -134,7 +134,8 @@ pub enum PushError {
     Violation(#[from] Violation),
 }
 
-/// A setting or argument out of its range, refused before anything is shared or started.
+/// A setting or argument that cannot be used (out of its range, contradicting another, an
+/// unknown name), refused before it has any effect.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
     /// A number outside the range it must be in.
@@ -149,12 +150,12 @@ pub enum ConfigError {
         /// The largest value allowed.
         max: i64,
     },
-    /// Settings that contradict each other.
+    /// A setting that cannot be used as given, or settings that contradict each other.
     #[error("invalid {what}: {detail}")]
     Conflict {
         /// Which settings.
         what: &'static str,
-        /// How they contradict each other (the values given and the rule).
+        /// What is wrong with them (the values given and the rule).
         detail: String,
     },
     /// A name that is none of the known ones.
@@ -300,6 +301,26 @@ pub enum Error {
     /// A write to a partition after its `finish` (or after it failed).
     #[error("partition {0} is already finished")]
     PartitionFinished(String),
+    /// A subpartition index beyond the partition's subpartitions.
+    #[error("subpartition {subpartition} of partition {partition} does not exist (it has {count})")]
+    NoSuchSubpartition {
+        /// The partition id.
+        partition: String,
+        /// The index asked for.
+        subpartition: u32,
+        /// How many the partition has.
+        count: u32,
+    },
+    /// A subpartition that another consumer reads already (one reader per subpartition).
+    #[error("subpartition {subpartition} of partition {partition} is read by another consumer (pid {pid})")]
+    SubpartitionTaken {
+        /// The partition id.
+        partition: String,
+        /// The subpartition.
+        subpartition: u32,
+        /// The other consumer's pid (0 if unknown).
+        pid: u32,
+    },
     /// A partition id that is registered already (and neither released nor failed).
     #[error("partition {0} is already registered")]
     PartitionExists(String),

@@ -497,3 +497,46 @@ pub fn observe(arena: &Arena, interval: std::time::Duration) -> ArenaView {
         channels,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(at_ns: u64, idle_ns: u64, back_pressured_ns: u64, records_out: u64) -> TaskSnapshot {
+        TaskSnapshot { at_ns, idle_ns, back_pressured_ns, records_out, ..TaskSnapshot::default() }
+    }
+
+    #[test]
+    fn rates_split_each_second_into_busy_idle_and_back_pressured() {
+        let r = TaskRates::between(&snap(0, 0, 0, 0), &snap(2_000_000_000, 500_000_000, 300_000_000, 4_000));
+        assert_eq!(r.idle_ms_per_s, 250.0);
+        assert_eq!(r.back_pressured_ms_per_s, 150.0);
+        assert_eq!(r.busy_ms_per_s, 600.0);
+        assert_eq!(r.records_out_per_s, 2_000.0);
+        assert_eq!(r.back_pressure_status(), "LOW");
+    }
+
+    #[test]
+    fn counters_that_go_back_or_overrun_the_wall_clock_give_bounded_rates_not_panics() {
+        // Counters written by another process: a reused block starts over, or a clock
+        // skew reports more idle time than wall time.
+        let r = TaskRates::between(&snap(10, u64::MAX, u64::MAX, u64::MAX), &snap(5, 0, 0, 0));
+        assert_eq!((r.idle_ms_per_s, r.back_pressured_ms_per_s, r.records_out_per_s), (0.0, 0.0, 0.0));
+        assert_eq!(r.busy_ms_per_s, 1000.0);
+        let r = TaskRates::between(&snap(0, 0, 0, 0), &snap(1_000, u64::MAX, u64::MAX, 0));
+        assert_eq!((r.idle_ms_per_s, r.back_pressured_ms_per_s), (1000.0, 1000.0));
+        assert_eq!(r.busy_ms_per_s, 0.0, "never negative");
+        assert!(r.records_out_per_s.is_finite());
+    }
+
+    #[test]
+    fn back_pressure_status_follows_flinks_thresholds() {
+        let status = |bp: f64| TaskRates { back_pressured_ms_per_s: bp, ..TaskRates::default() }.back_pressure_status();
+        assert_eq!(status(0.0), "OK");
+        assert_eq!(status(100.0), "OK");
+        assert_eq!(status(100.5), "LOW");
+        assert_eq!(status(500.0), "LOW");
+        assert_eq!(status(500.5), "HIGH");
+        assert_eq!(status(1000.0), "HIGH");
+    }
+}

@@ -89,7 +89,9 @@ int32_t shmflow_wake(uint64_t arena, int32_t side);
 
 /* Channels: the consumer connects to a producer slot, the producer accepts an id its
  * dispatcher saw. Status of the other end: 0 open, 1 closed, 2 died. Counters: buffers
- * out, bytes out, buffers in, bytes in. The second end to close frees what is queued. */
+ * out, bytes out, buffers in, bytes in. The second end to close frees what is queued.
+ * Accepting a channel whose consumer already closed it returns SHMFLOW_EPEER and frees it
+ * (with whatever the consumer queued in it). */
 int32_t shmflow_channel_connect(uint64_t arena, int32_t producer_slot, uint64_t *out_channel,
                                 int32_t *out_id);
 int32_t shmflow_channel_accept(uint64_t arena, int32_t id, uint64_t *out_channel);

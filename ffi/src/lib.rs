@@ -377,7 +377,9 @@ pub unsafe extern "C" fn shmflow_channel_connect(
     })
 }
 
-/// Producer side: takes channel `id` that [`shmflow_wait`] reported for side 1.
+/// Producer side: takes channel `id` that [`shmflow_wait`] reported for side 1. A channel
+/// its consumer closed before this call is freed here (with what the consumer queued in
+/// it) and reported as [`code::EPEER`].
 ///
 /// # Safety
 /// `out_channel` writable.

@@ -85,7 +85,7 @@ fn decode_values(inp: &mut Input<'_>) {
             for d in [Descriptor::Buffer(s), Descriptor::EventBuffer(s)] {
                 assert_eq!(Descriptor::decode(d.encode(), segment_count, &place).ok(), Some(d));
             }
-            let c = Credit::Release { segment: Some(s), credit: v & 1 << 40 != 0 };
+            let c = Credit::Release { segment: Some(s), credit: v & 1 << 40 != 0, last: v & 1 << 41 != 0 };
             assert_eq!(Credit::decode(c.encode(), segment_count, &place).ok(), Some(c));
         }
         let g = Credit::Grant(((v >> 32) as u32 & 0xff_ffff).max(1));
@@ -97,7 +97,8 @@ fn decode_values(inp: &mut Input<'_>) {
     }
 }
 
-fn assert_violation(e: Error) {
+fn assert_violation(e: impl Into<Error>) {
+    let e: Error = e.into();
     assert!(matches!(e, Error::ProtocolViolation { .. }), "{e:?}");
     let _ = e.to_string();
 }
@@ -263,7 +264,7 @@ fn step(w: &mut World, inp: &mut Input<'_>) {
                 let v = match inp.u8() % 4 {
                     0 => inp.u64(),
                     1 => a_descriptor(inp, count).encode(),
-                    2 => Credit::Release { segment: Some(u32::from(inp.u8()) % count), credit: true }.encode(),
+                    2 => Credit::Release { segment: Some(u32::from(inp.u8()) % count), credit: true, last: false }.encode(),
                     _ => Credit::Grant(u32::from(inp.u8()).max(1)).encode(),
                 };
                 slots[(tail % slots.len() as u64) as usize].store(v, Ordering::Relaxed);
@@ -289,22 +290,15 @@ fn step(w: &mut World, inp: &mut Input<'_>) {
         }
         // Scribble on a channel block field.
         4 => {
+            // Any 32-bit word of the block (its fields are private: the peer's view is bytes).
             let b = &arena.channels()[CH as usize];
-            let fields = [
-                &b.state,
-                &b.partition,
-                &b.subpartition,
-                &b.producer_worker,
-                &b.backlog,
-                &b.credit_wanted,
-                &b.producer_set,
-                &b.producer_set_index,
-                &b.gate,
-                &b.gate_index,
-                &b.consumer_worker,
-                &b.credit_granted,
-            ];
-            store32(fields[usize::from(inp.u8()) % fields.len()], inp);
+            let words = std::mem::size_of_val(b) / 4;
+            let at = usize::from(inp.u16()) % words;
+            // SAFETY: the block is a repr(C) run of atomic words in the arena's mapping, 4-byte
+            // aligned and `words * 4` bytes long; this process is the only one touching it
+            // (single-threaded), so a 32-bit store into any word is a valid scribble.
+            let word = unsafe { &*(b as *const _ as *const AtomicU32).add(at) };
+            store32(word, inp);
         }
         // RecordReader::poll, and the record it found.
         5 => {

@@ -140,8 +140,8 @@ pub fn ring_values() -> Vec<(String, Vec<u8>)> {
         Descriptor::Barrier(BarrierDescriptor { checkpoint_id: 42, timestamp: 7, unaligned: true }).encode_slots();
     values.extend_from_slice(&b);
     for c in [
-        Credit::Release { segment: Some(2), credit: true },
-        Credit::Release { segment: None, credit: false },
+        Credit::Release { segment: Some(2), credit: true, last: false },
+        Credit::Release { segment: None, credit: false, last: true },
         Credit::Grant(5),
     ] {
         values.push(c.encode());

@@ -306,12 +306,10 @@ pub(super) fn publish_read_counters(l: &LocalChannel) {
 /// Fails unless `spec`'s subpartition is one of `info`'s.
 pub(super) fn check_subpartition(spec: &InputSpec, info: &crate::partition::PartitionInfo) -> Result<()> {
     if spec.subpartition >= info.num_subpartitions {
-        return Err(Error::Invalid {
-            what: "subpartition",
-            detail: format!(
-                "{} of partition {} which has {}",
-                spec.subpartition, spec.partition, info.num_subpartitions
-            ),
+        return Err(Error::NoSuchSubpartition {
+            partition: spec.partition.to_string(),
+            subpartition: spec.subpartition,
+            count: info.num_subpartitions,
         });
     }
     Ok(())
@@ -377,14 +375,10 @@ pub(super) fn attach_consumer(
         // Relaxed: for the message.
         arena.channels()[(i.first_channel + spec.subpartition) as usize].consumer_pid.load(Ordering::Relaxed)
     });
-    Err(Error::Invalid {
-        what: "input channel",
-        detail: format!(
-            "subpartition {} of partition {} is read by another consumer (pid {})",
-            spec.subpartition,
-            spec.partition,
-            holder.unwrap_or(0)
-        ),
+    Err(Error::SubpartitionTaken {
+        partition: spec.partition.to_string(),
+        subpartition: spec.subpartition,
+        pid: holder.unwrap_or(0),
     })
 }
 

@@ -16,7 +16,7 @@ use super::channel::{
 use super::config::{InputGateConfig, InputSpec};
 use super::credit::FloatingCredits;
 use super::debloat::Debloater;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::event::{CheckpointBarrier, Event};
 use crate::memory::liveness::LivenessProbe;
 use crate::memory::Arena;
@@ -165,18 +165,19 @@ impl SingleInputGate {
     /// with other gates of a [`UnionInputGate`](super::UnionInputGate)).
     pub(crate) fn with_set(arena: Arc<Arena>, cfg: &InputGateConfig, set_id: u32, base: u32) -> Result<Self> {
         if cfg.inputs.is_empty() {
-            return Err(Error::Invalid { what: "input gate", detail: "no input channels".into() });
+            return Err(ConfigError::Conflict { what: "input gate", detail: "no input channels".into() }.into());
         }
         let cap = arena.config().ring_capacity;
         let max_credit = cfg.exclusive_credits + cfg.floating_credits;
         if cfg.exclusive_credits == 0 || max_credit >= cap {
-            return Err(Error::Invalid {
+            return Err(ConfigError::Conflict {
                 what: "credits",
                 detail: format!(
                     "exclusive {} (at least 1) + floating {} must stay below the ring capacity {cap}",
                     cfg.exclusive_credits, cfg.floating_credits
                 ),
-            });
+            }
+            .into());
         }
         let manager = ResultPartitionManager::new(arena.clone());
         let credits = FloatingCredits::new(cfg.floating_credits, cfg.inputs.len());

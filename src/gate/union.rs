@@ -3,7 +3,7 @@
 
 use super::config::InputGateConfig;
 use super::single::{GateItem, Ready, SingleInputGate};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::memory::Arena;
 use crate::partition::ResultPartitionManager;
 use crate::ring::NotifySet;
@@ -38,11 +38,11 @@ impl UnionInputGate {
     /// A union over one gate per config.
     ///
     /// # Errors
-    /// As [`SingleInputGate::new`]; [`Error::Invalid`] when the channels of all gates do
-    /// not fit one notify set.
+    /// As [`SingleInputGate::new`]; [`ConfigError::Conflict`] for no gates,
+    /// [`ConfigError::OutOfRange`] when the channels of all gates do not fit one notify set.
     pub fn new(arena: Arc<Arena>, configs: &[InputGateConfig]) -> Result<Self> {
         if configs.is_empty() {
-            return Err(Error::Invalid { what: "union gate", detail: "no gates".into() });
+            return Err(ConfigError::Conflict { what: "union gate", detail: "no gates".into() }.into());
         }
         let members: u32 = configs.iter().map(|c| c.inputs.len() as u32).sum();
         let manager = ResultPartitionManager::new(arena.clone());

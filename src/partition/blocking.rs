@@ -41,7 +41,7 @@
 
 use super::manager::{ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::metrics::TaskMetricsHandle;
 use crate::record::frame::{self, Frame};
 use crate::record::{Record, DEFAULT_MAX_RECORD};
@@ -175,23 +175,25 @@ impl FileChannelManager {
     /// [`Self::default_dir`].
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the variable names no directory; else as [`Self::new`].
+    /// [`ConfigError::Conflict`] when the variable names something other than a directory,
+    /// [`Error::Io`] when it names nothing readable; else as [`Self::new`].
     pub fn from_env() -> Result<Self> {
         match std::env::var_os(BLOCKING_DIR_ENV) {
             Some(d) if !d.is_empty() => {
                 let dir = PathBuf::from(d);
                 match std::fs::metadata(&dir) {
                     Ok(m) if m.is_dir() => Self::new(dir),
-                    Ok(_) => Err(Error::Invalid {
+                    Ok(_) => Err(ConfigError::Conflict {
                         what: BLOCKING_DIR_ENV,
                         detail: format!("{} is not a directory", dir.display()),
-                    }),
-                    Err(e) => Err(Error::Invalid {
-                        what: BLOCKING_DIR_ENV,
-                        detail: format!(
-                            "{}: {e} (it is not created: name an existing directory, or unset it)",
+                    }
+                    .into()),
+                    Err(source) => Err(Error::Io {
+                        op: format!(
+                            "{BLOCKING_DIR_ENV}={} (it is not created: name an existing directory, or unset it)",
                             dir.display()
                         ),
+                        source,
                     }),
                 }
             }
@@ -334,8 +336,9 @@ impl BlockingResultPartition {
     /// Creates partition `id` with `num_subpartitions` subpartitions in `files`' directory.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a pipelined type or zero subpartitions; [`Error::Io`] naming
-    /// the file if it cannot be created.
+    /// [`ConfigError::Conflict`] for a pipelined type, [`ConfigError::OutOfRange`] for a
+    /// subpartition count of 0 or above 2^20; [`Error::Io`] naming the file if it cannot be
+    /// created.
     pub fn new(
         files: &FileChannelManager,
         id: ResultPartitionId,
@@ -343,16 +346,20 @@ impl BlockingResultPartition {
         num_subpartitions: u32,
     ) -> Result<Self> {
         if partition_type.is_pipelined() {
-            return Err(Error::Invalid {
+            return Err(ConfigError::Conflict {
                 what: "partition type",
                 detail: format!("{partition_type:?} is pipelined; use ResultPartition"),
-            });
+            }
+            .into());
         }
         if num_subpartitions == 0 || num_subpartitions > 1 << 20 {
-            return Err(Error::Invalid {
+            return Err(ConfigError::OutOfRange {
                 what: "subpartition count",
-                detail: format!("{num_subpartitions} not in 1..={}", 1 << 20),
-            });
+                value: num_subpartitions.into(),
+                min: 1,
+                max: 1 << 20,
+            }
+            .into());
         }
         let path = files.path_of(id);
         let tmp_path = files.in_progress_path(id);
@@ -439,12 +446,13 @@ impl BlockingResultPartition {
 
     fn check_open(&self, s: u32) -> Result<()> {
         if self.finished {
-            return Err(Error::Invalid { what: "blocking partition", detail: format!("{} is finished", self.id) });
+            return Err(Error::PartitionFinished(self.id.to_string()));
         }
         if s as usize >= self.chunks.len() {
-            return Err(Error::Invalid {
-                what: "subpartition",
-                detail: format!("{s} not in 0..{} of {}", self.chunks.len(), self.id),
+            return Err(Error::NoSuchSubpartition {
+                partition: self.id.to_string(),
+                subpartition: s,
+                count: self.chunks.len() as u32,
             });
         }
         Ok(())
@@ -455,8 +463,8 @@ impl BlockingResultPartition {
         if chunk.is_empty() {
             return Ok(());
         }
-        let out =
-            self.out.as_mut().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        // The file is let go only by `finish`.
+        let out = self.out.as_mut().ok_or_else(|| Error::PartitionFinished(self.id.to_string()))?;
         out.write_all(chunk).map_err(io_err(format!("writing {}", self.tmp_path.display())))?;
         let len = chunk.len() as u64;
         // The chunk was just written, so it is still in cache.
@@ -501,8 +509,8 @@ impl BlockingResultPartition {
     /// Writes `record` to subpartition `s`.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a bad subpartition or a finished partition,
-    /// [`Error::TooLarge`], [`Error::Io`] naming the file.
+    /// [`Error::NoSuchSubpartition`], [`Error::PartitionFinished`], [`Error::TooLarge`],
+    /// [`Error::Io`] naming the file.
     #[inline]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R, s: u32) -> Result<()> {
         self.check_open(s)?;
@@ -586,18 +594,16 @@ impl BlockingResultPartition {
                 index.extend_from_slice(&r.checksum.to_le_bytes());
             }
         }
-        let mut footer = [0u8; FOOTER_LEN];
-        footer[..8].copy_from_slice(&FOOTER_MAGIC);
-        footer[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        footer[16..24].copy_from_slice(&(index.len() as u64).to_le_bytes());
-        footer[24..28].copy_from_slice(&(self.chunks.len() as u32).to_le_bytes());
-        footer[28..32].copy_from_slice(&VERSION.to_le_bytes());
-        footer[32..40].copy_from_slice(&self.records.iter().sum::<u64>().to_le_bytes());
-        let sum = fnv1a(fnv1a(FNV_SEED, &index), &footer[..40]);
-        footer[40..48].copy_from_slice(&sum.to_le_bytes());
+        let footer = Footer {
+            index_offset: self.offset,
+            index_len: index.len() as u64,
+            subpartitions: self.chunks.len() as u32,
+            version: VERSION,
+            records: self.records.iter().sum(),
+        }
+        .encode(&index);
         let what = || format!("writing {}", self.tmp_path.display());
-        let mut out =
-            self.out.take().ok_or_else(|| Error::Invalid { what: "blocking partition", detail: "closed".into() })?;
+        let mut out = self.out.take().ok_or_else(|| Error::PartitionFinished(self.id.to_string()))?;
         out.write_all(&index).and_then(|_| out.write_all(&footer)).map_err(io_err(what()))?;
         let f = out.into_inner().map_err(|e| io_err(what())(e.into_error()))?;
         if self.files.fsync {
@@ -676,6 +682,75 @@ impl std::fmt::Debug for BlockingPartitionFile {
     }
 }
 
+/// The file's footer (see the module doc): where the index is and what it holds, with a
+/// checksum over the index and these fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Footer {
+    /// Where the index starts (it ends where the footer starts).
+    index_offset: u64,
+    /// Bytes of the index.
+    index_len: u64,
+    /// Subpartitions of the partition.
+    subpartitions: u32,
+    /// File format version.
+    version: u32,
+    /// Records of all subpartitions.
+    records: u64,
+}
+
+impl Footer {
+    /// The footer's bytes, checksummed together with `index`.
+    fn encode(&self, index: &[u8]) -> [u8; FOOTER_LEN] {
+        let mut f = [0u8; FOOTER_LEN];
+        f[..8].copy_from_slice(&FOOTER_MAGIC);
+        f[8..16].copy_from_slice(&self.index_offset.to_le_bytes());
+        f[16..24].copy_from_slice(&self.index_len.to_le_bytes());
+        f[24..28].copy_from_slice(&self.subpartitions.to_le_bytes());
+        f[28..32].copy_from_slice(&self.version.to_le_bytes());
+        f[32..40].copy_from_slice(&self.records.to_le_bytes());
+        let sum = Self::checksum(index, &f);
+        f[40..48].copy_from_slice(&sum.to_le_bytes());
+        f
+    }
+
+    /// FNV-1a over `index` and the footer's fields before the checksum.
+    fn checksum(index: &[u8], footer: &[u8; FOOTER_LEN]) -> u64 {
+        fnv1a(fnv1a(FNV_SEED, index), &footer[..40])
+    }
+
+    /// The fields of `footer` (read from a file: not trusted); its checksum is checked by
+    /// [`Self::verify`] once the index it names is at hand.
+    ///
+    /// # Errors
+    /// What is wrong, for a [`Error::ProtocolViolation`] naming the file: a magic that is
+    /// not [`FOOTER_MAGIC`] (an incomplete or foreign file).
+    fn decode(footer: &[u8; FOOTER_LEN]) -> std::result::Result<Self, String> {
+        if footer[..8] != FOOTER_MAGIC {
+            return Err(format!("footer magic {:02x?}, expected {FOOTER_MAGIC:02x?} (incomplete file?)", &footer[..8]));
+        }
+        Ok(Footer {
+            index_offset: le_u64(footer, 8),
+            index_len: le_u64(footer, 16),
+            subpartitions: le_u32(footer, 24),
+            version: le_u32(footer, 28),
+            records: le_u64(footer, 32),
+        })
+    }
+
+    /// Checks the stored checksum of `footer` against `index`.
+    ///
+    /// # Errors
+    /// What is wrong: the index or the footer was damaged.
+    fn verify(footer: &[u8; FOOTER_LEN], index: &[u8]) -> std::result::Result<(), String> {
+        let stored = le_u64(footer, 40);
+        let computed = Self::checksum(index, footer);
+        if stored != computed {
+            return Err(format!("index checksum {stored:#018x}, computed {computed:#018x}: the index is damaged"));
+        }
+        Ok(())
+    }
+}
+
 fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
@@ -733,14 +808,12 @@ impl BlockingPartitionFile {
         if b[..8] != HEADER_MAGIC {
             return Err(bad(format!("header magic {:02x?}, expected {HEADER_MAGIC:02x?}", &b[..8])));
         }
-        let foot = &b[b.len() - FOOTER_LEN..];
-        if foot[..8] != FOOTER_MAGIC {
-            return Err(bad(format!(
-                "footer magic {:02x?}, expected {FOOTER_MAGIC:02x?} (incomplete file?)",
-                &foot[..8]
-            )));
-        }
-        let (hv, fv) = (le_u32(b, 8), le_u32(foot, 28));
+        // The length was checked above: this is the last FOOTER_LEN bytes.
+        let Ok(foot) = <&[u8; FOOTER_LEN]>::try_from(&b[b.len() - FOOTER_LEN..]) else {
+            return Err(bad(format!("{len} bytes, shorter than a footer")));
+        };
+        let footer = Footer::decode(foot).map_err(bad)?;
+        let (hv, fv) = (le_u32(b, 8), footer.version);
         if hv != fv {
             return Err(bad(format!(
                 "header says format version {hv}, footer {fv}; this build reads only version {VERSION}"
@@ -758,8 +831,7 @@ impl BlockingPartitionFile {
                 return Err(bad(format!("holds partition {id}, expected {e}")));
             }
         }
-        let index_off = le_u64(foot, 8);
-        let index_len = le_u64(foot, 16);
+        let (index_off, index_len) = (footer.index_offset, footer.index_len);
         let data_end = (b.len() - FOOTER_LEN) as u64;
         if index_off < HEADER_LEN as u64 || index_off.checked_add(index_len) != Some(data_end) {
             return Err(bad(format!(
@@ -767,15 +839,11 @@ impl BlockingPartitionFile {
             )));
         }
         let index = &b[index_off as usize..data_end as usize];
-        let stored = le_u64(foot, 40);
-        let computed = fnv1a(fnv1a(FNV_SEED, index), &foot[..40]);
-        if stored != computed {
-            return Err(bad(format!("index checksum {stored:#018x}, computed {computed:#018x}: the index is damaged")));
+        Footer::verify(foot, index).map_err(bad)?;
+        if footer.subpartitions != n || n == 0 {
+            return Err(bad(format!("footer says {} subpartitions, header {n}", footer.subpartitions)));
         }
-        if le_u32(foot, 24) != n || n == 0 {
-            return Err(bad(format!("footer says {} subpartitions, header {n}", le_u32(foot, 24))));
-        }
-        let total = le_u64(foot, 32);
+        let total = footer.records;
         let mut subs = Vec::with_capacity(n.min(1 << 16) as usize);
         let mut at = 0usize;
         let mut sum = 0u64;
@@ -846,7 +914,7 @@ impl BlockingPartitionFile {
     /// A reader over subpartition `s`, from its first record.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a subpartition out of range.
+    /// [`Error::NoSuchSubpartition`] for a subpartition out of range.
     pub fn subpartition(&self, s: u32) -> Result<BlockingSubpartitionReader<'_>> {
         Ok(BlockingSubpartitionReader { file: self, cursor: self.cursor(s)? })
     }
@@ -855,11 +923,12 @@ impl BlockingPartitionFile {
     /// a gate channel keeps it beside the file instead of borrowing it).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a subpartition out of range.
+    /// [`Error::NoSuchSubpartition`] for a subpartition out of range.
     pub fn cursor(&self, s: u32) -> Result<SubpartitionCursor> {
-        let (records, _) = self.subs.get(s as usize).ok_or_else(|| Error::Invalid {
-            what: "subpartition",
-            detail: format!("{s} not in 0..{} of {}", self.subs.len(), self.id),
+        let (records, _) = self.subs.get(s as usize).ok_or_else(|| Error::NoSuchSubpartition {
+            partition: self.id.to_string(),
+            subpartition: s,
+            count: self.subs.len() as u32,
         })?;
         Ok(SubpartitionCursor {
             subpartition: s,
@@ -1024,7 +1093,7 @@ impl<'a> Iterator for BlockingSubpartitionReader<'a> {
 /// # Errors
 /// [`Error::Cancelled`]; [`Error::PartitionNotFound`]; [`Error::PartitionReleased`];
 /// [`Error::PartitionFailed`] naming a partition whose producer failed;
-/// [`Error::Invalid`] for a pipelined partition.
+/// [`ConfigError::Conflict`] for a pipelined partition.
 pub fn wait_finished(
     directory: &ResultPartitionManager,
     ids: &[ResultPartitionId],
@@ -1043,10 +1112,11 @@ pub fn wait_finished(
             match directory.lookup_once(id) {
                 Ok(info) if !info.partition_type.is_pipelined() && info.state == PARTITION_FINISHED => {}
                 Ok(info) if info.partition_type.is_pipelined() => {
-                    return Err(Error::Invalid {
+                    return Err(ConfigError::Conflict {
                         what: "blocking input",
                         detail: format!("partition {id} is {:?}", info.partition_type),
-                    })
+                    }
+                    .into())
                 }
                 Ok(_) => still.push(id),
                 Err(Error::PartitionNotFound(_)) if start.elapsed() < not_found_for => still.push(id),
@@ -1064,5 +1134,73 @@ pub fn wait_finished(
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// The footer codec, next to it.
+#[cfg(test)]
+mod footer_tests {
+    use super::*;
+
+    fn footer() -> Footer {
+        Footer { index_offset: 32, index_len: 40, subpartitions: 2, version: VERSION, records: 7 }
+    }
+
+    #[test]
+    fn a_footer_round_trips_with_its_index_including_the_largest_values() {
+        let index = [5u8; 40];
+        for f in [
+            footer(),
+            Footer {
+                index_offset: u64::MAX,
+                index_len: u64::MAX,
+                subpartitions: u32::MAX,
+                version: 0,
+                records: u64::MAX,
+            },
+        ] {
+            let bytes = f.encode(&index);
+            assert_eq!(&bytes[..8], &FOOTER_MAGIC);
+            assert_eq!(Footer::decode(&bytes), Ok(f));
+            assert_eq!(Footer::verify(&bytes, &index), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_fields_sit_where_the_module_doc_says() {
+        let bytes = footer().encode(&[]);
+        assert_eq!(le_u64(&bytes, 8), 32);
+        assert_eq!(le_u64(&bytes, 16), 40);
+        assert_eq!(le_u32(&bytes, 24), 2);
+        assert_eq!(le_u32(&bytes, 28), VERSION);
+        assert_eq!(le_u64(&bytes, 32), 7);
+        assert_eq!(le_u64(&bytes, 40), fnv1a(fnv1a(FNV_SEED, &[]), &bytes[..40]));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_index_or_any_field_fails_the_checksum() {
+        let index: Vec<u8> = (0..48).collect();
+        let good = footer().encode(&index);
+        for i in 0..index.len() {
+            let mut bad = index.clone();
+            bad[i] ^= 0x10;
+            let e = Footer::verify(&good, &bad).unwrap_err();
+            assert!(e.contains("the index is damaged"), "{e}");
+        }
+        for i in 8..FOOTER_LEN {
+            let mut bad = good;
+            bad[i] ^= 1;
+            assert!(Footer::verify(&bad, &index).is_err(), "byte {i} of the footer is not covered");
+        }
+        assert!(Footer::verify(&good, &index[..47]).is_err(), "a shorter index");
+    }
+
+    #[test]
+    fn a_foreign_or_incomplete_footer_is_refused_not_read() {
+        let mut bytes = footer().encode(&[]);
+        bytes[0] = b'X';
+        let e = Footer::decode(&bytes).unwrap_err();
+        assert!(e.contains("footer magic") && e.contains("incomplete file?"), "{e}");
+        assert!(Footer::decode(&[0u8; FOOTER_LEN]).is_err());
     }
 }

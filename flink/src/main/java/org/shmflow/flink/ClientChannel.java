@@ -27,11 +27,12 @@ import java.util.concurrent.atomic.AtomicInteger;
  * buffer takes a buffer of the channel's own pool ({@code requestBuffer()}, which is what
  * carries Flink's credit), then either
  * <ul>
- *   <li>zero copy ({@code shmflow.consumer.zero-copy}, the default): the arena segment itself
+ *   <li>zero copy ({@code shmflow.consumer.zero-copy: true}): the arena segment itself
  *       is handed to Flink, wrapped as a {@link NetworkBuffer} whose recycler releases the
  *       segment and then recycles the pool buffer it held as its credit token (so Flink
  *       announces the credit exactly when it would have for its own buffer); or
- *   <li>one copy: the segment is copied into the pool buffer and released at once.
+ *   <li>one copy (the default): the segment is copied into the pool buffer and released at
+ *       once.
  * </ul>
  * All deliveries hold this object's lock, as does {@link #close}, so no buffer reaches a
  * channel after it was closed; messages to the producer go out under their own lock (see

@@ -212,7 +212,10 @@ public final class MiniClusterTest {
         long before = shmBuffersIn();
         long channelsBefore = ShmMetrics.TOTAL_SHM_CHANNELS.get();
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
-        StreamExecutionEnvironment env = env(conf("keyby"));
+        // The zero-copy consumer path (the restart case runs the one-copy default).
+        Configuration c = conf("keyby");
+        c.set(ShmflowOptions.ZERO_COPY, true);
+        StreamExecutionEnvironment env = env(c);
         job(env, n, false);
         env.execute("shmflow keyBy unaligned");
         check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key, got " + new TreeMap<>(MAX));
@@ -221,7 +224,7 @@ public final class MiniClusterTest {
         check(ShmMetrics.TOTAL_SHM_CHANNELS.get() - channelsBefore > 0, "channels through shared memory");
         check(in > 0, "buffers through shared memory: " + in);
         long zc = ShmMetrics.TOTAL_ZERO_COPY_IN.get() - zeroCopyBefore;
-        check(zc > 0, "buffers delivered as arena slices (zero copy, the default): " + zc);
+        check(zc > 0, "buffers delivered as arena slices (shmflow.consumer.zero-copy: true): " + zc);
         System.out.printf("  %d buffers (%d zero copy), %d bytes out through shared memory%n", in, zc, ShmMetrics.TOTAL_BYTES_OUT.get());
         // The per-job MiniCluster shuts its TaskManagers down after execute() returns.
         for (int i = 0; i < 200 && Files.exists(Path.of("/dev/shm", arenaName("keyby"))); i++) {
@@ -235,22 +238,22 @@ public final class MiniClusterTest {
         long n = 600_000;
         long before = shmBuffersIn();
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
-        // The one-copy consumer path (the keyBy case runs the zero-copy default).
-        Configuration c = conf("restart");
-        c.set(ShmflowOptions.ZERO_COPY, false);
-        StreamExecutionEnvironment env = env(c);
+        // The one-copy consumer path, the default (the keyBy and cancel cases run zero copy).
+        StreamExecutionEnvironment env = env(conf("restart"));
         job(env, n, true);
         env.execute("shmflow restart");
         check(THROWN.get(), "the planned failure happened");
         check(RESTARTED_ATTEMPTS.get() > 0, "a second attempt ran");
         check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key after the restart, got " + new TreeMap<>(MAX));
         check(shmBuffersIn() - before > 0, "buffers through shared memory");
-        check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "shmflow.consumer.zero-copy: false copies every buffer");
+        check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "the default (shmflow.consumer.zero-copy: false) copies every buffer");
     }
 
     static void cancelFreesSegments() throws Exception {
         reset();
         Configuration c = conf("cancel");
+        // Zero copy: buffers Flink still holds keep their arena segments until recycled.
+        c.set(ShmflowOptions.ZERO_COPY, true);
         // A cluster that outlives the job, so its TaskManagers are still attached after the cancel.
         MiniCluster mc = new MiniCluster(new MiniClusterConfiguration.Builder()
                 .setConfiguration(c)
@@ -262,12 +265,14 @@ public final class MiniClusterTest {
             StreamExecutionEnvironment env = env(c);
             job(env, Long.MAX_VALUE / 4, false);
             long before = shmBuffersIn();
+            long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
             JobID id = mc.submitJob(env.getStreamGraph().getJobGraph()).get().getJobID();
             // Bounded wait for traffic through shared memory (60 s at most).
             for (int i = 0; i < 600 && shmBuffersIn() - before < 50; i++) {
                 Thread.sleep(100);
             }
             check(shmBuffersIn() - before >= 50, "traffic through shared memory before the cancel");
+            check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() > zeroCopyBefore, "buffers delivered zero copy before the cancel");
             mc.cancelJob(id).get();
             for (int i = 0; i < 600 && mc.getJobStatus(id).get() != JobStatus.CANCELED; i++) {
                 Thread.sleep(100);
