@@ -25,7 +25,7 @@ use crate::partition::{FileChannelManager, ResultPartitionManager};
 use crate::record::frame::{self, Frame};
 use crate::record::{RecordReader, Step};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
-use crate::sync::{now_nanos, AtomicBool, Ordering, Waiter};
+use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, Waiter};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +130,17 @@ pub struct SingleInputGate {
     /// Some channels read blocking partitions' files (which nobody marks: the gate polls
     /// their partition requests while it waits).
     has_files: bool,
+    /// The local channel that handed out the last record. A gate in spin mode (a wait
+    /// policy that never parks) polls this channel's data while it waits (its segment's
+    /// position word and the lines behind its read position, or its data ring when it has
+    /// no segment), before the notify set: the next record on it is found as its position
+    /// turns, instead of after the producer's mark, the gate's drain of it and then the
+    /// position. The producer's mark stays set (its next mark takes the "already marked"
+    /// shortcut) and is drained later. Adaptive and park modes keep to the notify set: the
+    /// data poll holds the lines the producer writes next in the gate's cache, which costs
+    /// a producer that streams (see the README's performance notes). The notify set stays
+    /// what wakes a parked gate and what finds every other channel.
+    hot: Option<u32>,
 }
 
 impl std::fmt::Debug for SingleInputGate {
@@ -229,6 +240,7 @@ impl SingleInputGate {
             debloater: cfg.debloat.map(|c| Debloater::new(c, now_nanos())),
             has_files,
             credits_total: cfg.exclusive_credits * cfg.inputs.len() as u32 + cfg.floating_credits,
+            hot: None,
         })
     }
 
@@ -573,6 +585,9 @@ impl SingleInputGate {
             };
             match step {
                 Step::Record => {
+                    if ch.local().is_some() {
+                        self.hot = Some(c);
+                    }
                     ch.served += 1;
                     if ch.served >= self.batch {
                         ch.served = 0;
@@ -859,10 +874,32 @@ impl SingleInputGate {
             self.report();
             let cancel = self.cancel.clone();
             let t0 = now_nanos();
-            let _ = self.waiter.wait(set.wake(), Some(remaining), || {
-                // Relaxed: a stop request.
-                (set.any(members) || cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))).then_some(())
+            // The channel polled in its data while waiting, in spin mode (see `hot`): not
+            // one already queued (then `advance` found it empty) or finished.
+            let spin = !self.waiter.policy().park;
+            let hot = self.hot.filter(|&h| {
+                let ch = &self.channels[h as usize];
+                spin && !ch.queued && ch.state == ChannelState::Active
             });
+            let mut hot_reader = hot.and_then(|h| self.channels[h as usize].local_mut()).map(|l| &mut l.reader);
+            let woke = self.waiter.wait(set.wake(), Some(remaining), || {
+                if let Some(r) = hot_reader.as_mut() {
+                    r.prefetch_unread();
+                    // An error is "ready": `advance` reports it.
+                    if r.has_input().unwrap_or(true) {
+                        return Some(true);
+                    }
+                }
+                // Relaxed: a stop request.
+                (set.any(members) || cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))).then_some(false)
+            });
+            if let (WaitOutcome::Ready(true), Some(h)) = (woke, hot) {
+                // Found in its data, not through the notify set: its mark (if the producer
+                // made one) is drained later and finds it served or queued.
+                let ch = &mut self.channels[h as usize];
+                ch.queued = true;
+                self.ready.push_back(h);
+            }
             let idle = now_nanos().saturating_sub(t0);
             self.idle_ns += idle;
             if let Some(t) = &self.task {

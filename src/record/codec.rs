@@ -44,6 +44,10 @@ pub trait FromField<'a>: Sized {
     fn read_field(bytes: &'a [u8]) -> Result<(Self, usize)>;
 }
 
+/// The error for a malformed payload: cold and out of line, so the decoders that return it
+/// stay small enough to inline into a reader's loop.
+#[cold]
+#[inline(never)]
 fn malformed(what: &str) -> Error {
     Error::ProtocolViolation { place: "record payload".into(), detail: what.into() }
 }

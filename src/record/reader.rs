@@ -482,6 +482,17 @@ impl RecordReader {
         Err(self.violation(format!("segment {seg} is not finished although the next descriptor is already queued")))
     }
 
+    /// Prefetches the lines of the current segment that the writer fills next
+    /// ([`BufferConsumer::prefetch_unread`](crate::buffer::BufferConsumer::prefetch_unread)):
+    /// for a reader that polls [`has_input`](Self::has_input) while it waits, so a new
+    /// record's bytes travel together with the position that publishes them.
+    #[inline]
+    pub fn prefetch_unread(&self) {
+        if let Some(c) = &self.current {
+            c.prefetch_unread();
+        }
+    }
+
     /// Whether [`poll`](Self::poll) might find something without waiting: a descriptor is
     /// queued or the current segment has unread published bytes.
     ///

@@ -130,10 +130,7 @@ impl<'a> FromRecord<'a> for Stamped {
     #[inline]
     fn from_record(bytes: &'a [u8]) -> Result<Self> {
         let Some((head, payload)) = bytes.split_first_chunk::<16>() else {
-            return Err(Error::ProtocolViolation {
-                place: "latency shuffle record".into(),
-                detail: format!("{} bytes, fewer than 16", bytes.len()),
-            });
+            return Err(super::synthetic::short_record("latency shuffle record", bytes.len(), 16));
         };
         let (seq, stamp) = head.split_at(8);
         let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());

@@ -70,15 +70,22 @@ impl Record for Synthetic {
     }
 }
 
+/// The error for a record of `len` bytes, shorter than the `min` its type needs. Cold and
+/// out of line: it keeps the formatting out of `from_record`, which then inlines into the
+/// sink's loop (a `Result` returned through memory cost the shuffle sink a store-forwarding
+/// stall per record, about a fifth of the 16 B job).
+#[cold]
+#[inline(never)]
+pub(super) fn short_record(place: &'static str, len: usize, min: usize) -> Error {
+    Error::ProtocolViolation { place: place.into(), detail: format!("{len} bytes, fewer than {min}") }
+}
+
 impl<'a> FromRecord<'a> for Synthetic {
     #[inline]
     fn from_record(bytes: &'a [u8]) -> Result<Self> {
         // The error value is built only when the record is short.
         let Some((head, payload)) = bytes.split_first_chunk::<8>() else {
-            return Err(Error::ProtocolViolation {
-                place: "shuffle record".into(),
-                detail: format!("{} bytes, fewer than 8", bytes.len()),
-            });
+            return Err(short_record("shuffle record", bytes.len(), 8));
         };
         let seq = u64::from_le_bytes(*head);
         Ok(Synthetic { seq, len: bytes.len() as u32, bad: pattern_mismatches(seq, payload) })
