@@ -16,9 +16,10 @@
 //!   credit is in the pool at once, or the segment goes out and its release brings the
 //!   credit to the pool.
 //! - `release_races_publish_and_revoke`: one floating credit; the producer tries to
-//!   publish two segments (each goes out only if the credit is there: granted and not yet
-//!   revoked, or given back by the release of the first), while the gate reads and
-//!   releases what arrived and then revokes.
+//!   publish two segments (each goes out only if the credit is there, granted and not yet
+//!   revoked; the credit the first one's release keeps on the channel is not the
+//!   producer's to take before it reclaimed that release, which the model does not), while
+//!   the gate reads and releases what arrived and then revokes.
 //! - `convert_races_release_and_revoke`: one floating credit, spent on a segment; the
 //!   producer then gets an exclusive credit back and trades it (`floating::convert`, what
 //!   `ChannelWriter::reclaim` does for a `Credit::Release { credit: true }`; called
@@ -30,13 +31,14 @@
 //! revoke and by a release, or the release of an exclusive segment taken for floating) or
 //! 0 (a credit lost), the word is not back to (0 unused, 0 in flight), or a publish
 //! succeeded with no credit left. Weakenings checked by editing a scratch copy of
-//! `ring/floating.rs`: a plain store in place of the CAS in `revoke` makes both models fail
-//! (the producer spent the credit the revoke also took); a `release` that keeps the credit
-//! without lowering `in_flight` (the release counted twice: once as kept, and again by the
-//! next release, which finds the count still up) makes `release_races_publish_and_revoke`
-//! fail; a `release` that lowers `in_flight` with a load and a store instead of its CAS
-//! makes `convert_races_release_and_revoke` fail (the release and the trade both count
-//! the one in-flight credit).
+//! `ring/floating.rs`: a plain store in place of the CAS in `revoke` makes
+//! `revoke_races_publish` and `release_races_publish_and_revoke` fail (the producer spent
+//! the credit the revoke also took); a `release` that keeps the credit without lowering
+//! `in_flight` (the release counted twice: once as kept, and again by the next release or
+//! trade, which finds the count still up) makes `release_races_publish_and_revoke` and
+//! `convert_races_release_and_revoke` fail; a `release` that lowers `in_flight` with a
+//! plain store instead of its CAS makes `convert_races_release_and_revoke` fail (the
+//! release and the trade both count the one in-flight credit).
 #![cfg(loom)]
 
 mod common;

@@ -65,6 +65,8 @@ pub struct ChannelWriter {
     /// Floating credits taken from the channel's word for segments not published yet (see
     /// [`reserve_credit`](Self::reserve_credit)).
     reserved: u32,
+    /// Floating credits in flight by our count (see `floating::take`).
+    floating_out: u32,
 }
 
 impl std::fmt::Debug for ChannelWriter {
@@ -99,6 +101,7 @@ impl ChannelWriter {
             gate: None,
             wanted: false,
             reserved: 0,
+            floating_out: 0,
         })
     }
 
@@ -130,8 +133,9 @@ impl ChannelWriter {
         if self.credit + self.reserved > 0 {
             return true;
         }
-        if floating::take(self.block().floating_credit()) {
+        if floating::take(self.block().floating_credit(), self.floating_out) {
             self.reserved += 1;
+            self.floating_out += 1;
             return true;
         }
         false
@@ -181,11 +185,14 @@ impl ChannelWriter {
         // the gate can take it back at once.
         let exclusive = takes_credit && self.credit > 0;
         let reserved = takes_credit && !exclusive && self.reserved > 0;
-        if takes_credit && !exclusive && !reserved && !floating::take(self.block().floating_credit()) {
-            return Err(Error::ProtocolViolation {
-                place: self.place.clone(),
-                detail: "publish without credit".into(),
-            });
+        if takes_credit && !exclusive && !reserved {
+            if !floating::take(self.block().floating_credit(), self.floating_out) {
+                return Err(Error::ProtocolViolation {
+                    place: self.place.clone(),
+                    detail: "publish without credit".into(),
+                });
+            }
+            self.floating_out += 1;
         }
         let r = ring(&self.arena, self.id, RingKind::Data);
         let place = || self.place.clone();
@@ -357,7 +364,12 @@ impl ChannelWriter {
                     // An exclusive credit back while floating credit is out: trade, so
                     // the floating credit is unused (revocable at once) rather than stuck
                     // in a segment of a channel that may go idle (see `ring::floating`).
-                    if credit && !floating::convert(self.arena.channels()[id].floating_credit()) {
+                    if !credit {
+                        // A floating credit's release (kept on the channel or revoked).
+                        self.floating_out = self.floating_out.saturating_sub(1);
+                    } else if floating::convert(self.arena.channels()[id].floating_credit()) {
+                        self.floating_out = self.floating_out.saturating_sub(1);
+                    } else {
                         self.credit = self.credit.saturating_add(1);
                     }
                     pool.release_share(s, last, false).map_err(peer)?;

@@ -89,11 +89,20 @@ pub fn grant(word: &AtomicU64, n: u32) {
 /// is none (the gate revoked it first) or the word kept changing. Call it before pushing
 /// the descriptor (the push orders it before the segment's release). A taken credit counts
 /// as in flight from then on.
-pub fn take(word: &AtomicU64) -> bool {
+///
+/// `out` is the producer's own count of floating credits in flight: taken, less the
+/// floating releases (`Credit::Release { credit: false }`) it reclaimed and the trades
+/// ([`convert`]) it made. `out - in_flight` are releases the consumer counted and the
+/// producer has not reclaimed yet; each may have put its credit back into `unused` while
+/// its segment still counts in the producer's in-flight list, so that many unused credits
+/// are not taken (the producer gets them once it reclaims): its credit plus its segments
+/// in flight never exceed what it was granted.
+pub fn take(word: &AtomicU64, out: u32) -> bool {
     // Relaxed: the CAS below decides.
     let mut cur = word.load(Ordering::Relaxed);
     for _ in 0..TRIES {
-        if cur >> 32 == 0 {
+        let not_reclaimed = out.saturating_sub((cur & IN_FLIGHT_MASK) as u32);
+        if (cur >> 32) as u32 <= not_reclaimed {
             return false;
         }
         // unused - 1, in_flight + 1 (in_flight wraps within its half on a corrupt word).
@@ -221,20 +230,31 @@ mod tests {
     fn a_credit_taken_by_the_producer_is_not_revoked() {
         let w = AtomicU64::new(0);
         grant(&w, 2);
-        assert!(take(&w));
+        assert!(take(&w, 0));
         assert_eq!((unused(&w), in_flight(&w)), (1, 1));
         assert_eq!(revoke(&w, 5), 1, "only the unused one comes back");
-        assert!(!take(&w), "nothing left to spend");
+        assert!(!take(&w, 0), "nothing left to spend");
         assert_eq!(release(&w, true), Released::ToPool);
         assert_eq!(release(&w, true), Released::Exclusive, "no floating credit in flight");
         assert_eq!(w.load(Ordering::Relaxed), 0);
     }
 
     #[test]
+    fn a_credit_kept_by_a_release_not_reclaimed_yet_is_not_taken() {
+        let w = AtomicU64::new(0);
+        grant(&w, 1);
+        assert!(take(&w, 0));
+        assert_eq!(release(&w, false), Released::Kept);
+        // The producer has not reclaimed that release: 1 floating credit out by its count.
+        assert!(!take(&w, 1), "its segment still counts as in flight for the producer");
+        assert!(take(&w, 0), "reclaimed: the credit is the producer's to take");
+    }
+
+    #[test]
     fn a_release_keeps_the_credit_unless_revoking() {
         let w = AtomicU64::new(0);
         grant(&w, 1);
-        assert!(take(&w));
+        assert!(take(&w, 0));
         assert_eq!(release(&w, false), Released::Kept);
         assert_eq!((unused(&w), in_flight(&w)), (1, 0));
         assert_eq!(revoke(&w, 0), 0, "revoke takes at most max");
@@ -245,7 +265,7 @@ mod tests {
     fn a_converted_credit_is_revocable_and_pays_a_pending_revoke() {
         let w = AtomicU64::new(0);
         grant(&w, 1);
-        assert!(take(&w));
+        assert!(take(&w, 0));
         // An exclusive credit came back to the producer while the floating one is out.
         assert!(convert(&w));
         assert_eq!((unused(&w), in_flight(&w)), (1, 0));
@@ -253,7 +273,7 @@ mod tests {
         assert_eq!(revoke(&w, 1), 1);
         // Revoked while in flight, then converted: the pending revoke takes it from unused.
         grant(&w, 1);
-        assert!(take(&w));
+        assert!(take(&w, 0));
         assert_eq!(revoke(&w, 1), 0);
         assert!(convert(&w));
         assert_eq!(release(&w, true), Released::ExclusiveAndUnusedToPool);
@@ -265,7 +285,7 @@ mod tests {
     fn end_clears_all_but_the_pending_revokes() {
         let w = AtomicU64::new(0);
         grant(&w, 3);
-        assert!(take(&w) && take(&w));
+        assert!(take(&w, 0) && take(&w, 0));
         // unused 1, in flight 2, of which 1 is to go to the pool on release.
         assert_eq!(end(&w, 1), 2);
         assert_eq!((unused(&w), in_flight(&w)), (0, 1));
@@ -277,7 +297,7 @@ mod tests {
     fn a_corrupt_word_neither_panics_nor_loops() {
         // Both counts at their maximum: every step wraps instead of overflowing.
         let w = AtomicU64::new(u64::MAX);
-        assert!(take(&w), "unused was not 0");
+        assert!(take(&w, 0), "unused was not 0");
         assert_eq!(in_flight(&w), 0, "in_flight wrapped within its half");
         assert_eq!(unused(&w), u32::MAX - 1, "a wrapping in_flight leaves unused alone");
         let w = AtomicU64::new(u64::MAX);
