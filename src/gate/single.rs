@@ -99,33 +99,54 @@ pub(crate) enum Ready {
 /// the arena.
 pub struct SingleInputGate {
     pub(super) arena: Arc<Arena>,
+    /// The partition directory, for the channels' partition requests.
     manager: ResultPartitionManager,
+    /// The notify set (gate block) producers mark when a channel has data.
     set_id: u32,
+    /// Whether this gate claimed the set (and drains it, and releases it when dropped);
+    /// a gate inside a union shares the union's set, which drains it.
     owns_set: bool,
+    /// This gate's first member index in the set (its channel `i` is member `base + i`).
     base: u32,
     pub(super) channels: Vec<InputChannel>,
     /// Channels to serve, front first; a channel is in it at most once (`queued`).
     pub(super) ready: VecDeque<u32>,
+    /// Floating credit (`credit.rs`).
     credits: FloatingCredits,
+    /// How the gate waits when nothing is ready (spin, adaptive, park).
     waiter: Waiter,
+    /// Items one channel hands out before the next ready channel is served.
     batch: u32,
+    /// Channels that delivered EndOfPartition.
     finished: u32,
+    /// Channels that delivered EndOfData (or ended without it).
     end_of_data: u32,
+    /// Whether EndOfData was handed out (once, when every channel sent it).
     end_of_data_sent: bool,
+    /// Whether every channel finished: `End` from now on.
     ended: bool,
+    /// Checkpoint barrier alignment (`align.rs`).
     aligner: BarrierAligner,
     /// Scratch list reused by `collect_marks`, so the per-segment path allocates nothing
     /// once it has grown.
     marked: Vec<u32>,
     /// Nanoseconds spent waiting for input.
     pub idle_ns: u64,
+    /// The task's metrics in the arena, when it reports any.
     task: Option<TaskMetricsHandle>,
+    /// Records and bytes already added to `task`'s counters.
     reported: (u64, u64),
+    /// Set to stop a wait (task cancellation).
     cancel: Option<Arc<AtomicBool>>,
+    /// Producer liveness (`liveness.rs`): when to look next, and what was seen.
     probe: LivenessProbe,
+    /// How often a waiting gate looks at its producers' liveness.
     liveness_interval: Duration,
+    /// Items handed out since the counters were last reported (every 4096).
     unreported: u32,
+    /// Buffer debloating (`debloat.rs`), when on.
     debloater: Option<Debloater>,
+    /// Exclusive plus floating credits: the segments that may be in flight to this gate.
     credits_total: u32,
     /// Some channels read blocking partitions' files (which nobody marks: the gate polls
     /// their partition requests while it waits).

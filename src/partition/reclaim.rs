@@ -160,10 +160,9 @@ enum Produced {
     Close,
 }
 
-/// Whether a worker-slot field (`slot + 1`, 0 unknown) may name the dead process: its
-/// records are matched by pid and, where they say, by slot (a process that took a recycled
-/// pid meanwhile is in another slot: the dead one's is ours while we reclaim it).
-/// Whether a worker slot a block records (`None`: not recorded) can be the dead one's.
+/// Whether a worker slot a record names (`None`: not recorded) can be the dead process's:
+/// its records are matched by pid and, where they say, by slot (a process that took a
+/// recycled pid meanwhile is in another slot: the dead one's is ours while we reclaim it).
 fn slot_matches(slot: Option<u32>, dead: DeadProcess) -> bool {
     slot.is_none_or(|s| s == dead.slot)
 }

@@ -1,13 +1,14 @@
-//! A length-prefixed record stream over one channel: the smallest complete use of the
+//! A slot-framed record stream over one channel: the smallest complete use of the
 //! foundation (pool, builder, rings, credits, wake-ups), used by the two-process demo, the
 //! foundation tests and the latency benchmark. The network stack's RecordWriter and
 //! InputGate generalize it to many channels and records that span segments.
 //!
 //! Wire format inside a segment: slot-framed records (defined in [`crate::record::frame`];
-//! the publication protocol is `crate::buffer::builder`'s): `[slot: u32 = len | SLOT_VALID][payload: len bytes][pad to 4]`. The writer
-//! publishes each record by storing its slot (Release) and the reader polls the slot at its
-//! read position, so a record is visible as soon as it is written, and a spinning reader
-//! waits on the record's own cache line rather than on the segment's position word.
+//! the publication protocol is `crate::buffer::builder`'s):
+//! `[slot: u32 = len | SLOT_VALID][payload: len bytes][pad to 4]`. The writer publishes
+//! each record by storing its slot (Release) and the reader polls the slot at its read
+//! position, so a record is visible as soon as it is written, and a spinning reader waits
+//! on the record's own cache line rather than on the segment's position word.
 //! Records never span segments here, so a payload is at most `segment_size - 4` bytes.
 
 use super::channel::{ChannelReader, ChannelWriter};
