@@ -120,7 +120,7 @@ fn worker(args: &[String]) -> i32 {
                     GateItem::Record { data, .. } => {
                         let v: u64 = shmflow::record::FromRecord::from_record(data)?;
                         if v != n {
-                            return Err(Error::Invalid { what: "record", detail: format!("{v} where {n} was due") });
+                            return Err(out_of_order(v, n));
                         }
                         n += 1;
                     }
@@ -378,4 +378,10 @@ impl Soak {
             println!("FAIL ... and {} more", self.failures.len() - 10);
         }
     }
+}
+
+/// The error for record `v` read where `n` was due (built off the per-record loop).
+#[cold]
+fn out_of_order(v: u64, n: u64) -> Error {
+    Error::Invalid { what: "record", detail: format!("{v} where {n} was due") }
 }
