@@ -511,7 +511,7 @@ impl SingleInputGate {
             if !had_eod {
                 self.end_of_data += 1;
             }
-            self.credits.give_back(c);
+            self.credits.give_back(c, &self.channels[c]);
             self.grant_floating()?;
         }
         if let Some(r) = self.check_alignment() {
@@ -628,7 +628,7 @@ impl SingleInputGate {
                         publish_read_counters(l);
                     }
                     self.ready.pop_front();
-                    self.credits.ran_dry(ci, &self.channels[ci]);
+                    self.credits.ran_dry(ci, &self.channels)?;
                 }
             }
         }

@@ -201,6 +201,7 @@ impl ChannelBlock {
         {
             a.store(0, Relaxed);
         }
+        self.floating.store(0, Relaxed);
     }
 }
 
@@ -462,6 +463,11 @@ impl ChannelBlock {
         self.debloat_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// The channel's floating-credit word (see `ring::floating`).
+    pub fn floating_credit(&self) -> &AtomicU64 {
+        &self.floating
+    }
+
     /// The segment fill the consumer asked for, `None` for whole segments. Any value is
     /// safe: the producer clamps it.
     pub fn segment_fill_wanted(&self) -> Option<u32> {
@@ -537,7 +543,9 @@ impl ChannelBlock {
 ///  1184          bytes_in         u64   C
 ///  1192          buffers_in       u64   C
 ///  1200          debloat_bytes    u32   C       wanted bytes per segment (0: whole)
-///  1204..1280    (padding: _consumer_end rounds the size to 128)
+///  1208          floating         u64   C+P     (unused, in flight) floating credits, by RMW
+///                                                 (ring::floating; P only when out of credit)
+///  1216..1280    (padding: _consumer_end rounds the size to 128)
 ///  size 1280, align 128
 /// ```
 ///
@@ -613,6 +621,10 @@ pub struct ChannelBlock {
     /// Buffer debloating: the bytes the consumer wants per segment on this channel (the
     /// producer finishes segments at that fill); 0 = whole segments.
     debloat_bytes: AtomicU32,
+    /// Floating credits: unused (high 32 bits) and in flight (low 32), changed by both
+    /// sides with read-modify-writes (the protocol of `ring::floating`). The producer
+    /// touches it only when its exclusive credit is used up.
+    floating: AtomicU64,
     _consumer_end: CachePadded<()>,
 }
 
@@ -755,6 +767,7 @@ const _: () = {
         assert!(offset_of!(B, records_in) == 1176);
         assert!(offset_of!(B, buffers_in) == 1192);
         assert!(offset_of!(B, debloat_bytes) == 1200);
+        assert!(offset_of!(B, floating) == 1208);
     }
 };
 

@@ -598,7 +598,7 @@ impl ResultPartition {
     fn open_builder(&mut self, c: usize) -> Result<()> {
         let seg = self.block_until("credit and a free segment", WaitOn::Channel(c), |p| {
             p.reclaim_marked()?;
-            if p.subs[c].writer.credit() == 0 {
+            if !p.subs[c].writer.reserve_credit() {
                 p.subs[c].writer.want_credit()?;
                 return Ok(None);
             }
@@ -829,7 +829,7 @@ impl ResultPartition {
             p.reclaim_marked()?;
             let mut all = true;
             for s in &mut p.subs {
-                if s.writer.credit() == 0 {
+                if !s.writer.reserve_credit() {
                     s.writer.want_credit()?;
                     all = false;
                 }
@@ -1045,12 +1045,14 @@ impl ResultPartition {
         self.close_all()?;
         let seg = self.block_until("credit on every channel and a free segment", WaitOn::Every, |p| {
             p.reclaim_marked()?;
-            if p.subs.iter().any(|s| s.writer.credit() == 0) {
-                for s in &mut p.subs {
-                    if s.writer.credit() == 0 {
-                        s.writer.want_credit()?;
-                    }
+            let mut all = true;
+            for s in &mut p.subs {
+                if !s.writer.reserve_credit() {
+                    s.writer.want_credit()?;
+                    all = false;
                 }
+            }
+            if !all {
                 return Ok(None);
             }
             p.pool.request(None)

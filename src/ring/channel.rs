@@ -8,6 +8,7 @@
 //! gate's wake-up, one level up).
 
 use super::descriptor::{Credit, Descriptor, EventCode};
+use super::floating::{self, Released};
 use super::notify::NotifySet;
 use super::spsc::{Ring, RingConsumer, RingProducer};
 use crate::buffer::{BufferConsumer, LocalBufferPool, RecycleSource, ReleaseSink};
@@ -61,6 +62,11 @@ pub struct ChannelWriter {
     gate: Option<(u32, u32)>,
     /// Whether we told the consumer we want credit.
     wanted: bool,
+    /// Floating credits taken from the channel's word for segments not published yet (see
+    /// [`reserve_credit`](Self::reserve_credit)).
+    reserved: u32,
+    /// Floating credits in flight by our count (see `floating::take`).
+    floating_out: u32,
 }
 
 impl std::fmt::Debug for ChannelWriter {
@@ -94,6 +100,8 @@ impl ChannelWriter {
             place: format!("channel {id}"),
             gate: None,
             wanted: false,
+            reserved: 0,
+            floating_out: 0,
         })
     }
 
@@ -107,9 +115,30 @@ impl ChannelWriter {
         &self.arena.channels()[self.id as usize]
     }
 
-    /// Credits available now (segments that may still be published).
+    /// Credits this producer holds now (segments it may still publish): its exclusive
+    /// credit and the floating credit it reserved. Floating credit still unused in the
+    /// channel's word is not counted: the gate may take it back at any moment;
+    /// [`reserve_credit`](Self::reserve_credit) takes one for good.
+    #[inline]
     pub fn credit(&self) -> u32 {
-        self.credit
+        self.credit + self.reserved
+    }
+
+    /// Makes sure one credit is held for the next segment: true if the producer holds one
+    /// ([`credit`](Self::credit) > 0) or took an unused floating credit from the channel's
+    /// word (it races the gate's revoke for it, see `ring::floating`). Check credit with
+    /// this before taking a segment to publish, not with `credit`.
+    #[inline]
+    pub fn reserve_credit(&mut self) -> bool {
+        if self.credit + self.reserved > 0 {
+            return true;
+        }
+        if floating::take(self.block().floating_credit(), self.floating_out) {
+            self.reserved += 1;
+            self.floating_out += 1;
+            return true;
+        }
+        false
     }
 
     /// Segments published and not released yet.
@@ -150,11 +179,20 @@ impl ChannelWriter {
     pub fn publish(&mut self, d: Descriptor) -> Result<()> {
         self.check_consumer()?;
         let takes_credit = matches!(d, Descriptor::Buffer(_) | Descriptor::EventBuffer(_));
-        if takes_credit && self.credit == 0 {
-            return Err(Error::ProtocolViolation {
-                place: self.place.clone(),
-                detail: "publish without credit".into(),
-            });
+        // Exclusive credit first; a floating credit is spent (taken from the shared word,
+        // before the push orders it for the consumer; usually by `reserve_credit` before)
+        // only when that is used up, so an idle channel's floating credit stays unused and
+        // the gate can take it back at once.
+        let exclusive = takes_credit && self.credit > 0;
+        let reserved = takes_credit && !exclusive && self.reserved > 0;
+        if takes_credit && !exclusive && !reserved {
+            if !floating::take(self.block().floating_credit(), self.floating_out) {
+                return Err(Error::ProtocolViolation {
+                    place: self.place.clone(),
+                    detail: "publish without credit".into(),
+                });
+            }
+            self.floating_out += 1;
         }
         let r = ring(&self.arena, self.id, RingKind::Data);
         let place = || self.place.clone();
@@ -195,7 +233,11 @@ impl ChannelWriter {
             self.held.push(seg);
         }
         if takes_credit {
-            self.credit -= 1;
+            if exclusive {
+                self.credit -= 1;
+            } else if reserved {
+                self.reserved -= 1;
+            }
             let b = self.block();
             // Relaxed: a statistic for observers.
             b.buffers_out.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +266,8 @@ impl ChannelWriter {
     /// Free slots in the data ring beyond what granted credit may need.
     pub fn has_room(&mut self, slots: u64) -> bool {
         let r = ring(&self.arena, self.id, RingKind::Data);
-        self.data.free(&r) >= slots + u64::from(self.credit)
+        let unused = floating::unused(self.block().floating_credit());
+        self.data.free(&r) >= slots + u64::from(self.credit()) + u64::from(unused)
     }
 
     /// Wakes the consumer if it is parked (no system call otherwise): marks our bit in its
@@ -318,7 +361,15 @@ impl ChannelWriter {
                         }));
                     };
                     let s = self.held.swap_remove(at);
-                    if credit {
+                    // An exclusive credit back while floating credit is out: trade, so
+                    // the floating credit is unused (revocable at once) rather than stuck
+                    // in a segment of a channel that may go idle (see `ring::floating`).
+                    if !credit {
+                        // A floating credit's release (kept on the channel or revoked).
+                        self.floating_out = self.floating_out.saturating_sub(1);
+                    } else if floating::convert(self.arena.channels()[id].floating_credit()) {
+                        self.floating_out = self.floating_out.saturating_sub(1);
+                    } else {
                         self.credit = self.credit.saturating_add(1);
                     }
                     pool.release_share(s, last, false).map_err(peer)?;
@@ -327,12 +378,12 @@ impl ChannelWriter {
                     self.credit = self.credit.saturating_add(k);
                 }
             }
-            if u64::from(self.credit) + self.held.len() as u64 > u64::from(cap) {
+            if u64::from(self.credit()) + self.held.len() as u64 > u64::from(cap) {
                 return Err(Error::ProtocolViolation {
                     place: place(),
                     detail: format!(
                         "credit {} + in flight {} exceeds the ring capacity {cap}",
-                        self.credit,
+                        self.credit(),
                         self.held.len()
                     ),
                 });
@@ -340,10 +391,12 @@ impl ChannelWriter {
         }
         if n > 0 {
             self.block().set_backlog(self.held.len() as u32);
-            if self.wanted && self.credit > 0 {
-                self.wanted = false;
-                self.block().set_credit_wanted(false);
-            }
+        }
+        // Floating credit arrives in the channel's word, not the ring: look even when the
+        // ring was empty (only while we want credit, which is rare).
+        if self.wanted && (self.credit() > 0 || floating::unused(self.block().floating_credit()) > 0) {
+            self.wanted = false;
+            self.block().set_credit_wanted(false);
         }
         Ok(n)
     }
@@ -482,9 +535,38 @@ impl CreditReturn {
         Ok(NotifySet::new(&self.arena, set)?.mark(index)?)
     }
 
-    /// Asks the next `n` releases to take their floating credit back to the gate.
+    /// Grants `n` floating credits to the producer: they stay in the channel's floating
+    /// word, where [`revoke_unused`](Self::revoke_unused) can take back what the producer
+    /// did not spend (see `ring::floating`), and wakes the producer.
+    ///
+    /// # Errors
+    /// As [`notify_producer`](Self::notify_producer).
+    pub fn grant_floating(&self, n: u32) -> Result<()> {
+        let b = &self.arena.channels()[self.id as usize];
+        b.count_credit_granted(n);
+        floating::grant(b.floating_credit(), n);
+        self.notify_producer()
+    }
+
+    /// Takes back at once up to `max` floating credits the producer has not spent and
+    /// returns how many (they belong to the caller's pool now). Races with the producer's
+    /// publish for each credit; exactly one side gets it.
+    pub fn revoke_unused(&self, max: u32) -> u32 {
+        floating::revoke(self.arena.channels()[self.id as usize].floating_credit(), max)
+    }
+
+    /// The producer ended: takes back every floating credit of the channel but the
+    /// in-flight ones already promised to the pool by [`revoke`](Self::revoke) (their
+    /// releases still bring them), and returns how many.
+    pub fn end_floating(&self) -> u32 {
+        floating::end(self.arena.channels()[self.id as usize].floating_credit(), self.revoke.get())
+    }
+
+    /// Asks the next `n` releases of segments published with floating credit to take
+    /// that credit back to the gate (the in-flight part of a revoke; the unused part
+    /// comes back at once through [`revoke_unused`](Self::revoke_unused)).
     pub fn revoke(&self, n: u32) {
-        self.revoke.set(self.revoke.get() + n);
+        self.revoke.set(self.revoke.get().saturating_add(n));
     }
 
     /// Floating credits still to be revoked.
@@ -506,12 +588,22 @@ impl ReleaseSink for CreditReturn {
         let b = &self.arena.channels()[self.id as usize];
         // Relaxed: statistic.
         b.buffers_in.fetch_add(1, Ordering::Relaxed);
-        let credit = if self.revoke.get() > 0 {
-            self.revoke.set(self.revoke.get() - 1);
-            self.floating.set(self.floating.get() + 1);
-            false
-        } else {
-            true
+        // One read-modify-write of the floating word decides where the credit goes: to the
+        // producer (exclusive), back to the channel's unused floating credit, or to the
+        // gate's pool (see `ring::floating`).
+        let credit = match floating::release(b.floating_credit(), self.revoke.get() > 0) {
+            Released::Exclusive => true,
+            Released::Kept => false,
+            Released::ToPool => {
+                self.revoke.set(self.revoke.get() - 1);
+                self.floating.set(self.floating.get().saturating_add(1));
+                false
+            }
+            Released::ExclusiveAndUnusedToPool => {
+                self.revoke.set(self.revoke.get() - 1);
+                self.floating.set(self.floating.get().saturating_add(1));
+                true
+            }
         };
         if self.send(Credit::Release { segment: Some(segment), credit, last }).is_err() {
             self.violations.set(self.violations.get().saturating_add(1));

@@ -99,7 +99,7 @@ impl StreamWriter {
         let outcome = self.waiter.wait(wake, self.timeout, || {
             let r = (|| -> Result<Option<_>> {
                 channel.reclaim(pool)?;
-                if channel.credit() == 0 {
+                if !channel.reserve_credit() {
                     return Ok(None);
                 }
                 pool.request(Some(0))
