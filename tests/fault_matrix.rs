@@ -860,7 +860,7 @@ fn dump(arena: &Arena, ch: u32) -> String {
         b.priority.tail.load(Ordering::Relaxed),
         b.backlog(),
         u32::from(b.credit_wanted()),
-        b.state.load(Ordering::Relaxed),
+        b.peek_state(),
     );
     for (i, c) in arena.controls().iter().enumerate() {
         let owner = shmflow::memory::Owner::unpack(c.owner.load(Ordering::Relaxed));

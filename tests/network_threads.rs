@@ -464,15 +464,14 @@ fn racing_channel_claims_fill_the_arena_exactly() {
 fn recovery_frees_blocks_left_mid_scan() {
     use shmflow::memory::{recovery::reclaim_quiescent, CHANNEL_FREE, CHANNEL_PROBING};
     use shmflow::partition::ResultPartitionManager;
-    use shmflow::sync::Ordering;
     let cfg = ArenaConfig { segment_size: 4096, segment_count: 16, max_channels: 4, ..ArenaConfig::default() };
     let arena = Arc::new(Arena::heap(&cfg).unwrap());
     for b in &arena.channels()[1..3] {
-        b.state.store(CHANNEL_PROBING, Ordering::Release);
+        b.publish_state(CHANNEL_PROBING);
     }
     let r = reclaim_quiescent(&arena).unwrap();
     assert_eq!(r.channel_blocks, 2);
-    assert!(arena.channels().iter().all(|b| b.state.load(Ordering::Acquire) == CHANNEL_FREE));
+    assert!(arena.channels().iter().all(|b| b.state() == CHANNEL_FREE));
     assert_eq!(ResultPartitionManager::new(arena).claim_channels(4).unwrap(), 0);
 }
 

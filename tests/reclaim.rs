@@ -63,11 +63,11 @@ fn die_as(arena: &Arena, slot: u32, pid: u32, keep_gate: Option<usize>) {
         }
     }
     for b in arena.channels() {
-        if b.claim_pid.load(Ordering::Relaxed) == me {
-            b.claim_pid.store(pid, Ordering::Relaxed);
+        if b.claimer() == me {
+            b.record_claimer(pid);
         }
-        if b.state.load(Ordering::Relaxed) == CHANNEL_PROBING_BY | me {
-            b.state.store(CHANNEL_PROBING_BY | pid, Ordering::Relaxed);
+        if b.peek_state() == CHANNEL_PROBING_BY | me {
+            b.set_state_unshared(CHANNEL_PROBING_BY | pid);
         }
     }
     for e in arena.partitions() {
@@ -126,15 +126,13 @@ fn a_dead_producers_segments_blocks_entries_and_gates_come_back_online() {
     p.flush_all().unwrap(); // a segment in flight to the live reader
                             // It died mid-way through creating a second partition: one block PROBING, one CLAIMED.
                             // Relaxed: single-threaded test.
-    let free: Vec<usize> = (0..arena.channels().len())
-        .filter(|&c| arena.channels()[c].state.load(Ordering::Relaxed) == CHANNEL_FREE)
-        .collect();
+    let free: Vec<usize> =
+        (0..arena.channels().len()).filter(|&c| arena.channels()[c].peek_state() == CHANNEL_FREE).collect();
     for (k, &c) in free.iter().take(2).enumerate() {
         let b = &arena.channels()[c];
         // Relaxed (both): test set-up, single-threaded.
-        b.state
-            .store(if k == 0 { CHANNEL_PROBING_BY | std::process::id() } else { CHANNEL_CLAIMED }, Ordering::Relaxed);
-        b.claim_pid.store(std::process::id(), Ordering::Relaxed);
+        b.set_state_unshared(if k == 0 { CHANNEL_PROBING_BY | std::process::id() } else { CHANNEL_CLAIMED });
+        b.record_claimer(std::process::id());
     }
     std::mem::forget(p); // death: nothing of the process-local state is dropped
     let dead = dead_pid();
@@ -164,7 +162,7 @@ fn a_dead_producers_segments_blocks_entries_and_gates_come_back_online() {
     assert!(c.all_free() && c.owner_dead == 0, "{c:?}");
     for b in arena.channels() {
         // Relaxed: after the reclamation, single-threaded.
-        let st = b.state.load(Ordering::Relaxed);
+        let st = b.peek_state();
         assert!(st == CHANNEL_FREE || st == CHANNEL_CLOSED, "channel state {st} left behind");
     }
     // Relaxed (all): as above.

@@ -975,7 +975,7 @@ impl ChannelCtx {
             Side::Producer => CHANNEL_CONSUMER_DIED,
         };
         // Acquire: pairs with the Release CAS in `close` and the reclaimer's AcqRel CAS.
-        let st = self.block().state.load(Ordering::Acquire);
+        let st = self.block().state();
         if st == gone_mark {
             return 1;
         }
@@ -999,7 +999,7 @@ impl ChannelCtx {
             Side::Producer => (CHANNEL_CONSUMER_GONE, CHANNEL_CONSUMER_DIED),
         };
         // Acquire: pairs with the Release CAS in `close` and the reclaimer's AcqRel CAS.
-        match self.block().state.load(Ordering::Acquire) {
+        match self.block().state() {
             s if s == gone_mark => 1,
             s if s == died_mark || s == CHANNEL_ORPHANED => 2,
             _ => 0,
@@ -1084,12 +1084,7 @@ impl ChannelCtx {
                 }
                 segments_wake(arena).notify();
                 // Release: pairs with the Acquire CAS in `connect` of the next user.
-                let _ = b.state.compare_exchange(
-                    CHANNEL_CONSUMER_DIED,
-                    CHANNEL_CLOSED,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                );
+                let _ = b.try_hand_over(CHANNEL_CONSUMER_DIED, CHANNEL_CLOSED);
             }
             CHANNEL_PRODUCER_DIED if self.side == Side::Consumer => {
                 // Our dead producer's segments still queued to us were orphaned by the
@@ -1097,12 +1092,7 @@ impl ChannelCtx {
                 let mut inn = self.inn.lock();
                 drain_segments(&self.ctx, self.id, self.in_kind(), Some(&mut inn));
                 // AcqRel: hands the block to the reclaimer's settling pass (its Acquire CAS).
-                let _ = b.state.compare_exchange(
-                    CHANNEL_PRODUCER_DIED,
-                    CHANNEL_ORPHANED,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
+                let _ = b.try_transition(CHANNEL_PRODUCER_DIED, CHANNEL_ORPHANED);
                 let _ = reclaim_dead_peers(arena);
             }
             _ => {}

@@ -25,7 +25,6 @@ use shmflow::memory::{
     ChannelBlock, CHANNEL_CLOSED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_PROBING_BY,
     CHANNEL_PRODUCER_FAILED,
 };
-use shmflow::sync::Ordering;
 
 /// Which end of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,23 +62,23 @@ pub fn claim(b: &ChannelBlock, pid: u32) -> bool {
         // Acquire on success: pairs with the Release store of FREE in `free` (or of CLOSED
         // by the reclaimer): the previous users' last reads and writes of the block and of
         // its rings come before our reset.
-        b.state.compare_exchange(from, probing, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        b.try_claim(from, probing).is_ok()
     })
 }
 
 /// Consumer: fills the block we [`claim`]ed with empty rings and `route`, then opens it.
 pub fn open(b: &ChannelBlock, route: &Route) {
     b.reset();
-    // Relaxed (all): published by the Release store of OPEN below.
-    b.claim_pid.store(route.producer_pid, Ordering::Relaxed);
-    b.consumer_pid.store(route.consumer_pid, Ordering::Relaxed);
+    // All published by the Release store of OPEN below.
+    b.record_claimer(route.producer_pid);
+    b.record_consumer(route.consumer_pid);
     b.set_producer_worker(route.producer_slot);
     b.set_consumer_worker(route.consumer_slot);
     b.route_consumer_wakeups(route.consumer_set, route.member);
     b.route_producer_wakeups(route.producer_set, route.member);
     // Release: pairs with the Acquire load in `take`: the producer sees the route and the
     // empty rings.
-    b.state.store(CHANNEL_OPEN, Ordering::Release);
+    b.publish_state(CHANNEL_OPEN);
 }
 
 /// What [`take`] found.
@@ -104,7 +103,7 @@ pub enum Take {
 pub fn take(b: &ChannelBlock, slot: u32, pid: u32, max_slots: u32) -> Take {
     // Acquire: pairs with the Release store of OPEN in `open`, and with the consumer's
     // AcqRel CAS to CONSUMER_GONE in `close` (its last ring writes come before our drain).
-    let st = b.state.load(Ordering::Acquire);
+    let st = b.state();
     // Ordered by the Acquire above.
     let ours = b.producer_worker() == Some(slot);
     match st {
@@ -119,15 +118,10 @@ pub fn take(b: &ChannelBlock, slot: u32, pid: u32, max_slots: u32) -> Take {
         }
         CHANNEL_OPEN => Take::NotOurs,
         // Relaxed: ordered by the Acquire above; the CAS decides.
-        CHANNEL_CONSUMER_GONE if ours && b.claim_pid.load(Ordering::Relaxed) == pid => {
+        CHANNEL_CONSUMER_GONE if ours && b.claimer() == pid => {
             // AcqRel: Acquire as above (the consumer's last writes before our drain);
             // Release: our hold is published before the reclaimer may look at it.
-            match b.state.compare_exchange(
-                CHANNEL_CONSUMER_GONE,
-                CHANNEL_PROBING_BY | pid,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match b.try_transition(CHANNEL_CONSUMER_GONE, CHANNEL_PROBING_BY | pid) {
                 Ok(_) => Take::Abandoned,
                 Err(now) => Take::NotOpen(now),
             }
@@ -159,7 +153,7 @@ pub fn close(b: &ChannelBlock, end: End) -> Closed {
     // AcqRel: Release publishes our last ring writes to the other end's Acquire (its close
     // or `take`); Acquire (on failure too) orders the other end's last writes before our
     // drain.
-    match b.state.compare_exchange(CHANNEL_OPEN, mine, Ordering::AcqRel, Ordering::Acquire) {
+    match b.try_transition_or_acquire(CHANNEL_OPEN, mine) {
         Ok(_) => Closed::First,
         Err(s) if s == theirs => Closed::Last,
         Err(s) => Closed::Other(s),
@@ -170,5 +164,5 @@ pub fn close(b: &ChannelBlock, end: End) -> Closed {
 /// it released what was queued in it.
 pub fn free(b: &ChannelBlock) {
     // Release: pairs with the Acquire CAS in `claim` of the next consumer.
-    b.state.store(CHANNEL_FREE, Ordering::Release);
+    b.publish_state(CHANNEL_FREE);
 }

@@ -110,7 +110,7 @@ fn either_end_closes_first_and_the_block_is_freed_once() {
         prod.join().unwrap();
         // Relaxed (both): after the joins.
         assert_eq!(frees.load(Ordering::Relaxed), 1, "block freed once");
-        assert_eq!(block(&arena).state.load(Ordering::Relaxed), CHANNEL_FREE, "the block is free again");
+        assert_eq!(block(&arena).peek_state(), CHANNEL_FREE, "the block is free again");
     });
 }
 
@@ -155,8 +155,8 @@ fn a_claim_during_the_close_gets_the_block_only_after_the_free() {
             let b = block(&arena);
             // Relaxed (all): after the joins.
             assert_eq!(frees.load(Ordering::Relaxed), 1, "block freed once");
-            assert_eq!(b.state.load(Ordering::Relaxed), CHANNEL_OPEN, "the next channel is open");
-            assert_eq!(b.consumer_pid.load(Ordering::Relaxed), CONSUMER_PID + 1, "the next consumer's route survived");
+            assert_eq!(b.peek_state(), CHANNEL_OPEN, "the next channel is open");
+            assert_eq!(b.consumer_pid(), CONSUMER_PID + 1, "the next consumer's route survived");
             assert_eq!(b.consumer_worker(), Some(3), "the next consumer's route survived (slot 3)");
         },
     );

@@ -68,8 +68,8 @@ fn dead_producer(arena: &Arc<Arena>, segments: u32) -> u32 {
     std::mem::forget(pool);
     // Relaxed (all): set-up before any model thread starts (spawn orders it).
     arena.workers()[0].pid.store(DEAD_PID, Ordering::Relaxed);
-    arena.channels()[0].claim_pid.store(DEAD_PID, Ordering::Relaxed);
-    arena.channels()[0].consumer_pid.store(0, Ordering::Relaxed);
+    arena.channels()[0].record_claimer(DEAD_PID);
+    arena.channels()[0].record_consumer(0);
     for c in arena.controls() {
         if c.holder_pid.load(Ordering::Relaxed) != 0 {
             c.holder_pid.store(DEAD_PID, Ordering::Relaxed);
@@ -104,7 +104,7 @@ fn reclaimer_and_live_reader_free_a_segment_once() {
         let index = dead_producer(&arena, 1);
         // The consumer is alive (this process) and attached.
         // Relaxed: set-up before the threads start.
-        arena.channels()[0].consumer_pid.store(std::process::id(), Ordering::Relaxed);
+        arena.channels()[0].record_consumer(std::process::id());
 
         let reader = {
             let arena = Arc::clone(&arena);
@@ -171,7 +171,7 @@ fn two_reclaimers_reclaim_once() {
         assert_eq!(drain_free(&arena), vec![0, 1], "each segment on the free stack exactly once");
         // Relaxed (both): after the joins.
         assert_eq!(arena.workers()[0].state.load(Ordering::Relaxed), liveness::WORKER_FREE);
-        assert_eq!(arena.channels()[0].state.load(Ordering::Relaxed), shmflow::memory::CHANNEL_CLOSED);
+        assert_eq!(arena.channels()[0].peek_state(), shmflow::memory::CHANNEL_CLOSED);
         let _ = published;
     });
 }

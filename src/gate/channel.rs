@@ -334,10 +334,10 @@ pub(super) fn attach_consumer(
         check_subpartition(spec, &info)?;
         let id = info.first_channel + spec.subpartition;
         let b = &arena.channels()[id as usize];
-        // AcqRel: one consumer wins the channel; Acquire orders our look at the block
-        // after the producer's set-up (published with the directory entry we read).
-        match b.consumer_pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {}
+        // One consumer wins the channel; the CAS orders our look at the block after the
+        // producer's set-up (published with the directory entry we read).
+        match b.try_attach_consumer(me) {
+            Ok(()) => {}
             Err(other) if other == me => {} // this process read it before (a gate dropped and made again)
             Err(other) => {
                 if liveness::pid_running(other) {
@@ -354,10 +354,9 @@ pub(super) fn attach_consumer(
         // the entry still registered under the id, the channel open.
         // Relaxed (all): ordered by the Acquire of the lookup below and the CAS above.
         let producer = arena.partitions()[info.slot as usize].producer_pid.load(Ordering::Relaxed);
-        let same_block =
-            b.origin() == (info.slot, spec.subpartition) && b.claim_pid.load(Ordering::Relaxed) == producer;
+        let same_block = b.origin() == (info.slot, spec.subpartition) && b.claimer() == producer;
         let open = matches!(
-            b.state.load(Ordering::Acquire),
+            b.state(),
             crate::memory::CHANNEL_OPEN | crate::memory::CHANNEL_PRODUCER_FAILED | crate::memory::CHANNEL_PRODUCER_DIED
         );
         let still = manager.lookup_once(spec.partition);
@@ -372,8 +371,8 @@ pub(super) fn attach_consumer(
         still?;
     }
     let holder = manager.lookup_once(spec.partition).ok().map(|i| {
-        // Relaxed: for the message.
-        arena.channels()[(i.first_channel + spec.subpartition) as usize].consumer_pid.load(Ordering::Relaxed)
+        // For the message.
+        arena.channels()[(i.first_channel + spec.subpartition) as usize].consumer_pid()
     });
     Err(Error::SubpartitionTaken {
         partition: spec.partition.to_string(),
@@ -385,7 +384,7 @@ pub(super) fn attach_consumer(
 /// Gives up this process's claim on channel `id` (see [`attach_consumer`]).
 pub(super) fn detach_consumer(arena: &Arena, id: u32) {
     if let Some(b) = arena.channels().get(id as usize) {
-        // AcqRel: pairs with the next consumer's CAS; only our own claim is given up.
-        let _ = b.consumer_pid.compare_exchange(std::process::id(), 0, Ordering::AcqRel, Ordering::Relaxed);
+        // Only our own claim is given up (another process's stays).
+        let _ = b.detach_consumer(std::process::id());
     }
 }

@@ -36,7 +36,7 @@ impl SingleInputGate {
             let w = block.producer_worker();
             // Acquire: pairs with the reclaimer's AcqRel CAS to PRODUCER_DIED (the pid
             // stored before it).
-            let st = block.state.load(Ordering::Acquire);
+            let st = block.state();
             let dead = if st == crate::memory::CHANNEL_PRODUCER_DIED {
                 // A reclaimer found the producer dead (its slot may be free again by now).
                 // Ordered by the Acquire above.

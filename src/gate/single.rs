@@ -948,7 +948,7 @@ impl Drop for SingleInputGate {
         for (id, finished) in ids {
             let producer_died = {
                 // Relaxed: a first look; `close_channel` decides by CAS.
-                let st = self.arena.channels()[id as usize].state.load(Ordering::Relaxed);
+                let st = self.arena.channels()[id as usize].peek_state();
                 st == crate::memory::CHANNEL_PRODUCER_DIED
             };
             if ((!ended && !finished) || producer_died) && crate::ring::close_channel(&self.arena, id) {

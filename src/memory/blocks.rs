@@ -252,6 +252,130 @@ impl ChannelBlock {
         self.consumer_worker.load(Ordering::Relaxed).checked_sub(1)
     }
 
+    // --- the channel state (`CHANNEL_*`; see the state diagram in DESIGN.md) ---
+    //
+    // Every change of state either publishes (Release) what its writer did to the block
+    // before, or acquires what the previous holder did, or both; each method says which.
+    // The caller's comment names the store or CAS its ordering pairs with.
+
+    /// The channel state, with Acquire: the caller sees what the writer of that state did
+    /// to the block before it (route, pids, ring positions).
+    pub fn state(&self) -> u32 {
+        // Acquire: pairs with the Release stores (`publish_state`) and the Release halves of
+        // the CASes below, whichever wrote the state read.
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// The channel state as a hint (Relaxed): for decisions a later CAS confirms, for
+    /// messages, and for quiescent arenas.
+    pub fn peek_state(&self) -> u32 {
+        // Relaxed: a hint; callers act on it by CAS or only report it.
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// Publishes state `to` (Release store): the caller's writes to the block before it
+    /// happen-before anything done by a process that Acquires this state.
+    pub fn publish_state(&self, to: u32) {
+        // Release: pairs with the Acquire load in `state` and the Acquire CAS in
+        // `try_claim` of whoever takes the block next.
+        self.state.store(to, Ordering::Release);
+    }
+
+    /// Sets the state of a block nobody else can be using (Relaxed): a quiescent arena's
+    /// recovery, a single-threaded test faking a crashed holder.
+    pub fn set_state_unshared(&self, to: u32) {
+        // Relaxed: no other process uses the block now; the next claimer's CAS reads it.
+        self.state.store(to, Ordering::Relaxed);
+    }
+
+    /// Takes the block from state `from` into a hold `to` (usually `CHANNEL_PROBING_BY |
+    /// pid`): on success (Acquire) after the previous users' last writes. `Err` carries the
+    /// state seen instead.
+    pub fn try_claim(&self, from: u32, to: u32) -> core::result::Result<(), u32> {
+        // Acquire on success: pairs with the Release store (`publish_state`) or Release CAS
+        // (`try_hand_over`) that made the block `from`. Relaxed on failure: nothing taken.
+        self.state.compare_exchange(from, to, Ordering::Acquire, Ordering::Relaxed).map(|_| ())
+    }
+
+    /// Hands the block on from `from` to `to` (Release on success): publishes the caller's
+    /// last writes to whoever acquires `to`; acquires nothing itself. `Err` carries the
+    /// state seen instead.
+    pub fn try_hand_over(&self, from: u32, to: u32) -> core::result::Result<(), u32> {
+        // Release on success: pairs with the next holder's Acquire (`try_claim`, `state`).
+        // Relaxed on failure: nothing handed over.
+        self.state.compare_exchange(from, to, Ordering::Release, Ordering::Relaxed).map(|_| ())
+    }
+
+    /// Moves the block from `from` to `to` (AcqRel on success): after the previous writer
+    /// of `from`, and published to the next reader of `to`. Relaxed on failure; `Err`
+    /// carries the state seen instead.
+    pub fn try_transition(&self, from: u32, to: u32) -> core::result::Result<(), u32> {
+        // AcqRel on success: Acquire pairs with the Release that wrote `from`; Release with
+        // the Acquire of whoever reads `to`. Relaxed on failure: the caller only reports or
+        // retries it.
+        self.state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed).map(|_| ())
+    }
+
+    /// As [`try_transition`](Self::try_transition), but a failure also Acquires the state
+    /// seen (the caller acts on it: `Err` carries it).
+    pub fn try_transition_or_acquire(&self, from: u32, to: u32) -> core::result::Result<(), u32> {
+        // AcqRel on success: as in `try_transition`. Acquire on failure: pairs with the
+        // Release that wrote the state seen, which the caller then acts on.
+        self.state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).map(|_| ())
+    }
+
+    // --- who holds the block (pids, for attach checks and reclamation) ---
+
+    /// Records the pid of the process that claimed the block (the producer, or the route's
+    /// producer for a consumer-claimed block). Written while the block is PROBING (or
+    /// before its Release store of `CHANNEL_OPEN`); reclamation releases the blocks of a
+    /// dead claimer.
+    pub fn record_claimer(&self, pid: u32) {
+        // Relaxed: published by the caller's Release store of the state (CLAIMED / OPEN);
+        // a reclaimer reads it only once this process is gone.
+        self.claim_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// The pid of the process that claimed the block (0 none yet; the peer's word).
+    pub fn claimer(&self) -> u32 {
+        // Relaxed: callers order it after an Acquire of the state or of the directory
+        // entry, or only compare it with a pid (a stale value fails the comparison).
+        self.claim_pid.load(Ordering::Relaxed)
+    }
+
+    /// A consumer process tries to become this channel's only reader: `Ok` if it took the
+    /// free word (0), `Err(holder)` with the pid already there (possibly `pid` itself).
+    pub fn try_attach_consumer(&self, pid: u32) -> core::result::Result<(), u32> {
+        // AcqRel: one consumer wins the channel (pairs with the Release half of another's
+        // CAS in `detach_consumer`); Acquire orders the caller's look at the block after
+        // the producer's set-up (published with the directory entry it read).
+        self.consumer_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).map(|_| ())
+    }
+
+    /// Gives up consumer `pid`'s claim from [`try_attach_consumer`](Self::try_attach_consumer);
+    /// another process's claim stays. Returns whether the claim was ours.
+    pub fn detach_consumer(&self, pid: u32) -> bool {
+        // AcqRel: pairs with the next consumer's CAS in `try_attach_consumer`; only our
+        // own claim is given up.
+        self.consumer_pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Records the pid of the consumer process reading this channel (a reader set up
+    /// without the attach CAS, or a consumer-claimed block's route).
+    pub fn record_consumer(&self, pid: u32) {
+        // Relaxed: who reads the channel, for reclamation and the producer's messages;
+        // published by the caller's next Release (the first credit grant's push, or the
+        // Release store of `CHANNEL_OPEN`).
+        self.consumer_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// The pid of the consumer process (0 until one attached; the peer's word).
+    pub fn consumer_pid(&self) -> u32 {
+        // Relaxed: for reclamation checks, attach checks and messages; decisions on it are
+        // made by CAS of the state or of this word.
+        self.consumer_pid.load(Ordering::Relaxed)
+    }
+
     // --- wake-up routing ---
 
     /// Routes "credit came back" wake-ups to member `index` of notify set `set` (the
@@ -446,7 +570,7 @@ pub struct ChannelBlock {
     pub producer_wake: CachePadded<EventCount>,
     // --- written by the producer (and rarely, for state changes, by the consumer) ---
     /// One of the `CHANNEL_*` states.
-    pub state: AtomicU32,
+    state: AtomicU32,
     /// Partition directory slot of the producing partition.
     partition: AtomicU32,
     /// Subpartition index in the producing partition.
@@ -465,7 +589,7 @@ pub struct ChannelBlock {
     producer_set_index: AtomicU32,
     /// Pid of the process that claimed the block (the producer), written while it is
     /// PROBING; reclamation releases the blocks of a dead pid.
-    pub claim_pid: AtomicU32,
+    claim_pid: AtomicU32,
     /// Pid of the peer whose death failed the channel (`CHANNEL_PRODUCER_DIED` /
     /// `CHANNEL_CONSUMER_DIED`), for the `PeerDied` error of the survivor.
     peer_pid: AtomicU32,
@@ -485,7 +609,7 @@ pub struct ChannelBlock {
     /// Consumer worker slot + 1 (0 unknown).
     consumer_worker: AtomicU32,
     /// Pid of the consumer process (0 until one attached).
-    pub consumer_pid: AtomicU32,
+    consumer_pid: AtomicU32,
     /// Credit granted so far (cumulative grants), written by the consumer.
     credit_granted: AtomicU32,
     /// Records read from this channel.
@@ -697,13 +821,13 @@ mod tests {
         b.gate.store(3, crate::sync::Ordering::Relaxed);
         b.buffers_in.store(8, crate::sync::Ordering::Relaxed);
         b.debloat_bytes.store(100, crate::sync::Ordering::Relaxed);
-        b.state.store(CHANNEL_CLAIMED, crate::sync::Ordering::Relaxed);
+        b.set_state_unshared(CHANNEL_CLAIMED);
         b.reset();
         assert_eq!(b.data.tail.load(crate::sync::Ordering::Relaxed), 0);
         assert_eq!(b.gate.load(crate::sync::Ordering::Relaxed), 0);
         assert_eq!(b.buffers_in.load(crate::sync::Ordering::Relaxed), 0);
         assert_eq!(b.debloat_bytes.load(crate::sync::Ordering::Relaxed), 0);
-        assert_eq!(b.state.load(crate::sync::Ordering::Relaxed), CHANNEL_CLAIMED, "the claimer's state stays");
+        assert_eq!(b.peek_state(), CHANNEL_CLAIMED, "the claimer's state stays");
     }
 
     #[test]

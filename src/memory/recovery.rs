@@ -107,8 +107,8 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
     // the directory accounts for).
     for b in arena.channels() {
         // Relaxed (both): quiescent arena; the next claimer's CAS (Acquire) reads it.
-        if channel_probing(b.state.load(Ordering::Relaxed)) {
-            b.state.store(CHANNEL_FREE, Ordering::Relaxed);
+        if channel_probing(b.peek_state()) {
+            b.set_state_unshared(CHANNEL_FREE);
             out.channel_blocks += 1;
         }
     }

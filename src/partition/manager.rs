@@ -277,26 +277,26 @@ impl ResultPartitionManager {
         'outer: while start + n <= blocks.len() {
             let run = start..start + n;
             for j in run {
-                let st = &blocks[j].state;
+                let block = &blocks[j];
                 loop {
                     // Acquire on success: after the previous user's last writes to the block.
                     let probing = CHANNEL_PROBING_BY | std::process::id();
-                    let ok = st.compare_exchange(CHANNEL_FREE, probing, Ordering::Acquire, Ordering::Relaxed).is_ok()
-                        || st.compare_exchange(CHANNEL_CLOSED, probing, Ordering::Acquire, Ordering::Relaxed).is_ok();
+                    let ok = block.try_claim(CHANNEL_FREE, probing).is_ok()
+                        || block.try_claim(CHANNEL_CLOSED, probing).is_ok();
                     if ok {
-                        // Relaxed: who holds the block, for the reclamation of a dead
-                        // claimer (read only once this process is gone).
-                        blocks[j].claim_pid.store(std::process::id(), Ordering::Relaxed);
+                        // Who holds the block, for the reclamation of a dead claimer
+                        // (read only once this process is gone).
+                        block.record_claimer(std::process::id());
                         break;
                     }
                     // Relaxed: only decides whether to wait; the CAS above synchronizes.
-                    if channel_probing(st.load(Ordering::Relaxed)) && crate::sync::now_nanos() < deadline {
+                    if channel_probing(block.peek_state()) && crate::sync::now_nanos() < deadline {
                         crate::sync::yield_now();
                         continue;
                     }
                     for b in &blocks[start..j] {
                         // Release: hands the block back unchanged.
-                        b.state.store(CHANNEL_FREE, Ordering::Release);
+                        b.publish_state(CHANNEL_FREE);
                     }
                     start = j + 1;
                     continue 'outer;
@@ -304,9 +304,9 @@ impl ResultPartitionManager {
             }
             for b in &blocks[start..start + n] {
                 b.reset();
-                // Release: the run is ours (PROBING); publishes `claim_pid` to a reclaimer
+                // Release: the run is ours (PROBING); publishes the claimer pid to a reclaimer
                 // that Acquires the state (the partition's publication orders the rest).
-                b.state.store(CHANNEL_CLAIMED, Ordering::Release);
+                b.publish_state(CHANNEL_CLAIMED);
             }
             return Some(start as u32);
         }
@@ -317,7 +317,7 @@ impl ResultPartitionManager {
     pub fn release_channels(&self, first: u32, n: u32) {
         for b in self.arena.channels().iter().skip(first as usize).take(n as usize) {
             // Release: our last writes to the block happen-before the next claimer's use.
-            b.state.store(CHANNEL_CLOSED, Ordering::Release);
+            b.publish_state(CHANNEL_CLOSED);
         }
     }
 

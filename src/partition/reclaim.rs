@@ -9,11 +9,11 @@
 //!           in its pool or being written            -> free        (CAS on the owner word)
 //!           in flight, reader alive and attached    -> orphan      (the last reader frees it)
 //!           in flight, reader dead, gone or absent  -> free
-//!      2. channels it produced (ChannelBlock::claim_pid):
+//!      2. channels it produced (ChannelBlock::claimer):
 //!           live reader: -> PRODUCER_DIED, reader woken; it reads what is left, fails
 //!                           with PeerDied, and hands the block on as ORPHANED
 //!           otherwise:   -> CLOSED (claimable again)
-//!         channels it consumed (ChannelBlock::consumer_pid):
+//!         channels it consumed (ChannelBlock::consumer_pid()):
 //!           live producer: -> CONSUMER_DIED, producer woken; it takes back the segments
 //!                             it had in flight there and fails that subpartition
 //!           producer died before (PRODUCER_DIED / ORPHANED): settled here -> CLOSED
@@ -189,20 +189,20 @@ fn produced_channels(arena: &Arena, dead: DeadProcess, report: &mut ReclaimRepor
         // Acquire: pairs with the Release stores of CLAIMED (`claim_channels`) and OPEN
         // (`ChannelWriter::open`), which publish the claimer's pid read next; the state is
         // re-checked by the CAS that acts on it.
-        let st = b.state.load(Ordering::Acquire);
+        let st = b.state();
         if st == CHANNEL_PROBING_BY | pid {
             // It died scanning for a run of blocks: hand this one back (the state names the
             // prober, so a live scan's block is never taken for a dead one's).
             // Release: pairs with the Acquire CAS of the next claimer.
-            if b.state.compare_exchange(st, CHANNEL_FREE, Ordering::Release, Ordering::Relaxed).is_ok() {
+            if b.try_hand_over(st, CHANNEL_FREE).is_ok() {
                 report.channels_closed += 1;
             }
             continue;
         }
-        // Relaxed (both): ordered by the Acquire above (the claimer wrote them before
-        // leaving PROBING / publishing); stable while the block is the dead claimer's,
-        // which only we release.
-        if b.claim_pid.load(Ordering::Relaxed) != pid || !slot_matches(b.producer_worker(), dead) {
+        // Claimer and worker are ordered by the Acquire above (the claimer wrote them
+        // before leaving PROBING / publishing); stable while the block is the dead
+        // claimer's, which only we release.
+        if b.claimer() != pid || !slot_matches(b.producer_worker(), dead) {
             continue;
         }
         if !matches!(st, CHANNEL_OPEN | CHANNEL_CLAIMED | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED)
@@ -212,8 +212,8 @@ fn produced_channels(arena: &Arena, dead: DeadProcess, report: &mut ReclaimRepor
         }
         let live_reader = matches!(st, CHANNEL_OPEN | CHANNEL_PRODUCER_FAILED | CHANNEL_CONSUMED)
             && reader_alive(arena, b)
-            // Relaxed: a hint.
-            && b.consumer_pid.load(Ordering::Relaxed) != pid;
+            // A hint.
+            && b.consumer_pid() != pid;
         produced.push((c as u32, st, if live_reader { Produced::Fail } else { Produced::Close }));
     }
     produced
@@ -270,12 +270,8 @@ fn reclaim_segments(arena: &Arena, dead: DeadProcess, produced: &ProducedChannel
                 // On a channel that is not the dead process's (a recycled pid's), or that
                 // an earlier reclaimer already handed on.
                 match channels.get(channel as usize) {
-                    // Relaxed (both): as in the channel pass above.
-                    Some(b)
-                        if b.claim_pid.load(Ordering::Relaxed) == pid && slot_matches(b.producer_worker(), dead) =>
-                    {
-                        false
-                    }
+                    // As in the channel pass above.
+                    Some(b) if b.claimer() == pid && slot_matches(b.producer_worker(), dead) => false,
                     _ => continue,
                 }
             }
@@ -312,7 +308,7 @@ fn fail_or_close_produced(arena: &Arena, dead: DeadProcess, produced: &ProducedC
                 b.record_dead_peer(pid);
                 // AcqRel: Release publishes the orphan flags and the pid to the reader
                 // (its Acquire load in `poll_data`); Acquire pairs with its close.
-                match b.state.compare_exchange(st, CHANNEL_PRODUCER_DIED, Ordering::AcqRel, Ordering::Acquire) {
+                match b.try_transition_or_acquire(st, CHANNEL_PRODUCER_DIED) {
                     Ok(_) => {
                         report.channels_failed += 1;
                         wake_consumer(arena, c);
@@ -335,22 +331,19 @@ fn fail_consumed(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
     let pid = dead.pid;
     let channels = arena.channels();
     for (c, b) in channels.iter().enumerate() {
-        // Relaxed (all): hints, acted on by CAS.
-        if b.consumer_pid.load(Ordering::Relaxed) != pid
-            || !slot_matches(b.consumer_worker(), dead)
-            || b.claim_pid.load(Ordering::Relaxed) == pid
-        {
+        // Hints, acted on by CAS.
+        if b.consumer_pid() != pid || !slot_matches(b.consumer_worker(), dead) || b.claimer() == pid {
             continue;
         }
         // Relaxed: the CAS below decides.
-        let st = b.state.load(Ordering::Relaxed);
+        let st = b.peek_state();
         match st {
             CHANNEL_OPEN | CHANNEL_CONSUMED | CHANNEL_PRODUCER_FAILED => {
                 // Published by the AcqRel CAS below.
                 b.record_dead_peer(pid);
                 // AcqRel: Release publishes the pid to the producer (its Acquire load in
                 // `consumer_is_dead`); Acquire pairs with its state changes.
-                if b.state.compare_exchange(st, CHANNEL_CONSUMER_DIED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if b.try_transition(st, CHANNEL_CONSUMER_DIED).is_ok() {
                     report.channels_failed += 1;
                     wake_producer(arena, c as u32);
                 }
@@ -367,12 +360,12 @@ fn close_block(arena: &Arena, c: u32, from: u32, pid: u32, report: &mut ReclaimR
     let b = &arena.channels()[c as usize];
     // Acquire on success: after the reader's last use (its Release when it left). Release:
     // the block goes to the next claimer after our frees (its Acquire CAS).
-    if b.state.compare_exchange(from, CHANNEL_SETTLING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+    if b.try_transition(from, CHANNEL_SETTLING).is_err() {
         return;
     }
     report.segments_freed += free_in_flight(arena, c, pid);
     // Release: pairs with the Acquire CAS of the next claimer.
-    b.state.store(CHANNEL_CLOSED, Ordering::Release);
+    b.publish_state(CHANNEL_CLOSED);
     report.channels_closed += 1;
 }
 
@@ -397,8 +390,8 @@ fn free_in_flight(arena: &Arena, c: u32, pid: u32) -> u32 {
 /// Settles channel `c`, whose producer died and was reclaimed, once its reader is gone too
 /// (state `from`: PRODUCER_DIED with a dead reader, or ORPHANED after the reader left).
 fn settle(arena: &Arena, c: u32, from: u32, report: &mut ReclaimReport) {
-    // Relaxed: stable while the block is not closed.
-    let producer = arena.channels()[c as usize].claim_pid.load(Ordering::Relaxed);
+    // Stable while the block is not closed.
+    let producer = arena.channels()[c as usize].claimer();
     close_block(arena, c, from, producer, report);
 }
 
@@ -407,7 +400,7 @@ fn settle(arena: &Arena, c: u32, from: u32, report: &mut ReclaimReport) {
 fn settle_orphaned(arena: &Arena, report: &mut ReclaimReport) {
     for (c, b) in arena.channels().iter().enumerate() {
         // Relaxed: the CAS in `close_block` decides.
-        match b.state.load(Ordering::Relaxed) {
+        match b.peek_state() {
             CHANNEL_ORPHANED => settle(arena, c as u32, CHANNEL_ORPHANED, report),
             CHANNEL_PRODUCER_DIED if !reader_alive(arena, b) => settle(arena, c as u32, CHANNEL_PRODUCER_DIED, report),
             _ => {}
@@ -418,8 +411,8 @@ fn settle_orphaned(arena: &Arena, report: &mut ReclaimReport) {
 /// Whether the reader of channel block `b` runs: by its worker slot's record when it gave
 /// one (pid and start time: a recycled pid is not mistaken for it), else by its pid.
 fn reader_alive(arena: &Arena, b: &crate::memory::ChannelBlock) -> bool {
-    // Relaxed: a hint written when the reader attached (as its worker slot).
-    let pid = b.consumer_pid.load(Ordering::Relaxed);
+    // A hint written when the reader attached (as its worker slot).
+    let pid = b.consumer_pid();
     if pid == 0 {
         return false;
     }

@@ -87,7 +87,7 @@ impl ChannelWriter {
         let credits_in = RingConsumer::attach(&ring(&arena, id, RingKind::Credit));
         // Release: pairs with Acquire loads of the state by the reader (it sees our
         // attach-time view of the rings).
-        arena.channels()[id as usize].state.store(CHANNEL_OPEN, Ordering::Release);
+        arena.channels()[id as usize].publish_state(CHANNEL_OPEN);
         let held = Vec::with_capacity(arena.config().ring_capacity.min(1024) as usize);
         Ok(Self {
             arena,
@@ -158,7 +158,7 @@ impl ChannelWriter {
     /// Pid of the consumer process (0 before one attached; a hint read from the block).
     pub fn consumer_pid(&self) -> u32 {
         // Relaxed: a hint for error messages and liveness checks.
-        self.block().consumer_pid.load(Ordering::Relaxed)
+        self.block().consumer_pid()
     }
 
     /// Routes this channel's "credit came back" wake-ups to member `index` of notify set
@@ -348,7 +348,7 @@ impl ChannelWriter {
                     // The peer named in a violation: the channel's consumer.
                     let peer = |detail: String| {
                         // Relaxed: a hint for the message.
-                        let pid = arena.channels()[id].consumer_pid.load(Ordering::Relaxed);
+                        let pid = arena.channels()[id].consumer_pid();
                         Error::ProtocolViolation { place: place(), detail: format!("{detail} (consumer pid {pid})") }
                     };
                     if self.held.is_empty() {
@@ -405,7 +405,7 @@ impl ChannelWriter {
     /// the EndOfPartition after the last segment), left, or died.
     pub fn consumed(&mut self) -> bool {
         // Relaxed: a status flag, as in `check_consumer`.
-        if matches!(self.block().state.load(Ordering::Relaxed), CHANNEL_CONSUMER_GONE | CHANNEL_CONSUMER_DIED) {
+        if matches!(self.block().peek_state(), CHANNEL_CONSUMER_GONE | CHANNEL_CONSUMER_DIED) {
             return true;
         }
         let (d, p) = (ring(&self.arena, self.id, RingKind::Data), ring(&self.arena, self.id, RingKind::Priority));
@@ -414,7 +414,7 @@ impl ChannelWriter {
 
     fn check_consumer(&self) -> Result<()> {
         // Relaxed: a status flag; acting on it late is fine.
-        match self.block().state.load(Ordering::Relaxed) {
+        match self.block().peek_state() {
             CHANNEL_CONSUMER_GONE => Err(Error::ConsumerGone { channel: self.id }),
             CHANNEL_CONSUMER_DIED => Err(self.consumer_died()),
             _ => Ok(()),
@@ -435,23 +435,20 @@ impl ChannelWriter {
     pub fn consumer_attached(&self) -> bool {
         let b = self.block();
         // Relaxed: a hint written by the consumer when it attached.
-        b.consumer_pid.load(Ordering::Relaxed) != 0 || b.consumer_worker().is_some()
+        b.consumer_pid() != 0 || b.consumer_worker().is_some()
     }
 
     /// Whether a reclaimer found this channel's consumer dead (its process is gone).
     pub fn consumer_is_dead(&self) -> bool {
         // Acquire: pairs with the reclaimer's AcqRel CAS to CONSUMER_DIED (the peer pid
         // stored before it is visible).
-        self.block().state.load(Ordering::Acquire) == CHANNEL_CONSUMER_DIED
+        self.block().state() == CHANNEL_CONSUMER_DIED
     }
 
     /// Whether the consumer read everything, left, or died.
     pub fn is_consumed(&self) -> bool {
         // Acquire: pairs with the Release store in `ChannelReader::mark_consumed`.
-        matches!(
-            self.block().state.load(Ordering::Acquire),
-            CHANNEL_CONSUMED | CHANNEL_CONSUMER_GONE | CHANNEL_CONSUMER_DIED
-        )
+        matches!(self.block().state(), CHANNEL_CONSUMED | CHANNEL_CONSUMER_GONE | CHANNEL_CONSUMER_DIED)
     }
 
     /// Marks the producer failed and wakes the consumer, so it stops with an error. A
@@ -460,7 +457,7 @@ impl ChannelWriter {
         let b = self.block();
         for from in [CHANNEL_OPEN, CHANNEL_CLAIMED] {
             // Release: pairs with the Acquire load in `ChannelReader::poll`.
-            let _ = b.state.compare_exchange(from, CHANNEL_PRODUCER_FAILED, Ordering::Release, Ordering::Relaxed);
+            let _ = b.try_hand_over(from, CHANNEL_PRODUCER_FAILED);
         }
         b.consumer_wake.notify_all_forced();
         // A consumer behind a gate parks on the gate's notify set, not on `consumer_wake`:
@@ -651,9 +648,9 @@ impl ChannelReader {
         let data = RingConsumer::attach(&ring(&arena, id, RingKind::Data));
         let priority = RingConsumer::attach(&ring(&arena, id, RingKind::Priority));
         let credit_ring = RingProducer::attach(&ring(&arena, id, RingKind::Credit));
-        // Relaxed: who reads this channel, for reclamation and the producer's messages;
-        // published with the first grant (a Release push) like the gate routing.
-        arena.channels()[id as usize].consumer_pid.store(std::process::id(), Ordering::Relaxed);
+        // Who reads this channel, for reclamation and the producer's messages; published
+        // with the first grant (a Release push) like the gate routing.
+        arena.channels()[id as usize].record_consumer(std::process::id());
         let credit_return = Rc::new(CreditReturn {
             arena: arena.clone(),
             id,
@@ -808,7 +805,7 @@ impl ChannelReader {
         }
         // Acquire: pairs with the Release store in `ChannelWriter::fail` and the
         // reclaimer's AcqRel CAS to PRODUCER_DIED (the peer pid stored before it).
-        match self.block().state.load(Ordering::Acquire) {
+        match self.block().state() {
             CHANNEL_PRODUCER_FAILED => Err(Error::ProducerFailed { channel: self.id }),
             CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED => Err(Error::PeerDied {
                 role: "producer",
@@ -892,7 +889,7 @@ impl ChannelReader {
     /// As [`CreditReturn::notify_producer`].
     pub fn mark_consumed(&self) -> Result<()> {
         // Release: pairs with the Acquire load in `ChannelWriter::is_consumed`.
-        self.block().state.store(CHANNEL_CONSUMED, Ordering::Release);
+        self.block().publish_state(CHANNEL_CONSUMED);
         self.credit_return.notify_producer()
     }
 
@@ -942,7 +939,7 @@ pub fn close_channel(arena: &Arena, id: u32) -> bool {
     // Bounded: the state changes at most a few times (producer fails, a reclaimer marks it).
     for _ in 0..16 {
         // Relaxed: the CAS below decides.
-        let st = b.state.load(Ordering::Relaxed);
+        let st = b.peek_state();
         let to = match st {
             CHANNEL_OPEN | CHANNEL_CLAIMED | CHANNEL_PRODUCER_FAILED => CHANNEL_CONSUMER_GONE,
             CHANNEL_PRODUCER_DIED => CHANNEL_ORPHANED,
@@ -950,7 +947,7 @@ pub fn close_channel(arena: &Arena, id: u32) -> bool {
         };
         // AcqRel: Release publishes our last use of the block (every lease let go) to the
         // producer or the settling reclaimer; Acquire pairs with the reclaimer's CAS.
-        if b.state.compare_exchange(st, to, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if b.try_transition(st, to).is_ok() {
             b.producer_wake.notify_all_forced();
             return to == CHANNEL_ORPHANED;
         }
