@@ -201,7 +201,7 @@ pub enum Error {
     Config(#[from] ConfigError),
     /// A job graph that cannot run as built (or a deployment that does not match it).
     #[error(transparent)]
-    Graph(#[from] crate::runtime::GraphError),
+    Graph(#[from] GraphError),
     /// A value read from shared memory breaks the protocol (a faulty or hostile peer).
     #[error("protocol violation in {place}: {detail}")]
     ProtocolViolation {
@@ -341,7 +341,7 @@ pub enum Error {
     Unsupported(String),
     /// Something invalid that no typed error above describes: what a job's own operators
     /// and sources return for data they refuse, and the command line's own checks. The
-    /// library returns [`ConfigError`] for settings and [`GraphError`](crate::runtime::GraphError)
+    /// library returns [`ConfigError`] for settings and [`GraphError`]
     /// for job graphs instead.
     #[error("invalid {what}: {detail}")]
     Invalid {
@@ -367,6 +367,51 @@ impl From<std::io::Error> for Error {
     fn from(source: std::io::Error) -> Self {
         Error::Io { op: "I/O".into(), source }
     }
+}
+
+/// A job graph that cannot run as built, or a deployment that does not match the job this
+/// process built (the runtime's errors). Converts into [`crate::Error::Graph`]; re-exported
+/// as `runtime::GraphError` and defined here so the error module imports no layer above it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    /// A vertex reads a vertex that is not built before it (vertices are in build order).
+    #[error("invalid job graph: vertex {vertex} reads vertex {input}, which does not come before it")]
+    InputOrder {
+        /// The reading vertex.
+        vertex: usize,
+        /// The vertex it reads.
+        input: usize,
+    },
+    /// A vertex whose inputs mix pipelined and blocking exchanges (one gate reads them all).
+    #[error("invalid job graph: the inputs of vertex {vertex} ({name}) mix pipelined and blocking exchanges")]
+    MixedInputs {
+        /// The vertex.
+        vertex: usize,
+        /// Its name.
+        name: String,
+    },
+    /// A forward edge between different parallelisms.
+    #[error("invalid forward edge: parallelism {producer} -> {consumer}: forward needs equal parallelism")]
+    ForwardParallelism {
+        /// The producer's parallelism.
+        producer: u32,
+        /// The consumer's parallelism.
+        consumer: u32,
+    },
+    /// [`SelectorKind::KeyHash`](crate::partition::SelectorKind::KeyHash) given to
+    /// [`Stream::exchange_with`](crate::runtime::Stream::exchange_with), which has no key to hash.
+    #[error("invalid exchange_with: a key-hash exchange needs a key: use key_by(..) instead")]
+    KeyHashWithoutKey,
+    /// A task asked for the output of a vertex that has no output edge.
+    #[error("invalid job graph: vertex {vertex} has no output edge")]
+    NoOutput {
+        /// The vertex.
+        vertex: usize,
+    },
+    /// A deployment that does not fit the job this worker built (another binary, or a job
+    /// built from other arguments), or that names an unknown partition type.
+    #[error("invalid deployment: {0}")]
+    Deployment(String),
 }
 
 /// Crate result type.

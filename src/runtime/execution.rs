@@ -1,9 +1,9 @@
 //! A running subtask's I/O ([`TaskIo`]): its output partition and record writer
 //! ([`ExchangeOut`]), and its input gate, read into the vertex's operator chain.
 
-use super::graph::GraphError;
 use super::protocol::SubtaskSpec;
 use super::task::{Collector, Data};
+use crate::error::GraphError;
 use crate::error::{Error, Result};
 use crate::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};
 use crate::metrics::TaskMetricsHandle;

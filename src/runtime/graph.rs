@@ -13,52 +13,9 @@
 
 use super::job::{EdgeSpec, JobGraph};
 use super::protocol::{InputSpecs, OutputSpec, SubtaskSpec};
+pub use crate::error::GraphError;
 use crate::error::Result;
 use crate::partition::{ResultPartitionId, SelectorKind};
-
-/// A job graph that cannot run as built, or a deployment that does not match the job this
-/// process built. Converts into [`crate::Error::Graph`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GraphError {
-    /// A vertex reads a vertex that is not built before it (vertices are in build order).
-    #[error("invalid job graph: vertex {vertex} reads vertex {input}, which does not come before it")]
-    InputOrder {
-        /// The reading vertex.
-        vertex: usize,
-        /// The vertex it reads.
-        input: usize,
-    },
-    /// A vertex whose inputs mix pipelined and blocking exchanges (one gate reads them all).
-    #[error("invalid job graph: the inputs of vertex {vertex} ({name}) mix pipelined and blocking exchanges")]
-    MixedInputs {
-        /// The vertex.
-        vertex: usize,
-        /// Its name.
-        name: String,
-    },
-    /// A forward edge between different parallelisms.
-    #[error("invalid forward edge: parallelism {producer} -> {consumer}: forward needs equal parallelism")]
-    ForwardParallelism {
-        /// The producer's parallelism.
-        producer: u32,
-        /// The consumer's parallelism.
-        consumer: u32,
-    },
-    /// [`SelectorKind::KeyHash`] given to
-    /// [`Stream::exchange_with`](super::Stream::exchange_with), which has no key to hash.
-    #[error("invalid exchange_with: a key-hash exchange needs a key: use key_by(..) instead")]
-    KeyHashWithoutKey,
-    /// A task asked for the output of a vertex that has no output edge.
-    #[error("invalid job graph: vertex {vertex} has no output edge")]
-    NoOutput {
-        /// The vertex.
-        vertex: usize,
-    },
-    /// A deployment that does not fit the job this worker built (another binary, or a job
-    /// built from other arguments), or that names an unknown partition type.
-    #[error("invalid deployment: {0}")]
-    Deployment(String),
-}
 
 /// The expanded job.
 #[derive(Debug, Clone)]

@@ -609,7 +609,7 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
     /// An exchange with an explicit partition type and selector kind.
     ///
     /// # Errors
-    /// [`GraphError::KeyHashWithoutKey`](super::GraphError::KeyHashWithoutKey) for
+    /// [`GraphError::KeyHashWithoutKey`](crate::error::GraphError::KeyHashWithoutKey) for
     /// [`SelectorKind::KeyHash`]: a key-hash exchange needs
     /// the key, so it is made by [`key_by`](Self::key_by) (then
     /// [`KeyedStream::partition_type`] for the partition type).
@@ -620,7 +620,7 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
         parallelism: Option<u32>,
     ) -> Result<Stream<T, InputChain<T>>> {
         let sel: fn(u32) -> Box<dyn ChannelSelector<T>> = match kind {
-            SelectorKind::KeyHash => return Err(super::GraphError::KeyHashWithoutKey.into()),
+            SelectorKind::KeyHash => return Err(crate::error::GraphError::KeyHashWithoutKey.into()),
             SelectorKind::Rebalance => |i| Box::new(RebalancePartitioner::new(u64::from(i))),
             SelectorKind::Rescale => |_| Box::<RescalePartitioner>::default(),
             SelectorKind::Broadcast => |_| Box::new(BroadcastPartitioner),

@@ -4,9 +4,9 @@
 
 use super::config::RuntimeConfig;
 use super::execution::{TaskEvent, TaskIo, TaskSettings};
-use super::graph::GraphError;
 use super::job::JobGraph;
 use super::protocol::{recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
+use crate::error::GraphError;
 use crate::error::{ConfigError, Error, Result};
 use crate::metrics::TaskMetricsHandle;
 use crate::sync::{AtomicBool, Ordering};
