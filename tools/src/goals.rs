@@ -775,7 +775,7 @@ mod tests {
 
     #[test]
     fn the_current_benchmarks_formats() {
-        // As benches/latency.rs, throughput.rs, scaling.rs, backpressure.rs and the iceoryx2
+        // As benches/latency/, throughput/, scaling.rs, backpressure.rs and the iceoryx2
         // peer write them (with `source` as load_dir adds it).
         let g = check(
             &parse(
