@@ -37,6 +37,15 @@ impl SingleInputGate {
             // Acquire: pairs with the reclaimer's AcqRel CAS to PRODUCER_DIED (the pid
             // stored before it).
             let st = block.state();
+            if st == crate::memory::CHANNEL_PRODUCER_FAILED {
+                // The producer failed its partition, and may have exited since: reading the
+                // channel reports ProducerFailed (the cause), not the exit that followed it.
+                if !queued && state == ChannelState::Active {
+                    self.channels[i].queued = true;
+                    self.ready.push_back(i as u32);
+                }
+                continue;
+            }
             let dead = if st == crate::memory::CHANNEL_PRODUCER_DIED {
                 // A reclaimer found the producer dead (its slot may be free again by now).
                 // Ordered by the Acquire above.
