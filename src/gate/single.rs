@@ -821,7 +821,10 @@ impl SingleInputGate {
     ///
     /// # Errors
     /// Protocol violations, or `f`'s error.
-    pub fn drain_records(&mut self, max: usize, f: &mut dyn FnMut(u32, &[u8]) -> Result<()>) -> Result<usize> {
+    pub fn drain_records<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(u32, &[u8]) -> Result<()> + ?Sized,
+    {
         let Some(&c) = self.ready.front() else {
             return Ok(0);
         };

@@ -274,7 +274,10 @@ impl RecordReader {
     /// # Errors
     /// A length above the limit (protocol violation), or `f`'s error (records before it
     /// count as read).
-    pub fn drain_whole(&mut self, max: usize, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+    pub fn drain_whole<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(&[u8]) -> Result<()> + ?Sized,
+    {
         if self.span_len.is_some() {
             return Ok(0);
         }
@@ -293,16 +296,14 @@ impl RecordReader {
                 break;
             };
             if len > max_record {
-                result = Err(Error::ProtocolViolation {
-                    place: format!("channel {place}"),
-                    detail: format!("record length {len} above the limit {max_record}"),
-                });
+                result = Err(too_long(place, len, max_record));
                 break;
             }
-            let Frame::Whole { payload: rec, framed } = frame::decode(rest) else {
+            // `len` is at most `max_record`: no overflow.
+            let Some(rec) = rest.get(LEN_PREFIX..LEN_PREFIX + len) else {
                 break;
             };
-            off += framed;
+            off += LEN_PREFIX + len;
             n += 1;
             payload += len as u64;
             if let Err(e) = f(rec) {
@@ -689,6 +690,16 @@ impl RecordPiece<'_> {
     /// Whether the piece is the whole record.
     pub fn is_whole(&self) -> bool {
         self.at == 0 && self.bytes.len() == self.len
+    }
+}
+
+/// The error for a length prefix above the limit, built off the per-record path.
+#[cold]
+#[inline(never)]
+fn too_long(channel: u32, len: usize, max: usize) -> Error {
+    Error::ProtocolViolation {
+        place: format!("channel {channel}"),
+        detail: format!("record length {len} above the limit {max}"),
     }
 }
 
