@@ -95,6 +95,11 @@ fn needs_pieces(dst: usize, src: &[u8]) -> bool {
     src.len() > COPY_PIECE && (1..64).contains(&(dst.wrapping_sub(src.as_ptr() as usize) % 4096))
 }
 
+/// How far ahead of its write position a builder prefetches for writing, per small record
+/// ([`BufferBuilder::try_write_framed`]): a few hundred ns of 8 B records, about the time
+/// a line takes to come back from the consumer's core.
+const WRITE_AHEAD: usize = 1024;
+
 /// The writer's cursor over one segment.
 ///
 /// Dropping it finishes its segment (readers see the end of what was written; none waits
@@ -110,6 +115,9 @@ pub struct BufferBuilder {
     /// Bytes published to readers, in `0..=pos`.
     committed: u32,
     finished: bool,
+    /// Whether small records prefetch the lines ahead for writing (the CPU can:
+    /// [`has_prefetch_write`](crate::sync::has_prefetch_write)).
+    write_ahead: bool,
 }
 
 // SAFETY: `base` points into the arena mapping that the builder's own `Arc<Arena>` keeps
@@ -141,7 +149,8 @@ impl BufferBuilder {
         }
         let size = arena.segment_size();
         let base = arena.segment_ptr(index, 0);
-        let b = Self { arena, base, index, size, pos: 0, committed: 0, finished: false };
+        let write_ahead = crate::sync::has_prefetch_write();
+        let b = Self { arena, base, index, size, pos: 0, committed: 0, finished: false, write_ahead };
         // The first record's prefix word says "nothing yet" (a polling reader must not take
         // what a previous use left there for a record); published with the descriptor.
         b.clear_word(0);
@@ -224,6 +233,7 @@ impl BufferBuilder {
             return false;
         }
         self.put_framed(len, |out| record.serialize_into(out));
+        self.prefetch_ahead();
         true
     }
 
@@ -329,6 +339,20 @@ impl BufferBuilder {
     /// prefix there (see the module doc). Call before the next commit.
     pub fn end_record(&self) {
         self.clear_word(self.pos);
+    }
+
+    /// Prefetches for writing the line [`WRITE_AHEAD`] bytes past the write position (at
+    /// most the segment's last line): the segment was read last by a consumer on another
+    /// core, so every line the writer reaches must first cross back; asked for early, it
+    /// does so while the records before it are written (see
+    /// [`prefetch_write_line`](crate::sync::prefetch_write_line)).
+    #[inline]
+    fn prefetch_ahead(&self) {
+        #[cfg(not(loom))]
+        if self.write_ahead {
+            let at = (self.pos as usize + WRITE_AHEAD).min(self.size as usize - 1);
+            crate::sync::prefetch_write_line(self.base.wrapping_add(at));
+        }
     }
 
     /// Clears the slot at the start of the segment, for a segment that will carry

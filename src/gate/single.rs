@@ -87,6 +87,23 @@ pub enum GateView<'a> {
     Item(GateItem<'a>),
 }
 
+/// What [`SingleInputGate::next_piece`] hands out: records as their pieces in place, anything
+/// else as [`GateItem`].
+#[derive(Debug)]
+pub enum GatePiece<'a> {
+    /// A record, or the next piece of one that spans segments when the gate streams spans
+    /// ([`SingleInputGate::set_spans_streamed`]); the pieces of one channel's record come
+    /// in order, though pieces of other channels' records may come between them.
+    Record {
+        /// Channel index in the gate.
+        channel: u32,
+        /// The piece, borrowed from shared memory.
+        piece: crate::record::RecordPiece<'a>,
+    },
+    /// Anything but a record ([`GateItem::Record`] never appears here).
+    Item(GateItem<'a>),
+}
+
 /// What `advance` prepared, before borrowing.
 pub(crate) enum Ready {
     Record(u32),
@@ -720,6 +737,18 @@ impl SingleInputGate {
         }
     }
 
+    /// Hands out records that span segments piece by piece as their segments arrive
+    /// (`true`), on every channel ([`RecordReader::set_spans_streamed`]): nothing is
+    /// copied and no segment is held past its piece, whatever the record's size and the
+    /// channel's credit. Read them with [`next_piece`](Self::next_piece); the other ways
+    /// to read ([`next`](Self::next), [`next_view`](Self::next_view),
+    /// [`poll_next`](Self::poll_next)) panic on a piece of such a record.
+    pub fn set_spans_streamed(&mut self, on: bool) {
+        for l in self.channels.iter_mut().filter_map(InputChannel::local_mut) {
+            l.reader.set_spans_streamed(on);
+        }
+    }
+
     /// How many segments a record read in place may keep held while the gate waits for its
     /// rest, on every channel ([`RecordReader::set_hold_budget`]; default 0: copy and
     /// release at the first wait). Its producer must still be able to write the rest: keep
@@ -732,8 +761,8 @@ impl SingleInputGate {
         }
     }
 
-    /// Records that spanned segments: (reassembled, read in place as chunks), over all
-    /// channels.
+    /// Records that spanned segments: (reassembled, read in place as chunks or streamed in
+    /// pieces), over all channels.
     pub fn spanned_records(&self) -> (u64, u64) {
         self.channels.iter().map(InputChannel::spanned).fold((0, 0), |(r, p), (a, b)| (r + a, p + b))
     }
@@ -871,7 +900,10 @@ impl SingleInputGate {
     ///
     /// # Errors
     /// Protocol violations, or `f`'s error.
-    pub fn drain_records(&mut self, max: usize, f: &mut dyn FnMut(u32, &[u8]) -> Result<()>) -> Result<usize> {
+    pub fn drain_records<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(u32, &[u8]) -> Result<()> + ?Sized,
+    {
         let Some(&c) = self.ready.front() else {
             return Ok(0);
         };
@@ -935,6 +967,26 @@ impl SingleInputGate {
                 Ok(GateView::Record { channel: c, record: self.channels[c as usize].record_chunks() })
             }
             r @ Ready::Item(_) => Ok(GateView::Item(self.materialize(r))),
+        }
+    }
+
+    /// As [`next`](Self::next), with records handed out as pieces in place
+    /// ([`GatePiece::Record`]): a record that spans segments comes one piece per segment
+    /// when the gate streams spans ([`set_spans_streamed`](Self::set_spans_streamed)),
+    /// any other record as one piece.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next).
+    pub fn next_piece(&mut self, timeout: Option<Duration>) -> Result<GatePiece<'_>> {
+        if let Some(c) = self.next_known()? {
+            return Ok(GatePiece::Record { channel: c, piece: self.channels[c as usize].record_piece() });
+        }
+        match self.wait_ready(timeout)? {
+            Ready::Record(c) => {
+                self.account_item();
+                Ok(GatePiece::Record { channel: c, piece: self.channels[c as usize].record_piece() })
+            }
+            r @ Ready::Item(_) => Ok(GatePiece::Item(self.materialize(r))),
         }
     }
 

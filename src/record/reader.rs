@@ -1,6 +1,8 @@
 //! The deserializer: reads records of one channel in place, reassembling only those that
 //! span segments — or, with [`RecordReader::set_spans_in_place`], reading those in place
-//! too, as a chain of chunks ([`RecordChunks`]) over the segments they cover.
+//! too, as a chain of chunks ([`RecordChunks`]) over the segments they cover; or, with
+//! [`RecordReader::set_spans_streamed`], handing them out piece by piece as their segments
+//! arrive ([`RecordPiece`]), each segment released once its piece was read.
 
 use super::frame::{self, Frame, LEN_PREFIX};
 use super::DEFAULT_MAX_RECORD;
@@ -32,6 +34,14 @@ enum Last {
         offset: u32,
         len: u32,
     },
+    /// A piece of a record that spans segments, streamed: `[offset, offset + len)` of the
+    /// current segment holds the record's bytes `[at, at + len)` of `total`.
+    Piece {
+        offset: u32,
+        len: u32,
+        at: u32,
+        total: u32,
+    },
 }
 
 /// Reads the records of one channel.
@@ -45,6 +55,11 @@ pub struct RecordReader {
     span_len: Option<usize>,
     /// Whether spanning records are read in place ([`Self::set_spans_in_place`]).
     in_place: bool,
+    /// Whether spanning records are handed out piece by piece ([`Self::set_spans_streamed`]).
+    streamed: bool,
+    /// The record being read spans segments and is streamed: its bytes handed out so far
+    /// (in `0..span_len`).
+    streaming: Option<usize>,
     /// The record being read spans segments and is read in place so far: its earlier
     /// segments, each with the chunk of the record it holds, and its bytes so far.
     held: Vec<(BufferConsumer, u32, u32)>,
@@ -69,6 +84,9 @@ pub struct RecordReader {
     /// Records that spanned segments and were handed out in place, as chunks (never
     /// copied unless the caller asked for [`RecordReader::record_contiguous`]).
     pub spanned_in_place: u64,
+    /// Records that spanned segments and were handed out piece by piece
+    /// ([`RecordReader::set_spans_streamed`]; never copied).
+    pub spanned_streamed: u64,
 }
 
 impl std::fmt::Debug for RecordReader {
@@ -95,6 +113,8 @@ impl RecordReader {
             span: Vec::new(),
             span_len: None,
             in_place: false,
+            streamed: false,
+            streaming: None,
             held: Vec::new(),
             held_bytes: 0,
             hold_budget: 0,
@@ -106,6 +126,7 @@ impl RecordReader {
             bytes: 0,
             spanned: 0,
             spanned_in_place: 0,
+            spanned_streamed: 0,
         }
     }
 
@@ -122,6 +143,22 @@ impl RecordReader {
     /// holding segments never deadlocks a producer short of credit.
     pub fn set_spans_in_place(&mut self, on: bool) {
         self.in_place = on;
+    }
+
+    /// Hands out records that span segments piece by piece (`true`) as their segments
+    /// arrive, instead of reassembling them (`false`, the default): each poll that
+    /// returns [`Step::Record`] for such a record hands out its part in the next segment
+    /// ([`record_piece`](Self::record_piece): the bytes, where they lie in the record and
+    /// its length), and the segment is released at the next poll. Nothing is copied and
+    /// nothing is held, so any record size streams within any credit: the read of a
+    /// deserializer that consumes a byte stream (a checksum, a parser that keeps its own
+    /// state). Records in one segment come as one piece. [`record`](Self::record),
+    /// [`record_chunks`](Self::record_chunks) and
+    /// [`record_contiguous`](Self::record_contiguous) panic for a piece of a spanning
+    /// record. Takes precedence over [`set_spans_in_place`](Self::set_spans_in_place);
+    /// changed mid-record, it applies from the next record on.
+    pub fn set_spans_streamed(&mut self, on: bool) {
+        self.streamed = on;
     }
 
     /// How many segments of a record read in place may stay held while the reader waits
@@ -148,7 +185,7 @@ impl RecordReader {
         match self.last {
             Last::Spanned => self.span.clear(),
             Last::Chunked { .. } => self.release_held(),
-            Last::None | Last::InPlace { .. } => {}
+            Last::None | Last::InPlace { .. } | Last::Piece { .. } => {}
         }
         self.last = Last::None;
     }
@@ -292,7 +329,10 @@ impl RecordReader {
     /// # Errors
     /// A length above the limit (protocol violation), or `f`'s error (records before it
     /// count as read).
-    pub fn drain_whole(&mut self, max: usize, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+    pub fn drain_whole<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(&[u8]) -> Result<()> + ?Sized,
+    {
         if self.span_len.is_some() {
             return Ok(0);
         }
@@ -311,16 +351,14 @@ impl RecordReader {
                 break;
             };
             if len > max_record {
-                result = Err(Error::ProtocolViolation {
-                    place: format!("channel {place}"),
-                    detail: format!("record length {len} above the limit {max_record}"),
-                });
+                result = Err(too_long(place, len, max_record));
                 break;
             }
-            let Frame::Whole { payload: rec, framed } = frame::decode(rest) else {
+            // `len` is at most `max_record`: no overflow.
+            let Some(rec) = rest.get(LEN_PREFIX..LEN_PREFIX + len) else {
                 break;
             };
-            off += framed;
+            off += LEN_PREFIX + len;
             n += 1;
             payload += len as u64;
             if let Err(e) = f(rec) {
@@ -344,6 +382,8 @@ impl RecordReader {
         loop {
             let flow = if self.current.is_none() {
                 self.poll_descriptor()?
+            } else if self.streaming.is_some() {
+                self.poll_span_streamed()?
             } else if self.span_len.is_some() && !self.held.is_empty() {
                 self.poll_span_in_place()?
             } else if self.span_len.is_some() {
@@ -435,6 +475,41 @@ impl RecordReader {
         self.empty_or_next()
     }
 
+    /// A spanning record streamed: hand out what this segment holds of it (as published
+    /// so far) as its next piece; move on once the segment is read to its end.
+    fn poll_span_streamed(&mut self) -> Result<Flow> {
+        let (Some(need), Some(at)) = (self.span_len, self.streaming) else {
+            // Not inside a streamed record (both are set together): read on normally.
+            self.streaming = None;
+            return Ok(Flow::Continue);
+        };
+        let c = self.current.as_mut().expect("current segment");
+        let off = c.read_position();
+        let (bytes, fin) = c.peek_final()?;
+        let take = (need - at).min(bytes.len());
+        if take > 0 {
+            c.consume(take as u32);
+            // `need` fits a u32 (the length prefix is one), so do `at` and `take`.
+            self.last = Last::Piece { offset: off, len: take as u32, at: at as u32, total: need as u32 };
+            if at + take == need {
+                self.span_len = None;
+                self.streaming = None;
+                self.records += 1;
+                self.bytes += need as u64;
+                self.spanned_streamed += 1;
+            } else {
+                self.streaming = Some(at + take);
+            }
+            return Ok(Flow::Return(Step::Record));
+        }
+        if fin {
+            // Read to its end (the record goes on in the next segment).
+            self.retire_current();
+            return Ok(Flow::Continue);
+        }
+        self.empty_or_next()
+    }
+
     /// A spanning record being reassembled: append this segment's part.
     fn poll_span_reassembling(&mut self) -> Result<Flow> {
         let need = self.span_len.expect("a record spans");
@@ -499,9 +574,16 @@ impl RecordReader {
         if !fin {
             return self.empty_or_next();
         }
-        // The record continues in the next segment of this channel. (In place only with
-        // payload bytes in this segment: a record whose prefix ends the segment is
-        // reassembled.)
+        // The record continues in the next segment of this channel. Streamed: the rest of
+        // this segment is its first piece (read on at the next poll when it is empty).
+        if self.streamed {
+            c.consume(LEN_PREFIX as u32);
+            self.span_len = Some(len);
+            self.streaming = Some(0);
+            return Ok(Flow::Continue);
+        }
+        // (In place only with payload bytes in this segment: a record whose prefix ends
+        // the segment is reassembled.)
         if self.in_place && avail > LEN_PREFIX {
             c.consume(avail as u32);
             self.span_len = Some(len);
@@ -584,6 +666,7 @@ impl RecordReader {
             Last::Chunked { .. } => {
                 panic!("the record spans segments in place: use record_chunks or record_contiguous")
             }
+            Last::Piece { .. } => panic!("the record spans segments and is streamed: use record_piece"),
             Last::None => panic!("no record: the last poll did not return Step::Record"),
         }
     }
@@ -602,6 +685,24 @@ impl RecordReader {
         self.record()
     }
 
+    /// What [`poll`](Self::poll) just returned as a piece of its record, in place: the
+    /// next part of a record that spans segments and is streamed
+    /// ([`set_spans_streamed`](Self::set_spans_streamed)), or a whole record as one piece
+    /// (a reassembled one from the reassembly buffer).
+    ///
+    /// # Panics
+    /// If the last poll did not return [`Step::Record`], or the record spans segments and
+    /// was read in place as chunks ([`set_spans_in_place`](Self::set_spans_in_place)).
+    #[inline]
+    pub fn record_piece(&self) -> RecordPiece<'_> {
+        if let Last::Piece { offset, len, at, total } = self.last {
+            let c = self.current.as_ref().expect("the piece's segment is still held");
+            return RecordPiece { bytes: c.bytes_at(offset, len), at: at as usize, len: total as usize };
+        }
+        let bytes = self.record();
+        RecordPiece { bytes, at: 0, len: bytes.len() }
+    }
+
     /// The record [`poll`](Self::poll) just returned as its chunks, in order, without
     /// copying: one chunk for a record in one segment (or a reassembled one), one per
     /// segment it covers for a record read in place across segments.
@@ -618,6 +719,46 @@ impl RecordReader {
         };
         let len = held.iter().map(|(_, _, l)| *l as usize).sum::<usize>() + tail.len();
         RecordChunks { held, tail, len }
+    }
+}
+
+/// A piece of a record, in place ([`RecordReader::record_piece`]): `bytes` are the record's
+/// bytes `[at, at + bytes.len())` of `len`. A record's pieces come in order, the first at
+/// 0, the last ending at `len`; a record in one segment is one piece.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordPiece<'a> {
+    /// The bytes of this piece.
+    pub bytes: &'a [u8],
+    /// Where they start in the record.
+    pub at: usize,
+    /// The record's whole length.
+    pub len: usize,
+}
+
+impl RecordPiece<'_> {
+    /// Whether this is the record's first piece.
+    pub fn is_first(&self) -> bool {
+        self.at == 0
+    }
+
+    /// Whether this is the record's last piece (the record is complete with it).
+    pub fn is_last(&self) -> bool {
+        self.at + self.bytes.len() == self.len
+    }
+
+    /// Whether the piece is the whole record.
+    pub fn is_whole(&self) -> bool {
+        self.at == 0 && self.bytes.len() == self.len
+    }
+}
+
+/// The error for a length prefix above the limit, built off the per-record path.
+#[cold]
+#[inline(never)]
+fn too_long(channel: u32, len: usize, max: usize) -> Error {
+    Error::ProtocolViolation {
+        place: format!("channel {channel}"),
+        detail: format!("record length {len} above the limit {max}"),
     }
 }
 
