@@ -95,9 +95,9 @@ fn needs_pieces(dst: usize, src: &[u8]) -> bool {
     src.len() > COPY_PIECE && (1..64).contains(&(dst.wrapping_sub(src.as_ptr() as usize) % 4096))
 }
 
-/// How far ahead of its write position a builder prefetches for writing, per small record
-/// ([`BufferBuilder::try_write_framed`]): a few hundred ns of 8 B records, about the time
-/// a line takes to come back from the consumer's core.
+/// How far ahead of its write position a builder prefetches for writing, once per line its
+/// small records reach ([`BufferBuilder::try_write_framed`]): a few hundred ns of 8 B
+/// records, about the time a line takes to come back from the consumer's core.
 const WRITE_AHEAD: usize = 1024;
 
 /// The writer's cursor over one segment.
@@ -236,8 +236,12 @@ impl BufferBuilder {
         // SAFETY: as above, through the arena so loom's witness cells see the write.
         let dst = unsafe { self.arena.segment_bytes_mut(self.index, self.pos, total as u32) };
         frame::encode(dst, len, |out| record.serialize_into(out));
+        let before = self.pos;
         self.pos += total as u32;
-        self.prefetch_ahead();
+        // Once per line the records reach.
+        if (before ^ self.pos) >= 64 {
+            self.prefetch_ahead();
+        }
         true
     }
 

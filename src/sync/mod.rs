@@ -90,7 +90,7 @@ pub fn prefetch_write_line(p: *const u8) {
     // SAFETY: PREFETCHW never faults and does not access memory architecturally, so any
     // address is fine; the caller checked that the CPU has it (`has_prefetch_write`).
     unsafe {
-        core::arch::asm!("prefetchw byte ptr [{0}]", in(reg) p, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("prefetchw byte ptr [{0}]", in(reg) p, options(readonly, nostack, preserves_flags));
     }
     #[cfg(any(loom, not(target_arch = "x86_64")))]
     let _ = p;
