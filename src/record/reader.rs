@@ -71,6 +71,9 @@ pub struct RecordReader {
     /// the list has grown to the longest record's segment count).
     spares: Vec<SpareLease>,
     last: Last,
+    /// Whether records are also found by their prefix word in the data, ahead of the
+    /// writer's commits ([`Self::set_data_reads`]).
+    data_reads: bool,
     max_record: usize,
     /// Records read.
     pub records: u64,
@@ -117,6 +120,7 @@ impl RecordReader {
             hold_budget: 0,
             spares: Vec::new(),
             last: Last::None,
+            data_reads: false,
             max_record: DEFAULT_MAX_RECORD,
             records: 0,
             bytes: 0,
@@ -200,6 +204,56 @@ impl RecordReader {
         self.release_held();
     }
 
+    /// Finds records by their prefix word in the data too (`true`), not only below the
+    /// writer's committed position (`false`, the default): a record is read as soon as its
+    /// writer wrote its prefix (a Release store after the payload,
+    /// [`BufferConsumer::record_at_read`]), in one cache-line transfer, before the commit
+    /// that makes it visible to everyone else. For a reader that spins on its producer
+    /// (a gate in spin mode): one that reads while its producer streams would pull the
+    /// lines the producer is filling, record by record, instead of once per commit.
+    pub fn set_data_reads(&mut self, on: bool) {
+        self.data_reads = on;
+    }
+
+    /// Takes the record at the read position if its prefix word says it was written
+    /// ([`set_data_reads`](Self::set_data_reads) on, nothing half read): `true` when it
+    /// did, read as `poll` reads a whole record in place.
+    #[inline]
+    fn poll_data(&mut self) -> bool {
+        if !self.data_reads || self.span_len.is_some() {
+            return false;
+        }
+        let max = self.max_record;
+        let Some(c) = self.current.as_mut() else {
+            return false;
+        };
+        let read_pos = c.read_position();
+        let Some(len) = c.record_at_read().map(<[u8]>::len) else {
+            return false;
+        };
+        if len > max {
+            // The position path reports it.
+            return false;
+        }
+        c.consume(frame::framed_len(len) as u32);
+        self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
+        self.records += 1;
+        self.bytes += len as u64;
+        true
+    }
+
+    /// For a reader spinning on this channel: whether the prefix word at the read position
+    /// says a record was written (one load of the data's line), `None` when the word cannot
+    /// tell (data reads off, no segment, a record half read, an unaligned read position):
+    /// then use [`has_input`](Self::has_input).
+    #[inline]
+    pub fn data_input(&self) -> Option<bool> {
+        if !self.data_reads || self.span_len.is_some() {
+            return None;
+        }
+        self.current.as_ref()?.record_written_at_read()
+    }
+
     /// Sets the largest payload accepted; a longer length prefix is a protocol violation.
     pub fn set_max_record(&mut self, max: usize) {
         self.max_record = max;
@@ -224,7 +278,8 @@ impl RecordReader {
         match &self.current {
             Some(c) => {
                 let (pos, _) = c.writer_position()?;
-                Ok(Some((c.index(), c.read_position(), pos)))
+                // Below the read position while reading ahead of the commits: nothing unread.
+                Ok(Some((c.index(), c.read_position(), pos.max(c.read_position()))))
             }
             None => Ok(None),
         }
@@ -252,7 +307,7 @@ impl RecordReader {
             return false;
         };
         let Frame::Whole { payload, framed } = frame::decode(c.peek_known()) else {
-            return false;
+            return self.poll_data();
         };
         let len = payload.len();
         if len > self.max_record {
@@ -489,7 +544,11 @@ impl RecordReader {
         // record, the writer's position is not loaded again.
         let known = c.peek_known();
         let whole = matches!(frame::decode(known), Frame::Whole { .. });
-        let (bytes, fin) = if whole { (known, false) } else { c.peek_final()? };
+        if !whole && self.poll_data() {
+            return Ok(Flow::Return(Step::Record));
+        }
+        let c = self.current.as_mut().expect("current segment");
+        let (bytes, fin) = if whole { (c.peek_known(), false) } else { c.peek_final()? };
         let avail = bytes.len();
         let Some(len) = frame::peek_len(bytes) else {
             if avail == 0 && fin {

@@ -83,8 +83,6 @@ pub fn has_prefetch_write() -> bool {
 /// another core read last uses it a few lines ahead: each line then crosses cores before
 /// the stores reach it instead of stalling them.
 #[inline]
-// `nomem` is right for a prefetch: it reads and writes nothing the program can observe.
-#[allow(clippy::pointers_in_nomem_asm_block)]
 pub fn prefetch_write_line(p: *const u8) {
     #[cfg(all(not(loom), target_arch = "x86_64"))]
     // SAFETY: PREFETCHW never faults and does not access memory architecturally, so any
