@@ -14,7 +14,7 @@
 //! set's wake-up) after making everything it wrote visible: that is backpressure, and the
 //! time spent there is counted.
 
-use super::flush_handoff::{FlushHandoff, HandoffSlot};
+use super::flush_handoff::FlushHandoff;
 use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
@@ -129,8 +129,6 @@ struct Subpartition {
     builder: Option<BufferBuilder>,
     /// The open builder's number in the flush handoff (see [`FlushHandoff`]).
     epoch: u32,
-    /// This subpartition's slot in the flush handoff, when there is one.
-    slot: Option<Arc<HandoffSlot>>,
     dirty: bool,
     /// Records and payload bytes written, up to the last fold (see `pending`).
     records: u64,
@@ -270,7 +268,6 @@ impl ResultPartition {
                 writer,
                 builder: None,
                 epoch: 0,
-                slot: None,
                 dirty: false,
                 records: 0,
                 pending: 0,
@@ -641,7 +638,6 @@ impl ResultPartition {
         }
         let h = Arc::new(FlushHandoff::new(self.subs.len() + 1));
         for (c, s) in self.subs.iter_mut().enumerate() {
-            s.slot = Some(h.slot(c));
             if let Some(b) = &s.builder {
                 s.epoch = next_epoch(s.epoch);
                 h.open(c, s.epoch, b.index());
@@ -696,8 +692,8 @@ impl ResultPartition {
                 if let Some(b) = sub.builder.as_mut() {
                     let len = record.serialized_len();
                     if len <= DEFAULT_MAX_RECORD && b.try_write_framed(record, len) {
-                        if let Some(slot) = &sub.slot {
-                            slot.stage(sub.epoch, b.position());
+                        if let Some(h) = &self.handoff {
+                            h.stage(c as usize, sub.epoch, b.position());
                         }
                         // The one counter per record; folded per segment (`fold`).
                         sub.pending += 1;
