@@ -185,6 +185,9 @@ pub struct ResultPartition {
     handoff: Option<Arc<FlushHandoff>>,
     scratch: Vec<u8>,
     marked: Vec<u32>,
+    /// Member indices `flush_all` marks in one go (reused, so a flush allocates nothing
+    /// once it has grown).
+    wake_scratch: Vec<u32>,
     waiter: Waiter,
     timeout: Option<Duration>,
     attach_timeout: Duration,
@@ -297,6 +300,7 @@ impl ResultPartition {
             handoff: None,
             scratch: Vec::new(),
             marked: Vec::new(),
+            wake_scratch: Vec::new(),
             waiter: Waiter::new(cfg.wait_policy),
             timeout: cfg.timeout,
             attach_timeout: cfg.attach_timeout,
@@ -945,12 +949,7 @@ impl ResultPartition {
             // SeqCst fence: stands for the fence of every `NotifySet::mark` below (see
             // `mark_fenced`); pairs with the fence in `NotifySet::drain`.
             fence(Ordering::SeqCst);
-            for &c in &dirty {
-                let res = self.subs[c as usize].writer.notify_consumer_fenced();
-                if res.is_err() && r.is_ok() {
-                    r = res;
-                }
-            }
+            r = self.wake_flushed(&dirty);
         } else {
             for &c in &dirty {
                 let res = if c == u32::MAX { self.flush_broadcast() } else { self.flush(c) };
@@ -963,6 +962,45 @@ impl ResultPartition {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
+        r
+    }
+
+    /// Wakes the consumers of the channels `flush_all` just committed (after its fence):
+    /// the members of one gate's notify set are marked together, one load (and at most
+    /// one read-modify-write) per bitmap word instead of per channel; a channel whose gate
+    /// is not known yet is woken on its own. Returns the first error.
+    fn wake_flushed(&mut self, committed: &[u32]) -> Result<()> {
+        let mut r = Ok(());
+        let mut members = std::mem::take(&mut self.wake_scratch);
+        let mut i = 0;
+        // Bounded: every turn moves `i` forward by at least one.
+        while i < committed.len() {
+            let c = committed[i] as usize;
+            let Some((set, _)) = self.subs[c].writer.consumer_route() else {
+                let res = self.subs[c].writer.notify_consumer_fenced();
+                if res.is_err() && r.is_ok() {
+                    r = res;
+                }
+                i += 1;
+                continue;
+            };
+            // The run of channels routed to the same set.
+            members.clear();
+            while let Some(&c) = committed.get(i) {
+                match self.subs[c as usize].writer.consumer_route() {
+                    Some((s, index)) if s == set => members.push(index),
+                    _ => break,
+                }
+                i += 1;
+            }
+            let res = NotifySet::new(&self.arena, set)
+                .and_then(|n| n.mark_all_fenced(members.iter().copied()))
+                .map_err(Error::from);
+            if res.is_err() && r.is_ok() {
+                r = res;
+            }
+        }
+        self.wake_scratch = members;
         r
     }
 

@@ -299,6 +299,14 @@ impl ChannelWriter {
         self.notify_consumer_slow()
     }
 
+    /// The consumer gate's notify set and our member index in it, once a wake-up found
+    /// them (`None` before: wake through [`notify_consumer`](Self::notify_consumer), which
+    /// looks them up). For a caller that marks many channels' members in one go.
+    #[inline]
+    pub fn consumer_route(&self) -> Option<(u32, u32)> {
+        self.gate
+    }
+
     #[cold]
     fn notify_consumer_slow(&mut self) -> Result<()> {
         if let Some(gate) = notify_channel(&self.arena, self.id)? {
