@@ -188,6 +188,9 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
     let every = check_every(case.size);
     let mut until_check = every;
     let mut idle_since: Option<Instant> = None;
+    // Batches taken by the batch path, records handed out one by one, waits that timed out.
+    let (mut batches, mut singles, mut timeouts) = (0u64, 0u64, 0u64);
+    let mut in_window = Vec::new();
     producer.send("go")?;
     let mut window = Window::new(plan.timing(case), process_cpu_ns, Some(producer.guard.child.id()));
     loop {
@@ -199,28 +202,39 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
             Ok(())
         })?;
         if drained > 0 {
+            batches += 1;
             until_check = until_check.saturating_sub(drained as u64);
             if until_check == 0 {
                 until_check = every;
                 idle_since = None;
-                on_tick(window.tick(tally.records), &mut producer)?;
+                let t = window.tick(tally.records);
+                if matches!(t, Tick::Opened | Tick::Closed) {
+                    in_window.push((batches, singles, tally.records));
+                }
+                on_tick(t, &mut producer)?;
             }
             continue;
         }
         match gate.next_piece(Some(POLL_SLICE)) {
             Ok(GatePiece::Record { channel, piece }) => {
                 let c = channel as usize;
+                singles += 1;
                 tally.add_piece(piece, case.size, &mut next[c], writer_of[c], &mut pieces[c]);
                 until_check -= 1;
                 if until_check == 0 {
                     until_check = every;
                     idle_since = None;
-                    on_tick(window.tick(tally.records), &mut producer)?;
+                    let t = window.tick(tally.records);
+                    if matches!(t, Tick::Opened | Tick::Closed) {
+                        in_window.push((batches, singles, tally.records));
+                    }
+                    on_tick(t, &mut producer)?;
                 }
             }
             Ok(GatePiece::Item(GateItem::End)) => break,
             Ok(GatePiece::Item(other)) => return Err(format!("unexpected {other:?}").into()),
             Err(shmflow::Error::Timeout(..)) => {
+                timeouts += 1;
                 producer.check_alive()?;
                 if idle_since.get_or_insert_with(Instant::now).elapsed() > WAIT_TIMEOUT {
                     return Err(format!("no record within {WAIT_TIMEOUT:?}").into());
@@ -235,6 +249,11 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
     if copied > 0 {
         return Err(format!("{copied} records were reassembled although the gate streams spans").into());
     }
-    verbose(System::Shmflow, &tally);
+    if verbose(System::Shmflow, &tally) {
+        eprintln!("    {batches} batches, {singles} single records, {timeouts} waits timed out");
+        if let [(b0, s0, r0), (b1, s1, r1)] = in_window[..] {
+            eprintln!("    in the window: {} batches, {} single records, {} records", b1 - b0, s1 - s0, r1 - r0);
+        }
+    }
     window.rate(case)
 }

@@ -123,9 +123,9 @@ fn needs_pieces(dst: usize, src: &[u8]) -> bool {
     src.len() > COPY_PIECE && (1..64).contains(&(dst.wrapping_sub(src.as_ptr() as usize) % 4096))
 }
 
-/// How far ahead of its write position a builder prefetches for writing, per small record
-/// ([`BufferBuilder::try_write_framed`]): a few hundred ns of 8 B records, about the time
-/// a line takes to come back from the consumer's core.
+/// How far ahead of its write position a builder prefetches for writing, once per line its
+/// small records reach ([`BufferBuilder::try_write_framed`]): a few hundred ns of 8 B
+/// records, about the time a line takes to come back from the consumer's core.
 const WRITE_AHEAD: usize = 1024;
 
 /// The writer's cursor over one segment.
@@ -260,8 +260,12 @@ impl BufferBuilder {
         if self.finished || total >= self.remaining() as usize {
             return false;
         }
+        let before = self.pos;
         self.put_framed(len, |out| record.serialize_into(out));
-        self.prefetch_ahead();
+        // Once per line the records reach.
+        if (before ^ self.pos) >= 64 {
+            self.prefetch_ahead();
+        }
         true
     }
 

@@ -83,14 +83,12 @@ pub fn has_prefetch_write() -> bool {
 /// another core read last uses it a few lines ahead: each line then crosses cores before
 /// the stores reach it instead of stalling them.
 #[inline]
-// `nomem` is right for a prefetch: it reads and writes nothing the program can observe.
-#[allow(clippy::pointers_in_nomem_asm_block)]
 pub fn prefetch_write_line(p: *const u8) {
     #[cfg(all(not(loom), target_arch = "x86_64"))]
     // SAFETY: PREFETCHW never faults and does not access memory architecturally, so any
     // address is fine; the caller checked that the CPU has it (`has_prefetch_write`).
     unsafe {
-        core::arch::asm!("prefetchw byte ptr [{0}]", in(reg) p, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("prefetchw byte ptr [{0}]", in(reg) p, options(readonly, nostack, preserves_flags));
     }
     #[cfg(any(loom, not(target_arch = "x86_64")))]
     let _ = p;
