@@ -292,8 +292,27 @@ impl BufferBuilder {
             // Relaxed: ordered before any reader's look at it by the Release store of the
             // prefix in front of it (`put_prefix`), by a commit, or by the descriptor's
             // push (for the segment's first word), which the reader Acquires first.
-            self.arena.segment_word(self.index, at).store(frame::UNWRITTEN, Ordering::Relaxed);
+            // SAFETY: 4-aligned, and the word lies in the segment (both checked above).
+            unsafe { self.word(at) }.store(frame::UNWRITTEN, Ordering::Relaxed);
         }
+    }
+
+    /// The 4-byte word at `at` of this segment as an atomic, from the builder's own base
+    /// pointer: the per-record path's [`Arena::segment_word`] without its bounds checks
+    /// and call (they cost 2.7x on 8 B records: emit 2.9 -> 7.9 ns).
+    ///
+    /// # Safety
+    /// `at` is a multiple of 4 and `at + 4` at most the segment size.
+    #[inline(always)]
+    unsafe fn word(&self, at: u32) -> &crate::sync::AtomicU32 {
+        debug_assert!(at % SLOT_BYTES == 0 && u64::from(at) + 4 <= u64::from(self.arena.segment_size()));
+        #[cfg(not(loom))]
+        // SAFETY: inside this segment (the caller's contract) of the mapping `self.arena`
+        // keeps alive; 4-aligned (segments start on page boundaries); the segment's words
+        // that readers poll are accessed atomically only, as `Arena::segment_word` says.
+        return unsafe { crate::sync::AtomicU32::from_ptr(self.base.add(at as usize).cast()) };
+        #[cfg(loom)]
+        return self.arena.segment_word(self.index, at);
     }
 
     /// Writes the length prefix of the record at `pos` (its payload, or the part of it
@@ -316,7 +335,9 @@ impl BufferBuilder {
         // Release: pairs with the Acquire load in `BufferConsumer::record_at_read`;
         // publishes the payload written above and the word cleared behind it. The value's
         // bytes are the little-endian prefix that readers of committed bytes decode.
-        self.arena.segment_word(self.index, pos).store((len as u32).to_le(), Ordering::Release);
+        // SAFETY: 4-aligned (checked above) and the prefix lies in the segment (the
+        // caller's record or head fits).
+        unsafe { self.word(pos) }.store((len as u32).to_le(), Ordering::Release);
     }
 
     /// Writes the head of a record that spans segments: its length prefix (`len` payload
