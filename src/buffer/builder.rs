@@ -109,7 +109,10 @@ pub struct BufferBuilder {
     /// Start of the segment's bytes in the mapping (kept alive by `arena`).
     base: *mut u8,
     index: u32,
+    /// Where the builder ends the segment: the segment size, or a debloating limit below it.
     size: u32,
+    /// The segment's size (the arena's, kept here for the per-record path).
+    segment_size: u32,
     /// Bytes written, in `committed..=size`.
     pos: u32,
     /// Bytes published to readers, in `0..=pos`.
@@ -150,7 +153,8 @@ impl BufferBuilder {
         let size = arena.segment_size();
         let base = arena.segment_ptr(index, 0);
         let write_ahead = crate::sync::has_prefetch_write();
-        let b = Self { arena, base, index, size, pos: 0, committed: 0, finished: false, write_ahead };
+        let b =
+            Self { arena, base, index, size, segment_size: size, pos: 0, committed: 0, finished: false, write_ahead };
         // The first record's prefix word says "nothing yet" (a polling reader must not take
         // what a previous use left there for a record); published with the descriptor.
         b.clear_word(0);
@@ -247,7 +251,7 @@ impl BufferBuilder {
     /// see the module doc); returns false, writing nothing, otherwise.
     pub fn write_framed(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
         let total = frame::framed_len(len) as u64;
-        if self.finished || total > u64::from(self.arena.segment_size() - self.pos) {
+        if self.finished || total > u64::from(self.segment_size - self.pos) {
             return false;
         }
         if total > u64::from(self.remaining()) {
@@ -288,7 +292,7 @@ impl BufferBuilder {
     /// segment; the debloating limit does not count, the reader does not know it).
     #[inline(always)]
     fn clear_word(&self, at: u32) {
-        if at % SLOT_BYTES == 0 && u64::from(at) + u64::from(SLOT_BYTES) <= u64::from(self.arena.segment_size()) {
+        if at % SLOT_BYTES == 0 && u64::from(at) + u64::from(SLOT_BYTES) <= u64::from(self.segment_size) {
             // Relaxed: ordered before any reader's look at it by the Release store of the
             // prefix in front of it (`put_prefix`), by a commit, or by the descriptor's
             // push (for the segment's first word), which the reader Acquires first.
