@@ -34,6 +34,7 @@ use thiserror::Error;
 
 /// What went wrong creating or attaching an arena.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ArenaError {
     /// The configuration is out of range.
     #[error("invalid arena configuration: {0}")]
@@ -143,6 +144,7 @@ pub enum PushError {
 /// A setting or argument that cannot be used (out of its range, contradicting another, an
 /// unknown name), refused before it has any effect.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A number outside the range it must be in.
     #[error("invalid {what}: {value} not in {min}..={max}")]
@@ -191,7 +193,11 @@ impl ConfigError {
 }
 
 /// Errors on a live arena: protocol, flow control and peers.
+///
+/// Like the other error enums here it is `#[non_exhaustive]`: later versions may add
+/// variants, so a `match` outside this crate needs a `_` arm.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Arena creation or attach.
     #[error(transparent)]
@@ -373,6 +379,7 @@ impl From<std::io::Error> for Error {
 /// process built (the runtime's errors). Converts into [`crate::Error::Graph`]; re-exported
 /// as `runtime::GraphError` and defined here so the error module imports no layer above it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GraphError {
     /// A vertex reads a vertex that is not built before it (vertices are in build order).
     #[error("invalid job graph: vertex {vertex} reads vertex {input}, which does not come before it")]

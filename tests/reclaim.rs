@@ -175,6 +175,39 @@ fn a_dead_producers_segments_blocks_entries_and_gates_come_back_online() {
     ResultPartition::new(arena.clone(), &cfg).expect("the directory entry and channel blocks are free again");
 }
 
+#[test]
+fn a_producer_that_failed_its_partition_then_died_is_reported_as_failed_after_reclamation() {
+    let arena = arena();
+    liveness::register(&arena, 0).unwrap();
+    let id = ResultPartitionId::new(9, 0);
+    let cfg = ResultPartitionConfig::new(id, ResultPartitionType::Pipelined, 1);
+    let mut p = ResultPartition::new(arena.clone(), &cfg).unwrap(); // notify set: gate block 0
+    let mut gate =
+        SingleInputGate::new(arena.clone(), &InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]))
+            .unwrap();
+    p.emit(&b"before the failure"[..], 0).unwrap();
+    p.flush_all().unwrap();
+    p.fail(); // the task failed: its channels say PRODUCER_FAILED
+    std::mem::forget(p); // then its process exited without leaving its slot
+    let dead = dead_pid();
+    die_as(&arena, 0, dead, Some(1));
+    let report = reclaim_dead_peers(&arena).unwrap();
+    assert_eq!((report.reclaimed.len(), report.channels_failed), (1, 1), "{report:?}");
+    let mut records = 0;
+    let err = loop {
+        match gate.next(Some(Duration::from_secs(10))) {
+            Ok(shmflow::gate::GateItem::Record { .. }) => records += 1,
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(records, 1, "what was flushed before the failure is still read");
+    assert!(matches!(err, Error::ProducerFailed { .. }), "the failure is the cause, not the exit after it: {err}");
+    drop(gate);
+    let c = check::check(&arena);
+    assert!(c.all_free() && c.owner_dead == 0, "{c:?}");
+}
+
 /// A producer with one broadcast segment published on channels 0 and 1 of `arena`, and the
 /// two readers; returns (pool, writers, readers, segment).
 fn broadcast_one(arena: &Arc<Arena>) -> (LocalBufferPool, Vec<ChannelWriter>, Vec<ChannelReader>, u32) {

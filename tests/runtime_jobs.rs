@@ -516,8 +516,10 @@ fn progress_is_plain_lines_with_percent_off_a_terminal_and_quiet_silences_it() {
 
 #[test]
 fn latency_shuffle_stamps_every_record_after_warm_up_and_reports_percentiles() {
-    for selector in ["key-hash", "rebalance"] {
-        let out = run_ok(&[
+    // The second run also places each pipeline slice on a core of its own (--pin-cpus) and
+    // spins, the lowest-latency settings.
+    for (selector, extra) in [("key-hash", &[][..]), ("rebalance", &["--pin-cpus", "--wait", "spin"][..])] {
+        let mut args = vec![
             "run",
             "shuffle",
             "--latency",
@@ -530,7 +532,9 @@ fn latency_shuffle_stamps_every_record_after_warm_up_and_reports_percentiles() {
             "--buffer-timeout",
             "0",
             "--json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = run_ok(&args);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["records"], 2000, "{out}");
         assert_eq!(v["checksum_ok"], true, "{out}");

@@ -37,7 +37,11 @@ impl SingleInputGate {
             // Acquire: pairs with the reclaimer's AcqRel CAS to PRODUCER_DIED (the pid
             // stored before it).
             let st = block.state();
-            if st == crate::memory::CHANNEL_PRODUCER_FAILED {
+            // A producer that failed and then died counts as failed (ordered by the Acquire
+            // above).
+            if st == crate::memory::CHANNEL_PRODUCER_FAILED
+                || (st == crate::memory::CHANNEL_PRODUCER_DIED && block.failed_before_death())
+            {
                 // The producer failed its partition, and may have exited since: reading the
                 // channel reports ProducerFailed (the cause), not the exit that followed it.
                 if !queued && state == ChannelState::Active {

@@ -87,7 +87,9 @@ pub enum Owner {
 }
 
 impl Owner {
-    /// Packs into the shared word.
+    /// Packs into the shared word: kind in the top byte, `worker` / `fanout` in the next 24
+    /// bits, `pool` / `channel` in the low 32. The layout's limits keep the 24-bit fields
+    /// exact (`max_workers` <= 4096, a fanout <= `max_channels` <= 2^20; checked below).
     pub fn pack(self) -> u64 {
         let p = |k: u64, a: u32, b: u32| (k << 56) | (u64::from(a & 0xff_ffff) << 32) | u64::from(b);
         match self {
@@ -112,6 +114,9 @@ impl Owner {
         }
     }
 }
+
+// The 24-bit fields of `Owner::pack` hold every value the layout allows.
+const _: () = assert!(crate::memory::layout::MAX_WORKERS < 1 << 24 && crate::memory::layout::MAX_CHANNELS < 1 << 24);
 
 /// The two positions of one single-producer/single-consumer ring, each on its own lines.
 ///
@@ -155,9 +160,14 @@ pub fn channel_probing(state: u32) -> bool {
 pub const CHANNEL_CLOSED: u32 = 5;
 /// `ChannelBlock::state`: the producer's process died and was reclaimed while a live
 /// consumer still read the channel; its segments are orphaned (the reader frees them).
-/// The consumer reads what is left, fails with `PeerDied`, and hands the block on as
+/// The consumer reads what is left, fails with `PeerDied` (with `ProducerFailed` when the
+/// producer had failed the channel before it died), and hands the block on as
 /// [`CHANNEL_ORPHANED`] when it leaves.
 pub const CHANNEL_PRODUCER_DIED: u32 = 8;
+
+/// In `ChannelBlock::peer_pid`: the dead producer had failed the channel first (pids
+/// stay below 2^22 on Linux, so the top bit is free).
+const PEER_FAILED_FIRST: u32 = 1 << 31;
 /// `ChannelBlock::state`: the consumer's process died; the live producer takes back the
 /// segments it had in flight here and releases the block with its partition.
 pub const CHANNEL_CONSUMER_DIED: u32 = 9;
@@ -484,14 +494,30 @@ impl ChannelBlock {
     /// with its CAS of `state` to `CHANNEL_PRODUCER_DIED` / `CHANNEL_CONSUMER_DIED`.
     pub fn record_dead_peer(&self, pid: u32) {
         // Relaxed: published by the caller's AcqRel CAS of the state.
-        self.peer_pid.store(pid, Ordering::Relaxed);
+        self.peer_pid.store(pid & !PEER_FAILED_FIRST, Ordering::Relaxed);
+    }
+
+    /// As [`record_dead_peer`](Self::record_dead_peer) for a producer that had failed the
+    /// channel (`CHANNEL_PRODUCER_FAILED`) before it died: its reader still reports the
+    /// failure, the cause, and not the exit that followed ([`failed_before_death`](Self::failed_before_death)).
+    pub fn record_dead_peer_after_failure(&self, pid: u32) {
+        // Relaxed: published by the caller's AcqRel CAS of the state.
+        self.peer_pid.store(pid | PEER_FAILED_FIRST, Ordering::Relaxed);
     }
 
     /// The pid of the peer whose death failed the channel (read after an Acquire load of
     /// `state` that saw a *_DIED state).
     pub fn dead_peer(&self) -> u32 {
         // Relaxed: ordered by the caller's Acquire load of the state.
-        self.peer_pid.load(Ordering::Relaxed)
+        self.peer_pid.load(Ordering::Relaxed) & !PEER_FAILED_FIRST
+    }
+
+    /// Whether the dead producer had failed the channel before it died (read, as
+    /// [`dead_peer`](Self::dead_peer), after an Acquire load of `state` that saw
+    /// `CHANNEL_PRODUCER_DIED` or `CHANNEL_ORPHANED`).
+    pub fn failed_before_death(&self) -> bool {
+        // Relaxed: ordered by the caller's Acquire load of the state.
+        self.peer_pid.load(Ordering::Relaxed) & PEER_FAILED_FIRST != 0
     }
 }
 
@@ -528,7 +554,7 @@ impl ChannelBlock {
 ///  1048          producer_set     u32   P       notify set id + 1 (0: producer_wake)
 ///  1052          producer_set_index u32 P
 ///  1056          claim_pid        u32   P       written while PROBING
-///  1060          peer_pid         u32   R       the dead peer, for PeerDied
+///  1060          peer_pid         u32   R       the dead peer, for PeerDied (bit 31: it failed first)
 ///  1064          records_out      u64   P       counters
 ///  1072          bytes_out        u64   P
 ///  1080          buffers_out      u64   P

@@ -35,6 +35,10 @@ pub const PAGE: u64 = 4096;
 pub const HEADER_BYTES: u64 = PAGE;
 /// Number of rings in one channel: data, credit and priority.
 pub const RINGS_PER_CHANNEL: u64 = 3;
+/// Most worker slots an arena may have (`ArenaConfig::max_workers`).
+pub const MAX_WORKERS: u32 = 4096;
+/// Most channel blocks an arena may have (`ArenaConfig::max_channels`).
+pub const MAX_CHANNELS: u32 = 1 << 20;
 
 /// The sizes an arena is created with. Everything else is derived from these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +162,7 @@ impl ArenaConfig {
         if !self.ring_capacity.is_power_of_two() || self.ring_capacity < 2 || self.ring_capacity > 65536 {
             return bad("ring_capacity (a power of two, 2..=65536)", self.ring_capacity.into());
         }
-        if self.max_channels == 0 || self.max_channels > 1 << 20 {
+        if self.max_channels == 0 || self.max_channels > MAX_CHANNELS {
             return bad("max_channels (1..=1048576)", self.max_channels.into());
         }
         if self.max_partitions == 0 || self.max_partitions > 1 << 16 {
@@ -173,7 +177,7 @@ impl ArenaConfig {
         {
             return bad("max_channels_per_gate (a multiple of 64, up to 65536)", self.max_channels_per_gate.into());
         }
-        if self.max_workers == 0 || self.max_workers > 4096 {
+        if self.max_workers == 0 || self.max_workers > MAX_WORKERS {
             return bad("max_workers (1..=4096)", self.max_workers.into());
         }
         if self.max_tasks == 0 || self.max_tasks > 1 << 16 {

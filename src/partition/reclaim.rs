@@ -11,7 +11,8 @@
 //!           in flight, reader dead, gone or absent  -> free
 //!      2. channels it produced (ChannelBlock::claimer):
 //!           live reader: -> PRODUCER_DIED, reader woken; it reads what is left, fails
-//!                           with PeerDied, and hands the block on as ORPHANED
+//!                           with PeerDied (ProducerFailed if it had failed the channel
+//!                           before it died), and hands the block on as ORPHANED
 //!           otherwise:   -> CLOSED (claimable again)
 //!         channels it consumed (ChannelBlock::consumer_pid()):
 //!           live producer: -> CONSUMER_DIED, producer woken; it takes back the segments
@@ -304,8 +305,13 @@ fn fail_or_close_produced(arena: &Arena, dead: DeadProcess, produced: &ProducedC
         let b = &channels[c as usize];
         match what {
             Produced::Fail => {
-                // Published by the AcqRel CAS below.
-                b.record_dead_peer(pid);
+                // Published by the AcqRel CAS below. A producer that failed the channel
+                // before it died: its reader reports that failure, not the death.
+                if st == CHANNEL_PRODUCER_FAILED {
+                    b.record_dead_peer_after_failure(pid);
+                } else {
+                    b.record_dead_peer(pid);
+                }
                 // AcqRel: Release publishes the orphan flags and the pid to the reader
                 // (its Acquire load in `poll_data`); Acquire pairs with its close.
                 match b.try_transition_or_acquire(st, CHANNEL_PRODUCER_DIED) {

@@ -800,6 +800,10 @@ impl ResultPartition {
             let b = self.builder_mut(c).expect("opened above");
             off += b.append(&payload[off..]);
         }
+        // Behind the tail: the "nothing yet" word a polling reader may look at next.
+        if let Some(b) = self.builder_mut(c) {
+            b.end_record();
+        }
         Ok(())
     }
 

@@ -815,6 +815,10 @@ impl ChannelReader {
         // reclaimer's AcqRel CAS to PRODUCER_DIED (the peer pid stored before it).
         match self.block().state() {
             CHANNEL_PRODUCER_FAILED => Err(Error::ProducerFailed { channel: self.id }),
+            // Ordered by the Acquire load above: the producer failed, then died.
+            CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED if self.block().failed_before_death() => {
+                Err(Error::ProducerFailed { channel: self.id })
+            }
             CHANNEL_PRODUCER_DIED | CHANNEL_ORPHANED => Err(Error::PeerDied {
                 role: "producer",
                 place: self.place.clone(),

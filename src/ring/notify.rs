@@ -188,6 +188,17 @@ impl<'a> NotifySet<'a> {
         self.bits[..words].iter().any(|w| w.load(Ordering::Acquire) != 0)
     }
 
+    /// Whether any of the first `members` members but `index` is marked (a gate that polls
+    /// member `index` in its data and leaves its mark set looks for the others with this).
+    pub fn any_other(&self, members: u32, index: u32) -> bool {
+        let words = (members as usize).div_ceil(64).min(self.bits.len());
+        self.bits[..words].iter().enumerate().any(|(w, word)| {
+            let own = if index as usize / 64 == w { 1u64 << (index % 64) } else { 0 };
+            // Acquire: pairs with the markers' fetch_or.
+            word.load(Ordering::Acquire) & !own != 0
+        })
+    }
+
     /// Clears every mark and resets the block (when a gate is created or released).
     pub fn reset(&self) {
         for w in self.bits {
@@ -230,9 +241,14 @@ mod tests {
         }
         assert!(set.any(128));
         assert!(!set.any(0));
+        assert!(set.any_other(128, 0), "63, 64 and 127 are marked too");
         assert_eq!(drained(&set, 128), [0, 63, 64, 127]);
         assert!(drained(&set, 128).is_empty(), "a drain takes the marks");
         assert!(!set.any(128));
+        set.mark(70).unwrap();
+        assert!(!set.any_other(128, 70), "only the excepted member is marked");
+        assert!(set.any_other(128, 6) && set.any_other(128, 71));
+        assert!(!set.any_other(64, 6), "70 is beyond the first 64 members");
     }
 
     #[test]

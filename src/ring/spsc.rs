@@ -76,8 +76,10 @@ impl RingProducer {
         let tail = ring.header.tail.load(Ordering::Relaxed);
         let head = ring.header.head.load(Ordering::Relaxed);
         // A head ahead of the tail or more than a ring behind it was not written by an
-        // honest consumer: clamp so `tail - cached_head <= capacity` holds from here on (the
-        // ring looks full, and the first push's refresh reports the bad head).
+        // honest consumer: clamp so `tail - cached_head <= capacity` holds from here on. A
+        // head more than a ring behind makes the ring look full, and the first push's
+        // refresh reports it; a head ahead makes it look empty to us, and the consumer's
+        // refresh reports a tail behind its head (as long as the tail has not passed it).
         Self { tail, cached_head: head.min(tail).max(tail.saturating_sub(ring.capacity())) }
     }
 

@@ -50,6 +50,15 @@ pub struct RuntimeConfig {
     /// it is set ([`run_job`](super::run_job) refuses a value that is not a number in 100..=3600000, the range
     /// of `shmflow run --heartbeat-timeout-ms`).
     pub heartbeat_timeout: Duration,
+    /// Pin every subtask's thread to one CPU: subtask `s` of every vertex to the `s`-th CPU
+    /// (modulo their count) of the set the worker was started with, so a slice of the
+    /// pipeline (the subtasks of one index, which round-robin dealing puts in one worker
+    /// when there are as many workers as subtasks per vertex) shares a core. With more tasks than cores and
+    /// [`WaitPolicy::spin`], a spinning consumer keeps its core and a record to the consumer
+    /// of its own slice costs a thread switch within the process, not a wait for a time
+    /// slice (the latency shuffle on 2 vCPUs: p99 12 µs pinned, milliseconds unpinned).
+    /// Default off; a CPU that cannot be set leaves the thread unpinned.
+    pub pin_cpus: bool,
 }
 
 /// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
@@ -87,6 +96,7 @@ impl Default for RuntimeConfig {
             worker_args: None,
             debloat: None,
             heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
+            pin_cpus: false,
         }
     }
 }
@@ -107,6 +117,7 @@ impl RuntimeConfig {
             wait_policy: self.wait_policy,
             backoff: self.backoff,
             debloat: self.debloat,
+            pin_cpus: self.pin_cpus,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct TaskSettings {
     pub backoff: RequestBackoff,
     /// Buffer debloating on every gate (off when `None`).
     pub debloat: Option<crate::gate::DebloatConfig>,
+    /// Pin each subtask's thread to a CPU ([`RuntimeConfig::pin_cpus`](super::RuntimeConfig::pin_cpus)).
+    pub pin_cpus: bool,
 }
 
 /// Events a task reports to its TaskExecutor.

@@ -267,6 +267,36 @@ fn await_verdict(stopped: &Stopped, first_err: Option<Error>) -> Result<()> {
     }
 }
 
+/// The CPUs the calling thread may run on, in ascending order (empty if the set cannot be
+/// read).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads one bit of `set`; every index is below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}
+
+/// Pins the calling thread to the `index`-th CPU (modulo their count) of the set it may run
+/// on ([`RuntimeConfig::pin_cpus`](super::RuntimeConfig::pin_cpus)); leaves it unpinned if
+/// the set cannot be read or changed.
+fn pin_thread(index: u32) {
+    let allowed = allowed_cpus();
+    let Some(&cpu) = allowed.get(index as usize % allowed.len().max(1)) else {
+        return;
+    };
+    // SAFETY: as in allowed_cpus: the empty set.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` came from allowed_cpus, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut one) };
+    // SAFETY: `one` is a valid cpu_set_t of the size passed; pid 0 is the calling thread. A
+    // failure leaves the thread's affinity as it was.
+    let _ = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) };
+}
+
 /// What a task thread needs from its worker.
 struct Task {
     job: JobGraph,
@@ -280,6 +310,9 @@ impl Task {
     /// Runs subtask `spec` on this thread and reports how it ended.
     fn run(self, spec: SubtaskSpec) -> std::result::Result<(), TaskError> {
         let (vertex, subtask) = (spec.vertex, spec.subtask);
+        if self.settings.pin_cpus {
+            pin_thread(subtask);
+        }
         let metrics = TaskMetricsHandle::claim(self.env.arena().clone(), self.env.worker()).ok();
         if let Some(m) = &metrics {
             m.set_identity(vertex as u32, subtask);
@@ -389,4 +422,24 @@ fn install_panic_hook() {
             previous(info);
         }));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{allowed_cpus, pin_thread};
+
+    #[test]
+    fn a_pinned_task_thread_runs_on_the_cpu_of_its_index_in_the_allowed_set() {
+        let pinned = std::thread::spawn(|| {
+            let before = allowed_cpus();
+            pin_thread(3);
+            (before, allowed_cpus())
+        })
+        .join()
+        .unwrap();
+        let (before, after) = pinned;
+        assert!(!before.is_empty(), "the allowed set could not be read");
+        assert_eq!(after, vec![before[3 % before.len()]]);
+        assert_eq!(allowed_cpus(), before, "pinning a thread changed another thread's set");
+    }
 }

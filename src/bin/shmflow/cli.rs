@@ -68,6 +68,10 @@ pub(crate) struct JobOpts {
     /// waiting task), adaptive (spin briefly, then park) or park.
     #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
     pub(crate) wait: Mode,
+    /// Pin subtask `s` of every vertex to the `s`-th CPU the job may use (a pipeline slice
+    /// per core; with --wait spin, the lowest latency when tasks outnumber cores).
+    #[arg(long)]
+    pub(crate) pin_cpus: bool,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
     #[arg(long, value_enum, default_value_t = Exchange::Pipelined)]
     pub(crate) exchange: Exchange,

@@ -33,6 +33,7 @@ pub(crate) fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
         arena_size: o.arena_size,
         progress: !o.quiet && !o.json,
         wait_policy: o.wait.policy(),
+        pin_cpus: o.pin_cpus,
         debloat: match o.debloat {
             None => None,
             Some(ms) if (1..=60_000).contains(&ms) => Some(shmflow::gate::DebloatConfig {
