@@ -896,7 +896,9 @@ impl SingleInputGate {
     /// The batch path: hands the whole records already published on the channel being
     /// served (at most `max`) to `f(channel, record)`, in place, without waiting. Returns
     /// how many; 0 means "nothing in this fast path" — call [`next`](Self::next) (which
-    /// also handles events, barriers, records that span segments, and waiting).
+    /// also handles events, barriers, records that span segments, and waiting). `f` is a
+    /// generic closure, not a trait object: it inlines into the record loop (no indirect
+    /// call per record).
     ///
     /// # Errors
     /// Protocol violations, or `f`'s error.

@@ -541,6 +541,13 @@ impl AnyPartition {
     }
 }
 
+/// A blocking partition's emit, out of line: [`AnyPartition::emit`] inlines only the
+/// pipelined path into the record loop.
+#[inline(never)]
+fn blocking_emit<R: Record + ?Sized>(p: &mut BlockingResultPartition, record: &R, subpartition: u32) -> Result<()> {
+    PartitionWriter::emit(p, record, subpartition)
+}
+
 impl PartitionWriter for AnyPartition {
     fn id(&self) -> ResultPartitionId {
         either!(self, p => PartitionWriter::id(p))
@@ -554,9 +561,14 @@ impl PartitionWriter for AnyPartition {
         either!(self, p => PartitionWriter::num_subpartitions(p))
     }
 
-    #[inline]
+    #[inline(always)]
     fn emit<R: Record + ?Sized>(&mut self, record: &R, subpartition: u32) -> Result<()> {
-        either!(self, p => PartitionWriter::emit(p, record, subpartition))
+        match self {
+            // The pipelined fast path (ResultPartition::emit, #[inline]) goes into the
+            // caller's record loop; the blocking partition's emit stays a call.
+            AnyPartition::Pipelined(p) => p.emit(record, subpartition),
+            AnyPartition::Blocking(p) => blocking_emit(p, record, subpartition),
+        }
     }
 
     fn broadcast_emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()> {

@@ -324,7 +324,8 @@ impl RecordReader {
     /// Hands every whole record already published in the current segment (at most `max`)
     /// to `f`, in place, with one load of the writer's position for the lot: the batch
     /// path for consumers that want throughput. Returns how many; 0 when the next thing is
-    /// not a whole record in the current segment (then use [`poll`](Self::poll)).
+    /// not a whole record in the current segment (then use [`poll`](Self::poll)). `f`
+    /// inlines into the loop (generic, not a trait object).
     ///
     /// # Errors
     /// A length above the limit (protocol violation), or `f`'s error (records before it

@@ -35,12 +35,47 @@ static CYCLE: [u8; 512] = {
     t
 };
 
+/// `dst = src` for slices of one length: two overlapping 8-byte moves for 8..=16 bytes
+/// (the 16 B record's pattern: a `memcpy` call cost more than the copy), `memcpy` otherwise.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    if (8..=16).contains(&dst.len()) && src.len() == dst.len() {
+        if let (Some(d), Some(s)) = (dst.first_chunk_mut::<8>(), src.first_chunk::<8>()) {
+            *d = *s;
+        }
+        if let (Some(d), Some(s)) = (dst.last_chunk_mut::<8>(), src.last_chunk::<8>()) {
+            *d = *s;
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// `a == b` for slices of one length: two overlapping 8-byte compares for 8..=16 bytes
+/// (inline, where a `bcmp` call was 12% of the 16 B job), `bcmp` otherwise.
+#[inline(always)]
+fn equal_short(a: &[u8], b: &[u8]) -> bool {
+    if (8..=16).contains(&a.len()) && a.len() == b.len() {
+        a.first_chunk::<8>() == b.first_chunk::<8>() && a.last_chunk::<8>() == b.last_chunk::<8>()
+    } else {
+        a == b
+    }
+}
+
+/// How many bytes of `a` and `b` differ: only for a chunk that does, so out of line (the
+/// count loop kept the sink's per-record function from inlining into the gate's drain).
+#[cold]
+#[inline(never)]
+fn count_mismatches(a: &[u8], b: &[u8]) -> u32 {
+    a.iter().zip(b).filter(|(x, y)| x != y).count() as u32
+}
+
 /// The pattern bytes of `seq` for `out` (the bytes after the sequence number).
 #[inline]
 pub(super) fn write_pattern(seq: u64, out: &mut [u8]) {
     let s = pattern_start(seq);
     for chunk in out.chunks_mut(256) {
-        chunk.copy_from_slice(&CYCLE[s..s + chunk.len()]);
+        copy_short(chunk, &CYCLE[s..s + chunk.len()]);
     }
 }
 
@@ -52,8 +87,8 @@ pub(super) fn pattern_mismatches(seq: u64, payload: &[u8]) -> u32 {
     let mut bad = 0u32;
     for chunk in payload.chunks(256) {
         let want = &CYCLE[s..s + chunk.len()];
-        if chunk != want {
-            bad = bad.saturating_add(chunk.iter().zip(want).filter(|(a, b)| a != b).count() as u32);
+        if !equal_short(chunk, want) {
+            bad = bad.saturating_add(count_mismatches(chunk, want));
         }
     }
     bad

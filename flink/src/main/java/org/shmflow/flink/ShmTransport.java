@@ -405,7 +405,9 @@ final class ShmTransport implements AutoCloseable {
 
     /** Releases a reader's view and closes its channel end (dispatcher thread). */
     void releaseReader(ShmViewReader r) {
-        readers.remove(r.channelId);
+        // This reader only: a release queued by a failed direct publication may run after
+        // the channel id went to a new reader.
+        readers.remove(r.channelId, r);
         availableReaders.remove(r);
         r.lock.lock();
         try {

@@ -84,8 +84,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
         this.channelId = channelId;
     }
 
+    /** Closed, or failed on a direct publication and waiting for the dispatcher to release it. */
     boolean isClosed() {
-        return closed;
+        return closed || failed;
     }
 
     boolean hasView() {
@@ -507,10 +508,16 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             if (closed || failed || view == null || registeredAsAvailable || notifyPending.get()) {
                 return false;
             }
-            if (!getAvailabilityAndBacklog().isAvailable()) {
+            int seg;
+            try {
+                if (!getAvailabilityAndBacklog().isAvailable()) {
+                    return false;
+                }
+                seg = Native.acquire(channel, 0);
+            } catch (RuntimeException e) {
+                // Nothing taken yet: the dispatcher tries again and reports it its way.
                 return false;
             }
-            int seg = Native.acquire(channel, 0);
             if (seg < 0) {
                 return false;
             }
