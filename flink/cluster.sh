@@ -3,13 +3,14 @@
 # loopback only) from the PyPI install, with the shmflow jar in its lib/ (an overlay
 # directory: the cached installation is never modified). Used by flink/demo and flink/bench.
 #
-#   flink/cluster.sh start DIR [--factory shmflow|shmflow-zc|shmflow-spinNS|netty] [--port 8091] [--tms 2]
+#   flink/cluster.sh start DIR [--factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-base|netty] [--port 8091] [--tms 2]
 #   flink/cluster.sh tm DIR          start one more TaskManager (a replacement after a kill)
 #   flink/cluster.sh stop DIR        stop exactly the processes this DIR's cluster started
 #   flink/cluster.sh pids DIR        print the TaskManager pids, one per line
 #
 # DIR gets conf/, lib/, pids/, log/ and the arena's registry. Needs target/flink/shmflow-flink.jar
-# (flink/build.sh --release).
+# (flink/build.sh --release), or the jar SHMFLOW_FLINK_JAR names; the factory shmflow-base runs
+# the jar SHMFLOW_FLINK_BASE_JAR names (an older build, for A/B runs) with the default settings.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -40,14 +41,18 @@ case "$cmd" in
     done
     mkdir -p "$dir/conf" "$dir/lib" "$dir/pids" "$dir/log"
     for j in "$FH"/lib/*.jar; do ln -sf "$j" "$dir/lib/"; done
-    cp "$root/target/flink/shmflow-flink.jar" "$dir/lib/"
+    jar=${SHMFLOW_FLINK_JAR:-$root/target/flink/shmflow-flink.jar}
+    if [[ $factory == shmflow-base ]]; then
+      jar=${SHMFLOW_FLINK_BASE_JAR:?flink/cluster.sh: --factory shmflow-base needs SHMFLOW_FLINK_BASE_JAR}
+    fi
+    cp "$jar" "$dir/lib/shmflow-flink.jar"
     cp "$FH"/conf/log4j*.properties "$dir/conf/"
     case "$factory" in
-      shmflow | shmflow-copy) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=false ;;
+      shmflow | shmflow-copy | shmflow-base) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=false ;;
       shmflow-zc) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=true ;;
       shmflow-spin*) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory spin=${factory#shmflow-spin} ;;
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;
-      *) echo "flink/cluster.sh: --factory shmflow|shmflow-zc|shmflow-spinNS|netty" >&2; exit 2 ;;
+      *) echo "flink/cluster.sh: --factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-base|netty" >&2; exit 2 ;;
     esac
     opens="--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED --add-opens=java.base/java.text=ALL-UNNAMED --add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/java.util=ALL-UNNAMED --add-opens=java.base/java.util.concurrent=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED"
     cat >"$dir/conf/config.yaml" <<YAML

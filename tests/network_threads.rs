@@ -655,3 +655,53 @@ fn spinning_gate_polls_data_exactly_once_in_order() {
     assert!(switches > 0, "both channels were served");
     assert_eq!(arena.header_atomics().free_stack.len(), 256, "every segment is back");
 }
+
+/// A record of `i`'s 4-byte multiple of a length (every prefix lands 4-aligned).
+fn aligned(i: u64) -> Vec<u8> {
+    let mut v = vec![i as u8; 8 + 4 * (i % 5) as usize];
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// A gate in spin mode reads records by their prefix words in the data, before their
+/// producer commits them: a producer that flushes only full segments writes ten records
+/// (each prefix 4-aligned, a word the gate polls) and finishes only once the gate said it
+/// has all ten; a gate that read only committed bytes would see none of them.
+#[test]
+fn spinning_gate_reads_records_before_their_commit() {
+    const N: u64 = 10;
+    let arena = arena();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let a = arena.clone();
+    let producer = std::thread::spawn(move || {
+        let env = ShuffleEnvironment::new(a, 0);
+        let id = ResultPartitionId::new(0, 0);
+        let mut cfg = ResultPartitionConfig::new(id, ResultPartitionType::PipelinedBounded, 1);
+        cfg.timeout = T;
+        let partitioner = RebalancePartitioner::new(0);
+        let mut w = env.create_record_writer::<[u8], _>(&cfg, partitioner, BufferTimeout::FullSegmentsOnly).unwrap();
+        for i in 0..N {
+            w.emit(&aligned(i)[..]).unwrap();
+        }
+        let told = rx.recv_timeout(Duration::from_secs(30)).is_ok();
+        w.finish().unwrap();
+        let mut part = w.into_partition();
+        part.release_when_consumed(T).unwrap();
+        told
+    });
+    let env = ShuffleEnvironment::new(arena.clone(), 10);
+    let mut cfg = gate_cfg(1, 0);
+    cfg.wait_policy = shmflow::sync::WaitPolicy::spin();
+    let mut gate = env.create_input_gate(&cfg).unwrap();
+    for i in 0..N {
+        match gate.next(Some(Duration::from_secs(20))) {
+            Ok(GateItem::Record { data, .. }) => assert_eq!(data, &aligned(i)[..], "record {i}"),
+            other => panic!("record {i} not read before its commit: {other:?}"),
+        }
+    }
+    tx.send(()).unwrap();
+    assert!(matches!(gate.next(T).unwrap(), GateItem::End));
+    drop(gate);
+    assert!(producer.join().unwrap(), "the producer finished only after the gate read everything");
+    assert_eq!(arena.header_atomics().free_stack.len(), 256, "every segment is back");
+}

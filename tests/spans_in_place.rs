@@ -2,7 +2,7 @@
 //! the chunks of the segments they cover, pointing into the arena's data region, with no
 //! reassembly unless the caller asks for one contiguous slice.
 
-use shmflow::gate::{GateItem, GateView, InputGateConfig, InputSpec, SingleInputGate};
+use shmflow::gate::{GateItem, GatePiece, GateView, InputGateConfig, InputSpec, SingleInputGate};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{
     BroadcastPartitioner, BufferTimeout, RequestBackoff, ResultPartitionConfig, ResultPartitionId, ResultPartitionType,
@@ -208,4 +208,52 @@ fn records_within_the_credit_stay_in_place_while_the_reader_waits_for_them() {
     // 8 segments while waiting (it needs 6), so every record is read in place however the
     // reader and writer interleave.
     assert_eq!(stream_in_place(10, 8), (0, 40), "every record in place");
+}
+
+#[test]
+fn streamed_spans_arrive_piece_by_piece_in_place_within_two_credits_and_are_never_copied() {
+    // 2 credits, no floating ones: a 20000 B record covers 5 or 6 segments, more than the
+    // credit, so it can only be read as it is written; streamed, every piece is handed out
+    // from the arena and its segment released before the next, and none is reassembled.
+    let arena = arena();
+    let n = 40usize;
+    let rec = |i: usize| -> Vec<u8> {
+        let len = if i % 4 == 2 { 20 } else { 20_000 };
+        (0..len).map(|j| (j * 13 + i) as u8).collect()
+    };
+    let producer = spawn_producer(&arena, (0..n).map(rec).collect(), mpsc::channel().0);
+    let mut gate = gate(&arena, 2, 0);
+    gate.set_spans_streamed(true);
+    let (mut got, mut pieces, mut at) = (0usize, 0usize, 0usize);
+    // Bounded: at most 6 pieces per record, and the end.
+    for _ in 0..n * 8 + 8 {
+        match gate.next_piece(T).unwrap() {
+            GatePiece::Record { channel, piece } => {
+                assert_eq!(channel, 0);
+                let want = rec(got);
+                assert_eq!(piece.len, want.len(), "record {got}'s length with every piece");
+                assert_eq!(piece.at, at, "record {got}'s pieces come in order");
+                assert!(in_data_region(&arena, piece.bytes), "piece of record {got} lies in the arena");
+                assert!(!piece.bytes.is_empty() && piece.bytes.len() <= SEG as usize);
+                assert_eq!(piece.bytes, &want[at..at + piece.bytes.len()], "record {got} bytes {at}..");
+                assert_eq!(piece.is_first(), at == 0);
+                at += piece.bytes.len();
+                pieces += 1;
+                if piece.is_last() {
+                    assert_eq!(at, want.len());
+                    assert_eq!(piece.is_whole(), want.len() == 20);
+                    got += 1;
+                    at = 0;
+                }
+            }
+            GatePiece::Item(GateItem::End) => break,
+            GatePiece::Item(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, n, "every record read");
+    assert!(pieces >= 30 * 5 + 10, "the large records came in pieces ({pieces} in all)");
+    assert_eq!(gate.spanned_records(), (0, 30), "no spanning record was reassembled");
+    drop(gate);
+    producer.join().unwrap();
+    assert_eq!(arena.header_atomics().free_stack.len(), 64, "every segment is back");
 }

@@ -33,7 +33,13 @@
 //! pair, the others byte records (`[u8]`); `32 KiB segment` records carry 32 KiB - 4 bytes,
 //! so that with their length prefix each fills exactly one 32 KiB segment and is read in
 //! place (the streaming case to hold against iceoryx2's 32 KiB samples); `1 MiB` records
-//! span 32 segments and are reassembled. The 1 MiB case runs once more, shmflow only, with
+//! span 33 segments. shmflow's consumer reads them as a deserializer that consumes a byte
+//! stream would (the checksum is one): piece by piece in place as their segments arrive
+//! (`set_spans_streamed`, `next_piece`; the checksum's state carried from piece to piece),
+//! each segment released once read, never copied — the copy into the segments is the
+//! producer's, once; the run fails if one was reassembled. The socket peers copy each
+//! record once out of the kernel, into its buffer, and checksum it there; the in-process
+//! channel reassembles it from its 32 KiB buffers. The 1 MiB case runs once more, shmflow only, with
 //! 4 MiB segments (shape `1x1-4MiB-segments`, field `segment_bytes`): a user's tuning for
 //! large records, which then fit one segment and are read in place. The other systems keep
 //! their 32 KiB framing, so their figures would repeat the default case's and they skip it;
@@ -134,7 +140,7 @@
 //! stream peers' two ends with Flink's credits), `local` (the in-process peer and the
 //! limits), `spawn` and `producer` (the producer process), `machine`, `report`.
 
-use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
+use shmflow::gate::{GateItem, GatePiece, InputGateConfig, InputSpec};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{
     BroadcastPartitioner, BufferTimeout, ChannelSelector, OutputFlusher, RebalancePartitioner, RecordWriter,

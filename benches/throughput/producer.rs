@@ -298,6 +298,18 @@ pub(crate) fn emit_until_stopped<S>(
         emit(&mut writer, i)?;
         i += 1;
     }
+    if std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some() {
+        let s = writer.partition().stats();
+        eprintln!(
+            "    writer: {} records, {} segments, {} parks, back-pressured {} ms, awaiting consumers {} ms, {} spanning",
+            s.records_out,
+            s.segments_out,
+            s.parks,
+            s.back_pressured_ns / 1_000_000,
+            s.awaiting_consumer_ns / 1_000_000,
+            s.spanning_records
+        );
+    }
     writer.finish()?;
     writer.into_partition().release_when_consumed(Some(WAIT_TIMEOUT))?;
     Ok(i)

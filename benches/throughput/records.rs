@@ -31,30 +31,127 @@ pub(crate) fn pair_tail() -> u32 {
 #[inline]
 pub(crate) fn xor_words(data: &[u8]) -> u64 {
     let mut lanes = [0u64; 4];
-    let mut chunks = data.chunks_exact(32);
-    for c in &mut chunks {
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&c[l * 8..l * 8 + 8]);
-            *lane ^= u64::from_le_bytes(b);
-        }
-    }
+    let rest = xor_blocks(&mut lanes, data);
     // The last 0..=31 bytes: whole words, then a zero-padded tail (built byte by byte:
     // a variable-length copy would be a memcpy call per record).
-    let mut words = chunks.remainder().chunks_exact(8);
+    let mut words = rest.chunks_exact(8);
     let mut l = 0;
     for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        lanes[l] ^= u64::from_le_bytes(b);
+        lanes[l] ^= word(w);
         l += 1;
     }
     let tail = words.remainder();
     if !tail.is_empty() {
-        let v = tail.iter().enumerate().fold(0u64, |v, (k, &b)| v | u64::from(b) << (8 * k));
-        lanes[l] ^= v;
+        lanes[l] ^= tail_word(tail);
     }
+    fold_lanes(&lanes)
+}
+
+/// XORs the whole 32-byte blocks of `data` into the lanes (word `k` of a block into lane
+/// `k`); returns the bytes after the last block.
+#[inline]
+fn xor_blocks<'a>(lanes: &mut [u64; 4], data: &'a [u8]) -> &'a [u8] {
+    let mut chunks = data.chunks_exact(32);
+    for c in &mut chunks {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane ^= word(&c[l * 8..l * 8 + 8]);
+        }
+    }
+    chunks.remainder()
+}
+
+/// The little-endian word of 8 bytes.
+#[inline]
+fn word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(b);
+    u64::from_le_bytes(w)
+}
+
+/// The little-endian word of fewer than 8 bytes, zero-padded (byte by byte: no memcpy call).
+#[inline]
+fn tail_word(tail: &[u8]) -> u64 {
+    tail.iter().enumerate().fold(0u64, |v, (k, &b)| v | u64::from(b) << (8 * k))
+}
+
+#[inline]
+fn fold_lanes(lanes: &[u64; 4]) -> u64 {
     lanes[0] ^ lanes[1].rotate_left(16) ^ lanes[2].rotate_left(32) ^ lanes[3].rotate_left(48)
+}
+
+/// `xor_words` of a record read in pieces (a record that spans segments, streamed by the
+/// gate): the same value as `xor_words` of the pieces laid end to end, with the state
+/// carried from piece to piece (lanes, words so far, the bytes of a word a piece ended in).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PieceSum {
+    lanes: [u64; 4],
+    /// Whole words XORed so far.
+    words: usize,
+    /// The first `pending_len` bytes (0..8) of the next word.
+    pending: u64,
+    pending_len: usize,
+    /// Bytes so far.
+    pub(crate) len: usize,
+    /// The record's first 8 bytes (its stamp), once `len >= 8`.
+    pub(crate) stamp: u64,
+}
+
+impl PieceSum {
+    /// Adds the record's next bytes.
+    pub(crate) fn update(&mut self, mut b: &[u8]) {
+        let start = self.len;
+        self.len += b.len();
+        // Complete a word the last piece ended in, byte by byte.
+        while self.pending_len > 0 && !b.is_empty() {
+            self.pending |= u64::from(b[0]) << (8 * self.pending_len);
+            self.pending_len += 1;
+            b = &b[1..];
+            if self.pending_len == 8 {
+                let w = std::mem::take(&mut self.pending);
+                self.push_word(w);
+                self.pending_len = 0;
+            }
+        }
+        // Word by word up to a block boundary (lane 0), then whole blocks.
+        while self.words % 4 != 0 && b.len() >= 8 {
+            self.push_word(word(&b[..8]));
+            b = &b[8..];
+        }
+        if self.words % 4 == 0 {
+            let blocks = b.len() / 32;
+            if start == 0 && b.len() >= 8 {
+                self.stamp = word(&b[..8]);
+            }
+            b = xor_blocks(&mut self.lanes, b);
+            self.words += blocks * 4;
+        }
+        while b.len() >= 8 {
+            self.push_word(word(&b[..8]));
+            b = &b[8..];
+        }
+        for &x in b {
+            self.pending |= u64::from(x) << (8 * self.pending_len);
+            self.pending_len += 1;
+        }
+    }
+
+    #[inline]
+    fn push_word(&mut self, w: u64) {
+        if self.words == 0 {
+            self.stamp = w;
+        }
+        self.lanes[self.words % 4] ^= w;
+        self.words += 1;
+    }
+
+    /// `xor_words` of all bytes added.
+    pub(crate) fn finish(&self) -> u64 {
+        let mut lanes = self.lanes;
+        if self.pending_len > 0 {
+            lanes[self.words % 4] ^= self.pending;
+        }
+        fold_lanes(&lanes)
+    }
 }
 
 /// Non-linear finish, so that a sum over records does not cancel.
@@ -67,6 +164,10 @@ pub(crate) fn mix(x: u64, len: usize) -> u64 {
 /// The checksum of one record: reads every byte.
 #[inline]
 pub(crate) fn record_checksum(data: &[u8]) -> u64 {
+    if let Ok(w) = <[u8; 8]>::try_from(data) {
+        // One word (a `u64` record): `xor_words` is the word itself.
+        return mix(u64::from_le_bytes(w), LONG);
+    }
     mix(xor_words(data), data.len())
 }
 
@@ -101,6 +202,19 @@ pub(crate) fn self_check(sizes: &[usize]) -> Res<()> {
             stamp(&mut rec, stamp_of(w, i));
             if record_checksum(&rec) != mix(stamp_of(w, i) ^ fx, size) {
                 return Err(format!("checksum self-check failed for {size}-byte records").into());
+            }
+        }
+        // Read in pieces (split at awkward places), the sum is the same.
+        for step in [1usize, 3, 7, 8, 13, 32, 33, 100, 32 * 1024 - 4] {
+            let mut p = PieceSum::default();
+            for piece in rec.chunks(step) {
+                p.update(piece);
+            }
+            if p.finish() != xor_words(&rec) || p.len != size || (size >= 8 && p.stamp != word(&rec[..8])) {
+                return Err(format!(
+                    "piecewise checksum self-check failed for {size}-byte records in {step}-byte pieces"
+                )
+                .into());
             }
         }
     }
@@ -153,9 +267,50 @@ impl Tally {
             self.bad_len += 1;
             return;
         }
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&data[..8]);
-        let v = u64::from_le_bytes(b);
+        self.check_stamp(word(&data[..8]), next, writer);
+    }
+
+    /// Counts and checksums a piece of a record (`Tally::add` for a record read in pieces,
+    /// the sum carried in `state`, one per channel): a record is counted with its last
+    /// piece. A whole record is `add`ed as it is.
+    #[inline]
+    pub(crate) fn add_piece(
+        &mut self,
+        piece: shmflow::record::RecordPiece<'_>,
+        size: usize,
+        next: &mut u64,
+        writer: u32,
+        state: &mut PieceSum,
+    ) {
+        if piece.is_whole() {
+            return self.add(piece.bytes, size, next, writer);
+        }
+        if piece.is_first() {
+            *state = PieceSum::default();
+        }
+        if state.len != piece.at {
+            // A piece that does not continue the record: the record is broken.
+            self.bad_len += 1;
+            *state = PieceSum { len: usize::MAX / 2, ..PieceSum::default() };
+            return;
+        }
+        state.update(piece.bytes);
+        if !piece.is_last() {
+            return;
+        }
+        self.records += 1;
+        self.bytes += state.len as u64;
+        self.sum = self.sum.wrapping_add(mix(state.finish(), state.len));
+        if state.len != size || state.len < 8 {
+            self.bad_len += 1;
+            return;
+        }
+        self.check_stamp(state.stamp, next, writer);
+    }
+
+    /// Checks a record's stamp `v`: its writer and its sequence number on its channel.
+    #[inline]
+    fn check_stamp(&mut self, v: u64, next: &mut u64, writer: u32) {
         if (v >> SEQ_BITS) as u32 != writer {
             self.foreign += 1;
         }

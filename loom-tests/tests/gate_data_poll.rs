@@ -37,10 +37,10 @@
 mod common;
 
 use loom::thread;
-use shmflow::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
+use shmflow::buffer::BufferBuilder;
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::record::{RecordReader, Step};
-use shmflow::ring::{ChannelReader, ChannelWriter, Descriptor, NotifySet};
+use shmflow::ring::{Descriptor, NotifySet};
 use shmflow::sync::{WaitOutcome, WaitPolicy, Waiter};
 use std::sync::Arc;
 
@@ -66,14 +66,7 @@ fn data_poll_no_lost_or_torn_record() {
         let arena = arena();
         // Set-up (spawning orders it before both threads): the consumer attaches and
         // grants a credit, the producer takes it, starts a segment and publishes it.
-        let reader = ChannelReader::open(Arc::clone(&arena), 0).expect("channel 0 exists");
-        reader.set_gate(0, MEMBER);
-        reader.grant(1).expect("room in the credit ring");
-        let config = LocalPoolConfig { min: 1, max: 1, max_per_channel: 1, channels: 1 };
-        let mut pool = LocalBufferPool::new(Arc::clone(&arena), 0, 0, config).expect("valid pool config");
-        let mut writer = ChannelWriter::open(Arc::clone(&arena), 0).expect("channel 0 exists");
-        writer.reclaim(&mut pool).expect("a well-formed grant");
-        let segment = pool.request(Some(0)).expect("pool not corrupt").expect("the pool's segment");
+        let (reader, mut writer, pool, segment) = common::gate_channel(&arena, MEMBER);
         let index = segment.index();
         let mut builder = BufferBuilder::new(segment, 1);
         writer.publish(Descriptor::Buffer(index)).expect("credit and room");

@@ -14,9 +14,10 @@
 //!   `fetch_add`): the second marker finds the bit set (in `mark`'s load or its `fetch_or`)
 //!   and neither sets it nor notifies. The test asserts that the search reached executions
 //!   where the two marks were coalesced into one;
-//! - one marker that publishes on two members, issues one `fence(SeqCst)` and then
-//!   `mark_fenced` for both (the batched flush of `ResultPartition::flush_all`), twice,
-//!   racing a plain `mark` on one of the members;
+//! - one marker that publishes on two members, issues one `fence(SeqCst)` and then marks
+//!   both: first with `mark_all_fenced` (one `fetch_or` for the word, the batched flush of
+//!   `ResultPartition::flush_all`), then again with `mark_fenced` for each (the output
+//!   flusher's `notify_channel_fenced`), racing a plain `mark` on one of the members;
 //! - the gate-attach handshake: the producer's `ChannelWriter` publishes two payload-free
 //!   `EndOfData` events (they take no credit) and calls `notify_consumer` after each, while
 //!   the consumer thread builds its `ChannelReader`, calls `set_gate(0, 1)` (member 1, so a
@@ -128,9 +129,9 @@ fn distinct_members_no_lost_item() {
 }
 
 /// One marker publishing an item on each of members 0 and 1, then one `fence(SeqCst)` and
-/// `mark_fenced` for both (what `ResultPartition::flush_all` does for many channels), twice,
-/// while a second marker uses `mark` on member 1: the shared fence must stand for the
-/// per-mark fences.
+/// marking both (`mark_all_fenced`, what `ResultPartition::flush_all` does for many
+/// channels; the second time `mark_fenced` for each), while a second marker uses `mark` on
+/// member 1: the shared fence must stand for the per-mark fences.
 #[test]
 fn batched_marks_one_fence_no_lost_item() {
     common::check("notify_set::batched_marks_one_fence_no_lost_item", Some(3), || {
@@ -139,15 +140,21 @@ fn batched_marks_one_fence_no_lost_item() {
         let batch = {
             let (arena, data) = (Arc::clone(&arena), Arc::clone(&data));
             thread::spawn(move || {
-                for _ in 0..2 {
+                for round in 0..2 {
                     for d in data.iter() {
                         // Release: publishes the item, as a builder's commit does.
                         d.fetch_add(1, Ordering::Release);
                     }
                     // SeqCst fence: the one fence of the batch, as in `flush_all`.
                     shmflow::sync::fence(Ordering::SeqCst);
-                    for member in 0..2 {
-                        set(&arena).mark_fenced(member).expect("member inside the set");
+                    if round == 0 {
+                        // Both members' bits in one read-modify-write (as `flush_all`).
+                        set(&arena).mark_all_fenced([0, 1]).expect("members inside the set");
+                    } else {
+                        // One by one (as the output flusher's `notify_channel_fenced`).
+                        for member in 0..2 {
+                            set(&arena).mark_fenced(member).expect("member inside the set");
+                        }
                     }
                 }
             })

@@ -95,6 +95,11 @@ fn needs_pieces(dst: usize, src: &[u8]) -> bool {
     src.len() > COPY_PIECE && (1..64).contains(&(dst.wrapping_sub(src.as_ptr() as usize) % 4096))
 }
 
+/// How far ahead of its write position a builder prefetches for writing, once per line its
+/// small records reach ([`BufferBuilder::try_write_framed`]): a few hundred ns of 8 B
+/// records, about the time a line takes to come back from the consumer's core.
+const WRITE_AHEAD: usize = 1024;
+
 /// The writer's cursor over one segment.
 ///
 /// Dropping it finishes its segment (readers see the end of what was written; none waits
@@ -110,6 +115,9 @@ pub struct BufferBuilder {
     /// Bytes published to readers, in `0..=pos`.
     committed: u32,
     finished: bool,
+    /// Whether small records prefetch the lines ahead for writing (the CPU can:
+    /// [`has_prefetch_write`](crate::sync::has_prefetch_write)).
+    write_ahead: bool,
 }
 
 // SAFETY: `base` points into the arena mapping that the builder's own `Arc<Arena>` keeps
@@ -141,7 +149,12 @@ impl BufferBuilder {
         }
         let size = arena.segment_size();
         let base = arena.segment_ptr(index, 0);
-        Self { arena, base, index, size, pos: 0, committed: 0, finished: false }
+        let write_ahead = crate::sync::has_prefetch_write();
+        let b = Self { arena, base, index, size, pos: 0, committed: 0, finished: false, write_ahead };
+        // The first record's prefix word says "nothing yet" (a polling reader must not take
+        // what a previous use left there for a record); published with the descriptor.
+        b.clear_word(0);
+        b
     }
 
     fn control(&self) -> &SegmentControl {
@@ -208,27 +221,142 @@ impl BufferBuilder {
         unsafe { self.arena.segment_bytes_mut(self.index, self.pos, len) }
     }
 
-    /// Writes one length-prefixed record ([`frame::encode`]) when it fits with room to spare
-    /// (the segment is not full afterwards); returns false, writing nothing, otherwise.
-    /// The per-record fast path of the record writer: no bounds re-checks, no recompute of
-    /// the length.
+    /// Writes one length-prefixed record when it fits with room to spare (the segment is
+    /// not full afterwards); returns false, writing nothing, otherwise. The per-record fast
+    /// path of the record writer: no bounds re-checks, no recompute of the length. The
+    /// record is published in its data for a reader that polls it (see the module doc,
+    /// "published in the data"), and to every reader by the next commit.
     #[inline]
     pub fn try_write_framed<R: crate::record::Record + ?Sized>(&mut self, record: &R, len: usize) -> bool {
         let total = frame::framed_len(len);
         if self.finished || total >= self.remaining() as usize {
             return false;
         }
+        let before = self.pos;
+        self.put_framed(len, |out| record.serialize_into(out));
+        // Once per line the records reach.
+        if (before ^ self.pos) >= 64 {
+            self.prefetch_ahead();
+        }
+        true
+    }
+
+    /// Writes one length-prefixed record of `len` payload bytes that `fill` produces in
+    /// place, when it fits in the rest of the segment (up to its limit, or beyond the limit
+    /// when it fits the segment: a record that fits is never split by a debloating limit,
+    /// see the module doc); returns false, writing nothing, otherwise.
+    pub fn write_framed(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
+        let total = frame::framed_len(len) as u64;
+        if self.finished || total > u64::from(self.arena.segment_size() - self.pos) {
+            return false;
+        }
+        if total > u64::from(self.remaining()) {
+            // Past the debloating limit but inside the segment: the limit moves to the end
+            // of this record (the segment is full after it).
+            self.size = self.pos + total as u32;
+        }
+        self.put_framed(len, fill);
+        true
+    }
+
+    /// Writes a length-prefixed record at the position (the caller checked that it fits):
+    /// the payload, then the cleared word behind it, then its prefix, last (see the module
+    /// doc).
+    #[inline(always)]
+    fn put_framed(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
+        let pos = self.pos;
+        let total = frame::framed_len(len) as u32;
         #[cfg(not(loom))]
-        // SAFETY: [pos, pos+total) is inside the segment (total < remaining) and above the
-        // published position, so no reader looks at it; we are the only writer; `base`
-        // points into the mapping that `self.arena` keeps alive.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.pos as usize), total) };
+        // SAFETY: [pos + 4, pos + total) is inside the segment (the caller checked that the
+        // record fits) and above every published position and prefix, so no reader looks at
+        // it; we are the only writer; `base` points into the mapping that `self.arena` keeps
+        // alive. The prefix word is not part of the slice.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.base.add((pos + SLOT_BYTES) as usize), total as usize - LEN_PREFIX)
+        };
         #[cfg(loom)]
         // SAFETY: as above, through the arena so loom's witness cells see the write.
-        let dst = unsafe { self.arena.segment_bytes_mut(self.index, self.pos, total as u32) };
-        frame::encode(dst, len, |out| record.serialize_into(out));
-        self.pos += total as u32;
-        true
+        let dst = unsafe { self.arena.segment_bytes_mut(self.index, pos + SLOT_BYTES, total - SLOT_BYTES) };
+        fill(dst);
+        self.clear_word(pos + total);
+        self.put_prefix(pos, len);
+        self.pos = pos + total;
+    }
+
+    /// Stores the "nothing yet" word at `at` when a record may start there that a reader
+    /// polls ([`frame::UNWRITTEN`] at a 4-aligned offset with room for a prefix in the
+    /// segment; the debloating limit does not count, the reader does not know it).
+    #[inline(always)]
+    fn clear_word(&self, at: u32) {
+        if at % SLOT_BYTES == 0 && u64::from(at) + u64::from(SLOT_BYTES) <= u64::from(self.arena.segment_size()) {
+            // Relaxed: ordered before any reader's look at it by the Release store of the
+            // prefix in front of it (`put_prefix`), by a commit, or by the descriptor's
+            // push (for the segment's first word), which the reader Acquires first.
+            self.arena.segment_word(self.index, at).store(frame::UNWRITTEN, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the length prefix of the record at `pos` (its payload, or the part of it
+    /// that fits, is written already): at a 4-aligned offset an atomic store, Release,
+    /// that publishes the record to a reader polling the word; elsewhere plain bytes
+    /// (nobody polls there).
+    #[inline(always)]
+    fn put_prefix(&mut self, pos: u32, len: usize) {
+        debug_assert!(len <= u32::MAX as usize);
+        if pos % SLOT_BYTES != 0 {
+            // SAFETY: [pos, pos + 4) is inside the segment (the caller's record or head
+            // fits) and above every published position; no reader polls an unaligned word.
+            frame::put_len(unsafe { self.arena.segment_bytes_mut(self.index, pos, SLOT_BYTES) }, len);
+            return;
+        }
+        #[cfg(loom)]
+        // SAFETY: as above. Under loom the arena's words are separate from its bytes:
+        // the bytes (read by a reader of committed bytes) are written here as well.
+        frame::put_len(unsafe { self.arena.segment_bytes_mut(self.index, pos, SLOT_BYTES) }, len);
+        // Release: pairs with the Acquire load in `BufferConsumer::record_at_read`;
+        // publishes the payload written above and the word cleared behind it. The value's
+        // bytes are the little-endian prefix that readers of committed bytes decode.
+        self.arena.segment_word(self.index, pos).store((len as u32).to_le(), Ordering::Release);
+    }
+
+    /// Writes the head of a record that spans segments: its length prefix (`len` payload
+    /// bytes in all) and as much of `payload` (the record's first bytes) as fits; returns
+    /// the payload bytes written. The builder must have at least [`LEN_PREFIX`] bytes
+    /// left, and the record must not fit the rest of the segment ([`write_framed`](Self::write_framed)
+    /// would have written it): a reader polling the prefix sees a length that runs past
+    /// the segment and leaves the record to the position.
+    pub fn write_span_head(&mut self, len: usize, payload: &[u8]) -> usize {
+        debug_assert!(self.remaining() >= SLOT_BYTES && !self.finished);
+        debug_assert!(
+            frame::framed_len(len) as u64 > u64::from(self.arena.segment_size() - self.pos),
+            "a spanning record's head must not look whole to a polling reader"
+        );
+        let pos = self.pos;
+        self.pos += SLOT_BYTES;
+        let n = self.append(payload);
+        self.put_prefix(pos, len);
+        n
+    }
+
+    /// Ends a record written with [`append`](Self::append)s (the tail of one that spans
+    /// segments): clears the word behind it, for a reader that polls the next record's
+    /// prefix there (see the module doc). Call before the next commit.
+    pub fn end_record(&self) {
+        self.clear_word(self.pos);
+    }
+
+    /// Prefetches for writing the line [`WRITE_AHEAD`] bytes past the write position (at
+    /// most the segment's last line): the segment was read last by a consumer on another
+    /// core, so every line the writer reaches must first cross back; asked for early, it
+    /// does so while the records before it are written (see
+    /// [`prefetch_write_line`](crate::sync::prefetch_write_line)).
+    #[inline]
+    fn prefetch_ahead(&self) {
+        #[cfg(not(loom))]
+        if self.write_ahead {
+            let at = (self.pos as usize + WRITE_AHEAD).min(self.size as usize - 1);
+            crate::sync::prefetch_write_line(self.base.wrapping_add(at));
+        }
     }
 
     /// Clears the slot at the start of the segment, for a segment that will carry
@@ -447,6 +575,11 @@ pub struct BufferConsumer {
     place: u32,
     /// The writer position of the last load in `peek_final` (validated there).
     known: u32,
+    /// Where reading ahead of the writer's position began ([`record_at_read`](Self::record_at_read)
+    /// took a record the position did not cover yet; `u32::MAX`: not ahead): a position
+    /// below the read position but not below this is a writer that did not commit yet,
+    /// not one that went back.
+    ahead_from: u32,
 }
 
 impl std::fmt::Debug for BufferConsumer {
@@ -480,7 +613,7 @@ impl BufferConsumer {
             // A SpareLease is made only from an unshared lease and never cloned.
             None => unreachable!("a spare lease is not shared"),
         };
-        Self { lease, size, read_pos: 0, finished: false, place: channel, known: 0 }
+        Self { lease, size, read_pos: 0, finished: false, place: channel, known: 0, ahead_from: u32::MAX }
     }
 
     /// Starts reading segment `index` (validated by the caller's descriptor check),
@@ -495,6 +628,7 @@ impl BufferConsumer {
             finished: false,
             place: channel,
             known: 0,
+            ahead_from: u32::MAX,
         }
     }
 
@@ -508,7 +642,9 @@ impl BufferConsumer {
         self.read_pos
     }
 
-    /// Loads the writer's position: `(published bytes, finished)`.
+    /// Loads the writer's position: `(published bytes, finished)`. Below the read position
+    /// only while this reader reads ahead of the commits
+    /// ([`record_at_read`](Self::record_at_read)) and the segment is not finished.
     ///
     /// # Errors
     /// [`Error::ProtocolViolation`] if the position is beyond the segment or went back.
@@ -517,7 +653,9 @@ impl BufferConsumer {
         // Acquire: pairs with the Release stores in `BufferBuilder::commit` / `finish`.
         let p = ctl.position.load(Ordering::Acquire);
         let pos = p & POSITION_MASK;
-        if pos > self.size || pos < self.read_pos {
+        let fin = p & FINISHED != 0;
+        let floor = if fin { self.read_pos } else { self.read_pos.min(self.ahead_from) };
+        if pos > self.size || pos < floor {
             return Err(Error::ProtocolViolation {
                 place: format!("channel {}", self.place),
                 detail: format!(
@@ -526,7 +664,7 @@ impl BufferConsumer {
                 ),
             });
         }
-        Ok((pos, p & FINISHED != 0))
+        Ok((pos, fin))
     }
 
     /// Takes everything published since the last call as an in-place view; `Ok(None)` when
@@ -569,13 +707,60 @@ impl BufferConsumer {
     /// As [`writer_position`](Self::writer_position).
     pub fn peek_final(&mut self) -> Result<(&[u8], bool)> {
         let (pos, fin) = self.writer_position()?;
-        self.known = pos;
+        if pos >= self.read_pos {
+            self.known = pos;
+            self.ahead_from = u32::MAX;
+        }
         if fin && pos == self.read_pos {
             self.finished = true;
         }
-        // SAFETY: [read_pos, pos) is published (Acquire above) and inside the segment
-        // (validated); the lease keeps the segment alive.
-        Ok((unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, pos - self.read_pos) }, fin))
+        let n = pos.saturating_sub(self.read_pos);
+        // SAFETY: [read_pos, read_pos + n) is published (Acquire above) and inside the
+        // segment (validated); the lease keeps the segment alive.
+        Ok((unsafe { self.lease.arena.segment_bytes(self.lease.index, self.read_pos, n) }, fin))
+    }
+
+    /// The length-prefixed record at the read position, in place, when its prefix word
+    /// says it was written (a network-stack reader that polls the data, see the module doc):
+    /// the read position is 4-aligned, its word is not [`frame::UNWRITTEN`], and the record
+    /// lies whole in the segment. `None` otherwise, also for the head of a record that
+    /// spans segments (its length runs past the segment): the writer's position tells
+    /// then. The record may lie above the writer's position (written, not committed yet).
+    /// After using it, [`consume`](Self::consume) its [`frame::framed_len`].
+    #[inline]
+    pub fn record_at_read(&mut self) -> Option<&[u8]> {
+        let at = self.read_pos;
+        if at % SLOT_BYTES != 0 || u64::from(at) + u64::from(SLOT_BYTES) > u64::from(self.size) {
+            return None;
+        }
+        // Acquire: pairs with the Release store in `BufferBuilder::put_prefix`: the
+        // payload and the word cleared behind it are visible.
+        let v = u32::from_le(self.lease.arena.segment_word(self.lease.index, at).load(Ordering::Acquire));
+        let end = u64::from(at) + u64::from(SLOT_BYTES) + u64::from(v);
+        if v == frame::UNWRITTEN || end > u64::from(self.size) {
+            return None;
+        }
+        if at >= self.known {
+            self.ahead_from = self.ahead_from.min(at);
+        }
+        // SAFETY: inside the segment (checked above); written before the prefix's Release
+        // store that we Acquired, and never written again while the segment is ours; the
+        // lease keeps the segment alive.
+        Some(unsafe { self.lease.arena.segment_bytes(self.lease.index, at + SLOT_BYTES, v) })
+    }
+
+    /// Whether [`record_at_read`](Self::record_at_read) would find a record now (the one
+    /// load of the prefix word, for a reader spinning on it). `None` when the word cannot
+    /// tell (unaligned read position, no room for a prefix): ask the writer's position.
+    #[inline]
+    pub fn record_written_at_read(&self) -> Option<bool> {
+        let at = self.read_pos;
+        if at % SLOT_BYTES != 0 || u64::from(at) + u64::from(SLOT_BYTES) > u64::from(self.size) {
+            return None;
+        }
+        // Relaxed: only a hint; `record_at_read` Acquires the word before anything is read.
+        let v = u32::from_le(self.lease.arena.segment_word(self.lease.index, at).load(Ordering::Relaxed));
+        Some(v != frame::UNWRITTEN && u64::from(at) + u64::from(SLOT_BYTES) + u64::from(v) <= u64::from(self.size))
     }
 
     /// The slot-framed record at the read position, in place, once its writer published

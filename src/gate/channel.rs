@@ -26,7 +26,7 @@ use crate::partition::{
     BlockingPartitionFile, FileChannelManager, RequestBackoff, ResultPartitionId, ResultPartitionManager,
     SubpartitionCursor, PARTITION_FINISHED,
 };
-use crate::record::{RecordChunks, RecordReader};
+use crate::record::{RecordChunks, RecordPiece, RecordReader};
 use crate::sync::{now_nanos, Ordering};
 use std::time::Duration;
 
@@ -277,6 +277,19 @@ impl InputChannel {
         }
     }
 
+    /// The record the last poll found, as a piece in place (the next piece of a record
+    /// that spans segments and is streamed, else the whole record).
+    #[inline]
+    pub(super) fn record_piece(&self) -> RecordPiece<'_> {
+        match &self.kind {
+            ChannelKind::Local(l) => l.reader.record_piece(),
+            ChannelKind::File(f) => {
+                let bytes = f.record();
+                RecordPiece { bytes, at: 0, len: bytes.len() }
+            }
+        }
+    }
+
     /// The record the last poll found, as its chunks in place.
     #[inline]
     pub(super) fn record_chunks(&self) -> RecordChunks<'_> {
@@ -286,10 +299,10 @@ impl InputChannel {
         }
     }
 
-    /// Records that spanned segments: (reassembled, read in place as chunks).
+    /// Records that spanned segments: (reassembled, read in place as chunks or streamed).
     pub(super) fn spanned(&self) -> (u64, u64) {
         match &self.kind {
-            ChannelKind::Local(l) => (l.reader.spanned, l.reader.spanned_in_place),
+            ChannelKind::Local(l) => (l.reader.spanned, l.reader.spanned_in_place + l.reader.spanned_streamed),
             ChannelKind::File(_) => (0, 0),
         }
     }

@@ -6,7 +6,8 @@
 //!  subpartition --channel block--> LocalInputChannel ---+--> SingleInputGate --> records
 //!  producers mark the gate's notify set and wake it only  |      (&[u8] in place) and events
 //!  when it parks; the gate serves marked channels round-robin and never scans the others
-//!  records that span segments: reassembled, or read in place as chunks (next_view)
+//!  records that span segments: reassembled, read in place as chunks (next_view), or
+//!  streamed piece by piece as their segments arrive (next_piece)
 //!  blocking partition's file --FileChannel (mmap, in place) --/   (polled: nobody marks it;
 //!      its partition request is the wait until the directory says FINISHED)
 //!  UnionInputGate: several gates sharing one notify set
@@ -37,5 +38,5 @@ mod union;
 pub use align::Overtaken;
 pub use config::{InputGateConfig, InputSpec};
 pub use debloat::DebloatConfig;
-pub use single::{GateItem, GateView, SingleInputGate};
+pub use single::{GateItem, GatePiece, GateView, SingleInputGate};
 pub use union::UnionInputGate;

@@ -32,6 +32,9 @@ use std::time::Duration;
 
 use super::align::Overtaken;
 
+/// Spins of [`SingleInputGate::next_hot`] before the full wait (a few tens of µs).
+const HOT_SPINS: u32 = 2048;
+
 /// What a gate hands out.
 #[derive(Debug)]
 pub enum GateItem<'a> {
@@ -79,6 +82,23 @@ pub enum GateView<'a> {
         channel: u32,
         /// Payload, borrowed from shared memory.
         record: crate::record::RecordChunks<'a>,
+    },
+    /// Anything but a record ([`GateItem::Record`] never appears here).
+    Item(GateItem<'a>),
+}
+
+/// What [`SingleInputGate::next_piece`] hands out: records as their pieces in place, anything
+/// else as [`GateItem`].
+#[derive(Debug)]
+pub enum GatePiece<'a> {
+    /// A record, or the next piece of one that spans segments when the gate streams spans
+    /// ([`SingleInputGate::set_spans_streamed`]); the pieces of one channel's record come
+    /// in order, though pieces of other channels' records may come between them.
+    Record {
+        /// Channel index in the gate.
+        channel: u32,
+        /// The piece, borrowed from shared memory.
+        piece: crate::record::RecordPiece<'a>,
     },
     /// Anything but a record ([`GateItem::Record`] never appears here).
     Item(GateItem<'a>),
@@ -152,15 +172,20 @@ pub struct SingleInputGate {
     /// their partition requests while it waits).
     has_files: bool,
     /// The local channel that handed out the last record. A gate in spin mode (a wait
-    /// policy that never parks) polls this channel's data while it waits (its segment's
-    /// position word and the lines behind its read position, or its data ring when it has
-    /// no segment), before the notify set: the next record on it is found as its position
-    /// turns, instead of after the producer's mark, the gate's drain of it and then the
-    /// position. The producer's mark stays set (its next mark takes the "already marked"
-    /// shortcut) and is drained later. Adaptive and park modes keep to the notify set: the
-    /// data poll holds the lines the producer writes next in the gate's cache, which costs
-    /// a producer that streams (see the README's performance notes). The notify set stays
-    /// what wakes a parked gate and what finds every other channel.
+    /// policy that never parks) reads its local channels' records in the data
+    /// (`RecordReader::set_data_reads`: a record whose prefix starts 4-aligned is published
+    /// by that prefix word, stored last with Release) and, while it waits, polls this
+    /// channel's next prefix word before the notify set: the next record is found in one
+    /// cache-line transfer, as its prefix lands, not after the producer's commit and mark,
+    /// the gate's drain of it and then the position. Where the word cannot tell (an
+    /// unaligned read position, a record half read, no segment) it polls the segment's
+    /// position word and prefetches the lines behind the read position instead. The
+    /// producer's mark stays set (its next mark takes the "already marked" shortcut) and
+    /// is drained later. Adaptive and park modes keep to the notify set and the committed
+    /// position: polling the data holds the lines the producer writes next in the gate's
+    /// cache, which costs a producer that streams (see the README's performance notes).
+    /// The notify set stays what wakes a parked gate and what finds every other channel,
+    /// segment ends, events and records that span segments.
     hot: Option<u32>,
 }
 
@@ -301,7 +326,11 @@ impl SingleInputGate {
         });
         match opened {
             Ok(reader) => {
-                let local = LocalChannel { reader: RecordReader::new(reader), dead_progress: 0, dead_looks: 0 };
+                let mut reader = RecordReader::new(reader);
+                // A gate that never parks spins on its producers: it reads records as their
+                // prefixes land (see `hot`).
+                reader.set_data_reads(!cfg.wait_policy.park);
+                let local = LocalChannel { reader, dead_progress: 0, dead_looks: 0 };
                 Ok(ChannelKind::Local(local))
             }
             Err(e) => {
@@ -626,6 +655,8 @@ impl SingleInputGate {
                     ch.served = 0;
                     if let Some(l) = ch.local() {
                         publish_read_counters(l);
+                        // Before any record: poll this one's data while waiting.
+                        self.hot = self.hot.or(Some(c));
                     }
                     self.ready.pop_front();
                     self.credits.ran_dry(ci, &self.channels)?;
@@ -706,6 +737,18 @@ impl SingleInputGate {
         }
     }
 
+    /// Hands out records that span segments piece by piece as their segments arrive
+    /// (`true`), on every channel ([`RecordReader::set_spans_streamed`]): nothing is
+    /// copied and no segment is held past its piece, whatever the record's size and the
+    /// channel's credit. Read them with [`next_piece`](Self::next_piece); the other ways
+    /// to read ([`next`](Self::next), [`next_view`](Self::next_view),
+    /// [`poll_next`](Self::poll_next)) panic on a piece of such a record.
+    pub fn set_spans_streamed(&mut self, on: bool) {
+        for l in self.channels.iter_mut().filter_map(InputChannel::local_mut) {
+            l.reader.set_spans_streamed(on);
+        }
+    }
+
     /// How many segments a record read in place may keep held while the gate waits for its
     /// rest, on every channel ([`RecordReader::set_hold_budget`]; default 0: copy and
     /// release at the first wait). Its producer must still be able to write the rest: keep
@@ -718,8 +761,8 @@ impl SingleInputGate {
         }
     }
 
-    /// Records that spanned segments: (reassembled, read in place as chunks), over all
-    /// channels.
+    /// Records that spanned segments: (reassembled, read in place as chunks or streamed in
+    /// pieces), over all channels.
     pub fn spanned_records(&self) -> (u64, u64) {
         self.channels.iter().map(InputChannel::spanned).fold((0, 0), |(r, p), (a, b)| (r + a, p + b))
     }
@@ -785,6 +828,71 @@ impl SingleInputGate {
         Ok(Some(c))
     }
 
+    /// Spin mode, when the hot channel is the only one to serve (at the front of the ready
+    /// queue, nothing else queued, no other member marked, nothing in its rings): waits for
+    /// its next record by polling that record's prefix word, and nothing else, for a bounded
+    /// number of spins ([`HOT_SPINS`]), before the full wait. No clock is read, the notify
+    /// set is not drained and the segment's position is not loaded: lines the producer
+    /// writes as it publishes, whose misses would otherwise fall between the gate's record
+    /// and its next wait. The hot channel's own mark stays set (its producer's next marks
+    /// take the "already marked" shortcut) until the full path drains it. Anything the word
+    /// cannot show (a segment's end, events, a record that spans segments or starts
+    /// unaligned, a producer's want of credit, another channel) ends the spin: the full
+    /// path takes it, and a producer that died is noticed there too.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next) (the rings' state).
+    #[inline]
+    fn next_hot(&mut self) -> Result<Option<u32>> {
+        let Some(h) = self.hot else {
+            return Ok(None);
+        };
+        if self.ready.len() != 1 || self.ready.front() != Some(&h) {
+            return Ok(None);
+        }
+        let (members, member) = (self.base + self.channels.len() as u32, self.base + h);
+        let ch = &mut self.channels[h as usize];
+        if ch.state != ChannelState::Active || ch.served + 1 >= self.batch {
+            return Ok(None);
+        }
+        let ChannelKind::Local(l) = &mut ch.kind else {
+            return Ok(None);
+        };
+        let r = &mut l.reader;
+        if r.data_input() != Some(false) {
+            return Ok(None);
+        }
+        let set = NotifySet::new(&self.arena, self.set_id)?;
+        let t0 = now_nanos();
+        let mut found = false;
+        for i in 0..HOT_SPINS {
+            r.prefetch_unread();
+            if r.data_input() != Some(false) {
+                found = r.poll_known();
+                break;
+            }
+            // Relaxed: a stop request.
+            if i % 16 == 15
+                && (set.any_other(members, member)
+                    || r.channel_mut().has_next()?
+                    || self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)))
+            {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let idle = now_nanos().saturating_sub(t0);
+        self.idle_ns += idle;
+        if let Some(t) = &self.task {
+            t.add_idle(idle);
+        }
+        if !found {
+            return Ok(None);
+        }
+        ch.served += 1;
+        Ok(Some(h))
+    }
+
     /// The batch path: hands the whole records already published on the channel being
     /// served (at most `max`) to `f(channel, record)`, in place, without waiting. Returns
     /// how many; 0 means "nothing in this fast path" — call [`next`](Self::next) (which
@@ -794,7 +902,10 @@ impl SingleInputGate {
     ///
     /// # Errors
     /// Protocol violations, or `f`'s error.
-    pub fn drain_records(&mut self, max: usize, f: &mut impl FnMut(u32, &[u8]) -> Result<()>) -> Result<usize> {
+    pub fn drain_records<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(u32, &[u8]) -> Result<()> + ?Sized,
+    {
         let Some(&c) = self.ready.front() else {
             return Ok(0);
         };
@@ -835,6 +946,9 @@ impl SingleInputGate {
         if let Some(c) = self.next_known()? {
             return Ok(GateItem::Record { channel: c, data: self.channels[c as usize].record() });
         }
+        if let Some(c) = self.next_hot()? {
+            return Ok(GateItem::Record { channel: c, data: self.channels[c as usize].record() });
+        }
         let r = self.wait_ready(timeout)?;
         Ok(self.materialize(r))
     }
@@ -846,7 +960,7 @@ impl SingleInputGate {
     /// # Errors
     /// As [`next`](Self::next).
     pub fn next_view(&mut self, timeout: Option<Duration>) -> Result<GateView<'_>> {
-        if let Some(c) = self.next_known()? {
+        if let Some(c) = self.next_known()?.map_or_else(|| self.next_hot(), |c| Ok(Some(c)))? {
             return Ok(GateView::Record { channel: c, record: self.channels[c as usize].record_chunks() });
         }
         match self.wait_ready(timeout)? {
@@ -855,6 +969,26 @@ impl SingleInputGate {
                 Ok(GateView::Record { channel: c, record: self.channels[c as usize].record_chunks() })
             }
             r @ Ready::Item(_) => Ok(GateView::Item(self.materialize(r))),
+        }
+    }
+
+    /// As [`next`](Self::next), with records handed out as pieces in place
+    /// ([`GatePiece::Record`]): a record that spans segments comes one piece per segment
+    /// when the gate streams spans ([`set_spans_streamed`](Self::set_spans_streamed)),
+    /// any other record as one piece.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next).
+    pub fn next_piece(&mut self, timeout: Option<Duration>) -> Result<GatePiece<'_>> {
+        if let Some(c) = self.next_known()? {
+            return Ok(GatePiece::Record { channel: c, piece: self.channels[c as usize].record_piece() });
+        }
+        match self.wait_ready(timeout)? {
+            Ready::Record(c) => {
+                self.account_item();
+                Ok(GatePiece::Record { channel: c, piece: self.channels[c as usize].record_piece() })
+            }
+            r @ Ready::Item(_) => Ok(GatePiece::Item(self.materialize(r))),
         }
     }
 
@@ -907,10 +1041,19 @@ impl SingleInputGate {
             let mut hot_reader = hot.and_then(|h| self.channels[h as usize].local_mut()).map(|l| &mut l.reader);
             let woke = self.waiter.wait(set.wake(), Some(remaining), || {
                 if let Some(r) = hot_reader.as_mut() {
+                    // The lines behind the read position are asked for with the poll, so a
+                    // record that straddles two lines crosses cores in one trip, not two.
                     r.prefetch_unread();
-                    // An error is "ready": `advance` reports it.
-                    if r.has_input().unwrap_or(true) {
-                        return Some(true);
+                    match r.data_input() {
+                        // The next record's prefix word: written or not.
+                        Some(true) => return Some(true),
+                        Some(false) => {}
+                        None => {
+                            // An error is "ready": `advance` reports it.
+                            if r.has_input().unwrap_or(true) {
+                                return Some(true);
+                            }
+                        }
                     }
                 }
                 // Relaxed: a stop request.

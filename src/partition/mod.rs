@@ -22,7 +22,7 @@ pub use blocking::{
     wait_finished, BlockingPartitionFile, BlockingResultPartition, BlockingStats, BlockingSubpartitionReader,
     FileChannelManager, SubpartitionCursor, BLOCKING_DIR_ENV, DEFAULT_REGION_BYTES,
 };
-pub use flush_handoff::{FlushHandoff, HandoffSlot};
+pub use flush_handoff::{FlushHandoff, FlushState};
 pub use manager::{
     PartitionInfo, RequestBackoff, ResultPartitionManager, GATE_FREE, GATE_OPEN, GATE_OWNED_BY, PARTITION_CLAIMED,
     PARTITION_CLAIMED_BY, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_FREE, PARTITION_REGISTERED,

@@ -14,7 +14,7 @@
 //! set's wake-up) after making everything it wrote visible: that is backpressure, and the
 //! time spent there is counted.
 
-use super::flush_handoff::{FlushHandoff, HandoffSlot};
+use super::flush_handoff::FlushHandoff;
 use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
@@ -129,8 +129,6 @@ struct Subpartition {
     builder: Option<BufferBuilder>,
     /// The open builder's number in the flush handoff (see [`FlushHandoff`]).
     epoch: u32,
-    /// This subpartition's slot in the flush handoff, when there is one.
-    slot: Option<Arc<HandoffSlot>>,
     dirty: bool,
     /// Records and payload bytes written, up to the last fold (see `pending`).
     records: u64,
@@ -187,6 +185,9 @@ pub struct ResultPartition {
     handoff: Option<Arc<FlushHandoff>>,
     scratch: Vec<u8>,
     marked: Vec<u32>,
+    /// Member indices `flush_all` marks in one go (reused, so a flush allocates nothing
+    /// once it has grown).
+    wake_scratch: Vec<u32>,
     waiter: Waiter,
     timeout: Option<Duration>,
     attach_timeout: Duration,
@@ -270,7 +271,6 @@ impl ResultPartition {
                 writer,
                 builder: None,
                 epoch: 0,
-                slot: None,
                 dirty: false,
                 records: 0,
                 pending: 0,
@@ -300,6 +300,7 @@ impl ResultPartition {
             handoff: None,
             scratch: Vec::new(),
             marked: Vec::new(),
+            wake_scratch: Vec::new(),
             waiter: Waiter::new(cfg.wait_policy),
             timeout: cfg.timeout,
             attach_timeout: cfg.attach_timeout,
@@ -641,7 +642,6 @@ impl ResultPartition {
         }
         let h = Arc::new(FlushHandoff::new(self.subs.len() + 1));
         for (c, s) in self.subs.iter_mut().enumerate() {
-            s.slot = Some(h.slot(c));
             if let Some(b) = &s.builder {
                 s.epoch = next_epoch(s.epoch);
                 h.open(c, s.epoch, b.index());
@@ -698,8 +698,8 @@ impl ResultPartition {
                 if let Some(b) = sub.builder.as_mut() {
                     let len = record.serialized_len();
                     if len <= DEFAULT_MAX_RECORD && b.try_write_framed(record, len) {
-                        if let Some(slot) = &sub.slot {
-                            slot.stage(sub.epoch, b.position());
+                        if let Some(h) = &self.handoff {
+                            h.stage(c as usize, sub.epoch, b.position());
                         }
                         // The one counter per record; folded per segment (`fold`).
                         sub.pending += 1;
@@ -801,6 +801,10 @@ impl ResultPartition {
             self.open(c)?;
             let b = self.builder_mut(c).expect("opened above");
             off += b.append(&payload[off..]);
+        }
+        // Behind the tail: the "nothing yet" word a polling reader may look at next.
+        if let Some(b) = self.builder_mut(c) {
+            b.end_record();
         }
         Ok(())
     }
@@ -951,12 +955,7 @@ impl ResultPartition {
             // SeqCst fence: stands for the fence of every `NotifySet::mark` below (see
             // `mark_fenced`); pairs with the fence in `NotifySet::drain`.
             fence(Ordering::SeqCst);
-            for &c in &dirty {
-                let res = self.subs[c as usize].writer.notify_consumer_fenced();
-                if res.is_err() && r.is_ok() {
-                    r = res;
-                }
-            }
+            r = self.wake_flushed(&dirty);
         } else {
             for &c in &dirty {
                 let res = if c == u32::MAX { self.flush_broadcast() } else { self.flush(c) };
@@ -969,6 +968,45 @@ impl ResultPartition {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
+        r
+    }
+
+    /// Wakes the consumers of the channels `flush_all` just committed (after its fence):
+    /// the members of one gate's notify set are marked together, one load (and at most
+    /// one read-modify-write) per bitmap word instead of per channel; a channel whose gate
+    /// is not known yet is woken on its own. Returns the first error.
+    fn wake_flushed(&mut self, committed: &[u32]) -> Result<()> {
+        let mut r = Ok(());
+        let mut members = std::mem::take(&mut self.wake_scratch);
+        let mut i = 0;
+        // Bounded: every turn moves `i` forward by at least one.
+        while i < committed.len() {
+            let c = committed[i] as usize;
+            let Some((set, _)) = self.subs[c].writer.consumer_route() else {
+                let res = self.subs[c].writer.notify_consumer_fenced();
+                if res.is_err() && r.is_ok() {
+                    r = res;
+                }
+                i += 1;
+                continue;
+            };
+            // The run of channels routed to the same set.
+            members.clear();
+            while let Some(&c) = committed.get(i) {
+                match self.subs[c as usize].writer.consumer_route() {
+                    Some((s, index)) if s == set => members.push(index),
+                    _ => break,
+                }
+                i += 1;
+            }
+            let res = NotifySet::new(&self.arena, set)
+                .and_then(|n| n.mark_all_fenced(members.iter().copied()))
+                .map_err(Error::from);
+            if res.is_err() && r.is_ok() {
+                r = res;
+            }
+        }
+        self.wake_scratch = members;
         r
     }
 

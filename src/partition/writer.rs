@@ -26,14 +26,14 @@
 //! goes away is visible within two intervals.
 
 use super::blocking::BlockingResultPartition;
-use super::flush_handoff::FlushHandoff;
+use super::flush_handoff::{FlushHandoff, FlushState};
 use super::result_partition::ResultPartition;
 use super::selector::ChannelSelector;
 use super::types::{ResultPartitionId, ResultPartitionType};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;
 use crate::record::Record;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +125,7 @@ impl OutputFlusher {
             .spawn(move || {
                 let (m, cv) = &*s2;
                 let mut stopped = m.lock();
+                let mut state = FlushState::default();
                 while !*stopped {
                     if cv.wait_for(&mut stopped, interval).timed_out() {
                         // Relaxed: a hint; the writer acts on it at its next record, and
@@ -132,18 +133,8 @@ impl OutputFlusher {
                         // (ours by the handoff's Release CAS).
                         let idle_writer = f2.swap(true, Ordering::Relaxed);
                         if let (true, Some((arena, handoff, first))) = (idle_writer, &idle) {
-                            let subs = handoff.slots() as u32 - 1;
-                            handoff.flush(arena, |slot| {
-                                // A wake-up error (a consumer's bad gate id) is the
-                                // writer's to report at its next flush.
-                                if slot as u32 == subs {
-                                    for c in 0..subs {
-                                        let _ = crate::ring::notify_channel(arena, first + c);
-                                    }
-                                } else {
-                                    let _ = crate::ring::notify_channel(arena, first + slot as u32);
-                                }
-                            });
+                            handoff.flush_with(arena, &mut state);
+                            wake_raised(arena, handoff.slots() as u32 - 1, *first, state.raised());
                         }
                     }
                 }
@@ -157,6 +148,29 @@ impl OutputFlusher {
     pub fn take(&self) -> bool {
         // Relaxed: see `start`; a cheap check on every record.
         self.flag.load(Ordering::Relaxed) && self.flag.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Wakes the consumers of the handoff slots a flush raised (`subs`: the broadcast slot,
+/// whose builder every channel reads; channel ids from `first`), with one fence for all.
+fn wake_raised(arena: &crate::memory::Arena, subs: u32, first: u32, raised: &[u32]) {
+    if raised.is_empty() {
+        return;
+    }
+    // SeqCst fence: after the flush's Release CASes and before every wake-up below; stands
+    // for the fence of each `notify_channel` (pairs with the fences in
+    // `ChannelReader::set_gate` and `NotifySet::drain`).
+    fence(Ordering::SeqCst);
+    for &slot in raised {
+        // A wake-up error (a consumer's bad gate id) is the writer's to report at its
+        // next flush.
+        if slot == subs {
+            for c in 0..subs {
+                let _ = crate::ring::notify_channel_fenced(arena, first + c);
+            }
+        } else {
+            let _ = crate::ring::notify_channel_fenced(arena, first + slot);
+        }
     }
 }
 

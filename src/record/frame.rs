@@ -5,7 +5,11 @@
 //!  length-prefixed (RecordWriter / SingleInputGate, blocking partition regions, user events)
 //!    [ len : u32 LE ][ payload : len bytes ]            framed_len(len) = 4 + len
 //!    the prefix never spans segments (a segment with fewer than LEN_PREFIX bytes left is
-//!    finished); the payload may span segments of the same channel (record/ handles that)
+//!    finished); the payload may span segments of the same channel (record/ handles that),
+//!    and does only when the record does not fit the rest of its segment
+//!    in a network-stack segment, a prefix at a 4-aligned offset is also an atomic word:
+//!    written last (Release) over UNWRITTEN, so a gate polling it finds the record in its
+//!    own line (`buffer::builder`, "published in the data"); the bytes are the same
 //!
 //!  slot-framed (StreamWriter / StreamReader: one writer, one spinning reader)
 //!    [ slot : u32 = len | SLOT_VALID ][ payload : len bytes ][ pad to 4 ]
@@ -21,6 +25,10 @@
 
 /// Bytes of a record's length prefix, and of a slot (the one constant for both: a `u32`).
 pub const LEN_PREFIX: usize = 4;
+
+/// The word a network-stack segment holds where the next length-prefixed record will start
+/// (at a 4-aligned offset), until its prefix is written: no record is this long.
+pub const UNWRITTEN: u32 = u32::MAX;
 
 /// Marks a published slot of a slot-framed record (the other 31 bits are the length).
 pub const SLOT_VALID: u32 = 1 << 31;

@@ -10,7 +10,9 @@
 //!          spans? serialize once into a scratch buffer, append it across segments
 //!  reader: fits?  &[u8] borrowed from shared memory (zero copy)
 //!          spans? reassembled into a per-channel buffer, or (set_spans_in_place) read in
-//!                 place as chunks, one per segment, while its segments arrive without waiting
+//!                 place as chunks, one per segment, while its segments arrive without waiting,
+//!                 or (set_spans_streamed) handed out piece by piece, one per segment, each
+//!                 segment released once read (no copy, no segment held)
 //! ```
 //!
 //! Payload encodings ([`Record`] / [`FromRecord`]): a top-level byte slice or string is its
@@ -23,7 +25,7 @@ mod reader;
 mod writer;
 
 pub use codec::{java_string_hash, Field, FromField, FromRecord, Record};
-pub use reader::{ChunkCursor, ChunkIter, RecordChunks, RecordReader, Step};
+pub use reader::{ChunkCursor, ChunkIter, RecordChunks, RecordPiece, RecordReader, Step};
 pub use writer::{write_record, write_spanning_head, WriteOutcome};
 
 /// Bytes of the length prefix (defined in [`frame`]).

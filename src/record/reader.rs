@@ -1,6 +1,8 @@
 //! The deserializer: reads records of one channel in place, reassembling only those that
 //! span segments — or, with [`RecordReader::set_spans_in_place`], reading those in place
-//! too, as a chain of chunks ([`RecordChunks`]) over the segments they cover.
+//! too, as a chain of chunks ([`RecordChunks`]) over the segments they cover; or, with
+//! [`RecordReader::set_spans_streamed`], handing them out piece by piece as their segments
+//! arrive ([`RecordPiece`]), each segment released once its piece was read.
 
 use super::frame::{self, Frame, LEN_PREFIX};
 use super::DEFAULT_MAX_RECORD;
@@ -32,6 +34,14 @@ enum Last {
         offset: u32,
         len: u32,
     },
+    /// A piece of a record that spans segments, streamed: `[offset, offset + len)` of the
+    /// current segment holds the record's bytes `[at, at + len)` of `total`.
+    Piece {
+        offset: u32,
+        len: u32,
+        at: u32,
+        total: u32,
+    },
 }
 
 /// Reads the records of one channel.
@@ -45,6 +55,11 @@ pub struct RecordReader {
     span_len: Option<usize>,
     /// Whether spanning records are read in place ([`Self::set_spans_in_place`]).
     in_place: bool,
+    /// Whether spanning records are handed out piece by piece ([`Self::set_spans_streamed`]).
+    streamed: bool,
+    /// The record being read spans segments and is streamed: its bytes handed out so far
+    /// (in `0..span_len`).
+    streaming: Option<usize>,
     /// The record being read spans segments and is read in place so far: its earlier
     /// segments, each with the chunk of the record it holds, and its bytes so far.
     held: Vec<(BufferConsumer, u32, u32)>,
@@ -56,6 +71,9 @@ pub struct RecordReader {
     /// the list has grown to the longest record's segment count).
     spares: Vec<SpareLease>,
     last: Last,
+    /// Whether records are also found by their prefix word in the data, ahead of the
+    /// writer's commits ([`Self::set_data_reads`]).
+    data_reads: bool,
     max_record: usize,
     /// Records read.
     pub records: u64,
@@ -66,6 +84,9 @@ pub struct RecordReader {
     /// Records that spanned segments and were handed out in place, as chunks (never
     /// copied unless the caller asked for [`RecordReader::record_contiguous`]).
     pub spanned_in_place: u64,
+    /// Records that spanned segments and were handed out piece by piece
+    /// ([`RecordReader::set_spans_streamed`]; never copied).
+    pub spanned_streamed: u64,
 }
 
 impl std::fmt::Debug for RecordReader {
@@ -92,16 +113,20 @@ impl RecordReader {
             span: Vec::new(),
             span_len: None,
             in_place: false,
+            streamed: false,
+            streaming: None,
             held: Vec::new(),
             held_bytes: 0,
             hold_budget: 0,
             spares: Vec::new(),
             last: Last::None,
+            data_reads: false,
             max_record: DEFAULT_MAX_RECORD,
             records: 0,
             bytes: 0,
             spanned: 0,
             spanned_in_place: 0,
+            spanned_streamed: 0,
         }
     }
 
@@ -118,6 +143,22 @@ impl RecordReader {
     /// holding segments never deadlocks a producer short of credit.
     pub fn set_spans_in_place(&mut self, on: bool) {
         self.in_place = on;
+    }
+
+    /// Hands out records that span segments piece by piece (`true`) as their segments
+    /// arrive, instead of reassembling them (`false`, the default): each poll that
+    /// returns [`Step::Record`] for such a record hands out its part in the next segment
+    /// ([`record_piece`](Self::record_piece): the bytes, where they lie in the record and
+    /// its length), and the segment is released at the next poll. Nothing is copied and
+    /// nothing is held, so any record size streams within any credit: the read of a
+    /// deserializer that consumes a byte stream (a checksum, a parser that keeps its own
+    /// state). Records in one segment come as one piece. [`record`](Self::record),
+    /// [`record_chunks`](Self::record_chunks) and
+    /// [`record_contiguous`](Self::record_contiguous) panic for a piece of a spanning
+    /// record. Takes precedence over [`set_spans_in_place`](Self::set_spans_in_place);
+    /// changed mid-record, it applies from the next record on.
+    pub fn set_spans_streamed(&mut self, on: bool) {
+        self.streamed = on;
     }
 
     /// How many segments of a record read in place may stay held while the reader waits
@@ -144,7 +185,7 @@ impl RecordReader {
         match self.last {
             Last::Spanned => self.span.clear(),
             Last::Chunked { .. } => self.release_held(),
-            Last::None | Last::InPlace { .. } => {}
+            Last::None | Last::InPlace { .. } | Last::Piece { .. } => {}
         }
         self.last = Last::None;
     }
@@ -161,6 +202,56 @@ impl RecordReader {
             crate::buffer::extend_bytes(&mut self.span, c.bytes_at(off, len));
         }
         self.release_held();
+    }
+
+    /// Finds records by their prefix word in the data too (`true`), not only below the
+    /// writer's committed position (`false`, the default): a record is read as soon as its
+    /// writer wrote its prefix (a Release store after the payload,
+    /// [`BufferConsumer::record_at_read`]), in one cache-line transfer, before the commit
+    /// that makes it visible to everyone else. For a reader that spins on its producer
+    /// (a gate in spin mode): one that reads while its producer streams would pull the
+    /// lines the producer is filling, record by record, instead of once per commit.
+    pub fn set_data_reads(&mut self, on: bool) {
+        self.data_reads = on;
+    }
+
+    /// Takes the record at the read position if its prefix word says it was written
+    /// ([`set_data_reads`](Self::set_data_reads) on, nothing half read): `true` when it
+    /// did, read as `poll` reads a whole record in place.
+    #[inline]
+    fn poll_data(&mut self) -> bool {
+        if !self.data_reads || self.span_len.is_some() {
+            return false;
+        }
+        let max = self.max_record;
+        let Some(c) = self.current.as_mut() else {
+            return false;
+        };
+        let read_pos = c.read_position();
+        let Some(len) = c.record_at_read().map(<[u8]>::len) else {
+            return false;
+        };
+        if len > max {
+            // The position path reports it.
+            return false;
+        }
+        c.consume(frame::framed_len(len) as u32);
+        self.last = Last::InPlace { offset: read_pos + LEN_PREFIX as u32, len: len as u32 };
+        self.records += 1;
+        self.bytes += len as u64;
+        true
+    }
+
+    /// For a reader spinning on this channel: whether the prefix word at the read position
+    /// says a record was written (one load of the data's line), `None` when the word cannot
+    /// tell (data reads off, no segment, a record half read, an unaligned read position):
+    /// then use [`has_input`](Self::has_input).
+    #[inline]
+    pub fn data_input(&self) -> Option<bool> {
+        if !self.data_reads || self.span_len.is_some() {
+            return None;
+        }
+        self.current.as_ref()?.record_written_at_read()
     }
 
     /// Sets the largest payload accepted; a longer length prefix is a protocol violation.
@@ -187,7 +278,8 @@ impl RecordReader {
         match &self.current {
             Some(c) => {
                 let (pos, _) = c.writer_position()?;
-                Ok(Some((c.index(), c.read_position(), pos)))
+                // Below the read position while reading ahead of the commits: nothing unread.
+                Ok(Some((c.index(), c.read_position(), pos.max(c.read_position()))))
             }
             None => Ok(None),
         }
@@ -215,7 +307,7 @@ impl RecordReader {
             return false;
         };
         let Frame::Whole { payload, framed } = frame::decode(c.peek_known()) else {
-            return false;
+            return self.poll_data();
         };
         let len = payload.len();
         if len > self.max_record {
@@ -238,7 +330,10 @@ impl RecordReader {
     /// # Errors
     /// A length above the limit (protocol violation), or `f`'s error (records before it
     /// count as read).
-    pub fn drain_whole(&mut self, max: usize, f: &mut impl FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+    pub fn drain_whole<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(&[u8]) -> Result<()> + ?Sized,
+    {
         if self.span_len.is_some() {
             return Ok(0);
         }
@@ -257,16 +352,14 @@ impl RecordReader {
                 break;
             };
             if len > max_record {
-                result = Err(Error::ProtocolViolation {
-                    place: format!("channel {place}"),
-                    detail: format!("record length {len} above the limit {max_record}"),
-                });
+                result = Err(too_long(place, len, max_record));
                 break;
             }
-            let Frame::Whole { payload: rec, framed } = frame::decode(rest) else {
+            // `len` is at most `max_record`: no overflow.
+            let Some(rec) = rest.get(LEN_PREFIX..LEN_PREFIX + len) else {
                 break;
             };
-            off += framed;
+            off += LEN_PREFIX + len;
             n += 1;
             payload += len as u64;
             if let Err(e) = f(rec) {
@@ -290,6 +383,8 @@ impl RecordReader {
         loop {
             let flow = if self.current.is_none() {
                 self.poll_descriptor()?
+            } else if self.streaming.is_some() {
+                self.poll_span_streamed()?
             } else if self.span_len.is_some() && !self.held.is_empty() {
                 self.poll_span_in_place()?
             } else if self.span_len.is_some() {
@@ -381,6 +476,41 @@ impl RecordReader {
         self.empty_or_next()
     }
 
+    /// A spanning record streamed: hand out what this segment holds of it (as published
+    /// so far) as its next piece; move on once the segment is read to its end.
+    fn poll_span_streamed(&mut self) -> Result<Flow> {
+        let (Some(need), Some(at)) = (self.span_len, self.streaming) else {
+            // Not inside a streamed record (both are set together): read on normally.
+            self.streaming = None;
+            return Ok(Flow::Continue);
+        };
+        let c = self.current.as_mut().expect("current segment");
+        let off = c.read_position();
+        let (bytes, fin) = c.peek_final()?;
+        let take = (need - at).min(bytes.len());
+        if take > 0 {
+            c.consume(take as u32);
+            // `need` fits a u32 (the length prefix is one), so do `at` and `take`.
+            self.last = Last::Piece { offset: off, len: take as u32, at: at as u32, total: need as u32 };
+            if at + take == need {
+                self.span_len = None;
+                self.streaming = None;
+                self.records += 1;
+                self.bytes += need as u64;
+                self.spanned_streamed += 1;
+            } else {
+                self.streaming = Some(at + take);
+            }
+            return Ok(Flow::Return(Step::Record));
+        }
+        if fin {
+            // Read to its end (the record goes on in the next segment).
+            self.retire_current();
+            return Ok(Flow::Continue);
+        }
+        self.empty_or_next()
+    }
+
     /// A spanning record being reassembled: append this segment's part.
     fn poll_span_reassembling(&mut self) -> Result<Flow> {
         let need = self.span_len.expect("a record spans");
@@ -415,7 +545,11 @@ impl RecordReader {
         // record, the writer's position is not loaded again.
         let known = c.peek_known();
         let whole = matches!(frame::decode(known), Frame::Whole { .. });
-        let (bytes, fin) = if whole { (known, false) } else { c.peek_final()? };
+        if !whole && self.poll_data() {
+            return Ok(Flow::Return(Step::Record));
+        }
+        let c = self.current.as_mut().expect("current segment");
+        let (bytes, fin) = if whole { (c.peek_known(), false) } else { c.peek_final()? };
         let avail = bytes.len();
         let Some(len) = frame::peek_len(bytes) else {
             if avail == 0 && fin {
@@ -441,9 +575,16 @@ impl RecordReader {
         if !fin {
             return self.empty_or_next();
         }
-        // The record continues in the next segment of this channel. (In place only with
-        // payload bytes in this segment: a record whose prefix ends the segment is
-        // reassembled.)
+        // The record continues in the next segment of this channel. Streamed: the rest of
+        // this segment is its first piece (read on at the next poll when it is empty).
+        if self.streamed {
+            c.consume(LEN_PREFIX as u32);
+            self.span_len = Some(len);
+            self.streaming = Some(0);
+            return Ok(Flow::Continue);
+        }
+        // (In place only with payload bytes in this segment: a record whose prefix ends
+        // the segment is reassembled.)
         if self.in_place && avail > LEN_PREFIX {
             c.consume(avail as u32);
             self.span_len = Some(len);
@@ -526,6 +667,7 @@ impl RecordReader {
             Last::Chunked { .. } => {
                 panic!("the record spans segments in place: use record_chunks or record_contiguous")
             }
+            Last::Piece { .. } => panic!("the record spans segments and is streamed: use record_piece"),
             Last::None => panic!("no record: the last poll did not return Step::Record"),
         }
     }
@@ -544,6 +686,24 @@ impl RecordReader {
         self.record()
     }
 
+    /// What [`poll`](Self::poll) just returned as a piece of its record, in place: the
+    /// next part of a record that spans segments and is streamed
+    /// ([`set_spans_streamed`](Self::set_spans_streamed)), or a whole record as one piece
+    /// (a reassembled one from the reassembly buffer).
+    ///
+    /// # Panics
+    /// If the last poll did not return [`Step::Record`], or the record spans segments and
+    /// was read in place as chunks ([`set_spans_in_place`](Self::set_spans_in_place)).
+    #[inline]
+    pub fn record_piece(&self) -> RecordPiece<'_> {
+        if let Last::Piece { offset, len, at, total } = self.last {
+            let c = self.current.as_ref().expect("the piece's segment is still held");
+            return RecordPiece { bytes: c.bytes_at(offset, len), at: at as usize, len: total as usize };
+        }
+        let bytes = self.record();
+        RecordPiece { bytes, at: 0, len: bytes.len() }
+    }
+
     /// The record [`poll`](Self::poll) just returned as its chunks, in order, without
     /// copying: one chunk for a record in one segment (or a reassembled one), one per
     /// segment it covers for a record read in place across segments.
@@ -560,6 +720,46 @@ impl RecordReader {
         };
         let len = held.iter().map(|(_, _, l)| *l as usize).sum::<usize>() + tail.len();
         RecordChunks { held, tail, len }
+    }
+}
+
+/// A piece of a record, in place ([`RecordReader::record_piece`]): `bytes` are the record's
+/// bytes `[at, at + bytes.len())` of `len`. A record's pieces come in order, the first at
+/// 0, the last ending at `len`; a record in one segment is one piece.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordPiece<'a> {
+    /// The bytes of this piece.
+    pub bytes: &'a [u8],
+    /// Where they start in the record.
+    pub at: usize,
+    /// The record's whole length.
+    pub len: usize,
+}
+
+impl RecordPiece<'_> {
+    /// Whether this is the record's first piece.
+    pub fn is_first(&self) -> bool {
+        self.at == 0
+    }
+
+    /// Whether this is the record's last piece (the record is complete with it).
+    pub fn is_last(&self) -> bool {
+        self.at + self.bytes.len() == self.len
+    }
+
+    /// Whether the piece is the whole record.
+    pub fn is_whole(&self) -> bool {
+        self.at == 0 && self.bytes.len() == self.len
+    }
+}
+
+/// The error for a length prefix above the limit, built off the per-record path.
+#[cold]
+#[inline(never)]
+fn too_long(channel: u32, len: usize, max: usize) -> Error {
+    Error::ProtocolViolation {
+        place: format!("channel {channel}"),
+        detail: format!("record length {len} above the limit {max}"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The serializer: writes a record into a segment in place, or says it must span.
 
 use super::codec::Record;
-use super::frame::{self, LEN_PREFIX};
+use super::frame::LEN_PREFIX;
 use crate::buffer::BufferBuilder;
 
 /// What [`write_record`] did.
@@ -16,30 +16,27 @@ pub enum WriteOutcome {
     Spans,
 }
 
-/// Writes `record` into `b` in place when it fits (no intermediate copy).
+/// Writes `record` into `b` in place when it fits (no intermediate copy). A record that
+/// fits the rest of the segment but not its debloating limit is written whole (the limit
+/// moves behind it): only a record the segment cannot hold spans, so a reader polling a
+/// prefix never takes a spanning record's head for a whole record (see
+/// `buffer::builder`'s module doc).
 pub fn write_record<R: Record + ?Sized>(b: &mut BufferBuilder, record: &R) -> WriteOutcome {
     let len = record.serialized_len();
-    let rem = b.remaining() as usize;
-    if rem < LEN_PREFIX {
+    if (b.remaining() as usize) < LEN_PREFIX {
         return WriteOutcome::NeedsNewSegment;
     }
-    if rem - LEN_PREFIX < len {
-        return WriteOutcome::Spans;
+    if b.write_framed(len, |out| record.serialize_into(out)) {
+        return WriteOutcome::Written;
     }
-    let total = frame::framed_len(len) as u32;
-    frame::encode(b.claim(total), len, |out| record.serialize_into(out));
-    b.advance(total);
-    WriteOutcome::Written
+    WriteOutcome::Spans
 }
 
 /// Writes the length prefix of a spanning record of `payload.len()` bytes and as much of
 /// the payload as fits; returns the payload bytes written. The builder must have at least
-/// [`LEN_PREFIX`] bytes left.
+/// [`LEN_PREFIX`] bytes left, and [`write_record`] must have answered
+/// [`WriteOutcome::Spans`] for the record. The rest goes to later segments with
+/// [`BufferBuilder::append`], then [`BufferBuilder::end_record`].
 pub fn write_spanning_head(b: &mut BufferBuilder, payload: &[u8]) -> usize {
-    debug_assert!(b.remaining() as usize >= LEN_PREFIX);
-    let mut prefix = [0u8; LEN_PREFIX];
-    frame::put_len(&mut prefix, payload.len());
-    let n = b.append(&prefix);
-    debug_assert_eq!(n, LEN_PREFIX);
-    b.append(payload)
+    b.write_span_head(payload.len(), payload)
 }

@@ -299,6 +299,14 @@ impl ChannelWriter {
         self.notify_consumer_slow()
     }
 
+    /// The consumer gate's notify set and our member index in it, once a wake-up found
+    /// them (`None` before: wake through [`notify_consumer`](Self::notify_consumer), which
+    /// looks them up). For a caller that marks many channels' members in one go.
+    #[inline]
+    pub fn consumer_route(&self) -> Option<(u32, u32)> {
+        self.gate
+    }
+
     #[cold]
     fn notify_consumer_slow(&mut self) -> Result<()> {
         if let Some(gate) = notify_channel(&self.arena, self.id)? {
@@ -922,15 +930,29 @@ impl ChannelReader {
 pub fn notify_channel(arena: &Arena, id: u32) -> Result<Option<(u32, u32)>> {
     check_id(arena, id)?;
     // SeqCst fence: pairs with the fence in `ChannelReader::set_gate`: either we see
-    // the gate id, or the gate's first scan (after its fence) sees our data.
+    // the gate id, or the gate's first scan (after its fence) sees our data; and stands
+    // for the fence of `NotifySet::mark` (pairs with the fence in `NotifySet::drain`).
     fence(Ordering::SeqCst);
+    notify_channel_fenced(arena, id)
+}
+
+/// [`notify_channel`] for a caller that published the data of several channels and then
+/// issued one `fence(SeqCst)` itself before waking them all (the output flusher commits
+/// many channels and pays one fence, not one per channel). Without that fence between
+/// the publishing stores and this call a parked consumer can miss the wake-up.
+///
+/// # Errors
+/// As [`notify_channel`].
+pub fn notify_channel_fenced(arena: &Arena, id: u32) -> Result<Option<(u32, u32)>> {
+    check_id(arena, id)?;
     let b = &arena.channels()[id as usize];
-    // The index comes with the gate id it was stored with (the fence above orders neither).
+    // The index comes with the gate id it was stored with (the caller's fence orders
+    // neither).
     let Some((g, index)) = b.consumer_wakeups() else {
         b.consumer_wake.notify();
         return Ok(None);
     };
-    NotifySet::new(arena, g)?.mark(index)?;
+    NotifySet::new(arena, g)?.mark_fenced(index)?;
     Ok(Some((g, index)))
 }
 

@@ -18,7 +18,7 @@ mod notify;
 mod spsc;
 pub mod stream;
 
-pub use channel::{close_channel, notify_channel, ChannelReader, ChannelWriter, CreditReturn};
+pub use channel::{close_channel, notify_channel, notify_channel_fenced, ChannelReader, ChannelWriter, CreditReturn};
 pub use descriptor::{BarrierDescriptor, Credit, Descriptor, EventCode};
 pub use notify::NotifySet;
 pub use spsc::{Ring, RingConsumer, RingProducer};

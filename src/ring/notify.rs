@@ -97,6 +97,61 @@ impl<'a> NotifySet<'a> {
         Ok(())
     }
 
+    /// [`mark_fenced`](Self::mark_fenced) for many members at once, for a caller that
+    /// published the data of all of them and then issued one `fence(SeqCst)`: one load,
+    /// and at most one `fetch_or`, per run of members that share a bitmap word (a partition
+    /// flushing its channels marks consecutive members: one line for 512 of them), and one
+    /// wake-up of the owner if any member was newly marked. The same marks and wake-up as
+    /// marking each member in turn.
+    ///
+    /// # Errors
+    /// [`Violation`] for a member outside the set (those before it are marked and the
+    /// owner woken as needed).
+    pub fn mark_all_fenced(&self, members: impl IntoIterator<Item = u32>) -> Result<(), Violation> {
+        let mut run: Option<(usize, u64)> = None;
+        let mut newly = false;
+        let mut result = Ok(());
+        for index in members {
+            let w = index as usize / 64;
+            if w >= self.bits.len() {
+                result = Err(Violation {
+                    place: format!("notify set {}", self.id),
+                    detail: format!("member {index} outside 0..{}", self.bits.len() * 64),
+                });
+                break;
+            }
+            let bit = 1u64 << (index % 64);
+            run = match run {
+                Some((rw, mask)) if rw == w => Some((rw, mask | bit)),
+                Some((rw, mask)) => {
+                    newly |= self.set_bits(rw, mask);
+                    Some((w, bit))
+                }
+                None => Some((w, bit)),
+            };
+        }
+        if let Some((rw, mask)) = run {
+            newly |= self.set_bits(rw, mask);
+        }
+        if newly {
+            self.block.wake.notify();
+        }
+        result
+    }
+
+    /// Sets `mask` in word `w`; whether any of its bits was clear.
+    #[inline]
+    fn set_bits(&self, w: usize, mask: u64) -> bool {
+        let word = &self.bits[w];
+        // Relaxed: ordered after the caller's publication by its SeqCst fence, as in
+        // `mark_fenced`; pairs with the fence in `drain`.
+        if word.load(Ordering::Relaxed) & mask == mask {
+            return false;
+        }
+        // AcqRel: as in `mark_fenced` (Release publishes our data to the owner's swap).
+        word.fetch_or(mask, Ordering::AcqRel) & mask != mask
+    }
+
     /// Takes every mark among the first `members` members, calling `f` with each index, in
     /// ascending order. Returns how many were marked.
     pub fn drain(&self, members: u32, mut f: impl FnMut(u32)) -> u32 {
@@ -131,6 +186,17 @@ impl<'a> NotifySet<'a> {
         let words = (members as usize).div_ceil(64).min(self.bits.len());
         // Acquire: pairs with the markers' fetch_or.
         self.bits[..words].iter().any(|w| w.load(Ordering::Acquire) != 0)
+    }
+
+    /// Whether any of the first `members` members but `index` is marked (a gate that polls
+    /// member `index` in its data and leaves its mark set looks for the others with this).
+    pub fn any_other(&self, members: u32, index: u32) -> bool {
+        let words = (members as usize).div_ceil(64).min(self.bits.len());
+        self.bits[..words].iter().enumerate().any(|(w, word)| {
+            let own = if index as usize / 64 == w { 1u64 << (index % 64) } else { 0 };
+            // Acquire: pairs with the markers' fetch_or.
+            word.load(Ordering::Acquire) & !own != 0
+        })
     }
 
     /// Clears every mark and resets the block (when a gate is created or released).
@@ -175,9 +241,14 @@ mod tests {
         }
         assert!(set.any(128));
         assert!(!set.any(0));
+        assert!(set.any_other(128, 0), "63, 64 and 127 are marked too");
         assert_eq!(drained(&set, 128), [0, 63, 64, 127]);
         assert!(drained(&set, 128).is_empty(), "a drain takes the marks");
         assert!(!set.any(128));
+        set.mark(70).unwrap();
+        assert!(!set.any_other(128, 70), "only the excepted member is marked");
+        assert!(set.any_other(128, 6) && set.any_other(128, 71));
+        assert!(!set.any_other(64, 6), "70 is beyond the first 64 members");
     }
 
     #[test]
@@ -202,6 +273,20 @@ mod tests {
         assert_eq!((e.place.as_str(), e.detail.as_str()), ("notify set 0", "member 128 outside 0..128"));
         assert!(set.mark_fenced(u32::MAX).is_err());
         assert!(!set.any(128), "a refused mark sets nothing");
+    }
+
+    #[test]
+    fn marking_many_at_once_marks_each_and_refuses_one_outside() {
+        let arena = arena();
+        let set = NotifySet::new(&arena, 0).unwrap();
+        set.mark(3).unwrap();
+        set.mark_all_fenced([1, 2, 3, 64, 65, 0, 127]).unwrap();
+        assert_eq!(drained(&set, 128), [0, 1, 2, 3, 64, 65, 127]);
+        set.mark_all_fenced([]).unwrap();
+        assert!(drained(&set, 128).is_empty());
+        let e = set.mark_all_fenced([5, 128, 6]).unwrap_err();
+        assert_eq!(e.detail, "member 128 outside 0..128");
+        assert_eq!(drained(&set, 128), [5], "members before the bad one are marked, none after it");
     }
 
     #[test]

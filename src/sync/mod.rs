@@ -56,6 +56,44 @@ pub fn prefetch_line(p: *const u8) {
     let _ = p;
 }
 
+/// Whether [`prefetch_write_line`] does anything here: the CPU has PREFETCHW (CPUID
+/// 0x8000_0001 ECX bit 8, "3dnowprefetch"; every AMD64 CPU and Intel's since Broadwell).
+/// Looked up once (CPUID exits to the hypervisor in a VM): callers on a per-record path
+/// keep the answer.
+pub fn has_prefetch_write() -> bool {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            // Leaf 0x8000_0000 says how far the extended leaves go before 0x8000_0001 is
+            // asked (CPUID itself is on every x86_64 CPU).
+            let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+            max >= 0x8000_0001 && core::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0
+        })
+    }
+    #[cfg(any(loom, not(target_arch = "x86_64")))]
+    false
+}
+
+/// Asks the CPU to fetch the cache line holding `p` into this core's caches for writing
+/// (PREFETCHW: the line arrives owned, so the stores that follow need not ask other cores
+/// for it). A hint as [`prefetch_line`]: nothing happens under loom or on other
+/// architectures. Only where [`has_prefetch_write`] said yes (elsewhere the instruction
+/// may not exist). A writer streaming small records into a segment that a reader on
+/// another core read last uses it a few lines ahead: each line then crosses cores before
+/// the stores reach it instead of stalling them.
+#[inline]
+pub fn prefetch_write_line(p: *const u8) {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    // SAFETY: PREFETCHW never faults and does not access memory architecturally, so any
+    // address is fine; the caller checked that the CPU has it (`has_prefetch_write`).
+    unsafe {
+        core::arch::asm!("prefetchw byte ptr [{0}]", in(reg) p, options(readonly, nostack, preserves_flags));
+    }
+    #[cfg(any(loom, not(target_arch = "x86_64")))]
+    let _ = p;
+}
+
 /// Gives the rest of the time slice away.
 #[inline]
 pub fn yield_now() {

@@ -63,3 +63,30 @@ where
         builder.preemption_bound,
     );
 }
+
+/// A gate's channel 0 at the start of a segment, set up (on the model's main thread, before
+/// any spawn) as a partition and a gate do it: the consumer attaches, routes its wake-ups to
+/// member `member` of notify set 0 and grants one credit; the producer takes the credit and
+/// draws the pool's one segment, which the caller turns into a builder and publishes.
+#[allow(dead_code)] // each test file compiles this module; not every model uses it
+pub fn gate_channel(
+    arena: &Arc<Arena>,
+    member: u32,
+) -> (
+    shmflow::ring::ChannelReader,
+    shmflow::ring::ChannelWriter,
+    shmflow::buffer::LocalBufferPool,
+    shmflow::memory::MemorySegment,
+) {
+    use shmflow::buffer::{LocalBufferPool, LocalPoolConfig};
+    use shmflow::ring::{ChannelReader, ChannelWriter};
+    let reader = ChannelReader::open(Arc::clone(arena), 0).expect("channel 0 exists");
+    reader.set_gate(0, member);
+    reader.grant(1).expect("room in the credit ring");
+    let config = LocalPoolConfig { min: 1, max: 1, max_per_channel: 1, channels: 1 };
+    let mut pool = LocalBufferPool::new(Arc::clone(arena), 0, 0, config).expect("valid pool config");
+    let mut writer = ChannelWriter::open(Arc::clone(arena), 0).expect("channel 0 exists");
+    writer.reclaim(&mut pool).expect("a well-formed grant");
+    let segment = pool.request(Some(0)).expect("pool not corrupt").expect("the pool's segment");
+    (reader, writer, pool, segment)
+}

@@ -87,7 +87,9 @@ public final class ShmConnectionManager implements ConnectionManager {
                 throw Native.error("attaching to arena /dev/shm/" + name + " (registry " + dir + ")", rc);
             }
             arena = out[0];
-            ShmTransport t = new ShmTransport(arena, name, self, timeout, conf.get(ShmflowOptions.ZERO_COPY), partitions, events, metrics);
+            ShmTransport t = new ShmTransport(
+                    arena, name, self, timeout, conf.get(ShmflowOptions.ZERO_COPY), conf.get(ShmflowOptions.DIRECT),
+                    partitions, events, metrics);
             metrics.arenaGauges(metricGroup, t::freeSegments, t::totalSegments);
             transport = t;
             lastFallback = null;

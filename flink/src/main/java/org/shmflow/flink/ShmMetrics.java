@@ -5,7 +5,7 @@ package org.shmflow.flink;
 
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.MetricGroup;
-import org.apache.flink.metrics.SimpleCounter;
+import org.apache.flink.metrics.ThreadSafeSimpleCounter;
 
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.LongSupplier;
@@ -15,7 +15,8 @@ import java.util.function.LongSupplier;
  * came in through shared memory (and how many of those reached Flink without a copy), channels connected through shared memory and partition
  * request clients handed to Netty (TaskManagers on other hosts, or the fallback), and the
  * arena's free segments. Process-wide totals are kept too (all TaskManagers of a MiniCluster
- * live in one JVM), for tests.
+ * live in one JVM), for tests. Counters are thread safe: task threads publish and receive
+ * buffers besides the dispatchers.
  */
 final class ShmMetrics {
     static final AtomicLong TOTAL_BUFFERS_OUT = new AtomicLong();
@@ -24,16 +25,19 @@ final class ShmMetrics {
     static final AtomicLong TOTAL_BYTES_IN = new AtomicLong();
     /** Of TOTAL_BUFFERS_IN: handed to Flink as arena slices (zero copy). */
     static final AtomicLong TOTAL_ZERO_COPY_IN = new AtomicLong();
+    /** Of TOTAL_BUFFERS_OUT: published by the thread that made them available (shmflow.producer.direct). */
+    static final AtomicLong TOTAL_DIRECT_OUT = new AtomicLong();
     static final AtomicLong TOTAL_SHM_CHANNELS = new AtomicLong();
     static final AtomicLong TOTAL_NETTY_CLIENTS = new AtomicLong();
 
-    private final Counter buffersOut = new SimpleCounter();
-    private final Counter bytesOut = new SimpleCounter();
-    private final Counter buffersIn = new SimpleCounter();
-    private final Counter bytesIn = new SimpleCounter();
-    private final Counter zeroCopyIn = new SimpleCounter();
-    private final Counter shmChannels = new SimpleCounter();
-    private final Counter nettyClients = new SimpleCounter();
+    private final Counter buffersOut = new ThreadSafeSimpleCounter();
+    private final Counter bytesOut = new ThreadSafeSimpleCounter();
+    private final Counter buffersIn = new ThreadSafeSimpleCounter();
+    private final Counter bytesIn = new ThreadSafeSimpleCounter();
+    private final Counter zeroCopyIn = new ThreadSafeSimpleCounter();
+    private final Counter directOut = new ThreadSafeSimpleCounter();
+    private final Counter shmChannels = new ThreadSafeSimpleCounter();
+    private final Counter nettyClients = new ThreadSafeSimpleCounter();
 
     ShmMetrics(MetricGroup parent) {
         if (parent != null) {
@@ -43,6 +47,7 @@ final class ShmMetrics {
             g.counter("buffersInShm", buffersIn);
             g.counter("bytesInShm", bytesIn);
             g.counter("buffersInZeroCopy", zeroCopyIn);
+            g.counter("buffersOutDirect", directOut);
             g.counter("channelsShm", shmChannels);
             g.counter("clientsNetty", nettyClients);
         }
@@ -62,6 +67,12 @@ final class ShmMetrics {
         bytesOut.inc(bytes);
         TOTAL_BUFFERS_OUT.incrementAndGet();
         TOTAL_BYTES_OUT.addAndGet(bytes);
+    }
+
+    /** A buffer (counted by {@link #sent}) went out without the producer dispatcher. */
+    void direct() {
+        directOut.inc();
+        TOTAL_DIRECT_OUT.incrementAndGet();
     }
 
     void received(int bytes, boolean zeroCopy) {

@@ -38,7 +38,12 @@ import java.util.concurrent.TimeUnit;
  *
  * Both dispatchers block in {@code Native.await} (a spin budget, then the futex) when idle.
  * Everything that touches a producer-side reader runs on the producer dispatcher, as
- * everything on a Netty server channel runs on its event loop.
+ * everything on a Netty server channel runs on its event loop, with one exception: with
+ * {@code shmflow.producer.direct} the thread that makes a buffer available publishes it
+ * itself when the reader is idle and has credit ({@link ShmViewReader#notifyDataAvailable}).
+ * So every access to a reader's state holds its {@link ShmViewReader#lock}: the dispatcher
+ * takes it, the publishing thread only tries it (and leaves the buffer to the dispatcher
+ * when it is taken), so neither waits for the other across Flink's own locks.
  */
 final class ShmTransport implements AutoCloseable {
     private static final Logger LOG = LoggerFactory.getLogger(ShmTransport.class);
@@ -52,6 +57,8 @@ final class ShmTransport implements AutoCloseable {
     final int timeoutMs;
     /** Consumer side: deliver arena slices to Flink instead of copying (shmflow.consumer.zero-copy). */
     final boolean zeroCopy;
+    /** Producer side: publish from the thread that made the buffer available (shmflow.producer.direct). */
+    final boolean direct;
     final String arenaName;
     final ResourceID self;
     final ResultPartitionProvider partitionProvider;
@@ -86,6 +93,7 @@ final class ShmTransport implements AutoCloseable {
             ResourceID self,
             int timeoutMs,
             boolean zeroCopy,
+            boolean direct,
             ResultPartitionProvider partitionProvider,
             TaskEventPublisher taskEventPublisher,
             ShmMetrics metrics)
@@ -95,6 +103,7 @@ final class ShmTransport implements AutoCloseable {
         this.self = self;
         this.timeoutMs = timeoutMs;
         this.zeroCopy = zeroCopy;
+        this.direct = direct;
         this.partitionProvider = partitionProvider;
         this.taskEventPublisher = taskEventPublisher;
         this.metrics = metrics;
@@ -309,24 +318,38 @@ final class ShmTransport implements AutoCloseable {
             r = new ShmViewReader(this, out[0], id);
             readers.put(id, r);
         }
-        int k;
-        do {
-            k = Native.poll(r.channel, msgs);
-            if (k < 0) {
-                if (k != Native.EPEER) {
-                    LOG.warn("shmflow: channel {} failed: {}", id, Native.lastError());
+        r.lock.lock();
+        try {
+            int k;
+            do {
+                k = Native.poll(r.channel, msgs);
+                if (k < 0) {
+                    if (k != Native.EPEER) {
+                        LOG.warn("shmflow: channel {} failed: {}", id, Native.lastError());
+                    }
+                    releaseReader(r);
+                    return;
                 }
-                releaseReader(r);
-                return;
-            }
-            for (int i = 0; i < k && !r.isClosed(); i++) {
-                r.onMessage(msgs, i * Native.MSG_INTS);
-            }
-        } while (k > 0 && !r.isClosed());
+                for (int i = 0; i < k && !r.isClosed(); i++) {
+                    r.onMessage(msgs, i * Native.MSG_INTS);
+                }
+            } while (k > 0 && !r.isClosed());
+        } finally {
+            r.lock.unlock();
+        }
     }
 
-    /** Netty's PartitionRequestQueue.enqueueAvailableReader. */
+    /** Netty's PartitionRequestQueue.enqueueAvailableReader (dispatcher thread). */
     void enqueueAvailableReader(ShmViewReader reader) {
+        reader.lock.lock();
+        try {
+            enqueueLocked(reader);
+        } finally {
+            reader.lock.unlock();
+        }
+    }
+
+    private void enqueueLocked(ShmViewReader reader) {
         reader.clearNotified();
         if (reader.isClosed() || reader.isRegisteredAsAvailable()) {
             return;
@@ -348,6 +371,15 @@ final class ShmTransport implements AutoCloseable {
     }
 
     private void writeNext(ShmViewReader reader) {
+        reader.lock.lock();
+        try {
+            writeNextLocked(reader);
+        } finally {
+            reader.lock.unlock();
+        }
+    }
+
+    private void writeNextLocked(ShmViewReader reader) {
         reader.setRegisteredAsAvailable(false);
         if (reader.isClosed()) {
             return;
@@ -373,9 +405,16 @@ final class ShmTransport implements AutoCloseable {
 
     /** Releases a reader's view and closes its channel end (dispatcher thread). */
     void releaseReader(ShmViewReader r) {
-        readers.remove(r.channelId);
+        // This reader only: a release queued by a failed direct publication may run after
+        // the channel id went to a new reader.
+        readers.remove(r.channelId, r);
         availableReaders.remove(r);
-        r.close();
+        r.lock.lock();
+        try {
+            r.close();
+        } finally {
+            r.lock.unlock();
+        }
     }
 
     // ------------------------------------------------------------------ lifecycle

@@ -33,13 +33,16 @@ import java.io.ObjectOutputStream;
 import java.nio.ByteBuffer;
 import java.util.Optional;
 import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.locks.ReentrantLock;
 
 /**
  * Serves one subpartition view (or index set) to one consumer through the arena, with
  * Flink 2.3's credit rules: only data buffers consume a credit, events do not; the backlog
  * is announced when the initial credit is 0 and no credit is left; resume-consumption resets
  * the credit to 0 when the initial credit is 0. Everything but the two listener callbacks
- * runs on the producer dispatcher.
+ * runs on the producer dispatcher under {@link #lock}; the listener callbacks either
+ * publish the next buffer themselves under that lock (when they get it, the reader is idle
+ * and has credit: {@link #writeDirect}) or queue the reader for the dispatcher.
  */
 final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabilityListener {
     private static final Logger LOG = LoggerFactory.getLogger(ShmViewReader.class);
@@ -53,6 +56,13 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     final ShmTransport t;
     final long channel;
     final int channelId;
+    /**
+     * Guards the serving state (credit, registration, closed) and makes taking a buffer
+     * from the view and publishing it one step, so buffers reach the ring in sequence
+     * order whichever thread publishes them. Held by the dispatcher while it serves this
+     * reader; only tried by other threads.
+     */
+    final ReentrantLock lock = new ReentrantLock();
     private final Object requestLock = new Object();
     private final AtomicBoolean notifyPending = new AtomicBoolean();
     private volatile ResultSubpartitionView view;
@@ -65,6 +75,8 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     private int numCreditsAvailable;
     private boolean registeredAsAvailable;
     private boolean closed;
+    /** A direct publication failed or found the view released; the dispatcher releases it. */
+    private boolean failed;
 
     ShmViewReader(ShmTransport t, long channel, int channelId) {
         this.t = t;
@@ -72,8 +84,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
         this.channelId = channelId;
     }
 
+    /** Closed, or failed on a direct publication and waiting for the dispatcher to release it. */
     boolean isClosed() {
-        return closed;
+        return closed || failed;
     }
 
     boolean hasView() {
@@ -174,61 +187,80 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
 
     /** Writes the next buffer of the view (one copy into the arena). */
     Outcome writeNextBuffer() throws IOException {
-        int subpartition = peekNextBufferSubpartitionId();
-        BufferAndAvailability next = getNextBuffer();
-        if (next == null) {
-            if (isReleased()) {
-                Throwable cause = getFailureCause();
-                if (cause != null) {
-                    sendError(new ProducerFailedException(cause), false);
-                }
-                return Outcome.RELEASED;
-            }
-            return Outcome.NONE;
-        }
-        Buffer b = next.buffer();
+        return writeNextBuffer(-1);
+    }
+
+    /**
+     * Writes the next buffer of the view into segment {@code given} (already acquired by
+     * this end, or -1: acquire one, waiting up to the timeout). A segment that ends up
+     * unused is released, exactly once, whatever happens.
+     */
+    private Outcome writeNextBuffer(int given) throws IOException {
+        int held = given;
         try {
-            if (b instanceof FullyFilledBuffer) {
-                throw new IOException("shmflow: hybrid shuffle's partial buffers are not supported; use Netty");
-            }
-            int size = b.readableBytes();
-            int seg = -1;
-            if (size > 0) {
-                seg = Native.acquire(channel, t.timeoutMs);
-                if (seg < 0) {
-                    throw Native.error("acquiring a segment", seg);
-                }
-                ByteBuffer dst = t.data.duplicate();
-                dst.position(seg * t.segmentSize);
-                dst.put(b.getNioBufferReadable());
-            }
-            int rc = Native.send(
-                    channel,
-                    Native.KIND_BUFFER,
-                    seg,
-                    size,
-                    subpartition,
-                    next.getSequenceNumber(),
-                    next.buffersInBacklog(),
-                    b.getDataType().ordinal(),
-                    b.isCompressed() ? 1 : 0,
-                    0L,
-                    t.timeoutMs);
-            if (rc < 0) {
-                IOException e = Native.error("sending a buffer", rc);
-                if (seg >= 0) {
-                    Native.release(channel, seg);
-                }
-                if (rc == Native.EPEER) {
+            int subpartition = peekNextBufferSubpartitionId();
+            BufferAndAvailability next = getNextBuffer();
+            if (next == null) {
+                if (isReleased()) {
+                    Throwable cause = getFailureCause();
+                    if (cause != null) {
+                        sendError(new ProducerFailedException(cause), false);
+                    }
                     return Outcome.RELEASED;
                 }
-                throw e;
+                return Outcome.NONE;
             }
-            t.metrics.sent(size);
+            Buffer b = next.buffer();
+            try {
+                if (b instanceof FullyFilledBuffer) {
+                    throw new IOException("shmflow: hybrid shuffle's partial buffers are not supported; use Netty");
+                }
+                int size = b.readableBytes();
+                int seg = -1;
+                if (size > 0) {
+                    if (held < 0) {
+                        held = Native.acquire(channel, t.timeoutMs);
+                        if (held < 0) {
+                            throw Native.error("acquiring a segment", held);
+                        }
+                    }
+                    seg = held;
+                    ByteBuffer dst = t.data.duplicate();
+                    dst.position(seg * t.segmentSize);
+                    dst.put(b.getNioBufferReadable());
+                }
+                int rc = Native.send(
+                        channel,
+                        Native.KIND_BUFFER,
+                        seg,
+                        size,
+                        subpartition,
+                        next.getSequenceNumber(),
+                        next.buffersInBacklog(),
+                        b.getDataType().ordinal(),
+                        b.isCompressed() ? 1 : 0,
+                        0L,
+                        t.timeoutMs);
+                if (rc < 0) {
+                    IOException e = Native.error("sending a buffer", rc);
+                    if (rc == Native.EPEER) {
+                        return Outcome.RELEASED;
+                    }
+                    throw e;
+                }
+                if (seg >= 0) {
+                    held = -1; // the consumer's now
+                }
+                t.metrics.sent(size);
+            } finally {
+                b.recycleBuffer();
+            }
+            return next.moreAvailable() ? Outcome.MORE : Outcome.NONE;
         } finally {
-            b.recycleBuffer();
+            if (held >= 0) {
+                Native.release(channel, held);
+            }
         }
-        return next.moreAvailable() ? Outcome.MORE : Outcome.NONE;
     }
 
     void announceBacklog(int backlog) {
@@ -437,8 +469,13 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     @Override
     public void notifyPartitionRequestTimeout(PartitionRequestListener l) {
         t.runOnProducer(() -> {
-            sendError(new PartitionNotFoundException(l.getResultPartitionId()), true);
-            t.releaseReader(this);
+            lock.lock();
+            try {
+                sendError(new PartitionNotFoundException(l.getResultPartitionId()), true);
+                t.releaseReader(this);
+            } finally {
+                lock.unlock();
+            }
         });
     }
 
@@ -446,8 +483,64 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
 
     @Override
     public void notifyDataAvailable(ResultSubpartitionView v) {
+        if (t.direct && writeDirect()) {
+            return;
+        }
         if (notifyPending.compareAndSet(false, true)) {
             t.notifyReaderNonEmpty(this);
+        }
+    }
+
+    /**
+     * The calling thread (the task that made a buffer available, or Flink's output flusher)
+     * publishes the next buffer itself, without waking the dispatcher, when it gets
+     * {@link #lock} at once, the reader is idle (neither queued for the dispatcher nor
+     * registered as available), the view has a buffer the credit allows and a segment is
+     * free now. True when that buffer was the last one available (nothing left for the
+     * dispatcher); false leaves the reader to the dispatcher, as without this path: no
+     * credit (the dispatcher announces the backlog), more buffers, or any obstacle.
+     */
+    private boolean writeDirect() {
+        if (!lock.tryLock()) {
+            return false;
+        }
+        try {
+            if (closed || failed || view == null || registeredAsAvailable || notifyPending.get()) {
+                return false;
+            }
+            int seg;
+            try {
+                if (!getAvailabilityAndBacklog().isAvailable()) {
+                    return false;
+                }
+                seg = Native.acquire(channel, 0);
+            } catch (RuntimeException e) {
+                // Nothing taken yet: the dispatcher tries again and reports it its way.
+                return false;
+            }
+            if (seg < 0) {
+                return false;
+            }
+            Outcome o;
+            try {
+                o = writeNextBuffer(seg);
+            } catch (Throwable e) {
+                // As the dispatcher's writeNext does, but the reader is released there.
+                LOG.warn("shmflow: serving channel {} failed", channelId, e);
+                sendError(e, false);
+                failed = true;
+                t.runOnProducer(() -> t.releaseReader(this));
+                return true;
+            }
+            if (o == Outcome.RELEASED) {
+                failed = true;
+                t.runOnProducer(() -> t.releaseReader(this));
+                return true;
+            }
+            t.metrics.direct();
+            return o == Outcome.NONE;
+        } finally {
+            lock.unlock();
         }
     }
 

@@ -58,6 +58,18 @@ public final class ShmflowOptions {
                     .defaultValue(false)
                     .withDescription("Consumer side: deliver arena segments to Flink without a copy (each holds one of the channel's buffers as its credit token until recycled); false: copy each into a buffer of the channel's pool.");
 
+    /**
+     * Producer side: the thread that makes a buffer available (the task thread, or Flink's
+     * output flusher) copies it into the arena and publishes it itself when its consumer has
+     * credit and the dispatcher is not serving that channel, instead of waking the producer
+     * dispatcher to do it (one thread hand-off less per buffer).
+     */
+    public static final ConfigOption<Boolean> DIRECT =
+            ConfigOptions.key("shmflow.producer.direct")
+                    .booleanType()
+                    .defaultValue(true)
+                    .withDescription("Producer side: the thread that makes a buffer available publishes it into the arena itself when the consumer has credit and the dispatcher is not serving the channel; false: always through the producer dispatcher thread.");
+
     /** Longest wait for a free segment or ring room before the channel fails. */
     public static final ConfigOption<Integer> TIMEOUT_MS =
             ConfigOptions.key("shmflow.timeout-ms")

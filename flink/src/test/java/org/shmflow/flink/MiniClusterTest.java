@@ -212,6 +212,7 @@ public final class MiniClusterTest {
         long before = shmBuffersIn();
         long channelsBefore = ShmMetrics.TOTAL_SHM_CHANNELS.get();
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
+        long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
         // The zero-copy consumer path (the restart case runs the one-copy default).
         Configuration c = conf("keyby");
         c.set(ShmflowOptions.ZERO_COPY, true);
@@ -225,7 +226,10 @@ public final class MiniClusterTest {
         check(in > 0, "buffers through shared memory: " + in);
         long zc = ShmMetrics.TOTAL_ZERO_COPY_IN.get() - zeroCopyBefore;
         check(zc > 0, "buffers delivered as arena slices (shmflow.consumer.zero-copy: true): " + zc);
-        System.out.printf("  %d buffers (%d zero copy), %d bytes out through shared memory%n", in, zc, ShmMetrics.TOTAL_BYTES_OUT.get());
+        long direct = ShmMetrics.TOTAL_DIRECT_OUT.get() - directBefore;
+        check(direct > 0, "buffers published by the producing thread (shmflow.producer.direct: true): " + direct);
+        System.out.printf("  %d buffers (%d zero copy, %d published directly), %d bytes out through shared memory%n",
+                in, zc, direct, ShmMetrics.TOTAL_BYTES_OUT.get());
         // The per-job MiniCluster shuts its TaskManagers down after execute() returns.
         for (int i = 0; i < 200 && Files.exists(Path.of("/dev/shm", arenaName("keyby"))); i++) {
             Thread.sleep(50);
@@ -238,8 +242,12 @@ public final class MiniClusterTest {
         long n = 600_000;
         long before = shmBuffersIn();
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
-        // The one-copy consumer path, the default (the keyBy and cancel cases run zero copy).
-        StreamExecutionEnvironment env = env(conf("restart"));
+        long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
+        // The one-copy consumer path, the default (the keyBy and cancel cases run zero copy),
+        // and every buffer through the producer dispatcher (the others publish directly).
+        Configuration c = conf("restart");
+        c.set(ShmflowOptions.DIRECT, false);
+        StreamExecutionEnvironment env = env(c);
         job(env, n, true);
         env.execute("shmflow restart");
         check(THROWN.get(), "the planned failure happened");
@@ -247,6 +255,7 @@ public final class MiniClusterTest {
         check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key after the restart, got " + new TreeMap<>(MAX));
         check(shmBuffersIn() - before > 0, "buffers through shared memory");
         check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "the default (shmflow.consumer.zero-copy: false) copies every buffer");
+        check(ShmMetrics.TOTAL_DIRECT_OUT.get() == directBefore, "shmflow.producer.direct: false publishes every buffer from the dispatcher");
     }
 
     static void cancelFreesSegments() throws Exception {
