@@ -33,8 +33,36 @@
 //!                                                  else read [read_pos+4, +len), advance
 //! ```
 //!
-//! The writer never writes below its published position and readers never read above it,
-//! so the two never touch the same bytes at once. A segment published on several channels
+//! Published in the data (the network stack's length-prefixed records, read by a gate in
+//! spin mode; same bytes as before, DESIGN.md's position protocol unchanged for every other
+//! reader). A record whose prefix starts at a 4-aligned offset is also published by that
+//! prefix, an atomic word the writer stores last, so a reader spinning on the word at its
+//! read position finds the record in the record's own line, one cross-core transfer, where
+//! the position word (then the data) costs two, plus the notify set's:
+//!
+//! ```text
+//!  writer (put_framed: try_write_framed, write_framed)   reader (record_at_read)
+//!  payload -> [pos+4, pos+4+len)                          v = word(read_pos).load(Acquire)
+//!  word(pos+4+len).store(UNWRITTEN, Relaxed)              v == UNWRITTEN: nothing yet
+//!    (if 4-aligned with a word's room in the segment)     4 + v past the segment's end: not
+//!  word(pos).store(len, Release) -------------------->      a whole record (a spanning head):
+//!    (unaligned pos: plain bytes, nobody polls there)       ask the position
+//!  ... commit: position.store(pos, Release) as above      else read [read_pos+4, +v), move on
+//! ```
+//!
+//! What keeps a stale word (a previous use of the segment) from passing for a record: the
+//! builder stores UNWRITTEN at offset 0 before the segment's descriptor is pushed, and
+//! behind every record (the tail of a spanning record too, `end_record`), before the store
+//! that publishes the record in front of it; a reader reaches a word only through that
+//! record. What keeps a spanning record's head from passing for a whole record: a record
+//! spans only when it does not fit the rest of the segment (a debloating limit it would
+//! cross moves behind it instead, `write_framed`), so its length runs past the segment's
+//! end. Such a reader may run ahead of the commits (`writer_position` then tolerates a
+//! position below the read position, not below where reading ahead began, nor a finished
+//! one). Loom model: `loom-tests/tests/gate_data_read.rs`.
+//!
+//! The writer never writes below its published position (or a published prefix) and
+//! readers never read above it, so the two never touch the same bytes at once. A segment published on several channels
 //! (broadcast) starts with `refcount = fanout`; each channel's reader drops one, and the one
 //! that reaches zero recycles it.
 
