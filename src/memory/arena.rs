@@ -728,11 +728,13 @@ impl Arena {
     }
 
     /// Segment size in bytes.
+    #[inline]
     pub fn segment_size(&self) -> u32 {
         self.layout.config.segment_size
     }
 
     /// Number of segments.
+    #[inline]
     pub fn segment_count(&self) -> u32 {
         self.layout.config.segment_count
     }
@@ -893,6 +895,7 @@ impl Arena {
 
     /// Pointer to byte `offset` of segment `index` (dereferencing it is the caller's
     /// business, under the segment protocols).
+    #[inline]
     pub(crate) fn segment_ptr(&self, index: u32, offset: u32) -> *mut u8 {
         debug_assert!(index < self.segment_count());
         debug_assert!(offset <= self.segment_size());
@@ -910,6 +913,7 @@ impl Arena {
     /// # Panics
     /// If `index` or `offset` is out of range or `offset` is not a multiple of 4 (callers
     /// pass positions they validated against the segment size).
+    #[inline]
     pub fn segment_word(&self, index: u32, offset: u32) -> &AtomicU32 {
         assert!(
             index < self.segment_count() && offset % 4 == 0 && u64::from(offset) + 4 <= u64::from(self.segment_size()),
@@ -933,6 +937,7 @@ impl Arena {
     /// The range must be inside the segment, and no process may write it for as long as
     /// the slice lives: the caller holds a reader's claim that the protocol published
     /// (acquired the writer position covering the range).
+    #[inline]
     pub unsafe fn segment_bytes(&self, index: u32, offset: u32, len: u32) -> &[u8] {
         debug_assert!(u64::from(offset) + u64::from(len) <= u64::from(self.segment_size()));
         #[cfg(loom)]
@@ -947,6 +952,7 @@ impl Arena {
     /// The range must be inside the segment, and the caller must be the segment's only
     /// writer with no reader of this range for as long as the slice lives (a BufferBuilder
     /// writing above its published position).
+    #[inline]
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn segment_bytes_mut(&self, index: u32, offset: u32, len: u32) -> &mut [u8] {
         debug_assert!(u64::from(offset) + u64::from(len) <= u64::from(self.segment_size()));
