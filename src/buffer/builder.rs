@@ -412,6 +412,22 @@ impl BufferBuilder {
         }
     }
 
+    /// Prefetches for writing the line after the one holding the write position, for a
+    /// writer that just committed and comes back to this segment only after writing many
+    /// others (a flush of a partition with many channels): the next records of this
+    /// segment go there, and the line, last read by a consumer on another core or long
+    /// out of the caches, crosses while the other channels are written instead of
+    /// stalling the stores that reach it. The line holding the position is left alone:
+    /// the consumer is about to read what was just committed in it.
+    #[inline]
+    pub fn prefetch_next_line(&self) {
+        #[cfg(not(loom))]
+        if self.write_ahead {
+            let at = ((self.pos as usize | 63) + 1).min(self.size as usize - 1);
+            crate::sync::prefetch_write_line(self.base.wrapping_add(at));
+        }
+    }
+
     /// Clears the slot at the start of the segment, for a segment that will carry
     /// slot-framed records: call before the segment is handed to its reader (its
     /// descriptor's Release publication orders this store before the reader's first poll).
