@@ -3,7 +3,7 @@
 # loopback only) from the PyPI install, with the shmflow jar in its lib/ (an overlay
 # directory: the cached installation is never modified). Used by flink/demo and flink/bench.
 #
-#   flink/cluster.sh start DIR [--factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-base|netty] [--port 8091] [--tms 2]
+#   flink/cluster.sh start DIR [--factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-nodirect|shmflow-directall|shmflow-base|netty] [--port 8091] [--tms 2]
 #   flink/cluster.sh tm DIR          start one more TaskManager (a replacement after a kill)
 #   flink/cluster.sh stop DIR        stop exactly the processes this DIR's cluster started
 #   flink/cluster.sh pids DIR        print the TaskManager pids, one per line
@@ -51,8 +51,10 @@ case "$cmd" in
       shmflow | shmflow-copy | shmflow-base) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=false ;;
       shmflow-zc) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=true ;;
       shmflow-spin*) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory spin=${factory#shmflow-spin} ;;
+      shmflow-nodirect) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory direct=false ;;
+      shmflow-directall) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory directmax=32kb ;;
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;
-      *) echo "flink/cluster.sh: --factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-base|netty" >&2; exit 2 ;;
+      *) echo "flink/cluster.sh: --factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-nodirect|shmflow-directall|shmflow-base|netty" >&2; exit 2 ;;
     esac
     opens="--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED --add-opens=java.base/java.text=ALL-UNNAMED --add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/java.util=ALL-UNNAMED --add-opens=java.base/java.util.concurrent=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED"
     cat >"$dir/conf/config.yaml" <<YAML
@@ -109,6 +111,9 @@ shmflow:
   consumer:
     zero-copy: ${zerocopy:-false}
   spin-ns: ${spin:-20000}
+  producer:
+    direct: ${direct:-true}
+    direct-max-bytes: ${directmax:-8kb}
 YAML
     timeout 120 "$FH/bin/jobmanager.sh" start >/dev/null
     for _ in $(seq 1 "$tms"); do timeout 120 "$FH/bin/taskmanager.sh" start >/dev/null; done

@@ -89,7 +89,7 @@ public final class ShmConnectionManager implements ConnectionManager {
             arena = out[0];
             ShmTransport t = new ShmTransport(
                     arena, name, self, timeout, conf.get(ShmflowOptions.ZERO_COPY), conf.get(ShmflowOptions.DIRECT),
-                    partitions, events, metrics);
+                    (int) Math.min(Integer.MAX_VALUE, conf.get(ShmflowOptions.DIRECT_MAX_BYTES).getBytes()), partitions, events, metrics);
             metrics.arenaGauges(metricGroup, t::freeSegments, t::totalSegments);
             transport = t;
             lastFallback = null;

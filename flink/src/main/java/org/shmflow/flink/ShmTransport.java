@@ -59,6 +59,8 @@ final class ShmTransport implements AutoCloseable {
     final boolean zeroCopy;
     /** Producer side: publish from the thread that made the buffer available (shmflow.producer.direct). */
     final boolean direct;
+    /** Largest buffer the direct path publishes itself (shmflow.producer.direct-max-bytes). */
+    final int directMaxBytes;
     final String arenaName;
     final ResourceID self;
     final ResultPartitionProvider partitionProvider;
@@ -94,6 +96,7 @@ final class ShmTransport implements AutoCloseable {
             int timeoutMs,
             boolean zeroCopy,
             boolean direct,
+            int directMaxBytes,
             ResultPartitionProvider partitionProvider,
             TaskEventPublisher taskEventPublisher,
             ShmMetrics metrics)
@@ -104,6 +107,7 @@ final class ShmTransport implements AutoCloseable {
         this.timeoutMs = timeoutMs;
         this.zeroCopy = zeroCopy;
         this.direct = direct;
+        this.directMaxBytes = directMaxBytes;
         this.partitionProvider = partitionProvider;
         this.taskEventPublisher = taskEventPublisher;
         this.metrics = metrics;
@@ -355,6 +359,12 @@ final class ShmTransport implements AutoCloseable {
             return;
         }
         if (!reader.hasView()) {
+            return;
+        }
+        if (reader.hasStash()) {
+            // A buffer a direct publication left: its credit is already spent.
+            availableReaders.add(reader);
+            reader.setRegisteredAsAvailable(true);
             return;
         }
         org.apache.flink.runtime.io.network.partition.ResultSubpartitionView.AvailabilityWithBacklog a =

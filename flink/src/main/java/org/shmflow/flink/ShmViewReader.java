@@ -50,7 +50,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     enum Outcome {
         NONE,
         MORE,
-        RELEASED
+        RELEASED,
+        /** A direct publication left a large buffer to the dispatcher. */
+        HANDOFF
     }
 
     final ShmTransport t;
@@ -77,6 +79,13 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     private boolean closed;
     /** A direct publication failed or found the view released; the dispatcher releases it. */
     private boolean failed;
+    /**
+     * A buffer a direct publication took from the view and left to the dispatcher (larger
+     * than shmflow.producer.direct-max-bytes: a full buffer is copied off the task thread,
+     * which goes on writing records meanwhile). Sent before the view's next buffer.
+     */
+    private BufferAndAvailability stashed;
+    private int stashedSubpartition;
 
     ShmViewReader(ShmTransport t, long channel, int channelId) {
         this.t = t;
@@ -91,6 +100,11 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
 
     boolean hasView() {
         return view != null;
+    }
+
+    /** Holds a buffer taken from the view for the dispatcher to send (under {@link #lock}). */
+    boolean hasStash() {
+        return stashed != null;
     }
 
     void clearNotified() {
@@ -187,19 +201,38 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
 
     /** Writes the next buffer of the view (one copy into the arena). */
     Outcome writeNextBuffer() throws IOException {
-        return writeNextBuffer(-1);
+        return writeNextBuffer(-1, false);
     }
 
     /**
      * Writes the next buffer of the view into segment {@code given} (already acquired by
      * this end, or -1: acquire one, waiting up to the timeout). A segment that ends up
-     * unused is released, exactly once, whatever happens.
+     * unused is released, exactly once, whatever happens. {@code direct}: a buffer larger
+     * than shmflow.producer.direct-max-bytes is kept for the dispatcher ({@link #stashed},
+     * sent before anything else of this view) and HANDOFF returned.
      */
-    private Outcome writeNextBuffer(int given) throws IOException {
+    private Outcome writeNextBuffer(int given, boolean direct) throws IOException {
         int held = given;
         try {
-            int subpartition = peekNextBufferSubpartitionId();
-            BufferAndAvailability next = getNextBuffer();
+            int subpartition;
+            BufferAndAvailability next;
+            // A stashed buffer's "more available" is from when it was taken: notifications
+            // since then found the reader registered, so look at the view again after it.
+            boolean fromStash = stashed != null;
+            if (fromStash) {
+                next = stashed;
+                subpartition = stashedSubpartition;
+                stashed = null;
+            } else {
+                subpartition = peekNextBufferSubpartitionId();
+                next = getNextBuffer();
+            }
+            if (next != null && direct && next.buffer().readableBytes() > t.directMaxBytes) {
+                // Taken from the view (its credit spent): the dispatcher sends it next.
+                stashed = next;
+                stashedSubpartition = subpartition;
+                return Outcome.HANDOFF;
+            }
             if (next == null) {
                 if (isReleased()) {
                     Throwable cause = getFailureCause();
@@ -255,7 +288,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             } finally {
                 b.recycleBuffer();
             }
-            return next.moreAvailable() ? Outcome.MORE : Outcome.NONE;
+            return fromStash || next.moreAvailable() ? Outcome.MORE : Outcome.NONE;
         } finally {
             if (held >= 0) {
                 Native.release(channel, held);
@@ -304,6 +337,10 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             return;
         }
         closed = true;
+        if (stashed != null) {
+            stashed.buffer().recycleBuffer();
+            stashed = null;
+        }
         try {
             releaseAllResources();
         } catch (IOException e) {
@@ -493,7 +530,8 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
 
     /**
      * The calling thread (the task that made a buffer available, or Flink's output flusher)
-     * publishes the next buffer itself, without waking the dispatcher, when it gets
+     * publishes the next buffer itself, without waking the dispatcher, when the buffer is at
+     * most shmflow.producer.direct-max-bytes (a flushed one: latency) and it gets
      * {@link #lock} at once, the reader is idle (neither queued for the dispatcher nor
      * registered as available), the view has a buffer the credit allows and a segment is
      * free now. True when that buffer was the last one available (nothing left for the
@@ -505,7 +543,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             return false;
         }
         try {
-            if (closed || failed || view == null || registeredAsAvailable || notifyPending.get()) {
+            if (closed || failed || view == null || registeredAsAvailable || notifyPending.get() || stashed != null) {
                 return false;
             }
             int seg;
@@ -523,7 +561,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             }
             Outcome o;
             try {
-                o = writeNextBuffer(seg);
+                o = writeNextBuffer(seg, true);
             } catch (Throwable e) {
                 // As the dispatcher's writeNext does, but the reader is released there.
                 LOG.warn("shmflow: serving channel {} failed", channelId, e);
@@ -536,6 +574,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 failed = true;
                 t.runOnProducer(() -> t.releaseReader(this));
                 return true;
+            }
+            if (o == Outcome.HANDOFF) {
+                return false;
             }
             t.metrics.direct();
             return o == Outcome.NONE;

@@ -70,6 +70,18 @@ public final class ShmflowOptions {
                     .defaultValue(true)
                     .withDescription("Producer side: the thread that makes a buffer available publishes it into the arena itself when the consumer has credit and the dispatcher is not serving the channel; false: always through the producer dispatcher thread.");
 
+    /**
+     * Largest buffer the direct path publishes from the task thread. Larger ones (full
+     * buffers of a busy job) go to the dispatcher, so the task thread goes on writing records
+     * while another thread copies; flushed small buffers (low rates, buffer timeout 0) go
+     * direct, where the hand-off would cost latency.
+     */
+    public static final ConfigOption<MemorySize> DIRECT_MAX_BYTES =
+            ConfigOptions.key("shmflow.producer.direct-max-bytes")
+                    .memoryType()
+                    .defaultValue(MemorySize.parse("8kb"))
+                    .withDescription("Largest buffer the direct path (shmflow.producer.direct) publishes from the thread that made it available; larger ones go through the producer dispatcher.");
+
     /** Longest wait for a free segment or ring room before the channel fails. */
     public static final ConfigOption<Integer> TIMEOUT_MS =
             ConfigOptions.key("shmflow.timeout-ms")
