@@ -1,22 +1,24 @@
 //! 1 MiB records over 32 KiB segments (each covers 33 segments), read reassembled (the
 //! default: `SingleInputGate::next`, one copy into the reassembly buffer) against read in
-//! place as chunks (`set_spans_in_place` + `next_view`, issue 14 item 3), A/B interleaved in
-//! one run, plus a cache-hot memcpy of one record for scale (not the throughput bench's
-//! memcpy bar, which the 1 MiB goal is measured against). The consumer "deserializes" each
-//! record by summing its bytes (one pass, as a decoder would); the checksums of both modes
-//! must agree.
+//! place as chunks (`set_spans_in_place` + `next_view`, issue 14 item 3) and streamed piece
+//! by piece as the segments arrive (`set_spans_streamed` + `next_piece`), interleaved in one
+//! run (the order rotates per round), plus a cache-hot memcpy of one record for scale (not
+//! the throughput bench's memcpy bar, which the 1 MiB goal is measured against). The
+//! consumer "deserializes" each record by summing its bytes (one pass, as a decoder would);
+//! the checksums of all modes must agree.
 //!
 //! A record read in place holds its segments until the next one is read: the channel gets
 //! 40 exclusive credits and the producer 40 segments per channel (a 1 MiB record needs
 //! 33), in both modes alike, and the gate may hold 38 while it waits for a record's rest.
 //! With Flink's defaults (2 + 8 floating credits, 10 per channel) such a record is copied
-//! once the reader has to wait for it.
+//! once the reader has to wait for it; streamed, it is neither copied nor held (the
+//! throughput bench's consumer reads it so), and it gets the same 40 credits here.
 //!
 //! `cargo bench --bench spans [-- --rounds N --records N]` (argv holds `--bench`) is the
 //! full run; without `--bench` (as `cargo test --benches` runs it) a smoke run of a few
-//! records checks that both modes deliver the same bytes.
+//! records checks that every mode delivers the same bytes.
 
-use shmflow::gate::{GateItem, GateView, InputGateConfig, InputSpec};
+use shmflow::gate::{GateItem, GatePiece, GateView, InputGateConfig, InputSpec};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{
     BroadcastPartitioner, BufferTimeout, RequestBackoff, ResultPartitionConfig, ResultPartitionId, ResultPartitionType,
@@ -54,6 +56,19 @@ type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 enum Mode {
     Reassembled,
     Chunked,
+    Streamed,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Reassembled, Mode::Chunked, Mode::Streamed];
+
+    fn index(self) -> usize {
+        match self {
+            Mode::Reassembled => 0,
+            Mode::Chunked => 1,
+            Mode::Streamed => 2,
+        }
+    }
 }
 
 /// What one round measured.
@@ -94,6 +109,7 @@ fn round(mode: Mode, records: usize, record: &Arc<Vec<u8>>) -> Res<Round> {
     gcfg.exclusive_credits = 40;
     let mut gate = env.create_input_gate(&gcfg)?;
     gate.set_spans_in_place(mode == Mode::Chunked);
+    gate.set_spans_streamed(mode == Mode::Streamed);
     // 2 below the channel's 40 credits and the producer's 40 per channel.
     gate.set_span_hold_budget(38);
     let (mut checksum, mut n) = (0u64, 0usize);
@@ -119,6 +135,34 @@ fn round(mode: Mode, records: usize, record: &Arc<Vec<u8>>) -> Res<Round> {
                 GateView::Item(GateItem::End) => break,
                 GateView::Item(other) => return Err(format!("unexpected {other:?}").into()),
             },
+            // A record comes in pieces, one per segment it covers (34 at most).
+            Mode::Streamed => {
+                let mut ended = false;
+                for _ in 0..64 {
+                    match gate.next_piece(T)? {
+                        GatePiece::Record { piece, .. } => {
+                            checksum = checksum.wrapping_add(sum(piece.bytes));
+                            if piece.is_last() {
+                                n += 1;
+                                ended = true;
+                                break;
+                            }
+                        }
+                        GatePiece::Item(GateItem::End) => return Err(format!("ended after {n} records").into()),
+                        GatePiece::Item(other) => return Err(format!("unexpected {other:?}").into()),
+                    }
+                }
+                if !ended {
+                    return Err(format!("record {n} did not end within 64 pieces").into());
+                }
+            }
+        }
+        if n == records && mode == Mode::Streamed {
+            // The end follows the last record.
+            match gate.next_piece(T)? {
+                GatePiece::Item(GateItem::End) => break,
+                other => return Err(format!("unexpected {other:?}").into()),
+            }
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -165,49 +209,52 @@ fn run() -> Res<()> {
     let records = c.records.unwrap_or(if full { 256 } else { 4 });
     let record: Arc<Vec<u8>> = Arc::new((0..MIB).map(|i| (i * 31 + (i >> 12)) as u8).collect());
     let want = sum(&record).wrapping_mul(records as u64);
-    let (mut re, mut ch, mut ratio, mut mc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut spanned = (0, 0, 0, 0);
+    // Per mode: GB/s per round, ratio to reassembled per round, (reassembled, in place) counts.
+    let mut gbps: [Vec<f64>; 3] = Default::default();
+    let mut ratio: [Vec<f64>; 3] = Default::default();
+    let mut spanned = [(0u64, 0u64); 3];
+    let mut mc = Vec::new();
     for r in 0..rounds {
-        // A/B, alternating which goes first.
-        let order = if r % 2 == 0 { [Mode::Reassembled, Mode::Chunked] } else { [Mode::Chunked, Mode::Reassembled] };
-        let mut pair = [0.0; 2];
-        for mode in order {
+        // Every mode once, the order rotated per round.
+        let mut got = [0.0; 3];
+        for k in 0..Mode::ALL.len() {
+            let mode = Mode::ALL[(r + k) % Mode::ALL.len()];
             let x = round(mode, records, &record)?;
             if x.checksum != want {
                 return Err(format!("{mode:?}: checksum {} != {want}", x.checksum).into());
             }
-            let i = (mode == Mode::Chunked) as usize;
-            pair[i] = x.gbps;
-            if i == 0 {
-                spanned.0 += x.spanned.0;
-                spanned.1 += x.spanned.1;
-            } else {
-                spanned.2 += x.spanned.0;
-                spanned.3 += x.spanned.1;
-            }
+            let i = mode.index();
+            got[i] = x.gbps;
+            spanned[i].0 += x.spanned.0;
+            spanned[i].1 += x.spanned.1;
         }
         mc.push(memcpy_round(records, &record));
         println!(
-            "round {r}: reassembled {:.2} GB/s, chunked {:.2} GB/s, ratio {:.2}, memcpy {:.2} GB/s",
-            pair[0],
-            pair[1],
-            pair[1] / pair[0],
+            "round {r}: reassembled {:.2} GB/s, chunked {:.2} GB/s, streamed {:.2} GB/s, chunked/reassembled {:.2}, streamed/reassembled {:.2}, memcpy {:.2} GB/s",
+            got[0],
+            got[1],
+            got[2],
+            got[1] / got[0],
+            got[2] / got[0],
             mc[r]
         );
-        re.push(pair[0]);
-        ch.push(pair[1]);
-        ratio.push(pair[1] / pair[0]);
+        for i in 0..3 {
+            gbps[i].push(got[i]);
+            ratio[i].push(got[i] / got[0]);
+        }
     }
-    let (m_re, m_ch, m_mc) = (median(re), median(ch), median(mc));
+    let [m_re, m_ch, m_st] = gbps.map(median);
+    let [_, r_ch, r_st] = ratio.map(median);
+    let m_mc = median(mc);
     println!(
         "1 MiB records, 32 KiB segments, {records} records x {rounds} rounds (medians): reassembled {m_re:.2} GB/s, \
-         chunked in place {m_ch:.2} GB/s, chunked/reassembled {:.2}x (median of per-round ratios); memcpy of one \
-         cache-hot record {m_mc:.2} GB/s (scale only: not the throughput bench's memcpy bar)",
-        median(ratio)
+         chunked in place {m_ch:.2} GB/s, streamed {m_st:.2} GB/s; chunked/reassembled {r_ch:.2}x, \
+         streamed/reassembled {r_st:.2}x (medians of per-round ratios); memcpy of one cache-hot record {m_mc:.2} GB/s \
+         (scale only: not the throughput bench's memcpy bar)"
     );
     println!(
-        "spanning records: reassembled mode {} reassembled / {} in place; chunked mode {} reassembled / {} in place",
-        spanned.0, spanned.1, spanned.2, spanned.3
+        "spanning records (reassembled / in place): reassembled mode {} / {}; chunked mode {} / {}; streamed mode {} / {}",
+        spanned[0].0, spanned[0].1, spanned[1].0, spanned[1].1, spanned[2].0, spanned[2].1
     );
     if let Some(path) = &c.bench.json {
         let run = if full { "full" } else { "quick" };
@@ -216,17 +263,24 @@ fn run() -> Res<()> {
                 "  {{\"bench\":\"spans\",\"run\":\"{run}\",\"system\":\"{system}\",\"mode\":\"{mode}\",\"record_bytes\":{MIB},\"metric\":\"gb_per_s\",\"value\":{v:.3}}}"
             )
         };
-        let lines =
-            [rec("shmflow", "reassembled", m_re), rec("shmflow", "chunked", m_ch), rec("memcpy", "cache-hot", m_mc)];
+        let lines = [
+            rec("shmflow", "reassembled", m_re),
+            rec("shmflow", "chunked", m_ch),
+            rec("shmflow", "streamed", m_st),
+            rec("memcpy", "cache-hot", m_mc),
+        ];
         std::fs::write(path, format!("[\n{}\n]\n", lines.join(",\n")))?;
     }
     let all = (records * rounds) as u64;
-    if spanned.1 != 0 || spanned.0 != all {
+    if spanned[0] != (all, 0) {
         return Err("the default mode read a record in place".into());
     }
     // Within the hold budget every record stays in place, however the threads interleave.
-    if spanned.2 != 0 || spanned.3 != all {
+    if spanned[1] != (0, all) {
         return Err("the chunked mode copied a record".into());
+    }
+    if spanned[2] != (0, all) {
+        return Err("the streamed mode copied a record".into());
     }
     Ok(())
 }

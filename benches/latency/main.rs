@@ -74,14 +74,18 @@
 //! p50. With 32 KiB segments every 482nd round trip of 64 B also hands segments over in
 //! both directions: that is what shows at p99.9.
 //!
-//! The network stack's rows pay for its generality in dependent cache-line transfers: the
-//! writer commits by storing the segment's position word (Release), then marks the gate's
-//! notify set (a SeqCst fence and a fetch_or) and checks for a parked waiter; the gate
-//! spins on the notify set, takes the mark (a swap), and only then reads the position word
-//! and the record, with its ready-queue and statistics bookkeeping around them. Expect
-//! shmflow-netstack spin at a few times the stream's p50 for small records; in park mode
-//! both sit on the futex wake-up, which dominates. Its 482nd record of 64 B spans two
-//! segments and is copied into the gate's reassembly buffer.
+//! The network stack's rows: in spin mode the gate reads a record in the data, as the stream
+//! does. Its writer stores the record's length prefix last (Release, a 4-aligned word; the
+//! bytes are the usual length-prefixed format), after the payload and after marking the word
+//! behind it "nothing yet"; the gate spins on the prefix word at its read position
+//! (`SingleInputGate::next_hot`: no clock, no notify-set drain, no position load while its
+//! one producer is the only one with anything to say), so the record crosses in its own
+//! lines. The writer still commits the segment's position and marks the gate's notify set
+//! after every record (buffer timeout 0) for everyone else; those marks stay set and take
+//! the "already marked" shortcut. What remains above the stream is software per hop: the
+//! gate's and the record writer's bookkeeping around the record. In park mode both sit on
+//! the futex wake-up (the notify set, the committed position), which dominates. Its 482nd
+//! record of 64 B spans two segments and is copied into the gate's reassembly buffer.
 //!
 //! `cargo bench --bench latency [-- --json PATH] [--sizes 64,1024] [--peers NAME,..]
 //! [--no-pin]` (argv holds `--bench`) does the full run (`--peers` keeps only the named

@@ -158,6 +158,9 @@ pub(crate) fn arena_config(case: Case) -> Res<ArenaConfig> {
 
 pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Rate> {
     let arena = Arc::new(Arena::create_memfd(&arena_config(case)?, "throughput")?);
+    // Every page mapped before the run (see the module docs: the first touch of a page
+    // is a fault, which the socket peers, reusing their buffers, never pay twice).
+    arena.prefault()?;
     let mut cmd = producer_command(System::Shmflow, case, cpus.map(|c| c.1))?;
     arena.inherit_fd_into(&mut cmd)?;
     let mut producer = Producer::spawn(&mut cmd, "throughput", CHILD_DEADLINE, WAIT_TIMEOUT, POLL_SLICE)?;

@@ -99,7 +99,12 @@ pub(crate) fn producer_main(spec: &str) -> Res<()> {
         other => return Err(format!("{} has no producer process", other.name()).into()),
     };
     let env = match system {
-        System::Shmflow => Some(ShuffleEnvironment::attach_inherited(1)?),
+        System::Shmflow => {
+            let env = ShuffleEnvironment::attach_inherited(1)?;
+            // Before "ready": the faults of the first touches stay out of the run.
+            env.arena().prefault()?;
+            Some(env)
+        }
         _ => None,
     };
     let (signals, ready_rx) = Signals::new();

@@ -89,7 +89,8 @@ pub enum Owner {
 impl Owner {
     /// Packs into the shared word: kind in the top byte, `worker` / `fanout` in the next 24
     /// bits, `pool` / `channel` in the low 32. The layout's limits keep the 24-bit fields
-    /// exact (`max_workers` <= 4096, a fanout <= `max_channels` <= 2^20; checked below).
+    /// exact (`max_workers` <= 4096, a fanout <= `max_channels` <= 2^20; checked at compile
+    /// time in `layout`).
     pub fn pack(self) -> u64 {
         let p = |k: u64, a: u32, b: u32| (k << 56) | (u64::from(a & 0xff_ffff) << 32) | u64::from(b);
         match self {
@@ -114,9 +115,6 @@ impl Owner {
         }
     }
 }
-
-// The 24-bit fields of `Owner::pack` hold every value the layout allows.
-const _: () = assert!(crate::memory::layout::MAX_WORKERS < 1 << 24 && crate::memory::layout::MAX_CHANNELS < 1 << 24);
 
 /// The two positions of one single-producer/single-consumer ring, each on its own lines.
 ///

@@ -40,6 +40,9 @@ pub const MAX_WORKERS: u32 = 4096;
 /// Most channel blocks an arena may have (`ArenaConfig::max_channels`).
 pub const MAX_CHANNELS: u32 = 1 << 20;
 
+// `Owner::pack` keeps a worker slot or a fanout (at most one per channel) in 24 bits.
+const _: () = assert!(MAX_WORKERS < 1 << 24 && MAX_CHANNELS < 1 << 24);
+
 /// The sizes an arena is created with. Everything else is derived from these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArenaConfig {

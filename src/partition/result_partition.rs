@@ -950,7 +950,12 @@ impl ResultPartition {
             dirty.retain(|&c| {
                 let sub = &mut self.subs[c as usize];
                 sub.dirty = false;
-                sub.builder.as_mut().is_some_and(|b| b.commit())
+                sub.builder.as_mut().is_some_and(|b| {
+                    let raised = b.commit();
+                    // The writer comes back to this segment only after the others.
+                    b.prefetch_next_line();
+                    raised
+                })
             });
             // SeqCst fence: stands for the fence of every `NotifySet::mark` below (see
             // `mark_fenced`); pairs with the fence in `NotifySet::drain`.

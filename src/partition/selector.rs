@@ -116,6 +116,7 @@ pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
 
 /// Flink's `MathUtils.murmurHash(int)`: the finalizer Flink applies to a key's hashCode
 /// before taking it modulo the max parallelism.
+#[inline]
 pub fn flink_murmur_hash(code: i32) -> i32 {
     let mut h = code.wrapping_mul(0xcc9e_2d51_u32 as i32);
     h = h.rotate_left(15);
@@ -140,11 +141,13 @@ pub fn flink_murmur_hash(code: i32) -> i32 {
 
 /// Flink's `KeyGroupRangeAssignment.assignToKeyGroup` for a key whose Java hashCode is
 /// `key_hash`.
+#[inline]
 pub fn key_group_for_hash(key_hash: i32, max_parallelism: u32) -> u32 {
     flink_murmur_hash(key_hash) as u32 % max_parallelism
 }
 
 /// Flink's `computeOperatorIndexForKeyGroup`.
+#[inline]
 pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_group: u32) -> u32 {
     (u64::from(key_group) * u64::from(parallelism) / u64::from(max_parallelism)) as u32
 }
@@ -393,9 +396,17 @@ impl<R: ?Sized, F: RecordKeyHash<R>> ChannelSelector<R> for KeyGroupPartitioner<
     fn setup(&mut self, n: u32) {
         self.n = n.max(1);
     }
+    #[inline]
     fn select_channel(&mut self, record: &R) -> u32 {
-        let kg = key_group_for_hash(self.key_hash.key_hash(record), self.max_parallelism);
-        operator_index_for_key_group(self.max_parallelism, self.n, kg)
+        let (hash, mp) = (self.key_hash.key_hash(record), self.max_parallelism);
+        if mp.is_power_of_two() {
+            // The same key group and index without the two divisions per record (Flink's
+            // default of 128 key groups is a power of two): the hash is not negative, so
+            // `% mp` is a mask, and `* n / mp` a shift.
+            let kg = flink_murmur_hash(hash) as u32 & (mp - 1);
+            return ((u64::from(kg) * u64::from(self.n)) >> mp.trailing_zeros()) as u32;
+        }
+        operator_index_for_key_group(mp, self.n, key_group_for_hash(hash, mp))
     }
 }
 
@@ -578,6 +589,24 @@ mod selector_tests {
             sizes[operator_index_for_key_group(128, 3, kg) as usize] += 1;
         }
         assert_eq!(sizes, [43, 43, 42]);
+    }
+
+    #[test]
+    fn the_key_group_selector_routes_as_flinks_two_divisions_for_every_max_parallelism() {
+        // The selector's mask-and-shift path (max parallelism a power of two) and its
+        // division path must both give Flink's channel.
+        let codes = (-2000i32..2000).chain([i32::MIN, i32::MIN + 1, i32::MAX, 0x8765_4321_u32 as i32]);
+        let codes: Vec<i32> = codes.collect();
+        for maxp in [1u32, 2, 3, 100, 128, 129, 4096, 1 << 15] {
+            for n in [1u32, 2, 3, 7, maxp] {
+                let mut s = KeyGroupPartitioner::new(|r: &i32| *r, maxp).unwrap();
+                s.setup(n);
+                for &code in &codes {
+                    let want = operator_index_for_key_group(maxp, n, key_group_for_hash(code, maxp));
+                    assert_eq!(s.select_channel(&code), want, "maxp {maxp} n {n} code {code}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -413,8 +413,10 @@ impl PartitionWriter for ResultPartition {
         ResultPartition::num_subpartitions(self)
     }
 
-    #[inline]
+    #[inline(always)]
     fn emit<R: Record + ?Sized>(&mut self, record: &R, subpartition: u32) -> Result<()> {
+        // Into the caller's record loop (the fast path is a few instructions; as a call
+        // it cost the throughput bench's 1x1 8 B producer its registers).
         ResultPartition::emit(self, record, subpartition)
     }
 

@@ -69,7 +69,8 @@ pub(crate) struct JobOpts {
     #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
     pub(crate) wait: Mode,
     /// Pin subtask `s` of every vertex to the `s`-th CPU the job may use (a pipeline slice
-    /// per core; with --wait spin, the lowest latency when tasks outnumber cores).
+    /// per core; with --wait spin, the lowest latency when tasks outnumber cores; slower
+    /// for busy throughput jobs).
     #[arg(long)]
     pub(crate) pin_cpus: bool,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
