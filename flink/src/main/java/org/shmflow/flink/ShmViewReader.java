@@ -217,7 +217,8 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             int subpartition;
             BufferAndAvailability next;
             // A stashed buffer's "more available" is from when it was taken: notifications
-            // since then found the reader registered, so look at the view again after it.
+            // since then found the reader registered, so ask the view again after it (with
+            // the credit left now; credit that arrives later enqueues the reader as usual).
             boolean fromStash = stashed != null;
             if (fromStash) {
                 next = stashed;
@@ -288,7 +289,11 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             } finally {
                 b.recycleBuffer();
             }
-            return fromStash || next.moreAvailable() ? Outcome.MORE : Outcome.NONE;
+            if (fromStash) {
+                // Credit rules as in enqueueing: data only with credit, events always.
+                return getAvailabilityAndBacklog().isAvailable() ? Outcome.MORE : Outcome.NONE;
+            }
+            return next.moreAvailable() ? Outcome.MORE : Outcome.NONE;
         } finally {
             if (held >= 0) {
                 Native.release(channel, held);

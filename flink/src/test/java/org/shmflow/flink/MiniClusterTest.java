@@ -48,6 +48,7 @@ public final class MiniClusterTest {
     public static void main(String[] args) throws Exception {
         String only = args.length > 0 ? args[0] : "";
         run(only, "keyby_unaligned_exact_through_shared_memory", MiniClusterTest::keyByUnaligned);
+        run(only, "an_unthrottled_keyby_runs_out_of_credit_and_stays_exact", MiniClusterTest::unthrottled);
         run(only, "a_failing_task_restarts_from_its_checkpoint_exactly", MiniClusterTest::failureRestart);
         run(only, "a_cancelled_job_leaves_no_segment_held", MiniClusterTest::cancelFreesSegments);
         run(only, "arena_too_small_falls_back_to_netty", MiniClusterTest::tooSmall);
@@ -235,6 +236,32 @@ public final class MiniClusterTest {
             Thread.sleep(50);
         }
         check(!Files.exists(Path.of("/dev/shm", arenaName("keyby"))), "the last TaskManager out unlinks the arena");
+    }
+
+    /**
+     * A source as fast as it goes into a keyed reduce: the channels run out of credit again
+     * and again, with full buffers the task leaves to the dispatcher (direct-max-bytes) and
+     * flushed ones it publishes itself.
+     */
+    static void unthrottled() throws Exception {
+        reset();
+        long n = 3_000_000;
+        long before = shmBuffersIn();
+        Configuration c = conf("fast");
+        // Any failure (a credit-rule violation fails the producer) fails the job.
+        c.set(str("restart-strategy.type"), "none");
+        StreamExecutionEnvironment env = env(c);
+        env.fromSequence(1, n)
+                .map(x -> Tuple2.of(x % KEYS, x))
+                .returns(org.apache.flink.api.common.typeinfo.Types.TUPLE(
+                        org.apache.flink.api.common.typeinfo.Types.LONG, org.apache.flink.api.common.typeinfo.Types.LONG))
+                .keyBy(p -> p.f0)
+                .reduce((a, b) -> Tuple2.of(a.f0, a.f1 + b.f1))
+                .map(new RecordMax())
+                .sinkTo(new DiscardingSink<>());
+        env.execute("shmflow unthrottled keyBy");
+        check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key, got " + new TreeMap<>(MAX));
+        check(shmBuffersIn() - before > 100, "buffers through shared memory: " + (shmBuffersIn() - before));
     }
 
     static void failureRestart() throws Exception {
