@@ -82,6 +82,18 @@ fn die_as(arena: &Arena, slot: u32, pid: u32, keep_gate: Option<usize>) {
     }
 }
 
+/// Reads `gate` until it fails: the records read and the error.
+fn read_until_error(gate: &mut SingleInputGate) -> (u32, Error) {
+    let mut records = 0;
+    loop {
+        match gate.next(Some(Duration::from_secs(10))) {
+            Ok(shmflow::gate::GateItem::Record { .. }) => records += 1,
+            Ok(_) => {}
+            Err(e) => return (records, e),
+        }
+    }
+}
+
 #[test]
 fn a_slot_held_by_a_live_process_is_refused_naming_it_and_a_dead_ones_only_after_reclamation() {
     let _serial = common::serial();
@@ -147,14 +159,7 @@ fn a_dead_producers_segments_blocks_entries_and_gates_come_back_online() {
     let c = check::check(&arena);
     assert_eq!(c.segments - c.free_walked, 1, "only the segment the live reader holds: {c:?}");
     // The live reader reads what was left, then learns that its producer died.
-    let mut records = 0;
-    let err = loop {
-        match gate.next(Some(Duration::from_secs(10))) {
-            Ok(shmflow::gate::GateItem::Record { .. }) => records += 1,
-            Ok(_) => {}
-            Err(e) => break e,
-        }
-    };
+    let (records, err) = read_until_error(&mut gate);
     assert_eq!(records, 1);
     assert!(matches!(err, Error::PeerDied { role: "producer", pid, .. } if pid == dead), "{err}");
     drop(gate); // hands the channel on: settled, its segment freed
@@ -193,14 +198,7 @@ fn a_producer_that_failed_its_partition_then_died_is_reported_as_failed_after_re
     die_as(&arena, 0, dead, Some(1));
     let report = reclaim_dead_peers(&arena).unwrap();
     assert_eq!((report.reclaimed.len(), report.channels_failed), (1, 1), "{report:?}");
-    let mut records = 0;
-    let err = loop {
-        match gate.next(Some(Duration::from_secs(10))) {
-            Ok(shmflow::gate::GateItem::Record { .. }) => records += 1,
-            Ok(_) => {}
-            Err(e) => break e,
-        }
-    };
+    let (records, err) = read_until_error(&mut gate);
     assert_eq!(records, 1, "what was flushed before the failure is still read");
     assert!(matches!(err, Error::ProducerFailed { .. }), "the failure is the cause, not the exit after it: {err}");
     drop(gate);

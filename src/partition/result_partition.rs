@@ -830,8 +830,10 @@ impl ResultPartition {
         }
     }
 
-    fn open_broadcast(&mut self) -> Result<()> {
-        let seg = self.block_until("credit on every channel and a free segment", WaitOn::Every, |p| {
+    /// Waits for a credit on every channel and a free segment (what a broadcast segment or
+    /// a user event needs), reserving the credits.
+    fn segment_for_every_channel(&mut self) -> Result<crate::memory::MemorySegment> {
+        self.block_until("credit on every channel and a free segment", WaitOn::Every, |p| {
             p.reclaim_marked()?;
             let mut all = true;
             for s in &mut p.subs {
@@ -844,7 +846,11 @@ impl ResultPartition {
                 return Ok(None);
             }
             p.pool.request(None)
-        })?;
+        })
+    }
+
+    fn open_broadcast(&mut self) -> Result<()> {
+        let seg = self.segment_for_every_channel()?;
         let b = BufferBuilder::new(seg, self.subs.len() as u32);
         let idx = b.index();
         self.pool.expect_readers(idx, self.subs.len() as u32);
@@ -1088,20 +1094,7 @@ impl ResultPartition {
             return Err(Error::TooLarge { what: "user event", len: bytes.len(), max });
         }
         self.close_all()?;
-        let seg = self.block_until("credit on every channel and a free segment", WaitOn::Every, |p| {
-            p.reclaim_marked()?;
-            let mut all = true;
-            for s in &mut p.subs {
-                if !s.writer.reserve_credit() {
-                    s.writer.want_credit()?;
-                    all = false;
-                }
-            }
-            if !all {
-                return Ok(None);
-            }
-            p.pool.request(None)
-        })?;
+        let seg = self.segment_for_every_channel()?;
         let mut b = BufferBuilder::new(seg, self.subs.len() as u32);
         let _ = write_record(&mut b, bytes);
         b.finish();
