@@ -293,7 +293,10 @@ impl<S, W: PartitionWriter> RecordWriter<S, W> {
     ///
     /// # Errors
     /// As [`PartitionWriter::emit`].
-    #[inline]
+    // inline(always), as `ResultPartition::emit`: the fast path belongs in the caller's
+    // record loop; with two callers of one record type LLVM kept it out of line (emit
+    // bench, 8 B: 3.6 -> 6.1 ns per record).
+    #[inline(always)]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()>
     where
         S: ChannelSelector<R>,
