@@ -302,7 +302,7 @@ pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>
                 let free = || w2[1].load(Ordering::Acquire) + HANDOFF_RING as u64 > filled;
                 // Relaxed: a stop request.
                 let stop = || w2[2].load(Ordering::Relaxed) != 0;
-                spin_until(|| free() || stop(), "a free buffer", WAIT_TIMEOUT)?;
+                wait_spinning(|| free() || stop(), "a free buffer")?;
                 if stop() {
                     return Ok(());
                 }
@@ -325,7 +325,7 @@ pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>
         let tail = size - (pieces as usize - 1) * HANDOFF_BUFFER;
         loop {
             // Acquire: pairs with the writer's Release store of `filled`.
-            spin_until(|| words[0].load(Ordering::Acquire) > emptied, "a filled buffer", WAIT_TIMEOUT)?;
+            wait_spinning(|| words[0].load(Ordering::Acquire) > emptied, "a filled buffer")?;
             let len = if (emptied + 1) % pieces == 0 { tail } else { HANDOFF_BUFFER };
             let at = base + (emptied % HANDOFF_RING as u64) as usize * HANDOFF_BUFFER;
             // SAFETY: the writer filled this slot (the Acquire above) and does not touch it
@@ -349,6 +349,27 @@ pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>
     let rate = result?;
     joined?;
     Ok(rate)
+}
+
+/// Spins with PAUSE until `ready()` holds, yielding the CPU between looks once a wait
+/// outlasts about 16k spins (tens of microseconds: the other thread was descheduled, as
+/// happens on a shared machine; shmflow's adaptive waits park then); fails after
+/// [`WAIT_TIMEOUT`].
+fn wait_spinning(mut ready: impl FnMut() -> bool, what: &str) -> Res<()> {
+    for _ in 0..1u32 << 14 {
+        if ready() {
+            return Ok(());
+        }
+        std::hint::spin_loop();
+    }
+    let since = Instant::now();
+    while !ready() {
+        if since.elapsed() > WAIT_TIMEOUT {
+            return Err(format!("no {what} within {WAIT_TIMEOUT:?}").into());
+        }
+        std::thread::yield_now();
+    }
+    Ok(())
 }
 
 /// The hand-off limit of one round: the faster of ordinary and streaming stores (which
