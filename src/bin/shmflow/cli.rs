@@ -156,9 +156,11 @@ pub(crate) enum JobCmd {
         #[arg(long, default_value_t = 0)]
         source_work_ns: u64,
         /// Measure record latency instead of throughput: rate-limited generators (--rate)
-        /// stamp each record, the sinks report percentiles of arrival minus stamp (the first
-        /// tenth of each generator's records is warm-up). Payload at least 16 bytes; key-hash
-        /// or rebalance.
+        /// stamp each record, the sinks report percentiles of arrival minus stamp and of
+        /// arrival minus when the record was due on the generators' schedule (coordinated
+        /// omission included); the first tenth of each generator's records is warm-up.
+        /// Payload at least 16 bytes; key-hash or rebalance. Sinks spin and pipeline slices
+        /// are pinned unless --wait or --pin-cpus say otherwise.
         #[arg(long, requires = "rate", conflicts_with_all = ["sink_work_ns", "source_work_ns"])]
         latency: bool,
         /// Records per second in all, for --latency (1..=100000000).
