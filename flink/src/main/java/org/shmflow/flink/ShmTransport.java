@@ -61,6 +61,8 @@ final class ShmTransport implements AutoCloseable {
     final boolean direct;
     /** Largest buffer the direct path publishes itself (shmflow.producer.direct-max-bytes). */
     final int directMaxBytes;
+    /** Consumer side: the thread announcing credit delivers what is queued (shmflow.consumer.deliver-on-credit). */
+    final boolean deliverOnCredit;
     final String arenaName;
     final ResourceID self;
     final ResultPartitionProvider partitionProvider;
@@ -97,6 +99,7 @@ final class ShmTransport implements AutoCloseable {
             boolean zeroCopy,
             boolean direct,
             int directMaxBytes,
+            boolean deliverOnCredit,
             ResultPartitionProvider partitionProvider,
             TaskEventPublisher taskEventPublisher,
             ShmMetrics metrics)
@@ -108,6 +111,7 @@ final class ShmTransport implements AutoCloseable {
         this.zeroCopy = zeroCopy;
         this.direct = direct;
         this.directMaxBytes = directMaxBytes;
+        this.deliverOnCredit = deliverOnCredit;
         this.partitionProvider = partitionProvider;
         this.taskEventPublisher = taskEventPublisher;
         this.metrics = metrics;
@@ -215,14 +219,14 @@ final class ShmTransport implements AutoCloseable {
             for (int i = 0; i < n; i++) {
                 ClientChannel c = clientById.get(ids[i]);
                 if (c != null) {
-                    c.drain(msgs);
+                    c.drain();
                 }
             }
             long now = System.nanoTime();
             if (now >= nextLiveness) {
                 nextLiveness = now + LIVENESS_NANOS;
                 for (ClientChannel c : clientById.values()) {
-                    c.checkPeer(msgs);
+                    c.checkPeer();
                 }
             }
         }
