@@ -216,6 +216,7 @@ final class ClientChannel {
                 }
                 t.metrics.received(size, true);
                 delivered++;
+                t.lastBufferSmall = size <= t.directMaxBytes;
                 input.onBuffer(slice, seq, backlog, subpartition);
                 return;
             }
@@ -239,6 +240,7 @@ final class ClientChannel {
         t.metrics.received(size, false);
         if (dt.isBuffer()) {
             delivered++;
+            t.lastBufferSmall = size <= t.directMaxBytes;
         }
         input.onBuffer(b, seq, backlog, subpartition);
     }
