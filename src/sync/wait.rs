@@ -38,7 +38,8 @@ impl Default for WaitPolicy {
 }
 
 impl WaitPolicy {
-    /// Spin up to 100 µs (twice a cross-core futex round trip here), then park.
+    /// Poll up to 100 µs (twice a cross-core futex round trip here), giving the core away
+    /// between polls ([`WaitPolicy::yield_core`]), then park.
     pub const fn adaptive() -> Self {
         Self {
             min_spin: Duration::from_micros(2),
