@@ -77,7 +77,7 @@ impl Figures {
 /// Reads `n` records from `gate` as the throughput bench's consumer does (the batch path,
 /// `next` for what it leaves: records that span segments, segment turnover): the sum of
 /// `sum_of` over them.
-fn read_batch(gate: &mut SingleInputGate, n: usize, sum_of: fn(&[u8]) -> u64) -> Result<u64, String> {
+fn read_batch(gate: &mut SingleInputGate, n: usize, sum_of: impl Fn(&[u8]) -> u64) -> Result<u64, String> {
     let mut sum = 0u64;
     let mut left = n;
     // Bounded: each turn reads at least one record or fails.
@@ -119,7 +119,7 @@ impl Readback {
         env: &ShuffleEnvironment,
         gcfg: InputGateConfig,
         (mine, other): (usize, usize),
-        sum_of: fn(&[u8]) -> u64,
+        sum_of: impl Fn(&[u8]) -> u64 + Send + 'static,
     ) -> Res<Self> {
         let (go, go_rx) = mpsc::channel::<usize>();
         let (sum_tx, sums) = mpsc::channel();
@@ -135,7 +135,7 @@ impl Readback {
             let _ = sum_tx.send(Ok(0));
             // A batch of `n` records per message, its sum back.
             while let Ok(n) = go_rx.recv() {
-                if sum_tx.send(read_batch(&mut gate, n, sum_of)).is_err() {
+                if sum_tx.send(read_batch(&mut gate, n, &sum_of)).is_err() {
                     break;
                 }
             }
@@ -147,7 +147,7 @@ impl Readback {
     }
 
     /// Reads the next `n` records: their sum of `sum_of`.
-    fn read(&mut self, n: usize, sum_of: fn(&[u8]) -> u64) -> Result<u64, String> {
+    fn read(&mut self, n: usize, sum_of: impl Fn(&[u8]) -> u64) -> Result<u64, String> {
         match self {
             Self::Here(gate) => read_batch(gate, n, sum_of),
             Self::There { go, sums } => {
@@ -171,7 +171,8 @@ fn run_kind<R: shmflow::record::Record + ?Sized>(
     // Generic, not `dyn`: the record loop as a writer's own loop, with `emit` inlined (a
     // call per record through a pointer cost 8 B records 40%).
     emit: &mut impl FnMut(&mut RecordWriter<RebalancePartitioner>, u64) -> shmflow::Result<()>,
-    sum_of: fn(&[u8]) -> u64,
+    // Generic too (`u64_of` itself, not a pointer to it): inlined into the read loop.
+    sum_of: impl Fn(&[u8]) -> u64 + Copy + Send + 'static,
     expected_sum: fn(u64) -> u64,
     cross: Option<(usize, usize)>,
 ) -> Res<Figures>
