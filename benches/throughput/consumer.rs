@@ -67,18 +67,21 @@ pub(crate) fn consumer_main() -> Res<()> {
         .collect();
     // A case none of the selected systems runs (a `--system` filter) is left out.
     results.retain(|r| !r.rates.is_empty());
-    // Per record size: memcpy's and memread's rates, one per round.
-    let mut limits: Vec<(usize, Vec<Rate>, Vec<Rate>)> =
-        plan.sizes.iter().map(|&s| (s, Vec::new(), Vec::new())).collect();
+    // Per record size: memcpy's, memread's and (above a segment) the hand-off's rates, one
+    // per round.
+    let mut limits: Vec<(usize, [Vec<Rate>; 3])> = plan.sizes.iter().map(|&s| (s, Default::default())).collect();
     let mut region = Vec::new();
     let started = Instant::now();
     for round in 0..plan.rounds {
-        for (size, copy, read) in limits.iter_mut() {
+        for (size, [copy, read, handoff]) in limits.iter_mut() {
             if plan.systems.contains(&System::Memcpy) {
                 copy.push(run_memcpy(*size, &plan)?);
             }
             if plan.systems.contains(&System::Memread) {
                 read.push(run_memread(*size, &plan, &mut region)?);
+            }
+            if plan.systems.contains(&System::Handoff) && *size > SEGMENT {
+                handoff.push(best_handoff(*size, &plan, cpus)?);
             }
         }
         region = Vec::new();
@@ -96,7 +99,12 @@ pub(crate) fn consumer_main() -> Res<()> {
     }
     let limits: Vec<Limit> = limits
         .into_iter()
-        .map(|(size, copy, read)| Limit { size, memcpy: median_rate(&copy), memread: median_rate(&read) })
+        .map(|(size, [copy, read, handoff])| Limit {
+            size,
+            memcpy: median_rate(&copy),
+            memread: median_rate(&read),
+            handoff: median_rate(&handoff),
+        })
         .collect();
     println!("- load average at the end: {}; {:.0?} in all\n", load_average(), started.elapsed());
     print_table(&plan, &results, &limits);

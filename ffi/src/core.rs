@@ -51,7 +51,7 @@ use shmflow::memory::{
 };
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
-use shmflow::sync::{spin_loop, EventCount, Ordering};
+use shmflow::sync::{spin_loop, AtomicU64, EventCount, Ordering};
 use shmflow::{ArenaError, PushError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -277,8 +277,14 @@ pub struct ArenaCtx {
     entry: PathBuf,
     accepted: Mutex<HashSet<u32>>,
     pending: [Mutex<VecDeque<u32>>; 2],
+    /// Spin budget of each side's wait in ns ([`ArenaCtx::set_spin`]; `opts.spin_ns` at first).
+    spin: [AtomicU64; 2],
     closed: Mutex<bool>,
 }
+
+/// A yield in a wait's spin that took longer than this gave the core to another thread
+/// for a while: the core is needed, and the wait parks instead of spinning on.
+const YIELD_CONTENDED: Duration = Duration::from_micros(50);
 
 impl std::fmt::Debug for ArenaCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -495,6 +501,7 @@ impl ArenaCtx {
             let _ = std::fs::remove_file(&tmp);
             return Err(FfiError::new(code::EIO, format!("registry directory {}: {e}", opts.registry_dir.display())));
         }
+        let spin = opts.spin_ns;
         Ok(Arc::new(ArenaCtx {
             arena,
             slot,
@@ -502,6 +509,7 @@ impl ArenaCtx {
             entry,
             accepted: Mutex::new(HashSet::new()),
             pending: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
+            spin: [AtomicU64::new(spin), AtomicU64::new(spin)],
             closed: Mutex::new(false),
         }))
     }
@@ -566,8 +574,23 @@ impl ArenaCtx {
         })
     }
 
+    /// Sets how long waits of side `side` spin before they park (at most one second).
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] for a budget above one second.
+    pub fn set_spin(&self, side: Side, spin_ns: u64) -> FResult<()> {
+        if spin_ns > 1_000_000_000 {
+            return Err(inval(format!("spin budget {spin_ns} ns is above one second")));
+        }
+        // Relaxed: a setting; a wait that starts later picks it up, none depends on when.
+        self.spin[side as usize].store(spin_ns, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Waits until channels of side `side` were marked (or `timeout`): writes up to
-    /// `out.len()` channel ids, returns how many. Spins for the spin budget first.
+    /// `out.len()` channel ids, returns how many. Spins for the side's spin budget first,
+    /// unless the core is contended: a spin gives the core away every 8th round, and when
+    /// such a yield comes back late (another thread ran meanwhile) it parks at once.
     ///
     /// # Errors
     /// [`code::EPROTO`] for a corrupt notify set.
@@ -576,7 +599,9 @@ impl ArenaCtx {
         let members = self.arena.config().max_channels;
         let mut pending = self.pending[side as usize].lock();
         let deadline = Instant::now() + timeout;
-        let spin_until = Instant::now() + Duration::from_nanos(self.opts.spin_ns);
+        // Relaxed: a setting (see set_spin).
+        let spin_until = Instant::now() + Duration::from_nanos(self.spin[side as usize].load(Ordering::Relaxed));
+        let mut contended = false;
         // Bounded: each round either returns or waits until the deadline, which is finite.
         for round in 0u64.. {
             let mut woken = false;
@@ -600,12 +625,14 @@ impl ArenaCtx {
             if now >= deadline {
                 return Ok(0);
             }
-            if now < spin_until && round < 1 << 24 {
+            if now < spin_until && round < 1 << 24 && !contended {
                 // Every 8th round gives the core away: on a host with fewer cores than busy
                 // threads (the TaskManager's task threads, the other side's dispatcher), a
-                // pure spin takes the time slice the thread that would mark us needs.
+                // pure spin takes the time slice the thread that would mark us needs. A
+                // yield that came back late means such threads are there: park.
                 if round % 8 == 7 {
                     std::thread::yield_now();
+                    contended = now.elapsed() > YIELD_CONTENDED;
                 } else {
                     spin_loop();
                 }
@@ -874,24 +901,16 @@ impl ChannelCtx {
         // Bounded by the deadline.
         loop {
             self.peer_gone()?;
-            if msg.segment >= 0 {
-                let ctl = &arena.controls()[msg.segment as usize];
-                // Relaxed (both): the Release store of the ring tail in push_all publishes
-                // them. One reader holds it until it releases (the reclaimer's orphaning
-                // works on this count).
-                ctl.refcount.store(1, Ordering::Relaxed);
-                ctl.owner.store(Owner::InFlight { channel: self.id, fanout: 1 }.pack(), Ordering::Relaxed);
-            }
+            self.mark_in_flight(msg.segment, true);
             match out.push_all(&ring, &slots, &place) {
                 Ok(()) => break,
-                Err(PushError::Full) => {}
-                Err(PushError::Violation(v)) => return Err(from_lib(v)),
-            }
-            if msg.segment >= 0 {
-                let ctl = &arena.controls()[msg.segment as usize];
-                // Relaxed (both): as above; not published.
-                ctl.refcount.store(0, Ordering::Relaxed);
-                ctl.owner.store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
+                Err(PushError::Full) => self.mark_in_flight(msg.segment, false),
+                Err(PushError::Violation(v)) => {
+                    // Not published: the segment stays ours, so a later release or the
+                    // reclaimer finds it held for writing, not in flight to no one.
+                    self.mark_in_flight(msg.segment, false);
+                    return Err(from_lib(v));
+                }
             }
             if Instant::now() >= deadline {
                 return Err(FfiError::new(
@@ -912,6 +931,24 @@ impl ChannelCtx {
             b.bytes_out.fetch_add(msg.size as u64, Ordering::Relaxed);
         }
         self.notify_peer()
+    }
+
+    /// Marks `segment` (when there is one) as in flight on this channel with one reader,
+    /// just before its message is pushed, or back as held for writing by this
+    /// TaskManager when the push did not happen.
+    fn mark_in_flight(&self, segment: i32, in_flight: bool) {
+        let Ok(s) = usize::try_from(segment) else { return };
+        let Some(ctl) = self.ctx.arena.controls().get(s) else { return };
+        let (refs, owner) = if in_flight {
+            (1, Owner::InFlight { channel: self.id, fanout: 1 })
+        } else {
+            (0, Owner::Writer { pool: 0, worker: self.ctx.slot })
+        };
+        // Relaxed (both): when in flight, the Release store of the ring tail in push_all
+        // publishes them; one reader holds the segment until it releases (the reclaimer's
+        // orphaning works on this count). Otherwise nothing was published.
+        ctl.refcount.store(refs, Ordering::Relaxed);
+        ctl.owner.store(owner.pack(), Ordering::Relaxed);
     }
 
     /// Takes up to `out.len()` messages; returns how many.
@@ -1172,4 +1209,57 @@ fn release_segment(ctx: &ArenaCtx, channel: u32, segment: i32, received: bool) -
     free_segment_if(arena, segment as u32, held);
     segments_wake(arena).notify();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_refused_for_a_corrupt_ring_leaves_its_segment_held_for_writing() {
+        let name = format!("shmflow-ffi-unit-{}-violation", std::process::id());
+        let dir = std::env::temp_dir().join(format!("{name}.reg"));
+        let open = |tm: &str| {
+            ArenaCtx::open(OpenOptions {
+                name: name.clone(),
+                registry_dir: dir.clone(),
+                tm_id: tm.into(),
+                arena_bytes: 8 << 20,
+                segment_size: 32 << 10,
+                spin_ns: 0,
+            })
+        };
+        let run = || -> FResult<()> {
+            let a = open("tm-producer")?;
+            let b = open("tm-consumer")?;
+            let cons = ChannelCtx::connect(&b, b.lookup("tm-producer")?)?;
+            let prod = ChannelCtx::accept(&a, cons.id)?;
+            let event = Msg { kind: 9, segment: -1, ..Msg::default() };
+            // Fill the data ring: the next push must look at the consumer's head.
+            let mut sent = 0;
+            while prod.send(&event, Duration::ZERO).is_ok() {
+                sent += 1;
+                assert!(sent <= 1024, "the data ring never filled");
+            }
+            let seg = prod.acquire(Duration::from_secs(1))?;
+            // Relaxed: the test corrupts the consumer's word as a broken peer would.
+            a.arena.channels()[prod.id as usize].data.head.store(u64::MAX, Ordering::Relaxed);
+            let e = prod.send(&Msg { kind: 7, segment: seg as i32, size: 1, ..Msg::default() }, Duration::ZERO);
+            assert_eq!(e.map_err(|e| e.code), Err(code::EPROTO));
+            let ctl = &a.arena.controls()[seg as usize];
+            // Relaxed: single-threaded test.
+            assert_eq!(ctl.owner.load(Ordering::Relaxed), Owner::Writer { pool: 0, worker: a.slot }.pack());
+            assert_eq!(ctl.refcount.load(Ordering::Relaxed), 0);
+            prod.release(seg as i32)?;
+            prod.close();
+            cons.close();
+            b.close();
+            a.close();
+            Ok(())
+        };
+        let r = run();
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(Path::new("/dev/shm").join(&name));
+        r.unwrap();
+    }
 }
