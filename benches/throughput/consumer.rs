@@ -265,6 +265,9 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
         if let [(b0, s0, r0), (b1, s1, r1)] = in_window[..] {
             eprintln!("    in the window: {} batches, {} single records, {} records", b1 - b0, s1 - s0, r1 - r0);
         }
+        if let Some((own, peer)) = window.split_ns_per_record() {
+            eprintln!("    CPU ns per record read in the window: consumer {own:.2}, producer {peer:.2}");
+        }
     }
     window.rate(case)
 }

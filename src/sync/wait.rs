@@ -132,10 +132,12 @@ impl Waiter {
                 if !self.policy.park {
                     // Spin mode: every ~20 µs give the core away once, so a peer that shares
                     // it (more runnable threads than cores) is not starved; on an idle
-                    // machine sched_yield returns at once.
+                    // machine sched_yield returns at once. The clock is not read again after
+                    // the yield: a peer that ran meanwhile (a generator on this core) may
+                    // just have published what we wait for, and the poll comes first.
                     if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
                         super::yield_now();
-                        last_yield = super::now_nanos();
+                        last_yield = now;
                     }
                     continue;
                 }

@@ -121,6 +121,28 @@ mod tests {
     }
 
     #[test]
+    fn the_latency_shuffle_spins_pinned_unless_told_otherwise_and_other_jobs_do_not() {
+        use shmflow::sync::WaitPolicy;
+        let opts = |args: &[&str]| match Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()) {
+            Ok(Cli { command: Cmd::Run { job: JobCmd::Shuffle { opts, .. } } }) => opts,
+            _ => panic!("{args:?} did not parse as run shuffle"),
+        };
+        let latency = |args: &[&str]| {
+            let c = crate::run::latency_config(&opts(&[&["--latency", "--rate", "10"], args].concat())).unwrap();
+            (c.wait_policy, c.pin_cpus)
+        };
+        assert_eq!(latency(&[]), (WaitPolicy::spin(), true));
+        assert_eq!(latency(&["--wait", "adaptive"]), (WaitPolicy::adaptive(), true));
+        assert_eq!(latency(&["--pin-cpus", "false"]), (WaitPolicy::spin(), false));
+        assert_eq!(latency(&["--pin-cpus", "--wait", "park"]), (WaitPolicy::park(), true));
+        // The throughput shuffle (and every other job) keeps adaptive waits, unpinned.
+        let c = crate::run::runtime_config(&opts(&[])).unwrap();
+        assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));
+        let c = crate::run::runtime_config(&opts(&["--pin-cpus", "--wait", "spin"])).unwrap();
+        assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::spin(), true));
+    }
+
+    #[test]
     fn an_arena_name_names_a_file_in_dev_shm_only() {
         let name = |n: &str| arena_path(ArenaSel { pid: None, name: Some(n.into()), path: None });
         assert_eq!(name("job-1").unwrap().0, PathBuf::from("/dev/shm/job-1"));
