@@ -42,19 +42,33 @@ case "$cmd" in
     mkdir -p "$dir/conf" "$dir/lib" "$dir/pids" "$dir/log"
     for j in "$FH"/lib/*.jar; do ln -sf "$j" "$dir/lib/"; done
     jar=${SHMFLOW_FLINK_JAR:-$root/target/flink/shmflow-flink.jar}
-    if [[ $factory == shmflow-base ]]; then
+    if [[ $factory == shmflow-base* ]]; then
       jar=${SHMFLOW_FLINK_BASE_JAR:?flink/cluster.sh: --factory shmflow-base needs SHMFLOW_FLINK_BASE_JAR}
     fi
     cp "$jar" "$dir/lib/shmflow-flink.jar"
     cp "$FH"/conf/log4j*.properties "$dir/conf/"
+    # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
+    # e.g. shmflow-zc-spin0): zc, spinNS (producer dispatcher), cspinNS (consumer dispatcher),
+    # nodirect, nodeliver (deliver-on-credit false), directall, copy and base (no settings).
     case "$factory" in
-      shmflow | shmflow-copy | shmflow-base) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=false ;;
-      shmflow-zc) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=true ;;
-      shmflow-spin*) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory spin=${factory#shmflow-spin} ;;
-      shmflow-nodirect) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory direct=false ;;
-      shmflow-directall) fclass=org.shmflow.flink.ShmflowShuffleServiceFactory directmax=32kb ;;
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;
-      *) echo "flink/cluster.sh: --factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-nodirect|shmflow-directall|shmflow-base|netty" >&2; exit 2 ;;
+      shmflow | shmflow-*)
+        fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=false
+        IFS=- read -r -a parts <<<"${factory#shmflow}"
+        for part in "${parts[@]}"; do
+          case "$part" in
+            '' | copy | base) ;;
+            zc) zerocopy=true ;;
+            spin[0-9]*) spin=${part#spin} ;;
+            cspin[0-9]*) cspin=${part#cspin} ;;
+            nodirect) direct=false ;;
+            nodeliver) deliver=false ;;
+            directall) directmax=32kb ;;
+            *) echo "flink/cluster.sh: unknown factory part '$part' in $factory" >&2; exit 2 ;;
+          esac
+        done
+        ;;
+      *) echo "flink/cluster.sh: --factory netty|shmflow[-zc][-spinNS][-nodirect][-directall][-base]" >&2; exit 2 ;;
     esac
     opens="--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED --add-opens=java.base/java.text=ALL-UNNAMED --add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/java.util=ALL-UNNAMED --add-opens=java.base/java.util.concurrent=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED"
     cat >"$dir/conf/config.yaml" <<YAML
@@ -110,7 +124,9 @@ shmflow:
     dir: $dir/registry
   consumer:
     zero-copy: ${zerocopy:-false}
-  spin-ns: ${spin:-20000}
+    deliver-on-credit: ${deliver:-true}
+${cspin:+    spin-ns: $cspin
+}  spin-ns: ${spin:-20000}
   producer:
     direct: ${direct:-true}
     direct-max-bytes: ${directmax:-8kb}

@@ -447,6 +447,15 @@ impl Window {
         }
     }
 
+    /// CPU ns per record read in the window, of this process and of the producer (for
+    /// the verbose report: which side is the bottleneck).
+    pub(crate) fn split_ns_per_record(&self) -> Option<(f64, f64)> {
+        let (s, e) = (self.start?, self.end?);
+        let read = e.records.saturating_sub(s.records).max(1) as f64;
+        let peer = e.peer_ns?.saturating_sub(s.peer_ns?);
+        Some((e.cpu_ns.saturating_sub(s.cpu_ns) as f64 / read, peer as f64 / read))
+    }
+
     /// The figure.
     pub(crate) fn rate(&self, case: Case) -> Res<Rate> {
         let (Some(s), Some(e)) = (self.start, self.end) else {

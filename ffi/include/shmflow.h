@@ -86,6 +86,9 @@ int32_t shmflow_peer_state(uint64_t arena, int32_t slot, int32_t *out);
 int32_t shmflow_wait(uint64_t arena, int32_t side, int32_t *ids, int32_t max,
                      int32_t timeout_ms, int32_t *out_n);
 int32_t shmflow_wake(uint64_t arena, int32_t side);
+/* How long shmflow_wait of `side` spins before parking (0..=10^9 ns; spin_ns of
+ * shmflow_arena_open at first). A spin parks early when the core is contended. */
+int32_t shmflow_set_spin(uint64_t arena, int32_t side, int64_t spin_ns);
 
 /* Channels: the consumer connects to a producer slot, the producer accepts an id its
  * dispatcher saw. Status of the other end: 0 open, 1 closed, 2 died. Counters: buffers

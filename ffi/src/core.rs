@@ -51,7 +51,7 @@ use shmflow::memory::{
 };
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
-use shmflow::sync::{spin_loop, EventCount, Ordering};
+use shmflow::sync::{spin_loop, AtomicU64, EventCount, Ordering};
 use shmflow::{ArenaError, PushError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -277,8 +277,14 @@ pub struct ArenaCtx {
     entry: PathBuf,
     accepted: Mutex<HashSet<u32>>,
     pending: [Mutex<VecDeque<u32>>; 2],
+    /// Spin budget of each side's wait in ns ([`ArenaCtx::set_spin`]; `opts.spin_ns` at first).
+    spin: [AtomicU64; 2],
     closed: Mutex<bool>,
 }
+
+/// A yield in a wait's spin that took longer than this gave the core to another thread
+/// for a while: the core is needed, and the wait parks instead of spinning on.
+const YIELD_CONTENDED: Duration = Duration::from_micros(50);
 
 impl std::fmt::Debug for ArenaCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -495,6 +501,7 @@ impl ArenaCtx {
             let _ = std::fs::remove_file(&tmp);
             return Err(FfiError::new(code::EIO, format!("registry directory {}: {e}", opts.registry_dir.display())));
         }
+        let spin = opts.spin_ns;
         Ok(Arc::new(ArenaCtx {
             arena,
             slot,
@@ -502,6 +509,7 @@ impl ArenaCtx {
             entry,
             accepted: Mutex::new(HashSet::new()),
             pending: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
+            spin: [AtomicU64::new(spin), AtomicU64::new(spin)],
             closed: Mutex::new(false),
         }))
     }
@@ -566,8 +574,23 @@ impl ArenaCtx {
         })
     }
 
+    /// Sets how long waits of side `side` spin before they park (at most one second).
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] for a budget above one second.
+    pub fn set_spin(&self, side: Side, spin_ns: u64) -> FResult<()> {
+        if spin_ns > 1_000_000_000 {
+            return Err(inval(format!("spin budget {spin_ns} ns is above one second")));
+        }
+        // Relaxed: a setting; a wait that starts later picks it up, none depends on when.
+        self.spin[side as usize].store(spin_ns, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Waits until channels of side `side` were marked (or `timeout`): writes up to
-    /// `out.len()` channel ids, returns how many. Spins for the spin budget first.
+    /// `out.len()` channel ids, returns how many. Spins for the side's spin budget first,
+    /// unless the core is contended: a spin gives the core away every 8th round, and when
+    /// such a yield comes back late (another thread ran meanwhile) it parks at once.
     ///
     /// # Errors
     /// [`code::EPROTO`] for a corrupt notify set.
@@ -576,7 +599,9 @@ impl ArenaCtx {
         let members = self.arena.config().max_channels;
         let mut pending = self.pending[side as usize].lock();
         let deadline = Instant::now() + timeout;
-        let spin_until = Instant::now() + Duration::from_nanos(self.opts.spin_ns);
+        // Relaxed: a setting (see set_spin).
+        let spin_until = Instant::now() + Duration::from_nanos(self.spin[side as usize].load(Ordering::Relaxed));
+        let mut contended = false;
         // Bounded: each round either returns or waits until the deadline, which is finite.
         for round in 0u64.. {
             let mut woken = false;
@@ -600,12 +625,14 @@ impl ArenaCtx {
             if now >= deadline {
                 return Ok(0);
             }
-            if now < spin_until && round < 1 << 24 {
+            if now < spin_until && round < 1 << 24 && !contended {
                 // Every 8th round gives the core away: on a host with fewer cores than busy
                 // threads (the TaskManager's task threads, the other side's dispatcher), a
-                // pure spin takes the time slice the thread that would mark us needs.
+                // pure spin takes the time slice the thread that would mark us needs. A
+                // yield that came back late means such threads are there: park.
                 if round % 8 == 7 {
                     std::thread::yield_now();
+                    contended = now.elapsed() > YIELD_CONTENDED;
                 } else {
                     spin_loop();
                 }

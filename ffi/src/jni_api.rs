@@ -225,6 +225,18 @@ pub extern "system" fn Java_org_shmflow_flink_Native_await<'l>(
     })
 }
 
+/// `Native.setSpin(arena, side, spinNs)`.
+#[no_mangle]
+pub extern "system" fn Java_org_shmflow_flink_Native_setSpin<'l>(
+    _env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    arena: jlong,
+    side_: jint,
+    spin_ns: jlong,
+) -> jint {
+    crate::shmflow_set_spin(arena as u64, side_, spin_ns)
+}
+
 /// `Native.wake(arena, side)`.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_wake<'l>(

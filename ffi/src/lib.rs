@@ -342,6 +342,19 @@ pub unsafe extern "C" fn shmflow_wait(
     })
 }
 
+/// Sets how long `shmflow_wait` of `side` spins before it parks (0 ..= 10^9 ns).
+#[no_mangle]
+pub extern "C" fn shmflow_set_spin(arena: u64, side_: i32, spin_ns: i64) -> i32 {
+    entry(|| {
+        let a = arena_of(arena)?;
+        let s = side(side_)?;
+        if !(0..=1_000_000_000).contains(&spin_ns) {
+            return Err(FfiError::new(code::EINVAL, format!("spin budget {spin_ns} ns is outside 0..=10^9")));
+        }
+        a.set_spin(s, spin_ns as u64)
+    })
+}
+
 /// Wakes this TaskManager's own dispatcher of `side` (for shutdown).
 #[no_mangle]
 pub extern "C" fn shmflow_wake(arena: u64, side_: i32) -> i32 {

@@ -98,6 +98,7 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         assert_inval(shmflow_peer_state(BOGUS, 0, &mut i), "not a live handle");
         assert_inval(shmflow_wait(BOGUS, 0, ids.as_mut_ptr(), 4, 0, &mut i), "not a live handle");
         assert_inval(shmflow_wake(BOGUS, 0), "not a live handle");
+        assert_inval(shmflow_set_spin(BOGUS, 0, 0), "not a live handle");
         assert_inval(shmflow_channel_connect(BOGUS, 0, &mut u, &mut i), "not a live handle");
         assert_inval(shmflow_channel_accept(BOGUS, 0, &mut u), "not a live handle");
         assert_inval(shmflow_segment_ptr(BOGUS, 0, &mut p), "not a live handle");
@@ -119,6 +120,10 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         assert_inval(shmflow_wait(a, 0, ids.as_mut_ptr(), 0, 0, &mut i), "max");
         assert_inval(shmflow_wait(a, 0, ids.as_mut_ptr(), 4, -5, &mut i), "timeout");
         assert_inval(shmflow_wake(a, -1), "side");
+        assert_inval(shmflow_set_spin(a, 2, 0), "side");
+        assert_inval(shmflow_set_spin(a, 0, -1), "outside");
+        assert_inval(shmflow_set_spin(a, 1, 1_000_000_001), "outside");
+        assert_eq!(shmflow_set_spin(a, 0, 250_000), 0, "{}", err_text());
         assert_inval(shmflow_channel_connect(a, -1, &mut u, &mut i), "negative");
         assert_inval(shmflow_channel_accept(a, -1, &mut u), "negative");
         assert_inval(shmflow_channel_accept(a, 1 << 30, &mut u), "outside");

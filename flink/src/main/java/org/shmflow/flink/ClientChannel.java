@@ -21,6 +21,7 @@ import java.io.ObjectInputStream;
 import java.net.SocketAddress;
 import java.nio.ByteBuffer;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.ReentrantLock;
 
 /**
  * Delivers what the producer sent on one channel to its {@link RemoteInputChannel}. A data
@@ -34,9 +35,13 @@ import java.util.concurrent.atomic.AtomicInteger;
  *   <li>one copy (the default): the segment is copied into the pool buffer and released at
  *       once.
  * </ul>
- * All deliveries hold this object's lock, as does {@link #close}, so no buffer reaches a
- * channel after it was closed; messages to the producer go out under their own lock (see
- * {@link #sendSimple}). The native channel end is closed when this end is closed
+ * All deliveries hold {@link #lock}, as does {@link #close}, so no buffer reaches a
+ * channel after it was closed, and each delivery takes a batch from the ring and hands it
+ * on in order. Two threads deliver: the consumer dispatcher when the producer marks the
+ * channel, and the thread that announces credit (the task thread recycling a buffer it
+ * read: {@link #deliverFromCaller}) when it gets the lock at once, so a task that keeps
+ * up finds the next buffers in its channel without waiting for the dispatcher to wake and
+ * wake it. Messages to the producer go out under their own lock (see {@link #sendSimple}). The native channel end is closed when this end is closed
  * and every zero-copy buffer handed out was recycled ({@link #refs}), so no segment Flink
  * still reads goes back to the producer, and none stays held once Flink let go of them.
  */
@@ -49,8 +54,14 @@ final class ClientChannel {
     final int id;
     final RemoteInputChannel input;
     final SocketAddress remote;
-    /** Set under this object's lock; read by senders under {@link #sendLock}. */
+    /** Set under {@link #lock}; read by senders under {@link #sendLock}. */
     private volatile boolean closed;
+    /** Guards delivery and closing (see the class comment). */
+    private final ReentrantLock lock = new ReentrantLock();
+    /** Messages of one poll (used under {@link #lock}). */
+    private final int[] msgs = new int[64 * Native.MSG_INTS];
+    /** Data buffers handed to the input channel (under {@link #lock}). */
+    private long delivered;
     /** Orders the messages this end sends (credit, resume, ...) as they were called. */
     private final Object sendLock = new Object();
     /** One for the open channel plus one per zero-copy buffer not yet recycled. */
@@ -65,7 +76,38 @@ final class ClientChannel {
     }
 
     /** Consumer dispatcher: takes everything queued and hands it to the input channel. */
-    synchronized void drain(int[] msgs) {
+    void drain() {
+        lock.lock();
+        try {
+            drainLocked();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    /**
+     * The thread that announced credit (Flink calls notifyCreditAvailable when a buffer of
+     * this channel comes back, mostly from the task thread) delivers what is queued, when
+     * nobody else is delivering: never waits for the lock, never from inside a delivery of
+     * its own (Flink announces credit from onBuffer too, and a nested delivery would hand
+     * on later buffers before the rest of the batch).
+     */
+    void deliverFromCaller() {
+        if (closed || lock.isHeldByCurrentThread() || !lock.tryLock()) {
+            return;
+        }
+        try {
+            long before = delivered;
+            drainLocked();
+            if (delivered != before) {
+                t.metrics.onCredit((int) (delivered - before));
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private void drainLocked() {
         if (closed) {
             return;
         }
@@ -173,6 +215,8 @@ final class ClientChannel {
                     throw e;
                 }
                 t.metrics.received(size, true);
+                delivered++;
+                t.lastBufferSmall = size <= t.directMaxBytes;
                 input.onBuffer(slice, seq, backlog, subpartition);
                 return;
             }
@@ -194,6 +238,10 @@ final class ClientChannel {
         b.setDataType(dt);
         b.setCompressed(compressed);
         t.metrics.received(size, false);
+        if (dt.isBuffer()) {
+            delivered++;
+            t.lastBufferSmall = size <= t.directMaxBytes;
+        }
         input.onBuffer(b, seq, backlog, subpartition);
     }
 
@@ -245,17 +293,22 @@ final class ClientChannel {
     }
 
     /** Consumer dispatcher, every liveness period: a dead producer fails the channel. */
-    synchronized void checkPeer(int[] msgs) {
-        if (closed) {
-            return;
-        }
-        int s = Native.status(handle);
-        if (s != 0) {
-            // Deliver what it published before it left; then the poll reports EPEER.
-            drain(msgs);
-            if (!closed) {
-                failPeer(s == 2);
+    void checkPeer() {
+        lock.lock();
+        try {
+            if (closed) {
+                return;
             }
+            int s = Native.status(handle);
+            if (s != 0) {
+                // Deliver what it published before it left; then the poll reports EPEER.
+                drainLocked();
+                if (!closed) {
+                    failPeer(s == 2);
+                }
+            }
+        } finally {
+            lock.unlock();
         }
     }
 
@@ -271,41 +324,51 @@ final class ClientChannel {
         fail(new RemoteTransportException(msg, remote));
     }
 
-    private synchronized void fail(Throwable e) {
-        if (closed) {
-            return;
+    private void fail(Throwable e) {
+        lock.lock();
+        try {
+            if (closed) {
+                return;
+            }
+            LOG.debug("shmflow: channel {} fails", id, e);
+            close(false);
+            input.onError(e);
+        } finally {
+            lock.unlock();
         }
-        LOG.debug("shmflow: channel {} fails", id, e);
-        close(false);
-        input.onError(e);
     }
 
     /** Closes this end (telling the producer to cancel first when {@code cancel}). */
-    synchronized void close(boolean cancel) {
-        if (closed) {
-            return;
-        }
-        closed = true;
-        t.clientById.remove(id, this);
-        t.clientByInput.remove(input.getInputChannelId(), this);
-        // After a sender that saw the channel open is done (lock order: this, then sendLock).
-        synchronized (sendLock) {
-            if (cancel) {
-                Native.send(handle, Native.KIND_CANCEL, -1, 0, 0, 0, 0, 0, 0, 0L, 0);
+    void close(boolean cancel) {
+        lock.lock();
+        try {
+            if (closed) {
+                return;
             }
+            closed = true;
+            t.clientById.remove(id, this);
+            t.clientByInput.remove(input.getInputChannelId(), this);
+            // After a sender that saw the channel open is done (lock order: lock, then sendLock).
+            synchronized (sendLock) {
+                if (cancel) {
+                    Native.send(handle, Native.KIND_CANCEL, -1, 0, 0, 0, 0, 0, 0, 0L, 0);
+                }
+            }
+            // The native end closes now, or when the last zero-copy buffer comes back.
+            unref();
+        } finally {
+            lock.unlock();
         }
-        // The native end closes now, or when the last zero-copy buffer comes back.
-        unref();
     }
 
     boolean isClosed() {
         return closed;
     }
 
-    // Messages to the producer go out under sendLock, not this object's lock: a task thread
+    // Messages to the producer go out under sendLock, not the delivery lock: a task thread
     // announcing credit (Flink calls notifyCreditAvailable when it recycles a buffer) does
     // not wait for the dispatcher to finish delivering a batch. A failure is reported after
-    // sendLock is let go (fail takes this object's lock).
+    // sendLock is let go (fail takes lock).
 
     /** Sends a message without payload; false (and the channel failed) when it cannot. */
     boolean sendSimple(int kind, int subpartition, long arg) {

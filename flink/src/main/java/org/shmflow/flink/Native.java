@@ -111,6 +111,9 @@ final class Native {
 
     static native int wake(long arena, int side);
 
+    /** Spin budget of side's await before it parks (0..1e9 ns). */
+    static native int setSpin(long arena, int side, long spinNs);
+
     /** out: channel handle, channel id. */
     static native int connect(long arena, int producerSlot, long[] out);
 

@@ -87,9 +87,15 @@ public final class ShmConnectionManager implements ConnectionManager {
                 throw Native.error("attaching to arena /dev/shm/" + name + " (registry " + dir + ")", rc);
             }
             arena = out[0];
+            long consumerSpin = conf.get(ShmflowOptions.CONSUMER_SPIN_NS);
+            rc = Native.setSpin(arena, Native.CONSUMER, consumerSpin);
+            if (rc < 0) {
+                throw Native.error("shmflow.consumer.spin-ns", rc);
+            }
             ShmTransport t = new ShmTransport(
                     arena, name, self, timeout, conf.get(ShmflowOptions.ZERO_COPY), conf.get(ShmflowOptions.DIRECT),
-                    (int) Math.min(Integer.MAX_VALUE, conf.get(ShmflowOptions.DIRECT_MAX_BYTES).getBytes()), partitions, events, metrics);
+                    (int) Math.min(Integer.MAX_VALUE, conf.get(ShmflowOptions.DIRECT_MAX_BYTES).getBytes()),
+                    conf.get(ShmflowOptions.DELIVER_ON_CREDIT), spin, consumerSpin, partitions, events, metrics);
             metrics.arenaGauges(metricGroup, t::freeSegments, t::totalSegments);
             transport = t;
             lastFallback = null;

@@ -27,6 +27,8 @@ final class ShmMetrics {
     static final AtomicLong TOTAL_ZERO_COPY_IN = new AtomicLong();
     /** Of TOTAL_BUFFERS_OUT: published by the thread that made them available (shmflow.producer.direct). */
     static final AtomicLong TOTAL_DIRECT_OUT = new AtomicLong();
+    /** Of TOTAL_BUFFERS_IN: delivered by the thread that announced credit (shmflow.consumer.deliver-on-credit). */
+    static final AtomicLong TOTAL_ON_CREDIT_IN = new AtomicLong();
     static final AtomicLong TOTAL_SHM_CHANNELS = new AtomicLong();
     static final AtomicLong TOTAL_NETTY_CLIENTS = new AtomicLong();
 
@@ -36,6 +38,7 @@ final class ShmMetrics {
     private final Counter bytesIn = new ThreadSafeSimpleCounter();
     private final Counter zeroCopyIn = new ThreadSafeSimpleCounter();
     private final Counter directOut = new ThreadSafeSimpleCounter();
+    private final Counter onCreditIn = new ThreadSafeSimpleCounter();
     private final Counter shmChannels = new ThreadSafeSimpleCounter();
     private final Counter nettyClients = new ThreadSafeSimpleCounter();
 
@@ -48,6 +51,7 @@ final class ShmMetrics {
             g.counter("bytesInShm", bytesIn);
             g.counter("buffersInZeroCopy", zeroCopyIn);
             g.counter("buffersOutDirect", directOut);
+            g.counter("buffersInOnCredit", onCreditIn);
             g.counter("channelsShm", shmChannels);
             g.counter("clientsNetty", nettyClients);
         }
@@ -73,6 +77,12 @@ final class ShmMetrics {
     void direct() {
         directOut.inc();
         TOTAL_DIRECT_OUT.incrementAndGet();
+    }
+
+    /** {@code n} buffers (counted by {@link #received}) were delivered without the consumer dispatcher. */
+    void onCredit(int n) {
+        onCreditIn.inc(n);
+        TOTAL_ON_CREDIT_IN.addAndGet(n);
     }
 
     void received(int bytes, boolean zeroCopy) {

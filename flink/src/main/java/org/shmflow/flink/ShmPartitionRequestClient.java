@@ -107,6 +107,10 @@ final class ShmPartitionRequestClient implements PartitionRequestClient {
         ClientChannel c = of(ch);
         if (c != null) {
             c.announceCredit();
+            if (c.t.deliverOnCredit) {
+                // A buffer came back: whatever already arrived goes to the channel now.
+                c.deliverFromCaller();
+            }
         }
     }
 

@@ -61,6 +61,21 @@ final class ShmTransport implements AutoCloseable {
     final boolean direct;
     /** Largest buffer the direct path publishes itself (shmflow.producer.direct-max-bytes). */
     final int directMaxBytes;
+    /** Consumer side: the thread announcing credit delivers what is queued (shmflow.consumer.deliver-on-credit). */
+    final boolean deliverOnCredit;
+    /** Spin budget of the consumer dispatcher while it receives full buffers (shmflow.spin-ns). */
+    private final long spinNs;
+    /** Its spin budget while it receives small (flushed) buffers (shmflow.consumer.spin-ns). */
+    private final long consumerSpinNs;
+    /**
+     * The last data buffer delivered was at most {@link #directMaxBytes}: a flushed buffer of
+     * a job slower than the pipeline (buffer timeout 0, a low rate), whose records wait for
+     * the consumer dispatcher, which then spins {@link #consumerSpinNs} to be awake when
+     * the next one arrives. Full buffers (a busy job, whose threads need the cores) get
+     * {@link #spinNs}. Written by whichever thread delivers; a stale read only delays the
+     * switch by one wait.
+     */
+    volatile boolean lastBufferSmall = true;
     final String arenaName;
     final ResourceID self;
     final ResultPartitionProvider partitionProvider;
@@ -97,6 +112,9 @@ final class ShmTransport implements AutoCloseable {
             boolean zeroCopy,
             boolean direct,
             int directMaxBytes,
+            boolean deliverOnCredit,
+            long spinNs,
+            long consumerSpinNs,
             ResultPartitionProvider partitionProvider,
             TaskEventPublisher taskEventPublisher,
             ShmMetrics metrics)
@@ -108,6 +126,9 @@ final class ShmTransport implements AutoCloseable {
         this.zeroCopy = zeroCopy;
         this.direct = direct;
         this.directMaxBytes = directMaxBytes;
+        this.deliverOnCredit = deliverOnCredit;
+        this.spinNs = spinNs;
+        this.consumerSpinNs = consumerSpinNs;
         this.partitionProvider = partitionProvider;
         this.taskEventPublisher = taskEventPublisher;
         this.metrics = metrics;
@@ -205,7 +226,12 @@ final class ShmTransport implements AutoCloseable {
         int[] ids = new int[1024];
         int[] msgs = new int[64 * Native.MSG_INTS];
         long nextLiveness = System.nanoTime() + LIVENESS_NANOS;
+        long spinSet = -1;
         while (running) {
+            long spin = lastBufferSmall ? consumerSpinNs : spinNs;
+            if (spin != spinSet && Native.setSpin(arena, Native.CONSUMER, spin) >= 0) {
+                spinSet = spin;
+            }
             int n = Native.await(arena, Native.CONSUMER, ids, 100);
             if (n < 0) {
                 LOG.error("shmflow: consumer wait failed: {}", Native.lastError());
@@ -215,14 +241,14 @@ final class ShmTransport implements AutoCloseable {
             for (int i = 0; i < n; i++) {
                 ClientChannel c = clientById.get(ids[i]);
                 if (c != null) {
-                    c.drain(msgs);
+                    c.drain();
                 }
             }
             long now = System.nanoTime();
             if (now >= nextLiveness) {
                 nextLiveness = now + LIVENESS_NANOS;
                 for (ClientChannel c : clientById.values()) {
-                    c.checkPeer(msgs);
+                    c.checkPeer();
                 }
             }
         }

@@ -39,12 +39,39 @@ public final class ShmflowOptions {
                     .noDefaultValue()
                     .withDescription("Registry directory of the TaskManagers attached to the arena (default /dev/shm/shmflow-flink-<user>.registry).");
 
-    /** How long an idle dispatcher thread spins before it parks on the futex. */
+    /** How long the idle producer dispatcher (and the consumer one, with full buffers) spins before it parks on the futex. */
     public static final ConfigOption<Long> SPIN_NS =
             ConfigOptions.key("shmflow.spin-ns")
                     .longType()
                     .defaultValue(20_000L)
-                    .withDescription("Spin budget in nanoseconds of an idle dispatcher before it blocks (0..1e9).");
+                    .withDescription("Spin budget in nanoseconds of the idle producer dispatcher before it blocks (0..1e9), and of the consumer dispatcher while it receives full buffers; it blocks early when its core is contended.");
+
+    /**
+     * Spin budget of the consumer dispatcher (the one that hands buffers to Flink's input
+     * channels) while the buffers it receives are small (at most
+     * shmflow.producer.direct-max-bytes: flushed, a job slower than the pipeline): long
+     * enough to span the gap between records of a low-rate job, so a record finds it awake
+     * instead of waiting for a futex wake-up. With full buffers (a busy job, whose threads
+     * need the cores) it spins shmflow.spin-ns. Either parks early when the core is contended
+     * (a yield of its spin came back late).
+     */
+    public static final ConfigOption<Long> CONSUMER_SPIN_NS =
+            ConfigOptions.key("shmflow.consumer.spin-ns")
+                    .longType()
+                    .defaultValue(250_000L)
+                    .withDescription("Spin budget in nanoseconds of the consumer dispatcher before it blocks (0..1e9) while the buffers it receives are small (at most shmflow.producer.direct-max-bytes); with full buffers it spins shmflow.spin-ns. It blocks early when its core is contended.");
+
+    /**
+     * Consumer side: the thread that announces credit (Flink does when a buffer of the input
+     * channel comes back, mostly the task thread that read it) also hands the channel what
+     * already arrived, when the consumer dispatcher is not doing so at that moment: a task
+     * that keeps up takes its next buffers without a wake-up of the dispatcher and of itself.
+     */
+    public static final ConfigOption<Boolean> DELIVER_ON_CREDIT =
+            ConfigOptions.key("shmflow.consumer.deliver-on-credit")
+                    .booleanType()
+                    .defaultValue(true)
+                    .withDescription("Consumer side: the thread announcing credit (the task recycling a buffer) delivers what already arrived on that channel when the consumer dispatcher is not delivering; false: only the dispatcher delivers.");
 
     /**
      * Consumer side: hand the arena segment itself to Flink (a slice wrapped as a Flink

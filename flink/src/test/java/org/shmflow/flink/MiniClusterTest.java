@@ -214,6 +214,7 @@ public final class MiniClusterTest {
         long channelsBefore = ShmMetrics.TOTAL_SHM_CHANNELS.get();
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
         long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
+        long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
         // The zero-copy consumer path (the restart case runs the one-copy default).
         Configuration c = conf("keyby");
         c.set(ShmflowOptions.ZERO_COPY, true);
@@ -229,8 +230,8 @@ public final class MiniClusterTest {
         check(zc > 0, "buffers delivered as arena slices (shmflow.consumer.zero-copy: true): " + zc);
         long direct = ShmMetrics.TOTAL_DIRECT_OUT.get() - directBefore;
         check(direct > 0, "buffers published by the producing thread (shmflow.producer.direct: true): " + direct);
-        System.out.printf("  %d buffers (%d zero copy, %d published directly), %d bytes out through shared memory%n",
-                in, zc, direct, ShmMetrics.TOTAL_BYTES_OUT.get());
+        System.out.printf("  %d buffers (%d zero copy, %d published directly, %d delivered on credit), %d bytes out through shared memory%n",
+                in, zc, direct, ShmMetrics.TOTAL_ON_CREDIT_IN.get() - onCreditBefore, ShmMetrics.TOTAL_BYTES_OUT.get());
         // The per-job MiniCluster shuts its TaskManagers down after execute() returns.
         for (int i = 0; i < 200 && Files.exists(Path.of("/dev/shm", arenaName("keyby"))); i++) {
             Thread.sleep(50);
@@ -270,10 +271,13 @@ public final class MiniClusterTest {
         long before = shmBuffersIn();
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
         long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
+        long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
         // The one-copy consumer path, the default (the keyBy and cancel cases run zero copy),
-        // and every buffer through the producer dispatcher (the others publish directly).
+        // every buffer through the producer dispatcher (the others publish directly) and
+        // every delivery by the consumer dispatcher (the others deliver on credit too).
         Configuration c = conf("restart");
         c.set(ShmflowOptions.DIRECT, false);
+        c.set(ShmflowOptions.DELIVER_ON_CREDIT, false);
         StreamExecutionEnvironment env = env(c);
         job(env, n, true);
         env.execute("shmflow restart");
@@ -283,6 +287,7 @@ public final class MiniClusterTest {
         check(shmBuffersIn() - before > 0, "buffers through shared memory");
         check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "the default (shmflow.consumer.zero-copy: false) copies every buffer");
         check(ShmMetrics.TOTAL_DIRECT_OUT.get() == directBefore, "shmflow.producer.direct: false publishes every buffer from the dispatcher");
+        check(ShmMetrics.TOTAL_ON_CREDIT_IN.get() == onCreditBefore, "shmflow.consumer.deliver-on-credit: false delivers every buffer from the dispatcher");
     }
 
     static void cancelFreesSegments() throws Exception {
