@@ -108,6 +108,8 @@ impl Waiter {
         let spin_end = start.saturating_add(self.budget_ns);
         let mut i: u32 = 0;
         let mut last_yield = start;
+        // A yield since the last clock reading (spin mode).
+        let mut yielded = false;
         // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
         while self.budget_ns > 0 || !self.policy.park {
             spin_loop();
@@ -132,12 +134,17 @@ impl Waiter {
                 if !self.policy.park {
                     // Spin mode: every ~20 µs give the core away once, so a peer that shares
                     // it (more runnable threads than cores) is not starved; on an idle
-                    // machine sched_yield returns at once. The clock is not read again after
+                    // machine sched_yield returns at once. The clock is not read right after
                     // the yield: a peer that ran meanwhile (a generator on this core) may
-                    // just have published what we wait for, and the poll comes first.
-                    if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
-                        super::yield_now();
+                    // just have published what we wait for, and the poll comes first; the
+                    // next ~20 µs count from the next reading (not from before the yield,
+                    // which under load would give the core away again at once).
+                    if yielded {
                         last_yield = now;
+                        yielded = false;
+                    } else if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
+                        super::yield_now();
+                        yielded = true;
                     }
                     continue;
                 }
