@@ -147,11 +147,17 @@ pub(crate) fn run_memcpy(size: usize, plan: &Plan) -> Res<Rate> {
     let mut window = Window::new((plan.warm, plan.window), thread_cpu_ns, None);
     let mut slot = 0usize;
     let mut i = 0u64;
+    // Records above a segment are timed one by one (see `RecordTimes`), when verbose.
+    let mut times = (size > SEGMENT && std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some()).then(RecordTimes::default);
     loop {
         for _ in 0..every {
             stamp(&mut src, i);
             let at = slot * size;
+            let t0 = times.is_some().then(Instant::now);
             dst[at..at + size].copy_from_slice(std::hint::black_box(&src[..]));
+            if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
+                t.push(t0.elapsed());
+            }
             slot += 1;
             if slot == slots {
                 slot = 0;
@@ -163,6 +169,9 @@ pub(crate) fn run_memcpy(size: usize, plan: &Plan) -> Res<Rate> {
         if window.tick(records) == Tick::Closed {
             break;
         }
+    }
+    if let Some(t) = times {
+        eprintln!("    memcpy {}: {}", size_name(size), t.describe(size));
     }
     window.rate(Case::new(Shape::new(1, 1), 0, size))
 }
@@ -278,7 +287,13 @@ fn handoff_copy(dst: &mut [u8], src: &[u8], stores: Stores) {
 /// the reader checksumming every byte of each piece (`xor_words`, as the consumer) and
 /// handing the buffer back; one atomic counter per direction, spinning. Nothing of
 /// shmflow: what moving the bytes between the cores costs, with the writer's `stores`.
-pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>, stores: Stores) -> Res<Rate> {
+/// Also returns the writer's median time per record ([`RecordTimes::describe`]).
+pub(crate) fn run_handoff(
+    size: usize,
+    plan: &Plan,
+    cpus: Option<(usize, usize)>,
+    stores: Stores,
+) -> Res<(Rate, String)> {
     // The ring, 4 KiB-aligned, shared by address (the threads are joined before it drops).
     let mut ring = vec![0u8; HANDOFF_RING * HANDOFF_BUFFER + 4096];
     let base = ring.as_mut_ptr() as usize;
@@ -288,14 +303,16 @@ pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>
     let words: Arc<[CachePadded<Word>; 3]> =
         Arc::new([CachePadded::new(Word::new(0)), CachePadded::new(Word::new(0)), CachePadded::new(Word::new(0))]);
     let w2 = words.clone();
-    let writer = std::thread::spawn(move || -> Res<()> {
+    let writer = std::thread::spawn(move || -> Res<RecordTimes> {
         if let Some((_, b)) = cpus {
             pin_to(b)?;
         }
         let mut rec = base_record(size);
         let mut filled = 0u64;
+        let mut times = RecordTimes::default();
         for i in 0.. {
             stamp(&mut rec, i);
+            let t0 = Instant::now();
             for piece in rec.chunks(HANDOFF_BUFFER) {
                 // Acquire: pairs with the reader's Release store of `emptied`, so its reads
                 // of the buffer come before our writes.
@@ -304,7 +321,7 @@ pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>
                 let stop = || w2[2].load(Ordering::Relaxed) != 0;
                 wait_spinning(|| free() || stop(), "a free buffer")?;
                 if stop() {
-                    return Ok(());
+                    return Ok(times);
                 }
                 let at = base + (filled % HANDOFF_RING as u64) as usize * HANDOFF_BUFFER;
                 // SAFETY: slot `filled % RING` lies inside the ring; the reader is done with
@@ -315,8 +332,9 @@ pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>
                 // Release: publishes the buffer's bytes; pairs with the reader's Acquire.
                 w2[0].store(filled, Ordering::Release);
             }
+            times.push(t0.elapsed());
         }
-        Ok(())
+        Ok(times)
     });
     let result = (|| -> Res<Rate> {
         let mut window = Window::new((plan.warm, plan.window), thread_cpu_ns, None);
@@ -347,8 +365,7 @@ pub(crate) fn run_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>
     let joined = writer.join().map_err(|_| "the hand-off writer panicked")?;
     drop(ring);
     let rate = result?;
-    joined?;
-    Ok(rate)
+    Ok((rate, joined?.describe(size)))
 }
 
 /// Spins with PAUSE until `ready()` holds, yielding the CPU between looks once a wait
@@ -375,11 +392,12 @@ fn wait_spinning(mut ready: impl FnMut() -> bool, what: &str) -> Res<()> {
 /// The hand-off limit of one round: the faster of ordinary and streaming stores (which
 /// one wins depends on where the vCPUs sit; SHMFLOW_TPUT_VERBOSE prints both).
 pub(crate) fn best_handoff(size: usize, plan: &Plan, cpus: Option<(usize, usize)>) -> Res<Rate> {
-    let cached = run_handoff(size, plan, cpus, Stores::Cached)?;
-    let streaming = run_handoff(size, plan, cpus, Stores::Streaming)?;
+    let (cached, cached_times) = run_handoff(size, plan, cpus, Stores::Cached)?;
+    let (streaming, streaming_times) = run_handoff(size, plan, cpus, Stores::Streaming)?;
     if std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some() {
         eprintln!(
-            "    handoff {}: cached stores {:.2} GB/s, streaming stores {:.2} GB/s",
+            "    handoff {}: cached stores {:.2} GB/s (writer: {cached_times}), streaming stores {:.2} GB/s \
+             (writer: {streaming_times})",
             size_name(size),
             cached.gb_per_s,
             streaming.gb_per_s

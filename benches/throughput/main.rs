@@ -123,6 +123,10 @@
 //! counts), the reader checksumming every byte of each piece, one atomic counter per
 //! direction. Ordinary stores must take back each line the reader's core holds; streaming
 //! ones are capped by memory write bandwidth: on our EPYC neither reaches memcpy's speed.
+//! With SHMFLOW_TPUT_VERBOSE set, shmflow's writer, the hand-off's writer and memcpy also
+//! print their median time per record for records above a segment: on a shared machine
+//! the median record is one that no side was descheduled in, so these compare where the
+//! window's rates (which count every preemption) do not.
 //!
 //! Records/s counts records written (Flink's count: a broadcast record counts once; the
 //! consumer reads it C times, reported as `deliveries_per_s`); GB/s is records/s times the
