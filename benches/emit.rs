@@ -10,10 +10,11 @@
 //! ```
 //!
 //! Beside each figure, the read-back's ns per record (the consumer's per-record cost in
-//! one thread: the throughput bench's batch path, `drain_records`, then `next`). A last
-//! row emits 8 B records whose read-back runs in a thread pinned to another CPU (after
-//! each timed batch, never during it): the segments were then last read on that core, so
-//! it shows what the lines coming back costs the writer.
+//! one thread: the throughput bench's batch path, `drain_records`, then `next`). The last
+//! rows emit 8 B records whose read-back runs in a thread pinned to another CPU: after
+//! each timed batch, never during it (the segments were then last read on that core: what
+//! the lines coming back cost the writer), and concurrently with the writes (the
+//! throughput bench's 1x1 in two threads; only meaningful on an idle machine).
 //!
 //! A preempted batch only gets slower, so the figure is the fastest batches (p10 and the
 //! minimum, with the median beside them) in ns per record. Records: 8 B (`u64`, Flink's
@@ -77,7 +78,7 @@ impl Figures {
 /// Reads `n` records from `gate` as the throughput bench's consumer does (the batch path,
 /// `next` for what it leaves: records that span segments, segment turnover): the sum of
 /// `sum_of` over them.
-fn read_batch(gate: &mut SingleInputGate, n: usize, sum_of: fn(&[u8]) -> u64) -> Result<u64, String> {
+fn read_batch(gate: &mut SingleInputGate, n: usize, sum_of: impl Fn(&[u8]) -> u64) -> Result<u64, String> {
     let mut sum = 0u64;
     let mut left = n;
     // Bounded: each turn reads at least one record or fails.
@@ -105,7 +106,17 @@ fn read_batch(gate: &mut SingleInputGate, n: usize, sum_of: fn(&[u8]) -> u64) ->
 /// ([`Readback::there`]).
 enum Readback {
     Here(Box<SingleInputGate>),
-    There { go: mpsc::Sender<usize>, sums: mpsc::Receiver<Result<u64, String>> },
+    There {
+        go: mpsc::Sender<usize>,
+        sums: mpsc::Receiver<Result<u64, String>>,
+    },
+    /// The reader thread reads everything as it comes, concurrently with the writer, and
+    /// sends the sum of all once at the end.
+    /// `_open` only keeps the reader's gate open until `self` is dropped.
+    Streaming {
+        _open: mpsc::Sender<usize>,
+        sums: mpsc::Receiver<Result<u64, String>>,
+    },
 }
 
 impl Readback {
@@ -114,12 +125,15 @@ impl Readback {
     /// bench, so each line the writer reaches must first come back from the other core's
     /// caches (the cost the builder's prefetches hide). It reads a batch only after the
     /// batch was timed: on a shared machine the two threads need not run at the same time.
-    /// The thread ends when `self` is dropped.
+    /// With `stream` (`Some(all records)`), it reads as the writer writes instead, as the
+    /// throughput bench's consumer does (a figure for an idle machine: with others on the
+    /// CPUs the two threads rarely run at once). The thread ends when `self` is dropped.
     fn there(
         env: &ShuffleEnvironment,
         gcfg: InputGateConfig,
         (mine, other): (usize, usize),
-        sum_of: fn(&[u8]) -> u64,
+        sum_of: impl Fn(&[u8]) -> u64 + Send + 'static,
+        stream: Option<usize>,
     ) -> Res<Self> {
         let (go, go_rx) = mpsc::channel::<usize>();
         let (sum_tx, sums) = mpsc::channel();
@@ -133,9 +147,15 @@ impl Readback {
                 Err(e) => return drop(sum_tx.send(Err(e))),
             };
             let _ = sum_tx.send(Ok(0));
+            if let Some(all) = stream {
+                let _ = sum_tx.send(read_batch(&mut gate, all, &sum_of));
+                // The gate stays until the writer is done (it finishes its partition).
+                while go_rx.recv().is_ok() {}
+                return;
+            }
             // A batch of `n` records per message, its sum back.
             while let Ok(n) = go_rx.recv() {
-                if sum_tx.send(read_batch(&mut gate, n, sum_of)).is_err() {
+                if sum_tx.send(read_batch(&mut gate, n, &sum_of)).is_err() {
                     break;
                 }
             }
@@ -143,25 +163,30 @@ impl Readback {
         common::pin_to(mine).map_err(|e| e.to_string())?;
         // The gate exists (or the reader failed) before the first record.
         sums.recv().map_err(|_| "the reader thread ended")??;
-        Ok(Self::There { go, sums })
+        Ok(match stream {
+            Some(_) => Self::Streaming { _open: go, sums },
+            None => Self::There { go, sums },
+        })
     }
 
     /// Reads the next `n` records: their sum of `sum_of`.
-    fn read(&mut self, n: usize, sum_of: fn(&[u8]) -> u64) -> Result<u64, String> {
+    fn read(&mut self, n: usize, sum_of: impl Fn(&[u8]) -> u64) -> Result<u64, String> {
         match self {
             Self::Here(gate) => read_batch(gate, n, sum_of),
             Self::There { go, sums } => {
                 go.send(n).map_err(|_| "the reader thread ended")?;
                 sums.recv().map_err(|_| "the reader thread ended")?
             }
+            // Everything at once, at the end (`n` is all records then).
+            Self::Streaming { sums, .. } => sums.recv().map_err(|_| "the reader thread ended")?,
         }
     }
 }
 
 /// Emits `batches` batches of `batch` records of `record_len` bytes through `emit`, with
 /// `window` segments of credit (a batch must fit), reading each back (in a thread on CPU
-/// `cross.1`, with this one on `cross.0`, when given: [`Readback::there`]); returns the
-/// timed ns per record of each batch.
+/// `cross.1`, with this one on `cross.0`, when given: [`Readback::there`]; concurrently
+/// with the writes when `stream`); returns the timed ns per record of each batch.
 #[allow(clippy::too_many_arguments)]
 fn run_kind<R: shmflow::record::Record + ?Sized>(
     batches: usize,
@@ -171,9 +196,11 @@ fn run_kind<R: shmflow::record::Record + ?Sized>(
     // Generic, not `dyn`: the record loop as a writer's own loop, with `emit` inlined (a
     // call per record through a pointer cost 8 B records 40%).
     emit: &mut impl FnMut(&mut RecordWriter<RebalancePartitioner>, u64) -> shmflow::Result<()>,
-    sum_of: fn(&[u8]) -> u64,
+    // Generic too (`u64_of` itself, not a pointer to it): inlined into the read loop.
+    sum_of: impl Fn(&[u8]) -> u64 + Copy + Send + 'static,
     expected_sum: fn(u64) -> u64,
     cross: Option<(usize, usize)>,
+    stream: bool,
 ) -> Res<Figures>
 where
     RebalancePartitioner: shmflow::partition::ChannelSelector<R>,
@@ -197,7 +224,7 @@ where
     let mut gcfg = InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]);
     gcfg.exclusive_credits = window;
     let mut readback = match cross {
-        Some(cpus) => Readback::there(&env, gcfg, cpus, sum_of)?,
+        Some(cpus) => Readback::there(&env, gcfg, cpus, sum_of, stream.then_some(batches * batch))?,
         None => Readback::Here(Box::new(env.create_input_gate(&gcfg)?)),
     };
     let mut ns = Vec::with_capacity(batches);
@@ -212,6 +239,9 @@ where
         }
         ns.push(t0.elapsed().as_nanos() as f64 / batch as f64);
         w.flush_all()?;
+        if matches!(readback, Readback::Streaming { .. }) {
+            continue;
+        }
         let t1 = Instant::now();
         let sum = readback.read(batch, sum_of)?;
         if matches!(readback, Readback::Here(_)) {
@@ -220,6 +250,13 @@ where
         let want = (first..i).fold(0u64, |a, k| a.wrapping_add(expected_sum(k)));
         if sum != want {
             return Err(format!("batch from record {first}: checksum {sum:#x}, expected {want:#x}").into());
+        }
+    }
+    if matches!(readback, Readback::Streaming { .. }) {
+        let sum = readback.read(batches * batch, sum_of)?;
+        let want = (0..i).fold(0u64, |a, k| a.wrapping_add(expected_sum(k)));
+        if sum != want {
+            return Err(format!("records read concurrently: checksum {sum:#x}, expected {want:#x}").into());
         }
     }
     // The counters the fast path folds per segment add up to what was written.
@@ -279,7 +316,7 @@ fn run() -> Res<()> {
     let batch = 12 * (SEG as usize / 12) - 16;
     println!("# emit: the producer's ns per record in one thread ({batches} batches of {batch} records)");
     println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
-    let long = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, None)?;
+    let long = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, None, false)?;
     let mut rec = [0u8; 16];
     let bytes = run_kind::<[u8]>(
         batches,
@@ -293,6 +330,7 @@ fn run() -> Res<()> {
         u64_of,
         |k| k,
         None,
+        false,
     )?;
     // 1 MiB records: 33 segments each, written across them (one record a batch).
     let mut big = vec![7u8; MIB];
@@ -308,6 +346,7 @@ fn run() -> Res<()> {
         u64_of,
         |k| k,
         None,
+        false,
     )?;
     // The same from a page-aligned source (an mmap'd file, an aligned allocation): the
     // segment's copy then lands a few bytes above the source modulo 4 KiB.
@@ -326,6 +365,7 @@ fn run() -> Res<()> {
         u64_of,
         |k| k,
         None,
+        false,
     )?;
     // And from a source 8 bytes below where each piece lands, modulo 4 KiB: record k starts
     // at byte 4k of a 4 KiB-aligned segment (each takes 1 MiB and its 4-byte length), so a
@@ -347,13 +387,19 @@ fn run() -> Res<()> {
         u64_of,
         |k| k,
         None,
+        false,
     )?;
     let copy = memcpy_segments(batches, &big);
     // Last: it pins this thread.
-    let cross = match common::cpu_pair() {
-        Some(cpus) => Some(run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, Some(cpus))?),
-        None => None,
-    };
+    let mut cross = Vec::new();
+    if let Some(cpus) = common::cpu_pair() {
+        for (name, stream) in
+            [("8 B (u64), read back on another CPU", false), ("8 B (u64), read concurrently on another CPU", true)]
+        {
+            let f = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, Some(cpus), stream)?;
+            cross.push((name, f));
+        }
+    }
     println!("| record | min ns | p10 ns | median ns | p10 M rec/s | read back: p10 ns | median ns |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, f) in [
@@ -365,7 +411,7 @@ fn run() -> Res<()> {
         ("1 MiB memcpy", &copy),
     ]
     .into_iter()
-    .chain(cross.as_ref().map(|f| ("8 B (u64), read back on another CPU", f)))
+    .chain(cross.iter().map(|(name, f)| (*name, f)))
     {
         println!(
             "| {name} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {:.2} |",
