@@ -15,7 +15,8 @@ pub(crate) struct Cli {
 pub(crate) enum Mode {
     /// Spin while waiting (lowest latency, a core busy).
     Spin,
-    /// Spin briefly, then park on a futex (the default but for `run shuffle --latency`).
+    /// Poll briefly, yielding the core between polls, then park on a futex (the default but
+    /// for `run shuffle --latency`).
     Adaptive,
     /// Park at once.
     Park,
@@ -71,8 +72,8 @@ pub(crate) struct JobOpts {
     #[arg(long)]
     pub(crate) quiet: bool,
     /// How tasks wait for input and for buffers: spin (lowest latency, a core busy per
-    /// waiting task), adaptive (spin briefly, then park) or park. Default adaptive; spin for
-    /// `run shuffle --latency`.
+    /// waiting task), adaptive (poll briefly, yielding the core, then park) or park.
+    /// Default adaptive; spin for `run shuffle --latency`.
     #[arg(long, value_enum)]
     pub(crate) wait: Option<Mode>,
     /// Pin subtask `s` of every vertex to the `s`-th CPU the job may use (a pipeline slice
