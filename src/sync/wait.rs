@@ -146,6 +146,8 @@ impl Waiter {
         let spin_end = start.saturating_add(self.budget_ns);
         let mut i: u32 = 0;
         let mut last_yield = start;
+        // A yield since the last clock reading (spin mode).
+        let mut yielded = false;
         // When the spin phase gives the core away between polls (`yield_core`): the time
         // spun before plus the time of the yields that found nothing else to run. A waiter
         // that shares its core yields at once (spinning 2 µs first cost the 1 KiB shuffle
@@ -186,12 +188,17 @@ impl Waiter {
                 if !self.policy.park {
                     // Spin mode: every ~20 µs give the core away once, so a peer that shares
                     // it (more runnable threads than cores) is not starved; on an idle
-                    // machine sched_yield returns at once. The clock is not read again after
+                    // machine sched_yield returns at once. The clock is not read right after
                     // the yield: a peer that ran meanwhile (a generator on this core) may
-                    // just have published what we wait for, and the poll comes first.
-                    if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
-                        super::yield_now();
+                    // just have published what we wait for, and the poll comes first; the
+                    // next ~20 µs count from the next reading (not from before the yield,
+                    // which under load would give the core away again at once).
+                    if yielded {
                         last_yield = now;
+                        yielded = false;
+                    } else if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
+                        super::yield_now();
+                        yielded = true;
                     }
                     continue;
                 }

@@ -79,7 +79,7 @@ pub(crate) struct JobOpts {
     /// Pin subtask `s` of every vertex to the `s`-th CPU the job may use (a pipeline slice
     /// per core; with --wait spin, the lowest latency when tasks outnumber cores; slower
     /// for busy throughput jobs). `--pin-cpus false` leaves threads unpinned. Default off;
-    /// on for `run shuffle --latency`.
+    /// on for `run shuffle --latency` when its tasks outnumber the CPUs.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) pin_cpus: Option<bool>,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
@@ -160,8 +160,9 @@ pub(crate) enum JobCmd {
         /// stamp each record, the sinks report percentiles of arrival minus stamp and of
         /// arrival minus when the record was due on the generators' schedule (coordinated
         /// omission included); the first tenth of each generator's records is warm-up.
-        /// Payload at least 16 bytes; key-hash or rebalance. Sinks spin and pipeline slices
-        /// are pinned unless --wait or --pin-cpus say otherwise.
+        /// Payload at least 16 bytes; key-hash or rebalance. Sinks spin, and pipeline slices
+        /// are pinned when the tasks outnumber the CPUs, unless --wait or --pin-cpus say
+        /// otherwise.
         #[arg(long, requires = "rate", conflicts_with_all = ["sink_work_ns", "source_work_ns"])]
         latency: bool,
         /// Records per second in all, for --latency (1..=100000000).

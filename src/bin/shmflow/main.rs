@@ -131,10 +131,14 @@ mod tests {
             let c = crate::run::latency_config(&opts(&[&["--latency", "--rate", "10"], args].concat())).unwrap();
             (c.wait_policy, c.pin_cpus)
         };
-        assert_eq!(latency(&[]), (WaitPolicy::spin(), true));
-        assert_eq!(latency(&["--wait", "adaptive"]), (WaitPolicy::adaptive(), true));
+        // Pinned by default when the 4 tasks of p=2 outnumber the CPUs (2 vCPUs here).
+        let pin = crate::run::pin_latency_tasks(2, std::thread::available_parallelism().map_or(1, usize::from));
+        assert_eq!(latency(&[]), (WaitPolicy::spin(), pin));
+        assert_eq!(latency(&["--wait", "adaptive"]), (WaitPolicy::adaptive(), pin));
         assert_eq!(latency(&["--pin-cpus", "false"]), (WaitPolicy::spin(), false));
         assert_eq!(latency(&["--pin-cpus", "--wait", "park"]), (WaitPolicy::park(), true));
+        assert!(crate::run::pin_latency_tasks(2, 2) && crate::run::pin_latency_tasks(2, 3));
+        assert!(!crate::run::pin_latency_tasks(2, 4) && !crate::run::pin_latency_tasks(1, 16));
         // The throughput shuffle (and every other job) keeps adaptive waits, unpinned.
         let c = crate::run::runtime_config(&opts(&[])).unwrap();
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));

@@ -295,16 +295,25 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
     Ok(())
 }
 
-/// The runtime settings of `run shuffle --latency`: as every job's, but its sinks spin and
-/// each pipeline slice (generator `s` and sink `s`, one worker process) shares the `s`-th
-/// CPU unless `--wait` or `--pin-cpus` say otherwise. Four tasks on two vCPUs leave no core
-/// to spin on unpinned: a sink then waits for time slices (medians of 3 interleaved rounds
-/// at load 13-18: p50 / p99 3.1 / 851 us unpinned, 2.0 / 8.5 us pinned).
+/// The runtime settings of `run shuffle --latency`: as every job's, but its sinks spin and,
+/// when its tasks (a generator and a sink per subtask) outnumber the CPUs it may use, each
+/// pipeline slice (generator `s` and sink `s`, one worker process) shares the `s`-th CPU,
+/// unless `--wait` or `--pin-cpus` say otherwise. Four tasks on two vCPUs leave no core to
+/// spin on unpinned: a sink then waits for time slices (medians of 3 interleaved rounds at
+/// load 13-18: p50 / p99 3.1 / 851 us unpinned, 2.0 / 8.5 us pinned). With a core per task
+/// pinning would only make a generator and a sink take turns on one.
 pub(crate) fn latency_config(opts: &JobOpts) -> AnyResult<RuntimeConfig> {
     let mut cfg = runtime_config(opts)?;
     cfg.wait_policy = opts.wait.unwrap_or(Mode::LATENCY).policy();
-    cfg.pin_cpus = opts.pin_cpus.unwrap_or(true);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    cfg.pin_cpus = opts.pin_cpus.unwrap_or_else(|| pin_latency_tasks(opts.parallelism, cpus));
     Ok(cfg)
+}
+
+/// Whether the latency shuffle pins its pipeline slices by default: when its `2 *
+/// parallelism` tasks outnumber the `cpus` it may use.
+pub(crate) fn pin_latency_tasks(parallelism: u32, cpus: usize) -> bool {
+    2 * parallelism as usize > cpus
 }
 
 /// `run shuffle --latency --rate N`.
