@@ -136,16 +136,16 @@ impl Waiter {
         let mut i: u32 = 0;
         let mut last_yield = start;
         // A yield since the last clock reading (spin mode).
-        let mut yielded = false;
+        let mut yield_pending = false;
         // When the spin phase gives the core away between polls (`yield_core`): the time of
         // the yields that found nothing else to run. (Spinning 2 µs before the first yield
         // measured no better at 16 B and worse at 1 KiB: 119 vs 91 ns per record.)
-        let mut yielding: Option<u64> = self.policy.yield_core.then_some(0);
+        let mut yield_cpu_ns: Option<u64> = self.policy.yield_core.then_some(0);
         // Whether the yields ran into their wall-time bound (not the budget).
         let mut yield_wall = false;
         // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
         while self.budget_ns > 0 || !self.policy.park {
-            match yielding.as_mut() {
+            match yield_cpu_ns.as_mut() {
                 Some(used_ns) => *used_ns += timed_yield(),
                 None => spin_loop(),
             }
@@ -163,7 +163,7 @@ impl Waiter {
                 break;
             }
             // A yield may hand the core over for a while: look at the clock after each.
-            if yielding.is_some() || i % 64 == 0 {
+            if yield_cpu_ns.is_some() || i % 64 == 0 {
                 let now = super::now_nanos();
                 if deadline.is_some_and(|d| now >= d) {
                     return WaitOutcome::TimedOut;
@@ -176,16 +176,16 @@ impl Waiter {
                     // just have published what we wait for, and the poll comes first; the
                     // next ~20 µs count from the next reading (not from before the yield,
                     // which under load would give the core away again at once).
-                    if yielded {
+                    if yield_pending {
                         last_yield = now;
-                        yielded = false;
+                        yield_pending = false;
                     } else if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
                         super::yield_now();
-                        yielded = true;
+                        yield_pending = true;
                     }
                     continue;
                 }
-                match yielding {
+                match yield_cpu_ns {
                     Some(used_ns) if used_ns >= self.budget_ns => break,
                     Some(_) if now.wrapping_sub(start) >= YIELD_WALL_NS => {
                         yield_wall = true;
@@ -294,9 +294,11 @@ mod tests {
         });
         let raiser = std::thread::spawn(move || {
             assert!(pin(cpu), "pinning the raiser");
-            // Bounded by the waiter: it polls within its first moments on the CPU.
+            // Bounded: the waiter polls within its first moments on the CPU; should it never
+            // (it failed before), the flag goes up after 30 s so neither thread hangs.
+            let until = std::time::Instant::now() + Duration::from_secs(30);
             // Relaxed: see above.
-            while !polled.load(Ordering::Relaxed) {
+            while !polled.load(Ordering::Relaxed) && std::time::Instant::now() < until {
                 std::thread::yield_now();
             }
             flag.store(true, Ordering::Relaxed);
