@@ -9,6 +9,13 @@
 //!  [untimed] flush_all; SingleInputGate::next x BATCH, checksum
 //! ```
 //!
+//! Beside each figure, the read-back's ns per record (the consumer's per-record cost in
+//! one thread: the throughput bench's batch path, `drain_records`, then `next`). The last
+//! rows emit 8 B records whose read-back runs in a thread pinned to another CPU: after
+//! each timed batch, never during it (the segments were then last read on that core: what
+//! the lines coming back cost the writer), and concurrently with the writes (the
+//! throughput bench's 1x1 in two threads; only meaningful on an idle machine).
+//!
 //! A preempted batch only gets slower, so the figure is the fastest batches (p10 and the
 //! minimum, with the median beside them) in ns per record. Records: 8 B (`u64`, Flink's
 //! LongValue), 16 B (`[u8]`, as `shmflow run shuffle --payload 16` sends) and 1 MiB (`[u8]`,
@@ -19,19 +26,19 @@
 //! without `--bench` (as `cargo test --benches` runs it) a few batches check that every
 //! record comes back with the same checksum.
 
-use shmflow::gate::{GateItem, InputGateConfig, InputSpec};
+use shmflow::gate::{GateItem, InputGateConfig, InputSpec, SingleInputGate};
 use shmflow::memory::{Arena, ArenaConfig};
 use shmflow::partition::{
     BufferTimeout, RebalancePartitioner, RecordWriter, ResultPartitionConfig, ResultPartitionId, ResultPartitionType,
 };
 use shmflow::ShuffleEnvironment;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
-#[path = "common/args.rs"]
-mod args;
-use args::BenchArgs;
+#[path = "common/mod.rs"]
+mod common;
 use clap::Parser;
+use common::args::BenchArgs;
 
 /// The emit bench's flags.
 #[derive(Parser)]
@@ -50,28 +57,150 @@ const MIB: usize = 1 << 20;
 const T: Option<Duration> = Some(Duration::from_secs(10));
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// What the batches of one record kind measured: ns per record, sorted.
+/// What the batches of one record kind measured: ns per record, sorted; and the ns per
+/// record of reading each batch back, sorted (in this thread only; else empty).
 struct Figures {
     ns: Vec<f64>,
+    read_ns: Vec<f64>,
 }
 
 impl Figures {
     fn at(&self, q: f64) -> f64 {
         self.ns[((self.ns.len() - 1) as f64 * q).round() as usize]
     }
+
+    /// The read time's quantile `q`, NaN when not measured.
+    fn read_at(&self, q: f64) -> f64 {
+        self.read_ns.get(((self.read_ns.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// Reads `n` records from `gate` as the throughput bench's consumer does (the batch path,
+/// `next` for what it leaves: records that span segments, segment turnover): the sum of
+/// `sum_of` over them.
+fn read_batch(gate: &mut SingleInputGate, n: usize, sum_of: impl Fn(&[u8]) -> u64) -> Result<u64, String> {
+    let mut sum = 0u64;
+    let mut left = n;
+    // Bounded: each turn reads at least one record or fails.
+    while left > 0 {
+        let drained = gate
+            .drain_records(left, &mut |_, data| {
+                sum = sum.wrapping_add(sum_of(data));
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+        if drained > 0 {
+            left -= drained;
+            continue;
+        }
+        match gate.next(T).map_err(|e| e.to_string())? {
+            GateItem::Record { data, .. } => sum = sum.wrapping_add(sum_of(data)),
+            other => return Err(format!("unexpected {other:?}")),
+        }
+        left -= 1;
+    }
+    Ok(sum)
+}
+
+/// Where the batches are read back: in this thread, or in a thread on another CPU
+/// ([`Readback::there`]).
+enum Readback {
+    Here(Box<SingleInputGate>),
+    There {
+        go: mpsc::Sender<usize>,
+        sums: mpsc::Receiver<Result<u64, String>>,
+    },
+    /// The reader thread reads everything as it comes, concurrently with the writer, and
+    /// sends the sum of all once at the end.
+    /// `_open` only keeps the reader's gate open until `self` is dropped.
+    Streaming {
+        _open: mpsc::Sender<usize>,
+        sums: mpsc::Receiver<Result<u64, String>>,
+    },
+}
+
+impl Readback {
+    /// A reader thread pinned to CPU `other` (this thread moves to CPU `mine`): the
+    /// segments the writer fills were then last read by that CPU, as in the throughput
+    /// bench, so each line the writer reaches must first come back from the other core's
+    /// caches (the cost the builder's prefetches hide). It reads a batch only after the
+    /// batch was timed: on a shared machine the two threads need not run at the same time.
+    /// With `stream` (`Some(all records)`), it reads as the writer writes instead, as the
+    /// throughput bench's consumer does (a figure for an idle machine: with others on the
+    /// CPUs the two threads rarely run at once). The thread ends when `self` is dropped.
+    fn there(
+        env: &ShuffleEnvironment,
+        gcfg: InputGateConfig,
+        (mine, other): (usize, usize),
+        sum_of: impl Fn(&[u8]) -> u64 + Send + 'static,
+        stream: Option<usize>,
+    ) -> Res<Self> {
+        let (go, go_rx) = mpsc::channel::<usize>();
+        let (sum_tx, sums) = mpsc::channel();
+        let arena = env.arena().clone();
+        std::thread::spawn(move || {
+            let gate = common::pin_to(other)
+                .map_err(|e| e.to_string())
+                .and_then(|()| ShuffleEnvironment::new(arena, 0).create_input_gate(&gcfg).map_err(|e| e.to_string()));
+            let mut gate = match gate {
+                Ok(g) => g,
+                Err(e) => return drop(sum_tx.send(Err(e))),
+            };
+            let _ = sum_tx.send(Ok(0));
+            if let Some(all) = stream {
+                let _ = sum_tx.send(read_batch(&mut gate, all, &sum_of));
+                // The gate stays until the writer is done (it finishes its partition).
+                while go_rx.recv().is_ok() {}
+                return;
+            }
+            // A batch of `n` records per message, its sum back.
+            while let Ok(n) = go_rx.recv() {
+                if sum_tx.send(read_batch(&mut gate, n, &sum_of)).is_err() {
+                    break;
+                }
+            }
+        });
+        common::pin_to(mine).map_err(|e| e.to_string())?;
+        // The gate exists (or the reader failed) before the first record.
+        sums.recv().map_err(|_| "the reader thread ended")??;
+        Ok(match stream {
+            Some(_) => Self::Streaming { _open: go, sums },
+            None => Self::There { go, sums },
+        })
+    }
+
+    /// Reads the next `n` records: their sum of `sum_of`.
+    fn read(&mut self, n: usize, sum_of: impl Fn(&[u8]) -> u64) -> Result<u64, String> {
+        match self {
+            Self::Here(gate) => read_batch(gate, n, sum_of),
+            Self::There { go, sums } => {
+                go.send(n).map_err(|_| "the reader thread ended")?;
+                sums.recv().map_err(|_| "the reader thread ended")?
+            }
+            // Everything at once, at the end (`n` is all records then).
+            Self::Streaming { sums, .. } => sums.recv().map_err(|_| "the reader thread ended")?,
+        }
+    }
 }
 
 /// Emits `batches` batches of `batch` records of `record_len` bytes through `emit`, with
-/// `window` segments of credit (a batch must fit), reading each back; returns the timed ns
-/// per record of each batch.
+/// `window` segments of credit (a batch must fit), reading each back (in a thread on CPU
+/// `cross.1`, with this one on `cross.0`, when given: [`Readback::there`]; concurrently
+/// with the writes when `stream`); returns the timed ns per record of each batch.
+#[allow(clippy::too_many_arguments)]
 fn run_kind<R: shmflow::record::Record + ?Sized>(
     batches: usize,
     batch: usize,
     record_len: u64,
     window: u32,
-    emit: &mut dyn FnMut(&mut RecordWriter<RebalancePartitioner>, u64) -> shmflow::Result<()>,
-    sum_of: fn(&[u8]) -> u64,
+    // Generic, not `dyn`: the record loop as a writer's own loop, with `emit` inlined (a
+    // call per record through a pointer cost 8 B records 40%).
+    emit: &mut impl FnMut(&mut RecordWriter<RebalancePartitioner>, u64) -> shmflow::Result<()>,
+    // Generic too (`u64_of` itself, not a pointer to it): inlined into the read loop.
+    sum_of: impl Fn(&[u8]) -> u64 + Copy + Send + 'static,
     expected_sum: fn(u64) -> u64,
+    cross: Option<(usize, usize)>,
+    stream: bool,
 ) -> Res<Figures>
 where
     RebalancePartitioner: shmflow::partition::ChannelSelector<R>,
@@ -94,8 +223,12 @@ where
         env.create_record_writer::<R, _>(&pcfg, RebalancePartitioner::new(1), BufferTimeout::from_millis(100)?)?;
     let mut gcfg = InputGateConfig::new(vec![InputSpec { partition: id, subpartition: 0 }]);
     gcfg.exclusive_credits = window;
-    let mut gate = env.create_input_gate(&gcfg)?;
+    let mut readback = match cross {
+        Some(cpus) => Readback::there(&env, gcfg, cpus, sum_of, stream.then_some(batches * batch))?,
+        None => Readback::Here(Box::new(env.create_input_gate(&gcfg)?)),
+    };
     let mut ns = Vec::with_capacity(batches);
+    let mut read_ns = Vec::with_capacity(batches);
     let mut i = 0u64;
     for _ in 0..batches {
         let first = i;
@@ -106,16 +239,24 @@ where
         }
         ns.push(t0.elapsed().as_nanos() as f64 / batch as f64);
         w.flush_all()?;
-        let mut sum = 0u64;
-        for _ in 0..batch {
-            match gate.next(T)? {
-                GateItem::Record { data, .. } => sum = sum.wrapping_add(sum_of(data)),
-                other => return Err(format!("unexpected {other:?}").into()),
-            }
+        if matches!(readback, Readback::Streaming { .. }) {
+            continue;
+        }
+        let t1 = Instant::now();
+        let sum = readback.read(batch, sum_of)?;
+        if matches!(readback, Readback::Here(_)) {
+            read_ns.push(t1.elapsed().as_nanos() as f64 / batch as f64);
         }
         let want = (first..i).fold(0u64, |a, k| a.wrapping_add(expected_sum(k)));
         if sum != want {
             return Err(format!("batch from record {first}: checksum {sum:#x}, expected {want:#x}").into());
+        }
+    }
+    if matches!(readback, Readback::Streaming { .. }) {
+        let sum = readback.read(batches * batch, sum_of)?;
+        let want = (0..i).fold(0u64, |a, k| a.wrapping_add(expected_sum(k)));
+        if sum != want {
+            return Err(format!("records read concurrently: checksum {sum:#x}, expected {want:#x}").into());
         }
     }
     // The counters the fast path folds per segment add up to what was written.
@@ -135,7 +276,8 @@ where
         );
     }
     ns.sort_by(f64::total_cmp);
-    Ok(Figures { ns })
+    read_ns.sort_by(f64::total_cmp);
+    Ok(Figures { ns, read_ns })
 }
 
 /// memcpy of `rec` into a ring of 40 32 KiB pieces, piece by piece, as the producer copies
@@ -157,7 +299,7 @@ fn memcpy_segments(rounds: usize, rec: &[u8]) -> Figures {
         ns.push(t0.elapsed().as_nanos() as f64);
     }
     ns.sort_by(f64::total_cmp);
-    Figures { ns }
+    Figures { ns, read_ns: Vec::new() }
 }
 
 fn u64_of(d: &[u8]) -> u64 {
@@ -174,7 +316,7 @@ fn run() -> Res<()> {
     let batch = 12 * (SEG as usize / 12) - 16;
     println!("# emit: the producer's ns per record in one thread ({batches} batches of {batch} records)");
     println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
-    let long = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k)?;
+    let long = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, None, false)?;
     let mut rec = [0u8; 16];
     let bytes = run_kind::<[u8]>(
         batches,
@@ -187,6 +329,8 @@ fn run() -> Res<()> {
         },
         u64_of,
         |k| k,
+        None,
+        false,
     )?;
     // 1 MiB records: 33 segments each, written across them (one record a batch).
     let mut big = vec![7u8; MIB];
@@ -201,6 +345,8 @@ fn run() -> Res<()> {
         },
         u64_of,
         |k| k,
+        None,
+        false,
     )?;
     // The same from a page-aligned source (an mmap'd file, an aligned allocation): the
     // segment's copy then lands a few bytes above the source modulo 4 KiB.
@@ -218,6 +364,8 @@ fn run() -> Res<()> {
         },
         u64_of,
         |k| k,
+        None,
+        false,
     )?;
     // And from a source 8 bytes below where each piece lands, modulo 4 KiB: record k starts
     // at byte 4k of a 4 KiB-aligned segment (each takes 1 MiB and its 4-byte length), so a
@@ -238,10 +386,22 @@ fn run() -> Res<()> {
         },
         u64_of,
         |k| k,
+        None,
+        false,
     )?;
     let copy = memcpy_segments(batches, &big);
-    println!("| record | min ns | p10 ns | median ns | p10 M rec/s |");
-    println!("|---|---:|---:|---:|---:|");
+    // Last: it pins this thread.
+    let mut cross = Vec::new();
+    if let Some(cpus) = common::cpu_pair() {
+        for (name, stream) in
+            [("8 B (u64), read back on another CPU", false), ("8 B (u64), read concurrently on another CPU", true)]
+        {
+            let f = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, Some(cpus), stream)?;
+            cross.push((name, f));
+        }
+    }
+    println!("| record | min ns | p10 ns | median ns | p10 M rec/s | read back: p10 ns | median ns |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, f) in [
         ("8 B (u64)", &long),
         ("16 B ([u8])", &bytes),
@@ -249,8 +409,19 @@ fn run() -> Res<()> {
         ("1 MiB, page-aligned source", &large_aligned),
         ("1 MiB, source 8 B below", &large_near),
         ("1 MiB memcpy", &copy),
-    ] {
-        println!("| {name} | {:.2} | {:.2} | {:.2} | {:.3} |", f.at(0.0), f.at(0.1), f.at(0.5), 1e3 / f.at(0.1));
+    ]
+    .into_iter()
+    .chain(cross.iter().map(|(name, f)| (*name, f)))
+    {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {:.2} |",
+            f.at(0.0),
+            f.at(0.1),
+            f.at(0.5),
+            1e3 / f.at(0.1),
+            f.read_at(0.1),
+            f.read_at(0.5)
+        );
     }
     println!(
         "1 MiB records: the producer at {:.2}x memcpy's rate into 32 KiB pieces (p10 over p10), {:.2}x from a page-aligned source, {:.2}x from a source 8 B below",

@@ -516,9 +516,9 @@ fn progress_is_plain_lines_with_percent_off_a_terminal_and_quiet_silences_it() {
 
 #[test]
 fn latency_shuffle_stamps_every_record_after_warm_up_and_reports_percentiles() {
-    // The second run also places each pipeline slice on a core of its own (--pin-cpus) and
-    // spins, the lowest-latency settings.
-    for (selector, extra) in [("key-hash", &[][..]), ("rebalance", &["--pin-cpus", "--wait", "spin"][..])] {
+    // The first run takes the latency mode's defaults (spinning sinks, each pipeline slice
+    // pinned to a core); the second parks and leaves threads unpinned.
+    for (selector, extra) in [("key-hash", &[][..]), ("rebalance", &["--pin-cpus", "false", "--wait", "park"][..])] {
         let mut args = vec![
             "run",
             "shuffle",
@@ -546,6 +546,14 @@ fn latency_shuffle_stamps_every_record_after_warm_up_and_reports_percentiles() {
             v["latency_us"]["max"].as_f64().unwrap(),
         );
         assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{out}");
+        // The same records from when they were due on their generator's schedule: every
+        // sink learnt each generator's start from its warm-up records (100 each, keyed or
+        // dealt round robin over both sinks).
+        let d = &v["latency_from_schedule_us"];
+        assert_eq!(d["samples"], 1800, "{out}");
+        for k in ["p50", "p90", "p99", "p99_9", "p99_99", "max"] {
+            assert!(d[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {out}");
+        }
     }
     let err = run_err(&["run", "shuffle", "--latency", "--rate", "10", "--payload", "8"]);
     assert!(err.contains("--payload 8"), "{err}");

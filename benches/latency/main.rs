@@ -59,6 +59,15 @@
 //! park / futex, shmflow-netstack spin / bare-atomic and shmflow-netstack park / futex; the
 //! denominators are the payload-less limits.
 //!
+//! Paired ratios, the ones the goals use: in every round each shmflow case runs between two
+//! short runs of its limit (bare-atomic for the spinning peers, futex for the parking ones;
+//! a fifth of the limit's own samples each), and its round's ratio is its RTT p50 over the
+//! mean of those two p50s, so numerator and denominator share the vCPUs' placement. Reported
+//! as the median over rounds, and split by placement when the run saw two (a limit RTT at
+//! least 1.8x another; near below their geometric mean), each with the limit's one-way p50
+//! (JSON: `p50_ratio_paired`, `paired_rounds`, `paired_limit_oneway_p50_ns`, each with a
+//! `placement` of `all`, `near` or `far`). `--rounds N` sets the number of rounds.
+//!
 //! The vCPUs of our machines move between "near" and "far" placement within minutes, which
 //! changes every cross-core figure 3-4x (MACHINE.md). So each case's samples are spread over
 //! several rounds that interleave all cases, and the ratios are also given round by round.
@@ -88,7 +97,7 @@
 //! record of 64 B spans two segments and is copied into the gate's reassembly buffer.
 //!
 //! `cargo bench --bench latency [-- --json PATH] [--sizes 64,1024] [--peers NAME,..]
-//! [--no-pin]` (argv holds `--bench`) does the full run (`--peers` keeps only the named
+//! [--rounds N] [--no-pin]` (argv holds `--bench`) does the full run (`--peers` keeps only the named
 //! peers, such as `bare-atomic,futex,shmflow-spin,shmflow-netstack-spin`); without `--bench`
 //! (as `cargo test --benches` runs it) a quick smoke exercises every peer at every size and
 //! checks every answer, but asserts nothing on time. Every wait is bounded, a watchdog kills

@@ -78,6 +78,16 @@ impl Peer {
         matches!(self, Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark | Peer::NetPark)
     }
 
+    /// The payload-less limit a peer's ratios are taken against: the bare atomic ping-pong
+    /// for the spinning shmflow peers, the futex one for the parking ones.
+    pub(crate) fn limit(self) -> Option<Peer> {
+        match self {
+            Peer::ShmSpin | Peer::ShmAdaptive | Peer::NetSpin => Some(Peer::Bare),
+            Peer::ShmPark | Peer::NetPark => Some(Peer::Futex),
+            _ => None,
+        }
+    }
+
     /// The wait policy of a shmflow peer (stream or network stack).
     pub(crate) fn policy(self) -> Option<WaitPolicy> {
         match self {
@@ -152,6 +162,15 @@ impl Plan {
         Counts { warmup, measured }
     }
 
+    /// Round trips of a limit measured beside a case ([`Peer::limit`], just before and just
+    /// after it, in every round): a fifth of its own case's samples (10k bare, 2k futex in
+    /// full runs), enough for a p50 and short enough that the vCPUs rarely move meanwhile.
+    pub(crate) fn paired_counts(&self, limit: Peer) -> Counts {
+        let c = self.counts(Case { peer: limit, payload: 0 });
+        let measured = (c.measured / 5).max(100);
+        Counts { warmup: (measured / 10).max(4 * u64::from(CREDIT)), measured }
+    }
+
     pub(crate) fn run(&self) -> &'static str {
         if self.full {
             "full"
@@ -167,6 +186,7 @@ pub(crate) struct Args {
     pub(crate) json: Option<std::path::PathBuf>,
     pub(crate) sizes: Vec<usize>,
     pub(crate) peers: Vec<Peer>,
+    pub(crate) rounds: Option<u32>,
 }
 
 /// The latency bench's flags.
@@ -186,12 +206,22 @@ pub(crate) struct Cli {
     /// not printed.
     #[arg(long, value_name = "NAME,..")]
     pub(crate) peers: Option<String>,
+    /// Rounds (default: 4 in full runs, 1 in quick ones); each round runs every case, each
+    /// shmflow case between two short runs of its limit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) rounds: Option<u32>,
 }
 
 pub(crate) fn parse_args() -> Res<Args> {
     let c = Cli::parse();
-    let mut args =
-        Args { full: c.bench.full, pin: c.pin, json: c.bench.json, sizes: SIZES.to_vec(), peers: Peer::ALL.to_vec() };
+    let mut args = Args {
+        full: c.bench.full,
+        pin: c.pin,
+        json: c.bench.json,
+        sizes: SIZES.to_vec(),
+        peers: Peer::ALL.to_vec(),
+        rounds: c.rounds,
+    };
     if let Some(list) = c.sizes {
         args.sizes = common::args::list(&list).map_err(|e| format!("--sizes: {e}"))?;
         if let Some(s) = args.sizes.iter().find(|s| !SIZES.contains(s)) {

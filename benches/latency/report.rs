@@ -66,13 +66,7 @@ pub(crate) struct Ratio {
 impl Ratio {
     /// The median of the per-round ratios: robust against the vCPUs moving mid-run.
     pub(crate) fn round_median(&self) -> f64 {
-        let mut v = self.per_round.clone();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
+        median(self.per_round.clone())
     }
 
     /// The `system` of its JSON records, such as "shmflow/bare-atomic" (the `mode` is the
@@ -162,6 +156,149 @@ pub(crate) fn print_ratios(results: &[CaseResult], ratios: &[Ratio]) {
     }
 }
 
+/// A ratio against the limit measured beside its numerator ([`Peer::limit`]), round by
+/// round.
+pub(crate) struct Paired {
+    pub(crate) num: Case,
+    pub(crate) limit: Peer,
+    /// Per round: the numerator's RTT p50 over its limit's (the mean of the limit's p50 just
+    /// before and just after the numerator), and that limit's RTT p50.
+    pub(crate) rounds: Vec<(f64, f64)>,
+}
+
+impl Paired {
+    /// The `system` of its JSON records, as [`Ratio::system`].
+    pub(crate) fn system(&self) -> String {
+        format!("{}/{}", self.num.peer.system(), self.limit.system())
+    }
+}
+
+/// Every case's ratio against the limit measured beside it.
+pub(crate) fn paired_ratios(results: &[CaseResult]) -> Vec<Paired> {
+    let mut out = Vec::new();
+    for r in results {
+        let Some(limit) = r.case.peer.limit() else { continue };
+        if r.paired.is_empty() {
+            continue;
+        }
+        let rounds = r
+            .round_p50
+            .iter()
+            .zip(&r.paired)
+            .map(|(&p50, &(before, after))| {
+                let lim = (before + after) as f64 / 2.0;
+                (p50 as f64 / lim.max(1.0), lim)
+            })
+            .collect();
+        out.push(Paired { num: r.case, limit, rounds });
+    }
+    out
+}
+
+/// Where the run's limit RTTs of `limit` split into two placements of the vCPUs: the
+/// geometric mean of the lowest and the highest, when the highest is at least 1.8x the
+/// lowest (near and far differ 3-4x on our machines; MACHINE.md); `None`: one placement.
+pub(crate) fn placement_split(paired: &[Paired], limit: Peer) -> Option<f64> {
+    let all = || paired.iter().filter(|p| p.limit == limit).flat_map(|p| p.rounds.iter().map(|r| r.1));
+    let lo = all().reduce(f64::min)?;
+    let hi = all().reduce(f64::max)?;
+    (hi >= 1.8 * lo).then(|| (lo * hi).sqrt())
+}
+
+/// The median of `v` (NaN when empty).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One placement's share of a paired ratio.
+pub(crate) struct Group {
+    /// "all", "near" or "far".
+    pub(crate) placement: &'static str,
+    /// Median of the per-round ratios.
+    pub(crate) ratio: f64,
+    /// Median of the limit's one-way p50 (RTT / 2) in those rounds, ns.
+    pub(crate) limit_oneway_ns: f64,
+    pub(crate) rounds: usize,
+}
+
+/// The rounds of `p` in all, then split by placement at `split` (near: a limit RTT below
+/// it); groups without rounds are left out.
+pub(crate) fn groups(p: &Paired, split: Option<f64>) -> Vec<Group> {
+    let group = |placement: &'static str, keep: &dyn Fn(f64) -> bool| {
+        let rounds: Vec<(f64, f64)> = p.rounds.iter().copied().filter(|r| keep(r.1)).collect();
+        (!rounds.is_empty()).then(|| Group {
+            placement,
+            ratio: median(rounds.iter().map(|r| r.0).collect()),
+            limit_oneway_ns: median(rounds.iter().map(|r| r.1 / 2.0).collect()),
+            rounds: rounds.len(),
+        })
+    };
+    let mut out: Vec<Group> = group("all", &|_| true).into_iter().collect();
+    if let Some(s) = split {
+        out.extend(group("near", &|l| l < s));
+        out.extend(group("far", &|l| l >= s));
+    }
+    out
+}
+
+pub(crate) fn print_paired(paired: &[Paired]) {
+    if paired.is_empty() {
+        return;
+    }
+    println!(
+        "
+p50 against the limit measured beside each case (per round: the case's RTT p50 over the mean of its \
+         limit's just before and just after it; median over rounds, then by placement of the vCPUs):\n"
+    );
+    println!("| payload | ratio | all rounds | near | far |");
+    println!("|---:|---|---:|---:|---:|");
+    for p in paired {
+        let split = placement_split(paired, p.limit);
+        let gs = groups(p, split);
+        let cell = |placement: &str| {
+            gs.iter().find(|g| g.placement == placement).map_or_else(
+                || "-".to_string(),
+                |g| {
+                    format!(
+                        "{:.2} ({} rounds, {} one-way {:.0} ns)",
+                        g.ratio,
+                        g.rounds,
+                        p.limit.name(),
+                        g.limit_oneway_ns
+                    )
+                },
+            )
+        };
+        println!(
+            "| {} | {} / {} | {} | {} | {} |",
+            size_label(p.num.payload),
+            p.num.peer.name(),
+            p.limit.name(),
+            cell("all"),
+            cell("near"),
+            cell("far")
+        );
+    }
+    for limit in [Peer::Bare, Peer::Futex] {
+        let rtts: Vec<f64> =
+            paired.iter().filter(|p| p.limit == limit).flat_map(|p| p.rounds.iter().map(|r| r.1 / 2.0)).collect();
+        let (Some(lo), Some(hi)) = (rtts.iter().copied().reduce(f64::min), rtts.iter().copied().reduce(f64::max))
+        else {
+            continue;
+        };
+        let how = match placement_split(paired, limit) {
+            Some(s) => format!("two placements, near below {:.0} ns", s / 2.0),
+            None => "one placement (less than 1.8x apart)".to_string(),
+        };
+        println!("- {} one-way p50 beside the cases: {lo:.0}..{hi:.0} ns: {how}", limit.name());
+    }
+}
+
 /// One flat JSON record. `extra` holds further `"key":value` fields, already encoded.
 pub(crate) fn json_record(
     run: &str,
@@ -187,7 +324,7 @@ pub(crate) fn json_record(
 
 /// Flat JSON records, one per figure: per case the one-way percentiles, the RTT p50, the
 /// sample count and the one-way curve points; per ratio its two figures.
-pub(crate) fn json_records(plan: &Plan, results: &[CaseResult], ratios: &[Ratio]) -> String {
+pub(crate) fn json_records(plan: &Plan, results: &[CaseResult], ratios: &[Ratio], paired: &[Paired]) -> String {
     let run = plan.run();
     let mut out = Vec::new();
     for r in results {
@@ -212,6 +349,19 @@ pub(crate) fn json_records(plan: &Plan, results: &[CaseResult], ratios: &[Ratio]
         out.push(json_record(run, &system, mode, r.num.payload, &[], "p50_ratio", format!("{:.3}", r.overall)));
         let median = format!("{:.3}", r.round_median());
         out.push(json_record(run, &system, mode, r.num.payload, &[], "p50_ratio_round_median", median));
+    }
+    // Per paired ratio and placement ("all", then "near" / "far" when the run saw both): the
+    // median of its per-round ratios, its rounds and its limit's one-way p50.
+    for p in paired {
+        let (system, mode) = (p.system(), p.num.peer.mode());
+        for g in groups(p, placement_split(paired, p.limit)) {
+            let extra = [format!("\"placement\":\"{}\"", g.placement)];
+            let rec =
+                |metric: &str, value: String| json_record(run, &system, mode, p.num.payload, &extra, metric, value);
+            out.push(rec("p50_ratio_paired", format!("{:.3}", g.ratio)));
+            out.push(rec("paired_rounds", g.rounds.to_string()));
+            out.push(rec("paired_limit_oneway_p50_ns", format!("{:.1}", g.limit_oneway_ns)));
+        }
     }
     format!("[\n{}\n]\n", out.join(",\n"))
 }

@@ -7,11 +7,15 @@ pub(crate) struct CaseResult {
     pub(crate) case: Case,
     pub(crate) merged: Histogram<u64>,
     pub(crate) round_p50: Vec<u64>,
+    /// Per round, the RTT p50 of the case's limit ([`Peer::limit`]) measured just before
+    /// and just after it (empty for the limits and the kernel peers).
+    pub(crate) paired: Vec<(u64, u64)>,
 }
 
 pub(crate) fn requester_main() -> Res<()> {
     let args = parse_args()?;
-    let plan = Plan { full: args.full, rounds: if args.full { 4 } else { 1 }, sizes: args.sizes.clone() };
+    let rounds = args.rounds.unwrap_or(if args.full { 4 } else { 1 });
+    let plan = Plan { full: args.full, rounds, sizes: args.sizes.clone() };
     let cpus = if args.pin { cpu_pair() } else { None };
     if let Some((mine, _)) = cpus {
         pin_to(mine)?;
@@ -19,14 +23,24 @@ pub(crate) fn requester_main() -> Res<()> {
     print_machine(&plan, cpus);
     let mut results = Vec::new();
     for case in cases(&plan.sizes, &args.peers) {
-        results.push(CaseResult { case, merged: new_histogram()?, round_p50: Vec::new() });
+        results.push(CaseResult { case, merged: new_histogram()?, round_p50: Vec::new(), paired: Vec::new() });
     }
     let start = Instant::now();
     for round in 0..plan.rounds {
         for r in results.iter_mut() {
-            let h = run_case(r.case, plan.counts(r.case), cpus.map(|c| c.1)).map_err(|e| {
-                format!("{} at {} (round {}): {e}", r.case.peer.name(), size_label(r.case.payload), round + 1)
-            })?;
+            let at = |e| format!("{} at {} (round {}): {e}", r.case.peer.name(), size_label(r.case.payload), round + 1);
+            // The limit beside the case: the vCPUs move between placements within minutes,
+            // so a ratio is only honest against a limit measured under the same one.
+            let limit = |peer: Peer| -> Res<u64> {
+                let h = run_case(Case { peer, payload: 0 }, plan.paired_counts(peer), cpus.map(|c| c.1))?;
+                Ok(h.value_at_quantile(0.5))
+            };
+            let before = r.case.peer.limit().map(limit).transpose().map_err(at)?;
+            let h = run_case(r.case, plan.counts(r.case), cpus.map(|c| c.1)).map_err(at)?;
+            let after = r.case.peer.limit().map(limit).transpose().map_err(at)?;
+            if let (Some(b), Some(a)) = (before, after) {
+                r.paired.push((b, a));
+            }
             r.round_p50.push(h.value_at_quantile(0.5));
             r.merged.add(&h).map_err(|e| format!("merging histograms: {e:?}"))?;
         }
@@ -36,8 +50,10 @@ pub(crate) fn requester_main() -> Res<()> {
     print_table(&results);
     let ratios = ratios(&results, &plan.sizes);
     print_ratios(&results, &ratios);
+    let paired = paired_ratios(&results);
+    print_paired(&paired);
     if let Some(path) = &args.json {
-        std::fs::write(path, json_records(&plan, &results, &ratios))
+        std::fs::write(path, json_records(&plan, &results, &ratios, &paired))
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("\nwrote {}", path.display());
     }

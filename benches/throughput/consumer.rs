@@ -67,18 +67,21 @@ pub(crate) fn consumer_main() -> Res<()> {
         .collect();
     // A case none of the selected systems runs (a `--system` filter) is left out.
     results.retain(|r| !r.rates.is_empty());
-    // Per record size: memcpy's and memread's rates, one per round.
-    let mut limits: Vec<(usize, Vec<Rate>, Vec<Rate>)> =
-        plan.sizes.iter().map(|&s| (s, Vec::new(), Vec::new())).collect();
+    // Per record size: memcpy's, memread's and (above a segment) the hand-off's rates, one
+    // per round.
+    let mut limits: Vec<(usize, [Vec<Rate>; 3])> = plan.sizes.iter().map(|&s| (s, Default::default())).collect();
     let mut region = Vec::new();
     let started = Instant::now();
     for round in 0..plan.rounds {
-        for (size, copy, read) in limits.iter_mut() {
+        for (size, [copy, read, handoff]) in limits.iter_mut() {
             if plan.systems.contains(&System::Memcpy) {
                 copy.push(run_memcpy(*size, &plan)?);
             }
             if plan.systems.contains(&System::Memread) {
                 read.push(run_memread(*size, &plan, &mut region)?);
+            }
+            if plan.systems.contains(&System::Handoff) && *size > SEGMENT {
+                handoff.push(best_handoff(*size, &plan, cpus)?);
             }
         }
         region = Vec::new();
@@ -96,7 +99,12 @@ pub(crate) fn consumer_main() -> Res<()> {
     }
     let limits: Vec<Limit> = limits
         .into_iter()
-        .map(|(size, copy, read)| Limit { size, memcpy: median_rate(&copy), memread: median_rate(&read) })
+        .map(|(size, [copy, read, handoff])| Limit {
+            size,
+            memcpy: median_rate(&copy),
+            memread: median_rate(&read),
+            handoff: median_rate(&handoff),
+        })
         .collect();
     println!("- load average at the end: {}; {:.0?} in all\n", load_average(), started.elapsed());
     print_table(&plan, &results, &limits);
@@ -256,6 +264,9 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
         eprintln!("    {batches} batches, {singles} single records, {timeouts} waits timed out");
         if let [(b0, s0, r0), (b1, s1, r1)] = in_window[..] {
             eprintln!("    in the window: {} batches, {} single records, {} records", b1 - b0, s1 - s0, r1 - r0);
+        }
+        if let Some((own, peer)) = window.split_ns_per_record() {
+            eprintln!("    CPU ns per record read in the window: consumer {own:.2}, producer {peer:.2}");
         }
     }
     window.rate(case)

@@ -116,7 +116,17 @@
 //! records. `memread` lays the records end to end over a 64 MiB region and reads them in
 //! order with the consumer's own checksum (every byte): memory-read bandwidth beyond the L3
 //! of most machines, with the consumer's per-record work; a stream whose data stays in the
-//! caches can beat it.
+//! caches can beat it. `handoff` (records above a segment) is the cross-core limit of a
+//! 1x1 run of them: two threads on the consumer's and the producer's CPU hand 32 KiB
+//! buffers over through a ring of 10 (the 1x1 credit window), the writer copying each
+//! record piece by piece (once with ordinary, once with streaming stores; the faster
+//! counts), the reader checksumming every byte of each piece, one atomic counter per
+//! direction. Ordinary stores must take back each line the reader's core holds; streaming
+//! ones are capped by memory write bandwidth: on our EPYC neither reaches memcpy's speed.
+//! With SHMFLOW_TPUT_VERBOSE set, shmflow's writer, the hand-off's writer and memcpy also
+//! print their median time per record for records above a segment: on a shared machine
+//! the median record is one that no side was descheduled in, so these compare where the
+//! window's rates (which count every preemption) do not.
 //!
 //! Records/s counts records written (Flink's count: a broadcast record counts once; the
 //! consumer reads it C times, reported as `deliveries_per_s`); GB/s is records/s times the
@@ -134,7 +144,8 @@
 //!
 //! `cargo bench --bench throughput [-- --json PATH --rounds N --measure-ms MS --no-pin]`
 //! (argv holds `--bench`) runs every case (filters: `--shape NAME --timeout MS --size BYTES
-//! --system NAME`; systems shmflow, tcp, unix, pipe, in-process-channel, memcpy, memread);
+//! --system NAME`; systems shmflow, tcp, unix, pipe, in-process-channel, memcpy, memread,
+//! handoff);
 //! without `--bench` (as `cargo test --benches` runs it) a smoke run with tiny windows
 //! touches every shape, record kind and system once. Every wait is bounded, a watchdog
 //! kills a producer that outlives its deadline, a guard kills and reaps it on every exit

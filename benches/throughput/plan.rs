@@ -13,14 +13,25 @@ pub(crate) enum System {
     /// Limits, measured in one thread of this process.
     Memcpy,
     Memread,
+    /// The cross-core limit for records above a segment: two threads handing 32 KiB buffers
+    /// over ([`run_handoff`]).
+    Handoff,
 }
 
 impl System {
     /// The systems that stream a case from writers to the consumer.
     pub(crate) const STREAMS: [System; 5] =
         [System::Shmflow, System::Tcp, System::Unix, System::Pipe, System::InProcess];
-    pub(crate) const ALL: [System; 7] =
-        [System::Shmflow, System::Tcp, System::Unix, System::Pipe, System::InProcess, System::Memcpy, System::Memread];
+    pub(crate) const ALL: [System; 8] = [
+        System::Shmflow,
+        System::Tcp,
+        System::Unix,
+        System::Pipe,
+        System::InProcess,
+        System::Memcpy,
+        System::Memread,
+        System::Handoff,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -31,6 +42,7 @@ impl System {
             System::InProcess => "in-process-channel",
             System::Memcpy => "memcpy",
             System::Memread => "memread",
+            System::Handoff => "handoff",
         }
     }
 

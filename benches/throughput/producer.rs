@@ -275,6 +275,18 @@ where
             let writer = signals.creating(|| env.create_record_writer::<(u64, u32), S>(cfg, selector, timeout))?;
             emit_until_stopped(writer, signals, |wr, i| wr.emit(&(stamp_of(w, i), tail)))
         }
+        size if size > SEGMENT && std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some() => {
+            // Records above a segment, timed one by one (see `RecordTimes`).
+            let mut rec = base_record(size);
+            let mut times = RecordTimes::default();
+            let writer = signals.creating(|| env.create_record_writer::<[u8], S>(cfg, selector, timeout))?;
+            let n = emit_until_stopped(writer, signals, |wr, i| {
+                stamp(&mut rec, stamp_of(w, i));
+                times.time(|| wr.emit(&rec[..]))
+            })?;
+            eprintln!("    writer: {}", times.describe(size));
+            Ok(n)
+        }
         size => {
             let mut rec = base_record(size);
             let writer = signals.creating(|| env.create_record_writer::<[u8], S>(cfg, selector, timeout))?;

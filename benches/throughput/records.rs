@@ -447,6 +447,15 @@ impl Window {
         }
     }
 
+    /// CPU ns per record read in the window, of this process and of the producer (for
+    /// the verbose report: which side is the bottleneck).
+    pub(crate) fn split_ns_per_record(&self) -> Option<(f64, f64)> {
+        let (s, e) = (self.start?, self.end?);
+        let read = e.records.saturating_sub(s.records).max(1) as f64;
+        let peer = e.peer_ns?.saturating_sub(s.peer_ns?);
+        Some((e.cpu_ns.saturating_sub(s.cpu_ns) as f64 / read, peer as f64 / read))
+    }
+
     /// The figure.
     pub(crate) fn rate(&self, case: Case) -> Res<Rate> {
         let (Some(s), Some(e)) = (self.start, self.end) else {
@@ -476,5 +485,38 @@ pub(crate) fn on_tick(tick: Tick, producer: &mut Producer) -> Res<()> {
     match tick {
         Tick::Nothing | Tick::Opened => Ok(()),
         Tick::Closed => producer.send("stop"),
+    }
+}
+
+/// Per-record times of large records (at most 1M kept), for their median: on a shared
+/// machine the median record is one neither side was descheduled in, so it tells the
+/// pipeline's own speed where a rate over the window does not (SHMFLOW_TPUT_VERBOSE).
+#[derive(Default)]
+pub(crate) struct RecordTimes {
+    ns: Vec<u64>,
+}
+
+impl RecordTimes {
+    /// Runs `f`, keeping its duration.
+    pub(crate) fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let out = f();
+        self.push(t0.elapsed());
+        out
+    }
+
+    /// Keeps one record's duration.
+    pub(crate) fn push(&mut self, d: Duration) {
+        if self.ns.len() < 1 << 20 {
+            self.ns.push(d.as_nanos() as u64);
+        }
+    }
+
+    /// "median 61.2 µs per record (17.1 GB/s)" for records of `size` bytes.
+    pub(crate) fn describe(&self, size: usize) -> String {
+        let Some(m) = median(self.ns.iter().map(|&n| n as f64).collect()) else {
+            return "no record timed".into();
+        };
+        format!("median {:.1} µs per record ({:.1} GB/s)", m / 1e3, size as f64 / m)
     }
 }

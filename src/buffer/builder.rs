@@ -294,7 +294,10 @@ impl BufferBuilder {
     /// path of the record writer: no bounds re-checks, no recompute of the length. The
     /// record is published in its data for a reader that polls it (see the module doc,
     /// "published in the data"), and to every reader by the next commit.
-    #[inline]
+    // inline(always): the per-record path of `ResultPartition::emit` (inline(always) too);
+    // left to LLVM it stayed out of line for `[u8]` records (emit bench, 16 B: 5.85 ns per
+    // record, 4.04 inlined).
+    #[inline(always)]
     pub fn try_write_framed<R: crate::record::Record + ?Sized>(&mut self, record: &R, len: usize) -> bool {
         let total = frame::framed_len(len);
         if self.finished || total >= self.remaining() as usize {

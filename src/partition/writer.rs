@@ -262,6 +262,9 @@ pub struct RecordWriter<S, W = ResultPartition> {
     partition: W,
     selector: S,
     timeout: BufferTimeout,
+    /// `timeout` is [`BufferTimeout::EveryRecord`]: kept apart so the per-record check is
+    /// one flag, not a match on the timeout.
+    flush_each: bool,
     broadcast: bool,
 }
 
@@ -286,14 +289,18 @@ impl<S, W: PartitionWriter> RecordWriter<S, W> {
             BufferTimeout::Interval(d) => partition.start_flusher(d)?,
             _ => None,
         };
-        Ok(Self { flusher, partition, selector, timeout, broadcast })
+        let flush_each = matches!(timeout, BufferTimeout::EveryRecord);
+        Ok(Self { flusher, partition, selector, timeout, flush_each, broadcast })
     }
 
     /// Writes `record` to the channel the selector picks (to all, for broadcast).
     ///
     /// # Errors
     /// As [`PartitionWriter::emit`].
-    #[inline]
+    // inline(always), as `ResultPartition::emit`: the fast path belongs in the caller's
+    // record loop; with two callers of one record type LLVM kept it out of line (emit
+    // bench, 8 B: 3.6 -> 6.1 ns per record).
+    #[inline(always)]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R) -> Result<()>
     where
         S: ChannelSelector<R>,
@@ -324,16 +331,17 @@ impl<S, W: PartitionWriter> RecordWriter<S, W> {
         self.after_record(None)
     }
 
-    #[inline]
+    #[inline(always)]
     fn after_record(&mut self, c: Option<u32>) -> Result<()> {
-        match self.timeout {
-            BufferTimeout::EveryRecord => match c {
+        if self.flush_each {
+            return match c {
                 Some(c) => self.partition.flush(c),
                 None => self.partition.flush_all(),
-            },
-            BufferTimeout::Interval(_) => self.flush_if_requested(),
-            BufferTimeout::FullSegmentsOnly => Ok(()),
+            };
         }
+        // An interval has a flusher (unless the partition needs none); the other
+        // timeouts have none.
+        self.flush_if_requested()
     }
 
     /// Flushes if the output flusher asked for it. A task calls this before it blocks on

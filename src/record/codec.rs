@@ -52,6 +52,36 @@ fn malformed(what: &str) -> Error {
     Error::ProtocolViolation { place: "record payload".into(), detail: what.into() }
 }
 
+/// `out.copy_from_slice(src)` for the small payloads of a record loop without the call to
+/// `memcpy` (whose length is not known here): 4 to 32 bytes as two overlapping loads and
+/// stores of a word each (the word's size a power of two at most the length), the rest
+/// through `copy_from_slice`. Panics, as `copy_from_slice`, when the lengths differ.
+#[inline(always)]
+pub(crate) fn copy_payload(out: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    if out.len() != n {
+        // The caller broke `serialize_into`'s contract: `copy_from_slice` says how.
+        return out.copy_from_slice(src);
+    }
+    match n {
+        4..=7 => copy_ends::<4>(out, src),
+        8..=16 => copy_ends::<8>(out, src),
+        17..=32 => copy_ends::<16>(out, src),
+        _ => out.copy_from_slice(src),
+    }
+}
+
+/// Copies `src` (of `W..=2W` bytes, as long as `out`) as its first and its last `W` bytes.
+#[inline(always)]
+fn copy_ends<const W: usize>(out: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    debug_assert!(out.len() == n && (W..=2 * W).contains(&n));
+    let (head, tail): ([u8; W], [u8; W]) =
+        (src[..W].try_into().unwrap_or([0; W]), src[n - W..].try_into().unwrap_or([0; W]));
+    out[..W].copy_from_slice(&head);
+    out[n - W..].copy_from_slice(&tail);
+}
+
 impl Record for [u8] {
     #[inline]
     fn serialized_len(&self) -> usize {
@@ -59,7 +89,7 @@ impl Record for [u8] {
     }
     #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
-        out.copy_from_slice(self);
+        copy_payload(out, self);
     }
     #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
@@ -74,7 +104,7 @@ impl Record for str {
     }
     #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
-        out.copy_from_slice(self.as_bytes());
+        copy_payload(out, self.as_bytes());
     }
     #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
@@ -89,7 +119,7 @@ impl Record for String {
     }
     #[inline]
     fn serialize_into(&self, out: &mut [u8]) {
-        out.copy_from_slice(self.as_bytes());
+        copy_payload(out, self.as_bytes());
     }
     #[inline]
     fn as_serialized(&self) -> Option<&[u8]> {
@@ -316,4 +346,24 @@ pub fn java_string_hash(s: &str) -> i32 {
         h = h.wrapping_mul(31).wrapping_add(i32::from(u));
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_payload;
+
+    /// Every length through the word copies and past them, at every offset in a line:
+    /// the bytes land exactly, the neighbours stay as they were.
+    #[test]
+    fn copy_payload_copies_exactly_the_payload() {
+        let src: Vec<u8> = (1..=48u8).collect();
+        for len in 0..=40 {
+            for at in 0..8 {
+                let mut out = [0xeeu8; 64];
+                copy_payload(&mut out[at..at + len], &src[..len]);
+                assert_eq!(&out[at..at + len], &src[..len], "len {len} at {at}");
+                assert!(out[..at].iter().chain(&out[at + len..]).all(|&b| b == 0xee), "len {len} at {at}: neighbours");
+            }
+        }
+    }
 }

@@ -150,3 +150,49 @@ pub fn now_nanos() -> u64 {
     #[cfg(loom)]
     0
 }
+
+/// Sleeps until [`now_nanos`] reads at least `deadline` (an absolute `CLOCK_MONOTONIC`
+/// deadline, so a series of sleeps does not drift by the wake-up delay of each); returns
+/// at once if it has passed. The wake-up is late by the thread's timer slack (50 µs by
+/// default, see [`set_precise_timers`]) and the scheduler's delay.
+///
+/// Under loom time does not pass: it returns at once.
+pub fn sleep_until(deadline: u64) {
+    #[cfg(not(loom))]
+    {
+        let ts = libc::timespec {
+            tv_sec: (deadline / 1_000_000_000) as libc::time_t,
+            tv_nsec: (deadline % 1_000_000_000) as libc::c_long,
+        };
+        // Bounded: every EINTR retry is for a signal; the deadline does not move.
+        for _ in 0..1000 {
+            // SAFETY: `ts` is a valid timespec; the remainder pointer may be null with
+            // TIMER_ABSTIME (it is not written).
+            let r =
+                unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
+            if r != libc::EINTR {
+                break;
+            }
+        }
+    }
+    #[cfg(loom)]
+    let _ = deadline;
+}
+
+/// Sets the calling thread's timer slack to 1 ns (`PR_SET_TIMERSLACK`): its sleeps then end
+/// when due, not up to 50 µs later (the kernel's default slack, which lets it batch
+/// wake-ups). For a thread that keeps a schedule, such as a rate-limited generator; it
+/// costs more timer interrupts, so not for every thread. Does nothing if refused.
+pub fn set_precise_timers() {
+    #[cfg(not(loom))]
+    // SAFETY: PR_SET_TIMERSLACK takes a value and changes only the calling thread's slack.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_TIMERSLACK,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+    }
+}

@@ -15,13 +15,20 @@ pub(crate) struct Cli {
 pub(crate) enum Mode {
     /// Spin while waiting (lowest latency, a core busy).
     Spin,
-    /// Spin briefly, then park on a futex (the default).
+    /// Poll briefly, yielding the core between polls, then park on a futex (the default but
+    /// for `run shuffle --latency`).
     Adaptive,
     /// Park at once.
     Park,
 }
 
 impl Mode {
+    /// `--wait`'s default for every job but the latency shuffle.
+    pub(crate) const DEFAULT: Mode = Mode::Adaptive;
+    /// `--wait`'s default for `run shuffle --latency`: its sinks spin, so a record finds
+    /// them running (a parked sink's futex wake-up costs tens of µs on these VMs).
+    pub(crate) const LATENCY: Mode = Mode::Spin;
+
     pub(crate) fn policy(self) -> WaitPolicy {
         match self {
             Mode::Spin => WaitPolicy::spin(),
@@ -65,14 +72,16 @@ pub(crate) struct JobOpts {
     #[arg(long)]
     pub(crate) quiet: bool,
     /// How tasks wait for input and for buffers: spin (lowest latency, a core busy per
-    /// waiting task), adaptive (spin briefly, then park) or park.
-    #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
-    pub(crate) wait: Mode,
+    /// waiting task), adaptive (poll briefly, yielding the core, then park) or park.
+    /// Default adaptive; spin for `run shuffle --latency`.
+    #[arg(long, value_enum)]
+    pub(crate) wait: Option<Mode>,
     /// Pin subtask `s` of every vertex to the `s`-th CPU the job may use (a pipeline slice
     /// per core; with --wait spin, the lowest latency when tasks outnumber cores; slower
-    /// for busy throughput jobs).
-    #[arg(long)]
-    pub(crate) pin_cpus: bool,
+    /// for busy throughput jobs). `--pin-cpus false` leaves threads unpinned. Default off;
+    /// on for `run shuffle --latency` when its tasks outnumber the CPUs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) pin_cpus: Option<bool>,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
     #[arg(long, value_enum, default_value_t = Exchange::Pipelined)]
     pub(crate) exchange: Exchange,
@@ -148,9 +157,12 @@ pub(crate) enum JobCmd {
         #[arg(long, default_value_t = 0)]
         source_work_ns: u64,
         /// Measure record latency instead of throughput: rate-limited generators (--rate)
-        /// stamp each record, the sinks report percentiles of arrival minus stamp (the first
-        /// tenth of each generator's records is warm-up). Payload at least 16 bytes; key-hash
-        /// or rebalance.
+        /// stamp each record, the sinks report percentiles of arrival minus stamp and of
+        /// arrival minus when the record was due on the generators' schedule (coordinated
+        /// omission included); the first tenth of each generator's records is warm-up.
+        /// Payload at least 16 bytes; key-hash or rebalance. Sinks spin, and pipeline slices
+        /// are pinned when the tasks outnumber the CPUs, unless --wait or --pin-cpus say
+        /// otherwise.
         #[arg(long, requires = "rate", conflicts_with_all = ["sink_work_ns", "source_work_ns"])]
         latency: bool,
         /// Records per second in all, for --latency (1..=100000000).

@@ -121,6 +121,32 @@ mod tests {
     }
 
     #[test]
+    fn the_latency_shuffle_spins_pinned_unless_told_otherwise_and_other_jobs_do_not() {
+        use shmflow::sync::WaitPolicy;
+        let opts = |args: &[&str]| match Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()) {
+            Ok(Cli { command: Cmd::Run { job: JobCmd::Shuffle { opts, .. } } }) => opts,
+            _ => panic!("{args:?} did not parse as run shuffle"),
+        };
+        let latency = |args: &[&str]| {
+            let c = crate::run::latency_config(&opts(&[&["--latency", "--rate", "10"], args].concat())).unwrap();
+            (c.wait_policy, c.pin_cpus)
+        };
+        // Pinned by default when the 4 tasks of p=2 outnumber the CPUs (2 vCPUs here).
+        let pin = crate::run::pin_latency_tasks(2, std::thread::available_parallelism().map_or(1, usize::from));
+        assert_eq!(latency(&[]), (WaitPolicy::spin(), pin));
+        assert_eq!(latency(&["--wait", "adaptive"]), (WaitPolicy::adaptive(), pin));
+        assert_eq!(latency(&["--pin-cpus", "false"]), (WaitPolicy::spin(), false));
+        assert_eq!(latency(&["--pin-cpus", "--wait", "park"]), (WaitPolicy::park(), true));
+        assert!(crate::run::pin_latency_tasks(2, 2) && crate::run::pin_latency_tasks(2, 3));
+        assert!(!crate::run::pin_latency_tasks(2, 4) && !crate::run::pin_latency_tasks(1, 16));
+        // The throughput shuffle (and every other job) keeps adaptive waits, unpinned.
+        let c = crate::run::runtime_config(&opts(&[])).unwrap();
+        assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));
+        let c = crate::run::runtime_config(&opts(&["--pin-cpus", "--wait", "spin"])).unwrap();
+        assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::spin(), true));
+    }
+
+    #[test]
     fn an_arena_name_names_a_file_in_dev_shm_only() {
         let name = |n: &str| arena_path(ArenaSel { pid: None, name: Some(n.into()), path: None });
         assert_eq!(name("job-1").unwrap().0, PathBuf::from("/dev/shm/job-1"));

@@ -9,7 +9,7 @@ pub mod text;
 pub mod wordcount;
 
 pub use output::{merge_parts, OutputFile};
-pub use shuffle::{latency_histogram, shuffle_job, shuffle_latency_job, shuffle_totals};
+pub use shuffle::{latency_histogram, shuffle_job, shuffle_latency_job, shuffle_totals, Latency};
 pub use text::TextSource;
 pub use wordcount::{window_wordcount_job, wordcount_job_with};
 // For the tests, benches and fuzz targets that include this module by path.
