@@ -3,7 +3,7 @@
 # loopback only) from the PyPI install, with the shmflow jar in its lib/ (an overlay
 # directory: the cached installation is never modified). Used by flink/demo and flink/bench.
 #
-#   flink/cluster.sh start DIR [--factory shmflow|shmflow-zc|shmflow-spinNS|shmflow-nodirect|shmflow-directall|shmflow-base|netty] [--port 8091] [--tms 2]
+#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc][-spinNS][-cspinNS][-nodirect][-nodeliver][-directall][-base]] [--port 8091] [--tms 2]
 #   flink/cluster.sh tm DIR          start one more TaskManager (a replacement after a kill)
 #   flink/cluster.sh stop DIR        stop exactly the processes this DIR's cluster started
 #   flink/cluster.sh pids DIR        print the TaskManager pids, one per line

@@ -334,7 +334,13 @@ fn top_on_a_job_exits_when_the_job_ends() {
     let (status, _) = run.finish();
     assert_eq!(status.code(), Some(130));
     let status = exit_of(&mut top, "top --pid after its job ended");
-    let said: Vec<String> = lines.try_iter().collect();
+    // Everything top printed: its reader thread ends at the pipe's end (a line can still be
+    // on its way after top exited).
+    let until = Instant::now() + PATIENCE;
+    let mut said = Vec::new();
+    while let Ok(l) = lines.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        said.push(l);
+    }
     assert!(status.success(), "{status:?}: {}", stderr.join().unwrap());
     assert!(said.iter().any(|l| l.contains(&format!("the job of process {pid} ended"))), "{said:?}");
 }

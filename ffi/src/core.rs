@@ -1217,8 +1217,18 @@ mod tests {
 
     #[test]
     fn a_send_refused_for_a_corrupt_ring_leaves_its_segment_held_for_writing() {
+        /// Removes the arena and its registry even when the test fails (a panic skips
+        /// `close`).
+        struct Scratch(String, PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.1);
+                let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.0));
+            }
+        }
         let name = format!("shmflow-ffi-unit-{}-violation", std::process::id());
         let dir = std::env::temp_dir().join(format!("{name}.reg"));
+        let _scratch = Scratch(name.clone(), dir.clone());
         let open = |tm: &str| {
             ArenaCtx::open(OpenOptions {
                 name: name.clone(),
@@ -1257,9 +1267,6 @@ mod tests {
             a.close();
             Ok(())
         };
-        let r = run();
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(Path::new("/dev/shm").join(&name));
-        r.unwrap();
+        run().unwrap();
     }
 }

@@ -22,9 +22,9 @@ pub struct WaitPolicy {
     pub park_slice: Duration,
     /// In the spin phase, give the core away (`sched_yield`) between two polls instead of
     /// spinning on it (after a 2 µs spin when the waiter's last yield found the core free:
-    /// a peer on another core is then met by a spin). When tasks outnumber cores the peer that would
-    /// end the wait is often runnable on this very core, and a spinning waiter takes its
-    /// time (a job of 2 generators and 2 sinks on 2 vCPUs); on an otherwise idle core
+    /// a peer on another core is then met by a spin). When tasks outnumber cores the peer
+    /// that would end the wait is often runnable on this very core, and a spinning waiter
+    /// takes its time (a job of 2 generators and 2 sinks on 2 vCPUs); on an otherwise idle core
     /// the yield returns at once and the wait polls as a spin does, a few hundred ns apart.
     /// The spin budget then counts only the yields that returned at once (the core had
     /// nothing else to run: our CPU time); one that handed the core over costs us none, so
@@ -147,18 +147,18 @@ impl Waiter {
         let mut i: u32 = 0;
         let mut last_yield = start;
         // A yield since the last clock reading (spin mode).
-        let mut yielded = false;
+        let mut yield_pending = false;
         // When the spin phase gives the core away between polls (`yield_core`): the time
         // spun before plus the time of the yields that found nothing else to run. A waiter
         // that shares its core yields at once (spinning 2 µs first cost the 1 KiB shuffle
         // job 119 vs 91 ns per record).
         let pause_ns = PAUSE_NS.min(self.budget_ns / 2);
-        let mut yielding: Option<u64> = (self.policy.yield_core && self.core_shared).then_some(0);
+        let mut yield_cpu_ns: Option<u64> = (self.policy.yield_core && self.core_shared).then_some(0);
         // Whether the yields ran into their wall-time bound (not the budget).
         let mut yield_wall = false;
         // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
         while self.budget_ns > 0 || !self.policy.park {
-            match yielding.as_mut() {
+            match yield_cpu_ns.as_mut() {
                 Some(used_ns) => {
                     let (idle_ns, handed_over) = timed_yield();
                     *used_ns += idle_ns;
@@ -180,7 +180,7 @@ impl Waiter {
                 break;
             }
             // A yield may hand the core over for a while: look at the clock after each.
-            if yielding.is_some() || i % 64 == 0 {
+            if yield_cpu_ns.is_some() || i % 64 == 0 {
                 let now = super::now_nanos();
                 if deadline.is_some_and(|d| now >= d) {
                     return WaitOutcome::TimedOut;
@@ -193,16 +193,16 @@ impl Waiter {
                     // just have published what we wait for, and the poll comes first; the
                     // next ~20 µs count from the next reading (not from before the yield,
                     // which under load would give the core away again at once).
-                    if yielded {
+                    if yield_pending {
                         last_yield = now;
-                        yielded = false;
+                        yield_pending = false;
                     } else if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
                         super::yield_now();
-                        yielded = true;
+                        yield_pending = true;
                     }
                     continue;
                 }
-                match yielding {
+                match yield_cpu_ns {
                     Some(used_ns) if used_ns >= self.budget_ns => break,
                     Some(_) if now.wrapping_sub(start) >= YIELD_WALL_NS => {
                         yield_wall = true;
@@ -210,7 +210,7 @@ impl Waiter {
                     }
                     Some(_) => {}
                     None if self.policy.yield_core && now.wrapping_sub(start) >= pause_ns => {
-                        yielding = Some(now.wrapping_sub(start));
+                        yield_cpu_ns = Some(now.wrapping_sub(start));
                     }
                     None if now >= spin_end => break,
                     None => {}
@@ -314,9 +314,11 @@ mod tests {
         });
         let raiser = std::thread::spawn(move || {
             assert!(pin(cpu), "pinning the raiser");
-            // Bounded by the waiter: it polls within its first moments on the CPU.
+            // Bounded: the waiter polls within its first moments on the CPU; should it never
+            // (it failed before), the flag goes up after 30 s so neither thread hangs.
+            let until = std::time::Instant::now() + Duration::from_secs(30);
             // Relaxed: see above.
-            while !polled.load(Ordering::Relaxed) {
+            while !polled.load(Ordering::Relaxed) && std::time::Instant::now() < until {
                 std::thread::yield_now();
             }
             flag.store(true, Ordering::Relaxed);
