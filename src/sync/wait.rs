@@ -21,7 +21,8 @@ pub struct WaitPolicy {
     /// check for dead peers and deadlines.
     pub park_slice: Duration,
     /// In the spin phase, give the core away (`sched_yield`) between two polls instead of
-    /// spinning on it. When tasks outnumber cores the peer that would
+    /// spinning on it (after a 2 µs spin when the waiter's last yield found the core free:
+    /// a peer on another core is then met by a spin). When tasks outnumber cores the peer that would
     /// end the wait is often runnable on this very core, and a spinning waiter takes its
     /// time (a job of 2 generators and 2 sinks on 2 vCPUs); on an otherwise idle core
     /// the yield returns at once and the wait polls as a spin does, a few hundred ns apart.
@@ -87,6 +88,10 @@ pub enum WaitOutcome<T> {
 pub struct Waiter {
     policy: WaitPolicy,
     budget_ns: u64,
+    /// Whether this waiter's last yield handed the core to another thread (a peer may be
+    /// waiting for this very core): its next wait yields from the first poll instead of
+    /// spinning [`PAUSE_NS`] first.
+    core_shared: bool,
     /// How many times this waiter parked (for metrics and tests).
     pub parks: u64,
 }
@@ -96,6 +101,12 @@ const LOOM_SPINS: u32 = 1;
 
 /// In spin mode, how long to spin between two yields of the core.
 const SPIN_YIELD_NS: u64 = 20_000;
+
+/// With [`WaitPolicy::yield_core`], how long a wait spins before it yields between polls
+/// when its last yield found the core to itself (a peer on another core that is about to
+/// deliver is met by a spin; the adaptive latency bench's ping-pong); at most half the
+/// budget, so a budget at its minimum still yields.
+const PAUSE_NS: u64 = 2_000;
 
 /// A yield that took less than this found nothing else to run on the core: its time
 /// counts against the spin budget (a system call and a trip through the scheduler take
@@ -109,7 +120,7 @@ const YIELD_WALL_NS: u64 = 5_000_000;
 impl Waiter {
     /// A waiter following `policy`, starting with its largest spin budget.
     pub fn new(policy: WaitPolicy) -> Self {
-        Self { policy, budget_ns: policy.max_spin.as_nanos() as u64, parks: 0 }
+        Self { policy, budget_ns: policy.max_spin.as_nanos() as u64, core_shared: false, parks: 0 }
     }
 
     /// The policy.
@@ -137,16 +148,22 @@ impl Waiter {
         let mut last_yield = start;
         // A yield since the last clock reading (spin mode).
         let mut yield_pending = false;
-        // When the spin phase gives the core away between polls (`yield_core`): the time of
-        // the yields that found nothing else to run. (Spinning 2 µs before the first yield
-        // measured no better at 16 B and worse at 1 KiB: 119 vs 91 ns per record.)
-        let mut yield_cpu_ns: Option<u64> = self.policy.yield_core.then_some(0);
+        // When the spin phase gives the core away between polls (`yield_core`): the time
+        // spun before plus the time of the yields that found nothing else to run. A waiter
+        // that shares its core yields at once (spinning 2 µs first cost the 1 KiB shuffle
+        // job 119 vs 91 ns per record).
+        let pause_ns = PAUSE_NS.min(self.budget_ns / 2);
+        let mut yield_cpu_ns: Option<u64> = (self.policy.yield_core && self.core_shared).then_some(0);
         // Whether the yields ran into their wall-time bound (not the budget).
         let mut yield_wall = false;
         // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
         while self.budget_ns > 0 || !self.policy.park {
             match yield_cpu_ns.as_mut() {
-                Some(used_ns) => *used_ns += timed_yield(),
+                Some(used_ns) => {
+                    let (idle_ns, handed_over) = timed_yield();
+                    *used_ns += idle_ns;
+                    self.core_shared = handed_over;
+                }
                 None => spin_loop(),
             }
             i = i.wrapping_add(1);
@@ -192,6 +209,9 @@ impl Waiter {
                         break;
                     }
                     Some(_) => {}
+                    None if self.policy.yield_core && now.wrapping_sub(start) >= pause_ns => {
+                        yield_cpu_ns = Some(now.wrapping_sub(start));
+                    }
                     None if now >= spin_end => break,
                     None => {}
                 }
@@ -245,15 +265,15 @@ impl Waiter {
 
 /// Yields the core once; returns the time it took if the core had nothing else to run
 /// (under [`YIELD_IDLE_NS`]: our CPU time, spent on the system call), else 0 (another
-/// thread ran meanwhile, on its own time).
-fn timed_yield() -> u64 {
+/// thread ran meanwhile, on its own time), and whether another thread ran.
+fn timed_yield() -> (u64, bool) {
     let t = super::now_nanos();
     super::yield_now();
     let d = super::now_nanos().wrapping_sub(t);
     if d < YIELD_IDLE_NS {
-        d
+        (d, false)
     } else {
-        0
+        (0, true)
     }
 }
 
