@@ -258,8 +258,12 @@ final class ClientChannel {
     /**
      * Recycler of one zero-copy buffer: releases the arena segment, then the credit token.
      * Called once (NetworkBuffer's reference count), from whichever thread lets go last (the
-     * task thread, the channel-state writer for unaligned checkpoints, a release); it takes
-     * no lock of ours, so it cannot deadlock with a delivery that holds Flink's locks.
+     * task thread, the channel-state writer for unaligned checkpoints, a release). Returning
+     * the credit token may deliver what already arrived on a channel (deliver-on-credit), but
+     * that only ever tries a channel's {@link #lock} ({@code tryLock}, never {@code lock()})
+     * and skips it when held, so it cannot deadlock with a delivery that holds Flink's locks;
+     * such a delivery may nest inside the dispatcher's delivery of another channel, which is
+     * safe for the same reason.
      */
     private final class SegmentRecycler implements BufferRecycler {
         private final int seg;

@@ -224,7 +224,6 @@ final class ShmTransport implements AutoCloseable {
 
     private void consumerLoop() {
         int[] ids = new int[1024];
-        int[] msgs = new int[64 * Native.MSG_INTS];
         long nextLiveness = System.nanoTime() + LIVENESS_NANOS;
         long spinSet = -1;
         while (running) {
