@@ -326,3 +326,25 @@ fn a_producer_whose_consumer_never_attaches_fails_naming_the_subpartition() {
         other => panic!("expected NoConsumer for subpartition 1, got {other:?}"),
     }
 }
+
+#[test]
+fn a_segment_its_taker_died_with_before_naming_itself_holder_is_still_reclaimed() {
+    use shmflow::memory::Owner;
+    let arena = arena();
+    liveness::register(&arena, 0).unwrap();
+    // The network pool's request, cut by a SIGKILL after the owner swap and before the
+    // holder store: the segment is off the free stack, its pool names the dead worker's
+    // slot, its holder is still the previous one (pid 1, alive).
+    let s = arena.free_stack().pop().unwrap().expect("a free segment");
+    let ctl = &arena.controls()[s as usize];
+    // Relaxed (both): single-threaded test set-up.
+    ctl.owner.store(Owner::Pool { pool: 1, worker: 0 }.pack(), Ordering::Relaxed);
+    ctl.holder_pid.store(1, Ordering::Relaxed);
+    let dead = dead_pid();
+    die_as(&arena, 0, dead, None);
+    let report = reclaim_dead_peers(&arena).unwrap();
+    assert_eq!(report.reclaimed.len(), 1, "{report:?}");
+    assert_eq!(report.segments_freed, 1, "{report:?}");
+    let c = check::check(&arena);
+    assert!(c.all_free(), "{c:?}");
+}

@@ -259,13 +259,16 @@ fn reclaim_segments(arena: &Arena, dead: DeadProcess, produced: &ProducedChannel
     for (i, ctl) in arena.controls().iter().enumerate() {
         // Relaxed: a segment's holder changes only when it leaves the free stack; a stale
         // value is re-checked by the owner CAS below.
-        if ctl.holder_pid.load(Ordering::Relaxed) != pid {
-            continue;
-        }
+        let held = ctl.holder_pid.load(Ordering::Relaxed) == pid;
         // Relaxed: the dead holder's last stores are complete; the CASes below decide.
         let owner = ctl.owner.load(Ordering::Relaxed);
         let live = match Owner::unpack(owner) {
+            // A pool or writer of the dead process's worker slot: its own (the slot is
+            // ours, being reclaimed, so no live process holds it now), whoever the holder
+            // says: a process killed between taking a segment and naming itself holder
+            // left the previous holder's pid there (seen in the kill soak).
             Owner::Pool { worker, .. } | Owner::Writer { worker, .. } if worker == dead.slot => false,
+            _ if !held => continue,
             Owner::Pool { .. } | Owner::Writer { .. } => continue, // a recycled pid's
             Owner::InFlight { channel, .. } if !produced.iter().any(|p| p.0 == channel) => {
                 // On a channel that is not the dead process's (a recycled pid's), or that
