@@ -166,10 +166,10 @@ pub fn sleep_until(deadline: u64) {
         };
         // Bounded: every EINTR retry is for a signal; the deadline does not move.
         for _ in 0..1000 {
+            let (clock, rest) = (libc::CLOCK_MONOTONIC, std::ptr::null_mut());
             // SAFETY: `ts` is a valid timespec; the remainder pointer may be null with
             // TIMER_ABSTIME (it is not written).
-            let r =
-                unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
+            let r = unsafe { libc::clock_nanosleep(clock, libc::TIMER_ABSTIME, &ts, rest) };
             if r != libc::EINTR {
                 break;
             }
