@@ -262,6 +262,37 @@ fn arena_size_for(base: &ArenaConfig, need: u64) -> u64 {
 mod tests {
     use super::*;
 
+    struct Discard;
+    impl crate::runtime::Collector<u64> for Discard {
+        fn collect(&mut self, _: u64) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn shuffle(p: u32) -> JobGraph {
+        crate::runtime::JobBuilder::new("fit", p)
+            .source("s", |_: &crate::runtime::TaskInfo, _: &mut dyn crate::runtime::Collector<u64>| Ok(()))
+            .rebalance(None)
+            .sink("k", |_: &crate::runtime::TaskInfo| Ok(Discard))
+    }
+
+    #[test]
+    fn the_segment_size_that_fits_is_the_largest_whose_in_flight_segments_fill_a_quarter_of_the_arena() {
+        const SIZES: [u32; 4] = [256 << 10, 128 << 10, 64 << 10, 32 << 10];
+        let job = shuffle(2);
+        let graph = ExecutionGraph::build(&job, 0).unwrap();
+        // p=2: partitions 2 * (2 * 2 + 1), gates 2 * 2 channels * 2 + 2 * 8 floating.
+        assert_eq!(RuntimeConfig::segments_in_flight(&graph), 10 + 8 + 16);
+        let cfg = |arena_size| RuntimeConfig { arena_size, ..RuntimeConfig::default() };
+        assert_eq!(cfg(256 << 20).fit_segment_size(&job, &SIZES).unwrap(), 256 << 10);
+        // 34 segments in flight, 4 times over: 136 segments, not 256 KiB ones in 32 MiB.
+        assert_eq!(cfg(32 << 20).fit_segment_size(&job, &SIZES).unwrap(), 128 << 10);
+        assert_eq!(cfg(8 << 20).fit_segment_size(&job, &SIZES).unwrap(), 32 << 10);
+        // None fits: the configured size stays (and `arena_config` says why it fails).
+        let tiny = RuntimeConfig { segment_size: 16 << 10, ..cfg(2 << 20) };
+        assert_eq!(tiny.fit_segment_size(&job, &SIZES).unwrap(), 16 << 10);
+    }
+
     #[test]
     fn the_heartbeat_interval_is_a_tenth_of_the_timeout_within_bounds() {
         let c = |ms| RuntimeConfig { heartbeat_timeout: Duration::from_millis(ms), ..RuntimeConfig::default() };
