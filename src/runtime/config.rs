@@ -157,14 +157,7 @@ impl RuntimeConfig {
             what: "job size",
             detail: format!("{e} (the job has {} subtasks and {channels} channels)", graph.subtasks.len()),
         })?;
-        // Every partition keeps subpartitions + 1 segments, and needs one more per channel
-        // to make progress.
-        let need: u64 = graph
-            .subtasks
-            .iter()
-            .filter_map(|s| s.output.as_ref())
-            .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
-            .sum();
+        let need = partition_segments(graph);
         let cfg = base.with_arena_size(self.arena_size).map_err(|e| ConfigError::Conflict {
             what: "--arena-size",
             detail: format!(
@@ -191,6 +184,12 @@ impl RuntimeConfig {
     }
 }
 
+/// The segments the partitions of `graph` need: every partition keeps subpartitions + 1,
+/// and needs one more per channel to make progress.
+fn partition_segments(graph: &ExecutionGraph) -> u64 {
+    graph.subtasks.iter().filter_map(|s| s.output.as_ref()).map(|o| 2 * u64::from(o.num_subpartitions) + 1).sum()
+}
+
 /// How many times over [`RuntimeConfig::fit_segment_size`] wants the arena to hold the
 /// segments a job can have in flight at a candidate size: a job then uses at most a quarter
 /// of its arena.
@@ -203,13 +202,7 @@ impl RuntimeConfig {
     /// floating per gate).
     pub fn segments_in_flight(graph: &ExecutionGraph) -> u64 {
         let gates = graph.subtasks.iter().filter(|s| s.input.is_some()).count() as u64;
-        let own: u64 = graph
-            .subtasks
-            .iter()
-            .filter_map(|s| s.output.as_ref())
-            .map(|o| 2 * u64::from(o.num_subpartitions) + 1)
-            .sum();
-        own + 2 * graph.channels_needed() + 8 * gates
+        partition_segments(graph) + 2 * graph.channels_needed() + 8 * gates
     }
 
     /// The first of `sizes` (largest first) at which this configuration's arena holds
