@@ -1029,15 +1029,19 @@ impl SingleInputGate {
             if let Some(r) = self.advance()? {
                 return Ok(r);
             }
-            // The clock is read only once nothing is ready (not once per record).
-            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now_nanos() + t.as_nanos() as u64));
-            if self.probe.due() {
+            // The clock is read only once nothing is ready (not once per record), and once
+            // per wait: the deadline, the liveness probe and the idle time's start share the
+            // reading (each read is a call into the vDSO, whose code and data a thread that
+            // just woke from a park has to fetch again).
+            let mut now = now_nanos();
+            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now + t.as_nanos() as u64));
+            if self.probe.due_at(now) {
                 self.check_producers()?;
+                now = now_nanos();
             }
             let arena = self.arena.clone();
             let set = NotifySet::new(&arena, self.set_id)?;
             let members = self.base + self.channels.len() as u32;
-            let now = now_nanos();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
             }
@@ -1059,7 +1063,7 @@ impl SingleInputGate {
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d - now).min(slice));
             self.report();
             let cancel = self.cancel.clone();
-            let t0 = now_nanos();
+            let t0 = now;
             // The channel polled in its data while waiting, in spin mode (see `hot`): not
             // one already queued (then `advance` found it empty) or finished.
             let spin = !self.waiter.policy().park;
