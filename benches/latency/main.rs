@@ -93,7 +93,11 @@
 //! after every record (buffer timeout 0) for everyone else; those marks stay set and take
 //! the "already marked" shortcut. What remains above the stream is software per hop: the
 //! gate's and the record writer's bookkeeping around the record. In park mode both sit on
-//! the futex wake-up (the notify set, the committed position), which dominates. Its 482nd
+//! the futex wake-up, which dominates: per hop one FUTEX_WAKE (the writer's mark finds the
+//! gate parked) and one FUTEX_WAIT, as the futex ping-pong; the woken gate finds the record
+//! by its channel's committed position (the notify set is drained before its next park).
+//! What it adds over the ping-pong is the user-space work between its wake-up and the
+//! answer's FUTEX_WAKE (gate, checksum, record writer, mark). Its 482nd
 //! record of 64 B spans two segments and is copied into the gate's reassembly buffer.
 //!
 //! `cargo bench --bench latency [-- --json PATH] [--sizes 64,1024] [--peers NAME,..]
