@@ -60,13 +60,15 @@
 //! denominators are the payload-less limits.
 //!
 //! Paired ratios, the ones the goals use: in every round each shmflow case runs between two
-//! short runs of its limit (bare-atomic for the spinning peers, futex for the parking ones;
-//! a fifth of the limit's own samples each), and its round's ratio is its RTT p50 over the
-//! mean of those two p50s, so numerator and denominator share the vCPUs' placement. Reported
-//! as the median over rounds, and split by placement when the run saw two (a limit RTT at
-//! least 1.8x another; near below their geometric mean), each with the limit's one-way p50
-//! (JSON: `p50_ratio_paired`, `paired_rounds`, `paired_limit_oneway_p50_ns`, each with a
-//! `placement` of `all`, `near` or `far`). `--rounds N` sets the number of rounds.
+//! runs of its limit (bare-atomic for the spinning peers, futex for the parking ones; each as
+//! many round trips as the case: shorter limit runs measured the futex ping-pong up to 15%
+//! faster than its long run of the same round, see `Plan::paired_counts`), and its round's
+//! ratio is its RTT p50 over the mean of those two p50s, so numerator and denominator share the
+//! vCPUs' placement. Reported as the median over rounds, and split by placement when the run
+//! saw two (a limit RTT at least 1.8x another; near below their geometric mean), each with the
+//! limit's one-way p50 (JSON: `p50_ratio_paired`, `paired_rounds`,
+//! `paired_limit_oneway_p50_ns`, each with a `placement` of `all`, `near` or `far`). `--rounds
+//! N` sets the number of rounds.
 //!
 //! The vCPUs of our machines move between "near" and "far" placement within minutes, which
 //! changes every cross-core figure 3-4x (MACHINE.md). So each case's samples are spread over
