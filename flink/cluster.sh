@@ -11,6 +11,8 @@
 # DIR gets conf/, lib/, pids/, log/ and the arena's registry. Needs target/flink/shmflow-flink.jar
 # (flink/build.sh --release), or the jar SHMFLOW_FLINK_JAR names; the factory shmflow-base runs
 # the jar SHMFLOW_FLINK_BASE_JAR names (an older build, for A/B runs) with the default settings.
+# SHMFLOW_TM_JAVA_OPTS: extra JVM options of the TaskManagers (diagnosis: GC logs,
+# -XX:+PreserveFramePointer for perf).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -77,7 +79,8 @@ env:
   java:
     opts:
       all: $opens
-  pid:
+${SHMFLOW_TM_JAVA_OPTS:+      taskmanager: $SHMFLOW_TM_JAVA_OPTS
+}  pid:
     dir: $dir/pids
   log:
     dir: $dir/log
