@@ -3,7 +3,7 @@
 # loopback only) from the PyPI install, with the shmflow jar in its lib/ (an overlay
 # directory: the cached installation is never modified). Used by flink/demo and flink/bench.
 #
-#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc][-spinNS][-cspinNS][-nodirect][-nodeliver][-directall][-base]] [--port 8091] [--tms 2]
+#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc][-spinNS][-cspinNS][-nodirect][-nodeliver][-nobank][-directall][-base]] [--port 8091] [--tms 2]
 #   flink/cluster.sh tm DIR          start one more TaskManager (a replacement after a kill)
 #   flink/cluster.sh stop DIR        stop exactly the processes this DIR's cluster started
 #   flink/cluster.sh pids DIR        print the TaskManager pids, one per line
@@ -51,7 +51,8 @@ case "$cmd" in
     cp "$FH"/conf/log4j*.properties "$dir/conf/"
     # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
     # e.g. shmflow-zc-spin0): zc, spinNS (producer dispatcher), cspinNS (consumer dispatcher),
-    # nodirect, nodeliver (deliver-on-credit false), directall, copy and base (no settings).
+    # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false), directall,
+    # copy and base (no settings).
     case "$factory" in
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;
       shmflow | shmflow-*)
@@ -65,6 +66,7 @@ case "$cmd" in
             cspin[0-9]*) cspin=${part#cspin} ;;
             nodirect) direct=false ;;
             nodeliver) deliver=false ;;
+            nobank) bank=false ;;
             directall) directmax=32kb ;;
             *) echo "flink/cluster.sh: unknown factory part '$part' in $factory" >&2; exit 2 ;;
           esac
@@ -128,6 +130,7 @@ shmflow:
   consumer:
     zero-copy: ${zerocopy:-false}
     deliver-on-credit: ${deliver:-true}
+    banked-credit: ${bank:-true}
 ${cspin:+    spin-ns: $cspin
 }  spin-ns: ${spin:-20000}
   producer:
