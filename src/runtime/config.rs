@@ -206,7 +206,7 @@ impl RuntimeConfig {
     }
 
     /// The first of `sizes` (largest first) at which this configuration's arena holds
-    /// `job` and [`SEGMENT_FIT_HEADROOM`] times the segments it can have in flight
+    /// `job` and four (`SEGMENT_FIT_HEADROOM`) times the segments it can have in flight
     /// ([`segments_in_flight`](Self::segments_in_flight)); the configured
     /// [`segment_size`](Self::segment_size) when none does. The
     /// arena's size stays what it is, so the memory the job maps does not change; only
