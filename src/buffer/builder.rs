@@ -636,7 +636,7 @@ impl Lease {
     fn evict(&self, ctl: &SegmentControl) {
         // Relaxed: a hint (see `SegmentControl::streamed`); lines written with streaming
         // stores are in memory already, and evicting them again only costs this reader.
-        if !crate::sync::has_flush_opt() || ctl.streamed.load(Ordering::Relaxed) != 0 {
+        if !crate::sync::evicts_segments() || ctl.streamed.load(Ordering::Relaxed) != 0 {
             return;
         }
         // Relaxed: only how far to evict (a hint; any value is safe, clamped to the

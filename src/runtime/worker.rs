@@ -139,6 +139,12 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
         tell(&control, &FromWorker::TaskFailed { vertex: spec.vertex, subtask: spec.subtask, error, symptom: false });
         return Err(GraphError::Deployment(why).into());
     }
+    // Tasks that outnumber the CPUs take turns on them: a reader that evicted the segments
+    // it read would push out the lines its own core's producer writes next.
+    let tasks: u64 = job.vertices.iter().map(|v| u64::from(v.parallelism)).sum();
+    if tasks > std::thread::available_parallelism().map_or(1, |n| n.get() as u64) {
+        crate::sync::set_evict_segments(false);
+    }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
     let cancel = Arc::new(AtomicBool::new(false));
     let stopped = watch_coordinator(reader, coordinator, &cancel)?;
