@@ -271,3 +271,15 @@ pub fn set_precise_timers() {
         );
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    #[test]
+    fn a_process_can_turn_the_eviction_of_read_segments_off_and_on() {
+        // Only a hint: other tests running meanwhile read segments either way.
+        super::set_evict_segments(false);
+        assert!(!super::evicts_segments());
+        super::set_evict_segments(true);
+        assert_eq!(super::evicts_segments(), super::has_flush_opt());
+    }
+}
