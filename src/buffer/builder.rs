@@ -337,7 +337,8 @@ impl BufferBuilder {
             return false;
         }
         let before = self.pos;
-        self.put_framed(len, |out| record.serialize_into(out));
+        // The record ends before the segment's limit: a prefix's room behind it.
+        self.put_framed::<true>(len, |out| record.serialize_into(out));
         // Once per line the records reach.
         if self.ahead_per_line && (before ^ self.pos) >= 64 {
             self.prefetch_ahead();
@@ -359,15 +360,16 @@ impl BufferBuilder {
             // of this record (the segment is full after it).
             self.size = self.pos + total as u32;
         }
-        self.put_framed(len, fill);
+        self.put_framed::<false>(len, fill);
         true
     }
 
     /// Writes a length-prefixed record at the position (the caller checked that it fits):
     /// the payload, then the cleared word behind it, then its prefix, last (see the module
-    /// doc).
+    /// doc). `ROOM`: the caller checked that the record ends below the segment's limit
+    /// (then a 4-aligned word behind it lies in the segment without a look).
     #[inline(always)]
-    fn put_framed(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
+    fn put_framed<const ROOM: bool>(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
         let pos = self.pos;
         let total = frame::framed_len(len) as u32;
         #[cfg(not(loom))]
@@ -382,9 +384,29 @@ impl BufferBuilder {
         // SAFETY: as above, through the arena so loom's witness cells see the write.
         let dst = unsafe { self.arena.segment_bytes_mut(self.index, pos + SLOT_BYTES, total - SLOT_BYTES) };
         fill(dst);
-        self.clear_word(pos + total);
+        if ROOM {
+            debug_assert!(pos + total < self.size);
+            // The word behind ends inside the segment: `at` < size <= segment_size, both
+            // multiples of 4 where it is stored.
+            self.clear_word_inside(pos + total);
+        } else {
+            self.clear_word(pos + total);
+        }
         self.put_prefix(pos, len);
         self.pos = pos + total;
+    }
+
+    /// [`clear_word`](Self::clear_word) for an offset known to lie below the segment's
+    /// limit (the per-record path: no bounds look).
+    #[inline(always)]
+    fn clear_word_inside(&self, at: u32) {
+        debug_assert!(at < self.size && self.segment_size % SLOT_BYTES == 0);
+        if at % SLOT_BYTES == 0 {
+            // Relaxed: as in `clear_word`.
+            // SAFETY: 4-aligned (checked), and `at + 4 <= segment_size`: `at` is below the
+            // limit, itself at most the segment size, and both are multiples of 4.
+            unsafe { self.word(at) }.store(frame::UNWRITTEN, Ordering::Relaxed);
+        }
     }
 
     /// Stores the "nothing yet" word at `at` when a record may start there that a reader
