@@ -26,4 +26,4 @@ pub use blocks::*;
 pub use header::{fnv1a, ArenaHeader, StaticHeader, LAYOUT_VERSION, MAGIC, STATE_INITIALIZING, STATE_READY};
 pub use layout::{ArenaConfig, ArenaLayout, Region, RegionKind, PAGE, REGION_COUNT, REGION_NAMES, RINGS_PER_CHANNEL};
 pub use segment::MemorySegment;
-pub use stack::{SegmentStack, StackHead};
+pub use stack::{head_top, SegmentStack, StackHead, TakeStop, Taken};
