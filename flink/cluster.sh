@@ -3,7 +3,7 @@
 # loopback only) from the PyPI install, with the shmflow jar in its lib/ (an overlay
 # directory: the cached installation is never modified). Used by flink/demo and flink/bench.
 #
-#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc][-spinNS][-cspinNS][-nodirect][-nodeliver][-directall][-base]] [--port 8091] [--tms 2]
+#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc][-spinNS][-cspinNS][-nodirect][-nodeliver][-nobank][-directall][-base]] [--port 8091] [--tms 2]
 #   flink/cluster.sh tm DIR          start one more TaskManager (a replacement after a kill)
 #   flink/cluster.sh stop DIR        stop exactly the processes this DIR's cluster started
 #   flink/cluster.sh pids DIR        print the TaskManager pids, one per line
@@ -11,6 +11,8 @@
 # DIR gets conf/, lib/, pids/, log/ and the arena's registry. Needs target/flink/shmflow-flink.jar
 # (flink/build.sh --release), or the jar SHMFLOW_FLINK_JAR names; the factory shmflow-base runs
 # the jar SHMFLOW_FLINK_BASE_JAR names (an older build, for A/B runs) with the default settings.
+# SHMFLOW_TM_JAVA_OPTS: extra JVM options of the TaskManagers (diagnosis: GC logs,
+# -XX:+PreserveFramePointer for perf).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -49,7 +51,8 @@ case "$cmd" in
     cp "$FH"/conf/log4j*.properties "$dir/conf/"
     # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
     # e.g. shmflow-zc-spin0): zc, spinNS (producer dispatcher), cspinNS (consumer dispatcher),
-    # nodirect, nodeliver (deliver-on-credit false), directall, copy and base (no settings).
+    # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false), directall,
+    # copy and base (no settings).
     case "$factory" in
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;
       shmflow | shmflow-*)
@@ -63,6 +66,7 @@ case "$cmd" in
             cspin[0-9]*) cspin=${part#cspin} ;;
             nodirect) direct=false ;;
             nodeliver) deliver=false ;;
+            nobank) bank=false ;;
             directall) directmax=32kb ;;
             *) echo "flink/cluster.sh: unknown factory part '$part' in $factory" >&2; exit 2 ;;
           esac
@@ -77,7 +81,8 @@ env:
   java:
     opts:
       all: $opens
-  pid:
+${SHMFLOW_TM_JAVA_OPTS:+      taskmanager: $SHMFLOW_TM_JAVA_OPTS
+}  pid:
     dir: $dir/pids
   log:
     dir: $dir/log
@@ -125,6 +130,7 @@ shmflow:
   consumer:
     zero-copy: ${zerocopy:-false}
     deliver-on-credit: ${deliver:-true}
+    banked-credit: ${bank:-true}
 ${cspin:+    spin-ns: $cspin
 }  spin-ns: ${spin:-20000}
   producer:

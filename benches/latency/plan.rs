@@ -162,13 +162,18 @@ impl Plan {
         Counts { warmup, measured }
     }
 
-    /// Round trips of a limit measured beside a case ([`Peer::limit`], just before and just
-    /// after it, in every round): a fifth of its own case's samples (10k bare, 2k futex in
-    /// full runs), enough for a p50 and short enough that the vCPUs rarely move meanwhile.
-    pub(crate) fn paired_counts(&self, limit: Peer) -> Counts {
-        let c = self.counts(Case { peer: limit, payload: 0 });
-        let measured = (c.measured / 5).max(100);
-        Counts { warmup: (measured / 10).max(4 * u64::from(CREDIT)), measured }
+    /// Round trips of the limit measured beside `case` ([`Peer::limit`], just before and
+    /// just after it, in every round): as many as the case's own, so the two p50s compare
+    /// runs of one length. Shorter limit runs may be biased low for the parking peers: in the
+    /// idle run of session 7 (docs/bench, commit 85b2be5) the futex ping-pong's runs of 2k
+    /// samples beside the 64 B park cases had a one-way p50 of 16.5-17.6 µs against 19.7 µs
+    /// for its own 10k-sample run in the same rounds, and the park cases' paired ratios were
+    /// 1.12-1.17x while over the long futex run they were 1.01-1.02x (every earlier stored
+    /// run: 0.95-1.04x). That run cannot tell run length from placement (its long futex runs
+    /// start the rounds, minutes from some cases); equal lengths remove the first cause. The
+    /// cost: about 1 s per parking case and round at 64 B.
+    pub(crate) fn paired_counts(&self, case: Case) -> Counts {
+        self.counts(case)
     }
 
     pub(crate) fn run(&self) -> &'static str {

@@ -32,7 +32,7 @@ pub(crate) fn requester_main() -> Res<()> {
             // The limit beside the case: the vCPUs move between placements within minutes,
             // so a ratio is only honest against a limit measured under the same one.
             let limit = |peer: Peer| -> Res<u64> {
-                let h = run_case(Case { peer, payload: 0 }, plan.paired_counts(peer), cpus.map(|c| c.1))?;
+                let h = run_case(Case { peer, payload: 0 }, plan.paired_counts(r.case), cpus.map(|c| c.1))?;
                 Ok(h.value_at_quantile(0.5))
             };
             let before = r.case.peer.limit().map(limit).transpose().map_err(at)?;

@@ -110,6 +110,12 @@ int32_t shmflow_segment_release(uint64_t channel, int32_t segment);
 int32_t shmflow_send(uint64_t channel, const shmflow_msg *msg, int32_t timeout_ms);
 int32_t shmflow_poll(uint64_t channel, shmflow_msg *out, int32_t max, int32_t *out_n);
 int32_t shmflow_add_credit(uint64_t channel, int32_t n, int32_t timeout_ms);
+/* Banked credit (consumer banks, producer takes; not ordered with messages: only for
+ * channels whose initial credit is positive). Banking wakes the producer's dispatcher
+ * only when its last take found nothing; a take that finds nothing returns 0 and asks
+ * for that wake-up. */
+int32_t shmflow_bank_credit(uint64_t channel, int32_t n);
+int32_t shmflow_take_credit(uint64_t channel, int32_t *out_n);
 
 /* Online reclamation (shmflow::partition::reclaim): frees what dead TaskManagers left
  * (segments, channels, slots), exactly once per dead process whoever calls it. out: processes

@@ -951,6 +951,42 @@ impl ChannelCtx {
         ctl.owner.store(owner.pack(), Ordering::Relaxed);
     }
 
+    /// Consumer side: banks `n` more credits for the producer (`banked`), waking its
+    /// dispatcher only when it said it waits for credit.
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] on a producer end, a closed end or `n` = 0; [`code::EPEER`] when
+    /// the producer closed its end or died.
+    pub fn bank_credit(&self, n: u32) -> FResult<()> {
+        self.check_open()?;
+        if self.side != Side::Consumer {
+            return Err(inval("credit is banked by the consumer end"));
+        }
+        if n == 0 {
+            return Err(inval("banking 0 credits"));
+        }
+        self.peer_gone()?;
+        let b = self.block();
+        b.count_credit_granted(n);
+        if crate::banked::bank(b, n) {
+            self.notify_peer()?;
+        }
+        Ok(())
+    }
+
+    /// Producer side: takes the credit the consumer banked (0 when there is none; then the
+    /// consumer's next bank wakes this side's dispatcher with this channel marked).
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] on a consumer end or a closed end.
+    pub fn take_credit(&self) -> FResult<u32> {
+        self.check_open()?;
+        if self.side != Side::Producer {
+            return Err(inval("banked credit is taken by the producer end"));
+        }
+        Ok(crate::banked::take(self.block()))
+    }
+
     /// Takes up to `out.len()` messages; returns how many.
     ///
     /// # Errors

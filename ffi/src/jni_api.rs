@@ -432,6 +432,27 @@ pub extern "system" fn Java_org_shmflow_flink_Native_addCredit<'l>(
     crate::shmflow_add_credit(ch as u64, n, timeout_ms)
 }
 
+/// `Native.bankCredit(channel, n)`.
+#[no_mangle]
+pub extern "system" fn Java_org_shmflow_flink_Native_bankCredit<'l>(
+    _env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    ch: jlong,
+    n: jint,
+) -> jint {
+    crate::shmflow_bank_credit(ch as u64, n)
+}
+
+/// `Native.takeCredit(channel)`: the credit taken (>= 0) or a negative error code.
+#[no_mangle]
+pub extern "system" fn Java_org_shmflow_flink_Native_takeCredit<'l>(
+    _env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    ch: jlong,
+) -> jint {
+    value(|| Ok(channel_of(ch as u64)?.take_credit()? as i32))
+}
+
 /// `Native.lastError()`: the calling thread's last error message.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_lastError<'l>(env: JNIEnv<'l>, _c: JClass<'l>) -> jstring {

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod banked;
 pub mod core;
 pub mod handshake;
 mod jni_api;
@@ -541,6 +542,37 @@ pub extern "C" fn shmflow_add_credit(channel: u64, n: i32, timeout_ms: i32) -> i
         }
         let m = Msg { kind: i32::from(KIND_CREDIT), segment: -1, arg: i64::from(n), ..Msg::default() };
         c.send(&m, timeout(timeout_ms)?)
+    })
+}
+
+/// Consumer side: banks `n` more credits for the producer instead of sending a CREDIT
+/// message (see the `banked` module: not ordered with the channel's messages; for channels
+/// whose initial credit is positive). Wakes the producer's dispatcher only when it said it
+/// waits for credit.
+#[no_mangle]
+pub extern "C" fn shmflow_bank_credit(channel: u64, n: i32) -> i32 {
+    entry(|| {
+        let c = channel_of(channel)?;
+        let n = u32::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| FfiError::new(code::EINVAL, format!("credit {n} is not positive")))?;
+        c.bank_credit(n)
+    })
+}
+
+/// Producer side: takes the credit the consumer banked into `out_n` (0 when none; then the
+/// consumer's next [`shmflow_bank_credit`] wakes the producer dispatcher with this channel
+/// marked).
+///
+/// # Safety
+/// `out_n` writable.
+#[no_mangle]
+pub unsafe extern "C" fn shmflow_take_credit(channel: u64, out_n: *mut i32) -> i32 {
+    entry(|| {
+        let out = out_ptr(out_n, "out_n")?;
+        *out = channel_of(channel)?.take_credit()? as i32;
+        Ok(())
     })
 }
 

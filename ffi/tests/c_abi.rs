@@ -112,6 +112,10 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         assert_inval(shmflow_send(a, &m, 0), "not a channel");
         assert_inval(shmflow_poll(a, msgs.as_mut_ptr(), 4, &mut i), "not a channel");
         assert_inval(shmflow_add_credit(a, 1, 0), "not a channel");
+        assert_inval(shmflow_bank_credit(a, 1), "not a channel");
+        assert_inval(shmflow_bank_credit(BOGUS, 1), "not a live handle");
+        assert_inval(shmflow_take_credit(a, &mut i), "not a channel");
+        assert_inval(shmflow_take_credit(BOGUS, &mut i), "not a live handle");
         assert_inval(shmflow_channel_close(BOGUS), "not a live handle");
         // Out-of-range numbers on a live arena.
         assert_inval(shmflow_peer_state(a, -1, &mut i), "negative");
@@ -294,6 +298,44 @@ fn a_segment_goes_over_with_flink_metadata_and_comes_back() {
     assert_eq!(shmflow_arena_close(b), 0);
     assert_eq!(shmflow_arena_close(a), 0);
     assert!(!std::path::Path::new("/dev/shm").join(&s.name).exists(), "the last TaskManager out unlinks the arena");
+}
+
+#[test]
+fn banked_credit_reaches_the_producer_and_wakes_it_only_when_it_asked() {
+    let s = Scratch::new("bank");
+    let (a, _b, prod, cons) = connect_pair(&s);
+    let mut ids = [0i32; 8];
+    let (mut n, mut got) = (0, -1);
+    // SAFETY: valid pointers throughout.
+    unsafe {
+        // Bad arguments: not positive, the wrong end, a null out pointer.
+        assert_inval(shmflow_bank_credit(cons, 0), "not positive");
+        assert_inval(shmflow_bank_credit(cons, -3), "not positive");
+        assert_inval(shmflow_bank_credit(prod, 1), "consumer");
+        assert_inval(shmflow_take_credit(cons, &mut got), "producer");
+        assert_inval(shmflow_take_credit(prod, null_mut()), "out_n");
+        // Banked before the producer asked: no wake-up, the credit waits in the bank.
+        assert_eq!(shmflow_bank_credit(cons, 2), 0, "{}", err_text());
+        assert_eq!(shmflow_bank_credit(cons, 3), 0, "{}", err_text());
+        assert_eq!(shmflow_wait(a, 1, ids.as_mut_ptr(), 8, 0, &mut n), 0, "{}", err_text());
+        assert_eq!(n, 0, "a bank the producer did not ask for woke it: {:?}", &ids[..n as usize]);
+        assert_eq!(shmflow_take_credit(prod, &mut got), 0, "{}", err_text());
+        assert_eq!(got, 5);
+        // The producer found nothing: the next bank wakes it with this channel marked.
+        assert_eq!(shmflow_take_credit(prod, &mut got), 0, "{}", err_text());
+        assert_eq!(got, 0);
+        assert_eq!(shmflow_bank_credit(cons, 1), 0, "{}", err_text());
+        assert_eq!(shmflow_wait(a, 1, ids.as_mut_ptr(), 8, 1000, &mut n), 0, "{}", err_text());
+        assert_eq!(n, 1, "the producer that asked for credit was not woken");
+        assert_eq!(shmflow_take_credit(prod, &mut got), 0, "{}", err_text());
+        assert_eq!(got, 1);
+        // Nothing travelled in the ring.
+        let mut msgs = [Msg::default(); 4];
+        assert_eq!(shmflow_poll(prod, msgs.as_mut_ptr(), 4, &mut n), 0, "{}", err_text());
+        assert_eq!(n, 0);
+        assert_eq!(shmflow_channel_close(cons), 0);
+        assert_eq!(shmflow_channel_close(prod), 0);
+    }
 }
 
 #[test]

@@ -402,7 +402,11 @@ final class ClientChannel {
             if (credit <= 0) {
                 return;
             }
-            int rc = Native.addCredit(handle, credit, t.timeoutMs);
+            // Banked only with positive initial credit: there resume-consumption keeps the
+            // credit, so credit need not be ordered with the channel's messages.
+            int rc = t.bankedCredit && input.getInitialCredit() > 0
+                    ? Native.bankCredit(handle, credit)
+                    : Native.addCredit(handle, credit, t.timeoutMs);
             if (rc >= 0) {
                 return;
             }

@@ -148,6 +148,12 @@ final class Native {
 
     static native int addCredit(long channel, int n, int timeoutMs);
 
+    /** Consumer: banks n credits (no message; wakes the producer only if it asked). */
+    static native int bankCredit(long channel, int n);
+
+    /** Producer: the banked credit taken (>= 0; 0 also asks the next bank to wake us), or an error. */
+    static native int takeCredit(long channel);
+
     /** Online reclamation of dead TaskManagers; out: processes, segments freed, orphaned, channels failed. */
     static native int reclaim(long arena, long[] out);
 

@@ -29,6 +29,8 @@ final class ShmMetrics {
     static final AtomicLong TOTAL_DIRECT_OUT = new AtomicLong();
     /** Of TOTAL_BUFFERS_IN: delivered by the thread that announced credit (shmflow.consumer.deliver-on-credit). */
     static final AtomicLong TOTAL_ON_CREDIT_IN = new AtomicLong();
+    /** Producer side: takes of banked credit that found some (shmflow.consumer.banked-credit). */
+    static final AtomicLong TOTAL_CREDIT_TAKES = new AtomicLong();
     static final AtomicLong TOTAL_SHM_CHANNELS = new AtomicLong();
     static final AtomicLong TOTAL_NETTY_CLIENTS = new AtomicLong();
 
@@ -39,6 +41,7 @@ final class ShmMetrics {
     private final Counter zeroCopyIn = new ThreadSafeSimpleCounter();
     private final Counter directOut = new ThreadSafeSimpleCounter();
     private final Counter onCreditIn = new ThreadSafeSimpleCounter();
+    private final Counter creditTakes = new ThreadSafeSimpleCounter();
     private final Counter shmChannels = new ThreadSafeSimpleCounter();
     private final Counter nettyClients = new ThreadSafeSimpleCounter();
 
@@ -52,6 +55,7 @@ final class ShmMetrics {
             g.counter("buffersInZeroCopy", zeroCopyIn);
             g.counter("buffersOutDirect", directOut);
             g.counter("buffersInOnCredit", onCreditIn);
+            g.counter("creditTakesBanked", creditTakes);
             g.counter("channelsShm", shmChannels);
             g.counter("clientsNetty", nettyClients);
         }
@@ -83,6 +87,12 @@ final class ShmMetrics {
     void onCredit(int n) {
         onCreditIn.inc(n);
         TOTAL_ON_CREDIT_IN.addAndGet(n);
+    }
+
+    /** The producer took banked credit (instead of a credit message through its dispatcher). */
+    void creditTaken() {
+        creditTakes.inc();
+        TOTAL_CREDIT_TAKES.incrementAndGet();
     }
 
     void received(int bytes, boolean zeroCopy) {

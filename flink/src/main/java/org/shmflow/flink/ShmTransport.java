@@ -63,6 +63,8 @@ final class ShmTransport implements AutoCloseable {
     final int directMaxBytes;
     /** Consumer side: the thread announcing credit delivers what is queued (shmflow.consumer.deliver-on-credit). */
     final boolean deliverOnCredit;
+    /** Consumer side: credit goes to the channel's bank, not the ring (shmflow.consumer.banked-credit). */
+    final boolean bankedCredit;
     /** Spin budget of the consumer dispatcher while it receives full buffers (shmflow.spin-ns). */
     private final long spinNs;
     /** Its spin budget while it receives small (flushed) buffers (shmflow.consumer.spin-ns). */
@@ -113,6 +115,7 @@ final class ShmTransport implements AutoCloseable {
             boolean direct,
             int directMaxBytes,
             boolean deliverOnCredit,
+            boolean bankedCredit,
             long spinNs,
             long consumerSpinNs,
             ResultPartitionProvider partitionProvider,
@@ -127,6 +130,7 @@ final class ShmTransport implements AutoCloseable {
         this.direct = direct;
         this.directMaxBytes = directMaxBytes;
         this.deliverOnCredit = deliverOnCredit;
+        this.bankedCredit = bankedCredit;
         this.spinNs = spinNs;
         this.consumerSpinNs = consumerSpinNs;
         this.partitionProvider = partitionProvider;
@@ -363,6 +367,11 @@ final class ShmTransport implements AutoCloseable {
                     r.onMessage(msgs, i * Native.MSG_INTS);
                 }
             } while (k > 0 && !r.isClosed());
+            if (!r.isClosed()) {
+                // A mark without a message is the consumer's bank answering our take that
+                // found nothing: the reader takes the credit when it looks at its availability.
+                enqueueLocked(r);
+            }
         } finally {
             r.lock.unlock();
         }

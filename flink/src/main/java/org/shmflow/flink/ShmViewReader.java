@@ -412,6 +412,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
         if (next.buffer().isBuffer() && --numCreditsAvailable < 0) {
             throw new IllegalStateException("no credit available");
         }
+        if (numCreditsAvailable == 0) {
+            takeBankedCredit();
+        }
         Buffer.DataType nextType = next.getNextDataType();
         if (!(numCreditsAvailable > 0 || nextType.isEvent())) {
             nextType = Buffer.DataType.NONE;
@@ -458,7 +461,28 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
 
     @Override
     public ResultSubpartitionView.AvailabilityWithBacklog getAvailabilityAndBacklog() {
+        if (numCreditsAvailable <= 0) {
+            takeBankedCredit();
+        }
         return view.getAvailabilityAndBacklog(numCreditsAvailable > 0);
+    }
+
+    /**
+     * Our credit is used up: takes what the consumer banked (shmflow.consumer.banked-credit;
+     * only channels with positive initial credit bank). Finding nothing asks the consumer's
+     * next bank to wake the dispatcher with this channel marked ({@link ShmTransport}'s
+     * incoming enqueues the reader then). An error (the channel closing) is left to the
+     * dispatcher's poll, which reports it.
+     */
+    private void takeBankedCredit() {
+        if (initialCredit <= 0) {
+            return;
+        }
+        int n = Native.takeCredit(channel);
+        if (n > 0) {
+            numCreditsAvailable += n;
+            t.metrics.creditTaken();
+        }
     }
 
     @Override

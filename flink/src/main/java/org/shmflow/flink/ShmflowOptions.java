@@ -74,6 +74,19 @@ public final class ShmflowOptions {
                     .withDescription("Consumer side: the thread announcing credit (the task recycling a buffer) delivers what already arrived on that channel when the consumer dispatcher is not delivering; false: only the dispatcher delivers.");
 
     /**
+     * Consumer side: announce credit by adding it to the channel's bank in shared memory
+     * instead of sending a credit message, on channels whose initial credit is positive
+     * (Flink's default: exclusive buffers per channel). The producer takes the bank when
+     * its credit is used up, so an announcement wakes the producer's dispatcher only when
+     * the producer ran out of credit and asked for it, not once per recycled buffer.
+     */
+    public static final ConfigOption<Boolean> BANKED_CREDIT =
+            ConfigOptions.key("shmflow.consumer.banked-credit")
+                    .booleanType()
+                    .defaultValue(true)
+                    .withDescription("Consumer side: announce credit through a counter in shared memory that the producer takes when its credit is used up (its dispatcher is woken only when it ran out and asked), on channels with positive initial credit; false: every announcement is a message that wakes the producer's dispatcher.");
+
+    /**
      * Consumer side: hand the arena segment itself to Flink (a slice wrapped as a Flink
      * buffer, holding a buffer of the input channel's own pool as its credit token until
      * Flink recycles it) instead of copying it into that buffer. Off by default: in the A/B

@@ -215,6 +215,7 @@ public final class MiniClusterTest {
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
         long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
         long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
+        long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
         // The zero-copy consumer path (the restart case runs the one-copy default).
         Configuration c = conf("keyby");
         c.set(ShmflowOptions.ZERO_COPY, true);
@@ -230,6 +231,8 @@ public final class MiniClusterTest {
         check(zc > 0, "buffers delivered as arena slices (shmflow.consumer.zero-copy: true): " + zc);
         long direct = ShmMetrics.TOTAL_DIRECT_OUT.get() - directBefore;
         check(direct > 0, "buffers published by the producing thread (shmflow.producer.direct: true): " + direct);
+        long takes = ShmMetrics.TOTAL_CREDIT_TAKES.get() - takesBefore;
+        check(takes > 0, "credit taken from the bank (shmflow.consumer.banked-credit: true): " + takes);
         System.out.printf("  %d buffers (%d zero copy, %d published directly, %d delivered on credit), %d bytes out through shared memory%n",
                 in, zc, direct, ShmMetrics.TOTAL_ON_CREDIT_IN.get() - onCreditBefore, ShmMetrics.TOTAL_BYTES_OUT.get());
         // The per-job MiniCluster shuts its TaskManagers down after execute() returns.
@@ -248,6 +251,7 @@ public final class MiniClusterTest {
         reset();
         long n = 3_000_000;
         long before = shmBuffersIn();
+        long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
         Configuration c = conf("fast");
         // Any failure (a credit-rule violation fails the producer) fails the job.
         c.set(str("restart-strategy.type"), "none");
@@ -263,6 +267,8 @@ public final class MiniClusterTest {
         env.execute("shmflow unthrottled keyBy");
         check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key, got " + new TreeMap<>(MAX));
         check(shmBuffersIn() - before > 100, "buffers through shared memory: " + (shmBuffersIn() - before));
+        // Banked credit (the default) is what refilled the credit each time it ran out.
+        check(ShmMetrics.TOTAL_CREDIT_TAKES.get() > takesBefore, "credit taken from the bank");
     }
 
     static void failureRestart() throws Exception {
@@ -272,12 +278,15 @@ public final class MiniClusterTest {
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
         long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
         long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
+        long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
         // The one-copy consumer path, the default (the keyBy and cancel cases run zero copy),
         // every buffer through the producer dispatcher (the others publish directly) and
         // every delivery by the consumer dispatcher (the others deliver on credit too).
         Configuration c = conf("restart");
         c.set(ShmflowOptions.DIRECT, false);
         c.set(ShmflowOptions.DELIVER_ON_CREDIT, false);
+        // And credit as messages through the producer dispatcher (the others bank it).
+        c.set(ShmflowOptions.BANKED_CREDIT, false);
         StreamExecutionEnvironment env = env(c);
         job(env, n, true);
         env.execute("shmflow restart");
@@ -288,6 +297,7 @@ public final class MiniClusterTest {
         check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "the default (shmflow.consumer.zero-copy: false) copies every buffer");
         check(ShmMetrics.TOTAL_DIRECT_OUT.get() == directBefore, "shmflow.producer.direct: false publishes every buffer from the dispatcher");
         check(ShmMetrics.TOTAL_ON_CREDIT_IN.get() == onCreditBefore, "shmflow.consumer.deliver-on-credit: false delivers every buffer from the dispatcher");
+        check(ShmMetrics.TOTAL_CREDIT_TAKES.get() == takesBefore, "shmflow.consumer.banked-credit: false sends credit as messages");
     }
 
     static void cancelFreesSegments() throws Exception {
