@@ -436,3 +436,30 @@ fn a_segment_its_taker_died_with_between_the_pop_and_the_owner_swap_is_reclaimed
         assert_eq!(seen.len() as u32, arena.segment_count(), "{stop:?}");
     }
 }
+
+#[test]
+fn a_segment_its_holder_died_giving_back_is_reclaimed_online_once() {
+    use shmflow::buffer::NetworkBufferPool;
+    use shmflow::memory::{Owner, TakeStop};
+    // Giving a segment back is two words too: its owner marked free, then the push. A
+    // SIGKILL in between left it free but off the stack (found by the kill test of
+    // tests/fault_matrix.rs); after the push, the stack has it and nothing more is due.
+    for (stop, off_stack) in [(TakeStop::BeforePush, true), (TakeStop::AfterPush, false)] {
+        let arena = arena();
+        liveness::register(&arena, 0).unwrap();
+        let pool = NetworkBufferPool::new(arena.clone());
+        let s = pool.request(Owner::Pool { pool: 1, worker: 0 }, 2).unwrap().expect("a free segment");
+        let before = pool.available();
+        s.recycle_until(stop);
+        assert_eq!(pool.available(), if off_stack { before } else { before + 1 }, "{stop:?}");
+        let dead = dead_pid();
+        die_as(&arena, 0, dead, None);
+        let report = reclaim_dead_peers(&arena).unwrap();
+        assert_eq!(report.reclaimed.len(), 1, "{stop:?}: {report:?}");
+        assert_eq!(report.segments_freed, u32::from(off_stack), "{stop:?}: {report:?}");
+        let c = check::check(&arena);
+        assert!(c.all_free() && c.problems.is_empty(), "{stop:?}: {c:?}");
+        let rec = shmflow::memory::recovery::reclaim_quiescent(&arena).unwrap();
+        assert_eq!(rec.segments, 0, "{stop:?}: {rec:?}");
+    }
+}

@@ -56,7 +56,7 @@ impl NetworkBufferPool {
     pub fn request_until(&self, owner: Owner, pool_id: u32, stop: TakeStop) -> Result<Option<MemorySegment>> {
         let me = std::process::id();
         let stack = self.arena.free_stack();
-        let taken = match self.own_lane(owner, me) {
+        let taken = match crate::memory::own_lane(&self.arena, owner, me) {
             Some(slot) => stack.pop_taking(slot, stop, |idx| self.claim(idx, owner, pool_id, me))?,
             None => stack.pop()?.map(|idx| self.claim(idx, owner, pool_id, me)),
         };
@@ -66,16 +66,6 @@ impl NetworkBufferPool {
         // SAFETY: popped from the free stack and claimed, so exclusively ours; index
         // validated by pop.
         Ok(Some(unsafe { MemorySegment::from_index(self.arena.clone(), idx) }))
-    }
-
-    /// The worker slot `owner` names, when this process (`me`) is registered in it: the
-    /// lane its pops go through (another process's lane is never written).
-    fn own_lane(&self, owner: Owner, me: u32) -> Option<u32> {
-        let (Owner::Pool { worker, .. } | Owner::Writer { worker, .. }) = owner else {
-            return None;
-        };
-        // Relaxed: our own registration, written by this process before.
-        (self.arena.workers().get(worker as usize)?.pid.load(Ordering::Relaxed) == me).then_some(worker)
     }
 
     /// Records `owner` in the control block of segment `idx`, just popped.

@@ -4,8 +4,8 @@
 //! ```text
 //!  head: u64 = [ tag : 26 | lane : 13 | index + 1 : 25 ]   index + 1 == 0 means empty
 //!  link: SegmentControl::next_free = index + 1 of the next segment (0 = end)
-//!  lane: WorkerRecord::taking of the worker slot lane - 1 (0 = a pop without a lane, or a push)
-//!        = [ WON : 1 | 0 : 12 | tag : 26 | index + 1 : 25 ]   0 = idle
+//!  lane: WorkerRecord::taking of the worker slot lane - 1 (0 = an operation without a lane)
+//!        = [ WON : 1 | PUSH : 1 | 0 : 11 | tag : 26 | index + 1 : 25 ]   0 = idle
 //! ```
 //!
 //! Every successful CAS on `head` bumps the tag, so a head value that was popped and pushed
@@ -30,6 +30,14 @@
 //! A pop that succeeded is WON before the head moves on, so the reclaimer of a dead taker
 //! reads WON exactly when the segment left the stack for it, and never mistakes a segment
 //! still on the stack (or popped by someone else) for one it took: no loss, no double push.
+//!
+//! Giving a segment back has the mirror window (marked free, then pushed), closed the same
+//! way: the lane says PUSH|ATTEMPT(i, tag) before the owner word is marked free and before
+//! the CAS, the CAS names the lane, helpers mark it WON. A dead process's PUSH|ATTEMPT is a
+//! segment off the stack (its reclaimer frees it), a PUSH|WON one on it (nothing to do).
+//!
+//! Not covered: the length counter beside the head is updated after each CAS, so a kill
+//! in between leaves it one off (a statistic; `shmflow check` reports the mismatch).
 //! One pop at a time per lane: a process's threads share its worker slot, so they take a
 //! process-local lock per lane (a lane word written by two pops at once could name a
 //! segment back on the stack).
@@ -52,8 +60,10 @@ const LANE_MASK: u64 = ((1 << LANE_BITS) - 1) << INDEX_BITS;
 const TAG_SHIFT: u32 = INDEX_BITS + LANE_BITS;
 /// Mask of a tag (26 bits).
 const TAG_MASK: u64 = (1 << (64 - TAG_SHIFT)) - 1;
-/// A lane word's flag: the pop it names succeeded.
+/// A lane word's flag: the operation it names succeeded.
 const WON: u64 = 1 << 63;
+/// A lane word's flag: the operation is a push (giving a segment back), not a pop.
+const PUSH: u64 = 1 << 62;
 
 const _: () = assert!(super::layout::MAX_WORKERS < (1 << LANE_BITS) && (1u64 << 24) < INDEX_MASK);
 
@@ -85,8 +95,10 @@ fn attempt(index: u32, tag: u64) -> u64 {
 pub enum Taken {
     /// Nothing taken (idle, or a pop whose CAS never succeeded; the word is cleared).
     Nothing,
-    /// It popped segment `index` and may have died before recording itself as its owner;
-    /// `word` is the lane word to clear with [`SegmentStack::clear_lane`].
+    /// Segment `index` is off the stack and was the dead process's: it popped it and may
+    /// have died before recording itself as its owner, or it was giving it back and died
+    /// before its push (after marking it free, or before). `word` is the lane word to
+    /// clear with [`SegmentStack::clear_lane`].
     Won {
         /// The segment.
         index: u32,
@@ -110,6 +122,10 @@ pub enum TakeStop {
     AfterWon,
     /// After the caller's owner swap, before it clears the lane.
     AfterOwner,
+    /// Giving a segment back: after marking it free, before the push's CAS.
+    BeforePush,
+    /// Giving a segment back: after the push's CAS, before the lane is cleared.
+    AfterPush,
 }
 
 /// The head of a [`SegmentStack`]. `#[repr(C)]`.
@@ -182,8 +198,44 @@ impl<'a> SegmentStack<'a> {
         Self { head, controls, lanes }
     }
 
-    /// Pushes segment `index`, which the caller owns and nobody else can reach.
+    /// Pushes segment `index`, which the caller owns and nobody else can reach. Without a
+    /// lane: a process killed after marking the segment free and before this push loses
+    /// it until a stop-the-world recovery; [`push_releasing`](Self::push_releasing) does
+    /// not.
     pub fn push(&self, index: u32) {
+        self.push_in(index, None, TakeStop::Never);
+    }
+
+    /// Gives segment `index` back for worker slot `slot` (the caller's own, registered):
+    /// the lane names the segment before `release` runs (the caller marks it free there)
+    /// and until the push is known, so the reclaimer of a process killed anywhere in
+    /// between finds it ([`dead_taker`](Self::dead_taker)). `stop` is [`TakeStop::Never`]
+    /// but in models.
+    #[doc(hidden)]
+    pub fn push_releasing(&self, slot: u32, index: u32, stop: TakeStop, release: impl FnOnce()) {
+        let Some(lane) = self.lanes.get(slot as usize) else {
+            release();
+            self.push(index);
+            return;
+        };
+        let _one_op_per_lane = lane_lock(slot);
+        // Relaxed: a tag to write beside the index; `push_in` reloads the head (Acquire).
+        let cur = self.head.head.load(Ordering::Relaxed);
+        // Relaxed: read by a reclaimer only after this process died; helpers act on it
+        // only once a head written by our push names our lane (`push_in` rewrites it then).
+        // The tag is the current head's, so no head that names this lane already (our
+        // last pop's, tag + 1) makes a helper take it for a push that happened.
+        lane.taking.store(PUSH | attempt(index, head_tag(cur)), Ordering::Relaxed);
+        release();
+        if stop == TakeStop::BeforePush || !self.push_in(index, Some((slot, &lane.taking)), stop) {
+            return;
+        }
+        // Relaxed: as the clear in `pop_taking`.
+        lane.taking.store(0, Ordering::Relaxed);
+    }
+
+    /// Pushes `index`, naming `lane` in the new head when given; false when `stop` ended it.
+    fn push_in(&self, index: u32, lane: Option<(u32, &AtomicU64)>, stop: TakeStop) -> bool {
         debug_assert!((index as usize) < self.controls.len());
         let link = &self.controls[index as usize].next_free;
         // Acquire: as in `pop` (`help` reads the lane of the pop that wrote this head).
@@ -192,7 +244,15 @@ impl<'a> SegmentStack<'a> {
             self.help(cur);
             // Relaxed: published by the Release CAS below, which orders this store before it.
             link.store(head_top(cur), Ordering::Relaxed);
-            let next = next_head(cur, 0, u64::from(index + 1));
+            let lane_field = match lane {
+                Some((slot, word)) => {
+                    // Relaxed: published by the Release CAS below (as in `pop_in`).
+                    word.store(PUSH | attempt(index, head_tag(cur)), Ordering::Relaxed);
+                    u64::from(slot) + 1
+                }
+                None => 0,
+            };
+            let next = next_head(cur, lane_field, u64::from(index + 1));
             // Release: pairs with the Acquire load/CAS in `pop`, making the link (and the
             // caller's last writes to the segment, and the help above) visible to whoever
             // reads this head. Acquire on failure: as the first load.
@@ -203,6 +263,7 @@ impl<'a> SegmentStack<'a> {
         }
         // Relaxed: statistic.
         self.head.len.fetch_add(1, Ordering::Relaxed);
+        stop != TakeStop::AfterPush
     }
 
     /// Pops a segment index, `Ok(None)` when empty. Without a lane: a taker killed before
@@ -336,7 +397,7 @@ impl<'a> SegmentStack<'a> {
         // Relaxed: ordered after the taker's ATTEMPT by the caller's Acquire of `cur`
         // (the taker's CAS released it).
         let w = r.taking.load(Ordering::Relaxed);
-        if w != 0 && w & WON == 0 && w >> INDEX_BITS == popped_at {
+        if w != 0 && w & WON == 0 && (w >> INDEX_BITS) & TAG_MASK == popped_at {
             // Relaxed (both): published by the caller's Release CAS of the head that
             // follows (a reclaimer Acquires the head before it reads the lane). Failure:
             // the taker said WON itself, or moved on.
@@ -344,9 +405,10 @@ impl<'a> SegmentStack<'a> {
         }
     }
 
-    /// What worker slot `slot`'s lane says its process (dead: the caller reclaims it) took:
-    /// helps the current head first, so a pop that succeeded reads WON. An ATTEMPT left
-    /// behind is cleared (its CAS never succeeded and never will).
+    /// What worker slot `slot`'s lane says its process (dead: the caller reclaims it) held
+    /// off the stack: helps the current head first, so an operation that succeeded reads
+    /// WON. A pop's ATTEMPT (its CAS never succeeded and never will) and a push that won
+    /// are cleared: nothing of theirs is off the stack.
     pub fn dead_taker(&self, slot: u32) -> Taken {
         let Some(r) = self.lanes.get(slot as usize) else {
             return Taken::Nothing;
@@ -357,7 +419,8 @@ impl<'a> SegmentStack<'a> {
         self.help(cur);
         // Relaxed: ordered by the Acquire above (and our own help).
         let w = r.taking.load(Ordering::Relaxed);
-        if w & WON != 0 {
+        // A pop that won, or a push that did not (the segment is off the stack either way).
+        if (w & WON != 0) != (w & PUSH != 0) {
             let top = (w & INDEX_MASK) as u32;
             if top >= 1 && (top as usize) <= self.controls.len() {
                 return Taken::Won { index: top - 1, word: w };
