@@ -719,6 +719,9 @@ pub struct WorkerRecord {
     /// Monotonic nanoseconds of registration (liveness itself is read from `/proc`:
     /// pid plus start time, so a frozen process is alive and a dead one is seen at once).
     pub heartbeat: AtomicU64,
+    /// The process's lane on the free stack: the segment its pop is taking, until the
+    /// owner swap records it (see [`stack`](super::stack)); 0 when idle.
+    pub taking: AtomicU64,
 }
 
 /// Counters of one task, in the arena so `shmflow top` can read them live.
@@ -758,7 +761,7 @@ const _: () = {
     assert!(size_of::<SegmentControl>() == 64);
     assert!(size_of::<RingHeader>() == 256);
     assert!(size_of::<PartitionEntry>() == 64);
-    assert!(size_of::<WorkerRecord>() == 24);
+    assert!(size_of::<WorkerRecord>() == 32);
     assert!(size_of::<TaskMetrics>() == 80);
 };
 
