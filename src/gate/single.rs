@@ -182,8 +182,9 @@ pub struct SingleInputGate {
     /// position word and prefetches the lines behind the read position instead. The
     /// producer's mark stays set (its next mark takes the "already marked" shortcut) and
     /// is drained later. A park mode that never spins (`max_spin` zero) polls this
-    /// channel's committed position the same way (its data reads stay off) at its few
-    /// polls around a park, so a wake-up finds the record without draining the set first.
+    /// channel's committed position (its data reads stay off, and it prefetches nothing)
+    /// at its few polls around a park, so a wake-up finds the record without draining the
+    /// set first.
     /// Adaptive mode keeps to the notify set and the committed position: polling the data
     /// while spinning holds the lines the producer writes next in the gate's cache, which
     /// costs a producer that streams (see the README's performance notes).
@@ -1076,6 +1077,11 @@ impl SingleInputGate {
             // it empty) or finished.
             let policy = self.waiter.policy();
             let polls_data = !policy.park || policy.max_spin.is_zero();
+            // A spinning gate asks for the lines behind the read position with each poll; a
+            // parking one does not: its polls come just before and after it parks, and a
+            // prefetch there would pull the lines the producer fills next into this core's
+            // cache while it sleeps (the producer's stores would then miss on them).
+            let prefetch = !policy.park;
             let hot = self.hot.filter(|&h| {
                 let ch = &self.channels[h as usize];
                 polls_data && !ch.queued && ch.state == ChannelState::Active
@@ -1083,9 +1089,12 @@ impl SingleInputGate {
             let mut hot_reader = hot.and_then(|h| self.channels[h as usize].local_mut()).map(|l| &mut l.reader);
             let woke = self.waiter.wait(set.wake(), Some(remaining), || {
                 if let Some(r) = hot_reader.as_mut() {
-                    // The lines behind the read position are asked for with the poll, so a
-                    // record that straddles two lines crosses cores in one trip, not two.
-                    r.prefetch_unread();
+                    // Spinning, the lines behind the read position are asked for with the
+                    // poll, so a record that straddles two lines crosses cores in one trip,
+                    // not two.
+                    if prefetch {
+                        r.prefetch_unread();
+                    }
                     match r.data_input() {
                         // The next record's prefix word: written or not.
                         Some(true) => return Some(true),
