@@ -1033,6 +1033,12 @@ impl SingleInputGate {
             if let Some(r) = self.advance()? {
                 return Ok(r);
             }
+            // The counters are reported and the set is opened before the clock is read, so
+            // the idle time (from that reading) does not count them.
+            self.report();
+            let arena = self.arena.clone();
+            let set = NotifySet::new(&arena, self.set_id)?;
+            let members = self.base + self.channels.len() as u32;
             // The clock is read only once nothing is ready (not once per record), and once
             // per wait: the deadline, the liveness probe and the idle time's start share the
             // reading (each read is a call into the vDSO, whose code and data a thread that
@@ -1043,9 +1049,6 @@ impl SingleInputGate {
                 self.check_producers()?;
                 now = now_nanos();
             }
-            let arena = self.arena.clone();
-            let set = NotifySet::new(&arena, self.set_id)?;
-            let members = self.base + self.channels.len() as u32;
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
             }
@@ -1065,8 +1068,9 @@ impl SingleInputGate {
                 }
             }
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d - now).min(slice));
-            self.report();
             let cancel = self.cancel.clone();
+            // The idle time starts at the reading above: it includes a look at unfinished
+            // blocking partitions (gates reading files only), not the report or the set.
             let t0 = now;
             // The channel polled in its data while waiting, in spin mode (see `hot`), and in
             // a park mode that never spins (its waiter polls once before it announces
