@@ -191,6 +191,9 @@ pub struct SingleInputGate {
     /// The notify set stays what wakes a parked gate and what finds every other channel,
     /// segment ends, events and records that span segments.
     hot: Option<u32>,
+    /// Waits that the hot channel's data ended (`wait_ready`'s data poll found its next
+    /// record), not the notify set: see [`waits_ended_by_data`](Self::waits_ended_by_data).
+    data_poll_hits: u64,
     /// `next_hot`'s idle account: its calls, and the time one of its spins took when the
     /// clock last measured one (in 1/16 ns; 0: not measured yet).
     hot_clock: (u32, u32),
@@ -294,6 +297,7 @@ impl SingleInputGate {
             has_files,
             credits_total: cfg.exclusive_credits * cfg.inputs.len() as u32 + cfg.floating_credits,
             hot: None,
+            data_poll_hits: 0,
             hot_clock: (0, 0),
         })
     }
@@ -392,6 +396,14 @@ impl SingleInputGate {
             t.add_in(r - self.reported.0, b - self.reported.1);
             self.reported = (r, b);
         }
+    }
+
+    /// How many of this gate's waits its data poll ended: the channel that gave the last
+    /// record was polled while the gate waited (spin mode, and park mode without spin) and
+    /// showed the next record before the notify set did. A count kept in the gate (one
+    /// add per such wait), for tests and diagnosis.
+    pub fn waits_ended_by_data(&self) -> u64 {
+        self.data_poll_hits
     }
 
     /// Number of channels.
@@ -1120,6 +1132,7 @@ impl SingleInputGate {
                 let ch = &mut self.channels[h as usize];
                 ch.queued = true;
                 self.ready.push_back(h);
+                self.data_poll_hits += 1;
             }
             let idle = now_nanos().saturating_sub(t0);
             self.idle_ns += idle;
