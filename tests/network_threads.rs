@@ -622,12 +622,24 @@ fn a_buffer_descriptor_in_the_priority_ring_is_a_protocol_violation() {
 /// producers, and every segment comes back.
 #[test]
 fn spinning_gate_polls_data_exactly_once_in_order() {
+    gate_polls_data_exactly_once_in_order(shmflow::sync::WaitPolicy::spin());
+}
+
+/// As [`spinning_gate_polls_data_exactly_once_in_order`], for a gate that parks at once
+/// (`WaitPolicy::park()`): it polls the hot channel's committed position around each park
+/// and, woken, reads the record before it drains the notify set.
+#[test]
+fn parking_gate_polls_data_exactly_once_in_order() {
+    gate_polls_data_exactly_once_in_order(shmflow::sync::WaitPolicy::park());
+}
+
+fn gate_polls_data_exactly_once_in_order(policy: shmflow::sync::WaitPolicy) {
     let arena = arena();
     let n = 4_000u64;
     let producers: Vec<_> = (0..2u32).map(|p| spawn_producer(&arena, p, 1, BufferTimeout::EveryRecord, n)).collect();
     let env = ShuffleEnvironment::new(arena.clone(), 10);
     let mut cfg = gate_cfg(2, 0);
-    cfg.wait_policy = shmflow::sync::WaitPolicy::spin();
+    cfg.wait_policy = policy;
     let mut gate = env.create_input_gate(&cfg).unwrap();
     let mut next = [0u64; 2];
     let mut switches = 0u64;

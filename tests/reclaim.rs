@@ -348,3 +348,53 @@ fn a_segment_its_taker_died_with_before_naming_itself_holder_is_still_reclaimed(
     let c = check::check(&arena);
     assert!(c.all_free(), "{c:?}");
 }
+
+#[test]
+fn a_broadcast_segment_its_producer_died_publishing_comes_back_once_every_reader_left() {
+    let arena = arena();
+    liveness::register(&arena, 0).unwrap();
+    // The producer opens a broadcast segment for channels 0 and 1 and is killed between the
+    // two publishes (`open_broadcast`): the segment counts two readers, only channel 0's
+    // ring names it, and channel 1's reader never sees it (the fault matrix's trial 68 of
+    // seed 1796648920035926584, Producer/Broadcast killed by the parent).
+    let config = LocalPoolConfig { min: 1, max: 4, max_per_channel: 4, channels: 2 };
+    let mut pool = LocalBufferPool::new(arena.clone(), 0, 0, config).unwrap();
+    let mut writers: Vec<ChannelWriter> = (0..2).map(|c| ChannelWriter::open(arena.clone(), c).unwrap()).collect();
+    let mut readers: Vec<ChannelReader> = (0..2).map(|c| ChannelReader::open(arena.clone(), c).unwrap()).collect();
+    for (w, r) in writers.iter_mut().zip(&readers) {
+        r.grant(2).unwrap();
+        w.reclaim(&mut pool).unwrap();
+    }
+    let mut b = BufferBuilder::new(pool.request(None).unwrap().unwrap(), 2);
+    b.append(b"half published");
+    let idx = b.index();
+    pool.expect_readers(idx, 2);
+    writers[0].publish(Descriptor::Buffer(idx)).unwrap();
+    std::mem::forget((pool, writers, b)); // death: nothing of the process-local state is dropped
+    for c in 0..2 {
+        // As `claim_channels` would have recorded it (the writers were opened directly).
+        arena.channels()[c].record_claimer(std::process::id());
+    }
+    let dead = dead_pid();
+    die_as(&arena, 0, dead, None);
+    // The readers are this process (alive): the segment is orphaned to them.
+    let report = reclaim_dead_peers(&arena).unwrap();
+    assert_eq!((report.reclaimed.len(), report.channels_failed), (1, 2), "{report:?}");
+    assert_eq!(report.segments_orphaned, 1, "{report:?}");
+    // Reader 0 reads it and lets go; reader 1 never had it. Both leave.
+    read_and_release(&mut readers[0]);
+    for r in readers.drain(..) {
+        let c = r.close();
+        drop(r);
+        assert!(c, "the dead producer's channel is handed on to be settled");
+    }
+    let settled = reclaim_dead_peers(&arena).unwrap();
+    assert_eq!(settled.channels_closed, 2, "{settled:?}");
+    let c = check::check(&arena);
+    assert!(c.all_free() && c.owner_dead == 0, "the broadcast segment is back, once: {settled:?} {c:?}");
+    // Nothing is freed twice: the stop-the-world pass finds nothing left to do.
+    let again = reclaim_dead_peers(&arena).unwrap();
+    assert_eq!(again, Default::default(), "{again:?}");
+    let rec = shmflow::memory::recovery::reclaim_quiescent(&arena).unwrap();
+    assert_eq!(rec.segments, 0, "{rec:?}");
+}

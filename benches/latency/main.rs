@@ -60,13 +60,15 @@
 //! denominators are the payload-less limits.
 //!
 //! Paired ratios, the ones the goals use: in every round each shmflow case runs between two
-//! short runs of its limit (bare-atomic for the spinning peers, futex for the parking ones;
-//! a fifth of the limit's own samples each), and its round's ratio is its RTT p50 over the
-//! mean of those two p50s, so numerator and denominator share the vCPUs' placement. Reported
-//! as the median over rounds, and split by placement when the run saw two (a limit RTT at
-//! least 1.8x another; near below their geometric mean), each with the limit's one-way p50
-//! (JSON: `p50_ratio_paired`, `paired_rounds`, `paired_limit_oneway_p50_ns`, each with a
-//! `placement` of `all`, `near` or `far`). `--rounds N` sets the number of rounds.
+//! runs of its limit (bare-atomic for the spinning peers, futex for the parking ones; each as
+//! many round trips as the case: shorter limit runs measured the futex ping-pong up to 15%
+//! faster than its long run of the same round, see `Plan::paired_counts`), and its round's
+//! ratio is its RTT p50 over the mean of those two p50s, so numerator and denominator share the
+//! vCPUs' placement. Reported as the median over rounds, and split by placement when the run
+//! saw two (a limit RTT at least 1.8x another; near below their geometric mean), each with the
+//! limit's one-way p50 (JSON: `p50_ratio_paired`, `paired_rounds`,
+//! `paired_limit_oneway_p50_ns`, each with a `placement` of `all`, `near` or `far`). `--rounds
+//! N` sets the number of rounds.
 //!
 //! The vCPUs of our machines move between "near" and "far" placement within minutes, which
 //! changes every cross-core figure 3-4x (MACHINE.md). So each case's samples are spread over
@@ -93,7 +95,11 @@
 //! after every record (buffer timeout 0) for everyone else; those marks stay set and take
 //! the "already marked" shortcut. What remains above the stream is software per hop: the
 //! gate's and the record writer's bookkeeping around the record. In park mode both sit on
-//! the futex wake-up (the notify set, the committed position), which dominates. Its 482nd
+//! the futex wake-up, which dominates: per hop one FUTEX_WAKE (the writer's mark finds the
+//! gate parked) and one FUTEX_WAIT, as the futex ping-pong; the woken gate finds the record
+//! by its channel's committed position (the notify set is drained before its next park).
+//! What it adds over the ping-pong is the user-space work between its wake-up and the
+//! answer's FUTEX_WAKE (gate, checksum, record writer, mark). Its 482nd
 //! record of 64 B spans two segments and is copied into the gate's reassembly buffer.
 //!
 //! `cargo bench --bench latency [-- --json PATH] [--sizes 64,1024] [--peers NAME,..]

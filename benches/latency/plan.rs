@@ -162,13 +162,19 @@ impl Plan {
         Counts { warmup, measured }
     }
 
-    /// Round trips of a limit measured beside a case ([`Peer::limit`], just before and just
-    /// after it, in every round): a fifth of its own case's samples (10k bare, 2k futex in
-    /// full runs), enough for a p50 and short enough that the vCPUs rarely move meanwhile.
-    pub(crate) fn paired_counts(&self, limit: Peer) -> Counts {
-        let c = self.counts(Case { peer: limit, payload: 0 });
-        let measured = (c.measured / 5).max(100);
-        Counts { warmup: (measured / 10).max(4 * u64::from(CREDIT)), measured }
+    /// Round trips of the limit measured beside `case` ([`Peer::limit`], just before and
+    /// just after it, in every round): as many as the case's own, so the two p50s compare
+    /// runs of one length. Shorter limit runs were biased low for the parking peers: in the
+    /// idle run of session 7 (docs/bench/logs/latency.log, commit 85b2be5) the futex
+    /// ping-pong's 2k-sample runs beside the park cases had near one-way p50s of
+    /// 16.5-17.0 µs and the park cases' paired ratios were 1.12-1.20x, while per round the
+    /// same cases over the futex ping-pong's own 10k-sample run (it follows the bare-atomic
+    /// run that starts each round, near in rounds 2-4) had a median ratio of 1.00-1.03x;
+    /// every long parking run sat level with the long futex run (merged p50s: futex 19.7,
+    /// Unix socket 18.6-19.4, shmflow park 19.9, netstack park 20.1-20.3 µs). The cost:
+    /// about 1 s per parking case and round at 64 B.
+    pub(crate) fn paired_counts(&self, case: Case) -> Counts {
+        self.counts(case)
     }
 
     pub(crate) fn run(&self) -> &'static str {

@@ -32,7 +32,7 @@ pub(crate) fn requester_main() -> Res<()> {
             // The limit beside the case: the vCPUs move between placements within minutes,
             // so a ratio is only honest against a limit measured under the same one.
             let limit = |peer: Peer| -> Res<u64> {
-                let h = run_case(Case { peer, payload: 0 }, plan.paired_counts(peer), cpus.map(|c| c.1))?;
+                let h = run_case(Case { peer, payload: 0 }, plan.paired_counts(r.case), cpus.map(|c| c.1))?;
                 Ok(h.value_at_quantile(0.5))
             };
             let before = r.case.peer.limit().map(limit).transpose().map_err(at)?;
@@ -52,6 +52,7 @@ pub(crate) fn requester_main() -> Res<()> {
     print_ratios(&results, &ratios);
     let paired = paired_ratios(&results);
     print_paired(&paired);
+    print_limit_sides(&results);
     if let Some(path) = &args.json {
         std::fs::write(path, json_records(&plan, &results, &ratios, &paired))
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -16,8 +16,10 @@
 //! the channel; when empty drain the set and poll again if anything was marked; otherwise
 //! wait with the shipped `Waiter` (park policy) on the set's wake-up with the gate's
 //! condition: the channel's data first (`has_input`), then the set (`any`). The shipped
-//! gate polls the data only in spin mode, where it never parks; the model parks as well
-//! (the stronger case: there a coalesced mark would be a lost wake-up).
+//! gate polls the data in spin mode, where it never parks, and in a park mode that never
+//! spins (`WaitPolicy::park()`, exactly this model's waiter: the poll finds the record
+//! after a wake-up without draining the set); the parking case is the stronger one: there
+//! a coalesced mark would be a lost wake-up.
 //!
 //! What a failure means: a deadlock is a lost wake-up (the consumer found A in the data,
 //! B's mark took the shortcut on A's undrained bit, and the consumer's drain and re-poll

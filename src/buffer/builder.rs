@@ -89,13 +89,14 @@ const COPY_PIECE: usize = 2048;
 /// `benches/emit`). Whether a record's bytes land there depends on where the caller's
 /// buffer sits and on the segment's fill, so such copies go in pieces small enough for
 /// `memcpy`'s vector loop; every other copy is one `memcpy`.
+/// Returns whether it copied with streaming stores ([`copy_streaming`]).
 #[inline]
-fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+fn copy_bytes(dst: &mut [u8], src: &[u8]) -> bool {
     debug_assert_eq!(dst.len(), src.len());
     #[cfg(all(not(loom), target_arch = "x86_64"))]
     if src.len() >= NT_COPY_MIN {
         copy_streaming(dst, src);
-        return;
+        return true;
     }
     if needs_pieces(dst.as_ptr() as usize, src) {
         for (d, s) in dst.chunks_mut(COPY_PIECE).zip(src.chunks(COPY_PIECE)) {
@@ -104,6 +105,7 @@ fn copy_bytes(dst: &mut [u8], src: &[u8]) {
     } else {
         dst.copy_from_slice(src);
     }
+    false
 }
 
 /// Copies of at least this many bytes (a large record's piece of a segment) go with
@@ -182,6 +184,9 @@ pub struct BufferBuilder {
     /// Bytes published to readers, in `0..=pos`.
     committed: u32,
     finished: bool,
+    /// Whether some of the segment was written with streaming stores (then the segment's
+    /// [`SegmentControl::streamed`] hint says so).
+    streamed: bool,
     /// Whether small records prefetch the lines ahead for writing (the CPU can:
     /// [`has_prefetch_write`](crate::sync::has_prefetch_write)).
     write_ahead: bool,
@@ -209,6 +214,9 @@ impl BufferBuilder {
         // descriptor on the data ring, which readers Acquire before looking here.
         ctl.position.store(0, Ordering::Relaxed);
         ctl.refcount.store(fanout.max(1), Ordering::Relaxed);
+        // Relaxed: a hint for the last reader (`Lease::evict`), published with the fields
+        // above.
+        ctl.streamed.store(0, Ordering::Relaxed);
         // Relaxed (both): ownership bookkeeping, published with the descriptor like the
         // fields above; read by recovery and `shmflow check`.
         if let Owner::Pool { pool, worker } = Owner::unpack(ctl.owner.load(Ordering::Relaxed)) {
@@ -217,8 +225,18 @@ impl BufferBuilder {
         let size = arena.segment_size();
         let base = arena.segment_ptr(index, 0);
         let write_ahead = crate::sync::has_prefetch_write();
-        let b =
-            Self { arena, base, index, size, segment_size: size, pos: 0, committed: 0, finished: false, write_ahead };
+        let b = Self {
+            arena,
+            base,
+            index,
+            size,
+            segment_size: size,
+            pos: 0,
+            committed: 0,
+            finished: false,
+            streamed: false,
+            write_ahead,
+        };
         // The first record's prefix word says "nothing yet" (a polling reader must not take
         // what a previous use left there for a record); published with the descriptor.
         b.clear_word(0);
@@ -271,7 +289,12 @@ impl BufferBuilder {
     pub fn append(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.remaining() as usize);
         if n > 0 {
-            copy_bytes(self.claim(n as u32), &data[..n]);
+            if copy_bytes(self.claim(n as u32), &data[..n]) && !self.streamed {
+                self.streamed = true;
+                // Relaxed: a hint for the last reader (`Lease::evict`), published with
+                // the position that covers these bytes; any value is safe.
+                self.control().streamed.store(1, Ordering::Relaxed);
+            }
             self.pos += n as u32;
         }
         n
@@ -596,9 +619,30 @@ impl Lease {
                 crate::memory::recovery::free_segment_if(&self.arena, self.index, owner);
             }
         } else {
-            self.sink.release(self.index, prev & REFCOUNT_MASK == 1, false);
+            let last = prev & REFCOUNT_MASK == 1;
+            if last {
+                self.evict(ctl);
+            }
+            self.sink.release(self.index, last, false);
         }
         self.index = RELEASED;
+    }
+}
+
+impl Lease {
+    /// The last reader, before the segment goes back to its producer: evicts the lines
+    /// written into it from every cache ([`evict_lines`](crate::sync::evict_lines)), so the
+    /// producer's next writes there do not take them back one by one from this core.
+    fn evict(&self, ctl: &SegmentControl) {
+        // Relaxed: a hint (see `SegmentControl::streamed`); lines written with streaming
+        // stores are in memory already, and evicting them again only costs this reader.
+        if !crate::sync::has_flush_opt() || ctl.streamed.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        // Relaxed: only how far to evict (a hint; any value is safe, clamped to the
+        // segment).
+        let written = (ctl.position.load(Ordering::Relaxed) & POSITION_MASK).min(self.arena.segment_size());
+        crate::sync::evict_lines(self.arena.segment_ptr(self.index, 0), written as usize);
     }
 }
 

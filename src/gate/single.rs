@@ -181,9 +181,12 @@ pub struct SingleInputGate {
     /// unaligned read position, a record half read, no segment) it polls the segment's
     /// position word and prefetches the lines behind the read position instead. The
     /// producer's mark stays set (its next mark takes the "already marked" shortcut) and
-    /// is drained later. Adaptive and park modes keep to the notify set and the committed
-    /// position: polling the data holds the lines the producer writes next in the gate's
-    /// cache, which costs a producer that streams (see the README's performance notes).
+    /// is drained later. A park mode that never spins (`max_spin` zero) polls this
+    /// channel's committed position the same way (its data reads stay off) at its few
+    /// polls around a park, so a wake-up finds the record without draining the set first.
+    /// Adaptive mode keeps to the notify set and the committed position: polling the data
+    /// while spinning holds the lines the producer writes next in the gate's cache, which
+    /// costs a producer that streams (see the README's performance notes).
     /// The notify set stays what wakes a parked gate and what finds every other channel,
     /// segment ends, events and records that span segments.
     hot: Option<u32>,
@@ -1029,15 +1032,19 @@ impl SingleInputGate {
             if let Some(r) = self.advance()? {
                 return Ok(r);
             }
-            // The clock is read only once nothing is ready (not once per record).
-            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now_nanos() + t.as_nanos() as u64));
-            if self.probe.due() {
+            // The clock is read only once nothing is ready (not once per record), and once
+            // per wait: the deadline, the liveness probe and the idle time's start share the
+            // reading (each read is a call into the vDSO, whose code and data a thread that
+            // just woke from a park has to fetch again).
+            let mut now = now_nanos();
+            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now + t.as_nanos() as u64));
+            if self.probe.due_at(now) {
                 self.check_producers()?;
+                now = now_nanos();
             }
             let arena = self.arena.clone();
             let set = NotifySet::new(&arena, self.set_id)?;
             let members = self.base + self.channels.len() as u32;
-            let now = now_nanos();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
             }
@@ -1059,13 +1066,19 @@ impl SingleInputGate {
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d - now).min(slice));
             self.report();
             let cancel = self.cancel.clone();
-            let t0 = now_nanos();
-            // The channel polled in its data while waiting, in spin mode (see `hot`): not
-            // one already queued (then `advance` found it empty) or finished.
-            let spin = !self.waiter.policy().park;
+            let t0 = now;
+            // The channel polled in its data while waiting, in spin mode (see `hot`), and in
+            // a park mode that never spins (its waiter polls once before it announces
+            // itself, once after, and once per wake-up, so it holds none of the producer's
+            // lines): woken, it finds the record at once, and its drain of the notify set
+            // (a swap, a fence and the credit grant) moves from the wake-up's critical path
+            // to before the next park. Not a channel already queued (then `advance` found
+            // it empty) or finished.
+            let policy = self.waiter.policy();
+            let polls_data = !policy.park || policy.max_spin.is_zero();
             let hot = self.hot.filter(|&h| {
                 let ch = &self.channels[h as usize];
-                spin && !ch.queued && ch.state == ChannelState::Active
+                polls_data && !ch.queued && ch.state == ChannelState::Active
             });
             let mut hot_reader = hot.and_then(|h| self.channels[h as usize].local_mut()).map(|l| &mut l.reader);
             let woke = self.waiter.wait(set.wake(), Some(remaining), || {

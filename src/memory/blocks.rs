@@ -22,6 +22,8 @@ pub const POSITION_MASK: u32 = FINISHED - 1;
 /// 16 owner      u64  who holds it now, see [`Owner`]
 /// 24 seq        u64  hand-over counter (bumped when taken from a free stack)
 /// 32 holder_pid  u32  pid of the process whose pool took it off the free stack (0: free)
+/// 36 streamed   u32  a hint from the writer: 1 when it wrote the segment with streaming
+///                    stores (its lines are in memory, not in a cache), else 0
 /// .. padding to 64 bytes so writers of neighbouring segments never share a line
 /// ```
 ///
@@ -46,6 +48,10 @@ pub struct SegmentControl {
     /// Pid of the process whose pool holds the segment (set when it leaves the free stack);
     /// reclamation returns the segments of a dead pid.
     pub holder_pid: AtomicU32,
+    /// A hint, never relied on: nonzero when the segment's writer filled it with streaming
+    /// stores (a large record's copy), whose lines are not in any cache; the last reader
+    /// then skips evicting them before handing the segment back (see `Lease::evict`).
+    pub streamed: AtomicU32,
 }
 
 /// Bit 31 of [`SegmentControl::refcount`]: the owning pool is gone (set once, by the

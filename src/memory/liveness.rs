@@ -340,7 +340,12 @@ impl LivenessProbe {
     /// Whether it is time to look again.
     #[inline]
     pub fn due(&mut self) -> bool {
-        let now = now_nanos();
+        self.due_at(now_nanos())
+    }
+
+    /// [`due`](Self::due) at `now` ([`now_nanos`]), for a caller that just read the clock.
+    #[inline]
+    pub fn due_at(&mut self, now: u64) -> bool {
         if now >= self.next_ns {
             self.next_ns = now + self.interval_ns;
             true

@@ -21,6 +21,8 @@
 //!      3. its directory entries -> RELEASED, its gate blocks -> FREE
 //!      finish_reclaim: RECLAIMING -> FREE                     (the slot may be taken again)
 //!    then settles ORPHANED blocks (a dead producer's consumer left): SETTLING -> CLOSED
+//!  whoever closes the last of a dead producer's channels (a reclaimer, a settling pass,
+//!  a reader leaving): its orphaned broadcast segments -> free (their readers are all gone)
 //! ```
 //!
 //! Who frees a segment is decided by one atomic word each time: the owner word's CAS
@@ -31,10 +33,12 @@
 //! leaving, or else a reclaimer. Every step can be taken again by a reclaimer that takes
 //! over from one that died (`begin_reclaim` hands the record on).
 //!
-//! Not covered: a broadcast segment of a dead producer whose readers include both a live
-//! one and a dead one that had not released it keeps the dead reader's share (nobody can
-//! tell whether it had); it comes back with `shmflow check --recover` once the arena is
-//! quiescent. A `Buffer` view kept after its gate was dropped may see its bytes reused once
+//! A broadcast segment of a dead producer may count shares nobody will release: a dead
+//! reader's, or that of a reader whose channel the producer died before publishing it on.
+//! Nobody can tell which shares those are, so such a segment waits until none of the
+//! producer's channels has a reader left (each settled to CLOSED) and is then freed by
+//! whoever closes the last one (a SeqCst fence after each CLOSED makes sure that of two
+//! settling at once, one sees the other's). A `Buffer` view kept after its gate was dropped may see its bytes reused once
 //! its producer died.
 
 use super::manager::{
@@ -46,7 +50,7 @@ use crate::memory::recovery::{free_segment_if, orphan_segment, Orphaned};
 use crate::memory::{
     Arena, Owner, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED, CHANNEL_CONSUMER_GONE,
     CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING_BY, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
-    CHANNEL_SETTLING,
+    CHANNEL_SETTLING, REFCOUNT_ORPHANED,
 };
 use crate::ring::NotifySet;
 use crate::sync::{fence, Ordering};
@@ -376,6 +380,52 @@ fn close_block(arena: &Arena, c: u32, from: u32, pid: u32, report: &mut ReclaimR
     // Release: pairs with the Acquire CAS of the next claimer.
     b.publish_state(CHANNEL_CLOSED);
     report.channels_closed += 1;
+    // SeqCst fence: pairs with this same fence of whoever closes another of `pid`'s
+    // channels at the same time: of two settlers, at least one sees the other's CLOSED
+    // in the scan below, so the last channel's settler frees the shared leftovers.
+    fence(Ordering::SeqCst);
+    if !has_unsettled_channel(arena, pid) {
+        report.segments_freed += free_shared_leftovers(arena, pid);
+    }
+}
+
+/// Whether producer `pid` (reclaimed, or being reclaimed) still has a channel block that a
+/// reader may use: any block it claimed that is not closed or free again. A block claimed
+/// again meanwhile names its new claimer (written before its CLAIMED state is published,
+/// which the Acquire load orders first) or its prober, so it does not count.
+fn has_unsettled_channel(arena: &Arena, pid: u32) -> bool {
+    arena.channels().iter().any(|b| {
+        // Acquire: pairs with the Release stores of CLAIMED / OPEN, which publish the
+        // claimer read next (see `produced_channels`).
+        let st = b.state();
+        b.claimer() == pid && !matches!(st, CHANNEL_CLOSED | CHANNEL_FREE) && !crate::memory::channel_probing(st)
+    })
+}
+
+/// Frees the broadcast segments dead producer `pid` left orphaned, once none of its
+/// channels has a reader any more: readers that left let go of every lease first, dead
+/// ones never will, and a reader whose channel the producer died before publishing the
+/// segment on never had it, so nobody can release the shares still counted. The owner
+/// CAS in `free_segment_if` makes this and a last reader's release free it once.
+fn free_shared_leftovers(arena: &Arena, pid: u32) -> u32 {
+    let mut n = 0;
+    for (i, ctl) in arena.controls().iter().enumerate() {
+        // Relaxed (all three): hints; the owner CAS in `free_segment_if` decides. The
+        // ORPHANED flag (set by `pid`'s reclaimer before any of its channels was handed
+        // on) tells its segments from those of a live process that took its pid since.
+        if ctl.holder_pid.load(Ordering::Relaxed) != pid
+            || ctl.refcount.load(Ordering::Relaxed) & REFCOUNT_ORPHANED == 0
+        {
+            continue;
+        }
+        let owner = ctl.owner.load(Ordering::Relaxed);
+        if matches!(Owner::unpack(owner), Owner::InFlight { fanout, .. } if fanout > 1)
+            && free_segment_if(arena, i as u32, owner)
+        {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Frees the one-reader segments of producer `pid` still in flight on channel `c`.

@@ -140,6 +140,10 @@ impl Waiter {
         if let Some(v) = poll() {
             return WaitOutcome::Ready(v);
         }
+        // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
+        if self.budget_ns == 0 && self.policy.park {
+            return self.park(ec, timeout, None, poll);
+        }
         let start = super::now_nanos();
         let deadline = timeout.map(|t| start.saturating_add(t.as_nanos() as u64));
         // Spin phase.
@@ -156,8 +160,7 @@ impl Waiter {
         let mut yield_cpu_ns: Option<u64> = (self.policy.yield_core && self.core_shared).then_some(0);
         // Whether the yields ran into their wall-time bound (not the budget).
         let mut yield_wall = false;
-        // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
-        while self.budget_ns > 0 || !self.policy.park {
+        loop {
             match yield_cpu_ns.as_mut() {
                 Some(used_ns) => {
                     let (idle_ns, handed_over) = timed_yield();
@@ -229,14 +232,29 @@ impl Waiter {
         if !yield_wall {
             self.budget_ns = (self.budget_ns / 2).max(self.policy.min_spin.as_nanos() as u64);
         }
+        self.park(ec, timeout, deadline, poll)
+    }
+
+    /// The park phase of [`wait`](Self::wait): announce, re-check, sleep, until `poll`
+    /// answers or the deadline passes. `deadline` is `None` when the wait skipped the spin
+    /// phase (no clock read yet): the first park's reading of the clock then starts the
+    /// `timeout`, so a parking waiter reads the clock once per park and not on wake-up.
+    fn park<T>(
+        &mut self,
+        ec: &EventCount,
+        timeout: Option<Duration>,
+        mut deadline: Option<u64>,
+        mut poll: impl FnMut() -> Option<T>,
+    ) -> WaitOutcome<T> {
         loop {
             let token = ec.prepare_wait();
             if let Some(v) = poll() {
                 return WaitOutcome::Ready(v);
             }
             let mut slice = self.policy.park_slice;
-            if let Some(d) = deadline {
+            if let Some(t) = timeout {
                 let now = super::now_nanos();
+                let d = *deadline.get_or_insert_with(|| now.saturating_add(t.as_nanos() as u64));
                 if now >= d {
                     return WaitOutcome::TimedOut;
                 }
@@ -250,13 +268,13 @@ impl Waiter {
                 // Under loom a timed wait returns at once; only an untimed one blocks, which
                 // is what lets loom find a lost wake-up (a deadlock).
                 let _ = slice;
-                let _ = ec.wait(token, if deadline.is_some() { Some(slice) } else { None });
+                let _ = ec.wait(token, if timeout.is_some() { Some(slice) } else { None });
             }
             if let Some(v) = poll() {
                 return WaitOutcome::Ready(v);
             }
             #[cfg(loom)]
-            if deadline.is_some() {
+            if timeout.is_some() {
                 return WaitOutcome::TimedOut;
             }
         }

@@ -50,9 +50,12 @@ pub(crate) struct JobOpts {
     /// Flink's buffer timeout in ms: 0 = flush every record, -1 = only full segments.
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     pub(crate) buffer_timeout: i64,
-    /// Segment size in bytes (a power of two, 4 KiB..16 MiB).
-    #[arg(long, default_value_t = 32 * 1024)]
-    pub(crate) segment_size: u32,
+    /// Segment size in bytes (a power of two, 4 KiB..16 MiB). Default 32 KiB (Flink's);
+    /// `run shuffle` without `--latency` takes the largest of 256, 128, 64 and 32 KiB at
+    /// which the job's in-flight segments fill at most a quarter of the arena (the arena's
+    /// size, the memory mapped, stays `--arena-size`).
+    #[arg(long)]
+    pub(crate) segment_size: Option<u32>,
     /// Arena size in bytes.
     #[arg(long, default_value_t = 256 << 20)]
     pub(crate) arena_size: u64,

@@ -29,7 +29,7 @@ pub(crate) fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
         workers: o.workers,
         heartbeat_timeout,
         buffer_timeout: BufferTimeout::from_millis(o.buffer_timeout)?,
-        segment_size: o.segment_size,
+        segment_size: o.segment_size.unwrap_or(defaults.segment_size),
         arena_size: o.arena_size,
         progress: !o.quiet && !o.json,
         wait_policy: o.wait.unwrap_or(Mode::DEFAULT).policy(),
@@ -269,6 +269,9 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 dir.path.clone(),
                 (source_work_ns, sink_work_ns),
             );
+            if opts.segment_size.is_none() {
+                cfg.segment_size = cfg.fit_segment_size(&graph, &THROUGHPUT_SEGMENT_SIZES)?;
+            }
             if let Some(s) = run(graph, &cfg)? {
                 let (n, sum, bad) = jobs::shuffle_totals(&dir.path)?;
                 let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
@@ -285,7 +288,9 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
                     .into());
                 }
                 let mbps = s.records as f64 * f64::from(payload) / s.elapsed_s / 1e6;
-                print_summary(&s, opts.json, serde_json::json!({ "mb_per_s": mbps, "checksum_ok": true }));
+                let extra =
+                    serde_json::json!({ "mb_per_s": mbps, "checksum_ok": true, "segment_size": cfg.segment_size });
+                print_summary(&s, opts.json, extra);
                 if !opts.json {
                     out!("{:.1} MB/s of payload end to end; every record arrived intact", mbps);
                 }
@@ -294,6 +299,13 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
     }
     Ok(())
 }
+
+/// The segment sizes `run shuffle` (throughput) tries when `--segment-size` is not given,
+/// largest first ([`RuntimeConfig::fit_segment_size`]). With four tasks on two vCPUs a
+/// generator and a sink take turns on a core, and a turn moves at most the segments in
+/// flight: 16 B records, CPU per record about 14-22 ns at 32 KiB and 11 ns at 256 KiB,
+/// 1 KiB records 170-200 ns and 93-108 ns (README, issue 12, session 8).
+pub(crate) const THROUGHPUT_SEGMENT_SIZES: [u32; 4] = [256 << 10, 128 << 10, 64 << 10, 32 << 10];
 
 /// The runtime settings of `run shuffle --latency`: as every job's, but its sinks spin and,
 /// when its tasks (a generator and a sink per subtask) outnumber the CPUs it may use, each
