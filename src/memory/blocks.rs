@@ -722,7 +722,7 @@ pub struct WorkerRecord {
     /// pid plus start time, so a frozen process is alive and a dead one is seen at once).
     pub heartbeat: AtomicU64,
     /// The process's lane on the free stack: the segment its pop is taking, until the
-    /// owner swap records it (see [`stack`](super::stack)); 0 when idle.
+    /// owner swap records it (see the `memory::stack` module); 0 when idle.
     pub taking: AtomicU64,
 }
 
