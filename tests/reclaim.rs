@@ -398,3 +398,68 @@ fn a_broadcast_segment_its_producer_died_publishing_comes_back_once_every_reader
     let rec = shmflow::memory::recovery::reclaim_quiescent(&arena).unwrap();
     assert_eq!(rec.segments, 0, "{rec:?}");
 }
+
+#[test]
+fn a_segment_its_taker_died_with_between_the_pop_and_the_owner_swap_is_reclaimed_online() {
+    use shmflow::buffer::NetworkBufferPool;
+    use shmflow::memory::{Owner, TakeStop};
+    // The network pool's request, cut by a SIGKILL at each step of taking a segment: the
+    // free stack's pop, then the owner swap. Before this closed, a kill right after the pop
+    // left the segment free but off the stack: online reclamation never found it.
+    for (stop, taken) in [
+        (TakeStop::AfterAttempt, false),
+        (TakeStop::AfterPop, true),
+        (TakeStop::AfterWon, true),
+        (TakeStop::AfterOwner, true),
+    ] {
+        let arena = arena();
+        liveness::register(&arena, 0).unwrap();
+        let pool = NetworkBufferPool::new(arena.clone());
+        let before = pool.available();
+        let got = pool.request_until(Owner::Pool { pool: 1, worker: 0 }, 2, stop).unwrap();
+        assert!(got.is_none(), "{stop:?}: the taker died");
+        assert_eq!(pool.available(), if taken { before - 1 } else { before }, "{stop:?}");
+        let dead = dead_pid();
+        die_as(&arena, 0, dead, None);
+        let report = reclaim_dead_peers(&arena).unwrap();
+        assert_eq!(report.reclaimed.len(), 1, "{stop:?}: {report:?}");
+        assert_eq!(report.segments_freed, u32::from(taken), "{stop:?}: {report:?}");
+        let c = check::check(&arena);
+        assert!(c.all_free() && c.problems.is_empty(), "{stop:?}: {c:?}");
+        // Exactly once: nothing left for the stop-the-world pass, nothing on the stack twice.
+        let rec = shmflow::memory::recovery::reclaim_quiescent(&arena).unwrap();
+        assert_eq!(rec.segments, 0, "{stop:?}: {rec:?}");
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(i) = arena.free_stack().pop().unwrap() {
+            assert!(seen.insert(i), "{stop:?}: segment {i} on the free stack twice");
+        }
+        assert_eq!(seen.len() as u32, arena.segment_count(), "{stop:?}");
+    }
+}
+
+#[test]
+fn a_segment_its_holder_died_giving_back_is_reclaimed_online_once() {
+    use shmflow::buffer::NetworkBufferPool;
+    use shmflow::memory::{Owner, TakeStop};
+    // Giving a segment back is two words too: its owner marked free, then the push. A
+    // SIGKILL in between left it free but off the stack (found by the kill test of
+    // tests/fault_matrix.rs); after the push, the stack has it and nothing more is due.
+    for (stop, off_stack) in [(TakeStop::BeforePush, true), (TakeStop::AfterPush, false)] {
+        let arena = arena();
+        liveness::register(&arena, 0).unwrap();
+        let pool = NetworkBufferPool::new(arena.clone());
+        let s = pool.request(Owner::Pool { pool: 1, worker: 0 }, 2).unwrap().expect("a free segment");
+        let before = pool.available();
+        s.recycle_until(stop);
+        assert_eq!(pool.available(), if off_stack { before } else { before + 1 }, "{stop:?}");
+        let dead = dead_pid();
+        die_as(&arena, 0, dead, None);
+        let report = reclaim_dead_peers(&arena).unwrap();
+        assert_eq!(report.reclaimed.len(), 1, "{stop:?}: {report:?}");
+        assert_eq!(report.segments_freed, u32::from(off_stack), "{stop:?}: {report:?}");
+        let c = check::check(&arena);
+        assert!(c.all_free() && c.problems.is_empty(), "{stop:?}: {c:?}");
+        let rec = shmflow::memory::recovery::reclaim_quiescent(&arena).unwrap();
+        assert_eq!(rec.segments, 0, "{stop:?}: {rec:?}");
+    }
+}

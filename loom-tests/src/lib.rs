@@ -1,5 +1,7 @@
 //! Loom models of shmflow's shared-memory protocols (DESIGN.md §4), one file per protocol
-//! under `tests/`: the segment free list (ABA), BufferBuilder/BufferConsumer (single and
+//! under `tests/`: the segment free list (ABA) and its lanes (a taker killed at each step
+//! of taking a segment, reclaimed online: `free_stack_taker`), online reclamation
+//! (`reclaim`), BufferBuilder/BufferConsumer (single and
 //! broadcast), the SPSC ring, the event-count wake-up, the local-pool recycle path with a
 //! parked writer, notify sets (gate wake-ups, batched flush marks), channel-block claims,
 //! the slot-framed record stream, the output flusher's handoff (`flush_handoff`), and the

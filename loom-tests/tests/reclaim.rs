@@ -13,6 +13,13 @@
 //!    dead producer that held one segment in its pool and one in flight to a consumer that
 //!    never attached.
 //!
+//! 3. `readers_leaving_at_once_free_a_half_published_broadcast_segment_once`: a producer
+//!    dies between publishing a broadcast segment on channel 0 and on channel 1 (the
+//!    segment counts two readers, one ring names it) and is reclaimed; then both readers
+//!    leave at once, reader 0 after reading and releasing it: each close hands its channel
+//!    on, and each settler, after its CLOSED, looks for another of the producer's channels
+//!    with a reader. The one that comes last frees the segment.
+//!
 //! What a failure means: in model 1, a witness-cell race is a segment freed (and reused by
 //! the reclaimer) while the reader still reads it; a free stack without the segment is a
 //! leak (neither side freed it), one with it twice a double free. In model 2, both or
@@ -23,14 +30,16 @@
 //! orphan hand-off from `Lease`'s drop (the last reader does not free) leaks in model 1;
 //! deciding in `orphan_segment` from a load instead of the `fetch_or` leaks in model 1;
 //! replacing `begin_reclaim`'s CAS with a load and a store lets both reclaimers report the
-//! process in model 2.
+//! process in model 2; removing the SeqCst fence after CLOSED in `close_block` lets both
+//! settlers miss each other's CLOSED and leak the segment in model 3.
 #![cfg(loom)]
 
 mod common;
 
 use loom::thread;
 use shmflow::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
-use shmflow::memory::{liveness, Arena, Owner};
+use shmflow::memory::{liveness, Arena, ArenaConfig, Owner};
+use shmflow::partition::reclaim::settle_if_orphaned;
 use shmflow::partition::reclaim_dead_peers;
 use shmflow::ring::{ChannelReader, ChannelWriter, Descriptor};
 use shmflow::sync::Ordering;
@@ -173,5 +182,80 @@ fn two_reclaimers_reclaim_once() {
         assert_eq!(arena.workers()[0].state.load(Ordering::Relaxed), liveness::WORKER_FREE);
         assert_eq!(arena.channels()[0].peek_state(), shmflow::memory::CHANNEL_CLOSED);
         let _ = published;
+    });
+}
+
+/// Model 3's set-up: a producer in slot 0 with a broadcast segment for channels 0 and 1,
+/// published on channel 0 only when it died; reclaimed while both readers (this process)
+/// are attached. Returns the segment.
+fn half_published_broadcast(arena: &Arc<Arena>) -> u32 {
+    liveness::register(arena, 0).expect("slot 0 is free");
+    let config = LocalPoolConfig { min: 1, max: 1, max_per_channel: 1, channels: 2 };
+    let mut pool = LocalBufferPool::new(Arc::clone(arena), 0, 0, config).expect("the arena has the segments");
+    let mut writers: Vec<ChannelWriter> =
+        (0..2).map(|c| ChannelWriter::open(Arc::clone(arena), c).expect("channel exists")).collect();
+    for (c, w) in writers.iter_mut().enumerate() {
+        let granter = ChannelReader::open(Arc::clone(arena), c as u32).expect("channel exists");
+        granter.grant(1).expect("room in the credit ring");
+        drop(granter);
+        w.reclaim(&mut pool).expect("a well-formed grant");
+    }
+    let segment = pool.request(None).expect("pool not corrupt").expect("a cached segment");
+    let index = segment.index();
+    let mut builder = BufferBuilder::new(segment, 2);
+    assert_eq!(builder.append(&PAYLOAD), PAYLOAD.len());
+    pool.expect_readers(index, 2);
+    writers[0].publish(Descriptor::Buffer(index)).expect("credit and room");
+    // Death between the two publishes: no destructor runs.
+    std::mem::forget(builder);
+    std::mem::forget(writers);
+    std::mem::forget(pool);
+    // Relaxed (all): set-up before any model thread starts (spawn orders it).
+    arena.workers()[0].pid.store(DEAD_PID, Ordering::Relaxed);
+    for c in 0..2 {
+        arena.channels()[c].record_claimer(DEAD_PID);
+        arena.channels()[c].record_consumer(std::process::id());
+    }
+    for c in arena.controls() {
+        if c.holder_pid.load(Ordering::Relaxed) != 0 {
+            c.holder_pid.store(DEAD_PID, Ordering::Relaxed);
+        }
+    }
+    let report = reclaim_dead_peers(arena).expect("reclamation");
+    assert_eq!((report.channels_failed, report.segments_orphaned), (2, 1), "{report:?}");
+    index
+}
+
+#[test]
+fn readers_leaving_at_once_free_a_half_published_broadcast_segment_once() {
+    common::check("reclaim::readers_leaving_at_once_free_a_half_published_broadcast_segment_once", None, || {
+        let config = ArenaConfig { max_channels: 2, ..common::tiny_config() };
+        let arena = Arc::new(Arena::heap(&config).expect("a valid loom config"));
+        let index = half_published_broadcast(&arena);
+        let readers: Vec<_> = (0..2u32)
+            .map(|c| {
+                let arena = Arc::clone(&arena);
+                thread::spawn(move || {
+                    let mut reader = ChannelReader::open(Arc::clone(&arena), c).expect("channel exists");
+                    if c == 0 {
+                        let Some(Descriptor::Buffer(i)) = reader.poll().expect("a valid descriptor") else {
+                            panic!("the published segment's descriptor is in ring 0")
+                        };
+                        assert_eq!(i, index);
+                        drop(reader.consumer(i)); // reads nothing more, lets go of it
+                    }
+                    // The gate's way out: close, then settle what it handed on.
+                    if reader.close() {
+                        settle_if_orphaned(&arena, c);
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(drain_free(&arena), vec![0, 1], "the broadcast segment comes back exactly once");
+        // Relaxed: after the joins.
+        assert_eq!(Owner::unpack(arena.controls()[index as usize].owner.load(Ordering::Relaxed)), Owner::Free);
     });
 }

@@ -763,7 +763,7 @@ impl Arena {
 
     /// The arena-wide free stack of segments.
     pub fn free_stack(&self) -> SegmentStack<'_> {
-        SegmentStack::new(&self.header_atomics().free_stack, self.controls())
+        SegmentStack::new(&self.header_atomics().free_stack, self.controls(), self.workers())
     }
 
     /// Every segment's control block.

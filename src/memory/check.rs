@@ -52,7 +52,7 @@ pub fn check(arena: &Arena) -> ArenaReport {
     // Relaxed: an observer's walk; a concurrent pop/push makes it approximate, which the
     // caller accepts by checking an idle arena.
     let head = arena.header_atomics().free_stack_head();
-    let mut cur = head as u32;
+    let mut cur = super::stack::head_top(head);
     while cur != 0 {
         let idx = cur - 1;
         if idx >= n {

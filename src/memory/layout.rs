@@ -14,7 +14,7 @@
 //! partitions         [PartitionEntry; max_partitions]    the ResultPartitionManager directory
 //! gates              [GateBlock; max_gates]              gate wake-up + channels-with-data bitmap
 //! gate bitmaps       [AtomicU64; max_gates * bitmap_words]
-//! workers            [WorkerRecord; max_workers]         liveness: pid, start time, heartbeat
+//! workers            [WorkerRecord; max_workers]         liveness: pid, start time, heartbeat, free-stack lane
 //! metrics            [TaskMetrics; max_tasks]            counters readable by `shmflow top`
 //! data (page-aligned) segment_count * segment_size bytes of payload
 //! ```

@@ -25,5 +25,6 @@ pub use arena::{
 pub use blocks::*;
 pub use header::{fnv1a, ArenaHeader, StaticHeader, LAYOUT_VERSION, MAGIC, STATE_INITIALIZING, STATE_READY};
 pub use layout::{ArenaConfig, ArenaLayout, Region, RegionKind, PAGE, REGION_COUNT, REGION_NAMES, RINGS_PER_CHANNEL};
+pub(crate) use segment::own_lane;
 pub use segment::MemorySegment;
-pub use stack::{SegmentStack, StackHead};
+pub use stack::{head_top, SegmentStack, StackHead, TakeStop, Taken};

@@ -69,7 +69,7 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
     // Which segments are on the free stack now (a bounded walk; the stack is quiescent).
     let n = arena.segment_count();
     let mut free = vec![false; n as usize];
-    let mut cur = arena.header_atomics().free_stack_head() as u32;
+    let mut cur = super::stack::head_top(arena.header_atomics().free_stack_head());
     let mut steps = 0;
     while cur != 0 && steps <= n {
         let i = cur - 1;
@@ -101,6 +101,11 @@ pub fn reclaim_quiescent(arena: &Arena) -> Result<Recovered> {
         c.holder_pid.store(0, Ordering::Relaxed);
         stack.push(i);
         out.segments += 1;
+    }
+    // The free-stack lanes of dead takers: every segment is accounted for above.
+    for r in arena.workers() {
+        // Relaxed: quiescent arena.
+        r.taking.store(0, Ordering::Relaxed);
     }
     // A process that died while scanning for a run of channel blocks left them PROBING;
     // nobody else will hand them back (claimed and open blocks belong to partitions, which

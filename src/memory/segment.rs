@@ -2,6 +2,7 @@
 
 use super::arena::Arena;
 use super::blocks::Owner;
+use super::stack::TakeStop;
 use crate::sync::Ordering;
 use std::sync::Arc;
 
@@ -73,15 +74,51 @@ impl MemorySegment {
     }
 }
 
+impl MemorySegment {
+    /// Drops the segment (back to the free stack), stopping where `stop` says: a model of
+    /// this process dying there (loom models and tests).
+    #[doc(hidden)]
+    pub fn recycle_until(self, stop: TakeStop) {
+        let arena = self.arena.clone();
+        give_back(&arena, self.into_index(), stop);
+    }
+}
+
 impl Drop for MemorySegment {
     fn drop(&mut self) {
-        let ctl = &self.arena.controls()[self.index as usize];
-        // Relaxed: published to the next owner by the Release CAS of the push below.
-        ctl.owner.store(Owner::Free.pack(), Ordering::Relaxed);
-        // Relaxed: same.
-        ctl.pool.store(0, Ordering::Relaxed);
-        // Relaxed: same.
-        ctl.holder_pid.store(0, Ordering::Relaxed);
-        self.arena.free_stack().push(self.index);
+        give_back(&self.arena, self.index, TakeStop::Never);
     }
+}
+
+/// Marks segment `index` free and pushes it, through this process's lane when its owner
+/// names this process's worker slot (a SIGKILL in between leaves it to the slot's
+/// reclaimer, see `stack`).
+fn give_back(arena: &Arena, index: u32, stop: TakeStop) {
+    let ctl = &arena.controls()[index as usize];
+    let release = || {
+        // Relaxed (all three): published to the next owner by the Release CAS of the push.
+        ctl.owner.store(Owner::Free.pack(), Ordering::Relaxed);
+        ctl.pool.store(0, Ordering::Relaxed);
+        ctl.holder_pid.store(0, Ordering::Relaxed);
+    };
+    // Relaxed: our own segment's owner word, last written by this process.
+    let owner = Owner::unpack(ctl.owner.load(Ordering::Relaxed));
+    match own_lane(arena, owner, std::process::id()) {
+        Some(slot) => arena.free_stack().push_releasing(slot, index, stop, release),
+        None => {
+            release();
+            arena.free_stack().push(index);
+        }
+    }
+}
+
+/// The worker slot `owner` names (a pool's or a writer's), when this process (`me`) is
+/// registered in it: the free-stack lane its pops and pushes go through (another
+/// process's lane is never written).
+pub(crate) fn own_lane(arena: &Arena, owner: Owner, me: u32) -> Option<u32> {
+    let (Owner::Pool { worker, .. } | Owner::Writer { worker, .. }) = owner else {
+        return None;
+    };
+    // Relaxed: our own registration, written by this process before.
+    (arena.workers().get(worker as usize)?.pid.load(Ordering::Relaxed) == me).then_some(worker)
 }

@@ -5,6 +5,8 @@
 //!  any live process: reclaim_dead_peers(arena)
 //!    for each worker record whose process is gone:
 //!      begin_reclaim: CAS ALIVE|DEAD|EXITED -> RECLAIMING     (exactly one reclaimer)
+//!      0. a segment its free-stack lane says it popped (killed before the owner swap)
+//!           -> owned by a pool of its slot, freed in step 1       (see memory::stack)
 //!      1. segments it holds (SegmentControl::holder_pid):
 //!           in its pool or being written            -> free        (CAS on the owner word)
 //!           in flight, reader alive and attached    -> orphan      (the last reader frees it)
@@ -48,9 +50,9 @@ use crate::error::Result;
 use crate::memory::liveness::{self, DeadProcess, Liveness};
 use crate::memory::recovery::{free_segment_if, orphan_segment, Orphaned};
 use crate::memory::{
-    Arena, Owner, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED, CHANNEL_CONSUMER_GONE,
-    CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING_BY, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED,
-    CHANNEL_SETTLING, REFCOUNT_ORPHANED,
+    Arena, Owner, Taken, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED,
+    CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING_BY, CHANNEL_PRODUCER_DIED,
+    CHANNEL_PRODUCER_FAILED, CHANNEL_SETTLING, REFCOUNT_ORPHANED,
 };
 use crate::ring::NotifySet;
 use crate::sync::{fence, Ordering};
@@ -173,11 +175,30 @@ fn slot_matches(slot: Option<u32>, dead: DeadProcess) -> bool {
 }
 
 fn reclaim_process(arena: &Arena, dead: DeadProcess, report: &mut ReclaimReport) {
+    reclaim_taking(arena, dead);
     let produced = produced_channels(arena, dead, report);
     release_entries_and_gates(arena, dead, report);
     reclaim_segments(arena, dead, &produced, report);
     fail_or_close_produced(arena, dead, &produced, report);
     fail_consumed(arena, dead, report);
+}
+
+/// A segment the dead process had popped off the free stack without recording itself as
+/// its owner yet (killed in between): made its own (a pool of its slot), so that
+/// `reclaim_segments` frees it like the rest. Before that pass, and idempotent: a
+/// reclaimer taking over finds the owner set, or the lane cleared.
+fn reclaim_taking(arena: &Arena, dead: DeadProcess) {
+    let stack = arena.free_stack();
+    let Taken::Won { index, word } = stack.dead_taker(dead.slot) else {
+        return;
+    };
+    let ctl = &arena.controls()[index as usize];
+    // Relaxed (both): nobody else can reach a segment off the stack that no owner names
+    // (the lane says the dead process took it; it never got to the swap); the free in
+    // `reclaim_segments` CASes this value and publishes it with its push.
+    let orphan = Owner::Pool { pool: 0, worker: dead.slot }.pack();
+    let _ = ctl.owner.compare_exchange(Owner::Free.pack(), orphan, Ordering::Relaxed, Ordering::Relaxed);
+    stack.clear_lane(dead.slot, word);
 }
 
 /// The channels a dead process produced: (channel, state, what to do with it).
