@@ -622,12 +622,28 @@ fn a_buffer_descriptor_in_the_priority_ring_is_a_protocol_violation() {
 /// producers, and every segment comes back.
 #[test]
 fn spinning_gate_polls_data_exactly_once_in_order() {
+    gate_polls_data_exactly_once_in_order(shmflow::sync::WaitPolicy::spin());
+}
+
+/// As [`spinning_gate_polls_data_exactly_once_in_order`], for a gate that parks at once
+/// (`WaitPolicy::park()`): it polls the hot channel's committed position around each park
+/// and, woken, reads the record before it drains the notify set (some of its waits end by
+/// that poll, which the notify set alone would not show).
+#[test]
+fn parking_gate_polls_data_exactly_once_in_order() {
+    let ended_by_data = gate_polls_data_exactly_once_in_order(shmflow::sync::WaitPolicy::park());
+    assert!(ended_by_data > 0, "the parking gate's data poll ended none of its waits");
+}
+
+/// Reads both producers' records through a gate waiting by `policy`; returns how many of
+/// the gate's waits its data poll ended.
+fn gate_polls_data_exactly_once_in_order(policy: shmflow::sync::WaitPolicy) -> u64 {
     let arena = arena();
     let n = 4_000u64;
     let producers: Vec<_> = (0..2u32).map(|p| spawn_producer(&arena, p, 1, BufferTimeout::EveryRecord, n)).collect();
     let env = ShuffleEnvironment::new(arena.clone(), 10);
     let mut cfg = gate_cfg(2, 0);
-    cfg.wait_policy = shmflow::sync::WaitPolicy::spin();
+    cfg.wait_policy = policy;
     let mut gate = env.create_input_gate(&cfg).unwrap();
     let mut next = [0u64; 2];
     let mut switches = 0u64;
@@ -647,6 +663,7 @@ fn spinning_gate_polls_data_exactly_once_in_order() {
             other => panic!("unexpected {other:?}"),
         }
     }
+    let ended_by_data = gate.waits_ended_by_data();
     drop(gate);
     for h in producers {
         h.join().unwrap();
@@ -654,6 +671,7 @@ fn spinning_gate_polls_data_exactly_once_in_order() {
     assert_eq!(next, [n, n], "every record of both channels, once");
     assert!(switches > 0, "both channels were served");
     assert_eq!(arena.header_atomics().free_stack.len(), 256, "every segment is back");
+    ended_by_data
 }
 
 /// A record of `i`'s 4-byte multiple of a length (every prefix lands 4-aligned).

@@ -134,6 +134,21 @@ fn shuffle_job_delivers_every_record_for_each_selector() {
 }
 
 #[test]
+fn the_throughput_shuffle_picks_the_largest_segment_its_arena_holds_unless_told() {
+    let seg = |extra: &[&str]| {
+        let mut args = vec!["run", "shuffle", "--records", "20000", "--payload", "16", "--parallelism", "2", "--json"];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+        assert_eq!(v["checksum_ok"], true, "{extra:?}");
+        v["segment_size"].as_u64()
+    };
+    assert_eq!(seg(&[]), Some(256 << 10), "the default 256 MiB arena holds 256 KiB segments");
+    // 34 segments in flight at p=2, four times over: 136, not 128 KiB ones in 16 MiB.
+    assert_eq!(seg(&["--arena-size", "16777216"]), Some(64 << 10));
+    assert_eq!(seg(&["--segment-size", "32768"]), Some(32 << 10), "--segment-size wins");
+}
+
+#[test]
 fn bad_input_is_a_clear_error_before_workers_start() {
     let tmp = TempDir::new("bad");
     let e = run_err(&["run", "wordcount", "--input", "/nonexistent/file.txt"]);

@@ -164,14 +164,15 @@ impl Plan {
 
     /// Round trips of the limit measured beside `case` ([`Peer::limit`], just before and
     /// just after it, in every round): as many as the case's own, so the two p50s compare
-    /// runs of one length. Shorter limit runs may be biased low for the parking peers: in the
-    /// idle run of session 7 (docs/bench, commit 85b2be5) the futex ping-pong's runs of 2k
-    /// samples beside the 64 B park cases had a one-way p50 of 16.5-17.6 µs against 19.7 µs
-    /// for its own 10k-sample run in the same rounds, and the park cases' paired ratios were
-    /// 1.12-1.17x while over the long futex run they were 1.01-1.02x (every earlier stored
-    /// run: 0.95-1.04x). That run cannot tell run length from placement (its long futex runs
-    /// start the rounds, minutes from some cases); equal lengths remove the first cause. The
-    /// cost: about 1 s per parking case and round at 64 B.
+    /// runs of one length. Shorter limit runs were biased low for the parking peers: in the
+    /// idle run of session 7 (docs/bench/logs/latency.log, commit 85b2be5) the futex
+    /// ping-pong's 2k-sample runs beside the park cases had near one-way p50s of
+    /// 16.5-17.0 µs and the park cases' paired ratios were 1.12-1.20x, while per round the
+    /// same cases over the futex ping-pong's own 10k-sample run (it follows the bare-atomic
+    /// run that starts each round, near in rounds 2-4) had a median ratio of 1.00-1.03x;
+    /// every long parking run sat level with the long futex run (merged p50s: futex 19.7,
+    /// Unix socket 18.6-19.4, shmflow park 19.9, netstack park 20.1-20.3 µs). The cost:
+    /// about 1 s per parking case and round at 64 B.
     pub(crate) fn paired_counts(&self, case: Case) -> Counts {
         self.counts(case)
     }

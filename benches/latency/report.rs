@@ -299,6 +299,26 @@ p50 against the limit measured beside each case (per round: the case's RTT p50 o
     }
 }
 
+/// For each limit, the median over cases and rounds of its one-way p50 just before and just
+/// after the cases it is paired with: the run before a case follows another case (often a
+/// spinning one), the run after follows the case itself, so a gap between the two shows
+/// the limit still settling from what ran before it (a drift the ratios would inherit).
+pub(crate) fn print_limit_sides(results: &[CaseResult]) {
+    for limit in [Peer::Bare, Peer::Futex] {
+        let sides = || results.iter().filter(|r| r.case.peer.limit() == Some(limit)).flat_map(|r| r.paired.iter());
+        if sides().next().is_none() {
+            continue;
+        }
+        let before = median(sides().map(|&(b, _)| b as f64 / 2.0).collect());
+        let after = median(sides().map(|&(_, a)| a as f64 / 2.0).collect());
+        println!(
+            "- {} one-way p50 just before / just after the cases it is paired with (median over cases and \
+             rounds): {before:.0} / {after:.0} ns",
+            limit.name()
+        );
+    }
+}
+
 /// One flat JSON record. `extra` holds further `"key":value` fields, already encoded.
 pub(crate) fn json_record(
     run: &str,

@@ -52,6 +52,7 @@ pub(crate) fn requester_main() -> Res<()> {
     print_ratios(&results, &ratios);
     let paired = paired_ratios(&results);
     print_paired(&paired);
+    print_limit_sides(&results);
     if let Some(path) = &args.json {
         std::fs::write(path, json_records(&plan, &results, &ratios, &paired))
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -204,7 +204,11 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
     let mut in_window = Vec::new();
     producer.send("go")?;
     let mut window = Window::new(plan.timing(case), process_cpu_ns, Some(producer.guard.child.id()));
+    // Batches of at least 1024 records timed (SHMFLOW_TPUT_VERBOSE, see `ChunkTimes`).
+    let timed = std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some();
+    let mut chunks = ChunkTimes::default();
     loop {
+        let t0 = timed.then(Instant::now);
         // The batch path: every whole record already published on the channel being
         // served, in one go (one load of the writer's position for the lot).
         let drained = gate.drain_records(4096, &mut |channel, data| {
@@ -212,6 +216,9 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
             tally.add(data, case.size, &mut next[c], writer_of[c]);
             Ok(())
         })?;
+        if let (Some(t0), true) = (t0, drained >= 1024) {
+            chunks.push(t0.elapsed(), drained as u64);
+        }
         if drained > 0 {
             batches += 1;
             until_check = until_check.saturating_sub(drained as u64);
@@ -262,6 +269,7 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
     }
     if verbose(System::Shmflow, &tally) {
         eprintln!("    {batches} batches, {singles} single records, {timeouts} waits timed out");
+        eprintln!("    consumer, batches of >= 1024 records: {}", chunks.describe());
         if let [(b0, s0, r0), (b1, s1, r1)] = in_window[..] {
             eprintln!("    in the window: {} batches, {} single records, {} records", b1 - b0, s1 - s0, r1 - r0);
         }

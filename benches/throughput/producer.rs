@@ -310,12 +310,24 @@ pub(crate) fn emit_until_stopped<S>(
         return Err("no go".into());
     }
     let mut i = 0u64;
+    let verbose = std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some();
+    // Chunks of CHUNK records timed when verbose (see `ChunkTimes`): one loop either way,
+    // so `emit` stays inlined into it.
+    const CHUNK: u64 = 4096;
+    let mut chunks = ChunkTimes::default();
+    let mut t0 = Instant::now();
     // Relaxed: a stop request; a few more records after it are fine.
     while !signals.stop.load(Ordering::Relaxed) {
         emit(&mut writer, i)?;
         i += 1;
+        if i % CHUNK == 0 && verbose {
+            let t1 = Instant::now();
+            chunks.push(t1 - t0, CHUNK);
+            t0 = t1;
+        }
     }
-    if std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some() {
+    if verbose {
+        eprintln!("    writer, chunks of 4096 records: {}", chunks.describe());
         let s = writer.partition().stats();
         eprintln!(
             "    writer: {} records, {} segments, {} parks, back-pressured {} ms, awaiting consumers {} ms, {} spanning",

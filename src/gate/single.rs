@@ -182,14 +182,18 @@ pub struct SingleInputGate {
     /// position word and prefetches the lines behind the read position instead. The
     /// producer's mark stays set (its next mark takes the "already marked" shortcut) and
     /// is drained later. A park mode that never spins (`max_spin` zero) polls this
-    /// channel's committed position the same way (its data reads stay off) at its few
-    /// polls around a park, so a wake-up finds the record without draining the set first.
+    /// channel's committed position (its data reads stay off, and it prefetches nothing)
+    /// at its few polls around a park, so a wake-up finds the record without draining the
+    /// set first.
     /// Adaptive mode keeps to the notify set and the committed position: polling the data
     /// while spinning holds the lines the producer writes next in the gate's cache, which
     /// costs a producer that streams (see the README's performance notes).
     /// The notify set stays what wakes a parked gate and what finds every other channel,
     /// segment ends, events and records that span segments.
     hot: Option<u32>,
+    /// Waits that the hot channel's data ended (`wait_ready`'s data poll found its next
+    /// record), not the notify set: see [`waits_ended_by_data`](Self::waits_ended_by_data).
+    data_poll_hits: u64,
     /// `next_hot`'s idle account: its calls, and the time one of its spins took when the
     /// clock last measured one (in 1/16 ns; 0: not measured yet).
     hot_clock: (u32, u32),
@@ -293,6 +297,7 @@ impl SingleInputGate {
             has_files,
             credits_total: cfg.exclusive_credits * cfg.inputs.len() as u32 + cfg.floating_credits,
             hot: None,
+            data_poll_hits: 0,
             hot_clock: (0, 0),
         })
     }
@@ -391,6 +396,14 @@ impl SingleInputGate {
             t.add_in(r - self.reported.0, b - self.reported.1);
             self.reported = (r, b);
         }
+    }
+
+    /// How many of this gate's waits its data poll ended: the channel that gave the last
+    /// record was polled while the gate waited (spin mode, and park mode without spin) and
+    /// showed the next record before the notify set did. A count kept in the gate (one
+    /// add per such wait), for tests and diagnosis.
+    pub fn waits_ended_by_data(&self) -> u64 {
+        self.data_poll_hits
     }
 
     /// Number of channels.
@@ -1032,6 +1045,12 @@ impl SingleInputGate {
             if let Some(r) = self.advance()? {
                 return Ok(r);
             }
+            // The counters are reported and the set is opened before the clock is read, so
+            // the idle time (from that reading) does not count them.
+            self.report();
+            let arena = self.arena.clone();
+            let set = NotifySet::new(&arena, self.set_id)?;
+            let members = self.base + self.channels.len() as u32;
             // The clock is read only once nothing is ready (not once per record), and once
             // per wait: the deadline, the liveness probe and the idle time's start share the
             // reading (each read is a call into the vDSO, whose code and data a thread that
@@ -1042,9 +1061,6 @@ impl SingleInputGate {
                 self.check_producers()?;
                 now = now_nanos();
             }
-            let arena = self.arena.clone();
-            let set = NotifySet::new(&arena, self.set_id)?;
-            let members = self.base + self.channels.len() as u32;
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout(timeout.unwrap_or_default(), "input on the gate"));
             }
@@ -1064,8 +1080,9 @@ impl SingleInputGate {
                 }
             }
             let remaining = deadline.map_or(slice, |d| Duration::from_nanos(d - now).min(slice));
-            self.report();
             let cancel = self.cancel.clone();
+            // The idle time starts at the reading above: it includes a look at unfinished
+            // blocking partitions (gates reading files only), not the report or the set.
             let t0 = now;
             // The channel polled in its data while waiting, in spin mode (see `hot`), and in
             // a park mode that never spins (its waiter polls once before it announces
@@ -1076,6 +1093,11 @@ impl SingleInputGate {
             // it empty) or finished.
             let policy = self.waiter.policy();
             let polls_data = !policy.park || policy.max_spin.is_zero();
+            // A spinning gate asks for the lines behind the read position with each poll; a
+            // parking one does not: its polls come just before and after it parks, and a
+            // prefetch there would pull the lines the producer fills next into this core's
+            // cache while it sleeps (the producer's stores would then miss on them).
+            let prefetch = !policy.park;
             let hot = self.hot.filter(|&h| {
                 let ch = &self.channels[h as usize];
                 polls_data && !ch.queued && ch.state == ChannelState::Active
@@ -1083,9 +1105,12 @@ impl SingleInputGate {
             let mut hot_reader = hot.and_then(|h| self.channels[h as usize].local_mut()).map(|l| &mut l.reader);
             let woke = self.waiter.wait(set.wake(), Some(remaining), || {
                 if let Some(r) = hot_reader.as_mut() {
-                    // The lines behind the read position are asked for with the poll, so a
-                    // record that straddles two lines crosses cores in one trip, not two.
-                    r.prefetch_unread();
+                    // Spinning, the lines behind the read position are asked for with the
+                    // poll, so a record that straddles two lines crosses cores in one trip,
+                    // not two.
+                    if prefetch {
+                        r.prefetch_unread();
+                    }
                     match r.data_input() {
                         // The next record's prefix word: written or not.
                         Some(true) => return Some(true),
@@ -1107,6 +1132,7 @@ impl SingleInputGate {
                 let ch = &mut self.channels[h as usize];
                 ch.queued = true;
                 self.ready.push_back(h);
+                self.data_poll_hits += 1;
             }
             let idle = now_nanos().saturating_sub(t0);
             self.idle_ns += idle;

@@ -460,7 +460,9 @@ impl ChannelBlock {
 
     /// Counts `n` more credits granted by the consumer.
     pub fn count_credit_granted(&self, n: u32) {
-        // Relaxed: a statistic for observers (the credit itself travels in the credit ring).
+        // Relaxed: a statistic for observers. The credit itself travels either in the
+        // credit ring (`Credit::Grant`) or in the channel's floating word (the runtime's
+        // floating credit, the ffi transport's banked credit, `shmflow_bank_credit`).
         self.credit_granted.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -720,7 +722,7 @@ pub struct WorkerRecord {
     /// pid plus start time, so a frozen process is alive and a dead one is seen at once).
     pub heartbeat: AtomicU64,
     /// The process's lane on the free stack: the segment its pop is taking, until the
-    /// owner swap records it (see [`stack`](super::stack)); 0 when idle.
+    /// owner swap records it (see the `memory::stack` module); 0 when idle.
     pub taking: AtomicU64,
 }
 

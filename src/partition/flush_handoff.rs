@@ -109,6 +109,19 @@ impl FlushHandoff {
         self.staged[slot].store((u64::from(epoch) << 32) | u64::from(pos), Ordering::Release);
     }
 
+    /// [`stage`](Self::stage) without the slot's bounds look (the per-record path).
+    ///
+    /// # Safety
+    /// `slot < self.slots()`.
+    #[inline(always)]
+    pub unsafe fn stage_unchecked(&self, slot: usize, epoch: u32, pos: u32) {
+        debug_assert!(slot < self.staged.len());
+        // SAFETY: in bounds (the caller's contract).
+        let w = unsafe { self.staged.get_unchecked(slot) };
+        // Release: as in `stage`; pairs with the flusher's Acquire loads of `staged`.
+        w.store((u64::from(epoch) << 32) | u64::from(pos), Ordering::Release);
+    }
+
     /// Writer: the builder of `epoch` is about to be finished; returns once the flusher
     /// can no longer store a position into its segment.
     pub fn retire(&self, slot: usize, epoch: u32) {

@@ -699,7 +699,9 @@ impl ResultPartition {
                     let len = record.serialized_len();
                     if len <= DEFAULT_MAX_RECORD && b.try_write_framed(record, len) {
                         if let Some(h) = &self.handoff {
-                            h.stage(c as usize, sub.epoch, b.position());
+                            // SAFETY: c < subs.len() (`get_mut` above), and the handoff
+                            // has a slot per subpartition plus one (`flush_handoff`).
+                            unsafe { h.stage_unchecked(c as usize, sub.epoch, b.position()) };
                         }
                         // The one counter per record; folded per segment (`fold`).
                         sub.pending += 1;

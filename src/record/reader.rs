@@ -10,10 +10,6 @@ use crate::buffer::{BufferConsumer, SpareLease};
 use crate::error::{Error, Result};
 use crate::ring::{ChannelReader, Descriptor};
 
-/// How far ahead of its read position [`RecordReader::drain_whole`] prefetches, once per
-/// line its records reach: about the time a line takes to come from the writer's core.
-const READ_AHEAD: usize = 1024;
-
 /// What [`RecordReader::poll`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -363,14 +359,7 @@ impl RecordReader {
             let Some(rec) = rest.get(LEN_PREFIX..LEN_PREFIX + len) else {
                 break;
             };
-            let next = off + LEN_PREFIX + len;
-            if (off ^ next) >= 64 && next + READ_AHEAD < bytes.len() {
-                // Once per line the records reach: the published line READ_AHEAD further
-                // on, which the writer's core most likely still holds, is asked for now
-                // (never one above the published position: the writer may be filling it).
-                crate::sync::prefetch_line(bytes.as_ptr().wrapping_add(next + READ_AHEAD));
-            }
-            off = next;
+            off += LEN_PREFIX + len;
             n += 1;
             payload += len as u64;
             if let Err(e) = f(rec) {

@@ -36,6 +36,11 @@ import java.util.concurrent.TimeUnit;
  *     RemoteInputChannel.onBuffer / onEmptyBuffer / onSenderBacklog / onError
  * </pre>
  *
+ * Credit skips the ring on channels with positive initial credit
+ * (shmflow.consumer.banked-credit): the caller thread banks it in the channel block and
+ * the producer's reader takes it when its own credit is used up; the producer dispatcher
+ * is woken (its channel marked, no message) only when such a take found nothing.
+ *
  * Both dispatchers block in {@code Native.await} (a spin budget, then the futex) when idle.
  * Everything that touches a producer-side reader runs on the producer dispatcher, as
  * everything on a Netty server channel runs on its event loop, with one exception: with
