@@ -5,7 +5,8 @@
 //! killed; `partition::reclaim_slot` is the reclaimer.
 //!
 //! What is modelled, for each place the taker can die (`TakeStop`: after writing its lane's
-//! ATTEMPT, after the pop's CAS, after its lane says WON, after the owner swap):
+//! ATTEMPT, after the pop's CAS, after its lane says WON, after the owner swap; and, giving
+//! a segment it took back, after marking it free before the push, and after the push):
 //! - the taker (worker slot 0) takes a segment and "dies" there: its thread ends, nothing
 //!   of it is dropped, and once it has ended its liveness record names a pid that does not
 //!   run;
@@ -20,10 +21,13 @@
 //! free (the reclaimer pushed a segment that was still on the stack, or that the live
 //! process took); a witness-cell race on a payload byte is two holders at once.
 //!
-//! Weakenings checked by editing the shipped code (see the commit message): without the
+//! Weakenings checked by editing the shipped code (see the commit messages): without the
 //! help in `push`/`pop_in`, the AfterPop death loses its segment (the live process's
 //! operations replace the head that names the lane, and the reclaimer reads ATTEMPT);
-//! treating ATTEMPT as taken in `dead_taker` pushes a segment still on the stack.
+//! treating ATTEMPT as taken in `dead_taker` pushes a segment still on the stack; writing
+//! the lane with plain stores instead of swaps lets the AfterPush death end with a
+//! helper's stale WON of the earlier pop in the lane, and the reclaimer pushes the segment
+//! a second time.
 #![cfg(loom)]
 
 mod common;
@@ -59,11 +63,11 @@ fn assert_all_free_once(arena: &Arena, stop: TakeStop) {
     }
 }
 
-/// Preemption bound 2 where the lane is still to be helped (ATTEMPT, or a pop nobody saw
-/// yet): the live process's help races the reclaimer's there. Once the lane says WON the
-/// stack's part is settled; bound 1 keeps those two models to seconds.
+/// Preemption bound 2 where the lane is still to be helped (ATTEMPT, or a pop or push
+/// nobody saw yet): the live process's help races the reclaimer's there. Once the lane
+/// says WON, or before a push's CAS (no head names it), bound 1 keeps the model to seconds.
 fn taker_dies_at(stop: TakeStop, name: &str) {
-    let bound = if matches!(stop, TakeStop::AfterWon | TakeStop::AfterOwner) { 1 } else { 2 };
+    let bound = if matches!(stop, TakeStop::AfterWon | TakeStop::AfterOwner | TakeStop::BeforePush) { 1 } else { 2 };
     common::check(name, Some(bound), move || {
         let arena = arena();
         // Both "processes" register their slots (one pid under loom: each lane is checked
@@ -75,9 +79,16 @@ fn taker_dies_at(stop: TakeStop, name: &str) {
             let arena = Arc::clone(&arena);
             thread::spawn(move || {
                 let pool = NetworkBufferPool::new(arena);
-                let got = pool.request_until(Owner::Pool { pool: 0, worker: 0 }, 1, stop).expect("an intact stack");
-                // Death: whatever it holds is not dropped.
-                std::mem::forget(got);
+                let owner = Owner::Pool { pool: 0, worker: 0 };
+                if matches!(stop, TakeStop::BeforePush | TakeStop::AfterPush) {
+                    // It took one, and dies giving it back.
+                    let s = pool.request(owner, 1).expect("an intact stack").expect("a free segment");
+                    s.recycle_until(stop);
+                } else {
+                    let got = pool.request_until(owner, 1, stop).expect("an intact stack");
+                    // Death: whatever it holds is not dropped.
+                    std::mem::forget(got);
+                }
             })
         };
         let live = {
@@ -101,7 +112,7 @@ fn taker_dies_at(stop: TakeStop, name: &str) {
         arena.workers()[0].start_ticks.store(0, Ordering::Relaxed);
         let report = reclaim_slot(&arena, 0);
         assert_eq!(report.reclaimed.len(), 1, "{stop:?}: {report:?}");
-        let expected = u32::from(stop != TakeStop::AfterAttempt);
+        let expected = u32::from(!matches!(stop, TakeStop::AfterAttempt | TakeStop::AfterPush));
         assert_eq!(report.segments_freed, expected, "{stop:?}: {report:?}");
         live.join().unwrap();
         assert_all_free_once(&arena, stop);
@@ -126,4 +137,14 @@ fn taker_dies_after_its_lane_says_won() {
 #[test]
 fn taker_dies_after_its_owner_swap() {
     taker_dies_at(TakeStop::AfterOwner, "free_stack_taker::taker_dies_after_its_owner_swap");
+}
+
+#[test]
+fn holder_dies_giving_back_before_its_push() {
+    taker_dies_at(TakeStop::BeforePush, "free_stack_taker::holder_dies_giving_back_before_its_push");
+}
+
+#[test]
+fn holder_dies_giving_back_after_its_push() {
+    taker_dies_at(TakeStop::AfterPush, "free_stack_taker::holder_dies_giving_back_after_its_push");
 }

@@ -36,6 +36,10 @@
 //! the CAS, the CAS names the lane, helpers mark it WON. A dead process's PUSH|ATTEMPT is a
 //! segment off the stack (its reclaimer frees it), a PUSH|WON one on it (nothing to do).
 //!
+//! Every write of a lane is a read-modify-write (`swap`), not a store: with the helpers'
+//! CASes they then fall in one total order, and the loom model of a holder killed after
+//! its push found plain Relaxed stores leaving a helper's stale WON last.
+//!
 //! Not covered: the length counter beside the head is updated after each CAS, so a kill
 //! in between leaves it one off (a statistic; `shmflow check` reports the mismatch).
 //! One pop at a time per lane: a process's threads share its worker slot, so they take a
@@ -225,13 +229,13 @@ impl<'a> SegmentStack<'a> {
         // only once a head written by our push names our lane (`push_in` rewrites it then).
         // The tag is the current head's, so no head that names this lane already (our
         // last pop's, tag + 1) makes a helper take it for a push that happened.
-        lane.taking.store(PUSH | attempt(index, head_tag(cur)), Ordering::Relaxed);
+        let _ = lane.taking.swap(PUSH | attempt(index, head_tag(cur)), Ordering::Relaxed);
         release();
         if stop == TakeStop::BeforePush || !self.push_in(index, Some((slot, &lane.taking)), stop) {
             return;
         }
         // Relaxed: as the clear in `pop_taking`.
-        lane.taking.store(0, Ordering::Relaxed);
+        let _ = lane.taking.swap(0, Ordering::Relaxed);
     }
 
     /// Pushes `index`, naming `lane` in the new head when given; false when `stop` ended it.
@@ -247,7 +251,7 @@ impl<'a> SegmentStack<'a> {
             let lane_field = match lane {
                 Some((slot, word)) => {
                     // Relaxed: published by the Release CAS below (as in `pop_in`).
-                    word.store(PUSH | attempt(index, head_tag(cur)), Ordering::Relaxed);
+                    let _ = word.swap(PUSH | attempt(index, head_tag(cur)), Ordering::Relaxed);
                     u64::from(slot) + 1
                 }
                 None => 0,
@@ -300,7 +304,7 @@ impl<'a> SegmentStack<'a> {
         }
         // Relaxed: the owner swap in `f` is what a reclaimer acts on; it reads this word
         // only after this process died, or helps it with a CAS that expects an ATTEMPT.
-        lane.taking.store(0, Ordering::Relaxed);
+        let _ = lane.taking.swap(0, Ordering::Relaxed);
         Ok(Some(r))
     }
 
@@ -340,7 +344,7 @@ impl<'a> SegmentStack<'a> {
                 Some((slot, word)) => {
                     // Relaxed: published by the Release half of the CAS below (helpers
                     // read it after an Acquire of the head that CAS wrote).
-                    word.store(attempt(idx, head_tag(cur)), Ordering::Relaxed);
+                    let _ = word.swap(attempt(idx, head_tag(cur)), Ordering::Relaxed);
                     if stop == TakeStop::AfterAttempt {
                         return Ok(None);
                     }
@@ -363,7 +367,7 @@ impl<'a> SegmentStack<'a> {
                         }
                         // Relaxed: helpers may CAS the same value in; a reclaimer reads it
                         // only after this process died.
-                        word.store(attempt(idx, head_tag(cur)) | WON, Ordering::Relaxed);
+                        let _ = word.swap(attempt(idx, head_tag(cur)) | WON, Ordering::Relaxed);
                         if stop == TakeStop::AfterWon {
                             return Ok(None);
                         }
@@ -379,7 +383,7 @@ impl<'a> SegmentStack<'a> {
     fn idle(&self, lane: Option<(u32, &AtomicU64)>) {
         if let Some((_, word)) = lane {
             // Relaxed: as the clear in `pop_taking`.
-            word.store(0, Ordering::Relaxed);
+            let _ = word.swap(0, Ordering::Relaxed);
         }
     }
 
@@ -600,5 +604,20 @@ mod tests {
         let cur = (TAG_MASK << TAG_SHIFT) | (5 << INDEX_BITS) | top;
         let next = next_head(cur, 9, top);
         assert_eq!((head_tag(next), head_lane(next), u64::from(head_top(next))), (0, 9, top));
+    }
+
+    #[test]
+    fn a_holder_that_stops_giving_back_is_found_before_its_push_and_not_after() {
+        for (stop, off) in [(TakeStop::BeforePush, true), (TakeStop::AfterPush, false)] {
+            let (head, ctl, w) = (StackHead::new(), controls(2), lanes(1));
+            let s = SegmentStack::new(&head, &ctl, &w);
+            s.push(0);
+            s.push(1);
+            let i = s.pop_taking(0, TakeStop::Never, |i| i).unwrap().unwrap();
+            s.push_releasing(0, i, stop, || {});
+            assert_ne!(lane(&w, 0) & PUSH, 0, "{stop:?}: the lane names the push: {:#x}", lane(&w, 0));
+            let found = matches!(s.dead_taker(0), Taken::Won { index, .. } if index == i);
+            assert_eq!(found, off, "{stop:?}");
+        }
     }
 }
