@@ -1,7 +1,8 @@
 /*
  * shmflow.h: the C ABI of shmflow-ffi (libshmflow_ffi.so), the same-host transport that
  * flink/ plugs under Apache Flink's NettyShuffleEnvironment. Hand-written; keep in step
- * with ffi/src/lib.rs (ffi/tests/c_abi.rs exercises every function).
+ * with ffi/src/lib.rs (ffi/tests/c_abi.rs exercises every function; ffi/tests/c_header.rs
+ * compiles this header and checks it against the Rust signatures and the library's exports).
  *
  * Every function returns 0 (or a non-negative value where documented) on success and a
  * negative SHMFLOW_E* code on failure; shmflow_last_error() then has the message for the
@@ -52,14 +53,15 @@ typedef struct shmflow_msg {
     int64_t arg;          /* free argument (credits for SHMFLOW_KIND_CREDIT) */
 } shmflow_msg;
 
-typedef struct shmflow_arena_info {
+/* No typedef: the name shmflow_arena_info is the function below; use the struct tag. */
+struct shmflow_arena_info {
     int32_t slot;          /* this TaskManager's worker slot */
     int32_t segment_size;  /* bytes per segment */
     int32_t segment_count; /* segments in all */
     int32_t free_segments; /* on the free stack now */
     uint8_t *data;         /* segment i starts at data + i * segment_size */
     uint64_t data_len;
-} shmflow_arena_info;
+};
 
 /* Copies the thread's last error message (NUL-terminated, truncated to cap-1 bytes);
  * returns its full length, or -1 for a null buf with cap > 0. cap == 0: length only. */
@@ -73,7 +75,7 @@ int32_t shmflow_arena_open(const char *name, const char *registry_dir, const cha
                            uint64_t *out_arena);
 /* Unregisters; unlinks the arena when no other live TaskManager is registered. */
 int32_t shmflow_arena_close(uint64_t arena);
-int32_t shmflow_arena_info(uint64_t arena, shmflow_arena_info *out);
+int32_t shmflow_arena_info(uint64_t arena, struct shmflow_arena_info *out);
 int32_t shmflow_segment_ptr(uint64_t arena, int32_t segment, uint8_t **out);
 
 /* Liveness: the slot of a registered TaskManager whose process is alive (else
