@@ -191,6 +191,10 @@ const ENV_FDS: &str = "SHMFLOW_LATENCY_FDS";
 const ENV_PORT: &str = "SHMFLOW_LATENCY_PORT";
 /// The CPU the responder pins itself to.
 const ENV_CPU: &str = "SHMFLOW_LATENCY_CPU";
+/// Set to `0` (requester's environment, inherited by the responder): readers do not evict
+/// the segments they are done with (`shmflow::sync::set_evict_segments(false)`), for an
+/// A/B of the eviction within one binary.
+const ENV_EVICT: &str = "SHMFLOW_LATENCY_EVICT";
 /// The longest one wait for the other side may take before the run fails.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a futex waiter sleeps before it re-checks its deadline.
@@ -215,6 +219,9 @@ const BIG_PIPE: usize = 1024 * 1024;
 const CURVE: [f64; 7] = [50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0];
 
 fn main() -> ExitCode {
+    if std::env::var(ENV_EVICT).is_ok_and(|v| v == "0") {
+        shmflow::sync::set_evict_segments(false);
+    }
     let (who, result) = match std::env::var(ENV_PEER) {
         Ok(peer) => (format!("latency responder ({peer})"), responder_main(&peer)),
         Err(_) => ("latency".to_string(), requester_main()),

@@ -68,7 +68,8 @@
 
 use crate::error::{Error, Result};
 use crate::memory::{
-    Arena, MemorySegment, Owner, SegmentControl, FINISHED, POSITION_MASK, REFCOUNT_MASK, REFCOUNT_ORPHANED,
+    Arena, MemorySegment, Owner, SegmentControl, EVICT_MAX_FLUSHES, FINISHED, POSITION_MASK, REFCOUNT_MASK,
+    REFCOUNT_ORPHANED, SKIP_EVICT_FLUSHED, SKIP_EVICT_STREAMED,
 };
 use crate::record::frame::{self, slot_framed_len, LEN_PREFIX};
 use crate::sync::Ordering;
@@ -187,6 +188,9 @@ pub struct BufferBuilder {
     /// Whether some of the segment was written with streaming stores (then the segment's
     /// [`SegmentControl::streamed`] hint says so).
     streamed: bool,
+    /// Flushes into this segment so far ([`note_flush`](Self::note_flush)), counted up to
+    /// one above `EVICT_MAX_FLUSHES` (then the segment's hint says "do not evict").
+    flushes: u32,
     /// Whether the builder may prefetch lines for writing (the CPU can:
     /// [`has_prefetch_write`](crate::sync::has_prefetch_write)).
     write_ahead: bool,
@@ -244,6 +248,7 @@ impl BufferBuilder {
             committed: 0,
             finished: false,
             streamed: false,
+            flushes: 0,
             write_ahead,
             ahead_per_line,
         };
@@ -303,7 +308,7 @@ impl BufferBuilder {
                 self.streamed = true;
                 // Relaxed: a hint for the last reader (`Lease::evict`), published with
                 // the position that covers these bytes; any value is safe.
-                self.control().streamed.store(1, Ordering::Relaxed);
+                self.control().streamed.store(SKIP_EVICT_STREAMED, Ordering::Relaxed);
             }
             self.pos += n as u32;
         }
@@ -575,10 +580,28 @@ impl BufferBuilder {
             return false;
         }
         self.committed = self.pos;
+        self.note_flush();
         // Release: pairs with the Acquire load in `BufferConsumer::poll`; publishes the
         // bytes written below `pos`.
         self.control().position.store(self.pos, Ordering::Release);
         true
+    }
+
+    /// Counts a flush of this segment to its reader (a [`commit`](Self::commit) does, a
+    /// stream's flush calls it). A segment flushed more than `EVICT_MAX_FLUSHES` times is
+    /// not evicted by its last reader: its writer is paced by its flushes (latency mode),
+    /// not by taking lines back from the reader, and the eviction would delay the reader
+    /// between two records.
+    #[inline]
+    pub(crate) fn note_flush(&mut self) {
+        if self.flushes <= EVICT_MAX_FLUSHES {
+            self.flushes += 1;
+            if self.flushes > EVICT_MAX_FLUSHES && !self.streamed {
+                // Relaxed: a hint for the last reader (`Lease::evict`), published with the
+                // position that ends the segment; any value is safe.
+                self.control().streamed.store(SKIP_EVICT_FLUSHED, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Publishes the final position with FINISHED; the writer is done with the segment.
@@ -667,14 +690,17 @@ impl Lease {
     /// producer's next writes there do not take them back one by one from this core.
     fn evict(&self, ctl: &SegmentControl) {
         // Relaxed: a hint (see `SegmentControl::streamed`); lines written with streaming
-        // stores are in memory already, and evicting them again only costs this reader.
+        // stores are in memory already, and evicting them again only costs this reader; a
+        // segment flushed record by record is read by a reader waiting for each record.
         if !crate::sync::evicts_segments() || ctl.streamed.load(Ordering::Relaxed) != 0 {
             return;
         }
         // Relaxed: only how far to evict (a hint; any value is safe, clamped to the
         // segment).
         let written = (ctl.position.load(Ordering::Relaxed) & POSITION_MASK).min(self.arena.segment_size());
-        crate::sync::evict_lines(self.arena.segment_ptr(self.index, 0), written as usize);
+        // SAFETY: `[0, written)` of the segment is inside the arena's mapping (`written` is
+        // clamped to the segment size), which this lease's `Arc<Arena>` keeps mapped.
+        unsafe { crate::sync::evict_lines(self.arena.segment_ptr(self.index, 0), written as usize) };
     }
 }
 

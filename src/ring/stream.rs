@@ -180,9 +180,10 @@ impl StreamWriter {
         // No commit of the segment's position: the reader polls the records' slots, and a
         // position store per flush would move the position word's cache line to the reader
         // and back on every record. The position is stored once, when the segment ends.
-        if let Some(b) = self.builder.as_ref() {
+        if let Some(b) = self.builder.as_mut() {
             if b.position() != self.flushed {
                 self.flushed = b.position();
+                b.note_flush();
                 self.channel.notify_consumer()?;
             }
         }

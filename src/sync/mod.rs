@@ -94,8 +94,9 @@ pub fn prefetch_write_line(p: *const u8) {
     let _ = p;
 }
 
-/// Whether [`evict_lines`] does anything here: the CPU has CLFLUSHOPT (CPUID leaf 7
-/// EBX bit 23; AMD since Zen, Intel since Skylake). Looked up once.
+/// Whether readers can evict the segments they are done with here
+/// ([`set_evict_segments`]): the CPU has CLFLUSHOPT (CPUID leaf 7 EBX bit 23; AMD since
+/// Zen, Intel since Skylake). Looked up once.
 pub fn has_flush_opt() -> bool {
     #[cfg(all(not(loom), target_arch = "x86_64"))]
     {
@@ -110,16 +111,27 @@ pub fn has_flush_opt() -> bool {
     false
 }
 
-/// Whether this process's readers evict the segments they are done with ([`evict_lines`]),
+/// Whether this process's readers evict the segments they are done with (`evict_lines`),
 /// on by default: see [`set_evict_segments`].
 #[cfg(not(loom))]
 static EVICT_SEGMENTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Turns the eviction of read segments off (or on again) for this process. A job whose
-/// tasks outnumber the CPUs turns it off (`run_worker`): its producers and consumers take
-/// turns on shared cores, so the lines a reader evicts are the ones its own core's
-/// producer writes next (`run shuffle`, p=2 on 2 vCPUs: CPU per 1 KiB record 73 -> 148 ns
-/// with eviction, per 16 B record 11.6 -> 12.4 ns).
+/// Turns the eviction of read segments off (or on again) for this process; on by default
+/// (where the CPU has CLFLUSHOPT: [`has_flush_opt`]).
+///
+/// With it on, the last reader of a segment evicts the lines written into it from every
+/// cache (CLFLUSHOPT) before it hands the segment back to its producer, so that the
+/// producer, on another core, writes the segment again from memory instead of taking
+/// each line back from the reader's cache (the 1x1 8 B throughput bench's producer: about
+/// half its CPU per record). It costs the reader about one CLFLUSHOPT per written line,
+/// once per segment; segments written with streaming stores or flushed more than a few
+/// times (latency mode) are not evicted.
+///
+/// Turn it off where producers and consumers share cores: the lines a reader evicts are
+/// then the ones its own core's producer writes next, and both pay. A job whose tasks
+/// outnumber the CPUs turns it off in each worker (`run shuffle`, p=2 on 2 vCPUs: CPU per
+/// 1 KiB record 73 -> 148 ns with eviction, per 16 B record 11.6 -> 12.4 ns). The Flink
+/// transport (the `ffi` crate) leaves it on. Only this process's readers are affected.
 pub fn set_evict_segments(on: bool) {
     #[cfg(not(loom))]
     // Relaxed: a hint read by `evicts_segments`; any value is safe.
@@ -131,7 +143,7 @@ pub fn set_evict_segments(on: bool) {
 /// Whether a reader done with a segment evicts its lines: the CPU can
 /// ([`has_flush_opt`]) and the process did not turn it off ([`set_evict_segments`]).
 #[inline]
-pub fn evicts_segments() -> bool {
+pub(crate) fn evicts_segments() -> bool {
     #[cfg(not(loom))]
     // Relaxed: a hint (see `set_evict_segments`).
     return has_flush_opt() && EVICT_SEGMENTS.load(std::sync::atomic::Ordering::Relaxed);
@@ -140,25 +152,30 @@ pub fn evicts_segments() -> bool {
 }
 
 /// Evicts the cache lines of `[p, p + len)` from every cache of the machine (CLFLUSHOPT,
-/// writing back what is modified), where [`has_flush_opt`] said yes; nothing elsewhere
-/// and under loom. A hint as [`prefetch_line`]: it changes no value any load or store
+/// writing back what is modified), where [`has_flush_opt`] says yes (checked here);
+/// nothing elsewhere and under loom. A hint as [`prefetch_line`]: it changes no value any load or store
 /// sees (the caches stay coherent), only where lines are. A reader done with a segment
 /// uses it before handing the segment back: its producer then writes the lines from
 /// memory (a stream the prefetchers run ahead of) instead of taking each one back from
 /// the reader's cache, which stalled a producer of small records on every line (the 1x1
-/// 8 B throughput bench's producer: about 4x its CPU per record, see the README).
+/// 8 B throughput bench's producer: about 4x its CPU per record, see the README section
+/// "A segment goes back to its producer evicted").
+///
+/// # Safety
+/// Every byte of `[p, p + len)` must be in memory mapped for the whole call (CLFLUSHOPT
+/// of an unmapped address faults like a load). `len == 0` touches nothing.
 #[inline]
-pub fn evict_lines(p: *const u8, len: usize) {
+pub(crate) unsafe fn evict_lines(p: *const u8, len: usize) {
     #[cfg(all(not(loom), target_arch = "x86_64"))]
-    {
+    if has_flush_opt() {
         let start = p as usize & !63;
         let end = (p as usize).saturating_add(len);
         let mut at = start;
         // Bounded: one step per line of the range.
         while at < end {
-            // SAFETY: CLFLUSHOPT (present: `has_flush_opt`, checked by the caller) of an
-            // address in a mapping the caller holds (`p..p + len` is its memory, and the
-            // line around it is in the same page); it changes no memory contents.
+            // SAFETY: CLFLUSHOPT is present (`has_flush_opt`, checked above); `at` is in a
+            // line that holds a byte of `[p, p + len)`, mapped (the caller's contract), and a
+            // line never straddles pages; it changes no memory contents.
             unsafe {
                 core::arch::asm!("clflushopt byte ptr [{0}]", in(reg) at, options(nostack, preserves_flags));
             }
