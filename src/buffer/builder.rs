@@ -1103,6 +1103,41 @@ impl BufferConsumer {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_segment_flushed_more_than_the_limit_asks_its_reader_not_to_evict_it() {
+        let cfg = crate::memory::ArenaConfig {
+            segment_size: 4096,
+            segment_count: 4,
+            max_channels: 2,
+            max_gates: 2,
+            ..Default::default()
+        };
+        let arena = Arc::new(Arena::heap(&cfg).unwrap());
+        let pool = crate::buffer::NetworkBufferPool::new(arena.clone());
+        let seg = pool.request(Owner::Free, 0).unwrap().unwrap();
+        let mut b = BufferBuilder::new(seg, 1);
+        let hint = |b: &BufferBuilder| b.control().streamed.load(Ordering::Relaxed);
+        for i in 0..EVICT_MAX_FLUSHES {
+            b.append(&[1, 2, 3, 4]);
+            assert!(b.commit());
+            assert_eq!(hint(&b), 0, "after {} commits", i + 1);
+        }
+        // A commit with nothing new is no flush.
+        assert!(!b.commit());
+        assert_eq!(hint(&b), 0);
+        b.append(&[5]);
+        assert!(b.commit());
+        assert_eq!(hint(&b), SKIP_EVICT_FLUSHED);
+        // A segment taken again starts with no hint.
+        let index = b.index();
+        b.finish();
+        drop(b);
+        // SAFETY: the builder is gone and no reader was ever given the segment.
+        let seg = unsafe { MemorySegment::from_index(arena.clone(), index) };
+        let b = BufferBuilder::new(seg, 1);
+        assert_eq!(hint(&b), 0);
+    }
+
     /// `src`'s offset whose bytes sit `distance` below `dst` modulo 4 KiB.
     fn offset_for(src: &[u8], dst: usize, distance: usize) -> usize {
         (dst.wrapping_sub(distance).wrapping_sub(src.as_ptr() as usize)) % 4096
