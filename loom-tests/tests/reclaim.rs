@@ -20,6 +20,14 @@
 //!    on, and each settler, after its CLOSED, looks for another of the producer's channels
 //!    with a reader. The one that comes last frees the segment.
 //!
+//! 4. `settlers_racing_a_reuse_free_a_broadcast_segment_once`: as in model 3, but reader 0
+//!    has read and released the segment before the race, and a third thread plays a live
+//!    producer that takes whatever comes back on the free stack and publishes it again on
+//!    channel 0 with fanout 2: the same owner word as the dead producer's use. Both
+//!    channels' settlers may find no unsettled channel (the fence promises at least one);
+//!    if one frees the segment and it is reused before the other decides, the other must
+//!    not free the new use.
+//!
 //! What a failure means: in model 1, a witness-cell race is a segment freed (and reused by
 //! the reclaimer) while the reader still reads it; a free stack without the segment is a
 //! leak (neither side freed it), one with it twice a double free. In model 2, both or
@@ -31,7 +39,10 @@
 //! deciding in `orphan_segment` from a load instead of the `fetch_or` leaks in model 1;
 //! replacing `begin_reclaim`'s CAS with a load and a store lets both reclaimers report the
 //! process in model 2; removing the SeqCst fence after CLOSED in `close_block` lets both
-//! settlers miss each other's CLOSED and leak the segment in model 3.
+//! settlers miss each other's CLOSED and leak the segment in model 3; letting the owner
+//! word's CAS decide in `free_shared_leftovers` (the code before the refcount CAS) frees
+//! the reused segment a second time in model 4 (it is on the free stack while the new
+//! producer holds it).
 #![cfg(loom)]
 
 mod common;
@@ -41,7 +52,7 @@ use shmflow::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
 use shmflow::memory::{liveness, Arena, ArenaConfig, Owner};
 use shmflow::partition::reclaim::settle_if_orphaned;
 use shmflow::partition::reclaim_dead_peers;
-use shmflow::ring::{ChannelReader, ChannelWriter, Descriptor};
+use shmflow::ring::{close_channel, ChannelReader, ChannelWriter, Descriptor};
 use shmflow::sync::Ordering;
 use std::sync::Arc;
 
@@ -258,4 +269,83 @@ fn readers_leaving_at_once_free_a_half_published_broadcast_segment_once() {
         // Relaxed: after the joins.
         assert_eq!(Owner::unpack(arena.controls()[index as usize].owner.load(Ordering::Relaxed)), Owner::Free);
     });
+}
+
+// Executions of model 4 in which the segment was reused (counted outside the model).
+#[allow(clippy::disallowed_types)]
+static REUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn settlers_racing_a_reuse_free_a_broadcast_segment_once() {
+    common::check("reclaim::settlers_racing_a_reuse_free_a_broadcast_segment_once", Some(3), || {
+        let config = ArenaConfig { max_channels: 2, ..common::tiny_config() };
+        let arena = Arc::new(Arena::heap(&config).expect("a valid loom config"));
+        let index = half_published_broadcast(&arena);
+        // The other segment is held elsewhere: only the broadcast one can come back.
+        let other = arena.free_stack().pop().expect("an intact free stack").expect("the other segment is free");
+        assert_ne!(other, index);
+        {
+            // Reader 0 reads it and lets go before the race (one share left, never released).
+            let mut reader = ChannelReader::open(Arc::clone(&arena), 0).expect("channel exists");
+            let Some(Descriptor::Buffer(i)) = reader.poll().expect("a valid descriptor") else {
+                panic!("the published segment's descriptor is in ring 0")
+            };
+            assert_eq!(i, index);
+            drop(reader.consumer(i));
+        }
+        let settlers: Vec<_> = (0..2u32)
+            .map(|c| {
+                let arena = Arc::clone(&arena);
+                thread::spawn(move || {
+                    // The gate's way out: close, then settle what it handed on.
+                    if close_channel(&arena, c) {
+                        settle_if_orphaned(&arena, c);
+                    }
+                })
+            })
+            .collect();
+        let reuse = {
+            let arena = Arc::clone(&arena);
+            thread::spawn(move || {
+                let i = arena.free_stack().pop().expect("an intact free stack")?;
+                // SAFETY: popped from the free stack, so no one else may use it.
+                let seg = unsafe { shmflow::memory::MemorySegment::from_index(Arc::clone(&arena), i) };
+                let builder = BufferBuilder::new(seg, 2);
+                // What `ChannelWriter::publish` does to the owner word, on channel 0 again
+                // (the reuse's channel claim and ring push are left out of the model).
+                // Relaxed: as in `publish`; nothing reads it before the joins but settlers.
+                arena.controls()[i as usize]
+                    .owner
+                    .swap(Owner::InFlight { channel: 0, fanout: 2 }.pack(), Ordering::Relaxed);
+                // The new producer lives on and holds it.
+                std::mem::forget(builder);
+                Some(i)
+            })
+        };
+        for s in settlers {
+            s.join().unwrap();
+        }
+        let reused = reuse.join().unwrap();
+        // Relaxed: after the joins.
+        let owner = Owner::unpack(arena.controls()[index as usize].owner.load(Ordering::Relaxed));
+        match reused {
+            Some(i) => {
+                assert_eq!(i, index);
+                // Relaxed: a statistic outside the model.
+                REUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(
+                    drain_free(&arena),
+                    Vec::<u32>::new(),
+                    "the reused segment was freed under its new producer"
+                );
+                assert_eq!(owner, Owner::InFlight { channel: 0, fanout: 2 });
+            }
+            None => {
+                assert_eq!(drain_free(&arena), vec![index], "the broadcast segment comes back exactly once");
+                assert_eq!(owner, Owner::Free);
+            }
+        }
+    });
+    // Relaxed: the search is over.
+    assert!(REUSED.load(std::sync::atomic::Ordering::Relaxed) > 0, "no execution reused the segment");
 }

@@ -69,8 +69,9 @@ pub(crate) const EVICT_MAX_FLUSHES: u32 = 8;
 
 /// Bit 31 of [`SegmentControl::refcount`]: the owning pool is gone (set once, by the
 /// reclaimer of its dead process, with a `fetch_or`). Whoever takes the count to zero with
-/// this bit set frees the segment: the reader's last release, or the reclaimer itself when
-/// the count was already zero. The read-modify-writes on the one word decide which.
+/// this bit set frees the segment: the reader's last release, the reclaimer itself when
+/// the count was already zero, or the settler of a dead producer's last channel (a CAS to
+/// zero, for shares nobody will release). The read-modify-writes on the one word decide which.
 pub const REFCOUNT_ORPHANED: u32 = 1 << 31;
 /// Mask of the reader count in [`SegmentControl::refcount`].
 pub const REFCOUNT_MASK: u32 = REFCOUNT_ORPHANED - 1;

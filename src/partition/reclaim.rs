@@ -30,7 +30,9 @@
 //! Who frees a segment is decided by one atomic word each time: the owner word's CAS
 //! ([`free_segment_if`]) between a reclaimer and a settling pass, the refcount's
 //! `fetch_or(ORPHANED)` against the readers' `fetch_sub` ([`orphan_segment`]) between a
-//! reclaimer and a live reader. Channel blocks change hands by CAS on their state, so a
+//! reclaimer and a live reader, and the refcount's CAS to `ORPHANED | 0` between two
+//! settlers of a dead producer's last channels (the owner word has no generation: a reuse
+//! of the segment on the same channel with the same fanout writes the same value). Channel blocks change hands by CAS on their state, so a
 //! block is released by exactly one party: its live producer, or else its live consumer
 //! leaving, or else a reclaimer. Every step can be taken again by a reclaimer that takes
 //! over from one that died (`begin_reclaim` hands the record on).
@@ -40,7 +42,9 @@
 //! Nobody can tell which shares those are, so such a segment waits until none of the
 //! producer's channels has a reader left (each settled to CLOSED) and is then freed by
 //! whoever closes the last one (a SeqCst fence after each CLOSED makes sure that of two
-//! settling at once, one sees the other's). A `Buffer` view kept after its gate was dropped may see its bytes reused once
+//! settling at once, one sees the other's). That search matches the producer's pid only:
+//! a live process that took the pid since and holds channel blocks makes the leftovers
+//! wait until `shmflow check --recover`. A `Buffer` view kept after its gate was dropped may see its bytes reused once
 //! its producer died.
 
 use super::manager::{
@@ -52,7 +56,7 @@ use crate::memory::recovery::{free_segment_if, orphan_segment, Orphaned};
 use crate::memory::{
     Arena, Owner, Taken, CHANNEL_CLAIMED, CHANNEL_CLOSED, CHANNEL_CONSUMED, CHANNEL_CONSUMER_DIED,
     CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_ORPHANED, CHANNEL_PROBING_BY, CHANNEL_PRODUCER_DIED,
-    CHANNEL_PRODUCER_FAILED, CHANNEL_SETTLING, REFCOUNT_ORPHANED,
+    CHANNEL_PRODUCER_FAILED, CHANNEL_SETTLING, REFCOUNT_MASK, REFCOUNT_ORPHANED,
 };
 use crate::ring::NotifySet;
 use crate::sync::{fence, Ordering};
@@ -426,21 +430,46 @@ fn has_unsettled_channel(arena: &Arena, pid: u32) -> bool {
 /// Frees the broadcast segments dead producer `pid` left orphaned, once none of its
 /// channels has a reader any more: readers that left let go of every lease first, dead
 /// ones never will, and a reader whose channel the producer died before publishing the
-/// segment on never had it, so nobody can release the shares still counted. The owner
-/// CAS in `free_segment_if` makes this and a last reader's release free it once.
+/// segment on never had it, so nobody can release the shares still counted.
+///
+/// Two settlers may both get here (the fence in `close_block` only promises one), and the
+/// first one's free can be followed by a new use of the segment whose owner word is the
+/// same value (same channel, same fanout: the owner word has no generation). So the
+/// refcount word decides, not the owner word: the CAS from the `ORPHANED | shares` value
+/// read to `ORPHANED | 0` succeeds for one settler only, and never on a new use (its
+/// `BufferBuilder::new` stores a count without the flag, and a second settler reads the
+/// zero the first one left). A reader's release cannot race it: every reader has let go
+/// by now (above), and if one still did, its `fetch_sub` changes the word and this CAS fails.
+///
+/// The pid keys this: [`has_unsettled_channel`] matches on the pid only, so a live process
+/// that took the dead producer's pid and holds channel blocks makes the leftovers wait
+/// (counted as in use) until `shmflow check --recover` on an idle arena frees them.
+/// What the refcount CAS does not rule out: between its load and its CAS, the segment
+/// freed by another settler, reused, its new producer killed and reclaimed with the
+/// same share count still outstanding (a full generation in a settler's stall).
 fn free_shared_leftovers(arena: &Arena, pid: u32) -> u32 {
     let mut n = 0;
     for (i, ctl) in arena.controls().iter().enumerate() {
-        // Relaxed (all three): hints; the owner CAS in `free_segment_if` decides. The
-        // ORPHANED flag (set by `pid`'s reclaimer before any of its channels was handed
-        // on) tells its segments from those of a live process that took its pid since.
+        // Acquire: pairs with the AcqRel `fetch_or` in `orphan_segment` and the readers'
+        // AcqRel `fetch_sub`s: the owner and holder read next are those of the use that
+        // was orphaned (or newer, which the CAS below then fails on).
+        let rc = ctl.refcount.load(Ordering::Acquire);
+        if rc & REFCOUNT_ORPHANED == 0 || rc & REFCOUNT_MASK == 0 {
+            continue;
+        }
+        // Relaxed (both): the ORPHANED flag (set by `pid`'s reclaimer before any of its
+        // channels was handed on) and the holder tell its segments from those of a live
+        // process that took its pid since; the refcount CAS below decides.
+        let owner = ctl.owner.load(Ordering::Relaxed);
         if ctl.holder_pid.load(Ordering::Relaxed) != pid
-            || ctl.refcount.load(Ordering::Relaxed) & REFCOUNT_ORPHANED == 0
+            || !matches!(Owner::unpack(owner), Owner::InFlight { fanout, .. } if fanout > 1)
         {
             continue;
         }
-        let owner = ctl.owner.load(Ordering::Relaxed);
-        if matches!(Owner::unpack(owner), Owner::InFlight { fanout, .. } if fanout > 1)
+        // AcqRel: Acquire pairs with the readers' Release decrements (their reads of the
+        // payload come before the reuse); Release orders our loads above before a second
+        // settler's Acquire load of the zero. One settler wins.
+        if ctl.refcount.compare_exchange(rc, REFCOUNT_ORPHANED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
             && free_segment_if(arena, i as u32, owner)
         {
             n += 1;

@@ -6,6 +6,7 @@ use super::graph::ExecutionGraph;
 use super::job::JobGraph;
 use super::progress::ProgressTotal;
 use crate::error::{ConfigError, Result};
+use crate::gate::InputGateConfig;
 use crate::memory::ArenaConfig;
 use crate::partition::{BufferTimeout, RequestBackoff};
 use crate::sync::WaitPolicy;
@@ -198,11 +199,14 @@ pub const SEGMENT_FIT_HEADROOM: u64 = 4;
 impl RuntimeConfig {
     /// The segments `graph` can have in flight: every partition's own
     /// (`2 * subpartitions + 1`, what [`arena_config`](Self::arena_config) requires) and every
-    /// gate's credits (Flink's defaults the runtime uses: 2 exclusive per channel, 8
-    /// floating per gate).
+    /// gate's credits (the defaults of [`InputGateConfig::new`] the runtime's gates use:
+    /// Flink's 2 exclusive per channel and 8 floating per gate).
     pub fn segments_in_flight(graph: &ExecutionGraph) -> u64 {
+        let credits = InputGateConfig::new(Vec::new());
         let gates = graph.subtasks.iter().filter(|s| s.input.is_some()).count() as u64;
-        partition_segments(graph) + 2 * graph.channels_needed() + 8 * gates
+        partition_segments(graph)
+            + u64::from(credits.exclusive_credits) * graph.channels_needed()
+            + u64::from(credits.floating_credits) * gates
     }
 
     /// The first of `sizes` (largest first) at which this configuration's arena holds
