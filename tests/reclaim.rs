@@ -463,3 +463,50 @@ fn a_segment_its_holder_died_giving_back_is_reclaimed_online_once() {
         assert_eq!(rec.segments, 0, "{stop:?}: {rec:?}");
     }
 }
+
+#[test]
+fn a_flink_transport_segment_its_tm_died_taking_or_giving_back_is_reclaimed_online_once() {
+    use shmflow::buffer::NetworkBufferPool;
+    use shmflow::memory::recovery::free_own_segment_until;
+    use shmflow::memory::{Owner, TakeStop};
+    // The ffi's acquire (a writer segment of the TM's slot through `request`) and its
+    // release (`free_own_segment_if`, for one it acquired or received): a TM killed at
+    // each step leaves nothing lost and nothing on the stack twice after online reclamation.
+    let writer = Owner::Writer { pool: 0, worker: 0 };
+    let received = Owner::InFlight { channel: 3, fanout: 1 };
+    let takes = [(TakeStop::AfterPop, 1), (TakeStop::AfterWon, 1), (TakeStop::AfterOwner, 1)];
+    let gives = [(TakeStop::AfterOwner, 1), (TakeStop::BeforePush, 1), (TakeStop::AfterPush, 0)];
+    let cases = takes
+        .iter()
+        .map(|&(s, n)| (true, writer, s, n))
+        .chain([writer, received].into_iter().flat_map(|o| gives.iter().map(move |&(s, n)| (false, o, s, n))));
+    for (take, owner, stop, freed) in cases {
+        let what = format!("{}, {owner:?}, {stop:?}", if take { "acquire" } else { "release" });
+        let arena = arena();
+        liveness::register(&arena, 0).unwrap();
+        let pool = NetworkBufferPool::new(arena.clone());
+        let before = pool.available();
+        if take {
+            assert!(pool.request_until(writer, 0, stop).unwrap().is_none(), "{what}: the taker died");
+        } else {
+            let s = pool.request(writer, 0).unwrap().expect("a free segment").into_index();
+            // Relaxed: this test alone uses the arena.
+            arena.controls()[s as usize].owner.store(owner.pack(), Ordering::Relaxed);
+            assert!(free_own_segment_until(&arena, s, owner.pack(), 0, stop), "{what}");
+        }
+        assert_eq!(pool.available(), before - freed, "{what}");
+        die_as(&arena, 0, dead_pid(), None);
+        let report = reclaim_dead_peers(&arena).unwrap();
+        assert_eq!(report.reclaimed.len(), 1, "{what}: {report:?}");
+        assert_eq!(report.segments_freed, freed, "{what}: {report:?}");
+        let c = check::check(&arena);
+        assert!(c.all_free() && c.problems.is_empty(), "{what}: {c:?}");
+        let rec = shmflow::memory::recovery::reclaim_quiescent(&arena).unwrap();
+        assert_eq!(rec.segments, 0, "{what}: {rec:?}");
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(i) = arena.free_stack().pop().unwrap() {
+            assert!(seen.insert(i), "{what}: segment {i} on the free stack twice");
+        }
+        assert_eq!(seen.len() as u32, arena.segment_count(), "{what}");
+    }
+}

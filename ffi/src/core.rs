@@ -43,8 +43,9 @@
 
 use crate::handshake;
 use parking_lot::Mutex;
+use shmflow::buffer::NetworkBufferPool;
 use shmflow::memory::liveness::{self, Liveness};
-use shmflow::memory::recovery::free_segment_if;
+use shmflow::memory::recovery::free_own_segment_if;
 use shmflow::memory::{
     process_start_ticks, Arena, ArenaConfig, ChannelBlock, Owner, RingKind, CHANNEL_CLOSED, CHANNEL_CONSUMER_DIED,
     CHANNEL_CONSUMER_GONE, CHANNEL_ORPHANED, CHANNEL_PRODUCER_DIED, CHANNEL_PRODUCER_FAILED, REFCOUNT_MASK,
@@ -838,13 +839,14 @@ impl ChannelCtx {
         let deadline = Instant::now() + timeout;
         // Bounded by the deadline: every round parks for the rest of it at most.
         loop {
-            if let Some(s) = arena.free_stack().pop().map_err(from_lib)? {
-                let ctl = &arena.controls()[s as usize];
-                // Relaxed (all): bookkeeping for checkers and the reclaimer; the segment is
-                // ours alone now.
-                ctl.holder_pid.store(std::process::id(), Ordering::Relaxed);
-                ctl.refcount.store(0, Ordering::Relaxed);
-                ctl.owner.store(Owner::Writer { pool: 0, worker: self.ctx.slot }.pack(), Ordering::Relaxed);
+            // Through our slot's free-stack lane: a SIGKILL between the pop and the owner
+            // swap leaves the segment to our slot's online reclaimer.
+            let owner = Owner::Writer { pool: 0, worker: self.ctx.slot };
+            if let Some(s) = NetworkBufferPool::new(arena.clone()).request(owner, 0).map_err(from_lib)? {
+                let s = s.into_index();
+                // Relaxed: bookkeeping for checkers and the reclaimer; the segment is ours
+                // alone now.
+                arena.controls()[s as usize].refcount.store(0, Ordering::Relaxed);
                 return Ok(s);
             }
             let token = segments_wake(arena).prepare_wait();
@@ -1147,12 +1149,12 @@ impl ChannelCtx {
                 // cannot release it.
                 let me = std::process::id();
                 for (i, ctl) in arena.controls().iter().enumerate() {
-                    // Relaxed (both): re-checked by the owner CAS in free_segment_if.
+                    // Relaxed (both): re-checked by the owner CAS in free_own_segment_if.
                     let owner = ctl.owner.load(Ordering::Relaxed);
                     if ctl.holder_pid.load(Ordering::Relaxed) == me
                         && owner == (Owner::InFlight { channel: self.id, fanout: 1 }).pack()
                     {
-                        free_segment_if(arena, i as u32, owner);
+                        free_own_segment_if(arena, i as u32, owner, self.ctx.slot);
                     }
                 }
                 segments_wake(arena).notify();
@@ -1225,7 +1227,7 @@ fn release_segment(ctx: &ArenaCtx, channel: u32, segment: i32, received: bool) -
     } else {
         Owner::Writer { pool: 0, worker: ctx.slot }.pack()
     };
-    // Relaxed: a first look; the CAS in free_segment_if decides.
+    // Relaxed: a first look; the CAS in free_own_segment_if decides.
     if ctl.owner.load(Ordering::Relaxed) != held {
         return Err(inval(format!("segment {segment} is not held by this end of channel {channel}")));
     }
@@ -1241,8 +1243,9 @@ fn release_segment(ctx: &ArenaCtx, channel: u32, segment: i32, received: bool) -
         }
     }
     // The owner CAS inside decides between us and a reclaimer that saw the count at zero:
-    // one of us pushes the segment.
-    free_segment_if(arena, segment as u32, held);
+    // one of us pushes the segment, we through our slot's lane (a SIGKILL in here leaves
+    // it to our slot's online reclaimer).
+    free_own_segment_if(arena, segment as u32, held, ctx.slot);
     segments_wake(arena).notify();
     Ok(())
 }

@@ -17,6 +17,8 @@
 use super::arena::Arena;
 use super::blocks::{channel_probing, Owner, CHANNEL_FREE, REFCOUNT_MASK, REFCOUNT_ORPHANED};
 use super::liveness::{self, Liveness, WORKER_ALIVE};
+use super::segment::{give_back, own_lane};
+use super::stack::TakeStop;
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
 
@@ -140,6 +142,45 @@ pub fn free_segment_if(arena: &Arena, index: u32, owner: u64) -> bool {
     c.pool.store(0, Ordering::Relaxed);
     c.holder_pid.store(0, Ordering::Relaxed);
     arena.free_stack().push(index);
+    true
+}
+
+/// [`free_segment_if`] for a segment this process gives back for its registered worker
+/// slot `slot` (a TaskManager of the Flink transport): the owner CAS, still the one that
+/// decides between would-be freers, makes it a pool segment of `slot`, and it goes back
+/// through the slot's free-stack lane (see `stack`). A SIGKILL anywhere in here leaves it
+/// to the slot's online reclaimer: before the lane names it, the owner word names the dead
+/// slot; after, the lane does. Falls back to [`free_segment_if`] when `slot` is not this
+/// process's. Returns whether this call freed it.
+pub fn free_own_segment_if(arena: &Arena, index: u32, owner: u64, slot: u32) -> bool {
+    free_own_segment_until(arena, index, owner, slot, TakeStop::Never)
+}
+
+/// [`free_own_segment_if`], stopping where `stop` says (a model of its caller dying there:
+/// [`TakeStop::AfterOwner`] right after the owner CAS, [`TakeStop::BeforePush`] and
+/// [`TakeStop::AfterPush`] as in the give-back). Returns whether the owner CAS won.
+#[doc(hidden)]
+pub fn free_own_segment_until(arena: &Arena, index: u32, owner: u64, slot: u32, stop: TakeStop) -> bool {
+    let mine = Owner::Pool { pool: 0, worker: slot };
+    if own_lane(arena, mine, std::process::id()).is_none() {
+        return free_segment_if(arena, index, owner);
+    }
+    let Some(c) = arena.controls().get(index as usize) else {
+        return false;
+    };
+    if owner == Owner::Free.pack() || owner == mine.pack() {
+        return false;
+    }
+    // AcqRel: as in `free_segment_if` (the readers' Release decrements; one CAS wins).
+    if c.owner.compare_exchange(owner, mine.pack(), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    // Relaxed (both): the segment is ours alone now; the push's Release CAS publishes them.
+    c.refcount.store(0, Ordering::Relaxed);
+    c.holder_pid.store(std::process::id(), Ordering::Relaxed);
+    if stop != TakeStop::AfterOwner {
+        give_back(arena, index, stop);
+    }
     true
 }
 

@@ -93,7 +93,7 @@ impl Drop for MemorySegment {
 /// Marks segment `index` free and pushes it, through this process's lane when its owner
 /// names this process's worker slot (a SIGKILL in between leaves it to the slot's
 /// reclaimer, see `stack`).
-fn give_back(arena: &Arena, index: u32, stop: TakeStop) {
+pub(crate) fn give_back(arena: &Arena, index: u32, stop: TakeStop) {
     let ctl = &arena.controls()[index as usize];
     let release = || {
         // Relaxed (all three): published to the next owner by the Release CAS of the push.
