@@ -510,3 +510,19 @@ fn a_flink_transport_segment_its_tm_died_taking_or_giving_back_is_reclaimed_onli
         assert_eq!(seen.len() as u32, arena.segment_count(), "{what}");
     }
 }
+
+#[test]
+fn a_process_that_left_its_slot_no_longer_writes_the_slots_lane() {
+    use shmflow::buffer::NetworkBufferPool;
+    use shmflow::memory::{Owner, TakeStop};
+    // After EXITED a newcomer may hold the slot (and its lane) while this process runs on:
+    // a take stopped after the lane's ATTEMPT writes nothing there any more (no lane).
+    let arena = arena();
+    liveness::register(&arena, 0).unwrap();
+    liveness::mark_exited(&arena, 0);
+    let pool = NetworkBufferPool::new(arena.clone());
+    let got = pool.request_until(Owner::Pool { pool: 1, worker: 0 }, 2, TakeStop::AfterAttempt).unwrap();
+    // Relaxed: this test alone uses the arena.
+    assert_eq!(arena.workers()[0].taking.load(Ordering::Relaxed), 0, "the exited slot's lane was written");
+    assert!(got.is_some(), "without a lane the take runs to the end");
+}

@@ -134,6 +134,10 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
             // Pids are below 2^22: a state with the flag is a reclamation (or a register).
             _ if st & WORKER_RECLAIMING != 0 => return Err(Error::SlotHeld { slot, pid, holder: BEING_RECLAIMED }),
             _ if pid == me => true,
+            // Left cleanly and still running (a JVM whose TaskManager closed its arena
+            // context): reused, or the slot would stay out of use for that process's life.
+            // The old holder no longer writes the slot's free-stack lane (`own_lane` wants
+            // ALIVE), so the newcomer's lane is its own.
             WORKER_EXITED if process_running(pid, r) => true,
             WORKER_ALIVE if process_running(pid, r) => {
                 return Err(Error::SlotHeld { slot, pid, holder: "a live process" });

@@ -2,6 +2,7 @@
 
 use super::arena::Arena;
 use super::blocks::Owner;
+use super::liveness::WORKER_ALIVE;
 use super::stack::TakeStop;
 use crate::sync::Ordering;
 use std::sync::Arc;
@@ -113,12 +114,19 @@ pub(crate) fn give_back(arena: &Arena, index: u32, stop: TakeStop) {
 }
 
 /// The worker slot `owner` names (a pool's or a writer's), when this process (`me`) is
-/// registered in it: the free-stack lane its pops and pushes go through (another
-/// process's lane is never written).
+/// registered in it and still ALIVE there: the free-stack lane its pops and pushes go
+/// through (another process's lane is never written). Once this process marked its slot
+/// EXITED, `liveness::register` may hand the slot to a newcomer while this process still
+/// runs, so it stops using the lane (its pops and pushes go without one, as before lanes).
+/// A give-back racing with its own process's `mark_exited` can still write the lane after
+/// the newcomer took it: leaving a slot is meant to come after its segments went back.
 pub(crate) fn own_lane(arena: &Arena, owner: Owner, me: u32) -> Option<u32> {
     let (Owner::Pool { worker, .. } | Owner::Writer { worker, .. }) = owner else {
         return None;
     };
-    // Relaxed: our own registration, written by this process before.
-    (arena.workers().get(worker as usize)?.pid.load(Ordering::Relaxed) == me).then_some(worker)
+    let r = arena.workers().get(worker as usize)?;
+    // Relaxed (both): our own registration, written by this process before (a newcomer
+    // changes them only after we marked the slot EXITED).
+    let alive = r.state.load(Ordering::Relaxed) == WORKER_ALIVE;
+    (alive && r.pid.load(Ordering::Relaxed) == me).then_some(worker)
 }
