@@ -148,10 +148,21 @@ impl StackHead {
         Self { head: AtomicU64::new(0), len: AtomicU32::new(0) }
     }
 
-    /// Approximate length: exact when nothing is in flight.
+    /// Approximate length: exact when nothing is in flight and no process was killed
+    /// between a push's or pop's CAS and its count. The count is updated after the CAS, so
+    /// it can dip below zero: a pop's decrement landing before a concurrent push's
+    /// increment (for a moment), or a kill after a push's CAS (for good, until
+    /// [`reset`](Self::reset)). A wrapped count reads as 0, never as about `u32::MAX`.
+    /// (Decrementing with saturation instead would leave the first case one high for good.)
     pub fn len(&self) -> u32 {
         // Relaxed: a statistic, read without ordering needs.
-        self.len.load(Ordering::Relaxed)
+        let n = self.len.load(Ordering::Relaxed);
+        // Below zero by a few (the segment count fits in 25 bits, far below this).
+        if n > u32::MAX / 2 {
+            0
+        } else {
+            n
+        }
     }
 
     /// The raw head word `[tag | lane | index + 1]` (for observers; [`head_top`] reads it).
@@ -480,6 +491,22 @@ mod tests {
         assert_eq!(head.raw_head() >> 38, 6, "pops bump the tag too");
         assert!(head.is_empty());
         assert_eq!(head.len(), 0);
+    }
+
+    #[test]
+    fn a_count_left_one_low_by_a_kill_reads_zero_not_wrapped() {
+        let head = StackHead::new();
+        let ctl = controls(2);
+        let s = SegmentStack::new(&head, &ctl, &[]);
+        s.push(1);
+        // Relaxed: a model of a process killed after its push's CAS, before the count.
+        head.len.store(0, Ordering::Relaxed);
+        assert_eq!(s.pop().unwrap(), Some(1));
+        assert_eq!(head.len(), 0, "the count wrapped below zero");
+        s.push(1);
+        assert_eq!(head.len(), 0, "one low for good, as documented");
+        s.push(0);
+        assert_eq!(head.len(), 1);
     }
 
     #[test]
