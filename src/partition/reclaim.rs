@@ -46,6 +46,19 @@
 //! a live process that took the pid since and holds channel blocks makes the leftovers
 //! wait until `shmflow check --recover`. A `Buffer` view kept after its gate was dropped may see its bytes reused once
 //! its producer died.
+//!
+//! Windows still left to `shmflow check --recover` (an idle arena's stop-the-world pass);
+//! a process killed in one of them loses one segment until then:
+//! - an orphaned segment whose count already reads 0: its last reader killed between its
+//!   `fetch_sub` and its free, or a settler killed between its refcount CAS and its free.
+//!   The settlers' search for leftovers skips a zero count, since a live last reader may be
+//!   freeing that segment at that very moment, and nothing tells the two apart;
+//! - the frees of reclaimers and settlers themselves ([`free_segment_if`]: owner CAS, then a
+//!   push without a lane): one killed between the two;
+//! - a pop or push by a process without a free-stack lane: one not registered in the slot
+//!   its segment's owner names, or no longer ALIVE there. The pools' requests, segments'
+//!   drops and the Flink transport's acquire and release (`free_own_segment_if`) go
+//!   through their process's lane and are reclaimed online (step 0 above).
 
 use super::manager::{
     GATE_FREE, GATE_OWNED_BY, PARTITION_CLAIMED_BY, PARTITION_FAILED, PARTITION_REGISTERED, PARTITION_RELEASED,
