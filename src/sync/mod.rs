@@ -131,7 +131,8 @@ static EVICT_SEGMENTS: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// then the ones its own core's producer writes next, and both pay. A job whose tasks
 /// outnumber the CPUs turns it off in each worker (`run shuffle`, p=2 on 2 vCPUs: CPU per
 /// 1 KiB record 73 -> 148 ns with eviction, per 16 B record 11.6 -> 12.4 ns). The Flink
-/// transport (the `ffi` crate) never turns it off. Only this process's readers are affected.
+/// transport (the `ffi` crate) turns it off unless `SHMFLOW_EVICT_SEGMENTS=1` is set in the
+/// TaskManager's environment (its threads share cores with the other TaskManagers'). Only this process's readers are affected.
 pub fn set_evict_segments(on: bool) {
     #[cfg(not(loom))]
     // Relaxed: a hint read by `evicts_segments`; any value is safe.
