@@ -3,6 +3,10 @@
 //! performance section generated from `DIR`: the machine, how to re-run, the goals, the key
 //! tables and links to the plots.
 //!
+//! The section sits inside the README's "Current figures" subsection, so its headings are
+//! level 4, and everything after the goals table (one key table per benchmark, the plots)
+//! is folded into a `<details>` block: the goals stay in view, the rest one click away.
+//!
 //! Links point where the results live relative to the README: `DIR` itself when it lies
 //! under the README's directory, else `docs/bench/` (where the published run is kept).
 
@@ -35,22 +39,26 @@ pub fn section(recs: &[Record], machine: Option<&Map<String, Value>>, plots: &[P
     }
     let _ = writeln!(
         md,
-        "\nRe-run: `tools/bench-report [--quick] [--out DIR] [--readme]` (full run by default, a few minutes \
-         with `--quick`); it writes `DIR/results.json` (one flat record per figure), `DIR/report.md` (every \
+        "\nRe-run: `tools/bench-report [--quick] [--out DIR] [--readme] [--flink]` (full run by default, a few \
+         minutes with `--quick`; `--flink` adds the jobs beside Apache Flink 2.3); it writes `DIR/results.json` (one flat record per figure), `DIR/report.md` (every \
          table) and `DIR/plots/*.svg`, and with `--readme` this section. This run: \
          [report]({link}/report.md), [records]({link}/results.json).\n"
     );
-    md.push_str("### Goals\n\n");
+    md.push_str("#### Goals\n\n");
     md.push_str(&goals::markdown(&goals::check(recs)));
+    // The rest folded: GitHub renders markdown inside <details> when blank lines surround it.
+    md.push_str(
+        "\n<details>\n<summary>Each benchmark's key table (the systems side by side) and the plots</summary>\n",
+    );
     for bench in benches(recs) {
         let these: Vec<Record> = recs.iter().filter(|r| bench_of(r) == bench).cloned().collect();
         // The first key table of each benchmark; the report has the rest.
         if let Some((title, t)) = key_tables(&these).into_iter().next() {
-            let _ = writeln!(md, "\n### {bench}: {title}\n\n{}", t.markdown().trim_end());
+            let _ = writeln!(md, "\n#### {bench}: {title}\n\n{}", t.markdown().trim_end());
         }
     }
     if !plots.is_empty() {
-        md.push_str("\n### Plots\n\n");
+        md.push_str("\n#### Plots\n\n");
         // The headline comparison drawn, then every plot by name.
         if let Some(p) = plots.iter().find(|p| p.file == "plots/latency-64B-spin.svg") {
             let _ = writeln!(md, "![{}]({link}/{})\n", p.title, p.file);
@@ -59,7 +67,7 @@ pub fn section(recs: &[Record], machine: Option<&Map<String, Value>>, plots: &[P
             let _ = writeln!(md, "- [{}]({link}/{})", p.title, p.file);
         }
     }
-    md.push('\n');
+    md.push_str("\n</details>\n\n");
     md
 }
 
@@ -143,8 +151,13 @@ mod tests {
         assert!(s.contains(
             "| 64 B one-way p50, spin: shmflow ≤ iceoryx2 | shmflow 212 ns vs iceoryx2 335 ns: 0.633× | met |"
         ));
-        assert!(s.contains("### latency: one-way p50, systems side by side\n\n| shmflow | iceoryx2 |"));
+        assert!(s.contains("\n#### latency: one-way p50, systems side by side\n\n| shmflow | iceoryx2 |"));
         assert!(s.contains("Full run"));
+        // The goals in view, the rest folded after them, the fold closed.
+        let (goals, fold) = (s.find("\n#### Goals\n").unwrap(), s.find("\n<details>\n").unwrap());
+        assert!(goals < fold && fold < s.find("\n#### latency:").unwrap());
+        assert!(s.trim_end().ends_with("</details>"));
+        assert!(!s.contains("\n### "), "headings nest under the README's Current figures");
     }
 
     #[test]
