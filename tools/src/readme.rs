@@ -171,4 +171,94 @@ mod tests {
         assert_eq!(link_for(&root.join("out"), &root.join("README.md")), "out");
         let _ = std::fs::remove_dir_all(&root);
     }
+
+    /// The anchors GitHub gives the headings of a markdown text: lower case, letters,
+    /// digits, `-` and `_` kept, spaces made `-`, everything else dropped; a repeated one
+    /// gets `-1`, `-2`, ...
+    fn anchors(text: &str) -> std::collections::HashSet<String> {
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        let mut out = std::collections::HashSet::new();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            }
+            let title = line.trim_start_matches('#');
+            if fenced || title.len() == line.len() || !title.starts_with(' ') {
+                continue;
+            }
+            let slug: String = title
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect();
+            let n = seen.entry(slug.clone()).or_insert(0);
+            out.insert(if *n == 0 { slug.clone() } else { format!("{slug}-{n}") });
+            *n += 1;
+        }
+        out
+    }
+
+    /// Every `](target)` of a markdown text outside fenced code.
+    fn links(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            }
+            let mut rest = line;
+            while let (false, Some(i)) = (fenced, rest.find("](")) {
+                rest = &rest[i + 2..];
+                if let Some(j) = rest.find(')') {
+                    out.push(rest[..j].to_string());
+                    rest = &rest[j..];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_keeps_its_markers_and_the_docs_links_resolve() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        // What `tools/bench-report --readme` needs: each marker once, in order.
+        assert_eq!(readme.matches(BEGIN).count(), 1);
+        assert_eq!(readme.matches(END).count(), 1);
+        assert!(splice(&readme, "x").is_ok());
+        let mut docs = vec![root.join("README.md")];
+        for e in std::fs::read_dir(root.join("docs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                docs.push(p);
+            }
+        }
+        let mut broken = Vec::new();
+        for doc in &docs {
+            let text = std::fs::read_to_string(doc).unwrap();
+            for link in links(&text) {
+                if link.contains("://") || link.starts_with("mailto:") {
+                    continue;
+                }
+                let (file, anchor) = link.split_once('#').unwrap_or((&link, ""));
+                let target = if file.is_empty() { doc.clone() } else { doc.parent().unwrap().join(file) };
+                if !target.exists() {
+                    broken.push(format!("{}: {link} (no such file)", doc.display()));
+                } else if !anchor.is_empty() && target.extension().is_some_and(|x| x == "md") {
+                    let t = std::fs::read_to_string(&target).unwrap();
+                    if !anchors(&t).contains(anchor) {
+                        broken.push(format!("{}: {link} (no such heading)", doc.display()));
+                    }
+                }
+            }
+        }
+        assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+        // The checker itself: a made-up link is caught.
+        assert!(anchors("## Jobs beside Apache Flink 2.3 (issue 12; `tools/bench-flink`)")
+            .contains("jobs-beside-apache-flink-23-issue-12-toolsbench-flink"));
+        assert_eq!(links("see [a](b.md#c) and [d](e)\n```\n[x](y)\n```"), vec!["b.md#c", "e"]);
+    }
 }
