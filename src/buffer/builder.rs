@@ -289,6 +289,11 @@ impl BufferBuilder {
         self.size - self.pos
     }
 
+    /// The size of the segment (the most a debloating limit can be).
+    pub fn segment_size(&self) -> u32 {
+        self.segment_size
+    }
+
     /// No byte left.
     pub fn is_full(&self) -> bool {
         self.pos == self.size

@@ -748,6 +748,7 @@ impl ResultPartition {
             match write_record(b, record) {
                 WriteOutcome::Written => break,
                 WriteOutcome::NeedsNewSegment => self.close_builder(c)?,
+                WriteOutcome::Spans if starts_next_segment(b, len) => self.close_builder(c)?,
                 WriteOutcome::Spans => {
                     self.write_spanning(record, Some(c))?;
                     break;
@@ -1203,6 +1204,16 @@ impl Drop for ResultPartition {
 }
 
 /// The next builder number of a handoff slot (never 0, which marks "none open").
+/// Whether a record of `len` payload bytes that does not fit the rest of `b` goes whole
+/// into the channel's next segment instead of spanning: a small record (at most 1/64 of a
+/// segment framed, so at most that much of a segment is left unused) behind other records.
+/// A small record that spans costs both sides their slow path (the writer's spanning
+/// write, the reader's piece by piece read) where it fits the next segment anyway: with
+/// 8 B records and 32 KiB segments two of every three segments ended in one.
+fn starts_next_segment(b: &BufferBuilder, len: usize) -> bool {
+    b.position() > 0 && (crate::record::frame::framed_len(len) as u64) * 64 <= u64::from(b.segment_size())
+}
+
 fn next_epoch(e: u32) -> u32 {
     e.wrapping_add(1).max(1)
 }
