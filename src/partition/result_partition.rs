@@ -692,25 +692,26 @@ impl ResultPartition {
     // its Result returned through memory, cost the 16 B shuffle job's generator).
     #[inline(always)]
     pub fn emit<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
-        // Fast path: the channel's segment is open and has room to spare.
-        if self.broadcast.is_none() {
-            if let Some(sub) = self.subs.get_mut(c as usize) {
-                if let Some(b) = sub.builder.as_mut() {
-                    let len = record.serialized_len();
-                    if len <= DEFAULT_MAX_RECORD && b.try_write_framed(record, len) {
-                        if let Some(h) = &self.handoff {
-                            // SAFETY: c < subs.len() (`get_mut` above), and the handoff
-                            // has a slot per subpartition plus one (`flush_handoff`).
-                            unsafe { h.stage_unchecked(c as usize, sub.epoch, b.position()) };
-                        }
-                        // The one counter per record; folded per segment (`fold`).
-                        sub.pending += 1;
-                        if !sub.dirty {
-                            sub.dirty = true;
-                            self.dirty.push(c);
-                        }
-                        return Ok(());
+        // Fast path: the channel's segment is open and has room to spare. No look at the
+        // broadcast builder: while it is open no channel has one (`broadcast_emit` closes
+        // them first, `emit_slow` closes it before opening one).
+        if let Some(sub) = self.subs.get_mut(c as usize) {
+            if let Some(b) = sub.builder.as_mut() {
+                debug_assert!(self.broadcast.is_none());
+                let len = record.serialized_len();
+                if len <= DEFAULT_MAX_RECORD && b.try_write_framed(record, len) {
+                    if let Some(h) = &self.handoff {
+                        // SAFETY: c < subs.len() (`get_mut` above), and the handoff has a
+                        // slot per subpartition plus one (`flush_handoff`).
+                        unsafe { h.stage_unchecked(c as usize, sub.epoch, b.position()) };
                     }
+                    // The one counter per record; folded per segment (`fold`).
+                    sub.pending += 1;
+                    if !sub.dirty {
+                        sub.dirty = true;
+                        self.dirty.push(c);
+                    }
+                    return Ok(());
                 }
             }
         }
