@@ -334,7 +334,45 @@ impl RecordReader {
     where
         F: FnMut(&[u8]) -> Result<()> + ?Sized,
     {
-        self.drain_batch(max, |records| records.try_for_each(&mut *f))
+        // Its own loop, not `drain_batch`'s iterator: through the iterator a caller's
+        // closure kept its state in memory (emit bench read-back 2.26 -> 2.6 ns per record).
+        if self.span_len.is_some() {
+            return Ok(0);
+        }
+        self.release_last();
+        let max_record = self.max_record;
+        let place = self.channel.id();
+        let Some(c) = self.current.as_mut() else {
+            return Ok(0);
+        };
+        let (bytes, _) = c.peek_final()?;
+        let (mut off, mut n, mut payload) = (0usize, 0usize, 0u64);
+        let mut result = Ok(());
+        while n < max {
+            let rest = &bytes[off..];
+            let Some(len) = frame::peek_len(rest) else {
+                break;
+            };
+            if len > max_record {
+                result = Err(too_long_error(place, len, max_record));
+                break;
+            }
+            // `len` is at most `max_record`: no overflow.
+            let Some(rec) = rest.get(LEN_PREFIX..LEN_PREFIX + len) else {
+                break;
+            };
+            off += LEN_PREFIX + len;
+            n += 1;
+            payload += len as u64;
+            if let Err(e) = f(rec) {
+                result = Err(e);
+                break;
+            }
+        }
+        c.consume(off as u32);
+        self.records += n as u64;
+        self.bytes += payload;
+        result.map(|()| n)
     }
 
     /// [`drain_whole`](Self::drain_whole) with the loop in the caller's hands: `f` gets the
