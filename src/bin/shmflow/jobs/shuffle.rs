@@ -20,14 +20,22 @@ struct ShuffleSink {
     work_ns: u64,
 }
 
+/// Spins for `ns` nanoseconds: the busy work that plays a slow operator (out of line, so
+/// the jobs without it keep a short record loop).
+#[inline(never)]
+fn busy_work(ns: u64) {
+    let until = shmflow::sync::now_nanos().saturating_add(ns);
+    // Ends when the clock passes `until`.
+    while shmflow::sync::now_nanos() < until {
+        std::hint::spin_loop();
+    }
+}
+
 impl Collector<Synthetic> for ShuffleSink {
     #[inline]
     fn collect(&mut self, r: Synthetic) -> Result<()> {
         if self.work_ns > 0 {
-            let until = shmflow::sync::now_nanos().saturating_add(self.work_ns);
-            while shmflow::sync::now_nanos() < until {
-                std::hint::spin_loop();
-            }
+            busy_work(self.work_ns);
         }
         self.records += 1;
         self.seq_sum = self.seq_sum.wrapping_add(r.seq);
@@ -80,14 +88,17 @@ impl Source<Synthetic> for ShuffleSource {
         let info = ctx.info;
         // u128: `records * p` must not wrap.
         let share = |k: u32| (u128::from(self.records) * u128::from(k) / u128::from(info.parallelism)) as u64;
-        for seq in share(info.subtask)..share(info.subtask + 1) {
-            if self.work_ns > 0 {
-                let until = shmflow::sync::now_nanos().saturating_add(self.work_ns);
-                while shmflow::sync::now_nanos() < until {
-                    std::hint::spin_loop();
-                }
+        let (seqs, len) = (share(info.subtask)..share(info.subtask + 1), self.payload);
+        if self.work_ns == 0 {
+            // The loop without busy work: the record is all it does.
+            for seq in seqs {
+                out.collect(Synthetic { seq, len, bad: 0 })?;
             }
-            out.collect(Synthetic { seq, len: self.payload, bad: 0 })?;
+            return Ok(());
+        }
+        for seq in seqs {
+            busy_work(self.work_ns);
+            out.collect(Synthetic { seq, len, bad: 0 })?;
         }
         Ok(())
     }
