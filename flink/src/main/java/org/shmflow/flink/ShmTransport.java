@@ -24,6 +24,7 @@ import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The shared-memory transport of one TaskManager.
@@ -62,6 +63,10 @@ final class ShmTransport implements AutoCloseable {
     final int timeoutMs;
     /** Consumer side: deliver arena slices to Flink instead of copying (shmflow.consumer.zero-copy). */
     final boolean zeroCopy;
+    /** Most segments held as zero-copy buffers at once (shmflow.consumer.zero-copy-max-segments). */
+    final int zeroCopyMax;
+    /** Segments held as zero-copy buffers now (taken by {@link #takeZeroCopySlot}). */
+    private final AtomicInteger zeroCopyHeld = new AtomicInteger();
     /** Producer side: publish from the thread that made the buffer available (shmflow.producer.direct). */
     final boolean direct;
     /** Largest buffer the direct path publishes itself (shmflow.producer.direct-max-bytes). */
@@ -117,6 +122,7 @@ final class ShmTransport implements AutoCloseable {
             ResourceID self,
             int timeoutMs,
             boolean zeroCopy,
+            int zeroCopyMaxSegments,
             boolean direct,
             int directMaxBytes,
             boolean deliverOnCredit,
@@ -153,6 +159,10 @@ final class ShmTransport implements AutoCloseable {
             throw new IOException("shmflow: mapping the data region failed: " + Native.lastError());
         }
         this.data = d;
+        if (zeroCopyMaxSegments < 0) {
+            throw new IOException("shmflow.consumer.zero-copy-max-segments must not be negative, not " + zeroCopyMaxSegments);
+        }
+        this.zeroCopyMax = zeroCopyMaxSegments > 0 ? zeroCopyMaxSegments : (int) (info[2] / 4);
         String tag = self.getResourceIdString();
         this.delayed = Executors.newSingleThreadScheduledExecutor(r -> daemon(r, "shmflow-delay " + tag));
         this.consumerThread = daemon(this::consumerLoop, "shmflow-consumer " + tag);
@@ -203,6 +213,30 @@ final class ShmTransport implements AutoCloseable {
             LOG.info("shmflow: reclaimed {} dead TaskManager process(es): {} segments freed, {} left to their live readers, {} channels failed",
                     r[0], r[1], r[2], r[3]);
         }
+    }
+
+    /**
+     * Reserves one of the {@link #zeroCopyMax} segments this TaskManager may hold as
+     * zero-copy buffers; false when they are all held (the buffer is copied then). Each
+     * true is matched by one {@link #returnZeroCopySlot}. A failed reservation counts for a
+     * moment too, so the successful ones never exceed the maximum.
+     */
+    boolean takeZeroCopySlot() {
+        if (zeroCopyHeld.getAndIncrement() < zeroCopyMax) {
+            return true;
+        }
+        zeroCopyHeld.decrementAndGet();
+        return false;
+    }
+
+    /** Gives back a slot of {@link #takeZeroCopySlot} (the buffer's recycler). */
+    void returnZeroCopySlot() {
+        zeroCopyHeld.decrementAndGet();
+    }
+
+    /** Segments held as zero-copy buffers now (tests). */
+    int zeroCopyHeld() {
+        return zeroCopyHeld.get();
     }
 
     /** Copies {@code len} bytes of segment {@code seg} into a fresh array. */
