@@ -19,7 +19,6 @@ import org.slf4j.LoggerFactory;
 import java.io.ByteArrayInputStream;
 import java.io.ObjectInputStream;
 import java.net.SocketAddress;
-import java.nio.ByteBuffer;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.locks.ReentrantLock;
 
@@ -231,10 +230,7 @@ final class ClientChannel {
             b = new NetworkBuffer(MemorySegmentFactory.wrap(new byte[size]), FreeingBufferRecycler.INSTANCE, dt, size);
         }
         try {
-            ByteBuffer src = t.data.duplicate();
-            int at = seg * t.segmentSize;
-            src.limit(at + size).position(at);
-            b.asByteBuf().setBytes(0, src);
+            t.copyOutOfSegment(seg, size, b);
         } catch (RuntimeException e) {
             b.recycleBuffer();
             Native.release(handle, seg);
@@ -254,10 +250,7 @@ final class ClientChannel {
 
     /** Segment {@code seg} as a Flink buffer that holds {@code token} until it is recycled. */
     private Buffer arenaBuffer(int seg, int size, Buffer.DataType dt, boolean compressed, Buffer token) {
-        ByteBuffer d = t.data.duplicate();
-        int at = seg * t.segmentSize;
-        d.limit(at + t.segmentSize).position(at);
-        MemorySegment ms = MemorySegmentFactory.wrapOffHeapMemory(d.slice());
+        MemorySegment ms = t.segmentView(seg);
         refs.incrementAndGet();
         return new NetworkBuffer(ms, new SegmentRecycler(seg, token), dt, compressed, size);
     }
