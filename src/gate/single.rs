@@ -23,7 +23,7 @@ use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::partition::{FileChannelManager, ResultPartitionManager};
 use crate::record::frame::{self, Frame};
-use crate::record::{RecordReader, Step};
+use crate::record::{RecordReader, Step, WholeRecords};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
 use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, Waiter};
 use std::collections::VecDeque;
@@ -890,33 +890,53 @@ impl SingleInputGate {
         let (calls, per_spin) = self.hot_clock;
         let t0 = (calls % 64 == 0 || per_spin == 0).then(now_nanos);
         let mut found = false;
-        let mut spins = 1u64;
-        for i in 0..HOT_SPINS {
-            spins = u64::from(i) + 1;
-            r.prefetch_unread();
-            if r.data_input() != Some(false) {
+        let mut spins = 0u64;
+        while spins < u64::from(HOT_SPINS) {
+            // The spin proper: one load of the prefix word at the read position per spin
+            // and nothing else, in rounds of 16 between the checks below.
+            let Some(word) = r.data_word() else {
+                // The word cannot tell (the position path can).
+                found = r.poll_known();
+                break;
+            };
+            // The line after the word's, prefetched on every spin (a small record with its
+            // prefix often straddles two), so it is on its way as the word turns: without
+            // that, near vCPUs measured 2.4-2.5x bare instead of 2.0-2.2x (session 9).
+            let next_line = (word as *const crate::sync::AtomicU32).cast::<u8>().wrapping_add(64);
+            let mut written = false;
+            for _ in 0..16 {
+                spins += 1;
+                crate::sync::prefetch_line(next_line);
+                // Relaxed: a hint; `poll_known` Acquires the word before reading the record.
+                if u32::from_le(word.load(Ordering::Relaxed)) != frame::UNWRITTEN {
+                    written = true;
+                    break;
+                }
+                // One pause per spin, a measured compromise (64 B ping-pong, 12 interleaved
+                // runs of 4 rounds, vCPUs on different cores, bare atomics 232-254 ns one-way:
+                // the network stack's one-way p50 over them, median 1.70x with no pause,
+                // 1.56x with one, 1.46x with two). Polling the lines the producer is writing
+                // takes them back between its stores (the record's first line gets its
+                // payload, then, after the second line's stores, its prefix), so fewer polls
+                // cost fewer transfers; but with the vCPUs near (bare atomics 50 ns) two
+                // pauses measured worse (2.39x and 2.60x against 2.00-2.20x with one), and
+                // none too (2.6x, session 9), the pause being the granularity at which the
+                // record is seen there.
+                std::hint::spin_loop();
+            }
+            if written {
                 found = r.poll_known();
                 break;
             }
             // Relaxed: a stop request.
-            if i % 16 == 15
-                && (set.any_other(members, member)
-                    || r.channel_mut().has_next()?
-                    || self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)))
+            if set.any_other(members, member)
+                || r.channel_mut().has_next()?
+                || self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
             {
                 break;
             }
-            // One pause per spin, a measured compromise (64 B ping-pong, 12 interleaved runs
-            // of 4 rounds, vCPUs on different cores, bare atomics 232-254 ns one-way: the
-            // network stack's one-way p50 over them, median 1.70x with no pause, 1.56x with
-            // one, 1.46x with two). Polling the lines the producer is writing takes them
-            // back between its stores (the record's first line gets its payload, then, after
-            // the second line's stores, its prefix), so fewer polls cost fewer transfers;
-            // but with the vCPUs on hyperthreads of one core (bare atomics 50 ns) two pauses
-            // measured worse (2.39x and 2.60x against 2.00-2.20x with one), the pause being
-            // the granularity at which the record is seen there.
-            std::hint::spin_loop();
         }
+        let spins = spins.max(1);
         let idle = match t0 {
             Some(t0) => {
                 let idle = now_nanos().saturating_sub(t0);
@@ -951,26 +971,66 @@ impl SingleInputGate {
     where
         F: FnMut(u32, &[u8]) -> Result<()> + ?Sized,
     {
-        let Some(&c) = self.ready.front() else {
+        let Some((c, max)) = self.served_for_batch(max)? else {
             return Ok(0);
+        };
+        let n = match &mut self.channels[c as usize].kind {
+            ChannelKind::Local(l) => l.reader.drain_whole(max, &mut |r| f(c, r))?,
+            ChannelKind::File(file) => file.drain(max, &mut |r| f(c, r))?,
+        };
+        self.after_batch(c, n);
+        Ok(n)
+    }
+
+    /// [`drain_records`](Self::drain_records) with the record loop in the caller's hands:
+    /// `f(channel, records)` gets the whole records already published on the channel being
+    /// served as an iterator ([`WholeRecords`]; the ones it hands out count as read), so
+    /// the caller's per-record state stays in locals for the batch. Returns how many; 0
+    /// means "nothing in this fast path" (also for a channel read from a file): call
+    /// [`next`](Self::next).
+    ///
+    /// # Errors
+    /// Protocol violations, or `f`'s error.
+    pub fn drain_batch<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(u32, &mut WholeRecords<'_>) -> Result<()> + ?Sized,
+    {
+        let Some((c, max)) = self.served_for_batch(max)? else {
+            return Ok(0);
+        };
+        let n = match &mut self.channels[c as usize].kind {
+            ChannelKind::Local(l) => l.reader.drain_batch(max, |records| f(c, records))?,
+            ChannelKind::File(_) => 0,
+        };
+        self.after_batch(c, n);
+        Ok(n)
+    }
+
+    /// The channel the batch paths read, with their bound on the batch: the channel being
+    /// served, unless it is not active or a local one has a priority event pending.
+    #[inline]
+    fn served_for_batch(&mut self, max: usize) -> Result<Option<(u32, usize)>> {
+        let Some(&c) = self.ready.front() else {
+            return Ok(None);
         };
         let ch = &mut self.channels[c as usize];
         if ch.state != ChannelState::Active {
-            return Ok(0);
+            return Ok(None);
         }
-        let max = max.min(self.batch as usize * 64);
-        let n = match &mut ch.kind {
-            ChannelKind::Local(l) => {
-                if l.reader.channel_mut().priority_pending()? {
-                    return Ok(0);
-                }
-                l.reader.drain_whole(max, &mut |r| f(c, r))?
+        if let ChannelKind::Local(l) = &mut ch.kind {
+            if l.reader.channel_mut().priority_pending()? {
+                return Ok(None);
             }
-            ChannelKind::File(file) => file.drain(max, &mut |r| f(c, r))?,
-        };
+        }
+        Ok(Some((c, max.min(self.batch as usize * 64))))
+    }
+
+    /// After a batch of `n` records from channel `c`: the fairness rotation and the reports.
+    #[inline]
+    fn after_batch(&mut self, c: u32, n: usize) {
         if n > 0 {
             // Fairness: the next batch comes from the next ready channel.
-            ch.served = 0;
+            self.channels[c as usize].served = 0;
             self.ready.rotate_left(1);
             self.debloat();
             self.unreported += n as u32;
@@ -979,7 +1039,6 @@ impl SingleInputGate {
                 self.report();
             }
         }
-        Ok(n)
     }
 
     /// The next record or event, parking on the gate's wake-up when there is none (one
