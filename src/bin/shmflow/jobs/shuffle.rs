@@ -4,7 +4,7 @@
 use super::output::merge_parts;
 use super::synthetic::{pattern_mismatches, write_pattern, Synthetic};
 use super::wordcount::part_path;
-use shmflow::partition::{ChannelSelector, KeyGroupPartitioner, SelectorKind};
+use shmflow::partition::SelectorKind;
 use shmflow::record::{FromRecord, Record};
 use shmflow::runtime::{Collector, JobBuilder, JobGraph, Source, SourceContext, TaskInfo};
 use shmflow::{Error, Result};
@@ -260,30 +260,10 @@ const SPIN_BEFORE_DUE_NS: u64 = 3_000;
 /// reads it at once; it sleeps to an absolute deadline [`SPIN_BEFORE_DUE_NS`] before the
 /// record is due (with a timer slack of 1 ns, not the default 50 µs) and spins for the
 /// rest. Warm-up records carry [`WARM_UP`] and the schedule's start instead of a stamp.
-/// Under key hash it knows which sink each record goes to (the exchange's own key-group
-/// routing): after a record for a sink of another subtask, which runs on another core when
-/// pinned, it does not yield but goes to sleep at once (the yield, and the return to the
-/// core ~20 µs later only to go to sleep, took the core from this core's sink twice more
-/// per record, and records from the other generator waited meanwhile).
 struct RateSource {
     records: u64,
     payload: u32,
     rate: u64,
-    selector: SelectorKind,
-}
-
-impl RateSource {
-    /// Whether a record sent now may have gone to this subtask's sink (the one on this
-    /// generator's core when pinned): under key hash, whether the key routes it there;
-    /// otherwise always (rebalance's next channel is the exchange's).
-    fn sink_picker(&self, parallelism: u32) -> impl FnMut(u64, u32) -> bool {
-        let mut by_key = (self.selector == SelectorKind::KeyHash).then(|| {
-            let mut s = KeyGroupPartitioner::by_key(|seq: &u64| seq);
-            ChannelSelector::<u64>::setup(&mut s, parallelism);
-            s
-        });
-        move |seq, subtask| by_key.as_mut().is_none_or(|s| s.select_channel(&seq) == subtask)
-    }
 }
 
 impl Source<Stamped> for RateSource {
@@ -295,16 +275,11 @@ impl Source<Stamped> for RateSource {
         shmflow::sync::set_precise_timers();
         let start = shmflow::sync::now_nanos();
         let mut last_stamp = None;
-        let mut to_this_core = self.sink_picker(info.parallelism);
-        // Whether the last record may have gone to the sink on this core (none yet).
-        let mut last_here = false;
         for (k, seq) in share.enumerate() {
-            let here = to_this_core(seq, info.subtask);
-            wait_until_due(schedule.due(start, k as u64), last_stamp, last_here, out)?;
+            wait_until_due(schedule.due(start, k as u64), last_stamp, out)?;
             let stamp = if (k as u64) < warm { WARM_UP | start } else { shmflow::sync::now_nanos() };
             last_stamp = (stamp & WARM_UP == 0).then_some(stamp);
             out.collect(Stamped { seq, stamp, len: self.payload, bad: 0 })?;
-            last_here = here;
         }
         Ok(())
     }
@@ -318,9 +293,8 @@ const STAMP_HINT_NS: u64 = 2_000;
 /// it is due already (a late generator catches up without waiting). `stamp` is the clock
 /// as read before the last record was emitted, if it was: a record due well after it is
 /// not due yet, so the flush and the yield to a sink on this core come without a clock
-/// read (~55 ns here) between them and the record. `yield_core`: whether to yield after
-/// the flush (the last record may be for the sink on this core).
-fn wait_until_due<C: Collector<Stamped>>(due: u64, stamp: Option<u64>, yield_core: bool, out: &mut C) -> Result<()> {
+/// read (~55 ns here) between them and the record.
+fn wait_until_due<C: Collector<Stamped>>(due: u64, stamp: Option<u64>, out: &mut C) -> Result<()> {
     let mut now = match stamp {
         Some(t) if due.saturating_sub(t) > STAMP_HINT_NS => t,
         _ => shmflow::sync::now_nanos(),
@@ -340,9 +314,7 @@ fn wait_until_due<C: Collector<Stamped>>(due: u64, stamp: Option<u64>, yield_cor
             // Then give the core away once: a sink that shares it (more tasks than cores,
             // or pinned slices) reads what was just flushed at once, instead of after the
             // sleep's system call and timer set-up (pinned, 2 vCPUs: p90 8.3 -> 2.4 µs).
-            if yield_core {
-                shmflow::sync::yield_now();
-            }
+            shmflow::sync::yield_now();
         } else if due - now > SPIN_BEFORE_DUE_NS {
             // Sleep through the gap rather than spin: a spinning generator took a core the
             // sinks needed (4 tasks on 2 cores: p99 1.7-2.3 ms from time slices).
@@ -426,7 +398,7 @@ pub fn shuffle_latency_job(
     dir: PathBuf,
     rate: u64,
 ) -> JobGraph {
-    let source = RateSource { records, payload: payload.max(16), rate: rate.max(1), selector };
+    let source = RateSource { records, payload: payload.max(16), rate: rate.max(1) };
     let stream = JobBuilder::new("shuffle-latency", parallelism).source_with("rate-limited generator", source);
     let dir = Arc::new(dir);
     let sink = move |info: &TaskInfo| -> Result<LatencySink> {
@@ -589,42 +561,18 @@ mod tests {
         let now = shmflow::sync::now_nanos();
         // Due long ago, no hint: nothing to wait for, nothing flushed.
         let mut out = Flushes::default();
-        super::wait_until_due(now - 1_000_000, None, true, &mut out).unwrap();
+        super::wait_until_due(now - 1_000_000, None, &mut out).unwrap();
         assert_eq!(out.0, 0);
         // A stale hint says "not due": one flush (harmless), then the clock says it is due.
         let mut out = Flushes::default();
-        super::wait_until_due(now - 1_000_000, Some(now - 2_000_000), true, &mut out).unwrap();
+        super::wait_until_due(now - 1_000_000, Some(now - 2_000_000), &mut out).unwrap();
         assert_eq!(out.0, 1);
         // Due in 1 ms: the wait returns once the clock has passed it, after one flush.
         let due = shmflow::sync::now_nanos() + 1_000_000;
         let mut out = Flushes::default();
-        super::wait_until_due(due, Some(due - 1_000_000), false, &mut out).unwrap();
+        super::wait_until_due(due, Some(due - 1_000_000), &mut out).unwrap();
         assert!(shmflow::sync::now_nanos() >= due, "returned before the record was due");
         assert_eq!(out.0, 1);
-    }
-
-    #[test]
-    fn the_generator_tells_which_records_go_to_its_own_sink_as_the_key_by_exchange_routes_them() {
-        use shmflow::partition::{
-            ChannelSelector, JavaHash, KeyGroupPartitioner, SelectorKind, DEFAULT_MAX_PARALLELISM,
-        };
-        let source = |selector| RateSource { records: 1000, payload: 16, rate: 1000, selector };
-        // The exchange's selector as `key_by(|s: &Stamped| &s.seq)` builds it.
-        let mut exchange = KeyGroupPartitioner::new(|s: &Stamped| s.seq.java_hash(), DEFAULT_MAX_PARALLELISM).unwrap();
-        ChannelSelector::<Stamped>::setup(&mut exchange, 2);
-        let mut here = source(SelectorKind::KeyHash).sink_picker(2);
-        let mut counts = [0u32; 2];
-        for seq in 0..1000u64 {
-            let c = exchange.select_channel(&Stamped { seq, stamp: 0, len: 16, bad: 0 });
-            for subtask in 0..2 {
-                assert_eq!(here(seq, subtask), c == subtask, "seq {seq}, subtask {subtask}");
-            }
-            counts[c as usize] += 1;
-        }
-        assert!(counts.iter().all(|&n| n > 0), "both sinks get records: {counts:?}");
-        // Rebalance: the generator cannot tell, so it always yields.
-        let mut any = source(SelectorKind::Rebalance).sink_picker(2);
-        assert!((0..100).all(|seq| any(seq, 0) && any(seq, 1)));
     }
 
     #[test]
@@ -646,12 +594,7 @@ mod tests {
         let info = TaskInfo { job: "t".into(), vertex: 0, vertex_name: "g".into(), subtask: 0, parallelism: 1 };
         // 10 µs between records: the generator sleeps little or not at all (it spins through
         // the last 3 µs); records must not be left to the buffer timeout either way.
-        let source = RateSource {
-            records: 1000,
-            payload: 16,
-            rate: 100_000,
-            selector: shmflow::partition::SelectorKind::KeyHash,
-        };
+        let source = RateSource { records: 1000, payload: 16, rate: 100_000 };
         let mut out = Count { records: 0, flushes: 0 };
         source.run(&SourceContext::for_test(&info), &mut out).unwrap();
         assert_eq!(out.records, 1000);
