@@ -3,7 +3,7 @@
 # loopback only) from the PyPI install, with the shmflow jar in its lib/ (an overlay
 # directory: the cached installation is never modified). Used by flink/demo and flink/bench.
 #
-#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc][-spinNS][-cspinNS][-nodirect][-nodeliver][-nobank][-directall][-base]] [--port 8091] [--tms 2]
+#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc|-copy][-spinNS][-cspinNS][-nodirect][-nodeliver][-nobank][-directall][-base]] [--port 8091] [--tms 2]
 #   flink/cluster.sh tm DIR          start one more TaskManager (a replacement after a kill)
 #   flink/cluster.sh stop DIR        stop exactly the processes this DIR's cluster started
 #   flink/cluster.sh pids DIR        print the TaskManager pids, one per line
@@ -50,18 +50,19 @@ case "$cmd" in
     cp "$jar" "$dir/lib/shmflow-flink.jar"
     cp "$FH"/conf/log4j*.properties "$dir/conf/"
     # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
-    # e.g. shmflow-zc-spin0): zc, spinNS (producer dispatcher), cspinNS (consumer dispatcher),
+    # e.g. shmflow-copy-spin0): zc (the default), copy (zero-copy false), spinNS (producer dispatcher), cspinNS (consumer dispatcher),
     # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false), directall,
-    # copy and base (no settings).
+    # and base (no settings).
     case "$factory" in
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;
       shmflow | shmflow-*)
-        fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=false
+        fclass=org.shmflow.flink.ShmflowShuffleServiceFactory zerocopy=true
         IFS=- read -r -a parts <<<"${factory#shmflow}"
         for part in "${parts[@]}"; do
           case "$part" in
-            '' | copy | base) ;;
+            '' | base) ;;
             zc) zerocopy=true ;;
+            copy) zerocopy=false ;;
             spin[0-9]*) spin=${part#spin} ;;
             cspin[0-9]*) cspin=${part#cspin} ;;
             nodirect) direct=false ;;
@@ -72,7 +73,7 @@ case "$cmd" in
           esac
         done
         ;;
-      *) echo "flink/cluster.sh: --factory netty|shmflow[-zc][-spinNS][-nodirect][-directall][-base]" >&2; exit 2 ;;
+      *) echo "flink/cluster.sh: --factory netty|shmflow[-zc|-copy][-spinNS][-nodirect][-directall][-base]" >&2; exit 2 ;;
     esac
     opens="--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED --add-opens=java.base/java.text=ALL-UNNAMED --add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/java.util=ALL-UNNAMED --add-opens=java.base/java.util.concurrent=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED"
     cat >"$dir/conf/config.yaml" <<YAML
@@ -128,7 +129,7 @@ shmflow:
   registry:
     dir: $dir/registry
   consumer:
-    zero-copy: ${zerocopy:-false}
+    zero-copy: ${zerocopy:-true}
     deliver-on-credit: ${deliver:-true}
     banked-credit: ${bank:-true}
 ${cspin:+    spin-ns: $cspin

@@ -210,10 +210,11 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
     loop {
         let t0 = timed.then(Instant::now);
         // The batch path: every whole record already published on the channel being
-        // served, in one go (one load of the writer's position for the lot).
-        let drained = gate.drain_records(4096, &mut |channel, data| {
+        // served, in one go (one load of the writer's position for the lot), the loop
+        // over them here (`Tally::add_batch`).
+        let drained = gate.drain_batch(4096, &mut |channel, records| {
             let c = channel as usize;
-            tally.add(data, case.size, &mut next[c], writer_of[c]);
+            tally.add_batch(records, case.size, &mut next[c], writer_of[c]);
             Ok(())
         })?;
         if let (Some(t0), true) = (t0, drained >= 1024) {

@@ -281,12 +281,21 @@ impl BufferBuilder {
     /// is full once `limit` bytes are written. Never below what is already written, never
     /// above the segment.
     pub fn set_limit(&mut self, limit: u32) {
+        if self.finished {
+            // Stays without room (see `finish`).
+            return;
+        }
         self.size = limit.clamp(self.pos.max(1), self.arena.segment_size());
     }
 
     /// Bytes still free.
     pub fn remaining(&self) -> u32 {
         self.size - self.pos
+    }
+
+    /// The size of the segment (the most a debloating limit can be).
+    pub fn segment_size(&self) -> u32 {
+        self.segment_size
     }
 
     /// No byte left.
@@ -338,7 +347,9 @@ impl BufferBuilder {
     #[inline(always)]
     pub fn try_write_framed<R: crate::record::Record + ?Sized>(&mut self, record: &R, len: usize) -> bool {
         let total = frame::framed_len(len);
-        if self.finished || total >= self.remaining() as usize {
+        // A finished builder has no room (`finish` set the limit to the position).
+        if total >= self.remaining() as usize {
+            debug_assert!(!self.finished || self.remaining() == 0);
             return false;
         }
         let before = self.pos;
@@ -506,7 +517,7 @@ impl BufferBuilder {
     fn prefetch_ahead(&self) {
         #[cfg(not(loom))]
         if self.ahead_per_line {
-            let at = (self.pos as usize + WRITE_AHEAD).min(self.size as usize - 1);
+            let at = (self.pos as usize + WRITE_AHEAD).min((self.size as usize).saturating_sub(1));
             crate::sync::prefetch_write_line(self.base.wrapping_add(at));
         }
     }
@@ -522,7 +533,7 @@ impl BufferBuilder {
     pub fn prefetch_next_line(&self) {
         #[cfg(not(loom))]
         if self.write_ahead {
-            let at = ((self.pos as usize | 63) + 1).min(self.size as usize - 1);
+            let at = ((self.pos as usize | 63) + 1).min((self.size as usize).saturating_sub(1));
             crate::sync::prefetch_write_line(self.base.wrapping_add(at));
         }
     }
@@ -609,6 +620,9 @@ impl BufferBuilder {
     pub fn finish(&mut self) -> u32 {
         if !self.finished {
             self.finished = true;
+            // No room left: what keeps `try_write_framed` from writing, without a look at
+            // `finished` per record.
+            self.size = self.pos;
             self.committed = self.pos;
             // Release: pairs with the Acquire load in `BufferConsumer::poll`; publishes
             // every byte and the end of the segment.

@@ -23,7 +23,7 @@ use crate::memory::Arena;
 use crate::metrics::TaskMetricsHandle;
 use crate::partition::{FileChannelManager, ResultPartitionManager};
 use crate::record::frame::{self, Frame};
-use crate::record::{RecordReader, Step};
+use crate::record::{RecordReader, Step, WholeRecords};
 use crate::ring::{ChannelReader, Descriptor, EventCode, NotifySet};
 use crate::sync::{now_nanos, AtomicBool, Ordering, WaitOutcome, Waiter};
 use std::collections::VecDeque;
@@ -971,26 +971,66 @@ impl SingleInputGate {
     where
         F: FnMut(u32, &[u8]) -> Result<()> + ?Sized,
     {
-        let Some(&c) = self.ready.front() else {
+        let Some((c, max)) = self.served_for_batch(max)? else {
             return Ok(0);
+        };
+        let n = match &mut self.channels[c as usize].kind {
+            ChannelKind::Local(l) => l.reader.drain_whole(max, &mut |r| f(c, r))?,
+            ChannelKind::File(file) => file.drain(max, &mut |r| f(c, r))?,
+        };
+        self.after_batch(c, n);
+        Ok(n)
+    }
+
+    /// [`drain_records`](Self::drain_records) with the record loop in the caller's hands:
+    /// `f(channel, records)` gets the whole records already published on the channel being
+    /// served as an iterator ([`WholeRecords`]; the ones it hands out count as read), so
+    /// the caller's per-record state stays in locals for the batch. Returns how many; 0
+    /// means "nothing in this fast path" (also for a channel read from a file): call
+    /// [`next`](Self::next).
+    ///
+    /// # Errors
+    /// Protocol violations, or `f`'s error.
+    pub fn drain_batch<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(u32, &mut WholeRecords<'_>) -> Result<()> + ?Sized,
+    {
+        let Some((c, max)) = self.served_for_batch(max)? else {
+            return Ok(0);
+        };
+        let n = match &mut self.channels[c as usize].kind {
+            ChannelKind::Local(l) => l.reader.drain_batch(max, |records| f(c, records))?,
+            ChannelKind::File(_) => 0,
+        };
+        self.after_batch(c, n);
+        Ok(n)
+    }
+
+    /// The channel the batch paths read, with their bound on the batch: the channel being
+    /// served, unless it is not active or a local one has a priority event pending.
+    #[inline]
+    fn served_for_batch(&mut self, max: usize) -> Result<Option<(u32, usize)>> {
+        let Some(&c) = self.ready.front() else {
+            return Ok(None);
         };
         let ch = &mut self.channels[c as usize];
         if ch.state != ChannelState::Active {
-            return Ok(0);
+            return Ok(None);
         }
-        let max = max.min(self.batch as usize * 64);
-        let n = match &mut ch.kind {
-            ChannelKind::Local(l) => {
-                if l.reader.channel_mut().priority_pending()? {
-                    return Ok(0);
-                }
-                l.reader.drain_whole(max, &mut |r| f(c, r))?
+        if let ChannelKind::Local(l) = &mut ch.kind {
+            if l.reader.channel_mut().priority_pending()? {
+                return Ok(None);
             }
-            ChannelKind::File(file) => file.drain(max, &mut |r| f(c, r))?,
-        };
+        }
+        Ok(Some((c, max.min(self.batch as usize * 64))))
+    }
+
+    /// After a batch of `n` records from channel `c`: the fairness rotation and the reports.
+    #[inline]
+    fn after_batch(&mut self, c: u32, n: usize) {
         if n > 0 {
             // Fairness: the next batch comes from the next ready channel.
-            ch.served = 0;
+            self.channels[c as usize].served = 0;
             self.ready.rotate_left(1);
             self.debloat();
             self.unreported += n as u32;
@@ -999,7 +1039,6 @@ impl SingleInputGate {
                 self.report();
             }
         }
-        Ok(n)
     }
 
     /// The next record or event, parking on the gate's wake-up when there is none (one

@@ -25,7 +25,7 @@ mod reader;
 mod writer;
 
 pub use codec::{java_string_hash, Field, FromField, FromRecord, Record};
-pub use reader::{ChunkCursor, ChunkIter, RecordChunks, RecordPiece, RecordReader, Step};
+pub use reader::{ChunkCursor, ChunkIter, RecordChunks, RecordPiece, RecordReader, Step, WholeRecords};
 pub use writer::{write_record, write_spanning_head, WriteOutcome};
 
 /// Bytes of the length prefix (defined in [`frame`]).

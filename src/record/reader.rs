@@ -346,6 +346,8 @@ impl RecordReader {
     where
         F: FnMut(&[u8]) -> Result<()> + ?Sized,
     {
+        // Its own loop, not `drain_batch`'s iterator: through the iterator a caller's
+        // closure kept its state in memory (emit bench read-back 2.26 -> 2.6 ns per record).
         if self.span_len.is_some() {
             return Ok(0);
         }
@@ -364,7 +366,7 @@ impl RecordReader {
                 break;
             };
             if len > max_record {
-                result = Err(too_long(place, len, max_record));
+                result = Err(too_long_error(place, len, max_record));
                 break;
             }
             // `len` is at most `max_record`: no overflow.
@@ -383,6 +385,43 @@ impl RecordReader {
         self.records += n as u64;
         self.bytes += payload;
         result.map(|()| n)
+    }
+
+    /// [`drain_whole`](Self::drain_whole) with the loop in the caller's hands: `f` gets the
+    /// whole records already published in the current segment (at most `max`) as an
+    /// iterator, so its per-record state stays in locals for the batch. Every record the
+    /// iterator hands out counts as read (the ones `f` leaves do not). Returns how many.
+    ///
+    /// # Errors
+    /// A length above the limit (protocol violation, found when the iterator reaches it:
+    /// it ends there), or `f`'s error.
+    #[inline]
+    pub fn drain_batch<F>(&mut self, max: usize, f: F) -> Result<usize>
+    where
+        F: FnOnce(&mut WholeRecords<'_>) -> Result<()>,
+    {
+        if self.span_len.is_some() {
+            return Ok(0);
+        }
+        self.release_last();
+        let max_record = self.max_record;
+        let place = self.channel.id();
+        let Some(c) = self.current.as_mut() else {
+            return Ok(0);
+        };
+        let (bytes, _) = c.peek_final()?;
+        let mut records = WholeRecords { bytes, off: 0, n: 0, max, max_record, too_long: None };
+        let result = f(&mut records);
+        let WholeRecords { off, n, too_long, .. } = records;
+        c.consume(off as u32);
+        self.records += n as u64;
+        // Each record handed out took its prefix and its payload.
+        self.bytes += (off - n * LEN_PREFIX) as u64;
+        result?;
+        match too_long {
+            Some(len) => Err(too_long_error(place, len, max_record)),
+            None => Ok(n),
+        }
     }
 
     /// Advances to the next record or event.
@@ -735,6 +774,59 @@ impl RecordReader {
     }
 }
 
+/// How far ahead of its read position [`WholeRecords`] prefetches, once per line its
+/// records reach: a batch's lines were written last by the producer's core.
+const READ_AHEAD: usize = 1024;
+
+/// The whole records of one segment that [`RecordReader::drain_batch`] hands out, in
+/// place, in order: an iterator of their payloads. It ends at the first thing that is not
+/// a whole published record (or after the batch's `max`); every record it yields counts
+/// as read.
+#[derive(Debug)]
+pub struct WholeRecords<'a> {
+    /// The segment's published bytes from the read position.
+    bytes: &'a [u8],
+    /// Bytes of the records handed out.
+    off: usize,
+    /// Records handed out.
+    n: usize,
+    max: usize,
+    max_record: usize,
+    /// A length above `max_record` where the iteration ended.
+    too_long: Option<usize>,
+}
+
+impl<'a> Iterator for WholeRecords<'a> {
+    type Item = &'a [u8];
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.n >= self.max {
+            return None;
+        }
+        let rest = self.bytes.get(self.off..)?;
+        let len = frame::peek_len(rest)?;
+        if len > self.max_record {
+            self.too_long = Some(len);
+            self.max = 0;
+            return None;
+        }
+        // `len` is at most `max_record`: no overflow.
+        let rec = rest.get(LEN_PREFIX..LEN_PREFIX + len)?;
+        let before = self.off;
+        self.off += LEN_PREFIX + len;
+        self.n += 1;
+        // Once per line the records reach: the line READ_AHEAD bytes on (at most the
+        // batch's last byte: the lines past it are the writer's), which the writer's core
+        // holds; asked for early, it crosses while the records before it are read.
+        if (before ^ self.off) >= 64 {
+            let at = (self.off + READ_AHEAD).min(self.bytes.len() - 1);
+            crate::sync::prefetch_line(self.bytes.as_ptr().wrapping_add(at));
+        }
+        Some(rec)
+    }
+}
+
 /// A piece of a record, in place ([`RecordReader::record_piece`]): `bytes` are the record's
 /// bytes `[at, at + bytes.len())` of `len`. A record's pieces come in order, the first at
 /// 0, the last ending at `len`; a record in one segment is one piece.
@@ -768,7 +860,7 @@ impl RecordPiece<'_> {
 /// The error for a length prefix above the limit, built off the per-record path.
 #[cold]
 #[inline(never)]
-fn too_long(channel: u32, len: usize, max: usize) -> Error {
+fn too_long_error(channel: u32, len: usize, max: usize) -> Error {
     Error::ProtocolViolation {
         place: format!("channel {channel}"),
         detail: format!("record length {len} above the limit {max}"),

@@ -78,7 +78,10 @@ fn announce(consumable: &mut Option<(std::sync::mpsc::Sender<TaskEvent>, (u64, u
 }
 
 impl<T: Data, S: ChannelSelector<T>> Collector<T> for ExchangeOut<T, S> {
-    #[inline]
+    // inline(always): the per-record path into the writer's (inline(always)) emit; left to
+    // LLVM it went out of line for a generator whose record serializes in a few more
+    // instructions (a call per record, its Result through memory).
+    #[inline(always)]
     fn collect(&mut self, v: T) -> Result<()> {
         if self.at_first_record.is_some() {
             announce(&mut self.at_first_record);

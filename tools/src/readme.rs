@@ -3,6 +3,10 @@
 //! performance section generated from `DIR`: the machine, how to re-run, the goals, the key
 //! tables and links to the plots.
 //!
+//! The section sits inside the README's "Current figures" subsection, so its headings are
+//! level 4, and everything after the goals table (one key table per benchmark, the plots)
+//! is folded into a `<details>` block: the goals stay in view, the rest one click away.
+//!
 //! Links point where the results live relative to the README: `DIR` itself when it lies
 //! under the README's directory, else `docs/bench/` (where the published run is kept).
 
@@ -35,22 +39,26 @@ pub fn section(recs: &[Record], machine: Option<&Map<String, Value>>, plots: &[P
     }
     let _ = writeln!(
         md,
-        "\nRe-run: `tools/bench-report [--quick] [--out DIR] [--readme]` (full run by default, a few minutes \
-         with `--quick`); it writes `DIR/results.json` (one flat record per figure), `DIR/report.md` (every \
+        "\nRe-run: `tools/bench-report [--quick] [--out DIR] [--readme] [--flink]` (full run by default, a few \
+         minutes with `--quick`; `--flink` adds the jobs beside Apache Flink 2.3); it writes `DIR/results.json` (one flat record per figure), `DIR/report.md` (every \
          table) and `DIR/plots/*.svg`, and with `--readme` this section. This run: \
          [report]({link}/report.md), [records]({link}/results.json).\n"
     );
-    md.push_str("### Goals\n\n");
+    md.push_str("#### Goals\n\n");
     md.push_str(&goals::markdown(&goals::check(recs)));
+    // The rest folded: GitHub renders markdown inside <details> when blank lines surround it.
+    md.push_str(
+        "\n<details>\n<summary>Each benchmark's key table (the systems side by side) and the plots</summary>\n",
+    );
     for bench in benches(recs) {
         let these: Vec<Record> = recs.iter().filter(|r| bench_of(r) == bench).cloned().collect();
         // The first key table of each benchmark; the report has the rest.
         if let Some((title, t)) = key_tables(&these).into_iter().next() {
-            let _ = writeln!(md, "\n### {bench}: {title}\n\n{}", t.markdown().trim_end());
+            let _ = writeln!(md, "\n#### {bench}: {title}\n\n{}", t.markdown().trim_end());
         }
     }
     if !plots.is_empty() {
-        md.push_str("\n### Plots\n\n");
+        md.push_str("\n#### Plots\n\n");
         // The headline comparison drawn, then every plot by name.
         if let Some(p) = plots.iter().find(|p| p.file == "plots/latency-64B-spin.svg") {
             let _ = writeln!(md, "![{}]({link}/{})\n", p.title, p.file);
@@ -59,7 +67,7 @@ pub fn section(recs: &[Record], machine: Option<&Map<String, Value>>, plots: &[P
             let _ = writeln!(md, "- [{}]({link}/{})", p.title, p.file);
         }
     }
-    md.push('\n');
+    md.push_str("\n</details>\n\n");
     md
 }
 
@@ -143,8 +151,13 @@ mod tests {
         assert!(s.contains(
             "| 64 B one-way p50, spin: shmflow ≤ iceoryx2 | shmflow 212 ns vs iceoryx2 335 ns: 0.633× | met |"
         ));
-        assert!(s.contains("### latency: one-way p50, systems side by side\n\n| shmflow | iceoryx2 |"));
+        assert!(s.contains("\n#### latency: one-way p50, systems side by side\n\n| shmflow | iceoryx2 |"));
         assert!(s.contains("Full run"));
+        // The goals in view, the rest folded after them, the fold closed.
+        let (goals, fold) = (s.find("\n#### Goals\n").unwrap(), s.find("\n<details>\n").unwrap());
+        assert!(goals < fold && fold < s.find("\n#### latency:").unwrap());
+        assert!(s.trim_end().ends_with("</details>"));
+        assert!(!s.contains("\n### "), "headings nest under the README's Current figures");
     }
 
     #[test]
@@ -157,5 +170,95 @@ mod tests {
         std::fs::create_dir_all(root.join("out")).unwrap();
         assert_eq!(link_for(&root.join("out"), &root.join("README.md")), "out");
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// The anchors GitHub gives the headings of a markdown text: lower case, letters,
+    /// digits, `-` and `_` kept, spaces made `-`, everything else dropped; a repeated one
+    /// gets `-1`, `-2`, ...
+    fn anchors(text: &str) -> std::collections::HashSet<String> {
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        let mut out = std::collections::HashSet::new();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            }
+            let title = line.trim_start_matches('#');
+            if fenced || title.len() == line.len() || !title.starts_with(' ') {
+                continue;
+            }
+            let slug: String = title
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect();
+            let n = seen.entry(slug.clone()).or_insert(0);
+            out.insert(if *n == 0 { slug.clone() } else { format!("{slug}-{n}") });
+            *n += 1;
+        }
+        out
+    }
+
+    /// Every `](target)` of a markdown text outside fenced code.
+    fn links(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            }
+            let mut rest = line;
+            while let (false, Some(i)) = (fenced, rest.find("](")) {
+                rest = &rest[i + 2..];
+                if let Some(j) = rest.find(')') {
+                    out.push(rest[..j].to_string());
+                    rest = &rest[j..];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_keeps_its_markers_and_the_docs_links_resolve() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        // What `tools/bench-report --readme` needs: each marker once, in order.
+        assert_eq!(readme.matches(BEGIN).count(), 1);
+        assert_eq!(readme.matches(END).count(), 1);
+        assert!(splice(&readme, "x").is_ok());
+        let mut docs = vec![root.join("README.md")];
+        for e in std::fs::read_dir(root.join("docs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                docs.push(p);
+            }
+        }
+        let mut broken = Vec::new();
+        for doc in &docs {
+            let text = std::fs::read_to_string(doc).unwrap();
+            for link in links(&text) {
+                if link.contains("://") || link.starts_with("mailto:") {
+                    continue;
+                }
+                let (file, anchor) = link.split_once('#').unwrap_or((&link, ""));
+                let target = if file.is_empty() { doc.clone() } else { doc.parent().unwrap().join(file) };
+                if !target.exists() {
+                    broken.push(format!("{}: {link} (no such file)", doc.display()));
+                } else if !anchor.is_empty() && target.extension().is_some_and(|x| x == "md") {
+                    let t = std::fs::read_to_string(&target).unwrap();
+                    if !anchors(&t).contains(anchor) {
+                        broken.push(format!("{}: {link} (no such heading)", doc.display()));
+                    }
+                }
+            }
+        }
+        assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+        // The checker itself: a made-up link is caught.
+        assert!(anchors("## Jobs beside Apache Flink 2.3 (issue 12; `tools/bench-flink`)")
+            .contains("jobs-beside-apache-flink-23-issue-12-toolsbench-flink"));
+        assert_eq!(links("see [a](b.md#c) and [d](e)\n```\n[x](y)\n```"), vec!["b.md#c", "e"]);
     }
 }

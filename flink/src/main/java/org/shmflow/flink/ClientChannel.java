@@ -19,7 +19,6 @@ import org.slf4j.LoggerFactory;
 import java.io.ByteArrayInputStream;
 import java.io.ObjectInputStream;
 import java.net.SocketAddress;
-import java.nio.ByteBuffer;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.locks.ReentrantLock;
 
@@ -28,12 +27,14 @@ import java.util.concurrent.locks.ReentrantLock;
  * buffer takes a buffer of the channel's own pool ({@code requestBuffer()}, which is what
  * carries Flink's credit), then either
  * <ul>
- *   <li>zero copy ({@code shmflow.consumer.zero-copy: true}): the arena segment itself
- *       is handed to Flink, wrapped as a {@link NetworkBuffer} whose recycler releases the
- *       segment and then recycles the pool buffer it held as its credit token (so Flink
- *       announces the credit exactly when it would have for its own buffer); or
- *   <li>one copy (the default): the segment is copied into the pool buffer and released at
- *       once.
+ *   <li>zero copy ({@code shmflow.consumer.zero-copy: true}, the default): the arena
+ *       segment itself is handed to Flink, wrapped as a {@link NetworkBuffer} whose recycler
+ *       releases the segment and then recycles the pool buffer it held as its credit token
+ *       (so Flink announces the credit exactly when it would have for its own buffer), while
+ *       the TaskManager holds fewer than {@code shmflow.consumer.zero-copy-max-segments}
+ *       such segments; or
+ *   <li>one copy (zero copy off, or at that limit): the segment is copied into the pool
+ *       buffer and released at once.
  * </ul>
  * All deliveries hold {@link #lock}, as does {@link #close}, so no buffer reaches a
  * channel after it was closed, and each delivery takes a batch from the ring and hands it
@@ -205,11 +206,16 @@ final class ClientChannel {
                 }
                 throw new IllegalStateException("No buffer available in credit-based input channel.");
             }
-            if (t.zeroCopy) {
+            boolean zc = t.zeroCopy && t.takeZeroCopySlot();
+            if (t.zeroCopy && !zc) {
+                t.metrics.copiedAtLimit();
+            }
+            if (zc) {
                 Buffer slice;
                 try {
                     slice = arenaBuffer(seg, size, dt, compressed, b);
                 } catch (RuntimeException e) {
+                    t.returnZeroCopySlot();
                     b.recycleBuffer();
                     Native.release(handle, seg);
                     throw e;
@@ -224,10 +230,7 @@ final class ClientChannel {
             b = new NetworkBuffer(MemorySegmentFactory.wrap(new byte[size]), FreeingBufferRecycler.INSTANCE, dt, size);
         }
         try {
-            ByteBuffer src = t.data.duplicate();
-            int at = seg * t.segmentSize;
-            src.limit(at + size).position(at);
-            b.asByteBuf().setBytes(0, src);
+            t.copyOutOfSegment(seg, size, b);
         } catch (RuntimeException e) {
             b.recycleBuffer();
             Native.release(handle, seg);
@@ -247,10 +250,7 @@ final class ClientChannel {
 
     /** Segment {@code seg} as a Flink buffer that holds {@code token} until it is recycled. */
     private Buffer arenaBuffer(int seg, int size, Buffer.DataType dt, boolean compressed, Buffer token) {
-        ByteBuffer d = t.data.duplicate();
-        int at = seg * t.segmentSize;
-        d.limit(at + t.segmentSize).position(at);
-        MemorySegment ms = MemorySegmentFactory.wrapOffHeapMemory(d.slice());
+        MemorySegment ms = t.segmentView(seg);
         refs.incrementAndGet();
         return new NetworkBuffer(ms, new SegmentRecycler(seg, token), dt, compressed, size);
     }
@@ -282,6 +282,7 @@ final class ClientChannel {
                     LOG.warn("shmflow: releasing segment {} of channel {} failed: {}", seg, id, Native.lastError());
                 }
             } finally {
+                t.returnZeroCopySlot();
                 // After the segment: the credit this announces lets the producer send again.
                 token.recycleBuffer();
                 unref();

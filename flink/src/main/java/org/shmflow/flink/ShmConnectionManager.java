@@ -93,7 +93,8 @@ public final class ShmConnectionManager implements ConnectionManager {
                 throw Native.error("shmflow.consumer.spin-ns", rc);
             }
             ShmTransport t = new ShmTransport(
-                    arena, name, self, timeout, conf.get(ShmflowOptions.ZERO_COPY), conf.get(ShmflowOptions.DIRECT),
+                    arena, name, self, timeout, conf.get(ShmflowOptions.ZERO_COPY),
+                    conf.get(ShmflowOptions.ZERO_COPY_MAX_SEGMENTS), conf.get(ShmflowOptions.DIRECT),
                     (int) Math.min(Integer.MAX_VALUE, conf.get(ShmflowOptions.DIRECT_MAX_BYTES).getBytes()),
                     conf.get(ShmflowOptions.DELIVER_ON_CREDIT), conf.get(ShmflowOptions.BANKED_CREDIT), spin, consumerSpin, partitions, events, metrics);
             metrics.arenaGauges(metricGroup, t::freeSegments, t::totalSegments);

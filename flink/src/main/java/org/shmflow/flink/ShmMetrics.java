@@ -25,6 +25,8 @@ final class ShmMetrics {
     static final AtomicLong TOTAL_BYTES_IN = new AtomicLong();
     /** Of TOTAL_BUFFERS_IN: handed to Flink as arena slices (zero copy). */
     static final AtomicLong TOTAL_ZERO_COPY_IN = new AtomicLong();
+    /** Of TOTAL_BUFFERS_IN: copied because zero copy's segment limit was reached. */
+    static final AtomicLong TOTAL_ZERO_COPY_CAPPED = new AtomicLong();
     /** Of TOTAL_BUFFERS_OUT: published by the thread that made them available (shmflow.producer.direct). */
     static final AtomicLong TOTAL_DIRECT_OUT = new AtomicLong();
     /** Of TOTAL_BUFFERS_IN: delivered by the thread that announced credit (shmflow.consumer.deliver-on-credit). */
@@ -39,6 +41,7 @@ final class ShmMetrics {
     private final Counter buffersIn = new ThreadSafeSimpleCounter();
     private final Counter bytesIn = new ThreadSafeSimpleCounter();
     private final Counter zeroCopyIn = new ThreadSafeSimpleCounter();
+    private final Counter zeroCopyCapped = new ThreadSafeSimpleCounter();
     private final Counter directOut = new ThreadSafeSimpleCounter();
     private final Counter onCreditIn = new ThreadSafeSimpleCounter();
     private final Counter creditTakes = new ThreadSafeSimpleCounter();
@@ -53,6 +56,7 @@ final class ShmMetrics {
             g.counter("buffersInShm", buffersIn);
             g.counter("bytesInShm", bytesIn);
             g.counter("buffersInZeroCopy", zeroCopyIn);
+            g.counter("buffersInCopiedAtLimit", zeroCopyCapped);
             g.counter("buffersOutDirect", directOut);
             g.counter("buffersInOnCredit", onCreditIn);
             g.counter("creditTakesBanked", creditTakes);
@@ -93,6 +97,15 @@ final class ShmMetrics {
     void creditTaken() {
         creditTakes.inc();
         TOTAL_CREDIT_TAKES.incrementAndGet();
+    }
+
+    /**
+     * A data buffer (counted by {@link #received}) was copied because this TaskManager held
+     * shmflow.consumer.zero-copy-max-segments zero-copy buffers already.
+     */
+    void copiedAtLimit() {
+        zeroCopyCapped.inc();
+        TOTAL_ZERO_COPY_CAPPED.incrementAndGet();
     }
 
     void received(int bytes, boolean zeroCopy) {

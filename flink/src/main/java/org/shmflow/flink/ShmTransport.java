@@ -4,8 +4,11 @@
  */
 package org.shmflow.flink;
 
+import org.apache.flink.core.memory.MemorySegment;
+import org.apache.flink.core.memory.MemorySegmentFactory;
 import org.apache.flink.runtime.clusterframework.types.ResourceID;
 import org.apache.flink.runtime.io.network.TaskEventPublisher;
+import org.apache.flink.runtime.io.network.buffer.Buffer;
 import org.apache.flink.runtime.io.network.partition.ResultPartitionProvider;
 import org.apache.flink.runtime.io.network.partition.consumer.InputChannelID;
 
@@ -24,6 +27,7 @@ import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The shared-memory transport of one TaskManager.
@@ -57,11 +61,26 @@ final class ShmTransport implements AutoCloseable {
 
     final long arena;
     final ByteBuffer data;
+    /**
+     * The same data region as one Flink memory segment (never freed: the mapping is the
+     * arena's), so a buffer's bytes are copied in or out without a ByteBuffer view per buffer.
+     */
+    final MemorySegment dataSegment;
+    /**
+     * Per arena segment, a Flink memory segment over it for zero-copy buffers (never freed:
+     * the mapping is the arena's), so a zero-copy buffer allocates no view of its own. All
+     * made in the constructor, before the dispatcher threads start (which publishes them).
+     */
+    private final MemorySegment[] segmentViews;
     final int segmentSize;
     final int slot;
     final int timeoutMs;
     /** Consumer side: deliver arena slices to Flink instead of copying (shmflow.consumer.zero-copy). */
     final boolean zeroCopy;
+    /** Most segments held as zero-copy buffers at once (shmflow.consumer.zero-copy-max-segments). */
+    final int zeroCopyMax;
+    /** Segments held as zero-copy buffers now (taken by {@link #takeZeroCopySlot}). */
+    private final AtomicInteger zeroCopyHeld = new AtomicInteger();
     /** Producer side: publish from the thread that made the buffer available (shmflow.producer.direct). */
     final boolean direct;
     /** Largest buffer the direct path publishes itself (shmflow.producer.direct-max-bytes). */
@@ -117,6 +136,7 @@ final class ShmTransport implements AutoCloseable {
             ResourceID self,
             int timeoutMs,
             boolean zeroCopy,
+            int zeroCopyMaxSegments,
             boolean direct,
             int directMaxBytes,
             boolean deliverOnCredit,
@@ -153,6 +173,17 @@ final class ShmTransport implements AutoCloseable {
             throw new IOException("shmflow: mapping the data region failed: " + Native.lastError());
         }
         this.data = d;
+        this.dataSegment = MemorySegmentFactory.wrapOffHeapMemory(d);
+        this.segmentViews = new MemorySegment[d.capacity() / segmentSize];
+        for (int i = 0; i < segmentViews.length; i++) {
+            ByteBuffer v = d.duplicate();
+            v.limit((i + 1) * segmentSize).position(i * segmentSize);
+            segmentViews[i] = MemorySegmentFactory.wrapOffHeapMemory(v.slice());
+        }
+        if (zeroCopyMaxSegments < 0) {
+            throw new IOException("shmflow.consumer.zero-copy-max-segments must not be negative, not " + zeroCopyMaxSegments);
+        }
+        this.zeroCopyMax = zeroCopyMaxSegments > 0 ? zeroCopyMaxSegments : (int) (info[2] / 4);
         String tag = self.getResourceIdString();
         this.delayed = Executors.newSingleThreadScheduledExecutor(r -> daemon(r, "shmflow-delay " + tag));
         this.consumerThread = daemon(this::consumerLoop, "shmflow-consumer " + tag);
@@ -203,6 +234,65 @@ final class ShmTransport implements AutoCloseable {
             LOG.info("shmflow: reclaimed {} dead TaskManager process(es): {} segments freed, {} left to their live readers, {} channels failed",
                     r[0], r[1], r[2], r[3]);
         }
+    }
+
+    /**
+     * Reserves one of the {@link #zeroCopyMax} segments this TaskManager may hold as
+     * zero-copy buffers; false when they are all held (the buffer is copied then). Each
+     * true is matched by one {@link #returnZeroCopySlot}. A failed reservation counts for a
+     * moment too, so the successful ones never exceed the maximum.
+     */
+    boolean takeZeroCopySlot() {
+        if (zeroCopyHeld.getAndIncrement() < zeroCopyMax) {
+            return true;
+        }
+        zeroCopyHeld.decrementAndGet();
+        return false;
+    }
+
+    /** Gives back a slot of {@link #takeZeroCopySlot} (the buffer's recycler). */
+    void returnZeroCopySlot() {
+        zeroCopyHeld.decrementAndGet();
+    }
+
+    /** Segments held as zero-copy buffers now (tests). */
+    int zeroCopyHeld() {
+        return zeroCopyHeld.get();
+    }
+
+    /**
+     * Copies the readable bytes of {@code b} ({@code size} of them) into arena segment
+     * {@code seg}: straight from the memory segment under the buffer, or through a
+     * ByteBuffer view for a buffer without one (a file region). (Buffer's memory-segment
+     * accessors are deprecated in 2.x but present through 2.3.)
+     */
+    @SuppressWarnings("deprecation")
+    void copyIntoSegment(Buffer b, int seg, int size) {
+        int at = seg * segmentSize;
+        MemorySegment src;
+        try {
+            src = b.getMemorySegment();
+        } catch (UnsupportedOperationException e) {
+            src = null;
+        }
+        if (src != null) {
+            src.copyTo(b.getMemorySegmentOffset() + b.getReaderIndex(), dataSegment, at, size);
+        } else {
+            ByteBuffer dst = data.duplicate();
+            dst.position(at);
+            dst.put(b.getNioBufferReadable());
+        }
+    }
+
+    /** Copies {@code size} bytes of arena segment {@code seg} into {@code b} from its start. */
+    @SuppressWarnings("deprecation")
+    void copyOutOfSegment(int seg, int size, Buffer b) {
+        dataSegment.copyTo(seg * segmentSize, b.getMemorySegment(), b.getMemorySegmentOffset(), size);
+    }
+
+    /** Arena segment {@code seg} as a Flink memory segment (see {@link #segmentViews}). */
+    MemorySegment segmentView(int seg) {
+        return segmentViews[seg];
     }
 
     /** Copies {@code len} bytes of segment {@code seg} into a fresh array. */

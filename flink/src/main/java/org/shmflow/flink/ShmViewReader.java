@@ -259,9 +259,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                         }
                     }
                     seg = held;
-                    ByteBuffer dst = t.data.duplicate();
-                    dst.position(seg * t.segmentSize);
-                    dst.put(b.getNioBufferReadable());
+                    t.copyIntoSegment(b, seg, size);
                 }
                 int rc = Native.send(
                         channel,

@@ -89,14 +89,30 @@ public final class ShmflowOptions {
     /**
      * Consumer side: hand the arena segment itself to Flink (a slice wrapped as a Flink
      * buffer, holding a buffer of the input channel's own pool as its credit token until
-     * Flink recycles it) instead of copying it into that buffer. Off by default: in the A/B
-     * (README) it was no faster at 1 KiB and slower at 16 B.
+     * Flink recycles it) instead of copying it into that buffer. On by default since
+     * session 9: with the library's segment eviction off it was the faster path
+     * (README, "Inside Apache Flink"). At most {@link #ZERO_COPY_MAX_SEGMENTS} segments are
+     * held that way at once per TaskManager; past that each buffer is copied.
      */
     public static final ConfigOption<Boolean> ZERO_COPY =
             ConfigOptions.key("shmflow.consumer.zero-copy")
                     .booleanType()
-                    .defaultValue(false)
-                    .withDescription("Consumer side: deliver arena segments to Flink without a copy (each holds one of the channel's buffers as its credit token until recycled); false: copy each into a buffer of the channel's pool.");
+                    .defaultValue(true)
+                    .withDescription("Consumer side: deliver arena segments to Flink without a copy (each holds one of the channel's buffers as its credit token until recycled; at most shmflow.consumer.zero-copy-max-segments at once, the rest copied); false: copy each into a buffer of the channel's pool.");
+
+    /**
+     * How many arena segments one TaskManager's consumer may hold as zero-copy buffers at
+     * once (Flink holds them while it reads them, the channel-state writer of an unaligned
+     * checkpoint longer). A buffer arriving past that is copied into the channel's pool
+     * buffer and its segment released at once, so a small arena (or many channels) leaves
+     * producers the segments they publish into. 0 (the default): a quarter of the arena's
+     * segments.
+     */
+    public static final ConfigOption<Integer> ZERO_COPY_MAX_SEGMENTS =
+            ConfigOptions.key("shmflow.consumer.zero-copy-max-segments")
+                    .intType()
+                    .defaultValue(0)
+                    .withDescription("Most arena segments this TaskManager holds as zero-copy buffers at once; past that buffers are copied. 0: a quarter of the arena's segments.");
 
     /**
      * Producer side: the thread that makes a buffer available (the task thread, or Flink's

@@ -216,9 +216,8 @@ public final class MiniClusterTest {
         long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
         long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
         long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
-        // The zero-copy consumer path (the restart case runs the one-copy default).
+        // The defaults: the zero-copy consumer path (the restart case runs the one-copy path).
         Configuration c = conf("keyby");
-        c.set(ShmflowOptions.ZERO_COPY, true);
         StreamExecutionEnvironment env = env(c);
         job(env, n, false);
         env.execute("shmflow keyBy unaligned");
@@ -228,7 +227,7 @@ public final class MiniClusterTest {
         check(ShmMetrics.TOTAL_SHM_CHANNELS.get() - channelsBefore > 0, "channels through shared memory");
         check(in > 0, "buffers through shared memory: " + in);
         long zc = ShmMetrics.TOTAL_ZERO_COPY_IN.get() - zeroCopyBefore;
-        check(zc > 0, "buffers delivered as arena slices (shmflow.consumer.zero-copy: true): " + zc);
+        check(zc > 0, "buffers delivered as arena slices (shmflow.consumer.zero-copy: true, the default): " + zc);
         long direct = ShmMetrics.TOTAL_DIRECT_OUT.get() - directBefore;
         check(direct > 0, "buffers published by the producing thread (shmflow.producer.direct: true): " + direct);
         long takes = ShmMetrics.TOTAL_CREDIT_TAKES.get() - takesBefore;
@@ -245,14 +244,18 @@ public final class MiniClusterTest {
     /**
      * A source as fast as it goes into a keyed reduce: the channels run out of credit again
      * and again, with full buffers the task leaves to the dispatcher (direct-max-bytes) and
-     * flushed ones it publishes itself.
+     * flushed ones it publishes itself. Zero copy may hold one segment at a time per
+     * TaskManager here, so buffers arriving while one is held are copied instead.
      */
     static void unthrottled() throws Exception {
         reset();
         long n = 3_000_000;
         long before = shmBuffersIn();
         long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
+        long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
+        long cappedBefore = ShmMetrics.TOTAL_ZERO_COPY_CAPPED.get();
         Configuration c = conf("fast");
+        c.set(ShmflowOptions.ZERO_COPY_MAX_SEGMENTS, 1);
         // Any failure (a credit-rule violation fails the producer) fails the job.
         c.set(str("restart-strategy.type"), "none");
         StreamExecutionEnvironment env = env(c);
@@ -269,6 +272,11 @@ public final class MiniClusterTest {
         check(shmBuffersIn() - before > 100, "buffers through shared memory: " + (shmBuffersIn() - before));
         // Banked credit (the default) is what refilled the credit each time it ran out.
         check(ShmMetrics.TOTAL_CREDIT_TAKES.get() > takesBefore, "credit taken from the bank");
+        long zc = ShmMetrics.TOTAL_ZERO_COPY_IN.get() - zeroCopyBefore;
+        long capped = ShmMetrics.TOTAL_ZERO_COPY_CAPPED.get() - cappedBefore;
+        check(zc > 0, "buffers delivered zero copy under the limit: " + zc);
+        check(capped > 0, "buffers copied at the limit of one held segment: " + capped);
+        System.out.printf("  %d buffers zero copy, %d copied at the limit%n", zc, capped);
     }
 
     static void failureRestart() throws Exception {
@@ -279,10 +287,11 @@ public final class MiniClusterTest {
         long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
         long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
         long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
-        // The one-copy consumer path, the default (the keyBy and cancel cases run zero copy),
+        // The one-copy consumer path (the keyBy and cancel cases run zero copy, the default),
         // every buffer through the producer dispatcher (the others publish directly) and
         // every delivery by the consumer dispatcher (the others deliver on credit too).
         Configuration c = conf("restart");
+        c.set(ShmflowOptions.ZERO_COPY, false);
         c.set(ShmflowOptions.DIRECT, false);
         c.set(ShmflowOptions.DELIVER_ON_CREDIT, false);
         // And credit as messages through the producer dispatcher (the others bank it).
@@ -294,7 +303,7 @@ public final class MiniClusterTest {
         check(RESTARTED_ATTEMPTS.get() > 0, "a second attempt ran");
         check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key after the restart, got " + new TreeMap<>(MAX));
         check(shmBuffersIn() - before > 0, "buffers through shared memory");
-        check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "the default (shmflow.consumer.zero-copy: false) copies every buffer");
+        check(ShmMetrics.TOTAL_ZERO_COPY_IN.get() == zeroCopyBefore, "shmflow.consumer.zero-copy: false copies every buffer");
         check(ShmMetrics.TOTAL_DIRECT_OUT.get() == directBefore, "shmflow.producer.direct: false publishes every buffer from the dispatcher");
         check(ShmMetrics.TOTAL_ON_CREDIT_IN.get() == onCreditBefore, "shmflow.consumer.deliver-on-credit: false delivers every buffer from the dispatcher");
         check(ShmMetrics.TOTAL_CREDIT_TAKES.get() == takesBefore, "shmflow.consumer.banked-credit: false sends credit as messages");
@@ -303,8 +312,7 @@ public final class MiniClusterTest {
     static void cancelFreesSegments() throws Exception {
         reset();
         Configuration c = conf("cancel");
-        // Zero copy: buffers Flink still holds keep their arena segments until recycled.
-        c.set(ShmflowOptions.ZERO_COPY, true);
+        // Zero copy (the default): buffers Flink still holds keep their arena segments until recycled.
         // A cluster that outlives the job, so its TaskManagers are still attached after the cancel.
         MiniCluster mc = new MiniCluster(new MiniClusterConfiguration.Builder()
                 .setConfiguration(c)
@@ -343,6 +351,11 @@ public final class MiniClusterTest {
                 Thread.sleep(50);
             }
             check(free == total, "no segment held after the cancel: " + free + " of " + total + " free");
+            for (int i = 0; i < 200 && ShmTransport.anyLive(arenaName("cancel")).zeroCopyHeld() != 0; i++) {
+                Thread.sleep(50);
+            }
+            int held = ShmTransport.anyLive(arenaName("cancel")).zeroCopyHeld();
+            check(held == 0, "no zero-copy slot held after the cancel: " + held);
             System.out.printf("  %d of %d segments free after the cancel%n", free, total);
         } finally {
             mc.closeAsync().get();
