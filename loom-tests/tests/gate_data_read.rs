@@ -3,7 +3,7 @@
 //! is published by that prefix word, which the writer stores last with Release
 //! (`BufferBuilder::put_prefix`), after its payload and after storing "nothing yet"
 //! (`frame::UNWRITTEN`) in the word behind it (`clear_word`); the reader polls the word at
-//! its read position (a Relaxed load of `RecordReader::data_word`, then `record_at_read` with
+//! its read position (`BufferConsumer::record_written_at_read`, then `record_at_read` with
 //! Acquire) and reads the record in place, possibly before the writer committed it. The
 //! writer's position, its commits and the notify set stay as they were for everything
 //! else; this model checks the composition with the shipped pieces the gate uses.
@@ -19,7 +19,7 @@
 //! `RecordReader` with data reads on, on a `ChannelReader` routed to the notify set: poll
 //! the channel; when empty drain the set and poll again if anything was marked; otherwise
 //! wait with the shipped `Waiter` (park policy) on the set's wake-up with the gate's
-//! condition: the next prefix word (`data_word`), or the position when the word cannot
+//! condition: the next prefix word (`data_input`), or the position when the word cannot
 //! tell (`has_input`), then the set (`any`). The shipped gate reads the data only in spin
 //! mode, where it never parks; the model parks as well (the stronger case).
 //!
@@ -40,7 +40,7 @@ mod common;
 use loom::thread;
 use shmflow::buffer::BufferBuilder;
 use shmflow::memory::{Arena, ArenaConfig};
-use shmflow::record::{frame, RecordReader, Step};
+use shmflow::record::{RecordReader, Step};
 use shmflow::ring::{Descriptor, NotifySet};
 use shmflow::sync::{Ordering, WaitOutcome, WaitPolicy, Waiter};
 use std::sync::Arc;
@@ -113,11 +113,8 @@ fn data_read_no_lost_torn_or_stale_record() {
                     // The gate's wait condition in spin mode: the next prefix word (or the
                     // position where it cannot tell), then the set.
                     let woke = waiter.wait(set.wake(), None, || {
-                        // As `SingleInputGate::next_hot` polls: a Relaxed load of the
-                        // word `data_word` hands out, until it is not UNWRITTEN.
-                        let data = match rr.data_word() {
-                            // Relaxed: a hint, as in the shipped loop (`poll` Acquires).
-                            Some(w) => u32::from_le(w.load(Ordering::Relaxed)) != frame::UNWRITTEN,
+                        let data = match rr.data_input() {
+                            Some(written) => written,
                             None => rr.has_input().expect("a legal peer"),
                         };
                         if data {
