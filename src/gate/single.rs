@@ -989,6 +989,11 @@ impl SingleInputGate {
     /// means "nothing in this fast path" (also for a channel read from a file): call
     /// [`next`](Self::next).
     ///
+    /// A record counts as read when the iterator yields it, not when `f` uses it: adapters
+    /// that pull one past what they pass on (`take_while`, `peekable().peek()`, `zip` with
+    /// a shorter iterator second) silently drop that record. Stop with
+    /// [`WholeRecords::next_if`] or [`WholeRecords::peek`] instead.
+    ///
     /// # Errors
     /// Protocol violations, or `f`'s error.
     pub fn drain_batch<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
