@@ -187,7 +187,9 @@ pub struct SingleInputGate {
     /// set first.
     /// Adaptive mode keeps to the notify set and the committed position: polling the data
     /// while spinning holds the lines the producer writes next in the gate's cache, which
-    /// costs a producer that streams (see the README's performance notes).
+    /// costs a producer that streams (docs/performance-history.md, "The network stack's
+    /// read path: where a 64 B record's latency goes", its paragraph "Adaptive and park
+    /// modes keep to the notify set").
     /// The notify set stays what wakes a parked gate and what finds every other channel,
     /// segment ends, events and records that span segments.
     hot: Option<u32>,
