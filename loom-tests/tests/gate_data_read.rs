@@ -21,16 +21,15 @@
 //! wait with the shipped `Waiter` (park policy) on the set's wake-up with the condition of
 //! the gate's `wait_ready`: the next prefix word (`data_input`), or the position when the
 //! word cannot tell (`has_input`), then the set (`any`). The gate's hot spin before that
-//! wait (`SingleInputGate::next_hot`) does not run this condition: it polls the same word
-//! with a Relaxed load (`RecordReader::data_word`, the word of
-//! `BufferConsumer::word_at_read`), a hint that reads nothing, and then decides with
-//! `RecordReader::poll_known`. Neither of those loads makes reading the record safe: the
-//! Acquire load of the word in `BufferConsumer::record_at_read` does, which `poll_known`
-//! reaches through `poll_data` exactly as the model's `RecordReader::poll` does
-//! (`poll_current`: the bytes already known published first, then `poll_data`). So the
-//! model runs the shipped read whichever Relaxed load saw the word turn. The shipped gate
-//! reads the data only in spin mode, where it never parks; the model parks as well (the
-//! stronger case).
+//! wait (`SingleInputGate::next_hot`) polls the same word through `data_input` (a Relaxed
+//! load in `BufferConsumer::record_written_at_read`: a hint that reads nothing) and, once
+//! it says written or cannot tell, decides with `RecordReader::poll_known`. What makes
+//! reading the record safe is neither those loads nor the condition's but the Acquire load
+//! of the word in `BufferConsumer::record_at_read`, which `poll_known` reaches through
+//! `poll_data` exactly as the model's `RecordReader::poll` does (`poll_current`: the bytes
+//! already known published first, then `poll_data`). So the model runs the shipped read
+//! whichever Relaxed load saw the word turn. The shipped gate reads the data only in spin
+//! mode, where it never parks; the model parks as well (the stronger case).
 //!
 //! What a failure means: a deadlock is a lost wake-up; a witness-cell race or a wrong
 //! record is a torn or unpublished record (the data read took payload bytes its Acquire of
