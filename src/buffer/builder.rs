@@ -987,18 +987,6 @@ impl BufferConsumer {
         Some(v != frame::UNWRITTEN && u64::from(at) + u64::from(SLOT_BYTES) + u64::from(v) <= u64::from(self.size))
     }
 
-    /// The prefix word at the read position, for a reader that spins on it alone (a load of
-    /// it is a hint: [`record_at_read`](Self::record_at_read) Acquires it before anything
-    /// is read). `None` when [`record_written_at_read`](Self::record_written_at_read) would be.
-    #[inline]
-    pub fn word_at_read(&self) -> Option<&crate::sync::AtomicU32> {
-        let at = self.read_pos;
-        if at % SLOT_BYTES != 0 || u64::from(at) + u64::from(SLOT_BYTES) > u64::from(self.size) {
-            return None;
-        }
-        Some(self.lease.arena.segment_word(self.lease.index, at))
-    }
-
     /// The slot-framed record at the read position, in place, once its writer published
     /// it (`Ok(None)` while its slot is clear, or when no slot fits before the end of the
     /// segment). After using it, [`consume`](Self::consume) its

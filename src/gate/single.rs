@@ -890,53 +890,37 @@ impl SingleInputGate {
         let (calls, per_spin) = self.hot_clock;
         let t0 = (calls % 64 == 0 || per_spin == 0).then(now_nanos);
         let mut found = false;
-        let mut spins = 0u64;
-        while spins < u64::from(HOT_SPINS) {
-            // The spin proper: one load of the prefix word at the read position per spin
-            // and nothing else, in rounds of 16 between the checks below.
-            let Some(word) = r.data_word() else {
-                // The word cannot tell (the position path can).
-                found = r.poll_known();
-                break;
-            };
-            // The line after the word's, prefetched on every spin (a small record with its
-            // prefix often straddles two), so it is on its way as the word turns: without
-            // that, near vCPUs measured 2.4-2.5x bare instead of 2.0-2.2x (session 9).
-            let next_line = (word as *const crate::sync::AtomicU32).cast::<u8>().wrapping_add(64);
-            let mut written = false;
-            for _ in 0..16 {
-                spins += 1;
-                crate::sync::prefetch_line(next_line);
-                // Relaxed: a hint; `poll_known` Acquires the word before reading the record.
-                if u32::from_le(word.load(Ordering::Relaxed)) != frame::UNWRITTEN {
-                    written = true;
-                    break;
-                }
-                // One pause per spin, a measured compromise (64 B ping-pong, 12 interleaved
-                // runs of 4 rounds, vCPUs on different cores, bare atomics 232-254 ns one-way:
-                // the network stack's one-way p50 over them, median 1.70x with no pause,
-                // 1.56x with one, 1.46x with two). Polling the lines the producer is writing
-                // takes them back between its stores (the record's first line gets its
-                // payload, then, after the second line's stores, its prefix), so fewer polls
-                // cost fewer transfers; but with the vCPUs near (bare atomics 50 ns) two
-                // pauses measured worse (2.39x and 2.60x against 2.00-2.20x with one), and
-                // none too (2.6x, session 9), the pause being the granularity at which the
-                // record is seen there.
-                std::hint::spin_loop();
-            }
-            if written {
+        let mut spins = 1u64;
+        for i in 0..HOT_SPINS {
+            spins = u64::from(i) + 1;
+            r.prefetch_unread();
+            if r.data_input() != Some(false) {
                 found = r.poll_known();
                 break;
             }
             // Relaxed: a stop request.
-            if set.any_other(members, member)
-                || r.channel_mut().has_next()?
-                || self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+            if i % 16 == 15
+                && (set.any_other(members, member)
+                    || r.channel_mut().has_next()?
+                    || self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)))
             {
                 break;
             }
+            // One pause per spin, a measured compromise (64 B ping-pong, 12 interleaved runs
+            // of 4 rounds, vCPUs on different cores, bare atomics 232-254 ns one-way: the
+            // network stack's one-way p50 over them, median 1.70x with no pause, 1.56x with
+            // one, 1.46x with two). Polling the lines the producer is writing takes them
+            // back between its stores (the record's first line gets its payload, then, after
+            // the second line's stores, its prefix), so fewer polls cost fewer transfers;
+            // but with the vCPUs on hyperthreads of one core (bare atomics 50 ns) two pauses
+            // measured worse (2.39x and 2.60x against 2.00-2.20x with one), the pause being
+            // the granularity at which the record is seen there. A tighter loop (session 9:
+            // the word's reference taken once per 16 spins, no call or field walk per spin,
+            // the same prefetch and pause) measured worse near, 130 against 120-125 ns
+            // one-way p50 in interleaved runs, and no pause at all worse still (150-155 ns):
+            // the time between polls here is itself part of the compromise.
+            std::hint::spin_loop();
         }
-        let spins = spins.max(1);
         let idle = match t0 {
             Some(t0) => {
                 let idle = now_nanos().saturating_sub(t0);

@@ -254,18 +254,6 @@ impl RecordReader {
         self.current.as_ref()?.record_written_at_read()
     }
 
-    /// For a reader spinning on this channel: the prefix word at the read position, which
-    /// turns from [`frame::UNWRITTEN`] when the record there is published (loads of it are
-    /// hints; [`poll_known`](Self::poll_known) reads the record). `None` when
-    /// [`data_input`](Self::data_input) is.
-    #[inline]
-    pub fn data_word(&self) -> Option<&crate::sync::AtomicU32> {
-        if !self.data_reads || self.span_len.is_some() {
-            return None;
-        }
-        self.current.as_ref()?.word_at_read()
-    }
-
     /// Sets the largest payload accepted; a longer length prefix is a protocol violation.
     pub fn set_max_record(&mut self, max: usize) {
         self.max_record = max;
