@@ -133,7 +133,7 @@ shmflow:
     deliver-on-credit: ${deliver:-true}
     banked-credit: ${bank:-true}
 ${cspin:+    spin-ns: $cspin
-}  spin-ns: ${spin:-20000}
+}  spin-ns: ${spin:-5000}
   producer:
     direct: ${direct:-true}
     direct-max-bytes: ${directmax:-8kb}

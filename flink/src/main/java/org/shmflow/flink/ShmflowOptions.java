@@ -39,11 +39,17 @@ public final class ShmflowOptions {
                     .noDefaultValue()
                     .withDescription("Registry directory of the TaskManagers attached to the arena (default /dev/shm/shmflow-flink-<user>.registry).");
 
-    /** How long the idle producer dispatcher (and the consumer one, with full buffers) spins before it parks on the futex. */
+    /**
+     * How long the idle producer dispatcher (and the consumer one, with full buffers) spins
+     * before it parks on the futex. 5 us since session 9: with 20 us both dispatchers spent
+     * about one involuntary context switch per 32 KiB buffer in their spin's yields and used
+     * more TaskManager CPU per record (flink/bench cross-TM 1 KiB, 4 interleaved rounds under
+     * load, docs/flink.md).
+     */
     public static final ConfigOption<Long> SPIN_NS =
             ConfigOptions.key("shmflow.spin-ns")
                     .longType()
-                    .defaultValue(20_000L)
+                    .defaultValue(5_000L)
                     .withDescription("Spin budget in nanoseconds of the idle producer dispatcher before it blocks (0..1e9), and of the consumer dispatcher while it receives full buffers; it blocks early when its core is contended.");
 
     /**
