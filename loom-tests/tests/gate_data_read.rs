@@ -18,9 +18,17 @@
 //! `ResultPartition::flush` does). The consumer is the gate's loop by hand over a
 //! `RecordReader` with data reads on, on a `ChannelReader` routed to the notify set: poll
 //! the channel; when empty drain the set and poll again if anything was marked; otherwise
-//! wait with the shipped `Waiter` (park policy) on the set's wake-up with the gate's
-//! condition: the next prefix word (`data_input`), or the position when the word cannot
-//! tell (`has_input`), then the set (`any`). The shipped gate reads the data only in spin
+//! wait with the shipped `Waiter` (park policy) on the set's wake-up with the condition of
+//! the gate's `wait_ready`: the next prefix word (`data_input`), or the position when the
+//! word cannot tell (`has_input`), then the set (`any`). The gate's hot spin before that
+//! wait (`SingleInputGate::next_hot`) polls the same word through `data_input` (a Relaxed
+//! load in `BufferConsumer::record_written_at_read`: a hint that reads nothing) and, once
+//! it says written or cannot tell, decides with `RecordReader::poll_known`. What makes
+//! reading the record safe is neither those loads nor the condition's but the Acquire load
+//! of the word in `BufferConsumer::record_at_read`, which `poll_known` reaches through
+//! `poll_data` exactly as the model's `RecordReader::poll` does (`poll_current`: the bytes
+//! already known published first, then `poll_data`). So the model runs the shipped read
+//! whichever Relaxed load saw the word turn. The shipped gate reads the data only in spin
 //! mode, where it never parks; the model parks as well (the stronger case).
 //!
 //! What a failure means: a deadlock is a lost wake-up; a witness-cell race or a wrong

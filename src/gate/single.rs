@@ -187,7 +187,9 @@ pub struct SingleInputGate {
     /// set first.
     /// Adaptive mode keeps to the notify set and the committed position: polling the data
     /// while spinning holds the lines the producer writes next in the gate's cache, which
-    /// costs a producer that streams (see the README's performance notes).
+    /// costs a producer that streams (docs/performance-history.md, "The network stack's
+    /// read path: where a 64 B record's latency goes", its paragraph "Adaptive and park
+    /// modes keep to the notify set").
     /// The notify set stays what wakes a parked gate and what finds every other channel,
     /// segment ends, events and records that span segments.
     hot: Option<u32>,
@@ -972,6 +974,11 @@ impl SingleInputGate {
     /// the caller's per-record state stays in locals for the batch. Returns how many; 0
     /// means "nothing in this fast path" (also for a channel read from a file): call
     /// [`next`](Self::next).
+    ///
+    /// A record counts as read when the iterator yields it, not when `f` uses it: adapters
+    /// that pull one past what they pass on (`take_while`, `peekable().peek()`, `zip` with
+    /// a shorter iterator second) silently drop that record. Stop with
+    /// [`WholeRecords::next_if`] or [`WholeRecords::peek`] instead.
     ///
     /// # Errors
     /// Protocol violations, or `f`'s error.

@@ -380,6 +380,11 @@ impl RecordReader {
     /// iterator, so its per-record state stays in locals for the batch. Every record the
     /// iterator hands out counts as read (the ones `f` leaves do not). Returns how many.
     ///
+    /// A record counts as read when the iterator yields it, not when `f` uses it: adapters
+    /// that pull one past what they pass on (`take_while`, `peekable().peek()`, `zip` with
+    /// a shorter iterator second) silently drop that record. Stop with
+    /// [`WholeRecords::next_if`] or [`WholeRecords::peek`] instead.
+    ///
     /// # Errors
     /// A length above the limit (protocol violation, found when the iterator reaches it:
     /// it ends there), or `f`'s error.
@@ -768,8 +773,17 @@ const READ_AHEAD: usize = 1024;
 
 /// The whole records of one segment that [`RecordReader::drain_batch`] hands out, in
 /// place, in order: an iterator of their payloads. It ends at the first thing that is not
-/// a whole published record (or after the batch's `max`); every record it yields counts
-/// as read.
+/// a whole published record (or after the batch's `max`).
+///
+/// Every record [`next`](Iterator::next) yields counts as read the moment it is yielded,
+/// whether or not the caller then uses it. So an adapter that pulls one record past the
+/// ones it passes on loses that record for good: [`take_while`](Iterator::take_while)
+/// (and `map_while`) drop the record their predicate refuses,
+/// [`peekable`](Iterator::peekable)`().peek()` takes the record it shows, and
+/// [`zip`](Iterator::zip) with this iterator first drops one record when the other side
+/// ends first. Use [`next_if`](Self::next_if) or [`peek`](Self::peek) to stop at a record
+/// without taking it, `by_ref().take(n)` to take at most `n`, and put this iterator second
+/// in a `zip`.
 #[derive(Debug)]
 pub struct WholeRecords<'a> {
     /// The segment's published bytes from the read position.
@@ -789,6 +803,35 @@ impl<'a> Iterator for WholeRecords<'a> {
 
     #[inline(always)]
     fn next(&mut self) -> Option<&'a [u8]> {
+        let rec = self.front()?;
+        Some(self.advance(rec))
+    }
+}
+
+impl<'a> WholeRecords<'a> {
+    /// The next record, without taking it: it does not count as read and the next
+    /// [`next`](Iterator::next), [`next_if`](Self::next_if) or drain hands it out again.
+    #[inline]
+    pub fn peek(&mut self) -> Option<&'a [u8]> {
+        self.front()
+    }
+
+    /// Takes the next record only if `pred` accepts it: when `pred` refuses (or there is
+    /// none), it is left unread for the next call or the next drain. The way to stop a
+    /// batch at a record without losing it, where [`Iterator::take_while`] would drop it.
+    #[inline(always)]
+    pub fn next_if(&mut self, pred: impl FnOnce(&[u8]) -> bool) -> Option<&'a [u8]> {
+        let rec = self.front()?;
+        if pred(rec) {
+            Some(self.advance(rec))
+        } else {
+            None
+        }
+    }
+
+    /// The next whole record, not yet taken (a length above the limit ends the batch).
+    #[inline(always)]
+    fn front(&mut self) -> Option<&'a [u8]> {
         if self.n >= self.max {
             return None;
         }
@@ -800,9 +843,14 @@ impl<'a> Iterator for WholeRecords<'a> {
             return None;
         }
         // `len` is at most `max_record`: no overflow.
-        let rec = rest.get(LEN_PREFIX..LEN_PREFIX + len)?;
+        rest.get(LEN_PREFIX..LEN_PREFIX + len)
+    }
+
+    /// Takes `rec`, the record [`front`](Self::front) just returned: it counts as read.
+    #[inline(always)]
+    fn advance(&mut self, rec: &'a [u8]) -> &'a [u8] {
         let before = self.off;
-        self.off += LEN_PREFIX + len;
+        self.off += LEN_PREFIX + rec.len();
         self.n += 1;
         // Once per line the records reach: the line READ_AHEAD bytes on (at most the
         // batch's last byte: the lines past it are the writer's), which the writer's core
@@ -811,7 +859,7 @@ impl<'a> Iterator for WholeRecords<'a> {
             let at = (self.off + READ_AHEAD).min(self.bytes.len() - 1);
             crate::sync::prefetch_line(self.bytes.as_ptr().wrapping_add(at));
         }
-        Some(rec)
+        rec
     }
 }
 

@@ -220,7 +220,8 @@ impl RuntimeConfig {
     /// and each turn moves at most the segments in flight. `run shuffle` at p=2 on 2 vCPUs
     /// switched threads about once per 32 KiB segment; 256 KiB segments took the job's
     /// CPU per 16 B record from 14-22 ns to 11 ns and per 1 KiB record from 170-200 ns to
-    /// 93-108 ns (see the README's performance notes).
+    /// 93-108 ns (docs/performance-history.md, "Jobs beside Apache Flink 2.3", its
+    /// paragraph "Session 8: the throughput shuffle picks its segment size").
     ///
     /// # Errors
     /// An invalid `job` ([`ExecutionGraph::build`]).

@@ -159,8 +159,8 @@ pub(crate) fn evicts_segments() -> bool {
 /// uses it before handing the segment back: its producer then writes the lines from
 /// memory (a stream the prefetchers run ahead of) instead of taking each one back from
 /// the reader's cache, which stalled a producer of small records on every line (the 1x1
-/// 8 B throughput bench's producer: about 4x its CPU per record, see the README section
-/// "A segment goes back to its producer evicted").
+/// 8 B throughput bench's producer: about 4x its CPU per record, see the section "A segment
+/// goes back to its producer evicted" of docs/performance-history.md).
 ///
 /// # Safety
 /// Every byte of `[p, p + len)` must be in memory mapped for the whole call (CLFLUSHOPT

@@ -172,21 +172,57 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
     }
 
+    /// Which lines of a markdown text are fenced code: a fence is 3 or more backticks or
+    /// tildes after any indentation (a list item's fence is indented), closed by a fence
+    /// of the same character at least as long with nothing after it.
+    #[derive(Default)]
+    struct Fences {
+        /// The open fence's character and length.
+        open: Option<(char, usize)>,
+    }
+
+    impl Fences {
+        /// Whether `line`, the next line, is part of fenced code (a fence line is).
+        fn in_code(&mut self, line: &str) -> bool {
+            let l = line.trim_start();
+            let fence = ['`', '~'].into_iter().find_map(|c| {
+                let run = l.len() - l.trim_start_matches(c).len();
+                (run >= 3).then_some((c, run, l[run..].trim()))
+            });
+            match (self.open, fence) {
+                (None, Some((c, run, _))) => self.open = Some((c, run)),
+                (Some((c, len)), Some((f, run, rest))) if f == c && run >= len && rest.is_empty() => self.open = None,
+                (None, None) => return false,
+                _ => {}
+            }
+            true
+        }
+    }
+
     /// The anchors GitHub gives the headings of a markdown text: lower case, letters,
     /// digits, `-` and `_` kept, spaces made `-`, everything else dropped; a repeated one
     /// gets `-1`, `-2`, ...
     fn anchors(text: &str) -> std::collections::HashSet<String> {
         let mut seen = std::collections::HashMap::<String, usize>::new();
         let mut out = std::collections::HashSet::new();
-        let mut fenced = false;
+        let mut fences = Fences::default();
         for line in text.lines() {
-            if line.starts_with("```") {
-                fenced = !fenced;
-            }
-            let title = line.trim_start_matches('#');
-            if fenced || title.len() == line.len() || !title.starts_with(' ') {
+            // An ATX heading: up to 3 spaces, `#`s, a space; its optional closing `#`s
+            // (after a space) are not part of the title.
+            let unindented = line.trim_start_matches(' ');
+            let title = unindented.trim_start_matches('#');
+            if fences.in_code(line)
+                || line.len() - unindented.len() > 3
+                || title.len() == unindented.len()
+                || !title.starts_with(' ')
+            {
                 continue;
             }
+            let title = title.trim_end();
+            let title = match title.trim_end_matches('#') {
+                open if open.ends_with(' ') => open,
+                _ => title,
+            };
             let slug: String = title
                 .trim()
                 .to_lowercase()
@@ -204,11 +240,9 @@ mod tests {
     /// Every `](target)` of a markdown text outside fenced code.
     fn links(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let mut fenced = false;
+        let mut fences = Fences::default();
         for line in text.lines() {
-            if line.starts_with("```") {
-                fenced = !fenced;
-            }
+            let fenced = fences.in_code(line);
             let mut rest = line;
             while let (false, Some(i)) = (fenced, rest.find("](")) {
                 rest = &rest[i + 2..];
@@ -260,5 +294,15 @@ mod tests {
         assert!(anchors("## Jobs beside Apache Flink 2.3 (issue 12; `tools/bench-flink`)")
             .contains("jobs-beside-apache-flink-23-issue-12-toolsbench-flink"));
         assert_eq!(links("see [a](b.md#c) and [d](e)\n```\n[x](y)\n```"), vec!["b.md#c", "e"]);
+        // Fences indented (in a list item) and of tildes hide their links and headings; a
+        // fence closes only with its own character.
+        assert_eq!(links("- item\n  ```sh\n  [x](y)\n  ```\n[a](b)"), vec!["b"]);
+        assert_eq!(links("~~~\n[x](y)\n```\n[z](w)\n~~~\n[a](b)"), vec!["b"]);
+        assert!(!anchors("   ```\n# Code\n   ```\n").contains("code"));
+        assert!(!anchors("~~~\n# Code\n~~~\n").contains("code"));
+        // A closing sequence of `#`s is not part of the heading; a `#` in the title is.
+        let closed = anchors("## Closed ##\n### C# 2 #\n#### Not#closed\n    # indented code");
+        assert!(closed.contains("closed") && closed.contains("c-2") && closed.contains("notclosed"), "{closed:?}");
+        assert_eq!(closed.len(), 3, "{closed:?}");
     }
 }

@@ -304,7 +304,9 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
 /// largest first ([`RuntimeConfig::fit_segment_size`]). With four tasks on two vCPUs a
 /// generator and a sink take turns on a core, and a turn moves at most the segments in
 /// flight: 16 B records, CPU per record about 14-22 ns at 32 KiB and 11 ns at 256 KiB,
-/// 1 KiB records 170-200 ns and 93-108 ns (README, issue 12, session 8).
+/// 1 KiB records 170-200 ns and 93-108 ns (issue 12, session 8: docs/performance-history.md,
+/// "Jobs beside Apache Flink 2.3", its paragraph "Session 8: the throughput shuffle picks
+/// its segment size").
 pub(crate) const THROUGHPUT_SEGMENT_SIZES: [u32; 4] = [256 << 10, 128 << 10, 64 << 10, 32 << 10];
 
 /// The runtime settings of `run shuffle --latency`: as every job's, but its sinks spin and,
