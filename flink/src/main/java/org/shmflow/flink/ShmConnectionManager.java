@@ -93,15 +93,15 @@ public final class ShmConnectionManager implements ConnectionManager {
                 throw Native.error("shmflow.consumer.spin-ns", rc);
             }
             ShmTransport t = new ShmTransport(
-                    arena, name, self, timeout, conf.get(ShmflowOptions.ZERO_COPY),
+                    arena, name, dir, self, timeout, conf.get(ShmflowOptions.ZERO_COPY),
                     conf.get(ShmflowOptions.ZERO_COPY_MAX_SEGMENTS), conf.get(ShmflowOptions.DIRECT),
                     (int) Math.min(Integer.MAX_VALUE, conf.get(ShmflowOptions.DIRECT_MAX_BYTES).getBytes()),
                     conf.get(ShmflowOptions.DELIVER_ON_CREDIT), conf.get(ShmflowOptions.BANKED_CREDIT), spin, consumerSpin, partitions, events, metrics);
             metrics.arenaGauges(metricGroup, t::freeSegments, t::totalSegments);
             transport = t;
             lastFallback = null;
-            LOG.info("shmflow: TaskManager {} attached to arena /dev/shm/{} (slot {}, {} segments of {} bytes, registry {})",
-                    self, name, t.slot, t.totalSegments(), segmentSize, dir);
+            LOG.info("shmflow: TaskManager {} attached to arena /dev/shm/{} (slot {}, {} segments of {} bytes, registry {}, zero-copy cap {})",
+                    self, name, t.slot, t.totalSegments(), segmentSize, dir, t.zeroCopyMax());
         } catch (IOException | RuntimeException e) {
             if (arena != 0) {
                 Native.close(arena);

@@ -77,8 +77,19 @@ final class ShmTransport implements AutoCloseable {
     final int timeoutMs;
     /** Consumer side: deliver arena slices to Flink instead of copying (shmflow.consumer.zero-copy). */
     final boolean zeroCopy;
-    /** Most segments held as zero-copy buffers at once (shmflow.consumer.zero-copy-max-segments). */
-    final int zeroCopyMax;
+    /** How often the default zero-copy cap counts the TaskManagers attached to the arena. */
+    static final long ZERO_COPY_CAP_REFRESH_MS = 1000;
+    /**
+     * Most segments held as zero-copy buffers at once: shmflow.consumer.zero-copy-max-segments
+     * when set, else {@link #defaultZeroCopyMax} of the TaskManagers alive on the arena,
+     * recounted every {@link #ZERO_COPY_CAP_REFRESH_MS} on {@link #delayed} (never on the
+     * buffer path). A lowered cap takes effect as held segments are recycled.
+     */
+    private volatile int zeroCopyMax;
+    /** shmflow.consumer.zero-copy-max-segments, or 0 for the host-wide default. */
+    private final int zeroCopyMaxConfigured;
+    /** The registry directory the arena's TaskManagers register in (shmflow.registry.dir). */
+    private final String registryDir;
     /** Segments held as zero-copy buffers now (taken by {@link #takeZeroCopySlot}). */
     private final AtomicInteger zeroCopyHeld = new AtomicInteger();
     /** Producer side: publish from the thread that made the buffer available (shmflow.producer.direct). */
@@ -133,6 +144,7 @@ final class ShmTransport implements AutoCloseable {
     ShmTransport(
             long arena,
             String arenaName,
+            String registryDir,
             ResourceID self,
             int timeoutMs,
             boolean zeroCopy,
@@ -149,6 +161,7 @@ final class ShmTransport implements AutoCloseable {
             throws IOException {
         this.arena = arena;
         this.arenaName = arenaName;
+        this.registryDir = registryDir;
         this.self = self;
         this.timeoutMs = timeoutMs;
         this.zeroCopy = zeroCopy;
@@ -183,14 +196,114 @@ final class ShmTransport implements AutoCloseable {
         if (zeroCopyMaxSegments < 0) {
             throw new IOException("shmflow.consumer.zero-copy-max-segments must not be negative, not " + zeroCopyMaxSegments);
         }
-        this.zeroCopyMax = zeroCopyMaxSegments > 0 ? zeroCopyMaxSegments : (int) (info[2] / 4);
+        this.zeroCopyMaxConfigured = zeroCopyMaxSegments;
         String tag = self.getResourceIdString();
         this.delayed = Executors.newSingleThreadScheduledExecutor(r -> daemon(r, "shmflow-delay " + tag));
+        refreshZeroCopyMax();
+        if (zeroCopyMaxSegments == 0) {
+            delayed.scheduleWithFixedDelay(
+                    this::refreshZeroCopyMax, ZERO_COPY_CAP_REFRESH_MS, ZERO_COPY_CAP_REFRESH_MS, TimeUnit.MILLISECONDS);
+        }
         this.consumerThread = daemon(this::consumerLoop, "shmflow-consumer " + tag);
         this.producerThread = daemon(this::producerLoop, "shmflow-producer " + tag);
         consumerThread.start();
         producerThread.start();
         LIVE.add(this);
+    }
+
+    /**
+     * The default zero-copy cap of one TaskManager: a quarter of the arena's {@code segments}
+     * shared by the {@code liveTaskManagers} attached to it (every TaskManager of the host
+     * consumes from the same arena, so together they hold at most a quarter and producers
+     * keep the rest to publish into), but at least 1 so zero copy stays on in a tiny arena.
+     */
+    static int defaultZeroCopyMax(long segments, int liveTaskManagers) {
+        long cap = segments / 4 / Math.max(1, liveTaskManagers);
+        return (int) Math.max(1, Math.min(Integer.MAX_VALUE, cap));
+    }
+
+    /** The current zero-copy cap (see {@link #zeroCopyMax}). */
+    int zeroCopyMax() {
+        return zeroCopyMax;
+    }
+
+    /**
+     * Recomputes {@link #zeroCopyMax} (the configured value, or the default for the
+     * TaskManagers alive on the arena now). Runs at construction and then on {@link #delayed};
+     * a failure keeps the last cap.
+     */
+    private void refreshZeroCopyMax() {
+        try {
+            if (zeroCopyMaxConfigured > 0) {
+                zeroCopyMax = zeroCopyMaxConfigured;
+                return;
+            }
+            long total = totalSegments();
+            if (total <= 0) {
+                return;
+            }
+            int cap = defaultZeroCopyMax(total, liveTaskManagers());
+            if (cap != zeroCopyMax) {
+                LOG.debug("shmflow: zero-copy cap of TaskManager {}: {} segments", self, cap);
+                zeroCopyMax = cap;
+            }
+        } catch (Throwable e) {
+            // A scheduled task that throws is never run again: keep the last cap, say why.
+            LOG.warn("shmflow: recounting the arena's TaskManagers failed", e);
+        }
+    }
+
+    /** Most registry entries {@link #liveTaskManagers} looks at (bounds its loop). */
+    private static final int MAX_REGISTRY_ENTRIES = 4096;
+
+    /**
+     * TaskManagers registered on this arena whose process and arena slot are alive (at
+     * least 1: this one). Reads the registry directory's entry names ({@code tm-} and the
+     * TaskManager id's UTF-8 bytes in hex, written by {@code shmflow_arena_open}) and asks
+     * {@code shmflow_peer_lookup} about each, which checks the entry's arena, process and
+     * slot.
+     */
+    int liveTaskManagers() {
+        String[] names = new java.io.File(registryDir).list();
+        if (names == null) {
+            return 1;
+        }
+        int live = 0;
+        for (int i = 0; i < names.length && i < MAX_REGISTRY_ENTRIES; i++) {
+            String id = registryEntryId(names[i]);
+            if (id != null && Native.lookup(arena, id) >= 0) {
+                live++;
+            }
+        }
+        return Math.max(1, live);
+    }
+
+    /** The TaskManager id of registry entry file {@code name}, or null for another file. */
+    static String registryEntryId(String name) {
+        if (!name.startsWith("tm-") || name.length() == 3 || (name.length() & 1) == 0) {
+            return null;
+        }
+        byte[] b = new byte[(name.length() - 3) / 2];
+        for (int i = 0; i < b.length; i++) {
+            int hi = Character.digit(name.charAt(3 + 2 * i), 16);
+            int lo = Character.digit(name.charAt(4 + 2 * i), 16);
+            if (hi < 0 || lo < 0) {
+                return null;
+            }
+            b[i] = (byte) (hi << 4 | lo);
+        }
+        return new String(b, java.nio.charset.StandardCharsets.UTF_8);
+    }
+
+    /** The live transports of this JVM on arena {@code name} (tests). */
+    static List<ShmTransport> allLive(String name) {
+        List<ShmTransport> out = new ArrayList<>();
+        for (ShmTransport t : LIVE) {
+            if (t.arenaName.equals(name)) {
+                out.add(t);
+            }
+        }
+        return out;
     }
 
     /** A live transport of this JVM on arena {@code name}, or null (tests). */

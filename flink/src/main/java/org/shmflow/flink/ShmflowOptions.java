@@ -98,7 +98,8 @@ public final class ShmflowOptions {
      * Flink recycles it) instead of copying it into that buffer. On by default since
      * session 9: with the library's segment eviction off it was the faster path
      * (README, "Inside Apache Flink"). At most {@link #ZERO_COPY_MAX_SEGMENTS} segments are
-     * held that way at once per TaskManager; past that each buffer is copied.
+     * held that way at once per TaskManager (by default all the host's TaskManagers together
+     * at most a quarter of the arena); past that each buffer is copied.
      */
     public static final ConfigOption<Boolean> ZERO_COPY =
             ConfigOptions.key("shmflow.consumer.zero-copy")
@@ -110,15 +111,19 @@ public final class ShmflowOptions {
      * How many arena segments one TaskManager's consumer may hold as zero-copy buffers at
      * once (Flink holds them while it reads them, the channel-state writer of an unaligned
      * checkpoint longer). A buffer arriving past that is copied into the channel's pool
-     * buffer and its segment released at once, so a small arena (or many channels) leaves
-     * producers the segments they publish into. 0 (the default): a quarter of the arena's
-     * segments.
+     * buffer and its segment released at once. 0 (the default): a quarter of the arena's
+     * segments divided by the TaskManagers alive on the arena (every TaskManager of the host
+     * consumes from it; counted in the registry every second), at least 1, so together they
+     * hold at most a quarter (one segment each when there are more TaskManagers than a
+     * quarter of the segments) and producers keep the rest to publish into. A value above 0
+     * holds per TaskManager: their sum over the host's TaskManagers should stay well below
+     * the arena's segments.
      */
     public static final ConfigOption<Integer> ZERO_COPY_MAX_SEGMENTS =
             ConfigOptions.key("shmflow.consumer.zero-copy-max-segments")
                     .intType()
                     .defaultValue(0)
-                    .withDescription("Most arena segments this TaskManager holds as zero-copy buffers at once; past that buffers are copied. 0: a quarter of the arena's segments.");
+                    .withDescription("Most arena segments this TaskManager holds as zero-copy buffers at once; past that buffers are copied. 0: a quarter of the arena's segments divided by the TaskManagers alive on the arena (recounted every second), at least 1, so all of the host's together hold at most a quarter; a value above 0 is per TaskManager.");
 
     /**
      * Producer side: the thread that makes a buffer available (the task thread, or Flink's

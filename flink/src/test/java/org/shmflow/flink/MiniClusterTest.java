@@ -51,6 +51,7 @@ public final class MiniClusterTest {
         run(only, "an_unthrottled_keyby_runs_out_of_credit_and_stays_exact", MiniClusterTest::unthrottled);
         run(only, "a_failing_task_restarts_from_its_checkpoint_exactly", MiniClusterTest::failureRestart);
         run(only, "a_cancelled_job_leaves_no_segment_held", MiniClusterTest::cancelFreesSegments);
+        run(only, "the_default_zero_copy_cap_is_shared_by_the_hosts_taskmanagers", MiniClusterTest::zeroCopyCapShared);
         run(only, "arena_too_small_falls_back_to_netty", MiniClusterTest::tooSmall);
         run(only, "unwritable_registry_dir_falls_back_to_netty", MiniClusterTest::badRegistry);
         System.out.println(failures == 0 ? "flink tests: all passed" : "flink tests: " + failures + " failed");
@@ -362,6 +363,63 @@ public final class MiniClusterTest {
         }
         check(ShmTransport.anyLive(arenaName("cancel")) == null, "the TaskManagers left the arena");
         check(!Files.exists(Path.of("/dev/shm", arenaName("cancel"))), "the last TaskManager out unlinks the arena");
+    }
+
+    /**
+     * Every TaskManager of a host consumes from the one arena, so the default zero-copy cap
+     * divides the arena's quarter among those attached: 4 TaskManagers together may hold at
+     * most a quarter of the segments (before, each could hold a quarter: all of them), and a
+     * tiny arena still gets a cap of 1 (before, 0: zero copy silently off).
+     */
+    static void zeroCopyCapShared() throws Exception {
+        check(ShmTransport.defaultZeroCopyMax(512, 1) == 128, "one TaskManager: a quarter");
+        check(ShmTransport.defaultZeroCopyMax(512, 4) == 32, "four TaskManagers: a sixteenth each");
+        check(ShmTransport.defaultZeroCopyMax(3, 1) == 1, "fewer than 4 segments: still 1");
+        check(ShmTransport.defaultZeroCopyMax(8, 0) == 2, "no TaskManager counted: as if one");
+        check("tm-1".equals(ShmTransport.registryEntryId("tm-746d2d31")), "a registry entry name decodes to its id");
+        check(ShmTransport.registryEntryId(".lock") == null && ShmTransport.registryEntryId("tm-7") == null
+                && ShmTransport.registryEntryId("tm-zz") == null, "other files are no entries");
+        int tms = 4;
+        Configuration c = conf("cap");
+        MiniCluster mc = new MiniCluster(new MiniClusterConfiguration.Builder()
+                .setConfiguration(c)
+                .setNumTaskManagers(tms)
+                .setNumSlotsPerTaskManager(1)
+                .build());
+        mc.start();
+        try {
+            java.util.List<ShmTransport> ts = ShmTransport.allLive(arenaName("cap"));
+            // Bounded wait (20 s at most) for the 4 to attach and each to recount (every second).
+            for (int i = 0; i < 200 && !capsAre(ts, tms); i++) {
+                Thread.sleep(100);
+                ts = ShmTransport.allLive(arenaName("cap"));
+            }
+            check(ts.size() == tms, "all TaskManagers attached: " + ts.size());
+            long total = ts.get(0).totalSegments();
+            check(ts.get(0).liveTaskManagers() == tms, "TaskManagers alive on the arena: " + ts.get(0).liveTaskManagers());
+            long sum = 0;
+            for (ShmTransport t : ts) {
+                check(t.zeroCopyMax() == ShmTransport.defaultZeroCopyMax(total, tms),
+                        "cap " + t.zeroCopyMax() + " of " + total + " segments shared by " + tms);
+                sum += t.zeroCopyMax();
+            }
+            check(sum <= total / 4, "together at most a quarter of the arena: " + sum + " of " + total);
+            System.out.printf("  %d TaskManagers, cap %d each, %d segments%n", tms, ts.get(0).zeroCopyMax(), total);
+        } finally {
+            mc.closeAsync().get();
+        }
+    }
+
+    private static boolean capsAre(java.util.List<ShmTransport> ts, int tms) {
+        if (ts.size() != tms) {
+            return false;
+        }
+        for (ShmTransport t : ts) {
+            if (t.zeroCopyMax() != ShmTransport.defaultZeroCopyMax(t.totalSegments(), tms)) {
+                return false;
+            }
+        }
+        return true;
     }
 
     static void fallback(String tag, Configuration c, String needle) throws Exception {
