@@ -330,6 +330,9 @@ pub struct Entry {
     pub arena: String,
 }
 
+/// The registry entry's file name of `tm_id`: `tm-` and the id's UTF-8 bytes in lowercase
+/// hex. The Java side decodes it (`ShmTransport.registryEntryId`, counting the live
+/// TaskManagers for the zero-copy cap): change both together.
 fn entry_name(tm_id: &str) -> String {
     let mut s = String::with_capacity(3 + 2 * tm_id.len());
     s.push_str("tm-");

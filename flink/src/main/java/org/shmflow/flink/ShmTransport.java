@@ -200,7 +200,7 @@ final class ShmTransport implements AutoCloseable {
         String tag = self.getResourceIdString();
         this.delayed = Executors.newSingleThreadScheduledExecutor(r -> daemon(r, "shmflow-delay " + tag));
         refreshZeroCopyMax();
-        if (zeroCopyMaxSegments == 0) {
+        if (zeroCopy && zeroCopyMaxSegments == 0) {
             delayed.scheduleWithFixedDelay(
                     this::refreshZeroCopyMax, ZERO_COPY_CAP_REFRESH_MS, ZERO_COPY_CAP_REFRESH_MS, TimeUnit.MILLISECONDS);
         }
@@ -242,31 +242,60 @@ final class ShmTransport implements AutoCloseable {
             if (total <= 0) {
                 return;
             }
-            int cap = defaultZeroCopyMax(total, liveTaskManagers());
+            int live = liveTaskManagers();
+            if (live < 0) {
+                // The registry could not be listed: keep the last cap (one from a count),
+                // or at the first look assume the TaskManagers a host usually runs.
+                if (zeroCopyMax == 0) {
+                    zeroCopyMax = defaultZeroCopyMax(total, ASSUMED_TASKMANAGERS);
+                }
+                if (!registryUnreadableLogged) {
+                    registryUnreadableLogged = true;
+                    LOG.warn("shmflow: cannot list registry directory {}; the zero-copy cap stays {} segments",
+                            registryDir, zeroCopyMax);
+                }
+                return;
+            }
+            int cap = defaultZeroCopyMax(total, live);
             if (cap != zeroCopyMax) {
                 LOG.debug("shmflow: zero-copy cap of TaskManager {}: {} segments", self, cap);
                 zeroCopyMax = cap;
             }
         } catch (Throwable e) {
-            // A scheduled task that throws is never run again: keep the last cap, say why.
-            LOG.warn("shmflow: recounting the arena's TaskManagers failed", e);
+            // A scheduled task that throws is never run again: keep the last cap, say why
+            // (once at warn; a failure that repeats every second at debug).
+            if (!recountFailureLogged) {
+                recountFailureLogged = true;
+                LOG.warn("shmflow: recounting the arena's TaskManagers failed", e);
+            } else {
+                LOG.debug("shmflow: recounting the arena's TaskManagers failed again", e);
+            }
         }
     }
+
+    /** TaskManagers assumed on the host when the registry cannot be listed at the first count. */
+    private static final int ASSUMED_TASKMANAGERS = 4;
+
+    /** Whether the unreadable registry / a failed recount was logged at warn already. */
+    private boolean registryUnreadableLogged;
+
+    private boolean recountFailureLogged;
 
     /** Most registry entries {@link #liveTaskManagers} looks at (bounds its loop). */
     private static final int MAX_REGISTRY_ENTRIES = 4096;
 
     /**
      * TaskManagers registered on this arena whose process and arena slot are alive (at
-     * least 1: this one). Reads the registry directory's entry names ({@code tm-} and the
+     * least 1: this one), or -1 when the registry directory cannot be listed. Reads the registry directory's entry names ({@code tm-} and the
      * TaskManager id's UTF-8 bytes in hex, written by {@code shmflow_arena_open}) and asks
      * {@code shmflow_peer_lookup} about each, which checks the entry's arena, process and
-     * slot.
+     * slot. The entry-name format is {@code entry_name} in {@code ffi/src/core.rs}: change
+     * both together (the MiniCluster test's count of 4 TaskManagers fails otherwise).
      */
     int liveTaskManagers() {
         String[] names = new java.io.File(registryDir).list();
         if (names == null) {
-            return 1;
+            return -1;
         }
         int live = 0;
         for (int i = 0; i < names.length && i < MAX_REGISTRY_ENTRIES; i++) {

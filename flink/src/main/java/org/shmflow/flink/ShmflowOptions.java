@@ -7,7 +7,7 @@ import org.apache.flink.configuration.ConfigOption;
 import org.apache.flink.configuration.ConfigOptions;
 import org.apache.flink.configuration.MemorySize;
 
-/** The {@code shmflow.*} options (documented in the README's Flink section). */
+/** The {@code shmflow.*} options (documented in docs/flink.md, "Settings"). */
 public final class ShmflowOptions {
     private ShmflowOptions() {}
 
@@ -97,7 +97,7 @@ public final class ShmflowOptions {
      * buffer, holding a buffer of the input channel's own pool as its credit token until
      * Flink recycles it) instead of copying it into that buffer. On by default since
      * session 9: with the library's segment eviction off it was the faster path
-     * (README, "Inside Apache Flink"). At most {@link #ZERO_COPY_MAX_SEGMENTS} segments are
+     * (docs/flink.md, "How it works"). At most {@link #ZERO_COPY_MAX_SEGMENTS} segments are
      * held that way at once per TaskManager (by default all the host's TaskManagers together
      * at most a quarter of the arena); past that each buffer is copied.
      */

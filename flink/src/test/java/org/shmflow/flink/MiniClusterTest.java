@@ -31,7 +31,7 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 
-/** The Flink-side tests of issue 11 (see the README's Flink section). */
+/** The Flink-side tests of issue 11 (see docs/flink.md, "Tests"). */
 public final class MiniClusterTest {
     static final int KEYS = 13;
     /** Largest running sum seen per key (sums only grow, so replays after a restore do not matter). */
@@ -75,7 +75,7 @@ public final class MiniClusterTest {
             System.out.printf("test %s ... FAILED%n", name);
             e.printStackTrace(System.out);
         } finally {
-            cleanup(name);
+            cleanupRun();
         }
     }
 
@@ -91,6 +91,28 @@ public final class MiniClusterTest {
 
     private static String registryDir(String tag) {
         return System.getenv().getOrDefault("TMPDIR", "/tmp") + File.separator + arenaName(tag) + ".registry";
+    }
+
+    /**
+     * Removes every arena and registry directory of this run (tests name them by a tag of
+     * their own, so the runner removes all of {@link #RUN}'s, whatever the test was called).
+     */
+    private static void cleanupRun() {
+        String prefix = RUN + "-";
+        String[] shm = new File("/dev/shm").list();
+        String[] tmp = new File(System.getenv().getOrDefault("TMPDIR", "/tmp")).list();
+        java.util.Set<String> tags = new java.util.TreeSet<>();
+        for (String[] names : new String[][] {shm, tmp}) {
+            for (String n : names == null ? new String[0] : names) {
+                if (n.startsWith(prefix)) {
+                    String tag = n.substring(prefix.length());
+                    tags.add(tag.endsWith(".registry") ? tag.substring(0, tag.length() - ".registry".length()) : tag);
+                }
+            }
+        }
+        for (String tag : tags) {
+            cleanup(tag);
+        }
     }
 
     private static void cleanup(String tag) {
@@ -359,7 +381,7 @@ public final class MiniClusterTest {
             check(held == 0, "no zero-copy slot held after the cancel: " + held);
             System.out.printf("  %d of %d segments free after the cancel%n", free, total);
         } finally {
-            mc.closeAsync().get();
+            mc.closeAsync().get(60, java.util.concurrent.TimeUnit.SECONDS);
         }
         check(ShmTransport.anyLive(arenaName("cancel")) == null, "the TaskManagers left the arena");
         check(!Files.exists(Path.of("/dev/shm", arenaName("cancel"))), "the last TaskManager out unlinks the arena");
@@ -406,7 +428,7 @@ public final class MiniClusterTest {
             check(sum <= total / 4, "together at most a quarter of the arena: " + sum + " of " + total);
             System.out.printf("  %d TaskManagers, cap %d each, %d segments%n", tms, ts.get(0).zeroCopyMax(), total);
         } finally {
-            mc.closeAsync().get();
+            mc.closeAsync().get(60, java.util.concurrent.TimeUnit.SECONDS);
         }
     }
 
