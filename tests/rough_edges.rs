@@ -558,3 +558,28 @@ fn a_worker_whose_coordinator_died_before_it_started_says_so_instead_of_running_
     assert!(stderr.contains(&expected), "no {expected:?}: {stdout}{stderr}");
     assert!(!stdout.contains("distinct words"), "the worker ran the job as a coordinator: {stdout}");
 }
+
+#[test]
+fn an_output_that_is_the_input_or_a_link_to_it_is_refused_and_the_input_kept() {
+    let _serial = serial();
+    let tmp = TempDir::new("outisin");
+    let input = tmp.0.join("text.txt");
+    let text = "to be or not to be\n";
+    std::fs::write(&input, text).unwrap();
+    let link = tmp.0.join("link.txt");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let hard = tmp.0.join("hard.txt");
+    std::fs::hard_link(&input, &hard).unwrap();
+    for job in ["wordcount", "window-wordcount"] {
+        for out in [&input, &link, &hard] {
+            let args = ["run", job, "--quiet", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()];
+            let (code, _, err) = cli(&tmp.0, &[], &args);
+            assert_eq!(code, Some(1), "{job} --output {}: {err}", out.display());
+            assert!(err.contains("is the input file"), "{job} --output {}: {err}", out.display());
+            assert_eq!(std::fs::read_to_string(&input).unwrap(), text, "{job} --output {}", out.display());
+        }
+    }
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is left as it was");
+    assert_eq!(leftovers(&tmp.0, &[]), ["hard.txt", "link.txt", "text.txt"], "no temp output, no job dir");
+}
+

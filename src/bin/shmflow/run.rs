@@ -155,9 +155,13 @@ pub(crate) fn refuse_unsized(path: &std::path::Path) -> AnyResult<()> {
 
 /// `--output`, checked and created (as a temp file) by the coordinator before the job runs;
 /// workers do not write it.
-pub(crate) fn output_file(output: Option<&std::path::Path>) -> AnyResult<Option<jobs::OutputFile>> {
+/// An output that is the input file is refused.
+pub(crate) fn output_file(src: &TextSource, output: Option<&std::path::Path>) -> AnyResult<Option<jobs::OutputFile>> {
     match output {
         Some(p) if !is_worker() => {
+            if let TextSource::File { path, .. } = src {
+                jobs::refuse_output_over_input(path, p)?;
+            }
             remove_stale_temps(p);
             Ok(Some(jobs::OutputFile::create(p)?))
         }
@@ -201,7 +205,7 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
             let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
             cfg.progress_total = Some(text_total(&src, generated_mb));
-            let out_file = output_file(output.as_deref())?;
+            let out_file = output_file(&src, output.as_deref())?;
             let dir = JobDir::get()?;
             dir.note_output(out_file.as_ref())?;
             let ptype = match opts.exchange {
@@ -231,7 +235,7 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
             let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
             cfg.progress_total = Some(text_total(&src, generated_mb));
-            let out_file = output_file(output.as_deref())?;
+            let out_file = output_file(&src, output.as_deref())?;
             let dir = JobDir::get()?;
             dir.note_output(out_file.as_ref())?;
             let graph = jobs::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());

@@ -39,6 +39,32 @@ fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Refuses an `output` that is the file `input` (the same device and inode, after
+/// following symlinks, so a link to the input or a hard link of it too): replacing it would
+/// destroy the input the job just read.
+///
+/// # Errors
+/// [`ConfigError::Conflict`] for `--output`, naming both paths.
+pub fn refuse_output_over_input(input: &Path, output: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(i), Ok(o)) = (std::fs::metadata(input), std::fs::metadata(output)) else {
+        return Ok(()); // A new output, or an input whose problem is reported elsewhere.
+    };
+    // Devices (`--output /dev/null`) are written in place, never replaced.
+    if i.dev() == o.dev() && i.ino() == o.ino() && i.is_file() {
+        return Err(ConfigError::Conflict {
+            what: "--output",
+            detail: format!(
+                "{} is the input file {} (writing the output would replace the input): choose another --output",
+                output.display(),
+                input.display()
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 impl OutputFile {
     /// Checks `path` and creates the temp file: fails at once if `path` is a directory,
     /// its directory does not exist or cannot be written.
