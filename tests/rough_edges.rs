@@ -583,3 +583,31 @@ fn an_output_that_is_the_input_or_a_link_to_it_is_refused_and_the_input_kept() {
     assert_eq!(leftovers(&tmp.0, &[]), ["hard.txt", "link.txt", "text.txt"], "no temp output, no job dir");
 }
 
+#[test]
+fn clean_removes_the_temp_output_of_a_relative_output_from_any_cwd_and_nothing_else() {
+    let _serial = serial();
+    let tmp = TempDir::new("relout");
+    let (ran_in, cleaned_in) = (tmp.0.join("ran"), tmp.0.join("elsewhere"));
+    std::fs::create_dir(&ran_in).unwrap();
+    std::fs::create_dir(&cleaned_in).unwrap();
+    let mut cmd = shmflow();
+    cmd.current_dir(&ran_in)
+        .args(["run", "wordcount", "--generated-mb", "100000", "--output", "counts"])
+        .env("TMPDIR", &tmp.0);
+    let mut run = Run::spawn(cmd);
+    run.wait_running();
+    let pid = run.pid();
+    run.signal(libc::SIGKILL);
+    let _ = run.finish();
+    let temp_output = format!("counts.tmp-{pid}");
+    assert_eq!(leftovers(&ran_in, &[]), [temp_output.clone()], "the killed run's temp output");
+    // A file of the same name where clean runs is not the run's.
+    let decoy = cleaned_in.join(&temp_output);
+    std::fs::write(&decoy, "not shmflow's").unwrap();
+    let clean = shmflow().arg("clean").current_dir(&cleaned_in).env("TMPDIR", &tmp.0).output().expect("clean");
+    let text = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));
+    assert!(decoy.exists(), "clean removed a file of its cwd:\n{text}");
+    assert_eq!(leftovers(&ran_in, &[]), Vec::<String>::new(), "clean missed the temp output:\n{text}");
+    assert_eq!(leftovers(&tmp.0, &[]), ["elsewhere", "ran"], "the job dir is gone:\n{text}");
+}

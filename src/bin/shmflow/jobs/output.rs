@@ -39,6 +39,17 @@ fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The absolute path of `path`, a file that does not exist yet: its directory resolved
+/// (symlinks and `..` too), joined with its name.
+fn absolute_new(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("names no file"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok(std::fs::canonicalize(dir)?.join(name))
+}
+
 /// Refuses an `output` that is the file `input` (the same device and inode, after
 /// following symlinks, so a link to the input or a hard link of it too): replacing it would
 /// destroy the input the job just read.
@@ -116,9 +127,13 @@ impl OutputFile {
             }
             Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
         };
-        // A symlink is replaced by the file it points to, not by a regular file of its own.
-        let target = if existing.is_some() { std::fs::canonicalize(path).ok() } else { None };
-        let target = target.unwrap_or_else(|| path.to_path_buf());
+        // A symlink is replaced by the file it points to, not by a regular file of its own;
+        // a new output is named by its directory's absolute path, so that the temp file's
+        // path (noted in the job directory for `shmflow clean`) does not depend on the cwd.
+        let target = match existing {
+            Some(_) => std::fs::canonicalize(path).map_err(|e| bad(format!("{}: {e}", path.display())))?,
+            None => absolute_new(path).map_err(|e| bad(format!("{}: {e}", path.display())))?,
+        };
         let Some(name) = target.file_name() else {
             return Err(bad(format!("{} names no file", path.display())));
         };
