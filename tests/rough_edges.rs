@@ -611,3 +611,33 @@ fn clean_removes_the_temp_output_of_a_relative_output_from_any_cwd_and_nothing_e
     assert_eq!(leftovers(&ran_in, &[]), Vec::<String>::new(), "clean missed the temp output:\n{text}");
     assert_eq!(leftovers(&tmp.0, &[]), ["elsewhere", "ran"], "the job dir is gone:\n{text}");
 }
+
+#[test]
+fn a_failed_stdout_write_is_an_error_and_a_closed_pipe_a_quiet_exit() {
+    let _serial = serial();
+    let tmp = TempDir::new("stdoutfull");
+    let job = ["run", "shuffle", "--records", "1000", "--json"];
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let out = shmflow().args(job).env("TMPDIR", &tmp.0).stdout(full).output().expect("run shmflow");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing stdout") && err.contains("No space left"), "{err}");
+    // A reader that closed its end (`| head`): no message, no panic, 128 + SIGPIPE.
+    let mut child = KillOnDrop(
+        shmflow()
+            .args(job)
+            .env("TMPDIR", &tmp.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shmflow"),
+    );
+    drop(child.stdout.take());
+    let stderr = child.stderr.take().expect("piped stderr");
+    let status = exit_of(&mut child, "shmflow | (closed)");
+    let err = std::io::read_to_string(stderr).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGPIPE), "{err}");
+    assert_eq!(err, "", "quiet");
+    assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new(), "no job dir left");
+}
