@@ -641,3 +641,34 @@ fn a_failed_stdout_write_is_an_error_and_a_closed_pipe_a_quiet_exit() {
     assert_eq!(err, "", "quiet");
     assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new(), "no job dir left");
 }
+
+#[test]
+fn the_merge_after_the_job_is_announced_and_timed_and_the_top_ten_is_a_full_sorts() {
+    let _serial = serial();
+    let tmp = TempDir::new("mergetop");
+    // 40 words, counts 1..=8 with many ties across the tenth place.
+    let input = tmp.0.join("words.txt");
+    let text: String = (0..40u32).map(|i| format!("w{i} ").repeat((i * 7 % 8 + 1) as usize) + "\n").collect();
+    std::fs::write(&input, text).unwrap();
+    let counts = tmp.0.join("counts");
+    let (code, _, err) = cli(
+        &tmp.0,
+        &[],
+        &["run", "wordcount", "--quiet", "--input", input.to_str().unwrap(), "--output", counts.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let written = std::fs::read_to_string(&counts).unwrap();
+    // The top ten as before: every line sorted by word, then stably by count, highest first.
+    let mut lines: Vec<(u64, &str)> =
+        written.lines().map(|l| (l.rsplit_once('\t').unwrap().1.parse().unwrap(), l)).collect();
+    assert!(lines.windows(2).all(|w| w[0].1 < w[1].1), "the output is sorted by word");
+    lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+    let want: Vec<String> = lines.iter().take(10).map(|l| format!("  {}", l.1)).collect();
+    // Progress on (no --quiet): the merge is announced on stderr and timed in the summary.
+    let (code, out, err) = cli(&tmp.0, &[], &["run", "wordcount", "--input", input.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("merging ") && err.contains(" part files"), "{err}");
+    assert!(out.contains("after the job's") && out.contains("40 lines merged from"), "{out}");
+    let top: Vec<&str> = out.lines().skip_while(|l| !l.contains("the most frequent")).skip(1).collect();
+    assert_eq!(top, want, "{out}");
+}

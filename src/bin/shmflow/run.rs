@@ -214,14 +214,17 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
             };
             let graph = jobs::wordcount_job_with(src, opts.parallelism, dir.path.clone(), ptype);
             if let Some(s) = run(graph, &cfg)? {
-                let lines = merge_interruptibly(&dir.path, out_file)?;
+                let m = merge_interruptibly(&dir.path, out_file, cfg.progress)?;
+                let lines = &m.lines;
                 let total: u64 = lines.iter().filter_map(|l| count_of(l)).sum();
-                print_summary(&s, opts.json, serde_json::json!({ "distinct_words": lines.len(), "words": total }));
+                let extra = serde_json::json!({ "distinct_words": lines.len(), "words": total, "merge_s": m.secs });
+                print_summary(&s, opts.json, extra);
+                if !opts.json {
+                    m.print(s.elapsed_s);
+                }
                 if output.is_none() && !opts.json {
-                    let mut top: Vec<_> = lines.iter().filter_map(|l| Some((count_of(l)?, l))).collect();
-                    top.sort_by_key(|t| std::cmp::Reverse(t.0));
                     out!("{} distinct words, {total} words; the most frequent:", lines.len());
-                    for (_, l) in top.iter().take(10) {
+                    for l in jobs::most_frequent(lines, 10, count_of) {
                         out!("  {}", String::from_utf8_lossy(l));
                     }
                 }
@@ -240,10 +243,11 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
             dir.note_output(out_file.as_ref())?;
             let graph = jobs::window_wordcount_job(src, opts.parallelism, window, slide, dir.path.clone());
             if let Some(s) = run(graph, &cfg)? {
-                let lines = merge_interruptibly(&dir.path, out_file)?;
-                print_summary(&s, opts.json, serde_json::json!({ "window_results": lines.len() }));
+                let m = merge_interruptibly(&dir.path, out_file, cfg.progress)?;
+                print_summary(&s, opts.json, serde_json::json!({ "window_results": m.lines.len(), "merge_s": m.secs }));
                 if !opts.json {
-                    out!("{} window results", lines.len());
+                    m.print(s.elapsed_s);
+                    out!("{} window results", m.lines.len());
                 }
             }
         }
@@ -403,11 +407,47 @@ pub(crate) fn percentiles_us(h: &hdrhistogram::Histogram<u64>) -> serde_json::Va
     })
 }
 
+/// The text jobs' output merged after the job: its lines, from how many part files, in
+/// how long (single-threaded, after the job's own time: the summary says both).
+pub(crate) struct Merged {
+    pub(crate) lines: Vec<Vec<u8>>,
+    pub(crate) parts: usize,
+    /// Whether the lines were sorted and written to `--output`.
+    pub(crate) written: bool,
+    pub(crate) secs: f64,
+}
+
+impl Merged {
+    /// The summary's line on the merge, beside the job's `job_s`.
+    pub(crate) fn print(&self, job_s: f64) {
+        out!(
+            "  after the job's {job_s:.3} s: {} lines merged from {} part files{} in {:.3} s",
+            self.lines.len(),
+            self.parts,
+            if self.written { ", sorted and written to --output" } else { "" },
+            self.secs
+        );
+    }
+}
+
 /// [`jobs::merge_parts`] on a thread of its own, so that a stop signal ends the run at
 /// once, however large the output: the temp output is removed (the job directory goes when
 /// the caller's [`JobDir`] drops) and the run ends with [`shmflow::Error::Interrupted`].
-pub(crate) fn merge_interruptibly(dir: &std::path::Path, out: Option<jobs::OutputFile>) -> AnyResult<Vec<Vec<u8>>> {
+/// With `progress`, says on stderr that the merge runs (it can take longer than the job
+/// for many distinct words).
+pub(crate) fn merge_interruptibly(
+    dir: &std::path::Path,
+    out: Option<jobs::OutputFile>,
+    progress: bool,
+) -> AnyResult<Merged> {
     use std::sync::mpsc::RecvTimeoutError;
+    let start = std::time::Instant::now();
+    let parts = jobs::part_files(dir)?.len();
+    let written = out.is_some();
+    if progress {
+        let then = if written { ", sorting by word and writing --output" } else { "" };
+        eprintln!("merging {parts} part files{then}...");
+    }
     let tmp = out.as_ref().and_then(|o| o.temp_path().map(std::path::Path::to_path_buf));
     let dir = dir.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -423,7 +463,7 @@ pub(crate) fn merge_interruptibly(dir: &std::path::Path, out: Option<jobs::Outpu
             return Err(shmflow::Error::Interrupted { signal }.into());
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(r) => return Ok(r?),
+            Ok(r) => return Ok(Merged { lines: r?, parts, written, secs: start.elapsed().as_secs_f64() }),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Err("merging the part files failed (a panic)".into()),
         }
