@@ -111,7 +111,8 @@ pub(crate) enum JobCmd {
         /// written to `<output>.tmp-<pid>` and renamed when complete).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Size of the generated default text in MB.
+        /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
+        /// (the benchmarks' text; progress counts its real size).
         #[arg(long, default_value_t = 300)]
         generated_mb: u64,
         #[command(flatten)]
@@ -128,7 +129,8 @@ pub(crate) enum JobCmd {
         /// before the job runs; written to `<output>.tmp-<pid>` and renamed when complete).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Size of the generated default text in MB.
+        /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
+        /// (the benchmarks' text; progress counts its real size).
         #[arg(long, default_value_t = 300)]
         generated_mb: u64,
         /// Window size in words (Flink's example: 250).

@@ -137,6 +137,26 @@ mod tests {
     }
 
     #[test]
+    fn the_progress_total_of_the_generated_text_is_its_size() {
+        use crate::jobs::{generator, TextSource};
+        let src = TextSource::generated_mb(2);
+        let TextSource::Generated { lines, seed } = src else { unreachable!() };
+        // What the sources report as read: every line with its newline.
+        let mut real = 0u64;
+        let mut buf = String::new();
+        for l in 0..lines {
+            buf.clear();
+            generator().line(seed, l, &mut buf);
+            real += buf.len() as u64 + 1;
+        }
+        let shmflow::runtime::ProgressTotal::SourceInputBytes(total) = crate::run::text_total(&src, 2) else {
+            panic!("a text job's progress counts input bytes");
+        };
+        let off = (total as f64 - real as f64).abs() / real as f64;
+        assert!(off < 0.005, "progress total {total} bytes, the text has {real} ({:.3}% off)", off * 100.0);
+    }
+
+    #[test]
     fn shuffle_options_that_latency_mode_would_ignore_are_refused() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()).map(|_| ());
         assert!(parse(&["--latency", "--rate", "10"]).is_ok());

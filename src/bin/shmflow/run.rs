@@ -122,13 +122,12 @@ pub(crate) fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSour
     Ok(src)
 }
 
-/// The input of a text job for the progress bar: the file's bytes, or about
-/// `generated_mb` MB of generated text.
+/// The input of a text job for the progress bar: the file's bytes, or the generated
+/// text's (its expected size: about 1.2x `--generated-mb` MB, see
+/// [`TextSource::expected_bytes`]).
 pub(crate) fn text_total(src: &TextSource, generated_mb: u64) -> ProgressTotal {
-    match src {
-        TextSource::File { len: Some(n), .. } => ProgressTotal::SourceInputBytes(*n),
-        _ => ProgressTotal::SourceInputBytes(generated_mb.saturating_mul(1_000_000)),
-    }
+    let bytes = src.expected_bytes().unwrap_or_else(|| generated_mb.saturating_mul(1_000_000));
+    ProgressTotal::SourceInputBytes(bytes)
 }
 
 /// Refuses an input whose size the kernel reports as 0 although it has content (files of
