@@ -672,3 +672,23 @@ fn the_merge_after_the_job_is_announced_and_timed_and_the_top_ten_is_a_full_sort
     let top: Vec<&str> = out.lines().skip_while(|l| !l.contains("the most frequent")).skip(1).collect();
     assert_eq!(top, want, "{out}");
 }
+
+#[test]
+fn an_input_that_is_the_coordinators_stdin_is_refused_up_front() {
+    let _serial = serial();
+    let tmp = TempDir::new("stdininput");
+    let text = tmp.0.join("text.txt");
+    std::fs::write(&text, "to be or not to be\n").unwrap();
+    for input in ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"] {
+        let out = shmflow()
+            .args(["run", "wordcount", "--quiet", "--input", input])
+            .env("TMPDIR", &tmp.0)
+            .stdin(std::fs::File::open(&text).unwrap())
+            .output()
+            .expect("run shmflow");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{input}: {err}");
+        assert!(err.contains("descriptor of this process") && !err.contains("shmflow worker"), "{input}: {err}");
+    }
+    assert_eq!(leftovers(&tmp.0, &[]), ["text.txt"]);
+}

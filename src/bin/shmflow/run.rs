@@ -109,6 +109,7 @@ pub(crate) fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSour
         }
     } else {
         if let TextSource::File { path, .. } = &src {
+            refuse_inherited(path)?;
             refuse_unsized(path)?;
         }
         if let Some(note) = src.validate()? {
@@ -128,6 +129,35 @@ pub(crate) fn text_source(input: Option<PathBuf>, mb: u64) -> AnyResult<TextSour
 pub(crate) fn text_total(src: &TextSource, generated_mb: u64) -> ProgressTotal {
     let bytes = src.expected_bytes().unwrap_or_else(|| generated_mb.saturating_mul(1_000_000));
     ProgressTotal::SourceInputBytes(bytes)
+}
+
+/// Refuses an input that names one of this process's open descriptors (`/dev/stdin`,
+/// `/dev/fd/N`, `/proc/self/fd/N`, directly or through symlinks): the workers open
+/// `--input` by its path, and theirs are other descriptors (stdin `/dev/null`), so they
+/// would fail with "not a regular file" or read something else.
+pub(crate) fn refuse_inherited(path: &std::path::Path) -> AnyResult<()> {
+    use std::path::Path;
+    let own = format!("/proc/{}/fd", std::process::id());
+    let prefixes = [Path::new("/dev/stdin"), Path::new("/dev/fd"), Path::new("/proc/self/fd"), Path::new(&own)];
+    let prefixes = [&prefixes[..], &[Path::new("/proc/thread-self/fd")]].concat();
+    let mut p = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    // Following the links one by one (bounded as the kernel's 40): the last is the file
+    // itself, which canonicalize would give without saying it was a descriptor.
+    for _ in 0..40 {
+        if prefixes.iter().any(|d| p.starts_with(d)) {
+            return Err(format!(
+                "--input {} is a descriptor of this process (standard input?), which the workers do not \
+                 inherit (they open --input by its path): save the input to a file and pass its path",
+                path.display()
+            )
+            .into());
+        }
+        match std::fs::read_link(&p) {
+            Ok(t) => p = p.parent().map_or_else(|| t.clone(), |d| d.join(&t)),
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an input whose size the kernel reports as 0 although it has content (files of
