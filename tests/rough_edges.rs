@@ -692,3 +692,18 @@ fn an_input_that_is_the_coordinators_stdin_is_refused_up_front() {
     }
     assert_eq!(leftovers(&tmp.0, &[]), ["text.txt"]);
 }
+
+#[test]
+fn a_latency_run_too_short_to_measure_says_no_samples_instead_of_zeros() {
+    let _serial = serial();
+    let tmp = TempDir::new("nosamples");
+    let job = ["run", "shuffle", "--quiet", "--latency", "--rate", "1000", "--records", "10"];
+    let (code, out, err) = cli(&tmp.0, &[], &job);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("from the send schedule at 1000 records/s: no samples"), "{out}");
+    assert!(!out.contains("over 0 samples"), "{out}");
+    let (code, out, err) = cli(&tmp.0, &[], &[&job[..], &["--json"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["latency_from_schedule_us"], serde_json::json!({ "samples": 0 }), "{out}");
+}

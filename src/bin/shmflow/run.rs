@@ -410,6 +410,12 @@ pub(crate) fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: 
     );
     if !opts.json {
         for (h, what) in [(&h, "record latency"), (&d, "from the send schedule")] {
+            if h.is_empty() {
+                // The first tenth of each generator's share is warm-up, not measured; a sink
+                // measures from the schedule only once a warm-up record told it the start.
+                out!("{what} at {rate} records/s: no samples (too few records: the first tenth of each generator's are warm-up)");
+                continue;
+            }
             let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
             out!(
                 "{what} at {rate} records/s over {} samples: p50 {:.2} us, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, p99.99 {:.2}, max {:.2}",
@@ -426,8 +432,12 @@ pub(crate) fn shuffle_latency(records: u64, payload: u32, selector: &str, rate: 
     Ok(())
 }
 
-/// A latency histogram's report (microseconds): samples, p50 .. p99.99, max.
+/// A latency histogram's report (microseconds): samples, p50 .. p99.99, max; only the
+/// samples (0) for an empty one.
 pub(crate) fn percentiles_us(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        return serde_json::json!({ "samples": 0 });
+    }
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
     serde_json::json!({
         "samples": h.len(),
