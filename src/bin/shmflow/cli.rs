@@ -67,7 +67,7 @@ pub(crate) struct JobOpts {
     /// stopped or hung worker (default 30000, or SHMFLOW_HEARTBEAT_TIMEOUT_MS).
     #[arg(long, value_name = "MS")]
     pub(crate) heartbeat_timeout_ms: Option<u64>,
-    /// Print the summary as JSON.
+    /// Print the summary as JSON (and no progress on stderr, as with --quiet).
     #[arg(long)]
     pub(crate) json: bool,
     /// No progress on stderr (by default a bar with percent and ETA on a terminal, a plain
@@ -113,7 +113,7 @@ pub(crate) enum JobCmd {
         output: Option<PathBuf>,
         /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
         /// (the benchmarks' text; progress counts its real size).
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, conflicts_with = "input")]
         generated_mb: u64,
         #[command(flatten)]
         opts: JobOpts,
@@ -131,7 +131,7 @@ pub(crate) enum JobCmd {
         output: Option<PathBuf>,
         /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
         /// (the benchmarks' text; progress counts its real size).
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, conflicts_with = "input")]
         generated_mb: u64,
         /// Window size in words (Flink's example: 250).
         #[arg(long, default_value_t = 250)]

@@ -157,6 +157,17 @@ mod tests {
     }
 
     #[test]
+    fn generated_mb_with_an_input_is_refused_not_ignored() {
+        for job in ["wordcount", "window-wordcount"] {
+            let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", job], args].concat()).map(|_| ());
+            assert!(parse(&["--input", "t.txt"]).is_ok(), "{job}");
+            assert!(parse(&["--generated-mb", "5"]).is_ok(), "{job}");
+            let e = parse(&["--input", "t.txt", "--generated-mb", "5"]).unwrap_err().to_string();
+            assert!(e.contains("--generated-mb") && e.contains("--input"), "{job}: {e}");
+        }
+    }
+
+    #[test]
     fn shuffle_options_that_latency_mode_would_ignore_are_refused() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()).map(|_| ());
         assert!(parse(&["--latency", "--rate", "10"]).is_ok());
