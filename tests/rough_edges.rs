@@ -600,7 +600,7 @@ fn clean_removes_the_temp_output_of_a_relative_output_from_any_cwd_and_nothing_e
     run.signal(libc::SIGKILL);
     let _ = run.finish();
     let temp_output = format!("counts.tmp-{pid}");
-    assert_eq!(leftovers(&ran_in, &[]), [temp_output.clone()], "the killed run's temp output");
+    assert_eq!(leftovers(&ran_in, &[]), [temp_output.as_str()], "the killed run's temp output");
     // A file of the same name where clean runs is not the run's.
     let decoy = cleaned_in.join(&temp_output);
     std::fs::write(&decoy, "not shmflow's").unwrap();
