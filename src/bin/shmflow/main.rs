@@ -206,6 +206,13 @@ mod tests {
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));
         let c = crate::run::runtime_config(&opts(&["--pin-cpus", "--wait", "spin"])).unwrap();
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::spin(), true));
+        // `run wordcount` parks when its source and reducer per subtask outnumber the CPUs.
+        let wc = |p, cpus| crate::run::wordcount_wait(p, cpus).policy();
+        assert_eq!((wc(2, 2), wc(4, 2), wc(2, 3)), (WaitPolicy::park(), WaitPolicy::park(), WaitPolicy::park()));
+        assert_eq!(
+            (wc(1, 2), wc(2, 4), wc(4, 16)),
+            (WaitPolicy::adaptive(), WaitPolicy::adaptive(), WaitPolicy::adaptive())
+        );
     }
 
     #[test]

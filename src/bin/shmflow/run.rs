@@ -232,6 +232,10 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
     match job {
         JobCmd::Wordcount { input, output, generated_mb, opts } => {
             let mut cfg = runtime_config(&opts)?;
+            if opts.wait.is_none() {
+                let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                cfg.wait_policy = wordcount_wait(opts.parallelism, cpus).policy();
+            }
             let src = text_source(input, generated_mb)?;
             cfg.progress_total = Some(text_total(&src, generated_mb));
             let out_file = output_file(&src, output.as_deref())?;
@@ -335,6 +339,21 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
         }
     }
     Ok(())
+}
+
+/// `--wait`'s default for `run wordcount`: park when its `2 * parallelism` tasks (a source
+/// and a reducer per subtask) outnumber the `cpus` it may use, adaptive otherwise. With more
+/// busy tasks than cores a task waiting for input or credit has another of the job's tasks
+/// to give its core to, and polling (adaptive) costs that task time: session 10, 40 MB of
+/// generated text, interleaved rounds under load 13-17, parking took 7% less CPU per word
+/// at p=2 (medians of 3: 210 vs 226 ns), about the same at p=4 (210 vs 215 ns), and ran
+/// faster in 6 of 6 pairs (p=2 elapsed 3.6 vs 5.1 s, p=4 2.6 vs 4.3 s).
+pub(crate) fn wordcount_wait(parallelism: u32, cpus: usize) -> Mode {
+    if 2 * parallelism as usize > cpus {
+        Mode::Park
+    } else {
+        Mode::DEFAULT
+    }
 }
 
 /// The segment sizes `run shuffle` (throughput) tries when `--segment-size` is not given,
