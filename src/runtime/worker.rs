@@ -316,7 +316,8 @@ impl Task {
     /// Runs subtask `spec` on this thread and reports how it ended.
     fn run(self, spec: SubtaskSpec) -> std::result::Result<(), TaskError> {
         let (vertex, subtask) = (spec.vertex, spec.subtask);
-        if self.settings.pin_cpus {
+        let is_source = self.job.vertices.get(vertex).is_some_and(|v| v.inputs.is_empty());
+        if self.settings.pin_cpus || (self.settings.pin_sources && is_source) {
             pin_thread(subtask);
         }
         let metrics = TaskMetricsHandle::claim(self.env.arena().clone(), self.env.worker()).ok();
