@@ -63,15 +63,6 @@ pub struct RuntimeConfig {
     /// consumer then take turns on one core. Default off; a CPU that cannot be set leaves
     /// the thread unpinned.
     pub pin_cpus: bool,
-    /// Pin only the source subtasks: source subtask `s` to the `s`-th CPU (modulo their
-    /// count) of the worker's set, every other task unpinned (ignored when
-    /// [`RuntimeConfig::pin_cpus`] pins them all). For a busy pipeline with more tasks than
-    /// cores: the sources never share a core while the lighter consumers go where the
-    /// scheduler puts them. Unpinned, consumers that wait by yielding look as busy as the
-    /// sources, and the scheduler can settle on both sources on one core and both consumers
-    /// on the other (`run shuffle` 16 B key hash at p=2 on 2 vCPUs ran at 80-84 M rec/s in
-    /// such rounds, about one core of generators, and at 115-131 M in others). Default off.
-    pub pin_sources: bool,
 }
 
 /// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
@@ -110,7 +101,6 @@ impl Default for RuntimeConfig {
             debloat: None,
             heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
             pin_cpus: false,
-            pin_sources: false,
         }
     }
 }
@@ -132,7 +122,6 @@ impl RuntimeConfig {
             backoff: self.backoff,
             debloat: self.debloat,
             pin_cpus: self.pin_cpus,
-            pin_sources: self.pin_sources,
         }
     }
 

@@ -29,8 +29,6 @@ pub struct TaskSettings {
     pub debloat: Option<crate::gate::DebloatConfig>,
     /// Pin each subtask's thread to a CPU ([`RuntimeConfig::pin_cpus`](super::RuntimeConfig::pin_cpus)).
     pub pin_cpus: bool,
-    /// Pin only source subtasks ([`RuntimeConfig::pin_sources`](super::RuntimeConfig::pin_sources)).
-    pub pin_sources: bool,
 }
 
 /// Events a task reports to its TaskExecutor.

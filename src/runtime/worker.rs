@@ -303,12 +303,6 @@ fn pin_thread(index: u32) {
     let _ = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) };
 }
 
-/// Whether a task (of a source vertex or not) is pinned under `settings`: every task with
-/// [`TaskSettings::pin_cpus`], the sources alone with [`TaskSettings::pin_sources`].
-fn pins(settings: &TaskSettings, is_source: bool) -> bool {
-    settings.pin_cpus || (settings.pin_sources && is_source)
-}
-
 /// What a task thread needs from its worker.
 struct Task {
     job: JobGraph,
@@ -322,8 +316,7 @@ impl Task {
     /// Runs subtask `spec` on this thread and reports how it ended.
     fn run(self, spec: SubtaskSpec) -> std::result::Result<(), TaskError> {
         let (vertex, subtask) = (spec.vertex, spec.subtask);
-        let is_source = self.job.vertices.get(vertex).is_some_and(|v| v.inputs.is_empty());
-        if pins(&self.settings, is_source) {
+        if self.settings.pin_cpus {
             pin_thread(subtask);
         }
         let metrics = TaskMetricsHandle::claim(self.env.arena().clone(), self.env.worker()).ok();
@@ -439,19 +432,7 @@ fn install_panic_hook() {
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_cpus, pin_thread, pins};
-
-    #[test]
-    fn pin_sources_pins_the_sources_alone_and_pin_cpus_every_task() {
-        let mut s = crate::runtime::RuntimeConfig::default().task_settings();
-        assert!(!pins(&s, true) && !pins(&s, false), "the default pins nothing");
-        s.pin_sources = true;
-        assert!(pins(&s, true) && !pins(&s, false));
-        s.pin_cpus = true;
-        assert!(pins(&s, true) && pins(&s, false));
-        s.pin_sources = false;
-        assert!(pins(&s, true) && pins(&s, false));
-    }
+    use super::{allowed_cpus, pin_thread};
 
     #[test]
     fn a_pinned_task_thread_runs_on_the_cpu_of_its_index_in_the_allowed_set() {

@@ -82,9 +82,7 @@ pub(crate) struct JobOpts {
     /// Pin subtask `s` of every vertex to the `s`-th CPU the job may use (a pipeline slice
     /// per core; with --wait spin, the lowest latency when tasks outnumber cores; slower
     /// for busy throughput jobs). `--pin-cpus false` leaves threads unpinned. Default off;
-    /// on for `run shuffle --latency` when its tasks outnumber the CPUs. Without the flag,
-    /// `run shuffle` (throughput) pins only its generators, one per CPU, when its tasks
-    /// outnumber the CPUs (the sinks stay unpinned).
+    /// on for `run shuffle --latency` when its tasks outnumber the CPUs.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) pin_cpus: Option<bool>,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).

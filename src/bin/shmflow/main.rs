@@ -144,12 +144,6 @@ mod tests {
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));
         let c = crate::run::runtime_config(&opts(&["--pin-cpus", "--wait", "spin"])).unwrap();
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::spin(), true));
-        // The throughput shuffle pins its generators alone when its tasks outnumber the
-        // CPUs, unless --pin-cpus says what to pin (all of them, or none).
-        assert_eq!(crate::run::pin_throughput_sources(&opts(&[])), pin);
-        assert!(!crate::run::pin_throughput_sources(&opts(&["--pin-cpus", "false"])));
-        assert!(!crate::run::pin_throughput_sources(&opts(&["--pin-cpus"])));
-        assert!(!crate::run::pin_throughput_sources(&opts(&["--parallelism", "1", "--pin-cpus", "false"])));
     }
 
     #[test]

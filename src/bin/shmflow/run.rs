@@ -272,7 +272,6 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
             if opts.segment_size.is_none() {
                 cfg.segment_size = cfg.fit_segment_size(&graph, &THROUGHPUT_SEGMENT_SIZES)?;
             }
-            cfg.pin_sources = pin_throughput_sources(&opts);
             if let Some(s) = run(graph, &cfg)? {
                 let (n, sum, bad) = jobs::shuffle_totals(&dir.path)?;
                 let fan = if kind == SelectorKind::Broadcast { u64::from(opts.parallelism) } else { 1 };
@@ -323,17 +322,6 @@ pub(crate) fn latency_config(opts: &JobOpts) -> AnyResult<RuntimeConfig> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     cfg.pin_cpus = opts.pin_cpus.unwrap_or_else(|| pin_latency_tasks(opts.parallelism, cpus));
     Ok(cfg)
-}
-
-/// Whether the throughput shuffle pins its generators ([`RuntimeConfig::pin_sources`]):
-/// by default when its `2 * parallelism` tasks outnumber the CPUs it may use, unless
-/// `--pin-cpus` is given (`true` pins every task, `false` none). Each generator then has a
-/// core of its own to share with the sinks; unpinned, the scheduler sometimes left both on
-/// one core for a whole run (16 B key hash at p=2 on 2 vCPUs: 80-84 M rec/s in such rounds
-/// of an idle report, 115-131 M in the others).
-pub(crate) fn pin_throughput_sources(opts: &JobOpts) -> bool {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    opts.pin_cpus.is_none() && pin_latency_tasks(opts.parallelism, cpus)
 }
 
 /// Whether the latency shuffle pins its pipeline slices by default: when its `2 *
