@@ -51,8 +51,7 @@
 //! cleared). Weakenings it catches (each checked by editing the crate, bound 3): the run's
 //! first prefix stored Relaxed (`FramedRun::drop` through `put_prefix`: causality
 //! violation on B's witness cells); the clear behind the run removed (the stale empty
-//! record at 16 read after B); B's prefix stored after A's (the stale word at 8 read as an
-//! empty record after A).
+//! record at 16 read after B).
 #![cfg(loom)]
 
 mod common;
