@@ -267,12 +267,45 @@ impl Tally {
         next: &mut u64,
         writer: u32,
     ) {
+        if size == LONG {
+            return self.add_longs(records, next, writer);
+        }
         let mut t = *self;
         let mut n = *next;
         for data in records {
             t.add(data, size, &mut n, writer);
         }
         *self = t;
+        *next = n;
+    }
+
+    /// [`Tally::add_batch`] for 8 B records: the same checks and checksum per record (the
+    /// `u64` case of [`Tally::add`]) with fewer values live in the loop: records and bytes
+    /// counted once for the batch, so the loop's state fits the registers beside the
+    /// reader's iterator (it spilled to the stack per record). A record of another length
+    /// goes through `add`.
+    #[inline(always)]
+    fn add_longs<'a>(&mut self, records: impl Iterator<Item = &'a [u8]>, next: &mut u64, writer: u32) {
+        let (mut longs, mut sum, mut foreign, mut disorder) = (0u64, 0u64, 0u64, 0u64);
+        let mut n = *next;
+        for data in records {
+            let Ok(w) = <[u8; 8]>::try_from(data) else {
+                self.add(data, LONG, &mut n, writer);
+                continue;
+            };
+            let v = u64::from_le_bytes(w);
+            longs += 1;
+            sum = sum.wrapping_add(mix(v, LONG));
+            foreign += u64::from((v >> SEQ_BITS) as u32 != writer);
+            let seq = v & SEQ_MASK;
+            disorder += u64::from(seq < n);
+            n = seq + 1;
+        }
+        self.records += longs;
+        self.bytes += longs * LONG as u64;
+        self.sum = self.sum.wrapping_add(sum);
+        self.foreign += foreign;
+        self.disorder += disorder;
         *next = n;
     }
 
