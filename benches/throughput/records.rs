@@ -283,15 +283,16 @@ impl Tally {
     /// `u64` case of [`Tally::add`]) with fewer values live in the loop: records and bytes
     /// counted once for the batch, so the loop's state fits the registers beside the
     /// reader's iterator (it spilled to the stack per record). A record of another length
-    /// goes through `add`.
+    /// and the rest of the batch go through `add`, after the loop (no call in it).
     #[inline(always)]
-    fn add_longs<'a>(&mut self, records: impl Iterator<Item = &'a [u8]>, next: &mut u64, writer: u32) {
+    fn add_longs<'a>(&mut self, mut records: impl Iterator<Item = &'a [u8]>, next: &mut u64, writer: u32) {
         let (mut longs, mut sum, mut foreign, mut disorder) = (0u64, 0u64, 0u64, 0u64);
         let mut n = *next;
-        for data in records {
+        let mut other = None;
+        for data in records.by_ref() {
             let Ok(w) = <[u8; 8]>::try_from(data) else {
-                self.add(data, LONG, &mut n, writer);
-                continue;
+                other = Some(data);
+                break;
             };
             let v = u64::from_le_bytes(w);
             longs += 1;
@@ -307,6 +308,20 @@ impl Tally {
         self.foreign += foreign;
         self.disorder += disorder;
         *next = n;
+        if let Some(data) = other {
+            self.add_rest(data, records, next, writer);
+        }
+    }
+
+    /// The rest of [`Tally::add_longs`]'s batch from a record of another length on, record
+    /// by record.
+    #[cold]
+    #[inline(never)]
+    fn add_rest<'a>(&mut self, first: &[u8], records: impl Iterator<Item = &'a [u8]>, next: &mut u64, writer: u32) {
+        self.add(first, LONG, next, writer);
+        for data in records {
+            self.add(data, LONG, next, writer);
+        }
     }
 
     /// Counts and checksums one record read on a channel of writer `writer`; `next` is the
