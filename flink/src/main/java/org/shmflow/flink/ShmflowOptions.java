@@ -54,8 +54,8 @@ public final class ShmflowOptions {
 
     /**
      * Spin budget of the consumer dispatcher (the one that hands buffers to Flink's input
-     * channels) while the buffers it receives are small (at most
-     * shmflow.producer.direct-max-bytes: flushed, a job slower than the pipeline): long
+     * channels) while the buffers it receives are small (at most 8 KiB: flushed, a job
+     * slower than the pipeline): long
      * enough to span the gap between records of a low-rate job, so a record finds it awake
      * instead of waiting for a futex wake-up. With full buffers (a busy job, whose threads
      * need the cores) it spins shmflow.spin-ns. Either parks early when the core is contended
@@ -65,7 +65,7 @@ public final class ShmflowOptions {
             ConfigOptions.key("shmflow.consumer.spin-ns")
                     .longType()
                     .defaultValue(250_000L)
-                    .withDescription("Spin budget in nanoseconds of the consumer dispatcher before it blocks (0..1e9) while the buffers it receives are small (at most shmflow.producer.direct-max-bytes); with full buffers it spins shmflow.spin-ns. It blocks early when its core is contended.");
+                    .withDescription("Spin budget in nanoseconds of the consumer dispatcher before it blocks (0..1e9) while the buffers it receives are small (at most 8 KiB: flushed ones); with full buffers it spins shmflow.spin-ns. It blocks early when its core is contended.");
 
     /**
      * Consumer side: the thread that announces credit (Flink does when a buffer of the input
@@ -138,16 +138,18 @@ public final class ShmflowOptions {
                     .withDescription("Producer side: the thread that makes a buffer available publishes it into the arena itself when the consumer has credit and the dispatcher is not serving the channel; false: always through the producer dispatcher thread.");
 
     /**
-     * Largest buffer the direct path publishes from the task thread. Larger ones (full
-     * buffers of a busy job) go to the dispatcher, so the task thread goes on writing records
-     * while another thread copies; flushed small buffers (low rates, buffer timeout 0) go
-     * direct, where the hand-off would cost latency.
+     * Largest buffer the direct path publishes from the task thread; larger ones go to the
+     * producer dispatcher, so the task thread goes on writing records while another thread
+     * copies. No limit by default since session 10 (8 KiB before: flushed buffers only):
+     * with full buffers through the dispatcher every 32 KiB buffer cost a wake-up of the
+     * dispatcher and a context switch on a host with few cores (flink/bench cross-TM 1 KiB,
+     * docs/flink.md).
      */
     public static final ConfigOption<MemorySize> DIRECT_MAX_BYTES =
             ConfigOptions.key("shmflow.producer.direct-max-bytes")
                     .memoryType()
-                    .defaultValue(MemorySize.parse("8kb"))
-                    .withDescription("Largest buffer the direct path (shmflow.producer.direct) publishes from the thread that made it available; larger ones go through the producer dispatcher.");
+                    .defaultValue(MemorySize.MAX_VALUE)
+                    .withDescription("Largest buffer the direct path (shmflow.producer.direct) publishes from the thread that made it available; larger ones go through the producer dispatcher. Default: no limit (every buffer).");
 
     /** Longest wait for a free segment or ring room before the channel fails. */
     public static final ConfigOption<Integer> TIMEOUT_MS =
