@@ -52,7 +52,7 @@ case "$cmd" in
     # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
     # e.g. shmflow-copy-spin0): zc (the default), copy (zero-copy false), spinNS (producer dispatcher), cspinNS (consumer dispatcher),
     # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false), directall,
-    # direct8k (direct-max-bytes 8kb: full buffers through the dispatcher, the default before session 10),
+    # direct8k (direct-max-bytes 8kb, the default: full buffers through the dispatcher),
     # and base (no settings).
     case "$factory" in
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;

@@ -81,7 +81,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     private boolean failed;
     /**
      * A buffer a direct publication took from the view and left to the dispatcher (larger
-     * than shmflow.producer.direct-max-bytes (when set): a full buffer is copied off the task thread,
+     * than shmflow.producer.direct-max-bytes: a full buffer is copied off the task thread,
      * which goes on writing records meanwhile). Sent before the view's next buffer.
      */
     private BufferAndAvailability stashed;
@@ -558,7 +558,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     /**
      * The calling thread (the task that made a buffer available, or Flink's output flusher)
      * publishes the next buffer itself, without waking the dispatcher, when the buffer is at
-     * most shmflow.producer.direct-max-bytes (every buffer by default) and it gets
+     * most shmflow.producer.direct-max-bytes (8 KiB by default: flushed buffers) and it gets
      * {@link #lock} at once, the reader is idle (neither queued for the dispatcher nor
      * registered as available), the view has a buffer the credit allows and a segment is
      * free now. True when that buffer was the last one available (nothing left for the

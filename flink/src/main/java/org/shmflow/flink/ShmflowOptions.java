@@ -138,18 +138,18 @@ public final class ShmflowOptions {
                     .withDescription("Producer side: the thread that makes a buffer available publishes it into the arena itself when the consumer has credit and the dispatcher is not serving the channel; false: always through the producer dispatcher thread.");
 
     /**
-     * Largest buffer the direct path publishes from the task thread; larger ones go to the
-     * producer dispatcher, so the task thread goes on writing records while another thread
-     * copies. No limit by default since session 10 (8 KiB before: flushed buffers only):
-     * with full buffers through the dispatcher every 32 KiB buffer cost a wake-up of the
-     * dispatcher and a context switch on a host with few cores (flink/bench cross-TM 1 KiB,
-     * docs/flink.md).
+     * Largest buffer the direct path publishes from the task thread. Larger ones (full
+     * buffers of a busy job) go to the dispatcher, so the task thread goes on writing records
+     * while another thread copies; flushed small buffers (low rates, buffer timeout 0) go
+     * direct, where the hand-off would cost latency. Publishing full buffers too (32kb) was
+     * ahead in one loaded A/B of session 10 and behind in the next (docs/flink.md): kept at
+     * 8 KiB until an idle machine decides.
      */
     public static final ConfigOption<MemorySize> DIRECT_MAX_BYTES =
             ConfigOptions.key("shmflow.producer.direct-max-bytes")
                     .memoryType()
-                    .defaultValue(MemorySize.MAX_VALUE)
-                    .withDescription("Largest buffer the direct path (shmflow.producer.direct) publishes from the thread that made it available; larger ones go through the producer dispatcher. Default: no limit (every buffer).");
+                    .defaultValue(MemorySize.parse("8kb"))
+                    .withDescription("Largest buffer the direct path (shmflow.producer.direct) publishes from the thread that made it available; larger ones go through the producer dispatcher.");
 
     /** Longest wait for a free segment or ring room before the channel fails. */
     public static final ConfigOption<Integer> TIMEOUT_MS =
