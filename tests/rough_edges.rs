@@ -679,7 +679,11 @@ fn an_input_that_is_the_coordinators_stdin_is_refused_up_front() {
     let tmp = TempDir::new("stdininput");
     let text = tmp.0.join("text.txt");
     std::fs::write(&text, "to be or not to be\n").unwrap();
-    for input in ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"] {
+    // A directory on the way that leads to the descriptors: `..`, and a symlink to them.
+    std::os::unix::fs::symlink("/proc/self/fd", tmp.0.join("fds")).unwrap();
+    let via_link = tmp.0.join("fds/0");
+    let via_link = via_link.to_str().unwrap();
+    for input in ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/0", "/dev/../dev/stdin", via_link] {
         let out = shmflow()
             .args(["run", "wordcount", "--quiet", "--input", input])
             .env("TMPDIR", &tmp.0)
@@ -690,7 +694,7 @@ fn an_input_that_is_the_coordinators_stdin_is_refused_up_front() {
         assert_eq!(out.status.code(), Some(1), "{input}: {err}");
         assert!(err.contains("descriptor of this process") && !err.contains("shmflow worker"), "{input}: {err}");
     }
-    assert_eq!(leftovers(&tmp.0, &[]), ["text.txt"]);
+    assert_eq!(leftovers(&tmp.0, &[]), ["fds", "text.txt"]);
 }
 
 #[test]

@@ -144,6 +144,13 @@ pub(crate) fn refuse_inherited(path: &std::path::Path) -> AnyResult<()> {
     // Following the links one by one (bounded as the kernel's 40): the last is the file
     // itself, which canonicalize would give without saying it was a descriptor.
     for _ in 0..40 {
+        // The directories on the way resolved (`..`, a symlink to /proc/self/fd), the last
+        // component kept as it is.
+        if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+            if let Ok(dir) = std::fs::canonicalize(dir) {
+                p = dir.join(name);
+            }
+        }
         if prefixes.iter().any(|d| p.starts_with(d)) {
             return Err(format!(
                 "--input {} is a descriptor of this process (standard input?), which the workers do not \
