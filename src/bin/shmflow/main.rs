@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Cmd::Clean { dry_run } => clean(dry_run),
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => stdout_error_exit().unwrap_or(ExitCode::SUCCESS),
         Err(e) => {
             if let Some(&shmflow::Error::Interrupted { signal }) = e.downcast_ref::<shmflow::Error>() {
                 // One line; the workers were stopped quietly.
@@ -58,12 +58,43 @@ fn main() -> ExitCode {
     }
 }
 
-/// `println!` that ignores a closed stdout (`shmflow ... | head`) instead of panicking.
+/// `println!` that does not panic when stdout fails: the first error is kept in
+/// [`STDOUT_ERROR`] (later lines are not written) and `main` ends with it once the command
+/// has cleaned up.
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
+        if !crate::stdout_failed() {
+            if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+                let _ = crate::STDOUT_ERROR.set(e);
+            }
+        }
     }};
+}
+
+/// The first error writing stdout (a full disk, `> /dev/full`, a closed pipe).
+static STDOUT_ERROR: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
+/// Whether a write to stdout failed.
+fn stdout_failed() -> bool {
+    STDOUT_ERROR.get().is_some()
+}
+
+/// The exit of a command whose output could not be written: quiet with status 141 (128 +
+/// SIGPIPE, as a shell reports a writer killed by it) when the reader closed the pipe
+/// (`shmflow ... | head`), an error on stderr with status 1 otherwise.
+fn stdout_error_exit() -> Option<ExitCode> {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().flush() {
+        let _ = STDOUT_ERROR.set(e);
+    }
+    let e = STDOUT_ERROR.get()?;
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Some(ExitCode::from(128 + libc::SIGPIPE as u8));
+    }
+    let who = if is_worker() { format!("shmflow worker {}", std::process::id()) } else { "shmflow".into() };
+    eprintln!("{who}: error: writing stdout: {e}");
+    Some(ExitCode::FAILURE)
 }
 
 mod clean;
@@ -106,6 +137,37 @@ mod tests {
     }
 
     #[test]
+    fn the_progress_total_of_the_generated_text_is_its_size() {
+        use crate::jobs::{generator, TextSource};
+        let src = TextSource::generated_mb(2);
+        let TextSource::Generated { lines, seed } = src else { unreachable!() };
+        // What the sources report as read: every line with its newline.
+        let mut real = 0u64;
+        let mut buf = String::new();
+        for l in 0..lines {
+            buf.clear();
+            generator().line(seed, l, &mut buf);
+            real += buf.len() as u64 + 1;
+        }
+        let shmflow::runtime::ProgressTotal::SourceInputBytes(total) = crate::run::text_total(&src, 2) else {
+            panic!("a text job's progress counts input bytes");
+        };
+        let off = (total as f64 - real as f64).abs() / real as f64;
+        assert!(off < 0.005, "progress total {total} bytes, the text has {real} ({:.3}% off)", off * 100.0);
+    }
+
+    #[test]
+    fn generated_mb_with_an_input_is_refused_not_ignored() {
+        for job in ["wordcount", "window-wordcount"] {
+            let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", job], args].concat()).map(|_| ());
+            assert!(parse(&["--input", "t.txt"]).is_ok(), "{job}");
+            assert!(parse(&["--generated-mb", "5"]).is_ok(), "{job}");
+            let e = parse(&["--input", "t.txt", "--generated-mb", "5"]).unwrap_err().to_string();
+            assert!(e.contains("--generated-mb") && e.contains("--input"), "{job}: {e}");
+        }
+    }
+
+    #[test]
     fn shuffle_options_that_latency_mode_would_ignore_are_refused() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()).map(|_| ());
         assert!(parse(&["--latency", "--rate", "10"]).is_ok());
@@ -144,6 +206,13 @@ mod tests {
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));
         let c = crate::run::runtime_config(&opts(&["--pin-cpus", "--wait", "spin"])).unwrap();
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::spin(), true));
+        // `run wordcount` parks when its source and reducer per subtask outnumber the CPUs.
+        let wc = |p, cpus| crate::run::wordcount_wait(p, cpus).policy();
+        assert_eq!((wc(2, 2), wc(4, 2), wc(2, 3)), (WaitPolicy::park(), WaitPolicy::park(), WaitPolicy::park()));
+        assert_eq!(
+            (wc(1, 2), wc(2, 4), wc(4, 16)),
+            (WaitPolicy::adaptive(), WaitPolicy::adaptive(), WaitPolicy::adaptive())
+        );
     }
 
     #[test]
