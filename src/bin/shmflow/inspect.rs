@@ -247,7 +247,7 @@ pub(crate) fn top(sel: ArenaSel, once: bool, json: bool, interval_ms: u64) -> An
             }
         }
         // A closed or failed stdout ends top (main reports it).
-        if once || crate::stdout_failed() {
+        if once || crate::common::stdout_failed() {
             return Ok(());
         }
     }

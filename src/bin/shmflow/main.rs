@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Cmd::Clean { dry_run } => clean(dry_run),
     };
     match r {
-        Ok(()) => stdout_error_exit().unwrap_or(ExitCode::SUCCESS),
+        Ok(()) => common::stdout_error_exit().unwrap_or(ExitCode::SUCCESS),
         Err(e) => {
             if let Some(&shmflow::Error::Interrupted { signal }) = e.downcast_ref::<shmflow::Error>() {
                 // One line; the workers were stopped quietly.
@@ -59,42 +59,17 @@ fn main() -> ExitCode {
 }
 
 /// `println!` that does not panic when stdout fails: the first error is kept in
-/// [`STDOUT_ERROR`] (later lines are not written) and `main` ends with it once the command
+/// [`common::STDOUT_ERROR`] (later lines are not written) and `main` ends with it once the command
 /// has cleaned up.
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if !crate::stdout_failed() {
+        if !crate::common::stdout_failed() {
             if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
-                let _ = crate::STDOUT_ERROR.set(e);
+                let _ = crate::common::STDOUT_ERROR.set(e);
             }
         }
     }};
-}
-
-/// The first error writing stdout (a full disk, `> /dev/full`, a closed pipe).
-static STDOUT_ERROR: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
-
-/// Whether a write to stdout failed.
-fn stdout_failed() -> bool {
-    STDOUT_ERROR.get().is_some()
-}
-
-/// The exit of a command whose output could not be written: quiet with status 141 (128 +
-/// SIGPIPE, as a shell reports a writer killed by it) when the reader closed the pipe
-/// (`shmflow ... | head`), an error on stderr with status 1 otherwise.
-fn stdout_error_exit() -> Option<ExitCode> {
-    use std::io::Write as _;
-    if let Err(e) = std::io::stdout().flush() {
-        let _ = STDOUT_ERROR.set(e);
-    }
-    let e = STDOUT_ERROR.get()?;
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        return Some(ExitCode::from(128 + libc::SIGPIPE as u8));
-    }
-    let who = if is_worker() { format!("shmflow worker {}", std::process::id()) } else { "shmflow".into() };
-    eprintln!("{who}: error: writing stdout: {e}");
-    Some(ExitCode::FAILURE)
 }
 
 mod clean;
