@@ -157,6 +157,71 @@ fn emit_batch_with_timeout_zero_flushes_as_emit_does() {
     assert_eq!(batched, one_by_one);
 }
 
+/// With a buffer timeout of 0 every record is visible as soon as `emit_batch` wrote it:
+/// the batch's iterator waits in `next` until the consumer received the record before
+/// (which never happens if the records of a run were published together when the run
+/// ends). The wait is bounded; the test counts the waits that ran out.
+#[test]
+fn emit_batch_with_timeout_zero_makes_each_record_visible_before_the_next() {
+    use shmflow::sync::{AtomicU64, Ordering};
+    const N: u64 = 200;
+    let arena = arena();
+    let a = arena.clone();
+    let received = Arc::new(AtomicU64::new(0));
+    let seen = received.clone();
+    let producer = std::thread::spawn(move || {
+        let env = ShuffleEnvironment::new(a, 1);
+        let mut cfg =
+            ResultPartitionConfig::new(ResultPartitionId::new(1, 0), ResultPartitionType::PipelinedBounded, 1);
+        cfg.timeout = T;
+        let timeout = BufferTimeout::from_millis(0).unwrap();
+        let mut w = env.create_record_writer::<u64, _>(&cfg, RebalancePartitioner::new(0), timeout).unwrap();
+        // Waits that ran out; after the first one the iterator stops waiting (so a broken
+        // writer fails the test after one bounded wait, not N of them).
+        let mut timed_out = 0u32;
+        let records = (0..N).map(|i| {
+            if timed_out == 0 {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                // Bounded by the deadline. Acquire: pairs with the consumer's Release
+                // increment (only a count; nothing else is read through it).
+                while seen.load(Ordering::Acquire) < i {
+                    if std::time::Instant::now() >= deadline {
+                        timed_out += 1;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            i
+        });
+        let n = w.emit_batch::<u64, _>(records).unwrap();
+        w.finish().unwrap();
+        let mut part = w.into_partition();
+        part.release_when_consumed(T).unwrap();
+        (n, timed_out)
+    });
+    let env = ShuffleEnvironment::new(arena.clone(), 2);
+    let specs = vec![InputSpec { partition: ResultPartitionId::new(1, 0), subpartition: 0 }];
+    let mut gate: SingleInputGate = env.create_input_gate(&InputGateConfig::new(specs)).unwrap();
+    let mut got = Vec::new();
+    // Bounded: each call returns a record or the end within T (or fails the test).
+    loop {
+        match gate.next(T).unwrap() {
+            GateItem::Record { data, .. } => {
+                got.push(u64::from_le_bytes(data.try_into().unwrap()));
+                // Release: pairs with the producer iterator's Acquire load.
+                received.fetch_add(1, Ordering::Release);
+            }
+            GateItem::End => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (n, timed_out) = producer.join().unwrap();
+    assert_eq!(n, N);
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    assert_eq!(timed_out, 0, "a record of the batch was not visible before the next was asked for");
+}
+
 #[test]
 fn emit_batch_of_u64_through_the_rebalance_partitioner() {
     let arena = arena();
