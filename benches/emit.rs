@@ -327,7 +327,7 @@ fn run() -> Res<()> {
         batch,
         8,
         16,
-        &mut |w, i| w.emit_batch::<u64, _>(i..i + batch as u64).map(|_| ()),
+        &mut |w, i| w.emit_batch::<u64, _>(i..i + batch as u64).map(|_| ()).map_err(Into::into),
         u64_of,
         |k| k,
         None,

@@ -271,8 +271,9 @@ impl shmflow::record::Record for Rec {
     }
 }
 
-#[test]
-fn emit_batch_stops_at_a_record_above_the_limit_after_writing_those_before() {
+/// A batch with a record above the limit third: `emit_batch` returns the error with the 2
+/// records written before it, and the iterator, passed `by_ref`, resumes after it.
+fn stop_at_huge_and_resume(timeout_ms: i64) {
     let arena = arena();
     let a = arena.clone();
     let producer = std::thread::spawn(move || {
@@ -280,20 +281,36 @@ fn emit_batch_stops_at_a_record_above_the_limit_after_writing_those_before() {
         let mut cfg =
             ResultPartitionConfig::new(ResultPartitionId::new(1, 0), ResultPartitionType::PipelinedBounded, 1);
         cfg.timeout = T;
-        let timeout = BufferTimeout::from_millis(100).unwrap();
+        let timeout = BufferTimeout::from_millis(timeout_ms).unwrap();
         let mut w = env.create_record_writer::<Rec, _>(&cfg, RebalancePartitioner::new(0), timeout).unwrap();
         let batch = [Rec::Small(1), Rec::Small(2), Rec::Huge, Rec::Small(3)];
-        let err = w.emit_batch::<Rec, _>(&batch).unwrap_err();
-        assert!(matches!(err, shmflow::Error::TooLarge { .. }), "{err:?}");
-        // The partition goes on: the records before the failing one were written.
+        let mut it = batch.iter();
+        let err = w.emit_batch::<Rec, _>(it.by_ref()).unwrap_err();
+        assert!(matches!(err.error, shmflow::Error::TooLarge { .. }), "{err:?}");
+        assert_eq!(err.written, 2, "the records before the failing one were written");
+        // The partition goes on; the iterator resumes after the failing record.
+        assert_eq!(w.emit_batch::<Rec, _>(it).unwrap(), 1);
         assert_eq!(w.emit_batch::<Rec, _>([Rec::Small(4)]).unwrap(), 1);
+        // Into the crate's error with `?`.
+        let as_error: shmflow::Error = w.emit_batch::<Rec, _>([Rec::Huge]).unwrap_err().into();
+        assert!(matches!(as_error, shmflow::Error::TooLarge { .. }), "{as_error:?}");
         w.finish().unwrap();
         let mut part = w.into_partition();
         part.release_when_consumed(T).unwrap();
         part.stats()
     });
     let got = consume(&arena, 1);
-    let want: Vec<Vec<u8>> = [1u64, 2, 4].iter().map(|v| v.to_le_bytes().to_vec()).collect();
+    let want: Vec<Vec<u8>> = [1u64, 2, 3, 4].iter().map(|v| v.to_le_bytes().to_vec()).collect();
     assert_eq!(got[0], want);
-    assert_eq!(producer.join().unwrap().records_out, 3);
+    assert_eq!(producer.join().unwrap().records_out, 4);
+}
+
+#[test]
+fn emit_batch_stops_at_a_record_above_the_limit_with_the_count_written_and_resumes() {
+    stop_at_huge_and_resume(100);
+}
+
+#[test]
+fn emit_batch_with_timeout_zero_stops_at_a_record_above_the_limit_with_the_count_written() {
+    stop_at_huge_and_resume(0);
 }

@@ -273,7 +273,7 @@ where
             const BATCH: u64 = 4096;
             let writer = signals.creating(|| env.create_record_writer::<u64, S>(cfg, selector, timeout))?;
             emit_until_stopped(writer, signals, BATCH, |wr, i| {
-                wr.emit_batch::<u64, _>((i..i + BATCH).map(|i| stamp_of(w, i))).map(|_| ())
+                wr.emit_batch::<u64, _>((i..i + BATCH).map(|i| stamp_of(w, i))).map(|_| ()).map_err(Into::into)
             })
         }
         PAIR => {

@@ -38,4 +38,7 @@ pub use selector::{
     RescalePartitioner, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
 pub use types::{ResultPartitionId, ResultPartitionType};
-pub use writer::{AnyPartition, BufferTimeout, OutputFlusher, PartitionWriter, RecordWriter, EMIT_BATCH_RUN};
+pub use writer::{
+    AnyPartition, BatchResult, BufferTimeout, EmitBatchError, OutputFlusher, PartitionWriter, RecordWriter,
+    EMIT_BATCH_RUN,
+};

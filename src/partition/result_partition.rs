@@ -17,6 +17,7 @@
 use super::flush_handoff::FlushHandoff;
 use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
 use super::types::{ResultPartitionId, ResultPartitionType};
+use super::writer::BatchResult;
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;
@@ -739,10 +740,11 @@ impl ResultPartition {
     /// waits in `next` (for the outside world) holds back the records of the run so far.
     ///
     /// # Errors
-    /// As [`emit`](Self::emit); the records before the failing one were written.
+    /// As [`emit`](Self::emit), with the number of records written before the failing
+    /// one (which was taken from `records` and not written).
     // inline(always): the batch's loop belongs in the caller's, with its iterator.
     #[inline(always)]
-    pub fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, mut select: F) -> Result<usize>
+    pub fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, mut select: F) -> BatchResult<usize>
     where
         R: Record + ?Sized,
         T: std::borrow::Borrow<R>,
@@ -801,7 +803,10 @@ impl ResultPartition {
                     }
                 }
             }
-            self.emit_slow(t.borrow(), c)?;
+            if let Err(e) = self.emit_slow(t.borrow(), c) {
+                // `n` counts the failing record.
+                return Err((n - 1, e));
+            }
         }
         debug_assert!(held.is_none(), "a held record is written before the batch ends");
         Ok(n)

@@ -216,9 +216,10 @@ pub trait PartitionWriter {
     /// once ([`ResultPartition::emit_batch`]).
     ///
     /// # Errors
-    /// As [`emit`](Self::emit); the records before the failing one were written.
+    /// As [`emit`](Self::emit), with the number of records written before the failing
+    /// one (which was taken from `records` and not written).
     #[inline(always)]
-    fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, mut select: F) -> Result<usize>
+    fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, mut select: F) -> BatchResult<usize>
     where
         R: Record + ?Sized,
         T: std::borrow::Borrow<R>,
@@ -230,7 +231,9 @@ pub trait PartitionWriter {
         while n < max {
             let Some(t) = records.next() else { break };
             let c = select(t.borrow());
-            self.emit(t.borrow(), c)?;
+            if let Err(e) = self.emit(t.borrow(), c) {
+                return Err((n, e));
+            }
             n += 1;
         }
         Ok(n)
@@ -277,6 +280,39 @@ pub trait PartitionWriter {
     fn start_flusher(&mut self, interval: Duration) -> Result<Option<OutputFlusher>> {
         let _ = interval;
         Ok(None)
+    }
+}
+
+/// The result of a partition's batch write: on an error, how many records were written
+/// before the failing one, and the error.
+pub type BatchResult<T> = std::result::Result<T, (usize, Error)>;
+
+/// The error of [`RecordWriter::emit_batch`]: the error of the record that failed and how
+/// many records of the batch were written before it.
+#[derive(Debug)]
+pub struct EmitBatchError {
+    /// Records of the batch written before the failing one (as `emit` one by one would
+    /// have written them).
+    pub written: u64,
+    /// Why the failing record was not written.
+    pub error: Error,
+}
+
+impl std::fmt::Display for EmitBatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (after {} records of the batch)", self.error, self.written)
+    }
+}
+
+impl std::error::Error for EmitBatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<EmitBatchError> for Error {
+    fn from(e: EmitBatchError) -> Self {
+        e.error
     }
 }
 
@@ -358,9 +394,12 @@ impl<S, W: PartitionWriter> RecordWriter<S, W> {
     /// such a source calls `emit` per record instead).
     ///
     /// # Errors
-    /// As [`emit`](Self::emit); the records before the failing one were written.
+    /// As [`emit`](Self::emit): an [`EmitBatchError`] with the error and how many records
+    /// were written before the failing one (converts into [`Error`] with `?`). The failing
+    /// record was taken from `records` and not written; to go on after it (or retry it),
+    /// pass `iter.by_ref()` and keep the iterator: it resumes after the failing record.
     #[inline(always)]
-    pub fn emit_batch<R, I>(&mut self, records: I) -> Result<u64>
+    pub fn emit_batch<R, I>(&mut self, records: I) -> std::result::Result<u64, EmitBatchError>
     where
         R: Record + ?Sized,
         I: IntoIterator,
@@ -372,7 +411,9 @@ impl<S, W: PartitionWriter> RecordWriter<S, W> {
         let mut n = 0u64;
         if self.broadcast || self.flush_each {
             for t in it {
-                self.emit(t.borrow())?;
+                if let Err(error) = self.emit(t.borrow()) {
+                    return Err(EmitBatchError { written: n, error });
+                }
                 n += 1;
             }
             return Ok(n);
@@ -380,9 +421,16 @@ impl<S, W: PartitionWriter> RecordWriter<S, W> {
         // Bounded: each round takes EMIT_BATCH_RUN records of `it` or ends it.
         loop {
             let selector = &mut self.selector;
-            let k = self.partition.emit_batch(&mut it, EMIT_BATCH_RUN, |r: &R| selector.select_channel(r))?;
+            let k = match self.partition.emit_batch(&mut it, EMIT_BATCH_RUN, |r: &R| selector.select_channel(r)) {
+                Ok(k) => k,
+                Err((k, error)) => return Err(EmitBatchError { written: n + k as u64, error }),
+            };
             n += k as u64;
-            self.flush_if_requested()?;
+            if let Err(error) = self.flush_if_requested() {
+                // The batch's records so far were written; the flush that failed was the
+                // buffer timeout's, between two runs.
+                return Err(EmitBatchError { written: n, error });
+            }
             if k < EMIT_BATCH_RUN {
                 return Ok(n);
             }
@@ -505,7 +553,7 @@ impl PartitionWriter for ResultPartition {
     }
 
     #[inline(always)]
-    fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, select: F) -> Result<usize>
+    fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, select: F) -> BatchResult<usize>
     where
         R: Record + ?Sized,
         T: std::borrow::Borrow<R>,
@@ -669,7 +717,7 @@ impl PartitionWriter for AnyPartition {
     }
 
     #[inline(always)]
-    fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, select: F) -> Result<usize>
+    fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, select: F) -> BatchResult<usize>
     where
         R: Record + ?Sized,
         T: std::borrow::Borrow<R>,
