@@ -124,6 +124,39 @@ fn wordcount(lines: u64, dir: &std::path::Path) -> (u64, JobGraph) {
     (words, jobs::wordcount_job(src, 2, dir.to_path_buf()))
 }
 
+/// Words of 23 to 40 bytes (longer than `Word::INLINE`, as URLs' tokens and long
+/// compounds): 50 of them, repeated over `lines` lines of 10 words each, in a text file
+/// under `dir`.
+fn long_words_file(lines: u64, dir: &std::path::Path) -> Result<TextSource, String> {
+    let words: Vec<String> = (0..50u8)
+        .map(|k| {
+            let len = 23 + usize::from(k % 18);
+            let mut w = format!("long{}{}", char::from(b'a' + k % 26), char::from(b'a' + k / 26));
+            w.extend(std::iter::repeat_n('q', len - w.len()));
+            w
+        })
+        .collect();
+    let mut text = String::new();
+    for l in 0..lines {
+        for j in 0..10 {
+            text.push_str(&words[((l * 7 + j * 13) % 50) as usize]);
+            text.push(if j == 9 { '\n' } else { ' ' });
+        }
+    }
+    let path = dir.join(format!("long-words-{lines}.txt"));
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let mut src = TextSource::file(path);
+    src.validate().map_err(|e| e.to_string())?;
+    Ok(src)
+}
+
+fn long_wordcount(lines: u64, dir: &std::path::Path) -> Result<(u64, JobGraph), String> {
+    let src = long_words_file(lines, dir)?;
+    let out = dir.join(format!("out-long-{lines}"));
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    Ok((10 * lines, jobs::wordcount_job(src, 2, out)))
+}
+
 /// Removes the test's temp directory however `main` ends (a panicking job included).
 struct TempDir(std::path::PathBuf);
 
@@ -145,9 +178,15 @@ fn main() -> ExitCode {
     let (w1, g1) = wordcount(10_000, &dir);
     let (w2, g2) = wordcount(80_000, &dir);
     let wordcount_per = per_10k("wordcount (generated text, p=2)", (w1, &g1), (w2, &g2));
+    let long_per = long_wordcount(5_000, &dir).and_then(|(l1, g1)| {
+        let (l2, g2) = long_wordcount(40_000, &dir)?;
+        per_10k("wordcount (words of 23-40 bytes, p=2)", (l1, &g1), (l2, &g2))
+    });
     drop(guard);
     let mut failed = 0;
-    for (name, r) in [("shuffle", shuffle_per), ("wordcount", wordcount_per)] {
+    let results = [("shuffle", shuffle_per), ("wordcount", wordcount_per), ("wordcount, long words", long_per)];
+    let cases = results.len();
+    for (name, r) in results {
         match r {
             Ok(per) if per < 1.0 => {}
             Ok(per) => {
@@ -160,7 +199,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("{} passed, {failed} failed", 2 - failed);
+    println!("{} passed, {failed} failed", cases - failed);
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

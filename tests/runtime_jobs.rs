@@ -81,6 +81,41 @@ fn wordcount_reads_a_file_with_non_ascii_and_mixed_case() {
 }
 
 #[test]
+fn wordcount_counts_long_words_as_the_reference() {
+    // Words longer than `Word::INLINE` (22 bytes), of every length up to past
+    // `Word::SPARE_MAX` (255), each many times: the boxes of dropped words are reused.
+    let tmp = TempDir::new("wclong");
+    let input = tmp.0.join("in.txt");
+    let mut text = String::new();
+    for l in 0..2000usize {
+        for j in 0..8usize {
+            let len = 20 + (l * 31 + j * 17) % 260;
+            let c = char::from(b'a' + ((l + j) % 7) as u8);
+            text.extend(std::iter::repeat_n(c, len));
+            text.push(' ');
+        }
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    let out = tmp.0.join("out");
+    run_ok(&[
+        "run",
+        "wordcount",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--parallelism",
+        "2",
+    ]);
+    let got = std::fs::read_to_string(&out).unwrap();
+    let reference = reference_wordcount(&TextSource::file(input)).unwrap();
+    assert!(reference.len() > 1000, "{} distinct words", reference.len());
+    let expected: String = reference.iter().map(|(w, c)| format!("{w}\t{c}\n")).collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
 fn window_wordcount_equals_flinks_count_windows() {
     let tmp = TempDir::new("wwc");
     let reference = reference_wordcount(&TextSource::generated_mb(1)).unwrap();

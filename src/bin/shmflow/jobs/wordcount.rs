@@ -41,10 +41,15 @@ fn part_sink(dir: Arc<PathBuf>) -> impl Fn(&TaskInfo) -> Result<PartSink> + Send
 /// inline (no allocation to make, copy or drop one: the common case of the per-record path),
 /// longer ones on the heap. Derefs to `str`, hashes and compares as its `str`, and crosses an
 /// exchange as a string field.
-#[derive(Clone)]
+///
+/// A heap word of up to [`Word::SPARE_MAX`] bytes does not allocate per record either: a
+/// dropped one leaves its box to its thread as the spare of its length, which the next word
+/// of that length made on the thread takes (the source makes, writes and drops one word at a
+/// time; the reducer decodes one, and drops it when its word is already in the state), so
+/// text with many long tokens (URLs) allocates once per length and thread, plus once per
+/// distinct word kept by the reducer.
 pub struct Word(WordRepr);
 
-#[derive(Clone)]
 enum WordRepr {
     /// `len` bytes of `buf`, valid UTF-8 (copied from a `&str` whole).
     Inline {
@@ -77,7 +82,7 @@ impl Word {
             buf[16..].copy_from_slice(&c.to_le_bytes()[..Self::INLINE - 16]);
             Word(WordRepr::Inline { len: n as u8, buf })
         } else {
-            Word(WordRepr::Heap(s.into()))
+            Word(WordRepr::Heap(heap_str(s)))
         }
     }
 
@@ -93,6 +98,67 @@ impl Word {
                 unsafe { std::str::from_utf8_unchecked(b) }
             }
             WordRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl Word {
+    /// The longest heap word whose box is kept as a spare when it is dropped (see [`Word`]).
+    pub const SPARE_MAX: usize = 255;
+}
+
+/// Spare boxes of heap words, one per length from `Word::INLINE + 1` to `Word::SPARE_MAX`
+/// (4 KiB a thread), index `len - Word::INLINE - 1`.
+const SPARES: usize = Word::SPARE_MAX - Word::INLINE;
+
+thread_local! {
+    static SPARE: [std::cell::Cell<Option<Box<str>>>; SPARES] = const { [const { std::cell::Cell::new(None) }; SPARES] };
+}
+
+/// `s` in a box: the thread's spare of its length if there is one, else a new one.
+#[inline]
+fn heap_str(s: &str) -> Box<str> {
+    let spare = s
+        .len()
+        .checked_sub(Word::INLINE + 1)
+        .filter(|&i| i < SPARES)
+        .and_then(|i| SPARE.try_with(|sp| sp[i].take()).ok().flatten());
+    match spare {
+        Some(mut b) => {
+            debug_assert_eq!(b.len(), s.len());
+            // SAFETY: the box holds exactly `s.len()` bytes (its spare slot is that of its
+            // length), all replaced by the bytes of `s`, valid UTF-8: the box stays a `str`.
+            unsafe { b.as_bytes_mut() }.copy_from_slice(s.as_bytes());
+            b
+        }
+        None => s.into(),
+    }
+}
+
+impl Drop for Word {
+    #[inline]
+    fn drop(&mut self) {
+        if let WordRepr::Heap(b) = &mut self.0 {
+            if let Some(i) = b.len().checked_sub(Word::INLINE + 1).filter(|&i| i < SPARES) {
+                let b = std::mem::take(b);
+                // A thread being torn down keeps no spares (the box is freed here).
+                let _ = SPARE.try_with(|sp| {
+                    if let Some(old) = sp[i].replace(Some(b)) {
+                        // Another word of this length left its box first: one spare a length.
+                        sp[i].set(Some(old));
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Clone for Word {
+    #[inline]
+    fn clone(&self) -> Self {
+        match &self.0 {
+            WordRepr::Inline { len, buf } => Word(WordRepr::Inline { len: *len, buf: *buf }),
+            WordRepr::Heap(s) => Word(WordRepr::Heap(heap_str(s))),
         }
     }
 }
@@ -387,6 +453,24 @@ mod tests {
         assert_eq!(std::mem::size_of::<Counted>(), 32);
         let long = "x".repeat(Word::INLINE + 1);
         assert_eq!(&*Word::new(&long), long, "a word longer than INLINE goes to the heap whole");
+    }
+
+    #[test]
+    fn a_long_word_made_from_a_spare_box_holds_its_own_text() {
+        for len in [Word::INLINE + 1, 40, Word::SPARE_MAX, Word::SPARE_MAX + 1] {
+            let a = "a".repeat(len);
+            let b = "b".repeat(len);
+            let kept = Word::new(&a);
+            // Leaves its box as the spare of `len`, which `b` takes.
+            drop(Word::new(&a));
+            let wb = Word::new(&b);
+            assert_eq!(&*wb, b, "len {len}");
+            assert_eq!(&*kept, a, "len {len}: a word in use is never a spare");
+            let c = wb.clone();
+            drop(wb);
+            assert_eq!(&*c, b, "len {len}: a clone is a word of its own");
+            assert_eq!(&*Word::new(&a), a, "len {len}");
+        }
     }
 
     #[test]
