@@ -52,6 +52,18 @@
 //! first prefix stored Relaxed (`FramedRun::drop` through `put_prefix`: causality
 //! violation on B's witness cells); the clear behind the run removed (the stale empty
 //! record at 16 read after B).
+//!
+//! The third model, `run_read_unaligned_end_waits_for_the_commit`, mixes the two paths and
+//! ends a run unaligned: A (4 bytes) by `try_write_framed` at 0..8, then a run of B (5
+//! bytes) at 8..17, the run's first record (its prefix stored last, Release), and C (3
+//! bytes) at 17..24, whose prefix lies at an unaligned offset (plain bytes, polled by
+//! nobody); the run's end clears the word at 24 (a stale empty record's prefix before).
+//! Then the producer sets a flag (Release), commits and marks. The reader must read A, B,
+//! C and then nothing; C only through the commit (it must see the flag set when it has C),
+//! and in some execution B before the flag was set (B found in the data, not by the
+//! commit). Weakenings it catches (each checked by editing the crate, bound 3): the run's
+//! first prefix stored Relaxed (`FramedRun::drop` calling `put_run_prefix`: causality
+//! violation); the clear behind the run removed (the stale word at 24 read after C).
 #![cfg(loom)]
 
 mod common;
@@ -239,4 +251,111 @@ fn run_read_no_torn_or_stale_record() {
         consumer.join().unwrap();
         drop(kept);
     });
+}
+
+/// Payloads of the third model: B 5 bytes (its run ends at an unaligned offset), C 3.
+const B5: [u8; 5] = [1, 2, 3, 4, 5];
+const C3: [u8; 3] = [11, 12, 13];
+
+// Executions of the third model in which the consumer read B before the producer began its
+// commit (B found in the data), counted outside the model as `FOUND_IN_DATA`.
+#[allow(clippy::disallowed_types)]
+static B_BEFORE_COMMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn run_read_unaligned_end_waits_for_the_commit() {
+    common::check("gate_data_read::run_read_unaligned_end_waits_for_the_commit", Some(3), || {
+        let arena = run_arena();
+        let (reader, mut writer, pool, segment) = common::gate_channel(&arena, MEMBER);
+        let index = segment.index();
+        // Stale empty records' prefixes at B's offset and behind C (24).
+        // Relaxed: set-up, ordered by the spawns.
+        arena.segment_word(index, 8).store(0, Ordering::Relaxed);
+        arena.segment_word(index, 24).store(0, Ordering::Relaxed);
+        let mut builder = BufferBuilder::new(segment, 1);
+        writer.publish(Descriptor::Buffer(index)).expect("credit and room");
+        // Set by the producer just before its commit.
+        let committing = Arc::new(shmflow::sync::AtomicBool::new(false));
+
+        let producer = {
+            let committing = Arc::clone(&committing);
+            thread::spawn(move || {
+                // A at 0..8, published by its own prefix (Release).
+                assert!(builder.try_write_framed(&A[..], A.len()), "A fits with room to spare");
+                {
+                    // B at 8..17, the run's first (its prefix stored last, Release); C at
+                    // 17..24, its prefix at an unaligned offset (plain bytes nobody polls);
+                    // the run's end clears the word at 24.
+                    let mut run = builder.start_run(&B5[..], B5.len()).expect("B fits with room to spare");
+                    assert!(run.try_push(&C3[..], C3.len()), "C fits with room to spare");
+                    assert_eq!(run.finish(), (2, 24));
+                }
+                // Release: pairs with the consumer's Acquire load after it read C or B.
+                committing.store(true, Ordering::Release);
+                assert!(builder.commit());
+                writer.notify_consumer().expect("the gate's member is valid");
+                (builder, writer, pool)
+            })
+        };
+
+        let consumer = {
+            let arena = Arc::clone(&arena);
+            thread::spawn(move || {
+                let set = NotifySet::new(&arena, 0).expect("gate block 0 exists");
+                let mut rr = RecordReader::new(reader);
+                rr.set_data_reads(true);
+                let mut waiter = Waiter::new(WaitPolicy::park());
+                let mut got: Vec<Vec<u8>> = Vec::new();
+                while got.len() < 3 {
+                    match rr.poll().expect("a legal peer") {
+                        Step::Record => {
+                            got.push(rr.record().to_vec());
+                            // Acquire: pairs with the producer's Release store before its
+                            // commit. C is read only through the commit, which follows that
+                            // store: the flag must be seen set then.
+                            let commit_begun = committing.load(Ordering::Acquire);
+                            if got.len() == 3 {
+                                assert!(commit_begun, "C (unaligned prefix) read before the commit");
+                            } else if got.len() == 2 && !commit_begun {
+                                // Relaxed: statistic outside the model.
+                                B_BEFORE_COMMIT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                        Step::Event(d) => panic!("unexpected {d:?}"),
+                        Step::Empty => {}
+                    }
+                    if set.drain(MEMBERS, |_| {}) > 0 {
+                        continue;
+                    }
+                    let woke = waiter.wait(set.wake(), None, || {
+                        let data = match rr.data_input() {
+                            Some(written) => written,
+                            None => rr.has_input().expect("a legal peer"),
+                        };
+                        if data {
+                            return Some(true);
+                        }
+                        set.any(MEMBERS).then_some(false)
+                    });
+                    if let WaitOutcome::TimedOut = woke {
+                        panic!("no deadline was set");
+                    }
+                }
+                assert_eq!(got, vec![A.to_vec(), B5.to_vec(), C3.to_vec()]);
+                // Nothing behind C (the stale word at 24 was cleared before B's prefix
+                // published the run).
+                assert_eq!(rr.poll().expect("a legal peer"), Step::Empty, "a stale word read as a record");
+            })
+        };
+
+        let kept = producer.join().unwrap();
+        consumer.join().unwrap();
+        drop(kept);
+    });
+    // Relaxed: the search is over.
+    assert!(
+        B_BEFORE_COMMIT.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "B was never read from the data before the commit"
+    );
 }
