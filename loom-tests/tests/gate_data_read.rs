@@ -64,6 +64,15 @@
 //! commit). Weakenings it catches (each checked by editing the crate, bound 3): the run's
 //! first prefix stored Relaxed (`FramedRun::drop` calling `put_run_prefix`: causality
 //! violation); the clear behind the run removed (the stale word at 24 read after C).
+//!
+//! The fourth model, `run_read_unaligned_end_waits_for_the_handoff_flush`, is the third
+//! with the run's end position staged in a `FlushHandoff` (`stage`, as
+//! `ResultPartition::emit_batch` stages a run) and committed by the hand-off's `flush` (its
+//! CAS into the position word) in place of `BufferBuilder::commit`; the flush runs on the
+//! writer's thread, so this checks that the flusher's commit publishes C to a reader of the
+//! data, not the stage's Release across threads (`flush_handoff.rs` models that: with
+//! `stage` made Relaxed this model still passes). Catches the run's first prefix stored
+//! Relaxed as the third does.
 #![cfg(loom)]
 
 mod common;
@@ -71,6 +80,7 @@ mod common;
 use loom::thread;
 use shmflow::buffer::BufferBuilder;
 use shmflow::memory::{Arena, ArenaConfig};
+use shmflow::partition::FlushHandoff;
 use shmflow::record::{RecordReader, Step};
 use shmflow::ring::{Descriptor, NotifySet};
 use shmflow::sync::{Ordering, WaitOutcome, WaitPolicy, Waiter};
@@ -257,14 +267,18 @@ fn run_read_no_torn_or_stale_record() {
 const B5: [u8; 5] = [1, 2, 3, 4, 5];
 const C3: [u8; 3] = [11, 12, 13];
 
-// Executions of the third model in which the consumer read B before the producer began its
-// commit (B found in the data), counted outside the model as `FOUND_IN_DATA`.
+// Executions of the third (index 0) and fourth (1) models in which the consumer read B
+// before the producer began its commit (B found in the data), counted outside the model as
+// `FOUND_IN_DATA`; one counter a model, as the test harness runs them at once.
 #[allow(clippy::disallowed_types)]
-static B_BEFORE_COMMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static B_BEFORE_COMMIT: [std::sync::atomic::AtomicUsize; 2] =
+    [std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0)];
 
-#[test]
-fn run_read_unaligned_end_waits_for_the_commit() {
-    common::check("gate_data_read::run_read_unaligned_end_waits_for_the_commit", Some(3), || {
+/// The third and fourth models: with `via_handoff` the run's end position is staged in a
+/// `FlushHandoff` (as `ResultPartition::emit_batch` does) and committed by its flush, not by
+/// `BufferBuilder::commit`.
+fn unaligned_run_model(name: &'static str, via_handoff: bool) {
+    common::check(name, Some(3), move || {
         let arena = run_arena();
         let (reader, mut writer, pool, segment) = common::gate_channel(&arena, MEMBER);
         let index = segment.index();
@@ -274,11 +288,13 @@ fn run_read_unaligned_end_waits_for_the_commit() {
         arena.segment_word(index, 24).store(0, Ordering::Relaxed);
         let mut builder = BufferBuilder::new(segment, 1);
         writer.publish(Descriptor::Buffer(index)).expect("credit and room");
+        let handoff = Arc::new(FlushHandoff::new(1));
+        handoff.open(0, 1, index);
         // Set by the producer just before its commit.
         let committing = Arc::new(shmflow::sync::AtomicBool::new(false));
 
         let producer = {
-            let committing = Arc::clone(&committing);
+            let (committing, arena, handoff) = (Arc::clone(&committing), Arc::clone(&arena), Arc::clone(&handoff));
             thread::spawn(move || {
                 // A at 0..8, published by its own prefix (Release).
                 assert!(builder.try_write_framed(&A[..], A.len()), "A fits with room to spare");
@@ -292,7 +308,17 @@ fn run_read_unaligned_end_waits_for_the_commit() {
                 }
                 // Release: pairs with the consumer's Acquire load after it read C or B.
                 committing.store(true, Ordering::Release);
-                assert!(builder.commit());
+                if via_handoff {
+                    // As `ResultPartition::emit_batch` after a run, then a flush of the
+                    // hand-off (the output flusher's, here on the writer's thread).
+                    handoff.stage(0, 1, builder.position());
+                    let mut raised = 0;
+                    handoff.flush(&arena, |_| raised += 1);
+                    assert_eq!(raised, 1, "the flush raised the position");
+                    handoff.retire(0, 1);
+                } else {
+                    assert!(builder.commit());
+                }
                 writer.notify_consumer().expect("the gate's member is valid");
                 (builder, writer, pool)
             })
@@ -318,7 +344,8 @@ fn run_read_unaligned_end_waits_for_the_commit() {
                                 assert!(commit_begun, "C (unaligned prefix) read before the commit");
                             } else if got.len() == 2 && !commit_begun {
                                 // Relaxed: statistic outside the model.
-                                B_BEFORE_COMMIT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                B_BEFORE_COMMIT[usize::from(via_handoff)]
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
                             continue;
                         }
@@ -355,7 +382,17 @@ fn run_read_unaligned_end_waits_for_the_commit() {
     });
     // Relaxed: the search is over.
     assert!(
-        B_BEFORE_COMMIT.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        B_BEFORE_COMMIT[usize::from(via_handoff)].load(std::sync::atomic::Ordering::Relaxed) > 0,
         "B was never read from the data before the commit"
     );
+}
+
+#[test]
+fn run_read_unaligned_end_waits_for_the_commit() {
+    unaligned_run_model("gate_data_read::run_read_unaligned_end_waits_for_the_commit", false);
+}
+
+#[test]
+fn run_read_unaligned_end_waits_for_the_handoff_flush() {
+    unaligned_run_model("gate_data_read::run_read_unaligned_end_waits_for_the_handoff_flush", true);
 }
