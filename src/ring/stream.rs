@@ -31,9 +31,11 @@ const HOT_SPINS: u32 = 2048;
 /// 8,64 --rounds 4`, 6 interleaved pairs at near placement, load 6-8: paired p50 ratio
 /// 64 B 1.83/1.80/1.88/1.84/1.84 (and 2.20 at bare 50 ns) with this gap against
 /// 2.13/1.92/1.93/1.95 (2.39-2.41 at 50 ns) with one PAUSE; 8 B 1.15-1.21 against
-/// 1.23-1.30. A 6 ns gap (8 multiplies) was between the two. Not measured at far
-/// placement (bare ~240 ns), where the network stack's gate measured fewer polls better
-/// (`SingleInputGate::next_hot`'s pause). Under loom: loom's yield.
+/// 1.23-1.30. A 6 ns gap (8 multiplies) was between the two. At far placement (bare
+/// ~235 ns; with the hot spin, against the session's start) 64 B read the same (1.66/1.50
+/// vs 1.61/1.56/1.60) and 8 B worse (1.11/1.09 vs 0.92/0.90/0.85): more polls take the
+/// record's line back from the writer more often there (the network stack's gate keeps a
+/// pause for that reason, `SingleInputGate::next_hot`). Under loom: loom's yield.
 #[inline(always)]
 fn poll_gap(seed: u32) {
     #[cfg(not(loom))]
