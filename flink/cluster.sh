@@ -52,6 +52,7 @@ case "$cmd" in
     # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
     # e.g. shmflow-copy-spin0): zc (the default), copy (zero-copy false), spinNS (producer dispatcher), cspinNS (consumer dispatcher),
     # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false), directall,
+    # direct8k (direct-max-bytes 8kb, the default: full buffers through the dispatcher),
     # and base (no settings).
     case "$factory" in
       netty) fclass=org.apache.flink.runtime.io.network.NettyShuffleServiceFactory ;;
@@ -69,6 +70,7 @@ case "$cmd" in
             nodeliver) deliver=false ;;
             nobank) bank=false ;;
             directall) directmax=32kb ;;
+            direct8k) directmax=8kb ;;
             *) echo "flink/cluster.sh: unknown factory part '$part' in $factory" >&2; exit 2 ;;
           esac
         done
@@ -136,7 +138,8 @@ ${cspin:+    spin-ns: $cspin
 }  spin-ns: ${spin:-5000}
   producer:
     direct: ${direct:-true}
-    direct-max-bytes: ${directmax:-8kb}
+${directmax:+    direct-max-bytes: $directmax
+}
 YAML
     timeout 120 "$FH/bin/jobmanager.sh" start >/dev/null
     for _ in $(seq 1 "$tms"); do timeout 120 "$FH/bin/taskmanager.sh" start >/dev/null; done

@@ -222,7 +222,7 @@ final class ClientChannel {
                 }
                 t.metrics.received(size, true);
                 delivered++;
-                t.lastBufferSmall = size <= t.directMaxBytes;
+                t.lastBufferSmall = size <= ShmTransport.FLUSHED_MAX_BYTES;
                 input.onBuffer(slice, seq, backlog, subpartition);
                 return;
             }
@@ -243,7 +243,7 @@ final class ClientChannel {
         t.metrics.received(size, false);
         if (dt.isBuffer()) {
             delivered++;
-            t.lastBufferSmall = size <= t.directMaxBytes;
+            t.lastBufferSmall = size <= ShmTransport.FLUSHED_MAX_BYTES;
         }
         input.onBuffer(b, seq, backlog, subpartition);
     }

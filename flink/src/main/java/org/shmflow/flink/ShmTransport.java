@@ -105,7 +105,12 @@ final class ShmTransport implements AutoCloseable {
     /** Its spin budget while it receives small (flushed) buffers (shmflow.consumer.spin-ns). */
     private final long consumerSpinNs;
     /**
-     * The last data buffer delivered was at most {@link #directMaxBytes}: a flushed buffer of
+     * Largest data buffer the consumer dispatcher takes for a flushed one (a job slower than
+     * the pipeline) when it picks its spin budget; full buffers of a busy job are larger.
+     */
+    static final int FLUSHED_MAX_BYTES = 8 * 1024;
+    /**
+     * The last data buffer delivered was at most {@link #FLUSHED_MAX_BYTES}: a flushed buffer of
      * a job slower than the pipeline (buffer timeout 0, a low rate), whose records wait for
      * the consumer dispatcher, which then spins {@link #consumerSpinNs} to be awake when
      * the next one arrives. Full buffers (a busy job, whose threads need the cores) get

@@ -558,7 +558,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     /**
      * The calling thread (the task that made a buffer available, or Flink's output flusher)
      * publishes the next buffer itself, without waking the dispatcher, when the buffer is at
-     * most shmflow.producer.direct-max-bytes (a flushed one: latency) and it gets
+     * most shmflow.producer.direct-max-bytes (8 KiB by default: flushed buffers) and it gets
      * {@link #lock} at once, the reader is idle (neither queued for the dispatcher nor
      * registered as available), the view has a buffer the credit allows and a segment is
      * free now. True when that buffer was the last one available (nothing left for the

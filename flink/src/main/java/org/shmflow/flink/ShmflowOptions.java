@@ -54,8 +54,8 @@ public final class ShmflowOptions {
 
     /**
      * Spin budget of the consumer dispatcher (the one that hands buffers to Flink's input
-     * channels) while the buffers it receives are small (at most
-     * shmflow.producer.direct-max-bytes: flushed, a job slower than the pipeline): long
+     * channels) while the buffers it receives are small (at most 8 KiB: flushed, a job
+     * slower than the pipeline): long
      * enough to span the gap between records of a low-rate job, so a record finds it awake
      * instead of waiting for a futex wake-up. With full buffers (a busy job, whose threads
      * need the cores) it spins shmflow.spin-ns. Either parks early when the core is contended
@@ -65,7 +65,7 @@ public final class ShmflowOptions {
             ConfigOptions.key("shmflow.consumer.spin-ns")
                     .longType()
                     .defaultValue(250_000L)
-                    .withDescription("Spin budget in nanoseconds of the consumer dispatcher before it blocks (0..1e9) while the buffers it receives are small (at most shmflow.producer.direct-max-bytes); with full buffers it spins shmflow.spin-ns. It blocks early when its core is contended.");
+                    .withDescription("Spin budget in nanoseconds of the consumer dispatcher before it blocks (0..1e9) while the buffers it receives are small (at most 8 KiB: flushed ones); with full buffers it spins shmflow.spin-ns. It blocks early when its core is contended.");
 
     /**
      * Consumer side: the thread that announces credit (Flink does when a buffer of the input
@@ -141,7 +141,9 @@ public final class ShmflowOptions {
      * Largest buffer the direct path publishes from the task thread. Larger ones (full
      * buffers of a busy job) go to the dispatcher, so the task thread goes on writing records
      * while another thread copies; flushed small buffers (low rates, buffer timeout 0) go
-     * direct, where the hand-off would cost latency.
+     * direct, where the hand-off would cost latency. Publishing full buffers too (32kb) was
+     * ahead in one loaded A/B of session 10 and behind in the next (docs/flink.md): kept at
+     * 8 KiB until an idle machine decides.
      */
     public static final ConfigOption<MemorySize> DIRECT_MAX_BYTES =
             ConfigOptions.key("shmflow.producer.direct-max-bytes")

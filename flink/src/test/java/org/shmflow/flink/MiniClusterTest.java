@@ -279,6 +279,8 @@ public final class MiniClusterTest {
         long cappedBefore = ShmMetrics.TOTAL_ZERO_COPY_CAPPED.get();
         Configuration c = conf("fast");
         c.set(ShmflowOptions.ZERO_COPY_MAX_SEGMENTS, 1);
+        // Full buffers to the dispatcher (stashed by the direct path), flushed ones direct.
+        c.set(ShmflowOptions.DIRECT_MAX_BYTES, org.apache.flink.configuration.MemorySize.parse("8kb"));
         // Any failure (a credit-rule violation fails the producer) fails the job.
         c.set(str("restart-strategy.type"), "none");
         StreamExecutionEnvironment env = env(c);
