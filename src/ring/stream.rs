@@ -35,7 +35,9 @@ const HOT_SPINS: u32 = 2048;
 /// ~235 ns; with the hot spin, against the session's start) 64 B read the same (1.66/1.50
 /// vs 1.61/1.56/1.60) and 8 B worse (1.11/1.09 vs 0.92/0.90/0.85): more polls take the
 /// record's line back from the writer more often there (the network stack's gate keeps a
-/// pause for that reason, `SingleInputGate::next_hot`). Under loom: loom's yield.
+/// pause for that reason, `SingleInputGate::next_hot`). Against the reader before the hot
+/// spin (the full wait's poll, with its PAUSE) 64 B was within the drift between runs
+/// (docs/performance-history.md, session 10). Under loom: loom's yield.
 #[inline(always)]
 fn poll_gap(seed: u32) {
     #[cfg(not(loom))]
