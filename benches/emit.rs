@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!  [timed]   RecordWriter::emit x BATCH  ──> ResultPartition (12 of its 16 segments)
+//!            (row "emit_batch": RecordWriter::emit_batch of the BATCH records at once)
 //!  [untimed] flush_all; SingleInputGate::next x BATCH, checksum
 //! ```
 //!
@@ -191,6 +192,8 @@ impl Readback {
 fn run_kind<R: shmflow::record::Record + ?Sized>(
     batches: usize,
     batch: usize,
+    // Records one call of `emit` writes (`i..i + per_call`), a divisor of `batch`.
+    per_call: usize,
     record_len: u64,
     window: u32,
     // Generic, not `dyn`: the record loop as a writer's own loop, with `emit` inlined (a
@@ -233,9 +236,9 @@ where
     for _ in 0..batches {
         let first = i;
         let t0 = Instant::now();
-        for _ in 0..batch {
+        for _ in 0..batch / per_call {
             emit(&mut w, i)?;
-            i += 1;
+            i += per_call as u64;
         }
         ns.push(t0.elapsed().as_nanos() as f64 / batch as f64);
         w.flush_all()?;
@@ -316,11 +319,25 @@ fn run() -> Res<()> {
     let batch = 12 * (SEG as usize / 12) - 16;
     println!("# emit: the producer's ns per record in one thread ({batches} batches of {batch} records)");
     println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
-    let long = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, None, false)?;
+    let long = run_kind::<u64>(batches, batch, 1, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, None, false)?;
+    // The same records through the batch path, a batch per call.
+    let long_batch = run_kind::<u64>(
+        batches,
+        batch,
+        batch,
+        8,
+        16,
+        &mut |w, i| w.emit_batch::<u64, _>(i..i + batch as u64).map(|_| ()),
+        u64_of,
+        |k| k,
+        None,
+        false,
+    )?;
     let mut rec = [0u8; 16];
     let bytes = run_kind::<[u8]>(
         batches,
         batch * 12 / 20,
+        1,
         16,
         16,
         &mut |w, i| {
@@ -336,6 +353,7 @@ fn run() -> Res<()> {
     let mut big = vec![7u8; MIB];
     let large = run_kind::<[u8]>(
         batches,
+        1,
         1,
         MIB as u64,
         40,
@@ -355,6 +373,7 @@ fn run() -> Res<()> {
     let aligned = &mut backing[skip..skip + MIB];
     let large_aligned = run_kind::<[u8]>(
         batches,
+        1,
         1,
         MIB as u64,
         40,
@@ -376,6 +395,7 @@ fn run() -> Res<()> {
     let large_near = run_kind::<[u8]>(
         batches,
         1,
+        1,
         MIB as u64,
         40,
         &mut |w, i| {
@@ -396,7 +416,8 @@ fn run() -> Res<()> {
         for (name, stream) in
             [("8 B (u64), read back on another CPU", false), ("8 B (u64), read concurrently on another CPU", true)]
         {
-            let f = run_kind::<u64>(batches, batch, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, Some(cpus), stream)?;
+            let f =
+                run_kind::<u64>(batches, batch, 1, 8, 16, &mut |w, i| w.emit(&i), u64_of, |k| k, Some(cpus), stream)?;
             cross.push((name, f));
         }
     }
@@ -404,6 +425,7 @@ fn run() -> Res<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, f) in [
         ("8 B (u64)", &long),
+        ("8 B (u64), emit_batch", &long_batch),
         ("16 B ([u8])", &bytes),
         ("1 MiB ([u8])", &large),
         ("1 MiB, page-aligned source", &large_aligned),

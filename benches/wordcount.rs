@@ -12,6 +12,17 @@
 //! and the number of distinct words agree between the systems (and, in quick mode, with
 //! the single-threaded [`reference_wordcount`]).
 //!
+//! Like with like: both read the text inside their timed section (generating it as they go,
+//! from the same vocabulary), and both write the same output, one `word<TAB>count` part file
+//! per reducer through a 64 KiB buffer inside the timed section, then merge and sort the
+//! part files ([`jobs::merge_parts`]) to count the words outside it (shmflow's coordinator
+//! does that after its `elapsed_s`; its CPU time is counted, so the in-process run's is
+//! too). Until session 10 the in-process run wrote nothing and summed its hash maps, while
+//! shmflow wrote part files and merged them. What still differs is the job's own: shmflow
+//! starts worker processes, each of which builds the text's vocabulary (a few ms, printed
+//! in the header line) before its first record; the in-process run builds it once, before
+//! its timed section.
+//!
 //! Rates: records/s are words per second of the job's wall clock (shmflow's own
 //! `elapsed_s`, which includes starting and stopping its worker processes; the in-process
 //! job from spawning its threads to joining them). MB/s counts the input text (line bytes
@@ -23,7 +34,8 @@
 //!
 //! `cargo bench --bench wordcount [-- --json PATH --mb N --reps N]`: argv holds `--bench`,
 //! full mode (default 100 MB of text, 3 repetitions, medians); `--system NAME` and
-//! `--parallelism P` run a subset (for profiling). Without `--bench` (as
+//! `--parallelism P` run a subset (for profiling); `--shmflow PATH` runs another shmflow
+//! binary (an A/B of two builds, each paired with in-process runs of its own). Without `--bench` (as
 //! `cargo test --benches` runs it): quick mode, 1 MB, one repetition.
 
 /// The command line's built-in jobs (they live next to the binary, not in the library).
@@ -69,6 +81,8 @@ struct Args {
     only_system: Option<System>,
     /// Only this parallelism (for profiling).
     only_parallelism: Option<u32>,
+    /// `--shmflow`.
+    exe: Option<PathBuf>,
 }
 
 /// The wordcount bench's flags.
@@ -92,6 +106,10 @@ struct Cli {
     /// Only this parallelism (for profiling).
     #[arg(long, value_name = "P")]
     parallelism: Option<u32>,
+    /// The shmflow binary to run (default: the one built beside this bench), for A/B runs
+    /// of two builds against the same in-process baseline.
+    #[arg(long, value_name = "PATH")]
+    shmflow: Option<PathBuf>,
 }
 
 fn parse_args() -> Res<Args> {
@@ -112,6 +130,7 @@ fn parse_args() -> Res<Args> {
         reps: c.reps,
         only_system,
         only_parallelism: c.parallelism,
+        exe: c.shmflow,
     })
 }
 
@@ -144,7 +163,7 @@ struct Run {
     words: u64,
     distinct: u64,
     elapsed_s: f64,
-    /// Wall clock of the whole command (shmflow: includes merging its part files).
+    /// Wall clock of the whole command (both: includes merging the part files).
     wall_s: f64,
     /// CPU seconds (user + system) of every thread or process of the run: steadier than
     /// wall clock when other programs share the two vCPUs.
@@ -223,37 +242,64 @@ impl Batch {
     }
 }
 
+/// Removes the in-process run's part files however the run ends.
+struct PartDir(PathBuf);
+
+impl Drop for PartDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes reducer `k`'s counts as `shmflow run wordcount`'s sinks do: `word<TAB>count` lines
+/// through a 64 KiB buffer into `part-k` under `dir`.
+fn write_part(dir: &std::path::Path, k: usize, counts: &HashMap<String, u64>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(dir.join(format!("part-{k:03}")))?);
+    for (w, c) in counts {
+        writeln!(out, "{w}\t{c}")?;
+    }
+    out.flush()
+}
+
 /// Returns the run and the bytes of text read.
+///
+/// Like with like: the job's output is made as `shmflow run wordcount` makes it. Each
+/// reducer writes its part file inside the timed section (shmflow's sinks do, inside its
+/// `elapsed_s`), and the words and distinct words are counted by merging the part files
+/// ([`jobs::merge_parts`], what shmflow's command line does after its job) outside the
+/// timed section but inside the CPU time (shmflow's merge runs in its coordinator, whose
+/// CPU the bench counts).
 fn run_in_process(src: &TextSource, p: u32) -> Res<(Run, u64)> {
+    let dir = PartDir(std::env::temp_dir().join(format!("shmflow-wordcount-bench-{}-p{p}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
     let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
     let t0 = Instant::now();
     let (txs, rxs): (Vec<Sender<Batch>>, Vec<Receiver<Batch>>) = (0..p).map(|_| bounded(CHANNEL_BATCHES)).unzip();
-    let (maps, bytes) = std::thread::scope(|s| -> Res<(Vec<HashMap<String, u64>>, u64)> {
+    let parts = &dir.0;
+    let bytes = std::thread::scope(|s| -> Res<u64> {
         // Named threads (source-i, reduce-k) tell the two sides apart in a profile.
         let reducers = rxs
             .into_iter()
             .enumerate()
             .map(|(k, rx)| {
-                std::thread::Builder::new().name(format!("reduce-{k}")).spawn_scoped(
-                    s,
-                    move || -> ThreadRes<HashMap<String, u64>> {
-                        let mut counts: HashMap<String, u64> = HashMap::default();
-                        for b in rx {
-                            let mut from = 0usize;
-                            for &end in &b.ends {
-                                let w = std::str::from_utf8(&b.text[from..end as usize]).map_err(|e| e.to_string())?;
-                                from = end as usize;
-                                match counts.get_mut(w) {
-                                    Some(c) => *c += 1,
-                                    None => {
-                                        counts.insert(w.to_owned(), 1);
-                                    }
+                std::thread::Builder::new().name(format!("reduce-{k}")).spawn_scoped(s, move || -> ThreadRes<()> {
+                    let mut counts: HashMap<String, u64> = HashMap::default();
+                    for b in rx {
+                        let mut from = 0usize;
+                        for &end in &b.ends {
+                            let w = std::str::from_utf8(&b.text[from..end as usize]).map_err(|e| e.to_string())?;
+                            from = end as usize;
+                            match counts.get_mut(w) {
+                                Some(c) => *c += 1,
+                                None => {
+                                    counts.insert(w.to_owned(), 1);
                                 }
                             }
                         }
-                        Ok(counts)
-                    },
-                )
+                    }
+                    write_part(parts, k, &counts).map_err(|e| e.to_string())
+                })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         let sources = (0..p)
@@ -297,17 +343,21 @@ fn run_in_process(src: &TextSource, p: u32) -> Res<(Run, u64)> {
         for h in sources {
             bytes += h.join().map_err(|_| "a source thread panicked")??;
         }
-        let mut maps = Vec::new();
         for h in reducers {
-            maps.push(h.join().map_err(|_| "a reducer thread panicked")??);
+            h.join().map_err(|_| "a reducer thread panicked")??;
         }
-        Ok((maps, bytes))
+        Ok(bytes)
     })?;
     let elapsed_s = t0.elapsed().as_secs_f64();
+    let lines = jobs::merge_parts(&dir.0, None)?;
+    let count = |l: &[u8]| -> Option<u64> {
+        let tab = l.iter().rposition(|&c| c == b'\t')?;
+        std::str::from_utf8(&l[tab + 1..]).ok()?.parse().ok()
+    };
+    let words = lines.iter().map(|l| count(l).ok_or("a part file line without a count")).sum::<Result<u64, _>>()?;
     let cpu_s = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
-    let words = maps.iter().flat_map(|m| m.values()).sum();
-    let distinct = maps.iter().map(|m| m.len() as u64).sum();
-    Ok((Run { words, distinct, elapsed_s, wall_s: elapsed_s, cpu_s }, bytes))
+    let wall_s = t0.elapsed().as_secs_f64();
+    Ok((Run { words, distinct: lines.len() as u64, elapsed_s, wall_s, cpu_s }, bytes))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -410,14 +460,23 @@ fn main() -> Res<()> {
     let args = parse_args()?;
     let mb = args.mb.unwrap_or(if args.full { FULL_MB } else { QUICK_MB });
     let reps = args.reps.unwrap_or(if args.full { 3 } else { 1 }).max(1);
-    let exe = shmflow_exe()?;
+    let exe = match &args.exe {
+        Some(p) => p.clone(),
+        None => shmflow_exe()?,
+    };
     let src = TextSource::generated_mb(mb);
-    generator(); // build the vocabulary once, outside every timed run of this process
+    // The vocabulary is built once, outside every timed run of this process; each shmflow
+    // worker builds its own inside the job's time (said in the header line).
+    let t_vocab = Instant::now();
+    generator();
+    let vocab_ms = t_vocab.elapsed().as_secs_f64() * 1e3;
     let configs = configs(&args);
     let rtt = bare_rtt_ns(Duration::from_millis(if args.full { 100 } else { 20 }));
     println!(
         "wordcount: {} mode, {mb} MB of generated text, {reps} repetition(s), buffer timeout {BUFFER_TIMEOUT_MS} ms, \
-         in-process batches of {BATCH_WORDS} words, {CHANNEL_BATCHES} per channel; bare cache-line round trip {}",
+         in-process batches of {BATCH_WORDS} words, {CHANNEL_BATCHES} per channel; text vocabulary built in \
+         {vocab_ms:.1} ms (once here, before the timed runs; by every shmflow worker inside its job); bare \
+         cache-line round trip {}",
         if args.full { "full" } else { "quick" },
         rtt.map_or_else(|| "n/a".to_string(), |r| format!("{r:.0} ns ({})", if r < 250.0 { "near" } else { "far" }))
     );

@@ -79,3 +79,28 @@ fn keyed_numbers_job_sums_every_key_exactly() {
     assert!(out.contains("300000 records through the runtime"), "{out}");
     assert!(out.contains("every key's sum matches"), "{out}");
 }
+
+#[test]
+fn readmes_library_example_is_readme_sums_and_sums_every_key_once() {
+    // README's block is the example's code, so what a reader copies is what runs here.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = &readme[readme.find("## As a library").expect("README's library section")..];
+    let start = section.find("```rust\n").expect("README's library example") + "```rust\n".len();
+    let block = &section[start..start + section[start..].find("```\n").expect("the end of the example")];
+    let example = std::fs::read_to_string(root.join("examples/readme_sums.rs")).expect("the example");
+    assert!(example.ends_with(block), "README's library example differs from examples/readme_sums.rs");
+    let out = run_example("readme_sums", &[]);
+    let sums: Vec<(u64, u64)> = out
+        .lines()
+        .map(|l| {
+            let (k, v) = l.strip_prefix("key ").and_then(|l| l.split_once(": ")).unwrap_or_else(|| panic!("{l:?}"));
+            (k.parse().unwrap(), v.parse().unwrap())
+        })
+        .collect();
+    // Every key once, each i of 0..1_000_000 counted once (not once per source subtask).
+    assert_eq!(sums.iter().map(|s| s.0).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>(), "{out}");
+    for (k, sum) in sums {
+        assert_eq!(sum, (0..10_000).map(|j| 100 * j + k).sum::<u64>(), "key {k}");
+    }
+}

@@ -165,3 +165,23 @@ fn a_bad_graph_and_a_bad_setting_are_refused_with_typed_errors_before_anything_r
     assert!(matches!(e, shmflow::Error::Config(ConfigError::OutOfRange { what: "--workers", value: 0, .. })), "{e:?}");
     assert_eq!(e.to_string(), "invalid --workers: 0 not in 1..=256");
 }
+
+#[test]
+fn a_worker_whose_graph_differs_from_the_coordinators_refuses_the_deployment_naming_the_vertex() {
+    const NAME: &str = "a_worker_whose_graph_differs_from_the_coordinators_refuses_the_deployment_naming_the_vertex";
+    // The same vertex count and parallelism, another operator name in the workers: as a
+    // `main` that builds its graph from something besides its arguments would.
+    let op = if is_worker() { "double" } else { "square" };
+    let job = JobBuilder::new("differs", 2)
+        .source("numbers", |_: &TaskInfo, out: &mut dyn Collector<u64>| (0..100u64).try_for_each(|i| out.collect(i)))
+        .rebalance(None)
+        .map(op, |v| v)
+        .sink("sum", |_: &TaskInfo| Ok(SumInto("sum")));
+    if is_worker() {
+        let _ = run_as(NAME, job);
+        return;
+    }
+    let e = run_as(NAME, job).expect_err("the workers' graph differs").to_string();
+    assert!(e.contains("bad deployment") && e.contains("another graph"), "{e}");
+    assert!(e.contains("square") && e.contains("double"), "names both: {e}");
+}

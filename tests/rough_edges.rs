@@ -558,3 +558,152 @@ fn a_worker_whose_coordinator_died_before_it_started_says_so_instead_of_running_
     assert!(stderr.contains(&expected), "no {expected:?}: {stdout}{stderr}");
     assert!(!stdout.contains("distinct words"), "the worker ran the job as a coordinator: {stdout}");
 }
+
+#[test]
+fn an_output_that_is_the_input_or_a_link_to_it_is_refused_and_the_input_kept() {
+    let _serial = serial();
+    let tmp = TempDir::new("outisin");
+    let input = tmp.0.join("text.txt");
+    let text = "to be or not to be\n";
+    std::fs::write(&input, text).unwrap();
+    let link = tmp.0.join("link.txt");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let hard = tmp.0.join("hard.txt");
+    std::fs::hard_link(&input, &hard).unwrap();
+    for job in ["wordcount", "window-wordcount"] {
+        for out in [&input, &link, &hard] {
+            let args = ["run", job, "--quiet", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()];
+            let (code, _, err) = cli(&tmp.0, &[], &args);
+            assert_eq!(code, Some(1), "{job} --output {}: {err}", out.display());
+            assert!(err.contains("is the input file"), "{job} --output {}: {err}", out.display());
+            assert_eq!(std::fs::read_to_string(&input).unwrap(), text, "{job} --output {}", out.display());
+        }
+    }
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is left as it was");
+    assert_eq!(leftovers(&tmp.0, &[]), ["hard.txt", "link.txt", "text.txt"], "no temp output, no job dir");
+}
+
+#[test]
+fn clean_removes_the_temp_output_of_a_relative_output_from_any_cwd_and_nothing_else() {
+    let _serial = serial();
+    let tmp = TempDir::new("relout");
+    let (ran_in, cleaned_in) = (tmp.0.join("ran"), tmp.0.join("elsewhere"));
+    std::fs::create_dir(&ran_in).unwrap();
+    std::fs::create_dir(&cleaned_in).unwrap();
+    let mut cmd = shmflow();
+    cmd.current_dir(&ran_in)
+        .args(["run", "wordcount", "--generated-mb", "100000", "--output", "counts"])
+        .env("TMPDIR", &tmp.0);
+    let mut run = Run::spawn(cmd);
+    run.wait_running();
+    let pid = run.pid();
+    run.signal(libc::SIGKILL);
+    let _ = run.finish();
+    let temp_output = format!("counts.tmp-{pid}");
+    assert_eq!(leftovers(&ran_in, &[]), [temp_output.as_str()], "the killed run's temp output");
+    // A file of the same name where clean runs is not the run's.
+    let decoy = cleaned_in.join(&temp_output);
+    std::fs::write(&decoy, "not shmflow's").unwrap();
+    let clean = shmflow().arg("clean").current_dir(&cleaned_in).env("TMPDIR", &tmp.0).output().expect("clean");
+    let text = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));
+    assert!(decoy.exists(), "clean removed a file of its cwd:\n{text}");
+    assert_eq!(leftovers(&ran_in, &[]), Vec::<String>::new(), "clean missed the temp output:\n{text}");
+    assert_eq!(leftovers(&tmp.0, &[]), ["elsewhere", "ran"], "the job dir is gone:\n{text}");
+}
+
+#[test]
+fn a_failed_stdout_write_is_an_error_and_a_closed_pipe_a_quiet_exit() {
+    let _serial = serial();
+    let tmp = TempDir::new("stdoutfull");
+    let job = ["run", "shuffle", "--records", "1000", "--json"];
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let out = shmflow().args(job).env("TMPDIR", &tmp.0).stdout(full).output().expect("run shmflow");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing stdout") && err.contains("No space left"), "{err}");
+    // A reader that closed its end (`| head`): no message, no panic, 128 + SIGPIPE.
+    let mut child = KillOnDrop(
+        shmflow()
+            .args(job)
+            .env("TMPDIR", &tmp.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shmflow"),
+    );
+    drop(child.stdout.take());
+    let stderr = child.stderr.take().expect("piped stderr");
+    let status = exit_of(&mut child, "shmflow | (closed)");
+    let err = std::io::read_to_string(stderr).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGPIPE), "{err}");
+    assert_eq!(err, "", "quiet");
+    assert_eq!(leftovers(&tmp.0, &[]), Vec::<String>::new(), "no job dir left");
+}
+
+#[test]
+fn the_merge_after_the_job_is_announced_and_timed_and_the_top_ten_is_a_full_sorts() {
+    let _serial = serial();
+    let tmp = TempDir::new("mergetop");
+    // 40 words, counts 1..=8 with many ties across the tenth place.
+    let input = tmp.0.join("words.txt");
+    let text: String = (0..40u32).map(|i| format!("w{i} ").repeat((i * 7 % 8 + 1) as usize) + "\n").collect();
+    std::fs::write(&input, text).unwrap();
+    let counts = tmp.0.join("counts");
+    let (code, _, err) = cli(
+        &tmp.0,
+        &[],
+        &["run", "wordcount", "--quiet", "--input", input.to_str().unwrap(), "--output", counts.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let written = std::fs::read_to_string(&counts).unwrap();
+    // The top ten as before: every line sorted by word, then stably by count, highest first.
+    let mut lines: Vec<(u64, &str)> =
+        written.lines().map(|l| (l.rsplit_once('\t').unwrap().1.parse().unwrap(), l)).collect();
+    assert!(lines.windows(2).all(|w| w[0].1 < w[1].1), "the output is sorted by word");
+    lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+    let want: Vec<String> = lines.iter().take(10).map(|l| format!("  {}", l.1)).collect();
+    // Progress on (no --quiet): the merge is announced on stderr and timed in the summary.
+    let (code, out, err) = cli(&tmp.0, &[], &["run", "wordcount", "--input", input.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("merging ") && err.contains(" part files"), "{err}");
+    assert!(out.contains("after the job's") && out.contains("40 lines merged from"), "{out}");
+    let top: Vec<&str> = out.lines().skip_while(|l| !l.contains("the most frequent")).skip(1).collect();
+    assert_eq!(top, want, "{out}");
+}
+
+#[test]
+fn an_input_that_is_the_coordinators_stdin_is_refused_up_front() {
+    let _serial = serial();
+    let tmp = TempDir::new("stdininput");
+    let text = tmp.0.join("text.txt");
+    std::fs::write(&text, "to be or not to be\n").unwrap();
+    for input in ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"] {
+        let out = shmflow()
+            .args(["run", "wordcount", "--quiet", "--input", input])
+            .env("TMPDIR", &tmp.0)
+            .stdin(std::fs::File::open(&text).unwrap())
+            .output()
+            .expect("run shmflow");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{input}: {err}");
+        assert!(err.contains("descriptor of this process") && !err.contains("shmflow worker"), "{input}: {err}");
+    }
+    assert_eq!(leftovers(&tmp.0, &[]), ["text.txt"]);
+}
+
+#[test]
+fn a_latency_run_too_short_to_measure_says_no_samples_instead_of_zeros() {
+    let _serial = serial();
+    let tmp = TempDir::new("nosamples");
+    let job = ["run", "shuffle", "--quiet", "--latency", "--rate", "1000", "--records", "10"];
+    let (code, out, err) = cli(&tmp.0, &[], &job);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("from the send schedule at 1000 records/s: no samples"), "{out}");
+    assert!(!out.contains("over 0 samples"), "{out}");
+    let (code, out, err) = cli(&tmp.0, &[], &[&job[..], &["--json"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["latency_from_schedule_us"], serde_json::json!({ "samples": 0 }), "{out}");
+}

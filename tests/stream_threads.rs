@@ -14,12 +14,26 @@ fn small_arena() -> Arc<Arena> {
 
 #[test]
 fn records_arrive_in_order_and_segments_return() {
+    records_in_order(WaitPolicy::adaptive(), 200_000, 0);
+}
+
+/// The reader spins (`StreamReader::next`'s hot spin on the slot, then the full wait) while
+/// the writer pauses now and then, often at a segment's end: every record still arrives,
+/// in order, and the end of the stream too.
+#[test]
+fn records_arrive_in_order_when_the_reader_spins() {
+    records_in_order(WaitPolicy::spin(), 50_000, 997);
+}
+
+/// `n` records of 8-57 bytes through a stream whose reader waits with `policy`; the writer
+/// flushes every 1000 records and, with `pause_every` > 0, sleeps 50 µs after every
+/// `pause_every`-th record.
+fn records_in_order(policy: WaitPolicy, n: u64, pause_every: u64) {
     let arena = small_arena();
     let total_before = arena.header_atomics().free_stack.len();
     let a2 = arena.clone();
-    let n = 200_000u64;
     let consumer = std::thread::spawn(move || {
-        let mut r = StreamReader::new(a2, 0, 4, WaitPolicy::adaptive()).unwrap();
+        let mut r = StreamReader::new(a2, 0, 4, policy).unwrap();
         let mut expect = 0u64;
         let mut sum = 0u64;
         while let Some(v) = r
@@ -55,6 +69,10 @@ fn records_arrive_in_order_and_segments_return() {
         }
         if i % 1000 == 0 {
             w.flush().unwrap();
+        }
+        if pause_every > 0 && i % pause_every == 0 {
+            w.flush().unwrap();
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
     let too_big = w.write_with(4096 - 3, |_| unreachable!("a record that cannot fit is never filled"));

@@ -45,6 +45,12 @@
 //! their 32 KiB framing, so their figures would repeat the default case's and they skip it;
 //! issue 6's 1 MiB goal is the default case's (`shape` 1x1), the tuned one is extra.
 //!
+//! shmflow's writers emit record by record (`RecordWriter::emit`), except the 8 B case,
+//! whose writers hand their records over 4096 at a time (`RecordWriter::emit_batch`: the
+//! same bytes on the same channels, written in runs per segment; the stop flag is looked
+//! at between batches), as a producer with records at hand would (the stream peers' writers
+//! frame their records in their own loop alike).
+//!
 //! shmflow runs with Flink's credits: 2 exclusive per channel, and 8 floating per writer
 //! (Flink's receiver here is a union of W gates with 8 each; this one gate over all W x C
 //! channels gets 8 W), producer pools of 2C + 8 segments, 10 per channel at most. The arena

@@ -267,20 +267,26 @@ where
 {
     match case.size {
         LONG => {
+            // The batch path (`RecordWriter::emit_batch`): the stop flag is looked at
+            // between batches of BATCH records, the records are written as `emit` writes
+            // them one by one (same bytes, same channels, same flushes).
+            const BATCH: u64 = 4096;
             let writer = signals.creating(|| env.create_record_writer::<u64, S>(cfg, selector, timeout))?;
-            emit_until_stopped(writer, signals, |wr, i| wr.emit(&stamp_of(w, i)))
+            emit_until_stopped(writer, signals, BATCH, |wr, i| {
+                wr.emit_batch::<u64, _>((i..i + BATCH).map(|i| stamp_of(w, i))).map(|_| ())
+            })
         }
         PAIR => {
             let tail = pair_tail();
             let writer = signals.creating(|| env.create_record_writer::<(u64, u32), S>(cfg, selector, timeout))?;
-            emit_until_stopped(writer, signals, |wr, i| wr.emit(&(stamp_of(w, i), tail)))
+            emit_until_stopped(writer, signals, 1, |wr, i| wr.emit(&(stamp_of(w, i), tail)))
         }
         size if size > SEGMENT && std::env::var_os("SHMFLOW_TPUT_VERBOSE").is_some() => {
             // Records above a segment, timed one by one (see `RecordTimes`).
             let mut rec = base_record(size);
             let mut times = RecordTimes::default();
             let writer = signals.creating(|| env.create_record_writer::<[u8], S>(cfg, selector, timeout))?;
-            let n = emit_until_stopped(writer, signals, |wr, i| {
+            let n = emit_until_stopped(writer, signals, 1, |wr, i| {
                 stamp(&mut rec, stamp_of(w, i));
                 times.time(|| wr.emit(&rec[..]))
             })?;
@@ -290,7 +296,7 @@ where
         size => {
             let mut rec = base_record(size);
             let writer = signals.creating(|| env.create_record_writer::<[u8], S>(cfg, selector, timeout))?;
-            emit_until_stopped(writer, signals, |wr, i| {
+            emit_until_stopped(writer, signals, 1, |wr, i| {
                 stamp(&mut rec, stamp_of(w, i));
                 wr.emit(&rec[..])
             })
@@ -299,12 +305,15 @@ where
 }
 
 /// Says ready, waits for go, emits record 0, 1, ... until stopped, then ends the partition
-/// and waits until the consumer read everything.
+/// and waits until the consumer read everything. `emit(writer, i)` writes `per_call`
+/// records, `i..i + per_call` (a divisor of 4096).
 pub(crate) fn emit_until_stopped<S>(
     mut writer: RecordWriter<S>,
     signals: &Signals,
+    per_call: u64,
     mut emit: impl FnMut(&mut RecordWriter<S>, u64) -> shmflow::Result<()>,
 ) -> Res<u64> {
+    debug_assert!(4096 % per_call == 0);
     signals.ready(Ok(()));
     if !wait_start(&signals.start) {
         return Err("no go".into());
@@ -319,7 +328,7 @@ pub(crate) fn emit_until_stopped<S>(
     // Relaxed: a stop request; a few more records after it are fine.
     while !signals.stop.load(Ordering::Relaxed) {
         emit(&mut writer, i)?;
-        i += 1;
+        i += per_call;
         if i % CHUNK == 0 && verbose {
             let t1 = Instant::now();
             chunks.push(t1 - t0, CHUNK);

@@ -41,6 +41,17 @@
 //! Release store in `BufferBuilder::put_prefix` made Relaxed (loom: causality violation on
 //! the payload's witness cells); removing the store of `UNWRITTEN` behind a record in
 //! `put_framed` (the stale empty record is read after A: wrong records).
+//!
+//! The second model, `run_read_no_torn_or_stale_record`, is the producer's batch path
+//! (`ResultPartition::emit_batch`): A and B written as one run (`BufferBuilder::start_run`,
+//! `FramedRun::try_push`, the run's drop), B's prefix stored Relaxed before A's, which is
+//! stored last with Release; stale words (an empty record's prefix) at offsets 8 (B's) and
+//! 16 (behind the run). The run is then committed and marked (a flush), so a parked reader
+//! is woken. The reader must read A then B, and then nothing (the word behind the run
+//! cleared). Weakenings it catches (each checked by editing the crate, bound 3): the run's
+//! first prefix stored Relaxed (`FramedRun::drop` through `put_prefix`: causality
+//! violation on B's witness cells); the clear behind the run removed (the stale empty
+//! record at 16 read after B).
 #![cfg(loom)]
 
 mod common;
@@ -149,4 +160,83 @@ fn data_read_no_lost_torn_or_stale_record() {
     });
     // Relaxed: the search is over.
     assert!(FOUND_IN_DATA.load(std::sync::atomic::Ordering::Relaxed) > 0, "no record was found by its prefix word");
+}
+
+/// A heap arena of 32-byte segments: a run of two 4-byte records (8 bytes framed each) and
+/// the word behind it.
+fn run_arena() -> Arc<Arena> {
+    let cfg = ArenaConfig { segment_size: 32, ..common::tiny_config() };
+    Arc::new(Arena::heap(&cfg).expect("a valid loom config"))
+}
+
+#[test]
+fn run_read_no_torn_or_stale_record() {
+    common::check("gate_data_read::run_read_no_torn_or_stale_record", Some(3), || {
+        let arena = run_arena();
+        let (reader, mut writer, pool, segment) = common::gate_channel(&arena, MEMBER);
+        let index = segment.index();
+        // What an earlier use of the segment left: empty records' prefixes at B's offset
+        // and behind the run. Relaxed: set-up, ordered by the spawns.
+        arena.segment_word(index, 8).store(0, Ordering::Relaxed);
+        arena.segment_word(index, 16).store(0, Ordering::Relaxed);
+        let mut builder = BufferBuilder::new(segment, 1);
+        writer.publish(Descriptor::Buffer(index)).expect("credit and room");
+
+        let producer = thread::spawn(move || {
+            {
+                let mut run = builder.start_run(&A[..], A.len()).expect("A fits with room to spare");
+                assert!(run.try_push(&B[..], B.len()), "B fits with room to spare");
+                assert_eq!(run.finish(), (2, 16));
+            }
+            // A flush: commit and mark, so a parked reader wakes.
+            assert!(builder.commit());
+            writer.notify_consumer().expect("the gate's member is valid");
+            (builder, writer, pool)
+        });
+
+        let consumer = {
+            let arena = Arc::clone(&arena);
+            thread::spawn(move || {
+                let set = NotifySet::new(&arena, 0).expect("gate block 0 exists");
+                let mut rr = RecordReader::new(reader);
+                rr.set_data_reads(true);
+                let mut waiter = Waiter::new(WaitPolicy::park());
+                let mut got: Vec<Vec<u8>> = Vec::new();
+                while got.len() < 2 {
+                    match rr.poll().expect("a legal peer") {
+                        Step::Record => {
+                            got.push(rr.record().to_vec());
+                            continue;
+                        }
+                        Step::Event(d) => panic!("unexpected {d:?}"),
+                        Step::Empty => {}
+                    }
+                    if set.drain(MEMBERS, |_| {}) > 0 {
+                        continue;
+                    }
+                    let woke = waiter.wait(set.wake(), None, || {
+                        let data = match rr.data_input() {
+                            Some(written) => written,
+                            None => rr.has_input().expect("a legal peer"),
+                        };
+                        if data {
+                            return Some(true);
+                        }
+                        set.any(MEMBERS).then_some(false)
+                    });
+                    if let WaitOutcome::TimedOut = woke {
+                        panic!("no deadline was set");
+                    }
+                }
+                assert_eq!(got, vec![A.to_vec(), B.to_vec()]);
+                // Nothing behind the run (the stale word at 16 was cleared before A's
+                // prefix published the run).
+                assert_eq!(rr.poll().expect("a legal peer"), Step::Empty, "a stale word read as a record");
+            })
+        };
+
+        let kept = producer.join().unwrap();
+        consumer.join().unwrap();
+        drop(kept);
+    });
 }

@@ -388,18 +388,9 @@ impl BufferBuilder {
     fn put_framed<const ROOM: bool>(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
         let pos = self.pos;
         let total = frame::framed_len(len) as u32;
-        #[cfg(not(loom))]
-        // SAFETY: [pos + 4, pos + total) is inside the segment (the caller checked that the
-        // record fits) and above every published position and prefix, so no reader looks at
-        // it; we are the only writer; `base` points into the mapping that `self.arena` keeps
-        // alive. The prefix word is not part of the slice.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(self.base.add((pos + SLOT_BYTES) as usize), total as usize - LEN_PREFIX)
-        };
-        #[cfg(loom)]
-        // SAFETY: as above, through the arena so loom's witness cells see the write.
-        let dst = unsafe { self.arena.segment_bytes_mut(self.index, pos + SLOT_BYTES, total - SLOT_BYTES) };
-        fill(dst);
+        // SAFETY: the caller checked that the record fits: [pos, pos + total) is inside the
+        // segment and at or above the position, above every published position and prefix.
+        fill(unsafe { self.payload_at(self.base, pos, len) });
         if ROOM {
             debug_assert!(pos + total < self.size);
             // The word behind ends inside the segment: `at` < size <= segment_size, both
@@ -410,6 +401,30 @@ impl BufferBuilder {
         }
         self.put_prefix(pos, len);
         self.pos = pos + total;
+    }
+
+    /// The payload bytes `[pos + 4, pos + 4 + len)` of a record framed at `pos` (its prefix
+    /// word is not part of the slice); `base` is the builder's own `base` (passed in so a
+    /// run keeps it in a register).
+    ///
+    /// # Safety
+    /// `[pos, pos + 4 + len)` is inside the segment and at or above the builder's position
+    /// (no reader looks there: above every published position and prefix), and no other
+    /// slice of those bytes is alive.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn payload_at(&self, base: *mut u8, pos: u32, len: usize) -> &mut [u8] {
+        debug_assert!(u64::from(pos) + frame::framed_len(len) as u64 <= u64::from(self.segment_size));
+        #[cfg(not(loom))]
+        // SAFETY: inside the segment and unseen by readers (the caller's contract); we are
+        // the only writer; `base` points into the mapping that `self.arena` keeps alive.
+        return unsafe { std::slice::from_raw_parts_mut(base.add((pos + SLOT_BYTES) as usize), len) };
+        #[cfg(loom)]
+        // SAFETY: as above, through the arena so loom's witness cells see the write.
+        return {
+            let _ = base;
+            unsafe { self.arena.segment_bytes_mut(self.index, pos + SLOT_BYTES, len as u32) }
+        };
     }
 
     /// [`clear_word`](Self::clear_word) for an offset known to lie below the segment's
@@ -482,6 +497,59 @@ impl BufferBuilder {
         unsafe { self.word(pos) }.store((len as u32).to_le(), Ordering::Release);
     }
 
+    /// The prefix of a record inside a run ([`FramedRun`]), not its first: published by
+    /// the Release store of the run's first prefix, which comes after it, so Relaxed.
+    #[inline(always)]
+    fn put_run_prefix(&mut self, pos: u32, len: usize) {
+        debug_assert!(len <= u32::MAX as usize);
+        if pos % SLOT_BYTES != 0 {
+            // SAFETY: [pos, pos + 4) is inside the segment (the run's record fits) and
+            // above every published position; no reader polls an unaligned word.
+            frame::put_len(unsafe { self.arena.segment_bytes_mut(self.index, pos, SLOT_BYTES) }, len);
+            return;
+        }
+        #[cfg(loom)]
+        // SAFETY: as above; the bytes under loom, as in `put_prefix`.
+        frame::put_len(unsafe { self.arena.segment_bytes_mut(self.index, pos, SLOT_BYTES) }, len);
+        // Relaxed: no reader looks at this word before it acquired the run's first prefix
+        // (it reaches a word only through the record in front of it), whose Release store
+        // in `FramedRun::drop` comes after this one.
+        // SAFETY: 4-aligned (checked above) and the prefix lies in the segment.
+        unsafe { self.word(pos) }.store((len as u32).to_le(), Ordering::Relaxed);
+    }
+
+    /// Starts a run of length-prefixed records ([`FramedRun`]) with `record` (`len`
+    /// payload bytes) when it fits with room to spare, as
+    /// [`try_write_framed`](Self::try_write_framed); `None`, writing nothing, otherwise.
+    /// The run's records are published together when it ends (see [`FramedRun`]).
+    // inline(always): the batch path of `ResultPartition::emit_batch`.
+    #[inline(always)]
+    pub fn start_run<R: crate::record::Record + ?Sized>(&mut self, record: &R, len: usize) -> Option<FramedRun<'_>> {
+        // (`len` is a record's: a length that does not fit the segment fails below.)
+        let total = frame::framed_len(len);
+        // A finished builder has no room (`finish` set the limit to the position).
+        if total >= self.remaining() as usize {
+            return None;
+        }
+        let pos = self.pos;
+        // SAFETY: [pos, pos + total) fits below the limit (checked), at the position.
+        record.serialize_into(unsafe { self.payload_at(self.base, pos, len) });
+        let end = pos + total as u32;
+        if self.ahead_per_line && (pos ^ end) >= 64 {
+            self.prefetch_from(end);
+        }
+        Some(FramedRun {
+            base: self.base,
+            pos: end,
+            size: self.size,
+            first: pos,
+            first_len: len as u32,
+            records: 1,
+            ahead_per_line: self.ahead_per_line,
+            builder: self,
+        })
+    }
+
     /// Writes the head of a record that spans segments: its length prefix (`len` payload
     /// bytes in all) and as much of `payload` (the record's first bytes) as fits; returns
     /// the payload bytes written. The builder must have at least [`LEN_PREFIX`] bytes
@@ -515,11 +583,22 @@ impl BufferBuilder {
     /// [`prefetch_write_line`](crate::sync::prefetch_write_line)).
     #[inline]
     fn prefetch_ahead(&self) {
-        #[cfg(not(loom))]
         if self.ahead_per_line {
-            let at = (self.pos as usize + WRITE_AHEAD).min((self.size as usize).saturating_sub(1));
+            self.prefetch_from(self.pos);
+        }
+    }
+
+    /// Prefetches for writing the line [`WRITE_AHEAD`] bytes past `pos` (at most the
+    /// segment's last line).
+    #[inline(always)]
+    fn prefetch_from(&self, pos: u32) {
+        #[cfg(not(loom))]
+        {
+            let at = (pos as usize + WRITE_AHEAD).min((self.size as usize).saturating_sub(1));
             crate::sync::prefetch_write_line(self.base.wrapping_add(at));
         }
+        #[cfg(loom)]
+        let _ = pos;
     }
 
     /// Prefetches for writing the line after the one holding the write position, for a
@@ -636,6 +715,97 @@ impl Drop for BufferBuilder {
     fn drop(&mut self) {
         // A builder abandoned mid-way still ends its segment, so no reader waits forever.
         self.finish();
+    }
+}
+
+/// A run of length-prefixed records written into one builder's segment and published
+/// together ([`BufferBuilder::start_run`], then [`try_push`](Self::try_push) per record):
+/// the batch path of [`ResultPartition::emit_batch`](crate::partition::ResultPartition::emit_batch).
+/// The write position, the limit and the count stay in the run (in registers, once
+/// inlined) and go back to the builder when the run ends (drop or
+/// [`finish`](Self::finish)).
+///
+/// ```text
+///  start_run(r0): payload r0 -> [p0+4, ..)           (r0's prefix word stays UNWRITTEN)
+///  try_push(rk):  payload rk, then prefix rk at pk   (Relaxed: nobody reads it yet)
+///  end:           word behind the last record = UNWRITTEN   (Relaxed)
+///                 prefix r0 at p0 (Release) ------------>  reader: word(p0).load(Acquire)
+///                                                          sees r0, and through it r1..rn
+/// ```
+///
+/// A reader polling the data reaches a record's prefix word only through the record in
+/// front of it, so every prefix of the run but the first is published by the first one's
+/// Release store, which comes last, as a single record's is by its own (module doc,
+/// "published in the data"). The bytes are those [`BufferBuilder::try_write_framed`]
+/// writes record by record. Loom model: `loom-tests/tests/gate_data_read.rs`
+/// (`run_read_no_torn_or_stale_record`).
+pub struct FramedRun<'a> {
+    builder: &'a mut BufferBuilder,
+    /// The builder's base pointer, kept here for the per-record path.
+    base: *mut u8,
+    /// The write position: behind the run's last record, below `size`.
+    pos: u32,
+    /// The builder's limit.
+    size: u32,
+    /// The run's first record: where its prefix goes, and its payload length.
+    first: u32,
+    first_len: u32,
+    /// Records in the run (at least 1).
+    records: u32,
+    ahead_per_line: bool,
+}
+
+impl std::fmt::Debug for FramedRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FramedRun({} records from {} to {})", self.records, self.first, self.pos)
+    }
+}
+
+impl FramedRun<'_> {
+    /// Writes `record` (`len` payload bytes) behind the run's records when it fits with
+    /// room to spare (the segment is not full afterwards); returns false, writing nothing,
+    /// otherwise. Not visible to any reader before the run ends.
+    #[inline(always)]
+    pub fn try_push<R: crate::record::Record + ?Sized>(&mut self, record: &R, len: usize) -> bool {
+        let total = frame::framed_len(len);
+        if total >= (self.size - self.pos) as usize {
+            return false;
+        }
+        let pos = self.pos;
+        // SAFETY: [pos, pos + total) fits below the limit (checked); `pos` is the run's
+        // write position, at or above the builder's (never published while the run lives).
+        record.serialize_into(unsafe { self.builder.payload_at(self.base, pos, len) });
+        self.builder.put_run_prefix(pos, len);
+        let end = pos + total as u32;
+        self.pos = end;
+        self.records += 1;
+        if self.ahead_per_line && (pos ^ end) >= 64 {
+            self.builder.prefetch_from(end);
+        }
+        true
+    }
+
+    /// Records in the run so far.
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+
+    /// Ends the run (publishes its records, as dropping it does); returns how many it
+    /// holds and the builder's position behind them.
+    #[inline(always)]
+    pub fn finish(self) -> (u32, u32) {
+        (self.records, self.pos)
+    }
+}
+
+impl Drop for FramedRun<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let b = &mut *self.builder;
+        // Every record left room to spare: the word behind the last lies below the limit.
+        b.clear_word_inside(self.pos);
+        b.put_prefix(self.first, self.first_len as usize);
+        b.pos = self.pos;
     }
 }
 

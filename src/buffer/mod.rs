@@ -15,6 +15,6 @@ mod local_pool;
 mod network_pool;
 
 pub(crate) use builder::extend_bytes;
-pub use builder::{Buffer, BufferBuilder, BufferConsumer, Lease, ReleaseSink, SpareLease};
+pub use builder::{Buffer, BufferBuilder, BufferConsumer, FramedRun, Lease, ReleaseSink, SpareLease};
 pub use local_pool::{LocalBufferPool, LocalPoolConfig, RecycleSource};
 pub use network_pool::NetworkBufferPool;

@@ -38,4 +38,4 @@ pub use selector::{
     RescalePartitioner, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
 pub use types::{ResultPartitionId, ResultPartitionType};
-pub use writer::{AnyPartition, BufferTimeout, OutputFlusher, PartitionWriter, RecordWriter};
+pub use writer::{AnyPartition, BufferTimeout, OutputFlusher, PartitionWriter, RecordWriter, EMIT_BATCH_RUN};

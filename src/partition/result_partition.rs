@@ -725,6 +725,88 @@ impl ResultPartition {
         self.emit_slow(record, c)
     }
 
+    /// Writes the records `records` yields, at most `max`, each to the subpartition
+    /// `select` picks for it, as [`emit`](Self::emit) would one by one; returns how many
+    /// (fewer than `max` only when `records` ended). The batch path: consecutive records
+    /// of one subpartition that fit its open segment go in one run
+    /// ([`crate::buffer::FramedRun`]) whose write position and count stay in registers and
+    /// whose records are published in the data together, by one Release store, with one
+    /// staged position and one count for the run; the rest takes `emit`'s slow path.
+    ///
+    /// A run's records become visible to a reader polling the data (and to a flush) when
+    /// the run ends: at the end of the segment, of the batch, or at the first record of
+    /// another subpartition. `records` runs between the run's writes: an iterator that
+    /// waits in `next` (for the outside world) holds back the records of the run so far.
+    ///
+    /// # Errors
+    /// As [`emit`](Self::emit); the records before the failing one were written.
+    // inline(always): the batch's loop belongs in the caller's, with its iterator.
+    #[inline(always)]
+    pub fn emit_batch<R, T, I, F>(&mut self, records: &mut I, max: usize, mut select: F) -> Result<usize>
+    where
+        R: Record + ?Sized,
+        T: std::borrow::Borrow<R>,
+        I: Iterator<Item = T>,
+        F: FnMut(&R) -> u32,
+    {
+        let mut n = 0usize;
+        // A record pulled for a run that did not take it: the next one written.
+        let mut held: Option<(T, u32)> = None;
+        while n < max {
+            let (t, c) = match held.take() {
+                Some(x) => x,
+                None => match records.next() {
+                    Some(t) => {
+                        let c = select(t.borrow());
+                        (t, c)
+                    }
+                    None => break,
+                },
+            };
+            n += 1;
+            if let Some(sub) = self.subs.get_mut(c as usize) {
+                if let Some(b) = sub.builder.as_mut() {
+                    // As in `emit`: no channel has a builder while the broadcast one is open.
+                    debug_assert!(self.broadcast.is_none());
+                    let r = t.borrow();
+                    let len = r.serialized_len();
+                    let run = if len <= DEFAULT_MAX_RECORD { b.start_run(r, len) } else { None };
+                    if let Some(mut run) = run {
+                        // Bounded by `max`.
+                        while n < max {
+                            let Some(t) = records.next() else { break };
+                            let r = t.borrow();
+                            let next = select(r);
+                            let len = r.serialized_len();
+                            if next != c || len > DEFAULT_MAX_RECORD || !run.try_push(r, len) {
+                                held = Some((t, next));
+                                break;
+                            }
+                            n += 1;
+                        }
+                        // Publishes the run (see `FramedRun`), then stages and counts it
+                        // as `emit` does one record.
+                        let (k, pos) = run.finish();
+                        sub.pending += k;
+                        if let Some(h) = &self.handoff {
+                            // SAFETY: c < subs.len() (`get_mut` above), and the handoff
+                            // has a slot per subpartition plus one (`flush_handoff`).
+                            unsafe { h.stage_unchecked(c as usize, sub.epoch, pos) };
+                        }
+                        if !sub.dirty {
+                            sub.dirty = true;
+                            self.dirty.push(c);
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.emit_slow(t.borrow(), c)?;
+        }
+        debug_assert!(held.is_none(), "a held record is written before the batch ends");
+        Ok(n)
+    }
+
     fn emit_slow<R: Record + ?Sized>(&mut self, record: &R, c: u32) -> Result<()> {
         let c = c as usize;
         if c >= self.subs.len() {

@@ -56,8 +56,10 @@ fn malformed(what: &str) -> Error {
 /// `memcpy` (whose length is not known here): 4 to 32 bytes as two overlapping loads and
 /// stores of a word each (the word's size a power of two at most the length), the rest
 /// through `copy_from_slice`. Panics, as `copy_from_slice`, when the lengths differ.
+/// Public for the serializers of record types outside this crate (the command line's
+/// WordCount record).
 #[inline(always)]
-pub(crate) fn copy_payload(out: &mut [u8], src: &[u8]) {
+pub fn copy_payload(out: &mut [u8], src: &[u8]) {
     let n = src.len();
     if out.len() != n {
         // The caller broke `serialize_into`'s contract: `copy_from_slice` says how.

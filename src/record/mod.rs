@@ -24,7 +24,7 @@ pub mod frame;
 mod reader;
 mod writer;
 
-pub use codec::{java_string_hash, Field, FromField, FromRecord, Record};
+pub use codec::{copy_payload, java_string_hash, Field, FromField, FromRecord, Record};
 pub use reader::{ChunkCursor, ChunkIter, RecordChunks, RecordPiece, RecordReader, Step, WholeRecords};
 pub use writer::{write_record, write_spanning_head, WriteOutcome};
 

@@ -403,9 +403,10 @@ impl RecordReader {
             return Ok(0);
         };
         let (bytes, _) = c.peek_final()?;
-        let mut records = WholeRecords { bytes, off: 0, n: 0, max, max_record, too_long: None };
+        let mut records = WholeRecords { bytes, rest: bytes, n: 0, max, max_record, too_long: None };
         let result = f(&mut records);
-        let WholeRecords { off, n, too_long, .. } = records;
+        let off = records.taken();
+        let WholeRecords { n, too_long, .. } = records;
         c.consume(off as u32);
         self.records += n as u64;
         // Each record handed out took its prefix and its payload.
@@ -788,8 +789,9 @@ const READ_AHEAD: usize = 1024;
 pub struct WholeRecords<'a> {
     /// The segment's published bytes from the read position.
     bytes: &'a [u8],
-    /// Bytes of the records handed out.
-    off: usize,
+    /// The part of `bytes` behind the records handed out (its tail: the bytes of the
+    /// records handed out are `bytes.len() - rest.len()`).
+    rest: &'a [u8],
     /// Records handed out.
     n: usize,
     max: usize,
@@ -835,28 +837,34 @@ impl<'a> WholeRecords<'a> {
         if self.n >= self.max {
             return None;
         }
-        let rest = self.bytes.get(self.off..)?;
-        let len = frame::peek_len(rest)?;
+        let len = frame::peek_len(self.rest)?;
         if len > self.max_record {
             self.too_long = Some(len);
             self.max = 0;
             return None;
         }
         // `len` is at most `max_record`: no overflow.
-        rest.get(LEN_PREFIX..LEN_PREFIX + len)
+        self.rest.get(LEN_PREFIX..LEN_PREFIX + len)
+    }
+
+    /// Bytes of the records handed out.
+    fn taken(&self) -> usize {
+        self.bytes.len() - self.rest.len()
     }
 
     /// Takes `rec`, the record [`front`](Self::front) just returned: it counts as read.
     #[inline(always)]
     fn advance(&mut self, rec: &'a [u8]) -> &'a [u8] {
-        let before = self.off;
-        self.off += LEN_PREFIX + rec.len();
+        let before = self.rest.as_ptr() as usize;
+        // The slice `front` took `rec` from: `rest` holds its prefix and `rec`.
+        self.rest = self.rest.get(LEN_PREFIX + rec.len()..).unwrap_or_default();
         self.n += 1;
-        // Once per line the records reach: the line READ_AHEAD bytes on (at most the
-        // batch's last byte: the lines past it are the writer's), which the writer's core
-        // holds; asked for early, it crosses while the records before it are read.
-        if (before ^ self.off) >= 64 {
-            let at = (self.off + READ_AHEAD).min(self.bytes.len() - 1);
+        // Once per line the records reach (by address: the batch starts anywhere in a
+        // line): the line READ_AHEAD bytes on (at most the batch's
+        // last byte: the lines past it are the writer's), which the writer's core holds;
+        // asked for early, it crosses while the records before it are read.
+        if (before ^ self.rest.as_ptr() as usize) >= 64 {
+            let at = (self.taken() + READ_AHEAD).min(self.bytes.len() - 1);
             crate::sync::prefetch_line(self.bytes.as_ptr().wrapping_add(at));
         }
         rec

@@ -13,6 +13,10 @@ use crate::sync::WaitPolicy;
 use std::time::Duration;
 
 /// How to run a job.
+///
+/// The coordinator starts [`RuntimeConfig::workers`] copies of this binary (with
+/// [`RuntimeConfig::worker_args`]); their stdin and stdout are `/dev/null`, their stderr
+/// this process's. See [`run`](super::run) for what re-running `main` asks of a program.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Worker processes; subtasks are dealt to them round-robin. Default 2.
@@ -39,7 +43,12 @@ pub struct RuntimeConfig {
     /// `None` (no bar: plain lines).
     pub progress_total: Option<ProgressTotal>,
     /// Arguments the workers are started with. Default `None`: this process's own, so a
-    /// job binary's workers build the same job.
+    /// job binary's workers build the same job. Each worker re-runs this binary's `main`
+    /// with them and runs the first [`run`](super::run) it reaches: a process that runs
+    /// more than one job, or a `#[test]` (its binary runs every test by default), sets them
+    /// so that the workers reach this job's `run`, e.g. `["--exact", "<test name>",
+    /// "--test-threads=1"]` for a test. Workers run with stdin and stdout on `/dev/null`
+    /// and stderr inherited.
     pub worker_args: Option<Vec<std::ffi::OsString>>,
     /// Buffer debloating on every gate. Default `None` (off).
     pub debloat: Option<crate::gate::DebloatConfig>,

@@ -134,6 +134,7 @@ impl Drop for Workers {
         for w in &mut self.0 {
             w.cancel();
         }
+        // A grace for the workers to exit on their own (one killed already exits at once).
         let deadline = Instant::now() + Duration::from_secs(3);
         for w in &mut self.0 {
             if let Some(c) = w.child.as_mut() {
@@ -550,9 +551,15 @@ impl<'a> JobRun<'a> {
             }
         }
         self.last_turn = now;
-        for w in self.workers.0.iter().filter(|w| !w.closed) {
+        for w in self.workers.0.iter_mut().filter(|w| !w.closed) {
             let (at, any) = *w.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if now.saturating_duration_since(at) > timeout {
+                // Declared dead: killed now, so that stopping the workers (which gives the
+                // others a grace to exit) does not wait for one that will not answer, and
+                // the error comes at the timeout.
+                if let Some(c) = w.child.as_mut() {
+                    let _ = c.kill();
+                }
                 return Err(JobFailure::Silent { worker: w.id(), timeout, first: !any });
             }
         }

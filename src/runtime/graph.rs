@@ -74,7 +74,14 @@ impl ExecutionGraph {
                         Some(InputSpecs { edge: first, channels, partition_type: e.partition_type.code() })
                     }
                 };
-                subtasks.push(SubtaskSpec { vertex: v, subtask: i, parallelism: vx.parallelism, output, input });
+                subtasks.push(SubtaskSpec {
+                    vertex: v,
+                    name: vx.name.clone(),
+                    subtask: i,
+                    parallelism: vx.parallelism,
+                    output,
+                    input,
+                });
             }
         }
         Ok(Self { subtasks })

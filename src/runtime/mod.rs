@@ -46,6 +46,23 @@ pub use worker::{check_coordinator, is_worker, run_worker};
 /// prints the error prints it once); it returns an error only for what the coordinator
 /// cannot report itself, such as its own death.
 ///
+/// # Workers re-run `main`
+///
+/// - Each worker runs this binary's whole `main` again, with the same arguments (or
+///   [`RuntimeConfig::worker_args`]), up to its `run`: everything before it runs once per
+///   worker too, and the graph it builds must be the coordinator's (same vertices, names,
+///   parallelism and kinds; a worker whose graph differs refuses the deployment and the
+///   job fails naming the vertex). So build the graph from the arguments and constants,
+///   not from the time, a random number or input read from stdin.
+/// - A worker's stdin and stdout are `/dev/null`: a sink's `println!` prints nothing.
+///   Return results through [`accumulators`] (they arrive in [`JobSummary::accumulators`])
+///   or files; stderr is inherited (`eprintln!` works for diagnostics).
+/// - Only one `run` per process: a worker runs the first `run` it reaches. A program that
+///   runs several jobs, or a `#[test]` (whose binary runs every test unless told which),
+///   must start its workers with arguments that reach this `run` only:
+///   [`RuntimeConfig::worker_args`] (a test passes `["--exact", "<its name>",
+///   "--test-threads=1"]`, as `tests/job_api.rs` does).
+///
 /// # Errors
 /// The job's first failure (the cause, not what it caused downstream).
 pub fn run(job: JobGraph, config: &RuntimeConfig) -> crate::Result<Option<JobSummary>> {

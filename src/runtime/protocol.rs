@@ -43,6 +43,9 @@ pub struct InputSpecs {
 pub struct SubtaskSpec {
     /// Job vertex index.
     pub vertex: usize,
+    /// The vertex's name in the coordinator's graph: a worker whose graph names that vertex
+    /// otherwise built another job and refuses the deployment.
+    pub name: String,
     /// Subtask index.
     pub subtask: u32,
     /// Parallelism of the vertex.

@@ -17,11 +17,35 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Why the coordinator's `spec` cannot be run by this job, if it cannot.
+/// Why the coordinator's `spec` cannot be run by this job, if it cannot: a vertex this
+/// graph does not have, or has under another name, parallelism or kind (a source, a vertex
+/// with an input, one with an output), as when `main` builds its graph from something that
+/// differs between the coordinator and its workers (see [`super::run`]).
 fn check_spec(job: &JobGraph, spec: &SubtaskSpec) -> Option<String> {
     let Some(v) = job.vertices.get(spec.vertex) else {
         return Some(format!("vertex {} is out of range: the job has {} vertices", spec.vertex, job.vertices.len()));
     };
+    let differs = "the worker built another graph than the coordinator (run re-runs this binary's main \
+                   with the same arguments: the graph must not depend on anything else)";
+    if spec.name != v.name {
+        return Some(format!(
+            "vertex {} is {:?} in the coordinator's graph but {:?} here: {differs}",
+            spec.vertex, spec.name, v.name
+        ));
+    }
+    let kind = |has_input: bool, has_output: bool| match (has_input, has_output) {
+        (false, _) => "a source",
+        (true, true) => "a vertex with an input and an output",
+        (true, false) => "a sink vertex",
+    };
+    let has_output = job.vertices.iter().any(|c| c.inputs.iter().any(|&(u, _)| u == spec.vertex));
+    let (theirs, ours) = (kind(spec.input.is_some(), spec.output.is_some()), kind(!v.inputs.is_empty(), has_output));
+    if theirs != ours {
+        return Some(format!(
+            "vertex {} ({}) is {theirs} in the coordinator's graph but {ours} here: {differs}",
+            spec.vertex, v.name
+        ));
+    }
     if spec.parallelism == 0 || spec.parallelism != v.parallelism {
         return Some(format!(
             "vertex {} ({}) was deployed with parallelism {}, but its parallelism is {}",

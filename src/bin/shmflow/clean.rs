@@ -48,11 +48,16 @@ pub(crate) fn job_dirs(tmp: &std::path::Path) -> Vec<(PathBuf, u32)> {
 }
 
 /// The temp output `<output>.tmp-<pid>` a job directory of coordinator `pid` names, if it
-/// is still there: a regular file of this user whose name carries that same pid.
+/// is still there: a regular file of this user whose name carries that same pid. The note
+/// holds an absolute path; a relative one (of an older shmflow, relative to that run's cwd,
+/// not ours) is ignored rather than resolved against the cwd of `shmflow clean`.
 pub(crate) fn noted_temp_output(dir: &std::path::Path, pid: u32) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let note = std::fs::read(dir.join(JobDir::OUTPUT_NOTE)).ok()?;
     let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&note));
+    if !tmp.is_absolute() {
+        return None;
+    }
     let file = tmp.file_name()?.to_str()?;
     let (name, _) = file.rsplit_once(".tmp-")?;
     (temp_pid(file, name) == Some(pid) && own_regular_file(&tmp)).then_some(tmp)

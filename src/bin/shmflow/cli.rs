@@ -67,7 +67,7 @@ pub(crate) struct JobOpts {
     /// stopped or hung worker (default 30000, or SHMFLOW_HEARTBEAT_TIMEOUT_MS).
     #[arg(long, value_name = "MS")]
     pub(crate) heartbeat_timeout_ms: Option<u64>,
-    /// Print the summary as JSON.
+    /// Print the summary as JSON (and no progress on stderr, as with --quiet).
     #[arg(long)]
     pub(crate) json: bool,
     /// No progress on stderr (by default a bar with percent and ETA on a terminal, a plain
@@ -111,8 +111,9 @@ pub(crate) enum JobCmd {
         /// written to `<output>.tmp-<pid>` and renamed when complete).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Size of the generated default text in MB.
-        #[arg(long, default_value_t = 300)]
+        /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
+        /// (the benchmarks' text; progress counts its real size).
+        #[arg(long, default_value_t = 300, conflicts_with = "input")]
         generated_mb: u64,
         #[command(flatten)]
         opts: JobOpts,
@@ -128,8 +129,9 @@ pub(crate) enum JobCmd {
         /// before the job runs; written to `<output>.tmp-<pid>` and renamed when complete).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Size of the generated default text in MB.
-        #[arg(long, default_value_t = 300)]
+        /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
+        /// (the benchmarks' text; progress counts its real size).
+        #[arg(long, default_value_t = 300, conflicts_with = "input")]
         generated_mb: u64,
         /// Window size in words (Flink's example: 250).
         #[arg(long, default_value_t = 250)]

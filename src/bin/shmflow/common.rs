@@ -28,3 +28,29 @@ pub(crate) fn check_records(records: u64) -> AnyResult<()> {
     }
     Ok(())
 }
+
+/// The first error writing stdout (a full disk, `> /dev/full`, a closed pipe).
+pub(crate) static STDOUT_ERROR: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
+/// Whether a write to stdout failed.
+pub(crate) fn stdout_failed() -> bool {
+    STDOUT_ERROR.get().is_some()
+}
+
+/// The exit of a command whose output could not be written: quiet with status 141 (128 +
+/// SIGPIPE, as a shell reports a writer killed by it) when the reader closed the pipe
+/// (`shmflow ... | head`), an error on stderr with status 1 otherwise.
+pub(crate) fn stdout_error_exit() -> Option<std::process::ExitCode> {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().flush() {
+        let _ = STDOUT_ERROR.set(e);
+    }
+    let e = STDOUT_ERROR.get()?;
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Some(std::process::ExitCode::from(128 + libc::SIGPIPE as u8));
+    }
+    let who =
+        if shmflow::runtime::is_worker() { format!("shmflow worker {}", std::process::id()) } else { "shmflow".into() };
+    eprintln!("{who}: error: writing stdout: {e}");
+    Some(std::process::ExitCode::FAILURE)
+}

@@ -246,7 +246,8 @@ pub(crate) fn top(sel: ArenaSel, once: bool, json: bool, interval_ms: u64) -> An
                 }
             }
         }
-        if once {
+        // A closed or failed stdout ends top (main reports it).
+        if once || crate::common::stdout_failed() {
             return Ok(());
         }
     }

@@ -83,9 +83,14 @@ impl JobDir {
     /// after a coordinator killed before it could remove either.
     pub(crate) const OUTPUT_NOTE: &'static str = "output-temp";
 
-    /// Notes where the temp output is (coordinator only).
+    /// Notes where the temp output is (coordinator only): an absolute path
+    /// ([`jobs::OutputFile`] resolves the output's directory), since `shmflow clean` may
+    /// run from any directory.
     pub(crate) fn note_output(&self, out: Option<&jobs::OutputFile>) -> AnyResult<()> {
         if let (true, Some(tmp)) = (self.owned, out.and_then(jobs::OutputFile::temp_path)) {
+            if !tmp.is_absolute() {
+                return Err(format!("the temp output {} is not an absolute path", tmp.display()).into());
+            }
             let note = self.path.join(Self::OUTPUT_NOTE);
             std::fs::write(&note, tmp.as_os_str().as_encoded_bytes())
                 .map_err(|e| format!("writing {}: {e}", note.display()))?;

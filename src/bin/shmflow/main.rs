@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Cmd::Clean { dry_run } => clean(dry_run),
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => common::stdout_error_exit().unwrap_or(ExitCode::SUCCESS),
         Err(e) => {
             if let Some(&shmflow::Error::Interrupted { signal }) = e.downcast_ref::<shmflow::Error>() {
                 // One line; the workers were stopped quietly.
@@ -58,11 +58,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// `println!` that ignores a closed stdout (`shmflow ... | head`) instead of panicking.
+/// `println!` that does not panic when stdout fails: the first error is kept in
+/// [`common::STDOUT_ERROR`] (later lines are not written) and `main` ends with it once the command
+/// has cleaned up.
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
+        if !crate::common::stdout_failed() {
+            if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+                let _ = crate::common::STDOUT_ERROR.set(e);
+            }
+        }
     }};
 }
 
@@ -106,6 +112,37 @@ mod tests {
     }
 
     #[test]
+    fn the_progress_total_of_the_generated_text_is_its_size() {
+        use crate::jobs::{generator, TextSource};
+        let src = TextSource::generated_mb(2);
+        let TextSource::Generated { lines, seed } = src else { unreachable!() };
+        // What the sources report as read: every line with its newline.
+        let mut real = 0u64;
+        let mut buf = String::new();
+        for l in 0..lines {
+            buf.clear();
+            generator().line(seed, l, &mut buf);
+            real += buf.len() as u64 + 1;
+        }
+        let shmflow::runtime::ProgressTotal::SourceInputBytes(total) = crate::run::text_total(&src, 2) else {
+            panic!("a text job's progress counts input bytes");
+        };
+        let off = (total as f64 - real as f64).abs() / real as f64;
+        assert!(off < 0.005, "progress total {total} bytes, the text has {real} ({:.3}% off)", off * 100.0);
+    }
+
+    #[test]
+    fn generated_mb_with_an_input_is_refused_not_ignored() {
+        for job in ["wordcount", "window-wordcount"] {
+            let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", job], args].concat()).map(|_| ());
+            assert!(parse(&["--input", "t.txt"]).is_ok(), "{job}");
+            assert!(parse(&["--generated-mb", "5"]).is_ok(), "{job}");
+            let e = parse(&["--input", "t.txt", "--generated-mb", "5"]).unwrap_err().to_string();
+            assert!(e.contains("--generated-mb") && e.contains("--input"), "{job}: {e}");
+        }
+    }
+
+    #[test]
     fn shuffle_options_that_latency_mode_would_ignore_are_refused() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["shmflow", "run", "shuffle"], args].concat()).map(|_| ());
         assert!(parse(&["--latency", "--rate", "10"]).is_ok());
@@ -144,6 +181,13 @@ mod tests {
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));
         let c = crate::run::runtime_config(&opts(&["--pin-cpus", "--wait", "spin"])).unwrap();
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::spin(), true));
+        // `run wordcount` parks when its source and reducer per subtask outnumber the CPUs.
+        let wc = |p, cpus| crate::run::wordcount_wait(p, cpus).policy();
+        assert_eq!((wc(2, 2), wc(4, 2), wc(2, 3)), (WaitPolicy::park(), WaitPolicy::park(), WaitPolicy::park()));
+        assert_eq!(
+            (wc(1, 2), wc(2, 4), wc(4, 16)),
+            (WaitPolicy::adaptive(), WaitPolicy::adaptive(), WaitPolicy::adaptive())
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod synthetic;
 pub mod text;
 pub mod wordcount;
 
-pub use output::{merge_parts, OutputFile};
+pub use output::{merge_parts, most_frequent, part_files, refuse_output_over_input, OutputFile};
 pub use shuffle::{latency_histogram, shuffle_job, shuffle_latency_job, shuffle_totals, Latency};
 pub use text::TextSource;
 pub use wordcount::{window_wordcount_job, wordcount_job_with};

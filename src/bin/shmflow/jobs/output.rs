@@ -39,6 +39,43 @@ fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The absolute path of `path`, a file that does not exist yet: its directory resolved
+/// (symlinks and `..` too), joined with its name.
+fn absolute_new(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("names no file"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok(std::fs::canonicalize(dir)?.join(name))
+}
+
+/// Refuses an `output` that is the file `input` (the same device and inode, after
+/// following symlinks, so a link to the input or a hard link of it too): replacing it would
+/// destroy the input the job just read.
+///
+/// # Errors
+/// [`ConfigError::Conflict`] for `--output`, naming both paths.
+pub fn refuse_output_over_input(input: &Path, output: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(i), Ok(o)) = (std::fs::metadata(input), std::fs::metadata(output)) else {
+        return Ok(()); // A new output, or an input whose problem is reported elsewhere.
+    };
+    // Devices (`--output /dev/null`) are written in place, never replaced.
+    if i.dev() == o.dev() && i.ino() == o.ino() && i.is_file() {
+        return Err(ConfigError::Conflict {
+            what: "--output",
+            detail: format!(
+                "{} is the input file {} (writing the output would replace the input): choose another --output",
+                output.display(),
+                input.display()
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 impl OutputFile {
     /// Checks `path` and creates the temp file: fails at once if `path` is a directory,
     /// its directory does not exist or cannot be written.
@@ -90,9 +127,13 @@ impl OutputFile {
             }
             Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
         };
-        // A symlink is replaced by the file it points to, not by a regular file of its own.
-        let target = if existing.is_some() { std::fs::canonicalize(path).ok() } else { None };
-        let target = target.unwrap_or_else(|| path.to_path_buf());
+        // A symlink is replaced by the file it points to, not by a regular file of its own;
+        // a new output is named by its directory's absolute path, so that the temp file's
+        // path (noted in the job directory for `shmflow clean`) does not depend on the cwd.
+        let target = match existing {
+            Some(_) => std::fs::canonicalize(path).map_err(|e| bad(format!("{}: {e}", path.display())))?,
+            None => absolute_new(path).map_err(|e| bad(format!("{}: {e}", path.display())))?,
+        };
         let Some(name) = target.file_name() else {
             return Err(bad(format!("{} names no file", path.display())));
         };
@@ -167,32 +208,59 @@ impl Drop for OutputFile {
     }
 }
 
-/// Merges the part files under `dir` into `word<TAB>count` lines sorted by the word's bytes
-/// (stable, so a word's window results keep their order), written to `output` if given.
-/// Returns the lines.
+/// The part files (`part-*`) under `dir`, sorted by name.
 ///
 /// # Errors
-/// I/O errors; on a failure `output`'s temp file is removed (see [`OutputFile`]).
-pub fn merge_parts(dir: &Path, output: Option<OutputFile>) -> Result<Vec<Vec<u8>>> {
-    let io = |op: &str, e| Error::Io { op: op.to_string(), source: e };
+/// I/O errors listing `dir`.
+pub fn part_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| io("listing part files", e))?
+        .map_err(|e| Error::Io { op: "listing part files".to_string(), source: e })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-")))
         .collect();
     parts.sort();
+    Ok(parts)
+}
+
+/// The word of a `word<TAB>...` line (the whole line if it has no tab).
+fn word_of(line: &[u8]) -> &[u8] {
+    line.split(|&c| c == b'\t').next().unwrap_or(line)
+}
+
+/// Merges the part files under `dir` into their lines. With an `output`, the lines are
+/// sorted by the word's bytes (stable, so a word's window results keep their order) and
+/// written to it; without one they stay in part-file order (what the caller counts or
+/// selects needs no order; see [`most_frequent`]). Returns the lines.
+///
+/// # Errors
+/// I/O errors; on a failure `output`'s temp file is removed (see [`OutputFile`]).
+pub fn merge_parts(dir: &Path, output: Option<OutputFile>) -> Result<Vec<Vec<u8>>> {
     let mut lines: Vec<Vec<u8>> = Vec::new();
-    for p in parts {
-        let data = std::fs::read(&p).map_err(|e| io("reading a part file", e))?;
+    for p in part_files(dir)? {
+        let data = std::fs::read(&p).map_err(|e| Error::Io { op: "reading a part file".to_string(), source: e })?;
         lines.extend(data.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
     }
-    lines.sort_by(|a, b| {
-        let ka = a.split(|&c| c == b'\t').next().unwrap_or(a);
-        let kb = b.split(|&c| c == b'\t').next().unwrap_or(b);
-        ka.cmp(kb)
-    });
     if let Some(out) = output {
+        lines.sort_by(|a, b| word_of(a).cmp(word_of(b)));
         out.write_lines(&lines)?;
     }
     Ok(lines)
+}
+
+/// The `n` lines `word<TAB>count` with the highest counts, highest first, ties by word
+/// (as a stable sort by count of the lines sorted by word would give), without sorting
+/// them all: a selection in O(lines), then a sort of `n`. Lines without a count are
+/// skipped.
+pub fn most_frequent(lines: &[Vec<u8>], n: usize, count_of: impl Fn(&[u8]) -> Option<u64>) -> Vec<&[u8]> {
+    let mut v: Vec<(std::cmp::Reverse<u64>, &[u8], &[u8])> =
+        lines.iter().filter_map(|l| Some((std::cmp::Reverse(count_of(l)?), word_of(l), l.as_slice()))).collect();
+    if n == 0 {
+        return Vec::new();
+    }
+    if v.len() > n {
+        v.select_nth_unstable(n - 1);
+        v.truncate(n);
+    }
+    v.sort_unstable();
+    v.into_iter().map(|t| t.2).collect()
 }
