@@ -21,40 +21,6 @@ use crate::sync::{WaitOutcome, WaitPolicy, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Spins of [`StreamReader::spin_hot`] before the full wait (some tens of µs).
-const HOT_SPINS: u32 = 2048;
-
-/// The hot spin's wait between two polls of the slot: 20 dependent multiplies through the
-/// stack, about 15 ns here, where a PAUSE takes 32-34 ns on this EPYC (Zen 4 under KVM).
-/// The pause is the granularity at which a record is seen, and on this CPU it is half a
-/// near hop (bare one-way ~60 ns). `latency --bench --peers bare-atomic,shmflow-spin --sizes
-/// 8,64 --rounds 4`, 6 interleaved pairs at near placement, load 6-8: paired p50 ratio
-/// 64 B 1.83/1.80/1.88/1.84/1.84 (and 2.20 at bare 50 ns) with this gap against
-/// 2.13/1.92/1.93/1.95 (2.39-2.41 at 50 ns) with one PAUSE; 8 B 1.15-1.21 against
-/// 1.23-1.30. A 6 ns gap (8 multiplies) was between the two. At far placement (bare
-/// ~235 ns; with the hot spin, against the session's start) 64 B read the same (1.66/1.50
-/// vs 1.61/1.56/1.60) and 8 B worse (1.11/1.09 vs 0.92/0.90/0.85): more polls take the
-/// record's line back from the writer more often there (the network stack's gate keeps a
-/// pause for that reason, `SingleInputGate::next_hot`). Against the reader before the hot
-/// spin (the full wait's poll, with its PAUSE) 64 B was within the drift between runs
-/// (docs/performance-history.md, session 10). Under loom: loom's yield.
-#[inline(always)]
-fn poll_gap(seed: u32) {
-    #[cfg(not(loom))]
-    {
-        let mut x = u64::from(seed) | 1;
-        for _ in 0..20 {
-            x = std::hint::black_box(x.wrapping_mul(3));
-        }
-        std::hint::black_box(x);
-    }
-    #[cfg(loom)]
-    {
-        let _ = seed;
-        crate::sync::spin_loop();
-    }
-}
-
 /// Bytes of the slot in front of each record (defined in [`crate::record::frame`]).
 pub use crate::record::frame::LEN_PREFIX;
 
@@ -366,39 +332,6 @@ impl StreamReader {
         Ok(Some(r))
     }
 
-    /// Spin mode's first wait: polls the slot at the read position of the open segment, and
-    /// (and, one spin in 16, whether the writer ended the segment), up to [`HOT_SPINS`]
-    /// times (a few tens of µs), with the prefetch of the record's lines and a short gap
-    /// between polls ([`poll_gap`]). The record is seen in the one dependent step
-    /// its slot's line takes to cross cores: no clock reading before the spin (the full
-    /// wait reads it first, ~25-45 ns on this VM, while the answer may already be on its
-    /// way), no look at the ring per spin. Anything the slot cannot
-    /// show (the segment's end, a new segment, the end of the stream, a timeout, a
-    /// malformed slot) is left to [`try_next`](Self::try_next) and the full wait, which
-    /// also yields the core now and then.
-    ///
-    /// # Errors
-    /// As [`try_next`](Self::try_next).
-    #[inline]
-    fn spin_hot<R>(&mut self, f: &mut impl FnMut(&[u8]) -> R) -> Result<Option<R>> {
-        let Some(c) = self.current.as_mut() else {
-            return Ok(None);
-        };
-        for i in 0..HOT_SPINS {
-            c.prefetch_unread();
-            if let Some(r) = Self::take_slotted(c, f)? {
-                return Ok(Some(r));
-            }
-            // The writer ended the segment (what comes next is in another one): one look in
-            // 16 spins at the position word, a line the writer stores only then.
-            if i % 16 == 15 && c.finished_at()?.is_some() {
-                break;
-            }
-            poll_gap(i);
-        }
-        Ok(None)
-    }
-
     /// Reads the next record, waiting by the policy: `Ok(Some(r))` with `f`'s result on the
     /// payload (borrowed in place from shared memory), `Ok(None)` at the end of the stream.
     ///
@@ -407,11 +340,6 @@ impl StreamReader {
     pub fn next<R>(&mut self, timeout: Option<Duration>, mut f: impl FnMut(&[u8]) -> R) -> Result<Option<R>> {
         if let Some(r) = self.try_next(&mut f)? {
             return Ok(r);
-        }
-        if !self.waiter.policy().park {
-            if let Some(r) = self.spin_hot(&mut f)? {
-                return Ok(Some(r));
-            }
         }
         let wake: *const crate::sync::EventCount = self.channel.wake();
         // SAFETY: the event count lives in the arena, kept alive by `self.channel`.
