@@ -79,10 +79,7 @@
 //!
 //! Reading the shmflow rows: the stream is slot-framed, each record `[slot][payload]`, and the
 //! writer stores the record's slot word last (Release) while the spinning reader polls that
-//! word (Acquire) at its read position (in spin mode first in a hot loop that polls that
-//! word and prefetches the record's two lines, with no clock reading before it and a look
-//! at the segment's end one spin in 16: `StreamReader::spin_hot`). The record's own cache
-//! line carries its publication,
+//! word (Acquire) at its read position. The record's own cache line carries its publication,
 //! so a 64 B record (68 bytes framed, always across two lines) costs the bare peer's one
 //! line transfer plus the rest of the payload: expect shmflow spin a little above bare at
 //! p50. With 32 KiB segments every 482nd round trip of 64 B also hands segments over in

@@ -3,9 +3,7 @@
 //! record's payload, clears the next record's slot and publishes the record by storing its
 //! slot (Release); the reader polls the slot at its read position (Acquire), reads the
 //! payload in place and moves on, and learns that the segment ended from the position
-//! marker's FINISHED bit. A spinning `StreamReader` polls with the same two calls in the
-//! same order (`StreamReader::spin_hot`: `slot_record` per spin, `finished_at` one spin in
-//! 16, then `try_next`), so this model covers its first wait too.
+//! marker's FINISHED bit.
 //!
 //! What is modelled, on a heap arena of 16-byte segments (payload bytes are loom witness
 //! cells, slots are loom atomics): the segment was used before, so its second slot holds a

@@ -21,10 +21,6 @@ use crate::sync::{WaitOutcome, WaitPolicy, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Spins of [`StreamReader::spin_hot`] before the full wait (about 20-70 µs at a pause of
-/// 10-35 ns).
-const HOT_SPINS: u32 = 2048;
-
 /// Bytes of the slot in front of each record (defined in [`crate::record::frame`]).
 pub use crate::record::frame::LEN_PREFIX;
 
@@ -336,39 +332,6 @@ impl StreamReader {
         Ok(Some(r))
     }
 
-    /// Spin mode's first wait: polls the slot at the read position of the open segment, and
-    /// (and, one spin in 16, whether the writer ended the segment), up to [`HOT_SPINS`]
-    /// times (a few tens of µs), with the prefetch of the record's lines and one pause per
-    /// spin. The record is seen in the one dependent step
-    /// its slot's line takes to cross cores: no clock reading before the spin (the full
-    /// wait reads it first, ~25-45 ns on this VM, while the answer may already be on its
-    /// way), no look at the ring per spin. Anything the slot cannot
-    /// show (the segment's end, a new segment, the end of the stream, a timeout, a
-    /// malformed slot) is left to [`try_next`](Self::try_next) and the full wait, which
-    /// also yields the core now and then.
-    ///
-    /// # Errors
-    /// As [`try_next`](Self::try_next).
-    #[inline]
-    fn spin_hot<R>(&mut self, f: &mut impl FnMut(&[u8]) -> R) -> Result<Option<R>> {
-        let Some(c) = self.current.as_mut() else {
-            return Ok(None);
-        };
-        for i in 0..HOT_SPINS {
-            c.prefetch_unread();
-            if let Some(r) = Self::take_slotted(c, f)? {
-                return Ok(Some(r));
-            }
-            // The writer ended the segment (what comes next is in another one): one look in
-            // 16 spins at the position word, a line the writer stores only then.
-            if i % 16 == 15 && c.finished_at()?.is_some() {
-                break;
-            }
-            crate::sync::spin_loop();
-        }
-        Ok(None)
-    }
-
     /// Reads the next record, waiting by the policy: `Ok(Some(r))` with `f`'s result on the
     /// payload (borrowed in place from shared memory), `Ok(None)` at the end of the stream.
     ///
@@ -377,11 +340,6 @@ impl StreamReader {
     pub fn next<R>(&mut self, timeout: Option<Duration>, mut f: impl FnMut(&[u8]) -> R) -> Result<Option<R>> {
         if let Some(r) = self.try_next(&mut f)? {
             return Ok(r);
-        }
-        if !self.waiter.policy().park {
-            if let Some(r) = self.spin_hot(&mut f)? {
-                return Ok(Some(r));
-            }
         }
         let wake: *const crate::sync::EventCount = self.channel.wake();
         // SAFETY: the event count lives in the arena, kept alive by `self.channel`.
