@@ -179,7 +179,7 @@ fn emit_batch_with_timeout_zero_makes_each_record_visible_before_the_next() {
         // Waits that ran out; after the first one the iterator stops waiting (so a broken
         // writer fails the test after one bounded wait, not N of them).
         let mut timed_out = 0u32;
-        let records = (0..N).map(|i| {
+        let records = (0..N).inspect(|&i| {
             if timed_out == 0 {
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
                 // Bounded by the deadline. Acquire: pairs with the consumer's Release
@@ -192,7 +192,6 @@ fn emit_batch_with_timeout_zero_makes_each_record_visible_before_the_next() {
                     std::thread::sleep(Duration::from_micros(50));
                 }
             }
-            i
         });
         let n = w.emit_batch::<u64, _>(records).unwrap();
         w.finish().unwrap();
