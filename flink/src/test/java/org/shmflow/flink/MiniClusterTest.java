@@ -49,6 +49,7 @@ public final class MiniClusterTest {
         String only = args.length > 0 ? args[0] : "";
         run(only, "keyby_unaligned_exact_through_shared_memory", MiniClusterTest::keyByUnaligned);
         run(only, "an_unthrottled_keyby_runs_out_of_credit_and_stays_exact", MiniClusterTest::unthrottled);
+        run(only, "credit_beyond_the_data_ring_stays_exact", MiniClusterTest::creditBeyondRing);
         run(only, "a_failing_task_restarts_from_its_checkpoint_exactly", MiniClusterTest::failureRestart);
         run(only, "a_cancelled_job_leaves_no_segment_held", MiniClusterTest::cancelFreesSegments);
         run(only, "the_default_zero_copy_cap_is_shared_by_the_hosts_taskmanagers", MiniClusterTest::zeroCopyCapShared);
@@ -303,6 +304,43 @@ public final class MiniClusterTest {
         check(zc > 0, "buffers delivered zero copy under the limit: " + zc);
         check(capped > 0, "buffers copied at the limit of one held segment: " + capped);
         System.out.printf("  %d buffers zero copy, %d copied at the limit%n", zc, capped);
+    }
+
+    /**
+     * More credit per channel (100) than the data ring holds messages (64), every buffer
+     * published by the task thread when it can (direct-max-bytes = a segment): a lagging
+     * consumer dispatcher lets the ring fill, and a direct publication must then leave its
+     * buffer to the producer dispatcher (it does not wait for room) in sequence order.
+     * Whether the ring fills in a run depends on the scheduling, so the count is printed,
+     * not asserted; the sums must be exact either way.
+     */
+    static void creditBeyondRing() throws Exception {
+        reset();
+        long n = 1_000_000;
+        long before = shmBuffersIn();
+        long ringFullBefore = ShmMetrics.TOTAL_DIRECT_RING_FULL.get();
+        long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
+        Configuration c = conf("deep");
+        c.set(ShmflowOptions.ARENA_SIZE, MemorySize.parse("64m"));
+        c.set(str("taskmanager.network.memory.buffers-per-channel"), "100");
+        c.set(ShmflowOptions.DIRECT_MAX_BYTES, MemorySize.parse("32kb"));
+        c.set(str("restart-strategy.type"), "none");
+        StreamExecutionEnvironment env = env(c);
+        env.fromSequence(1, n)
+                .map(x -> Tuple2.of(x % KEYS, x))
+                .returns(org.apache.flink.api.common.typeinfo.Types.TUPLE(
+                        org.apache.flink.api.common.typeinfo.Types.LONG, org.apache.flink.api.common.typeinfo.Types.LONG))
+                .keyBy(p -> p.f0)
+                .reduce((a, b) -> Tuple2.of(a.f0, a.f1 + b.f1))
+                .map(new RecordMax())
+                .sinkTo(new DiscardingSink<>());
+        env.execute("shmflow keyBy with credit beyond the ring");
+        check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key, got " + new TreeMap<>(MAX));
+        check(shmBuffersIn() - before > 100, "buffers through shared memory: " + (shmBuffersIn() - before));
+        long direct = ShmMetrics.TOTAL_DIRECT_OUT.get() - directBefore;
+        check(direct > 0, "buffers published by the task thread: " + direct);
+        System.out.printf("  %d buffers, %d published directly, %d left to the dispatcher on a full ring%n",
+                shmBuffersIn() - before, direct, ShmMetrics.TOTAL_DIRECT_RING_FULL.get() - ringFullBefore);
     }
 
     static void failureRestart() throws Exception {
