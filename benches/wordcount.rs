@@ -14,8 +14,9 @@
 //!
 //! Like with like: both read the text inside their timed section (generating it as they go,
 //! from the same vocabulary), and both write the same output, one `word<TAB>count` part file
-//! per reducer through a 64 KiB buffer inside the timed section, then merge and sort the
-//! part files ([`jobs::merge_parts`]) to count the words outside it (shmflow's coordinator
+//! per reducer through a 64 KiB buffer inside the timed section, then read the part files
+//! back ([`jobs::merge_parts`], which sorts only for an `--output`, given to neither here)
+//! to count the words outside it (shmflow's coordinator
 //! does that after its `elapsed_s`; its CPU time is counted, so the in-process run's is
 //! too). Until session 10 the in-process run wrote nothing and summed its hash maps, while
 //! shmflow wrote part files and merged them. What still differs is the job's own: shmflow

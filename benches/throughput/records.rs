@@ -253,6 +253,9 @@ pub(crate) struct Tally {
     pub(crate) bad_len: u64,
     /// Records on a channel of another writer.
     pub(crate) foreign: u64,
+    /// 8 B records read in batches that were on another writer's channel or out of order
+    /// ([`Tally::add_longs`]).
+    pub(crate) foreign_or_disorder: u64,
 }
 
 impl Tally {
@@ -286,7 +289,9 @@ impl Tally {
     /// and the rest of the batch go through `add`, after the loop (no call in it).
     #[inline(always)]
     fn add_longs<'a>(&mut self, mut records: impl Iterator<Item = &'a [u8]>, next: &mut u64, writer: u32) {
-        let (mut longs, mut sum, mut foreign, mut disorder) = (0u64, 0u64, 0u64, 0u64);
+        // `odd`: records on another writer's channel or out of order (one count for both:
+        // two made LLVM pack them into a vector register, a cost per record).
+        let (mut longs, mut sum, mut odd) = (0u64, 0u64, 0u64);
         let mut n = *next;
         let mut other = None;
         for data in records.by_ref() {
@@ -297,16 +302,14 @@ impl Tally {
             let v = u64::from_le_bytes(w);
             longs += 1;
             sum = sum.wrapping_add(mix(v, LONG));
-            foreign += u64::from((v >> SEQ_BITS) as u32 != writer);
             let seq = v & SEQ_MASK;
-            disorder += u64::from(seq < n);
+            odd += u64::from(((v >> SEQ_BITS) as u32 != writer) | (seq < n));
             n = seq + 1;
         }
         self.records += longs;
         self.bytes += longs * LONG as u64;
         self.sum = self.sum.wrapping_add(sum);
-        self.foreign += foreign;
-        self.disorder += disorder;
+        self.foreign_or_disorder += odd;
         *next = n;
         if let Some(data) = other {
             self.add_rest(data, records, next, writer);
@@ -402,10 +405,10 @@ impl Tally {
         if self.records != sent {
             return Err(format!("received {} records, the producer sent {sent} (fanout included)", self.records).into());
         }
-        if self.bad_len > 0 || self.disorder > 0 || self.foreign > 0 {
+        if self.bad_len > 0 || self.disorder > 0 || self.foreign > 0 || self.foreign_or_disorder > 0 {
             return Err(format!(
-                "{} records of the wrong size, {} out of order on their channel, {} on another writer's channel",
-                self.bad_len, self.disorder, self.foreign
+                "{} records of the wrong size, {} out of order on their channel, {} on another writer's channel, {} 8 B records of a batch either",
+                self.bad_len, self.disorder, self.foreign, self.foreign_or_disorder
             )
             .into());
         }

@@ -1288,6 +1288,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_run_writes_the_bytes_of_records_written_one_by_one() {
+        let cfg = crate::memory::ArenaConfig {
+            segment_size: 4096,
+            segment_count: 4,
+            max_channels: 2,
+            max_gates: 2,
+            ..Default::default()
+        };
+        let arena = Arc::new(Arena::heap(&cfg).unwrap());
+        let pool = crate::buffer::NetworkBufferPool::new(arena.clone());
+        let mut one = BufferBuilder::new(pool.request(Owner::Free, 0).unwrap().unwrap(), 1);
+        let mut run_b = BufferBuilder::new(pool.request(Owner::Free, 0).unwrap().unwrap(), 1);
+        // Records of 1 to 13 bytes: prefixes at aligned and unaligned offsets.
+        let records: Vec<Vec<u8>> = (0..400u32).map(|i| vec![i as u8; 1 + (i % 13) as usize]).collect();
+        let mut written = 0;
+        for r in &records {
+            if !one.try_write_framed(&r[..], r.len()) {
+                break;
+            }
+            written += 1;
+        }
+        assert!(written < records.len(), "the segment fills up before the records end");
+        let mut run = run_b.start_run(&records[0][..], records[0].len()).expect("the first fits");
+        for r in &records[1..] {
+            if !run.try_push(&r[..], r.len()) {
+                break;
+            }
+        }
+        assert_eq!(run.records() as usize, written, "the run stops where try_write_framed did");
+        let (n, pos) = run.finish();
+        assert_eq!((n as usize, pos), (written, one.position()));
+        assert_eq!(run_b.position(), one.position());
+        let len = one.position() + 4;
+        // SAFETY: both builders are ours and no reader exists; only read here.
+        let (a, b) = unsafe {
+            (arena.segment_bytes(one.index(), 0, len).to_vec(), arena.segment_bytes(run_b.index(), 0, len).to_vec())
+        };
+        assert_eq!(a, b, "same bytes, including the word behind the last record");
+        // A record without room starts no run and writes nothing.
+        assert!(run_b.start_run(&[0u8; 4096][..], 4096).is_none(), "a record without room is refused");
+        assert_eq!(run_b.position(), one.position());
+    }
+
+    #[test]
     fn a_segment_flushed_more_than_the_limit_asks_its_reader_not_to_evict_it() {
         let cfg = crate::memory::ArenaConfig {
             segment_size: 4096,
