@@ -252,8 +252,9 @@ pub fn arena_config(segment_size: u32, arena_bytes: u64) -> FResult<ArenaConfig>
     let base = ArenaConfig {
         segment_size,
         segment_count: 2,
-        // 64 messages of 4 slots each way per channel: Flink's credit (at most
-        // max-buffers-per-channel data buffers in flight) plus events.
+        // 64 messages of 4 slots each way per channel. Not a bound of Flink's credit
+        // (configurable beyond it; events take none): a full ring makes `send` wait, or
+        // fail with EAGAIN at once with timeout 0 (the Flink module's task-thread path).
         ring_capacity: 256,
         max_channels: 1024,
         max_partitions: 1,

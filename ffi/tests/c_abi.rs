@@ -338,6 +338,45 @@ fn banked_credit_reaches_the_producer_and_wakes_it_only_when_it_asked() {
     }
 }
 
+/// The Flink module's task-thread publication sends with timeout 0 and leaves the buffer
+/// to its dispatcher on `EAGAIN`: a full data ring (64 messages, whatever the credit) must
+/// give that at once, publish nothing, and leave the segment held for writing.
+#[test]
+fn a_send_without_timeout_on_a_full_ring_is_eagain_and_keeps_the_segment() {
+    let s = Scratch::new("full");
+    let (a, b, prod, cons) = connect_pair(&s);
+    // SAFETY: valid pointers throughout.
+    unsafe {
+        // Events without a payload (they take no credit) until the ring refuses one.
+        let mut sent = 0;
+        while sent < 1000 && shmflow_send(prod, &Msg { kind: 2, segment: -1, seq: sent, ..Msg::default() }, 0) == 0 {
+            sent += 1;
+        }
+        assert_eq!(sent, 64, "messages the data ring holds");
+        let mut seg = -1;
+        assert_eq!(shmflow_segment_acquire(prod, 0, &mut seg), 0, "{}", err_text());
+        let m = Msg { kind: 3, segment: seg, size: 8, seq: sent, ..Msg::default() };
+        assert_eq!(shmflow_send(prod, &m, 0), code::EAGAIN);
+        assert!(err_text().contains("full"), "{}", err_text());
+        // Not published: still ours to send later (or to release).
+        let mut msgs = [Msg::default(); 80];
+        let mut n = 0;
+        assert_eq!(shmflow_poll(cons, msgs.as_mut_ptr(), 1, &mut n), 0, "{}", err_text());
+        assert_eq!((n, msgs[0].seq), (1, 0));
+        assert_eq!(shmflow_send(prod, &m, 0), 0, "{}", err_text());
+        assert_eq!(shmflow_poll(cons, msgs.as_mut_ptr(), 80, &mut n), 0, "{}", err_text());
+        assert_eq!(n, 64);
+        let seqs: Vec<i32> = msgs[..64].iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=64).collect::<Vec<i32>>(), "in order, the refused one last");
+        assert_eq!(msgs[63].segment, seg);
+        assert_eq!(shmflow_segment_release(cons, seg), 0, "{}", err_text());
+        assert_eq!(shmflow_channel_close(cons), 0);
+        assert_eq!(shmflow_channel_close(prod), 0);
+    }
+    assert_eq!(shmflow_arena_close(b), 0);
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
 #[test]
 fn segments_queued_when_both_ends_close_go_back_to_the_free_stack() {
     let s = Scratch::new("cancel");

@@ -222,7 +222,7 @@ final class ClientChannel {
                 }
                 t.metrics.received(size, true);
                 delivered++;
-                t.lastBufferSmall = size <= ShmTransport.FLUSHED_MAX_BYTES;
+                t.lastBufferSmall = size <= t.flushedMaxBytes;
                 input.onBuffer(slice, seq, backlog, subpartition);
                 return;
             }
@@ -243,7 +243,7 @@ final class ClientChannel {
         t.metrics.received(size, false);
         if (dt.isBuffer()) {
             delivered++;
-            t.lastBufferSmall = size <= ShmTransport.FLUSHED_MAX_BYTES;
+            t.lastBufferSmall = size <= t.flushedMaxBytes;
         }
         input.onBuffer(b, seq, backlog, subpartition);
     }

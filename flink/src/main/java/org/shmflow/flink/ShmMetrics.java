@@ -29,6 +29,8 @@ final class ShmMetrics {
     static final AtomicLong TOTAL_ZERO_COPY_CAPPED = new AtomicLong();
     /** Of TOTAL_BUFFERS_OUT: published by the thread that made them available (shmflow.producer.direct). */
     static final AtomicLong TOTAL_DIRECT_OUT = new AtomicLong();
+    /** Buffers a direct publication left to the producer dispatcher because the data ring was full. */
+    static final AtomicLong TOTAL_DIRECT_RING_FULL = new AtomicLong();
     /** Of TOTAL_BUFFERS_IN: delivered by the thread that announced credit (shmflow.consumer.deliver-on-credit). */
     static final AtomicLong TOTAL_ON_CREDIT_IN = new AtomicLong();
     /** Producer side: takes of banked credit that found some (shmflow.consumer.banked-credit). */
@@ -43,6 +45,7 @@ final class ShmMetrics {
     private final Counter zeroCopyIn = new ThreadSafeSimpleCounter();
     private final Counter zeroCopyCapped = new ThreadSafeSimpleCounter();
     private final Counter directOut = new ThreadSafeSimpleCounter();
+    private final Counter directRingFull = new ThreadSafeSimpleCounter();
     private final Counter onCreditIn = new ThreadSafeSimpleCounter();
     private final Counter creditTakes = new ThreadSafeSimpleCounter();
     private final Counter shmChannels = new ThreadSafeSimpleCounter();
@@ -58,6 +61,7 @@ final class ShmMetrics {
             g.counter("buffersInZeroCopy", zeroCopyIn);
             g.counter("buffersInCopiedAtLimit", zeroCopyCapped);
             g.counter("buffersOutDirect", directOut);
+            g.counter("buffersOutDirectRingFull", directRingFull);
             g.counter("buffersInOnCredit", onCreditIn);
             g.counter("creditTakesBanked", creditTakes);
             g.counter("channelsShm", shmChannels);
@@ -85,6 +89,12 @@ final class ShmMetrics {
     void direct() {
         directOut.inc();
         TOTAL_DIRECT_OUT.incrementAndGet();
+    }
+
+    /** A direct publication found the data ring full and left its buffer to the dispatcher. */
+    void directRingFull() {
+        directRingFull.inc();
+        TOTAL_DIRECT_RING_FULL.incrementAndGet();
     }
 
     /** {@code n} buffers (counted by {@link #received}) were delivered without the consumer dispatcher. */

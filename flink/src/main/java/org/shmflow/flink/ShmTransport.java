@@ -105,12 +105,18 @@ final class ShmTransport implements AutoCloseable {
     /** Its spin budget while it receives small (flushed) buffers (shmflow.consumer.spin-ns). */
     private final long consumerSpinNs;
     /**
-     * Largest data buffer the consumer dispatcher takes for a flushed one (a job slower than
-     * the pipeline) when it picks its spin budget; full buffers of a busy job are larger.
+     * Upper bound of {@link #flushedMaxBytes}: with the default 32 KiB segments, a buffer of
+     * at most 8 KiB is taken for a flushed one.
      */
     static final int FLUSHED_MAX_BYTES = 8 * 1024;
     /**
-     * The last data buffer delivered was at most {@link #FLUSHED_MAX_BYTES}: a flushed buffer of
+     * Largest data buffer the consumer dispatcher takes for a flushed one (a job slower than
+     * the pipeline) when it picks its spin budget: {@link #flushedMaxBytes(int)} of the
+     * segment size. Full buffers of a busy job fill a whole segment, so they are larger.
+     */
+    final int flushedMaxBytes;
+    /**
+     * The last data buffer delivered was at most {@link #flushedMaxBytes}: a flushed buffer of
      * a job slower than the pipeline (buffer timeout 0, a low rate), whose records wait for
      * the consumer dispatcher, which then spins {@link #consumerSpinNs} to be awake when
      * the next one arrives. Full buffers (a busy job, whose threads need the cores) get
@@ -186,6 +192,7 @@ final class ShmTransport implements AutoCloseable {
         }
         this.slot = (int) info[0];
         this.segmentSize = (int) info[1];
+        this.flushedMaxBytes = flushedMaxBytes(segmentSize);
         ByteBuffer d = Native.data(arena);
         if (d == null) {
             throw new IOException("shmflow: mapping the data region failed: " + Native.lastError());
@@ -225,6 +232,20 @@ final class ShmTransport implements AutoCloseable {
     static int defaultZeroCopyMax(long segments, int liveTaskManagers) {
         long cap = segments / 4 / Math.max(1, liveTaskManagers);
         return (int) Math.max(1, Math.min(Integer.MAX_VALUE, cap));
+    }
+
+    /**
+     * The flushed-buffer threshold for segments (Flink network buffers, so the arena's
+     * segments too) of {@code segmentSize} bytes: at most half a segment, and at most
+     * {@link #FLUSHED_MAX_BYTES}. The producer sends a buffer when it is full (a whole
+     * segment) or flushed (whatever it holds then), so a fixed 8 KiB took every full buffer
+     * of 8 KiB (or smaller) segments for a flushed one, and the consumer dispatcher spun
+     * shmflow.consumer.spin-ns after each buffer of a busy job. Half a segment keeps a full
+     * buffer above the threshold whatever the segment size; a flushed buffer of more than
+     * half a segment counts as full, which only picks the shorter spin.
+     */
+    static int flushedMaxBytes(int segmentSize) {
+        return Math.min(FLUSHED_MAX_BYTES, Math.max(0, segmentSize) / 2);
     }
 
     /** The current zero-copy cap (see {@link #zeroCopyMax}). */

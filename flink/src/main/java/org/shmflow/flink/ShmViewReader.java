@@ -207,9 +207,18 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
     /**
      * Writes the next buffer of the view into segment {@code given} (already acquired by
      * this end, or -1: acquire one, waiting up to the timeout). A segment that ends up
-     * unused is released, exactly once, whatever happens. {@code direct}: a buffer larger
-     * than shmflow.producer.direct-max-bytes is kept for the dispatcher ({@link #stashed},
-     * sent before anything else of this view) and HANDOFF returned.
+     * unused is released, exactly once, whatever happens. {@code direct} (a task thread,
+     * which must not block: it may hold Flink's locks, and the dispatcher waits for
+     * {@link #lock}): a buffer larger than shmflow.producer.direct-max-bytes, or one the
+     * data ring has no room for now, is kept for the dispatcher ({@link #stashed}, sent
+     * before anything else of this view, so sequence numbers stay in order) and HANDOFF
+     * returned; so is a released view (the dispatcher reports its failure).
+     *
+     * <p>The ring can be full: it holds 64 messages (ffi's arena_config: 256 ring slots, 4
+     * per message), while a channel's
+     * credit (buffers-per-channel plus floating buffers of its gate) is configurable
+     * without that bound, and events (barriers, end of partition, priority events) and
+     * backlog announcements take no credit. It fills when the consumer's dispatcher lags.
      */
     private Outcome writeNextBuffer(int given, boolean direct) throws IOException {
         int held = given;
@@ -235,6 +244,10 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 return Outcome.HANDOFF;
             }
             if (next == null) {
+                if (direct) {
+                    // Nothing taken: the dispatcher looks again (and sends any error).
+                    return Outcome.HANDOFF;
+                }
                 if (isReleased()) {
                     Throwable cause = getFailureCause();
                     if (cause != null) {
@@ -245,6 +258,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 return Outcome.NONE;
             }
             Buffer b = next.buffer();
+            boolean keep = false;
             try {
                 if (b instanceof FullyFilledBuffer) {
                     throw new IOException("shmflow: hybrid shuffle's partial buffers are not supported; use Netty");
@@ -272,7 +286,16 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                         b.getDataType().ordinal(),
                         b.isCompressed() ? 1 : 0,
                         0L,
-                        t.timeoutMs);
+                        direct ? 0 : t.timeoutMs);
+                if (rc == Native.EAGAIN && direct) {
+                    // The ring is full: the dispatcher sends this buffer (copying it again
+                    // into a segment it acquires), waiting for room as usual.
+                    stashed = next;
+                    stashedSubpartition = subpartition;
+                    keep = true;
+                    t.metrics.directRingFull();
+                    return Outcome.HANDOFF;
+                }
                 if (rc < 0) {
                     IOException e = Native.error("sending a buffer", rc);
                     if (rc == Native.EPEER) {
@@ -285,7 +308,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 }
                 t.metrics.sent(size);
             } finally {
-                b.recycleBuffer();
+                if (!keep) {
+                    b.recycleBuffer();
+                }
             }
             if (fromStash) {
                 // Credit rules as in enqueueing: data only with credit, events always.
@@ -590,11 +615,19 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
             try {
                 o = writeNextBuffer(seg, true);
             } catch (Throwable e) {
-                // As the dispatcher's writeNext does, but the reader is released there.
+                // As the dispatcher's writeNext does, but the error is sent (sending may
+                // wait for ring room) and the reader released there.
                 LOG.warn("shmflow: serving channel {} failed", channelId, e);
-                sendError(e, false);
                 failed = true;
-                t.runOnProducer(() -> t.releaseReader(this));
+                t.runOnProducer(() -> {
+                    lock.lock();
+                    try {
+                        sendError(e, false);
+                    } finally {
+                        lock.unlock();
+                    }
+                    t.releaseReader(this);
+                });
                 return true;
             }
             if (o == Outcome.RELEASED) {

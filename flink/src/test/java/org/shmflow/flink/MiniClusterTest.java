@@ -49,9 +49,11 @@ public final class MiniClusterTest {
         String only = args.length > 0 ? args[0] : "";
         run(only, "keyby_unaligned_exact_through_shared_memory", MiniClusterTest::keyByUnaligned);
         run(only, "an_unthrottled_keyby_runs_out_of_credit_and_stays_exact", MiniClusterTest::unthrottled);
+        run(only, "credit_beyond_the_data_ring_stays_exact", MiniClusterTest::creditBeyondRing);
         run(only, "a_failing_task_restarts_from_its_checkpoint_exactly", MiniClusterTest::failureRestart);
         run(only, "a_cancelled_job_leaves_no_segment_held", MiniClusterTest::cancelFreesSegments);
         run(only, "the_default_zero_copy_cap_is_shared_by_the_hosts_taskmanagers", MiniClusterTest::zeroCopyCapShared);
+        run(only, "with_8kb_segments_full_buffers_are_not_taken_for_flushed_ones", MiniClusterTest::smallSegments);
         run(only, "arena_too_small_falls_back_to_netty", MiniClusterTest::tooSmall);
         run(only, "unwritable_registry_dir_falls_back_to_netty", MiniClusterTest::badRegistry);
         System.out.println(failures == 0 ? "flink tests: all passed" : "flink tests: " + failures + " failed");
@@ -304,6 +306,43 @@ public final class MiniClusterTest {
         System.out.printf("  %d buffers zero copy, %d copied at the limit%n", zc, capped);
     }
 
+    /**
+     * More credit per channel (100) than the data ring holds messages (64), every buffer
+     * published by the task thread when it can (direct-max-bytes = a segment): a lagging
+     * consumer dispatcher lets the ring fill, and a direct publication must then leave its
+     * buffer to the producer dispatcher (it does not wait for room) in sequence order.
+     * Whether the ring fills in a run depends on the scheduling, so the count is printed,
+     * not asserted; the sums must be exact either way.
+     */
+    static void creditBeyondRing() throws Exception {
+        reset();
+        long n = 1_000_000;
+        long before = shmBuffersIn();
+        long ringFullBefore = ShmMetrics.TOTAL_DIRECT_RING_FULL.get();
+        long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
+        Configuration c = conf("deep");
+        c.set(ShmflowOptions.ARENA_SIZE, MemorySize.parse("64m"));
+        c.set(str("taskmanager.network.memory.buffers-per-channel"), "100");
+        c.set(ShmflowOptions.DIRECT_MAX_BYTES, MemorySize.parse("32kb"));
+        c.set(str("restart-strategy.type"), "none");
+        StreamExecutionEnvironment env = env(c);
+        env.fromSequence(1, n)
+                .map(x -> Tuple2.of(x % KEYS, x))
+                .returns(org.apache.flink.api.common.typeinfo.Types.TUPLE(
+                        org.apache.flink.api.common.typeinfo.Types.LONG, org.apache.flink.api.common.typeinfo.Types.LONG))
+                .keyBy(p -> p.f0)
+                .reduce((a, b) -> Tuple2.of(a.f0, a.f1 + b.f1))
+                .map(new RecordMax())
+                .sinkTo(new DiscardingSink<>());
+        env.execute("shmflow keyBy with credit beyond the ring");
+        check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key, got " + new TreeMap<>(MAX));
+        check(shmBuffersIn() - before > 100, "buffers through shared memory: " + (shmBuffersIn() - before));
+        long direct = ShmMetrics.TOTAL_DIRECT_OUT.get() - directBefore;
+        check(direct > 0, "buffers published by the task thread: " + direct);
+        System.out.printf("  %d buffers, %d published directly, %d left to the dispatcher on a full ring%n",
+                shmBuffersIn() - before, direct, ShmMetrics.TOTAL_DIRECT_RING_FULL.get() - ringFullBefore);
+    }
+
     static void failureRestart() throws Exception {
         reset();
         long n = 600_000;
@@ -444,6 +483,44 @@ public final class MiniClusterTest {
             }
         }
         return true;
+    }
+
+    /**
+     * The consumer's flushed-buffer threshold (its long spin) follows the segment size: with
+     * 8 KiB segments a fixed 8 KiB took every full buffer for a flushed one. The keyBy job
+     * then runs exact on 8 KiB segments, whose transports use half a segment.
+     */
+    static void smallSegments() throws Exception {
+        check(ShmTransport.flushedMaxBytes(32 * 1024) == 8 * 1024, "32 KiB segments (the default): 8 KiB");
+        check(ShmTransport.flushedMaxBytes(64 * 1024) == 8 * 1024, "larger segments: still 8 KiB");
+        for (int seg : new int[] {4096, 8192, 16384, 32768, 65536}) {
+            check(ShmTransport.flushedMaxBytes(seg) < seg, "a full buffer of " + seg + " bytes is not a flushed one");
+            check(ShmTransport.flushedMaxBytes(seg) > 0, "a flushed buffer of " + seg + "-byte segments can still be");
+        }
+        check(ShmTransport.flushedMaxBytes(8 * 1024) == 4 * 1024, "8 KiB segments: half a segment");
+        reset();
+        long n = 200_000;
+        long before = shmBuffersIn();
+        Configuration c = conf("seg8k");
+        c.set(TaskManagerOptions.MEMORY_SEGMENT_SIZE, MemorySize.parse("8kb"));
+        StreamExecutionEnvironment env = env(c);
+        job(env, n, false);
+        org.apache.flink.core.execution.JobClient client = env.executeAsync("shmflow keyBy on 8 KiB segments");
+        java.util.List<ShmTransport> ts = ShmTransport.allLive(arenaName("seg8k"));
+        // Bounded wait (20 s at most) for the TaskManagers to attach; the job takes longer.
+        for (int i = 0; i < 200 && ts.size() < 2; i++) {
+            Thread.sleep(100);
+            ts = ShmTransport.allLive(arenaName("seg8k"));
+        }
+        check(ts.size() == 2, "both TaskManagers attached: " + ts.size());
+        for (ShmTransport t : ts) {
+            check(t.segmentSize == 8 * 1024, "the arena has the TaskManagers' segment size: " + t.segmentSize);
+            check(t.flushedMaxBytes == 4 * 1024, "flushed-buffer threshold of 8 KiB segments: " + t.flushedMaxBytes);
+        }
+        client.getJobExecutionResult().get(120, java.util.concurrent.TimeUnit.SECONDS);
+        check(ShmConnectionManager.lastFallback == null, "no fallback, got " + ShmConnectionManager.lastFallback);
+        check(new TreeMap<>(MAX).equals(expected(n)), "exact sums per key, got " + new TreeMap<>(MAX));
+        check(shmBuffersIn() - before > 0, "buffers through shared memory: " + (shmBuffersIn() - before));
     }
 
     static void fallback(String tag, Configuration c, String needle) throws Exception {
