@@ -420,9 +420,9 @@ impl BufferBuilder {
         // the only writer; `base` points into the mapping that `self.arena` keeps alive.
         return unsafe { std::slice::from_raw_parts_mut(base.add((pos + SLOT_BYTES) as usize), len) };
         #[cfg(loom)]
-        // SAFETY: as above, through the arena so loom's witness cells see the write.
         return {
             let _ = base;
+            // SAFETY: as above, through the arena so loom's witness cells see the write.
             unsafe { self.arena.segment_bytes_mut(self.index, pos + SLOT_BYTES, len as u32) }
         };
     }
