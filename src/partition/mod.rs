@@ -37,8 +37,7 @@ pub use selector::{
     ForwardPartitioner, GlobalPartitioner, JavaHash, KeyGroupPartitioner, RebalancePartitioner, RecordKeyHash,
     RescalePartitioner, SelectorKind, DEFAULT_MAX_PARALLELISM,
 };
-pub use types::{ResultPartitionId, ResultPartitionType};
+pub use types::{BatchResult, ResultPartitionId, ResultPartitionType};
 pub use writer::{
-    AnyPartition, BatchResult, BufferTimeout, EmitBatchError, OutputFlusher, PartitionWriter, RecordWriter,
-    EMIT_BATCH_RUN,
+    AnyPartition, BufferTimeout, EmitBatchError, OutputFlusher, PartitionWriter, RecordWriter, EMIT_BATCH_RUN,
 };

@@ -16,8 +16,8 @@
 
 use super::flush_handoff::FlushHandoff;
 use super::manager::{PartitionInfo, ResultPartitionManager, PARTITION_FAILED, PARTITION_FINISHED, PARTITION_RELEASED};
+use super::types::BatchResult;
 use super::types::{ResultPartitionId, ResultPartitionType};
-use super::writer::BatchResult;
 use crate::buffer::{BufferBuilder, LocalBufferPool, LocalPoolConfig};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;

@@ -122,3 +122,7 @@ impl std::fmt::Display for ResultPartitionId {
         write!(f, "{:016x}@{:x}", self.partition, self.attempt)
     }
 }
+
+/// The result of a partition's batch write: on an error, how many records were written
+/// before the failing one, and the error.
+pub type BatchResult<T> = std::result::Result<T, (usize, Error)>;

@@ -29,7 +29,7 @@ use super::blocking::BlockingResultPartition;
 use super::flush_handoff::{FlushHandoff, FlushState};
 use super::result_partition::ResultPartition;
 use super::selector::ChannelSelector;
-use super::types::{ResultPartitionId, ResultPartitionType};
+use super::types::{BatchResult, ResultPartitionId, ResultPartitionType};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::Event;
 use crate::record::Record;
@@ -282,10 +282,6 @@ pub trait PartitionWriter {
         Ok(None)
     }
 }
-
-/// The result of a partition's batch write: on an error, how many records were written
-/// before the failing one, and the error.
-pub type BatchResult<T> = std::result::Result<T, (usize, Error)>;
 
 /// The error of [`RecordWriter::emit_batch`]: the error of the record that failed and how
 /// many records of the batch were written before it.
