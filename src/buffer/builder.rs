@@ -478,6 +478,26 @@ impl BufferBuilder {
     /// (nobody polls there).
     #[inline(always)]
     fn put_prefix(&mut self, pos: u32, len: usize) {
+        // Release: pairs with the Acquire load in `BufferConsumer::record_at_read`;
+        // publishes the payload written above and the word cleared behind it.
+        self.store_prefix(pos, len, Ordering::Release);
+    }
+
+    /// The prefix of a record inside a run ([`FramedRun`]), not its first: published by
+    /// the Release store of the run's first prefix, which comes after it, so Relaxed.
+    #[inline(always)]
+    fn put_run_prefix(&mut self, pos: u32, len: usize) {
+        // Relaxed: no reader looks at this word before it acquired the run's first prefix
+        // (it reaches a word only through the record in front of it), whose Release store
+        // in `FramedRun::drop` comes after this one.
+        self.store_prefix(pos, len, Ordering::Relaxed);
+    }
+
+    /// The store of [`put_prefix`](Self::put_prefix) and
+    /// [`put_run_prefix`](Self::put_run_prefix), with the ordering each names (a constant
+    /// at both call sites, so the branch-free store each had before).
+    #[inline(always)]
+    fn store_prefix(&mut self, pos: u32, len: usize, order: Ordering) {
         debug_assert!(len <= u32::MAX as usize);
         if pos % SLOT_BYTES != 0 {
             // SAFETY: [pos, pos + 4) is inside the segment (the caller's record or head
@@ -489,33 +509,11 @@ impl BufferBuilder {
         // SAFETY: as above. Under loom the arena's words are separate from its bytes:
         // the bytes (read by a reader of committed bytes) are written here as well.
         frame::put_len(unsafe { self.arena.segment_bytes_mut(self.index, pos, SLOT_BYTES) }, len);
-        // Release: pairs with the Acquire load in `BufferConsumer::record_at_read`;
-        // publishes the payload written above and the word cleared behind it. The value's
-        // bytes are the little-endian prefix that readers of committed bytes decode.
+        // The ordering is the caller's (see its comment). The value's bytes are the
+        // little-endian prefix that readers of committed bytes decode.
         // SAFETY: 4-aligned (checked above) and the prefix lies in the segment (the
         // caller's record or head fits).
-        unsafe { self.word(pos) }.store((len as u32).to_le(), Ordering::Release);
-    }
-
-    /// The prefix of a record inside a run ([`FramedRun`]), not its first: published by
-    /// the Release store of the run's first prefix, which comes after it, so Relaxed.
-    #[inline(always)]
-    fn put_run_prefix(&mut self, pos: u32, len: usize) {
-        debug_assert!(len <= u32::MAX as usize);
-        if pos % SLOT_BYTES != 0 {
-            // SAFETY: [pos, pos + 4) is inside the segment (the run's record fits) and
-            // above every published position; no reader polls an unaligned word.
-            frame::put_len(unsafe { self.arena.segment_bytes_mut(self.index, pos, SLOT_BYTES) }, len);
-            return;
-        }
-        #[cfg(loom)]
-        // SAFETY: as above; the bytes under loom, as in `put_prefix`.
-        frame::put_len(unsafe { self.arena.segment_bytes_mut(self.index, pos, SLOT_BYTES) }, len);
-        // Relaxed: no reader looks at this word before it acquired the run's first prefix
-        // (it reaches a word only through the record in front of it), whose Release store
-        // in `FramedRun::drop` comes after this one.
-        // SAFETY: 4-aligned (checked above) and the prefix lies in the segment.
-        unsafe { self.word(pos) }.store((len as u32).to_le(), Ordering::Relaxed);
+        unsafe { self.word(pos) }.store((len as u32).to_le(), order);
     }
 
     /// Starts a run of length-prefixed records ([`FramedRun`]) with `record` (`len`
