@@ -52,7 +52,7 @@ case "$cmd" in
     # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
     # e.g. shmflow-copy-spin0): zc (the default), copy (zero-copy false), spinNS (producer dispatcher), cspinNS (consumer dispatcher),
     # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false),
-    # notaskpoll (consumer task-polls false), directall,
+    # taskpoll / notaskpoll (consumer task-polls true / false, the default), directall,
     # direct8k (direct-max-bytes 8kb, the default: full buffers through the dispatcher),
     # and base (no settings).
     case "$factory" in
@@ -71,6 +71,7 @@ case "$cmd" in
             nodeliver) deliver=false ;;
             nobank) bank=false ;;
             notaskpoll) taskpolls=false ;;
+            taskpoll) taskpolls=true ;;
             directall) directmax=32kb ;;
             direct8k) directmax=8kb ;;
             *) echo "flink/cluster.sh: unknown factory part '$part' in $factory" >&2; exit 2 ;;
@@ -136,7 +137,7 @@ shmflow:
     zero-copy: ${zerocopy:-true}
     deliver-on-credit: ${deliver:-true}
     banked-credit: ${bank:-true}
-    task-polls: ${taskpolls:-true}
+    task-polls: ${taskpolls:-false}
 ${cspin:+    spin-ns: $cspin
 }  spin-ns: ${spin:-5000}
   producer:

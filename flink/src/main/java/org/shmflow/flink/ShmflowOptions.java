@@ -97,12 +97,13 @@ public final class ShmflowOptions {
      * Flink), their recyclers poll the channel's ring and hand Flink what arrived, and the
      * producer does not wake this TaskManager's consumer dispatcher for data buffers of that
      * channel (events always wake it). The last such buffer to come back stops the polling
-     * (with a fence and one more poll: {@code ffi/src/polled.rs}). Needs zero copy.
+     * (with a fence and one more poll: {@code ffi/src/polled.rs}). Needs zero copy. Off by
+     * default: in session 11's A/B it raised the latency p99 to ~0.15 s (see docs/flink.md).
      */
     public static final ConfigOption<Boolean> TASK_POLLS =
             ConfigOptions.key("shmflow.consumer.task-polls")
                     .booleanType()
-                    .defaultValue(true)
+                    .defaultValue(false)
                     .withDescription("Consumer side: while zero-copy buffers of a channel are out, their recyclers (mostly the task thread) poll the channel and deliver what arrived, and the producer does not wake the consumer dispatcher for that channel's data buffers (events always wake it); false: the dispatcher is woken for every buffer.");
 
     /**

@@ -285,6 +285,7 @@ public final class MiniClusterTest {
         long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
         Configuration c = conf("fast");
         c.set(ShmflowOptions.ZERO_COPY_MAX_SEGMENTS, 1);
+        c.set(ShmflowOptions.TASK_POLLS, true);
         // Full buffers to the dispatcher (stashed by the direct path), flushed ones direct.
         c.set(ShmflowOptions.DIRECT_MAX_BYTES, org.apache.flink.configuration.MemorySize.parse("8kb"));
         // Any failure (a credit-rule violation fails the producer) fails the job.
@@ -307,7 +308,7 @@ public final class MiniClusterTest {
         long capped = ShmMetrics.TOTAL_ZERO_COPY_CAPPED.get() - cappedBefore;
         check(zc > 0, "buffers delivered zero copy under the limit: " + zc);
         check(capped > 0, "buffers copied at the limit of one held segment: " + capped);
-        // Task polls (the default): a buffer that arrives while the task holds a zero-copy
+        // Task polls (set above): a buffer that arrives while the task holds a zero-copy
         // buffer of its channel marks nobody, and that buffer's recycler delivers it.
         long onRecycle = ShmMetrics.TOTAL_ON_RECYCLE_IN.get() - onRecycleBefore;
         check(onRecycle > 0, "buffers delivered by a zero-copy buffer's recycler (shmflow.consumer.task-polls: true): " + onRecycle);
