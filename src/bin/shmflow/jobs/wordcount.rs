@@ -224,7 +224,9 @@ impl Eq for Word {}
 /// `str`'s byte-slice hash stayed a call per record (`BuildHasher::hash_one`, 3-4% of a
 /// profile).
 impl std::hash::Hash for Word {
-    #[inline]
+    // inline(always): once per record in the reducer's drain loop (left to LLVM it stayed a
+    // call there).
+    #[inline(always)]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         match self.inline_lanes() {
             Some([a, b, c]) => {
