@@ -83,7 +83,8 @@ int32_t shmflow_arena_info(uint64_t arena, struct shmflow_arena_info *out);
 int32_t shmflow_segment_ptr(uint64_t arena, int32_t segment, uint8_t **out);
 
 /* Liveness: the slot of a registered TaskManager whose process is alive (else
- * SHMFLOW_ENOENT); the state of a slot: 1 alive, 0 left cleanly, -1 died. */
+ * SHMFLOW_ENOENT); the state of a slot: 1 alive, 0 left cleanly, -1 died, 2 free (nobody
+ * registered in it, or its dead holder was reclaimed). Only 1 is alive. */
 int32_t shmflow_peer_lookup(uint64_t arena, const char *tm_id, int32_t *out_slot);
 int32_t shmflow_peer_state(uint64_t arena, int32_t slot, int32_t *out);
 
@@ -101,6 +102,7 @@ int32_t shmflow_set_spin(uint64_t arena, int32_t side, int64_t spin_ns);
  * out, bytes out, buffers in, bytes in. The second end to close frees what is queued.
  * Accepting a channel whose consumer already closed it returns SHMFLOW_EPEER and frees it
  * (with whatever the consumer queued in it). */
+/* connect: SHMFLOW_EPEER unless shmflow_peer_state(producer_slot) is 1 (alive). */
 int32_t shmflow_channel_connect(uint64_t arena, int32_t producer_slot, uint64_t *out_channel,
                                 int32_t *out_id);
 int32_t shmflow_channel_accept(uint64_t arena, int32_t id, uint64_t *out_channel);

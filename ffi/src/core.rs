@@ -571,13 +571,20 @@ impl ArenaCtx {
         Ok(e.slot)
     }
 
-    /// Whether the TaskManager in `slot` is alive (1), left cleanly (0) or died (-1).
+    /// Whether the TaskManager in `slot` is alive (1), left cleanly (0) or died (-1); 2 for
+    /// a free slot (nobody registered in it, or its dead holder was reclaimed), which is not
+    /// alive either.
     ///
     /// # Errors
     /// [`code::EINVAL`] for a slot out of range.
     pub fn peer_state(&self, slot: u32) -> FResult<i32> {
         if slot >= self.arena.config().max_workers {
             return Err(inval(format!("worker slot {slot} is outside 0..{}", self.arena.config().max_workers)));
+        }
+        // Relaxed: a look at the state word; `liveness` below reads it again with Acquire. A
+        // slot registered right after this look is reported free, as it was a moment ago.
+        if self.arena.workers()[slot as usize].state.load(Ordering::Relaxed) == liveness::WORKER_FREE {
+            return Ok(2);
         }
         Ok(match liveness::liveness(&self.arena, slot) {
             Liveness::Alive => 1,
@@ -733,8 +740,9 @@ impl ChannelCtx {
     /// `producer` and wakes that TaskManager's producer dispatcher.
     ///
     /// # Errors
-    /// [`code::EINVAL`] for a slot out of range or not alive, [`code::ECONFIG`] when
-    /// every channel block is taken.
+    /// [`code::EINVAL`] for a slot out of range, [`code::EPEER`] for a slot whose
+    /// TaskManager is not alive (left, died, or never registered: [`ArenaCtx::peer_state`]
+    /// is not 1), [`code::ECONFIG`] when every channel block is taken.
     pub fn connect(ctx: &Arc<ArenaCtx>, producer: u32) -> FResult<Arc<Self>> {
         if ctx.peer_state(producer)? != 1 {
             return Err(FfiError::new(code::EPEER, format!("the TaskManager in slot {producer} is not alive")));

@@ -176,7 +176,7 @@ pub extern "system" fn Java_org_shmflow_flink_Native_lookup<'l>(
     })
 }
 
-/// `Native.peerState(arena, slot)`: 2 alive, 1 left, 0 died (the C values + 1), or a
+/// `Native.peerState(arena, slot)`: 2 alive, 1 left, 0 died, 3 free (the C values + 1), or a
 /// negative code.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_peerState<'l>(

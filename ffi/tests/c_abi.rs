@@ -184,6 +184,23 @@ fn bad_open_settings_are_errors_with_messages() {
     assert_eq!(shmflow_arena_close(a), 0);
 }
 
+#[test]
+fn a_slot_nobody_registered_is_free_not_alive_and_connect_to_it_fails() {
+    let s = Scratch::new("free-slot");
+    let a = s.open("tm-a").expect("open");
+    let (mut state, mut ch, mut id) = (9, 0u64, -1);
+    // SAFETY: valid out pointers.
+    unsafe {
+        assert_eq!(shmflow_peer_state(a, 40, &mut state), 0, "{}", err_text());
+        assert_eq!(state, 2, "a never registered slot is free");
+        let rc = shmflow_channel_connect(a, 40, &mut ch, &mut id);
+        assert_eq!(rc, code::EPEER, "connect to a free slot: {}", err_text());
+        assert!(err_text().contains("not alive"), "{}", err_text());
+    }
+    assert_eq!(ch, 0, "no channel handle was handed out");
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
 fn connect_pair(s: &Scratch) -> (u64, u64, u64, u64) {
     let a = s.open("tm-producer").expect("open a");
     let b = s.open("tm-consumer").expect("open b");
