@@ -41,7 +41,10 @@ extern "C" {
 #define SHMFLOW_FLAG_COMPRESSED 1
 /* Producer, data buffers only: the consumer's task may take it by polling; the consumer's
  * notify set is marked only when its task does not poll the channel (shmflow_task_polls).
- * Not carried to the consumer. */
+ * Not carried to the consumer. A data buffer is a message of a caller's kind (not
+ * SHMFLOW_KIND_CREDIT) whose data_type is Flink's DATA_BUFFER (1) or
+ * DATA_BUFFER_WITH_CLEAR_END (8); shmflow_send refuses the flag on anything else
+ * (SHMFLOW_EINVAL), so events always mark. */
 #define SHMFLOW_FLAG_POLLABLE 2
 
 /* One message: 4 ring slots in shared memory, this struct at the API. */

@@ -139,8 +139,13 @@ pub const KIND_CREDIT: u8 = 1;
 pub const FLAG_COMPRESSED: u8 = 1;
 /// Flag bit of a message sent by the producer, not carried in the ring: a data buffer the
 /// consumer's task may take by polling, so the consumer's notify set is marked only when
-/// its task does not poll this channel (the `polled` module). Events never carry it.
+/// its task does not poll this channel (the `polled` module). Events never carry it: sending refuses it on anything but a data buffer
+/// ([`DATA_BUFFER_TYPES`]).
 pub const FLAG_POLLABLE: u8 = 2;
+/// The data types ([`Msg::data_type`], Flink's `Buffer.DataType` ordinals) of a data
+/// buffer, the only messages that may carry [`FLAG_POLLABLE`]: `DATA_BUFFER` (1) and
+/// `DATA_BUFFER_WITH_CLEAR_END` (8), those whose `isBuffer()` is true.
+pub const DATA_BUFFER_TYPES: [i32; 2] = [1, 8];
 /// Ring slots per message.
 const SLOTS: u64 = 4;
 /// Longest wait any single call accepts (one hour), so every loop is bounded.
@@ -182,6 +187,15 @@ impl Msg {
             return Err(inval(format!(
                 "flags {:#x}: only bit 0 (compressed) and bit 1 (pollable) are defined",
                 self.flags
+            )));
+        }
+        if self.flags & i32::from(FLAG_POLLABLE) != 0
+            && (self.kind == i32::from(KIND_CREDIT) || !DATA_BUFFER_TYPES.contains(&self.data_type))
+        {
+            return Err(inval(format!(
+                "flag pollable on kind {} with data type {}: only data buffers (a caller's kind with \
+                 data type {DATA_BUFFER_TYPES:?}) carry it; events always mark",
+                self.kind, self.data_type
             )));
         }
         if self.size < 0 || self.size as u32 > segment_size {

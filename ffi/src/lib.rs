@@ -23,7 +23,9 @@ pub mod handshake;
 mod jni_api;
 pub mod polled;
 
-pub use crate::core::{code, ArenaCtx, ChannelCtx, FfiError, Msg, OpenOptions, Side, FLAG_POLLABLE, KIND_CREDIT};
+pub use crate::core::{
+    code, ArenaCtx, ChannelCtx, FfiError, Msg, OpenOptions, Side, DATA_BUFFER_TYPES, FLAG_POLLABLE, KIND_CREDIT,
+};
 use crate::core::{FResult, MAX_TIMEOUT_MS};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr};

@@ -368,10 +368,20 @@ fn a_pollable_buffer_marks_the_consumer_only_while_its_task_does_not_poll() {
         assert_inval(shmflow_task_polls(cons, -1), "0 or 1");
         let bad = Msg { kind: 3, flags: 4, ..Msg::default() };
         assert_inval(shmflow_send(prod, &bad, 0), "flags");
+        // Pollable only on data buffers: not on an event, nor on the transport's credit.
+        let pollable = i32::from(FLAG_POLLABLE);
+        for (kind, data_type) in [(3, 0), (3, 2), (3, 3), (3, 4), (1, 1)] {
+            let m = Msg { kind, data_type, flags: pollable, arg: 1, ..Msg::default() };
+            assert_inval(shmflow_send(prod, &m, 0), "only data buffers");
+        }
+        let (mut none, mut n) = ([Msg::default(); 4], -1);
+        assert_eq!(shmflow_poll(cons, none.as_mut_ptr(), 4, &mut n), 0, "{}", err_text());
+        assert_eq!(n, 0, "a refused message was published");
         let send = |flags: i32, seq: i32| {
             let mut seg = -1;
             assert_eq!(shmflow_segment_acquire(prod, 100, &mut seg), 0, "{}", err_text());
-            let m = Msg { kind: 3, segment: seg, size: 8, seq, flags, ..Msg::default() };
+            let data_type = if flags & pollable != 0 { 1 } else { 2 };
+            let m = Msg { kind: 3, segment: seg, size: 8, seq, data_type, flags, ..Msg::default() };
             assert_eq!(shmflow_send(prod, &m, 100), 0, "{}", err_text());
         };
         let marked = || {
