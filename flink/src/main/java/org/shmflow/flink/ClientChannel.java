@@ -120,7 +120,8 @@ final class ClientChannel {
         if (lock.isHeldByCurrentThread()) {
             return;
         }
-        for (int round = 0; round < 1_000 && pollWanted && !closed && lock.tryLock(); round++) {
+        int round = 0;
+        for (; round < 1_000 && pollWanted && !closed && lock.tryLock(); round++) {
             try {
                 pollWanted = false;
                 long before = delivered;
@@ -132,6 +133,12 @@ final class ClientChannel {
                 lock.unlock();
             }
         }
+        if (round == 1_000 && pollWanted && !closed) {
+            // Out by the bound with a poll still wanted (others kept asking while this one
+            // delivered): nobody else may take the lock soon, and the producer did not mark
+            // for the buffer behind it, so the dispatcher polls (drain rechecks pollWanted).
+            t.handOffPoll(this);
+        }
     }
 
     /**
@@ -140,7 +147,7 @@ final class ClientChannel {
      * delays the data behind it by at most this period).
      */
     void pollIfTaskPolls() {
-        if (polling.get() > 0) {
+        if (polling.get() > 0 || pollWanted) {
             drain();
         }
     }
@@ -346,8 +353,22 @@ final class ClientChannel {
                 }
             } finally {
                 t.returnZeroCopySlot();
-                // After the segment: the credit this announces lets the producer send again.
-                token.recycleBuffer();
+                try {
+                    // After the segment: the credit this announces lets the producer send
+                    // again. It throws on a channel that failed and is not yet released
+                    // (RemoteInputChannel.notifyCreditAvailable's checkError, which
+                    // Flink's BufferManager.recycle rethrows as Flink's own recyclers do):
+                    // that propagates, after the rest below, so the native end still
+                    // closes once the last reference goes.
+                    token.recycleBuffer();
+                } finally {
+                    afterTokenRecycled();
+                }
+            }
+        }
+
+        private void afterTokenRecycled() {
+            try {
                 if (t.taskPolls) {
                     if (polling.decrementAndGet() == 0) {
                         // The last one out: the producer marks again; what it published
@@ -358,6 +379,7 @@ final class ClientChannel {
                         pollFromRecycler();
                     }
                 }
+            } finally {
                 unref();
             }
         }

@@ -134,6 +134,11 @@ final class ShmTransport implements AutoCloseable {
 
     // --- consumer side ---
     final ConcurrentHashMap<Integer, ClientChannel> clientById = new ConcurrentHashMap<>();
+    /**
+     * Channels whose recycler asked for a poll it could not do (it gave up on the lock after
+     * its bound, see ClientChannel#pollFromRecycler): the consumer dispatcher drains them.
+     */
+    private final ConcurrentLinkedQueue<ClientChannel> pollsHandedOff = new ConcurrentLinkedQueue<>();
     final ConcurrentHashMap<InputChannelID, ClientChannel> clientByInput = new ConcurrentHashMap<>();
     /** Partition requests with a delay (retriggered requests). */
     final ScheduledExecutorService delayed;
@@ -514,6 +519,15 @@ final class ShmTransport implements AutoCloseable {
                     c.drain();
                 }
             }
+            // Bounded: what was handed off before this round (a channel handed off again
+            // meanwhile waits for the next round, which its wake-up starts at once).
+            for (int i = pollsHandedOff.size(); i > 0; i--) {
+                ClientChannel c = pollsHandedOff.poll();
+                if (c == null) {
+                    break;
+                }
+                c.drain();
+            }
             long now = System.nanoTime();
             if (now >= nextLiveness) {
                 nextLiveness = now + LIVENESS_NANOS;
@@ -523,6 +537,15 @@ final class ShmTransport implements AutoCloseable {
                 }
             }
         }
+    }
+
+    /**
+     * From a recycler: {@code c} has a poll wanted that its recycler could not do; the
+     * consumer dispatcher drains it (woken as a producer's mark would wake it).
+     */
+    void handOffPoll(ClientChannel c) {
+        pollsHandedOff.add(c);
+        Native.wake(arena, Native.CONSUMER);
     }
 
     // ------------------------------------------------------------------ producer side
