@@ -247,8 +247,25 @@ pub struct OpenOptions {
     pub spin_ns: u64,
 }
 
+/// Most segments an arena holds (segment indexes are packed in 24 bits).
+const MAX_SEGMENTS: u64 = 1 << 24;
+
 /// Geometry of every arena this module creates, apart from the size and segment size.
+///
+/// # Errors
+/// [`code::ECONFIG`] for a size with room for fewer than two segments or for more than
+/// 2^24 (it used to be capped silently: a huge sparse arena).
 pub fn arena_config(segment_size: u32, arena_bytes: u64) -> FResult<ArenaConfig> {
+    if segment_size != 0 && arena_bytes / u64::from(segment_size) > MAX_SEGMENTS {
+        return Err(FfiError::new(
+            code::ECONFIG,
+            format!(
+                "arena of {arena_bytes} bytes with {segment_size}-byte segments: more than {MAX_SEGMENTS} segments \
+                 (at most about {} bytes with this segment size)",
+                MAX_SEGMENTS * u64::from(segment_size)
+            ),
+        ));
+    }
     let base = ArenaConfig {
         segment_size,
         segment_count: 2,
@@ -267,6 +284,35 @@ pub fn arena_config(segment_size: u32, arena_bytes: u64) -> FResult<ArenaConfig>
     base.with_arena_size(arena_bytes).map_err(|e| {
         FfiError::new(code::ECONFIG, format!("arena of {arena_bytes} bytes with {segment_size}-byte segments: {e}"))
     })
+}
+
+/// Refuses to create an arena larger than the space free in `dir` (its tmpfs): the file
+/// is sparse, so it would be created, and a TaskManager would die of SIGBUS later when a
+/// write reaches a page the file system cannot back.
+fn check_room(dir: &Path, config: &ArenaConfig) -> FResult<()> {
+    let size = config.layout().map_err(from_arena)?.total_size;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(()); // cannot tell: creating it reports what is wrong, if anything
+    }
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    if size > free {
+        return Err(FfiError::new(
+            code::ECONFIG,
+            format!(
+                "an arena of {size} bytes does not fit in the {free} bytes free in {} (a write past the free \
+                 space would kill the TaskManager with SIGBUS): make the arena smaller or {} larger",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One TaskManager's attachment to the host's arena.
@@ -460,6 +506,7 @@ impl ArenaCtx {
             }
         };
         if arena.is_none() {
+            check_room(Path::new("/dev/shm"), &config)?;
             let mut a = Arena::create_named(&opts.name, &config).map_err(from_arena)?;
             a.keep();
             arena = Some(a);

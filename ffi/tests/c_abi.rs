@@ -147,12 +147,27 @@ fn bad_open_settings_are_errors_with_messages() {
     let dir = CString::new(s.dir.to_str().unwrap()).unwrap();
     let tm = CString::new("tm").unwrap();
     let mut h = 0;
-    // SAFETY: valid strings and out pointer.
+    // SAFETY: valid strings and out pointers; an all-zero statvfs is a valid value.
     unsafe {
         // Too small for two segments.
         let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), 64 << 10, 32 << 10, 0, &mut h);
         assert_eq!(rc, code::ECONFIG, "{}", err_text());
         assert!(err_text().contains("segments"), "{}", err_text());
+        // More than 2^24 segments (was capped silently: a 512 GiB sparse arena).
+        let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), 1 << 62, 32 << 10, 0, &mut h);
+        assert_eq!(rc, code::ECONFIG, "{}", err_text());
+        assert!(err_text().contains("more than 16777216 segments"), "{}", err_text());
+        // Within the caps but more than /dev/shm has free (a later SIGBUS otherwise); only
+        // where /dev/shm has less than 512 GiB free.
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let shm = CString::new("/dev/shm").unwrap();
+        let big: u64 = 1 << 39;
+        if libc::statvfs(shm.as_ptr(), &mut st) == 0 && u64::from(st.f_bavail) * u64::from(st.f_frsize) < big {
+            let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), big, 16 << 20, 0, &mut h);
+            assert_eq!(rc, code::ECONFIG, "{}", err_text());
+            assert!(err_text().contains("free in /dev/shm"), "{}", err_text());
+            assert!(!std::path::Path::new("/dev/shm").join(&s.name).exists(), "a refused arena was created");
+        }
         // Segment size not a power of two.
         let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), 8 << 20, 5000, 0, &mut h);
         assert_eq!(rc, code::ECONFIG, "{}", err_text());
