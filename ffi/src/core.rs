@@ -300,7 +300,7 @@ fn check_room(dir: &Path, config: &ArenaConfig) -> FResult<()> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Ok(()); // cannot tell: creating it reports what is wrong, if anything
     }
-    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
     if size > free {
         return Err(FfiError::new(
             code::ECONFIG,

@@ -162,7 +162,7 @@ fn bad_open_settings_are_errors_with_messages() {
         let mut st: libc::statvfs = std::mem::zeroed();
         let shm = CString::new("/dev/shm").unwrap();
         let big: u64 = 1 << 39;
-        if libc::statvfs(shm.as_ptr(), &mut st) == 0 && u64::from(st.f_bavail) * u64::from(st.f_frsize) < big {
+        if libc::statvfs(shm.as_ptr(), &mut st) == 0 && st.f_bavail.saturating_mul(st.f_frsize) < big {
             let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), big, 16 << 20, 0, &mut h);
             assert_eq!(rc, code::ECONFIG, "{}", err_text());
             assert!(err_text().contains("free in /dev/shm"), "{}", err_text());
