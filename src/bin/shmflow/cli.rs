@@ -144,9 +144,10 @@ pub(crate) enum JobCmd {
     },
     /// Capacity planning: generators -> exchange -> counting, checksumming sinks.
     Shuffle {
-        /// Records in all (at most 10^12).
-        #[arg(long, default_value_t = 100_000_000)]
-        records: u64,
+        /// Records in all (at most 10^12). Default 100,000,000; with --latency, --rate x 10,
+        /// about ten seconds of records at that rate.
+        #[arg(long)]
+        records: Option<u64>,
         /// Payload bytes per record (at least 8).
         #[arg(long, default_value_t = 16)]
         payload: u32,
