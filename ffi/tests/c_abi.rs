@@ -214,6 +214,18 @@ fn a_slot_nobody_registered_is_free_not_alive_and_connect_to_it_fails() {
     assert_eq!(shmflow_arena_close(a), 0);
 }
 
+#[test]
+fn a_process_that_opens_and_closes_again_and_again_reuses_its_worker_slots() {
+    let s = Scratch::new("reopen");
+    let a = s.open("tm-a").expect("open a");
+    // 64 worker slots: every round used a fresh one before, the 64th open failed.
+    for i in 0..100 {
+        let b = s.open(&format!("tm-b{i}")).unwrap_or_else(|e| panic!("open #{i}: {e:?}"));
+        assert_eq!(shmflow_arena_close(b), 0);
+    }
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
 fn connect_pair(s: &Scratch) -> (u64, u64, u64, u64) {
     let a = s.open("tm-producer").expect("open a");
     let b = s.open("tm-consumer").expect("open b");
