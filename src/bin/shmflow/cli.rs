@@ -108,7 +108,7 @@ pub(crate) enum JobCmd {
         #[arg(long)]
         input: Option<PathBuf>,
         /// Where to write `word<TAB>count` lines sorted by word (checked before the job runs;
-        /// written to `<output>.tmp-<pid>` and renamed when complete).
+        /// written to `<output>.tmp-<pid>` and renamed when complete; not `-`: no stdout).
         #[arg(long)]
         output: Option<PathBuf>,
         /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
@@ -126,7 +126,8 @@ pub(crate) enum JobCmd {
         #[arg(long)]
         input: Option<PathBuf>,
         /// Where to write one `word<TAB>sum` line per window firing, sorted by word (checked
-        /// before the job runs; written to `<output>.tmp-<pid>` and renamed when complete).
+        /// before the job runs; written to `<output>.tmp-<pid>` and renamed when complete;
+        /// not `-`: no stdout).
         #[arg(long)]
         output: Option<PathBuf>,
         /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes

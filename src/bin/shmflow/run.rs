@@ -195,6 +195,13 @@ pub(crate) fn refuse_unsized(path: &std::path::Path) -> AnyResult<()> {
 pub(crate) fn output_file(src: &TextSource, output: Option<&std::path::Path>) -> AnyResult<Option<jobs::OutputFile>> {
     match output {
         Some(p) if !is_worker() => {
+            if p == std::path::Path::new("-") {
+                // Not stdout: the output is written to a temp file and renamed, and the
+                // summary goes to stdout. Silently making a file named "-" surprised users.
+                return Err(
+                    "--output - (standard output) is not supported: name a file (./- for a file named -)".into()
+                );
+            }
             if let TextSource::File { path, .. } = src {
                 jobs::refuse_output_over_input(path, p)?;
             }
