@@ -39,6 +39,10 @@ extern "C" {
  * caller's. */
 #define SHMFLOW_KIND_CREDIT 1
 #define SHMFLOW_FLAG_COMPRESSED 1
+/* Producer, data buffers only: the consumer's task may take it by polling; the consumer's
+ * notify set is marked only when its task does not poll the channel (shmflow_task_polls).
+ * Not carried to the consumer. */
+#define SHMFLOW_FLAG_POLLABLE 2
 
 /* One message: 4 ring slots in shared memory, this struct at the API. */
 typedef struct shmflow_msg {
@@ -49,7 +53,7 @@ typedef struct shmflow_msg {
     int32_t seq;          /* Flink: sequence number */
     int32_t backlog;      /* Flink: sender backlog */
     int32_t data_type;    /* Flink: Buffer.DataType ordinal, 0..255 */
-    int32_t flags;        /* SHMFLOW_FLAG_COMPRESSED or 0 */
+    int32_t flags;        /* SHMFLOW_FLAG_COMPRESSED | SHMFLOW_FLAG_POLLABLE, or 0 */
     int64_t arg;          /* free argument (credits for SHMFLOW_KIND_CREDIT) */
 } shmflow_msg;
 
@@ -122,6 +126,10 @@ int32_t shmflow_add_credit(uint64_t channel, int32_t n, int32_t timeout_ms);
  * for that wake-up. */
 int32_t shmflow_bank_credit(uint64_t channel, int32_t n);
 int32_t shmflow_take_credit(uint64_t channel, int32_t *out_n);
+/* Consumer: on = 1 while this end's task polls the data ring itself (its zero-copy
+ * buffers' recyclers do): pollable data buffers then mark no notify set. on = 0 stops
+ * (with a fence); poll once more after it, a buffer published meanwhile was not marked. */
+int32_t shmflow_task_polls(uint64_t channel, int32_t on);
 
 /* Online reclamation (shmflow::partition::reclaim): frees what dead TaskManagers left
  * (segments, channels, slots), exactly once per dead process whoever calls it. out: processes

@@ -137,6 +137,10 @@ fn from_arena(e: ArenaError) -> FfiError {
 pub const KIND_CREDIT: u8 = 1;
 /// Flag bit: the payload is compressed (Flink's `Buffer.isCompressed`).
 pub const FLAG_COMPRESSED: u8 = 1;
+/// Flag bit of a message sent by the producer, not carried in the ring: a data buffer the
+/// consumer's task may take by polling, so the consumer's notify set is marked only when
+/// its task does not poll this channel (the `polled` module). Events never carry it.
+pub const FLAG_POLLABLE: u8 = 2;
 /// Ring slots per message.
 const SLOTS: u64 = 4;
 /// Longest wait any single call accepts (one hour), so every loop is bounded.
@@ -174,8 +178,11 @@ impl Msg {
         if !(0..=255).contains(&self.data_type) {
             return Err(inval(format!("data type {} is outside 0..=255", self.data_type)));
         }
-        if !(0..=1).contains(&self.flags) {
-            return Err(inval(format!("flags {:#x}: only bit 0 (compressed) is defined", self.flags)));
+        if !(0..=3).contains(&self.flags) {
+            return Err(inval(format!(
+                "flags {:#x}: only bit 0 (compressed) and bit 1 (pollable) are defined",
+                self.flags
+            )));
         }
         if self.size < 0 || self.size as u32 > segment_size {
             return Err(inval(format!("size {} is outside 0..={segment_size}", self.size)));
@@ -191,7 +198,7 @@ impl Msg {
         }
         let s0 = ((self.kind as u64) << 56)
             | ((self.data_type as u64) << 48)
-            | ((self.flags as u64) << 40)
+            | (((self.flags & i32::from(FLAG_COMPRESSED)) as u64) << 40)
             | self.size as u32 as u64;
         let s1 = (((self.segment + 1) as u32 as u64) << 32) | self.subpartition as u32 as u64;
         let s2 = ((self.seq as u32 as u64) << 32) | self.backlog as u32 as u64;
@@ -991,7 +998,31 @@ impl ChannelCtx {
             b.buffers_out.fetch_add(1, Ordering::Relaxed);
             b.bytes_out.fetch_add(msg.size as u64, Ordering::Relaxed);
         }
+        if self.side == Side::Producer
+            && msg.flags & i32::from(FLAG_POLLABLE) != 0
+            && !crate::polled::must_mark(self.block())
+        {
+            return Ok(());
+        }
         self.notify_peer()
+    }
+
+    /// Consumer side: whether this end's task polls the data ring itself from now on (the
+    /// `polled` module); `false` also orders the caller's next poll after it.
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] on a producer end or a closed end.
+    pub fn set_task_polls(&self, on: bool) -> FResult<()> {
+        self.check_open()?;
+        if self.side != Side::Consumer {
+            return Err(inval("the task polls on the consumer end"));
+        }
+        if on {
+            crate::polled::start(self.block());
+        } else {
+            crate::polled::stop(self.block());
+        }
+        Ok(())
     }
 
     /// Marks `segment` (when there is one) as in flight on this channel with one reader,

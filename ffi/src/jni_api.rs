@@ -453,6 +453,17 @@ pub extern "system" fn Java_org_shmflow_flink_Native_takeCredit<'l>(
     value(|| Ok(channel_of(ch as u64)?.take_credit()? as i32))
 }
 
+/// `Native.taskPolls(channel, on)`.
+#[no_mangle]
+pub extern "system" fn Java_org_shmflow_flink_Native_taskPolls<'l>(
+    _env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    ch: jlong,
+    on: jint,
+) -> jint {
+    crate::shmflow_task_polls(ch as u64, on)
+}
+
 /// `Native.lastError()`: the calling thread's last error message.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_lastError<'l>(env: JNIEnv<'l>, _c: JClass<'l>) -> jstring {
