@@ -79,7 +79,9 @@ int32_t shmflow_last_error(char *buf, size_t cap);
 int32_t shmflow_arena_open(const char *name, const char *registry_dir, const char *tm_id,
                            uint64_t arena_bytes, uint32_t segment_size, uint64_t spin_ns,
                            uint64_t *out_arena);
-/* Unregisters; unlinks the arena when no other live TaskManager is registered. */
+/* Unregisters; unlinks the arena when no other live TaskManager is registered. Channels
+ * consumers opened towards this TaskManager that it never accepted are failed (their
+ * consumers see SHMFLOW_EPEER) and freed once their consumers close them. */
 int32_t shmflow_arena_close(uint64_t arena);
 int32_t shmflow_arena_info(uint64_t arena, struct shmflow_arena_info *out);
 int32_t shmflow_segment_ptr(uint64_t arena, int32_t segment, uint8_t **out);

@@ -573,14 +573,16 @@ impl ArenaCtx {
         }))
     }
 
-    /// Leaves: removes our registry entry, marks our slot exited, and unlinks the arena
-    /// file when no other live TaskManager is registered. Idempotent.
+    /// Leaves: gives back the channels consumers opened towards us that we never accepted,
+    /// removes our registry entry, marks our slot exited, and unlinks the arena file when
+    /// no other live TaskManager is registered. Idempotent.
     pub fn close(&self) {
         let mut closed = self.closed.lock();
         if *closed {
             return;
         }
         *closed = true;
+        self.refuse_unaccepted();
         let lock = DirLock::take(&self.opts.registry_dir);
         let _ = std::fs::remove_file(&self.entry);
         liveness::mark_exited(&self.arena, self.slot);
@@ -590,6 +592,51 @@ impl ArenaCtx {
         drop(closed);
         self.wake(Side::Consumer);
         self.wake(Side::Producer);
+    }
+
+    /// At `close`: every channel a consumer opened towards us that we never accepted is
+    /// taken and closed as `accept` followed by the channel's `close` would (the same
+    /// handshake steps in the same order): one its consumer already closed is drained and
+    /// freed; an open one is failed, and its consumer's close frees it. Without this, each
+    /// such channel kept its block for good once we left (nobody else takes it while we
+    /// run). The ids go into `accepted` under its lock, so a concurrent `accept` of the same
+    /// channel fails there and never uses it.
+    fn refuse_unaccepted(&self) {
+        let arena = &self.arena;
+        let (me, max) = (std::process::id(), arena.config().max_workers);
+        let mut accepted = self.accepted.lock();
+        for (i, b) in arena.channels().iter().enumerate() {
+            let id = i as u32;
+            // Ordered by `take`'s Acquire; a block towards our slot for another pid is a
+            // previous holder's, for the reclaimer.
+            if accepted.contains(&id) || b.producer_worker() != Some(self.slot) || b.claimer() != me {
+                continue;
+            }
+            match handshake::take(b, self.slot, me, max) {
+                handshake::Take::Open { consumer_slot } => {
+                    accepted.insert(id);
+                    match handshake::close(b, handshake::End::Producer) {
+                        handshake::Closed::First => {
+                            let set = NotifySet::new(arena, set_id(consumer_slot, Side::Consumer));
+                            let _ = set.and_then(|s| s.mark(id));
+                        }
+                        // Its consumer closed it since `take`: ours to drain and free.
+                        handshake::Closed::Last => self.drain_and_free(id),
+                        handshake::Closed::Other(_) => {}
+                    }
+                }
+                handshake::Take::Abandoned => self.drain_and_free(id),
+                handshake::Take::NotOurs | handshake::Take::NotOpen(_) => {}
+            }
+        }
+    }
+
+    /// Releases what is queued either way in channel `id`, which we hold without ever
+    /// having read it, and frees its block.
+    fn drain_and_free(&self, id: u32) {
+        drain_segments(self, id, RingKind::Credit, None);
+        drain_segments(self, id, RingKind::Data, None);
+        handshake::free(&self.arena.channels()[id as usize]);
     }
 
     /// The worker slot of TaskManager `tm_id` if it is registered on this arena and alive.

@@ -228,6 +228,40 @@ fn a_process_that_opens_and_closes_again_and_again_reuses_its_worker_slots() {
     assert_eq!(shmflow_arena_close(a), 0);
 }
 
+/// Channel blocks of the scratch arena that are neither free nor closed (in use, or lost).
+fn blocks_in_use(s: &Scratch) -> usize {
+    use shmflow::memory::{Arena, CHANNEL_CLOSED, CHANNEL_FREE};
+    let arena = Arena::attach_read_only(&std::path::Path::new("/dev/shm").join(&s.name)).expect("the arena");
+    arena.channels().iter().filter(|b| ![CHANNEL_FREE, CHANNEL_CLOSED].contains(&b.state())).count()
+}
+
+#[test]
+fn a_channel_its_producer_never_accepted_is_freed_when_both_have_left() {
+    let s = Scratch::new("unaccepted");
+    let a = s.open("tm-a").expect("open a");
+    // Round 0: the producer leaves first, then the consumer closes; round 1: the other way.
+    for round in 0..2 {
+        let tm = format!("tm-b{round}");
+        let b = s.open(&tm).expect("open b");
+        let (tm_c, mut slot, mut ch, mut id) = (CString::new(tm).unwrap(), -1, 0u64, -1);
+        // SAFETY: valid pointers throughout.
+        unsafe {
+            assert_eq!(shmflow_peer_lookup(a, tm_c.as_ptr(), &mut slot), 0, "{}", err_text());
+            assert_eq!(shmflow_channel_connect(a, slot, &mut ch, &mut id), 0, "{}", err_text());
+        }
+        assert_eq!(blocks_in_use(&s), 1);
+        if round == 0 {
+            assert_eq!(shmflow_arena_close(b), 0);
+            assert_eq!(shmflow_channel_close(ch), 0);
+        } else {
+            assert_eq!(shmflow_channel_close(ch), 0);
+            assert_eq!(shmflow_arena_close(b), 0);
+        }
+        assert_eq!(blocks_in_use(&s), 0, "round {round}: the channel's block was never freed");
+    }
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
 fn connect_pair(s: &Scratch) -> (u64, u64, u64, u64) {
     let a = s.open("tm-producer").expect("open a");
     let b = s.open("tm-consumer").expect("open b");
