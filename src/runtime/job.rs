@@ -692,6 +692,7 @@ where
         // reducer whose key hashes in three multiplies (the WordCount jobs' `Word`).
         let mut hasher = self.hasher.build_hasher();
         key(&v).hash(&mut hasher);
+        #[allow(clippy::manual_hash_one)]
         let h = hasher.finish();
         match self.state.find_mut(h, |t| key(t) == key(&v)) {
             Some(acc) => (self.f)(acc, v),
