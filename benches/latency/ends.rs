@@ -93,6 +93,77 @@ impl Responder for BarePeer {
     }
 }
 
+/// The limit of a record of the payload's size: the payload behind a sequence word, written
+/// in place and read in place, with nothing else around it (see the module doc,
+/// `shm-record`).
+pub(crate) struct RecordPeer {
+    pub(crate) page: SharedPage,
+    pub(crate) payload: usize,
+}
+
+impl RecordPeer {
+    /// The payload bytes of the record at `at` (REC_PING or REC_PONG).
+    fn bytes(&self, at: usize) -> *mut u8 {
+        assert!(at + 8 + self.payload <= PAGE && self.payload <= RECORD_MAX, "record inside the page");
+        self.page.map.as_mut_ptr().wrapping_add(at + 8)
+    }
+
+    /// Waits for record `seq` at `at`, asking for its second line while it polls the first.
+    fn await_record(&self, at: usize, seq: u64) -> Res<&[u8]> {
+        let word = self.page.atomic(at);
+        let second = self.page.map.as_ptr().wrapping_add(at + 64);
+        // Acquire: pairs with the Release store in `send` on the other side.
+        spin_until(
+            || {
+                shmflow::sync::prefetch_line(second);
+                word.load(Ordering::Acquire) == seq
+            },
+            "record",
+            WAIT_TIMEOUT,
+        )?;
+        // SAFETY: inside the mapping (`bytes` asserts it), which lives as long as `self`;
+        // the other side wrote these bytes before its Release store of `seq`, which we
+        // Acquired, and writes them again only after our answer.
+        Ok(unsafe { std::slice::from_raw_parts(self.bytes(at), self.payload) })
+    }
+
+    /// Publishes record `seq` at `at`, its payload filled in place by `fill`.
+    fn send(&self, at: usize, seq: u64, fill: impl FnOnce(&mut [u8])) {
+        // SAFETY: inside the mapping; the other side reads these bytes only after our
+        // Release store of `seq` below, and has read the previous record there before it
+        // answered it.
+        fill(unsafe { std::slice::from_raw_parts_mut(self.bytes(at), self.payload) });
+        // Release: pairs with the Acquire load in `await_record` on the other side.
+        self.page.atomic(at).store(seq, Ordering::Release);
+    }
+}
+
+impl Requester for RecordPeer {
+    fn round_trip(&mut self, seq: u64, msg: &[u8], want: &[u8]) -> Res<()> {
+        self.send(REC_PING, seq, |dst| dst.copy_from_slice(msg));
+        if self.await_record(REC_PONG, seq)? != want {
+            return Err(wrong_answer(seq));
+        }
+        Ok(())
+    }
+}
+
+impl Responder for RecordPeer {
+    fn serve(&mut self, seq: u64) -> Res<()> {
+        let p = self.await_record(REC_PING, seq)?;
+        check_request(p, seq, self.payload)?;
+        // The request is copied with its checksum in one pass into the answer's place.
+        let p: *const [u8] = p;
+        self.send(REC_PONG, seq, |dst| {
+            // SAFETY: the request's bytes, still valid (see `await_record`), and apart
+            // from the answer's (REC_PING and REC_PONG are 2 KiB apart).
+            let sum = copy_checksum(unsafe { &*p }, dst);
+            seal_answer(dst, sum);
+        });
+        Ok(())
+    }
+}
+
 /// The parking limit: the same words as futexes; a waiter never spins. Carries only `seq`.
 pub(crate) struct FutexPeer {
     pub(crate) page: SharedPage,

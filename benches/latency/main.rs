@@ -28,6 +28,14 @@
 //! - `bare-atomic` (spin): one atomic `u64` per direction on a shared memfd page, spinning
 //!   with PAUSE: the hardware limit, one cache line each way. It carries no payload and is
 //!   measured once per round, reported as `payload_bytes: 0`;
+//! - `shm-record` (spin): the limit of a record of the same size, with no software
+//!   around it: the payload at a fixed place on a shared memfd page, 8 bytes behind a
+//!   sequence word that the writer stores last (Release) and the reader spins on (Acquire)
+//!   with a prefetch of the second line (as the stream's reader does), then reads and
+//!   checks the payload in place as the stream's ends do. At 64 B that is 72 bytes, two
+//!   cache lines, as the stream's 68-byte slot-framed record; the bare atomic moves one.
+//!   Up to 1 KiB, paired with the bare atomic as the shmflow peers are (its ratio is what
+//!   the payload's lines add to the hardware limit);
 //! - `futex` (park): the same two words as [`FutexWord`]s; a waiter parks at once and a
 //!   sender always calls FUTEX_WAKE: the parking limit (no payload either, `payload_bytes: 0`);
 //! - `pipe`, `unix-socket`, `tcp-nodelay` (127.0.0.1, TCP_NODELAY), mode park: blocking reads
@@ -207,6 +215,12 @@ const PAGE: usize = 4096;
 /// does not pair their cache lines.
 const PING: usize = 0;
 const PONG: usize = 128;
+/// Offsets of the `shm-record` peer's request and answer (sequence word, then payload), 2 KiB
+/// apart on the shared page.
+const REC_PING: usize = 0;
+const REC_PONG: usize = 2048;
+/// The largest payload of the `shm-record` peer (its sequence word and payload fit 2 KiB).
+const RECORD_MAX: usize = 1024;
 /// Credit the shmflow reader grants and segments the writer's pool may hold.
 const CREDIT: u32 = 4;
 /// The shmflow segment size for small payloads (the suite's usual size).

@@ -6,6 +6,7 @@ use super::*;
 pub(crate) enum Peer {
     Bare,
     Futex,
+    Record,
     Pipe,
     Unix,
     Tcp,
@@ -17,9 +18,10 @@ pub(crate) enum Peer {
 }
 
 impl Peer {
-    pub(crate) const ALL: [Peer; 10] = [
+    pub(crate) const ALL: [Peer; 11] = [
         Peer::Bare,
         Peer::Futex,
+        Peer::Record,
         Peer::Pipe,
         Peer::Unix,
         Peer::Tcp,
@@ -35,6 +37,7 @@ impl Peer {
         match self {
             Peer::Bare => "bare-atomic",
             Peer::Futex => "futex",
+            Peer::Record => "shm-record",
             Peer::Pipe => "pipe",
             Peer::Unix => "unix-socket",
             Peer::Tcp => "tcp-nodelay",
@@ -62,7 +65,7 @@ impl Peer {
     /// The `mode` of the JSON records: how the peer waits.
     pub(crate) fn mode(self) -> &'static str {
         match self {
-            Peer::Bare | Peer::ShmSpin | Peer::NetSpin => "spin",
+            Peer::Bare | Peer::Record | Peer::ShmSpin | Peer::NetSpin => "spin",
             Peer::ShmAdaptive => "adaptive",
             Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark | Peer::NetPark => "park",
         }
@@ -79,10 +82,11 @@ impl Peer {
     }
 
     /// The payload-less limit a peer's ratios are taken against: the bare atomic ping-pong
-    /// for the spinning shmflow peers, the futex one for the parking ones.
+    /// for the spinning shmflow peers (and for `shm-record`, which shows what moving the
+    /// payload adds to it), the futex one for the parking ones.
     pub(crate) fn limit(self) -> Option<Peer> {
         match self {
-            Peer::ShmSpin | Peer::ShmAdaptive | Peer::NetSpin => Some(Peer::Bare),
+            Peer::Record | Peer::ShmSpin | Peer::ShmAdaptive | Peer::NetSpin => Some(Peer::Bare),
             Peer::ShmPark | Peer::NetPark => Some(Peer::Futex),
             _ => None,
         }
@@ -114,12 +118,14 @@ impl Case {
 }
 
 /// The cases of a run, in the order each round runs them: the two limits, then every
-/// payload peer at each size, smallest size first (only the peers in `peers`).
+/// payload peer at each size, smallest size first (only the peers in `peers`; `shm-record`
+/// only up to [`RECORD_MAX`]).
 pub(crate) fn cases(sizes: &[usize], peers: &[Peer]) -> Vec<Case> {
     let chosen = || Peer::ALL.into_iter().filter(|p| peers.contains(p));
     let mut v: Vec<Case> = chosen().filter(|p| !p.carries_payload()).map(|peer| Case { peer, payload: 0 }).collect();
     for &payload in sizes {
-        v.extend(chosen().filter(|p| p.carries_payload()).map(|peer| Case { peer, payload }));
+        let fits = |p: &Peer| *p != Peer::Record || payload <= RECORD_MAX;
+        v.extend(chosen().filter(|p| p.carries_payload()).filter(fits).map(|peer| Case { peer, payload }));
     }
     v
 }

@@ -23,12 +23,15 @@ pub(crate) fn start(case: Case, count: u64, responder_cpu: Option<usize>) -> Res
     let mut cmd = responder_command(case, count, responder_cpu)?;
     let spawn = |cmd: &mut Command| ChildGuard::spawn(cmd, "latency", "responder", CHILD_DEADLINE);
     match peer {
-        Peer::Bare | Peer::Futex => {
+        Peer::Bare | Peer::Futex | Peer::Record => {
             let page = SharedPage::create()?;
             pass_fds(&mut cmd, ENV_FDS, &[page.fd.as_raw_fd()]);
             let child = spawn(&mut cmd)?;
-            let requester: Box<dyn Requester> =
-                if peer == Peer::Bare { Box::new(BarePeer { page }) } else { Box::new(FutexPeer { page }) };
+            let requester: Box<dyn Requester> = match peer {
+                Peer::Bare => Box::new(BarePeer { page }),
+                Peer::Futex => Box::new(FutexPeer { page }),
+                _ => Box::new(RecordPeer { page, payload }),
+            };
             Ok(Session { requester, child })
         }
         Peer::Pipe => {
