@@ -3,7 +3,7 @@
 # loopback only) from the PyPI install, with the shmflow jar in its lib/ (an overlay
 # directory: the cached installation is never modified). Used by flink/demo and flink/bench.
 #
-#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc|-copy][-spinNS][-cspinNS][-nodirect][-nodeliver][-nobank][-directall][-base]] [--port 8091] [--tms 2]
+#   flink/cluster.sh start DIR [--factory netty|shmflow[-zc|-copy][-spinNS][-cspinNS][-nodirect][-nodeliver][-nobank][-notaskpoll][-directall][-base]] [--port 8091] [--tms 2]
 #   flink/cluster.sh tm DIR          start one more TaskManager (a replacement after a kill)
 #   flink/cluster.sh stop DIR        stop exactly the processes this DIR's cluster started
 #   flink/cluster.sh pids DIR        print the TaskManager pids, one per line
@@ -51,7 +51,8 @@ case "$cmd" in
     cp "$FH"/conf/log4j*.properties "$dir/conf/"
     # shmflow[-part...]: each dash-separated part after "shmflow" sets one thing (combinable,
     # e.g. shmflow-copy-spin0): zc (the default), copy (zero-copy false), spinNS (producer dispatcher), cspinNS (consumer dispatcher),
-    # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false), directall,
+    # nodirect, nodeliver (deliver-on-credit false), nobank (banked-credit false),
+    # notaskpoll (consumer task-polls false), directall,
     # direct8k (direct-max-bytes 8kb, the default: full buffers through the dispatcher),
     # and base (no settings).
     case "$factory" in
@@ -69,6 +70,7 @@ case "$cmd" in
             nodirect) direct=false ;;
             nodeliver) deliver=false ;;
             nobank) bank=false ;;
+            notaskpoll) taskpolls=false ;;
             directall) directmax=32kb ;;
             direct8k) directmax=8kb ;;
             *) echo "flink/cluster.sh: unknown factory part '$part' in $factory" >&2; exit 2 ;;
@@ -134,6 +136,7 @@ shmflow:
     zero-copy: ${zerocopy:-true}
     deliver-on-credit: ${deliver:-true}
     banked-credit: ${bank:-true}
+    task-polls: ${taskpolls:-true}
 ${cspin:+    spin-ns: $cspin
 }  spin-ns: ${spin:-5000}
   producer:

@@ -191,3 +191,65 @@ fn clean_removes_only_arenas_whose_creator_died_and_check_reports_an_idle_arena(
     assert!(!path.exists());
     let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(&name));
 }
+
+/// Removes a /dev/shm file when dropped (also when the test fails).
+struct ShmFile(std::path::PathBuf);
+
+impl Drop for ShmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn clean_keeps_an_arena_whose_creator_died_while_another_process_is_attached() {
+    let name = format!("shmflow-test-clean-attached-{}", std::process::id());
+    let mut a = Arena::create_named(&name, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
+    a.keep();
+    drop(a);
+    let file = ShmFile(std::path::Path::new("/dev/shm").join(&name));
+    // A surviving process (this one) is attached in a worker slot.
+    let b = Arena::attach_named(&name).unwrap();
+    let slot = shmflow::memory::liveness::claim(&b).unwrap();
+    // Then the creator dies (a pid that does not exist), as a killed first TaskManager. The
+    // header is patched in place only now: a concurrent `clean` of another test could
+    // remove an arena whose creator is dead before anybody attached.
+    let mut bytes = std::fs::read(&file.0).unwrap();
+    // SAFETY: the file starts with a whole StaticHeader (a plain repr(C) struct of
+    // integers, valid for any bytes); read_unaligned copes with the Vec's alignment.
+    let mut h: shmflow::memory::StaticHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    h.creator_pid = 0x7fff_fff0;
+    h.checksum = h.compute_checksum();
+    // SAFETY: `h` is a plain repr(C) struct without padding; its bytes are initialized.
+    let raw = unsafe {
+        std::slice::from_raw_parts((&h as *const shmflow::memory::StaticHeader).cast::<u8>(), std::mem::size_of_val(&h))
+    };
+    bytes.truncate(raw.len());
+    bytes.copy_from_slice(raw);
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&file.0).unwrap(),
+        &bytes,
+        0,
+    )
+    .unwrap();
+    let me = std::process::id();
+    for args in [&["clean", "--dry-run"][..], &["clean"][..]] {
+        let out = shmflow().args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!(
+                "keep   {} (creator pid {} is gone; attached pids {me} are running)",
+                file.0.display(),
+                0x7fff_fff0
+            )),
+            "{args:?}: {text}"
+        );
+        assert!(file.0.exists(), "{args:?} removed an arena a live process uses");
+    }
+    // Once the last attached process has left, the arena is stale.
+    shmflow::memory::liveness::mark_exited(&b, slot);
+    let out = shmflow().args(["clean", "--dry-run"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("stale  {}", file.0.display())), "{text}");
+    drop(b);
+}

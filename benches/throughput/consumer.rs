@@ -185,6 +185,9 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
     // gate over all channels gets the same total.
     let mut gate_cfg = InputGateConfig::new(inputs);
     gate_cfg.floating_credits = FLOATING_PER_WRITER * writers;
+    if let Some(policy) = consumer_wait()? {
+        gate_cfg.wait_policy = policy;
+    }
     let mut gate = env.create_input_gate(&gate_cfg)?;
     // Records that span segments (1 MiB over 32 KiB) are read as a deserializer that
     // consumes a byte stream reads them: piece by piece in place, as their segments arrive,
@@ -279,4 +282,17 @@ pub(crate) fn run_shmflow(case: Case, plan: &Plan, cpus: Option<(usize, usize)>)
         }
     }
     window.rate(case)
+}
+
+/// The consumer gate's wait policy from `SHMFLOW_TPUT_CONSUMER_WAIT` (`adaptive`, the
+/// default; `park`; `spin`), for runs that look at what the consumer's waiting costs the
+/// producer (see the module doc of the bench).
+fn consumer_wait() -> Res<Option<shmflow::sync::WaitPolicy>> {
+    use shmflow::sync::WaitPolicy;
+    match std::env::var("SHMFLOW_TPUT_CONSUMER_WAIT").as_deref() {
+        Err(_) | Ok("adaptive") => Ok(None),
+        Ok("park") => Ok(Some(WaitPolicy::park())),
+        Ok("spin") => Ok(Some(WaitPolicy::spin())),
+        Ok(other) => Err(format!("SHMFLOW_TPUT_CONSUMER_WAIT={other:?}: expected adaptive, park or spin").into()),
+    }
 }

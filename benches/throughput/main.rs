@@ -132,7 +132,10 @@
 //! With SHMFLOW_TPUT_VERBOSE set, shmflow's writer, the hand-off's writer and memcpy also
 //! print their median time per record for records above a segment: on a shared machine
 //! the median record is one that no side was descheduled in, so these compare where the
-//! window's rates (which count every preemption) do not.
+//! window's rates (which count every preemption) do not. SHMFLOW_TPUT_CONSUMER_WAIT
+//! (`adaptive`, the default, `park` or `spin`) sets the shmflow consumer gate's wait
+//! policy: the adaptive consumer polls and yields for up to 100 us after each drain, which,
+//! when the two vCPUs are hyperthreads of one core, competes with the producer's core.
 //!
 //! Records/s counts records written (Flink's count: a broadcast record counts once; the
 //! consumer reads it C times, reported as `deliveries_per_s`); GB/s is records/s times the

@@ -39,6 +39,10 @@ extern "C" {
  * caller's. */
 #define SHMFLOW_KIND_CREDIT 1
 #define SHMFLOW_FLAG_COMPRESSED 1
+/* Producer, data buffers only: the consumer's task may take it by polling; the consumer's
+ * notify set is marked only when its task does not poll the channel (shmflow_task_polls).
+ * Not carried to the consumer. */
+#define SHMFLOW_FLAG_POLLABLE 2
 
 /* One message: 4 ring slots in shared memory, this struct at the API. */
 typedef struct shmflow_msg {
@@ -49,7 +53,7 @@ typedef struct shmflow_msg {
     int32_t seq;          /* Flink: sequence number */
     int32_t backlog;      /* Flink: sender backlog */
     int32_t data_type;    /* Flink: Buffer.DataType ordinal, 0..255 */
-    int32_t flags;        /* SHMFLOW_FLAG_COMPRESSED or 0 */
+    int32_t flags;        /* SHMFLOW_FLAG_COMPRESSED | SHMFLOW_FLAG_POLLABLE, or 0 */
     int64_t arg;          /* free argument (credits for SHMFLOW_KIND_CREDIT) */
 } shmflow_msg;
 
@@ -79,7 +83,8 @@ int32_t shmflow_arena_info(uint64_t arena, struct shmflow_arena_info *out);
 int32_t shmflow_segment_ptr(uint64_t arena, int32_t segment, uint8_t **out);
 
 /* Liveness: the slot of a registered TaskManager whose process is alive (else
- * SHMFLOW_ENOENT); the state of a slot: 1 alive, 0 left cleanly, -1 died. */
+ * SHMFLOW_ENOENT); the state of a slot: 1 alive, 0 left cleanly, -1 died, 2 free (nobody
+ * registered in it, or its dead holder was reclaimed). Only 1 is alive. */
 int32_t shmflow_peer_lookup(uint64_t arena, const char *tm_id, int32_t *out_slot);
 int32_t shmflow_peer_state(uint64_t arena, int32_t slot, int32_t *out);
 
@@ -97,6 +102,7 @@ int32_t shmflow_set_spin(uint64_t arena, int32_t side, int64_t spin_ns);
  * out, bytes out, buffers in, bytes in. The second end to close frees what is queued.
  * Accepting a channel whose consumer already closed it returns SHMFLOW_EPEER and frees it
  * (with whatever the consumer queued in it). */
+/* connect: SHMFLOW_EPEER unless shmflow_peer_state(producer_slot) is 1 (alive). */
 int32_t shmflow_channel_connect(uint64_t arena, int32_t producer_slot, uint64_t *out_channel,
                                 int32_t *out_id);
 int32_t shmflow_channel_accept(uint64_t arena, int32_t id, uint64_t *out_channel);
@@ -118,6 +124,10 @@ int32_t shmflow_add_credit(uint64_t channel, int32_t n, int32_t timeout_ms);
  * for that wake-up. */
 int32_t shmflow_bank_credit(uint64_t channel, int32_t n);
 int32_t shmflow_take_credit(uint64_t channel, int32_t *out_n);
+/* Consumer: on = 1 while this end's task polls the data ring itself (its zero-copy
+ * buffers' recyclers do): pollable data buffers then mark no notify set. on = 0 stops
+ * (with a fence); poll once more after it, a buffer published meanwhile was not marked. */
+int32_t shmflow_task_polls(uint64_t channel, int32_t on);
 
 /* Online reclamation (shmflow::partition::reclaim): frees what dead TaskManagers left
  * (segments, channels, slots), exactly once per dead process whoever calls it. out: processes

@@ -137,6 +137,10 @@ fn from_arena(e: ArenaError) -> FfiError {
 pub const KIND_CREDIT: u8 = 1;
 /// Flag bit: the payload is compressed (Flink's `Buffer.isCompressed`).
 pub const FLAG_COMPRESSED: u8 = 1;
+/// Flag bit of a message sent by the producer, not carried in the ring: a data buffer the
+/// consumer's task may take by polling, so the consumer's notify set is marked only when
+/// its task does not poll this channel (the `polled` module). Events never carry it.
+pub const FLAG_POLLABLE: u8 = 2;
 /// Ring slots per message.
 const SLOTS: u64 = 4;
 /// Longest wait any single call accepts (one hour), so every loop is bounded.
@@ -174,8 +178,11 @@ impl Msg {
         if !(0..=255).contains(&self.data_type) {
             return Err(inval(format!("data type {} is outside 0..=255", self.data_type)));
         }
-        if !(0..=1).contains(&self.flags) {
-            return Err(inval(format!("flags {:#x}: only bit 0 (compressed) is defined", self.flags)));
+        if !(0..=3).contains(&self.flags) {
+            return Err(inval(format!(
+                "flags {:#x}: only bit 0 (compressed) and bit 1 (pollable) are defined",
+                self.flags
+            )));
         }
         if self.size < 0 || self.size as u32 > segment_size {
             return Err(inval(format!("size {} is outside 0..={segment_size}", self.size)));
@@ -191,7 +198,7 @@ impl Msg {
         }
         let s0 = ((self.kind as u64) << 56)
             | ((self.data_type as u64) << 48)
-            | ((self.flags as u64) << 40)
+            | (((self.flags & i32::from(FLAG_COMPRESSED)) as u64) << 40)
             | self.size as u32 as u64;
         let s1 = (((self.segment + 1) as u32 as u64) << 32) | self.subpartition as u32 as u64;
         let s2 = ((self.seq as u32 as u64) << 32) | self.backlog as u32 as u64;
@@ -564,13 +571,20 @@ impl ArenaCtx {
         Ok(e.slot)
     }
 
-    /// Whether the TaskManager in `slot` is alive (1), left cleanly (0) or died (-1).
+    /// Whether the TaskManager in `slot` is alive (1), left cleanly (0) or died (-1); 2 for
+    /// a free slot (nobody registered in it, or its dead holder was reclaimed), which is not
+    /// alive either.
     ///
     /// # Errors
     /// [`code::EINVAL`] for a slot out of range.
     pub fn peer_state(&self, slot: u32) -> FResult<i32> {
         if slot >= self.arena.config().max_workers {
             return Err(inval(format!("worker slot {slot} is outside 0..{}", self.arena.config().max_workers)));
+        }
+        // Relaxed: a look at the state word; `liveness` below reads it again with Acquire. A
+        // slot registered right after this look is reported free, as it was a moment ago.
+        if self.arena.workers()[slot as usize].state.load(Ordering::Relaxed) == liveness::WORKER_FREE {
+            return Ok(2);
         }
         Ok(match liveness::liveness(&self.arena, slot) {
             Liveness::Alive => 1,
@@ -726,8 +740,9 @@ impl ChannelCtx {
     /// `producer` and wakes that TaskManager's producer dispatcher.
     ///
     /// # Errors
-    /// [`code::EINVAL`] for a slot out of range or not alive, [`code::ECONFIG`] when
-    /// every channel block is taken.
+    /// [`code::EINVAL`] for a slot out of range, [`code::EPEER`] for a slot whose
+    /// TaskManager is not alive (left, died, or never registered: [`ArenaCtx::peer_state`]
+    /// is not 1), [`code::ECONFIG`] when every channel block is taken.
     pub fn connect(ctx: &Arc<ArenaCtx>, producer: u32) -> FResult<Arc<Self>> {
         if ctx.peer_state(producer)? != 1 {
             return Err(FfiError::new(code::EPEER, format!("the TaskManager in slot {producer} is not alive")));
@@ -936,7 +951,31 @@ impl ChannelCtx {
             b.buffers_out.fetch_add(1, Ordering::Relaxed);
             b.bytes_out.fetch_add(msg.size as u64, Ordering::Relaxed);
         }
+        if self.side == Side::Producer
+            && msg.flags & i32::from(FLAG_POLLABLE) != 0
+            && !crate::polled::must_mark(self.block())
+        {
+            return Ok(());
+        }
         self.notify_peer()
+    }
+
+    /// Consumer side: whether this end's task polls the data ring itself from now on (the
+    /// `polled` module); `false` also orders the caller's next poll after it.
+    ///
+    /// # Errors
+    /// [`code::EINVAL`] on a producer end or a closed end.
+    pub fn set_task_polls(&self, on: bool) -> FResult<()> {
+        self.check_open()?;
+        if self.side != Side::Consumer {
+            return Err(inval("the task polls on the consumer end"));
+        }
+        if on {
+            crate::polled::start(self.block());
+        } else {
+            crate::polled::stop(self.block());
+        }
+        Ok(())
     }
 
     /// Marks `segment` (when there is one) as in flight on this channel with one reader,

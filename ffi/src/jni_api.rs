@@ -176,7 +176,7 @@ pub extern "system" fn Java_org_shmflow_flink_Native_lookup<'l>(
     })
 }
 
-/// `Native.peerState(arena, slot)`: 2 alive, 1 left, 0 died (the C values + 1), or a
+/// `Native.peerState(arena, slot)`: 2 alive, 1 left, 0 died, 3 free (the C values + 1), or a
 /// negative code.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_peerState<'l>(
@@ -451,6 +451,17 @@ pub extern "system" fn Java_org_shmflow_flink_Native_takeCredit<'l>(
     ch: jlong,
 ) -> jint {
     value(|| Ok(channel_of(ch as u64)?.take_credit()? as i32))
+}
+
+/// `Native.taskPolls(channel, on)`.
+#[no_mangle]
+pub extern "system" fn Java_org_shmflow_flink_Native_taskPolls<'l>(
+    _env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    ch: jlong,
+    on: jint,
+) -> jint {
+    crate::shmflow_task_polls(ch as u64, on)
 }
 
 /// `Native.lastError()`: the calling thread's last error message.

@@ -21,8 +21,9 @@ pub mod banked;
 pub mod core;
 pub mod handshake;
 mod jni_api;
+pub mod polled;
 
-pub use crate::core::{code, ArenaCtx, ChannelCtx, FfiError, Msg, OpenOptions, Side, KIND_CREDIT};
+pub use crate::core::{code, ArenaCtx, ChannelCtx, FfiError, Msg, OpenOptions, Side, FLAG_POLLABLE, KIND_CREDIT};
 use crate::core::{FResult, MAX_TIMEOUT_MS};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
@@ -579,6 +580,22 @@ pub unsafe extern "C" fn shmflow_take_credit(channel: u64, out_n: *mut i32) -> i
         let out = out_ptr(out_n, "out_n")?;
         *out = channel_of(channel)?.take_credit()? as i32;
         Ok(())
+    })
+}
+
+/// Consumer side: `on` != 0: this end's task polls the data ring itself from now on, so the
+/// producer marks this TaskManager's notify set only for messages sent without
+/// `FLAG_POLLABLE` (see the `polled` module); 0: it stops, and the caller polls once more
+/// afterwards (a message published meanwhile was not marked).
+#[no_mangle]
+pub extern "C" fn shmflow_task_polls(channel: u64, on: i32) -> i32 {
+    entry(|| {
+        let on = match on {
+            0 => false,
+            1 => true,
+            _ => return Err(FfiError::new(code::EINVAL, format!("on = {on}: 0 or 1"))),
+        };
+        channel_of(channel)?.set_task_polls(on)
     })
 }
 

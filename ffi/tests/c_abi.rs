@@ -116,6 +116,8 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         assert_inval(shmflow_bank_credit(BOGUS, 1), "not a live handle");
         assert_inval(shmflow_take_credit(a, &mut i), "not a channel");
         assert_inval(shmflow_take_credit(BOGUS, &mut i), "not a live handle");
+        assert_inval(shmflow_task_polls(a, 1), "not a channel");
+        assert_inval(shmflow_task_polls(BOGUS, 1), "not a live handle");
         assert_inval(shmflow_channel_close(BOGUS), "not a live handle");
         // Out-of-range numbers on a live arena.
         assert_inval(shmflow_peer_state(a, -1, &mut i), "negative");
@@ -179,6 +181,23 @@ fn bad_open_settings_are_errors_with_messages() {
     // SAFETY: valid strings and out pointer.
     let rc = unsafe { shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm2.as_ptr(), 8 << 20, 64 << 10, 0, &mut h) };
     assert_eq!(rc, code::ECONFIG, "{}", err_text());
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
+#[test]
+fn a_slot_nobody_registered_is_free_not_alive_and_connect_to_it_fails() {
+    let s = Scratch::new("free-slot");
+    let a = s.open("tm-a").expect("open");
+    let (mut state, mut ch, mut id) = (9, 0u64, -1);
+    // SAFETY: valid out pointers.
+    unsafe {
+        assert_eq!(shmflow_peer_state(a, 40, &mut state), 0, "{}", err_text());
+        assert_eq!(state, 2, "a never registered slot is free");
+        let rc = shmflow_channel_connect(a, 40, &mut ch, &mut id);
+        assert_eq!(rc, code::EPEER, "connect to a free slot: {}", err_text());
+        assert!(err_text().contains("not alive"), "{}", err_text());
+    }
+    assert_eq!(ch, 0, "no channel handle was handed out");
     assert_eq!(shmflow_arena_close(a), 0);
 }
 
@@ -336,6 +355,64 @@ fn banked_credit_reaches_the_producer_and_wakes_it_only_when_it_asked() {
         assert_eq!(shmflow_channel_close(cons), 0);
         assert_eq!(shmflow_channel_close(prod), 0);
     }
+}
+
+#[test]
+fn a_pollable_buffer_marks_the_consumer_only_while_its_task_does_not_poll() {
+    let s = Scratch::new("polls");
+    let (a, b, prod, cons) = connect_pair(&s);
+    // SAFETY: valid pointers throughout.
+    unsafe {
+        assert_inval(shmflow_task_polls(prod, 1), "consumer");
+        assert_inval(shmflow_task_polls(cons, 2), "0 or 1");
+        assert_inval(shmflow_task_polls(cons, -1), "0 or 1");
+        let bad = Msg { kind: 3, flags: 4, ..Msg::default() };
+        assert_inval(shmflow_send(prod, &bad, 0), "flags");
+        let send = |flags: i32, seq: i32| {
+            let mut seg = -1;
+            assert_eq!(shmflow_segment_acquire(prod, 100, &mut seg), 0, "{}", err_text());
+            let m = Msg { kind: 3, segment: seg, size: 8, seq, flags, ..Msg::default() };
+            assert_eq!(shmflow_send(prod, &m, 100), 0, "{}", err_text());
+        };
+        let marked = || {
+            let (mut ids, mut n) = ([0i32; 8], 0);
+            assert_eq!(shmflow_wait(b, 0, ids.as_mut_ptr(), 8, 0, &mut n), 0, "{}", err_text());
+            n
+        };
+        let poll_one = || {
+            let (mut msgs, mut n) = ([Msg::default(); 4], 0);
+            assert_eq!(shmflow_poll(cons, msgs.as_mut_ptr(), 4, &mut n), 0, "{}", err_text());
+            assert_eq!(n, 1);
+            assert_eq!(shmflow_segment_release(cons, msgs[0].segment), 0, "{}", err_text());
+            msgs[0]
+        };
+        let take = |want: i32| {
+            let m = poll_one();
+            assert_eq!((m.seq, m.flags), (want, 0), "the pollable bit travelled to the consumer");
+        };
+        // The task does not poll: a pollable buffer marks as any message does.
+        send(i32::from(FLAG_POLLABLE), 1);
+        assert_eq!(marked(), 1, "a pollable buffer did not mark a consumer whose task does not poll");
+        take(1);
+        // The task polls: a pollable buffer marks nothing, an event (no bit) still marks.
+        assert_eq!(shmflow_task_polls(cons, 1), 0, "{}", err_text());
+        send(i32::from(FLAG_POLLABLE) | 1, 2);
+        assert_eq!(marked(), 0, "a pollable buffer marked a consumer whose task polls");
+        let m = poll_one();
+        assert_eq!((m.seq, m.flags), (2, 1), "compressed kept, pollable dropped");
+        send(0, 3);
+        assert_eq!(marked(), 1, "a message without the bit must always mark");
+        take(3);
+        // Stopped: marks again.
+        assert_eq!(shmflow_task_polls(cons, 0), 0, "{}", err_text());
+        send(i32::from(FLAG_POLLABLE), 4);
+        assert_eq!(marked(), 1, "a pollable buffer did not mark after the task stopped polling");
+        take(4);
+        assert_eq!(shmflow_channel_close(cons), 0);
+        assert_inval(shmflow_task_polls(cons, 1), "not a live handle");
+        assert_eq!(shmflow_channel_close(prod), 0);
+    }
+    let _ = a;
 }
 
 /// The Flink module's task-thread publication sends with timeout 0 and leaves the buffer

@@ -221,6 +221,7 @@ impl ChannelBlock {
             &self.producer_set,
             &self.producer_set_index,
             &self.debloat_bytes,
+            &self.task_polls,
         ] {
             a.store(0, Relaxed);
         }
@@ -493,6 +494,12 @@ impl ChannelBlock {
         self.debloat_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// The Flink transport's "the consumer's task polls" word (`ffi/src/polled.rs`); the
+    /// runtime's own channels leave it 0.
+    pub fn task_polls(&self) -> &AtomicU32 {
+        &self.task_polls
+    }
+
     /// The channel's floating-credit word (see `ring::floating`).
     pub fn floating_credit(&self) -> &AtomicU64 {
         &self.floating
@@ -667,6 +674,10 @@ pub struct ChannelBlock {
     /// Buffer debloating: the bytes the consumer wants per segment on this channel (the
     /// producer finishes segments at that fill); 0 = whole segments.
     debloat_bytes: AtomicU32,
+    /// Flink transport (`ffi/src/polled.rs`): 1 while the consumer's task polls the data
+    /// ring itself, so the producer need not mark the consumer's notify set for data. Sits
+    /// in the 4 bytes before `floating`'s alignment: the block's size does not change.
+    task_polls: AtomicU32,
     /// Floating credits: unused (high 32 bits) and in flight (low 32), changed by both
     /// sides with read-modify-writes (the protocol of `ring::floating`). The producer
     /// touches it only when its exclusive credit is used up.

@@ -1,5 +1,5 @@
 //! Consistency check of an arena (`shmflow check`) and cleanup of stale named arenas
-//! (`shmflow clean`). Both only read the arena; `clean` removes files whose creator died.
+//! (`shmflow clean`). Both only read the arena; `clean` removes files no running process uses.
 
 use super::arena::{process_start_ticks, validate_header_bytes, Arena};
 use super::blocks::Owner;
@@ -108,7 +108,8 @@ pub fn check(arena: &Arena) -> ArenaReport {
     r
 }
 
-/// A named arena under `/dev/shm` and whether its creator still runs.
+/// A named arena under `/dev/shm`, whether its creator still runs and which running
+/// processes are attached to it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NamedArena {
     /// The file.
@@ -117,6 +118,18 @@ pub struct NamedArena {
     pub creator_pid: u32,
     /// Whether the creator is alive (the same process that created it).
     pub creator_alive: bool,
+    /// The running processes registered in its worker records
+    /// ([`attached_pids`](super::liveness::attached_pids)); empty when it could not be
+    /// mapped.
+    pub attached: Vec<u32>,
+}
+
+impl NamedArena {
+    /// Whether a running process may still use it: its creator, or any attached process.
+    /// Only an arena nobody uses is stale.
+    pub fn in_use(&self) -> bool {
+        self.creator_alive || !self.attached.is_empty()
+    }
 }
 
 /// Lists the shmflow arenas in `dir` (normally `/dev/shm`) that belong to this user.
@@ -147,7 +160,10 @@ pub fn list_named(dir: &Path) -> Vec<NamedArena> {
             Some(t) => h.creator_start_ticks == 0 || t == h.creator_start_ticks,
             None => false,
         };
-        out.push(NamedArena { path, creator_pid: h.creator_pid, creator_alive: alive });
+        // An arena that cannot be mapped read-only (not ready, truncated) has no readable
+        // worker records: its creator alone decides.
+        let attached = Arena::attach_read_only(&path).map(|a| super::liveness::attached_pids(&a)).unwrap_or_default();
+        out.push(NamedArena { path, creator_pid: h.creator_pid, creator_alive: alive, attached });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out

@@ -261,6 +261,33 @@ pub fn claim(arena: &Arena) -> Result<u32> {
     Err(Error::OutOfSlots("worker record"))
 }
 
+/// The pids of the running processes attached to `arena`: an ALIVE (or DEAD) record whose
+/// process still runs, and a live process registering in or reclaiming a slot. A record
+/// left cleanly (EXITED) or free names nobody. `shmflow clean` keeps an arena any of them
+/// uses, whoever created it (a TaskManager that created the ffi arena may be gone while
+/// the others still share it). Sorted, without duplicates.
+pub fn attached_pids(arena: &Arena) -> Vec<u32> {
+    let mut out = Vec::new();
+    for r in arena.workers() {
+        // Acquire: pairs with the Release stores of the state (`register`, `mark_exited`,
+        // `finish_reclaim`): the pid read below is the one that state was written with.
+        let st = r.state.load(Ordering::Acquire);
+        // Relaxed: ordered by the Acquire above.
+        let pid = r.pid.load(Ordering::Relaxed);
+        let live = match st {
+            WORKER_ALIVE | WORKER_DEAD if process_running(pid, r) => Some(pid),
+            _ if st & WORKER_RECLAIMING != 0 && pid_running(st & !WORKER_RECLAIMING) => Some(st & !WORKER_RECLAIMING),
+            _ => None,
+        };
+        if let Some(p) = live.filter(|&p| p != 0) {
+            out.push(p);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Marks slot `slot` as left cleanly.
 pub fn mark_exited(arena: &Arena, slot: u32) {
     if let Ok(r) = record(arena, slot) {

@@ -1,4 +1,5 @@
-//! `shmflow clean`: what dead coordinators and creators left.
+//! `shmflow clean`: what dead coordinators and creators left (an arena only when no running
+//! process is attached to it any more).
 
 use crate::common::*;
 use crate::jobdir::*;
@@ -70,11 +71,23 @@ pub(crate) fn clean(dry_run: bool) -> AnyResult<()> {
             out!("keep   {} (creator pid {} is running)", a.path.display(), a.creator_pid);
             continue;
         }
+        if !a.attached.is_empty() {
+            // The creator is gone but others still share the arena (a Flink TaskManager that
+            // created it was killed and the survivors reclaimed it online).
+            let pids: Vec<String> = a.attached.iter().map(u32::to_string).collect();
+            out!(
+                "keep   {} (creator pid {} is gone; attached pids {} are running)",
+                a.path.display(),
+                a.creator_pid,
+                pids.join(", ")
+            );
+            continue;
+        }
         if dry_run {
-            out!("stale  {} (creator pid {} is gone)", a.path.display(), a.creator_pid);
+            out!("stale  {} (creator pid {} and every attached process are gone)", a.path.display(), a.creator_pid);
         } else {
             std::fs::remove_file(&a.path).map_err(|e| format!("removing {}: {e}", a.path.display()))?;
-            out!("removed {} (creator pid {} is gone)", a.path.display(), a.creator_pid);
+            out!("removed {} (creator pid {} and every attached process are gone)", a.path.display(), a.creator_pid);
             removed += 1;
         }
     }

@@ -247,7 +247,8 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove named arenas under /dev/shm whose creator process is dead, and job
+    /// Remove named arenas under /dev/shm whose creator process is dead and that no running
+    /// process is attached to (a live worker record keeps an arena), and job
     /// directories (`shmflow-job-<pid>-*`, `shmflow-blocking-<pid>-*`) under the temp dir
     /// ($TMPDIR or /tmp) whose coordinator pid is gone, with the temp output
     /// (`<output>.tmp-<pid>`) such a coordinator left. A directory whose pid belongs to a

@@ -67,6 +67,18 @@ final class ClientChannel {
     private final Object sendLock = new Object();
     /** One for the open channel plus one per zero-copy buffer not yet recycled. */
     private final AtomicInteger refs = new AtomicInteger(1);
+    /**
+     * Zero-copy buffers of this channel not yet recycled, with shmflow.consumer.task-polls:
+     * while there are any the task polls (the native word is set), so the producer does not
+     * wake the dispatcher for data buffers; their recyclers deliver instead.
+     */
+    private final AtomicInteger polling = new AtomicInteger();
+    /**
+     * A recycler wants the ring polled: set before it tries {@link #lock}; whoever holds the
+     * lock looks at it after letting go (see {@link #unlockAndRecheck}), so a poll a
+     * recycler could not do itself is never lost.
+     */
+    private volatile boolean pollWanted;
 
     ClientChannel(ShmTransport t, long handle, int id, RemoteInputChannel input, SocketAddress remote) {
         this.t = t;
@@ -82,7 +94,54 @@ final class ClientChannel {
         try {
             drainLocked();
         } finally {
-            lock.unlock();
+            unlockAndRecheck();
+        }
+    }
+
+    /**
+     * Lets go of {@link #lock}, then does the polls recyclers asked for while it was held
+     * (they only try the lock). Bounded: each round is one batch of deliveries.
+     */
+    private void unlockAndRecheck() {
+        lock.unlock();
+        if (pollWanted && !lock.isHeldByCurrentThread()) {
+            pollFromRecycler();
+        }
+    }
+
+    /**
+     * A zero-copy buffer's recycler (task polls): hands Flink what arrived on this channel,
+     * now or, when another thread holds the lock, through that thread's recheck. Not from
+     * inside a delivery of this thread (Flink may recycle from onBuffer): that delivery
+     * polls on until the ring is empty and rechecks when it lets go.
+     */
+    private void pollFromRecycler() {
+        pollWanted = true;
+        if (lock.isHeldByCurrentThread()) {
+            return;
+        }
+        for (int round = 0; round < 1_000 && pollWanted && !closed && lock.tryLock(); round++) {
+            try {
+                pollWanted = false;
+                long before = delivered;
+                drainLocked();
+                if (delivered != before) {
+                    t.metrics.onRecycle((int) (delivered - before));
+                }
+            } finally {
+                lock.unlock();
+            }
+        }
+    }
+
+    /**
+     * Consumer dispatcher, every liveness period: polls a channel whose task polls (a
+     * backstop: a zero-copy buffer held long, e.g. by the checkpoint's channel-state writer,
+     * delays the data behind it by at most this period).
+     */
+    void pollIfTaskPolls() {
+        if (polling.get() > 0) {
+            drain();
         }
     }
 
@@ -104,7 +163,7 @@ final class ClientChannel {
                 t.metrics.onCredit((int) (delivered - before));
             }
         } finally {
-            lock.unlock();
+            unlockAndRecheck();
         }
     }
 
@@ -252,6 +311,10 @@ final class ClientChannel {
     private Buffer arenaBuffer(int seg, int size, Buffer.DataType dt, boolean compressed, Buffer token) {
         MemorySegment ms = t.segmentView(seg);
         refs.incrementAndGet();
+        if (t.taskPolls && polling.getAndIncrement() == 0) {
+            // Before Flink sees the buffer: its recycler is what polls from now on.
+            Native.taskPolls(handle, 1);
+        }
         return new NetworkBuffer(ms, new SegmentRecycler(seg, token), dt, compressed, size);
     }
 
@@ -285,6 +348,16 @@ final class ClientChannel {
                 t.returnZeroCopySlot();
                 // After the segment: the credit this announces lets the producer send again.
                 token.recycleBuffer();
+                if (t.taskPolls) {
+                    if (polling.decrementAndGet() == 0) {
+                        // The last one out: the producer marks again; what it published
+                        // before it saw that is found by the poll below (the fence pair).
+                        Native.taskPolls(handle, 0);
+                    }
+                    if (!closed) {
+                        pollFromRecycler();
+                    }
+                }
                 unref();
             }
         }
@@ -313,7 +386,7 @@ final class ClientChannel {
                 }
             }
         } finally {
-            lock.unlock();
+            unlockAndRecheck();
         }
     }
 

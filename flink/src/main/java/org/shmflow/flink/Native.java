@@ -43,6 +43,11 @@ final class Native {
     /** segment: a serialized Throwable; arg = 1 for PartitionNotFoundException. */
     static final int KIND_ERROR = 18;
 
+    /** Message flag: the payload is compressed. */
+    static final int FLAG_COMPRESSED = 1;
+    /** Message flag (producer, data buffers): the consumer's task may poll it (not carried). */
+    static final int FLAG_POLLABLE = 2;
+
     /** Ints per message in poll's array. */
     static final int MSG_INTS = 10;
 
@@ -150,6 +155,9 @@ final class Native {
 
     /** Consumer: banks n credits (no message; wakes the producer only if it asked). */
     static native int bankCredit(long channel, int n);
+
+    /** Consumer: on = 1 while this end's task polls the ring itself; 0 stops (poll once more after). */
+    static native int taskPolls(long channel, int on);
 
     /** Producer: the banked credit taken (>= 0; 0 also asks the next bank to wake us), or an error. */
     static native int takeCredit(long channel);

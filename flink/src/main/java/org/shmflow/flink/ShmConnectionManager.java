@@ -96,7 +96,8 @@ public final class ShmConnectionManager implements ConnectionManager {
                     arena, name, dir, self, timeout, conf.get(ShmflowOptions.ZERO_COPY),
                     conf.get(ShmflowOptions.ZERO_COPY_MAX_SEGMENTS), conf.get(ShmflowOptions.DIRECT),
                     (int) Math.min(Integer.MAX_VALUE, conf.get(ShmflowOptions.DIRECT_MAX_BYTES).getBytes()),
-                    conf.get(ShmflowOptions.DELIVER_ON_CREDIT), conf.get(ShmflowOptions.BANKED_CREDIT), spin, consumerSpin, partitions, events, metrics);
+                    conf.get(ShmflowOptions.DELIVER_ON_CREDIT), conf.get(ShmflowOptions.BANKED_CREDIT),
+                    conf.get(ShmflowOptions.TASK_POLLS), spin, consumerSpin, partitions, events, metrics);
             metrics.arenaGauges(metricGroup, t::freeSegments, t::totalSegments);
             transport = t;
             lastFallback = null;

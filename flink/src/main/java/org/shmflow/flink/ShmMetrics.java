@@ -33,6 +33,8 @@ final class ShmMetrics {
     static final AtomicLong TOTAL_DIRECT_RING_FULL = new AtomicLong();
     /** Of TOTAL_BUFFERS_IN: delivered by the thread that announced credit (shmflow.consumer.deliver-on-credit). */
     static final AtomicLong TOTAL_ON_CREDIT_IN = new AtomicLong();
+    /** Of TOTAL_BUFFERS_IN: delivered by a zero-copy buffer's recycler polling its channel (shmflow.consumer.task-polls). */
+    static final AtomicLong TOTAL_ON_RECYCLE_IN = new AtomicLong();
     /** Producer side: takes of banked credit that found some (shmflow.consumer.banked-credit). */
     static final AtomicLong TOTAL_CREDIT_TAKES = new AtomicLong();
     static final AtomicLong TOTAL_SHM_CHANNELS = new AtomicLong();
@@ -48,6 +50,7 @@ final class ShmMetrics {
     private final Counter directRingFull = new ThreadSafeSimpleCounter();
     private final Counter onCreditIn = new ThreadSafeSimpleCounter();
     private final Counter creditTakes = new ThreadSafeSimpleCounter();
+    private final Counter onRecycleIn = new ThreadSafeSimpleCounter();
     private final Counter shmChannels = new ThreadSafeSimpleCounter();
     private final Counter nettyClients = new ThreadSafeSimpleCounter();
 
@@ -64,6 +67,7 @@ final class ShmMetrics {
             g.counter("buffersOutDirectRingFull", directRingFull);
             g.counter("buffersInOnCredit", onCreditIn);
             g.counter("creditTakesBanked", creditTakes);
+            g.counter("buffersInOnRecycle", onRecycleIn);
             g.counter("channelsShm", shmChannels);
             g.counter("clientsNetty", nettyClients);
         }
@@ -101,6 +105,12 @@ final class ShmMetrics {
     void onCredit(int n) {
         onCreditIn.inc(n);
         TOTAL_ON_CREDIT_IN.addAndGet(n);
+    }
+
+    /** {@code n} buffers delivered by a zero-copy buffer's recycler (shmflow.consumer.task-polls). */
+    void onRecycle(int n) {
+        onRecycleIn.inc(n);
+        TOTAL_ON_RECYCLE_IN.addAndGet(n);
     }
 
     /** The producer took banked credit (instead of a credit message through its dispatcher). */

@@ -100,6 +100,8 @@ final class ShmTransport implements AutoCloseable {
     final boolean deliverOnCredit;
     /** Consumer side: credit goes to the channel's bank, not the ring (shmflow.consumer.banked-credit). */
     final boolean bankedCredit;
+    /** Consumer side: zero-copy buffers' recyclers poll their channel (shmflow.consumer.task-polls). */
+    final boolean taskPolls;
     /** Spin budget of the consumer dispatcher while it receives full buffers (shmflow.spin-ns). */
     private final long spinNs;
     /** Its spin budget while it receives small (flushed) buffers (shmflow.consumer.spin-ns). */
@@ -164,6 +166,7 @@ final class ShmTransport implements AutoCloseable {
             int directMaxBytes,
             boolean deliverOnCredit,
             boolean bankedCredit,
+            boolean taskPolls,
             long spinNs,
             long consumerSpinNs,
             ResultPartitionProvider partitionProvider,
@@ -180,6 +183,7 @@ final class ShmTransport implements AutoCloseable {
         this.directMaxBytes = directMaxBytes;
         this.deliverOnCredit = deliverOnCredit;
         this.bankedCredit = bankedCredit;
+        this.taskPolls = taskPolls && zeroCopy;
         this.spinNs = spinNs;
         this.consumerSpinNs = consumerSpinNs;
         this.partitionProvider = partitionProvider;
@@ -515,6 +519,7 @@ final class ShmTransport implements AutoCloseable {
                 nextLiveness = now + LIVENESS_NANOS;
                 for (ClientChannel c : clientById.values()) {
                     c.checkPeer();
+                    c.pollIfTaskPolls();
                 }
             }
         }

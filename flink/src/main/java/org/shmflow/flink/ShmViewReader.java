@@ -284,7 +284,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                         next.getSequenceNumber(),
                         next.buffersInBacklog(),
                         b.getDataType().ordinal(),
-                        b.isCompressed() ? 1 : 0,
+                        (b.isCompressed() ? Native.FLAG_COMPRESSED : 0) | (b.isBuffer() ? Native.FLAG_POLLABLE : 0),
                         0L,
                         direct ? 0 : t.timeoutMs);
                 if (rc == Native.EAGAIN && direct) {

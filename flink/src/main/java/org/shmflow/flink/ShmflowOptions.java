@@ -93,6 +93,19 @@ public final class ShmflowOptions {
                     .withDescription("Consumer side: announce credit through a counter in shared memory that the producer takes when its credit is used up (its dispatcher is woken only when it ran out and asked), on channels with positive initial credit; false: every announcement is a message that wakes the producer's dispatcher.");
 
     /**
+     * Consumer side: while zero-copy buffers of a channel are out (not yet recycled by
+     * Flink), their recyclers poll the channel's ring and hand Flink what arrived, and the
+     * producer does not wake this TaskManager's consumer dispatcher for data buffers of that
+     * channel (events always wake it). The last such buffer to come back stops the polling
+     * (with a fence and one more poll: {@code ffi/src/polled.rs}). Needs zero copy.
+     */
+    public static final ConfigOption<Boolean> TASK_POLLS =
+            ConfigOptions.key("shmflow.consumer.task-polls")
+                    .booleanType()
+                    .defaultValue(true)
+                    .withDescription("Consumer side: while zero-copy buffers of a channel are out, their recyclers (mostly the task thread) poll the channel and deliver what arrived, and the producer does not wake the consumer dispatcher for that channel's data buffers (events always wake it); false: the dispatcher is woken for every buffer.");
+
+    /**
      * Consumer side: hand the arena segment itself to Flink (a slice wrapped as a Flink
      * buffer, holding a buffer of the input channel's own pool as its credit token until
      * Flink recycles it) instead of copying it into that buffer. On by default since

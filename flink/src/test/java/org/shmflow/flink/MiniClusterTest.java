@@ -240,6 +240,7 @@ public final class MiniClusterTest {
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
         long directBefore = ShmMetrics.TOTAL_DIRECT_OUT.get();
         long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
+        long onRecycleBefore = ShmMetrics.TOTAL_ON_RECYCLE_IN.get();
         long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
         // The defaults: the zero-copy consumer path (the restart case runs the one-copy path).
         Configuration c = conf("keyby");
@@ -257,8 +258,9 @@ public final class MiniClusterTest {
         check(direct > 0, "buffers published by the producing thread (shmflow.producer.direct: true): " + direct);
         long takes = ShmMetrics.TOTAL_CREDIT_TAKES.get() - takesBefore;
         check(takes > 0, "credit taken from the bank (shmflow.consumer.banked-credit: true): " + takes);
-        System.out.printf("  %d buffers (%d zero copy, %d published directly, %d delivered on credit), %d bytes out through shared memory%n",
-                in, zc, direct, ShmMetrics.TOTAL_ON_CREDIT_IN.get() - onCreditBefore, ShmMetrics.TOTAL_BYTES_OUT.get());
+        System.out.printf("  %d buffers (%d zero copy, %d published directly, %d delivered on credit, %d by a recycler polling), %d bytes out through shared memory%n",
+                in, zc, direct, ShmMetrics.TOTAL_ON_CREDIT_IN.get() - onCreditBefore,
+                ShmMetrics.TOTAL_ON_RECYCLE_IN.get() - onRecycleBefore, ShmMetrics.TOTAL_BYTES_OUT.get());
         // The per-job MiniCluster shuts its TaskManagers down after execute() returns.
         for (int i = 0; i < 200 && Files.exists(Path.of("/dev/shm", arenaName("keyby"))); i++) {
             Thread.sleep(50);
@@ -279,6 +281,8 @@ public final class MiniClusterTest {
         long takesBefore = ShmMetrics.TOTAL_CREDIT_TAKES.get();
         long zeroCopyBefore = ShmMetrics.TOTAL_ZERO_COPY_IN.get();
         long cappedBefore = ShmMetrics.TOTAL_ZERO_COPY_CAPPED.get();
+        long onRecycleBefore = ShmMetrics.TOTAL_ON_RECYCLE_IN.get();
+        long onCreditBefore = ShmMetrics.TOTAL_ON_CREDIT_IN.get();
         Configuration c = conf("fast");
         c.set(ShmflowOptions.ZERO_COPY_MAX_SEGMENTS, 1);
         // Full buffers to the dispatcher (stashed by the direct path), flushed ones direct.
@@ -303,7 +307,13 @@ public final class MiniClusterTest {
         long capped = ShmMetrics.TOTAL_ZERO_COPY_CAPPED.get() - cappedBefore;
         check(zc > 0, "buffers delivered zero copy under the limit: " + zc);
         check(capped > 0, "buffers copied at the limit of one held segment: " + capped);
-        System.out.printf("  %d buffers zero copy, %d copied at the limit%n", zc, capped);
+        // Task polls (the default): a buffer that arrives while the task holds a zero-copy
+        // buffer of its channel marks nobody, and that buffer's recycler delivers it.
+        long onRecycle = ShmMetrics.TOTAL_ON_RECYCLE_IN.get() - onRecycleBefore;
+        check(onRecycle > 0, "buffers delivered by a zero-copy buffer's recycler (shmflow.consumer.task-polls: true): " + onRecycle);
+        System.out.printf("  %d buffers zero copy, %d copied at the limit, %d delivered by a recycler polling, %d on credit%n",
+                zc, capped, ShmMetrics.TOTAL_ON_RECYCLE_IN.get() - onRecycleBefore,
+                ShmMetrics.TOTAL_ON_CREDIT_IN.get() - onCreditBefore);
     }
 
     /**
