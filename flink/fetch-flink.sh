@@ -7,7 +7,7 @@
 #
 # apache-flink-libraries carries lib/ (flink-dist and friends); apache-flink (--no-deps: its
 # Python dependencies are not needed) adds bin/ and conf/ for a standalone cluster. Maven is
-# not needed: tools/flink-build compiles against $FLINK_HOME/lib with javac.
+# not needed: flink/build.sh compiles against $FLINK_HOME/lib with javac.
 set -euo pipefail
 version=2.3.0
 cache=${SHMFLOW_FLINK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shmflow/flink-$version}

@@ -711,3 +711,19 @@ fn a_latency_run_too_short_to_measure_says_no_samples_instead_of_zeros() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["latency_from_schedule_us"], serde_json::json!({ "samples": 0 }), "{out}");
 }
+
+#[test]
+fn output_dash_is_refused_and_makes_no_file_named_dash() {
+    let tmp = TempDir::new("output-dash");
+    for job in ["wordcount", "window-wordcount"] {
+        let out = shmflow()
+            .current_dir(&tmp.0)
+            .args(["run", job, "--quiet", "--generated-mb", "1", "--output", "-"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{job} --output - succeeded");
+        assert!(err.contains("--output - (standard output) is not supported"), "{job}: {err}");
+        assert!(!tmp.0.join("-").exists(), "{job} wrote a file named -");
+    }
+}

@@ -73,11 +73,15 @@ int32_t shmflow_last_error(char *buf, size_t cap);
 
 /* Creates /dev/shm/<name> (O_EXCL, 0600) or attaches to it; claims a worker slot;
  * registers tm_id (its slot and pid) in registry_dir. An arena nobody alive is
- * registered for is replaced. spin_ns: how long shmflow_wait spins before parking. */
+ * registered for is replaced. spin_ns: how long shmflow_wait spins before parking.
+ * SHMFLOW_ECONFIG when arena_bytes holds fewer than 2 or more than 2^24 segments, or (when
+ * this call creates the arena) exceeds the space free in /dev/shm. */
 int32_t shmflow_arena_open(const char *name, const char *registry_dir, const char *tm_id,
                            uint64_t arena_bytes, uint32_t segment_size, uint64_t spin_ns,
                            uint64_t *out_arena);
-/* Unregisters; unlinks the arena when no other live TaskManager is registered. */
+/* Unregisters; unlinks the arena when no other live TaskManager is registered. Channels
+ * consumers opened towards this TaskManager that it never accepted are failed (their
+ * consumers see SHMFLOW_EPEER) and freed once their consumers close them. */
 int32_t shmflow_arena_close(uint64_t arena);
 int32_t shmflow_arena_info(uint64_t arena, struct shmflow_arena_info *out);
 int32_t shmflow_segment_ptr(uint64_t arena, int32_t segment, uint8_t **out);

@@ -254,8 +254,25 @@ pub struct OpenOptions {
     pub spin_ns: u64,
 }
 
+/// Most segments an arena holds (segment indexes are packed in 24 bits).
+const MAX_SEGMENTS: u64 = 1 << 24;
+
 /// Geometry of every arena this module creates, apart from the size and segment size.
+///
+/// # Errors
+/// [`code::ECONFIG`] for a size with room for fewer than two segments or for more than
+/// 2^24 (it used to be capped silently: a huge sparse arena).
 pub fn arena_config(segment_size: u32, arena_bytes: u64) -> FResult<ArenaConfig> {
+    if segment_size != 0 && arena_bytes / u64::from(segment_size) > MAX_SEGMENTS {
+        return Err(FfiError::new(
+            code::ECONFIG,
+            format!(
+                "arena of {arena_bytes} bytes with {segment_size}-byte segments: more than {MAX_SEGMENTS} segments \
+                 (at most about {} bytes with this segment size)",
+                MAX_SEGMENTS * u64::from(segment_size)
+            ),
+        ));
+    }
     let base = ArenaConfig {
         segment_size,
         segment_count: 2,
@@ -274,6 +291,35 @@ pub fn arena_config(segment_size: u32, arena_bytes: u64) -> FResult<ArenaConfig>
     base.with_arena_size(arena_bytes).map_err(|e| {
         FfiError::new(code::ECONFIG, format!("arena of {arena_bytes} bytes with {segment_size}-byte segments: {e}"))
     })
+}
+
+/// Refuses to create an arena larger than the space free in `dir` (its tmpfs): the file
+/// is sparse, so it would be created, and a TaskManager would die of SIGBUS later when a
+/// write reaches a page the file system cannot back.
+fn check_room(dir: &Path, config: &ArenaConfig) -> FResult<()> {
+    let size = config.layout().map_err(from_arena)?.total_size;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(()); // cannot tell: creating it reports what is wrong, if anything
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if size > free {
+        return Err(FfiError::new(
+            code::ECONFIG,
+            format!(
+                "an arena of {size} bytes does not fit in the {free} bytes free in {} (a write past the free \
+                 space would kill the TaskManager with SIGBUS): make the arena smaller or {} larger",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One TaskManager's attachment to the host's arena.
@@ -467,6 +513,7 @@ impl ArenaCtx {
             }
         };
         if arena.is_none() {
+            check_room(Path::new("/dev/shm"), &config)?;
             let mut a = Arena::create_named(&opts.name, &config).map_err(from_arena)?;
             a.keep();
             arena = Some(a);
@@ -526,14 +573,16 @@ impl ArenaCtx {
         }))
     }
 
-    /// Leaves: removes our registry entry, marks our slot exited, and unlinks the arena
-    /// file when no other live TaskManager is registered. Idempotent.
+    /// Leaves: gives back the channels consumers opened towards us that we never accepted,
+    /// removes our registry entry, marks our slot exited, and unlinks the arena file when
+    /// no other live TaskManager is registered. Idempotent.
     pub fn close(&self) {
         let mut closed = self.closed.lock();
         if *closed {
             return;
         }
         *closed = true;
+        self.refuse_unaccepted();
         let lock = DirLock::take(&self.opts.registry_dir);
         let _ = std::fs::remove_file(&self.entry);
         liveness::mark_exited(&self.arena, self.slot);
@@ -543,6 +592,51 @@ impl ArenaCtx {
         drop(closed);
         self.wake(Side::Consumer);
         self.wake(Side::Producer);
+    }
+
+    /// At `close`: every channel a consumer opened towards us that we never accepted is
+    /// taken and closed as `accept` followed by the channel's `close` would (the same
+    /// handshake steps in the same order): one its consumer already closed is drained and
+    /// freed; an open one is failed, and its consumer's close frees it. Without this, each
+    /// such channel kept its block for good once we left (nobody else takes it while we
+    /// run). The ids go into `accepted` under its lock, so a concurrent `accept` of the same
+    /// channel fails there and never uses it.
+    fn refuse_unaccepted(&self) {
+        let arena = &self.arena;
+        let (me, max) = (std::process::id(), arena.config().max_workers);
+        let mut accepted = self.accepted.lock();
+        for (i, b) in arena.channels().iter().enumerate() {
+            let id = i as u32;
+            // Ordered by `take`'s Acquire; a block towards our slot for another pid is a
+            // previous holder's, for the reclaimer.
+            if accepted.contains(&id) || b.producer_worker() != Some(self.slot) || b.claimer() != me {
+                continue;
+            }
+            match handshake::take(b, self.slot, me, max) {
+                handshake::Take::Open { consumer_slot } => {
+                    accepted.insert(id);
+                    match handshake::close(b, handshake::End::Producer) {
+                        handshake::Closed::First => {
+                            let set = NotifySet::new(arena, set_id(consumer_slot, Side::Consumer));
+                            let _ = set.and_then(|s| s.mark(id));
+                        }
+                        // Its consumer closed it since `take`: ours to drain and free.
+                        handshake::Closed::Last => self.drain_and_free(id),
+                        handshake::Closed::Other(_) => {}
+                    }
+                }
+                handshake::Take::Abandoned => self.drain_and_free(id),
+                handshake::Take::NotOurs | handshake::Take::NotOpen(_) => {}
+            }
+        }
+    }
+
+    /// Releases what is queued either way in channel `id`, which we hold without ever
+    /// having read it, and frees its block.
+    fn drain_and_free(&self, id: u32) {
+        drain_segments(self, id, RingKind::Credit, None);
+        drain_segments(self, id, RingKind::Data, None);
+        handshake::free(&self.arena.channels()[id as usize]);
     }
 
     /// The worker slot of TaskManager `tm_id` if it is registered on this arena and alive.

@@ -149,12 +149,27 @@ fn bad_open_settings_are_errors_with_messages() {
     let dir = CString::new(s.dir.to_str().unwrap()).unwrap();
     let tm = CString::new("tm").unwrap();
     let mut h = 0;
-    // SAFETY: valid strings and out pointer.
+    // SAFETY: valid strings and out pointers; an all-zero statvfs is a valid value.
     unsafe {
         // Too small for two segments.
         let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), 64 << 10, 32 << 10, 0, &mut h);
         assert_eq!(rc, code::ECONFIG, "{}", err_text());
         assert!(err_text().contains("segments"), "{}", err_text());
+        // More than 2^24 segments (was capped silently: a 512 GiB sparse arena).
+        let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), 1 << 62, 32 << 10, 0, &mut h);
+        assert_eq!(rc, code::ECONFIG, "{}", err_text());
+        assert!(err_text().contains("more than 16777216 segments"), "{}", err_text());
+        // Within the caps but more than /dev/shm has free (a later SIGBUS otherwise); only
+        // where /dev/shm has less than 512 GiB free.
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let shm = CString::new("/dev/shm").unwrap();
+        let big: u64 = 1 << 39;
+        if libc::statvfs(shm.as_ptr(), &mut st) == 0 && st.f_bavail.saturating_mul(st.f_frsize) < big {
+            let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), big, 16 << 20, 0, &mut h);
+            assert_eq!(rc, code::ECONFIG, "{}", err_text());
+            assert!(err_text().contains("free in /dev/shm"), "{}", err_text());
+            assert!(!std::path::Path::new("/dev/shm").join(&s.name).exists(), "a refused arena was created");
+        }
         // Segment size not a power of two.
         let rc = shmflow_arena_open(name.as_ptr(), dir.as_ptr(), tm.as_ptr(), 8 << 20, 5000, 0, &mut h);
         assert_eq!(rc, code::ECONFIG, "{}", err_text());
@@ -198,6 +213,52 @@ fn a_slot_nobody_registered_is_free_not_alive_and_connect_to_it_fails() {
         assert!(err_text().contains("not alive"), "{}", err_text());
     }
     assert_eq!(ch, 0, "no channel handle was handed out");
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
+#[test]
+fn a_process_that_opens_and_closes_again_and_again_reuses_its_worker_slots() {
+    let s = Scratch::new("reopen");
+    let a = s.open("tm-a").expect("open a");
+    // 64 worker slots: every round used a fresh one before, the 64th open failed.
+    for i in 0..100 {
+        let b = s.open(&format!("tm-b{i}")).unwrap_or_else(|e| panic!("open #{i}: {e:?}"));
+        assert_eq!(shmflow_arena_close(b), 0);
+    }
+    assert_eq!(shmflow_arena_close(a), 0);
+}
+
+/// Channel blocks of the scratch arena that are neither free nor closed (in use, or lost).
+fn blocks_in_use(s: &Scratch) -> usize {
+    use shmflow::memory::{Arena, CHANNEL_CLOSED, CHANNEL_FREE};
+    let arena = Arena::attach_read_only(&std::path::Path::new("/dev/shm").join(&s.name)).expect("the arena");
+    arena.channels().iter().filter(|b| ![CHANNEL_FREE, CHANNEL_CLOSED].contains(&b.state())).count()
+}
+
+#[test]
+fn a_channel_its_producer_never_accepted_is_freed_when_both_have_left() {
+    let s = Scratch::new("unaccepted");
+    let a = s.open("tm-a").expect("open a");
+    // Round 0: the producer leaves first, then the consumer closes; round 1: the other way.
+    for round in 0..2 {
+        let tm = format!("tm-b{round}");
+        let b = s.open(&tm).expect("open b");
+        let (tm_c, mut slot, mut ch, mut id) = (CString::new(tm).unwrap(), -1, 0u64, -1);
+        // SAFETY: valid pointers throughout.
+        unsafe {
+            assert_eq!(shmflow_peer_lookup(a, tm_c.as_ptr(), &mut slot), 0, "{}", err_text());
+            assert_eq!(shmflow_channel_connect(a, slot, &mut ch, &mut id), 0, "{}", err_text());
+        }
+        assert_eq!(blocks_in_use(&s), 1);
+        if round == 0 {
+            assert_eq!(shmflow_arena_close(b), 0);
+            assert_eq!(shmflow_channel_close(ch), 0);
+        } else {
+            assert_eq!(shmflow_channel_close(ch), 0);
+            assert_eq!(shmflow_arena_close(b), 0);
+        }
+        assert_eq!(blocks_in_use(&s), 0, "round {round}: the channel's block was never freed");
+    }
     assert_eq!(shmflow_arena_close(a), 0);
 }
 

@@ -247,15 +247,26 @@ pub fn finish_reclaim(arena: &Arena, dead: DeadProcess) {
     }
 }
 
-/// Claims a free worker slot for this process (library users without a coordinator).
+/// Claims a worker slot for this process (library users without a coordinator): a free
+/// one, else one this very process left cleanly (EXITED with our pid: a process that opens
+/// and closes arena contexts again and again would use up every slot otherwise). Both go
+/// through [`register`]'s CAS; a slot of a dead process is never taken here (the online
+/// reclamation frees it, once).
 ///
 /// # Errors
 /// [`Error::OutOfSlots`] when every record is taken.
 pub fn claim(arena: &Arena) -> Result<u32> {
-    for (i, r) in arena.workers().iter().enumerate() {
-        // Relaxed: a first look; `register` takes the slot with its own CAS.
-        if r.state.load(Ordering::Relaxed) == WORKER_FREE && register(arena, i as u32).is_ok() {
-            return Ok(i as u32);
+    let me = std::process::id();
+    for own_exited in [false, true] {
+        for (i, r) in arena.workers().iter().enumerate() {
+            // Relaxed (both): a first look; `register` takes the slot with its own CAS and
+            // looks again.
+            let st = r.state.load(Ordering::Relaxed);
+            let candidate =
+                if own_exited { st == WORKER_EXITED && r.pid.load(Ordering::Relaxed) == me } else { st == WORKER_FREE };
+            if candidate && register(arena, i as u32).is_ok() {
+                return Ok(i as u32);
+            }
         }
     }
     Err(Error::OutOfSlots("worker record"))

@@ -72,18 +72,7 @@ impl ProgressReporter {
                 _ => s.records_out,
             })
             .fold(0u64, u64::saturating_add);
-        let (mut rin, mut bp, mut bytes) = (0.0, 0.0f64, 0u64);
-        if let Some(prev) = &self.prev {
-            for (k, b) in &snaps {
-                bytes = bytes.saturating_add(b.bytes_out);
-                // A task that started since the last update has no rate yet.
-                if let Some(a) = prev.get(k) {
-                    let r = TaskRates::between(a, b);
-                    rin += r.records_in_per_s;
-                    bp = bp.max(r.back_pressured_ms_per_s);
-                }
-            }
-        }
+        let (rin, bp, bytes) = line_figures(self.prev.as_ref(), &snaps);
         self.prev = Some(snaps);
         if let Some(bar) = &self.bar {
             bar.set_position(done);
@@ -114,8 +103,53 @@ impl ProgressReporter {
     }
 }
 
+/// A progress line's records/s in (summed), back-pressure ms/s (the largest) and bytes out
+/// so far (summed) from this update's snapshots and the previous update's. A task without
+/// a previous snapshot (every task on the first line) is rated since it started; before,
+/// the first line always said 0 records/s and 0.0 MB.
+fn line_figures(prev: Option<&Snapshots>, snaps: &Snapshots) -> (f64, f64, u64) {
+    let (mut rin, mut bp, mut bytes) = (0.0, 0.0f64, 0u64);
+    for (k, b) in snaps {
+        // Saturating: the counters are workers' words in the arena.
+        bytes = bytes.saturating_add(b.bytes_out);
+        let since_start = TaskSnapshot { at_ns: b.started_ns, ..TaskSnapshot::default() };
+        let a = match prev.and_then(|p| p.get(k)) {
+            Some(a) => a,
+            // Not started (or a clock that went backwards): no rate yet.
+            None if b.started_ns == 0 || b.started_ns >= b.at_ns => continue,
+            None => &since_start,
+        };
+        let r = TaskRates::between(a, b);
+        rin += r.records_in_per_s;
+        bp = bp.max(r.back_pressured_ms_per_s);
+    }
+    (rin, bp, bytes)
+}
+
 impl Drop for ProgressReporter {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_line_rates_tasks_since_they_started_and_counts_their_bytes() {
+        let t = |at_ns, records_in, bytes_out| TaskSnapshot {
+            at_ns,
+            started_ns: 1_000_000_000,
+            records_in,
+            bytes_out,
+            ..TaskSnapshot::default()
+        };
+        let first: Snapshots = [((1, 0), t(2_000_000_000, 500, 4_000_000))].into_iter().collect();
+        let (rin, _, bytes) = line_figures(None, &first);
+        assert_eq!((rin, bytes), (500.0, 4_000_000));
+        let second: Snapshots = [((1, 0), t(3_000_000_000, 2_500, 9_000_000))].into_iter().collect();
+        let (rin, _, bytes) = line_figures(Some(&first), &second);
+        assert_eq!((rin, bytes), (2_000.0, 9_000_000));
     }
 }

@@ -126,6 +126,17 @@ fn io_err(op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io { op: op.to_string(), source: e }
 }
 
+/// [`io_err`], but a control socket the coordinator's end of which went away (reset, broken
+/// pipe, cut short) is [`Error::CoordinatorDied`]: "Connection reset by peer" told a user
+/// nothing about what happened.
+fn gone_or(coordinator: u32, op: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    move |e| match e.kind() {
+        BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof => Error::CoordinatorDied { pid: coordinator },
+        _ => io_err(op)(e),
+    }
+}
+
 /// The worker's end of the control socket, shared by the tasks, the heartbeat and the
 /// event threads (one message at a time).
 type Control = Arc<Mutex<UnixStream>>;
@@ -142,21 +153,23 @@ fn tell(control: &Control, msg: &FromWorker) {
 /// A missing or bad control fd or arena, or a broken control socket. Task failures are
 /// reported to the coordinator, and make this return an error too.
 pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
+    // The coordinator: this process's parent, asked first (once it dies, getppid names
+    // whoever adopted us).
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let coordinator = unsafe { libc::getppid() } as u32;
     let sock = control_socket()?;
     let mut reader = BufReader::new(sock.try_clone().map_err(io_err("cloning the control socket"))?);
     let control: Control = Arc::new(Mutex::new(sock));
     let arena = Arc::new(crate::memory::Arena::attach_inherited()?);
     send(&mut *control.lock().expect("control socket"), &FromWorker::Hello { pid: std::process::id() })
-        .map_err(io_err("writing to the coordinator"))?;
+        .map_err(gone_or(coordinator, "writing to the coordinator"))?;
     start_heartbeats(&control, config)?;
-    // The coordinator: this process's parent (its pid is gone from getppid once it dies).
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let coordinator = unsafe { libc::getppid() } as u32;
-    let (worker, subtasks) = match recv::<ToWorker>(&mut reader).map_err(io_err("reading the deployment"))? {
-        Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
-        Some(ToWorker::Cancel) => return Err(Error::Cancelled),
-        None => return Err(Error::CoordinatorDied { pid: coordinator }),
-    };
+    let (worker, subtasks) =
+        match recv::<ToWorker>(&mut reader).map_err(gone_or(coordinator, "reading the deployment"))? {
+            Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
+            Some(ToWorker::Cancel) => return Err(Error::Cancelled),
+            None => return Err(Error::CoordinatorDied { pid: coordinator }),
+        };
     // A bad deployment is refused as a whole, before any task starts.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
         let error = format!("bad deployment: {why}");
@@ -456,7 +469,18 @@ fn install_panic_hook() {
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_cpus, pin_thread};
+    use super::{allowed_cpus, gone_or, pin_thread};
+    use crate::Error;
+
+    #[test]
+    fn a_control_socket_reset_by_the_coordinator_says_the_coordinator_died() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = gone_or(4242, "reading the deployment")(reset);
+        assert!(matches!(e, Error::CoordinatorDied { pid: 4242 }), "{e}");
+        assert!(e.to_string().contains("coordinator (pid 4242)"), "{e}");
+        let other = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        assert!(gone_or(1, "reading the deployment")(other).to_string().contains("reading the deployment"));
+    }
 
     #[test]
     fn a_pinned_task_thread_runs_on_the_cpu_of_its_index_in_the_allowed_set() {

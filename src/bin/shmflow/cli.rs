@@ -108,7 +108,7 @@ pub(crate) enum JobCmd {
         #[arg(long)]
         input: Option<PathBuf>,
         /// Where to write `word<TAB>count` lines sorted by word (checked before the job runs;
-        /// written to `<output>.tmp-<pid>` and renamed when complete).
+        /// written to `<output>.tmp-<pid>` and renamed when complete; not `-`: no stdout).
         #[arg(long)]
         output: Option<PathBuf>,
         /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
@@ -126,7 +126,8 @@ pub(crate) enum JobCmd {
         #[arg(long)]
         input: Option<PathBuf>,
         /// Where to write one `word<TAB>sum` line per window firing, sorted by word (checked
-        /// before the job runs; written to `<output>.tmp-<pid>` and renamed when complete).
+        /// before the job runs; written to `<output>.tmp-<pid>` and renamed when complete;
+        /// not `-`: no stdout).
         #[arg(long)]
         output: Option<PathBuf>,
         /// Size of the generated default text: MB x 10^6 / 66 lines, about 1.2x MB megabytes
@@ -144,9 +145,10 @@ pub(crate) enum JobCmd {
     },
     /// Capacity planning: generators -> exchange -> counting, checksumming sinks.
     Shuffle {
-        /// Records in all (at most 10^12).
-        #[arg(long, default_value_t = 100_000_000)]
-        records: u64,
+        /// Records in all (at most 10^12). Default 100,000,000; with --latency, --rate x 10,
+        /// about ten seconds of records at that rate.
+        #[arg(long)]
+        records: Option<u64>,
         /// Payload bytes per record (at least 8).
         #[arg(long, default_value_t = 16)]
         payload: u32,

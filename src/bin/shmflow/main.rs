@@ -96,6 +96,20 @@ mod tests {
     use std::path::PathBuf;
 
     #[test]
+    fn run_shuffle_latency_defaults_to_ten_seconds_of_records_at_its_rate() {
+        use clap::Parser;
+        let records = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Cmd::Run { job: JobCmd::Shuffle { records, latency, rate, .. } } => {
+                crate::run::shuffle_records(records, rate.filter(|_| latency))
+            }
+            _ => panic!("not run shuffle"),
+        };
+        assert_eq!(records(&["shmflow", "run", "shuffle", "--latency", "--rate", "10000"]), 100_000);
+        assert_eq!(records(&["shmflow", "run", "shuffle", "--latency", "--rate", "10000", "--records", "7"]), 7);
+        assert_eq!(records(&["shmflow", "run", "shuffle"]), 100_000_000);
+    }
+
+    #[test]
     fn only_a_temp_file_of_this_output_with_a_canonical_pid_is_a_temp_output() {
         assert_eq!(temp_pid("counts.tmp-123", "counts"), Some(123));
         assert_eq!(temp_pid("counts.txt.tmp-7", "counts.txt"), Some(7));

@@ -195,6 +195,13 @@ pub(crate) fn refuse_unsized(path: &std::path::Path) -> AnyResult<()> {
 pub(crate) fn output_file(src: &TextSource, output: Option<&std::path::Path>) -> AnyResult<Option<jobs::OutputFile>> {
     match output {
         Some(p) if !is_worker() => {
+            if p == std::path::Path::new("-") {
+                // Not stdout: the output is written to a temp file and renamed, and the
+                // summary goes to stdout. Silently making a file named "-" surprised users.
+                return Err(
+                    "--output - (standard output) is not supported: name a file (./- for a file named -)".into()
+                );
+            }
             if let TextSource::File { path, .. } = src {
                 jobs::refuse_output_over_input(path, p)?;
             }
@@ -233,6 +240,14 @@ pub(crate) fn blocking_unsupported(o: &JobOpts, job: &str) -> AnyResult<()> {
         return Err(format!("--exchange blocking is supported by wordcount only, not by {job}").into());
     }
     Ok(())
+}
+
+/// `run shuffle`'s records when `--records` is not given: 100,000,000, or with `--latency`
+/// ten seconds' worth at `--rate` (the throughput default would take hours at a latency
+/// rate, with the progress line stuck at 0.0%).
+pub(crate) fn shuffle_records(records: Option<u64>, latency_rate: Option<u64>) -> u64 {
+    const LATENCY_SECONDS: u64 = 10;
+    records.unwrap_or_else(|| latency_rate.map_or(100_000_000, |r| r.saturating_mul(LATENCY_SECONDS)))
 }
 
 pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
@@ -292,9 +307,10 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
             }
         }
         JobCmd::Shuffle { records, payload, selector, latency: true, rate, opts, .. } => {
-            shuffle_latency(records, payload, &selector, rate.unwrap_or(0), opts)?;
+            shuffle_latency(shuffle_records(records, rate.or(Some(0))), payload, &selector, rate.unwrap_or(0), opts)?;
         }
         JobCmd::Shuffle { records, payload, selector, sink_work_ns, source_work_ns, opts, .. } => {
+            let records = shuffle_records(records, None);
             blocking_unsupported(&opts, "shuffle")?;
             let kind: SelectorKind = selector.parse()?;
             if !(8..=256 << 20).contains(&payload) {
