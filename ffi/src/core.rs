@@ -891,7 +891,13 @@ impl ChannelCtx {
         let Some(b) = arena.channels().get(id as usize) else {
             return Err(inval(format!("channel {id} is outside 0..{}", arena.config().max_channels)));
         };
-        if ctx.accepted.lock().contains(&id) {
+        // Held across the check, `take`, and the insert or the abandoned drain-and-free:
+        // `refuse_unaccepted` and a producer's `close` do their take/close and free under it
+        // too, so no two of them ever free the same block (a CONSUMER_GONE seen here after
+        // one of them took it would otherwise read as "abandoned" and be freed twice).
+        // Nothing taken under it takes this lock or one held around it elsewhere.
+        let mut accepted = ctx.accepted.lock();
+        if accepted.contains(&id) {
             return Err(inval(format!("channel {id} is already accepted")));
         }
         let max = arena.config().max_workers;
@@ -914,9 +920,8 @@ impl ChannelCtx {
             }
             handshake::Take::NotOpen(_) => return Err(inval(format!("channel {id} is not open"))),
         };
-        if !ctx.accepted.lock().insert(id) {
-            return Err(inval(format!("channel {id} is already accepted")));
-        }
+        accepted.insert(id);
+        drop(accepted);
         Ok(Arc::new(ChannelCtx {
             ctx: ctx.clone(),
             id,
@@ -1252,15 +1257,22 @@ impl ChannelCtx {
             let _ = release_segment(&self.ctx, self.id, s as i32, true);
         }
         let b = self.block();
-        if self.side == Side::Producer {
-            self.ctx.accepted.lock().remove(&self.id);
-        }
+        // Producer: the id leaves `accepted`, and the block is closed (and freed if ours),
+        // under its lock, as in `accept` and `refuse_unaccepted`: an `accept` of the same id
+        // racing with this close would otherwise see CONSUMER_GONE as "abandoned" and free
+        // the block a second time. Locks taken under it: `inn` (ours alone).
+        let accepted = (self.side == Side::Producer).then(|| {
+            let mut a = self.ctx.accepted.lock();
+            a.remove(&self.id);
+            a
+        });
         let end = match self.side {
             Side::Consumer => handshake::End::Consumer,
             Side::Producer => handshake::End::Producer,
         };
         match handshake::close(b, end) {
             handshake::Closed::First => {
+                drop(accepted);
                 let _ = self.notify_peer();
             }
             handshake::Closed::Last => {
