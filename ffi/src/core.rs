@@ -307,8 +307,9 @@ fn check_room(dir: &Path, config: &ArenaConfig) -> FResult<()> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Ok(()); // cannot tell: creating it reports what is wrong, if anything
     }
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    if size > free {
+    #[allow(clippy::useless_conversion)] // the field widths differ between targets
+    let free = room_free(u64::from(st.f_blocks), u64::from(st.f_bavail), u64::from(st.f_frsize));
+    if let Some(free) = free.filter(|&free| size > free) {
         return Err(FfiError::new(
             code::ECONFIG,
             format!(
@@ -320,6 +321,13 @@ fn check_room(dir: &Path, config: &ArenaConfig) -> FResult<()> {
         ));
     }
     Ok(())
+}
+
+/// The bytes free for an arena from `statvfs`'s numbers, or `None` when they cannot tell:
+/// a file system reporting no blocks at all (a tmpfs mounted with `size=0`, unlimited)
+/// also reports none available, and must not refuse every arena.
+fn room_free(blocks: u64, bavail: u64, frsize: u64) -> Option<u64> {
+    (blocks != 0).then(|| bavail.saturating_mul(frsize))
 }
 
 /// One TaskManager's attachment to the host's arena.
@@ -1402,6 +1410,16 @@ fn release_segment(ctx: &ArenaCtx, channel: u32, segment: i32, received: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_is_unknown_on_a_file_system_without_block_counts() {
+        // An unlimited tmpfs: no blocks, none available.
+        assert_eq!(room_free(0, 0, 4096), None);
+        assert_eq!(room_free(1000, 10, 4096), Some(40960));
+        // A full (limited) file system still refuses.
+        assert_eq!(room_free(1000, 0, 4096), Some(0));
+        assert_eq!(room_free(u64::MAX, u64::MAX, 4096), Some(u64::MAX));
+    }
 
     #[test]
     fn a_send_refused_for_a_corrupt_ring_leaves_its_segment_held_for_writing() {
