@@ -630,13 +630,29 @@ impl ArenaCtx {
                         }
                         // Its consumer closed it since `take`: ours to drain and free.
                         handshake::Closed::Last => self.drain_and_free(id),
+                        // Its consumer died since `take`.
+                        handshake::Closed::Other(CHANNEL_CONSUMER_DIED) => self.refuse_dead_consumer(id),
                         handshake::Closed::Other(_) => {}
                     }
                 }
                 handshake::Take::Abandoned => self.drain_and_free(id),
+                // Its consumer died before we took it: the reclaimer failed it towards us
+                // and nobody else will hand it back.
+                handshake::Take::NotOpen(CHANNEL_CONSUMER_DIED) => self.refuse_dead_consumer(id),
                 handshake::Take::NotOurs | handshake::Take::NotOpen(_) => {}
             }
         }
+    }
+
+    /// Channel `id` of ours, never accepted, whose consumer died (the reclaimer marked it
+    /// CONSUMER_DIED and orphaned what that consumer had queued to us, its live reader):
+    /// releases what is queued towards us (the last reader's release frees an orphaned
+    /// segment; we never wrote the other ring) and hands the block on as CLOSED, as a
+    /// producer's `close` does for a channel it had accepted. The CAS makes it once.
+    fn refuse_dead_consumer(&self, id: u32) {
+        drain_segments(self, id, RingKind::Credit, None);
+        // Release: pairs with the Acquire CAS in `connect` of the next user.
+        let _ = self.arena.channels()[id as usize].try_hand_over(CHANNEL_CONSUMER_DIED, CHANNEL_CLOSED);
     }
 
     /// Releases what is queued either way in channel `id`, which we hold without ever
@@ -1421,30 +1437,65 @@ mod tests {
         assert_eq!(room_free(u64::MAX, u64::MAX, 4096), Some(u64::MAX));
     }
 
-    #[test]
-    fn a_send_refused_for_a_corrupt_ring_leaves_its_segment_held_for_writing() {
-        /// Removes the arena and its registry even when the test fails (a panic skips
-        /// `close`).
-        struct Scratch(String, PathBuf);
-        impl Drop for Scratch {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.1);
-                let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.0));
-            }
+    /// Removes the arena and its registry even when the test fails (a panic skips
+    /// `close`).
+    struct Scratch(String, PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.0));
         }
-        let name = format!("shmflow-ffi-unit-{}-violation", std::process::id());
-        let dir = std::env::temp_dir().join(format!("{name}.reg"));
-        let _scratch = Scratch(name.clone(), dir.clone());
-        let open = |tm: &str| {
+    }
+
+    impl Scratch {
+        /// A scratch arena named after this process and `tag`.
+        fn new(tag: &str) -> Self {
+            let name = format!("shmflow-ffi-unit-{}-{tag}", std::process::id());
+            let dir = std::env::temp_dir().join(format!("{name}.reg"));
+            Scratch(name, dir)
+        }
+
+        /// Registers TaskManager `tm` on it.
+        fn open(&self, tm: &str) -> FResult<Arc<ArenaCtx>> {
             ArenaCtx::open(OpenOptions {
-                name: name.clone(),
-                registry_dir: dir.clone(),
+                name: self.0.clone(),
+                registry_dir: self.1.clone(),
                 tm_id: tm.into(),
                 arena_bytes: 8 << 20,
                 segment_size: 32 << 10,
                 spin_ns: 0,
             })
+        }
+    }
+
+    #[test]
+    fn closing_an_arena_hands_back_an_unaccepted_channel_whose_consumer_died() {
+        let scratch = Scratch::new("dead-consumer");
+        let run = || -> FResult<()> {
+            let a = scratch.open("tm-producer")?;
+            let b = scratch.open("tm-consumer")?;
+            let cons = ChannelCtx::connect(&b, b.lookup("tm-producer")?)?;
+            let seg = cons.acquire(Duration::from_secs(1))?;
+            cons.send(&Msg { kind: 7, segment: seg as i32, size: 1, ..Msg::default() }, Duration::ZERO)?;
+            let block = &a.arena.channels()[cons.id as usize];
+            // What the reclaimer does when the consumer's process dies before the
+            // producer accepted (its queued segment stays in flight to us, its reader).
+            block.try_transition(shmflow::memory::CHANNEL_OPEN, CHANNEL_CONSUMER_DIED).expect("the channel was open");
+            a.close();
+            assert_eq!(block.state(), CHANNEL_CLOSED, "the block was not handed back");
+            let ctl = &a.arena.controls()[seg as usize];
+            // Relaxed: single-threaded test.
+            assert_eq!(ctl.owner.load(Ordering::Relaxed), Owner::Free.pack(), "the queued segment was not freed");
+            b.close();
+            Ok(())
         };
+        run().unwrap();
+    }
+
+    #[test]
+    fn a_send_refused_for_a_corrupt_ring_leaves_its_segment_held_for_writing() {
+        let scratch = Scratch::new("violation");
+        let open = |tm: &str| scratch.open(tm);
         let run = || -> FResult<()> {
             let a = open("tm-producer")?;
             let b = open("tm-consumer")?;
