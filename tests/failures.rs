@@ -149,107 +149,121 @@ fn producer_sees_a_killed_consumer_as_dead() {
     assert!(matches!(err, Error::PeerDied { role: "consumer", .. }), "{err}");
 }
 
+/// A private directory under /dev/shm (tmpfs, so an arena file can be renamed into it),
+/// removed with everything in it on drop, also when the test fails. `shmflow clean` is
+/// pointed at it (`SHMFLOW_SHM_DIR`, and `TMPDIR` for the job directories), so a non-dry
+/// clean of one test can neither remove another test's arenas nor be disturbed by them.
+struct ShmDir(std::path::PathBuf);
+
+impl ShmDir {
+    fn new(tag: &str) -> Self {
+        let p = std::path::Path::new("/dev/shm").join(format!("shmflow-test-dir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir(&p).unwrap();
+        Self(p)
+    }
+
+    /// Creates the named arena `name` and moves its file in here. Until the move it sits in
+    /// /dev/shm with a live creator (this process), which every `clean` keeps.
+    fn arena(&self, name: &str) -> (Arena, std::path::PathBuf) {
+        let mut a = Arena::create_named(name, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
+        a.keep();
+        let path = self.0.join(name);
+        if let Err(e) = std::fs::rename(Arena::named_path(name).unwrap(), &path) {
+            let _ = std::fs::remove_file(Arena::named_path(name).unwrap());
+            panic!("moving arena {name} into {}: {e}", self.0.display());
+        }
+        (a, path)
+    }
+
+    /// `shmflow clean` (with `args`) that sees only this directory.
+    fn clean(&self, args: &[&str]) -> String {
+        let out =
+            shmflow().arg("clean").args(args).env("SHMFLOW_SHM_DIR", &self.0).env("TMPDIR", &self.0).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "clean {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    }
+}
+
+impl Drop for ShmDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes the arena file at `path` look as if its creator died (a pid that does not
+/// exist), patching the header in place (a live mapping of it stays valid).
+fn pretend_creator_died(path: &std::path::Path) {
+    let mut bytes = vec![0u8; std::mem::size_of::<shmflow::memory::StaticHeader>()];
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).unwrap();
+    // SAFETY: `bytes` holds a whole StaticHeader (a plain repr(C) struct of integers, valid
+    // for any bytes); read_unaligned copes with the Vec's alignment.
+    let mut h: shmflow::memory::StaticHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    h.creator_pid = 0x7fff_fff0;
+    h.checksum = h.compute_checksum();
+    // SAFETY: `h` is a plain repr(C) struct without padding; its bytes are initialized.
+    let raw = unsafe {
+        std::slice::from_raw_parts((&h as *const shmflow::memory::StaticHeader).cast::<u8>(), std::mem::size_of_val(&h))
+    };
+    std::os::unix::fs::FileExt::write_all_at(&file, raw, 0).unwrap();
+}
+
 #[test]
 fn clean_removes_only_arenas_whose_creator_died_and_check_reports_an_idle_arena() {
+    let dir = ShmDir::new("clean");
     let name = format!("shmflow-test-clean-{}", std::process::id());
-    // An arena created by a child that then exits: its creator is dead.
     let status = shmflow().args(["check", "--name", "definitely-not-there"]).status().unwrap();
     assert!(!status.success(), "check of a missing arena fails");
-    let mut a = Arena::create_named(&name, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
-    a.keep();
-    let out = shmflow().args(["check", "--name", &name, "--idle", "--json"]).output().unwrap();
+    let (a, live) = dir.arena(&name);
+    let out = shmflow().args(["check", "--path"]).arg(&live).args(["--idle", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["free_walked"], 16);
     // Our own arena (creator alive) is kept by clean.
-    let out = shmflow().args(["clean"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("keep   /dev/shm/{name}")));
-    assert!(std::path::Path::new("/dev/shm").join(&name).exists());
-    // Pretend the creator died: patch the creator pid to one that does not exist.
-    drop(a);
-    let stale = format!("{name}-stale");
-    let mut b = Arena::create_named(&stale, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
-    b.keep();
+    let text = dir.clean(&[]);
+    assert!(text.contains(&format!("keep   {}", live.display())), "{text}");
+    assert!(live.exists());
+    // An arena whose creator died and nobody is attached to is removed; ours stays.
+    let (b, stale) = dir.arena(&format!("{name}-stale"));
     drop(b);
-    let path = std::path::Path::new("/dev/shm").join(&stale);
-    let mut bytes = std::fs::read(&path).unwrap();
-    // SAFETY: the file starts with a whole StaticHeader (a plain repr(C) struct of
-    // integers, valid for any bytes); read_unaligned copes with the Vec's alignment.
-    let mut h: shmflow::memory::StaticHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    h.creator_pid = 0x7fff_fff0;
-    h.checksum = h.compute_checksum();
-    // SAFETY: `h` is a plain repr(C) struct without padding; its bytes are initialized.
-    // SAFETY: `h` is a plain repr(C) struct without padding; its bytes are initialized.
-    let raw = unsafe {
-        std::slice::from_raw_parts((&h as *const shmflow::memory::StaticHeader).cast::<u8>(), std::mem::size_of_val(&h))
-    };
-    bytes[..raw.len()].copy_from_slice(raw);
-    std::fs::write(&path, &bytes).unwrap();
-    let out = shmflow().args(["clean"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("removed /dev/shm/{stale}")), "{text}");
-    assert!(!path.exists());
-    let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(&name));
-}
-
-/// Removes a /dev/shm file when dropped (also when the test fails).
-struct ShmFile(std::path::PathBuf);
-
-impl Drop for ShmFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    pretend_creator_died(&stale);
+    let text = dir.clean(&[]);
+    assert!(text.contains(&format!("removed {}", stale.display())), "{text}");
+    assert!(text.contains(&format!("keep   {}", live.display())), "{text}");
+    assert!(!stale.exists());
+    assert!(live.exists());
+    drop(a);
 }
 
 #[test]
 fn clean_keeps_an_arena_whose_creator_died_while_another_process_is_attached() {
+    let dir = ShmDir::new("clean-attached");
     let name = format!("shmflow-test-clean-attached-{}", std::process::id());
-    let mut a = Arena::create_named(&name, &ArenaConfig { segment_count: 16, ..ArenaConfig::default() }).unwrap();
-    a.keep();
+    let (a, path) = dir.arena(&name);
     drop(a);
-    let file = ShmFile(std::path::Path::new("/dev/shm").join(&name));
     // A surviving process (this one) is attached in a worker slot.
-    let b = Arena::attach_named(&name).unwrap();
+    let b = Arena::attach_path(&path).unwrap();
     let slot = shmflow::memory::liveness::claim(&b).unwrap();
-    // Then the creator dies (a pid that does not exist), as a killed first TaskManager. The
-    // header is patched in place only now: a concurrent `clean` of another test could
-    // remove an arena whose creator is dead before anybody attached.
-    let mut bytes = std::fs::read(&file.0).unwrap();
-    // SAFETY: the file starts with a whole StaticHeader (a plain repr(C) struct of
-    // integers, valid for any bytes); read_unaligned copes with the Vec's alignment.
-    let mut h: shmflow::memory::StaticHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    h.creator_pid = 0x7fff_fff0;
-    h.checksum = h.compute_checksum();
-    // SAFETY: `h` is a plain repr(C) struct without padding; its bytes are initialized.
-    let raw = unsafe {
-        std::slice::from_raw_parts((&h as *const shmflow::memory::StaticHeader).cast::<u8>(), std::mem::size_of_val(&h))
-    };
-    bytes.truncate(raw.len());
-    bytes.copy_from_slice(raw);
-    std::os::unix::fs::FileExt::write_all_at(
-        &std::fs::OpenOptions::new().write(true).open(&file.0).unwrap(),
-        &bytes,
-        0,
-    )
-    .unwrap();
+    // Then the creator dies, as a killed first TaskManager.
+    pretend_creator_died(&path);
     let me = std::process::id();
-    for args in [&["clean", "--dry-run"][..], &["clean"][..]] {
-        let out = shmflow().args(args).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+    for args in [&["--dry-run"][..], &[][..]] {
+        let text = dir.clean(args);
         assert!(
             text.contains(&format!(
                 "keep   {} (creator pid {} is gone; attached pids {me} are running)",
-                file.0.display(),
+                path.display(),
                 0x7fff_fff0
             )),
             "{args:?}: {text}"
         );
-        assert!(file.0.exists(), "{args:?} removed an arena a live process uses");
+        assert!(path.exists(), "{args:?} removed an arena a live process uses");
     }
     // Once the last attached process has left, the arena is stale.
     shmflow::memory::liveness::mark_exited(&b, slot);
-    let out = shmflow().args(["clean", "--dry-run"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("stale  {}", file.0.display())), "{text}");
+    let text = dir.clean(&["--dry-run"]);
+    assert!(text.contains(&format!("stale  {}", path.display())), "{text}");
     drop(b);
 }

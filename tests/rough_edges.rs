@@ -225,7 +225,12 @@ fn a_sigkilled_coordinators_workers_say_it_died_and_clean_removes_what_it_left()
     // A temp output of a live process (this test) is kept.
     let live = tmp.0.join(format!("counts.tmp-{}", std::process::id()));
     std::fs::write(&live, "").unwrap();
-    let clean = shmflow().arg("clean").env("TMPDIR", &tmp.0).output().expect("run shmflow clean");
+    let clean = shmflow()
+        .arg("clean")
+        .env("TMPDIR", &tmp.0)
+        .env("SHMFLOW_SHM_DIR", &tmp.0)
+        .output()
+        .expect("run shmflow clean");
     let text = String::from_utf8_lossy(&clean.stdout);
     assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));
     assert_eq!(leftovers(&tmp.0, &[]), [format!("counts.tmp-{}", std::process::id())], "clean said:\n{text}");
@@ -604,7 +609,13 @@ fn clean_removes_the_temp_output_of_a_relative_output_from_any_cwd_and_nothing_e
     // A file of the same name where clean runs is not the run's.
     let decoy = cleaned_in.join(&temp_output);
     std::fs::write(&decoy, "not shmflow's").unwrap();
-    let clean = shmflow().arg("clean").current_dir(&cleaned_in).env("TMPDIR", &tmp.0).output().expect("clean");
+    let clean = shmflow()
+        .arg("clean")
+        .current_dir(&cleaned_in)
+        .env("TMPDIR", &tmp.0)
+        .env("SHMFLOW_SHM_DIR", &tmp.0)
+        .output()
+        .expect("clean");
     let text = String::from_utf8_lossy(&clean.stdout);
     assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));
     assert!(decoy.exists(), "clean removed a file of its cwd:\n{text}");

@@ -413,7 +413,7 @@ fn clean_removes_job_dirs_whose_pid_is_gone_and_keeps_the_rest() {
     std::fs::write(outside.0.join("keep.txt"), "x").unwrap();
     let clean = |dry: bool| {
         let mut cmd = shmflow();
-        cmd.arg("clean").env("TMPDIR", &tmp.0);
+        cmd.arg("clean").env("TMPDIR", &tmp.0).env("SHMFLOW_SHM_DIR", &tmp.0);
         if dry {
             cmd.arg("--dry-run");
         }
@@ -502,7 +502,7 @@ fn a_sigkilled_coordinators_private_job_dir_is_removed_by_clean() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(dir.exists(), "the killed coordinator's job dir is expected to be left behind");
-    let (status, out, err) = run_bounded(shmflow().arg("clean").env("TMPDIR", &tmp.0));
+    let (status, out, err) = run_bounded(shmflow().arg("clean").env("TMPDIR", &tmp.0).env("SHMFLOW_SHM_DIR", &tmp.0));
     assert!(status.success(), "{err}");
     assert!(out.contains(&format!("removed {} (pid {cpid} is gone)", dir.display())), "{out}");
     assert!(!dir.exists());

@@ -99,9 +99,32 @@ impl Responder for BarePeer {
 pub(crate) struct RecordPeer {
     pub(crate) page: SharedPage,
     pub(crate) payload: usize,
+    /// `shm-record-moving`: each record goes behind the previous one (as a stream's
+    /// records do) instead of to the same place.
+    pub(crate) moving: bool,
+    /// Offset of the next record in each direction's region.
+    pub(crate) next: usize,
 }
 
 impl RecordPeer {
+    pub(crate) fn new(page: SharedPage, peer: Peer, payload: usize) -> Self {
+        Self { page, payload, moving: peer == Peer::RecordMoving, next: 0 }
+    }
+
+    /// The offset of this round trip's records in their regions (both directions use the
+    /// same), and moves on: always 0 at a fixed place; moving, the next 8-aligned place
+    /// behind the record, back to 0 when the next would not fit the region. Sequence
+    /// numbers only grow, so a word left from an earlier lap never looks like the one
+    /// awaited: no word needs clearing.
+    fn step(&mut self) -> usize {
+        let at = self.next;
+        if self.moving {
+            let stride = (8 + self.payload).next_multiple_of(8);
+            self.next = if at + 2 * stride > REC_REGION { 0 } else { at + stride };
+        }
+        at
+    }
+
     /// The payload bytes of the record at `at` (REC_PING or REC_PONG).
     fn bytes(&self, at: usize) -> *mut u8 {
         assert!(at + 8 + self.payload <= PAGE && self.payload <= RECORD_MAX, "record inside the page");
@@ -140,8 +163,9 @@ impl RecordPeer {
 
 impl Requester for RecordPeer {
     fn round_trip(&mut self, seq: u64, msg: &[u8], want: &[u8]) -> Res<()> {
-        self.send(REC_PING, seq, |dst| dst.copy_from_slice(msg));
-        if self.await_record(REC_PONG, seq)? != want {
+        let at = self.step();
+        self.send(REC_PING + at, seq, |dst| dst.copy_from_slice(msg));
+        if self.await_record(REC_PONG + at, seq)? != want {
             return Err(wrong_answer(seq));
         }
         Ok(())
@@ -150,13 +174,14 @@ impl Requester for RecordPeer {
 
 impl Responder for RecordPeer {
     fn serve(&mut self, seq: u64) -> Res<()> {
-        let p = self.await_record(REC_PING, seq)?;
+        let at = self.step();
+        let p = self.await_record(REC_PING + at, seq)?;
         check_request(p, seq, self.payload)?;
         // The request is copied with its checksum in one pass into the answer's place.
         let p: *const [u8] = p;
-        self.send(REC_PONG, seq, |dst| {
+        self.send(REC_PONG + at, seq, |dst| {
             // SAFETY: the request's bytes, still valid (see `await_record`), and apart
-            // from the answer's (REC_PING and REC_PONG are 2 KiB apart).
+            // from the answer's (in the other region).
             let sum = copy_checksum(unsafe { &*p }, dst);
             seal_answer(dst, sum);
         });

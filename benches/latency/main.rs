@@ -36,6 +36,10 @@
 //!   cache lines, as the stream's 68-byte slot-framed record; the bare atomic moves one.
 //!   Up to 1 KiB, paired with the bare atomic as the shmflow peers are (its ratio is what
 //!   the payload's lines add to the hardware limit);
+//! - `shm-record-moving` (spin): the same, but each record goes right behind the previous
+//!   one through a 32 KiB region (as a stream's records go through a segment; back to the
+//!   start when the next would not fit), so every 64 B record is written into lines the
+//!   reader has not yet polled;
 //! - `futex` (park): the same two words as [`FutexWord`]s; a waiter parks at once and a
 //!   sender always calls FUTEX_WAKE: the parking limit (no payload either, `payload_bytes: 0`);
 //! - `pipe`, `unix-socket`, `tcp-nodelay` (127.0.0.1, TCP_NODELAY), mode park: blocking reads
@@ -209,17 +213,20 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 const PARK_SLICE: Duration = Duration::from_millis(50);
 /// The longest one responder may live; its watchdog kills it after that.
 const CHILD_DEADLINE: Duration = Duration::from_secs(120);
-/// Size of the shared page of the bare and futex peers.
-const PAGE: usize = 4096;
+/// Size of the shared memory of the bare, futex and record peers (the record peers' two
+/// regions of [`REC_REGION`]).
+const PAGE: usize = 2 * REC_REGION;
 /// Offsets of the ping and pong words: 128 bytes apart, so the adjacent-line prefetcher
 /// does not pair their cache lines.
 const PING: usize = 0;
 const PONG: usize = 128;
-/// Offsets of the `shm-record` peer's request and answer (sequence word, then payload), 2 KiB
-/// apart on the shared page.
+/// Bytes of each direction's region of the record peers: 32 KiB, a stream segment.
+const REC_REGION: usize = 32 * 1024;
+/// Offsets of the record peers' request and answer regions (each record: sequence word,
+/// then payload).
 const REC_PING: usize = 0;
-const REC_PONG: usize = 2048;
-/// The largest payload of the `shm-record` peer (its sequence word and payload fit 2 KiB).
+const REC_PONG: usize = REC_REGION;
+/// The largest payload of the record peers.
 const RECORD_MAX: usize = 1024;
 /// Credit the shmflow reader grants and segments the writer's pool may hold.
 const CREDIT: u32 = 4;

@@ -7,6 +7,7 @@ pub(crate) enum Peer {
     Bare,
     Futex,
     Record,
+    RecordMoving,
     Pipe,
     Unix,
     Tcp,
@@ -18,10 +19,11 @@ pub(crate) enum Peer {
 }
 
 impl Peer {
-    pub(crate) const ALL: [Peer; 11] = [
+    pub(crate) const ALL: [Peer; 12] = [
         Peer::Bare,
         Peer::Futex,
         Peer::Record,
+        Peer::RecordMoving,
         Peer::Pipe,
         Peer::Unix,
         Peer::Tcp,
@@ -38,6 +40,7 @@ impl Peer {
             Peer::Bare => "bare-atomic",
             Peer::Futex => "futex",
             Peer::Record => "shm-record",
+            Peer::RecordMoving => "shm-record-moving",
             Peer::Pipe => "pipe",
             Peer::Unix => "unix-socket",
             Peer::Tcp => "tcp-nodelay",
@@ -65,7 +68,7 @@ impl Peer {
     /// The `mode` of the JSON records: how the peer waits.
     pub(crate) fn mode(self) -> &'static str {
         match self {
-            Peer::Bare | Peer::Record | Peer::ShmSpin | Peer::NetSpin => "spin",
+            Peer::Bare | Peer::Record | Peer::RecordMoving | Peer::ShmSpin | Peer::NetSpin => "spin",
             Peer::ShmAdaptive => "adaptive",
             Peer::Futex | Peer::Pipe | Peer::Unix | Peer::Tcp | Peer::ShmPark | Peer::NetPark => "park",
         }
@@ -86,7 +89,7 @@ impl Peer {
     /// payload adds to it), the futex one for the parking ones.
     pub(crate) fn limit(self) -> Option<Peer> {
         match self {
-            Peer::Record | Peer::ShmSpin | Peer::ShmAdaptive | Peer::NetSpin => Some(Peer::Bare),
+            Peer::Record | Peer::RecordMoving | Peer::ShmSpin | Peer::ShmAdaptive | Peer::NetSpin => Some(Peer::Bare),
             Peer::ShmPark | Peer::NetPark => Some(Peer::Futex),
             _ => None,
         }
@@ -118,13 +121,13 @@ impl Case {
 }
 
 /// The cases of a run, in the order each round runs them: the two limits, then every
-/// payload peer at each size, smallest size first (only the peers in `peers`; `shm-record`
-/// only up to [`RECORD_MAX`]).
+/// payload peer at each size, smallest size first (only the peers in `peers`; the record
+/// peers only up to [`RECORD_MAX`]).
 pub(crate) fn cases(sizes: &[usize], peers: &[Peer]) -> Vec<Case> {
     let chosen = || Peer::ALL.into_iter().filter(|p| peers.contains(p));
     let mut v: Vec<Case> = chosen().filter(|p| !p.carries_payload()).map(|peer| Case { peer, payload: 0 }).collect();
     for &payload in sizes {
-        let fits = |p: &Peer| *p != Peer::Record || payload <= RECORD_MAX;
+        let fits = |p: &Peer| !matches!(p, Peer::Record | Peer::RecordMoving) || payload <= RECORD_MAX;
         v.extend(chosen().filter(|p| p.carries_payload()).filter(fits).map(|peer| Case { peer, payload }));
     }
     v

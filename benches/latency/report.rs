@@ -149,9 +149,10 @@ pub(crate) fn print_ratios(results: &[CaseResult], ratios: &[Ratio]) {
     for r in ratios_to_record(results) {
         let rounds: Vec<String> = r.per_round.iter().map(|x| format!("{x:.2}")).collect();
         println!(
-            "- shmflow spin at {} / shm-record (the same payload's lines, no software around them), p50: {:.2} \
-             over all samples; median of rounds {:.2} (per round: {})",
+            "- shmflow spin at {} / {} (the same payload's lines, no software around them), p50: {:.2} over all \
+             samples; median of rounds {:.2} (per round: {})",
             size_label(r.num.payload),
+            r.den.peer.name(),
             r.overall,
             r.round_median(),
             rounds.join(", ")
@@ -167,11 +168,14 @@ pub(crate) fn print_ratios(results: &[CaseResult], ratios: &[Ratio]) {
     }
 }
 
-/// The stream's spin cases over `shm-record` at the same payload, where both ran (the
+/// The stream's spin cases over each record peer at the same payload, where both ran (the
 /// rounds run them a few seconds apart, not side by side as the paired ratios do).
 pub(crate) fn ratios_to_record(results: &[CaseResult]) -> Vec<Ratio> {
-    let spin = results.iter().filter(|r| r.case.peer == Peer::ShmSpin);
-    spin.filter_map(|r| ratio(results, r.case, Case { peer: Peer::Record, payload: r.case.payload })).collect()
+    let spin = || results.iter().filter(|r| r.case.peer == Peer::ShmSpin);
+    [Peer::Record, Peer::RecordMoving]
+        .into_iter()
+        .flat_map(|peer| spin().filter_map(move |r| ratio(results, r.case, Case { peer, payload: r.case.payload })))
+        .collect()
 }
 
 /// A ratio against the limit measured beside its numerator ([`Peer::limit`]), round by

@@ -23,7 +23,7 @@ pub(crate) fn open_responder(peer: Peer, payload: usize) -> Res<Box<dyn Responde
     Ok(match peer {
         Peer::Bare => Box::new(BarePeer { page: SharedPage::inherited()? }),
         Peer::Futex => Box::new(FutexPeer { page: SharedPage::inherited()? }),
-        Peer::Record => Box::new(RecordPeer { page: SharedPage::inherited()?, payload }),
+        Peer::Record | Peer::RecordMoving => Box::new(RecordPeer::new(SharedPage::inherited()?, peer, payload)),
         Peer::Pipe => {
             let [rx, tx] = inherited_fds::<2>()?;
             Box::new(IoPeer::new(File::from(rx), File::from(tx), payload))

@@ -23,14 +23,14 @@ pub(crate) fn start(case: Case, count: u64, responder_cpu: Option<usize>) -> Res
     let mut cmd = responder_command(case, count, responder_cpu)?;
     let spawn = |cmd: &mut Command| ChildGuard::spawn(cmd, "latency", "responder", CHILD_DEADLINE);
     match peer {
-        Peer::Bare | Peer::Futex | Peer::Record => {
+        Peer::Bare | Peer::Futex | Peer::Record | Peer::RecordMoving => {
             let page = SharedPage::create()?;
             pass_fds(&mut cmd, ENV_FDS, &[page.fd.as_raw_fd()]);
             let child = spawn(&mut cmd)?;
             let requester: Box<dyn Requester> = match peer {
                 Peer::Bare => Box::new(BarePeer { page }),
                 Peer::Futex => Box::new(FutexPeer { page }),
-                _ => Box::new(RecordPeer { page, payload }),
+                _ => Box::new(RecordPeer::new(page, peer, payload)),
             };
             Ok(Session { requester, child })
         }

@@ -321,8 +321,9 @@ fn check_room(dir: &Path, config: &ArenaConfig) -> FResult<()> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Ok(()); // cannot tell: creating it reports what is wrong, if anything
     }
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    if size > free {
+    #[allow(clippy::useless_conversion)] // the field widths differ between targets
+    let free = room_free(u64::from(st.f_blocks), u64::from(st.f_bavail), u64::from(st.f_frsize));
+    if let Some(free) = free.filter(|&free| size > free) {
         return Err(FfiError::new(
             code::ECONFIG,
             format!(
@@ -334,6 +335,13 @@ fn check_room(dir: &Path, config: &ArenaConfig) -> FResult<()> {
         ));
     }
     Ok(())
+}
+
+/// The bytes free for an arena from `statvfs`'s numbers, or `None` when they cannot tell:
+/// a file system reporting no blocks at all (a tmpfs mounted with `size=0`, unlimited)
+/// also reports none available, and must not refuse every arena.
+fn room_free(blocks: u64, bavail: u64, frsize: u64) -> Option<u64> {
+    (blocks != 0).then(|| bavail.saturating_mul(frsize))
 }
 
 /// One TaskManager's attachment to the host's arena.
@@ -636,13 +644,29 @@ impl ArenaCtx {
                         }
                         // Its consumer closed it since `take`: ours to drain and free.
                         handshake::Closed::Last => self.drain_and_free(id),
+                        // Its consumer died since `take`.
+                        handshake::Closed::Other(CHANNEL_CONSUMER_DIED) => self.refuse_dead_consumer(id),
                         handshake::Closed::Other(_) => {}
                     }
                 }
                 handshake::Take::Abandoned => self.drain_and_free(id),
+                // Its consumer died before we took it: the reclaimer failed it towards us
+                // and nobody else will hand it back.
+                handshake::Take::NotOpen(CHANNEL_CONSUMER_DIED) => self.refuse_dead_consumer(id),
                 handshake::Take::NotOurs | handshake::Take::NotOpen(_) => {}
             }
         }
+    }
+
+    /// Channel `id` of ours, never accepted, whose consumer died (the reclaimer marked it
+    /// CONSUMER_DIED and orphaned what that consumer had queued to us, its live reader):
+    /// releases what is queued towards us (the last reader's release frees an orphaned
+    /// segment; we never wrote the other ring) and hands the block on as CLOSED, as a
+    /// producer's `close` does for a channel it had accepted. The CAS makes it once.
+    fn refuse_dead_consumer(&self, id: u32) {
+        drain_segments(self, id, RingKind::Credit, None);
+        // Release: pairs with the Acquire CAS in `connect` of the next user.
+        let _ = self.arena.channels()[id as usize].try_hand_over(CHANNEL_CONSUMER_DIED, CHANNEL_CLOSED);
     }
 
     /// Releases what is queued either way in channel `id`, which we hold without ever
@@ -905,7 +929,13 @@ impl ChannelCtx {
         let Some(b) = arena.channels().get(id as usize) else {
             return Err(inval(format!("channel {id} is outside 0..{}", arena.config().max_channels)));
         };
-        if ctx.accepted.lock().contains(&id) {
+        // Held across the check, `take`, and the insert or the abandoned drain-and-free:
+        // `refuse_unaccepted` and a producer's `close` do their take/close and free under it
+        // too, so no two of them ever free the same block (a CONSUMER_GONE seen here after
+        // one of them took it would otherwise read as "abandoned" and be freed twice).
+        // Nothing taken under it takes this lock or one held around it elsewhere.
+        let mut accepted = ctx.accepted.lock();
+        if accepted.contains(&id) {
             return Err(inval(format!("channel {id} is already accepted")));
         }
         let max = arena.config().max_workers;
@@ -928,9 +958,8 @@ impl ChannelCtx {
             }
             handshake::Take::NotOpen(_) => return Err(inval(format!("channel {id} is not open"))),
         };
-        if !ctx.accepted.lock().insert(id) {
-            return Err(inval(format!("channel {id} is already accepted")));
-        }
+        accepted.insert(id);
+        drop(accepted);
         Ok(Arc::new(ChannelCtx {
             ctx: ctx.clone(),
             id,
@@ -1266,15 +1295,22 @@ impl ChannelCtx {
             let _ = release_segment(&self.ctx, self.id, s as i32, true);
         }
         let b = self.block();
-        if self.side == Side::Producer {
-            self.ctx.accepted.lock().remove(&self.id);
-        }
+        // Producer: the id leaves `accepted`, and the block is closed (and freed if ours),
+        // under its lock, as in `accept` and `refuse_unaccepted`: an `accept` of the same id
+        // racing with this close would otherwise see CONSUMER_GONE as "abandoned" and free
+        // the block a second time. Locks taken under it: `inn` (ours alone).
+        let accepted = (self.side == Side::Producer).then(|| {
+            let mut a = self.ctx.accepted.lock();
+            a.remove(&self.id);
+            a
+        });
         let end = match self.side {
             Side::Consumer => handshake::End::Consumer,
             Side::Producer => handshake::End::Producer,
         };
         match handshake::close(b, end) {
             handshake::Closed::First => {
+                drop(accepted);
                 let _ = self.notify_peer();
             }
             handshake::Closed::Last => {
@@ -1406,29 +1442,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_send_refused_for_a_corrupt_ring_leaves_its_segment_held_for_writing() {
-        /// Removes the arena and its registry even when the test fails (a panic skips
-        /// `close`).
-        struct Scratch(String, PathBuf);
-        impl Drop for Scratch {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.1);
-                let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.0));
-            }
+    fn room_is_unknown_on_a_file_system_without_block_counts() {
+        // An unlimited tmpfs: no blocks, none available.
+        assert_eq!(room_free(0, 0, 4096), None);
+        assert_eq!(room_free(1000, 10, 4096), Some(40960));
+        // A full (limited) file system still refuses.
+        assert_eq!(room_free(1000, 0, 4096), Some(0));
+        assert_eq!(room_free(u64::MAX, u64::MAX, 4096), Some(u64::MAX));
+    }
+
+    /// Removes the arena and its registry even when the test fails (a panic skips
+    /// `close`).
+    struct Scratch(String, PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.0));
         }
-        let name = format!("shmflow-ffi-unit-{}-violation", std::process::id());
-        let dir = std::env::temp_dir().join(format!("{name}.reg"));
-        let _scratch = Scratch(name.clone(), dir.clone());
-        let open = |tm: &str| {
+    }
+
+    impl Scratch {
+        /// A scratch arena named after this process and `tag`.
+        fn new(tag: &str) -> Self {
+            let name = format!("shmflow-ffi-unit-{}-{tag}", std::process::id());
+            let dir = std::env::temp_dir().join(format!("{name}.reg"));
+            Scratch(name, dir)
+        }
+
+        /// Registers TaskManager `tm` on it.
+        fn open(&self, tm: &str) -> FResult<Arc<ArenaCtx>> {
             ArenaCtx::open(OpenOptions {
-                name: name.clone(),
-                registry_dir: dir.clone(),
+                name: self.0.clone(),
+                registry_dir: self.1.clone(),
                 tm_id: tm.into(),
                 arena_bytes: 8 << 20,
                 segment_size: 32 << 10,
                 spin_ns: 0,
             })
+        }
+    }
+
+    #[test]
+    fn closing_an_arena_hands_back_an_unaccepted_channel_whose_consumer_died() {
+        let scratch = Scratch::new("dead-consumer");
+        let run = || -> FResult<()> {
+            let a = scratch.open("tm-producer")?;
+            let b = scratch.open("tm-consumer")?;
+            let cons = ChannelCtx::connect(&b, b.lookup("tm-producer")?)?;
+            let seg = cons.acquire(Duration::from_secs(1))?;
+            cons.send(&Msg { kind: 7, segment: seg as i32, size: 1, ..Msg::default() }, Duration::ZERO)?;
+            let block = &a.arena.channels()[cons.id as usize];
+            // What the reclaimer does when the consumer's process dies before the
+            // producer accepted (its queued segment stays in flight to us, its reader).
+            block.try_transition(shmflow::memory::CHANNEL_OPEN, CHANNEL_CONSUMER_DIED).expect("the channel was open");
+            a.close();
+            assert_eq!(block.state(), CHANNEL_CLOSED, "the block was not handed back");
+            let ctl = &a.arena.controls()[seg as usize];
+            // Relaxed: single-threaded test.
+            assert_eq!(ctl.owner.load(Ordering::Relaxed), Owner::Free.pack(), "the queued segment was not freed");
+            b.close();
+            Ok(())
         };
+        run().unwrap();
+    }
+
+    #[test]
+    fn a_send_refused_for_a_corrupt_ring_leaves_its_segment_held_for_writing() {
+        let scratch = Scratch::new("violation");
+        let open = |tm: &str| scratch.open(tm);
         let run = || -> FResult<()> {
             let a = open("tm-producer")?;
             let b = open("tm-consumer")?;

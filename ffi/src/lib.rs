@@ -305,7 +305,8 @@ pub unsafe extern "C" fn shmflow_peer_lookup(arena: u64, tm_id: *const c_char, o
     })
 }
 
-/// Liveness of the TaskManager in worker slot `slot`: 1 alive, 0 left cleanly, -1 died.
+/// Liveness of the TaskManager in worker slot `slot`: 1 alive, 0 left cleanly, -1 died,
+/// 2 free (nobody registered in it, or its dead holder was reclaimed). Only 1 is alive.
 ///
 /// # Safety
 /// `out` writable.

@@ -596,6 +596,7 @@ impl ChannelBlock {
 ///  1184          bytes_in         u64   C
 ///  1192          buffers_in       u64   C
 ///  1200          debloat_bytes    u32   C       wanted bytes per segment (0: whole)
+///  1204          task_polls       u32   C       1 while the consumer task polls the data ring
 ///  1208          floating         u64   C+P     (unused, in flight) floating credits, by RMW
 ///                                                 (ring::floating; P only when out of credit)
 ///  1216..1280    (padding: _consumer_end rounds the size to 128)
@@ -827,6 +828,7 @@ const _: () = {
         assert!(offset_of!(B, records_in) == 1176);
         assert!(offset_of!(B, buffers_in) == 1192);
         assert!(offset_of!(B, debloat_bytes) == 1200);
+        assert!(offset_of!(B, task_polls) == 1204);
         assert!(offset_of!(B, floating) == 1208);
     }
 };

@@ -64,9 +64,40 @@ pub(crate) fn noted_temp_output(dir: &std::path::Path, pid: u32) -> Option<PathB
     (temp_pid(file, name) == Some(pid) && own_regular_file(&tmp)).then_some(tmp)
 }
 
+/// Internal, for tests only: the directory `clean` lists named arenas in instead of
+/// `/dev/shm` (a test's private directory, so that its non-dry clean cannot remove the
+/// arenas of tests or jobs running at the same time). Not a user setting.
+pub(crate) const SHM_DIR_ENV: &str = "SHMFLOW_SHM_DIR";
+
+/// Where `clean` looks for named arenas: [`SHM_DIR_ENV`] when set and not empty, else
+/// `/dev/shm`.
+fn shm_dir() -> PathBuf {
+    std::env::var_os(SHM_DIR_ENV).filter(|v| !v.is_empty()).map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from)
+}
+
+/// What [`remove_stale_file`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// The file was removed.
+    Removed,
+    /// The file was already gone (another `clean`, or its owner unlinked it meanwhile).
+    AlreadyGone,
+}
+
+/// Removes a stale file; one that vanished since it was listed counts as removed.
+pub(crate) fn remove_stale_file(path: &std::path::Path) -> std::io::Result<Removal> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(Removal::Removed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Removal::AlreadyGone),
+        Err(e) => Err(e),
+    }
+}
+
 pub(crate) fn clean(dry_run: bool) -> AnyResult<()> {
+    // What could not be removed: reported at the end (non-zero exit) after the rest is done.
+    let mut failed = Vec::new();
     let mut removed = 0;
-    for a in shmflow::memory::check::list_named(std::path::Path::new("/dev/shm")) {
+    for a in shmflow::memory::check::list_named(&shm_dir()) {
         if a.creator_alive {
             out!("keep   {} (creator pid {} is running)", a.path.display(), a.creator_pid);
             continue;
@@ -85,10 +116,22 @@ pub(crate) fn clean(dry_run: bool) -> AnyResult<()> {
         }
         if dry_run {
             out!("stale  {} (creator pid {} and every attached process are gone)", a.path.display(), a.creator_pid);
-        } else {
-            std::fs::remove_file(&a.path).map_err(|e| format!("removing {}: {e}", a.path.display()))?;
-            out!("removed {} (creator pid {} and every attached process are gone)", a.path.display(), a.creator_pid);
-            removed += 1;
+            continue;
+        }
+        match remove_stale_file(&a.path) {
+            Ok(Removal::Removed) => {
+                out!(
+                    "removed {} (creator pid {} and every attached process are gone)",
+                    a.path.display(),
+                    a.creator_pid
+                );
+                removed += 1;
+            }
+            Ok(Removal::AlreadyGone) => out!("gone   {} (already gone)", a.path.display()),
+            Err(e) => {
+                out!("failed {} ({e})", a.path.display());
+                failed.push(format!("removing {}: {e}", a.path.display()));
+            }
         }
     }
     if !dry_run {
@@ -96,7 +139,7 @@ pub(crate) fn clean(dry_run: bool) -> AnyResult<()> {
     }
     // Job directories a killed coordinator left behind (part and blocking partition files).
     // A live pid keeps its directory even if it now belongs to another program.
-    let (mut removed, mut failed) = (0, Vec::new());
+    let mut removed = 0;
     for (path, pid) in job_dirs(&std::env::temp_dir()) {
         if pid_alive(pid) {
             out!("keep   {} (pid {pid} is running)", path.display());
@@ -107,8 +150,9 @@ pub(crate) fn clean(dry_run: bool) -> AnyResult<()> {
             }
         } else {
             if let Some(t) = noted_temp_output(&path, pid) {
-                match std::fs::remove_file(&t) {
-                    Ok(()) => out!("removed {} (pid {pid} is gone)", t.display()),
+                match remove_stale_file(&t) {
+                    Ok(Removal::Removed) => out!("removed {} (pid {pid} is gone)", t.display()),
+                    Ok(Removal::AlreadyGone) => out!("gone   {} (already gone)", t.display()),
                     Err(e) => failed.push(format!("removing {}: {e}", t.display())),
                 }
             }
@@ -128,4 +172,26 @@ pub(crate) fn clean(dry_run: bool) -> AnyResult<()> {
         return Err(failed.join("; ").into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removing_a_file_that_is_already_gone_is_not_an_error() {
+        let dir = std::env::temp_dir().join(format!("shmflow-unit-remove-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("arena");
+        std::fs::write(&path, b"x").unwrap();
+        let first = remove_stale_file(&path);
+        let second = remove_stale_file(&path);
+        // A directory is not a file: a real error, reported rather than hidden.
+        let other = remove_stale_file(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(first.unwrap(), Removal::Removed);
+        assert_eq!(second.unwrap(), Removal::AlreadyGone);
+        assert!(other.is_err(), "{other:?}");
+    }
 }
