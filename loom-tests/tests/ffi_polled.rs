@@ -25,6 +25,7 @@ mod polled;
 use loom::thread;
 use shmflow::memory::{Arena, ChannelBlock, RingKind};
 use shmflow::ring::{Ring, RingConsumer, RingProducer};
+use std::sync::Arc;
 
 fn block(arena: &Arena) -> &ChannelBlock {
     &arena.channels()[0]
@@ -36,6 +37,18 @@ fn data_ring(arena: &Arena) -> Ring<'_> {
 
 fn place() -> String {
     "channel 0".to_string()
+}
+
+/// The producer's side as `ChannelCtx::send` does it: publish one data buffer, then ask
+/// whether the consumer must be marked. Joins to that answer.
+fn spawn_producer(arena: &Arc<Arena>) -> thread::JoinHandle<bool> {
+    let arena = arena.clone();
+    thread::spawn(move || {
+        let ring = data_ring(&arena);
+        let mut p = RingProducer::attach(&ring);
+        p.push_all(&ring, &[7], &place).unwrap();
+        polled::must_mark(block(&arena))
+    })
 }
 
 #[test]
@@ -53,15 +66,7 @@ fn a_buffer_published_while_the_task_stops_polling_is_marked_or_polled() {
                 consumer.available(&data_ring(&arena), &place).unwrap()
             })
         };
-        let producer = {
-            let arena = arena.clone();
-            thread::spawn(move || {
-                let ring = data_ring(&arena);
-                let mut p = RingProducer::attach(&ring);
-                p.push_all(&ring, &[7], &place).unwrap();
-                polled::must_mark(block(&arena))
-            })
-        };
+        let producer = spawn_producer(&arena);
         let polled_it = task.join().unwrap() == 1;
         let marked = producer.join().unwrap();
         assert!(marked || polled_it, "published, not marked and not polled");
@@ -76,15 +81,7 @@ fn a_task_that_polls_throughout_leaves_the_buffer_unmarked_only_while_it_polls()
         || {
             let arena = common::tiny_arena();
             block(&arena).reset();
-            let producer = {
-                let arena = arena.clone();
-                thread::spawn(move || {
-                    let ring = data_ring(&arena);
-                    let mut p = RingProducer::attach(&ring);
-                    p.push_all(&ring, &[7], &place).unwrap();
-                    polled::must_mark(block(&arena))
-                })
-            };
+            let producer = spawn_producer(&arena);
             // The task starts polling (a zero-copy buffer handed out) and stops again.
             polled::start(block(&arena));
             let mut consumer = RingConsumer::attach(&data_ring(&arena));
