@@ -100,6 +100,15 @@ pub(crate) fn producer_main(spec: &str) -> Res<()> {
     };
     let env = match system {
         System::Shmflow => {
+            // SHMFLOW_TPUT_STREAM_COPIES=1|0: a large record's pieces with streaming or
+            // ordinary stores (`shmflow::sync::set_stream_large_copies`), for an A/B in one
+            // build; unset: the CPU's default.
+            match std::env::var("SHMFLOW_TPUT_STREAM_COPIES").as_deref() {
+                Err(_) => {}
+                Ok("1") => shmflow::sync::set_stream_large_copies(true),
+                Ok("0") => shmflow::sync::set_stream_large_copies(false),
+                Ok(other) => return Err(format!("SHMFLOW_TPUT_STREAM_COPIES={other:?}: expected 1 or 0").into()),
+            }
             let env = ShuffleEnvironment::attach_inherited(1)?;
             // Before "ready": the faults of the first touches stay out of the run.
             env.arena().prefault()?;

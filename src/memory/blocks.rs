@@ -50,13 +50,15 @@ pub struct SegmentControl {
     pub holder_pid: AtomicU32,
     /// A hint, never relied on: nonzero when the last reader should not evict the segment's
     /// lines before handing it back (see `Lease::evict`): 1 when the
-    /// writer filled it with streaming stores (a large record's copy), whose lines are not
-    /// in any cache; 2 when the writer flushed it often (latency mode),
+    /// writer filled it with a large record's copy (with streaming stores, whose lines are
+    /// not in any cache, or with ordinary ones where those are faster, see
+    /// `sync::streams_large_copies`); 2 when the writer flushed it often (latency mode),
     /// where the eviction would sit between two records on the reader's thread.
     pub streamed: AtomicU32,
 }
 
-/// [`SegmentControl::streamed`]: the segment was written with streaming stores.
+/// [`SegmentControl::streamed`]: the segment holds a large record's piece (written with
+/// streaming stores where the CPU's default says so).
 pub(crate) const SKIP_EVICT_STREAMED: u32 = 1;
 /// [`SegmentControl::streamed`]: the segment was flushed more than
 /// [`EVICT_MAX_FLUSHES`] times.

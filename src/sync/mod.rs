@@ -152,6 +152,77 @@ pub(crate) fn evicts_segments() -> bool {
     false
 }
 
+/// Whether a writer copies a large piece of a record into a segment with streaming
+/// (non-temporal) stores rather than ordinary ones: the process's choice
+/// ([`set_stream_large_copies`]), by default whether the CPU is AMD's ([`is_amd`]).
+///
+/// Which one is faster depends on how the CPU hands a line that another core read over to
+/// a writer. On AMD EPYC (Zen 4) an ordinary store takes each line back from the reader's
+/// cache, and a 1 MiB record written into recycled 32 KiB segments moved at 7 GB/s with
+/// ordinary stores, 15-17 GB/s with streaming ones. On Intel Xeon (Sapphire/Emerald Rapids:
+/// 2 MiB L2 per core, one shared L3) the same hand-off with ordinary stores runs at the
+/// speed of a one-core `memcpy` (1.7 us per 32 KiB, ~19 GB/s, the reader at the same
+/// rate), while streaming stores go to memory and back (3.0 us per 32 KiB written, 2.6 us
+/// read): there they are the slower choice (see "1 MiB records on Intel" in
+/// docs/performance-history.md).
+#[inline]
+pub fn streams_large_copies() -> bool {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    {
+        // Relaxed: a hint (see `set_stream_large_copies`); any value is safe.
+        match STREAM_LARGE_COPIES.load(std::sync::atomic::Ordering::Relaxed) {
+            STREAM_ON => true,
+            STREAM_OFF => false,
+            _ => is_amd(),
+        }
+    }
+    #[cfg(any(loom, not(target_arch = "x86_64")))]
+    false
+}
+
+/// [`STREAM_LARGE_COPIES`]: the CPU's default ([`is_amd`]).
+#[cfg(all(not(loom), target_arch = "x86_64"))]
+const STREAM_DEFAULT: u8 = 0;
+/// [`STREAM_LARGE_COPIES`]: streaming stores.
+#[cfg(all(not(loom), target_arch = "x86_64"))]
+const STREAM_ON: u8 = 1;
+/// [`STREAM_LARGE_COPIES`]: ordinary stores.
+#[cfg(all(not(loom), target_arch = "x86_64"))]
+const STREAM_OFF: u8 = 2;
+
+/// The process's choice for [`streams_large_copies`]: [`STREAM_DEFAULT`] until
+/// [`set_stream_large_copies`] is called.
+#[cfg(all(not(loom), target_arch = "x86_64"))]
+static STREAM_LARGE_COPIES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(STREAM_DEFAULT);
+
+/// Makes this process's writers copy large record pieces (8 KiB and more, into one
+/// segment) with streaming stores (`true`) or ordinary ones (`false`), overriding the
+/// CPU's default ([`streams_large_copies`]). Either way the last reader of such a segment
+/// does not evict it ([`set_evict_segments`]): its lines are in memory already, or the
+/// eviction costs the reader more than it saves the writer. No effect off x86_64.
+pub fn set_stream_large_copies(on: bool) {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    // Relaxed: a hint read by `streams_large_copies`; any value is safe.
+    STREAM_LARGE_COPIES.store(if on { STREAM_ON } else { STREAM_OFF }, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(any(loom, not(target_arch = "x86_64")))]
+    let _ = on;
+}
+
+/// Whether the CPU is AMD's (CPUID leaf 0's vendor string "AuthenticAMD"). Looked up once.
+pub fn is_amd() -> bool {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    {
+        static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AMD.get_or_init(|| {
+            // The vendor string is in EBX, EDX, ECX, in that order.
+            let r = core::arch::x86_64::__cpuid(0);
+            (r.ebx, r.edx, r.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163)
+        })
+    }
+    #[cfg(any(loom, not(target_arch = "x86_64")))]
+    false
+}
+
 /// Evicts the cache lines of `[p, p + len)` from every cache of the machine (CLFLUSHOPT,
 /// writing back what is modified), where [`has_flush_opt`] says yes (checked here);
 /// nothing elsewhere and under loom. A hint as [`prefetch_line`]: it changes no value any load or store
@@ -292,6 +363,16 @@ pub fn set_precise_timers() {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    #[test]
+    fn a_process_can_choose_streaming_or_ordinary_stores_for_large_copies() {
+        let default = super::streams_large_copies();
+        assert_eq!(default, cfg!(target_arch = "x86_64") && super::is_amd());
+        super::set_stream_large_copies(!default);
+        assert_eq!(super::streams_large_copies(), cfg!(target_arch = "x86_64") && !default);
+        super::set_stream_large_copies(default);
+        assert_eq!(super::streams_large_copies(), default);
+    }
+
     #[test]
     fn a_process_can_turn_the_eviction_of_read_segments_off_and_on() {
         // Only a hint: other tests running meanwhile read segments either way.
