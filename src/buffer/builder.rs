@@ -129,11 +129,13 @@ fn copy_bytes_with(dst: &mut [u8], src: &[u8], streaming: bool) -> bool {
 const LARGE_COPY: usize = 8192;
 
 /// Copies with non-temporal stores, then a store fence. A segment's lines were last read
-/// by the consumer on the other core; ordinary stores must take each line back from that
-/// core's cache first (a 1 MiB record into 32 KiB segments moved at 7 GB/s that way, with
-/// 4 MiB segments, whose lines have left that cache, at 31 GB/s). Streaming stores
-/// write whole lines without asking for them: the same records at 15-17 GB/s, 2.1x
+/// by the consumer on the other core; on AMD EPYC ordinary stores must take each line back
+/// from that core's cache first (a 1 MiB record into 32 KiB segments moved at 7 GB/s that
+/// way, with 4 MiB segments, whose lines have left that cache, at 31 GB/s). Streaming
+/// stores write whole lines without asking for them: the same records at 15-17 GB/s, 2.1x
 /// (3 interleaved rounds, idle machine, `benches/throughput --size 1048576 --shape 1x1`).
+/// On Intel Xeon the ordinary stores are the faster ones (see
+/// [`streams_large_copies`](crate::sync::streams_large_copies)).
 #[cfg(all(not(loom), target_arch = "x86_64"))]
 fn copy_streaming(dst: &mut [u8], src: &[u8]) {
     use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
