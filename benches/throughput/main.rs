@@ -137,7 +137,7 @@
 //! policy: the adaptive consumer polls and yields for up to 100 us after each drain, which,
 //! when the two vCPUs are hyperthreads of one core, competes with the producer's core.
 //! SHMFLOW_TPUT_STREAM_COPIES (`1` or `0`; unset: the CPU's default, streaming on AMD)
-//! makes the shmflow producer copy records above 8 KiB into segments with streaming or
+//! makes the shmflow producer copy record pieces of 8 KiB and more into segments with streaming or
 //! ordinary stores (`shmflow::sync::set_stream_large_copies`), for an A/B in one build.
 //!
 //! Records/s counts records written (Flink's count: a broadcast record counts once; the

@@ -1348,6 +1348,27 @@ mod tests {
     }
 
     #[test]
+    fn a_large_piece_asks_its_reader_not_to_evict_the_segment_whichever_store_copied_it() {
+        let cfg = crate::memory::ArenaConfig {
+            segment_size: 16384,
+            segment_count: 4,
+            max_channels: 2,
+            max_gates: 2,
+            ..Default::default()
+        };
+        let arena = Arc::new(Arena::heap(&cfg).unwrap());
+        let pool = crate::buffer::NetworkBufferPool::new(arena.clone());
+        let hint = |b: &BufferBuilder| b.control().streamed.load(Ordering::Relaxed);
+        let data = vec![7u8; LARGE_COPY];
+        let mut small = BufferBuilder::new(pool.request(Owner::Free, 0).unwrap().unwrap(), 1);
+        assert_eq!(small.append(&data[..LARGE_COPY - 1]), LARGE_COPY - 1);
+        assert_eq!(hint(&small), 0, "a piece under {LARGE_COPY} bytes leaves the hint clear");
+        let mut large = BufferBuilder::new(pool.request(Owner::Free, 0).unwrap().unwrap(), 1);
+        assert_eq!(large.append(&data), LARGE_COPY);
+        assert_eq!(hint(&large), SKIP_EVICT_STREAMED, "a piece of {LARGE_COPY} bytes sets the hint");
+    }
+
+    #[test]
     fn a_segment_flushed_more_than_the_limit_asks_its_reader_not_to_evict_it() {
         let cfg = crate::memory::ArenaConfig {
             segment_size: 4096,
