@@ -285,19 +285,57 @@ const SYLLABLES: &[&str] = &[
     "bes", "cor", "fin", "gal", "hex", "jun", "kri", "lum", "mor", "nix", "ost", "pra", "ren", "sul", "tem", "vex",
 ];
 
-/// Appends `w` to `vocab` unless it is there already (`seen` indexes `vocab` by the words'
-/// hashes).
-fn keep_new(
-    vocab: &mut Vec<String>,
-    seen: &mut hashbrown::HashTable<u32>,
-    hasher: &foldhash::fast::FixedState,
-    w: String,
-) {
-    use std::hash::BuildHasher;
-    let h = hasher.hash_one(w.as_str());
-    if seen.find(h, |&j| vocab[j as usize] == w).is_none() {
-        seen.insert_unique(h, vocab.len() as u32, |&j| hasher.hash_one(vocab[j as usize].as_str()));
-        vocab.push(w);
+/// The words of the vocabulary so far, and a table of their indexes by word, to keep each
+/// word once.
+struct Vocabulary {
+    words: Vec<String>,
+    /// `packed[j]`: word `j` packed by [`pack`]; compared (and hashed) instead of the
+    /// words' bytes, which lie behind a pointer each (a compare per repeated draw, and
+    /// about a third of the generator's draws repeat a word).
+    packed: Vec<u128>,
+    seen: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+}
+
+/// The first 15 bytes of `w` and its length (saturated at 255) in the top byte: words of
+/// up to 15 bytes (every generated word: 4 syllables of 3 bytes and a suffix of 3) are
+/// equal exactly when their packs are.
+fn pack(w: &str) -> u128 {
+    let b = w.as_bytes();
+    let mut bytes = [0u8; 16];
+    let n = b.len().min(15);
+    bytes[..n].copy_from_slice(&b[..n]);
+    bytes[15] = u8::try_from(b.len()).unwrap_or(u8::MAX);
+    u128::from_le_bytes(bytes)
+}
+
+impl Vocabulary {
+    fn with_capacity(n: usize) -> Self {
+        Vocabulary {
+            words: Vec::with_capacity(n),
+            packed: Vec::with_capacity(n),
+            seen: hashbrown::HashTable::with_capacity(n),
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    /// Appends `w` unless it is there already.
+    fn keep_new(&mut self, w: &str) {
+        use std::hash::BuildHasher;
+        let key = pack(w);
+        let h = self.hasher.hash_one(key);
+        let Vocabulary { words, packed, seen, hasher } = self;
+        // Equal packs are equal words up to 15 bytes; longer ones compare their bytes.
+        let same = |j: &u32| packed[*j as usize] == key && (w.len() <= 15 || words[*j as usize] == w);
+        if seen.find(h, same).is_none() {
+            seen.insert_unique(h, words.len() as u32, |&j| hasher.hash_one(packed[j as usize]));
+            words.push(w.to_string());
+            packed.push(key);
+        }
     }
 }
 
@@ -310,31 +348,36 @@ pub fn generator() -> &'static Generator {
 impl Generator {
     fn new() -> Self {
         let n = 40_000usize;
-        // The words kept so far, as indexes into `vocab` (no copy of a word) under a fast
-        // hash: every worker process builds the generator when its job starts, so this is
-        // part of a job's time to its first record (SipHash and a clone per word took
-        // about 25 ms of it). The words and their order are as before.
-        let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
-        let mut seen: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(n);
-        let mut vocab: Vec<String> = Vec::with_capacity(n);
+        // Every worker process builds the generator when its job starts, so this is part
+        // of a job's time to its first record: SipHash and a clone per word took about 25
+        // ms of it (session 10); comparing the words' bytes behind their pointers and a
+        // binary search per guide entry most of the rest (session 12). The words, their
+        // order and the text are as before.
+        let mut vocab = Vocabulary::with_capacity(n);
         for w in COMMON {
-            keep_new(&mut vocab, &mut seen, &hasher, w.to_string());
+            vocab.keep_new(w);
         }
         let mut x = 42u64;
+        // Each draw is spelled into this one buffer; only a new word is copied out of it.
+        let mut w = String::with_capacity(32);
         while vocab.len() < n {
             let k = 2 + (splitmix(&mut x) % 3) as usize;
-            let mut w = String::new();
+            w.clear();
             for _ in 0..k {
                 w.push_str(SYLLABLES[(splitmix(&mut x) % SYLLABLES.len() as u64) as usize]);
             }
             match splitmix(&mut x) % 200 {
                 0 => w.push_str("_id"),
-                1 => w.push_str(&format!("{}", splitmix(&mut x) % 100)),
+                1 => {
+                    use std::fmt::Write;
+                    let _ = write!(w, "{}", splitmix(&mut x) % 100);
+                }
                 2 => w.push('é'),
                 _ => {}
             }
-            keep_new(&mut vocab, &mut seen, &hasher, w);
+            vocab.keep_new(&w);
         }
+        let vocab = vocab.words;
         let mut cdf = Vec::with_capacity(n);
         let mut acc = 0.0f64;
         let weights: Vec<f64> = (1..=n).map(|r| 1.0 / (r as f64).powf(1.07)).collect();
@@ -346,7 +389,17 @@ impl Generator {
         if let Some(l) = cdf.last_mut() {
             *l = u64::MAX;
         }
-        let guide = (0..1u64 << 16).map(|k| cdf.partition_point(|&c| c < k << 48) as u32).collect();
+        // `guide[k]` is `cdf.partition_point(|&c| c < k << 48)`, found in one pass: `cdf`
+        // only grows, so each k's first index is at or after the last one's (a binary
+        // search per k, as before, took 65,536 searches of 16 mispredicted steps).
+        let mut guide = Vec::with_capacity(1 << 16);
+        let mut i = 0usize;
+        for k in 0..1u64 << 16 {
+            while i < cdf.len() && cdf[i] < k << 48 {
+                i += 1;
+            }
+            guide.push(i as u32);
+        }
         Self { vocab, cdf, guide }
     }
 
@@ -440,6 +493,15 @@ pub fn reference_window_lines(counts: &BTreeMap<String, u64>, size: u64, slide: 
 #[cfg(test)]
 mod tests {
     use super::tokenize;
+
+    #[test]
+    fn each_guide_entry_is_the_first_word_whose_cumulative_probability_reaches_it() {
+        let g = super::generator();
+        assert_eq!(g.guide.len(), 1 << 16);
+        for (k, &i) in g.guide.iter().enumerate() {
+            assert_eq!(i as usize, g.cdf.partition_point(|&c| c < (k as u64) << 48), "guide[{k}]");
+        }
+    }
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();
