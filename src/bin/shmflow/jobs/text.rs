@@ -255,7 +255,10 @@ fn is_word_byte(c: u8) -> bool {
 /// The text generator: a fixed vocabulary drawn with a Zipf-like (s = 1.07) distribution,
 /// capitalized sentence starts, punctuation, digits, and now and then non-ASCII words.
 pub struct Generator {
-    vocab: Vec<String>,
+    /// The words back to back (word `i` ends at `ends[i]` and starts where word `i - 1`
+    /// ends): one allocation, not one per word (see [`Generator::new`]).
+    words: String,
+    ends: Vec<u32>,
     cdf: Vec<u64>,
     /// `guide[k]`: the first word whose cumulative probability reaches `k << 48`, so a draw
     /// starts its search there (a constant-time lookup for all but the rarest words).
@@ -285,56 +288,52 @@ const SYLLABLES: &[&str] = &[
     "bes", "cor", "fin", "gal", "hex", "jun", "kri", "lum", "mor", "nix", "ost", "pra", "ren", "sul", "tem", "vex",
 ];
 
-/// The words of the vocabulary so far, and a table of their indexes by word, to keep each
-/// word once.
+/// The vocabulary while it is drawn: the words so far back to back, where each ends, and a
+/// table of their indexes by word, to keep each word once.
 struct Vocabulary {
-    words: Vec<String>,
-    /// `packed[j]`: word `j` packed by [`pack`]; compared (and hashed) instead of the
-    /// words' bytes, which lie behind a pointer each (a compare per repeated draw, and
-    /// about a third of the generator's draws repeat a word).
-    packed: Vec<u128>,
+    words: String,
+    ends: Vec<u32>,
     seen: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::FixedState,
-}
-
-/// The first 15 bytes of `w` and its length (saturated at 255) in the top byte: words of
-/// up to 15 bytes (every generated word: 4 syllables of 3 bytes and a suffix of 3) are
-/// equal exactly when their packs are.
-fn pack(w: &str) -> u128 {
-    let b = w.as_bytes();
-    let mut bytes = [0u8; 16];
-    let n = b.len().min(15);
-    bytes[..n].copy_from_slice(&b[..n]);
-    bytes[15] = u8::try_from(b.len()).unwrap_or(u8::MAX);
-    u128::from_le_bytes(bytes)
 }
 
 impl Vocabulary {
     fn with_capacity(n: usize) -> Self {
         Vocabulary {
-            words: Vec::with_capacity(n),
-            packed: Vec::with_capacity(n),
+            // About 8 bytes a word.
+            words: String::with_capacity(8 * n),
+            ends: Vec::with_capacity(n),
             seen: hashbrown::HashTable::with_capacity(n),
             hasher: foldhash::fast::FixedState::with_seed(0x5eed),
         }
     }
 
     fn len(&self) -> usize {
-        self.words.len()
+        self.ends.len()
     }
 
-    /// Appends `w` unless it is there already.
-    fn keep_new(&mut self, w: &str) {
+    /// Where the next word starts (the end of the last one).
+    fn end(&self) -> usize {
+        self.ends.last().map_or(0, |&e| e as usize)
+    }
+
+    /// Keeps the word spelled at the end of `words` (after the last kept one) unless it is
+    /// there already, in which case it is taken off again.
+    fn keep_new(&mut self) {
         use std::hash::BuildHasher;
-        let key = pack(w);
-        let h = self.hasher.hash_one(key);
-        let Vocabulary { words, packed, seen, hasher } = self;
-        // Equal packs are equal words up to 15 bytes; longer ones compare their bytes.
-        let same = |j: &u32| packed[*j as usize] == key && (w.len() <= 15 || words[*j as usize] == w);
-        if seen.find(h, same).is_none() {
-            seen.insert_unique(h, words.len() as u32, |&j| hasher.hash_one(packed[j as usize]));
-            words.push(w.to_string());
-            packed.push(key);
+        let from = self.end();
+        let Vocabulary { words, ends, seen, hasher } = self;
+        let w = &words[from..];
+        let h = hasher.hash_one(w);
+        let word = |j: u32| {
+            let j = j as usize;
+            &words[if j == 0 { 0 } else { ends[j - 1] as usize }..ends[j] as usize]
+        };
+        if seen.find(h, |&j| word(j) == w).is_some() {
+            words.truncate(from);
+        } else {
+            seen.insert_unique(h, ends.len() as u32, |&j| hasher.hash_one(word(j)));
+            ends.push(words.len() as u32);
         }
     }
 }
@@ -350,19 +349,22 @@ impl Generator {
         let n = 40_000usize;
         // Every worker process builds the generator when its job starts, so this is part
         // of a job's time to its first record: SipHash and a clone per word took about 25
-        // ms of it (session 10); comparing the words' bytes behind their pointers and a
-        // binary search per guide entry most of the rest (session 12). The words, their
-        // order and the text are as before.
+        // ms of it (session 10). Session 12: the memory it touches costs as much as its
+        // work, a page fault for every fresh 4 KiB page (a String a word, the vector of
+        // weights beside the cdf: about 1,300 faults a worker, 10 ms of kernel time a
+        // worker on the 2-vCPU VM), so the words lie back to back in one String and the
+        // weights become the cdf in place; and the guide is found in one pass. The words,
+        // their order and the text are as before.
         let mut vocab = Vocabulary::with_capacity(n);
         for w in COMMON {
-            vocab.keep_new(w);
+            vocab.words.push_str(w);
+            vocab.keep_new();
         }
         let mut x = 42u64;
-        // Each draw is spelled into this one buffer; only a new word is copied out of it.
-        let mut w = String::with_capacity(32);
         while vocab.len() < n {
             let k = 2 + (splitmix(&mut x) % 3) as usize;
-            w.clear();
+            // Each draw is spelled where it would be kept, after the last word.
+            let w = &mut vocab.words;
             for _ in 0..k {
                 w.push_str(SYLLABLES[(splitmix(&mut x) % SYLLABLES.len() as u64) as usize]);
             }
@@ -375,16 +377,17 @@ impl Generator {
                 2 => w.push('é'),
                 _ => {}
             }
-            vocab.keep_new(&w);
+            vocab.keep_new();
         }
-        let vocab = vocab.words;
-        let mut cdf = Vec::with_capacity(n);
+        let Vocabulary { words, ends, .. } = vocab;
+        // Each word's weight, then in place its cumulative probability (the same sums in
+        // the same order as with a vector of weights beside it).
+        let mut cdf: Vec<u64> = (1..=n).map(|r| (1.0 / (r as f64).powf(1.07)).to_bits()).collect();
+        let total: f64 = cdf.iter().map(|&w| f64::from_bits(w)).sum();
         let mut acc = 0.0f64;
-        let weights: Vec<f64> = (1..=n).map(|r| 1.0 / (r as f64).powf(1.07)).collect();
-        let total: f64 = weights.iter().sum();
-        for w in weights {
-            acc += w / total;
-            cdf.push((acc * u64::MAX as f64) as u64);
+        for c in &mut cdf {
+            acc += f64::from_bits(*c) / total;
+            *c = (acc * u64::MAX as f64) as u64;
         }
         if let Some(l) = cdf.last_mut() {
             *l = u64::MAX;
@@ -400,7 +403,13 @@ impl Generator {
             }
             guide.push(i as u32);
         }
-        Self { vocab, cdf, guide }
+        Self { words, ends, cdf, guide }
+    }
+
+    /// Word `i` of the vocabulary.
+    #[inline]
+    fn word(&self, i: usize) -> &str {
+        &self.words[if i == 0 { 0 } else { self.ends[i - 1] as usize }..self.ends[i] as usize]
     }
 
     fn draw(&self, r: u64) -> usize {
@@ -419,7 +428,7 @@ impl Generator {
     pub fn expected_line_bytes(&self) -> f64 {
         let mut prev = 0u64;
         let mut word = 0.0f64;
-        for (w, &c) in self.vocab.iter().zip(&self.cdf) {
+        for (w, &c) in (0..self.ends.len()).map(|i| self.word(i)).zip(&self.cdf) {
             word += (c - prev) as f64 / u64::MAX as f64 * w.len() as f64;
             prev = c;
         }
@@ -433,8 +442,8 @@ impl Generator {
         let words = 6 + splitmix(&mut x) % 13;
         for k in 0..words {
             let r = splitmix(&mut x);
-            let idx = self.draw(r).min(self.vocab.len() - 1);
-            let w = &self.vocab[idx];
+            let idx = self.draw(r).min(self.ends.len() - 1);
+            let w = self.word(idx);
             if k > 0 {
                 out.push(' ');
             }
