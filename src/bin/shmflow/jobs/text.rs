@@ -351,7 +351,7 @@ impl Generator {
         // of a job's time to its first record: SipHash and a clone per word took about 25
         // ms of it (session 10). Session 12: the memory it touches costs as much as its
         // work, a page fault for every fresh 4 KiB page (a String a word, the vector of
-        // weights beside the cdf: about 1,300 faults a worker, 10 ms of kernel time a
+        // weights beside the cdf: about 1,000 faults a worker, 10 ms of kernel time a
         // worker on the 2-vCPU VM), so the words lie back to back in one String and the
         // weights become the cdf in place; and the guide is found in one pass. The words,
         // their order and the text are as before.
