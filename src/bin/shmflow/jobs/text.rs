@@ -262,7 +262,9 @@ pub struct Generator {
     cdf: Vec<u64>,
     /// `guide[k]`: the first word whose cumulative probability reaches `k << 48`, so a draw
     /// starts its search there (a constant-time lookup for all but the rarest words).
-    guide: Vec<u32>,
+    /// A word's index fits 16 bits ([`VOCABULARY`]): every draw reads one entry at random,
+    /// so the table is kept small (128 KiB), and each worker process has its own.
+    guide: Vec<u16>,
 }
 
 fn splitmix(x: &mut u64) -> u64 {
@@ -338,6 +340,10 @@ impl Vocabulary {
     }
 }
 
+/// Words in the generator's vocabulary (at most `u16::MAX`: the guide holds indexes as u16).
+const VOCABULARY: usize = 40_000;
+const _: () = assert!(VOCABULARY <= u16::MAX as usize);
+
 /// The shared generator (built once per process).
 pub fn generator() -> &'static Generator {
     static G: OnceLock<Generator> = OnceLock::new();
@@ -346,7 +352,7 @@ pub fn generator() -> &'static Generator {
 
 impl Generator {
     fn new() -> Self {
-        let n = 40_000usize;
+        let n = VOCABULARY;
         // Every worker process builds the generator when its job starts, so this is part
         // of a job's time to its first record: SipHash and a clone per word took about 25
         // ms of it (session 10). Session 12: the memory it touches costs as much as its
@@ -401,7 +407,8 @@ impl Generator {
             while i < cdf.len() && cdf[i] < k << 48 {
                 i += 1;
             }
-            guide.push(i as u32);
+            // `i` <= VOCABULARY, which fits (asserted at the constant).
+            guide.push(i as u16);
         }
         Self { words, ends, cdf, guide }
     }
