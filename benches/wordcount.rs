@@ -25,8 +25,8 @@
 //! its timed section.
 //!
 //! Rates: records/s are words per second of the job's wall clock (shmflow's own
-//! `elapsed_s`, which includes starting and stopping its worker processes; the in-process
-//! job from spawning its threads to joining them). MB/s counts the input text (line bytes
+//! `elapsed_s`, which includes creating its arena and starting and stopping its worker
+//! processes; the in-process job from spawning its threads to joining them). MB/s counts the input text (line bytes
 //! plus one newline per line). CPU ns/record is user + system time of every thread and
 //! process of the run per word (`getrusage`), steadier than wall clock on the shared
 //! 2-vCPU machine. Ratios pair each shmflow run with the in-process run of the same

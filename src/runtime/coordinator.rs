@@ -384,8 +384,10 @@ struct JobRun<'a> {
 impl<'a> JobRun<'a> {
     /// Spawn: creates the arena and starts every worker with a reader thread on its socket.
     fn spawn(job: &'a JobGraph, config: &'a RuntimeConfig, graph: ExecutionGraph, arena: &ArenaConfig) -> Result<Self> {
-        let arena = Arc::new(Arena::create_memfd(arena, &job.name)?);
+        // The job's time starts before its arena is made: creating, sizing and mapping it is
+        // part of starting the job, as making its channels is part of an in-process one's.
         let start = Instant::now();
+        let arena = Arc::new(Arena::create_memfd(arena, &job.name)?);
         let (tx, events) = mpsc::channel::<(usize, ReaderEvent)>();
         let blocking_dir = BlockingDir::for_job(job)?;
         let mut workers = Workers(Vec::new());
@@ -615,8 +617,13 @@ impl<'a> JobRun<'a> {
     }
 
     /// Every task finished: lets the workers exit on their own (bounded).
+    ///
+    /// Polled from 100 us, doubling to 5 ms: a worker exits a fraction of a millisecond
+    /// after its last task reported, and a fixed 5 ms poll (as before) added 2.5 ms on
+    /// average to every job's time (the end of [`JobSummary::elapsed_s`]).
     fn wait_for_exits(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_micros(100);
         for w in &mut self.workers.0 {
             let Some(c) = w.child.as_mut() else { continue };
             loop {
@@ -631,7 +638,10 @@ impl<'a> JobRun<'a> {
                     }
                     Ok(Some(_)) => break,
                     _ if Instant::now() > deadline => break,
-                    _ => std::thread::sleep(Duration::from_millis(5)),
+                    _ => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(5));
+                    }
                 }
             }
         }

@@ -48,7 +48,8 @@ pub struct JobSummary {
     pub records: u64,
     /// Bytes the sources produced into the first exchange.
     pub bytes: u64,
-    /// Wall-clock seconds.
+    /// Wall-clock seconds, from creating the job's arena (before its workers start) to the
+    /// last worker's exit.
     pub elapsed_s: f64,
     /// Records per second (sources).
     pub records_per_s: f64,

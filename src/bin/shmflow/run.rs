@@ -259,7 +259,11 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
                 cfg.wait_policy = wordcount_wait(opts.parallelism, cpus).policy();
             }
             let src = text_source(input, generated_mb)?;
-            cfg.progress_total = Some(text_total(&src, generated_mb));
+            // Only a progress bar needs the total: for the generated text it takes the
+            // generator, which a coordinator otherwise never builds (its workers do).
+            if cfg.progress {
+                cfg.progress_total = Some(text_total(&src, generated_mb));
+            }
             let out_file = output_file(&src, output.as_deref())?;
             let dir = JobDir::get()?;
             dir.note_output(out_file.as_ref())?;
@@ -292,7 +296,11 @@ pub(crate) fn run_builtin(job: JobCmd) -> AnyResult<()> {
             }
             let mut cfg = runtime_config(&opts)?;
             let src = text_source(input, generated_mb)?;
-            cfg.progress_total = Some(text_total(&src, generated_mb));
+            // Only a progress bar needs the total: for the generated text it takes the
+            // generator, which a coordinator otherwise never builds (its workers do).
+            if cfg.progress {
+                cfg.progress_total = Some(text_total(&src, generated_mb));
+            }
             let out_file = output_file(&src, output.as_deref())?;
             let dir = JobDir::get()?;
             dir.note_output(out_file.as_ref())?;

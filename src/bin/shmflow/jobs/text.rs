@@ -255,11 +255,16 @@ fn is_word_byte(c: u8) -> bool {
 /// The text generator: a fixed vocabulary drawn with a Zipf-like (s = 1.07) distribution,
 /// capitalized sentence starts, punctuation, digits, and now and then non-ASCII words.
 pub struct Generator {
-    vocab: Vec<String>,
+    /// The words back to back (word `i` ends at `ends[i]` and starts where word `i - 1`
+    /// ends): one allocation, not one per word (see [`Generator::new`]).
+    words: String,
+    ends: Vec<u32>,
     cdf: Vec<u64>,
     /// `guide[k]`: the first word whose cumulative probability reaches `k << 48`, so a draw
     /// starts its search there (a constant-time lookup for all but the rarest words).
-    guide: Vec<u32>,
+    /// A word's index fits 16 bits ([`VOCABULARY`]): every draw reads one entry at random,
+    /// so the table is kept small (128 KiB), and each worker process has its own.
+    guide: Vec<u16>,
 }
 
 fn splitmix(x: &mut u64) -> u64 {
@@ -285,21 +290,59 @@ const SYLLABLES: &[&str] = &[
     "bes", "cor", "fin", "gal", "hex", "jun", "kri", "lum", "mor", "nix", "ost", "pra", "ren", "sul", "tem", "vex",
 ];
 
-/// Appends `w` to `vocab` unless it is there already (`seen` indexes `vocab` by the words'
-/// hashes).
-fn keep_new(
-    vocab: &mut Vec<String>,
-    seen: &mut hashbrown::HashTable<u32>,
-    hasher: &foldhash::fast::FixedState,
-    w: String,
-) {
-    use std::hash::BuildHasher;
-    let h = hasher.hash_one(w.as_str());
-    if seen.find(h, |&j| vocab[j as usize] == w).is_none() {
-        seen.insert_unique(h, vocab.len() as u32, |&j| hasher.hash_one(vocab[j as usize].as_str()));
-        vocab.push(w);
+/// The vocabulary while it is drawn: the words so far back to back, where each ends, and a
+/// table of their indexes by word, to keep each word once.
+struct Vocabulary {
+    words: String,
+    ends: Vec<u32>,
+    seen: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Vocabulary {
+    fn with_capacity(n: usize) -> Self {
+        Vocabulary {
+            // About 8 bytes a word.
+            words: String::with_capacity(8 * n),
+            ends: Vec::with_capacity(n),
+            seen: hashbrown::HashTable::with_capacity(n),
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Where the next word starts (the end of the last one).
+    fn end(&self) -> usize {
+        self.ends.last().map_or(0, |&e| e as usize)
+    }
+
+    /// Keeps the word spelled at the end of `words` (after the last kept one) unless it is
+    /// there already, in which case it is taken off again.
+    fn keep_new(&mut self) {
+        use std::hash::BuildHasher;
+        let from = self.end();
+        let Vocabulary { words, ends, seen, hasher } = self;
+        let w = &words[from..];
+        let h = hasher.hash_one(w);
+        let word = |j: u32| {
+            let j = j as usize;
+            &words[if j == 0 { 0 } else { ends[j - 1] as usize }..ends[j] as usize]
+        };
+        if seen.find(h, |&j| word(j) == w).is_some() {
+            words.truncate(from);
+        } else {
+            seen.insert_unique(h, ends.len() as u32, |&j| hasher.hash_one(word(j)));
+            ends.push(words.len() as u32);
+        }
     }
 }
+
+/// Words in the generator's vocabulary (at most `u16::MAX`: the guide holds indexes as u16).
+const VOCABULARY: usize = 40_000;
+const _: () = assert!(VOCABULARY <= u16::MAX as usize);
 
 /// The shared generator (built once per process).
 pub fn generator() -> &'static Generator {
@@ -309,45 +352,71 @@ pub fn generator() -> &'static Generator {
 
 impl Generator {
     fn new() -> Self {
-        let n = 40_000usize;
-        // The words kept so far, as indexes into `vocab` (no copy of a word) under a fast
-        // hash: every worker process builds the generator when its job starts, so this is
-        // part of a job's time to its first record (SipHash and a clone per word took
-        // about 25 ms of it). The words and their order are as before.
-        let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
-        let mut seen: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(n);
-        let mut vocab: Vec<String> = Vec::with_capacity(n);
+        let n = VOCABULARY;
+        // Every worker process builds the generator when its job starts, so this is part
+        // of a job's time to its first record: SipHash and a clone per word took about 25
+        // ms of it (session 10). Session 12: the memory it touches costs as much as its
+        // work, a page fault for every fresh 4 KiB page (a String a word, the vector of
+        // weights beside the cdf: about 1,000 faults a worker, 10 ms of kernel time a
+        // worker on the 2-vCPU VM), so the words lie back to back in one String and the
+        // weights become the cdf in place; and the guide is found in one pass. The words,
+        // their order and the text are as before.
+        let mut vocab = Vocabulary::with_capacity(n);
         for w in COMMON {
-            keep_new(&mut vocab, &mut seen, &hasher, w.to_string());
+            vocab.words.push_str(w);
+            vocab.keep_new();
         }
         let mut x = 42u64;
         while vocab.len() < n {
             let k = 2 + (splitmix(&mut x) % 3) as usize;
-            let mut w = String::new();
+            // Each draw is spelled where it would be kept, after the last word.
+            let w = &mut vocab.words;
             for _ in 0..k {
                 w.push_str(SYLLABLES[(splitmix(&mut x) % SYLLABLES.len() as u64) as usize]);
             }
             match splitmix(&mut x) % 200 {
                 0 => w.push_str("_id"),
-                1 => w.push_str(&format!("{}", splitmix(&mut x) % 100)),
+                1 => {
+                    use std::fmt::Write;
+                    let _ = write!(w, "{}", splitmix(&mut x) % 100);
+                }
                 2 => w.push('é'),
                 _ => {}
             }
-            keep_new(&mut vocab, &mut seen, &hasher, w);
+            vocab.keep_new();
         }
-        let mut cdf = Vec::with_capacity(n);
+        let Vocabulary { words, ends, .. } = vocab;
+        // Each word's weight, then in place its cumulative probability (the same sums in
+        // the same order as with a vector of weights beside it).
+        let mut cdf: Vec<u64> = (1..=n).map(|r| (1.0 / (r as f64).powf(1.07)).to_bits()).collect();
+        let total: f64 = cdf.iter().map(|&w| f64::from_bits(w)).sum();
         let mut acc = 0.0f64;
-        let weights: Vec<f64> = (1..=n).map(|r| 1.0 / (r as f64).powf(1.07)).collect();
-        let total: f64 = weights.iter().sum();
-        for w in weights {
-            acc += w / total;
-            cdf.push((acc * u64::MAX as f64) as u64);
+        for c in &mut cdf {
+            acc += f64::from_bits(*c) / total;
+            *c = (acc * u64::MAX as f64) as u64;
         }
         if let Some(l) = cdf.last_mut() {
             *l = u64::MAX;
         }
-        let guide = (0..1u64 << 16).map(|k| cdf.partition_point(|&c| c < k << 48) as u32).collect();
-        Self { vocab, cdf, guide }
+        // `guide[k]` is `cdf.partition_point(|&c| c < k << 48)`, found in one pass: `cdf`
+        // only grows, so each k's first index is at or after the last one's (a binary
+        // search per k, as before, took 65,536 searches of 16 mispredicted steps).
+        let mut guide = Vec::with_capacity(1 << 16);
+        let mut i = 0usize;
+        for k in 0..1u64 << 16 {
+            while i < cdf.len() && cdf[i] < k << 48 {
+                i += 1;
+            }
+            // `i` <= VOCABULARY, which fits (asserted at the constant).
+            guide.push(i as u16);
+        }
+        Self { words, ends, cdf, guide }
+    }
+
+    /// Word `i` of the vocabulary.
+    #[inline]
+    fn word(&self, i: usize) -> &str {
+        &self.words[if i == 0 { 0 } else { self.ends[i - 1] as usize }..self.ends[i] as usize]
     }
 
     fn draw(&self, r: u64) -> usize {
@@ -366,7 +435,7 @@ impl Generator {
     pub fn expected_line_bytes(&self) -> f64 {
         let mut prev = 0u64;
         let mut word = 0.0f64;
-        for (w, &c) in self.vocab.iter().zip(&self.cdf) {
+        for (w, &c) in (0..self.ends.len()).map(|i| self.word(i)).zip(&self.cdf) {
             word += (c - prev) as f64 / u64::MAX as f64 * w.len() as f64;
             prev = c;
         }
@@ -380,8 +449,8 @@ impl Generator {
         let words = 6 + splitmix(&mut x) % 13;
         for k in 0..words {
             let r = splitmix(&mut x);
-            let idx = self.draw(r).min(self.vocab.len() - 1);
-            let w = &self.vocab[idx];
+            let idx = self.draw(r).min(self.ends.len() - 1);
+            let w = self.word(idx);
             if k > 0 {
                 out.push(' ');
             }
@@ -440,6 +509,15 @@ pub fn reference_window_lines(counts: &BTreeMap<String, u64>, size: u64, slide: 
 #[cfg(test)]
 mod tests {
     use super::tokenize;
+
+    #[test]
+    fn each_guide_entry_is_the_first_word_whose_cumulative_probability_reaches_it() {
+        let g = super::generator();
+        assert_eq!(g.guide.len(), 1 << 16);
+        for (k, &i) in g.guide.iter().enumerate() {
+            assert_eq!(i as usize, g.cdf.partition_point(|&c| c < (k as u64) << 48), "guide[{k}]");
+        }
+    }
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();
