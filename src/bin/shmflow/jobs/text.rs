@@ -141,7 +141,9 @@ impl TextSource {
         match self {
             TextSource::Generated { lines, seed } => {
                 let g = generator();
-                let (from, to) = (lines * u64::from(i) / u64::from(p), lines * u64::from(i + 1) / u64::from(p));
+                // u128: `lines * p` must not wrap for the largest --generated-mb.
+                let share = |k: u32| (u128::from(*lines) * u128::from(k) / u128::from(p)) as u64;
+                let (from, to) = (share(i), share(i + 1));
                 let mut buf = String::new();
                 for l in from..to {
                     buf.clear();
@@ -302,8 +304,8 @@ struct Vocabulary {
 impl Vocabulary {
     fn with_capacity(n: usize) -> Self {
         Vocabulary {
-            // About 8 bytes a word.
-            words: String::with_capacity(8 * n),
+            // About 9.2 bytes a word (368,408 for 40,000): room for all without a regrowth.
+            words: String::with_capacity(10 * n),
             ends: Vec::with_capacity(n),
             seen: hashbrown::HashTable::with_capacity(n),
             hasher: foldhash::fast::FixedState::with_seed(0x5eed),
