@@ -649,8 +649,44 @@ fn install_panic_hook() {
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_cpus, gone_or, pin_thread};
+    use super::{allowed_cpus, gone_or, pin_thread, thread_plan};
     use crate::Error;
+
+    #[test]
+    fn a_co_scheduled_slice_carries_its_sinks_on_the_thread_of_its_source() {
+        use crate::runtime::{Collector, ExecutionGraph, JobBuilder, TaskInfo};
+        struct Discard;
+        impl Collector<u64> for Discard {
+            fn collect(&mut self, _: u64) -> crate::Result<()> {
+                Ok(())
+            }
+        }
+        let job = JobBuilder::new("plan", 2)
+            .source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()))
+            .rebalance(None)
+            .map("m", |v: u64| v)
+            .rebalance(None)
+            .sink("k", |_: &TaskInfo| Ok(Discard));
+        let specs = ExecutionGraph::build(&job, 0).unwrap().subtasks;
+        type Plan = Vec<((usize, u32), Vec<(usize, u32)>)>;
+        let plan = |specs: Vec<_>, co| -> Plan {
+            thread_plan(&job, specs, co)
+                .into_iter()
+                .map(|(d, p)| ((d.vertex, d.subtask), p.iter().map(|s| (s.vertex, s.subtask)).collect()))
+                .collect()
+        };
+        // Off: a thread per task.
+        let off = plan(specs.clone(), false);
+        assert_eq!(off.len(), 6);
+        assert!(off.iter().all(|(_, p)| p.is_empty()), "{off:?}");
+        // On: per slice, the source drives and the sink rides; the map vertex (it has an
+        // output, so it may wait) keeps a thread of its own.
+        let on = vec![((0, 0), vec![(2, 0)]), ((1, 0), vec![]), ((0, 1), vec![(2, 1)]), ((1, 1), vec![])];
+        assert_eq!(plan(specs.clone(), true), on);
+        // A worker with sinks only: each slice's sink drives its own thread.
+        let sinks: Vec<_> = specs.into_iter().filter(|s| s.vertex == 2).collect();
+        assert_eq!(plan(sinks, true), vec![((2, 0), vec![]), ((2, 1), vec![])]);
+    }
 
     #[test]
     fn a_control_socket_reset_by_the_coordinator_says_the_coordinator_died() {
