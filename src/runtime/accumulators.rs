@@ -102,6 +102,12 @@ pub(crate) fn take() -> Accumulators {
     TASK.with(|t| std::mem::take(&mut *t.borrow_mut()))
 }
 
+/// Swaps the calling thread's running task's accumulators with `other`: a thread that runs
+/// several co-scheduled tasks swaps each one's in for its turn and out after it.
+pub(crate) fn swap(other: &mut Accumulators) {
+    TASK.with(|t| std::mem::swap(&mut *t.borrow_mut(), other));
+}
+
 /// Merges a task's accumulators into the job's.
 pub(crate) fn merge_into(job: &mut Accumulators, task: Accumulators) {
     for (k, v) in task {

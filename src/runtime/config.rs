@@ -72,6 +72,18 @@ pub struct RuntimeConfig {
     /// consumer then take turns on one core. Default off; a CPU that cannot be set leaves
     /// the thread unpinned.
     pub pin_cpus: bool,
+    /// Co-schedule each pipeline slice in a worker on one thread: the sinks (vertices with
+    /// an input and no output) of subtask `s` take turns, without waiting, in every wait of
+    /// the slice's first other task (its source, say) instead of running on threads of
+    /// their own. A record from that task to a sink of its slice is then read by the same
+    /// thread in its next wait (no thread switch, no wake-up), and the worker runs one
+    /// thread per slice, which neither preempts another of the job's nor waits for a time
+    /// slice behind one. The thread polls and never parks, whatever
+    /// [`wait_policy`](Self::wait_policy) says: for latency with spare cores (the latency
+    /// shuffle on 2 vCPUs), not for throughput (a sink then reads only while its slice's
+    /// producer waits). A source that waits for something of its own between records
+    /// should poll and call [`take_turns`](super::take_turns) rather than sleep. Default off.
+    pub co_schedule: bool,
 }
 
 /// Environment variable read by [`RuntimeConfig::default`]: the heartbeat timeout in
@@ -110,6 +122,7 @@ impl Default for RuntimeConfig {
             debloat: None,
             heartbeat_timeout: heartbeat_timeout_from_env().ok().flatten().unwrap_or(Duration::from_secs(30)),
             pin_cpus: false,
+            co_schedule: false,
         }
     }
 }

@@ -181,7 +181,7 @@ impl TaskIo {
         };
         let mut n = 0u64;
         let result = loop {
-            let drained = gate.drain_records(4096, &mut |_, data| out.collect(T::from_record(data)?))?;
+            let drained = drain_into::<T, C>(&mut gate, out)?;
             if drained > 0 {
                 n += drained as u64;
                 continue;
@@ -214,6 +214,15 @@ impl TaskIo {
         result
     }
 
+    /// The subtask read in turns (co-scheduling, [`super::TaskSteps`]): each turn reads what
+    /// its input holds now into `out`, without waiting, and finishes `out` at the end of
+    /// the input. The gate is opened at the first turn (its producers' partitions must be
+    /// registered by then: the task this one shares a thread with registers its own when
+    /// it starts, before it first waits).
+    pub fn into_steps<T: Data, C: Collector<T> + 'static>(self, out: C) -> InputSteps<T, C> {
+        InputSteps { io: self, gate: None, out, records: 0, flushed: true, _t: std::marker::PhantomData }
+    }
+
     /// The task's counters in the arena, if it has a block.
     pub(crate) fn metrics(&self) -> Option<&TaskMetricsHandle> {
         self.metrics.as_ref()
@@ -222,5 +231,73 @@ impl TaskIo {
     /// The subtask this is the I/O of.
     pub fn spec(&self) -> &SubtaskSpec {
         &self.spec
+    }
+}
+
+/// Up to a batch of the records `gate` holds now, decoded into `out`. `run_input` and a
+/// co-scheduled turn both read through it, so a chain has one drain loop (one closure
+/// type): with a loop of its own per caller, LLVM kept what the loop calls per record out
+/// of line (the 16 B shuffle's record decoding: 12.6% of the job's CPU in the call, 19.9
+/// vs 18.9 ns per record; WordCount's reduce).
+fn drain_into<T: Data, C: Collector<T>>(gate: &mut SingleInputGate, out: &mut C) -> Result<usize> {
+    gate.drain_records(4096, &mut |_, data| out.collect(T::from_record(data)?))
+}
+
+/// A subtask fed by an exchange, read in turns on a thread it shares with other tasks
+/// ([`TaskIo::into_steps`]).
+pub struct InputSteps<T, C> {
+    io: TaskIo,
+    gate: Option<SingleInputGate>,
+    out: C,
+    records: u64,
+    /// Whether `out` was flushed since the last record it took.
+    flushed: bool,
+    _t: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Data, C: Collector<T>> super::TaskSteps for InputSteps<T, C> {
+    fn step(&mut self) -> Result<super::Turn> {
+        use super::Turn;
+        if self.gate.is_none() {
+            self.gate = self.io.open_gate()?;
+        }
+        let Some(gate) = self.gate.as_mut() else {
+            // A vertex without an input has nothing to read.
+            self.out.finish()?;
+            return Ok(Turn::Ended);
+        };
+        let drained = drain_into::<T, C>(gate, &mut self.out)?;
+        if drained > 0 {
+            self.records += drained as u64;
+            self.flushed = false;
+            return Ok(Turn::Busy);
+        }
+        match gate.poll_next()? {
+            Some(GateItem::Record { data, .. }) => {
+                let v = T::from_record(data)?;
+                self.records += 1;
+                self.flushed = false;
+                self.out.collect(v)?;
+                Ok(Turn::Busy)
+            }
+            Some(GateItem::End) => {
+                self.io.records_in += std::mem::take(&mut self.records);
+                self.out.finish()?;
+                Ok(Turn::Ended)
+            }
+            Some(_) => Ok(Turn::Busy),
+            None => {
+                // As `run_input` before it waits: what the chain holds goes out now.
+                if !self.flushed {
+                    self.out.flush()?;
+                    self.flushed = true;
+                }
+                // Relaxed: a stop request.
+                if self.io.cancel.load(Ordering::Relaxed) {
+                    return Err(Error::Cancelled);
+                }
+                Ok(Turn::Idle)
+            }
+        }
     }
 }

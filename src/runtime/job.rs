@@ -21,6 +21,7 @@
 //! Worker processes run the same binary and build the same job from the same arguments, so
 //! closures are never serialized: a vertex is identified by its position in the graph.
 
+use super::cosched::TaskSteps;
 use super::execution::TaskIo;
 use super::protocol::SubtaskSpec;
 use super::task::{Collector, Data, TaskInfo};
@@ -40,6 +41,10 @@ pub use crate::partition::JavaHash;
 /// Runs one subtask of a vertex, given its input and output (see [`TaskIo`]).
 pub type VertexBody = Arc<dyn Fn(&TaskInfo, &mut TaskIo) -> Result<()> + Send + Sync>;
 
+/// Starts one subtask of a sink vertex fed by an exchange as a task run in turns
+/// (co-scheduling, [`RuntimeConfig::co_schedule`](super::RuntimeConfig::co_schedule)).
+pub type StepBody = Arc<dyn Fn(&TaskInfo, TaskIo) -> Result<Box<dyn TaskSteps>> + Send + Sync>;
+
 /// The operator chain of a vertex up to a stream of `T`: from the vertex's input (a source,
 /// or the gate of the exchange that feeds it) through its chained operators. Running it
 /// with the collector the vertex ends in (a sink or an exchange's writer) runs the subtask.
@@ -52,6 +57,14 @@ pub trait Chain<T>: Send + Sync + 'static {
     /// # Errors
     /// The first error of the input, an operator or `out`.
     fn run<C: Collector<T>>(&self, info: &TaskInfo, io: &mut TaskIo, out: C) -> Result<()>;
+
+    /// The subtask as a task run in turns ([`TaskSteps`]), if the chain starts at an input
+    /// gate: what [`run`](Self::run) does, a turn at a time. `None` for a source's chain
+    /// (a source runs its own loop).
+    fn steps<C: Collector<T> + 'static>(&self, info: &TaskInfo, io: TaskIo, out: C) -> Option<Box<dyn TaskSteps>> {
+        let _ = (info, io, out);
+        None
+    }
 }
 
 /// A source that sees the concrete downstream chain (no dynamic dispatch per record), for
@@ -124,6 +137,9 @@ impl<T: Data> Chain<T> for InputChain<T> {
         io.run_input(&mut out)?;
         out.finish()
     }
+    fn steps<C: Collector<T> + 'static>(&self, _info: &TaskInfo, io: TaskIo, out: C) -> Option<Box<dyn TaskSteps>> {
+        Some(Box::new(io.into_steps(out)))
+    }
 }
 
 /// One chained operator from `T` to `U`: wraps the collector of `U`s it feeds.
@@ -141,10 +157,13 @@ pub struct Then<H, O, T> {
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T: 'static, U, H: Chain<T>, O: Operator<T, U>> Chain<U> for Then<H, O, T> {
+impl<T: 'static, U: 'static, H: Chain<T>, O: Operator<T, U>> Chain<U> for Then<H, O, T> {
     #[inline]
     fn run<C: Collector<U>>(&self, info: &TaskInfo, io: &mut TaskIo, out: C) -> Result<()> {
         self.prev.run(info, io, self.op.with(out))
+    }
+    fn steps<C: Collector<U> + 'static>(&self, info: &TaskInfo, io: TaskIo, out: C) -> Option<Box<dyn TaskSteps>> {
+        self.prev.steps(info, io, self.op.with(out))
     }
 }
 
@@ -176,6 +195,9 @@ pub struct JobVertex {
     pub inputs: Vec<(usize, EdgeSpec)>,
     /// Runs one subtask.
     pub body: VertexBody,
+    /// Runs one subtask in turns, for a sink vertex fed by an exchange (co-scheduling);
+    /// `None` for the others, which always run [`body`](Self::body).
+    pub steps: Option<StepBody>,
 }
 
 impl std::fmt::Debug for JobVertex {
@@ -433,13 +455,23 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
     /// any collector type (called statically) or a [`BoxCollector`](super::BoxCollector).
     pub fn sink<C, M>(self, name: &str, make: M) -> JobGraph
     where
-        C: Collector<T>,
+        C: Collector<T> + 'static,
         M: Fn(&TaskInfo) -> Result<C> + Send + Sync + 'static,
     {
-        let head = self.head;
+        let (head, make) = (Arc::new(self.head), Arc::new(make));
+        let (h, m) = (head.clone(), make.clone());
         let body: VertexBody = Arc::new(move |info, io| {
-            let sink = make(info)?;
-            head.run(info, io, sink)
+            let sink = m(info)?;
+            h.run(info, io, sink)
+        });
+        // A vertex with an input can run in turns; a source runs its own loop.
+        let steps = (!self.inputs.is_empty()).then(|| -> StepBody {
+            Arc::new(move |info, io| {
+                let sink = make(info)?;
+                head.steps(info, io, sink).ok_or_else(|| {
+                    crate::error::GraphError::Deployment(format!("{} cannot run in turns", info.vertex_name)).into()
+                })
+            })
         });
         let mut vertices = self.done;
         vertices.push(JobVertex {
@@ -447,6 +479,7 @@ impl<T: 'static, H: Chain<T>> Stream<T, H> {
             parallelism: self.parallelism,
             inputs: self.inputs,
             body,
+            steps,
         });
         JobGraph { name: self.job.name, vertices }
     }
@@ -512,8 +545,8 @@ impl<T: Clone + 'static, H: Chain<T>> Stream<T, H> {
     /// of two. Each subtask builds both sinks.
     pub fn sink_both<CA, CB, MA, MB>(self, name: &str, make_a: MA, make_b: MB) -> JobGraph
     where
-        CA: Collector<T>,
-        CB: Collector<T>,
+        CA: Collector<T> + 'static,
+        CB: Collector<T> + 'static,
         MA: Fn(&TaskInfo) -> Result<CA> + Send + Sync + 'static,
         MB: Fn(&TaskInfo) -> Result<CB> + Send + Sync + 'static,
     {
@@ -541,7 +574,13 @@ impl<T: Data, H: Chain<T>> Stream<T, H> {
             head.run(info, io, out)
         });
         let mut done = self.done;
-        done.push(JobVertex { name: self.name.clone(), parallelism: self.parallelism, inputs: self.inputs, body });
+        done.push(JobVertex {
+            name: self.name.clone(),
+            parallelism: self.parallelism,
+            inputs: self.inputs,
+            body,
+            steps: None,
+        });
         let producer = done.len() - 1;
         let edge =
             EdgeSpec { partition_type: partition_type.unwrap_or(self.job.default_partition_type), selector: kind };

@@ -6,12 +6,14 @@
 //!  coordinator: creates the memfd arena, spawns W workers (same binary, arena fd and a
 //!    control socket inherited), deploys subtasks over the socket, collects
 //!    "partition consumable" and task states, cancels everything on the first failure
-//!  worker: attaches to the arena, runs each deployed subtask on a thread
+//!  worker: attaches to the arena, runs each deployed subtask on a thread (or, co-scheduled,
+//!    a pipeline slice's sinks in turns on the thread of its first task: cosched)
 //! ```
 
 pub mod accumulators;
 mod config;
 mod coordinator;
+mod cosched;
 mod execution;
 mod failure;
 mod graph;
@@ -24,12 +26,13 @@ mod worker;
 
 pub use config::RuntimeConfig;
 pub use coordinator::run_job;
-pub use execution::{ExchangeOut, TaskEvent, TaskIo, TaskSettings};
+pub use cosched::{take_turns, TaskSteps, Turn};
+pub use execution::{ExchangeOut, InputSteps, TaskEvent, TaskIo, TaskSettings};
 pub use graph::{partition_id, ExecutionGraph, GraphError};
 pub use job::{
     Chain, CountWindow, CountWindowOp, EdgeSpec, Emitter, FilterOp, FlatMapOp, FnSource, InputChain, JavaHash,
     JobBuilder, JobGraph, JobVertex, Keyed, KeyedStream, Map, MapOp, Operator, Reduce, ReduceOp, Source, SourceChain,
-    SourceContext, Stream, Tee, Then, VertexBody,
+    SourceContext, StepBody, Stream, Tee, Then, VertexBody,
 };
 pub use progress::ProgressTotal;
 pub use protocol::{InputSpecs, OutputSpec, SubtaskSpec};

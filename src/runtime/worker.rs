@@ -3,6 +3,7 @@
 //! coordinator a heartbeat every heartbeat interval, busy tasks or not.
 
 use super::config::RuntimeConfig;
+use super::cosched::{Passenger, TaskSteps, Turn};
 use super::execution::{TaskEvent, TaskIo, TaskSettings};
 use super::job::JobGraph;
 use super::protocol::{recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
@@ -11,9 +12,11 @@ use crate::error::{ConfigError, Error, Result};
 use crate::metrics::TaskMetricsHandle;
 use crate::sync::{AtomicBool, Ordering};
 use crate::ShuffleEnvironment;
+use std::cell::Cell;
 use std::io::BufReader;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -189,13 +192,13 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     install_panic_hook();
     let mut handles = Vec::new();
     let mut first_err = None;
-    for spec in subtasks {
+    for (spec, passengers) in thread_plan(job, subtasks, config.co_schedule) {
         let (vertex, subtask) = (spec.vertex, spec.subtask);
         let task =
             Task { job: job.clone(), env: env.clone(), cancel: cancel.clone(), control: control.clone(), settings };
         let spawned = std::thread::Builder::new()
             .name(format!("{vertex}-{subtask}"))
-            .spawn(move || task.run(spec))
+            .spawn(move || task.run_slice(spec, passengers))
             .map_err(io_err("starting a task thread"));
         match spawned {
             Ok(h) => handles.push(h),
@@ -340,7 +343,41 @@ fn pin_thread(index: u32) {
     let _ = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) };
 }
 
+/// The worker's threads: each runs a task, and co-scheduled (`co_schedule`) the task's
+/// passengers: the other tasks of its pipeline slice (its subtask index) that can run in
+/// turns, sinks fed by an exchange (an input, no output, a [`JobVertex::steps`]
+/// body). A slice's first other task drives its thread (topological order: its source);
+/// a slice of sinks only is driven by its first sink. Further tasks with an output in a
+/// slice run on threads of their own (a passenger never waits, and only a task without
+/// an output can promise that).
+///
+/// [`JobVertex::steps`]: super::JobVertex::steps
+fn thread_plan(job: &JobGraph, subtasks: Vec<SubtaskSpec>, co_schedule: bool) -> Vec<(SubtaskSpec, Vec<SubtaskSpec>)> {
+    if !co_schedule {
+        return subtasks.into_iter().map(|s| (s, Vec::new())).collect();
+    }
+    let mut slices: std::collections::BTreeMap<u32, Vec<SubtaskSpec>> = std::collections::BTreeMap::new();
+    for s in subtasks {
+        slices.entry(s.subtask).or_default().push(s);
+    }
+    let mut plan = Vec::new();
+    for (_, slice) in slices {
+        let rides = |s: &SubtaskSpec| s.input.is_some() && s.output.is_none() && job.vertices[s.vertex].steps.is_some();
+        let (mut passengers, mut drivers): (Vec<_>, Vec<_>) = slice.into_iter().partition(rides);
+        if drivers.is_empty() {
+            drivers.push(passengers.remove(0));
+        }
+        let mut drivers = drivers.into_iter();
+        if let Some(first) = drivers.next() {
+            plan.push((first, passengers));
+        }
+        plan.extend(drivers.map(|s| (s, Vec::new())));
+    }
+    plan
+}
+
 /// What a task thread needs from its worker.
+#[derive(Clone)]
 struct Task {
     job: JobGraph,
     env: ShuffleEnvironment,
@@ -350,23 +387,63 @@ struct Task {
 }
 
 impl Task {
+    /// Runs subtask `spec` on this thread, its `passengers` in turns in its waits and after
+    /// it ended (see [`super::cosched`]), and reports how each ended: an error if any failed.
+    fn run_slice(self, spec: SubtaskSpec, passengers: Vec<SubtaskSpec>) -> std::result::Result<(), TaskError> {
+        if passengers.is_empty() {
+            return self.run(spec);
+        }
+        if self.settings.pin_cpus {
+            pin_thread(spec.subtask);
+        }
+        let failed = Rc::new(Cell::new(false));
+        let riders = passengers.into_iter().map(|p| Box::new(self.board(p, &failed)) as Box<dyn Passenger>).collect();
+        super::cosched::board(riders);
+        let r = self.run(spec);
+        super::cosched::run_to_end();
+        match r {
+            Ok(()) if failed.get() => Err(TaskError { message: "a co-scheduled task failed".into(), symptom: true }),
+            r => r,
+        }
+    }
+
     /// Runs subtask `spec` on this thread and reports how it ended.
     fn run(self, spec: SubtaskSpec) -> std::result::Result<(), TaskError> {
         let (vertex, subtask) = (spec.vertex, spec.subtask);
         if self.settings.pin_cpus {
             pin_thread(subtask);
         }
+        let metrics = self.announce(vertex, subtask);
+        let r = self.run_body(spec, metrics.clone());
+        self.report(vertex, subtask, metrics.as_ref(), &r, super::accumulators::take());
+        r
+    }
+
+    /// Claims the task's block of counters and tells the coordinator it runs.
+    fn announce(&self, vertex: usize, subtask: u32) -> Option<TaskMetricsHandle> {
         let metrics = TaskMetricsHandle::claim(self.env.arena().clone(), self.env.worker()).ok();
         if let Some(m) = &metrics {
             m.set_identity(vertex as u32, subtask);
             tell(&self.control, &FromWorker::TaskRunning { vertex, subtask, metrics_slot: m.slot() });
         }
-        let r = self.run_body(spec, metrics.clone());
-        if let Some(m) = &metrics {
+        metrics
+    }
+
+    /// Tells the coordinator how the task ended (a failure also cancels the worker's other
+    /// tasks).
+    fn report(
+        &self,
+        vertex: usize,
+        subtask: u32,
+        metrics: Option<&TaskMetricsHandle>,
+        r: &std::result::Result<(), TaskError>,
+        accumulators: super::accumulators::Accumulators,
+    ) {
+        if let Some(m) = metrics {
             m.end(r.is_err());
         }
-        let msg = match &r {
-            Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators: super::accumulators::take() },
+        let msg = match r {
+            Ok(()) => FromWorker::TaskFinished { vertex, subtask, accumulators },
             Err(e) => {
                 // Relaxed: a stop request for the other tasks of this worker.
                 self.cancel.store(true, Ordering::Relaxed);
@@ -374,12 +451,15 @@ impl Task {
             }
         };
         tell(&self.control, &msg);
-        r
     }
 
-    /// The vertex's body over the subtask's I/O, a panic caught as a failure; its
-    /// "partition consumable" events are forwarded from a thread of their own.
-    fn run_body(&self, spec: SubtaskSpec, metrics: Option<TaskMetricsHandle>) -> std::result::Result<(), TaskError> {
+    /// The subtask's I/O; its "partition consumable" events are forwarded from a thread of
+    /// their own (it ends once the I/O is dropped).
+    fn open_io(
+        &self,
+        spec: SubtaskSpec,
+        metrics: Option<TaskMetricsHandle>,
+    ) -> std::result::Result<(TaskIo, std::thread::JoinHandle<()>), TaskError> {
         let (vertex, subtask) = (spec.vertex, spec.subtask);
         let (tx, rx) = std::sync::mpsc::channel();
         let control = self.control.clone();
@@ -391,7 +471,13 @@ impl Task {
                 }
             })
             .map_err(|e| TaskError::from(Error::Io { op: "starting a task's event thread".into(), source: e }))?;
-        let mut io = TaskIo::new(self.env.clone(), spec, self.settings, self.cancel.clone(), metrics, tx);
+        Ok((TaskIo::new(self.env.clone(), spec, self.settings, self.cancel.clone(), metrics, tx), forward))
+    }
+
+    /// The vertex's body over the subtask's I/O, a panic caught as a failure.
+    fn run_body(&self, spec: SubtaskSpec, metrics: Option<TaskMetricsHandle>) -> std::result::Result<(), TaskError> {
+        let vertex = spec.vertex;
+        let (mut io, forward) = self.open_io(spec, metrics)?;
         let info = self.job.task_info(io.spec());
         let body = self.job.vertices[vertex].body.clone();
         let _ = super::accumulators::take();
@@ -402,6 +488,100 @@ impl Task {
             Ok(r) => r.map_err(TaskError::from),
             Err(p) => Err(TaskError::panicked(p.as_ref())),
         }
+    }
+
+    /// Subtask `spec` as a passenger of this thread: announced now, run in turns; a
+    /// failure (also one to start it) sets `failed`.
+    fn board(&self, spec: SubtaskSpec, failed: &Rc<Cell<bool>>) -> Rider {
+        let (vertex, subtask) = (spec.vertex, spec.subtask);
+        let metrics = self.announce(vertex, subtask);
+        let mut rider = Rider {
+            task: self.clone(),
+            vertex,
+            subtask,
+            steps: None,
+            forward: None,
+            metrics: metrics.clone(),
+            accumulators: Default::default(),
+            failed: failed.clone(),
+        };
+        let started = self.open_io(spec, metrics).and_then(|(io, forward)| {
+            rider.forward = Some(forward);
+            let info = self.job.task_info(io.spec());
+            let Some(steps) = self.job.vertices[vertex].steps.clone() else {
+                return Err(TaskError { message: format!("{} cannot run in turns", info.vertex_name), symptom: false });
+            };
+            rider.with_accumulators(|| {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| steps(&info, io))) {
+                    Ok(r) => r.map_err(TaskError::from),
+                    Err(p) => Err(TaskError::panicked(p.as_ref())),
+                }
+            })
+        });
+        match started {
+            Ok(steps) => rider.steps = Some(steps),
+            Err(e) => rider.end(Err(e)),
+        }
+        rider
+    }
+}
+
+/// A passenger task (see [`super::cosched`]) as its worker runs it.
+struct Rider {
+    task: Task,
+    vertex: usize,
+    subtask: u32,
+    /// `None` once it ended.
+    steps: Option<Box<dyn TaskSteps>>,
+    forward: Option<std::thread::JoinHandle<()>>,
+    metrics: Option<TaskMetricsHandle>,
+    /// Its accumulators, swapped in for its turns.
+    accumulators: super::accumulators::Accumulators,
+    /// Set when it failed.
+    failed: Rc<Cell<bool>>,
+}
+
+impl Rider {
+    /// Runs `f` with this task's accumulators in place of the thread's driver's.
+    fn with_accumulators<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        super::accumulators::swap(&mut self.accumulators);
+        let r = f();
+        super::accumulators::swap(&mut self.accumulators);
+        r
+    }
+
+    /// The task ended: its I/O closed, then reported.
+    fn end(&mut self, r: std::result::Result<(), TaskError>) {
+        self.steps = None;
+        if let Some(f) = self.forward.take() {
+            let _ = f.join();
+        }
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        let accumulators = std::mem::take(&mut self.accumulators);
+        self.task.report(self.vertex, self.subtask, self.metrics.as_ref(), &r, accumulators);
+    }
+}
+
+impl Passenger for Rider {
+    fn turn(&mut self) -> Turn {
+        let Some(mut steps) = self.steps.take() else {
+            return Turn::Ended;
+        };
+        let r = self.with_accumulators(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| steps.step())));
+        let ended = match r {
+            Ok(Ok(Turn::Ended)) => Ok(()),
+            Ok(Ok(turn)) => {
+                self.steps = Some(steps);
+                return turn;
+            }
+            Ok(Err(e)) => Err(TaskError::from(e)),
+            Err(p) => Err(TaskError::panicked(p.as_ref())),
+        };
+        drop(steps);
+        self.end(ended);
+        Turn::Ended
     }
 }
 
@@ -469,8 +649,44 @@ fn install_panic_hook() {
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_cpus, gone_or, pin_thread};
+    use super::{allowed_cpus, gone_or, pin_thread, thread_plan};
     use crate::Error;
+
+    #[test]
+    fn a_co_scheduled_slice_carries_its_sinks_on_the_thread_of_its_source() {
+        use crate::runtime::{Collector, ExecutionGraph, JobBuilder, TaskInfo};
+        struct Discard;
+        impl Collector<u64> for Discard {
+            fn collect(&mut self, _: u64) -> crate::Result<()> {
+                Ok(())
+            }
+        }
+        let job = JobBuilder::new("plan", 2)
+            .source("s", |_: &TaskInfo, _: &mut dyn Collector<u64>| Ok(()))
+            .rebalance(None)
+            .map("m", |v: u64| v)
+            .rebalance(None)
+            .sink("k", |_: &TaskInfo| Ok(Discard));
+        let specs = ExecutionGraph::build(&job, 0).unwrap().subtasks;
+        type Plan = Vec<((usize, u32), Vec<(usize, u32)>)>;
+        let plan = |specs: Vec<_>, co| -> Plan {
+            thread_plan(&job, specs, co)
+                .into_iter()
+                .map(|(d, p)| ((d.vertex, d.subtask), p.iter().map(|s| (s.vertex, s.subtask)).collect()))
+                .collect()
+        };
+        // Off: a thread per task.
+        let off = plan(specs.clone(), false);
+        assert_eq!(off.len(), 6);
+        assert!(off.iter().all(|(_, p)| p.is_empty()), "{off:?}");
+        // On: per slice, the source drives and the sink rides; the map vertex (it has an
+        // output, so it may wait) keeps a thread of its own.
+        let on = vec![((0, 0), vec![(2, 0)]), ((1, 0), vec![]), ((0, 1), vec![(2, 1)]), ((1, 1), vec![])];
+        assert_eq!(plan(specs.clone(), true), on);
+        // A worker with sinks only: each slice's sink drives its own thread.
+        let sinks: Vec<_> = specs.into_iter().filter(|s| s.vertex == 2).collect();
+        assert_eq!(plan(sinks, true), vec![((2, 0), vec![]), ((2, 1), vec![])]);
+    }
 
     #[test]
     fn a_control_socket_reset_by_the_coordinator_says_the_coordinator_died() {

@@ -140,6 +140,10 @@ impl Waiter {
         if let Some(v) = poll() {
             return WaitOutcome::Ready(v);
         }
+        #[cfg(not(loom))]
+        if let Some(turns) = co_turns() {
+            return wait_taking_turns(timeout, poll, turns);
+        }
         // A zero budget (WaitPolicy::park) skips the spin phase: park right after the check.
         if self.budget_ns == 0 && self.policy.park {
             return self.park(ec, timeout, None, poll);
@@ -277,6 +281,79 @@ impl Waiter {
             if timeout.is_some() {
                 return WaitOutcome::TimedOut;
             }
+        }
+    }
+}
+
+thread_local! {
+    /// The calling thread's co-scheduling turns ([`set_co_turns`]).
+    #[cfg(not(loom))]
+    static CO_TURNS: std::cell::Cell<Option<fn() -> bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes every [`Waiter::wait`] on the calling thread poll instead of spinning, yielding
+/// or parking, calling `turns` between two polls (`None` undoes it). `turns` gives the
+/// other tasks that share the thread one turn each, without waiting, and answers whether
+/// any of them made progress: a task that waits for input or for buffers on a thread of
+/// co-scheduled tasks lets the others run meanwhile (the runtime's co-scheduling,
+/// [`RuntimeConfig::co_schedule`](crate::runtime::RuntimeConfig::co_schedule)). `turns`
+/// must not wait itself (the runtime's do nothing when called from inside one of them).
+pub fn set_co_turns(turns: Option<fn() -> bool>) {
+    #[cfg(not(loom))]
+    CO_TURNS.with(|t| t.set(turns));
+    #[cfg(loom)]
+    let _ = turns;
+}
+
+/// The calling thread's co-scheduling turns, if it has any ([`set_co_turns`]).
+#[cfg(not(loom))]
+fn co_turns() -> Option<fn() -> bool> {
+    CO_TURNS.with(std::cell::Cell::get)
+}
+
+/// Calls the calling thread's co-scheduling turns once ([`set_co_turns`]): whether any
+/// other task made progress, or `None` on a thread without them. For a task's own waits
+/// outside a [`Waiter`] (a rate-limited source waiting for its next record's due time).
+pub fn take_co_turns() -> Option<bool> {
+    #[cfg(not(loom))]
+    return co_turns().map(|turns| turns());
+    #[cfg(loom)]
+    None
+}
+
+/// [`Waiter::wait`] on a thread of co-scheduled tasks: poll, give the others a turn, poll
+/// again, until `poll` answers or `timeout` passes. It neither yields nor parks: the
+/// thread's other tasks are what this wait waits for as often as not (a generator whose
+/// output is full waits for the sink that shares its thread), and a parked thread would
+/// not run them.
+#[cfg(not(loom))]
+#[cold]
+#[inline(never)]
+fn wait_taking_turns<T>(
+    timeout: Option<Duration>,
+    mut poll: impl FnMut() -> Option<T>,
+    turns: fn() -> bool,
+) -> WaitOutcome<T> {
+    let start = super::now_nanos();
+    let deadline = timeout.map(|t| start.saturating_add(t.as_nanos() as u64));
+    let mut last_yield = start;
+    loop {
+        let progressed = turns();
+        if let Some(v) = poll() {
+            return WaitOutcome::Ready(v);
+        }
+        if !progressed {
+            spin_loop();
+        }
+        let now = super::now_nanos();
+        if deadline.is_some_and(|d| now >= d) {
+            return WaitOutcome::TimedOut;
+        }
+        // As spin mode: the core is given away every ~20 µs (a time slice's worth of
+        // fairness to whatever else runs on it; on an idle core the yield returns at once).
+        if now.wrapping_sub(last_yield) >= SPIN_YIELD_NS {
+            super::yield_now();
+            last_yield = super::now_nanos();
         }
     }
 }

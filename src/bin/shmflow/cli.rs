@@ -85,6 +85,14 @@ pub(crate) struct JobOpts {
     /// on for `run shuffle --latency` when its tasks outnumber the CPUs.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) pin_cpus: Option<bool>,
+    /// Co-schedule each pipeline slice of a worker on one thread: the sinks of subtask `s`
+    /// read in turns, without waiting, whenever the slice's source (or other task) waits,
+    /// instead of on threads of their own (no thread switch for a record within a slice;
+    /// one thread per slice, polling, never parked). For latency, not throughput.
+    /// `--co-schedule false` turns it off. Default off; on for `run shuffle --latency` when
+    /// its tasks outnumber the CPUs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) co_schedule: Option<bool>,
     /// Exchange kind: pipelined (shared memory) or blocking (files; wordcount only).
     #[arg(long, value_enum, default_value_t = Exchange::Pipelined)]
     pub(crate) exchange: Exchange,

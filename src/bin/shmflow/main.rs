@@ -195,6 +195,13 @@ mod tests {
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::adaptive(), false));
         let c = crate::run::runtime_config(&opts(&["--pin-cpus", "--wait", "spin"])).unwrap();
         assert_eq!((c.wait_policy, c.pin_cpus), (WaitPolicy::spin(), true));
+        // Co-scheduling is off unless asked for, the latency shuffle's too.
+        let co = |args: &[&str]| crate::run::runtime_config(&opts(args)).unwrap().co_schedule;
+        assert!(!co(&[]) && co(&["--co-schedule"]) && !co(&["--co-schedule", "false"]));
+        let co = |args: &[&str]| {
+            crate::run::latency_config(&opts(&[&["--latency", "--rate", "10"], args].concat())).unwrap().co_schedule
+        };
+        assert!(!co(&[]) && co(&["--co-schedule", "true"]));
         // `run wordcount` parks when its source and reducer per subtask outnumber the CPUs.
         let wc = |p, cpus| crate::run::wordcount_wait(p, cpus).policy();
         assert_eq!((wc(2, 2), wc(4, 2), wc(2, 3)), (WaitPolicy::park(), WaitPolicy::park(), WaitPolicy::park()));

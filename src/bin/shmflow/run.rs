@@ -34,6 +34,7 @@ pub(crate) fn runtime_config(o: &JobOpts) -> AnyResult<RuntimeConfig> {
         progress: !o.quiet && !o.json,
         wait_policy: o.wait.unwrap_or(Mode::DEFAULT).policy(),
         pin_cpus: o.pin_cpus.unwrap_or(false),
+        co_schedule: o.co_schedule.unwrap_or(false),
         debloat: match o.debloat {
             None => None,
             Some(ms) if (1..=60_000).contains(&ms) => Some(shmflow::gate::DebloatConfig {
@@ -408,6 +409,7 @@ pub(crate) fn latency_config(opts: &JobOpts) -> AnyResult<RuntimeConfig> {
     cfg.wait_policy = opts.wait.unwrap_or(Mode::LATENCY).policy();
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     cfg.pin_cpus = opts.pin_cpus.unwrap_or_else(|| pin_latency_tasks(opts.parallelism, cpus));
+    cfg.co_schedule = opts.co_schedule.unwrap_or(false);
     Ok(cfg)
 }
 

@@ -308,6 +308,10 @@ impl Source<Stamped> for RateSource {
     }
 }
 
+/// Co-scheduled, how long the generator polls its slice's sinks between two yields of its
+/// core (the spinning wait's interval).
+const CO_YIELD_NS: u64 = 20_000;
+
 /// How long after the last stamp a record must be due for the generator to take it as not
 /// due yet without reading the clock (the emit between them takes ~0.15 µs).
 const STAMP_HINT_NS: u64 = 2_000;
@@ -323,6 +327,7 @@ fn wait_until_due<C: Collector<Stamped>>(due: u64, stamp: Option<u64>, out: &mut
         _ => shmflow::sync::now_nanos(),
     };
     let mut flushed = false;
+    let mut last_yield = now;
     // Ends when the clock passes `due`.
     loop {
         if now >= due {
@@ -340,7 +345,19 @@ fn wait_until_due<C: Collector<Stamped>>(due: u64, stamp: Option<u64>, out: &mut
             // rechecked in session 11 with staggered generators, 4 interleaved rounds at
             // load 14-94: p50 / p99 1.98-2.17 / 4.7-5.5 µs with it, 2.75-4.10 / 13.6-16.1
             // without).
-            shmflow::sync::yield_now();
+            // Co-scheduled (`--co-schedule`), the sink of this slice takes its turn here
+            // instead, on this thread.
+            if shmflow::runtime::take_turns().is_none() {
+                shmflow::sync::yield_now();
+            }
+        } else if shmflow::runtime::take_turns().is_some() {
+            // Co-scheduled: the sinks of this slice read in this thread's turns, so it
+            // polls them until the record is due rather than sleep (and gives the core away
+            // every ~20 µs, as a spinning wait does).
+            if now.wrapping_sub(last_yield) >= CO_YIELD_NS {
+                shmflow::sync::yield_now();
+                last_yield = shmflow::sync::now_nanos();
+            }
         } else if due - now > SPIN_BEFORE_DUE_NS {
             // Sleep through the gap rather than spin: a spinning generator took a core the
             // sinks needed (4 tasks on 2 cores: p99 1.7-2.3 ms from time slices).
