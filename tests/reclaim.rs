@@ -173,6 +173,43 @@ fn a_slot_of_a_process_that_had_our_pid_before_us_is_neither_ours_nor_alive() {
 }
 
 #[test]
+fn check_counts_a_segment_whose_holders_pid_now_runs_another_process_as_held_by_a_dead_one() {
+    use shmflow::memory::Owner;
+    let _serial = common::serial();
+    let arena = arena();
+    // A live process plays the one that got the dead holder's pid: worker slot 1 names the
+    // pid with another start time (the dead holder's), and a segment off the stack is held
+    // by that pid.
+    let other = common::KillOnDrop(Command::new("sleep").arg("30").spawn().expect("`sleep` runs"));
+    let pid = other.id();
+    let ticks = process_start_ticks(pid).expect("a running process");
+    let r = &arena.workers()[1];
+    // Relaxed (all but the state): published by the Release store of the state.
+    r.pid.store(pid, Ordering::Relaxed);
+    r.start_ticks.store(ticks.wrapping_sub(1).max(1), Ordering::Relaxed);
+    r.generation.store(1, Ordering::Relaxed);
+    r.state.store(liveness::WORKER_ALIVE, Ordering::Release);
+    let s = arena.free_stack().pop().unwrap().expect("a free segment");
+    let ctl = &arena.controls()[s as usize];
+    // Relaxed (both): single-threaded test set-up.
+    ctl.owner.store(Owner::Writer { pool: 0, worker: 1 }.pack(), Ordering::Relaxed);
+    ctl.holder_pid.store(pid, Ordering::Relaxed);
+    let c = check::check(&arena);
+    assert_eq!(c.owner_dead, 1, "the holder's pid runs, but as another process: {c:?}");
+    assert!(!liveness::holder_running(&arena, pid));
+    // With the live process's own start time the holder is alive.
+    // Relaxed: as above.
+    r.start_ticks.store(ticks, Ordering::Relaxed);
+    assert_eq!(check::check(&arena).owner_dead, 0);
+    assert!(liveness::holder_running(&arena, pid));
+    // A registered slot with generation 0 is reported.
+    // Relaxed: as above.
+    r.generation.store(0, Ordering::Relaxed);
+    assert!(check::check(&arena).problems.iter().any(|p| p.contains("generation 0")));
+    drop(other);
+}
+
+#[test]
 fn every_registration_and_every_reclamation_bumps_the_slots_generation() {
     let _serial = common::serial();
     let arena = arena();

@@ -234,6 +234,33 @@ pub fn pid_running(pid: u32) -> bool {
     pid != 0 && (pid == std::process::id() || (process_start_ticks(pid).is_some() && !process_is_zombie(pid)))
 }
 
+/// Whether process `pid`, recorded alone as the holder of something in `arena` (a
+/// segment's `holder_pid`), still runs: compared with the start time of the worker
+/// records that name it when there are any (a process that got the pid of a dead holder is
+/// not that holder), else as [`pid_running`]. Several records naming `pid` with other
+/// start times (a dead holder and the process that has its pid now): running if one runs.
+pub fn holder_running(arena: &Arena, pid: u32) -> bool {
+    let mut named = false;
+    for r in arena.workers() {
+        // Acquire: pairs with the Release stores of the state (`register`, ...): the pid and
+        // start time read below are the ones that state was written with.
+        let st = r.state.load(Ordering::Acquire);
+        // Relaxed: ordered by the Acquire above.
+        if st == WORKER_FREE || r.pid.load(Ordering::Relaxed) != pid {
+            continue;
+        }
+        // Relaxed: as above.
+        if r.start_ticks.load(Ordering::Relaxed) == 0 {
+            return pid_running(pid);
+        }
+        named = true;
+        if process_running(pid, r) {
+            return true;
+        }
+    }
+    !named && pid_running(pid)
+}
+
 /// A dead process's record, owned by the caller for reclamation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadProcess {
