@@ -175,11 +175,16 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
 }
 
 /// This process's pid and start time (clock ticks since boot; 0 when `/proc` cannot tell).
-/// Read from `/proc` each time (a forked child is another process): only the rare paths
-/// (registering, leaving, reclaiming, a liveness tick that meets our own slot) ask.
+/// Read from `/proc` once per process and kept: a gate's liveness tick meets our own slot
+/// whenever producer and consumer share a process, and a job's steady state allocates
+/// nothing. A forked child (another pid than the one kept) reads it afresh each time.
 pub fn own_identity() -> (u32, u64) {
+    static OWN: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
     let me = std::process::id();
-    (me, process_start_ticks(me).unwrap_or(0))
+    match *OWN.get_or_init(|| (me, process_start_ticks(me).unwrap_or(0))) {
+        (pid, ticks) if pid == me => (me, ticks),
+        _ => (me, process_start_ticks(me).unwrap_or(0)),
+    }
 }
 
 /// Whether record `r`, naming `pid`, is this process's (`me` started at `my_ticks`): the
