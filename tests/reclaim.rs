@@ -123,6 +123,115 @@ fn a_slot_held_by_a_live_process_is_refused_naming_it_and_a_dead_ones_only_after
     liveness::register(&arena, 1).expect("registering again in our own slot");
 }
 
+/// Makes worker slot `slot` of `arena` look held by a process that had this process's pid
+/// before it (pids are recycled): our pid, another start time, in state `state`.
+fn held_by_our_pids_predecessor(arena: &Arena, slot: u32, state: u32) {
+    let me = std::process::id();
+    let ticks = process_start_ticks(me).expect("our own start time");
+    let r = &arena.workers()[slot as usize];
+    // Relaxed (all but the state): published by the Release store of the state.
+    r.pid.store(me, Ordering::Relaxed);
+    r.start_ticks.store(ticks.wrapping_sub(1).max(1), Ordering::Relaxed);
+    r.state.store(state, Ordering::Release);
+}
+
+#[test]
+fn a_slot_of_a_process_that_had_our_pid_before_us_is_neither_ours_nor_alive() {
+    let _serial = common::serial();
+    for state in [liveness::WORKER_ALIVE, liveness::WORKER_DEAD, liveness::WORKER_EXITED] {
+        let arena = arena();
+        // Every slot but 3 is held by our pid's dead predecessor; 3 is taken by a live
+        // process, so `claim` has no free slot to fall back on.
+        for slot in 0..3 {
+            held_by_our_pids_predecessor(&arena, slot, state);
+        }
+        let holder = common::KillOnDrop(Command::new("sleep").arg("30").spawn().expect("`sleep` runs"));
+        let r3 = &arena.workers()[3];
+        // Relaxed (all but the state): published by the Release store of the state.
+        r3.pid.store(holder.id(), Ordering::Relaxed);
+        r3.start_ticks.store(process_start_ticks(holder.id()).expect("a running process"), Ordering::Relaxed);
+        r3.state.store(liveness::WORKER_ALIVE, Ordering::Release);
+
+        let e = liveness::register(&arena, 0).unwrap_err();
+        assert!(e.to_string().contains("not reclaimed"), "state {state}: a predecessor's slot is not ours: {e}");
+        assert!(
+            matches!(liveness::claim(&arena), Err(Error::OutOfSlots(_))),
+            "state {state}: claim must not take a slot of our pid's predecessor"
+        );
+        let want = if state == liveness::WORKER_EXITED {
+            liveness::Liveness::Exited
+        } else {
+            liveness::Liveness::Dead { pid: std::process::id() }
+        };
+        assert_eq!(liveness::liveness(&arena, 0), want, "state {state}");
+        liveness::mark_exited(&arena, 1);
+        // Relaxed: read back in this thread.
+        assert_eq!(arena.workers()[1].state.load(Ordering::Relaxed), state, "only its own process marks a slot");
+        assert!(!liveness::attached_pids(&arena).contains(&std::process::id()), "state {state}");
+        drop(holder);
+    }
+}
+
+#[test]
+fn check_counts_a_segment_whose_holders_pid_now_runs_another_process_as_held_by_a_dead_one() {
+    use shmflow::memory::Owner;
+    let _serial = common::serial();
+    let arena = arena();
+    // A live process plays the one that got the dead holder's pid: worker slot 1 names the
+    // pid with another start time (the dead holder's), and a segment off the stack is held
+    // by that pid.
+    let other = common::KillOnDrop(Command::new("sleep").arg("30").spawn().expect("`sleep` runs"));
+    let pid = other.id();
+    let ticks = process_start_ticks(pid).expect("a running process");
+    let r = &arena.workers()[1];
+    // Relaxed (all but the state): published by the Release store of the state.
+    r.pid.store(pid, Ordering::Relaxed);
+    r.start_ticks.store(ticks.wrapping_sub(1).max(1), Ordering::Relaxed);
+    r.generation.store(1, Ordering::Relaxed);
+    r.state.store(liveness::WORKER_ALIVE, Ordering::Release);
+    let s = arena.free_stack().pop().unwrap().expect("a free segment");
+    let ctl = &arena.controls()[s as usize];
+    // Relaxed (both): single-threaded test set-up.
+    ctl.owner.store(Owner::Writer { pool: 0, worker: 1 }.pack(), Ordering::Relaxed);
+    ctl.holder_pid.store(pid, Ordering::Relaxed);
+    let c = check::check(&arena);
+    assert_eq!(c.owner_dead, 1, "the holder's pid runs, but as another process: {c:?}");
+    assert!(!liveness::holder_running(&arena, pid));
+    // With the live process's own start time the holder is alive.
+    // Relaxed: as above.
+    r.start_ticks.store(ticks, Ordering::Relaxed);
+    assert_eq!(check::check(&arena).owner_dead, 0);
+    assert!(liveness::holder_running(&arena, pid));
+    // A registered slot with generation 0 is reported.
+    // Relaxed: as above.
+    r.generation.store(0, Ordering::Relaxed);
+    assert!(check::check(&arena).problems.iter().any(|p| p.contains("generation 0")));
+    drop(other);
+}
+
+#[test]
+fn every_registration_and_every_reclamation_bumps_the_slots_generation() {
+    let _serial = common::serial();
+    let arena = arena();
+    let g0 = liveness::generation(&arena, 0);
+    liveness::register(&arena, 0).unwrap();
+    let g1 = liveness::generation(&arena, 0);
+    assert_ne!(g1, g0);
+    assert_ne!(g1, 0, "a registered slot's generation is never 0");
+    liveness::mark_exited(&arena, 0);
+    assert_eq!(liveness::generation(&arena, 0), g1, "leaving keeps the generation: the state says it");
+    liveness::register(&arena, 0).unwrap();
+    let g2 = liveness::generation(&arena, 0);
+    assert!(g2 != g1 && g2 != 0, "registering again in our own slot is a new holder: {g1} then {g2}");
+    die_as(&arena, 0, dead_pid(), None);
+    reclaim_dead_peers(&arena).unwrap();
+    // Relaxed: read after the reclamation in this thread.
+    assert_eq!(arena.workers()[0].state.load(Ordering::Relaxed), liveness::WORKER_FREE);
+    let g3 = liveness::generation(&arena, 0);
+    assert!(g3 != g2 && g3 != 0, "freeing bumps it: {g2} then {g3}");
+    assert_eq!(liveness::generation(&arena, 99), 0, "out of range");
+}
+
 #[test]
 fn a_dead_producers_segments_blocks_entries_and_gates_come_back_online() {
     let arena = arena();

@@ -89,11 +89,15 @@ int32_t shmflow_arena_close(uint64_t arena);
 int32_t shmflow_arena_info(uint64_t arena, struct shmflow_arena_info *out);
 int32_t shmflow_segment_ptr(uint64_t arena, int32_t segment, uint8_t **out);
 
-/* Liveness: the slot of a registered TaskManager whose process is alive (else
- * SHMFLOW_ENOENT); the state of a slot: 1 alive, 0 left cleanly, -1 died, 2 free (nobody
- * registered in it, or its dead holder was reclaimed). Only 1 is alive. */
-int32_t shmflow_peer_lookup(uint64_t arena, const char *tm_id, int32_t *out_slot);
-int32_t shmflow_peer_state(uint64_t arena, int32_t slot, int32_t *out);
+/* Liveness: the peer handle of a registered TaskManager whose process is alive (else
+ * SHMFLOW_ENOENT): its worker slot in the low 32 bits, that slot's generation in the high
+ * 32, never negative. Keep the handle, not the slot: after a TaskManager leaves or dies its
+ * slot is registered again by another, with another generation. The state of a peer: 1
+ * alive, 0 left cleanly, -1 died, 2 free (nobody registered in the slot, or its dead
+ * holder was reclaimed) or another TaskManager's now. Only 1 is alive. A bare slot
+ * (generation 0) asks about the slot, whoever holds it. */
+int32_t shmflow_peer_lookup(uint64_t arena, const char *tm_id, int64_t *out_peer);
+int32_t shmflow_peer_state(uint64_t arena, int64_t peer, int32_t *out);
 
 /* Blocks (spin budget, then futex) until channels of `side` have news; writes up to max
  * channel ids; *out_n = 0 on timeout or after shmflow_wake / shmflow_arena_close. */
@@ -109,8 +113,11 @@ int32_t shmflow_set_spin(uint64_t arena, int32_t side, int64_t spin_ns);
  * out, bytes out, buffers in, bytes in. The second end to close frees what is queued.
  * Accepting a channel whose consumer already closed it returns SHMFLOW_EPEER and frees it
  * (with whatever the consumer queued in it). */
-/* connect: SHMFLOW_EPEER unless shmflow_peer_state(producer_slot) is 1 (alive). */
-int32_t shmflow_channel_connect(uint64_t arena, int32_t producer_slot, uint64_t *out_channel,
+/* connect: to the peer handle of shmflow_peer_lookup (a bare slot is SHMFLOW_EINVAL);
+ * SHMFLOW_EPEER unless shmflow_peer_state(producer_peer) is 1 (alive), before the channel
+ * is opened and right after (a producer that left meanwhile gets no channel, and the
+ * block is given back). */
+int32_t shmflow_channel_connect(uint64_t arena, int64_t producer_peer, uint64_t *out_channel,
                                 int32_t *out_id);
 int32_t shmflow_channel_accept(uint64_t arena, int32_t id, uint64_t *out_channel);
 int32_t shmflow_channel_close(uint64_t channel);

@@ -52,7 +52,7 @@ use shmflow::memory::{
 };
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
-use shmflow::sync::{spin_loop, AtomicU64, EventCount, Ordering};
+use shmflow::sync::{fence, spin_loop, AtomicBool, AtomicU64, EventCount, Ordering};
 use shmflow::{ArenaError, PushError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -350,7 +350,13 @@ pub struct ArenaCtx {
     pub arena: Arc<Arena>,
     /// Our worker slot.
     pub slot: u32,
+    /// Its generation since our registration (`liveness::generation`): with the slot,
+    /// what names this TaskManager to its peers ([`peer_handle`]).
+    pub generation: u32,
     opts: OpenOptions,
+    /// Set by `close` before it marks our slot exited: `accept` refuses from then on (under
+    /// the `accepted` lock, which `close`'s scan of unaccepted channels takes after it).
+    leaving: AtomicBool,
     entry: PathBuf,
     accepted: Mutex<HashSet<u32>>,
     pending: [Mutex<VecDeque<u32>>; 2],
@@ -393,11 +399,26 @@ fn segments_wake(arena: &Arena) -> &EventCount {
     &arena.gates()[arena.gates().len() - 1].wake
 }
 
+/// What names a TaskManager to its peers: its worker slot (low 32 bits) and that slot's
+/// generation (high 32; a generation has 31 bits, so the handle is never negative). A
+/// peer keeps the handle, never the bare slot: after the TaskManager leaves or dies, its
+/// slot may be registered again by another, whose generation differs.
+pub fn peer_handle(slot: u32, generation: u32) -> i64 {
+    (i64::from(generation & 0x7fff_ffff) << 32) | i64::from(slot)
+}
+
+/// The slot and generation of a [`peer_handle`]. `None` for a negative handle.
+pub fn split_peer(peer: i64) -> Option<(u32, u32)> {
+    (peer >= 0).then_some((peer as u32, (peer >> 32) as u32))
+}
+
 /// A registry entry: which slot of which arena a TaskManager holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Worker slot.
     pub slot: u32,
+    /// The slot's generation at registration.
+    pub generation: u32,
     /// Pid of the TaskManager's process.
     pub pid: u32,
     /// Its start time in clock ticks.
@@ -420,11 +441,12 @@ fn entry_name(tm_id: &str) -> String {
 
 fn read_entry(path: &Path) -> Option<Entry> {
     let text = std::fs::read_to_string(path).ok()?;
-    let mut e = Entry { slot: u32::MAX, pid: 0, start: 0, arena: String::new() };
+    let mut e = Entry { slot: u32::MAX, generation: 0, pid: 0, start: 0, arena: String::new() };
     for line in text.lines().take(16) {
         let (k, v) = line.split_once('=')?;
         match k {
             "slot" => e.slot = v.parse().ok()?,
+            "generation" => e.generation = v.parse().ok()?,
             "pid" => e.pid = v.parse().ok()?,
             "start" => e.start = v.parse().ok()?,
             "arena" => e.arena = v.to_string(),
@@ -566,13 +588,19 @@ impl ArenaCtx {
         // replacement TaskManager joining after a kill), exactly once whoever runs it.
         let _ = reclaim_dead_peers(&arena);
         let slot = liveness::claim(&arena).map_err(from_lib)?;
+        // Ours since the claim: only our registration (or a reclaimer of our dead process)
+        // changes it.
+        let generation = liveness::generation(&arena, slot);
         for side in [Side::Consumer, Side::Producer] {
             NotifySet::new(&arena, set_id(slot, side)).map_err(from_lib)?.reset();
         }
         let entry = opts.registry_dir.join(entry_name(&opts.tm_id));
         let pid = std::process::id();
-        let text =
-            format!("slot={slot}\npid={pid}\nstart={}\narena={}\n", process_start_ticks(pid).unwrap_or(0), opts.name);
+        let text = format!(
+            "slot={slot}\ngeneration={generation}\npid={pid}\nstart={}\narena={}\n",
+            process_start_ticks(pid).unwrap_or(0),
+            opts.name
+        );
         let tmp = opts.registry_dir.join(format!(".{}.tmp", entry_name(&opts.tm_id)));
         let written = std::fs::File::create(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()))
@@ -586,7 +614,9 @@ impl ArenaCtx {
         Ok(Arc::new(ArenaCtx {
             arena,
             slot,
+            generation,
             opts,
+            leaving: AtomicBool::new(false),
             entry,
             accepted: Mutex::new(HashSet::new()),
             pending: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
@@ -595,19 +625,28 @@ impl ArenaCtx {
         }))
     }
 
-    /// Leaves: gives back the channels consumers opened towards us that we never accepted,
-    /// removes our registry entry, marks our slot exited, and unlinks the arena file when
+    /// Leaves: marks our slot exited, gives back the channels consumers opened towards us
+    /// that we never accepted, removes our registry entry, and unlinks the arena file when
     /// no other live TaskManager is registered. Idempotent.
+    ///
+    /// The slot is marked before the scan of unaccepted channels: a consumer that opens a
+    /// channel towards us at the same time either is seen by the scan, or sees us gone
+    /// after its `open` and withdraws the channel itself (see `handshake`).
     pub fn close(&self) {
         let mut closed = self.closed.lock();
         if *closed {
             return;
         }
         *closed = true;
+        // Relaxed: read under the `accepted` lock, which the scan below takes after this.
+        self.leaving.store(true, Ordering::Relaxed);
+        liveness::mark_exited(&self.arena, self.slot);
+        // SeqCst fence: pairs with the one in `ChannelCtx::connect` between its `open` and
+        // its second look at us: of our EXITED and its OPEN, at least one is seen.
+        fence(Ordering::SeqCst);
         self.refuse_unaccepted();
         let lock = DirLock::take(&self.opts.registry_dir);
         let _ = std::fs::remove_file(&self.entry);
-        liveness::mark_exited(&self.arena, self.slot);
         if lock.is_ok() && live_entries(&self.opts.registry_dir, &self.opts.name).is_empty() {
             let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.opts.name));
         }
@@ -634,8 +673,8 @@ impl ArenaCtx {
             if accepted.contains(&id) || b.producer_worker() != Some(self.slot) || b.claimer() != me {
                 continue;
             }
-            match handshake::take(b, self.slot, me, max) {
-                handshake::Take::Open { consumer_slot } => {
+            match handshake::take(b, self.slot, self.generation, me, max) {
+                handshake::Take::Open { consumer_slot, .. } => {
                     accepted.insert(id);
                     match handshake::close(b, handshake::End::Producer) {
                         handshake::Closed::First => {
@@ -677,11 +716,12 @@ impl ArenaCtx {
         handshake::free(&self.arena.channels()[id as usize]);
     }
 
-    /// The worker slot of TaskManager `tm_id` if it is registered on this arena and alive.
+    /// The [`peer_handle`] (worker slot and its generation) of TaskManager `tm_id` if it is
+    /// registered on this arena and alive.
     ///
     /// # Errors
     /// [`code::ENOENT`] when it is not.
-    pub fn lookup(&self, tm_id: &str) -> FResult<u32> {
+    pub fn lookup(&self, tm_id: &str) -> FResult<i64> {
         if tm_id.is_empty() || tm_id.len() > 1024 || tm_id.contains('\0') {
             return Err(inval("the TaskManager id must be 1..=1024 bytes without NUL"));
         }
@@ -695,23 +735,39 @@ impl ArenaCtx {
             return Err(not("its process is gone"));
         }
         let w = &self.arena.workers()[e.slot as usize];
-        // Relaxed: the worker record's pid is published with its state; a stale value only
-        // makes us refuse (and fall back to Netty).
-        if w.pid.load(Ordering::Relaxed) != e.pid || liveness::liveness(&self.arena, e.slot) != Liveness::Alive {
+        // The slot still holds the process and the registration the entry names: the
+        // generation first (Acquire), then the pid and start time it was written with.
+        let generation = liveness::generation(&self.arena, e.slot);
+        // Relaxed (both): ordered by the Acquire above; a stale value only makes us refuse
+        // (and fall back to Netty).
+        let (pid, start) = (w.pid.load(Ordering::Relaxed), w.start_ticks.load(Ordering::Relaxed));
+        if generation != e.generation
+            || pid != e.pid
+            || (start != 0 && e.start != 0 && start != e.start)
+            || liveness::liveness(&self.arena, e.slot) != Liveness::Alive
+        {
             return Err(not("its arena slot is not alive"));
         }
-        Ok(e.slot)
+        Ok(peer_handle(e.slot, generation))
     }
 
-    /// Whether the TaskManager in `slot` is alive (1), left cleanly (0) or died (-1); 2 for
-    /// a free slot (nobody registered in it, or its dead holder was reclaimed), which is not
-    /// alive either.
+    /// Whether the TaskManager `peer` names ([`peer_handle`]) is alive (1), left cleanly
+    /// (0) or died (-1); 2 for a free slot (nobody registered in it, or its dead holder was
+    /// reclaimed) and for a slot that another TaskManager holds now (its generation is not
+    /// `peer`'s), which are not alive either. A handle of generation 0 (a bare slot) asks
+    /// about the slot whoever holds it.
     ///
     /// # Errors
-    /// [`code::EINVAL`] for a slot out of range.
-    pub fn peer_state(&self, slot: u32) -> FResult<i32> {
+    /// [`code::EINVAL`] for a negative handle or a slot out of range.
+    pub fn peer_state(&self, peer: i64) -> FResult<i32> {
+        let Some((slot, generation)) = split_peer(peer) else {
+            return Err(inval(format!("peer {peer} is negative")));
+        };
         if slot >= self.arena.config().max_workers {
             return Err(inval(format!("worker slot {slot} is outside 0..{}", self.arena.config().max_workers)));
+        }
+        if generation != 0 && liveness::generation(&self.arena, slot) != generation {
+            return Ok(2);
         }
         // Relaxed: a look at the state word; `liveness` below reads it again with Acquire. A
         // slot registered right after this look is reported free, as it was a moment ago.
@@ -824,6 +880,8 @@ pub struct ChannelCtx {
     pub side: Side,
     /// The other end's worker slot.
     pub peer: u32,
+    /// That slot's generation when the channel was opened.
+    peer_generation: u32,
     peer_set: u32,
     out: Mutex<RingProducer>,
     inn: Mutex<RingConsumer>,
@@ -868,16 +926,27 @@ impl ChannelCtx {
         }
     }
 
-    /// Consumer side: claims a free channel block towards the TaskManager in worker slot
-    /// `producer` and wakes that TaskManager's producer dispatcher.
+    /// Consumer side: claims a free channel block towards the TaskManager `peer` names (a
+    /// [`peer_handle`] from [`ArenaCtx::lookup`]) and wakes its producer dispatcher.
     ///
     /// # Errors
-    /// [`code::EINVAL`] for a slot out of range, [`code::EPEER`] for a slot whose
-    /// TaskManager is not alive (left, died, or never registered: [`ArenaCtx::peer_state`]
-    /// is not 1), [`code::ECONFIG`] when every channel block is taken.
-    pub fn connect(ctx: &Arc<ArenaCtx>, producer: u32) -> FResult<Arc<Self>> {
-        if ctx.peer_state(producer)? != 1 {
-            return Err(FfiError::new(code::EPEER, format!("the TaskManager in slot {producer} is not alive")));
+    /// [`code::EINVAL`] for a negative handle, a bare slot (generation 0) or a slot out of
+    /// range, [`code::EPEER`] for a TaskManager that is not alive (left, died, never
+    /// registered, or its slot is another's now: [`ArenaCtx::peer_state`] is not 1, before
+    /// or right after the channel is opened), [`code::ECONFIG`] when every channel block
+    /// is taken.
+    pub fn connect(ctx: &Arc<ArenaCtx>, peer: i64) -> FResult<Arc<Self>> {
+        let gone = |producer: u32| {
+            FfiError::new(code::EPEER, format!("the TaskManager in slot {producer} (peer {peer}) is not alive"))
+        };
+        let Some((producer, producer_generation)) = split_peer(peer) else {
+            return Err(inval(format!("peer {peer} is negative")));
+        };
+        if producer_generation == 0 {
+            return Err(inval(format!("peer {peer} is not a handle from a look-up (no generation)")));
+        }
+        if ctx.peer_state(peer)? != 1 {
+            return Err(gone(producer));
         }
         let arena = &ctx.arena;
         let usable = wake_member(arena) as usize;
@@ -897,6 +966,8 @@ impl ChannelCtx {
                 consumer_pid: me,
                 producer_slot: producer,
                 consumer_slot: ctx.slot,
+                producer_generation,
+                consumer_generation: ctx.generation,
                 consumer_set: set_id(ctx.slot, Side::Consumer),
                 producer_set: set_id(producer, Side::Producer),
                 member: id,
@@ -907,12 +978,22 @@ impl ChannelCtx {
                 id,
                 side: Side::Consumer,
                 peer: producer,
+                peer_generation: producer_generation,
                 peer_set: set_id(producer, Side::Producer),
                 out: Mutex::new(RingProducer::attach(&ring_of(arena, id, RingKind::Credit))),
                 inn: Mutex::new(RingConsumer::attach(&ring_of(arena, id, RingKind::Data))),
                 held: Mutex::new(HashSet::new()),
                 closed: Mutex::new(false),
             });
+            // SeqCst fence: pairs with the one in `ArenaCtx::close` between its EXITED and
+            // its scan of unaccepted channels: if that scan missed our OPEN, we see it gone.
+            // A producer that died (or left, and its slot was taken again) since our first
+            // look is seen here too: its reclaimer may have scanned before our OPEN.
+            fence(Ordering::SeqCst);
+            if ctx.peer_state(peer) != Ok(1) {
+                ch.withdraw();
+                return Err(gone(producer));
+            }
             ch.notify_peer()?;
             return Ok(ch);
         }
@@ -938,26 +1019,32 @@ impl ChannelCtx {
         if accepted.contains(&id) {
             return Err(inval(format!("channel {id} is already accepted")));
         }
+        // Relaxed: `close` sets it before it takes this lock for its scan; under the lock
+        // we see it if the scan came first.
+        if ctx.leaving.load(Ordering::Relaxed) {
+            return Err(FfiError::new(code::EPEER, format!("channel {id}: this TaskManager is closing its arena")));
+        }
         let max = arena.config().max_workers;
-        let consumer = match handshake::take(b, ctx.slot, std::process::id(), max) {
-            handshake::Take::Open { consumer_slot } => consumer_slot,
-            handshake::Take::Abandoned => {
-                // Its consumer left before we took it (a task cancelled right after its
-                // partition request): the request it queued is ours to release, and the
-                // block goes back (it would stay CONSUMER_GONE for good otherwise).
-                drain_segments(ctx, id, RingKind::Credit, None);
-                drain_segments(ctx, id, RingKind::Data, None);
-                handshake::free(b);
-                return Err(FfiError::new(
-                    code::EPEER,
-                    format!("channel {id}: its consumer closed it before it was accepted"),
-                ));
-            }
-            handshake::Take::NotOurs => {
-                return Err(inval(format!("channel {id} is not addressed to this TaskManager")));
-            }
-            handshake::Take::NotOpen(_) => return Err(inval(format!("channel {id} is not open"))),
-        };
+        let (consumer, consumer_generation) =
+            match handshake::take(b, ctx.slot, ctx.generation, std::process::id(), max) {
+                handshake::Take::Open { consumer_slot, consumer_generation } => (consumer_slot, consumer_generation),
+                handshake::Take::Abandoned => {
+                    // Its consumer left before we took it (a task cancelled right after its
+                    // partition request): the request it queued is ours to release, and the
+                    // block goes back (it would stay CONSUMER_GONE for good otherwise).
+                    drain_segments(ctx, id, RingKind::Credit, None);
+                    drain_segments(ctx, id, RingKind::Data, None);
+                    handshake::free(b);
+                    return Err(FfiError::new(
+                        code::EPEER,
+                        format!("channel {id}: its consumer closed it before it was accepted"),
+                    ));
+                }
+                handshake::Take::NotOurs => {
+                    return Err(inval(format!("channel {id} is not addressed to this TaskManager")));
+                }
+                handshake::Take::NotOpen(_) => return Err(inval(format!("channel {id} is not open"))),
+            };
         accepted.insert(id);
         drop(accepted);
         Ok(Arc::new(ChannelCtx {
@@ -965,6 +1052,7 @@ impl ChannelCtx {
             id,
             side: Side::Producer,
             peer: consumer,
+            peer_generation: consumer_generation,
             peer_set: set_id(consumer, Side::Consumer),
             out: Mutex::new(RingProducer::attach(&ring_of(arena, id, RingKind::Data))),
             inn: Mutex::new(RingConsumer::attach(&ring_of(arena, id, RingKind::Credit))),
@@ -1237,6 +1325,11 @@ impl ChannelCtx {
         if st == died_mark || st == CHANNEL_ORPHANED {
             return 2;
         }
+        if liveness::generation(&self.ctx.arena, self.peer) != self.peer_generation {
+            // The slot was registered again (or freed): the process we talked to left it.
+            // A death would have marked the channel (the reclaimer fails it first).
+            return 1;
+        }
         match liveness::liveness(&self.ctx.arena, self.peer) {
             Liveness::Alive => 0,
             Liveness::Exited => 1,
@@ -1324,6 +1417,24 @@ impl ChannelCtx {
         }
     }
 
+    /// Consumer side, in `connect`: the producer left (or died) between our look at it and
+    /// our `open`, and may never look at the block again: takes the channel back
+    /// (`handshake::withdraw`), and frees the block when that makes it ours.
+    fn withdraw(&self) {
+        *self.closed.lock() = true;
+        let b = self.block();
+        match handshake::withdraw(b, std::process::id()) {
+            handshake::Withdrawn::Free => {
+                let mut inn = self.inn.lock();
+                drain_segments(&self.ctx, self.id, self.in_kind(), Some(&mut inn));
+                drain_segments(&self.ctx, self.id, self.out_kind(), None);
+                handshake::free(b);
+            }
+            handshake::Withdrawn::ProducerFrees => {}
+            handshake::Withdrawn::Other(st) => self.close_dead_peer(st),
+        }
+    }
+
     /// The rest of `close` when the block was not open: the reclaimer marked it because
     /// the other end's process died.
     fn close_dead_peer(&self, st: u32) {
@@ -1333,7 +1444,11 @@ impl ChannelCtx {
             CHANNEL_CONSUMER_DIED if self.side == Side::Producer => {
                 // The reclaimer failed the channel of our dead consumer and freed what it
                 // held; what we published there is ours to take back: the dead reader
-                // cannot release it.
+                // cannot release it. What it queued to us (its live reader) and we never
+                // polled the reclaimer orphaned: our release of it frees it.
+                let mut inn = self.inn.lock();
+                drain_segments(&self.ctx, self.id, self.in_kind(), Some(&mut inn));
+                drop(inn);
                 let me = std::process::id();
                 for (i, ctl) in arena.controls().iter().enumerate() {
                     // Relaxed (both): re-checked by the owner CAS in free_own_segment_if.
@@ -1504,6 +1619,161 @@ mod tests {
             Ok(())
         };
         run().unwrap();
+    }
+
+    /// The pid of a process that ran and was reaped.
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().expect("`true` runs");
+        let pid = c.id();
+        c.wait().expect("reaped");
+        pid
+    }
+
+    /// Channel blocks of `arena` that are neither free nor closed (in use, or lost).
+    fn blocks_in_use(arena: &Arena) -> usize {
+        arena
+            .channels()
+            .iter()
+            .filter(|b| ![shmflow::memory::CHANNEL_FREE, CHANNEL_CLOSED].contains(&b.state()))
+            .count()
+    }
+
+    #[test]
+    fn a_peer_handle_of_a_taskmanager_whose_slot_was_registered_again_reaches_nobody() {
+        let scratch = Scratch::new("slot-reuse");
+        let run = || -> FResult<()> {
+            let b = scratch.open("tm-consumer")?;
+            let x = scratch.open("tm-x")?;
+            let old = b.lookup("tm-x")?;
+            assert_eq!(split_peer(old), Some((x.slot, x.generation)));
+            assert_eq!(b.peer_state(old)?, 1);
+            // tm-x's process dies (its record names a dead pid) and is reclaimed: its slot
+            // is free, and the next TaskManager to register takes it.
+            let w = &b.arena.workers()[x.slot as usize];
+            // Relaxed (both): single-threaded set-up, published by the reclaimer's CAS.
+            w.pid.store(dead_pid(), Ordering::Relaxed);
+            w.start_ticks.store(0, Ordering::Relaxed);
+            assert_eq!(reclaim(&b)?.reclaimed.len(), 1);
+            let y = scratch.open("tm-y")?;
+            assert_eq!(y.slot, x.slot, "the freed slot is taken again");
+            assert_ne!(y.generation, x.generation);
+            // The old handle names tm-x, which is gone: not the TaskManager in its slot now.
+            assert_eq!(b.peer_state(old)?, 2, "a handle of the previous holder");
+            let e = ChannelCtx::connect(&b, old).expect_err("a channel to the slot's next holder");
+            assert_eq!(e.code, code::EPEER, "{e:?}");
+            assert_eq!(b.lookup("tm-x").map_err(|e| e.code), Err(code::ENOENT), "tm-x's entry is stale");
+            assert_eq!(blocks_in_use(&b.arena), 0, "the refused connect holds no block");
+            // tm-y through its own handle works, and a block addressed to tm-x's generation
+            // (opened by a consumer that looked tm-x up just before the reuse) is not
+            // taken by tm-y.
+            let new = b.lookup("tm-y")?;
+            assert_ne!(new, old);
+            let cons = ChannelCtx::connect(&b, new)?;
+            let prod = ChannelCtx::accept(&y, cons.id)?;
+            prod.close();
+            cons.close();
+            let blk = &b.arena.channels()[0];
+            assert!(handshake::claim(blk, std::process::id()));
+            let route = handshake::Route {
+                producer_pid: std::process::id(),
+                consumer_pid: std::process::id(),
+                producer_slot: x.slot,
+                consumer_slot: b.slot,
+                producer_generation: x.generation,
+                consumer_generation: b.generation,
+                consumer_set: set_id(b.slot, Side::Consumer),
+                producer_set: set_id(x.slot, Side::Producer),
+                member: 0,
+            };
+            handshake::open(blk, &route);
+            let e = ChannelCtx::accept(&y, 0).expect_err("tm-y took a channel meant for tm-x");
+            assert_eq!(e.code, code::EINVAL, "{e:?}");
+            assert!(e.msg.contains("not addressed"), "{e:?}");
+            y.close();
+            b.close();
+            Ok(())
+        };
+        run().unwrap();
+    }
+
+    #[test]
+    fn a_producer_closing_a_channel_whose_consumer_died_frees_what_that_consumer_queued() {
+        let scratch = Scratch::new("dead-consumer-accepted");
+        let run = || -> FResult<()> {
+            let a = scratch.open("tm-producer")?;
+            let b = scratch.open("tm-consumer")?;
+            let cons = ChannelCtx::connect(&b, b.lookup("tm-producer")?)?;
+            let prod = ChannelCtx::accept(&a, cons.id)?;
+            // A request with a payload (as the partition request is), never polled.
+            let seg = cons.acquire(Duration::from_secs(1))?;
+            cons.send(&Msg { kind: 7, segment: seg as i32, size: 1, ..Msg::default() }, Duration::ZERO)?;
+            let block = &a.arena.channels()[cons.id as usize];
+            let ctl = &a.arena.controls()[seg as usize];
+            // The consumer is another process (both ends run here): the segment it sent
+            // names it as holder.
+            // Relaxed: single-threaded set-up.
+            ctl.holder_pid.store(dead_pid(), Ordering::Relaxed);
+            // What the reclaimer does when the consumer's process dies.
+            block.try_transition(shmflow::memory::CHANNEL_OPEN, CHANNEL_CONSUMER_DIED).expect("the channel was open");
+            assert_eq!(prod.peer_status(), 2);
+            prod.close();
+            assert_eq!(block.state(), CHANNEL_CLOSED, "the block was not handed back");
+            // Relaxed: single-threaded test.
+            assert_eq!(ctl.owner.load(Ordering::Relaxed), Owner::Free.pack(), "the queued segment was not freed");
+            b.close();
+            a.close();
+            Ok(())
+        };
+        run().unwrap();
+    }
+
+    #[test]
+    fn channels_opened_while_their_producer_opens_and_closes_again_and_again_are_all_freed() {
+        let scratch = Scratch::new("close-race");
+        let b = scratch.open("tm-consumer").unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (mut connected, mut refused) = (0u32, 0u32);
+        std::thread::scope(|sc| {
+            let producer = sc.spawn(|| {
+                // Bounded: 300 registrations; each accepts what its dispatcher saw, briefly.
+                for _ in 0..300 {
+                    let p = scratch.open("tm-p").unwrap();
+                    let mut ids = [0i32; 8];
+                    if let Ok(n) = p.wait(Side::Producer, &mut ids, Duration::ZERO) {
+                        for &id in &ids[..n] {
+                            if let Ok(ch) = ChannelCtx::accept(&p, id as u32) {
+                                ch.close();
+                            }
+                        }
+                    }
+                    p.close();
+                }
+                // Relaxed: a stop flag; the join orders the rest.
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            // Bounded by the producer's 300 rounds (and a count, should it hang).
+            for _ in 0..1_000_000 {
+                // Relaxed: see above.
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(peer) = b.lookup("tm-p") else { continue };
+                match ChannelCtx::connect(&b, peer) {
+                    Ok(ch) => {
+                        connected += 1;
+                        ch.close();
+                    }
+                    Err(e) => {
+                        assert_eq!(e.code, code::EPEER, "{e:?}");
+                        refused += 1;
+                    }
+                }
+            }
+            producer.join().unwrap();
+        });
+        assert_eq!(blocks_in_use(&b.arena), 0, "{connected} connected, {refused} refused: a channel block leaked");
+        assert_eq!(b.segment_counts().0, b.segment_counts().1, "a segment leaked");
+        b.close();
     }
 
     #[test]

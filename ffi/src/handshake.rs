@@ -20,6 +20,20 @@
 //! A block held as `PROBING_BY | pid` names its holder, so the online reclaimer
 //! (`shmflow::partition::reclaim`) frees it when that process dies and never mistakes it
 //! for a block of the previous user, whose `claim_pid` may still be in it.
+//!
+//! The route names both worker slots with their generations: a producer takes only a
+//! block addressed to its slot *and* generation, so a TaskManager that registered later
+//! in the slot of the one the consumer looked up (which left, or died and was reclaimed)
+//! never serves a channel meant for its predecessor.
+//!
+//! The producer may leave (or die) between the consumer's look at it and `open`; its last
+//! scan of blocks towards it (`refuse_unaccepted` at close, or the reclaimer's) can miss
+//! the block. So the consumer looks at the producer again after `open` (a SeqCst fence on
+//! each side: the producer marks its slot EXITED before it scans, the consumer publishes
+//! OPEN before it looks) and, if it is gone, [`withdraw`]s the channel: at least one of the
+//! two sees the other. The block's `taken` word then says who frees it: the producer
+//! swaps 1 in when it takes the open block, the consumer 2 when it withdraws; whoever
+//! swaps second learns the other's.
 
 use shmflow::memory::{
     ChannelBlock, CHANNEL_CLOSED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_PROBING_BY,
@@ -46,6 +60,10 @@ pub struct Route {
     pub producer_slot: u32,
     /// The consumer's worker slot.
     pub consumer_slot: u32,
+    /// The generation of the producer's slot, from the consumer's look-up of it.
+    pub producer_generation: u32,
+    /// The generation of the consumer's own slot.
+    pub consumer_generation: u32,
     /// The notify set the producer marks (the consumer's), and the member it marks.
     pub consumer_set: u32,
     /// The notify set the consumer marks (the producer's).
@@ -74,6 +92,7 @@ pub fn open(b: &ChannelBlock, route: &Route) {
     b.record_consumer(route.consumer_pid);
     b.set_producer_worker(route.producer_slot);
     b.set_consumer_worker(route.consumer_slot);
+    b.set_generations(route.producer_generation, route.consumer_generation);
     b.route_consumer_wakeups(route.consumer_set, route.member);
     b.route_producer_wakeups(route.producer_set, route.member);
     // Release: pairs with the Acquire load in `take`: the producer sees the route and the
@@ -88,33 +107,40 @@ pub enum Take {
     Open {
         /// The consumer's worker slot.
         consumer_slot: u32,
+        /// That slot's generation when the consumer opened the channel.
+        consumer_generation: u32,
     },
     /// Its consumer opened it towards us and closed it before we took it: we hold it now
     /// (as `PROBING_BY | pid`), must release whatever is queued in it, then [`free`] it.
     Abandoned,
-    /// Open, but towards another worker slot, or a consumer slot out of range.
+    /// Open, but towards another worker slot (or another generation of ours: a previous
+    /// holder's), or a consumer slot out of range.
     NotOurs,
     /// Not open (the state found): a stale notification, or not published yet.
     NotOpen(u32),
 }
 
-/// Producer in worker slot `slot` (process `pid`): takes block `b`, which a consumer
-/// opened towards us. `max_slots` bounds the consumer slot read from the block.
-pub fn take(b: &ChannelBlock, slot: u32, pid: u32, max_slots: u32) -> Take {
+/// Producer in worker slot `slot` of generation `generation` (process `pid`): takes
+/// block `b`, which a consumer opened towards us. `max_slots` bounds the consumer slot
+/// read from the block.
+pub fn take(b: &ChannelBlock, slot: u32, generation: u32, pid: u32, max_slots: u32) -> Take {
     // Acquire: pairs with the Release store of OPEN in `open`, and with the consumer's
     // AcqRel CAS to CONSUMER_GONE in `close` (its last ring writes come before our drain).
     let st = b.state();
     // Ordered by the Acquire above.
-    let ours = b.producer_worker() == Some(slot);
+    let ours = b.producer_worker() == Some(slot) && b.generations().0 == generation;
     match st {
         CHANNEL_OPEN if ours => {
             // Ordered by the Acquire above.
             let consumer = b.consumer_worker().unwrap_or(u32::MAX);
-            if consumer < max_slots {
-                Take::Open { consumer_slot: consumer }
-            } else {
-                Take::NotOurs
+            if consumer >= max_slots {
+                return Take::NotOurs;
             }
+            if !b.mark_taken() {
+                // Its consumer withdrew it (it saw us leave) and frees it.
+                return Take::NotOpen(CHANNEL_CONSUMER_GONE);
+            }
+            Take::Open { consumer_slot: consumer, consumer_generation: b.generations().1 }
         }
         CHANNEL_OPEN => Take::NotOurs,
         // Relaxed: ordered by the Acquire above; the CAS decides.
@@ -157,6 +183,43 @@ pub fn close(b: &ChannelBlock, end: End) -> Closed {
         Ok(_) => Closed::First,
         Err(s) if s == theirs => Closed::Last,
         Err(s) => Closed::Other(s),
+    }
+}
+
+/// What [`withdraw`] left to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// The block is the consumer's again: it releases what is queued, then [`free`]s it.
+    Free,
+    /// The producer had taken the channel: its close frees the block.
+    ProducerFrees,
+    /// The block was in another state (the reclaimer marked it: the producer died); the
+    /// caller handles it as its close would.
+    Other(u32),
+}
+
+/// Consumer (process `pid`): takes back the channel it opened in block `b` and has not
+/// told its producer of yet, because the producer left meanwhile. Its producer may have
+/// taken it already (its `take`, or its close-time scan that fails it), may take it as
+/// abandoned, or never look again: exactly one of the two frees it.
+pub fn withdraw(b: &ChannelBlock, pid: u32) -> Withdrawn {
+    match close(b, End::Consumer) {
+        Closed::First => {
+            if !b.mark_withdrawn() {
+                return Withdrawn::ProducerFrees;
+            }
+            // Not taken, and never will be as open (`mark_taken` sees our 2); the producer
+            // may still take it as abandoned (its close-time scan): this CAS or its CAS.
+            // AcqRel: pairs with the producer's CAS in `take` (Abandoned) and the
+            // reclaimer's from CONSUMER_GONE; Release publishes our hold.
+            match b.try_transition(CHANNEL_CONSUMER_GONE, CHANNEL_PROBING_BY | pid) {
+                Ok(()) => Withdrawn::Free,
+                Err(_) => Withdrawn::ProducerFrees,
+            }
+        }
+        // The producer failed it (its close-time scan took it first): ours to free.
+        Closed::Last => Withdrawn::Free,
+        Closed::Other(s) => Withdrawn::Other(s),
     }
 }
 

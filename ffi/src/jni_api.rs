@@ -48,6 +48,20 @@ fn ms(t: jint) -> FResult<Duration> {
 }
 
 /// Runs `f`, returning its non-negative value or the error code.
+/// As [`value`], for a `jlong` result (a peer handle, never negative).
+fn long_value(f: impl FnOnce() -> FResult<i64>) -> jlong {
+    let out = Cell::new(0);
+    let rc = entry(|| {
+        out.set(f()?);
+        Ok(())
+    });
+    if rc < 0 {
+        i64::from(rc)
+    } else {
+        out.get()
+    }
+}
+
 fn value(f: impl FnOnce() -> FResult<i32>) -> jint {
     let out = Cell::new(0);
     let rc = entry(|| {
@@ -162,35 +176,33 @@ pub extern "system" fn Java_org_shmflow_flink_Native_data<'l>(
     out
 }
 
-/// `Native.lookup(arena, tmId)`: the worker slot, or a negative code.
+/// `Native.lookup(arena, tmId)`: the peer handle (worker slot and its generation, see
+/// `core::peer_handle`), or a negative code.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_lookup<'l>(
     mut env: JNIEnv<'l>,
     _c: JClass<'l>,
     arena: jlong,
     tm_id: JString<'l>,
-) -> jint {
-    value(|| {
+) -> jlong {
+    long_value(|| {
         let a = arena_of(arena as u64)?;
-        Ok(a.lookup(&jstr(&mut env, &tm_id, "tmId")?)? as i32)
+        a.lookup(&jstr(&mut env, &tm_id, "tmId")?)
     })
 }
 
-/// `Native.peerState(arena, slot)`: 2 alive, 1 left, 0 died, 3 free (the C values + 1), or a
-/// negative code.
+/// `Native.peerState(arena, peer)`: 2 alive, 1 left, 0 died, 3 free or another
+/// TaskManager's now (the C values + 1), or a negative code.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_peerState<'l>(
     _env: JNIEnv<'l>,
     _c: JClass<'l>,
     arena: jlong,
-    slot: jint,
+    peer: jlong,
 ) -> jint {
     value(|| {
         let a = arena_of(arena as u64)?;
-        if slot < 0 {
-            return Err(FfiError::new(code::EINVAL, format!("worker slot {slot} is negative")));
-        }
-        Ok(a.peer_state(slot as u32)? + 1)
+        Ok(a.peer_state(peer)? + 1)
     })
 }
 
@@ -248,21 +260,18 @@ pub extern "system" fn Java_org_shmflow_flink_Native_wake<'l>(
     crate::shmflow_wake(arena as u64, side_)
 }
 
-/// `Native.connect(arena, producerSlot, long[2] out)`: channel handle and id.
+/// `Native.connect(arena, producerPeer, long[2] out)`: channel handle and id.
 #[no_mangle]
 pub extern "system" fn Java_org_shmflow_flink_Native_connect<'l>(
     mut env: JNIEnv<'l>,
     _c: JClass<'l>,
     arena: jlong,
-    producer_slot: jint,
+    producer_peer: jlong,
     out: JLongArray<'l>,
 ) -> jint {
     entry(|| {
         let a = arena_of(arena as u64)?;
-        if producer_slot < 0 {
-            return Err(FfiError::new(code::EINVAL, format!("worker slot {producer_slot} is negative")));
-        }
-        let c = ChannelCtx::connect(&a, producer_slot as u32)?;
+        let c = ChannelCtx::connect(&a, producer_peer)?;
         let id = c.id;
         let h = insert(Object::Channel(c.clone()));
         if let Err(e) = put_longs(&mut env, &out, &[h as i64, i64::from(id)]) {

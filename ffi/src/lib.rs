@@ -290,35 +290,37 @@ pub unsafe extern "C" fn shmflow_arena_info(arena: u64, out: *mut ArenaInfo) -> 
     })
 }
 
-/// The worker slot of TaskManager `tm_id`, if it is registered on this host's arena and
-/// its process is alive; [`code::ENOENT`] otherwise.
+/// The peer handle of TaskManager `tm_id` (its worker slot in the low 32 bits, that
+/// slot's generation in the high 32; never negative), if it is registered on this host's
+/// arena and its process is alive; [`code::ENOENT`] otherwise. Keep the handle, not the
+/// slot: a slot is registered again by another TaskManager after its holder leaves or
+/// dies, and only the generation tells them apart.
 ///
 /// # Safety
-/// `tm_id` NUL-terminated; `out_slot` writable.
+/// `tm_id` NUL-terminated; `out_peer` writable.
 #[no_mangle]
-pub unsafe extern "C" fn shmflow_peer_lookup(arena: u64, tm_id: *const c_char, out_slot: *mut i32) -> i32 {
+pub unsafe extern "C" fn shmflow_peer_lookup(arena: u64, tm_id: *const c_char, out_peer: *mut i64) -> i32 {
     entry(|| {
-        let out = out_ptr(out_slot, "out_slot")?;
+        let out = out_ptr(out_peer, "out_peer")?;
         let a = arena_of(arena)?;
-        *out = a.lookup(c_str(tm_id, "tm_id")?)? as i32;
+        *out = a.lookup(c_str(tm_id, "tm_id")?)?;
         Ok(())
     })
 }
 
-/// Liveness of the TaskManager in worker slot `slot`: 1 alive, 0 left cleanly, -1 died,
-/// 2 free (nobody registered in it, or its dead holder was reclaimed). Only 1 is alive.
+/// Liveness of the TaskManager `peer` names (a handle from [`shmflow_peer_lookup`]): 1
+/// alive, 0 left cleanly, -1 died, 2 free (nobody registered in it, or its dead holder
+/// was reclaimed) or held by another TaskManager now. Only 1 is alive. A bare slot
+/// (generation 0) asks about the slot, whoever holds it.
 ///
 /// # Safety
 /// `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn shmflow_peer_state(arena: u64, slot: i32, out: *mut i32) -> i32 {
+pub unsafe extern "C" fn shmflow_peer_state(arena: u64, peer: i64, out: *mut i32) -> i32 {
     entry(|| {
         let out = out_ptr(out, "out")?;
         let a = arena_of(arena)?;
-        if slot < 0 {
-            return Err(FfiError::new(code::EINVAL, format!("worker slot {slot} is negative")));
-        }
-        *out = a.peer_state(slot as u32)?;
+        *out = a.peer_state(peer)?;
         Ok(())
     })
 }
@@ -376,14 +378,15 @@ pub extern "C" fn shmflow_wake(arena: u64, side_: i32) -> i32 {
     })
 }
 
-/// Consumer side: opens a channel to the TaskManager in worker slot `producer_slot`.
+/// Consumer side: opens a channel to the TaskManager `producer_peer` names (a handle from
+/// [`shmflow_peer_lookup`]; a bare slot is refused).
 ///
 /// # Safety
 /// `out_channel` and `out_id` writable.
 #[no_mangle]
 pub unsafe extern "C" fn shmflow_channel_connect(
     arena: u64,
-    producer_slot: i32,
+    producer_peer: i64,
     out_channel: *mut u64,
     out_id: *mut i32,
 ) -> i32 {
@@ -391,10 +394,7 @@ pub unsafe extern "C" fn shmflow_channel_connect(
         let out_channel = out_ptr(out_channel, "out_channel")?;
         let out_id = out_ptr(out_id, "out_id")?;
         let a = arena_of(arena)?;
-        if producer_slot < 0 {
-            return Err(FfiError::new(code::EINVAL, format!("worker slot {producer_slot} is negative")));
-        }
-        let c = ChannelCtx::connect(&a, producer_slot as u32)?;
+        let c = ChannelCtx::connect(&a, producer_peer)?;
         *out_id = c.id as i32;
         *out_channel = insert(Object::Channel(c));
         Ok(())

@@ -66,6 +66,7 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
     let a = s.open("tm-a").expect("open");
     let mut u = 0u64;
     let mut i = 0i32;
+    let mut peer = 0i64;
     let mut info = ArenaInfo::default();
     let mut p: *mut u8 = null_mut();
     let m = Msg { kind: 5, segment: -1, ..Msg::default() };
@@ -82,8 +83,8 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         assert_inval(shmflow_arena_open(tm.as_ptr(), tm.as_ptr(), null(), 1 << 20, 4096, 0, &mut u), "tm_id");
         assert_inval(shmflow_arena_open(tm.as_ptr(), tm.as_ptr(), tm.as_ptr(), 1 << 20, 4096, 0, null_mut()), "out");
         assert_inval(shmflow_arena_info(a, null_mut()), "out");
-        assert_inval(shmflow_peer_lookup(a, null(), &mut i), "tm_id");
-        assert_inval(shmflow_peer_lookup(a, tm.as_ptr(), null_mut()), "out_slot");
+        assert_inval(shmflow_peer_lookup(a, null(), &mut peer), "tm_id");
+        assert_inval(shmflow_peer_lookup(a, tm.as_ptr(), null_mut()), "out_peer");
         assert_inval(shmflow_peer_state(a, 0, null_mut()), "out");
         assert_inval(shmflow_wait(a, 0, null_mut(), 4, 0, &mut i), "ids");
         assert_inval(shmflow_wait(a, 0, ids.as_mut_ptr(), 4, 0, null_mut()), "out_n");
@@ -94,7 +95,7 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         // Bogus handles, and an arena handle where a channel is wanted (and back).
         assert_inval(shmflow_arena_close(BOGUS), "not a live handle");
         assert_inval(shmflow_arena_info(BOGUS, &mut info), "not a live handle");
-        assert_inval(shmflow_peer_lookup(BOGUS, tm.as_ptr(), &mut i), "not a live handle");
+        assert_inval(shmflow_peer_lookup(BOGUS, tm.as_ptr(), &mut peer), "not a live handle");
         assert_inval(shmflow_peer_state(BOGUS, 0, &mut i), "not a live handle");
         assert_inval(shmflow_wait(BOGUS, 0, ids.as_mut_ptr(), 4, 0, &mut i), "not a live handle");
         assert_inval(shmflow_wake(BOGUS, 0), "not a live handle");
@@ -131,6 +132,8 @@ fn every_function_refuses_bad_handles_and_null_pointers() {
         assert_inval(shmflow_set_spin(a, 1, 1_000_000_001), "outside");
         assert_eq!(shmflow_set_spin(a, 0, 250_000), 0, "{}", err_text());
         assert_inval(shmflow_channel_connect(a, -1, &mut u, &mut i), "negative");
+        assert_inval(shmflow_channel_connect(a, 0, &mut u, &mut i), "not a handle from a look-up");
+        assert_inval(shmflow_peer_state(a, (1 << 32) | (1 << 20), &mut i), "outside");
         assert_inval(shmflow_channel_accept(a, -1, &mut u), "negative");
         assert_inval(shmflow_channel_accept(a, 1 << 30, &mut u), "outside");
         assert_inval(shmflow_channel_accept(a, 3, &mut u), "not open");
@@ -208,7 +211,11 @@ fn a_slot_nobody_registered_is_free_not_alive_and_connect_to_it_fails() {
     unsafe {
         assert_eq!(shmflow_peer_state(a, 40, &mut state), 0, "{}", err_text());
         assert_eq!(state, 2, "a never registered slot is free");
-        let rc = shmflow_channel_connect(a, 40, &mut ch, &mut id);
+        // A handle of slot 40 with a generation nobody registered under.
+        let peer = (7 << 32) | 40;
+        assert_eq!(shmflow_peer_state(a, peer, &mut state), 0, "{}", err_text());
+        assert_eq!(state, 2, "a never registered slot is free");
+        let rc = shmflow_channel_connect(a, peer, &mut ch, &mut id);
         assert_eq!(rc, code::EPEER, "connect to a free slot: {}", err_text());
         assert!(err_text().contains("not alive"), "{}", err_text());
     }
@@ -243,7 +250,7 @@ fn a_channel_its_producer_never_accepted_is_freed_when_both_have_left() {
     for round in 0..2 {
         let tm = format!("tm-b{round}");
         let b = s.open(&tm).expect("open b");
-        let (tm_c, mut slot, mut ch, mut id) = (CString::new(tm).unwrap(), -1, 0u64, -1);
+        let (tm_c, mut slot, mut ch, mut id) = (CString::new(tm).unwrap(), -1i64, 0u64, -1);
         // SAFETY: valid pointers throughout.
         unsafe {
             assert_eq!(shmflow_peer_lookup(a, tm_c.as_ptr(), &mut slot), 0, "{}", err_text());
@@ -265,7 +272,7 @@ fn a_channel_its_producer_never_accepted_is_freed_when_both_have_left() {
 fn connect_pair(s: &Scratch) -> (u64, u64, u64, u64) {
     let a = s.open("tm-producer").expect("open a");
     let b = s.open("tm-consumer").expect("open b");
-    let mut slot = -1;
+    let mut slot = -1i64;
     let tm = CString::new("tm-producer").unwrap();
     // SAFETY: valid pointers throughout.
     unsafe {
@@ -562,7 +569,7 @@ fn a_channel_its_consumer_closed_before_the_accept_comes_back_with_its_request()
     unsafe {
         assert_eq!(shmflow_arena_info(a, &mut info), 0);
         let total = info.free_segments;
-        let mut slot = -1;
+        let mut slot = -1i64;
         assert_eq!(shmflow_peer_lookup(b, tm.as_ptr(), &mut slot), 0, "{}", err_text());
         let (mut cons, mut id) = (0u64, -1);
         assert_eq!(shmflow_channel_connect(b, slot, &mut cons, &mut id), 0, "{}", err_text());
@@ -679,7 +686,7 @@ fn a_killed_producer_fails_its_channels_and_reclaim_frees_its_segments() {
             .expect("spawn the child"),
     );
     let tm = CString::new("tm-doomed").unwrap();
-    let mut slot = -1;
+    let mut slot = -1i64;
     let mut info = ArenaInfo::default();
     // SAFETY: valid pointers.
     unsafe {

@@ -254,9 +254,10 @@ int main(int argc, char **argv) {
     int32_t total = info.segment_count;
 
     /* The consumer connects to the producer's slot; the producer's dispatcher sees it. */
-    int32_t slot = -1, id = -1, n = 0, ids[8];
-    CHECK(shmflow_peer_lookup(b, "tm-producer", &slot) == 0 && slot >= 0);
-    CHECK(shmflow_channel_connect(b, slot, &cons, &id) == 0);
+    int64_t peer = -1;
+    int32_t id = -1, n = 0, ids[8];
+    CHECK(shmflow_peer_lookup(b, "tm-producer", &peer) == 0 && peer >= 0);
+    CHECK(shmflow_channel_connect(b, peer, &cons, &id) == 0);
     CHECK(shmflow_wait(a, SHMFLOW_SIDE_PRODUCER, ids, 8, 1000, &n) == 0);
     CHECK(n == 1 && ids[0] == id);
     CHECK(shmflow_channel_accept(a, id, &prod) == 0);

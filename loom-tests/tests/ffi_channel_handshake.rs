@@ -14,11 +14,22 @@
 //! open block reads the consumer's route, not the previous user's; a consumer claiming the
 //! block while its last users close gets it only after the free, and its route survives.
 //!
+//! Model 3 (a producer leaving while a consumer connects): the producer marks its worker
+//! slot EXITED, fences, and scans for channels towards it that it never accepted (as
+//! `ArenaCtx::close` does); the consumer looked at it alive, claims and opens a block,
+//! fences and looks again (as `ChannelCtx::connect` does), and withdraws the channel if
+//! the producer is gone. Checked: the block is freed exactly once (the leak this fixed: a
+//! scan that ran before the OPEN left the block open towards a producer that never looks
+//! again), and a block addressed to another generation of the producer's slot is never
+//! taken.
+//!
 //! Weakenings checked by editing the shipped file and rerunning: the Release store of OPEN
 //! made Relaxed makes the producer read the route before the consumer's writes (it sees the
 //! block as not addressed to it: the first model panics); `take` without its `Abandoned`
 //! case leaves a block its consumer closed first with nobody to free it (the producer
-//! never sees it open or abandoned: the first model panics).
+//! never sees it open or abandoned: the first model panics); `withdraw` without its
+//! `mark_withdrawn` check frees a block the producer took and frees too (model 3 panics:
+//! freed twice).
 #![cfg(loom)]
 
 mod common;
@@ -27,14 +38,16 @@ mod common;
 #[path = "../../ffi/src/handshake.rs"]
 mod handshake;
 
-use handshake::{Closed, End, Route, Take};
+use handshake::{Closed, End, Route, Take, Withdrawn};
 use loom::thread;
 use shmflow::memory::{Arena, ChannelBlock, CHANNEL_FREE, CHANNEL_OPEN};
-use shmflow::sync::{AtomicU32, Ordering};
+use shmflow::sync::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 
 const CONSUMER_PID: u32 = 200;
 const PRODUCER_PID: u32 = 100;
+/// The generation of the producer's worker slot the consumers looked up.
+const PRODUCER_GEN: u32 = 5;
 
 fn route(consumer_pid: u32, consumer_slot: u32) -> Route {
     Route {
@@ -42,6 +55,8 @@ fn route(consumer_pid: u32, consumer_slot: u32) -> Route {
         consumer_pid,
         producer_slot: 0,
         consumer_slot,
+        producer_generation: PRODUCER_GEN,
+        consumer_generation: 1,
         consumer_set: 2 * consumer_slot,
         producer_set: 1,
         member: 0,
@@ -69,8 +84,8 @@ fn close_end(b: &ChannelBlock, end: End, frees: &AtomicU32) {
 /// come before it is), serves it and closes its end, or frees an abandoned block.
 fn producer(b: &ChannelBlock, frees: &AtomicU32, expect_consumer: u32) {
     for _ in 0..100 {
-        match handshake::take(b, 0, PRODUCER_PID, 4) {
-            Take::Open { consumer_slot } => {
+        match handshake::take(b, 0, PRODUCER_GEN, PRODUCER_PID, 4) {
+            Take::Open { consumer_slot, .. } => {
                 assert_eq!(consumer_slot, expect_consumer, "the producer read a stale route");
                 close_end(b, End::Producer, frees);
                 return;
@@ -126,7 +141,11 @@ fn a_claim_during_the_close_gets_the_block_only_after_the_free() {
             let b0 = block(&arena);
             assert!(handshake::claim(b0, CONSUMER_PID));
             handshake::open(b0, &route(CONSUMER_PID, 2));
-            assert_eq!(handshake::take(b0, 0, PRODUCER_PID, 4), Take::Open { consumer_slot: 2 });
+            assert_eq!(handshake::take(b0, 0, PRODUCER_GEN + 1, PRODUCER_PID, 4), Take::NotOurs, "another generation");
+            assert_eq!(
+                handshake::take(b0, 0, PRODUCER_GEN, PRODUCER_PID, 4),
+                Take::Open { consumer_slot: 2, consumer_generation: 1 }
+            );
             let ends: Vec<_> = [End::Consumer, End::Producer]
                 .into_iter()
                 .map(|end| {
@@ -160,4 +179,90 @@ fn a_claim_during_the_close_gets_the_block_only_after_the_free() {
             assert_eq!(b.consumer_worker(), Some(3), "the next consumer's route survived (slot 3)");
         },
     );
+}
+
+/// The producer's worker record's state word in model 3.
+fn worker(arena: &Arena) -> &AtomicU32 {
+    &arena.workers()[0].state
+}
+
+/// Worker-slot states of the producer in model 3 (its record's state word).
+const ALIVE: u32 = 1;
+const EXITED: u32 = 2;
+
+#[test]
+fn a_channel_opened_while_its_producer_leaves_is_freed_once() {
+    common::check("ffi_channel_handshake::a_channel_opened_while_its_producer_leaves_is_freed_once", Some(3), || {
+        let arena = common::tiny_arena();
+        let frees = Arc::new(AtomicU32::new(0));
+        let claimed = Arc::new(AtomicU32::new(0));
+        // Relaxed: set up before the threads.
+        worker(&arena).store(ALIVE, Ordering::Relaxed);
+        let consumer = {
+            let (arena, frees, claimed) = (arena.clone(), frees.clone(), claimed.clone());
+            thread::spawn(move || {
+                let b = block(&arena);
+                // Acquire (both looks): pairs with the producer's Release store of EXITED.
+                if worker(&arena).load(Ordering::Acquire) != ALIVE {
+                    return; // `connect` refuses before it claims
+                }
+                assert!(handshake::claim(b, CONSUMER_PID), "the block is free");
+                // Relaxed: a flag read after the joins.
+                claimed.store(1, Ordering::Relaxed);
+                handshake::open(b, &route(CONSUMER_PID, 2));
+                // SeqCst: as `connect` (pairs with the producer's fence below).
+                fence(Ordering::SeqCst);
+                if worker(&arena).load(Ordering::Acquire) == ALIVE {
+                    // Connected: the producer's scan sees the channel and fails it; our
+                    // close (the task's, later) is then the last.
+                    close_end(b, End::Consumer, &frees);
+                    return;
+                }
+                match handshake::withdraw(b, CONSUMER_PID) {
+                    Withdrawn::Free => {
+                        // Relaxed: a counter read after the joins.
+                        frees.fetch_add(1, Ordering::Relaxed);
+                        handshake::free(b);
+                    }
+                    Withdrawn::ProducerFrees => {}
+                    Withdrawn::Other(s) => panic!("withdraw found state {s:#x}: nobody died in this model"),
+                }
+            })
+        };
+        let producer = {
+            let (arena, frees) = (arena.clone(), frees.clone());
+            thread::spawn(move || {
+                // Release: as `liveness::mark_exited`.
+                worker(&arena).store(EXITED, Ordering::Release);
+                // SeqCst: as `ArenaCtx::close` (pairs with the consumer's fence above).
+                fence(Ordering::SeqCst);
+                // The scan of `refuse_unaccepted`, on the one block.
+                let b = block(&arena);
+                match handshake::take(b, 0, PRODUCER_GEN, PRODUCER_PID, 4) {
+                    Take::Open { .. } => match handshake::close(b, End::Producer) {
+                        Closed::First => {}
+                        Closed::Last => {
+                            // Relaxed: a counter read after the joins.
+                            frees.fetch_add(1, Ordering::Relaxed);
+                            handshake::free(b);
+                        }
+                        Closed::Other(s) => panic!("close found state {s:#x}"),
+                    },
+                    Take::Abandoned => {
+                        // Relaxed: a counter read after the joins.
+                        frees.fetch_add(1, Ordering::Relaxed);
+                        handshake::free(b);
+                    }
+                    Take::NotOurs => panic!("the block is addressed to the producer's slot and generation"),
+                    Take::NotOpen(_) => {}
+                }
+            })
+        };
+        consumer.join().unwrap();
+        producer.join().unwrap();
+        // Relaxed (all): after the joins.
+        let want = claimed.load(Ordering::Relaxed);
+        assert_eq!(frees.load(Ordering::Relaxed), want, "block freed once if it was claimed (never twice, never lost)");
+        assert_eq!(block(&arena).peek_state(), CHANNEL_FREE, "the block is free again");
+    });
 }

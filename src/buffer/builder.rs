@@ -181,6 +181,7 @@ fn needs_pieces(dst: usize, src: &[u8]) -> bool {
 /// How far ahead of its write position a builder prefetches for writing, once per line its
 /// small records reach ([`BufferBuilder::try_write_framed`]): a few hundred ns of 8 B
 /// records, about the time a line takes to come back from the consumer's core.
+#[cfg_attr(loom, allow(dead_code))] // loom builds prefetch nothing
 const WRITE_AHEAD: usize = 1024;
 
 /// The writer's cursor over one segment.
@@ -210,6 +211,7 @@ pub struct BufferBuilder {
     flushes: u32,
     /// Whether the builder may prefetch lines for writing (the CPU can:
     /// [`has_prefetch_write`](crate::sync::has_prefetch_write)).
+    #[cfg_attr(loom, allow(dead_code))] // loom builds prefetch nothing
     write_ahead: bool,
     /// Whether small records prefetch the lines ahead for writing, once per line
     /// ([`prefetch_ahead`](Self::prefetch_ahead)): only where readers cannot evict a

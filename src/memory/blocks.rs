@@ -224,6 +224,9 @@ impl ChannelBlock {
             &self.producer_set_index,
             &self.debloat_bytes,
             &self.task_polls,
+            &self.producer_generation,
+            &self.consumer_generation,
+            &self.taken,
         ] {
             a.store(0, Relaxed);
         }
@@ -281,6 +284,37 @@ impl ChannelBlock {
     pub fn consumer_worker(&self) -> Option<u32> {
         // Relaxed: a hint (see `set_consumer_worker`).
         self.consumer_worker.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Records the generations ([`WorkerRecord::generation`]) of the producer's and the
+    /// consumer's worker slots, which the block's user read when it opened the channel.
+    pub fn set_generations(&self, producer: u32, consumer: u32) {
+        // Relaxed (both): published with the route (the opener's Release store of OPEN).
+        self.producer_generation.store(producer, Ordering::Relaxed);
+        self.consumer_generation.store(consumer, Ordering::Relaxed);
+    }
+
+    /// Producer: records that it took the open channel. False when its consumer withdrew
+    /// it first ([`mark_withdrawn`](Self::mark_withdrawn)): the consumer frees it.
+    pub fn mark_taken(&self) -> bool {
+        // AcqRel: the swaps of the two ends on this word are totally ordered; each learns
+        // from the other's value whether it came second (pairs with `mark_withdrawn`).
+        self.taken.swap(1, Ordering::AcqRel) != 2
+    }
+
+    /// Consumer: records that it withdrew the channel it opened (its producer left before
+    /// it could be told). False when the producer took it first
+    /// ([`mark_taken`](Self::mark_taken)): the producer's close frees it.
+    pub fn mark_withdrawn(&self) -> bool {
+        // AcqRel: pairs with the producer's swap in `mark_taken`.
+        self.taken.swap(2, Ordering::AcqRel) != 1
+    }
+
+    /// The generations of the producer's and the consumer's worker slots recorded by
+    /// [`set_generations`](Self::set_generations) (0 when nobody recorded them).
+    pub fn generations(&self) -> (u32, u32) {
+        // Relaxed (both): read after an Acquire load of the state that published them.
+        (self.producer_generation.load(Ordering::Relaxed), self.consumer_generation.load(Ordering::Relaxed))
     }
 
     // --- the channel state (`CHANNEL_*`; see the state diagram in DESIGN.md) ---
@@ -655,6 +689,14 @@ pub struct ChannelBlock {
     pub bytes_out: AtomicU64,
     /// Segments published on this channel.
     pub buffers_out: AtomicU64,
+    /// The producer worker slot's generation ([`WorkerRecord::generation`]) when the
+    /// channel was opened: a later holder of that slot (another TaskManager, or the same
+    /// process registered again) does not take it.
+    producer_generation: AtomicU32,
+    /// Flink transport (`ffi/src/handshake.rs`): 0 while an open channel is neither taken
+    /// by its producer (1) nor withdrawn by its consumer (2); each end swaps its value in,
+    /// and the one that finds the other's value first knows who frees the block.
+    taken: AtomicU32,
     _producer_end: CachePadded<()>,
     // --- written by the consumer ---
     /// Notify-set (gate block) id + 1 the producer marks when data arrives: the consumer
@@ -685,6 +727,9 @@ pub struct ChannelBlock {
     /// sides with read-modify-writes (the protocol of `ring::floating`). The producer
     /// touches it only when its exclusive credit is used up.
     floating: AtomicU64,
+    /// The consumer worker slot's generation when the channel was opened (see
+    /// `producer_generation`).
+    consumer_generation: AtomicU32,
     _consumer_end: CachePadded<()>,
 }
 
@@ -752,6 +797,12 @@ pub struct WorkerRecord {
     /// The process's lane on the free stack: the segment its pop is taking, until the
     /// owner swap records it (see the `memory::stack` module); 0 when idle.
     pub taking: AtomicU64,
+    /// Bumped every time the slot is taken (`liveness::register`) and every time it is
+    /// freed (`liveness::finish_reclaim`); never 0 for a registered slot. Whoever keeps
+    /// a slot number for later (a TaskManager's peer, a channel block's route) keeps the
+    /// generation with it, and a changed generation means another holder.
+    pub generation: AtomicU32,
+    _pad: u32,
 }
 
 /// Counters of one task, in the arena so `shmflow top` can read them live.
@@ -791,7 +842,7 @@ const _: () = {
     assert!(size_of::<SegmentControl>() == 64);
     assert!(size_of::<RingHeader>() == 256);
     assert!(size_of::<PartitionEntry>() == 64);
-    assert!(size_of::<WorkerRecord>() == 32);
+    assert!(size_of::<WorkerRecord>() == 40);
     assert!(size_of::<TaskMetrics>() == 80);
 };
 
@@ -832,6 +883,9 @@ const _: () = {
         assert!(offset_of!(B, debloat_bytes) == 1200);
         assert!(offset_of!(B, task_polls) == 1204);
         assert!(offset_of!(B, floating) == 1208);
+        assert!(offset_of!(B, producer_generation) == 1088);
+        assert!(offset_of!(B, taken) == 1092);
+        assert!(offset_of!(B, consumer_generation) == 1216);
     }
 };
 

@@ -28,7 +28,8 @@ pub struct ArenaReport {
     pub owner_invalid: u32,
     /// Segments off the free stack whose holder process is gone (not reclaimed yet:
     /// `partition::reclaim_dead_peers` returns them). Every other segment off the stack is
-    /// held by a live process.
+    /// held by a live process. A holder pid that a worker record names is compared with
+    /// that record's start time too (a recycled pid is not its holder).
     pub owner_dead: u32,
     /// Problems found (empty: consistent).
     pub problems: Vec<String>,
@@ -76,7 +77,7 @@ pub fn check(arena: &Arena) -> ArenaReport {
             let running = match alive.iter().find(|(p, _)| *p == holder) {
                 Some(&(_, r)) => r,
                 None => {
-                    let r = super::liveness::pid_running(holder);
+                    let r = super::liveness::holder_running(arena, holder);
                     alive.push((holder, r));
                     r
                 }
@@ -99,6 +100,13 @@ pub fn check(arena: &Arena) -> ArenaReport {
         }
         if on_stack[i] && owner != Owner::Free {
             r.problems.push(format!("segment {i} is on the free stack but owned by {owner:?}"));
+        }
+    }
+    for (slot, w) in arena.workers().iter().enumerate() {
+        // Relaxed (both): an observer's look, as above.
+        let (st, generation) = (w.state.load(Ordering::Relaxed), w.generation.load(Ordering::Relaxed));
+        if st != super::liveness::WORKER_FREE && st & super::liveness::WORKER_RECLAIMING == 0 && generation == 0 {
+            r.problems.push(format!("worker slot {slot} is registered (state {st}) with generation 0"));
         }
     }
     if r.free_walked != r.free_counter {

@@ -24,7 +24,7 @@ use crate::sync::{AtomicU32, AtomicU64, CachePadded};
 /// The arena's magic bytes.
 pub const MAGIC: [u8; 8] = *b"SHMFLOW\0";
 /// The layout version; bumped whenever any shared structure changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `state`: the creator is still building the arena.
 pub const STATE_INITIALIZING: u32 = 0;

@@ -20,6 +20,12 @@
 //! [`register`] refuses a slot whose holder still runs, and one whose dead holder was not
 //! reclaimed yet (its segments and channels would be charged to the newcomer).
 //! `partition::reclaim` runs the reclamation that makes such a slot FREE.
+//!
+//! A process is its pid *and* its start time: "this very process" and "still runs" both
+//! compare the two, so a process that got the pid of a dead holder (pids are recycled) is
+//! neither that holder nor keeps it alive. Every take of a slot and every free bumps the
+//! record's `generation`: a peer that keeps a slot number (a TaskManager's peer, a channel
+//! block's route) keeps the generation with it and sees another holder as a change.
 
 use super::arena::{process_start_ticks, Arena};
 use super::blocks::WorkerRecord;
@@ -121,7 +127,7 @@ fn record(arena: &Arena, slot: u32) -> Result<&WorkerRecord> {
 /// of range.
 pub fn register(arena: &Arena, slot: u32) -> Result<()> {
     let r = record(arena, slot)?;
-    let me = std::process::id();
+    let (me, my_ticks) = own_identity();
     // Bounded: each failed CAS means another process changed the record; a few rounds.
     for _ in 0..64 {
         // Acquire: pairs with the Release stores of the state (register, mark_exited,
@@ -133,7 +139,9 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
             WORKER_FREE => true,
             // Pids are below 2^22: a state with the flag is a reclamation (or a register).
             _ if st & WORKER_RECLAIMING != 0 => return Err(Error::SlotHeld { slot, pid, holder: BEING_RECLAIMED }),
-            _ if pid == me => true,
+            // Our own record (pid and start time): a pid alone could be a dead process's
+            // that this process was given again, whose leftovers are not ours.
+            _ if is_own(pid, r, me, my_ticks) => true,
             // Left cleanly and still running (a JVM whose TaskManager closed its arena
             // context): reused, or the slot would stay out of use for that process's life.
             // The old holder no longer writes the slot's free-stack lane (`own_lane` wants
@@ -156,8 +164,9 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
         // fill it in, and lets a reclaimer take it over if we die right here.
         // Relaxed (all): published by the Release store of ALIVE below.
         r.pid.store(me, Ordering::Relaxed);
-        r.start_ticks.store(process_start_ticks(me).unwrap_or(0), Ordering::Relaxed);
+        r.start_ticks.store(my_ticks, Ordering::Relaxed);
         r.heartbeat.store(now_nanos(), Ordering::Relaxed);
+        bump_generation(r);
         // Release: pairs with the Acquire loads in `liveness` and `begin_reclaim`.
         r.state.store(WORKER_ALIVE, Ordering::Release);
         return Ok(());
@@ -165,16 +174,56 @@ pub fn register(arena: &Arena, slot: u32) -> Result<()> {
     Err(Error::SlotHeld { slot, pid: r.pid.load(Ordering::Relaxed), holder: "a process that keeps changing it" })
 }
 
+/// This process's pid and start time (clock ticks since boot; 0 when `/proc` cannot tell).
+/// Read from `/proc` once per process and kept: a gate's liveness tick meets our own slot
+/// whenever producer and consumer share a process, and a job's steady state allocates
+/// nothing. A forked child (another pid than the one kept) reads it afresh each time.
+pub fn own_identity() -> (u32, u64) {
+    static OWN: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
+    let me = std::process::id();
+    match *OWN.get_or_init(|| (me, process_start_ticks(me).unwrap_or(0))) {
+        (pid, ticks) if pid == me => (me, ticks),
+        _ => (me, process_start_ticks(me).unwrap_or(0)),
+    }
+}
+
+/// Whether record `r`, naming `pid`, is this process's (`me` started at `my_ticks`): the
+/// same pid and the same start time. A start time unknown on either side (0) matches.
+fn is_own(pid: u32, r: &WorkerRecord, me: u32, my_ticks: u64) -> bool {
+    // Relaxed: read after the caller's Acquire load of the state.
+    let ticks = r.start_ticks.load(Ordering::Relaxed);
+    pid == me && (ticks == 0 || my_ticks == 0 || ticks == my_ticks)
+}
+
+/// Bumps `r`'s generation, skipping 0 (which no registered slot has).
+fn bump_generation(r: &WorkerRecord) {
+    // Relaxed (both): only the holder of the record's RECLAIMING state (a registering or
+    // reclaiming process) writes it; published by its Release store of the next state.
+    let g = r.generation.load(Ordering::Relaxed).wrapping_add(1);
+    r.generation.store(if g == 0 { 1 } else { g }, Ordering::Relaxed);
+}
+
+/// The generation of worker slot `slot` ([`WorkerRecord::generation`]); 0 for a slot
+/// out of range.
+pub fn generation(arena: &Arena, slot: u32) -> u32 {
+    // Acquire: pairs with the Release stores of the state that follow every bump
+    // (`register`, `finish_reclaim`): a caller that then reads the state sees the state
+    // of this generation or a later one.
+    record(arena, slot).map(|r| r.generation.load(Ordering::Acquire)).unwrap_or(0)
+}
+
 /// Whether the process `pid` recorded in `r` still runs (same start time, not a zombie).
 fn process_running(pid: u32, r: &WorkerRecord) -> bool {
     if pid == 0 {
         return false;
     }
-    if pid == std::process::id() {
-        return true;
-    }
     // Relaxed: read after the caller's Acquire load of the state.
     let ticks = r.start_ticks.load(Ordering::Relaxed);
+    if pid == std::process::id() {
+        // Us, unless the record is of a process that had our pid before us.
+        let (me, my_ticks) = own_identity();
+        return is_own(pid, r, me, my_ticks);
+    }
     match process_start_ticks(pid) {
         Some(t) if ticks == 0 || t == ticks => !process_is_zombie(pid),
         _ => false,
@@ -182,9 +231,39 @@ fn process_running(pid: u32, r: &WorkerRecord) -> bool {
 }
 
 /// Whether process `pid` runs (exists and is not a zombie). Without a start time to
-/// compare, a recycled pid counts as running.
+/// compare, a recycled pid counts as running: callers that have the start time use the
+/// worker record's (`liveness`); this one is for pids recorded alone (a segment's holder,
+/// a reclaimer named in a state word), where "running" errs on the safe side (nothing is
+/// taken from a process that might be alive).
 pub fn pid_running(pid: u32) -> bool {
     pid != 0 && (pid == std::process::id() || (process_start_ticks(pid).is_some() && !process_is_zombie(pid)))
+}
+
+/// Whether process `pid`, recorded alone as the holder of something in `arena` (a
+/// segment's `holder_pid`), still runs: compared with the start time of the worker
+/// records that name it when there are any (a process that got the pid of a dead holder is
+/// not that holder), else as [`pid_running`]. Several records naming `pid` with other
+/// start times (a dead holder and the process that has its pid now): running if one runs.
+pub fn holder_running(arena: &Arena, pid: u32) -> bool {
+    let mut named = false;
+    for r in arena.workers() {
+        // Acquire: pairs with the Release stores of the state (`register`, ...): the pid and
+        // start time read below are the ones that state was written with.
+        let st = r.state.load(Ordering::Acquire);
+        // Relaxed: ordered by the Acquire above.
+        if st == WORKER_FREE || r.pid.load(Ordering::Relaxed) != pid {
+            continue;
+        }
+        // Relaxed: as above.
+        if r.start_ticks.load(Ordering::Relaxed) == 0 {
+            return pid_running(pid);
+        }
+        named = true;
+        if process_running(pid, r) {
+            return true;
+        }
+    }
+    !named && pid_running(pid)
 }
 
 /// A dead process's record, owned by the caller for reclamation.
@@ -212,7 +291,10 @@ pub fn begin_reclaim(arena: &Arena, slot: u32) -> Option<DeadProcess> {
     let pid = r.pid.load(Ordering::Relaxed);
     match st {
         WORKER_ALIVE | WORKER_DEAD | WORKER_EXITED => {
-            if pid == me || process_running(pid, r) {
+            // `process_running` compares the start time too: a record of a process that
+            // had our pid before us is not ours, and is dead (`pid_running` below keeps it
+            // until we are gone, as for any recycled pid).
+            if process_running(pid, r) {
                 return None;
             }
             if pid_running(pid) {
@@ -241,6 +323,7 @@ pub fn begin_reclaim(arena: &Arena, slot: u32) -> Option<DeadProcess> {
 /// Ends a reclamation begun with [`begin_reclaim`]: the slot is free again.
 pub fn finish_reclaim(arena: &Arena, dead: DeadProcess) {
     if let Ok(r) = record(arena, dead.slot) {
+        bump_generation(r);
         // Release: pairs with the Acquire load in `register`/`claim`: the next holder comes
         // after every write of the reclamation.
         r.state.store(WORKER_FREE, Ordering::Release);
@@ -256,14 +339,19 @@ pub fn finish_reclaim(arena: &Arena, dead: DeadProcess) {
 /// # Errors
 /// [`Error::OutOfSlots`] when every record is taken.
 pub fn claim(arena: &Arena) -> Result<u32> {
-    let me = std::process::id();
+    let (me, my_ticks) = own_identity();
     for own_exited in [false, true] {
         for (i, r) in arena.workers().iter().enumerate() {
             // Relaxed (both): a first look; `register` takes the slot with its own CAS and
             // looks again.
             let st = r.state.load(Ordering::Relaxed);
-            let candidate =
-                if own_exited { st == WORKER_EXITED && r.pid.load(Ordering::Relaxed) == me } else { st == WORKER_FREE };
+            // Ours: the pid and the start time (a process that had our pid before us left
+            // it; `register` would refuse it unless that process still ran).
+            let candidate = if own_exited {
+                st == WORKER_EXITED && is_own(r.pid.load(Ordering::Relaxed), r, me, my_ticks)
+            } else {
+                st == WORKER_FREE
+            };
             if candidate && register(arena, i as u32).is_ok() {
                 return Ok(i as u32);
             }
@@ -302,8 +390,10 @@ pub fn attached_pids(arena: &Arena) -> Vec<u32> {
 /// Marks slot `slot` as left cleanly.
 pub fn mark_exited(arena: &Arena, slot: u32) {
     if let Ok(r) = record(arena, slot) {
-        // Relaxed: only our own pid may mark our record; a status flag.
-        if r.pid.load(Ordering::Relaxed) == std::process::id() {
+        let (me, my_ticks) = own_identity();
+        // Relaxed: only this process (pid and start time) may mark its record; a status
+        // flag.
+        if is_own(r.pid.load(Ordering::Relaxed), r, me, my_ticks) {
             // Release: pairs with the Acquire load in `liveness`.
             r.state.store(WORKER_EXITED, Ordering::Release);
         }
@@ -334,8 +424,13 @@ pub fn liveness(arena: &Arena, slot: u32) -> Liveness {
     // Relaxed (both): ordered by the Acquire above.
     let pid = r.pid.load(Ordering::Relaxed);
     let ticks = r.start_ticks.load(Ordering::Relaxed);
-    if pid == 0 || pid == std::process::id() {
+    if pid == 0 {
         return Liveness::Alive;
+    }
+    if pid == std::process::id() {
+        // Us, or a process that had our pid before us (it died: we run with its pid).
+        let (me, my_ticks) = own_identity();
+        return if is_own(pid, r, me, my_ticks) { Liveness::Alive } else { Liveness::Dead { pid } };
     }
     match process_start_ticks(pid) {
         Some(t) if ticks == 0 || t == ticks => {

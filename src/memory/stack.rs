@@ -202,9 +202,15 @@ fn lane_lock(slot: u32) -> std::sync::MutexGuard<'static, ()> {
     LOCKS[slot as usize % LOCKS.len()].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Under loom each model thread plays a process with a lane of its own: nothing to lock.
+#[cfg(loom)]
+struct NoLaneLock;
+
 /// Under loom each model thread plays a process with a lane of its own.
 #[cfg(loom)]
-fn lane_lock(_slot: u32) {}
+fn lane_lock(_slot: u32) -> NoLaneLock {
+    NoLaneLock
+}
 
 impl<'a> SegmentStack<'a> {
     /// A stack over `controls` (whose `next_free` fields are the links) whose pops may

@@ -98,20 +98,20 @@ pub(crate) fn clean(dry_run: bool) -> AnyResult<()> {
     let mut failed = Vec::new();
     let mut removed = 0;
     for a in shmflow::memory::check::list_named(&shm_dir()) {
-        if a.creator_alive {
-            out!("keep   {} (creator pid {} is running)", a.path.display(), a.creator_pid);
-            continue;
-        }
-        if !a.attached.is_empty() {
-            // The creator is gone but others still share the arena (a Flink TaskManager that
-            // created it was killed and the survivors reclaimed it online).
-            let pids: Vec<String> = a.attached.iter().map(u32::to_string).collect();
-            out!(
-                "keep   {} (creator pid {} is gone; attached pids {} are running)",
-                a.path.display(),
-                a.creator_pid,
-                pids.join(", ")
-            );
+        if a.in_use() {
+            if a.creator_alive {
+                out!("keep   {} (creator pid {} is running)", a.path.display(), a.creator_pid);
+            } else {
+                // The creator is gone but others still share the arena (a Flink TaskManager
+                // that created it was killed and the survivors reclaimed it online).
+                let pids: Vec<String> = a.attached.iter().map(u32::to_string).collect();
+                out!(
+                    "keep   {} (creator pid {} is gone; attached pids {} are running)",
+                    a.path.display(),
+                    a.creator_pid,
+                    pids.join(", ")
+                );
+            }
             continue;
         }
         if dry_run {

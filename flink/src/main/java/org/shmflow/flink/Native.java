@@ -107,10 +107,15 @@ final class Native {
 
     static native ByteBuffer data(long arena);
 
-    static native int lookup(long arena, String tmId);
+    /**
+     * The peer handle of a live TaskManager (its worker slot in the low 32 bits, the slot's
+     * generation in the high 32; never negative), or a negative code. Keep the handle, not
+     * the slot: a slot is registered again by another TaskManager after its holder leaves.
+     */
+    static native long lookup(long arena, String tmId);
 
-    /** 2 alive, 1 left cleanly, 0 died. */
-    static native int peerState(long arena, int slot);
+    /** 2 alive, 1 left cleanly, 0 died, 3 free or another TaskManager's now. */
+    static native int peerState(long arena, long peer);
 
     static native int await(long arena, int side, int[] ids, int timeoutMs);
 
@@ -119,8 +124,8 @@ final class Native {
     /** Spin budget of side's await before it parks (0..1e9 ns). */
     static native int setSpin(long arena, int side, long spinNs);
 
-    /** out: channel handle, channel id. */
-    static native int connect(long arena, int producerSlot, long[] out);
+    /** out: channel handle, channel id. producerPeer: a handle from {@link #lookup}. */
+    static native int connect(long arena, long producerPeer, long[] out);
 
     static native int accept(long arena, int id, long[] out);
 

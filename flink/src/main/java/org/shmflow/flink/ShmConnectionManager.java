@@ -40,7 +40,8 @@ public final class ShmConnectionManager implements ConnectionManager {
     private final MetricGroup metricGroup;
     private final ShmMetrics metrics;
     private final ConcurrentHashMap<ConnectionID, ShmPartitionRequestClient> clients = new ConcurrentHashMap<>();
-    private final ConcurrentHashMap<ConnectionID, Integer> slots = new ConcurrentHashMap<>();
+    /** Peer handles (slot and generation, see {@link Native#lookup}) of the producers. */
+    private final ConcurrentHashMap<ConnectionID, Long> peers = new ConcurrentHashMap<>();
     private volatile ShmTransport transport;
 
     ShmConnectionManager(
@@ -122,21 +123,26 @@ public final class ShmConnectionManager implements ConnectionManager {
     public PartitionRequestClient createPartitionRequestClient(ConnectionID id) throws IOException, InterruptedException {
         ShmTransport t = transport;
         if (t != null) {
-            Integer known = slots.get(id);
-            int slot;
+            Long known = peers.get(id);
+            long peer;
             if (known != null && Native.peerState(t.arena, known) == 2) {
-                slot = known;
+                peer = known;
             } else {
-                slot = Native.lookup(t.arena, id.getResourceID().getResourceIdString());
-                if (slot >= 0) {
-                    slots.put(id, slot);
-                } else {
-                    slots.remove(id);
+                peer = Native.lookup(t.arena, id.getResourceID().getResourceIdString());
+                if (known == null || peer != known) {
+                    // A client of the previous registration would connect to it (and fail),
+                    // never to this one: a slot's next holder has another generation.
                     clients.remove(id);
                 }
+                if (peer >= 0) {
+                    peers.put(id, peer);
+                } else {
+                    peers.remove(id);
+                }
             }
-            if (slot >= 0 && slot != t.slot) {
-                return clients.computeIfAbsent(id, k -> new ShmPartitionRequestClient(t, slot, k.getAddress()));
+            if (peer >= 0 && (int) (peer & 0xffffffffL) != t.slot) {
+                long p = peer;
+                return clients.computeIfAbsent(id, k -> new ShmPartitionRequestClient(t, p, k.getAddress()));
             }
         }
         metrics.nettyClient();

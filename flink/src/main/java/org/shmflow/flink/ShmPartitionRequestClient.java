@@ -28,12 +28,12 @@ import java.util.concurrent.TimeUnit;
  */
 final class ShmPartitionRequestClient implements PartitionRequestClient {
     private final ShmTransport t;
-    private final int producerSlot;
+    private final long producerPeer;
     private final SocketAddress remote;
 
-    ShmPartitionRequestClient(ShmTransport t, int producerSlot, SocketAddress remote) {
+    ShmPartitionRequestClient(ShmTransport t, long producerPeer, SocketAddress remote) {
         this.t = t;
-        this.producerSlot = producerSlot;
+        this.producerPeer = producerPeer;
         this.remote = remote;
     }
 
@@ -65,7 +65,7 @@ final class ShmPartitionRequestClient implements PartitionRequestClient {
             return;
         }
         long[] out = new long[2];
-        int rc = Native.connect(t.arena, producerSlot, out);
+        int rc = Native.connect(t.arena, producerPeer, out);
         if (rc < 0) {
             ch.onError(new LocalTransportException(
                     "shmflow: connecting to '" + remote + "' through shared memory failed: " + Native.lastError(), remote));
