@@ -304,6 +304,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                     throw e;
                 }
                 if (seg >= 0) {
+                    if (Diag.ON) {
+                        Diag.hop(direct ? Diag.P_DIRECT : Diag.P_DISPATCHER, t, seg * t.segmentSize, size);
+                    }
                     held = -1; // the consumer's now
                 }
                 t.metrics.sent(size);
