@@ -826,7 +826,7 @@ impl ArenaCtx {
     }
 
     /// Whether waits of side `side` are not spinning now (a spin lost its core less than
-    /// [`SPIN_BACKOFF`] ago).
+    /// `SPIN_BACKOFF`, 100 ms, ago).
     pub fn spin_backed_off(&self, side: Side) -> bool {
         self.spin_off_until[side as usize].lock().is_some_and(|t| Instant::now() < t)
     }
