@@ -356,25 +356,12 @@ pub struct ArenaCtx {
     pending: [Mutex<VecDeque<u32>>; 2],
     /// Spin budget of each side's wait in ns ([`ArenaCtx::set_spin`]; `opts.spin_ns` at first).
     spin: [AtomicU64; 2],
-    /// Per side, until when its waits do not spin: set when a spin found its thread had
-    /// been off the core (see [`SPIN_BACKOFF`]).
-    spin_off_until: [Mutex<Option<Instant>>; 2],
     closed: Mutex<bool>,
 }
 
 /// A yield in a wait's spin that took longer than this gave the core to another thread
 /// for a while: the core is needed, and the wait parks instead of spinning on.
 const YIELD_CONTENDED: Duration = Duration::from_micros(50);
-
-/// After a spin found its core contended (a round of it came back more than
-/// [`YIELD_CONTENDED`] after the one before: a late yield, or the thread was preempted), the
-/// waits of that side park without spinning for this long. On a host with fewer cores than
-/// runnable threads a dispatcher that spins after every message takes a core's share from
-/// the task threads it serves: in session 12's flink/bench latency runs (2 vCPUs, load 9-25)
-/// a consumer dispatcher spinning 250 us per record used 0.4-0.75 of a CPU and the sink
-/// fell behind, so the channel ran out of credit and records waited for the producer's
-/// dispatcher. Spinning resumes after the back-off, on a quiet host at once.
-const SPIN_BACKOFF: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for ArenaCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -604,7 +591,6 @@ impl ArenaCtx {
             accepted: Mutex::new(HashSet::new()),
             pending: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
             spin: [AtomicU64::new(spin), AtomicU64::new(spin)],
-            spin_off_until: [Mutex::new(None), Mutex::new(None)],
             closed: Mutex::new(false),
         }))
     }
@@ -763,15 +749,10 @@ impl ArenaCtx {
         let set = NotifySet::new(&self.arena, set_id(self.slot, side)).map_err(from_lib)?;
         let members = self.arena.config().max_channels;
         let mut pending = self.pending[side as usize].lock();
-        let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = Instant::now() + timeout;
         // Relaxed: a setting (see set_spin).
-        let mut spin_until = start + Duration::from_nanos(self.spin[side as usize].load(Ordering::Relaxed));
-        if self.spin_off_until[side as usize].lock().is_some_and(|t| start < t) {
-            spin_until = start;
-        }
+        let spin_until = Instant::now() + Duration::from_nanos(self.spin[side as usize].load(Ordering::Relaxed));
         let mut contended = false;
-        let mut last = start;
         // Bounded: each round either returns or waits until the deadline, which is finite.
         for round in 0u64.. {
             let mut woken = false;
@@ -799,17 +780,10 @@ impl ArenaCtx {
                 // Every 8th round gives the core away: on a host with fewer cores than busy
                 // threads (the TaskManager's task threads, the other side's dispatcher), a
                 // pure spin takes the time slice the thread that would mark us needs. A
-                // round that came back late (a yield that let others run, or this thread
-                // preempted) means such threads are there: park, and spin in no wait of
-                // this side for SPIN_BACKOFF.
-                if now.duration_since(last) > YIELD_CONTENDED {
-                    contended = true;
-                    *self.spin_off_until[side as usize].lock() = Some(now + SPIN_BACKOFF);
-                    continue;
-                }
-                last = now;
+                // yield that came back late means such threads are there: park.
                 if round % 8 == 7 {
                     std::thread::yield_now();
+                    contended = now.elapsed() > YIELD_CONTENDED;
                 } else {
                     spin_loop();
                 }
@@ -823,12 +797,6 @@ impl ArenaCtx {
             set.wake().wait(token, Some(left.min(Duration::from_millis(500))));
         }
         Ok(0)
-    }
-
-    /// Whether waits of side `side` are not spinning now (a spin lost its core less than
-    /// `SPIN_BACKOFF`, 100 ms, ago).
-    pub fn spin_backed_off(&self, side: Side) -> bool {
-        self.spin_off_until[side as usize].lock().is_some_and(|t| Instant::now() < t)
     }
 
     /// Wakes our own dispatcher of side `side` (it has work from this process, or must
@@ -1512,74 +1480,6 @@ mod tests {
                 spin_ns: 0,
             })
         }
-    }
-
-    /// Pins the calling thread to `cpu`; false if it cannot.
-    fn pin(cpu: usize) -> bool {
-        // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `cpu` is below CPU_SETSIZE (it came from sched_getcpu).
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-        // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
-    }
-
-    #[test]
-    fn a_spin_that_shares_its_core_with_a_busy_thread_backs_off() {
-        let scratch = Scratch::new("spin-backoff");
-        let a = scratch.open("tm").unwrap();
-        // The longest budget: each wait below spins until its timeout unless it backs off.
-        a.set_spin(Side::Consumer, 1_000_000_000).unwrap();
-        assert!(!a.spin_backed_off(Side::Consumer), "backed off before any wait");
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = unsafe { libc::sched_getcpu() };
-        if cpu < 0 {
-            eprintln!("skipped: sched_getcpu failed");
-            return;
-        }
-        let cpu = cpu as usize;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hog = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                if !pin(cpu) {
-                    return;
-                }
-                let end = Instant::now() + Duration::from_secs(20);
-                // Relaxed: a stop flag; nothing is published with it.
-                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                    spin_loop();
-                }
-            })
-        };
-        let waiter = {
-            let a = a.clone();
-            std::thread::spawn(move || {
-                if !pin(cpu) {
-                    return None;
-                }
-                let mut out = [0i32; 4];
-                // Bounded: 40 waits of at most 50 ms; a busy thread on the same CPU
-                // preempts a spin within a scheduler slice (milliseconds).
-                for _ in 0..40 {
-                    a.wait(Side::Consumer, &mut out, Duration::from_millis(50)).unwrap();
-                    if a.spin_backed_off(Side::Consumer) {
-                        return Some(true);
-                    }
-                }
-                Some(false)
-            })
-        };
-        let backed_off = waiter.join().unwrap();
-        // Relaxed: see the hog.
-        stop.store(true, Ordering::Relaxed);
-        hog.join().unwrap();
-        match backed_off {
-            None => eprintln!("skipped: cannot pin threads"),
-            Some(b) => assert!(b, "a spin sharing its CPU with a busy thread never backed off"),
-        }
-        assert!(!a.spin_backed_off(Side::Producer), "the other side backed off too");
-        a.close();
     }
 
     #[test]
