@@ -7,11 +7,12 @@ import org.slf4j.Logger;
 
 /**
  * Diagnosis of the latency tail (off unless the TaskManager runs with the environment
- * variable {@code SHMFLOW_DIAG_HOPS=1}): for buffers of exactly one ShuffleBench latency
- * record or several (21 bytes each: a 4-byte length, the stream element tag, the key, and the source's {@code System.nanoTime()}
- * stamp, big-endian; each record of the buffer counts), histograms of the delay from the stamp to each hop of ours (the
- * producer's publication, by the task or by the dispatcher; the consumer's
- * {@code onBuffer}, by the dispatcher or by another thread) and a ring of the slow ones
+ * variable {@code SHMFLOW_DIAG_HOPS=1}): for buffers of ShuffleBench latency records (21
+ * bytes each: a 4-byte length, the stream element tag, the key, and the source's
+ * {@code System.nanoTime()} stamp, big-endian; each record of a buffer counts), histograms
+ * of the delay from the stamp to each hop of ours (the producer's publication, by the task or by the dispatcher; the consumer's
+ * {@code onBuffer}, by the dispatcher or by another thread), counts of why the task's direct
+ * publication gave a buffer to the producer dispatcher, and a ring of the slow ones
  * (key, delay, when), logged when a channel closes. Never on unless asked for; when on, the
  * per-buffer path still allocates nothing (fixed arrays).
  */
@@ -77,6 +78,24 @@ final class Diag {
             } else {
                 HIST.incrementAndGet(kind * NB + bucket(d));
             }
+        }
+    }
+
+    static final int D_LOCKED = 0;
+    static final int D_REGISTERED = 1;
+    static final int D_NOTIFIED = 2;
+    static final int D_NO_CREDIT = 3;
+    static final int D_HANDOFF = 4;
+    static final int D_OTHER = 5;
+    private static final String[] D_NAMES = {"reader lock held", "registered as available", "notification pending",
+        "no credit", "hand-off (large buffer or nothing taken)", "other"};
+    /** Why the task's direct publication gave a buffer to the producer dispatcher. */
+    private static final AtomicLongArray DIRECT_REFUSED = new AtomicLongArray(D_NAMES.length);
+
+    /** The direct publication gave way for {@code reason} (no-op unless on). */
+    static void directRefused(int reason) {
+        if (ON) {
+            DIRECT_REFUSED.incrementAndGet(reason);
         }
     }
 
@@ -161,6 +180,10 @@ final class Diag {
                 over += HIST.get(k * NB + b);
             }
             sb.append(over);
+        }
+        sb.append("\n  direct publication gave way:");
+        for (int i = 0; i < D_NAMES.length; i++) {
+            sb.append(' ').append(D_NAMES[i]).append(' ').append(DIRECT_REFUSED.getAndSet(i, 0)).append(';');
         }
         sb.append("\n  sizes by bit length:");
         for (int i = 0; i < 16; i++) {

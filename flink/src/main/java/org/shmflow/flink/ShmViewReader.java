@@ -595,15 +595,18 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
      */
     private boolean writeDirect() {
         if (!lock.tryLock()) {
+            Diag.directRefused(Diag.D_LOCKED);
             return false;
         }
         try {
             if (closed || failed || view == null || registeredAsAvailable || notifyPending.get() || stashed != null) {
+                Diag.directRefused(registeredAsAvailable ? Diag.D_REGISTERED : notifyPending.get() ? Diag.D_NOTIFIED : Diag.D_OTHER);
                 return false;
             }
             int seg;
             try {
                 if (!getAvailabilityAndBacklog().isAvailable()) {
+                    Diag.directRefused(Diag.D_NO_CREDIT);
                     return false;
                 }
                 seg = Native.acquire(channel, 0);
@@ -612,6 +615,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 return false;
             }
             if (seg < 0) {
+                Diag.directRefused(Diag.D_OTHER);
                 return false;
             }
             Outcome o;
@@ -639,6 +643,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 return true;
             }
             if (o == Outcome.HANDOFF) {
+                Diag.directRefused(Diag.D_HANDOFF);
                 return false;
             }
             t.metrics.direct();
