@@ -258,6 +258,9 @@ final class ClientChannel {
             throw new IllegalStateException("shmflow: unknown buffer data type " + dataType);
         }
         Buffer.DataType dt = TYPES[dataType];
+        if (Diag.ON && seg >= 0 && dt.isBuffer()) {
+            Diag.hop(t.onConsumerThread() ? Diag.C_DISPATCHER : Diag.C_OTHER, t, seg * t.segmentSize, size);
+        }
         if (dt.isBuffer() && size == 0) {
             input.onEmptyBuffer(seq, backlog);
             return;
@@ -287,6 +290,9 @@ final class ClientChannel {
                     throw e;
                 }
                 t.metrics.received(size, true);
+                if (Diag.ON) {
+                    Diag.delivered(seg, size);
+                }
                 delivered++;
                 t.lastBufferSmall = size <= t.flushedMaxBytes;
                 input.onBuffer(slice, seq, backlog, subpartition);
@@ -346,6 +352,9 @@ final class ClientChannel {
 
         @Override
         public void recycle(MemorySegment memorySegment) {
+            if (Diag.ON) {
+                Diag.recycled(t, seg);
+            }
             try {
                 int rc = Native.release(handle, seg);
                 if (rc < 0) {
@@ -446,6 +455,9 @@ final class ClientChannel {
                 return;
             }
             closed = true;
+            if (Diag.ON) {
+                Diag.dump(LOG, "input channel " + id + " closed");
+            }
             t.clientById.remove(id, this);
             t.clientByInput.remove(input.getInputChannelId(), this);
             // After a sender that saw the channel open is done (lock order: lock, then sendLock).

@@ -550,6 +550,11 @@ final class ShmTransport implements AutoCloseable {
 
     // ------------------------------------------------------------------ producer side
 
+    /** Whether the calling thread is the consumer dispatcher. */
+    boolean onConsumerThread() {
+        return Thread.currentThread() == consumerThread;
+    }
+
     /** From any thread: a reader's view has data (or an event). */
     void notifyReaderNonEmpty(ShmViewReader r) {
         notified.add(r);
@@ -744,6 +749,9 @@ final class ShmTransport implements AutoCloseable {
         // the channel id went to a new reader.
         readers.remove(r.channelId, r);
         availableReaders.remove(r);
+        if (Diag.ON) {
+            Diag.dump(LOG, "output channel " + r.channelId + " released");
+        }
         r.lock.lock();
         try {
             r.close();

@@ -304,6 +304,9 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                     throw e;
                 }
                 if (seg >= 0) {
+                    if (Diag.ON) {
+                        Diag.hop(direct ? Diag.P_DIRECT : Diag.P_DISPATCHER, t, seg * t.segmentSize, size);
+                    }
                     held = -1; // the consumer's now
                 }
                 t.metrics.sent(size);
@@ -592,15 +595,18 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
      */
     private boolean writeDirect() {
         if (!lock.tryLock()) {
+            Diag.directRefused(Diag.D_LOCKED);
             return false;
         }
         try {
             if (closed || failed || view == null || registeredAsAvailable || notifyPending.get() || stashed != null) {
+                Diag.directRefused(registeredAsAvailable ? Diag.D_REGISTERED : notifyPending.get() ? Diag.D_NOTIFIED : Diag.D_OTHER);
                 return false;
             }
             int seg;
             try {
                 if (!getAvailabilityAndBacklog().isAvailable()) {
+                    Diag.directRefused(Diag.D_NO_CREDIT);
                     return false;
                 }
                 seg = Native.acquire(channel, 0);
@@ -609,6 +615,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 return false;
             }
             if (seg < 0) {
+                Diag.directRefused(Diag.D_OTHER);
                 return false;
             }
             Outcome o;
@@ -636,6 +643,7 @@ final class ShmViewReader implements NetworkSequenceViewReader, BufferAvailabili
                 return true;
             }
             if (o == Outcome.HANDOFF) {
+                Diag.directRefused(Diag.D_HANDOFF);
                 return false;
             }
             t.metrics.direct();
