@@ -6,7 +6,9 @@ use super::config::RuntimeConfig;
 use super::cosched::{Passenger, TaskSteps, Turn};
 use super::execution::{TaskEvent, TaskIo, TaskSettings};
 use super::job::JobGraph;
-use super::protocol::{recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
+use super::protocol::{
+    recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV, RUN_TOKEN_ENV,
+};
 use crate::error::GraphError;
 use crate::error::{ConfigError, Error, Result};
 use crate::metrics::TaskMetricsHandle;
@@ -153,31 +155,59 @@ fn tell(control: &Control, msg: &FromWorker) {
 /// Runs the worker side: attach, receive the deployment, run the subtasks, report.
 ///
 /// # Errors
-/// A missing or bad control fd or arena, or a broken control socket. Task failures are
-/// reported to the coordinator, and make this return an error too.
+/// A missing or bad control fd or arena, a control socket an earlier call in this process
+/// took already, or a broken control socket. Task failures are reported to the
+/// coordinator, and make this return an error too.
 pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
+    match run_worker_once(job, config)? {
+        true => Ok(()),
+        false => Err(ConfigError::Conflict {
+            what: "worker start",
+            detail: "this worker ran a job already: a worker runs the first run it reaches".into(),
+        }
+        .into()),
+    }
+}
+
+/// [`run_worker`], or `Ok(false)` without doing anything when an earlier (or concurrent)
+/// call in this process took the control socket: a worker runs the first `run` it reaches.
+pub(crate) fn run_worker_once(job: &JobGraph, config: &RuntimeConfig) -> Result<bool> {
     // The coordinator: this process's parent, asked first (once it dies, getppid names
     // whoever adopted us).
     // SAFETY: getppid has no preconditions and cannot fail.
     let coordinator = unsafe { libc::getppid() } as u32;
-    let sock = control_socket()?;
+    let Some(sock) = control_socket()? else {
+        return Ok(false);
+    };
     let mut reader = BufReader::new(sock.try_clone().map_err(io_err("cloning the control socket"))?);
     let control: Control = Arc::new(Mutex::new(sock));
     let arena = Arc::new(crate::memory::Arena::attach_inherited()?);
-    send(&mut *control.lock().expect("control socket"), &FromWorker::Hello { pid: std::process::id() })
+    let hello = FromWorker::Hello {
+        pid: std::process::id(),
+        token: std::env::var(RUN_TOKEN_ENV).unwrap_or_default(),
+        job: job.name.clone(),
+        graph: job.shape(),
+    };
+    send(&mut *control.lock().expect("control socket"), &hello)
         .map_err(gone_or(coordinator, "writing to the coordinator"))?;
     start_heartbeats(&control, config)?;
+    // Refused (another job's worker) or cancelled before the deployment: the coordinator
+    // reports why.
     let (worker, subtasks) =
         match recv::<ToWorker>(&mut reader).map_err(gone_or(coordinator, "reading the deployment"))? {
             Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
             Some(ToWorker::Cancel) => return Err(Error::Cancelled),
             None => return Err(Error::CoordinatorDied { pid: coordinator }),
         };
-    // A bad deployment is refused as a whole, before any task starts.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let stopped = watch_coordinator(reader, coordinator, &cancel)?;
+    // A bad deployment is refused as a whole, before any task starts; the coordinator
+    // reports it (and cancels us), so the worker's `run` stays quiet like after any other
+    // task failure.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
         let error = format!("bad deployment: {why}");
         tell(&control, &FromWorker::TaskFailed { vertex: spec.vertex, subtask: spec.subtask, error, symptom: false });
-        return Err(GraphError::Deployment(why).into());
+        return await_verdict(&stopped, Some(GraphError::Deployment(why).into())).map(|()| true);
     }
     // Tasks that outnumber the CPUs take turns on them: a reader that evicted the segments
     // it read would push out the lines its own core's producer writes next.
@@ -186,8 +216,6 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
         crate::sync::set_evict_segments(false);
     }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let stopped = watch_coordinator(reader, coordinator, &cancel)?;
     let settings = config.task_settings();
     install_panic_hook();
     let mut handles = Vec::new();
@@ -219,13 +247,19 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
         failed |= !matches!(h.join(), Ok(Ok(())));
     }
     if first_err.is_none() && !failed {
-        return Ok(());
+        return Ok(true);
     }
-    await_verdict(&stopped, first_err)
+    await_verdict(&stopped, first_err).map(|()| true)
 }
 
-/// The control socket this worker inherited, checked and made close-on-exec.
-fn control_socket() -> Result<UnixStream> {
+/// The control socket this worker inherited, checked and made close-on-exec; `None` if an
+/// earlier call took it (it owns, and may have closed, the fd: a second owner of one fd
+/// closes it twice, which Rust's I/O safety check aborts the process for).
+fn control_socket() -> Result<Option<UnixStream>> {
+    static TAKEN: Mutex<bool> = Mutex::new(false);
+    if std::mem::replace(&mut *TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner), true) {
+        return Ok(None);
+    }
     let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
         ConfigError::Conflict { what: "worker start", detail: format!("{CONTROL_FD_ENV} is not an fd number") }
     })?;
@@ -241,8 +275,9 @@ fn control_socket() -> Result<UnixStream> {
     // Not inherited by the commands tasks run (they are no workers).
     // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
     unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: the fd is open and was passed to this process to own.
-    Ok(unsafe { UnixStream::from_raw_fd(raw) })
+    // SAFETY: the fd is open and was passed to this process to own; TAKEN makes this the
+    // only owner this process ever makes of it.
+    Ok(Some(unsafe { UnixStream::from_raw_fd(raw) }))
 }
 
 /// Heartbeats, from a thread of their own so busy tasks do not hold them up; they end with
