@@ -200,13 +200,18 @@ pub(crate) fn run_worker_once(job: &JobGraph, config: &RuntimeConfig) -> Result<
             None => return Err(Error::CoordinatorDied { pid: coordinator }),
         };
     let cancel = Arc::new(AtomicBool::new(false));
-    let stopped = watch_coordinator(reader, coordinator, &cancel)?;
+    // Set once this worker's tasks have ended (or never started): the control thread's
+    // backstop then leaves the process to end on its own.
+    let ended = Arc::new(AtomicBool::new(false));
+    let stopped = watch_coordinator(reader, coordinator, &cancel, &ended)?;
     // A bad deployment is refused as a whole, before any task starts; the coordinator
     // reports it (and cancels us), so the worker's `run` stays quiet like after any other
     // task failure.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
         let error = format!("bad deployment: {why}");
         tell(&control, &FromWorker::TaskFailed { vertex: spec.vertex, subtask: spec.subtask, error, symptom: false });
+        // Release: pairs with the backstop's Acquire load (no task runs).
+        ended.store(true, Ordering::Release);
         return await_verdict(&stopped, Some(GraphError::Deployment(why).into())).map(|()| true);
     }
     // Tasks that outnumber the CPUs take turns on them: a reader that evicted the segments
@@ -246,6 +251,8 @@ pub(crate) fn run_worker_once(job: &JobGraph, config: &RuntimeConfig) -> Result<
     for h in handles {
         failed |= !matches!(h.join(), Ok(Ok(())));
     }
+    // Release: pairs with the backstop's Acquire load in `watch_coordinator`.
+    ended.store(true, Ordering::Release);
     if first_err.is_none() && !failed {
         return Ok(true);
     }
@@ -306,11 +313,25 @@ fn start_heartbeats(control: &Control, config: &RuntimeConfig) -> Result<()> {
 /// interrupted, and the coordinator reports it) or the socket closing (it died).
 type Stopped = Arc<Mutex<Option<Error>>>;
 
+/// How long a worker whose coordinator died gives its tasks to stop on the cancel flag
+/// before the control thread ends the process ([`watch_coordinator`]).
+const ORPHAN_GRACE: Duration = Duration::from_secs(3);
+
+/// The exit status of a worker ended by that backstop.
+const ORPHAN_EXIT_CODE: i32 = 70;
+
 /// Reads the control socket after the deployment on a thread of its own: a Cancel or the
 /// coordinator's death sets `cancel` for every task and is kept as the verdict.
-fn watch_coordinator(mut reader: BufReader<UnixStream>, coordinator: u32, cancel: &Arc<AtomicBool>) -> Result<Stopped> {
+/// If the coordinator died and the tasks have not ended (`ended`) [`ORPHAN_GRACE`] later,
+/// it says so on stderr and ends the process with [`ORPHAN_EXIT_CODE`].
+fn watch_coordinator(
+    mut reader: BufReader<UnixStream>,
+    coordinator: u32,
+    cancel: &Arc<AtomicBool>,
+    ended: &Arc<AtomicBool>,
+) -> Result<Stopped> {
     let stopped: Stopped = Arc::new(Mutex::new(None));
-    let (cancel, verdict) = (cancel.clone(), stopped.clone());
+    let (cancel, verdict, ended) = (cancel.clone(), stopped.clone(), ended.clone());
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -321,9 +342,28 @@ fn watch_coordinator(mut reader: BufReader<UnixStream>, coordinator: u32, cancel
                     Ok(None) | Err(_) => break Error::CoordinatorDied { pid: coordinator },
                 }
             };
+            let died = matches!(why, Error::CoordinatorDied { .. });
             *verdict.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
             // Relaxed: a stop request, polled by every task.
             cancel.store(true, Ordering::Relaxed);
+            if died {
+                // The backstop: a task that does not reach a cancellation check (a user
+                // function busy for long, a sink working through a batch record by record)
+                // would keep an orphaned worker running. Nobody is left to report to; the
+                // process normally ends long before this sleep does.
+                std::thread::sleep(ORPHAN_GRACE);
+                // Acquire: pairs with the Release store after the tasks were joined.
+                if ended.load(Ordering::Acquire) {
+                    return;
+                }
+                eprintln!(
+                    "shmflow worker {}: {}; its tasks did not stop within {} s of it: exiting",
+                    std::process::id(),
+                    Error::CoordinatorDied { pid: coordinator },
+                    ORPHAN_GRACE.as_secs()
+                );
+                std::process::exit(ORPHAN_EXIT_CODE);
+            }
         })
         .map_err(io_err("starting the control thread"))?;
     Ok(stopped)
