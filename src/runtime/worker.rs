@@ -468,9 +468,7 @@ impl Task {
         if passengers.is_empty() {
             return self.run(spec);
         }
-        if self.settings.pin_cpus {
-            pin_thread(spec.subtask);
-        }
+        // (`run` pins the thread, for the passengers' turns too.)
         let failed = Rc::new(Cell::new(false));
         let riders = passengers.into_iter().map(|p| Box::new(self.board(p, &failed)) as Box<dyn Passenger>).collect();
         super::cosched::board(riders);
