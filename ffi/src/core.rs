@@ -457,10 +457,7 @@ fn read_entry(path: &Path) -> Option<Entry> {
 }
 
 fn pid_alive(pid: u32, start: u64) -> bool {
-    match process_start_ticks(pid) {
-        Some(t) => start == 0 || t == start,
-        None => false,
-    }
+    liveness::process_alive(pid, start)
 }
 
 struct DirLock(std::fs::File);

@@ -27,7 +27,7 @@
 //! record's `generation`: a peer that keeps a slot number (a TaskManager's peer, a channel
 //! block's route) keeps the generation with it and sees another holder as a change.
 
-use super::arena::{process_start_ticks, Arena};
+use super::arena::{proc_stat, process_start_ticks, Arena, ProcStat};
 use super::blocks::WorkerRecord;
 use crate::error::{Error, Result};
 use crate::sync::{now_nanos, Ordering};
@@ -224,10 +224,50 @@ fn process_running(pid: u32, r: &WorkerRecord) -> bool {
         let (me, my_ticks) = own_identity();
         return is_own(pid, r, me, my_ticks);
     }
-    match process_start_ticks(pid) {
-        Some(t) if ticks == 0 || t == ticks => !process_is_zombie(pid),
-        _ => false,
+    process_alive(pid, ticks)
+}
+
+/// Whether process `pid`, recorded with start time `recorded_ticks` (0: unknown), still
+/// runs: its `/proc/PID/stat` names a running process of that start time. When `/proc`
+/// cannot tell (not mounted, hidden, unreadable), `kill(pid, 0)` decides, erring on the
+/// safe side (see [`decide_running`]).
+pub fn process_alive(pid: u32, recorded_ticks: u64) -> bool {
+    if pid == 0 {
+        return false;
     }
+    let (_, my_ticks) = own_identity();
+    decide_running(proc_stat(pid), recorded_ticks, my_ticks != 0, || signal_reaches(pid))
+}
+
+/// The decision of [`process_alive`] from what was read: `stat` (the process's
+/// `/proc/PID/stat`), `proc_trusted` (whether this process could read its own
+/// `/proc/self/stat`: if not, `/proc` says nothing, and a missing file is no evidence) and
+/// `exists` (`kill(pid, 0)`, asked only when `/proc` cannot tell). Only a readable `/proc`
+/// declares a process dead: its file absent, ended (zombie), or of another start time (a
+/// recycled pid). Otherwise a process that a signal reaches is alive: a live peer taken
+/// for dead is reclaimed under its feet, a dead one taken for alive only waits.
+pub fn decide_running(stat: ProcStat, recorded_ticks: u64, proc_trusted: bool, exists: impl FnOnce() -> bool) -> bool {
+    match stat {
+        _ if !proc_trusted => exists(),
+        ProcStat::Found { start_ticks, ended } => !ended && (recorded_ticks == 0 || start_ticks == recorded_ticks),
+        ProcStat::Absent => false,
+        ProcStat::Unknown => exists(),
+    }
+}
+
+/// Whether a process `pid` exists as `kill(pid, 0)` tells: no only for `ESRCH` (success
+/// or `EPERM`: it exists).
+fn signal_reaches(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if p <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; it checks that `p` (a positive pid, so one process,
+    // never a group) exists and may be signalled.
+    let r = unsafe { libc::kill(p, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Whether process `pid` runs (exists and is not a zombie). Without a start time to
@@ -236,7 +276,7 @@ fn process_running(pid: u32, r: &WorkerRecord) -> bool {
 /// a reclaimer named in a state word), where "running" errs on the safe side (nothing is
 /// taken from a process that might be alive).
 pub fn pid_running(pid: u32) -> bool {
-    pid != 0 && (pid == std::process::id() || (process_start_ticks(pid).is_some() && !process_is_zombie(pid)))
+    pid != 0 && (pid == std::process::id() || process_alive(pid, 0))
 }
 
 /// Whether process `pid`, recorded alone as the holder of something in `arena` (a
@@ -432,24 +472,13 @@ pub fn liveness(arena: &Arena, slot: u32) -> Liveness {
         let (me, my_ticks) = own_identity();
         return if is_own(pid, r, me, my_ticks) { Liveness::Alive } else { Liveness::Dead { pid } };
     }
-    match process_start_ticks(pid) {
-        Some(t) if ticks == 0 || t == ticks => {
-            // A zombie (exited, not reaped yet) still has a stat file: check its state.
-            if process_is_zombie(pid) {
-                Liveness::Dead { pid }
-            } else {
-                Liveness::Alive
-            }
-        }
-        _ => Liveness::Dead { pid },
+    // A zombie (exited, not reaped yet) still has a stat file: `process_alive` reads its
+    // state too.
+    if process_alive(pid, ticks) {
+        Liveness::Alive
+    } else {
+        Liveness::Dead { pid }
     }
-}
-
-fn process_is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z') || s[i + 2..].starts_with('X')))
-        .unwrap_or(false)
 }
 
 /// Declares slot `slot` dead (once: returns true for the caller that did it).
@@ -495,5 +524,56 @@ impl LivenessProbe {
 impl Default for LivenessProbe {
     fn default() -> Self {
         Self::new(std::time::Duration::from_millis(100))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    const FOUND: ProcStat = ProcStat::Found { start_ticks: 500, ended: false };
+
+    /// `decide_running` with `kill(pid, 0)` answering `exists`; also whether it was asked.
+    fn decide(stat: ProcStat, recorded: u64, trusted: bool, exists: bool) -> (bool, bool) {
+        let asked = std::cell::Cell::new(false);
+        let r = decide_running(stat, recorded, trusted, || {
+            asked.set(true);
+            exists
+        });
+        (r, asked.get())
+    }
+
+    #[test]
+    fn a_readable_proc_decides_alone() {
+        assert_eq!(decide(FOUND, 500, true, false), (true, false));
+        assert_eq!(decide(FOUND, 0, true, false), (true, false));
+        // A recycled pid (another start time), a zombie, a missing file: dead whatever a
+        // signal says.
+        assert_eq!(decide(FOUND, 499, true, true), (false, false));
+        assert_eq!(decide(ProcStat::Found { start_ticks: 500, ended: true }, 500, true, true), (false, false));
+        assert_eq!(decide(ProcStat::Absent, 500, true, true), (false, false));
+    }
+
+    #[test]
+    fn a_proc_that_cannot_tell_falls_back_to_a_signal() {
+        // hidepid, EACCES, a stat file that does not parse: kill(pid, 0) decides.
+        assert_eq!(decide(ProcStat::Unknown, 500, true, true), (true, true));
+        assert_eq!(decide(ProcStat::Unknown, 500, true, false), (false, true));
+        // Our own /proc/self/stat unreadable (/proc not mounted): an absent file or
+        // another start time is no evidence; only a signal that finds nobody is.
+        assert_eq!(decide(ProcStat::Absent, 500, false, true), (true, true));
+        assert_eq!(decide(FOUND, 499, false, true), (true, true));
+        assert_eq!(decide(ProcStat::Unknown, 500, false, true), (true, true));
+        assert_eq!(decide(ProcStat::Absent, 500, false, false), (false, true));
+    }
+
+    #[test]
+    fn a_signal_reaches_this_process_and_not_a_pid_above_the_limit() {
+        assert!(signal_reaches(std::process::id()));
+        assert!(!signal_reaches(1 << 23));
+        assert!(!signal_reaches(0));
+        assert!(!signal_reaches(u32::MAX));
+        assert!(process_alive(std::process::id(), 0));
+        assert!(!process_alive(1 << 23, 0));
     }
 }
