@@ -404,7 +404,7 @@ fn segments_wake(arena: &Arena) -> &EventCount {
 /// peer keeps the handle, never the bare slot: after the TaskManager leaves or dies, its
 /// slot may be registered again by another, whose generation differs.
 pub fn peer_handle(slot: u32, generation: u32) -> i64 {
-    (i64::from(generation & 0x7fff_ffff) << 32) | i64::from(slot)
+    (i64::from(generation & liveness::GENERATION_MASK) << 32) | i64::from(slot)
 }
 
 /// The slot and generation of a [`peer_handle`]. `None` for a negative handle.
@@ -738,7 +738,7 @@ impl ArenaCtx {
         // Relaxed (both): ordered by the Acquire above; a stale value only makes us refuse
         // (and fall back to Netty).
         let (pid, start) = (w.pid.load(Ordering::Relaxed), w.start_ticks.load(Ordering::Relaxed));
-        if generation != e.generation
+        if !liveness::same_generation(generation, e.generation)
             || pid != e.pid
             || (start != 0 && e.start != 0 && start != e.start)
             || liveness::liveness(&self.arena, e.slot) != Liveness::Alive
@@ -763,7 +763,7 @@ impl ArenaCtx {
         if slot >= self.arena.config().max_workers {
             return Err(inval(format!("worker slot {slot} is outside 0..{}", self.arena.config().max_workers)));
         }
-        if generation != 0 && liveness::generation(&self.arena, slot) != generation {
+        if generation != 0 && !liveness::same_generation(liveness::generation(&self.arena, slot), generation) {
             return Ok(2);
         }
         // Relaxed: a look at the state word; `liveness` below reads it again with Acquire. A
@@ -1322,7 +1322,7 @@ impl ChannelCtx {
         if st == died_mark || st == CHANNEL_ORPHANED {
             return 2;
         }
-        if liveness::generation(&self.ctx.arena, self.peer) != self.peer_generation {
+        if !liveness::same_generation(liveness::generation(&self.ctx.arena, self.peer), self.peer_generation) {
             // The slot was registered again (or freed): the process we talked to left it.
             // A death would have marked the channel (the reclaimer fails it first).
             return 1;
@@ -1633,6 +1633,38 @@ mod tests {
             .iter()
             .filter(|b| ![shmflow::memory::CHANNEL_FREE, CHANNEL_CLOSED].contains(&b.state()))
             .count()
+    }
+
+    #[test]
+    fn a_slot_at_the_last_31_bit_generation_wraps_to_1_and_its_handle_round_trips() {
+        let scratch = Scratch::new("gen-wrap");
+        let run = || -> FResult<()> {
+            let b = scratch.open("tm-consumer")?;
+            for w in b.arena.workers() {
+                // Relaxed (both): single-threaded set-up before the next registration.
+                if w.state.load(Ordering::Relaxed) == liveness::WORKER_FREE {
+                    w.generation.store(liveness::GENERATION_MASK, Ordering::Relaxed);
+                }
+            }
+            let x = scratch.open("tm-x")?;
+            assert_eq!(x.generation, 1, "2^31 - 1 bumps to 1 (2^31 made a handle of generation 0)");
+            let h = b.lookup("tm-x")?;
+            assert_eq!(h, peer_handle(x.slot, 1));
+            assert_eq!(split_peer(h), Some((x.slot, 1)));
+            assert_eq!(
+                split_peer(peer_handle(x.slot, liveness::GENERATION_MASK)),
+                Some((x.slot, liveness::GENERATION_MASK))
+            );
+            assert_eq!(b.peer_state(h)?, 1);
+            let cons = ChannelCtx::connect(&b, h)?;
+            let prod = ChannelCtx::accept(&x, cons.id)?;
+            prod.close();
+            cons.close();
+            x.close();
+            b.close();
+            Ok(())
+        };
+        run().unwrap();
     }
 
     #[test]

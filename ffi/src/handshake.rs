@@ -35,6 +35,7 @@
 //! swaps 1 in when it takes the open block, the consumer 2 when it withdraws; whoever
 //! swaps second learns the other's.
 
+use shmflow::memory::liveness;
 use shmflow::memory::{
     ChannelBlock, CHANNEL_CLOSED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_PROBING_BY,
     CHANNEL_PRODUCER_FAILED,
@@ -128,7 +129,7 @@ pub fn take(b: &ChannelBlock, slot: u32, generation: u32, pid: u32, max_slots: u
     // AcqRel CAS to CONSUMER_GONE in `close` (its last ring writes come before our drain).
     let st = b.state();
     // Ordered by the Acquire above.
-    let ours = b.producer_worker() == Some(slot) && b.generations().0 == generation;
+    let ours = b.producer_worker() == Some(slot) && liveness::same_generation(b.generations().0, generation);
     match st {
         CHANNEL_OPEN if ours => {
             // Ordered by the Acquire above.

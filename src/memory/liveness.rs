@@ -195,12 +195,31 @@ fn is_own(pid: u32, r: &WorkerRecord, me: u32, my_ticks: u64) -> bool {
     pid == me && (ticks == 0 || my_ticks == 0 || ticks == my_ticks)
 }
 
-/// Bumps `r`'s generation, skipping 0 (which no registered slot has).
+/// The bits of a generation: 31, so that a C ABI peer handle (generation in the high 32
+/// bits of an `i64`) is never negative. Generations are kept and compared within them.
+pub const GENERATION_MASK: u32 = 0x7fff_ffff;
+
+/// Whether generations `a` and `b` are the same (compared within [`GENERATION_MASK`]: a
+/// record written by a build that let the generation reach 2^31 matches its handle).
+pub fn same_generation(a: u32, b: u32) -> bool {
+    a & GENERATION_MASK == b & GENERATION_MASK
+}
+
+/// The generation after `g`: within [`GENERATION_MASK`], skipping 0 (which no registered
+/// slot has, and which a peer handle uses for "a bare slot").
+pub fn next_generation(g: u32) -> u32 {
+    match g.wrapping_add(1) & GENERATION_MASK {
+        0 => 1,
+        n => n,
+    }
+}
+
+/// Bumps `r`'s generation ([`next_generation`]).
 fn bump_generation(r: &WorkerRecord) {
     // Relaxed (both): only the holder of the record's RECLAIMING state (a registering or
     // reclaiming process) writes it; published by its Release store of the next state.
-    let g = r.generation.load(Ordering::Relaxed).wrapping_add(1);
-    r.generation.store(if g == 0 { 1 } else { g }, Ordering::Relaxed);
+    let g = next_generation(r.generation.load(Ordering::Relaxed));
+    r.generation.store(g, Ordering::Relaxed);
 }
 
 /// The generation of worker slot `slot` ([`WorkerRecord::generation`]); 0 for a slot
@@ -209,7 +228,7 @@ pub fn generation(arena: &Arena, slot: u32) -> u32 {
     // Acquire: pairs with the Release stores of the state that follow every bump
     // (`register`, `finish_reclaim`): a caller that then reads the state sees the state
     // of this generation or a later one.
-    record(arena, slot).map(|r| r.generation.load(Ordering::Acquire)).unwrap_or(0)
+    record(arena, slot).map(|r| r.generation.load(Ordering::Acquire) & GENERATION_MASK).unwrap_or(0)
 }
 
 /// Whether the process `pid` recorded in `r` still runs (same start time, not a zombie).
@@ -565,6 +584,23 @@ mod tests {
         assert_eq!(decide(FOUND, 499, false, true), (true, true));
         assert_eq!(decide(ProcStat::Unknown, 500, false, true), (true, true));
         assert_eq!(decide(ProcStat::Absent, 500, false, false), (false, true));
+    }
+
+    #[test]
+    fn generations_stay_within_31_bits_and_skip_0() {
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(GENERATION_MASK), 1);
+        assert_eq!(next_generation(u32::MAX), 1);
+        assert_eq!(next_generation(1 << 31), 1);
+        let arena = Arena::heap(&crate::memory::ArenaConfig::default()).unwrap();
+        let r = &arena.workers()[0];
+        // Relaxed: single-threaded set-up.
+        r.generation.store(GENERATION_MASK, Ordering::Relaxed);
+        assert_eq!(generation(&arena, 0), GENERATION_MASK);
+        register(&arena, 0).unwrap();
+        assert_eq!(generation(&arena, 0), 1, "2^31 - 1 bumps to 1, not 0 and not 2^31");
+        assert!(same_generation(1 << 31 | 5, 5));
+        assert!(!same_generation(6, 5));
     }
 
     #[test]
