@@ -991,7 +991,13 @@ impl ChannelCtx {
                 ch.withdraw();
                 return Err(gone(producer));
             }
-            ch.notify_peer()?;
+            if let Err(e) = ch.notify_peer() {
+                // The block is OPEN towards a producer that will not hear of it: withdrawn
+                // (freed, or left to a producer that took it meanwhile), not left open
+                // until that producer's close scan.
+                ch.withdraw();
+                return Err(e);
+            }
             return Ok(ch);
         }
         Err(FfiError::new(code::ECONFIG, "every channel block of the arena is taken"))
