@@ -771,11 +771,18 @@ impl ArenaCtx {
         if self.arena.workers()[slot as usize].state.load(Ordering::Relaxed) == liveness::WORKER_FREE {
             return Ok(2);
         }
-        Ok(match liveness::liveness(&self.arena, slot) {
+        let state = match liveness::liveness(&self.arena, slot) {
             Liveness::Alive => 1,
             Liveness::Exited => 0,
             Liveness::Dead { .. } => -1,
-        })
+        };
+        // The generation again, after `liveness`'s Acquire load of the state (see
+        // `liveness::generation`): a slot freed and registered by another TaskManager
+        // since the first look read as that one's state; it is not `peer`'s.
+        if generation != 0 && !liveness::same_generation(liveness::generation(&self.arena, slot), generation) {
+            return Ok(2);
+        }
+        Ok(state)
     }
 
     /// Sets how long waits of side `side` spin before they park (at most one second).
@@ -1333,11 +1340,17 @@ impl ChannelCtx {
             // A death would have marked the channel (the reclaimer fails it first).
             return 1;
         }
-        match liveness::liveness(&self.ctx.arena, self.peer) {
+        let state = match liveness::liveness(&self.ctx.arena, self.peer) {
             Liveness::Alive => 0,
             Liveness::Exited => 1,
             Liveness::Dead { .. } => 2,
+        };
+        // Again after `liveness`'s Acquire load of the state (see `ArenaCtx::peer_state`):
+        // the state read may be the next holder's.
+        if !liveness::same_generation(liveness::generation(&self.ctx.arena, self.peer), self.peer_generation) {
+            return 1;
         }
+        state
     }
 
     /// 0 open, 1 the other end closed, 2 it died, from the block's state word alone (no

@@ -216,18 +216,23 @@ pub fn next_generation(g: u32) -> u32 {
 
 /// Bumps `r`'s generation ([`next_generation`]).
 fn bump_generation(r: &WorkerRecord) {
-    // Relaxed (both): only the holder of the record's RECLAIMING state (a registering or
-    // reclaiming process) writes it; published by its Release store of the next state.
+    // Relaxed: only the holder of the record's RECLAIMING state (a registering or
+    // reclaiming process) writes it, after its Acquire CAS of that state.
     let g = next_generation(r.generation.load(Ordering::Relaxed));
-    r.generation.store(g, Ordering::Relaxed);
+    // Release: pairs with the Acquire load in `generation`: a reader that sees `g` sees
+    // what was written before it (`register`'s pid and start time, the reclamation before
+    // `finish_reclaim`). The Release store of the next state also publishes it.
+    r.generation.store(g, Ordering::Release);
 }
 
 /// The generation of worker slot `slot` ([`WorkerRecord::generation`]); 0 for a slot
 /// out of range.
 pub fn generation(arena: &Arena, slot: u32) -> u32 {
-    // Acquire: pairs with the Release stores of the state that follow every bump
-    // (`register`, `finish_reclaim`): a caller that then reads the state sees the state
-    // of this generation or a later one.
+    // Acquire: pairs with the Release store in `bump_generation`: the pid and start time
+    // read after this are the ones written with this generation or a later one. A caller
+    // that then reads the state (Acquire) and this again, seeing the same generation,
+    // read a state of this generation (a later holder's state is Release-stored after its
+    // bump). `ArenaCtx::peer_state` does so.
     record(arena, slot).map(|r| r.generation.load(Ordering::Acquire) & GENERATION_MASK).unwrap_or(0)
 }
 
