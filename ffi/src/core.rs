@@ -991,8 +991,10 @@ impl ChannelCtx {
             });
             // SeqCst fence: pairs with the one in `ArenaCtx::close` between its EXITED and
             // its scan of unaccepted channels: if that scan missed our OPEN, we see it gone.
-            // A producer that died (or left, and its slot was taken again) since our first
-            // look is seen here too: its reclaimer may have scanned before our OPEN.
+            // Pairs too with the one in `partition::reclaim::reclaim_slot` after
+            // `begin_reclaim` and before its block scan: a producer that died since our
+            // first look and whose reclaimer's scan missed our OPEN is seen here (its
+            // record RECLAIMING or its slot taken again).
             fence(Ordering::SeqCst);
             if ctx.peer_state(peer) != Ok(1) {
                 ch.withdraw();
