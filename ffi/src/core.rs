@@ -52,7 +52,7 @@ use shmflow::memory::{
 };
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
-use shmflow::sync::{fence, spin_loop, AtomicBool, AtomicU64, EventCount, Ordering};
+use shmflow::sync::{spin_loop, AtomicBool, AtomicU64, EventCount, Ordering};
 use shmflow::{ArenaError, PushError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -637,10 +637,9 @@ impl ArenaCtx {
         *closed = true;
         // Relaxed: read under the `accepted` lock, which the scan below takes after this.
         self.leaving.store(true, Ordering::Relaxed);
-        liveness::mark_exited(&self.arena, self.slot);
-        // SeqCst fence: pairs with the one in `ChannelCtx::connect` between its `open` and
-        // its second look at us: of our EXITED and its OPEN, at least one is seen.
-        fence(Ordering::SeqCst);
+        // Our EXITED, then a fence (paired with `ChannelCtx::connect`'s second look at us,
+        // after its OPEN): of the two, at least one is seen.
+        handshake::leave(|| liveness::mark_exited(&self.arena, self.slot));
         self.refuse_unaccepted();
         let lock = DirLock::take(&self.opts.registry_dir);
         let _ = std::fs::remove_file(&self.entry);
@@ -989,14 +988,12 @@ impl ChannelCtx {
                 held: Mutex::new(HashSet::new()),
                 closed: Mutex::new(false),
             });
-            // SeqCst fence: pairs with the one in `ArenaCtx::close` between its EXITED and
-            // its scan of unaccepted channels: if that scan missed our OPEN, we see it gone.
-            // Pairs too with the one in `partition::reclaim::reclaim_slot` after
-            // `begin_reclaim` and before its block scan: a producer that died since our
-            // first look and whose reclaimer's scan missed our OPEN is seen here (its
-            // record RECLAIMING or its slot taken again).
-            fence(Ordering::SeqCst);
-            if ctx.peer_state(peer) != Ok(1) {
+            // The look again after our OPEN (`handshake::still_there_after_open`: a fence
+            // paired with `ArenaCtx::close`'s and with the reclaimer's in
+            // `partition::reclaim::reclaim_slot`): a producer that left or died since our
+            // first look and whose scan missed our OPEN is seen here (EXITED, RECLAIMING,
+            // or its slot taken again).
+            if !handshake::still_there_after_open(|| ctx.peer_state(peer) == Ok(1)) {
                 ch.withdraw();
                 return Err(gone(producer));
             }
