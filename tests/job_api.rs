@@ -182,6 +182,48 @@ fn a_worker_whose_graph_differs_from_the_coordinators_refuses_the_deployment_nam
         return;
     }
     let e = run_as(NAME, job).expect_err("the workers' graph differs").to_string();
-    assert!(e.contains("bad deployment") && e.contains("another graph"), "{e}");
+    assert!(e.contains("is not this job's worker") && e.contains("another graph"), "{e}");
     assert!(e.contains("square") && e.contains("double"), "names both: {e}");
+}
+
+/// A job summing 0..n into accumulator "sum", named `name`.
+fn sum_job(name: &str, n: u64) -> JobGraph {
+    JobBuilder::new(name, 2)
+        .source("numbers", move |info: &TaskInfo, out: &mut dyn Collector<u64>| {
+            (u64::from(info.subtask)..n).step_by(info.parallelism as usize).try_for_each(|i| out.collect(i))
+        })
+        .rebalance(None)
+        .sink("sum", |_: &TaskInfo| Ok(SumInto("sum")))
+}
+
+#[test]
+fn a_worker_whose_run_builds_another_job_is_refused_never_merged() {
+    const NAME: &str = "a_worker_whose_run_builds_another_job_is_refused_never_merged";
+    // The workers reach a run of another job of the same shape, as a worker of one test
+    // reached another test's run in the trial (and ran it with this coordinator's
+    // deployment: a merged, wrong sum).
+    if is_worker() {
+        let _ = run_as(NAME, sum_job("other", 500));
+        return;
+    }
+    let e = run_as(NAME, sum_job("mine", 1000)).expect_err("the workers run another job").to_string();
+    assert!(e.contains("is not this job's worker, refused"), "{e}");
+    assert!(e.contains("its run builds job \"other\", this coordinator runs job \"mine\""), "{e}");
+    assert!(e.contains("worker_args"), "says what to do: {e}");
+}
+
+#[test]
+fn a_second_run_in_a_worker_returns_none_and_the_first_job_succeeds() {
+    const NAME: &str = "a_second_run_in_a_worker_returns_none_and_the_first_job_succeeds";
+    if is_worker() {
+        // The first run runs the deployed tasks; the second (before: a second owner of the
+        // control fd, which closed it twice, and the process aborted with "IO Safety
+        // violation") finds the control socket taken and does nothing.
+        let first = run_as(NAME, sum_job("first", 1000));
+        let second = run_as(NAME, sum_job("second", 2000));
+        assert!(matches!((&first, &second), (Ok(None), Ok(None))), "{first:?} {second:?}");
+        return;
+    }
+    let s = run_as(NAME, sum_job("first", 1000)).unwrap().expect("the coordinator's summary");
+    assert_eq!(s.accumulators["sum"], Accumulator::Sum(1000 * 999 / 2));
 }

@@ -237,6 +237,66 @@ fn a_sigkilled_coordinators_workers_say_it_died_and_clean_removes_what_it_left()
 }
 
 #[test]
+fn a_sigkilled_coordinators_workers_stop_though_their_sinks_hold_minutes_of_work() {
+    // A sink that takes 100 ms per record, with full segments in flight: before the orphan
+    // backstop the workers worked through every record in flight first (hours; the trial
+    // saw minutes at 1 ms a record) and stderr stayed open past PATIENCE.
+    let _serial = serial();
+    let tmp = TempDir::new("sigkillslow");
+    let mut run = Run::start(
+        &tmp.0,
+        &["run", "shuffle", "--quiet", "--records", "100000000", "--payload", "16", "--sink-work-ns", "100000000"],
+    );
+    run.wait_running();
+    // Let the generators fill what the exchange can hold.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = run.pid();
+    let workers = children_of(pid);
+    assert_eq!(workers.len(), 2, "two workers run");
+    // Should the backstop regress, the test still stops the workers it started.
+    let _reap = KillPids(workers.clone());
+    run.signal(libc::SIGKILL);
+    // Stderr ends when the orphaned workers have exited too (bounded by PATIENCE).
+    let (status, said) = run.finish();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let died = format!("the coordinator (pid {pid}) died");
+    assert!(said.iter().any(|l| l.contains(&died)), "the workers say why they stop: {said:?}");
+    for w in workers {
+        assert!(!std::path::Path::new(&format!("/proc/{w}")).exists() || zombie(w), "worker {w} is gone: {said:?}");
+    }
+    let clean = shmflow()
+        .arg("clean")
+        .env("TMPDIR", &tmp.0)
+        .env("SHMFLOW_SHM_DIR", &tmp.0)
+        .output()
+        .expect("run shmflow clean");
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+}
+
+/// SIGKILLs its pids on drop (processes a test started that outlived their parent).
+struct KillPids(Vec<u32>);
+
+impl Drop for KillPids {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            // Only a shmflow process: the pid of one that exited may have been reused.
+            let ours = std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.windows(b"shmflow".len()).any(|w| w == b"shmflow"));
+            if ours {
+                // SAFETY: kill(2) takes any pid and signal; a pid that is gone is ESRCH.
+                unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped by its parent).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+#[test]
 fn the_next_run_of_an_output_removes_a_stale_temp_file_and_keeps_a_live_ones() {
     let _serial = serial();
     let tmp = TempDir::new("staletmp");

@@ -5,7 +5,7 @@
 //! that are not theirs, nothing at all, or never read, each fail the job with an error
 //! naming the worker instead of hanging it.
 
-use shmflow::runtime::{run_job, Collector, JobBuilder, RuntimeConfig, TaskInfo};
+use shmflow::runtime::{run_job, Collector, JobBuilder, JobGraph, RuntimeConfig, TaskInfo};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
@@ -18,6 +18,9 @@ use common::{serial, shmflow, KillOnDrop, TempDir};
 
 /// The variable a coordinator names its worker's control socket in.
 const CONTROL_FD: &str = "SHMFLOW_CONTROL_FD";
+
+/// The variable a coordinator passes its run's token to its workers in.
+const TOKEN: &str = "SHMFLOW_RUN_TOKEN";
 
 /// Bound of every wait in these tests.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -152,10 +155,7 @@ impl Collector<u64> for Discard {
 fn run_against(fake: &'static str, workers: u32, parallelism: u32, timeout_ms: u64) -> String {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let job = JobBuilder::new(&format!("control-{fake}"), parallelism)
-            .source("numbers", |_: &TaskInfo, out: &mut dyn Collector<u64>| out.collect(1))
-            .rebalance(None)
-            .sink("discard", |_: &TaskInfo| Ok(Box::new(Discard) as Box<dyn Collector<u64>>));
+        let job = control_job(fake, parallelism);
         let config = RuntimeConfig {
             workers,
             segment_size: 4096,
@@ -177,6 +177,14 @@ fn run_against(fake: &'static str, workers: u32, parallelism: u32, timeout_ms: u
     }
 }
 
+/// The job [`run_against`] runs on fake workers `fake`.
+fn control_job(fake: &str, parallelism: u32) -> JobGraph {
+    JobBuilder::new(&format!("control-{fake}"), parallelism)
+        .source("numbers", |_: &TaskInfo, out: &mut dyn Collector<u64>| out.collect(1))
+        .rebalance(None)
+        .sink("discard", |_: &TaskInfo| Ok(Box::new(Discard) as Box<dyn Collector<u64>>))
+}
+
 /// A misbehaving worker of kind `mode`, when started by a coordinator: says hello (except
 /// "mute"), reads its deployment (except "deaf"), misbehaves, then waits (bounded) for the
 /// coordinator's Cancel or for its socket to close.
@@ -191,7 +199,13 @@ fn fake_worker(mode: &str) {
         let _ = sock.write_all(b"\n");
     };
     if mode != "mute" {
-        say(format!("{{\"Hello\":{{\"pid\":{}}}}}", std::process::id()).as_bytes());
+        // The Hello of a worker of this run (the coordinator refuses another's), except for
+        // the fakes that pretend to be another run's or another job's.
+        let job = control_job(mode, if mode == "deaf" { 200 } else { 1 });
+        let token = if mode == "stranger" { "another run".into() } else { std::env::var(TOKEN).unwrap_or_default() };
+        let name = if mode == "otherjob" { "another job".into() } else { job.name.clone() };
+        let hello = serde_json::json!({"Hello": {"pid": std::process::id(), "token": token, "job": name, "graph": job.shape()}});
+        say(hello.to_string().as_bytes());
     }
     if mode == "exits" {
         // Gone before it read its deployment: the coordinator sees a reset socket.
@@ -208,16 +222,16 @@ fn fake_worker(mode: &str) {
         }
         return;
     }
-    if mode != "mute" {
+    // The refused ones get no deployment: they wait for the Cancel below.
+    if mode != "mute" && mode != "stranger" && mode != "otherjob" {
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         let deploy: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let mine: Vec<(u64, u64)> = deploy["Deploy"]["subtasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| (s["vertex"].as_u64().unwrap(), s["subtask"].as_u64().unwrap()))
-            .collect();
+        // A Cancel instead (the other fake failed the job first, before our Hello was
+        // answered): nothing to misbehave with.
+        let Some(subtasks) = deploy["Deploy"]["subtasks"].as_array() else { return };
+        let mine: Vec<(u64, u64)> =
+            subtasks.iter().map(|s| (s["vertex"].as_u64().unwrap(), s["subtask"].as_u64().unwrap())).collect();
         let finished = |(v, s): (u64, u64)| format!("{{\"TaskFinished\":{{\"vertex\":{v},\"subtask\":{s}}}}}");
         match mode {
             "garbage" => say(b"this is not a control message"),
@@ -252,6 +266,16 @@ fn fake_worker_oversized() {
 #[test]
 fn fake_worker_foreign() {
     fake_worker("foreign");
+}
+
+#[test]
+fn fake_worker_stranger() {
+    fake_worker("stranger");
+}
+
+#[test]
+fn fake_worker_otherjob() {
+    fake_worker("otherjob");
 }
 
 #[test]
@@ -305,6 +329,20 @@ fn a_report_on_a_task_that_is_not_the_workers_fails_the_job() {
     // One worker with both tasks reports its first one finished twice.
     let e = run_against("duplicate", 1, 1, 10_000);
     assert!(e.contains("worker 0 (pid ") && e.contains("numbers (1/1) finished, which had already ended"), "{e}");
+}
+
+#[test]
+fn a_worker_of_another_run_or_job_is_refused_before_it_is_deployed_anything() {
+    let _serial = serial();
+    // Another run's token: a worker that is not this coordinator's.
+    let e = run_against("stranger", 1, 1, 10_000);
+    assert!(e.contains("worker 0 (pid ") && e.contains("is not this job's worker, refused"), "{e}");
+    assert!(e.contains("started by another run"), "{e}");
+    // This run's token, another job: a worker whose main reached another run call (a test
+    // binary's other test), as in the trial's two tests in one crate.
+    let e = run_against("otherjob", 1, 1, 10_000);
+    assert!(e.contains("its run builds job \"another job\"") && e.contains("\"control-otherjob\""), "{e}");
+    assert!(e.contains("RuntimeConfig::worker_args"), "tells what to do: {e}");
 }
 
 #[test]

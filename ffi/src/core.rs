@@ -52,7 +52,7 @@ use shmflow::memory::{
 };
 use shmflow::partition::reclaim::{reclaim_dead_peers, ReclaimReport};
 use shmflow::ring::{NotifySet, Ring, RingConsumer, RingProducer};
-use shmflow::sync::{fence, spin_loop, AtomicBool, AtomicU64, EventCount, Ordering};
+use shmflow::sync::{spin_loop, AtomicBool, AtomicU64, EventCount, Ordering};
 use shmflow::{ArenaError, PushError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -404,7 +404,7 @@ fn segments_wake(arena: &Arena) -> &EventCount {
 /// peer keeps the handle, never the bare slot: after the TaskManager leaves or dies, its
 /// slot may be registered again by another, whose generation differs.
 pub fn peer_handle(slot: u32, generation: u32) -> i64 {
-    (i64::from(generation & 0x7fff_ffff) << 32) | i64::from(slot)
+    (i64::from(generation & liveness::GENERATION_MASK) << 32) | i64::from(slot)
 }
 
 /// The slot and generation of a [`peer_handle`]. `None` for a negative handle.
@@ -457,10 +457,7 @@ fn read_entry(path: &Path) -> Option<Entry> {
 }
 
 fn pid_alive(pid: u32, start: u64) -> bool {
-    match process_start_ticks(pid) {
-        Some(t) => start == 0 || t == start,
-        None => false,
-    }
+    liveness::process_alive(pid, start)
 }
 
 struct DirLock(std::fs::File);
@@ -640,10 +637,9 @@ impl ArenaCtx {
         *closed = true;
         // Relaxed: read under the `accepted` lock, which the scan below takes after this.
         self.leaving.store(true, Ordering::Relaxed);
-        liveness::mark_exited(&self.arena, self.slot);
-        // SeqCst fence: pairs with the one in `ChannelCtx::connect` between its `open` and
-        // its second look at us: of our EXITED and its OPEN, at least one is seen.
-        fence(Ordering::SeqCst);
+        // Our EXITED, then a fence (paired with `ChannelCtx::connect`'s second look at us,
+        // after its OPEN): of the two, at least one is seen.
+        handshake::leave(|| liveness::mark_exited(&self.arena, self.slot));
         self.refuse_unaccepted();
         let lock = DirLock::take(&self.opts.registry_dir);
         let _ = std::fs::remove_file(&self.entry);
@@ -741,7 +737,7 @@ impl ArenaCtx {
         // Relaxed (both): ordered by the Acquire above; a stale value only makes us refuse
         // (and fall back to Netty).
         let (pid, start) = (w.pid.load(Ordering::Relaxed), w.start_ticks.load(Ordering::Relaxed));
-        if generation != e.generation
+        if !liveness::same_generation(generation, e.generation)
             || pid != e.pid
             || (start != 0 && e.start != 0 && start != e.start)
             || liveness::liveness(&self.arena, e.slot) != Liveness::Alive
@@ -766,7 +762,7 @@ impl ArenaCtx {
         if slot >= self.arena.config().max_workers {
             return Err(inval(format!("worker slot {slot} is outside 0..{}", self.arena.config().max_workers)));
         }
-        if generation != 0 && liveness::generation(&self.arena, slot) != generation {
+        if generation != 0 && !liveness::same_generation(liveness::generation(&self.arena, slot), generation) {
             return Ok(2);
         }
         // Relaxed: a look at the state word; `liveness` below reads it again with Acquire. A
@@ -774,11 +770,18 @@ impl ArenaCtx {
         if self.arena.workers()[slot as usize].state.load(Ordering::Relaxed) == liveness::WORKER_FREE {
             return Ok(2);
         }
-        Ok(match liveness::liveness(&self.arena, slot) {
+        let state = match liveness::liveness(&self.arena, slot) {
             Liveness::Alive => 1,
             Liveness::Exited => 0,
             Liveness::Dead { .. } => -1,
-        })
+        };
+        // The generation again, after `liveness`'s Acquire load of the state (see
+        // `liveness::generation`): a slot freed and registered by another TaskManager
+        // since the first look read as that one's state; it is not `peer`'s.
+        if generation != 0 && !liveness::same_generation(liveness::generation(&self.arena, slot), generation) {
+            return Ok(2);
+        }
+        Ok(state)
     }
 
     /// Sets how long waits of side `side` spin before they park (at most one second).
@@ -985,16 +988,22 @@ impl ChannelCtx {
                 held: Mutex::new(HashSet::new()),
                 closed: Mutex::new(false),
             });
-            // SeqCst fence: pairs with the one in `ArenaCtx::close` between its EXITED and
-            // its scan of unaccepted channels: if that scan missed our OPEN, we see it gone.
-            // A producer that died (or left, and its slot was taken again) since our first
-            // look is seen here too: its reclaimer may have scanned before our OPEN.
-            fence(Ordering::SeqCst);
-            if ctx.peer_state(peer) != Ok(1) {
+            // The look again after our OPEN (`handshake::still_there_after_open`: a fence
+            // paired with `ArenaCtx::close`'s and with the reclaimer's in
+            // `partition::reclaim::reclaim_slot`): a producer that left or died since our
+            // first look and whose scan missed our OPEN is seen here (EXITED, RECLAIMING,
+            // or its slot taken again).
+            if !handshake::still_there_after_open(|| ctx.peer_state(peer) == Ok(1)) {
                 ch.withdraw();
                 return Err(gone(producer));
             }
-            ch.notify_peer()?;
+            if let Err(e) = ch.notify_peer() {
+                // The block is OPEN towards a producer that will not hear of it: withdrawn
+                // (freed, or left to a producer that took it meanwhile), not left open
+                // until that producer's close scan.
+                ch.withdraw();
+                return Err(e);
+            }
             return Ok(ch);
         }
         Err(FfiError::new(code::ECONFIG, "every channel block of the arena is taken"))
@@ -1325,16 +1334,22 @@ impl ChannelCtx {
         if st == died_mark || st == CHANNEL_ORPHANED {
             return 2;
         }
-        if liveness::generation(&self.ctx.arena, self.peer) != self.peer_generation {
+        if !liveness::same_generation(liveness::generation(&self.ctx.arena, self.peer), self.peer_generation) {
             // The slot was registered again (or freed): the process we talked to left it.
             // A death would have marked the channel (the reclaimer fails it first).
             return 1;
         }
-        match liveness::liveness(&self.ctx.arena, self.peer) {
+        let state = match liveness::liveness(&self.ctx.arena, self.peer) {
             Liveness::Alive => 0,
             Liveness::Exited => 1,
             Liveness::Dead { .. } => 2,
+        };
+        // Again after `liveness`'s Acquire load of the state (see `ArenaCtx::peer_state`):
+        // the state read may be the next holder's.
+        if !liveness::same_generation(liveness::generation(&self.ctx.arena, self.peer), self.peer_generation) {
+            return 1;
         }
+        state
     }
 
     /// 0 open, 1 the other end closed, 2 it died, from the block's state word alone (no
@@ -1636,6 +1651,38 @@ mod tests {
             .iter()
             .filter(|b| ![shmflow::memory::CHANNEL_FREE, CHANNEL_CLOSED].contains(&b.state()))
             .count()
+    }
+
+    #[test]
+    fn a_slot_at_the_last_31_bit_generation_wraps_to_1_and_its_handle_round_trips() {
+        let scratch = Scratch::new("gen-wrap");
+        let run = || -> FResult<()> {
+            let b = scratch.open("tm-consumer")?;
+            for w in b.arena.workers() {
+                // Relaxed (both): single-threaded set-up before the next registration.
+                if w.state.load(Ordering::Relaxed) == liveness::WORKER_FREE {
+                    w.generation.store(liveness::GENERATION_MASK, Ordering::Relaxed);
+                }
+            }
+            let x = scratch.open("tm-x")?;
+            assert_eq!(x.generation, 1, "2^31 - 1 bumps to 1 (2^31 made a handle of generation 0)");
+            let h = b.lookup("tm-x")?;
+            assert_eq!(h, peer_handle(x.slot, 1));
+            assert_eq!(split_peer(h), Some((x.slot, 1)));
+            assert_eq!(
+                split_peer(peer_handle(x.slot, liveness::GENERATION_MASK)),
+                Some((x.slot, liveness::GENERATION_MASK))
+            );
+            assert_eq!(b.peer_state(h)?, 1);
+            let cons = ChannelCtx::connect(&b, h)?;
+            let prod = ChannelCtx::accept(&x, cons.id)?;
+            prod.close();
+            cons.close();
+            x.close();
+            b.close();
+            Ok(())
+        };
+        run().unwrap();
     }
 
     #[test]

@@ -31,14 +31,17 @@
 //! the block. So the consumer looks at the producer again after `open` (a SeqCst fence on
 //! each side: the producer marks its slot EXITED before it scans, the consumer publishes
 //! OPEN before it looks) and, if it is gone, [`withdraw`]s the channel: at least one of the
-//! two sees the other. The block's `taken` word then says who frees it: the producer
+//! two sees the other. The two halves of that pair are [`leave`] (the producer) and
+//! [`still_there_after_open`] (the consumer), which `core.rs` and the model both call. The block's `taken` word then says who frees it: the producer
 //! swaps 1 in when it takes the open block, the consumer 2 when it withdraws; whoever
 //! swaps second learns the other's.
 
+use shmflow::memory::liveness;
 use shmflow::memory::{
     ChannelBlock, CHANNEL_CLOSED, CHANNEL_CONSUMER_GONE, CHANNEL_FREE, CHANNEL_OPEN, CHANNEL_PROBING_BY,
     CHANNEL_PRODUCER_FAILED,
 };
+use shmflow::sync::{fence, Ordering};
 
 /// Which end of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +131,7 @@ pub fn take(b: &ChannelBlock, slot: u32, generation: u32, pid: u32, max_slots: u
     // AcqRel CAS to CONSUMER_GONE in `close` (its last ring writes come before our drain).
     let st = b.state();
     // Ordered by the Acquire above.
-    let ours = b.producer_worker() == Some(slot) && b.generations().0 == generation;
+    let ours = b.producer_worker() == Some(slot) && liveness::same_generation(b.generations().0, generation);
     match st {
         CHANNEL_OPEN if ours => {
             // Ordered by the Acquire above.
@@ -196,6 +199,29 @@ pub enum Withdrawn {
     /// The block was in another state (the reclaimer marked it: the producer died); the
     /// caller handles it as its close would.
     Other(u32),
+}
+
+/// Producer: leaving, marks itself gone (`mark_gone`: its worker slot EXITED) and fences;
+/// the caller then scans for the blocks opened towards it that it never took. Of its mark
+/// and a consumer's OPEN at the same time, at least one is seen by the other side (see
+/// [`still_there_after_open`]).
+pub fn leave(mark_gone: impl FnOnce()) {
+    mark_gone();
+    // SeqCst fence: pairs with the one in `still_there_after_open` (the consumer's OPEN
+    // then its look at us) and with the reclaimer's in `partition::reclaim::reclaim_slot`
+    // (its RECLAIMING then its block scan), which the consumer's look also pairs with.
+    fence(Ordering::SeqCst);
+}
+
+/// Consumer: after [`open`], looks at its producer again (`producer_there`: its record
+/// still alive, of the generation looked up). False when it left (or died) meanwhile: its
+/// scan may have missed the OPEN, so the caller [`withdraw`]s the channel.
+pub fn still_there_after_open(producer_there: impl FnOnce() -> bool) -> bool {
+    // SeqCst fence: pairs with the one in `leave` (the producer's EXITED then its scan)
+    // and with the reclaimer's in `partition::reclaim::reclaim_slot`: if that scan missed
+    // our OPEN, the look below sees the producer gone.
+    fence(Ordering::SeqCst);
+    producer_there()
 }
 
 /// Consumer (process `pid`): takes back the channel it opened in block `b` and has not

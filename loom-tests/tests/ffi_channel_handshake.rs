@@ -29,7 +29,11 @@
 //! case leaves a block its consumer closed first with nobody to free it (the producer
 //! never sees it open or abandoned: the first model panics); `withdraw` without its
 //! `mark_withdrawn` check frees a block the producer took and frees too (model 3 panics:
-//! freed twice).
+//! freed twice); the SeqCst fence of `still_there_after_open` made Release (session 12)
+//! lets both the scan and the look miss each other (model 3 panics: the block lost).
+//! Model 3 calls the shipped halves of that pair, `handshake::leave` and
+//! `handshake::still_there_after_open`, with the worker state word in place of the
+//! record `ArenaCtx::close` and `ChannelCtx::connect` pass them.
 #![cfg(loom)]
 
 mod common;
@@ -41,7 +45,7 @@ mod handshake;
 use handshake::{Closed, End, Route, Take, Withdrawn};
 use loom::thread;
 use shmflow::memory::{Arena, ChannelBlock, CHANNEL_FREE, CHANNEL_OPEN};
-use shmflow::sync::{fence, AtomicU32, Ordering};
+use shmflow::sync::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 const CONSUMER_PID: u32 = 200;
@@ -210,9 +214,9 @@ fn a_channel_opened_while_its_producer_leaves_is_freed_once() {
                 // Relaxed: a flag read after the joins.
                 claimed.store(1, Ordering::Relaxed);
                 handshake::open(b, &route(CONSUMER_PID, 2));
-                // SeqCst: as `connect` (pairs with the producer's fence below).
-                fence(Ordering::SeqCst);
-                if worker(&arena).load(Ordering::Acquire) == ALIVE {
+                // The shipped fence and look of `connect`; Acquire pairs with the
+                // producer's Release store of EXITED.
+                if handshake::still_there_after_open(|| worker(&arena).load(Ordering::Acquire) == ALIVE) {
                     // Connected: the producer's scan sees the channel and fails it; our
                     // close (the task's, later) is then the last.
                     close_end(b, End::Consumer, &frees);
@@ -232,10 +236,9 @@ fn a_channel_opened_while_its_producer_leaves_is_freed_once() {
         let producer = {
             let (arena, frees) = (arena.clone(), frees.clone());
             thread::spawn(move || {
-                // Release: as `liveness::mark_exited`.
-                worker(&arena).store(EXITED, Ordering::Release);
-                // SeqCst: as `ArenaCtx::close` (pairs with the consumer's fence above).
-                fence(Ordering::SeqCst);
+                // The shipped mark and fence of `ArenaCtx::close`; Release as
+                // `liveness::mark_exited`.
+                handshake::leave(|| worker(&arena).store(EXITED, Ordering::Release));
                 // The scan of `refuse_unaccepted`, on the one block.
                 let b = block(&arena);
                 match handshake::take(b, 0, PRODUCER_GEN, PRODUCER_PID, 4) {

@@ -186,12 +186,61 @@ impl std::fmt::Debug for Arena {
     }
 }
 
-/// Start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+/// What `/proc/PID/stat` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcStat {
+    /// The file was read and parsed: the process's start time in clock ticks since boot
+    /// (field 22) and whether it has ended (state Z or X: exited, not reaped yet).
+    Found {
+        /// Field 22, `starttime`.
+        start_ticks: u64,
+        /// State `Z` (zombie) or `X` (dead).
+        ended: bool,
+    },
+    /// No such process: the file does not exist (`ENOENT`, `ESRCH`).
+    Absent,
+    /// The file could not be read for another reason (`/proc` hidden or unreadable) or
+    /// did not parse: nothing can be told from it.
+    Unknown,
+}
+
+/// Reads `/proc/PID/stat` (bytes: the command name is another process's data, cut at 15
+/// bytes and not necessarily UTF-8).
+pub fn proc_stat(pid: u32) -> ProcStat {
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(bytes) => match parse_proc_stat(&bytes) {
+            Some((start_ticks, state)) => ProcStat::Found { start_ticks, ended: matches!(state, b'Z' | b'X') },
+            None => ProcStat::Unknown,
+        },
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => ProcStat::Absent,
+        Err(_) => ProcStat::Unknown,
+    }
+}
+
+/// Parses a `/proc/PID/stat` line: its start time (field 22) and state (field 3). The
+/// command name (field 2) may hold spaces, parentheses and any bytes: fields restart after
+/// the last `)`. `None` for anything unexpected; never panics.
+pub fn parse_proc_stat(bytes: &[u8]) -> Option<(u64, u8)> {
+    let close = bytes.iter().rposition(|&b| b == b')')?;
+    let rest = bytes.get(close + 1..)?;
+    let mut fields = rest.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+    let state = match fields.next()? {
+        [s] => *s,
+        _ => return None,
+    };
+    // Field 3 was the state; field 22 is the 19th after it.
+    let start = fields.nth(18)?;
+    let start = std::str::from_utf8(start).ok()?.parse().ok()?;
+    Some((start, state))
+}
+
+/// Start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat);
+/// `None` when it cannot be read (see [`proc_stat`] for why).
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields restart after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    match proc_stat(pid) {
+        ProcStat::Found { start_ticks, .. } => Some(start_ticks),
+        _ => None,
+    }
 }
 
 /// The header of an arena this process creates (see [`StaticHeader::new`]).
@@ -1109,5 +1158,58 @@ mod tests {
         // A file shorter than the whole pages (a 4 KiB arena file) maps the layout only.
         assert_eq!(map_len(3 * mib, 3 * mib, HUGE_PAGE), 3 * mib);
         assert_eq!(map_len(3 * mib, 3 * mib, PAGE), 3 * mib);
+    }
+
+    /// A stat line of command `comm` (raw bytes) whose start time is `start`.
+    fn stat_line(comm: &[u8], start: u64) -> Vec<u8> {
+        let mut v = b"4242 (".to_vec();
+        v.extend_from_slice(comm);
+        v.extend_from_slice(b") S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 ");
+        v.extend_from_slice(format!("{start} 1000 200 18446744073709551615 1 1 0 0 0 0 0\n").as_bytes());
+        v
+    }
+
+    #[test]
+    fn stat_lines_parse_whatever_the_command_name_holds() {
+        assert_eq!(parse_proc_stat(&stat_line(b"java", 777)), Some((777, b'S')));
+        assert_eq!(parse_proc_stat(&stat_line(b"a b  c", 778)), Some((778, b'S')));
+        assert_eq!(parse_proc_stat(&stat_line(b"x) (y))", 779)), Some((779, b'S')));
+        // Cut at 15 bytes in the middle of a multibyte char: not UTF-8 (read_to_string
+        // refused it, and the process read as dead).
+        let mut comm = "abcdefghijklm".as_bytes().to_vec();
+        comm.extend_from_slice(&"\u{e9}".as_bytes()[..1]);
+        assert_eq!(parse_proc_stat(&stat_line(&comm, 780)), Some((780, b'S')));
+        // A multibyte char right after the ')' (slicing a str 2 bytes on panicked).
+        assert_eq!(parse_proc_stat("1 (x)\u{e9}\u{e9} 1 2".as_bytes()), None);
+        let mut zombie = stat_line(b"z", 781);
+        let at = zombie.iter().position(|&b| b == b')').unwrap() + 2;
+        zombie[at] = b'Z';
+        assert_eq!(parse_proc_stat(&zombie), Some((781, b'Z')));
+    }
+
+    #[test]
+    fn stat_lines_that_are_not_well_formed_parse_to_none() {
+        let whole = stat_line(b"java", 777);
+        // Every truncation: nothing panics, and none that cuts before field 22 parses.
+        let start22 = whole.len() - b"777 1000 200 18446744073709551615 1 1 0 0 0 0 0\n".len();
+        for n in 0..whole.len() {
+            let r = parse_proc_stat(&whole[..n]);
+            if n <= start22 {
+                assert_eq!(r, None, "{n} bytes");
+            }
+        }
+        assert_eq!(parse_proc_stat(b""), None);
+        assert_eq!(parse_proc_stat(b"1 (x)"), None);
+        assert_eq!(parse_proc_stat(b")"), None);
+        assert_eq!(parse_proc_stat(b"1 (x) SS 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"), None);
+        assert_eq!(parse_proc_stat(b"1 (x) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 -5 20"), None);
+        assert_eq!(parse_proc_stat(b"1 (x) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 \xff 20"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_start_time_and_a_missing_one_is_absent() {
+        assert!(matches!(proc_stat(std::process::id()), ProcStat::Found { ended: false, .. }));
+        // Above the kernel's pid limit (2^22): never a process.
+        assert_eq!(proc_stat(1 << 23), ProcStat::Absent);
     }
 }

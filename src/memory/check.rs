@@ -1,7 +1,7 @@
 //! Consistency check of an arena (`shmflow check`) and cleanup of stale named arenas
 //! (`shmflow clean`). Both only read the arena; `clean` removes files no running process uses.
 
-use super::arena::{process_start_ticks, validate_header_bytes, Arena};
+use super::arena::{validate_header_bytes, Arena};
 use super::blocks::Owner;
 use crate::sync::Ordering;
 use serde::Serialize;
@@ -164,10 +164,7 @@ pub fn list_named(dir: &Path) -> Vec<NamedArena> {
         // SAFETY: `head` holds a whole StaticHeader (validated above); any bit pattern is a
         // valid value of it.
         let h: super::header::StaticHeader = unsafe { std::ptr::read_unaligned(head.as_ptr().cast()) };
-        let alive = match process_start_ticks(h.creator_pid) {
-            Some(t) => h.creator_start_ticks == 0 || t == h.creator_start_ticks,
-            None => false,
-        };
+        let alive = super::liveness::process_alive(h.creator_pid, h.creator_start_ticks);
         // An arena that cannot be mapped read-only (not ready, truncated) has no readable
         // worker records: its creator alone decides.
         let attached = Arena::attach_read_only(&path).map(|a| super::liveness::attached_pids(&a)).unwrap_or_default();

@@ -27,7 +27,7 @@
 //! record's `generation`: a peer that keeps a slot number (a TaskManager's peer, a channel
 //! block's route) keeps the generation with it and sees another holder as a change.
 
-use super::arena::{process_start_ticks, Arena};
+use super::arena::{proc_stat, process_start_ticks, Arena, ProcStat};
 use super::blocks::WorkerRecord;
 use crate::error::{Error, Result};
 use crate::sync::{now_nanos, Ordering};
@@ -195,21 +195,45 @@ fn is_own(pid: u32, r: &WorkerRecord, me: u32, my_ticks: u64) -> bool {
     pid == me && (ticks == 0 || my_ticks == 0 || ticks == my_ticks)
 }
 
-/// Bumps `r`'s generation, skipping 0 (which no registered slot has).
+/// The bits of a generation: 31, so that a C ABI peer handle (generation in the high 32
+/// bits of an `i64`) is never negative. Generations are kept and compared within them.
+pub const GENERATION_MASK: u32 = 0x7fff_ffff;
+
+/// Whether generations `a` and `b` are the same (compared within [`GENERATION_MASK`]: a
+/// record written by a build that let the generation reach 2^31 matches its handle).
+pub fn same_generation(a: u32, b: u32) -> bool {
+    a & GENERATION_MASK == b & GENERATION_MASK
+}
+
+/// The generation after `g`: within [`GENERATION_MASK`], skipping 0 (which no registered
+/// slot has, and which a peer handle uses for "a bare slot").
+pub fn next_generation(g: u32) -> u32 {
+    match g.wrapping_add(1) & GENERATION_MASK {
+        0 => 1,
+        n => n,
+    }
+}
+
+/// Bumps `r`'s generation ([`next_generation`]).
 fn bump_generation(r: &WorkerRecord) {
-    // Relaxed (both): only the holder of the record's RECLAIMING state (a registering or
-    // reclaiming process) writes it; published by its Release store of the next state.
-    let g = r.generation.load(Ordering::Relaxed).wrapping_add(1);
-    r.generation.store(if g == 0 { 1 } else { g }, Ordering::Relaxed);
+    // Relaxed: only the holder of the record's RECLAIMING state (a registering or
+    // reclaiming process) writes it, after its Acquire CAS of that state.
+    let g = next_generation(r.generation.load(Ordering::Relaxed));
+    // Release: pairs with the Acquire load in `generation`: a reader that sees `g` sees
+    // what was written before it (`register`'s pid and start time, the reclamation before
+    // `finish_reclaim`). The Release store of the next state also publishes it.
+    r.generation.store(g, Ordering::Release);
 }
 
 /// The generation of worker slot `slot` ([`WorkerRecord::generation`]); 0 for a slot
 /// out of range.
 pub fn generation(arena: &Arena, slot: u32) -> u32 {
-    // Acquire: pairs with the Release stores of the state that follow every bump
-    // (`register`, `finish_reclaim`): a caller that then reads the state sees the state
-    // of this generation or a later one.
-    record(arena, slot).map(|r| r.generation.load(Ordering::Acquire)).unwrap_or(0)
+    // Acquire: pairs with the Release store in `bump_generation`: the pid and start time
+    // read after this are the ones written with this generation or a later one. A caller
+    // that then reads the state (Acquire) and this again, seeing the same generation,
+    // read a state of this generation (a later holder's state is Release-stored after its
+    // bump). `ArenaCtx::peer_state` does so.
+    record(arena, slot).map(|r| r.generation.load(Ordering::Acquire) & GENERATION_MASK).unwrap_or(0)
 }
 
 /// Whether the process `pid` recorded in `r` still runs (same start time, not a zombie).
@@ -224,10 +248,50 @@ fn process_running(pid: u32, r: &WorkerRecord) -> bool {
         let (me, my_ticks) = own_identity();
         return is_own(pid, r, me, my_ticks);
     }
-    match process_start_ticks(pid) {
-        Some(t) if ticks == 0 || t == ticks => !process_is_zombie(pid),
-        _ => false,
+    process_alive(pid, ticks)
+}
+
+/// Whether process `pid`, recorded with start time `recorded_ticks` (0: unknown), still
+/// runs: its `/proc/PID/stat` names a running process of that start time. When `/proc`
+/// cannot tell (not mounted, hidden, unreadable), `kill(pid, 0)` decides, erring on the
+/// safe side (see [`decide_running`]).
+pub fn process_alive(pid: u32, recorded_ticks: u64) -> bool {
+    if pid == 0 {
+        return false;
     }
+    let (_, my_ticks) = own_identity();
+    decide_running(proc_stat(pid), recorded_ticks, my_ticks != 0, || signal_reaches(pid))
+}
+
+/// The decision of [`process_alive`] from what was read: `stat` (the process's
+/// `/proc/PID/stat`), `proc_trusted` (whether this process could read its own
+/// `/proc/self/stat`: if not, `/proc` says nothing, and a missing file is no evidence) and
+/// `exists` (`kill(pid, 0)`, asked only when `/proc` cannot tell). Only a readable `/proc`
+/// declares a process dead: its file absent, ended (zombie), or of another start time (a
+/// recycled pid). Otherwise a process that a signal reaches is alive: a live peer taken
+/// for dead is reclaimed under its feet, a dead one taken for alive only waits.
+pub fn decide_running(stat: ProcStat, recorded_ticks: u64, proc_trusted: bool, exists: impl FnOnce() -> bool) -> bool {
+    match stat {
+        _ if !proc_trusted => exists(),
+        ProcStat::Found { start_ticks, ended } => !ended && (recorded_ticks == 0 || start_ticks == recorded_ticks),
+        ProcStat::Absent => false,
+        ProcStat::Unknown => exists(),
+    }
+}
+
+/// Whether a process `pid` exists as `kill(pid, 0)` tells: no only for `ESRCH` (success
+/// or `EPERM`: it exists).
+fn signal_reaches(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if p <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; it checks that `p` (a positive pid, so one process,
+    // never a group) exists and may be signalled.
+    let r = unsafe { libc::kill(p, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Whether process `pid` runs (exists and is not a zombie). Without a start time to
@@ -236,7 +300,7 @@ fn process_running(pid: u32, r: &WorkerRecord) -> bool {
 /// a reclaimer named in a state word), where "running" errs on the safe side (nothing is
 /// taken from a process that might be alive).
 pub fn pid_running(pid: u32) -> bool {
-    pid != 0 && (pid == std::process::id() || (process_start_ticks(pid).is_some() && !process_is_zombie(pid)))
+    pid != 0 && (pid == std::process::id() || process_alive(pid, 0))
 }
 
 /// Whether process `pid`, recorded alone as the holder of something in `arena` (a
@@ -432,24 +496,13 @@ pub fn liveness(arena: &Arena, slot: u32) -> Liveness {
         let (me, my_ticks) = own_identity();
         return if is_own(pid, r, me, my_ticks) { Liveness::Alive } else { Liveness::Dead { pid } };
     }
-    match process_start_ticks(pid) {
-        Some(t) if ticks == 0 || t == ticks => {
-            // A zombie (exited, not reaped yet) still has a stat file: check its state.
-            if process_is_zombie(pid) {
-                Liveness::Dead { pid }
-            } else {
-                Liveness::Alive
-            }
-        }
-        _ => Liveness::Dead { pid },
+    // A zombie (exited, not reaped yet) still has a stat file: `process_alive` reads its
+    // state too.
+    if process_alive(pid, ticks) {
+        Liveness::Alive
+    } else {
+        Liveness::Dead { pid }
     }
-}
-
-fn process_is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z') || s[i + 2..].starts_with('X')))
-        .unwrap_or(false)
 }
 
 /// Declares slot `slot` dead (once: returns true for the caller that did it).
@@ -495,5 +548,73 @@ impl LivenessProbe {
 impl Default for LivenessProbe {
     fn default() -> Self {
         Self::new(std::time::Duration::from_millis(100))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    const FOUND: ProcStat = ProcStat::Found { start_ticks: 500, ended: false };
+
+    /// `decide_running` with `kill(pid, 0)` answering `exists`; also whether it was asked.
+    fn decide(stat: ProcStat, recorded: u64, trusted: bool, exists: bool) -> (bool, bool) {
+        let asked = std::cell::Cell::new(false);
+        let r = decide_running(stat, recorded, trusted, || {
+            asked.set(true);
+            exists
+        });
+        (r, asked.get())
+    }
+
+    #[test]
+    fn a_readable_proc_decides_alone() {
+        assert_eq!(decide(FOUND, 500, true, false), (true, false));
+        assert_eq!(decide(FOUND, 0, true, false), (true, false));
+        // A recycled pid (another start time), a zombie, a missing file: dead whatever a
+        // signal says.
+        assert_eq!(decide(FOUND, 499, true, true), (false, false));
+        assert_eq!(decide(ProcStat::Found { start_ticks: 500, ended: true }, 500, true, true), (false, false));
+        assert_eq!(decide(ProcStat::Absent, 500, true, true), (false, false));
+    }
+
+    #[test]
+    fn a_proc_that_cannot_tell_falls_back_to_a_signal() {
+        // hidepid, EACCES, a stat file that does not parse: kill(pid, 0) decides.
+        assert_eq!(decide(ProcStat::Unknown, 500, true, true), (true, true));
+        assert_eq!(decide(ProcStat::Unknown, 500, true, false), (false, true));
+        // Our own /proc/self/stat unreadable (/proc not mounted): an absent file or
+        // another start time is no evidence; only a signal that finds nobody is.
+        assert_eq!(decide(ProcStat::Absent, 500, false, true), (true, true));
+        assert_eq!(decide(FOUND, 499, false, true), (true, true));
+        assert_eq!(decide(ProcStat::Unknown, 500, false, true), (true, true));
+        assert_eq!(decide(ProcStat::Absent, 500, false, false), (false, true));
+    }
+
+    #[test]
+    fn generations_stay_within_31_bits_and_skip_0() {
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(GENERATION_MASK), 1);
+        assert_eq!(next_generation(u32::MAX), 1);
+        assert_eq!(next_generation(1 << 31), 1);
+        let arena = Arena::heap(&crate::memory::ArenaConfig::default()).unwrap();
+        let r = &arena.workers()[0];
+        // Relaxed: single-threaded set-up.
+        r.generation.store(GENERATION_MASK, Ordering::Relaxed);
+        assert_eq!(generation(&arena, 0), GENERATION_MASK);
+        register(&arena, 0).unwrap();
+        assert_eq!(generation(&arena, 0), 1, "2^31 - 1 bumps to 1, not 0 and not 2^31");
+        assert!(same_generation(1 << 31 | 5, 5));
+        assert!(!same_generation(6, 5));
+    }
+
+    #[test]
+    fn a_signal_reaches_this_process_and_not_a_pid_above_the_limit() {
+        assert!(signal_reaches(std::process::id()));
+        assert!(!signal_reaches(1 << 23));
+        assert!(!signal_reaches(0));
+        assert!(!signal_reaches(u32::MAX));
+        assert!(process_alive(std::process::id(), 0));
+        assert!(!process_alive(1 << 23, 0));
     }
 }

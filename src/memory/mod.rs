@@ -19,8 +19,8 @@ mod segment;
 mod stack;
 
 pub use arena::{
-    process_start_ticks, validate_header, validate_header_bytes, Arena, HugePages, RingKind, ARENA_FD_ENV, HUGE_PAGE,
-    HUGE_PAGES_ENV,
+    parse_proc_stat, proc_stat, process_start_ticks, validate_header, validate_header_bytes, Arena, HugePages,
+    ProcStat, RingKind, ARENA_FD_ENV, HUGE_PAGE, HUGE_PAGES_ENV,
 };
 pub use blocks::*;
 pub use header::{fnv1a, ArenaHeader, StaticHeader, LAYOUT_VERSION, MAGIC, STATE_INITIALIZING, STATE_READY};

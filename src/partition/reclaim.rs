@@ -132,6 +132,12 @@ pub fn reclaim_dead_peers(arena: &Arena) -> Result<ReclaimReport> {
 pub fn reclaim_slot(arena: &Arena, slot: u32) -> ReclaimReport {
     let mut report = ReclaimReport::default();
     if let Some(dead) = liveness::begin_reclaim(arena, slot) {
+        // SeqCst fence: pairs with the one in the C ABI's `ChannelCtx::connect`
+        // (`still_there_after_open` in ffi/src/handshake.rs) between its store of OPEN and
+        // its re-check of the producer's record: either our block scan below sees that OPEN (and fails or closes the
+        // channel), or that re-check sees our RECLAIMING and withdraws. The CAS alone
+        // would order nothing against that later load of the other location.
+        fence(Ordering::SeqCst);
         reclaim_process(arena, dead, &mut report);
         liveness::finish_reclaim(arena, dead);
         report.reclaimed.push(dead);

@@ -82,7 +82,14 @@ pub struct RuntimeConfig {
     /// [`wait_policy`](Self::wait_policy) says: for latency with spare cores (the latency
     /// shuffle on 2 vCPUs), not for throughput (a sink then reads only while its slice's
     /// producer waits). A source that waits for something of its own between records
-    /// should poll and call [`take_turns`](super::take_turns) rather than sleep. Default off.
+    /// should poll and call [`take_turns`](super::take_turns) rather than sleep: one that
+    /// blocks outside the runtime (a socket read, a sleep, a channel `recv`) starves its
+    /// slice's sinks until it returns, and a source that never waits lets them read only
+    /// once its output is full (a sink's latency is then the pipeline's buffer depth). A
+    /// sink's own code (`collect`, `finish`) must not block either: it runs inside the
+    /// source's wait, and while it waits no other task of the slice runs. A co-scheduled
+    /// sink's gate reports no idle or back-pressured time (it never waits in the gate).
+    /// Default off.
     pub co_schedule: bool,
 }
 

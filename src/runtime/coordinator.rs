@@ -28,7 +28,9 @@ use super::failure::{secs, JobFailure, Reported, WorkerId};
 use super::graph::ExecutionGraph;
 use super::job::JobGraph;
 use super::progress::ProgressReporter;
-use super::protocol::{encode, recv, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
+use super::protocol::{
+    encode, recv, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV, RUN_TOKEN_ENV,
+};
 use super::summary::{sample_in_flight, summarize, JobSummary};
 use crate::error::{ConfigError, Error, Result};
 use crate::memory::{Arena, ArenaConfig};
@@ -308,7 +310,9 @@ pub fn run_job(job: &JobGraph, config: &RuntimeConfig) -> Result<JobSummary> {
     let plan = Plan::new(job, config)?;
     crate::sync::install_stop_handler();
     let mut run = JobRun::spawn(job, config, plan.graph, &plan.arena)?;
-    let outcome = run.deploy(plan.deployments).and_then(|()| run.event_loop());
+    // Each worker is deployed its subtasks once its Hello showed it is this run's.
+    run.deployments = plan.deployments.into_iter().map(Some).collect();
+    let outcome = run.event_loop();
     run.finish(outcome)
 }
 
@@ -379,6 +383,24 @@ struct JobRun<'a> {
     /// reported within [`ROOT_CAUSE_GRACE`] (or before every task ended).
     consequence: Option<(JobFailure, Instant)>,
     accumulators: Accumulators,
+    /// This run's token ([`RUN_TOKEN_ENV`]), and the shape of its graph: what a worker's
+    /// Hello must bring.
+    token: String,
+    shape: String,
+    /// Each worker's deployment, encoded, until its Hello came and it was sent.
+    deployments: Vec<Option<Vec<u8>>>,
+}
+
+/// A token no other `run` call has: this process's pid, the time and a counter.
+fn run_token() -> String {
+    static RUNS: Mutex<u64> = Mutex::new(0);
+    let n = {
+        let mut runs = RUNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *runs += 1;
+        *runs
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}-{n}", std::process::id())
 }
 
 impl<'a> JobRun<'a> {
@@ -391,7 +413,8 @@ impl<'a> JobRun<'a> {
         let (tx, events) = mpsc::channel::<(usize, ReaderEvent)>();
         let blocking_dir = BlockingDir::for_job(job)?;
         let mut workers = Workers(Vec::new());
-        let launcher = Launcher::new(config, &arena, blocking_dir.as_ref())?;
+        let token = run_token();
+        let launcher = Launcher::new(config, &arena, blocking_dir.as_ref(), &token)?;
         for w in 0..config.workers {
             launcher.start(w, &tx, &mut workers)?;
         }
@@ -422,23 +445,50 @@ impl<'a> JobRun<'a> {
             last_turn: Instant::now(),
             consequence: None,
             accumulators: Accumulators::new(),
+            token,
+            shape: job.shape(),
+            deployments: Vec::new(),
         })
     }
 
-    /// Deploy: sends each worker its subtasks.
-    fn deploy(&mut self, deployments: Vec<Vec<u8>>) -> std::result::Result<(), JobFailure> {
-        for (w, line) in self.workers.0.iter_mut().zip(&deployments) {
-            if let Err(e) = write_bounded(&mut w.sock, line, self.config.heartbeat_timeout) {
-                w.broken = true;
-                // A worker that exited before reading its deployment closed the socket
-                // (EPIPE or a reset): its exit status says why, if it comes within a moment.
-                if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
-                    if let Some(status) = w.exit_status_within(Duration::from_secs(1)) {
-                        return Err(JobFailure::Exited { worker: w.id(), status, running: true });
-                    }
+    /// Worker `w` said Hello: refused if it is not this run's (another run's token, or its
+    /// `run` builds another job or graph), else sent its subtasks.
+    fn hello(&mut self, w: usize, token: &str, job: &str, graph: &str) -> std::result::Result<(), JobFailure> {
+        let worker = self.workers.0[w].id();
+        let why = if token != self.token {
+            Some(format!("it was started by another run (token {token:?}, this run's is {:?})", self.token))
+        } else if job != self.job.name {
+            Some(format!("its run builds job {job:?}, this coordinator runs job {:?}", self.job.name))
+        } else if graph != self.shape {
+            Some(format!(
+                "its run builds another graph of job {job:?}: its graph is {graph}, this coordinator's is {}",
+                self.shape
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(JobFailure::Foreign { worker, why });
+        }
+        match self.deployments.get_mut(w).and_then(Option::take) {
+            Some(line) => self.deploy(w, &line),
+            None => Err(JobFailure::Malformed { worker, error: "a second Hello".into() }),
+        }
+    }
+
+    /// Deploy: sends worker `w` its subtasks.
+    fn deploy(&mut self, w: usize, line: &[u8]) -> std::result::Result<(), JobFailure> {
+        let w = &mut self.workers.0[w];
+        if let Err(e) = write_bounded(&mut w.sock, line, self.config.heartbeat_timeout) {
+            w.broken = true;
+            // A worker that exited before reading its deployment closed the socket
+            // (EPIPE or a reset): its exit status says why, if it comes within a moment.
+            if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                if let Some(status) = w.exit_status_within(Duration::from_secs(1)) {
+                    return Err(JobFailure::Exited { worker: w.id(), status, running: true });
                 }
-                return Err(JobFailure::Deploy { worker: w.id(), error: e.to_string() });
             }
+            return Err(JobFailure::Deploy { worker: w.id(), error: e.to_string() });
         }
         Ok(())
     }
@@ -485,7 +535,8 @@ impl<'a> JobRun<'a> {
     fn on_message(&mut self, w: usize, msg: FromWorker) -> std::result::Result<(), JobFailure> {
         let worker = self.workers.0[w].id();
         match msg {
-            FromWorker::Hello { .. } | FromWorker::Heartbeat => {}
+            FromWorker::Hello { token, job, graph, .. } => self.hello(w, &token, &job, &graph)?,
+            FromWorker::Heartbeat => {}
             FromWorker::TaskRunning { vertex, subtask, metrics_slot } => {
                 self.report(worker, (vertex, subtask), Reported::Running, None)?;
                 self.metrics_slots.insert((vertex, subtask), metrics_slot);
@@ -657,16 +708,23 @@ struct Launcher<'a> {
     arena: &'a Arena,
     blocking_dir: Option<&'a BlockingDir>,
     interval_ms: String,
+    token: &'a str,
 }
 
 impl<'a> Launcher<'a> {
-    fn new(config: &'a RuntimeConfig, arena: &'a Arena, blocking_dir: Option<&'a BlockingDir>) -> Result<Self> {
+    fn new(
+        config: &'a RuntimeConfig,
+        arena: &'a Arena,
+        blocking_dir: Option<&'a BlockingDir>,
+        token: &'a str,
+    ) -> Result<Self> {
         Ok(Self {
             exe: std::env::current_exe().map_err(io("finding the current executable"))?,
             args: config.worker_args.clone().unwrap_or_else(|| std::env::args_os().skip(1).collect()),
             arena,
             blocking_dir,
             interval_ms: config.heartbeat_interval().as_millis().max(1).to_string(),
+            token,
         })
     }
 
@@ -678,7 +736,9 @@ impl<'a> Launcher<'a> {
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args).stdin(Stdio::null()).stdout(Stdio::null());
         let fd = theirs.as_raw_fd();
-        cmd.env(CONTROL_FD_ENV, fd.to_string()).env(HEARTBEAT_INTERVAL_ENV, &self.interval_ms);
+        cmd.env(CONTROL_FD_ENV, fd.to_string())
+            .env(HEARTBEAT_INTERVAL_ENV, &self.interval_ms)
+            .env(RUN_TOKEN_ENV, self.token);
         self.arena.inherit_fd_into(&mut cmd)?;
         if let Some(d) = self.blocking_dir {
             cmd.env(crate::partition::BLOCKING_DIR_ENV, &d.path);

@@ -84,20 +84,19 @@ fn turns() -> bool {
 /// ordinary one again. Each passenger ends at the end of its input, at its failure or when
 /// the worker's tasks are cancelled (its idle turn checks).
 pub(super) fn run_to_end() {
-    let mut idle = 0u32;
+    let mut last_yield = crate::sync::now_nanos();
     loop {
         let progressed = turns();
         if PASSENGERS.with(|p| p.borrow().is_empty()) {
             break;
         }
-        if progressed {
-            idle = 0;
-        } else {
+        if !progressed {
             crate::sync::spin_loop();
-            idle += 1;
-            // As a spinning wait: the core is given away now and then.
-            if idle % 4096 == 0 {
+            // As a spinning wait: the core is given away every SPIN_YIELD_NS.
+            let now = crate::sync::now_nanos();
+            if now.wrapping_sub(last_yield) >= crate::sync::SPIN_YIELD_NS {
                 crate::sync::yield_now();
+                last_yield = crate::sync::now_nanos();
             }
         }
     }

@@ -184,6 +184,11 @@ impl TaskIo {
             let drained = drain_into::<T, C>(&mut gate, out)?;
             if drained > 0 {
                 n += drained as u64;
+                // Relaxed: a stop request, checked once per batch so that a slow sink
+                // stops without first working through what is in flight.
+                if self.cancel.load(Ordering::Relaxed) {
+                    break Err(Error::Cancelled);
+                }
                 continue;
             }
             let item = match gate.poll_next()? {
@@ -270,6 +275,10 @@ impl<T: Data, C: Collector<T>> super::TaskSteps for InputSteps<T, C> {
         if drained > 0 {
             self.records += drained as u64;
             self.flushed = false;
+            // Relaxed: a stop request, checked once per batch (as `run_input`).
+            if self.io.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
             return Ok(Turn::Busy);
         }
         match gate.poll_next()? {

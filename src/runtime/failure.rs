@@ -67,6 +67,17 @@ pub(crate) enum JobFailure {
         /// Why that report is refused.
         why: String,
     },
+    /// A worker that is not this run's: started with another run's token, or its `run` call
+    /// builds another job or graph (it reached another `run` of the same binary: a
+    /// `#[test]` binary started without [`RuntimeConfig::worker_args`](super::RuntimeConfig::worker_args),
+    /// a `main` with two jobs, a graph built from the pid or the time). Refused before it is
+    /// deployed anything.
+    Foreign {
+        /// The worker.
+        worker: WorkerId,
+        /// What differs, both sides named.
+        why: String,
+    },
     /// A worker sent a line that is not a control message.
     Malformed {
         /// The worker.
@@ -131,6 +142,13 @@ impl std::fmt::Display for JobFailure {
                 };
                 write!(f, "{worker} broke the control protocol: it reported task {task} {what}, {why}")
             }
+            Self::Foreign { worker, why } => write!(
+                f,
+                "{worker} is not this job's worker, refused: {why}. Workers re-run this binary's main \
+                 with the same arguments up to its first run, whose graph must be this one: a program with \
+                 several run calls, or a #[test], sets RuntimeConfig::worker_args so that its workers reach \
+                 this run only (a test: [\"--exact\", \"<its name>\", \"--test-threads=1\"])"
+            ),
             Self::Malformed { worker, error } => write!(f, "{worker} sent a malformed control message: {error}"),
             Self::Died { worker, status: Some(s) } => {
                 write!(f, "{worker} died with {s} while its tasks were running")

@@ -218,6 +218,22 @@ pub struct JobGraph {
 }
 
 impl JobGraph {
+    /// The graph's shape as one line: each vertex's name and parallelism, and the producer,
+    /// selector and partition type of each of its inputs, as in
+    /// `"numbers" x2 | "sum" x2 <- 0 KeyGroup Pipelined`. Two processes that built the same
+    /// graph describe it alike; the coordinator compares its workers' with its own.
+    pub fn shape(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        for (i, v) in self.vertices.iter().enumerate() {
+            let _ = write!(s, "{}{:?} x{}", if i == 0 { "" } else { " | " }, v.name, v.parallelism);
+            for (u, e) in &v.inputs {
+                let _ = write!(s, " <- {u} {:?} {:?}", e.selector, e.partition_type);
+            }
+        }
+        s
+    }
+
     /// Which subtask `spec` is: its vertex's name and the job's.
     pub fn task_info(&self, spec: &SubtaskSpec) -> TaskInfo {
         TaskInfo {

@@ -60,18 +60,29 @@ pub use worker::{check_coordinator, is_worker, run_worker};
 /// - A worker's stdin and stdout are `/dev/null`: a sink's `println!` prints nothing.
 ///   Return results through [`accumulators`] (they arrive in [`JobSummary::accumulators`])
 ///   or files; stderr is inherited (`eprintln!` works for diagnostics).
-/// - Only one `run` per process: a worker runs the first `run` it reaches. A program that
-///   runs several jobs, or a `#[test]` (whose binary runs every test unless told which),
-///   must start its workers with arguments that reach this `run` only:
-///   [`RuntimeConfig::worker_args`] (a test passes `["--exact", "<its name>",
-///   "--test-threads=1"]`, as `tests/job_api.rs` does).
+/// - Only one `run` per process: a worker runs the first `run` it reaches; a later `run`
+///   in that worker (or one in another thread of it) returns `Ok(None)` at once and runs
+///   nothing.
+/// - A worker first tells the coordinator its run's token (the coordinator passes each
+///   `run` call's own to its workers), the job name and the graph's shape
+///   ([`JobGraph::shape`]); the coordinator refuses a worker whose `run` builds another job
+///   or graph, and the job fails with an error naming both ("is not this job's worker,
+///   refused"), before anything is deployed: never a merged or wrong result. Two jobs of
+///   the same name and shape cannot be told apart this way, so:
+/// - **A `#[test]` that calls `run`** must set [`RuntimeConfig::worker_args`] to
+///   `["--exact", "<its name>", "--test-threads=1"]`: a test binary runs every test (in
+///   parallel threads) unless told which, and without it a worker started by one test runs
+///   whichever test's `run` it reaches first. In the test, a worker's `run` returns
+///   `Ok(None)`: return from the test then (see `tests/job_api.rs`). The same goes for a
+///   `main` that runs several jobs: the workers of each must be started with arguments
+///   that reach that job's `run` first.
 ///
 /// # Errors
 /// The job's first failure (the cause, not what it caused downstream).
 pub fn run(job: JobGraph, config: &RuntimeConfig) -> crate::Result<Option<JobSummary>> {
     if is_worker() {
-        match run_worker(&job, config) {
-            Ok(()) | Err(crate::Error::Cancelled) => Ok(None),
+        match worker::run_worker_once(&job, config) {
+            Ok(_) | Err(crate::Error::Cancelled) => Ok(None),
             Err(e) => Err(e),
         }
     } else {

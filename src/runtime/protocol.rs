@@ -13,6 +13,11 @@ pub const CONTROL_FD_ENV: &str = "SHMFLOW_CONTROL_FD";
 /// [`RuntimeConfig`](super::RuntimeConfig)).
 pub const HEARTBEAT_INTERVAL_ENV: &str = "SHMFLOW_HEARTBEAT_INTERVAL_MS";
 
+/// Environment variable in which the coordinator passes its workers a token of its own run
+/// (unique per `run` call); a worker echoes it in [`FromWorker::Hello`] and the coordinator
+/// refuses a worker that brings another.
+pub const RUN_TOKEN_ENV: &str = "SHMFLOW_RUN_TOKEN";
+
 /// The produced side of one subtask: its result partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputSpec {
@@ -73,10 +78,22 @@ pub enum ToWorker {
 /// Worker to coordinator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// The worker attached to the arena.
+    /// The worker attached to the arena: who it is and which job its `run` call builds.
+    /// The coordinator deploys nothing to a worker before its Hello, and refuses one whose
+    /// token, job name or graph is not its own (a worker that reached another `run` call of
+    /// the same binary, as a `#[test]` binary's other test does).
     Hello {
         /// Its pid.
         pid: u32,
+        /// The [`RUN_TOKEN_ENV`] it was started with.
+        #[serde(default)]
+        token: String,
+        /// The name of the job its `run` call builds.
+        #[serde(default)]
+        job: String,
+        /// That job's graph, described ([`JobGraph::shape`](super::JobGraph::shape)).
+        #[serde(default)]
+        graph: String,
     },
     /// A subtask started; its counters are in task metrics block `metrics_slot`.
     TaskRunning {
@@ -206,7 +223,7 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
         let mut r = BufReader::new(&b"\"Heartbeat\"\n{\"Hello\":{\"pid\":7}}\n"[..]);
         assert!(matches!(recv::<FromWorker>(&mut r).unwrap(), Some(FromWorker::Heartbeat)));
-        assert!(matches!(recv::<FromWorker>(&mut r).unwrap(), Some(FromWorker::Hello { pid: 7 })));
+        assert!(matches!(recv::<FromWorker>(&mut r).unwrap(), Some(FromWorker::Hello { pid: 7, .. })));
         assert!(recv::<FromWorker>(&mut r).unwrap().is_none());
     }
 

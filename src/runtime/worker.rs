@@ -6,7 +6,9 @@ use super::config::RuntimeConfig;
 use super::cosched::{Passenger, TaskSteps, Turn};
 use super::execution::{TaskEvent, TaskIo, TaskSettings};
 use super::job::JobGraph;
-use super::protocol::{recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV};
+use super::protocol::{
+    recv, send, FromWorker, SubtaskSpec, ToWorker, CONTROL_FD_ENV, HEARTBEAT_INTERVAL_ENV, RUN_TOKEN_ENV,
+};
 use crate::error::GraphError;
 use crate::error::{ConfigError, Error, Result};
 use crate::metrics::TaskMetricsHandle;
@@ -153,31 +155,64 @@ fn tell(control: &Control, msg: &FromWorker) {
 /// Runs the worker side: attach, receive the deployment, run the subtasks, report.
 ///
 /// # Errors
-/// A missing or bad control fd or arena, or a broken control socket. Task failures are
-/// reported to the coordinator, and make this return an error too.
+/// A missing or bad control fd or arena, a control socket an earlier call in this process
+/// took already, or a broken control socket. Task failures are reported to the
+/// coordinator, and make this return an error too.
 pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
+    match run_worker_once(job, config)? {
+        true => Ok(()),
+        false => Err(ConfigError::Conflict {
+            what: "worker start",
+            detail: "this worker ran a job already: a worker runs the first run it reaches".into(),
+        }
+        .into()),
+    }
+}
+
+/// [`run_worker`], or `Ok(false)` without doing anything when an earlier (or concurrent)
+/// call in this process took the control socket: a worker runs the first `run` it reaches.
+pub(crate) fn run_worker_once(job: &JobGraph, config: &RuntimeConfig) -> Result<bool> {
     // The coordinator: this process's parent, asked first (once it dies, getppid names
     // whoever adopted us).
     // SAFETY: getppid has no preconditions and cannot fail.
     let coordinator = unsafe { libc::getppid() } as u32;
-    let sock = control_socket()?;
+    let Some(sock) = control_socket()? else {
+        return Ok(false);
+    };
     let mut reader = BufReader::new(sock.try_clone().map_err(io_err("cloning the control socket"))?);
     let control: Control = Arc::new(Mutex::new(sock));
     let arena = Arc::new(crate::memory::Arena::attach_inherited()?);
-    send(&mut *control.lock().expect("control socket"), &FromWorker::Hello { pid: std::process::id() })
+    let hello = FromWorker::Hello {
+        pid: std::process::id(),
+        token: std::env::var(RUN_TOKEN_ENV).unwrap_or_default(),
+        job: job.name.clone(),
+        graph: job.shape(),
+    };
+    send(&mut *control.lock().expect("control socket"), &hello)
         .map_err(gone_or(coordinator, "writing to the coordinator"))?;
     start_heartbeats(&control, config)?;
+    // Refused (another job's worker) or cancelled before the deployment: the coordinator
+    // reports why.
     let (worker, subtasks) =
         match recv::<ToWorker>(&mut reader).map_err(gone_or(coordinator, "reading the deployment"))? {
             Some(ToWorker::Deploy { worker, subtasks }) => (worker, subtasks),
             Some(ToWorker::Cancel) => return Err(Error::Cancelled),
             None => return Err(Error::CoordinatorDied { pid: coordinator }),
         };
-    // A bad deployment is refused as a whole, before any task starts.
+    let cancel = Arc::new(AtomicBool::new(false));
+    // Set once this worker's tasks have ended (or never started): the control thread's
+    // backstop then leaves the process to end on its own.
+    let ended = Arc::new(AtomicBool::new(false));
+    let stopped = watch_coordinator(reader, coordinator, &cancel, &ended)?;
+    // A bad deployment is refused as a whole, before any task starts; the coordinator
+    // reports it (and cancels us), so the worker's `run` stays quiet like after any other
+    // task failure.
     if let Some((spec, why)) = subtasks.iter().find_map(|s| Some((s, check_spec(job, s)?))) {
         let error = format!("bad deployment: {why}");
         tell(&control, &FromWorker::TaskFailed { vertex: spec.vertex, subtask: spec.subtask, error, symptom: false });
-        return Err(GraphError::Deployment(why).into());
+        // Release: pairs with the backstop's Acquire load (no task runs).
+        ended.store(true, Ordering::Release);
+        return await_verdict(&stopped, Some(GraphError::Deployment(why).into())).map(|()| true);
     }
     // Tasks that outnumber the CPUs take turns on them: a reader that evicted the segments
     // it read would push out the lines its own core's producer writes next.
@@ -186,8 +221,6 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
         crate::sync::set_evict_segments(false);
     }
     let env = ShuffleEnvironment::new(arena.clone(), worker);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let stopped = watch_coordinator(reader, coordinator, &cancel)?;
     let settings = config.task_settings();
     install_panic_hook();
     let mut handles = Vec::new();
@@ -218,14 +251,22 @@ pub fn run_worker(job: &JobGraph, config: &RuntimeConfig) -> Result<()> {
     for h in handles {
         failed |= !matches!(h.join(), Ok(Ok(())));
     }
+    // Release: pairs with the backstop's Acquire load in `watch_coordinator`.
+    ended.store(true, Ordering::Release);
     if first_err.is_none() && !failed {
-        return Ok(());
+        return Ok(true);
     }
-    await_verdict(&stopped, first_err)
+    await_verdict(&stopped, first_err).map(|()| true)
 }
 
-/// The control socket this worker inherited, checked and made close-on-exec.
-fn control_socket() -> Result<UnixStream> {
+/// The control socket this worker inherited, checked and made close-on-exec; `None` if an
+/// earlier call took it (it owns, and may have closed, the fd: a second owner of one fd
+/// closes it twice, which Rust's I/O safety check aborts the process for).
+fn control_socket() -> Result<Option<UnixStream>> {
+    static TAKEN: Mutex<bool> = Mutex::new(false);
+    if std::mem::replace(&mut *TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner), true) {
+        return Ok(None);
+    }
     let raw: i32 = std::env::var(CONTROL_FD_ENV).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
         ConfigError::Conflict { what: "worker start", detail: format!("{CONTROL_FD_ENV} is not an fd number") }
     })?;
@@ -241,8 +282,9 @@ fn control_socket() -> Result<UnixStream> {
     // Not inherited by the commands tasks run (they are no workers).
     // SAFETY: fcntl on an open fd; FD_CLOEXEC is its only descriptor flag.
     unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: the fd is open and was passed to this process to own.
-    Ok(unsafe { UnixStream::from_raw_fd(raw) })
+    // SAFETY: the fd is open and was passed to this process to own; TAKEN makes this the
+    // only owner this process ever makes of it.
+    Ok(Some(unsafe { UnixStream::from_raw_fd(raw) }))
 }
 
 /// Heartbeats, from a thread of their own so busy tasks do not hold them up; they end with
@@ -271,11 +313,25 @@ fn start_heartbeats(control: &Control, config: &RuntimeConfig) -> Result<()> {
 /// interrupted, and the coordinator reports it) or the socket closing (it died).
 type Stopped = Arc<Mutex<Option<Error>>>;
 
+/// How long a worker whose coordinator died gives its tasks to stop on the cancel flag
+/// before the control thread ends the process ([`watch_coordinator`]).
+const ORPHAN_GRACE: Duration = Duration::from_secs(3);
+
+/// The exit status of a worker ended by that backstop.
+const ORPHAN_EXIT_CODE: i32 = 70;
+
 /// Reads the control socket after the deployment on a thread of its own: a Cancel or the
 /// coordinator's death sets `cancel` for every task and is kept as the verdict.
-fn watch_coordinator(mut reader: BufReader<UnixStream>, coordinator: u32, cancel: &Arc<AtomicBool>) -> Result<Stopped> {
+/// If the coordinator died and the tasks have not ended (`ended`) [`ORPHAN_GRACE`] later,
+/// it says so on stderr and ends the process with [`ORPHAN_EXIT_CODE`].
+fn watch_coordinator(
+    mut reader: BufReader<UnixStream>,
+    coordinator: u32,
+    cancel: &Arc<AtomicBool>,
+    ended: &Arc<AtomicBool>,
+) -> Result<Stopped> {
     let stopped: Stopped = Arc::new(Mutex::new(None));
-    let (cancel, verdict) = (cancel.clone(), stopped.clone());
+    let (cancel, verdict, ended) = (cancel.clone(), stopped.clone(), ended.clone());
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -286,9 +342,28 @@ fn watch_coordinator(mut reader: BufReader<UnixStream>, coordinator: u32, cancel
                     Ok(None) | Err(_) => break Error::CoordinatorDied { pid: coordinator },
                 }
             };
+            let died = matches!(why, Error::CoordinatorDied { .. });
             *verdict.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
             // Relaxed: a stop request, polled by every task.
             cancel.store(true, Ordering::Relaxed);
+            if died {
+                // The backstop: a task that does not reach a cancellation check (a user
+                // function busy for long, a sink working through a batch record by record)
+                // would keep an orphaned worker running. Nobody is left to report to; the
+                // process normally ends long before this sleep does.
+                std::thread::sleep(ORPHAN_GRACE);
+                // Acquire: pairs with the Release store after the tasks were joined.
+                if ended.load(Ordering::Acquire) {
+                    return;
+                }
+                eprintln!(
+                    "shmflow worker {}: {}; its tasks did not stop within {} s of it: exiting",
+                    std::process::id(),
+                    Error::CoordinatorDied { pid: coordinator },
+                    ORPHAN_GRACE.as_secs()
+                );
+                std::process::exit(ORPHAN_EXIT_CODE);
+            }
         })
         .map_err(io_err("starting the control thread"))?;
     Ok(stopped)
@@ -393,9 +468,7 @@ impl Task {
         if passengers.is_empty() {
             return self.run(spec);
         }
-        if self.settings.pin_cpus {
-            pin_thread(spec.subtask);
-        }
+        // (`run` pins the thread, for the passengers' turns too.)
         let failed = Rc::new(Cell::new(false));
         let riders = passengers.into_iter().map(|p| Box::new(self.board(p, &failed)) as Box<dyn Passenger>).collect();
         super::cosched::board(riders);

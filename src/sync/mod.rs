@@ -20,7 +20,8 @@ mod wait;
 pub use event_count::{EventCount, WaitToken};
 pub use futex::{FutexWaitResult, FutexWord};
 pub use signal::{guard_read_only_mapping, install_stop_handler, mapping_truncated, stop_signal};
-pub use wait::{set_co_turns, take_co_turns, WaitOutcome, WaitPolicy, Waiter};
+pub(crate) use wait::{set_co_turns, take_co_turns, SPIN_YIELD_NS};
+pub use wait::{WaitOutcome, WaitPolicy, Waiter};
 
 #[cfg(not(loom))]
 #[allow(clippy::disallowed_types)]

@@ -100,7 +100,7 @@ pub struct Waiter {
 const LOOM_SPINS: u32 = 1;
 
 /// In spin mode, how long to spin between two yields of the core.
-const SPIN_YIELD_NS: u64 = 20_000;
+pub(crate) const SPIN_YIELD_NS: u64 = 20_000;
 
 /// With [`WaitPolicy::yield_core`], how long a wait spins before it yields between polls
 /// when its last yield found the core to itself (a peer on another core that is about to
@@ -298,7 +298,7 @@ thread_local! {
 /// co-scheduled tasks lets the others run meanwhile (the runtime's co-scheduling,
 /// [`RuntimeConfig::co_schedule`](crate::runtime::RuntimeConfig::co_schedule)). `turns`
 /// must not wait itself (the runtime's do nothing when called from inside one of them).
-pub fn set_co_turns(turns: Option<fn() -> bool>) {
+pub(crate) fn set_co_turns(turns: Option<fn() -> bool>) {
     #[cfg(not(loom))]
     CO_TURNS.with(|t| t.set(turns));
     #[cfg(loom)]
@@ -314,7 +314,7 @@ fn co_turns() -> Option<fn() -> bool> {
 /// Calls the calling thread's co-scheduling turns once ([`set_co_turns`]): whether any
 /// other task made progress, or `None` on a thread without them. For a task's own waits
 /// outside a [`Waiter`] (a rate-limited source waiting for its next record's due time).
-pub fn take_co_turns() -> Option<bool> {
+pub(crate) fn take_co_turns() -> Option<bool> {
     #[cfg(not(loom))]
     return co_turns().map(|turns| turns());
     #[cfg(loom)]

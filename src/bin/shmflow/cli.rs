@@ -76,7 +76,9 @@ pub(crate) struct JobOpts {
     pub(crate) quiet: bool,
     /// How tasks wait for input and for buffers: spin (lowest latency, a core busy per
     /// waiting task), adaptive (poll briefly, yielding the core, then park) or park.
-    /// Default adaptive; spin for `run shuffle --latency`.
+    /// Default adaptive; spin for `run shuffle --latency`; park for `run wordcount` when
+    /// its source and reducer per subtask outnumber the CPUs (2 x --parallelism > CPUs, e.g.
+    /// the default p=2 on 2 CPUs).
     #[arg(long, value_enum)]
     pub(crate) wait: Option<Mode>,
     /// Pin subtask `s` of every vertex to the `s`-th CPU the job may use (a pipeline slice

@@ -21,7 +21,7 @@ pub(crate) fn arena_path(sel: ArenaSel) -> AnyResult<(PathBuf, Option<u32>)> {
             match std::fs::read_dir(&fds) {
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     return Err(format!(
-                        "permission denied: process {p} belongs to {} and this user may not read its                          descriptors (run as that user)",
+                        "permission denied: process {p} belongs to {} and this user may not read its descriptors (run as that user)",
                         owner_of(std::path::Path::new(&format!("/proc/{p}")))
                     )
                     .into());
