@@ -225,12 +225,7 @@ fn a_sigkilled_coordinators_workers_say_it_died_and_clean_removes_what_it_left()
     // A temp output of a live process (this test) is kept.
     let live = tmp.0.join(format!("counts.tmp-{}", std::process::id()));
     std::fs::write(&live, "").unwrap();
-    let clean = shmflow()
-        .arg("clean")
-        .env("TMPDIR", &tmp.0)
-        .env("SHMFLOW_SHM_DIR", &tmp.0)
-        .output()
-        .expect("run shmflow clean");
+    let clean = clean_in(&tmp.0);
     let text = String::from_utf8_lossy(&clean.stdout);
     assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));
     assert_eq!(leftovers(&tmp.0, &[]), [format!("counts.tmp-{}", std::process::id())], "clean said:\n{text}");
@@ -264,13 +259,13 @@ fn a_sigkilled_coordinators_workers_stop_though_their_sinks_hold_minutes_of_work
     for w in workers {
         assert!(!std::path::Path::new(&format!("/proc/{w}")).exists() || zombie(w), "worker {w} is gone: {said:?}");
     }
-    let clean = shmflow()
-        .arg("clean")
-        .env("TMPDIR", &tmp.0)
-        .env("SHMFLOW_SHM_DIR", &tmp.0)
-        .output()
-        .expect("run shmflow clean");
+    let clean = clean_in(&tmp.0);
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+}
+
+/// `shmflow clean` with its temp and shared-memory directories both `dir`.
+fn clean_in(dir: &Path) -> std::process::Output {
+    shmflow().arg("clean").env("TMPDIR", dir).env("SHMFLOW_SHM_DIR", dir).output().expect("run shmflow clean")
 }
 
 /// SIGKILLs its pids on drop (processes a test started that outlived their parent).

@@ -1305,10 +1305,10 @@ impl BufferConsumer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_run_writes_the_bytes_of_records_written_one_by_one() {
+    /// A heap arena of 4 segments of `segment_size` bytes and its pool.
+    fn test_pool(segment_size: u32) -> (Arc<Arena>, crate::buffer::NetworkBufferPool) {
         let cfg = crate::memory::ArenaConfig {
-            segment_size: 4096,
+            segment_size,
             segment_count: 4,
             max_channels: 2,
             max_gates: 2,
@@ -1316,6 +1316,12 @@ mod tests {
         };
         let arena = Arc::new(Arena::heap(&cfg).unwrap());
         let pool = crate::buffer::NetworkBufferPool::new(arena.clone());
+        (arena, pool)
+    }
+
+    #[test]
+    fn a_run_writes_the_bytes_of_records_written_one_by_one() {
+        let (arena, pool) = test_pool(4096);
         let mut one = BufferBuilder::new(pool.request(Owner::Free, 0).unwrap().unwrap(), 1);
         let mut run_b = BufferBuilder::new(pool.request(Owner::Free, 0).unwrap().unwrap(), 1);
         // Records of 1 to 13 bytes: prefixes at aligned and unaligned offsets.
@@ -1351,15 +1357,7 @@ mod tests {
 
     #[test]
     fn a_large_piece_asks_its_reader_not_to_evict_the_segment_whichever_store_copied_it() {
-        let cfg = crate::memory::ArenaConfig {
-            segment_size: 16384,
-            segment_count: 4,
-            max_channels: 2,
-            max_gates: 2,
-            ..Default::default()
-        };
-        let arena = Arc::new(Arena::heap(&cfg).unwrap());
-        let pool = crate::buffer::NetworkBufferPool::new(arena.clone());
+        let (_arena, pool) = test_pool(16384);
         let hint = |b: &BufferBuilder| b.control().streamed.load(Ordering::Relaxed);
         let data = vec![7u8; LARGE_COPY];
         let mut small = BufferBuilder::new(pool.request(Owner::Free, 0).unwrap().unwrap(), 1);
@@ -1372,15 +1370,7 @@ mod tests {
 
     #[test]
     fn a_segment_flushed_more_than_the_limit_asks_its_reader_not_to_evict_it() {
-        let cfg = crate::memory::ArenaConfig {
-            segment_size: 4096,
-            segment_count: 4,
-            max_channels: 2,
-            max_gates: 2,
-            ..Default::default()
-        };
-        let arena = Arc::new(Arena::heap(&cfg).unwrap());
-        let pool = crate::buffer::NetworkBufferPool::new(arena.clone());
+        let (arena, pool) = test_pool(4096);
         let seg = pool.request(Owner::Free, 0).unwrap().unwrap();
         let mut b = BufferBuilder::new(seg, 1);
         let hint = |b: &BufferBuilder| b.control().streamed.load(Ordering::Relaxed);
